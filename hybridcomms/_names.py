@@ -1,0 +1,87 @@
+"""Message file names: what a name says, and how to read it back.
+
+    2M.20261126T112403123456Z.3f2a9c0e4b7d4e1f8a6b5c4d3e2f1a0b.a1.json
+    ^^ ^^^^^^^^^^^^^^^^^^^^^^ ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^ ^^
+    |  due time (UTC, µs)     message id                       attempts so far
+    priority: 0C critical, 1H high, 2M medium, 3L low
+
+Sorting names sorts by (priority, due time), so the first due name of the first rank is the
+next message to deliver. The due time is the creation time, or the not-before time a nack or a
+recovery set. The attempt count goes up on every claim, so it survives a killed consumer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .message import Priority
+
+__all__ = [
+    "RANK_OF",
+    "REASON_SUFFIX",
+    "NameInfo",
+    "compact_time",
+    "compact_time_of",
+    "make_name",
+    "parse_name",
+    "parse_compact",
+]
+
+RANK_OF: dict[Priority, str] = {
+    Priority.CRITICAL: "0C",
+    Priority.HIGH: "1H",
+    Priority.MEDIUM: "2M",
+    Priority.LOW: "3L",
+}
+PRIORITY_OF_RANK: dict[str, Priority] = {v: k for k, v in RANK_OF.items()}
+REASON_SUFFIX = ".reason.json"
+
+_NAME_RE = re.compile(r"(0C|1H|2M|3L)\.(\d{8}T\d{12}Z)\.(.+)\.a(\d{1,6})\.json\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NameInfo:
+    rank: str
+    due: str
+    id: str
+    attempt: int
+
+    @property
+    def priority(self) -> Priority:
+        return PRIORITY_OF_RANK[self.rank]
+
+    def with_(self, *, due: str | None = None, attempt: int | None = None) -> str:
+        return make_name(self.rank, due or self.due, self.id, self.attempt if attempt is None else attempt)
+
+
+def make_name(rank: str, due: str, msg_id: str, attempt: int) -> str:
+    return f"{rank}.{due}.{msg_id}.a{attempt}.json"
+
+
+def parse_name(name: str) -> NameInfo | None:
+    """Read a message file name; ``None`` for a name hybridcomms did not write."""
+    m = _NAME_RE.match(name)
+    if m is None:
+        return None
+    return NameInfo(m.group(1), m.group(2), m.group(3), int(m.group(4)))
+
+
+def compact_time(ts: float) -> str:
+    """``20261126T112403123456Z`` for a POSIX time: fixed width, so it sorts as text."""
+    whole = int(ts)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{int((ts - whole) * 1e6):06d}Z"
+
+
+def compact_time_of(dt: datetime) -> str:
+    """The same form for an aware UTC datetime (used for a message's creation time)."""
+    s = dt.isoformat(timespec="microseconds")  # 2026-11-26T11:24:03.123456+00:00
+    return f"{s[0:4]}{s[5:7]}{s[8:10]}T{s[11:13]}{s[14:16]}{s[17:19]}{s[20:26]}Z"
+
+
+def parse_compact(text: str) -> float:
+    """Back from the compact form to a POSIX time."""
+    base = datetime.strptime(text[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    return base.timestamp() + int(text[15:21]) / 1e6

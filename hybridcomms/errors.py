@@ -1,0 +1,87 @@
+"""Every exception hybridcomms raises on purpose.
+
+Caller mistakes are also ``ValueError`` or ``TypeError``; I/O failures are also
+``OSError``, so code written against the legacy Dream.OS API (which caught those)
+keeps working.
+
+    HybridCommsError
+    ├── InvalidAgentIdError          (also ValueError)  unsafe or malformed agent id
+    ├── MessageError                 (also ValueError)  a message that cannot be built or sent
+    │   ├── MessageTooLargeError                        encoded size over the configured limit
+    │   └── MessageDecodeError                          bytes that are not a message (keeps raw + path)
+    └── MailboxError                                     mailbox-level failures
+        ├── MailboxIOError           (also OSError)     an I/O step failed; nothing was half-done
+        ├── UnsafePathError                              a mailbox folder is a symlink or not a folder
+        └── DeliveryError            (also RuntimeError) a settle call on a delivery that can't be settled
+            └── DeliveryLostError                       the delivery was taken away (lease expired)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeliveryError",
+    "DeliveryLostError",
+    "HybridCommsError",
+    "InvalidAgentIdError",
+    "MailboxError",
+    "MailboxIOError",
+    "MessageDecodeError",
+    "MessageError",
+    "MessageTooLargeError",
+    "UnsafePathError",
+]
+
+
+class HybridCommsError(Exception):
+    """Root of every hybridcomms error."""
+
+
+class InvalidAgentIdError(HybridCommsError, ValueError):
+    """An agent id that is not a safe, single path component."""
+
+
+class MessageError(HybridCommsError, ValueError):
+    """A message that cannot be built, encoded or sent as given."""
+
+
+class MessageTooLargeError(MessageError):
+    """The encoded message is larger than the configured limit; nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message is {size} bytes encoded, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class MessageDecodeError(MessageError):
+    """Bytes that are not a valid message. ``raw`` and ``path`` say what and where."""
+
+    def __init__(self, reason: str, *, raw: bytes = b"", path: str | None = None) -> None:
+        where = f" in {path}" if path else ""
+        super().__init__(f"cannot decode message{where}: {reason}")
+        self.reason = reason
+        self.raw = raw
+        self.path = path
+
+
+class MailboxError(HybridCommsError):
+    """A mailbox operation failed."""
+
+
+class MailboxIOError(MailboxError, OSError):
+    """An I/O step of a mailbox operation failed. The operation left nothing half-done."""
+
+    def __init__(self, errno: int | None, message: str, filename: str | None = None) -> None:
+        OSError.__init__(self, errno, message, filename)
+
+
+class UnsafePathError(MailboxError):
+    """A mailbox folder is a symlink, or not a folder, where a real folder must be."""
+
+
+class DeliveryError(MailboxError, RuntimeError):
+    """A delivery cannot be settled (acked, nacked, dead-lettered) in its current state."""
+
+
+class DeliveryLostError(DeliveryError):
+    """The claimed message is no longer ours: its lease expired and recovery returned it to ``new/``."""

@@ -1,0 +1,893 @@
+"""The durable file mailbox: one agent's messages as files in ``tmp/ new/ processing/ done/ dead/``.
+
+Notes for anyone changing this (the backend contract):
+- Publish = write in ``tmp/`` with O_EXCL, fsync the file, rename into ``new/``, fsync ``new/``.
+  A name in ``new/`` therefore always holds a complete message, even after kill -9.
+- Claim = open + flock the file in ``new/``, then rename it into ``processing/`` with its attempt
+  count raised. The rename is the arbiter: exactly one claimer can move a name. The flock,
+  taken *before* the rename and held until the file leaves ``processing/``, tells recovery that
+  the owner is alive; the kernel releases it when the owner dies.
+- Every move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder fsync
+  the `FsyncPolicy` asks for.
+- A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
+  ``<name>.reason.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import socket
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from . import _fs
+from ._fs import DirSyncer, FsyncPolicy, write_new_file
+from ._index import ClaimIndex
+from ._locking import try_lock, unlock
+from ._names import RANK_OF, REASON_SUFFIX, compact_time, compact_time_of, make_name, parse_compact, parse_name
+from ._wakeup import ArrivalWaiter
+from .errors import (
+    DeliveryError,
+    DeliveryLostError,
+    InvalidAgentIdError,
+    MailboxIOError,
+    MessageDecodeError,
+    UnsafePathError,
+)
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
+from .retry import Backoff
+from .states import State, Transition, check_transition
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "Delivery",
+    "FileMailbox",
+    "MailboxStats",
+    "MessageInfo",
+    "RecoveryReport",
+    "StateStats",
+    "check_agent_id",
+    "list_agents",
+]
+
+log = logging.getLogger("hybridcomms.mailbox")
+
+#: The Dream.OS location, relative to the current directory.
+DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
+
+_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
+_STATES = (State.TMP, State.NEW, State.PROCESSING, State.DONE, State.DEAD)
+
+
+def check_agent_id(agent_id: object) -> str:
+    """Return ``agent_id`` if it is a safe single path component, else raise `InvalidAgentIdError`."""
+    if not isinstance(agent_id, str):
+        raise InvalidAgentIdError(f"agent id must be a string, not {type(agent_id).__name__}")
+    if not _AGENT_RE.match(agent_id):
+        shown = agent_id if len(agent_id) <= 40 else agent_id[:40] + "…"
+        raise InvalidAgentIdError(
+            f"unsafe agent id {shown!r}: use 1-128 of A-Z a-z 0-9 _ . @ + -, "
+            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)"
+        )
+    return agent_id
+
+
+def list_agents(root: str | os.PathLike[str]) -> list[str]:
+    """Agent ids that have a hybridcomms mailbox (a ``new/`` folder) under ``root``."""
+    try:
+        entries = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [
+        name
+        for name in entries
+        if _AGENT_RE.match(name)
+        and os.path.isdir(os.path.join(root, name, "new"))
+        and not os.path.islink(os.path.join(root, name))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """What a file in a mailbox folder says about itself, without reading it."""
+
+    state: State
+    name: str
+    path: Path
+    id: str | None  # None for a file hybridcomms did not name
+    attempt: int
+    due: str | None  # compact UTC time, from the name
+    size: int
+    changed_at: float  # when it entered this folder (ctime)
+    reason: dict[str, Any] | None = None  # for dead/: the reason file's content
+
+
+@dataclass(frozen=True, slots=True)
+class StateStats:
+    count: int
+    oldest_age: float | None  # seconds since the oldest file entered the folder
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStats:
+    agent_id: str
+    states: dict[State, StateStats]
+    delayed: int = 0  # in new/ but not due yet (backing off after a nack)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent_id,
+            **{s.value: {"count": v.count, "oldest_age": v.oldest_age} for s, v in self.states.items()},
+            "delayed": self.delayed,
+        }
+
+
+class Delivery:
+    """A claimed message. Settle it exactly once: `ack`, `nack` or `dead`.
+
+    As a context manager it acks when the block ends normally and nacks (with backoff) when the
+    block raises; the exception still propagates. ``attempt`` is 1 on the first delivery.
+    """
+
+    __slots__ = ("_error", "_fd", "_mailbox", "_settled", "attempt", "message", "name")
+
+    def __init__(self, mailbox: FileMailbox, fd: int, name: str, message: Message, attempt: int) -> None:
+        self._mailbox = mailbox
+        self._fd = fd
+        self.name = name
+        self.message = message
+        self.attempt = attempt
+        self._settled = False
+        self._error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._mailbox.path / State.PROCESSING.folder / self.name
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def ack(self) -> None:
+        self._mailbox._ack(self)
+
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+        """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
+        ``max_attempts`` to ``dead/`` instead, with ``error`` in the reason."""
+        self._mailbox._nack(self, delay, None if error is None else str(error))
+
+    def dead(self, reason: str) -> None:
+        self._mailbox._give_up(self, reason, self._error)
+
+    def heartbeat(self) -> None:
+        """Extend the lease. Raises `DeliveryLostError` if recovery already took the message back."""
+        self._check_open()
+        os.utime(self._fd)
+        if os.fstat(self._fd).st_nlink == 0:
+            self._release()
+            raise DeliveryLostError(f"{self.name}: lease expired and the message was recovered")
+
+    def _check_open(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+
+    def _release(self) -> None:
+        if not self._settled:
+            self._settled = True
+            try:
+                unlock(self._fd)
+            finally:
+                os.close(self._fd)
+
+    def __enter__(self) -> Delivery:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._settled:
+            return
+        if exc is None:
+            self.ack()
+        else:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self.nack(error=self._error)
+
+    def __del__(self) -> None:
+        # Never settled: drop the lock so recovery can return the message.
+        if not getattr(self, "_settled", True):
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"
+
+
+@dataclass
+class RecoveryReport:
+    """What one `FileMailbox.recover` pass did (message ids, or file names for foreign files)."""
+
+    returned: list[str] = field(default_factory=list)  # owner died: back to new/
+    expired: list[str] = field(default_factory=list)  # lease ran out on a live owner: back to new/
+    dead: list[str] = field(default_factory=list)  # attempts exhausted: to dead/
+    tmp_removed: list[str] = field(default_factory=list)  # stale half-writes removed from tmp/
+
+    def __bool__(self) -> bool:
+        return bool(self.returned or self.expired or self.dead or self.tmp_removed)
+
+
+class FileMailbox:
+    """One agent's durable mailbox under ``<root>/<agent_id>/``.
+
+    ``FileMailbox(root, agent_id, *, fsync="always", lease=300, max_attempts=5, backoff=Backoff())``
+        fsync             `FsyncPolicy`: always | batch | never (see docs/guarantees.md)
+        lease             seconds a claim stays ours without a heartbeat before recovery may take it back
+        max_attempts      claims (deliveries) before a failing message goes to dead/
+        backoff           delay before a nacked message is due again
+        max_message_size  encoded bytes; bigger messages are refused before anything is written
+        file_mode         mode of message files (0o600; 0o660 for a Dream.OS group setup)
+        dir_mode          mode of the folders it creates (0o700; 0o770 for Dream.OS)
+        batch_interval    with fsync="batch", the longest a folder change waits for its fsync
+        tmp_max_age       recovery removes tmp/ files older than this (abandoned half-writes)
+        rescan_interval   a claimer relists new/ at least this often to see other writers in order
+        create            create the folders if missing (else a missing mailbox raises)
+
+    Safe to share between threads, and any number of processes may open the same mailbox.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        agent_id: str,
+        *,
+        fsync: FsyncPolicy | str = FsyncPolicy.ALWAYS,
+        lease: float = 300.0,
+        max_attempts: int = 5,
+        backoff: Backoff = Backoff(),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        file_mode: int = 0o600,
+        dir_mode: int = 0o700,
+        batch_interval: float = 1.0,
+        tmp_max_age: float = 3600.0,
+        rescan_interval: float = 1.0,
+        create: bool = True,
+    ) -> None:
+        self.agent_id = check_agent_id(agent_id)
+        self.fsync = FsyncPolicy(fsync)
+        if lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        self.lease = float(lease)
+        self.max_attempts = int(max_attempts)
+        self.backoff = backoff
+        self.max_message_size = int(max_message_size)
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
+        self.tmp_max_age = float(tmp_max_age)
+        self.root = Path(root)
+        self.path = self.root / agent_id
+        self._chmod_files = bool(file_mode & _fs.current_umask())
+        self._syncer = DirSyncer(self.fsync, batch_interval)
+        self._index = ClaimIndex(rescan_interval)
+        self._waiter: ArrivalWaiter | None = None
+        self._waiter_lock = threading.Lock()
+        self._fds: dict[State, int] = {}
+        self._closed = False
+        self._open_folders(create)
+
+    # -- folders ------------------------------------------------------------------------------
+
+    def _open_folders(self, create: bool) -> None:
+        root = os.fspath(self.root)
+        if create:
+            os.makedirs(root, exist_ok=True)
+        try:
+            root_fd = os.open(root, _fs.O_DIR)
+        except OSError as exc:
+            raise MailboxIOError(exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root) from exc
+        try:
+            agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
+            try:
+                for state in _STATES:
+                    self._fds[state] = self._open_folder(
+                        agent_fd, state.folder, str(self.path / state.folder), create
+                    )
+            finally:
+                os.close(agent_fd)
+        except BaseException:
+            self._close_fds()
+            raise
+        finally:
+            os.close(root_fd)
+
+    def _open_folder(self, parent_fd: int, name: str, shown: str, create: bool) -> int:
+        made = False
+        while True:
+            try:
+                fd = _fs.open_dir(name, dir_fd=parent_fd)
+                break
+            except FileNotFoundError:
+                if not create:
+                    raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", shown) from None
+                try:
+                    os.mkdir(name, self.dir_mode, dir_fd=parent_fd)
+                    made = True
+                except FileExistsError:
+                    pass
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    kind = "a symlink" if os.path.islink(shown) else "not a folder"
+                    raise UnsafePathError(f"{shown} is {kind}; a mailbox folder must be a real folder") from None
+                raise MailboxIOError(exc.errno, f"cannot open {shown}: {exc.strerror}", shown) from exc
+        if made:
+            os.fchmod(fd, self.dir_mode)
+        return fd
+
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Commit pending folder changes (fsync="batch"), stop the watcher, release the folders."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._waiter_lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
+        try:
+            self._syncer.flush()
+        finally:
+            self._close_fds()
+
+    def flush(self) -> None:
+        """Commit folder changes that fsync="batch" is still holding back."""
+        self._syncer.flush()
+
+    def __enter__(self) -> FileMailbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._close_fds()
+
+    def __repr__(self) -> str:
+        return f"<FileMailbox {self.path} fsync={self.fsync.value}>"
+
+    def _fd(self, state: State) -> int:
+        try:
+            return self._fds[state]
+        except KeyError:
+            raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
+
+    # -- publish ------------------------------------------------------------------------------
+
+    def put(self, message: Message) -> str:
+        """Deliver ``message`` durably (per the fsync policy) into ``new/``; return its id."""
+        data = message.encode(self.max_message_size)
+        name = make_name(RANK_OF[message.priority], compact_time_of(message.created_at), message.id, 0)
+        self._publish_one(name, data)
+        self._index.push(name)
+        return message.id
+
+    def _publish_one(self, name: str, data: bytes) -> None:
+        tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
+        tmp_name = self._write_tmp(tmp_fd, name, data, sync=self.fsync is not FsyncPolicy.NEVER)
+        check_transition(State.TMP, State.NEW, Transition.PUBLISH)
+        try:
+            os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+        except OSError as exc:
+            _fs._unlink_quietly(tmp_fd, tmp_name)
+            raise self._io_error(exc, f"put {name}") from exc
+        try:
+            self._syncer.changed(new_fd)
+        except OSError as exc:
+            self._withdraw([name])
+            raise self._io_error(exc, f"put {name}: commit of new/ failed") from exc
+
+    def _write_tmp(self, tmp_fd: int, name: str, data: bytes, *, sync: bool) -> str:
+        tmp_name = name
+        try:
+            try:
+                write_new_file(tmp_fd, tmp_name, data, self.file_mode, sync=sync)
+            except FileExistsError:
+                tmp_name = f"{name}.{uuid.uuid4().hex[:12]}"
+                write_new_file(tmp_fd, tmp_name, data, self.file_mode, sync=sync)
+            if self._chmod_files:
+                os.chmod(tmp_name, self.file_mode, dir_fd=tmp_fd)
+        except OSError as exc:
+            _fs._unlink_quietly(tmp_fd, tmp_name)
+            raise self._io_error(exc, f"put {name}") from exc
+        return tmp_name
+
+    def _withdraw(self, names: Iterable[str]) -> None:
+        """Take back files just published whose commit failed (unless already claimed)."""
+        tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
+        for name in names:
+            try:
+                os.rename(name, name, src_dir_fd=new_fd, dst_dir_fd=tmp_fd)
+            except OSError:
+                continue  # already claimed: it will be delivered
+            _fs._unlink_quietly(tmp_fd, name)
+
+    def put_many(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver a burst with one durability barrier (one ``syncfs`` + one ``new/`` fsync).
+
+        Once it returns, every message has the same guarantee as after `put`. If it raises,
+        none is guaranteed, though some may already have been delivered: send them again
+        (same ids) and let handlers deduplicate.
+        """
+        msgs = list(messages)
+        batch = [
+            (make_name(RANK_OF[m.priority], compact_time_of(m.created_at), m.id, 0), m.encode(self.max_message_size))
+            for m in msgs
+        ]
+        if not batch:
+            return []
+        tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
+        durable = self.fsync is not FsyncPolicy.NEVER
+        written: list[tuple[str, str]] = []
+        moved: list[str] = []
+        check_transition(State.TMP, State.NEW, Transition.PUBLISH)
+        try:
+            for name, data in batch:
+                written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
+            if durable and not _fs.syncfs(tmp_fd):
+                for tmp_name, _ in written:
+                    fd = os.open(tmp_name, os.O_RDONLY, dir_fd=tmp_fd)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            for tmp_name, name in written:
+                os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+                moved.append(name)
+            self._syncer.changed(new_fd)
+        except OSError as exc:
+            self._withdraw(moved)
+            for tmp_name, _ in written:
+                _fs._unlink_quietly(tmp_fd, tmp_name)
+            raise self._io_error(exc, f"put_many of {len(batch)} messages") from exc
+        for name in moved:
+            self._index.push(name)
+        return [m.id for m in msgs]
+
+    # -- claim --------------------------------------------------------------------------------
+
+    def claim(self, timeout: float | None = None) -> Delivery | None:
+        """The due message with the highest priority, oldest first; ``None`` if there is none.
+
+        With ``timeout`` (seconds), wait that long for one to arrive, woken by file
+        notifications (no busy polling).
+        """
+        if not timeout or timeout <= 0:
+            return self._claim_once()
+        waiter = self._get_waiter()
+        deadline = time.monotonic() + timeout
+        while True:
+            waiter.clear()
+            delivery = self._claim_once()
+            if delivery is not None:
+                return delivery
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            waiter.wait(min(remaining, self._until_next_due()))
+
+    def _until_next_due(self) -> float:
+        wait = self._index.rescan_interval
+        nxt = self._index.next_due()
+        if nxt is not None:
+            wait = min(wait, max(parse_compact(nxt) - time.time(), 0.001))
+        return wait
+
+    def _get_waiter(self) -> ArrivalWaiter:
+        with self._waiter_lock:
+            if self._waiter is None:
+                if self._closed:
+                    raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+                self._waiter = ArrivalWaiter(str(self.path), self._index.push)
+            return self._waiter
+
+    def _claim_once(self) -> Delivery | None:
+        now = compact_time(time.time())
+        index = self._index
+        scanned = False
+        if index.stale():
+            index.rescan(self._fd(State.NEW))
+            scanned = True
+        while True:
+            name = index.pop_due(now)
+            if name is None:
+                if scanned:
+                    return None
+                index.rescan(self._fd(State.NEW))
+                scanned = True
+                continue
+            delivery = self._try_claim(name)
+            if delivery is not None:
+                return delivery
+
+    def _try_claim(self, name: str) -> Delivery | None:
+        new_fd = self._fd(State.NEW)
+        try:
+            fd = os.open(name, _fs.O_READ_MSG, dir_fd=new_fd)
+        except FileNotFoundError:
+            return None  # another claimer won
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._reject(name, "a symlink, not a regular file")
+            elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
+                self._reject(name, f"cannot be opened: {exc.strerror}")
+            else:
+                raise self._io_error(exc, f"claim {name}") from exc
+            return None
+        if not try_lock(fd):
+            os.close(fd)
+            return None  # someone else is claiming it right now
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return self._reject(name, f"not a regular file (mode {stat.filemode(st.st_mode)})", fd)
+            if st.st_size > self.max_message_size:
+                return self._reject(
+                    name, f"too large: {st.st_size} bytes, over the limit of {self.max_message_size}", fd
+                )
+            raw = _read_all(fd, st.st_size, self.max_message_size)
+            if raw is None:
+                return self._reject(name, f"too large: over the limit of {self.max_message_size} bytes", fd)
+            try:
+                message = Message.decode(raw, path=str(self.path / "new" / name))
+            except MessageDecodeError as exc:
+                return self._reject(name, exc.reason, fd)
+            info = parse_name(name)
+            if info is not None:
+                attempt = info.attempt + 1
+                target = info.with_(attempt=attempt)
+            else:  # a file dropped into new/ by hand or by an old writer: give it a proper name
+                attempt = 1
+                target = make_name(RANK_OF[message.priority], compact_time_of(message.created_at), message.id, 1)
+            check_transition(State.NEW, State.PROCESSING, Transition.CLAIM)
+            proc_fd = self._fd(State.PROCESSING)
+            try:
+                os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)
+            except FileNotFoundError:
+                return _drop(fd)  # moved by hand under our feet
+            self._syncer.changed(proc_fd)
+        except OSError as exc:
+            _drop(fd)
+            raise self._io_error(exc, f"claim {name}") from exc
+        except BaseException:
+            _drop(fd)
+            raise
+        return Delivery(self, fd, target, message, attempt)
+
+    def _reject(self, name: str, reason: str, fd: int | None = None) -> None:
+        """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
+        check_transition(State.NEW, State.DEAD, Transition.REJECT)
+        try:
+            log.warning("%s: new/%s goes to dead/: %s", self.agent_id, name, reason)
+            self._move_to_dead(State.NEW, name, {"reason": reason, "message_file": name, "attempts": 0})
+        finally:
+            if fd is not None:
+                _drop(fd)
+
+    def _move_to_dead(self, src: State, name: str, reason: dict[str, Any]) -> str | None:
+        dead_fd, src_fd = self._fd(State.DEAD), self._fd(src)
+        dead_name = _free_name(dead_fd, name)
+        reason = {
+            **reason,
+            "agent": self.agent_id,
+            "from_state": src.value,
+            "dead_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        reason_name = dead_name + REASON_SUFFIX
+        tmp_name = self._write_tmp(
+            self._fd(State.TMP), reason_name, orjson.dumps(reason, option=orjson.OPT_INDENT_2), sync=self.fsync is not FsyncPolicy.NEVER
+        )
+        try:
+            os.rename(tmp_name, reason_name, src_dir_fd=self._fd(State.TMP), dst_dir_fd=dead_fd)
+            os.rename(name, dead_name, src_dir_fd=src_fd, dst_dir_fd=dead_fd)
+        except FileNotFoundError:
+            _fs._unlink_quietly(dead_fd, reason_name)
+            _fs._unlink_quietly(self._fd(State.TMP), tmp_name)
+            return None
+        except OSError as exc:
+            raise self._io_error(exc, f"dead-letter {name}") from exc
+        self._syncer.changed(dead_fd)
+        return dead_name
+
+    # -- settle -------------------------------------------------------------------------------
+
+    def _ack(self, d: Delivery) -> None:
+        d._check_open()
+        check_transition(State.PROCESSING, State.DONE, Transition.ACK)
+        done_fd = self._fd(State.DONE)
+        try:
+            os.rename(d.name, d.name, src_dir_fd=self._fd(State.PROCESSING), dst_dir_fd=done_fd)
+        except FileNotFoundError:
+            d._release()
+            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
+        except OSError as exc:
+            d._release()
+            raise self._io_error(exc, f"ack {d.name}") from exc
+        try:
+            self._syncer.changed(done_fd)
+        except OSError as exc:
+            raise self._io_error(exc, f"ack {d.name}: commit of done/ failed") from exc
+        finally:
+            d._release()
+
+    def _nack(self, d: Delivery, delay: float | None, error: str | None) -> None:
+        d._check_open()
+        if error is not None:
+            d._error = error
+        if d.attempt >= self.max_attempts:
+            self._give_up(d, f"failed {d.attempt} of {self.max_attempts} attempts", d._error)
+            return
+        if delay is None:
+            delay = self.backoff.delay(d.attempt)
+        info = parse_name(d.name)
+        assert info is not None  # processing/ names are always ours
+        target = info.with_(due=compact_time(time.time() + max(delay, 0.0)))
+        check_transition(State.PROCESSING, State.NEW, Transition.NACK)
+        new_fd = self._fd(State.NEW)
+        try:
+            os.rename(d.name, target, src_dir_fd=self._fd(State.PROCESSING), dst_dir_fd=new_fd)
+        except FileNotFoundError:
+            d._release()
+            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
+        except OSError as exc:
+            d._release()
+            raise self._io_error(exc, f"nack {d.name}") from exc
+        try:
+            self._syncer.changed(new_fd)
+        except OSError as exc:
+            raise self._io_error(exc, f"nack {d.name}: commit of new/ failed") from exc
+        finally:
+            d._release()
+        self._index.push(target)
+
+    def _give_up(self, d: Delivery, reason: str, error: str | None) -> None:
+        d._check_open()
+        check_transition(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
+        try:
+            moved = self._move_to_dead(
+                State.PROCESSING,
+                d.name,
+                {
+                    "reason": reason,
+                    "last_error": error,
+                    "message_file": d.name,
+                    "id": d.message.id,
+                    "topic": d.message.topic,
+                    "attempts": d.attempt,
+                },
+            )
+        finally:
+            d._release()
+        if moved is None:
+            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
+        log.warning("%s: message %s dead-lettered: %s", self.agent_id, d.message.id, reason)
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def recover(self, *, now: float | None = None) -> RecoveryReport:
+        """Return to ``new/`` every claimed message whose owner died (its lock is free) or whose
+        lease expired; move to ``dead/`` those that used up ``max_attempts``; remove ``tmp/``
+        files older than ``tmp_max_age``. Safe to run at any time, from any process."""
+        from .recovery import recover
+
+        return recover(self, time.time() if now is None else now)
+
+    # -- inspection and repair ----------------------------------------------------------------
+
+    def list(self, state: State | str) -> list[MessageInfo]:
+        """Files in one state's folder (reason files of dead/ are folded into their message)."""
+        state = State(state)
+        fd = self._fd(state)
+        names = sorted(os.listdir(fd))
+        out: list[MessageInfo] = []
+        for name in names:
+            if state is State.DEAD and name.endswith(REASON_SUFFIX):
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            info = parse_name(name)
+            reason = self._read_reason(name) if state is State.DEAD else None
+            out.append(
+                MessageInfo(
+                    state=state,
+                    name=name,
+                    path=self.path / state.folder / name,
+                    id=info.id if info else None,
+                    attempt=info.attempt if info else 0,
+                    due=info.due if info else None,
+                    size=st.st_size,
+                    changed_at=st.st_ctime,
+                    reason=reason,
+                )
+            )
+        return out
+
+    def _read_reason(self, name: str) -> dict[str, Any] | None:
+        try:
+            fd = os.open(name + REASON_SUFFIX, _fs.O_READ_MSG, dir_fd=self._fd(State.DEAD))
+        except OSError:
+            return None
+        try:
+            value = orjson.loads(_read_all(fd, os.fstat(fd).st_size, 1 << 20) or b"null")
+        except orjson.JSONDecodeError:
+            return {"reason": "(unreadable reason file)"}
+        finally:
+            os.close(fd)
+        return value if isinstance(value, dict) else None
+
+    def get(self, message_id: str) -> MessageInfo | None:
+        """Where a message is now (any state), by id or by file name."""
+        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+            for info in self._find(state, message_id):
+                return info
+        return None
+
+    def _find(self, state: State, key: str) -> list[MessageInfo]:
+        return [i for i in self.list(state) if i.id == key or i.name == key]
+
+    def read(self, info: MessageInfo) -> Message:
+        """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
+        fd = os.open(info.name, _fs.O_READ_MSG, dir_fd=self._fd(info.state))
+        try:
+            raw = _read_all(fd, os.fstat(fd).st_size, self.max_message_size) or b""
+        finally:
+            os.close(fd)
+        return Message.decode(raw, path=str(info.path))
+
+    def requeue(self, message_id: str, *, from_state: State | str = State.DEAD) -> list[str]:
+        """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
+        fresh attempt count; return the new file names. Its reason file is removed."""
+        src = State(from_state)
+        check_transition(src, State.NEW, Transition.REQUEUE)
+        src_fd, new_fd = self._fd(src), self._fd(State.NEW)
+        moved: list[str] = []
+        for info in self._find(src, message_id):
+            parsed = parse_name(info.name)
+            target = (
+                parsed.with_(due=compact_time(time.time()), attempt=0) if parsed else _free_name(new_fd, info.name)
+            )
+            try:
+                os.rename(info.name, target, src_dir_fd=src_fd, dst_dir_fd=new_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._io_error(exc, f"requeue {info.name}") from exc
+            if src is State.DEAD:
+                _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
+            moved.append(target)
+            self._index.push(target)
+        if moved:
+            self._syncer.changed(new_fd)
+            self._syncer.changed(src_fd)
+        return moved
+
+    def purge(self, state: State | str, older_than: float = 0.0) -> int:
+        """Delete files in ``done/`` or ``dead/`` that entered it ``older_than`` seconds ago or more."""
+        state = State(state)
+        if state not in (State.DONE, State.DEAD):
+            raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
+        fd = self._fd(state)
+        cutoff = time.time() - older_than
+        removed = 0
+        for info in self.list(state):
+            if info.changed_at > cutoff:
+                continue
+            try:
+                os.unlink(info.name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            if state is State.DEAD:
+                _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
+            removed += 1
+        if removed:
+            self._syncer.changed(fd)
+        return removed
+
+    def stats(self) -> MailboxStats:
+        """How many files each state holds, and how long the oldest has been there."""
+        now = time.time()
+        now_s = compact_time(now)
+        out: dict[State, StateStats] = {}
+        delayed = 0
+        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP):
+            fd = self._fd(state)
+            count = 0
+            oldest: float | None = None
+            for name in os.listdir(fd):
+                if state is State.DEAD and name.endswith(REASON_SUFFIX):
+                    continue
+                try:
+                    ctime = os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime
+                except FileNotFoundError:
+                    continue
+                count += 1
+                oldest = ctime if oldest is None else min(oldest, ctime)
+                if state is State.NEW and len(name) > 26 and name[2] == "." and name[3:25] > now_s:
+                    delayed += 1
+            out[state] = StateStats(count, None if oldest is None else max(now - oldest, 0.0))
+        return MailboxStats(self.agent_id, out, delayed)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _io_error(self, exc: OSError, what: str) -> MailboxIOError:
+        if isinstance(exc, MailboxIOError):
+            return exc
+        return MailboxIOError(exc.errno, f"{what} in {self.path} failed: {exc.strerror or exc}", exc.filename)
+
+
+def _read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
+    """Read a whole file; None if it turns out bigger than ``limit``."""
+    chunks = [os.read(fd, size_hint + 1)]
+    total = len(chunks[0])
+    while chunks[-1] and total <= limit and total > size_hint:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > limit:
+        return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _drop(fd: int) -> None:
+    try:
+        unlock(fd)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _free_name(dir_fd: int, name: str) -> str:
+    """``name``, or ``name.N`` if that is taken in the folder, so a move never overwrites a file."""
+    if name.endswith(REASON_SUFFIX):
+        name += ".data"
+    candidate = name
+    n = 1
+    while True:
+        try:
+            os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return candidate
+        candidate = f"{name}.{n}"
+        n += 1
+
+

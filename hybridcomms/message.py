@@ -1,0 +1,264 @@
+"""The message envelope and its JSON form.
+
+One message is one JSON object (one file in a file mailbox). The native form is::
+
+    {"version": 1, "id": "…", "topic": "…", "sender": …, "recipient": …,
+     "created_at": "2026-11-26T11:24:03.123456Z", "priority": "MEDIUM",
+     "correlation_id": …, "reply_to": …, "headers": {…}, "payload": …}
+
+``Message.from_dict`` also reads the Dream.OS spellings (``message_id``, ``type`` /
+``message_type``, ``body`` / ``content``, ``timestamp_utc`` / ``timestamp``,
+``sender_agent_id`` / ``from_agent`` / ``from``, ``recipient_agent_id`` / ``to_agent`` / ``to``)
+so legacy files stay readable; legacy fields with no envelope slot are kept in ``headers``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import IntEnum
+from typing import Any
+
+import orjson
+
+from .errors import MessageDecodeError, MessageError, MessageTooLargeError
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "FORMAT_VERSION", "Message", "Priority"]
+
+FORMAT_VERSION = 1
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, encoded
+
+# Message ids become part of file names: keep them to one safe path component.
+_ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
+_MAX_TOPIC = 256
+
+
+class Priority(IntEnum):
+    """Delivery priority. Higher values are claimed first."""
+
+    LOW = 0
+    MEDIUM = 1
+    HIGH = 2
+    CRITICAL = 3
+
+    @classmethod
+    def parse(cls, value: object) -> Priority:
+        """Read a priority from a member, a name (any case; Dream.OS ``NORMAL``/``INFO`` too) or 0..3."""
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, bool):
+            raise MessageError(f"priority must be a name or 0..3, not {value!r}")
+        if isinstance(value, int):
+            return cls(min(max(value, 0), 3))
+        if isinstance(value, str):
+            name = value.strip().upper()
+            alias = _PRIORITY_ALIASES.get(name)
+            if alias is not None:
+                return alias
+            if name.isdigit():
+                return cls.parse(int(name))
+        raise MessageError(f"unknown priority {value!r}; use LOW, MEDIUM, HIGH or CRITICAL")
+
+
+_PRIORITY_ALIASES = {p.name: p for p in Priority} | {
+    "NORMAL": Priority.MEDIUM,
+    "INFO": Priority.LOW,
+    "URGENT": Priority.CRITICAL,
+}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    """A fresh message id: uuid4 as 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def check_id(value: object, what: str = "message id") -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise MessageError(
+            f"{what} {value!r} is not safe: use 1-128 of A-Z a-z 0-9 . _ : @ + -, not starting with a dot"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An immutable message envelope.
+
+    ``topic`` is the message type (``dreamos.agent.Agent-1.task.command``, ``TASK_COMMAND``…);
+    ``payload`` is any JSON value. ``id`` is stable across redeliveries, so handlers can be
+    idempotent. ``created_at`` is always timezone-aware UTC.
+    """
+
+    topic: str
+    payload: Any = None
+    sender: str | None = None
+    recipient: str | None = None
+    priority: Priority = Priority.MEDIUM
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=_utcnow)
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.topic, str) or not self.topic or len(self.topic) > _MAX_TOPIC:
+            raise MessageError(f"topic must be a non-empty string of at most {_MAX_TOPIC} characters")
+        if any(ord(c) < 32 for c in self.topic):
+            raise MessageError(f"topic {self.topic!r} contains control characters")
+        check_id(self.id)
+        if not isinstance(self.priority, Priority):
+            object.__setattr__(self, "priority", Priority.parse(self.priority))
+        ts = self.created_at
+        if not isinstance(ts, datetime):
+            raise MessageError(f"created_at must be a datetime, not {type(ts).__name__}")
+        if ts.tzinfo is None:
+            raise MessageError("created_at must be timezone-aware (UTC)")
+        if ts.utcoffset():
+            object.__setattr__(self, "created_at", ts.astimezone(timezone.utc))
+        for name in ("sender", "recipient", "correlation_id", "reply_to"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise MessageError(f"{name} must be a string or None, not {type(value).__name__}")
+        if not isinstance(self.headers, Mapping) or not all(isinstance(k, str) for k in self.headers):
+            raise MessageError("headers must be a mapping with string keys")
+
+    # -- JSON ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The native JSON object (created_at as ISO-8601 with a ``Z``)."""
+        return {
+            "version": FORMAT_VERSION,
+            "id": self.id,
+            "topic": self.topic,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "created_at": self.created_at.isoformat(timespec="microseconds")[:26] + "Z",
+            "priority": self.priority.name,
+            "correlation_id": self.correlation_id,
+            "reply_to": self.reply_to,
+            "headers": dict(self.headers),
+            "payload": self.payload,
+        }
+
+    def encode(self, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+        """Serialise to JSON bytes; raise before anything is written if it cannot be sent."""
+        try:
+            data = orjson.dumps(self.to_dict())
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            raise TypeError(f"message {self.id} is not JSON-serialisable: {exc}") from exc
+        if max_size is not None and len(data) > max_size:
+            raise MessageTooLargeError(len(data), max_size)
+        return data
+
+    @classmethod
+    def decode(cls, raw: bytes, *, path: str | None = None) -> Message:
+        """Parse JSON bytes (native or Dream.OS form). Raises `MessageDecodeError` with the bytes kept."""
+        if not raw:
+            raise MessageDecodeError("empty file", raw=raw, path=path)
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MessageDecodeError(f"invalid JSON: {exc}", raw=raw, path=path) from None
+        if not isinstance(obj, dict):
+            raise MessageDecodeError(
+                f"expected a JSON object, got {type(obj).__name__}", raw=raw, path=path
+            )
+        try:
+            return cls.from_dict(obj)
+        except MessageDecodeError:
+            raise
+        except (MessageError, TypeError, ValueError) as exc:
+            raise MessageDecodeError(str(exc), raw=raw, path=path) from None
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Message:
+        """Build from the native object, or from any Dream.OS spelling of it."""
+        if obj.get("version") == FORMAT_VERSION:
+            return cls(
+                topic=obj["topic"],
+                payload=obj.get("payload"),
+                sender=obj.get("sender"),
+                recipient=obj.get("recipient"),
+                priority=Priority.parse(obj.get("priority", "MEDIUM")),
+                id=obj["id"],
+                created_at=_parse_time(obj["created_at"]),
+                correlation_id=obj.get("correlation_id"),
+                reply_to=obj.get("reply_to"),
+                headers=obj.get("headers") or {},
+            )
+        version = obj.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
+        return _from_legacy(obj)
+
+
+_TOPIC_KEYS = ("topic", "type", "message_type")
+_PAYLOAD_KEYS = ("payload", "body", "content")
+_TIME_KEYS = ("created_at", "timestamp_utc", "timestamp")
+_SENDER_KEYS = ("sender", "sender_agent_id", "from_agent", "from")
+_RECIPIENT_KEYS = ("recipient", "recipient_agent_id", "to_agent", "to")
+_ID_KEYS = ("id", "message_id")
+_CONSUMED = frozenset(
+    (*_TOPIC_KEYS, *_PAYLOAD_KEYS, *_TIME_KEYS, *_SENDER_KEYS, *_RECIPIENT_KEYS, *_ID_KEYS)
+    + ("priority", "correlation_id", "reply_to", "headers", "version")
+)
+
+
+def _first(obj: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = obj.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _from_legacy(obj: Mapping[str, Any]) -> Message:
+    topic = _first(obj, _TOPIC_KEYS)
+    if topic is None:
+        raise MessageDecodeError("no topic: none of 'topic', 'type', 'message_type' is set")
+    raw_id = _first(obj, _ID_KEYS)
+    created = _first(obj, _TIME_KEYS)
+    headers: dict[str, Any] = dict(obj.get("headers") or {})
+    # Legacy fields with no envelope slot (subject, metadata, read_status, in_reply_to, …) are kept.
+    for key, value in obj.items():
+        if key not in _CONSUMED:
+            headers.setdefault(key, value)
+    priority = obj.get("priority")
+    return Message(
+        topic=str(topic),
+        payload=_first(obj, _PAYLOAD_KEYS),
+        sender=_opt_str(_first(obj, _SENDER_KEYS)),
+        recipient=_opt_str(_first(obj, _RECIPIENT_KEYS)),
+        priority=Priority.parse(priority) if priority is not None else Priority.MEDIUM,
+        id=str(raw_id) if raw_id is not None else new_id(),
+        created_at=_parse_time(created) if created is not None else _utcnow(),
+        correlation_id=_opt_str(obj.get("correlation_id")),
+        reply_to=_opt_str(obj.get("reply_to")),
+        headers=headers,
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            ts = datetime.fromisoformat(text)
+        except ValueError:
+            raise MessageDecodeError(f"unreadable timestamp {value!r}") from None
+        return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+    raise MessageDecodeError(f"timestamp must be an ISO-8601 string or a number, not {value!r}")
