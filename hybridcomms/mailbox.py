@@ -391,7 +391,7 @@ class FileMailbox:
     def put(self, message: Message) -> str:
         """Deliver ``message`` durably (per the fsync policy) into ``new/``; return its id."""
         data = message.encode(self.max_message_size)
-        name = make_name(RANK_OF[message.priority], compact_time_of(message.created_at), message.id, 0)
+        name = _publish_name(message, compact_time(time.time()))
         self._publish_one(name, data)
         self._index.push(name)
         return message.id
@@ -428,13 +428,9 @@ class FileMailbox:
 
     def _withdraw(self, names: Iterable[str]) -> None:
         """Take back files just published whose commit failed (unless already claimed)."""
-        tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
+        new_fd = self._fd(State.NEW)
         for name in names:
-            try:
-                os.rename(name, name, src_dir_fd=new_fd, dst_dir_fd=tmp_fd)
-            except OSError:
-                continue  # already claimed: it will be delivered
-            _fs._unlink_quietly(tmp_fd, name)
+            _fs._unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
 
     def put_many(self, messages: Iterable[Message]) -> list[str]:
         """Deliver a burst with one durability barrier (one ``syncfs`` + one ``new/`` fsync).
@@ -444,10 +440,8 @@ class FileMailbox:
         (same ids) and let handlers deduplicate.
         """
         msgs = list(messages)
-        batch = [
-            (make_name(RANK_OF[m.priority], compact_time_of(m.created_at), m.id, 0), m.encode(self.max_message_size))
-            for m in msgs
-        ]
+        now = compact_time(time.time())
+        batch = [(_publish_name(m, now), m.encode(self.max_message_size)) for m in msgs]
         if not batch:
             return []
         tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
@@ -851,6 +845,12 @@ class FileMailbox:
         if isinstance(exc, MailboxIOError):
             return exc
         return MailboxIOError(exc.errno, f"{what} in {self.path} failed: {exc.strerror or exc}", exc.filename)
+
+
+def _publish_name(message: Message, now: str) -> str:
+    """A new message is due at its creation time, or now if that is in the future: a producer
+    whose clock runs ahead must not hold its own messages back."""
+    return make_name(RANK_OF[message.priority], min(compact_time_of(message.created_at), now), message.id, 0)
 
 
 def _read_all(fd: int, size_hint: int, limit: int) -> bytes | None:

@@ -172,8 +172,10 @@ class Message:
             )
         try:
             return cls.from_dict(obj)
-        except MessageDecodeError:
-            raise
+        except MessageDecodeError as exc:
+            raise MessageDecodeError(exc.reason, raw=raw, path=path) from None
+        except KeyError as exc:
+            raise MessageDecodeError(f"missing field {exc.args[0]!r}", raw=raw, path=path) from None
         except (MessageError, TypeError, ValueError) as exc:
             raise MessageDecodeError(str(exc), raw=raw, path=path) from None
 

@@ -1,0 +1,192 @@
+"""The ``hybridcomms`` command.
+
+    hybridcomms [--root R] send --to AGENT --topic T --payload JSON [--priority P] [--from SENDER]
+    hybridcomms [--root R] recv AGENT [--timeout S]
+    hybridcomms [--root R] stats [AGENT ...] [--json]
+    hybridcomms [--root R] recover [AGENT ...]
+    hybridcomms [--root R] demo
+
+The mailbox root is ``--root``, else ``$HYBRIDCOMMS_ROOT``, else
+``runtime/agent_comms/agent_mailboxes`` under the current directory (the Dream.OS location).
+
+Exit codes: 0 done; 1 an error (the message says what); 2 bad usage; 3 ``recv`` found no message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .errors import HybridCommsError
+from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
+from .message import Message, Priority
+from .states import State
+
+__all__ = ["main", "resolve_root"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
+
+
+def resolve_root(arg: str | None, environ: dict[str, str] | None = None) -> Path:
+    """``--root``, else ``$HYBRIDCOMMS_ROOT``, else the Dream.OS default under the current directory."""
+    env = os.environ if environ is None else environ
+    return Path(arg or env.get("HYBRIDCOMMS_ROOT") or DEFAULT_ROOT)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _cmd_send(args: argparse.Namespace, root: Path) -> int:
+    try:
+        payload = orjson.loads(args.payload)
+    except orjson.JSONDecodeError as exc:
+        raise SystemExit(f"hybridcomms send: --payload is not valid JSON: {exc}") from None
+    message = Message(
+        topic=args.topic,
+        payload=payload,
+        sender=args.sender,
+        recipient=args.to,
+        priority=Priority.parse(args.priority),
+    )
+    with FileMailbox(root, args.to, fsync=args.fsync) as mb:
+        mb.put(message)
+    print(message.id)
+    return EXIT_OK
+
+
+def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
+    with FileMailbox(root, args.agent, fsync=args.fsync) as mb:
+        delivery = mb.claim(timeout=args.timeout)
+        if delivery is None:
+            print(f"hybridcomms recv: no message for {args.agent}", file=sys.stderr)
+            return EXIT_EMPTY
+        with delivery:
+            out = delivery.message.to_dict()
+            out["attempt"] = delivery.attempt
+            _print_json(out)
+    return EXIT_OK
+
+
+def _agents(args: argparse.Namespace, root: Path) -> list[str]:
+    return [check_agent_id(a) for a in args.agents] if args.agents else list_agents(root)
+
+
+def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
+    rows = []
+    for agent in _agents(args, root):
+        with FileMailbox(root, agent, create=False) as mb:
+            rows.append(mb.stats().to_dict())
+    if args.json:
+        _print_json({"root": str(root), "agents": rows})
+        return EXIT_OK
+    if not rows:
+        print(f"no mailboxes under {root}")
+        return EXIT_OK
+    cols = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)]
+    width = max(len("agent"), *(len(r["agent"]) for r in rows))
+    print(f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in cols) + "  oldest new")
+    for r in rows:
+        age = r["new"]["oldest_age"]
+        shown_age = "-" if age is None else f"{age:.1f}s"
+        print(f"{r['agent']:<{width}}  " + "  ".join(f"{r[c]['count']:>10}" for c in cols) + f"  {shown_age}")
+    return EXIT_OK
+
+
+def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
+    for agent in _agents(args, root):
+        with FileMailbox(root, agent, create=False) as mb:
+            rep = mb.recover()
+        print(
+            f"{agent}: returned {len(rep.returned)}, expired {len(rep.expired)}, "
+            f"dead {len(rep.dead)}, tmp removed {len(rep.tmp_removed)}"
+        )
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
+    """A short tour: priorities, a retry, a dead letter, and what is left on disk."""
+    from .retry import Backoff
+
+    print(f"mailbox root: {root.resolve()}")
+    with FileMailbox(root, "Demo-Agent", max_attempts=2, backoff=Backoff(initial=0.05, jitter=0)) as mb:
+        mb.put(Message("status.note", {"text": "low priority, sent first"}, sender="Demo-Sender", priority="LOW"))
+        mb.put(Message("task.command", {"do": "build"}, sender="Demo-Sender", priority="HIGH"))
+        mb.put(Message("task.command", {"do": "explode"}, sender="Demo-Sender", priority="MEDIUM"))
+        print("put 3 messages (LOW, HIGH, MEDIUM); claiming in priority order:")
+        while (d := mb.claim(timeout=0.5)) is not None:
+            payload = d.message.payload
+            try:
+                with d:
+                    if payload.get("do") == "explode":
+                        raise RuntimeError("handler failed on purpose")
+                    print(f"  ack   {d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}")
+            except RuntimeError as exc:
+                fate = "dead-lettered" if d.attempt >= mb.max_attempts else "nacked, will retry"
+                print(f"  fail  {d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}: {exc}; {fate}")
+        st = mb.stats().to_dict()
+        print("stats:", {k: st[k]["count"] for k in ("new", "processing", "done", "dead")})
+        for info in mb.list(State.DEAD):
+            print(f"dead/{info.name}\n  reason: {info.reason and info.reason.get('reason')}")
+    print(f"inspect it yourself: ls -R {root / 'Demo-Agent'}")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect.")
+    p.add_argument("--version", action="version", version=f"hybridcomms {__version__}")
+    p.add_argument("--root", help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)")
+    p.add_argument(
+        "--fsync", choices=["always", "batch", "never"], default="always", help="durability of writes (default: always)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("send", help="put one message into an agent's mailbox; prints its id")
+    s.add_argument("--to", required=True, help="recipient agent id")
+    s.add_argument("--topic", required=True, help="topic / message type")
+    s.add_argument("--payload", default="null", help="payload as JSON (default: null)")
+    s.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
+    s.add_argument("--from", dest="sender", default=None, help="sender agent id")
+    s.set_defaults(func=_cmd_send)
+
+    r = sub.add_parser("recv", help="claim one message, print it as JSON, ack it")
+    r.add_argument("agent")
+    r.add_argument("--timeout", type=float, default=None, help="seconds to wait for a message")
+    r.set_defaults(func=_cmd_recv)
+
+    st = sub.add_parser("stats", help="counts per state for every mailbox (or the ones named)")
+    st.add_argument("agents", nargs="*")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_stats)
+
+    rc = sub.add_parser("recover", help="give back messages held by dead consumers; sweep tmp/")
+    rc.add_argument("agents", nargs="*")
+    rc.set_defaults(func=_cmd_recover)
+
+    d = sub.add_parser("demo", help="a short tour in a Demo-Agent mailbox under the root")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = resolve_root(args.root)
+    try:
+        code: int = args.func(args, root)
+        return code
+    except (HybridCommsError, OSError, ValueError, TypeError) as exc:
+        print(f"hybridcomms {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""The FileMailbox contract, one behaviour per test."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from hybridcomms import (
+    Backoff,
+    DeliveryError,
+    FileMailbox,
+    Message,
+    Priority,
+    State,
+)
+
+Make = Callable[..., FileMailbox]
+
+
+def names(mb: FileMailbox, state: str) -> list[str]:
+    return sorted(os.listdir(mb.path / state))
+
+
+def test_a_put_message_is_claimed_with_the_same_content_and_attempt_one(mailbox: FileMailbox) -> None:
+    sent = Message("task.command", {"do": "build"}, sender="Captain-THEA", recipient="Agent-1")
+    assert mailbox.put(sent) == sent.id
+    d = mailbox.claim()
+    assert d is not None
+    assert d.message == sent
+    assert d.attempt == 1
+    d.ack()
+    assert mailbox.claim() is None
+
+
+def test_the_mailbox_folders_follow_the_on_disk_contract(mailbox: FileMailbox, root: Path) -> None:
+    assert sorted(os.listdir(root / "Agent-1")) == ["dead", "done", "new", "processing", "tmp"]
+
+
+def test_a_message_moves_new_then_processing_then_done(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    assert len(names(mailbox, "new")) == 1
+    d = mailbox.claim()
+    assert d is not None
+    assert names(mailbox, "new") == [] and names(mailbox, "processing") == [d.name]
+    d.ack()
+    assert names(mailbox, "processing") == [] and names(mailbox, "done") == [d.name]
+
+
+def test_file_names_say_priority_due_time_id_and_attempt(mailbox: FileMailbox) -> None:
+    m = Message("t", priority="CRITICAL")
+    mailbox.put(m)
+    (name,) = names(mailbox, "new")
+    assert name.startswith("0C.") and f".{m.id}.a0.json" in name
+    stamp = name[3:25]
+    assert stamp == m.created_at.strftime("%Y%m%dT%H%M%S%fZ")
+    d = mailbox.claim()
+    assert d is not None and d.name.endswith(f".{m.id}.a1.json")
+
+
+def test_the_file_in_new_is_plain_json_readable_with_cat_and_jq(mailbox: FileMailbox) -> None:
+    m = Message("t", {"k": "v"})
+    mailbox.put(m)
+    (name,) = names(mailbox, "new")
+    obj = orjson.loads((mailbox.path / "new" / name).read_bytes())
+    assert obj["id"] == m.id and obj["payload"] == {"k": "v"}
+
+
+def test_claims_go_by_priority_then_oldest_first(mailbox: FileMailbox) -> None:
+    t0 = time.time()
+    from datetime import datetime, timezone
+
+    def at(offset: float) -> datetime:
+        return datetime.fromtimestamp(t0 - 10 + offset, timezone.utc)
+
+    sent = [
+        Message("low-old", priority="LOW", created_at=at(0)),
+        Message("med-new", priority="MEDIUM", created_at=at(2)),
+        Message("med-old", priority="MEDIUM", created_at=at(1)),
+        Message("crit", priority="CRITICAL", created_at=at(3)),
+        Message("high", priority="HIGH", created_at=at(4)),
+    ]
+    for m in sent:
+        mailbox.put(m)
+    order = []
+    while (d := mailbox.claim()) is not None:
+        order.append(d.message.topic)
+        d.ack()
+    assert order == ["crit", "high", "med-old", "med-new", "low-old"]
+
+
+def test_a_message_created_in_the_future_by_a_skewed_clock_is_due_at_once(mailbox: FileMailbox) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    m = Message("skewed", created_at=datetime.now(timezone.utc) + timedelta(hours=1))
+    mailbox.put(m)
+    d = mailbox.claim()
+    assert d is not None and d.message == m
+
+
+def test_a_message_from_another_writer_is_seen_by_an_existing_claimer(make_mailbox: Make) -> None:
+    consumer = make_mailbox()
+    assert consumer.claim() is None
+    make_mailbox().put(Message("from-elsewhere"))
+    d = consumer.claim()
+    assert d is not None and d.message.topic == "from-elsewhere"
+
+
+def test_a_higher_priority_arrival_from_another_writer_overtakes_the_backlog(make_mailbox: Make) -> None:
+    consumer = make_mailbox(rescan_interval=0.05)
+    for i in range(5):
+        consumer.put(Message(f"low{i}", priority="LOW"))
+    d = consumer.claim()
+    assert d is not None and d.message.topic == "low0"
+    d.ack()
+    make_mailbox().put(Message("urgent", priority="CRITICAL"))
+    time.sleep(0.06)
+    d = consumer.claim()
+    assert d is not None and d.message.topic == "urgent"
+
+
+def test_an_ack_is_final(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    d = mailbox.claim()
+    assert d is not None
+    d.ack()
+    with pytest.raises(DeliveryError, match="already settled"):
+        d.ack()
+    with pytest.raises(DeliveryError):
+        d.nack()
+
+
+def test_a_nack_returns_the_message_with_the_attempt_counted(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    d = mailbox.claim()
+    assert d is not None
+    d.nack(delay=0)
+    d2 = mailbox.claim()
+    assert d2 is not None and d2.message.id == d.message.id and d2.attempt == 2
+
+
+def test_a_nacked_message_is_not_due_before_its_delay(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    d = mailbox.claim()
+    assert d is not None
+    d.nack(delay=0.3)
+    assert mailbox.claim() is None
+    assert mailbox.stats().delayed == 1
+    time.sleep(0.35)
+    again = mailbox.claim()
+    assert again is not None and again.attempt == 2
+
+
+def test_nack_without_a_delay_uses_the_backoff(make_mailbox: Make) -> None:
+    mb = make_mailbox(backoff=Backoff(initial=0.25, factor=2, jitter=0))
+    mb.put(Message("t"))
+    d = mb.claim()
+    assert d is not None
+    d.nack()
+    (name,) = names(mb, "new")
+    due = name[3:25]
+    from hybridcomms._names import parse_compact
+
+    assert 0.2 < parse_compact(due) - time.time() <= 0.25
+
+
+def test_claim_with_a_timeout_waits_for_the_backoff_to_end(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    d = mailbox.claim()
+    assert d is not None
+    d.nack(delay=0.2)
+    start = time.monotonic()
+    again = mailbox.claim(timeout=2)
+    assert again is not None
+    assert 0.15 < time.monotonic() - start < 1.0
+
+
+def test_a_message_that_keeps_failing_goes_to_dead_with_its_reason(make_mailbox: Make) -> None:
+    mb = make_mailbox(max_attempts=3)
+    m = Message("t", {"x": 1})
+    mb.put(m)
+    for attempt in (1, 2, 3):
+        d = mb.claim()
+        assert d is not None and d.attempt == attempt
+        d.nack(delay=0, error=RuntimeError(f"boom {attempt}"))
+    assert mb.claim() is None
+    (info,) = mb.list(State.DEAD)
+    assert info.id == m.id and info.attempt == 3
+    assert info.reason is not None
+    assert info.reason["reason"] == "failed 3 of 3 attempts"
+    assert info.reason["last_error"] == "boom 3"
+    assert info.reason["topic"] == "t"
+    reason_file = info.path.parent / (info.name + ".reason.json")
+    assert orjson.loads(reason_file.read_bytes())["id"] == m.id
+    assert orjson.loads(info.path.read_bytes())["payload"] == {"x": 1}
+
+
+def test_a_handler_can_dead_letter_a_message_itself(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    d = mailbox.claim()
+    assert d is not None
+    d.dead("payload rejected by schema")
+    (info,) = mailbox.list("dead")
+    assert info.reason is not None and info.reason["reason"] == "payload rejected by schema"
+
+
+def test_the_context_manager_acks_on_success(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    d = mailbox.claim()
+    assert d is not None
+    with d:
+        pass
+    assert d.settled and len(names(mailbox, "done")) == 1
+
+
+def test_the_context_manager_nacks_on_exception_and_reraises(mailbox: FileMailbox) -> None:
+    mailbox.put(Message("t"))
+    with pytest.raises(KeyError):
+        d = mailbox.claim()
+        assert d is not None
+        with d:
+            raise KeyError("nope")
+    assert names(mailbox, "done") == [] and len(names(mailbox, "new")) == 1
+
+
+def test_the_last_error_reaches_the_dead_letter_reason_through_the_context_manager(make_mailbox: Make) -> None:
+    mb = make_mailbox(max_attempts=1)
+    mb.put(Message("t"))
+    d = mb.claim()
+    assert d is not None
+    with pytest.raises(ValueError), d:
+        raise ValueError("bad value 42")
+    (info,) = mb.list("dead")
+    assert info.reason is not None and info.reason["last_error"] == "ValueError: bad value 42"
+
+
+def test_put_many_delivers_every_message_of_the_burst(make_mailbox: Make) -> None:
+    mb = make_mailbox(fsync="always")
+    sent = [Message("burst", i) for i in range(50)]
+    assert mb.put_many(sent) == [m.id for m in sent]
+    got = []
+    while (d := mb.claim()) is not None:
+        got.append(d.message.payload)
+        d.ack()
+    assert sorted(got) == list(range(50))
+    assert names(mb, "tmp") == []
+
+
+def test_put_many_of_nothing_does_nothing(mailbox: FileMailbox) -> None:
+    assert mailbox.put_many([]) == []
+
+
+def test_put_many_with_one_bad_message_writes_none(make_mailbox: Make) -> None:
+    mb = make_mailbox(max_message_size=500)
+    batch = [Message("ok"), Message("big", "x" * 1000), Message("ok2")]
+    with pytest.raises(Exception, match="over the limit"):
+        mb.put_many(batch)
+    assert names(mb, "new") == [] and names(mb, "tmp") == []
+
+
+@pytest.mark.parametrize("policy", ["always", "batch", "never"])
+def test_every_fsync_policy_delivers_the_same_way(make_mailbox: Make, policy: str) -> None:
+    mb = make_mailbox(fsync=policy, batch_interval=0.0)
+    mb.put(Message("t", 1))
+    mb.put_many([Message("t", 2)])
+    seen = []
+    while (d := mb.claim()) is not None:
+        seen.append(d.message.payload)
+        d.nack(delay=0) if d.attempt == 1 else d.ack()
+    assert sorted(seen) == [1, 1, 2, 2]
+    mb.flush()
+
+
+def test_an_unknown_fsync_policy_is_refused(root: Path) -> None:
+    with pytest.raises(ValueError):
+        FileMailbox(root, "Agent-1", fsync="sometimes")
+
+
+def test_stats_count_each_state_and_the_age_of_the_oldest(mailbox: FileMailbox) -> None:
+    for i in range(3):
+        mailbox.put(Message("t", i))
+    d = mailbox.claim()
+    assert d is not None
+    d.ack()
+    d = mailbox.claim()
+    assert d is not None
+    time.sleep(0.05)
+    st = mailbox.stats()
+    counts = {s.value: v.count for s, v in st.states.items()}
+    assert counts == {"new": 1, "processing": 1, "done": 1, "dead": 0, "tmp": 0}
+    assert st.states[State.NEW].oldest_age is not None and st.states[State.NEW].oldest_age >= 0.05
+    assert st.states[State.DEAD].oldest_age is None
+    d.ack()
+
+
+def test_get_finds_a_message_in_whatever_state_it_is(mailbox: FileMailbox) -> None:
+    m = Message("t", "body")
+    mailbox.put(m)
+    info = mailbox.get(m.id)
+    assert info is not None and info.state is State.NEW
+    d = mailbox.claim()
+    assert d is not None
+    info = mailbox.get(m.id)
+    assert info is not None and info.state is State.PROCESSING and info.attempt == 1
+    d.ack()
+    info = mailbox.get(m.id)
+    assert info is not None and info.state is State.DONE
+    assert mailbox.read(info) == m
+    assert mailbox.get("no-such-id") is None
+
+
+def test_requeue_gives_a_dead_message_a_fresh_start(make_mailbox: Make) -> None:
+    mb = make_mailbox(max_attempts=1)
+    m = Message("t")
+    mb.put(m)
+    d = mb.claim()
+    assert d is not None
+    d.nack(error="transient outage")
+    assert mb.get(m.id) is not None and mb.get(m.id).state is State.DEAD  # type: ignore[union-attr]
+    (target,) = mb.requeue(m.id)
+    assert target.endswith(".a0.json")
+    assert not any(n.endswith(".reason.json") for n in names(mb, "dead"))
+    d = mb.claim()
+    assert d is not None and d.message == m and d.attempt == 1
+    d.ack()
+
+
+def test_requeue_of_an_unknown_id_moves_nothing(mailbox: FileMailbox) -> None:
+    assert mailbox.requeue("nothing-here") == []
+
+
+def test_purge_empties_done_and_dead_by_age_but_never_new(mailbox: FileMailbox) -> None:
+    for _ in range(2):
+        mailbox.put(Message("t"))
+        d = mailbox.claim()
+        assert d is not None
+        d.ack()
+    assert mailbox.purge("done", older_than=3600) == 0
+    assert mailbox.purge("done") == 2
+    assert names(mailbox, "done") == []
+    with pytest.raises(ValueError, match="only empties"):
+        mailbox.purge("new")
+
+
+def test_files_are_private_and_folders_too_by_default(mailbox: FileMailbox, root: Path) -> None:
+    mailbox.put(Message("t"))
+    (name,) = names(mailbox, "new")
+    assert stat.S_IMODE(os.stat(mailbox.path / "new" / name).st_mode) == 0o600
+    for folder in ("", "new", "processing", "done", "dead", "tmp"):
+        assert stat.S_IMODE(os.stat(root / "Agent-1" / folder).st_mode) == 0o700
+
+
+def test_modes_are_configurable_for_a_shared_group_setup(make_mailbox: Make, root: Path) -> None:
+    mb = make_mailbox("Agent-7", file_mode=0o660, dir_mode=0o770)
+    mb.put(Message("t"))
+    (name,) = names(mb, "new")
+    assert stat.S_IMODE(os.stat(mb.path / "new" / name).st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(root / "Agent-7" / "new").st_mode) == 0o770
+
+
+def test_a_mailbox_can_be_shared_by_threads_without_double_delivery(make_mailbox: Make) -> None:
+    mb = make_mailbox()
+    n = 400
+    mb.put_many([Message("t", i) for i in range(n)])
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while (d := mb.claim()) is not None:
+            with lock:
+                got.append(d.message.payload)
+            d.ack()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(got) == list(range(n))
+
+
+def test_claim_with_a_timeout_returns_none_after_the_timeout(mailbox: FileMailbox) -> None:
+    start = time.monotonic()
+    assert mailbox.claim(timeout=0.2) is None
+    assert 0.19 <= time.monotonic() - start < 1.5
+
+
+def test_claim_with_a_timeout_wakes_up_when_another_thread_puts(make_mailbox: Make) -> None:
+    consumer = make_mailbox(rescan_interval=30)
+    producer = make_mailbox()
+    timer = threading.Timer(0.2, lambda: producer.put(Message("late")))
+    timer.start()
+    start = time.monotonic()
+    d = consumer.claim(timeout=10)
+    elapsed = time.monotonic() - start
+    timer.join()
+    assert d is not None and d.message.topic == "late"
+    assert elapsed < 2.0  # woken by the notification, not by the 30 s rescan
+
+
+def test_a_closed_mailbox_refuses_work(root: Path) -> None:
+    mb = FileMailbox(root, "Agent-1", fsync="never")
+    mb.close()
+    mb.close()
+    with pytest.raises(OSError, match="closed"):
+        mb.put(Message("t"))
+
+
+def test_priority_enum_values_order_claims() -> None:
+    assert Priority.CRITICAL > Priority.HIGH > Priority.MEDIUM > Priority.LOW

@@ -1,0 +1,78 @@
+"""Functions run in child processes by the multi-process and crash tests (spawn-safe)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+from hybridcomms import Backoff, FileMailbox, Message
+
+FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
+
+
+def claim_and_die(root: str, agent: str, how: str) -> None:
+    """Claim one message and die without settling it."""
+    mb = FileMailbox(root, agent, fsync="never")
+    d = mb.claim()
+    assert d is not None
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(0)
+
+
+def claim_and_hold(root: str, agent: str, ready: str) -> None:
+    """Claim one message, say so, and hang (until killed)."""
+    mb = FileMailbox(root, agent, fsync="never")
+    d = mb.claim()
+    assert d is not None
+    Path(ready).write_text(d.message.id)
+    time.sleep(600)
+
+
+def produce(root: str, agent: str, producer: int, count: int, fsync: str) -> None:
+    with FileMailbox(root, agent, fsync=fsync) as mb:
+        for i in range(count):
+            mb.put(Message("load", {"p": producer, "i": i}, id=f"p{producer}-{i}"))
+
+
+def consume(root: str, agent: str, log_path: str, expected_total: int, deadline: float) -> None:
+    """Claim and ack until every expected message is done; log each acked id."""
+    with FileMailbox(root, agent, fsync="never", backoff=FAST) as mb, open(log_path, "a") as log:
+        while time.time() < deadline:
+            d = mb.claim(timeout=0.2)
+            if d is None:
+                if len(os.listdir(mb.path / "done")) >= expected_total:
+                    return
+                continue
+            d.ack()
+            log.write(d.message.id + "\n")
+            log.flush()
+
+
+def crashy_consume(root: str, agent: str, log_path: str, seed: int) -> None:
+    """Claim, log the claim, work a random while, ack, log the ack. Killed from outside at random."""
+    rng = random.Random(seed)
+    with FileMailbox(root, agent, fsync="never", backoff=FAST, max_attempts=1000) as mb:
+        log = open(log_path, "a", buffering=1)
+        while True:
+            d = mb.claim(timeout=0.5)
+            if d is None:
+                continue
+            log.write(f"claim {d.message.id} {d.attempt}\n")
+            if rng.random() < 0.5:
+                time.sleep(rng.random() * 0.002)
+            d.ack()
+            log.write(f"ack {d.message.id} {d.attempt}\n")
+
+
+def put_big_forever(root: str, agent: str, size: int) -> None:
+    """Put large messages until killed."""
+    mb = FileMailbox(root, agent, fsync="never", max_message_size=size * 2)
+    i = 0
+    while True:
+        payload = {"i": i, "blob": "z" * size, "check": size}
+        mb.put(Message("big", payload))
+        i += 1
