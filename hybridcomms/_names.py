@@ -26,8 +26,8 @@ __all__ = [
     "compact_time",
     "compact_time_of",
     "make_name",
-    "parse_name",
     "parse_compact",
+    "parse_name",
 ]
 
 RANK_OF: dict[Priority, str] = {

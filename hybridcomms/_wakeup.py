@@ -23,7 +23,9 @@ log = logging.getLogger("hybridcomms.wakeup")
 
 
 class ArrivalWaiter:
-    def __init__(self, agent_dir: str, on_arrival: Callable[[str], None], *, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self, agent_dir: str, on_arrival: Callable[[str], None], *, poll_interval: float = 0.5
+    ) -> None:
         self._event = threading.Event()
         self._new_dir = os.path.join(agent_dir, "new")
         self._on_arrival = on_arrival
@@ -49,7 +51,7 @@ class ArrivalWaiter:
 
         waiter = self
 
-        class Handler(FileSystemEventHandler):  # type: ignore[misc]
+        class Handler(FileSystemEventHandler):
             def on_created(self, event: Any) -> None:
                 waiter._arrived(os.fsdecode(event.src_path))
 
@@ -57,7 +59,9 @@ class ArrivalWaiter:
                 waiter._arrived(os.fsdecode(event.dest_path))
 
         observer = Observer()
-        observer.schedule(Handler(), agent_dir, recursive=True, event_filter=[FileCreatedEvent, FileMovedEvent])
+        observer.schedule(
+            Handler(), agent_dir, recursive=True, event_filter=[FileCreatedEvent, FileMovedEvent]
+        )
         observer.daemon = True
         observer.start()
         return observer

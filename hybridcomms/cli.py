@@ -117,7 +117,9 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
 
     print(f"mailbox root: {root.resolve()}")
     with FileMailbox(root, "Demo-Agent", max_attempts=2, backoff=Backoff(initial=0.05, jitter=0)) as mb:
-        mb.put(Message("status.note", {"text": "low priority, sent first"}, sender="Demo-Sender", priority="LOW"))
+        mb.put(
+            Message("status.note", {"text": "low priority, sent first"}, sender="Demo-Sender", priority="LOW")
+        )
         mb.put(Message("task.command", {"do": "build"}, sender="Demo-Sender", priority="HIGH"))
         mb.put(Message("task.command", {"do": "explode"}, sender="Demo-Sender", priority="MEDIUM"))
         print("put 3 messages (LOW, HIGH, MEDIUM); claiming in priority order:")
@@ -130,7 +132,8 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
                     print(f"  ack   {d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}")
             except RuntimeError as exc:
                 fate = "dead-lettered" if d.attempt >= mb.max_attempts else "nacked, will retry"
-                print(f"  fail  {d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}: {exc}; {fate}")
+                what = f"{d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}"
+                print(f"  fail  {what}: {exc}; {fate}")
         st = mb.stats().to_dict()
         print("stats:", {k: st[k]["count"] for k in ("new", "processing", "done", "dead")})
         for info in mb.list(State.DEAD):
@@ -140,11 +143,18 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect.")
+    p = argparse.ArgumentParser(
+        prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect."
+    )
     p.add_argument("--version", action="version", version=f"hybridcomms {__version__}")
-    p.add_argument("--root", help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)")
     p.add_argument(
-        "--fsync", choices=["always", "batch", "never"], default="always", help="durability of writes (default: always)"
+        "--root", help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)"
+    )
+    p.add_argument(
+        "--fsync",
+        choices=["always", "batch", "never"],
+        default="always",
+        help="durability of writes (default: always)",
     )
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -15,6 +15,7 @@ Notes for anyone changing this (the backend contract):
 
 from __future__ import annotations
 
+import builtins
 import errno
 import logging
 import os
@@ -37,7 +38,15 @@ from . import _fs
 from ._fs import DirSyncer, FsyncPolicy, write_new_file
 from ._index import ClaimIndex
 from ._locking import try_lock, unlock
-from ._names import RANK_OF, REASON_SUFFIX, compact_time, compact_time_of, make_name, parse_compact, parse_name
+from ._names import (
+    RANK_OF,
+    REASON_SUFFIX,
+    compact_time,
+    compact_time_of,
+    make_name,
+    parse_compact,
+    parse_name,
+)
 from ._wakeup import ArrivalWaiter
 from .errors import (
     DeliveryError,
@@ -68,6 +77,7 @@ log = logging.getLogger("hybridcomms.mailbox")
 #: The Dream.OS location, relative to the current directory.
 DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
+DEFAULT_BACKOFF = Backoff()
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 _STATES = (State.TMP, State.NEW, State.PROCESSING, State.DONE, State.DEAD)
 
@@ -258,7 +268,7 @@ class FileMailbox:
         fsync: FsyncPolicy | str = FsyncPolicy.ALWAYS,
         lease: float = 300.0,
         max_attempts: int = 5,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         file_mode: int = 0o600,
         dir_mode: int = 0o700,
@@ -335,7 +345,9 @@ class FileMailbox:
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     kind = "a symlink" if os.path.islink(shown) else "not a folder"
-                    raise UnsafePathError(f"{shown} is {kind}; a mailbox folder must be a real folder") from None
+                    raise UnsafePathError(
+                        f"{shown} is {kind}; a mailbox folder must be a real folder"
+                    ) from None
                 raise MailboxIOError(exc.errno, f"cannot open {shown}: {exc.strerror}", shown) from exc
         if made:
             os.fchmod(fd, self.dir_mode)
@@ -546,33 +558,26 @@ class FileMailbox:
             os.close(fd)
             return None  # someone else is claiming it right now
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return self._reject(name, f"not a regular file (mode {stat.filemode(st.st_mode)})", fd)
-            if st.st_size > self.max_message_size:
-                return self._reject(
-                    name, f"too large: {st.st_size} bytes, over the limit of {self.max_message_size}", fd
-                )
-            raw = _read_all(fd, st.st_size, self.max_message_size)
-            if raw is None:
-                return self._reject(name, f"too large: over the limit of {self.max_message_size} bytes", fd)
-            try:
-                message = Message.decode(raw, path=str(self.path / "new" / name))
-            except MessageDecodeError as exc:
-                return self._reject(name, exc.reason, fd)
+            message, problem = self._read_message(fd, name)
+            if message is None:
+                self._reject(name, problem, fd)
+                return None
             info = parse_name(name)
             if info is not None:
                 attempt = info.attempt + 1
                 target = info.with_(attempt=attempt)
             else:  # a file dropped into new/ by hand or by an old writer: give it a proper name
                 attempt = 1
-                target = make_name(RANK_OF[message.priority], compact_time_of(message.created_at), message.id, 1)
+                target = make_name(
+                    RANK_OF[message.priority], compact_time_of(message.created_at), message.id, 1
+                )
             check_transition(State.NEW, State.PROCESSING, Transition.CLAIM)
             proc_fd = self._fd(State.PROCESSING)
             try:
                 os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)
             except FileNotFoundError:
-                return _drop(fd)  # moved by hand under our feet
+                _drop(fd)  # moved by hand under our feet
+                return None
             self._syncer.changed(proc_fd)
         except OSError as exc:
             _drop(fd)
@@ -581,6 +586,21 @@ class FileMailbox:
             _drop(fd)
             raise
         return Delivery(self, fd, target, message, attempt)
+
+    def _read_message(self, fd: int, name: str) -> tuple[Message | None, str]:
+        """The message in an open file, or None and why it can never be delivered."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not a regular file (mode {stat.filemode(st.st_mode)})"
+        if st.st_size > self.max_message_size:
+            return None, f"too large: {st.st_size} bytes, over the limit of {self.max_message_size}"
+        raw = _read_all(fd, st.st_size, self.max_message_size)
+        if raw is None:
+            return None, f"too large: over the limit of {self.max_message_size} bytes"
+        try:
+            return Message.decode(raw, path=str(self.path / "new" / name)), ""
+        except MessageDecodeError as exc:
+            return None, exc.reason
 
     def _reject(self, name: str, reason: str, fd: int | None = None) -> None:
         """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
@@ -605,7 +625,10 @@ class FileMailbox:
         }
         reason_name = dead_name + REASON_SUFFIX
         tmp_name = self._write_tmp(
-            self._fd(State.TMP), reason_name, orjson.dumps(reason, option=orjson.OPT_INDENT_2), sync=self.fsync is not FsyncPolicy.NEVER
+            self._fd(State.TMP),
+            reason_name,
+            orjson.dumps(reason, option=orjson.OPT_INDENT_2),
+            sync=self.fsync is not FsyncPolicy.NEVER,
         )
         try:
             os.rename(tmp_name, reason_name, src_dir_fd=self._fd(State.TMP), dst_dir_fd=dead_fd)
@@ -754,7 +777,7 @@ class FileMailbox:
                 return info
         return None
 
-    def _find(self, state: State, key: str) -> list[MessageInfo]:
+    def _find(self, state: State, key: str) -> builtins.list[MessageInfo]:
         return [i for i in self.list(state) if i.id == key or i.name == key]
 
     def read(self, info: MessageInfo) -> Message:
@@ -766,17 +789,19 @@ class FileMailbox:
             os.close(fd)
         return Message.decode(raw, path=str(info.path))
 
-    def requeue(self, message_id: str, *, from_state: State | str = State.DEAD) -> list[str]:
+    def requeue(self, message_id: str, *, from_state: State | str = State.DEAD) -> builtins.list[str]:
         """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
         fresh attempt count; return the new file names. Its reason file is removed."""
         src = State(from_state)
         check_transition(src, State.NEW, Transition.REQUEUE)
         src_fd, new_fd = self._fd(src), self._fd(State.NEW)
-        moved: list[str] = []
+        moved: builtins.list[str] = []
         for info in self._find(src, message_id):
             parsed = parse_name(info.name)
             target = (
-                parsed.with_(due=compact_time(time.time()), attempt=0) if parsed else _free_name(new_fd, info.name)
+                parsed.with_(due=compact_time(time.time()), attempt=0)
+                if parsed
+                else _free_name(new_fd, info.name)
             )
             try:
                 os.rename(info.name, target, src_dir_fd=src_fd, dst_dir_fd=new_fd)
@@ -889,5 +914,3 @@ def _free_name(dir_fd: int, name: str) -> str:
             return candidate
         candidate = f"{name}.{n}"
         n += 1
-
-

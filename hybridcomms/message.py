@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import IntEnum
 from typing import Any
@@ -87,47 +87,75 @@ def check_id(value: object, what: str = "message id") -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Message:
     """An immutable message envelope.
 
     ``topic`` is the message type (``dreamos.agent.Agent-1.task.command``, ``TASK_COMMAND``…);
     ``payload`` is any JSON value. ``id`` is stable across redeliveries, so handlers can be
-    idempotent. ``created_at`` is always timezone-aware UTC.
+    idempotent. ``created_at`` is always timezone-aware UTC. ``priority`` accepts a `Priority`,
+    its name (``"HIGH"``) or 0..3, and is always stored as a `Priority`.
     """
 
     topic: str
-    payload: Any = None
-    sender: str | None = None
-    recipient: str | None = None
-    priority: Priority = Priority.MEDIUM
-    id: str = field(default_factory=new_id)
-    created_at: datetime = field(default_factory=_utcnow)
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    payload: Any
+    sender: str | None
+    recipient: str | None
+    priority: Priority
+    id: str
+    created_at: datetime
+    correlation_id: str | None
+    reply_to: str | None
+    headers: Mapping[str, Any]
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.topic, str) or not self.topic or len(self.topic) > _MAX_TOPIC:
+    def __init__(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        sender: str | None = None,
+        recipient: str | None = None,
+        priority: Priority | str | int = Priority.MEDIUM,
+        id: str | None = None,
+        created_at: datetime | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(topic, str) or not topic or len(topic) > _MAX_TOPIC:
             raise MessageError(f"topic must be a non-empty string of at most {_MAX_TOPIC} characters")
-        if any(ord(c) < 32 for c in self.topic):
-            raise MessageError(f"topic {self.topic!r} contains control characters")
-        check_id(self.id)
-        if not isinstance(self.priority, Priority):
-            object.__setattr__(self, "priority", Priority.parse(self.priority))
-        ts = self.created_at
+        if any(ord(c) < 32 for c in topic):
+            raise MessageError(f"topic {topic!r} contains control characters")
+        ts = _utcnow() if created_at is None else created_at
         if not isinstance(ts, datetime):
             raise MessageError(f"created_at must be a datetime, not {type(ts).__name__}")
         if ts.tzinfo is None:
             raise MessageError("created_at must be timezone-aware (UTC)")
         if ts.utcoffset():
-            object.__setattr__(self, "created_at", ts.astimezone(timezone.utc))
-        for name in ("sender", "recipient", "correlation_id", "reply_to"):
-            value = getattr(self, name)
+            ts = ts.astimezone(timezone.utc)
+        for name, value in (
+            ("sender", sender),
+            ("recipient", recipient),
+            ("correlation_id", correlation_id),
+            ("reply_to", reply_to),
+        ):
             if value is not None and not isinstance(value, str):
                 raise MessageError(f"{name} must be a string or None, not {type(value).__name__}")
-        if not isinstance(self.headers, Mapping) or not all(isinstance(k, str) for k in self.headers):
+        if headers is None:
+            headers = {}
+        elif not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
             raise MessageError("headers must be a mapping with string keys")
+        setattr_ = object.__setattr__
+        setattr_(self, "topic", topic)
+        setattr_(self, "payload", payload)
+        setattr_(self, "sender", sender)
+        setattr_(self, "recipient", recipient)
+        setattr_(self, "priority", Priority.parse(priority))
+        setattr_(self, "id", new_id() if id is None else check_id(id))
+        setattr_(self, "created_at", ts)
+        setattr_(self, "correlation_id", correlation_id)
+        setattr_(self, "reply_to", reply_to)
+        setattr_(self, "headers", headers)
 
     # -- JSON ---------------------------------------------------------------------------------
 
@@ -167,9 +195,7 @@ class Message:
         except orjson.JSONDecodeError as exc:
             raise MessageDecodeError(f"invalid JSON: {exc}", raw=raw, path=path) from None
         if not isinstance(obj, dict):
-            raise MessageDecodeError(
-                f"expected a JSON object, got {type(obj).__name__}", raw=raw, path=path
-            )
+            raise MessageDecodeError(f"expected a JSON object, got {type(obj).__name__}", raw=raw, path=path)
         try:
             return cls.from_dict(obj)
         except MessageDecodeError as exc:
@@ -209,8 +235,7 @@ _RECIPIENT_KEYS = ("recipient", "recipient_agent_id", "to_agent", "to")
 _ID_KEYS = ("id", "message_id")
 _CONSUMED = frozenset(
     (*_TOPIC_KEYS, *_PAYLOAD_KEYS, *_TIME_KEYS, *_SENDER_KEYS, *_RECIPIENT_KEYS, *_ID_KEYS)
-    + ("priority", "correlation_id", "reply_to", "headers", "version")
-)
+).union(("priority", "correlation_id", "reply_to", "headers", "version"))
 
 
 def _first(obj: Mapping[str, Any], keys: tuple[str, ...]) -> Any:

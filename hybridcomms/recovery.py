@@ -54,7 +54,9 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                _give_up_entry(mb, name, f"not a regular file in processing/ ({stat.filemode(st.st_mode)})", report)
+                _give_up_entry(
+                    mb, name, f"not a regular file in processing/ ({stat.filemode(st.st_mode)})", report
+                )
                 continue
             owner_dead = try_lock(fd)
             if not owner_dead:
@@ -67,7 +69,9 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
                     continue
                 os.close(fd)
                 fd = copy_fd
-            _return_or_bury(mb, name, now, report, report.returned if owner_dead else report.expired, owner_dead)
+            _return_or_bury(
+                mb, name, now, report, report.returned if owner_dead else report.expired, owner_dead
+            )
         finally:
             _drop(fd)
     _sweep_tmp(mb, now, report)

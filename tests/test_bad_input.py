@@ -24,7 +24,22 @@ Make = Callable[..., FileMailbox]
 
 @pytest.mark.parametrize(
     "agent_id",
-    ["..", ".", "../x", "a/b", "", "x\x00y", ".hidden", "-flag", "a" * 129, "a b", "tab\t", "back\\slash", None, 7],
+    [
+        "..",
+        ".",
+        "../x",
+        "a/b",
+        "",
+        "x\x00y",
+        ".hidden",
+        "-flag",
+        "a" * 129,
+        "a b",
+        "tab\t",
+        "back\\slash",
+        None,
+        7,
+    ],
 )
 def test_unsafe_agent_ids_are_refused_with_a_clear_error(root: Path, agent_id: object) -> None:
     with pytest.raises(InvalidAgentIdError, match="agent id"):
@@ -32,7 +47,9 @@ def test_unsafe_agent_ids_are_refused_with_a_clear_error(root: Path, agent_id: o
     assert not root.exists() or os.listdir(root) == []
 
 
-@pytest.mark.parametrize("agent_id", ["Agent-1", "Captain-THEA", "Agent1", "agent_7", "a" * 128, "x.y@host+1"])
+@pytest.mark.parametrize(
+    "agent_id", ["Agent-1", "Captain-THEA", "Agent1", "agent_7", "a" * 128, "x.y@host+1"]
+)
 def test_ordinary_agent_ids_work(root: Path, agent_id: str) -> None:
     assert check_agent_id(agent_id) == agent_id
     with FileMailbox(root, agent_id, fsync="never") as mb:
@@ -119,7 +136,12 @@ def test_a_folder_in_new_is_dead_lettered(mailbox: FileMailbox) -> None:
 
 
 def test_a_valid_message_dropped_into_new_by_hand_is_delivered(mailbox: FileMailbox) -> None:
-    legacy = {"message_id": "legacy-1", "type": "TASK_COMMAND", "body": {"x": 1}, "sender_agent_id": "Agent-2"}
+    legacy = {
+        "message_id": "legacy-1",
+        "type": "TASK_COMMAND",
+        "body": {"x": 1},
+        "sender_agent_id": "Agent-2",
+    }
     drop(mailbox, "handmade.json", orjson.dumps(legacy))
     d = mailbox.claim()
     assert d is not None

@@ -91,7 +91,9 @@ def test_sigkilled_consumers_lose_nothing_and_every_kill_counts_as_an_attempt(tm
             (claims[msg_id].append(attempt) if kind == "claim" else acks.add((msg_id, attempt)))
     interrupted = 0
     for msg_id, attempts in claims.items():
-        assert len(set(attempts)) == len(attempts), f"{msg_id} was claimed twice as the same attempt: {attempts}"
+        assert len(set(attempts)) == len(attempts), (
+            f"{msg_id} was claimed twice as the same attempt: {attempts}"
+        )
         assert final_attempt[msg_id] >= max(attempts)
         for a in attempts:
             if (msg_id, a) not in acks and final_attempt[msg_id] > a:

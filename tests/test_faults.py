@@ -59,7 +59,9 @@ def test_a_failing_put_raises_and_leaves_nothing_in_new_or_tmp(
     assert d is not None and d.message.topic == "before"
 
 
-def test_a_failing_commit_of_new_takes_the_message_back(make_mailbox: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_commit_of_new_takes_the_message_back(
+    make_mailbox: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mb = make_mailbox(fsync="always")
     before = listing(mb)
     # put: fsync(file) succeeds, then fsync(new/) fails.
@@ -86,7 +88,9 @@ def test_a_failing_put_many_leaves_nothing_behind(
     assert listing(mb) == before
 
 
-def test_a_failing_claim_commit_leaves_the_message_recoverable(make_mailbox: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_claim_commit_leaves_the_message_recoverable(
+    make_mailbox: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mb = make_mailbox(fsync="always")
     m = Message("t")
     mb.put(m)
@@ -99,7 +103,9 @@ def test_a_failing_claim_commit_leaves_the_message_recoverable(make_mailbox: Mak
     assert d is not None and d.message == m
 
 
-def test_a_failing_ack_raises_and_the_message_is_not_lost(make_mailbox: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_ack_raises_and_the_message_is_not_lost(
+    make_mailbox: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mb = make_mailbox()
     m = Message("t")
     mb.put(m)

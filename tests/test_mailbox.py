@@ -229,7 +229,9 @@ def test_the_context_manager_nacks_on_exception_and_reraises(mailbox: FileMailbo
     assert names(mailbox, "done") == [] and len(names(mailbox, "new")) == 1
 
 
-def test_the_last_error_reaches_the_dead_letter_reason_through_the_context_manager(make_mailbox: Make) -> None:
+def test_the_last_error_reaches_the_dead_letter_reason_through_the_context_manager(
+    make_mailbox: Make,
+) -> None:
     mb = make_mailbox(max_attempts=1)
     mb.put(Message("t"))
     d = mb.claim()

@@ -84,7 +84,13 @@ def test_dreamos_spellings_are_read() -> None:
         "read_status": False,
     }
     m = Message.decode(orjson.dumps(legacy))
-    assert (m.id, m.sender, m.recipient, m.topic, m.payload) == ("abc-123", "Agent-2", "Agent-1", "TASK_COMMAND", {"do": "it"})
+    assert (m.id, m.sender, m.recipient, m.topic, m.payload) == (
+        "abc-123",
+        "Agent-2",
+        "Agent-1",
+        "TASK_COMMAND",
+        {"do": "it"},
+    )
     assert m.created_at == datetime(2025, 5, 1, 10, tzinfo=timezone.utc)
     assert m.priority is Priority.MEDIUM
     assert m.headers["subject"] == "hello" and m.headers["read_status"] is False
@@ -93,12 +99,20 @@ def test_dreamos_spellings_are_read() -> None:
 @pytest.mark.parametrize(
     "legacy",
     [
-        {"message_type": "X", "content": "hi", "timestamp": "2025-05-01T10:00:00+00:00", "sender": "a", "recipient": "b"},
+        {
+            "message_type": "X",
+            "content": "hi",
+            "timestamp": "2025-05-01T10:00:00+00:00",
+            "sender": "a",
+            "recipient": "b",
+        },
         {"type": "X", "content": "hi", "timestamp": 1746093600.0, "from_agent": "a", "to_agent": "b"},
         {"type": "X", "body": "hi", "timestamp": "2025-05-01T10:00:00", "from": "a", "to": "b"},
     ],
 )
-def test_every_legacy_spelling_of_sender_recipient_time_and_body_is_accepted(legacy: dict[str, object]) -> None:
+def test_every_legacy_spelling_of_sender_recipient_time_and_body_is_accepted(
+    legacy: dict[str, object],
+) -> None:
     m = Message.from_dict(legacy)
     assert (m.topic, m.payload, m.sender, m.recipient) == ("X", "hi", "a", "b")
     assert m.created_at == datetime(2025, 5, 1, 10, tzinfo=timezone.utc)

@@ -38,7 +38,8 @@ def test_four_producers_and_four_consumers_ack_every_id_exactly_once(
     deadline = time.time() + 240
     logs = [tmp_path / f"consumer{i}.log" for i in range(4)]
     consumers = [
-        spawn.Process(target=workers.consume, args=(str(root), "Agent-1", str(log), total, deadline)) for log in logs
+        spawn.Process(target=workers.consume, args=(str(root), "Agent-1", str(log), total, deadline))
+        for log in logs
     ]
     for c in consumers:
         c.start()  # consumers first: they race the producers, not a finished backlog
@@ -52,7 +53,9 @@ def test_four_producers_and_four_consumers_ack_every_id_exactly_once(
 
     acked = Counter(line for log in logs for line in log.read_text().split())
     expected = {f"p{p}-{i}" for p in range(producers) for i in range(per_producer)}
-    assert set(acked) == expected, f"missing {len(expected - set(acked))}, unexpected {len(set(acked) - expected)}"
+    assert set(acked) == expected, (
+        f"missing {len(expected - set(acked))}, unexpected {len(set(acked) - expected)}"
+    )
     duplicates = {k: v for k, v in acked.items() if v > 1}
     assert not duplicates
     per_consumer = [len(log.read_text().split()) for log in logs]

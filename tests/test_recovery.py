@@ -53,7 +53,9 @@ def test_recovery_leaves_a_live_consumers_claim_alone(make_mailbox: Make) -> Non
     d.ack()
 
 
-def test_a_consumer_that_died_on_its_last_attempt_sends_the_message_to_dead(make_mailbox: Make, root: Path) -> None:
+def test_a_consumer_that_died_on_its_last_attempt_sends_the_message_to_dead(
+    make_mailbox: Make, root: Path
+) -> None:
     mb = make_mailbox(max_attempts=1)
     m = Message("t")
     mb.put(m)

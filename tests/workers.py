@@ -55,8 +55,10 @@ def consume(root: str, agent: str, log_path: str, expected_total: int, deadline:
 def crashy_consume(root: str, agent: str, log_path: str, seed: int) -> None:
     """Claim, log the claim, work a random while, ack, log the ack. Killed from outside at random."""
     rng = random.Random(seed)
-    with FileMailbox(root, agent, fsync="never", backoff=FAST, max_attempts=1000) as mb:
-        log = open(log_path, "a", buffering=1)
+    with (
+        FileMailbox(root, agent, fsync="never", backoff=FAST, max_attempts=1000) as mb,
+        open(log_path, "a", buffering=1) as log,
+    ):
         while True:
             d = mb.claim(timeout=0.5)
             if d is None:
