@@ -15,6 +15,8 @@ import os
 import threading
 import time
 
+from ._names import compact_time
+
 __all__ = ["ClaimIndex"]
 
 _RANKS = ("0C", "1H", "2M", "3L")
@@ -26,6 +28,7 @@ class ClaimIndex:
         self._heaps: dict[str, list[str]] = {r: [] for r in _RANKS}
         self._foreign: list[str] = []
         self._last_scan = float("-inf")
+        self._now = ""  # the last compact "now" seen; only ever moves forward
         self._lock = threading.Lock()
 
     def stale(self) -> bool:
@@ -56,16 +59,24 @@ class ClaimIndex:
             else:
                 heapq.heappush(self._heaps[name[:2]], name)
 
-    def pop_due(self, now: str) -> str | None:
+    def pop_due(self) -> str | None:
         """The next name to try: a file hybridcomms did not name first, then by priority and due time."""
         with self._lock:
             if self._foreign:
                 return self._foreign.pop()
             for rank in _RANKS:
                 heap = self._heaps[rank]
-                if heap and heap[0][3:25] <= now:
-                    return heapq.heappop(heap)
+                if heap:
+                    due = heap[0][3:25]
+                    # Time only moves forward: a head due before the last "now" is due. Only a head
+                    # that looks due later asks the clock again (most claims skip formatting it).
+                    if due <= self._now or due <= self._refresh_now():
+                        return heapq.heappop(heap)
         return None
+
+    def _refresh_now(self) -> str:
+        self._now = compact_time(time.time())
+        return self._now
 
     def next_due(self) -> str | None:
         """The earliest due time among names not yet due (compact form), if any."""

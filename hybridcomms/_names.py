@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from .message import Priority
 
@@ -42,8 +42,7 @@ REASON_SUFFIX = ".reason.json"
 _NAME_RE = re.compile(r"(0C|1H|2M|3L)\.(\d{8}T\d{12}Z)\.(.+)\.a(\d{1,6})\.json\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class NameInfo:
+class NameInfo(NamedTuple):
     rank: str
     due: str
     id: str
@@ -66,13 +65,22 @@ def parse_name(name: str) -> NameInfo | None:
     m = _NAME_RE.match(name)
     if m is None:
         return None
-    return NameInfo(m.group(1), m.group(2), m.group(3), int(m.group(4)))
+    rank, due, msg_id, attempt = m.groups()
+    return NameInfo(rank, due, msg_id, int(attempt))
+
+
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def compact_time(ts: float) -> str:
     """``20261126T112403123456Z`` for a POSIX time: fixed width, so it sorts as text."""
+    global _second_cache
     whole = int(ts)
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{int((ts - whole) * 1e6):06d}Z"
+    cached_whole, prefix = _second_cache
+    if whole != cached_whole:
+        prefix = time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole))
+        _second_cache = (whole, prefix)
+    return f"{prefix}{int((ts - whole) * 1e6):06d}Z"
 
 
 def compact_time_of(dt: datetime) -> str:

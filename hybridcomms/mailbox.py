@@ -39,6 +39,7 @@ from ._fs import DirSyncer, FsyncPolicy, write_new_file
 from ._index import ClaimIndex
 from ._locking import try_lock, unlock
 from ._names import (
+    _NAME_RE,
     RANK_OF,
     REASON_SUFFIX,
     compact_time,
@@ -58,7 +59,18 @@ from .errors import (
 )
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .retry import Backoff
-from .states import State, Transition, check_transition
+from .states import (
+    ACK,
+    CLAIM,
+    GIVE_UP,
+    NACK,
+    PUBLISH,
+    REJECT,
+    REQUEUE_DEAD,
+    REQUEUE_DONE,
+    Move,
+    State,
+)
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -296,10 +308,11 @@ class FileMailbox:
         self.path = self.root / agent_id
         self._chmod_files = bool(file_mode & _fs.current_umask())
         self._syncer = DirSyncer(self.fsync, batch_interval)
+        self._sync_dirs = self.fsync is not FsyncPolicy.NEVER
         self._index = ClaimIndex(rescan_interval)
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
-        self._fds: dict[State, int] = {}
+        self._fds: dict[str, int] = {}  # folder name -> open fd
         self._closed = False
         self._open_folders(create)
 
@@ -317,7 +330,7 @@ class FileMailbox:
             agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
             try:
                 for state in _STATES:
-                    self._fds[state] = self._open_folder(
+                    self._fds[state.folder] = self._open_folder(
                         agent_fd, state.folder, str(self.path / state.folder), create
                     )
             finally:
@@ -394,9 +407,21 @@ class FileMailbox:
 
     def _fd(self, state: State) -> int:
         try:
-            return self._fds[state]
+            return self._fds[state.folder]
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
+
+    def _rename(self, m: Move, name: str, target: str) -> int:
+        """Move ``m.src/name`` to ``m.dst/target``: the one way a file changes state. Returns dst's fd.
+
+        The rename is atomic; committing it (the folder fsync) is the caller's next step."""
+        fds = self._fds
+        try:
+            src_fd, dst_fd = fds[m.src_folder], fds[m.dst_folder]
+        except KeyError:
+            raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
+        os.rename(name, target, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return dst_fd
 
     # -- publish ------------------------------------------------------------------------------
 
@@ -411,9 +436,8 @@ class FileMailbox:
     def _publish_one(self, name: str, data: bytes) -> None:
         tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
         tmp_name = self._write_tmp(tmp_fd, name, data, sync=self.fsync is not FsyncPolicy.NEVER)
-        check_transition(State.TMP, State.NEW, Transition.PUBLISH)
         try:
-            os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+            self._rename(PUBLISH, tmp_name, name)
         except OSError as exc:
             _fs._unlink_quietly(tmp_fd, tmp_name)
             raise self._io_error(exc, f"put {name}") from exc
@@ -460,7 +484,6 @@ class FileMailbox:
         durable = self.fsync is not FsyncPolicy.NEVER
         written: list[tuple[str, str]] = []
         moved: list[str] = []
-        check_transition(State.TMP, State.NEW, Transition.PUBLISH)
         try:
             for name, data in batch:
                 written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
@@ -472,7 +495,7 @@ class FileMailbox:
                     finally:
                         os.close(fd)
             for tmp_name, name in written:
-                os.rename(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
+                self._rename(PUBLISH, tmp_name, name)
                 moved.append(name)
             self._syncer.changed(new_fd)
         except OSError as exc:
@@ -522,14 +545,13 @@ class FileMailbox:
             return self._waiter
 
     def _claim_once(self) -> Delivery | None:
-        now = compact_time(time.time())
         index = self._index
         scanned = False
         if index.stale():
             index.rescan(self._fd(State.NEW))
             scanned = True
         while True:
-            name = index.pop_due(now)
+            name = index.pop_due()
             if name is None:
                 if scanned:
                     return None
@@ -541,7 +563,7 @@ class FileMailbox:
                 return delivery
 
     def _try_claim(self, name: str) -> Delivery | None:
-        new_fd = self._fd(State.NEW)
+        new_fd = self._fds["new"]
         try:
             fd = os.open(name, _fs.O_READ_MSG, dir_fd=new_fd)
         except FileNotFoundError:
@@ -558,27 +580,26 @@ class FileMailbox:
             os.close(fd)
             return None  # someone else is claiming it right now
         try:
-            message, problem = self._read_message(fd, name)
+            message, problem = self._read_message(fd)
             if message is None:
                 self._reject(name, problem, fd)
                 return None
-            info = parse_name(name)
-            if info is not None:
-                attempt = info.attempt + 1
-                target = info.with_(attempt=attempt)
+            m = _NAME_RE.match(name)
+            if m is not None:
+                rank, due, msg_id, seen = m.groups()
+                attempt = int(seen) + 1
+                target = f"{rank}.{due}.{msg_id}.a{attempt}.json"
             else:  # a file dropped into new/ by hand or by an old writer: give it a proper name
                 attempt = 1
-                target = make_name(
-                    RANK_OF[message.priority], compact_time_of(message.created_at), message.id, 1
-                )
-            check_transition(State.NEW, State.PROCESSING, Transition.CLAIM)
-            proc_fd = self._fd(State.PROCESSING)
+                due = compact_time_of(message.created_at)
+                target = make_name(RANK_OF[message.priority], due, message.id, 1)
             try:
-                os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)
+                proc_fd = self._rename(CLAIM, name, target)
             except FileNotFoundError:
                 _drop(fd)  # moved by hand under our feet
                 return None
-            self._syncer.changed(proc_fd)
+            if self._sync_dirs:
+                self._syncer.changed(proc_fd)
         except OSError as exc:
             _drop(fd)
             raise self._io_error(exc, f"claim {name}") from exc
@@ -587,38 +608,46 @@ class FileMailbox:
             raise
         return Delivery(self, fd, target, message, attempt)
 
-    def _read_message(self, fd: int, name: str) -> tuple[Message | None, str]:
-        """The message in an open file, or None and why it can never be delivered."""
+    def _read_message(self, fd: int) -> tuple[Message | None, str]:
+        """The message in an open file, or None and why it can never be delivered.
+
+        The common case is one read() of a small regular file; fstat is only asked when that
+        read fails or does not decode, to say precisely what the file is."""
+        limit = self.max_message_size
+        problem = ""
+        try:
+            raw = _read_all(fd, min(limit, 65535), limit)
+        except OSError:
+            raw = b""  # EISDIR, EAGAIN on a FIFO, …: fstat below says what it is
+        if raw is not None:
+            try:
+                return Message.decode(raw), ""
+            except MessageDecodeError as exc:
+                problem = exc.reason
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, f"not a regular file (mode {stat.filemode(st.st_mode)})"
-        if st.st_size > self.max_message_size:
-            return None, f"too large: {st.st_size} bytes, over the limit of {self.max_message_size}"
-        raw = _read_all(fd, st.st_size, self.max_message_size)
-        if raw is None:
-            return None, f"too large: over the limit of {self.max_message_size} bytes"
-        try:
-            return Message.decode(raw, path=str(self.path / "new" / name)), ""
-        except MessageDecodeError as exc:
-            return None, exc.reason
+        if raw is None or st.st_size > limit:
+            return None, f"too large: {st.st_size} bytes, over the limit of {limit}"
+        return None, problem
 
     def _reject(self, name: str, reason: str, fd: int | None = None) -> None:
         """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
-        check_transition(State.NEW, State.DEAD, Transition.REJECT)
         try:
             log.warning("%s: new/%s goes to dead/: %s", self.agent_id, name, reason)
-            self._move_to_dead(State.NEW, name, {"reason": reason, "message_file": name, "attempts": 0})
+            self._move_to_dead(REJECT, name, {"reason": reason, "message_file": name, "attempts": 0})
         finally:
             if fd is not None:
                 _drop(fd)
 
-    def _move_to_dead(self, src: State, name: str, reason: dict[str, Any]) -> str | None:
-        dead_fd, src_fd = self._fd(State.DEAD), self._fd(src)
+    def _move_to_dead(self, m: Move, name: str, reason: dict[str, Any]) -> str | None:
+        """``m.src``/name -> dead/, with its reason file written first. None if the file was gone."""
+        dead_fd = self._fd(State.DEAD)
         dead_name = _free_name(dead_fd, name)
         reason = {
             **reason,
             "agent": self.agent_id,
-            "from_state": src.value,
+            "from_state": m.src_folder,
             "dead_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z",
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -632,7 +661,7 @@ class FileMailbox:
         )
         try:
             os.rename(tmp_name, reason_name, src_dir_fd=self._fd(State.TMP), dst_dir_fd=dead_fd)
-            os.rename(name, dead_name, src_dir_fd=src_fd, dst_dir_fd=dead_fd)
+            self._rename(m, name, dead_name)
         except FileNotFoundError:
             _fs._unlink_quietly(dead_fd, reason_name)
             _fs._unlink_quietly(self._fd(State.TMP), tmp_name)
@@ -645,21 +674,16 @@ class FileMailbox:
     # -- settle -------------------------------------------------------------------------------
 
     def _ack(self, d: Delivery) -> None:
-        d._check_open()
-        check_transition(State.PROCESSING, State.DONE, Transition.ACK)
-        done_fd = self._fd(State.DONE)
+        if d._settled:
+            raise DeliveryError(f"{d.name} is already settled")
         try:
-            os.rename(d.name, d.name, src_dir_fd=self._fd(State.PROCESSING), dst_dir_fd=done_fd)
+            done_fd = self._rename(ACK, d.name, d.name)
+            if self._sync_dirs:
+                self._syncer.changed(done_fd)
         except FileNotFoundError:
-            d._release()
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
         except OSError as exc:
-            d._release()
             raise self._io_error(exc, f"ack {d.name}") from exc
-        try:
-            self._syncer.changed(done_fd)
-        except OSError as exc:
-            raise self._io_error(exc, f"ack {d.name}: commit of done/ failed") from exc
         finally:
             d._release()
 
@@ -675,10 +699,8 @@ class FileMailbox:
         info = parse_name(d.name)
         assert info is not None  # processing/ names are always ours
         target = info.with_(due=compact_time(time.time() + max(delay, 0.0)))
-        check_transition(State.PROCESSING, State.NEW, Transition.NACK)
-        new_fd = self._fd(State.NEW)
         try:
-            os.rename(d.name, target, src_dir_fd=self._fd(State.PROCESSING), dst_dir_fd=new_fd)
+            new_fd = self._rename(NACK, d.name, target)
         except FileNotFoundError:
             d._release()
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
@@ -695,10 +717,9 @@ class FileMailbox:
 
     def _give_up(self, d: Delivery, reason: str, error: str | None) -> None:
         d._check_open()
-        check_transition(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
         try:
             moved = self._move_to_dead(
-                State.PROCESSING,
+                GIVE_UP,
                 d.name,
                 {
                     "reason": reason,
@@ -793,7 +814,9 @@ class FileMailbox:
         """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
         fresh attempt count; return the new file names. Its reason file is removed."""
         src = State(from_state)
-        check_transition(src, State.NEW, Transition.REQUEUE)
+        if src not in (State.DEAD, State.DONE):
+            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+        m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
         src_fd, new_fd = self._fd(src), self._fd(State.NEW)
         moved: builtins.list[str] = []
         for info in self._find(src, message_id):
@@ -804,7 +827,7 @@ class FileMailbox:
                 else _free_name(new_fd, info.name)
             )
             try:
-                os.rename(info.name, target, src_dir_fd=src_fd, dst_dir_fd=new_fd)
+                self._rename(m, info.name, target)
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -14,6 +14,7 @@ so legacy files stay readable; legacy fields with no envelope slot are kept in `
 
 from __future__ import annotations
 
+import operator
 import re
 import uuid
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, encoded
 # Message ids become part of file names: keep them to one safe path component.
 _ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
 _MAX_TOPIC = 256
+_TOPIC_RE = re.compile(rf"[^\x00-\x1f]{{1,{_MAX_TOPIC}}}\Z")
 
 
 class Priority(IntEnum):
@@ -63,6 +65,7 @@ class Priority(IntEnum):
         raise MessageError(f"unknown priority {value!r}; use LOW, MEDIUM, HIGH or CRITICAL")
 
 
+_PRIORITY_NAMES = {p: p.name for p in Priority}
 _PRIORITY_ALIASES = {p.name: p for p in Priority} | {
     "NORMAL": Priority.MEDIUM,
     "INFO": Priority.LOW,
@@ -72,6 +75,20 @@ _PRIORITY_ALIASES = {p.name: p for p in Priority} | {
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _as_utc(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise MessageError(f"created_at must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        raise MessageError("created_at must be timezone-aware (UTC)")
+    return value.astimezone(timezone.utc)
+
+
+def _check_optional_strings(**values: object) -> None:
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise MessageError(f"{name} must be a string or None, not {type(value).__name__}")
 
 
 def new_id() -> str:
@@ -87,7 +104,7 @@ def check_id(value: object, what: str = "message id") -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, init=False)
 class Message:
     """An immutable message envelope.
 
@@ -122,40 +139,51 @@ class Message:
         reply_to: str | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(topic, str) or not topic or len(topic) > _MAX_TOPIC:
-            raise MessageError(f"topic must be a non-empty string of at most {_MAX_TOPIC} characters")
-        if any(ord(c) < 32 for c in topic):
-            raise MessageError(f"topic {topic!r} contains control characters")
-        ts = _utcnow() if created_at is None else created_at
-        if not isinstance(ts, datetime):
-            raise MessageError(f"created_at must be a datetime, not {type(ts).__name__}")
-        if ts.tzinfo is None:
-            raise MessageError("created_at must be timezone-aware (UTC)")
-        if ts.utcoffset():
-            ts = ts.astimezone(timezone.utc)
-        for name, value in (
-            ("sender", sender),
-            ("recipient", recipient),
-            ("correlation_id", correlation_id),
-            ("reply_to", reply_to),
+        # Checked with cheap type tests and precompiled patterns: this runs on every claim.
+        if type(topic) is not str or not _TOPIC_RE.match(topic):
+            raise MessageError(
+                f"topic must be a string of 1-{_MAX_TOPIC} characters, no control characters: {topic!r}"
+            )
+        if id is None:
+            id = new_id()
+        elif type(id) is not str or not _ID_RE.match(id):
+            check_id(id)
+        if created_at is None:
+            created_at = _utcnow()
+        elif type(created_at) is not datetime or created_at.tzinfo is not timezone.utc:
+            created_at = _as_utc(created_at)
+        if not (
+            (sender is None or type(sender) is str)
+            and (recipient is None or type(recipient) is str)
+            and (correlation_id is None or type(correlation_id) is str)
+            and (reply_to is None or type(reply_to) is str)
         ):
-            if value is not None and not isinstance(value, str):
-                raise MessageError(f"{name} must be a string or None, not {type(value).__name__}")
+            _check_optional_strings(
+                sender=sender, recipient=recipient, correlation_id=correlation_id, reply_to=reply_to
+            )
         if headers is None:
             headers = {}
-        elif not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
+        elif not (type(headers) is dict and not headers) and (
+            not isinstance(headers, Mapping) or not all(type(k) is str for k in headers)
+        ):
             raise MessageError("headers must be a mapping with string keys")
-        setattr_ = object.__setattr__
-        setattr_(self, "topic", topic)
-        setattr_(self, "payload", payload)
-        setattr_(self, "sender", sender)
-        setattr_(self, "recipient", recipient)
-        setattr_(self, "priority", Priority.parse(priority))
-        setattr_(self, "id", new_id() if id is None else check_id(id))
-        setattr_(self, "created_at", ts)
-        setattr_(self, "correlation_id", correlation_id)
-        setattr_(self, "reply_to", reply_to)
-        setattr_(self, "headers", headers)
+        # Frozen: the whole attribute dict is set in one step (also the fast path of decoding).
+        object.__setattr__(
+            self,
+            "__dict__",
+            {
+                "topic": topic,
+                "payload": payload,
+                "sender": sender,
+                "recipient": recipient,
+                "priority": priority if type(priority) is Priority else Priority.parse(priority),
+                "id": id,
+                "created_at": created_at,
+                "correlation_id": correlation_id,
+                "reply_to": reply_to,
+                "headers": headers,
+            },
+        )
 
     # -- JSON ---------------------------------------------------------------------------------
 
@@ -168,7 +196,7 @@ class Message:
             "sender": self.sender,
             "recipient": self.recipient,
             "created_at": self.created_at.isoformat(timespec="microseconds")[:26] + "Z",
-            "priority": self.priority.name,
+            "priority": _PRIORITY_NAMES[self.priority],
             "correlation_id": self.correlation_id,
             "reply_to": self.reply_to,
             "headers": dict(self.headers),
@@ -209,12 +237,15 @@ class Message:
     def from_dict(cls, obj: Mapping[str, Any]) -> Message:
         """Build from the native object, or from any Dream.OS spelling of it."""
         if obj.get("version") == FORMAT_VERSION:
+            fast = _from_native(obj) if type(obj) is dict else None
+            if fast is not None:
+                return fast
             return cls(
                 topic=obj["topic"],
                 payload=obj.get("payload"),
                 sender=obj.get("sender"),
                 recipient=obj.get("recipient"),
-                priority=Priority.parse(obj.get("priority", "MEDIUM")),
+                priority=_PRIORITY_ALIASES.get(obj.get("priority"), obj.get("priority", "MEDIUM")),  # type: ignore[arg-type]
                 id=obj["id"],
                 created_at=_parse_time(obj["created_at"]),
                 correlation_id=obj.get("correlation_id"),
@@ -225,6 +256,70 @@ class Message:
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
         return _from_legacy(obj)
+
+
+_NATIVE_FIELDS = operator.itemgetter(
+    "topic",
+    "id",
+    "created_at",
+    "priority",
+    "sender",
+    "recipient",
+    "correlation_id",
+    "reply_to",
+    "headers",
+    "payload",
+)
+
+
+def _from_native(obj: dict[str, Any]) -> Message | None:
+    """The native form, checked field by field and built without the general constructor (this
+    runs on every claim). ``None`` if anything is unusual: the general path then says what."""
+    try:
+        topic, mid, created, p, sender, recipient, correlation_id, reply_to, headers, payload = (
+            _NATIVE_FIELDS(obj)
+        )
+    except KeyError:
+        return None
+    priority = _PRIORITY_ALIASES.get(p) if type(p) is str else None
+    if not (
+        type(topic) is str
+        and _TOPIC_RE.match(topic)
+        and type(mid) is str
+        and _ID_RE.match(mid)
+        and type(created) is str
+        and priority is not None
+        and type(headers) is dict  # orjson makes every key a str
+        and (sender is None or type(sender) is str)
+        and (recipient is None or type(recipient) is str)
+        and (correlation_id is None or type(correlation_id) is str)
+        and (reply_to is None or type(reply_to) is str)
+    ):
+        return None
+    try:
+        ts = datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    if ts.tzinfo is not timezone.utc:
+        return None
+    m = object.__new__(Message)
+    object.__setattr__(
+        m,
+        "__dict__",
+        {
+            "topic": topic,
+            "payload": payload,
+            "sender": sender,
+            "recipient": recipient,
+            "priority": priority,
+            "id": mid,
+            "created_at": ts,
+            "correlation_id": correlation_id,
+            "reply_to": reply_to,
+            "headers": headers,
+        },
+    )
+    return m
 
 
 _TOPIC_KEYS = ("topic", "type", "message_type")
@@ -277,15 +372,23 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _parse_time(value: Any) -> datetime:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
+    if type(value) is str:
         try:
-            ts = datetime.fromisoformat(text)
+            ts = datetime.fromisoformat(value)  # Python >= 3.11 reads a trailing "Z" too
         except ValueError:
-            raise MessageDecodeError(f"unreadable timestamp {value!r}") from None
-        return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+            text = value.strip()
+            if text.endswith(("Z", "z")):
+                text = text[:-1] + "+00:00"
+            try:
+                ts = datetime.fromisoformat(text)
+            except ValueError:
+                raise MessageDecodeError(f"unreadable timestamp {value!r}") from None
+        if ts.tzinfo is None:
+            return ts.replace(tzinfo=timezone.utc)
+        return ts if ts.tzinfo is timezone.utc else ts.astimezone(timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise MessageDecodeError(f"timestamp {value!r} is out of range") from None
     raise MessageDecodeError(f"timestamp must be an ISO-8601 string or a number, not {value!r}")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from . import _fs
 from ._locking import try_lock
 from ._names import compact_time, parse_name
-from .states import State, Transition, check_transition
+from .states import GIVE_UP, RECOVER, STEAL_DETACH, STEAL_PLACE, State
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox, RecoveryReport
@@ -99,20 +99,19 @@ def _steal(mb: FileMailbox, name: str, raw: bytes) -> int | None:
     if it is interrupted (``_sweep_tmp`` never deletes a ``.stolen`` file).
     """
     try:
-        os.rename(name, name + _STOLEN, src_dir_fd=mb._fd(State.PROCESSING), dst_dir_fd=mb._fd(State.TMP))
+        mb._rename(STEAL_DETACH, name, name + _STOLEN)
     except FileNotFoundError:
         return None
     return _restore_stolen(mb, name + _STOLEN, raw)
 
 
 def _restore_stolen(mb: FileMailbox, stolen: str, raw: bytes) -> int:
-    tmp_fd, proc_fd = mb._fd(State.TMP), mb._fd(State.PROCESSING)
+    tmp_fd = mb._fd(State.TMP)
     name = stolen[: -len(_STOLEN)]
     copy_name = mb._write_tmp(tmp_fd, name + ".copy", raw, sync=mb.fsync is not _fs.FsyncPolicy.NEVER)
     fd = os.open(copy_name, _fs.O_READ_MSG, dir_fd=tmp_fd)
     try_lock(fd)  # a file nobody else knows yet: always succeeds
-    os.rename(copy_name, name, src_dir_fd=tmp_fd, dst_dir_fd=proc_fd)
-    mb._syncer.changed(proc_fd)
+    mb._syncer.changed(mb._rename(STEAL_PLACE, copy_name, name))
     _fs._unlink_quietly(tmp_fd, stolen)
     return fd
 
@@ -125,9 +124,8 @@ def _return_or_bury(
     key = info.id if info else name
     why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
     if attempt >= mb.max_attempts:
-        check_transition(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
         moved = mb._move_to_dead(
-            State.PROCESSING,
+            GIVE_UP,
             name,
             {
                 "reason": f"{why} during attempt {attempt} of {mb.max_attempts}",
@@ -140,11 +138,9 @@ def _return_or_bury(
         if moved is not None:
             report.dead.append(key)
         return
-    check_transition(State.PROCESSING, State.NEW, Transition.RECOVER)
     target = info.with_(due=compact_time(now + mb.backoff.delay(max(attempt, 1)))) if info else name
-    new_fd = mb._fd(State.NEW)
     try:
-        os.rename(name, target, src_dir_fd=mb._fd(State.PROCESSING), dst_dir_fd=new_fd)
+        new_fd = mb._rename(RECOVER, name, target)
     except FileNotFoundError:
         return
     mb._syncer.changed(new_fd)
@@ -153,8 +149,7 @@ def _return_or_bury(
 
 
 def _give_up_entry(mb: FileMailbox, name: str, reason: str, report: RecoveryReport) -> None:
-    check_transition(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
-    if mb._move_to_dead(State.PROCESSING, name, {"reason": reason, "message_file": name, "attempts": 0}):
+    if mb._move_to_dead(GIVE_UP, name, {"reason": reason, "message_file": name, "attempts": 0}):
         report.dead.append(name)
 
 

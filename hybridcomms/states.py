@@ -11,13 +11,18 @@ reaper, the CLI, the docs and the tests read it from here.
                       │               v    │                  │
                       │              dead  `──nack/recover──> new
                       `──────────────requeue──────────────────'
+
+    A hung owner's claim (lock held, lease expired) is taken by a steal: processing/<name> is
+    renamed to tmp/<name>.stolen, then a fresh copy of it is renamed into processing/<name>,
+    from where recovery returns it like any other.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["TRANSITIONS", "State", "Transition", "check_transition"]
+__all__ = ["TRANSITIONS", "Move", "State", "Transition", "check_transition", "move"]
 
 
 class State(str, Enum):
@@ -43,6 +48,9 @@ class Transition(str, Enum):
     GIVE_UP = "give_up"  # processing -> dead: attempts exhausted, or dead-lettered by the handler
     REJECT = "reject"  # new -> dead: undecodable, too large, a symlink, not a regular file
     REQUEUE = "requeue"  # dead -> new (or done -> new, a replay): an operator's decision
+    STEAL = (
+        "steal"  # processing -> tmp/<name>.stolen -> a fresh copy in processing: a hung owner's lease ran out
+    )
 
 
 TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
@@ -54,6 +62,8 @@ TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
     (State.PROCESSING, State.DEAD): frozenset({Transition.GIVE_UP}),
     (State.DEAD, State.NEW): frozenset({Transition.REQUEUE}),
     (State.DONE, State.NEW): frozenset({Transition.REQUEUE}),
+    (State.PROCESSING, State.TMP): frozenset({Transition.STEAL}),
+    (State.TMP, State.PROCESSING): frozenset({Transition.STEAL}),
 }
 
 
@@ -62,3 +72,33 @@ def check_transition(src: State, dst: State, how: Transition) -> None:
     allowed = TRANSITIONS.get((src, dst), frozenset())
     if how not in allowed:
         raise ValueError(f"{how.value}: no such move from {src.value}/ to {dst.value}/")
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One allowed move, checked against `TRANSITIONS` when it is made (at import time)."""
+
+    src: State
+    dst: State
+    how: Transition
+    src_folder: str
+    dst_folder: str
+
+
+def move(src: State, dst: State, how: Transition) -> Move:
+    check_transition(src, dst, how)
+    return Move(src, dst, how, src.folder, dst.folder)
+
+
+# Every move the mailbox and the reaper make; code moves files only through these.
+PUBLISH = move(State.TMP, State.NEW, Transition.PUBLISH)
+CLAIM = move(State.NEW, State.PROCESSING, Transition.CLAIM)
+REJECT = move(State.NEW, State.DEAD, Transition.REJECT)
+ACK = move(State.PROCESSING, State.DONE, Transition.ACK)
+NACK = move(State.PROCESSING, State.NEW, Transition.NACK)
+RECOVER = move(State.PROCESSING, State.NEW, Transition.RECOVER)
+GIVE_UP = move(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
+REQUEUE_DEAD = move(State.DEAD, State.NEW, Transition.REQUEUE)
+REQUEUE_DONE = move(State.DONE, State.NEW, Transition.REQUEUE)
+STEAL_DETACH = move(State.PROCESSING, State.TMP, Transition.STEAL)
+STEAL_PLACE = move(State.TMP, State.PROCESSING, Transition.STEAL)

@@ -22,6 +22,8 @@ def test_the_allowed_moves_are_exactly_the_documented_ones() -> None:
         ("processing", "dead", "give_up"),
         ("dead", "new", "requeue"),
         ("done", "new", "requeue"),
+        ("processing", "tmp", "steal"),
+        ("tmp", "processing", "steal"),
     }
 
 
