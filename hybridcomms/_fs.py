@@ -95,12 +95,14 @@ def write_new_file(dir_fd: int, name: str, data: bytes, mode: int, *, sync: bool
     """
     fd = os.open(name, O_CREATE_MSG, mode, dir_fd=dir_fd)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            if written <= 0:  # pragma: no cover - a regular file never does this
-                raise OSError(errno.EIO, "short write")
-            view = view[written:]
+        written = os.write(fd, data)
+        if written < len(data):  # rare for a regular file: finish the rest
+            view = memoryview(data)[written:]
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:  # pragma: no cover - a regular file never does this
+                    raise OSError(errno.EIO, "short write")
+                view = view[written:]
         if sync:
             os.fsync(fd)
     except BaseException:

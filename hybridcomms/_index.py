@@ -29,6 +29,7 @@ class ClaimIndex:
         self._foreign: list[str] = []
         self._last_scan = float("-inf")
         self._now = ""  # the last compact "now" seen; only ever moves forward
+        self._active = False  # set by the first listing: only a claimer keeps an index
         self._lock = threading.Lock()
 
     def stale(self) -> bool:
@@ -50,8 +51,13 @@ class ClaimIndex:
             self._heaps = heaps
             self._foreign = foreign
             self._last_scan = time.monotonic()
+            self._active = True
 
     def push(self, name: str) -> None:
+        """A name this process just put into new/. Kept only once this index is in use (its owner
+        claims): a producer-only mailbox must not collect every name it ever wrote."""
+        if not self._active:
+            return
         heap = self._heaps.get(name[:2]) if len(name) > 26 and name[2] == "." else None
         with self._lock:
             if heap is None:

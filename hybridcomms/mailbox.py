@@ -429,23 +429,21 @@ class FileMailbox:
         """Deliver ``message`` durably (per the fsync policy) into ``new/``; return its id."""
         data = message.encode(self.max_message_size)
         name = _publish_name(message, compact_time(time.time()))
-        self._publish_one(name, data)
-        self._index.push(name)
-        return message.id
-
-    def _publish_one(self, name: str, data: bytes) -> None:
-        tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
-        tmp_name = self._write_tmp(tmp_fd, name, data, sync=self.fsync is not FsyncPolicy.NEVER)
+        tmp_fd = self._fd(State.TMP)
+        tmp_name = self._write_tmp(tmp_fd, name, data, sync=self._sync_dirs)
         try:
-            self._rename(PUBLISH, tmp_name, name)
+            new_fd = self._rename(PUBLISH, tmp_name, name)
         except OSError as exc:
             _fs._unlink_quietly(tmp_fd, tmp_name)
             raise self._io_error(exc, f"put {name}") from exc
-        try:
-            self._syncer.changed(new_fd)
-        except OSError as exc:
-            self._withdraw([name])
-            raise self._io_error(exc, f"put {name}: commit of new/ failed") from exc
+        if self._sync_dirs:
+            try:
+                self._syncer.changed(new_fd)
+            except OSError as exc:
+                self._withdraw([name])
+                raise self._io_error(exc, f"put {name}: commit of new/ failed") from exc
+        self._index.push(name)
+        return message.id
 
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes, *, sync: bool) -> str:
         tmp_name = name

@@ -206,7 +206,22 @@ class Message:
     def encode(self, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
         """Serialise to JSON bytes; raise before anything is written if it cannot be sent."""
         try:
-            data = orjson.dumps(self.to_dict())
+            data = orjson.dumps(
+                {
+                    "version": FORMAT_VERSION,
+                    "id": self.id,
+                    "topic": self.topic,
+                    "sender": self.sender,
+                    "recipient": self.recipient,
+                    "created_at": self.created_at,  # orjson: RFC 3339, "Z" with OPT_UTC_Z
+                    "priority": _PRIORITY_NAMES[self.priority],
+                    "correlation_id": self.correlation_id,
+                    "reply_to": self.reply_to,
+                    "headers": self.headers if type(self.headers) is dict else dict(self.headers),
+                    "payload": self.payload,
+                },
+                option=orjson.OPT_UTC_Z,
+            )
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise TypeError(f"message {self.id} is not JSON-serialisable: {exc}") from exc
         if max_size is not None and len(data) > max_size:

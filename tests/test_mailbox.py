@@ -416,3 +416,14 @@ def test_a_closed_mailbox_refuses_work(root: Path) -> None:
 
 def test_priority_enum_values_order_claims() -> None:
     assert Priority.CRITICAL > Priority.HIGH > Priority.MEDIUM > Priority.LOW
+
+
+def test_a_producer_only_mailbox_does_not_collect_the_names_it_writes(mailbox: FileMailbox) -> None:
+    for _ in range(50):
+        mailbox.put(Message("t"))
+    assert len(mailbox._index) == 0  # nothing kept until this instance claims
+    d = mailbox.claim()
+    assert d is not None
+    d.ack()
+    mailbox.put(Message("after"))
+    assert len(mailbox._index) == 50  # a claimer keeps its index current

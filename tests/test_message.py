@@ -173,3 +173,15 @@ def test_wrong_types_and_unsafe_values_are_rejected_at_construction(kwargs: dict
 def test_created_at_in_another_timezone_is_stored_as_utc() -> None:
     t = datetime(2025, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
     assert Message("t", created_at=t).created_at == datetime(2025, 1, 1, 10, tzinfo=timezone.utc)
+
+
+def test_headers_given_as_any_mapping_encode_as_an_object() -> None:
+    import types
+
+    m = Message("t", headers=types.MappingProxyType({"trace": "x"}))
+    assert orjson.loads(m.encode())["headers"] == {"trace": "x"}
+
+
+def test_a_creation_time_on_a_whole_second_round_trips() -> None:
+    m = Message("t", created_at=datetime(2025, 1, 1, tzinfo=timezone.utc))
+    assert Message.decode(m.encode()) == m
