@@ -20,11 +20,15 @@ import threading
 import time
 from enum import Enum
 
+from ._names import REASON_SUFFIX
+
 __all__ = [
     "FsyncPolicy",
     "current_umask",
+    "free_name",
     "fsync_dir",
     "open_dir",
+    "read_all",
     "syncfs",
     "write_new_file",
 ]
@@ -164,3 +168,33 @@ class DirSyncer:
             self._last = time.monotonic()
         for fd in dirty:
             os.fsync(fd)
+
+
+def read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
+    """Read a whole file; None if it turns out bigger than ``limit``."""
+    chunks = [os.read(fd, size_hint + 1)]
+    total = len(chunks[0])
+    while chunks[-1] and total <= limit and total > size_hint:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > limit:
+        return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def free_name(dir_fd: int, name: str) -> str:
+    """``name``, or ``name.N`` if that is taken in the folder, so a move never overwrites a file."""
+    if name.endswith(REASON_SUFFIX):
+        name += ".data"
+    candidate = name
+    n = 1
+    while True:
+        try:
+            os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return candidate
+        candidate = f"{name}.{n}"
+        n += 1

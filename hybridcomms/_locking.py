@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["hold_lock_file", "try_lock", "unlock"]
+__all__ = ["drop", "hold_lock_file", "try_lock", "unlock"]
 
 try:
     import fcntl
@@ -44,6 +44,15 @@ except ImportError:  # pragma: no cover - not POSIX
 
     def unlock(fd: int) -> None:
         portalocker.unlock(fd)
+
+
+def drop(fd: int) -> None:
+    """Release a lock (ignoring a failure to) and close the file."""
+    try:
+        unlock(fd)
+    except OSError:
+        pass
+    os.close(fd)
 
 
 @contextlib.contextmanager

@@ -26,18 +26,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orjson
 
-from . import _fs
+from . import _fs, inspection, recovery
 from ._fs import DirSyncer, FsyncPolicy, write_new_file
 from ._index import ClaimIndex
-from ._locking import try_lock, unlock
+from ._locking import drop, try_lock
 from ._names import (
     _NAME_RE,
     RANK_OF,
@@ -49,6 +47,7 @@ from ._names import (
     parse_name,
 )
 from ._wakeup import ArrivalWaiter
+from .delivery import Delivery
 from .errors import (
     DeliveryError,
     DeliveryLostError,
@@ -57,7 +56,9 @@ from .errors import (
     MessageDecodeError,
     UnsafePathError,
 )
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
+from .inspection import MailboxStats, MessageInfo, StateStats
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
+from .recovery import RecoveryReport
 from .retry import Backoff
 from .states import (
     ACK,
@@ -66,8 +67,6 @@ from .states import (
     NACK,
     PUBLISH,
     REJECT,
-    REQUEUE_DEAD,
-    REQUEUE_DONE,
     Move,
     State,
 )
@@ -120,137 +119,6 @@ def list_agents(root: str | os.PathLike[str]) -> list[str]:
         and os.path.isdir(os.path.join(root, name, "new"))
         and not os.path.islink(os.path.join(root, name))
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
-    """What a file in a mailbox folder says about itself, without reading it."""
-
-    state: State
-    name: str
-    path: Path
-    id: str | None  # None for a file hybridcomms did not name
-    attempt: int
-    due: str | None  # compact UTC time, from the name
-    size: int
-    changed_at: float  # when it entered this folder (ctime)
-    reason: dict[str, Any] | None = None  # for dead/: the reason file's content
-
-
-@dataclass(frozen=True, slots=True)
-class StateStats:
-    count: int
-    oldest_age: float | None  # seconds since the oldest file entered the folder
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxStats:
-    agent_id: str
-    states: dict[State, StateStats]
-    delayed: int = 0  # in new/ but not due yet (backing off after a nack)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent_id,
-            **{s.value: {"count": v.count, "oldest_age": v.oldest_age} for s, v in self.states.items()},
-            "delayed": self.delayed,
-        }
-
-
-class Delivery:
-    """A claimed message. Settle it exactly once: `ack`, `nack` or `dead`.
-
-    As a context manager it acks when the block ends normally and nacks (with backoff) when the
-    block raises; the exception still propagates. ``attempt`` is 1 on the first delivery.
-    """
-
-    __slots__ = ("_error", "_fd", "_mailbox", "_settled", "attempt", "message", "name")
-
-    def __init__(self, mailbox: FileMailbox, fd: int, name: str, message: Message, attempt: int) -> None:
-        self._mailbox = mailbox
-        self._fd = fd
-        self.name = name
-        self.message = message
-        self.attempt = attempt
-        self._settled = False
-        self._error: str | None = None
-
-    @property
-    def path(self) -> Path:
-        return self._mailbox.path / State.PROCESSING.folder / self.name
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    def ack(self) -> None:
-        self._mailbox._ack(self)
-
-    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
-        """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
-        ``max_attempts`` to ``dead/`` instead, with ``error`` in the reason."""
-        self._mailbox._nack(self, delay, None if error is None else str(error))
-
-    def dead(self, reason: str) -> None:
-        self._mailbox._give_up(self, reason, self._error)
-
-    def heartbeat(self) -> None:
-        """Extend the lease. Raises `DeliveryLostError` if recovery already took the message back."""
-        self._check_open()
-        os.utime(self._fd)
-        if os.fstat(self._fd).st_nlink == 0:
-            self._release()
-            raise DeliveryLostError(f"{self.name}: lease expired and the message was recovered")
-
-    def _check_open(self) -> None:
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
-
-    def _release(self) -> None:
-        if not self._settled:
-            self._settled = True
-            try:
-                unlock(self._fd)
-            finally:
-                os.close(self._fd)
-
-    def __enter__(self) -> Delivery:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._settled:
-            return
-        if exc is None:
-            self.ack()
-        else:
-            self._error = f"{type(exc).__name__}: {exc}"
-            self.nack(error=self._error)
-
-    def __del__(self) -> None:
-        # Never settled: drop the lock so recovery can return the message.
-        if not getattr(self, "_settled", True):
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-
-    def __repr__(self) -> str:
-        return f"<Delivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"
-
-
-@dataclass
-class RecoveryReport:
-    """What one `FileMailbox.recover` pass did (message ids, or file names for foreign files)."""
-
-    returned: list[str] = field(default_factory=list)  # owner died: back to new/
-    expired: list[str] = field(default_factory=list)  # lease ran out on a live owner: back to new/
-    dead: list[str] = field(default_factory=list)  # attempts exhausted: to dead/
-    tmp_removed: list[str] = field(default_factory=list)  # stale half-writes removed from tmp/
-
-    def __bool__(self) -> bool:
-        return bool(self.returned or self.expired or self.dead or self.tmp_removed)
 
 
 class FileMailbox:
@@ -594,15 +462,15 @@ class FileMailbox:
             try:
                 proc_fd = self._rename(CLAIM, name, target)
             except FileNotFoundError:
-                _drop(fd)  # moved by hand under our feet
+                drop(fd)  # moved by hand under our feet
                 return None
             if self._sync_dirs:
                 self._syncer.changed(proc_fd)
         except OSError as exc:
-            _drop(fd)
+            drop(fd)
             raise self._io_error(exc, f"claim {name}") from exc
         except BaseException:
-            _drop(fd)
+            drop(fd)
             raise
         return Delivery(self, fd, target, message, attempt)
 
@@ -614,14 +482,28 @@ class FileMailbox:
         limit = self.max_message_size
         problem = ""
         try:
-            raw = _read_all(fd, min(limit, 65535), limit)
+            raw: bytes | None = os.read(fd, 65536)
+            if raw is not None and len(raw) == 65536:  # a big one: read the rest, up to the limit
+                rest = _fs.read_all(fd, 0, limit - 65536)
+                raw = None if rest is None else raw + rest
         except OSError:
             raw = b""  # EISDIR, EAGAIN on a FIFO, …: fstat below says what it is
-        if raw is not None:
+        if raw is not None and len(raw) <= limit:
+            if raw[:12] == b'{"version":1':  # our own form: the fast path
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    obj = None
+                if type(obj) is dict:
+                    message = _from_native(obj)
+                    if message is not None:
+                        return message, ""
             try:
                 return Message.decode(raw), ""
             except MessageDecodeError as exc:
                 problem = exc.reason
+        else:
+            raw = None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, f"not a regular file (mode {stat.filemode(st.st_mode)})"
@@ -636,12 +518,12 @@ class FileMailbox:
             self._move_to_dead(REJECT, name, {"reason": reason, "message_file": name, "attempts": 0})
         finally:
             if fd is not None:
-                _drop(fd)
+                drop(fd)
 
     def _move_to_dead(self, m: Move, name: str, reason: dict[str, Any]) -> str | None:
         """``m.src``/name -> dead/, with its reason file written first. None if the file was gone."""
         dead_fd = self._fd(State.DEAD)
-        dead_name = _free_name(dead_fd, name)
+        dead_name = _fs.free_name(dead_fd, name)
         reason = {
             **reason,
             "agent": self.agent_id,
@@ -683,7 +565,7 @@ class FileMailbox:
         except OSError as exc:
             raise self._io_error(exc, f"ack {d.name}") from exc
         finally:
-            d._release()
+            d._release(drop_lock=False)  # in done/ the lock no longer matters; close drops it
 
     def _nack(self, d: Delivery, delay: float | None, error: str | None) -> None:
         d._check_open()
@@ -740,150 +622,34 @@ class FileMailbox:
         """Return to ``new/`` every claimed message whose owner died (its lock is free) or whose
         lease expired; move to ``dead/`` those that used up ``max_attempts``; remove ``tmp/``
         files older than ``tmp_max_age``. Safe to run at any time, from any process."""
-        from .recovery import recover
+        return recovery.recover(self, time.time() if now is None else now)
 
-        return recover(self, time.time() if now is None else now)
+    # -- inspection and repair (hybridcomms.inspection) -----------------------------------------
 
-    # -- inspection and repair ----------------------------------------------------------------
-
-    def list(self, state: State | str) -> list[MessageInfo]:
+    def list(self, state: State | str) -> builtins.list[MessageInfo]:
         """Files in one state's folder (reason files of dead/ are folded into their message)."""
-        state = State(state)
-        fd = self._fd(state)
-        names = sorted(os.listdir(fd))
-        out: list[MessageInfo] = []
-        for name in names:
-            if state is State.DEAD and name.endswith(REASON_SUFFIX):
-                continue
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            info = parse_name(name)
-            reason = self._read_reason(name) if state is State.DEAD else None
-            out.append(
-                MessageInfo(
-                    state=state,
-                    name=name,
-                    path=self.path / state.folder / name,
-                    id=info.id if info else None,
-                    attempt=info.attempt if info else 0,
-                    due=info.due if info else None,
-                    size=st.st_size,
-                    changed_at=st.st_ctime,
-                    reason=reason,
-                )
-            )
-        return out
-
-    def _read_reason(self, name: str) -> dict[str, Any] | None:
-        try:
-            fd = os.open(name + REASON_SUFFIX, _fs.O_READ_MSG, dir_fd=self._fd(State.DEAD))
-        except OSError:
-            return None
-        try:
-            value = orjson.loads(_read_all(fd, os.fstat(fd).st_size, 1 << 20) or b"null")
-        except orjson.JSONDecodeError:
-            return {"reason": "(unreadable reason file)"}
-        finally:
-            os.close(fd)
-        return value if isinstance(value, dict) else None
+        return inspection.list_state(self, State(state))
 
     def get(self, message_id: str) -> MessageInfo | None:
         """Where a message is now (any state), by id or by file name."""
-        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-            for info in self._find(state, message_id):
-                return info
-        return None
-
-    def _find(self, state: State, key: str) -> builtins.list[MessageInfo]:
-        return [i for i in self.list(state) if i.id == key or i.name == key]
+        return inspection.get(self, message_id)
 
     def read(self, info: MessageInfo) -> Message:
         """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
-        fd = os.open(info.name, _fs.O_READ_MSG, dir_fd=self._fd(info.state))
-        try:
-            raw = _read_all(fd, os.fstat(fd).st_size, self.max_message_size) or b""
-        finally:
-            os.close(fd)
-        return Message.decode(raw, path=str(info.path))
+        return inspection.read(self, info)
 
     def requeue(self, message_id: str, *, from_state: State | str = State.DEAD) -> builtins.list[str]:
         """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
         fresh attempt count; return the new file names. Its reason file is removed."""
-        src = State(from_state)
-        if src not in (State.DEAD, State.DONE):
-            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
-        m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
-        src_fd, new_fd = self._fd(src), self._fd(State.NEW)
-        moved: builtins.list[str] = []
-        for info in self._find(src, message_id):
-            parsed = parse_name(info.name)
-            target = (
-                parsed.with_(due=compact_time(time.time()), attempt=0)
-                if parsed
-                else _free_name(new_fd, info.name)
-            )
-            try:
-                self._rename(m, info.name, target)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise self._io_error(exc, f"requeue {info.name}") from exc
-            if src is State.DEAD:
-                _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
-            moved.append(target)
-            self._index.push(target)
-        if moved:
-            self._syncer.changed(new_fd)
-            self._syncer.changed(src_fd)
-        return moved
+        return inspection.requeue(self, message_id, State(from_state))
 
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
         """Delete files in ``done/`` or ``dead/`` that entered it ``older_than`` seconds ago or more."""
-        state = State(state)
-        if state not in (State.DONE, State.DEAD):
-            raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
-        fd = self._fd(state)
-        cutoff = time.time() - older_than
-        removed = 0
-        for info in self.list(state):
-            if info.changed_at > cutoff:
-                continue
-            try:
-                os.unlink(info.name, dir_fd=fd)
-            except FileNotFoundError:
-                continue
-            if state is State.DEAD:
-                _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
-            removed += 1
-        if removed:
-            self._syncer.changed(fd)
-        return removed
+        return inspection.purge(self, State(state), older_than)
 
     def stats(self) -> MailboxStats:
         """How many files each state holds, and how long the oldest has been there."""
-        now = time.time()
-        now_s = compact_time(now)
-        out: dict[State, StateStats] = {}
-        delayed = 0
-        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP):
-            fd = self._fd(state)
-            count = 0
-            oldest: float | None = None
-            for name in os.listdir(fd):
-                if state is State.DEAD and name.endswith(REASON_SUFFIX):
-                    continue
-                try:
-                    ctime = os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime
-                except FileNotFoundError:
-                    continue
-                count += 1
-                oldest = ctime if oldest is None else min(oldest, ctime)
-                if state is State.NEW and len(name) > 26 and name[2] == "." and name[3:25] > now_s:
-                    delayed += 1
-            out[state] = StateStats(count, None if oldest is None else max(now - oldest, 0.0))
-        return MailboxStats(self.agent_id, out, delayed)
+        return inspection.stats(self)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -897,41 +663,3 @@ def _publish_name(message: Message, now: str) -> str:
     """A new message is due at its creation time, or now if that is in the future: a producer
     whose clock runs ahead must not hold its own messages back."""
     return make_name(RANK_OF[message.priority], min(compact_time_of(message.created_at), now), message.id, 0)
-
-
-def _read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
-    """Read a whole file; None if it turns out bigger than ``limit``."""
-    chunks = [os.read(fd, size_hint + 1)]
-    total = len(chunks[0])
-    while chunks[-1] and total <= limit and total > size_hint:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    if total > limit:
-        return None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _drop(fd: int) -> None:
-    try:
-        unlock(fd)
-    except OSError:
-        pass
-    os.close(fd)
-
-
-def _free_name(dir_fd: int, name: str) -> str:
-    """``name``, or ``name.N`` if that is taken in the folder, so a move never overwrites a file."""
-    if name.endswith(REASON_SUFFIX):
-        name += ".data"
-    candidate = name
-    n = 1
-    while True:
-        try:
-            os.stat(candidate, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return candidate
-        candidate = f"{name}.{n}"
-        n += 1

@@ -21,24 +21,36 @@ import errno
 import logging
 import os
 import stat
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _fs
-from ._locking import try_lock
+from ._locking import drop, try_lock
 from ._names import compact_time, parse_name
 from .states import GIVE_UP, RECOVER, STEAL_DETACH, STEAL_PLACE, State
 
 if TYPE_CHECKING:
-    from .mailbox import FileMailbox, RecoveryReport
+    from .mailbox import FileMailbox
 
-__all__ = ["recover"]
+__all__ = ["RecoveryReport", "recover"]
 
 log = logging.getLogger("hybridcomms.recovery")
 
 
-def recover(mb: FileMailbox, now: float) -> RecoveryReport:
-    from .mailbox import RecoveryReport, _drop, _read_all
+@dataclass
+class RecoveryReport:
+    """What one `FileMailbox.recover` pass did (message ids, or file names for foreign files)."""
 
+    returned: list[str] = field(default_factory=list)  # owner died: back to new/
+    expired: list[str] = field(default_factory=list)  # lease ran out on a live owner: back to new/
+    dead: list[str] = field(default_factory=list)  # attempts exhausted: to dead/
+    tmp_removed: list[str] = field(default_factory=list)  # stale half-writes removed from tmp/
+
+    def __bool__(self) -> bool:
+        return bool(self.returned or self.expired or self.dead or self.tmp_removed)
+
+
+def recover(mb: FileMailbox, now: float) -> RecoveryReport:
     report = RecoveryReport()
     proc_fd = mb._fd(State.PROCESSING)
     for name in sorted(os.listdir(proc_fd)):
@@ -63,7 +75,7 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
                 if now - st.st_ctime < mb.lease:
                     continue  # alive and within its lease
                 # Hung owner: detach its file, put a copy we hold the lock on in its place.
-                raw = _read_all(fd, st.st_size, max(mb.max_message_size, st.st_size)) or b""
+                raw = _fs.read_all(fd, st.st_size, max(mb.max_message_size, st.st_size)) or b""
                 copy_fd = _steal(mb, name, raw)
                 if copy_fd is None:
                     continue
@@ -73,7 +85,7 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
                 mb, name, now, report, report.returned if owner_dead else report.expired, owner_dead
             )
         finally:
-            _drop(fd)
+            drop(fd)
     _sweep_tmp(mb, now, report)
     if report:
         log.info(
@@ -154,8 +166,6 @@ def _give_up_entry(mb: FileMailbox, name: str, reason: str, report: RecoveryRepo
 
 
 def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
-    from .mailbox import _drop, _read_all
-
     tmp_fd = mb._fd(State.TMP)
     for name in os.listdir(tmp_fd):
         if name.endswith(_STOLEN):  # an interrupted steal: finish it, never delete it
@@ -164,14 +174,14 @@ def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
             except FileNotFoundError:
                 continue
             try:
-                raw = _read_all(fd, os.fstat(fd).st_size, 1 << 40) or b""
+                raw = _fs.read_all(fd, os.fstat(fd).st_size, 1 << 40) or b""
             finally:
                 os.close(fd)
             copy_fd = _restore_stolen(mb, name, raw)
             try:
                 _return_or_bury(mb, name[: -len(_STOLEN)], now, report, report.expired, False)
             finally:
-                _drop(copy_fd)
+                drop(copy_fd)
             continue
         try:
             st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)

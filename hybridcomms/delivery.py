@@ -1,0 +1,104 @@
+"""A claimed message, and the calls that settle it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from ._locking import unlock
+from .errors import DeliveryError, DeliveryLostError
+from .message import Message
+from .states import State
+
+if TYPE_CHECKING:
+    from .mailbox import FileMailbox
+
+__all__ = ["Delivery"]
+
+
+class Delivery:
+    """A claimed message. Settle it exactly once: `ack`, `nack` or `dead`.
+
+    As a context manager it acks when the block ends normally and nacks (with backoff) when the
+    block raises; the exception still propagates. ``attempt`` is 1 on the first delivery.
+    """
+
+    __slots__ = ("_error", "_fd", "_mailbox", "_settled", "attempt", "message", "name")
+
+    def __init__(self, mailbox: FileMailbox, fd: int, name: str, message: Message, attempt: int) -> None:
+        self._mailbox = mailbox
+        self._fd = fd
+        self.name = name
+        self.message = message
+        self.attempt = attempt
+        self._settled = False
+        self._error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._mailbox.path / State.PROCESSING.folder / self.name
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def ack(self) -> None:
+        self._mailbox._ack(self)
+
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+        """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
+        ``max_attempts`` to ``dead/`` instead, with ``error`` in the reason."""
+        self._mailbox._nack(self, delay, None if error is None else str(error))
+
+    def dead(self, reason: str) -> None:
+        self._mailbox._give_up(self, reason, self._error)
+
+    def heartbeat(self) -> None:
+        """Extend the lease. Raises `DeliveryLostError` if recovery already took the message back."""
+        self._check_open()
+        os.utime(self._fd)
+        if os.fstat(self._fd).st_nlink == 0:
+            self._release()
+            raise DeliveryLostError(f"{self.name}: lease expired and the message was recovered")
+
+    def _check_open(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+
+    def _release(self, drop_lock: bool = True) -> None:
+        """Give up the file: drop the lock (explicitly, in case a forked child shares the fd,
+        unless the file is in done/ where no one looks at locks) and close it."""
+        if not self._settled:
+            self._settled = True
+            try:
+                if drop_lock:
+                    unlock(self._fd)
+            finally:
+                os.close(self._fd)
+
+    def __enter__(self) -> Delivery:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._settled:
+            return
+        if exc is None:
+            self.ack()
+        else:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self.nack(error=self._error)
+
+    def __del__(self) -> None:
+        # Never settled: drop the lock so recovery can return the message.
+        if not getattr(self, "_settled", True):
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"

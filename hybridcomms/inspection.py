@@ -1,0 +1,204 @@
+"""Looking into a mailbox and repairing it: listings, lookups, stats, requeue, purge.
+
+These read the folders directly (one listing per call): they are for people and tools, not for
+the delivery path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import _fs
+from ._names import REASON_SUFFIX, compact_time, parse_name
+from .message import Message
+from .states import REQUEUE_DEAD, REQUEUE_DONE, State
+
+if TYPE_CHECKING:
+    from .mailbox import FileMailbox
+
+__all__ = ["MailboxStats", "MessageInfo", "StateStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """What a file in a mailbox folder says about itself, without reading it."""
+
+    state: State
+    name: str
+    path: Path
+    id: str | None  # None for a file hybridcomms did not name
+    attempt: int
+    due: str | None  # compact UTC time, from the name
+    size: int
+    changed_at: float  # when it entered this folder (ctime)
+    reason: dict[str, Any] | None = None  # for dead/: the reason file's content
+
+
+@dataclass(frozen=True, slots=True)
+class StateStats:
+    count: int
+    oldest_age: float | None  # seconds since the oldest file entered the folder
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStats:
+    agent_id: str
+    states: dict[State, StateStats]
+    delayed: int = 0  # in new/ but not due yet (backing off after a nack)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent_id,
+            **{s.value: {"count": v.count, "oldest_age": v.oldest_age} for s, v in self.states.items()},
+            "delayed": self.delayed,
+        }
+
+
+def list_state(mb: FileMailbox, state: State) -> list[MessageInfo]:
+    """Files in one state's folder (reason files of dead/ are folded into their message)."""
+    fd = mb._fd(state)
+    names = sorted(os.listdir(fd))
+    out: list[MessageInfo] = []
+    for name in names:
+        if state is State.DEAD and name.endswith(REASON_SUFFIX):
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        info = parse_name(name)
+        reason = read_reason(mb, name) if state is State.DEAD else None
+        out.append(
+            MessageInfo(
+                state=state,
+                name=name,
+                path=mb.path / state.folder / name,
+                id=info.id if info else None,
+                attempt=info.attempt if info else 0,
+                due=info.due if info else None,
+                size=st.st_size,
+                changed_at=st.st_ctime,
+                reason=reason,
+            )
+        )
+    return out
+
+
+def read_reason(mb: FileMailbox, name: str) -> dict[str, Any] | None:
+    try:
+        fd = os.open(name + REASON_SUFFIX, _fs.O_READ_MSG, dir_fd=mb._fd(State.DEAD))
+    except OSError:
+        return None
+    try:
+        value = orjson.loads(_fs.read_all(fd, os.fstat(fd).st_size, 1 << 20) or b"null")
+    except orjson.JSONDecodeError:
+        return {"reason": "(unreadable reason file)"}
+    finally:
+        os.close(fd)
+    return value if isinstance(value, dict) else None
+
+
+def get(mb: FileMailbox, message_id: str) -> MessageInfo | None:
+    """Where a message is now (any state), by id or by file name."""
+    for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+        for info in find(mb, state, message_id):
+            return info
+    return None
+
+
+def find(mb: FileMailbox, state: State, key: str) -> list[MessageInfo]:
+    return [i for i in list_state(mb, state) if i.id == key or i.name == key]
+
+
+def read(mb: FileMailbox, info: MessageInfo) -> Message:
+    """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
+    fd = os.open(info.name, _fs.O_READ_MSG, dir_fd=mb._fd(info.state))
+    try:
+        raw = _fs.read_all(fd, os.fstat(fd).st_size, mb.max_message_size) or b""
+    finally:
+        os.close(fd)
+    return Message.decode(raw, path=str(info.path))
+
+
+def requeue(mb: FileMailbox, message_id: str, src: State) -> list[str]:
+    """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
+    fresh attempt count; return the new file names. Its reason file is removed."""
+    if src not in (State.DEAD, State.DONE):
+        raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+    m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
+    src_fd, new_fd = mb._fd(src), mb._fd(State.NEW)
+    moved: list[str] = []
+    for info in find(mb, src, message_id):
+        parsed = parse_name(info.name)
+        target = (
+            parsed.with_(due=compact_time(time.time()), attempt=0)
+            if parsed
+            else _fs.free_name(new_fd, info.name)
+        )
+        try:
+            mb._rename(m, info.name, target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise mb._io_error(exc, f"requeue {info.name}") from exc
+        if src is State.DEAD:
+            _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
+        moved.append(target)
+        mb._index.push(target)
+    if moved:
+        mb._syncer.changed(new_fd)
+        mb._syncer.changed(src_fd)
+    return moved
+
+
+def purge(mb: FileMailbox, state: State, older_than: float) -> int:
+    """Delete files in ``done/`` or ``dead/`` that entered it ``older_than`` seconds ago or more."""
+    if state not in (State.DONE, State.DEAD):
+        raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
+    fd = mb._fd(state)
+    cutoff = time.time() - older_than
+    removed = 0
+    for info in list_state(mb, state):
+        if info.changed_at > cutoff:
+            continue
+        try:
+            os.unlink(info.name, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        if state is State.DEAD:
+            _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
+        removed += 1
+    if removed:
+        mb._syncer.changed(fd)
+    return removed
+
+
+def stats(mb: FileMailbox) -> MailboxStats:
+    """How many files each state holds, and how long the oldest has been there."""
+    now = time.time()
+    now_s = compact_time(now)
+    out: dict[State, StateStats] = {}
+    delayed = 0
+    for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP):
+        fd = mb._fd(state)
+        count = 0
+        oldest: float | None = None
+        for name in os.listdir(fd):
+            if state is State.DEAD and name.endswith(REASON_SUFFIX):
+                continue
+            try:
+                ctime = os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime
+            except FileNotFoundError:
+                continue
+            count += 1
+            oldest = ctime if oldest is None else min(oldest, ctime)
+            if state is State.NEW and len(name) > 26 and name[2] == "." and name[3:25] > now_s:
+                delayed += 1
+        out[state] = StateStats(count, None if oldest is None else max(now - oldest, 0.0))
+    return MailboxStats(mb.agent_id, out, delayed)
