@@ -5,9 +5,14 @@
     hybridcomms [--root R] stats [AGENT ...] [--json]
     hybridcomms [--root R] recover [AGENT ...]
     hybridcomms [--root R] demo
+    hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R]
+    hybridcomms [--policy FILE] policy show
 
 The mailbox root is ``--root``, else ``$HYBRIDCOMMS_ROOT``, else
 ``runtime/agent_comms/agent_mailboxes`` under the current directory (the Dream.OS location).
+
+The routing policy is ``--policy FILE``, else ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``,
+else ``[tool.hybridcomms.policy]`` in ``./pyproject.toml``, else the built-in defaults.
 
 Exit codes: 0 done; 1 an error (the message says what); 2 bad usage; 3 ``recv`` found no message.
 """
@@ -27,9 +32,10 @@ from . import __version__
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
+from .policy import Policy
 from .states import State
 
-__all__ = ["main", "resolve_root"]
+__all__ = ["main", "resolve_policy", "resolve_root"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
 
@@ -38,6 +44,23 @@ def resolve_root(arg: str | None, environ: dict[str, str] | None = None) -> Path
     """``--root``, else ``$HYBRIDCOMMS_ROOT``, else the Dream.OS default under the current directory."""
     env = os.environ if environ is None else environ
     return Path(arg or env.get("HYBRIDCOMMS_ROOT") or DEFAULT_ROOT)
+
+
+def resolve_policy(arg: str | None, environ: dict[str, str] | None = None, cwd: Path | None = None) -> Policy:
+    """The policy the CLI uses (see the module docstring for the order)."""
+    env = os.environ if environ is None else environ
+    here = Path.cwd() if cwd is None else cwd
+    chosen = arg or env.get("HYBRIDCOMMS_POLICY")
+    if chosen:
+        return Policy.load(chosen)
+    if (here / "hybridcomms.toml").is_file():
+        return Policy.load(here / "hybridcomms.toml")
+    pyproject = here / "pyproject.toml"
+    if pyproject.is_file() and "hybridcomms.policy" in pyproject.read_text(
+        encoding="utf-8", errors="replace"
+    ):
+        return Policy.load(pyproject)
+    return Policy()
 
 
 def _print_json(obj: Any) -> None:
@@ -111,6 +134,22 @@ def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
+def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
+    policy = resolve_policy(args.policy)
+    d = policy.decide(args.topic, priority=args.priority, addressed=not args.broadcast, override=args.route)
+    who = "a broadcast" if args.broadcast else "a message to one agent"
+    print(f"{d.route.value}")
+    print(f"  {args.topic} as {who}, priority {Priority.parse(args.priority).name}")
+    print(f"  chosen by: {d.reason}")
+    print(f"  policy from {policy.source}")
+    return EXIT_OK
+
+
+def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
+    print(resolve_policy(args.policy).describe())
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     """A short tour: priorities, a retry, a dead letter, and what is left on disk."""
     from .retry import Backoff
@@ -150,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--root", help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)"
     )
+    p.add_argument("--policy", default=None, help="routing policy file (TOML, or a pyproject.toml)")
     p.add_argument(
         "--fsync",
         choices=["always", "batch", "never"],
@@ -182,6 +222,19 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a short tour in a Demo-Agent mailbox under the root")
     d.set_defaults(func=_cmd_demo)
+
+    pol = sub.add_parser("policy", help="the routing policy: explain a topic, or show every rule")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    ex = pol_sub.add_parser("explain", help="which route a topic takes, and the rule that chose it")
+    ex.add_argument("topic")
+    ex.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
+    ex.add_argument(
+        "--broadcast", action="store_true", help="a publish to subscribers, not a send to one agent"
+    )
+    ex.add_argument("--route", default=None, help="an explicit per-message override to try")
+    ex.set_defaults(func=_cmd_policy_explain)
+    sh = pol_sub.add_parser("show", help="every rule, in order")
+    sh.set_defaults(func=_cmd_policy_show)
     return p
 
 

@@ -170,3 +170,47 @@ def test_demo_runs_on_the_embedded_default_and_shows_a_dead_letter(tmp_path: Pat
     agent = tmp_path / "runtime/agent_comms/agent_mailboxes/Demo-Agent"
     assert len(os.listdir(agent / "done")) == 2
     assert len([n for n in os.listdir(agent / "dead") if not n.endswith(".reason.json")]) == 1
+
+
+def test_policy_explain_prints_the_route_and_the_rule_that_chose_it(tmp_path: Path) -> None:
+    got = run("policy", "explain", "dreamos.agent.Agent-1.task.command", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    assert lines[0] == "durable"
+    assert "per-agent task commands" in got.stdout and "dreamos.agent.*.task.command" in got.stdout
+    got = run("policy", "explain", "dreamos.agent.status.updated", "--broadcast", cwd=tmp_path)
+    assert got.stdout.splitlines()[0] == "ephemeral"
+
+
+def test_policy_comes_from_the_flag_the_environment_or_hybridcomms_toml(tmp_path: Path) -> None:
+    (tmp_path / "hybridcomms.toml").write_text('[[rules]]\nname = "local"\nmatch = "x.*"\nroute = "both"\n')
+    assert run("policy", "explain", "x.y", cwd=tmp_path).stdout.splitlines()[0] == "both"
+    other = tmp_path / "other.toml"
+    other.write_text('[[rules]]\nmatch = "x.*"\nroute = "ephemeral"\n')
+    got = run("policy", "explain", "x.y", cwd=tmp_path, env={"HYBRIDCOMMS_POLICY": str(other)})
+    assert got.stdout.splitlines()[0] == "ephemeral"
+    got = run(
+        "--policy",
+        str(tmp_path / "hybridcomms.toml"),
+        "policy",
+        "explain",
+        "x.y",
+        cwd=tmp_path,
+        env={"HYBRIDCOMMS_POLICY": str(other)},
+    )
+    assert got.stdout.splitlines()[0] == "both"
+
+
+def test_a_bad_policy_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('\n[[rules]]\nmatch = "x.*"\nroute = "sometimes"\n')
+    got = run("--policy", str(bad), "policy", "show", cwd=tmp_path)
+    assert got.returncode == 1
+    assert f"{bad}:2: rule 1: route must be durable, ephemeral or both" in got.stderr
+
+
+def test_policy_show_lists_every_rule(tmp_path: Path) -> None:
+    got = run("policy", "show", cwd=tmp_path)
+    assert got.returncode == 0
+    assert got.stdout.startswith("policy from built-in defaults")
+    assert "CRITICAL priority is never ephemeral only" in got.stdout

@@ -1,0 +1,380 @@
+"""AgentBus: in-memory publish/subscribe on dotted topics.
+
+Delivery on the bus is **at most once and in memory**: an event reaches the handlers subscribed when
+it is published, in this process, and is gone if the process dies. There is no retry and no dead letter
+here; messages that need those go through a durable mailbox (see `hybridcomms.policy`).
+
+Patterns, as Dream.OS agents use them:
+
+    "a.b.c"   exactly that topic
+    "a.b.*"   "a.b" itself and everything below it at a dot boundary ("a.b.c", "a.b.c.d"), not "a.bc"
+    "*"       every topic
+
+Each handler runs at most once per event, however many of its patterns match; subscribing the same
+(pattern, handler) twice is ignored. Handlers are held by strong references (a lambda stays subscribed).
+
+Sync handlers run inline, in subscription order. Async handlers (coroutine functions, or handlers that
+return an awaitable) are started at once: on the running event loop if the publisher has one, else on a
+private background loop, so they are never dropped. ``await bus.publish(...)`` returns once every
+handler, sync or async, has finished; ``bus.publish(...).wait()`` does the same from plain threads.
+
+A handler that raises never stops the others: the failure is logged with its traceback and published
+once as an event on ``error_topic``, whose payload names the topic, the event id, the handler and the
+error. A failing handler of an error event is only logged, so errors never recurse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import itertools
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "pattern_matches"]
+
+log = logging.getLogger("hybridcomms.bus")
+
+DEFAULT_ERROR_TOPIC = "hybridcomms.bus.error"
+_CACHE_LIMIT = 10_000
+
+_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex()
+
+
+def _event_id() -> str:
+    # Unique in this process and, thanks to the random prefix, across processes; cheaper than uuid4.
+    return f"{_id_prefix}{os.getpid():x}{next(_ids):x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event on the bus."""
+
+    topic: str
+    payload: Any = None
+    source: str | None = None
+    correlation_id: str | None = None
+    id: str = field(default_factory=_event_id)
+    timestamp: float = field(default_factory=time.time)
+
+
+Handler = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Subscription:
+    pattern: str
+    handler: Handler
+    id: str
+    seq: int
+    is_async: bool
+
+
+def _topic_of(value: object) -> str:
+    if isinstance(value, Enum):
+        value = value.value
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a topic must be a non-empty string (or a str Enum member), not {value!r}")
+    return value
+
+
+def _check_pattern(pattern: str) -> str:
+    star = pattern.find("*")
+    if star != -1 and not (pattern == "*" or (pattern.endswith(".*") and star == len(pattern) - 1)):
+        raise ValueError(
+            f"bad pattern {pattern!r}: '*' is allowed only as the whole pattern or as a last '.*'"
+        )
+    if pattern.startswith(".") or ".." in pattern or (pattern.endswith(".") and pattern != "."):
+        raise ValueError(f"bad pattern {pattern!r}: empty topic segment")
+    return pattern
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """The bus's matching rule, as a plain function (for tests, tools and the docs)."""
+    if pattern == "*" or pattern == topic:
+        return True
+    if pattern.endswith(".*"):
+        prefix = pattern[:-2]
+        return topic == prefix or topic.startswith(prefix + ".")
+    return False
+
+
+class PublishResult:
+    """What `AgentBus.publish` returns. The work is already done or started when you get it.
+
+    ``await result`` waits until every async handler has finished; ``result.wait(timeout)`` does the
+    same from a plain thread. ``handlers`` is how many handlers the event reached, ``errors`` the
+    exceptions they raised so far.
+    """
+
+    __slots__ = ("_pending", "errors", "event", "handlers")
+
+    def __init__(self, event: Event, handlers: int) -> None:
+        self.event = event
+        self.handlers = handlers
+        self.errors: list[BaseException] = []
+        self._pending: list[asyncio.Future[None] | concurrent.futures.Future[None]] = []
+
+    def __await__(self) -> Generator[Any, None, PublishResult]:
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> PublishResult:
+        if self._pending:
+            await asyncio.gather(
+                *(f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f) for f in self._pending),
+                return_exceptions=True,
+            )
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every async handler finished; False on timeout. Not for use inside the event
+        loop that runs them (``await`` the result there)."""
+        loop_futures = [f for f in self._pending if isinstance(f, asyncio.Future) and not f.done()]
+        if loop_futures:
+            raise RuntimeError("handlers run on this thread's event loop: await the publish result instead")
+        threaded = [f for f in self._pending if isinstance(f, concurrent.futures.Future)]
+        _, not_done = concurrent.futures.wait(threaded, timeout=timeout)
+        return not not_done
+
+    @property
+    def done(self) -> bool:
+        return all(f.done() for f in self._pending)
+
+    def __repr__(self) -> str:
+        return f"<PublishResult {self.event.topic!r} handlers={self.handlers} errors={len(self.errors)}>"
+
+
+class AgentBus:
+    """In-memory, at-most-once publish/subscribe. Thread-safe. See the module docstring."""
+
+    def __init__(self, *, error_topic: str = DEFAULT_ERROR_TOPIC) -> None:
+        self.error_topic = error_topic
+        self._lock = threading.RLock()
+        self._seq = itertools.count()
+        self._exact: dict[str, tuple[Subscription, ...]] = {}
+        self._prefix: dict[str, tuple[Subscription, ...]] = {}
+        self._all: tuple[Subscription, ...] = ()
+        self._by_key: dict[tuple[str, Handler], Subscription] = {}
+        self._by_id: dict[str, Subscription] = {}
+        self._cache: dict[str, tuple[Subscription, ...]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, pattern: str | Enum, handler: Handler) -> Subscription:
+        """Call ``handler(event)`` for every event whose topic matches ``pattern``."""
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        pattern = _check_pattern(_topic_of(pattern))
+        with self._lock:
+            existing = self._by_key.get((pattern, handler))
+            if existing is not None:
+                return existing
+            seq = next(self._seq)
+            sub = Subscription(pattern, handler, f"sub-{seq}", seq, _is_async(handler))
+            self._by_key[(pattern, handler)] = sub
+            self._by_id[sub.id] = sub
+            if pattern == "*":
+                self._all = (*self._all, sub)
+            elif pattern.endswith(".*"):
+                key = pattern[:-2]
+                self._prefix[key] = (*self._prefix.get(key, ()), sub)
+            else:
+                self._exact[pattern] = (*self._exact.get(pattern, ()), sub)
+            self._cache = {}
+        return sub
+
+    def unsubscribe(self, subscription: Subscription | str | Enum, handler: Handler | None = None) -> bool:
+        """Remove a subscription: the `Subscription`, its id, or ``(pattern, handler)``.
+        Returns False (no error) if there was no such subscription."""
+        with self._lock:
+            if isinstance(subscription, Subscription):
+                sub: Subscription | None = self._by_id.get(subscription.id)
+            elif handler is not None:
+                sub = self._by_key.get((_topic_of(subscription), handler))
+            else:
+                sub = self._by_id.get(_topic_of(subscription))
+            if sub is None:
+                return False
+            del self._by_key[(sub.pattern, sub.handler)]
+            del self._by_id[sub.id]
+            if sub.pattern == "*":
+                self._all = tuple(s for s in self._all if s is not sub)
+            else:
+                table, key = (
+                    (self._prefix, sub.pattern[:-2])
+                    if sub.pattern.endswith(".*")
+                    else (self._exact, sub.pattern)
+                )
+                rest = tuple(s for s in table[key] if s is not sub)
+                if rest:
+                    table[key] = rest
+                else:
+                    del table[key]
+            self._cache = {}
+        return True
+
+    def subscriptions(self) -> list[Subscription]:
+        with self._lock:
+            return sorted(self._by_id.values(), key=lambda s: s.seq)
+
+    def _resolve(self, topic: str) -> tuple[Subscription, ...]:
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
+        with self._lock:
+            found: list[Subscription] = list(self._all)
+            found.extend(self._exact.get(topic, ()))
+            prefix = self._prefix
+            if prefix:
+                end = topic.find(".")
+                while end != -1:
+                    found.extend(prefix.get(topic[:end], ()))
+                    end = topic.find(".", end + 1)
+                found.extend(prefix.get(topic, ()))
+            found.sort(key=lambda s: s.seq)
+            seen: set[int] = set()
+            unique = []
+            for sub in found:  # each handler at most once per event
+                if id(sub.handler) not in seen:
+                    seen.add(id(sub.handler))
+                    unique.append(sub)
+            result = tuple(unique)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache = {}
+            self._cache[topic] = result
+        return result
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str | Enum | Event,
+        payload: Any = None,
+        *,
+        source: str | None = None,
+        correlation_id: str | None = None,
+    ) -> PublishResult:
+        """Deliver an event to the matching handlers now. Returns a `PublishResult` (awaitable)."""
+        if isinstance(topic, Event):
+            event = topic
+        else:
+            event = Event(_topic_of(topic), payload, source, correlation_id)
+        subs = self._cache.get(event.topic) or self._resolve(event.topic)
+        result = PublishResult(event, len(subs))
+        for sub in subs:
+            try:
+                if sub.is_async:
+                    self._schedule(sub.handler(event), event, sub, result)
+                else:
+                    ret = sub.handler(event)
+                    if ret is not None and inspect.isawaitable(ret):
+                        self._schedule(ret, event, sub, result)
+            except Exception as exc:
+                result.errors.append(exc)
+                self._failed(event, sub, exc)
+        return result
+
+    def _schedule(
+        self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
+    ) -> None:
+        async def guarded() -> None:
+            try:
+                await awaitable
+            except Exception as exc:
+                result.errors.append(exc)
+                self._failed(event, sub, exc)
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            result._pending.append(asyncio.run_coroutine_threadsafe(guarded(), self._background_loop()))
+        else:
+            result._pending.append(loop.create_task(guarded()))
+
+    def _failed(self, event: Event, sub: Subscription, exc: BaseException) -> None:
+        name = getattr(sub.handler, "__qualname__", repr(sub.handler))
+        log.error(
+            "bus handler %s for %r (event %s) failed",
+            name,
+            event.topic,
+            event.id,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        if event.topic == self.error_topic and event.source == "hybridcomms.bus":
+            return  # an error handler failed: logged, never republished
+        self.publish(
+            Event(
+                self.error_topic,
+                {
+                    "topic": event.topic,
+                    "event_id": event.id,
+                    "handler": name,
+                    "pattern": sub.pattern,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                },
+                source="hybridcomms.bus",
+                correlation_id=event.id,
+            )
+        )
+
+    # -- the background loop for async handlers published from plain threads -----------------
+
+    def _background_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name="hybridcomms-bus-loop", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background loop (if one was started), letting running handlers finish first."""
+        with self._lock:
+            loop, thread = self._loop, self._loop_thread
+            self._loop = self._loop_thread = None
+        if loop is None or thread is None:
+            return
+
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout)
+
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout + 1)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        loop.close()
+
+    def __enter__(self) -> AgentBus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_async(handler: Handler) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(type(handler), "__call__", None)  # noqa: B004  (an object with an async __call__)
+    return call is not None and inspect.iscoroutinefunction(call)

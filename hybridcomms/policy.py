@@ -1,0 +1,425 @@
+"""The routing policy: for every outgoing message, which path it takes.
+
+    durable     a file in the recipient's mailbox: at-least-once, retried, dead-lettered
+    ephemeral   an event on the in-memory AgentBus: at-most-once, gone if nobody listens
+    both        durable delivery, plus a bus notification for whoever listens now
+
+`Policy.decide` is pure (no I/O): the same inputs always give the same `Decision`, which says
+which rule chose the route. The order of the decision:
+
+1. an explicit per-message override (``route=`` on send/publish);
+2. the rules, in order; the first whose patterns, ``addressed`` and ``min_priority`` all fit wins;
+3. the defaults: ``default_addressed`` (durable) for a message to one agent, ``default_broadcast``
+   (ephemeral) for a message to whoever subscribes;
+4. whatever was chosen, a ``CRITICAL`` message is never ephemeral only: ``ephemeral`` becomes ``durable``.
+
+Topic patterns have dot-separated segments: a literal segment matches itself; ``*`` in the middle
+matches exactly one segment (``dreamos.agent.*.task.command``); a last ``.*`` matches the prefix itself
+and everything below it, as on the bus (``dreamos.query.*``); ``*`` alone matches every topic.
+
+Rules come from a TOML file, or from ``[tool.hybridcomms.policy]`` in pyproject.toml::
+
+    default_addressed = "durable"      # optional
+    default_broadcast = "ephemeral"    # optional
+    include_defaults = true            # append the shipped rules after these (default true)
+
+    [[rules]]
+    name = "billing is critical"       # optional; shown by `hybridcomms policy explain`
+    match = ["billing.*"]              # one pattern or a list
+    route = "durable"                  # durable | ephemeral | both
+    addressed = true                   # optional: only messages to one agent (false: only broadcasts)
+    min_priority = "HIGH"              # optional: only at or above this priority
+
+A file that is not valid is refused when it is loaded, with its path, the line and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import HybridCommsError, MessageError
+from .message import Priority
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["DEFAULT_RULES", "Decision", "Policy", "PolicyError", "Route", "Rule", "compile_pattern"]
+
+
+class PolicyError(HybridCommsError, ValueError):
+    """A policy file or rule that cannot be used. ``path`` and ``line`` say where, when known."""
+
+    def __init__(self, reason: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = f"{path or '<policy>'}{f':{line}' if line else ''}: " if path or line else ""
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+        self.path = path
+        self.line = line
+
+
+class Route(str, Enum):
+    DURABLE = "durable"
+    EPHEMERAL = "ephemeral"
+    BOTH = "both"
+
+    @property
+    def durable(self) -> bool:
+        return self is not Route.EPHEMERAL
+
+    @property
+    def ephemeral(self) -> bool:
+        return self is not Route.DURABLE
+
+    @classmethod
+    def parse(cls, value: object) -> Route:
+        if isinstance(value, Route):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        raise PolicyError(f"route must be durable, ephemeral or both, not {value!r}")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression for a policy pattern (see the module docstring)."""
+    if not isinstance(pattern, str) or not pattern:
+        raise PolicyError(f"a pattern must be a non-empty string, not {pattern!r}")
+    if pattern == "*":
+        return re.compile(r".+\Z", re.S)
+    segments = pattern.split(".")
+    parts: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "*":
+            parts.append(r"(?:\..+)?" if last and i > 0 else (r"\.[^.]+" if i else r"[^.]+"))
+            continue
+        if not seg or "*" in seg:
+            raise PolicyError(
+                f"bad pattern {pattern!r}: '*' must be a whole segment, and no segment may be empty"
+            )
+        parts.append(("\\." if i else "") + re.escape(seg))
+    return re.compile("".join(parts) + r"\Z", re.S)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Route ``route`` for messages whose topic matches one of ``patterns``."""
+
+    patterns: tuple[str, ...]
+    route: Route
+    name: str = ""
+    addressed: bool | None = None
+    min_priority: Priority | None = None
+    _compiled: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patterns, str):
+            object.__setattr__(self, "patterns", (self.patterns,))
+        if not self.patterns:
+            raise PolicyError("a rule needs at least one pattern in 'match'")
+        object.__setattr__(self, "route", Route.parse(self.route))
+        if self.min_priority is not None and not isinstance(self.min_priority, Priority):
+            object.__setattr__(self, "min_priority", Priority.parse(self.min_priority))
+        object.__setattr__(self, "_compiled", tuple(compile_pattern(p) for p in self.patterns))
+
+    def matching_pattern(self, topic: str, priority: Priority, addressed: bool) -> str | None:
+        if self.addressed is not None and self.addressed != addressed:
+            return None
+        if self.min_priority is not None and priority < self.min_priority:
+            return None
+        for pattern, regex in zip(self.patterns, self._compiled, strict=True):
+            if regex.match(topic):
+                return pattern
+        return None
+
+    def describe(self) -> str:
+        bits = [f"route={self.route.value}", "match=" + ", ".join(self.patterns)]
+        if self.addressed is not None:
+            bits.append("addressed only" if self.addressed else "broadcasts only")
+        if self.min_priority is not None:
+            bits.append(f"priority >= {self.min_priority.name}")
+        return f"{self.name or '(unnamed)'}: " + "; ".join(bits)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: Route
+    reason: str
+    rule: Rule | None = None
+    pattern: str | None = None
+
+
+def _rules(*specs: tuple[str, Route, tuple[str, ...]]) -> tuple[Rule, ...]:
+    return tuple(Rule(patterns, route, name) for name, route, patterns in specs)
+
+
+D, E = Route.DURABLE, Route.EPHEMERAL
+
+#: Dream.OS practice: commands, assignments, directives, queries that need an answer and their
+#: responses are durable; status, heartbeats, discovery and debug are ephemeral.
+DEFAULT_RULES: tuple[Rule, ...] = _rules(
+    ("per-agent task commands", D, ("dreamos.agent.*.task.command", "dreamos.agent.*.task.command.*")),
+    (
+        "task commands and assignments",
+        D,
+        (
+            "dreamos.task.command",
+            "dreamos.task.lifecycle.assigned",
+            "dreamos.task.request.*",
+            "TASK_COMMAND",
+            "TASK_ASSIGNMENT",
+            "COMMAND",
+        ),
+    ),
+    (
+        "directives",
+        D,
+        ("dreamos.task.directive", "dreamos.coordination.directive.*", "DIRECTIVE"),
+    ),
+    (
+        "queries and their responses",
+        D,
+        (
+            "dreamos.query.*",
+            "dreamos.supervisor.*",
+            "dreamos.command.*",
+            "dreamos.coordination.supervisor.approval.*",
+            "dreamos.agent.prompt.*",
+            "AGENT_QUERY",
+            "AGENT_RESPONSE",
+            "STATUS_QUERY",
+            "RESPONSE",
+            "REVIEW_REQUEST",
+        ),
+    ),
+    (
+        "status and heartbeats",
+        E,
+        (
+            "dreamos.agent.status.*",
+            "dreamos.system.agent.status_change",
+            "dreamos.task.status.*",
+            "dreamos.task.progress",
+            "dreamos.coordination.heartbeat.*",
+            "HEARTBEAT",
+            "TASK_UPDATE",
+        ),
+    ),
+    (
+        "discovery",
+        E,
+        (
+            "dreamos.agent.registered",
+            "dreamos.agent.unregistered",
+            "dreamos.system.agent.*",
+            "dreamos.system.capability.*",
+            "dreamos.agent.lifecycle.*",
+        ),
+    ),
+    ("debug", E, ("dreamos.debug.*", "DEBUG_INFO")),
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An ordered list of rules and the two defaults. Immutable; `decide` is pure."""
+
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+    default_addressed: Route = Route.DURABLE
+    default_broadcast: Route = Route.EPHEMERAL
+    source: str = "built-in defaults"
+    _cache: dict[tuple[str, Priority, bool], Decision] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "default_addressed", Route.parse(self.default_addressed))
+        object.__setattr__(self, "default_broadcast", Route.parse(self.default_broadcast))
+
+    def decide(
+        self,
+        topic: str,
+        *,
+        priority: Priority | str | int = Priority.MEDIUM,
+        addressed: bool = False,
+        override: Route | str | None = None,
+    ) -> Decision:
+        """The route for one message, and why."""
+        prio = priority if type(priority) is Priority else Priority.parse(priority)
+        if override is not None:
+            decision = Decision(Route.parse(override), "explicit per-message override")
+        else:
+            key = (topic, prio, addressed)
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+            decision = self._by_rules(topic, prio, addressed)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = decision
+            return decision
+        return _critical(decision, prio)
+
+    def route(self, topic: str, **kwargs: Any) -> Route:
+        return self.decide(topic, **kwargs).route
+
+    def _by_rules(self, topic: str, prio: Priority, addressed: bool) -> Decision:
+        for number, rule in enumerate(self.rules, 1):
+            pattern = rule.matching_pattern(topic, prio, addressed)
+            if pattern is not None:
+                label = f"rule {number} ({rule.name})" if rule.name else f"rule {number}"
+                return _critical(Decision(rule.route, f"{label}: pattern {pattern!r}", rule, pattern), prio)
+        if addressed:
+            return _critical(Decision(self.default_addressed, "default for a message to one agent"), prio)
+        return _critical(Decision(self.default_broadcast, "default for a broadcast"), prio)
+
+    def describe(self) -> str:
+        lines = [f"policy from {self.source}"]
+        lines += [f"  {i}. {rule.describe()}" for i, rule in enumerate(self.rules, 1)]
+        lines.append(f"  default for a message to one agent: {self.default_addressed.value}")
+        lines.append(f"  default for a broadcast: {self.default_broadcast.value}")
+        lines.append("  CRITICAL priority is never ephemeral only")
+        return "\n".join(lines)
+
+    # -- loading (I/O lives here, never in decide) ---------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read a policy TOML file, or the ``[tool.hybridcomms.policy]`` table of a pyproject.toml."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=str(p)) from None
+        if p.name == "pyproject.toml":
+            return cls.from_toml(text, source=str(p), table=("tool", "hybridcomms", "policy"))
+        return cls.from_toml(text, source=str(p))
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<policy>", table: tuple[str, ...] = ()) -> Policy:
+        try:
+            data: Mapping[str, Any] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+            raise PolicyError(f"not valid TOML: {exc}", path=source, line=line) from None
+        for key in table:
+            value = data.get(key, {})
+            if not isinstance(value, Mapping):
+                raise PolicyError(f"[{'.'.join(table)}] must be a table", path=source)
+            data = value
+        return cls.from_mapping(data, source=source, text=text, header=".".join((*table, "rules")))
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, source: str = "<policy>", text: str = "", header: str = "rules"
+    ) -> Policy:
+        known = {"rules", "default_addressed", "default_broadcast", "include_defaults"}
+        for key in data:
+            if key not in known:
+                raise PolicyError(
+                    f"unknown setting {key!r} (known: {', '.join(sorted(known))})",
+                    path=source,
+                    line=_key_line(text, key),
+                )
+        raw_rules = data.get("rules", [])
+        if not isinstance(raw_rules, list):
+            raise PolicyError(
+                "'rules' must be an array of tables ([[rules]])", path=source, line=_key_line(text, "rules")
+            )
+        rules = [
+            _rule_from(raw, i, source=source, line=_table_line(text, header, i))
+            for i, raw in enumerate(raw_rules)
+        ]
+        include = data.get("include_defaults", True)
+        if not isinstance(include, bool):
+            raise PolicyError(
+                "include_defaults must be true or false",
+                path=source,
+                line=_key_line(text, "include_defaults"),
+            )
+        kwargs: dict[str, Any] = {}
+        for key in ("default_addressed", "default_broadcast"):
+            if key in data:
+                try:
+                    kwargs[key] = Route.parse(data[key])
+                except PolicyError as exc:
+                    raise PolicyError(
+                        f"{key}: {exc.reason}", path=source, line=_key_line(text, key)
+                    ) from None
+        return cls(rules=(*rules, *(DEFAULT_RULES if include else ())), source=source, **kwargs)
+
+
+def _critical(decision: Decision, prio: Priority) -> Decision:
+    if prio is Priority.CRITICAL and decision.route is Route.EPHEMERAL:
+        return Decision(
+            Route.DURABLE,
+            decision.reason + "; CRITICAL is never ephemeral only",
+            decision.rule,
+            decision.pattern,
+        )
+    return decision
+
+
+_RULE_KEYS = {"name", "match", "route", "addressed", "min_priority"}
+
+
+def _rule_from(raw: object, index: int, *, source: str, line: int | None) -> Rule:
+    def fail(reason: str) -> PolicyError:
+        return PolicyError(f"rule {index + 1}: {reason}", path=source, line=line)
+
+    if not isinstance(raw, Mapping):
+        raise fail("must be a table")
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        raise fail(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_RULE_KEYS))})")
+    if "match" not in raw or "route" not in raw:
+        raise fail("needs both 'match' and 'route'")
+    match = raw["match"]
+    patterns: Iterable[object] = [match] if isinstance(match, str) else match
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise fail("'match' must be a pattern or a list of patterns")
+    addressed = raw.get("addressed")
+    if addressed is not None and not isinstance(addressed, bool):
+        raise fail("'addressed' must be true or false")
+    name = raw.get("name", "")
+    if not isinstance(name, str):
+        raise fail("'name' must be a string")
+    try:
+        min_priority = Priority.parse(raw["min_priority"]) if "min_priority" in raw else None
+        return Rule(tuple(patterns), Route.parse(raw["route"]), name, addressed, min_priority)
+    except PolicyError as exc:
+        raise fail(exc.reason) from None
+    except MessageError as exc:
+        raise fail(str(exc)) from None
+
+
+def _line_from_message(message: str) -> int | None:
+    m = re.search(r"line (\d+)", message)
+    return int(m.group(1)) if m else None
+
+
+def _table_line(text: str, header: str, index: int) -> int | None:
+    """Line of the ``index``-th ``[[header]]`` in ``text`` (1-based), if it can be found."""
+    pattern = re.compile(
+        r"^[ \t]*\[\[[ \t]*" + re.escape(header).replace(r"\.", r"[ \t]*\.[ \t]*") + r"[ \t]*\]\]", re.M
+    )
+    found = list(pattern.finditer(text))
+    if index < len(found):
+        return text.count("\n", 0, found[index].start()) + 1
+    return None
+
+
+def _key_line(text: str, key: str) -> int | None:
+    m = re.search(r"^[ \t]*" + re.escape(key) + r"[ \t]*=", text, re.M)
+    return text.count("\n", 0, m.start()) + 1 if m else None
