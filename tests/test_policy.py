@@ -105,7 +105,8 @@ def test_rules_can_be_limited_to_addressed_messages_and_to_a_minimum_priority() 
 def test_a_policy_file_puts_its_rules_before_the_defaults(tmp_path: Path) -> None:
     f = tmp_path / "policy.toml"
     f.write_text(
-        'default_broadcast = "both"\n\n[[rules]]\nname = "billing"\nmatch = ["billing.*"]\nroute = "durable"\n\n'
+        'default_broadcast = "both"\n\n'
+        '[[rules]]\nname = "billing"\nmatch = ["billing.*"]\nroute = "durable"\n\n'
         '[[rules]]\nmatch = "dreamos.debug.*"\nroute = "both"\n'
     )
     p = Policy.load(f)
@@ -148,7 +149,8 @@ def test_a_pyproject_without_a_policy_gives_the_defaults(tmp_path: Path) -> None
             "rule 1: route must be durable, ephemeral or both, not 'fast'",
         ),
         (
-            '[[rules]]\nmatch = ["a.*"]\nroute = "durable"\n\n[[rules]]\nmatch = ["a*b"]\nroute = "durable"\n',
+            '[[rules]]\nmatch = ["a.*"]\nroute = "durable"\n\n'
+            '[[rules]]\nmatch = ["a*b"]\nroute = "durable"\n',
             5,
             "rule 2: bad pattern",
         ),
