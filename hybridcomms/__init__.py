@@ -1,12 +1,16 @@
 """hybridcomms: reliable messaging for Python agents.
 
 Critical messages go through durable file mailboxes (`FileMailbox`: at-least-once, retries with
-backoff, a dead-letter folder that says why); see docs/ for the guarantees.
+backoff, a dead-letter folder that says why); ephemeral broadcasts stay on an in-memory `AgentBus`;
+one routing `Policy` decides which is which, and `Comms` is the one object an agent holds.
+See docs/ for the guarantees.
 """
 
 from __future__ import annotations
 
 from ._fs import FsyncPolicy
+from .bus import AgentBus, Event, PublishResult, Subscription, default_bus
+from .comms import Comms, CommsSubscription, Received, RequestTimeoutError, Sent
 from .errors import (
     DeliveryError,
     DeliveryLostError,
@@ -31,6 +35,7 @@ from .mailbox import (
     list_agents,
 )
 from .message import Message, Priority
+from .policy import Decision, Policy, PolicyError, Route, Rule
 from .retry import Backoff
 from .states import TRANSITIONS, State, Transition
 
@@ -39,10 +44,15 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DEFAULT_ROOT",
     "TRANSITIONS",
+    "AgentBus",
     "Backoff",
+    "Comms",
+    "CommsSubscription",
+    "Decision",
     "Delivery",
     "DeliveryError",
     "DeliveryLostError",
+    "Event",
     "FileMailbox",
     "FsyncPolicy",
     "HybridCommsError",
@@ -55,13 +65,23 @@ __all__ = [
     "MessageError",
     "MessageInfo",
     "MessageTooLargeError",
+    "Policy",
+    "PolicyError",
     "Priority",
+    "PublishResult",
+    "Received",
     "RecoveryReport",
+    "RequestTimeoutError",
+    "Route",
+    "Rule",
+    "Sent",
     "State",
     "StateStats",
+    "Subscription",
     "Transition",
     "UnsafePathError",
     "__version__",
     "check_agent_id",
+    "default_bus",
     "list_agents",
 ]

@@ -75,6 +75,10 @@ class ArrivalWaiter:
         finally:
             self._event.set()
 
+    def wake(self) -> None:
+        """Wake a waiter now (used to stop a consumer loop promptly)."""
+        self._event.set()
+
     def clear(self) -> None:
         self._event.clear()
 

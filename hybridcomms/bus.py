@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "pattern_matches"]
+__all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "default_bus", "pattern_matches"]
 
 log = logging.getLogger("hybridcomms.bus")
 
@@ -65,6 +65,9 @@ class Event:
     correlation_id: str | None = None
     id: str = field(default_factory=_event_id)
     timestamp: float = field(default_factory=time.time)
+    #: True when this event only notifies of a message that is also delivered durably (route
+    #: "both"): observers see it here, the recipient handles the durable copy.
+    durable: bool = False
 
 
 Handler = Callable[[Any], Any]
@@ -378,3 +381,16 @@ def _is_async(handler: Handler) -> bool:
         return True
     call = getattr(type(handler), "__call__", None)  # noqa: B004  (an object with an async __call__)
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+_default_bus: AgentBus | None = None
+_default_lock = threading.Lock()
+
+
+def default_bus() -> AgentBus:
+    """The process-wide bus that `hybridcomms.Comms` uses unless given another."""
+    global _default_bus
+    with _default_lock:
+        if _default_bus is None:
+            _default_bus = AgentBus()
+        return _default_bus

@@ -375,11 +375,13 @@ class FileMailbox:
 
     # -- claim --------------------------------------------------------------------------------
 
-    def claim(self, timeout: float | None = None) -> Delivery | None:
+    def claim(
+        self, timeout: float | None = None, *, cancel: threading.Event | None = None
+    ) -> Delivery | None:
         """The due message with the highest priority, oldest first; ``None`` if there is none.
 
         With ``timeout`` (seconds), wait that long for one to arrive, woken by file
-        notifications (no busy polling).
+        notifications (no busy polling). Setting ``cancel`` (then calling `wake`) ends the wait early.
         """
         if not timeout or timeout <= 0:
             return self._claim_once()
@@ -387,6 +389,8 @@ class FileMailbox:
         deadline = time.monotonic() + timeout
         while True:
             waiter.clear()
+            if cancel is not None and cancel.is_set():
+                return None
             delivery = self._claim_once()
             if delivery is not None:
                 return delivery
@@ -394,6 +398,13 @@ class FileMailbox:
             if remaining <= 0:
                 return None
             waiter.wait(min(remaining, self._until_next_due()))
+
+    def wake(self) -> None:
+        """Wake every `claim` waiting on this mailbox so it looks again (and sees its ``cancel``)."""
+        with self._waiter_lock:
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.wake()
 
     def _until_next_due(self) -> float:
         wait = self._index.rescan_interval

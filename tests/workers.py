@@ -78,3 +78,23 @@ def put_big_forever(root: str, agent: str, size: int) -> None:
         payload = {"i": i, "blob": "z" * size, "check": size}
         mb.put(Message("big", payload))
         i += 1
+
+
+def reply_server(root: str, agent: str, ready: str, count: int) -> None:
+    """A Comms agent that answers `count` queries, then exits."""
+    import threading
+
+    from hybridcomms import AgentBus, Comms
+
+    answered = threading.Semaphore(0)
+    with Comms(agent, root=root, bus=AgentBus(), fsync="never") as comms:
+
+        def answer(m: object) -> None:
+            comms.reply(m, {"pid": os.getpid(), "echo": m.payload})  # type: ignore[arg-type, attr-defined]
+            answered.release()
+
+        comms.subscribe("dreamos.query.*", answer)
+        Path(ready).write_text("ready")
+        for _ in range(count):
+            assert answered.acquire(timeout=60)
+        time.sleep(0.2)  # let the last ack land before close
