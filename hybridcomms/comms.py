@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from . import _fs
 from ._locking import hold_lock_file
 from .bus import AgentBus, Event, default_bus, pattern_matches
 from .delivery import Delivery
@@ -273,14 +274,12 @@ class Comms:
             else:
                 return
             data = orjson.dumps({"agent": self.agent_id, "patterns": patterns}, option=orjson.OPT_INDENT_2)
-            tmp = path.with_name(f".{SUBSCRIPTIONS_FILE}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
+            dir_fd = _fs.open_dir(str(path.parent))
             try:
+                tmp = f".{SUBSCRIPTIONS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+                _fs._unlink_quietly(dir_fd, tmp)  # a leftover of a process that died mid-write
+                _fs.write_new_file(dir_fd, tmp, data, self.mailbox.file_mode, sync=True)
+                os.rename(tmp, SUBSCRIPTIONS_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)

@@ -333,3 +333,11 @@ def test_the_policy_can_come_from_a_file(root: Path, tmp_path: Path, bus: AgentB
     f.write_text('[[rules]]\nmatch = "chat.*"\nroute = "durable"\n')
     with Comms("Agent-1", root=root, bus=bus, policy=f, fsync="never") as a:
         assert a.publish("chat.hello").route is Route.DURABLE
+
+
+def test_the_subscriptions_file_is_private_like_the_messages(make: Callable[..., Comms], root: Path) -> None:
+    import stat
+
+    make("Agent-1").subscribe("a.*", lambda m: None)
+    assert stat.S_IMODE(os.stat(root / "Agent-1" / "subscriptions.json").st_mode) == 0o600
+    assert not [n for n in os.listdir(root / "Agent-1") if n.endswith(".tmp")]
