@@ -5,6 +5,7 @@
     hybridcomms [--root R] stats [AGENT ...] [--json]
     hybridcomms [--root R] recover [AGENT ...]
     hybridcomms [--root R] demo
+    hybridcomms [--root R] watch [--json] [--exec CMD] [--exec-jobs N] [--recover-every S] [--rescan-every S]
     hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R]
     hybridcomms [--policy FILE] policy show
 
@@ -150,6 +151,12 @@ def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
+def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
+    from ._watch_command import run_watch
+
+    return run_watch(args, root)
+
+
 def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     """A short tour: priorities, a retry, a dead letter, and what is left on disk."""
     from .retry import Backoff
@@ -222,6 +229,19 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a short tour in a Demo-Agent mailbox under the root")
     d.set_defaults(func=_cmd_demo)
+
+    w = sub.add_parser("watch", help="watch every mailbox: print events, run --exec, recover periodically")
+    w.add_argument("--json", action="store_true", help="one JSON object per line")
+    w.add_argument(
+        "--exec", default=None, help="shell command run per delivered message (env: HYBRIDCOMMS_*)"
+    )
+    w.add_argument("--exec-jobs", type=int, default=4, help="at most this many --exec commands at once")
+    w.add_argument(
+        "--recover-every", type=float, default=30.0, help="seconds between recovery passes (0: never)"
+    )
+    w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
+    w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
+    w.set_defaults(func=_cmd_watch)
 
     pol = sub.add_parser("policy", help="the routing policy: explain a topic, or show every rule")
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)

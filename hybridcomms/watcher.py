@@ -1,0 +1,327 @@
+"""MailboxWatcher: one service that watches every mailbox under a root.
+
+It reports what happens to messages (delivered, claimed, acked, nacked, dead, requeued) as
+`MailboxEvent`s: to a callback, and as bus events when given an `AgentBus`. It also runs recovery on
+every mailbox now and then, so a consumer killed with SIGKILL gets its messages back without anyone
+restarting anything.
+
+File notifications (watchdog; inotify on Linux) are hints, never the truth:
+
+- the whole root is watched recursively, so a move from ``new/`` to ``processing/`` arrives as one
+  paired event (watchdog holds an unpaired "moved out" for up to 0.5 s, and the events behind it wait);
+  agents created later are watched as soon as their folder appears;
+- every ``rescan_every`` seconds, and at once after the observer fails, every ``new/`` is listed and any
+  message not yet reported is reported, so events lost to an inotify queue overflow cost latency, never
+  a message;
+- where inotify cannot be used, watchdog's polling observer takes over, with a warning.
+
+Which transition a move was is read from `hybridcomms.states.TRANSITIONS`: the same table the
+mailbox moves files by.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ._names import REASON_SUFFIX, parse_name
+from .bus import AgentBus
+from .mailbox import FileMailbox, list_agents
+from .states import TRANSITIONS, State, Transition
+
+__all__ = ["MailboxEvent", "MailboxWatcher"]
+
+log = logging.getLogger("hybridcomms.watcher")
+
+#: What a move between two folders is reported as.
+KIND_OF: dict[tuple[State, State], str] = {
+    (State.TMP, State.NEW): "delivered",
+    (State.NEW, State.PROCESSING): "claimed",
+    (State.PROCESSING, State.DONE): "acked",
+    (State.PROCESSING, State.NEW): "nacked",  # a nack, or recovery returning a dead consumer's message
+    (State.PROCESSING, State.DEAD): "dead",
+    (State.NEW, State.DEAD): "dead",
+    (State.DEAD, State.NEW): "requeued",
+    (State.DONE, State.NEW): "requeued",
+}
+_QUIET = {Transition.STEAL}  # internal steps of recovery, not reported
+assert all(pair in TRANSITIONS for pair in KIND_OF), "KIND_OF must follow the state table"
+assert all(pair in KIND_OF or TRANSITIONS[pair] <= _QUIET for pair in TRANSITIONS), (
+    "every move in the state table is either reported or deliberately quiet"
+)
+
+_STATES = {s.folder: s for s in State}
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEvent:
+    """One thing that happened to one message file."""
+
+    kind: str  # delivered | claimed | acked | nacked | dead | requeued
+    agent: str
+    name: str  # the file name now (in ``state``)
+    id: str | None  # the message id, from the name (None for a file hybridcomms did not name)
+    attempt: int
+    state: str  # the folder it is in now
+    path: str
+    time: float
+    source: str = "notify"  # "notify" (a file event) or "rescan" (found by listing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MailboxWatcher:
+    """Watch every agent mailbox under ``root``.
+
+    ``MailboxWatcher(root, *, on_event=None, bus=None, recover_every=30, rescan_every=10, polling=False)``
+        on_event       called with each `MailboxEvent` (from the watcher's own threads: keep it short)
+        bus            also publish each event on this bus, as ``<topic_prefix>.<kind>``
+        recover_every  run `FileMailbox.recover` on every mailbox this often (seconds; 0: never)
+        rescan_every   list every ``new/`` this often to catch what notifications missed
+        polling        use watchdog's polling observer instead of inotify
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        on_event: Callable[[MailboxEvent], None] | None = None,
+        bus: AgentBus | None = None,
+        topic_prefix: str = "hybridcomms.mailbox",
+        recover_every: float = 30.0,
+        rescan_every: float = 10.0,
+        polling: bool = False,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.root = Path(root)
+        self.on_event = on_event
+        self.bus = bus
+        self.topic_prefix = topic_prefix
+        self.recover_every = recover_every
+        self.rescan_every = rescan_every
+        self.polling = polling
+        self.poll_interval = poll_interval
+        self._root_str = os.path.abspath(self.root)
+        self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
+        self._lock = threading.Lock()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._rescan_now = threading.Event()
+        self.notifying = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> MailboxWatcher:
+        os.makedirs(self.root, exist_ok=True)
+        self._stop.clear()
+        self._start_observer()
+        self.rescan()  # the truth first: whatever is already waiting
+        self._thread = threading.Thread(target=self._maintain, name="hybridcomms-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._rescan_now.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)
+        self._stop_observer()
+
+    close = stop
+
+    def __enter__(self) -> MailboxWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start_observer(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_created(self, event: Any) -> None:
+                if not event.is_directory:
+                    watcher._on_created(os.fsdecode(event.src_path))
+
+            def on_moved(self, event: Any) -> None:
+                if not event.is_directory:
+                    watcher._on_moved(os.fsdecode(event.src_path), os.fsdecode(event.dest_path))
+
+        observer: Any = None
+        if not self.polling:
+            try:
+                from watchdog.observers.inotify import InotifyObserver
+
+                observer = InotifyObserver()
+                observer.schedule(Handler(), self._root_str, recursive=True)
+                observer.daemon = True
+                observer.start()
+                self.notifying = True
+            except Exception as exc:
+                log.warning("inotify is not usable for %s (%s); falling back to polling", self.root, exc)
+                observer = None
+        if observer is None:
+            from watchdog.observers.polling import PollingObserver
+
+            observer = PollingObserver(timeout=self.poll_interval)
+            observer.schedule(Handler(), self._root_str, recursive=True)
+            observer.daemon = True
+            observer.start()
+            self.notifying = False
+        self._observer = observer
+
+    def _stop_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(10)
+
+    def _maintain(self) -> None:
+        """Rescans, recovery, and a new observer if the old one died."""
+        now = time.monotonic()
+        next_rescan = now + self.rescan_every
+        next_recover = now + self.recover_every if self.recover_every else float("inf")
+        while not self._stop.is_set():
+            self._rescan_now.wait(max(0.05, min(next_rescan, next_recover) - time.monotonic()))
+            if self._stop.is_set():
+                return
+            try:
+                observer = self._observer
+                if observer is not None and not observer.is_alive():
+                    log.warning("the file watcher stopped; starting a new one and rescanning")
+                    self._stop_observer()
+                    self._start_observer()
+                    self._rescan_now.set()
+                now = time.monotonic()
+                if self._rescan_now.is_set() or now >= next_rescan:
+                    self._rescan_now.clear()
+                    self.rescan()
+                    next_rescan = time.monotonic() + self.rescan_every
+                if now >= next_recover:
+                    self.recover_all()
+                    next_recover = time.monotonic() + self.recover_every
+            except Exception:
+                log.exception("watcher maintenance failed; trying again")
+                self._stop.wait(1.0)
+
+    def request_rescan(self) -> None:
+        """List every mailbox again soon (after a watcher error, or when told events were lost)."""
+        self._rescan_now.set()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _split(self, path: str) -> tuple[str, State, str] | None:
+        rel = os.path.relpath(path, self._root_str)
+        parts = rel.split(os.sep)
+        if len(parts) != 3:
+            return None
+        agent, folder, name = parts
+        state = _STATES.get(folder)
+        if state is None or name.endswith(REASON_SUFFIX) or name.startswith("."):
+            return None
+        return agent, state, name
+
+    def _on_created(self, path: str) -> None:
+        where = self._split(path)
+        if (
+            where is not None and where[1] is State.NEW
+        ):  # written straight into new/ (by hand, by an old writer)
+            self._delivered(where[0], where[2], "notify")
+
+    def _on_moved(self, src: str, dest: str) -> None:
+        a, b = self._split(src), self._split(dest)
+        if b is None:
+            return
+        if a is None or a[0] != b[0]:  # moved in from elsewhere
+            if b[1] is State.NEW:
+                self._delivered(b[0], b[2], "notify")
+            return
+        kind = KIND_OF.get((a[1], b[1]))
+        if kind is None:
+            return
+        agent, name = b[0], b[2]
+        if a[1] is State.NEW:
+            with self._lock:
+                self._reported.get(agent, set()).discard(a[2])
+        if kind == "delivered" or b[1] is State.NEW:
+            if kind == "delivered":
+                self._delivered(agent, name, "notify")
+                return
+            with self._lock:
+                self._reported.setdefault(agent, set()).add(name)
+        self._emit(kind, agent, b[1], name, "notify")
+
+    def _delivered(self, agent: str, name: str, source: str) -> None:
+        with self._lock:
+            seen = self._reported.setdefault(agent, set())
+            if name in seen:
+                return
+            seen.add(name)
+        self._emit("delivered", agent, State.NEW, name, source)
+
+    def _emit(self, kind: str, agent: str, state: State, name: str, source: str) -> None:
+        info = parse_name(name)
+        event = MailboxEvent(
+            kind=kind,
+            agent=agent,
+            name=name,
+            id=info.id if info else None,
+            attempt=info.attempt if info else 0,
+            state=state.folder,
+            path=os.path.join(self._root_str, agent, state.folder, name),
+            time=time.time(),
+            source=source,
+        )
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("on_event callback failed for %s", event)
+        if self.bus is not None:
+            self.bus.publish(f"{self.topic_prefix}.{kind}", event.to_dict(), source="hybridcomms.watcher")
+
+    # -- rescans and recovery -------------------------------------------------------------------
+
+    def rescan(self) -> int:
+        """List every ``new/`` and report what was not reported yet. Returns how many were new."""
+        found = 0
+        for agent in list_agents(self.root):
+            try:
+                names = set(os.listdir(os.path.join(self._root_str, agent, "new")))
+            except OSError:
+                continue
+            with self._lock:
+                seen = self._reported.setdefault(agent, set())
+                seen &= names  # forget what left new/ without us seeing it
+                fresh = sorted(n for n in names - seen if not n.startswith("."))
+            for name in fresh:
+                self._delivered(agent, name, "rescan")
+                found += 1
+        return found
+
+    def recover_all(self) -> dict[str, int]:
+        """Run recovery on every mailbox; returns, per agent, how many messages it gave back."""
+        out: dict[str, int] = {}
+        for agent in list_agents(self.root):
+            try:
+                with FileMailbox(self.root, agent, create=False) as mb:
+                    report = mb.recover()
+            except Exception:
+                log.exception("recovery of %s failed", agent)
+                continue
+            moved = len(report.returned) + len(report.expired) + len(report.dead)
+            if moved:
+                out[agent] = moved
+                log.info("recovered %s: %s", agent, report)
+        return out

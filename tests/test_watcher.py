@@ -1,0 +1,273 @@
+"""The watcher: notifications with real inotify and with polling, rescans, recovery, and the service."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import workers
+
+from hybridcomms import AgentBus, Backoff, Event, FileMailbox, Message
+from hybridcomms.watcher import MailboxEvent, MailboxWatcher
+
+FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
+spawn = mp.get_context("spawn")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[MailboxEvent] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, ev: MailboxEvent) -> None:
+        with self.lock:
+            self.events.append(ev)
+
+    def kinds(self, agent: str | None = None) -> list[str]:
+        with self.lock:
+            return [e.kind for e in self.events if agent is None or e.agent == agent]
+
+    def wait(self, predicate: Callable[[Recorder], bool], timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.01)
+        return predicate(self)
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def watched(request: pytest.FixtureRequest, root: Path) -> Iterator[tuple[MailboxWatcher, Recorder]]:
+    rec = Recorder()
+    w = MailboxWatcher(
+        root, on_event=rec, polling=request.param == "polling", poll_interval=0.1, rescan_every=30
+    )
+    w.start()
+    assert w.notifying is (request.param == "inotify")
+    yield w, rec
+    w.stop()
+
+
+def test_every_state_change_is_reported_once_with_inotify(root: Path) -> None:
+    # (A polling observer sees only the net change per poll: see the polling test below.)
+    rec = Recorder()
+    with (
+        MailboxWatcher(root, on_event=rec, rescan_every=30) as w,
+        FileMailbox(root, "Agent-1", fsync="never", backoff=FAST, max_attempts=2) as mb,
+    ):
+        assert w.notifying
+        m = Message("t")
+        mb.put(m)
+        assert rec.wait(lambda r: r.kinds() == ["delivered"])
+        d = mb.claim()
+        assert d is not None
+        d.nack()
+        d = mb.claim()
+        assert d is not None
+        d.nack(error="again")  # second of two attempts: dead
+        mb.requeue(m.id)
+        d = mb.claim()
+        assert d is not None
+        d.ack()
+        expected = ["delivered", "claimed", "nacked", "claimed", "dead", "requeued", "claimed", "acked"]
+        assert rec.wait(lambda r: r.kinds() == expected), rec.kinds()
+    assert {e.id for e in rec.events} == {m.id}
+    assert [e.attempt for e in rec.events] == [0, 1, 1, 2, 2, 0, 1, 1]
+
+
+def test_with_polling_every_change_that_lasts_a_poll_is_reported(root: Path) -> None:
+    rec = Recorder()
+    with (
+        MailboxWatcher(root, on_event=rec, polling=True, poll_interval=0.1, rescan_every=30) as w,
+        FileMailbox(root, "Agent-1", fsync="never", backoff=FAST) as mb,
+    ):
+        assert not w.notifying
+        mb.put(Message("t"))
+        assert rec.wait(lambda r: r.kinds() == ["delivered"])
+        d = mb.claim()
+        assert d is not None
+        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed"])
+        d.ack()
+        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed", "acked"])
+
+
+def test_an_agent_created_while_watching_is_watched(
+    watched: tuple[MailboxWatcher, Recorder], root: Path
+) -> None:
+    _, rec = watched
+    time.sleep(0.2)
+    with FileMailbox(root, "Late-Agent", fsync="never") as mb:
+        mb.put(Message("t"))
+        assert rec.wait(lambda r: r.kinds("Late-Agent") == ["delivered"])
+
+
+def test_a_file_written_straight_into_new_is_reported(
+    watched: tuple[MailboxWatcher, Recorder], root: Path
+) -> None:
+    _, rec = watched
+    FileMailbox(root, "Agent-1", fsync="never").close()
+    (root / "Agent-1" / "new" / "by-hand.json").write_bytes(b'{"type": "t"}')
+    assert rec.wait(lambda r: [(e.kind, e.name) for e in r.events] == [("delivered", "by-hand.json")])
+
+
+def test_events_are_published_on_a_bus_when_embedded(root: Path) -> None:
+    bus = AgentBus()
+    got: list[Event] = []
+    bus.subscribe("hybridcomms.mailbox.*", got.append)
+    with MailboxWatcher(root, bus=bus), FileMailbox(root, "Agent-1", fsync="never") as mb:
+        mb.put(Message("t"))
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert [(e.topic, e.payload["agent"]) for e in got] == [("hybridcomms.mailbox.delivered", "Agent-1")]
+    bus.close()
+
+
+@pytest.mark.slow
+def test_lost_notifications_are_made_up_by_the_rescan(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 messages in bursts to 100 agents while every file event is lost (an overflowing queue)."""
+    rec = Recorder()
+    w = MailboxWatcher(root, on_event=rec, rescan_every=0.3, recover_every=0)
+    monkeypatch.setattr(w, "_on_created", lambda path: None)
+    monkeypatch.setattr(w, "_on_moved", lambda src, dest: None)
+    w.start()
+    expected: set[tuple[str, str]] = set()
+    try:
+        for _ in range(10):  # bursts
+            for a in range(100):
+                with FileMailbox(root, f"Agent-{a}", fsync="never") as mb:
+                    msgs = [Message("burst", i) for i in range(10)]
+                    mb.put_many(msgs)
+                    expected |= {(f"Agent-{a}", m.id) for m in msgs}
+        assert rec.wait(lambda r: len(r.events) >= len(expected), timeout=60)
+    finally:
+        w.stop()
+    seen = {(e.agent, e.id) for e in rec.events}
+    assert seen == expected and len(rec.events) == 10_000
+    assert {e.source for e in rec.events} == {"rescan"}
+
+
+@pytest.mark.slow
+def test_a_sigkilled_consumers_message_is_recovered_by_the_watcher(root: Path) -> None:
+    rec = Recorder()
+    with FileMailbox(root, "Agent-1", fsync="never") as mb:
+        m = Message("t")
+        mb.put(m)
+        p = spawn.Process(target=workers.claim_and_die, args=(str(root), "Agent-1", "sigkill"))
+        p.start()
+        p.join(60)
+        assert os.listdir(mb.path / "processing")
+        with MailboxWatcher(root, on_event=rec, recover_every=0.2):
+            assert rec.wait(lambda r: "nacked" in r.kinds(), timeout=20)
+        d = mb.claim(timeout=5)
+        assert d is not None and d.message == m and d.attempt == 2
+        d.ack()
+
+
+def test_a_waiting_claim_is_woken_promptly_while_other_claims_move_files_out_of_new(root: Path) -> None:
+    """watchdog holds an unpaired 'moved out of new/' for up to 0.5 s; claims make those all the time.
+
+    The claimer under test waits with a 30 s rescan interval, so only a notification can wake it."""
+    waiting = FileMailbox(root, "Agent-1", fsync="never", rescan_interval=30)
+    racer = FileMailbox(root, "Agent-1", fsync="never")
+    producer = FileMailbox(root, "Agent-1", fsync="never")
+    stop = threading.Event()
+    latencies: list[float] = []
+
+    def race() -> None:  # keeps moving other messages out of new/
+        while not stop.is_set():
+            racer.put(Message("noise", priority="LOW"))
+            d = racer.claim()
+            if d is not None:
+                d.ack()
+            time.sleep(0.002)
+
+    t = threading.Thread(target=race)
+    t.start()
+    try:
+        waiting.claim(timeout=0.1)  # start its watcher
+        for _ in range(20):
+            time.sleep(0.05)
+            sent_at = time.monotonic()
+            producer.put(Message("wanted", priority="CRITICAL"))
+            while True:
+                d = waiting.claim(timeout=5)
+                assert d is not None
+                d.ack()
+                if d.message.topic == "wanted":
+                    break
+            latencies.append(time.monotonic() - sent_at)
+    finally:
+        stop.set()
+        t.join()
+        for mb in (waiting, racer, producer):
+            mb.close()
+    assert statistics.median(latencies) < 0.2, latencies  # not the 0.5 s hold
+
+
+def run_watch(root: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), "watch", "--json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_started(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "watching" in line, line
+
+
+def test_the_watch_service_stops_cleanly_on_sigterm_mid_burst(root: Path) -> None:
+    proc = run_watch(root)
+    try:
+        wait_started(proc)
+        with FileMailbox(root, "Agent-1", fsync="never") as mb:
+            for i in range(300):
+                mb.put(Message("burst", i))
+                if i == 150:
+                    proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in err
+    events = [orjson.loads(line) for line in out.splitlines()]
+    assert events and all(e["kind"] == "delivered" and e["agent"] == "Agent-1" for e in events)
+
+
+def test_exec_runs_per_delivered_message_and_a_failing_command_does_not_stop_the_service(
+    root: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "exec.log"
+    cmd = f'echo "$HYBRIDCOMMS_AGENT $HYBRIDCOMMS_TOPIC $HYBRIDCOMMS_ID" >> {log}; '
+    cmd += '[ "$HYBRIDCOMMS_TOPIC" != fail ]'
+    proc = run_watch(root, "--exec", cmd, "--exec-jobs", "2")
+    try:
+        wait_started(proc)
+        with FileMailbox(root, "Agent-1", fsync="never") as mb:
+            ids = [mb.put(Message(topic)) for topic in ("fail", "ok.one", "ok.two")]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    lines = sorted(log.read_text().splitlines())
+    assert lines == sorted(f"Agent-1 {t} {i}" for t, i in zip(("fail", "ok.one", "ok.two"), ids, strict=True))
+    assert "--exec exited 1 for Agent-1/" in err
+    assert "--exec ran 3, 1 failed" in err
