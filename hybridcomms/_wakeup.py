@@ -6,7 +6,12 @@ late event costs latency, never a message.
 
 The whole agent folder is watched, not just ``new/``: claims move files from ``new/`` to
 ``processing/``, and watchdog holds an unpaired "moved out" event for up to 0.5 s while it looks
-for the matching "moved in"; with ``processing/`` watched too, the pair is complete at once.
+for the matching "moved in", delaying the events behind it; with ``processing/`` watched too, the pair
+is complete at once (measured in docs/performance.md).
+
+One observer serves every mailbox a process waits on: an inotify instance per mailbox would run into
+the per-user limit (``fs.inotify.max_user_instances``, 128 by default). If inotify cannot be used at
+all, watchdog's polling observer takes over, with a warning.
 """
 
 from __future__ import annotations
@@ -22,6 +27,68 @@ __all__ = ["ArrivalWaiter"]
 log = logging.getLogger("hybridcomms.wakeup")
 
 
+class _SharedObserver:
+    """The process's one observer, started with the first watch and stopped with the last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._observer: Any = None
+        self._pid = 0
+        self._count = 0
+        self.polling = False
+
+    def add(self, handler: Any, path: str, poll_interval: float) -> Any:
+        from watchdog.events import FileCreatedEvent, FileMovedEvent
+
+        with self._lock:
+            if self._observer is None or self._pid != os.getpid():  # none yet, or inherited by a fork
+                self._observer, self._count = self._start(poll_interval), 0
+                self._pid = os.getpid()
+            watch = self._observer.schedule(
+                handler, path, recursive=True, event_filter=[FileCreatedEvent, FileMovedEvent]
+            )
+            self._count += 1
+            return watch
+
+    def _start(self, poll_interval: float) -> Any:
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            observer: Any = InotifyObserver()
+            observer.daemon = True
+            observer.start()
+            self.polling = False
+            return observer
+        except Exception as exc:  # no inotify here, or out of inotify instances
+            from watchdog.observers.polling import PollingObserver
+
+            log.warning("no inotify (%s): watching mailboxes by polling every %.2fs", exc, poll_interval)
+            observer = PollingObserver(timeout=poll_interval)
+            observer.daemon = True
+            observer.start()
+            self.polling = True
+            return observer
+
+    def remove(self, watch: Any) -> None:
+        with self._lock:
+            observer = self._observer
+            if observer is None or self._pid != os.getpid():
+                return
+            try:
+                observer.unschedule(watch)
+            except KeyError:
+                pass
+            self._count -= 1
+            if self._count > 0:
+                return
+            self._observer = None
+        observer.stop()
+        observer.join(timeout=5)
+
+
+_shared = _SharedObserver()
+
+
 class ArrivalWaiter:
     def __init__(
         self, agent_dir: str, on_arrival: Callable[[str], None], *, poll_interval: float = 0.5
@@ -30,24 +97,21 @@ class ArrivalWaiter:
         self._new_dir = os.path.join(agent_dir, "new")
         self._on_arrival = on_arrival
         self.poll_interval = poll_interval
-        self._observer: Any = None
+        self._watch: Any = None
+        self.notifying = False
         try:
-            self._observer = self._start(agent_dir)
-        except Exception as exc:  # inotify limits, unsupported filesystem, …
+            self._watch = _shared.add(self._handler(), agent_dir, poll_interval)
+            self.notifying = not _shared.polling
+        except Exception as exc:  # the folder vanished, watch limits, …
             log.warning(
-                "no file notifications for %s (%s); falling back to rescanning every %.2fs",
+                "no file notifications for %s (%s); rescanning every %.2fs instead",
                 agent_dir,
                 exc,
                 poll_interval,
             )
 
-    @property
-    def notifying(self) -> bool:
-        return self._observer is not None
-
-    def _start(self, agent_dir: str) -> Any:
-        from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
+    def _handler(self) -> Any:
+        from watchdog.events import FileSystemEventHandler
 
         waiter = self
 
@@ -58,13 +122,7 @@ class ArrivalWaiter:
             def on_moved(self, event: Any) -> None:
                 waiter._arrived(os.fsdecode(event.dest_path))
 
-        observer = Observer()
-        observer.schedule(
-            Handler(), agent_dir, recursive=True, event_filter=[FileCreatedEvent, FileMovedEvent]
-        )
-        observer.daemon = True
-        observer.start()
-        return observer
+        return Handler()
 
     def _arrived(self, path: str) -> None:
         head, name = os.path.split(path)
@@ -83,13 +141,12 @@ class ArrivalWaiter:
         self._event.clear()
 
     def wait(self, timeout: float) -> bool:
-        """Block until an arrival (True) or ``timeout`` (False)."""
-        if self._observer is None:
+        """Block until an arrival (True) or ``timeout`` (False). A burst of arrivals is one wake-up."""
+        if not self.notifying:
             timeout = min(timeout, self.poll_interval)
         return self._event.wait(timeout)
 
     def close(self) -> None:
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.stop()
-            observer.join(timeout=5)
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            _shared.remove(watch)

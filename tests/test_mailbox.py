@@ -427,3 +427,33 @@ def test_a_producer_only_mailbox_does_not_collect_the_names_it_writes(mailbox: F
     d.ack()
     mailbox.put(Message("after"))
     assert len(mailbox._index) == 50  # a claimer keeps its index current
+
+
+def test_many_waiting_mailboxes_share_one_observer(make_mailbox: Make) -> None:
+    from hybridcomms import _wakeup
+
+    boxes = [make_mailbox(f"Agent-{i}") for i in range(150)]  # more than the default 128 inotify instances
+    for mb in boxes:
+        assert mb.claim(timeout=0.001) is None
+    assert _wakeup._shared._count == 150
+    assert all(mb._waiter is not None and mb._waiter.notifying for mb in boxes)
+    threading.Timer(0.1, lambda: make_mailbox("Agent-149").put(Message("late"))).start()
+    d = boxes[149].claim(timeout=10)
+    assert d is not None and d.message.topic == "late"
+
+
+def test_without_inotify_a_waiting_claim_falls_back_to_polling_with_a_warning(
+    make_mailbox: Make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import watchdog.observers.inotify as inotify
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(inotify, "InotifyObserver", unavailable)
+    consumer = make_mailbox(rescan_interval=30)
+    threading.Timer(0.2, lambda: make_mailbox().put(Message("late"))).start()
+    d = consumer.claim(timeout=10)
+    assert d is not None and d.message.topic == "late"
+    assert consumer._waiter is not None and not consumer._waiter.notifying
+    assert "polling" in caplog.text
