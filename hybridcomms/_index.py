@@ -32,6 +32,10 @@ class ClaimIndex:
         self._active = False  # set by the first listing: only a claimer keeps an index
         self._lock = threading.Lock()
 
+    def mark_stale(self) -> None:
+        """Events were lost: list the folder at the next claim."""
+        self._last_scan = float("-inf")
+
     def stale(self) -> bool:
         return time.monotonic() - self._last_scan >= self.rescan_interval
 

@@ -418,7 +418,7 @@ class FileMailbox:
             if self._waiter is None:
                 if self._closed:
                     raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
-                self._waiter = ArrivalWaiter(str(self.path), self._index.push)
+                self._waiter = ArrivalWaiter(str(self.path), self._index.push, on_lost=self._index.mark_stale)
             return self._waiter
 
     def _claim_once(self) -> Delivery | None:

@@ -435,11 +435,35 @@ def test_many_waiting_mailboxes_share_one_observer(make_mailbox: Make) -> None:
     boxes = [make_mailbox(f"Agent-{i}") for i in range(150)]  # more than the default 128 inotify instances
     for mb in boxes:
         assert mb.claim(timeout=0.001) is None
-    assert _wakeup._shared._count == 150
+    assert (_wakeup._direct if _wakeup._DIRECT else _wakeup._shared)._count == 150
     assert all(mb._waiter is not None and mb._waiter.notifying for mb in boxes)
     threading.Timer(0.1, lambda: make_mailbox("Agent-149").put(Message("late"))).start()
     d = boxes[149].claim(timeout=10)
     assert d is not None and d.message.topic == "late"
+
+
+def test_the_observer_path_also_wakes_a_waiting_claim(
+    make_mailbox: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hybridcomms import _wakeup
+
+    monkeypatch.setattr(_wakeup, "_DIRECT", False)  # as on a platform without watchdog's inotify reader
+    consumer = make_mailbox(rescan_interval=30)
+    threading.Timer(0.2, lambda: make_mailbox().put(Message("late"))).start()
+    start = time.monotonic()
+    d = consumer.claim(timeout=10)
+    assert d is not None and d.message.topic == "late"
+    assert consumer._waiter is not None and consumer._waiter.notifying
+    assert time.monotonic() - start < 5  # woken, not the 30 s rescan
+
+
+def test_lost_events_make_the_next_claim_list_new_again(make_mailbox: Make) -> None:
+    consumer = make_mailbox(rescan_interval=30)
+    assert consumer.claim(timeout=0.01) is None
+    make_mailbox().put(Message("unannounced"))
+    consumer._index.mark_stale()  # what an inotify queue overflow does
+    d = consumer.claim()
+    assert d is not None and d.message.topic == "unannounced"
 
 
 def test_without_inotify_a_waiting_claim_falls_back_to_polling_with_a_warning(
@@ -447,9 +471,12 @@ def test_without_inotify_a_waiting_claim_falls_back_to_polling_with_a_warning(
 ) -> None:
     import watchdog.observers.inotify as inotify
 
+    from hybridcomms import _wakeup
+
     def unavailable(*args: object, **kwargs: object) -> None:
         raise OSError(24, "inotify instance limit reached")
 
+    monkeypatch.setattr(_wakeup, "_DIRECT", False)
     monkeypatch.setattr(inotify, "InotifyObserver", unavailable)
     consumer = make_mailbox(rescan_interval=30)
     threading.Timer(0.2, lambda: make_mailbox().put(Message("late"))).start()
