@@ -145,7 +145,18 @@ class MailboxWatcher:
         self.stop()
 
     def _start_observer(self) -> None:
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (
+            DirCreatedEvent,
+            DirMovedEvent,
+            FileCreatedEvent,
+            FileMovedEvent,
+            FileSystemEventHandler,
+        )
+
+        # Only creations and moves: with watchdog's default mask every folder *open* is an event too,
+        # and the rescans (which open every new/) would flood the inotify queue; watchdog then walks
+        # the tree to reconcile, which opens every folder again: a loop at 100% CPU (seen with 1,000).
+        only = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
 
         watcher = self
 
@@ -164,7 +175,7 @@ class MailboxWatcher:
                 from watchdog.observers.inotify import InotifyObserver
 
                 observer = InotifyObserver()
-                observer.schedule(Handler(), self._root_str, recursive=True)
+                observer.schedule(Handler(), self._root_str, recursive=True, event_filter=only)
                 observer.daemon = True
                 observer.start()
                 self.notifying = True
@@ -175,7 +186,7 @@ class MailboxWatcher:
             from watchdog.observers.polling import PollingObserver
 
             observer = PollingObserver(timeout=self.poll_interval)
-            observer.schedule(Handler(), self._root_str, recursive=True)
+            observer.schedule(Handler(), self._root_str, recursive=True, event_filter=only)
             observer.daemon = True
             observer.start()
             self.notifying = False
