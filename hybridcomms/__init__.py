@@ -38,6 +38,7 @@ from .message import Message, Priority
 from .policy import Decision, Policy, PolicyError, Route, Rule
 from .retry import Backoff
 from .states import TRANSITIONS, State, Transition
+from .watcher import MailboxEvent, MailboxWatcher
 
 __version__ = "0.1.0.dev0"
 
@@ -58,8 +59,10 @@ __all__ = [
     "HybridCommsError",
     "InvalidAgentIdError",
     "MailboxError",
+    "MailboxEvent",
     "MailboxIOError",
     "MailboxStats",
+    "MailboxWatcher",
     "Message",
     "MessageDecodeError",
     "MessageError",
