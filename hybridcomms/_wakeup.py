@@ -4,12 +4,12 @@ watchdog tells us about arrivals. Events are hints, never the truth: the claimer
 folder before it gives up and rescans at its own interval, so a lost or late event costs latency,
 never a message. Three ways, best first:
 
-1. Linux, watchdog >= 7: watchdog's inotify reader (``InotifyFD``), one per process, calls us
-   directly for "moved into" and "created" in each ``new/`` folder. Claims move files *out* of
-   ``new/``; watchdog's observer holds such an unpaired "moved out" for up to 0.5 s (looking for its
-   "moved in") and delays every event behind it. Asking the kernel only for what we need means there
-   is nothing to pair and nothing to hold, and the event reaches the claimer in one thread hop instead
-   of four (measured in docs/performance.md).
+1. Linux: one inotify descriptor per process (watchdog's bindings make the calls), asked only for
+   "moved into" and "created" in each ``new/`` folder, and read by the waiting claim threads
+   themselves (`_InotifyHub`). Claims move files *out* of ``new/``; watchdog's observer holds such an
+   unpaired "moved out" for up to 0.5 s (looking for its "moved in") and delays every event behind it.
+   Asking the kernel only for what we need leaves nothing to pair and nothing to hold, and no thread
+   stands between the kernel and the claim (measured in docs/performance.md).
 2. Elsewhere: one shared watchdog observer, watching each whole agent folder recursively, so that a
    move from ``new/`` to ``processing/`` arrives paired.
 3. If neither can be used: watchdog's polling observer, with a warning.
@@ -20,9 +20,13 @@ into the per-user limit (``fs.inotify.max_user_instances``, 128 by default).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import select
+import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,74 +97,154 @@ class _SharedObserver:
 _shared = _SharedObserver()
 
 
-class _DirectInotify:
-    """watchdog's inotify reader thread with our callbacks on ``new/`` folders (Linux, watchdog >= 7)."""
+class _InotifyHub:
+    """One inotify descriptor per process, read by the claiming threads themselves (Linux).
+
+    A waiting claim does not wait for a reader thread to wake it: one waiting thread at a time is
+    the reader (it blocks in poll() on the descriptor), the others wait on a condition; the reader
+    hands every arrival to its mailbox's waiter, and when it leaves, another waiter takes over. The
+    kernel is asked only for "moved into" and "created" in each ``new/``: nothing to pair, nothing
+    held. watchdog's ctypes bindings do the system calls.
+    """
+
+    MASK = (
+        0x00000080 | 0x00000100 | 0x01000000 | 0x02000000
+    )  # IN_MOVED_TO | IN_CREATE | IN_ONLYDIR | IN_DONT_FOLLOW
+    IN_Q_OVERFLOW = 0x00004000
+    IN_IGNORED = 0x00008000
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fd: Any = None
+        self.cond = threading.Condition()
         self._pid = 0
-        self._count = 0
+        self._fd = -1
+        self._wake_r = self._wake_w = -1
+        self._reading = False
+        self._waiters: dict[int, list[ArrivalWaiter]] = {}  # watch descriptor -> waiters
 
     @staticmethod
     def available() -> bool:
         try:
-            from watchdog.observers.inotify_c import InotifyConstants, InotifyFD
-        except Exception:  # not Linux, or an older watchdog
+            from watchdog.observers.inotify_c import inotify_add_watch, inotify_init, inotify_rm_watch  # noqa: F401
+        except Exception:  # not Linux, or another watchdog
             return False
-        has_api = all(hasattr(InotifyFD, a) for a in ("add_callback", "remove_callbacks"))
-        return has_api and hasattr(InotifyConstants, "IN_MOVED_TO")
+        return True
 
-    def add(self, new_dir: str, callback: Any) -> tuple[Any, int]:
-        from watchdog.observers.inotify_c import InotifyConstants as C
-        from watchdog.observers.inotify_c import InotifyFD
+    def _ensure(self) -> None:
+        """Under ``cond``: a descriptor for this process (a forked child gets its own)."""
+        if self._pid == os.getpid():
+            return
+        from watchdog.observers.inotify_c import inotify_init
 
-        mask = C.IN_MOVED_TO | C.IN_CREATE | C.IN_ONLYDIR | C.IN_DONT_FOLLOW
-        with self._lock:
-            if self._fd is None or self._pid != os.getpid():  # none yet, or inherited by a fork
-                fd = InotifyFD()
-                fd.daemon = True
-                fd.start()
-                self._fd, self._pid, self._count = fd, os.getpid(), 0
-            key = id(callback)
-            wd = self._fd.add_callback(os.fsencode(new_dir), mask, callback, key)
-            self._count += 1
-            return wd, key
+        fd = inotify_init()
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._fd, self._pid, self._reading, self._waiters = fd, os.getpid(), False, {}
 
-    def remove(self, handle: tuple[Any, int]) -> None:
-        with self._lock:
-            fd = self._fd
-            if fd is None or self._pid != os.getpid():
+    def add(self, waiter: ArrivalWaiter) -> int:
+        from watchdog.observers.inotify_c import inotify_add_watch
+
+        with self.cond:
+            self._ensure()
+            wd = inotify_add_watch(self._fd, os.fsencode(waiter._new_dir), self.MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"inotify_add_watch({waiter._new_dir}): {os.strerror(err)}")
+            self._waiters.setdefault(wd, []).append(waiter)
+            return int(wd)
+
+    def remove(self, waiter: ArrivalWaiter, wd: int) -> None:
+        from watchdog.observers.inotify_c import inotify_rm_watch
+
+        with self.cond:
+            if self._pid != os.getpid():
                 return
-            fd.remove_callbacks([handle])
-            self._count -= 1
-            if self._count > 0:
-                return
-            self._fd = None
-        fd.stop()
-        fd.join(timeout=5)
+            waiters = self._waiters.get(wd, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters and wd in self._waiters:
+                del self._waiters[wd]
+                rm_watch: Any = inotify_rm_watch
+                rm_watch(self._fd, wd)
+
+    def poke(self) -> None:
+        """Make the current reader look up (a waiter was woken by hand)."""
+        if self._pid == os.getpid():
+            try:
+                os.write(self._wake_w, b"!")
+            except OSError:
+                pass
+
+    def wait(self, waiter: ArrivalWaiter, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if waiter._flag:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if not self._reading and self._pid == os.getpid():
+                    self._reading = True
+                    break
+                self.cond.wait(remaining)
+        try:  # the reader, outside the lock
+            data = self._read(remaining)
+        finally:
+            with self.cond:
+                self._reading = False
+                if data:
+                    self._dispatch(data)
+                self.cond.notify_all()
+        with self.cond:
+            return waiter._flag
+
+    def _read(self, timeout: float) -> bytes:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(max(1, int(timeout * 1000)))}
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if self._fd not in ready:
+            return b""
+        try:
+            return os.read(self._fd, 65536)
+        except BlockingIOError:
+            return b""
+
+    def _dispatch(self, data: bytes) -> None:
+        """Under ``cond``: hand each event to the waiters of its folder."""
+        i = 0
+        while i + 16 <= len(data):
+            wd, mask, _cookie, length = struct.unpack_from("iIII", data, i)
+            name = data[i + 16 : i + 16 + length].rstrip(b"\0")
+            i += 16 + length
+            if mask & self.IN_Q_OVERFLOW:
+                for waiters in self._waiters.values():
+                    for w in waiters:
+                        w._lost()
+                continue
+            waiters = self._waiters.get(wd, [])
+            if mask & self.IN_IGNORED:  # the folder went away
+                for w in self._waiters.pop(wd, []):
+                    w.notifying = False
+                    w._lost()
+                continue
+            if name:
+                for w in waiters:
+                    w._arrived(os.path.join(w._new_dir, os.fsdecode(name)))
 
 
-_direct = _DirectInotify()
-_DIRECT = _direct.available()
-
-
-class _Callback:
-    """What watchdog's inotify reader calls (its ``WatchCallback`` protocol)."""
-
-    def __init__(self, waiter: ArrivalWaiter) -> None:
-        self.waiter = waiter
-
-    def on_event(self, event: Any) -> None:
-        if event.name:
-            self.waiter._arrived(os.path.join(self.waiter._new_dir, os.fsdecode(event.name)))
-
-    def on_watch_deleted(self, wd: Any) -> None:
-        self.waiter.notifying = False  # the folder went away: fall back to timed rescans
-        self.waiter._lost()
-
-    def on_queue_overflow(self) -> None:
-        self.waiter._lost()
+_hub = _InotifyHub()
+_DIRECT = _hub.available()
 
 
 class ArrivalWaiter:
@@ -181,11 +265,12 @@ class ArrivalWaiter:
         self._on_lost = on_lost
         self.poll_interval = poll_interval
         self._watch: Any = None
-        self._direct: tuple[Any, int] | None = None
+        self._wd: int | None = None
+        self._flag = False  # set (under the hub's lock) when an arrival is handed to us
         self.notifying = False
         if _DIRECT:
             try:
-                self._direct = _direct.add(self._new_dir, _Callback(self))
+                self._wd = _hub.add(self)
                 self.notifying = True
                 return
             except Exception as exc:  # out of instances or watches: try the observer
@@ -204,6 +289,11 @@ class ArrivalWaiter:
     def _lost(self) -> None:
         if self._on_lost is not None:
             self._on_lost()
+        self._set()
+
+    def _set(self) -> None:
+        if self._wd is not None:
+            self._flag = True  # the hub's lock is held by whoever calls this (the reader, or wake())
         self._event.set()
 
     def _handler(self) -> Any:
@@ -227,25 +317,35 @@ class ArrivalWaiter:
         try:
             self._on_arrival(name)
         finally:
-            self._event.set()
+            self._set()
 
     def wake(self) -> None:
         """Wake a waiter now (used to stop a consumer loop promptly)."""
+        if self._wd is not None:
+            with _hub.cond:
+                self._flag = True
+                _hub.cond.notify_all()
+            _hub.poke()
         self._event.set()
 
     def clear(self) -> None:
+        if self._wd is not None:
+            with _hub.cond:
+                self._flag = False
         self._event.clear()
 
     def wait(self, timeout: float) -> bool:
         """Block until an arrival (True) or ``timeout`` (False). A burst of arrivals is one wake-up."""
+        if self._wd is not None and self.notifying:
+            return _hub.wait(self, timeout)
         if not self.notifying:
             timeout = min(timeout, self.poll_interval)
         return self._event.wait(timeout)
 
     def close(self) -> None:
-        direct, self._direct = self._direct, None
-        if direct is not None:
-            _direct.remove(direct)
+        wd, self._wd = self._wd, None
+        if wd is not None:
+            _hub.remove(self, wd)
         watch, self._watch = self._watch, None
         if watch is not None:
             _shared.remove(watch)
