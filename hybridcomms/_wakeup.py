@@ -143,6 +143,7 @@ class _InotifyHub:
         os.set_inheritable(fd, False)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already says "look up": never block on it
         self._fd, self._pid, self._reading, self._waiters = fd, os.getpid(), False, {}
 
     def add(self, waiter: ArrivalWaiter) -> int:
@@ -176,7 +177,7 @@ class _InotifyHub:
         if self._pid == os.getpid():
             try:
                 os.write(self._wake_w, b"!")
-            except OSError:
+            except OSError:  # BlockingIOError: the pipe is full, the reader will look up anyway
                 pass
 
     def wait(self, waiter: ArrivalWaiter, timeout: float) -> bool:
@@ -192,6 +193,7 @@ class _InotifyHub:
                     self._reading = True
                     break
                 self.cond.wait(remaining)
+        data = b""
         try:  # the reader, outside the lock
             data = self._read(remaining)
         finally:

@@ -484,3 +484,11 @@ def test_without_inotify_a_waiting_claim_falls_back_to_polling_with_a_warning(
     assert d is not None and d.message.topic == "late"
     assert consumer._waiter is not None and not consumer._waiter.notifying
     assert "polling" in caplog.text
+
+
+def test_waking_a_waiter_many_times_never_blocks(make_mailbox: Make) -> None:
+    mb = make_mailbox()
+    assert mb.claim(timeout=0.01) is None  # creates its waiter
+    for _ in range(100_000):  # far more than a pipe holds
+        mb.wake()
+    assert mb.claim(timeout=0.01) is None
