@@ -21,6 +21,7 @@ Exit codes: 0 done; 1 an error (the message says what); 2 bad usage; 3 ``recv`` 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -183,7 +184,10 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
         st = mb.stats().to_dict()
         print("stats:", {k: st[k]["count"] for k in ("new", "processing", "done", "dead")})
         for info in mb.list(State.DEAD):
-            print(f"dead/{info.name}\n  reason: {info.reason and info.reason.get('reason')}")
+            reason = info.reason or {}
+            print(
+                f"dead/{info.name}\n  reason: {reason.get('reason')}; last error: {reason.get('last_error')}"
+            )
     print(f"inspect it yourself: ls -R {root / 'Demo-Agent'}")
     return EXIT_OK
 
@@ -260,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
     root = resolve_root(args.root)
     try:
         code: int = args.func(args, root)
