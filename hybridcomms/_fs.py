@@ -45,8 +45,9 @@ class FsyncPolicy(str, Enum):
     - ``always``: every call returns only after its change is on stable storage (file fsync
       before a message becomes visible, directory fsync after every move).
     - ``batch``: a message's bytes are fsynced before it becomes visible (no torn file after a
-      power loss), but folder changes are committed at most every ``batch_interval`` seconds,
-      by the next operation after that, and by ``flush()``/``close()``.
+      power loss), but folder changes are committed in groups: by the first operation after
+      ``batch_interval`` seconds, by ``flush()``/``close()``, and otherwise by the filesystem's own
+      periodic commit (5 s on ext4).
     - ``never``: no fsync at all. Survives kill -9 (the kernel has everything), not power loss.
     """
 
