@@ -132,7 +132,7 @@ class FileMailbox:
         max_message_size  encoded bytes; bigger messages are refused before anything is written
         file_mode         mode of message files (0o600; 0o660 for a Dream.OS group setup)
         dir_mode          mode of the folders it creates (0o700; 0o770 for Dream.OS)
-        batch_interval    with fsync="batch", the longest a folder change waits for its fsync
+        batch_interval    with fsync="batch", folder changes are committed by the first call after this long
         tmp_max_age       recovery removes tmp/ files older than this (abandoned half-writes)
         rescan_interval   a claimer relists new/ at least this often to see other writers in order
         create            create the folders if missing (else a missing mailbox raises)
