@@ -192,24 +192,35 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    """--root, --policy and --fsync, accepted before or after the command (``hybridcomms watch --root R``)."""
+    parser.add_argument(
+        "--root",
+        default=default,
+        help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)",
+    )
+    parser.add_argument("--policy", default=default, help="routing policy file (TOML, or a pyproject.toml)")
+    parser.add_argument(
+        "--fsync",
+        choices=["always", "batch", "never"],
+        default="always" if default is None else default,
+        help="durability of writes (default: always)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect."
     )
     p.add_argument("--version", action="version", version=f"hybridcomms {__version__}")
-    p.add_argument(
-        "--root", help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)"
-    )
-    p.add_argument("--policy", default=None, help="routing policy file (TOML, or a pyproject.toml)")
-    p.add_argument(
-        "--fsync",
-        choices=["always", "batch", "never"],
-        default="always",
-        help="durability of writes (default: always)",
-    )
+    _add_common(p, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)  # after the command: only overrides what is given
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("send", help="put one message into an agent's mailbox; prints its id")
+    s = sub.add_parser(
+        "send", parents=[common], help="put one message into an agent's mailbox; prints its id"
+    )
     s.add_argument("--to", required=True, help="recipient agent id")
     s.add_argument("--topic", required=True, help="topic / message type")
     s.add_argument("--payload", default="null", help="payload as JSON (default: null)")
@@ -217,24 +228,30 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="sender", default=None, help="sender agent id")
     s.set_defaults(func=_cmd_send)
 
-    r = sub.add_parser("recv", help="claim one message, print it as JSON, ack it")
+    r = sub.add_parser("recv", parents=[common], help="claim one message, print it as JSON, ack it")
     r.add_argument("agent")
     r.add_argument("--timeout", type=float, default=None, help="seconds to wait for a message")
     r.set_defaults(func=_cmd_recv)
 
-    st = sub.add_parser("stats", help="counts per state for every mailbox (or the ones named)")
+    st = sub.add_parser(
+        "stats", parents=[common], help="counts per state for every mailbox (or the ones named)"
+    )
     st.add_argument("agents", nargs="*")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_stats)
 
-    rc = sub.add_parser("recover", help="give back messages held by dead consumers; sweep tmp/")
+    rc = sub.add_parser(
+        "recover", parents=[common], help="give back messages held by dead consumers; sweep tmp/"
+    )
     rc.add_argument("agents", nargs="*")
     rc.set_defaults(func=_cmd_recover)
 
-    d = sub.add_parser("demo", help="a short tour in a Demo-Agent mailbox under the root")
+    d = sub.add_parser("demo", parents=[common], help="a short tour in a Demo-Agent mailbox under the root")
     d.set_defaults(func=_cmd_demo)
 
-    w = sub.add_parser("watch", help="watch every mailbox: print events, run --exec, recover periodically")
+    w = sub.add_parser(
+        "watch", parents=[common], help="watch every mailbox: print events, run --exec, recover periodically"
+    )
     w.add_argument("--json", action="store_true", help="one JSON object per line")
     w.add_argument(
         "--exec", default=None, help="shell command run per delivered message (env: HYBRIDCOMMS_*)"
@@ -247,9 +264,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
     w.set_defaults(func=_cmd_watch)
 
-    pol = sub.add_parser("policy", help="the routing policy: explain a topic, or show every rule")
+    pol = sub.add_parser(
+        "policy", parents=[common], help="the routing policy: explain a topic, or show every rule"
+    )
     pol_sub = pol.add_subparsers(dest="policy_command", required=True)
-    ex = pol_sub.add_parser("explain", help="which route a topic takes, and the rule that chose it")
+    ex = pol_sub.add_parser(
+        "explain", parents=[common], help="which route a topic takes, and the rule that chose it"
+    )
     ex.add_argument("topic")
     ex.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
     ex.add_argument(
@@ -257,7 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--route", default=None, help="an explicit per-message override to try")
     ex.set_defaults(func=_cmd_policy_explain)
-    sh = pol_sub.add_parser("show", help="every rule, in order")
+    sh = pol_sub.add_parser("show", parents=[common], help="every rule, in order")
     sh.set_defaults(func=_cmd_policy_show)
     return p
 

@@ -214,3 +214,16 @@ def test_policy_show_lists_every_rule(tmp_path: Path) -> None:
     assert got.returncode == 0
     assert got.stdout.startswith("policy from built-in defaults")
     assert "CRITICAL priority is never ephemeral only" in got.stdout
+
+
+def test_root_and_fsync_may_come_after_the_command_too(tmp_path: Path) -> None:
+    root = tmp_path / "after"
+    sent = run(
+        "send", "--to", "Agent-1", "--topic", "t", "--root", str(root), "--fsync", "never", cwd=tmp_path
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert (root / "Agent-1" / "new").is_dir()
+    got = run("recv", "Agent-1", "--root", str(root), cwd=tmp_path)
+    assert got.returncode == 0 and orjson.loads(got.stdout)["topic"] == "t"
+    js = orjson.loads(run("stats", "--json", "--root", str(root), cwd=tmp_path).stdout)
+    assert js["root"] == str(root)
