@@ -115,6 +115,8 @@ class MailboxWatcher:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._rescan_now = threading.Event()
+        self._soon: list[float] = []  # extra rescans (monotonic times) after a new agent appeared
+        self._force_rescan = False
         self.notifying = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -164,6 +166,8 @@ class MailboxWatcher:
             def on_created(self, event: Any) -> None:
                 if not event.is_directory:
                     watcher._on_created(os.fsdecode(event.src_path))
+                elif os.path.dirname(os.fsdecode(event.src_path)) == watcher._root_str:
+                    watcher._new_agent()
 
             def on_moved(self, event: Any) -> None:
                 if not event.is_directory:
@@ -204,7 +208,10 @@ class MailboxWatcher:
         next_rescan = now + self.rescan_every
         next_recover = now + self.recover_every if self.recover_every else float("inf")
         while not self._stop.is_set():
-            self._rescan_now.wait(max(0.05, min(next_rescan, next_recover) - time.monotonic()))
+            with self._lock:
+                soon = min(self._soon, default=float("inf"))
+            wake_at = min(next_rescan, next_recover, soon)
+            self._rescan_now.wait(max(0.01, wake_at - time.monotonic()))
             if self._stop.is_set():
                 return
             try:
@@ -213,10 +220,14 @@ class MailboxWatcher:
                     log.warning("the file watcher stopped; starting a new one and rescanning")
                     self._stop_observer()
                     self._start_observer()
-                    self._rescan_now.set()
+                    self._force_rescan = True
                 now = time.monotonic()
-                if self._rescan_now.is_set() or now >= next_rescan:
-                    self._rescan_now.clear()
+                with self._lock:
+                    due_soon = any(t <= now for t in self._soon)
+                    self._soon = [t for t in self._soon if t > now]
+                self._rescan_now.clear()
+                forced, self._force_rescan = self._force_rescan, False
+                if now >= next_rescan or due_soon or forced:
                     self.rescan()
                     next_rescan = time.monotonic() + self.rescan_every
                 if now >= next_recover:
@@ -226,8 +237,17 @@ class MailboxWatcher:
                 log.exception("watcher maintenance failed; trying again")
                 self._stop.wait(1.0)
 
+    def _new_agent(self) -> None:
+        """A new agent folder: files can land in its new/ before its watches exist, so list it again
+        shortly (twice), rather than waiting for the periodic rescan."""
+        now = time.monotonic()
+        with self._lock:
+            self._soon += [now + 0.1, now + 1.0]
+        self._rescan_now.set()
+
     def request_rescan(self) -> None:
         """List every mailbox again soon (after a watcher error, or when told events were lost)."""
+        self._force_rescan = True
         self._rescan_now.set()
 
     # -- events ---------------------------------------------------------------------------------

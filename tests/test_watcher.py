@@ -276,10 +276,14 @@ def wait_started(proc: subprocess.Popen[str]) -> None:
 
 
 def test_the_watch_service_stops_cleanly_on_sigterm_mid_burst(root: Path) -> None:
+    FileMailbox(root, "Agent-1", fsync="never").close()
     proc = run_watch(root)
     try:
         wait_started(proc)
+        assert proc.stdout is not None
         with FileMailbox(root, "Agent-1", fsync="never") as mb:
+            mb.put(Message("burst", -1))
+            first = orjson.loads(proc.stdout.readline())  # events are flowing
             for i in range(300):
                 mb.put(Message("burst", i))
                 if i == 150:
@@ -289,8 +293,9 @@ def test_the_watch_service_stops_cleanly_on_sigterm_mid_burst(root: Path) -> Non
         proc.kill()
     assert proc.returncode == 0, err
     assert "stopped" in err
-    events = [orjson.loads(line) for line in out.splitlines()]
-    assert events and all(e["kind"] == "delivered" and e["agent"] == "Agent-1" for e in events)
+    events = [first] + [orjson.loads(line) for line in out.splitlines()]
+    assert all(e["kind"] == "delivered" and e["agent"] == "Agent-1" for e in events)
+    assert len({e["id"] for e in events}) == len(events)  # each message once
 
 
 def test_exec_runs_per_delivered_message_and_a_failing_command_does_not_stop_the_service(
@@ -316,3 +321,13 @@ def test_exec_runs_per_delivered_message_and_a_failing_command_does_not_stop_the
     assert lines == sorted(f"Agent-1 {t} {i}" for t, i in zip(("fail", "ok.one", "ok.two"), ids, strict=True))
     assert "--exec exited 1 for Agent-1/" in err
     assert "--exec ran 3, 1 failed" in err
+
+
+def test_messages_that_land_before_a_new_agents_watches_exist_are_reported_promptly(root: Path) -> None:
+    """A new agent's first files can land in new/ before its watches exist; a quick rescan follows."""
+    rec = Recorder()
+    with MailboxWatcher(root, on_event=rec, rescan_every=300):
+        time.sleep(0.2)
+        with FileMailbox(root, "Fresh-Agent", fsync="never") as mb:
+            ids = {mb.put(Message("first", i)) for i in range(20)}  # at once, racing the new watches
+        assert rec.wait(lambda r: {e.id for e in r.events if e.agent == "Fresh-Agent"} >= ids, timeout=10)
