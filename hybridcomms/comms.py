@@ -294,8 +294,10 @@ class Comms:
 
         def from_bus(event: Event) -> Any:
             message = event.payload if isinstance(event.payload, Message) else _message_of(event)
-            if event.durable and message.recipient is not None:
-                return None  # the durable copy is delivered through the mailbox
+            if event.durable:
+                # Route "both": the durable copy reaches every Comms subscriber through its mailbox
+                # (subscribe records a durable subscription), so the bus copy is for observers only.
+                return None
             if message.recipient is not None and message.recipient != agent:
                 return None  # an ephemeral send to another agent
             return handler(_received(message, None, False))

@@ -341,3 +341,17 @@ def test_the_subscriptions_file_is_private_like_the_messages(make: Callable[...,
     make("Agent-1").subscribe("a.*", lambda m: None)
     assert stat.S_IMODE(os.stat(root / "Agent-1" / "subscriptions.json").st_mode) == 0o600
     assert not [n for n in os.listdir(root / "Agent-1") if n.endswith(".tmp")]
+
+
+def test_a_both_publish_is_handled_once_by_each_subscriber(make: Callable[..., Comms], bus: AgentBus) -> None:
+    pub, sub = make("Publisher"), make("Sub-1")
+    handled: list[Received] = []
+    observed: list[Event] = []
+    sub.subscribe("alerts.*", handled.append)
+    bus.subscribe("alerts.*", observed.append)
+    sent = pub.publish("alerts.fire", {"room": 7}, route="both")
+    assert sent.route is Route.BOTH and sent.durable_to == ("Sub-1",)
+    assert len(observed) == 1 and handled == []  # observers see the bus copy; Comms waits for the durable one
+    while sub.process_one():
+        pass
+    assert [(m.payload, m.durable) for m in handled] == [({"room": 7}, True)]
