@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -271,6 +271,8 @@ class AgentBus:
         """Deliver an event to the matching handlers now. Returns a `PublishResult` (awaitable)."""
         if isinstance(topic, Event):
             event = topic
+            if type(event.topic) is not str:  # an Enum member hashes by its name, not its value
+                event = replace(event, topic=_topic_of(event.topic))
         else:
             event = Event(_topic_of(topic), payload, source, correlation_id)
         subs = self._cache.get(event.topic) or self._resolve(event.topic)

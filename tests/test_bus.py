@@ -314,3 +314,14 @@ def test_publish_cost_does_not_depend_on_unrelated_subscriptions(bus: AgentBus) 
     assert bus.publish("mine.x").handlers == 1
     assert bus._resolve("mine.x") == bus._cache["mine.x"]
     time.sleep(0)
+
+
+def test_an_event_whose_topic_is_an_enum_member_reaches_exact_and_prefix_subscribers(bus: AgentBus) -> None:
+    class Kind(str, enum.Enum):
+        DONE = "dreamos.task.completed"
+
+    got: list[str] = []
+    bus.subscribe("dreamos.task.completed", lambda e: got.append("exact"))
+    bus.subscribe("dreamos.task.*", lambda e: got.append("prefix"))
+    bus.publish(Event(Kind.DONE, {"id": 1}))  # type: ignore[arg-type]
+    assert sorted(got) == ["exact", "prefix"]
