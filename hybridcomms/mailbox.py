@@ -268,6 +268,12 @@ class FileMailbox:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
+            waiter = getattr(self, "_waiter", None)
+            if waiter is not None:  # never closed: give its inotify watch back too
+                try:
+                    waiter.close()
+                except Exception:
+                    pass
             self._close_fds()
 
     def __repr__(self) -> str:

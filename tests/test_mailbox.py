@@ -494,3 +494,17 @@ def test_waking_a_waiter_many_times_never_blocks(make_mailbox: Make) -> None:
     for _ in range(100_000):  # far more than a pipe holds
         mb.wake()
     assert mb.claim(timeout=0.01) is None
+
+
+def test_a_mailbox_dropped_without_close_gives_its_watch_back(root: Path) -> None:
+    import gc
+
+    from hybridcomms import _wakeup
+
+    before = sum(len(w) for w in _wakeup._hub._waiters.values())
+    mb = FileMailbox(root, "Agent-1", fsync="never")
+    assert mb.claim(timeout=0.01) is None
+    assert sum(len(w) for w in _wakeup._hub._waiters.values()) == before + 1
+    del mb
+    gc.collect()
+    assert sum(len(w) for w in _wakeup._hub._waiters.values()) == before
