@@ -98,3 +98,26 @@ def reply_server(root: str, agent: str, ready: str, count: int) -> None:
         for _ in range(count):
             assert answered.acquire(timeout=60)
         time.sleep(0.2)  # let the last ack land before close
+
+
+def hold_filelock(path: str, ready: str, seconds: float) -> None:
+    """Hold a lock with the `filelock` library (as a Dream.OS writer does), then let go."""
+    import filelock
+
+    with filelock.FileLock(path + ".lock"):
+        Path(ready).write_text("held")
+        time.sleep(seconds)
+
+
+def increment_locked(path: str, times: int) -> None:
+    """Read-modify-write a JSON counter under the compat lock, `times` times."""
+    import orjson
+
+    from hybridcomms.compat.dreamos.file_locking import acquire_lock, replace_atomically
+
+    for _ in range(times):
+        with acquire_lock(path, timeout=30):
+            p = Path(path)
+            value = orjson.loads(p.read_bytes()) if p.exists() else {"n": 0}
+            value["n"] += 1
+            replace_atomically(p, orjson.dumps(value))

@@ -1,0 +1,14 @@
+"""Dream.OS compatibility: the legacy module names, signatures and behaviours (../shared/DREAMOS_API.md).
+
+Present so far:
+
+- `hybridcomms.compat.dreamos.event_types`: the 55-member ``EventType`` of
+  ``dreamos.core.coordination.event_types``;
+- `hybridcomms.compat.dreamos.file_locking`: ``acquire_lock``, ``read_json_locked``,
+  ``write_json_locked`` of ``dreamos.core.utils.file_locking``, interoperable with the ``filelock``
+  library Dream.OS writers use;
+- the 61-member ``EventType`` of ``dreamos.coordination.agent_bus`` (in ``_bus_event_types``, for the
+  ``agent_bus`` module).
+
+Not yet here (issue #5): ``agent_bus``, ``mailbox_utils``, ``mailbox`` and ``install()``.
+"""

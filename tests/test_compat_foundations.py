@@ -1,0 +1,113 @@
+"""The first pieces of Dream.OS compatibility: the two EventType enums and file_locking."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import filelock
+import orjson
+import pytest
+import workers
+
+from hybridcomms.compat.dreamos import _bus_event_types, event_types
+from hybridcomms.compat.dreamos.file_locking import (
+    LockAcquisitionError,
+    acquire_lock,
+    read_json_locked,
+    write_json_locked,
+)
+
+DATA = json.loads((Path(__file__).parent / "data" / "dreamos_event_types.json").read_text())
+BUS_61 = next(v for k, v in DATA.items() if "61 members" in k)
+TYPES_55 = next(v for k, v in DATA.items() if "55 members" in k)
+spawn = mp.get_context("spawn")
+
+
+def test_the_event_types_enum_has_exactly_the_55_legacy_members_and_strings() -> None:
+    assert {m.name: m.value for m in event_types.EventType} == TYPES_55
+    assert len(event_types.EventType) == 55
+
+
+def test_the_agent_bus_enum_has_exactly_the_61_legacy_members_and_strings() -> None:
+    assert {m.name: m.value for m in _bus_event_types.EventType} == BUS_61
+    assert len(_bus_event_types.EventType) == 61
+
+
+def test_the_two_enums_keep_their_conflicting_strings_apart() -> None:
+    assert event_types.EventType.SYSTEM_AGENT_STATUS_CHANGE == "dreamos.system.agent.status_change"
+    assert _bus_event_types.EventType.SYSTEM_AGENT_STATUS_CHANGE == "dreamos.agent.status.updated"
+    assert str(event_types.EventType.TASK_COMMAND) == "dreamos.task.command"
+
+
+def test_write_then_read_round_trips_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "state" / "inbox.json"
+    write_json_locked(target, [{"id": 1}, {"id": 2}])
+    assert read_json_locked(target) == [{"id": 1}, {"id": 2}]
+    assert sorted(os.listdir(target.parent)) == ["inbox.json", "inbox.json.lock"]
+
+
+def test_reading_a_missing_file_gives_none(tmp_path: Path) -> None:
+    assert read_json_locked(tmp_path / "nothing.json") is None
+
+
+def test_reading_invalid_json_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "broken.json"
+    target.write_bytes(b"[{oops")
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+        read_json_locked(target)
+    assert target.read_bytes() == b"[{oops"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "data.json"
+    write_json_locked(target, {"v": 1})
+    with pytest.raises(TypeError):
+        write_json_locked(target, {"v": object()})
+    assert orjson.loads(target.read_bytes()) == {"v": 1}
+    assert sorted(os.listdir(tmp_path)) == ["data.json", "data.json.lock"]
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the other process never got ready"
+        time.sleep(0.01)
+
+
+def test_a_lock_held_with_the_filelock_library_excludes_acquire_lock(tmp_path: Path) -> None:
+    target, ready = tmp_path / "inbox.json", tmp_path / "ready"
+    p = spawn.Process(target=workers.hold_filelock, args=(str(target), str(ready), 1.5))
+    p.start()
+    try:
+        wait_for(ready)
+        with (
+            pytest.raises(LockAcquisitionError, match=r"inbox\.json\.lock"),
+            acquire_lock(target, timeout=0.2),
+        ):
+            pass
+        with acquire_lock(target, timeout=30):  # free once the other process lets go
+            pass
+    finally:
+        p.join(60)
+    assert isinstance(LockAcquisitionError("x"), TimeoutError)
+
+
+def test_acquire_lock_excludes_a_filelock_writer(tmp_path: Path) -> None:
+    target = tmp_path / "inbox.json"
+    with acquire_lock(target), pytest.raises(filelock.Timeout):
+        filelock.FileLock(str(target) + ".lock", timeout=0.2).acquire()
+
+
+def test_five_processes_incrementing_under_the_lock_lose_no_update(tmp_path: Path) -> None:
+    target = tmp_path / "counter.json"
+    procs = [spawn.Process(target=workers.increment_locked, args=(str(target), 40)) for _ in range(5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert read_json_locked(target) == {"n": 200}
