@@ -111,3 +111,72 @@ def test_five_processes_incrementing_under_the_lock_lose_no_update(tmp_path: Pat
         p.join(120)
         assert p.exitcode == 0
     assert read_json_locked(target) == {"n": 200}
+
+
+def test_base_event_is_a_dataclass_with_positional_arguments_and_defaults() -> None:
+    from dataclasses import is_dataclass
+
+    from hybridcomms.compat.dreamos._bus_event_types import EventType
+    from hybridcomms.compat.dreamos._bus_events import BaseEvent
+
+    e = BaseEvent(EventType.TASK_COMPLETED, "Agent-1", {"task_id": "t1"})
+    assert is_dataclass(e)
+    assert (e.event_type, e.source_id, e.data, e.correlation_id) == (
+        EventType.TASK_COMPLETED,
+        "Agent-1",
+        {"task_id": "t1"},
+        None,
+    )
+    assert len(e.event_id) == 32 and abs(e.timestamp - time.time()) < 5
+    assert e.topic == "dreamos.task.completed"
+    assert (
+        BaseEvent("custom.topic", "x").data == {} and BaseEvent("custom.topic", "x").topic == "custom.topic"
+    )
+    assert BaseEvent(EventType.TASK_FAILED, "a").event_id != BaseEvent(EventType.TASK_FAILED, "a").event_id
+
+
+def test_specific_events_check_their_type_and_keep_the_payload_fields_as_data() -> None:
+    from dataclasses import dataclass
+
+    from hybridcomms.compat.dreamos import _bus_events as ev
+    from hybridcomms.compat.dreamos._bus_event_types import EventType
+
+    @dataclass
+    class ToolCallPayload:
+        tool_name: str
+        arguments: dict[str, object]
+
+    call = ev.ToolCallEvent(EventType.TOOL_CALL, "Agent-1", ToolCallPayload("grep", {"q": "x"}))
+    assert call.data == {"tool_name": "grep", "arguments": {"q": "x"}}
+    assert isinstance(call, ev.BaseEvent)
+    assert ev.MemoryEvent(EventType.MEMORY_READ, "a", {"key_or_query": "k"}).data == {"key_or_query": "k"}
+    assert (
+        ev.CursorResultEvent("dreamos.cursor.inject.success", "a", {}).event_type
+        == "dreamos.cursor.inject.success"
+    )
+    assert ev.TaskEvent(EventType.TASK_PROGRESS, "a", {"p": 1}).data == {"p": 1}
+    with pytest.raises(ValueError, match="Invalid event_type"):
+        ev.ToolCallEvent(EventType.TOOL_RESULT, "a", {})
+    with pytest.raises(ValueError, match="MEMORY_"):
+        ev.MemoryEvent(EventType.TASK_STARTED, "a", {})
+    with pytest.raises(TypeError, match="event data"):
+        ev.TaskEvent(EventType.TASK_STARTED, "a", 42)
+
+
+def test_agent_error_event_does_what_the_legacy_code_meant(caplog: pytest.LogCaptureFixture) -> None:
+    from hybridcomms.compat.dreamos import _bus_events as ev
+    from hybridcomms.compat.dreamos._bus_event_types import EventType
+
+    ok = ev.AgentErrorEvent(EventType.SYSTEM_ERROR, "Agent-1", {"error": "boom"})
+    assert ok.data == {"error": "boom"} and "expected SYSTEM_ERROR" not in caplog.text
+    odd = ev.AgentErrorEvent(EventType.TASK_FAILED, "Agent-1", {"error": "x"})
+    assert odd.event_type is EventType.TASK_FAILED and "expected SYSTEM_ERROR" in caplog.text
+
+
+def test_the_bus_error_tree_is_the_legacy_one() -> None:
+    from hybridcomms.compat.dreamos import _bus_events as ev
+
+    assert issubclass(ev.SubscriptionError, ev.BusError) and issubclass(ev.DispatchError, ev.BusError)
+    assert issubclass(ev.EventHandlerError, ev.DispatchError)
+    err = ev.EventHandlerError("failed", original_exception=KeyError("k"), handler=print, event=None)
+    assert isinstance(err.original_exception, KeyError) and err.handler is print

@@ -7,8 +7,8 @@ Present so far:
 - `hybridcomms.compat.dreamos.file_locking`: ``acquire_lock``, ``read_json_locked``,
   ``write_json_locked`` of ``dreamos.core.utils.file_locking``, interoperable with the ``filelock``
   library Dream.OS writers use;
-- the 61-member ``EventType`` of ``dreamos.coordination.agent_bus`` (in ``_bus_event_types``, for the
-  ``agent_bus`` module).
+- for the ``agent_bus`` module: its 61-member ``EventType`` (``_bus_event_types``), and ``BaseEvent``, the
+  specific events and the bus errors (``_bus_events``).
 
 Not yet here (issue #5): ``agent_bus``, ``mailbox_utils``, ``mailbox`` and ``install()``.
 """
