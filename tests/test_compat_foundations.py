@@ -180,3 +180,57 @@ def test_the_bus_error_tree_is_the_legacy_one() -> None:
     assert issubclass(ev.EventHandlerError, ev.DispatchError)
     err = ev.EventHandlerError("failed", original_exception=KeyError("k"), handler=print, event=None)
     assert isinstance(err.original_exception, KeyError) and err.handler is print
+
+
+def test_create_mailbox_message_works_and_carries_both_type_spellings() -> None:
+    from hybridcomms import Message
+    from hybridcomms.compat.dreamos._bus_event_types import EventType
+    from hybridcomms.compat.dreamos._bus_events import BaseEvent
+    from hybridcomms.compat.dreamos._messages import create_mailbox_message, validate_mailbox_message_schema
+
+    cause = BaseEvent(EventType.TASK_COMPLETED, "Agent-2", correlation_id="c-9")
+    msg = create_mailbox_message("Agent-2", "Agent-1", "done", "TASK_UPDATE", {"ok": True}, base_event=cause)
+    assert msg["type"] == msg["message_type"] == "TASK_UPDATE"
+    assert (msg["priority"], msg["read_status"], msg["related_event_id"], msg["correlation_id"]) == (
+        "MEDIUM",
+        False,
+        cause.event_id,
+        "c-9",
+    )
+    assert len(msg["message_id"]) == 32 and validate_mailbox_message_schema(msg)
+    back = Message.from_dict(msg)  # and hybridcomms reads it
+    assert (back.id, back.sender, back.recipient, back.topic, back.payload) == (
+        msg["message_id"],
+        "Agent-2",
+        "Agent-1",
+        "TASK_UPDATE",
+        {"ok": True},
+    )
+    fixed = create_mailbox_message(
+        "a", "b", "s", "CUSTOM", "x", message_id="m1", timestamp_utc="2025-05-01T10:00:00Z"
+    )
+    assert (fixed["message_id"], fixed["timestamp_utc"]) == ("m1", "2025-05-01T10:00:00Z")
+    with pytest.raises(ValueError, match="not valid"):
+        create_mailbox_message(7, "b", "s", "CUSTOM", "x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "valid"),
+    [
+        (lambda m: m, True),
+        (lambda m: {k: v for k, v in m.items() if k != "type"}, True),  # message_type alone
+        (lambda m: {**{k: v for k, v in m.items() if k != "body"}, "content": "c"}, True),
+        (lambda m: {k: v for k, v in m.items() if k not in ("type", "message_type")}, False),
+        (lambda m: {k: v for k, v in m.items() if k != "subject"}, False),
+        (lambda m: {**m, "timestamp_utc": "yesterday"}, False),
+        (lambda m: {**m, "sender_agent_id": 5}, False),
+        (lambda m: {**m, "priority": 3}, False),
+        (lambda m: [m], False),
+        (lambda m: None, False),
+    ],
+)
+def test_validate_accepts_either_spelling_and_never_raises(mutate: object, valid: bool) -> None:
+    from hybridcomms.compat.dreamos._messages import create_mailbox_message, validate_mailbox_message_schema
+
+    base = create_mailbox_message("a", "b", "subject", "CUSTOM", "body")
+    assert validate_mailbox_message_schema(mutate(base)) is valid  # type: ignore[operator]

@@ -8,7 +8,9 @@ Present so far:
   ``write_json_locked`` of ``dreamos.core.utils.file_locking``, interoperable with the ``filelock``
   library Dream.OS writers use;
 - for the ``agent_bus`` module: its 61-member ``EventType`` (``_bus_event_types``), and ``BaseEvent``, the
-  specific events and the bus errors (``_bus_events``).
+  specific events and the bus errors (``_bus_events``);
+- for the ``mailbox_utils`` module: ``create_mailbox_message`` (which works: the legacy one always raised)
+  and ``validate_mailbox_message_schema`` (``_messages``).
 
 Not yet here (issue #5): ``agent_bus``, ``mailbox_utils``, ``mailbox`` and ``install()``.
 """
