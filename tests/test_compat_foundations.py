@@ -234,3 +234,68 @@ def test_validate_accepts_either_spelling_and_never_raises(mutate: object, valid
 
     base = create_mailbox_message("a", "b", "subject", "CUSTOM", "body")
     assert validate_mailbox_message_schema(mutate(base)) is valid  # type: ignore[operator]
+
+
+def test_five_processes_appending_to_a_legacy_inbox_json_leave_exactly_five_entries(tmp_path: Path) -> None:
+    start = tmp_path / "go"
+    procs = [
+        spawn.Process(target=workers.append_legacy, args=(str(tmp_path), "Agent-1", i, str(start)))
+        for i in range(5)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let them all reach the starting line
+    start.touch()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    entries = orjson.loads((tmp_path / "Agent-1" / "inbox.json").read_bytes())
+    assert sorted(e["body"]["n"] for e in entries) == [0, 1, 2, 3, 4]
+    assert len({e["message_id"] for e in entries}) == 5
+
+
+def test_an_append_waits_for_a_legacy_writer_holding_the_filelock(tmp_path: Path) -> None:
+    from hybridcomms.compat.dreamos._legacy_store import append_to_inbox_json
+
+    (tmp_path / "Agent-1").mkdir()
+    target = tmp_path / "Agent-1" / "inbox.json"
+    ready = tmp_path / "ready"
+    p = spawn.Process(target=workers.hold_filelock, args=(str(target), str(ready), 0.5))
+    p.start()
+    try:
+        wait_for(ready)
+        started = time.monotonic()
+        append_to_inbox_json(tmp_path, "Agent-1", {"message_id": "m1", "type": "t"})
+        assert time.monotonic() - started > 0.2  # it waited for the legacy writer's lock
+    finally:
+        p.join(60)
+    assert orjson.loads(target.read_bytes()) == [{"message_id": "m1", "type": "t"}]
+
+
+def test_a_corrupt_inbox_json_is_kept_aside_not_wiped(tmp_path: Path) -> None:
+    from hybridcomms.compat.dreamos._legacy_store import append_to_inbox_json
+
+    agent = tmp_path / "Agent-1"
+    agent.mkdir()
+    (agent / "inbox.json").write_bytes(b'[{"message_id": "old", "type": "t"}, {broken')
+    append_to_inbox_json(tmp_path, "Agent-1", {"message_id": "new", "type": "t"})
+    assert orjson.loads((agent / "inbox.json").read_bytes()) == [{"message_id": "new", "type": "t"}]
+    (kept,) = [p for p in agent.iterdir() if p.name.startswith("inbox.json.corrupt-")]
+    assert kept.read_bytes() == b'[{"message_id": "old", "type": "t"}, {broken'
+
+
+def test_legacy_inbox_files_are_named_as_dreamos_writes_them(tmp_path: Path) -> None:
+    import re
+
+    from hybridcomms.compat.dreamos._legacy_store import write_inbox_file
+
+    msg = {"message_id": "0123456789abcdef", "type": "t", "body": "x"}
+    first = write_inbox_file(tmp_path, "Agent-1", msg)
+    second = write_inbox_file(tmp_path, "Agent-1", msg)
+    assert re.fullmatch(r"msg_\d{8}_\d{6}_\d{6}_01234567(_\d+)?\.json", first.name)
+    assert first != second and orjson.loads(second.read_bytes()) == msg
+    assert not [n for n in os.listdir(first.parent) if n.endswith(".tmp")]
+    with pytest.raises(ValueError, match="unsafe"):
+        write_inbox_file(tmp_path, "Agent-1", msg, filename_prefix="../x")
+    with pytest.raises(ValueError, match="agent id"):
+        write_inbox_file(tmp_path, "../x", msg)

@@ -121,3 +121,15 @@ def increment_locked(path: str, times: int) -> None:
             value = orjson.loads(p.read_bytes()) if p.exists() else {"n": 0}
             value["n"] += 1
             replace_atomically(p, orjson.dumps(value))
+
+
+def append_legacy(root: str, agent: str, sender: int, start: str) -> None:
+    """One of several processes appending to a legacy inbox.json at once."""
+    from hybridcomms.compat.dreamos._legacy_store import append_to_inbox_json
+    from hybridcomms.compat.dreamos._messages import create_mailbox_message
+
+    while not Path(start).exists():  # all begin together
+        time.sleep(0.001)
+    append_to_inbox_json(
+        root, agent, create_mailbox_message(f"Agent-{sender}", agent, "hi", "CUSTOM", {"n": sender})
+    )

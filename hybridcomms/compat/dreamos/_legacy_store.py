@@ -1,0 +1,87 @@
+"""Writing messages the way legacy Dream.OS readers expect them (for recipients not yet on hybridcomms).
+
+- Layout L1: ``<root>/<agent>/inbox.json``, one JSON array. An append takes ``inbox.json.lock`` (flock:
+  the lock the ``filelock`` library takes, so legacy writers and these exclude each other), reads the
+  array, adds the message, and replaces the file atomically (temp file, fsync, rename, folder fsync).
+  A corrupt ``inbox.json`` is never replaced by ``[]`` (the legacy code did that and lost everything):
+  it is kept as ``inbox.json.corrupt-<time>`` and a new array starts.
+- Layout L2: ``<root>/<agent>/inbox/msg_<YYYYmmdd_HHMMSS_ffffff>_<first 8 of message_id>.json``, one file
+  per message, written to ``<final>.<pid>.tmp`` then renamed, under ``inbox/.inbox.lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ...mailbox import check_agent_id
+from .file_locking import acquire_lock, replace_atomically
+
+__all__ = ["INBOX_JSON", "append_to_inbox_json", "write_inbox_file"]
+
+log = logging.getLogger("hybridcomms.compat.dreamos")
+
+INBOX_JSON = "inbox.json"
+
+
+def append_to_inbox_json(
+    root: str | os.PathLike[str], agent_id: str, message: dict[str, Any], *, timeout: float = 10.0
+) -> Path:
+    """Append ``message`` to ``<root>/<agent_id>/inbox.json`` under its lock; returns the file's path."""
+    agent_dir = Path(root) / check_agent_id(agent_id)
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    path = agent_dir / INBOX_JSON
+    with acquire_lock(path, timeout):
+        entries = _read_array(path)
+        entries.append(message)
+        replace_atomically(path, orjson.dumps(entries, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def _read_array(path: Path) -> list[Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    if not raw.strip():
+        return []
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, list):
+        return value
+    keep = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}")
+    os.replace(path, keep)
+    log.error("%s was not a JSON array; kept it as %s and started a new one", path, keep.name)
+    return []
+
+
+def write_inbox_file(
+    root: str | os.PathLike[str],
+    agent_id: str,
+    message: dict[str, Any],
+    *,
+    filename_prefix: str = "msg",
+    timeout: float = 10.0,
+) -> Path:
+    """Write ``message`` as its own file in ``<root>/<agent_id>/inbox/`` (layout L2); returns its path."""
+    inbox = Path(root) / check_agent_id(agent_id) / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    if not filename_prefix or "/" in filename_prefix or filename_prefix.startswith("."):
+        raise ValueError(f"unsafe filename prefix {filename_prefix!r}")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S_%f")
+    msg_id = str(message.get("message_id") or message.get("id") or "")
+    final = inbox / f"{filename_prefix}_{stamp}_{msg_id[:8]}.json"
+    with acquire_lock(inbox / ".inbox", timeout):  # the legacy writer's inbox/.inbox.lock
+        n = 1
+        while final.exists():  # two messages in the same microsecond with the same id prefix
+            final = inbox / f"{filename_prefix}_{stamp}_{msg_id[:8]}_{n}.json"
+            n += 1
+        replace_atomically(final, orjson.dumps(message, option=orjson.OPT_INDENT_2))
+    return final
