@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import tempfile
 import threading
 import time
 from enum import Enum
@@ -26,9 +27,9 @@ __all__ = [
     "FsyncPolicy",
     "current_umask",
     "free_name",
-    "fsync_dir",
     "open_dir",
     "read_all",
+    "replace_atomically",
     "syncfs",
     "write_new_file",
 ]
@@ -59,10 +60,6 @@ class FsyncPolicy(str, Enum):
 def open_dir(path: str, *, dir_fd: int | None = None) -> int:
     """Open a folder for ``*at`` calls and fsync, refusing to follow a symlink at the last step."""
     return os.open(path, O_DIR | O_NOFOLLOW, dir_fd=dir_fd)
-
-
-def fsync_dir(fd: int) -> None:
-    os.fsync(fd)
 
 
 _libc: ctypes.CDLL | None = None
@@ -199,3 +196,30 @@ def free_name(dir_fd: int, name: str) -> str:
             return candidate
         candidate = f"{name}.{n}"
         n += 1
+
+
+def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Replace the file ``path`` with ``data``: temp file in the same folder, fsync, rename, fsync
+    the folder. Readers see the old file or the new one, never a mix; on failure the old one stays."""
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(folder, O_DIR)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

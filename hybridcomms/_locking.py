@@ -16,6 +16,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from .errors import LockTimeoutError
+
 __all__ = ["drop", "hold_lock_file", "try_lock", "unlock"]
 
 try:
@@ -56,28 +58,23 @@ def drop(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def hold_lock_file(path: str, timeout: float = 10.0) -> Iterator[None]:
+def hold_lock_file(path: str | os.PathLike[str], timeout: float = 10.0) -> Iterator[None]:
     """Hold an exclusive lock on the lock file ``path`` (created if missing) for a block.
 
     This is the lock that Dream.OS writers take on ``inbox.json.lock`` with the ``filelock``
-    library; portalocker and filelock both use flock, so they exclude each other.
+    library; portalocker and filelock both use flock, so they exclude each other. Raises
+    `LockTimeoutError` if it stays taken for ``timeout`` seconds.
     """
     import portalocker
 
-    with portalocker.Lock(path, mode="a", timeout=timeout, check_interval=0.01):
+    lock = portalocker.Lock(os.fspath(path), mode="a", timeout=max(timeout, 0.0), check_interval=0.01)
+    try:
+        lock.acquire()
+    except portalocker.exceptions.LockException:
+        raise LockTimeoutError(
+            f"could not lock {os.fspath(path)} within {timeout:g}s (held by another process)"
+        ) from None
+    try:
         yield
-
-
-def lock_is_free(path: str) -> bool:
-    """True if nobody holds a lock on ``path`` right now (a probe: it takes and drops it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return True
-    try:
-        if try_lock(fd):
-            unlock(fd)
-            return True
-        return False
     finally:
-        os.close(fd)
+        lock.release()

@@ -274,15 +274,7 @@ class Comms:
             else:
                 return
             data = orjson.dumps({"agent": self.agent_id, "patterns": patterns}, option=orjson.OPT_INDENT_2)
-            dir_fd = _fs.open_dir(str(path.parent))
-            try:
-                tmp = f".{SUBSCRIPTIONS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-                _fs._unlink_quietly(dir_fd, tmp)  # a leftover of a process that died mid-write
-                _fs.write_new_file(dir_fd, tmp, data, self.mailbox.file_mode, sync=True)
-                os.rename(tmp, SUBSCRIPTIONS_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fs.replace_atomically(path, data, self.mailbox.file_mode)
 
     # -- subscribing ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ keeps working.
     ├── MessageError                 (also ValueError)  a message that cannot be built or sent
     │   ├── MessageTooLargeError                        encoded size over the configured limit
     │   └── MessageDecodeError                          bytes that are not a message (keeps raw + path)
+    ├── LockTimeoutError         (also TimeoutError) a lock file stayed locked for the whole timeout
     └── MailboxError                                     mailbox-level failures
         ├── MailboxIOError           (also OSError)     an I/O step failed; nothing was half-done
         ├── UnsafePathError                              a mailbox folder is a symlink or not a folder
@@ -23,6 +24,7 @@ __all__ = [
     "DeliveryLostError",
     "HybridCommsError",
     "InvalidAgentIdError",
+    "LockTimeoutError",
     "MailboxError",
     "MailboxIOError",
     "MessageDecodeError",
@@ -38,6 +40,10 @@ class HybridCommsError(Exception):
 
 class InvalidAgentIdError(HybridCommsError, ValueError):
     """An agent id that is not a safe, single path component."""
+
+
+class LockTimeoutError(HybridCommsError, TimeoutError):
+    """A lock file stayed locked by someone else for the whole timeout."""
 
 
 class MessageError(HybridCommsError, ValueError):

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import portalocker
 
-__all__ = ["LockAcquisitionError", "acquire_lock", "read_json_locked", "write_json_locked"]
+from ..._fs import replace_atomically
+from ..._locking import hold_lock_file
+from ...errors import LockTimeoutError
 
+__all__ = [
+    "LockAcquisitionError",
+    "acquire_lock",
+    "read_json_locked",
+    "replace_atomically",
+    "write_json_locked",
+]
 
-class LockAcquisitionError(TimeoutError):
-    """The lock file stayed locked by someone else for the whole timeout."""
+#: The legacy name of the timeout error (a `TimeoutError`).
+LockAcquisitionError = LockTimeoutError
 
 
 def lock_path_for(path: str | os.PathLike[str]) -> Path:
@@ -35,17 +42,8 @@ def acquire_lock(path: str | os.PathLike[str], timeout: float = 10.0) -> Iterato
     """Hold the exclusive lock on ``<path>.lock`` for a ``with`` block (yields the lock file's path)."""
     lock_path = lock_path_for(path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = portalocker.Lock(str(lock_path), mode="a", timeout=max(timeout, 0.0), check_interval=0.01)
-    try:
-        lock.acquire()
-    except portalocker.exceptions.LockException:
-        raise LockAcquisitionError(
-            f"could not lock {lock_path} within {timeout:g}s (held by another process)"
-        ) from None
-    try:
+    with hold_lock_file(lock_path, timeout):
         yield lock_path
-    finally:
-        lock.release()
 
 
 def read_json_locked(path: str | os.PathLike[str], timeout: float = 10.0) -> Any:
@@ -67,26 +65,4 @@ def write_json_locked(path: str | os.PathLike[str], data: Any, timeout: float = 
     """Replace ``path`` with ``data`` as JSON, atomically and durably, under its lock."""
     encoded = orjson.dumps(data, option=orjson.OPT_INDENT_2)
     with acquire_lock(path, timeout):
-        replace_atomically(Path(path), encoded)
-
-
-def replace_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder: fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        replace_atomically(path, encoded)
