@@ -39,6 +39,7 @@ from ._locking import hold_lock_file
 from .bus import AgentBus, Event, default_bus, pattern_matches
 from .delivery import Delivery
 from .errors import HybridCommsError
+from .legacy import IngestProbe
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
 from .policy import Policy, Route
@@ -144,6 +145,8 @@ class Comms:
         self._loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
         self._subscribers_cache: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._closed = False
+        self._legacy = IngestProbe(self.mailbox)
+        self._next_legacy_look = 0.0
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -337,12 +340,28 @@ class Comms:
     # -- consuming ------------------------------------------------------------------------------
 
     def process_one(self, timeout: float | None = None) -> bool:
-        """Claim and handle one durable message (waiting up to ``timeout``). True if there was one."""
+        """Claim and handle one durable message (waiting up to ``timeout``). True if there was one.
+
+        Messages that legacy Dream.OS writers drop in this agent's ``inbox.json`` or ``inbox/`` are
+        first taken into ``new/`` (looked at every quarter second at most; see `hybridcomms.legacy`)."""
+        now = time.monotonic()
+        if now >= self._next_legacy_look:
+            self._next_legacy_look = now + 0.25
+            self.ingest_legacy()
         delivery = self.mailbox.claim(timeout=timeout, cancel=self._stop)
         if delivery is None:
             return False
         self._dispatch(delivery)
         return True
+
+    def ingest_legacy(self, *, force: bool = False) -> int:
+        """Take legacy drops (``inbox.json`` appends, ``inbox/`` files) into ``new/``; how many."""
+        try:
+            report = self._legacy.run(force=force)
+        except (OSError, HybridCommsError) as exc:
+            log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
+            return 0
+        return len(report.ingested) if report is not None else 0
 
     def _dispatch(self, d: Delivery) -> None:
         message = d.message

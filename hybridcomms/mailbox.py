@@ -64,6 +64,8 @@ from .states import (
     ACK,
     CLAIM,
     GIVE_UP,
+    IMPORT_DEAD,
+    IMPORT_DONE,
     NACK,
     PUBLISH,
     REJECT,
@@ -378,6 +380,45 @@ class FileMailbox:
         for name in moved:
             self._index.push(name)
         return [m.id for m in msgs]
+
+    # -- taking over legacy messages (ingestion, migrate) ---------------------------------------
+
+    def import_done(self, messages: Iterable[Message]) -> list[str]:
+        """Record messages that a legacy layout already marked processed straight into ``done/``
+        (for `hybridcomms migrate`: kept for audit, never delivered). Returns their ids."""
+        msgs = list(messages)
+        tmp_fd, done_fd = self._fd(State.TMP), self._fd(State.DONE)
+        now = compact_time(time.time())
+        try:
+            for m in msgs:
+                name = _publish_name(m, now)
+                tmp_name = self._write_tmp(tmp_fd, name, m.encode(self.max_message_size), sync=False)
+                self._rename(IMPORT_DONE, tmp_name, _fs.free_name(done_fd, name))
+            if msgs and self._sync_dirs:
+                _fs.syncfs(done_fd)
+                self._syncer.changed(done_fd)
+        except OSError as exc:
+            raise self._io_error(exc, f"import of {len(msgs)} processed messages") from exc
+        return [m.id for m in msgs]
+
+    def bury(self, data: bytes, name: str, reason: dict[str, Any]) -> str | None:
+        """Put bytes that can never become a message (a legacy file or ``inbox.json`` entry that does
+        not convert) into ``dead/`` as ``name``, unchanged, with ``reason`` beside it.
+
+        Idempotent by name: if ``dead/<name>`` exists already, nothing is written and None is returned
+        (a crash between burying and removing the original must not bury it twice)."""
+        if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
+            raise ValueError(f"unusable file name for dead/: {name!r}")
+        dead_fd = self._fd(State.DEAD)
+        try:
+            os.stat(name, dir_fd=dead_fd, follow_symlinks=False)
+            return None
+        except FileNotFoundError:
+            pass
+        tmp_name = self._write_tmp(self._fd(State.TMP), name, data, sync=self._sync_dirs)
+        if self._move_to_dead(IMPORT_DEAD, tmp_name, reason) is None:
+            return None
+        return name
 
     # -- claim --------------------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ reaper, the CLI, the docs and the tests read it from here.
                       │              dead  `──nack/recover──> new
                       `──────────────requeue──────────────────'
 
+    Legacy Dream.OS messages (ingestion, `hybridcomms migrate`) enter by publish into new/, or by
+    import into done/ (the old layout marked them processed) or dead/ (they cannot be converted).
+
     A hung owner's claim (lock held, lease expired) is taken by a steal: processing/<name> is
     renamed to tmp/<name>.stolen, then a fresh copy of it is renamed into processing/<name>,
     from where recovery returns it like any other.
@@ -51,6 +54,9 @@ class Transition(str, Enum):
     STEAL = (
         "steal"  # processing -> tmp/<name>.stolen -> a fresh copy in processing: a hung owner's lease ran out
     )
+    IMPORT = (
+        "import"  # tmp -> done / dead: a legacy Dream.OS message taken over already processed, or unusable
+    )
 
 
 TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
@@ -64,6 +70,8 @@ TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
     (State.DONE, State.NEW): frozenset({Transition.REQUEUE}),
     (State.PROCESSING, State.TMP): frozenset({Transition.STEAL}),
     (State.TMP, State.PROCESSING): frozenset({Transition.STEAL}),
+    (State.TMP, State.DONE): frozenset({Transition.IMPORT}),
+    (State.TMP, State.DEAD): frozenset({Transition.IMPORT}),
 }
 
 
@@ -102,3 +110,5 @@ REQUEUE_DEAD = move(State.DEAD, State.NEW, Transition.REQUEUE)
 REQUEUE_DONE = move(State.DONE, State.NEW, Transition.REQUEUE)
 STEAL_DETACH = move(State.PROCESSING, State.TMP, Transition.STEAL)
 STEAL_PLACE = move(State.TMP, State.PROCESSING, Transition.STEAL)
+IMPORT_DONE = move(State.TMP, State.DONE, Transition.IMPORT)
+IMPORT_DEAD = move(State.TMP, State.DEAD, Transition.IMPORT)

@@ -32,6 +32,7 @@ from typing import Any
 
 from ._names import REASON_SUFFIX, parse_name
 from .bus import AgentBus
+from .legacy import INBOX_DIR, INBOX_JSON, has_legacy_drops, ingest, is_adopted
 from .mailbox import FileMailbox, list_agents
 from .states import TRANSITIONS, State, Transition
 
@@ -49,6 +50,8 @@ KIND_OF: dict[tuple[State, State], str] = {
     (State.NEW, State.DEAD): "dead",
     (State.DEAD, State.NEW): "requeued",
     (State.DONE, State.NEW): "requeued",
+    (State.TMP, State.DONE): "imported",  # a legacy message taken over already processed (migrate)
+    (State.TMP, State.DEAD): "dead",  # a legacy message that could not be converted
 }
 _QUIET = {Transition.STEAL}  # internal steps of recovery, not reported
 assert all(pair in TRANSITIONS for pair in KIND_OF), "KIND_OF must follow the state table"
@@ -86,6 +89,8 @@ class MailboxWatcher:
         recover_every  run `FileMailbox.recover` on every mailbox this often (seconds; 0: never)
         rescan_every   list every ``new/`` this often to catch what notifications missed
         polling        use watchdog's polling observer instead of inotify
+        ingest_legacy  take what legacy Dream.OS writers drop for an adopted agent (``inbox.json``
+                       appends, ``inbox/`` files) into its ``new/`` (see `hybridcomms.legacy`)
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class MailboxWatcher:
         rescan_every: float = 10.0,
         polling: bool = False,
         poll_interval: float = 1.0,
+        ingest_legacy: bool = True,
     ) -> None:
         self.root = Path(root)
         self.on_event = on_event
@@ -108,6 +114,8 @@ class MailboxWatcher:
         self.rescan_every = rescan_every
         self.polling = polling
         self.poll_interval = poll_interval
+        self.ingest_legacy = ingest_legacy
+        self._ingest_pending: set[str] = set()
         self._root_str = os.path.abspath(self.root)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
         self._lock = threading.Lock()
@@ -227,6 +235,10 @@ class MailboxWatcher:
                     self._soon = [t for t in self._soon if t > now]
                 self._rescan_now.clear()
                 forced, self._force_rescan = self._force_rescan, False
+                with self._lock:
+                    pending, self._ingest_pending = self._ingest_pending, set()
+                for agent in sorted(pending):
+                    self.ingest(agent)
                 if now >= next_rescan or due_soon or forced:
                     self.rescan()
                     next_rescan = time.monotonic() + self.rescan_every
@@ -263,7 +275,34 @@ class MailboxWatcher:
             return None
         return agent, state, name
 
+    def _legacy_drop(self, path: str) -> bool:
+        """A change to ``<agent>/inbox.json`` or ``<agent>/inbox/*.json``: ingest that agent soon."""
+        if not self.ingest_legacy:
+            return False
+        parts = os.path.relpath(path, self._root_str).split(os.sep)
+        if (len(parts) == 2 and parts[1] == INBOX_JSON) or (
+            len(parts) == 3 and parts[1] == INBOX_DIR and parts[2].endswith(".json")
+        ):
+            with self._lock:
+                self._ingest_pending.add(parts[0])
+            self._rescan_now.set()
+            return True
+        return False
+
+    def ingest(self, agent: str) -> int:
+        """Take the legacy drops of an adopted agent into its ``new/`` now; how many were taken."""
+        if not is_adopted(self.root, agent):
+            return 0  # still on the legacy layout: its own readers take what is dropped there
+        try:
+            with FileMailbox(self.root, agent, create=False) as mb:
+                return len(ingest(mb).ingested)
+        except Exception as exc:  # a lock held too long, an I/O error: the next look tries again
+            log.warning("legacy drops of %s not ingested this time: %s", agent, exc)
+            return 0
+
     def _on_created(self, path: str) -> None:
+        if self._legacy_drop(path):
+            return
         where = self._split(path)
         if (
             where is not None and where[1] is State.NEW
@@ -271,6 +310,8 @@ class MailboxWatcher:
             self._delivered(where[0], where[2], "notify")
 
     def _on_moved(self, src: str, dest: str) -> None:
+        if self._legacy_drop(dest):
+            return
         a, b = self._split(src), self._split(dest)
         if b is None:
             return
@@ -328,6 +369,8 @@ class MailboxWatcher:
         """List every ``new/`` and report what was not reported yet. Returns how many were new."""
         found = 0
         for agent in list_agents(self.root):
+            if self.ingest_legacy and has_legacy_drops(self.root, agent):
+                self.ingest(agent)
             try:
                 names = set(os.listdir(os.path.join(self._root_str, agent, "new")))
             except OSError:

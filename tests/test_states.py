@@ -24,6 +24,8 @@ def test_the_allowed_moves_are_exactly_the_documented_ones() -> None:
         ("done", "new", "requeue"),
         ("processing", "tmp", "steal"),
         ("tmp", "processing", "steal"),
+        ("tmp", "done", "import"),
+        ("tmp", "dead", "import"),
     }
 
 

@@ -133,3 +133,68 @@ def append_legacy(root: str, agent: str, sender: int, start: str) -> None:
     append_to_inbox_json(
         root, agent, create_mailbox_message(f"Agent-{sender}", agent, "hi", "CUSTOM", {"n": sender})
     )
+
+
+def legacy_inbox_json_writer(root: str, agent: str, count: int, prefix: str) -> None:
+    """Append ``count`` messages to ``<root>/<agent>/inbox.json`` exactly as the Dream.OS L1 writer
+    does: the `filelock` library on ``inbox.json.lock``, read the array, append, temp + fsync + replace."""
+    import json
+    import tempfile
+
+    import filelock
+
+    path = Path(root) / agent / "inbox.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        with filelock.FileLock(str(path) + ".lock", timeout=30):
+            try:
+                entries = json.loads(path.read_text() or "[]")
+            except FileNotFoundError:
+                entries = []
+            entries.append(
+                {
+                    "message_id": f"{prefix}-{i:05d}",
+                    "sender_agent_id": "Legacy-Writer",
+                    "recipient_agent_id": agent,
+                    "timestamp_utc": "2025-05-01T12:00:00Z",
+                    "subject": "work",
+                    "type": "TASK_COMMAND",
+                    "body": {"i": i},
+                    "priority": "MEDIUM",
+                }
+            )
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        if i % 7 == 0:
+            time.sleep(0.001)
+
+
+def legacy_inbox_dir_writer(root: str, agent: str, count: int, prefix: str) -> None:
+    """Drop ``count`` msg_*.json files into ``<root>/<agent>/inbox/`` as the Dream.OS L2 writer does:
+    `filelock` on ``inbox/.inbox.lock``, write ``<final>.<pid>.tmp``, replace."""
+    import json
+
+    import filelock
+
+    inbox = Path(root) / agent / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        msg = {
+            "message_id": f"{prefix}-{i:05d}",
+            "sender_agent_id": "Legacy-Writer",
+            "recipient_agent_id": agent,
+            "timestamp_utc": "2025-05-01T12:00:00+00:00",
+            "subject": "work",
+            "message_type": "TASK_COMMAND",
+            "content": {"i": i},
+            "priority": "HIGH",
+        }
+        final = inbox / f"msg_20250501_120000_{i:06d}_{msg['message_id'][:8]}_{i}.json"
+        with filelock.FileLock(str(inbox / ".inbox.lock"), timeout=30):
+            tmp = Path(f"{final}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(msg, indent=2))
+            os.replace(tmp, final)

@@ -1,0 +1,406 @@
+"""The legacy Dream.OS mailbox files of an agent, and how they are taken into its hybridcomms mailbox.
+
+An agent's mailbox is *adopted* once its ``new/`` folder exists: from then on hybridcomms readers take
+its messages from ``new/``. Legacy writers that still run keep dropping messages in the old places:
+
+- ``<agent>/inbox.json``: one JSON array, appended to under the lock ``inbox.json.lock`` (layout L1);
+- ``<agent>/inbox/*.json``: one file per message, written under ``inbox/.inbox.lock`` (L2; L3 writers
+  drop files there too, without a lock).
+
+`ingest` moves them into ``new/`` under those same locks (flock: the lock the ``filelock`` library
+takes), so an append that races an ingestion lands either before it (and is ingested) or after it
+(and waits for the next one): never lost, never taken twice. It is crash-safe: the ids about to be
+published are written to a journal first (``<agent>/.hybridcomms-ingest.json``), so an ingestion
+killed between publishing and clearing the legacy files skips, the next time, what it had already
+published. What cannot be converted (not a JSON object, no type, too large) goes to ``dead/`` with its
+bytes unchanged and a reason, and leaves the legacy file.
+
+Layouts and file names: ``runtime_layout.md``; the whole migration story: ``docs/compatibility.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import _fs
+from ._locking import hold_lock_file
+from ._names import parse_name
+from .errors import HybridCommsError, MessageError
+from .mailbox import FileMailbox, check_agent_id
+from .message import Message, Priority, check_id
+from .states import State
+
+__all__ = [
+    "INBOX_DIR",
+    "INBOX_JSON",
+    "IngestProbe",
+    "IngestReport",
+    "LegacyLayout",
+    "has_legacy_drops",
+    "ingest",
+    "is_adopted",
+    "legacy_layout",
+    "message_from_legacy",
+    "to_legacy_dict",
+]
+
+log = logging.getLogger("hybridcomms.legacy")
+
+INBOX_JSON = "inbox.json"
+INBOX_DIR = "inbox"
+INBOX_DIR_LOCK = ".inbox.lock"  # inside inbox/: the L2 writer's lock file
+JOURNAL = ".hybridcomms-ingest.json"
+#: A file in inbox/ that is not valid JSON is left alone this long (an unlocked L3 writer may still be
+#: writing it) before it goes to dead/.
+DEFAULT_SETTLE = 5.0
+
+
+class LegacyLayout(str, Enum):
+    INBOX_JSON = "inbox.json"  # L1: one JSON array
+    INBOX_DIR = "inbox/"  # L2: one msg_*.json file per message
+
+
+def is_adopted(root: str | os.PathLike[str], agent_id: str) -> bool:
+    """True once ``<root>/<agent_id>/new/`` exists: the agent reads its messages with hybridcomms."""
+    path = os.path.join(root, check_agent_id(agent_id))
+    return not os.path.islink(path) and os.path.isdir(os.path.join(path, State.NEW.folder))
+
+
+def legacy_layout(root: str | os.PathLike[str], agent_id: str) -> LegacyLayout:
+    """The legacy layout a not-yet-adopted agent reads: ``inbox.json`` if that file exists (or if
+    there is nothing yet: L1 is the newest and most used), ``inbox/`` if only that folder does."""
+    path = os.path.join(root, check_agent_id(agent_id))
+    if os.path.isfile(os.path.join(path, INBOX_JSON)):
+        return LegacyLayout.INBOX_JSON
+    if os.path.isdir(os.path.join(path, INBOX_DIR)):
+        return LegacyLayout.INBOX_DIR
+    return LegacyLayout.INBOX_JSON
+
+
+# -- converting ---------------------------------------------------------------------------------
+
+
+def _derived_id(origin: str, raw: bytes) -> str:
+    """A stable id for a legacy message without a usable one: the same entry gets the same id on
+    every ingestion, so a repeated ingestion recognises what it already published."""
+    return "legacy-" + hashlib.sha256(origin.encode() + b"\0" + raw).hexdigest()[:32]
+
+
+def message_from_legacy(
+    obj: Any, *, agent_id: str, origin: str, raw: bytes | None = None, max_size: int | None = None
+) -> Message:
+    """A `Message` for one legacy message object (any Dream.OS spelling). ``origin`` names where it
+    came from (for a derived id and error texts). Raises `MessageError` if it cannot be one."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"not a JSON object but {type(obj).__name__}")
+    entry = dict(obj)
+    raw_id = entry.get("id", entry.get("message_id"))
+    try:
+        usable = raw_id is not None and check_id(str(raw_id)) is not None
+    except HybridCommsError:
+        usable = False
+    if not usable:
+        derived = _derived_id(
+            origin, raw if raw is not None else orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        )
+        if raw_id is not None:
+            entry["legacy_message_id"] = raw_id
+        entry.pop("id", None)
+        entry["message_id"] = derived
+    try:
+        message = Message.from_dict(entry)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(str(exc)) from None
+    if message.recipient is None:
+        message = replace(message, recipient=agent_id)
+    message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+    return message
+
+
+def to_legacy_dict(message: Message) -> dict[str, Any]:
+    """The Dream.OS message object for a `Message`: every documented field, both type spellings,
+    and the legacy fields kept in its headers (subject, metadata, …)."""
+    headers = dict(message.headers)
+    out: dict[str, Any] = {
+        "message_id": str(headers.pop("legacy_message_id", message.id)),
+        "sender_agent_id": message.sender or "",
+        "recipient_agent_id": message.recipient or "",
+        "timestamp_utc": message.created_at.isoformat(),
+        "subject": headers.pop("subject", message.topic),
+        "type": message.topic,
+        "message_type": message.topic,
+        "body": message.payload,
+        "priority": Priority(message.priority).name,
+    }
+    if message.correlation_id is not None:
+        out["correlation_id"] = message.correlation_id
+    if message.reply_to is not None:
+        out["reply_to"] = message.reply_to
+    for key, value in headers.items():
+        out.setdefault(key, value)
+    if out["message_id"] != message.id:
+        out["hybridcomms_id"] = message.id
+    return out
+
+
+# -- ingestion ----------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestReport:
+    """What one `ingest` call did."""
+
+    ingested: list[str] = field(default_factory=list)  # ids published into new/
+    dead: list[str] = field(default_factory=list)  # names buried in dead/
+    duplicates: int = 0  # already published by an interrupted earlier ingestion
+    waiting: list[str] = field(default_factory=list)  # inbox/ files left for later (maybe still written)
+
+    def __bool__(self) -> bool:
+        return bool(self.ingested or self.dead or self.duplicates)
+
+    def __str__(self) -> str:
+        parts = [f"{len(self.ingested)} ingested", f"{len(self.dead)} to dead/"]
+        if self.duplicates:
+            parts.append(f"{self.duplicates} already there")
+        if self.waiting:
+            parts.append(f"{len(self.waiting)} left for later")
+        return ", ".join(parts)
+
+
+def has_legacy_drops(root: str | os.PathLike[str], agent_id: str) -> bool:
+    """A cheap look: is anything waiting in ``inbox.json`` or ``inbox/``?"""
+    path = os.path.join(root, agent_id)
+    try:
+        if os.stat(os.path.join(path, INBOX_JSON)).st_size > 2:  # more than "[]"
+            return True
+    except OSError:
+        pass
+    try:
+        with os.scandir(os.path.join(path, INBOX_DIR)) as it:
+            return any(_is_candidate(e.name) for e in it)
+    except OSError:
+        return False
+
+
+def _is_candidate(name: str) -> bool:
+    return name.endswith(".json") and not name.startswith(".")
+
+
+def ingest(
+    mailbox: FileMailbox, *, lock_timeout: float = 10.0, settle: float = DEFAULT_SETTLE
+) -> IngestReport:
+    """Move everything legacy writers dropped for this agent into its ``new/`` (see the module
+    docstring). Raises `LockTimeoutError` if a legacy writer holds a lock for ``lock_timeout``."""
+    report = IngestReport()
+    agent_dir = mailbox.path
+    inbox_json = agent_dir / INBOX_JSON
+    if inbox_json.exists():
+        with hold_lock_file(f"{inbox_json}.lock", lock_timeout):
+            _ingest_inbox_json(mailbox, inbox_json, report)
+    inbox_dir = agent_dir / INBOX_DIR
+    if inbox_dir.is_dir() and not inbox_dir.is_symlink() and has_legacy_drops(mailbox.root, mailbox.agent_id):
+        with hold_lock_file(inbox_dir / INBOX_DIR_LOCK, lock_timeout):
+            _ingest_inbox_dir(mailbox, inbox_dir, report, settle)
+    if report:
+        log.info("%s: legacy drops: %s", mailbox.agent_id, report)
+    return report
+
+
+def _reason(text: str, source: str) -> dict[str, Any]:
+    return {"reason": text, "source": source, "attempts": 0}
+
+
+def _ingest_inbox_json(mb: FileMailbox, path: Path, report: IngestReport) -> None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if not raw.strip():
+        return
+    source = f"{mb.agent_id}/{INBOX_JSON}"
+    try:
+        entries = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        entries, problem = None, f"not valid JSON: {exc}"
+    else:
+        problem = f"not a JSON array but {type(entries).__name__}"
+    if not isinstance(entries, list):
+        # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
+        mb.bury(raw, f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json", _reason(problem, source))
+        report.dead.append(INBOX_JSON)
+        _fs.replace_atomically(path, b"[]", 0o660)
+        return
+    if not entries:
+        return
+    items: list[tuple[str, bytes, Any]] = []
+    for i, entry in enumerate(entries):
+        items.append((f"{source}[{i}]", orjson.dumps(entry, option=orjson.OPT_SORT_KEYS), entry))
+    _publish(mb, items, report)
+    _fs.replace_atomically(path, b"[]", 0o660)
+    _end_journal(mb)
+
+
+def _ingest_inbox_dir(mb: FileMailbox, inbox: Path, report: IngestReport, settle: float) -> None:
+    items: list[tuple[str, bytes, Any]] = []
+    taken: list[str] = []
+    now = time.time()
+    for name in sorted(os.listdir(inbox)):
+        if not _is_candidate(name):
+            continue  # lock and temp files, and what is not JSON (.md notes): left where they are
+        source = f"{mb.agent_id}/{INBOX_DIR}/{name}"
+        try:
+            fd = os.open(inbox / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("%s: cannot take %s (%s); left where it is", mb.agent_id, source, exc)
+            report.waiting.append(name)
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                report.waiting.append(name)
+                continue
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read()
+        finally:
+            os.close(fd)
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if now - st.st_mtime < settle:
+                report.waiting.append(name)  # perhaps still being written by an unlocked writer
+                continue
+            if mb.bury(raw, f"legacy-inbox-{name}", _reason(f"not valid JSON: {exc}", source)):
+                report.dead.append(name)
+            taken.append(name)
+            continue
+        items.append((source, raw, obj))
+        taken.append(name)
+    _publish(mb, items, report, files=True)
+    for name in taken:
+        try:
+            os.unlink(inbox / name)
+        except FileNotFoundError:
+            pass
+    if taken:
+        dir_fd = os.open(inbox, _fs.O_DIR)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    _end_journal(mb)
+
+
+def _publish(
+    mb: FileMailbox, items: list[tuple[str, bytes, Any]], report: IngestReport, *, files: bool = False
+) -> None:
+    """Convert, journal, publish; bury what does not convert."""
+    messages: dict[str, Message] = {}
+    for source, raw, obj in items:
+        try:
+            message = message_from_legacy(
+                obj, agent_id=mb.agent_id, origin=source, raw=raw, max_size=mb.max_message_size
+            )
+        except MessageError as exc:
+            name = (
+                f"legacy-inbox-{source.rsplit('/', 1)[1]}"
+                if files
+                else (f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json")
+            )
+            if mb.bury(raw, name, _reason(f"cannot be converted: {exc}", source)):
+                report.dead.append(name)
+            continue
+        if message.id in messages:
+            report.duplicates += 1  # the same message appended twice: delivered once
+            continue
+        messages[message.id] = message
+    if not messages:
+        return
+    already = _ids_in_flight(mb, set(messages))
+    report.duplicates += len(already)
+    fresh = [m for i, m in messages.items() if i not in already]
+    _fs.replace_atomically(
+        mb.path / JOURNAL,
+        orjson.dumps({"ids": [m.id for m in fresh], "started_at": datetime.now(timezone.utc).isoformat()}),
+        0o600,
+    )
+    if fresh:
+        mb.put_many(fresh)
+        report.ingested += [m.id for m in fresh]
+
+
+def _ids_in_flight(mb: FileMailbox, ids: set[str]) -> set[str]:
+    """Of ``ids``, those a previous, interrupted ingestion already published (per its journal)."""
+    try:
+        journal = orjson.loads((mb.path / JOURNAL).read_bytes())
+        pending = set(journal["ids"]) & ids
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    found: set[str] = set()
+    if pending:
+        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+            try:
+                names = os.listdir(mb.path / state.folder)
+            except OSError:
+                continue
+            for name in names:
+                info = parse_name(name)
+                if info is not None and info.id in pending:
+                    found.add(info.id)
+    return found
+
+
+def _end_journal(mb: FileMailbox) -> None:
+    try:
+        os.unlink(mb.path / JOURNAL)
+    except FileNotFoundError:
+        pass
+
+
+class IngestProbe:
+    """Decides cheaply when an agent's legacy files need another look: when ``inbox.json`` or the
+    ``inbox/`` folder changed since the last ingestion, and at least every ``every`` seconds anyway."""
+
+    def __init__(self, mailbox: FileMailbox, *, every: float = 30.0) -> None:
+        self.mailbox = mailbox
+        self.every = every
+        self._seen: tuple[Any, Any] | None = None
+        self._next_full = 0.0
+
+    def _signature(self) -> tuple[Any, Any]:
+        out: list[tuple[int, int, int] | None] = []
+        for name in (INBOX_JSON, INBOX_DIR):
+            try:
+                st = os.stat(self.mailbox.path / name)
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return out[0], out[1]
+
+    def run(self, *, force: bool = False) -> IngestReport | None:
+        """Ingest if something may have changed; None if it was not worth looking."""
+        now = time.monotonic()
+        sig = self._signature()
+        if not force and sig == self._seen and now < self._next_full:
+            return None
+        if sig == (None, None):
+            self._seen, self._next_full = sig, now + self.every
+            return None
+        report = ingest(self.mailbox)
+        # The signature from *before*: a drop that lands during or right after this ingestion changes
+        # it, so the next call looks again (our own rewrite of inbox.json costs one extra look).
+        self._seen = sig if not report.waiting else None
+        self._next_full = now + self.every
+        return report
