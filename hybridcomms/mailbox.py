@@ -303,6 +303,11 @@ class FileMailbox:
 
     def put(self, message: Message) -> str:
         """Deliver ``message`` durably (per the fsync policy) into ``new/``; return its id."""
+        self.put_file(message)
+        return message.id
+
+    def put_file(self, message: Message) -> str:
+        """`put`, returning the name of the file in ``new/`` (for callers that report a path)."""
         data = message.encode(self.max_message_size)
         name = _publish_name(message, compact_time(time.time()))
         tmp_fd = self._fd(State.TMP)
@@ -319,7 +324,7 @@ class FileMailbox:
                 self._withdraw([name])
                 raise self._io_error(exc, f"put {name}: commit of new/ failed") from exc
         self._index.push(name)
-        return message.id
+        return name
 
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes, *, sync: bool) -> str:
         tmp_name = name
@@ -467,6 +472,13 @@ class FileMailbox:
                     raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
                 self._waiter = ArrivalWaiter(str(self.path), self._index.push, on_lost=self._index.mark_stale)
             return self._waiter
+
+    def claim_file(self, name: str) -> Delivery | None:
+        """Claim one particular file of ``new/`` by name (for the Dream.OS compatibility layer,
+        whose callers name the file they read). None if it is gone or someone else holds it."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"not a file name in new/: {name!r}")
+        return self._try_claim(name)
 
     def _claim_once(self) -> Delivery | None:
         index = self._index

@@ -35,6 +35,7 @@ A file that is not valid is refused when it is loaded, with its path, the line a
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -238,6 +239,9 @@ class Policy:
     default_addressed: Route = Route.DURABLE
     default_broadcast: Route = Route.EPHEMERAL
     source: str = "built-in defaults"
+    #: Agent ids (fnmatch patterns, e.g. "Agent-*") whose mailboxes count as adopted by hybridcomms
+    #: before their new/ folder exists: Dream.OS senders write native files for them, not legacy ones.
+    adopt: tuple[str, ...] = ()
     _cache: dict[tuple[str, Priority, bool], Decision] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -246,6 +250,11 @@ class Policy:
         object.__setattr__(self, "rules", tuple(self.rules))
         object.__setattr__(self, "default_addressed", Route.parse(self.default_addressed))
         object.__setattr__(self, "default_broadcast", Route.parse(self.default_broadcast))
+        object.__setattr__(self, "adopt", tuple(self.adopt))
+
+    def adopts(self, agent_id: str) -> bool:
+        """True if the ``adopt`` list names this agent (see docs/compatibility.md)."""
+        return any(fnmatch.fnmatchcase(agent_id, pattern) for pattern in self.adopt)
 
     def decide(
         self,
@@ -290,6 +299,8 @@ class Policy:
         lines.append(f"  default for a message to one agent: {self.default_addressed.value}")
         lines.append(f"  default for a broadcast: {self.default_broadcast.value}")
         lines.append("  CRITICAL priority is never ephemeral only")
+        if self.adopt:
+            lines.append(f"  adopted (Dream.OS senders write new/ files): {', '.join(self.adopt)}")
         return "\n".join(lines)
 
     # -- loading (I/O lives here, never in decide) ---------------------------------------------
@@ -324,7 +335,7 @@ class Policy:
     def from_mapping(
         cls, data: Mapping[str, Any], *, source: str = "<policy>", text: str = "", header: str = "rules"
     ) -> Policy:
-        known = {"rules", "default_addressed", "default_broadcast", "include_defaults"}
+        known = {"rules", "default_addressed", "default_broadcast", "include_defaults", "adopt"}
         for key in data:
             if key not in known:
                 raise PolicyError(
@@ -357,6 +368,12 @@ class Policy:
                     raise PolicyError(
                         f"{key}: {exc.reason}", path=source, line=_key_line(text, key)
                     ) from None
+        adopt = data.get("adopt", [])
+        if not isinstance(adopt, list) or not all(isinstance(a, str) and a for a in adopt):
+            raise PolicyError(
+                "adopt must be an array of agent ids or patterns", path=source, line=_key_line(text, "adopt")
+            )
+        kwargs["adopt"] = tuple(adopt)
         return cls(rules=(*rules, *(DEFAULT_RULES if include else ())), source=source, **kwargs)
 
 

@@ -198,3 +198,23 @@ def legacy_inbox_dir_writer(root: str, agent: str, count: int, prefix: str) -> N
             tmp = Path(f"{final}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(msg, indent=2))
             os.replace(tmp, final)
+
+
+def legacy_import_and_write(root: str, agent: str, out: str) -> None:
+    """In a spawned child of a process that called install(): the legacy import path works, and so
+    does setting MAILBOX_ROOT here."""
+    from dreamos.core.comms import mailbox_utils  # type: ignore[import-not-found]
+
+    mailbox_utils.MAILBOX_ROOT = Path(root)
+    mailbox_utils.write_mailbox_message(agent, {"type": "TASK_COMMAND", "body": {"from": "child"}})
+    Path(out).write_text(mailbox_utils.__name__)
+
+
+def handler_claims_and_dies(root: str, agent: str, ready: str) -> None:
+    """A Dream.OS MailboxHandler that takes its messages and dies before archiving them."""
+    from hybridcomms.compat.dreamos.mailbox import MailboxHandler
+
+    handler = MailboxHandler(agent, root)
+    got = handler.get_messages()
+    Path(ready).write_text(str(len(got)))
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,122 @@
+"""Delivery that follows the recipient, for every legacy send path (``mailbox_utils``, ``mailbox``,
+the compat ``AgentBus``).
+
+Agents move to hybridcomms one at a time, so a sender cannot assume its reader is new:
+
+- an *adopted* recipient (its ``new/`` folder exists, or the routing policy's ``adopt`` list names it)
+  gets a native, durable file in ``new/``;
+- any other recipient gets exactly the legacy format it reads: an append to ``inbox.json`` under
+  ``inbox.json.lock``, or a ``msg_*.json`` file in ``inbox/`` where that is the layout in use.
+
+Folders created here are 0o770 and files 0o660, as Dream.OS sets them up for a shared group.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from ...legacy import LegacyLayout, is_adopted, legacy_layout, message_from_legacy
+from ...mailbox import FileMailbox, check_agent_id
+from ...message import new_id
+from ...policy import Policy
+from ._legacy_store import append_to_inbox_json, write_inbox_file
+
+__all__ = ["DREAMOS_MODES", "complete", "deliver", "mailbox_for", "set_policy"]
+
+#: Folder and file modes for mailboxes the compat layer creates (Dream.OS shares them with a group).
+DREAMOS_MODES: dict[str, Any] = {"dir_mode": 0o770, "file_mode": 0o660}
+
+_policy: Policy | None = None
+_open: OrderedDict[tuple[str, str, int], FileMailbox] = OrderedDict()
+_open_lock = threading.Lock()
+
+
+def set_policy(policy: Policy | None) -> None:
+    """The policy whose ``adopt`` list marks agents as adopted before their ``new/`` exists."""
+    global _policy
+    _policy = policy
+
+
+def mailbox_for(root: str | os.PathLike[str], agent_id: str, *, create: bool = True) -> FileMailbox:
+    """An open `FileMailbox`, shared in this process (at most 64 kept open)."""
+    key = (os.path.abspath(root), check_agent_id(agent_id), os.getpid())
+    with _open_lock:
+        mb = _open.get(key)
+        if mb is not None:
+            _open.move_to_end(key)
+            return mb
+    mb = FileMailbox(root, agent_id, create=create, **DREAMOS_MODES)
+    with _open_lock:
+        _open[key] = mb
+        while len(_open) > 64:
+            _, old = _open.popitem(last=False)
+            old.close()
+    return mb
+
+
+def adopted(root: str | os.PathLike[str], agent_id: str) -> bool:
+    return is_adopted(root, agent_id) or (_policy is not None and _policy.adopts(agent_id))
+
+
+def complete(message: dict[str, Any], recipient: str | None = None) -> dict[str, Any]:
+    """A copy with what every legacy reader needs filled in: id, time, recipient, both type spellings."""
+    out = dict(message)
+    out.setdefault("message_id", out.get("id") or new_id())
+    if "timestamp_utc" not in out:
+        from datetime import datetime, timezone
+
+        out["timestamp_utc"] = out.get("timestamp") or datetime.now(timezone.utc).isoformat()
+    if recipient is not None:
+        out.setdefault("recipient_agent_id", recipient)
+    kind = out.get("type", out.get("message_type"))
+    if kind is not None:
+        out.setdefault("type", kind)
+        out.setdefault("message_type", kind)
+    return out
+
+
+def deliver(
+    root: str | os.PathLike[str],
+    agent_id: str,
+    message: dict[str, Any],
+    *,
+    filename_prefix: str = "msg",
+    lock_timeout: float = 10.0,
+    layout: LegacyLayout | None = None,
+) -> Path:
+    """Deliver one legacy message dict to ``agent_id`` under ``root`` in the form its reader
+    expects; returns the file written (``new/<name>``, ``inbox.json`` or ``inbox/msg_*.json``).
+
+    ``MessageError`` (a ``ValueError``) if it cannot become a message; ``OSError`` (including
+    `LockTimeoutError`) if the write fails: nothing is half-written either way."""
+    check_agent_id(agent_id)
+    if adopted(root, agent_id):
+        mb = mailbox_for(root, agent_id)
+        msg = message_from_legacy(
+            complete(message, agent_id), agent_id=agent_id, origin="send", max_size=mb.max_message_size
+        )
+        return mb.path / "new" / mb.put_file(msg)
+    full = complete(message, agent_id)
+    if (layout or legacy_layout(root, agent_id)) is LegacyLayout.INBOX_DIR:
+        return write_inbox_file(root, agent_id, full, filename_prefix=filename_prefix, timeout=lock_timeout)
+    return append_to_inbox_json(root, agent_id, full, timeout=lock_timeout)
+
+
+def owner_of(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """``(root, agent)`` for a path inside an agent's folder: ``<root>/<agent>/inbox[/x]``,
+    ``<root>/<agent>/inbox.json``, ``<root>/<agent>/<state>/x`` or ``<root>/<agent>/x.json``."""
+    p = Path(os.path.abspath(path))
+    folders = {"inbox", "new", "processing", "done", "dead", "tmp", "archive", "processed", "outbox"}
+    if p.suffix == ".json" or p.name == "inbox.json":
+        parent = p.parent
+        agent_dir = parent.parent if parent.name in folders else parent
+    else:
+        agent_dir = p.parent if p.name in folders else p
+    try:
+        return agent_dir.parent, check_agent_id(agent_dir.name)
+    except ValueError:
+        return None

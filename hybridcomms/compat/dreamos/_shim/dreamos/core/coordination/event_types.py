@@ -1,0 +1,6 @@
+"""Shim: this legacy module path is `hybridcomms.compat.dreamos.event_types` (the same module object)."""
+
+import importlib
+import sys
+
+sys.modules[__name__] = importlib.import_module("hybridcomms.compat.dreamos.event_types")

@@ -1,0 +1,580 @@
+"""Legacy ``dreamos.coordination.agent_bus`` (also ``dreamos.core.coordination.agent_bus``), on the
+hybridcomms bus and routing policy.
+
+``AgentBus()`` is the process-wide singleton the Dream.OS agents use (reset with
+``AgentBus._instance = None``). Underneath is a `hybridcomms.bus.AgentBus` whose error topic is
+``dreamos.system.error``, so the pattern rules, the error isolation and the sync/async handling are
+the hybridcomms ones (docs/compatibility.md lists what that changes). Every method does its work when
+called and returns something that may also be awaited, because agents call them both ways.
+
+The routing policy applies to what is published here:
+
+- an *ephemeral* topic (status, heartbeats, discovery…) is dispatched in memory, as before;
+- a *durable* topic addressed to one agent (``dreamos.agent.<id>.task.command``, or an event whose data
+  names a ``recipient_agent_id`` / ``target_agent_id``) becomes a durable delivery into that agent's
+  mailbox (or its legacy inbox while it is not adopted). A handler subscribed here to that agent's
+  topic receives it from the mailbox, on a consumer thread: at least once, acked when the handler
+  returns, retried with backoff when it raises, dead-lettered after the attempt limit;
+- a *durable* broadcast goes to every agent holding a matching durable subscription, and is also
+  dispatched in memory here (so in-process subscribers keep seeing it).
+
+Subscribing to a durable per-agent topic adopts that agent's mailbox (its ``new/`` folder appears).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ...bus import AgentBus as _CoreBus
+from ...bus import Event
+from ...comms import Comms, Received
+from ...legacy import to_legacy_dict
+from ...mailbox import check_agent_id
+from ...message import Message, Priority
+from ...policy import Policy
+from ._bus_event_types import EventType
+from ._bus_events import (
+    AgentErrorEvent,
+    BaseEvent,
+    BusError,
+    CursorInjectRequestEvent,
+    CursorResultEvent,
+    CursorRetrieveRequestEvent,
+    DispatchError,
+    EventHandlerError,
+    MemoryEvent,
+    SubscriptionError,
+    TaskEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    topic_of,
+)
+from ._delivery import deliver
+from ._dual import NOTHING, AwaitableStr, Flag, _Nothing, dual
+from .mailbox_utils import get_mailbox_root
+
+__all__ = [
+    "AgentBus",
+    "AgentErrorEvent",
+    "BaseEvent",
+    "BusError",
+    "CursorInjectRequestEvent",
+    "CursorResultEvent",
+    "CursorRetrieveRequestEvent",
+    "DispatchError",
+    "EventHandlerError",
+    "EventType",
+    "MemoryEvent",
+    "SimpleEventBus",
+    "SubscriptionError",
+    "TaskEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "callback_handler",
+    "get_agent_bus",
+]
+
+log = logging.getLogger("hybridcomms.compat.dreamos")
+
+ERROR_TOPIC = EventType.SYSTEM_ERROR.value
+SHUTDOWN_READY = "SHUTDOWN_READY"
+_RECIPIENT_KEYS = ("recipient_agent_id", "target_agent_id", "recipient", "to_agent")
+
+Handler = Callable[..., Any]
+
+
+def _event_type(topic: str) -> Any:
+    """The `EventType` member for a topic string, or the string itself."""
+    try:
+        return EventType(topic)
+    except ValueError:
+        return topic
+
+
+def callback_handler(callback: Callable[[Any, Any], Any]) -> Callable[[BaseEvent], Any]:
+    """Wrap a ``callback(event_type, data)`` as a ``handler(event)``. (`AgentBus.subscribe` also
+    recognises such callbacks by their two required parameters.)"""
+
+    def handler(event: BaseEvent) -> Any:
+        return callback(event.event_type, event.data)
+
+    handler.__qualname__ = getattr(callback, "__qualname__", "callback")
+    return handler
+
+
+def _wants_two(handler: Handler) -> bool:
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(required) == 2
+
+
+def _as_base_event(value: Any, topic: str, source: str | None) -> BaseEvent:
+    if isinstance(value, BaseEvent):
+        return value
+    data = value if isinstance(value, dict) else ({} if value is None else {"payload": value})
+    return BaseEvent(_event_type(topic), source or "AgentBus", data)
+
+
+def _event_from_message(m: Message) -> BaseEvent:
+    data = m.payload if isinstance(m.payload, dict) else {"payload": m.payload}
+    event = BaseEvent(
+        _event_type(m.topic),
+        m.sender or "unknown",
+        data,
+        m.created_at.timestamp(),
+        m.id,
+        m.correlation_id,
+    )
+    return event
+
+
+def _agent_of_topic(topic: str) -> str | None:
+    """``<id>`` of the per-agent command topic ``dreamos.agent.<id>.task.command[.…]`` (or of such a
+    pattern), if it is a concrete, safe agent id."""
+    parts = topic.split(".")
+    if (
+        len(parts) >= 5
+        and parts[:2] == ["dreamos", "agent"]
+        and parts[3:5] == ["task", "command"]
+        and parts[2] != "*"
+    ):
+        try:
+            return check_agent_id(parts[2])
+        except ValueError:
+            return None
+    return None
+
+
+class _Adapter:
+    """One per legacy handler: what the core bus calls. Shared by all of the handler's patterns, so
+    the core bus's "each handler at most once per event" holds for the legacy handler too."""
+
+    __slots__ = ("__qualname__", "handler", "patterns", "two")
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.two = _wants_two(handler)
+        self.patterns: set[str] = set()
+        self.__qualname__ = getattr(handler, "__qualname__", repr(handler))
+
+    def __call__(self, event: Event) -> Any:
+        be = _as_base_event(event.payload, event.topic, event.source)
+        if self.two:
+            return self.handler(be.event_type, be.data)
+        return self.handler(be)
+
+
+class AgentBus:
+    """The Dream.OS AgentBus singleton, on hybridcomms. See the module docstring."""
+
+    _instance: AgentBus | None = None
+    _create_lock = threading.Lock()
+    _initialized: bool
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> AgentBus:
+        with cls._create_lock:
+            if cls._instance is None:
+                instance = super().__new__(cls)
+                instance._initialized = False
+                cls._instance = instance
+            return cls._instance
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if self._initialized:
+            return
+        self._initialized = True
+        self._bus = _CoreBus(error_topic=ERROR_TOPIC)
+        self.policy: Policy = kwargs.get("policy") or Policy()
+        self._root: Path | None = kwargs.get("root")
+        self._lock = threading.RLock()
+        self._adapters: dict[Any, _Adapter] = {}  # legacy handler -> its adapter
+        self._ids: dict[str, tuple[str, Handler]] = {}  # sub_id -> (pattern, handler)
+        self._durable: dict[tuple[str, Handler], tuple[Comms, Any]] = {}
+        self._consumers: dict[str, Comms] = {}
+        self.active_agents: dict[str, dict[str, Any]] = {}
+        self.shutdown_in_progress = False
+        self.shutdown_ready: set[str] = set()
+        self._ready_cond = threading.Condition(self._lock)
+        self._running = False
+        log.info("AgentBus singleton initialised (hybridcomms)")
+
+    @classmethod
+    def get_instance(cls) -> AgentBus:
+        return cls()
+
+    @property
+    def root(self) -> Path:
+        """The mailbox root for durable deliveries: ``MAILBOX_ROOT`` of ``mailbox_utils`` unless set."""
+        return self._root if self._root is not None else get_mailbox_root()
+
+    def configure(self, *, root: str | Path | None = None, policy: Policy | None = None) -> None:
+        """Set the mailbox root and the routing policy (before the first durable use)."""
+        with self._lock:
+            if root is not None:
+                self._root = Path(root)
+            if policy is not None:
+                self.policy = policy
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    def subscribe(self, event_type_pattern: Any, handler: Handler) -> AwaitableStr:
+        """Call ``handler(event)`` (or ``handler(event_type, data)``) for every matching event;
+        returns the subscription id. A duplicate (pattern, handler) is ignored (same id)."""
+        if not callable(handler):
+            raise SubscriptionError(f"handler must be callable, not {type(handler).__name__}")
+        pattern = topic_of(event_type_pattern)
+        with self._lock:
+            for sub_id, (p, h) in self._ids.items():
+                if p == pattern and h is handler:
+                    return dual(sub_id)
+            try:
+                if self._is_durable_pattern(pattern):
+                    self._subscribe_durable(pattern, handler)
+                else:
+                    adapter = self._adapters.get(handler)
+                    if adapter is None:
+                        adapter = self._adapters[handler] = _Adapter(handler)
+                    self._bus.subscribe(pattern, adapter)
+                    adapter.patterns.add(pattern)
+            except ValueError as exc:
+                raise SubscriptionError(str(exc)) from exc
+            sub_id = f"sub-{len(self._ids) + 1}-{id(handler):x}-{time.monotonic_ns():x}"
+            self._ids[sub_id] = (pattern, handler)
+            return dual(sub_id)
+
+    def register_handler(self, event_type: Any, handler: Handler) -> AwaitableStr:
+        """`subscribe`, under its other legacy name."""
+        return self.subscribe(event_type, handler)
+
+    def unsubscribe(self, pattern_or_id: Any, handler: Handler | None = None) -> Flag:
+        """Remove ``(pattern, handler)`` or a subscription id. Unknown: no error (False)."""
+        with self._lock:
+            if handler is None:
+                entry = self._ids.get(str(pattern_or_id))
+                if entry is None:
+                    return Flag(False)
+                pattern, handler = entry
+            else:
+                pattern = topic_of(pattern_or_id)
+            found = [i for i, (p, h) in self._ids.items() if p == pattern and h is handler]
+            if not found:
+                return Flag(False)
+            for sub_id in found:
+                del self._ids[sub_id]
+            durable = self._durable.pop((pattern, handler), None)
+            if durable is not None:
+                comms, sub = durable
+                comms.unsubscribe(sub)
+                return Flag(True)
+            adapter = self._adapters.get(handler)
+            if adapter is not None:
+                self._bus.unsubscribe(pattern, adapter)
+                adapter.patterns.discard(pattern)
+                if not adapter.patterns:
+                    del self._adapters[handler]
+            return Flag(True)
+
+    def _is_durable_pattern(self, pattern: str) -> bool:
+        agent = _agent_of_topic(pattern)
+        if agent is None:
+            return False
+        literal = pattern[:-2] if pattern.endswith(".*") else pattern
+        return self.policy.decide(literal, addressed=True).route.durable
+
+    def _subscribe_durable(self, pattern: str, handler: Handler) -> None:
+        agent = _agent_of_topic(pattern)
+        assert agent is not None
+        comms = self._consumers.get(agent)
+        if comms is None:
+            comms = Comms(agent, root=self.root, bus=self._bus, policy=self.policy)
+            self._consumers[agent] = comms
+        two = _wants_two(handler)
+
+        def from_mailbox(message: Received) -> Any:
+            event = _event_from_message(message)
+            return handler(event.event_type, event.data) if two else handler(event)
+
+        from_mailbox.__qualname__ = getattr(handler, "__qualname__", "handler")
+        sub = comms.subscribe(pattern, from_mailbox)
+        self._durable[(pattern, handler)] = (comms, sub)
+        comms.start()
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    def dispatch_event(self, event: Any) -> Any:
+        """Dispatch a `BaseEvent` (routed by the policy: see the module docstring)."""
+        if not isinstance(event, BaseEvent):
+            raise DispatchError(f"dispatch_event needs a BaseEvent, not {type(event).__name__}")
+        return self._route(event)
+
+    def publish(self, topic_or_event: Any, payload: Any = None, **kwargs: Any) -> Any:
+        """Publish ``(topic, payload)`` or a `BaseEvent`; ``await`` waits for async handlers."""
+        if isinstance(topic_or_event, BaseEvent):
+            return self._route(topic_or_event)
+        topic = topic_of(topic_or_event)
+        if not topic:
+            raise DispatchError("a topic must be a non-empty string or an EventType member")
+        source = kwargs.get("source_id") or kwargs.get("source") or "AgentBus"
+        data = dict(payload or {}) if isinstance(payload, dict) or payload is None else {"payload": payload}
+        event = BaseEvent(_event_type(topic), str(source), data, correlation_id=kwargs.get("correlation_id"))
+        return self._route(event)
+
+    def _route(self, event: BaseEvent) -> Any:
+        topic = event.topic
+        data = event.data if isinstance(event.data, dict) else {}
+        recipient = _agent_of_topic(topic)
+        if recipient is None:
+            named = next((data[k] for k in _RECIPIENT_KEYS if isinstance(data.get(k), str)), None)
+            recipient = named
+        priority = data.get("priority", Priority.MEDIUM)
+        try:
+            prio = Priority.parse(priority)
+        except ValueError:
+            prio = Priority.MEDIUM
+        route = self.policy.decide(topic, priority=prio, addressed=recipient is not None).route
+        if route.durable:
+            targets = [recipient] if recipient is not None else self._durable_subscribers(topic)
+            for agent in targets:
+                self._deliver(event, agent, prio)
+        # In memory too: for an addressed durable event this copy is marked durable, so observers
+        # (monitors, "*" subscribers) see it while its recipient's handlers take the mailbox copy.
+        result = self._bus.publish(
+            Event(
+                topic,
+                event,
+                source=event.source_id,
+                correlation_id=event.correlation_id,
+                id=event.event_id,
+                durable=route.durable and recipient is not None,
+            )
+        )
+        return result
+
+    def _deliver(self, event: BaseEvent, agent: str, prio: Priority) -> None:
+        message = Message(
+            event.topic,
+            event.data,
+            sender=event.source_id if _safe(event.source_id) else None,
+            recipient=agent,
+            priority=prio,
+            id=event.event_id,
+            correlation_id=event.correlation_id,
+            headers={"dreamos_event": type(event).__name__, "dreamos_timestamp": event.timestamp},
+        )
+        deliver(self.root, agent, to_legacy_dict(message))
+
+    def _durable_subscribers(self, topic: str) -> list[str]:
+        from ...comms import SUBSCRIPTIONS_FILE, _read_subscriptions
+        from ...mailbox import list_agents
+
+        root = self.root
+        out = []
+        for agent in list_agents(root):
+            path = root / agent / SUBSCRIPTIONS_FILE
+            if path.exists():
+                from ...bus import pattern_matches
+
+                if any(pattern_matches(p, topic) for p in _read_subscriptions(path)):
+                    out.append(agent)
+        return out
+
+    # -- the agent registry -------------------------------------------------------------------------
+
+    def register_agent(self, agent_id: str, capabilities: list[str] | None = None) -> _Nothing:
+        with self._lock:
+            if agent_id in self.active_agents:
+                log.warning("agent %s is already registered", agent_id)
+                return NOTHING
+            self.active_agents[agent_id] = {
+                "agent_id": agent_id,
+                "status": "REGISTERED",
+                "capabilities": list(capabilities or []),
+                "current_task": None,
+                "error_message": None,
+            }
+        self._system_event(
+            EventType.SYSTEM_AGENT_REGISTERED,
+            {"agent_id": agent_id, "capabilities": list(capabilities or [])},
+        )
+        return NOTHING
+
+    def unregister_agent(self, agent_id: str) -> _Nothing:
+        with self._lock:
+            if self.active_agents.pop(agent_id, None) is None:
+                log.warning("cannot unregister unknown agent %s", agent_id)
+                return NOTHING
+            self.shutdown_ready.discard(agent_id)
+            self._ready_cond.notify_all()
+        self._system_event(EventType.SYSTEM_AGENT_UNREGISTERED, {"agent_id": agent_id})
+        return NOTHING
+
+    def get_agent_info(self, agent_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            info = self.active_agents.get(agent_id)
+            return dict(info) if info is not None else None
+
+    def update_agent_status(
+        self, agent_id: str, status: str, task_id: str | None = None, error: str | None = None
+    ) -> _Nothing:
+        with self._lock:
+            info = self.active_agents.get(agent_id)
+            if info is None:
+                log.warning("cannot update the status of unknown agent %s", agent_id)
+                return NOTHING
+            status = status.value if isinstance(status, Enum) else str(status)
+            info.update(status=status, current_task=task_id, error_message=error)
+            if status.upper() == SHUTDOWN_READY:
+                self.shutdown_ready.add(agent_id)
+                self._ready_cond.notify_all()
+        data: dict[str, Any] = {"agent_id": agent_id, "status": status}
+        if task_id:
+            data["task_id"] = task_id
+        if error:
+            data["error"] = error
+        self._system_event(EventType.SYSTEM_AGENT_STATUS_CHANGE, data, source=agent_id)
+        return NOTHING
+
+    def _system_event(self, kind: EventType, data: dict[str, Any], source: str = "AgentBus") -> None:
+        self._route(BaseEvent(kind, source, data))
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> _Nothing:
+        self._running = True
+        return NOTHING
+
+    def _all_ready(self) -> bool:
+        return set(self.active_agents) <= self.shutdown_ready
+
+    def shutdown(self, timeout: float = 10.0) -> Any:
+        """``dreamos.system.shutdown.initiated`` → every registered agent reports ``SHUTDOWN_READY``
+        (``update_agent_status``) or ``timeout`` passes → ``dreamos.system.shutdown.completed`` →
+        consumers stopped. Blocks when called plainly outside an event loop; inside one, returns at
+        once and ``await`` waits for the end."""
+        with self._lock:
+            if self.shutdown_in_progress:
+                return NOTHING
+            self.shutdown_in_progress = True
+            agents = sorted(self.active_agents)
+        self._system_event(EventType.SYSTEM_SHUTDOWN_INITIATED, {"agents": agents, "timeout": timeout})
+        deadline = time.monotonic() + timeout
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            with self._lock:
+                while not self._all_ready():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._ready_cond.wait(remaining)
+            self._complete()
+            return NOTHING
+
+        async def finish() -> None:
+            while not self._all_ready() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self._complete()
+
+        return loop.create_task(finish())
+
+    def _complete(self) -> None:
+        with self._lock:
+            missing = sorted(set(self.active_agents) - self.shutdown_ready)
+        if missing:
+            log.warning("shutdown: no SHUTDOWN_READY from %s", ", ".join(missing))
+        self._system_event(
+            EventType.SYSTEM_SHUTDOWN_COMPLETED, {"ready": sorted(self.shutdown_ready), "missing": missing}
+        )
+        self.stop()
+
+    def stop(self) -> _Nothing:
+        """Stop the mailbox consumers and the bus's background loop. Safe to repeat."""
+        with self._lock:
+            consumers = list(self._consumers.values())
+            self._consumers.clear()
+            self._durable.clear()
+            self._running = False
+        for comms in consumers:
+            comms.close()
+        self._bus.close()
+        return NOTHING
+
+    close = stop
+
+    def __repr__(self) -> str:
+        return f"<AgentBus (hybridcomms) agents={len(self.active_agents)} root={self.root}>"
+
+
+def _safe(agent: str) -> bool:
+    try:
+        check_agent_id(agent)
+    except ValueError:
+        return False
+    return True
+
+
+def get_agent_bus(*args: Any, **kwargs: Any) -> AgentBus:
+    """The process-wide `AgentBus`."""
+    return AgentBus(*args, **kwargs)
+
+
+class SimpleEventBus:
+    """The legacy standalone pub/sub (not a singleton): the same patterns and error isolation, in
+    memory only."""
+
+    def __init__(self) -> None:
+        self._bus = _CoreBus(error_topic=ERROR_TOPIC)
+        self._adapters: dict[Any, _Adapter] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, event_type_pattern: Any, handler: Handler) -> _Nothing:
+        pattern = topic_of(event_type_pattern)
+        with self._lock:
+            adapter = self._adapters.get(handler)
+            if adapter is None:
+                adapter = self._adapters[handler] = _Adapter(handler)
+            try:
+                self._bus.subscribe(pattern, adapter)
+            except ValueError as exc:
+                raise SubscriptionError(str(exc)) from exc
+            adapter.patterns.add(pattern)
+        return NOTHING
+
+    def unsubscribe(self, event_type_pattern: Any, handler: Handler) -> _Nothing:
+        pattern = topic_of(event_type_pattern)
+        with self._lock:
+            adapter = self._adapters.get(handler)
+            if adapter is not None and self._bus.unsubscribe(pattern, adapter):
+                adapter.patterns.discard(pattern)
+                if not adapter.patterns:
+                    del self._adapters[handler]
+        return NOTHING
+
+    def dispatch_event(self, event: BaseEvent) -> Any:
+        if not isinstance(event, BaseEvent):
+            log.error("attempted to dispatch a non-BaseEvent object: %s", type(event).__name__)
+            return NOTHING
+        return self._bus.publish(
+            Event(
+                event.topic,
+                event,
+                source=event.source_id,
+                id=event.event_id,
+                correlation_id=event.correlation_id,
+            )
+        )

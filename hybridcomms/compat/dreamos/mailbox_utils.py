@@ -1,0 +1,340 @@
+"""Legacy ``dreamos.core.comms.mailbox_utils``, on hybridcomms.
+
+Same names and call shapes as the Dream.OS module (../shared/DREAMOS_API.md §3). What changed
+underneath: a message goes where its recipient reads (a durable file in ``new/`` once the recipient is
+adopted, else exactly the legacy format, under the legacy locks); nothing is half-written; the
+functions that callers ``await`` also work when called plainly (they do their work at call time).
+
+``MAILBOX_ROOT`` is read at every call, so ``monkeypatch.setattr(mailbox_utils, "MAILBOX_ROOT", p)``
+works (also through the legacy module path after `install`, which is this same module). A worker
+process inherits it with fork; with spawn, set ``HYBRIDCOMMS_ROOT`` in the environment (read when this
+module is imported) or set ``MAILBOX_ROOT`` in the worker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..._fs import replace_atomically
+from ...legacy import INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
+from ...mailbox import DEFAULT_ROOT, check_agent_id
+from ...message import Message
+from ...states import State
+from ._delivery import complete, deliver, mailbox_for, owner_of
+from ._dual import AwaitableList, Flag, dual
+from ._legacy_store import write_inbox_file
+from ._messages import create_mailbox_message, validate_mailbox_message_schema
+from .file_locking import acquire_lock
+
+__all__ = [
+    "MAILBOX_ROOT",
+    "create_mailbox_message",
+    "delete_message",
+    "get_agent_dir",
+    "get_agent_mailbox_path",
+    "get_mailbox_root",
+    "list_mailbox_messages",
+    "read_mailbox_message",
+    "read_mailbox_messages",
+    "validate_agent_mailbox_path",
+    "validate_mailbox_message_schema",
+    "write_mailbox_message",
+]
+
+log = logging.getLogger("hybridcomms.compat.dreamos")
+
+#: The mailbox root. Read at every call (monkeypatch it freely).
+MAILBOX_ROOT: Path = Path(os.environ.get("HYBRIDCOMMS_ROOT") or DEFAULT_ROOT)
+
+
+def get_mailbox_root() -> Path:
+    """The current ``MAILBOX_ROOT`` (whatever it has been set to)."""
+    return Path(globals()["MAILBOX_ROOT"])
+
+
+def get_agent_dir(agent_id: str) -> Path:
+    return get_mailbox_root() / check_agent_id(agent_id)
+
+
+def get_agent_mailbox_path(agent_id: str, config: Any = None) -> Path:
+    """The agent's legacy inbox folder, ``<root>/<agent>/inbox``. ``config`` (a Dream.OS AppConfig)
+    may name the root as ``system.paths.mailboxes``; otherwise ``MAILBOX_ROOT`` is used."""
+    return _root_from(config) / check_agent_id(agent_id) / INBOX_DIR
+
+
+def validate_agent_mailbox_path(path: str | os.PathLike[str], config: Any = None) -> bool:
+    """True if ``path`` is ``<root>/<agent>/inbox`` for a safe agent id under the root."""
+    base = _root_from(config).resolve()
+    target = Path(path).resolve()
+    try:
+        parts = target.relative_to(base).parts
+    except ValueError:
+        return False
+    if len(parts) != 2 or parts[1] != INBOX_DIR:
+        return False
+    try:
+        check_agent_id(parts[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _root_from(config: Any) -> Path:
+    if config is not None:
+        getter = getattr(config, "get", None)
+        value = getter("system.paths.mailboxes") if callable(getter) else None
+        if value:
+            return Path(value)
+    return get_mailbox_root()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
+    """Deliver a message. The three call shapes in use, told apart by their arguments:
+
+    ``write_mailbox_message(agent_id: str, message: dict) -> None``
+        deliver to that agent under ``MAILBOX_ROOT`` (synchronous).
+    ``await write_mailbox_message(message_data: dict, recipient_inbox_path, filename_prefix="msg",
+    lock_timeout=10) -> Path``
+        deliver to the agent whose inbox folder that is; ``ValueError`` if the message is not a valid
+        mailbox message, ``OSError`` if the write fails.
+    ``await write_mailbox_message(file_path: Path, content: dict) -> Path``
+        deliver to the agent that owns the folder of ``file_path`` (written at that very path while the
+        agent is on a legacy layout).
+
+    The awaited shapes also work called plainly. Where the recipient is adopted, the file is a native
+    one in its ``new/`` folder, and that is the path returned.
+    """
+    shape, values = _shape(args, kwargs)
+    if shape == "agent":
+        agent_id, message = values["agent_id"], values["message"]
+        _need_mapping(message, "message")
+        deliver(get_mailbox_root(), agent_id, dict(message))
+        return None
+    if shape == "inbox":
+        data = values["message_data"]
+        _need_mapping(data, "message_data")
+        if not validate_mailbox_message_schema(data):
+            raise ValueError("message data failed mailbox schema validation (see the log)")
+        inbox = Path(values["recipient_inbox_path"])
+        prefix = values.get("filename_prefix", "msg")
+        timeout = float(values.get("lock_timeout", 10))
+        owner = owner_of(inbox)
+        if owner is not None and (is_adopted(*owner) or _adopted_by_policy(owner[1])):
+            return dual(deliver(owner[0], owner[1], dict(data), lock_timeout=timeout))
+        return dual(_write_into(inbox, dict(data), prefix, timeout))
+    path = Path(values["file_path"])
+    content = values["content"]
+    _need_mapping(content, "content")
+    owner = owner_of(path)
+    if owner is None:
+        raise ValueError(f"{path} is not inside an agent's mailbox folder")
+    root, agent = owner
+    if is_adopted(root, agent) or _adopted_by_policy(agent) or path.name == INBOX_JSON:
+        return dual(deliver(root, agent, dict(content)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with acquire_lock(path.parent / ".inbox" if path.parent.name == INBOX_DIR else path):
+        data = orjson.dumps(complete(dict(content), agent), option=orjson.OPT_INDENT_2)
+        replace_atomically(path, data, 0o660)
+    return dual(path)
+
+
+def _adopted_by_policy(agent: str) -> bool:
+    from . import _delivery
+
+    return _delivery._policy is not None and _delivery._policy.adopts(agent)
+
+
+_SHAPES = {
+    "agent": ("agent_id", "message"),
+    "inbox": ("message_data", "recipient_inbox_path", "filename_prefix", "lock_timeout"),
+    "file": ("file_path", "content"),
+}
+
+
+def _shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    first = args[0] if args else next(iter(kwargs.values()), None)
+    if "message_data" in kwargs or "recipient_inbox_path" in kwargs or isinstance(first, Mapping):
+        shape = "inbox"
+    elif "file_path" in kwargs or "content" in kwargs or isinstance(first, os.PathLike):
+        shape = "file"
+    else:  # a str first: an agent id (checked: "../x" is refused, never taken for a path)
+        shape = "agent"
+    names = _SHAPES[shape]
+    if len(args) > len(names):
+        raise TypeError(f"write_mailbox_message() takes at most {len(names)} arguments for this call shape")
+    values = dict(zip(names[: len(args)], args, strict=True))
+    for key, value in kwargs.items():
+        if key not in names:
+            raise TypeError(f"write_mailbox_message() got an unexpected keyword argument {key!r}")
+        if key in values:
+            raise TypeError(f"write_mailbox_message() got multiple values for argument {key!r}")
+        values[key] = value
+    missing = [n for n in names[:2] if n not in values]
+    if missing:
+        raise TypeError(f"write_mailbox_message() missing argument(s): {', '.join(missing)}")
+    return shape, values
+
+
+def _need_mapping(value: Any, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a dict (a JSON object), not {type(value).__name__}")
+
+
+def _write_into(inbox: Path, message: dict[str, Any], prefix: str, timeout: float) -> Path:
+    """A legacy ``msg_*.json`` file in that very inbox folder (the recipient is not adopted)."""
+    owner = owner_of(inbox)
+    if owner is not None and inbox.name == INBOX_DIR:
+        return write_inbox_file(owner[0], owner[1], message, filename_prefix=prefix, timeout=timeout)
+    # An inbox folder outside the usual layout: still the same file format, lock and atomic write.
+    return write_inbox_file(inbox.parent, inbox.name, message, filename_prefix=prefix, timeout=timeout)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def read_mailbox_messages(agent_id: str) -> list[dict[str, Any]]:
+    """Every message waiting for ``agent_id``, oldest first, without taking any (``[]`` on error).
+
+    For an adopted agent: what is in ``new/``, plus legacy drops not ingested yet; otherwise what is
+    in ``inbox.json`` and ``inbox/``."""
+    try:
+        root = get_mailbox_root()
+        agent_dir = root / check_agent_id(agent_id)
+        out: list[dict[str, Any]] = []
+        if is_adopted(root, agent_id):
+            mb = mailbox_for(root, agent_id, create=False)
+            for info in sorted(mb.list(State.NEW), key=lambda i: i.name):
+                try:
+                    out.append(to_legacy_dict(mb.read(info)))
+                except (OSError, ValueError):
+                    continue  # claimed meanwhile, or undecodable (the next claim sends it to dead/)
+        out += _legacy_entries(agent_dir)
+        return out
+    except Exception as exc:
+        log.error("could not read the mailbox of %r: %s", agent_id, exc)
+        return []
+
+
+def _legacy_entries(agent_dir: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    try:
+        entries = orjson.loads((agent_dir / INBOX_JSON).read_bytes())
+        out += [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    except (OSError, ValueError):
+        pass
+    try:
+        names = sorted(n for n in os.listdir(agent_dir / INBOX_DIR) if n.endswith(".json") and n[0] != ".")
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            value = orjson.loads((agent_dir / INBOX_DIR / name).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def read_mailbox_message(filepath: str | os.PathLike[str], lock_timeout: float = 10) -> Any:
+    """The message in one file, as a dict; ``None`` if it is missing, unreadable or not JSON.
+
+    A file of a hybridcomms folder (``new/``, ``processing/``…) is read as it is (files there are only
+    ever renamed, never rewritten); another file is read under its ``<file>.lock``, as before."""
+    path = Path(filepath)
+    try:
+        if path.parent.name in {s.folder for s in State}:
+            message = Message.decode(path.read_bytes(), path=str(path))
+            return dual(to_legacy_dict(message))
+        with acquire_lock(path, lock_timeout):
+            raw = path.read_bytes()
+        value = orjson.loads(raw)
+        return dual(value) if isinstance(value, (dict, list)) else dual(None)
+    except FileNotFoundError:
+        log.warning("mailbox message file not found: %s", path)
+    except Exception as exc:
+        log.error("could not read mailbox message %s: %s", path, exc)
+    return dual(None)
+
+
+def list_mailbox_messages(inbox_path: str | os.PathLike[str], pattern: str = "msg_*.json") -> AwaitableList:
+    """Message files in an inbox folder (no temp or lock files), oldest first.
+
+    For an adopted agent's ``inbox`` folder, legacy drops are first taken into ``new/``, and the files
+    waiting in ``new/`` are listed (their names are hybridcomms names, so ``pattern`` is not applied)."""
+    path = Path(inbox_path)
+    owner = owner_of(path) if path.name == INBOX_DIR else None
+    if owner is not None and is_adopted(*owner):
+        try:
+            mb = mailbox_for(owner[0], owner[1], create=False)
+            ingest(mb)
+            infos = sorted(mb.list(State.NEW), key=lambda i: i.name)
+            return AwaitableList([i.path for i in infos])
+        except Exception as exc:
+            log.error("could not list %s: %s", path, exc)
+            return AwaitableList()
+    if not path.is_dir():
+        log.warning("inbox folder not found: %s", path)
+        return AwaitableList()
+    try:
+        found = [
+            p
+            for p in sorted(path.iterdir())
+            if fnmatch.fnmatchcase(p.name, pattern)
+            and not p.name.endswith((".tmp", ".lock"))
+            and p.is_file()
+            and not p.is_symlink()
+        ]
+    except OSError as exc:
+        log.error("could not list %s: %s", path, exc)
+        return AwaitableList()
+    return AwaitableList(found)
+
+
+def delete_message(filepath: str | os.PathLike[str], lock_timeout: float = 5) -> Flag:
+    """Remove a handled message; True also when it is already gone, False if it could not be.
+
+    A file in an adopted agent's ``new/`` is not deleted but acknowledged: claimed and moved to
+    ``done/`` (kept for audit). One already claimed by someone else is theirs: False."""
+    path = Path(filepath)
+    try:
+        if path.parent.name == State.NEW.folder:
+            owner = owner_of(path)
+            if owner is not None and is_adopted(*owner):
+                if not path.exists():
+                    return Flag(True)
+                mb = mailbox_for(owner[0], owner[1], create=False)
+                d = mb.claim_file(path.name)
+                if d is None:
+                    return Flag(not path.exists() and not _claimed_elsewhere(mb, path.name))
+                d.ack()
+                return Flag(True)
+        with acquire_lock(path, lock_timeout):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        lock_file = Path(f"{path}.lock")
+        try:
+            lock_file.unlink()
+        except FileNotFoundError:
+            pass
+        return Flag(True)
+    except Exception as exc:
+        log.error("could not delete mailbox message %s: %s", path, exc)
+        return Flag(False)
+
+
+def _claimed_elsewhere(mb: Any, name: str) -> bool:
+    stem = name.rsplit(".a", 1)[0]
+    return any(i.name.startswith(stem) for i in mb.list(State.PROCESSING))
