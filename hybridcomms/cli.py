@@ -8,6 +8,7 @@
     hybridcomms [--root R] watch [--json] [--exec CMD] [--exec-jobs N] [--recover-every S] [--rescan-every S]
     hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R]
     hybridcomms [--policy FILE] policy show
+    hybridcomms [--root R] migrate [--dry-run] [--no-backup] [--json]
 
 The mailbox root is ``--root``, else ``$HYBRIDCOMMS_ROOT``, else
 ``runtime/agent_comms/agent_mailboxes`` under the current directory (the Dream.OS location).
@@ -158,6 +159,17 @@ def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
     return run_watch(args, root)
 
 
+def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
+    from .migrate import migrate
+
+    result = migrate(root, dry_run=args.dry_run, backup=not args.no_backup, fsync=args.fsync or "always")
+    if args.json:
+        print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(result.describe())
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     """A short tour: priorities, a retry, a dead letter, and what is left on disk."""
     from .retry import Backoff
@@ -263,6 +275,16 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
     w.set_defaults(func=_cmd_watch)
+
+    mg = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="convert a Dream.OS mailbox root (inbox.json, inbox/, archive/, flat files) to this layout",
+    )
+    mg.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+    mg.add_argument("--no-backup", action="store_true", help="do not copy the root to <root>.backup-<time>")
+    mg.add_argument("--json", action="store_true")
+    mg.set_defaults(func=_cmd_migrate)
 
     pol = sub.add_parser(
         "policy", parents=[common], help="the routing policy: explain a topic, or show every rule"

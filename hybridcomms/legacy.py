@@ -252,13 +252,33 @@ def _ingest_inbox_json(mb: FileMailbox, path: Path, report: IngestReport) -> Non
 
 
 def _ingest_inbox_dir(mb: FileMailbox, inbox: Path, report: IngestReport, settle: float) -> None:
+    ingest_folder(mb, inbox, report, settle)
+
+
+#: Files of an agent's own folder that are never legacy (L4) messages.
+NOT_MESSAGES = frozenset({INBOX_JSON, "subscriptions.json"})
+
+
+def ingest_folder(
+    mb: FileMailbox,
+    folder: Path,
+    report: IngestReport,
+    settle: float = DEFAULT_SETTLE,
+    *,
+    exclude: frozenset[str] = frozenset(),
+) -> None:
+    """Publish every ``*.json`` file of ``folder`` (one legacy message each) into ``new/`` and
+    remove it; bury what is not JSON or does not convert. The caller holds any lock needed."""
     items: list[tuple[str, bytes, Any]] = []
     taken: list[str] = []
     now = time.time()
-    for name in sorted(os.listdir(inbox)):
-        if not _is_candidate(name):
+    inbox = folder
+    rel = os.path.relpath(folder, mb.path)
+    label = "" if rel == "." else rel.replace(os.sep, "-")
+    for name in sorted(os.listdir(folder)):
+        if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
-        source = f"{mb.agent_id}/{INBOX_DIR}/{name}"
+        source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"
         try:
             fd = os.open(inbox / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -282,13 +302,13 @@ def _ingest_inbox_dir(mb: FileMailbox, inbox: Path, report: IngestReport, settle
             if now - st.st_mtime < settle:
                 report.waiting.append(name)  # perhaps still being written by an unlocked writer
                 continue
-            if mb.bury(raw, f"legacy-inbox-{name}", _reason(f"not valid JSON: {exc}", source)):
+            if mb.bury(raw, _bury_name(label, name), _reason(f"not valid JSON: {exc}", source)):
                 report.dead.append(name)
             taken.append(name)
             continue
         items.append((source, raw, obj))
         taken.append(name)
-    _publish(mb, items, report, files=True)
+    _publish(mb, items, report, label=label)
     for name in taken:
         try:
             os.unlink(inbox / name)
@@ -303,8 +323,12 @@ def _ingest_inbox_dir(mb: FileMailbox, inbox: Path, report: IngestReport, settle
     _end_journal(mb)
 
 
+def _bury_name(label: str, name: str) -> str:
+    return f"legacy-{label}-{name}" if label else f"legacy-{name}"
+
+
 def _publish(
-    mb: FileMailbox, items: list[tuple[str, bytes, Any]], report: IngestReport, *, files: bool = False
+    mb: FileMailbox, items: list[tuple[str, bytes, Any]], report: IngestReport, *, label: str | None = None
 ) -> None:
     """Convert, journal, publish; bury what does not convert."""
     messages: dict[str, Message] = {}
@@ -315,9 +339,9 @@ def _publish(
             )
         except MessageError as exc:
             name = (
-                f"legacy-inbox-{source.rsplit('/', 1)[1]}"
-                if files
-                else (f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json")
+                _bury_name(label, source.rsplit("/", 1)[1])
+                if label is not None
+                else f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json"
             )
             if mb.bury(raw, name, _reason(f"cannot be converted: {exc}", source)):
                 report.dead.append(name)
