@@ -308,6 +308,9 @@ async def test_every_method_works_plain_and_awaited(bus: AgentBus) -> None:
     assert len(got) == 4
     await bus.start()
     bus.start()
+    await bus.stop()
+    bus.stop()
+    await bus.close()
 
 
 def test_pattern_rules_and_one_call_per_event(bus: AgentBus) -> None:

@@ -125,14 +125,13 @@ def increment_locked(path: str, times: int) -> None:
 
 def append_legacy(root: str, agent: str, sender: int, start: str) -> None:
     """One of several processes appending to a legacy inbox.json at once."""
-    from hybridcomms.compat.dreamos._legacy_store import append_to_inbox_json
-    from hybridcomms.compat.dreamos._messages import create_mailbox_message
+    from hybridcomms.compat.dreamos import mailbox_utils
 
+    mailbox_utils.MAILBOX_ROOT = Path(root)
+    message = mailbox_utils.create_mailbox_message(f"Agent-{sender}", agent, "hi", "CUSTOM", {"n": sender})
     while not Path(start).exists():  # all begin together
         time.sleep(0.001)
-    append_to_inbox_json(
-        root, agent, create_mailbox_message(f"Agent-{sender}", agent, "hi", "CUSTOM", {"n": sender})
-    )
+    mailbox_utils.write_mailbox_message(agent, message)  # the recipient is on the legacy layout
 
 
 def legacy_inbox_json_writer(root: str, agent: str, count: int, prefix: str) -> None:

@@ -57,7 +57,7 @@ from ._bus_events import (
     ToolResultEvent,
     topic_of,
 )
-from ._delivery import deliver
+from ._delivery import deliver, set_policy
 from ._dual import NOTHING, AwaitableStr, Flag, _Nothing, dual
 from .mailbox_utils import get_mailbox_root
 
@@ -227,6 +227,7 @@ class AgentBus:
                 self._root = Path(root)
             if policy is not None:
                 self.policy = policy
+                set_policy(policy)  # its adopt list applies to every Dream.OS send path
 
     # -- subscriptions ----------------------------------------------------------------------------
 
