@@ -309,7 +309,7 @@ class FileMailbox:
     def put_file(self, message: Message) -> str:
         """`put`, returning the name of the file in ``new/`` (for callers that report a path)."""
         data = message.encode(self.max_message_size)
-        name = _publish_name(message, compact_time(time.time()))
+        name = _publish_name(message, time.time())
         tmp_fd = self._fd(State.TMP)
         tmp_name = self._write_tmp(tmp_fd, name, data, sync=self._sync_dirs)
         try:
@@ -355,7 +355,7 @@ class FileMailbox:
         (same ids) and let handlers deduplicate.
         """
         msgs = list(messages)
-        now = compact_time(time.time())
+        now = time.time()
         batch = [(_publish_name(m, now), m.encode(self.max_message_size)) for m in msgs]
         if not batch:
             return []
@@ -393,7 +393,7 @@ class FileMailbox:
         (for `hybridcomms migrate`: kept for audit, never delivered). Returns their ids."""
         msgs = list(messages)
         tmp_fd, done_fd = self._fd(State.TMP), self._fd(State.DONE)
-        now = compact_time(time.time())
+        now = time.time()
         try:
             for m in msgs:
                 name = _publish_name(m, now)
@@ -729,7 +729,10 @@ class FileMailbox:
         return MailboxIOError(exc.errno, f"{what} in {self.path} failed: {exc.strerror or exc}", exc.filename)
 
 
-def _publish_name(message: Message, now: str) -> str:
+def _publish_name(message: Message, now: float) -> str:
     """A new message is due at its creation time, or now if that is in the future: a producer
     whose clock runs ahead must not hold its own messages back."""
-    return make_name(RANK_OF[message.priority], min(compact_time_of(message.created_at), now), message.id, 0)
+    created = message.created_at
+    ts = created.timestamp()
+    due = compact_time_of(created, ts) if ts <= now else compact_time(now)
+    return f"{RANK_OF[message.priority]}.{due}.{message.id}.a0.json"
