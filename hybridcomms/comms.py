@@ -143,7 +143,6 @@ class Comms:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
-        self._subscribers_cache: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._closed = False
         self._legacy = IngestProbe(self.mailbox)
         self._next_legacy_look = 0.0
@@ -249,22 +248,7 @@ class Comms:
 
     def durable_subscribers(self, topic: str) -> list[str]:
         """Agents under the root whose recorded subscriptions match ``topic``."""
-        return [
-            a for a in list_agents(self.root) if any(pattern_matches(p, topic) for p in self._patterns_of(a))
-        ]
-
-    def _patterns_of(self, agent: str) -> tuple[str, ...]:
-        path = self.root / agent / SUBSCRIPTIONS_FILE
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return ()
-        cached = self._subscribers_cache.get(agent)
-        if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
-            return cached[2]
-        patterns = tuple(_read_subscriptions(path))
-        self._subscribers_cache[agent] = (st.st_mtime_ns, st.st_size, patterns)
-        return patterns
+        return durable_subscribers(self.root, topic)
 
     def _record_pattern(self, pattern: str, add: bool) -> None:
         path = self.root / self.agent_id / SUBSCRIPTIONS_FILE
@@ -616,6 +600,32 @@ def _message_of(event: Event) -> Message:
     return Message(
         event.topic, event.payload, sender=event.source, correlation_id=event.correlation_id, id=msg_id
     )
+
+
+_patterns_cache: dict[Path, tuple[int, int, tuple[str, ...]]] = {}
+
+
+def durable_subscribers(root: str | os.PathLike[str], topic: str) -> list[str]:
+    """Agents under ``root`` whose ``subscriptions.json`` has a pattern matching ``topic`` (each file
+    is read again only when its size or mtime changed)."""
+    base = Path(root)
+    return [a for a in list_agents(base) if any(pattern_matches(p, topic) for p in _patterns_of(base / a))]
+
+
+def _patterns_of(agent_dir: Path) -> tuple[str, ...]:
+    path = agent_dir / SUBSCRIPTIONS_FILE
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ()
+    cached = _patterns_cache.get(path)
+    if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
+        return cached[2]
+    patterns = tuple(_read_subscriptions(path))
+    if len(_patterns_cache) > 10_000:
+        _patterns_cache.clear()
+    _patterns_cache[path] = (st.st_mtime_ns, st.st_size, patterns)
+    return patterns
 
 
 def _read_subscriptions(path: Path) -> list[str]:

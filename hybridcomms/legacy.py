@@ -211,7 +211,7 @@ def ingest(
     inbox_dir = agent_dir / INBOX_DIR
     if inbox_dir.is_dir() and not inbox_dir.is_symlink() and has_legacy_drops(mailbox.root, mailbox.agent_id):
         with hold_lock_file(inbox_dir / INBOX_DIR_LOCK, lock_timeout):
-            _ingest_inbox_dir(mailbox, inbox_dir, report, settle)
+            ingest_folder(mailbox, inbox_dir, report, settle)
     if report:
         log.info("%s: legacy drops: %s", mailbox.agent_id, report)
     return report
@@ -249,10 +249,6 @@ def _ingest_inbox_json(mb: FileMailbox, path: Path, report: IngestReport) -> Non
     _publish(mb, items, report)
     _fs.replace_atomically(path, b"[]", 0o660)
     _end_journal(mb)
-
-
-def _ingest_inbox_dir(mb: FileMailbox, inbox: Path, report: IngestReport, settle: float) -> None:
-    ingest_folder(mb, inbox, report, settle)
 
 
 #: Files of an agent's own folder that are never legacy (L4) messages.
@@ -372,17 +368,20 @@ def _ids_in_flight(mb: FileMailbox, ids: set[str]) -> set[str]:
         pending = set(journal["ids"]) & ids
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+    if not pending:
+        return set()
+    return ids_present(mb, (State.NEW, State.PROCESSING, State.DONE, State.DEAD)) & pending
+
+
+def ids_present(mb: FileMailbox, states: tuple[State, ...]) -> set[str]:
+    """The message ids that have a file in these folders of ``mb`` (read from the names)."""
     found: set[str] = set()
-    if pending:
-        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-            try:
-                names = os.listdir(mb.path / state.folder)
-            except OSError:
-                continue
-            for name in names:
-                info = parse_name(name)
-                if info is not None and info.id in pending:
-                    found.add(info.id)
+    for state in states:
+        try:
+            names = os.listdir(mb.path / state.folder)
+        except OSError:
+            continue
+        found.update(info.id for name in names if (info := parse_name(name)) is not None)
     return found
 
 

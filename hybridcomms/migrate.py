@@ -34,13 +34,13 @@ from typing import Any
 
 import orjson
 
-from ._names import parse_name
 from .errors import MessageError
 from .legacy import (
     DEFAULT_SETTLE,
     INBOX_DIR,
     INBOX_JSON,
     NOT_MESSAGES,
+    ids_present,
     ingest,
     ingest_folder,
     message_from_legacy,
@@ -294,7 +294,7 @@ def _import_processed(mb: FileMailbox, folder: Path, root: Path) -> list[str]:
     files = _json_files(folder)
     if not files:
         return []
-    in_done = {info.id for n in os.listdir(mb.path / State.DONE.folder) if (info := parse_name(n))}
+    in_done = ids_present(mb, (State.DONE,))
     moved: list[str] = []
     batch = []
     for path in files:

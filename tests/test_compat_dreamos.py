@@ -496,3 +496,10 @@ def test_install_reaches_spawned_workers_and_subprocesses(installed: None, tmp_p
     code = "import dreamos.core.comms.mailbox_utils as m; print(m.__name__)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "hybridcomms.compat.dreamos.mailbox_utils"
+
+
+async def test_write_to_an_inbox_folder_with_another_name_writes_into_that_folder(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "custom_inbox"
+    path = await mailbox_utils.write_mailbox_message(msg(), elsewhere)
+    assert path.parent == elsewhere and path.name.startswith("msg_")
+    assert (elsewhere / ".inbox.lock").exists() and not (elsewhere / "inbox").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,6 @@ def complete(message: dict[str, Any], recipient: str | None = None) -> dict[str,
     out = dict(message)
     out.setdefault("message_id", out.get("id") or new_id())
     if "timestamp_utc" not in out:
-        from datetime import datetime, timezone
-
         out["timestamp_utc"] = out.get("timestamp") or datetime.now(timezone.utc).isoformat()
     if recipient is not None:
         out.setdefault("recipient_agent_id", recipient)

@@ -22,7 +22,7 @@ import orjson
 from ...mailbox import check_agent_id
 from .file_locking import acquire_lock, replace_atomically
 
-__all__ = ["INBOX_JSON", "append_to_inbox_json", "write_inbox_file"]
+__all__ = ["INBOX_JSON", "append_to_inbox_json", "write_inbox_file", "write_into_inbox"]
 
 log = logging.getLogger("hybridcomms.compat.dreamos")
 
@@ -72,6 +72,18 @@ def write_inbox_file(
 ) -> Path:
     """Write ``message`` as its own file in ``<root>/<agent_id>/inbox/`` (layout L2); returns its path."""
     inbox = Path(root) / check_agent_id(agent_id) / "inbox"
+    return write_into_inbox(inbox, message, filename_prefix=filename_prefix, timeout=timeout)
+
+
+def write_into_inbox(
+    inbox: str | os.PathLike[str],
+    message: dict[str, Any],
+    *,
+    filename_prefix: str = "msg",
+    timeout: float = 10.0,
+) -> Path:
+    """The same, in the inbox folder a legacy caller named (whatever it is called)."""
+    inbox = Path(inbox)
     inbox.mkdir(parents=True, exist_ok=True)
     if not filename_prefix or "/" in filename_prefix or filename_prefix.startswith("."):
         raise ValueError(f"unsafe filename prefix {filename_prefix!r}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ from typing import Any
 
 from ...bus import AgentBus as _CoreBus
 from ...bus import Event
-from ...comms import Comms, Received
+from ...comms import Comms, Received, durable_subscribers
 from ...legacy import to_legacy_dict
 from ...mailbox import check_agent_id
 from ...message import Message, Priority
@@ -202,6 +203,7 @@ class AgentBus:
         self._lock = threading.RLock()
         self._adapters: dict[Any, _Adapter] = {}  # legacy handler -> its adapter
         self._ids: dict[str, tuple[str, Handler]] = {}  # sub_id -> (pattern, handler)
+        self._sub_seq = itertools.count(1)
         self._durable: dict[tuple[str, Handler], tuple[Comms, Any]] = {}
         self._consumers: dict[str, Comms] = {}
         self.active_agents: dict[str, dict[str, Any]] = {}
@@ -252,7 +254,7 @@ class AgentBus:
                     adapter.patterns.add(pattern)
             except ValueError as exc:
                 raise SubscriptionError(str(exc)) from exc
-            sub_id = f"sub-{len(self._ids) + 1}-{id(handler):x}-{time.monotonic_ns():x}"
+            sub_id = f"sub-{next(self._sub_seq)}"
             self._ids[sub_id] = (pattern, handler)
             return dual(sub_id)
 
@@ -347,7 +349,7 @@ class AgentBus:
             prio = Priority.MEDIUM
         route = self.policy.decide(topic, priority=prio, addressed=recipient is not None).route
         if route.durable:
-            targets = [recipient] if recipient is not None else self._durable_subscribers(topic)
+            targets = [recipient] if recipient is not None else durable_subscribers(self.root, topic)
             for agent in targets:
                 self._deliver(event, agent, prio)
         # In memory too: for an addressed durable event this copy is marked durable, so observers
@@ -376,21 +378,6 @@ class AgentBus:
             headers={"dreamos_event": type(event).__name__, "dreamos_timestamp": event.timestamp},
         )
         deliver(self.root, agent, to_legacy_dict(message))
-
-    def _durable_subscribers(self, topic: str) -> list[str]:
-        from ...comms import SUBSCRIPTIONS_FILE, _read_subscriptions
-        from ...mailbox import list_agents
-
-        root = self.root
-        out = []
-        for agent in list_agents(root):
-            path = root / agent / SUBSCRIPTIONS_FILE
-            if path.exists():
-                from ...bus import pattern_matches
-
-                if any(pattern_matches(p, topic) for p in _read_subscriptions(path)):
-                    out.append(agent)
-        return out
 
     # -- the agent registry -------------------------------------------------------------------------
 

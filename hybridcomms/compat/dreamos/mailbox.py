@@ -28,7 +28,7 @@ from ...delivery import Delivery
 from ...errors import HybridCommsError
 from ...legacy import IngestProbe, to_legacy_dict
 from ...mailbox import FileMailbox, check_agent_id
-from ._delivery import DREAMOS_MODES, deliver, owner_of
+from ._delivery import DREAMOS_MODES, deliver
 from ._dual import AwaitableList, AwaitableStr, _Nothing, dual
 from ._messages import create_mailbox_message
 from .mailbox_utils import get_mailbox_root
@@ -131,7 +131,7 @@ class MailboxHandler:
                 break
             if d is None:
                 break
-            path = self._mailbox.path / "processing" / d.name
+            path = d.path
             message = to_legacy_dict(d.message)
             message["delivery_attempt"] = d.attempt
             with self._lock:
@@ -155,8 +155,7 @@ class MailboxHandler:
                 log.error("%s: could not archive %s: %s", self.agent_id, message_path, exc)
                 return False
         path = Path(message_path)
-        owner = owner_of(path)
-        if path.parent == self.inbox_path and owner is not None and path.is_file():
+        if path.parent == self.inbox_path and path.is_file():
             try:
                 self.archive_path.mkdir(mode=0o770, exist_ok=True)
                 os.replace(path, self.archive_path / path.name)

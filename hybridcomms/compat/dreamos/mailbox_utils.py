@@ -27,9 +27,9 @@ from ...legacy import INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
 from ...mailbox import DEFAULT_ROOT, check_agent_id
 from ...message import Message
 from ...states import State
-from ._delivery import complete, deliver, mailbox_for, owner_of
+from ._delivery import adopted, complete, deliver, mailbox_for, owner_of
 from ._dual import AwaitableList, Flag, dual
-from ._legacy_store import write_inbox_file
+from ._legacy_store import write_into_inbox
 from ._messages import create_mailbox_message, validate_mailbox_message_schema
 from .file_locking import acquire_lock
 
@@ -129,9 +129,9 @@ def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
         prefix = values.get("filename_prefix", "msg")
         timeout = float(values.get("lock_timeout", 10))
         owner = owner_of(inbox)
-        if owner is not None and (is_adopted(*owner) or _adopted_by_policy(owner[1])):
+        if owner is not None and adopted(*owner):
             return dual(deliver(owner[0], owner[1], dict(data), lock_timeout=timeout))
-        return dual(_write_into(inbox, dict(data), prefix, timeout))
+        return dual(write_into_inbox(inbox, dict(data), filename_prefix=prefix, timeout=timeout))
     path = Path(values["file_path"])
     content = values["content"]
     _need_mapping(content, "content")
@@ -139,19 +139,13 @@ def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
     if owner is None:
         raise ValueError(f"{path} is not inside an agent's mailbox folder")
     root, agent = owner
-    if is_adopted(root, agent) or _adopted_by_policy(agent) or path.name == INBOX_JSON:
+    if adopted(root, agent) or path.name == INBOX_JSON:
         return dual(deliver(root, agent, dict(content)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with acquire_lock(path.parent / ".inbox" if path.parent.name == INBOX_DIR else path):
         data = orjson.dumps(complete(dict(content), agent), option=orjson.OPT_INDENT_2)
         replace_atomically(path, data, 0o660)
     return dual(path)
-
-
-def _adopted_by_policy(agent: str) -> bool:
-    from . import _delivery
-
-    return _delivery._policy is not None and _delivery._policy.adopts(agent)
 
 
 _SHAPES = {
@@ -188,15 +182,6 @@ def _shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, dict[str
 def _need_mapping(value: Any, what: str) -> None:
     if not isinstance(value, Mapping):
         raise ValueError(f"{what} must be a dict (a JSON object), not {type(value).__name__}")
-
-
-def _write_into(inbox: Path, message: dict[str, Any], prefix: str, timeout: float) -> Path:
-    """A legacy ``msg_*.json`` file in that very inbox folder (the recipient is not adopted)."""
-    owner = owner_of(inbox)
-    if owner is not None and inbox.name == INBOX_DIR:
-        return write_inbox_file(owner[0], owner[1], message, filename_prefix=prefix, timeout=timeout)
-    # An inbox folder outside the usual layout: still the same file format, lock and atomic write.
-    return write_inbox_file(inbox.parent, inbox.name, message, filename_prefix=prefix, timeout=timeout)
 
 
 # -- reading ------------------------------------------------------------------------------------
