@@ -1,17 +1,28 @@
 """The in-memory index of ``new/`` that a claimer keeps, so a claim is not a directory listing.
 
-One listing fills one heap per priority rank, ordered by (due time, id): the head of the first rank
-whose head is due is the next message. Names pushed by this process (its own puts and nacks, and
-arrivals the watcher reports) join the heaps at once. The listing is redone when no due name is
-left, and every ``rescan_interval`` seconds so that arrivals from other processes are seen in
-priority order even with a long backlog. Names other claimers took in the meantime just fail to
-open and are dropped: the index is a hint, the folder is the truth.
+Names sort by (priority rank, due time, id) as text, so one sorted listing is the delivery order.
+Per priority rank the index keeps:
+
+- the names of the last listing, sorted once, next name last (a claim pops it: O(1));
+- a small heap of the names pushed since (this process's own puts and nacks, and arrivals the
+  watcher reports), because they arrive in any order.
+
+The next message is the earliest of the two heads of the first rank whose earliest head is due.
+Files hybridcomms did not name (dropped by hand, or by an old writer) are tried first.
+
+The listing is redone when no due name is left, and every ``rescan_interval`` seconds so that
+arrivals from other processes are seen in priority order even with a long backlog; a listing that
+took long (a folder of 100,000 names) stretches that interval so that relisting stays under about
+5% of the claimer's time. Names other claimers took in the meantime just fail to open and are
+dropped: the index is a hint, the folder is the truth.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import os
+import re
 import threading
 import time
 
@@ -20,41 +31,68 @@ from ._names import compact_time
 __all__ = ["ClaimIndex"]
 
 _RANKS = ("0C", "1H", "2M", "3L")
+#: Relisting may take at most 1/_SCAN_SHARE of the time between listings.
+_SCAN_SHARE = 20
+_DUE_RE = re.compile(r"\d{8}T\d{12}Z\Z")
+_monotonic = time.monotonic
+_heappop = heapq.heappop
 
 
 class ClaimIndex:
     def __init__(self, rescan_interval: float) -> None:
         self.rescan_interval = rescan_interval
-        self._heaps: dict[str, list[str]] = {r: [] for r in _RANKS}
+        self._interval = rescan_interval  # stretched by slow listings
+        self._listed: dict[str, list[str]] = {r: [] for r in _RANKS}  # sorted, next name last
+        self._pushed: dict[str, list[str]] = {r: [] for r in _RANKS}  # heaps
+        self._pairs = self._pair_up()  # (listed, pushed) per rank, highest priority first
         self._foreign: list[str] = []
         self._last_scan = float("-inf")
         self._now = ""  # the last compact "now" seen; only ever moves forward
         self._active = False  # set by the first listing: only a claimer keeps an index
         self._lock = threading.Lock()
 
+    def _pair_up(self) -> tuple[tuple[list[str], list[str]], ...]:
+        return tuple((self._listed[r], self._pushed[r]) for r in _RANKS)
+
     def mark_stale(self) -> None:
         """Events were lost: list the folder at the next claim."""
         self._last_scan = float("-inf")
 
     def stale(self) -> bool:
-        return time.monotonic() - self._last_scan >= self.rescan_interval
+        return _monotonic() - self._last_scan >= self._interval
+
+    @property
+    def interval(self) -> float:
+        """Seconds between listings now: ``rescan_interval``, or longer after a slow listing."""
+        return self._interval
 
     def rescan(self, new_fd: int) -> None:
+        started = _monotonic()
         names = os.listdir(new_fd)
-        heaps: dict[str, list[str]] = {r: [] for r in _RANKS}
+        names.sort()
+        # Our names are "<rank>.<due>…" with a due time that starts with a digit: per rank, the
+        # names from "<rank>.0" up to "<rank>.:" (":" sorts right after "9"). Everything else is
+        # a file hybridcomms did not name.
+        listed: dict[str, list[str]] = {}
         foreign: list[str] = []
-        for name in names:
-            heap = heaps.get(name[:2]) if len(name) > 26 and name[2] == "." else None
-            if heap is None:
-                foreign.append(name)
-            else:
-                heap.append(name)
-        for heap in heaps.values():
-            heapq.heapify(heap)
+        lo = 0
+        for rank in _RANKS:
+            start = bisect.bisect_left(names, rank + ".0", lo)
+            end = bisect.bisect_left(names, rank + ".:", start)
+            foreign += names[lo:start]
+            chunk = names[start:end]
+            chunk.reverse()
+            listed[rank] = chunk
+            lo = end
+        foreign += names[lo:]
+        finished = _monotonic()
         with self._lock:
-            self._heaps = heaps
+            self._listed = listed
+            self._pushed = {r: [] for r in _RANKS}
+            self._pairs = self._pair_up()
             self._foreign = foreign
-            self._last_scan = time.monotonic()
+            self._last_scan = finished
+            self._interval = max(self.rescan_interval, (finished - started) * _SCAN_SHARE)
             self._active = True
 
     def push(self, name: str) -> None:
@@ -62,26 +100,38 @@ class ClaimIndex:
         claims): a producer-only mailbox must not collect every name it ever wrote."""
         if not self._active:
             return
-        heap = self._heaps.get(name[:2]) if len(name) > 26 and name[2] == "." else None
+        rank = name[:2] if name[2:3] == "." and "0" <= name[3:4] <= "9" else ""
         with self._lock:
+            heap = self._pushed.get(rank)
             if heap is None:
                 self._foreign.append(name)
             else:
-                heapq.heappush(self._heaps[name[:2]], name)
+                heapq.heappush(heap, name)
 
-    def pop_due(self) -> str | None:
-        """The next name to try: a file hybridcomms did not name first, then by priority and due time."""
+    def pop_due(self, just_scanned: bool = False) -> str | None:
+        """The next name to try. None when no name is due, and also when the folder is due for a
+        relisting (`stale`) unless ``just_scanned``: the caller then relists and asks again."""
+        if not just_scanned and _monotonic() - self._last_scan >= self._interval:
+            return None
         with self._lock:
             if self._foreign:
                 return self._foreign.pop()
-            for rank in _RANKS:
-                heap = self._heaps[rank]
-                if heap:
-                    due = heap[0][3:25]
-                    # Time only moves forward: a head due before the last "now" is due. Only a head
-                    # that looks due later asks the clock again (most claims skip formatting it).
-                    if due <= self._now or due <= self._refresh_now():
-                        return heapq.heappop(heap)
+            for listed, pushed in self._pairs:
+                if listed and not (pushed and pushed[0] < listed[-1]):
+                    head = listed[-1]
+                    take_listed = True
+                elif pushed:
+                    head = pushed[0]
+                    take_listed = False
+                else:
+                    continue
+                due = head[3:25]
+                # Time only moves forward: a head due before the last "now" is due. Only a head
+                # that looks due later asks the clock again (most claims skip formatting it).
+                if due <= self._now or due <= self._refresh_now() or not _DUE_RE.match(due):
+                    # (a head not due yet whose due time is not a time at all is a name we did not
+                    # write: it is tried now, and the claim gives it a proper name)
+                    return listed.pop() if take_listed else _heappop(pushed)
         return None
 
     def _refresh_now(self) -> str:
@@ -91,9 +141,15 @@ class ClaimIndex:
     def next_due(self) -> str | None:
         """The earliest due time among names not yet due (compact form), if any."""
         with self._lock:
-            heads = [h[0][3:25] for h in self._heaps.values() if h]
+            heads = [h[-1][3:25] for h in self._listed.values() if h]
+            heads += [h[0][3:25] for h in self._pushed.values() if h]
+        heads = [h for h in heads if _DUE_RE.match(h)]
         return min(heads) if heads else None
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._foreign) + sum(len(h) for h in self._heaps.values())
+            return (
+                len(self._foreign)
+                + sum(len(h) for h in self._listed.values())
+                + sum(len(h) for h in self._pushed.values())
+            )

@@ -39,7 +39,11 @@ RANK_OF: dict[Priority, str] = {
 PRIORITY_OF_RANK: dict[str, Priority] = {v: k for k, v in RANK_OF.items()}
 REASON_SUFFIX = ".reason.json"
 
-_NAME_RE = re.compile(r"(0C|1H|2M|3L)\.(\d{8}T\d{12}Z)\.(.+)\.a(\d{1,6})\.json\Z")
+# The id part allows exactly what a message id allows (message._ID_RE), so a name that matches
+# carries a valid id: the claim path compares it with the file's id instead of checking that again.
+_NAME_RE = re.compile(
+    r"(0C|1H|2M|3L)\.(\d{8}T\d{12}Z)\.([A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127})\.a(\d{1,6})\.json\Z"
+)
 
 
 class NameInfo(NamedTuple):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ._locking import unlock
-from .errors import DeliveryError, DeliveryLostError
+from .errors import DeliveryError, DeliveryLostError, MailboxIOError
 from .message import Message
-from .states import State
+from .states import ACK, State
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
 __all__ = ["Delivery"]
+
+_ACK_SRC, _ACK_DST = ACK.src_folder, ACK.dst_folder
 
 
 class Delivery:
@@ -45,7 +48,28 @@ class Delivery:
         return self._settled
 
     def ack(self) -> None:
-        self._mailbox._ack(self)
+        """Done: the ACK move, ``processing/`` -> ``done/`` (committed per the fsync policy).
+
+        Written out here rather than in the mailbox: it runs once per message (docs/performance.md)."""
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+        self._settled = True
+        name = self.name
+        mb = self._mailbox
+        try:
+            fds = mb._fds
+            done_fd = fds[_ACK_DST]
+            os.rename(name, name, src_dir_fd=fds[_ACK_SRC], dst_dir_fd=done_fd)
+            if mb._sync_dirs:
+                mb._syncer.changed(done_fd)
+        except FileNotFoundError:
+            raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
+        except KeyError:
+            raise MailboxIOError(errno.EBADF, f"mailbox {mb.path} is closed") from None
+        except OSError as exc:
+            raise mb._io_error(exc, f"ack {name}") from exc
+        finally:
+            os.close(self._fd)  # in done/ the lock no longer matters: closing drops it
 
     def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
         """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past

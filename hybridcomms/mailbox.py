@@ -35,7 +35,7 @@ import orjson
 from . import _fs, inspection, recovery
 from ._fs import DirSyncer, FsyncPolicy, write_new_file
 from ._index import ClaimIndex
-from ._locking import drop, try_lock
+from ._locking import LOCK_TRY, drop, flock
 from ._names import (
     _NAME_RE,
     RANK_OF,
@@ -49,7 +49,6 @@ from ._names import (
 from ._wakeup import ArrivalWaiter
 from .delivery import Delivery
 from .errors import (
-    DeliveryError,
     DeliveryLostError,
     InvalidAgentIdError,
     MailboxIOError,
@@ -61,7 +60,6 @@ from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
 from .recovery import RecoveryReport
 from .retry import Backoff
 from .states import (
-    ACK,
     CLAIM,
     GIVE_UP,
     IMPORT_DEAD,
@@ -93,6 +91,12 @@ DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 DEFAULT_BACKOFF = Backoff()
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 _STATES = (State.TMP, State.NEW, State.PROCESSING, State.DONE, State.DEAD)
+
+# The hot paths (claim, ack) use these module constants instead of attribute lookups.
+_CLAIM_SRC, _CLAIM_DST = CLAIM.src_folder, CLAIM.dst_folder
+_O_READ_MSG = _fs.O_READ_MSG
+_flock, _LOCK_TRY = flock, LOCK_TRY
+_loads = orjson.loads
 
 
 def check_agent_id(agent_id: object) -> str:
@@ -436,6 +440,12 @@ class FileMailbox:
         notifications (no busy polling). Setting ``cancel`` (then calling `wake`) ends the wait early.
         """
         if not timeout or timeout <= 0:
+            # The common case first, without the loop of _claim_once: the next name is claimable.
+            name = self._index.pop_due()
+            if name is not None:
+                delivery = self._try_claim(name)
+                if delivery is not None:
+                    return delivery
             return self._claim_once()
         waiter = self._get_waiter()
         deadline = time.monotonic() + timeout
@@ -459,7 +469,7 @@ class FileMailbox:
             waiter.wake()
 
     def _until_next_due(self) -> float:
-        wait = self._index.rescan_interval
+        wait = self._index.interval
         nxt = self._index.next_due()
         if nxt is not None:
             wait = min(wait, max(parse_compact(nxt) - time.time(), 0.001))
@@ -483,11 +493,8 @@ class FileMailbox:
     def _claim_once(self) -> Delivery | None:
         index = self._index
         scanned = False
-        if index.stale():
-            index.rescan(self._fd(State.NEW))
-            scanned = True
         while True:
-            name = index.pop_due()
+            name = index.pop_due(scanned)  # None also when the index is due for a relisting
             if name is None:
                 if scanned:
                     return None
@@ -499,9 +506,19 @@ class FileMailbox:
                 return delivery
 
     def _try_claim(self, name: str) -> Delivery | None:
-        new_fd = self._fds["new"]
+        """Claim ``new/<name>``: open, lock, read, decode, rename into ``processing/``.
+
+        This is the hot path of every consumer, written as one function on purpose (each call
+        saved is measurable at fsync="never", see docs/performance.md). The common case is
+        a native file: one read and the fast decoder; anything else takes `_read_message`."""
+        fds = self._fds
         try:
-            fd = os.open(name, _fs.O_READ_MSG, dir_fd=new_fd)
+            new_fd = fds[_CLAIM_SRC]
+            proc_fd = fds[_CLAIM_DST]
+        except KeyError:
+            raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
+        try:
+            fd = os.open(name, _O_READ_MSG, dir_fd=new_fd)
         except FileNotFoundError:
             return None  # another claimer won
         except OSError as exc:
@@ -512,25 +529,40 @@ class FileMailbox:
             else:
                 raise self._io_error(exc, f"claim {name}") from exc
             return None
-        if not try_lock(fd):
+        try:
+            _flock(fd, _LOCK_TRY)
+        except BlockingIOError:
             os.close(fd)
             return None  # someone else is claiming it right now
         try:
-            message, problem = self._read_message(fd)
+            m = _NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
+            message: Message | None = None
+            try:
+                raw: bytes | None = os.read(fd, 65536)
+            except OSError:
+                raw = None  # EISDIR, EAGAIN on a FIFO, …: _read_message says what it is
+            if raw is not None and raw[:13] == b'{"version":1,' and len(raw) < 65536:
+                try:
+                    obj = _loads(raw)
+                except orjson.JSONDecodeError:
+                    obj = None
+                if type(obj) is dict and len(raw) <= self.max_message_size:
+                    message = _from_native(obj, True, None if m is None else m[3])
             if message is None:
-                self._reject(name, problem, fd)
-                return None
-            m = _NAME_RE.match(name)
+                message, problem = self._read_message(fd, raw)
+                if message is None:
+                    self._reject(name, problem, fd)
+                    return None
             if m is not None:
                 rank, due, msg_id, seen = m.groups()
                 attempt = int(seen) + 1
                 target = f"{rank}.{due}.{msg_id}.a{attempt}.json"
-            else:  # a file dropped into new/ by hand or by an old writer: give it a proper name
+            else:  # give it a proper name
                 attempt = 1
                 due = compact_time_of(message.created_at)
                 target = make_name(RANK_OF[message.priority], due, message.id, 1)
             try:
-                proc_fd = self._rename(CLAIM, name, target)
+                os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)  # the CLAIM move
             except FileNotFoundError:
                 drop(fd)  # moved by hand under our feet
                 return None
@@ -544,30 +576,22 @@ class FileMailbox:
             raise
         return Delivery(self, fd, target, message, attempt)
 
-    def _read_message(self, fd: int) -> tuple[Message | None, str]:
-        """The message in an open file, or None and why it can never be delivered.
+    def _read_message(self, fd: int, first: bytes | None) -> tuple[Message | None, str]:
+        """The message in an open file whose first ``read(65536)`` gave ``first`` (None if that
+        read failed), or None and why it can never be delivered.
 
-        The common case is one read() of a small regular file; fstat is only asked when that
-        read fails or does not decode, to say precisely what the file is."""
+        fstat is only asked when the file does not decode, to say precisely what it is."""
         limit = self.max_message_size
         problem = ""
-        try:
-            raw: bytes | None = os.read(fd, 65536)
-            if raw is not None and len(raw) == 65536:  # a big one: read the rest, up to the limit
+        raw = first
+        unreadable = raw is None
+        if raw is not None and len(raw) == 65536:  # a big one: read the rest, up to the limit
+            try:
                 rest = _fs.read_all(fd, 0, limit - 65536)
-                raw = None if rest is None else raw + rest
-        except OSError:
-            raw = b""  # EISDIR, EAGAIN on a FIFO, …: fstat below says what it is
+            except OSError:
+                rest, unreadable = None, True
+            raw = None if rest is None else raw + rest
         if raw is not None and len(raw) <= limit:
-            if raw[:12] == b'{"version":1':  # our own form: the fast path
-                try:
-                    obj = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    obj = None
-                if type(obj) is dict:
-                    message = _from_native(obj)
-                    if message is not None:
-                        return message, ""
             try:
                 return Message.decode(raw), ""
             except MessageDecodeError as exc:
@@ -577,6 +601,8 @@ class FileMailbox:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, f"not a regular file (mode {stat.filemode(st.st_mode)})"
+        if unreadable:
+            return None, "cannot be read (I/O error)"
         if raw is None or st.st_size > limit:
             return None, f"too large: {st.st_size} bytes, over the limit of {limit}"
         return None, problem
@@ -622,20 +648,6 @@ class FileMailbox:
         return dead_name
 
     # -- settle -------------------------------------------------------------------------------
-
-    def _ack(self, d: Delivery) -> None:
-        if d._settled:
-            raise DeliveryError(f"{d.name} is already settled")
-        try:
-            done_fd = self._rename(ACK, d.name, d.name)
-            if self._sync_dirs:
-                self._syncer.changed(done_fd)
-        except FileNotFoundError:
-            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
-        except OSError as exc:
-            raise self._io_error(exc, f"ack {d.name}") from exc
-        finally:
-            d._release(drop_lock=False)  # in done/ the lock no longer matters; close drops it
 
     def _nack(self, d: Delivery, delay: float | None, error: str | None) -> None:
         d._check_open()
