@@ -52,7 +52,9 @@ class ClaimIndex:
         self._lock = threading.Lock()
 
     def _pair_up(self) -> tuple[tuple[list[str], list[str]], ...]:
-        return tuple((self._listed[r], self._pushed[r]) for r in _RANKS)
+        """(listed, pushed) of the ranks that hold names, highest priority first: a claim does not
+        walk past empty ranks. (A rank emptied by claims stays until the next listing or push.)"""
+        return tuple((self._listed[r], self._pushed[r]) for r in _RANKS if self._listed[r] or self._pushed[r])
 
     def mark_stale(self) -> None:
         """Events were lost: list the folder at the next claim."""
@@ -89,8 +91,8 @@ class ClaimIndex:
         with self._lock:
             self._listed = listed
             self._pushed = {r: [] for r in _RANKS}
-            self._pairs = self._pair_up()
             self._foreign = foreign
+            self._pairs = self._pair_up()
             self._last_scan = finished
             self._interval = max(self.rescan_interval, (finished - started) * _SCAN_SHARE)
             self._active = True
@@ -106,7 +108,10 @@ class ClaimIndex:
             if heap is None:
                 self._foreign.append(name)
             else:
+                was_empty = not heap and not self._listed[rank]
                 heapq.heappush(heap, name)
+                if was_empty:  # the rank may be missing from the pairs a claim walks
+                    self._pairs = self._pair_up()
 
     def pop_due(self, just_scanned: bool = False) -> str | None:
         """The next name to try. None when no name is due, and also when the folder is due for a

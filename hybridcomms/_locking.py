@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
     LOCK_TRY = portalocker.LOCK_EX | portalocker.LOCK_NB
 
-    def flock(fd: int, flags: int) -> None:
+    def flock(fd: int, flags: int) -> None:  # type: ignore[misc]
         try:
             portalocker.lock(fd, portalocker.LockFlags(flags))
         except portalocker.AlreadyLocked:

@@ -66,6 +66,7 @@ class Priority(IntEnum):
 
 
 _PRIORITY_NAMES = {p: p.name for p in Priority}
+_PRIORITY_OF_NAME = {p.name: p for p in Priority}
 _PRIORITY_ALIASES = {p.name: p for p in Priority} | {
     "NORMAL": Priority.MEDIUM,
     "INFO": Priority.LOW,
@@ -260,7 +261,7 @@ class Message:
                 payload=obj.get("payload"),
                 sender=obj.get("sender"),
                 recipient=obj.get("recipient"),
-                priority=_PRIORITY_ALIASES.get(obj.get("priority"), obj.get("priority", "MEDIUM")),  # type: ignore[arg-type]
+                priority=_native_priority(obj.get("priority", "MEDIUM")),
                 id=obj["id"],
                 created_at=_parse_time(obj["created_at"]),
                 correlation_id=obj.get("correlation_id"),
@@ -293,6 +294,12 @@ _KNOWN_TOPICS: set[str] = set()
 _MAX_KNOWN_TOPICS = 4096
 
 
+def _native_priority(value: Any) -> Any:
+    """A priority name of the native form as its member; anything else as it is, for
+    `Priority.parse` to accept (0..3, other spellings) or to refuse with a clear error."""
+    return _PRIORITY_ALIASES.get(value, value) if type(value) is str else value
+
+
 def _valid_topic(topic: str) -> bool:
     if _TOPIC_RE.match(topic) is None:
         return False
@@ -313,16 +320,15 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
         topic, mid, created, p, sender, recipient, correlation_id, reply_to, headers, payload = (
             _NATIVE_FIELDS(obj)
         )
-    except KeyError:
+        priority = _PRIORITY_OF_NAME[p]  # exactly "LOW", "MEDIUM", "HIGH" or "CRITICAL"
+    except (KeyError, TypeError):  # a field missing, or an unhashable priority
         return None
-    priority = _PRIORITY_ALIASES.get(p) if type(p) is str else None
     if not (
         type(topic) is str
         and (topic in _KNOWN_TOPICS or _valid_topic(topic))
         and type(mid) is str
         and (mid == known_id or _ID_RE.match(mid))
         and type(created) is str
-        and priority is not None
         and type(headers) is dict  # orjson makes every key a str
         and (sender is None or type(sender) is str)
         and (recipient is None or type(recipient) is str)
