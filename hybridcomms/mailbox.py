@@ -95,6 +95,7 @@ _STATES = (State.TMP, State.NEW, State.PROCESSING, State.DONE, State.DEAD)
 # The hot paths (claim, ack) use these module constants instead of attribute lookups.
 _CLAIM_SRC, _CLAIM_DST = CLAIM.src_folder, CLAIM.dst_folder
 _O_READ_MSG = _fs.O_READ_MSG
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
 _flock, _LOCK_TRY = flock, LOCK_TRY
 _loads = orjson.loads
 
@@ -184,6 +185,9 @@ class FileMailbox:
         self._syncer = DirSyncer(self.fsync, batch_interval)
         self._sync_dirs = self.fsync is not FsyncPolicy.NEVER
         self._index = ClaimIndex(rescan_interval)
+        # Claims read without updating the access time (one inode write less per message), where
+        # the kernel allows it: O_NOATIME needs the file's owner, else the first EPERM drops it.
+        self._claim_flags = _O_READ_MSG | _O_NOATIME
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
         self._fds: dict[str, int] = {}  # folder name -> open fd
@@ -518,10 +522,14 @@ class FileMailbox:
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
         try:
-            fd = os.open(name, _O_READ_MSG, dir_fd=new_fd)
+            fd = os.open(name, self._claim_flags, dir_fd=new_fd)
         except FileNotFoundError:
             return None  # another claimer won
         except OSError as exc:
+            if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
+                # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
+                self._claim_flags = _O_READ_MSG
+                return self._try_claim(name)
             if exc.errno == errno.ELOOP:
                 self._reject(name, "a symlink, not a regular file")
             elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):

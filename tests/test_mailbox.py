@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -508,3 +509,32 @@ def test_a_mailbox_dropped_without_close_gives_its_watch_back(root: Path) -> Non
     del mb
     gc.collect()
     assert sum(len(w) for w in _wakeup._hub._waiters.values()) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOATIME"), reason="no O_NOATIME here")
+def test_claims_read_without_atime_and_fall_back_when_not_the_owner(
+    mailbox: FileMailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O_NOATIME is refused (EPERM) on files of another user, as in a shared-group setup: the claim
+    must then read normally, not dead-letter the message."""
+    real_open = os.open
+    seen: list[int] = []
+
+    def open_as_non_owner(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        seen.append(flags)
+        if flags & os.O_NOATIME:
+            raise OSError(errno.EPERM, "Operation not permitted", path)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    mailbox.put(Message("t", 1))
+    mailbox.put(Message("t", 2))
+    monkeypatch.setattr(os, "open", open_as_non_owner)
+    first = mailbox.claim()
+    second = mailbox.claim()
+    monkeypatch.undo()
+    assert first is not None and second is not None
+    assert [first.message.payload, second.message.payload] == [1, 2]
+    first.ack()
+    second.ack()
+    assert os.listdir(mailbox.path / "dead") == []
+    assert sum(1 for f in seen if f & os.O_NOATIME) == 1  # asked once, then not again
