@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import re
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -368,7 +369,15 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
     return m
 
 
-_fromisoformat = datetime.fromisoformat
+if sys.version_info >= (3, 11):
+    _fromisoformat = datetime.fromisoformat
+else:  # Python 3.10 does not read the trailing "Z" of the native form
+
+    def _fromisoformat(text: str) -> datetime:
+        if text.endswith("Z"):
+            return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+        return datetime.fromisoformat(text)
+
 
 _TOPIC_KEYS = ("topic", "type", "message_type")
 _PAYLOAD_KEYS = ("payload", "body", "content")
