@@ -22,18 +22,17 @@ from __future__ import annotations
 import bisect
 import heapq
 import os
-import re
 import threading
 import time
 
+from ._names import DUE_RE as _DUE_RE
+from ._names import RANKS as _RANKS
 from ._names import compact_time
 
 __all__ = ["ClaimIndex"]
 
-_RANKS = ("0C", "1H", "2M", "3L")
 #: Relisting may take at most 1/_SCAN_SHARE of the time between listings.
 _SCAN_SHARE = 20
-_DUE_RE = re.compile(r"\d{8}T\d{12}Z\Z")
 _monotonic = time.monotonic
 _heappop = heapq.heappop
 

@@ -37,12 +37,18 @@ RANK_OF: dict[Priority, str] = {
     Priority.LOW: "3L",
 }
 PRIORITY_OF_RANK: dict[str, Priority] = {v: k for k, v in RANK_OF.items()}
+#: The ranks in claim order (highest priority first), which is also their order as text.
+RANKS: tuple[str, ...] = tuple(sorted(PRIORITY_OF_RANK))
 REASON_SUFFIX = ".reason.json"
+
+_DUE = r"\d{8}T\d{12}Z"
+#: A compact due time (``20261126T112403123456Z``), the part of a name at [3:25].
+DUE_RE = re.compile(_DUE + r"\Z")
 
 # The id part allows exactly what a message id allows (message._ID_RE), so a name that matches
 # carries a valid id: the claim path compares it with the file's id instead of checking that again.
 _NAME_RE = re.compile(
-    r"(0C|1H|2M|3L)\.(\d{8}T\d{12}Z)\.([A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127})\.a(\d{1,6})\.json\Z"
+    rf"({'|'.join(RANKS)})\.({_DUE})\.([A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{{0,127}})\.a(\d{{1,6}})\.json\Z"
 )
 
 

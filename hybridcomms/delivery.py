@@ -91,14 +91,13 @@ class Delivery:
         if self._settled:
             raise DeliveryError(f"{self.name} is already settled")
 
-    def _release(self, drop_lock: bool = True) -> None:
-        """Give up the file: drop the lock (explicitly, in case a forked child shares the fd,
-        unless the file is in done/ where no one looks at locks) and close it."""
+    def _release(self) -> None:
+        """Give up the file: drop the lock (explicitly, in case a forked child shares the fd) and
+        close it. (`ack` only closes: in done/ no one looks at locks.)"""
         if not self._settled:
             self._settled = True
             try:
-                if drop_lock:
-                    unlock(self._fd)
+                unlock(self._fd)
             finally:
                 os.close(self._fd)
 

@@ -60,19 +60,22 @@ class MailboxStats:
         }
 
 
-def list_state(mb: FileMailbox, state: State) -> list[MessageInfo]:
-    """Files in one state's folder (reason files of dead/ are folded into their message)."""
+def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[MessageInfo]:
+    """Files in one state's folder (reason files of dead/ are folded into their message); with
+    ``key``, only the files of that id or that name (chosen by name, before any file is looked at)."""
     fd = mb._fd(state)
     names = sorted(os.listdir(fd))
     out: list[MessageInfo] = []
     for name in names:
         if state is State.DEAD and name.endswith(REASON_SUFFIX):
             continue
+        info = parse_name(name)
+        if key is not None and name != key and (info is None or info.id != key):
+            continue
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        info = parse_name(name)
         reason = read_reason(mb, name) if state is State.DEAD else None
         out.append(
             MessageInfo(
@@ -113,7 +116,7 @@ def get(mb: FileMailbox, message_id: str) -> MessageInfo | None:
 
 
 def find(mb: FileMailbox, state: State, key: str) -> list[MessageInfo]:
-    return [i for i in list_state(mb, state) if i.id == key or i.name == key]
+    return list_state(mb, state, key)
 
 
 def read(mb: FileMailbox, info: MessageInfo) -> Message:

@@ -68,7 +68,7 @@ class Priority(IntEnum):
 
 _PRIORITY_NAMES = {p: p.name for p in Priority}
 _PRIORITY_OF_NAME = {p.name: p for p in Priority}
-_PRIORITY_ALIASES = {p.name: p for p in Priority} | {
+_PRIORITY_ALIASES = _PRIORITY_OF_NAME | {
     "NORMAL": Priority.MEDIUM,
     "INFO": Priority.LOW,
     "URGENT": Priority.CRITICAL,
