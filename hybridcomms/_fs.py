@@ -15,7 +15,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -24,12 +26,19 @@ from enum import Enum
 from ._names import REASON_SUFFIX
 
 __all__ = [
+    "NAME_MAX",
     "FsyncPolicy",
+    "NotRegularFileError",
+    "TooLargeError",
     "current_umask",
+    "fit_name",
     "free_name",
     "open_dir",
     "read_all",
+    "read_regular",
+    "rename_noreplace",
     "replace_atomically",
+    "shown",
     "syncfs",
     "write_new_file",
 ]
@@ -76,6 +85,62 @@ def _get_libc() -> ctypes.CDLL | None:
             except OSError:
                 return None
         return _libc
+
+
+RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+#: None: not yet known; False: renameat2 is missing (old libc/kernel), link-then-unlink is used.
+_renameat2_ok: bool | None = None
+
+
+def rename_noreplace(
+    src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None
+) -> None:
+    """``rename(src, dst)`` that never replaces an existing ``dst``: raises `FileExistsError` instead.
+
+    Uses renameat2(RENAME_NOREPLACE) (Linux >= 3.15 on ext4, xfs, btrfs, tmpfs, …). Where the call or
+    the filesystem does not support the flag, a regular file is moved by link(2) then unlink(2): also
+    never replacing, but a crash between the two leaves the file under both names (recovery and the
+    claim path treat the second name as a duplicate of the same id, see docs/guarantees.md). Other
+    file types are then renamed after a check, which a concurrent creator can race."""
+    global _renameat2_ok
+    if _renameat2_ok is not False:
+        libc = _get_libc()
+        fn = getattr(libc, "renameat2", None) if libc is not None else None
+        if fn is not None:
+            r = fn(
+                _AT_FDCWD if src_dir_fd is None else src_dir_fd,
+                os.fsencode(src),
+                _AT_FDCWD if dst_dir_fd is None else dst_dir_fd,
+                os.fsencode(dst),
+                RENAME_NOREPLACE,
+            )
+            if r == 0:
+                _renameat2_ok = True
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EINVAL):
+                raise OSError(err, os.strerror(err), src, None, dst)
+            if err == errno.ENOSYS:
+                _renameat2_ok = False
+        else:
+            _renameat2_ok = False
+    try:
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    except (PermissionError, IsADirectoryError, NotImplementedError):
+        if os.path.lexists(dst) if dst_dir_fd is None else _exists_at(dst_dir_fd, dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst) from None
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        return
+    os.unlink(src, dir_fd=src_dir_fd)
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def syncfs(fd: int) -> bool:
@@ -183,10 +248,74 @@ def read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def free_name(dir_fd: int, name: str) -> str:
-    """``name``, or ``name.N`` if that is taken in the folder, so a move never overwrites a file."""
+class NotRegularFileError(OSError):
+    """What a producer placed where a file was expected is a FIFO, a folder, a device, …"""
+
+
+class TooLargeError(OSError):
+    """A file is bigger than the cap its reader set."""
+
+    def __init__(self, size: int, limit: int, filename: str | None = None) -> None:
+        super().__init__(errno.EFBIG, f"{size} bytes, over the limit of {limit}", filename)
+        self.size = size
+        self.limit = limit
+
+
+def read_regular(name: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None) -> bytes:
+    """The bytes of a file a producer may have placed, read as a hostile one: never following a
+    symlink (`OSError` ELOOP), never blocking on a FIFO or a device (`NotRegularFileError`), and never
+    more than ``limit`` bytes (`TooLargeError`). `FileNotFoundError` if it is gone."""
+    fd = os.open(name, O_READ_MSG, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(
+                errno.EINVAL, f"not a regular file ({stat.filemode(st.st_mode)})", os.fspath(name)
+            )
+        if st.st_size > limit:
+            raise TooLargeError(st.st_size, limit, os.fspath(name))
+        data = read_all(fd, st.st_size, limit)
+        if data is None:  # grew while we read it
+            raise TooLargeError(limit + 1, limit, os.fspath(name))
+        return data
+    finally:
+        os.close(fd)
+
+
+#: The longest file name most filesystems take (bytes).
+NAME_MAX = 255
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """``name`` itself if it and ``room`` more bytes fit in `NAME_MAX`; else a shorter name that is
+    still unique to it: its first bytes, ``~`` and a digest of the whole name."""
+    raw = os.fsencode(name)
+    if len(raw) + room <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    keep = max(NAME_MAX - room - len(digest) - 1, 1)
+    head = raw[:keep].decode("utf-8", "ignore").replace("/", "_") or "x"
+    while len(os.fsencode(head)) > keep:
+        head = head[:-1]
+    return os.fsdecode(os.fsencode(head)) + "~" + digest
+
+
+def shown(name: str) -> str:
+    """A name as printable, JSON-safe text (bytes that are not UTF-8 as ``\\xNN``)."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def free_name(dir_fd: int, name: str, room: int = 0) -> str:
+    """``name``, or ``name.N`` if that is taken in the folder, so a move never overwrites a file.
+
+    The result leaves ``room`` bytes for a suffix within `NAME_MAX` (a long name is shortened)."""
     if name.endswith(REASON_SUFFIX):
         name += ".data"
+    name = fit_name(name, room + 8)
     candidate = name
     n = 1
     while True:

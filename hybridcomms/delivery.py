@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from . import _fs
 from ._locking import unlock
 from .errors import DeliveryError, DeliveryLostError, MailboxIOError
 from .message import Message
@@ -50,6 +51,11 @@ class Delivery:
     def ack(self) -> None:
         """Done: the ACK move, ``processing/`` -> ``done/`` (committed per the fsync policy).
 
+        If it raises `MailboxIOError` (the commit of ``done/`` failed, the disk is failing), the message
+        may already be in ``done/``: it will not be delivered again, though after a power loss the
+        move may be undone and it is delivered once more. `DeliveryLostError`: recovery took it back
+        (lease expired); it will be delivered again.
+
         Written out here rather than in the mailbox: it runs once per message (docs/performance.md)."""
         if self._settled:
             raise DeliveryError(f"{self.name} is already settled")
@@ -59,7 +65,10 @@ class Delivery:
         try:
             fds = mb._fds
             done_fd = fds[_ACK_DST]
-            os.rename(name, name, src_dir_fd=fds[_ACK_SRC], dst_dir_fd=done_fd)
+            try:
+                _fs.rename_noreplace(name, name, src_dir_fd=fds[_ACK_SRC], dst_dir_fd=done_fd)
+            except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
+                mb._place(ACK, name, name)
             if mb._sync_dirs:
                 mb._syncer.changed(done_fd)
         except FileNotFoundError:

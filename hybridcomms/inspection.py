@@ -145,7 +145,7 @@ def requeue(mb: FileMailbox, message_id: str, src: State) -> list[str]:
             else _fs.free_name(new_fd, info.name)
         )
         try:
-            mb._rename(m, info.name, target)
+            target = mb._place(m, info.name, target)[1]
         except FileNotFoundError:
             continue
         except OSError as exc:

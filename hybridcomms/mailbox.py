@@ -98,6 +98,8 @@ _O_READ_MSG = _fs.O_READ_MSG
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _flock, _LOCK_TRY = flock, LOCK_TRY
 _loads = orjson.loads
+#: The attempt count a name can hold (``a`` and at most six digits).
+_MAX_ATTEMPT_IN_NAME = 999_999
 
 
 def check_agent_id(agent_id: object) -> str:
@@ -298,14 +300,31 @@ class FileMailbox:
     def _rename(self, m: Move, name: str, target: str) -> int:
         """Move ``m.src/name`` to ``m.dst/target``: the one way a file changes state. Returns dst's fd.
 
-        The rename is atomic; committing it (the folder fsync) is the caller's next step."""
+        The rename is atomic and never replaces a file (`FileExistsError` if ``target`` is taken; see
+        `_place` for a move that picks the next free name); committing it (the folder fsync) is the
+        caller's next step."""
         fds = self._fds
         try:
             src_fd, dst_fd = fds[m.src_folder], fds[m.dst_folder]
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
-        os.rename(name, target, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        _fs.rename_noreplace(name, target, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         return dst_fd
+
+    def _place(self, m: Move, name: str, target: str) -> tuple[int, str]:
+        """`_rename`, and if ``target`` is taken by another file (a hand-made copy, the same id and
+        time twice), the next free name: 1 µs later in ``new/`` (still the same id), ``.N`` elsewhere.
+        Returns dst's fd and the name the file got."""
+        for _ in range(1000):
+            try:
+                return self._rename(m, name, target), target
+            except FileExistsError:
+                info = parse_name(target)
+                if m.dst is State.NEW and info is not None:
+                    target = info.with_(due=compact_time(parse_compact(info.due) + 1e-6))
+                else:
+                    target = _fs.free_name(self._fds[m.dst_folder], target)
+        raise MailboxIOError(errno.EEXIST, f"no free name for {target} in {m.dst_folder}/")
 
     # -- publish ------------------------------------------------------------------------------
 
@@ -321,7 +340,7 @@ class FileMailbox:
         tmp_fd = self._fd(State.TMP)
         tmp_name = self._write_tmp(tmp_fd, name, data, sync=self._sync_dirs)
         try:
-            new_fd = self._rename(PUBLISH, tmp_name, name)
+            new_fd = self._publish(tmp_fd, tmp_name, name)
         except OSError as exc:
             _fs._unlink_quietly(tmp_fd, tmp_name)
             raise self._io_error(exc, f"put {name}") from exc
@@ -333,6 +352,15 @@ class FileMailbox:
                 raise self._io_error(exc, f"put {name}: commit of new/ failed") from exc
         self._index.push(name)
         return name
+
+    def _publish(self, tmp_fd: int, tmp_name: str, name: str) -> int:
+        """The PUBLISH move. A file of the same name in ``new/`` is this very message (same id, same
+        due time: a put repeated after an error) and stays the one copy: ours is dropped."""
+        try:
+            return self._rename(PUBLISH, tmp_name, name)
+        except FileExistsError:
+            _fs._unlink_quietly(tmp_fd, tmp_name)
+            return self._fd(State.NEW)
 
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes, *, sync: bool) -> str:
         tmp_name = name
@@ -350,10 +378,16 @@ class FileMailbox:
         return tmp_name
 
     def _withdraw(self, names: Iterable[str]) -> None:
-        """Take back files just published whose commit failed (unless already claimed)."""
+        """Take back files just published whose commit failed (unless already claimed), and commit
+        the removal where fsync is on (else a power loss could bring back a put that raised)."""
         new_fd = self._fd(State.NEW)
         for name in names:
             _fs._unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
+        if self._sync_dirs:
+            try:
+                os.fsync(new_fd)
+            except OSError:
+                pass  # the put raises anyway; the disk is failing
 
     def put_many(self, messages: Iterable[Message]) -> list[str]:
         """Deliver a burst with one durability barrier (one ``syncfs`` + one ``new/`` fsync).
@@ -382,7 +416,7 @@ class FileMailbox:
                     finally:
                         os.close(fd)
             for tmp_name, name in written:
-                self._rename(PUBLISH, tmp_name, name)
+                self._publish(tmp_fd, tmp_name, name)
                 moved.append(name)
             self._syncer.changed(new_fd)
         except OSError as exc:
@@ -406,7 +440,7 @@ class FileMailbox:
             for m in msgs:
                 name = _publish_name(m, now)
                 tmp_name = self._write_tmp(tmp_fd, name, m.encode(self.max_message_size), sync=False)
-                self._rename(IMPORT_DONE, tmp_name, _fs.free_name(done_fd, name))
+                self._place(IMPORT_DONE, tmp_name, name)
             if msgs and self._sync_dirs:
                 _fs.syncfs(done_fd)
                 self._syncer.changed(done_fd)
@@ -542,6 +576,8 @@ class FileMailbox:
         except BlockingIOError:
             os.close(fd)
             return None  # someone else is claiming it right now
+        # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
+        delivery: Delivery | None = None
         try:
             m = _NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
             message: Message | None = None
@@ -558,31 +594,40 @@ class FileMailbox:
                     message = _from_native(obj, True, None if m is None else m[3])
             if message is None:
                 message, problem = self._read_message(fd, raw)
-                if message is None:
-                    self._reject(name, problem, fd)
-                    return None
-            if m is not None:
-                rank, due, msg_id, seen = m.groups()
-                attempt = int(seen) + 1
-                target = f"{rank}.{due}.{msg_id}.a{attempt}.json"
-            else:  # give it a proper name
-                attempt = 1
-                due = compact_time_of(message.created_at)
-                target = make_name(RANK_OF[message.priority], due, message.id, 1)
             try:
-                os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)  # the CLAIM move
+                if message is None:
+                    target = ""
+                elif m is not None:
+                    rank, due, msg_id, seen = m.groups()
+                    attempt = int(seen) + 1
+                    target = f"{rank}.{due}.{msg_id}.a{attempt}.json"
+                    if attempt > _MAX_ATTEMPT_IN_NAME:
+                        target, problem = "", f"attempt count {seen} is out of range"
+                else:  # give it a proper name
+                    attempt = 1
+                    due = compact_time_of(message.created_at)
+                    target = make_name(RANK_OF[message.priority], due, message.id, 1)
+            except Exception as exc:  # a message that cannot be named is that file's problem
+                target, problem = "", f"cannot be delivered: {type(exc).__name__}: {exc}"
+            if not target:
+                self._reject(name, problem)
+                return None
+            try:  # the CLAIM move; never over a file already in processing/ (a copy of the same id)
+                _fs.rename_noreplace(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)
             except FileNotFoundError:
-                drop(fd)  # moved by hand under our feet
+                return None  # moved by hand under our feet
+            except FileExistsError:
+                self._reject(name, f"a file of the same name ({target}) is already in processing/")
                 return None
             if self._sync_dirs:
                 self._syncer.changed(proc_fd)
+            delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
         except OSError as exc:
-            drop(fd)
-            raise self._io_error(exc, f"claim {name}") from exc
-        except BaseException:
-            drop(fd)
-            raise
-        return Delivery(self, fd, target, message, attempt)
+            raise self._io_error(exc, f"claim {_fs.shown(name)}") from exc
+        finally:
+            if delivery is None:
+                drop(fd)
+        return delivery
 
     def _read_message(self, fd: int, first: bytes | None) -> tuple[Message | None, str]:
         """The message in an open file whose first ``read(65536)`` gave ``first`` (None if that
@@ -604,6 +649,8 @@ class FileMailbox:
                 return Message.decode(raw), ""
             except MessageDecodeError as exc:
                 problem = exc.reason
+            except Exception as exc:  # anything else about this file is its problem too
+                problem = f"cannot be read as a message: {type(exc).__name__}: {exc}"
         else:
             raw = None
         st = os.fstat(fd)
@@ -615,19 +662,17 @@ class FileMailbox:
             return None, f"too large: {st.st_size} bytes, over the limit of {limit}"
         return None, problem
 
-    def _reject(self, name: str, reason: str, fd: int | None = None) -> None:
+    def _reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
-        try:
-            log.warning("%s: new/%s goes to dead/: %s", self.agent_id, name, reason)
-            self._move_to_dead(REJECT, name, {"reason": reason, "message_file": name, "attempts": 0})
-        finally:
-            if fd is not None:
-                drop(fd)
+        log.warning("%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
+        self._move_to_dead(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
 
     def _move_to_dead(self, m: Move, name: str, reason: dict[str, Any]) -> str | None:
-        """``m.src``/name -> dead/, with its reason file written first. None if the file was gone."""
-        dead_fd = self._fd(State.DEAD)
-        dead_name = _fs.free_name(dead_fd, name)
+        """``m.src``/name -> dead/, with its reason file written first. None if the file was gone.
+
+        On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
+        was, and `MailboxIOError` raised."""
+        dead_fd, tmp_fd = self._fd(State.DEAD), self._fd(State.TMP)
         reason = {
             **reason,
             "agent": self.agent_id,
@@ -636,24 +681,44 @@ class FileMailbox:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
-        reason_name = dead_name + REASON_SUFFIX
-        tmp_name = self._write_tmp(
-            self._fd(State.TMP),
-            reason_name,
-            orjson.dumps(reason, option=orjson.OPT_INDENT_2),
-            sync=self.fsync is not FsyncPolicy.NEVER,
-        )
         try:
-            os.rename(tmp_name, reason_name, src_dir_fd=self._fd(State.TMP), dst_dir_fd=dead_fd)
-            self._rename(m, name, dead_name)
-        except FileNotFoundError:
+            data = orjson.dumps(reason, option=orjson.OPT_INDENT_2)
+        except TypeError:  # a value that is not JSON (a name with bytes that are not UTF-8, …)
+            data = orjson.dumps({k: _fs.shown(str(v)) for k, v in reason.items()}, option=orjson.OPT_INDENT_2)
+        for _ in range(100):  # a name taken meanwhile by another dead-lettering: pick the next one
+            dead_name = _fs.free_name(dead_fd, name, len(REASON_SUFFIX))
+            reason_name = dead_name + REASON_SUFFIX
+            tmp_name = self._write_tmp(tmp_fd, reason_name, data, sync=self._sync_dirs)
+            placed = False
+            try:
+                _fs.rename_noreplace(tmp_name, reason_name, src_dir_fd=tmp_fd, dst_dir_fd=dead_fd)
+                placed = True
+                _fs.rename_noreplace(name, dead_name, src_dir_fd=self._fd(m.src), dst_dir_fd=dead_fd)
+            except FileExistsError:
+                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
+                continue
+            except FileNotFoundError:
+                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
+                return None
+            except OSError as exc:
+                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
+                raise self._io_error(exc, f"dead-letter {_fs.shown(name)}") from exc
+            except BaseException:
+                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
+                raise
+            try:
+                self._syncer.changed(dead_fd)
+            except OSError as exc:
+                raise self._io_error(exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed") from exc
+            return dead_name
+        raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
+
+    @staticmethod
+    def _undo_reason(placed: bool, dead_fd: int, reason_name: str, tmp_fd: int, tmp_name: str) -> None:
+        if placed:
             _fs._unlink_quietly(dead_fd, reason_name)
-            _fs._unlink_quietly(self._fd(State.TMP), tmp_name)
-            return None
-        except OSError as exc:
-            raise self._io_error(exc, f"dead-letter {name}") from exc
-        self._syncer.changed(dead_fd)
-        return dead_name
+        else:
+            _fs._unlink_quietly(tmp_fd, tmp_name)
 
     # -- settle -------------------------------------------------------------------------------
 
@@ -670,7 +735,7 @@ class FileMailbox:
         assert info is not None  # processing/ names are always ours
         target = info.with_(due=compact_time(time.time() + max(delay, 0.0)))
         try:
-            new_fd = self._rename(NACK, d.name, target)
+            new_fd, target = self._place(NACK, d.name, target)
         except FileNotFoundError:
             d._release()
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None

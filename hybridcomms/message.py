@@ -249,6 +249,12 @@ class Message:
             raise MessageDecodeError(f"missing field {exc.args[0]!r}", raw=raw, path=path) from None
         except (MessageError, TypeError, ValueError) as exc:
             raise MessageDecodeError(str(exc), raw=raw, path=path) from None
+        except (ArithmeticError, LookupError, RecursionError, AttributeError) as exc:
+            # Values at the edge of their type (a date whose UTC form overflows, …): the file's
+            # problem, said as a decode error, never an exception that stops the consumer.
+            raise MessageDecodeError(
+                f"cannot be read as a message: {type(exc).__name__}: {exc}", raw=raw, path=path
+            ) from None
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Message:
@@ -442,7 +448,12 @@ def _parse_time(value: Any) -> datetime:
                 raise MessageDecodeError(f"unreadable timestamp {value!r}") from None
         if ts.tzinfo is None:
             return ts.replace(tzinfo=timezone.utc)
-        return ts if ts.tzinfo is timezone.utc else ts.astimezone(timezone.utc)
+        if ts.tzinfo is timezone.utc:
+            return ts
+        try:
+            return ts.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            raise MessageDecodeError(f"timestamp {value!r} is out of range in UTC") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value, timezone.utc)

@@ -31,6 +31,15 @@ def failing(real: Callable[..., object], err: int, after: int = 0) -> Callable[.
     return fake
 
 
+def patch_os(monkeypatch: pytest.MonkeyPatch, call: str, err: int, after: int = 0) -> None:
+    """Make ``os.<call>`` fail; "rename" also covers the library's no-replace rename (renameat2)."""
+    if call == "rename":
+        import hybridcomms._fs as fs
+
+        monkeypatch.setattr(fs, "rename_noreplace", failing(fs.rename_noreplace, err, after))
+    monkeypatch.setattr(os, call, failing(getattr(os, call), err, after))
+
+
 @pytest.mark.parametrize("policy", ["always", "batch"])
 @pytest.mark.parametrize(
     ("call", "err", "after"),
@@ -48,7 +57,7 @@ def test_a_failing_put_raises_and_leaves_nothing_in_new_or_tmp(
     mb = make_mailbox(fsync=policy)
     mb.put(Message("before"))
     before = listing(mb)
-    monkeypatch.setattr(os, call, failing(getattr(os, call), err, after))
+    patch_os(monkeypatch, call, err, after)
     with pytest.raises(MailboxIOError) as info:
         mb.put(Message("t", "x" * 1000))
     monkeypatch.undo()
@@ -81,7 +90,7 @@ def test_a_failing_put_many_leaves_nothing_behind(
     mb = make_mailbox(fsync="always")
     before = listing(mb)
     monkeypatch.setattr(fs, "syncfs", lambda fd: False)  # use the per-file fsync path so fsync can fail
-    monkeypatch.setattr(os, call, failing(getattr(os, call), errno.EIO, after))
+    patch_os(monkeypatch, call, errno.EIO, after)
     with pytest.raises(MailboxIOError):
         mb.put_many([Message("t", i) for i in range(6)])
     monkeypatch.undo()
@@ -111,7 +120,7 @@ def test_a_failing_ack_raises_and_the_message_is_not_lost(
     mb.put(m)
     d = mb.claim()
     assert d is not None
-    monkeypatch.setattr(os, "rename", failing(os.rename, errno.EIO))
+    patch_os(monkeypatch, "rename", errno.EIO)
     with pytest.raises(MailboxIOError, match="ack"):
         d.ack()
     monkeypatch.undo()
