@@ -6,13 +6,24 @@ For each file in ``processing/``:
   it used is already in its name, so it goes back to ``new/`` (due after the backoff) or, when
   the attempts are used up, to ``dead/``.
 - lock held and lease expired (no heartbeat for ``lease`` seconds): the owner is alive but hung.
-  Its file is replaced by a copy (a new inode) before it is moved, because the hung owner keeps
-  its flock on the old inode, and a claimer could never lock that one. If the owner wakes up,
-  its ack or heartbeat fails with `DeliveryLostError`.
+  The hung owner keeps its flock on the file's inode, and a claimer could never lock that one, so
+  the message is *stolen*: ``processing/<name>`` is renamed to ``tmp/<name>.stolen``, a fresh copy
+  (a new inode) atomically replaces that file, and the copy goes to ``new/`` (or ``dead/``). At
+  every instant the message is exactly one file, so a recoverer killed anywhere in between leaves
+  nothing that a later pass could return twice: it finds ``<name>.stolen`` and finishes the job. If
+  the owner wakes up, its ack or heartbeat fails with `DeliveryLostError`.
 - lock held, lease running: left alone.
 
+Only one recovery runs on a mailbox at a time, from any number of processes: each pass holds an
+exclusive flock on the mailbox's ``processing/`` folder (a fresh open of it, so threads exclude each
+other too). A pass that finds it held returns at once with ``busy`` set: the other pass does the work.
+
 ``tmp/`` files older than ``tmp_max_age`` are half-writes of producers that died; they were
-never visible in ``new/`` and are removed.
+never visible in ``new/`` and are removed (a folder there is reported, never removed).
+
+Whatever a producer placed in these folders (a FIFO, a symlink, a folder, a huge file) is handled
+as that entry's problem: it goes to ``dead/`` or is reported in ``errors``, and the pass goes on.
+Only a failing disk (`MailboxIOError`) stops a pass.
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from typing import TYPE_CHECKING
 from . import _fs
 from ._locking import drop, try_lock
 from ._names import compact_time, parse_name
-from .states import GIVE_UP, RECOVER, STEAL_DETACH, STEAL_PLACE, State
+from .errors import MailboxIOError
+from .states import GIVE_UP, RECOVER, STEAL_BURY, STEAL_RETURN, Move, State
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
@@ -36,6 +48,9 @@ __all__ = ["RecoveryReport", "recover"]
 
 log = logging.getLogger("hybridcomms.recovery")
 
+#: I/O errors that say the disk or the process is failing, not that one entry is odd: they stop a pass.
+_FATAL_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE})
+
 
 @dataclass
 class RecoveryReport:
@@ -43,106 +58,167 @@ class RecoveryReport:
 
     returned: list[str] = field(default_factory=list)  # owner died: back to new/
     expired: list[str] = field(default_factory=list)  # lease ran out on a live owner: back to new/
-    dead: list[str] = field(default_factory=list)  # attempts exhausted: to dead/
+    dead: list[str] = field(default_factory=list)  # attempts exhausted, or not a message file: to dead/
     tmp_removed: list[str] = field(default_factory=list)  # stale half-writes removed from tmp/
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (entry, what was wrong): left in place
+    busy: bool = False  # another recovery pass held the mailbox: this one did nothing
 
     def __bool__(self) -> bool:
-        return bool(self.returned or self.expired or self.dead or self.tmp_removed)
+        return bool(self.returned or self.expired or self.dead or self.tmp_removed or self.errors)
 
 
 def recover(mb: FileMailbox, now: float) -> RecoveryReport:
     report = RecoveryReport()
-    proc_fd = mb._fd(State.PROCESSING)
-    for name in sorted(os.listdir(proc_fd)):
+    try:
+        lock_fd = os.open(".", _fs.O_DIR, dir_fd=mb._fd(State.PROCESSING))
+    except OSError as exc:
+        raise mb._io_error(exc, "recover") from exc
+    try:
+        if not try_lock(lock_fd):
+            report.busy = True
+            return report
+        tmp_fd, proc_fd = mb._fd(State.TMP), mb._fd(State.PROCESSING)
         try:
-            fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
-        except FileNotFoundError:
-            continue  # settled meanwhile
+            stolen = [n for n in os.listdir(tmp_fd) if n.endswith(_STOLEN)]
+            names = sorted(os.listdir(proc_fd))
         except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            _give_up_entry(mb, name, "a symlink in processing/", report)
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                _give_up_entry(
-                    mb, name, f"not a regular file in processing/ ({stat.filemode(st.st_mode)})", report
-                )
-                continue
-            owner_dead = try_lock(fd)
-            if not owner_dead:
-                if now - st.st_ctime < mb.lease:
-                    continue  # alive and within its lease
-                # Hung owner: detach its file, put a copy we hold the lock on in its place.
-                raw = _fs.read_all(fd, st.st_size, max(mb.max_message_size, st.st_size)) or b""
-                copy_fd = _steal(mb, name, raw)
-                if copy_fd is None:
-                    continue
-                os.close(fd)
-                fd = copy_fd
-            _return_or_bury(
-                mb, name, now, report, report.returned if owner_dead else report.expired, owner_dead
-            )
-        finally:
-            drop(fd)
-    _sweep_tmp(mb, now, report)
+            raise mb._io_error(exc, "recover: listing") from exc
+        for name in stolen:  # steals a killed pass left half-done: finish them first
+            _isolated(mb, report, f"tmp/{name}", _finish_steal, mb, name, now, report)
+        for name in names:
+            _isolated(mb, report, f"processing/{name}", _recover_one, mb, name, now, report)
+        _sweep_tmp(mb, now, report)
+    finally:
+        drop(lock_fd)
     if report:
         log.info(
-            "%s: recovery returned %d, expired %d, dead %d, tmp removed %d",
+            "%s: recovery returned %d, expired %d, dead %d, tmp removed %d, errors %d",
             mb.agent_id,
             len(report.returned),
             len(report.expired),
             len(report.dead),
             len(report.tmp_removed),
+            len(report.errors),
         )
     return report
+
+
+def _isolated(mb: FileMailbox, report: RecoveryReport, what: str, fn: object, *args: object) -> None:
+    """Run one entry's step; what goes wrong with it is reported and the pass goes on, unless the
+    disk itself is failing."""
+    try:
+        fn(*args)  # type: ignore[operator]
+    except MailboxIOError as exc:
+        if exc.errno in _FATAL_ERRNOS:
+            raise
+        _record(mb, report, what, exc)
+    except OSError as exc:
+        if exc.errno in _FATAL_ERRNOS:
+            raise mb._io_error(exc, f"recover {_fs.shown(what)}") from exc
+        _record(mb, report, what, exc)
+    except Exception as exc:
+        _record(mb, report, what, exc)
+
+
+def _record(mb: FileMailbox, report: RecoveryReport, what: str, exc: BaseException) -> None:
+    text = f"{type(exc).__name__}: {exc}"
+    log.warning("%s: recovery left %s in place: %s", mb.agent_id, _fs.shown(what), text)
+    report.errors.append((_fs.shown(what), text))
+
+
+def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport) -> None:
+    proc_fd = mb._fd(State.PROCESSING)
+    try:
+        fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
+    except FileNotFoundError:
+        return  # settled meanwhile
+    except OSError as exc:
+        if exc.errno in _FATAL_ERRNOS:
+            raise
+        why = "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        _give_up_entry(mb, GIVE_UP, name, f"{why} in processing/", report)
+        return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            _give_up_entry(
+                mb, GIVE_UP, name, f"not a regular file in processing/ ({stat.filemode(st.st_mode)})", report
+            )
+            return
+        owner_dead = try_lock(fd)
+        if owner_dead:
+            _return_or_bury(mb, RECOVER, name, name, now, report, report.returned, True)
+            return
+        if now - st.st_ctime < mb.lease:
+            return  # alive and within its lease
+        # Hung owner: detach its file; the rest is the same as finishing an interrupted steal.
+        try:
+            _fs.rename_noreplace(name, name + _STOLEN, src_dir_fd=proc_fd, dst_dir_fd=mb._fd(State.TMP))
+        except FileNotFoundError:
+            return  # acked (or taken) meanwhile
+        mb._syncer.changed(mb._fd(State.TMP))
+    finally:
+        drop(fd)
+    _finish_steal(mb, name + _STOLEN, now, report)
 
 
 _STOLEN = ".stolen"
 
 
-def _steal(mb: FileMailbox, name: str, raw: bytes) -> int | None:
-    """Take processing/<name> away from a hung owner; return the fd of the locked copy in its place.
+def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryReport) -> None:
+    """``tmp/<name>.stolen`` -> ``new/`` (or ``dead/``): replace it by a copy of itself first (the
+    hung owner may still hold its lock on the original), then move that one file.
 
-    The rename out of processing/ is atomic, so either the owner's ack wins (we get ENOENT and
-    leave it) or ours does (its ack gets ENOENT and raises `DeliveryLostError`). The detached
-    file waits in tmp/ as ``<name>.stolen`` until the copy is in place; recovery finishes the job
-    if it is interrupted (``_sweep_tmp`` never deletes a ``.stolen`` file).
-    """
-    try:
-        mb._rename(STEAL_DETACH, name, name + _STOLEN)
-    except FileNotFoundError:
-        return None
-    return _restore_stolen(mb, name + _STOLEN, raw)
-
-
-def _restore_stolen(mb: FileMailbox, stolen: str, raw: bytes) -> int:
+    Each step leaves the message as exactly one file, so this is safe to repeat after a crash."""
     tmp_fd = mb._fd(State.TMP)
     name = stolen[: -len(_STOLEN)]
-    copy_name = mb._write_tmp(tmp_fd, name + ".copy", raw, sync=mb.fsync is not _fs.FsyncPolicy.NEVER)
-    fd = os.open(copy_name, _fs.O_READ_MSG, dir_fd=tmp_fd)
-    try_lock(fd)  # a file nobody else knows yet: always succeeds
-    mb._syncer.changed(mb._rename(STEAL_PLACE, copy_name, name))
-    _fs._unlink_quietly(tmp_fd, stolen)
-    return fd
+    try:
+        raw = _fs.read_regular(stolen, mb.max_message_size, dir_fd=tmp_fd)
+    except FileNotFoundError:
+        return
+    except (_fs.NotRegularFileError, _fs.TooLargeError) as exc:
+        _give_up_entry(mb, STEAL_BURY, stolen, f"taken from a hung consumer, and {exc.strerror}", report)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        _give_up_entry(mb, STEAL_BURY, stolen, "a symlink in tmp/", report)
+        return
+    copy_name = mb._write_tmp(tmp_fd, name + ".copy", raw, sync=mb._sync_dirs)
+    try:
+        # The one deliberate replace in the library: the copy takes the place of the very file it
+        # was copied from (the same message), so the message stays one file throughout.
+        os.replace(copy_name, stolen, src_dir_fd=tmp_fd, dst_dir_fd=tmp_fd)
+    except OSError:
+        _fs._unlink_quietly(tmp_fd, copy_name)
+        raise
+    mb._syncer.changed(tmp_fd)
+    _return_or_bury(mb, STEAL_RETURN, stolen, name, now, report, report.expired, False)
 
 
 def _return_or_bury(
-    mb: FileMailbox, name: str, now: float, report: RecoveryReport, kind: list[str], owner_dead: bool
+    mb: FileMailbox,
+    m: Move,
+    src_name: str,
+    name: str,
+    now: float,
+    report: RecoveryReport,
+    kind: list[str],
+    owner_dead: bool,
 ) -> None:
+    """``m.src/src_name`` (the message ``name``) back to ``new/``, or to ``dead/`` past its attempts."""
     info = parse_name(name)
     attempt = info.attempt if info else 0
-    key = info.id if info else name
+    key = info.id if info else _fs.shown(name)
     why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
     if attempt >= mb.max_attempts:
         moved = mb._move_to_dead(
-            GIVE_UP,
-            name,
+            GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
+            src_name,
             {
                 "reason": f"{why} during attempt {attempt} of {mb.max_attempts}",
                 "last_error": None,
-                "message_file": name,
+                "message_file": _fs.shown(name),
                 "id": key,
                 "attempts": attempt,
             },
@@ -152,7 +228,7 @@ def _return_or_bury(
         return
     target = info.with_(due=compact_time(now + mb.backoff.delay(max(attempt, 1)))) if info else name
     try:
-        new_fd = mb._rename(RECOVER, name, target)
+        new_fd, target = mb._place(m, src_name, target)
     except FileNotFoundError:
         return
     mb._syncer.changed(new_fd)
@@ -160,37 +236,34 @@ def _return_or_bury(
     kind.append(key)
 
 
-def _give_up_entry(mb: FileMailbox, name: str, reason: str, report: RecoveryReport) -> None:
-    if mb._move_to_dead(GIVE_UP, name, {"reason": reason, "message_file": name, "attempts": 0}):
-        report.dead.append(name)
+def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: RecoveryReport) -> None:
+    if mb._move_to_dead(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
+        report.dead.append(_fs.shown(name))
 
 
 def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
     tmp_fd = mb._fd(State.TMP)
-    for name in os.listdir(tmp_fd):
-        if name.endswith(_STOLEN):  # an interrupted steal: finish it, never delete it
-            try:
-                fd = os.open(name, _fs.O_READ_MSG, dir_fd=tmp_fd)
-            except FileNotFoundError:
-                continue
-            try:
-                raw = _fs.read_all(fd, os.fstat(fd).st_size, 1 << 40) or b""
-            finally:
-                os.close(fd)
-            copy_fd = _restore_stolen(mb, name, raw)
-            try:
-                _return_or_bury(mb, name[: -len(_STOLEN)], now, report, report.expired, False)
-            finally:
-                drop(copy_fd)
-            continue
-        try:
-            st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if now - st.st_mtime < mb.tmp_max_age:
-            continue
-        try:
-            os.unlink(name, dir_fd=tmp_fd)
-        except FileNotFoundError:
-            continue
-        report.tmp_removed.append(name)
+    try:
+        names = os.listdir(tmp_fd)
+    except OSError as exc:
+        raise mb._io_error(exc, "recover: listing tmp/") from exc
+    for name in names:
+        if name.endswith(_STOLEN):
+            continue  # finished at the start of the pass (or left in errors)
+        _isolated(mb, report, f"tmp/{name}", _sweep_one, mb, tmp_fd, name, now, report)
+
+
+def _sweep_one(mb: FileMailbox, tmp_fd: int, name: str, now: float, report: RecoveryReport) -> None:
+    try:
+        st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if now - st.st_mtime < mb.tmp_max_age:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a folder in tmp/ (never removed by recovery)")
+    try:
+        os.unlink(name, dir_fd=tmp_fd)  # a symlink is removed as a link: its target is never touched
+    except FileNotFoundError:
+        return
+    report.tmp_removed.append(_fs.shown(name))

@@ -16,8 +16,9 @@ reaper, the CLI, the docs and the tests read it from here.
     import into done/ (the old layout marked them processed) or dead/ (they cannot be converted).
 
     A hung owner's claim (lock held, lease expired) is taken by a steal: processing/<name> is
-    renamed to tmp/<name>.stolen, then a fresh copy of it is renamed into processing/<name>,
-    from where recovery returns it like any other.
+    renamed to tmp/<name>.stolen, a fresh copy (a new inode: the hung owner keeps its lock on the
+    old one) atomically replaces it there, and that goes to new/ (or dead/ when its attempts are
+    used up). At every instant the message is exactly one file.
 """
 
 from __future__ import annotations
@@ -51,16 +52,13 @@ class Transition(str, Enum):
     GIVE_UP = "give_up"  # processing -> dead: attempts exhausted, or dead-lettered by the handler
     REJECT = "reject"  # new -> dead: undecodable, too large, a symlink, not a regular file
     REQUEUE = "requeue"  # dead -> new (or done -> new, a replay): an operator's decision
-    STEAL = (
-        "steal"  # processing -> tmp/<name>.stolen -> a fresh copy in processing: a hung owner's lease ran out
-    )
+    STEAL = "steal"  # processing -> tmp/<name>.stolen (replaced by a fresh copy) -> new/ or dead/
     IMPORT = (
         "import"  # tmp -> done / dead: a legacy Dream.OS message taken over already processed, or unusable
     )
 
 
 TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
-    (State.TMP, State.NEW): frozenset({Transition.PUBLISH}),
     (State.NEW, State.PROCESSING): frozenset({Transition.CLAIM}),
     (State.NEW, State.DEAD): frozenset({Transition.REJECT}),
     (State.PROCESSING, State.DONE): frozenset({Transition.ACK}),
@@ -69,9 +67,9 @@ TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
     (State.DEAD, State.NEW): frozenset({Transition.REQUEUE}),
     (State.DONE, State.NEW): frozenset({Transition.REQUEUE}),
     (State.PROCESSING, State.TMP): frozenset({Transition.STEAL}),
-    (State.TMP, State.PROCESSING): frozenset({Transition.STEAL}),
+    (State.TMP, State.NEW): frozenset({Transition.PUBLISH, Transition.STEAL}),
     (State.TMP, State.DONE): frozenset({Transition.IMPORT}),
-    (State.TMP, State.DEAD): frozenset({Transition.IMPORT}),
+    (State.TMP, State.DEAD): frozenset({Transition.IMPORT, Transition.STEAL}),
 }
 
 
@@ -109,6 +107,7 @@ GIVE_UP = move(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
 REQUEUE_DEAD = move(State.DEAD, State.NEW, Transition.REQUEUE)
 REQUEUE_DONE = move(State.DONE, State.NEW, Transition.REQUEUE)
 STEAL_DETACH = move(State.PROCESSING, State.TMP, Transition.STEAL)
-STEAL_PLACE = move(State.TMP, State.PROCESSING, Transition.STEAL)
+STEAL_RETURN = move(State.TMP, State.NEW, Transition.STEAL)
+STEAL_BURY = move(State.TMP, State.DEAD, Transition.STEAL)
 IMPORT_DONE = move(State.TMP, State.DONE, Transition.IMPORT)
 IMPORT_DEAD = move(State.TMP, State.DEAD, Transition.IMPORT)

@@ -23,7 +23,8 @@ def test_the_allowed_moves_are_exactly_the_documented_ones() -> None:
         ("dead", "new", "requeue"),
         ("done", "new", "requeue"),
         ("processing", "tmp", "steal"),
-        ("tmp", "processing", "steal"),
+        ("tmp", "new", "steal"),
+        ("tmp", "dead", "steal"),
         ("tmp", "done", "import"),
         ("tmp", "dead", "import"),
     }

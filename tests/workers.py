@@ -217,3 +217,33 @@ def handler_claims_and_dies(root: str, agent: str, ready: str) -> None:
     got = handler.get_messages()
     Path(ready).write_text(str(len(got)))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def recover_and_die_at(root: str, agent: str, point: str) -> None:
+    """Run one recovery pass and SIGKILL this process at ``point`` of the steal of a hung owner's
+    message (the crash windows of a recoverer)."""
+    import hybridcomms.recovery as rec
+
+    def die(*_: object, **__: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_finish, real_return = rec._finish_steal, rec._return_or_bury
+    real_replace, real_write = os.replace, FileMailbox._write_tmp
+
+    if point == "after_detach":
+        rec._finish_steal = die  # type: ignore[assignment]
+    elif point == "after_copy":
+        os.replace = die  # type: ignore[assignment]
+    elif point == "after_replace":
+        rec._return_or_bury = die  # type: ignore[assignment]
+    elif point == "after_return":
+
+        def return_then_die(*args: object, **kw: object) -> None:
+            real_return(*args, **kw)  # type: ignore[arg-type]
+            die()
+
+        rec._return_or_bury = return_then_die  # type: ignore[assignment]
+    with FileMailbox(root, agent, fsync="always", backoff=FAST, lease=0.001) as mb:
+        mb.recover()
+    _ = (real_finish, real_replace, real_write)
+    os._exit(3)  # the kill point was not reached
