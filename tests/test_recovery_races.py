@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import workers
 
-from hybridcomms import FileMailbox, MailboxIOError, Message
+from hybridcomms import DeliveryLostError, FileMailbox, MailboxIOError, Message
+from hybridcomms.recovery import RecoveryReport
 from hybridcomms._fs import O_DIR
 from hybridcomms._locking import drop, try_lock
 
@@ -61,21 +62,19 @@ def test_two_recoverers_at_the_same_moment_return_a_hung_consumers_message_once(
         assert d is not None  # held: a hung (alive) owner
         time.sleep(0.002)  # its lease of 1 ms runs out
         gate = threading.Barrier(2)
-        reports = []
+        reports: list[RecoveryReport] = []
 
-        def run(mb: FileMailbox) -> None:
+        def run(mb: FileMailbox, gate: threading.Barrier, reports: list[RecoveryReport]) -> None:
             gate.wait()
             reports.append(mb.recover())
 
-        threads = [threading.Thread(target=run, args=(mb,)) for mb in recoverers]
+        threads = [threading.Thread(target=run, args=(mb, gate, reports)) for mb in recoverers]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert sum(len(r.expired) for r in reports) == 1
         assert list(copies(owner, m.id)) == ["new"] and len(copies(owner, m.id)["new"]) == 1
-        from hybridcomms import DeliveryLostError
-
         with pytest.raises(DeliveryLostError):
             d.ack()  # the hung owner wakes up: its claim was taken
         again = owner.claim()
