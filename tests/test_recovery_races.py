@@ -15,9 +15,9 @@ import pytest
 import workers
 
 from hybridcomms import DeliveryLostError, FileMailbox, MailboxIOError, Message
-from hybridcomms.recovery import RecoveryReport
 from hybridcomms._fs import O_DIR
 from hybridcomms._locking import drop, try_lock
+from hybridcomms.recovery import RecoveryReport
 
 Make = Callable[..., FileMailbox]
 STATES = ("tmp", "new", "processing", "done", "dead")
