@@ -38,6 +38,7 @@ __all__ = [
     "read_regular",
     "rename_noreplace",
     "replace_atomically",
+    "replace_atomically_at",
     "shown",
     "syncfs",
     "write_new_file",
@@ -339,7 +340,7 @@ def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int = 0o
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode)  # exactly this mode, whatever the umask
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -352,3 +353,32 @@ def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def replace_atomically_at(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
+    """`replace_atomically` for ``name`` in an open folder (no path walked again, no link followed).
+
+    The new file gets ``mode`` exactly (whatever the umask), or, with None, the mode of the file it
+    replaces (0o600 if there was none): a legacy ``inbox.json`` that other agents append to keeps
+    its group bits."""
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            mode = 0o600
+    tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, O_CREATE_MSG, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(dir_fd, tmp)
+        raise
+    os.fsync(dir_fd)

@@ -13,6 +13,7 @@ portalocker does the locking.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 
@@ -70,24 +71,58 @@ def drop(fd: int) -> None:
     os.close(fd)
 
 
+_O_LOCKFILE = (
+    os.O_RDWR
+    | os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
 @contextlib.contextmanager
-def hold_lock_file(path: str | os.PathLike[str], timeout: float = 10.0) -> Iterator[None]:
+def hold_lock_file(
+    path: str | os.PathLike[str], timeout: float = 10.0, *, dir_fd: int | None = None, mode: int = 0o660
+) -> Iterator[None]:
     """Hold an exclusive lock on the lock file ``path`` (created if missing) for a block.
 
     This is the lock that Dream.OS writers take on ``inbox.json.lock`` with the ``filelock``
-    library; portalocker and filelock both use flock, so they exclude each other. Raises
-    `LockTimeoutError` if it stays taken for ``timeout`` seconds.
+    library; both take flock(2) on the lock file, so they exclude each other. The lock file is
+    opened as a file another agent may have placed: never following a symlink and never blocking
+    (a FIFO or a folder there is an `UnsafePathError`). Raises `LockTimeoutError` if it stays taken
+    for ``timeout`` seconds.
     """
-    import portalocker
+    import stat
+    import time
 
-    lock = portalocker.Lock(os.fspath(path), mode="a", timeout=max(timeout, 0.0), check_interval=0.01)
+    from .errors import UnsafePathError
+
+    shown = os.fspath(path)
     try:
-        lock.acquire()
-    except portalocker.exceptions.LockException:
-        raise LockTimeoutError(
-            f"could not lock {os.fspath(path)} within {timeout:g}s (held by another process)"
-        ) from None
+        fd = os.open(path, _O_LOCKFILE, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise UnsafePathError(f"lock file {shown} is a symlink or not a regular file") from None
+        raise
     try:
-        yield
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"lock file {shown} is not a regular file")
+        deadline = time.monotonic() + max(timeout, 0.0)
+        delay = 0.001
+        while True:
+            try:
+                flock(fd, LOCK_TRY)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"could not lock {shown} within {timeout:g}s (held by another process)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        try:
+            yield
+        finally:
+            unlock(fd)
     finally:
-        lock.release()
+        os.close(fd)

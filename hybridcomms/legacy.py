@@ -20,15 +20,17 @@ Layouts and file names: ``runtime_layout.md``; the whole migration story: ``docs
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,7 +38,7 @@ import orjson
 from . import _fs
 from ._locking import hold_lock_file
 from ._names import parse_name
-from .errors import HybridCommsError, MessageError
+from .errors import HybridCommsError, MessageError, UnsafePathError
 from .mailbox import FileMailbox, check_agent_id
 from .message import Message, Priority, check_id
 from .states import State
@@ -165,9 +167,10 @@ class IngestReport:
     dead: list[str] = field(default_factory=list)  # names buried in dead/
     duplicates: int = 0  # already published by an interrupted earlier ingestion
     waiting: list[str] = field(default_factory=list)  # inbox/ files left for later (maybe still written)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): links, FIFOs, too large
 
     def __bool__(self) -> bool:
-        return bool(self.ingested or self.dead or self.duplicates)
+        return bool(self.ingested or self.dead or self.duplicates or self.refused)
 
     def __str__(self) -> str:
         parts = [f"{len(self.ingested)} ingested", f"{len(self.dead)} to dead/"]
@@ -175,6 +178,8 @@ class IngestReport:
             parts.append(f"{self.duplicates} already there")
         if self.waiting:
             parts.append(f"{len(self.waiting)} left for later")
+        if self.refused:
+            parts.append(f"{len(self.refused)} refused and left in place")
         return ", ".join(parts)
 
 
@@ -197,38 +202,124 @@ def _is_candidate(name: str) -> bool:
     return name.endswith(".json") and not name.startswith(".")
 
 
+#: The largest ``inbox.json`` ingestion reads (bytes); a bigger one is left in place and reported.
+DEFAULT_MAX_INBOX_JSON = 64 << 20
+
+
+def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
+    log.warning("%s: %s refused and left in place: %s", agent, _fs.shown(where), why)
+    report.refused.append((_fs.shown(where), why))
+
+
+def _why_refused(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink (never followed)"
+    if isinstance(exc, (_fs.NotRegularFileError, _fs.TooLargeError)):
+        return exc.strerror or str(exc)
+    return f"cannot be read: {exc.strerror or exc}"
+
+
 def ingest(
-    mailbox: FileMailbox, *, lock_timeout: float = 10.0, settle: float = DEFAULT_SETTLE
+    mailbox: FileMailbox,
+    *,
+    lock_timeout: float = 10.0,
+    settle: float = DEFAULT_SETTLE,
+    max_inbox_json: int = DEFAULT_MAX_INBOX_JSON,
 ) -> IngestReport:
     """Move everything legacy writers dropped for this agent into its ``new/`` (see the module
-    docstring). Raises `LockTimeoutError` if a legacy writer holds a lock for ``lock_timeout``."""
+    docstring). Raises `LockTimeoutError` if a legacy writer holds a lock for ``lock_timeout``.
+
+    Every legacy path is walked without following links: a symlink, a FIFO or a folder where a file
+    is expected (and an ``inbox.json`` over ``max_inbox_json`` bytes) is left where it is and listed
+    in ``refused``; it never blocks the ingestion or reads anything outside the mailbox."""
     report = IngestReport()
-    agent_dir = mailbox.path
-    inbox_json = agent_dir / INBOX_JSON
-    if inbox_json.exists():
-        with hold_lock_file(f"{inbox_json}.lock", lock_timeout):
-            _ingest_inbox_json(mailbox, inbox_json, report)
-    inbox_dir = agent_dir / INBOX_DIR
-    if inbox_dir.is_dir() and not inbox_dir.is_symlink() and has_legacy_drops(mailbox.root, mailbox.agent_id):
-        with hold_lock_file(inbox_dir / INBOX_DIR_LOCK, lock_timeout):
-            ingest_folder(mailbox, inbox_dir, report, settle)
+    agent = mailbox.agent_id
+    with _agent_dir(mailbox) as adir_fd:
+        kind = _entry_kind(adir_fd, INBOX_JSON)
+        if kind == "file":
+            try:
+                with hold_lock_file(INBOX_JSON + ".lock", lock_timeout, dir_fd=adir_fd):
+                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json)
+            except UnsafePathError as exc:
+                _refuse(report, agent, f"{agent}/{INBOX_JSON}.lock", str(exc))
+        elif kind is not None:
+            _refuse(report, agent, f"{agent}/{INBOX_JSON}", kind)
+        kind = _entry_kind(adir_fd, INBOX_DIR)
+        if kind == "dir":
+            try:
+                inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
+            except OSError as exc:
+                _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
+            else:
+                try:
+                    if _has_candidates(inbox_fd):
+                        try:
+                            with hold_lock_file(INBOX_DIR_LOCK, lock_timeout, dir_fd=inbox_fd):
+                                ingest_folder(mailbox, inbox_fd, INBOX_DIR, report, settle)
+                        except UnsafePathError as exc:
+                            _refuse(report, agent, f"{agent}/{INBOX_DIR}/{INBOX_DIR_LOCK}", str(exc))
+                finally:
+                    os.close(inbox_fd)
+        elif kind is not None and kind != "file":
+            _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
     if report:
-        log.info("%s: legacy drops: %s", mailbox.agent_id, report)
+        log.info("%s: legacy drops: %s", agent, report)
     return report
+
+
+@contextlib.contextmanager
+def _agent_dir(mb: FileMailbox) -> Iterator[int]:
+    """The agent's folder, opened without following links from the root (as the mailbox is)."""
+    root_fd = os.open(mb.root, _fs.O_DIR)
+    try:
+        fd = _fs.open_dir(mb.agent_id, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _entry_kind(dir_fd: int, name: str) -> str | None:
+    """``"file"``, ``"dir"``, None if absent, or what else it is (a symlink, a FIFO, …), unfollowed."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be looked at: {exc.strerror}"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink (never followed)"
+    return f"not a regular file ({stat.filemode(st.st_mode)})"
+
+
+def _has_candidates(dir_fd: int) -> bool:
+    try:
+        return any(_is_candidate(n) for n in os.listdir(dir_fd))
+    except OSError:
+        return False
 
 
 def _reason(text: str, source: str) -> dict[str, Any]:
     return {"reason": text, "source": source, "attempts": 0}
 
 
-def _ingest_inbox_json(mb: FileMailbox, path: Path, report: IngestReport) -> None:
+def _ingest_inbox_json(mb: FileMailbox, adir_fd: int, report: IngestReport, limit: int) -> None:
+    source = f"{mb.agent_id}/{INBOX_JSON}"
     try:
-        raw = path.read_bytes()
+        raw = _fs.read_regular(INBOX_JSON, limit, dir_fd=adir_fd)
     except FileNotFoundError:
+        return
+    except OSError as exc:
+        _refuse(report, mb.agent_id, source, _why_refused(exc))
         return
     if not raw.strip():
         return
-    source = f"{mb.agent_id}/{INBOX_JSON}"
     try:
         entries = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -239,7 +330,7 @@ def _ingest_inbox_json(mb: FileMailbox, path: Path, report: IngestReport) -> Non
         # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
         mb.bury(raw, f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json", _reason(problem, source))
         report.dead.append(INBOX_JSON)
-        _fs.replace_atomically(path, b"[]", 0o660)
+        _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
         return
     if not entries:
         return
@@ -247,7 +338,7 @@ def _ingest_inbox_json(mb: FileMailbox, path: Path, report: IngestReport) -> Non
     for i, entry in enumerate(entries):
         items.append((f"{source}[{i}]", orjson.dumps(entry, option=orjson.OPT_SORT_KEYS), entry))
     _publish(mb, items, report)
-    _fs.replace_atomically(path, b"[]", 0o660)
+    _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
     _end_journal(mb)
 
 
@@ -257,41 +348,32 @@ NOT_MESSAGES = frozenset({INBOX_JSON, "subscriptions.json"})
 
 def ingest_folder(
     mb: FileMailbox,
-    folder: Path,
+    folder_fd: int,
+    rel: str,
     report: IngestReport,
     settle: float = DEFAULT_SETTLE,
     *,
     exclude: frozenset[str] = frozenset(),
 ) -> None:
-    """Publish every ``*.json`` file of ``folder`` (one legacy message each) into ``new/`` and
-    remove it; bury what is not JSON or does not convert. The caller holds any lock needed."""
+    """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
+    folder, ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
+    not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock."""
     items: list[tuple[str, bytes, Any]] = []
     taken: list[str] = []
     now = time.time()
-    inbox = folder
-    rel = os.path.relpath(folder, mb.path)
     label = "" if rel == "." else rel.replace(os.sep, "-")
-    for name in sorted(os.listdir(folder)):
+    for name in sorted(os.listdir(folder_fd)):
         if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
         source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"
         try:
-            fd = os.open(inbox / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            raw = _fs.read_regular(name, mb.max_message_size, dir_fd=folder_fd)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            log.warning("%s: cannot take %s (%s); left where it is", mb.agent_id, source, exc)
-            report.waiting.append(name)
+            _refuse(report, mb.agent_id, source, _why_refused(exc))
             continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                report.waiting.append(name)
-                continue
-            with os.fdopen(os.dup(fd), "rb") as f:
-                raw = f.read()
-        finally:
-            os.close(fd)
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -307,15 +389,11 @@ def ingest_folder(
     _publish(mb, items, report, label=label)
     for name in taken:
         try:
-            os.unlink(inbox / name)
+            os.unlink(name, dir_fd=folder_fd)
         except FileNotFoundError:
             pass
     if taken:
-        dir_fd = os.open(inbox, _fs.O_DIR)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        os.fsync(folder_fd)
     _end_journal(mb)
 
 
@@ -364,7 +442,7 @@ def _publish(
 def _ids_in_flight(mb: FileMailbox, ids: set[str]) -> set[str]:
     """Of ``ids``, those a previous, interrupted ingestion already published (per its journal)."""
     try:
-        journal = orjson.loads((mb.path / JOURNAL).read_bytes())
+        journal = orjson.loads(_fs.read_regular(mb.path / JOURNAL, 16 << 20))
         pending = set(journal["ids"]) & ids
     except (OSError, ValueError, KeyError, TypeError):
         return set()

@@ -25,8 +25,11 @@ one without publishing anything twice (the ingestion journal).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,12 +37,17 @@ from typing import Any
 
 import orjson
 
+from . import _fs
 from .errors import MessageError
 from .legacy import (
+    DEFAULT_MAX_INBOX_JSON,
     DEFAULT_SETTLE,
     INBOX_DIR,
     INBOX_JSON,
     NOT_MESSAGES,
+    _agent_dir,
+    _entry_kind,
+    _why_refused,
     ids_present,
     ingest,
     ingest_folder,
@@ -128,12 +136,12 @@ class Migration:
 # -- looking (no changes) -------------------------------------------------------------------------
 
 
-def _classify(path: Path, origin: str, agent: str, max_size: int) -> str | None:
+def _classify(dir_fd: int, name: str, origin: str, agent: str, max_size: int) -> str | None:
     """None if the file converts into a message, else why not."""
     try:
-        raw = path.read_bytes()
+        raw = _fs.read_regular(name, max_size, dir_fd=dir_fd)
     except OSError as exc:
-        return f"unreadable: {exc.strerror}"
+        return _why_refused(exc)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -145,75 +153,128 @@ def _classify(path: Path, origin: str, agent: str, max_size: int) -> str | None:
     return None
 
 
-def _json_files(folder: Path, exclude: frozenset[str] = frozenset()) -> list[Path]:
+def _json_files(
+    dir_fd: int, exclude: frozenset[str] = frozenset()
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ``*.json`` regular files of an open folder, and the ``*.json`` entries refused (links,
+    FIFOs, folders: never followed or read)."""
     try:
-        names = sorted(os.listdir(folder))
+        names = sorted(os.listdir(dir_fd))
     except OSError:
-        return []
-    return [
-        folder / n
-        for n in names
-        if n.endswith(".json") and not n.startswith(".") and n not in exclude and (folder / n).is_file()
-    ]
+        return [], []
+    files: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for n in names:
+        if not n.endswith(".json") or n.startswith(".") or n in exclude:
+            continue
+        kind = _entry_kind(dir_fd, n)
+        if kind == "file":
+            files.append(n)
+        elif kind is not None:
+            refused.append((n, kind))
+    return files, refused
 
 
-def _survey_agent(root: Path, agent: str, max_size: int) -> AgentMigration:
+@contextlib.contextmanager
+def _open_sub(dir_fd: int, name: str) -> Iterator[int | None]:
+    """A sub-folder opened without following a link; None if it is missing, a link or not a folder."""
+    try:
+        fd = _fs.open_dir(name, dir_fd=dir_fd)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _survey_agent(root_fd: int, agent: str, max_size: int) -> AgentMigration:
     plan = AgentMigration(agent)
-    adir = root / agent
-    inbox_json = adir / INBOX_JSON
-    if inbox_json.is_file():
-        try:
-            entries = orjson.loads(inbox_json.read_bytes() or b"[]")
-        except orjson.JSONDecodeError as exc:
-            plan.to_dead.append((f"{agent}/{INBOX_JSON}", f"not valid JSON: {exc}"))
-            entries = []
-        if not isinstance(entries, list):
-            plan.to_dead.append((f"{agent}/{INBOX_JSON}", f"not a JSON array but {type(entries).__name__}"))
-            entries = []
-        for i, entry in enumerate(entries):
-            origin = f"{agent}/{INBOX_JSON}[{i}]"
+    with _open_sub(root_fd, agent) as adir_fd:
+        if adir_fd is None:
+            plan.left.append((f"{agent}/", "not a folder (or a link): refused"))
+            return plan
+        kind = _entry_kind(adir_fd, INBOX_JSON)
+        if kind == "file":
             try:
-                message_from_legacy(entry, agent_id=agent, origin=origin, max_size=max_size)
-                plan.to_new.append(origin)
-            except MessageError as exc:
-                plan.to_dead.append((origin, f"cannot be converted: {exc}"))
-    for folder, exclude in ((adir / INBOX_DIR, frozenset[str]()), (adir, NOT_MESSAGES)):
-        for path in _json_files(folder, exclude):
-            origin = str(path.relative_to(root))
-            why = _classify(path, origin, agent, max_size)
-            (plan.to_new.append(origin) if why is None else plan.to_dead.append((origin, why)))
-    for name in PROCESSED_FOLDERS:
-        for path in _json_files(adir / name):
-            origin = str(path.relative_to(root))
-            why = _classify(path, origin, agent, max_size)
-            if why is None:
-                plan.to_done.append(origin)
-            else:
-                plan.left.append((origin, f"processed, and {why}"))
-    _survey_leftovers(root, adir, plan)
+                raw = _fs.read_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
+                entries = orjson.loads(raw or b"[]")
+            except orjson.JSONDecodeError as exc:
+                plan.to_dead.append((f"{agent}/{INBOX_JSON}", f"not valid JSON: {exc}"))
+                entries = []
+            except OSError as exc:
+                plan.left.append((f"{agent}/{INBOX_JSON}", _why_refused(exc)))
+                entries = []
+            if not isinstance(entries, list):
+                plan.to_dead.append(
+                    (f"{agent}/{INBOX_JSON}", f"not a JSON array but {type(entries).__name__}")
+                )
+                entries = []
+            for i, entry in enumerate(entries):
+                origin = f"{agent}/{INBOX_JSON}[{i}]"
+                try:
+                    message_from_legacy(entry, agent_id=agent, origin=origin, max_size=max_size)
+                    plan.to_new.append(origin)
+                except MessageError as exc:
+                    plan.to_dead.append((origin, f"cannot be converted: {exc}"))
+        elif kind is not None:
+            plan.left.append((f"{agent}/{INBOX_JSON}", f"{kind}: refused"))
+        for sub, exclude in ((INBOX_DIR, frozenset[str]()), (".", NOT_MESSAGES)):
+            with _open_sub(adir_fd, sub) as fd:
+                if fd is None:
+                    continue
+                files, refused = _json_files(fd, exclude)
+                prefix = f"{agent}/" if sub == "." else f"{agent}/{sub}/"
+                plan.left += [(prefix + n, f"{why}: refused") for n, why in refused]
+                for n in files:
+                    why = _classify(fd, n, prefix + n, agent, max_size)
+                    (
+                        plan.to_new.append(prefix + n)
+                        if why is None
+                        else plan.to_dead.append((prefix + n, why))
+                    )
+        for sub in PROCESSED_FOLDERS:
+            with _open_sub(adir_fd, sub) as fd:
+                if fd is None:
+                    continue
+                files, refused = _json_files(fd)
+                prefix = f"{agent}/{sub}/"
+                plan.left += [(prefix + n, f"{why}: refused") for n, why in refused]
+                for n in files:
+                    why = _classify(fd, n, prefix + n, agent, max_size)
+                    if why is None:
+                        plan.to_done.append(prefix + n)
+                    else:
+                        plan.left.append((prefix + n, f"processed, and {why}"))
+        _survey_leftovers(adir_fd, agent, plan)
     return plan
 
 
-def _survey_leftovers(root: Path, adir: Path, plan: AgentMigration) -> None:
+def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
     try:
-        entries = sorted(os.listdir(adir))
+        entries = sorted(os.listdir(adir_fd))
     except OSError:
         return
     for name in entries:
-        path = adir / name
-        rel = str(path.relative_to(root))
+        rel = f"{agent}/{name}"
         if name.startswith(".") or name in _OURS or name in {INBOX_JSON, "subscriptions.json"}:
             continue
         if name.endswith(".lock"):
             continue
-        if path.is_dir() and name in (INBOX_DIR, *PROCESSED_FOLDERS):
-            for inner in sorted(os.listdir(path)):
+        kind = _entry_kind(adir_fd, name)
+        if kind == "dir" and name in (INBOX_DIR, *PROCESSED_FOLDERS):
+            with _open_sub(adir_fd, name) as fd:
+                inner_names = sorted(os.listdir(fd)) if fd is not None else []
+            for inner in inner_names:
                 if not inner.startswith(".") and not inner.endswith((".json", ".lock", ".tmp")):
                     plan.left.append((f"{rel}/{inner}", "not a JSON message file"))
             continue
-        if path.is_dir():
+        if kind == "dir":
             why = "not a message folder" if name in KEPT_FOLDERS else "unknown folder"
             plan.left.append((rel + "/", why))
+        elif kind != "file" and not name.endswith(".json"):
+            plan.left.append((rel, f"{kind}: refused"))
         elif not name.endswith(".json"):
             plan.left.append((rel, "not a JSON message file"))
 
@@ -224,25 +285,34 @@ def survey(root: str | os.PathLike[str], *, max_message_size: int = DEFAULT_MAX_
     result = Migration(base, dry_run=True)
     if not base.is_dir():
         raise FileNotFoundError(f"no mailbox root at {base}")
-    for name in sorted(os.listdir(base)):
-        path = base / name
-        if name.startswith(".") or name.startswith(f"{base.name}.backup-"):
-            continue
-        if name == "broadcast" and path.is_dir():
-            count = len(_json_files(path))
-            result.left.append((f"{name}/", f"broadcasts ({count} files) have no single recipient"))
-            continue
-        if not path.is_dir() or path.is_symlink():
-            result.left.append((name, "not an agent folder"))
-            continue
-        try:
-            check_agent_id(name)
-        except ValueError:
-            result.left.append((f"{name}/", "not a safe agent id (e.g. an unrendered template)"))
-            continue
-        plan = _survey_agent(base, name, max_message_size)
-        if plan.changes() or plan.left or (path / INBOX_JSON).exists() or (path / INBOX_DIR).is_dir():
-            result.agents.append(plan)
+    root_fd = os.open(base, _fs.O_DIR)
+    try:
+        for name in sorted(os.listdir(root_fd)):
+            if name.startswith(".") or name.startswith(f"{base.name}.backup-"):
+                continue
+            kind = _entry_kind(root_fd, name)
+            if name == "broadcast" and kind == "dir":
+                with _open_sub(root_fd, name) as fd:
+                    count = len(_json_files(fd)[0]) if fd is not None else 0
+                result.left.append((f"{name}/", f"broadcasts ({count} files) have no single recipient"))
+                continue
+            if kind != "dir":
+                result.left.append((name, "not an agent folder" if kind == "file" else f"{kind}: refused"))
+                continue
+            try:
+                check_agent_id(name)
+            except ValueError:
+                result.left.append((f"{name}/", "not a safe agent id (e.g. an unrendered template)"))
+                continue
+            plan = _survey_agent(root_fd, name, max_message_size)
+            with _open_sub(root_fd, name) as fd:
+                legacy = fd is not None and (
+                    _entry_kind(fd, INBOX_JSON) is not None or _entry_kind(fd, INBOX_DIR) is not None
+                )
+            if plan.changes() or plan.left or legacy:
+                result.agents.append(plan)
+    finally:
+        os.close(root_fd)
     return result
 
 
@@ -256,8 +326,13 @@ def migrate(
     backup: bool = True,
     fsync: str = "always",
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    dir_mode: int = 0o700,
+    file_mode: int = 0o600,
 ) -> Migration:
-    """Convert the root (see the module docstring). Returns what was done (or would be)."""
+    """Convert the root (see the module docstring). Returns what was done (or would be).
+
+    The folders and files it creates get ``dir_mode`` / ``file_mode`` (the documented 0o700 / 0o600;
+    0o770 / 0o660 for a Dream.OS group setup where agents run as different users)."""
     plan = survey(root, max_message_size=max_message_size)
     if dry_run:
         return plan
@@ -266,16 +341,25 @@ def migrate(
     if backup and any(a.changes() for a in plan.agents):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         target = base.parent / f"{base.name}.backup-{stamp}"
-        shutil.copytree(base, target, symlinks=True)
+        shutil.copytree(base, target, symlinks=True, ignore=_special_files)
         done.backup = target
     for a in plan.agents:
         with FileMailbox(
-            base, a.agent, fsync=fsync, max_message_size=max_message_size, dir_mode=0o770, file_mode=0o660
+            base,
+            a.agent,
+            fsync=fsync,
+            max_message_size=max_message_size,
+            dir_mode=dir_mode,
+            file_mode=file_mode,
         ) as mb:
             result = AgentMigration(a.agent, left=list(a.left))
             report = ingest(mb)
-            adir = mb.path
-            ingest_folder(mb, adir, report, DEFAULT_SETTLE, exclude=NOT_MESSAGES)  # L4: no lock
+            with _agent_dir(mb) as adir_fd:
+                ingest_folder(mb, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES)  # L4: no lock
+                for sub in PROCESSED_FOLDERS:
+                    with _open_sub(adir_fd, sub) as fd:
+                        if fd is not None:
+                            result.to_done += _import_processed(mb, fd, f"{a.agent}/{sub}")
             result.left += [
                 (f"{a.agent}/{n}", "invalid JSON changed seconds ago (being written?): run migrate again")
                 for n in report.waiting
@@ -283,24 +367,39 @@ def migrate(
             result.to_new = list(report.ingested)
             dead_reasons = {source.rsplit("/", 1)[-1]: why for source, why in a.to_dead}
             result.to_dead = [(n, dead_reasons.get(n, "see its reason file in dead/")) for n in report.dead]
-            for name in PROCESSED_FOLDERS:
-                result.to_done += _import_processed(mb, adir / name, base)
             done.agents.append(result)
     return done
 
 
-def _import_processed(mb: FileMailbox, folder: Path, root: Path) -> list[str]:
-    """``archive/`` or ``processed/`` files into ``done/`` (skipping ids already there), then removed."""
-    files = _json_files(folder)
+def _special_files(folder: str, names: list[str]) -> set[str]:
+    """For the backup: FIFOs, sockets and devices are not copied (a FIFO would block the copy)."""
+    skip = set()
+    for n in names:
+        try:
+            mode = os.lstat(os.path.join(folder, n)).st_mode
+        except OSError:
+            skip.add(n)
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skip.add(n)
+    return skip
+
+
+def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str) -> list[str]:
+    """``archive/`` or ``processed/`` files into ``done/`` (skipping ids already there), then removed.
+
+    ``dir_fd`` was opened without following a link, and only regular files in it are read or
+    removed: nothing outside the mailbox is ever touched."""
+    files, _refused = _json_files(dir_fd)
     if not files:
         return []
     in_done = ids_present(mb, (State.DONE,))
     moved: list[str] = []
     batch = []
-    for path in files:
-        origin = str(path.relative_to(root))
+    for n in files:
+        origin = f"{prefix}/{n}"
         try:
-            raw = path.read_bytes()
+            raw = _fs.read_regular(n, mb.max_message_size, dir_fd=dir_fd)
             message = message_from_legacy(
                 orjson.loads(raw), agent_id=mb.agent_id, origin=origin, raw=raw, max_size=mb.max_message_size
             )
@@ -309,11 +408,13 @@ def _import_processed(mb: FileMailbox, folder: Path, root: Path) -> list[str]:
         if message.id not in in_done:
             batch.append(message)
             in_done.add(message.id)
-        moved.append(origin)
+        moved.append(n)
     mb.import_done(batch)
-    for origin in moved:
+    for n in moved:
         try:
-            os.unlink(root / origin)
+            os.unlink(n, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
-    return moved
+    if moved:
+        os.fsync(dir_fd)
+    return [f"{prefix}/{n}" for n in moved]

@@ -141,19 +141,19 @@ def test_an_ingestion_killed_after_publishing_does_not_publish_twice(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("killed before inbox.json was cleared")
 
-    real = legacy_mod._fs.replace_atomically
+    real = legacy_mod._fs.replace_atomically_at
     calls = {"n": 0}
 
-    def replace_then_crash(path: Any, data: bytes, mode: int = 0o644) -> None:
+    def replace_then_crash(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
         calls["n"] += 1
-        if str(path).endswith("inbox.json"):
+        if name == "inbox.json":
             crash()
-        real(path, data, mode)
+        real(dir_fd, name, data, mode)
 
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically", replace_then_crash)
+    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", replace_then_crash)
     with pytest.raises(KeyboardInterrupt):
         ingest(mailbox)
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically", real)
+    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", real)
     assert mailbox.stats().states[State.NEW].count == 3 and (mailbox.path / JOURNAL).exists()
     report = ingest(mailbox)
     assert report.ingested == [] and report.duplicates == 3

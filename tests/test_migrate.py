@@ -144,17 +144,17 @@ def test_an_interrupted_migration_is_finished_by_the_next_run_without_duplicates
     (root / "Agent-1" / "inbox.json").write_bytes(orjson.dumps([legacy(i, "Agent-1") for i in range(5)]))
     import hybridcomms.legacy as legacy_mod
 
-    real = legacy_mod._fs.replace_atomically
+    real = legacy_mod._fs.replace_atomically_at
 
-    def die_on_inbox(path: Any, data: bytes, mode: int = 0o644) -> None:
-        if str(path).endswith("inbox.json"):
+    def die_on_inbox(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
+        if name == "inbox.json":
             raise KeyboardInterrupt("killed")
-        real(path, data, mode)
+        real(dir_fd, name, data, mode)
 
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically", die_on_inbox)
+    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", die_on_inbox)
     with pytest.raises(KeyboardInterrupt):
         migrate(root, backup=False, fsync="never")
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically", real)
+    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", real)
     migrate(root, backup=False, fsync="never")
     assert ids(root, "Agent-1", State.NEW) == [f"id{i:04d}" for i in range(5)]
 
