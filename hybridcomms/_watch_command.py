@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import FrameType
 
 import orjson
 
+from . import _fs
 from .watcher import MailboxEvent, MailboxWatcher
 
 log = logging.getLogger("hybridcomms.watch")
@@ -23,19 +25,50 @@ log = logging.getLogger("hybridcomms.watch")
 
 class ExecRunner:
     """Runs ``--exec CMD`` once per delivered message, at most ``jobs`` at a time, off the watching
-    threads. A failing command is reported and never stops anything."""
+    threads. A failing command is reported and never stops anything.
 
-    def __init__(self, command: str, jobs: int) -> None:
+    The queue of waiting files is bounded (``queue_size``): when it is full, the watching thread
+    waits for room (back-pressure; the kernel keeps the notifications, and a lost one is made up by
+    the rescan). `close` stops within ``grace`` seconds: commands already running get that long to
+    finish and are then killed; what was still queued is not run (those files still wait in ``new/``
+    and get their command at the next start, from its first rescan)."""
+
+    def __init__(self, command: str, jobs: int, *, queue_size: int = 1000, grace: float = 5.0) -> None:
         self.command = command
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=jobs, thread_name_prefix="hybridcomms-exec"
-        )
+        self.grace = grace
+        self.queue: queue.Queue[MailboxEvent | None] = queue.Queue(maxsize=max(queue_size, 1))
+        self.stopping = threading.Event()
         self.failed = 0
         self.ran = 0
+        self.not_run = 0
         self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"hybridcomms-exec-{i}", daemon=True)
+            for i in range(max(jobs, 1))
+        ]
+        for t in self._threads:
+            t.start()
 
     def submit(self, event: MailboxEvent) -> None:
-        self.pool.submit(self._run, event)
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(event, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        with self._lock:
+            self.not_run += 1
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                event = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if event is None or self.stopping.is_set():
+                break
+            self._run(event)
 
     def _run(self, event: MailboxEvent) -> None:
         env = dict(os.environ)
@@ -47,11 +80,18 @@ class ExecRunner:
             HYBRIDCOMMS_TOPIC=_topic_of(event.path),
         )
         try:
-            done = subprocess.run(self.command, shell=True, env=env, check=False, stdin=subprocess.DEVNULL)
-            code = done.returncode
+            proc = subprocess.Popen(
+                self.command, shell=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         except OSError as exc:
             code = -1
             log.error("--exec could not start for %s: %s", event.name, exc)
+        else:
+            with self._lock:
+                self._running.add(proc)
+            code = proc.wait()
+            with self._lock:
+                self._running.discard(proc)
         with self._lock:
             self.ran += 1
             if code != 0:
@@ -64,13 +104,28 @@ class ExecRunner:
             )
 
     def close(self, wait: bool = True) -> None:
-        self.pool.shutdown(wait=wait, cancel_futures=not wait)
+        self.stopping.set()
+        with self._lock:
+            self.not_run += self.queue.qsize()
+        deadline = time.monotonic() + (self.grace if wait else 0.0)
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            running = list(self._running)
+        for proc in running:  # past the grace: the command's whole process group goes
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(1.0)
 
 
 def _topic_of(path: str) -> str:
+    """The topic of the file an event names, read as a hostile file: no link followed, no blocking
+    on a FIFO, at most 1 MiB."""
     try:
-        with open(path, "rb") as f:
-            obj = orjson.loads(f.read(1 << 20))
+        obj = orjson.loads(_fs.read_regular(path, 1 << 20))
         topic = (
             obj.get("topic") or obj.get("type") or obj.get("message_type") if isinstance(obj, dict) else None
         )
@@ -84,7 +139,11 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
     stop = threading.Event()
     out_lock = threading.Lock()
-    runner = ExecRunner(args.exec, args.exec_jobs) if args.exec else None
+    runner = (
+        ExecRunner(args.exec, args.exec_jobs, queue_size=args.exec_queue, grace=args.grace)
+        if args.exec
+        else None
+    )
 
     def on_event(ev: MailboxEvent) -> None:
         line = (
@@ -120,11 +179,17 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        if runner is not None:
+            runner.stopping.set()  # the watching threads stop waiting for room in the queue
         watcher.stop()
         if runner is not None:
             runner.close(wait=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
-    done = f"; --exec ran {runner.ran}, {runner.failed} failed" if runner is not None else ""
+    done = (
+        f"; --exec ran {runner.ran}, {runner.failed} failed, {runner.not_run} left for the next start"
+        if runner is not None
+        else ""
+    )
     print(f"hybridcomms watch: stopped{done}", file=sys.stderr, flush=True)
     return 0

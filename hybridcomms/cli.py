@@ -5,10 +5,11 @@
     hybridcomms [--root R] stats [AGENT ...] [--json]
     hybridcomms [--root R] recover [AGENT ...]
     hybridcomms [--root R] demo
-    hybridcomms [--root R] watch [--json] [--exec CMD] [--exec-jobs N] [--recover-every S] [--rescan-every S]
+    hybridcomms [--root R] watch [--json] [--exec CMD] [--exec-jobs N] [--exec-queue N] [--grace S]
+                                     [--recover-every S] [--rescan-every S]
     hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R]
     hybridcomms [--policy FILE] policy show
-    hybridcomms [--root R] migrate [--dry-run] [--no-backup] [--json]
+    hybridcomms [--root R] migrate [--dry-run] [--no-backup] [--group] [--json]
 
 The mailbox root is ``--root``, else ``$HYBRIDCOMMS_ROOT``, else
 ``runtime/agent_comms/agent_mailboxes`` under the current directory (the Dream.OS location).
@@ -127,14 +128,27 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
+    """Every mailbox is tried, whatever happens to one of them; the exit is non-zero if any failed."""
+    failed = 0
     for agent in _agents(args, root):
-        with FileMailbox(root, agent, create=False) as mb:
-            rep = mb.recover()
+        try:
+            with FileMailbox(root, agent, create=False) as mb:
+                rep = mb.recover()
+        except Exception as exc:
+            failed += 1
+            print(f"hybridcomms recover: {agent}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        if rep.busy:
+            print(f"{agent}: another recovery is running on it; skipped")
+            continue
         print(
             f"{agent}: returned {len(rep.returned)}, expired {len(rep.expired)}, "
             f"dead {len(rep.dead)}, tmp removed {len(rep.tmp_removed)}"
+            + (f", {len(rep.errors)} entries left in place" if rep.errors else "")
         )
-    return EXIT_OK
+        for entry, why in rep.errors:
+            print(f"  left {entry}: {why}")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
@@ -162,7 +176,10 @@ def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
 def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
     from .migrate import migrate
 
-    result = migrate(root, dry_run=args.dry_run, backup=not args.no_backup, fsync=args.fsync or "always")
+    modes = {"dir_mode": 0o770, "file_mode": 0o660} if args.group else {"dir_mode": 0o700, "file_mode": 0o600}
+    result = migrate(
+        root, dry_run=args.dry_run, backup=not args.no_backup, fsync=args.fsync or "always", **modes
+    )
     if args.json:
         print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -270,6 +287,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--exec-jobs", type=int, default=4, help="at most this many --exec commands at once")
     w.add_argument(
+        "--exec-queue",
+        type=int,
+        default=1000,
+        help="at most this many files wait for --exec (then the watcher waits for room)",
+    )
+    w.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, seconds running --exec commands get before they are killed",
+    )
+    w.add_argument(
         "--recover-every", type=float, default=30.0, help="seconds between recovery passes (0: never)"
     )
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
@@ -284,6 +313,11 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     mg.add_argument("--no-backup", action="store_true", help="do not copy the root to <root>.backup-<time>")
     mg.add_argument("--json", action="store_true")
+    mg.add_argument(
+        "--group",
+        action="store_true",
+        help="group-shared modes (folders 0770, files 0660) for agents running as different users",
+    )
     mg.set_defaults(func=_cmd_migrate)
 
     pol = sub.add_parser(
