@@ -283,6 +283,24 @@ def read_regular(name: str | os.PathLike[str], limit: int, *, dir_fd: int | None
         os.close(fd)
 
 
+def read_regular_following(path: str | os.PathLike[str], limit: int) -> bytes:
+    """`read_regular` for a path a person chose (a config file): links are followed, but a FIFO or
+    device still never blocks and the size is still capped."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(
+                errno.EINVAL, f"not a regular file ({stat.filemode(st.st_mode)})", os.fspath(path)
+            )
+        data = read_all(fd, st.st_size, limit)
+        if data is None:
+            raise TooLargeError(st.st_size, limit, os.fspath(path))
+        return data
+    finally:
+        os.close(fd)
+
+
 #: The longest file name most filesystems take (bytes).
 NAME_MAX = 255
 

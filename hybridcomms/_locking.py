@@ -99,7 +99,11 @@ def hold_lock_file(
 
     shown = os.fspath(path)
     try:
-        fd = os.open(path, _O_LOCKFILE, mode, dir_fd=dir_fd)
+        try:  # a lock file we create gets exactly ``mode``, whatever the umask
+            fd = os.open(path, _O_LOCKFILE | os.O_EXCL, mode, dir_fd=dir_fd)
+            os.fchmod(fd, mode)
+        except FileExistsError:
+            fd = os.open(path, _O_LOCKFILE, mode, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
             raise UnsafePathError(f"lock file {shown} is a symlink or not a regular file") from None

@@ -89,6 +89,8 @@ log = logging.getLogger("hybridcomms.mailbox")
 DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
 DEFAULT_BACKOFF = Backoff()
+#: Set to 1 to let mailboxes open folders that belong to another user (a shared-group setup).
+ALLOW_OTHER_OWNER_ENV = "HYBRIDCOMMS_ALLOW_OTHER_OWNER"
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 _STATES = (State.TMP, State.NEW, State.PROCESSING, State.DONE, State.DEAD)
 
@@ -145,6 +147,8 @@ class FileMailbox:
         tmp_max_age       recovery removes tmp/ files older than this (abandoned half-writes)
         rescan_interval   a claimer relists new/ at least this often to see other writers in order
         create            create the folders if missing (else a missing mailbox raises)
+        allow_other_owner open folders that belong to another user (a Dream.OS group setup); default
+                          from $HYBRIDCOMMS_ALLOW_OTHER_OWNER, else refused with `UnsafePathError`
 
     Safe to share between threads, and any number of processes may open the same mailbox.
     """
@@ -165,6 +169,7 @@ class FileMailbox:
         tmp_max_age: float = 3600.0,
         rescan_interval: float = 1.0,
         create: bool = True,
+        allow_other_owner: bool | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.fsync = FsyncPolicy(fsync)
@@ -181,6 +186,9 @@ class FileMailbox:
         self.file_mode = file_mode
         self.dir_mode = dir_mode
         self.tmp_max_age = float(tmp_max_age)
+        if allow_other_owner is None:
+            allow_other_owner = os.environ.get(ALLOW_OTHER_OWNER_ENV, "") not in ("", "0")
+        self.allow_other_owner = allow_other_owner
         self.root = Path(root)
         self.path = self.root / agent_id
         self._chmod_files = bool(file_mode & _fs.current_umask())
@@ -200,13 +208,27 @@ class FileMailbox:
 
     def _open_folders(self, create: bool) -> None:
         root = os.fspath(self.root)
-        if create:
-            os.makedirs(root, exist_ok=True)
+        made_root = False
+        if create and not os.path.isdir(root):
+            parent = os.path.dirname(os.path.abspath(root))
+            try:
+                os.makedirs(root, mode=self.dir_mode)
+                made_root = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise MailboxIOError(
+                    exc.errno, f"cannot create mailbox root {root}: {exc.strerror}", root
+                ) from exc
         try:
             root_fd = os.open(root, _fs.O_DIR)
         except OSError as exc:
             raise MailboxIOError(exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root) from exc
         try:
+            if made_root:
+                os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
+                if self._sync_dirs:
+                    _fsync_path(parent)  # the root's entry in its parent survives a power loss too
             agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
             try:
                 for state in _STATES:
@@ -235,6 +257,8 @@ class FileMailbox:
                     made = True
                 except FileExistsError:
                     pass
+                except OSError as exc:
+                    raise MailboxIOError(exc.errno, f"cannot create {shown}: {exc.strerror}", shown) from exc
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     kind = "a symlink" if os.path.islink(shown) else "not a folder"
@@ -242,8 +266,25 @@ class FileMailbox:
                         f"{shown} is {kind}; a mailbox folder must be a real folder"
                     ) from None
                 raise MailboxIOError(exc.errno, f"cannot open {shown}: {exc.strerror}", shown) from exc
-        if made:
-            os.fchmod(fd, self.dir_mode)
+        try:
+            if made:
+                os.fchmod(fd, self.dir_mode)
+                if self._sync_dirs:
+                    os.fsync(parent_fd)  # the new folder's entry survives a power loss
+            elif not self.allow_other_owner:
+                owner = os.fstat(fd).st_uid
+                if owner != os.geteuid():
+                    raise UnsafePathError(
+                        f"{shown} belongs to another user (uid {owner}); a mailbox of another user is "
+                        "refused unless allowed (FileMailbox(..., allow_other_owner=True) or "
+                        f"{ALLOW_OTHER_OWNER_ENV}=1, for a Dream.OS group setup)"
+                    )
+        except OSError as exc:
+            os.close(fd)
+            raise MailboxIOError(exc.errno, f"cannot set up {shown}: {exc.strerror}", shown) from exc
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def _close_fds(self) -> None:
@@ -812,6 +853,17 @@ class FileMailbox:
         if isinstance(exc, MailboxIOError):
             return exc
         return MailboxIOError(exc.errno, f"{what} in {self.path} failed: {exc.strerror or exc}", exc.filename)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, _fs.O_DIR)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _publish_name(message: Message, now: float) -> str:

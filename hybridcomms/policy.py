@@ -44,6 +44,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from . import _fs
 from .errors import HybridCommsError, MessageError
 from .message import Priority
 
@@ -307,10 +308,14 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        """Read a policy TOML file, or the ``[tool.hybridcomms.policy]`` table of a pyproject.toml."""
+        """Read a policy TOML file, or the ``[tool.hybridcomms.policy]`` table of a pyproject.toml.
+
+        Read as any file a user may point at: no blocking on a FIFO, at most 16 MiB."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            text = _fs.read_regular_following(p, 16 << 20).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"not UTF-8 text: {exc}", path=str(p)) from None
         except OSError as exc:
             raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=str(p)) from None
         if p.name == "pyproject.toml":
@@ -324,6 +329,13 @@ class Policy:
         except tomllib.TOMLDecodeError as exc:
             line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
             raise PolicyError(f"not valid TOML: {exc}", path=source, line=line) from None
+        except RecursionError:
+            line = _deepest_line(text)
+            raise PolicyError(
+                "nested too deeply to read (arrays or inline tables thousands of levels deep)",
+                path=source,
+                line=line,
+            ) from None
         for key in table:
             value = data.get(key, {})
             if not isinstance(value, Mapping):
@@ -440,3 +452,19 @@ def _table_line(text: str, header: str, index: int) -> int | None:
 def _key_line(text: str, key: str) -> int | None:
     m = re.search(r"^[ \t]*" + re.escape(key) + r"[ \t]*=", text, re.M)
     return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def _deepest_line(text: str) -> int:
+    """The line where brackets and braces first nest deepest (where a too-deep file goes wrong)."""
+    depth = best = 0
+    line = best_line = 1
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        elif ch in "[{":
+            depth += 1
+            if depth > best:
+                best, best_line = depth, line
+        elif ch in "]}":
+            depth -= 1
+    return best_line

@@ -20,7 +20,9 @@ from hybridcomms.errors import MailboxIOError
 NAME_MAX = 255
 
 # A file name: any bytes but "/" and NUL, 1..NAME_MAX long (not "." or ".."), as os.listdir gives it.
-name_bytes = st.binary(min_size=1, max_size=NAME_MAX).map(lambda b: b.replace(b"/", b"_").replace(b"\0", b"_"))
+name_bytes = st.binary(min_size=1, max_size=NAME_MAX).map(
+    lambda b: b.replace(b"/", b"_").replace(b"\0", b"_")
+)
 names = name_bytes.filter(lambda b: b not in (b".", b"..")).map(os.fsdecode)
 long_names = st.integers(min_value=200, max_value=NAME_MAX).map(lambda n: "n" * n)
 native_like = st.builds(
@@ -52,9 +54,25 @@ extreme_values = st.one_of(
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
     extreme_times,
 )
-FIELDS = ["version", "id", "topic", "sender", "recipient", "created_at", "priority", "correlation_id",
-          "reply_to", "headers", "payload", "message_id", "type", "message_type", "timestamp_utc",
-          "timestamp", "body"]
+FIELDS = [
+    "version",
+    "id",
+    "topic",
+    "sender",
+    "recipient",
+    "created_at",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "headers",
+    "payload",
+    "message_id",
+    "type",
+    "message_type",
+    "timestamp_utc",
+    "timestamp",
+    "body",
+]
 
 
 def _mutated(base: dict[str, Any], changes: dict[str, Any]) -> bytes:
@@ -129,7 +147,8 @@ def test_poison_files_never_stop_the_good_messages(bad: list[tuple[str, bytes]],
                     with open(os.path.join(dead, n), "rb") as f:
                         dead_bytes[n] = f.read()
                     assert n + ".reason.json" in dead_names, n
-                    reason = orjson.loads(open(os.path.join(dead, n + ".reason.json"), "rb").read())
+                    with open(os.path.join(dead, n + ".reason.json"), "rb") as f:
+                        reason = orjson.loads(f.read())
                     assert reason["reason"]
             # every placed file was delivered (it was a valid message) or is in dead/ with its bytes
             dead_payloads = list(dead_bytes.values())
