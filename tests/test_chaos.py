@@ -1,0 +1,39 @@
+"""The short chaos run: producers, consumers, two recoverers and the watch service, SIGKILLed and
+frozen at random, lose nothing and duplicate nothing (tools/chaos.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "chaos.py"
+
+
+@pytest.mark.slow
+def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            "--messages",
+            "2000",
+            "--seconds",
+            "12",
+            "--watch",
+            "--json",
+            "--root",
+            str(tmp_path / "root"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["produced"] >= 500, result
+    assert result["kills"] >= 10, result
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["leftovers"] == 0, result
+    assert result["ok"] and out.returncode == 0

@@ -1,0 +1,282 @@
+"""Chaos run: producers, consumers and (at least two) recoverers on one mailbox, SIGKILLed, frozen
+(SIGSTOP past their lease) and restarted at random, optionally with the watch service; then drained
+and checked.
+
+    python tools/chaos.py --messages 3000 --seconds 20 [--watch] [--json] [--root DIR] [--seed N]
+
+Prints one JSON object (``--json``) or a summary with
+``produced, acked, dead, lost, duplicates, redeliveries, kills, stops, leftovers, ok``, and exits
+non-zero unless ``lost == 0 and duplicates == 0 and leftovers == 0``.
+
+- produced: puts that returned (each producer logs an id after its put returns);
+- lost: produced ids in no final state (``done/`` or ``dead/``) after the drain;
+- duplicates: ids with more than one file in the final folders, plus ids acked twice;
+- redeliveries: deliveries past the first (kills and steals cost attempts; that is allowed);
+- leftovers: files still in ``new/``, ``processing/`` or ``tmp/`` after the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+AGENT = "Chaos-1"
+LEASE = 1.0
+
+
+def _mailbox(root: str) -> Any:
+    from hybridcomms import Backoff, FileMailbox
+
+    return FileMailbox(
+        root,
+        AGENT,
+        fsync="never",
+        lease=LEASE,
+        max_attempts=1_000_000,
+        backoff=Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0),
+        tmp_max_age=5.0,
+    )
+
+
+# -- roles (each runs in its own process) ---------------------------------------------------------
+
+
+def role_producer(root: str, log_path: str, prefix: str, stop_file: str) -> None:
+    from hybridcomms import Message
+
+    mb = _mailbox(root)
+    with open(log_path, "a", buffering=1) as log:
+        i = 0
+        while not os.path.exists(stop_file):
+            msg_id = f"{prefix}-{i}"
+            mb.put(Message("chaos", {"i": i}, id=msg_id))
+            log.write(msg_id + "\n")  # after the put returned: this id must never be lost
+            i += 1
+
+
+def role_consumer(root: str, log_path: str) -> None:
+    from hybridcomms import DeliveryLostError
+
+    mb = _mailbox(root)
+    with open(log_path, "a", buffering=1) as log:
+        while True:
+            d = mb.claim(timeout=0.5)
+            if d is None:
+                continue
+            try:
+                d.ack()
+            except DeliveryLostError:
+                continue  # stolen while we were frozen: someone else delivers it
+            log.write(f"{d.message.id} {d.attempt}\n")
+
+
+def role_recoverer(root: str) -> None:
+    mb = _mailbox(root)
+    while True:
+        mb.recover()
+        time.sleep(0.01)
+
+
+# -- the conductor --------------------------------------------------------------------------------
+
+
+class Child:
+    def __init__(self, kind: str, argv: list[str]) -> None:
+        self.kind = kind
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopped_until = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.stopped_until = 0.0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _read_lines(paths: list[Path]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        if p.exists():
+            out += [line for line in p.read_text().splitlines() if line]
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    root = Path(args.root or tempfile.mkdtemp(prefix="hybridcomms-chaos-"))
+    work = root.parent / (root.name + ".chaos")
+    work.mkdir(parents=True, exist_ok=True)
+    _mailbox(str(root)).close()
+    stop_file = str(work / "stop-producing")
+    me = [sys.executable, os.path.abspath(__file__)]
+    children: list[Child] = []
+    generation = collections.Counter[str]()
+
+    def producer_argv(k: int) -> list[str]:
+        generation[f"p{k}"] += 1
+        prefix = f"p{k}g{generation[f'p{k}']}"
+        return [*me, "--role", "producer", str(root), str(work / f"produced-{prefix}.log"), prefix, stop_file]
+
+    for k in range(args.producers):
+        children.append(Child(f"producer{k}", producer_argv(k)))
+    for k in range(args.consumers):
+        children.append(
+            Child("consumer", [*me, "--role", "consumer", str(root), str(work / f"acked-{k}.log")])
+        )
+    for _ in range(args.recoverers):
+        children.append(Child("recoverer", [*me, "--role", "recoverer", str(root)]))
+    if args.watch:
+        watch = [
+            sys.executable,
+            "-m",
+            "hybridcomms.cli",
+            "--root",
+            str(root),
+            "watch",
+            "--recover-every",
+            "0.5",
+            "--rescan-every",
+            "1",
+        ]
+        children.append(Child("watch", watch))
+    for c in children:
+        c.start()
+
+    kills = stops = 0
+    deadline = time.monotonic() + args.seconds
+    produced_logs = lambda: sorted(work.glob("produced-*.log"))  # noqa: E731
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.05, 0.25))
+        now = time.monotonic()
+        for c in children:  # thaw the frozen ones whose time is up
+            if c.stopped_until and now >= c.stopped_until and c.proc is not None:
+                c.proc.send_signal(signal.SIGCONT)
+                c.stopped_until = 0.0
+        if not os.path.exists(stop_file) and len(_read_lines(produced_logs())) >= args.messages:
+            Path(stop_file).touch()
+        victim = rng.choice(children)
+        if victim.stopped_until:
+            continue
+        if victim.kind == "consumer" and rng.random() < 0.25:
+            # frozen past its lease: a hung owner whose message the recoverers must steal
+            assert victim.proc is not None
+            victim.proc.send_signal(signal.SIGSTOP)
+            victim.stopped_until = now + LEASE * rng.uniform(1.2, 2.5)
+            stops += 1
+            continue
+        victim.kill()
+        kills += 1
+        if victim.kind.startswith("producer"):
+            victim.argv = producer_argv(int(victim.kind[len("producer") :]))
+        victim.start()
+    Path(stop_file).touch()
+    for c in children:
+        if c.proc is not None and c.stopped_until:
+            c.proc.send_signal(signal.SIGCONT)
+        c.kill()
+
+    # Drain: everything the chaos left is given back and delivered by one calm consumer.
+    drain_log = work / "acked-drain.log"
+    mb = _mailbox(str(root))
+    mb.tmp_max_age = 0.0
+    with open(drain_log, "a") as log:
+        for _ in range(1000):
+            rep = mb.recover(now=time.time() + 10 * LEASE)
+            got = 0
+            while (d := mb.claim()) is not None:
+                d.ack()
+                log.write(f"{d.message.id} {d.attempt}\n")
+                got += 1
+            if not rep and got == 0 and not os.listdir(mb.path / "processing"):
+                break
+    mb.close()
+
+    produced = set(_read_lines(produced_logs()))
+    acks = [line.split() for line in _read_lines(sorted(work.glob("acked-*.log")))]
+    acked_count = collections.Counter(a[0] for a in acks)
+    final = collections.Counter[str]()
+    from hybridcomms._names import parse_name
+
+    def ids_in(state: str) -> list[str]:
+        out = []
+        for name in os.listdir(root / AGENT / state):
+            if name.endswith(".reason.json"):
+                continue
+            info = parse_name(name)
+            out.append(info.id if info else name)
+        return out
+
+    done_ids, dead_ids = ids_in("done"), ids_in("dead")
+    final.update(done_ids)
+    final.update(dead_ids)
+    leftovers = sum(len(os.listdir(root / AGENT / s)) for s in ("new", "processing", "tmp"))
+    lost = len(produced - set(final))
+    duplicates = len({i for i, n in final.items() if n > 1} | {i for i, n in acked_count.items() if n > 1})
+    redeliveries = sum(int(a[1]) - 1 for a in acks if len(a) > 1 and a[1].isdigit())
+    result = {
+        "produced": len(produced),
+        "acked": len(done_ids),
+        "dead": len(dead_ids),
+        "lost": lost,
+        "duplicates": duplicates,
+        "redeliveries": redeliveries,
+        "kills": kills,
+        "stops": stops,
+        "leftovers": leftovers,
+        "seconds": args.seconds,
+        "watch": bool(args.watch),
+        "root": str(root),
+    }
+    result["ok"] = lost == 0 and duplicates == 0 and leftovers == 0
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--role", help=argparse.SUPPRESS)
+    ap.add_argument("--messages", type=int, default=3000, help="stop producing after this many puts")
+    ap.add_argument("--seconds", type=float, default=20.0, help="how long the chaos lasts")
+    ap.add_argument("--watch", action="store_true", help="also run (and kill) the watch service")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--root", help="mailbox root (default: a new temporary folder)")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--producers", type=int, default=2)
+    ap.add_argument("--consumers", type=int, default=3)
+    ap.add_argument("--recoverers", type=int, default=2)
+    args, rest = ap.parse_known_args(argv)
+    if args.role == "producer":
+        role_producer(*rest)
+        return 0
+    if args.role == "consumer":
+        role_consumer(*rest)
+        return 0
+    if args.role == "recoverer":
+        role_recoverer(*rest)
+        return 0
+    if args.recoverers < 2:
+        ap.error("--recoverers must be at least 2 (recoverers racing each other is the point)")
+    result = run(args)
+    if args.json:
+        import json
+
+        print(json.dumps(result))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in result.items()))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
