@@ -817,7 +817,10 @@ class FileMailbox:
     def recover(self, *, now: float | None = None) -> RecoveryReport:
         """Return to ``new/`` every claimed message whose owner died (its lock is free) or whose
         lease expired; move to ``dead/`` those that used up ``max_attempts``; remove ``tmp/``
-        files older than ``tmp_max_age``. Safe to run at any time, from any process."""
+        files older than ``tmp_max_age``. Safe to run at any time, from any process.
+
+        ``now``: the time at which leases and ``tmp/`` ages are judged (default: the clock); the
+        messages it returns are due after their backoff from the real clock."""
         return recovery.recover(self, time.time() if now is None else now)
 
     # -- inspection and repair (hybridcomms.inspection) -----------------------------------------

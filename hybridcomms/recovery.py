@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -226,7 +227,9 @@ def _return_or_bury(
         if moved is not None:
             report.dead.append(key)
         return
-    target = info.with_(due=compact_time(now + mb.backoff.delay(max(attempt, 1)))) if info else name
+    # Due after the backoff from the real clock (``now`` only says when leases and ages are judged).
+    due = time.time() + mb.backoff.delay(max(attempt, 1))
+    target = info.with_(due=compact_time(due)) if info else name
     try:
         new_fd, target = mb._place(m, src_name, target)
     except FileNotFoundError:

@@ -76,7 +76,18 @@ def test_recv_with_a_timeout_receives_a_message_sent_while_it_waits(tmp_path: Pa
     try:
         import time
 
-        time.sleep(1.0)
+        # Handshake: recv is waiting once it holds an inotify descriptor (its wait for new/).
+        def watching() -> bool:
+            try:
+                fds = os.listdir(f"/proc/{waiting.pid}/fd")
+                return any("inotify" in os.readlink(f"/proc/{waiting.pid}/fd/{fd}") for fd in fds)
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not watching() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert watching()
         assert (
             run(
                 "--root", str(tmp_path), "send", "--to", "Agent-1", "--topic", "late", cwd=tmp_path

@@ -244,7 +244,10 @@ def test_five_processes_appending_to_a_legacy_inbox_json_leave_exactly_five_entr
     ]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # let them all reach the starting line
+    deadline = time.monotonic() + 60  # every writer at the starting line (each says so with a file)
+    while len(list(tmp_path.glob("go.ready-*"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(list(tmp_path.glob("go.ready-*"))) == 5
     start.touch()
     for p in procs:
         p.join(120)

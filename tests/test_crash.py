@@ -17,6 +17,29 @@ from hybridcomms import Backoff, FileMailbox, Message
 from hybridcomms._names import parse_name
 
 spawn = mp.get_context("spawn")
+# Children forked from a server that imported the workers once: a restart costs milliseconds, so the
+# soak is paced by what the consumers do, not by interpreter start-up.
+forkserver = mp.get_context("forkserver")
+forkserver.set_forkserver_preload(["workers", "hybridcomms"])
+
+
+def count_lines(path: Path, prefix: bytes) -> int:
+    try:
+        return sum(1 for line in path.read_bytes().splitlines() if line.startswith(prefix))
+    except FileNotFoundError:
+        return 0
+
+
+def wait_until(predicate: object, timeout: float) -> bool:
+    """Wait for a condition the children make true (their logs, the mailbox), polling finely."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 pytestmark = pytest.mark.slow
 
 FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
@@ -37,24 +60,36 @@ def test_sigkilled_consumers_lose_nothing_and_every_kill_counts_as_an_attempt(tm
     def spawn_consumer() -> mp.process.BaseProcess:
         log = tmp_path / f"consumer{len(logs)}.log"
         logs.append(log)
-        p = spawn.Process(target=workers.crashy_consume, args=(str(root), "Agent-1", str(log), len(logs)))
+        p = forkserver.Process(
+            target=workers.crashy_consume, args=(str(root), "Agent-1", str(log), len(logs))
+        )
         p.start()
         return p
 
     procs = [spawn_consumer() for _ in range(4)]
+    proc_logs = logs[-4:]
     kills = 0
     recovered = 0
     deadline = time.monotonic() + 240
+
+    def all_done() -> bool:
+        return len(os.listdir(mb.path / "done")) >= total
+
     try:
-        while time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.01, 0.08))
-            if len(os.listdir(mb.path / "done")) >= total:
-                break
+        while time.monotonic() < deadline and not all_done():
+            # The kill lands after the victim has claimed a random number of messages (its log is the
+            # handshake): mid-handler, mid-ack or between two claims, wherever it happens to be.
             victim = rng.randrange(len(procs))
+            log = proc_logs[victim]
+            want = rng.randint(1, 60)
+            wait_until(lambda log=log, want=want: count_lines(log, b"claim") >= want or all_done(), 30)
+            if all_done():
+                break
             procs[victim].kill()  # SIGKILL
             procs[victim].join()
             kills += 1
             procs[victim] = spawn_consumer()
+            proc_logs[victim] = logs[-1]
             if kills % 5 == 0:
                 recovered += len(mb.recover().returned)
     finally:
@@ -109,9 +144,13 @@ def test_a_producer_killed_mid_put_never_leaves_a_partial_file_in_new(tmp_path: 
     rng = random.Random(7)
     mb = FileMailbox(root, "Agent-1", fsync="never", tmp_max_age=0, max_message_size=2 * size)
     for _ in range(8):
-        p = spawn.Process(target=workers.put_big_forever, args=(str(root), "Agent-1", size))
+        p = forkserver.Process(target=workers.put_big_forever, args=(str(root), "Agent-1", size))
         p.start()
-        time.sleep(0.4 + rng.uniform(0.0, 0.3))  # spawn start-up, then some puts
+        # Handshake: the producer is writing once a file of its own is in tmp/; then a random few puts.
+        before = len(os.listdir(mb.path / "new"))
+        wants = before + rng.randint(0, 3)
+        assert wait_until(lambda: bool(os.listdir(mb.path / "tmp")), 30)
+        wait_until(lambda wants=wants: len(os.listdir(mb.path / "new")) >= wants, 30)
         p.kill()
         p.join()
     seen = 0

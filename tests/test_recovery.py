@@ -72,9 +72,9 @@ def test_an_expired_lease_takes_the_message_from_a_hung_owner(make_mailbox: Make
     owner.put(m)
     hung = owner.claim()
     assert hung is not None
-    time.sleep(0.3)
     reaper = make_mailbox(lease=0.2)
-    assert reaper.recover().expired == [m.id]
+    assert not reaper.recover(now=time.time() + 0.1)  # within the lease
+    assert reaper.recover(now=time.time() + 0.3).expired == [m.id]
     again = reaper.claim()  # not blocked by the hung owner's lock on the old file
     assert again is not None and again.message == m and again.attempt == 2
     with pytest.raises(DeliveryLostError):
@@ -87,8 +87,7 @@ def test_the_hung_owners_late_ack_fails_clearly(make_mailbox: Make) -> None:
     owner.put(Message("t"))
     hung = owner.claim()
     assert hung is not None
-    time.sleep(0.2)
-    make_mailbox(lease=0.1).recover()
+    make_mailbox(lease=0.1).recover(now=time.time() + 0.2)
     with pytest.raises(DeliveryLostError, match="lease expired"):
         hung.ack()
     assert len(os.listdir(owner.path / "new")) == 1
@@ -99,7 +98,7 @@ def test_a_heartbeat_keeps_the_lease(make_mailbox: Make) -> None:
     owner.put(Message("t"))
     d = owner.claim()
     assert d is not None
-    for _ in range(4):
+    for _ in range(4):  # 0.4 s in all: past the lease, renewed every 0.1 s
         time.sleep(0.1)
         d.heartbeat()
     assert not make_mailbox(lease=0.3).recover()
@@ -122,8 +121,7 @@ def test_a_hung_process_loses_its_message_to_recovery_and_another_consumer_gets_
             time.sleep(0.05)
         assert ready.read_text() == m.id
         assert not mb.recover()
-        time.sleep(0.35)
-        assert mb.recover().expired == [m.id]
+        assert mb.recover(now=time.time() + 0.35).expired == [m.id]
         d = mb.claim()
         assert d is not None and d.message == m
         d.ack()

@@ -103,8 +103,7 @@ def test_with_polling_every_change_that_lasts_a_poll_is_reported(root: Path) -> 
 def test_an_agent_created_while_watching_is_watched(
     watched: tuple[MailboxWatcher, Recorder], root: Path
 ) -> None:
-    _, rec = watched
-    time.sleep(0.2)
+    _, rec = watched  # started: its watches on the root exist once start() returned
     with FileMailbox(root, "Late-Agent", fsync="never") as mb:
         mb.put(Message("t"))
         assert rec.wait(lambda r: r.kinds("Late-Agent") == ["delivered"])
@@ -327,7 +326,6 @@ def test_messages_that_land_before_a_new_agents_watches_exist_are_reported_promp
     """A new agent's first files can land in new/ before its watches exist; a quick rescan follows."""
     rec = Recorder()
     with MailboxWatcher(root, on_event=rec, rescan_every=300):
-        time.sleep(0.2)
         with FileMailbox(root, "Fresh-Agent", fsync="never") as mb:
             ids = {mb.put(Message("first", i)) for i in range(20)}  # at once, racing the new watches
         assert rec.wait(lambda r: {e.id for e in r.events if e.agent == "Fresh-Agent"} >= ids, timeout=10)

@@ -129,6 +129,7 @@ def append_legacy(root: str, agent: str, sender: int, start: str) -> None:
 
     mailbox_utils.MAILBOX_ROOT = Path(root)
     message = mailbox_utils.create_mailbox_message(f"Agent-{sender}", agent, "hi", "CUSTOM", {"n": sender})
+    Path(f"{start}.ready-{sender}").touch()  # at the starting line
     while not Path(start).exists():  # all begin together
         time.sleep(0.001)
     mailbox_utils.write_mailbox_message(agent, message)  # the recipient is on the legacy layout

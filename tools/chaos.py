@@ -50,28 +50,39 @@ def _mailbox(root: str) -> Any:
 # -- roles (each runs in its own process) ---------------------------------------------------------
 
 
-def role_producer(root: str, log_path: str, prefix: str, stop_file: str) -> None:
+def role_producer(root: str, log_path: str, prefix: str, stop_file: str, rate: str) -> None:
+    """Put messages at about ``rate`` per second (spread over the run, so kills land while work is
+    flowing) until the conductor says stop."""
     from hybridcomms import Message
 
     mb = _mailbox(root)
+    interval = 1.0 / float(rate)
     with open(log_path, "a", buffering=1) as log:
         i = 0
+        next_at = time.monotonic()
         while not os.path.exists(stop_file):
             msg_id = f"{prefix}-{i}"
             mb.put(Message("chaos", {"i": i}, id=msg_id))
             log.write(msg_id + "\n")  # after the put returned: this id must never be lost
             i += 1
+            next_at += interval
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
 
 
 def role_consumer(root: str, log_path: str) -> None:
     from hybridcomms import DeliveryLostError
 
     mb = _mailbox(root)
+    rng = random.Random()
     with open(log_path, "a", buffering=1) as log:
         while True:
             d = mb.claim(timeout=0.5)
             if d is None:
                 continue
+            if rng.random() < 0.3:
+                time.sleep(rng.random() * 0.004)  # a handler at work: kills and freezes land here
             try:
                 d.ack()
             except DeliveryLostError:
@@ -97,7 +108,10 @@ class Child:
         self.stopped_until = 0.0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        quiet = subprocess.DEVNULL if self.kind == "watch" else None  # its banner on every restart
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=quiet
+        )
         self.stopped_until = 0.0
 
     def kill(self) -> None:
@@ -128,7 +142,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def producer_argv(k: int) -> list[str]:
         generation[f"p{k}"] += 1
         prefix = f"p{k}g{generation[f'p{k}']}"
-        return [*me, "--role", "producer", str(root), str(work / f"produced-{prefix}.log"), prefix, stop_file]
+        rate = str(max(args.messages / max(args.seconds * 0.8, 1.0) / args.producers, 1.0))
+        log = str(work / f"produced-{prefix}.log")
+        return [*me, "--role", "producer", str(root), log, prefix, stop_file, rate]
 
     for k in range(args.producers):
         children.append(Child(f"producer{k}", producer_argv(k)))
