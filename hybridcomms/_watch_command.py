@@ -167,6 +167,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         recover_every=args.recover_every,
         rescan_every=args.rescan_every,
         polling=args.polling,
+        ingest_legacy=args.legacy,
     )
     try:
         watcher.start()

@@ -174,7 +174,7 @@ def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
-    from .migrate import migrate
+    from .compat.dreamos.migrate import migrate
 
     modes = {"dir_mode": 0o770, "file_mode": 0o660} if args.group else {"dir_mode": 0o700, "file_mode": 0o600}
     result = migrate(
@@ -303,6 +303,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
+    w.add_argument(
+        "--legacy",
+        action="store_true",
+        default=None,
+        help="take Dream.OS legacy drops (inbox.json, inbox/) of adopted agents into new/ "
+        "(also on with HYBRIDCOMMS_LEGACY_INTAKE=1 or a policy adopt entry)",
+    )
     w.set_defaults(func=_cmd_watch)
 
     mg = sub.add_parser(

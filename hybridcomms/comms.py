@@ -35,11 +35,11 @@ from typing import Any
 import orjson
 
 from . import _fs
+from . import intake as _intake
 from ._locking import hold_lock_file
 from .bus import AgentBus, Event, default_bus, pattern_matches
 from .delivery import Delivery
 from .errors import HybridCommsError
-from .legacy import IngestProbe
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
 from .policy import Policy, Route
@@ -100,6 +100,8 @@ class Comms:
         policy          a `Policy`, or a path to a policy file; default: the built-in rules
         bus             the `AgentBus` for ephemeral messages; default: the process-wide one
         recover_every   the consumer loop runs mailbox recovery this often (seconds; 0: never)
+        legacy_intake   take Dream.OS legacy drops beside the mailbox into it: None (default) when
+                        configured (`hybridcomms.intake`), True or False to say so
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Comms:
         lease: float = 300.0,
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
         recover_every: float = 30.0,
+        legacy_intake: bool | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.root = Path(root)
@@ -144,7 +147,9 @@ class Comms:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
         self._closed = False
-        self._legacy = IngestProbe(self.mailbox)
+        # Legacy drops beside the mailbox are looked at only when an intake is configured (intake.py).
+        plugin = _intake.get(policy, force=legacy_intake)
+        self._intake_probe = plugin.prober(self.mailbox) if plugin is not None else None
         self._next_legacy_look = 0.0
 
     # -- sending ------------------------------------------------------------------------------
@@ -326,12 +331,14 @@ class Comms:
     def process_one(self, timeout: float | None = None) -> bool:
         """Claim and handle one durable message (waiting up to ``timeout``). True if there was one.
 
-        Messages that legacy Dream.OS writers drop in this agent's ``inbox.json`` or ``inbox/`` are
-        first taken into ``new/`` (looked at every quarter second at most; see `hybridcomms.legacy`)."""
-        now = time.monotonic()
-        if now >= self._next_legacy_look:
-            self._next_legacy_look = now + 0.25
-            self.ingest_legacy()
+        Where a legacy intake is on (`hybridcomms.intake`), messages that legacy Dream.OS writers drop in
+        this agent's ``inbox.json`` or ``inbox/`` are first taken into ``new/`` (looked at every quarter
+        second at most)."""
+        if self._intake_probe is not None:
+            now = time.monotonic()
+            if now >= self._next_legacy_look:
+                self._next_legacy_look = now + 0.25
+                self.ingest_legacy()
         delivery = self.mailbox.claim(timeout=timeout, cancel=self._stop)
         if delivery is None:
             return False
@@ -339,13 +346,16 @@ class Comms:
         return True
 
     def ingest_legacy(self, *, force: bool = False) -> int:
-        """Take legacy drops (``inbox.json`` appends, ``inbox/`` files) into ``new/``; how many."""
+        """Take legacy drops (``inbox.json`` appends, ``inbox/`` files) into ``new/``; how many (0 when
+        no intake is on)."""
+        if self._intake_probe is None:
+            return 0
         try:
-            report = self._legacy.run(force=force)
+            taken = self._intake_probe(force)
         except (OSError, HybridCommsError) as exc:
             log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
             return 0
-        return len(report.ingested) if report is not None else 0
+        return int(taken or 0)
 
     def _dispatch(self, d: Delivery) -> None:
         message = d.message

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import intake as _intake
 from ._names import REASON_SUFFIX, parse_name
 from .bus import AgentBus
-from .legacy import INBOX_DIR, INBOX_JSON, has_legacy_drops, ingest, is_adopted
 from .mailbox import FileMailbox, list_agents
 from .states import TRANSITIONS, State, Transition
 
@@ -90,7 +90,8 @@ class MailboxWatcher:
         rescan_every   list every ``new/`` this often to catch what notifications missed
         polling        use watchdog's polling observer instead of inotify
         ingest_legacy  take what legacy Dream.OS writers drop for an adopted agent (``inbox.json``
-                       appends, ``inbox/`` files) into its ``new/`` (see `hybridcomms.legacy`)
+                       appends, ``inbox/`` files) into its ``new/``: None (default) when an intake is
+                       configured (`hybridcomms.intake`), True or False to say so
     """
 
     def __init__(
@@ -104,7 +105,7 @@ class MailboxWatcher:
         rescan_every: float = 10.0,
         polling: bool = False,
         poll_interval: float = 1.0,
-        ingest_legacy: bool = True,
+        ingest_legacy: bool | None = None,
     ) -> None:
         self.root = Path(root)
         self.on_event = on_event
@@ -114,7 +115,8 @@ class MailboxWatcher:
         self.rescan_every = rescan_every
         self.polling = polling
         self.poll_interval = poll_interval
-        self.ingest_legacy = ingest_legacy
+        self._intake = _intake.get(force=ingest_legacy)
+        self.ingest_legacy = self._intake is not None
         self._ingest_pending: set[str] = set()
         self._root_str = os.path.abspath(self.root)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
@@ -277,12 +279,10 @@ class MailboxWatcher:
 
     def _legacy_drop(self, path: str) -> bool:
         """A change to ``<agent>/inbox.json`` or ``<agent>/inbox/*.json``: ingest that agent soon."""
-        if not self.ingest_legacy:
+        if self._intake is None:
             return False
-        parts = os.path.relpath(path, self._root_str).split(os.sep)
-        if (len(parts) == 2 and parts[1] == INBOX_JSON) or (
-            len(parts) == 3 and parts[1] == INBOX_DIR and parts[2].endswith(".json")
-        ):
+        parts = tuple(os.path.relpath(path, self._root_str).split(os.sep))
+        if self._intake.is_drop(parts):
             with self._lock:
                 self._ingest_pending.add(parts[0])
             self._rescan_now.set()
@@ -291,11 +291,14 @@ class MailboxWatcher:
 
     def ingest(self, agent: str) -> int:
         """Take the legacy drops of an adopted agent into its ``new/`` now; how many were taken."""
-        if not is_adopted(self.root, agent):
+        if self._intake is None:
+            return 0
+        agent_dir = os.path.join(self._root_str, agent)
+        if os.path.islink(agent_dir) or not os.path.isdir(os.path.join(agent_dir, State.NEW.folder)):
             return 0  # still on the legacy layout: its own readers take what is dropped there
         try:
             with FileMailbox(self.root, agent, create=False) as mb:
-                return len(ingest(mb).ingested)
+                return self._intake.take(mb)
         except Exception as exc:  # a lock held too long, an I/O error: the next look tries again
             log.warning("legacy drops of %s not ingested this time: %s", agent, exc)
             return 0
@@ -369,7 +372,7 @@ class MailboxWatcher:
         """List every ``new/`` and report what was not reported yet. Returns how many were new."""
         found = 0
         for agent in list_agents(self.root):
-            if self.ingest_legacy and has_legacy_drops(self.root, agent):
+            if self._intake is not None and self._intake.pending(self.root, agent):
                 self.ingest(agent)
             try:
                 names = set(os.listdir(os.path.join(self._root_str, agent, "new")))

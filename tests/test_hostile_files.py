@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from hybridcomms import FileMailbox, Message
-from hybridcomms.legacy import ingest
-from hybridcomms.migrate import migrate
+from hybridcomms.compat.dreamos.legacy import ingest
+from hybridcomms.compat.dreamos.migrate import migrate
 
 KINDS = ["fifo", "link-file", "link-dir", "dangling", "dir"]
 

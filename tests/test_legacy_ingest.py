@@ -14,7 +14,7 @@ import pytest
 import workers
 
 from hybridcomms import Comms, FileMailbox, MailboxWatcher, State
-from hybridcomms.legacy import (
+from hybridcomms.compat.dreamos.legacy import (
     JOURNAL,
     has_legacy_drops,
     ingest,
@@ -136,7 +136,7 @@ def test_an_ingestion_killed_after_publishing_does_not_publish_twice(
 ) -> None:
     entries = [legacy(1), legacy(2), {"type": "NO_ID", "body": 1}]
     (mailbox.path / "inbox.json").write_bytes(orjson.dumps(entries))
-    import hybridcomms.legacy as legacy_mod
+    import hybridcomms.compat.dreamos.legacy as legacy_mod
 
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("killed before inbox.json was cleared")
@@ -192,7 +192,16 @@ def test_ingestion_racing_a_legacy_filelock_writer_takes_every_message_once(
     assert mailbox.list(State.DEAD) == []
 
 
-def test_the_comms_consumer_ingests_legacy_drops(root: Path) -> None:
+def test_a_plain_comms_never_looks_at_legacy_files(root: Path) -> None:
+    with Comms("Agent-1", root=root, fsync="never") as comms:
+        workers.legacy_inbox_json_writer(str(root), "Agent-1", 3, "c")
+        assert comms.ingest_legacy(force=True) == 0
+        assert not comms.process_one(timeout=0)
+    assert len(orjson.loads((root / "Agent-1" / "inbox.json").read_bytes())) == 3
+
+
+def test_the_comms_consumer_ingests_legacy_drops(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRIDCOMMS_LEGACY_INTAKE", "1")  # the operator turns the intake on
     got: list[Any] = []
     with Comms("Agent-1", root=root, fsync="never") as comms:
         comms.subscribe("TASK_COMMAND", got.append)
@@ -210,7 +219,8 @@ def test_the_watcher_ingests_legacy_drops_of_adopted_agents_only(
     mb = make_mailbox("Agent-1")
     (root / "Agent-2").mkdir()  # not adopted: its legacy reader takes what is dropped
     delivered: list[str] = []
-    with MailboxWatcher(root, on_event=lambda e: delivered.append(e.kind), rescan_every=60):
+    on = {"ingest_legacy": True}  # the operator turns the intake on (watch --legacy)
+    with MailboxWatcher(root, on_event=lambda e: delivered.append(e.kind), rescan_every=60, **on):
         workers.legacy_inbox_dir_writer(str(root), "Agent-1", 2, "w")
         workers.legacy_inbox_json_writer(str(root), "Agent-1", 2, "j")
         workers.legacy_inbox_json_writer(str(root), "Agent-2", 2, "k")

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from hybridcomms import FileMailbox, State
-from hybridcomms.migrate import migrate, survey
+from hybridcomms.compat.dreamos.migrate import migrate, survey
 
 
 def legacy(i: int, recipient: str, **extra: Any) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def test_an_interrupted_migration_is_finished_by_the_next_run_without_duplicates
     root.mkdir()
     (root / "Agent-1").mkdir()
     (root / "Agent-1" / "inbox.json").write_bytes(orjson.dumps([legacy(i, "Agent-1") for i in range(5)]))
-    import hybridcomms.legacy as legacy_mod
+    import hybridcomms.compat.dreamos.legacy as legacy_mod
 
     real = legacy_mod._fs.replace_atomically_at
 

@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ...legacy import LegacyLayout, is_adopted, legacy_layout, message_from_legacy
 from ...mailbox import FileMailbox, check_agent_id
 from ...message import new_id
 from ...policy import Policy
 from ._legacy_store import append_to_inbox_json, write_inbox_file
+from .legacy import LegacyLayout, is_adopted, legacy_layout, message_from_legacy
 
 __all__ = ["DREAMOS_MODES", "complete", "deliver", "mailbox_for", "set_policy"]
 

@@ -37,7 +37,6 @@ from typing import Any
 from ...bus import AgentBus as _CoreBus
 from ...bus import Event
 from ...comms import Comms, Received, durable_subscribers
-from ...legacy import to_legacy_dict
 from ...mailbox import check_agent_id
 from ...message import Message, Priority
 from ...policy import Policy
@@ -60,6 +59,7 @@ from ._bus_events import (
 )
 from ._delivery import deliver, set_policy
 from ._dual import NOTHING, AwaitableStr, Flag, _Nothing, dual
+from .legacy import to_legacy_dict
 from .mailbox_utils import get_mailbox_root
 
 __all__ = [
@@ -302,7 +302,7 @@ class AgentBus:
         assert agent is not None
         comms = self._consumers.get(agent)
         if comms is None:
-            comms = Comms(agent, root=self.root, bus=self._bus, policy=self.policy)
+            comms = Comms(agent, root=self.root, bus=self._bus, policy=self.policy, legacy_intake=True)
             self._consumers[agent] = comms
         two = _wants_two(handler)
 

@@ -26,11 +26,11 @@ from typing import Any
 
 from ...delivery import Delivery
 from ...errors import HybridCommsError
-from ...legacy import IngestProbe, to_legacy_dict
 from ...mailbox import FileMailbox, check_agent_id
 from ._delivery import DREAMOS_MODES, deliver
 from ._dual import AwaitableList, AwaitableStr, _Nothing, dual
 from ._messages import create_mailbox_message
+from .legacy import IngestProbe, to_legacy_dict
 from .mailbox_utils import get_mailbox_root
 
 __all__ = [

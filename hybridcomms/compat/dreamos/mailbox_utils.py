@@ -23,7 +23,6 @@ from typing import Any
 import orjson
 
 from ..._fs import replace_atomically
-from ...legacy import INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
 from ...mailbox import DEFAULT_ROOT, check_agent_id
 from ...message import Message
 from ...states import State
@@ -32,6 +31,7 @@ from ._dual import AwaitableList, Flag, dual
 from ._legacy_store import write_into_inbox
 from ._messages import create_mailbox_message, validate_mailbox_message_schema
 from .file_locking import acquire_lock
+from .legacy import INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
 
 __all__ = [
     "MAILBOX_ROOT",

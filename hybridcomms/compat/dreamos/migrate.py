@@ -37,8 +37,11 @@ from typing import Any
 
 import orjson
 
-from . import _fs
-from .errors import MessageError
+from ... import _fs
+from ...errors import MessageError
+from ...mailbox import FileMailbox, check_agent_id
+from ...message import DEFAULT_MAX_MESSAGE_SIZE
+from ...states import State
 from .legacy import (
     DEFAULT_MAX_INBOX_JSON,
     DEFAULT_SETTLE,
@@ -53,9 +56,6 @@ from .legacy import (
     ingest_folder,
     message_from_legacy,
 )
-from .mailbox import FileMailbox, check_agent_id
-from .message import DEFAULT_MAX_MESSAGE_SIZE
-from .states import State
 
 __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
 

@@ -27,7 +27,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -35,13 +35,13 @@ from typing import Any
 
 import orjson
 
-from . import _fs
-from ._locking import hold_lock_file
-from ._names import parse_name
-from .errors import HybridCommsError, MessageError, UnsafePathError
-from .mailbox import FileMailbox, check_agent_id
-from .message import Message, Priority, check_id
-from .states import State
+from ... import _fs
+from ..._locking import hold_lock_file
+from ..._names import parse_name
+from ...errors import HybridCommsError, MessageError, UnsafePathError
+from ...mailbox import FileMailbox, check_agent_id
+from ...message import Message, Priority, check_id
+from ...states import State
 
 __all__ = [
     "INBOX_DIR",
@@ -57,7 +57,7 @@ __all__ = [
     "to_legacy_dict",
 ]
 
-log = logging.getLogger("hybridcomms.legacy")
+log = logging.getLogger("hybridcomms.compat.dreamos.legacy")
 
 INBOX_JSON = "inbox.json"
 INBOX_DIR = "inbox"
@@ -505,3 +505,31 @@ class IngestProbe:
         self._seen = sig if not report.waiting else None
         self._next_full = now + self.every
         return report
+
+
+class LegacyIntake:
+    """The Dream.OS legacy drops as the core's intake plug-in (`hybridcomms.intake`)."""
+
+    def is_drop(self, parts: tuple[str, ...]) -> bool:
+        return (len(parts) == 2 and parts[1] == INBOX_JSON) or (
+            len(parts) == 3 and parts[1] == INBOX_DIR and _is_candidate(parts[2])
+        )
+
+    def pending(self, root: str | os.PathLike[str], agent: str) -> bool:
+        return has_legacy_drops(root, agent)
+
+    def take(self, mailbox: FileMailbox) -> int:
+        return len(ingest(mailbox).ingested)
+
+    def prober(self, mailbox: FileMailbox) -> Callable[[bool], int]:
+        probe = IngestProbe(mailbox)
+
+        def run(force: bool = False) -> int:
+            report = probe.run(force=force)
+            return len(report.ingested) if report is not None else 0
+
+        return run
+
+
+#: The plug-in object `hybridcomms.intake.get` returns.
+INTAKE = LegacyIntake()
