@@ -31,7 +31,7 @@ def legacy(i: int, recipient: str, **extra: Any) -> dict[str, Any]:
 
 
 def build_legacy_root(root: Path) -> None:
-    # L1: inbox.json with two messages, one of them not convertible
+    # L1: inbox.json with two messages, one of them not an object (a legacy reader reads it all the same)
     (root / "Agent-1").mkdir(parents=True)
     (root / "Agent-1" / "inbox.json").write_bytes(orjson.dumps([legacy(1, "Agent-1"), "just a string"]))
     # L1, corrupt
@@ -90,7 +90,7 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(tmp_path: Path) -> No
     before = tree(root)
     plan = migrate(root, dry_run=True)
     assert tree(root) == before and not list(tmp_path.glob("*.backup-*"))
-    assert plan.totals() == {"new": 4, "done": 2, "dead": 3, "left": 7}
+    assert plan.totals() == {"new": 5, "done": 2, "dead": 2, "left": 7}
     text = plan.describe()
     assert "would move" in text and "notes.md" in text and "broadcast/" in text and "{agent_id}/" in text
 
@@ -101,11 +101,20 @@ def test_migrate_converts_every_layout_keeps_a_backup_and_can_run_twice(tmp_path
     before = tree(root)
     result = migrate(root, fsync="never")
     assert result.backup is not None and tree(result.backup) == before  # a full, exact copy
-    assert result.totals()["new"] == 4 and result.totals()["done"] == 2 and result.totals()["dead"] == 3
+    assert result.totals()["new"] == 5 and result.totals()["done"] == 2 and result.totals()["dead"] == 2
 
-    assert ids(root, "Agent-1", State.NEW) == ["id0001"]
+    new_ids = ids(root, "Agent-1", State.NEW)
+    assert "id0001" in new_ids and len(new_ids) == 2  # "just a string" too, with a derived id
     assert orjson.loads((root / "Agent-1" / "inbox.json").read_bytes()) == []
-    assert len(ids(root, "Agent-1", State.DEAD)) == 1  # "just a string", bytes kept
+    assert ids(root, "Agent-1", State.DEAD) == []
+    with FileMailbox(root, "Agent-1", create=False) as mb:
+        from hybridcomms.compat.dreamos.legacy import LEGACY_TOPIC, to_legacy_dict
+
+        got = [mb.read(i) for i in mb.list(State.NEW)]
+        assert sorted(map(repr, (to_legacy_dict(m) for m in got))) == sorted(
+            [repr("just a string"), repr(to_legacy_dict(next(m for m in got if m.id == "id0001")))]
+        )
+        assert any(m.topic == LEGACY_TOPIC for m in got)
     assert len(ids(root, "Agent-6", State.DEAD)) == 1  # the corrupt inbox.json, kept whole
     with FileMailbox(root, "Agent-6", create=False) as mb:
         [info] = mb.list(State.DEAD)
@@ -171,7 +180,7 @@ def test_migrate_from_the_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert dry.returncode == 0, dry.stderr
-    assert orjson.loads(dry.stdout)["totals"]["new"] == 4
+    assert orjson.loads(dry.stdout)["totals"]["new"] == 5
     real = subprocess.run(
         [sys.executable, "-m", "hybridcomms", "--fsync", "never", "migrate", "--root", str(root)],
         capture_output=True,
@@ -180,7 +189,7 @@ def test_migrate_from_the_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert real.returncode == 0, real.stderr
-    assert "total: 4 to new/, 2 to done/, 3 to dead/" in real.stdout and "backup:" in real.stdout
+    assert "total: 5 to new/, 2 to done/, 2 to dead/" in real.stdout and "backup:" in real.stdout
     missing = subprocess.run(
         [sys.executable, "-m", "hybridcomms", "migrate", "--root", str(tmp_path / "nope")],
         capture_output=True,

@@ -86,20 +86,28 @@ def deliver(
     filename_prefix: str = "msg",
     lock_timeout: float = 10.0,
     layout: LegacyLayout | None = None,
+    exact: bool = False,
 ) -> Path:
     """Deliver one legacy message dict to ``agent_id`` under ``root`` in the form its reader
     expects; returns the file written (``new/<name>``, ``inbox.json`` or ``inbox/msg_*.json``).
 
     ``MessageError`` (a ``ValueError``) if it cannot become a message; ``OSError`` (including
-    `LockTimeoutError`) if the write fails: nothing is half-written either way."""
+    `LockTimeoutError`) if the write fails: nothing is half-written either way.
+
+    ``exact``: store the object as it is (the newest ``write_mailbox_message``), with no field added, so
+    that a legacy reader gets back exactly what was written; else the missing standard fields (id,
+    time, recipient, both type spellings) are filled in first, as the older writers did."""
     check_agent_id(agent_id)
     if adopted(root, agent_id):
         mb = mailbox_for(root, agent_id)
         msg = message_from_legacy(
-            complete(message, agent_id), agent_id=agent_id, origin="send", max_size=mb.max_message_size
+            message if exact else complete(message, agent_id),
+            agent_id=agent_id,
+            origin=f"send-{new_id()}" if exact else "send",
+            max_size=mb.max_message_size,
         )
         return mb.path / "new" / mb.put_file(msg)
-    full = complete(message, agent_id)
+    full = message if exact else complete(message, agent_id)
     if (layout or legacy_layout(root, agent_id)) is LegacyLayout.INBOX_DIR:
         return write_inbox_file(root, agent_id, full, filename_prefix=filename_prefix, timeout=lock_timeout)
     return append_to_inbox_json(root, agent_id, full, timeout=lock_timeout)

@@ -17,9 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ...mailbox import check_agent_id
+from . import _json
 from .file_locking import acquire_lock, replace_atomically
 
 __all__ = ["INBOX_JSON", "append_to_inbox_json", "write_inbox_file", "write_into_inbox"]
@@ -39,7 +38,7 @@ def append_to_inbox_json(
     with acquire_lock(path, timeout):
         entries = _read_array(path)
         entries.append(message)
-        replace_atomically(path, orjson.dumps(entries, option=orjson.OPT_INDENT_2))
+        replace_atomically(path, _json.dumps(entries, indent=2))  # as json.dump(..., indent=2) did
     return path
 
 
@@ -51,8 +50,8 @@ def _read_array(path: Path) -> list[Any]:
     if not raw.strip():
         return []
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        value = _json.loads(raw)
+    except ValueError:
         value = None
     if isinstance(value, list):
         return value
@@ -95,5 +94,5 @@ def write_into_inbox(
         while final.exists():  # two messages in the same microsecond with the same id prefix
             final = inbox / f"{filename_prefix}_{stamp}_{msg_id[:8]}_{n}.json"
             n += 1
-        replace_atomically(final, orjson.dumps(message, option=orjson.OPT_INDENT_2))
+        replace_atomically(final, _json.dumps(message, indent=2))
     return final

@@ -38,10 +38,11 @@ import orjson
 from ... import _fs
 from ..._locking import hold_lock_file
 from ..._names import parse_name
-from ...errors import HybridCommsError, MessageError, UnsafePathError
+from ...errors import HybridCommsError, MessageError, MessageTooLargeError, UnsafePathError
 from ...mailbox import FileMailbox, check_agent_id
-from ...message import Message, Priority, check_id
+from ...message import Message, Priority, _parse_time, _valid_topic, check_id
 from ...states import State
+from . import _json
 
 __all__ = [
     "INBOX_DIR",
@@ -99,40 +100,128 @@ def _derived_id(origin: str, raw: bytes) -> str:
     return "legacy-" + hashlib.sha256(origin.encode() + b"\0" + raw).hexdigest()[:32]
 
 
+#: The topic of a legacy message that names no type (``write_mailbox_message`` stores any object).
+LEGACY_TOPIC = "dreamos.mailbox.message"
+#: The header that keeps a legacy message exactly as it was written (stdlib JSON text), when the
+#: envelope alone would not give it back.
+EXACT_HEADER = "dreamos_json"
+
+
 def message_from_legacy(
     obj: Any, *, agent_id: str, origin: str, raw: bytes | None = None, max_size: int | None = None
 ) -> Message:
-    """A `Message` for one legacy message object (any Dream.OS spelling). ``origin`` names where it
-    came from (for a derived id and error texts). Raises `MessageError` if it cannot be one."""
-    if not isinstance(obj, dict):
-        raise MessageError(f"not a JSON object but {type(obj).__name__}")
-    entry = dict(obj)
+    """A `Message` for one legacy message (any JSON value a legacy writer stored; any Dream.OS spelling).
+
+    ``origin`` names where it came from (for a derived id). Every JSON value converts: one with no type
+    gets the topic `LEGACY_TOPIC`; one whose fields do not fit the envelope (an unreadable time, a
+    number beyond 64 bits, ``NaN``) is kept as it is. A legacy reader always gets back exactly the value
+    that was written (`to_legacy_dict`). Raises `MessageError` only for a value that is not JSON at
+    all, or that is too large (`MessageTooLargeError`)."""
+    try:
+        exact = _json.dumps(obj)
+    except ValueError as exc:
+        raise MessageError(str(exc)) from None
+    view = _json.loads(exact)  # what a legacy reader sees (non-string keys are strings now)
+    origin_raw = raw if raw is not None else exact
+    message: Message | None = None
+    if isinstance(view, dict):
+        try:
+            message = _strict_from_legacy(view, agent_id, origin, origin_raw)
+            if to_legacy_dict(message) != view:
+                message = replace(message, headers={**message.headers, EXACT_HEADER: exact.decode()})
+            message.encode(max_size)
+        except MessageTooLargeError:
+            raise
+        except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError):
+            message = None
+    if message is None:
+        message = _lenient_from_legacy(view, exact, agent_id, origin, origin_raw)
+        message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+    return message
+
+
+def _strict_from_legacy(entry: dict[str, Any], agent_id: str, origin: str, raw: bytes) -> Message:
+    entry = dict(entry)
     raw_id = entry.get("id", entry.get("message_id"))
     try:
         usable = raw_id is not None and check_id(str(raw_id)) is not None
     except HybridCommsError:
         usable = False
     if not usable:
-        derived = _derived_id(
-            origin, raw if raw is not None else orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-        )
         if raw_id is not None:
             entry["legacy_message_id"] = raw_id
         entry.pop("id", None)
-        entry["message_id"] = derived
-    try:
-        message = Message.from_dict(entry)
-    except (TypeError, ValueError) as exc:
-        raise MessageError(str(exc)) from None
+        entry["message_id"] = _derived_id(origin, raw)
+    if all(entry.get(k) is None for k in ("topic", "type", "message_type")):
+        entry["type"] = LEGACY_TOPIC
+    message = Message.from_dict(entry)
     if message.recipient is None:
         message = replace(message, recipient=agent_id)
-    message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
     return message
 
 
-def to_legacy_dict(message: Message) -> dict[str, Any]:
-    """The Dream.OS message object for a `Message`: every documented field, both type spellings,
-    and the legacy fields kept in its headers (subject, metadata, …)."""
+def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes) -> Message:
+    """The envelope from what fits, and the whole value kept exactly in `EXACT_HEADER`."""
+    fields = view if isinstance(view, dict) else {}
+
+    def text(*keys: str) -> str | None:
+        for k in keys:
+            v = fields.get(k)
+            if isinstance(v, str):
+                return v
+        return None
+
+    topic = text("topic", "type", "message_type")
+    if topic is None or not _valid_topic(topic):
+        topic = LEGACY_TOPIC
+    raw_id = fields.get("id", fields.get("message_id"))
+    try:
+        msg_id = check_id(str(raw_id)) if raw_id is not None else _derived_id(origin, raw)
+    except HybridCommsError:
+        msg_id = _derived_id(origin, raw)
+    try:
+        priority = Priority.parse(fields.get("priority", "MEDIUM"))
+    except HybridCommsError:
+        priority = Priority.MEDIUM
+    created = datetime.now(timezone.utc)
+    for key in ("created_at", "timestamp_utc", "timestamp"):
+        if key in fields:
+            try:
+                created = _parse_time(fields[key])
+                break
+            except HybridCommsError:
+                continue
+    payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
+    try:
+        orjson.dumps(payload)
+        if isinstance(payload, float) and payload != payload:  # NaN: orjson would write null
+            payload = None
+    except TypeError:
+        payload = None  # not representable natively (e.g. an integer beyond 64 bits): see the header
+    sender = text("sender", "sender_agent_id", "from_agent", "from")
+    recipient = text("recipient", "recipient_agent_id", "to_agent", "to") or agent_id
+    return Message(
+        topic=topic,
+        payload=payload,
+        sender=sender if sender and len(sender) <= 256 else None,
+        recipient=recipient if len(recipient) <= 256 else agent_id,
+        priority=priority,
+        id=msg_id,
+        created_at=created,
+        headers={EXACT_HEADER: exact.decode()},
+    )
+
+
+def to_legacy_dict(message: Message) -> Any:
+    """The Dream.OS message object for a `Message`: exactly the value a legacy writer stored, if it
+    came from one; else every documented field, both type spellings, and the legacy fields kept in
+    its headers (subject, metadata, …)."""
+    exact = message.headers.get(EXACT_HEADER)
+    if isinstance(exact, str):
+        try:
+            return _json.loads(exact)
+        except ValueError:
+            pass
     headers = dict(message.headers)
     out: dict[str, Any] = {
         "message_id": str(headers.pop("legacy_message_id", message.id)),
@@ -321,8 +410,8 @@ def _ingest_inbox_json(mb: FileMailbox, adir_fd: int, report: IngestReport, limi
     if not raw.strip():
         return
     try:
-        entries = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        entries = _json.loads(raw)  # the stdlib, as the legacy readers: NaN, big integers stay as they are
+    except ValueError as exc:
         entries, problem = None, f"not valid JSON: {exc}"
     else:
         problem = f"not a JSON array but {type(entries).__name__}"
@@ -336,7 +425,7 @@ def _ingest_inbox_json(mb: FileMailbox, adir_fd: int, report: IngestReport, limi
         return
     items: list[tuple[str, bytes, Any]] = []
     for i, entry in enumerate(entries):
-        items.append((f"{source}[{i}]", orjson.dumps(entry, option=orjson.OPT_SORT_KEYS), entry))
+        items.append((f"{source}[{i}]", _json.dumps(entry), entry))
     _publish(mb, items, report)
     _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
     _end_journal(mb)
@@ -375,8 +464,8 @@ def ingest_folder(
             _refuse(report, mb.agent_id, source, _why_refused(exc))
             continue
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            obj = _json.loads(raw)
+        except ValueError as exc:
             if now - st.st_mtime < settle:
                 report.waiting.append(name)  # perhaps still being written by an unlocked writer
                 continue

@@ -20,18 +20,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from ..._fs import replace_atomically
+from ..._fs import read_regular, replace_atomically
 from ...mailbox import DEFAULT_ROOT, check_agent_id
-from ...message import Message
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
+from . import _json
 from ._delivery import adopted, complete, deliver, mailbox_for, owner_of
 from ._dual import AwaitableList, Flag, dual
 from ._legacy_store import write_into_inbox
 from ._messages import create_mailbox_message, validate_mailbox_message_schema
 from .file_locking import acquire_lock
-from .legacy import INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
+from .legacy import DEFAULT_MAX_INBOX_JSON, INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
 
 __all__ = [
     "MAILBOX_ROOT",
@@ -118,7 +117,8 @@ def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
     if shape == "agent":
         agent_id, message = values["agent_id"], values["message"]
         _need_mapping(message, "message")
-        deliver(get_mailbox_root(), agent_id, dict(message))
+        # The newest Dream.OS writer stores any object as it is: so does this, and readers get it back.
+        deliver(get_mailbox_root(), agent_id, dict(message), exact=True)
         return None
     if shape == "inbox":
         data = values["message_data"]
@@ -143,7 +143,7 @@ def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
         return dual(deliver(root, agent, dict(content)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with acquire_lock(path.parent / ".inbox" if path.parent.name == INBOX_DIR else path):
-        data = orjson.dumps(complete(dict(content), agent), option=orjson.OPT_INDENT_2)
+        data = _json.dumps(complete(dict(content), agent), indent=2)
         replace_atomically(path, data, 0o660)
     return dual(path)
 
@@ -187,7 +187,7 @@ def _need_mapping(value: Any, what: str) -> None:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def read_mailbox_messages(agent_id: str) -> list[dict[str, Any]]:
+def read_mailbox_messages(agent_id: str) -> list[Any]:
     """Every message waiting for ``agent_id``, oldest first, without taking any (``[]`` on error).
 
     For an adopted agent: what is in ``new/``, plus legacy drops not ingested yet; otherwise what is
@@ -195,7 +195,7 @@ def read_mailbox_messages(agent_id: str) -> list[dict[str, Any]]:
     try:
         root = get_mailbox_root()
         agent_dir = root / check_agent_id(agent_id)
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         if is_adopted(root, agent_id):
             mb = mailbox_for(root, agent_id, create=False)
             for info in sorted(mb.list(State.NEW), key=lambda i: i.name):
@@ -210,11 +210,13 @@ def read_mailbox_messages(agent_id: str) -> list[dict[str, Any]]:
         return []
 
 
-def _legacy_entries(agent_dir: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _legacy_entries(agent_dir: Path) -> list[Any]:
+    """What a legacy reader reads: every value of ``inbox.json`` (stdlib JSON, exactly as written),
+    then the ``inbox/`` files."""
+    out: list[Any] = []
     try:
-        entries = orjson.loads((agent_dir / INBOX_JSON).read_bytes())
-        out += [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+        entries = _json.loads(read_regular((agent_dir / INBOX_JSON), DEFAULT_MAX_INBOX_JSON))
+        out += entries if isinstance(entries, list) else []
     except (OSError, ValueError):
         pass
     try:
@@ -223,7 +225,7 @@ def _legacy_entries(agent_dir: Path) -> list[dict[str, Any]]:
         names = []
     for name in names:
         try:
-            value = orjson.loads((agent_dir / INBOX_DIR / name).read_bytes())
+            value = _json.loads(read_regular(agent_dir / INBOX_DIR / name, DEFAULT_MAX_MESSAGE_SIZE))
         except (OSError, ValueError):
             continue
         if isinstance(value, dict):
@@ -242,8 +244,8 @@ def read_mailbox_message(filepath: str | os.PathLike[str], lock_timeout: float =
             message = Message.decode(path.read_bytes(), path=str(path))
             return dual(to_legacy_dict(message))
         with acquire_lock(path, lock_timeout):
-            raw = path.read_bytes()
-        value = orjson.loads(raw)
+            raw = read_regular(path, DEFAULT_MAX_MESSAGE_SIZE)
+        value = _json.loads(raw)
         return dual(value) if isinstance(value, (dict, list)) else dual(None)
     except FileNotFoundError:
         log.warning("mailbox message file not found: %s", path)
