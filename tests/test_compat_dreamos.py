@@ -480,8 +480,27 @@ def test_install_makes_the_legacy_module_paths_resolve(installed: None) -> None:
     from dreamos.core.coordination.event_types import EventType as ET  # type: ignore[import-not-found]
     from dreamos.core.utils.file_locking import acquire_lock  # type: ignore[import-not-found]
 
-    assert mu is mailbox_utils and MH is MailboxHandler and A1 is A2 is agent_bus.AgentBus
+    from hybridcomms.compat.dreamos import agent_bus_head
+
+    assert mu is mailbox_utils and MH is MailboxHandler and A1 is agent_bus.AgentBus
+    assert A2 is agent_bus_head.AgentBus  # the newest era at the core path, by default
     assert len(ET) == 55 and callable(acquire_lock) and dreamos.installed()
+
+
+def test_the_may_2025_era_is_served_at_the_core_path_on_request() -> None:
+    dreamos.install(era="814c67e")
+    try:
+        from dreamos.core.coordination.agent_bus import AgentBus, EventType  # type: ignore[import-not-found]
+
+        assert AgentBus is agent_bus.AgentBus and AgentBus() is AgentBus()  # the canonical singleton
+        assert len(EventType) == 55 and EventType.TASK_COMPLETED.value == "dreamos.task.lifecycle.completed"
+        code = "import dreamos.core.coordination.agent_bus as m; print(m.__name__)"
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert res.stdout.strip() == "hybridcomms.compat.dreamos.agent_bus_may2025"
+    finally:
+        dreamos.uninstall()
+    with pytest.raises(ValueError, match="unknown Dream.OS era"):
+        dreamos.install(era="1999")
 
 
 def test_install_reaches_spawned_workers_and_subprocesses(installed: None, tmp_path: Path) -> None:

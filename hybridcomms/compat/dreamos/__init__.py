@@ -8,11 +8,17 @@ on hybridcomms. See docs/compatibility.md.
   folder-name constants, ``send_message``;
 - `hybridcomms.compat.dreamos.file_locking`: ``acquire_lock``, ``read_json_locked``, ``write_json_locked``;
 - `hybridcomms.compat.dreamos.agent_bus`: the ``AgentBus`` singleton on the hybridcomms bus and routing
-  policy, ``SimpleEventBus``, ``BaseEvent`` and its subclasses, the 61-member ``EventType``, the errors;
+  policy, ``SimpleEventBus``, ``BaseEvent`` and its subclasses, the 61-member ``EventType``, the errors
+  (``dreamos.coordination.agent_bus``, 37fd64c);
+- `hybridcomms.compat.dreamos.agent_bus_head`: the newest era's ``AgentBus`` (one bus per instance, async
+  methods, exact topics), its 14-member ``EventType`` and pydantic ``BaseEvent``
+  (``dreamos.core.coordination.agent_bus``, e563f46, the default at that path);
+- `hybridcomms.compat.dreamos.agent_bus_may2025`: the canonical singleton with the 55-member ``EventType``
+  (``dreamos.core.coordination.agent_bus``, 814c67e, on request);
 - `hybridcomms.compat.dreamos.event_types`: the 55-member ``EventType``.
 
 `install()` makes the legacy module paths resolve to these, in this process and in the processes it
-starts.
+starts. See docs/compatibility.md for the table of eras.
 """
 
 from __future__ import annotations
@@ -22,26 +28,57 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["LEGACY_MODULES", "install", "installed", "uninstall"]
+__all__ = ["DEFAULT_ERA", "ERAS", "LEGACY_MODULES", "era_of", "install", "installed", "uninstall"]
 
-#: Legacy module path -> the module of this package it resolves to after `install`.
+#: The module served at ``dreamos.core.coordination.agent_bus`` for each era of Dream.OS that had one
+#: there (two eras conflict at that path; the newest is the default).
+ERAS: dict[str, str] = {"e563f46": "agent_bus_head", "814c67e": "agent_bus_may2025"}
+ERA_ALIASES: dict[str, str] = {
+    "newest": "e563f46",
+    "head": "e563f46",
+    "june2025": "e563f46",
+    "may2025": "814c67e",
+}
+DEFAULT_ERA = "e563f46"
+#: Chooses the era in this process and in the processes started from it (set by `install`).
+ERA_ENV = "HYBRIDCOMMS_DREAMOS_ERA"
+_CORE_BUS = "dreamos.core.coordination.agent_bus"
+
+#: Legacy module path -> the module of this package it resolves to after `install` (the core bus path
+#: follows the era).
 LEGACY_MODULES: dict[str, str] = {
     "dreamos.core.comms.mailbox_utils": "mailbox_utils",
     "dreamos.core.comms.mailbox": "mailbox",
     "dreamos.core.utils.file_locking": "file_locking",
     "dreamos.coordination.agent_bus": "agent_bus",
-    "dreamos.core.coordination.agent_bus": "agent_bus",
+    _CORE_BUS: ERAS[DEFAULT_ERA],
     "dreamos.core.coordination.event_types": "event_types",
 }
+
+
+def era_of(name: str | None) -> str:
+    """The era (a commit) for a name: a commit of `ERAS` or an alias; None or "" gives the environment's
+    choice (`ERA_ENV`), else the default. ``ValueError`` for an unknown one."""
+    chosen = (name or os.environ.get(ERA_ENV) or DEFAULT_ERA).strip().lower()
+    chosen = ERA_ALIASES.get(chosen, chosen)
+    if chosen not in ERAS:
+        known = ", ".join([*ERAS, *ERA_ALIASES])
+        raise ValueError(f"unknown Dream.OS era {name!r} for {_CORE_BUS}; use one of: {known}")
+    return chosen
+
 
 #: A folder holding a small ``dreamos`` package whose legacy modules *are* these ones.
 SHIM_PATH = str(Path(__file__).resolve().parent / "_shim")
 ENV_FLAG = "HYBRIDCOMMS_DREAMOS_COMPAT"
 
 
-def install() -> None:
+def install(era: str | None = None) -> None:
     """Make ``import dreamos.core.comms.mailbox_utils`` (and the other `LEGACY_MODULES`) give the
     hybridcomms modules, here and in every Python process started from here.
+
+    ``era`` chooses what ``dreamos.core.coordination.agent_bus`` is: ``"e563f46"`` (the newest, the
+    default) or ``"814c67e"`` (May 2025); see `ERAS` and `era_of`. It is also taken from
+    ``HYBRIDCOMMS_DREAMOS_ERA``, and passed on to child processes that way.
 
     - in this process: the modules are put into ``sys.modules`` under their legacy names now;
     - in child processes: a shim ``dreamos`` package is put first on ``sys.path`` (multiprocessing's
@@ -50,13 +87,17 @@ def install() -> None:
 
     A real Dream.OS installation stays importable for every other module (the shim extends
     ``dreamos.__path__`` over it). Calling it again does nothing more."""
+    chosen = era_of(era)  # an unknown era changes nothing
     if SHIM_PATH not in sys.path:
         sys.path.insert(0, SHIM_PATH)
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if SHIM_PATH not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([SHIM_PATH, *parts])
     os.environ[ENV_FLAG] = "1"
+    os.environ[ERA_ENV] = chosen
     for legacy, ours in LEGACY_MODULES.items():
+        if legacy == _CORE_BUS:
+            ours = ERAS[chosen]
         module = importlib.import_module(f"{__name__}.{ours}")
         _alias(legacy, module)
 
@@ -86,5 +127,6 @@ def uninstall() -> None:
     else:
         os.environ.pop("PYTHONPATH", None)
     os.environ.pop(ENV_FLAG, None)
+    os.environ.pop(ERA_ENV, None)
     for name in [n for n in sys.modules if n == "dreamos" or n.startswith("dreamos.")]:
         del sys.modules[name]
