@@ -50,6 +50,15 @@ _ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex()
 
 
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
 def _event_id() -> str:
     # Unique in this process and, thanks to the random prefix, across processes; cheaper than uuid4.
     return f"{_id_prefix}{os.getpid():x}{next(_ids):x}"
@@ -246,11 +255,10 @@ class AgentBus:
                     end = topic.find(".", end + 1)
                 found.extend(prefix.get(topic, ()))
             found.sort(key=lambda s: s.seq)
-            seen: set[int] = set()
-            unique = []
-            for sub in found:  # each handler at most once per event
-                if id(sub.handler) not in seen:
-                    seen.add(id(sub.handler))
+            unique: list[Subscription] = []
+            for sub in found:  # each handler at most once per event, handlers told apart by equality:
+                # ``obj.method`` is a new bound-method object at every access, equal to the others
+                if not any(_same(sub.handler, u.handler) for u in unique):
                     unique.append(sub)
             result = tuple(unique)
             if len(self._cache) >= _CACHE_LIMIT:

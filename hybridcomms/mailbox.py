@@ -110,9 +110,17 @@ def check_agent_id(agent_id: object) -> str:
         raise InvalidAgentIdError(f"agent id must be a string, not {type(agent_id).__name__}")
     if not _AGENT_RE.match(agent_id):
         shown = agent_id if len(agent_id) <= 40 else agent_id[:40] + "…"
+        hint = ""
+        if " " in agent_id and _AGENT_RE.match(agent_id.replace(" ", "-")):
+            # Dream.OS created folders like "Agent 1": say how to move such an agent over.
+            hint = (
+                f"; to move a Dream.OS agent {shown!r} over, rename its folder to "
+                f"{agent_id.replace(' ', '-')!r} (and the id its senders use), then run "
+                "'hybridcomms migrate' (docs/compatibility.md, agent ids)"
+            )
         raise InvalidAgentIdError(
             f"unsafe agent id {shown!r}: use 1-128 of A-Z a-z 0-9 _ . @ + -, "
-            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)"
+            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)" + hint
         )
     return agent_id
 

@@ -241,7 +241,7 @@ class AgentBus:
         pattern = topic_of(event_type_pattern)
         with self._lock:
             for sub_id, (p, h) in self._ids.items():
-                if p == pattern and h is handler:
+                if p == pattern and (h is handler or h == handler):
                     return dual(sub_id)
             try:
                 if self._is_durable_pattern(pattern):
@@ -272,7 +272,7 @@ class AgentBus:
                 pattern, handler = entry
             else:
                 pattern = topic_of(pattern_or_id)
-            found = [i for i, (p, h) in self._ids.items() if p == pattern and h is handler]
+            found = [i for i, (p, h) in self._ids.items() if p == pattern and (h is handler or h == handler)]
             if not found:
                 return Flag(False)
             for sub_id in found:

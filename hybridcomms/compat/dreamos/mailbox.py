@@ -113,31 +113,56 @@ class MailboxHandler:
         return dual(str(message["message_id"]))
 
     def get_messages(self, max_count: int | None = None) -> AwaitableList:
-        """Claim up to ``max_count`` waiting messages (all that are due if None), highest priority
-        and oldest first: ``[(path, message_dict), ...]``. Each path stays this handler's until
-        `archive_message` or `fail_message`. Undecodable files go to ``dead/`` and are skipped."""
+        """Up to ``max_count`` waiting messages (all that are due if None), highest priority and oldest
+        first: ``[(path, message_dict), ...]``. Undecodable files go to ``dead/`` and are skipped.
+
+        Each message is claimed, and stays this handler's until `archive_message` or `fail_message`.
+        Called again before that, it returns the messages it still holds again, first (that is how
+        legacy loops "leave a message in the mailbox" to retry it): at once, without a new claim and
+        without using up an attempt (their lease is renewed). Only a reader that dies gives its
+        messages back, through recovery."""
         if max_count is not None and max_count <= 0:
             return AwaitableList()
         try:
             self._legacy.run()
         except (OSError, HybridCommsError) as exc:
             log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
-        out: list[tuple[Path, dict[str, Any]]] = []
+        held: list[Delivery] = []
+        with self._lock:
+            claimed = sorted(self._claimed.items(), key=lambda kv: Path(kv[0]).name)
+        for key, d in claimed:
+            try:
+                d.heartbeat()  # still ours: renew its lease
+            except (OSError, HybridCommsError):
+                with self._lock:
+                    self._claimed.pop(key, None)  # taken back by recovery meanwhile
+                continue
+            held.append(d)
+        out: list[tuple[Path, Any]] = [(d.path, self._as_legacy(d)) for d in held]
+        if max_count is not None:
+            out = out[:max_count]
         while max_count is None or len(out) < max_count:
             try:
-                d = self._mailbox.claim()
+                fresh = self._mailbox.claim()
             except (OSError, HybridCommsError) as exc:
                 log.error("%s: claim failed: %s", self.agent_id, exc)
                 break
-            if d is None:
+            if fresh is None:
                 break
-            path = d.path
-            message = to_legacy_dict(d.message)
-            message["delivery_attempt"] = d.attempt
             with self._lock:
-                self._claimed[str(path)] = d
-            out.append((path, message))
+                self._claimed[str(fresh.path)] = fresh
+            out.append((fresh.path, self._as_legacy(fresh)))
+        out.sort(key=lambda pair: pair[0].name)  # rank and due time: priority, then oldest
         return AwaitableList(out)
+
+    @staticmethod
+    def _as_legacy(d: Delivery) -> Any:
+        """The legacy message dict of a delivery, with its ``delivery_attempt`` (a message that is not
+        a JSON object is given as it was written)."""
+        message = to_legacy_dict(d.message)
+        if isinstance(message, dict):
+            message = {**message, "delivery_attempt": d.attempt}
+        return message
 
     def _take(self, path: str | os.PathLike[str]) -> Delivery | None:
         with self._lock:

@@ -42,6 +42,7 @@ __all__ = [
     "list_mailbox_messages",
     "read_mailbox_message",
     "read_mailbox_messages",
+    "read_message",
     "validate_agent_mailbox_path",
     "validate_mailbox_message_schema",
     "write_mailbox_message",
@@ -252,6 +253,11 @@ def read_mailbox_message(filepath: str | os.PathLike[str], lock_timeout: float =
     except Exception as exc:
         log.error("could not read mailbox message %s: %s", path, exc)
     return dual(None)
+
+
+#: ``read_message``: imported by the May-2025 ``base_agent`` (``from dreamos.core.comms.mailbox_utils
+#: import read_message``) and defined by no version; it meant this reader (awaited with a file path).
+read_message = read_mailbox_message
 
 
 def list_mailbox_messages(inbox_path: str | os.PathLike[str], pattern: str = "msg_*.json") -> AwaitableList:
