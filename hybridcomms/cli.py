@@ -1,7 +1,7 @@
 """The ``hybridcomms`` command.
 
-    hybridcomms [--root R] send --to AGENT --topic T --payload JSON [--priority P] [--from SENDER]
-    hybridcomms [--root R] recv AGENT [--timeout S]
+    hybridcomms [--root R] send --to AGENT --topic T --payload JSON [--priority P] [--from SENDER] [--adopt]
+    hybridcomms [--root R] recv AGENT [--timeout S] [--adopt]
     hybridcomms [--root R] stats [AGENT ...] [--json]
     hybridcomms [--root R] recover [AGENT ...]
     hybridcomms [--root R] demo
@@ -83,14 +83,57 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         recipient=args.to,
         priority=Priority.parse(args.priority),
     )
+    legacy = None if args.adopt else _legacy_status(root, check_agent_id(args.to))
+    if legacy is not None:
+        # Delivery follows the recipient: a Dream.OS agent still reading its legacy files gets the
+        # message there, in the form it reads; its mailbox is not created behind its back.
+        from .compat.dreamos._delivery import deliver
+        from .compat.dreamos.legacy import to_legacy_dict
+
+        where = deliver(root, args.to, to_legacy_dict(message))
+        print(message.id)
+        print(
+            f"hybridcomms send: {args.to} reads the legacy Dream.OS layout: written to "
+            f"{where.relative_to(root)}; to move it to hybridcomms run 'hybridcomms migrate' "
+            "(or send with --adopt)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     with FileMailbox(root, args.to, fsync=args.fsync) as mb:
         mb.put(message)
     print(message.id)
     return EXIT_OK
 
 
+def _legacy_status(root: Path, agent: str) -> dict[str, Any] | None:
+    """The legacy layout an agent still reads (None if it has a hybridcomms mailbox or no legacy files)."""
+    agent_dir = root / agent
+    if not (agent_dir / "inbox.json").exists() and not (agent_dir / "inbox").exists():
+        return None  # the common case: no Dream.OS files, no compat import
+    from .compat.dreamos.legacy import legacy_status
+
+    return legacy_status(root, agent)
+
+
+def _legacy_refusal(command: str, status: dict[str, Any]) -> str:
+    return (
+        f"hybridcomms {command}: {status['agent']} is on the legacy Dream.OS layout ({status['layout']}, "
+        f"{status['waiting']} message(s) waiting there) and has no hybridcomms mailbox yet; adopt it "
+        "explicitly: 'hybridcomms migrate' (while its legacy reader is stopped), a policy 'adopt' entry, "
+        f"or '{command} --adopt'"
+    )
+
+
 def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
+    legacy = _legacy_status(root, check_agent_id(args.agent))
+    if legacy is not None and not args.adopt:
+        print(_legacy_refusal("recv", legacy), file=sys.stderr)
+        return EXIT_ERROR
     with FileMailbox(root, args.agent, fsync=args.fsync) as mb:
+        if legacy is not None:  # adopted now, explicitly: take what its legacy writers dropped
+            from .compat.dreamos.legacy import ingest
+
+            ingest(mb)
         delivery = mb.claim(timeout=args.timeout)
         if delivery is None:
             print(f"hybridcomms recv: no message for {args.agent}", file=sys.stderr)
@@ -106,16 +149,46 @@ def _agents(args: argparse.Namespace, root: Path) -> list[str]:
     return [check_agent_id(a) for a in args.agents] if args.agents else list_agents(root)
 
 
+def _legacy_agents(root: Path) -> list[str]:
+    """Agent folders still on a legacy Dream.OS layout (no ``new/``)."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            check_agent_id(name)
+        except ValueError:
+            continue
+        if _legacy_status(root, name) is not None:
+            out.append(name)
+    return out
+
+
 def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
     rows = []
-    for agent in _agents(args, root):
+    legacy_rows = []
+    named = bool(args.agents)
+    agents = _agents(args, root) if named else sorted({*list_agents(root), *_legacy_agents(root)})
+    for agent in agents:
+        status = _legacy_status(root, agent)
+        if status is not None:
+            legacy_rows.append(status)
+            continue
         with FileMailbox(root, agent, create=False) as mb:
             rows.append(mb.stats().to_dict())
     if args.json:
-        _print_json({"root": str(root), "agents": rows})
+        _print_json({"root": str(root), "agents": rows, "legacy": legacy_rows})
         return EXIT_OK
+    for status in legacy_rows:
+        print(
+            f"{status['agent']}: legacy Dream.OS layout ({status['layout']}), {status['waiting']} waiting; "
+            "not adopted (adopt with 'hybridcomms migrate')"
+        )
     if not rows:
-        print(f"no mailboxes under {root}")
+        if not legacy_rows:
+            print(f"no mailboxes under {root}")
         return EXIT_OK
     cols = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)]
     width = max(len("agent"), *(len(r["agent"]) for r in rows))
@@ -255,11 +328,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--payload", default="null", help="payload as JSON (default: null)")
     s.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
     s.add_argument("--from", dest="sender", default=None, help="sender agent id")
+    s.add_argument(
+        "--adopt",
+        action="store_true",
+        help="put it into a hybridcomms mailbox even if the agent still reads a legacy Dream.OS layout",
+    )
     s.set_defaults(func=_cmd_send)
 
     r = sub.add_parser("recv", parents=[common], help="claim one message, print it as JSON, ack it")
     r.add_argument("agent")
     r.add_argument("--timeout", type=float, default=None, help="seconds to wait for a message")
+    r.add_argument(
+        "--adopt",
+        action="store_true",
+        help="adopt an agent still on a legacy Dream.OS layout (its legacy messages are taken in first)",
+    )
     r.set_defaults(func=_cmd_recv)
 
     st = sub.add_parser(

@@ -499,7 +499,7 @@ def test_the_may_2025_era_is_served_at_the_core_path_on_request() -> None:
         assert res.stdout.strip() == "hybridcomms.compat.dreamos.agent_bus_may2025"
     finally:
         dreamos.uninstall()
-    with pytest.raises(ValueError, match="unknown Dream.OS era"):
+    with pytest.raises(ValueError, match=r"unknown Dream\.OS era"):
         dreamos.install(era="1999")
 
 

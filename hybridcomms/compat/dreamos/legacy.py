@@ -272,6 +272,34 @@ class IngestReport:
         return ", ".join(parts)
 
 
+def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any] | None:
+    """For an agent still on a legacy Dream.OS layout (legacy files, no ``new/``): which layout its
+    reader uses and how many messages wait there (what a legacy reader would read). None for an
+    adopted agent or a folder with no legacy files."""
+    path = os.path.join(root, check_agent_id(agent_id))
+    if os.path.islink(path) or not os.path.isdir(path) or is_adopted(root, agent_id):
+        return None
+    json_path, dir_path = os.path.join(path, INBOX_JSON), os.path.join(path, INBOX_DIR)
+    has_json = os.path.isfile(json_path) and not os.path.islink(json_path)
+    has_dir = os.path.isdir(dir_path) and not os.path.islink(dir_path)
+    if not has_json and not has_dir:
+        return None
+    waiting = 0
+    if has_json:
+        try:
+            entries = _json.loads(_fs.read_regular(json_path, DEFAULT_MAX_INBOX_JSON) or b"[]")
+            waiting += len(entries) if isinstance(entries, list) else 0
+        except (OSError, ValueError):
+            pass
+    if has_dir:
+        try:
+            waiting += sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
+        except OSError:
+            pass
+    layout = legacy_layout(root, agent_id)
+    return {"agent": agent_id, "layout": layout.value, "waiting": waiting}
+
+
 def has_legacy_drops(root: str | os.PathLike[str], agent_id: str) -> bool:
     """A cheap look: is anything waiting in ``inbox.json`` or ``inbox/``?"""
     path = os.path.join(root, agent_id)
