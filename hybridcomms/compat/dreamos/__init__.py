@@ -1,4 +1,4 @@
-"""Dream.OS compatibility: the legacy module names, signatures and behaviours (../shared/DREAMOS_API.md),
+"""Dream.OS compatibility: the legacy module names, signatures and behaviours (docs/compatibility.md),
 on hybridcomms. See docs/compatibility.md.
 
 - `hybridcomms.compat.dreamos.mailbox_utils`: ``MAILBOX_ROOT``, ``write_mailbox_message`` (all three call

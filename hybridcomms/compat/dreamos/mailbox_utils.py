@@ -1,6 +1,6 @@
 """Legacy ``dreamos.core.comms.mailbox_utils``, on hybridcomms.
 
-Same names and call shapes as the Dream.OS module (../shared/DREAMOS_API.md §3). What changed
+Same names and call shapes as the Dream.OS module (docs/compatibility.md). What changed
 underneath: a message goes where its recipient reads (a durable file in ``new/`` once the recipient is
 adopted, else exactly the legacy format, under the legacy locks); nothing is half-written; the
 functions that callers ``await`` also work when called plainly (they do their work at call time).

@@ -1,6 +1,6 @@
 """`hybridcomms migrate`: convert a Dream.OS mailbox root to the hybridcomms layout, once.
 
-What becomes what (layouts in ../shared/DREAMOS_API.md §1 and docs/compatibility.md):
+What becomes what (layouts in runtime_layout.md and docs/compatibility.md):
 
 ============================================  ===============================================
 legacy                                        hybridcomms
@@ -10,7 +10,7 @@ legacy                                        hybridcomms
 ``<agent>/<time>_<sender>.json`` (L4)          ``new/``
 ``<agent>/archive/*.json`` (L2 processed)     ``done/``
 ``<agent>/processed/*.json`` (L3 processed)   ``done/``
-invalid JSON, not a message, too large        ``dead/``, bytes unchanged, with a reason file
+invalid JSON, too large                       ``dead/``, bytes unchanged, with a reason file
 anything else                                 left where it is, and listed (``.md`` notes,
                                               ``outbox/``, ``state/``, ``workspace/``,
                                               ``broadcast/``, folders that are not safe agent
