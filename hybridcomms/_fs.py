@@ -18,10 +18,12 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 import tempfile
 import threading
 import time
 from enum import Enum
+from typing import Any
 
 from ._names import REASON_SUFFIX
 
@@ -90,8 +92,18 @@ def _get_libc() -> ctypes.CDLL | None:
 
 RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
-#: None: not yet known; False: renameat2 is missing (old libc/kernel), link-then-unlink is used.
-_renameat2_ok: bool | None = None
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _find_renameat2() -> Any:
+    libc = _get_libc()
+    return getattr(libc, "renameat2", None) if libc is not None else None
+
+
+#: The libc function, or None where it is missing (old libc/kernel): link-then-unlink is used then.
+#: Resolved once; a kernel or filesystem that refuses the flag turns it to None too.
+_renameat2: Any = _find_renameat2()
+_get_errno = ctypes.get_errno
 
 
 def rename_noreplace(
@@ -101,31 +113,28 @@ def rename_noreplace(
 
     Uses renameat2(RENAME_NOREPLACE) (Linux >= 3.15 on ext4, xfs, btrfs, tmpfs, …). Where the call or
     the filesystem does not support the flag, a regular file is moved by link(2) then unlink(2): also
-    never replacing, but a crash between the two leaves the file under both names (recovery and the
-    claim path treat the second name as a duplicate of the same id, see docs/guarantees.md). Other
-    file types are then renamed after a check, which a concurrent creator can race."""
-    global _renameat2_ok
-    if _renameat2_ok is not False:
-        libc = _get_libc()
-        fn = getattr(libc, "renameat2", None) if libc is not None else None
-        if fn is not None:
-            r = fn(
+    never replacing, but a crash between the two leaves the file under both names (see
+    docs/guarantees.md). Other file types are then renamed after a check, which a concurrent creator
+    can race. This runs twice per message (claim, ack): it is kept to one C call in the common case."""
+    global _renameat2
+    fn = _renameat2
+    if fn is not None:
+        if (
+            fn(
                 _AT_FDCWD if src_dir_fd is None else src_dir_fd,
-                os.fsencode(src),
+                src.encode(_FS_ENCODING, _FS_ERRORS),
                 _AT_FDCWD if dst_dir_fd is None else dst_dir_fd,
-                os.fsencode(dst),
+                dst.encode(_FS_ENCODING, _FS_ERRORS),
                 RENAME_NOREPLACE,
             )
-            if r == 0:
-                _renameat2_ok = True
-                return
-            err = ctypes.get_errno()
-            if err not in (errno.ENOSYS, errno.EINVAL):
-                raise OSError(err, os.strerror(err), src, None, dst)
-            if err == errno.ENOSYS:
-                _renameat2_ok = False
-        else:
-            _renameat2_ok = False
+            == 0
+        ):
+            return
+        err = _get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), src, None, dst)
+        if err == errno.ENOSYS:
+            _renameat2 = None
     try:
         os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except (PermissionError, IsADirectoryError, NotImplementedError):
