@@ -30,6 +30,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _fs
+
+
+def _inotify_calls() -> tuple[Any, Any, Any] | None:
+    """libc's ``inotify_init``, ``inotify_add_watch`` and ``inotify_rm_watch`` (None where missing)."""
+    libc = _fs._get_libc()
+    if libc is None:
+        return None
+    try:
+        return libc.inotify_init, libc.inotify_add_watch, libc.inotify_rm_watch
+    except AttributeError:  # not Linux
+        return None
+
+
 __all__ = ["ArrivalWaiter"]
 
 log = logging.getLogger("hybridcomms.wakeup")
@@ -123,19 +137,16 @@ class _InotifyHub:
 
     @staticmethod
     def available() -> bool:
-        try:
-            from watchdog.observers.inotify_c import inotify_add_watch, inotify_init, inotify_rm_watch  # noqa: F401
-        except Exception:  # not Linux, or another watchdog
-            return False
-        return True
+        """inotify is there: libc has the three calls (Linux). No private watchdog module is used."""
+        return _inotify_calls() is not None
 
     def _ensure(self) -> None:
         """Under ``cond``: a descriptor for this process (a forked child gets its own)."""
         if self._pid == os.getpid():
             return
-        from watchdog.observers.inotify_c import inotify_init
-
-        fd = inotify_init()
+        calls = _inotify_calls()
+        assert calls is not None
+        fd = calls[0]()
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
@@ -147,11 +158,11 @@ class _InotifyHub:
         self._fd, self._pid, self._reading, self._waiters = fd, os.getpid(), False, {}
 
     def add(self, waiter: ArrivalWaiter) -> int:
-        from watchdog.observers.inotify_c import inotify_add_watch
-
+        calls = _inotify_calls()
+        assert calls is not None
         with self.cond:
             self._ensure()
-            wd = inotify_add_watch(self._fd, os.fsencode(waiter._new_dir), self.MASK)
+            wd = calls[1](self._fd, os.fsencode(waiter._new_dir), ctypes.c_uint32(self.MASK))
             if wd < 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"inotify_add_watch({waiter._new_dir}): {os.strerror(err)}")
@@ -159,8 +170,8 @@ class _InotifyHub:
             return int(wd)
 
     def remove(self, waiter: ArrivalWaiter, wd: int) -> None:
-        from watchdog.observers.inotify_c import inotify_rm_watch
-
+        calls = _inotify_calls()
+        assert calls is not None
         with self.cond:
             if self._pid != os.getpid():
                 return
@@ -169,8 +180,7 @@ class _InotifyHub:
                 waiters.remove(waiter)
             if not waiters and wd in self._waiters:
                 del self._waiters[wd]
-                rm_watch: Any = inotify_rm_watch
-                rm_watch(self._fd, wd)
+                calls[2](self._fd, wd)
 
     def poke(self) -> None:
         """Make the current reader look up (a waiter was woken by hand)."""
