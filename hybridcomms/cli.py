@@ -5,6 +5,8 @@
     hybridcomms [--root R] stats [AGENT ...] [--json]
     hybridcomms [--root R] recover [AGENT ...]
     hybridcomms [--root R] demo
+    hybridcomms [--root R] work AGENT [--concurrency N] [--timeout S] [--grace S] [--json] -- CMD [ARGS...]
+    hybridcomms systemd-unit watch|work
     hybridcomms [--root R] watch [--json] [--exec CMD] [--exec-jobs N] [--exec-queue N] [--grace S]
                                      [--recover-every S] [--rescan-every S]
     hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R]
@@ -240,6 +242,20 @@ def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
+def _cmd_work(args: argparse.Namespace, root: Path) -> int:
+    from ._work_command import run_work
+
+    return run_work(args, root)
+
+
+def _cmd_systemd_unit(args: argparse.Namespace, root: Path) -> int:
+    from importlib.resources import files
+
+    name = {"watch": "hybridcomms-watch.service", "work": "hybridcomms-work@.service"}[args.service]
+    sys.stdout.write((files("hybridcomms") / "systemd" / name).read_text())
+    return EXIT_OK
+
+
 def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
     from ._watch_command import run_watch
 
@@ -395,6 +411,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.set_defaults(func=_cmd_watch)
 
+    wk = sub.add_parser(
+        "work",
+        parents=[common],
+        help="run a command for each message of AGENT's mailbox: exit 0 acks, 75 retries, other fails",
+        description="Claims AGENT's messages and runs CMD (not through a shell) for each: the message's JSON "
+        "on stdin, HYBRIDCOMMS_ID, _TOPIC, _SENDER, _ATTEMPT, _MAX_ATTEMPTS, _PRIORITY, _CORRELATION_ID, "
+        "_REPLY_TO, _AGENT in the environment. Exit 0 acks (stdout is the reply to a request); exit 75 "
+        "(EX_TEMPFAIL) retries after the backoff; any other exit retries, and dead-letters on the last "
+        "attempt with the exit status and the end of stderr. SIGTERM stops it cleanly.",
+    )
+    wk.add_argument("agent", help="the agent whose mailbox to consume")
+    wk.add_argument("--concurrency", type=int, default=1, help="messages handled at once (default 1)")
+    wk.add_argument(
+        "--timeout", type=float, default=None, help="seconds a command may run; then it is killed and retried"
+    )
+    wk.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds running commands get to finish before they are killed (default 30)",
+    )
+    wk.add_argument(
+        "--max-messages", type=int, default=0, help="stop after handling this many messages (0: never)"
+    )
+    wk.add_argument("--json", action="store_true", help="one JSON line per handled message on stdout")
+    wk.add_argument("--create", action="store_true", help="create the mailbox if it does not exist")
+    wk.add_argument(
+        "--max-attempts", type=int, default=5, help="deliveries before a failing message is dead-lettered (5)"
+    )
+    wk.add_argument(
+        "--retry-delay",
+        type=float,
+        default=1.0,
+        help="seconds before the first retry; each further retry waits twice as long, at most 300 (1)",
+    )
+    wk.add_argument(
+        "--lease",
+        type=float,
+        default=300.0,
+        help="seconds a claim stays ours without a heartbeat; renewed every third of it while CMD runs (300)",
+    )
+    wk.set_defaults(func=_cmd_work, cmd=[])
+
+    su = sub.add_parser(
+        "systemd-unit", help="print a systemd unit for the watch service or a work consumer (to adjust)"
+    )
+    su.add_argument("service", choices=["watch", "work"], help="which unit")
+    su.set_defaults(func=_cmd_systemd_unit)
+
     mg = sub.add_parser(
         "migrate",
         parents=[common],
@@ -430,7 +495,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "work" in words and "--" in words[words.index("work") :]:
+        # ``work AGENT [OPTIONS] -- CMD [ARGS...]``: everything after "--" is the command, as it is
+        cut = words.index("--", words.index("work"))
+        words, command = words[:cut], words[cut + 1 :]
+    args = _parser().parse_args(words)
+    if command:
+        args.cmd = command
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
     root = resolve_root(args.root)

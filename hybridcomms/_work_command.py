@@ -1,0 +1,309 @@
+"""``hybridcomms work AGENT -- CMD [ARGS...]``: a consumer that runs a command per message.
+
+For each message it claims from AGENT's mailbox it starts CMD (never through a shell: the arguments are
+passed as they are) with the message's JSON on stdin and these in the environment:
+
+    HYBRIDCOMMS_AGENT, HYBRIDCOMMS_ID, HYBRIDCOMMS_TOPIC, HYBRIDCOMMS_SENDER, HYBRIDCOMMS_ATTEMPT,
+    HYBRIDCOMMS_MAX_ATTEMPTS, HYBRIDCOMMS_PRIORITY, HYBRIDCOMMS_CORRELATION_ID, HYBRIDCOMMS_REPLY_TO
+
+and settles the message by its exit status:
+
+    0                 ack; if the message asked for a reply (a ``request``), CMD's stdout is the reply
+                      (JSON if it parses, else the text)
+    75 (EX_TEMPFAIL)  nack: delivered again after the mailbox's backoff
+    anything else     nack; on the last attempt, dead-letter with the exit status and the end of stderr
+    --timeout passed  CMD's whole process group is killed; nack (dead-letter on the last attempt)
+
+While CMD runs, the claim's lease is renewed (heartbeats), so a long job is never taken away. SIGTERM or
+SIGINT stop it: no new claim; running commands get ``--grace`` seconds to finish (and are settled as above),
+then their process groups are killed and their messages nacked. Nothing is lost either way: a message is
+acked only after its command exited 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .comms import EXPIRES_HEADER, REPLY_HEADER
+from .delivery import Delivery
+from .errors import HybridCommsError
+from .mailbox import FileMailbox
+from .message import Message
+from .retry import Backoff
+
+EX_TEMPFAIL = 75
+STDERR_TAIL = 2000  # bytes of stderr kept in a dead-letter reason
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace, mailbox: FileMailbox, command: list[str]) -> None:
+        self.args = args
+        self.mb = mailbox
+        self.command = command
+        self.stop = threading.Event()
+        self.killed = threading.Event()  # past the grace: running commands are killed
+        self.lock = threading.Lock()
+        self.out_lock = threading.Lock()
+        self.counts = {"acked": 0, "retried": 0, "dead": 0, "replied": 0}
+        self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        threads = [
+            threading.Thread(target=self._loop, name=f"hybridcomms-work-{i}", daemon=True)
+            for i in range(self.args.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        while not self.stop.wait(0.2):
+            if self.args.max_messages and self._done() >= self.args.max_messages:
+                self.stop.set()
+        self.mb.wake()
+        deadline = time.monotonic() + self.args.grace
+        for t in threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        if any(t.is_alive() for t in threads):
+            self.killed.set()  # the grace is over: kill what still runs, nack its message
+            for t in threads:
+                t.join(10)
+        c = self.counts
+        print(
+            f"hybridcomms work: stopped; {c['acked']} acked, {c['retried']} to retry, "
+            f"{c['dead']} dead-lettered",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 0
+
+    def _done(self) -> int:
+        with self.lock:
+            return self.counts["acked"] + self.counts["retried"] + self.counts["dead"]
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                d = self.mb.claim(timeout=1.0, cancel=self.stop)
+            except (OSError, HybridCommsError) as exc:
+                print(f"hybridcomms work: claim failed: {exc}", file=sys.stderr, flush=True)
+                self.stop.wait(1.0)
+                continue
+            if d is None:
+                continue
+            try:
+                self._handle(d)
+            except Exception as exc:  # settle it whatever happened, and go on
+                if not d.settled:
+                    try:
+                        d.nack(error=f"{type(exc).__name__}: {exc}")
+                    except (OSError, HybridCommsError):
+                        pass
+                print(f"hybridcomms work: {d.message.id}: {exc}", file=sys.stderr, flush=True)
+
+    # -- one message --------------------------------------------------------------------------
+
+    def _handle(self, d: Delivery) -> None:
+        m = d.message
+        expires = m.headers.get(EXPIRES_HEADER)
+        if isinstance(expires, (int, float)) and expires < time.time():
+            d.dead(f"expired at {expires:.3f} before it was handled")
+            self._report(d, "dead", None, 0.0, "expired")
+            return
+        env = dict(os.environ)
+        env.update(
+            HYBRIDCOMMS_AGENT=self.mb.agent_id,
+            HYBRIDCOMMS_ID=m.id,
+            HYBRIDCOMMS_TOPIC=m.topic,
+            HYBRIDCOMMS_SENDER=m.sender or "",
+            HYBRIDCOMMS_ATTEMPT=str(d.attempt),
+            HYBRIDCOMMS_MAX_ATTEMPTS=str(self.mb.max_attempts),
+            HYBRIDCOMMS_PRIORITY=m.priority.name,
+            HYBRIDCOMMS_CORRELATION_ID=m.correlation_id or "",
+            HYBRIDCOMMS_REPLY_TO=m.reply_to or "",
+        )
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # its own process group: a timeout kills all of it
+            )
+        except OSError as exc:
+            self._fail(d, f"cannot start {self.command[0]}: {exc}", None, 0.0)
+            return
+        out, err, code, why = self._wait(proc, d, m.encode(None), started)
+        seconds = time.monotonic() - started
+        if why is not None:
+            self._fail(d, why, code, seconds, err)
+        elif code == 0:
+            replied = self._reply(m, out) if m.reply_to else False
+            d.ack()
+            with self.lock:
+                self.counts["acked"] += 1
+                self.counts["replied"] += int(replied)
+            self._report(d, "acked", code, seconds)
+        elif code == EX_TEMPFAIL:
+            d.nack(error=f"exit status {EX_TEMPFAIL} (try again later)")
+            with self.lock:
+                self.counts["retried"] += 1
+            self._report(d, "retry", code, seconds)
+        else:
+            self._fail(d, f"exit status {code}", code, seconds, err)
+
+    def _wait(
+        self, proc: subprocess.Popen[bytes], d: Delivery, data: bytes, started: float
+    ) -> tuple[bytes, bytes, int | None, str | None]:
+        """Feed stdin, collect stdout/stderr, renew the lease; kill on timeout or past the grace.
+        Returns (stdout, stderr, exit status, why it was stopped or None)."""
+        limit = self.args.timeout
+        first = True
+        beat_at = started + self.heartbeat_every
+        while True:
+            step = 0.2  # short waits: a SIGTERM, a timeout or a heartbeat is never late by more
+            if limit:
+                step = min(step, max(limit - (time.monotonic() - started), 0.01))
+            try:
+                out, err = proc.communicate(data if first else None, timeout=step)
+                return out, err, proc.returncode, None
+            except subprocess.TimeoutExpired:
+                first = False
+            now = time.monotonic()
+            why = None
+            if limit and now - started >= limit:
+                why = f"timed out after {limit:g}s"
+            elif self.killed.is_set():
+                why = f"stopped: still running {self.args.grace:g}s after SIGTERM"
+            if why is not None:
+                _kill_group(proc)
+                out, err = proc.communicate()
+                return out, err, proc.returncode, why
+            if now >= beat_at:
+                beat_at = now + self.heartbeat_every
+                try:
+                    d.heartbeat()
+                except HybridCommsError:
+                    _kill_group(proc)  # recovery took it (lease): another consumer has it now
+                    out, err = proc.communicate()
+                    return out, err, proc.returncode, "lease lost"
+
+    def _fail(self, d: Delivery, why: str, code: int | None, seconds: float, err: bytes = b"") -> None:
+        tail = err[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+        text = f"{why}: {tail}" if tail else why
+        if why == "lease lost":
+            self._report(d, "lost", code, seconds, text)
+            return
+        if d.attempt >= self.mb.max_attempts:
+            d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
+            with self.lock:
+                self.counts["dead"] += 1
+            self._report(d, "dead", code, seconds, text)
+        else:
+            d.nack(error=text)
+            with self.lock:
+                self.counts["retried"] += 1
+            self._report(d, "retry", code, seconds, text)
+
+    def _reply(self, request: Message, out: bytes) -> bool:
+        text = out.decode("utf-8", "replace")
+        try:
+            payload: Any = orjson.loads(out) if out.strip() else None
+        except orjson.JSONDecodeError:
+            payload = text
+        to = request.reply_to
+        assert to is not None
+        reply = Message(
+            f"{request.topic}.reply",
+            payload,
+            sender=self.mb.agent_id,
+            recipient=to,
+            correlation_id=request.id,
+            headers={REPLY_HEADER: True},
+        )
+        try:
+            with FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False) as box:
+                box.put(reply)
+        except (OSError, HybridCommsError) as exc:
+            print(f"hybridcomms work: reply to {to} failed: {exc}", file=sys.stderr, flush=True)
+            return False
+        return True
+
+    def _report(
+        self, d: Delivery, outcome: str, code: int | None, seconds: float, error: str | None = None
+    ) -> None:
+        m = d.message
+        if self.args.json:
+            line = orjson.dumps(
+                {
+                    "id": m.id,
+                    "topic": m.topic,
+                    "attempt": d.attempt,
+                    "outcome": outcome,
+                    "exit": code,
+                    "seconds": round(seconds, 6),
+                    "error": error,
+                }
+            ).decode()
+        else:
+            line = f"{outcome:<6} {m.id} {m.topic} attempt {d.attempt}" + (f": {error}" if error else "")
+        with self.out_lock:
+            print(line, flush=True)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run_work(args: argparse.Namespace, root: Path) -> int:
+    command = list(args.cmd)
+    if not command:
+        raise SystemExit(
+            "hybridcomms work: give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
+        )
+    if args.concurrency < 1:
+        raise SystemExit("hybridcomms work: --concurrency must be at least 1")
+    if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
+        raise SystemExit("hybridcomms work: --max-attempts must be >= 1, --retry-delay >= 0, --lease > 0")
+    mailbox = FileMailbox(
+        root,
+        args.agent,
+        fsync=args.fsync or "always",
+        create=args.create,
+        max_attempts=args.max_attempts,
+        lease=args.lease,
+        backoff=Backoff(initial=args.retry_delay, factor=2.0, maximum=max(300.0, args.retry_delay)),
+    )
+    worker = Worker(args, mailbox, command)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        worker.stop.set()
+        mailbox.wake()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    print(
+        f"hybridcomms work: {args.agent}: running {' '.join(command)} for each message "
+        f"({args.concurrency} at a time); stop with SIGTERM",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return worker.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        mailbox.close()
