@@ -279,11 +279,14 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         raise SystemExit("hybridcomms work: --concurrency must be at least 1")
     if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
         raise SystemExit("hybridcomms work: --max-attempts must be >= 1, --retry-delay >= 0, --lease > 0")
-    mailbox = FileMailbox(
+    from .cli import _open_existing
+
+    mailbox = _open_existing(
         root,
         args.agent,
+        "work",
+        args.create,
         fsync=args.fsync or "always",
-        create=args.create,
         max_attempts=args.max_attempts,
         lease=args.lease,
         backoff=Backoff(initial=args.retry_delay, factor=2.0, maximum=max(300.0, args.retry_delay)),

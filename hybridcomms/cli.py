@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,17 +75,76 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _cmd_send(args: argparse.Namespace, root: Path) -> int:
+_PRIORITY_WORDS = {"LOW", "MEDIUM", "HIGH", "CRITICAL", "NORMAL", "INFO", "0", "1", "2", "3"}
+
+
+def _priority(text: str) -> Priority:
+    """A priority the CLI knows (a name, a Dream.OS spelling, 0-3); anything else is an error."""
+    if text.strip().upper() not in _PRIORITY_WORDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown priority {text!r}: use LOW, MEDIUM, HIGH or CRITICAL (also NORMAL, INFO, or 0-3)"
+        )
+    return Priority.parse(text)
+
+
+def _read_payload(spec: str, limit: int) -> Any:
+    """``--payload``: JSON text, ``-`` (read stdin) or ``@FILE``; at most ``limit`` bytes."""
+    if spec == "-":
+        raw = sys.stdin.buffer.read(limit + 1)
+        where = "stdin"
+    elif spec.startswith("@"):
+        where = spec[1:]
+        try:
+            with open(where, "rb") as f:
+                raw = f.read(limit + 1)
+        except OSError as exc:
+            raise SystemExit(f"hybridcomms send: cannot read --payload {spec}: {exc.strerror}") from None
+    else:
+        raw, where = spec.encode(), "--payload"
+    if len(raw) > limit:
+        raise SystemExit(f"hybridcomms send: the payload from {where} is over the limit of {limit} bytes")
     try:
-        payload = orjson.loads(args.payload)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise SystemExit(f"hybridcomms send: --payload is not valid JSON: {exc}") from None
+        raise SystemExit(f"hybridcomms send: the payload from {where} is not valid JSON: {exc}") from None
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"hybridcomms send: --header wants KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
+
+
+def _cmd_send(args: argparse.Namespace, root: Path) -> int:
+    from .message import DEFAULT_MAX_MESSAGE_SIZE
+
+    payload = _read_payload(args.payload, DEFAULT_MAX_MESSAGE_SIZE)
+    decision = resolve_policy(getattr(args, "policy", None)).decide(
+        args.topic, priority=args.priority, addressed=True, override=args.route
+    )
+    if not decision.route.durable:
+        raise SystemExit(
+            f"hybridcomms send: {args.topic} is {decision.route.value} under the routing policy "
+            f"({decision.reason}): an ephemeral event lives on a process's in-memory bus, which a command "
+            "cannot reach; send it from the agent, or give --route durable to deliver it to the mailbox"
+        )
+    options: dict[str, Any] = {}
+    if args.id:
+        options["id"] = args.id  # the same id again: a resend, not a new message
     message = Message(
         topic=args.topic,
         payload=payload,
         sender=args.sender,
         recipient=args.to,
-        priority=Priority.parse(args.priority),
+        priority=args.priority,
+        correlation_id=args.correlation_id,
+        reply_to=args.reply_to,
+        headers=_headers(args.header),
+        **options,
     )
     legacy = None if args.adopt else _legacy_status(root, check_agent_id(args.to))
     if legacy is not None:
@@ -102,6 +163,15 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         )
         return EXIT_OK
     with FileMailbox(root, args.to, fsync=args.fsync) as mb:
+        existing = mb.get(message.id) if args.id else None
+        if existing is not None:  # an idempotent resend: the message is there already
+            print(message.id)
+            print(
+                f"hybridcomms send: {message.id} is already in {args.to}'s mailbox "
+                f"({existing.state.value}/); not sent again",
+                file=sys.stderr,
+            )
+            return EXIT_OK
         mb.put(message)
     print(message.id)
     return EXIT_OK
@@ -126,25 +196,104 @@ def _legacy_refusal(command: str, status: dict[str, Any]) -> str:
     )
 
 
+def _need_root(root: Path, command: str, create: bool) -> None:
+    """A command that reads: a missing root is an error (a typo must not "succeed"), unless --create."""
+    if not create and not root.is_dir():
+        raise SystemExit(
+            f"hybridcomms {command}: no mailbox root at {root} (check --root or $HYBRIDCOMMS_ROOT; "
+            "--create makes it)"
+        )
+
+
+def _open_existing(root: Path, agent: str, command: str, create: bool, **options: Any) -> FileMailbox:
+    _need_root(root, command, create)
+    if not create and not (root / check_agent_id(agent) / "new").is_dir():
+        raise SystemExit(f"hybridcomms {command}: no mailbox for {agent} under {root} (--create makes it)")
+    return FileMailbox(root, agent, create=create, **options)
+
+
+def _message_json(message: Message, **extra: Any) -> dict[str, Any]:
+    out = message.to_dict()
+    out.update(extra)
+    return out
+
+
 def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
     legacy = _legacy_status(root, check_agent_id(args.agent))
     if legacy is not None and not args.adopt:
         print(_legacy_refusal("recv", legacy), file=sys.stderr)
         return EXIT_ERROR
-    with FileMailbox(root, args.agent, fsync=args.fsync) as mb:
+    if args.count < 1:
+        raise SystemExit("hybridcomms recv: --count must be at least 1")
+    create = args.create or legacy is not None
+    with _open_existing(root, args.agent, "recv", create, fsync=args.fsync) as mb:
         if legacy is not None:  # adopted now, explicitly: take what its legacy writers dropped
             from .compat.dreamos.legacy import ingest
 
             ingest(mb)
-        delivery = mb.claim(timeout=args.timeout)
-        if delivery is None:
+        lines = args.count > 1 or args.follow
+        if args.peek:
+            return _peek(mb, args, lines)
+        stop = _stop_on_signals(mb) if args.follow else None
+        got = 0
+        while args.follow or got < args.count:
+            timeout = 1.0 if args.follow else (args.timeout if got == 0 else 0)
+            delivery = mb.claim(timeout=timeout, cancel=stop)
+            if delivery is None:
+                if args.follow and not (stop is not None and stop.is_set()):
+                    continue
+                break
+            out = _message_json(delivery.message, attempt=delivery.attempt)
+            if lines:
+                sys.stdout.write(orjson.dumps(out).decode() + "\n")
+                sys.stdout.flush()
+            else:
+                _print_json(out)
+            # Settled only once it is written out: acked, or with --no-ack given back for later.
+            if args.no_ack:
+                delivery.nack(delay=args.lease, error="recv --no-ack: printed, not acknowledged")
+            else:
+                delivery.ack()
+            got += 1
+        if got == 0 and not args.follow:
             print(f"hybridcomms recv: no message for {args.agent}", file=sys.stderr)
             return EXIT_EMPTY
-        with delivery:
-            out = delivery.message.to_dict()
-            out["attempt"] = delivery.attempt
-            _print_json(out)
     return EXIT_OK
+
+
+def _peek(mb: FileMailbox, args: argparse.Namespace, lines: bool) -> int:
+    """The next messages in claim order, without claiming them (nothing changes)."""
+    infos = sorted(mb.list(State.NEW), key=lambda i: i.name)
+    shown = 0
+    for info in infos:
+        if shown >= args.count:
+            break
+        try:
+            message = mb.read(info)
+        except (OSError, HybridCommsError):
+            continue  # claimed meanwhile, or undecodable (the next claim dead-letters it)
+        out = _message_json(message, state="new", file=info.name)
+        if lines:
+            sys.stdout.write(orjson.dumps(out).decode() + "\n")
+        else:
+            _print_json(out)
+        shown += 1
+    if shown == 0:
+        print(f"hybridcomms recv: no message for {mb.agent_id}", file=sys.stderr)
+        return EXIT_EMPTY
+    return EXIT_OK
+
+
+def _stop_on_signals(mb: FileMailbox) -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+        mb.wake()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    return stop
 
 
 def _agents(args: argparse.Namespace, root: Path) -> list[str]:
@@ -169,6 +318,7 @@ def _legacy_agents(root: Path) -> list[str]:
 
 
 def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
+    _need_root(root, "stats", False)
     rows = []
     legacy_rows = []
     named = bool(args.agents)
@@ -178,7 +328,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         if status is not None:
             legacy_rows.append(status)
             continue
-        with FileMailbox(root, agent, create=False) as mb:
+        with _open_existing(root, agent, "stats", False) as mb:
             rows.append(mb.stats().to_dict())
     if args.json:
         _print_json({"root": str(root), "agents": rows, "legacy": legacy_rows})
@@ -204,6 +354,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
 
 def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
     """Every mailbox is tried, whatever happens to one of them; the exit is non-zero if any failed."""
+    _need_root(root, "recover", False)
     failed = 0
     for agent in _agents(args, root):
         try:
@@ -339,11 +490,39 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "send", parents=[common], help="put one message into an agent's mailbox; prints its id"
     )
+    s.description = (
+        "Delivers one message durably into AGENT's mailbox. The routing policy (--policy) decides the route "
+        "of the topic: a durable or 'both' topic is delivered; an ephemeral one is refused (a command "
+        "cannot reach an agent's in-memory bus) unless --route durable says to deliver it anyway."
+    )
     s.add_argument("--to", required=True, help="recipient agent id")
     s.add_argument("--topic", required=True, help="topic / message type")
-    s.add_argument("--payload", default="null", help="payload as JSON (default: null)")
-    s.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
+    s.add_argument(
+        "--payload",
+        default="null",
+        help="payload: JSON text, '-' to read it from stdin, or @FILE (at most 1 MiB; default: null)",
+    )
+    s.add_argument(
+        "--priority",
+        type=_priority,
+        default=Priority.MEDIUM,
+        help="LOW, MEDIUM (default), HIGH or CRITICAL (also NORMAL, INFO, or 0-3); anything else is an error",
+    )
     s.add_argument("--from", dest="sender", default=None, help="sender agent id")
+    s.add_argument(
+        "--id", default=None, help="message id (send again with the same id: one message, not two)"
+    )
+    s.add_argument("--correlation-id", default=None, help="the id of the message this one answers or follows")
+    s.add_argument("--reply-to", default=None, help="agent that should get the reply (makes it a request)")
+    s.add_argument(
+        "--header", action="append", default=[], metavar="KEY=VALUE", help="a header (repeat for more)"
+    )
+    s.add_argument(
+        "--route",
+        choices=["durable", "both", "ephemeral"],
+        default=None,
+        help="override the policy's route for this message",
+    )
     s.add_argument(
         "--adopt",
         action="store_true",
@@ -352,8 +531,31 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_send)
 
     r = sub.add_parser("recv", parents=[common], help="claim one message, print it as JSON, ack it")
+    r.description = (
+        "Claims the next message, prints it as JSON (with its attempt) and acks it once printed. Without "
+        "--timeout it does not wait: if nothing is due it exits 3 at once."
+    )
     r.add_argument("agent")
-    r.add_argument("--timeout", type=float, default=None, help="seconds to wait for a message")
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a message to arrive (default: none: exit 3 at once if nothing is due)",
+    )
+    r.add_argument("--count", type=int, default=1, help="up to N messages, as JSON lines (default 1)")
+    r.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep receiving until SIGTERM/Ctrl-C: one JSON line per message, each acked after it is written",
+    )
+    r.add_argument(
+        "--no-ack",
+        action="store_true",
+        help="print, then give the message back, due again after --lease seconds (it counts as an attempt)",
+    )
+    r.add_argument("--lease", type=float, default=60.0, help="with --no-ack: seconds until it is due again")
+    r.add_argument("--peek", action="store_true", help="show the next messages without claiming them")
+    r.add_argument("--create", action="store_true", help="create the mailbox if it does not exist")
     r.add_argument(
         "--adopt",
         action="store_true",

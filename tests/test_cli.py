@@ -61,14 +61,31 @@ def test_send_then_recv_round_trips_under_the_default_dreamos_root(tmp_path: Pat
 
 
 def test_recv_on_an_empty_mailbox_exits_3_after_its_timeout(tmp_path: Path) -> None:
-    got = run("recv", "Agent-1", "--timeout", "0.3", cwd=tmp_path)
+    got = run("recv", "Agent-1", "--timeout", "0.3", "--create", cwd=tmp_path)
     assert got.returncode == 3
     assert "no message" in got.stderr and got.stdout == ""
 
 
+@pytest.mark.parametrize("command", [["recv", "Agent-1"], ["stats"], ["recover"], ["stats", "Agent-1"]])
+def test_a_missing_root_or_agent_is_an_error_for_commands_that_read(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = run("--root", str(tmp_path / "typo"), *command, cwd=tmp_path)
+    assert missing.returncode == 1 and "no mailbox root" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "typo").exists()
+    (tmp_path / "root").mkdir()
+    if len(command) > 1:
+        unknown = run("--root", str(tmp_path / "root"), *command, cwd=tmp_path)
+        assert unknown.returncode == 1 and "no mailbox for Agent-1" in unknown.stderr
+        assert not (tmp_path / "root" / "Agent-1").exists()
+
+
+HC = [sys.executable, "-m", "hybridcomms"]
+
+
 def test_recv_with_a_timeout_receives_a_message_sent_while_it_waits(tmp_path: Path) -> None:
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "hybridcomms", "--root", str(tmp_path), "recv", "Agent-1", "--timeout", "30"],
+        [*HC, "--root", str(tmp_path), "recv", "Agent-1", "--timeout", "30", "--create"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -149,7 +166,7 @@ def test_stats_lists_every_mailbox_as_a_table_and_as_json(tmp_path: Path) -> Non
         (("send", "--to", "Agent-1", "--topic", "t", "--payload", "{nope"), "not valid JSON"),
         (("send", "--to", "Agent-1", "--topic", "t", "--priority", "SOON"), "unknown priority"),
         (("recv", "a/b"), "unsafe agent id"),
-        (("stats", "Nobody"), "no mailbox folder"),
+        (("stats", "Nobody"), "no mailbox for Nobody"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_a_nonzero_exit(

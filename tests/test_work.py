@@ -212,7 +212,7 @@ def test_heartbeats_keep_a_long_job_from_being_taken_away(root: Path, tmp_path: 
     ("args", "needle"),
     [
         (["work", "Agent-1"], "give the command after '--'"),
-        (["work", "Nobody", "--", "true"], "no mailbox folder"),
+        (["work", "Nobody", "--", "true"], "no mailbox for Nobody"),
         (["work", "../x", "--", "true"], "unsafe agent id"),
         (["work", "Agent-1", "--concurrency", "0", "--", "true"], "--concurrency must be at least 1"),
     ],
