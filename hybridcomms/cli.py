@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -477,13 +477,18 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the full usage is in ``--help``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect."
-    )
+    p = _Parser(prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect.")
     p.add_argument("--version", action="version", version=f"hybridcomms {__version__}")
     _add_common(p, None)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _add_common(common, argparse.SUPPRESS)  # after the command: only overrides what is given
     sub = p.add_subparsers(dest="command", required=True)
 
