@@ -393,6 +393,20 @@ def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
+def _cmd_inspect(args: argparse.Namespace, root: Path) -> int:
+    from . import _inspect_commands as ic
+
+    _need_root(root, args.command, False)
+    if args.command in ("show", "doctor", "tail"):
+        fn = {"show": ic.cmd_show, "doctor": ic.cmd_doctor, "tail": ic.cmd_tail}[args.command]
+        for agent in getattr(args, "agents", None) or []:
+            _open_existing(root, agent, args.command, False).close()
+        return int(fn(args, root))
+    with _open_existing(root, args.agent, args.command, False, fsync=args.fsync) as mb:
+        per_agent = {"ls": ic.cmd_ls, "requeue": ic.cmd_requeue, "purge": ic.cmd_purge}[args.command]
+        return int(per_agent(args, mb))
+
+
 def _cmd_work(args: argparse.Namespace, root: Path) -> int:
     from ._work_command import run_work
 
@@ -617,6 +631,60 @@ def _parser() -> argparse.ArgumentParser:
         "(also on with HYBRIDCOMMS_LEGACY_INTAKE=1 or a policy adopt entry)",
     )
     w.set_defaults(func=_cmd_watch)
+
+    from ._inspect_commands import parse_age
+
+    ls = sub.add_parser(
+        "ls", parents=[common], help="list an agent's messages: state, age, attempt, id, topic"
+    )
+    ls.add_argument("agent")
+    ls.add_argument("--state", choices=["new", "processing", "done", "dead"], help="only this state")
+    ls.add_argument("--topic", help="only topics matching this pattern (shell-style: 'dreamos.task.*')")
+    ls.add_argument(
+        "--older-than", type=parse_age, help="only what entered its state this long ago (3m, 2h, 7d)"
+    )
+    ls.add_argument("--json", action="store_true", help="a JSON list (ages in seconds)")
+    ls.set_defaults(func=_cmd_inspect)
+
+    sh = sub.add_parser("show", parents=[common], help="one message by id: content, state, attempt, errors")
+    sh.add_argument("id", help="message id (or file name)")
+    sh.add_argument("--agent", help="look only in this agent's mailbox (default: every mailbox)")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=_cmd_inspect)
+
+    rq = sub.add_parser("requeue", parents=[common], help="move dead-lettered messages back to new/")
+    rq.add_argument("agent")
+    rq.add_argument("ids", nargs="*", help="message ids to requeue")
+    rq.add_argument("--all-dead", action="store_true", help="every message in dead/")
+    rq.add_argument(
+        "--reset-attempts", action="store_true", help="start their attempt count again (default: keep it)"
+    )
+    rq.add_argument("--json", action="store_true")
+    rq.set_defaults(func=_cmd_inspect)
+
+    pg = sub.add_parser("purge", parents=[common], help="delete old messages from done/ or dead/")
+    pg.add_argument("agent")
+    pg.add_argument("--state", required=True, choices=["done", "dead"], help="which folder")
+    pg.add_argument("--older-than", required=True, type=parse_age, help="age (e.g. 7d) past which to delete")
+    pg.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    pg.add_argument("--json", action="store_true")
+    pg.set_defaults(func=_cmd_inspect)
+
+    tl = sub.add_parser("tail", parents=[common], help="follow what happens in the mailboxes (until Ctrl-C)")
+    tl.add_argument("agents", nargs="*", help="only these agents")
+    tl.add_argument("--json", action="store_true", help="JSON lines")
+    tl.set_defaults(func=_cmd_inspect)
+
+    dr = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the mailboxes (stale tmp/ files, orphaned claims, undecodable files, modes, "
+        "legacy drops); exit 0 only when healthy",
+    )
+    dr.add_argument("agents", nargs="*", help="only these agents")
+    dr.add_argument("--fix", action="store_true", help="repair what can be repaired")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=_cmd_inspect)
 
     wk = sub.add_parser(
         "work",

@@ -129,9 +129,10 @@ def read(mb: FileMailbox, info: MessageInfo) -> Message:
     return Message.decode(raw, path=str(info.path))
 
 
-def requeue(mb: FileMailbox, message_id: str, src: State) -> list[str]:
+def requeue(mb: FileMailbox, message_id: str, src: State, reset_attempts: bool = True) -> list[str]:
     """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
-    fresh attempt count; return the new file names. Its reason file is removed."""
+    fresh attempt count (or the one it had, without ``reset_attempts``); return the new file names.
+    Its reason file is removed."""
     if src not in (State.DEAD, State.DONE):
         raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
     m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
@@ -140,7 +141,7 @@ def requeue(mb: FileMailbox, message_id: str, src: State) -> list[str]:
     for info in find(mb, src, message_id):
         parsed = parse_name(info.name)
         target = (
-            parsed.with_(due=compact_time(time.time()), attempt=0)
+            parsed.with_(due=compact_time(time.time()), attempt=0 if reset_attempts else parsed.attempt)
             if parsed
             else _fs.free_name(new_fd, info.name)
         )

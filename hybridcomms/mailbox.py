@@ -845,10 +845,13 @@ class FileMailbox:
         """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
         return inspection.read(self, info)
 
-    def requeue(self, message_id: str, *, from_state: State | str = State.DEAD) -> builtins.list[str]:
+    def requeue(
+        self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
+    ) -> builtins.list[str]:
         """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
-        fresh attempt count; return the new file names. Its reason file is removed."""
-        return inspection.requeue(self, message_id, State(from_state))
+        fresh attempt count (``reset_attempts=False``: the count it had); return the new file names.
+        Its reason file is removed."""
+        return inspection.requeue(self, message_id, State(from_state), reset_attempts)
 
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
         """Delete files in ``done/`` or ``dead/`` that entered it ``older_than`` seconds ago or more."""

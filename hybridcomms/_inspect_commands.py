@@ -1,0 +1,409 @@
+"""The inspect-and-repair commands of the CLI: ``ls``, ``show``, ``requeue``, ``purge``, ``tail``, ``doctor``.
+
+They read the folders (one listing per folder) and the names; a message body is read only when its
+topic or content is asked for (``ls`` shows topics, ``show`` the message). Ages are shown as ``3m``,
+``2h``, ``5d`` for people and as seconds in ``--json``. Long operations show progress on stderr when it is
+a terminal, and stay quiet when piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+import stat
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import _fs
+from ._locking import drop, try_lock
+from ._names import REASON_SUFFIX
+from .errors import HybridCommsError
+from .inspection import MessageInfo
+from .mailbox import FileMailbox, check_agent_id, list_agents
+from .states import State
+
+EXIT_OK, EXIT_ERROR = 0, 1
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)\Z")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_age(text: str) -> float:
+    """``90``, ``90s``, ``3m``, ``2h``, ``7d``, ``1w`` -> seconds (argparse type)."""
+    m = _AGE_RE.match(text.strip().lower())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (use e.g. 90s, 3m, 2h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+class Progress:
+    """``done/total`` on stderr, rewritten in place, only when stderr is a terminal."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total = what, total
+        self.on = sys.stderr.isatty() and total > 0
+        self.last = 0.0
+
+    def step(self, done: int) -> None:
+        now = time.monotonic()
+        if self.on and (now - self.last >= 0.1 or done == self.total):
+            self.last = now
+            sys.stderr.write(f"\r{self.what}: {done}/{self.total}")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _topic_of(mb: FileMailbox, info: MessageInfo) -> str | None:
+    try:
+        return mb.read(info).topic
+    except (OSError, HybridCommsError):
+        return None
+
+
+def _row(mb: FileMailbox, info: MessageInfo, now: float, topic: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "agent": mb.agent_id,
+        "state": info.state.value,
+        "id": info.id,
+        "file": _fs.shown(info.name),
+        "attempt": info.attempt,
+        "age": round(now - info.changed_at, 3),
+        "size": info.size,
+        "topic": topic,
+    }
+    if info.reason is not None:
+        row["reason"] = info.reason.get("reason")
+        row["last_error"] = info.reason.get("last_error")
+    return row
+
+
+def cmd_ls(args: argparse.Namespace, mb: FileMailbox) -> int:
+    states = [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
+    now = time.time()
+    rows = []
+    for state in states:
+        for info in mb.list(state):
+            if args.older_than is not None and now - info.changed_at < args.older_than:
+                continue
+            topic = _topic_of(mb, info)
+            if args.topic and not (topic is not None and fnmatch.fnmatchcase(topic, args.topic)):
+                continue
+            rows.append(_row(mb, info, now, topic))
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no messages for {mb.agent_id}" + (f" in {args.state}/" if args.state else ""))
+        return EXIT_OK
+    print(f"{'state':<10} {'age':>5} {'try':>3}  {'id':<36} topic")
+    for r in rows:
+        extra = f"  ({r['reason']})" if r.get("reason") else ""
+        print(
+            f"{r['state']:<10} {human_age(r['age']):>5} {r['attempt']:>3}  {r['id'] or r['file']!s:<36} "
+            f"{r['topic'] or '?'}{extra}"
+        )
+    return EXIT_OK
+
+
+def _mailboxes(root: Path, agents: Iterable[str] | None) -> Iterator[FileMailbox]:
+    for agent in agents or list_agents(root):
+        with FileMailbox(root, check_agent_id(agent), create=False, fsync="never") as mb:
+            yield mb
+
+
+def cmd_show(args: argparse.Namespace, root: Path) -> int:
+    for mb in _mailboxes(root, [args.agent] if args.agent else None):
+        info = mb.get(args.id)
+        if info is None:
+            continue
+        out: dict[str, Any] = {
+            "agent": mb.agent_id,
+            "state": info.state.value,
+            "file": _fs.shown(info.name),
+            "attempt": info.attempt,
+            "age": round(time.time() - info.changed_at, 3),
+        }
+        try:
+            out["message"] = mb.read(info).to_dict()
+        except (OSError, HybridCommsError) as exc:
+            out["message"] = None
+            out["unreadable"] = str(exc)
+        if info.reason is not None:
+            out["dead_reason"] = info.reason.get("reason")
+            out["last_error"] = info.reason.get("last_error")
+            out["dead_at"] = info.reason.get("dead_at")
+        if args.json:
+            _print_json(out)
+        else:
+            print(
+                f"{out['agent']}: {out['state']}/{out['file']} "
+                f"(attempt {out['attempt']}, {human_age(out['age'])})"
+            )
+            if "dead_reason" in out:
+                print(
+                    f"dead: {out['dead_reason']}"
+                    + (f"; last error: {out['last_error']}" if out["last_error"] else "")
+                )
+            _print_json(out["message"])
+        return EXIT_OK
+    print(f"hybridcomms show: no message {args.id!r} under {root}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def cmd_requeue(args: argparse.Namespace, mb: FileMailbox) -> int:
+    if bool(args.ids) == bool(args.all_dead):
+        raise SystemExit("hybridcomms requeue: give message ids or --all-dead (not both)")
+    keys = args.ids or [i.id or i.name for i in mb.list(State.DEAD)]
+    progress = Progress("requeue", len(keys))
+    moved: list[str] = []
+    missing: list[str] = []
+    for n, key in enumerate(keys, 1):
+        names = mb.requeue(key, reset_attempts=args.reset_attempts)
+        if not names:
+            missing.append(key)
+        moved += names
+        progress.step(n)
+    progress.end()
+    if args.json:
+        _print_json({"agent": mb.agent_id, "requeued": moved, "not_found": missing})
+    else:
+        print(
+            f"{mb.agent_id}: {len(moved)} requeued to new/"
+            + (f"; not in dead/: {', '.join(missing)}" if missing else "")
+        )
+    return EXIT_ERROR if missing else EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace, mb: FileMailbox) -> int:
+    state = State(args.state)
+    now = time.time()
+    victims = [i for i in mb.list(state) if now - i.changed_at >= args.older_than]
+    if args.dry_run:
+        if args.json:
+            _print_json(
+                {
+                    "agent": mb.agent_id,
+                    "state": state.value,
+                    "would_delete": [_fs.shown(i.name) for i in victims],
+                }
+            )
+        else:
+            print(
+                f"{mb.agent_id}: would delete {len(victims)} from {state.value}/ "
+                f"(older than {human_age(args.older_than)})"
+            )
+        return EXIT_OK
+    progress = Progress("purge", len(victims))
+    fd = mb._fd(state)
+    removed = 0
+    for n, info in enumerate(victims, 1):
+        try:
+            os.unlink(info.name, dir_fd=fd)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        if state is State.DEAD:
+            _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
+        progress.step(n)
+    progress.end()
+    mb.flush()
+    if args.json:
+        _print_json({"agent": mb.agent_id, "state": state.value, "deleted": removed})
+    else:
+        print(f"{mb.agent_id}: deleted {removed} from {state.value}/")
+    return EXIT_OK
+
+
+# -- doctor -------------------------------------------------------------------------------------
+
+
+def _doctor_one(mb: FileMailbox, fix: bool) -> list[dict[str, Any]]:
+    findings: list[dict[str, Any]] = []
+    now = time.time()
+
+    def found(kind: str, where: str, detail: str, fixed: bool = False) -> None:
+        findings.append(
+            {"agent": mb.agent_id, "kind": kind, "where": where, "detail": detail, "fixed": fixed}
+        )
+
+    # stale tmp/ files (a writer died) and interrupted steals
+    for name in os.listdir(mb._fd(State.TMP)):
+        try:
+            st = os.stat(name, dir_fd=mb._fd(State.TMP), follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if name.endswith(".stolen") or now - st.st_mtime >= mb.tmp_max_age:
+            found("stale-tmp", f"tmp/{_fs.shown(name)}", f"{human_age(now - st.st_mtime)} old", fix)
+    # orphaned claims: in processing/ with nobody holding the lock
+    proc_fd = mb._fd(State.PROCESSING)
+    for name in os.listdir(proc_fd):
+        try:
+            fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
+        except OSError:
+            found("orphaned-claim", f"processing/{_fs.shown(name)}", "cannot be opened", fix)
+            continue
+        try:
+            if try_lock(fd):
+                found("orphaned-claim", f"processing/{_fs.shown(name)}", "its consumer is gone", fix)
+        finally:
+            drop(fd)
+    # files that will never decode, and names that do not parse
+    for state in (State.NEW, State.PROCESSING):
+        for info in mb.list(state):
+            where = f"{state.value}/{_fs.shown(info.name)}"
+            if info.id is None:
+                found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
+            try:
+                mb.read(info)
+            except FileNotFoundError:
+                continue
+            except (OSError, HybridCommsError) as exc:
+                found("undecodable", where, str(exc)[:200], fix and state is State.NEW)
+    # modes: group or world access beyond the mailbox's modes
+    for state in State:
+        folder = mb.path / state.folder
+        mode = stat.S_IMODE(os.stat(folder).st_mode)
+        if mode & ~mb.dir_mode & 0o077:
+            found("mode", f"{state.value}/", f"folder mode {mode:o}, expected {mb.dir_mode:o}", fix)
+    for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+        for info in mb.list(state):
+            try:
+                mode = stat.S_IMODE(os.stat(info.path, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                continue
+            if mode & ~mb.file_mode & 0o077:
+                found(
+                    "mode",
+                    f"{state.value}/{_fs.shown(info.name)}",
+                    f"mode {mode:o}, expected {mb.file_mode:o}",
+                    fix,
+                )
+    # legacy drops not taken in yet
+    try:
+        from .compat.dreamos.legacy import has_legacy_drops
+
+        if has_legacy_drops(mb.root, mb.agent_id):
+            found("legacy-drops", "inbox.json / inbox/", "Dream.OS messages waiting to be ingested", fix)
+    except ImportError:  # pragma: no cover
+        pass
+    if fix:
+        _doctor_fix(mb, findings)
+    return findings
+
+
+def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    kinds = {f["kind"] for f in findings if f["fixed"]}
+    if kinds & {"stale-tmp", "orphaned-claim"}:
+        mb.recover()  # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age
+    if "mode" in kinds:
+        for f in findings:
+            if f["kind"] == "mode" and f["fixed"]:
+                path = mb.path / f["where"]
+                try:
+                    os.chmod(
+                        path, mb.dir_mode if f["where"].endswith("/") else mb.file_mode, follow_symlinks=False
+                    )
+                except (OSError, NotImplementedError):
+                    f["fixed"] = False
+    if "undecodable" in kinds:
+        for f in findings:
+            if f["kind"] == "undecodable" and f["fixed"]:
+                name = f["where"].split("/", 1)[1]
+                try:
+                    mb._reject(name, f"found by doctor: {f['detail']}")
+                except (OSError, HybridCommsError):
+                    f["fixed"] = False
+    if "legacy-drops" in kinds:
+        from .compat.dreamos.legacy import ingest
+
+        try:
+            ingest(mb)
+        except (OSError, HybridCommsError):
+            for f in findings:
+                if f["kind"] == "legacy-drops":
+                    f["fixed"] = False
+
+
+def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
+    agents = args.agents or list_agents(root)
+    progress = Progress("doctor", len(agents))
+    findings: list[dict[str, Any]] = []
+    for n, agent in enumerate(agents, 1):
+        try:
+            with FileMailbox(root, check_agent_id(agent), create=False, fsync="never") as mb:
+                findings += _doctor_one(mb, args.fix)
+        except (OSError, HybridCommsError) as exc:
+            findings.append(
+                {"agent": agent, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}
+            )
+        progress.step(n)
+    progress.end()
+    open_problems = [f for f in findings if not f["fixed"] and f["kind"] != "foreign-name"]
+    if args.json:
+        _print_json({"root": str(root), "healthy": not open_problems, "findings": findings})
+    else:
+        for f in findings:
+            mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")
+            print(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}")
+        print(
+            "healthy"
+            if not open_problems
+            else f"{len(open_problems)} problem(s); run 'hybridcomms doctor --fix'"
+        )
+    return EXIT_OK if not open_problems else EXIT_ERROR
+
+
+def cmd_tail(args: argparse.Namespace, root: Path) -> int:
+    """Events of every mailbox (or the ones named) as they happen, until SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    from .watcher import MailboxEvent, MailboxWatcher
+
+    wanted = set(args.agents or ())
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def on_event(ev: MailboxEvent) -> None:
+        if wanted and ev.agent not in wanted:
+            return
+        line = (
+            orjson.dumps(ev.to_dict()).decode()
+            if args.json
+            else f"{time.strftime('%H:%M:%S', time.localtime(ev.time))} {ev.kind:<9} {ev.agent} "
+            f"{ev.id or ev.name}"
+        )
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: stop.set())
+    with MailboxWatcher(root, on_event=on_event, recover_every=0, rescan_every=10):
+        print(f"hybridcomms tail: following {root}", file=sys.stderr, flush=True)
+        while not stop.wait(0.2):
+            pass
+    return EXIT_OK
