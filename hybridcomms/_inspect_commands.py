@@ -407,3 +407,67 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
         while not stop.wait(0.2):
             pass
     return EXIT_OK
+
+
+# -- top ----------------------------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for agent in list_agents(root):
+        try:
+            with FileMailbox(root, agent, create=False, fsync="never") as mb:
+                rows[agent] = mb.stats().to_dict()
+        except (OSError, HybridCommsError):
+            continue
+    return rows
+
+
+def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]], dt: float) -> list[str]:
+    """The screen of ``top``: one line per mailbox, rates from the change since ``before``."""
+    head = (
+        f"{'agent':<24} {'depth':>7} {'flight':>7} {'delayed':>7} {'dead':>6} {'done':>8} "
+        f"{'oldest':>7} {'acks/s':>7}"
+    )
+    lines = [head]
+    for agent, r in sorted(now.items()):
+        prev = before.get(agent)
+        rate = (r["done"]["count"] - prev["done"]["count"]) / dt if prev is not None and dt > 0 else 0.0
+        lines.append(
+            f"{agent[:24]:<24} {r['new']['count']:>7} {r['processing']['count']:>7} {r['delayed']:>7} "
+            f"{r['dead']['count']:>6} {r['done']['count']:>8} {human_age(r['new']['oldest_age']):>7} "
+            f"{max(rate, 0.0):>7.1f}"
+        )
+    if not now:
+        lines.append("(no mailboxes yet)")
+    return lines
+
+
+def cmd_top(args: argparse.Namespace, root: Path) -> int:
+    """A live view of every mailbox, refreshed in place every ``--interval`` seconds; ``q`` quits."""
+    import curses
+
+    def run(screen: Any) -> None:
+        curses.curs_set(0)
+        screen.timeout(int(args.interval * 1000))
+        before = _snapshot(root)
+        t_before = time.monotonic()
+        now, t_now = before, t_before
+        while True:
+            screen.erase()
+            height, width = screen.getmaxyx()
+            title = f"hybridcomms top: {root}  {time.strftime('%H:%M:%S')}  (q quits)"
+            screen.addnstr(0, 0, title, width - 1, curses.A_BOLD)
+            for y, line in enumerate(top_lines(before, now, t_now - t_before), start=2):
+                if y >= height - 1:
+                    break
+                screen.addnstr(y, 0, line, width - 1)
+            screen.refresh()
+            key = screen.getch()
+            if key in (ord("q"), ord("Q")):
+                return
+            before, t_before = now, t_now
+            now, t_now = _snapshot(root), time.monotonic()
+
+    curses.wrapper(run)
+    return EXIT_OK

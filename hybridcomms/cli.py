@@ -397,8 +397,10 @@ def _cmd_inspect(args: argparse.Namespace, root: Path) -> int:
     from . import _inspect_commands as ic
 
     _need_root(root, args.command, False)
-    if args.command in ("show", "doctor", "tail"):
-        fn = {"show": ic.cmd_show, "doctor": ic.cmd_doctor, "tail": ic.cmd_tail}[args.command]
+    if args.command in ("show", "doctor", "tail", "top"):
+        fn = {"show": ic.cmd_show, "doctor": ic.cmd_doctor, "tail": ic.cmd_tail, "top": ic.cmd_top}[
+            args.command
+        ]
         for agent in getattr(args, "agents", None) or []:
             _open_existing(root, agent, args.command, False).close()
         return int(fn(args, root))
@@ -674,6 +676,14 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("agents", nargs="*", help="only these agents")
     tl.add_argument("--json", action="store_true", help="JSON lines")
     tl.set_defaults(func=_cmd_inspect)
+
+    tp = sub.add_parser(
+        "top",
+        parents=[common],
+        help="a live view of every mailbox (depth, in flight, delayed, dead, oldest, acks/s); q quits",
+    )
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (1)")
+    tp.set_defaults(func=_cmd_inspect)
 
     dr = sub.add_parser(
         "doctor",
