@@ -351,9 +351,19 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     agents = args.agents or list_agents(root)
     progress = Progress("doctor", len(agents))
     findings: list[dict[str, Any]] = []
+    # The modes every mailbox should have: a group setup when the root is group-writable.
+    group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
+    dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
     for n, agent in enumerate(agents, 1):
         try:
-            with FileMailbox(root, check_agent_id(agent), create=False, fsync="never") as mb:
+            with FileMailbox(
+                root,
+                check_agent_id(agent),
+                create=False,
+                fsync="never",
+                dir_mode=dir_mode,
+                file_mode=file_mode,
+            ) as mb:
                 findings += _doctor_one(mb, args.fix)
         except (OSError, HybridCommsError) as exc:
             findings.append(

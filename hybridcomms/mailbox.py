@@ -149,8 +149,10 @@ class FileMailbox:
         max_attempts      claims (deliveries) before a failing message goes to dead/
         backoff           delay before a nacked message is due again
         max_message_size  encoded bytes; bigger messages are refused before anything is written
-        file_mode         mode of message files (0o600; 0o660 for a Dream.OS group setup)
-        dir_mode          mode of the folders it creates (0o700; 0o770 for Dream.OS)
+        file_mode         mode of message files; default: what the mailbox's folders say (0o660 when its
+                          new/ is group-writable, a group setup such as Dream.OS's; else 0o600)
+        dir_mode          mode of the folders it creates; default: 0o770 under a group-writable root
+                          (or agent folder), else 0o700
         batch_interval    with fsync="batch", folder changes are committed by the first call after this long
         tmp_max_age       recovery removes tmp/ files older than this (abandoned half-writes)
         rescan_interval   a claimer relists new/ at least this often to see other writers in order
@@ -171,8 +173,8 @@ class FileMailbox:
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_BACKOFF,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        file_mode: int = 0o600,
-        dir_mode: int = 0o700,
+        file_mode: int | None = None,
+        dir_mode: int | None = None,
         batch_interval: float = 1.0,
         tmp_max_age: float = 3600.0,
         rescan_interval: float = 1.0,
@@ -191,15 +193,17 @@ class FileMailbox:
         self.max_attempts = int(max_attempts)
         self.backoff = backoff
         self.max_message_size = int(max_message_size)
-        self.file_mode = file_mode
-        self.dir_mode = dir_mode
+        self._given_file_mode = file_mode
+        self.file_mode = 0o600 if file_mode is None else file_mode
+        self.dir_mode = 0o700 if dir_mode is None else dir_mode
+        self._follow_dir_mode = dir_mode is None
         self.tmp_max_age = float(tmp_max_age)
         if allow_other_owner is None:
             allow_other_owner = os.environ.get(ALLOW_OTHER_OWNER_ENV, "") not in ("", "0")
         self.allow_other_owner = allow_other_owner
         self.root = Path(root)
         self.path = self.root / agent_id
-        self._chmod_files = bool(file_mode & _fs.current_umask())
+        self._chmod_files = False  # set once the folders (and so the modes) are known
         self._syncer = DirSyncer(self.fsync, batch_interval)
         self._sync_dirs = self.fsync is not FsyncPolicy.NEVER
         self._index = ClaimIndex(rescan_interval)
@@ -211,6 +215,12 @@ class FileMailbox:
         self._fds: dict[str, int] = {}  # folder name -> open fd
         self._closed = False
         self._open_folders(create)
+        if (
+            self._given_file_mode is None
+            and stat.S_IMODE(os.fstat(self._fds["new"]).st_mode) & 0o060 == 0o060
+        ):
+            self.file_mode = 0o660  # a group mailbox: every writer makes files the group can read
+        self._chmod_files = bool(self.file_mode & _fs.current_umask())
 
     # -- folders ------------------------------------------------------------------------------
 
@@ -232,6 +242,13 @@ class FileMailbox:
             root_fd = os.open(root, _fs.O_DIR)
         except OSError as exc:
             raise MailboxIOError(exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root) from exc
+        # Folders made under a group-writable root are group folders too.
+        if (
+            self._follow_dir_mode
+            and not made_root
+            and stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
+        ):
+            self.dir_mode = 0o770
         try:
             if made_root:
                 os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask

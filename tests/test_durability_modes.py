@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hybridcomms import FileMailbox, UnsafePathError
+from hybridcomms import FileMailbox, Message, UnsafePathError
 from hybridcomms._locking import hold_lock_file
 from hybridcomms.policy import Policy, PolicyError
 
@@ -112,3 +114,27 @@ def test_a_policy_path_that_is_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> 
     os.mkfifo(p)
     with pytest.raises(PolicyError, match="not a regular file"):
         Policy.load(p)
+
+
+def test_writers_follow_a_group_mailbox_so_group_members_can_read(tmp_path: Path, loose_umask: None) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    os.chmod(root, 0o2770)  # a group root (setgid, as a Dream.OS group setup has it)
+    with FileMailbox(root, "Agent-1", fsync="never") as mb:  # no modes given
+        assert mode(mb.path / "new") == 0o770
+        mb.put(Message("t"))
+    [name] = os.listdir(root / "Agent-1" / "new")
+    assert mode(root / "Agent-1" / "new" / name) == 0o660  # readable by the group
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), "send", "--to", "Agent-1", "--topic", "t"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert {mode(p) for p in (root / "Agent-1" / "new").iterdir()} == {0o660}
+    private = tmp_path / "private"
+    with FileMailbox(private, "A", fsync="never") as mb:
+        mb.put(Message("t"))
+        assert mode(mb.path / "new") == 0o700
+        assert {mode(p) for p in (mb.path / "new").iterdir()} == {0o600}
