@@ -137,6 +137,14 @@ def _topic_of(path: str) -> str:
 def run_watch(args: argparse.Namespace, root: Path) -> int:
     # watchdog warns when a recursive watch races the creation of new folders; it re-adds the watch.
     warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
+    if args.exec_jobs < 1 or args.exec_queue < 1:
+        raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
+    if not args.create and not root.is_dir():
+        raise SystemExit(
+            f"hybridcomms watch: no mailbox root at {root} "
+            "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
+        )
+    root.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     out_lock = threading.Lock()
     runner = (

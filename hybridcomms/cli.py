@@ -506,7 +506,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p, None)
     common = _Parser(add_help=False)
     _add_common(common, argparse.SUPPRESS)  # after the command: only overrides what is given
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser(
         "send", parents=[common], help="put one message into an agent's mailbox; prints its id"
@@ -588,7 +588,7 @@ def _parser() -> argparse.ArgumentParser:
         "stats", parents=[common], help="counts per state for every mailbox (or the ones named)"
     )
     st.add_argument("agents", nargs="*")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     st.set_defaults(func=_cmd_stats)
 
     rc = sub.add_parser(
@@ -625,6 +625,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
+    w.add_argument("--create", action="store_true", help="create the mailbox root if it does not exist")
     w.add_argument(
         "--legacy",
         action="store_true",
@@ -651,7 +652,7 @@ def _parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", parents=[common], help="one message by id: content, state, attempt, errors")
     sh.add_argument("id", help="message id (or file name)")
     sh.add_argument("--agent", help="look only in this agent's mailbox (default: every mailbox)")
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     sh.set_defaults(func=_cmd_inspect)
 
     rq = sub.add_parser("requeue", parents=[common], help="move dead-lettered messages back to new/")
@@ -661,7 +662,7 @@ def _parser() -> argparse.ArgumentParser:
     rq.add_argument(
         "--reset-attempts", action="store_true", help="start their attempt count again (default: keep it)"
     )
-    rq.add_argument("--json", action="store_true")
+    rq.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     rq.set_defaults(func=_cmd_inspect)
 
     pg = sub.add_parser("purge", parents=[common], help="delete old messages from done/ or dead/")
@@ -669,7 +670,7 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--state", required=True, choices=["done", "dead"], help="which folder")
     pg.add_argument("--older-than", required=True, type=parse_age, help="age (e.g. 7d) past which to delete")
     pg.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
-    pg.add_argument("--json", action="store_true")
+    pg.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     pg.set_defaults(func=_cmd_inspect)
 
     tl = sub.add_parser("tail", parents=[common], help="follow what happens in the mailboxes (until Ctrl-C)")
@@ -693,7 +694,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("agents", nargs="*", help="only these agents")
     dr.add_argument("--fix", action="store_true", help="repair what can be repaired")
-    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     dr.set_defaults(func=_cmd_inspect)
 
     wk = sub.add_parser(
@@ -752,7 +753,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mg.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     mg.add_argument("--no-backup", action="store_true", help="do not copy the root to <root>.backup-<time>")
-    mg.add_argument("--json", action="store_true")
+    mg.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     mg.add_argument(
         "--group",
         action="store_true",
@@ -763,7 +764,7 @@ def _parser() -> argparse.ArgumentParser:
     pol = sub.add_parser(
         "policy", parents=[common], help="the routing policy: explain a topic, or show every rule"
     )
-    pol_sub = pol.add_subparsers(dest="policy_command", required=True)
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="explain|show")
     ex = pol_sub.add_parser(
         "explain", parents=[common], help="which route a topic takes, and the rule that chose it"
     )

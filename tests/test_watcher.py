@@ -261,7 +261,7 @@ def test_arrivals_reach_a_waiting_claimer_or_its_racing_rival_exactly_once(root:
 
 def run_watch(root: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "hybridcomms", "--root", str(root), "watch", "--json", *args],
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), "watch", "--json", "--create", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
