@@ -162,7 +162,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         with out_lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
-        if runner is not None and ev.kind == "delivered":
+        if runner is not None and ev.kind in ("delivered", "recovered"):
             runner.submit(ev)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -40,7 +40,7 @@ from . import _fs
 from ._locking import drop, try_lock
 from ._names import compact_time, parse_name
 from .errors import MailboxIOError
-from .states import GIVE_UP, RECOVER, STEAL_BURY, STEAL_RETURN, Move, State
+from .states import GIVE_UP, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
@@ -147,12 +147,10 @@ def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport)
             )
             return
         owner_dead = try_lock(fd)
-        if owner_dead:
-            _return_or_bury(mb, RECOVER, name, name, now, report, report.returned, True)
-            return
-        if now - st.st_ctime < mb.lease:
+        if not owner_dead and now - st.st_ctime < mb.lease:
             return  # alive and within its lease
-        # Hung owner: detach its file; the rest is the same as finishing an interrupted steal.
+        # Detach it to tmp/ (a dead owner's, or a hung one's); from there it goes back to new/ as one
+        # file, and a watcher sees it come from tmp/<name>.stolen: a recovered message.
         try:
             _fs.rename_noreplace(name, name + _STOLEN, src_dir_fd=proc_fd, dst_dir_fd=mb._fd(State.TMP))
         except FileNotFoundError:
@@ -160,7 +158,10 @@ def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport)
         mb._syncer.changed(mb._fd(State.TMP))
     finally:
         drop(fd)
-    _finish_steal(mb, name + _STOLEN, now, report)
+    if owner_dead:  # nobody holds the old inode: it goes back as it is
+        _return_or_bury(mb, RECOVER_RETURN, name + _STOLEN, name, now, report, report.returned, True)
+    else:
+        _finish_steal(mb, name + _STOLEN, now, report)
 
 
 _STOLEN = ".stolen"

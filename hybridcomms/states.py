@@ -9,12 +9,14 @@ reaper, the CLI, the docs and the tests read it from here.
                       ^  \\                │   │
                       │   `──reject───┐    │   `──give_up──> dead
                       │               v    │                  │
-                      │              dead  `──nack/recover──> new
+                      │              dead  `──nack──> new     │
                       `──────────────requeue──────────────────'
 
     Legacy Dream.OS messages (ingestion, `hybridcomms migrate`) enter by publish into new/, or by
     import into done/ (the old layout marked them processed) or dead/ (they cannot be converted).
 
+    Recovery returns a dead owner's claim (lock free) through tmp/: processing/<name> is renamed to
+    tmp/<name>.stolen, then into new/ (a watcher sees it arrive from tmp/<name>.stolen: "recovered").
     A hung owner's claim (lock held, lease expired) is taken by a steal: processing/<name> is
     renamed to tmp/<name>.stolen, a fresh copy (a new inode: the hung owner keeps its lock on the
     old one) atomically replaces it there, and that goes to new/ (or dead/ when its attempts are
@@ -48,7 +50,7 @@ class Transition(str, Enum):
     CLAIM = "claim"  # new -> processing: the rename is the lock; the attempt count goes up here
     ACK = "ack"  # processing -> done
     NACK = "nack"  # processing -> new, with a not-before time (backoff)
-    RECOVER = "recover"  # processing -> new: the owner died (lock free) or its lease expired
+    RECOVER = "recover"  # processing -> tmp/<name>.stolen -> new: the owner died (its lock is free)
     GIVE_UP = "give_up"  # processing -> dead: attempts exhausted, or dead-lettered by the handler
     REJECT = "reject"  # new -> dead: undecodable, too large, a symlink, not a regular file
     REQUEUE = "requeue"  # dead -> new (or done -> new, a replay): an operator's decision
@@ -62,12 +64,12 @@ TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
     (State.NEW, State.PROCESSING): frozenset({Transition.CLAIM}),
     (State.NEW, State.DEAD): frozenset({Transition.REJECT}),
     (State.PROCESSING, State.DONE): frozenset({Transition.ACK}),
-    (State.PROCESSING, State.NEW): frozenset({Transition.NACK, Transition.RECOVER}),
+    (State.PROCESSING, State.NEW): frozenset({Transition.NACK}),
     (State.PROCESSING, State.DEAD): frozenset({Transition.GIVE_UP}),
     (State.DEAD, State.NEW): frozenset({Transition.REQUEUE}),
     (State.DONE, State.NEW): frozenset({Transition.REQUEUE}),
-    (State.PROCESSING, State.TMP): frozenset({Transition.STEAL}),
-    (State.TMP, State.NEW): frozenset({Transition.PUBLISH, Transition.STEAL}),
+    (State.PROCESSING, State.TMP): frozenset({Transition.RECOVER, Transition.STEAL}),
+    (State.TMP, State.NEW): frozenset({Transition.PUBLISH, Transition.RECOVER, Transition.STEAL}),
     (State.TMP, State.DONE): frozenset({Transition.IMPORT}),
     (State.TMP, State.DEAD): frozenset({Transition.IMPORT, Transition.STEAL}),
 }
@@ -102,7 +104,8 @@ CLAIM = move(State.NEW, State.PROCESSING, Transition.CLAIM)
 REJECT = move(State.NEW, State.DEAD, Transition.REJECT)
 ACK = move(State.PROCESSING, State.DONE, Transition.ACK)
 NACK = move(State.PROCESSING, State.NEW, Transition.NACK)
-RECOVER = move(State.PROCESSING, State.NEW, Transition.RECOVER)
+RECOVER_DETACH = move(State.PROCESSING, State.TMP, Transition.RECOVER)
+RECOVER_RETURN = move(State.TMP, State.NEW, Transition.RECOVER)
 GIVE_UP = move(State.PROCESSING, State.DEAD, Transition.GIVE_UP)
 REQUEUE_DEAD = move(State.DEAD, State.NEW, Transition.REQUEUE)
 REQUEUE_DONE = move(State.DONE, State.NEW, Transition.REQUEUE)

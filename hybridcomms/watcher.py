@@ -45,7 +45,7 @@ KIND_OF: dict[tuple[State, State], str] = {
     (State.TMP, State.NEW): "delivered",
     (State.NEW, State.PROCESSING): "claimed",
     (State.PROCESSING, State.DONE): "acked",
-    (State.PROCESSING, State.NEW): "nacked",  # a nack, or recovery returning a dead consumer's message
+    (State.PROCESSING, State.NEW): "nacked",  # a nack (recovery returns messages through tmp/: "recovered")
     (State.PROCESSING, State.DEAD): "dead",
     (State.NEW, State.DEAD): "dead",
     (State.DEAD, State.NEW): "requeued",
@@ -53,7 +53,9 @@ KIND_OF: dict[tuple[State, State], str] = {
     (State.TMP, State.DONE): "imported",  # a legacy message taken over already processed (migrate)
     (State.TMP, State.DEAD): "dead",  # a legacy message that could not be converted
 }
-_QUIET = {Transition.STEAL}  # internal steps of recovery, not reported
+_QUIET = {Transition.STEAL, Transition.RECOVER}  # internal steps of recovery (reported at their end)
+#: A file arriving in new/ from tmp/ under this name was returned by recovery.
+_RECOVERED_SUFFIX = ".stolen"
 assert all(pair in TRANSITIONS for pair in KIND_OF), "KIND_OF must follow the state table"
 assert all(pair in KIND_OF or TRANSITIONS[pair] <= _QUIET for pair in TRANSITIONS), (
     "every move in the state table is either reported or deliberately quiet"
@@ -323,13 +325,15 @@ class MailboxWatcher:
                 self._delivered(b[0], b[2], "notify")
             return
         kind = KIND_OF.get((a[1], b[1]))
+        if a[1] is State.TMP and b[1] is State.NEW and a[2].endswith(_RECOVERED_SUFFIX):
+            kind = "recovered"  # a dead or hung consumer's message, back in new/
         if kind is None:
             return
         agent, name = b[0], b[2]
         if a[1] is State.NEW:
             with self._lock:
                 self._reported.get(agent, set()).discard(a[2])
-        if kind == "delivered" or b[1] is State.NEW:
+        if kind in ("delivered", "recovered") or b[1] is State.NEW:
             if kind == "delivered":
                 self._delivered(agent, name, "notify")
                 return

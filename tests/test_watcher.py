@@ -166,7 +166,7 @@ def test_a_sigkilled_consumers_message_is_recovered_by_the_watcher(root: Path) -
         p.join(60)
         assert os.listdir(mb.path / "processing")
         with MailboxWatcher(root, on_event=rec, recover_every=0.2):
-            assert rec.wait(lambda r: "nacked" in r.kinds(), timeout=20)
+            assert rec.wait(lambda r: "recovered" in r.kinds(), timeout=20)  # not "nacked"
         d = mb.claim(timeout=5)
         assert d is not None and d.message == m and d.attempt == 2
         d.ack()
