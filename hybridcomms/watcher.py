@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from . import _fs
 from . import intake as _intake
 from ._names import REASON_SUFFIX, parse_name
 from .bus import AgentBus
@@ -68,7 +71,7 @@ _STATES = {s.folder: s for s in State}
 class MailboxEvent:
     """One thing that happened to one message file."""
 
-    kind: str  # delivered | claimed | acked | nacked | dead | requeued
+    kind: str  # delivered | claimed | acked | nacked | recovered | dead | requeued | imported
     agent: str
     name: str  # the file name now (in ``state``)
     id: str | None  # the message id, from the name (None for a file hybridcomms did not name)
@@ -77,9 +80,44 @@ class MailboxEvent:
     path: str
     time: float
     source: str = "notify"  # "notify" (a file event) or "rescan" (found by listing)
+    topic: str | None = None  # read from the file (None if it was gone or is not a message)
+    sender: str | None = None
+    priority: str | None = None  # from the name: LOW | MEDIUM | HIGH | CRITICAL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class _Describer:
+    """Topic and sender of a message, read once per id (bounded cache): events of the same message
+    (delivered, claimed, acked) read its file once."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._cache: dict[str, tuple[str | None, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, msg_id: str | None, path: str) -> tuple[str | None, str | None]:
+        if msg_id is not None:
+            with self._lock:
+                hit = self._cache.get(msg_id)
+            if hit is not None:
+                return hit
+        try:
+            obj = orjson.loads(_fs.read_regular(path, 1 << 20))
+        except (OSError, orjson.JSONDecodeError):
+            return None, None  # moved on already, or not a message
+        if not isinstance(obj, dict):
+            return None, None
+        topic = obj.get("topic") or obj.get("type") or obj.get("message_type")
+        sender = obj.get("sender") or obj.get("sender_agent_id")
+        found = (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
+        if msg_id is not None:
+            with self._lock:
+                if len(self._cache) >= self.size:
+                    self._cache.clear()
+                self._cache[msg_id] = found
+        return found
 
 
 class MailboxWatcher:
@@ -120,6 +158,7 @@ class MailboxWatcher:
         self._intake = _intake.get(force=ingest_legacy)
         self.ingest_legacy = self._intake is not None
         self._ingest_pending: set[str] = set()
+        self._describe = _Describer()
         self._root_str = os.path.abspath(self.root)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
         self._lock = threading.Lock()
@@ -351,6 +390,8 @@ class MailboxWatcher:
 
     def _emit(self, kind: str, agent: str, state: State, name: str, source: str) -> None:
         info = parse_name(name)
+        path = os.path.join(self._root_str, agent, state.folder, name)
+        topic, sender = self._describe(info.id if info else None, path)
         event = MailboxEvent(
             kind=kind,
             agent=agent,
@@ -358,9 +399,12 @@ class MailboxWatcher:
             id=info.id if info else None,
             attempt=info.attempt if info else 0,
             state=state.folder,
-            path=os.path.join(self._root_str, agent, state.folder, name),
+            path=path,
             time=time.time(),
             source=source,
+            topic=topic,
+            sender=sender,
+            priority=info.priority.name if info else None,
         )
         if self.on_event is not None:
             try:

@@ -329,3 +329,16 @@ def test_messages_that_land_before_a_new_agents_watches_exist_are_reported_promp
         with FileMailbox(root, "Fresh-Agent", fsync="never") as mb:
             ids = {mb.put(Message("first", i)) for i in range(20)}  # at once, racing the new watches
         assert rec.wait(lambda r: {e.id for e in r.events if e.agent == "Fresh-Agent"} >= ids, timeout=10)
+
+
+def test_events_carry_topic_sender_and_priority(watched: tuple[MailboxWatcher, Recorder], root: Path) -> None:
+    _, rec = watched
+    with FileMailbox(root, "Agent-1", fsync="never") as mb:
+        mb.put(Message("dreamos.task.build", {"n": 1}, sender="Agent-2", priority="HIGH"))
+        assert rec.wait(lambda r: r.kinds() == ["delivered"])
+        d = mb.claim()
+        assert d is not None
+        d.ack()
+        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed", "acked"])
+    for ev in rec.events:  # claimed and acked events too (the file was read once)
+        assert (ev.topic, ev.sender, ev.priority) == ("dreamos.task.build", "Agent-2", "HIGH"), ev
