@@ -338,6 +338,7 @@ def test_events_carry_topic_sender_and_priority(watched: tuple[MailboxWatcher, R
         assert rec.wait(lambda r: r.kinds() == ["delivered"])
         d = mb.claim()
         assert d is not None
+        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed"])
         d.ack()
         assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed", "acked"])
     for ev in rec.events:  # claimed and acked events too (the file was read once)
