@@ -153,7 +153,24 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         else None
     )
 
+    counter = None
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from .metrics import EventCounter, registry_for
+
+        registry = registry_for(root)
+        counter = EventCounter(registry)
+        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+        print(
+            f"hybridcomms watch: metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def on_event(ev: MailboxEvent) -> None:
+        if counter is not None:
+            counter(ev)
         line = (
             orjson.dumps(ev.to_dict()).decode()
             if args.json

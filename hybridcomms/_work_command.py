@@ -56,6 +56,7 @@ class Worker:
         self.out_lock = threading.Lock()
         self.counts = {"acked": 0, "retried": 0, "dead": 0, "replied": 0}
         self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
+        self.metrics: Any = None  # a WorkMetrics with --metrics-port
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -244,6 +245,8 @@ class Worker:
         self, d: Delivery, outcome: str, code: int | None, seconds: float, error: str | None = None
     ) -> None:
         m = d.message
+        if self.metrics is not None:
+            self.metrics.observe(self.mb.agent_id, outcome, seconds)
         if self.args.json:
             line = orjson.dumps(
                 {
@@ -292,6 +295,14 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         backoff=Backoff(initial=args.retry_delay, factor=2.0, maximum=max(300.0, args.retry_delay)),
     )
     worker = Worker(args, mailbox, command)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from .metrics import WorkMetrics, registry_for
+
+        registry = registry_for(root)
+        worker.metrics = WorkMetrics(registry)
+        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
 
     def on_signal(signum: int, frame: Any) -> None:
         worker.stop.set()

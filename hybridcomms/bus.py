@@ -50,6 +50,15 @@ _ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex()
 
 
+#: Events published on any bus of this process (for the metrics); a list so the hot path adds in place.
+_published = [0]
+
+
+def published_count() -> int:
+    """How many events buses of this process have published (all buses together)."""
+    return _published[0]
+
+
 def _same(a: Any, b: Any) -> bool:
     if a is b:
         return True
@@ -284,6 +293,7 @@ class AgentBus:
         else:
             event = Event(_topic_of(topic), payload, source, correlation_id)
         subs = self._cache.get(event.topic) or self._resolve(event.topic)
+        _published[0] += 1
         result = PublishResult(event, len(subs))
         for sub in subs:
             try:

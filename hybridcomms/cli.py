@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -317,8 +318,45 @@ def _legacy_agents(root: Path) -> list[str]:
     return out
 
 
+_COND_RE = re.compile(r"\s*(new|processing|done|dead|delayed|oldest)\s*(>=|<=|>|<|==)\s*(\S+)\s*\Z")
+
+
+def _failing(conditions: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The conditions (``dead>0``, ``oldest>10m``) that hold for some mailbox, said as text."""
+    from ._inspect_commands import parse_age
+
+    out: list[str] = []
+    for cond in conditions:
+        m = _COND_RE.match(cond)
+        if m is None:
+            raise SystemExit(f"hybridcomms stats: --fail-if {cond!r}: use e.g. dead>0, new>1000, oldest>10m")
+        what, op, raw = m.groups()
+        limit = parse_age(raw) if what == "oldest" else float(raw)
+        for r in rows:
+            if what == "oldest":
+                value = r["new"]["oldest_age"] or 0.0
+            elif what == "delayed":
+                value = r["delayed"]
+            else:
+                value = r[what]["count"]
+            holds = {
+                ">": value > limit,
+                "<": value < limit,
+                ">=": value >= limit,
+                "<=": value <= limit,
+                "==": value == limit,
+            }[op]
+            if holds:
+                out.append(f"{r['agent']}: {cond} ({what} is {value:g})")
+    return out
+
+
 def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
     _need_root(root, "stats", False)
+    if args.prometheus:
+        from .metrics import registry_for, write_textfile
+
+        write_textfile(args.prometheus, registry_for(root))
     rows = []
     legacy_rows = []
     named = bool(args.agents)
@@ -330,9 +368,12 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
             continue
         with _open_existing(root, agent, "stats", False) as mb:
             rows.append(mb.stats().to_dict())
+    failing = _failing(args.fail_if, rows)
+    for line in failing:
+        print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
     if args.json:
         _print_json({"root": str(root), "agents": rows, "legacy": legacy_rows})
-        return EXIT_OK
+        return EXIT_ERROR if failing else EXIT_OK
     for status in legacy_rows:
         print(
             f"{status['agent']}: legacy Dream.OS layout ({status['layout']}), {status['waiting']} waiting; "
@@ -341,15 +382,19 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
     if not rows:
         if not legacy_rows:
             print(f"no mailboxes under {root}")
-        return EXIT_OK
+        return EXIT_ERROR if failing else EXIT_OK
+    from ._inspect_commands import human_age
+
     cols = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)]
     width = max(len("agent"), *(len(r["agent"]) for r in rows))
-    print(f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in cols) + "  oldest new")
+    print(f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in cols) + f"  {'delayed':>8}  oldest new")
     for r in rows:
-        age = r["new"]["oldest_age"]
-        shown_age = "-" if age is None else f"{age:.1f}s"
-        print(f"{r['agent']:<{width}}  " + "  ".join(f"{r[c]['count']:>10}" for c in cols) + f"  {shown_age}")
-    return EXIT_OK
+        print(
+            f"{r['agent']:<{width}}  "
+            + "  ".join(f"{r[c]['count']:>10}" for c in cols)
+            + f"  {r['delayed']:>8}  {human_age(r['new']['oldest_age'])}"
+        )
+    return EXIT_ERROR if failing else EXIT_OK
 
 
 def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
@@ -587,7 +632,20 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "stats", parents=[common], help="counts per state for every mailbox (or the ones named)"
     )
-    st.add_argument("agents", nargs="*")
+    st.add_argument("agents", nargs="*", help="only these agents (default: every mailbox)")
+    st.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="write the metrics to FILE in the Prometheus text format (node_exporter's textfile collector)",
+    )
+    st.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="exit 1 if a condition holds for any mailbox, e.g. 'dead>0', 'new>1000', 'oldest>10m' "
+        "(states: new, processing, done, dead, delayed; oldest: age of the oldest waiting)",
+    )
     st.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     st.set_defaults(func=_cmd_stats)
 
@@ -626,6 +684,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
     w.add_argument("--create", action="store_true", help="create the mailbox root if it does not exist")
+    w.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)"
+    )
+    w.add_argument(
+        "--metrics-addr", default="127.0.0.1", help="address to serve the metrics on (default 127.0.0.1)"
+    )
     w.add_argument(
         "--legacy",
         action="store_true",
@@ -738,6 +802,10 @@ def _parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds a claim stays ours without a heartbeat; renewed every third of it while CMD runs (300)",
     )
+    wk.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)"
+    )
+    wk.add_argument("--metrics-addr", default="127.0.0.1", help="address for the metrics (127.0.0.1)")
     wk.set_defaults(func=_cmd_work, cmd=[])
 
     su = sub.add_parser(

@@ -1,0 +1,188 @@
+"""Prometheus metrics, through the ``prometheus-client`` library (the ``metrics`` extra).
+
+Two kinds:
+
+- **State of the mailboxes**, read from the folders at scrape time (names and ``stat`` only, never a
+  message body): `MailboxCollector`.
+- **What happened**, counted from the watcher's events (`EventCounter`, fed by ``hybridcomms watch``),
+  by ``hybridcomms work`` (`WorkMetrics`), and by the in-process bus (`BusCollector`).
+
+Every metric is listed in docs/operations.md, with a Grafana dashboard and alert rules.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+try:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - the metrics extra is in dev
+    raise ImportError(
+        "hybridcomms metrics need the prometheus-client library: pip install 'hybridcomms[metrics]'"
+    ) from exc
+
+from ._names import REASON_SUFFIX
+from .errors import HybridCommsError
+from .mailbox import FileMailbox, list_agents
+from .states import State
+
+__all__ = [
+    "BusCollector",
+    "EventCounter",
+    "MailboxCollector",
+    "WorkMetrics",
+    "dead_reason_class",
+    "registry_for",
+]
+
+_STATES = (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP)
+
+
+class MailboxCollector(Collector):
+    """Depth per agent and state, age of the oldest message per agent and state, and the delayed
+    (backing off) messages, for every mailbox under ``root``: read at each scrape."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def collect(self) -> Iterator[Any]:
+        depth = GaugeMetricFamily(
+            "hybridcomms_messages", "Messages in each state's folder", labels=["agent", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "hybridcomms_oldest_age_seconds",
+            "Seconds since the oldest message entered its state's folder",
+            labels=["agent", "state"],
+        )
+        delayed = GaugeMetricFamily(
+            "hybridcomms_delayed_messages", "Messages in new/ not due yet (backing off)", labels=["agent"]
+        )
+        up = GaugeMetricFamily("hybridcomms_mailboxes", "Mailboxes under the root")
+        agents = list_agents(self.root)
+        up.add_metric([], len(agents))
+        for agent in agents:
+            try:
+                with FileMailbox(self.root, agent, create=False, fsync="never") as mb:
+                    st = mb.stats()
+            except (OSError, HybridCommsError):
+                continue
+            for state in _STATES:
+                s = st.states[state]
+                depth.add_metric([agent, state.value], s.count)
+                oldest.add_metric([agent, state.value], s.oldest_age or 0.0)
+            delayed.add_metric([agent], st.delayed)
+        yield from (depth, oldest, delayed, up)
+
+
+def dead_reason_class(reason: str | None) -> str:
+    """A small, fixed set of classes for dead-letter reasons (a label must not be free text)."""
+    text = (reason or "").lower()
+    if ("failed" in text and "attempts" in text) or "during attempt" in text or "exit status" in text:
+        return "attempts"
+    if "expired" in text:
+        return "expired"
+    if any(
+        w in text for w in ("json", "decode", "too large", "not a regular", "symlink", "timestamp", "field")
+    ):
+        return "undecodable"
+    if "cannot be" in text or "out of range" in text or "already in processing" in text:
+        return "rejected"
+    if text:
+        return "handler"
+    return "unknown"
+
+
+class EventCounter:
+    """Counts the watcher's events: feed it `MailboxEvent` s (``on_event``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "hybridcomms_events",
+            "Things that happened to messages, by kind",
+            ["agent", "kind"],
+            registry=registry,
+        )
+        self.redeliveries = Counter(
+            "hybridcomms_redeliveries", "Claims past the first of a message", ["agent"], registry=registry
+        )
+        self.dead = Counter(
+            "hybridcomms_dead_letters",
+            "Messages dead-lettered, by reason class",
+            ["agent", "reason"],
+            registry=registry,
+        )
+
+    def __call__(self, ev: Any) -> None:
+        self.events.labels(ev.agent, ev.kind).inc()
+        if ev.kind == "claimed" and ev.attempt > 1:
+            self.redeliveries.labels(ev.agent).inc()
+        if ev.kind == "dead":
+            self.dead.labels(ev.agent, dead_reason_class(_reason_of(ev.path))).inc()
+
+
+def _reason_of(path: str) -> str | None:
+    from . import _fs
+
+    try:
+        import orjson
+
+        value = orjson.loads(_fs.read_regular(path + REASON_SUFFIX, 1 << 20))
+    except (OSError, ValueError):
+        return None
+    return value.get("reason") if isinstance(value, dict) else None
+
+
+class WorkMetrics:
+    """What ``hybridcomms work`` did: handled messages by outcome, and how long commands ran."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handled = Counter(
+            "hybridcomms_work_messages",
+            "Messages handled by work, by outcome",
+            ["agent", "outcome"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "hybridcomms_work_seconds",
+            "How long work's command ran per message",
+            ["agent"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
+        )
+
+    def observe(self, agent: str, outcome: str, seconds: float) -> None:
+        self.handled.labels(agent, outcome).inc()
+        self.seconds.labels(agent).observe(seconds)
+
+
+class BusCollector(Collector):
+    """Events published on the process-wide bus (in-process use: ``registry_for(bus=True)``)."""
+
+    def collect(self) -> Iterator[Any]:
+        from .bus import published_count
+
+        c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
+        c.add_metric([], published_count())
+        yield c
+
+
+def registry_for(root: str | os.PathLike[str] | None = None, *, bus: bool = False) -> CollectorRegistry:
+    """A registry with the mailbox state of ``root`` (and the bus counter of this process)."""
+    registry = CollectorRegistry()
+    if root is not None:
+        registry.register(MailboxCollector(root))
+    if bus:
+        registry.register(BusCollector())
+    return registry
+
+
+def write_textfile(path: str | os.PathLike[str], registry: CollectorRegistry) -> None:
+    """For node_exporter's textfile collector: written atomically (temp file, rename)."""
+    from prometheus_client import write_to_textfile
+
+    write_to_textfile(os.fspath(path), registry)
