@@ -343,7 +343,11 @@ def migrate(
         target = base.parent / f"{base.name}.backup-{stamp}"
         shutil.copytree(base, target, symlinks=True, ignore=_special_files)
         done.backup = target
-    for a in plan.agents:
+    from ..._inspect_commands import Progress
+
+    progress = Progress("migrate", len(plan.agents))
+    for n, a in enumerate(plan.agents, 1):
+        progress.step(n - 1)
         with FileMailbox(
             base,
             a.agent,
@@ -368,6 +372,8 @@ def migrate(
             dead_reasons = {source.rsplit("/", 1)[-1]: why for source, why in a.to_dead}
             result.to_dead = [(n, dead_reasons.get(n, "see its reason file in dead/")) for n in report.dead]
             done.agents.append(result)
+    progress.step(len(plan.agents))
+    progress.end()
     return done
 
 
