@@ -489,36 +489,50 @@ def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
-    """A short tour: priorities, a retry, a dead letter, and what is left on disk."""
+    """A short tour: priorities, a retry, a dead letter, and what is left on disk.
+
+    Each run starts from an empty ``Demo-Agent`` mailbox (the previous run's is cleared), so the table
+    it prints is the same every time."""
+    import shutil
+
     from .retry import Backoff
 
+    logging.getLogger("hybridcomms").setLevel(logging.ERROR)  # the table says it all; no log lines
+    demo = root / "Demo-Agent"
+    if demo.is_dir() and not demo.is_symlink():
+        shutil.rmtree(demo)  # only the demo's own mailbox
     print(f"mailbox root: {root.resolve()}")
+    rows: list[tuple[str, str, str, int, str]] = []
     with FileMailbox(root, "Demo-Agent", max_attempts=2, backoff=Backoff(initial=0.05, jitter=0)) as mb:
         mb.put(
             Message("status.note", {"text": "low priority, sent first"}, sender="Demo-Sender", priority="LOW")
         )
         mb.put(Message("task.command", {"do": "build"}, sender="Demo-Sender", priority="HIGH"))
         mb.put(Message("task.command", {"do": "explode"}, sender="Demo-Sender", priority="MEDIUM"))
-        print("put 3 messages (LOW, HIGH, MEDIUM); claiming in priority order:")
+        print("put 3 messages (LOW first, then HIGH, then MEDIUM); claimed in priority order:\n")
         while (d := mb.claim(timeout=0.5)) is not None:
             payload = d.message.payload
+            name, topic, attempt = d.message.priority.name, d.message.topic, d.attempt
             try:
                 with d:
                     if payload.get("do") == "explode":
-                        raise RuntimeError("handler failed on purpose")
-                    print(f"  ack   {d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}")
-            except RuntimeError as exc:
-                fate = "dead-lettered" if d.attempt >= mb.max_attempts else "nacked, will retry"
-                what = f"{d.message.priority.name:<6} {d.message.topic:<12} attempt {d.attempt}"
-                print(f"  fail  {what}: {exc}; {fate}")
+                        raise RuntimeError("the handler failed (on purpose)")
+                rows.append(("acked", name, topic, attempt, "done/"))
+            except RuntimeError:
+                last = attempt >= mb.max_attempts
+                rows.append(
+                    ("failed", name, topic, attempt, "dead/ (no attempts left)" if last else "new/ (retry)")
+                )
+        print(f"  {'outcome':<8} {'priority':<9} {'topic':<13} {'attempt':>7}  now in")
+        for outcome, name, topic, attempt, where in rows:
+            print(f"  {outcome:<8} {name:<9} {topic:<13} {attempt:>7}  {where}")
         st = mb.stats().to_dict()
-        print("stats:", {k: st[k]["count"] for k in ("new", "processing", "done", "dead")})
+        print("\n  " + "   ".join(f"{k}/: {st[k]['count']}" for k in ("new", "processing", "done", "dead")))
         for info in mb.list(State.DEAD):
             reason = info.reason or {}
-            print(
-                f"dead/{info.name}\n  reason: {reason.get('reason')}; last error: {reason.get('last_error')}"
-            )
-    print(f"inspect it yourself: ls -R {root / 'Demo-Agent'}")
+            print(f"\n  dead/{info.name}\n    reason:     {reason.get('reason')}")
+            print(f"    last error: {reason.get('last_error')}")
+    print(f"\ninspect it yourself: ls -R {root / 'Demo-Agent'}")
     return EXIT_OK
 
 
