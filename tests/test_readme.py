@@ -68,3 +68,27 @@ def test_each_shell_block_runs(index: int, tmp_path: Path) -> None:
             command, shell=True, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120
         )
         assert out.returncode == 0, f"{command}: {out.stderr}"
+
+
+REPO = README.parent
+BASE = "https://github.com/hybridcomms/hybridcomms/blob/main/"
+
+
+def test_readme_links_are_absolute_and_point_at_files_of_this_repository() -> None:
+    links = re.findall(r"\]\(([^)]+)\)", README.read_text())
+    assert links
+    for link in links:
+        assert link.startswith(("https://", "http://")), (
+            f"relative link in README (package index readers): {link}"
+        )
+        if link.startswith(BASE):
+            assert (REPO / link[len(BASE) :].split("#")[0]).exists(), link
+
+
+@pytest.mark.parametrize("doc", [*sorted((REPO / "docs").glob("*.md")), REPO / "runtime_layout.md"], ids=str)
+def test_docs_link_only_to_files_inside_the_repository(doc: Path) -> None:
+    for link in re.findall(r"\]\(([^)]+)\)", doc.read_text()):
+        if link.startswith(("https://", "http://", "#")):
+            continue
+        target = (doc.parent / link.split("#")[0]).resolve()
+        assert target.is_relative_to(REPO) and target.exists(), f"{doc.name}: {link}"
