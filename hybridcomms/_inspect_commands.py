@@ -240,7 +240,7 @@ def cmd_purge(args: argparse.Namespace, mb: FileMailbox) -> int:
 # -- doctor -------------------------------------------------------------------------------------
 
 
-def _doctor_one(mb: FileMailbox, fix: bool) -> list[dict[str, Any]]:
+def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str, Any]]:
     findings: list[dict[str, Any]] = []
     now = time.time()
 
@@ -270,12 +270,15 @@ def _doctor_one(mb: FileMailbox, fix: bool) -> list[dict[str, Any]]:
                 found("orphaned-claim", f"processing/{_fs.shown(name)}", "its consumer is gone", fix)
         finally:
             drop(fd)
-    # files that will never decode, and names that do not parse
+    # names that do not parse, and files that will never decode: those with such names, those in
+    # processing/, and with --deep every file waiting in new/ (which reads them all)
     for state in (State.NEW, State.PROCESSING):
         for info in mb.list(state):
             where = f"{state.value}/{_fs.shown(info.name)}"
             if info.id is None:
                 found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
+            if not (deep or info.id is None or state is State.PROCESSING):
+                continue
             try:
                 mb.read(info)
             except FileNotFoundError:
@@ -364,7 +367,7 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
                 dir_mode=dir_mode,
                 file_mode=file_mode,
             ) as mb:
-                findings += _doctor_one(mb, args.fix)
+                findings += _doctor_one(mb, args.fix, args.deep)
         except (OSError, HybridCommsError) as exc:
             findings.append(
                 {"agent": agent, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}

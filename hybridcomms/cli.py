@@ -772,6 +772,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("agents", nargs="*", help="only these agents")
     dr.add_argument("--fix", action="store_true", help="repair what can be repaired")
+    dr.add_argument(
+        "--deep",
+        action="store_true",
+        help="also decode every message waiting in new/ (reads them all; by default only the files with "
+        "foreign names and those in processing/ are read)",
+    )
     dr.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     dr.set_defaults(func=_cmd_inspect)
 
