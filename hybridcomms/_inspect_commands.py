@@ -23,10 +23,11 @@ import orjson
 
 from . import _fs
 from ._locking import drop, try_lock
-from ._names import REASON_SUFFIX
+from ._names import REASON_SUFFIX, parse_name
 from .errors import HybridCommsError
 from .inspection import MessageInfo
 from .mailbox import FileMailbox, check_agent_id, list_agents
+from .message import Message
 from .states import State
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -270,40 +271,40 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                 found("orphaned-claim", f"processing/{_fs.shown(name)}", "its consumer is gone", fix)
         finally:
             drop(fd)
-    # names that do not parse, and files that will never decode: those with such names, those in
-    # processing/, and with --deep every file waiting in new/ (which reads them all)
-    for state in (State.NEW, State.PROCESSING):
-        for info in mb.list(state):
-            where = f"{state.value}/{_fs.shown(info.name)}"
-            if info.id is None:
-                found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
-            if not (deep or info.id is None or state is State.PROCESSING):
-                continue
-            try:
-                mb.read(info)
-            except FileNotFoundError:
-                continue
-            except (OSError, HybridCommsError) as exc:
-                found("undecodable", where, str(exc)[:200], fix and state is State.NEW)
-    # modes: group or world access beyond the mailbox's modes
+    # One pass over each folder (one lstat per file): modes, names that do not parse, and files that
+    # will never decode (those with such names, those in processing/, and with --deep every file
+    # waiting in new/, which reads them all).
     for state in State:
-        folder = mb.path / state.folder
-        mode = stat.S_IMODE(os.stat(folder).st_mode)
-        if mode & ~mb.dir_mode & 0o077:
-            found("mode", f"{state.value}/", f"folder mode {mode:o}, expected {mb.dir_mode:o}", fix)
-    for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-        for info in mb.list(state):
-            try:
-                mode = stat.S_IMODE(os.stat(info.path, follow_symlinks=False).st_mode)
-            except FileNotFoundError:
-                continue
-            if mode & ~mb.file_mode & 0o077:
-                found(
-                    "mode",
-                    f"{state.value}/{_fs.shown(info.name)}",
-                    f"mode {mode:o}, expected {mb.file_mode:o}",
-                    fix,
-                )
+        folder_mode = stat.S_IMODE(os.fstat(mb._fd(state)).st_mode)
+        if folder_mode & ~mb.dir_mode & 0o077:
+            found("mode", f"{state.value}/", f"folder mode {folder_mode:o}, expected {mb.dir_mode:o}", fix)
+        if state is State.TMP:
+            continue
+        with os.scandir(mb._fd(state)) as entries:
+            for entry in entries:
+                name = entry.name
+                if state is State.DEAD and name.endswith(REASON_SUFFIX):
+                    continue
+                where = f"{state.value}/{_fs.shown(name)}"
+                try:
+                    mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    continue
+                if mode & ~mb.file_mode & 0o077:
+                    found("mode", where, f"mode {mode:o}, expected {mb.file_mode:o}", fix)
+                if state not in (State.NEW, State.PROCESSING):
+                    continue
+                foreign = parse_name(name) is None
+                if foreign:
+                    found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
+                if not (deep or foreign or state is State.PROCESSING):
+                    continue
+                try:
+                    Message.decode(_fs.read_regular(name, mb.max_message_size, dir_fd=mb._fd(state)))
+                except FileNotFoundError:
+                    continue
+                except (OSError, HybridCommsError) as exc:
+                    found("undecodable", where, str(exc)[:200], fix and state is State.NEW)
     # legacy drops not taken in yet
     try:
         from .compat.dreamos.legacy import has_legacy_drops
