@@ -228,17 +228,24 @@ def test_the_consumer_loop_handles_messages_as_they_arrive(make: Callable[..., C
 
 def test_stopping_finishes_the_message_in_hand(make: Callable[..., Comms], root: Path) -> None:
     a, b = make("Agent-1"), make("Agent-2")
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def slow(m: Received) -> None:
         started.set()
-        time.sleep(0.5)
+        assert release.wait(30)  # still working when stop() is called
 
     b.subscribe("dreamos.task.command", slow)
     a.send("Agent-2", "dreamos.task.command")
     b.start()
     assert started.wait(5)
-    b.stop()
+    stopper = threading.Thread(target=b.stop)
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while not b._stop.is_set():  # handshake: the stop has begun, with the message in hand
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    release.set()
+    stopper.join(30)
     assert len(files(root, "Agent-2", "done")) == 1
     assert files(root, "Agent-2", "processing") == []
 

@@ -97,7 +97,7 @@ def reply_server(root: str, agent: str, ready: str, count: int) -> None:
         Path(ready).write_text("ready")
         for _ in range(count):
             assert answered.acquire(timeout=60)
-        time.sleep(0.2)  # let the last ack land before close
+    # leaving the block stops the consumer, which first acks the message in hand
 
 
 def hold_filelock(path: str, ready: str, seconds: float) -> None:
