@@ -92,6 +92,18 @@ class CommsSubscription:
     handler: Handler
 
 
+#: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
+HANDLER_STATS: dict[str, list[float]] = {}
+_stats_lock = threading.Lock()
+
+
+def _record_handler(agent: str, ok: bool, seconds: float) -> None:
+    with _stats_lock:
+        row = HANDLER_STATS.setdefault(agent, [0, 0, 0.0])
+        row[0 if ok else 1] += 1
+        row[2] += seconds
+
+
 class Comms:
     """One agent's connection to the others. See the module docstring.
 
@@ -374,12 +386,14 @@ class Comms:
             self._fail(d, f"no handler subscribed for topic {message.topic!r} in {self.agent_id}")
             return
         received = _received(message, d.attempt, True)
+        started = time.perf_counter()
         try:
             for handler in handlers:
                 result = handler(received)
                 if inspect.isawaitable(result):
                     self._run_awaitable(result)
         except Exception as exc:
+            _record_handler(self.agent_id, False, time.perf_counter() - started)
             log.warning(
                 "%s: handler failed on %s (attempt %d): %s",
                 self.agent_id,
@@ -390,6 +404,7 @@ class Comms:
             )
             self._fail(d, f"{type(exc).__name__}: {exc}")
             return
+        _record_handler(self.agent_id, True, time.perf_counter() - started)
         d.ack()
 
     def _run_awaitable(self, awaitable: Any) -> None:

@@ -161,14 +161,30 @@ class WorkMetrics:
 
 
 class BusCollector(Collector):
-    """Events published on the process-wide bus (in-process use: ``registry_for(bus=True)``)."""
+    """What this process did (in-process use: ``registry_for(bus=True)``): events published on the
+    in-memory bus, and the runs of `Comms` durable handlers (failures and time spent)."""
 
     def collect(self) -> Iterator[Any]:
         from .bus import published_count
+        from .comms import HANDLER_STATS, _stats_lock
 
         c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
         c.add_metric([], published_count())
         yield c
+        runs = CounterMetricFamily(
+            "hybridcomms_handler_runs", "Comms durable handler runs, by result", labels=["agent", "result"]
+        )
+        spent = CounterMetricFamily(
+            "hybridcomms_handler_seconds", "Seconds spent in Comms durable handlers", labels=["agent"]
+        )
+        with _stats_lock:
+            rows = {agent: list(row) for agent, row in HANDLER_STATS.items()}
+        for agent, (ok, failed, seconds) in rows.items():
+            runs.add_metric([agent, "ok"], ok)
+            runs.add_metric([agent, "failed"], failed)
+            spent.add_metric([agent], seconds)
+        yield runs
+        yield spent
 
 
 def registry_for(root: str | os.PathLike[str] | None = None, *, bus: bool = False) -> CollectorRegistry:

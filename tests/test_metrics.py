@@ -112,6 +112,7 @@ def test_dead_letters_are_counted_by_reason_class_and_bus_publishes(root: Path) 
     counter = EventCounter(registry)
     from hybridcomms import MailboxWatcher
 
+    FileMailbox(root, "Agent-1", fsync="never").close()  # watched from the start
     with MailboxWatcher(root, on_event=counter, recover_every=0):
         fill(root)
         deadline = time.monotonic() + 20
@@ -131,3 +132,27 @@ def _text(registry: object) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(registry).decode()  # type: ignore[arg-type]
+
+
+def test_comms_handler_runs_failures_and_time_are_exported(root: Path) -> None:
+    from hybridcomms import Backoff, Comms
+
+    registry = registry_for(None, bus=True)
+    fast = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
+    with Comms("Metric-Agent", root=root, fsync="never", backoff=fast, bus=AgentBus()) as comms:
+        calls = []
+
+        def handler(m: object) -> None:
+            calls.append(m)
+            if len(calls) == 1:
+                raise RuntimeError("first try fails")
+
+        comms.subscribe("dreamos.agent.Metric-Agent.task.command", handler)
+        comms.send("Metric-Agent", "dreamos.agent.Metric-Agent.task.command", {})
+        deadline = time.monotonic() + 20
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    got = samples(_text(registry))
+    assert got[("hybridcomms_handler_runs_total", (("agent", "Metric-Agent"), ("result", "failed")))] == 1
+    assert got[("hybridcomms_handler_runs_total", (("agent", "Metric-Agent"), ("result", "ok")))] == 1
+    assert got[("hybridcomms_handler_seconds_total", (("agent", "Metric-Agent"),))] >= 0
