@@ -46,3 +46,16 @@ def test_errors_name_no_internal_names(args: list[str]) -> None:
     for internal in ("policy_command", "max_workers", "dest=", "Traceback"):
         assert internal not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("service", "needle"), [("watch", "hybridcomms watch"), ("work", "hybridcomms work %i")]
+)
+def test_systemd_units_ship_inside_the_package(service: str, needle: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridcomms", "systemd-unit", service],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "[Service]" in out.stdout and needle in out.stdout
