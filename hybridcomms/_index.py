@@ -63,6 +63,11 @@ class ClaimIndex:
         return _monotonic() - self._last_scan >= self._interval
 
     @property
+    def listed_once(self) -> bool:
+        """The folder was listed at least once (the index is in use)."""
+        return self._active
+
+    @property
     def interval(self) -> float:
         """Seconds between listings now: ``rescan_interval``, or longer after a slow listing."""
         return self._interval

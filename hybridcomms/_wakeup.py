@@ -118,7 +118,7 @@ class _InotifyHub:
     the reader (it blocks in poll() on the descriptor), the others wait on a condition; the reader
     hands every arrival to its mailbox's waiter, and when it leaves, another waiter takes over. The
     kernel is asked only for "moved into" and "created" in each ``new/``: nothing to pair, nothing
-    held. watchdog's ctypes bindings do the system calls.
+    held. libc's inotify calls are made through ctypes.
     """
 
     MASK = (
@@ -214,6 +214,27 @@ class _InotifyHub:
                 self.cond.notify_all()
         with self.cond:
             return waiter._flag
+
+    def drain(self) -> None:
+        """Hand out what the kernel has queued, without waiting (one read(2) that returns at once):
+        a claim that does not wait learns of arrivals this way. Nothing to do while another thread
+        is the reader: it hands them out."""
+        with self.cond:
+            if self._reading or self._pid != os.getpid():
+                return
+            self._reading = True
+        data = b""
+        try:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                data = b""
+        finally:
+            with self.cond:
+                self._reading = False
+                if data:
+                    self._dispatch(data)
+                self.cond.notify_all()
 
     def _read(self, timeout: float) -> bytes:
         poller = select.poll()
@@ -330,6 +351,16 @@ class ArrivalWaiter:
             self._on_arrival(name)
         finally:
             self._set()
+
+    @property
+    def direct(self) -> bool:
+        """Arrivals reach this waiter only when a claim reads them (`poll` or `wait`), at once."""
+        return self._wd is not None and self.notifying
+
+    def poll(self) -> None:
+        """Take in arrivals queued by the kernel, without waiting (cheap when there are none)."""
+        if self._wd is not None and self.notifying:
+            _hub.drain()
 
     def wake(self) -> None:
         """Wake a waiter now (used to stop a consumer loop promptly)."""

@@ -596,15 +596,29 @@ class FileMailbox:
 
     def _claim_once(self) -> Delivery | None:
         index = self._index
+        waiter = self._waiter
+        if waiter is None and not self._closed:
+            # The first look: watch new/ first, then list it (what arrived before the watch existed
+            # is in the listing); from then on inotify tells what arrives.
+            waiter = self._get_waiter()
+            index.mark_stale()
         scanned = False
         while True:
             name = index.pop_due(scanned)  # None also when the index is due for a relisting
             if name is None:
                 if scanned:
                     return None
-                index.rescan(self._fd(State.NEW))
-                scanned = True
-                continue
+                if waiter is not None and waiter.direct and not index.stale():
+                    # Running dry with notifications on: the kernel's queue says what arrived since
+                    # the last look (one read that returns at once), no listing.
+                    waiter.poll()
+                    name = index.pop_due()
+                    if name is None:
+                        return None
+                else:
+                    index.rescan(self._fd(State.NEW))
+                    scanned = True
+                    continue
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
