@@ -292,10 +292,12 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                     continue
                 if mode & ~mb.file_mode & 0o077:
                     found("mode", where, f"mode {mode:o}, expected {mb.file_mode:o}", fix)
-                if state not in (State.NEW, State.PROCESSING):
+                if state not in (State.NEW, State.PROCESSING, State.DONE):
+                    continue
+                if state is State.DONE and not deep:
                     continue
                 foreign = parse_name(name) is None
-                if foreign:
+                if foreign and state is not State.DONE:
                     found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
                 if not (deep or foreign or state is State.PROCESSING):
                     continue
