@@ -207,13 +207,17 @@ class _InotifyHub:
         try:  # the reader, outside the lock
             data = self._read(remaining)
         finally:
-            with self.cond:
-                self._reading = False
-                if data:
-                    self._dispatch(data)
-                self.cond.notify_all()
+            self._done_reading(data)
         with self.cond:
             return waiter._flag
+
+    def _done_reading(self, data: bytes) -> None:
+        """The reader hands out what it read and gives the reading up (to the next waiter)."""
+        with self.cond:
+            self._reading = False
+            if data:
+                self._dispatch(data)
+            self.cond.notify_all()
 
     def drain(self) -> None:
         """Hand out what the kernel has queued, without waiting (one read(2) that returns at once):
@@ -225,16 +229,11 @@ class _InotifyHub:
             self._reading = True
         data = b""
         try:
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                data = b""
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            pass
         finally:
-            with self.cond:
-                self._reading = False
-                if data:
-                    self._dispatch(data)
-                self.cond.notify_all()
+            self._done_reading(data)
 
     def _read(self, timeout: float) -> bytes:
         poller = select.poll()

@@ -504,14 +504,19 @@ def ingest_folder(
         items.append((source, raw, obj))
         taken.append(name)
     _publish(mb, items, report, label=label)
-    for name in taken:
+    remove_taken(folder_fd, taken)
+    _end_journal(mb)
+
+
+def remove_taken(dir_fd: int, names: list[str]) -> None:
+    """Remove legacy files that were taken over (already gone is fine) and commit the removals."""
+    for name in names:
         try:
-            os.unlink(name, dir_fd=folder_fd)
+            os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
-    if taken:
-        os.fsync(folder_fd)
-    _end_journal(mb)
+    if names:
+        os.fsync(dir_fd)
 
 
 def _bury_name(label: str, name: str) -> str:

@@ -55,6 +55,7 @@ from .legacy import (
     ingest,
     ingest_folder,
     message_from_legacy,
+    remove_taken,
 )
 
 __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
@@ -416,11 +417,5 @@ def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str) -> list[str]:
             in_done.add(message.id)
         moved.append(n)
     mb.import_done(batch)
-    for n in moved:
-        try:
-            os.unlink(n, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-    if moved:
-        os.fsync(dir_fd)
+    remove_taken(dir_fd, moved)
     return [f"{prefix}/{n}" for n in moved]
