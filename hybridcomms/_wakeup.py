@@ -219,6 +219,10 @@ class _InotifyHub:
                 self._dispatch(data)
             self.cond.notify_all()
 
+    def owned_here(self) -> bool:
+        """The descriptor belongs to this process (not inherited through fork)."""
+        return self._pid == os.getpid()
+
     def drain(self) -> None:
         """Hand out what the kernel has queued, without waiting (one read(2) that returns at once):
         a claim that does not wait learns of arrivals this way. Nothing to do while another thread
@@ -353,8 +357,9 @@ class ArrivalWaiter:
 
     @property
     def direct(self) -> bool:
-        """Arrivals reach this waiter only when a claim reads them (`poll` or `wait`), at once."""
-        return self._wd is not None and self.notifying
+        """Arrivals reach this waiter only when a claim reads them (`poll` or `wait`), at once. False
+        in a forked child of the process that made it (the child's claims list the folder instead)."""
+        return self._wd is not None and self.notifying and _hub.owned_here()
 
     def poll(self) -> None:
         """Take in arrivals queued by the kernel, without waiting (cheap when there are none)."""

@@ -539,3 +539,24 @@ def test_claims_read_without_atime_and_fall_back_when_not_the_owner(
     second.ack()
     assert os.listdir(mailbox.path / "dead") == []
     assert sum(1 for f in seen if f & os.O_NOATIME) == 1  # asked once, then not again
+
+
+def test_a_forked_child_using_its_parents_mailbox_still_sees_arrivals(make_mailbox: Make) -> None:
+    import multiprocessing as mp
+
+    consumer = make_mailbox()
+    assert consumer.claim() is None  # the parent watches new/ now
+    ctx = mp.get_context("fork")
+    got = ctx.Queue()
+
+    def child() -> None:
+        make_mailbox().put(Message("to-the-child"))
+        d = consumer.claim()  # the inherited waiter is not the child's: it lists instead
+        got.put(None if d is None else d.message.topic)
+        if d is not None:
+            d.ack()
+
+    p = ctx.Process(target=child)
+    p.start()
+    p.join(30)
+    assert got.get(timeout=10) == "to-the-child"
