@@ -35,6 +35,7 @@ __all__ = [
     "current_umask",
     "fit_name",
     "free_name",
+    "fsync_dir",
     "open_dir",
     "read_all",
     "read_regular",
@@ -49,6 +50,7 @@ __all__ = [
 O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_READ_MSG = os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_O_READ_FOLLOW = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 O_CREATE_MSG = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -271,11 +273,15 @@ class TooLargeError(OSError):
         self.limit = limit
 
 
-def read_regular(name: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None) -> bytes:
+def read_regular(
+    name: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None, follow: bool = False
+) -> bytes:
     """The bytes of a file a producer may have placed, read as a hostile one: never following a
     symlink (`OSError` ELOOP), never blocking on a FIFO or a device (`NotRegularFileError`), and never
-    more than ``limit`` bytes (`TooLargeError`). `FileNotFoundError` if it is gone."""
-    fd = os.open(name, O_READ_MSG, dir_fd=dir_fd)
+    more than ``limit`` bytes (`TooLargeError`). `FileNotFoundError` if it is gone.
+
+    ``follow``: for a path a person chose (a config file): a link is followed, the rest holds."""
+    fd = os.open(name, _O_READ_FOLLOW if follow else O_READ_MSG, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -287,24 +293,6 @@ def read_regular(name: str | os.PathLike[str], limit: int, *, dir_fd: int | None
         data = read_all(fd, st.st_size, limit)
         if data is None:  # grew while we read it
             raise TooLargeError(limit + 1, limit, os.fspath(name))
-        return data
-    finally:
-        os.close(fd)
-
-
-def read_regular_following(path: str | os.PathLike[str], limit: int) -> bytes:
-    """`read_regular` for a path a person chose (a config file): links are followed, but a FIFO or
-    device still never blocks and the size is still capped."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFileError(
-                errno.EINVAL, f"not a regular file ({stat.filemode(st.st_mode)})", os.fspath(path)
-            )
-        data = read_all(fd, st.st_size, limit)
-        if data is None:
-            raise TooLargeError(st.st_size, limit, os.fspath(path))
         return data
     finally:
         os.close(fd)
@@ -375,11 +363,16 @@ def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         except OSError:
             pass
         raise
-    dir_fd = os.open(folder, O_DIR)
+    fsync_dir(folder)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Commit a folder's entries (a file created, renamed or removed in it) to stable storage."""
+    fd = os.open(path, O_DIR)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def replace_atomically_at(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:

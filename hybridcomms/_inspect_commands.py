@@ -21,9 +21,10 @@ from typing import Any
 
 import orjson
 
-from . import _fs
+from . import _fs, inspection
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
+from ._progress import Progress
 from .errors import HybridCommsError
 from .inspection import MessageInfo
 from .mailbox import FileMailbox, check_agent_id, list_agents
@@ -50,27 +51,6 @@ def human_age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
-
-
-class Progress:
-    """``done/total`` on stderr, rewritten in place, only when stderr is a terminal."""
-
-    def __init__(self, what: str, total: int) -> None:
-        self.what, self.total = what, total
-        self.on = sys.stderr.isatty() and total > 0
-        self.last = 0.0
-
-    def step(self, done: int) -> None:
-        now = time.monotonic()
-        if self.on and (now - self.last >= 0.1 or done == self.total):
-            self.last = now
-            sys.stderr.write(f"\r{self.what}: {done}/{self.total}")
-            sys.stderr.flush()
-
-    def end(self) -> None:
-        if self.on:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _print_json(value: Any) -> None:
@@ -177,17 +157,19 @@ def cmd_show(args: argparse.Namespace, root: Path) -> int:
 def cmd_requeue(args: argparse.Namespace, mb: FileMailbox) -> int:
     if bool(args.ids) == bool(args.all_dead):
         raise SystemExit("hybridcomms requeue: give message ids or --all-dead (not both)")
-    keys = args.ids or [i.id or i.name for i in mb.list(State.DEAD)]
-    progress = Progress("requeue", len(keys))
     moved: list[str] = []
     missing: list[str] = []
-    for n, key in enumerate(keys, 1):
-        names = mb.requeue(key, reset_attempts=args.reset_attempts)
-        if not names:
-            missing.append(key)
-        moved += names
-        progress.step(n)
-    progress.end()
+    if args.all_dead:
+        dead = mb.list(State.DEAD)  # one listing for all of them
+        progress = Progress("requeue", len(dead))
+        moved = inspection.requeue_infos(mb, dead, State.DEAD, args.reset_attempts, progress.step)
+        progress.end()
+    else:
+        for key in args.ids:
+            names = mb.requeue(key, reset_attempts=args.reset_attempts)
+            if not names:
+                missing.append(key)
+            moved += names
     if args.json:
         _print_json({"agent": mb.agent_id, "requeued": moved, "not_found": missing})
     else:
@@ -200,17 +182,11 @@ def cmd_requeue(args: argparse.Namespace, mb: FileMailbox) -> int:
 
 def cmd_purge(args: argparse.Namespace, mb: FileMailbox) -> int:
     state = State(args.state)
-    now = time.time()
-    victims = [i for i in mb.list(state) if now - i.changed_at >= args.older_than]
+    victims = inspection.older(mb, state, args.older_than)
     if args.dry_run:
         if args.json:
-            _print_json(
-                {
-                    "agent": mb.agent_id,
-                    "state": state.value,
-                    "would_delete": [_fs.shown(i.name) for i in victims],
-                }
-            )
+            names = [_fs.shown(i.name) for i in victims]
+            _print_json({"agent": mb.agent_id, "state": state.value, "would_delete": names})
         else:
             print(
                 f"{mb.agent_id}: would delete {len(victims)} from {state.value}/ "
@@ -218,19 +194,8 @@ def cmd_purge(args: argparse.Namespace, mb: FileMailbox) -> int:
             )
         return EXIT_OK
     progress = Progress("purge", len(victims))
-    fd = mb._fd(state)
-    removed = 0
-    for n, info in enumerate(victims, 1):
-        try:
-            os.unlink(info.name, dir_fd=fd)
-            removed += 1
-        except FileNotFoundError:
-            pass
-        if state is State.DEAD:
-            _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
-        progress.step(n)
+    removed = inspection.remove(mb, state, victims, progress.step)
     progress.end()
-    mb.flush()
     if args.json:
         _print_json({"agent": mb.agent_id, "state": state.value, "deleted": removed})
     else:

@@ -17,7 +17,6 @@ from types import FrameType
 
 import orjson
 
-from . import _fs
 from .watcher import MailboxEvent, MailboxWatcher
 
 log = logging.getLogger("hybridcomms.watch")
@@ -77,7 +76,7 @@ class ExecRunner:
             HYBRIDCOMMS_ID=event.id or "",
             HYBRIDCOMMS_PATH=event.path,
             HYBRIDCOMMS_NAME=event.name,
-            HYBRIDCOMMS_TOPIC=_topic_of(event.path),
+            HYBRIDCOMMS_TOPIC=event.topic or "",  # read once, by the watcher
         )
         try:
             proc = subprocess.Popen(
@@ -119,19 +118,6 @@ class ExecRunner:
                 pass
         for t in self._threads:
             t.join(1.0)
-
-
-def _topic_of(path: str) -> str:
-    """The topic of the file an event names, read as a hostile file: no link followed, no blocking
-    on a FIFO, at most 1 MiB."""
-    try:
-        obj = orjson.loads(_fs.read_regular(path, 1 << 20))
-        topic = (
-            obj.get("topic") or obj.get("type") or obj.get("message_type") if isinstance(obj, dict) else None
-        )
-        return str(topic) if topic else ""
-    except (OSError, orjson.JSONDecodeError):
-        return ""  # already claimed, or not a message: the command still runs
 
 
 def run_watch(args: argparse.Namespace, root: Path) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,16 +95,14 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
 
 
 def read_reason(mb: FileMailbox, name: str) -> dict[str, Any] | None:
+    """The reason file of ``dead/<name>``, read as any file another process may have placed (no link
+    followed, no blocking, at most 1 MiB); None if there is none or it is not a reason."""
     try:
-        fd = os.open(name + REASON_SUFFIX, _fs.O_READ_MSG, dir_fd=mb._fd(State.DEAD))
-    except OSError:
-        return None
-    try:
-        value = orjson.loads(_fs.read_all(fd, os.fstat(fd).st_size, 1 << 20) or b"null")
+        value = orjson.loads(_fs.read_regular(name + REASON_SUFFIX, 1 << 20, dir_fd=mb._fd(State.DEAD)))
     except orjson.JSONDecodeError:
         return {"reason": "(unreadable reason file)"}
-    finally:
-        os.close(fd)
+    except OSError:
+        return None
     return value if isinstance(value, dict) else None
 
 
@@ -121,11 +120,7 @@ def find(mb: FileMailbox, state: State, key: str) -> list[MessageInfo]:
 
 def read(mb: FileMailbox, info: MessageInfo) -> Message:
     """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
-    fd = os.open(info.name, _fs.O_READ_MSG, dir_fd=mb._fd(info.state))
-    try:
-        raw = _fs.read_all(fd, os.fstat(fd).st_size, mb.max_message_size) or b""
-    finally:
-        os.close(fd)
+    raw = _fs.read_regular(info.name, mb.max_message_size, dir_fd=mb._fd(info.state))
     return Message.decode(raw, path=str(info.path))
 
 
@@ -133,12 +128,31 @@ def requeue(mb: FileMailbox, message_id: str, src: State, reset_attempts: bool =
     """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
     fresh attempt count (or the one it had, without ``reset_attempts``); return the new file names.
     Its reason file is removed."""
+    _check_requeue_source(src)
+    return requeue_infos(mb, find(mb, src, message_id), src, reset_attempts)
+
+
+def _check_requeue_source(src: State) -> None:
     if src not in (State.DEAD, State.DONE):
         raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+
+
+def requeue_infos(
+    mb: FileMailbox,
+    infos: Iterable[MessageInfo],
+    src: State,
+    reset_attempts: bool = True,
+    step: Callable[[int], None] | None = None,
+) -> list[str]:
+    """`requeue` of files already listed (one listing for many: ``requeue --all-dead``); ``step(n)``
+    is told how many were handled so far."""
+    _check_requeue_source(src)
     m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
     src_fd, new_fd = mb._fd(src), mb._fd(State.NEW)
     moved: list[str] = []
-    for info in find(mb, src, message_id):
+    for n, info in enumerate(infos, 1):
+        if step is not None:
+            step(n)
         parsed = parse_name(info.name)
         target = (
             parsed.with_(due=compact_time(time.time()), attempt=0 if reset_attempts else parsed.attempt)
@@ -163,14 +177,26 @@ def requeue(mb: FileMailbox, message_id: str, src: State, reset_attempts: bool =
 
 def purge(mb: FileMailbox, state: State, older_than: float) -> int:
     """Delete files in ``done/`` or ``dead/`` that entered it ``older_than`` seconds ago or more."""
+    return remove(mb, state, older(mb, state, older_than))
+
+
+def older(mb: FileMailbox, state: State, seconds: float) -> list[MessageInfo]:
+    """The files of a folder that entered it ``seconds`` ago or more."""
+    cutoff = time.time() - seconds
+    return [info for info in list_state(mb, state) if info.changed_at <= cutoff]
+
+
+def remove(
+    mb: FileMailbox, state: State, infos: Iterable[MessageInfo], step: Callable[[int], None] | None = None
+) -> int:
+    """Delete these files of ``done/`` or ``dead/`` (with their reason files) and commit the folder."""
     if state not in (State.DONE, State.DEAD):
         raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
     fd = mb._fd(state)
-    cutoff = time.time() - older_than
     removed = 0
-    for info in list_state(mb, state):
-        if info.changed_at > cutoff:
-            continue
+    for n, info in enumerate(infos, 1):
+        if step is not None:
+            step(n)
         try:
             os.unlink(info.name, dir_fd=fd)
         except FileNotFoundError:

@@ -252,8 +252,13 @@ class FileMailbox:
         try:
             if made_root:
                 os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
-                if self._sync_dirs:
-                    _fsync_path(parent)  # the root's entry in its parent survives a power loss too
+                if self._sync_dirs:  # the root's entry in its parent survives a power loss too
+                    try:
+                        _fs.fsync_dir(parent)
+                    except OSError as exc:
+                        raise MailboxIOError(
+                            exc.errno, f"cannot commit {root}: {exc.strerror}", root
+                        ) from exc
             agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
             try:
                 for state in _STATES:
@@ -898,17 +903,6 @@ class FileMailbox:
         if isinstance(exc, MailboxIOError):
             return exc
         return MailboxIOError(exc.errno, f"{what} in {self.path} failed: {exc.strerror or exc}", exc.filename)
-
-
-def _fsync_path(path: str) -> None:
-    try:
-        fd = os.open(path, _fs.O_DIR)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _publish_name(message: Message, now: float) -> str:

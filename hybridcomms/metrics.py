@@ -26,6 +26,9 @@ except ImportError as exc:  # pragma: no cover - the metrics extra is in dev
         "hybridcomms metrics need the prometheus-client library: pip install 'hybridcomms[metrics]'"
     ) from exc
 
+import orjson
+
+from . import _fs
 from ._names import REASON_SUFFIX
 from .errors import HybridCommsError
 from .mailbox import FileMailbox, list_agents
@@ -126,11 +129,7 @@ class EventCounter:
 
 
 def _reason_of(path: str) -> str | None:
-    from . import _fs
-
     try:
-        import orjson
-
         value = orjson.loads(_fs.read_regular(path + REASON_SUFFIX, 1 << 20))
     except (OSError, ValueError):
         return None

@@ -313,7 +313,7 @@ class Policy:
         Read as any file a user may point at: no blocking on a FIFO, at most 16 MiB."""
         p = Path(path)
         try:
-            text = _fs.read_regular_following(p, 16 << 20).decode("utf-8")
+            text = _fs.read_regular(p, 16 << 20, follow=True).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PolicyError(f"not UTF-8 text: {exc}", path=str(p)) from None
         except OSError as exc:

@@ -88,6 +88,20 @@ class MailboxEvent:
         return asdict(self)
 
 
+def describe_file(path: str) -> tuple[str | None, str | None]:
+    """Topic and sender of the message file at ``path``, read as a hostile file (no link followed, no
+    blocking on a FIFO, at most 1 MiB); (None, None) if it is gone or is not a message."""
+    try:
+        obj = orjson.loads(_fs.read_regular(path, 1 << 20))
+    except (OSError, orjson.JSONDecodeError):
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    topic = obj.get("topic") or obj.get("type") or obj.get("message_type")
+    sender = obj.get("sender") or obj.get("sender_agent_id")
+    return (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
+
+
 class _Describer:
     """Topic and sender of a message, read once per id (bounded cache): events of the same message
     (delivered, claimed, acked) read its file once."""
@@ -103,15 +117,7 @@ class _Describer:
                 hit = self._cache.get(msg_id)
             if hit is not None:
                 return hit
-        try:
-            obj = orjson.loads(_fs.read_regular(path, 1 << 20))
-        except (OSError, orjson.JSONDecodeError):
-            return None, None  # moved on already, or not a message
-        if not isinstance(obj, dict):
-            return None, None
-        topic = obj.get("topic") or obj.get("type") or obj.get("message_type")
-        sender = obj.get("sender") or obj.get("sender_agent_id")
-        found = (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
+        found = describe_file(path)
         if msg_id is not None:
             with self._lock:
                 if len(self._cache) >= self.size:

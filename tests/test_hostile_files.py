@@ -150,11 +150,11 @@ def test_an_oversized_inbox_json_is_left_in_place_and_reported(
 
 @pytest.mark.parametrize("kind", ["fifo", "link-file", "dir"])
 def test_the_exec_peek_never_blocks(tmp_path: Path, outside: Path, kind: str) -> None:
-    from hybridcomms._watch_command import _topic_of
+    from hybridcomms.watcher import describe_file
 
     path = tmp_path / "2M.x.json"
     place(path, kind, outside)
-    assert within(5, lambda: _topic_of(str(path))) == ""
+    assert within(5, lambda: describe_file(str(path))) == (None, None)
 
 
 def test_the_exec_queue_is_bounded_and_close_stops_within_the_grace(tmp_path: Path) -> None:

@@ -344,7 +344,7 @@ def migrate(
         target = base.parent / f"{base.name}.backup-{stamp}"
         shutil.copytree(base, target, symlinks=True, ignore=_special_files)
         done.backup = target
-    from ..._inspect_commands import Progress
+    from ..._progress import Progress
 
     progress = Progress("migrate", len(plan.agents))
     for n, a in enumerate(plan.agents, 1):
