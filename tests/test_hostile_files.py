@@ -198,3 +198,16 @@ def test_recover_from_the_command_line_goes_on_past_a_bad_mailbox(root: Path, tm
     assert out.returncode == 1
     assert "Agent-1: returned 1" in out.stdout and "Agent-3: returned 1" in out.stdout
     assert "Agent-2" in out.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_odd_reason_file_never_breaks_a_listing(
+    make_mailbox: Callable[..., FileMailbox], outside: Path, kind: str
+) -> None:
+    from hybridcomms import State
+
+    mb = make_mailbox("Agent-1")
+    (mb.path / "dead" / "x.json").write_bytes(b"{}")
+    place(mb.path / "dead" / "x.json.reason.json", kind, outside)
+    [info] = within(5, lambda: mb.list(State.DEAD))
+    assert info.reason is None or "reason" in info.reason
