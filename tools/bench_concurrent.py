@@ -3,7 +3,8 @@
 durability, in one run, interleaved (the machine is shared and noisy: compare within a run).
 
     python tools/bench_concurrent.py                       # P, C in {1, 4, 8}, both consumer styles
-    python tools/bench_concurrent.py --quick               # 4P+4C and 1P+1C only, 2,000 messages
+    python tools/bench_concurrent.py --quick               # 4P+4C, 1P+1C, 4P+8C, 2,000 messages
+    python tools/bench_concurrent.py --dir /dev/shm        # on tmpfs: CPU and contention only
     python tools/bench_concurrent.py --json out.json
 
 Queues:
@@ -12,12 +13,23 @@ Queues:
   unlinks it (the ack). Consumers walk the listing from a random start, so they spread.
 - ``dirq``: a dirq-style queue: a consumer locks each file with flock (non-blocking) and skips what
   others hold, reads it, unlinks it; consumers spread over the listing.
+- ``contract``: the bare system calls of FileMailbox's on-disk contract, in a plain loop: the same
+  producer; a consumer walks the listing like dirq, locks a file with flock, reads it, renames it into
+  ``processing/`` (+fsync) and then into ``done/`` (+fsync), where it stays (acked messages are kept).
+  FileMailbox cannot beat this in CPython: ``contract / floor`` is the cost of the design's promises,
+  ``filemailbox / contract`` the cost of the implementation.
 - ``filemailbox``: `FileMailbox` put / claim / ack.
 
 Consumer styles: ``poll`` (a non-blocking claim, 1 ms sleep when it finds nothing) and ``block``
 (`claim(timeout)`; the baselines poll every 1 ms). Every run checks that every message was taken exactly
 once (0 lost, 0 duplicated). Also measured: the cost of an empty non-blocking `claim()` (nothing arrived
-since the last look) and the put -> claim latency against a bare inotify floor.
+since the last look) and the put -> claim latency (one message in flight, blocking consumer, from
+before the put to the claim returning, p50 and p90) against a bare inotify floor: a consumer blocked
+in read(2) on an inotify descriptor watching ``new/``, which renames the file it is told of into
+``cur/`` and reads it.
+
+Where the files go: ``--dir`` (default: the system temporary folder). On a disk, file creation cost
+dominates every queue; on tmpfs (``--dir /dev/shm``) the figures show the CPU and contention costs.
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridcomms import FileMailbox, Message
 
+KINDS = ("floor", "dirq", "contract", "filemailbox")
+_DIR: str | None = os.environ.get("BENCH_DIR")  # --dir
 PAYLOAD = {"task": "build", "args": ["--fast"], "blob": "x" * 200}  # about 300 bytes encoded
 
 
@@ -88,7 +102,10 @@ def _consume(
     else:
         new, cur = os.path.join(root, "new"), os.path.join(root, "cur")
         new_fd, cur_fd = os.open(new, os.O_RDONLY), os.open(cur, os.O_RDONLY)
+        done_fd = os.open(os.path.join(root, "done"), os.O_RDONLY)
         while not done.is_set():
+            # One listing, walked whole from a random start (consumers spread over it), then the
+            # next listing: what dirq's iterator does, and the cheapest way to share a folder.
             names = os.listdir(new_fd)
             if not names:
                 time.sleep(0.001)
@@ -96,6 +113,8 @@ def _consume(
             start = random.randrange(len(names))
             got = False
             for name in names[start:] + names[:start]:
+                if done.is_set():
+                    break
                 if kind == "floor":
                     try:
                         os.rename(name, name, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
@@ -107,6 +126,28 @@ def _consume(
                     os.read(fd, 65536)
                     os.close(fd)
                     os.unlink(name, dir_fd=cur_fd)
+                elif kind == "contract":  # lock, read, rename into processing/, then into done/
+                    try:
+                        fd = os.open(name, os.O_RDONLY, dir_fd=new_fd)
+                    except FileNotFoundError:
+                        continue
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        os.close(fd)
+                        continue
+                    os.read(fd, 65536)
+                    try:
+                        os.rename(name, name, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:
+                        os.close(fd)
+                        continue
+                    if fsync:
+                        os.fsync(cur_fd)
+                    os.rename(name, name, src_dir_fd=cur_fd, dst_dir_fd=done_fd)
+                    os.close(fd)
+                    if fsync:
+                        os.fsync(done_fd)
                 else:  # dirq: lock in place
                     try:
                         fd = os.open(name, os.O_RDONLY, dir_fd=new_fd)
@@ -124,13 +165,12 @@ def _consume(
                         os.close(fd)
                         continue
                     os.close(fd)
-                if fsync:
+                if fsync and kind != "contract":
                     os.fsync(new_fd if kind == "dirq" else cur_fd)
                 taken.append(name.rsplit(".", 1)[-1])
                 got = True
                 if _took(taken_n) >= total:
                     done.set()
-                break
             if not got:
                 time.sleep(0.001)
     with open(log, "w") as f:
@@ -145,13 +185,13 @@ def _took(counter: Any) -> int:
 
 
 def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="hc-bench-conc-", dir=os.environ.get("BENCH_DIR")))
+    base = Path(tempfile.mkdtemp(prefix="hc-bench-conc-", dir=_DIR))
     root = str(base)
     try:
         if kind == "filemailbox":
             FileMailbox(root, "A", fsync="never").close()
         else:
-            for d in ("tmp", "new", "cur"):
+            for d in ("tmp", "new", "cur", "done"):
                 os.mkdir(os.path.join(root, d))
         ctx = mp.get_context("fork")
         go, done = ctx.Event(), ctx.Event()
@@ -205,7 +245,7 @@ def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str) -> dict
 
 def empty_claim_cost(rounds: int = 20_000) -> float:
     """Microseconds per non-blocking claim() on a mailbox where nothing has arrived."""
-    base = tempfile.mkdtemp(prefix="hc-bench-empty-")
+    base = tempfile.mkdtemp(prefix="hc-bench-empty-", dir=_DIR)
     try:
         with FileMailbox(base, "A", fsync="never") as mb:
             mb.claim()  # the first look lists; the rest should not
@@ -217,23 +257,114 @@ def empty_claim_cost(rounds: int = 20_000) -> float:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _latency_consumer(kind: str, root: str, fsync: bool, conn: Any, rounds: int) -> None:
+    """Block for each message; send back when it was claimed (CLOCK_MONOTONIC is system-wide)."""
+    if kind == "filemailbox":
+        with FileMailbox(root, "A", fsync="always" if fsync else "never") as mb:
+            mb.claim()  # the first look (watch + listing) is not part of the figure
+            conn.send("ready")
+            for _ in range(rounds):
+                d = None
+                while d is None:
+                    d = mb.claim(timeout=5)
+                got = time.monotonic_ns()
+                d.ack()
+                conn.send(got)
+        return
+    from hybridcomms._wakeup import _inotify_calls  # libc's inotify_init / inotify_add_watch
+
+    calls = _inotify_calls()
+    assert calls is not None
+    ifd = calls[0]()
+    calls[1](ifd, os.path.join(root, "new").encode(), 0x80 | 0x100)  # IN_MOVED_TO | IN_CREATE
+    new_fd = os.open(os.path.join(root, "new"), os.O_RDONLY)
+    cur_fd = os.open(os.path.join(root, "cur"), os.O_RDONLY)
+    conn.send("ready")
+    for _ in range(rounds):
+        data = os.read(ifd, 4096)  # blocks until the producer's rename
+        length = int.from_bytes(data[12:16], "little")
+        name = data[16 : 16 + length].rstrip(b"\0").decode()
+        os.rename(name, name, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+        if fsync:
+            os.fsync(cur_fd)
+        fd = os.open(name, os.O_RDONLY, dir_fd=cur_fd)
+        os.read(fd, 65536)
+        os.close(fd)
+        got = time.monotonic_ns()
+        os.unlink(name, dir_fd=cur_fd)
+        conn.send(got)
+
+
+def latency(kind: str, fsync: bool, rounds: int) -> list[float]:
+    """put -> claim in microseconds, one message in flight, ``rounds`` times."""
+    base = tempfile.mkdtemp(prefix="hc-bench-lat-", dir=_DIR)
+    try:
+        if kind == "filemailbox":
+            FileMailbox(base, "A", fsync="never").close()
+        else:
+            for d in ("tmp", "new", "cur"):
+                os.mkdir(os.path.join(base, d))
+        ctx = mp.get_context("fork")
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_latency_consumer, args=(kind, base, fsync, there, rounds))
+        proc.start()
+        assert here.recv() == "ready"
+        out: list[float] = []
+        data = json.dumps({"id": "m0", **PAYLOAD}).encode()
+        if kind == "filemailbox":
+            with FileMailbox(base, "A", fsync="always" if fsync else "never") as mb:
+                for i in range(rounds):
+                    t0 = time.monotonic_ns()
+                    mb.put(Message("bench", PAYLOAD, id=f"m{i}"))
+                    out.append((here.recv() - t0) / 1000)
+        else:
+            tmp, new = os.path.join(base, "tmp"), os.path.join(base, "new")
+            new_fd = os.open(new, os.O_RDONLY)
+            for i in range(rounds):
+                t0 = time.monotonic_ns()
+                name = f"{t0:020d}.m{i}"
+                fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, data)
+                if fsync:
+                    os.fsync(fd)
+                os.close(fd)
+                os.rename(os.path.join(tmp, name), os.path.join(new, name))
+                if fsync:
+                    os.fsync(new_fd)
+                out.append((here.recv() - t0) / 1000)
+            os.close(new_fd)
+        proc.join(30)
+        return out
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def main() -> int:
+    global _DIR
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--messages", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true", help="4P+4C, 1P+1C and 4P+8C, poll only, 2,000 messages")
+    ap.add_argument("--messages", type=int, default=None, help="messages per run (default 5,000)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per cell; the median is shown (default 3)")
+    ap.add_argument("--dir", default=_DIR, help="where the queues live (default: the temporary folder)")
+    ap.add_argument("--latency-rounds", type=int, default=None, help="round trips per latency figure")
+    ap.add_argument("--json", default=None, help="also write every run to this file")
     args = ap.parse_args()
+    _DIR = args.dir
     n = args.messages or (2000 if args.quick else 5000)
     repeats = args.repeats or (1 if args.quick else 3)
-    shapes = [(4, 4), (1, 1)] if args.quick else [(1, 1), (4, 4), (8, 8), (4, 8), (1, 4), (4, 1)]
+    shapes = [(4, 4), (1, 1), (4, 8)] if args.quick else [(1, 1), (4, 4), (8, 8), (4, 8), (1, 4), (4, 1)]
     styles = ["poll"] if args.quick else ["poll", "block"]
     results: list[dict[str, Any]] = []
     for fsync in (True, False):
         for style in styles:
             for p, c in shapes:
                 for _ in range(repeats):
-                    for kind in ("floor", "dirq", "filemailbox"):  # interleaved
+                    for kind in KINDS:  # interleaved
                         r = run_once(kind, p, c, n, fsync, style)
                         results.append(r)
                         assert r["lost"] == 0 and r["duplicated"] == 0, r
@@ -251,7 +382,7 @@ def main() -> int:
                         and r["fsync"] == fsync
                         and r["style"] == style
                     )
-                    for kind in ("floor", "dirq", "filemailbox")
+                    for kind in KINDS
                 }
                 best = max(med["floor"], med["dirq"])
                 rows.append(
@@ -263,20 +394,55 @@ def main() -> int:
                         **med,
                         "vs_floor": med["filemailbox"] / med["floor"],
                         "vs_best": med["filemailbox"] / best,
+                        "vs_contract": med["filemailbox"] / med["contract"],
                     }
                 )
     empty = empty_claim_cost()
-    cols = ("fsync", "style", "P", "C", "floor", "dirq", "filemailbox", "vs floor", "vs best")
-    print("{:<7}{:<6}{:>3}{:>3} {:>9} {:>9} {:>12} {:>9} {:>8}".format(*cols))
+    rounds = args.latency_rounds or (200 if args.quick else 1000)
+    lat: dict[str, dict[str, list[float]]] = {"always": {}, "never": {}}
+    for fsync in (True, False):
+        for _ in range(2):  # interleaved halves
+            for kind in ("floor", "filemailbox"):
+                lat["always" if fsync else "never"].setdefault(kind, []).extend(
+                    latency(kind, fsync, rounds // 2)
+                )
+    print(f"where: {args.dir or tempfile.gettempdir()}   messages per run: {n}   repeats: {repeats} (medians)")
+    cols = ("fsync", "style", "P", "C", "floor", "dirq", "contract", "filemailbox", "vs floor", "vs best", "vs contr")
+    print("{:<7}{:<6}{:>3}{:>3} {:>8} {:>8} {:>9} {:>12} {:>9} {:>8} {:>9}".format(*cols))
     for r in rows:
         print(
-            f"{r['fsync']:<7}{r['style']:<6}{r['p']:>3}{r['c']:>3} {r['floor']:>9.0f} {r['dirq']:>9.0f} "
-            f"{r['filemailbox']:>12.0f} {r['vs_floor']:>8.2f}x {r['vs_best']:>7.2f}x"
+            f"{r['fsync']:<7}{r['style']:<6}{r['p']:>3}{r['c']:>3} {r['floor']:>8.0f} {r['dirq']:>8.0f} "
+            f"{r['contract']:>9.0f} {r['filemailbox']:>12.0f} {r['vs_floor']:>8.2f}x {r['vs_best']:>7.2f}x "
+            f"{r['vs_contract']:>8.2f}x"
         )
+    for r8 in rows:
+        if r8["c"] == 8:
+            for r4 in rows:
+                if (r4["fsync"], r4["style"], r4["p"], r4["c"]) == (r8["fsync"], r8["style"], r8["p"], 4):
+                    print(
+                        f"{r8['p']}P: 8 consumers / 4 consumers, fsync={r8['fsync']} {r8['style']}: "
+                        f"filemailbox {r8['filemailbox'] / r4['filemailbox']:.2f}x, "
+                        f"floor {r8['floor'] / r4['floor']:.2f}x"
+                    )
     print(f"empty non-blocking claim(): {empty:.1f} us")
+    summary = {}
+    for mode, kinds in lat.items():
+        f50, m50 = _pct(kinds["floor"], 0.5), _pct(kinds["filemailbox"], 0.5)
+        summary[mode] = {
+            "floor_p50_us": f50,
+            "floor_p90_us": _pct(kinds["floor"], 0.9),
+            "filemailbox_p50_us": m50,
+            "filemailbox_p90_us": _pct(kinds["filemailbox"], 0.9),
+            "ratio_p50": m50 / f50,
+        }
+        print(
+            f"put -> claim latency, fsync={mode}: inotify floor p50 {f50:.0f} us "
+            f"(p90 {summary[mode]['floor_p90_us']:.0f}), filemailbox p50 {m50:.0f} us "
+            f"(p90 {summary[mode]['filemailbox_p90_us']:.0f}): {m50 / f50:.2f}x"
+        )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"rows": rows, "empty_claim_us": empty, "runs": results}, indent=2)
+            json.dumps({"rows": rows, "empty_claim_us": empty, "latency": summary, "runs": results}, indent=2)
         )
     return 0
 
