@@ -35,6 +35,7 @@ from . import _fs
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 _FS_ENCODING, _FS_ERRORS = _fs._FS_ENCODING, _fs._FS_ERRORS
 
+
 def _inotify_calls() -> tuple[Any, Any, Any] | None:
     """libc's ``inotify_init``, ``inotify_add_watch`` and ``inotify_rm_watch`` (None where missing)."""
     libc = _fs._get_libc()

@@ -39,7 +39,7 @@ from .delivery import Delivery
 from .errors import HybridCommsError
 from .mailbox import FileMailbox
 from .message import Message
-from .retry import Backoff
+from .retry import Backoff, attempts_used_up
 
 EX_TEMPFAIL = 75
 STDERR_TAIL = 2000  # bytes of stderr kept in a dead-letter reason
@@ -206,7 +206,7 @@ class Worker:
         if why == "lease lost":
             self._report(d, "lost", code, seconds, text)
             return
-        if d.attempt >= self.mb.max_attempts:
+        if attempts_used_up(d.attempt, self.mb.max_attempts):
             d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
             with self.lock:
                 self.counts["dead"] += 1

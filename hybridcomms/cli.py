@@ -495,7 +495,7 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     it prints is the same every time."""
     import shutil
 
-    from .retry import Backoff
+    from .retry import Backoff, attempts_used_up
 
     logging.getLogger("hybridcomms").setLevel(logging.ERROR)  # the table says it all; no log lines
     demo = root / "Demo-Agent"
@@ -519,7 +519,7 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
                         raise RuntimeError("the handler failed (on purpose)")
                 rows.append(("acked", name, topic, attempt, "done/"))
             except RuntimeError:
-                last = attempt >= mb.max_attempts
+                last = attempts_used_up(attempt, mb.max_attempts)
                 rows.append(
                     ("failed", name, topic, attempt, "dead/ (no attempts left)" if last else "new/ (retry)")
                 )

@@ -43,7 +43,7 @@ from .errors import HybridCommsError
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
 from .policy import Policy, Route
-from .retry import Backoff
+from .retry import Backoff, attempts_used_up
 
 __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sent"]
 
@@ -417,7 +417,7 @@ class Comms:
         asyncio.run_coroutine_threadsafe(run(), loop).result()
 
     def _fail(self, d: Delivery, error: str) -> None:
-        last = d.attempt >= self.mailbox.max_attempts
+        last = attempts_used_up(d.attempt, self.mailbox.max_attempts)
         d.nack(error=error)
         if last:
             self._dead_letter_event(d, f"failed {d.attempt} of {self.mailbox.max_attempts} attempts", error)

@@ -58,7 +58,7 @@ from .errors import (
 from .inspection import MailboxStats, MessageInfo, StateStats
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
 from .recovery import RecoveryReport
-from .retry import Backoff
+from .retry import Backoff, attempts_used_up
 from .states import (
     CLAIM,
     GIVE_UP,
@@ -811,7 +811,7 @@ class FileMailbox:
         d._check_open()
         if error is not None:
             d._error = error
-        if d.attempt >= self.max_attempts:
+        if attempts_used_up(d.attempt, self.max_attempts):
             self._give_up(d, f"failed {d.attempt} of {self.max_attempts} attempts", d._error)
             return
         if delay is None:

@@ -40,6 +40,7 @@ from . import _fs
 from ._locking import drop, try_lock
 from ._names import compact_time, parse_name
 from .errors import MailboxIOError
+from .retry import attempts_used_up
 from .states import GIVE_UP, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def _return_or_bury(
     attempt = info.attempt if info else 0
     key = info.id if info else _fs.shown(name)
     why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
-    if attempt >= mb.max_attempts:
+    if attempts_used_up(attempt, mb.max_attempts):
         moved = mb._move_to_dead(
             GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
             src_name,

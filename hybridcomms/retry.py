@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "attempts_used_up"]
+
+
+def attempts_used_up(attempt: int, max_attempts: int) -> bool:
+    """The one rule for "attempts used up", for every backend and every caller: delivery number
+    ``attempt`` (1 for the first) was the last one allowed. A failure then dead-letters the message
+    instead of retrying it, and recovery buries a message whose last attempt was taken back."""
+    return attempt >= max_attempts
 
 
 @dataclass(frozen=True, slots=True)

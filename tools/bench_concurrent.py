@@ -349,7 +349,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4P+4C, 1P+1C and 4P+8C, poll only, 2,000 messages")
     ap.add_argument("--messages", type=int, default=None, help="messages per run (default 5,000)")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per cell; the median is shown (default 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per cell, median shown (default 3)")
     ap.add_argument("--dir", default=_DIR, help="where the queues live (default: the temporary folder)")
     ap.add_argument("--latency-rounds", type=int, default=None, help="round trips per latency figure")
     ap.add_argument("--json", default=None, help="also write every run to this file")
@@ -406,8 +406,10 @@ def main() -> int:
                 lat["always" if fsync else "never"].setdefault(kind, []).extend(
                     latency(kind, fsync, rounds // 2)
                 )
-    print(f"where: {args.dir or tempfile.gettempdir()}   messages per run: {n}   repeats: {repeats} (medians)")
-    cols = ("fsync", "style", "P", "C", "floor", "dirq", "contract", "filemailbox", "vs floor", "vs best", "vs contr")
+    where = args.dir or tempfile.gettempdir()
+    print(f"where: {where}   messages per run: {n}   repeats: {repeats} (medians)")
+    cols = ("fsync", "style", "P", "C", "floor", "dirq", "contract", "filemailbox")
+    cols += ("vs floor", "vs best", "vs contr")
     print("{:<7}{:<6}{:>3}{:>3} {:>8} {:>8} {:>9} {:>12} {:>9} {:>8} {:>9}".format(*cols))
     for r in rows:
         print(
