@@ -32,7 +32,7 @@ class MessageInfo:
 
     state: State
     name: str
-    path: Path
+    path: Path | None  # the file (None on backends without files)
     id: str | None  # None for a file hybridcomms did not name
     attempt: int
     due: str | None  # compact UTC time, from the name
@@ -121,7 +121,7 @@ def find(mb: FileMailbox, state: State, key: str) -> list[MessageInfo]:
 def read(mb: FileMailbox, info: MessageInfo) -> Message:
     """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
     raw = _fs.read_regular(info.name, mb.max_message_size, dir_fd=mb._fd(info.state))
-    return Message.decode(raw, path=str(info.path))
+    return Message.decode(raw, path=str(mb.path / info.state.folder / info.name))
 
 
 def requeue(mb: FileMailbox, message_id: str, src: State, reset_attempts: bool = True) -> list[str]:

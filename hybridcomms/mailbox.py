@@ -752,8 +752,11 @@ class FileMailbox:
         log.warning("%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
         self._move_to_dead(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
 
-    def _move_to_dead(self, m: Move, name: str, reason: dict[str, Any]) -> str | None:
-        """``m.src``/name -> dead/, with its reason file written first. None if the file was gone.
+    def _move_to_dead(
+        self, m: Move, name: str, reason: dict[str, Any], target: str | None = None
+    ) -> str | None:
+        """``m.src``/name -> dead/ (as ``target``, default ``name``, or the next free name), with its
+        reason file written first. None if the file was gone.
 
         On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
         was, and `MailboxIOError` raised."""
@@ -771,7 +774,7 @@ class FileMailbox:
         except TypeError:  # a value that is not JSON (a name with bytes that are not UTF-8, …)
             data = orjson.dumps({k: _fs.shown(str(v)) for k, v in reason.items()}, option=orjson.OPT_INDENT_2)
         for _ in range(100):  # a name taken meanwhile by another dead-lettering: pick the next one
-            dead_name = _fs.free_name(dead_fd, name, len(REASON_SUFFIX))
+            dead_name = _fs.free_name(dead_fd, target or name, len(REASON_SUFFIX))
             reason_name = dead_name + REASON_SUFFIX
             tmp_name = self._write_tmp(tmp_fd, reason_name, data, sync=self._sync_dirs)
             placed = False

@@ -225,6 +225,7 @@ def _return_or_bury(
                 "id": key,
                 "attempts": attempt,
             },
+            target=name,  # its message name, not the name it had in tmp/ while being taken back
         )
         if moved is not None:
             report.dead.append(key)

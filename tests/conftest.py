@@ -49,3 +49,28 @@ def no_thread_leaks() -> Iterator[None]:
             return
         threading.Event().wait(0.05)
     pytest.fail(f"threads left running: {leaked}")
+
+
+# -- Redis -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for the tests: the one CI started, else a private one; skipped (failed in CI) if none."""
+    import os
+
+    from redis_server import REQUIRE_ENV, URL_ENV, RedisServer, available
+
+    url = os.environ.get(URL_ENV)
+    if url:
+        yield url
+        return
+    if not available():
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"no Redis: {URL_ENV} is not set and redis-server is not installed")
+        pytest.skip("no Redis server (install redis-server, or set HYBRIDCOMMS_TEST_REDIS_URL)")
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.remove()

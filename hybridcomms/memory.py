@@ -1,0 +1,448 @@
+"""`MemoryMailbox`: the mailbox contract (`hybridcomms.backend`) in memory, for the threads of one
+process.
+
+It keeps nothing past the process, so it is not a durable mailbox: it is the contract's model (the
+shortest code that does everything the contract says, tested by the same suite as the real backends)
+and a fast test double for code that takes a `Mailbox`. Messages are stored encoded, as the other
+backends store them: what a consumer gets is a copy, and what cannot be encoded is refused at `put`.
+
+Mailboxes of the same store name and agent id share their messages (`MemoryMailbox.named`, or the
+URL ``memory://<store>``): a producer and a consumer thread each open their own.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import heapq
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+
+from ._names import RANK_OF, RANKS, compact_time, make_name
+from .errors import DeliveryError, DeliveryLostError, MailboxIOError
+from .inspection import MailboxStats, MessageInfo, StateStats
+from .mailbox import DEFAULT_BACKOFF, check_agent_id
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
+from .recovery import RecoveryReport
+from .retry import Backoff, attempts_used_up
+from .states import State
+
+__all__ = ["MemoryDelivery", "MemoryMailbox"]
+
+_seq = itertools.count()
+
+
+@dataclass(eq=False)
+class _Entry:
+    data: bytes
+    id: str
+    topic: str
+    rank: str
+    due: float
+    attempt: int = 0  # deliveries so far
+    entered: float = field(default_factory=time.time)
+    lease_until: float = 0.0
+    owner: Any = None  # weakref to the MemoryDelivery holding it
+    reason: dict[str, Any] | None = None
+    seq: int = field(default_factory=lambda: next(_seq))
+
+    @property
+    def name(self) -> str:
+        return make_name(self.rank, compact_time(self.due), self.id, self.attempt)
+
+    def key(self) -> tuple[float, int]:
+        return (self.due, self.seq)
+
+
+class _Box:
+    """One agent's messages in one store, under one condition."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.new: dict[str, list[tuple[float, int, _Entry]]] = {r: [] for r in RANKS}  # heaps
+        self.processing: dict[int, _Entry] = {}  # by seq
+        self.done: dict[int, _Entry] = {}
+        self.dead: dict[int, _Entry] = {}
+        self.wakeups = 0
+
+    def push(self, entry: _Entry) -> None:
+        heapq.heappush(self.new[entry.rank], (entry.due, entry.seq, entry))
+        self.cond.notify_all()
+
+    def new_entries(self) -> list[_Entry]:
+        return [e for heap in self.new.values() for _, _, e in heap]
+
+
+class MemoryMailbox:
+    """One agent's mailbox in memory (see the module docstring).
+
+    ``MemoryMailbox(agent_id, *, store="default", lease=300, max_attempts=5, backoff=Backoff(),
+    max_message_size=…, create=True)``: the options mean what they mean for `FileMailbox`.
+    """
+
+    _stores: ClassVar[dict[str, dict[str, _Box]]] = {}
+    _stores_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        store: str = "default",
+        lease: float = 300.0,
+        max_attempts: int = 5,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        create: bool = True,
+    ) -> None:
+        self.agent_id = check_agent_id(agent_id)
+        if lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        self.lease = float(lease)
+        self.max_attempts = int(max_attempts)
+        self.backoff = backoff
+        self.max_message_size = int(max_message_size)
+        self.store = store
+        with self._stores_lock:
+            boxes = self._stores.setdefault(store, {})
+            box = boxes.get(self.agent_id)
+            if box is None:
+                if not create:
+                    raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} in memory://{store}")
+                box = boxes[self.agent_id] = _Box()
+        self._box = box
+        self._closed = False
+
+    @classmethod
+    def named(cls, store: str, agent_id: str, **options: Any) -> MemoryMailbox:
+        return cls(agent_id, store=store or "default", **options)
+
+    @classmethod
+    def forget_store(cls, store: str) -> None:
+        """Drop every mailbox of a store (tests)."""
+        with cls._stores_lock:
+            cls._stores.pop(store, None)
+
+    def __repr__(self) -> str:
+        return f"<MemoryMailbox memory://{self.store} {self.agent_id}>"
+
+    def __enter__(self) -> MemoryMailbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.wake()
+
+    def _check(self) -> _Box:
+        if self._closed:
+            raise MailboxIOError(errno.EBADF, f"{self!r} is closed")
+        return self._box
+
+    # -- put ------------------------------------------------------------------------------------
+
+    def _entry(self, message: Message, now: float) -> _Entry:
+        data = message.encode(self.max_message_size)
+        due = min(message.created_at.timestamp(), now)
+        return _Entry(data, message.id, message.topic, RANK_OF[message.priority], due, entered=now)
+
+    def put(self, message: Message) -> str:
+        return self.put_many([message])[0]
+
+    def put_many(self, messages: Iterable[Message]) -> builtins.list[str]:
+        box = self._check()
+        now = time.time()
+        entries = [self._entry(m, now) for m in messages]  # all encoded before any is stored
+        with box.cond:
+            for e in entries:
+                box.push(e)
+        return [e.name for e in entries]
+
+    # -- claim ----------------------------------------------------------------------------------
+
+    def claim(
+        self, timeout: float | None = None, *, cancel: threading.Event | None = None
+    ) -> MemoryDelivery | None:
+        box = self._check()
+        deadline = time.monotonic() + (timeout or 0.0)
+        with box.cond:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    return None
+                now = time.time()
+                next_due = None
+                for rank in RANKS:
+                    heap = box.new[rank]
+                    if heap and heap[0][0] <= now:
+                        _, _, entry = heapq.heappop(heap)
+                        entry.attempt += 1
+                        entry.lease_until = now + self.lease
+                        entry.entered = now
+                        box.processing[entry.seq] = entry
+                        delivery = MemoryDelivery(self, entry, Message.decode(entry.data))
+                        entry.owner = weakref.ref(delivery)
+                        return delivery
+                    if heap:
+                        next_due = heap[0][0] if next_due is None else min(next_due, heap[0][0])
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return None
+                wait = remaining if next_due is None else min(remaining, max(next_due - now, 0.001))
+                seen = box.wakeups
+                box.cond.wait(wait)
+                if box.wakeups != seen and cancel is not None and cancel.is_set():
+                    return None
+
+    def wake(self) -> None:
+        box = self._box
+        with box.cond:
+            box.wakeups += 1
+            box.cond.notify_all()
+
+    # -- settle (called by MemoryDelivery) -------------------------------------------------------
+
+    def _held(self, d: MemoryDelivery) -> _Entry:
+        """Under the lock: the entry ``d`` holds, or DeliveryLostError (recovery took it)."""
+        entry = self._box.processing.get(d._entry.seq)
+        if entry is None or entry.owner is None or entry.owner() is not d:
+            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
+        return entry
+
+    def _ack(self, d: MemoryDelivery) -> None:
+        box = self._check()
+        with box.cond:
+            entry = self._held(d)
+            del box.processing[entry.seq]
+            entry.owner, entry.entered = None, time.time()
+            box.done[entry.seq] = entry
+
+    def _nack(self, d: MemoryDelivery, delay: float | None, error: str | None) -> None:
+        if attempts_used_up(d.attempt, self.max_attempts):
+            self._bury(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
+            return
+        box = self._check()
+        with box.cond:
+            entry = self._held(d)
+            del box.processing[entry.seq]
+            now = time.time()
+            entry.owner, entry.entered = None, now
+            entry.due = now + max(self.backoff.delay(d.attempt) if delay is None else delay, 0.0)
+            box.push(entry)
+
+    def _bury(self, d: MemoryDelivery, reason: str, error: str | None) -> None:
+        box = self._check()
+        with box.cond:
+            entry = self._held(d)
+            del box.processing[entry.seq]
+            self._to_dead(entry, reason, error)
+
+    def _to_dead(self, entry: _Entry, reason: str, error: str | None) -> None:
+        entry.owner, entry.entered = None, time.time()
+        entry.reason = {
+            "reason": reason,
+            "last_error": error,
+            "message_file": entry.name,
+            "id": entry.id,
+            "topic": entry.topic,
+            "attempts": entry.attempt,
+        }
+        self._box.dead[entry.seq] = entry
+
+    def _heartbeat(self, d: MemoryDelivery) -> None:
+        box = self._check()
+        with box.cond:
+            entry = self._held(d)
+            entry.lease_until = time.time() + self.lease
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    def recover(self, *, now: float | None = None) -> RecoveryReport:
+        box = self._check()
+        judged = time.time() if now is None else now
+        report = RecoveryReport()
+        with box.cond:
+            for entry in builtins.list(box.processing.values()):
+                owner = entry.owner() if entry.owner is not None else None
+                died = owner is None  # dropped unsettled: its consumer is gone
+                if not died and entry.lease_until > judged:
+                    continue
+                del box.processing[entry.seq]
+                why = "its consumer died" if died else f"its lease of {self.lease:g}s expired"
+                if attempts_used_up(entry.attempt, self.max_attempts):
+                    self._to_dead(entry, f"{why} during attempt {entry.attempt} of {self.max_attempts}", None)
+                    report.dead.append(entry.id)
+                    continue
+                entry.owner, entry.entered = None, time.time()
+                entry.due = time.time() + self.backoff.delay(max(entry.attempt, 1))
+                box.push(entry)
+                (report.returned if died else report.expired).append(entry.id)
+        return report
+
+    # -- inspection and repair ----------------------------------------------------------------------
+
+    def _entries(self, state: State) -> builtins.list[_Entry]:
+        box = self._box
+        if state is State.NEW:
+            return box.new_entries()
+        if state is State.PROCESSING:
+            return builtins.list(box.processing.values())
+        if state is State.DONE:
+            return builtins.list(box.done.values())
+        if state is State.DEAD:
+            return builtins.list(box.dead.values())
+        return []
+
+    @staticmethod
+    def _info(state: State, e: _Entry) -> MessageInfo:
+        return MessageInfo(
+            state=state,
+            name=e.name,
+            path=None,
+            id=e.id,
+            attempt=e.attempt,
+            due=compact_time(e.due),
+            size=len(e.data),
+            changed_at=e.entered,
+            reason=dict(e.reason) if e.reason is not None else None,
+        )
+
+    def list(self, state: State | str) -> builtins.list[MessageInfo]:
+        st = State(state)
+        box = self._check()
+        with box.cond:
+            return sorted((self._info(st, e) for e in self._entries(st)), key=lambda i: i.name)
+
+    def get(self, message_id: str) -> MessageInfo | None:
+        box = self._check()
+        with box.cond:
+            for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+                for e in sorted(self._entries(st), key=_Entry.key):
+                    if message_id in (e.id, e.name):
+                        return self._info(st, e)
+        return None
+
+    def read(self, info: MessageInfo) -> Message:
+        box = self._check()
+        with box.cond:
+            for e in self._entries(info.state):
+                if e.name == info.name:
+                    return Message.decode(e.data)
+        raise KeyError(f"{info.name} is no longer in {info.state.value}")
+
+    def requeue(
+        self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
+    ) -> builtins.list[str]:
+        src = State(from_state)
+        if src not in (State.DEAD, State.DONE):
+            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+        box = self._check()
+        out: builtins.list[str] = []
+        with box.cond:
+            held = box.dead if src is State.DEAD else box.done
+            for seq, e in builtins.list(held.items()):
+                if message_id not in (e.id, e.name):
+                    continue
+                del held[seq]
+                now = time.time()
+                e.due, e.entered, e.reason = now, now, None
+                if reset_attempts:
+                    e.attempt = 0
+                box.push(e)
+                out.append(e.name)
+        return out
+
+    def purge(self, state: State | str, older_than: float = 0.0) -> int:
+        st = State(state)
+        if st not in (State.DONE, State.DEAD):
+            raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+        box = self._check()
+        cutoff = time.time() - older_than
+        with box.cond:
+            held = box.done if st is State.DONE else box.dead
+            gone = [seq for seq, e in held.items() if e.entered <= cutoff]
+            for seq in gone:
+                del held[seq]
+        return len(gone)
+
+    def stats(self) -> MailboxStats:
+        box = self._check()
+        now = time.time()
+        with box.cond:
+            states = {}
+            for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+                entries = self._entries(st)
+                oldest = min((e.entered for e in entries), default=None)
+                states[st] = StateStats(len(entries), None if oldest is None else max(now - oldest, 0.0))
+            delayed = sum(1 for e in box.new_entries() if e.due > now)
+        return MailboxStats(self.agent_id, states, delayed)
+
+
+class MemoryDelivery:
+    """A message claimed from a `MemoryMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
+
+    __slots__ = ("__weakref__", "_entry", "_error", "_mailbox", "_settled", "attempt", "message", "name")
+
+    def __init__(self, mailbox: MemoryMailbox, entry: _Entry, message: Message) -> None:
+        self._mailbox = mailbox
+        self._entry = entry
+        self.message = message
+        self.attempt = entry.attempt
+        self.name = entry.name
+        self._settled = False
+        self._error: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+        self._settled = True
+
+    def ack(self) -> None:
+        self._settle()
+        self._mailbox._ack(self)
+
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+        self._settle()
+        if error is not None:
+            self._error = str(error)
+        self._mailbox._nack(self, delay, self._error)
+
+    def dead(self, reason: str) -> None:
+        self._settle()
+        self._mailbox._bury(self, reason, self._error)
+
+    def heartbeat(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+        self._mailbox._heartbeat(self)
+
+    def __enter__(self) -> MemoryDelivery:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._settled:
+            return
+        if exc is None:
+            self.ack()
+        else:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self.nack(error=self._error)
+
+    def __repr__(self) -> str:
+        return f"<MemoryDelivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"

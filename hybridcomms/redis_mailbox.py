@@ -1,0 +1,824 @@
+"""`RedisMailbox`: the mailbox contract (`hybridcomms.backend`) on Redis Streams, for fleets.
+
+Needs the ``redis`` client (``pip install 'hybridcomms[redis]'``) and Redis >= 6.2.
+
+Keys of agent ``A`` (namespace ``hc``; the braces keep one agent's keys in one cluster slot):
+
+    hc:{A}:s:0C hc:{A}:s:1H hc:{A}:s:2M hc:{A}:s:3L   one stream per priority, consumer group "hc"
+    hc:{A}:delayed  hc:{A}:delayed:data              nacked and recovered messages waiting to be due
+                                                      (a sorted set of due times, and their entries)
+    hc:{A}:done  hc:{A}:dead                          acked (trimmed to ``done_retention``) and dead
+                                                      letters (with the reason and the last error)
+
+Stream entry fields: ``m`` the encoded message (what a `FileMailbox` file holds), ``a`` the attempts
+used before this entry, ``id`` and ``t`` the message's id and topic, ``k`` its priority rank, ``d``
+its due time (ms), ``r`` (dead letters only) the reason as JSON.
+
+How each call maps onto Redis (each settle is one Lua script, so it is atomic and one round trip):
+
+- `put` = ``XADD`` to the stream of the message's priority; `put_many` = one ``MULTI``/``EXEC``.
+- `claim` = a script that moves due delayed entries back into their streams, then ``XREADGROUP ... >``
+  on the streams in priority order; with a timeout, then ``XREADGROUP BLOCK`` on all four, bounded by the
+  next delayed due time (no polling loop), ended early by `wake` (``CLIENT UNBLOCK``).
+- the attempt = the attempts of earlier entries + this entry's delivery count.
+- `ack` = ``XACK`` + ``XDEL`` (the stream does not grow) + ``XADD`` to ``done`` (``MAXLEN ~``).
+- `nack` = ``XACK`` + ``XDEL`` + the entry into ``delayed`` due after the backoff; past ``max_attempts``
+  the dead letters. `dead` = ``XACK`` + ``XDEL`` + ``XADD`` to ``dead`` with the reason.
+- `heartbeat` = ``XCLAIM ... JUSTID`` by its owner (resets the idle time the lease is judged by).
+- `recover` = the pending entries idle past the lease (``XPENDING ... IDLE``), taken in one script:
+  back to ``delayed`` (due after the backoff) or to ``dead`` past ``max_attempts``. Consumers that hold
+  nothing and have been idle for long are removed from the group.
+
+Differences from the file backend (docs/guarantees.md): a killed consumer's messages come back when
+its lease runs out (Redis has no lock that dies with a process: keep leases short and heartbeat);
+within a priority, messages are delivered in the order they entered their stream (a nacked or
+recovered message enters it again when it becomes due).
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from ._names import RANK_OF, RANKS, compact_time, make_name
+from .errors import DeliveryError, DeliveryLostError, MailboxIOError
+from .inspection import MailboxStats, MessageInfo, StateStats
+from .mailbox import DEFAULT_BACKOFF, check_agent_id
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
+from .recovery import RecoveryReport
+from .retry import Backoff, attempts_used_up
+from .states import State
+
+try:
+    import redis
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("RedisMailbox needs the redis client: pip install 'hybridcomms[redis]'") from exc
+
+__all__ = ["RedisDelivery", "RedisMailbox", "redis_agents"]
+
+GROUP = "hc"
+#: A blocking read is at most this long (a `wake` that comes just before it starts is not lost for longer).
+_MAX_BLOCK = 2.0
+#: Delays (seconds) handed to the recovery script, one per attempt count (the last one repeats).
+_RECOVER_DELAYS = 32
+
+# KEYS: the four streams (priority order), delayed, delayed:data. ARGV: group, consumer.
+# Returns {rank index, entry id, fields} or {0, next delayed due in ms or -1}.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
+for _, tok in ipairs(due) do
+  local packed = redis.call('HGET', KEYS[6], tok)
+  if packed then
+    local e = cjson.decode(packed)
+    redis.call('XADD', KEYS[e.k], '*', 'm', e.m, 'a', tostring(e.a), 'id', e.id, 't', e.t, 'k', e.r,
+      'd', tostring(e.d))
+    redis.call('HDEL', KEYS[6], tok)
+  end
+  redis.call('ZREM', KEYS[5], tok)
+end
+for i = 1, 4 do
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[i], '>')
+  if r then
+    local entry = r[1][2][1]
+    return {i, entry[1], entry[2]}
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+if #nxt > 0 then return {0, nxt[2]} end
+return {0, '-1'}
+"""
+
+# The owner check every settle starts with. KEYS[1]: the stream; ARGV[1..3]: group, entry id, consumer.
+_OWNED = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+"""
+
+# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen, attempts.
+_ACK = (
+    _OWNED
+    + """
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if tonumber(ARGV[4]) > 0 and #e > 0 then
+  local f = e[1][2]
+  local args = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*'}
+  for i = 1, #f, 2 do
+    if f[i] == 'a' then
+      table.insert(args, 'a'); table.insert(args, ARGV[5])
+    else
+      table.insert(args, f[i]); table.insert(args, f[i + 1])
+    end
+  end
+  redis.call(unpack(args))
+end
+return 1
+"""
+)
+
+# KEYS: stream, delayed, delayed:data. ARGV: group, entry id, consumer, due ms, token, packed entry.
+_NACK = (
+    _OWNED
+    + """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+return 1
+"""
+)
+
+# KEYS: stream, dead. ARGV: group, entry id, consumer, reason json, attempts.
+_DEAD = (
+    _OWNED
+    + """
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if #e > 0 then
+  local f = e[1][2]
+  local args = {'XADD', KEYS[2], '*'}
+  for i = 1, #f, 2 do
+    if f[i] ~= 'a' then table.insert(args, f[i]); table.insert(args, f[i + 1]) end
+  end
+  table.insert(args, 'a'); table.insert(args, ARGV[5])
+  table.insert(args, 'r'); table.insert(args, ARGV[4])
+  redis.call(unpack(args))
+end
+return 1
+"""
+)
+
+# KEYS: stream. ARGV: group, entry id, consumer.
+_HEARTBEAT = (
+    _OWNED
+    + """
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+"""
+)
+
+# Puts an entry of a blocking read that came with a better one back into its stream.
+# KEYS: stream. ARGV: group, entry id, consumer.
+_RELEASE = (
+    _OWNED
+    + """
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if #e > 0 then
+  local args = {'XADD', KEYS[1], '*'}
+  for _, v in ipairs(e[1][2]) do table.insert(args, v) end
+  redis.call(unpack(args))
+end
+return 1
+"""
+)
+
+# KEYS: the four streams, delayed, delayed:data, dead.
+# ARGV: group, min idle ms, max attempts, batch, now ms (for due times), reason prefix, delays (ms)...
+# Returns {returned ids..., '|', dead ids...}.
+_RECOVER = """
+local returned, dead = {}, {}
+local maxa = tonumber(ARGV[3])
+local now = tonumber(ARGV[5])
+for i = 1, 4 do
+  local pend = redis.call('XPENDING', KEYS[i], ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[4])
+  for _, p in ipairs(pend) do
+    local id, times = p[1], tonumber(p[4])
+    local e = redis.call('XRANGE', KEYS[i], id, id)
+    redis.call('XACK', KEYS[i], ARGV[1], id)
+    redis.call('XDEL', KEYS[i], id)
+    if #e > 0 then
+      local f = {}
+      local flat = e[1][2]
+      for j = 1, #flat, 2 do f[flat[j]] = flat[j + 1] end
+      local used = tonumber(f.a or '0') + times
+      if used >= maxa then
+        local reason = cjson.encode({reason = ARGV[6] .. ' during attempt ' .. used .. ' of ' .. maxa,
+          last_error = cjson.null, id = f.id, topic = f.t, attempts = used})
+        redis.call('XADD', KEYS[7], '*', 'm', f.m, 'a', tostring(used), 'id', f.id, 't', f.t, 'k', f.k,
+          'd', f.d, 'r', reason)
+        table.insert(dead, f.id)
+      else
+        local delay = tonumber(ARGV[6 + math.min(used, #ARGV - 6)])
+        local due = now + delay
+        local tok = id .. ':' .. used
+        redis.call('HSET', KEYS[6], tok, cjson.encode({k = i, m = f.m, a = used, id = f.id, t = f.t,
+          r = f.k, d = due}))
+        redis.call('ZADD', KEYS[5], tostring(due), tok)
+        table.insert(returned, f.id)
+      end
+    end
+  end
+end
+table.insert(returned, '|')
+for _, v in ipairs(dead) do table.insert(returned, v) end
+return returned
+"""
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _fields(flat: Any) -> dict[str, bytes]:
+    """A stream entry's fields, from a flat [k, v, k, v, …] list or a dict."""
+    if isinstance(flat, dict):
+        return {_s(k): v for k, v in flat.items()}
+    return {_s(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _ms_of(entry_id: bytes | str) -> int:
+    return int(_s(entry_id).split("-", 1)[0])
+
+
+def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
+    """The agents that have a mailbox on the Redis at ``url``."""
+    client: Any = redis.Redis.from_url(url)
+    try:
+        found = set()
+        for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
+            text = _s(key)
+            start, end = text.find("{"), text.find("}")
+            if 0 <= start < end:
+                found.add(text[start + 1 : end])
+        return sorted(found)
+    finally:
+        client.close()
+
+
+class RedisMailbox:
+    """One agent's mailbox on Redis Streams (see the module docstring).
+
+    ``RedisMailbox(url, agent_id, *, lease=300, max_attempts=5, backoff=Backoff(), max_message_size=…,
+    create=True, namespace="hc", done_retention=10000, maxlen=None, consumer=None)``
+
+        url              ``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS), ``unix://…``
+        lease, max_attempts, backoff, max_message_size: as for `FileMailbox`
+        create           False: raise `MailboxIOError` if the agent has no mailbox there yet
+        namespace        the first part of every key
+        done_retention   acked messages kept in ``done`` (about; 0 keeps none)
+        maxlen           cap each priority's stream at about this many entries (``XADD MAXLEN ~``);
+                         None (the default) never trims: trimming drops messages not yet delivered
+        consumer         this client's name in the consumer group (default: host, pid and a random part)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        agent_id: str,
+        *,
+        lease: float = 300.0,
+        max_attempts: int = 5,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        create: bool = True,
+        namespace: str = "hc",
+        done_retention: int = 10_000,
+        maxlen: int | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        self.agent_id = check_agent_id(agent_id)
+        if lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        if done_retention < 0 or (maxlen is not None and maxlen < 1):
+            raise ValueError("done_retention must be >= 0 and maxlen >= 1")
+        self.url = url
+        self.lease = float(lease)
+        self.max_attempts = int(max_attempts)
+        self.backoff = backoff
+        self.max_message_size = int(max_message_size)
+        self.done_retention = int(done_retention)
+        self.maxlen = maxlen
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        base = f"{namespace}:{{{self.agent_id}}}"
+        self._streams = [f"{base}:s:{rank}" for rank in RANKS]
+        self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
+        self._done, self._dead = f"{base}:done", f"{base}:dead"
+        self._r: Any = redis.Redis.from_url(url)  # typed loosely: the stubs do not know RESP replies
+        self._closed = False
+        self._blockers: dict[int, tuple[Any, int]] = {}  # thread id -> (its blocking client, client id)
+        self._blockers_lock = threading.Lock()
+        self._pid = os.getpid()
+        try:
+            if not create and not self._r.exists(*self._streams):
+                raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {self._shown_url()}")
+            for stream in self._streams:
+                try:
+                    self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except redis.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+            self._claim_script = self._r.register_script(_CLAIM)
+            self._ack_script = self._r.register_script(_ACK)
+            self._nack_script = self._r.register_script(_NACK)
+            self._dead_script = self._r.register_script(_DEAD)
+            self._heartbeat_script = self._r.register_script(_HEARTBEAT)
+            self._release_script = self._r.register_script(_RELEASE)
+            self._recover_script = self._r.register_script(_RECOVER)
+        except redis.RedisError as exc:
+            self._r.close()
+            raise self._error(exc, "open") from exc
+        except BaseException:
+            self._r.close()
+            raise
+
+    def _shown_url(self) -> str:
+        """The URL without its password."""
+        head, sep, tail = self.url.partition("@")
+        if not sep:
+            return self.url
+        scheme, _, _ = head.partition("://")
+        return f"{scheme}://***@{tail}"
+
+    def _error(self, exc: Exception, what: str) -> MailboxIOError:
+        return MailboxIOError(errno.EIO, f"{what} on {self._shown_url()} ({self.agent_id}) failed: {exc}")
+
+    def __repr__(self) -> str:
+        return f"<RedisMailbox {self._shown_url()} {self.agent_id}>"
+
+    def __enter__(self) -> RedisMailbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.wake()
+        with self._blockers_lock:
+            blockers, self._blockers = builtins.list(self._blockers.values()), {}
+        for client, _ in blockers:
+            client.close()
+        self._r.close()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise MailboxIOError(errno.EBADF, f"{self!r} is closed")
+
+    # -- put ------------------------------------------------------------------------------------
+
+    def _fields_of(self, message: Message) -> tuple[int, dict[str, Any]]:
+        data = message.encode(self.max_message_size)
+        rank = RANK_OF[message.priority]
+        due = min(message.created_at.timestamp(), time.time())
+        fields = {"m": data, "a": 0, "id": message.id, "t": message.topic, "k": rank, "d": int(due * 1000)}
+        return RANKS.index(rank), fields
+
+    def put(self, message: Message) -> str:
+        return self.put_many([message])[0]
+
+    def put_many(self, messages: Iterable[Message]) -> builtins.list[str]:
+        self._check()
+        batch = [(m, *self._fields_of(m)) for m in messages]  # all encoded before any is sent
+        if not batch:
+            return []
+        try:
+            pipe = self._r.pipeline(transaction=len(batch) > 1)
+            for _, i, fields in batch:
+                pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise self._error(exc, "put") from exc
+        return [make_name(RANKS[i], compact_time(f["d"] / 1000), m.id, 0) for m, i, f in batch]
+
+    # -- claim ----------------------------------------------------------------------------------
+
+    def claim(
+        self, timeout: float | None = None, *, cancel: threading.Event | None = None
+    ) -> RedisDelivery | None:
+        self._check()
+        deadline = time.monotonic() + (timeout or 0.0)
+        while True:
+            if cancel is not None and cancel.is_set():
+                return None
+            try:
+                got = self._claim_script(
+                    keys=[*self._streams, self._delayed, self._delayed_data], args=[GROUP, self.consumer]
+                )
+            except redis.RedisError as exc:
+                raise self._error(exc, "claim") from exc
+            if got[0] != 0:
+                return self._delivery(int(got[0]) - 1, got[1], got[2])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return None
+            next_due_ms = int(got[1])
+            if next_due_ms >= 0:
+                remaining = min(remaining, max(next_due_ms / 1000 - time.time(), 0.001))
+            delivery = self._block(remaining, cancel)
+            if delivery is not None:
+                return delivery
+
+    def _blocker(self) -> Any:
+        tid = threading.get_ident()
+        with self._blockers_lock:
+            held = self._blockers.get(tid)
+            if held is None:
+                client: Any = redis.Redis.from_url(self.url, single_connection_client=True)
+                held = self._blockers[tid] = (client, int(client.client_id()))
+            return held[0]
+
+    def _block(self, seconds: float, cancel: threading.Event | None) -> RedisDelivery | None:
+        """Wait for an entry on any stream (``XREADGROUP BLOCK``); the best one read is ours, any
+        other one read with it goes back."""
+        if cancel is not None and cancel.is_set():
+            return None
+        client = self._blocker()
+        try:
+            got = client.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict.fromkeys(self._streams, ">"),
+                count=1,
+                block=max(1, int(min(seconds, _MAX_BLOCK) * 1000)),
+            )
+        except redis.RedisError as exc:
+            if self._closed:
+                return None
+            raise self._error(exc, "claim") from exc
+        if not got:
+            return None
+        entries = []
+        for stream, items in got:
+            i = self._streams.index(_s(stream))
+            for entry_id, fields in items:
+                entries.append((i, entry_id, fields))
+        entries.sort(key=lambda e: e[0])
+        for i, entry_id, _ in entries[1:]:
+            self._release_script(keys=[self._streams[i]], args=[GROUP, entry_id, self.consumer])
+        i, entry_id, fields = entries[0]
+        return self._delivery(i, entry_id, fields)
+
+    def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery:
+        f = _fields(flat)
+        attempt = int(f.get("a", b"0")) + 1
+        try:
+            message = Message.decode(f["m"])
+        except Exception as exc:  # a poison entry: to the dead letters, and look again
+            self._dead_script(
+                keys=[self._streams[i], self._dead],
+                args=[
+                    GROUP,
+                    entry_id,
+                    self.consumer,
+                    orjson.dumps({"reason": f"cannot be decoded: {exc}", "attempts": attempt}),
+                    attempt,
+                ],
+            )
+            return self.claim()  # type: ignore[return-value]
+        due = int(f.get("d", b"0") or 0) / 1000
+        name = make_name(RANKS[i], compact_time(due or _ms_of(entry_id) / 1000), message.id, attempt)
+        return RedisDelivery(self, i, _s(entry_id), name, message, attempt, f["m"])
+
+    def wake(self) -> None:
+        """Make every blocked `claim` of this mailbox return now (``CLIENT UNBLOCK``)."""
+        with self._blockers_lock:
+            ids = [cid for _, cid in self._blockers.values()]
+        for cid in ids:
+            try:
+                self._r.client_unblock(cid)
+            except redis.RedisError:
+                pass
+
+    # -- settle (called by RedisDelivery) --------------------------------------------------------
+
+    def _settle(
+        self, d: RedisDelivery, script: Any, keys: builtins.list[str], extra: builtins.list[Any]
+    ) -> None:
+        self._check()
+        try:
+            owned = script(keys=keys, args=[GROUP, d.entry_id, self.consumer, *extra])
+        except redis.RedisError as exc:
+            raise self._error(exc, f"settle {d.name}") from exc
+        if not owned:
+            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
+
+    def _ack(self, d: RedisDelivery) -> None:
+        stream = self._streams[d._rank_index]
+        self._settle(d, self._ack_script, [stream, self._done], [self.done_retention, d.attempt])
+
+    def _nack(self, d: RedisDelivery, delay: float | None, error: str | None) -> None:
+        if attempts_used_up(d.attempt, self.max_attempts):
+            self._bury(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
+            return
+        wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
+        due_ms = int((time.time() + wait) * 1000)
+        token = f"{d.entry_id}:{d.attempt}"
+        packed = orjson.dumps(
+            {
+                "k": d._rank_index + 1,
+                "m": d._raw.decode("utf-8"),
+                "a": d.attempt,
+                "id": d.message.id,
+                "t": d.message.topic,
+                "r": RANKS[d._rank_index],
+                "d": due_ms,
+            }
+        )
+        stream = self._streams[d._rank_index]
+        self._settle(
+            d, self._nack_script, [stream, self._delayed, self._delayed_data], [due_ms, token, packed]
+        )
+
+    def _bury(self, d: RedisDelivery, reason: str, error: str | None) -> None:
+        why = orjson.dumps(
+            {
+                "reason": reason,
+                "last_error": error,
+                "message_file": d.name,
+                "id": d.message.id,
+                "topic": d.message.topic,
+                "attempts": d.attempt,
+            }
+        )
+        self._settle(d, self._dead_script, [self._streams[d._rank_index], self._dead], [why, d.attempt])
+
+    def _heartbeat(self, d: RedisDelivery) -> None:
+        self._settle(d, self._heartbeat_script, [self._streams[d._rank_index]], [])
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    def recover(self, *, now: float | None = None) -> RecoveryReport:
+        """Take back entries pending longer than the lease (judged at ``now``): back to ``new``, due
+        after the backoff, or to the dead letters past ``max_attempts``. Atomic per batch, so two
+        recoverers never take the same entry."""
+        self._check()
+        real = time.time()
+        ahead = 0.0 if now is None else now - real
+        min_idle = max(int((self.lease - ahead) * 1000), 0)
+        delays = [int(self.backoff.delay(n) * 1000) for n in range(1, _RECOVER_DELAYS + 1)]
+        report = RecoveryReport()
+        why = f"its lease of {self.lease:g}s expired"
+        try:
+            while True:
+                got = self._recover_script(
+                    keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
+                    args=[GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays],
+                )
+                ids = [_s(x) for x in got]
+                cut = ids.index("|")
+                report.expired += ids[:cut]
+                report.dead += ids[cut + 1 :]
+                if len(ids) - 1 < 100:
+                    break
+            self._forget_idle_consumers()
+        except redis.RedisError as exc:
+            raise self._error(exc, "recover") from exc
+        return report
+
+    def _forget_idle_consumers(self) -> None:
+        """Remove from the group the consumers that hold nothing and were idle for 10 leases."""
+        limit = int(self.lease * 10 * 1000)
+        for stream in self._streams:
+            for c in self._r.xinfo_consumers(stream, GROUP):
+                name = _s(c["name"])
+                if c["pending"] == 0 and c["idle"] > limit and name != self.consumer:
+                    self._r.xgroup_delconsumer(stream, GROUP, name)
+
+    # -- inspection and repair ----------------------------------------------------------------------
+
+    def _info(self, state: State, entry_id: Any, flat: Any, *, attempt: int | None = None) -> MessageInfo:
+        f = _fields(flat)
+        rank = _s(f.get("k", b"2M"))
+        due = int(f.get("d", b"0") or 0) / 1000 or _ms_of(entry_id) / 1000
+        msg_id = _s(f.get("id", b"?"))
+        tries = int(f.get("a", b"0")) if attempt is None else attempt
+        reason = None
+        if "r" in f:
+            try:
+                value = orjson.loads(f["r"])
+                reason = value if isinstance(value, dict) else {"reason": str(value)}
+            except orjson.JSONDecodeError:
+                reason = {"reason": "(unreadable reason)"}
+        return MessageInfo(
+            state=state,
+            name=make_name(rank, compact_time(due), msg_id, tries),
+            path=None,
+            id=msg_id,
+            attempt=tries,
+            due=compact_time(due),
+            size=len(f.get("m", b"")),
+            changed_at=_ms_of(entry_id) / 1000,
+            reason=reason,
+        )
+
+    def _entries(self, state: State) -> builtins.list[tuple[MessageInfo, bytes]]:
+        """(info, encoded message) of every message in ``state``."""
+        r = self._r
+        out: builtins.list[tuple[MessageInfo, bytes]] = []
+        if state in (State.DONE, State.DEAD):
+            for entry_id, flat in r.xrange(self._done if state is State.DONE else self._dead):
+                out.append((self._info(state, entry_id, flat), _fields(flat).get("m", b"")))
+            return out
+        for stream in self._streams:
+            pending = {
+                _s(p["message_id"]): p["times_delivered"]
+                for p in r.xpending_range(stream, GROUP, "-", "+", 1 << 30)
+            }
+            groups = {_s(g["name"]): g for g in r.xinfo_groups(stream)}
+            last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
+            if state is State.PROCESSING:
+                for entry_id, times in pending.items():
+                    for eid, flat in r.xrange(stream, entry_id, entry_id):
+                        tries = int(_fields(flat).get("a", b"0")) + int(times)
+                        out.append((self._info(state, eid, flat, attempt=tries), _fields(flat).get("m", b"")))
+            else:
+                for entry_id, flat in r.xrange(stream, f"({last}" if last != "0-0" else "-", "+"):
+                    if _s(entry_id) not in pending:
+                        out.append((self._info(state, entry_id, flat), _fields(flat).get("m", b"")))
+        if state is State.NEW:
+            for tok, packed in r.hgetall(self._delayed_data).items():
+                e = orjson.loads(packed)
+                info = MessageInfo(
+                    state=State.NEW,
+                    name=make_name(e["r"], compact_time(e["d"] / 1000), e["id"], e["a"]),
+                    path=None,
+                    id=e["id"],
+                    attempt=e["a"],
+                    due=compact_time(e["d"] / 1000),
+                    size=len(e["m"].encode()),
+                    changed_at=_ms_of(_s(tok).split(":", 1)[0]) / 1000,
+                )
+                out.append((info, e["m"].encode()))
+        return out
+
+    def list(self, state: State | str) -> builtins.list[MessageInfo]:
+        self._check()
+        try:
+            return sorted((info for info, _ in self._entries(State(state))), key=lambda i: i.name)
+        except redis.RedisError as exc:
+            raise self._error(exc, "list") from exc
+
+    def get(self, message_id: str) -> MessageInfo | None:
+        self._check()
+        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+            for info in self.list(state):
+                if message_id in (info.id, info.name):
+                    return info
+        return None
+
+    def read(self, info: MessageInfo) -> Message:
+        self._check()
+        for found, data in self._entries(info.state):
+            if found.name == info.name:
+                return Message.decode(data)
+        raise KeyError(f"{info.name} is no longer in {info.state.value}")
+
+    def requeue(
+        self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
+    ) -> builtins.list[str]:
+        src = State(from_state)
+        if src not in (State.DEAD, State.DONE):
+            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+        self._check()
+        key = self._dead if src is State.DEAD else self._done
+        out: builtins.list[str] = []
+        try:
+            for entry_id, flat in self._r.xrange(key):
+                info = self._info(src, entry_id, flat)
+                if message_id not in (info.id, info.name):
+                    continue
+                f = _fields(flat)
+                f.pop("r", None)
+                rank = _s(f.get("k", b"2M"))
+                now_ms = int(time.time() * 1000)
+                f["d"] = str(now_ms).encode()
+                if reset_attempts:
+                    f["a"] = b"0"
+                pipe = self._r.pipeline(transaction=True)
+                pipe.xadd(self._streams[RANKS.index(rank)], f)
+                pipe.xdel(key, entry_id)
+                pipe.execute()
+                out.append(make_name(rank, compact_time(now_ms / 1000), info.id or "?", int(f["a"])))
+        except redis.RedisError as exc:
+            raise self._error(exc, "requeue") from exc
+        return out
+
+    def purge(self, state: State | str, older_than: float = 0.0) -> int:
+        st = State(state)
+        if st not in (State.DONE, State.DEAD):
+            raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+        self._check()
+        cutoff_ms = int((time.time() - older_than) * 1000) + 1  # MINID keeps ids >= it
+        try:
+            return int(self._r.xtrim(self._done if st is State.DONE else self._dead, minid=cutoff_ms))
+        except redis.RedisError as exc:
+            raise self._error(exc, "purge") from exc
+
+    def stats(self) -> MailboxStats:
+        self._check()
+        now = time.time()
+        try:
+            lists = {st: self._entries(st) for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)}
+        except redis.RedisError as exc:
+            raise self._error(exc, "stats") from exc
+        states = {}
+        for st, entries in lists.items():
+            oldest = min((info.changed_at for info, _ in entries), default=None)
+            states[st] = StateStats(len(entries), None if oldest is None else max(now - oldest, 0.0))
+        delayed = sum(
+            1 for info, _ in lists[State.NEW] if info.due is not None and info.due > compact_time(now)
+        )
+        return MailboxStats(self.agent_id, states, delayed)
+
+
+class RedisDelivery:
+    """A message claimed from a `RedisMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
+
+    __slots__ = (
+        "_error",
+        "_mailbox",
+        "_rank_index",
+        "_raw",
+        "_settled",
+        "attempt",
+        "entry_id",
+        "message",
+        "name",
+    )
+
+    def __init__(
+        self,
+        mailbox: RedisMailbox,
+        rank_index: int,
+        entry_id: str,
+        name: str,
+        message: Message,
+        attempt: int,
+        raw: bytes,
+    ) -> None:
+        self._mailbox = mailbox
+        self._rank_index = rank_index
+        self.entry_id = entry_id
+        self.name = name
+        self.message = message
+        self.attempt = attempt
+        self._raw = raw
+        self._settled = False
+        self._error: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+        self._settled = True
+
+    def ack(self) -> None:
+        self._settle()
+        self._mailbox._ack(self)
+
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+        self._settle()
+        if error is not None:
+            self._error = str(error)
+        self._mailbox._nack(self, delay, self._error)
+
+    def dead(self, reason: str) -> None:
+        self._settle()
+        self._mailbox._bury(self, reason, self._error)
+
+    def heartbeat(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+        self._mailbox._heartbeat(self)
+
+    def __enter__(self) -> RedisDelivery:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._settled:
+            return
+        if exc is None:
+            self.ack()
+        else:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self.nack(error=self._error)
+
+    def __repr__(self) -> str:
+        return f"<RedisDelivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"

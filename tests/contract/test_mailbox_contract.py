@@ -1,0 +1,465 @@
+"""The mailbox contract (hybridcomms.backend), run against every backend: files, memory, Redis.
+
+This is the one place the contract is tested; each backend's own tests cover only what is its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hybridcomms import (
+    Backoff,
+    DeliveryError,
+    DeliveryLostError,
+    FileMailbox,
+    InvalidAgentIdError,
+    MailboxIOError,
+    Message,
+    MessageTooLargeError,
+    Priority,
+    State,
+)
+from hybridcomms.backend import Mailbox, MailboxDelivery
+from hybridcomms.memory import MemoryMailbox
+
+FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
+BACKENDS = ["file", "memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[..., Mailbox]]:
+    """``make(agent="A", **options)``: a mailbox of the backend under test (options every backend takes)."""
+    kind = request.param
+    opened: list[Any] = []
+    cleanup: list[Callable[[], None]] = []
+    if kind == "file":
+
+        def make(agent: str = "A", **kw: Any) -> Mailbox:
+            kw.setdefault("backoff", FAST)
+            mb = FileMailbox(tmp_path / "root", agent, fsync="never", **kw)
+            opened.append(mb)
+            return mb
+
+    elif kind == "memory":
+        store = uuid.uuid4().hex
+        cleanup.append(lambda: MemoryMailbox.forget_store(store))
+
+        def make(agent: str = "A", **kw: Any) -> Mailbox:
+            kw.setdefault("backoff", FAST)
+            mb = MemoryMailbox(agent, store=store, **kw)
+            opened.append(mb)
+            return mb
+
+    else:
+        import redis
+
+        from hybridcomms.redis_mailbox import RedisMailbox
+
+        url = request.getfixturevalue("redis_url")
+        namespace = f"hct-{uuid.uuid4().hex[:12]}"
+
+        def drop_keys() -> None:
+            client = redis.Redis.from_url(url)
+            keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+        cleanup.append(drop_keys)
+
+        def make(agent: str = "A", **kw: Any) -> Mailbox:
+            kw.setdefault("backoff", FAST)
+            mb = RedisMailbox(url, agent, namespace=namespace, **kw)
+            opened.append(mb)
+            return mb
+
+    yield make
+    for mb in opened:
+        mb.close()
+    for fn in cleanup:
+        fn()
+
+
+def count(mb: Mailbox, state: State) -> int:
+    return mb.stats().states[state].count
+
+
+def msg(topic: str = "task.build", payload: Any = None, **kw: Any) -> Message:
+    return Message(topic, {"n": 1} if payload is None else payload, sender="Producer", **kw)
+
+
+# -- put, claim, ack --------------------------------------------------------------------------------
+
+
+def test_put_claim_ack_round_trip(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    sent = msg(payload={"k": [1, 2.5, "é", None]}, headers={"h": "v"}, correlation_id="c1", reply_to="R")
+    mb.put(sent)
+    d = mb.claim()
+    assert isinstance(d, MailboxDelivery)
+    assert (d.message.id, d.message.topic, d.message.payload) == (sent.id, sent.topic, sent.payload)
+    assert (d.message.headers, d.message.correlation_id, d.message.reply_to) == ({"h": "v"}, "c1", "R")
+    assert d.attempt == 1 and not d.settled
+    assert count(mb, State.PROCESSING) == 1 and count(mb, State.NEW) == 0
+    d.ack()
+    assert d.settled
+    assert mb.claim() is None
+    assert (count(mb, State.NEW), count(mb, State.PROCESSING), count(mb, State.DONE)) == (0, 0, 1)
+
+
+def test_a_second_handle_sees_the_same_mailbox(make: Callable[..., Mailbox]) -> None:
+    producer, consumer = make(), make()
+    producer.put(msg())
+    d = consumer.claim()
+    assert d is not None
+    d.ack()
+
+
+def test_empty_claim_returns_none_at_once(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    t0 = time.monotonic()
+    assert mb.claim() is None
+    assert mb.claim(timeout=0) is None
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_claim_with_timeout_waits_that_long(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    t0 = time.monotonic()
+    assert mb.claim(timeout=0.3) is None
+    assert time.monotonic() - t0 >= 0.25
+
+
+def test_claim_with_timeout_gets_a_message_put_by_another_thread(make: Callable[..., Mailbox]) -> None:
+    consumer, producer = make(), make()
+    got: list[MailboxDelivery | None] = []
+    t = threading.Thread(target=lambda: got.append(consumer.claim(timeout=10)))
+    t.start()
+    producer.put(msg())
+    t.join(15)
+    assert got and got[0] is not None
+    got[0].ack()
+
+
+def test_wake_with_cancel_ends_a_blocking_claim(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    cancel = threading.Event()
+    done = threading.Event()
+    result: list[Any] = []
+
+    def consume() -> None:
+        result.append(mb.claim(timeout=30, cancel=cancel))
+        done.set()
+
+    t = threading.Thread(target=consume)
+    t0 = time.monotonic()
+    t.start()
+    cancel.set()
+    mb.wake()
+    assert done.wait(10), "the claim did not end"
+    t.join()
+    assert result == [None]
+    assert time.monotonic() - t0 < 10
+
+
+def test_put_returns_a_name_and_put_many_keeps_order(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    names = mb.put_many([msg(id=f"m{i}") for i in range(5)])
+    assert len(names) == 5 and all(isinstance(n, str) and n for n in names)
+    assert isinstance(mb.put(msg(id="m5")), str)
+    got = []
+    while (d := mb.claim()) is not None:
+        got.append(d.message.id)
+        d.ack()
+    assert got == [f"m{i}" for i in range(6)]
+
+
+def test_put_many_stores_all_or_nothing(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_message_size=2000)
+    with pytest.raises(MessageTooLargeError):
+        mb.put_many([msg(id="ok1"), msg(id="big", payload="x" * 5000), msg(id="ok2")])
+    assert count(mb, State.NEW) == 0
+    assert mb.claim() is None
+    assert mb.put_many([]) == []
+
+
+def test_a_too_large_message_is_refused(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_message_size=1000)
+    with pytest.raises(MessageTooLargeError):
+        mb.put(msg(payload="y" * 2000))
+    assert count(mb, State.NEW) == 0
+
+
+def test_unsafe_agent_ids_are_refused(make: Callable[..., Mailbox]) -> None:
+    for bad in ("../x", "a/b", "", ".hidden", "x" * 300):
+        with pytest.raises(InvalidAgentIdError):
+            make(bad)
+
+
+def test_a_closed_mailbox_refuses_work(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.close()
+    with pytest.raises(MailboxIOError):
+        mb.put(msg())
+    with pytest.raises(MailboxIOError):
+        mb.claim()
+
+
+# -- order ------------------------------------------------------------------------------------------
+
+
+def test_priority_first_then_age(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="low", priority=Priority.LOW))
+    mb.put(msg(id="med1"))
+    mb.put(msg(id="crit", priority=Priority.CRITICAL))
+    mb.put(msg(id="med2"))
+    mb.put(msg(id="high", priority=Priority.HIGH))
+    got = []
+    while (d := mb.claim()) is not None:
+        got.append(d.message.id)
+        d.ack()
+    assert got == ["crit", "high", "med1", "med2", "low"]
+
+
+def test_a_message_not_due_yet_waits(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.nack(delay=0.6)
+    assert mb.claim() is None, "delivered before its due time"
+    stats = mb.stats()
+    assert stats.states[State.NEW].count == 1 and stats.delayed == 1
+    t0 = time.monotonic()
+    again = mb.claim(timeout=10)
+    assert again is not None and again.message.id == "m"
+    assert time.monotonic() - t0 < 5, "a blocking claim missed the due time"
+    assert again.attempt == 2
+    again.ack()
+
+
+def test_a_delayed_message_does_not_hold_back_others(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="first", priority=Priority.HIGH))
+    d = mb.claim()
+    assert d is not None
+    d.nack(delay=60)
+    mb.put(msg(id="second", priority=Priority.LOW))
+    d2 = mb.claim()
+    assert d2 is not None and d2.message.id == "second"
+    d2.ack()
+
+
+# -- failing, attempts, dead letters ------------------------------------------------------------------
+
+
+def test_nack_redelivers_with_the_next_attempt(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=3)
+    mb.put(msg(id="m"))
+    for attempt in (1, 2):
+        d = mb.claim()
+        assert d is not None and d.attempt == attempt
+        d.nack(error="boom")
+    d = mb.claim()
+    assert d is not None and d.attempt == 3
+    d.ack()
+    assert count(mb, State.DONE) == 1 and count(mb, State.DEAD) == 0
+
+
+def test_the_last_failed_attempt_goes_to_dead_with_why(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=2)
+    mb.put(msg(id="m", topic="task.x"))
+    for _ in range(2):
+        d = mb.claim()
+        assert d is not None
+        d.nack(error=ValueError("bad input"))
+    assert mb.claim() is None
+    dead = mb.list(State.DEAD)
+    assert [i.id for i in dead] == ["m"]
+    reason = dead[0].reason
+    assert reason is not None
+    assert reason["reason"] == "failed 2 of 2 attempts"
+    assert "bad input" in reason["last_error"]
+    assert reason["id"] == "m" and reason["topic"] == "task.x" and reason["attempts"] == 2
+    assert mb.read(dead[0]).id == "m"
+
+
+def test_dead_now_with_a_reason(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.dead("not for us")
+    info = mb.get("m")
+    assert info is not None and info.state is State.DEAD
+    assert info.reason is not None and info.reason["reason"] == "not for us"
+
+
+def test_settling_twice_is_an_error(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg())
+    d = mb.claim()
+    assert d is not None
+    d.ack()
+    for settle in (d.ack, d.nack, lambda: d.dead("x"), d.heartbeat):
+        with pytest.raises(DeliveryError):
+            settle()
+
+
+def test_as_a_context_manager_acks_or_nacks(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="m"))
+    with pytest.raises(RuntimeError):
+        with mb.claim() as d:  # type: ignore[union-attr]
+            raise RuntimeError("handler failed")
+    assert d.settled
+    again = mb.claim()
+    assert again is not None and again.attempt == 2
+    with again:
+        pass
+    assert count(mb, State.DONE) == 1
+
+
+def test_requeue_from_dead_gives_a_fresh_count(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=1)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.nack(error="x")
+    assert count(mb, State.DEAD) == 1
+    names = mb.requeue("m")
+    assert len(names) == 1
+    assert count(mb, State.DEAD) == 0 and count(mb, State.NEW) == 1
+    again = mb.claim()
+    assert again is not None and again.attempt == 1 and again.message.id == "m"
+    again.ack()
+    assert mb.requeue("m", from_state=State.DONE) and count(mb, State.NEW) == 1
+    with pytest.raises(ValueError):
+        mb.requeue("m", from_state=State.PROCESSING)
+    assert mb.requeue("no-such-id") == []
+
+
+def test_purge_removes_done_and_dead(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=1)
+    mb.put_many([msg(id="a"), msg(id="b"), msg(id="c")])
+    for settle in ("ack", "ack", "nack"):
+        d = mb.claim()
+        assert d is not None
+        getattr(d, settle)()
+    assert mb.purge(State.DONE, older_than=3600) == 0
+    assert mb.purge(State.DONE) == 2
+    assert mb.purge(State.DEAD) == 1
+    assert count(mb, State.DONE) == 0 and count(mb, State.DEAD) == 0
+    with pytest.raises(ValueError):
+        mb.purge(State.NEW)
+
+
+# -- leases and recovery -----------------------------------------------------------------------------
+
+
+def test_recovery_takes_back_what_outlived_its_lease(make: Callable[..., Mailbox]) -> None:
+    mb = make(lease=5)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    assert not mb.recover(now=time.time() + 1)  # lease not over: nothing to do
+    report = mb.recover(now=time.time() + 30)
+    assert report.returned + report.expired == ["m"]
+    with pytest.raises(DeliveryLostError):
+        d.ack()
+    again = mb.claim(timeout=5)
+    assert again is not None and again.attempt == 2
+    again.ack()
+    assert count(mb, State.DONE) == 1
+
+
+def test_recovery_buries_a_message_whose_last_attempt_was_taken_back(make: Callable[..., Mailbox]) -> None:
+    mb = make(lease=5, max_attempts=1)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    report = mb.recover(now=time.time() + 30)
+    assert report.dead == ["m"]
+    info = mb.get("m")
+    assert info is not None and info.state is State.DEAD and info.reason is not None
+    assert "attempt 1 of 1" in info.reason["reason"]
+
+
+def test_heartbeat_extends_the_lease_and_tells_when_it_is_lost(make: Callable[..., Mailbox]) -> None:
+    mb = make(lease=2)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.heartbeat()
+    assert not mb.recover(now=time.time() + 1)
+    mb.recover(now=time.time() + 30)
+    with pytest.raises(DeliveryLostError):
+        d.heartbeat()
+
+
+def test_a_nack_after_recovery_is_lost_too(make: Callable[..., Mailbox]) -> None:
+    mb = make(lease=5)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    mb.recover(now=time.time() + 30)
+    with pytest.raises(DeliveryLostError):
+        d.nack(error="late")
+    assert count(mb, State.NEW) == 1 and count(mb, State.DEAD) == 0
+
+
+# -- looking ----------------------------------------------------------------------------------------
+
+
+def test_list_get_and_read_follow_the_states(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put_many([msg(id="a"), msg(id="b")])
+    assert [i.id for i in mb.list(State.NEW)] == ["a", "b"]
+    d = mb.claim()
+    assert d is not None
+    info = mb.get("a")
+    assert info is not None and info.state is State.PROCESSING and info.attempt == 1
+    assert [i.id for i in mb.list("processing")] == ["a"]
+    assert mb.read(info).payload == {"n": 1}
+    d.ack()
+    info = mb.get("a")
+    assert info is not None and info.state is State.DONE
+    assert mb.get("nothing") is None
+    stats = mb.stats()
+    assert stats.agent_id == "A"
+    assert stats.states[State.NEW].count == 1 and stats.states[State.DONE].count == 1
+    assert stats.states[State.NEW].oldest_age is not None and stats.states[State.NEW].oldest_age >= 0
+    assert stats.states[State.DEAD].oldest_age is None
+
+
+# -- many consumers -----------------------------------------------------------------------------------
+
+
+def test_many_consumer_threads_take_each_message_once(make: Callable[..., Mailbox]) -> None:
+    producer = make()
+    n = 200
+    producer.put_many([msg(id=f"m{i}") for i in range(n)])
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        mb = make()
+        while (d := mb.claim(timeout=0.2)) is not None:
+            with lock:
+                taken.append(d.message.id)
+            d.ack()
+
+    threads = [threading.Thread(target=consume) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(taken) == sorted(f"m{i}" for i in range(n))
+    assert count(producer, State.DONE) == n
