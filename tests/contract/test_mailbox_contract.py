@@ -316,9 +316,10 @@ def test_settling_twice_is_an_error(make: Callable[..., Mailbox]) -> None:
 def test_as_a_context_manager_acks_or_nacks(make: Callable[..., Mailbox]) -> None:
     mb = make()
     mb.put(msg(id="m"))
-    with pytest.raises(RuntimeError):
-        with mb.claim() as d:  # type: ignore[union-attr]
-            raise RuntimeError("handler failed")
+    d = mb.claim()
+    assert d is not None
+    with pytest.raises(RuntimeError), d:
+        raise RuntimeError("handler failed")
     assert d.settled
     again = mb.claim()
     assert again is not None and again.attempt == 2
