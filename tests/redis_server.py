@@ -35,6 +35,7 @@ class RedisServer:
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, appendonly: bool = True) -> None:
         self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="hc-redis-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
