@@ -57,7 +57,10 @@ from .message import Message
 from .recovery import RecoveryReport
 from .states import State
 
-__all__ = ["Mailbox", "MailboxDelivery", "open_mailbox"]
+__all__ = ["URL_ENV", "Mailbox", "MailboxDelivery", "open_mailbox"]
+
+#: Where the mailboxes are, for `Comms` and the CLI when no URL is given (else files under the root).
+URL_ENV = "HYBRIDCOMMS_URL"
 
 
 @runtime_checkable

@@ -32,24 +32,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from . import _fs
 from . import intake as _intake
-from ._locking import hold_lock_file
+from .backend import URL_ENV, Mailbox, MailboxDelivery, open_mailbox
 from .bus import AgentBus, Event, default_bus, pattern_matches
-from .delivery import Delivery
 from .errors import HybridCommsError
-from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
+from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id
 from .message import Message, Priority
 from .policy import Policy, Route
+from .registry import registry_for
 from .retry import Backoff, attempts_used_up
 
 __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sent"]
 
 log = logging.getLogger("hybridcomms.comms")
 
-SUBSCRIPTIONS_FILE = "subscriptions.json"
 REPLY_HEADER = "hybridcomms.reply"
 EXPIRES_HEADER = "hybridcomms.expires_at"
 DEAD_LETTER_TOPIC = "hybridcomms.deadletter"
@@ -114,6 +110,10 @@ class Comms:
         recover_every   the consumer loop runs mailbox recovery this often (seconds; 0: never)
         legacy_intake   take Dream.OS legacy drops beside the mailbox into it: None (default) when
                         configured (`hybridcomms.intake`), True or False to say so
+        url             where the mailboxes are: None (default: ``$HYBRIDCOMMS_URL``, else files under
+                        ``root``), ``redis://…``/``rediss://…`` (Redis Streams, a fleet across hosts) or
+                        ``memory://<store>``; see `hybridcomms.backend.open_mailbox`. A policy rule may
+                        name another backend for its route (``backend = "redis://…"``).
     """
 
     def __init__(
@@ -130,9 +130,11 @@ class Comms:
         dead_letter_topic: str = DEAD_LETTER_TOPIC,
         recover_every: float = 30.0,
         legacy_intake: bool | None = None,
+        url: str | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.root = Path(root)
+        self.url = (url if url is not None else os.environ.get(URL_ENV, "")) or None
         if policy is None:
             policy = Policy()
         elif not isinstance(policy, Policy):
@@ -141,14 +143,15 @@ class Comms:
         self.bus = bus if bus is not None else default_bus()
         self.dead_letter_topic = dead_letter_topic
         self.recover_every = recover_every
+        self.fsync = fsync
         self._mailbox_options: dict[str, Any] = {
-            "fsync": fsync,
             "max_attempts": max_attempts,
             "backoff": backoff,
             "lease": lease,
         }
-        self.mailbox = FileMailbox(self.root, agent_id, **self._mailbox_options)
-        self._outboxes: OrderedDict[str, FileMailbox] = OrderedDict()
+        self.mailbox: Mailbox = self._open(self.url, agent_id)
+        self._registry = registry_for(self.root, self.url, getattr(self.mailbox, "file_mode", 0o600))
+        self._outboxes: OrderedDict[tuple[str | None, str], Mailbox] = OrderedDict()
         self._outbox_lock = threading.Lock()
         self._handlers: dict[str, list[Handler]] = {}
         self._bus_adapters: dict[tuple[str, Handler], Callable[[Event], Any]] = {}
@@ -161,7 +164,11 @@ class Comms:
         self._closed = False
         # Legacy drops beside the mailbox are looked at only when an intake is configured (intake.py).
         plugin = _intake.get(policy, force=legacy_intake)
-        self._intake_probe = plugin.prober(self.mailbox) if plugin is not None else None
+        self._intake_probe = (
+            plugin.prober(self.mailbox)
+            if plugin is not None and isinstance(self.mailbox, FileMailbox)
+            else None
+        )
         self._next_legacy_look = 0.0
 
     # -- sending ------------------------------------------------------------------------------
@@ -229,9 +236,10 @@ class Comms:
         durable_to: tuple[str, ...] = ()
         if route.durable:
             targets = recipients if recipients is not None else self.durable_subscribers(message.topic)
+            backend = decision.rule.backend if decision.rule is not None else None
             for agent in targets:
                 copy = message if message.recipient == agent else replace(message, recipient=agent)
-                self._outbox(agent).put(copy)
+                self._outbox(agent, backend).put(copy)
             durable_to = tuple(targets)
         handlers = 0
         if route.ephemeral:
@@ -246,39 +254,40 @@ class Comms:
             handlers = self.bus.publish(event).handlers
         return Sent(message, route, decision.reason, durable_to, handlers)
 
-    def _outbox(self, agent: str) -> FileMailbox:
-        if agent == self.agent_id:
+    def _open(self, url: str | None, agent: str) -> Mailbox:
+        if url is None or url == "local":
+            return FileMailbox(self.root, agent, fsync=self.fsync, **self._mailbox_options)
+        if "://" not in url or url.startswith("file://"):
+            return open_mailbox(url, agent, fsync=self.fsync, **self._mailbox_options)
+        return open_mailbox(url, agent, **self._mailbox_options)
+
+    def _outbox(self, agent: str, backend: str | None = None) -> Mailbox:
+        """The mailbox a message to ``agent`` goes into: on this Comms's backend, or on the one a
+        policy rule names."""
+        where = self.url if backend is None or backend == "local" else backend
+        if agent == self.agent_id and where == self.url:
             return self.mailbox
+        key = (where, agent)
         with self._outbox_lock:
-            mb = self._outboxes.get(agent)
+            mb = self._outboxes.get(key)
             if mb is None:
-                mb = FileMailbox(self.root, agent, **self._mailbox_options)
-                self._outboxes[agent] = mb
-                if len(self._outboxes) > 64:  # keep open folders bounded
+                mb = self._open(where, agent)
+                self._outboxes[key] = mb
+                if len(self._outboxes) > 64:  # keep open folders and connections bounded
                     _, oldest = self._outboxes.popitem(last=False)
                     oldest.close()
             else:
-                self._outboxes.move_to_end(agent)
+                self._outboxes.move_to_end(key)
             return mb
 
     # -- durable subscriptions on disk ------------------------------------------------------------
 
     def durable_subscribers(self, topic: str) -> list[str]:
-        """Agents under the root whose recorded subscriptions match ``topic``."""
-        return durable_subscribers(self.root, topic)
+        """Agents whose recorded subscriptions match ``topic`` (under the root, or on Redis)."""
+        return self._registry.subscribers(topic)
 
     def _record_pattern(self, pattern: str, add: bool) -> None:
-        path = self.root / self.agent_id / SUBSCRIPTIONS_FILE
-        with hold_lock_file(str(path) + ".lock"):
-            patterns = _read_subscriptions(path)
-            if add and pattern not in patterns:
-                patterns.append(pattern)
-            elif not add and pattern in patterns:
-                patterns.remove(pattern)
-            else:
-                return
-            data = orjson.dumps({"agent": self.agent_id, "patterns": patterns}, option=orjson.OPT_INDENT_2)
-            _fs.replace_atomically(path, data, self.mailbox.file_mode)
+        self._registry.record(self.agent_id, pattern, add)
 
     # -- subscribing ----------------------------------------------------------------------------
 
@@ -369,7 +378,7 @@ class Comms:
             return 0
         return int(taken or 0)
 
-    def _dispatch(self, d: Delivery) -> None:
+    def _dispatch(self, d: MailboxDelivery) -> None:
         message = d.message
         headers = message.headers
         if headers:
@@ -416,13 +425,13 @@ class Comms:
             loop = self.bus._background_loop()
         asyncio.run_coroutine_threadsafe(run(), loop).result()
 
-    def _fail(self, d: Delivery, error: str) -> None:
+    def _fail(self, d: MailboxDelivery, error: str) -> None:
         last = attempts_used_up(d.attempt, self.mailbox.max_attempts)
         d.nack(error=error)
         if last:
             self._dead_letter_event(d, f"failed {d.attempt} of {self.mailbox.max_attempts} attempts", error)
 
-    def _dead_letter_event(self, d: Delivery, reason: str, error: str | None) -> None:
+    def _dead_letter_event(self, d: MailboxDelivery, reason: str, error: str | None) -> None:
         m = d.message
         self.bus.publish(
             self.dead_letter_topic,
@@ -439,7 +448,7 @@ class Comms:
             correlation_id=m.id,
         )
 
-    def _take_reply(self, d: Delivery) -> None:
+    def _take_reply(self, d: MailboxDelivery) -> None:
         with self._lock:
             future = self._pending.pop(d.message.correlation_id or "", None)
         d.ack()
@@ -588,6 +597,7 @@ class Comms:
                 mb.close()
             self._outboxes.clear()
         self.mailbox.close()
+        self._registry.close()
 
     def __enter__(self) -> Comms:
         return self.start()
@@ -625,45 +635,3 @@ def _message_of(event: Event) -> Message:
     return Message(
         event.topic, event.payload, sender=event.source, correlation_id=event.correlation_id, id=msg_id
     )
-
-
-_patterns_cache: dict[Path, tuple[int, int, tuple[str, ...]]] = {}
-
-
-def durable_subscribers(root: str | os.PathLike[str], topic: str) -> list[str]:
-    """Agents under ``root`` whose ``subscriptions.json`` has a pattern matching ``topic`` (each file
-    is read again only when its size or mtime changed)."""
-    base = Path(root)
-    return [a for a in list_agents(base) if any(pattern_matches(p, topic) for p in _patterns_of(base / a))]
-
-
-def _patterns_of(agent_dir: Path) -> tuple[str, ...]:
-    path = agent_dir / SUBSCRIPTIONS_FILE
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ()
-    cached = _patterns_cache.get(path)
-    if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
-        return cached[2]
-    patterns = tuple(_read_subscriptions(path))
-    if len(_patterns_cache) > 10_000:
-        _patterns_cache.clear()
-    _patterns_cache[path] = (st.st_mtime_ns, st.st_size, patterns)
-    return patterns
-
-
-def _read_subscriptions(path: Path) -> list[str]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    try:
-        data = orjson.loads(raw)
-        patterns = data["patterns"]
-        if isinstance(patterns, list) and all(isinstance(p, str) for p in patterns):
-            return patterns
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
-    log.warning("%s is not a valid subscriptions file; ignoring it", path)
-    return []

@@ -128,9 +128,12 @@ class MemoryMailbox:
 
     @classmethod
     def forget_store(cls, store: str) -> None:
-        """Drop every mailbox of a store (tests)."""
+        """Drop every mailbox of a store, and its durable subscriptions (tests)."""
+        from .registry import MemoryRegistry
+
         with cls._stores_lock:
             cls._stores.pop(store, None)
+        MemoryRegistry.forget_store(store)
 
     def __repr__(self) -> str:
         return f"<MemoryMailbox memory://{self.store} {self.agent_id}>"

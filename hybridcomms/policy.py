@@ -122,6 +122,7 @@ class Rule:
     name: str = ""
     addressed: bool | None = None
     min_priority: Priority | None = None
+    backend: str | None = None  # where its durable copies go: a mailbox URL (redis://…), or None
     _compiled: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +133,8 @@ class Rule:
         object.__setattr__(self, "route", Route.parse(self.route))
         if self.min_priority is not None and not isinstance(self.min_priority, Priority):
             object.__setattr__(self, "min_priority", Priority.parse(self.min_priority))
+        if self.backend is not None:
+            _check_backend(self.backend)
         object.__setattr__(self, "_compiled", tuple(compile_pattern(p) for p in self.patterns))
 
     def matching_pattern(self, topic: str, priority: Priority, addressed: bool) -> str | None:
@@ -150,6 +153,8 @@ class Rule:
             bits.append("addressed only" if self.addressed else "broadcasts only")
         if self.min_priority is not None:
             bits.append(f"priority >= {self.min_priority.name}")
+        if self.backend is not None:
+            bits.append(f"backend={_shown_url(self.backend)}")
         return f"{self.name or '(unnamed)'}: " + "; ".join(bits)
 
 
@@ -400,7 +405,24 @@ def _critical(decision: Decision, prio: Priority) -> Decision:
     return decision
 
 
-_RULE_KEYS = {"name", "match", "route", "addressed", "min_priority"}
+_RULE_KEYS = {"name", "match", "route", "addressed", "min_priority", "backend"}
+_BACKEND_SCHEMES = ("redis", "rediss", "unix", "memory", "file")
+
+
+def _check_backend(backend: object) -> None:
+    if not isinstance(backend, str) or not (
+        backend == "local" or (backend.split("://", 1)[0].lower() in _BACKEND_SCHEMES and "://" in backend)
+    ):
+        raise PolicyError(
+            "'backend' must be \"local\" or a mailbox URL "
+            f"({', '.join(s + '://' for s in _BACKEND_SCHEMES)}), not {backend!r}"
+        )
+
+
+def _shown_url(url: str) -> str:
+    """A URL without its password."""
+    head, sep, tail = url.partition("@")
+    return f"{head.partition('://')[0]}://***@{tail}" if sep else url
 
 
 def _rule_from(raw: object, index: int, *, source: str, line: int | None) -> Rule:
@@ -426,7 +448,10 @@ def _rule_from(raw: object, index: int, *, source: str, line: int | None) -> Rul
         raise fail("'name' must be a string")
     try:
         min_priority = Priority.parse(raw["min_priority"]) if "min_priority" in raw else None
-        return Rule(tuple(patterns), Route.parse(raw["route"]), name, addressed, min_priority)
+        backend = raw.get("backend")
+        if backend is not None:
+            _check_backend(backend)
+        return Rule(tuple(patterns), Route.parse(raw["route"]), name, addressed, min_priority, backend)
     except PolicyError as exc:
         raise fail(exc.reason) from None
     except MessageError as exc:

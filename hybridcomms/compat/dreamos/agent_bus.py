@@ -36,10 +36,11 @@ from typing import Any
 
 from ...bus import AgentBus as _CoreBus
 from ...bus import Event
-from ...comms import Comms, Received, durable_subscribers
+from ...comms import Comms, Received
 from ...mailbox import check_agent_id
 from ...message import Message, Priority
 from ...policy import Policy
+from ...registry import durable_subscribers
 from ._bus_event_types import EventType
 from ._bus_events import (
     AgentErrorEvent,
