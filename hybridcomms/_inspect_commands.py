@@ -25,6 +25,7 @@ from . import _fs, inspection
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
+from .backend import Mailbox
 from .errors import HybridCommsError
 from .inspection import MessageInfo
 from .mailbox import FileMailbox, check_agent_id, list_agents
@@ -57,14 +58,14 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _topic_of(mb: FileMailbox, info: MessageInfo) -> str | None:
+def _topic_of(mb: Mailbox, info: MessageInfo) -> str | None:
     try:
         return mb.read(info).topic
-    except (OSError, HybridCommsError):
+    except (OSError, HybridCommsError, KeyError):
         return None
 
 
-def _row(mb: FileMailbox, info: MessageInfo, now: float, topic: str | None) -> dict[str, Any]:
+def _row(mb: Mailbox, info: MessageInfo, now: float, topic: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "agent": mb.agent_id,
         "state": info.state.value,
@@ -81,7 +82,7 @@ def _row(mb: FileMailbox, info: MessageInfo, now: float, topic: str | None) -> d
     return row
 
 
-def cmd_ls(args: argparse.Namespace, mb: FileMailbox) -> int:
+def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
     states = [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
     now = time.time()
     rows = []
@@ -109,14 +110,22 @@ def cmd_ls(args: argparse.Namespace, mb: FileMailbox) -> int:
     return EXIT_OK
 
 
-def _mailboxes(root: Path, agents: Iterable[str] | None) -> Iterator[FileMailbox]:
+def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None) -> Iterator[Mailbox]:
+    if url is not None:
+        from .backend import open_mailbox
+        from .redis_mailbox import redis_agents
+
+        for agent in agents or redis_agents(url):
+            with open_mailbox(url, check_agent_id(agent), create=False) as remote:
+                yield remote
+        return
     for agent in agents or list_agents(root):
         with FileMailbox(root, check_agent_id(agent), create=False, fsync="never") as mb:
             yield mb
 
 
-def cmd_show(args: argparse.Namespace, root: Path) -> int:
-    for mb in _mailboxes(root, [args.agent] if args.agent else None):
+def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> int:
+    for mb in _mailboxes(root, [args.agent] if args.agent else None, url):
         info = mb.get(args.id)
         if info is None:
             continue
@@ -129,7 +138,7 @@ def cmd_show(args: argparse.Namespace, root: Path) -> int:
         }
         try:
             out["message"] = mb.read(info).to_dict()
-        except (OSError, HybridCommsError) as exc:
+        except (OSError, HybridCommsError, KeyError) as exc:
             out["message"] = None
             out["unreadable"] = str(exc)
         if info.reason is not None:
@@ -150,20 +159,23 @@ def cmd_show(args: argparse.Namespace, root: Path) -> int:
                 )
             _print_json(out["message"])
         return EXIT_OK
-    print(f"hybridcomms show: no message {args.id!r} under {root}", file=sys.stderr)
+    print(f"hybridcomms show: no message {args.id!r} under {url or root}", file=sys.stderr)
     return EXIT_ERROR
 
 
-def cmd_requeue(args: argparse.Namespace, mb: FileMailbox) -> int:
+def cmd_requeue(args: argparse.Namespace, mb: Mailbox) -> int:
     if bool(args.ids) == bool(args.all_dead):
         raise SystemExit("hybridcomms requeue: give message ids or --all-dead (not both)")
     moved: list[str] = []
     missing: list[str] = []
-    if args.all_dead:
+    if args.all_dead and isinstance(mb, FileMailbox):
         dead = mb.list(State.DEAD)  # one listing for all of them
         progress = Progress("requeue", len(dead))
         moved = inspection.requeue_infos(mb, dead, State.DEAD, args.reset_attempts, progress.step)
         progress.end()
+    elif args.all_dead:
+        for key in dict.fromkeys(i.id or i.name for i in mb.list(State.DEAD)):
+            moved += mb.requeue(key, reset_attempts=args.reset_attempts)
     else:
         for key in args.ids:
             names = mb.requeue(key, reset_attempts=args.reset_attempts)
@@ -180,8 +192,10 @@ def cmd_requeue(args: argparse.Namespace, mb: FileMailbox) -> int:
     return EXIT_ERROR if missing else EXIT_OK
 
 
-def cmd_purge(args: argparse.Namespace, mb: FileMailbox) -> int:
+def cmd_purge(args: argparse.Namespace, mb: Mailbox) -> int:
     state = State(args.state)
+    if not isinstance(mb, FileMailbox):
+        return _purge_elsewhere(args, mb, state)
     victims = inspection.older(mb, state, args.older_than)
     if args.dry_run:
         if args.json:
@@ -196,6 +210,29 @@ def cmd_purge(args: argparse.Namespace, mb: FileMailbox) -> int:
     progress = Progress("purge", len(victims))
     removed = inspection.remove(mb, state, victims, progress.step)
     progress.end()
+    if args.json:
+        _print_json({"agent": mb.agent_id, "state": state.value, "deleted": removed})
+    else:
+        print(f"{mb.agent_id}: deleted {removed} from {state.value}/")
+    return EXIT_OK
+
+
+def _purge_elsewhere(args: argparse.Namespace, mb: Mailbox, state: State) -> int:
+    """``purge`` on a backend without files: its own `purge` (or a count, with --dry-run)."""
+    if state not in (State.DONE, State.DEAD):
+        raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
+    if args.dry_run:
+        cutoff = time.time() - args.older_than
+        names = [i.name for i in mb.list(state) if i.changed_at <= cutoff]
+        if args.json:
+            _print_json({"agent": mb.agent_id, "state": state.value, "would_delete": names})
+        else:
+            print(
+                f"{mb.agent_id}: would delete {len(names)} from {state.value}/ "
+                f"(older than {human_age(args.older_than)})"
+            )
+        return EXIT_OK
+    removed = mb.purge(state, args.older_than)
     if args.json:
         _print_json({"agent": mb.agent_id, "state": state.value, "deleted": removed})
     else:

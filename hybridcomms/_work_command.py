@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
+from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import EXPIRES_HEADER, REPLY_HEADER
-from .delivery import Delivery
 from .errors import HybridCommsError
 from .mailbox import FileMailbox
 from .message import Message
@@ -46,7 +46,7 @@ STDERR_TAIL = 2000  # bytes of stderr kept in a dead-letter reason
 
 
 class Worker:
-    def __init__(self, args: argparse.Namespace, mailbox: FileMailbox, command: list[str]) -> None:
+    def __init__(self, args: argparse.Namespace, mailbox: Mailbox, command: list[str]) -> None:
         self.args = args
         self.mb = mailbox
         self.command = command
@@ -113,7 +113,7 @@ class Worker:
 
     # -- one message --------------------------------------------------------------------------
 
-    def _handle(self, d: Delivery) -> None:
+    def _handle(self, d: MailboxDelivery) -> None:
         m = d.message
         expires = m.headers.get(EXPIRES_HEADER)
         if isinstance(expires, (int, float)) and expires < time.time():
@@ -165,7 +165,7 @@ class Worker:
             self._fail(d, f"exit status {code}", code, seconds, err)
 
     def _wait(
-        self, proc: subprocess.Popen[bytes], d: Delivery, data: bytes, started: float
+        self, proc: subprocess.Popen[bytes], d: MailboxDelivery, data: bytes, started: float
     ) -> tuple[bytes, bytes, int | None, str | None]:
         """Feed stdin, collect stdout/stderr, renew the lease; kill on timeout or past the grace.
         Returns (stdout, stderr, exit status, why it was stopped or None)."""
@@ -200,7 +200,7 @@ class Worker:
                     out, err = proc.communicate()
                     return out, err, proc.returncode, "lease lost"
 
-    def _fail(self, d: Delivery, why: str, code: int | None, seconds: float, err: bytes = b"") -> None:
+    def _fail(self, d: MailboxDelivery, why: str, code: int | None, seconds: float, err: bytes = b"") -> None:
         tail = err[-STDERR_TAIL:].decode("utf-8", "replace").strip()
         text = f"{why}: {tail}" if tail else why
         if why == "lease lost":
@@ -234,7 +234,11 @@ class Worker:
             headers={REPLY_HEADER: True},
         )
         try:
-            with FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False) as box:
+            if isinstance(self.mb, FileMailbox):
+                box: Mailbox = FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False)
+            else:
+                box = open_mailbox(getattr(self.mb, "url", ""), to, create=False)
+            with box:
                 box.put(reply)
         except (OSError, HybridCommsError) as exc:
             print(f"hybridcomms work: reply to {to} failed: {exc}", file=sys.stderr, flush=True)
@@ -242,7 +246,7 @@ class Worker:
         return True
 
     def _report(
-        self, d: Delivery, outcome: str, code: int | None, seconds: float, error: str | None = None
+        self, d: MailboxDelivery, outcome: str, code: int | None, seconds: float, error: str | None = None
     ) -> None:
         m = d.message
         if self.metrics is not None:
@@ -289,6 +293,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         args.agent,
         "work",
         args.create,
+        url=getattr(args, "url_resolved", None),
         fsync=args.fsync or "always",
         max_attempts=args.max_attempts,
         lease=args.lease,

@@ -140,6 +140,10 @@ class Mailbox(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
     """The mailbox of ``agent_id`` at ``where``:

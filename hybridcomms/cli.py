@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__
+from .backend import Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
@@ -147,7 +148,8 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         headers=_headers(args.header),
         **options,
     )
-    legacy = None if args.adopt else _legacy_status(root, check_agent_id(args.to))
+    url = args.url_resolved
+    legacy = None if args.adopt or url else _legacy_status(root, check_agent_id(args.to))
     if legacy is not None:
         # Delivery follows the recipient: a Dream.OS agent still reading its legacy files gets the
         # message there, in the form it reads; its mailbox is not created behind its back.
@@ -163,7 +165,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    with FileMailbox(root, args.to, fsync=args.fsync) as mb:
+    with _open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
         existing = mb.get(message.id) if args.id else None
         if existing is not None:  # an idempotent resend: the message is there already
             print(message.id)
@@ -206,7 +208,34 @@ def _need_root(root: Path, command: str, create: bool) -> None:
         )
 
 
-def _open_existing(root: Path, agent: str, command: str, create: bool, **options: Any) -> FileMailbox:
+def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """``--url``, else ``$HYBRIDCOMMS_URL``; None for files under the root."""
+    from .backend import URL_ENV
+
+    env = os.environ if environ is None else environ
+    url = arg or env.get(URL_ENV) or None
+    if url is None:
+        return None
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        raise SystemExit(
+            "hybridcomms: a memory:// mailbox lives inside one process; a command cannot reach it"
+        )
+    if scheme not in ("redis", "rediss", "unix", "file"):
+        raise SystemExit(f"hybridcomms: --url {url!r}: use redis://, rediss:// or file://")
+    return url
+
+
+def _open_existing(
+    root: Path, agent: str, command: str, create: bool, url: str | None = None, **options: Any
+) -> Mailbox:
+    if url is not None:
+        from .backend import open_mailbox
+
+        file_only = ("fsync",)
+        return open_mailbox(
+            url, agent, create=create, **{k: v for k, v in options.items() if k not in file_only}
+        )
     _need_root(root, command, create)
     if not create and not (root / check_agent_id(agent) / "new").is_dir():
         raise SystemExit(f"hybridcomms {command}: no mailbox for {agent} under {root} (--create makes it)")
@@ -220,14 +249,15 @@ def _message_json(message: Message, **extra: Any) -> dict[str, Any]:
 
 
 def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
-    legacy = _legacy_status(root, check_agent_id(args.agent))
+    url = args.url_resolved
+    legacy = None if url else _legacy_status(root, check_agent_id(args.agent))
     if legacy is not None and not args.adopt:
         print(_legacy_refusal("recv", legacy), file=sys.stderr)
         return EXIT_ERROR
     if args.count < 1:
         raise SystemExit("hybridcomms recv: --count must be at least 1")
     create = args.create or legacy is not None
-    with _open_existing(root, args.agent, "recv", create, fsync=args.fsync) as mb:
+    with _open_existing(root, args.agent, "recv", create, url, fsync=args.fsync) as mb:
         if legacy is not None:  # adopted now, explicitly: take what its legacy writers dropped
             from .compat.dreamos.legacy import ingest
 
@@ -262,7 +292,7 @@ def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
-def _peek(mb: FileMailbox, args: argparse.Namespace, lines: bool) -> int:
+def _peek(mb: Mailbox, args: argparse.Namespace, lines: bool) -> int:
     """The next messages in claim order, without claiming them (nothing changes)."""
     infos = sorted(mb.list(State.NEW), key=lambda i: i.name)
     shown = 0
@@ -271,7 +301,7 @@ def _peek(mb: FileMailbox, args: argparse.Namespace, lines: bool) -> int:
             break
         try:
             message = mb.read(info)
-        except (OSError, HybridCommsError):
+        except (OSError, HybridCommsError, KeyError):
             continue  # claimed meanwhile, or undecodable (the next claim dead-letters it)
         out = _message_json(message, state="new", file=info.name)
         if lines:
@@ -285,7 +315,7 @@ def _peek(mb: FileMailbox, args: argparse.Namespace, lines: bool) -> int:
     return EXIT_OK
 
 
-def _stop_on_signals(mb: FileMailbox) -> threading.Event:
+def _stop_on_signals(mb: Mailbox) -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -298,7 +328,13 @@ def _stop_on_signals(mb: FileMailbox) -> threading.Event:
 
 
 def _agents(args: argparse.Namespace, root: Path) -> list[str]:
-    return [check_agent_id(a) for a in args.agents] if args.agents else list_agents(root)
+    if args.agents:
+        return [check_agent_id(a) for a in args.agents]
+    if args.url_resolved:
+        from .redis_mailbox import redis_agents
+
+        return redis_agents(args.url_resolved)
+    return list_agents(root)
 
 
 def _legacy_agents(root: Path) -> list[str]:
@@ -352,6 +388,9 @@ def _failing(conditions: list[str], rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
+    url = args.url_resolved
+    if url:
+        return _stats_rows(args, str(_shown_url(url)), [], _remote_rows(args, url))
     _need_root(root, "stats", False)
     if args.prometheus:
         from .metrics import registry_for, write_textfile
@@ -368,11 +407,35 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
             continue
         with _open_existing(root, agent, "stats", False) as mb:
             rows.append(mb.stats().to_dict())
+    return _stats_rows(args, str(root), legacy_rows, rows)
+
+
+def _shown_url(url: str) -> str:
+    from .policy import _shown_url as shown
+
+    return shown(url)
+
+
+def _remote_rows(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    if args.prometheus:
+        raise SystemExit(
+            "hybridcomms stats: --prometheus reads mailbox files; with --url use the Redis exporter"
+        )
+    rows = []
+    for agent in _agents(args, Path()):
+        with _open_existing(Path(), agent, "stats", False, url) as mb:
+            rows.append(mb.stats().to_dict())
+    return rows
+
+
+def _stats_rows(
+    args: argparse.Namespace, where: str, legacy_rows: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> int:
     failing = _failing(args.fail_if, rows)
     for line in failing:
         print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
     if args.json:
-        _print_json({"root": str(root), "agents": rows, "legacy": legacy_rows})
+        _print_json({"root": where, "agents": rows, "legacy": legacy_rows})
         return EXIT_ERROR if failing else EXIT_OK
     for status in legacy_rows:
         print(
@@ -381,7 +444,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         )
     if not rows:
         if not legacy_rows:
-            print(f"no mailboxes under {root}")
+            print(f"no mailboxes under {where}")
         return EXIT_ERROR if failing else EXIT_OK
     from ._inspect_commands import human_age
 
@@ -399,11 +462,13 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
 
 def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
     """Every mailbox is tried, whatever happens to one of them; the exit is non-zero if any failed."""
-    _need_root(root, "recover", False)
+    url = args.url_resolved
+    if not url:
+        _need_root(root, "recover", False)
     failed = 0
     for agent in _agents(args, root):
         try:
-            with FileMailbox(root, agent, create=False) as mb:
+            with _open_existing(root, agent, "recover", False, url) as mb:
                 rep = mb.recover()
         except Exception as exc:
             failed += 1
@@ -441,6 +506,15 @@ def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
 def _cmd_inspect(args: argparse.Namespace, root: Path) -> int:
     from . import _inspect_commands as ic
 
+    url = args.url_resolved
+    if url:
+        if args.command in ("doctor", "tail", "top"):
+            raise SystemExit(f"hybridcomms {args.command}: reads mailbox files; not available with --url")
+        if args.command == "show":
+            return int(ic.cmd_show(args, root, url))
+        with _open_existing(root, args.agent, args.command, False, url) as remote:
+            per = {"ls": ic.cmd_ls, "requeue": ic.cmd_requeue, "purge": ic.cmd_purge}[args.command]
+            return int(per(args, remote))
     _need_root(root, args.command, False)
     if args.command in ("show", "doctor", "tail", "top"):
         fn = {"show": ic.cmd_show, "doctor": ic.cmd_doctor, "tail": ic.cmd_tail, "top": ic.cmd_top}[
@@ -542,6 +616,12 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
         "--root",
         default=default,
         help="mailbox root (default: $HYBRIDCOMMS_ROOT or ./runtime/agent_comms/agent_mailboxes)",
+    )
+    parser.add_argument(
+        "--url",
+        default=default,
+        help="mailboxes elsewhere: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… (Redis Streams); "
+        "default: $HYBRIDCOMMS_URL, else files under --root",
     )
     parser.add_argument("--policy", default=default, help="routing policy file (TOML, or a pyproject.toml)")
     parser.add_argument(
@@ -881,6 +961,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
     root = resolve_root(args.root)
+    args.url_resolved = resolve_url(getattr(args, "url", None))
+    if args.url_resolved and args.url_resolved.startswith("file://"):
+        root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
     try:
         code: int = args.func(args, root)
         return code

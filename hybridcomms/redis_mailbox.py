@@ -313,7 +313,10 @@ class RedisMailbox:
         self._streams = [f"{base}:s:{rank}" for rank in RANKS]
         self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
         self._done, self._dead = f"{base}:done", f"{base}:dead"
-        self._r: Any = redis.Redis.from_url(url)  # typed loosely: the stubs do not know RESP replies
+        try:  # typed loosely: the stubs do not know RESP replies
+            self._r: Any = redis.Redis.from_url(url)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a usable Redis URL {self._shown_url()}: {exc}") from None
         self._closed = False
         self._blockers: dict[int, tuple[Any, int]] = {}  # thread id -> (its blocking client, client id)
         self._blockers_lock = threading.Lock()
@@ -337,6 +340,9 @@ class RedisMailbox:
         except redis.RedisError as exc:
             self._r.close()
             raise self._error(exc, "open") from exc
+        except TypeError as exc:  # an option in the URL's query that the client does not take
+            self._r.close()
+            raise ValueError(f"not a usable Redis URL {self._shown_url()}: {exc}") from None
         except BaseException:
             self._r.close()
             raise
