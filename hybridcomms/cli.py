@@ -964,6 +964,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.url_resolved = resolve_url(getattr(args, "url", None))
     if args.url_resolved and args.url_resolved.startswith("file://"):
         root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
+    if args.url_resolved and args.command in ("watch", "migrate", "demo"):
+        raise SystemExit(f"hybridcomms {args.command}: works on mailbox files; not available with --url")
     try:
         code: int = args.func(args, root)
         return code
