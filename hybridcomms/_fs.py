@@ -147,6 +147,19 @@ def rename_noreplace(
     os.unlink(src, dir_fd=src_dir_fd)
 
 
+def listdir_at(dir_fd: int) -> list[str]:
+    """The names in the folder ``dir_fd``, read through a descriptor of its own.
+
+    ``os.listdir(fd)`` reads through a dup of ``fd``, and dups share the directory offset: two threads
+    listing one folder's descriptor at once would each get a part of it (a claimer's index then
+    missed messages that were there). A fresh open has an offset of its own."""
+    fd = os.open(".", O_DIR, dir_fd=dir_fd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
+
+
 def _exists_at(dir_fd: int, name: str) -> bool:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)

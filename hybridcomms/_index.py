@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import os
 import threading
 import time
 
+from ._fs import listdir_at
 from ._names import DUE_RE as _DUE_RE
 from ._names import RANKS as _RANKS
 from ._names import compact_time
@@ -74,7 +74,7 @@ class ClaimIndex:
 
     def rescan(self, new_fd: int) -> None:
         started = _monotonic()
-        names = os.listdir(new_fd)
+        names = listdir_at(new_fd)
         names.sort()
         # Our names are "<rank>.<due>…" with a due time that starts with a digit: per rank, the
         # names from "<rank>.0" up to "<rank>.:" (":" sorts right after "9"). Everything else is

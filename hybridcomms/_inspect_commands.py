@@ -253,7 +253,7 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         )
 
     # stale tmp/ files (a writer died) and interrupted steals
-    for name in os.listdir(mb._fd(State.TMP)):
+    for name in _fs.listdir_at(mb._fd(State.TMP)):
         try:
             st = os.stat(name, dir_fd=mb._fd(State.TMP), follow_symlinks=False)
         except FileNotFoundError:
@@ -262,7 +262,7 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
             found("stale-tmp", f"tmp/{_fs.shown(name)}", f"{human_age(now - st.st_mtime)} old", fix)
     # orphaned claims: in processing/ with nobody holding the lock
     proc_fd = mb._fd(State.PROCESSING)
-    for name in os.listdir(proc_fd):
+    for name in _fs.listdir_at(proc_fd):
         try:
             fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
         except OSError:

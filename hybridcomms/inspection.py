@@ -65,7 +65,7 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
     """Files in one state's folder (reason files of dead/ are folded into their message); with
     ``key``, only the files of that id or that name (chosen by name, before any file is looked at)."""
     fd = mb._fd(state)
-    names = sorted(os.listdir(fd))
+    names = sorted(_fs.listdir_at(fd))
     out: list[MessageInfo] = []
     for name in names:
         if state is State.DEAD and name.endswith(REASON_SUFFIX):
@@ -219,7 +219,7 @@ def stats(mb: FileMailbox) -> MailboxStats:
         fd = mb._fd(state)
         count = 0
         oldest: float | None = None
-        for name in os.listdir(fd):
+        for name in _fs.listdir_at(fd):
             if state is State.DEAD and name.endswith(REASON_SUFFIX):
                 continue
             try:

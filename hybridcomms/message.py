@@ -106,6 +106,22 @@ def check_id(value: object, what: str = "message id") -> str:
     return value
 
 
+#: The envelope's fields, defined once, in the order they are written (after ``"version"``); a
+#: native message file is exactly these and ``version``. Everything else derives from this tuple.
+FIELDS: tuple[str, ...] = (
+    "id",
+    "topic",
+    "sender",
+    "recipient",
+    "created_at",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "headers",
+    "payload",
+)
+
+
 @dataclass(frozen=True, init=False)
 class Message:
     """An immutable message envelope.
@@ -169,61 +185,45 @@ class Message:
             not isinstance(headers, Mapping) or not all(type(k) is str for k in headers)
         ):
             raise MessageError("headers must be a mapping with string keys")
-        # Frozen: the whole attribute dict is set in one step (also the fast path of decoding).
-        object.__setattr__(
-            self,
-            "__dict__",
-            {
-                "topic": topic,
-                "payload": payload,
-                "sender": sender,
-                "recipient": recipient,
-                "priority": priority if type(priority) is Priority else Priority.parse(priority),
-                "id": id,
-                "created_at": created_at,
-                "correlation_id": correlation_id,
-                "reply_to": reply_to,
-                "headers": headers,
-            },
+        if type(priority) is not Priority:
+            priority = Priority.parse(priority)
+        # Frozen: the whole attribute dict is set in one step (also the fast path of decoding), in
+        # the order of FIELDS, which is the order on the wire.
+        values = (
+            id,
+            topic,
+            sender,
+            recipient,
+            created_at,
+            priority,
+            correlation_id,
+            reply_to,
+            headers,
+            payload,
         )
+        object.__setattr__(self, "__dict__", dict(zip(FIELDS, values, strict=True)))
 
     # -- JSON ---------------------------------------------------------------------------------
 
+    def _wire(self) -> dict[str, Any]:
+        """The native JSON object with ``created_at`` still a datetime (see `FIELDS`)."""
+        out = {"version": FORMAT_VERSION, **self.__dict__}
+        out["priority"] = _PRIORITY_NAMES[self.priority]
+        if type(self.headers) is not dict:
+            out["headers"] = dict(self.headers)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The native JSON object (created_at as ISO-8601 with a ``Z``)."""
-        return {
-            "version": FORMAT_VERSION,
-            "id": self.id,
-            "topic": self.topic,
-            "sender": self.sender,
-            "recipient": self.recipient,
-            "created_at": self.created_at.isoformat(timespec="microseconds")[:26] + "Z",
-            "priority": _PRIORITY_NAMES[self.priority],
-            "correlation_id": self.correlation_id,
-            "reply_to": self.reply_to,
-            "headers": dict(self.headers),
-            "payload": self.payload,
-        }
+        out = self._wire()
+        out["created_at"] = self.created_at.isoformat(timespec="microseconds")[:26] + "Z"
+        out["headers"] = dict(self.headers)
+        return out
 
     def encode(self, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
         """Serialise to JSON bytes; raise before anything is written if it cannot be sent."""
-        try:
-            data = orjson.dumps(
-                {
-                    "version": FORMAT_VERSION,
-                    "id": self.id,
-                    "topic": self.topic,
-                    "sender": self.sender,
-                    "recipient": self.recipient,
-                    "created_at": self.created_at,  # orjson: RFC 3339, "Z" with OPT_UTC_Z
-                    "priority": _PRIORITY_NAMES[self.priority],
-                    "correlation_id": self.correlation_id,
-                    "reply_to": self.reply_to,
-                    "headers": self.headers if type(self.headers) is dict else dict(self.headers),
-                    "payload": self.payload,
-                },
-                option=orjson.OPT_UTC_Z,
-            )
+        try:  # created_at: orjson writes RFC 3339, with "Z" under OPT_UTC_Z
+            data = orjson.dumps(self._wire(), option=orjson.OPT_UTC_Z)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise TypeError(f"message {self.id} is not JSON-serialisable: {exc}") from exc
         if max_size is not None and len(data) > max_size:
@@ -263,36 +263,22 @@ class Message:
             fast = _from_native(obj) if type(obj) is dict else None
             if fast is not None:
                 return fast
-            return cls(
+            fields: dict[str, Any] = {k: obj.get(k) for k in FIELDS}
+            fields.update(
                 topic=obj["topic"],
-                payload=obj.get("payload"),
-                sender=obj.get("sender"),
-                recipient=obj.get("recipient"),
-                priority=_native_priority(obj.get("priority", "MEDIUM")),
                 id=obj["id"],
+                priority=_native_priority(obj.get("priority", "MEDIUM")),
                 created_at=_parse_time(obj["created_at"]),
-                correlation_id=obj.get("correlation_id"),
-                reply_to=obj.get("reply_to"),
                 headers=obj.get("headers") or {},
             )
+            return cls(**fields)
         version = obj.get("version")
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
         return _from_legacy(obj)
 
 
-_NATIVE_FIELDS = operator.itemgetter(
-    "topic",
-    "id",
-    "created_at",
-    "priority",
-    "sender",
-    "recipient",
-    "correlation_id",
-    "reply_to",
-    "headers",
-    "payload",
-)
+_NATIVE_FIELDS = operator.itemgetter(*FIELDS)
 
 
 #: Topics that passed `_TOPIC_RE` (a consumer sees few distinct topics; a set lookup is ~10x
@@ -324,7 +310,7 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
     exactly the native fields it becomes the message's attribute dict (no copy). ``known_id``: an
     id already checked (the one in the file name); an id equal to it needs no second check."""
     try:
-        topic, mid, created, p, sender, recipient, correlation_id, reply_to, headers, payload = (
+        mid, topic, sender, recipient, created, p, correlation_id, reply_to, headers, payload = (
             _NATIVE_FIELDS(obj)
         )
         priority = _PRIORITY_OF_NAME[p]  # exactly "LOW", "MEDIUM", "HIGH" or "CRITICAL"
@@ -350,28 +336,19 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
     if ts.tzinfo is not timezone.utc:
         return None
     m = object.__new__(Message)
-    if owned and len(obj) == 11 and type(version := obj.get("version")) is int and version == FORMAT_VERSION:
+    if (
+        owned
+        and len(obj) == len(FIELDS) + 1
+        and type(version := obj.get("version")) is int
+        and version == FORMAT_VERSION
+    ):
         del obj["version"]  # what is left are exactly the ten fields
         obj["priority"] = priority
         obj["created_at"] = ts
         object.__setattr__(m, "__dict__", obj)
         return m
-    object.__setattr__(
-        m,
-        "__dict__",
-        {
-            "topic": topic,
-            "payload": payload,
-            "sender": sender,
-            "recipient": recipient,
-            "priority": priority,
-            "id": mid,
-            "created_at": ts,
-            "correlation_id": correlation_id,
-            "reply_to": reply_to,
-            "headers": headers,
-        },
-    )
+    values = (mid, topic, sender, recipient, ts, priority, correlation_id, reply_to, headers, payload)
+    object.__setattr__(m, "__dict__", dict(zip(FIELDS, values, strict=True)))
     return m
 
 

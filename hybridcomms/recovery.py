@@ -81,8 +81,8 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
             return report
         tmp_fd, proc_fd = mb._fd(State.TMP), mb._fd(State.PROCESSING)
         try:
-            stolen = [n for n in os.listdir(tmp_fd) if n.endswith(_STOLEN)]
-            names = sorted(os.listdir(proc_fd))
+            stolen = [n for n in _fs.listdir_at(tmp_fd) if n.endswith(_STOLEN)]
+            names = sorted(_fs.listdir_at(proc_fd))
         except OSError as exc:
             raise mb._io_error(exc, "recover: listing") from exc
         for name in stolen:  # steals a killed pass left half-done: finish them first
@@ -250,7 +250,7 @@ def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: Rec
 def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
     tmp_fd = mb._fd(State.TMP)
     try:
-        names = os.listdir(tmp_fd)
+        names = _fs.listdir_at(tmp_fd)
     except OSError as exc:
         raise mb._io_error(exc, "recover: listing tmp/") from exc
     for name in names:

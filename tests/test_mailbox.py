@@ -560,3 +560,57 @@ def test_a_forked_child_using_its_parents_mailbox_still_sees_arrivals(make_mailb
     p.start()
     p.join(30)
     assert got.get(timeout=10) == "to-the-child"
+
+
+def test_threads_relisting_one_mailbox_at_once_each_see_every_name(make_mailbox: Make) -> None:
+    """os.listdir(fd) reads through a dup sharing the folder offset: threads relisting new/ at once
+    each saw a part of it, and claims returned None with messages waiting. A relist on every claim
+    (rescan_interval=0) makes the listings overlap."""
+    for _ in range(5):
+        mb = make_mailbox(rescan_interval=0.0)
+        n = 300
+        mb.put_many([Message("t", i) for i in range(n)])
+        got: list[int] = []
+        lock = threading.Lock()
+
+        def work(box: FileMailbox = mb, out: list[int] = got, guard: threading.Lock = lock) -> None:
+            while (d := box.claim()) is not None:
+                with guard:
+                    out.append(d.message.payload)
+                d.ack()
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(got) == list(range(n))
+        mb.close()
+
+
+def test_listing_a_folder_descriptor_from_threads_at_once_is_whole(tmp_path: Path) -> None:
+    from hybridcomms import _fs
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    names = {f"f{i:05d}" for i in range(3000)}
+    for name in names:
+        (folder / name).touch()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    bad: list[int] = []
+
+    def lister() -> None:
+        for _ in range(20):
+            seen = _fs.listdir_at(fd)
+            if set(seen) != names or len(seen) != len(names):
+                bad.append(len(seen))
+
+    try:
+        threads = [threading.Thread(target=lister) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        os.close(fd)
+    assert bad == []

@@ -417,7 +417,7 @@ def _entry_kind(dir_fd: int, name: str) -> str | None:
 
 def _has_candidates(dir_fd: int) -> bool:
     try:
-        return any(_is_candidate(n) for n in os.listdir(dir_fd))
+        return any(_is_candidate(n) for n in _fs.listdir_at(dir_fd))
     except OSError:
         return False
 
@@ -479,7 +479,7 @@ def ingest_folder(
     taken: list[str] = []
     now = time.time()
     label = "" if rel == "." else rel.replace(os.sep, "-")
-    for name in sorted(os.listdir(folder_fd)):
+    for name in sorted(_fs.listdir_at(folder_fd)):
         if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
         source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"

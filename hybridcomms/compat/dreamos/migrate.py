@@ -160,7 +160,7 @@ def _json_files(
     """The ``*.json`` regular files of an open folder, and the ``*.json`` entries refused (links,
     FIFOs, folders: never followed or read)."""
     try:
-        names = sorted(os.listdir(dir_fd))
+        names = sorted(_fs.listdir_at(dir_fd))
     except OSError:
         return [], []
     files: list[str] = []
@@ -254,7 +254,7 @@ def _survey_agent(root_fd: int, agent: str, max_size: int) -> AgentMigration:
 
 def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
     try:
-        entries = sorted(os.listdir(adir_fd))
+        entries = sorted(_fs.listdir_at(adir_fd))
     except OSError:
         return
     for name in entries:
@@ -266,7 +266,7 @@ def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
         kind = _entry_kind(adir_fd, name)
         if kind == "dir" and name in (INBOX_DIR, *PROCESSED_FOLDERS):
             with _open_sub(adir_fd, name) as fd:
-                inner_names = sorted(os.listdir(fd)) if fd is not None else []
+                inner_names = sorted(_fs.listdir_at(fd)) if fd is not None else []
             for inner in inner_names:
                 if not inner.startswith(".") and not inner.endswith((".json", ".lock", ".tmp")):
                     plan.left.append((f"{rel}/{inner}", "not a JSON message file"))
