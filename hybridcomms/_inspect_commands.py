@@ -253,15 +253,15 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         )
 
     # stale tmp/ files (a writer died) and interrupted steals
-    for name in _fs.listdir_at(mb._fd(State.TMP)):
+    for name in _fs.listdir_at(mb.folders.fd(State.TMP)):
         try:
-            st = os.stat(name, dir_fd=mb._fd(State.TMP), follow_symlinks=False)
+            st = os.stat(name, dir_fd=mb.folders.fd(State.TMP), follow_symlinks=False)
         except FileNotFoundError:
             continue
         if name.endswith(".stolen") or now - st.st_mtime >= mb.tmp_max_age:
             found("stale-tmp", f"tmp/{_fs.shown(name)}", f"{human_age(now - st.st_mtime)} old", fix)
     # orphaned claims: in processing/ with nobody holding the lock
-    proc_fd = mb._fd(State.PROCESSING)
+    proc_fd = mb.folders.fd(State.PROCESSING)
     for name in _fs.listdir_at(proc_fd):
         try:
             fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
@@ -277,12 +277,12 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     # will never decode (those with such names, those in processing/, and with --deep every file
     # waiting in new/, which reads them all).
     for state in State:
-        folder_mode = stat.S_IMODE(os.fstat(mb._fd(state)).st_mode)
+        folder_mode = stat.S_IMODE(os.fstat(mb.folders.fd(state)).st_mode)
         if folder_mode & ~mb.dir_mode & 0o077:
             found("mode", f"{state.value}/", f"folder mode {folder_mode:o}, expected {mb.dir_mode:o}", fix)
         if state is State.TMP:
             continue
-        with os.scandir(mb._fd(state)) as entries:
+        with os.scandir(mb.folders.fd(state)) as entries:
             for entry in entries:
                 name = entry.name
                 if state is State.DEAD and name.endswith(REASON_SUFFIX):
@@ -304,7 +304,7 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                 if not (deep or foreign or state is State.PROCESSING):
                     continue
                 try:
-                    Message.decode(_fs.read_regular(name, mb.max_message_size, dir_fd=mb._fd(state)))
+                    Message.decode(_fs.read_regular(name, mb.max_message_size, dir_fd=mb.folders.fd(state)))
                 except FileNotFoundError:
                     continue
                 except (OSError, HybridCommsError) as exc:

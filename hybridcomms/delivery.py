@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from . import _fs
 from ._locking import unlock
-from .errors import DeliveryError, DeliveryLostError, MailboxIOError
+from .errors import DeliveryError, DeliveryLostError
 from .message import Message
 from .states import ACK, State
 
@@ -18,8 +16,6 @@ if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
 __all__ = ["Delivery"]
-
-_ACK_SRC, _ACK_DST = ACK.src_folder, ACK.dst_folder
 
 
 class Delivery:
@@ -62,21 +58,18 @@ class Delivery:
         self._settled = True
         name = self.name
         mb = self._mailbox
+        folders = mb.folders
         try:
-            fds = mb._fds
-            done_fd = fds[_ACK_DST]
             try:
-                _fs.rename_noreplace(name, name, src_dir_fd=fds[_ACK_SRC], dst_dir_fd=done_fd)
+                done_fd = folders.move(ACK, name, name)
             except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
-                mb._place(ACK, name, name)
-            if mb._sync_dirs:
-                mb._syncer.changed(done_fd)
+                done_fd = folders.place(ACK, name, name)[0]
+            if folders.sync:
+                folders.commit(done_fd)
         except FileNotFoundError:
             raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
-        except KeyError:
-            raise MailboxIOError(errno.EBADF, f"mailbox {mb.path} is closed") from None
         except OSError as exc:
-            raise mb._io_error(exc, f"ack {name}") from exc
+            raise mb.folders.io_error(exc, f"ack {name}") from exc
         finally:
             os.close(self._fd)  # in done/ the lock no longer matters: closing drops it
 

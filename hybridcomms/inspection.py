@@ -64,7 +64,7 @@ class MailboxStats:
 def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[MessageInfo]:
     """Files in one state's folder (reason files of dead/ are folded into their message); with
     ``key``, only the files of that id or that name (chosen by name, before any file is looked at)."""
-    fd = mb._fd(state)
+    fd = mb.folders.fd(state)
     names = sorted(_fs.listdir_at(fd))
     out: list[MessageInfo] = []
     for name in names:
@@ -98,7 +98,9 @@ def read_reason(mb: FileMailbox, name: str) -> dict[str, Any] | None:
     """The reason file of ``dead/<name>``, read as any file another process may have placed (no link
     followed, no blocking, at most 1 MiB); None if there is none or it is not a reason."""
     try:
-        value = orjson.loads(_fs.read_regular(name + REASON_SUFFIX, 1 << 20, dir_fd=mb._fd(State.DEAD)))
+        value = orjson.loads(
+            _fs.read_regular(name + REASON_SUFFIX, 1 << 20, dir_fd=mb.folders.fd(State.DEAD))
+        )
     except orjson.JSONDecodeError:
         return {"reason": "(unreadable reason file)"}
     except OSError:
@@ -120,7 +122,7 @@ def find(mb: FileMailbox, state: State, key: str) -> list[MessageInfo]:
 
 def read(mb: FileMailbox, info: MessageInfo) -> Message:
     """Decode the message a `MessageInfo` points at (raises `MessageDecodeError`)."""
-    raw = _fs.read_regular(info.name, mb.max_message_size, dir_fd=mb._fd(info.state))
+    raw = _fs.read_regular(info.name, mb.max_message_size, dir_fd=mb.folders.fd(info.state))
     return Message.decode(raw, path=str(mb.path / info.state.folder / info.name))
 
 
@@ -148,7 +150,7 @@ def requeue_infos(
     is told how many were handled so far."""
     _check_requeue_source(src)
     m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
-    src_fd, new_fd = mb._fd(src), mb._fd(State.NEW)
+    src_fd, new_fd = mb.folders.fd(src), mb.folders.fd(State.NEW)
     moved: list[str] = []
     for n, info in enumerate(infos, 1):
         if step is not None:
@@ -160,18 +162,18 @@ def requeue_infos(
             else _fs.free_name(new_fd, info.name)
         )
         try:
-            target = mb._place(m, info.name, target)[1]
+            target = mb.folders.place(m, info.name, target)[1]
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise mb._io_error(exc, f"requeue {info.name}") from exc
+            raise mb.folders.io_error(exc, f"requeue {info.name}") from exc
         if src is State.DEAD:
             _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
         moved.append(target)
         mb._index.push(target)
     if moved:
-        mb._syncer.changed(new_fd)
-        mb._syncer.changed(src_fd)
+        mb.folders.commit(new_fd)
+        mb.folders.commit(src_fd)
     return moved
 
 
@@ -192,7 +194,7 @@ def remove(
     """Delete these files of ``done/`` or ``dead/`` (with their reason files) and commit the folder."""
     if state not in (State.DONE, State.DEAD):
         raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
-    fd = mb._fd(state)
+    fd = mb.folders.fd(state)
     removed = 0
     for n, info in enumerate(infos, 1):
         if step is not None:
@@ -205,7 +207,7 @@ def remove(
             _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
         removed += 1
     if removed:
-        mb._syncer.changed(fd)
+        mb.folders.commit(fd)
     return removed
 
 
@@ -216,7 +218,7 @@ def stats(mb: FileMailbox) -> MailboxStats:
     out: dict[State, StateStats] = {}
     delayed = 0
     for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP):
-        fd = mb._fd(state)
+        fd = mb.folders.fd(state)
         count = 0
         oldest: float | None = None
         for name in _fs.listdir_at(fd):

@@ -33,7 +33,8 @@ from typing import Any
 import orjson
 
 from . import _fs, inspection, recovery
-from ._fs import DirSyncer, FsyncPolicy, write_new_file
+from ._folders import Folders
+from ._fs import FsyncPolicy, write_new_file
 from ._index import ClaimIndex
 from ._locking import LOCK_TRY, drop, flock
 from ._names import (
@@ -204,20 +205,18 @@ class FileMailbox:
         self.root = Path(root)
         self.path = self.root / agent_id
         self._chmod_files = False  # set once the folders (and so the modes) are known
-        self._syncer = DirSyncer(self.fsync, batch_interval)
-        self._sync_dirs = self.fsync is not FsyncPolicy.NEVER
+        self.folders = Folders(self.path, self.fsync, batch_interval)
         self._index = ClaimIndex(rescan_interval)
         # Claims read without updating the access time (one inode write less per message), where
         # the kernel allows it: O_NOATIME needs the file's owner, else the first EPERM drops it.
         self._claim_flags = _O_READ_MSG | _O_NOATIME
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
-        self._fds: dict[str, int] = {}  # folder name -> open fd
         self._closed = False
         self._open_folders(create)
         if (
             self._given_file_mode is None
-            and stat.S_IMODE(os.fstat(self._fds["new"]).st_mode) & 0o060 == 0o060
+            and stat.S_IMODE(os.fstat(self.folders.fds["new"]).st_mode) & 0o060 == 0o060
         ):
             self.file_mode = 0o660  # a group mailbox: every writer makes files the group can read
         self._chmod_files = bool(self.file_mode & _fs.current_umask())
@@ -252,7 +251,7 @@ class FileMailbox:
         try:
             if made_root:
                 os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
-                if self._sync_dirs:  # the root's entry in its parent survives a power loss too
+                if self.folders.sync:  # the root's entry in its parent survives a power loss too
                     try:
                         _fs.fsync_dir(parent)
                     except OSError as exc:
@@ -262,13 +261,13 @@ class FileMailbox:
             agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
             try:
                 for state in _STATES:
-                    self._fds[state.folder] = self._open_folder(
+                    self.folders.fds[state.folder] = self._open_folder(
                         agent_fd, state.folder, str(self.path / state.folder), create
                     )
             finally:
                 os.close(agent_fd)
         except BaseException:
-            self._close_fds()
+            self.folders.close()
             raise
         finally:
             os.close(root_fd)
@@ -299,7 +298,7 @@ class FileMailbox:
         try:
             if made:
                 os.fchmod(fd, self.dir_mode)
-                if self._sync_dirs:
+                if self.folders.sync:
                     os.fsync(parent_fd)  # the new folder's entry survives a power loss
             elif not self.allow_other_owner:
                 owner = os.fstat(fd).st_uid
@@ -317,14 +316,6 @@ class FileMailbox:
             raise
         return fd
 
-    def _close_fds(self) -> None:
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
     def close(self) -> None:
         """Commit pending folder changes (fsync="batch"), stop the watcher, release the folders."""
         if self._closed:
@@ -335,13 +326,13 @@ class FileMailbox:
         if waiter is not None:
             waiter.close()
         try:
-            self._syncer.flush()
+            self.folders.flush()
         finally:
-            self._close_fds()
+            self.folders.close()
 
     def flush(self) -> None:
         """Commit folder changes that fsync="batch" is still holding back."""
-        self._syncer.flush()
+        self.folders.flush()
 
     def __enter__(self) -> FileMailbox:
         return self
@@ -357,45 +348,10 @@ class FileMailbox:
                     waiter.close()
                 except Exception:
                     pass
-            self._close_fds()
+            self.folders.close()
 
     def __repr__(self) -> str:
         return f"<FileMailbox {self.path} fsync={self.fsync.value}>"
-
-    def _fd(self, state: State) -> int:
-        try:
-            return self._fds[state.folder]
-        except KeyError:
-            raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
-
-    def _rename(self, m: Move, name: str, target: str) -> int:
-        """Move ``m.src/name`` to ``m.dst/target``: the one way a file changes state. Returns dst's fd.
-
-        The rename is atomic and never replaces a file (`FileExistsError` if ``target`` is taken; see
-        `_place` for a move that picks the next free name); committing it (the folder fsync) is the
-        caller's next step."""
-        fds = self._fds
-        try:
-            src_fd, dst_fd = fds[m.src_folder], fds[m.dst_folder]
-        except KeyError:
-            raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
-        _fs.rename_noreplace(name, target, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-        return dst_fd
-
-    def _place(self, m: Move, name: str, target: str) -> tuple[int, str]:
-        """`_rename`, and if ``target`` is taken by another file (a hand-made copy, the same id and
-        time twice), the next free name: 1 µs later in ``new/`` (still the same id), ``.N`` elsewhere.
-        Returns dst's fd and the name the file got."""
-        for _ in range(1000):
-            try:
-                return self._rename(m, name, target), target
-            except FileExistsError:
-                info = parse_name(target)
-                if m.dst is State.NEW and info is not None:
-                    target = info.with_(due=compact_time(parse_compact(info.due) + 1e-6))
-                else:
-                    target = _fs.free_name(self._fds[m.dst_folder], target)
-        raise MailboxIOError(errno.EEXIST, f"no free name for {target} in {m.dst_folder}/")
 
     # -- publish ------------------------------------------------------------------------------
 
@@ -408,19 +364,19 @@ class FileMailbox:
         """`put`, returning the name of the file in ``new/`` (for callers that report a path)."""
         data = message.encode(self.max_message_size)
         name = _publish_name(message, time.time())
-        tmp_fd = self._fd(State.TMP)
-        tmp_name = self._write_tmp(tmp_fd, name, data, sync=self._sync_dirs)
+        tmp_fd = self.folders.fd(State.TMP)
+        tmp_name = self._write_tmp(tmp_fd, name, data, sync=self.folders.sync)
         try:
             new_fd = self._publish(tmp_fd, tmp_name, name)
         except OSError as exc:
             _fs._unlink_quietly(tmp_fd, tmp_name)
-            raise self._io_error(exc, f"put {name}") from exc
-        if self._sync_dirs:
+            raise self.folders.io_error(exc, f"put {name}") from exc
+        if self.folders.sync:
             try:
-                self._syncer.changed(new_fd)
+                self.folders.commit(new_fd)
             except OSError as exc:
                 self._withdraw([name])
-                raise self._io_error(exc, f"put {name}: commit of new/ failed") from exc
+                raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
         self._index.push(name)
         return name
 
@@ -428,10 +384,10 @@ class FileMailbox:
         """The PUBLISH move. A file of the same name in ``new/`` is this very message (same id, same
         due time: a put repeated after an error) and stays the one copy: ours is dropped."""
         try:
-            return self._rename(PUBLISH, tmp_name, name)
+            return self.folders.move(PUBLISH, tmp_name, name)
         except FileExistsError:
             _fs._unlink_quietly(tmp_fd, tmp_name)
-            return self._fd(State.NEW)
+            return self.folders.fd(State.NEW)
 
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes, *, sync: bool) -> str:
         tmp_name = name
@@ -445,16 +401,16 @@ class FileMailbox:
                 os.chmod(tmp_name, self.file_mode, dir_fd=tmp_fd)
         except OSError as exc:
             _fs._unlink_quietly(tmp_fd, tmp_name)
-            raise self._io_error(exc, f"put {name}") from exc
+            raise self.folders.io_error(exc, f"put {name}") from exc
         return tmp_name
 
     def _withdraw(self, names: Iterable[str]) -> None:
         """Take back files just published whose commit failed (unless already claimed), and commit
         the removal where fsync is on (else a power loss could bring back a put that raised)."""
-        new_fd = self._fd(State.NEW)
+        new_fd = self.folders.fd(State.NEW)
         for name in names:
             _fs._unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
-        if self._sync_dirs:
+        if self.folders.sync:
             try:
                 os.fsync(new_fd)
             except OSError:
@@ -472,7 +428,7 @@ class FileMailbox:
         batch = [(_publish_name(m, now), m.encode(self.max_message_size)) for m in msgs]
         if not batch:
             return []
-        tmp_fd, new_fd = self._fd(State.TMP), self._fd(State.NEW)
+        tmp_fd, new_fd = self.folders.fd(State.TMP), self.folders.fd(State.NEW)
         durable = self.fsync is not FsyncPolicy.NEVER
         written: list[tuple[str, str]] = []
         moved: list[str] = []
@@ -489,12 +445,12 @@ class FileMailbox:
             for tmp_name, name in written:
                 self._publish(tmp_fd, tmp_name, name)
                 moved.append(name)
-            self._syncer.changed(new_fd)
+            self.folders.commit(new_fd)
         except OSError as exc:
             self._withdraw(moved)
             for tmp_name, _ in written:
                 _fs._unlink_quietly(tmp_fd, tmp_name)
-            raise self._io_error(exc, f"put_many of {len(batch)} messages") from exc
+            raise self.folders.io_error(exc, f"put_many of {len(batch)} messages") from exc
         for name in moved:
             self._index.push(name)
         return [m.id for m in msgs]
@@ -505,18 +461,18 @@ class FileMailbox:
         """Record messages that a legacy layout already marked processed straight into ``done/``
         (for `hybridcomms migrate`: kept for audit, never delivered). Returns their ids."""
         msgs = list(messages)
-        tmp_fd, done_fd = self._fd(State.TMP), self._fd(State.DONE)
+        tmp_fd, done_fd = self.folders.fd(State.TMP), self.folders.fd(State.DONE)
         now = time.time()
         try:
             for m in msgs:
                 name = _publish_name(m, now)
                 tmp_name = self._write_tmp(tmp_fd, name, m.encode(self.max_message_size), sync=False)
-                self._place(IMPORT_DONE, tmp_name, name)
-            if msgs and self._sync_dirs:
+                self.folders.place(IMPORT_DONE, tmp_name, name)
+            if msgs and self.folders.sync:
                 _fs.syncfs(done_fd)
-                self._syncer.changed(done_fd)
+                self.folders.commit(done_fd)
         except OSError as exc:
-            raise self._io_error(exc, f"import of {len(msgs)} processed messages") from exc
+            raise self.folders.io_error(exc, f"import of {len(msgs)} processed messages") from exc
         return [m.id for m in msgs]
 
     def bury(self, data: bytes, name: str, reason: dict[str, Any]) -> str | None:
@@ -527,13 +483,13 @@ class FileMailbox:
         (a crash between burying and removing the original must not bury it twice)."""
         if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
             raise ValueError(f"unusable file name for dead/: {name!r}")
-        dead_fd = self._fd(State.DEAD)
+        dead_fd = self.folders.fd(State.DEAD)
         try:
             os.stat(name, dir_fd=dead_fd, follow_symlinks=False)
             return None
         except FileNotFoundError:
             pass
-        tmp_name = self._write_tmp(self._fd(State.TMP), name, data, sync=self._sync_dirs)
+        tmp_name = self._write_tmp(self.folders.fd(State.TMP), name, data, sync=self.folders.sync)
         if self._move_to_dead(IMPORT_DEAD, tmp_name, reason) is None:
             return None
         return name
@@ -621,7 +577,7 @@ class FileMailbox:
                     if name is None:
                         return None
                 else:
-                    index.rescan(self._fd(State.NEW))
+                    index.rescan(self.folders.fd(State.NEW))
                     scanned = True
                     continue
             delivery = self._try_claim(name)
@@ -634,7 +590,7 @@ class FileMailbox:
         This is the hot path of every consumer, written as one function on purpose (each call
         saved is measurable at fsync="never", see docs/performance.md). The common case is
         a native file: one read and the fast decoder; anything else takes `_read_message`."""
-        fds = self._fds
+        fds = self.folders.fds
         try:
             new_fd = fds[_CLAIM_SRC]
             proc_fd = fds[_CLAIM_DST]
@@ -654,7 +610,7 @@ class FileMailbox:
             elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
                 self._reject(name, f"cannot be opened: {exc.strerror}")
             else:
-                raise self._io_error(exc, f"claim {name}") from exc
+                raise self.folders.io_error(exc, f"claim {name}") from exc
             return None
         try:
             _flock(fd, _LOCK_TRY)
@@ -698,17 +654,17 @@ class FileMailbox:
                 self._reject(name, problem)
                 return None
             try:  # the CLAIM move; never over a file already in processing/ (a copy of the same id)
-                _fs.rename_noreplace(name, target, src_dir_fd=new_fd, dst_dir_fd=proc_fd)
+                self.folders.move(CLAIM, name, target)
             except FileNotFoundError:
                 return None  # moved by hand under our feet
             except FileExistsError:
                 self._reject(name, f"a file of the same name ({target}) is already in processing/")
                 return None
-            if self._sync_dirs:
-                self._syncer.changed(proc_fd)
+            if self.folders.sync:
+                self.folders.commit(proc_fd)
             delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
         except OSError as exc:
-            raise self._io_error(exc, f"claim {_fs.shown(name)}") from exc
+            raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
         finally:
             if delivery is None:
                 drop(fd)
@@ -760,7 +716,7 @@ class FileMailbox:
 
         On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
         was, and `MailboxIOError` raised."""
-        dead_fd, tmp_fd = self._fd(State.DEAD), self._fd(State.TMP)
+        dead_fd, tmp_fd = self.folders.fd(State.DEAD), self.folders.fd(State.TMP)
         reason = {
             **reason,
             "agent": self.agent_id,
@@ -776,12 +732,12 @@ class FileMailbox:
         for _ in range(100):  # a name taken meanwhile by another dead-lettering: pick the next one
             dead_name = _fs.free_name(dead_fd, target or name, len(REASON_SUFFIX))
             reason_name = dead_name + REASON_SUFFIX
-            tmp_name = self._write_tmp(tmp_fd, reason_name, data, sync=self._sync_dirs)
+            tmp_name = self._write_tmp(tmp_fd, reason_name, data, sync=self.folders.sync)
             placed = False
             try:
                 _fs.rename_noreplace(tmp_name, reason_name, src_dir_fd=tmp_fd, dst_dir_fd=dead_fd)
                 placed = True
-                _fs.rename_noreplace(name, dead_name, src_dir_fd=self._fd(m.src), dst_dir_fd=dead_fd)
+                self.folders.move(m, name, dead_name)
             except FileExistsError:
                 self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
                 continue
@@ -790,14 +746,16 @@ class FileMailbox:
                 return None
             except OSError as exc:
                 self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                raise self._io_error(exc, f"dead-letter {_fs.shown(name)}") from exc
+                raise self.folders.io_error(exc, f"dead-letter {_fs.shown(name)}") from exc
             except BaseException:
                 self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
                 raise
             try:
-                self._syncer.changed(dead_fd)
+                self.folders.commit(dead_fd)
             except OSError as exc:
-                raise self._io_error(exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed") from exc
+                raise self.folders.io_error(
+                    exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed"
+                ) from exc
             return dead_name
         raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
 
@@ -823,17 +781,17 @@ class FileMailbox:
         assert info is not None  # processing/ names are always ours
         target = info.with_(due=compact_time(time.time() + max(delay, 0.0)))
         try:
-            new_fd, target = self._place(NACK, d.name, target)
+            new_fd, target = self.folders.place(NACK, d.name, target)
         except FileNotFoundError:
             d._release()
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
         except OSError as exc:
             d._release()
-            raise self._io_error(exc, f"nack {d.name}") from exc
+            raise self.folders.io_error(exc, f"nack {d.name}") from exc
         try:
-            self._syncer.changed(new_fd)
+            self.folders.commit(new_fd)
         except OSError as exc:
-            raise self._io_error(exc, f"nack {d.name}: commit of new/ failed") from exc
+            raise self.folders.io_error(exc, f"nack {d.name}: commit of new/ failed") from exc
         finally:
             d._release()
         self._index.push(target)
@@ -899,13 +857,6 @@ class FileMailbox:
     def stats(self) -> MailboxStats:
         """How many files each state holds, and how long the oldest has been there."""
         return inspection.stats(self)
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _io_error(self, exc: OSError, what: str) -> MailboxIOError:
-        if isinstance(exc, MailboxIOError):
-            return exc
-        return MailboxIOError(exc.errno, f"{what} in {self.path} failed: {exc.strerror or exc}", exc.filename)
 
 
 def _publish_name(message: Message, now: float) -> str:

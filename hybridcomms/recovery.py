@@ -41,7 +41,7 @@ from ._locking import drop, try_lock
 from ._names import compact_time, parse_name
 from .errors import MailboxIOError
 from .retry import attempts_used_up
-from .states import GIVE_UP, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
+from .states import GIVE_UP, RECOVER_DETACH, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
@@ -72,19 +72,19 @@ class RecoveryReport:
 def recover(mb: FileMailbox, now: float) -> RecoveryReport:
     report = RecoveryReport()
     try:
-        lock_fd = os.open(".", _fs.O_DIR, dir_fd=mb._fd(State.PROCESSING))
+        lock_fd = os.open(".", _fs.O_DIR, dir_fd=mb.folders.fd(State.PROCESSING))
     except OSError as exc:
-        raise mb._io_error(exc, "recover") from exc
+        raise mb.folders.io_error(exc, "recover") from exc
     try:
         if not try_lock(lock_fd):
             report.busy = True
             return report
-        tmp_fd, proc_fd = mb._fd(State.TMP), mb._fd(State.PROCESSING)
+        tmp_fd, proc_fd = mb.folders.fd(State.TMP), mb.folders.fd(State.PROCESSING)
         try:
             stolen = [n for n in _fs.listdir_at(tmp_fd) if n.endswith(_STOLEN)]
             names = sorted(_fs.listdir_at(proc_fd))
         except OSError as exc:
-            raise mb._io_error(exc, "recover: listing") from exc
+            raise mb.folders.io_error(exc, "recover: listing") from exc
         for name in stolen:  # steals a killed pass left half-done: finish them first
             _isolated(mb, report, f"tmp/{name}", _finish_steal, mb, name, now, report)
         for name in names:
@@ -116,7 +116,7 @@ def _isolated(mb: FileMailbox, report: RecoveryReport, what: str, fn: object, *a
         _record(mb, report, what, exc)
     except OSError as exc:
         if exc.errno in _FATAL_ERRNOS:
-            raise mb._io_error(exc, f"recover {_fs.shown(what)}") from exc
+            raise mb.folders.io_error(exc, f"recover {_fs.shown(what)}") from exc
         _record(mb, report, what, exc)
     except Exception as exc:
         _record(mb, report, what, exc)
@@ -129,7 +129,7 @@ def _record(mb: FileMailbox, report: RecoveryReport, what: str, exc: BaseExcepti
 
 
 def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport) -> None:
-    proc_fd = mb._fd(State.PROCESSING)
+    proc_fd = mb.folders.fd(State.PROCESSING)
     try:
         fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
     except FileNotFoundError:
@@ -153,10 +153,9 @@ def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport)
         # Detach it to tmp/ (a dead owner's, or a hung one's); from there it goes back to new/ as one
         # file, and a watcher sees it come from tmp/<name>.stolen: a recovered message.
         try:
-            _fs.rename_noreplace(name, name + _STOLEN, src_dir_fd=proc_fd, dst_dir_fd=mb._fd(State.TMP))
+            mb.folders.move_and_commit(RECOVER_DETACH, name, name + _STOLEN)
         except FileNotFoundError:
             return  # acked (or taken) meanwhile
-        mb._syncer.changed(mb._fd(State.TMP))
     finally:
         drop(fd)
     if owner_dead:  # nobody holds the old inode: it goes back as it is
@@ -173,7 +172,7 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
     hung owner may still hold its lock on the original), then move that one file.
 
     Each step leaves the message as exactly one file, so this is safe to repeat after a crash."""
-    tmp_fd = mb._fd(State.TMP)
+    tmp_fd = mb.folders.fd(State.TMP)
     name = stolen[: -len(_STOLEN)]
     try:
         raw = _fs.read_regular(stolen, mb.max_message_size, dir_fd=tmp_fd)
@@ -187,7 +186,7 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
             raise
         _give_up_entry(mb, STEAL_BURY, stolen, "a symlink in tmp/", report)
         return
-    copy_name = mb._write_tmp(tmp_fd, name + ".copy", raw, sync=mb._sync_dirs)
+    copy_name = mb._write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
     try:
         # The one deliberate replace in the library: the copy takes the place of the very file it
         # was copied from (the same message), so the message stays one file throughout.
@@ -195,7 +194,7 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
     except OSError:
         _fs._unlink_quietly(tmp_fd, copy_name)
         raise
-    mb._syncer.changed(tmp_fd)
+    mb.folders.commit(tmp_fd)
     _return_or_bury(mb, STEAL_RETURN, stolen, name, now, report, report.expired, False)
 
 
@@ -234,10 +233,10 @@ def _return_or_bury(
     due = time.time() + mb.backoff.delay(max(attempt, 1))
     target = info.with_(due=compact_time(due)) if info else name
     try:
-        new_fd, target = mb._place(m, src_name, target)
+        new_fd, target = mb.folders.place(m, src_name, target)
     except FileNotFoundError:
         return
-    mb._syncer.changed(new_fd)
+    mb.folders.commit(new_fd)
     mb._index.push(target)
     kind.append(key)
 
@@ -248,11 +247,11 @@ def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: Rec
 
 
 def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
-    tmp_fd = mb._fd(State.TMP)
+    tmp_fd = mb.folders.fd(State.TMP)
     try:
         names = _fs.listdir_at(tmp_fd)
     except OSError as exc:
-        raise mb._io_error(exc, "recover: listing tmp/") from exc
+        raise mb.folders.io_error(exc, "recover: listing tmp/") from exc
     for name in names:
         if name.endswith(_STOLEN):
             continue  # finished at the start of the pass (or left in errors)
