@@ -21,65 +21,45 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import intake as _intake
-from .backend import URL_ENV, Mailbox, MailboxDelivery, open_mailbox
-from .bus import AgentBus, Event, default_bus, pattern_matches
+from ._consumer import (
+    DEAD_LETTER_TOPIC,
+    EXPIRES_HEADER,
+    HANDLER_STATS,
+    REPLY_HEADER,
+    ConsumerLoop,
+    Received,
+    received,
+)
+from ._handlers import Handler, HandlerTable
+from ._requests import PendingRequests
+from ._routing import Router, Sent, resolve_url
+from .backend import Mailbox
+from .bus import AgentBus, Event, default_bus
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id
 from .message import Message, Priority
 from .policy import Policy, Route
-from .registry import registry_for
-from .retry import Backoff, attempts_used_up
+from .retry import Backoff
 
 __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sent"]
 
+# Re-exported for the modules that read them from here (metrics, work, the Dream.OS layer).
+__all__ += ["DEAD_LETTER_TOPIC", "EXPIRES_HEADER", "HANDLER_STATS", "REPLY_HEADER"]
+
 log = logging.getLogger("hybridcomms.comms")
-
-REPLY_HEADER = "hybridcomms.reply"
-EXPIRES_HEADER = "hybridcomms.expires_at"
-DEAD_LETTER_TOPIC = "hybridcomms.deadletter"
-
-Handler = Callable[["Received"], Any]
 
 
 class RequestTimeoutError(HybridCommsError, TimeoutError):
     """No reply came within the timeout. Nothing of the request is left waiting in this process."""
-
-
-class Received(Message):
-    """A message as a handler receives it: the `Message`, plus ``attempt`` (1 on the first durable
-    delivery, None for an ephemeral one) and ``durable``."""
-
-    attempt: int | None
-    durable: bool
-
-
-def _received(message: Message, attempt: int | None, durable: bool) -> Received:
-    r = object.__new__(Received)
-    object.__setattr__(r, "__dict__", {**message.__dict__, "attempt": attempt, "durable": durable})
-    return r
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """What `Comms.send` / `Comms.publish` did with one message."""
-
-    message: Message
-    route: Route
-    reason: str
-    durable_to: tuple[str, ...]  # mailboxes it was put into
-    bus_handlers: int  # bus handlers it reached (ephemeral part)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -88,20 +68,13 @@ class CommsSubscription:
     handler: Handler
 
 
-#: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
-HANDLER_STATS: dict[str, list[float]] = {}
-_stats_lock = threading.Lock()
-
-
-def _record_handler(agent: str, ok: bool, seconds: float) -> None:
-    with _stats_lock:
-        row = HANDLER_STATS.setdefault(agent, [0, 0, 0.0])
-        row[0 if ok else 1] += 1
-        row[2] += seconds
-
-
 class Comms:
     """One agent's connection to the others. See the module docstring.
+
+    A thin front over parts with one job each: `Router` (where a message goes: the policy, the
+    mailboxes, the bus, durable subscriptions), `HandlerTable` (the handlers by pattern),
+    `ConsumerLoop` (claim, handle, settle, recover) and `PendingRequests` (requests waiting for a
+    reply). The mailboxes are any backend of `hybridcomms.backend`.
 
     ``Comms(agent_id, *, root=DEFAULT_ROOT, policy=None, bus=None, fsync="always", max_attempts=5,
     backoff=Backoff(), lease=300, dead_letter_topic="hybridcomms.deadletter", recover_every=30)``
@@ -134,42 +107,43 @@ class Comms:
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.root = Path(root)
-        self.url = (url if url is not None else os.environ.get(URL_ENV, "")) or None
+        self.url = resolve_url(url)
         if policy is None:
             policy = Policy()
         elif not isinstance(policy, Policy):
             policy = Policy.load(Path(policy))
         self.policy = policy
         self.bus = bus if bus is not None else default_bus()
-        self.dead_letter_topic = dead_letter_topic
-        self.recover_every = recover_every
-        self.fsync = fsync
-        self._mailbox_options: dict[str, Any] = {
-            "max_attempts": max_attempts,
-            "backoff": backoff,
-            "lease": lease,
-        }
-        self.mailbox: Mailbox = self._open(self.url, agent_id)
-        self._registry = registry_for(self.root, self.url, getattr(self.mailbox, "file_mode", 0o600))
-        self._outboxes: OrderedDict[tuple[str | None, str], Mailbox] = OrderedDict()
-        self._outbox_lock = threading.Lock()
-        self._handlers: dict[str, list[Handler]] = {}
-        self._bus_adapters: dict[tuple[str, Handler], Callable[[Event], Any]] = {}
-        self._dispatch_cache: dict[str, tuple[Handler, ...]] = {}
-        self._lock = threading.RLock()
-        self._pending: dict[str, concurrent.futures.Future[Received]] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
-        self._closed = False
-        # Legacy drops beside the mailbox are looked at only when an intake is configured (intake.py).
+        options = {"max_attempts": max_attempts, "backoff": backoff, "lease": lease}
+        self._router = Router(self.agent_id, self.root, self.url, policy, self.bus, fsync, options)
+        self.mailbox: Mailbox = self._router.mailbox
+        self._handlers = HandlerTable(self.bus)
+        self._requests = PendingRequests()
+        # Legacy drops beside the mailbox are looked at only when an intake is configured (intake.py),
+        # and only beside a file mailbox.
         plugin = _intake.get(policy, force=legacy_intake)
-        self._intake_probe = (
-            plugin.prober(self.mailbox)
-            if plugin is not None and isinstance(self.mailbox, FileMailbox)
-            else None
+        mb = self.mailbox
+        probe = plugin.prober(mb) if plugin is not None and isinstance(mb, FileMailbox) else None
+        self._consumer = ConsumerLoop(
+            self.agent_id,
+            self.mailbox,
+            self._handlers,
+            self._requests,
+            self.bus,
+            dead_letter_topic=dead_letter_topic,
+            recover_every=recover_every,
+            intake_probe=probe,
         )
-        self._next_legacy_look = 0.0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self._consumer.dead_letter_topic
+
+    @property
+    def recover_every(self) -> float:
+        return self._consumer.recover_every
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -197,7 +171,7 @@ class Comms:
             reply_to=reply_to,
             headers=headers,
         )
-        return self._route(message, addressed=True, recipients=(to,), override=route)
+        return self._router.route(message, addressed=True, recipients=(to,), override=route)
 
     def publish(
         self,
@@ -210,7 +184,7 @@ class Comms:
         headers: dict[str, Any] | None = None,
     ) -> Sent:
         """Publish to whoever subscribes. Durable: a copy into the mailbox of every agent holding a
-        durable subscription that matches the topic (recorded on disk by `subscribe`)."""
+        durable subscription that matches the topic (recorded by `subscribe`)."""
         message = Message(
             topic,
             payload,
@@ -219,75 +193,11 @@ class Comms:
             correlation_id=correlation_id,
             headers=headers,
         )
-        return self._route(message, addressed=False, recipients=None, override=route)
-
-    def _route(
-        self,
-        message: Message,
-        *,
-        addressed: bool,
-        recipients: tuple[str, ...] | None,
-        override: Route | str | None,
-    ) -> Sent:
-        decision = self.policy.decide(
-            message.topic, priority=message.priority, addressed=addressed, override=override
-        )
-        route = decision.route
-        durable_to: tuple[str, ...] = ()
-        if route.durable:
-            targets = recipients if recipients is not None else self.durable_subscribers(message.topic)
-            backend = decision.rule.backend if decision.rule is not None else None
-            for agent in targets:
-                copy = message if message.recipient == agent else replace(message, recipient=agent)
-                self._outbox(agent, backend).put(copy)
-            durable_to = tuple(targets)
-        handlers = 0
-        if route.ephemeral:
-            event = Event(
-                message.topic,
-                message,
-                source=self.agent_id,
-                correlation_id=message.correlation_id,
-                id=message.id,
-                durable=route.durable,
-            )
-            handlers = self.bus.publish(event).handlers
-        return Sent(message, route, decision.reason, durable_to, handlers)
-
-    def _open(self, url: str | None, agent: str) -> Mailbox:
-        if url is None or url == "local":
-            return FileMailbox(self.root, agent, fsync=self.fsync, **self._mailbox_options)
-        if "://" not in url or url.startswith("file://"):
-            return open_mailbox(url, agent, fsync=self.fsync, **self._mailbox_options)
-        return open_mailbox(url, agent, **self._mailbox_options)
-
-    def _outbox(self, agent: str, backend: str | None = None) -> Mailbox:
-        """The mailbox a message to ``agent`` goes into: on this Comms's backend, or on the one a
-        policy rule names."""
-        where = self.url if backend is None or backend == "local" else backend
-        if agent == self.agent_id and where == self.url:
-            return self.mailbox
-        key = (where, agent)
-        with self._outbox_lock:
-            mb = self._outboxes.get(key)
-            if mb is None:
-                mb = self._open(where, agent)
-                self._outboxes[key] = mb
-                if len(self._outboxes) > 64:  # keep open folders and connections bounded
-                    _, oldest = self._outboxes.popitem(last=False)
-                    oldest.close()
-            else:
-                self._outboxes.move_to_end(key)
-            return mb
-
-    # -- durable subscriptions on disk ------------------------------------------------------------
+        return self._router.route(message, addressed=False, recipients=None, override=route)
 
     def durable_subscribers(self, topic: str) -> list[str]:
         """Agents whose recorded subscriptions match ``topic`` (under the root, or on Redis)."""
-        return self._registry.subscribers(topic)
-
-    def _record_pattern(self, pattern: str, add: bool) -> None:
-        self._registry.record(self.agent_id, pattern, add)
+        return self._router.registry.subscribers(topic)
 
     # -- subscribing ----------------------------------------------------------------------------
 
@@ -305,47 +215,19 @@ class Comms:
                 return None
             if message.recipient is not None and message.recipient != agent:
                 return None  # an ephemeral send to another agent
-            return handler(_received(message, None, False))
+            return handler(received(message, None, False))
 
-        with self._lock:
-            key = (pattern, handler)
-            if key in self._bus_adapters:
-                return CommsSubscription(pattern, handler)
-            self.bus.subscribe(pattern, from_bus)
-            self._bus_adapters[key] = from_bus
-            self._handlers.setdefault(pattern, []).append(handler)
-            self._dispatch_cache = {}
-        self._record_pattern(pattern, add=True)
+        if self._handlers.add(pattern, handler, from_bus):
+            self._router.registry.record(self.agent_id, pattern, True)
         return CommsSubscription(pattern, handler)
 
     def unsubscribe(self, subscription: CommsSubscription) -> bool:
-        with self._lock:
-            adapter = self._bus_adapters.pop((subscription.pattern, subscription.handler), None)
-            if adapter is None:
-                return False
-            self.bus.unsubscribe(subscription.pattern, adapter)
-            handlers = self._handlers[subscription.pattern]
-            handlers.remove(subscription.handler)
-            still_used = bool(handlers)
-            if not still_used:
-                del self._handlers[subscription.pattern]
-            self._dispatch_cache = {}
+        still_used = self._handlers.remove(subscription.pattern, subscription.handler)
+        if still_used is None:
+            return False
         if not still_used:
-            self._record_pattern(subscription.pattern, add=False)
+            self._router.registry.record(self.agent_id, subscription.pattern, False)
         return True
-
-    def _handlers_for(self, topic: str) -> tuple[Handler, ...]:
-        cached = self._dispatch_cache.get(topic)
-        if cached is not None:
-            return cached
-        with self._lock:
-            found: list[Handler] = []
-            for pattern, handlers in self._handlers.items():
-                if pattern_matches(pattern, topic):
-                    found.extend(h for h in handlers if h not in found)
-            result = tuple(found)
-            self._dispatch_cache[topic] = result
-        return result
 
     # -- consuming ------------------------------------------------------------------------------
 
@@ -355,112 +237,12 @@ class Comms:
         Where a legacy intake is on (`hybridcomms.intake`), messages that legacy Dream.OS writers drop in
         this agent's ``inbox.json`` or ``inbox/`` are first taken into ``new/`` (looked at every quarter
         second at most)."""
-        if self._intake_probe is not None:
-            now = time.monotonic()
-            if now >= self._next_legacy_look:
-                self._next_legacy_look = now + 0.25
-                self.ingest_legacy()
-        delivery = self.mailbox.claim(timeout=timeout, cancel=self._stop)
-        if delivery is None:
-            return False
-        self._dispatch(delivery)
-        return True
+        return self._consumer.process_one(timeout)
 
     def ingest_legacy(self, *, force: bool = False) -> int:
         """Take legacy drops (``inbox.json`` appends, ``inbox/`` files) into ``new/``; how many (0 when
         no intake is on)."""
-        if self._intake_probe is None:
-            return 0
-        try:
-            taken = self._intake_probe(force)
-        except (OSError, HybridCommsError) as exc:
-            log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
-            return 0
-        return int(taken or 0)
-
-    def _dispatch(self, d: MailboxDelivery) -> None:
-        message = d.message
-        headers = message.headers
-        if headers:
-            if headers.get(REPLY_HEADER) and message.correlation_id is not None:
-                self._take_reply(d)
-                return
-            expires = headers.get(EXPIRES_HEADER)
-            if isinstance(expires, (int, float)) and expires < time.time():
-                d.dead(f"expired at {expires:.3f} before it was handled")
-                self._dead_letter_event(d, "expired before it was handled", None)
-                return
-        handlers = self._handlers_for(message.topic)
-        if not handlers:
-            self._fail(d, f"no handler subscribed for topic {message.topic!r} in {self.agent_id}")
-            return
-        received = _received(message, d.attempt, True)
-        started = time.perf_counter()
-        try:
-            for handler in handlers:
-                result = handler(received)
-                if inspect.isawaitable(result):
-                    self._run_awaitable(result)
-        except Exception as exc:
-            _record_handler(self.agent_id, False, time.perf_counter() - started)
-            log.warning(
-                "%s: handler failed on %s (attempt %d): %s",
-                self.agent_id,
-                message.id,
-                d.attempt,
-                exc,
-                exc_info=True,
-            )
-            self._fail(d, f"{type(exc).__name__}: {exc}")
-            return
-        _record_handler(self.agent_id, True, time.perf_counter() - started)
-        d.ack()
-
-    def _run_awaitable(self, awaitable: Any) -> None:
-        async def run() -> Any:
-            return await awaitable
-
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            loop = self.bus._background_loop()
-        asyncio.run_coroutine_threadsafe(run(), loop).result()
-
-    def _fail(self, d: MailboxDelivery, error: str) -> None:
-        last = attempts_used_up(d.attempt, self.mailbox.max_attempts)
-        d.nack(error=error)
-        if last:
-            self._dead_letter_event(d, f"failed {d.attempt} of {self.mailbox.max_attempts} attempts", error)
-
-    def _dead_letter_event(self, d: MailboxDelivery, reason: str, error: str | None) -> None:
-        m = d.message
-        self.bus.publish(
-            self.dead_letter_topic,
-            {
-                "agent": self.agent_id,
-                "id": m.id,
-                "topic": m.topic,
-                "sender": m.sender,
-                "attempts": d.attempt,
-                "reason": reason,
-                "last_error": error,
-            },
-            source=self.agent_id,
-            correlation_id=m.id,
-        )
-
-    def _take_reply(self, d: MailboxDelivery) -> None:
-        with self._lock:
-            future = self._pending.pop(d.message.correlation_id or "", None)
-        d.ack()
-        if future is None:
-            log.warning(
-                "%s: reply %s to request %s came after its timeout; dropped",
-                self.agent_id,
-                d.message.id,
-                d.message.correlation_id,
-            )
-        elif not future.done():
-            future.set_result(_received(d.message, d.attempt, True))
+        return self._consumer.ingest_legacy(force)
 
     # -- request / reply --------------------------------------------------------------------------
 
@@ -486,11 +268,9 @@ class Comms:
         )
         if opts:
             raise TypeError(f"unexpected options: {', '.join(sorted(opts))}")
-        future: concurrent.futures.Future[Received] = concurrent.futures.Future()
-        with self._lock:
-            self._pending[message.id] = future
+        future = self._requests.open(message.id)
         try:
-            self._route(message, addressed=True, recipients=(to,), override=Route.DURABLE)
+            self._router.route(message, addressed=True, recipients=(to,), override=Route.DURABLE)
             deadline = time.monotonic() + timeout
             while not future.done():
                 remaining = deadline - time.monotonic()
@@ -498,18 +278,17 @@ class Comms:
                     break
                 if self.running:
                     try:
-                        return future.result(remaining)
-                    except concurrent.futures.TimeoutError:
+                        return future.result(remaining)  # type: ignore[no-any-return]
+                    except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
                         break
                 self.process_one(timeout=min(remaining, 0.5))
             if future.done():
-                return future.result()
+                return future.result()  # type: ignore[no-any-return]
             raise RequestTimeoutError(
                 f"no reply from {to} to {topic!r} (request {message.id}) within {timeout:g}s"
             )
         finally:
-            with self._lock:
-                self._pending.pop(message.id, None)
+            self._requests.close(message.id)
 
     def reply(self, message: Message, payload: Any = None, **opts: Any) -> Sent:
         """Answer a request: a durable message to its sender, correlated by the request's id."""
@@ -539,65 +318,30 @@ class Comms:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._consumer.running
 
     def start(self) -> Comms:
         """Run the consumer loop in a thread: claim, handle, ack/nack, recover now and then."""
         with self._lock:
             if self._closed:
                 raise HybridCommsError("this Comms is closed")
-            if self.running:
-                return self
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name=f"hybridcomms-{self.agent_id}", daemon=True
-            )
-            self._thread.start()
+            self._consumer.start()
         return self
-
-    def _run(self) -> None:
-        next_recovery = time.monotonic() + self.recover_every if self.recover_every else float("inf")
-        while not self._stop.is_set():
-            try:
-                self.process_one(timeout=0.5)
-                if time.monotonic() >= next_recovery:
-                    self.mailbox.recover()
-                    next_recovery = time.monotonic() + self.recover_every
-            except Exception:
-                log.exception("%s: consumer loop error; continuing", self.agent_id)
-                self._stop.wait(0.5)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the consumer loop. A message being handled is finished (acked or nacked) first;
         if that takes longer than ``timeout``, it is left to recovery."""
-        self._stop.set()
-        self.mailbox.wake()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning(
-                    "%s: consumer still busy after %gs; its claim is left to recovery", self.agent_id, timeout
-                )
-            else:
-                self._thread = None
+        self._consumer.stop(timeout)
 
     def close(self) -> None:
-        """Stop, unsubscribe from the bus (durable subscriptions stay on disk), release the folders."""
-        if self._closed:
-            return
-        self.stop()
+        """Stop, unsubscribe from the bus (durable subscriptions stay recorded), release the mailboxes."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            for (pattern, _handler), adapter in self._bus_adapters.items():
-                self.bus.unsubscribe(pattern, adapter)
-            self._bus_adapters.clear()
-        with self._outbox_lock:
-            for mb in self._outboxes.values():
-                mb.close()
-            self._outboxes.clear()
-        self.mailbox.close()
-        self._registry.close()
+        self.stop()
+        self._handlers.close()
+        self._router.close()
 
     def __enter__(self) -> Comms:
         return self.start()
@@ -607,7 +351,7 @@ class Comms:
 
     async def astart(self) -> Comms:
         """`start` for asyncio agents: async handlers then run on this event loop."""
-        self._loop = asyncio.get_running_loop()
+        self._consumer.loop = asyncio.get_running_loop()
         return self.start()
 
     async def astop(self, timeout: float = 30.0) -> None:

@@ -164,8 +164,8 @@ class BusCollector(Collector):
     in-memory bus, and the runs of `Comms` durable handlers (failures and time spent)."""
 
     def collect(self) -> Iterator[Any]:
+        from ._consumer import HANDLER_STATS, _stats_lock
         from .bus import published_count
-        from .comms import HANDLER_STATS, _stats_lock
 
         c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
         c.add_metric([], published_count())

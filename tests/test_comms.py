@@ -241,7 +241,7 @@ def test_stopping_finishes_the_message_in_hand(make: Callable[..., Comms], root:
     stopper = threading.Thread(target=b.stop)
     stopper.start()
     deadline = time.monotonic() + 10
-    while not b._stop.is_set():  # handshake: the stop has begun, with the message in hand
+    while not b._consumer.stopping.is_set():  # handshake: the stop has begun, with the message in hand
         assert time.monotonic() < deadline
         time.sleep(0.001)
     release.set()
@@ -286,7 +286,7 @@ def test_a_request_without_a_reply_times_out_cleanly_and_a_late_reply_is_dropped
     with pytest.raises(RequestTimeoutError, match="no reply from Agent-2"):
         a.request("Agent-2", "dreamos.query.slow", timeout=0.3)
     assert 0.29 <= time.monotonic() - start < 3
-    assert a._pending == {}
+    assert len(a._requests) == 0
     # the request itself expires in Agent-2's mailbox instead of being answered late
     b.subscribe("dreamos.query.*", lambda m: b.reply(m, "too late"))
     assert b.process_one()

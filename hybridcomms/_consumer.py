@@ -1,0 +1,229 @@
+"""Comms part: the consumer loop. Claim a durable message, hand it to the handlers of its topic (or to
+the request waiting for it), and settle it: ack, nack with backoff, or dead-letter with an event on the
+bus; take in legacy drops where an intake is on; run recovery now and then."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._handlers import HandlerTable
+from ._requests import PendingRequests
+from .backend import Mailbox, MailboxDelivery
+from .bus import AgentBus
+from .errors import HybridCommsError
+from .message import Message
+from .retry import attempts_used_up
+
+__all__ = [
+    "DEAD_LETTER_TOPIC",
+    "EXPIRES_HEADER",
+    "HANDLER_STATS",
+    "REPLY_HEADER",
+    "ConsumerLoop",
+    "Received",
+    "received",
+]
+
+log = logging.getLogger("hybridcomms.comms")
+
+REPLY_HEADER = "hybridcomms.reply"
+EXPIRES_HEADER = "hybridcomms.expires_at"
+DEAD_LETTER_TOPIC = "hybridcomms.deadletter"
+#: How often the loop looks for legacy drops, at most (seconds).
+LEGACY_LOOK_EVERY = 0.25
+
+#: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
+HANDLER_STATS: dict[str, list[float]] = {}
+_stats_lock = threading.Lock()
+
+
+def _record_handler(agent: str, ok: bool, seconds: float) -> None:
+    with _stats_lock:
+        row = HANDLER_STATS.setdefault(agent, [0, 0, 0.0])
+        row[0 if ok else 1] += 1
+        row[2] += seconds
+
+
+class Received(Message):
+    """A message as a handler receives it: the `Message`, plus ``attempt`` (1 on the first durable
+    delivery, None for an ephemeral one) and ``durable``."""
+
+    attempt: int | None
+    durable: bool
+
+
+def received(message: Message, attempt: int | None, durable: bool) -> Received:
+    r = object.__new__(Received)
+    object.__setattr__(r, "__dict__", {**message.__dict__, "attempt": attempt, "durable": durable})
+    return r
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        agent_id: str,
+        mailbox: Mailbox,
+        handlers: HandlerTable,
+        requests: PendingRequests,
+        bus: AgentBus,
+        *,
+        dead_letter_topic: str,
+        recover_every: float,
+        intake_probe: Callable[[bool], Any] | None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.mailbox = mailbox
+        self.handlers = handlers
+        self.requests = requests
+        self.bus = bus
+        self.dead_letter_topic = dead_letter_topic
+        self.recover_every = recover_every
+        self.intake_probe = intake_probe
+        self.stopping = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
+        self._thread: threading.Thread | None = None
+        self._next_legacy_look = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"hybridcomms-{self.agent_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_recovery = time.monotonic() + self.recover_every if self.recover_every else float("inf")
+        while not self.stopping.is_set():
+            try:
+                self.process_one(timeout=0.5)
+                if time.monotonic() >= next_recovery:
+                    self.mailbox.recover()
+                    next_recovery = time.monotonic() + self.recover_every
+            except Exception:
+                log.exception("%s: consumer loop error; continuing", self.agent_id)
+                self.stopping.wait(0.5)
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        self.mailbox.wake()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "%s: consumer still busy after %gs; its claim is left to recovery", self.agent_id, timeout
+                )
+            else:
+                self._thread = None
+
+    def process_one(self, timeout: float | None = None) -> bool:
+        if self.intake_probe is not None:
+            now = time.monotonic()
+            if now >= self._next_legacy_look:
+                self._next_legacy_look = now + LEGACY_LOOK_EVERY
+                self.ingest_legacy()
+        delivery = self.mailbox.claim(timeout=timeout, cancel=self.stopping)
+        if delivery is None:
+            return False
+        self.dispatch(delivery)
+        return True
+
+    def ingest_legacy(self, force: bool = False) -> int:
+        if self.intake_probe is None:
+            return 0
+        try:
+            taken = self.intake_probe(force)
+        except (OSError, HybridCommsError) as exc:
+            log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
+            return 0
+        return int(taken or 0)
+
+    def dispatch(self, d: MailboxDelivery) -> None:
+        message = d.message
+        headers = message.headers
+        if headers:
+            if headers.get(REPLY_HEADER) and message.correlation_id is not None:
+                self._take_reply(d)
+                return
+            expires = headers.get(EXPIRES_HEADER)
+            if isinstance(expires, (int, float)) and expires < time.time():
+                d.dead(f"expired at {expires:.3f} before it was handled")
+                self._dead_letter_event(d, "expired before it was handled", None)
+                return
+        handlers = self.handlers.for_topic(message.topic)
+        if not handlers:
+            self._fail(d, f"no handler subscribed for topic {message.topic!r} in {self.agent_id}")
+            return
+        r = received(message, d.attempt, True)
+        started = time.perf_counter()
+        try:
+            for handler in handlers:
+                result = handler(r)
+                if inspect.isawaitable(result):
+                    self._run_awaitable(result)
+        except Exception as exc:
+            _record_handler(self.agent_id, False, time.perf_counter() - started)
+            log.warning(
+                "%s: handler failed on %s (attempt %d): %s",
+                self.agent_id,
+                message.id,
+                d.attempt,
+                exc,
+                exc_info=True,
+            )
+            self._fail(d, f"{type(exc).__name__}: {exc}")
+            return
+        _record_handler(self.agent_id, True, time.perf_counter() - started)
+        d.ack()
+
+    def _run_awaitable(self, awaitable: Any) -> None:
+        async def run() -> Any:
+            return await awaitable
+
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            loop = self.bus._background_loop()
+        asyncio.run_coroutine_threadsafe(run(), loop).result()
+
+    def _fail(self, d: MailboxDelivery, error: str) -> None:
+        last = attempts_used_up(d.attempt, self.mailbox.max_attempts)
+        d.nack(error=error)
+        if last:
+            self._dead_letter_event(d, f"failed {d.attempt} of {self.mailbox.max_attempts} attempts", error)
+
+    def _dead_letter_event(self, d: MailboxDelivery, reason: str, error: str | None) -> None:
+        m = d.message
+        self.bus.publish(
+            self.dead_letter_topic,
+            {
+                "agent": self.agent_id,
+                "id": m.id,
+                "topic": m.topic,
+                "sender": m.sender,
+                "attempts": d.attempt,
+                "reason": reason,
+                "last_error": error,
+            },
+            source=self.agent_id,
+            correlation_id=m.id,
+        )
+
+    def _take_reply(self, d: MailboxDelivery) -> None:
+        d.ack()
+        if not self.requests.answer(d.message.correlation_id or "", received(d.message, d.attempt, True)):
+            log.warning(
+                "%s: reply %s to request %s came after its timeout; dropped",
+                self.agent_id,
+                d.message.id,
+                d.message.correlation_id,
+            )

@@ -1,0 +1,134 @@
+"""Comms part: where a message goes. The policy decides the route; durable copies go into the
+recipients' mailboxes (on this agent's backend, or on the one a policy rule names), ephemeral ones
+onto the bus. Also the mailboxes it opens for that, and the durable subscriptions (`registry`)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .backend import Mailbox, open_mailbox
+from .bus import AgentBus, Event
+from .mailbox import FileMailbox
+from .message import Message
+from .policy import Policy, Route
+from .registry import registry_for
+
+__all__ = ["Router", "Sent"]
+
+#: Mailboxes of other agents kept open at most (folders, connections); the least recent is closed.
+MAX_OUTBOXES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What `Comms.send` / `Comms.publish` did with one message."""
+
+    message: Message
+    route: Route
+    reason: str
+    durable_to: tuple[str, ...]  # mailboxes it was put into
+    bus_handlers: int  # bus handlers it reached (ephemeral part)
+
+
+class Router:
+    def __init__(
+        self,
+        agent_id: str,
+        root: Path,
+        url: str | None,
+        policy: Policy,
+        bus: AgentBus,
+        fsync: str,
+        options: dict[str, Any],
+    ) -> None:
+        self.agent_id = agent_id
+        self.root = root
+        self.url = url
+        self.policy = policy
+        self.bus = bus
+        self.fsync = fsync
+        self.options = options  # what every backend takes: lease, max_attempts, backoff
+        self.mailbox = self.open(url, agent_id)
+        self.registry = registry_for(root, url, getattr(self.mailbox, "file_mode", 0o600))
+        self._outboxes: OrderedDict[tuple[str | None, str], Mailbox] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, url: str | None, agent: str) -> Mailbox:
+        """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""
+        if url is None or url == "local":
+            return FileMailbox(self.root, agent, fsync=self.fsync, **self.options)
+        if "://" not in url or url.startswith("file://"):
+            return open_mailbox(url, agent, fsync=self.fsync, **self.options)
+        return open_mailbox(url, agent, **self.options)
+
+    def outbox(self, agent: str, backend: str | None = None) -> Mailbox:
+        """The mailbox a message to ``agent`` goes into: on this agent's backend, or on the one a
+        policy rule names."""
+        where = self.url if backend is None or backend == "local" else backend
+        if agent == self.agent_id and where == self.url:
+            return self.mailbox
+        key = (where, agent)
+        with self._lock:
+            mb = self._outboxes.get(key)
+            if mb is None:
+                mb = self.open(where, agent)
+                self._outboxes[key] = mb
+                if len(self._outboxes) > MAX_OUTBOXES:
+                    _, oldest = self._outboxes.popitem(last=False)
+                    oldest.close()
+            else:
+                self._outboxes.move_to_end(key)
+            return mb
+
+    def route(
+        self,
+        message: Message,
+        *,
+        addressed: bool,
+        recipients: tuple[str, ...] | None,
+        override: Route | str | None,
+    ) -> Sent:
+        decision = self.policy.decide(
+            message.topic, priority=message.priority, addressed=addressed, override=override
+        )
+        route = decision.route
+        durable_to: tuple[str, ...] = ()
+        if route.durable:
+            targets = recipients if recipients is not None else self.registry.subscribers(message.topic)
+            backend = decision.rule.backend if decision.rule is not None else None
+            for agent in targets:
+                copy = message if message.recipient == agent else replace(message, recipient=agent)
+                self.outbox(agent, backend).put(copy)
+            durable_to = tuple(targets)
+        handlers = 0
+        if route.ephemeral:
+            event = Event(
+                message.topic,
+                message,
+                source=self.agent_id,
+                correlation_id=message.correlation_id,
+                id=message.id,
+                durable=route.durable,
+            )
+            handlers = self.bus.publish(event).handlers
+        return Sent(message, route, decision.reason, durable_to, handlers)
+
+    def close(self) -> None:
+        with self._lock:
+            for mb in self._outboxes.values():
+                mb.close()
+            self._outboxes.clear()
+        self.mailbox.close()
+        self.registry.close()
+
+
+def resolve_url(url: str | None) -> str | None:
+    """``url``, else ``$HYBRIDCOMMS_URL``; None for files under the root."""
+    from .backend import URL_ENV
+
+    return (url if url is not None else os.environ.get(URL_ENV, "")) or None
