@@ -26,6 +26,7 @@ from enum import Enum
 from typing import Any
 
 from ._names import REASON_SUFFIX
+from .errors import NotRegularFileError, TooLargeError
 
 __all__ = [
     "NAME_MAX",
@@ -271,19 +272,6 @@ def read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
     if total > limit:
         return None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class NotRegularFileError(OSError):
-    """What a producer placed where a file was expected is a FIFO, a folder, a device, …"""
-
-
-class TooLargeError(OSError):
-    """A file is bigger than the cap its reader set."""
-
-    def __init__(self, size: int, limit: int, filename: str | None = None) -> None:
-        super().__init__(errno.EFBIG, f"{size} bytes, over the limit of {limit}", filename)
-        self.size = size
-        self.limit = limit
 
 
 def read_regular(

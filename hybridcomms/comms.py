@@ -44,7 +44,7 @@ from ._requests import PendingRequests
 from ._routing import Router, Sent, resolve_url
 from .backend import Mailbox
 from .bus import AgentBus, Event, default_bus
-from .errors import HybridCommsError
+from .errors import HybridCommsError, RequestTimeoutError
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id
 from .message import Message, Priority
 from .policy import Policy, Route
@@ -56,10 +56,6 @@ __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sen
 __all__ += ["DEAD_LETTER_TOPIC", "EXPIRES_HEADER", "HANDLER_STATS", "REPLY_HEADER"]
 
 log = logging.getLogger("hybridcomms.comms")
-
-
-class RequestTimeoutError(HybridCommsError, TimeoutError):
-    """No reply came within the timeout. Nothing of the request is left waiting in this process."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -10,14 +10,24 @@ keeps working.
     │   ├── MessageTooLargeError                        encoded size over the configured limit
     │   └── MessageDecodeError                          bytes that are not a message (keeps raw + path)
     ├── LockTimeoutError         (also TimeoutError) a lock file stayed locked for the whole timeout
+    ├── RequestTimeoutError      (also TimeoutError) no reply to `Comms.request` within its timeout
+    ├── PolicyError              (also ValueError)  a policy file or rule that cannot be used
     └── MailboxError                                     mailbox-level failures
         ├── MailboxIOError           (also OSError)     an I/O step failed; nothing was half-done
         ├── UnsafePathError                              a mailbox folder is a symlink or not a folder
         └── DeliveryError            (also RuntimeError) a settle call on a delivery that can't be settled
             └── DeliveryLostError                       the delivery was taken away (lease expired)
+
+Two ``OSError`` subclasses say what a file found under a mailbox is, for the readers inside the
+package (they become dead letters or refusals, never reach a caller as such):
+
+    NotRegularFileError  (OSError)   a FIFO, folder, device… where a file was expected
+    TooLargeError        (OSError)   a file bigger than its reader's cap
 """
 
 from __future__ import annotations
+
+import errno as _errno
 
 __all__ = [
     "DeliveryError",
@@ -30,6 +40,10 @@ __all__ = [
     "MessageDecodeError",
     "MessageError",
     "MessageTooLargeError",
+    "NotRegularFileError",
+    "PolicyError",
+    "RequestTimeoutError",
+    "TooLargeError",
     "UnsafePathError",
 ]
 
@@ -91,3 +105,31 @@ class DeliveryError(MailboxError, RuntimeError):
 
 class DeliveryLostError(DeliveryError):
     """The claimed message is no longer ours: its lease expired and recovery returned it to ``new/``."""
+
+
+class RequestTimeoutError(HybridCommsError, TimeoutError):
+    """No reply came within the timeout. Nothing of the request is left waiting in this process."""
+
+
+class PolicyError(HybridCommsError, ValueError):
+    """A policy file or rule that cannot be used. ``path`` and ``line`` say where, when known."""
+
+    def __init__(self, reason: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = f"{path or '<policy>'}{f':{line}' if line else ''}: " if path or line else ""
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+        self.path = path
+        self.line = line
+
+
+class NotRegularFileError(OSError):
+    """What a producer placed where a file was expected is a FIFO, a folder, a device, …"""
+
+
+class TooLargeError(OSError):
+    """A file is bigger than the cap its reader set."""
+
+    def __init__(self, size: int, limit: int, filename: str | None = None) -> None:
+        super().__init__(_errno.EFBIG, f"{size} bytes, over the limit of {limit}", filename)
+        self.size = size
+        self.limit = limit

@@ -641,7 +641,7 @@ class FileMailbox:
                 elif m is not None:
                     rank, due, msg_id, seen = m.groups()
                     attempt = int(seen) + 1
-                    target = f"{rank}.{due}.{msg_id}.a{attempt}.json"
+                    target = make_name(rank, due, msg_id, attempt)
                     if attempt > _MAX_ATTEMPT_IN_NAME:
                         target, problem = "", f"attempt count {seen} is out of range"
                 else:  # give it a proper name
@@ -865,4 +865,4 @@ def _publish_name(message: Message, now: float) -> str:
     created = message.created_at
     ts = created.timestamp()
     due = compact_time_of(created, ts) if ts <= now else compact_time(now)
-    return f"{RANK_OF[message.priority]}.{due}.{message.id}.a0.json"
+    return make_name(RANK_OF[message.priority], due, message.id, 0)

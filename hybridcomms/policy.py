@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _fs
-from .errors import HybridCommsError, MessageError
+from .errors import MessageError, PolicyError
 from .message import Priority
 
 if sys.version_info >= (3, 11):
@@ -54,17 +54,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["DEFAULT_RULES", "Decision", "Policy", "PolicyError", "Route", "Rule", "compile_pattern"]
-
-
-class PolicyError(HybridCommsError, ValueError):
-    """A policy file or rule that cannot be used. ``path`` and ``line`` say where, when known."""
-
-    def __init__(self, reason: str, *, path: str | None = None, line: int | None = None) -> None:
-        where = f"{path or '<policy>'}{f':{line}' if line else ''}: " if path or line else ""
-        super().__init__(f"{where}{reason}")
-        self.reason = reason
-        self.path = path
-        self.line = line
 
 
 class Route(str, Enum):
