@@ -18,8 +18,8 @@ keeps working.
         └── DeliveryError            (also RuntimeError) a settle call on a delivery that can't be settled
             └── DeliveryLostError                       the delivery was taken away (lease expired)
 
-Two ``OSError`` subclasses say what a file found under a mailbox is, for the readers inside the
-package (they become dead letters or refusals, never reach a caller as such):
+Two ``OSError`` subclasses, internal (not in ``__all__``), say what a file found under a mailbox is,
+for the readers inside the package (they become dead letters or refusals, never reach a caller):
 
     NotRegularFileError  (OSError)   a FIFO, folder, device… where a file was expected
     TooLargeError        (OSError)   a file bigger than its reader's cap
@@ -40,10 +40,8 @@ __all__ = [
     "MessageDecodeError",
     "MessageError",
     "MessageTooLargeError",
-    "NotRegularFileError",
     "PolicyError",
     "RequestTimeoutError",
-    "TooLargeError",
     "UnsafePathError",
 ]
 
