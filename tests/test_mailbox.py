@@ -1,4 +1,7 @@
-"""The FileMailbox contract, one behaviour per test."""
+"""What is the file backend's own in FileMailbox: folders, file names and contents, modes, fsync
+policies, inotify wake-ups, the claim index. The mailbox contract itself (put, claim, settle, order,
+attempts, dead letters, stats, requeue, purge, threads) is tested for every backend in
+tests/contract/."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import pytest
 
 from hybridcomms import (
     Backoff,
-    DeliveryError,
     FileMailbox,
     Message,
     Priority,
@@ -27,17 +29,6 @@ Make = Callable[..., FileMailbox]
 
 def names(mb: FileMailbox, state: str) -> list[str]:
     return sorted(os.listdir(mb.path / state))
-
-
-def test_a_put_message_is_claimed_with_the_same_content_and_attempt_one(mailbox: FileMailbox) -> None:
-    sent = Message("task.command", {"do": "build"}, sender="Captain-THEA", recipient="Agent-1")
-    assert mailbox.put(sent) == sent.id
-    d = mailbox.claim()
-    assert d is not None
-    assert d.message == sent
-    assert d.attempt == 1
-    d.ack()
-    assert mailbox.claim() is None
 
 
 def test_the_mailbox_folders_follow_the_on_disk_contract(mailbox: FileMailbox, root: Path) -> None:
@@ -96,15 +87,6 @@ def test_claims_go_by_priority_then_oldest_first(mailbox: FileMailbox) -> None:
     assert order == ["crit", "high", "med-old", "med-new", "low-old"]
 
 
-def test_a_message_created_in_the_future_by_a_skewed_clock_is_due_at_once(mailbox: FileMailbox) -> None:
-    from datetime import datetime, timedelta, timezone
-
-    m = Message("skewed", created_at=datetime.now(timezone.utc) + timedelta(hours=1))
-    mailbox.put(m)
-    d = mailbox.claim()
-    assert d is not None and d.message == m
-
-
 def test_a_message_from_another_writer_is_seen_by_an_existing_claimer(make_mailbox: Make) -> None:
     consumer = make_mailbox()
     assert consumer.claim() is None
@@ -126,39 +108,6 @@ def test_a_higher_priority_arrival_from_another_writer_overtakes_the_backlog(mak
     assert d is not None and d.message.topic == "urgent"
 
 
-def test_an_ack_is_final(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    d = mailbox.claim()
-    assert d is not None
-    d.ack()
-    with pytest.raises(DeliveryError, match="already settled"):
-        d.ack()
-    with pytest.raises(DeliveryError):
-        d.nack()
-
-
-def test_a_nack_returns_the_message_with_the_attempt_counted(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    d = mailbox.claim()
-    assert d is not None
-    d.nack(delay=0)
-    d2 = mailbox.claim()
-    assert d2 is not None and d2.message.id == d.message.id and d2.attempt == 2
-
-
-def test_a_nacked_message_is_not_due_before_its_delay(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    d = mailbox.claim()
-    assert d is not None
-    d.nack(delay=0.3)
-    assert mailbox.claim() is None
-    assert mailbox.stats().delayed == 1
-    t0 = time.monotonic()
-    again = mailbox.claim(timeout=10)  # woken when it falls due, not by polling
-    assert again is not None and again.attempt == 2
-    assert time.monotonic() - t0 >= 0.25
-
-
 def test_nack_without_a_delay_uses_the_backoff(make_mailbox: Make) -> None:
     mb = make_mailbox(backoff=Backoff(initial=0.25, factor=2, jitter=0))
     mb.put(Message("t"))
@@ -172,17 +121,6 @@ def test_nack_without_a_delay_uses_the_backoff(make_mailbox: Make) -> None:
 
     due = parse_compact(name[3:25])
     assert before + 0.25 - 0.001 <= due <= after + 0.25 + 0.001  # exactly the backoff, whatever the stalls
-
-
-def test_claim_with_a_timeout_waits_for_the_backoff_to_end(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    d = mailbox.claim()
-    assert d is not None
-    d.nack(delay=0.2)
-    start = time.monotonic()
-    again = mailbox.claim(timeout=2)
-    assert again is not None
-    assert 0.15 < time.monotonic() - start < 1.0
 
 
 def test_a_message_that_keeps_failing_goes_to_dead_with_its_reason(make_mailbox: Make) -> None:
@@ -203,63 +141,6 @@ def test_a_message_that_keeps_failing_goes_to_dead_with_its_reason(make_mailbox:
     reason_file = info.path.parent / (info.name + ".reason.json")
     assert orjson.loads(reason_file.read_bytes())["id"] == m.id
     assert orjson.loads(info.path.read_bytes())["payload"] == {"x": 1}
-
-
-def test_a_handler_can_dead_letter_a_message_itself(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    d = mailbox.claim()
-    assert d is not None
-    d.dead("payload rejected by schema")
-    (info,) = mailbox.list("dead")
-    assert info.reason is not None and info.reason["reason"] == "payload rejected by schema"
-
-
-def test_the_context_manager_acks_on_success(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    d = mailbox.claim()
-    assert d is not None
-    with d:
-        pass
-    assert d.settled and len(names(mailbox, "done")) == 1
-
-
-def test_the_context_manager_nacks_on_exception_and_reraises(mailbox: FileMailbox) -> None:
-    mailbox.put(Message("t"))
-    with pytest.raises(KeyError):
-        d = mailbox.claim()
-        assert d is not None
-        with d:
-            raise KeyError("nope")
-    assert names(mailbox, "done") == [] and len(names(mailbox, "new")) == 1
-
-
-def test_the_last_error_reaches_the_dead_letter_reason_through_the_context_manager(
-    make_mailbox: Make,
-) -> None:
-    mb = make_mailbox(max_attempts=1)
-    mb.put(Message("t"))
-    d = mb.claim()
-    assert d is not None
-    with pytest.raises(ValueError), d:
-        raise ValueError("bad value 42")
-    (info,) = mb.list("dead")
-    assert info.reason is not None and info.reason["last_error"] == "ValueError: bad value 42"
-
-
-def test_put_many_delivers_every_message_of_the_burst(make_mailbox: Make) -> None:
-    mb = make_mailbox(fsync="always")
-    sent = [Message("burst", i) for i in range(50)]
-    assert mb.put_many(sent) == [m.id for m in sent]
-    got = []
-    while (d := mb.claim()) is not None:
-        got.append(d.message.payload)
-        d.ack()
-    assert sorted(got) == list(range(50))
-    assert names(mb, "tmp") == []
-
-
-def test_put_many_of_nothing_does_nothing(mailbox: FileMailbox) -> None:
-    assert mailbox.put_many([]) == []
 
 
 def test_put_many_with_one_bad_message_writes_none(make_mailbox: Make) -> None:
@@ -288,39 +169,6 @@ def test_an_unknown_fsync_policy_is_refused(root: Path) -> None:
         FileMailbox(root, "Agent-1", fsync="sometimes")
 
 
-def test_stats_count_each_state_and_the_age_of_the_oldest(mailbox: FileMailbox) -> None:
-    for i in range(3):
-        mailbox.put(Message("t", i))
-    d = mailbox.claim()
-    assert d is not None
-    d.ack()
-    d = mailbox.claim()
-    assert d is not None
-    time.sleep(0.05)
-    st = mailbox.stats()
-    counts = {s.value: v.count for s, v in st.states.items()}
-    assert counts == {"new": 1, "processing": 1, "done": 1, "dead": 0, "tmp": 0}
-    assert st.states[State.NEW].oldest_age is not None and st.states[State.NEW].oldest_age >= 0.05
-    assert st.states[State.DEAD].oldest_age is None
-    d.ack()
-
-
-def test_get_finds_a_message_in_whatever_state_it_is(mailbox: FileMailbox) -> None:
-    m = Message("t", "body")
-    mailbox.put(m)
-    info = mailbox.get(m.id)
-    assert info is not None and info.state is State.NEW
-    d = mailbox.claim()
-    assert d is not None
-    info = mailbox.get(m.id)
-    assert info is not None and info.state is State.PROCESSING and info.attempt == 1
-    d.ack()
-    info = mailbox.get(m.id)
-    assert info is not None and info.state is State.DONE
-    assert mailbox.read(info) == m
-    assert mailbox.get("no-such-id") is None
-
-
 def test_requeue_gives_a_dead_message_a_fresh_start(make_mailbox: Make) -> None:
     mb = make_mailbox(max_attempts=1)
     m = Message("t")
@@ -335,23 +183,6 @@ def test_requeue_gives_a_dead_message_a_fresh_start(make_mailbox: Make) -> None:
     d = mb.claim()
     assert d is not None and d.message == m and d.attempt == 1
     d.ack()
-
-
-def test_requeue_of_an_unknown_id_moves_nothing(mailbox: FileMailbox) -> None:
-    assert mailbox.requeue("nothing-here") == []
-
-
-def test_purge_empties_done_and_dead_by_age_but_never_new(mailbox: FileMailbox) -> None:
-    for _ in range(2):
-        mailbox.put(Message("t"))
-        d = mailbox.claim()
-        assert d is not None
-        d.ack()
-    assert mailbox.purge("done", older_than=3600) == 0
-    assert mailbox.purge("done") == 2
-    assert names(mailbox, "done") == []
-    with pytest.raises(ValueError, match="only empties"):
-        mailbox.purge("new")
 
 
 def test_files_are_private_and_folders_too_by_default(mailbox: FileMailbox, root: Path) -> None:
@@ -370,33 +201,6 @@ def test_modes_are_configurable_for_a_shared_group_setup(make_mailbox: Make, roo
     assert stat.S_IMODE(os.stat(root / "Agent-7" / "new").st_mode) == 0o770
 
 
-def test_a_mailbox_can_be_shared_by_threads_without_double_delivery(make_mailbox: Make) -> None:
-    mb = make_mailbox()
-    n = 400
-    mb.put_many([Message("t", i) for i in range(n)])
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def work() -> None:
-        while (d := mb.claim()) is not None:
-            with lock:
-                got.append(d.message.payload)
-            d.ack()
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert sorted(got) == list(range(n))
-
-
-def test_claim_with_a_timeout_returns_none_after_the_timeout(mailbox: FileMailbox) -> None:
-    start = time.monotonic()
-    assert mailbox.claim(timeout=0.2) is None
-    assert 0.19 <= time.monotonic() - start < 1.5
-
-
 def test_claim_with_a_timeout_wakes_up_when_another_thread_puts(make_mailbox: Make) -> None:
     consumer = make_mailbox(rescan_interval=30)
     producer = make_mailbox()
@@ -408,14 +212,6 @@ def test_claim_with_a_timeout_wakes_up_when_another_thread_puts(make_mailbox: Ma
     timer.join()
     assert d is not None and d.message.topic == "late"
     assert elapsed < 2.0  # woken by the notification, not by the 30 s rescan
-
-
-def test_a_closed_mailbox_refuses_work(root: Path) -> None:
-    mb = FileMailbox(root, "Agent-1", fsync="never")
-    mb.close()
-    mb.close()
-    with pytest.raises(OSError, match="closed"):
-        mb.put(Message("t"))
 
 
 def test_priority_enum_values_order_claims() -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -103,6 +104,7 @@ def test_put_claim_ack_round_trip(make: Callable[..., Mailbox]) -> None:
     mb.put(sent)
     d = mb.claim()
     assert isinstance(d, MailboxDelivery)
+    assert d.message == sent  # every field, created_at included
     assert (d.message.id, d.message.topic, d.message.payload) == (sent.id, sent.topic, sent.payload)
     assert (d.message.headers, d.message.correlation_id, d.message.reply_to) == ({"h": "v"}, "c1", "R")
     assert d.attempt == 1 and not d.settled
@@ -245,6 +247,31 @@ def test_a_message_not_due_yet_waits(make: Callable[..., Mailbox]) -> None:
     again.ack()
 
 
+def test_a_message_created_in_the_future_by_a_skewed_clock_is_due_at_once(
+    make: Callable[..., Mailbox],
+) -> None:
+    mb = make()
+    sent = msg(created_at=datetime.now(timezone.utc) + timedelta(hours=1))
+    mb.put(sent)
+    d = mb.claim()
+    assert d is not None and d.message == sent
+    d.ack()
+
+
+def test_nack_without_a_delay_waits_the_backoff(make: Callable[..., Mailbox]) -> None:
+    mb = make(backoff=Backoff(initial=0.4, factor=2.0, maximum=10.0, jitter=0.0))
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    t0 = time.monotonic()
+    d.nack()
+    assert mb.claim() is None
+    again = mb.claim(timeout=10)
+    assert again is not None and again.attempt == 2
+    assert time.monotonic() - t0 >= 0.35
+    again.ack()
+
+
 def test_a_delayed_message_does_not_hold_back_others(make: Callable[..., Mailbox]) -> None:
     mb = make()
     mb.put(msg(id="first", priority=Priority.HIGH))
@@ -326,6 +353,19 @@ def test_as_a_context_manager_acks_or_nacks(make: Callable[..., Mailbox]) -> Non
     with again:
         pass
     assert count(mb, State.DONE) == 1
+
+
+def test_the_handlers_error_reaches_the_dead_letter_through_the_context_manager(
+    make: Callable[..., Mailbox],
+) -> None:
+    mb = make(max_attempts=1)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    with pytest.raises(ValueError), d:
+        raise ValueError("bad value 42")
+    (info,) = mb.list(State.DEAD)
+    assert info.reason is not None and info.reason["last_error"] == "ValueError: bad value 42"
 
 
 def test_requeue_from_dead_gives_a_fresh_count(make: Callable[..., Mailbox]) -> None:
