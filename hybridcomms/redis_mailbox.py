@@ -312,13 +312,15 @@ class RedisMailbox:
     """One agent's mailbox on Redis Streams (see the module docstring).
 
     ``RedisMailbox(url, agent_id, *, lease=300, max_attempts=5, backoff=Backoff(), max_message_size=…,
-    create=True, namespace="hc", done_retention=10000, maxlen=None, consumer=None)``
+    create=True, namespace="hc", done_retention=10000, maxlen=None, max_age=None, consumer=None)``
 
         url              ``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS), ``unix://…``
         lease, max_attempts, backoff, max_message_size: as for `FileMailbox`
         create           False: raise `MailboxIOError` if the agent has no mailbox there yet
         namespace        the first part of every key
         done_retention   acked messages kept in ``done`` (about; 0 keeps none)
+        max_age          drop entries older than this many seconds from each priority's stream as new
+                         ones come (``XADD MINID ~``); None (the default) never does (same caveat)
         maxlen           cap each priority's stream at about this many entries (``XADD MAXLEN ~``);
                          None (the default) never trims: trimming drops messages not yet delivered
         consumer         this client's name in the consumer group (default: host, pid and a random part)
@@ -337,6 +339,7 @@ class RedisMailbox:
         namespace: str = "hc",
         done_retention: int = 10_000,
         maxlen: int | None = None,
+        max_age: float | None = None,
         consumer: str | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
@@ -348,6 +351,11 @@ class RedisMailbox:
             raise ValueError("max_message_size must be >= 1")
         if done_retention < 0 or (maxlen is not None and maxlen < 1):
             raise ValueError("done_retention must be >= 0 and maxlen >= 1")
+        if maxlen is not None and max_age is not None:
+            raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
+        if max_age is not None and max_age <= 0:
+            raise ValueError("max_age must be > 0 seconds")
+        self.max_age = max_age
         self.url = url
         self.lease = float(lease)
         self.max_attempts = int(max_attempts)
@@ -442,6 +450,14 @@ class RedisMailbox:
     def put(self, message: Message) -> str:
         return self.put_many([message])[0]
 
+    def _trim(self) -> builtins.list[Any]:
+        """The retention arguments of an XADD (none by default)."""
+        if self.maxlen is not None:
+            return ["MAXLEN", "~", self.maxlen]
+        if self.max_age is not None:
+            return ["MINID", "~", int((time.time() - self.max_age) * 1000)]
+        return []
+
     def put_many(self, messages: Iterable[Message]) -> builtins.list[str]:
         self._check()
         batch = [(m, *self._fields_of(m)) for m in messages]  # all encoded before any is sent
@@ -450,12 +466,15 @@ class RedisMailbox:
         try:
             if len(batch) == 1:
                 _, i, fields = batch[0]
-                trim: builtins.list[Any] = ["MAXLEN", "~", self.maxlen] if self.maxlen is not None else []
+                trim = self._trim()
                 _roundtrip(self._r, _resp(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
             else:
                 pipe = self._r.pipeline(transaction=True)
                 for _, i, fields in batch:
-                    pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
+                    if self.max_age is not None:
+                        pipe.xadd(self._streams[i], fields, minid=self._trim()[2], approximate=True)
+                    else:
+                        pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
                 pipe.execute()
         except redis.RedisError as exc:
             raise self._error(exc, "put") from exc

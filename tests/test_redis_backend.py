@@ -170,3 +170,27 @@ def test_acked_messages_leave_the_stream_and_done_is_trimmed(redis_url: str) -> 
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_retention_by_length_or_age_trims_the_streams(redis_url: str) -> None:
+    """Opt-in retention (it drops messages not yet delivered: for bounded, lossy queues only)."""
+    ns = f"hct-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with RedisMailbox(redis_url, "A", namespace=ns, maxlen=10) as mb:
+            for i in range(500):
+                mb.put(Message("t", {}, id=f"m{i}"))
+            assert client.xlen(f"{ns}:{{A}}:s:2M") < 500  # trimmed (approximately, by whole nodes)
+        with RedisMailbox(redis_url, "B", namespace=ns, max_age=0.05) as mb:
+            mb.put_many([Message("t", {}, id=f"old{i}") for i in range(200)])
+            time.sleep(0.1)  # the entries must be older than max_age: this is the condition, not a wait
+            mb.put(Message("t", {}, id="new"))
+            left = client.xlen(f"{ns}:{{B}}:s:2M")
+            assert left < 201
+        with pytest.raises(ValueError):
+            RedisMailbox(redis_url, "C", namespace=ns, maxlen=5, max_age=1.0)
+    finally:
+        keys = list(client.scan_iter(match=f"{ns}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
