@@ -12,11 +12,13 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import orjson
 
+from .message import Message
 from .watcher import MailboxEvent, MailboxWatcher
 
 log = logging.getLogger("hybridcomms.watch")
@@ -171,6 +173,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    release_bus = _watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     watcher = MailboxWatcher(
         root,
@@ -194,6 +197,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         if runner is not None:
             runner.stopping.set()  # the watching threads stop waiting for room in the queue
         watcher.stop()
+        if release_bus is not None:
+            release_bus()
         if runner is not None:
             runner.close(wait=True)
         for s, handler in previous.items():
@@ -205,3 +210,47 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     )
     print(f"hybridcomms watch: stopped{done}", file=sys.stderr, flush=True)
     return 0
+
+
+def _watch_bus(
+    root: Path, patterns: list[str], as_json: bool, out_lock: threading.Lock
+) -> Callable[[], None]:
+    """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
+    from .bus import AgentBus, Event
+    from .fanout import share_bus
+
+    bus = AgentBus()
+
+    def show(event: Event) -> None:
+        if event.origin is None:
+            return  # (this bus publishes nothing of its own)
+        payload = event.payload
+        if isinstance(payload, Message):
+            payload = payload.to_dict()
+        if as_json:
+            record = {
+                "kind": "bus",
+                "topic": event.topic,
+                "payload": payload,
+                "source": event.source,
+                "origin": event.origin,
+                "id": event.id,
+                "at": event.timestamp,
+            }
+            line = orjson.dumps(record, default=str).decode()
+        else:
+            shown = orjson.dumps(payload, default=str).decode()
+            line = f"{'bus':<9} {event.source or '-'} {event.topic} {shown}"
+        with out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    for pattern in patterns:
+        bus.subscribe(pattern, show)
+    release = share_bus(bus, root=root)
+
+    def stop() -> None:
+        release()
+        bus.close()
+
+    return stop

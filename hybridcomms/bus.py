@@ -86,6 +86,9 @@ class Event:
     #: True when this event only notifies of a message that is also delivered durably (route
     #: "both"): observers see it here, the recipient handles the durable copy.
     durable: bool = False
+    #: Where it was published when it came from another process (``host:pid``, `hybridcomms.fanout`);
+    #: None for an event published in this process. Events from elsewhere are never sent on again.
+    origin: str | None = None
 
 
 Handler = Callable[[Any], Any]
@@ -189,6 +192,10 @@ class AgentBus:
         self._cache: dict[str, tuple[Subscription, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        # Where this process's events also go (`hybridcomms.fanout`), and who wants to know when the
+        # subscribed patterns change. Empty unless the bus is shared: publish pays one truth test.
+        self._outlets: tuple[Callable[[Event], None], ...] = ()
+        self._watchers: tuple[Callable[[], None], ...] = ()
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -213,6 +220,7 @@ class AgentBus:
             else:
                 self._exact[pattern] = (*self._exact.get(pattern, ()), sub)
             self._cache = {}
+        self._changed()
         return sub
 
     def unsubscribe(self, subscription: Subscription | str | Enum, handler: Handler | None = None) -> bool:
@@ -243,11 +251,52 @@ class AgentBus:
                 else:
                     del table[key]
             self._cache = {}
+        self._changed()
         return True
 
     def subscriptions(self) -> list[Subscription]:
         with self._lock:
             return sorted(self._by_id.values(), key=lambda s: s.seq)
+
+    def patterns(self) -> list[str]:
+        """The distinct patterns subscribed to, in order of first subscription."""
+        with self._lock:
+            return list(dict.fromkeys(s.pattern for s in sorted(self._by_id.values(), key=lambda s: s.seq)))
+
+    # -- sharing with other processes (hybridcomms.fanout) ----------------------------------------
+
+    def add_outlet(self, outlet: Callable[[Event], None]) -> None:
+        """Also hand every event published here (not those from other processes) to ``outlet``,
+        after the local handlers. An outlet must not block; what it raises is logged, not raised."""
+        with self._lock:
+            self._outlets = (*self._outlets, outlet)
+
+    def remove_outlet(self, outlet: Callable[[Event], None]) -> None:
+        with self._lock:
+            self._outlets = tuple(o for o in self._outlets if o is not outlet and o != outlet)
+
+    def add_watcher(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher()`` after every subscribe and unsubscribe."""
+        with self._lock:
+            self._watchers = (*self._watchers, watcher)
+
+    def remove_watcher(self, watcher: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w is not watcher and w != watcher)
+
+    def _changed(self) -> None:
+        for watcher in self._watchers:
+            try:
+                watcher()
+            except Exception:
+                log.exception("bus: a subscription watcher failed")
+
+    def _send_out(self, event: Event) -> None:
+        for outlet in self._outlets:
+            try:
+                outlet(event)
+            except Exception:
+                log.exception("bus: sending %s to other processes failed", event.topic)
 
     def _resolve(self, topic: str) -> tuple[Subscription, ...]:
         cached = self._cache.get(topic)
@@ -306,6 +355,8 @@ class AgentBus:
             except Exception as exc:
                 result.errors.append(exc)
                 self._failed(event, sub, exc)
+        if self._outlets and event.origin is None:
+            self._send_out(event)
         return result
 
     def _schedule(

@@ -407,7 +407,15 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
             continue
         with _open_existing(root, agent, "stats", False) as mb:
             rows.append(mb.stats().to_dict())
-    return _stats_rows(args, str(root), legacy_rows, rows)
+    from .fanout import bus_peers
+
+    peers = bus_peers(root)
+    bus = {
+        "processes": sum(1 for p in peers if p["alive"]),
+        "dead": sum(1 for p in peers if not p["alive"]),
+        "dropped": sum(p["dropped"] for p in peers),
+    }
+    return _stats_rows(args, str(root), legacy_rows, rows, bus)
 
 
 def _shown_url(url: str) -> str:
@@ -429,13 +437,18 @@ def _remote_rows(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
 
 
 def _stats_rows(
-    args: argparse.Namespace, where: str, legacy_rows: list[dict[str, Any]], rows: list[dict[str, Any]]
+    args: argparse.Namespace,
+    where: str,
+    legacy_rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    bus: dict[str, int] | None = None,
 ) -> int:
     failing = _failing(args.fail_if, rows)
     for line in failing:
         print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
     if args.json:
-        _print_json({"root": where, "agents": rows, "legacy": legacy_rows})
+        extra = {"bus": bus} if bus is not None else {}
+        _print_json({"root": where, "agents": rows, "legacy": legacy_rows, **extra})
         return EXIT_ERROR if failing else EXIT_OK
     for status in legacy_rows:
         print(
@@ -456,6 +469,12 @@ def _stats_rows(
             f"{r['agent']:<{width}}  "
             + "  ".join(f"{r[c]['count']:>10}" for c in cols)
             + f"  {r['delayed']:>8}  {human_age(r['new']['oldest_age'])}"
+        )
+    if bus and (bus["processes"] or bus["dead"]):
+        print(
+            f"bus: {bus['processes']} process(es) share ephemeral events"
+            + (f", {bus['dead']} dead not yet pruned" if bus["dead"] else "")
+            + f"; {bus['dropped']} event(s) dropped for subscribers that did not keep up"
         )
     return EXIT_ERROR if failing else EXIT_OK
 
@@ -778,6 +797,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
     w.add_argument("--create", action="store_true", help="create the mailbox root if it does not exist")
+    w.add_argument(
+        "--bus",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also print the ephemeral bus events of every process sharing the root whose topic matches "
+        "(e.g. 'dreamos.agent.status.*', or '*'); repeatable",
+    )
     w.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)"
     )

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ __all__ += ["DEAD_LETTER_TOPIC", "EXPIRES_HEADER", "HANDLER_STATS", "REPLY_HEADE
 
 log = logging.getLogger("hybridcomms.comms")
 
+#: Set to 0 to keep a `Comms`'s ephemeral events in its own process.
+SHARE_BUS_ENV = "HYBRIDCOMMS_SHARE_BUS"
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CommsSubscription:
@@ -83,6 +87,9 @@ class Comms:
                         ``root``), ``redis://…``/``rediss://…`` (Redis Streams, a fleet across hosts) or
                         ``memory://<store>``; see `hybridcomms.backend.open_mailbox`. A policy rule may
                         name another backend for its route (``backend = "redis://…"``).
+        share_bus       carry the bus's ephemeral events to the other processes of the same root (this
+                        host) or the same Redis URL, and theirs to this one (`hybridcomms.fanout`);
+                        default True, or ``$HYBRIDCOMMS_SHARE_BUS`` (0 turns it off)
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class Comms:
         recover_every: float = 30.0,
         legacy_intake: bool | None = None,
         url: str | None = None,
+        share_bus: bool | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.root = Path(root)
@@ -132,6 +140,16 @@ class Comms:
         )
         self._lock = threading.Lock()
         self._closed = False
+        if share_bus is None:
+            share_bus = os.environ.get(SHARE_BUS_ENV, "1") not in ("0", "")
+        self._unshare: Callable[[], None] = lambda: None
+        if share_bus and not (self.url or "").startswith("memory://"):
+            from .fanout import share_bus as _share
+
+            remote = self.url is not None and "://" in self.url and not self.url.startswith("file://")
+            self._unshare = _share(
+                self.bus, root=None if remote else self.root, url=self.url if remote else None
+            )
 
     @property
     def dead_letter_topic(self) -> str:
@@ -337,6 +355,7 @@ class Comms:
             self._closed = True
         self.stop()
         self._handlers.close()
+        self._unshare()
         self._router.close()
 
     def __enter__(self) -> Comms:

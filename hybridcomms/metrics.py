@@ -80,6 +80,22 @@ class MailboxCollector(Collector):
                 oldest.add_metric([agent, state.value], s.oldest_age or 0.0)
             delayed.add_metric([agent], st.delayed)
         yield from (depth, oldest, delayed, up)
+        from .fanout import bus_peers
+
+        peers = bus_peers(self.root)
+        procs = GaugeMetricFamily(
+            "hybridcomms_bus_processes",
+            "Processes sharing the root's bus events, alive or not",
+            labels=["alive"],
+        )
+        procs.add_metric(["true"], sum(1 for p in peers if p["alive"]))
+        procs.add_metric(["false"], sum(1 for p in peers if not p["alive"]))
+        dropped = GaugeMetricFamily(
+            "hybridcomms_bus_dropped_events",
+            "Bus events the sharing processes dropped for a subscriber whose buffer was full (as reported)",
+        )
+        dropped.add_metric([], sum(p["dropped"] for p in peers))
+        yield from (procs, dropped)
 
 
 def dead_reason_class(reason: str | None) -> str:
@@ -170,6 +186,20 @@ class BusCollector(Collector):
         c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
         c.add_metric([], published_count())
         yield c
+        from .fanout import FANOUT_STATS
+        from .fanout import _stats_lock as fanout_lock
+
+        fan = CounterMetricFamily(
+            "hybridcomms_bus_fanout_events",
+            "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
+            "was full), dropped_bad (did not decode), unsendable, pruned (dead subscribers), dropped_queue",
+            labels=["result"],
+        )
+        with fanout_lock:
+            counts = dict(FANOUT_STATS)
+        for result, n in counts.items():
+            fan.add_metric([result], n)
+        yield fan
         runs = CounterMetricFamily(
             "hybridcomms_handler_runs", "Comms durable handler runs, by result", labels=["agent", "result"]
         )

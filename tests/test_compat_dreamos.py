@@ -493,6 +493,8 @@ def test_the_may_2025_era_is_served_at_the_core_path_on_request() -> None:
         from dreamos.core.coordination.agent_bus import AgentBus, EventType  # type: ignore[import-not-found]
 
         assert AgentBus is agent_bus.AgentBus and AgentBus() is AgentBus()  # the canonical singleton
+        AgentBus().stop()
+        AgentBus._instance = None
         assert len(EventType) == 55 and EventType.TASK_COMPLETED.value == "dreamos.task.lifecycle.completed"
         code = "import dreamos.core.coordination.agent_bus as m; print(m.__name__)"
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

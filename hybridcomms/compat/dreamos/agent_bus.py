@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -200,7 +201,8 @@ class AgentBus:
         self._initialized = True
         self._bus = _CoreBus(error_topic=ERROR_TOPIC)
         self.policy: Policy = kwargs.get("policy") or Policy()
-        self._root: Path | None = kwargs.get("root")
+        root = kwargs.get("root")
+        self._root: Path | None = Path(root) if root is not None else None
         self._lock = threading.RLock()
         self._adapters: dict[Any, _Adapter] = {}  # legacy handler -> its adapter
         self._ids: dict[str, tuple[str, Handler]] = {}  # sub_id -> (pattern, handler)
@@ -212,7 +214,26 @@ class AgentBus:
         self.shutdown_ready: set[str] = set()
         self._ready_cond = threading.Condition(self._lock)
         self._running = False
+        self._unshare: Any = None
+        self._share()
         log.info("AgentBus singleton initialised (hybridcomms)")
+
+    def _share(self) -> None:
+        """Carry this bus's events to the other processes of the same mailbox root, and theirs here
+        (`hybridcomms.fanout`), so a status published by one agent process reaches the monitor in
+        another. Only for a root that exists, and unless ``$HYBRIDCOMMS_SHARE_BUS`` is 0."""
+        from ...comms import SHARE_BUS_ENV
+        from ...fanout import share_bus
+
+        if self._unshare is not None:
+            self._unshare()
+            self._unshare = None
+        if os.environ.get(SHARE_BUS_ENV, "1") in ("0", "") or not self.root.is_dir():
+            return
+        try:
+            self._unshare = share_bus(self._bus, root=self.root)
+        except OSError as exc:
+            log.warning("AgentBus: events stay in this process (%s: %s)", self.root, exc)
 
     @classmethod
     def get_instance(cls) -> AgentBus:
@@ -228,6 +249,7 @@ class AgentBus:
         with self._lock:
             if root is not None:
                 self._root = Path(root)
+                self._share()
             if policy is not None:
                 self.policy = policy
                 set_policy(policy)  # its adopt list applies to every Dream.OS send path
@@ -500,6 +522,9 @@ class AgentBus:
             self._running = False
         for comms in consumers:
             comms.close()
+        if self._unshare is not None:
+            self._unshare()
+            self._unshare = None
         self._bus.close()
         return NOTHING
 

@@ -1,0 +1,571 @@
+"""Ephemeral events that reach the other processes of the fleet.
+
+An `AgentBus` delivers in its own process, synchronously, as always. A bus that is *shared*
+(`share_bus`) also carries each event it publishes to the other processes whose buses subscribe to a
+matching pattern, and delivers theirs to its own subscribers:
+
+- **On one host, no daemon** (`LocalFanout`): every sharing process binds a Unix datagram socket in
+  ``<root>/.bus/`` and registers the patterns its bus subscribes to in ``<root>/.bus/<name>.json``.
+  A publisher sends one datagram to each process with a matching pattern, without ever waiting: a full
+  socket buffer drops the event for that process only, counted. A process that died is pruned (its
+  socket and registration removed) the first time a send finds nobody there.
+- **Across hosts** (`RedisFanout`, when a Redis URL is configured): Redis pub/sub, a channel per topic
+  (``hc:bus:<topic>``); the publishes go out from a sender thread through a bounded queue, so the
+  publisher never waits on the network either.
+
+Still at most once, and never raised into the publisher: an event that cannot be encoded, is too big,
+or finds a full buffer is counted (`FANOUT_STATS`, the Prometheus metrics, ``hybridcomms stats``) and
+dropped. What arrives is decoded with the limits of a message file (size, JSON depth, field types); a
+bad datagram is dropped and counted, never raised into a subscriber. Events from other processes carry
+``event.origin`` (``host:pid``) and are never sent on again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import socket
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+
+from . import _fs
+from .bus import AgentBus, Event, pattern_matches
+from .message import Message
+
+__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "share_bus"]
+
+log = logging.getLogger("hybridcomms.fanout")
+
+BUS_FOLDER = ".bus"
+#: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
+MAX_DATAGRAM = 64 * 1024
+#: A publisher looks at the registrations again at most this often (seconds).
+REFRESH_EVERY = 0.05
+#: A process writes its counters into its registration at most this often (seconds).
+REPORT_EVERY = 1.0
+_HOST = socket.gethostname()
+
+#: Counters of this process: sent, received, dropped_full (a subscriber's buffer was full),
+#: dropped_bad (a datagram that did not decode), unsendable (not JSON, or too big), pruned (dead peers).
+FANOUT_STATS: dict[str, int] = dict.fromkeys(
+    ("sent", "received", "dropped_full", "dropped_bad", "unsendable", "pruned", "dropped_queue"), 0
+)
+_stats_lock = threading.Lock()
+
+
+def _count(key: str, n: int = 1) -> None:
+    with _stats_lock:
+        FANOUT_STATS[key] += n
+
+
+# -- the wire form -------------------------------------------------------------------------------
+
+
+_dumps, _loads = orjson.dumps, orjson.loads
+_PLAIN = (dict, list, str, int, float, bool)
+
+
+def _plain(payload: Any) -> Any:
+    """A payload as JSON can hold it: a `Message` as its native form, an object with ``model_dump``
+    (pydantic) or a dataclass as its fields."""
+    if isinstance(payload, Message):
+        return {"__message__": payload.to_dict()}
+    dump = getattr(payload, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    fields = getattr(payload, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: getattr(payload, name) for name in fields}
+    return payload
+
+
+def encode_event(event: Event, origin: str) -> bytes | None:
+    """The datagram of ``event``; None if it cannot be sent (not JSON, or bigger than MAX_DATAGRAM)."""
+    payload = event.payload
+    if not (payload is None or type(payload) in _PLAIN):
+        payload = _plain(payload)
+    try:  # an array, not an object: no keys to write or read (this runs once per event)
+        fields = (event.source, event.correlation_id, event.id, event.timestamp, event.durable, origin)
+        data = _dumps([1, event.topic, payload, *fields])
+    except (TypeError, ValueError):
+        return None
+    return data if len(data) <= MAX_DATAGRAM else None
+
+
+def _opt_str(value: Any) -> bool:
+    return value is None or (type(value) is str and len(value) <= 1024)
+
+
+def decode_event(data: bytes) -> Event | None:
+    """The event in a datagram, or None if it is not one (checked as a message file is)."""
+    if len(data) > MAX_DATAGRAM:
+        return None
+    try:
+        obj = _loads(data)  # orjson refuses nesting deeper than 1024
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not list or len(obj) != 9 or obj[0] != 1:
+        return None
+    _, topic, payload, source, correlation_id, event_id, ts, durable, origin = obj
+    if not (
+        type(topic) is str
+        and 0 < len(topic) <= 256
+        and _opt_str(source)
+        and _opt_str(correlation_id)
+        and type(event_id) is str
+        and type(origin) is str
+        and type(ts) in (int, float)
+        and type(durable) is bool
+    ):
+        return None
+    if type(payload) is dict and len(payload) == 1 and "__message__" in payload:
+        try:
+            payload = Message.from_dict(payload["__message__"])
+        except Exception:
+            return None
+    return Event(topic, payload, source, correlation_id, event_id, float(cast(float, ts)), durable, origin)
+
+
+# -- one host: Unix datagram sockets under the root ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    name: str
+    pid: int
+    host: str
+    patterns: tuple[str, ...]
+
+    def wants(self, topic: str) -> bool:
+        return any(pattern_matches(p, topic) for p in self.patterns)
+
+
+def _bus_dir_mode(root: Path) -> tuple[int, int]:
+    """(folder mode, file mode): a group root gets group folders and files, as mailboxes do."""
+    try:
+        group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
+    except OSError:
+        group = False
+    return (0o770, 0o660) if group else (0o700, 0o600)
+
+
+class LocalFanout:
+    """The processes that share ``root`` on this host (see the module docstring)."""
+
+    def __init__(self, bus: AgentBus, root: str | os.PathLike[str]) -> None:
+        self.bus = bus
+        self.root = Path(root)
+        self.dir = self.root / BUS_FOLDER
+        self.dir_mode, self.file_mode = _bus_dir_mode(self.root)  # the root must exist: not made here
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.dir, self.dir_mode)
+        self._dir_fd = _fs.open_dir(str(self.dir))
+        if not stat.S_ISDIR(os.fstat(self._dir_fd).st_mode):
+            os.close(self._dir_fd)
+            raise NotADirectoryError(f"{self.dir} is not a folder")
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.origin = f"{_HOST}:{os.getpid()}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self._addr(self.name))  # short, whatever the root's length: via /proc/self/fd
+        os.chmod(self.name + ".sock", self.file_mode, dir_fd=self._dir_fd)
+        self._peers: tuple[_Peer, ...] = ()
+        self._targets: dict[str, tuple[tuple[_Peer, str], ...]] = {}
+        self._seen_mtime = -1
+        self._next_look = 0.0
+        self._dropped_to: dict[str, int] = {}
+        self._reported = 0.0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._register()
+        bus.add_outlet(self.send)
+        bus.add_watcher(self._register)
+        self._thread = threading.Thread(target=self._receive, name="hybridcomms-fanout", daemon=True)
+        self._thread.start()
+
+    def _addr(self, name: str) -> str:
+        return f"/proc/self/fd/{self._dir_fd}/{name}.sock"
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Write this process's registration: its patterns (and its drop counts)."""
+        if self._closed:
+            return
+        body = {
+            "pid": os.getpid(),
+            "host": _HOST,
+            "patterns": self.bus.patterns(),
+            "dropped_to": dict(self._dropped_to),
+        }
+        with contextlib.suppress(OSError):
+            _fs.replace_atomically_at(self._dir_fd, self.name + ".json", orjson.dumps(body), self.file_mode)
+
+    def _refresh(self) -> tuple[_Peer, ...]:
+        now = time.monotonic()
+        if now < self._next_look:
+            return self._peers
+        self._next_look = now + REFRESH_EVERY
+        try:
+            mtime = os.fstat(self._dir_fd).st_mtime_ns
+        except OSError:
+            return self._peers
+        if mtime == self._seen_mtime:
+            return self._peers
+        self._seen_mtime = mtime
+        peers = []
+        for name, body in _registrations(self._dir_fd):
+            if name == self.name:
+                continue
+            pid, host, patterns = body["pid"], body["host"], body["patterns"]
+            if host == _HOST and not _alive(pid):
+                self._prune(name)
+                continue
+            peers.append(_Peer(name, pid, host, tuple(patterns)))
+        self._peers = tuple(peers)
+        self._targets = {}
+        return self._peers
+
+    def _targets_of(self, topic: str) -> tuple[tuple[_Peer, str], ...]:
+        """The peers that want ``topic``, with their addresses (cached per topic until the next
+        change of the registrations)."""
+        found = tuple((p, self._addr(p.name)) for p in self._peers if p.wants(topic))
+        if len(self._targets) > 10_000:
+            self._targets = {}
+        self._targets[topic] = found
+        return found
+
+    def _prune(self, name: str) -> None:
+        for suffix in (".sock", ".json"):
+            with contextlib.suppress(OSError):
+                os.unlink(name + suffix, dir_fd=self._dir_fd)
+        _count("pruned")
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, event: Event) -> None:
+        """Called by the bus after its own delivery: one datagram to each peer that wants the topic."""
+        if time.monotonic() >= self._next_look:
+            self._refresh()
+        if not self._peers:
+            return
+        targets = self._targets.get(event.topic)
+        if targets is None:
+            targets = self._targets_of(event.topic)
+        if not targets:
+            return
+        data = encode_event(event, self.origin)
+        if data is None:
+            _count("unsendable")
+            return
+        sendto = self._sock.sendto
+        sent = 0
+        for peer, addr in targets:
+            try:
+                sendto(data, socket.MSG_DONTWAIT, addr)
+                sent += 1
+            except BlockingIOError:  # its buffer is full: it is slow or stopped reading
+                self._dropped(peer.name)
+            except (ConnectionRefusedError, FileNotFoundError):  # nobody there any more
+                if not _alive(peer.pid):
+                    self._prune(peer.name)
+                    self._next_look = 0.0
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    _count("unsendable")
+                    return
+                self._dropped(peer.name)
+        if sent:
+            FANOUT_STATS["sent"] += sent  # one writer per key in practice; a lost increment is a count
+
+    def _dropped(self, name: str) -> None:
+        _count("dropped_full")
+        with self._lock:
+            self._dropped_to[name] = self._dropped_to.get(name, 0) + 1
+            now = time.monotonic()
+            report = now - self._reported >= REPORT_EVERY
+            if report:
+                self._reported = now
+        if report:
+            self._register()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(MAX_DATAGRAM + 1)
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            if self._closed:
+                return
+            event = decode_event(data)
+            if event is None:
+                _count("dropped_bad")
+                continue
+            _count("received")
+            try:
+                self.bus.publish(event)  # handler failures are the bus's to isolate
+            except Exception:
+                log.exception("fanout: delivering %s failed", event.topic)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.bus.remove_outlet(self.send)
+        self.bus.remove_watcher(self._register)
+        with contextlib.suppress(OSError):  # wake the receiver: a datagram to itself
+            self._sock.sendto(b"", socket.MSG_DONTWAIT, self._addr(self.name))
+        self._thread.join(5)
+        for suffix in (".json", ".sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.name + suffix, dir_fd=self._dir_fd)
+        self._sock.close()
+        os.close(self._dir_fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def _registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, body) of every well-formed registration in the folder; anything else is skipped."""
+    for entry in _fs.listdir_at(dir_fd):
+        if not entry.endswith(".json") or entry.startswith("."):
+            continue
+        try:
+            body = orjson.loads(_fs.read_regular(entry, 64 * 1024, dir_fd=dir_fd))
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if (
+            type(body) is dict
+            and type(body.get("pid")) is int
+            and type(body.get("host")) is str
+            and type(body.get("patterns")) is list
+            and all(type(p) is str for p in body["patterns"])
+        ):
+            yield entry[: -len(".json")], body
+
+
+def bus_peers(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The processes registered under ``root`` (for ``hybridcomms stats``): pid, host, patterns,
+    whether alive, and the events dropped for each peer they reported."""
+    folder = Path(root) / BUS_FOLDER
+    try:
+        dir_fd = _fs.open_dir(str(folder))
+    except OSError:
+        return []
+    try:
+        out = []
+        for name, body in _registrations(dir_fd):
+            dropped = body.get("dropped_to")
+            out.append(
+                {
+                    "name": name,
+                    "pid": body["pid"],
+                    "host": body["host"],
+                    "patterns": body["patterns"],
+                    "alive": body["host"] != _HOST or _alive(body["pid"]),
+                    "dropped": sum(v for v in dropped.values() if type(v) is int)
+                    if type(dropped) is dict
+                    else 0,
+                }
+            )
+        return out
+    finally:
+        os.close(dir_fd)
+
+
+# -- across hosts: Redis pub/sub ------------------------------------------------------------------
+
+
+def _channel_patterns(namespace: str, pattern: str) -> tuple[list[str], list[str]]:
+    """(channels, glob patterns) that carry the bus pattern ``pattern``."""
+    prefix = f"{namespace}:bus:"
+
+    def escape(text: str) -> str:
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+    if pattern == "*":
+        return [], [escape(prefix) + "*"]
+    if pattern.endswith(".*"):
+        base = pattern[:-2]
+        return [prefix + base], [escape(prefix + base) + ".*"]
+    return [prefix + pattern], []
+
+
+class RedisFanout:
+    """The processes that share a Redis, on any host (see the module docstring)."""
+
+    QUEUE = 10_000
+
+    def __init__(self, bus: AgentBus, url: str, namespace: str = "hc") -> None:
+        import redis
+
+        self.bus = bus
+        self.url = url
+        self.namespace = namespace
+        self.origin = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._client: Any = redis.Redis.from_url(url)
+        make_pubsub: Any = self._client.pubsub
+        self._pubsub: Any = make_pubsub(ignore_subscribe_messages=True)
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(self.QUEUE)
+        self._subscribed: tuple[set[str], set[str]] = (set(), set())
+        self._sub_lock = threading.Lock()
+        self._closed = False
+        self._pubsub.subscribe(f"{namespace}:bus:control:{self.origin}")  # a channel to be woken on
+        self._register()
+        bus.add_outlet(self.send)
+        bus.add_watcher(self._register)
+        self._sender = threading.Thread(target=self._send_loop, name="hybridcomms-fanout-out", daemon=True)
+        self._receiver = threading.Thread(target=self._receive, name="hybridcomms-fanout-in", daemon=True)
+        self._sender.start()
+        self._receiver.start()
+
+    def _register(self) -> None:
+        """Subscribe to the channels of the bus's patterns (and drop those no longer wanted)."""
+        if self._closed:
+            return
+        channels: set[str] = set()
+        globs: set[str] = set()
+        for p in self.bus.patterns():
+            c, g = _channel_patterns(self.namespace, p)
+            channels.update(c)
+            globs.update(g)
+        with self._sub_lock:
+            old_c, old_g = self._subscribed
+            try:
+                if channels - old_c:
+                    self._pubsub.subscribe(*(channels - old_c))
+                if old_c - channels:
+                    self._pubsub.unsubscribe(*(old_c - channels))
+                if globs - old_g:
+                    self._pubsub.psubscribe(*(globs - old_g))
+                if old_g - globs:
+                    self._pubsub.punsubscribe(*(old_g - globs))
+            except Exception as exc:
+                log.warning(
+                    "fanout: subscribing on %s failed: %s", self.url.partition("@")[2] or self.url, exc
+                )
+                return
+            self._subscribed = (channels, globs)
+
+    def send(self, event: Event) -> None:
+        data = encode_event(event, self.origin)
+        if data is None:
+            _count("unsendable")
+            return
+        try:
+            self._queue.put_nowait((f"{self.namespace}:bus:{event.topic}", data))
+        except queue.Full:
+            _count("dropped_queue")
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._client.publish(*item)
+                _count("sent")
+            except Exception:
+                _count("dropped_full")
+
+    def _receive(self) -> None:
+        while not self._closed:
+            try:
+                msg = self._pubsub.get_message(timeout=1.0)
+            except Exception:
+                if self._closed:
+                    return
+                time.sleep(0.1)
+                continue
+            if msg is None or msg.get("type") not in ("message", "pmessage"):
+                continue
+            data = msg.get("data")
+            event = decode_event(data) if isinstance(data, bytes) else None
+            if event is None:
+                if not (isinstance(data, bytes) and data == b"wake"):
+                    _count("dropped_bad")
+                continue
+            if event.origin == self.origin:
+                continue  # our own publish, back from Redis
+            _count("received")
+            try:
+                self.bus.publish(event)
+            except Exception:
+                log.exception("fanout: delivering %s failed", event.topic)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.bus.remove_outlet(self.send)
+        self.bus.remove_watcher(self._register)
+        self._queue.put(None)
+        self._sender.join(5)
+        with contextlib.suppress(Exception):
+            self._client.publish(f"{self.namespace}:bus:control:{self.origin}", b"wake")
+        self._receiver.join(5)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+        self._client.close()
+
+
+# -- sharing a bus ------------------------------------------------------------------------------
+
+_shared: dict[tuple[int, str], tuple[Any, int]] = {}
+_shared_lock = threading.Lock()
+
+
+def share_bus(
+    bus: AgentBus, *, root: str | os.PathLike[str] | None = None, url: str | None = None
+) -> Callable[[], None]:
+    """Carry ``bus``'s events to the processes that share ``root`` (this host) or ``url`` (a Redis).
+    Idempotent per (bus, place): the fanout is made once and kept while anyone holds it. Returns the
+    release (call it once when done: the last release stops the fanout)."""
+    redis_url = url if url and url.split("://", 1)[0].lower() in ("redis", "rediss", "unix") else None
+    if redis_url is None and root is None:
+        return lambda: None
+    place = redis_url or os.path.abspath(os.fspath(root))  # type: ignore[arg-type]
+    key = (id(bus), place)
+    with _shared_lock:
+        held = _shared.get(key)
+        if held is None:
+            fanout = RedisFanout(bus, redis_url) if redis_url else LocalFanout(bus, place)
+            held = (fanout, 0)
+        _shared[key] = (held[0], held[1] + 1)
+    released = threading.Event()
+
+    def release() -> None:
+        if released.is_set():
+            return
+        released.set()
+        with _shared_lock:
+            fanout, count = _shared[key]
+            if count > 1:
+                _shared[key] = (fanout, count - 1)
+                return
+            del _shared[key]
+        fanout.close()
+
+    return release

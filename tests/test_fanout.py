@@ -1,0 +1,381 @@
+"""Ephemeral events across processes (hybridcomms.fanout): Unix datagram sockets under the root on one
+host, Redis pub/sub across hosts. Subscribers are real processes (tests/fanout_agents.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hybridcomms import Comms, Message
+from hybridcomms.bus import AgentBus, Event
+from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, decode_event, encode_event, share_bus
+
+HERE = Path(__file__).parent
+
+
+def spawn(where: str, logdir: Path, name: str, *patterns: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "fanout_agents.py"), where, str(logdir), name, *patterns], env=env
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+TOPICS = ["agent.status.busy", "agent.status", "agent.statusx", "fleet.heartbeat", "other.thing"]
+EXPECT = {
+    "prefix": ["agent.status.busy", "agent.status"],  # agent.status.*
+    "exact": ["fleet.heartbeat"],
+    "all": TOPICS,
+}
+
+
+def run_three_subscribers(
+    where: str, logdir: Path, procs: list[subprocess.Popen[bytes]], pub: AgentBus
+) -> None:
+    procs.append(spawn(where, logdir, "prefix", "agent.status.*"))
+    procs.append(spawn(where, logdir, "exact", "fleet.heartbeat"))
+    procs.append(spawn(where, logdir, "all", "*"))
+    wait_for(lambda: all((logdir / f"{n}.ready").exists() for n in EXPECT), what="subscribers ready")
+    for topic in TOPICS:
+        pub.publish(topic, {"n": topic})
+    for name, expected in EXPECT.items():
+        wait_for(
+            lambda n=name, e=expected: len(lines(logdir / f"{n}.log")) >= len(e), what=f"{name}'s events"
+        )
+    pub.publish("ctl.stop")
+    for p in procs:
+        assert p.wait(30) == 0
+    for name, expected in EXPECT.items():
+        got = [
+            t for line in lines(logdir / f"{name}.log") if not (t := line.split(" ", 1)[0]).startswith("ctl.")
+        ]
+        assert got == expected, name
+
+
+def test_three_subscriber_processes_get_what_their_patterns_match(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    pub = AgentBus()
+    local: list[str] = []
+    pub.subscribe("agent.*", lambda e: local.append(e.topic))  # in-process: synchronous, as always
+    release = share_bus(pub, root=root)
+    try:
+        wait_for(lambda: True)
+        run_three_subscribers(str(root), tmp_path, procs, pub)
+        assert local == ["agent.status.busy", "agent.status", "agent.statusx"]
+    finally:
+        release()
+    assert not list((root / BUS_FOLDER).iterdir())  # every process took its registration with it
+
+
+def test_the_bus_folder_and_sockets_have_the_mailbox_modes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    bus = AgentBus()
+    bus.subscribe("x.*", lambda e: None)
+    release = share_bus(bus, root=root)
+    try:
+        folder = root / BUS_FOLDER
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for entry in folder.iterdir():
+            assert stat.S_IMODE(entry.lstat().st_mode) == 0o600, entry
+        kinds = sorted(stat.S_ISSOCK(e.lstat().st_mode) for e in folder.iterdir())
+        assert kinds == [False, True]  # one registration, one socket
+        (peer,) = bus_peers(root)
+        assert peer["pid"] == os.getpid() and peer["patterns"] == ["x.*"] and peer["alive"]
+    finally:
+        release()
+
+
+def test_a_killed_subscriber_is_pruned_and_its_replacement_gets_events(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    try:
+        first = spawn(str(root), tmp_path, "first", "job.*")
+        procs.append(first)
+        wait_for(lambda: (tmp_path / "first.ready").exists())
+        pub.publish("job.one", 1)
+        wait_for(lambda: len(lines(tmp_path / "first.log")) == 1)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        pruned = FANOUT_STATS["pruned"]
+        time.sleep(0.06)  # past REFRESH_EVERY, so the publisher looks at the folder again (not a wait)
+        pub.publish("job.two", 2)  # nobody there: pruned, and the publisher never sees an error
+        assert FANOUT_STATS["pruned"] == pruned + 1
+        assert [p["pid"] for p in bus_peers(root)] == [os.getpid()]
+        second = spawn(str(root), tmp_path, "second", "job.*")
+        procs.append(second)
+        wait_for(lambda: (tmp_path / "second.ready").exists())
+        wait_for(lambda: (pub.publish("job.three", 3), len(lines(tmp_path / "second.log")) >= 1)[1])
+        pub.publish("ctl.stop")
+        assert second.wait(30) == 0
+        assert lines(tmp_path / "second.log")[0] == "job.three 3"
+    finally:
+        release()
+
+
+def test_a_subscriber_that_stops_reading_never_blocks_the_publisher(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    try:
+        stuck = spawn(str(root), tmp_path, "stuck", "load.*")
+        procs.append(stuck)
+        wait_for(lambda: (tmp_path / "stuck.ready").exists())
+        stuck.send_signal(signal.SIGSTOP)  # alive, registered, reading nothing
+        dropped = FANOUT_STATS["dropped_full"]
+        for i in range(20_000):  # far more than a socket buffer holds: a blocking send would hang here
+            pub.publish("load.tick", i)
+        assert FANOUT_STATS["dropped_full"] > dropped
+        report = {p["pid"]: p["dropped"] for p in bus_peers(root)}
+        assert report[os.getpid()] > 0  # what this publisher dropped is visible to `hybridcomms stats`
+        stuck.send_signal(signal.SIGCONT)
+        # at most once: a stop sent while its buffer is still full is dropped too; send until it goes
+        wait_for(lambda: (pub.publish("ctl.stop"), stuck.poll() is not None)[1], what="the stop")
+        assert stuck.wait(30) == 0
+        assert 0 < len(lines(tmp_path / "stuck.log")) < 20_000  # what fitted in its buffer, then drops
+    finally:
+        release()
+
+
+def test_bad_datagrams_are_dropped_and_counted_never_raised(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    bus = AgentBus()
+    got: list[Event] = []
+    bus.subscribe("*", got.append)
+    release = share_bus(bus, root=root)
+    try:
+        (sock_path,) = [p for p in (root / BUS_FOLDER).iterdir() if p.suffix == ".sock"]
+        bad = FANOUT_STATS["dropped_bad"]
+        samples = [
+            b"",
+            b"not json",
+            b"[1, 2]",
+            b'[1, "t"]',
+            b'[1, 5, null, null, null, "x", 1, false, "h:1"]',
+            b'{"v": 1, "t": "a", "p": null, "s": null, "c": null, "i": "x", "ts": 1, "d": false, "o": "h:1"}',
+            b"[" * 2000 + b"]" * 2000,
+            b'[1, "a", {"__message__": {"nonsense": 1}}, null, null, "x", 1, false, "h:1"]',
+            b'[2, "a", null, null, null, "x", 1, false, "h:1"]',
+        ]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            os.chdir(sock_path.parent)  # the path may be long: send by its short relative name
+            try:
+                for data in samples:
+                    s.sendto(data, sock_path.name)
+                good = encode_event(Event("ok.topic", {"fine": True}), "elsewhere:1")
+                assert good is not None
+                s.sendto(good, sock_path.name)
+            finally:
+                os.chdir(HERE)
+        wait_for(lambda: any(e.topic == "ok.topic" for e in got))
+        assert FANOUT_STATS["dropped_bad"] - bad == len(samples)
+        (event,) = got
+        assert event.origin == "elsewhere:1" and event.payload == {"fine": True}
+    finally:
+        release()
+
+
+def test_the_wire_form_round_trips_messages_and_refuses_what_is_not_json() -> None:
+    m = Message("agent.status", {"busy": True}, sender="A")
+    data = encode_event(Event("agent.status", m, source="A"), "h:1")
+    assert data is not None
+    back = decode_event(data)
+    assert back is not None and back.payload == m and back.origin == "h:1"
+    assert encode_event(Event("x", object()), "h:1") is None
+    assert encode_event(Event("x", "y" * 100_000), "h:1") is None  # bigger than a datagram may be
+
+
+def test_comms_in_two_processes_share_ephemeral_events(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """Comms shares its bus by default: a status published by one agent reaches another process."""
+    root = tmp_path / "root"
+    procs.append(spawn(str(root), tmp_path, "monitor", "dreamos.agent.status.*"))
+    wait_for(lambda: (tmp_path / "monitor.ready").exists())
+    with Comms("Agent-1", root=root, fsync="never", bus=AgentBus()) as agent:
+        sent = agent.publish("dreamos.agent.status.updated", {"status": "busy"})
+        assert sent.route.ephemeral
+        wait_for(lambda: len(lines(tmp_path / "monitor.log")) >= 1)
+        agent.bus.publish("ctl.stop")
+    assert procs[-1].wait(30) == 0
+    (line,) = lines(tmp_path / "monitor.log")
+    assert line.startswith("dreamos.agent.status.updated ")
+
+
+@pytest.mark.redis
+def test_three_subscriber_processes_across_hosts_through_redis(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], redis_url: str
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pub = AgentBus()
+    release = share_bus(pub, url=redis_url)
+    try:
+        procs.append(spawn(redis_url, tmp_path, "prefix", "agent.status.*"))
+        procs.append(spawn(redis_url, tmp_path, "exact", "fleet.heartbeat"))
+        procs.append(spawn(redis_url, tmp_path, "all", "*"))
+        wait_for(lambda: all((tmp_path / f"{n}.ready").exists() for n in EXPECT))
+        # handshake with the server: every subscription is in place before the first publish
+        wait_for(
+            lambda: client.pubsub_numpat() >= 2 and client.pubsub_numsub("hc:bus:fleet.heartbeat")[0][1] >= 1
+        )
+        for topic in TOPICS:
+            pub.publish(topic, {"n": topic})
+        for name, expected in EXPECT.items():
+            wait_for(lambda n=name, e=expected: len(lines(tmp_path / f"{n}.log")) >= len(e))
+        pub.publish("ctl.stop")
+        for p in procs:
+            assert p.wait(30) == 0
+        for name, expected in EXPECT.items():
+            got = [
+                t
+                for line in lines(tmp_path / f"{name}.log")
+                if not (t := line.split(" ", 1)[0]).startswith("ctl.")
+            ]
+            assert sorted(got) == sorted(expected), name
+    finally:
+        release()
+        client.close()
+
+
+def test_watch_shows_the_fleets_status_traffic(tmp_path: Path) -> None:
+    """`hybridcomms watch --bus PATTERN --json`: a person sees other processes' ephemeral events."""
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), "watch", "--json", "--bus", "fleet.*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    try:
+        assert watch.stderr is not None and "watching" in watch.stderr.readline()  # registered by now
+        pub.publish("fleet.status", {"agent": "A", "status": "busy"}, source="A")
+        pub.publish("other.topic", {"not": "shown"})
+        assert watch.stdout is not None
+        line = watch.stdout.readline()
+        import json
+
+        record = json.loads(line)
+        assert record["kind"] == "bus" and record["topic"] == "fleet.status"
+        assert record["payload"] == {"agent": "A", "status": "busy"} and record["source"] == "A"
+    finally:
+        release()
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(30) == 0
+
+
+def test_a_dreamos_era_bus_in_another_process_sees_the_events(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The Dream.OS AgentBus (every era sits on the canonical one) shares the mailbox root's events."""
+    root = tmp_path / "root"
+    root.mkdir()
+    log = tmp_path / "dreamos.log"
+    ready = tmp_path / "dreamos.ready"
+    code = f"""
+import threading
+from pathlib import Path
+from hybridcomms.compat.dreamos import agent_bus
+bus = agent_bus.AgentBus(root={str(root)!r})
+done = threading.Event()
+def on_status(event):
+    with open({str(log)!r}, "a") as f:
+        f.write(f"{{event.event_type}} {{event.data}}\\n")
+    done.set()
+bus.subscribe("dreamos.agent.status.*", on_status)
+Path({str(ready)!r}).write_text("ready")
+done.wait(60)
+bus.stop()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    procs.append(subprocess.Popen([sys.executable, "-c", code], env=env))  # type: ignore[arg-type]
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    try:
+        wait_for(lambda: ready.exists() and any(p["pid"] != os.getpid() for p in bus_peers(root)))
+        pub.publish("dreamos.agent.status.updated", {"agent_id": "Agent-1", "status": "busy"})
+        assert procs[-1].wait(60) == 0
+    finally:
+        release()
+    (line,) = lines(log)
+    assert "dreamos.agent.status.updated" in line.lower() or "status" in line
+    assert "'status': 'busy'" in line
+
+
+def test_stats_and_metrics_show_the_shared_bus(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    procs.append(spawn(str(root), tmp_path, "listener", "x.*"))
+    wait_for(lambda: (tmp_path / "listener.ready").exists())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), "stats", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    import json
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["bus"] == {"processes": 1, "dead": 0, "dropped": 0}
+    from prometheus_client import generate_latest
+
+    from hybridcomms.metrics import registry_for
+
+    text = generate_latest(registry_for(root, bus=True)).decode()
+    assert 'hybridcomms_bus_processes{alive="true"} 1.0' in text
+    assert 'hybridcomms_bus_fanout_events_total{result="dropped_full"}' in text
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    pub.publish("ctl.stop")
+    assert procs[-1].wait(30) == 0
+    release()
