@@ -147,9 +147,12 @@ class Comms:
             from .fanout import share_bus as _share
 
             remote = self.url is not None and "://" in self.url and not self.url.startswith("file://")
-            self._unshare = _share(
-                self.bus, root=None if remote else self.root, url=self.url if remote else None
-            )
+            try:
+                self._unshare = _share(
+                    self.bus, root=None if remote else self.root, url=self.url if remote else None
+                )
+            except Exception as exc:  # no /proc, no socket allowed there, Redis down: stay in-process
+                log.warning("%s: ephemeral events stay in this process (%s)", self.agent_id, exc)
 
     @property
     def dead_letter_topic(self) -> str:
