@@ -420,10 +420,17 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda signum, frame: stop.set())
-    with MailboxWatcher(root, on_event=on_event, recover_every=0, rescan_every=10):
-        print(f"hybridcomms tail: following {root}", file=sys.stderr, flush=True)
-        while not stop.wait(0.2):
-            pass
+    from ._watch_command import watch_bus
+
+    release_bus = watch_bus(root, args.bus, args.json, lock) if getattr(args, "bus", None) else None
+    try:
+        with MailboxWatcher(root, on_event=on_event, recover_every=0, rescan_every=10):
+            print(f"hybridcomms tail: following {root}", file=sys.stderr, flush=True)
+            while not stop.wait(0.2):
+                pass
+    finally:
+        if release_bus is not None:
+            release_bus()
     return EXIT_OK
 
 

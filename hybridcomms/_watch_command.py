@@ -173,7 +173,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    release_bus = _watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
+    release_bus = watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     watcher = MailboxWatcher(
         root,
@@ -212,9 +212,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def _watch_bus(
-    root: Path, patterns: list[str], as_json: bool, out_lock: threading.Lock
-) -> Callable[[], None]:
+def watch_bus(root: Path, patterns: list[str], as_json: bool, out_lock: threading.Lock) -> Callable[[], None]:
     """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
     from .bus import AgentBus, Event
     from .fanout import share_bus

@@ -861,6 +861,13 @@ def _parser() -> argparse.ArgumentParser:
     tl = sub.add_parser("tail", parents=[common], help="follow what happens in the mailboxes (until Ctrl-C)")
     tl.add_argument("agents", nargs="*", help="only these agents")
     tl.add_argument("--json", action="store_true", help="JSON lines")
+    tl.add_argument(
+        "--bus",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also follow the ephemeral bus events of the processes sharing the root (repeatable)",
+    )
     tl.set_defaults(func=_cmd_inspect)
 
     tp = sub.add_parser(

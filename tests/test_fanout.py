@@ -379,3 +379,71 @@ def test_stats_and_metrics_show_the_shared_bus(tmp_path: Path, procs: list[subpr
     pub.publish("ctl.stop")
     assert procs[-1].wait(30) == 0
     release()
+
+
+def test_tail_follows_the_bus_too(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), "tail", "--json", "--bus", "*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    try:
+        assert tail.stderr is not None and "following" in tail.stderr.readline()  # registered by now
+        pub.publish("agent.heartbeat", {"agent": "B"}, source="B")
+        assert tail.stdout is not None
+        import json
+
+        record = json.loads(tail.stdout.readline())
+        assert (record["kind"], record["topic"], record["payload"]) == (
+            "bus",
+            "agent.heartbeat",
+            {"agent": "B"},
+        )
+    finally:
+        release()
+        tail.send_signal(signal.SIGTERM)
+        assert tail.wait(30) == 0
+
+
+@pytest.mark.redis
+def test_through_redis_a_killed_subscriber_is_replaced_and_a_stopped_one_blocks_nobody(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], redis_url: str
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    channel = "hc:bus:job"
+
+    def subscribers() -> int:
+        return int(client.pubsub_numsub(channel)[0][1])
+
+    pub = AgentBus()
+    release = share_bus(pub, url=redis_url)
+    try:
+        first = spawn(redis_url, tmp_path, "first", "job.*")
+        stuck = spawn(redis_url, tmp_path, "stuck", "job.*")
+        procs += [first, stuck]
+        wait_for(lambda: subscribers() >= 2, what="two subscriptions on the server")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        wait_for(lambda: subscribers() == 1, what="the killed one gone from the server")
+        stuck.send_signal(signal.SIGSTOP)
+        for i in range(20_000):  # the publisher hands them to a sender thread: it never waits on a reader
+            pub.publish("job.tick", i)
+        second = spawn(redis_url, tmp_path, "second", "job.*")
+        procs.append(second)
+        wait_for(lambda: subscribers() >= 2, what="the replacement subscribed")
+        wait_for(lambda: (pub.publish("job.after", 1), "job.after 1" in lines(tmp_path / "second.log"))[1])
+        stuck.send_signal(signal.SIGCONT)
+        wait_for(lambda: (pub.publish("ctl.stop"), stuck.poll() is not None and second.poll() is not None)[1])
+        assert second.wait(30) == 0 and stuck.wait(30) == 0
+    finally:
+        release()
+        client.close()
