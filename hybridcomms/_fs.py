@@ -376,12 +376,15 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def replace_atomically_at(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
+def replace_atomically_at(
+    dir_fd: int, name: str, data: bytes, mode: int | None = None, *, sync: bool = True
+) -> None:
     """`replace_atomically` for ``name`` in an open folder (no path walked again, no link followed).
 
     The new file gets ``mode`` exactly (whatever the umask), or, with None, the mode of the file it
     replaces (0o600 if there was none): a legacy ``inbox.json`` that other agents append to keeps
-    its group bits."""
+    its group bits. ``sync=False``: atomic but not committed (for files that matter only while
+    their writer runs)."""
     if mode is None:
         try:
             mode = stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
@@ -395,11 +398,13 @@ def replace_atomically_at(dir_fd: int, name: str, data: bytes, mode: int | None 
             while view:
                 view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         _unlink_quietly(dir_fd, tmp)
         raise
-    os.fsync(dir_fd)
+    if sync:
+        os.fsync(dir_fd)

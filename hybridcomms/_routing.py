@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ._urls import backend_of
 from .backend import Mailbox, open_mailbox
 from .bus import AgentBus, Event
 from .mailbox import FileMailbox
@@ -62,7 +63,7 @@ class Router:
         """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""
         if url is None or url == "local":
             return FileMailbox(self.root, agent, fsync=self.fsync, **self.options)
-        if "://" not in url or url.startswith("file://"):
+        if backend_of(url) == "file":  # fsync is the file backend's own option
             return open_mailbox(url, agent, fsync=self.fsync, **self.options)
         return open_mailbox(url, agent, **self.options)
 

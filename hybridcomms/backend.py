@@ -52,6 +52,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
+from ._urls import backend_of, shown_url
 from .inspection import MailboxStats, MessageInfo
 from .message import Message
 from .recovery import RecoveryReport
@@ -155,18 +156,18 @@ def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
 
     ``options`` are the mailbox options every backend takes (``lease``, ``max_attempts``,
     ``backoff``, ``max_message_size``, ``create``) and the backend's own (``fsync`` for files, …)."""
-    scheme = where.split("://", 1)[0].lower() if "://" in where else ""
-    if scheme in ("redis", "rediss", "unix"):
+    kind = backend_of(where)
+    if kind == "redis":
         from .redis_mailbox import RedisMailbox
 
         return RedisMailbox(where, agent_id, **options)
-    if scheme == "memory":
+    if kind == "memory":
         from .memory import MemoryMailbox
 
         return MemoryMailbox.named(where[len("memory://") :], agent_id, **options)
-    if scheme not in ("", "file"):
-        raise ValueError(f"unknown mailbox URL scheme {scheme!r} in {where!r} (redis, rediss, memory, file)")
+    if kind != "file":
+        raise ValueError(f"unknown mailbox URL scheme in {shown_url(where)!r} (redis, rediss, memory, file)")
     from .mailbox import FileMailbox
 
-    root = where[len("file://") :] if scheme == "file" else where
+    root = where[len("file://") :] if where.startswith("file://") else where
     return FileMailbox(root, agent_id, **options)

@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__
+from ._urls import backend_of, shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
@@ -216,12 +217,12 @@ def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str |
     url = arg or env.get(URL_ENV) or None
     if url is None:
         return None
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "memory":
+    kind = backend_of(url)
+    if kind == "memory":
         raise SystemExit(
             "hybridcomms: a memory:// mailbox lives inside one process; a command cannot reach it"
         )
-    if scheme not in ("redis", "rediss", "unix", "file"):
+    if kind not in ("redis", "file") or "://" not in url:
         raise SystemExit(f"hybridcomms: --url {url!r}: use redis://, rediss:// or file://")
     return url
 
@@ -390,7 +391,7 @@ def _failing(conditions: list[str], rows: list[dict[str, Any]]) -> list[str]:
 def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
     url = args.url_resolved
     if url:
-        return _stats_rows(args, str(_shown_url(url)), [], _remote_rows(args, url))
+        return _stats_rows(args, shown_url(url), [], _remote_rows(args, url))
     _need_root(root, "stats", False)
     if args.prometheus:
         from .metrics import registry_for, write_textfile
@@ -416,12 +417,6 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         "dropped": sum(p["dropped"] for p in peers),
     }
     return _stats_rows(args, str(root), legacy_rows, rows, bus)
-
-
-def _shown_url(url: str) -> str:
-    from .policy import _shown_url as shown
-
-    return shown(url)
 
 
 def _remote_rows(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
@@ -651,6 +646,18 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+def _add_bus_option(parser: argparse.ArgumentParser) -> None:
+    """``--bus PATTERN`` of `watch` and `tail` (`hybridcomms.fanout`)."""
+    parser.add_argument(
+        "--bus",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also show the ephemeral bus events of every process sharing the root whose topic matches "
+        "(e.g. 'dreamos.agent.status.*', or '*'); repeatable",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (the full usage is in ``--help``), exit 2."""
 
@@ -797,14 +804,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
     w.add_argument("--create", action="store_true", help="create the mailbox root if it does not exist")
-    w.add_argument(
-        "--bus",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="also print the ephemeral bus events of every process sharing the root whose topic matches "
-        "(e.g. 'dreamos.agent.status.*', or '*'); repeatable",
-    )
+    _add_bus_option(w)
     w.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)"
     )
@@ -861,13 +861,7 @@ def _parser() -> argparse.ArgumentParser:
     tl = sub.add_parser("tail", parents=[common], help="follow what happens in the mailboxes (until Ctrl-C)")
     tl.add_argument("agents", nargs="*", help="only these agents")
     tl.add_argument("--json", action="store_true", help="JSON lines")
-    tl.add_argument(
-        "--bus",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="also follow the ephemeral bus events of the processes sharing the root (repeatable)",
-    )
+    _add_bus_option(tl)
     tl.set_defaults(func=_cmd_inspect)
 
     tp = sub.add_parser(

@@ -43,6 +43,7 @@ from ._consumer import (
 from ._handlers import Handler, HandlerTable
 from ._requests import PendingRequests
 from ._routing import Router, Sent, resolve_url
+from ._urls import backend_of
 from .backend import Mailbox
 from .bus import AgentBus, Event, default_bus
 from .errors import HybridCommsError, RequestTimeoutError
@@ -143,10 +144,11 @@ class Comms:
         if share_bus is None:
             share_bus = os.environ.get(SHARE_BUS_ENV, "1") not in ("0", "")
         self._unshare: Callable[[], None] = lambda: None
-        if share_bus and not (self.url or "").startswith("memory://"):
+        kind = backend_of(self.url)
+        if share_bus and kind in ("file", "redis"):  # memory:// lives in one process: nothing to share
             from .fanout import share_bus as _share
 
-            remote = self.url is not None and "://" in self.url and not self.url.startswith("file://")
+            remote = kind == "redis"
             try:
                 self._unshare = _share(
                     self.bus, root=None if remote else self.root, url=self.url if remote else None

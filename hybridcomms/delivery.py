@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._locking import unlock
 from .errors import DeliveryError, DeliveryLostError
@@ -15,34 +15,111 @@ from .states import ACK, State
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
-__all__ = ["Delivery"]
+__all__ = ["Delivery", "SettledByMailbox", "Settling"]
+
+_D = TypeVar("_D", bound="Settling")
 
 
-class Delivery:
+class Settling:
+    """What the delivery of every backend shares: one settle only, and the context manager (ack when
+    the block ends normally, nack with backoff and the error when it raises; the exception still
+    propagates). Subclasses set the slots below and define ``ack``, ``nack``, ``dead``, ``heartbeat``."""
+
+    __slots__ = ("_error", "_mailbox", "_settled", "attempt", "message", "name")
+
+    _error: str | None
+    _settled: bool
+    attempt: int
+    message: Message
+    name: str
+
+    def _start(self, mailbox: Any, name: str, message: Message, attempt: int) -> None:
+        self._mailbox = mailbox
+        self.name = name
+        self.message = message
+        self.attempt = attempt
+        self._settled = False
+        self._error = None
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def ack(self) -> None:
+        raise NotImplementedError
+
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _D) -> _D:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._settled:
+            return
+        if exc is None:
+            self.ack()
+        else:
+            self._error = f"{type(exc).__name__}: {exc}"
+            self.nack(error=self._error)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"
+        )
+
+
+class SettledByMailbox(Settling):
+    """A delivery whose settles are its mailbox's ``_ack``, ``_nack``, ``_bury`` and ``_heartbeat``
+    (the in-memory and Redis backends)."""
+
+    __slots__ = ()
+
+    def _check(self) -> None:
+        if self._settled:
+            raise DeliveryError(f"{self.name} is already settled")
+
+    def ack(self) -> None:
+        self._check()
+        self._settled = True
+        self._mailbox._ack(self)
+
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+        self._check()
+        self._settled = True
+        if error is not None:
+            self._error = str(error)
+        self._mailbox._nack(self, delay, self._error)
+
+    def dead(self, reason: str) -> None:
+        self._check()
+        self._settled = True
+        self._mailbox._bury(self, reason, self._error)
+
+    def heartbeat(self) -> None:
+        self._check()
+        self._mailbox._heartbeat(self)
+
+
+class Delivery(Settling):
     """A claimed message. Settle it exactly once: `ack`, `nack` or `dead`.
 
     As a context manager it acks when the block ends normally and nacks (with backoff) when the
     block raises; the exception still propagates. ``attempt`` is 1 on the first delivery.
     """
 
-    __slots__ = ("_error", "_fd", "_mailbox", "_settled", "attempt", "message", "name")
+    __slots__ = ("_fd",)
+    _mailbox: FileMailbox
 
     def __init__(self, mailbox: FileMailbox, fd: int, name: str, message: Message, attempt: int) -> None:
-        self._mailbox = mailbox
+        self._start(mailbox, name, message, attempt)
         self._fd = fd
-        self.name = name
-        self.message = message
-        self.attempt = attempt
-        self._settled = False
-        self._error: str | None = None
 
     @property
     def path(self) -> Path:
         return self._mailbox.path / State.PROCESSING.folder / self.name
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
 
     def ack(self) -> None:
         """Done: the ACK move, ``processing/`` -> ``done/`` (committed per the fsync policy).
@@ -103,20 +180,6 @@ class Delivery:
             finally:
                 os.close(self._fd)
 
-    def __enter__(self) -> Delivery:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._settled:
-            return
-        if exc is None:
-            self.ack()
-        else:
-            self._error = f"{type(exc).__name__}: {exc}"
-            self.nack(error=self._error)
-
     def __del__(self) -> None:
         # Never settled: drop the lock so recovery can return the message.
         if not getattr(self, "_settled", True):
@@ -124,6 +187,3 @@ class Delivery:
                 os.close(self._fd)
             except OSError:
                 pass
-
-    def __repr__(self) -> str:
-        return f"<Delivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"

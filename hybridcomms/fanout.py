@@ -40,6 +40,7 @@ from typing import Any, cast
 import orjson
 
 from . import _fs
+from ._urls import backend_of
 from .bus import AgentBus, Event, pattern_matches
 from .message import Message
 
@@ -209,7 +210,9 @@ class LocalFanout:
             "dropped_to": dict(self._dropped_to),
         }
         with contextlib.suppress(OSError):
-            _fs.replace_atomically_at(self._dir_fd, self.name + ".json", orjson.dumps(body), self.file_mode)
+            _fs.replace_atomically_at(
+                self._dir_fd, self.name + ".json", orjson.dumps(body), self.file_mode, sync=False
+            )
 
     def _refresh(self) -> tuple[_Peer, ...]:
         now = time.monotonic()
@@ -543,7 +546,7 @@ def share_bus(
     """Carry ``bus``'s events to the processes that share ``root`` (this host) or ``url`` (a Redis).
     Idempotent per (bus, place): the fanout is made once and kept while anyone holds it. Returns the
     release (call it once when done: the last release stops the fanout)."""
-    redis_url = url if url and url.split("://", 1)[0].lower() in ("redis", "rediss", "unix") else None
+    redis_url = url if backend_of(url) == "redis" else None
     if redis_url is None and root is None:
         return lambda: None
     place = redis_url or os.path.abspath(os.fspath(root))  # type: ignore[arg-type]

@@ -141,6 +141,22 @@ def list_agents(root: str | os.PathLike[str]) -> list[str]:
     ]
 
 
+def set_common_options(
+    mailbox: Any, lease: float, max_attempts: int, backoff: Backoff, max_message_size: int
+) -> None:
+    """Check and set the options every backend takes (`hybridcomms.backend`), the same way."""
+    if lease <= 0:
+        raise ValueError("lease must be > 0 seconds")
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+    if max_message_size < 1:
+        raise ValueError("max_message_size must be >= 1")
+    mailbox.lease = float(lease)
+    mailbox.max_attempts = int(max_attempts)
+    mailbox.backoff = backoff
+    mailbox.max_message_size = int(max_message_size)
+
+
 class FileMailbox:
     """One agent's durable mailbox under ``<root>/<agent_id>/``.
 
@@ -164,6 +180,11 @@ class FileMailbox:
     Safe to share between threads, and any number of processes may open the same mailbox.
     """
 
+    lease: float
+    max_attempts: int
+    backoff: Backoff
+    max_message_size: int
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -184,16 +205,7 @@ class FileMailbox:
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.fsync = FsyncPolicy(fsync)
-        if lease <= 0:
-            raise ValueError("lease must be > 0 seconds")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be >= 1")
-        self.lease = float(lease)
-        self.max_attempts = int(max_attempts)
-        self.backoff = backoff
-        self.max_message_size = int(max_message_size)
+        set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self._given_file_mode = file_mode
         self.file_mode = 0o600 if file_mode is None else file_mode
         self.dir_mode = 0o700 if dir_mode is None else dir_mode

@@ -21,13 +21,13 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, ClassVar
 
 from ._names import RANK_OF, RANKS, compact_time, make_name
-from .errors import DeliveryError, DeliveryLostError, MailboxIOError
+from .delivery import SettledByMailbox
+from .errors import DeliveryLostError, MailboxIOError
 from .inspection import MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id
+from .mailbox import DEFAULT_BACKOFF, check_agent_id, set_common_options
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .recovery import RecoveryReport
 from .retry import Backoff, attempts_used_up
@@ -86,6 +86,11 @@ class MemoryMailbox:
     max_message_size=…, create=True)``: the options mean what they mean for `FileMailbox`.
     """
 
+    lease: float
+    max_attempts: int
+    backoff: Backoff
+    max_message_size: int
+
     _stores: ClassVar[dict[str, dict[str, _Box]]] = {}
     _stores_lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -101,16 +106,7 @@ class MemoryMailbox:
         create: bool = True,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
-        if lease <= 0:
-            raise ValueError("lease must be > 0 seconds")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be >= 1")
-        self.lease = float(lease)
-        self.max_attempts = int(max_attempts)
-        self.backoff = backoff
-        self.max_message_size = int(max_message_size)
+        set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.store = store
         with self._stores_lock:
             boxes = self._stores.setdefault(store, {})
@@ -391,61 +387,11 @@ class MemoryMailbox:
         return MailboxStats(self.agent_id, states, delayed)
 
 
-class MemoryDelivery:
+class MemoryDelivery(SettledByMailbox):
     """A message claimed from a `MemoryMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
 
-    __slots__ = ("__weakref__", "_entry", "_error", "_mailbox", "_settled", "attempt", "message", "name")
+    __slots__ = ("__weakref__", "_entry")
 
     def __init__(self, mailbox: MemoryMailbox, entry: _Entry, message: Message) -> None:
-        self._mailbox = mailbox
+        self._start(mailbox, entry.name, message, entry.attempt)
         self._entry = entry
-        self.message = message
-        self.attempt = entry.attempt
-        self.name = entry.name
-        self._settled = False
-        self._error: str | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    def _settle(self) -> None:
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
-        self._settled = True
-
-    def ack(self) -> None:
-        self._settle()
-        self._mailbox._ack(self)
-
-    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
-        self._settle()
-        if error is not None:
-            self._error = str(error)
-        self._mailbox._nack(self, delay, self._error)
-
-    def dead(self, reason: str) -> None:
-        self._settle()
-        self._mailbox._bury(self, reason, self._error)
-
-    def heartbeat(self) -> None:
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
-        self._mailbox._heartbeat(self)
-
-    def __enter__(self) -> MemoryDelivery:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._settled:
-            return
-        if exc is None:
-            self.ack()
-        else:
-            self._error = f"{type(exc).__name__}: {exc}"
-            self.nack(error=self._error)
-
-    def __repr__(self) -> str:
-        return f"<MemoryDelivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"

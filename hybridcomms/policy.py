@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _fs
+from ._urls import backend_of, shown_url
 from .errors import MessageError, PolicyError
 from .message import Priority
 
@@ -143,7 +144,7 @@ class Rule:
         if self.min_priority is not None:
             bits.append(f"priority >= {self.min_priority.name}")
         if self.backend is not None:
-            bits.append(f"backend={_shown_url(self.backend)}")
+            bits.append(f"backend={shown_url(self.backend)}")
         return f"{self.name or '(unnamed)'}: " + "; ".join(bits)
 
 
@@ -400,18 +401,12 @@ _BACKEND_SCHEMES = ("redis", "rediss", "unix", "memory", "file")
 
 def _check_backend(backend: object) -> None:
     if not isinstance(backend, str) or not (
-        backend == "local" or (backend.split("://", 1)[0].lower() in _BACKEND_SCHEMES and "://" in backend)
+        backend == "local" or ("://" in backend and backend_of(backend) != "")
     ):
         raise PolicyError(
             "'backend' must be \"local\" or a mailbox URL "
             f"({', '.join(s + '://' for s in _BACKEND_SCHEMES)}), not {backend!r}"
         )
-
-
-def _shown_url(url: str) -> str:
-    """A URL without its password."""
-    head, sep, tail = url.partition("@")
-    return f"{head.partition('://')[0]}://***@{tail}" if sep else url
 
 
 def _rule_from(raw: object, index: int, *, source: str, line: int | None) -> Rule:

@@ -46,15 +46,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 import orjson
 
 from ._names import RANK_OF, RANKS, compact_time, make_name
-from .errors import DeliveryError, DeliveryLostError, MailboxIOError
+from ._urls import shown_url
+from .delivery import SettledByMailbox
+from .errors import DeliveryLostError, MailboxIOError
 from .inspection import MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id
+from .mailbox import DEFAULT_BACKOFF, check_agent_id, set_common_options
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .recovery import RecoveryReport
 from .retry import Backoff, attempts_used_up
@@ -326,6 +327,11 @@ class RedisMailbox:
         consumer         this client's name in the consumer group (default: host, pid and a random part)
     """
 
+    lease: float
+    max_attempts: int
+    backoff: Backoff
+    max_message_size: int
+
     def __init__(
         self,
         url: str,
@@ -343,12 +349,7 @@ class RedisMailbox:
         consumer: str | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
-        if lease <= 0:
-            raise ValueError("lease must be > 0 seconds")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be >= 1")
+        set_common_options(self, lease, max_attempts, backoff, max_message_size)
         if done_retention < 0 or (maxlen is not None and maxlen < 1):
             raise ValueError("done_retention must be >= 0 and maxlen >= 1")
         if maxlen is not None and max_age is not None:
@@ -357,10 +358,6 @@ class RedisMailbox:
             raise ValueError("max_age must be > 0 seconds")
         self.max_age = max_age
         self.url = url
-        self.lease = float(lease)
-        self.max_attempts = int(max_attempts)
-        self.backoff = backoff
-        self.max_message_size = int(max_message_size)
         self.done_retention = int(done_retention)
         self.maxlen = maxlen
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -371,7 +368,7 @@ class RedisMailbox:
         try:  # typed loosely: the stubs do not know RESP replies
             self._r: Any = redis.Redis.from_url(url)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"not a usable Redis URL {self._shown_url()}: {exc}") from None
+            raise ValueError(f"not a usable Redis URL {shown_url(self.url)}: {exc}") from None
         self._closed = False
         self._blockers: dict[int, tuple[Any, int]] = {}  # thread id -> (its blocking client, client id)
         self._blockers_lock = threading.Lock()
@@ -380,7 +377,7 @@ class RedisMailbox:
         self._pid = os.getpid()
         try:
             if not create and not self._r.exists(*self._streams):
-                raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {self._shown_url()}")
+                raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
             for stream in self._streams:
                 try:
                     self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -398,24 +395,16 @@ class RedisMailbox:
             raise self._error(exc, "open") from exc
         except TypeError as exc:  # an option in the URL's query that the client does not take
             self._r.close()
-            raise ValueError(f"not a usable Redis URL {self._shown_url()}: {exc}") from None
+            raise ValueError(f"not a usable Redis URL {shown_url(self.url)}: {exc}") from None
         except BaseException:
             self._r.close()
             raise
 
-    def _shown_url(self) -> str:
-        """The URL without its password."""
-        head, sep, tail = self.url.partition("@")
-        if not sep:
-            return self.url
-        scheme, _, _ = head.partition("://")
-        return f"{scheme}://***@{tail}"
-
     def _error(self, exc: Exception, what: str) -> MailboxIOError:
-        return MailboxIOError(errno.EIO, f"{what} on {self._shown_url()} ({self.agent_id}) failed: {exc}")
+        return MailboxIOError(errno.EIO, f"{what} on {shown_url(self.url)} ({self.agent_id}) failed: {exc}")
 
     def __repr__(self) -> str:
-        return f"<RedisMailbox {self._shown_url()} {self.agent_id}>"
+        return f"<RedisMailbox {shown_url(self.url)} {self.agent_id}>"
 
     def __enter__(self) -> RedisMailbox:
         return self
@@ -509,7 +498,10 @@ class RedisMailbox:
                 self._scanned = time.monotonic()
                 if got[0] != 0:
                     self._found_nothing = False
-                    return self._delivery(int(got[0]) - 1, got[1], got[2])
+                    delivery = self._delivery(int(got[0]) - 1, got[1], got[2])
+                    if delivery is not None:
+                        return delivery
+                    continue  # a poison entry, dead-lettered: look again, within the same timeout
                 next_due_ms = int(got[1])
                 self._found_nothing = next_due_ms < 0
                 remaining = deadline - time.monotonic()
@@ -575,12 +567,13 @@ class RedisMailbox:
         i, entry_id, fields = entries[0]
         return self._delivery(i, entry_id, fields)
 
-    def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery:
+    def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery | None:
+        """The delivery of an entry just read; None if it does not decode (it is dead-lettered)."""
         f = _fields(flat)
         attempt = int(f.get("a", b"0")) + 1
         try:
             message = Message.decode(f["m"])
-        except Exception as exc:  # a poison entry: to the dead letters, and look again
+        except Exception as exc:  # a poison entry: to the dead letters
             self._dead_script(
                 keys=[self._streams[i], self._dead],
                 args=[
@@ -591,7 +584,7 @@ class RedisMailbox:
                     attempt,
                 ],
             )
-            return self.claim()  # type: ignore[return-value]
+            return None
         due = int(f.get("d", b"0") or 0) / 1000
         name = make_name(RANKS[i], compact_time(due or _ms_of(entry_id) / 1000), message.id, attempt)
         return RedisDelivery(self, i, _s(entry_id), name, message, attempt, f["m"])
@@ -858,20 +851,10 @@ class RedisMailbox:
         return MailboxStats(self.agent_id, states, delayed)
 
 
-class RedisDelivery:
+class RedisDelivery(SettledByMailbox):
     """A message claimed from a `RedisMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
 
-    __slots__ = (
-        "_error",
-        "_mailbox",
-        "_rank_index",
-        "_raw",
-        "_settled",
-        "attempt",
-        "entry_id",
-        "message",
-        "name",
-    )
+    __slots__ = ("_rank_index", "_raw", "entry_id")
 
     def __init__(
         self,
@@ -883,57 +866,7 @@ class RedisDelivery:
         attempt: int,
         raw: bytes,
     ) -> None:
-        self._mailbox = mailbox
+        self._start(mailbox, name, message, attempt)
         self._rank_index = rank_index
         self.entry_id = entry_id
-        self.name = name
-        self.message = message
-        self.attempt = attempt
         self._raw = raw
-        self._settled = False
-        self._error: str | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    def _settle(self) -> None:
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
-        self._settled = True
-
-    def ack(self) -> None:
-        self._settle()
-        self._mailbox._ack(self)
-
-    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
-        self._settle()
-        if error is not None:
-            self._error = str(error)
-        self._mailbox._nack(self, delay, self._error)
-
-    def dead(self, reason: str) -> None:
-        self._settle()
-        self._mailbox._bury(self, reason, self._error)
-
-    def heartbeat(self) -> None:
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
-        self._mailbox._heartbeat(self)
-
-    def __enter__(self) -> RedisDelivery:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._settled:
-            return
-        if exc is None:
-            self.ack()
-        else:
-            self._error = f"{type(exc).__name__}: {exc}"
-            self.nack(error=self._error)
-
-    def __repr__(self) -> str:
-        return f"<RedisDelivery {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"

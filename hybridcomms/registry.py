@@ -21,6 +21,7 @@ import orjson
 
 from . import _fs
 from ._locking import hold_lock_file
+from ._urls import backend_of
 from .bus import pattern_matches
 from .mailbox import check_agent_id, list_agents
 
@@ -200,11 +201,11 @@ def registry_for(
     root: str | os.PathLike[str], url: str | None, file_mode: int = 0o600
 ) -> SubscriptionRegistry:
     """The registry that goes with the mailboxes at ``url`` (None: files under ``root``)."""
-    scheme = url.split("://", 1)[0].lower() if url and "://" in url else ""
-    if scheme in ("redis", "rediss", "unix"):
-        return RedisRegistry(url)  # type: ignore[arg-type]
-    if scheme == "memory":
-        return MemoryRegistry(url[len("memory://") :])  # type: ignore[index]
+    kind = backend_of(url)
+    if url is not None and kind == "redis":
+        return RedisRegistry(url)
+    if url is not None and kind == "memory":
+        return MemoryRegistry(url[len("memory://") :])
     return FileRegistry(root, file_mode)
 
 

@@ -194,3 +194,18 @@ def test_retention_by_length_or_age_trims_the_streams(redis_url: str) -> None:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_a_poison_entry_does_not_end_a_waiting_claim_early(redis_url: str) -> None:
+    ns = f"hct-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with RedisMailbox(redis_url, "A", namespace=ns) as mb:
+            client.xadd(f"{ns}:{{A}}:s:2M", {"m": b"{broken", "a": "0", "id": "bad", "k": "2M"})
+            t0 = time.monotonic()
+            assert mb.claim(timeout=0.5) is None  # dead-lettered the poison, then waited the rest
+            assert time.monotonic() - t0 >= 0.4
+            assert [i.id for i in mb.list(State.DEAD)] == ["bad"]
+    finally:
+        client.delete(*client.scan_iter(match=f"{ns}:*"))
+        client.close()
