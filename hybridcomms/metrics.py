@@ -192,7 +192,8 @@ class BusCollector(Collector):
         fan = CounterMetricFamily(
             "hybridcomms_bus_fanout_events",
             "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
-            "was full), dropped_bad (did not decode), unsendable, pruned (dead subscribers), dropped_queue",
+            "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
+            "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog)",
             labels=["result"],
         )
         with fanout_lock:

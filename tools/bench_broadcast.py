@@ -2,17 +2,29 @@
 """Ephemeral events to other processes (hybridcomms.fanout, one host) against bare ``sendto``, in one run.
 
     python tools/bench_broadcast.py            # 1, 3 and 10 subscriber processes
-    python tools/bench_broadcast.py --quick
+    python tools/bench_broadcast.py --quick [--subs 1,3]
     python tools/bench_broadcast.py --json out.json
 
-Measured, in rounds that alternate the two sides (medians):
+Measured, in rounds that alternate the sides (rates: medians, ratios: the median of per-round ratios):
 
 - **publish cost**: `AgentBus.publish` on a shared bus with K subscriber processes (each subscribes
   ``bench.*`` through its own shared bus), against a bare loop that sends the same encoded datagram to
-  the same K sockets with ``sendto(MSG_DONTWAIT)``. Ratio: bare time / publish time (target >= 0.7x).
-- **delivery latency**: one event in flight, from before the publish to the subscriber's handler
-  (``CLOCK_MONOTONIC``, the same in every process), p50; against a bare receiver process blocked in
-  ``recv`` on its own socket. Ratio: bare p50 / ours p50.
+  the same K sockets with ``sendto(MSG_DONTWAIT)`` (the issue's baseline; target >= 0.7x). Beside it,
+  the floor: the same datagram sent on sockets already connected to the K peers (what the fanout
+  itself does, without the bus). Events go in batches of 8, each followed by a 2 ms pause in which
+  the subscribers read them, and only the sending is timed: the cost where buffers have room, as in
+  a fleet's normal traffic. (A flood would time something else: the bare loop drops what finds a
+  full buffer, the fanout keeps it in a backlog and sends it later, from its flusher thread.) The
+  output counts the sends that found a full buffer anyway.
+- **delivery latency**: one event in flight, from before the send to the handler of subscriber 0
+  (``CLOCK_MONOTONIC``, the same in every process), p50, against
+  - *same sockets* (the issue's baseline): the bare ``sendto`` loop of the same datagram to the same
+    K sockets, in the order the fanout sends, received by the same subscribers; the ratio is what
+    publishing through the bus adds (target >= 0.7x);
+  - *bare receiver* (stricter): the same loop, but subscriber 0 replaced by a process waiting in
+    ``poll`` and ``recv`` whose whole work is to report the time: it decodes nothing and runs no
+    bus, so the ratio also holds the receiving side's work (decoding with the limits of a message
+    file, the event, the dispatch), which no bare loop pays.
 - beside them: `AgentBus.publish` to one in-process handler (the bus without sharing).
 """
 
@@ -35,9 +47,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import BUS_FOLDER, encode_event, share_bus
+from hybridcomms.fanout import (
+    BUS_FOLDER,
+    FANOUT_STATS,
+    _shared,  # the bench reads the fanout's sending order
+    encode_event,
+    share_bus,
+)
 
 PAYLOAD = {"agent": "Agent-1", "status": "busy", "task": "build-42"}
+#: Events per timed batch, and the pause after it (seconds) in which the subscribers read them: the
+#: publish cost is measured where buffers have room, as in a fleet's normal traffic.
+BATCH = 8
+PACE = 0.002
 
 
 def _subscriber(root: str, ready: Any, report: Any, stop: Any) -> None:
@@ -101,39 +123,21 @@ def run(k: int, n: int, rounds: int, lat_rounds: int) -> dict[str, Any]:
         release = share_bus(pub, root=root)
         folder = base / "root" / BUS_FOLDER
         dir_fd = os.open(folder, os.O_RDONLY)
-        pub.publish("bench.warm", {})  # the publisher has looked at the registrations
-        time.sleep(0.1)
-        pub.publish("bench.warm", {})
-        socks = [p for p in os.listdir(dir_fd) if p.endswith(".sock")]
-        mine = {s for s in socks if s.startswith(f"{os.getpid()}-")}
-        addrs = [f"/proc/self/fd/{dir_fd}/{s}" for s in socks if s not in mine]
-        assert len(addrs) == k, (addrs, k)
+        fanout = _shared[(id(pub), str(root))][0]
+        deadline = time.monotonic() + 30
+        while len(fanout.peers_for("bench.tick")) < k and time.monotonic() < deadline:
+            time.sleep(0.01)
+        order = fanout.peers_for("bench.tick")  # the fanout's sending order, for the bare loops
+        assert len(order) == k, (order, k)
+        addrs = [f"/proc/self/fd/{dir_fd}/{name}.sock" for name in order]
         data = encode_event(Event("bench.tick", PAYLOAD), "bench:0")
         assert data is not None
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-        ours, bare, local = [], [], []
-        solo = AgentBus()
-        solo.subscribe("bench.*", lambda e: None)
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                pub.publish("bench.tick", PAYLOAD)
-            ours.append(n / (time.perf_counter() - t0))
-            time.sleep(0.05)  # let the subscribers drain, so both sides meet the same buffers
-            t0 = time.perf_counter()
-            for _ in range(n):
-                for a in addrs:
-                    try:
-                        raw.sendto(data, socket.MSG_DONTWAIT, a)
-                    except BlockingIOError:
-                        pass
-            bare.append(n / (time.perf_counter() - t0))
-            time.sleep(0.05)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                solo.publish("bench.tick", PAYLOAD)
-            local.append(n / (time.perf_counter() - t0))
+        connected = []
+        for a in addrs:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            c.connect(a)
+            connected.append(c)
 
         def one_way(send: Any, fd: int) -> float:
             """One event in flight; sent again if its datagram was dropped (at most once)."""
@@ -147,40 +151,93 @@ def run(k: int, n: int, rounds: int, lat_rounds: int) -> dict[str, Any]:
         ping = {"ping": True}
         bare_ping = encode_event(Event("bench.ping", ping), "bench:0")
         assert bare_ping is not None
-        # The bare side does the same fan-out: the datagram to the other K-1 subscribers, then to the
-        # bare receiver (whose recv is the whole of its work).
         first = f"{procs[0].pid}-"
-        others = [a for a in addrs if not a.rsplit("/", 1)[1].startswith(first)]
+        to_bare = [bare_path if a.rsplit("/", 1)[1].startswith(first) else a for a in addrs]
 
-        def bare_send() -> None:
-            for a in others:
+        def loop_to(targets: list[str]) -> Any:
+            def send() -> None:
+                for a in targets:
+                    try:
+                        raw.sendto(bare_ping, socket.MSG_DONTWAIT, a)
+                    except BlockingIOError:
+                        pass
+
+            return send
+
+        sides = {
+            "ours": (lambda: pub.publish("bench.ping", ping), here_r),
+            "same_sockets": (loop_to(addrs), here_r),
+            "bare_receiver": (loop_to(to_bare), bare_r),
+        }
+        for _ in range(50):  # warm up: every side has run
+            for send, fd in sides.values():
+                one_way(send, fd)
+        lat: dict[str, list[float]] = {name: [] for name in sides}
+        names = list(sides)
+        for i in range(lat_rounds):
+            for name in names[i % 3 :] + names[: i % 3]:  # each side takes each place in turn
+                send, fd = sides[name]
+                lat[name].append(one_way(send, fd))
+
+        ours, bare, floor, local = [], [], [], []
+        solo = AgentBus()
+        solo.subscribe("bench.*", lambda e: None)
+        full = {"bare": 0, "floor": 0}
+
+        def bare_batch() -> None:
+            for a in addrs:
                 try:
-                    raw.sendto(bare_ping, socket.MSG_DONTWAIT, a)
+                    raw.sendto(data, socket.MSG_DONTWAIT, a)
                 except BlockingIOError:
-                    pass
-            raw.sendto(bare_ping, bare_path)
+                    full["bare"] += 1
 
-        for _ in range(50):  # the subscribers have drained what the rate rounds left in their buffers
-            one_way(lambda: pub.publish("bench.ping", ping), here_r)
-            one_way(bare_send, bare_r)
-        lat_ours, lat_bare = [], []
-        for _ in range(lat_rounds):
-            lat_ours.append(one_way(lambda: pub.publish("bench.ping", ping), here_r))
-            lat_bare.append(one_way(bare_send, bare_r))
+        def floor_batch() -> None:
+            for c in connected:
+                try:
+                    c.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    full["floor"] += 1
+
+        sides_rate = {
+            "ours": (lambda: pub.publish("bench.tick", PAYLOAD), ours),
+            "bare": (bare_batch, bare),
+            "floor": (floor_batch, floor),
+            "local": (lambda: solo.publish("bench.tick", PAYLOAD), local),
+        }
+        deferred = FANOUT_STATS["deferred"]
+        for _ in range(rounds):
+            for one, out in sides_rate.values():
+                spent = 0.0
+                for _ in range(n // BATCH):
+                    t0 = time.perf_counter()
+                    for _ in range(BATCH):
+                        one()
+                    spent += time.perf_counter() - t0
+                    time.sleep(PACE)  # the subscribers read the batch: no side meets a full buffer
+                out.append(n // BATCH * BATCH / spent)
+        full["ours"] = FANOUT_STATS["deferred"] - deferred
+
         release()
+        for c in connected:
+            c.close()
         os.close(dir_fd)
         med = {
             "ours": statistics.median(ours),
             "bare": statistics.median(bare),
+            "floor": statistics.median(floor),
             "local": statistics.median(local),
         }
-        lat = {"ours": statistics.median(lat_ours), "bare": statistics.median(lat_bare)}
+        p50 = {name: statistics.median(v) for name, v in lat.items()}
         return {
             "subscribers": k,
             "publish_per_s": med,
-            "publish_ratio": med["ours"] / med["bare"],
-            "latency_p50_us": lat,
-            "latency_ratio": lat["bare"] / lat["ours"],
+            # the median of per-round ratios: each round's sides ran back to back (a noisy host drifts)
+            "publish_ratio": statistics.median(o / b for o, b in zip(ours, bare, strict=True)),
+            "publish_ratio_floor": statistics.median(o / f for o, f in zip(ours, floor, strict=True)),
+            "latency_p50_us": p50,
+            "latency_ratio": p50["same_sockets"] / p50["ours"],
+            "latency_ratio_bare_receiver": p50["bare_receiver"] / p50["ours"],
+            "found_full": full,
         }
     finally:
         stop.set()
@@ -195,18 +252,39 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer events and rounds")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--subs", default="1,3,10", help="subscriber process counts (default 1,3,10)")
     args = ap.parse_args()
     n, rounds, lat_rounds = (1000, 3, 200) if args.quick else (5000, 5, 1000)
-    results = [run(k, n, rounds, lat_rounds) for k in (1, 3, 10)]
+    results = [run(int(k), n, rounds, lat_rounds) for k in args.subs.split(",")]
     print(f"events per round: {n}, rounds: {rounds} (medians); latency: {lat_rounds} round trips")
-    head = f"{'subs':>4} {'bare sendto/s':>14} {'publish/s':>10} {'ratio':>6}   "
-    print(head + f"{'bare p50':>9} {'p50':>8} {'ratio':>6}   {'in-process publish/s':>20}")
+    print()
+    print("publish, events/s (ratio = publish / baseline, median of per-round ratios)")
+    head = f"{'subs':>4} {'bare sendto':>12} {'connected':>10} {'publish':>9}"
+    print(head + f" {'vs sendto':>10} {'vs floor':>9}")
     for r in results:
-        rate, lat = r["publish_per_s"], r["latency_p50_us"]
-        ratio = r["publish_ratio"]
-        left = f"{r['subscribers']:>4} {rate['bare']:>14.0f} {rate['ours']:>10.0f} {ratio:>5.2f}x   "
-        right = f"{lat['bare']:>7.0f}us {lat['ours']:>6.0f}us {r['latency_ratio']:>5.2f}x   "
-        print(left + right + f"{rate['local']:>20.0f}")
+        m = r["publish_per_s"]
+        print(
+            f"{r['subscribers']:>4} {m['bare']:>12.0f} {m['floor']:>10.0f} {m['ours']:>9.0f} "
+            f"{r['publish_ratio']:>9.2f}x {r['publish_ratio_floor']:>8.2f}x"
+        )
+    print()
+    print("delivery latency p50, us (ratio = baseline p50 / ours)")
+    print(f"{'subs':>4} {'same sockets':>13} {'bare receiver':>14} {'ours':>6} {'vs same':>8} {'vs bare':>8}")
+    for r in results:
+        p = r["latency_p50_us"]
+        print(
+            f"{r['subscribers']:>4} {p['same_sockets']:>13.1f} {p['bare_receiver']:>14.1f} {p['ours']:>6.1f} "
+            f"{r['latency_ratio']:>7.2f}x {r['latency_ratio_bare_receiver']:>7.2f}x"
+        )
+    print()
+    found = "; ".join(
+        f"{r['subscribers']} subs: bare {r['found_full']['bare']}, connected {r['found_full']['floor']}, "
+        f"publish {r['found_full']['ours']}"
+        for r in results
+    )
+    print(f"sends that found a full buffer (dropped, or deferred by the fanout): {found}")
+    local = ", ".join(f"{r['publish_per_s']['local']:.0f}" for r in results)
+    print(f"in-process AgentBus.publish to one handler, events/s: {local}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
