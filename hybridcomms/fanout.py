@@ -224,12 +224,17 @@ class LocalFanout:
         self._dropped_to: dict[str, int] = {}
         self._reported = 0.0
         self._lock = threading.Lock()
+        self._look_lock = threading.Lock()
         self._closed = False
         self._backlog_lock = threading.Lock()
         self._backlogged: set[_Link] = set()
         self._flusher: threading.Thread | None = None
         self._bell_r, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register()
+        # A first look at the peers now, and another at the first publish (whoever registered in
+        # between is seen by it).
+        self._refresh()
+        self._next_look = 0.0
         bus.add_outlet(self.send)
         bus.add_watcher(self._register)
         self._thread = threading.Thread(target=self._receive, name="hybridcomms-fanout", daemon=True)
@@ -256,20 +261,33 @@ class LocalFanout:
             )
 
     def _refresh(self) -> tuple[_Peer, ...]:
-        now = time.monotonic()
-        if now < self._next_look:
+        """The peers, looked at again if REFRESH_EVERY has passed. One thread looks at a time; the
+        others wait for its look rather than send to the peers of before it (none, at first)."""
+        if time.monotonic() < self._next_look:
             return self._peers
-        self._next_look = now + REFRESH_EVERY
+        with self._look_lock:
+            now = time.monotonic()
+            if now < self._next_look:
+                return self._peers  # another thread has just looked
+            try:
+                self._look(now)
+            finally:
+                self._next_look = time.monotonic() + REFRESH_EVERY
+        return self._peers
+
+    def _look(self, now: float) -> None:
         if self._retired:
             with self._lock:
                 self._close_retired(now)
         try:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
         except OSError:
-            return self._peers
+            return
         if mtime == self._seen_mtime:
-            return self._peers
-        self._seen_mtime = mtime
+            return
+        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
+        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
+        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
         peers = []
         for name, body in _registrations(self._dir_fd):
             if name == self.name:
@@ -285,7 +303,6 @@ class LocalFanout:
             names = {p.name for p in peers}
             for name in [n for n in self._links if n not in names]:
                 self._retire(self._links.pop(name), now)
-        return self._peers
 
     def _targets_of(self, topic: str) -> tuple[_Link, ...]:
         """The links to the peers that want ``topic`` (cached per topic until the next change of the

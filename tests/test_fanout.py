@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -277,6 +278,37 @@ def test_a_burst_reaches_a_busy_subscriber_whole_and_in_order(
         release()
 
 
+def test_threads_publishing_at_once_each_reach_a_busy_subscriber_whole_and_in_order(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    pub = AgentBus()
+    release = share_bus(pub, root=root)
+    try:
+        procs.append(spawn(str(root), tmp_path, "busy", "burst.*"))
+        wait_for(lambda: (tmp_path / "busy.ready").exists())
+        go = threading.Barrier(4)
+
+        def publish(k: int) -> None:
+            go.wait()
+            for i in range(200):
+                pub.publish(f"burst.t{k}", i)
+
+        threads = [threading.Thread(target=publish, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_for(lambda: len(lines(tmp_path / "busy.log")) >= 800, what="every thread's events")
+        for k in range(4):
+            assert numbers(tmp_path / "busy.log", f"burst.t{k}") == list(range(200)), k
+        pub.publish("ctl.stop")
+        assert procs[0].wait(30) == 0
+    finally:
+        release()
+
+
 def test_a_stopped_subscribers_backlog_is_bounded_and_drops_only_the_newest(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -366,6 +398,32 @@ def test_comms_in_two_processes_share_ephemeral_events(
     assert procs[-1].wait(30) == 0
     (line,) = lines(tmp_path / "monitor.log")
     assert line.startswith("dreamos.agent.status.updated ")
+
+
+def test_the_observer_copy_of_a_both_route_crosses_to_other_buses_and_is_handled_once(tmp_path: Path) -> None:
+    """Route "both": the durable copy goes to the mailbox, the observer copy (``durable=True``) to
+    every sharing process; a Comms there handles the message once, from its mailbox, never from the bus.
+    The two Comms have buses of their own, so the event crosses their sockets as between processes."""
+    root = tmp_path / "root"
+    observed: list[Event] = []
+    handled: list[tuple[object, bool]] = []
+    a = Comms("Agent-1", root=root, fsync="never", bus=AgentBus())
+    b = Comms("Agent-2", root=root, fsync="never", bus=AgentBus())  # not started: consumed by hand
+    try:
+        b.bus.subscribe("orders.*", observed.append)
+        b.subscribe("orders.*", lambda m: handled.append((m.payload, m.durable)))
+        sent = a.send("Agent-2", "orders.new", {"n": 1}, route="both")
+        assert sent.durable_to == ("Agent-2",)
+        wait_for(lambda: observed != [], what="the observer copy in the other bus")
+        (event,) = observed
+        assert event.durable and event.origin is not None and event.payload.payload == {"n": 1}
+        assert handled == []  # the bus copy is for observers only
+        assert b.process_one()
+        assert handled == [({"n": 1}, True)]
+        assert not b.process_one(timeout=0)
+    finally:
+        b.close()
+        a.close()
 
 
 @pytest.mark.redis
