@@ -28,6 +28,7 @@ import errno
 import logging
 import os
 import queue
+import re
 import select
 import socket
 import stat
@@ -44,7 +45,7 @@ import orjson
 from . import _fs
 from ._urls import backend_of
 from .bus import AgentBus, Event, pattern_matches
-from .message import Message
+from .message import Message, has_non_finite
 
 __all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "share_bus"]
 
@@ -114,6 +115,8 @@ def encode_event(event: Event, origin: str) -> bytes | None:
         data = _dumps([1, event.topic, payload, *fields])
     except (TypeError, ValueError):
         return None
+    if b"null" in data and type(payload) in (dict, list, float) and has_non_finite(payload):
+        return None  # orjson would have written NaN or an infinity as null: refused, not changed
     return data if len(data) <= MAX_DATAGRAM else None
 
 
@@ -578,10 +581,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
+_NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
+#: Linux pids are below 2**22; anything outside a C int would make os.kill raise.
+_PID_MAX = 1 << 30
+
+
 def _registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, body) of every well-formed registration in the folder; anything else is skipped."""
+    """(name, body) of every well-formed registration in the folder; anything else is skipped. The
+    folder is shared: a FIFO, a link, a giant file or a body of the wrong shape is passed over."""
     for entry in _fs.listdir_at(dir_fd):
-        if not entry.endswith(".json") or entry.startswith("."):
+        if not entry.endswith(".json") or not _NAME.fullmatch(entry[: -len(".json")]):
             continue
         try:
             body = orjson.loads(_fs.read_regular(entry, 64 * 1024, dir_fd=dir_fd))
@@ -590,9 +600,11 @@ def _registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
         if (
             type(body) is dict
             and type(body.get("pid")) is int
+            and 0 < body["pid"] < _PID_MAX
             and type(body.get("host")) is str
+            and len(body["host"]) <= 255
             and type(body.get("patterns")) is list
-            and all(type(p) is str for p in body["patterns"])
+            and all(type(p) is str and 0 < len(p) <= 256 for p in body["patterns"])
         ):
             yield entry[: -len(".json")], body
 
@@ -616,7 +628,7 @@ def bus_peers(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     "host": body["host"],
                     "patterns": body["patterns"],
                     "alive": body["host"] != _HOST or _alive(body["pid"]),
-                    "dropped": sum(v for v in dropped.values() if type(v) is int)
+                    "dropped": sum(v for v in dropped.values() if type(v) is int and v > 0)
                     if type(dropped) is dict
                     else 0,
                 }

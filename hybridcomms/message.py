@@ -14,6 +14,7 @@ so legacy files stay readable; legacy fields with no envelope slot are kept in `
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 import sys
@@ -122,6 +123,25 @@ FIELDS: tuple[str, ...] = (
 )
 
 
+def has_non_finite(value: Any) -> bool:
+    """True if ``value`` (JSON-shaped) holds a NaN or an infinity: orjson would write them as null,
+    changing what was sent without a word, so senders refuse them instead."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is float:
+            if v != v or v in (math.inf, -math.inf):
+                return True
+        elif t is dict:
+            stack.extend(v.values())
+        elif t is list or t is tuple:
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):  # a float subclass
+            return True
+    return False
+
+
 @dataclass(frozen=True, init=False)
 class Message:
     """An immutable message envelope.
@@ -226,6 +246,8 @@ class Message:
             data = orjson.dumps(self._wire(), option=orjson.OPT_UTC_Z)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise TypeError(f"message {self.id} is not JSON-serialisable: {exc}") from exc
+        if b"null" in data and has_non_finite(self._wire()):  # orjson writes NaN and infinities as null
+            raise TypeError(f"message {self.id} holds NaN or an infinity, which JSON cannot carry")
         if max_size is not None and len(data) > max_size:
             raise MessageTooLargeError(len(data), max_size)
         return data

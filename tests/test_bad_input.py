@@ -275,3 +275,16 @@ def test_a_decoded_message_equals_the_one_that_was_put(mailbox: FileMailbox) -> 
     assert d.message == sent
     assert vars(d.message).keys() == vars(sent).keys()
     d.ack()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_nan_and_infinities_are_refused_not_written_as_null(mailbox: FileMailbox, bad: float) -> None:
+    """JSON has no NaN or infinity, and orjson would write them as null: the payload would change
+    without a word. A put refuses it, and writes nothing."""
+    for payload in (bad, {"x": [1, {"y": bad}]}, [None, bad]):
+        with pytest.raises(TypeError, match="NaN or an infinity"):
+            mailbox.put(Message("t", payload))
+    assert sum(v.count for v in mailbox.stats().states.values()) == 0
+    assert os.listdir(mailbox.path / "tmp") == []
+    mailbox.put(Message("t", {"x": None, "y": 1e308}))  # null and big finite floats are fine
+    assert sum(v.count for v in mailbox.stats().states.values()) == 1

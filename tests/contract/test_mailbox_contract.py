@@ -198,6 +198,16 @@ def test_a_too_large_message_is_refused(make: Callable[..., Mailbox]) -> None:
     assert count(mb, State.NEW) == 0
 
 
+def test_nan_and_infinities_are_refused_never_stored_as_null(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    for bad in (float("nan"), float("inf"), {"deep": [1, {"x": -float("inf")}]}):
+        with pytest.raises(TypeError, match="NaN or an infinity"):
+            mb.put(msg(payload=bad))
+    with pytest.raises(TypeError):
+        mb.put_many([msg(id="ok1"), msg(id="nan", payload=[float("nan")])])
+    assert count(mb, State.NEW) == 0
+
+
 def test_unsafe_agent_ids_are_refused(make: Callable[..., Mailbox]) -> None:
     for bad in ("../x", "a/b", "", ".hidden", "x" * 300):
         with pytest.raises(InvalidAgentIdError):
