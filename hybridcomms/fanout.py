@@ -115,8 +115,11 @@ def encode_event(event: Event, origin: str) -> bytes | None:
         data = _dumps([1, event.topic, payload, *fields])
     except (TypeError, ValueError):
         return None
-    if b"null" in data and type(payload) in (dict, list, float) and has_non_finite(payload):
-        return None  # orjson would have written NaN or an infinity as null: refused, not changed
+    # orjson writes NaN and infinities as null: a null the fields do not account for may be one. The
+    # payload is walked only then, and refused if it holds one (never changed to null).
+    nulls = (event.source is None) + (event.correlation_id is None)
+    if data.count(b"null") > nulls and type(payload) in (dict, list, float) and has_non_finite(payload):
+        return None
     return data if len(data) <= MAX_DATAGRAM else None
 
 

@@ -242,11 +242,15 @@ class Message:
 
     def encode(self, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
         """Serialise to JSON bytes; raise before anything is written if it cannot be sent."""
+        wire = self._wire()
         try:  # created_at: orjson writes RFC 3339, with "Z" under OPT_UTC_Z
-            data = orjson.dumps(self._wire(), option=orjson.OPT_UTC_Z)
+            data = orjson.dumps(wire, option=orjson.OPT_UTC_Z)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise TypeError(f"message {self.id} is not JSON-serialisable: {exc}") from exc
-        if b"null" in data and has_non_finite(self._wire()):  # orjson writes NaN and infinities as null
+        # orjson writes NaN and infinities as null: a null the envelope's empty fields do not account
+        # for may be one. Payload and headers are walked only then.
+        nulls = sum(v is None for v in wire.values())
+        if data.count(b"null") > nulls and (has_non_finite(self.payload) or has_non_finite(wire["headers"])):
             raise TypeError(f"message {self.id} holds NaN or an infinity, which JSON cannot carry")
         if max_size is not None and len(data) > max_size:
             raise MessageTooLargeError(len(data), max_size)
