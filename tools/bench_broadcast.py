@@ -25,6 +25,8 @@ Measured, in rounds that alternate the sides (rates: medians, ratios: the median
     ``poll`` and ``recv`` whose whole work is to report the time: it decodes nothing and runs no
     bus, so the ratio also holds the receiving side's work (decoding with the limits of a message
     file, the event, the dispatch), which no bare loop pays.
+- **a subscriber that stops reading** (3 and 10 subscribers): the paced publish rate with the last
+  subscriber SIGSTOPped, against all reading, alternating (target: unchanged, >= ~1x).
 - beside them: `AgentBus.publish` to one in-process handler (the bus without sharing).
 """
 
@@ -36,6 +38,7 @@ import multiprocessing as mp
 import os
 import select
 import shutil
+import signal
 import socket
 import statistics
 import sys
@@ -204,18 +207,37 @@ def run(k: int, n: int, rounds: int, lat_rounds: int) -> dict[str, Any]:
             "floor": (floor_batch, floor),
             "local": (lambda: solo.publish("bench.tick", PAYLOAD), local),
         }
+
+        def paced(one: Any) -> float:
+            spent = 0.0
+            for _ in range(n // BATCH):
+                t0 = time.perf_counter()
+                for _ in range(BATCH):
+                    one()
+                spent += time.perf_counter() - t0
+                time.sleep(PACE)  # the subscribers read the batch: no side meets a full buffer
+            return n // BATCH * BATCH / spent
+
         deferred = FANOUT_STATS["deferred"]
         for _ in range(rounds):
             for one, out in sides_rate.values():
-                spent = 0.0
-                for _ in range(n // BATCH):
-                    t0 = time.perf_counter()
-                    for _ in range(BATCH):
-                        one()
-                    spent += time.perf_counter() - t0
-                    time.sleep(PACE)  # the subscribers read the batch: no side meets a full buffer
-                out.append(n // BATCH * BATCH / spent)
+                out.append(paced(one))
         full["ours"] = FANOUT_STATS["deferred"] - deferred
+
+        # A subscriber that stops reading (SIGSTOP): the publisher's rate, against all reading.
+        stopped_ratios = []
+        if k >= 2:
+            victim = procs[k - 1]
+            publish = sides_rate["ours"][0]
+            for _ in range(rounds):
+                reading = paced(publish)
+                os.kill(victim.pid, signal.SIGSTOP)
+                try:
+                    stopped = paced(publish)
+                finally:
+                    os.kill(victim.pid, signal.SIGCONT)
+                stopped_ratios.append(stopped / reading)
+                time.sleep(0.2)  # its backlog goes out
 
         release()
         for c in connected:
@@ -238,6 +260,7 @@ def run(k: int, n: int, rounds: int, lat_rounds: int) -> dict[str, Any]:
             "latency_ratio": p50["same_sockets"] / p50["ours"],
             "latency_ratio_bare_receiver": p50["bare_receiver"] / p50["ours"],
             "found_full": full,
+            "stopped_reader_ratio": statistics.median(stopped_ratios) if stopped_ratios else None,
         }
     finally:
         stop.set()
@@ -282,6 +305,13 @@ def main() -> int:
         f"publish {r['found_full']['ours']}"
         for r in results
     )
+    stops = "; ".join(
+        f"{r['subscribers']} subs: {r['stopped_reader_ratio']:.2f}x"
+        for r in results
+        if r["stopped_reader_ratio"] is not None
+    )
+    if stops:
+        print(f"publish rate with one subscriber stopped (SIGSTOP) / all reading: {stops}")
     print(f"sends that found a full buffer (dropped, or deferred by the fanout): {found}")
     local = ", ".join(f"{r['publish_per_s']['local']:.0f}" for r in results)
     print(f"in-process AgentBus.publish to one handler, events/s: {local}")
