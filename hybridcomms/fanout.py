@@ -171,26 +171,27 @@ class _Peer:
         return any(pattern_matches(p, topic) for p in self.patterns)
 
 
+def _refused(data: bytes, flags: int) -> int:
+    raise ConnectionRefusedError(errno.ECONNREFUSED, "no socket of a peer there")
+
+
 class _Link:
     """How this process sends to one peer: a datagram socket connected to the peer's (one path lookup,
-    at connect), or, past MAX_LINKS or when connecting failed, ``sendto`` through the shared socket.
+    at connect); past MAX_LINKS, ``sendto`` by path through the shared socket; where connecting failed,
+    nothing (every send is refused, so the send path finds out and prunes).
 
     A connected link has a backlog: what finds the peer's buffer full waits there (bounded), in order,
     until the peer reads again; the flusher thread sends it then."""
 
     __slots__ = ("backlog", "backlog_bytes", "name", "pid", "send", "sock")
 
-    def __init__(self, peer: _Peer, sock: socket.socket | None, shared: socket.socket, addr: str) -> None:
+    def __init__(self, peer: _Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
         self.name = peer.name
         self.pid = peer.pid
         self.sock = sock
+        self.send = send
         self.backlog: collections.deque[bytes] = collections.deque()
         self.backlog_bytes = 0
-        if sock is not None:
-            self.send: Callable[[bytes, int], int] = sock.send
-        else:
-            sendto = shared.sendto
-            self.send = lambda data, flags: sendto(data, flags, addr)
 
 
 def _bus_dir_mode(root: Path) -> tuple[int, int]:
@@ -302,6 +303,8 @@ class LocalFanout:
             if host == _HOST and not _alive(pid):
                 self._prune(name)
                 continue
+            if not self._is_socket(name):  # a link (to a socket outside the root, say), a file: not ours
+                continue
             peers.append(_Peer(name, pid, host, tuple(patterns)))
         self._peers = tuple(peers)
         with self._lock:
@@ -309,6 +312,14 @@ class LocalFanout:
             names = {p.name for p in peers}
             for name in [n for n in self._links if n not in names]:
                 self._retire(self._links.pop(name), now)
+
+    def _is_socket(self, name: str) -> bool:
+        """Whether ``<name>.sock`` is a socket itself (never followed: a link is refused)."""
+        try:
+            st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISSOCK(st.st_mode)
 
     def _targets_of(self, topic: str) -> tuple[_Link, ...]:
         """The links to the peers that want ``topic`` (cached per topic until the next change of the
@@ -329,18 +340,37 @@ class LocalFanout:
         link = self._links.get(peer.name)
         if link is not None:
             return link
-        addr = self._addr(peer.name)
-        sock = None
         if sum(1 for ln in self._links.values() if ln.sock is not None) < MAX_LINKS:
-            try:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                sock.connect(addr)
-            except OSError:  # gone, or out of descriptors: the send finds out and prunes
-                if sock is not None:
-                    sock.close()
-                sock = None
-        link = self._links[peer.name] = _Link(peer, sock, self._sock, addr)
+            sock = self._connect(peer.name)
+            link = _Link(peer, sock.send if sock else _refused, sock)
+        else:
+            sendto, addr = self._sock.sendto, self._addr(peer.name)
+            link = _Link(peer, lambda data, flags: sendto(data, flags, addr), None)
+        self._links[peer.name] = link
         return link
+
+    def _connect(self, name: str) -> socket.socket | None:
+        """A socket connected to ``<name>.sock`` if that is a socket itself; None if it is gone, not a
+        socket, or a link. Connected through an ``O_PATH`` descriptor of the entry, checked first, so
+        that an entry swapped for a link (to a socket outside the root) after the check is not
+        followed either."""
+        try:
+            fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        except OSError:
+            return None
+        sock = None
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.connect(f"/proc/self/fd/{fd}")
+            return sock
+        except OSError:  # gone, or out of descriptors
+            if sock is not None:
+                sock.close()
+            return None
+        finally:
+            os.close(fd)
 
     def _retire(self, link: _Link, now: float) -> None:
         """A link no longer used: its socket is closed a while later, not now, so that a publisher

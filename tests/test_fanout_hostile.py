@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -54,7 +55,7 @@ BODIES = st.one_of(
 # Shaped like a registration of this host, with extreme values: these reach the code past the checks.
 SHAPED = st.tuples(
     st.from_regex(r"[0-9]{1,7}-[0-9a-f]{8}", fullmatch=True),
-    st.just("json"),
+    st.sampled_from(["json", "link-sock"]),
     st.fixed_dictionaries(
         {
             "pid": EXTREME_INTS,
@@ -69,7 +70,7 @@ SHAPED = st.tuples(
 )
 ANYTHING = st.tuples(
     NAMES,
-    st.sampled_from(["json", "raw", "fifo", "link-out", "dir", "sock-file", "giant"]),
+    st.sampled_from(["json", "raw", "fifo", "link-out", "link-sock", "dir", "sock-file", "giant"]),
     BODIES,
     st.binary(max_size=64),
 )
@@ -92,6 +93,9 @@ def place(folder: Path, outside: Path, name: str, kind: str, body: Any, raw: byt
             (folder / f"{name}.sock").symlink_to(outside / "secret.json")
         elif kind == "dir":
             json_path.mkdir()
+        elif kind == "link-sock":  # a live-looking registration whose socket links to one outside
+            json_path.write_bytes(orjson.dumps({"pid": os.getpid(), "host": fanout._HOST, "patterns": ["*"]}))
+            (folder / f"{name}.sock").symlink_to(outside / "daemon.sock")
         elif kind == "sock-file":  # a registration whose "socket" is a plain file
             json_path.write_bytes(orjson.dumps({"pid": os.getpid(), "host": fanout._HOST, "patterns": ["*"]}))
             (folder / f"{name}.sock").write_bytes(b"not a socket")
@@ -110,6 +114,9 @@ def shared() -> Iterator[dict[str, Any]]:
     root.mkdir()
     outside.mkdir()
     (outside / "secret.json").write_bytes(b'{"pid": 1, "host": "h", "patterns": ["*"]}')
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # some other program's socket, outside
+    daemon.bind(str(outside / "daemon.sock"))
+    daemon.setblocking(False)
     refresh = fanout.REFRESH_EVERY
     fanout.REFRESH_EVERY = 0.0  # every publish looks at the folder again
     pub, peer = AgentBus(), AgentBus()
@@ -122,12 +129,21 @@ def shared() -> Iterator[dict[str, Any]]:
     releases = [share_bus(pub, root=root), share_bus(peer, root=root)]
     ours = set(os.listdir(root / BUS_FOLDER))
     try:
-        yield {"root": root, "outside": outside, "pub": pub, "got": got, "ours": ours, "errors": errors}
+        yield {
+            "root": root,
+            "outside": outside,
+            "pub": pub,
+            "got": got,
+            "ours": ours,
+            "errors": errors,
+            "daemon": daemon,
+        }
     finally:
         logging.getLogger("hybridcomms").removeHandler(catch)
         for release in releases:
             release()
         fanout.REFRESH_EVERY = refresh
+        daemon.close()
         shutil.rmtree(base)
 
 
@@ -160,7 +176,9 @@ def test_nothing_placed_in_the_bus_folder_stops_a_publisher_or_a_good_peer(
         }
         assert all(p["dropped"] >= 0 for p in peers)
         assert (outside / "secret.json").read_bytes() == secret
-        assert sorted(os.listdir(outside)) == ["secret.json"]
+        assert sorted(os.listdir(outside)) == ["daemon.sock", "secret.json"]
+        with pytest.raises(BlockingIOError):  # nothing was ever sent out of the root
+            shared["daemon"].recv(70000)
     finally:
         for entry in os.listdir(folder):
             if entry not in shared["ours"]:
