@@ -45,7 +45,7 @@ import orjson
 from . import _fs
 from ._urls import backend_of
 from .bus import AgentBus, Event, pattern_matches
-from .message import Message, has_non_finite
+from .message import Message, nulls_hide_non_finite
 
 __all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "share_bus"]
 
@@ -115,11 +115,8 @@ def encode_event(event: Event, origin: str) -> bytes | None:
         data = _dumps([1, event.topic, payload, *fields])
     except (TypeError, ValueError):
         return None
-    # orjson writes NaN and infinities as null: a null the fields do not account for may be one. The
-    # payload is walked only then, and refused if it holds one (never changed to null).
-    nulls = (event.source is None) + (event.correlation_id is None)
-    if data.count(b"null") > nulls and type(payload) in (dict, list, float) and has_non_finite(payload):
-        return None
+    if nulls_hide_non_finite(data, (event.source is None) + (event.correlation_id is None), payload):
+        return None  # refused, never sent changed
     return data if len(data) <= MAX_DATAGRAM else None
 
 
@@ -375,7 +372,7 @@ class LocalFanout:
     def _retire(self, link: _Link, now: float) -> None:
         """A link no longer used: its socket is closed a while later, not now, so that a publisher
         still sending on it (another thread) never sends on a reused descriptor."""
-        self._forget_backlog(link, drop=True)
+        self._forget_backlog(link)
         if link.sock is not None:
             self._retired.append((now, link.sock))
 
@@ -426,9 +423,7 @@ class LocalFanout:
                     _count("unsendable")
                     return
                 if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
-                    if not _alive(link.pid):
-                        self._prune(link.name)
-                    self._next_look = 0.0
+                    self._peer_gone(link)
                 else:
                     self._dropped(link.name)
         if sent:
@@ -466,13 +461,14 @@ class LocalFanout:
                 )
                 self._flusher.start()
 
-    def _forget_backlog(self, link: _Link, drop: bool) -> None:
+    def _forget_backlog(self, link: _Link) -> None:
+        """Drop (and count) what waits for ``link``: it is gone, or its socket broke."""
         with self._backlog_lock:
             lost = len(link.backlog)
             link.backlog.clear()
             link.backlog_bytes = 0
             self._backlogged.discard(link)
-        if lost and drop:
+        if lost:
             _count("dropped_full", lost)
 
     def _drain(self, link: _Link) -> bool:
@@ -489,11 +485,9 @@ class LocalFanout:
             except BlockingIOError:
                 return False
             except OSError as exc:
-                self._forget_backlog(link, drop=True)
-                if exc.errno in _GONE or exc.errno == errno.EBADF:  # gone, or retired and closed
-                    if exc.errno != errno.EBADF and not _alive(link.pid):
-                        self._prune(link.name)
-                    self._next_look = 0.0
+                self._forget_backlog(link)
+                if exc.errno in _GONE:  # (EBADF: retired and closed, already forgotten by a look)
+                    self._peer_gone(link)
                 return True
             with self._backlog_lock:
                 if link.backlog and link.backlog[0] is data:
@@ -511,12 +505,12 @@ class LocalFanout:
         while not self._closed:
             waiting = {}
             for link in list(self._backlogged):
-                if not self._drain(link) and link.sock is not None:
+                if not self._drain(link) and link.sock is not None:  # (only connected links wait)
                     fd = link.sock.fileno()
                     if fd >= 0:
                         waiting[fd] = link
                     else:
-                        self._forget_backlog(link, drop=True)
+                        self._forget_backlog(link)
             for fd in watched.keys() - waiting.keys():
                 poller.unregister(fd)
             for fd in waiting.keys() - watched.keys():
@@ -529,8 +523,14 @@ class LocalFanout:
                 elif events & (select.POLLNVAL | select.POLLERR | select.POLLHUP):
                     broken = watched.get(fd)
                     if broken is not None:  # a socket closed or broken under it: a refresh sorts it out
-                        self._forget_backlog(broken, drop=True)
+                        self._forget_backlog(broken)
                         self._next_look = 0.0
+
+    def _peer_gone(self, link: _Link) -> None:
+        """A send found nobody at ``link``: pruned if its process died; the folder is looked at again."""
+        if not _alive(link.pid):
+            self._prune(link.name)
+        self._next_look = 0.0
 
     def _dropped(self, name: str) -> None:
         # The hot path of a stopped reader: no lock (a lost increment under threads is a count).
@@ -565,11 +565,7 @@ class LocalFanout:
             if event is None:
                 _count("dropped_bad")
                 continue
-            FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
-            try:
-                self.bus.publish(event)  # handler failures are the bus's to isolate
-            except Exception:
-                log.exception("fanout: delivering %s failed", event.topic)
+            _deliver(self.bus, event)
 
     def close(self) -> None:
         if self._closed:
@@ -602,6 +598,15 @@ class LocalFanout:
         os.close(self._dir_fd)
         os.close(self._bell_r)
         os.close(self._bell_w)
+
+
+def _deliver(bus: AgentBus, event: Event) -> None:
+    """Hand an event from another process to this process's subscribers (on a receiving thread)."""
+    FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
+    try:
+        bus.publish(event)  # handler failures are the bus's to isolate
+    except Exception:
+        log.exception("fanout: delivering %s failed", event.topic)
 
 
 def _alive(pid: int) -> bool:
@@ -785,11 +790,7 @@ class RedisFanout:
                 continue
             if event.origin == self.origin:
                 continue  # our own publish, back from Redis
-            _count("received")
-            try:
-                self.bus.publish(event)
-            except Exception:
-                log.exception("fanout: delivering %s failed", event.topic)
+            _deliver(self.bus, event)
 
     def close(self) -> None:
         if self._closed:

@@ -142,6 +142,13 @@ def has_non_finite(value: Any) -> bool:
     return False
 
 
+def nulls_hide_non_finite(data: bytes, known_nulls: int, *values: Any) -> bool:
+    """Whether ``data`` (orjson's encoding of ``values`` and of fields with ``known_nulls`` nulls)
+    changed a NaN or an infinity into null. The values are walked only when ``data`` holds more nulls
+    than the fields account for, so the common case costs one count."""
+    return data.count(b"null") > known_nulls and any(has_non_finite(v) for v in values)
+
+
 @dataclass(frozen=True, init=False)
 class Message:
     """An immutable message envelope.
@@ -247,10 +254,7 @@ class Message:
             data = orjson.dumps(wire, option=orjson.OPT_UTC_Z)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise TypeError(f"message {self.id} is not JSON-serialisable: {exc}") from exc
-        # orjson writes NaN and infinities as null: a null the envelope's empty fields do not account
-        # for may be one. Payload and headers are walked only then.
-        nulls = sum(v is None for v in wire.values())
-        if data.count(b"null") > nulls and (has_non_finite(self.payload) or has_non_finite(wire["headers"])):
+        if nulls_hide_non_finite(data, sum(v is None for v in wire.values()), self.payload, wire["headers"]):
             raise TypeError(f"message {self.id} holds NaN or an infinity, which JSON cannot carry")
         if max_size is not None and len(data) > max_size:
             raise MessageTooLargeError(len(data), max_size)

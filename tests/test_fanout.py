@@ -3,6 +3,7 @@ host, Redis pub/sub across hosts. Subscribers are real processes (tests/fanout_a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -446,13 +447,19 @@ def test_three_subscriber_processes_across_hosts_through_redis(
         client.close()
 
 
-def test_watch_shows_the_fleets_status_traffic(tmp_path: Path) -> None:
-    """`hybridcomms watch --bus PATTERN --json`: a person sees other processes' ephemeral events."""
+@pytest.mark.parametrize(
+    ("command", "pattern", "ready", "topic"),
+    [("watch", "fleet.*", "watching", "fleet.status"), ("tail", "*", "following", "agent.heartbeat")],
+)
+def test_watch_and_tail_show_the_fleets_status_traffic(
+    tmp_path: Path, command: str, pattern: str, ready: str, topic: str
+) -> None:
+    """`hybridcomms watch|tail --bus PATTERN --json`: a person sees other processes' ephemeral events."""
     root = tmp_path / "root"
     root.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "hybridcomms", "--root", str(root), "watch", "--json", "--bus", "fleet.*"],
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "hybridcomms", "--root", str(root), command, "--json", "--bus", pattern],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -461,20 +468,17 @@ def test_watch_shows_the_fleets_status_traffic(tmp_path: Path) -> None:
     pub = AgentBus()
     release = share_bus(pub, root=root)
     try:
-        assert watch.stderr is not None and "watching" in watch.stderr.readline()  # registered by now
-        pub.publish("fleet.status", {"agent": "A", "status": "busy"}, source="A")
+        assert cli.stderr is not None and ready in cli.stderr.readline()  # registered by now
+        pub.publish(topic, {"agent": "A", "status": "busy"}, source="A")
         pub.publish("other.topic", {"not": "shown"})
-        assert watch.stdout is not None
-        line = watch.stdout.readline()
-        import json
-
-        record = json.loads(line)
-        assert record["kind"] == "bus" and record["topic"] == "fleet.status"
+        assert cli.stdout is not None
+        record = json.loads(cli.stdout.readline())
+        assert record["kind"] == "bus" and record["topic"] == topic
         assert record["payload"] == {"agent": "A", "status": "busy"} and record["source"] == "A"
     finally:
         release()
-        watch.send_signal(signal.SIGTERM)
-        assert watch.wait(30) == 0
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(30) == 0
 
 
 def test_a_dreamos_era_bus_in_another_process_sees_the_events(
@@ -544,37 +548,6 @@ def test_stats_and_metrics_show_the_shared_bus(tmp_path: Path, procs: list[subpr
     pub.publish("ctl.stop")
     assert procs[-1].wait(30) == 0
     release()
-
-
-def test_tail_follows_the_bus_too(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
-    tail = subprocess.Popen(
-        [sys.executable, "-m", "hybridcomms", "--root", str(root), "tail", "--json", "--bus", "*"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    pub = AgentBus()
-    release = share_bus(pub, root=root)
-    try:
-        assert tail.stderr is not None and "following" in tail.stderr.readline()  # registered by now
-        pub.publish("agent.heartbeat", {"agent": "B"}, source="B")
-        assert tail.stdout is not None
-        import json
-
-        record = json.loads(tail.stdout.readline())
-        assert (record["kind"], record["topic"], record["payload"]) == (
-            "bus",
-            "agent.heartbeat",
-            {"agent": "B"},
-        )
-    finally:
-        release()
-        tail.send_signal(signal.SIGTERM)
-        assert tail.wait(30) == 0
 
 
 @pytest.mark.redis

@@ -60,6 +60,18 @@ PAYLOAD = {"task": "build", "args": ["--fast"], "blob": "x" * 200}  # about 300 
 # -- the queues, one process each -------------------------------------------------------------
 
 
+def bare_put(tmp: str, new: str, new_fd: int, name: str, data: bytes, fsync: bool) -> None:
+    """The floor's put: write in tmp/, (fsync), rename into new/, (fsync new/)."""
+    fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, data)
+    if fsync:
+        os.fsync(fd)
+    os.close(fd)
+    os.rename(os.path.join(tmp, name), os.path.join(new, name))
+    if fsync:
+        os.fsync(new_fd)
+
+
 def _produce(kind: str, root: str, first: int, count: int, fsync: bool, go: Any) -> None:
     go.wait()
     if kind == "filemailbox":
@@ -72,14 +84,7 @@ def _produce(kind: str, root: str, first: int, count: int, fsync: bool, go: Any)
     new_fd = os.open(new, os.O_RDONLY)
     for i in range(first, first + count):
         name = f"{time.time_ns():020d}.{os.getpid()}.m{i}"
-        fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-        os.close(fd)
-        os.rename(os.path.join(tmp, name), os.path.join(new, name))
-        if fsync:
-            os.fsync(new_fd)
+        bare_put(tmp, new, new_fd, name, data, fsync)
 
 
 def _consume(
@@ -323,14 +328,7 @@ def latency(kind: str, fsync: bool, rounds: int) -> list[float]:
             for i in range(rounds):
                 t0 = time.monotonic_ns()
                 name = f"{t0:020d}.m{i}"
-                fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                os.write(fd, data)
-                if fsync:
-                    os.fsync(fd)
-                os.close(fd)
-                os.rename(os.path.join(tmp, name), os.path.join(new, name))
-                if fsync:
-                    os.fsync(new_fd)
+                bare_put(tmp, new, new_fd, name, data, fsync)
                 out.append((here.recv() - t0) / 1000)
             os.close(new_fd)
         proc.join(30)
