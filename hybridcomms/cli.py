@@ -103,7 +103,7 @@ def _read_payload(spec: str, limit: int) -> Any:
         except OSError as exc:
             raise SystemExit(f"hybridcomms send: cannot read --payload {spec}: {exc.strerror}") from None
     else:
-        raw, where = spec.encode(), "--payload"
+        raw, where = os.fsencode(spec), "--payload"  # argv holds undecodable bytes as surrogates
     if len(raw) > limit:
         raise SystemExit(f"hybridcomms send: the payload from {where} is over the limit of {limit} bytes")
     try:

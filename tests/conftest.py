@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# Generated tests are deterministic by default: the examples come from each test's name, never from
+# what an earlier run stored in .hypothesis/ (a failure found once would otherwise be replayed on every
+# later run of that clone, and two clones would run different tests). To hunt for new failures, run
+# with HYPOTHESIS_PROFILE=explore: random examples, and the failures found kept in .hypothesis/.
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 from hybridcomms import Backoff, FileMailbox
 

@@ -24,9 +24,15 @@ from hybridcomms.bus import AgentBus, Event
 from hybridcomms.fanout import BUS_FOLDER, bus_peers, share_bus
 from hybridcomms.message import has_non_finite
 
+# Names as a folder listing gives them: any bytes but '/' and NUL, decoded as os.listdir decodes
+# (undecodable bytes become lone surrogates U+DC80-U+DCFF, which encode back to the same bytes).
+# A str that no listing can return (a lone U+D800, say) is not a name another process can place.
+NAME_BYTES = st.binary(min_size=1, max_size=60).filter(
+    lambda b: b"/" not in b and b"\x00" not in b and b not in (b".", b"..")
+)
 NAMES = st.one_of(
     st.from_regex(r"[0-9]{1,7}-[0-9a-f]{8}", fullmatch=True),  # shaped like ours
-    st.text(st.characters(blacklist_characters="/\x00"), min_size=1, max_size=60),
+    NAME_BYTES.map(os.fsdecode),
     st.just("x" * 200),  # past a socket address's 108 bytes
 )
 EXTREME_INTS = st.one_of(

@@ -3,6 +3,10 @@
 and checked.
 
     python tools/chaos.py --messages 3000 --seconds 20 [--watch] [--json] [--root DIR] [--seed N]
+    python tools/chaos.py --messages 1000 --rate 400 --kills 12 --seconds 60   # bounded by progress
+
+With ``--kills K`` the chaos ends as soon as every message was produced and K kills happened
+(``--seconds`` is then only the longest it may last); without it, it lasts ``--seconds``.
 
 Prints one JSON object (``--json``) or a summary with
 ``produced, acked, dead, lost, duplicates, redeliveries, kills, stops, leftovers, ok``, and exits
@@ -142,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def producer_argv(k: int) -> list[str]:
         generation[f"p{k}"] += 1
         prefix = f"p{k}g{generation[f'p{k}']}"
-        rate = str(max(args.messages / max(args.seconds * 0.8, 1.0) / args.producers, 1.0))
+        total = args.rate or args.messages / max(args.seconds * 0.8, 1.0)
+        rate = str(max(total / args.producers, 1.0))
         log = str(work / f"produced-{prefix}.log")
         return [*me, "--role", "producer", str(root), log, prefix, stop_file, rate]
 
@@ -175,6 +180,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + args.seconds
     produced_logs = lambda: sorted(work.glob("produced-*.log"))  # noqa: E731
     while time.monotonic() < deadline:
+        if args.kills is not None and kills >= args.kills and os.path.exists(stop_file):
+            break  # bounded by progress: every message produced, and the kills asked for done
         time.sleep(rng.uniform(0.05, 0.25))
         now = time.monotonic()
         for c in children:  # thaw the frozen ones whose time is up
@@ -269,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--root", help="mailbox root (default: a new temporary folder)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--kills", type=int, default=None, help="end once this many kills happened and all was produced"
+    )
+    ap.add_argument("--rate", type=float, default=None, help="puts per second in all (default: spread)")
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--consumers", type=int, default=3)
     ap.add_argument("--recoverers", type=int, default=2)

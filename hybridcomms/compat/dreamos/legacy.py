@@ -97,7 +97,8 @@ def legacy_layout(root: str | os.PathLike[str], agent_id: str) -> LegacyLayout:
 def _derived_id(origin: str, raw: bytes) -> str:
     """A stable id for a legacy message without a usable one: the same entry gets the same id on
     every ingestion, so a repeated ingestion recognises what it already published."""
-    return "legacy-" + hashlib.sha256(origin.encode() + b"\0" + raw).hexdigest()[:32]
+    # os.fsencode: an origin is a file name as os.listdir gave it (undecodable bytes as surrogates)
+    return "legacy-" + hashlib.sha256(os.fsencode(origin) + b"\0" + raw).hexdigest()[:32]
 
 
 #: The topic of a legacy message that names no type (``write_mailbox_message`` stores any object).
