@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from hybridcomms import Backoff, FileMailbox
+
 # Generated tests are deterministic by default: the examples come from each test's name, never from
 # what an earlier run stored in .hypothesis/ (a failure found once would otherwise be replayed on every
 # later run of that clone, and two clones would run different tests). To hunt for new failures, run
@@ -16,8 +18,6 @@ from hypothesis import settings
 settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
-
-from hybridcomms import Backoff, FileMailbox
 
 FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
 

@@ -66,9 +66,10 @@ def test_legacy_drops_with_undecodable_names_are_ingested(tmp_path_factory, name
 
 def test_an_undecodable_payload_argument_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "hybridcomms", "--root", str(tmp_path), "send"]
-        + ["--to", "Agent-1", "--topic", "t", "--route", "durable", "--payload"]
-        + [b'"\xff\xfe"'],  # type: ignore[list-item]
+        [
+            *(sys.executable, "-m", "hybridcomms", "--root", str(tmp_path), "send", "--to", "Agent-1"),
+            *("--topic", "t", "--route", "durable", "--payload", b'"\xff\xfe"'),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
