@@ -66,14 +66,15 @@ def no_thread_leaks() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis for the tests: the one CI started, else a private one; skipped (failed in CI) if none."""
-    import os
-
+    """A Redis for the tests: the one named by HYBRIDCOMMS_TEST_REDIS_URL, else a private one per test
+    process (each pytest-xdist worker starts its own: pub/sub crosses databases, so two workers on one
+    server would hear each other's bus events); skipped, or failed with HYBRIDCOMMS_REQUIRE_REDIS=1
+    (CI), when there is none."""
     from redis_server import REQUIRE_ENV, URL_ENV, RedisServer, available
 
     url = os.environ.get(URL_ENV)
     if url:
-        yield url
+        yield _worker_db(url)
         return
     if not available():
         if os.environ.get(REQUIRE_ENV):
@@ -84,3 +85,12 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.remove()
+
+
+def _worker_db(url: str) -> str:
+    """A server shared by pytest-xdist workers: a database of its own for each (gw0 -> /1, gw1 -> /2)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, _, _db = url.rpartition("/")
+    return f"{base}/{1 + int(worker[2:]) % 15}"

@@ -1,8 +1,9 @@
 """A private redis-server for tests: on 127.0.0.1, a free port, its data in a folder of its own.
 
-``.ci/run`` starts one for the whole run and exports ``HYBRIDCOMMS_TEST_REDIS_URL``; outside CI the
-fixtures start one when ``redis-server`` is installed, and skip the Redis tests when it is not. With
-``HYBRIDCOMMS_REQUIRE_REDIS=1`` (set by ``.ci/run``) a missing server fails instead of skipping.
+The ``redis_url`` fixture starts one per test process (each pytest-xdist worker has its own) when
+``redis-server`` is installed, and skips the Redis tests when it is not; ``HYBRIDCOMMS_TEST_REDIS_URL``
+names a server to use instead (a database per worker). With ``HYBRIDCOMMS_REQUIRE_REDIS=1`` (set by
+``.ci/run``) a missing server fails instead of skipping.
 Tests that restart Redis start their own instance (`RedisServer`), with AOF and ``appendfsync always``.
 """
 

@@ -1,4 +1,5 @@
-"""The hybridcomms command, run as a real subprocess."""
+"""The hybridcomms command: in this process (`cli_runner.run_cli`), and as a real subprocess where the
+test is about the process (exit codes of errors, stderr, waiting)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from cli_runner import run_cli
 
 
 def run(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60, real: bool = False
 ) -> subprocess.CompletedProcess[str]:
+    """``hybridcomms ARGS`` in ``cwd``, in this process (`run_cli`), or as a real subprocess (``real``:
+    for what is about the process: exit codes of errors, what reaches stderr)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYBRIDCOMMS_ROOT"}
     full_env.update(env or {})
+    if not real:
+        return run_cli(args, cwd=cwd, env=full_env)
     return subprocess.run(
         [sys.executable, "-m", "hybridcomms", *args],
         cwd=cwd,
@@ -70,7 +76,7 @@ def test_recv_on_an_empty_mailbox_exits_3_after_its_timeout(tmp_path: Path) -> N
 def test_a_missing_root_or_agent_is_an_error_for_commands_that_read(
     tmp_path: Path, command: list[str]
 ) -> None:
-    missing = run("--root", str(tmp_path / "typo"), *command, cwd=tmp_path)
+    missing = run("--root", str(tmp_path / "typo"), *command, cwd=tmp_path, real=True)
     assert missing.returncode == 1 and "no mailbox root" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "typo").exists()
     (tmp_path / "root").mkdir()
@@ -173,7 +179,7 @@ def test_bad_input_gets_a_clear_error_and_a_nonzero_exit(
     tmp_path: Path, args: tuple[str, ...], needle: str
 ) -> None:
     (tmp_path / "root").mkdir()
-    got = run("--root", str(tmp_path / "root"), *args, cwd=tmp_path)
+    got = run("--root", str(tmp_path / "root"), *args, cwd=tmp_path, real=True)
     assert got.returncode != 0
     assert needle in got.stderr
     assert "Traceback" not in got.stderr
@@ -193,7 +199,7 @@ def test_recover_returns_what_a_dead_consumer_held(tmp_path: Path) -> None:
 
 def test_demo_runs_on_the_embedded_default_and_shows_a_dead_letter(tmp_path: Path) -> None:
     for _ in range(2):  # a second run shows the same, not the sum of both
-        got = run("demo", cwd=tmp_path)
+        got = run("demo", cwd=tmp_path, real=True)
         assert got.returncode == 0 and got.stderr == "", got.stderr  # no log lines in the middle
         assert "dead/ (no attempts left)" in got.stdout and "reason:" in got.stdout
         assert "done/: 2   dead/: 1" in got.stdout

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from hybridcomms import Message, State
 from hybridcomms.redis_mailbox import RedisMailbox
@@ -32,12 +33,20 @@ def url(redis_url: str) -> Iterator[str]:
 
 
 def hc(
-    url: str | None, cwd: Path, *args: str, env_url: str | None = None, stdin: str | None = None
+    url: str | None,
+    cwd: Path,
+    *args: str,
+    env_url: str | None = None,
+    stdin: str | None = None,
+    real: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """``hybridcomms [--url URL] ARGS`` in this process, or as a real subprocess (``real``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
     if env_url is not None:
         env["HYBRIDCOMMS_URL"] = env_url
     head = ["--url", url] if url is not None else []
+    if not real:
+        return run_cli([*head, *args], cwd=cwd, env=env, stdin=stdin)
     return subprocess.run(
         [*HC, *head, *args], input=stdin, capture_output=True, text=True, timeout=60, env=env, cwd=cwd
     )
@@ -111,7 +120,9 @@ def test_work_runs_a_command_per_message_from_redis(url: str, tmp_path: Path) ->
         mb.put_many([Message("job", {"i": i}, id=f"j{i}") for i in range(3)])
     out = tmp_path / "out.txt"
     script = f"import sys; open({str(out)!r}, 'a').write(sys.stdin.read() + '\\n')"
-    proc = hc(url, tmp_path, "work", "Jobs", "--max-messages", "3", "--", sys.executable, "-c", script)
+    proc = hc(
+        url, tmp_path, "work", "Jobs", "--max-messages", "3", "--", sys.executable, "-c", script, real=True
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines() if line]
     assert sorted(m["payload"]["i"] for m in lines) == [0, 1, 2]
@@ -127,7 +138,13 @@ def test_file_only_commands_and_bad_urls_say_so(url: str, tmp_path: Path) -> Non
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
     nobody = hc(url, tmp_path, "recv", "Nobody")
     assert nobody.returncode != 0 and "Nobody" in nobody.stderr
-    down = hc("redis://127.0.0.1:1/0", tmp_path, "stats", "Somebody")
+    down = hc("redis://127.0.0.1:1/0", tmp_path, "stats", "Somebody", real=True)
     assert down.returncode != 0 and "failed" in down.stderr
-    odd = hc(f"redis://:pw{uuid.uuid4().hex[:4]}@127.0.0.1:1/0?nonsense=1", tmp_path, "stats", "Somebody")
+    odd = hc(
+        f"redis://:pw{uuid.uuid4().hex[:4]}@127.0.0.1:1/0?nonsense=1",
+        tmp_path,
+        "stats",
+        "Somebody",
+        real=True,
+    )
     assert odd.returncode != 0 and "not a usable Redis URL" in odd.stderr and "pw" not in odd.stderr

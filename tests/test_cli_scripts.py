@@ -12,16 +12,23 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from hybridcomms import FileMailbox, Message, State
 
 HC = [sys.executable, "-m", "hybridcomms"]
 
 
-def hc(root: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def hc(
+    root: Path, *args: str, stdin: str | None = None, real: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``hybridcomms --root ROOT ARGS`` in this process, or as a real subprocess (``real``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    argv = ["--root", str(root), "--fsync", "never", *args]
+    if not real:
+        return run_cli(argv, cwd=root.parent, env=env, stdin=stdin)
     return subprocess.run(
-        [*HC, "--root", str(root), "--fsync", "never", *args],
+        [*HC, *argv],
         input=stdin,
         capture_output=True,
         text=True,
