@@ -13,7 +13,8 @@ def rules_text(n: int, bad_at: int | None = None) -> str:
     out = []
     for i in range(n):
         route = "nope" if i == bad_at else "durable"
-        out.append(f'# rule {i}\n[[rules]]\nname = "r{i}"\nmatch = ["a{i}.*", "b.{i}"]\nroute = "{route}"\n\n')
+        out.append(f'# rule {i}\n[[rules]]\nname = "r{i}"\nmatch = ["a{i}.*", "b.{i}"]\n')
+        out.append(f'route = "{route}"\n\n')
     return "".join(out)
 
 
