@@ -36,7 +36,10 @@ sys.exit(p.get("exit", 0))
 """
 
 
-def work(root: Path, tmp_path: Path, *extra: str, **kw: Any) -> subprocess.Popen[str]:
+def work(
+    root: Path, tmp_path: Path, *extra: str, cmd: list[str] | None = None, **kw: Any
+) -> subprocess.Popen[str]:
+    """``hybridcomms work Agent-1 EXTRA --json -- CMD``; CMD is the HANDLER script by default."""
     handler = tmp_path / "handler.py"
     handler.write_text(HANDLER)
     env = {**os.environ, "LOG": str(tmp_path / "log.jsonl")}
@@ -54,8 +57,7 @@ def work(root: Path, tmp_path: Path, *extra: str, **kw: Any) -> subprocess.Popen
             *extra,
             "--json",
             "--",
-            sys.executable,
-            str(handler),
+            *(cmd or [sys.executable, str(handler)]),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -127,13 +129,16 @@ def test_a_command_past_its_timeout_is_killed_with_its_children_and_retried(
     root: Path, tmp_path: Path, mb: FileMailbox
 ) -> None:
     child = tmp_path / "child.pid"
-    m = Message("job", {"sleep": 60, "child": str(child)})
-    mb.put(m)
-    p = work(root, tmp_path, "--timeout", "0.5", "--max-messages", "1")
+    mb.put(Message("job", {}))
+    # A shell that starts a grandchild in its process group and waits: it has written the grandchild's
+    # pid within milliseconds of starting, long before the timeout, even on a loaded machine (a
+    # Python handler could take longer than the timeout only to start).
+    script = 'sleep 60 & echo $! > "$0.tmp" && mv "$0.tmp" "$0"; wait'
+    p = work(root, tmp_path, "--timeout", "1", "--max-messages", "1", cmd=["sh", "-c", script, str(child)])
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     [row] = outcomes(out)
-    assert row["outcome"] == "retry" and "timed out after 0.5s" in row["error"] and row["seconds"] < 30
+    assert row["outcome"] == "retry" and "timed out after 1s" in row["error"] and row["seconds"] < 30
     st = mb.stats()
     assert st.states[State.NEW].count == 1 and st.delayed == 1  # waiting for its retry
     pid = int(child.read_text())
