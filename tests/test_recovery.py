@@ -94,15 +94,25 @@ def test_the_hung_owners_late_ack_fails_clearly(make_mailbox: Make) -> None:
 
 
 def test_a_heartbeat_keeps_the_lease(make_mailbox: Make) -> None:
-    owner = make_mailbox(lease=0.3)
+    """Judged at chosen times (``recover(now=...)``), not by racing the clock: on a loaded machine a
+    0.1 s sleep can outlast a 0.3 s lease."""
+    owner = make_mailbox(lease=1.0)
     owner.put(Message("t"))
+    claimed_at = time.time()
     d = owner.claim()
     assert d is not None
-    for _ in range(4):  # 0.4 s in all: past the lease, renewed every 0.1 s
-        time.sleep(0.1)
-        d.heartbeat()
-    assert not make_mailbox(lease=0.3).recover()
-    d.ack()
+    other = make_mailbox(lease=1.0)
+    assert not other.recover(now=claimed_at + 0.5)  # within the lease
+    while time.time() < claimed_at + 0.6:  # the condition: a heartbeat well into the lease
+        time.sleep(0.01)
+    beat_at = time.time()
+    d.heartbeat()
+    # Past the first lease (1.0 s from the claim) but within the renewed one (1.0 s from the beat).
+    assert not other.recover(now=claimed_at + 1.5)
+    d.heartbeat()  # still ours
+    assert other.recover(now=max(time.time(), beat_at) + 1.5).expired  # past the renewed lease
+    with pytest.raises(DeliveryLostError):
+        d.ack()
 
 
 def test_a_hung_process_loses_its_message_to_recovery_and_another_consumer_gets_it(
