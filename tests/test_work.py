@@ -194,11 +194,13 @@ def test_sigterm_past_the_grace_kills_and_keeps_the_message(
 
 
 def test_heartbeats_keep_a_long_job_from_being_taken_away(root: Path, tmp_path: Path) -> None:
-    mb = FileMailbox(root, "Agent-1", fsync="never", lease=0.6)
+    # The job outlasts the lease; the renewals (a third of the lease apart) keep it. The lease is long
+    # enough that only a stall of over a second (a loaded machine) could miss two renewals.
+    mb = FileMailbox(root, "Agent-1", fsync="never", lease=1.5)
     ready = tmp_path / "ready"
-    m = Message("job", {"sleep": 2.0, "ready": str(ready)})
+    m = Message("job", {"sleep": 2.5, "ready": str(ready)})
     mb.put(m)
-    p = work(root, tmp_path, "--lease", "0.6", "--max-messages", "1")
+    p = work(root, tmp_path, "--lease", "1.5", "--max-messages", "1")
     deadline = time.monotonic() + 60
     while not ready.exists():
         assert time.monotonic() < deadline and p.poll() is None
