@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from ._command_io import CommandPipes
 from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import EXPIRES_HEADER, REPLY_HEADER
 from .errors import HybridCommsError
@@ -42,7 +44,10 @@ from .message import Message
 from .retry import Backoff, attempts_used_up
 
 EX_TEMPFAIL = 75
+EX_SOFTWARE = 70  # the worker itself failed (a consumer thread died): exit so a supervisor restarts it
+EX_CONFIG = 78  # the command cannot be started (missing, not executable): nothing to retry
 STDERR_TAIL = 2000  # bytes of stderr kept in a dead-letter reason
+DRAIN = 0.5  # seconds the pipes are still read after the command exited (a grandchild may hold them)
 
 
 class Worker:
@@ -57,12 +62,24 @@ class Worker:
         self.counts = {"acked": 0, "retried": 0, "dead": 0, "replied": 0}
         self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
         self.metrics: Any = None  # a WorkMetrics with --metrics-port
+        self.exit_code = 0  # EX_CONFIG or EX_SOFTWARE when the worker had to stop on its own
+
+    def _stop_with(self, code: int, why: str) -> None:
+        """Stop the worker, to exit with ``code`` (the first reason given wins)."""
+        with self.lock:
+            first = self.exit_code == 0
+            if first:
+                self.exit_code = code
+        if first:
+            print(f"hybridcomms work: {why}; stopping", file=sys.stderr, flush=True)
+        self.stop.set()
+        self.mb.wake()
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
         threads = [
-            threading.Thread(target=self._loop, name=f"hybridcomms-work-{i}", daemon=True)
+            threading.Thread(target=self._guarded_loop, name=f"hybridcomms-work-{i}", daemon=True)
             for i in range(self.args.concurrency)
         ]
         for t in threads:
@@ -85,7 +102,15 @@ class Worker:
             file=sys.stderr,
             flush=True,
         )
-        return 0
+        return self.exit_code
+
+    def _guarded_loop(self) -> None:
+        """`_loop`; if it dies of something unexpected, the whole worker stops and exits non-zero
+        (a supervisor restarts it) instead of going on with one consumer thread fewer."""
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._stop_with(EX_SOFTWARE, f"a consumer thread died: {type(exc).__name__}: {exc}")
 
     def _done(self) -> int:
         with self.lock:
@@ -143,7 +168,12 @@ class Worker:
                 start_new_session=True,  # its own process group: a timeout kills all of it
             )
         except OSError as exc:
-            self._fail(d, f"cannot start {self.command[0]}: {exc}", None, 0.0)
+            # Not the message's fault but the worker's configuration (a missing or non-executable
+            # command): give the message back as it was and stop, rather than dead-letter every
+            # message of the mailbox one after the other.
+            d.nack(delay=0.0, error=f"cannot start {self.command[0]}: {exc.strerror or exc}")
+            self._report(d, "retry", None, 0.0, f"cannot start {self.command[0]}")
+            self._stop_with(EX_CONFIG, f"cannot start {self.command[0]}: {exc.strerror or exc}")
             return
         out, err, code, why = self._wait(proc, d, m.encode(None), started)
         seconds = time.monotonic() - started
@@ -167,38 +197,42 @@ class Worker:
     def _wait(
         self, proc: subprocess.Popen[bytes], d: MailboxDelivery, data: bytes, started: float
     ) -> tuple[bytes, bytes, int | None, str | None]:
-        """Feed stdin, collect stdout/stderr, renew the lease; kill on timeout or past the grace.
-        Returns (stdout, stderr, exit status, why it was stopped or None)."""
+        """Feed stdin, collect stdout/stderr within bounds (`CommandPipes`), renew the lease; kill on
+        timeout or past the grace. Returns (stdout, stderr, exit status, why it was stopped or None)."""
+        pipes = CommandPipes(
+            proc, data, stdout_limit=self.mb.max_message_size, stderr_tail=STDERR_TAIL, drain=DRAIN
+        )
         limit = self.args.timeout
-        first = True
         beat_at = started + self.heartbeat_every
-        while True:
-            step = 0.2  # short waits: a SIGTERM, a timeout or a heartbeat is never late by more
-            if limit:
-                step = min(step, max(limit - (time.monotonic() - started), 0.01))
-            try:
-                out, err = proc.communicate(data if first else None, timeout=step)
-                return out, err, proc.returncode, None
-            except subprocess.TimeoutExpired:
-                first = False
-            now = time.monotonic()
-            why = None
-            if limit and now - started >= limit:
-                why = f"timed out after {limit:g}s"
-            elif self.killed.is_set():
-                why = f"stopped: still running {self.args.grace:g}s after SIGTERM"
-            if why is not None:
-                _kill_group(proc)
-                out, err = proc.communicate()
-                return out, err, proc.returncode, why
-            if now >= beat_at:
-                beat_at = now + self.heartbeat_every
-                try:
-                    d.heartbeat()
-                except HybridCommsError:
-                    _kill_group(proc)  # recovery took it (lease): another consumer has it now
-                    out, err = proc.communicate()
-                    return out, err, proc.returncode, "lease lost"
+        why: str | None = None
+        try:
+            while True:
+                step = 0.2  # short waits: a SIGTERM, a timeout or a heartbeat is never late by more
+                if limit and why is None:
+                    step = min(step, max(limit - (time.monotonic() - started), 0.01))
+                code = pipes.step(step)
+                if code is not None:
+                    break
+                if why is not None:
+                    continue  # killed: waiting (a bounded while) for the exit and the last output
+                now = time.monotonic()
+                if limit and now - started >= limit:
+                    why = f"timed out after {limit:g}s"
+                elif self.killed.is_set():
+                    why = f"stopped: still running {self.args.grace:g}s after SIGTERM"
+                elif now >= beat_at:
+                    beat_at = now + self.heartbeat_every
+                    try:
+                        d.heartbeat()
+                    except HybridCommsError:
+                        why = "lease lost"  # recovery took it (lease): another consumer has it now
+                if why is not None:
+                    _kill_group(proc)
+        finally:
+            pipes.close()
+        if why is None and pipes.stdout_over and code == 0 and d.message.reply_to:
+            why = f"its output is over the reply limit of {self.mb.max_message_size} bytes"
+        return bytes(pipes.stdout), bytes(pipes.stderr), code, why
 
     def _fail(self, d: MailboxDelivery, why: str, code: int | None, seconds: float, err: bytes = b"") -> None:
         tail = err[-STDERR_TAIL:].decode("utf-8", "replace").strip()
@@ -286,6 +320,13 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         raise SystemExit("hybridcomms work: --concurrency must be at least 1")
     if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
         raise SystemExit("hybridcomms work: --max-attempts must be >= 1, --retry-delay >= 0, --lease > 0")
+    if shutil.which(command[0]) is None:  # before anything is claimed: a configuration error
+        print(
+            f"hybridcomms work: cannot run {command[0]!r}: not found, or not an executable file "
+            "(the command is run without a shell: give a path or a name on $PATH)",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
     from .cli import _open_existing
 
     mailbox = _open_existing(

@@ -104,6 +104,7 @@ class Mailbox(Protocol):
     agent_id: str
     lease: float
     max_attempts: int
+    max_message_size: int
 
     def put(self, message: Message) -> str:
         """Store one message; its name in this backend."""
