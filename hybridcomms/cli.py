@@ -691,7 +691,12 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
         help="mailboxes elsewhere: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… (Redis Streams); "
         "default: $HYBRIDCOMMS_URL, else files under --root",
     )
-    parser.add_argument("--policy", default=default, help="routing policy file (TOML, or a pyproject.toml)")
+    parser.add_argument(
+        "--policy",
+        default=default,
+        help="routing policy file (TOML, or a pyproject.toml); default: $HYBRIDCOMMS_POLICY, else "
+        "./hybridcomms.toml, else [tool.hybridcomms.policy] in ./pyproject.toml, else the shipped rules",
+    )
     parser.add_argument(
         "--fsync",
         choices=["always", "batch", "never"],
@@ -1052,6 +1057,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .backend import URL_ENV
 
         args.url_resolved = getattr(args, "url", None) or os.environ.get(URL_ENV) or None
+        if args.url_resolved and ("://" not in args.url_resolved or not backend_of(args.url_resolved)):
+            raise SystemExit(
+                f"hybridcomms: --url {shown_url(args.url_resolved)!r}: use redis://, rediss://, file:// "
+                "or memory://"
+            )
     else:
         args.url_resolved = resolve_url(getattr(args, "url", None))
     if args.url_resolved and args.url_resolved.startswith("file://"):

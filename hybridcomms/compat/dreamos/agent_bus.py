@@ -7,7 +7,10 @@ hybridcomms bus and routing policy.
 the hybridcomms ones (docs/compatibility.md lists what that changes). Every method does its work when
 called and returns something that may also be awaited, because agents call them both ways.
 
-The routing policy applies to what is published here:
+The routing policy is found as every part finds it (`hybridcomms.policy.find_policy`: the ``policy``
+argument, ``$HYBRIDCOMMS_POLICY``, ``./hybridcomms.toml``, ``[tool.hybridcomms.policy]``, the shipped
+rules), logged once when the bus is made, and used by every Dream.OS send path of the process. It
+applies to what is published here:
 
 - an *ephemeral* topic (status, heartbeats, discovery…) is dispatched in memory, as before;
 - a *durable* topic addressed to one agent (``dreamos.agent.<id>.task.command``, or an event whose data
@@ -16,7 +19,8 @@ The routing policy applies to what is published here:
   topic receives it from the mailbox, on a consumer thread: at least once, acked when the handler
   returns, retried with backoff when it raises, dead-lettered after the attempt limit;
 - a *durable* broadcast goes to every agent holding a matching durable subscription, and is also
-  dispatched in memory here (so in-process subscribers keep seeing it).
+  dispatched in memory here (so in-process subscribers keep seeing it);
+- a durable copy whose rule names a ``backend`` (``redis://…``) goes there, as a native message.
 
 Subscribing to a durable per-agent topic adopts that agent's mailbox (its ``new/`` folder appears).
 """
