@@ -39,7 +39,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from . import __version__
+from . import __version__, _fs
 from ._urls import backend_of, shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError
@@ -527,10 +527,12 @@ def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
     priority = Priority.parse(args.priority)
     d = policy.decide(args.topic, priority=priority, addressed=not args.broadcast, override=args.route)
     target = durable_target(d, args.url_resolved, root)
+    target = None if target is None else _fs.shown(target)
+    topic = _fs.shown(args.topic)
     if args.json:
         _print_json(
             {
-                "topic": args.topic,
+                "topic": topic,
                 "addressed": not args.broadcast,
                 "priority": priority.name,
                 "route": d.route.value,
@@ -539,14 +541,14 @@ def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
                 "pattern": d.pattern,
                 "backend": target,
                 "backend_from": _backend_from(d, args) if target is not None else None,
-                "source": policy.source,
-                "found_by": policy.found_by,
+                "source": _fs.shown(policy.source),
+                "found_by": _fs.shown(policy.found_by),
             }
         )
         return EXIT_OK
     who = "a broadcast" if args.broadcast else "a message to one agent"
     print(f"{d.route.value}")
-    print(f"  {args.topic} as {who}, priority {priority.name}")
+    print(f"  {topic} as {who}, priority {priority.name}")
     print(f"  chosen by: {d.reason}")
     if target is None:
         print("  durable copy: none (an event on the bus only)")

@@ -293,8 +293,9 @@ class Policy:
 
     @property
     def provenance(self) -> str:
-        """Where this policy comes from, and how it was found: what the parts log when they start."""
-        return f"{self.source} ({self.found_by})" if self.found_by else self.source
+        """Where this policy comes from, and how it was found: what the parts log when they start
+        (printable: a path with bytes that are not UTF-8 shows them as ``\\xNN``)."""
+        return _fs.shown(f"{self.source} ({self.found_by})" if self.found_by else self.source)
 
     @property
     def file(self) -> str | None:

@@ -616,3 +616,23 @@ def test_watch_names_its_policy_at_start_and_takes_legacy_drops_of_the_agents_it
         proc.terminate()
         proc.communicate(timeout=30)
     assert orjson.loads((root / "Agent-1" / "inbox.json").read_bytes()) == []
+
+
+def test_policy_explain_prints_a_working_folder_whose_name_is_not_utf8(
+    tmp_path: Path, clean_env: None
+) -> None:
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/agents-\xff")
+    os.mkdir(odd)
+    write_policy(Path(odd) / "hybridcomms.toml", "both")
+    for extra in ([], ["--json"]):
+        got = subprocess.run(
+            [sys.executable, "-m", "hybridcomms", "policy", "explain", "x.y", *extra],
+            cwd=odd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert got.returncode == 0, got.stderr
+        assert "agents-\\xff/hybridcomms.toml" in got.stdout.replace("\\\\", "\\")
+    assert orjson.loads(got.stdout)["route"] == "both"
