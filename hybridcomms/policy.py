@@ -299,8 +299,9 @@ class Policy:
 
     @property
     def file(self) -> str | None:
-        """The file it was found in by `find_policy` (to hand on as ``$HYBRIDCOMMS_POLICY``), or None."""
-        return self.source if self.found_by in _FROM_FILE else None
+        """The file `find_policy` found it in (an absolute path, to hand on as ``$HYBRIDCOMMS_POLICY``);
+        None for the shipped defaults and for a policy built or loaded directly."""
+        return self.source if self.found_by and os.path.isabs(self.source) else None
 
     def adopts(self, agent_id: str) -> bool:
         """True if the ``adopt`` list names this agent (see docs/compatibility.md)."""
@@ -430,7 +431,6 @@ _GIVEN, _FROM_ENV, _IN_CWD, _IN_PYPROJECT = (
     "in the working folder",
     "[tool.hybridcomms.policy]",
 )
-_FROM_FILE = frozenset({_GIVEN, _FROM_ENV, _IN_CWD, _IN_PYPROJECT, "--policy"})
 
 
 def find_policy(
