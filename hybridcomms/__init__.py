@@ -35,7 +35,7 @@ from .mailbox import (
     list_agents,
 )
 from .message import Message, Priority
-from .policy import Decision, Policy, PolicyError, Route, Rule
+from .policy import Decision, Policy, PolicyError, Route, Rule, find_policy
 from .retry import Backoff
 from .states import TRANSITIONS, State, Transition
 from .watcher import MailboxEvent, MailboxWatcher
@@ -86,5 +86,6 @@ __all__ = [
     "__version__",
     "check_agent_id",
     "default_bus",
+    "find_policy",
     "list_agents",
 ]

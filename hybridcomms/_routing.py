@@ -101,10 +101,9 @@ class Router:
         durable_to: tuple[str, ...] = ()
         if route.durable:
             targets = recipients if recipients is not None else self.registry.subscribers(message.topic)
-            backend = decision.rule.backend if decision.rule is not None else None
             for agent in targets:
                 copy = message if message.recipient == agent else replace(message, recipient=agent)
-                self.outbox(agent, backend).put(copy)
+                self.outbox(agent, decision.backend).put(copy)
             durable_to = tuple(targets)
         handlers = 0
         if route.ephemeral:

@@ -19,6 +19,7 @@ from types import FrameType
 import orjson
 
 from .message import Message
+from .policy import child_env
 from .watcher import MailboxEvent, MailboxWatcher
 
 log = logging.getLogger("hybridcomms.watch")
@@ -34,8 +35,17 @@ class ExecRunner:
     finish and are then killed; what was still queued is not run (those files still wait in ``new/``
     and get their command at the next start, from its first rescan)."""
 
-    def __init__(self, command: str, jobs: int, *, queue_size: int = 1000, grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        command: str,
+        jobs: int,
+        *,
+        queue_size: int = 1000,
+        grace: float = 5.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.command = command
+        self.env = dict(env or {})  # added to the environment of every command
         self.grace = grace
         self.queue: queue.Queue[MailboxEvent | None] = queue.Queue(maxsize=max(queue_size, 1))
         self.stopping = threading.Event()
@@ -73,6 +83,7 @@ class ExecRunner:
 
     def _run(self, event: MailboxEvent) -> None:
         env = dict(os.environ)
+        env.update(self.env)
         env.update(
             HYBRIDCOMMS_AGENT=event.agent,
             HYBRIDCOMMS_ID=event.id or "",
@@ -132,11 +143,25 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
             f"hybridcomms watch: no mailbox root at {root} "
             "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
         )
+    from .cli import resolve_policy
+    from .intake import enabled as intake_enabled
+
+    # The watcher routes nothing itself; the policy's `adopt` list turns the legacy intake on, and its
+    # file is handed to the --exec commands, so a `hybridcomms send` there routes as this service does.
+    policy = resolve_policy(getattr(args, "policy", None))
+    log.info("routing policy from %s", policy.provenance)
+    ingest = args.legacy if args.legacy is not None else (True if intake_enabled(policy) else None)
     root.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     out_lock = threading.Lock()
     runner = (
-        ExecRunner(args.exec, args.exec_jobs, queue_size=args.exec_queue, grace=args.grace)
+        ExecRunner(
+            args.exec,
+            args.exec_jobs,
+            queue_size=args.exec_queue,
+            grace=args.grace,
+            env=child_env(policy),
+        )
         if args.exec
         else None
     )
@@ -181,13 +206,14 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         recover_every=args.recover_every,
         rescan_every=args.rescan_every,
         polling=args.polling,
-        ingest_legacy=args.legacy,
+        ingest_legacy=ingest,
     )
     try:
         watcher.start()
         mode = "inotify" if watcher.notifying else "polling"
         print(
-            f"hybridcomms watch: watching {root.resolve()} ({mode}); stop with SIGTERM or Ctrl-C",
+            f"hybridcomms watch: watching {root.resolve()} ({mode}; routing policy from "
+            f"{policy.provenance}); stop with SIGTERM or Ctrl-C",
             file=sys.stderr,
             flush=True,
         )

@@ -9,7 +9,9 @@ passed as they are) with the message's JSON on stdin and these in the environmen
 and settles the message by its exit status:
 
     0                 ack; if the message asked for a reply (a ``request``), CMD's stdout is the reply
-                      (JSON if it parses, else the text)
+                      (JSON if it parses, else the text), sent as `Comms.reply` sends one: durable
+                      whatever the policy says of its topic, into the requester's mailbox on this
+                      mailbox's backend
     75 (EX_TEMPFAIL)  nack: delivered again after the mailbox's backoff
     anything else     nack; on the last attempt, dead-letter with the exit status and the end of stderr
     --timeout passed  CMD's whole process group is killed; nack (dead-letter on the last attempt)
@@ -18,11 +20,16 @@ While CMD runs, the claim's lease is renewed (heartbeats), so a long job is neve
 SIGINT stop it: no new claim; running commands get ``--grace`` seconds to finish (and are settled as above),
 then their process groups are killed and their messages nacked. Nothing is lost either way: a message is
 acked only after its command exited 0.
+
+The routing policy is found as every part finds it (`hybridcomms.policy.find_policy`; ``--policy``
+first), logged at the start, and handed to CMD as ``$HYBRIDCOMMS_POLICY`` when it comes from a file, so
+what CMD sends (``hybridcomms send``, a `Comms`) routes as this consumer's fleet does.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -42,6 +49,8 @@ from .errors import HybridCommsError
 from .mailbox import FileMailbox
 from .message import Message
 from .retry import Backoff, attempts_used_up
+
+log = logging.getLogger("hybridcomms.work")
 
 EX_TEMPFAIL = 75
 EX_SOFTWARE = 70  # the worker itself failed (a consumer thread died): exit so a supervisor restarts it
@@ -63,6 +72,7 @@ class Worker:
         self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
         self.metrics: Any = None  # a WorkMetrics with --metrics-port
         self.exit_code = 0  # EX_CONFIG or EX_SOFTWARE when the worker had to stop on its own
+        self.env: dict[str, str] = {}  # added to CMD's environment (the policy file)
 
     def _stop_with(self, code: int, why: str) -> None:
         """Stop the worker, to exit with ``code`` (the first reason given wins)."""
@@ -146,6 +156,7 @@ class Worker:
             self._report(d, "dead", None, 0.0, "expired")
             return
         env = dict(os.environ)
+        env.update(self.env)
         env.update(
             HYBRIDCOMMS_AGENT=self.mb.agent_id,
             HYBRIDCOMMS_ID=m.id,
@@ -327,8 +338,11 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EX_CONFIG
-    from .cli import _open_existing
+    from .cli import _open_existing, resolve_policy
+    from .policy import child_env
 
+    policy = resolve_policy(getattr(args, "policy", None))
+    log.info("%s: routing policy from %s", args.agent, policy.provenance)
     mailbox = _open_existing(
         root,
         args.agent,
@@ -341,6 +355,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         backoff=Backoff(initial=args.retry_delay, factor=2.0, maximum=max(300.0, args.retry_delay)),
     )
     worker = Worker(args, mailbox, command)
+    worker.env = child_env(policy)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -357,7 +372,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     print(
         f"hybridcomms work: {args.agent}: running {' '.join(command)} for each message "
-        f"({args.concurrency} at a time); stop with SIGTERM",
+        f"({args.concurrency} at a time; routing policy from {policy.provenance}); stop with SIGTERM",
         file=sys.stderr,
         flush=True,
     )

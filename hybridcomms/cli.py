@@ -9,15 +9,16 @@
     hybridcomms systemd-unit watch|work
     hybridcomms [--root R] watch [--json] [--exec CMD] [--exec-jobs N] [--exec-queue N] [--grace S]
                                      [--recover-every S] [--rescan-every S]
-    hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R]
+    hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R] [--json]
     hybridcomms [--policy FILE] policy show
     hybridcomms [--root R] migrate [--dry-run] [--no-backup] [--group] [--json]
 
 The mailbox root is ``--root``, else ``$HYBRIDCOMMS_ROOT``, else
 ``runtime/agent_comms/agent_mailboxes`` under the current directory (the Dream.OS location).
 
-The routing policy is ``--policy FILE``, else ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``,
-else ``[tool.hybridcomms.policy]`` in ``./pyproject.toml``, else the built-in defaults.
+The routing policy is found as every part finds it (`hybridcomms.policy.find_policy`): ``--policy FILE``,
+else ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``, else ``[tool.hybridcomms.policy]`` in
+``./pyproject.toml``, else the shipped defaults. ``policy explain`` and ``policy show`` say which.
 
 Exit codes: 0 done; 1 an error (the message says what); 2 bad usage; 3 ``recv`` found no message.
 """
@@ -32,18 +33,19 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
 
-from . import __version__
+from . import __version__, _fs
 from ._urls import backend_of, shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
-from .policy import Policy
+from .policy import Decision, Policy, Route, find_policy
 from .states import State
 
 __all__ = ["main", "resolve_policy", "resolve_root"]
@@ -58,20 +60,24 @@ def resolve_root(arg: str | None, environ: dict[str, str] | None = None) -> Path
 
 
 def resolve_policy(arg: str | None, environ: dict[str, str] | None = None, cwd: Path | None = None) -> Policy:
-    """The policy the CLI uses (see the module docstring for the order)."""
-    env = os.environ if environ is None else environ
-    here = Path.cwd() if cwd is None else cwd
-    chosen = arg or env.get("HYBRIDCOMMS_POLICY")
-    if chosen:
-        return Policy.load(chosen)
-    if (here / "hybridcomms.toml").is_file():
-        return Policy.load(here / "hybridcomms.toml")
-    pyproject = here / "pyproject.toml"
-    if pyproject.is_file() and "hybridcomms.policy" in pyproject.read_text(
-        encoding="utf-8", errors="replace"
-    ):
-        return Policy.load(pyproject)
-    return Policy()
+    """The policy the CLI uses: `find_policy`, the one order every part uses, with ``--policy`` as its
+    argument."""
+    policy = find_policy(arg or None, environ=environ, cwd=cwd)
+    return replace(policy, found_by="--policy") if arg else policy
+
+
+def durable_target(decision: Decision, url: str | None, root: Path) -> str | None:
+    """Where the durable copy of a message goes, as a URL: the rule's backend, else the agent's own
+    (``url``, else files under ``root``: ``file://<root>``); None when the route has no durable copy.
+    Shown without a password."""
+    if not decision.route.durable:
+        return None
+    where = decision.backend or url
+    if where is None:
+        return f"file://{root.absolute()}"
+    if backend_of(where) == "file":
+        return f"file://{Path(where.removeprefix('file://')).absolute()}"
+    return shown_url(where)
 
 
 def _print_json(obj: Any) -> None:
@@ -126,9 +132,8 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
     from .message import DEFAULT_MAX_MESSAGE_SIZE
 
     payload = _read_payload(args.payload, DEFAULT_MAX_MESSAGE_SIZE)
-    decision = resolve_policy(getattr(args, "policy", None)).decide(
-        args.topic, priority=args.priority, addressed=True, override=args.route
-    )
+    policy = resolve_policy(getattr(args, "policy", None))
+    decision = policy.decide(args.topic, priority=args.priority, addressed=True, override=args.route)
     if not decision.route.durable:
         raise SystemExit(
             f"hybridcomms send: {args.topic} is {decision.route.value} under the routing policy "
@@ -150,7 +155,10 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         **options,
     )
     url = args.url_resolved
-    legacy = None if args.adopt or url else _legacy_status(root, check_agent_id(args.to))
+    if decision.backend is not None:  # the rule sends its durable copies elsewhere, as Comms does
+        root, url = _rule_backend(decision.backend, args.topic, root)
+    adopt = args.adopt or policy.adopts(args.to)
+    legacy = None if adopt or url else _legacy_status(root, check_agent_id(args.to))
     if legacy is not None:
         # Delivery follows the recipient: a Dream.OS agent still reading its legacy files gets the
         # message there, in the form it reads; its mailbox is not created behind its back.
@@ -179,6 +187,19 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         mb.put(message)
     print(message.id)
     return EXIT_OK
+
+
+def _rule_backend(backend: str, topic: str, root: Path) -> tuple[Path, str | None]:
+    """(root, url) of the backend a policy rule names for ``topic``'s durable copies."""
+    kind = backend_of(backend)
+    if kind == "memory":
+        raise SystemExit(
+            f"hybridcomms send: the routing policy sends {topic} to {shown_url(backend)}, a mailbox that "
+            "lives inside one process; a command cannot reach it"
+        )
+    if kind == "file":
+        return Path(backend.removeprefix("file://")), None
+    return root, backend
 
 
 def _legacy_status(root: Path, agent: str) -> dict[str, Any] | None:
@@ -252,7 +273,7 @@ def _message_json(message: Message, **extra: Any) -> dict[str, Any]:
 def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
     url = args.url_resolved
     legacy = None if url else _legacy_status(root, check_agent_id(args.agent))
-    if legacy is not None and not args.adopt:
+    if legacy is not None and not args.adopt and not resolve_policy(args.policy).adopts(args.agent):
         print(_legacy_refusal("recv", legacy), file=sys.stderr)
         return EXIT_ERROR
     if args.count < 1:
@@ -503,13 +524,48 @@ def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
 
 def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
     policy = resolve_policy(args.policy)
-    d = policy.decide(args.topic, priority=args.priority, addressed=not args.broadcast, override=args.route)
+    priority = Priority.parse(args.priority)
+    d = policy.decide(args.topic, priority=priority, addressed=not args.broadcast, override=args.route)
+    target = durable_target(d, args.url_resolved, root)
+    target = None if target is None else _fs.shown(target)
+    topic = _fs.shown(args.topic)
+    if args.json:
+        _print_json(
+            {
+                "topic": topic,
+                "addressed": not args.broadcast,
+                "priority": priority.name,
+                "route": d.route.value,
+                "reason": d.reason,
+                "rule": d.rule.name if d.rule is not None else None,
+                "pattern": d.pattern,
+                "backend": target,
+                "backend_from": _backend_from(d, args) if target is not None else None,
+                "source": _fs.shown(policy.source),
+                "found_by": _fs.shown(policy.found_by),
+            }
+        )
+        return EXIT_OK
     who = "a broadcast" if args.broadcast else "a message to one agent"
     print(f"{d.route.value}")
-    print(f"  {args.topic} as {who}, priority {Priority.parse(args.priority).name}")
+    print(f"  {topic} as {who}, priority {priority.name}")
     print(f"  chosen by: {d.reason}")
-    print(f"  policy from {policy.source}")
+    if target is None:
+        print("  durable copy: none (an event on the bus only)")
+    else:
+        also = "; and an event on the bus" if d.route is Route.BOTH else ""
+        print(f"  durable copy to: {target} ({_backend_from(d, args)}){also}")
+    print(f"  policy from {policy.provenance}")
     return EXIT_OK
+
+
+def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
+    """Why the durable copy goes where `durable_target` says."""
+    if decision.backend is not None:
+        return "the rule's backend"
+    if args.url_resolved:
+        return "--url" if getattr(args, "url", None) else "$HYBRIDCOMMS_URL"
+    return "the mailbox root"
 
 
 def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
@@ -637,7 +693,12 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
         help="mailboxes elsewhere: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… (Redis Streams); "
         "default: $HYBRIDCOMMS_URL, else files under --root",
     )
-    parser.add_argument("--policy", default=default, help="routing policy file (TOML, or a pyproject.toml)")
+    parser.add_argument(
+        "--policy",
+        default=default,
+        help="routing policy file (TOML, or a pyproject.toml); default: $HYBRIDCOMMS_POLICY, else "
+        "./hybridcomms.toml, else [tool.hybridcomms.policy] in ./pyproject.toml, else the shipped rules",
+    )
     parser.add_argument(
         "--fsync",
         choices=["always", "batch", "never"],
@@ -970,6 +1031,11 @@ def _parser() -> argparse.ArgumentParser:
         "--broadcast", action="store_true", help="a publish to subscribers, not a send to one agent"
     )
     ex.add_argument("--route", default=None, help="an explicit per-message override to try")
+    ex.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: route, reason, rule, pattern, backend (where the durable copy goes), source",
+    )
     ex.set_defaults(func=_cmd_policy_explain)
     sh = pol_sub.add_parser("show", parents=[common], help="every rule, in order")
     sh.set_defaults(func=_cmd_policy_show)
@@ -989,7 +1055,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
     root = resolve_root(args.root)
-    args.url_resolved = resolve_url(getattr(args, "url", None))
+    if args.command == "policy":  # explained, not opened: any mailbox URL may be named
+        from .backend import URL_ENV
+
+        args.url_resolved = getattr(args, "url", None) or os.environ.get(URL_ENV) or None
+        if args.url_resolved and ("://" not in args.url_resolved or not backend_of(args.url_resolved)):
+            raise SystemExit(
+                f"hybridcomms: --url {shown_url(args.url_resolved)!r}: use redis://, rediss://, file:// "
+                "or memory://"
+            )
+    else:
+        args.url_resolved = resolve_url(getattr(args, "url", None))
     if args.url_resolved and args.url_resolved.startswith("file://"):
         root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
     if args.url_resolved and args.command in ("watch", "migrate", "demo"):

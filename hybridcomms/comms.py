@@ -49,7 +49,7 @@ from .bus import AgentBus, Event, default_bus
 from .errors import HybridCommsError, RequestTimeoutError
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id
 from .message import Message, Priority
-from .policy import Policy, Route
+from .policy import Policy, Route, find_policy
 from .retry import Backoff
 
 __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sent"]
@@ -79,7 +79,11 @@ class Comms:
 
     ``Comms(agent_id, *, root=DEFAULT_ROOT, policy=None, bus=None, fsync="always", max_attempts=5,
     backoff=Backoff(), lease=300, dead_letter_topic="hybridcomms.deadletter", recover_every=30)``
-        policy          a `Policy`, or a path to a policy file; default: the built-in rules
+        policy          a `Policy`, or a path to a policy file; default (None): the one `find_policy`
+                        finds, as every part does: ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``,
+                        else ``[tool.hybridcomms.policy]`` in ``./pyproject.toml``, else the shipped
+                        rules (a file named or found that is not valid is a `PolicyError`). The source
+                        is logged once, at info level, when the Comms is made (``hybridcomms.comms``)
         bus             the `AgentBus` for ephemeral messages; default: the process-wide one
         recover_every   the consumer loop runs mailbox recovery this often (seconds; 0: never)
         legacy_intake   take Dream.OS legacy drops beside the mailbox into it: None (default) when
@@ -113,11 +117,9 @@ class Comms:
         self.agent_id = check_agent_id(agent_id)
         self.root = Path(root)
         self.url = resolve_url(url)
-        if policy is None:
-            policy = Policy()
-        elif not isinstance(policy, Policy):
-            policy = Policy.load(Path(policy))
+        policy = find_policy(policy)
         self.policy = policy
+        log.info("%s: routing policy from %s", self.agent_id, policy.provenance)
         self.bus = bus if bus is not None else default_bus()
         options = {"max_attempts": max_attempts, "backoff": backoff, "lease": lease}
         self._router = Router(self.agent_id, self.root, self.url, policy, self.bus, fsync, options)

@@ -31,15 +31,30 @@ Rules come from a TOML file, or from ``[tool.hybridcomms.policy]`` in pyproject.
     min_priority = "HIGH"              # optional: only at or above this priority
 
 A file that is not valid is refused when it is loaded, with its path, the line and the reason.
+
+Every part that routes (`Comms`, the CLI, ``watch``, ``work``, the Dream.OS compat layer) gets its
+policy from `find_policy`, which looks in one order and stops at the first it finds:
+
+1. the argument (a `Policy`, or the path of a policy file: ``Comms(policy=...)``, ``--policy FILE``);
+2. ``$HYBRIDCOMMS_POLICY`` (a path);
+3. ``hybridcomms.toml`` in the working folder;
+4. ``[tool.hybridcomms.policy]`` in ``pyproject.toml`` of the working folder (only if that table is
+   there: any other pyproject.toml is passed over);
+5. the shipped defaults (`DEFAULT_RULES`).
+
+A file it names or finds that cannot be read or is not valid is a `PolicyError` (path, line), never a
+silent fall back to the next. ``Policy.source`` is the file (or "built-in defaults") and
+``Policy.found_by`` how it was found; ``Policy.provenance`` says both.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -54,7 +69,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULT_RULES", "Decision", "Policy", "PolicyError", "Route", "Rule", "compile_pattern"]
+__all__ = [
+    "DEFAULT_RULES",
+    "POLICY_ENV",
+    "Decision",
+    "Policy",
+    "PolicyError",
+    "Route",
+    "Rule",
+    "child_env",
+    "compile_pattern",
+    "find_policy",
+]
+
+#: The environment variable that names a policy file (step 2 of `find_policy`).
+POLICY_ENV = "HYBRIDCOMMS_POLICY"
+#: The policy file looked for in the working folder (step 3 of `find_policy`).
+POLICY_FILE = "hybridcomms.toml"
+_PYPROJECT_TABLE = ("tool", "hybridcomms", "policy")
 
 
 class Route(str, Enum):
@@ -155,6 +187,14 @@ class Decision:
     rule: Rule | None = None
     pattern: str | None = None
 
+    @property
+    def backend(self) -> str | None:
+        """Where the durable copy goes when the rule names a backend (a mailbox URL); None: the
+        sender's own mailboxes (its URL, else files under its root). Meaningful only when
+        ``route.durable``."""
+        backend = self.rule.backend if self.rule is not None else None
+        return None if backend in (None, "local") else backend
+
 
 def _rules(*specs: tuple[str, Route, tuple[str, ...]]) -> tuple[Rule, ...]:
     return tuple(Rule(patterns, route, name) for name, route, patterns in specs)
@@ -238,6 +278,9 @@ class Policy:
     #: Agent ids (fnmatch patterns, e.g. "Agent-*") whose mailboxes count as adopted by hybridcomms
     #: before their new/ folder exists: Dream.OS senders write native files for them, not legacy ones.
     adopt: tuple[str, ...] = ()
+    #: How `find_policy` came to this policy ("$HYBRIDCOMMS_POLICY", "in the working folder", ...);
+    #: empty for a policy built or loaded directly.
+    found_by: str = field(default="", compare=False)
     _cache: dict[tuple[str, Priority, bool], Decision] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -247,6 +290,18 @@ class Policy:
         object.__setattr__(self, "default_addressed", Route.parse(self.default_addressed))
         object.__setattr__(self, "default_broadcast", Route.parse(self.default_broadcast))
         object.__setattr__(self, "adopt", tuple(self.adopt))
+
+    @property
+    def provenance(self) -> str:
+        """Where this policy comes from, and how it was found: what the parts log when they start
+        (printable: a path with bytes that are not UTF-8 shows them as ``\\xNN``)."""
+        return _fs.shown(f"{self.source} ({self.found_by})" if self.found_by else self.source)
+
+    @property
+    def file(self) -> str | None:
+        """The file `find_policy` found it in (an absolute path, to hand on as ``$HYBRIDCOMMS_POLICY``);
+        None for the shipped defaults and for a policy built or loaded directly."""
+        return self.source if self.found_by and os.path.isabs(self.source) else None
 
     def adopts(self, agent_id: str) -> bool:
         """True if the ``adopt`` list names this agent (see docs/compatibility.md)."""
@@ -290,7 +345,7 @@ class Policy:
         return _critical(Decision(self.default_broadcast, "default for a broadcast"), prio)
 
     def describe(self) -> str:
-        lines = [f"policy from {self.source}"]
+        lines = [f"policy from {self.provenance}"]
         lines += [f"  {i}. {rule.describe()}" for i, rule in enumerate(self.rules, 1)]
         lines.append(f"  default for a message to one agent: {self.default_addressed.value}")
         lines.append(f"  default for a broadcast: {self.default_broadcast.value}")
@@ -307,30 +362,14 @@ class Policy:
 
         Read as any file a user may point at: no blocking on a FIFO, at most 16 MiB."""
         p = Path(path)
-        try:
-            text = _fs.read_regular(p, 16 << 20, follow=True).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PolicyError(f"not UTF-8 text: {exc}", path=str(p)) from None
-        except OSError as exc:
-            raise PolicyError(f"cannot read the policy file: {exc.strerror}", path=str(p)) from None
+        text = _read_policy_file(p)
         if p.name == "pyproject.toml":
             return cls.from_toml(text, source=str(p), table=("tool", "hybridcomms", "policy"))
         return cls.from_toml(text, source=str(p))
 
     @classmethod
     def from_toml(cls, text: str, *, source: str = "<policy>", table: tuple[str, ...] = ()) -> Policy:
-        try:
-            data: Mapping[str, Any] = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
-            raise PolicyError(f"not valid TOML: {exc}", path=source, line=line) from None
-        except RecursionError:
-            line = _deepest_line(text)
-            raise PolicyError(
-                "nested too deeply to read (arrays or inline tables thousands of levels deep)",
-                path=source,
-                line=line,
-            ) from None
+        data = _parse_toml(text, source)
         for key in table:
             value = data.get(key, {})
             if not isinstance(value, Mapping):
@@ -383,6 +422,95 @@ class Policy:
             )
         kwargs["adopt"] = tuple(adopt)
         return cls(rules=(*rules, *(DEFAULT_RULES if include else ())), source=source, **kwargs)
+
+
+# -- finding the policy (the one order every part uses) ---------------------------------------------
+
+_GIVEN, _FROM_ENV, _IN_CWD, _IN_PYPROJECT = (
+    "given",
+    f"${POLICY_ENV}",
+    "in the working folder",
+    "[tool.hybridcomms.policy]",
+)
+
+
+def find_policy(
+    arg: Policy | str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Policy:
+    """The routing policy, looked for in the one documented order (see the module docstring):
+    ``arg`` (a `Policy` is used as it is; a path is loaded), ``$HYBRIDCOMMS_POLICY``,
+    ``hybridcomms.toml`` in ``cwd``, ``[tool.hybridcomms.policy]`` in ``cwd``'s pyproject.toml, the
+    shipped defaults. ``environ`` and ``cwd`` default to this process's.
+
+    `PolicyError` (with the path, and the line where known) for a file that is named or found but
+    cannot be read or is not valid: never a silent fall back to the next step."""
+    if isinstance(arg, Policy):
+        return arg
+    env = os.environ if environ is None else environ
+    if arg is not None and os.fspath(arg) != "":
+        return _load_found(Path(arg), _GIVEN)
+    named = env.get(POLICY_ENV, "")
+    if named:
+        return _load_found(Path(named), _FROM_ENV)
+    try:
+        here = Path.cwd() if cwd is None else Path(cwd).absolute()
+    except OSError:  # the working folder was removed under us: nothing to find there
+        return Policy(found_by=f"no ${POLICY_ENV}, and the working folder is gone")
+    local = here / POLICY_FILE
+    if os.path.lexists(local):  # a broken link or a folder by that name is an error, not "no file"
+        return _load_found(local, _IN_CWD)
+    pyproject = here / "pyproject.toml"
+    if os.path.lexists(pyproject):
+        text = _read_policy_file(pyproject)
+        data: Any = _parse_toml(text, str(pyproject))
+        for key in _PYPROJECT_TABLE:
+            data = data.get(key) if isinstance(data, Mapping) else None
+        if data is not None:
+            policy = Policy.from_toml(text, source=str(pyproject), table=_PYPROJECT_TABLE)
+            return replace(policy, found_by=_IN_PYPROJECT)
+    return Policy(found_by=f"no ${POLICY_ENV}, no {POLICY_FILE} or [tool.hybridcomms.policy] in {here}")
+
+
+def child_env(policy: Policy) -> dict[str, str]:
+    """What a child process needs to find the same policy (`watch --exec`, `work`): ``$HYBRIDCOMMS_POLICY``
+    naming its file; nothing for the shipped defaults or a policy built in code."""
+    path = policy.file
+    return {POLICY_ENV: path} if path is not None else {}
+
+
+def _load_found(path: Path, found_by: str) -> Policy:
+    return replace(Policy.load(path.absolute()), found_by=found_by)
+
+
+def _read_policy_file(path: Path) -> str:
+    """A policy file's text, read as any file a user may point at: no blocking on a FIFO, at most
+    16 MiB, UTF-8."""
+    try:
+        return _fs.read_regular(path, 16 << 20, follow=True).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"not UTF-8 text: {exc}", path=str(path)) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise PolicyError(f"cannot read the policy file: {reason}", path=str(path)) from None
+
+
+def _parse_toml(text: str, source: str) -> Mapping[str, Any]:
+    try:
+        data: Mapping[str, Any] = tomllib.loads(text)
+        return data
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise PolicyError(f"not valid TOML: {exc}", path=source, line=line) from None
+    except RecursionError:
+        line = _deepest_line(text)
+        raise PolicyError(
+            "nested too deeply to read (arrays or inline tables thousands of levels deep)",
+            path=source,
+            line=line,
+        ) from None
 
 
 def _critical(decision: Decision, prio: Priority) -> Decision:

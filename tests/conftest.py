@@ -49,6 +49,13 @@ def mailbox(make_mailbox: Callable[..., FileMailbox]) -> FileMailbox:
 
 
 @pytest.fixture(autouse=True)
+def no_policy_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every part finds the routing policy in ``$HYBRIDCOMMS_POLICY`` first: one set in the shell that
+    runs the tests must not change how their agents and commands route."""
+    monkeypatch.delenv("HYBRIDCOMMS_POLICY", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
     """Fail a test that leaves a thread of its own running (watchdog observers included)."""
     before = set(threading.enumerate())

@@ -50,6 +50,7 @@ def test_the_package_exports_exactly_these_names() -> None:
         "__version__",
         "check_agent_id",
         "default_bus",
+        "find_policy",
         "list_agents",
     ]
     for name in hybridcomms.__all__:

@@ -5,14 +5,20 @@ Agents move to hybridcomms one at a time, so a sender cannot assume its reader i
 
 - an *adopted* recipient (its ``new/`` folder exists, or the routing policy's ``adopt`` list names it)
   gets a native, durable file in ``new/``;
+- a message whose policy rule names a ``backend`` (``redis://…``, ``memory://…``) goes there, natively
+  (`deliver_to`): a legacy reader cannot read those anyway;
 - any other recipient gets exactly the legacy format it reads: an append to ``inbox.json`` under
   ``inbox.json.lock``, or a ``msg_*.json`` file in ``inbox/`` where that is the layout in use.
 
 Folders created here are 0o770 and files 0o660, as Dream.OS sets them up for a shared group.
+
+The policy is the compat ``AgentBus``'s (set when it is made or configured); until there is one, it is
+found once, as every part finds it (`hybridcomms.policy.find_policy`), and its source is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -20,26 +26,51 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ...backend import Mailbox, open_mailbox
 from ...mailbox import FileMailbox, check_agent_id
-from ...message import new_id
-from ...policy import Policy
+from ...message import Message, new_id
+from ...policy import Policy, find_policy
 from ._legacy_store import append_to_inbox_json, write_inbox_file
 from .legacy import LegacyLayout, is_adopted, legacy_layout, message_from_legacy
 
-__all__ = ["DREAMOS_MODES", "complete", "deliver", "mailbox_for", "set_policy"]
+__all__ = [
+    "DREAMOS_MODES",
+    "complete",
+    "current_policy",
+    "deliver",
+    "deliver_to",
+    "mailbox_for",
+    "set_policy",
+]
+
+log = logging.getLogger("hybridcomms.compat.dreamos")
 
 #: Folder and file modes for mailboxes the compat layer creates (Dream.OS shares them with a group).
 DREAMOS_MODES: dict[str, Any] = {"dir_mode": 0o770, "file_mode": 0o660}
 
 _policy: Policy | None = None
+_policy_lock = threading.Lock()
 _open: OrderedDict[tuple[str, str, int], FileMailbox] = OrderedDict()
+_remote: OrderedDict[tuple[str, str, int], Mailbox] = OrderedDict()
 _open_lock = threading.Lock()
 
 
 def set_policy(policy: Policy | None) -> None:
-    """The policy whose ``adopt`` list marks agents as adopted before their ``new/`` exists."""
+    """The policy of every Dream.OS send path (its ``adopt`` list marks agents as adopted before their
+    ``new/`` exists); None: find it again at the next use."""
     global _policy
-    _policy = policy
+    with _policy_lock:
+        _policy = policy
+
+
+def current_policy() -> Policy:
+    """The policy set by the compat ``AgentBus``, else the one `find_policy` finds (once; logged)."""
+    global _policy
+    with _policy_lock:
+        if _policy is None:
+            _policy = find_policy()
+            log.info("Dream.OS compat: routing policy from %s", _policy.provenance)
+        return _policy
 
 
 def mailbox_for(root: str | os.PathLike[str], agent_id: str, *, create: bool = True) -> FileMailbox:
@@ -60,7 +91,25 @@ def mailbox_for(root: str | os.PathLike[str], agent_id: str, *, create: bool = T
 
 
 def adopted(root: str | os.PathLike[str], agent_id: str) -> bool:
-    return is_adopted(root, agent_id) or (_policy is not None and _policy.adopts(agent_id))
+    return is_adopted(root, agent_id) or current_policy().adopts(agent_id)
+
+
+def deliver_to(url: str, agent_id: str, message: Message) -> None:
+    """Put ``message`` into ``agent_id``'s mailbox at ``url`` (a policy rule's backend). The mailboxes
+    are kept open in this process (at most 64)."""
+    key = (url, check_agent_id(agent_id), os.getpid())
+    with _open_lock:
+        mb = _remote.get(key)
+        if mb is not None:
+            _remote.move_to_end(key)
+    if mb is None:
+        mb = open_mailbox(url, agent_id)
+        with _open_lock:
+            _remote[key] = mb
+            while len(_remote) > 64:
+                _, old = _remote.popitem(last=False)
+                old.close()
+    mb.put(message)
 
 
 def complete(message: dict[str, Any], recipient: str | None = None) -> dict[str, Any]:

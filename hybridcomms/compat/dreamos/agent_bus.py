@@ -7,7 +7,10 @@ hybridcomms bus and routing policy.
 the hybridcomms ones (docs/compatibility.md lists what that changes). Every method does its work when
 called and returns something that may also be awaited, because agents call them both ways.
 
-The routing policy applies to what is published here:
+The routing policy is found as every part finds it (`hybridcomms.policy.find_policy`: the ``policy``
+argument, ``$HYBRIDCOMMS_POLICY``, ``./hybridcomms.toml``, ``[tool.hybridcomms.policy]``, the shipped
+rules), logged once when the bus is made, and used by every Dream.OS send path of the process. It
+applies to what is published here:
 
 - an *ephemeral* topic (status, heartbeats, discovery…) is dispatched in memory, as before;
 - a *durable* topic addressed to one agent (``dreamos.agent.<id>.task.command``, or an event whose data
@@ -16,7 +19,8 @@ The routing policy applies to what is published here:
   topic receives it from the mailbox, on a consumer thread: at least once, acked when the handler
   returns, retried with backoff when it raises, dead-lettered after the attempt limit;
 - a *durable* broadcast goes to every agent holding a matching durable subscription, and is also
-  dispatched in memory here (so in-process subscribers keep seeing it).
+  dispatched in memory here (so in-process subscribers keep seeing it);
+- a durable copy whose rule names a ``backend`` (``redis://…``) goes there, as a native message.
 
 Subscribing to a durable per-agent topic adopts that agent's mailbox (its ``new/`` folder appears).
 """
@@ -40,7 +44,7 @@ from ...bus import Event
 from ...comms import Comms, Received
 from ...mailbox import check_agent_id
 from ...message import Message, Priority
-from ...policy import Policy
+from ...policy import Policy, find_policy
 from ...registry import durable_subscribers
 from ._bus_event_types import EventType
 from ._bus_events import (
@@ -59,7 +63,7 @@ from ._bus_events import (
     ToolResultEvent,
     topic_of,
 )
-from ._delivery import deliver, set_policy
+from ._delivery import deliver, deliver_to, set_policy
 from ._dual import NOTHING, AwaitableStr, Flag, _Nothing, dual
 from .legacy import to_legacy_dict
 from .mailbox_utils import get_mailbox_root
@@ -200,7 +204,10 @@ class AgentBus:
             return
         self._initialized = True
         self._bus = _CoreBus(error_topic=ERROR_TOPIC)
-        self.policy: Policy = kwargs.get("policy") or Policy()
+        # Found as every part finds it (argument, $HYBRIDCOMMS_POLICY, ./hybridcomms.toml, pyproject.toml,
+        # the shipped rules), and the one of every Dream.OS send path of this process from now on.
+        self.policy: Policy = find_policy(kwargs.get("policy"))
+        set_policy(self.policy)
         root = kwargs.get("root")
         self._root: Path | None = Path(root) if root is not None else None
         self._lock = threading.RLock()
@@ -216,7 +223,9 @@ class AgentBus:
         self._running = False
         self._unshare: Any = None
         self._share()
-        log.info("AgentBus singleton initialised (hybridcomms)")
+        log.info(
+            "AgentBus singleton initialised (hybridcomms); routing policy from %s", self.policy.provenance
+        )
 
     def _share(self) -> None:
         """Carry this bus's events to the other processes of the same mailbox root, and theirs here
@@ -370,11 +379,12 @@ class AgentBus:
             prio = Priority.parse(priority)
         except ValueError:
             prio = Priority.MEDIUM
-        route = self.policy.decide(topic, priority=prio, addressed=recipient is not None).route
+        decision = self.policy.decide(topic, priority=prio, addressed=recipient is not None)
+        route = decision.route
         if route.durable:
             targets = [recipient] if recipient is not None else durable_subscribers(self.root, topic)
             for agent in targets:
-                self._deliver(event, agent, prio)
+                self._deliver(event, agent, prio, decision.backend)
         # In memory too: for an addressed durable event this copy is marked durable, so observers
         # (monitors, "*" subscribers) see it while its recipient's handlers take the mailbox copy.
         result = self._bus.publish(
@@ -389,7 +399,7 @@ class AgentBus:
         )
         return result
 
-    def _deliver(self, event: BaseEvent, agent: str, prio: Priority) -> None:
+    def _deliver(self, event: BaseEvent, agent: str, prio: Priority, backend: str | None = None) -> None:
         message = Message(
             event.topic,
             event.data,
@@ -400,7 +410,10 @@ class AgentBus:
             correlation_id=event.correlation_id,
             headers={"dreamos_event": type(event).__name__, "dreamos_timestamp": event.timestamp},
         )
-        deliver(self.root, agent, to_legacy_dict(message))
+        if backend is not None:  # the rule sends its durable copies to another backend, as Comms does
+            deliver_to(backend, agent, message)
+        else:
+            deliver(self.root, agent, to_legacy_dict(message))
 
     # -- the agent registry -------------------------------------------------------------------------
 
