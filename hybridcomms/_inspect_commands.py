@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from . import _fs, inspection
+from . import _fs, _last_errors, inspection
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
@@ -328,6 +328,13 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                 found("orphaned-claim", f"processing/{_fs.shown(name)}", "its consumer is gone", fix)
         finally:
             drop(fd)
+    # last errors kept in errors/ for messages no longer waiting (a crash after an ack or a dead-letter)
+    try:
+        for name, folder in _last_errors.leftovers(mb, now):
+            what = "a folder (never removed)" if folder else "its message is no longer waiting"
+            found("stale-error-record", f"{_last_errors.ERRORS}/{_fs.shown(name)}", what, fix and not folder)
+    except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
+        found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
     # One pass over each folder (one lstat per file): modes, names that do not parse, and files that
     # will never decode (those with such names, those in processing/, and with --deep every file
     # waiting in new/, which reads them all).
@@ -379,8 +386,9 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
 
 def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     kinds = {f["kind"] for f in findings if f["fixed"]}
-    if kinds & {"stale-tmp", "orphaned-claim"}:
-        mb.recover()  # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age
+    if kinds & {"stale-tmp", "orphaned-claim", "stale-error-record"}:
+        # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
+        mb.recover()
     if "mode" in kinds:
         for f in findings:
             if f["kind"] == "mode" and f["fixed"]:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .mailbox import FileMailbox
     from .recovery import RecoveryReport
 
-__all__ = ["ERRORS", "SWEEP_AFTER", "drop", "listed", "read", "record", "sweep", "text_of"]
+__all__ = ["ERRORS", "SWEEP_AFTER", "drop", "leftovers", "listed", "read", "record", "sweep", "text_of"]
 
 log = logging.getLogger("hybridcomms.mailbox")
 
@@ -201,17 +201,17 @@ def _waiting_ids(mb: FileMailbox) -> set[str]:
     return ids
 
 
-def sweep(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
-    """Remove the records (and whatever else was placed in ``errors/``) whose message is no longer
-    waiting, once older than `SWEEP_AFTER`. Run by recovery, under its lock: recovery itself is then
-    not moving messages. A folder found there is reported, never removed."""
+def leftovers(mb: FileMailbox, now: float) -> list[tuple[str, bool]]:
+    """The names in ``errors/`` that `sweep` would take away (older than `SWEEP_AFTER`, and not the
+    record of a waiting message), each with whether it is a folder (reported, never removed)."""
     err_fd = mb._errors_folder(create=False)
     if err_fd is None:
-        return
+        return []
     names = _fs.listdir_at(err_fd)
     if not names:
-        return
+        return []
     waiting = _waiting_ids(mb)
+    out: list[tuple[str, bool]] = []
     for name in names:
         if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] in waiting:
             continue
@@ -219,10 +219,23 @@ def sweep(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
             st = os.stat(name, dir_fd=err_fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        if now - st.st_mtime < SWEEP_AFTER:
-            continue
+        if now - st.st_mtime >= SWEEP_AFTER:
+            out.append((name, stat.S_ISDIR(st.st_mode)))
+    return out
+
+
+def sweep(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
+    """Remove the records (and whatever else was placed in ``errors/``) whose message is no longer
+    waiting, once older than `SWEEP_AFTER`. Run by recovery, under its lock: recovery itself is then
+    not moving messages. A folder found there is reported, never removed."""
+    found = leftovers(mb, now)
+    if not found:
+        return
+    err_fd = mb._errors_folder(create=False)
+    assert err_fd is not None
+    for name, folder in found:
         where = f"{ERRORS}/{_fs.shown(name)}"
-        if stat.S_ISDIR(st.st_mode):
+        if folder:
             report.errors.append((where, "a folder in errors/ (never removed by recovery)"))
             continue
         try:
