@@ -619,69 +619,85 @@ def hc(
     return subprocess.run([*HC, *head, *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
 
 
-def _send_delay_ttl_show(root: Path | None, url: str | None) -> None:
-    """send --delay / --ttl, recv, show and show --json as real subprocesses (files or Redis)."""
+def _cli(
+    root: Path | None, url: str | None, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    """The same command in this process (the entry point itself): exit code and stdout."""
+    head = ["--url", url] if url is not None else ["--root", str(root)]
+    capsys.readouterr()
+    code = main([*head, *args])
+    return code, capsys.readouterr().out
+
+
+def _send_delay_ttl_show(root: Path | None, url: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    """send --delay / --ttl and show (text and --json) as real subprocesses; the rest of the story
+    (recv, a failed attempt, ls) through the entry point in this process. Files or Redis."""
     later = hc(root, "send", "--to", "W", "--topic", "task.later", "--delay", "10m", "--ttl", "2h", url=url)
     assert later.returncode == 0, later.stderr
     later_id = later.stdout.strip()
-    assert hc(root, "recv", "W", url=url).returncode == 3  # not due for ten minutes
     shown = hc(root, "show", later_id, url=url)
     assert shown.returncode == 0, shown.stderr
     assert "due: " in shown.stdout and "(in 10m)" in shown.stdout
     assert "expires: " in shown.stdout and "(in 2h)" in shown.stdout
-    data = json.loads(hc(root, "show", later_id, "--json", url=url).stdout)
+    as_json = hc(root, "show", later_id, "--json", url=url)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
     assert data["state"] == "new" and 590 <= data["due_in"] <= 600
     assert 7190 <= data["expires_in"] <= 7200 and data["message"]["expires"].endswith("Z")
+    assert _cli(root, url, capsys, "recv", "W")[0] == 3  # not due for ten minutes
 
-    stale = hc(root, "send", "--to", "W", "--topic", "task.stale", "--ttl", "0s", url=url)
-    assert stale.returncode == 0, stale.stderr
-    assert hc(root, "recv", "W", url=url).returncode == 3  # expired at claim: never handed out
-    dead = json.loads(hc(root, "show", stale.stdout.strip(), "--json", url=url).stdout)
+    code, out = _cli(root, url, capsys, "send", "--to", "W", "--topic", "task.stale", "--ttl", "0s")
+    assert code == 0
+    stale_id = out.strip()
+    assert _cli(root, url, capsys, "recv", "W")[0] == 3  # expired at claim: never handed out
+    dead = json.loads(_cli(root, url, capsys, "show", stale_id, "--json")[1])
     assert dead["state"] == "dead" and dead["dead_reason"] == "expired"
 
     # a failed attempt: recv --no-ack gives it back with an error, show says why and when
-    now = hc(root, "send", "--to", "W", "--topic", "task.now", url=url)
-    got = hc(root, "recv", "W", "--no-ack", "--lease", "240", url=url)
-    assert got.returncode == 0, got.stderr
-    assert json.loads(got.stdout)["id"] == now.stdout.strip()
-    text = hc(root, "show", now.stdout.strip(), url=url).stdout
+    code, out = _cli(root, url, capsys, "send", "--to", "W", "--topic", "task.now")
+    now_id = out.strip()
+    code, out = _cli(root, url, capsys, "recv", "W", "--no-ack", "--lease", "240")
+    assert code == 0 and json.loads(out)["id"] == now_id
+    text = _cli(root, url, capsys, "show", now_id)[1]
     assert "last error: attempt 1 failed" in text and "recv --no-ack" in text
     assert "(in 4m)" in text
-    retry = json.loads(hc(root, "show", now.stdout.strip(), "--json", url=url).stdout)
+    retry = json.loads(_cli(root, url, capsys, "show", now_id, "--json")[1])
     assert retry["last_error"] == "recv --no-ack: printed, not acknowledged"
     assert retry["failed_attempt"] == 1 and retry["failed_at"].endswith("Z")
     assert 230 <= retry["due_in"] <= 240 and retry["due"].endswith("Z")
-    ls = json.loads(hc(root, "ls", "W", "--json", url=url).stdout)
+    ls = json.loads(_cli(root, url, capsys, "ls", "W", "--json")[1])
     errors = {r["id"]: r.get("last_error") for r in ls}
-    assert errors[now.stdout.strip()] == "recv --no-ack: printed, not acknowledged"
+    assert errors[now_id] == "recv --no-ack: printed, not acknowledged"
+    assert errors[later_id] is None
 
 
-def test_send_delay_ttl_and_show_on_files(tmp_path: Path) -> None:
-    _send_delay_ttl_show(tmp_path / "root", None)
+def test_send_delay_ttl_and_show_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _send_delay_ttl_show(tmp_path / "root", None, capsys)
 
 
 @pytest.mark.redis
-def test_send_delay_ttl_and_show_on_redis(redis_url: str) -> None:
+def test_send_delay_ttl_and_show_on_redis(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     import redis
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     try:
-        _send_delay_ttl_show(None, redis_url)
+        _send_delay_ttl_show(None, redis_url, capsys)
     finally:
         client.flushdb()
         client.close()
 
 
-def test_bad_delays_and_ttls_are_one_line(tmp_path: Path) -> None:
+def test_bad_delays_and_ttls_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "root"
     usage = hc(root, "send", "--to", "W", "--topic", "t", "--delay", "soon")
     assert usage.returncode == 2 and "not an age" in usage.stderr
     too_far = hc(root, "send", "--to", "W", "--topic", "t", "--delay", "99999w")
     assert too_far.returncode == 1 and len(too_far.stderr.strip().splitlines()) == 1
     assert "delay" in too_far.stderr
-    too_long = hc(root, "send", "--to", "W", "--topic", "t", "--ttl", "9999999w")
-    assert too_long.returncode == 1 and len(too_long.stderr.strip().splitlines()) == 1
+    assert main(["--root", str(root), "send", "--to", "W", "--topic", "t", "--ttl", "9999999w"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "ttl" in err
     assert not (root / "W" / "new").exists() or os.listdir(root / "W" / "new") == []
 
 
