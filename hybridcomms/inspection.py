@@ -92,8 +92,10 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
     fd = mb.folders.fd(state)
     names = sorted(_fs.listdir_at(fd))
     out: list[MessageInfo] = []
-    # Messages waiting for a retry carry their last error: one listing of errors/, a read per match.
-    errors = _last_errors.listed(mb) if state in (State.NEW, State.PROCESSING) else frozenset()
+    # Messages waiting for a retry carry their last error: one listing of errors/ (at the first
+    # message that could have one), a read per match.
+    waiting = state in (State.NEW, State.PROCESSING)
+    errors: frozenset[str] | None = None
     for name in names:
         if state is State.DEAD and name.endswith(REASON_SUFFIX):
             continue
@@ -105,6 +107,12 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
         except FileNotFoundError:
             continue
         reason = read_reason(mb, name) if state is State.DEAD else None
+        last_error = None
+        if waiting and info is not None:
+            if errors is None:
+                errors = _last_errors.listed(mb)
+            if info.id in errors:
+                last_error = _last_errors.read(mb, info.id)
         out.append(
             MessageInfo(
                 state=state,
@@ -116,7 +124,7 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
                 size=st.st_size,
                 changed_at=st.st_ctime,
                 reason=reason,
-                last_error=_last_errors.read(mb, info.id) if info and info.id in errors else None,
+                last_error=last_error,
             )
         )
     return out

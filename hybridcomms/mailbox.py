@@ -10,7 +10,10 @@ Notes for anyone changing this (the backend contract):
 - Every move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder fsync
   the `FsyncPolicy` asks for.
 - A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
-  ``<name>.reason.json`` next to it.
+  ``<name>.reason.json`` next to it. So does a message whose ``expires`` has passed (the EXPIRE move,
+  reason ``expired``), found by the claim that would have handed it out.
+- A nack with an error keeps it in ``errors/<id>.json`` (`hybridcomms._last_errors`), written before
+  the NACK move; the ack and the dead-lettering take it away.
 """
 
 from __future__ import annotations
