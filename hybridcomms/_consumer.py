@@ -22,7 +22,6 @@ from .retry import attempts_used_up
 
 __all__ = [
     "DEAD_LETTER_TOPIC",
-    "EXPIRES_HEADER",
     "HANDLER_STATS",
     "REPLY_HEADER",
     "ConsumerLoop",
@@ -33,7 +32,6 @@ __all__ = [
 log = logging.getLogger("hybridcomms.comms")
 
 REPLY_HEADER = "hybridcomms.reply"
-EXPIRES_HEADER = "hybridcomms.expires_at"
 DEAD_LETTER_TOPIC = "hybridcomms.deadletter"
 #: How often the loop looks for legacy drops, at most (seconds).
 LEGACY_LOOK_EVERY = 0.25
@@ -151,15 +149,10 @@ class ConsumerLoop:
     def dispatch(self, d: MailboxDelivery) -> None:
         message = d.message
         headers = message.headers
-        if headers:
-            if headers.get(REPLY_HEADER) and message.correlation_id is not None:
-                self._take_reply(d)
-                return
-            expires = headers.get(EXPIRES_HEADER)
-            if isinstance(expires, (int, float)) and expires < time.time():
-                d.dead(f"expired at {expires:.3f} before it was handled")
-                self._dead_letter_event(d, "expired before it was handled", None)
-                return
+        # A message past its expiry never gets here: the mailbox dead-letters it at claim.
+        if headers and headers.get(REPLY_HEADER) and message.correlation_id is not None:
+            self._take_reply(d)
+            return
         handlers = self.handlers.for_topic(message.topic)
         if not handlers:
             self._fail(d, f"no handler subscribed for topic {message.topic!r} in {self.agent_id}")

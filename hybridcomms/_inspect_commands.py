@@ -16,12 +16,13 @@ import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from . import _fs, inspection
+from . import _fs, _last_errors, inspection
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
@@ -29,7 +30,7 @@ from .backend import Mailbox
 from .errors import HybridCommsError
 from .inspection import MessageInfo
 from .mailbox import FileMailbox, check_agent_id, list_agents
-from .message import Message
+from .message import Message, iso_utc
 from .states import State
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -52,6 +53,31 @@ def human_age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+#: Characters that would act on a terminal rather than show: C0/C1 controls, bidi and invisible marks.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def one_line(text: object, limit: int = 500) -> str:
+    """Text another agent wrote (an error, a reason) as one printable line: controls as ``\\xNN``,
+    at most ``limit`` characters."""
+    shown = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", _fs.shown(str(text)))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _iso(ts: float) -> str:
+    """A POSIX time as the native form (``2026-11-26T11:24:03.123456Z``)."""
+    try:
+        return iso_utc(datetime.fromtimestamp(ts, timezone.utc))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:.0f}"
+
+
+def _when(ts: float, now: float) -> str:
+    """``2026-11-26T11:24:03.123456Z (in 4m)`` (or ``(3m ago)``)."""
+    delta = ts - now
+    return f"{_iso(ts)} (in {human_age(delta)})" if delta >= 0.5 else f"{_iso(ts)} ({human_age(-delta)} ago)"
 
 
 def _print_json(value: Any) -> None:
@@ -79,6 +105,8 @@ def _row(mb: Mailbox, info: MessageInfo, now: float, topic: str | None) -> dict[
     if info.reason is not None:
         row["reason"] = info.reason.get("reason")
         row["last_error"] = info.reason.get("last_error")
+    elif info.last_error is not None:
+        row["last_error"] = info.last_error.error
     return row
 
 
@@ -102,7 +130,12 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
         return EXIT_OK
     print(f"{'state':<10} {'age':>5} {'try':>3}  {'id':<36} topic")
     for r in rows:
-        extra = f"  ({r['reason']})" if r.get("reason") else ""
+        if r.get("reason"):
+            extra = f"  ({one_line(r['reason'], 200)})"
+        elif r.get("last_error"):
+            extra = f"  (last error: {one_line(r['last_error'], 200)})"
+        else:
+            extra = ""
         print(
             f"{r['state']:<10} {human_age(r['age']):>5} {r['attempt']:>3}  {r['id'] or r['file']!s:<36} "
             f"{r['topic'] or '?'}{extra}"
@@ -129,22 +162,36 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
         info = mb.get(args.id)
         if info is None:
             continue
+        now = time.time()
         out: dict[str, Any] = {
             "agent": mb.agent_id,
             "state": info.state.value,
             "file": _fs.shown(info.name),
             "attempt": info.attempt,
-            "age": round(time.time() - info.changed_at, 3),
+            "age": round(now - info.changed_at, 3),
         }
+        expires: float | None = None
         try:
-            out["message"] = mb.read(info).to_dict()
+            message = mb.read(info)
+            out["message"] = message.to_dict()
+            expires = None if message.expires is None else message.expires.timestamp()
         except (OSError, HybridCommsError, KeyError) as exc:
             out["message"] = None
             out["unreadable"] = str(exc)
+        due = info.due_at if info.state is State.NEW else None
+        if due is not None:  # when it may be claimed (after a failure: when it is retried)
+            out["due"] = _iso(due)
+            out["due_in"] = round(max(due - now, 0.0), 3)
+        if expires is not None:
+            out["expires_in"] = round(expires - now, 3)
         if info.reason is not None:
             out["dead_reason"] = info.reason.get("reason")
             out["last_error"] = info.reason.get("last_error")
             out["dead_at"] = info.reason.get("dead_at")
+        elif info.last_error is not None:  # waiting for a retry: why the last attempt failed
+            out["last_error"] = info.last_error.error
+            out["failed_attempt"] = info.last_error.attempt
+            out["failed_at"] = _iso(info.last_error.failed_at)
         if args.json:
             _print_json(out)
         else:
@@ -154,9 +201,17 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
             )
             if "dead_reason" in out:
                 print(
-                    f"dead: {out['dead_reason']}"
-                    + (f"; last error: {out['last_error']}" if out["last_error"] else "")
+                    f"dead: {one_line(out['dead_reason'])}"
+                    + (f"; last error: {one_line(out['last_error'])}" if out["last_error"] else "")
                 )
+            elif info.last_error is not None:
+                failed = info.last_error
+                ago = human_age(max(now - failed.failed_at, 0.0))
+                print(f"last error: attempt {failed.attempt} failed {ago} ago: {one_line(failed.error)}")
+            if due is not None and (due > now or info.last_error is not None):
+                print(f"due: {_when(due, now)}")
+            if expires is not None:
+                print(f"expires: {_when(expires, now)}")
             _print_json(out["message"])
         return EXIT_OK
     print(f"hybridcomms show: no message {args.id!r} under {url or root}", file=sys.stderr)
@@ -273,6 +328,13 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                 found("orphaned-claim", f"processing/{_fs.shown(name)}", "its consumer is gone", fix)
         finally:
             drop(fd)
+    # last errors kept in errors/ for messages no longer waiting (a crash after an ack or a dead-letter)
+    try:
+        for name, folder in _last_errors.leftovers(mb, now):
+            what = "a folder (never removed)" if folder else "its message is no longer waiting"
+            found("stale-error-record", f"{_last_errors.ERRORS}/{_fs.shown(name)}", what, fix and not folder)
+    except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
+        found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
     # One pass over each folder (one lstat per file): modes, names that do not parse, and files that
     # will never decode (those with such names, those in processing/, and with --deep every file
     # waiting in new/, which reads them all).
@@ -324,8 +386,9 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
 
 def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     kinds = {f["kind"] for f in findings if f["fixed"]}
-    if kinds & {"stale-tmp", "orphaned-claim"}:
-        mb.recover()  # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age
+    if kinds & {"stale-tmp", "orphaned-claim", "stale-error-record"}:
+        # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
+        mb.recover()
     if "mode" in kinds:
         for f in findings:
             if f["kind"] == "mode" and f["fixed"]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._urls import backend_of
-from .backend import Mailbox, open_mailbox
+from .backend import Mailbox, open_mailbox, put_once
 from .bus import AgentBus, Event
 from .mailbox import FileMailbox
 from .message import Message
@@ -93,17 +93,31 @@ class Router:
         addressed: bool,
         recipients: tuple[str, ...] | None,
         override: Route | str | None,
+        delay: float | None = None,
+        once: bool = False,
     ) -> Sent:
+        """Send ``message`` where the policy says. ``delay``: the durable copies are not claimable for
+        that long (an ephemeral-only route cannot wait: `ValueError`). ``once``: a mailbox that has a
+        message of this id already does not get it again (a resend)."""
         decision = self.policy.decide(
             message.topic, priority=message.priority, addressed=addressed, override=override
         )
         route = decision.route
+        if delay and not route.durable:
+            raise ValueError(
+                f"{message.topic} is routed {route.value} ({decision.reason}): a bus event cannot be "
+                "delayed; give route='durable' to deliver it to the mailbox later"
+            )
         durable_to: tuple[str, ...] = ()
         if route.durable:
             targets = recipients if recipients is not None else self.registry.subscribers(message.topic)
             for agent in targets:
                 copy = message if message.recipient == agent else replace(message, recipient=agent)
-                self.outbox(agent, decision.backend).put(copy)
+                box = self.outbox(agent, decision.backend)
+                if once:
+                    put_once(box, copy, delay=delay)
+                else:
+                    box.put(copy, delay=delay)
             durable_to = tuple(targets)
         handlers = 0
         if route.ephemeral:

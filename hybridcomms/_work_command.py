@@ -44,7 +44,7 @@ import orjson
 
 from ._command_io import CommandPipes
 from .backend import Mailbox, MailboxDelivery, open_mailbox
-from .comms import EXPIRES_HEADER, REPLY_HEADER
+from .comms import REPLY_HEADER
 from .errors import HybridCommsError
 from .mailbox import FileMailbox
 from .message import Message
@@ -149,12 +149,7 @@ class Worker:
     # -- one message --------------------------------------------------------------------------
 
     def _handle(self, d: MailboxDelivery) -> None:
-        m = d.message
-        expires = m.headers.get(EXPIRES_HEADER)
-        if isinstance(expires, (int, float)) and expires < time.time():
-            d.dead(f"expired at {expires:.3f} before it was handled")
-            self._report(d, "dead", None, 0.0, "expired")
-            return
+        m = d.message  # never one past its expiry: the mailbox dead-letters those at claim
         env = dict(os.environ)
         env.update(self.env)
         env.update(

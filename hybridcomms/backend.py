@@ -9,7 +9,10 @@ The contract
 ------------
 
 **Putting.** `put` returns once the message is stored as durably as the backend promises (below);
-it never waits for a consumer. `put_many` stores all of its messages or none of them.
+it never waits for a consumer. `put_many` stores all of its messages or none of them. With
+``delay=`` (seconds) the message is stored at once but not claimable before that long.
+`put` stores what it is given: the same id twice is two messages; `put_once` stores a message
+unless its id is already in the mailbox (a resend).
 
 **Claiming.** `claim()` without a timeout never blocks: it returns a `MailboxDelivery` or ``None``.
 ``claim(timeout)`` waits up to ``timeout`` seconds for a message to arrive or become due, woken by the
@@ -18,14 +21,24 @@ message is held by its claimer, and no other claim returns it, until it is settl
 or ``dead``) or its lease runs out (`recover`).
 
 **Order.** Highest priority first; within a priority, the earliest due (a nacked message is due after
-its backoff); then the oldest. This is the order of one claimer; several claimers work in parallel, so
-their messages finish in any order. A message not due yet is not delivered.
+its backoff, a delayed one after its delay); then the oldest. This is the order of one claimer; several
+claimers work in parallel, so their messages finish in any order. A message not due yet is not
+delivered.
+
+**Expiry.** A message whose ``expires`` (`Message`) has passed, by the claimer's clock, when a claim
+would hand it out goes to the dead letters with the reason ``expired`` instead: claim never returns
+it, and a claim with a timeout goes on waiting for the next message.
 
 **Attempts.** ``delivery.attempt`` counts deliveries: 1 the first time a message is claimed, one more
 each time it is claimed again (after a nack, or after recovery took it back from a consumer that died
 or let its lease run out). When a delivery whose attempt is the last allowed fails (``nack``), or when
 recovery takes back such a delivery, the message goes to the dead letters with the reason
 (`hybridcomms.retry.attempts_used_up` is the one rule). `requeue` gives a dead message a fresh count.
+
+**The last error.** A ``nack`` with an ``error`` keeps it with the message while it waits for its retry
+(the attempt that failed, and when): `get` and `list` give it as ``MessageInfo.last_error``, and its
+due time as ``MessageInfo.due``. An ack drops it; a dead-lettering puts it into the reason's
+``last_error`` when the settle gives no error of its own.
 
 **At least once.** A message is delivered until a delivery of it is acked. A consumer killed at any
 point (kill -9) loses nothing: what it held comes back to be delivered again (`recover`). So a
@@ -58,7 +71,7 @@ from .message import Message
 from .recovery import RecoveryReport
 from .states import State
 
-__all__ = ["URL_ENV", "Mailbox", "MailboxDelivery", "open_mailbox"]
+__all__ = ["URL_ENV", "Mailbox", "MailboxDelivery", "open_mailbox", "put_once"]
 
 #: Where the mailboxes are, for `Comms` and the CLI when no URL is given (else files under the root).
 URL_ENV = "HYBRIDCOMMS_URL"
@@ -106,10 +119,10 @@ class Mailbox(Protocol):
     max_attempts: int
     max_message_size: int
 
-    def put(self, message: Message) -> str:
-        """Store one message; its name in this backend."""
+    def put(self, message: Message, *, delay: float | None = None) -> str:
+        """Store one message (not claimable for ``delay`` seconds, if given); its name in this backend."""
 
-    def put_many(self, messages: Iterable[Message]) -> builtins.list[str]:
+    def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
         """Store all of ``messages`` or none of them."""
 
     def claim(
@@ -172,3 +185,15 @@ def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
 
     root = where[len("file://") :] if where.startswith("file://") else where
     return FileMailbox(root, agent_id, **options)
+
+
+def put_once(mailbox: Mailbox, message: Message, *, delay: float | None = None) -> MessageInfo | None:
+    """`put` ``message`` unless a message with its id is in ``mailbox`` already, in any state (a resend:
+    the CLI's ``send --id``, ``Comms.send(..., id=...)``); returns what is there then, None if it was put.
+
+    It looks, then puts: two resends at the same instant can both put (send one after the other
+    returned). The look costs a listing of the mailbox (``done`` included)."""
+    existing = mailbox.get(message.id)
+    if existing is None:
+        mailbox.put(message, delay=delay)
+    return existing

@@ -1,6 +1,7 @@
 """The ``hybridcomms`` command.
 
-    hybridcomms [--root R] send --to AGENT --topic T --payload JSON [--priority P] [--from SENDER] [--adopt]
+    hybridcomms [--root R] send --to AGENT --topic T --payload JSON [--priority P] [--from SENDER]
+                                [--id ID] [--delay AGE] [--ttl AGE] [--adopt]
     hybridcomms [--root R] recv AGENT [--timeout S] [--adopt]
     hybridcomms [--root R] stats [AGENT ...] [--json]
     hybridcomms [--root R] recover [AGENT ...]
@@ -152,6 +153,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         correlation_id=args.correlation_id,
         reply_to=args.reply_to,
         headers=_headers(args.header),
+        ttl=args.ttl,
         **options,
     )
     url = args.url_resolved
@@ -159,6 +161,12 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         root, url = _rule_backend(decision.backend, args.topic, root)
     adopt = args.adopt or policy.adopts(args.to)
     legacy = None if adopt or url else _legacy_status(root, check_agent_id(args.to))
+    if legacy is not None and (args.delay or args.ttl is not None):
+        raise SystemExit(
+            f"hybridcomms send: {args.to} reads the legacy Dream.OS layout, whose readers know no "
+            "--delay or --ttl; send with --adopt to put it into a hybridcomms mailbox "
+            "(or run 'hybridcomms migrate')"
+        )
     if legacy is not None:
         # Delivery follows the recipient: a Dream.OS agent still reading its legacy files gets the
         # message there, in the form it reads; its mailbox is not created behind its back.
@@ -174,8 +182,14 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
+    from .backend import put_once
+
     with _open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
-        existing = mb.get(message.id) if args.id else None
+        if args.id:
+            existing = put_once(mb, message, delay=args.delay)
+        else:
+            existing = None
+            mb.put(message, delay=args.delay)
         if existing is not None:  # an idempotent resend: the message is there already
             print(message.id)
             print(
@@ -184,7 +198,6 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
                 file=sys.stderr,
             )
             return EXIT_OK
-        mb.put(message)
     print(message.id)
     return EXIT_OK
 
@@ -758,6 +771,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="sender", default=None, help="sender agent id")
     s.add_argument(
         "--id", default=None, help="message id (send again with the same id: one message, not two)"
+    )
+    from ._inspect_commands import parse_age
+
+    s.add_argument(
+        "--delay",
+        type=parse_age,
+        default=None,
+        metavar="AGE",
+        help="not claimable before this long from now (30s, 10m, 2h, 1d)",
+    )
+    s.add_argument(
+        "--ttl",
+        type=parse_age,
+        default=None,
+        metavar="AGE",
+        help="expires this long after it is sent: dead-lettered as 'expired' instead of delivered after that",
     )
     s.add_argument("--correlation-id", default=None, help="the id of the message this one answers or follows")
     s.add_argument("--reply-to", default=None, help="agent that should get the reply (makes it a request)")

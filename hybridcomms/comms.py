@@ -27,13 +27,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import intake as _intake
 from ._consumer import (
     DEAD_LETTER_TOPIC,
-    EXPIRES_HEADER,
     HANDLER_STATS,
     REPLY_HEADER,
     ConsumerLoop,
@@ -55,7 +55,7 @@ from .retry import Backoff
 __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sent"]
 
 # Re-exported for the modules that read them from here (metrics, work, the Dream.OS layer).
-__all__ += ["DEAD_LETTER_TOPIC", "EXPIRES_HEADER", "HANDLER_STATS", "REPLY_HEADER"]
+__all__ += ["DEAD_LETTER_TOPIC", "HANDLER_STATS", "REPLY_HEADER"]
 
 log = logging.getLogger("hybridcomms.comms")
 
@@ -179,8 +179,18 @@ class Comms:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        id: str | None = None,
+        delay: float | None = None,
+        ttl: float | timedelta | None = None,
+        expires: datetime | None = None,
     ) -> Sent:
-        """Send to one agent. Durable: into its mailbox. Ephemeral: on the bus, for that agent only."""
+        """Send to one agent. Durable: into its mailbox. Ephemeral: on the bus, for that agent only.
+
+        ``id``: the message's id; sending the same id again does not deliver it twice while the first
+        is in the mailbox (waiting, done or dead): a resend, as ``hybridcomms send --id``.
+        ``delay`` (seconds): the durable copy is not claimable before then (an ephemeral route
+        cannot wait: `ValueError`). ``ttl`` (seconds or a timedelta) or ``expires`` (an aware
+        datetime): past that, the message is dead-lettered as ``expired`` instead of delivered."""
         check_agent_id(to)
         message = Message(
             topic,
@@ -191,8 +201,13 @@ class Comms:
             correlation_id=correlation_id,
             reply_to=reply_to,
             headers=headers,
+            id=id,
+            ttl=ttl,
+            expires=expires,
         )
-        return self._router.route(message, addressed=True, recipients=(to,), override=route)
+        return self._router.route(
+            message, addressed=True, recipients=(to,), override=route, delay=delay, once=id is not None
+        )
 
     def publish(
         self,
@@ -203,9 +218,14 @@ class Comms:
         route: Route | str | None = None,
         correlation_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        id: str | None = None,
+        delay: float | None = None,
+        ttl: float | timedelta | None = None,
+        expires: datetime | None = None,
     ) -> Sent:
         """Publish to whoever subscribes. Durable: a copy into the mailbox of every agent holding a
-        durable subscription that matches the topic (recorded by `subscribe`)."""
+        durable subscription that matches the topic (recorded by `subscribe`). ``id``, ``delay``,
+        ``ttl`` and ``expires`` as for `send` (with ``id``, each mailbox gets the message once)."""
         message = Message(
             topic,
             payload,
@@ -213,8 +233,13 @@ class Comms:
             priority=priority,
             correlation_id=correlation_id,
             headers=headers,
+            id=id,
+            ttl=ttl,
+            expires=expires,
         )
-        return self._router.route(message, addressed=False, recipients=None, override=route)
+        return self._router.route(
+            message, addressed=False, recipients=None, override=route, delay=delay, once=id is not None
+        )
 
     def durable_subscribers(self, topic: str) -> list[str]:
         """Agents whose recorded subscriptions match ``topic`` (under the root, or on Redis)."""
@@ -272,12 +297,13 @@ class Comms:
     ) -> Received:
         """Send a durable request and wait for its reply; raise `RequestTimeoutError` after ``timeout``.
 
+        The request expires when its wait ends (``Message.expires``): a replier that gets to it later
+        finds it dead-lettered as ``expired`` instead of answering no one.
+
         If the consumer loop is not running, this call handles incoming messages itself while it
         waits (so the reply, and anything else that arrives, is processed)."""
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
-        headers = dict(opts.pop("headers", None) or {})
-        headers[EXPIRES_HEADER] = time.time() + timeout
         message = Message(
             topic,
             payload,
@@ -285,7 +311,8 @@ class Comms:
             recipient=check_agent_id(to),
             priority=opts.pop("priority", Priority.MEDIUM),
             reply_to=self.agent_id,
-            headers=headers,
+            headers=opts.pop("headers", None),
+            ttl=timeout,
         )
         if opts:
             raise TypeError(f"unexpected options: {', '.join(sorted(opts))}")

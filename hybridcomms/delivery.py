@@ -7,6 +7,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _last_errors
 from ._locking import unlock
 from .errors import DeliveryError, DeliveryLostError
 from .message import Message
@@ -149,6 +150,8 @@ class Delivery(Settling):
             raise mb.folders.io_error(exc, f"ack {name}") from exc
         finally:
             os.close(self._fd)  # in done/ the lock no longer matters: closing drops it
+        if self.attempt > 1:  # only a redelivery can have a last error kept (errors/): done with it
+            _last_errors.drop(mb, self.message.id)
 
     def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
         """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past

@@ -10,20 +10,39 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _fs
-from ._names import REASON_SUFFIX, compact_time, parse_name
-from .message import Message
+from . import _fs, _last_errors
+from ._names import REASON_SUFFIX, compact_time, parse_compact, parse_name
+from .message import Message, iso_utc
 from .states import REQUEUE_DEAD, REQUEUE_DONE, State
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
-__all__ = ["MailboxStats", "MessageInfo", "StateStats"]
+__all__ = ["LastError", "MailboxStats", "MessageInfo", "StateStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """Why the last failed attempt of a message failed (``nack(error=...)``, a handler's exception, a
+    command's exit status): kept with the message while it waits for its retry, on every backend.
+    When the message is acked it is dropped; when it is dead-lettered it is the reason's ``last_error``."""
+
+    error: str
+    attempt: int  # the attempt that failed (1 = the first delivery)
+    failed_at: float  # POSIX time of the nack
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": self.error,
+            "attempt": self.attempt,
+            "failed_at": iso_utc(datetime.fromtimestamp(self.failed_at, timezone.utc)),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +58,12 @@ class MessageInfo:
     size: int
     changed_at: float  # when it entered this folder (ctime)
     reason: dict[str, Any] | None = None  # for dead/: the reason file's content
+    last_error: LastError | None = None  # waiting for a retry (new, processing): why it last failed
+
+    @property
+    def due_at(self) -> float | None:
+        """``due`` as a POSIX time: when the message may be claimed (None if the name has none)."""
+        return None if self.due is None else parse_compact(self.due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +92,10 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
     fd = mb.folders.fd(state)
     names = sorted(_fs.listdir_at(fd))
     out: list[MessageInfo] = []
+    # Messages waiting for a retry carry their last error: one listing of errors/ (at the first
+    # message that could have one), a read per match.
+    waiting = state in (State.NEW, State.PROCESSING)
+    errors: frozenset[str] | None = None
     for name in names:
         if state is State.DEAD and name.endswith(REASON_SUFFIX):
             continue
@@ -78,6 +107,12 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
         except FileNotFoundError:
             continue
         reason = read_reason(mb, name) if state is State.DEAD else None
+        last_error = None
+        if waiting and info is not None:
+            if errors is None:
+                errors = _last_errors.listed(mb)
+            if info.id in errors:
+                last_error = _last_errors.read(mb, info.id)
         out.append(
             MessageInfo(
                 state=state,
@@ -89,6 +124,7 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
                 size=st.st_size,
                 changed_at=st.st_ctime,
                 reason=reason,
+                last_error=last_error,
             )
         )
     return out

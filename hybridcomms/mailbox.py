@@ -10,7 +10,10 @@ Notes for anyone changing this (the backend contract):
 - Every move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder fsync
   the `FsyncPolicy` asks for.
 - A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
-  ``<name>.reason.json`` next to it.
+  ``<name>.reason.json`` next to it. So does a message whose ``expires`` has passed (the EXPIRE move,
+  reason ``expired``), found by the claim that would have handed it out.
+- A nack with an error keeps it in ``errors/<id>.json`` (`hybridcomms._last_errors`), written before
+  the NACK move; the ack and the dead-lettering take it away.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from . import _fs, inspection, recovery
+from . import _fs, _last_errors, inspection, recovery
 from ._folders import Folders
 from ._fs import FsyncPolicy, write_new_file
 from ._index import ClaimIndex
@@ -62,6 +65,7 @@ from .recovery import RecoveryReport
 from .retry import Backoff, attempts_used_up
 from .states import (
     CLAIM,
+    EXPIRE,
     GIVE_UP,
     IMPORT_DEAD,
     IMPORT_DONE,
@@ -74,6 +78,7 @@ from .states import (
 
 __all__ = [
     "DEFAULT_ROOT",
+    "MAX_DELAY",
     "Delivery",
     "FileMailbox",
     "MailboxStats",
@@ -103,6 +108,8 @@ _flock, _LOCK_TRY = flock, LOCK_TRY
 _loads = orjson.loads
 #: The attempt count a name can hold (``a`` and at most six digits).
 _MAX_ATTEMPT_IN_NAME = 999_999
+#: The longest ``put(delay=...)``, in seconds (ten years): a due time must stay a date with four digits.
+MAX_DELAY = 10 * 365 * 86400.0
 
 
 def check_agent_id(agent_id: object) -> str:
@@ -155,6 +162,32 @@ def set_common_options(
     mailbox.max_attempts = int(max_attempts)
     mailbox.backoff = backoff
     mailbox.max_message_size = int(max_message_size)
+
+
+def check_delay(delay: float | None) -> float:
+    """A ``put(delay=...)``, checked the same way by every backend: seconds, 0 to `MAX_DELAY`."""
+    if delay is None:
+        return 0.0
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise TypeError(f"delay must be a number of seconds, not {type(delay).__name__}")
+    if not 0.0 <= delay <= MAX_DELAY:  # NaN fails this too
+        raise ValueError(f"delay must be 0 to {MAX_DELAY:.0f} seconds, not {delay!r}")
+    return float(delay)
+
+
+def expiry_reason(message: Message, attempts: int, name: str) -> dict[str, Any]:
+    """The dead-letter reason of a message whose ``expires`` passed before it was claimed (the same on
+    every backend)."""
+    assert message.expires is not None
+    return {
+        "reason": "expired",
+        "expires": message.to_dict()["expires"],
+        "last_error": None,
+        "message_file": _fs.shown(name),
+        "id": message.id,
+        "topic": message.topic,
+        "attempts": attempts,
+    }
 
 
 class FileMailbox:
@@ -224,6 +257,7 @@ class FileMailbox:
         self._claim_flags = _O_READ_MSG | _O_NOATIME
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
+        self._errors_lock = threading.Lock()
         self._closed = False
         self._open_folders(create)
         if (
@@ -328,6 +362,43 @@ class FileMailbox:
             raise
         return fd
 
+    def _errors_folder(self, *, create: bool) -> int | None:
+        """The descriptor of ``errors/`` (the last errors of messages waiting for a retry,
+        `hybridcomms._last_errors`), opened at its first use; None if it does not exist and
+        ``create`` is False."""
+        fd = self.folders.fds.get(_last_errors.ERRORS)
+        if fd is not None:
+            return fd
+        with self._errors_lock:
+            fd = self.folders.fds.get(_last_errors.ERRORS)
+            if fd is not None:
+                return fd
+            if self._closed:
+                raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+            root = os.fspath(self.root)
+            try:
+                root_fd = os.open(root, _fs.O_DIR)
+            except OSError as exc:
+                raise MailboxIOError(
+                    exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root
+                ) from exc
+            try:
+                agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), False)
+                try:
+                    fd = self._open_folder(
+                        agent_fd, _last_errors.ERRORS, str(self.path / _last_errors.ERRORS), create
+                    )
+                except MailboxIOError as exc:
+                    if exc.errno == errno.ENOENT and not create:
+                        return None
+                    raise
+                finally:
+                    os.close(agent_fd)
+            finally:
+                os.close(root_fd)
+            self.folders.fds[_last_errors.ERRORS] = fd
+            return fd
+
     def close(self) -> None:
         """Commit pending folder changes (fsync="batch"), stop the watcher, release the folders."""
         if self._closed:
@@ -367,15 +438,17 @@ class FileMailbox:
 
     # -- publish ------------------------------------------------------------------------------
 
-    def put(self, message: Message) -> str:
-        """Deliver ``message`` durably (per the fsync policy) into ``new/``; return its id."""
-        self.put_file(message)
+    def put(self, message: Message, *, delay: float | None = None) -> str:
+        """Deliver ``message`` durably (per the fsync policy) into ``new/``; return its id.
+        ``delay``: not claimable for that many seconds (its due time is in the future)."""
+        self.put_file(message, delay=delay)
         return message.id
 
-    def put_file(self, message: Message) -> str:
+    def put_file(self, message: Message, *, delay: float | None = None) -> str:
         """`put`, returning the name of the file in ``new/`` (for callers that report a path)."""
+        wait = check_delay(delay)
         data = message.encode(self.max_message_size)
-        name = _publish_name(message, time.time())
+        name = _publish_name(message, time.time(), wait)
         tmp_fd = self.folders.fd(State.TMP)
         tmp_name = self._write_tmp(tmp_fd, name, data, sync=self.folders.sync)
         try:
@@ -428,16 +501,17 @@ class FileMailbox:
             except OSError:
                 pass  # the put raises anyway; the disk is failing
 
-    def put_many(self, messages: Iterable[Message]) -> list[str]:
+    def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> list[str]:
         """Deliver a burst with one durability barrier (one ``syncfs`` + one ``new/`` fsync).
 
         Once it returns, every message has the same guarantee as after `put`. If it raises,
         none is guaranteed, though some may already have been delivered: send them again
-        (same ids) and let handlers deduplicate.
+        (same ids) and let handlers deduplicate. ``delay`` holds every one of them back, as in `put`.
         """
+        wait = check_delay(delay)
         msgs = list(messages)
         now = time.time()
-        batch = [(_publish_name(m, now), m.encode(self.max_message_size)) for m in msgs]
+        batch = [(_publish_name(m, now, wait), m.encode(self.max_message_size)) for m in msgs]
         if not batch:
             return []
         tmp_fd, new_fd = self.folders.fd(State.TMP), self.folders.fd(State.NEW)
@@ -647,6 +721,11 @@ class FileMailbox:
                     message = _from_native(obj, True, None if m is None else m[3])
             if message is None:
                 message, problem = self._read_message(fd, raw)
+            if message is not None and message.expires is not None and message.expired():
+                # Past its expiry: dead-lettered here, never handed out (the claim goes on).
+                self._move_to_dead(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
+                log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
+                return None
             try:
                 if message is None:
                     target = ""
@@ -729,6 +808,13 @@ class FileMailbox:
         On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
         was, and `MailboxIOError` raised."""
         dead_fd, tmp_fd = self.folders.fd(State.DEAD), self.folders.fd(State.TMP)
+        # A message that failed before keeps its last error (errors/) in the reason, when the settle
+        # that dead-letters it gives none itself; the record goes once the message is in dead/.
+        msg_id = reason.get("id") if "last_error" in reason else None
+        if msg_id is not None and reason["last_error"] is None:
+            kept = _last_errors.read(self, msg_id)
+            if kept is not None:
+                reason = {**reason, "last_error": kept.error, "last_error_attempt": kept.attempt}
         reason = {
             **reason,
             "agent": self.agent_id,
@@ -768,6 +854,8 @@ class FileMailbox:
                 raise self.folders.io_error(
                     exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed"
                 ) from exc
+            if msg_id is not None:
+                _last_errors.drop(self, msg_id)
             return dead_name
         raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
 
@@ -791,7 +879,10 @@ class FileMailbox:
             delay = self.backoff.delay(d.attempt)
         info = parse_name(d.name)
         assert info is not None  # processing/ names are always ours
-        target = info.with_(due=compact_time(time.time() + max(delay, 0.0)))
+        due = time.time() + max(delay, 0.0)
+        target = info.with_(due=compact_time(due))
+        if d._error is not None:  # kept before the move: a crash in between leaves a true record
+            _last_errors.record(self, d.message.id, d.name, d.attempt, d._error, due)
         try:
             new_fd, target = self.folders.place(NACK, d.name, target)
         except FileNotFoundError:
@@ -871,9 +962,12 @@ class FileMailbox:
         return inspection.stats(self)
 
 
-def _publish_name(message: Message, now: float) -> str:
+def _publish_name(message: Message, now: float, delay: float = 0.0) -> str:
     """A new message is due at its creation time, or now if that is in the future: a producer
-    whose clock runs ahead must not hold its own messages back."""
+    whose clock runs ahead must not hold its own messages back. With a ``delay``, due that much later
+    than now."""
+    if delay:
+        return make_name(RANK_OF[message.priority], compact_time(now + delay), message.id, 0)
     created = message.created_at
     ts = created.timestamp()
     due = compact_time_of(created, ts) if ts <= now else compact_time(now)

@@ -23,11 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ._last_errors import text_of
 from ._names import RANK_OF, RANKS, compact_time, make_name
 from .delivery import SettledByMailbox
 from .errors import DeliveryLostError, MailboxIOError
-from .inspection import MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id, set_common_options
+from .inspection import LastError, MailboxStats, MessageInfo, StateStats
+from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .recovery import RecoveryReport
 from .retry import Backoff, attempts_used_up
@@ -50,6 +51,7 @@ class _Entry:
     lease_until: float = 0.0
     owner: Any = None  # weakref to the MemoryDelivery holding it
     reason: dict[str, Any] | None = None
+    last_error: LastError | None = None  # why its last failed attempt failed, while it waits
     seq: int = field(default_factory=lambda: next(_seq))
 
     @property
@@ -151,18 +153,19 @@ class MemoryMailbox:
 
     # -- put ------------------------------------------------------------------------------------
 
-    def _entry(self, message: Message, now: float) -> _Entry:
+    def _entry(self, message: Message, now: float, delay: float) -> _Entry:
         data = message.encode(self.max_message_size)
-        due = min(message.created_at.timestamp(), now)
+        due = now + delay if delay else min(message.created_at.timestamp(), now)
         return _Entry(data, message.id, message.topic, RANK_OF[message.priority], due, entered=now)
 
-    def put(self, message: Message) -> str:
-        return self.put_many([message])[0]
+    def put(self, message: Message, *, delay: float | None = None) -> str:
+        return self.put_many([message], delay=delay)[0]
 
-    def put_many(self, messages: Iterable[Message]) -> builtins.list[str]:
+    def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
+        wait = check_delay(delay)
         box = self._check()
         now = time.time()
-        entries = [self._entry(m, now) for m in messages]  # all encoded before any is stored
+        entries = [self._entry(m, now, wait) for m in messages]  # all encoded before any is stored
         with box.cond:
             for e in entries:
                 box.push(e)
@@ -183,13 +186,18 @@ class MemoryMailbox:
                 next_due = None
                 for rank in RANKS:
                     heap = box.new[rank]
-                    if heap and heap[0][0] <= now:
+                    while heap and heap[0][0] <= now:
                         _, _, entry = heapq.heappop(heap)
+                        message = Message.decode(entry.data)
+                        if message.expires is not None and message.expired(now):
+                            # Past its expiry: dead-lettered, never handed out; look at the next one.
+                            self._to_dead(entry, expiry_reason(message, entry.attempt, entry.name))
+                            continue
                         entry.attempt += 1
                         entry.lease_until = now + self.lease
                         entry.entered = now
                         box.processing[entry.seq] = entry
-                        delivery = MemoryDelivery(self, entry, Message.decode(entry.data))
+                        delivery = MemoryDelivery(self, entry, message)
                         entry.owner = weakref.ref(delivery)
                         return delivery
                     if heap:
@@ -223,7 +231,7 @@ class MemoryMailbox:
         with box.cond:
             entry = self._held(d)
             del box.processing[entry.seq]
-            entry.owner, entry.entered = None, time.time()
+            entry.owner, entry.entered, entry.last_error = None, time.time(), None
             box.done[entry.seq] = entry
 
     def _nack(self, d: MemoryDelivery, delay: float | None, error: str | None) -> None:
@@ -237,6 +245,8 @@ class MemoryMailbox:
             now = time.time()
             entry.owner, entry.entered = None, now
             entry.due = now + max(self.backoff.delay(d.attempt) if delay is None else delay, 0.0)
+            if error is not None:
+                entry.last_error = LastError(text_of(error), d.attempt, now)
             box.push(entry)
 
     def _bury(self, d: MemoryDelivery, reason: str, error: str | None) -> None:
@@ -244,11 +254,11 @@ class MemoryMailbox:
         with box.cond:
             entry = self._held(d)
             del box.processing[entry.seq]
-            self._to_dead(entry, reason, error)
+            self._to_dead(entry, self._reason(entry, reason, error))
 
-    def _to_dead(self, entry: _Entry, reason: str, error: str | None) -> None:
-        entry.owner, entry.entered = None, time.time()
-        entry.reason = {
+    @staticmethod
+    def _reason(entry: _Entry, reason: str, error: str | None) -> dict[str, Any]:
+        return {
             "reason": reason,
             "last_error": error,
             "message_file": entry.name,
@@ -256,6 +266,14 @@ class MemoryMailbox:
             "topic": entry.topic,
             "attempts": entry.attempt,
         }
+
+    def _to_dead(self, entry: _Entry, reason: dict[str, Any]) -> None:
+        """To the dead letters with ``reason``; a last error kept from an earlier attempt goes into it
+        when it gives none."""
+        kept = entry.last_error
+        if kept is not None and reason.get("last_error") is None:
+            reason = {**reason, "last_error": kept.error, "last_error_attempt": kept.attempt}
+        entry.owner, entry.entered, entry.reason, entry.last_error = None, time.time(), reason, None
         self._box.dead[entry.seq] = entry
 
     def _heartbeat(self, d: MemoryDelivery) -> None:
@@ -279,7 +297,8 @@ class MemoryMailbox:
                 del box.processing[entry.seq]
                 why = "its consumer died" if died else f"its lease of {self.lease:g}s expired"
                 if attempts_used_up(entry.attempt, self.max_attempts):
-                    self._to_dead(entry, f"{why} during attempt {entry.attempt} of {self.max_attempts}", None)
+                    why = f"{why} during attempt {entry.attempt} of {self.max_attempts}"
+                    self._to_dead(entry, self._reason(entry, why, None))
                     report.dead.append(entry.id)
                     continue
                 entry.owner, entry.entered = None, time.time()
@@ -314,6 +333,7 @@ class MemoryMailbox:
             size=len(e.data),
             changed_at=e.entered,
             reason=dict(e.reason) if e.reason is not None else None,
+            last_error=e.last_error,
         )
 
     def list(self, state: State | str) -> builtins.list[MessageInfo]:

@@ -3,8 +3,12 @@
 One message is one JSON object (one file in a file mailbox). The native form is::
 
     {"version": 1, "id": "…", "topic": "…", "sender": …, "recipient": …,
-     "created_at": "2026-11-26T11:24:03.123456Z", "priority": "MEDIUM",
+     "created_at": "2026-11-26T11:24:03.123456Z", "expires": null, "priority": "MEDIUM",
      "correlation_id": …, "reply_to": …, "headers": {…}, "payload": …}
+
+``expires`` is null, or a time in the same form as ``created_at``: a message whose expiry has passed is
+dead-lettered with the reason ``expired`` when a mailbox would hand it out, never delivered. A file
+written without the field (before it existed) reads as one that never expires.
 
 ``Message.from_dict`` also reads the Dream.OS spellings (``message_id``, ``type`` /
 ``message_type``, ``body`` / ``content``, ``timestamp_utc`` / ``timestamp``,
@@ -18,10 +22,11 @@ import math
 import operator
 import re
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from typing import Any
 
@@ -80,12 +85,35 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _as_utc(value: object) -> datetime:
+def _as_utc(value: object, what: str = "created_at") -> datetime:
     if not isinstance(value, datetime):
-        raise MessageError(f"created_at must be a datetime, not {type(value).__name__}")
+        raise MessageError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None:
-        raise MessageError("created_at must be timezone-aware (UTC)")
-    return value.astimezone(timezone.utc)
+        raise MessageError(f"{what} must be timezone-aware (UTC)")
+    try:
+        return value.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise MessageError(f"{what} {value!r} is out of range in UTC") from None
+
+
+def _expiry(created_at: datetime, expires: object, ttl: object) -> datetime | None:
+    """``expires`` as aware UTC, or ``created_at`` + ``ttl`` (seconds or a timedelta); None for neither."""
+    if ttl is None:
+        return None if expires is None else _as_utc(expires, "expires")
+    if expires is not None:
+        raise MessageError("give expires or ttl, not both")
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise MessageError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise MessageError(f"ttl must be a finite number of seconds >= 0, not {ttl!r}")
+    try:
+        return created_at + timedelta(seconds=seconds)
+    except OverflowError:
+        raise MessageError(f"ttl {ttl!r} puts the expiry past the year 9999") from None
 
 
 def _check_optional_strings(**values: object) -> None:
@@ -115,6 +143,7 @@ FIELDS: tuple[str, ...] = (
     "sender",
     "recipient",
     "created_at",
+    "expires",
     "priority",
     "correlation_id",
     "reply_to",
@@ -157,6 +186,10 @@ class Message:
     ``payload`` is any JSON value. ``id`` is stable across redeliveries, so handlers can be
     idempotent. ``created_at`` is always timezone-aware UTC. ``priority`` accepts a `Priority`,
     its name (``"HIGH"``) or 0..3, and is always stored as a `Priority`.
+
+    ``expires`` (aware UTC, or None: never) is when the message stops being worth delivering: a
+    mailbox dead-letters it with the reason ``expired`` instead of handing it out after that.
+    ``ttl=`` (seconds or a `timedelta`) is the same given as a lifetime: ``created_at + ttl``.
     """
 
     topic: str
@@ -166,6 +199,7 @@ class Message:
     priority: Priority
     id: str
     created_at: datetime
+    expires: datetime | None
     correlation_id: str | None
     reply_to: str | None
     headers: Mapping[str, Any]
@@ -183,6 +217,8 @@ class Message:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        expires: datetime | None = None,
+        ttl: float | timedelta | None = None,
     ) -> None:
         # Checked with cheap type tests and precompiled patterns: this runs on every claim.
         if type(topic) is not str or not _TOPIC_RE.match(topic):
@@ -197,6 +233,8 @@ class Message:
             created_at = _utcnow()
         elif type(created_at) is not datetime or created_at.tzinfo is not timezone.utc:
             created_at = _as_utc(created_at)
+        if expires is not None or ttl is not None:
+            expires = _expiry(created_at, expires, ttl)
         if not (
             (sender is None or type(sender) is str)
             and (recipient is None or type(recipient) is str)
@@ -222,6 +260,7 @@ class Message:
             sender,
             recipient,
             created_at,
+            expires,
             priority,
             correlation_id,
             reply_to,
@@ -243,9 +282,18 @@ class Message:
     def to_dict(self) -> dict[str, Any]:
         """The native JSON object (created_at as ISO-8601 with a ``Z``)."""
         out = self._wire()
-        out["created_at"] = self.created_at.isoformat(timespec="microseconds")[:26] + "Z"
+        out["created_at"] = iso_utc(self.created_at)
+        if self.expires is not None:
+            out["expires"] = iso_utc(self.expires)
         out["headers"] = dict(self.headers)
         return out
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether ``expires`` has passed at ``now`` (POSIX seconds; default: the clock)."""
+        expires = self.expires
+        if expires is None:
+            return False
+        return expires.timestamp() <= (time.time() if now is None else now)
 
     def encode(self, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
         """Serialise to JSON bytes; raise before anything is written if it cannot be sent."""
@@ -294,11 +342,13 @@ class Message:
             if fast is not None:
                 return fast
             fields: dict[str, Any] = {k: obj.get(k) for k in FIELDS}
+            expires = obj.get("expires")
             fields.update(
                 topic=obj["topic"],
                 id=obj["id"],
                 priority=_native_priority(obj.get("priority", "MEDIUM")),
                 created_at=_parse_time(obj["created_at"]),
+                expires=None if expires is None else _parse_time(expires, "expires"),
                 headers=obj.get("headers") or {},
             )
             return cls(**fields)
@@ -308,7 +358,13 @@ class Message:
         return _from_legacy(obj)
 
 
-_NATIVE_FIELDS = operator.itemgetter(*FIELDS)
+#: The fields every native file has (``expires`` came later: a file without it never expires).
+_NATIVE_FIELDS = operator.itemgetter(*(f for f in FIELDS if f != "expires"))
+
+
+def iso_utc(dt: datetime) -> str:
+    """An aware UTC datetime in the native form: ``2026-11-26T11:24:03.123456Z``."""
+    return dt.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 #: Topics that passed `_TOPIC_RE` (a consumer sees few distinct topics; a set lookup is ~10x
@@ -365,19 +421,43 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
         return None
     if ts.tzinfo is not timezone.utc:
         return None
+    expires = obj.get("expires")
+    if expires is not None:
+        if type(expires) is not str:
+            return None
+        try:
+            expires = _fromisoformat(expires)
+        except ValueError:
+            return None
+        if expires.tzinfo is not timezone.utc:
+            return None
     m = object.__new__(Message)
     if (
         owned
         and len(obj) == len(FIELDS) + 1
+        and "expires" in obj
         and type(version := obj.get("version")) is int
         and version == FORMAT_VERSION
     ):
-        del obj["version"]  # what is left are exactly the ten fields
+        del obj["version"]  # what is left are exactly the fields
         obj["priority"] = priority
         obj["created_at"] = ts
+        obj["expires"] = expires
         object.__setattr__(m, "__dict__", obj)
         return m
-    values = (mid, topic, sender, recipient, ts, priority, correlation_id, reply_to, headers, payload)
+    values = (
+        mid,
+        topic,
+        sender,
+        recipient,
+        ts,
+        expires,
+        priority,
+        correlation_id,
+        reply_to,
+        headers,
+        payload,
+    )
     object.__setattr__(m, "__dict__", dict(zip(FIELDS, values, strict=True)))
     return m
 
@@ -441,7 +521,10 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _parse_time(value: Any) -> datetime:
+def _parse_time(value: Any, what: str = "timestamp") -> datetime:
+    """A time of a message file: ISO-8601 (naive is UTC) or POSIX seconds. `MessageDecodeError`
+    (the file is then a poison file) for anything else, or out of the range of a UTC datetime."""
+    label = what if what == "timestamp" else f"{what} timestamp"
     if type(value) is str:
         try:
             ts = datetime.fromisoformat(value)  # Python >= 3.11 reads a trailing "Z" too
@@ -452,7 +535,7 @@ def _parse_time(value: Any) -> datetime:
             try:
                 ts = datetime.fromisoformat(text)
             except ValueError:
-                raise MessageDecodeError(f"unreadable timestamp {value!r}") from None
+                raise MessageDecodeError(f"unreadable {label} {value!r}") from None
         if ts.tzinfo is None:
             return ts.replace(tzinfo=timezone.utc)
         if ts.tzinfo is timezone.utc:
@@ -460,10 +543,10 @@ def _parse_time(value: Any) -> datetime:
         try:
             return ts.astimezone(timezone.utc)
         except (OverflowError, ValueError):
-            raise MessageDecodeError(f"timestamp {value!r} is out of range in UTC") from None
+            raise MessageDecodeError(f"{label} {value!r} is out of range in UTC") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value, timezone.utc)
         except (OverflowError, OSError, ValueError):
-            raise MessageDecodeError(f"timestamp {value!r} is out of range") from None
-    raise MessageDecodeError(f"timestamp must be an ISO-8601 string or a number, not {value!r}")
+            raise MessageDecodeError(f"{label} {value!r} is out of range") from None
+    raise MessageDecodeError(f"{label} must be an ISO-8601 string or a number, not {value!r}")

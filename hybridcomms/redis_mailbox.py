@@ -12,18 +12,24 @@ Keys of agent ``A`` (namespace ``hc``; the braces keep one agent's keys in one c
 
 Stream entry fields: ``m`` the encoded message (what a `FileMailbox` file holds), ``a`` the attempts
 used before this entry, ``id`` and ``t`` the message's id and topic, ``k`` its priority rank, ``d``
-its due time (ms), ``r`` (dead letters only) the reason as JSON.
+its due time (ms), ``e`` (a message waiting for a retry) its last error as JSON (``error``,
+``attempt``, ``failed_at`` in ms), ``r`` (dead letters only) the reason as JSON.
 
 How each call maps onto Redis (each settle is one Lua script, so it is atomic and one round trip):
 
-- `put` = ``XADD`` to the stream of the message's priority; `put_many` = one ``MULTI``/``EXEC``.
+- `put` = ``XADD`` to the stream of the message's priority; `put_many` = one ``MULTI``/``EXEC``;
+  with a ``delay``, into ``delayed`` instead (due then).
+- a message whose ``expires`` passed is dead-lettered by the claim that reads it (reason ``expired``),
+  and the claim goes on.
 - `claim` = a script that moves due delayed entries back into their streams, then ``XREADGROUP ... >``
   on the streams in priority order; with a timeout, then ``XREADGROUP BLOCK`` on all four, bounded by the
   next delayed due time (no polling loop), ended early by `wake` (``CLIENT UNBLOCK``).
 - the attempt = the attempts of earlier entries + this entry's delivery count.
 - `ack` = ``XACK`` + ``XDEL`` (the stream does not grow) + ``XADD`` to ``done`` (``MAXLEN ~``).
-- `nack` = ``XACK`` + ``XDEL`` + the entry into ``delayed`` due after the backoff; past ``max_attempts``
-  the dead letters. `dead` = ``XACK`` + ``XDEL`` + ``XADD`` to ``dead`` with the reason.
+- `nack` = ``XACK`` + ``XDEL`` + the entry into ``delayed`` due after the backoff, with its error as
+  ``e`` (it follows the message back into its stream, and is dropped when it is acked); past
+  ``max_attempts`` the dead letters. `dead` = ``XACK`` + ``XDEL`` + ``XADD`` to ``dead`` with the reason
+  (its ``last_error``: the settle's error, else the one the entry kept).
 - `heartbeat` = ``XCLAIM ... JUSTID`` by its owner (resets the idle time the lease is judged by).
 - `recover` = the pending entries idle past the lease (``XPENDING ... IDLE``), taken in one script:
   back to ``delayed`` (due after the backoff) or to ``dead`` past ``max_attempts``. Consumers that hold
@@ -50,12 +56,13 @@ from typing import Any
 
 import orjson
 
+from ._last_errors import text_of
 from ._names import RANK_OF, RANKS, compact_time, make_name
 from ._urls import shown_url
 from .delivery import SettledByMailbox
 from .errors import DeliveryLostError, MailboxIOError
-from .inspection import MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id, set_common_options
+from .inspection import LastError, MailboxStats, MessageInfo, StateStats
+from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .recovery import RecoveryReport
 from .retry import Backoff, attempts_used_up
@@ -86,8 +93,13 @@ for _, tok in ipairs(due) do
   local packed = redis.call('HGET', KEYS[6], tok)
   if packed then
     local e = cjson.decode(packed)
-    redis.call('XADD', KEYS[e.k], '*', 'm', e.m, 'a', tostring(e.a), 'id', e.id, 't', e.t, 'k', e.r,
-      'd', tostring(e.d))
+    if type(e.e) == 'string' then
+      redis.call('XADD', KEYS[e.k], '*', 'm', e.m, 'a', tostring(e.a), 'id', e.id, 't', e.t, 'k', e.r,
+        'd', tostring(e.d), 'e', e.e)
+    else
+      redis.call('XADD', KEYS[e.k], '*', 'm', e.m, 'a', tostring(e.a), 'id', e.id, 't', e.t, 'k', e.r,
+        'd', tostring(e.d))
+    end
     redis.call('HDEL', KEYS[6], tok)
   end
   redis.call('ZREM', KEYS[5], tok)
@@ -127,7 +139,7 @@ if #e > 0 then
   for i = 1, #f, 2 do
     if f[i] == 'a' then
       table.insert(args, 'a'); table.insert(args, ARGV[5])
-    else
+    elseif f[i] ~= 'e' then
       table.insert(args, f[i]); table.insert(args, f[i + 1])
     end
   end
@@ -158,7 +170,7 @@ if #e > 0 then
   local f = e[1][2]
   local args = {'XADD', KEYS[2], '*'}
   for i = 1, #f, 2 do
-    if f[i] ~= 'a' then table.insert(args, f[i]); table.insert(args, f[i + 1]) end
+    if f[i] ~= 'a' and f[i] ~= 'e' then table.insert(args, f[i]); table.insert(args, f[i + 1]) end
   end
   table.insert(args, 'a'); table.insert(args, ARGV[5])
   table.insert(args, 'r'); table.insert(args, ARGV[4])
@@ -205,8 +217,13 @@ for i = 1, 4 do
       for j = 1, #flat, 2 do f[flat[j]] = flat[j + 1] end
       local used = tonumber(f.a or '0') + times
       if used >= maxa then
+        local last = cjson.null
+        if f.e then
+          local ok, kept = pcall(cjson.decode, f.e)
+          if ok and type(kept) == 'table' and type(kept.error) == 'string' then last = kept.error end
+        end
         local reason = cjson.encode({reason = ARGV[6] .. ' during attempt ' .. used .. ' of ' .. maxa,
-          last_error = cjson.null, id = f.id, topic = f.t, attempts = used})
+          last_error = last, id = f.id, topic = f.t, attempts = used})
         redis.call('XADD', KEYS[7], '*', 'm', f.m, 'a', tostring(used), 'id', f.id, 't', f.t, 'k', f.k,
           'd', f.d, 'r', reason)
         table.insert(dead, f.id)
@@ -215,7 +232,7 @@ for i = 1, 4 do
         local due = now + delay
         local tok = id .. ':' .. used
         redis.call('HSET', KEYS[6], tok, cjson.encode({k = i, m = f.m, a = used, id = f.id, t = f.t,
-          r = f.k, d = due}))
+          r = f.k, d = due, e = f.e}))
         redis.call('ZADD', KEYS[5], tostring(due), tok)
         table.insert(returned, f.id)
       end
@@ -429,15 +446,16 @@ class RedisMailbox:
 
     # -- put ------------------------------------------------------------------------------------
 
-    def _fields_of(self, message: Message) -> tuple[int, dict[str, Any]]:
+    def _fields_of(self, message: Message, delay: float) -> tuple[int, dict[str, Any]]:
         data = message.encode(self.max_message_size)
         rank = RANK_OF[message.priority]
-        due = min(message.created_at.timestamp(), time.time())
+        now = time.time()
+        due = now + delay if delay else min(message.created_at.timestamp(), now)
         fields = {"m": data, "a": 0, "id": message.id, "t": message.topic, "k": rank, "d": int(due * 1000)}
         return RANKS.index(rank), fields
 
-    def put(self, message: Message) -> str:
-        return self.put_many([message])[0]
+    def put(self, message: Message, *, delay: float | None = None) -> str:
+        return self.put_many([message], delay=delay)[0]
 
     def _trim(self) -> builtins.list[Any]:
         """The retention arguments of an XADD (none by default)."""
@@ -447,13 +465,21 @@ class RedisMailbox:
             return ["MINID", "~", int((time.time() - self.max_age) * 1000)]
         return []
 
-    def put_many(self, messages: Iterable[Message]) -> builtins.list[str]:
+    def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
+        wait = check_delay(delay)
         self._check()
-        batch = [(m, *self._fields_of(m)) for m in messages]  # all encoded before any is sent
+        batch = [(m, *self._fields_of(m, wait)) for m in messages]  # all encoded before any is sent
         if not batch:
             return []
         try:
-            if len(batch) == 1:
+            if wait:  # not due yet: into the delayed set, as a nacked message waits (one MULTI/EXEC)
+                pipe = self._r.pipeline(transaction=True)
+                for _, i, fields in batch:
+                    token = f"{int(time.time() * 1000)}-p{uuid.uuid4().hex}:0"
+                    pipe.hset(self._delayed_data, token, self._packed(i, fields["m"], 0, fields, None))
+                    pipe.zadd(self._delayed, {token: fields["d"]})
+                pipe.execute()
+            elif len(batch) == 1:
                 _, i, fields = batch[0]
                 trim = self._trim()
                 _roundtrip(self._r, _resp(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
@@ -568,7 +594,8 @@ class RedisMailbox:
         return self._delivery(i, entry_id, fields)
 
     def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery | None:
-        """The delivery of an entry just read; None if it does not decode (it is dead-lettered)."""
+        """The delivery of an entry just read; None if it does not decode or has expired (it is
+        dead-lettered)."""
         f = _fields(flat)
         attempt = int(f.get("a", b"0")) + 1
         try:
@@ -587,7 +614,17 @@ class RedisMailbox:
             return None
         due = int(f.get("d", b"0") or 0) / 1000
         name = make_name(RANKS[i], compact_time(due or _ms_of(entry_id) / 1000), message.id, attempt)
-        return RedisDelivery(self, i, _s(entry_id), name, message, attempt, f["m"])
+        kept = _last_error_of(f.get("e"))
+        if message.expires is not None and message.expired():  # never handed out: to the dead letters
+            why = expiry_reason(message, attempt - 1, name)
+            if kept is not None:
+                why.update(last_error=kept.error, last_error_attempt=kept.attempt)
+            self._dead_script(
+                keys=[self._streams[i], self._dead],
+                args=[GROUP, entry_id, self.consumer, orjson.dumps(why), attempt - 1],
+            )
+            return None
+        return RedisDelivery(self, i, _s(entry_id), name, message, attempt, f["m"], f.get("e"), kept)
 
     def wake(self) -> None:
         """Make every blocked `claim` of this mailbox return now (``CLIENT UNBLOCK``)."""
@@ -621,29 +658,43 @@ class RedisMailbox:
             self._bury(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
             return
         wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
-        due_ms = int((time.time() + wait) * 1000)
+        now = time.time()
+        due_ms = int((now + wait) * 1000)
         token = f"{d.entry_id}:{d.attempt}"
-        packed = orjson.dumps(
-            {
-                "k": d._rank_index + 1,
-                "m": d._raw.decode("utf-8"),
-                "a": d.attempt,
-                "id": d.message.id,
-                "t": d.message.topic,
-                "r": RANKS[d._rank_index],
-                "d": due_ms,
-            }
-        )
+        kept = d._kept_raw
+        if error is not None:
+            kept = orjson.dumps({"error": text_of(error), "attempt": d.attempt, "failed_at": int(now * 1000)})
+        fields = {"id": d.message.id, "t": d.message.topic, "d": due_ms}
+        packed = self._packed(d._rank_index, d._raw, d.attempt, fields, kept)
         stream = self._streams[d._rank_index]
         self._settle(
             d, self._nack_script, [stream, self._delayed, self._delayed_data], [due_ms, token, packed]
         )
 
+    @staticmethod
+    def _packed(i: int, raw: bytes, attempts: int, fields: dict[str, Any], kept: bytes | None) -> bytes:
+        """An entry of ``delayed:data``: what the claim script puts back into stream ``i`` when due."""
+        entry = {
+            "k": i + 1,
+            "m": raw.decode("utf-8"),
+            "a": attempts,
+            "id": fields["id"],
+            "t": fields["t"],
+            "r": RANKS[i],
+            "d": fields["d"],
+        }
+        if kept is not None:
+            entry["e"] = kept.decode("utf-8", "replace")
+        return orjson.dumps(entry)
+
     def _bury(self, d: RedisDelivery, reason: str, error: str | None) -> None:
+        last: dict[str, Any] = {"last_error": error}
+        if error is None and d._kept is not None:
+            last = {"last_error": d._kept.error, "last_error_attempt": d._kept.attempt}
         why = orjson.dumps(
             {
                 "reason": reason,
-                "last_error": error,
+                **last,
                 "message_file": d.name,
                 "id": d.message.id,
                 "topic": d.message.topic,
@@ -729,6 +780,7 @@ class RedisMailbox:
             size=len(f.get("m", b"")),
             changed_at=_ms_of(entry_id) / 1000,
             reason=reason,
+            last_error=_last_error_of(f.get("e")),
         )
 
     def _entries(self, state: State) -> builtins.list[tuple[MessageInfo, bytes]]:
@@ -767,6 +819,7 @@ class RedisMailbox:
                     due=compact_time(e["d"] / 1000),
                     size=len(e["m"].encode()),
                     changed_at=_ms_of(_s(tok).split(":", 1)[0]) / 1000,
+                    last_error=_last_error_of(e.get("e")),
                 )
                 out.append((info, e["m"].encode()))
         return out
@@ -851,10 +904,29 @@ class RedisMailbox:
         return MailboxStats(self.agent_id, states, delayed)
 
 
+def _last_error_of(raw: Any) -> LastError | None:
+    """An entry's ``e`` field (its last error, JSON) as a `LastError`; None if it has none. Any client
+    can write entries: one that does not read says so as its error."""
+    if raw is None:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("error"), str):
+        return LastError("(unreadable error record)", 0, 0.0)
+    attempt, at = obj.get("attempt"), obj.get("failed_at")
+    return LastError(
+        text_of(obj["error"]),
+        attempt if type(attempt) is int and 0 <= attempt <= 999_999 else 0,
+        at / 1000 if type(at) is int and 0 <= at < 253_402_300_800_000 else 0.0,
+    )
+
+
 class RedisDelivery(SettledByMailbox):
     """A message claimed from a `RedisMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
 
-    __slots__ = ("_rank_index", "_raw", "entry_id")
+    __slots__ = ("_kept", "_kept_raw", "_rank_index", "_raw", "entry_id")
 
     def __init__(
         self,
@@ -865,8 +937,12 @@ class RedisDelivery(SettledByMailbox):
         message: Message,
         attempt: int,
         raw: bytes,
+        kept_raw: bytes | None = None,
+        kept: LastError | None = None,
     ) -> None:
         self._start(mailbox, name, message, attempt)
         self._rank_index = rank_index
         self.entry_id = entry_id
         self._raw = raw
+        self._kept_raw = kept_raw  # the entry's last error (``e``), carried by a nack that gives none
+        self._kept = kept

@@ -8,7 +8,7 @@ reaper, the CLI, the docs and the tests read it from here.
     tmp ──publish──> new ──claim──> processing ──ack──> done
                       ^  \\                │   │
                       │   `──reject───┐    │   `──give_up──> dead
-                      │               v    │                  │
+                      │     (expire)  v    │                  │
                       │              dead  `──nack──> new     │
                       `──────────────requeue──────────────────'
 
@@ -53,6 +53,7 @@ class Transition(str, Enum):
     RECOVER = "recover"  # processing -> tmp/<name>.stolen -> new: the owner died (its lock is free)
     GIVE_UP = "give_up"  # processing -> dead: attempts exhausted, or dead-lettered by the handler
     REJECT = "reject"  # new -> dead: undecodable, too large, a symlink, not a regular file
+    EXPIRE = "expire"  # new -> dead: its `expires` passed before it was claimed (never handed out)
     REQUEUE = "requeue"  # dead -> new (or done -> new, a replay): an operator's decision
     STEAL = "steal"  # processing -> tmp/<name>.stolen (replaced by a fresh copy) -> new/ or dead/
     IMPORT = (
@@ -62,7 +63,7 @@ class Transition(str, Enum):
 
 TRANSITIONS: dict[tuple[State, State], frozenset[Transition]] = {
     (State.NEW, State.PROCESSING): frozenset({Transition.CLAIM}),
-    (State.NEW, State.DEAD): frozenset({Transition.REJECT}),
+    (State.NEW, State.DEAD): frozenset({Transition.REJECT, Transition.EXPIRE}),
     (State.PROCESSING, State.DONE): frozenset({Transition.ACK}),
     (State.PROCESSING, State.NEW): frozenset({Transition.NACK}),
     (State.PROCESSING, State.DEAD): frozenset({Transition.GIVE_UP}),
@@ -102,6 +103,7 @@ def move(src: State, dst: State, how: Transition) -> Move:
 PUBLISH = move(State.TMP, State.NEW, Transition.PUBLISH)
 CLAIM = move(State.NEW, State.PROCESSING, Transition.CLAIM)
 REJECT = move(State.NEW, State.DEAD, Transition.REJECT)
+EXPIRE = move(State.NEW, State.DEAD, Transition.EXPIRE)
 ACK = move(State.PROCESSING, State.DONE, Transition.ACK)
 NACK = move(State.PROCESSING, State.NEW, Transition.NACK)
 RECOVER_DETACH = move(State.PROCESSING, State.TMP, Transition.RECOVER)

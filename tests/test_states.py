@@ -16,6 +16,7 @@ def test_the_allowed_moves_are_exactly_the_documented_ones() -> None:
         ("tmp", "new", "publish"),
         ("new", "processing", "claim"),
         ("new", "dead", "reject"),
+        ("new", "dead", "expire"),
         ("processing", "done", "ack"),
         ("processing", "new", "nack"),
         ("processing", "dead", "give_up"),

@@ -514,3 +514,202 @@ def test_many_consumer_threads_take_each_message_once(make: Callable[..., Mailbo
         t.join(60)
     assert sorted(taken) == sorted(f"m{i}" for i in range(n))
     assert count(producer, State.DONE) == n
+
+
+# -- the last error of a failed attempt (issue 20, section 4) ----------------------------------------
+
+
+def test_a_nack_keeps_its_error_with_the_waiting_message(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    before = time.time()
+    d.nack(delay=60, error="ValueError: the disk is on fire")
+    info = mb.get("m")
+    assert info is not None and info.state is State.NEW
+    assert info.last_error is not None
+    assert info.last_error.error == "ValueError: the disk is on fire"
+    assert info.last_error.attempt == 1
+    assert before - 1 <= info.last_error.failed_at <= time.time() + 1
+    assert info.due_at is not None and before + 59 <= info.due_at <= time.time() + 61
+    (listed,) = mb.list(State.NEW)
+    assert listed.last_error == info.last_error
+    assert info.reason is None
+
+
+def test_the_last_error_follows_the_retry_and_goes_with_its_ack(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.nack(delay=0.05, error="first failure")
+    again = mb.claim(timeout=10)
+    assert again is not None and again.attempt == 2
+    held = mb.get("m")
+    assert held is not None and held.state is State.PROCESSING
+    assert held.last_error is not None and (held.last_error.error, held.last_error.attempt) == (
+        "first failure",
+        1,
+    )
+    again.nack(delay=0.05)  # no error this time: the one kept is still the last one known
+    third = mb.claim(timeout=10)
+    assert third is not None and third.attempt == 3
+    info = mb.get("m")
+    assert info is not None and info.last_error is not None and info.last_error.error == "first failure"
+    third.ack()
+    done = mb.get("m")
+    assert done is not None and done.state is State.DONE and done.last_error is None
+
+
+def test_the_handlers_exception_is_kept_as_the_last_error(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    with pytest.raises(KeyError), d:
+        raise KeyError("missing")
+    info = mb.get("m")
+    assert info is not None and info.last_error is not None
+    assert info.last_error.error == "KeyError: 'missing'" and info.last_error.attempt == 1
+
+
+def test_dead_lettering_takes_the_kept_error_into_its_reason(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=5)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.nack(delay=0, error="TimeoutError: upstream")
+    again = mb.claim(timeout=10)
+    assert again is not None
+    again.dead("gave up by hand")  # no error of its own: the kept one is the last one known
+    info = mb.get("m")
+    assert info is not None and info.state is State.DEAD and info.last_error is None
+    assert info.reason is not None
+    assert info.reason["reason"] == "gave up by hand"
+    assert info.reason["last_error"] == "TimeoutError: upstream"
+    # requeued, it starts afresh: nothing kept
+    mb.requeue("m")
+    fresh = mb.get("m")
+    assert fresh is not None and fresh.state is State.NEW and fresh.last_error is None
+
+
+def test_the_last_attempts_own_error_wins_in_the_dead_letter(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=2)
+    mb.put(msg(id="m"))
+    d = mb.claim()
+    assert d is not None
+    d.nack(delay=0, error="first")
+    again = mb.claim(timeout=10)
+    assert again is not None
+    again.nack(error="second")
+    info = mb.get("m")
+    assert info is not None and info.state is State.DEAD and info.reason is not None
+    assert info.reason["last_error"] == "second" and info.last_error is None
+
+
+# -- delayed puts and expiry (issue 20, section 5) ------------------------------------------------------
+
+
+def test_a_delayed_put_is_not_claimable_before_its_time(make: Callable[..., Mailbox]) -> None:
+    mb = make()
+    t0 = time.monotonic()
+    mb.put(msg(id="later"), delay=0.6)
+    mb.put_many([msg(id="later2")], delay=0.6)
+    mb.put(msg(id="now"))
+    d = mb.claim()
+    assert d is not None and d.message.id == "now"
+    d.ack()
+    assert mb.claim() is None, "a delayed message was delivered before its time"
+    assert mb.stats().delayed == 2
+    info = mb.get("later")
+    assert info is not None and info.state is State.NEW and info.due_at is not None
+    assert info.due_at > time.time()
+    got = set()
+    while len(got) < 2:
+        d = mb.claim(timeout=10)
+        assert d is not None
+        assert time.monotonic() - t0 >= 0.55, "delivered before its delay"
+        assert d.attempt == 1
+        got.add(d.message.id)
+        d.ack()
+    assert got == {"later", "later2"}
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("nan"), float("inf"), 1e12])
+def test_a_delay_out_of_range_is_refused_before_anything_is_stored(
+    make: Callable[..., Mailbox], delay: float
+) -> None:
+    mb = make()
+    with pytest.raises(ValueError):
+        mb.put(msg(), delay=delay)
+    with pytest.raises(ValueError):
+        mb.put_many([msg()], delay=delay)
+    assert count(mb, State.NEW) == 0
+
+
+def test_an_expired_message_is_dead_lettered_at_claim_never_handed_out(
+    make: Callable[..., Mailbox],
+) -> None:
+    mb = make()
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    mb.put(msg(id="stale", priority=Priority.HIGH, expires=past))
+    mb.put(msg(id="fresh", ttl=3600))
+    d = mb.claim()
+    assert d is not None and d.message.id == "fresh"
+    assert d.message.expires is not None
+    d.ack()
+    assert mb.claim() is None
+    info = mb.get("stale")
+    assert info is not None and info.state is State.DEAD and info.reason is not None
+    assert info.reason["reason"] == "expired" and info.reason["attempts"] == 0
+
+
+def test_a_blocking_claim_passes_over_an_expired_message_and_waits_for_the_next(
+    make: Callable[..., Mailbox],
+) -> None:
+    consumer, producer = make(), make()
+    got: list[MailboxDelivery | None] = []
+    t = threading.Thread(target=lambda: got.append(consumer.claim(timeout=20)))
+    t.start()
+    producer.put(msg(id="stale", ttl=0))
+    deadline = time.monotonic() + 15
+    while count(producer, State.DEAD) == 0:  # the waiting claim dead-letters it, and waits on
+        assert time.monotonic() < deadline, "the expired message was never dead-lettered"
+        time.sleep(0.02)
+    assert t.is_alive() and not got
+    producer.put(msg(id="next"))
+    t.join(20)
+    assert got and got[0] is not None and got[0].message.id == "next"
+    got[0].ack()
+
+
+def test_a_message_that_expires_while_it_waits_for_its_retry_dies_with_its_last_error(
+    make: Callable[..., Mailbox],
+) -> None:
+    mb = make()
+    mb.put(msg(id="m", ttl=0.3))
+    d = mb.claim()
+    assert d is not None
+    d.nack(delay=0.5, error="RuntimeError: not yet")
+    assert mb.claim(timeout=1.5) is None  # due at 0.5 s, expired at 0.3 s: never handed out again
+    info = mb.get("m")
+    assert info is not None and info.state is State.DEAD and info.reason is not None
+    assert info.reason["reason"] == "expired"
+    assert info.reason["last_error"] == "RuntimeError: not yet" and info.reason["attempts"] == 1
+
+
+def test_put_once_stores_an_id_once(make: Callable[..., Mailbox]) -> None:
+    from hybridcomms.backend import put_once
+
+    mb = make()
+    first = msg(id="same")
+    assert put_once(mb, first) is None
+    again = put_once(mb, msg(id="same", payload={"n": 2}), delay=5)
+    assert again is not None and again.state is State.NEW
+    d = mb.claim()
+    assert d is not None and d.message == first
+    d.ack()
+    done = put_once(mb, msg(id="same"))
+    assert done is not None and done.state is State.DONE
+    assert mb.claim() is None and count(mb, State.NEW) == 0

@@ -1,0 +1,248 @@
+"""The last error of a message waiting for a retry, in a file mailbox: ``<agent>/errors/<id>.json``.
+
+The dead letters keep why a message was given up in ``dead/<name>.reason.json``; a message that failed
+and waits for its retry keeps why it failed here, one small JSON file per message id::
+
+    {"id": "3f2a…", "error": "ValueError: bad value", "attempt": 2, "failed_at": "2026-…Z",
+     "due": "2026-…Z", "message_file": "2M.….a2.json", "agent": "Agent-1", "host": "…", "pid": 1234}
+
+How it follows the message's state (`hybridcomms.states`):
+
+- **nack with an error**: the record is written in ``tmp/`` (fsynced where the policy says), renamed
+  over the older record of the same id (a reader sees the old one or the new one, never a mix), and
+  ``errors/`` is committed, all *before* the message moves back to ``new/``. A crash in between leaves
+  the message in ``processing/`` with a record that is true (that attempt did fail); recovery returns
+  the message and the record stays with it.
+- **ack**: removed after the move to ``done/`` (only a redelivery can have one: attempt > 1).
+- **dead-lettered**: the error goes into the reason file (its ``last_error``, when the settle gave
+  none itself), and the record is removed after the move.
+- **leftovers**: a crash between the ack or the dead-lettering and the removal leaves a record whose
+  message is no longer waiting. `sweep` (run by every recovery pass, so `recover` and
+  `doctor --fix`) removes records, and anything else placed in ``errors/``, whose id has no file in
+  ``new/``, ``processing/`` or a recovery's ``tmp/*.stolen`` and that are older than `SWEEP_AFTER`.
+
+The record is a diagnostic, not part of delivery: failing to write it (a full disk, a folder placed
+where the file goes) is logged and the nack goes on; a record that is unreadable reads as such. The
+folder is made at the first nack that records an error (older mailboxes have none).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import _fs
+from ._names import compact_time, parse_compact, parse_name
+from .errors import HybridCommsError
+from .message import _ID_RE, iso_utc
+from .states import State
+
+if TYPE_CHECKING:
+    from .inspection import LastError
+    from .mailbox import FileMailbox
+    from .recovery import RecoveryReport
+
+__all__ = ["ERRORS", "SWEEP_AFTER", "drop", "leftovers", "listed", "read", "record", "sweep", "text_of"]
+
+log = logging.getLogger("hybridcomms.mailbox")
+
+#: The folder, beside ``new/`` and the others.
+ERRORS = "errors"
+_SUFFIX = ".json"
+#: An error text longer than this is cut (a handler's exception can say a lot).
+MAX_ERROR_TEXT = 4096
+#: A record is read up to this size (records are written by us, but a co-tenant can place anything).
+MAX_RECORD = 64 * 1024
+#: A record is removed by `sweep` only once it is this old, so a message that moves between folders
+#: while recovery lists them never loses its record.
+SWEEP_AFTER = 60.0
+
+
+def text_of(error: str | BaseException) -> str:
+    """An error as the one line of text that is kept (at most `MAX_ERROR_TEXT` characters)."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
+def _valid(msg_id: str | None) -> bool:
+    return msg_id is not None and _ID_RE.match(msg_id) is not None
+
+
+def record(mb: FileMailbox, msg_id: str, name: str, attempt: int, error: str, due: float) -> None:
+    """Keep ``error`` as the last error of ``msg_id`` (claimed as ``processing/<name>``), durably per
+    the fsync policy, before the nack moves it. Never raises: a failure is logged."""
+    if not _valid(msg_id):
+        return
+    now = time.time()
+    data = orjson.dumps(
+        {
+            "id": msg_id,
+            "error": text_of(error),
+            "attempt": attempt,
+            "failed_at": iso_utc(datetime.fromtimestamp(now, timezone.utc)),
+            "due": iso_utc(datetime.fromtimestamp(parse_compact(compact_time(due)), timezone.utc)),
+            "message_file": _fs.shown(name),
+            "agent": mb.agent_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        },
+        option=orjson.OPT_INDENT_2,
+    )
+    try:
+        err_fd = mb._errors_folder(create=True)
+        if err_fd is None:
+            return
+        tmp_fd = mb.folders.fd(State.TMP)
+        tmp_name = mb._write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=mb.folders.sync)
+        try:
+            # A deliberate replace: the record of one id is one file, the newest error.
+            os.replace(tmp_name, msg_id + _SUFFIX, src_dir_fd=tmp_fd, dst_dir_fd=err_fd)
+        except OSError:
+            _fs._unlink_quietly(tmp_fd, tmp_name)
+            raise
+        mb.folders.commit(err_fd)
+    except (OSError, HybridCommsError) as exc:
+        log.warning("%s: the last error of %s is not kept: %s", mb.agent_id, msg_id, exc)
+
+
+def drop(mb: FileMailbox, msg_id: str | None) -> None:
+    """Remove the record of ``msg_id`` (its message was acked or dead-lettered). Never raises; the
+    removal is not committed: a power loss that brings a record back leaves it to `sweep`."""
+    if not _valid(msg_id):
+        return
+    try:
+        err_fd = mb._errors_folder(create=False)
+    except (OSError, HybridCommsError):
+        return
+    if err_fd is not None:
+        _fs._unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
+
+
+def listed(mb: FileMailbox) -> frozenset[str]:
+    """The ids that have a record (one listing of ``errors/``; empty if there is no such folder)."""
+    try:
+        err_fd = mb._errors_folder(create=False)
+        if err_fd is None:
+            return frozenset()
+        names = _fs.listdir_at(err_fd)
+    except (OSError, HybridCommsError):
+        return frozenset()
+    return frozenset(n[: -len(_SUFFIX)] for n in names if n.endswith(_SUFFIX))
+
+
+def read(mb: FileMailbox, msg_id: str | None) -> LastError | None:
+    """The last error kept for ``msg_id``, read as a file anyone may have placed (no link followed,
+    no blocking, capped); None if there is none. A record that does not read says so as its error."""
+    from .inspection import LastError
+
+    if not _valid(msg_id):
+        return None
+    try:
+        err_fd = mb._errors_folder(create=False)
+        if err_fd is None:
+            return None
+        raw = _fs.read_regular(f"{msg_id}{_SUFFIX}", MAX_RECORD, dir_fd=err_fd)
+        changed = os.stat(f"{msg_id}{_SUFFIX}", dir_fd=err_fd, follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return None
+    except (OSError, HybridCommsError) as exc:
+        return LastError(f"(unreadable error record: {exc})", 0, time.time())
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("error"), str):
+        return LastError("(unreadable error record)", 0, changed)
+    attempt = obj.get("attempt")
+    return LastError(
+        text_of(obj["error"]),
+        attempt if type(attempt) is int and 0 <= attempt <= 999_999 else 0,
+        _time_of(obj.get("failed_at"), changed),
+    )
+
+
+def _time_of(value: Any, fallback: float) -> float:
+    if type(value) is not str:
+        return fallback
+    try:
+        ts = datetime.fromisoformat(value)
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        return ts.timestamp()
+    except (ValueError, OverflowError):
+        return fallback
+
+
+def _waiting_ids(mb: FileMailbox) -> set[str]:
+    """Ids with a file in ``processing/``, ``new/`` or ``tmp/*.stolen``: listed in an order that a
+    message moving between them (claim, nack) cannot slip through, and ``processing/`` again last."""
+    ids: set[str] = set()
+    for state, strip in (
+        (State.PROCESSING, ""),
+        (State.NEW, ""),
+        (State.TMP, ".stolen"),
+        (State.PROCESSING, ""),
+    ):
+        for name in _fs.listdir_at(mb.folders.fd(state)):
+            if strip:
+                if not name.endswith(strip):
+                    continue
+                name = name[: -len(strip)]
+            info = parse_name(name)
+            if info is not None:
+                ids.add(info.id)
+    return ids
+
+
+def leftovers(mb: FileMailbox, now: float) -> list[tuple[str, bool]]:
+    """The names in ``errors/`` that `sweep` would take away (older than `SWEEP_AFTER`, and not the
+    record of a waiting message), each with whether it is a folder (reported, never removed)."""
+    err_fd = mb._errors_folder(create=False)
+    if err_fd is None:
+        return []
+    names = _fs.listdir_at(err_fd)
+    if not names:
+        return []
+    waiting = _waiting_ids(mb)
+    out: list[tuple[str, bool]] = []
+    for name in names:
+        if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] in waiting:
+            continue
+        try:
+            st = os.stat(name, dir_fd=err_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime >= SWEEP_AFTER:
+            out.append((name, stat.S_ISDIR(st.st_mode)))
+    return out
+
+
+def sweep(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
+    """Remove the records (and whatever else was placed in ``errors/``) whose message is no longer
+    waiting, once older than `SWEEP_AFTER`. Run by recovery, under its lock: recovery itself is then
+    not moving messages. A folder found there is reported, never removed."""
+    found = leftovers(mb, now)
+    if not found:
+        return
+    err_fd = mb._errors_folder(create=False)
+    assert err_fd is not None
+    for name, folder in found:
+        where = f"{ERRORS}/{_fs.shown(name)}"
+        if folder:
+            report.errors.append((where, "a folder in errors/ (never removed by recovery)"))
+            continue
+        try:
+            os.unlink(name, dir_fd=err_fd)  # a link is removed as a link
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            report.errors.append((where, f"{type(exc).__name__}: {exc}"))
+            continue
+        report.records_removed.append(where)
