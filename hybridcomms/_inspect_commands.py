@@ -267,9 +267,8 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     # state folders a mailbox made by hand (mkdir -p <root>/<agent>/new) does not have yet
     for state in State:
         if not mb.folders.has(state):
-            found(
-                "missing-folder", f"{state.value}/", f"made by the first command that writes (mode {mb.dir_mode:o})", fix
-            )
+            detail = f"missing (a mailbox adopted by hand); --fix makes it, mode {mb.dir_mode:o}"
+            found("missing-folder", f"{state.value}/", detail, fix)
     # stale tmp/ files (a writer died) and interrupted steals
     for name in _fs.listdir_at(mb.folders.fd(State.TMP)) if mb.folders.has(State.TMP) else []:
         try:
@@ -466,7 +465,9 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     release_bus = watch_bus(root, args.bus, args.json, lock) if getattr(args, "bus", None) else None
     try:
         waiting = "waiting" if args.waiting else "skip"
-        with MailboxWatcher(root, on_event=on_event, recover_every=0, rescan_every=10, waiting=waiting):
+        with MailboxWatcher(  # it only looks: no recovery, no legacy intake
+            root, on_event=on_event, recover_every=0, rescan_every=10, waiting=waiting, ingest_legacy=False
+        ):
             print(f"hybridcomms tail: following {root}", file=sys.stderr, flush=True)
             while not stop.wait(0.2):
                 pass

@@ -389,8 +389,9 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         write_textfile(args.prometheus, registry_for(root))
     rows: list[dict[str, Any]] = []
     legacy_rows = []
+    entries: list[tuple[str, str | None, str, str | None]]
     if args.agents:
-        entries = [(agent, agent, "mailbox", None) for agent in _agents(args, root)]
+        entries = [(a, a, "named", None) for a in _agents(args, root)]
     else:
         from .inspection import survey_root
 
@@ -400,12 +401,15 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         if status is not None:
             legacy_rows.append(status)
             continue
-        if agent is None or kind != "mailbox":
+        if kind == "named":
+            _need_mailbox(root, shown, "stats")  # an agent named that has no mailbox: a typo, an error
+        elif agent is None or kind != "mailbox":
             if kind == "broken":  # one broken agent is its own row; the others are still counted
                 rows.append({"agent": shown, "error": problem})
             continue
+        assert agent is not None
         try:
-            with _open_existing(root, agent, "stats", False, read_only=True) as mb:
+            with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
                 rows.append(mb.stats().to_dict())
         except (OSError, HybridCommsError) as exc:
             rows.append({"agent": shown, "error": str(exc)})
