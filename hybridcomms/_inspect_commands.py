@@ -386,25 +386,31 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     if args.agents:
         entries = [(a, a, None) for a in args.agents]
     else:
-        entries = [
-            (e.name, e.agent, e.problem) for e in inspection.survey_root(root) if e.kind != "legacy"
-        ]
+        entries = [(e.name, e.agent, e.problem) for e in inspection.survey_root(root) if e.kind != "legacy"]
     progress = Progress("doctor", len(entries))
     findings: list[dict[str, Any]] = []
     # The modes every mailbox should have: a group setup when the root is group-writable.
     group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
     dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
-    modes = {"fsync": "never", "dir_mode": dir_mode, "file_mode": file_mode}
     for n, (shown, agent, problem) in enumerate(entries, 1):
         try:
             if agent is None or problem is not None:
                 raise UnsafePathError(problem or "not a safe agent id")
-            with FileMailbox(root, agent, read_only=True, **modes) as mb:
+            with FileMailbox(
+                root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
+            ) as mb:
                 found = _doctor_one(mb, args.fix, args.deep)
-            if any(f["fixed"] for f in found):
-                with FileMailbox(root, agent, create=False, **modes) as mb:  # makes missing folders
-                    _doctor_fix(mb, found)
             findings += found
+            if any(f["fixed"] for f in found):
+                try:  # opened for writing: this makes the state folders it lacks
+                    with FileMailbox(
+                        root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
+                    ) as mb:
+                        _doctor_fix(mb, found)
+                except (OSError, HybridCommsError):
+                    for f in found:
+                        f["fixed"] = False
+                    raise
         except (OSError, HybridCommsError) as exc:
             findings.append(
                 {"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}

@@ -162,7 +162,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         line = (
             orjson.dumps(ev.to_dict()).decode()
             if args.json
-            else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}" + (" (rescan)" if ev.source == "rescan" else "")
+            else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
+            + (" (rescan)" if ev.source == "rescan" else "")
         )
         with out_lock:
             sys.stdout.write(line + "\n")

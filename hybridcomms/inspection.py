@@ -295,9 +295,7 @@ def survey_root(root: str | os.PathLike[str]) -> list[RootEntry]:
             out.append(RootEntry(shown, agent, "broken", f"cannot be looked at: {exc.strerror}"))
             continue
         if stat.S_ISLNK(mode):
-            out.append(
-                RootEntry(shown, agent, "broken", "a symlink; a mailbox folder must be a real folder")
-            )
+            out.append(RootEntry(shown, agent, "broken", "a symlink; a mailbox folder must be a real folder"))
             continue
         if not stat.S_ISDIR(mode):
             continue  # a file, a FIFO, a socket: not an agent folder

@@ -136,7 +136,11 @@ def test_a_mailbox_adopted_by_hand_is_read_as_it_is_and_nothing_is_written(
         assert out.splitlines()[1].split()[:6] == ["Agent-7", "1", "0", "0", "0", "0"]
     elif command[0] == "ls" and "--json" in command:
         (row,) = json.loads(out)
-        assert (row["state"], row["file"], row["topic"]) == ("new", "msg_20250101_000000_legacy.json", "dreamos.task.command")
+        assert (row["state"], row["file"], row["topic"]) == (
+            "new",
+            "msg_20250101_000000_legacy.json",
+            "dreamos.task.command",
+        )
     elif command[0] == "ls":
         assert out.strip() == "no messages for Agent-7 in dead/"
     elif command[0] == "show" and "--json" in command:
@@ -160,22 +164,22 @@ def test_read_only_opening_refuses_every_write_and_creates_nothing(tmp_path: Pat
             assert mb.list(State.DEAD) == [] and mb.list(State.PROCESSING) == []
             info = mb.list(State.NEW)[0]
             assert mb.get(info.name) == info and mb.read(info).topic in ("t", "dreamos.task.command")
-            writes = [
-                lambda: mb.put(Message("t")),
-                lambda: mb.put_many([Message("t")]),
-                lambda: mb.claim(),
-                lambda: mb.claim(timeout=0.05),
-                lambda: mb.claim_file(info.name),
-                lambda: mb.recover(),
-                lambda: mb.requeue("x"),
-                lambda: mb.purge("done"),
-                lambda: mb.import_done([Message("t")]),
-                lambda: mb.bury(b"x", "x.json", {"reason": "r"}),
+            writes: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+                ("put", (Message("t"),), {}),
+                ("put_many", ([Message("t")],), {}),
+                ("claim", (), {}),
+                ("claim", (), {"timeout": 0.05}),
+                ("claim_file", (info.name,), {}),
+                ("recover", (), {}),
+                ("requeue", ("x",), {}),
+                ("purge", ("done",), {}),
+                ("import_done", ([Message("t")],), {}),
+                ("bury", (b"x", "x.json", {"reason": "r"}), {}),
             ]
-            for write in writes:
+            for method, args, kwargs in writes:
                 with pytest.raises(MailboxIOError) as caught:
-                    write()
-                assert caught.value.errno == errno.EROFS, caught.value
+                    getattr(mb, method)(*args, **kwargs)
+                assert caught.value.errno == errno.EROFS, (method, caught.value)
     assert tree(root) == before
     with pytest.raises(MailboxIOError, match="no mailbox folder"):  # new/ is what makes a mailbox
         FileMailbox(root, "Nobody", read_only=True)
@@ -196,7 +200,19 @@ def test_the_first_writer_makes_the_missing_folders_with_the_roots_modes(
         assert json.loads(out)["payload"] == {"do": "build"}
     elif writer == "work":
         done = subprocess.run(
-            [*HC, "--root", str(root), "--fsync", "never", "work", "Agent-7", "--max-messages", "1", "--", "true"],
+            [
+                *HC,
+                "--root",
+                str(root),
+                "--fsync",
+                "never",
+                "work",
+                "Agent-7",
+                "--max-messages",
+                "1",
+                "--",
+                "true",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -406,7 +422,9 @@ def check_stats(root: Path, goods: list[Good], broken: list[Broken]) -> None:
     assert set(rows) == {g.name for g in goods} | {b.name for b in broken}
     if errors:
         (line,) = err.strip().splitlines()
-        assert line.startswith("hybridcomms stats: ") and f"{len(errors)} mailbox(es) could not be read" in line
+        assert (
+            line.startswith("hybridcomms stats: ") and f"{len(errors)} mailbox(es) could not be read" in line
+        )
     # the table: one line per agent, however hostile its name
     code, out, err = cli("--root", str(root), "stats")
     assert code == (1 if errors else 0)
@@ -421,7 +439,7 @@ def check_stats(root: Path, goods: list[Good], broken: list[Broken]) -> None:
 
 def check_doctor(root: Path, goods: list[Good], broken: list[Broken]) -> None:
     before = tree(root)
-    code, out, err = cli("--root", str(root), "doctor", "--json")
+    code, out, _ = cli("--root", str(root), "doctor", "--json")
     report = json.loads(out)
     unopenable = {f["agent"] for f in report["findings"] if f["kind"] == "unopenable"}
     assert unopenable == {b.name for b in broken if b.unreadable}
@@ -669,7 +687,9 @@ ROOT_GAUGES = (
     "hybridcomms_bus_processes",
     "hybridcomms_bus_dropped_events",
 )
-_AGG = re.compile(r"\b(max|sum|min|avg|count)\s*(?:by\s*\(([^)]*)\)\s*)?\(\s*(hybridcomms_[a-z_]+)(\{[^}]*\})?\s*\)")
+_AGG = re.compile(
+    r"\b(max|sum|min|avg|count)\s*(?:by\s*\(([^)]*)\)\s*)?\(\s*(hybridcomms_[a-z_]+)(\{[^}]*\})?\s*\)"
+)
 
 
 def queries() -> list[str]:
@@ -680,7 +700,9 @@ def queries() -> list[str]:
     return exprs
 
 
-def evaluate(agg: str, by: str | None, metric: str, selector: str | None, series: list[Any]) -> dict[Any, float]:
+def evaluate(
+    agg: str, by: str | None, metric: str, selector: str | None, series: list[Any]
+) -> dict[Any, float]:
     """One aggregation of the form the shipped queries use, over samples from several exporters."""
     wanted = dict(re.findall(r'(\w+)="([^"]*)"', selector or ""))
     groups: dict[Any, list[float]] = {}
@@ -703,7 +725,10 @@ def test_watch_owns_the_depths_and_the_shipped_queries_never_double_them(tmp_pat
         assert d is not None
         d.nack(error="x")  # dead
     hand_adopt(root, "Agent-2")
+    with FileMailbox(root, "Worker", fsync="never") as worker:  # one message for work to handle
+        worker.put(Message("job"))
     watch_port, work_port = free_port(), free_port()
+    work_args = ["--metrics-port", str(work_port), "--", "true"]
     procs = [
         subprocess.Popen(
             [*HC, "--root", str(root), "watch", "--metrics-port", str(watch_port), "--recover-every", "0"],
@@ -713,8 +738,7 @@ def test_watch_owns_the_depths_and_the_shipped_queries_never_double_them(tmp_pat
             env=clean_env(),
         ),
         subprocess.Popen(
-            [*HC, "--root", str(root), "--fsync", "never", "work", "Worker", "--create"]
-            + ["--metrics-port", str(work_port), "--", "true"],
+            [*HC, "--root", str(root), "--fsync", "never", "work", "Worker", "--create", *work_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -729,6 +753,12 @@ def test_watch_owns_the_depths_and_the_shipped_queries_never_double_them(tmp_pat
                 assert line, "the exporter exited"
                 line = p.stderr.readline()
         exporters = {"watch": scrape(watch_port), "work": scrape(work_port)}
+        acked = ("hybridcomms_work_messages_total", (("agent", "Worker"), ("outcome", "acked")))
+        deadline = time.monotonic() + 30
+        while acked not in exporters["work"]:  # poll until work has handled its message
+            assert time.monotonic() < deadline, exporters["work"]
+            time.sleep(0.05)
+            exporters["work"] = scrape(work_port)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -738,9 +768,10 @@ def test_watch_owns_the_depths_and_the_shipped_queries_never_double_them(tmp_pat
     assert {name for name, _ in exporters["watch"]} >= set(ROOT_GAUGES)
     work_names = {name for name, _ in exporters["work"]}
     assert not work_names & set(ROOT_GAUGES), work_names
-    assert {n for n in work_names if n.startswith("hybridcomms_")} <= {
+    assert {n for n in work_names if n.startswith("hybridcomms_")} == {
         n for n in work_names if n.startswith("hybridcomms_work_")
     }
+    assert exporters["work"][acked] == 1
     # A second exporter of the same root (a textfile beside watch) must change nothing either.
     prom = tmp_path / "hybridcomms.prom"
     assert cli("--root", str(root), "stats", "--prometheus", str(prom))[0] == 0
