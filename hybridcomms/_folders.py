@@ -4,7 +4,10 @@
 (`delivery`, `recovery`, `inspection`, the CLI's `doctor`, legacy ingestion) go through this API and
 never through the mailbox's private members:
 
-- `fd(state)`: the folder's descriptor (`MailboxIOError` once the mailbox is closed);
+- `fd(state)`: the folder's descriptor (`MailboxIOError` once the mailbox is closed, or for a folder
+  a read-only mailbox found missing);
+- `check_writable()`: raise `MailboxIOError` (EROFS) if the mailbox was opened read-only;
+- `has(state)`: False for a folder a read-only mailbox found missing (inspection reads it as empty);
 - `move(m, name, target)`: the atomic rename of `m` (a `states.Move`), never replacing a file;
 - `place(m, name, target)`: the same, taking the next free name when ``target`` is taken;
 - `commit(fd)`: make a folder change durable, per the fsync policy (`DirSyncer`);
@@ -31,6 +34,9 @@ class Folders:
     def __init__(self, path: Path, policy: FsyncPolicy, batch_interval: float) -> None:
         self.path = path
         self.fds: dict[str, int] = {}  # folder name -> open fd (empty once closed)
+        #: Folders a read-only mailbox found missing (a mailbox made by hand with only ``new/``).
+        self.absent: frozenset[str] = frozenset()
+        self.read_only = False  # opened for inspection: every write refuses (`check_writable`)
         self.syncer = DirSyncer(policy, batch_interval)
         self.sync = policy is not FsyncPolicy.NEVER  # folder changes are committed at all
 
@@ -38,7 +44,21 @@ class Folders:
         try:
             return self.fds[state.folder]
         except KeyError:
+            if state.folder in self.absent:
+                shown = self.path / state.folder
+                raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", str(shown)) from None
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
+
+    def check_writable(self) -> None:
+        """Raise if the mailbox was opened read-only (for inspection, which never writes)."""
+        if self.read_only:
+            raise MailboxIOError(
+                errno.EROFS, f"mailbox {self.path} is opened read-only (for inspection); nothing is written"
+            )
+
+    def has(self, state: State) -> bool:
+        """False for a folder a read-only mailbox found missing (to be read as empty)."""
+        return state.folder not in self.absent
 
     def move(self, m: Move, name: str, target: str) -> int:
         """Move ``m.src/name`` to ``m.dst/target``: the one way a file changes state. Returns dst's fd.

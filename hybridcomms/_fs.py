@@ -326,6 +326,15 @@ def shown(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def printable(text: str) -> str:
+    """``text`` as one line a terminal shows as it is, for people: `shown`, with control and other
+    non-printing characters escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    text = shown(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def free_name(dir_fd: int, name: str, room: int = 0) -> str:
     """``name``, or ``name.N`` if that is taken in the folder, so a move never overwrites a file.
 

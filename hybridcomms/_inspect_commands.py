@@ -27,7 +27,7 @@ from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
 from .backend import Mailbox
-from .errors import HybridCommsError
+from .errors import HybridCommsError, UnsafePathError
 from .inspection import MessageInfo
 from .mailbox import FileMailbox, check_agent_id, list_agents
 from .message import Message, iso_utc
@@ -137,8 +137,8 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
         else:
             extra = ""
         print(
-            f"{r['state']:<10} {human_age(r['age']):>5} {r['attempt']:>3}  {r['id'] or r['file']!s:<36} "
-            f"{r['topic'] or '?'}{extra}"
+            f"{r['state']:<10} {human_age(r['age']):>5} {r['attempt']:>3}  "
+            f"{r['id'] or _fs.printable(r['file'])!s:<36} {r['topic'] or '?'}{extra}"
         )
     return EXIT_OK
 
@@ -152,8 +152,17 @@ def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None)
             with open_mailbox(url, check_agent_id(agent), create=False) as remote:
                 yield remote
         return
-    for agent in agents or list_agents(root):
-        with FileMailbox(root, check_agent_id(agent), create=False, fsync="never") as mb:
+    if agents:
+        for agent in agents:
+            with FileMailbox(root, check_agent_id(agent), read_only=True, fsync="never") as mb:
+                yield mb
+        return
+    for agent in list_agents(root):  # every mailbox: one that cannot be opened is passed over
+        try:
+            mb = FileMailbox(root, agent, read_only=True, fsync="never")
+        except (OSError, HybridCommsError):
+            continue
+        with mb:
             yield mb
 
 
@@ -299,6 +308,9 @@ def _purge_elsewhere(args: argparse.Namespace, mb: Mailbox, state: State) -> int
 
 
 def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str, Any]]:
+    """What is wrong with one mailbox, opened read-only (looking never changes anything); with ``fix``,
+    the findings it can repair say ``fixed``, and `_doctor_fix` repairs them through a mailbox opened
+    for writing."""
     findings: list[dict[str, Any]] = []
     now = time.time()
 
@@ -307,8 +319,13 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
             {"agent": mb.agent_id, "kind": kind, "where": where, "detail": detail, "fixed": fixed}
         )
 
+    # state folders a mailbox made by hand (mkdir -p <root>/<agent>/new) does not have yet
+    for state in State:
+        if not mb.folders.has(state):
+            detail = f"missing (a mailbox adopted by hand); --fix makes it, mode {mb.dir_mode:o}"
+            found("missing-folder", f"{state.value}/", detail, fix)
     # stale tmp/ files (a writer died) and interrupted steals
-    for name in _fs.listdir_at(mb.folders.fd(State.TMP)):
+    for name in _fs.listdir_at(mb.folders.fd(State.TMP)) if mb.folders.has(State.TMP) else []:
         try:
             st = os.stat(name, dir_fd=mb.folders.fd(State.TMP), follow_symlinks=False)
         except FileNotFoundError:
@@ -316,8 +333,9 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         if name.endswith(".stolen") or now - st.st_mtime >= mb.tmp_max_age:
             found("stale-tmp", f"tmp/{_fs.shown(name)}", f"{human_age(now - st.st_mtime)} old", fix)
     # orphaned claims: in processing/ with nobody holding the lock
-    proc_fd = mb.folders.fd(State.PROCESSING)
-    for name in _fs.listdir_at(proc_fd):
+    proc_names = _fs.listdir_at(mb.folders.fd(State.PROCESSING)) if mb.folders.has(State.PROCESSING) else []
+    for name in proc_names:
+        proc_fd = mb.folders.fd(State.PROCESSING)
         try:
             fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
         except OSError:
@@ -339,6 +357,8 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     # will never decode (those with such names, those in processing/, and with --deep every file
     # waiting in new/, which reads them all).
     for state in State:
+        if not mb.folders.has(state):
+            continue
         folder_mode = stat.S_IMODE(os.fstat(mb.folders.fd(state)).st_mode)
         if folder_mode & ~mb.dir_mode & 0o077:
             found("mode", f"{state.value}/", f"folder mode {folder_mode:o}, expected {mb.dir_mode:o}", fix)
@@ -379,13 +399,16 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
             found("legacy-drops", "inbox.json / inbox/", "Dream.OS messages waiting to be ingested", fix)
     except ImportError:  # pragma: no cover
         pass
-    if fix:
-        _doctor_fix(mb, findings)
     return findings
 
 
 def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """Repair the findings marked ``fixed`` with ``mb``, opened for writing (which made the state folders
+    it lacked, with the root's modes); a repair that fails is marked not fixed."""
     kinds = {f["kind"] for f in findings if f["fixed"]}
+    for f in findings:
+        if f["kind"] == "missing-folder" and f["fixed"]:
+            f["fixed"] = mb.folders.has(State(f["where"].rstrip("/")))
     if kinds & {"stale-tmp", "orphaned-claim", "stale-error-record"}:
         # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
         mb.recover()
@@ -419,26 +442,41 @@ def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
-    agents = args.agents or list_agents(root)
-    progress = Progress("doctor", len(agents))
+    """Every mailbox under the root (or the ones named), each on its own: one that cannot be opened (a
+    link, a file where a folder should be, a name that is not an agent id, no permission) is an
+    ``unopenable`` finding, and the others are still checked."""
+    entries: list[tuple[str, str | None, str | None]]
+    if args.agents:
+        entries = [(a, a, None) for a in args.agents]
+    else:
+        entries = [(e.name, e.agent, e.problem) for e in inspection.survey_root(root) if e.kind != "legacy"]
+    progress = Progress("doctor", len(entries))
     findings: list[dict[str, Any]] = []
     # The modes every mailbox should have: a group setup when the root is group-writable.
     group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
     dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
-    for n, agent in enumerate(agents, 1):
+    for n, (shown, agent, problem) in enumerate(entries, 1):
         try:
+            if agent is None or problem is not None:
+                raise UnsafePathError(problem or "not a safe agent id")
             with FileMailbox(
-                root,
-                check_agent_id(agent),
-                create=False,
-                fsync="never",
-                dir_mode=dir_mode,
-                file_mode=file_mode,
+                root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
             ) as mb:
-                findings += _doctor_one(mb, args.fix, args.deep)
+                found = _doctor_one(mb, args.fix, args.deep)
+            findings += found
+            if any(f["fixed"] for f in found):
+                try:  # opened for writing: this makes the state folders it lacks
+                    with FileMailbox(
+                        root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
+                    ) as mb:
+                        _doctor_fix(mb, found)
+                except (OSError, HybridCommsError):
+                    for f in found:
+                        f["fixed"] = False
+                    raise
         except (OSError, HybridCommsError) as exc:
             findings.append(
-                {"agent": agent, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}
+                {"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}
             )
         progress.step(n)
     progress.end()
@@ -448,7 +486,7 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     else:
         for f in findings:
             mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")
-            print(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}")
+            print(_fs.printable(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}"))
         print(
             "healthy"
             if not open_problems
@@ -457,8 +495,17 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK if not open_problems else EXIT_ERROR
 
 
+def _clock(at: float) -> str:
+    """``HH:MM:SS`` for a time of today, with the date before it for another day."""
+    local = time.localtime(at)
+    today = time.localtime()
+    same_day = (local.tm_year, local.tm_yday) == (today.tm_year, today.tm_yday)
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", local)
+
+
 def cmd_tail(args: argparse.Namespace, root: Path) -> int:
-    """Events of every mailbox (or the ones named) as they happen, until SIGTERM or Ctrl-C."""
+    """Events of every mailbox (or the ones named) from now on, until SIGTERM or Ctrl-C; with
+    ``--waiting``, what is already waiting in ``new/`` first (kind ``waiting``, at the time it arrived)."""
     import signal
     import threading
 
@@ -474,8 +521,7 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
         line = (
             orjson.dumps(ev.to_dict()).decode()
             if args.json
-            else f"{time.strftime('%H:%M:%S', time.localtime(ev.time))} {ev.kind:<9} {ev.agent} "
-            f"{ev.id or ev.name}"
+            else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
         )
         with lock:
             sys.stdout.write(line + "\n")
@@ -487,7 +533,10 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
 
     release_bus = watch_bus(root, args.bus, args.json, lock) if getattr(args, "bus", None) else None
     try:
-        with MailboxWatcher(root, on_event=on_event, recover_every=0, rescan_every=10):
+        waiting = "waiting" if args.waiting else "skip"
+        with MailboxWatcher(  # it only looks: no recovery, no legacy intake
+            root, on_event=on_event, recover_every=0, rescan_every=10, waiting=waiting, ingest_legacy=False
+        ):
             print(f"hybridcomms tail: following {root}", file=sys.stderr, flush=True)
             while not stop.wait(0.2):
                 pass
@@ -504,7 +553,7 @@ def _snapshot(root: Path) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for agent in list_agents(root):
         try:
-            with FileMailbox(root, agent, create=False, fsync="never") as mb:
+            with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
                 rows[agent] = mb.stats().to_dict()
         except (OSError, HybridCommsError):
             continue

@@ -18,7 +18,7 @@ from types import FrameType
 
 import orjson
 
-from .message import Message
+from ._fs import printable
 from .policy import child_env
 from .watcher import MailboxEvent, MailboxWatcher
 
@@ -187,7 +187,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         line = (
             orjson.dumps(ev.to_dict()).decode()
             if args.json
-            else f"{ev.kind:<9} {ev.agent} {ev.name}" + (" (rescan)" if ev.source == "rescan" else "")
+            else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
+            + (" (rescan)" if ev.source == "rescan" else "")
         )
         with out_lock:
             sys.stdout.write(line + "\n")
@@ -248,23 +249,12 @@ def watch_bus(root: Path, patterns: list[str], as_json: bool, out_lock: threadin
     def show(event: Event) -> None:
         if event.origin is None:
             return  # (this bus publishes nothing of its own)
-        payload = event.payload
-        if isinstance(payload, Message):
-            payload = payload.to_dict()
+        record = event.to_dict()  # a message's field names; "payload" is the payload, not the envelope
         if as_json:
-            record = {
-                "kind": "bus",
-                "topic": event.topic,
-                "payload": payload,
-                "source": event.source,
-                "origin": event.origin,
-                "id": event.id,
-                "at": event.timestamp,
-            }
-            line = orjson.dumps(record, default=str).decode()
+            line = orjson.dumps({"kind": "bus", **record}, default=str).decode()
         else:
-            shown = orjson.dumps(payload, default=str).decode()
-            line = f"{'bus':<9} {event.source or '-'} {event.topic} {shown}"
+            shown = orjson.dumps(record["payload"], default=str).decode()
+            line = printable(f"{'bus':<9} {record['sender'] or '-'} {record['topic']} {shown}")
         with out_lock:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()

@@ -356,7 +356,9 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
 
         from .metrics import WorkMetrics, registry_for
 
-        registry = registry_for(root)
+        # Only what this consumer did: the mailbox depths belong to the one exporter of the root
+        # (watch --metrics-port, or stats --prometheus), so a dashboard never counts them twice.
+        registry = registry_for(None)
         worker.metrics = WorkMetrics(registry)
         start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
 

@@ -100,6 +100,39 @@ class Event:
     #: None for an event published in this process. Events from elsewhere are never sent on again.
     origin: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON with the field names of a message (`hybridcomms.message.FIELDS`, as
+        `Message.to_dict` writes them), plus ``durable`` and ``origin``.
+
+        ``payload`` is always the event's payload. An event that carries a `Message` (a send on an
+        ephemeral or "both" route) gives that message's fields, its ``payload`` being the message's
+        payload, never the whole message. Another event has its id, topic, ``sender`` (its source),
+        ``created_at`` (its time, ISO 8601 UTC), ``correlation_id`` and payload; ``recipient``,
+        ``priority`` and ``reply_to`` are null and ``headers`` is empty."""
+        from datetime import datetime, timezone
+
+        from .message import FIELDS, Message
+
+        payload = self.payload
+        if isinstance(payload, Message):
+            out = payload.to_dict()
+            del out["version"]
+        else:
+            out = dict.fromkeys(FIELDS)
+            at = datetime.fromtimestamp(self.timestamp, timezone.utc)
+            out.update(
+                id=self.id,
+                topic=self.topic,
+                sender=self.source,
+                created_at=at.isoformat(timespec="microseconds")[:26] + "Z",
+                correlation_id=self.correlation_id,
+                headers={},
+                payload=payload,
+            )
+        out["durable"] = self.durable
+        out["origin"] = self.origin
+        return out
+
 
 _NOTHING: Any = object()
 

@@ -267,14 +267,21 @@ def _open_existing(
     if url is not None:
         from .backend import open_mailbox
 
-        file_only = ("fsync",)
+        file_only = ("fsync", "read_only")
         return open_mailbox(
             url, agent, create=create, **{k: v for k, v in options.items() if k not in file_only}
         )
     _need_root(root, command, create)
-    if not create and not (root / check_agent_id(agent) / "new").is_dir():
-        raise SystemExit(f"hybridcomms {command}: no mailbox for {agent} under {root} (--create makes it)")
+    if not create:
+        _need_mailbox(root, agent, command)
     return FileMailbox(root, agent, create=create, **options)
+
+
+def _need_mailbox(root: Path, agent: str, command: str) -> None:
+    """An agent named to a command that reads must have a mailbox: its ``new/`` folder (all it takes,
+    for one adopted by hand; the other folders are made by the first command that writes)."""
+    if not (root / check_agent_id(agent) / "new").is_dir():
+        raise SystemExit(f"hybridcomms {command}: no mailbox for {agent} under {root} (--create makes it)")
 
 
 def _message_json(message: Message, **extra: Any) -> dict[str, Any]:
@@ -372,23 +379,6 @@ def _agents(args: argparse.Namespace, root: Path) -> list[str]:
     return list_agents(root)
 
 
-def _legacy_agents(root: Path) -> list[str]:
-    """Agent folders still on a legacy Dream.OS layout (no ``new/``)."""
-    try:
-        names = sorted(os.listdir(root))
-    except OSError:
-        return []
-    out = []
-    for name in names:
-        try:
-            check_agent_id(name)
-        except ValueError:
-            continue
-        if _legacy_status(root, name) is not None:
-            out.append(name)
-    return out
-
-
 _COND_RE = re.compile(r"\s*(new|processing|done|dead|delayed|oldest)\s*(>=|<=|>|<|==)\s*(\S+)\s*\Z")
 
 
@@ -431,17 +421,32 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         from .metrics import registry_for, write_textfile
 
         write_textfile(args.prometheus, registry_for(root))
-    rows = []
+    rows: list[dict[str, Any]] = []
     legacy_rows = []
-    named = bool(args.agents)
-    agents = _agents(args, root) if named else sorted({*list_agents(root), *_legacy_agents(root)})
-    for agent in agents:
-        status = _legacy_status(root, agent)
+    entries: list[tuple[str, str | None, str, str | None]]
+    if args.agents:
+        entries = [(a, a, "named", None) for a in _agents(args, root)]
+    else:
+        from .inspection import survey_root
+
+        entries = [(e.name, e.agent, e.kind, e.problem) for e in survey_root(root)]
+    for shown, agent, kind, problem in entries:
+        status = _legacy_status(root, agent) if agent is not None and kind != "broken" else None
         if status is not None:
             legacy_rows.append(status)
             continue
-        with _open_existing(root, agent, "stats", False) as mb:
-            rows.append(mb.stats().to_dict())
+        if kind == "named":
+            _need_mailbox(root, shown, "stats")  # an agent named that has no mailbox: a typo, an error
+        elif agent is None or kind != "mailbox":
+            if kind == "broken":  # one broken agent is its own row; the others are still counted
+                rows.append({"agent": shown, "error": problem})
+            continue
+        assert agent is not None
+        try:
+            with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
+                rows.append(mb.stats().to_dict())
+        except (OSError, HybridCommsError) as exc:
+            rows.append({"agent": shown, "error": str(exc)})
     from .fanout import bus_peers
 
     peers = bus_peers(root)
@@ -472,13 +477,24 @@ def _stats_rows(
     rows: list[dict[str, Any]],
     bus: dict[str, int] | None = None,
 ) -> int:
-    failing = _failing(args.fail_if, rows)
+    broken = [r for r in rows if "error" in r]
+    counted = [r for r in rows if "error" not in r]
+    failing = _failing(args.fail_if, counted)
     for line in failing:
         print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
+    if broken:
+        print(
+            f"hybridcomms stats: {len(broken)} mailbox(es) could not be read: "
+            + ", ".join(_fs.printable(r["agent"]) for r in broken[:5])
+            + (", …" if len(broken) > 5 else "")
+            + " (see their rows)",
+            file=sys.stderr,
+        )
+    code = EXIT_ERROR if failing or broken else EXIT_OK
     if args.json:
         extra = {"bus": bus} if bus is not None else {}
         _print_json({"root": where, "agents": rows, "legacy": legacy_rows, **extra})
-        return EXIT_ERROR if failing else EXIT_OK
+        return code
     for status in legacy_rows:
         print(
             f"{status['agent']}: legacy Dream.OS layout ({status['layout']}), {status['waiting']} waiting; "
@@ -487,15 +503,19 @@ def _stats_rows(
     if not rows:
         if not legacy_rows:
             print(f"no mailboxes under {where}")
-        return EXIT_ERROR if failing else EXIT_OK
+        return code
     from ._inspect_commands import human_age
 
     cols = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)]
-    width = max(len("agent"), *(len(r["agent"]) for r in rows))
+    names = {id(r): _fs.printable(r["agent"]) for r in rows}
+    width = max(len("agent"), *(len(n) for n in names.values()))
     print(f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in cols) + f"  {'delayed':>8}  oldest new")
     for r in rows:
+        if "error" in r:
+            print(f"{names[id(r)]:<{width}}  error: {_fs.printable(str(r['error']))}")
+            continue
         print(
-            f"{r['agent']:<{width}}  "
+            f"{names[id(r)]:<{width}}  "
             + "  ".join(f"{r[c]['count']:>10}" for c in cols)
             + f"  {r['delayed']:>8}  {human_age(r['new']['oldest_age'])}"
         )
@@ -505,7 +525,7 @@ def _stats_rows(
             + (f", {bus['dead']} dead not yet pruned" if bus["dead"] else "")
             + f"; {bus['dropped']} event(s) dropped for subscribers that did not keep up"
         )
-    return EXIT_ERROR if failing else EXIT_OK
+    return code
 
 
 def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
@@ -604,9 +624,14 @@ def _cmd_inspect(args: argparse.Namespace, root: Path) -> int:
             args.command
         ]
         for agent in getattr(args, "agents", None) or []:
-            _open_existing(root, agent, args.command, False).close()
+            if args.command == "doctor":  # a named mailbox must exist; what is wrong with it is a finding
+                _need_mailbox(root, agent, args.command)
+            else:
+                _open_existing(root, agent, args.command, False, read_only=True).close()
         return int(fn(args, root))
-    with _open_existing(root, args.agent, args.command, False, fsync=args.fsync) as mb:
+    # What only reads opens the mailbox read-only: nothing is created, not even a folder it lacks.
+    read_only = args.command == "ls" or (args.command == "purge" and args.dry_run)
+    with _open_existing(root, args.agent, args.command, False, fsync=args.fsync, read_only=read_only) as mb:
         per_agent = {"ls": ic.cmd_ls, "requeue": ic.cmd_requeue, "purge": ic.cmd_purge}[args.command]
         return int(per_agent(args, mb))
 
@@ -948,9 +973,17 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     pg.set_defaults(func=_cmd_inspect)
 
-    tl = sub.add_parser("tail", parents=[common], help="follow what happens in the mailboxes (until Ctrl-C)")
+    tl = sub.add_parser(
+        "tail", parents=[common], help="follow what happens in the mailboxes from now on (until Ctrl-C)"
+    )
     tl.add_argument("agents", nargs="*", help="only these agents")
     tl.add_argument("--json", action="store_true", help="JSON lines")
+    tl.add_argument(
+        "--waiting",
+        action="store_true",
+        help="first list what already waits in new/ (kind 'waiting', at the time each arrived); "
+        "by default tail shows what happens from now on",
+    )
     _add_bus_option(tl)
     tl.set_defaults(func=_cmd_inspect)
 

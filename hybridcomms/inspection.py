@@ -7,6 +7,7 @@ the delivery path.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .states import REQUEUE_DEAD, REQUEUE_DONE, State
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
-__all__ = ["LastError", "MailboxStats", "MessageInfo", "StateStats"]
+__all__ = ["LastError", "MailboxStats", "MessageInfo", "RootEntry", "StateStats", "survey_root"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,10 @@ class MailboxStats:
 
 def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[MessageInfo]:
     """Files in one state's folder (reason files of dead/ are folded into their message); with
-    ``key``, only the files of that id or that name (chosen by name, before any file is looked at)."""
+    ``key``, only the files of that id or that name (chosen by name, before any file is looked at).
+    A folder a read-only mailbox lacks (one made by hand with only ``new/``) is empty."""
+    if not mb.folders.has(state):
+        return []
     fd = mb.folders.fd(state)
     names = sorted(_fs.listdir_at(fd))
     out: list[MessageInfo] = []
@@ -185,6 +189,7 @@ def requeue_infos(
     """`requeue` of files already listed (one listing for many: ``requeue --all-dead``); ``step(n)``
     is told how many were handled so far."""
     _check_requeue_source(src)
+    mb.folders.check_writable()
     m = REQUEUE_DEAD if src is State.DEAD else REQUEUE_DONE
     src_fd, new_fd = mb.folders.fd(src), mb.folders.fd(State.NEW)
     moved: list[str] = []
@@ -230,6 +235,7 @@ def remove(
     """Delete these files of ``done/`` or ``dead/`` (with their reason files) and commit the folder."""
     if state not in (State.DONE, State.DEAD):
         raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
+    mb.folders.check_writable()
     fd = mb.folders.fd(state)
     removed = 0
     for n, info in enumerate(infos, 1):
@@ -254,6 +260,9 @@ def stats(mb: FileMailbox) -> MailboxStats:
     out: dict[State, StateStats] = {}
     delayed = 0
     for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP):
+        if not mb.folders.has(state):  # read-only, made by hand with only new/: nothing there
+            out[state] = StateStats(0, None)
+            continue
         fd = mb.folders.fd(state)
         count = 0
         oldest: float | None = None
@@ -270,3 +279,94 @@ def stats(mb: FileMailbox) -> MailboxStats:
                 delayed += 1
         out[state] = StateStats(count, None if oldest is None else max(now - oldest, 0.0))
     return MailboxStats(mb.agent_id, out, delayed)
+
+
+# -- what a root holds ---------------------------------------------------------------------------
+
+#: The folders of a hybridcomms mailbox; an agent folder holding any of them claims to be one.
+_STATE_FOLDERS = frozenset(s.folder for s in State)
+_LEGACY_ENTRIES = frozenset(("inbox.json", "inbox"))
+
+
+@dataclass(frozen=True, slots=True)
+class RootEntry:
+    """One entry of a mailbox root that is, or claims to be, an agent's mailbox (`survey_root`)."""
+
+    name: str  # the entry's name as printable text (`_fs.printable`)
+    agent: str | None  # the agent id; None when the name is not a safe agent id
+    kind: str  # "mailbox" (to open), "legacy" (a Dream.OS layout, no new/), "broken" (see problem)
+    problem: str | None = None  # why a broken entry cannot be read as a mailbox
+
+
+def survey_root(root: str | os.PathLike[str]) -> list[RootEntry]:
+    """Every entry of ``root`` that is or claims to be a mailbox, by name, each looked at on its own so
+    that one broken agent never hides the others. Nothing is opened beyond a listing of each folder.
+
+    - an agent folder with a ``new/`` entry is a ``mailbox`` (opening it says whether it is a sound one);
+    - one with other state folders (``tmp/``, ``processing/``, ``done/``, ``dead/``) but no ``new/`` is
+      ``broken``, unless it holds legacy Dream.OS files (``inbox.json``, ``inbox/``): ``legacy``;
+    - a link (nothing below the root may be one), a folder that cannot be listed, or a folder with state
+      folders under a name that is not a safe agent id is ``broken``;
+    - names starting with a dot (``.bus/``), files, FIFOs and folders of something else (``broadcast/``,
+      an agent's ``outbox/`` only) are not mailboxes and are left out.
+
+    Raises `OSError` if the root itself cannot be listed."""
+    from .mailbox import check_agent_id
+
+    out: list[RootEntry] = []
+    for name in sorted(os.listdir(root)):
+        if name.startswith("."):
+            continue
+        shown = _fs.printable(name)
+        try:
+            agent: str | None = check_agent_id(name)
+        except ValueError:
+            agent = None
+        path = os.path.join(root, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            out.append(RootEntry(shown, agent, "broken", f"cannot be looked at: {exc.strerror}"))
+            continue
+        if stat.S_ISLNK(mode):
+            out.append(RootEntry(shown, agent, "broken", "a symlink; a mailbox folder must be a real folder"))
+            continue
+        if not stat.S_ISDIR(mode):
+            continue  # a file, a FIFO, a socket: not an agent folder
+        try:
+            inner = set(os.listdir(path))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            out.append(RootEntry(shown, agent, "broken", f"cannot be listed: {exc.strerror}"))
+            continue
+        if not inner & _STATE_FOLDERS:
+            if agent is not None and inner & _LEGACY_ENTRIES:
+                out.append(RootEntry(shown, agent, "legacy"))
+            continue  # a folder of something else
+        if agent is None:
+            out.append(
+                RootEntry(
+                    shown,
+                    None,
+                    "broken",
+                    "not a safe agent id (1-128 of A-Z a-z 0-9 _ . @ + -, starting with a letter or digit)",
+                )
+            )
+        elif "new" in inner:
+            out.append(RootEntry(shown, agent, "mailbox"))
+        elif inner & _LEGACY_ENTRIES:
+            out.append(RootEntry(shown, agent, "legacy"))
+        else:
+            out.append(
+                RootEntry(
+                    shown,
+                    agent,
+                    "broken",
+                    f"mailbox folders ({', '.join(sorted(inner & _STATE_FOLDERS))}) but no new/; "
+                    f"'mkdir {os.path.join(root, name, 'new')}' makes it a mailbox",
+                )
+            )
+    return out

@@ -98,7 +98,8 @@ DEFAULT_BACKOFF = Backoff()
 #: Set to 1 to let mailboxes open folders that belong to another user (a shared-group setup).
 ALLOW_OTHER_OWNER_ENV = "HYBRIDCOMMS_ALLOW_OTHER_OWNER"
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
-_STATES = (State.TMP, State.NEW, State.PROCESSING, State.DONE, State.DEAD)
+#: The order a mailbox's folders are opened in: ``new/`` first, since it is what makes a mailbox.
+_OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
 
 # The hot paths (claim, ack) use these module constants instead of attribute lookups.
 _CLAIM_SRC, _CLAIM_DST = CLAIM.src_folder, CLAIM.dst_folder
@@ -206,7 +207,12 @@ class FileMailbox:
         batch_interval    with fsync="batch", folder changes are committed by the first call after this long
         tmp_max_age       recovery removes tmp/ files older than this (abandoned half-writes)
         rescan_interval   a claimer relists new/ at least this often to see other writers in order
-        create            create the folders if missing (else a missing mailbox raises)
+        create            create the folders if missing. With False, the mailbox must exist (its agent
+                          folder and ``new/``: ``mkdir -p <root>/<agent>/new`` adopts an agent by hand);
+                          the other state folders it lacks are made, with the modes below
+        read_only         open for inspection: nothing is ever created or written (the listings,
+                          `stats`, `get` and `read` work; writing raises `MailboxIOError` EROFS); the
+                          mailbox must exist, and a state folder it lacks besides ``new/`` reads as empty
         allow_other_owner open folders that belong to another user (a Dream.OS group setup); default
                           from $HYBRIDCOMMS_ALLOW_OTHER_OWNER, else refused with `UnsafePathError`
 
@@ -235,6 +241,7 @@ class FileMailbox:
         rescan_interval: float = 1.0,
         create: bool = True,
         allow_other_owner: bool | None = None,
+        read_only: bool = False,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.fsync = FsyncPolicy(fsync)
@@ -259,7 +266,8 @@ class FileMailbox:
         self._waiter_lock = threading.Lock()
         self._errors_lock = threading.Lock()
         self._closed = False
-        self._open_folders(create)
+        self.read_only = self.folders.read_only = read_only
+        self._open_folders(create and not read_only)
         if (
             self._given_file_mode is None
             and stat.S_IMODE(os.fstat(self.folders.fds["new"]).st_mode) & 0o060 == 0o060
@@ -304,12 +312,25 @@ class FileMailbox:
                         raise MailboxIOError(
                             exc.errno, f"cannot commit {root}: {exc.strerror}", root
                         ) from exc
-            agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
+            agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), "make" if create else "fail")
+            assert agent_fd is not None
             try:
-                for state in _STATES:
-                    self.folders.fds[state.folder] = self._open_folder(
-                        agent_fd, state.folder, str(self.path / state.folder), create
-                    )
+                # new/ first: it is what makes a mailbox (nothing is made in a folder that lacks it);
+                # the other state folders are made when missing, unless read-only.
+                absent = []
+                for state in _OPEN_ORDER:
+                    if create:
+                        missing = "make"
+                    elif state is State.NEW:
+                        missing = "fail"
+                    else:
+                        missing = "skip" if self.read_only else "make"
+                    fd = self._open_folder(agent_fd, state.folder, str(self.path / state.folder), missing)
+                    if fd is None:
+                        absent.append(state.folder)
+                    else:
+                        self.folders.fds[state.folder] = fd
+                self.folders.absent = frozenset(absent)
             finally:
                 os.close(agent_fd)
         except BaseException:
@@ -318,14 +339,18 @@ class FileMailbox:
         finally:
             os.close(root_fd)
 
-    def _open_folder(self, parent_fd: int, name: str, shown: str, create: bool) -> int:
+    def _open_folder(self, parent_fd: int, name: str, shown: str, missing: str) -> int | None:
+        """The folder ``name`` under ``parent_fd``, opened; when it is missing, ``missing`` says what to
+        do: "make" it (with `dir_mode`), "fail" (`MailboxIOError` ENOENT), or "skip" (None)."""
         made = False
         while True:
             try:
                 fd = _fs.open_dir(name, dir_fd=parent_fd)
                 break
             except FileNotFoundError:
-                if not create:
+                if missing == "skip":
+                    return None
+                if missing == "fail":
                     raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", shown) from None
                 try:
                     os.mkdir(name, self.dir_mode, dir_fd=parent_fd)
@@ -446,6 +471,8 @@ class FileMailbox:
 
     def put_file(self, message: Message, *, delay: float | None = None) -> str:
         """`put`, returning the name of the file in ``new/`` (for callers that report a path)."""
+        if self.read_only:
+            self.folders.check_writable()
         wait = check_delay(delay)
         data = message.encode(self.max_message_size)
         name = _publish_name(message, time.time(), wait)
@@ -508,6 +535,7 @@ class FileMailbox:
         none is guaranteed, though some may already have been delivered: send them again
         (same ids) and let handlers deduplicate. ``delay`` holds every one of them back, as in `put`.
         """
+        self.folders.check_writable()
         wait = check_delay(delay)
         msgs = list(messages)
         now = time.time()
@@ -546,6 +574,7 @@ class FileMailbox:
     def import_done(self, messages: Iterable[Message]) -> list[str]:
         """Record messages that a legacy layout already marked processed straight into ``done/``
         (for `hybridcomms migrate`: kept for audit, never delivered). Returns their ids."""
+        self.folders.check_writable()
         msgs = list(messages)
         tmp_fd, done_fd = self.folders.fd(State.TMP), self.folders.fd(State.DONE)
         now = time.time()
@@ -569,6 +598,7 @@ class FileMailbox:
         (a crash between burying and removing the original must not bury it twice)."""
         if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
             raise ValueError(f"unusable file name for dead/: {name!r}")
+        self.folders.check_writable()
         dead_fd = self.folders.fd(State.DEAD)
         try:
             os.stat(name, dir_fd=dead_fd, follow_symlinks=False)
@@ -639,9 +669,13 @@ class FileMailbox:
         whose callers name the file they read). None if it is gone or someone else holds it."""
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"not a file name in new/: {name!r}")
+        self.folders.check_writable()
         return self._try_claim(name)
 
     def _claim_once(self) -> Delivery | None:
+        # (A read-only mailbox never gets past here: its index stays empty, so `claim` always comes here.)
+        if self.read_only:
+            self.folders.check_writable()
         index = self._index
         waiter = self._waiter
         if waiter is None and not self._closed:
@@ -807,6 +841,7 @@ class FileMailbox:
 
         On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
         was, and `MailboxIOError` raised."""
+        self.folders.check_writable()
         dead_fd, tmp_fd = self.folders.fd(State.DEAD), self.folders.fd(State.TMP)
         # A message that failed before keeps its last error (errors/) in the reason, when the settle
         # that dead-letters it gives none itself; the record goes once the message is in dead/.
@@ -929,6 +964,7 @@ class FileMailbox:
 
         ``now``: the time at which leases and ``tmp/`` ages are judged (default: the clock); the
         messages it returns are due after their backoff from the real clock."""
+        self.folders.check_writable()
         return recovery.recover(self, time.time() if now is None else now)
 
     # -- inspection and repair (hybridcomms.inspection) -----------------------------------------

@@ -3,7 +3,9 @@
 Two kinds:
 
 - **State of the mailboxes**, read from the folders at scrape time (names and ``stat`` only, never a
-  message body): `MailboxCollector`.
+  message body): `MailboxCollector`. One exporter per root owns it: ``hybridcomms watch
+  --metrics-port`` (or ``stats --prometheus`` where no watch service runs); ``hybridcomms work`` never
+  exports it, so the depth of a mailbox is never scraped twice.
 - **What happened**, counted from the watcher's events (`EventCounter`, fed by ``hybridcomms watch``),
   by ``hybridcomms work`` (`WorkMetrics`), and by the in-process bus (`BusCollector`).
 
@@ -31,7 +33,8 @@ import orjson
 from . import _fs
 from ._names import REASON_SUFFIX
 from .errors import HybridCommsError
-from .mailbox import FileMailbox, list_agents
+from .inspection import survey_root
+from .mailbox import FileMailbox
 from .states import State
 
 __all__ = [
@@ -48,7 +51,10 @@ _STATES = (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP)
 
 class MailboxCollector(Collector):
     """Depth per agent and state, age of the oldest message per agent and state, and the delayed
-    (backing off) messages, for every mailbox under ``root``: read at each scrape."""
+    (backing off) messages, for every mailbox under ``root``: read at each scrape, read-only.
+
+    One exporter per root owns these: ``hybridcomms watch --metrics-port`` (or ``stats --prometheus``
+    where no watch service runs); ``hybridcomms work`` exports only its own `WorkMetrics`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -65,21 +71,38 @@ class MailboxCollector(Collector):
         delayed = GaugeMetricFamily(
             "hybridcomms_delayed_messages", "Messages in new/ not due yet (backing off)", labels=["agent"]
         )
-        up = GaugeMetricFamily("hybridcomms_mailboxes", "Mailboxes under the root")
-        agents = list_agents(self.root)
-        up.add_metric([], len(agents))
-        for agent in agents:
+        up = GaugeMetricFamily("hybridcomms_mailboxes", "Mailboxes under the root, read at this scrape")
+        unreadable = GaugeMetricFamily(
+            "hybridcomms_unreadable_mailboxes",
+            "Entries under the root that are or claim to be mailboxes but cannot be read "
+            "(hybridcomms stats names them)",
+        )
+        try:
+            entries = survey_root(self.root)
+        except FileNotFoundError:
+            entries = []
+        read = bad = 0
+        for entry in entries:
+            if entry.kind == "legacy":
+                continue
+            if entry.kind == "broken" or entry.agent is None:
+                bad += 1
+                continue
             try:
-                with FileMailbox(self.root, agent, create=False, fsync="never") as mb:
+                with FileMailbox(self.root, entry.agent, read_only=True, fsync="never") as mb:
                     st = mb.stats()
             except (OSError, HybridCommsError):
+                bad += 1
                 continue
+            read += 1
             for state in _STATES:
                 s = st.states[state]
-                depth.add_metric([agent, state.value], s.count)
-                oldest.add_metric([agent, state.value], s.oldest_age or 0.0)
-            delayed.add_metric([agent], st.delayed)
-        yield from (depth, oldest, delayed, up)
+                depth.add_metric([entry.agent, state.value], s.count)
+                oldest.add_metric([entry.agent, state.value], s.oldest_age or 0.0)
+            delayed.add_metric([entry.agent], st.delayed)
+        up.add_metric([], read)
+        unreadable.add_metric([], bad)
+        yield from (depth, oldest, delayed, up, unreadable)
         from .fanout import bus_peers
 
         peers = bus_peers(self.root)

@@ -71,14 +71,14 @@ _STATES = {s.folder: s for s in State}
 class MailboxEvent:
     """One thing that happened to one message file."""
 
-    kind: str  # delivered | claimed | acked | nacked | recovered | dead | requeued | imported
+    kind: str  # delivered | claimed | acked | nacked | recovered | dead | requeued | imported | waiting
     agent: str
     name: str  # the file name now (in ``state``)
     id: str | None  # the message id, from the name (None for a file hybridcomms did not name)
     attempt: int
     state: str  # the folder it is in now
     path: str
-    time: float
+    time: float  # when it happened; for "waiting", when the file entered new/ (its ctime)
     source: str = "notify"  # "notify" (a file event) or "rescan" (found by listing)
     topic: str | None = None  # read from the file (None if it was gone or is not a message)
     sender: str | None = None
@@ -138,6 +138,10 @@ class MailboxWatcher:
         ingest_legacy  take what legacy Dream.OS writers drop for an adopted agent (``inbox.json``
                        appends, ``inbox/`` files) into its ``new/``: None (default) when an intake is
                        configured (`hybridcomms.intake`), True or False to say so
+        waiting        what is already waiting in ``new/`` when it starts: "delivered" (default: reported
+                       as delivered, source "rescan", so that a service acts on it, as ``watch --exec``
+                       does), "waiting" (reported as kind "waiting", at the time each file entered
+                       ``new/``), or "skip" (not reported: events from now on, as ``tail`` shows them)
     """
 
     def __init__(
@@ -152,7 +156,11 @@ class MailboxWatcher:
         polling: bool = False,
         poll_interval: float = 1.0,
         ingest_legacy: bool | None = None,
+        waiting: str = "delivered",
     ) -> None:
+        if waiting not in ("delivered", "waiting", "skip"):
+            raise ValueError(f"waiting must be 'delivered', 'waiting' or 'skip', not {waiting!r}")
+        self.waiting = waiting
         self.root = Path(root)
         self.on_event = on_event
         self.bus = bus
@@ -182,7 +190,7 @@ class MailboxWatcher:
         os.makedirs(self.root, exist_ok=True)
         self._stop.clear()
         self._start_observer()
-        self.rescan()  # the truth first: whatever is already waiting
+        self.rescan(first=True)  # the truth first: whatever is already waiting
         self._thread = threading.Thread(target=self._maintain, name="hybridcomms-watcher", daemon=True)
         self._thread.start()
         return self
@@ -394,7 +402,24 @@ class MailboxWatcher:
             seen.add(name)
         self._emit("delivered", agent, State.NEW, name, source)
 
-    def _emit(self, kind: str, agent: str, state: State, name: str, source: str) -> None:
+    def _waiting(self, agent: str, name: str) -> None:
+        """A file found in new/ at the start: reported as waiting, at the time it entered new/."""
+        with self._lock:
+            seen = self._reported.setdefault(agent, set())
+            if name in seen:
+                return
+            seen.add(name)
+        if self.waiting == "skip":
+            return
+        try:
+            since = os.stat(os.path.join(self._root_str, agent, "new", name), follow_symlinks=False).st_ctime
+        except OSError:
+            return  # gone meanwhile: what happened to it is reported as it happens
+        self._emit("waiting", agent, State.NEW, name, "rescan", since)
+
+    def _emit(
+        self, kind: str, agent: str, state: State, name: str, source: str, at: float | None = None
+    ) -> None:
         info = parse_name(name)
         path = os.path.join(self._root_str, agent, state.folder, name)
         topic, sender = self._describe(info.id if info else None, path)
@@ -406,7 +431,7 @@ class MailboxWatcher:
             attempt=info.attempt if info else 0,
             state=state.folder,
             path=path,
-            time=time.time(),
+            time=time.time() if at is None else at,
             source=source,
             topic=topic,
             sender=sender,
@@ -422,8 +447,11 @@ class MailboxWatcher:
 
     # -- rescans and recovery -------------------------------------------------------------------
 
-    def rescan(self) -> int:
-        """List every ``new/`` and report what was not reported yet. Returns how many were new."""
+    def rescan(self, *, first: bool = False) -> int:
+        """List every ``new/`` and report what was not reported yet. Returns how many were new.
+
+        ``first``: the look at the start, which reports what it finds as ``waiting`` says."""
+        report = self._waiting if first and self.waiting != "delivered" else None
         found = 0
         for agent in list_agents(self.root):
             if self._intake is not None and self._intake.pending(self.root, agent):
@@ -437,7 +465,10 @@ class MailboxWatcher:
                 seen &= names  # forget what left new/ without us seeing it
                 fresh = sorted(n for n in names - seen if not n.startswith("."))
             for name in fresh:
-                self._delivered(agent, name, "rescan")
+                if report is not None:
+                    report(agent, name)
+                else:
+                    self._delivered(agent, name, "rescan")
                 found += 1
         return found
 

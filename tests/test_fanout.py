@@ -474,7 +474,7 @@ def test_watch_and_tail_show_the_fleets_status_traffic(
         assert cli.stdout is not None
         record = json.loads(cli.stdout.readline())
         assert record["kind"] == "bus" and record["topic"] == topic
-        assert record["payload"] == {"agent": "A", "status": "busy"} and record["source"] == "A"
+        assert record["payload"] == {"agent": "A", "status": "busy"} and record["sender"] == "A"
     finally:
         release()
         cli.send_signal(signal.SIGTERM)
