@@ -21,16 +21,16 @@ import uuid
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 import pytest
 
-from hybridcomms import Backoff, FileMailbox, Message
+from hybridcomms import Backoff, FileMailbox, Message, State
 from hybridcomms._progress import human_size
 from hybridcomms._urls import shown_url
 from hybridcomms.cli import SYSTEMD_UNITS, _parser, main
-from hybridcomms.compat.dreamos.migrate import survey
+from hybridcomms.compat.dreamos.migrate import migrate, survey
 from hybridcomms.watcher import EVENT_KINDS, MailboxEvent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -447,6 +447,65 @@ def test_migrate_on_a_terminal_shows_the_backup_size_and_the_messages_converted(
     assert f"\rmigrate: {total}/{total} messages converted" in err
     assert err.index("backup:") < err.index("migrate:")  # one line after the other
     assert not list(root.glob("*/inbox/*.json"))
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Progress batches of 7 messages, so that a small root takes several of them."""
+    import hybridcomms.compat.dreamos.legacy as legacy_mod
+    import hybridcomms.compat.dreamos.migrate as migrate_mod
+
+    monkeypatch.setattr(legacy_mod, "PROGRESS_BATCH", 7)
+    monkeypatch.setattr(migrate_mod, "PROGRESS_BATCH", 7)
+    return 7
+
+
+def test_migrate_reports_progress_batch_by_batch_and_converts_every_message_once(
+    tmp_path: Path, small_batches: int
+) -> None:
+    root = tmp_path / "mailboxes"
+    legacy_root(root)
+    plan = survey(root).totals()
+    total = plan["new"] + plan["done"] + plan["dead"]
+    steps: list[tuple[str, int, int]] = []
+    done = migrate(root, fsync="never", progress=lambda *step: steps.append(step))
+    backup = [s for s in steps if s[0] == "backup"]
+    converted = [s for s in steps if s[0] == "messages"]
+    assert steps.index(backup[-1]) < steps.index(converted[0])  # the backup first
+    assert backup[-1][1] == backup[-1][2] == size_of(done.backup)  # type: ignore[arg-type]
+    counts = [n for _, n, _ in converted]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == total
+    assert {t for _, _, t in converted} == {total}
+    assert len(set(counts)) > total // small_batches  # one step per batch at least
+    with FileMailbox(root, "Agent-0", fsync="never") as mb:
+        new = [mb.read(i).id for i in mb.list(State.NEW)]
+        finished = [mb.read(i).id for i in mb.list(State.DONE)]
+    assert sorted(new) == sorted({*new}) and len(new) == 31  # 30 from inbox/, 1 from inbox.json
+    assert sorted(finished) == sorted({*finished}) and len(finished) == 10  # archive/
+
+
+def test_a_migration_killed_between_batches_is_finished_without_duplicates(
+    tmp_path: Path, small_batches: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "mailboxes"
+    legacy_root(root, agents=1)
+    calls = {"n": 0}
+    real = FileMailbox.put_many
+
+    def killed_at_the_third_batch(self: FileMailbox, messages: Any) -> list[str]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed between two batches")
+        return real(self, messages)
+
+    monkeypatch.setattr(FileMailbox, "put_many", killed_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        migrate(root, backup=False, fsync="never", progress=lambda *step: None)
+    monkeypatch.setattr(FileMailbox, "put_many", real)
+    migrate(root, backup=False, fsync="never", progress=lambda *step: None)
+    with FileMailbox(root, "Agent-0", fsync="never") as mb:
+        new = [mb.read(i).id for i in mb.list(State.NEW)]
+    assert sorted(new) == sorted({f"m-0-{i}" for i in range(40) if i % 4} | {"j-0"})
 
 
 def test_migrate_piped_prints_no_progress(tmp_path: Path) -> None:
