@@ -15,13 +15,6 @@ __all__ = ["SHELLS", "complete_if_asked", "script"]
 
 SHELLS = ("bash", "zsh", "fish")
 
-#: Where each shell loads completions from on demand (docs/cli.md says the same).
-INSTALL = {
-    "bash": "~/.local/share/bash-completion/completions/hybridcomms",
-    "zsh": "~/.zfunc/_hybridcomms",
-    "fish": "~/.config/fish/completions/hybridcomms.fish",
-}
-
 
 def script(shell: str, command: str = "hybridcomms") -> str:
     """The completion script of ``shell`` for the command ``command`` (as typed, found on the PATH)."""
