@@ -1,10 +1,10 @@
 """The ``hybridcomms`` command.
 
     hybridcomms [--root R] send --to AGENT --topic T --payload JSON [--priority P] [--from SENDER]
-                                [--id ID] [--delay AGE] [--ttl AGE] [--adopt]
+                                [--id ID] [--delay AGE] [--ttl AGE] [--adopt] [--json]
     hybridcomms [--root R] recv AGENT [--timeout S] [--adopt]
     hybridcomms [--root R] stats [AGENT ...] [--json]
-    hybridcomms [--root R] recover [AGENT ...]
+    hybridcomms [--root R] recover [AGENT ...] [--json]
     hybridcomms [--root R] demo
     hybridcomms [--root R] work AGENT [--concurrency N] [--timeout S] [--grace S] [--json] -- CMD [ARGS...]
     hybridcomms systemd-unit watch|work
@@ -13,6 +13,7 @@
     hybridcomms [--policy FILE] policy explain TOPIC [--priority P] [--broadcast] [--route R] [--json]
     hybridcomms [--policy FILE] policy show
     hybridcomms [--root R] migrate [--dry-run] [--no-backup] [--group] [--json]
+    hybridcomms completion bash|zsh|fish
 
 The mailbox root is ``--root``, else ``$HYBRIDCOMMS_ROOT``, else
 ``runtime/agent_comms/agent_mailboxes`` under the current directory (the Dream.OS location).
@@ -41,17 +42,21 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__, _fs
+from ._fs import shown
 from ._urls import backend_of, shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
 from .policy import Decision, Policy, Route, find_policy
+from .recovery import RecoveryReport
 from .states import State
 
 __all__ = ["main", "resolve_policy", "resolve_root"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
+#: The systemd units shipped in the package (``hybridcomms/systemd/``) that ``systemd-unit`` prints.
+SYSTEMD_UNITS = {"watch": "hybridcomms-watch.service", "work": "hybridcomms-work@.service"}
 
 
 def resolve_root(arg: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -174,7 +179,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         from .compat.dreamos.legacy import to_legacy_dict
 
         where = deliver(root, args.to, to_legacy_dict(message))
-        print(message.id)
+        _report_sent(args, message, decision, backend="file", path=where, legacy=True)
         print(
             f"hybridcomms send: {args.to} reads the legacy Dream.OS layout: written to "
             f"{where.relative_to(root)}; to move it to hybridcomms run 'hybridcomms migrate' "
@@ -185,20 +190,37 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
     from .backend import put_once
 
     with _open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
+        written: Path | None = None
         if args.id:
             existing = put_once(mb, message, delay=args.delay)
+        elif isinstance(mb, FileMailbox):
+            existing = None
+            written = mb.path / State.NEW.folder / mb.put_file(message, delay=args.delay)
         else:
             existing = None
             mb.put(message, delay=args.delay)
+        backend = "file" if isinstance(mb, FileMailbox) else "redis"
         if existing is not None:  # an idempotent resend: the message is there already
-            print(message.id)
+            _report_sent(
+                args,
+                message,
+                decision,
+                backend=backend,
+                path=existing.path,
+                url=url,
+                state=existing.state,
+                sent=False,
+            )
             print(
                 f"hybridcomms send: {message.id} is already in {args.to}'s mailbox "
                 f"({existing.state.value}/); not sent again",
                 file=sys.stderr,
             )
             return EXIT_OK
-    print(message.id)
+        if written is None and isinstance(mb, FileMailbox) and args.json:
+            info = mb.get(message.id)  # put_once stored it: where?
+            written = info.path if info is not None else None
+        _report_sent(args, message, decision, backend=backend, path=written, url=url, state=State.NEW)
     return EXIT_OK
 
 
@@ -213,6 +235,39 @@ def _rule_backend(backend: str, topic: str, root: Path) -> tuple[Path, str | Non
     if kind == "file":
         return Path(backend.removeprefix("file://")), None
     return root, backend
+
+
+def _report_sent(
+    args: argparse.Namespace,
+    message: Message,
+    decision: Decision,
+    *,
+    backend: str,
+    path: Path | None = None,
+    url: str | None = None,
+    legacy: bool = False,
+    state: State | None = None,
+    sent: bool = True,
+) -> None:
+    """What ``send`` prints on stdout: the id, or with ``--json`` one document saying where it went."""
+    if not args.json:
+        print(message.id)
+        return
+    _print_json(
+        {
+            "id": message.id,
+            "agent": args.to,
+            "topic": message.topic,
+            "route": decision.route.value,  # durable or both (an ephemeral topic is refused)
+            "reason": decision.reason,  # the policy rule that chose the route
+            "backend": backend,  # "file" or "redis"
+            "path": shown(str(path.absolute())) if path is not None else None,  # the file it is in
+            "url": shown_url(url) if url else None,  # the Redis, its password hidden
+            "legacy": legacy,  # written to a legacy Dream.OS layout (inbox.json or inbox/), not new/
+            "sent": sent,  # false: an id sent before and still there; nothing was written
+            "state": state.value if state is not None else None,  # where it is now (null: legacy)
+        }
+    )
 
 
 def _legacy_status(root: Path, agent: str) -> dict[str, Any] | None:
@@ -430,23 +485,23 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         from .inspection import survey_root
 
         entries = [(e.name, e.agent, e.kind, e.problem) for e in survey_root(root)]
-    for shown, agent, kind, problem in entries:
+    for name_shown, agent, kind, problem in entries:
         status = _legacy_status(root, agent) if agent is not None and kind != "broken" else None
         if status is not None:
             legacy_rows.append(status)
             continue
         if kind == "named":
-            _need_mailbox(root, shown, "stats")  # an agent named that has no mailbox: a typo, an error
+            _need_mailbox(root, name_shown, "stats")  # an agent named that has no mailbox: a typo, an error
         elif agent is None or kind != "mailbox":
             if kind == "broken":  # one broken agent is its own row; the others are still counted
-                rows.append({"agent": shown, "error": problem})
+                rows.append({"agent": name_shown, "error": problem})
             continue
         assert agent is not None
         try:
             with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
                 rows.append(mb.stats().to_dict())
         except (OSError, HybridCommsError) as exc:
-            rows.append({"agent": shown, "error": str(exc)})
+            rows.append({"agent": name_shown, "error": str(exc)})
     from .fanout import bus_peers
 
     peers = bus_peers(root)
@@ -534,13 +589,19 @@ def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
     if not url:
         _need_root(root, "recover", False)
     failed = 0
+    rows: list[dict[str, Any]] = []
     for agent in _agents(args, root):
         try:
             with _open_existing(root, agent, "recover", False, url) as mb:
                 rep = mb.recover()
         except Exception as exc:
             failed += 1
-            print(f"hybridcomms recover: {agent}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"hybridcomms recover: {agent}: {error}", file=sys.stderr)
+            rows.append(_recovery_row(agent, RecoveryReport(), error))
+            continue
+        rows.append(_recovery_row(agent, rep))
+        if args.json:
             continue
         if rep.busy:
             print(f"{agent}: another recovery is running on it; skipped")
@@ -552,7 +613,24 @@ def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
         )
         for entry, why in rep.errors:
             print(f"  left {entry}: {why}")
+    if args.json:
+        _print_json({"root": shown_url(url) if url else str(root), "agents": rows, "failed": failed})
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _recovery_row(agent: str, rep: RecoveryReport, error: str | None = None) -> dict[str, Any]:
+    """One mailbox's recovery for ``recover --json``: lists of message ids (or file names), and the
+    error if the mailbox failed (then the lists are empty)."""
+    return {
+        "agent": agent,
+        "busy": rep.busy,  # another pass was running on it: this one did nothing
+        "returned": [shown(i) for i in rep.returned],  # its consumer died: back to new/
+        "expired": [shown(i) for i in rep.expired],  # its lease ran out: back to new/
+        "dead": [shown(i) for i in rep.dead],  # out of attempts, or not a message: to dead/
+        "tmp_removed": [shown(n) for n in rep.tmp_removed],
+        "left": [{"entry": shown(e), "why": shown(w)} for e, w in rep.errors],
+        "error": shown(error) if error is not None else None,
+    }
 
 
 def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
@@ -645,8 +723,14 @@ def _cmd_work(args: argparse.Namespace, root: Path) -> int:
 def _cmd_systemd_unit(args: argparse.Namespace, root: Path) -> int:
     from importlib.resources import files
 
-    name = {"watch": "hybridcomms-watch.service", "work": "hybridcomms-work@.service"}[args.service]
-    sys.stdout.write((files("hybridcomms") / "systemd" / name).read_text())
+    sys.stdout.write((files("hybridcomms") / "systemd" / SYSTEMD_UNITS[args.service]).read_text())
+    return EXIT_OK
+
+
+def _cmd_completion(args: argparse.Namespace, root: Path) -> int:
+    from ._completion import script
+
+    sys.stdout.write(script(args.shell))
     return EXIT_OK
 
 
@@ -657,12 +741,26 @@ def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
+    from ._progress import Phases, Progress
     from .compat.dreamos.migrate import migrate
 
-    modes = {"dir_mode": 0o770, "file_mode": 0o660} if args.group else {"dir_mode": 0o700, "file_mode": 0o600}
-    result = migrate(
-        root, dry_run=args.dry_run, backup=not args.no_backup, fsync=args.fsync or "always", **modes
+    dir_mode, file_mode = (0o770, 0o660) if args.group else (0o700, 0o600)
+    # On a terminal: the backup copy's size, then the messages converted, redrawn on stderr.
+    progress = Phases(
+        backup=Progress("backup", sizes=True), messages=Progress("migrate", unit="messages converted")
     )
+    try:
+        result = migrate(
+            root,
+            dry_run=args.dry_run,
+            backup=not args.no_backup,
+            fsync=args.fsync or "always",
+            dir_mode=dir_mode,
+            file_mode=file_mode,
+            progress=progress,
+        )
+    finally:
+        progress.end()
     if args.json:
         print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -765,7 +863,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hybridcomms", description="Durable agent mailboxes: send, receive, inspect.")
+    p = _Parser(
+        prog="hybridcomms",
+        description="Durable agent mailboxes: send, receive, inspect, repair, watch and consume them, from "
+        "the shell. The mailbox root is --root, else $HYBRIDCOMMS_ROOT, else "
+        "./runtime/agent_comms/agent_mailboxes; --url redis://... works on a Redis instead.",
+        epilog="'hybridcomms COMMAND --help' describes a command. Exit codes: 0 done, 1 an error (stderr "
+        "says what), 2 bad usage, 3 recv found no message. Shell completion: 'hybridcomms completion "
+        "bash|zsh|fish' prints the script (docs/cli.md says where to put it).",
+    )
     p.add_argument("--version", action="version", version=f"hybridcomms {__version__}")
     _add_common(p, None)
     common = _Parser(add_help=False)
@@ -829,6 +935,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put it into a hybridcomms mailbox even if the agent still reads a legacy Dream.OS layout",
     )
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: id, agent, route and why, backend, file path or URL, legacy, sent",
+    )
     s.set_defaults(func=_cmd_send)
 
     r = sub.add_parser("recv", parents=[common], help="claim one message, print it as JSON, ack it")
@@ -865,7 +976,14 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_recv)
 
     st = sub.add_parser(
-        "stats", parents=[common], help="counts per state for every mailbox (or the ones named)"
+        "stats",
+        parents=[common],
+        help="counts per state for every mailbox (or the ones named)",
+        description="Counts the messages of every mailbox under the root (or of the agents named) in each "
+        "state (new, processing, done, dead), the delayed ones (backing off in new/) and the age of the "
+        "oldest waiting. Agents still on a legacy Dream.OS layout are listed with how many messages wait "
+        "there. --fail-if exits 1 when a condition holds for some mailbox (cron, health checks); "
+        "--prometheus writes the metrics for node_exporter's textfile collector.",
     )
     st.add_argument("agents", nargs="*", help="only these agents (default: every mailbox)")
     st.add_argument(
@@ -885,16 +1003,44 @@ def _parser() -> argparse.ArgumentParser:
     st.set_defaults(func=_cmd_stats)
 
     rc = sub.add_parser(
-        "recover", parents=[common], help="give back messages held by dead consumers; sweep tmp/"
+        "recover",
+        parents=[common],
+        help="give back messages held by dead consumers; sweep tmp/",
+        description="Returns to new/ the messages held by consumers that died (their lock is free) or "
+        "hung past their lease, dead-letters those whose attempts are used up, and removes half-written "
+        "files abandoned in tmp/. Safe at any time, from any process, as often as you like (the watch "
+        "service runs it periodically). Every mailbox is tried even when one fails (then the exit is 1); "
+        "entries it cannot handle are left in place and listed.",
     )
-    rc.add_argument("agents", nargs="*")
+    rc.add_argument("agents", nargs="*", help="only these agents (default: every mailbox)")
+    rc.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: per mailbox the ids returned, expired, dead-lettered, the tmp/ files "
+        "removed, the entries left in place, and the error if it failed",
+    )
     rc.set_defaults(func=_cmd_recover)
 
-    d = sub.add_parser("demo", parents=[common], help="a short tour in a Demo-Agent mailbox under the root")
+    d = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="a short tour in a Demo-Agent mailbox under the root",
+        description="A short tour in a Demo-Agent mailbox under the root (emptied first, so every run "
+        "prints the same table): three messages claimed in priority order, one whose handler fails, is "
+        "retried and then dead-lettered with its reason. The files stay there for you to look at.",
+    )
     d.set_defaults(func=_cmd_demo)
 
     w = sub.add_parser(
-        "watch", parents=[common], help="watch every mailbox: print events, run --exec, recover periodically"
+        "watch",
+        parents=[common],
+        help="watch every mailbox: print events, run --exec, recover periodically",
+        description="The watch service: watches every mailbox under the root (agents created later too) "
+        "and prints one line per thing that happens to a message (delivered, claimed, acked, recovered, "
+        "dead-lettered...; --json: one object per line). It runs recovery every --recover-every seconds "
+        "and lists every new/ every --rescan-every seconds to catch what notifications missed. --exec "
+        "runs a shell command per delivered message: it notifies, it does not consume (use 'work' for "
+        "that). SIGTERM or Ctrl-C stop it cleanly.",
     )
     w.add_argument("--json", action="store_true", help="one JSON object per line")
     w.add_argument(
@@ -938,7 +1084,12 @@ def _parser() -> argparse.ArgumentParser:
     from ._inspect_commands import parse_age
 
     ls = sub.add_parser(
-        "ls", parents=[common], help="list an agent's messages: state, age, attempt, id, topic"
+        "ls",
+        parents=[common],
+        help="list an agent's messages: state, age, attempt, id, topic",
+        description="Lists one mailbox's messages, state by state: how long each has been in its state, "
+        "its attempt, id and topic, and for a dead-lettered one why it died. --state, --topic and "
+        "--older-than narrow the list; --json gives ages in seconds.",
     )
     ls.add_argument("agent")
     ls.add_argument("--state", choices=["new", "processing", "done", "dead"], help="only this state")
@@ -949,13 +1100,27 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="a JSON list (ages in seconds)")
     ls.set_defaults(func=_cmd_inspect)
 
-    sh = sub.add_parser("show", parents=[common], help="one message by id: content, state, attempt, errors")
+    sh = sub.add_parser(
+        "show",
+        parents=[common],
+        help="one message by id: content, state, attempt, errors",
+        description="Finds one message by id (or file name) in every mailbox, or in --agent's, and prints "
+        "where it is (state, file, attempt, age), its content, and for a dead-lettered one the reason "
+        "and the last error. Exit 1 if no mailbox has it.",
+    )
     sh.add_argument("id", help="message id (or file name)")
     sh.add_argument("--agent", help="look only in this agent's mailbox (default: every mailbox)")
     sh.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     sh.set_defaults(func=_cmd_inspect)
 
-    rq = sub.add_parser("requeue", parents=[common], help="move dead-lettered messages back to new/")
+    rq = sub.add_parser(
+        "requeue",
+        parents=[common],
+        help="move dead-lettered messages back to new/",
+        description="Moves dead-lettered messages (the ids given, or --all-dead) from dead/ back to new/, "
+        "due now, keeping their attempt count unless --reset-attempts. Exit 1 if an id given was not in "
+        "dead/.",
+    )
     rq.add_argument("agent")
     rq.add_argument("ids", nargs="*", help="message ids to requeue")
     rq.add_argument("--all-dead", action="store_true", help="every message in dead/")
@@ -965,7 +1130,14 @@ def _parser() -> argparse.ArgumentParser:
     rq.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     rq.set_defaults(func=_cmd_inspect)
 
-    pg = sub.add_parser("purge", parents=[common], help="delete old messages from done/ or dead/")
+    pg = sub.add_parser(
+        "purge",
+        parents=[common],
+        help="delete old messages from done/ or dead/",
+        description="Deletes the messages that entered done/ or dead/ (--state) longer ago than "
+        "--older-than (with their reason files). --dry-run says what would go and deletes nothing. "
+        "new/ and processing/ are never touched.",
+    )
     pg.add_argument("agent")
     pg.add_argument("--state", required=True, choices=["done", "dead"], help="which folder")
     pg.add_argument("--older-than", required=True, type=parse_age, help="age (e.g. 7d) past which to delete")
@@ -974,7 +1146,12 @@ def _parser() -> argparse.ArgumentParser:
     pg.set_defaults(func=_cmd_inspect)
 
     tl = sub.add_parser(
-        "tail", parents=[common], help="follow what happens in the mailboxes from now on (until Ctrl-C)"
+        "tail",
+        parents=[common],
+        help="follow what happens in the mailboxes from now on (until Ctrl-C)",
+        description="Prints what happens to the messages of every mailbox (or of the agents named) as it "
+        "happens, one line per event, until SIGTERM or Ctrl-C: like 'watch' without its recovery or "
+        "--exec. --bus also follows the ephemeral bus events of the processes sharing the root.",
     )
     tl.add_argument("agents", nargs="*", help="only these agents")
     tl.add_argument("--json", action="store_true", help="JSON lines")
@@ -991,6 +1168,9 @@ def _parser() -> argparse.ArgumentParser:
         "top",
         parents=[common],
         help="a live view of every mailbox (depth, in flight, delayed, dead, oldest, acks/s); q quits",
+        description="A live view of every mailbox in the terminal, refreshed every --interval seconds: "
+        "messages waiting, in flight, delayed, dead and done, the oldest waiting, and acks per second. "
+        "q quits. Needs a terminal.",
     )
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (1)")
     tp.set_defaults(func=_cmd_inspect)
@@ -1000,6 +1180,10 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check the mailboxes (stale tmp/ files, orphaned claims, undecodable files, modes, "
         "legacy drops); exit 0 only when healthy",
+        description="Checks every mailbox (or the agents named) for stale tmp/ files, orphaned claims, "
+        "files that will never decode, wrong modes, names hybridcomms did not give and legacy drops not "
+        "taken in yet, and prints what it found. --fix repairs what can be repaired. Exit 0 only when "
+        "healthy.",
     )
     dr.add_argument("agents", nargs="*", help="only these agents")
     dr.add_argument("--fix", action="store_true", help="repair what can be repaired")
@@ -1016,6 +1200,9 @@ def _parser() -> argparse.ArgumentParser:
         "work",
         parents=[common],
         help="run a command for each message of AGENT's mailbox: exit 0 acks, 75 retries, other fails",
+        usage="%(prog)s AGENT [options] -- CMD [ARGS...]",
+        epilog="CMD [ARGS...] (after '--') is run as it is, never through a shell: "
+        "hybridcomms work Agent-1 --concurrency 2 -- ./handle-message --verbose",
         description="Claims AGENT's messages and runs CMD (not through a shell) for each: the message's JSON "
         "on stdin, HYBRIDCOMMS_ID, _TOPIC, _SENDER, _ATTEMPT, _MAX_ATTEMPTS, _PRIORITY, _CORRELATION_ID, "
         "_REPLY_TO, _AGENT in the environment. Exit 0 acks (stdout is the reply to a request); exit 75 "
@@ -1060,15 +1247,25 @@ def _parser() -> argparse.ArgumentParser:
     wk.set_defaults(func=_cmd_work, cmd=[])
 
     su = sub.add_parser(
-        "systemd-unit", help="print a systemd unit for the watch service or a work consumer (to adjust)"
+        "systemd-unit",
+        help="print a systemd unit for the watch service or a work consumer (to adjust)",
+        description="Prints one of the systemd units shipped in the package (hybridcomms/systemd/): "
+        "'watch' the watch service, 'work' the template of a work consumer per agent "
+        "(hybridcomms-work@AGENT). Adjust User, WorkingDirectory and the paths, then install it: "
+        "hybridcomms systemd-unit watch > /etc/systemd/system/hybridcomms-watch.service",
     )
-    su.add_argument("service", choices=["watch", "work"], help="which unit")
+    su.add_argument("service", choices=list(SYSTEMD_UNITS), help="which unit")
     su.set_defaults(func=_cmd_systemd_unit)
 
     mg = sub.add_parser(
         "migrate",
         parents=[common],
         help="convert a Dream.OS mailbox root (inbox.json, inbox/, archive/, flat files) to this layout",
+        description="Converts a Dream.OS mailbox root to this layout, once: inbox.json entries, inbox/ "
+        "and flat files go to new/, archive/ and processed/ to done/, what cannot be converted to dead/ "
+        "with a reason; anything else (notes, links, FIFOs) is left in place and listed. The root is first "
+        "copied to <root>.backup-<time> (unless --no-backup). Safe to run again. On a terminal it shows "
+        "the backup's size and the messages converted as it goes, on stderr.",
     )
     mg.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     mg.add_argument("--no-backup", action="store_true", help="do not copy the root to <root>.backup-<time>")
@@ -1081,11 +1278,21 @@ def _parser() -> argparse.ArgumentParser:
     mg.set_defaults(func=_cmd_migrate)
 
     pol = sub.add_parser(
-        "policy", parents=[common], help="the routing policy: explain a topic, or show every rule"
+        "policy",
+        parents=[common],
+        help="the routing policy: explain a topic, or show every rule",
+        description="The routing policy decides whether a topic goes durable (the mailbox), ephemeral (the "
+        "in-memory bus) or both. It is --policy FILE, else $HYBRIDCOMMS_POLICY, else ./hybridcomms.toml, "
+        "else [tool.hybridcomms.policy] in ./pyproject.toml, else the built-in rules.",
     )
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="explain|show")
     ex = pol_sub.add_parser(
-        "explain", parents=[common], help="which route a topic takes, and the rule that chose it"
+        "explain",
+        parents=[common],
+        help="which route a topic takes, and the rule that chose it",
+        description="Prints the route TOPIC takes under the policy in use (durable, ephemeral or both), "
+        "the rule that chose it, and the file the policy came from. --broadcast asks for a publish to "
+        "subscribers instead of a send to one agent; --route tries a per-message override.",
     )
     ex.add_argument("topic")
     ex.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
@@ -1099,8 +1306,27 @@ def _parser() -> argparse.ArgumentParser:
         help="print JSON: route, reason, rule, pattern, backend (where the durable copy goes), source",
     )
     ex.set_defaults(func=_cmd_policy_explain)
-    sh = pol_sub.add_parser("show", parents=[common], help="every rule, in order")
+    sh = pol_sub.add_parser(
+        "show",
+        parents=[common],
+        help="every rule, in order",
+        description="Prints every rule of the policy in use, in the order they are tried, and the "
+        "defaults that apply when none matches.",
+    )
     sh.set_defaults(func=_cmd_policy_show)
+
+    from ._completion import SHELLS
+
+    cp = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Prints the script that makes TAB complete hybridcomms commands and options in bash, "
+        "zsh or fish, generated from this parser by the argcomplete library. Install it once, e.g. "
+        "'hybridcomms completion bash > ~/.local/share/bash-completion/completions/hybridcomms' "
+        "(docs/cli.md gives the line for each shell), then open a new shell.",
+    )
+    cp.add_argument("shell", choices=SHELLS, help="the shell to print the script for")
+    cp.set_defaults(func=_cmd_completion)
     return p
 
 
@@ -1111,7 +1337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ``work AGENT [OPTIONS] -- CMD [ARGS...]``: everything after "--" is the command, as it is
         cut = words.index("--", words.index("work"))
         words, command = words[:cut], words[cut + 1 :]
-    args = _parser().parse_args(words)
+    parser = _parser()
+    from ._completion import complete_if_asked
+
+    complete_if_asked(parser)  # when the shell asks for TAB completions: print them and exit
+    args = parser.parse_args(words)
     if command:
         args.cmd = command
     if not logging.getLogger().handlers:

@@ -408,19 +408,21 @@ class FileMailbox:
                     exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root
                 ) from exc
             try:
-                agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), False)
+                agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), "fail")
+                assert agent_fd is not None  # "fail" raises instead
                 try:
                     fd = self._open_folder(
-                        agent_fd, _last_errors.ERRORS, str(self.path / _last_errors.ERRORS), create
+                        agent_fd,
+                        _last_errors.ERRORS,
+                        str(self.path / _last_errors.ERRORS),
+                        "make" if create else "skip",
                     )
-                except MailboxIOError as exc:
-                    if exc.errno == errno.ENOENT and not create:
-                        return None
-                    raise
                 finally:
                     os.close(agent_fd)
             finally:
                 os.close(root_fd)
+            if fd is None:
+                return None
             self.folders.fds[_last_errors.ERRORS] = fd
             return fd
 

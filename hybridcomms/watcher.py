@@ -39,7 +39,7 @@ from .bus import AgentBus
 from .mailbox import FileMailbox, list_agents
 from .states import TRANSITIONS, State, Transition
 
-__all__ = ["MailboxEvent", "MailboxWatcher"]
+__all__ = ["EVENT_KINDS", "MailboxEvent", "MailboxWatcher"]
 
 log = logging.getLogger("hybridcomms.watcher")
 
@@ -59,6 +59,12 @@ KIND_OF: dict[tuple[State, State], str] = {
 _QUIET = {Transition.STEAL, Transition.RECOVER}  # internal steps of recovery (reported at their end)
 #: A file arriving in new/ from tmp/ under this name was returned by recovery.
 _RECOVERED_SUFFIX = ".stolen"
+#: What a message returned by recovery (its consumer died or hung) is reported as.
+RECOVERED = "recovered"
+#: Every kind of event the watcher reports, in the order a message meets them (the docs list exactly
+#: these: tests/test_cli_ux.py compares).
+EVENT_KINDS = ("delivered", "claimed", "acked", "nacked", RECOVERED, "dead", "requeued", "imported")
+assert {*KIND_OF.values(), RECOVERED} == set(EVENT_KINDS), "EVENT_KINDS must list what is reported"
 assert all(pair in TRANSITIONS for pair in KIND_OF), "KIND_OF must follow the state table"
 assert all(pair in KIND_OF or TRANSITIONS[pair] <= _QUIET for pair in TRANSITIONS), (
     "every move in the state table is either reported or deliberately quiet"
@@ -379,14 +385,14 @@ class MailboxWatcher:
             return
         kind = KIND_OF.get((a[1], b[1]))
         if a[1] is State.TMP and b[1] is State.NEW and a[2].endswith(_RECOVERED_SUFFIX):
-            kind = "recovered"  # a dead or hung consumer's message, back in new/
+            kind = RECOVERED  # a dead or hung consumer's message, back in new/
         if kind is None:
             return
         agent, name = b[0], b[2]
         if a[1] is State.NEW:
             with self._lock:
                 self._reported.get(agent, set()).discard(a[2])
-        if kind in ("delivered", "recovered") or b[1] is State.NEW:
+        if kind in ("delivered", RECOVERED) or b[1] is State.NEW:
             if kind == "delivered":
                 self._delivered(agent, name, "notify")
                 return

@@ -47,6 +47,8 @@ def test_each_python_block_runs(index: int, tmp_path: Path, request: pytest.Fixt
     "index", [i for i, (k, b) in enumerate(BLOCKS) if k == "sh" and not b.strip().startswith(SETUP)]
 )
 def test_each_shell_block_runs(index: int, tmp_path: Path) -> None:
+    if (BIN / "hybridcomms").exists():  # the folder of a clone where the quickstart made .venv
+        (tmp_path / ".venv").symlink_to(BIN.parent, target_is_directory=True)
     for line in BLOCKS[index][1].strip().splitlines():
         command = line.split("  #")[0].strip()
         if not command:

@@ -67,6 +67,11 @@ JOURNAL = ".hybridcomms-ingest.json"
 #: A file in inbox/ that is not valid JSON is left alone this long (an unlocked L3 writer may still be
 #: writing it) before it goes to dead/.
 DEFAULT_SETTLE = 5.0
+#: With a progress callback (`migrate`), messages are published this many at a time, each batch
+#: reported once it is durable; without one, all at once (one durability barrier).
+PROGRESS_BATCH = 500
+#: ``on_taken(n)``: ``n`` more legacy messages were taken (published, found there already, or buried).
+Taken = Callable[[int], None]
 
 
 class LegacyLayout(str, Enum):
@@ -343,9 +348,11 @@ def ingest(
     lock_timeout: float = 10.0,
     settle: float = DEFAULT_SETTLE,
     max_inbox_json: int = DEFAULT_MAX_INBOX_JSON,
+    on_taken: Taken | None = None,
 ) -> IngestReport:
     """Move everything legacy writers dropped for this agent into its ``new/`` (see the module
     docstring). Raises `LockTimeoutError` if a legacy writer holds a lock for ``lock_timeout``.
+    ``on_taken`` is told as messages are taken (for progress).
 
     Every legacy path is walked without following links: a symlink, a FIFO or a folder where a file
     is expected (and an ``inbox.json`` over ``max_inbox_json`` bytes) is left where it is and listed
@@ -357,7 +364,7 @@ def ingest(
         if kind == "file":
             try:
                 with hold_lock_file(INBOX_JSON + ".lock", lock_timeout, dir_fd=adir_fd):
-                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json)
+                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken)
             except UnsafePathError as exc:
                 _refuse(report, agent, f"{agent}/{INBOX_JSON}.lock", str(exc))
         elif kind is not None:
@@ -373,7 +380,7 @@ def ingest(
                     if _has_candidates(inbox_fd):
                         try:
                             with hold_lock_file(INBOX_DIR_LOCK, lock_timeout, dir_fd=inbox_fd):
-                                ingest_folder(mailbox, inbox_fd, INBOX_DIR, report, settle)
+                                ingest_folder(mailbox, inbox_fd, INBOX_DIR, report, settle, on_taken=on_taken)
                         except UnsafePathError as exc:
                             _refuse(report, agent, f"{agent}/{INBOX_DIR}/{INBOX_DIR_LOCK}", str(exc))
                 finally:
@@ -427,7 +434,9 @@ def _reason(text: str, source: str) -> dict[str, Any]:
     return {"reason": text, "source": source, "attempts": 0}
 
 
-def _ingest_inbox_json(mb: FileMailbox, adir_fd: int, report: IngestReport, limit: int) -> None:
+def _ingest_inbox_json(
+    mb: FileMailbox, adir_fd: int, report: IngestReport, limit: int, on_taken: Taken | None = None
+) -> None:
     source = f"{mb.agent_id}/{INBOX_JSON}"
     try:
         raw = _fs.read_regular(INBOX_JSON, limit, dir_fd=adir_fd)
@@ -449,13 +458,15 @@ def _ingest_inbox_json(mb: FileMailbox, adir_fd: int, report: IngestReport, limi
         mb.bury(raw, f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json", _reason(problem, source))
         report.dead.append(INBOX_JSON)
         _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
+        if on_taken is not None:
+            on_taken(1)
         return
     if not entries:
         return
     items: list[tuple[str, bytes, Any]] = []
     for i, entry in enumerate(entries):
         items.append((f"{source}[{i}]", _json.dumps(entry), entry))
-    _publish(mb, items, report)
+    _publish(mb, items, report, on_taken=on_taken)
     _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
     _end_journal(mb)
 
@@ -472,10 +483,12 @@ def ingest_folder(
     settle: float = DEFAULT_SETTLE,
     *,
     exclude: frozenset[str] = frozenset(),
+    on_taken: Taken | None = None,
 ) -> None:
     """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
     folder, ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
-    not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock."""
+    not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock.
+    ``on_taken`` is told as messages are taken (for progress)."""
     items: list[tuple[str, bytes, Any]] = []
     taken: list[str] = []
     now = time.time()
@@ -501,10 +514,12 @@ def ingest_folder(
             if mb.bury(raw, _bury_name(label, name), _reason(f"not valid JSON: {exc}", source)):
                 report.dead.append(name)
             taken.append(name)
+            if on_taken is not None:
+                on_taken(1)
             continue
         items.append((source, raw, obj))
         taken.append(name)
-    _publish(mb, items, report, label=label)
+    _publish(mb, items, report, label=label, on_taken=on_taken)
     remove_taken(folder_fd, taken)
     _end_journal(mb)
 
@@ -525,9 +540,16 @@ def _bury_name(label: str, name: str) -> str:
 
 
 def _publish(
-    mb: FileMailbox, items: list[tuple[str, bytes, Any]], report: IngestReport, *, label: str | None = None
+    mb: FileMailbox,
+    items: list[tuple[str, bytes, Any]],
+    report: IngestReport,
+    *,
+    label: str | None = None,
+    on_taken: Taken | None = None,
 ) -> None:
-    """Convert, journal, publish; bury what does not convert."""
+    """Convert, journal, publish; bury what does not convert. With ``on_taken``, publish in batches of
+    `PROGRESS_BATCH` and report each (the journal covers them all, as it covers one interrupted burst)."""
+    told = 0
     messages: dict[str, Message] = {}
     for source, raw, obj in items:
         try:
@@ -542,24 +564,34 @@ def _publish(
             )
             if mb.bury(raw, name, _reason(f"cannot be converted: {exc}", source)):
                 report.dead.append(name)
+            told += 1
             continue
         if message.id in messages:
             report.duplicates += 1  # the same message appended twice: delivered once
+            told += 1
             continue
         messages[message.id] = message
+    if on_taken is not None and told:
+        on_taken(told)
     if not messages:
         return
     already = _ids_in_flight(mb, set(messages))
     report.duplicates += len(already)
+    if on_taken is not None and already:
+        on_taken(len(already))
     fresh = [m for i, m in messages.items() if i not in already]
     _fs.replace_atomically(
         mb.path / JOURNAL,
         orjson.dumps({"ids": [m.id for m in fresh], "started_at": datetime.now(timezone.utc).isoformat()}),
         0o600,
     )
-    if fresh:
-        mb.put_many(fresh)
-        report.ingested += [m.id for m in fresh]
+    step = max(len(fresh), 1) if on_taken is None else PROGRESS_BATCH
+    for start in range(0, len(fresh), step):
+        batch = fresh[start : start + step]
+        mb.put_many(batch)
+        report.ingested += [m.id for m in batch]
+        if on_taken is not None:
+            on_taken(len(batch))
 
 
 def _ids_in_flight(mb: FileMailbox, ids: set[str]) -> set[str]:

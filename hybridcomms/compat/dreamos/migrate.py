@@ -21,6 +21,9 @@ The real run first copies the whole root to ``<root>.backup-<UTC time>`` (unless
 each agent's legacy files under the legacy locks (as ingestion does), and can be run again safely:
 what was moved is gone from the old places, and a run interrupted half-way is finished by the next
 one without publishing anything twice (the ingestion journal).
+
+``progress(phase, done, total)``, if given, is told how it goes: phase ``"backup"`` counts the bytes of
+the backup copy, ``"messages"`` the messages converted (the CLI draws both on a terminal).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +43,7 @@ import orjson
 from ... import _fs
 from ...errors import MessageError
 from ...mailbox import FileMailbox, check_agent_id
-from ...message import DEFAULT_MAX_MESSAGE_SIZE
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
 from .legacy import (
     DEFAULT_MAX_INBOX_JSON,
@@ -48,6 +51,7 @@ from .legacy import (
     INBOX_DIR,
     INBOX_JSON,
     NOT_MESSAGES,
+    PROGRESS_BATCH,
     _agent_dir,
     _entry_kind,
     _why_refused,
@@ -64,6 +68,8 @@ PROCESSED_FOLDERS = ("archive", "processed")
 #: Sub-folders that hold no messages for the agent (left as they are).
 KEPT_FOLDERS = ("outbox", "state", "workspace", "failed")
 _OURS = {s.folder for s in State}
+#: ``progress(phase, done, total)``: ``"backup"`` in bytes, ``"messages"`` in messages.
+MigrateProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -329,11 +335,13 @@ def migrate(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     dir_mode: int = 0o700,
     file_mode: int = 0o600,
+    progress: MigrateProgress | None = None,
 ) -> Migration:
     """Convert the root (see the module docstring). Returns what was done (or would be).
 
     The folders and files it creates get ``dir_mode`` / ``file_mode`` (the documented 0o700 / 0o600;
-    0o770 / 0o660 for a Dream.OS group setup where agents run as different users)."""
+    0o770 / 0o660 for a Dream.OS group setup where agents run as different users). ``progress`` is told
+    how the backup copy and the conversion go (see the module docstring)."""
     plan = survey(root, max_message_size=max_message_size)
     if dry_run:
         return plan
@@ -342,13 +350,19 @@ def migrate(
     if backup and any(a.changes() for a in plan.agents):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         target = base.parent / f"{base.name}.backup-{stamp}"
-        shutil.copytree(base, target, symlinks=True, ignore=_special_files)
+        _backup(base, target, progress)
         done.backup = target
-    from ..._progress import Progress
+    total = sum(a.changes() for a in plan.agents)
+    converted = 0
 
-    progress = Progress("migrate", len(plan.agents))
-    for n, a in enumerate(plan.agents, 1):
-        progress.step(n - 1)
+    def taken(n: int) -> None:
+        nonlocal converted
+        converted += n
+        if progress is not None:
+            progress("messages", min(converted, total), total)
+
+    taken(0)
+    for a in plan.agents:
         with FileMailbox(
             base,
             a.agent,
@@ -358,13 +372,15 @@ def migrate(
             file_mode=file_mode,
         ) as mb:
             result = AgentMigration(a.agent, left=list(a.left))
-            report = ingest(mb)
+            report = ingest(mb, on_taken=taken)
             with _agent_dir(mb) as adir_fd:
-                ingest_folder(mb, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES)  # L4: no lock
+                ingest_folder(  # L4: no lock
+                    mb, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
+                )
                 for sub in PROCESSED_FOLDERS:
                     with _open_sub(adir_fd, sub) as fd:
                         if fd is not None:
-                            result.to_done += _import_processed(mb, fd, f"{a.agent}/{sub}")
+                            result.to_done += _import_processed(mb, fd, f"{a.agent}/{sub}", taken)
             result.left += [
                 (f"{a.agent}/{n}", "invalid JSON changed seconds ago (being written?): run migrate again")
                 for n in report.waiting
@@ -373,9 +389,43 @@ def migrate(
             dead_reasons = {source.rsplit("/", 1)[-1]: why for source, why in a.to_dead}
             result.to_dead = [(n, dead_reasons.get(n, "see its reason file in dead/")) for n in report.dead]
             done.agents.append(result)
-    progress.step(len(plan.agents))
-    progress.end()
+    if progress is not None:  # the end (some may have been left for later, or arrived meanwhile)
+        progress("messages", converted, max(total, converted))
     return done
+
+
+def _backup(base: Path, target: Path, progress: MigrateProgress | None) -> None:
+    """Copy the root to ``target`` (links as links; FIFOs, sockets and devices left out), telling
+    ``progress`` how many bytes are copied."""
+    if progress is None:
+        shutil.copytree(base, target, symlinks=True, ignore=_special_files)
+        return
+    total = _size_of(base)
+    copied = 0
+
+    def copy(src: str, dst: str) -> str:
+        nonlocal copied
+        shutil.copy2(src, dst)
+        with contextlib.suppress(OSError):
+            copied += os.lstat(dst).st_size
+        progress("backup", min(copied, total), total)
+        return dst
+
+    progress("backup", 0, total)
+    shutil.copytree(base, target, symlinks=True, ignore=_special_files, copy_function=copy)
+    progress("backup", copied, max(total, copied))
+
+
+def _size_of(base: Path) -> int:
+    """Bytes of the regular files under ``base``, links not followed (what the backup copies)."""
+    size = 0
+    for folder, _dirs, names in os.walk(base):
+        for n in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(folder, n))
+                if stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+    return size
 
 
 def _special_files(folder: str, names: list[str]) -> set[str]:
@@ -392,8 +442,11 @@ def _special_files(folder: str, names: list[str]) -> set[str]:
     return skip
 
 
-def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str) -> list[str]:
-    """``archive/`` or ``processed/`` files into ``done/`` (skipping ids already there), then removed.
+def _import_processed(
+    mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Callable[[int], None] | None = None
+) -> list[str]:
+    """``archive/`` or ``processed/`` files into ``done/`` (skipping ids already there), then removed;
+    ``on_taken`` is told as they are imported, batch by batch (`PROGRESS_BATCH`).
 
     ``dir_fd`` was opened without following a link, and only regular files in it are read or
     removed: nothing outside the mailbox is ever touched."""
@@ -402,20 +455,29 @@ def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str) -> list[str]:
         return []
     in_done = ids_present(mb, (State.DONE,))
     moved: list[str] = []
-    batch = []
-    for n in files:
-        origin = f"{prefix}/{n}"
-        try:
-            raw = _fs.read_regular(n, mb.max_message_size, dir_fd=dir_fd)
-            message = message_from_legacy(
-                orjson.loads(raw), agent_id=mb.agent_id, origin=origin, raw=raw, max_size=mb.max_message_size
-            )
-        except (OSError, ValueError):
-            continue  # reported as left in place by the survey
-        if message.id not in in_done:
-            batch.append(message)
-            in_done.add(message.id)
-        moved.append(n)
-    mb.import_done(batch)
-    remove_taken(dir_fd, moved)
+    for start in range(0, len(files), PROGRESS_BATCH):
+        batch: list[Message] = []
+        taken: list[str] = []
+        for n in files[start : start + PROGRESS_BATCH]:
+            origin = f"{prefix}/{n}"
+            try:
+                raw = _fs.read_regular(n, mb.max_message_size, dir_fd=dir_fd)
+                message = message_from_legacy(
+                    orjson.loads(raw),
+                    agent_id=mb.agent_id,
+                    origin=origin,
+                    raw=raw,
+                    max_size=mb.max_message_size,
+                )
+            except (OSError, ValueError):
+                continue  # reported as left in place by the survey
+            if message.id not in in_done:
+                batch.append(message)
+                in_done.add(message.id)
+            taken.append(n)
+        mb.import_done(batch)  # durable before the legacy files go
+        remove_taken(dir_fd, taken)
+        moved += taken
+        if on_taken is not None and taken:
+            on_taken(len(taken))
     return [f"{prefix}/{n}" for n in moved]
