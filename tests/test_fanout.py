@@ -24,6 +24,13 @@ from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, decode_event
 HERE = Path(__file__).parent
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP, and wait until the kernel says it is stopped: a signal takes effect when the process is
+    next scheduled, and on a loaded machine it can read a few more events before that."""
+    proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T")
+
+
 def spawn(where: str, logdir: Path, name: str, *patterns: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen(
@@ -208,7 +215,7 @@ def test_a_subscriber_that_stops_reading_never_blocks_the_publisher(
         stuck = spawn(str(root), tmp_path, "stuck", "load.*")
         procs.append(stuck)
         wait_for(lambda: (tmp_path / "stuck.ready").exists())
-        stuck.send_signal(signal.SIGSTOP)  # alive, registered, reading nothing
+        stop(stuck)  # alive, registered, reading nothing
         dropped = FANOUT_STATS["dropped_full"]
         for i in range(20_000):  # far more than a socket buffer holds: a blocking send would hang here
             pub.publish("load.tick", i)
@@ -238,7 +245,7 @@ def test_a_stopped_subscriber_never_costs_the_others_their_events(
         procs.append(spawn(str(root), tmp_path, "stuck", "big.*"))
         procs.append(spawn(str(root), tmp_path, "live", "big.*"))
         wait_for(lambda: all((tmp_path / f"{n}.ready").exists() for n in ("stuck", "live")))
-        procs[0].send_signal(signal.SIGSTOP)
+        stop(procs[0])
         big = "x" * 50_000  # near the largest datagram: the stopped peer's buffer holds a few
         got = tmp_path / "live.log"
         for i in range(40):
@@ -321,7 +328,7 @@ def test_a_stopped_subscribers_backlog_is_bounded_and_drops_only_the_newest(
     try:
         procs.append(spawn(str(root), tmp_path, "stuck", "n.*"))
         wait_for(lambda: (tmp_path / "stuck.ready").exists())
-        procs[0].send_signal(signal.SIGSTOP)
+        stop(procs[0])
         dropped = FANOUT_STATS["dropped_full"]
         for i in range(2000):
             pub.publish("n.i", i)
@@ -572,7 +579,7 @@ def test_through_redis_a_killed_subscriber_is_replaced_and_a_stopped_one_blocks_
         first.send_signal(signal.SIGKILL)
         first.wait()
         wait_for(lambda: subscribers() == 1, what="the killed one gone from the server")
-        stuck.send_signal(signal.SIGSTOP)
+        stop(stuck)
         for i in range(20_000):  # the publisher hands them to a sender thread: it never waits on a reader
             pub.publish("job.tick", i)
         second = spawn(redis_url, tmp_path, "second", "job.*")
