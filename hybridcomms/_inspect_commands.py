@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -272,12 +272,28 @@ def cmd_purge(args: argparse.Namespace, mb: Mailbox) -> int:
             )
         return EXIT_OK
     progress = Progress("purge", len(victims))
-    removed = inspection.remove(mb, state, victims, progress.step)
+    skipped: list[str] = []
+    removed = inspection.remove(mb, state, victims, progress.step, skipped)
     progress.end()
     if args.json:
-        _print_json({"agent": mb.agent_id, "state": state.value, "deleted": removed})
+        _print_json(
+            {
+                "agent": mb.agent_id,
+                "state": state.value,
+                "deleted": removed,
+                "skipped": [_fs.shown(n) for n in skipped],
+            }
+        )
     else:
         print(f"{mb.agent_id}: deleted {removed} from {state.value}/")
+    for name in skipped:
+        print(
+            _fs.printable(
+                f"hybridcomms purge: {mb.agent_id}: left {state.value}/{_fs.shown(name)}: not a file it "
+                "can remove (a folder someone made there?); look at it by hand"
+            ),
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -314,10 +330,17 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     findings: list[dict[str, Any]] = []
     now = time.time()
 
-    def found(kind: str, where: str, detail: str, fixed: bool = False) -> None:
-        findings.append(
-            {"agent": mb.agent_id, "kind": kind, "where": where, "detail": detail, "fixed": fixed}
-        )
+    def found(kind: str, where: str, detail: str, fixed: bool = False, target: _Target | None = None) -> None:
+        finding: dict[str, Any] = {
+            "agent": mb.agent_id,
+            "kind": kind,
+            "where": where,
+            "detail": detail,
+            "fixed": fixed,
+        }
+        if target is not None:
+            finding[_TARGET] = target  # what was scanned: a fix touches that inode or nothing
+        findings.append(finding)
 
     # state folders a mailbox made by hand (mkdir -p <root>/<agent>/new) does not have yet
     for state in State:
@@ -359,9 +382,12 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     for state in State:
         if not mb.folders.has(state):
             continue
-        folder_mode = stat.S_IMODE(os.fstat(mb.folders.fd(state)).st_mode)
+        folder_st = os.fstat(mb.folders.fd(state))
+        folder_mode = stat.S_IMODE(folder_st.st_mode)
         if folder_mode & ~mb.dir_mode & 0o077:
-            found("mode", f"{state.value}/", f"folder mode {folder_mode:o}, expected {mb.dir_mode:o}", fix)
+            target = _Target(state, None, folder_st.st_dev, folder_st.st_ino)
+            detail = f"folder mode {folder_mode:o}, expected {mb.dir_mode:o}"
+            found("mode", f"{state.value}/", detail, fix, target)
         if state is State.TMP:
             continue
         with os.scandir(mb.folders.fd(state)) as entries:
@@ -371,11 +397,18 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                     continue
                 where = f"{state.value}/{_fs.shown(name)}"
                 try:
-                    mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if not stat.S_ISREG(st.st_mode):
+                    # A folder, link, FIFO or socket someone placed: reported, never given a file's
+                    # mode (nor followed), left for a person.
+                    found("not-a-file", where, f"{_kind_of(st.st_mode)}, not a message file; left as it is")
+                    continue
+                mode = stat.S_IMODE(st.st_mode)
                 if mode & ~mb.file_mode & 0o077:
-                    found("mode", where, f"mode {mode:o}, expected {mb.file_mode:o}", fix)
+                    target = _Target(state, name, st.st_dev, st.st_ino)
+                    found("mode", where, f"mode {mode:o}, expected {mb.file_mode:o}", fix, target)
                 if state not in (State.NEW, State.PROCESSING, State.DONE):
                     continue
                 if state is State.DONE and not deep:
@@ -390,7 +423,8 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                 except FileNotFoundError:
                     continue
                 except (OSError, HybridCommsError) as exc:
-                    found("undecodable", where, str(exc)[:200], fix and state is State.NEW)
+                    target = _Target(state, name, st.st_dev, st.st_ino)
+                    found("undecodable", where, str(exc)[:200], fix and state is State.NEW, target)
     # legacy drops not taken in yet
     try:
         from .compat.dreamos.legacy import has_legacy_drops
@@ -400,6 +434,54 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     except ImportError:  # pragma: no cover
         pass
     return findings
+
+
+_TARGET = "_target"  # a finding's private key (never printed): what the scan saw, for its fix
+
+
+class _Target(NamedTuple):
+    state: State
+    name: str | None  # None: the state folder itself
+    dev: int
+    ino: int
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "a device or other special file"
+
+
+def _fix_mode(mb: FileMailbox, target: _Target) -> bool:
+    """Give the inode the scan saw its mode, through descriptors only: the folder's descriptor this
+    mailbox holds, and the entry opened ``O_PATH | O_NOFOLLOW`` relative to it and checked to be that
+    same regular file. A co-tenant who swapped a folder or an entry for a link (or another file) since
+    the scan makes the fix fail; it never changes the mode of anything else."""
+    try:
+        folder_fd = mb.folders.fd(target.state)
+        if target.name is None:
+            st = os.fstat(folder_fd)
+            if (st.st_dev, st.st_ino) != (target.dev, target.ino):
+                return False
+            os.fchmod(folder_fd, mb.dir_mode)
+            return True
+        fd = os.open(target.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (target.dev, target.ino):
+                return False
+            os.chmod(f"/proc/self/fd/{fd}", mb.file_mode)  # that inode (fchmod refuses an O_PATH fd)
+            return True
+        finally:
+            os.close(fd)
+    except (OSError, HybridCommsError):
+        return False
 
 
 def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
@@ -415,17 +497,11 @@ def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     if "mode" in kinds:
         for f in findings:
             if f["kind"] == "mode" and f["fixed"]:
-                path = mb.path / f["where"]
-                try:
-                    os.chmod(
-                        path, mb.dir_mode if f["where"].endswith("/") else mb.file_mode, follow_symlinks=False
-                    )
-                except (OSError, NotImplementedError):
-                    f["fixed"] = False
+                f["fixed"] = _fix_mode(mb, f[_TARGET])
     if "undecodable" in kinds:
         for f in findings:
             if f["kind"] == "undecodable" and f["fixed"]:
-                name = f["where"].split("/", 1)[1]
+                name = f[_TARGET].name  # as listed (an escaped `where` may not name it)
                 try:
                     mb._reject(name, f"found by doctor: {f['detail']}")
                 except (OSError, HybridCommsError):
@@ -481,8 +557,9 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
         progress.step(n)
     progress.end()
     open_problems = [f for f in findings if not f["fixed"] and f["kind"] != "foreign-name"]
+    public = [{k: v for k, v in f.items() if not k.startswith("_")} for f in findings]
     if args.json:
-        _print_json({"root": str(root), "healthy": not open_problems, "findings": findings})
+        _print_json({"root": str(root), "healthy": not open_problems, "findings": public})
     else:
         for f in findings:
             mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")

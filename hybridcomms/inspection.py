@@ -230,9 +230,16 @@ def older(mb: FileMailbox, state: State, seconds: float) -> list[MessageInfo]:
 
 
 def remove(
-    mb: FileMailbox, state: State, infos: Iterable[MessageInfo], step: Callable[[int], None] | None = None
+    mb: FileMailbox,
+    state: State,
+    infos: Iterable[MessageInfo],
+    step: Callable[[int], None] | None = None,
+    skipped: list[str] | None = None,
 ) -> int:
-    """Delete these files of ``done/`` or ``dead/`` (with their reason files) and commit the folder."""
+    """Delete these files of ``done/`` or ``dead/`` (with their reason files) and commit the folder.
+
+    The folders are shared: a folder someone made inside ``done/`` is passed over (never removed with
+    what it holds), and its name added to ``skipped``; so is an entry that cannot be removed."""
     if state not in (State.DONE, State.DEAD):
         raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
     mb.folders.check_writable()
@@ -244,6 +251,10 @@ def remove(
         try:
             os.unlink(info.name, dir_fd=fd)
         except FileNotFoundError:
+            continue
+        except OSError:  # EISDIR (a folder), EPERM, EACCES: left for a person, the rest purged
+            if skipped is not None:
+                skipped.append(info.name)
             continue
         if state is State.DEAD:
             _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
