@@ -149,6 +149,8 @@ def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport)
     except OSError as exc:
         if exc.errno in _FATAL_ERRNOS:
             raise
+        if exc.errno in (errno.EACCES, errno.EPERM) and _maybe_someone_elses(mb, proc_fd, name, now, report):
+            return
         why = "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
         _give_up_entry(mb, GIVE_UP, name, f"{why} in processing/", report)
         return
@@ -174,6 +176,31 @@ def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport)
         _return_or_bury(mb, RECOVER_RETURN, name + _STOLEN, name, now, report, report.returned, True)
     else:
         _finish_steal(mb, name + _STOLEN, now, report)
+
+
+def _maybe_someone_elses(
+    mb: FileMailbox, proc_fd: int, name: str, now: float, report: RecoveryReport
+) -> bool:
+    """A claimed file this process may not open (another user's, in a root shared by several): its
+    lock cannot be looked at from here, so it is judged by its lease alone, and never dead-lettered
+    for being unreadable to us. Within the lease it is left alone; past it, left in place and reported
+    (recovery run as its owner, or a user who may read it, returns it). False if it is not a regular
+    file (a hostile entry: given up as usual)."""
+    try:
+        st = os.stat(name, dir_fd=proc_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True  # settled meanwhile
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if now - st.st_ctime >= mb.lease:
+        report.errors.append(
+            (
+                f"processing/{_fs.shown(name)}",
+                f"past its lease of {mb.lease:g}s, but this user may not open it (owner uid {st.st_uid}); "
+                "left in place for a recovery run as its owner",
+            )
+        )
+    return True
 
 
 _STOLEN = ".stolen"

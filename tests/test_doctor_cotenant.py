@@ -113,3 +113,40 @@ def test_a_folder_in_done_or_dead_is_reported_never_chmodded_and_purge_passes_ov
         assert (mb.path / state / "made-by-someone" / "their-file").read_text() == "keep"
     assert mb.stats().states[State.DONE].count <= 1
     mb.close()
+
+
+def test_recovery_by_a_user_who_may_not_open_a_live_claim_leaves_it_alone(tmp_path: Path) -> None:
+    """Another user's claim (mode 0600, or 000 here) cannot be opened, so its lock cannot be looked at:
+    judged by its lease, it is left alone, never dead-lettered for being unreadable to us."""
+    import shutil
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: a mode cannot be enforced")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    root = tmp_path / "root"
+    with FileMailbox(root, "A", fsync="never") as owner:
+        m = Message("t", "live")
+        owner.put(m)
+        d = owner.claim()  # held: its owner is alive and within its lease
+        assert d is not None
+        [held] = list((owner.path / "processing").iterdir())
+        os.chmod(held, 0)
+        got = subprocess.run(
+            [*prefix, sys.executable, "-m", "hybridcomms", "--root", str(root), "recover", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+        assert got.returncode == 0, got.stderr
+        assert os.listdir(owner.path / "dead") == []  # not dead-lettered
+        assert held.exists()
+        os.chmod(held, 0o600)
+        d.ack()  # the owner finishes normally
+        info = owner.get(m.id)
+        assert info is not None and info.state is State.DONE
