@@ -196,11 +196,6 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         if runner is not None and ev.kind in ("delivered", "recovered"):
             runner.submit(ev)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    release_bus = watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     watcher = MailboxWatcher(
         root,
         on_event=on_event,
@@ -209,6 +204,17 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         polling=args.polling,
         ingest_legacy=ingest,
     )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Also during the start-up rescan of a large backlog (in `start`, on this thread), and while it
+        # waits for room in a full --exec queue: both stop at once.
+        stop.set()
+        watcher.interrupt()
+        if runner is not None:
+            runner.stopping.set()
+
+    release_bus = watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         watcher.start()
         mode = "inotify" if watcher.notifying else "polling"

@@ -201,6 +201,12 @@ class MailboxWatcher:
         self._thread.start()
         return self
 
+    def interrupt(self) -> None:
+        """Ask a rescan in progress (the first one runs inside `start`) and the watching thread to stop
+        soon; safe from a signal handler. `stop` still has to be called."""
+        self._stop.set()
+        self._rescan_now.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._rescan_now.set()
@@ -460,6 +466,8 @@ class MailboxWatcher:
         report = self._waiting if first and self.waiting != "delivered" else None
         found = 0
         for agent in list_agents(self.root):
+            if self._stop.is_set():
+                break  # stopping (a SIGTERM during a start-up rescan of a large backlog)
             if self._intake is not None and self._intake.pending(self.root, agent):
                 self.ingest(agent)
             try:
@@ -471,6 +479,8 @@ class MailboxWatcher:
                 seen &= names  # forget what left new/ without us seeing it
                 fresh = sorted(n for n in names - seen if not n.startswith("."))
             for name in fresh:
+                if self._stop.is_set():
+                    break
                 if report is not None:
                     report(agent, name)
                 else:

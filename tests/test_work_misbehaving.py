@@ -190,3 +190,30 @@ def test_a_consumer_thread_that_dies_makes_the_worker_exit_non_zero(mb: FileMail
     t.start()
     t.join(30)
     assert not t.is_alive() and result == [EX_SOFTWARE]
+
+
+def test_watch_exec_stops_on_sigterm_during_its_start_up_rescan_of_a_backlog(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    started = tmp_path / "started"
+    with FileMailbox(root, "A", fsync="never") as mb:
+        mb.put_many([Message("job", {"i": i}) for i in range(3000)])
+    p = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "hybridcomms", "--root", str(root), "watch", "--recover-every", "0"),
+            *("--exec", f"touch {started}; sleep 30", "--exec-jobs", "1", "--exec-queue", "2"),
+            *("--grace", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists():  # handshake: the first --exec runs; the rescan waits for room
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)  # before: it waited for the whole backlog to run
+    assert p.returncode == 0, err
+    assert time.monotonic() - t0 < 20
+    assert "left for the next start" in err
