@@ -142,7 +142,7 @@ def test_iter_array_reads_what_json_loads_reads(values: list[Any], indent: int |
     text = json.dumps(values, indent=indent)
     seen = list(_json.iter_array(text, max_item=max_item))
     assert len(seen) == len(values)
-    for (start, end, value), expected in zip(seen, values):
+    for (start, end, value), expected in zip(seen, values, strict=True):
         assert json.loads(text[start:end]) == expected  # the extent is exactly the element
         if value is _json.TOO_LARGE:
             assert end - start > max_item
