@@ -489,3 +489,23 @@ def test_a_backup_name_taken_gets_the_next_suffix(tmp_path: Path) -> None:
     assert f"backup: {backup}" in out.stdout
     assert orjson.loads((backup / "Agent-1" / "inbox.json").read_bytes()) == [{"type": "T", "body": 1}]
     assert all(not any(p.iterdir()) for p in taken)  # the folders it found are left as they were
+
+
+def test_a_journal_left_by_an_ingestion_that_took_the_array_whole_is_still_honoured(
+    mailbox: FileMailbox,
+) -> None:
+    # The journal of a version that took inbox.json in one go: only the ids it was publishing.
+    entries = [{"body": i} for i in range(5)]
+    (mailbox.path / "inbox.json").write_bytes(orjson.dumps(entries))
+    messages = [
+        legacy_mod.message_from_legacy(
+            e, agent_id="Agent-1", origin=f"Agent-1/inbox.json[{i}]", raw=_json.dumps(e)
+        )
+        for i, e in enumerate(entries)
+    ]
+    mailbox.put_many(messages[:3])  # killed while publishing
+    (mailbox.path / JOURNAL).write_bytes(orjson.dumps({"ids": [m.id for m in messages], "started_at": "x"}))
+    report = ingest(mailbox)
+    assert report.n_ingested == 2 and report.duplicates == 3
+    assert bodies(mailbox) == Counter(orjson.dumps(e).decode() for e in entries)
+    assert leftovers(mailbox) == []

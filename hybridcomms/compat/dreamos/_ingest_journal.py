@@ -28,6 +28,7 @@ __all__ = ["Journal", "folder_journal_name", "is_clearing_name"]
 
 #: The ``inbox.json`` journal (the name every version used).
 ARRAY_JOURNAL = ".hybridcomms-ingest.json"
+_ANYWHERE = 1 << 62  # an index beyond any array
 _CLEARING = re.compile(r"\.inbox\.json\.hybridcomms-[0-9a-f]{12}\.tmp")
 
 
@@ -64,6 +65,8 @@ class Journal:
             value = data.get(key)
             if isinstance(value, int) and value >= 0:
                 setattr(self, key, value)
+        if "upto" not in data:  # written by a version that took inbox.json whole: its ids may be anywhere
+            self.upto = _ANYWHERE
         if isinstance(data.get("digest"), str):
             self.digest = data["digest"]
         clearing = data.get("clearing")

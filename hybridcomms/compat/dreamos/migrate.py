@@ -17,10 +17,12 @@ anything else                                 left where it is, and listed (``.m
                                               ids such as unrendered ``{agent_id}`` templates)
 ============================================  ===============================================
 
-The real run first copies the whole root to ``<root>.backup-<UTC time>`` (unless told not to), takes
-each agent's legacy files under the legacy locks (as ingestion does), and can be run again safely:
-what was moved is gone from the old places, and a run interrupted half-way is finished by the next
-one without publishing anything twice (the ingestion journal).
+The real run first copies the whole root to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it if
+that name is taken; unless told not to, and only if it changes something), takes each agent's legacy
+files under the legacy locks (as ingestion does, ``inbox.json`` chunk by chunk), and can be run again
+safely, even within one second: what was moved is gone from the old places, and a run interrupted
+half-way is finished by the next one without publishing anything twice (the ingestion journal). Every
+legacy file it names is a path under the root, printable (`_fs.shown`).
 """
 
 from __future__ import annotations
