@@ -646,10 +646,12 @@ def _empty_inbox_json(adir_fd: int, journal: Journal, taken: int, digest: str) -
             os.fsync(fd)
         finally:
             os.close(fd)
-        journal.write(journal.ids, taken=taken, digest=digest, upto=taken, clearing=tmp)
     except BaseException:
-        _fs._unlink_quietly(adir_fd, tmp)  # not named by the journal yet: nobody will look for it
+        _fs._unlink_quietly(adir_fd, tmp)  # not named by the journal: nobody would look for it
         raise
+    # From here on the file stays until the rename (or the next ingestion) takes it: once the journal
+    # names it, its being there is what says the array was not emptied.
+    journal.write(journal.ids, taken=taken, digest=digest, upto=taken, clearing=tmp)
     os.rename(tmp, INBOX_JSON, src_dir_fd=adir_fd, dst_dir_fd=adir_fd)
     os.fsync(adir_fd)
 
