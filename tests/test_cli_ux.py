@@ -451,12 +451,13 @@ def test_migrate_on_a_terminal_shows_the_backup_size_and_the_messages_converted(
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Progress batches of 7 messages, so that a small root takes several of them."""
+    """Chunks of 7 messages (ingestion and the archive/ import take legacy files in chunks, and report
+    progress once per chunk), so that a small root takes several of them."""
     import hybridcomms.compat.dreamos.legacy as legacy_mod
     import hybridcomms.compat.dreamos.migrate as migrate_mod
 
-    monkeypatch.setattr(legacy_mod, "PROGRESS_BATCH", 7)
-    monkeypatch.setattr(migrate_mod, "PROGRESS_BATCH", 7)
+    monkeypatch.setattr(legacy_mod, "CHUNK_ENTRIES", 7)
+    monkeypatch.setattr(migrate_mod, "CHUNK_ENTRIES", 7)
     return 7
 
 

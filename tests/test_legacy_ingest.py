@@ -112,7 +112,7 @@ def test_what_does_not_convert_goes_to_dead_with_its_bytes_and_a_reason(mailbox:
     # Any JSON value a legacy reader would read is a message (42 and the object with no type too);
     # only what is too large or not JSON at all goes to dead/.
     assert len(report.ingested) == 4 and {"m0001", "m0002"} <= set(report.ingested)
-    assert len(report.dead) == 2 and report.waiting == ["msg_being_written.json"]
+    assert len(report.dead) == 2 and report.waiting == ["Agent-1/inbox/msg_being_written.json"]
     assert fresh_bad.exists() and not bad.exists()  # a half-written file may still be completed
     dead = mailbox.list(State.DEAD)
     assert len(dead) == 2
@@ -149,27 +149,32 @@ def test_an_ingestion_killed_after_publishing_does_not_publish_twice(
     (mailbox.path / "inbox.json").write_bytes(orjson.dumps(entries))
     import hybridcomms.compat.dreamos.legacy as legacy_mod
 
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise KeyboardInterrupt("killed before inbox.json was cleared")
+    real = os.rename
 
-    real = legacy_mod._fs.replace_atomically_at
-    calls = {"n": 0}
+    def killed_before_emptying(src: Any, dst: Any, **kwargs: Any) -> None:
+        if dst == "inbox.json":
+            raise KeyboardInterrupt("killed before inbox.json was emptied")
+        real(src, dst, **kwargs)
 
-    def replace_then_crash(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
-        calls["n"] += 1
-        if name == "inbox.json":
-            crash()
-        real(dir_fd, name, data, mode)
-
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", replace_then_crash)
+    monkeypatch.setattr(legacy_mod.os, "rename", killed_before_emptying)
     with pytest.raises(KeyboardInterrupt):
         ingest(mailbox)
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", real)
+    monkeypatch.setattr(legacy_mod.os, "rename", real)
     assert mailbox.stats().states[State.NEW].count == 3 and (mailbox.path / JOURNAL).exists()
     report = ingest(mailbox)
-    assert report.ingested == [] and report.duplicates == 3
+    assert report.ingested == [] and not report.dead  # the journal says all 3 were taken
     assert len(drain(mailbox)) == 3
     assert not (mailbox.path / JOURNAL).exists()
+    assert sorted(os.listdir(mailbox.path)) == [  # the file that was to empty the array is gone too
+        "dead",
+        "done",
+        "inbox.json",
+        "inbox.json.lock",
+        "new",
+        "processing",
+        "tmp",
+    ]
+    assert orjson.loads((mailbox.path / "inbox.json").read_bytes()) == []
 
 
 def test_message_from_legacy_keeps_an_unusable_id(tmp_path: Path) -> None:

@@ -153,17 +153,17 @@ def test_an_interrupted_migration_is_finished_by_the_next_run_without_duplicates
     (root / "Agent-1" / "inbox.json").write_bytes(orjson.dumps([legacy(i, "Agent-1") for i in range(5)]))
     import hybridcomms.compat.dreamos.legacy as legacy_mod
 
-    real = legacy_mod._fs.replace_atomically_at
+    real = os.rename
 
-    def die_on_inbox(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
-        if name == "inbox.json":
+    def die_on_inbox(src: Any, dst: Any, **kwargs: Any) -> None:
+        if dst == "inbox.json":  # killed before the array was emptied
             raise KeyboardInterrupt("killed")
-        real(dir_fd, name, data, mode)
+        real(src, dst, **kwargs)
 
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", die_on_inbox)
+    monkeypatch.setattr(legacy_mod.os, "rename", die_on_inbox)
     with pytest.raises(KeyboardInterrupt):
         migrate(root, backup=False, fsync="never")
-    monkeypatch.setattr(legacy_mod._fs, "replace_atomically_at", real)
+    monkeypatch.setattr(legacy_mod.os, "rename", real)
     migrate(root, backup=False, fsync="never")
     assert ids(root, "Agent-1", State.NEW) == [f"id{i:04d}" for i in range(5)]
 

@@ -10,10 +10,14 @@ its messages from ``new/``. Legacy writers that still run keep dropping messages
 `ingest` moves them into ``new/`` under those same locks (flock: the lock the ``filelock`` library
 takes), so an append that races an ingestion lands either before it (and is ingested) or after it
 (and waits for the next one): never lost, never taken twice. It is crash-safe: the ids about to be
-published are written to a journal first (``<agent>/.hybridcomms-ingest.json``), so an ingestion
-killed between publishing and clearing the legacy files skips, the next time, what it had already
-published. What cannot be converted (not a JSON object, no type, too large) goes to ``dead/`` with its
-bytes unchanged and a reason, and leaves the legacy file.
+published are written to a journal first (`_ingest_journal`), so an ingestion killed between
+publishing and clearing the legacy files skips, the next time, what it had already published.
+``inbox.json`` is read element by element and taken in chunks (`CHUNK_ENTRIES`): memory stays bounded
+whatever the number of entries, and the journal says how far a killed ingestion got. The files of a
+folder (``inbox/``, the flat files `migrate` takes) are taken in chunks too, each chunk's files removed
+once it is published. ``on_taken`` (`Taken`) is told after every chunk. What cannot be
+converted (not JSON, too large) goes to ``dead/`` with its bytes unchanged and a reason, under a name
+shortened to fit the filesystem if need be, and leaves the legacy file.
 
 Layouts and file names: ``runtime_layout.md``; the whole migration story: ``docs/compatibility.md``.
 """
@@ -27,7 +31,8 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -37,12 +42,13 @@ import orjson
 
 from ... import _fs
 from ..._locking import hold_lock_file
-from ..._names import parse_name
+from ..._names import REASON_SUFFIX, parse_name
 from ...errors import HybridCommsError, MessageError, MessageTooLargeError, UnsafePathError
 from ...mailbox import FileMailbox, check_agent_id
 from ...message import Message, Priority, _parse_time, _valid_topic, check_id
 from ...states import State
 from . import _json
+from ._ingest_journal import ARRAY_JOURNAL, Journal, folder_journal_name
 
 __all__ = [
     "INBOX_DIR",
@@ -63,14 +69,12 @@ log = logging.getLogger("hybridcomms.compat.dreamos.legacy")
 INBOX_JSON = "inbox.json"
 INBOX_DIR = "inbox"
 INBOX_DIR_LOCK = ".inbox.lock"  # inside inbox/: the L2 writer's lock file
-JOURNAL = ".hybridcomms-ingest.json"
+JOURNAL = ARRAY_JOURNAL  # the inbox.json ingestion's journal (_ingest_journal)
 #: A file in inbox/ that is not valid JSON is left alone this long (an unlocked L3 writer may still be
 #: writing it) before it goes to dead/.
 DEFAULT_SETTLE = 5.0
-#: With a progress callback (`migrate`), messages are published this many at a time, each batch
-#: reported once it is durable; without one, all at once (one durability barrier).
-PROGRESS_BATCH = 500
-#: ``on_taken(n)``: ``n`` more legacy messages were taken (published, found there already, or buried).
+#: ``on_taken(n)``: ``n`` more legacy messages were taken (published, found there already, or buried),
+#: told once per chunk (`CHUNK_ENTRIES`), when the chunk is durable (``migrate`` shows it as progress).
 Taken = Callable[[int], None]
 
 
@@ -253,22 +257,48 @@ def to_legacy_dict(message: Message) -> Any:
 
 # -- ingestion ----------------------------------------------------------------------------------
 
+#: How many message ids an `IngestReport` lists; the rest it only counts (a huge ``inbox.json`` must
+#: not grow the report either).
+REPORT_LISTED = 1000
+
+
+@dataclass
+class Buried:
+    """A legacy file or entry put into ``dead/``."""
+
+    source: str  # where it was, relative to the root (``Agent-1/inbox/x.json``, ``Agent-1/inbox.json[3]``)
+    name: str  # its file in dead/
+    reason: str
+
 
 @dataclass
 class IngestReport:
-    """What one `ingest` call did."""
+    """What one `ingest` call did. Paths are relative to the mailbox root, and printable (bytes that
+    are not UTF-8 as ``\\xNN``)."""
 
-    ingested: list[str] = field(default_factory=list)  # ids published into new/
-    dead: list[str] = field(default_factory=list)  # names buried in dead/
+    ingested: list[str] = field(default_factory=list)  # ids published into new/ (the first REPORT_LISTED)
+    n_ingested: int = 0  # how many were published into new/, listed or not
+    buried: list[Buried] = field(default_factory=list)  # what went to dead/
     duplicates: int = 0  # already published by an interrupted earlier ingestion
     waiting: list[str] = field(default_factory=list)  # inbox/ files left for later (maybe still written)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): links, FIFOs, too large
 
+    @property
+    def dead(self) -> list[str]:
+        """What went to ``dead/``, as paths under the agent's folder (``inbox.json``, ``inbox/x.json``)."""
+        return [b.source.split("/", 1)[-1] for b in self.buried]
+
+    def add_ingested(self, ids: list[str]) -> None:
+        room = REPORT_LISTED - len(self.ingested)
+        if room > 0:
+            self.ingested += ids[:room]
+        self.n_ingested += len(ids)
+
     def __bool__(self) -> bool:
-        return bool(self.ingested or self.dead or self.duplicates or self.refused)
+        return bool(self.n_ingested or self.buried or self.duplicates or self.refused)
 
     def __str__(self) -> str:
-        parts = [f"{len(self.ingested)} ingested", f"{len(self.dead)} to dead/"]
+        parts = [f"{self.n_ingested} ingested", f"{len(self.buried)} to dead/"]
         if self.duplicates:
             parts.append(f"{self.duplicates} already there")
         if self.waiting:
@@ -293,8 +323,9 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     waiting = 0
     if has_json:
         try:
-            entries = _json.loads(_fs.read_regular(json_path, DEFAULT_MAX_INBOX_JSON) or b"[]")
-            waiting += len(entries) if isinstance(entries, list) else 0
+            raw = _fs.read_regular(json_path, DEFAULT_MAX_INBOX_JSON)
+            if raw.strip():  # counted, not built (max_item=0: no entry is parsed whole)
+                waiting += sum(1 for _ in _json.iter_array(_json.array_text(raw), max_item=0))
         except (OSError, ValueError):
             pass
     if has_dir:
@@ -327,6 +358,19 @@ def _is_candidate(name: str) -> bool:
 
 #: The largest ``inbox.json`` ingestion reads (bytes); a bigger one is left in place and reported.
 DEFAULT_MAX_INBOX_JSON = 64 << 20
+#: ``inbox.json`` is taken in chunks of at most this many entries, or entries of this many characters
+#: of its text, whichever comes first: what is in memory at once, whatever the number of entries. A
+#: folder of legacy files (``inbox/``, flat files, ``archive/``) is taken so many files, or so many bytes
+#: of them, at a time. Each chunk is one durability barrier and one progress report (`Taken`).
+CHUNK_ENTRIES = 512
+CHUNK_CHARS = 1 << 20
+
+
+def max_entry_chars(max_message_size: int) -> int:
+    """The longest ``inbox.json`` entry (characters as written) that is read at all: twice the message
+    size limit, room for a legacy writer's indentation. A longer one goes to ``dead/`` as written,
+    never parsed (its objects alone could take gigabytes)."""
+    return 2 * max_message_size
 
 
 def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
@@ -352,11 +396,12 @@ def ingest(
 ) -> IngestReport:
     """Move everything legacy writers dropped for this agent into its ``new/`` (see the module
     docstring). Raises `LockTimeoutError` if a legacy writer holds a lock for ``lock_timeout``.
-    ``on_taken`` is told as messages are taken (for progress).
+    ``on_taken`` is told as the legacy messages are taken, chunk by chunk (`Taken`; for progress).
 
     Every legacy path is walked without following links: a symlink, a FIFO or a folder where a file
     is expected (and an ``inbox.json`` over ``max_inbox_json`` bytes) is left where it is and listed
-    in ``refused``; it never blocks the ingestion or reads anything outside the mailbox."""
+    in ``refused``; it never blocks the ingestion or reads anything outside the mailbox. What it holds
+    in memory is bounded whatever the number of entries or files' names (`CHUNK_ENTRIES`)."""
     report = IngestReport()
     agent = mailbox.agent_id
     with _agent_dir(mailbox) as adir_fd:
@@ -430,13 +475,53 @@ def _has_candidates(dir_fd: int) -> bool:
         return False
 
 
-def _reason(text: str, source: str) -> dict[str, Any]:
-    return {"reason": text, "source": source, "attempts": 0}
+def _bury(mb: FileMailbox, report: IngestReport, raw: bytes, name: str, why: str, source: str) -> None:
+    """``raw`` into ``dead/`` as ``name`` with a reason naming ``source`` (printable). A name too long
+    for the filesystem is shortened as the mailbox shortens its own (`_fs.fit_name`: its first bytes
+    and a digest of the whole, so still unique); burying is idempotent by that name."""
+    name = _fs.fit_name(name, len(REASON_SUFFIX) + 8)  # the room the mailbox's dead-lettering keeps
+    shown = _fs.shown(source)
+    if mb.bury(raw, name, {"reason": why, "source": shown, "attempts": 0}):
+        report.buried.append(Buried(shown, _fs.shown(name), why))
+
+
+def _inbox_json_dead_name(origin: str, raw: bytes) -> str:
+    return f"legacy-{INBOX_JSON}-{_derived_id(origin, raw)[7:23]}.json"
+
+
+# -- inbox.json, in chunks ----------------------------------------------------------------------
+
+
+def _digest_add(digest: Any, canonical: bytes | None) -> None:
+    """One entry into the digest of an array's first entries: its stdlib JSON (the same however a
+    legacy writer indented the array), length-prefixed; None for one too large to be read."""
+    digest.update(b"\xff" * 8 if canonical is None else len(canonical).to_bytes(8, "big") + canonical)
+
+
+@dataclass
+class _Start:
+    """Where an ``inbox.json`` ingestion starts: after the ``skip`` entries an interrupted one took."""
+
+    count: int  # entries in the array
+    skip: int = 0
+    at: int | None = None  # the offset of entry ``skip`` in the text (None: from the beginning)
+    digest: Any = field(default_factory=hashlib.sha256)  # of the entries before it (`_digest_add`)
 
 
 def _ingest_inbox_json(
     mb: FileMailbox, adir_fd: int, report: IngestReport, limit: int, on_taken: Taken | None = None
 ) -> None:
+    """Take ``inbox.json`` into ``new/`` chunk by chunk (`CHUNK_ENTRIES`). The caller holds its lock.
+
+    The array is read element by element (`_json.iter_array`), twice: once to check all of it is JSON
+    (a corrupt file goes to ``dead/`` whole, nothing published from it) and to find where an
+    interrupted ingestion stopped, then chunk by chunk: convert, journal, publish. The journal says how
+    many entries were taken before the chunk (with a digest of them) and the chunk's ids; killed
+    anywhere, the next ingestion skips the entries taken (legacy writers only append, under the lock)
+    and recognises what it had published of the chunk. Once all are taken the array is emptied: ``[]``
+    is written to a file the journal names, then replaces ``inbox.json``, so a kill between the two is
+    told apart from a new array that legacy writers started since. ``on_taken`` is told the entries an
+    interrupted ingestion took (skipped now), then each chunk's, once it is published."""
     source = f"{mb.agent_id}/{INBOX_JSON}"
     try:
         raw = _fs.read_regular(INBOX_JSON, limit, dir_fd=adir_fd)
@@ -445,31 +530,154 @@ def _ingest_inbox_json(
     except OSError as exc:
         _refuse(report, mb.agent_id, source, _why_refused(exc))
         return
+    journal = Journal(mb.path / ARRAY_JOURNAL)
+    if journal.clearing is not None:
+        if _entry_kind(adir_fd, journal.clearing) == "file":
+            _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
+        else:
+            journal.forget()  # the array was emptied: what it holds now was appended since
     if not raw.strip():
+        journal.end()
         return
+    max_item = max_entry_chars(mb.max_message_size)
+    problem: str | None = None
     try:
-        entries = _json.loads(raw)  # the stdlib, as the legacy readers: NaN, big integers stay as they are
+        text = _json.array_text(raw)
+        start = _find_start(text, max_item, journal)
+    except _json.NotAnArray as exc:
+        problem = str(exc)
     except ValueError as exc:
-        entries, problem = None, f"not valid JSON: {exc}"
-    else:
-        problem = f"not a JSON array but {type(entries).__name__}"
-    if not isinstance(entries, list):
+        problem = f"not valid JSON: {exc}"
+    if problem is not None:
         # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
-        mb.bury(raw, f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json", _reason(problem, source))
-        report.dead.append(INBOX_JSON)
+        _bury(mb, report, raw, _inbox_json_dead_name(source, raw), problem, source)
         _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
+        journal.end()
         if on_taken is not None:
             on_taken(1)
         return
-    if not entries:
+    del raw  # only the text is read from now on
+    if start.count == 0:
+        journal.end()
         return
-    items: list[tuple[str, bytes, Any]] = []
-    for i, entry in enumerate(entries):
-        items.append((f"{source}[{i}]", _json.dumps(entry), entry))
-    _publish(mb, items, report, on_taken=on_taken)
-    _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
-    _end_journal(mb)
+    taking = _Chunks(mb, report, journal, start, on_taken)
+    if start.skip and on_taken is not None:
+        on_taken(start.skip)  # taken by an interrupted ingestion: published then, or buried
+    if start.skip < start.count:
+        chunk: list[tuple[str, bytes, Any]] = []
+        chars = 0
+        for first, end, value in _json.iter_array(text, at=start.at, max_item=max_item):
+            origin = f"{source}[{taking.taken + len(chunk)}]"
+            if value is _json.TOO_LARGE:
+                chunk.append((origin, text[first:end].encode("utf-8", "surrogatepass"), value))
+            else:
+                chunk.append((origin, _json.dumps(value), value))
+            chars += end - first
+            if len(chunk) >= CHUNK_ENTRIES or chars >= CHUNK_CHARS:
+                taking.take(chunk)
+                chunk, chars = [], 0
+        taking.take(chunk)
+    _empty_inbox_json(adir_fd, journal, taking.taken, start.digest.hexdigest())
+    journal.end()
 
+
+def _find_start(text: str, max_item: int, journal: Journal) -> _Start:
+    """The first pass: is all of the array JSON (else ``ValueError``), how many entries, and where this
+    ingestion starts: after the entries an interrupted one took, if the array still begins with
+    exactly those (legacy writers only append); from the beginning otherwise."""
+    want = journal.taken
+    start = _Start(0)
+    for first, _end, value in _json.iter_array(text, max_item=max_item):
+        if start.count < want:
+            _digest_add(start.digest, None if value is _json.TOO_LARGE else _json.dumps(value))
+        elif start.count == want:
+            start.at = first
+        start.count += 1
+    if want and start.count >= want and start.digest.hexdigest() == journal.digest:
+        start.skip = want
+    else:
+        if want:
+            log.warning(
+                "%s: %s no longer begins with the %d entries an interrupted ingestion took: taken whole",
+                journal.path.parent.name,
+                INBOX_JSON,
+                want,
+            )
+        start.at, start.digest = None, hashlib.sha256()
+    return start
+
+
+class _Chunks:
+    """Publishing ``inbox.json`` chunk by chunk, from the entry ``start.skip`` on."""
+
+    def __init__(
+        self, mb: FileMailbox, report: IngestReport, journal: Journal, start: _Start, on_taken: Taken | None
+    ) -> None:
+        self.mb, self.report, self.journal, self.on_taken = mb, report, journal, on_taken
+        self.taken = start.skip  # entries taken so far
+        self.digest = start.digest  # of those entries
+        self.carried = set(journal.ids)  # what an interrupted ingestion was publishing…
+        self.carried_upto = journal.upto  # …from the entries before this index
+        self.previous: set[str] = set()  # the ids of the chunk before
+
+    def take(self, chunk: list[tuple[str, bytes, Any]]) -> None:
+        """Publish one chunk (its entries from index ``taken`` on; `TOO_LARGE` ones are buried), then
+        tell ``on_taken`` how many entries it had (published, found there already, or buried)."""
+        if not chunk:
+            return
+        mb = self.mb
+        items = []
+        for origin, raw, value in chunk:
+            if value is _json.TOO_LARGE:
+                limit = max_entry_chars(mb.max_message_size)
+                why = f"too large: {len(raw)} bytes as written, over the limit of {limit} read for an entry"
+                _bury(mb, self.report, raw, _inbox_json_dead_name(origin, raw), why, origin)
+            else:
+                items.append((origin, raw, value))
+        carried = self.carried if self.taken < self.carried_upto else set()
+        taken, before = self.taken, self.digest.hexdigest()
+        upto = max(taken + len(chunk), self.carried_upto if carried else 0)
+
+        def record(ids: list[str]) -> None:
+            self.journal.write(ids + sorted(carried.difference(ids)), taken=taken, digest=before, upto=upto)
+
+        self.previous = _publish(mb, items, self.report, record, carried, self.previous)
+        for _origin, raw, value in chunk:
+            _digest_add(self.digest, None if value is _json.TOO_LARGE else raw)
+        self.taken += len(chunk)
+        if self.on_taken is not None:
+            self.on_taken(len(chunk))
+
+
+def _empty_inbox_json(adir_fd: int, journal: Journal, taken: int, digest: str) -> None:
+    """Replace ``inbox.json`` with ``[]`` (its mode kept: legacy writers of other users append to it).
+
+    ``[]`` goes to a temp file first, and the journal names it before it replaces the array: if that
+    file is still there after a kill, the array was not emptied (see `_ingest_inbox_json`)."""
+    try:
+        mode = stat.S_IMODE(os.stat(INBOX_JSON, dir_fd=adir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        mode = 0o600
+    tmp = f".{INBOX_JSON}.hybridcomms-{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, _fs.O_CREATE_MSG, 0o600, dir_fd=adir_fd)
+    try:
+        try:
+            os.write(fd, b"[]")
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _fs._unlink_quietly(adir_fd, tmp)  # not named by the journal: nobody would look for it
+        raise
+    # From here on the file stays until the rename (or the next ingestion) takes it: once the journal
+    # names it, its being there is what says the array was not emptied.
+    journal.write(journal.ids, taken=taken, digest=digest, upto=taken, clearing=tmp)
+    os.rename(tmp, INBOX_JSON, src_dir_fd=adir_fd, dst_dir_fd=adir_fd)
+    os.fsync(adir_fd)
+
+
+# -- folders of legacy files ----------------------------------------------------------------------
 
 #: Files of an agent's own folder that are never legacy (L4) messages.
 NOT_MESSAGES = frozenset({INBOX_JSON, "subscriptions.json"})
@@ -488,11 +696,15 @@ def ingest_folder(
     """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
     folder, ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
     not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock.
-    ``on_taken`` is told as messages are taken (for progress)."""
-    items: list[tuple[str, bytes, Any]] = []
-    taken: list[str] = []
+
+    The files are taken in chunks (`CHUNK_ENTRIES` files or `CHUNK_CHARS` bytes of them, `_FolderChunks`):
+    each chunk is journaled, published and its files removed before the next is read, so what is in
+    memory is one chunk whatever the number of files, and ``on_taken`` is told after each how many
+    files it took (published, found there already, or buried)."""
     now = time.time()
     label = "" if rel == "." else rel.replace(os.sep, "-")
+    journal = Journal(mb.path / folder_journal_name(label))
+    taking = _FolderChunks(mb, folder_fd, report, journal, label, on_taken)
     for name in sorted(_fs.listdir_at(folder_fd)):
         if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
@@ -509,19 +721,67 @@ def ingest_folder(
             obj = _json.loads(raw)
         except ValueError as exc:
             if now - st.st_mtime < settle:
-                report.waiting.append(name)  # perhaps still being written by an unlocked writer
+                report.waiting.append(_fs.shown(source))  # perhaps still being written by an unlocked writer
                 continue
-            if mb.bury(raw, _bury_name(label, name), _reason(f"not valid JSON: {exc}", source)):
-                report.dead.append(name)
-            taken.append(name)
-            if on_taken is not None:
-                on_taken(1)
+            _bury(mb, report, raw, _bury_name(label, name), f"not valid JSON: {exc}", source)
+            taking.add(name, len(raw))  # removed with its chunk (buried again is a no-op)
             continue
-        items.append((source, raw, obj))
-        taken.append(name)
-    _publish(mb, items, report, label=label, on_taken=on_taken)
-    remove_taken(folder_fd, taken)
-    _end_journal(mb)
+        taking.add(name, len(raw), (source, raw, obj))
+    taking.flush()
+    journal.end()
+
+
+class _FolderChunks:
+    """Publishing a folder's files chunk by chunk (`ingest_folder`), as `_Chunks` publishes ``inbox.json``.
+
+    The folder's journal names the ids of the chunk being published, and (until this ingestion has
+    met them) the ids an interrupted one was publishing: killed anywhere, the next ingestion finds the
+    files of the chunk still there (they are removed only once it is published) and does not publish
+    again what the journal names and the mailbox holds. A file whose id was already taken in this
+    ingestion (the same message dropped twice) is delivered once, as when the folder was one batch."""
+
+    def __init__(
+        self,
+        mb: FileMailbox,
+        folder_fd: int,
+        report: IngestReport,
+        journal: Journal,
+        label: str,
+        on_taken: Taken | None,
+    ) -> None:
+        self.mb, self.folder_fd, self.report, self.journal = mb, folder_fd, report, journal
+        self.label, self.on_taken = label, on_taken
+        self.carried = set(journal.ids)  # what an interrupted ingestion was publishing, not met yet
+        self.seen: set[str] = set()  # the ids taken so far (only ids: the messages are not kept)
+        self.names: list[str] = []  # the files of the chunk (removed once it is published)
+        self.items: list[tuple[str, bytes, Any]] = []  # what of them is to publish
+        self.size = 0
+
+    def add(self, name: str, size: int, item: tuple[str, bytes, Any] | None = None) -> None:
+        """One file of the chunk (``item``: to publish; None: already buried); a full chunk goes."""
+        self.names.append(name)
+        if item is not None:
+            self.items.append(item)
+        self.size += size
+        if len(self.names) >= CHUNK_ENTRIES or self.size >= CHUNK_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Journal and publish the chunk, then remove its files and tell ``on_taken``."""
+        if not self.names:
+            return
+        carried = self.carried
+
+        def record(ids: list[str]) -> None:
+            self.journal.write(ids + sorted(carried.difference(ids)))
+
+        ids = _publish(self.mb, self.items, self.report, record, carried, self.seen, label=self.label)
+        remove_taken(self.folder_fd, self.names)
+        self.carried -= ids  # met: published now, or found published
+        self.seen |= ids
+        if self.on_taken is not None:
+            self.on_taken(len(self.names))
+        self.names, self.items, self.size = [], [], 0
 
 
 def remove_taken(dir_fd: int, names: list[str]) -> None:
@@ -543,13 +803,16 @@ def _publish(
     mb: FileMailbox,
     items: list[tuple[str, bytes, Any]],
     report: IngestReport,
+    record: Callable[[list[str]], None],
+    carried: set[str],
+    previous: Container[str] = frozenset(),
     *,
     label: str | None = None,
-    on_taken: Taken | None = None,
-) -> None:
-    """Convert, journal, publish; bury what does not convert. With ``on_taken``, publish in batches of
-    `PROGRESS_BATCH` and report each (the journal covers them all, as it covers one interrupted burst)."""
-    told = 0
+) -> set[str]:
+    """Convert, journal (``record`` the batch's ids), publish; bury what does not convert. Returns
+    the batch's ids. ``carried``: ids an interrupted ingestion was publishing (those found in the
+    mailbox are not published again); ``previous``: ids just published (an entry appended twice in a
+    row is delivered once)."""
     messages: dict[str, Message] = {}
     for source, raw, obj in items:
         try:
@@ -560,69 +823,43 @@ def _publish(
             name = (
                 _bury_name(label, source.rsplit("/", 1)[1])
                 if label is not None
-                else f"legacy-{INBOX_JSON}-{_derived_id(source, raw)[7:23]}.json"
+                else _inbox_json_dead_name(source, raw)
             )
-            if mb.bury(raw, name, _reason(f"cannot be converted: {exc}", source)):
-                report.dead.append(name)
-            told += 1
+            _bury(mb, report, raw, name, f"cannot be converted: {exc}", source)
             continue
-        if message.id in messages:
+        if message.id in messages or message.id in previous:
             report.duplicates += 1  # the same message appended twice: delivered once
-            told += 1
             continue
         messages[message.id] = message
-    if on_taken is not None and told:
-        on_taken(told)
     if not messages:
-        return
-    already = _ids_in_flight(mb, set(messages))
+        return set()
+    pending = carried.intersection(messages)
+    already = ids_present(mb, (State.NEW, State.PROCESSING, State.DONE, State.DEAD), among=pending)
     report.duplicates += len(already)
-    if on_taken is not None and already:
-        on_taken(len(already))
+    record(list(messages))  # all of them: killed again, those published already are known too
     fresh = [m for i, m in messages.items() if i not in already]
-    _fs.replace_atomically(
-        mb.path / JOURNAL,
-        orjson.dumps({"ids": [m.id for m in fresh], "started_at": datetime.now(timezone.utc).isoformat()}),
-        0o600,
-    )
-    step = max(len(fresh), 1) if on_taken is None else PROGRESS_BATCH
-    for start in range(0, len(fresh), step):
-        batch = fresh[start : start + step]
-        mb.put_many(batch)
-        report.ingested += [m.id for m in batch]
-        if on_taken is not None:
-            on_taken(len(batch))
+    if fresh:
+        mb.put_many(fresh)
+        report.add_ingested([m.id for m in fresh])
+    return set(messages)
 
 
-def _ids_in_flight(mb: FileMailbox, ids: set[str]) -> set[str]:
-    """Of ``ids``, those a previous, interrupted ingestion already published (per its journal)."""
-    try:
-        journal = orjson.loads(_fs.read_regular(mb.path / JOURNAL, 16 << 20))
-        pending = set(journal["ids"]) & ids
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    if not pending:
-        return set()
-    return ids_present(mb, (State.NEW, State.PROCESSING, State.DONE, State.DEAD)) & pending
-
-
-def ids_present(mb: FileMailbox, states: tuple[State, ...]) -> set[str]:
-    """The message ids that have a file in these folders of ``mb`` (read from the names)."""
+def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] | None = None) -> set[str]:
+    """The message ids that have a file in these folders of ``mb`` (read from the names); with
+    ``among``, only those of these ids (the folders are streamed then, never held whole)."""
     found: set[str] = set()
+    if among is not None and not among:
+        return found
     for state in states:
         try:
-            names = os.listdir(mb.path / state.folder)
+            with os.scandir(mb.path / state.folder) as entries:
+                for entry in entries:
+                    info = parse_name(entry.name)
+                    if info is not None and (among is None or info.id in among):
+                        found.add(info.id)
         except OSError:
             continue
-        found.update(info.id for name in names if (info := parse_name(name)) is not None)
     return found
-
-
-def _end_journal(mb: FileMailbox) -> None:
-    try:
-        os.unlink(mb.path / JOURNAL)
-    except FileNotFoundError:
-        pass
 
 
 class IngestProbe:
@@ -674,14 +911,14 @@ class LegacyIntake:
         return has_legacy_drops(root, agent)
 
     def take(self, mailbox: FileMailbox) -> int:
-        return len(ingest(mailbox).ingested)
+        return ingest(mailbox).n_ingested
 
     def prober(self, mailbox: FileMailbox) -> Callable[[bool], int]:
         probe = IngestProbe(mailbox)
 
         def run(force: bool = False) -> int:
             report = probe.run(force=force)
-            return len(report.ingested) if report is not None else 0
+            return report.n_ingested if report is not None else 0
 
         return run
 

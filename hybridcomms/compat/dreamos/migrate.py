@@ -17,47 +17,57 @@ anything else                                 left where it is, and listed (``.m
                                               ids such as unrendered ``{agent_id}`` templates)
 ============================================  ===============================================
 
-The real run first copies the whole root to ``<root>.backup-<UTC time>`` (unless told not to), takes
-each agent's legacy files under the legacy locks (as ingestion does), and can be run again safely:
-what was moved is gone from the old places, and a run interrupted half-way is finished by the next
-one without publishing anything twice (the ingestion journal).
+The real run first copies the whole root to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it if
+that name is taken; unless told not to, and only if it changes something), takes each agent's legacy
+files under the legacy locks (as ingestion does, chunk by chunk: ``CHUNK_ENTRIES`` entries of
+``inbox.json`` or files of a folder at a time), and can be run again safely, even within one second:
+what was moved is gone from the old places, and a run interrupted half-way is finished by the next one
+without publishing anything twice (the ingestion journal). Every legacy file it names is a path under
+the root, printable (`_fs.shown`).
 
 ``progress(phase, done, total)``, if given, is told how it goes: phase ``"backup"`` counts the bytes of
-the backup copy, ``"messages"`` the messages converted (the CLI draws both on a terminal).
+the backup copy as they are copied, ``"messages"`` the legacy messages taken (converted into ``new/``,
+``done/`` or ``dead/``, or found converted by an interrupted run), once per chunk (the CLI draws both on
+a terminal).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ... import _fs
 from ...errors import MessageError
 from ...mailbox import FileMailbox, check_agent_id
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
+from . import _json
 from .legacy import (
+    CHUNK_CHARS,
+    CHUNK_ENTRIES,
     DEFAULT_MAX_INBOX_JSON,
     DEFAULT_SETTLE,
     INBOX_DIR,
     INBOX_JSON,
     NOT_MESSAGES,
-    PROGRESS_BATCH,
+    REPORT_LISTED,
+    Taken,
     _agent_dir,
     _entry_kind,
     _why_refused,
     ids_present,
     ingest,
     ingest_folder,
+    max_entry_chars,
     message_from_legacy,
     remove_taken,
 )
@@ -70,18 +80,35 @@ KEPT_FOLDERS = ("outbox", "state", "workspace", "failed")
 _OURS = {s.folder for s in State}
 #: ``progress(phase, done, total)``: ``"backup"`` in bytes, ``"messages"`` in messages.
 MigrateProgress = Callable[[str, int, int], None]
+#: Why an invalid file is left for now (an unlocked legacy writer may still be writing it).
+WAITING = "invalid JSON changed seconds ago (being written?): run migrate again"
 
 
 @dataclass
 class AgentMigration:
+    """One agent's part. Paths are relative to the root, printable (bytes not UTF-8 as ``\\xNN``)."""
+
     agent: str
-    to_new: list[str] = field(default_factory=list)
+    to_new: list[str] = field(
+        default_factory=list
+    )  # the first REPORT_LISTED (legacy paths, or ids once moved)
+    more_new: int = 0  # how many more go (went) to new/ than `to_new` lists: a huge inbox.json is counted
     to_done: list[str] = field(default_factory=list)
     to_dead: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     left: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
+    @property
+    def n_new(self) -> int:
+        return len(self.to_new) + self.more_new
+
+    def add_new(self, what: str) -> None:
+        if len(self.to_new) < REPORT_LISTED:
+            self.to_new.append(what)
+        else:
+            self.more_new += 1
+
     def changes(self) -> int:
-        return len(self.to_new) + len(self.to_done) + len(self.to_dead)
+        return self.n_new + len(self.to_done) + len(self.to_dead)
 
 
 @dataclass
@@ -94,7 +121,7 @@ class Migration:
 
     def totals(self) -> dict[str, int]:
         return {
-            "new": sum(len(a.to_new) for a in self.agents),
+            "new": sum(a.n_new for a in self.agents),
             "done": sum(len(a.to_done) for a in self.agents),
             "dead": sum(len(a.to_dead) for a in self.agents),
             "left": len(self.left) + sum(len(a.left) for a in self.agents),
@@ -110,6 +137,7 @@ class Migration:
                 {
                     "agent": a.agent,
                     "new": a.to_new,
+                    "new_not_listed": a.more_new,
                     "done": a.to_done,
                     "dead": [{"source": s, "reason": r} for s, r in a.to_dead],
                     "left": [{"path": p, "why": w} for p, w in a.left],
@@ -126,7 +154,7 @@ class Migration:
             lines.append(f"backup: {self.backup}")
         for a in self.agents:
             lines.append(
-                f"  {a.agent}: {verb} {len(a.to_new)} to new/, {len(a.to_done)} to done/, "
+                f"  {a.agent}: {verb} {a.n_new} to new/, {len(a.to_done)} to done/, "
                 f"{len(a.to_dead)} to dead/; {len(a.left)} left in place"
             )
             lines += [f"    dead: {s}: {r}" for s, r in a.to_dead]
@@ -143,21 +171,28 @@ class Migration:
 # -- looking (no changes) -------------------------------------------------------------------------
 
 
-def _classify(dir_fd: int, name: str, origin: str, agent: str, max_size: int) -> str | None:
-    """None if the file converts into a message, else why not."""
+def _classify(
+    dir_fd: int, name: str, origin: str, agent: str, max_size: int, settle: float | None
+) -> tuple[str, str | None]:
+    """``("new", None)`` if the file converts into a message; else ``("dead", why)``, or
+    ``("left", why)`` for a file that cannot be read, or (with ``settle``) invalid JSON changed less
+    than ``settle`` seconds ago, which ingestion leaves for the next run."""
     try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         raw = _fs.read_regular(name, max_size, dir_fd=dir_fd)
     except OSError as exc:
-        return _why_refused(exc)
+        return "left", _why_refused(exc)
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return f"not valid JSON: {exc}"
+        obj = _json.loads(raw)  # as ingestion reads it (NaN, big integers: the stdlib's JSON)
+    except ValueError as exc:
+        if settle is not None and time.time() - st.st_mtime < settle:
+            return "left", WAITING
+        return "dead", f"not valid JSON: {exc}"
     try:
         message_from_legacy(obj, agent_id=agent, origin=origin, raw=raw, max_size=max_size)
     except MessageError as exc:
-        return f"cannot be converted: {exc}"
-    return None
+        return "dead", f"cannot be converted: {exc}"
+    return "new", None
 
 
 def _json_files(
@@ -196,7 +231,43 @@ def _open_sub(dir_fd: int, name: str) -> Iterator[int | None]:
         os.close(fd)
 
 
-def _survey_agent(root_fd: int, agent: str, max_size: int) -> AgentMigration:
+def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigration) -> None:
+    """What becomes of each entry of ``inbox.json``, read element by element as ingestion reads it (a
+    huge array is never built; past `REPORT_LISTED` entries, they are counted, not listed)."""
+    where = f"{agent}/{INBOX_JSON}"
+    try:
+        raw = _fs.read_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
+    except OSError as exc:
+        plan.left.append((where, _why_refused(exc)))
+        return
+    if not raw.strip():
+        return
+    max_item = max_entry_chars(max_size)
+    try:
+        text = _json.array_text(raw)
+        del raw
+        for _ in _json.iter_array(text, max_item=max_item):
+            pass  # all of it must be JSON first: a corrupt array goes to dead/ whole
+    except _json.NotAnArray as exc:
+        plan.to_dead.append((where, str(exc)))
+        return
+    except ValueError as exc:
+        plan.to_dead.append((where, f"not valid JSON: {exc}"))
+        return
+    for i, (first, end, entry) in enumerate(_json.iter_array(text, max_item=max_item)):
+        origin = f"{where}[{i}]"
+        if entry is _json.TOO_LARGE:
+            limit = max_entry_chars(max_size)
+            plan.to_dead.append((origin, f"too large: {end - first} characters, over the limit of {limit}"))
+            continue
+        try:
+            message_from_legacy(entry, agent_id=agent, origin=origin, max_size=max_size)
+            plan.add_new(origin)
+        except MessageError as exc:
+            plan.to_dead.append((origin, f"cannot be converted: {exc}"))
+
+
+def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> AgentMigration:
     plan = AgentMigration(agent)
     with _open_sub(root_fd, agent) as adir_fd:
         if adir_fd is None:
@@ -204,27 +275,7 @@ def _survey_agent(root_fd: int, agent: str, max_size: int) -> AgentMigration:
             return plan
         kind = _entry_kind(adir_fd, INBOX_JSON)
         if kind == "file":
-            try:
-                raw = _fs.read_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
-                entries = orjson.loads(raw or b"[]")
-            except orjson.JSONDecodeError as exc:
-                plan.to_dead.append((f"{agent}/{INBOX_JSON}", f"not valid JSON: {exc}"))
-                entries = []
-            except OSError as exc:
-                plan.left.append((f"{agent}/{INBOX_JSON}", _why_refused(exc)))
-                entries = []
-            if not isinstance(entries, list):
-                plan.to_dead.append(
-                    (f"{agent}/{INBOX_JSON}", f"not a JSON array but {type(entries).__name__}")
-                )
-                entries = []
-            for i, entry in enumerate(entries):
-                origin = f"{agent}/{INBOX_JSON}[{i}]"
-                try:
-                    message_from_legacy(entry, agent_id=agent, origin=origin, max_size=max_size)
-                    plan.to_new.append(origin)
-                except MessageError as exc:
-                    plan.to_dead.append((origin, f"cannot be converted: {exc}"))
+            _survey_inbox_json(adir_fd, agent, max_size, plan)
         elif kind is not None:
             plan.left.append((f"{agent}/{INBOX_JSON}", f"{kind}: refused"))
         for sub, exclude in ((INBOX_DIR, frozenset[str]()), (".", NOT_MESSAGES)):
@@ -233,27 +284,27 @@ def _survey_agent(root_fd: int, agent: str, max_size: int) -> AgentMigration:
                     continue
                 files, refused = _json_files(fd, exclude)
                 prefix = f"{agent}/" if sub == "." else f"{agent}/{sub}/"
-                plan.left += [(prefix + n, f"{why}: refused") for n, why in refused]
+                plan.left += [(_fs.shown(prefix + n), f"{why}: refused") for n, why in refused]
                 for n in files:
-                    why = _classify(fd, n, prefix + n, agent, max_size)
-                    (
-                        plan.to_new.append(prefix + n)
-                        if why is None
-                        else plan.to_dead.append((prefix + n, why))
-                    )
+                    path = _fs.shown(prefix + n)
+                    fate, why = _classify(fd, n, prefix + n, agent, max_size, settle)
+                    if fate == "new":
+                        plan.add_new(path)
+                    else:
+                        (plan.to_dead if fate == "dead" else plan.left).append((path, why or ""))
         for sub in PROCESSED_FOLDERS:
             with _open_sub(adir_fd, sub) as fd:
                 if fd is None:
                     continue
                 files, refused = _json_files(fd)
                 prefix = f"{agent}/{sub}/"
-                plan.left += [(prefix + n, f"{why}: refused") for n, why in refused]
+                plan.left += [(_fs.shown(prefix + n), f"{why}: refused") for n, why in refused]
                 for n in files:
-                    why = _classify(fd, n, prefix + n, agent, max_size)
-                    if why is None:
-                        plan.to_done.append(prefix + n)
+                    fate, why = _classify(fd, n, prefix + n, agent, max_size, None)
+                    if fate == "new":
+                        plan.to_done.append(_fs.shown(prefix + n))
                     else:
-                        plan.left.append((prefix + n, f"processed, and {why}"))
+                        plan.left.append((_fs.shown(prefix + n), f"processed, and {why}"))
         _survey_leftovers(adir_fd, agent, plan)
     return plan
 
@@ -264,7 +315,7 @@ def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
     except OSError:
         return
     for name in entries:
-        rel = f"{agent}/{name}"
+        rel = _fs.shown(f"{agent}/{name}")
         if name.startswith(".") or name in _OURS or name in {INBOX_JSON, "subscriptions.json"}:
             continue
         if name.endswith(".lock"):
@@ -275,7 +326,7 @@ def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
                 inner_names = sorted(_fs.listdir_at(fd)) if fd is not None else []
             for inner in inner_names:
                 if not inner.startswith(".") and not inner.endswith((".json", ".lock", ".tmp")):
-                    plan.left.append((f"{rel}/{inner}", "not a JSON message file"))
+                    plan.left.append((f"{rel}/{_fs.shown(inner)}", "not a JSON message file"))
             continue
         if kind == "dir":
             why = "not a message folder" if name in KEPT_FOLDERS else "unknown folder"
@@ -286,8 +337,14 @@ def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
             plan.left.append((rel, "not a JSON message file"))
 
 
-def survey(root: str | os.PathLike[str], *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Migration:
-    """What `migrate` would do, changing nothing."""
+def survey(
+    root: str | os.PathLike[str],
+    *,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    settle: float = DEFAULT_SETTLE,
+) -> Migration:
+    """What `migrate` would do, changing nothing (an invalid file changed less than ``settle`` seconds
+    ago is left for a later run, as `migrate` leaves it)."""
     base = Path(root)
     result = Migration(base, dry_run=True)
     if not base.is_dir():
@@ -298,20 +355,21 @@ def survey(root: str | os.PathLike[str], *, max_message_size: int = DEFAULT_MAX_
             if name.startswith(".") or name.startswith(f"{base.name}.backup-"):
                 continue
             kind = _entry_kind(root_fd, name)
+            shown = _fs.shown(name)
             if name == "broadcast" and kind == "dir":
                 with _open_sub(root_fd, name) as fd:
                     count = len(_json_files(fd)[0]) if fd is not None else 0
                 result.left.append((f"{name}/", f"broadcasts ({count} files) have no single recipient"))
                 continue
             if kind != "dir":
-                result.left.append((name, "not an agent folder" if kind == "file" else f"{kind}: refused"))
+                result.left.append((shown, "not an agent folder" if kind == "file" else f"{kind}: refused"))
                 continue
             try:
                 check_agent_id(name)
             except ValueError:
-                result.left.append((f"{name}/", "not a safe agent id (e.g. an unrendered template)"))
+                result.left.append((f"{shown}/", "not a safe agent id (e.g. an unrendered template)"))
                 continue
-            plan = _survey_agent(root_fd, name, max_message_size)
+            plan = _survey_agent(root_fd, name, max_message_size, settle)
             with _open_sub(root_fd, name) as fd:
                 legacy = fd is not None and (
                     _entry_kind(fd, INBOX_JSON) is not None or _entry_kind(fd, INBOX_DIR) is not None
@@ -348,10 +406,7 @@ def migrate(
     base = Path(root)
     done = Migration(base, dry_run=False, left=list(plan.left))
     if backup and any(a.changes() for a in plan.agents):
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        target = base.parent / f"{base.name}.backup-{stamp}"
-        _backup(base, target, progress)
-        done.backup = target
+        done.backup = _backup(base, progress)
     total = sum(a.changes() for a in plan.agents)
     converted = 0
 
@@ -371,7 +426,8 @@ def migrate(
             dir_mode=dir_mode,
             file_mode=file_mode,
         ) as mb:
-            result = AgentMigration(a.agent, left=list(a.left))
+            # What is waiting is what this run left, not what the survey saw a moment before.
+            result = AgentMigration(a.agent, left=[x for x in a.left if x[1] != WAITING])
             report = ingest(mb, on_taken=taken)
             with _agent_dir(mb) as adir_fd:
                 ingest_folder(  # L4: no lock
@@ -381,24 +437,36 @@ def migrate(
                     with _open_sub(adir_fd, sub) as fd:
                         if fd is not None:
                             result.to_done += _import_processed(mb, fd, f"{a.agent}/{sub}", taken)
-            result.left += [
-                (f"{a.agent}/{n}", "invalid JSON changed seconds ago (being written?): run migrate again")
-                for n in report.waiting
-            ]
+            result.left += [(path, WAITING) for path in report.waiting]
             result.to_new = list(report.ingested)
-            dead_reasons = {source.rsplit("/", 1)[-1]: why for source, why in a.to_dead}
-            result.to_dead = [(n, dead_reasons.get(n, "see its reason file in dead/")) for n in report.dead]
+            result.more_new = report.n_ingested - len(report.ingested)
+            result.to_dead = [(b.source, b.reason) for b in report.buried]
             done.agents.append(result)
     if progress is not None:  # the end (some may have been left for later, or arrived meanwhile)
         progress("messages", converted, max(total, converted))
     return done
 
 
-def _backup(base: Path, target: Path, progress: MigrateProgress | None) -> None:
-    """Copy the root to ``target`` (links as links; FIFOs, sockets and devices left out), telling
-    ``progress`` how many bytes are copied."""
+def _backup(base: Path, progress: MigrateProgress | None = None) -> Path:
+    """Copy the root to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it when that name is
+    taken: two runs in one second), never into an existing folder; links as links, FIFOs, sockets and
+    devices left out. ``progress`` is told how many bytes are copied."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in itertools.count(1):
+        target = base.parent / f"{base.name}.backup-{stamp}{f'-{n}' if n > 1 else ''}"
+        try:
+            os.mkdir(target, 0o700)  # taken atomically: a concurrent run picks the next name
+        except FileExistsError:
+            continue
+        _copy_tree(base, target, progress)
+        return target
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _copy_tree(base: Path, target: Path, progress: MigrateProgress | None) -> None:
+    """Copy ``base`` into the folder ``target`` (just made, empty), telling ``progress`` the bytes."""
     if progress is None:
-        shutil.copytree(base, target, symlinks=True, ignore=_special_files)
+        shutil.copytree(base, target, symlinks=True, ignore=_special_files, dirs_exist_ok=True)
         return
     total = _size_of(base)
     copied = 0
@@ -412,7 +480,9 @@ def _backup(base: Path, target: Path, progress: MigrateProgress | None) -> None:
         return dst
 
     progress("backup", 0, total)
-    shutil.copytree(base, target, symlinks=True, ignore=_special_files, copy_function=copy)
+    shutil.copytree(
+        base, target, symlinks=True, ignore=_special_files, copy_function=copy, dirs_exist_ok=True
+    )
     progress("backup", copied, max(total, copied))
 
 
@@ -442,11 +512,10 @@ def _special_files(folder: str, names: list[str]) -> set[str]:
     return skip
 
 
-def _import_processed(
-    mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Callable[[int], None] | None = None
-) -> list[str]:
+def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Taken | None = None) -> list[str]:
     """``archive/`` or ``processed/`` files into ``done/`` (skipping ids already there), then removed;
-    ``on_taken`` is told as they are imported, batch by batch (`PROGRESS_BATCH`).
+    ``on_taken`` is told as they are imported, chunk by chunk (`CHUNK_ENTRIES` files or `CHUNK_CHARS`
+    bytes of them, as ingestion takes a folder: one chunk in memory at a time).
 
     ``dir_fd`` was opened without following a link, and only regular files in it are read or
     removed: nothing outside the mailbox is ever touched."""
@@ -455,29 +524,39 @@ def _import_processed(
         return []
     in_done = ids_present(mb, (State.DONE,))
     moved: list[str] = []
-    for start in range(0, len(files), PROGRESS_BATCH):
-        batch: list[Message] = []
-        taken: list[str] = []
-        for n in files[start : start + PROGRESS_BATCH]:
-            origin = f"{prefix}/{n}"
-            try:
-                raw = _fs.read_regular(n, mb.max_message_size, dir_fd=dir_fd)
-                message = message_from_legacy(
-                    orjson.loads(raw),
-                    agent_id=mb.agent_id,
-                    origin=origin,
-                    raw=raw,
-                    max_size=mb.max_message_size,
-                )
-            except (OSError, ValueError):
-                continue  # reported as left in place by the survey
-            if message.id not in in_done:
-                batch.append(message)
-                in_done.add(message.id)
-            taken.append(n)
-        mb.import_done(batch)  # durable before the legacy files go
-        remove_taken(dir_fd, taken)
-        moved += taken
-        if on_taken is not None and taken:
-            on_taken(len(taken))
+    batch: list[Message] = []
+    taken: list[str] = []
+    size = 0
+    for n in files:
+        origin = f"{prefix}/{n}"
+        try:
+            raw = _fs.read_regular(n, mb.max_message_size, dir_fd=dir_fd)
+            message = message_from_legacy(
+                _json.loads(raw), agent_id=mb.agent_id, origin=origin, raw=raw, max_size=mb.max_message_size
+            )
+        except (OSError, ValueError):
+            continue  # reported as left in place by the survey
+        if message.id not in in_done:
+            batch.append(message)
+            in_done.add(message.id)
+        taken.append(n)
+        size += len(raw)
+        if len(taken) >= CHUNK_ENTRIES or size >= CHUNK_CHARS:
+            moved += _import_chunk(mb, dir_fd, batch, taken, on_taken)
+            batch, taken, size = [], [], 0
+    moved += _import_chunk(mb, dir_fd, batch, taken, on_taken)
     return [f"{prefix}/{n}" for n in moved]
+
+
+def _import_chunk(
+    mb: FileMailbox, dir_fd: int, batch: list[Message], taken: list[str], on_taken: Taken | None
+) -> list[str]:
+    """Put one chunk into ``done/`` (durably), then remove its legacy files: killed in between, the
+    next run finds their ids in ``done/`` and only removes them. Returns the names taken."""
+    if not taken:
+        return []
+    mb.import_done(batch)
+    remove_taken(dir_fd, taken)
+    if on_taken is not None:
+        on_taken(len(taken))
+    return taken
