@@ -1,0 +1,52 @@
+"""The package's loggers: every one made by `get`, with a filter that makes what a record carries inert.
+
+Log lines quote what producers wrote (a dead reason, a file name, a topic, an exception's text), and
+they reach terminals and journals as they are. The filter (`Inert`) writes each argument of a record
+that is not a number as `hybridcomms._text.printable` text (one line, controls escaped) before the
+record is formatted; the message templates are the library's own and stay as they are.
+
+A filter on a logger applies to the records made through that logger only, not to its children: so
+every module takes its logger from `get`, never from `logging.getLogger` (a test checks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ._text import printable
+
+__all__ = ["Inert", "get"]
+
+
+def _inert(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    try:
+        return printable(str(value))
+    except Exception:  # a __str__ that raises: what logging itself would show
+        return value
+
+
+class Inert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_inert(a) for a in args)
+        elif isinstance(args, Mapping):
+            record.args = {k: _inert(v) for k, v in args.items()}
+        elif not args and isinstance(record.msg, str) and not record.msg.isprintable():
+            record.msg = printable(record.msg)  # a message built beforehand (an f-string)
+        return True
+
+
+_INERT = Inert()
+
+
+def get(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with the `Inert` filter (once)."""
+    logger = logging.getLogger(name)
+    if _INERT not in logger.filters:
+        logger.addFilter(_INERT)
+    return logger
