@@ -45,24 +45,49 @@ import orjson
 from . import _fs
 from ._urls import backend_of
 from .bus import AgentBus, Event, pattern_matches
+from .errors import UnsafePathError
 from .message import Message, nulls_hide_non_finite
 
-__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "share_bus"]
+__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "count", "share_bus"]
 
 log = logging.getLogger("hybridcomms.fanout")
 
 BUS_FOLDER = ".bus"
 #: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
 MAX_DATAGRAM = 64 * 1024
+#: The longest topic that crosses (and so the longest pattern a registration may hold).
+MAX_TOPIC = 256
 #: A publisher looks at the registrations again at most this often (seconds).
 REFRESH_EVERY = 0.05
-#: At most this many peers get a connected socket (a descriptor each); the others are sent to by path.
+#: A look that lists the folder is followed by the next no sooner than this many times its own cost
+#: (looks that cost less than a millisecond excepted): however many entries the folder holds, looking
+#: costs a publisher at most about 1/LOOK_SPACING of its time.
+LOOK_SPACING = 20
+#: A registration is read up to this size (a bigger one is not one); this process's own stays under.
+MAX_REGISTRATION = 64 * 1024
+#: Registrations read (new or changed ones) per look at most; the others at the next looks.
+MAX_READS_PER_LOOK = 64
+#: Registrations considered at most (a folder holding more: the others, in listing order, are not).
+MAX_REGISTRATIONS = 4096
+#: This process's registration: patterns past this many bytes in all are registered as ``["*"]``,
+#: and ``dropped_to`` names this many peers at most (the others summed under ``"others"``).
+PATTERNS_BYTES = 32 * 1024
+DROPPED_TO_KEEP = 32
+#: The processes of the registrations known are checked alive this often (the dead ones pruned).
+SWEEP_EVERY = 10.0
+#: Sockets to peers, at most, counting those retired and waiting to be closed (a descriptor each).
+#: Past it, a peer is sent to through a socket made for that one datagram.
 MAX_LINKS = 256
 #: A socket no longer used is closed this long after (seconds), never under a sending thread.
 RETIRE_AFTER = 1.0
 #: What waits for one peer whose buffer is full (events, bytes); past either, events are dropped.
 BACKLOG_EVENTS = 1024
 BACKLOG_BYTES = 1 << 20
+#: Where peers without a socket of their own wait for one and a linked peer has had a backlog waiting
+#: this long (seconds, it does not read), its socket is taken back for them.
+EVICT_AFTER = 0.5
+#: A peer without a socket of its own whose buffer was full is not tried again for this long (seconds).
+STUCK_RETRY = 1.0
 #: The errors of a send to a process that is no longer there.
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.EDESTADDRREQ))
 #: A process writes its counters into its registration at most this often (seconds).
@@ -70,10 +95,25 @@ REPORT_EVERY = 1.0
 _HOST = socket.gethostname()
 
 #: Counters of this process: sent, received, dropped_full (a subscriber's buffer and its backlog here
-#: were full), dropped_bad (a datagram that did not decode), unsendable (not JSON, or too big), pruned
-#: (dead peers), dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog).
+#: were full, or it was found not reading), dropped_bad (a datagram that did not decode), unsendable
+#: (not JSON, or too big), pruned (registrations of dead processes, or without a socket),
+#: dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog), dropped_busy
+#: (an event from another process that started no async handler: `bus.MAX_RECEIVED_RUNS` were
+#: unfinished), refused_durable (an event from another process on a topic the policy routes durable,
+#: not handed to a `Comms` handler).
 FANOUT_STATS: dict[str, int] = dict.fromkeys(
-    ("sent", "received", "dropped_full", "dropped_bad", "unsendable", "pruned", "dropped_queue", "deferred"),
+    (
+        "sent",
+        "received",
+        "dropped_full",
+        "dropped_bad",
+        "unsendable",
+        "pruned",
+        "dropped_queue",
+        "deferred",
+        "dropped_busy",
+        "refused_durable",
+    ),
     0,
 )
 _stats_lock = threading.Lock()
@@ -82,6 +122,11 @@ _stats_lock = threading.Lock()
 def _count(key: str, n: int = 1) -> None:
     with _stats_lock:
         FANOUT_STATS[key] += n
+
+
+def count(key: str, n: int = 1) -> None:
+    """Add ``n`` to the counter ``key`` of `FANOUT_STATS` (for the parts that refuse what arrives)."""
+    _count(key, n)
 
 
 # -- the wire form -------------------------------------------------------------------------------
@@ -137,7 +182,7 @@ def decode_event(data: bytes) -> Event | None:
     _, topic, payload, source, correlation_id, event_id, ts, durable, origin = obj
     if not (
         type(topic) is str
-        and 0 < len(topic) <= 256
+        and 0 < len(topic) <= MAX_TOPIC
         and _opt_str(source)
         and _opt_str(correlation_id)
         and type(event_id) is str
@@ -168,67 +213,162 @@ class _Peer:
         return any(pattern_matches(p, topic) for p in self.patterns)
 
 
-def _refused(data: bytes, flags: int) -> int:
-    raise ConnectionRefusedError(errno.ECONNREFUSED, "no socket of a peer there")
+@dataclass(slots=True)
+class _Reg:
+    """What the looks know of one registration: its identity on disk (inode, size, times), so that an
+    unchanged one is never read again; the peer it names (None: not a registration that can be used);
+    and whether its socket refused (then it is not sent to until the registration changes)."""
+
+    key: tuple[int, int, int, int]
+    peer: _Peer | None
+    dead: bool = False
+
+
+class _Refused(Exception):
+    """No socket of a peer at its name: gone, refused, or not a socket itself (a link, a file)."""
 
 
 class _Link:
     """How this process sends to one peer: a datagram socket connected to the peer's (one path lookup,
-    at connect); past MAX_LINKS, ``sendto`` by path through the shared socket; where connecting failed,
-    nothing (every send is refused, so the send path finds out and prunes).
+    at connect), while there is room (`MAX_LINKS`); else *unlinked*: each send connects a socket of
+    its own for that one datagram and closes it (no buffer shared with another peer).
 
     A connected link has a backlog: what finds the peer's buffer full waits there (bounded), in order,
-    until the peer reads again; the flusher thread sends it then."""
+    until the peer reads again; the flusher thread sends it then. An unlinked peer whose buffer is full
+    is not tried again for `STUCK_RETRY` seconds (its events are dropped, counted, for a check each)."""
 
-    __slots__ = ("backlog", "backlog_bytes", "name", "pid", "send", "sock")
+    __slots__ = (
+        "backlog",
+        "backlog_bytes",
+        "behind_since",
+        "gone",
+        "local",
+        "name",
+        "ok",
+        "peer",
+        "pid",
+        "send",
+        "skip_until",
+        "sock",
+    )
 
     def __init__(self, peer: _Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
+        self.peer = peer
         self.name = peer.name
         self.pid = peer.pid
+        self.local = peer.host == _HOST
         self.sock = sock
         self.send = send
         self.backlog: collections.deque[bytes] = collections.deque()
         self.backlog_bytes = 0
+        self.behind_since = 0.0  # when its backlog began to wait (a connected link)
+        self.skip_until = 0.0  # an unlinked peer that did not read: not tried before then
+        self.ok = False  # an unlinked peer: its last send went through (it reads)
+        self.gone = False
 
 
-def _bus_dir_mode(root: Path) -> tuple[int, int]:
-    """(folder mode, file mode): a group root gets group folders and files, as mailboxes do."""
+def _bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
+    """(descriptor, folder mode, file mode) of ``<root>/.bus``, made if missing. A group root (0o770)
+    gets group modes (0o770/0o660), else 0o700/0o600, set exactly whatever the umask, a setgid bit
+    kept. An existing folder is checked as a mailbox folder is (`_fs.check_owner`): another user's is
+    refused unless allowed; one of ours gets the modes above; another user's (allowed) is refused if
+    its modes grant more than the root's do (others could then register and get every event)."""
+    root_fd = os.open(root, _fs.O_DIR)  # the root as given (a link a person chose is followed)
     try:
-        group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
-    except OSError:
-        group = False
-    return (0o770, 0o660) if group else (0o700, 0o600)
+        group = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
+        dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
+        made = False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(BUS_FOLDER, dir_mode, dir_fd=root_fd)
+            made = True
+        shown = str(root / BUS_FOLDER)
+        try:
+            fd = _fs.open_dir(BUS_FOLDER, dir_fd=root_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(
+                    f"{shown} is a symlink or not a folder; the bus folder must be a real folder"
+                ) from None
+            raise
+    finally:
+        os.close(root_fd)
+    try:
+        if not made:
+            _fs.check_owner(fd, shown, "a bus folder", "share_bus(..., allow_other_owner=True)", allowed)
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid == os.geteuid():
+            want = dir_mode | (mode & stat.S_ISGID)
+            if mode != want:
+                os.fchmod(fd, want)
+        elif mode & 0o777 & ~dir_mode:
+            raise UnsafePathError(
+                f"{shown} (mode {mode:o}, of uid {st.st_uid}) grants more than its root's modes: others "
+                "could register there and receive every event"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, dir_mode, file_mode
+
+
+def _write_registration(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Replace ``name`` with ``data`` (mode exactly ``mode``): written under a name no one can guess,
+    then renamed over it (a co-tenant who makes a temporary name first cannot block the update)."""
+    tmp = f".{name}.{os.urandom(8).hex()}.tmp"
+    fd = os.open(tmp, _fs.O_CREATE_MSG, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 class LocalFanout:
     """The processes that share ``root`` on this host (see the module docstring)."""
 
-    def __init__(self, bus: AgentBus, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, bus: AgentBus, root: str | os.PathLike[str], *, allow_other_owner: bool | None = None
+    ) -> None:
         self.bus = bus
         self.root = Path(root)
         self.dir = self.root / BUS_FOLDER
-        self.dir_mode, self.file_mode = _bus_dir_mode(self.root)  # the root must exist: not made here
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.dir, self.dir_mode)
-        self._dir_fd = _fs.open_dir(str(self.dir))
-        if not stat.S_ISDIR(os.fstat(self._dir_fd).st_mode):
-            os.close(self._dir_fd)
-            raise NotADirectoryError(f"{self.dir} is not a folder")
-        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._dir_fd, self.dir_mode, self.file_mode = _bus_folder(
+            self.root, _fs.allow_other_owner(allow_other_owner)
+        )
         self.origin = f"{_HOST}:{os.getpid()}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self._addr(self.name))  # short, whatever the root's length: via /proc/self/fd
-        os.chmod(self.name + ".sock", self.file_mode, dir_fd=self._dir_fd)
+        try:
+            self.name = self._bind()
+        except BaseException:
+            self._sock.close()
+            os.close(self._dir_fd)
+            raise
         self._peers: tuple[_Peer, ...] = ()
+        self._regs: dict[str, _Reg] = {}
         self._targets: dict[str, tuple[_Link, ...]] = {}
         self._links: dict[str, _Link] = {}
+        self._linked = 0  # links with a connected socket
+        self._unlinked = 0
         self._retired: list[tuple[float, socket.socket]] = []
         self._seen_mtime = -1
+        self._unsettled = False  # registrations left unread by the last look: look again
         self._next_look = 0.0
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
         self._dropped_to: dict[str, int] = {}
+        self._dropped_gone = 0  # drops counted for peers no longer registered
         self._reported = 0.0
         self._lock = threading.Lock()
         self._look_lock = threading.Lock()
+        self._register_lock = threading.Lock()
         self._closed = False
         self._backlog_lock = threading.Lock()
         self._backlogged: set[_Link] = set()
@@ -244,29 +384,95 @@ class LocalFanout:
         self._thread = threading.Thread(target=self._receive, name="hybridcomms-fanout", daemon=True)
         self._thread.start()
 
-    def _addr(self, name: str) -> str:
-        return f"/proc/self/fd/{self._dir_fd}/{name}.sock"
+    def _bind(self) -> str:
+        """Bind this process's socket and give it its mode with no name lookup another process can
+        swap: it is bound in a folder of its own (made here, checked to be this user's, 0o700: no one
+        else can place anything there), given its mode there, and then renamed into the bus folder
+        under a new name (never replacing anything). Returns that name."""
+        for _ in range(100):
+            private = f".{os.getpid()}-{uuid.uuid4().hex}.bind"
+            try:
+                os.mkdir(private, 0o700, dir_fd=self._dir_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free name for a private folder", str(self.dir))
+        pfd = _fs.open_dir(private, dir_fd=self._dir_fd)
+        try:
+            st = os.fstat(pfd)
+            if st.st_uid != os.geteuid():  # swapped between the mkdir and the open
+                raise UnsafePathError(f"{self.dir / private} was replaced by another user's folder")
+            # through the descriptor, whatever the umask made it; a setgid bit kept (the socket then
+            # gets the bus folder's group, as files made there do)
+            os.fchmod(pfd, 0o700 | (st.st_mode & stat.S_ISGID))
+            self._sock.bind(f"/proc/self/fd/{pfd}/s")  # short, whatever the root's length
+            os.chmod("s", self.file_mode, dir_fd=pfd)  # in a folder no one else can write
+            for _ in range(100):
+                name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                try:
+                    _fs.rename_noreplace("s", name + ".sock", src_dir_fd=pfd, dst_dir_fd=self._dir_fd)
+                    return name
+                except FileExistsError:
+                    continue
+            raise FileExistsError(errno.EEXIST, "no free name for a socket", str(self.dir))
+        finally:
+            try:  # removed only if the entry is still the folder made above
+                here = os.stat(private, dir_fd=self._dir_fd, follow_symlinks=False)
+                mine = os.fstat(pfd)
+                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.rmdir(private, dir_fd=self._dir_fd)
+            except OSError:
+                pass
+            os.close(pfd)
 
     # -- registration ---------------------------------------------------------------------------
+
+    def _registration(self) -> bytes:
+        """This process's registration, bounded whatever it records: patterns longer than a topic
+        can be are left out (they match nothing that crosses), patterns past `PATTERNS_BYTES` in all
+        become ``["*"]`` (this process then gets every event and its bus keeps what it subscribes
+        to), and ``dropped_to`` names the `DROPPED_TO_KEEP` peers with the most drops, the others
+        summed under ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
+        patterns: list[str] = []
+        for p in self.bus.patterns():
+            if len(p) > MAX_TOPIC:
+                if p.endswith(".*") and len(p) - 2 <= MAX_TOPIC:
+                    patterns = ["*"]  # it matches topics as long as they can be: only "*" says so
+                    break
+                continue
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError:  # (a lone surrogate): no topic that crosses is one
+                continue
+            patterns.append(p)
+        if patterns != ["*"] and len(_dumps(patterns)) > PATTERNS_BYTES:
+            patterns = ["*"]
+        with _stats_lock:
+            drops = sorted(self._dropped_to.items(), key=lambda kv: -kv[1])
+            others = self._dropped_gone
+        dropped_to = dict(drops[:DROPPED_TO_KEEP])
+        others += sum(n for _, n in drops[DROPPED_TO_KEEP:])
+        if others:
+            dropped_to["others"] = others
+        body = {"pid": os.getpid(), "host": _HOST, "patterns": patterns, "dropped_to": dropped_to}
+        return orjson.dumps(body)
 
     def _register(self) -> None:
         """Write this process's registration: its patterns (and its drop counts)."""
         if self._closed:
             return
-        body = {
-            "pid": os.getpid(),
-            "host": _HOST,
-            "patterns": self.bus.patterns(),
-            "dropped_to": dict(self._dropped_to),
-        }
-        with contextlib.suppress(OSError):
-            _fs.replace_atomically_at(
-                self._dir_fd, self.name + ".json", orjson.dumps(body), self.file_mode, sync=False
-            )
+        data = self._registration()
+        with self._register_lock, contextlib.suppress(OSError):
+            _write_registration(self._dir_fd, self.name + ".json", data, self.file_mode)
+
+    # -- looking at the peers -------------------------------------------------------------------
 
     def _refresh(self) -> tuple[_Peer, ...]:
         """The peers, looked at again if REFRESH_EVERY has passed. One thread looks at a time; the
-        others wait for its look rather than send to the peers of before it (none, at first)."""
+        others wait for its look rather than send to the peers of before it (none, at first). A look
+        that lists the folder costs at most about 1/`LOOK_SPACING` of the time: one that took t
+        seconds is followed by the next no sooner than ``LOOK_SPACING * t`` later."""
         if time.monotonic() < self._next_look:
             return self._peers
         with self._look_lock:
@@ -276,105 +482,268 @@ class LocalFanout:
             try:
                 self._look(now)
             finally:
-                self._next_look = time.monotonic() + REFRESH_EVERY
+                end = time.monotonic()
+                cost = end - now
+                self._next_look = end + max(REFRESH_EVERY, LOOK_SPACING * cost if cost > 0.001 else 0.0)
         return self._peers
 
     def _look(self, now: float) -> None:
+        """Look at the registrations again. It costs what changed: an unchanged folder costs one
+        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
+        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
+        looks)."""
         if self._retired:
             with self._lock:
                 self._close_retired(now)
+        if self._unlinked:
+            self._rebalance(now)
+        sweep = now >= self._next_sweep
         try:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
         except OSError:
             return
-        if mtime == self._seen_mtime:
+        if mtime == self._seen_mtime and not self._unsettled and not sweep:
             return
         # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
         # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
         self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
-        peers = []
-        for name, body in _registrations(self._dir_fd):
-            if name == self.name:
+        try:
+            entries = _fs.listdir_at(self._dir_fd)
+        except OSError:
+            return
+        socks: set[str] = set()
+        names: list[str] = []
+        for entry in entries:
+            stem, _, ext = entry.rpartition(".")
+            if ext == "json" and _NAME.fullmatch(stem) and stem != self.name:
+                names.append(stem)
+            elif ext == "sock":
+                socks.add(stem)
+        old = self._regs
+        regs: dict[str, _Reg] = {}
+        reads = 0
+        unsettled = changed = False
+        for name in names[:MAX_REGISTRATIONS]:
+            try:
+                st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
+            except OSError:
                 continue
-            pid, host, patterns = body["pid"], body["host"], body["patterns"]
-            if host == _HOST and not _alive(pid):
-                self._prune(name)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = old.get(name)
+            if known is not None and known.key == key:
+                regs[name] = known
                 continue
-            if not self._is_socket(name):  # a link (to a socket outside the root, say), a file: not ours
+            if reads >= MAX_READS_PER_LOOK:
+                unsettled = True
+                if known is not None:
+                    regs[name] = known
                 continue
-            peers.append(_Peer(name, pid, host, tuple(patterns)))
-        self._peers = tuple(peers)
+            reads += 1
+            changed = True
+            reg = self._read(name, key, st, name in socks)
+            if reg is not None:
+                regs[name] = reg
+        if sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            for name, reg in list(regs.items()):
+                if reg.peer is not None and reg.peer.host == _HOST and not _alive(reg.peer.pid):
+                    self._prune(name)
+                    del regs[name]
+        self._regs = regs
+        self._unsettled = unsettled
+        if changed or regs.keys() != old.keys():
+            self._rebuild(now)
+
+    def _read(
+        self, name: str, key: tuple[int, int, int, int], st: os.stat_result, listed: bool
+    ) -> _Reg | None:
+        """Read one registration (new or changed). None if it is gone, or was pruned: its process
+        died (this host), or it has no socket (a process makes its socket before its registration and
+        removes it after, so a registration alone is left by no one running)."""
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
+            return _Reg(key, None)
+        try:
+            body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError):
+            return _Reg(key, None)
+        if not _well_formed(body):
+            return _Reg(key, None)
+        peer = _Peer(name, body["pid"], body["host"], tuple(body["patterns"]))
+        if peer.host == _HOST and not _alive(peer.pid):
+            self._prune(name)
+            return None
+        if not listed:
+            try:
+                os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:  # (checked again: the listing may have missed a new socket)
+                with contextlib.suppress(OSError):
+                    os.unlink(name + ".json", dir_fd=self._dir_fd)
+                _count("pruned")
+                return None
+            except OSError:
+                pass
+        return _Reg(key, peer)
+
+    def _rebuild(self, now: float) -> None:
+        """The peers from the registrations known; links to peers no longer there are retired."""
+        peers = tuple(r.peer for r in self._regs.values() if r.peer is not None and not r.dead)
+        self._peers = peers
         with self._lock:
             self._targets = {}
             names = {p.name for p in peers}
             for name in [n for n in self._links if n not in names]:
                 self._retire(self._links.pop(name), now)
+            gone = [n for n in self._dropped_to if n not in names]
+            if gone:
+                with _stats_lock:
+                    for n in gone:
+                        self._dropped_gone += self._dropped_to.pop(n, 0)
 
-    def _is_socket(self, name: str) -> bool:
-        """Whether ``<name>.sock`` is a socket itself (never followed: a link is refused)."""
-        try:
-            st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-        except OSError:
-            return False
-        return stat.S_ISSOCK(st.st_mode)
+    def _rebalance(self, now: float) -> None:
+        """Links go to the peers that read. Peers without one that read (their last send went
+        through) get one where there is room; where there is none, links whose peer has not read for
+        `EVICT_AFTER` seconds (a backlog waiting that long) are taken back (their backlog is dropped,
+        counted, and their peer is not tried for `STUCK_RETRY`). A socket taken back keeps its
+        descriptor until it is closed (`RETIRE_AFTER`): its room is given at a later look."""
+        with self._lock:
+            waiting = [
+                ln for ln in self._links.values() if ln.sock is None and ln.ok and now >= ln.skip_until
+            ]
+            if not waiting:
+                return
+            room = MAX_LINKS - self._linked - len(self._retired)
+            short = len(waiting) - max(room, 0)
+            if short > 0:
+                behind = sorted(
+                    (
+                        ln
+                        for ln in self._links.values()
+                        if ln.sock is not None and ln.backlog and now - ln.behind_since >= EVICT_AFTER
+                    ),
+                    key=lambda ln: ln.behind_since,
+                )
+                for stuck in behind[:short]:
+                    self._retire(self._links.pop(stuck.name), now)
+                    evicted = self._unlinked_link(stuck.peer)
+                    evicted.skip_until = now + STUCK_RETRY
+                    self._links[stuck.name] = evicted
+            for ln in waiting[: max(room, 0)]:  # made again, connected, by the next publish
+                self._links.pop(ln.name)
+                self._unlinked -= 1
+            self._targets = {}
 
     def _targets_of(self, topic: str) -> tuple[_Link, ...]:
         """The links to the peers that want ``topic`` (cached per topic until the next change of the
         registrations)."""
         with self._lock:
-            found = tuple(self._link(p) for p in self._peers if p.wants(topic))
+            found = []
+            for p in self._peers:
+                if p.wants(topic):
+                    link = self._link(p)
+                    if link is not None:
+                        found.append(link)
+            result = tuple(found)
             if len(self._targets) > 10_000:
                 self._targets = {}
-            self._targets[topic] = found
-        return found
+            self._targets[topic] = result
+        return result
 
     def peers_for(self, topic: str) -> list[str]:
         """The registration names of the processes an event on ``topic`` goes to, in sending order."""
         self._refresh()
         return [link.name for link in self._targets_of(topic)]
 
-    def _link(self, peer: _Peer) -> _Link:
+    def linked(self) -> list[str]:
+        """The registration names of the peers this process has a connected socket to."""
+        with self._lock:
+            return [name for name, link in self._links.items() if link.sock is not None]
+
+    def _link(self, peer: _Peer) -> _Link | None:
+        """(Under the lock.) The link to ``peer``, made if new: connected while there is room
+        (`MAX_LINKS` sockets, counting those waiting to be closed), else unlinked. None if its socket
+        refused: the peer is taken as dead until its registration changes."""
         link = self._links.get(peer.name)
         if link is not None:
             return link
-        if sum(1 for ln in self._links.values() if ln.sock is not None) < MAX_LINKS:
-            sock = self._connect(peer.name)
-            link = _Link(peer, sock.send if sock else _refused, sock)
+        sock = None
+        if self._linked + len(self._retired) < MAX_LINKS:
+            try:
+                sock = self._connect(peer.name)
+            except _Refused:
+                self._refused(peer.name, peer.pid, peer.host == _HOST)
+                return None
+            except OSError:  # out of descriptors, say: sent to one datagram at a time
+                sock = None
+        if sock is None:
+            link = self._unlinked_link(peer)
         else:
-            sendto, addr = self._sock.sendto, self._addr(peer.name)
-            link = _Link(peer, lambda data, flags: sendto(data, flags, addr), None)
+            link = _Link(peer, sock.send, sock)
+            self._linked += 1
         self._links[peer.name] = link
         return link
 
-    def _connect(self, name: str) -> socket.socket | None:
-        """A socket connected to ``<name>.sock`` if that is a socket itself; None if it is gone, not a
-        socket, or a link. Connected through an ``O_PATH`` descriptor of the entry, checked first, so
-        that an entry swapped for a link (to a socket outside the root) after the check is not
-        followed either."""
+    def _unlinked_link(self, peer: _Peer) -> _Link:
+        name = peer.name
+
+        def send_once(data: bytes, flags: int) -> int:
+            try:
+                sock = self._connect(name)
+            except _Refused:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "no socket of a peer there") from None
+            try:
+                return sock.send(data, flags)
+            finally:
+                sock.close()
+
+        self._unlinked += 1
+        return _Link(peer, send_once, None)
+
+    def _connect(self, name: str) -> socket.socket:
+        """A socket connected to ``<name>.sock``; `_Refused` if that is gone, refuses, is not a socket,
+        or is a link. Connected through an ``O_PATH`` descriptor of the entry, checked first, so that
+        an entry swapped for a link (to a socket outside the root) after the check is not followed
+        either. Other errors (out of descriptors) are raised as they are."""
         try:
             fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        except OSError:
-            return None
+        except FileNotFoundError:
+            raise _Refused from None
         sock = None
         try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                return None
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a link (opened as itself), a file
+                raise _Refused
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.connect(f"/proc/self/fd/{fd}")
             return sock
-        except OSError:  # gone, or out of descriptors
+        except OSError as exc:
             if sock is not None:
                 sock.close()
-            return None
+            if exc.errno in _GONE:
+                raise _Refused from None
+            raise
         finally:
             os.close(fd)
 
+    def _refused(self, name: str, pid: int, local: bool) -> None:
+        """A peer's socket refused: pruned if its process died, else taken as dead until its
+        registration changes (a stale socket costs one refused connect, not one per event)."""
+        if local and not _alive(pid):
+            self._prune(name)
+        reg = self._regs.get(name)
+        if reg is not None:
+            reg.dead = True
+        self._peers = tuple(p for p in self._peers if p.name != name)
+
     def _retire(self, link: _Link, now: float) -> None:
-        """A link no longer used: its socket is closed a while later, not now, so that a publisher
-        still sending on it (another thread) never sends on a reused descriptor."""
+        """(Under the lock.) A link no longer used: its socket is closed a while later, not now, so that
+        a publisher still sending on it (another thread) never sends on a reused descriptor."""
         self._forget_backlog(link)
         if link.sock is not None:
+            self._linked -= 1
             self._retired.append((now, link.sock))
+        else:
+            self._unlinked -= 1
 
     def _close_retired(self, now: float) -> None:
         keep = []
@@ -409,13 +778,21 @@ class LocalFanout:
             _count("unsendable")
             return
         sent = 0
+        now = 0.0
         for link in targets:
             if link.backlog:  # events wait for this peer already: after them, in order
                 self._defer(link, data)
                 continue
+            if link.skip_until:  # an unlinked peer found not reading: not tried again before then
+                now = now or time.monotonic()
+                if now < link.skip_until:
+                    self._dropped(link)
+                    continue
             try:
                 link.send(data, socket.MSG_DONTWAIT)
                 sent += 1
+                if link.sock is None:
+                    link.ok = True
             except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
                 self._defer(link, data)
             except OSError as exc:
@@ -425,7 +802,7 @@ class LocalFanout:
                 if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
                     self._peer_gone(link)
                 else:
-                    self._dropped(link.name)
+                    self._dropped(link)
         if sent:
             FANOUT_STATS["sent"] += sent  # counters are approximate under threads: a lost increment
 
@@ -434,18 +811,22 @@ class LocalFanout:
     def _defer(self, link: _Link, data: bytes) -> None:
         """Keep ``data`` for ``link`` until its peer reads again; dropped, counted, past the bounds
         (a stopped peer costs a bounded backlog, then one check per event)."""
-        if link.sock is None:  # sent by path: no readiness of its own to wait for
-            self._dropped(link.name)
+        if link.sock is None:  # unlinked: no readiness of its own to wait for
+            link.ok = False
+            link.skip_until = time.monotonic() + STUCK_RETRY
+            self._dropped(link)
             return
         with self._backlog_lock:
             full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
             if not full:
+                if not link.backlog:
+                    link.behind_since = time.monotonic()
                 link.backlog.append(data)
                 link.backlog_bytes += len(data)
                 ring = link not in self._backlogged
                 self._backlogged.add(link)
         if full:
-            self._dropped(link.name)
+            self._dropped(link)
             return
         if ring:
             if self._flusher is None:
@@ -462,14 +843,17 @@ class LocalFanout:
                 self._flusher.start()
 
     def _forget_backlog(self, link: _Link) -> None:
-        """Drop (and count) what waits for ``link``: it is gone, or its socket broke."""
+        """Drop (and count, for its peer too) what waits for ``link``: it is gone, taken back, or its
+        socket broke."""
         with self._backlog_lock:
             lost = len(link.backlog)
             link.backlog.clear()
             link.backlog_bytes = 0
             self._backlogged.discard(link)
         if lost:
-            _count("dropped_full", lost)
+            with _stats_lock:
+                FANOUT_STATS["dropped_full"] += lost
+                self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + lost
 
     def _drain(self, link: _Link) -> bool:
         """Send what waits for ``link``, oldest first, until it is empty (True) or the peer's buffer
@@ -493,6 +877,8 @@ class LocalFanout:
                 if link.backlog and link.backlog[0] is data:
                     link.backlog.popleft()
                     link.backlog_bytes -= len(data)
+                    if link.backlog:
+                        link.behind_since = time.monotonic()  # it reads: behind since now only
             FANOUT_STATS["sent"] += 1
             FANOUT_STATS["deferred"] += 1
 
@@ -527,19 +913,35 @@ class LocalFanout:
                         self._next_look = 0.0
 
     def _peer_gone(self, link: _Link) -> None:
-        """A send found nobody at ``link``: pruned if its process died; the folder is looked at again."""
-        if not _alive(link.pid):
-            self._prune(link.name)
-        self._next_look = 0.0
+        """A send found nobody at ``link``: pruned if its process died, else not sent to until its
+        registration changes; its link is retired."""
+        if link.gone:
+            return
+        link.gone = True
+        with self._lock:
+            if self._links.get(link.name) is link:
+                self._retire(self._links.pop(link.name), time.monotonic())
+            self._refused(link.name, link.pid, link.local)
+            self._targets = {}
 
-    def _dropped(self, name: str) -> None:
-        # The hot path of a stopped reader: no lock (a lost increment under threads is a count).
-        FANOUT_STATS["dropped_full"] += 1
-        self._dropped_to[name] = self._dropped_to.get(name, 0) + 1
+    def _dropped(self, link: _Link) -> None:
+        with _stats_lock:
+            FANOUT_STATS["dropped_full"] += 1
+            self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + 1
         now = time.monotonic()
         if now - self._reported >= REPORT_EVERY:
             self._reported = now
             self._register()
+
+    def dropped_to(self) -> dict[str, int]:
+        """The events this process dropped for each peer still registered (by registration name)."""
+        with _stats_lock:
+            return dict(self._dropped_to)
+
+    def waiting(self) -> int:
+        """Events waiting in the backlogs of peers whose buffers were full."""
+        with self._backlog_lock:
+            return sum(len(link.backlog) for link in self._backlogged)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -573,8 +975,7 @@ class LocalFanout:
         self._closed = True
         self.bus.remove_outlet(self.send)
         self.bus.remove_watcher(self._register)
-        # Wake the receiver. Not with a datagram to itself: its buffer, or the send buffer of the
-        # socket, may be full (a stopped peer holds what was sent to it by path).
+        # Wake the receiver. Not with a datagram to itself: its buffer may be full.
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
@@ -587,6 +988,7 @@ class LocalFanout:
                 os.unlink(self.name + suffix, dir_fd=self._dir_fd)
         with self._lock:
             for link in self._links.values():
+                self._forget_backlog(link)  # what still waited is dropped now: counted
                 if link.sock is not None:
                     link.sock.close()
             self._links = {}
@@ -604,9 +1006,12 @@ def _deliver(bus: AgentBus, event: Event) -> None:
     """Hand an event from another process to this process's subscribers (on a receiving thread)."""
     FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
     try:
-        bus.publish(event)  # handler failures are the bus's to isolate
+        result = bus.publish(event)  # handler failures are the bus's to isolate
     except Exception:
         log.exception("fanout: delivering %s failed", event.topic)
+        return
+    if result.dropped:  # async handlers of this bus had MAX_RECEIVED_RUNS runs unfinished
+        _count("dropped_busy")
 
 
 def _alive(pid: int) -> bool:
@@ -625,25 +1030,35 @@ _NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
 _PID_MAX = 1 << 30
 
 
+def _well_formed(body: Any) -> bool:
+    """Whether a registration's body has the shape of one (a pid, a host, patterns)."""
+    return (
+        type(body) is dict
+        and type(body.get("pid")) is int
+        and 0 < body["pid"] < _PID_MAX
+        and type(body.get("host")) is str
+        and len(body["host"]) <= 255
+        and type(body.get("patterns")) is list
+        and all(type(p) is str and 0 < len(p) <= MAX_TOPIC for p in body["patterns"])
+    )
+
+
 def _registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, body) of every well-formed registration in the folder; anything else is skipped. The
-    folder is shared: a FIFO, a link, a giant file or a body of the wrong shape is passed over."""
+    """(name, body) of every well-formed registration in the folder (at most `MAX_REGISTRATIONS`);
+    anything else is skipped. The folder is shared: a FIFO, a link, a giant file or a body of the
+    wrong shape is passed over."""
+    seen = 0
     for entry in _fs.listdir_at(dir_fd):
         if not entry.endswith(".json") or not _NAME.fullmatch(entry[: -len(".json")]):
             continue
+        seen += 1
+        if seen > MAX_REGISTRATIONS:
+            return
         try:
-            body = orjson.loads(_fs.read_regular(entry, 64 * 1024, dir_fd=dir_fd))
+            body = orjson.loads(_fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd))
         except (OSError, orjson.JSONDecodeError):
             continue
-        if (
-            type(body) is dict
-            and type(body.get("pid")) is int
-            and 0 < body["pid"] < _PID_MAX
-            and type(body.get("host")) is str
-            and len(body["host"]) <= 255
-            and type(body.get("patterns")) is list
-            and all(type(p) is str and 0 < len(p) <= 256 for p in body["patterns"])
-        ):
+        if _well_formed(body):
             yield entry[: -len(".json")], body
 
 
@@ -815,11 +1230,17 @@ _shared_lock = threading.Lock()
 
 
 def share_bus(
-    bus: AgentBus, *, root: str | os.PathLike[str] | None = None, url: str | None = None
+    bus: AgentBus,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    allow_other_owner: bool | None = None,
 ) -> Callable[[], None]:
     """Carry ``bus``'s events to the processes that share ``root`` (this host) or ``url`` (a Redis).
     Idempotent per (bus, place): the fanout is made once and kept while anyone holds it. Returns the
-    release (call it once when done: the last release stops the fanout)."""
+    release (call it once when done: the last release stops the fanout). ``allow_other_owner``: a
+    bus folder (``<root>/.bus``) of another user is used (default: ``$HYBRIDCOMMS_ALLOW_OTHER_OWNER``),
+    as for mailbox folders; else it is refused with `UnsafePathError`."""
     redis_url = url if backend_of(url) == "redis" else None
     if redis_url is None and root is None:
         return lambda: None
@@ -828,7 +1249,11 @@ def share_bus(
     with _shared_lock:
         held = _shared.get(key)
         if held is None:
-            fanout = RedisFanout(bus, redis_url) if redis_url else LocalFanout(bus, place)
+            fanout = (
+                RedisFanout(bus, redis_url)
+                if redis_url
+                else LocalFanout(bus, place, allow_other_owner=allow_other_owner)
+            )
             held = (fanout, 0)
         _shared[key] = (held[0], held[1] + 1)
     released = threading.Event()
