@@ -28,14 +28,13 @@ import errno
 import logging
 import os
 import queue
-import re
 import select
 import socket
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -43,38 +42,43 @@ from typing import Any, cast
 import orjson
 
 from . import _fs
+from ._bus_folder import (
+    BUS_FOLDER,
+    HOST,
+    MAX_REGISTRATION,
+    MAX_REGISTRATIONS,
+    MAX_TOPIC,
+    NAME,
+    Peer,
+    alive,
+    bus_peers,
+    open_bus_folder,
+    registration_body,
+    well_formed,
+    write_registration,
+)
 from ._urls import backend_of
-from .bus import AgentBus, Event, pattern_matches
+from .bus import AgentBus, Event
 from .errors import UnsafePathError
 from .message import Message, nulls_hide_non_finite
 
 __all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "count", "share_bus"]
 
 log = logging.getLogger("hybridcomms.fanout")
+_HOST = HOST
 
-BUS_FOLDER = ".bus"
 #: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
 MAX_DATAGRAM = 64 * 1024
-#: The longest topic that crosses (and so the longest pattern a registration may hold).
-MAX_TOPIC = 256
 #: A publisher looks at the registrations again at most this often (seconds).
 REFRESH_EVERY = 0.05
 #: A look that lists the folder is followed by the next no sooner than this many times its own cost
 #: (looks that cost less than a millisecond excepted): however many entries the folder holds, looking
 #: costs a publisher at most about 1/LOOK_SPACING of its time.
 LOOK_SPACING = 20
-#: A registration is read up to this size (a bigger one is not one); this process's own stays under.
-MAX_REGISTRATION = 64 * 1024
-#: Registrations read (new or changed ones) per look at most; the others at the next looks.
-MAX_READS_PER_LOOK = 64
-#: Registrations considered at most (a folder holding more: the others, in listing order, are not).
-MAX_REGISTRATIONS = 4096
-#: This process's registration: patterns past this many bytes in all are registered as ``["*"]``,
-#: and ``dropped_to`` names this many peers at most (the others summed under ``"others"``).
-PATTERNS_BYTES = 32 * 1024
-DROPPED_TO_KEEP = 32
 #: The processes of the registrations known are checked alive this often (the dead ones pruned).
 SWEEP_EVERY = 10.0
+#: Registrations read (new or changed ones) per look at most; the others at the next looks.
+MAX_READS_PER_LOOK = 64
 #: Sockets to peers, at most, counting those retired and waiting to be closed (a descriptor each).
 #: Past it, a peer is sent to through a socket made for that one datagram.
 MAX_LINKS = 256
@@ -92,7 +96,6 @@ STUCK_RETRY = 1.0
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.EDESTADDRREQ))
 #: A process writes its counters into its registration at most this often (seconds).
 REPORT_EVERY = 1.0
-_HOST = socket.gethostname()
 
 #: Counters of this process: sent, received, dropped_full (a subscriber's buffer and its backlog here
 #: were full, or it was found not reading), dropped_bad (a datagram that did not decode), unsendable
@@ -202,17 +205,6 @@ def decode_event(data: bytes) -> Event | None:
 # -- one host: Unix datagram sockets under the root ------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Peer:
-    name: str
-    pid: int
-    host: str
-    patterns: tuple[str, ...]
-
-    def wants(self, topic: str) -> bool:
-        return any(pattern_matches(p, topic) for p in self.patterns)
-
-
 @dataclass(slots=True)
 class _Reg:
     """What the looks know of one registration: its identity on disk (inode, size, times), so that an
@@ -220,7 +212,7 @@ class _Reg:
     and whether its socket refused (then it is not sent to until the registration changes)."""
 
     key: tuple[int, int, int, int]
-    peer: _Peer | None
+    peer: Peer | None
     dead: bool = False
 
 
@@ -241,6 +233,7 @@ class _Link:
         "backlog",
         "backlog_bytes",
         "behind_since",
+        "full",
         "gone",
         "local",
         "name",
@@ -252,7 +245,7 @@ class _Link:
         "sock",
     )
 
-    def __init__(self, peer: _Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
+    def __init__(self, peer: Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
         self.peer = peer
         self.name = peer.name
         self.pid = peer.pid
@@ -261,75 +254,11 @@ class _Link:
         self.send = send
         self.backlog: collections.deque[bytes] = collections.deque()
         self.backlog_bytes = 0
+        self.full = False  # its backlog is full: events are dropped for it until it drains some
         self.behind_since = 0.0  # when its backlog began to wait (a connected link)
         self.skip_until = 0.0  # an unlinked peer that did not read: not tried before then
         self.ok = False  # an unlinked peer: its last send went through (it reads)
         self.gone = False
-
-
-def _bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
-    """(descriptor, folder mode, file mode) of ``<root>/.bus``, made if missing. A group root (0o770)
-    gets group modes (0o770/0o660), else 0o700/0o600, set exactly whatever the umask, a setgid bit
-    kept. An existing folder is checked as a mailbox folder is (`_fs.check_owner`): another user's is
-    refused unless allowed; one of ours gets the modes above; another user's (allowed) is refused if
-    its modes grant more than the root's do (others could then register and get every event)."""
-    root_fd = os.open(root, _fs.O_DIR)  # the root as given (a link a person chose is followed)
-    try:
-        group = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
-        dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
-        made = False
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(BUS_FOLDER, dir_mode, dir_fd=root_fd)
-            made = True
-        shown = str(root / BUS_FOLDER)
-        try:
-            fd = _fs.open_dir(BUS_FOLDER, dir_fd=root_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(
-                    f"{shown} is a symlink or not a folder; the bus folder must be a real folder"
-                ) from None
-            raise
-    finally:
-        os.close(root_fd)
-    try:
-        if not made:
-            _fs.check_owner(fd, shown, "a bus folder", "share_bus(..., allow_other_owner=True)", allowed)
-        st = os.fstat(fd)
-        mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid == os.geteuid():
-            want = dir_mode | (mode & stat.S_ISGID)
-            if mode != want:
-                os.fchmod(fd, want)
-        elif mode & 0o777 & ~dir_mode:
-            raise UnsafePathError(
-                f"{shown} (mode {mode:o}, of uid {st.st_uid}) grants more than its root's modes: others "
-                "could register there and receive every event"
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, dir_mode, file_mode
-
-
-def _write_registration(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Replace ``name`` with ``data`` (mode exactly ``mode``): written under a name no one can guess,
-    then renamed over it (a co-tenant who makes a temporary name first cannot block the update)."""
-    tmp = f".{name}.{os.urandom(8).hex()}.tmp"
-    fd = os.open(tmp, _fs.O_CREATE_MSG, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
 
 
 class LocalFanout:
@@ -341,7 +270,7 @@ class LocalFanout:
         self.bus = bus
         self.root = Path(root)
         self.dir = self.root / BUS_FOLDER
-        self._dir_fd, self.dir_mode, self.file_mode = _bus_folder(
+        self._dir_fd, self.dir_mode, self.file_mode = open_bus_folder(
             self.root, _fs.allow_other_owner(allow_other_owner)
         )
         self.origin = f"{_HOST}:{os.getpid()}"
@@ -352,7 +281,7 @@ class LocalFanout:
             self._sock.close()
             os.close(self._dir_fd)
             raise
-        self._peers: tuple[_Peer, ...] = ()
+        self._peers: tuple[Peer, ...] = ()
         self._regs: dict[str, _Reg] = {}
         self._targets: dict[str, tuple[_Link, ...]] = {}
         self._links: dict[str, _Link] = {}
@@ -361,6 +290,7 @@ class LocalFanout:
         self._retired: list[tuple[float, socket.socket]] = []
         self._seen_mtime = -1
         self._unsettled = False  # registrations left unread by the last look: look again
+        self._pending: dict[str, float] = {}  # those, by name: since when (the oldest are read first)
         self._next_look = 0.0
         self._next_sweep = time.monotonic() + SWEEP_EVERY
         self._dropped_to: dict[str, int] = {}
@@ -429,34 +359,11 @@ class LocalFanout:
     # -- registration ---------------------------------------------------------------------------
 
     def _registration(self) -> bytes:
-        """This process's registration, bounded whatever it records: patterns longer than a topic
-        can be are left out (they match nothing that crosses), patterns past `PATTERNS_BYTES` in all
-        become ``["*"]`` (this process then gets every event and its bus keeps what it subscribes
-        to), and ``dropped_to`` names the `DROPPED_TO_KEEP` peers with the most drops, the others
-        summed under ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
-        patterns: list[str] = []
-        for p in self.bus.patterns():
-            if len(p) > MAX_TOPIC:
-                if p.endswith(".*") and len(p) - 2 <= MAX_TOPIC:
-                    patterns = ["*"]  # it matches topics as long as they can be: only "*" says so
-                    break
-                continue
-            try:
-                p.encode("utf-8")
-            except UnicodeEncodeError:  # (a lone surrogate): no topic that crosses is one
-                continue
-            patterns.append(p)
-        if patterns != ["*"] and len(_dumps(patterns)) > PATTERNS_BYTES:
-            patterns = ["*"]
+        """This process's registration (bounded: `registration_body`)."""
         with _stats_lock:
-            drops = sorted(self._dropped_to.items(), key=lambda kv: -kv[1])
+            drops = dict(self._dropped_to)
             others = self._dropped_gone
-        dropped_to = dict(drops[:DROPPED_TO_KEEP])
-        others += sum(n for _, n in drops[DROPPED_TO_KEEP:])
-        if others:
-            dropped_to["others"] = others
-        body = {"pid": os.getpid(), "host": _HOST, "patterns": patterns, "dropped_to": dropped_to}
-        return orjson.dumps(body)
+        return registration_body(os.getpid(), self.bus.patterns(), drops, others)
 
     def _register(self) -> None:
         """Write this process's registration: its patterns (and its drop counts)."""
@@ -464,11 +371,11 @@ class LocalFanout:
             return
         data = self._registration()
         with self._register_lock, contextlib.suppress(OSError):
-            _write_registration(self._dir_fd, self.name + ".json", data, self.file_mode)
+            write_registration(self._dir_fd, self.name + ".json", data, self.file_mode)
 
     # -- looking at the peers -------------------------------------------------------------------
 
-    def _refresh(self) -> tuple[_Peer, ...]:
+    def _refresh(self) -> tuple[Peer, ...]:
         """The peers, looked at again if REFRESH_EVERY has passed. One thread looks at a time; the
         others wait for its look rather than send to the peers of before it (none, at first). A look
         that lists the folder costs at most about 1/`LOOK_SPACING` of the time: one that took t
@@ -515,14 +422,13 @@ class LocalFanout:
         names: list[str] = []
         for entry in entries:
             stem, _, ext = entry.rpartition(".")
-            if ext == "json" and _NAME.fullmatch(stem) and stem != self.name:
+            if ext == "json" and NAME.fullmatch(stem) and stem != self.name:
                 names.append(stem)
             elif ext == "sock":
                 socks.add(stem)
         old = self._regs
         regs: dict[str, _Reg] = {}
-        reads = 0
-        unsettled = changed = False
+        stale: list[tuple[str, tuple[int, int, int, int], os.stat_result]] = []
         for name in names[:MAX_REGISTRATIONS]:
             try:
                 st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
@@ -530,23 +436,34 @@ class LocalFanout:
                 continue
             key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             known = old.get(name)
-            if known is not None and known.key == key:
-                regs[name] = known
-                continue
-            if reads >= MAX_READS_PER_LOOK:
-                unsettled = True
-                if known is not None:
-                    regs[name] = known
-                continue
-            reads += 1
-            changed = True
+            if known is not None:
+                regs[name] = known  # (replaced below if read again)
+                if known.key == key:
+                    continue
+            stale.append((name, key, st))
+        # The changes seen longest ago are read first: a co-tenant rewriting registrations in a loop
+        # delays a new peer by one pass over them at most, and never starves it.
+        pending = self._pending
+        stale.sort(key=lambda item: pending.get(item[0], now))
+        for name, key, st in stale[:MAX_READS_PER_LOOK]:
+            pending.pop(name, None)
             reg = self._read(name, key, st, name in socks)
-            if reg is not None:
+            if reg is None:
+                regs.pop(name, None)
+            else:
                 regs[name] = reg
+        for name, _, _ in stale[MAX_READS_PER_LOOK:]:
+            pending.setdefault(name, now)
+        if pending:
+            listed = set(names)
+            for name in [n for n in pending if n not in listed]:
+                del pending[name]
+        changed = bool(stale)
+        unsettled = len(stale) > MAX_READS_PER_LOOK
         if sweep:
             self._next_sweep = now + SWEEP_EVERY
             for name, reg in list(regs.items()):
-                if reg.peer is not None and reg.peer.host == _HOST and not _alive(reg.peer.pid):
+                if reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
                     self._prune(name)
                     del regs[name]
         self._regs = regs
@@ -568,10 +485,10 @@ class LocalFanout:
             return None
         except (OSError, orjson.JSONDecodeError):
             return _Reg(key, None)
-        if not _well_formed(body):
+        if not well_formed(body):
             return _Reg(key, None)
-        peer = _Peer(name, body["pid"], body["host"], tuple(body["patterns"]))
-        if peer.host == _HOST and not _alive(peer.pid):
+        peer = Peer(name, body["pid"], body["host"], tuple(body["patterns"]))
+        if peer.host == _HOST and not alive(peer.pid):
             self._prune(name)
             return None
         if not listed:
@@ -660,7 +577,7 @@ class LocalFanout:
         with self._lock:
             return [name for name, link in self._links.items() if link.sock is not None]
 
-    def _link(self, peer: _Peer) -> _Link | None:
+    def _link(self, peer: Peer) -> _Link | None:
         """(Under the lock.) The link to ``peer``, made if new: connected while there is room
         (`MAX_LINKS` sockets, counting those waiting to be closed), else unlinked. None if its socket
         refused: the peer is taken as dead until its registration changes."""
@@ -684,7 +601,7 @@ class LocalFanout:
         self._links[peer.name] = link
         return link
 
-    def _unlinked_link(self, peer: _Peer) -> _Link:
+    def _unlinked_link(self, peer: Peer) -> _Link:
         name = peer.name
 
         def send_once(data: bytes, flags: int) -> int:
@@ -728,7 +645,7 @@ class LocalFanout:
     def _refused(self, name: str, pid: int, local: bool) -> None:
         """A peer's socket refused: pruned if its process died, else taken as dead until its
         registration changes (a stale socket costs one refused connect, not one per event)."""
-        if local and not _alive(pid):
+        if local and not alive(pid):
             self._prune(name)
         reg = self._regs.get(name)
         if reg is not None:
@@ -773,14 +690,19 @@ class LocalFanout:
             targets = self._targets_of(event.topic)
         if not targets:
             return
-        data = encode_event(event, self.origin)
-        if data is None:
-            _count("unsendable")
-            return
+        data = None  # encoded at the first peer that can take it (a stopped one costs no encoding)
         sent = 0
         now = 0.0
         for link in targets:
             if link.backlog:  # events wait for this peer already: after them, in order
+                if link.full:
+                    self._dropped(link)
+                    continue
+                if data is None:
+                    data = encode_event(event, self.origin)
+                    if data is None:
+                        _count("unsendable")
+                        return
                 self._defer(link, data)
                 continue
             if link.skip_until:  # an unlinked peer found not reading: not tried again before then
@@ -788,6 +710,11 @@ class LocalFanout:
                 if now < link.skip_until:
                     self._dropped(link)
                     continue
+            if data is None:
+                data = encode_event(event, self.origin)
+                if data is None:
+                    _count("unsendable")
+                    return
             try:
                 link.send(data, socket.MSG_DONTWAIT)
                 sent += 1
@@ -818,6 +745,7 @@ class LocalFanout:
             return
         with self._backlog_lock:
             full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
+            link.full = full  # (until the flusher sends some: the next events are dropped unencoded)
             if not full:
                 if not link.backlog:
                     link.behind_since = time.monotonic()
@@ -849,6 +777,7 @@ class LocalFanout:
             lost = len(link.backlog)
             link.backlog.clear()
             link.backlog_bytes = 0
+            link.full = False
             self._backlogged.discard(link)
         if lost:
             with _stats_lock:
@@ -877,6 +806,7 @@ class LocalFanout:
                 if link.backlog and link.backlog[0] is data:
                     link.backlog.popleft()
                     link.backlog_bytes -= len(data)
+                    link.full = False
                     if link.backlog:
                         link.behind_since = time.monotonic()  # it reads: behind since now only
             FANOUT_STATS["sent"] += 1
@@ -1012,83 +942,6 @@ def _deliver(bus: AgentBus, event: Event) -> None:
         return
     if result.dropped:  # async handlers of this bus had MAX_RECEIVED_RUNS runs unfinished
         _count("dropped_busy")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: alive
-    return True
-
-
-#: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
-_NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
-#: Linux pids are below 2**22; anything outside a C int would make os.kill raise.
-_PID_MAX = 1 << 30
-
-
-def _well_formed(body: Any) -> bool:
-    """Whether a registration's body has the shape of one (a pid, a host, patterns)."""
-    return (
-        type(body) is dict
-        and type(body.get("pid")) is int
-        and 0 < body["pid"] < _PID_MAX
-        and type(body.get("host")) is str
-        and len(body["host"]) <= 255
-        and type(body.get("patterns")) is list
-        and all(type(p) is str and 0 < len(p) <= MAX_TOPIC for p in body["patterns"])
-    )
-
-
-def _registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, body) of every well-formed registration in the folder (at most `MAX_REGISTRATIONS`);
-    anything else is skipped. The folder is shared: a FIFO, a link, a giant file or a body of the
-    wrong shape is passed over."""
-    seen = 0
-    for entry in _fs.listdir_at(dir_fd):
-        if not entry.endswith(".json") or not _NAME.fullmatch(entry[: -len(".json")]):
-            continue
-        seen += 1
-        if seen > MAX_REGISTRATIONS:
-            return
-        try:
-            body = orjson.loads(_fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd))
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        if _well_formed(body):
-            yield entry[: -len(".json")], body
-
-
-def bus_peers(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The processes registered under ``root`` (for ``hybridcomms stats``): pid, host, patterns,
-    whether alive, and the events dropped for each peer they reported."""
-    folder = Path(root) / BUS_FOLDER
-    try:
-        dir_fd = _fs.open_dir(str(folder))
-    except OSError:
-        return []
-    try:
-        out = []
-        for name, body in _registrations(dir_fd):
-            dropped = body.get("dropped_to")
-            out.append(
-                {
-                    "name": name,
-                    "pid": body["pid"],
-                    "host": body["host"],
-                    "patterns": body["patterns"],
-                    "alive": body["host"] != _HOST or _alive(body["pid"]),
-                    "dropped": sum(v for v in dropped.values() if type(v) is int and v > 0)
-                    if type(dropped) is dict
-                    else 0,
-                }
-            )
-        return out
-    finally:
-        os.close(dir_fd)
 
 
 # -- across hosts: Redis pub/sub ------------------------------------------------------------------
