@@ -6,9 +6,10 @@ matching pattern, and delivers theirs to its own subscribers:
 
 - **On one host, no daemon** (`LocalFanout`): every sharing process binds a Unix datagram socket in
   ``<root>/.bus/`` and registers the patterns its bus subscribes to in ``<root>/.bus/<name>.json``.
-  A publisher sends one datagram to each process with a matching pattern, without ever waiting: a full
-  socket buffer drops the event for that process only, counted. A process that died is pruned (its
-  socket and registration removed) the first time a send finds nobody there.
+  A publisher sends one datagram to each process with a matching pattern, without ever waiting: what
+  finds a full socket buffer waits in a bounded backlog for that process, then is dropped for that
+  process only, counted. A process that died is pruned (its socket and registration removed) the first
+  time a send finds nobody there.
 - **Across hosts** (`RedisFanout`, when a Redis URL is configured): Redis pub/sub, a channel per topic
   (``hc:bus:<topic>``); the publishes go out from a sender thread through a bounded queue, so the
   publisher never waits on the network either.
@@ -18,6 +19,11 @@ or finds a full buffer is counted (`FANOUT_STATS`, the Prometheus metrics, ``hyb
 dropped. What arrives is decoded with the limits of a message file (size, JSON depth, field types); a
 bad datagram is dropped and counted, never raised into a subscriber. Events from other processes carry
 ``event.origin`` (``host:pid``) and are never sent on again.
+
+The bus folder is shared with every agent of the group (``_bus_folder``): nothing there is changed
+through a name another process can swap, a look at it costs what changed, the sockets to peers are
+bounded and go to the peers that read, and nothing a co-tenant places slows a publisher to a crawl
+(docs/guarantees.md). The bus carries no authentication: any co-tenant can send any event.
 """
 
 from __future__ import annotations
@@ -718,8 +724,9 @@ class LocalFanout:
             try:
                 link.send(data, socket.MSG_DONTWAIT)
                 sent += 1
-                if link.sock is None:
+                if link.sock is None:  # an unlinked peer that reads: it may get a socket of its own
                     link.ok = True
+                    link.skip_until = 0.0
             except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
                 self._defer(link, data)
             except OSError as exc:
