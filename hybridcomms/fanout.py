@@ -512,8 +512,8 @@ class LocalFanout:
     def _rebuild(self, now: float) -> None:
         """The peers from the registrations known; links to peers no longer there are retired."""
         peers = tuple(r.peer for r in self._regs.values() if r.peer is not None and not r.dead)
-        self._peers = peers
         with self._lock:
+            self._peers = peers
             self._targets = {}
             names = {p.name for p in peers}
             for name in [n for n in self._links if n not in names]:
@@ -577,11 +577,6 @@ class LocalFanout:
         """The registration names of the processes an event on ``topic`` goes to, in sending order."""
         self._refresh()
         return [link.name for link in self._targets_of(topic)]
-
-    def linked(self) -> list[str]:
-        """The registration names of the peers this process has a connected socket to."""
-        with self._lock:
-            return [name for name, link in self._links.items() if link.sock is not None]
 
     def _link(self, peer: Peer) -> _Link | None:
         """(Under the lock.) The link to ``peer``, made if new: connected while there is room
@@ -744,7 +739,8 @@ class LocalFanout:
 
     def _defer(self, link: _Link, data: bytes) -> None:
         """Keep ``data`` for ``link`` until its peer reads again; dropped, counted, past the bounds
-        (a stopped peer costs a bounded backlog, then one check per event)."""
+        (a stopped peer costs a bounded backlog, then one check per event), and then until half of
+        the backlog has gone out."""
         if link.sock is None:  # unlinked: no readiness of its own to wait for
             link.ok = False
             link.skip_until = time.monotonic() + STUCK_RETRY
@@ -752,7 +748,7 @@ class LocalFanout:
             return
         with self._backlog_lock:
             full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
-            link.full = full  # (until the flusher sends some: the next events are dropped unencoded)
+            link.full = full  # (until half of it has gone out: the next events are dropped unencoded)
             if not full:
                 if not link.backlog:
                     link.behind_since = time.monotonic()
@@ -813,7 +809,10 @@ class LocalFanout:
                 if link.backlog and link.backlog[0] is data:
                     link.backlog.popleft()
                     link.backlog_bytes -= len(data)
-                    link.full = False
+                    if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
+                        # Once full, it takes events again when half of it has gone out: a peer that
+                        # falls behind loses runs of events, never one here and there.
+                        link.full = link.backlog_bytes > BACKLOG_BYTES // 2
                     if link.backlog:
                         link.behind_since = time.monotonic()  # it reads: behind since now only
             FANOUT_STATS["sent"] += 1

@@ -304,7 +304,8 @@ def test_peers_that_never_read_past_max_links_do_not_starve_a_peer_that_reads(
     subscriber (sent to by path through one shared socket whose buffer they filled) got 0 of 3,000
     events. Now the peers that read get the connected sockets, and those that do not are evicted."""
     monkeypatch.setattr(fanout, "MAX_LINKS", 2)
-    monkeypatch.setattr(fanout, "REFRESH_EVERY", 0.0)
+    monkeypatch.setattr(fanout, "REFRESH_EVERY", 0.0)  # the publisher looks at every publish
+    monkeypatch.setattr(fanout, "LOOK_SPACING", 0, raising=False)
     monkeypatch.setattr(fanout, "RETIRE_AFTER", 0.0)
     monkeypatch.setattr(fanout, "EVICT_AFTER", 0.0, raising=False)
     root = group_root(tmp_path)

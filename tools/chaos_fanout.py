@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 TOPIC = "chaos.tick"
-#: A publisher's backlog for one subscriber (`hybridcomms.fanout.BACKLOG_EVENTS`).
-BACKLOG_EVENTS = 1024
 
 
 # -- roles (each runs in its own process) ---------------------------------------------------------
@@ -177,14 +175,25 @@ def run_fanout(
         if p.stopped_until and p.proc is not None:
             p.proc.send_signal(signal.SIGCONT)
             p.stopped_until = 0.0
-    # The last incarnations: a calm half second (they see each other), one subscriber stopped longer
-    # than a publisher's backlog for it lasts (its drops are counted, checked below), calm again.
+    # The last incarnations: a calm half second (they see each other), one subscriber stopped until
+    # a publisher has reported dropping events (its backlog for it filled: those drops are checked
+    # below), calm again.
+    from hybridcomms.fanout import bus_peers
+
+    def reported() -> dict[str, int]:
+        return {p["name"]: p["dropped"] for p in bus_peers(root)}
+
     time.sleep(0.5)
     held = next(p for p in procs if p.kind == "subscriber")
     assert held.proc is not None
+    before = reported()
     held.proc.send_signal(signal.SIGSTOP)
     stops += 1
-    time.sleep(max(1.5, 2 * BACKLOG_EVENTS / rate))
+    until = time.monotonic() + 30
+    while time.monotonic() < until:
+        time.sleep(0.05)
+        if any(n > before.get(name, 0) for name, n in reported().items()):
+            break
     held.proc.send_signal(signal.SIGCONT)
     time.sleep(0.5)
     exits = []
@@ -227,7 +236,7 @@ def run_fanout(
 
     # Nothing of the dead is left: a fresh process's first look prunes them.
     from hybridcomms.bus import AgentBus
-    from hybridcomms.fanout import bus_peers, share_bus
+    from hybridcomms.fanout import share_bus
 
     bus = AgentBus()
     release = share_bus(bus, root=root)
