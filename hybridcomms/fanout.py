@@ -78,8 +78,8 @@ MAX_DATAGRAM = 64 * 1024
 #: A publisher looks at the registrations again at most this often (seconds).
 REFRESH_EVERY = 0.05
 #: A look that lists the folder is followed by the next no sooner than this many times its own cost
-#: (looks that cost less than a millisecond excepted): however many entries the folder holds, looking
-#: costs a publisher at most about 1/LOOK_SPACING of its time.
+#: (the CPU time of the looking thread; looks that cost less than a millisecond excepted): however many
+#: entries the folder holds, looking costs a publisher at most about 1/LOOK_SPACING of its time.
 LOOK_SPACING = 20
 #: The processes of the registrations known are checked alive this often (the dead ones pruned).
 SWEEP_EVERY = 10.0
@@ -392,12 +392,13 @@ class LocalFanout:
             now = time.monotonic()
             if now < self._next_look:
                 return self._peers  # another thread has just looked
+            cpu = time.thread_time()  # (what the look costs this thread: a busy host's waits aside)
             try:
                 self._look(now)
             finally:
-                end = time.monotonic()
-                cost = end - now
-                self._next_look = end + max(REFRESH_EVERY, LOOK_SPACING * cost if cost > 0.001 else 0.0)
+                cost = time.thread_time() - cpu
+                spacing = LOOK_SPACING * cost if cost > 0.001 else 0.0
+                self._next_look = time.monotonic() + max(REFRESH_EVERY, spacing)
         return self._peers
 
     def _look(self, now: float) -> None:
