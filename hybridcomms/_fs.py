@@ -26,13 +26,16 @@ from enum import Enum
 from typing import Any
 
 from ._names import REASON_SUFFIX
-from .errors import NotRegularFileError, TooLargeError
+from .errors import NotRegularFileError, TooLargeError, UnsafePathError
 
 __all__ = [
+    "ALLOW_OTHER_OWNER_ENV",
     "NAME_MAX",
     "FsyncPolicy",
     "NotRegularFileError",
     "TooLargeError",
+    "allow_other_owner",
+    "check_owner",
     "current_umask",
     "fit_name",
     "free_name",
@@ -210,6 +213,31 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
+
+
+#: Set to 1 to let hybridcomms open folders that belong to another user (a shared-group setup).
+ALLOW_OTHER_OWNER_ENV = "HYBRIDCOMMS_ALLOW_OTHER_OWNER"
+
+
+def allow_other_owner(value: bool | None) -> bool:
+    """``value``, or (None) whether ``$HYBRIDCOMMS_ALLOW_OTHER_OWNER`` allows folders of other users."""
+    if value is None:
+        return os.environ.get(ALLOW_OTHER_OWNER_ENV, "") not in ("", "0")
+    return value
+
+
+def check_owner(fd: int, shown: str, what: str, how: str, allowed: bool) -> None:
+    """Refuse (`UnsafePathError`) the folder ``fd`` if another user owns it, unless ``allowed``: one
+    rule for every folder hybridcomms keeps its files in (mailbox folders, the bus folder). ``what``
+    names the kind of folder, ``how`` the option that allows it."""
+    if allowed:
+        return
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
+        raise UnsafePathError(
+            f"{shown} belongs to another user (uid {owner}); {what} of another user is refused unless "
+            f"allowed ({how} or {ALLOW_OTHER_OWNER_ENV}=1, for a Dream.OS group setup)"
+        )
 
 
 def current_umask() -> int:

@@ -45,6 +45,12 @@ log = logging.getLogger("hybridcomms.bus")
 
 DEFAULT_ERROR_TOPIC = "hybridcomms.bus.error"
 _CACHE_LIMIT = 10_000
+#: At most this many async handler runs started by events from other processes (``event.origin``
+#: set, `hybridcomms.fanout`) are unfinished at once, per bus. Past it, such an event starts no async
+#: handler (its sync handlers still run): counted in `PublishResult.dropped`, and by the fanout as
+#: ``dropped_busy``. A flood of events from other processes then costs a bounded number of tasks, not
+#: memory without end. Events published in this process are never dropped.
+MAX_RECEIVED_RUNS = 1024
 
 _ids = itertools.count(1)
 _id_prefix = ""
@@ -221,15 +227,17 @@ class PublishResult:
 
     ``await result`` waits until every async handler has finished; ``result.wait(timeout)`` does the
     same from a plain thread. ``handlers`` is how many handlers the event reached, ``errors`` the
-    exceptions they raised so far.
+    exceptions they raised so far, ``dropped`` the async handlers it did not start (an event from
+    another process while `MAX_RECEIVED_RUNS` such runs were unfinished).
     """
 
-    __slots__ = ("_pending", "errors", "event", "handlers")
+    __slots__ = ("_pending", "dropped", "errors", "event", "handlers")
 
     def __init__(self, event: Event, handlers: int) -> None:
         self.event = event
         self.handlers = handlers
         self.errors: list[BaseException] = []
+        self.dropped = 0
         self._pending: list[asyncio.Future[None] | concurrent.futures.Future[None]] = []
 
     def __await__(self) -> Generator[Any, None, PublishResult]:
@@ -280,6 +288,8 @@ class AgentBus:
         # subscribed patterns change. Empty unless the bus is shared: publish pays one truth test.
         self._outlets: tuple[Callable[[Event], None], ...] = ()
         self._watchers: tuple[Callable[[], None], ...] = ()
+        self._received_runs = 0  # unfinished async runs started by events from other processes
+        self._runs_lock = threading.Lock()
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -446,6 +456,19 @@ class AgentBus:
     def _schedule(
         self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
     ) -> None:
+        received = event.origin is not None
+        if received:
+            with self._runs_lock:
+                full = self._received_runs >= MAX_RECEIVED_RUNS
+                if not full:
+                    self._received_runs += 1
+            if full:  # a flood from other processes: this run is not started
+                close = getattr(awaitable, "close", None)
+                if callable(close):
+                    close()  # a coroutine never awaited, closed (no "never awaited" warning)
+                result.dropped += 1
+                return
+
         async def guarded() -> None:
             try:
                 await awaitable
@@ -453,12 +476,25 @@ class AgentBus:
                 result.errors.append(exc)
                 self._failed(event, sub, exc)
 
+        future: asyncio.Future[None] | concurrent.futures.Future[None]
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            result._pending.append(asyncio.run_coroutine_threadsafe(guarded(), self._background_loop()))
-        else:
-            result._pending.append(loop.create_task(guarded()))
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                future = asyncio.run_coroutine_threadsafe(guarded(), self._background_loop())
+            else:
+                future = loop.create_task(guarded())
+        except BaseException:
+            if received:
+                self._run_ended()
+            raise
+        if received:  # counted until it ends, however it ends (done, failed, cancelled)
+            future.add_done_callback(self._run_ended)
+        result._pending.append(future)
+
+    def _run_ended(self, _future: object = None) -> None:
+        with self._runs_lock:
+            self._received_runs -= 1
 
     def _failed(self, event: Event, sub: Subscription, exc: BaseException) -> None:
         name = getattr(sub.handler, "__qualname__", repr(sub.handler))

@@ -259,6 +259,14 @@ class Comms:
                 # Route "both": the durable copy reaches every Comms subscriber through its mailbox
                 # (subscribe records a durable subscription), so the bus copy is for observers only.
                 return None
+            if event.origin is not None and self._routed_durable(event.topic, message):
+                # From another process, on a topic this policy sends through mailboxes: no Comms sends
+                # that on the bus alone (the bus carries no sender authentication), so it is not
+                # handed to the handler as a message; bus observers still see it.
+                from .fanout import count
+
+                count("refused_durable")
+                return None
             if message.recipient is not None and message.recipient != agent:
                 return None  # an ephemeral send to another agent
             return handler(received(message, None, False))
@@ -266,6 +274,14 @@ class Comms:
         if self._handlers.add(pattern, handler, from_bus):
             self._router.registry.record(self.agent_id, pattern, True)
         return CommsSubscription(pattern, handler)
+
+    def _routed_durable(self, topic: str, message: Message) -> bool:
+        """Whether this agent's policy routes ``message`` (as it arrived, on ``topic``) durably."""
+        addressed = message.recipient is not None
+        return any(
+            self.policy.decide(t, priority=message.priority, addressed=addressed).route.durable
+            for t in {topic, message.topic}
+        )
 
     def unsubscribe(self, subscription: CommsSubscription) -> bool:
         still_used = self._handlers.remove(subscription.pattern, subscription.handler)

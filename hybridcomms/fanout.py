@@ -6,9 +6,10 @@ matching pattern, and delivers theirs to its own subscribers:
 
 - **On one host, no daemon** (`LocalFanout`): every sharing process binds a Unix datagram socket in
   ``<root>/.bus/`` and registers the patterns its bus subscribes to in ``<root>/.bus/<name>.json``.
-  A publisher sends one datagram to each process with a matching pattern, without ever waiting: a full
-  socket buffer drops the event for that process only, counted. A process that died is pruned (its
-  socket and registration removed) the first time a send finds nobody there.
+  A publisher sends one datagram to each process with a matching pattern, without ever waiting: what
+  finds a full socket buffer waits in a bounded backlog for that process, then is dropped for that
+  process only, counted. A process that died is pruned (its socket and registration removed) the first
+  time a send finds nobody there.
 - **Across hosts** (`RedisFanout`, when a Redis URL is configured): Redis pub/sub, a channel per topic
   (``hc:bus:<topic>``); the publishes go out from a sender thread through a bounded queue, so the
   publisher never waits on the network either.
@@ -18,6 +19,11 @@ or finds a full buffer is counted (`FANOUT_STATS`, the Prometheus metrics, ``hyb
 dropped. What arrives is decoded with the limits of a message file (size, JSON depth, field types); a
 bad datagram is dropped and counted, never raised into a subscriber. Events from other processes carry
 ``event.origin`` (``host:pid``) and are never sent on again.
+
+The bus folder is shared with every agent of the group (``_bus_folder``): nothing there is changed
+through a name another process can swap, a look at it costs what changed, the sockets to peers are
+bounded and go to the peers that read, and nothing a co-tenant places slows a publisher to a crawl
+(docs/guarantees.md). The bus carries no authentication: any co-tenant can send any event.
 """
 
 from __future__ import annotations
@@ -28,14 +34,13 @@ import errno
 import logging
 import os
 import queue
-import re
 import select
 import socket
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -43,37 +48,81 @@ from typing import Any, cast
 import orjson
 
 from . import _fs
+from ._bus_folder import (
+    BUS_FOLDER,
+    HOST,
+    MAX_REGISTRATION,
+    MAX_REGISTRATIONS,
+    MAX_TOPIC,
+    NAME,
+    Peer,
+    alive,
+    bus_peers,
+    open_bus_folder,
+    registration_body,
+    well_formed,
+    write_registration,
+)
 from ._urls import backend_of
-from .bus import AgentBus, Event, pattern_matches
+from .bus import AgentBus, Event
+from .errors import UnsafePathError
 from .message import Message, nulls_hide_non_finite
 
-__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "share_bus"]
+__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "count", "share_bus"]
 
 log = logging.getLogger("hybridcomms.fanout")
+_HOST = HOST
 
-BUS_FOLDER = ".bus"
 #: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
 MAX_DATAGRAM = 64 * 1024
 #: A publisher looks at the registrations again at most this often (seconds).
 REFRESH_EVERY = 0.05
-#: At most this many peers get a connected socket (a descriptor each); the others are sent to by path.
+#: A look that lists the folder is followed by the next no sooner than this many times its own cost
+#: (the CPU time of the looking thread; looks that cost less than a millisecond excepted): however many
+#: entries the folder holds, looking costs a publisher at most about 1/LOOK_SPACING of its time.
+LOOK_SPACING = 20
+#: The processes of the registrations known are checked alive this often (the dead ones pruned).
+SWEEP_EVERY = 10.0
+#: Registrations read (new or changed ones) per look at most; the others at the next looks.
+MAX_READS_PER_LOOK = 64
+#: Sockets to peers, at most, counting those retired and waiting to be closed (a descriptor each).
+#: Past it, a peer is sent to through a socket made for that one datagram.
 MAX_LINKS = 256
 #: A socket no longer used is closed this long after (seconds), never under a sending thread.
 RETIRE_AFTER = 1.0
 #: What waits for one peer whose buffer is full (events, bytes); past either, events are dropped.
 BACKLOG_EVENTS = 1024
 BACKLOG_BYTES = 1 << 20
+#: Where peers without a socket of their own wait for one and a linked peer has had a backlog waiting
+#: this long (seconds, it does not read), its socket is taken back for them.
+EVICT_AFTER = 0.5
+#: A peer without a socket of its own whose buffer was full is not tried again for this long (seconds).
+STUCK_RETRY = 1.0
 #: The errors of a send to a process that is no longer there.
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.EDESTADDRREQ))
 #: A process writes its counters into its registration at most this often (seconds).
 REPORT_EVERY = 1.0
-_HOST = socket.gethostname()
 
 #: Counters of this process: sent, received, dropped_full (a subscriber's buffer and its backlog here
-#: were full), dropped_bad (a datagram that did not decode), unsendable (not JSON, or too big), pruned
-#: (dead peers), dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog).
+#: were full, or it was found not reading), dropped_bad (a datagram that did not decode), unsendable
+#: (not JSON, or too big), pruned (registrations of dead processes, or without a socket),
+#: dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog), dropped_busy
+#: (an event from another process that started no async handler: `bus.MAX_RECEIVED_RUNS` were
+#: unfinished), refused_durable (an event from another process on a topic the policy routes durable,
+#: not handed to a `Comms` handler).
 FANOUT_STATS: dict[str, int] = dict.fromkeys(
-    ("sent", "received", "dropped_full", "dropped_bad", "unsendable", "pruned", "dropped_queue", "deferred"),
+    (
+        "sent",
+        "received",
+        "dropped_full",
+        "dropped_bad",
+        "unsendable",
+        "pruned",
+        "dropped_queue",
+        "deferred",
+        "dropped_busy",
+        "refused_durable",
+    ),
     0,
 )
 _stats_lock = threading.Lock()
@@ -82,6 +131,11 @@ _stats_lock = threading.Lock()
 def _count(key: str, n: int = 1) -> None:
     with _stats_lock:
         FANOUT_STATS[key] += n
+
+
+def count(key: str, n: int = 1) -> None:
+    """Add ``n`` to the counter ``key`` of `FANOUT_STATS` (for the parts that refuse what arrives)."""
+    _count(key, n)
 
 
 # -- the wire form -------------------------------------------------------------------------------
@@ -137,7 +191,7 @@ def decode_event(data: bytes) -> Event | None:
     _, topic, payload, source, correlation_id, event_id, ts, durable, origin = obj
     if not (
         type(topic) is str
-        and 0 < len(topic) <= 256
+        and 0 < len(topic) <= MAX_TOPIC
         and _opt_str(source)
         and _opt_str(correlation_id)
         and type(event_id) is str
@@ -157,78 +211,100 @@ def decode_event(data: bytes) -> Event | None:
 # -- one host: Unix datagram sockets under the root ------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Peer:
-    name: str
-    pid: int
-    host: str
-    patterns: tuple[str, ...]
+@dataclass(slots=True)
+class _Reg:
+    """What the looks know of one registration: its identity on disk (inode, size, times), so that an
+    unchanged one is never read again; the peer it names (None: not a registration that can be used);
+    and whether its socket refused (then it is not sent to until the registration changes)."""
 
-    def wants(self, topic: str) -> bool:
-        return any(pattern_matches(p, topic) for p in self.patterns)
+    key: tuple[int, int, int, int]
+    peer: Peer | None
+    dead: bool = False
 
 
-def _refused(data: bytes, flags: int) -> int:
-    raise ConnectionRefusedError(errno.ECONNREFUSED, "no socket of a peer there")
+class _Refused(Exception):
+    """No socket of a peer at its name: gone, refused, or not a socket itself (a link, a file)."""
 
 
 class _Link:
     """How this process sends to one peer: a datagram socket connected to the peer's (one path lookup,
-    at connect); past MAX_LINKS, ``sendto`` by path through the shared socket; where connecting failed,
-    nothing (every send is refused, so the send path finds out and prunes).
+    at connect), while there is room (`MAX_LINKS`); else *unlinked*: each send connects a socket of
+    its own for that one datagram and closes it (no buffer shared with another peer).
 
     A connected link has a backlog: what finds the peer's buffer full waits there (bounded), in order,
-    until the peer reads again; the flusher thread sends it then."""
+    until the peer reads again; the flusher thread sends it then. An unlinked peer whose buffer is full
+    is not tried again for `STUCK_RETRY` seconds (its events are dropped, counted, for a check each)."""
 
-    __slots__ = ("backlog", "backlog_bytes", "name", "pid", "send", "sock")
+    __slots__ = (
+        "backlog",
+        "backlog_bytes",
+        "behind_since",
+        "full",
+        "gone",
+        "local",
+        "name",
+        "ok",
+        "peer",
+        "pid",
+        "send",
+        "skip_until",
+        "sock",
+    )
 
-    def __init__(self, peer: _Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
+    def __init__(self, peer: Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
+        self.peer = peer
         self.name = peer.name
         self.pid = peer.pid
+        self.local = peer.host == _HOST
         self.sock = sock
         self.send = send
         self.backlog: collections.deque[bytes] = collections.deque()
         self.backlog_bytes = 0
-
-
-def _bus_dir_mode(root: Path) -> tuple[int, int]:
-    """(folder mode, file mode): a group root gets group folders and files, as mailboxes do."""
-    try:
-        group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
-    except OSError:
-        group = False
-    return (0o770, 0o660) if group else (0o700, 0o600)
+        self.full = False  # its backlog is full: events are dropped for it until it drains some
+        self.behind_since = 0.0  # when its backlog began to wait (a connected link)
+        self.skip_until = 0.0  # an unlinked peer that did not read: not tried before then
+        self.ok = False  # an unlinked peer: its last send went through (it reads)
+        self.gone = False
 
 
 class LocalFanout:
     """The processes that share ``root`` on this host (see the module docstring)."""
 
-    def __init__(self, bus: AgentBus, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, bus: AgentBus, root: str | os.PathLike[str], *, allow_other_owner: bool | None = None
+    ) -> None:
         self.bus = bus
         self.root = Path(root)
         self.dir = self.root / BUS_FOLDER
-        self.dir_mode, self.file_mode = _bus_dir_mode(self.root)  # the root must exist: not made here
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.dir, self.dir_mode)
-        self._dir_fd = _fs.open_dir(str(self.dir))
-        if not stat.S_ISDIR(os.fstat(self._dir_fd).st_mode):
-            os.close(self._dir_fd)
-            raise NotADirectoryError(f"{self.dir} is not a folder")
-        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._dir_fd, self.dir_mode, self.file_mode = open_bus_folder(
+            self.root, _fs.allow_other_owner(allow_other_owner)
+        )
         self.origin = f"{_HOST}:{os.getpid()}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self._addr(self.name))  # short, whatever the root's length: via /proc/self/fd
-        os.chmod(self.name + ".sock", self.file_mode, dir_fd=self._dir_fd)
-        self._peers: tuple[_Peer, ...] = ()
+        try:
+            self.name = self._bind()
+        except BaseException:
+            self._sock.close()
+            os.close(self._dir_fd)
+            raise
+        self._peers: tuple[Peer, ...] = ()
+        self._regs: dict[str, _Reg] = {}
         self._targets: dict[str, tuple[_Link, ...]] = {}
         self._links: dict[str, _Link] = {}
+        self._linked = 0  # links with a connected socket
+        self._unlinked = 0
         self._retired: list[tuple[float, socket.socket]] = []
         self._seen_mtime = -1
+        self._unsettled = False  # registrations left unread by the last look: look again
+        self._pending: dict[str, float] = {}  # those, by name: since when (the oldest are read first)
         self._next_look = 0.0
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
         self._dropped_to: dict[str, int] = {}
+        self._dropped_gone = 0  # drops counted for peers no longer registered
         self._reported = 0.0
         self._lock = threading.Lock()
         self._look_lock = threading.Lock()
+        self._register_lock = threading.Lock()
         self._closed = False
         self._backlog_lock = threading.Lock()
         self._backlogged: set[_Link] = set()
@@ -244,137 +320,349 @@ class LocalFanout:
         self._thread = threading.Thread(target=self._receive, name="hybridcomms-fanout", daemon=True)
         self._thread.start()
 
-    def _addr(self, name: str) -> str:
-        return f"/proc/self/fd/{self._dir_fd}/{name}.sock"
+    def _bind(self) -> str:
+        """Bind this process's socket and give it its mode with no name lookup another process can
+        swap: it is bound in a folder of its own (made here, checked to be this user's, 0o700: no one
+        else can place anything there), given its mode there, and then renamed into the bus folder
+        under a new name (never replacing anything). Returns that name."""
+        for _ in range(100):
+            private = f".{os.getpid()}-{uuid.uuid4().hex}.bind"
+            try:
+                os.mkdir(private, 0o700, dir_fd=self._dir_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free name for a private folder", str(self.dir))
+        pfd = _fs.open_dir(private, dir_fd=self._dir_fd)
+        try:
+            st = os.fstat(pfd)
+            if st.st_uid != os.geteuid():  # swapped between the mkdir and the open
+                raise UnsafePathError(f"{self.dir / private} was replaced by another user's folder")
+            # through the descriptor, whatever the umask made it; a setgid bit kept (the socket then
+            # gets the bus folder's group, as files made there do)
+            os.fchmod(pfd, 0o700 | (st.st_mode & stat.S_ISGID))
+            self._sock.bind(f"/proc/self/fd/{pfd}/s")  # short, whatever the root's length
+            os.chmod("s", self.file_mode, dir_fd=pfd)  # in a folder no one else can write
+            for _ in range(100):
+                name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                try:
+                    _fs.rename_noreplace("s", name + ".sock", src_dir_fd=pfd, dst_dir_fd=self._dir_fd)
+                    return name
+                except FileExistsError:
+                    continue
+            raise FileExistsError(errno.EEXIST, "no free name for a socket", str(self.dir))
+        finally:
+            try:  # removed only if the entry is still the folder made above
+                here = os.stat(private, dir_fd=self._dir_fd, follow_symlinks=False)
+                mine = os.fstat(pfd)
+                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.rmdir(private, dir_fd=self._dir_fd)
+            except OSError:
+                pass
+            os.close(pfd)
 
     # -- registration ---------------------------------------------------------------------------
+
+    def _registration(self) -> bytes:
+        """This process's registration (bounded: `registration_body`)."""
+        with _stats_lock:
+            drops = dict(self._dropped_to)
+            others = self._dropped_gone
+        return registration_body(os.getpid(), self.bus.patterns(), drops, others)
 
     def _register(self) -> None:
         """Write this process's registration: its patterns (and its drop counts)."""
         if self._closed:
             return
-        body = {
-            "pid": os.getpid(),
-            "host": _HOST,
-            "patterns": self.bus.patterns(),
-            "dropped_to": dict(self._dropped_to),
-        }
-        with contextlib.suppress(OSError):
-            _fs.replace_atomically_at(
-                self._dir_fd, self.name + ".json", orjson.dumps(body), self.file_mode, sync=False
-            )
+        data = self._registration()
+        with self._register_lock, contextlib.suppress(OSError):
+            write_registration(self._dir_fd, self.name + ".json", data, self.file_mode)
 
-    def _refresh(self) -> tuple[_Peer, ...]:
+    # -- looking at the peers -------------------------------------------------------------------
+
+    def _refresh(self) -> tuple[Peer, ...]:
         """The peers, looked at again if REFRESH_EVERY has passed. One thread looks at a time; the
-        others wait for its look rather than send to the peers of before it (none, at first)."""
+        others wait for its look rather than send to the peers of before it (none, at first). A look
+        that lists the folder costs at most about 1/`LOOK_SPACING` of the time: one that took t
+        seconds is followed by the next no sooner than ``LOOK_SPACING * t`` later."""
         if time.monotonic() < self._next_look:
             return self._peers
         with self._look_lock:
             now = time.monotonic()
             if now < self._next_look:
                 return self._peers  # another thread has just looked
+            cpu = time.thread_time()  # (what the look costs this thread: a busy host's waits aside)
             try:
                 self._look(now)
             finally:
-                self._next_look = time.monotonic() + REFRESH_EVERY
+                cost = time.thread_time() - cpu
+                spacing = LOOK_SPACING * cost if cost > 0.001 else 0.0
+                self._next_look = time.monotonic() + max(REFRESH_EVERY, spacing)
         return self._peers
 
     def _look(self, now: float) -> None:
+        """Look at the registrations again. It costs what changed: an unchanged folder costs one
+        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
+        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
+        looks)."""
         if self._retired:
             with self._lock:
                 self._close_retired(now)
+        if self._unlinked:
+            self._rebalance(now)
+        sweep = now >= self._next_sweep
         try:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
         except OSError:
             return
-        if mtime == self._seen_mtime:
+        if mtime == self._seen_mtime and not self._unsettled and not sweep:
             return
         # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
         # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
         self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
-        peers = []
-        for name, body in _registrations(self._dir_fd):
-            if name == self.name:
+        try:
+            entries = _fs.listdir_at(self._dir_fd)
+        except OSError:
+            return
+        socks: set[str] = set()
+        names: list[str] = []
+        for entry in entries:
+            stem, _, ext = entry.rpartition(".")
+            if ext == "json" and NAME.fullmatch(stem) and stem != self.name:
+                names.append(stem)
+            elif ext == "sock":
+                socks.add(stem)
+        old = self._regs
+        regs: dict[str, _Reg] = {}
+        stale: list[tuple[str, tuple[int, int, int, int], os.stat_result]] = []
+        for name in names[:MAX_REGISTRATIONS]:
+            try:
+                st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
+            except OSError:
                 continue
-            pid, host, patterns = body["pid"], body["host"], body["patterns"]
-            if host == _HOST and not _alive(pid):
-                self._prune(name)
-                continue
-            if not self._is_socket(name):  # a link (to a socket outside the root, say), a file: not ours
-                continue
-            peers.append(_Peer(name, pid, host, tuple(patterns)))
-        self._peers = tuple(peers)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = old.get(name)
+            if known is not None:
+                regs[name] = known  # (replaced below if read again)
+                if known.key == key:
+                    continue
+            stale.append((name, key, st))
+        # The changes seen longest ago are read first: a co-tenant rewriting registrations in a loop
+        # delays a new peer by one pass over them at most, and never starves it.
+        pending = self._pending
+        stale.sort(key=lambda item: pending.get(item[0], now))
+        for name, key, st in stale[:MAX_READS_PER_LOOK]:
+            pending.pop(name, None)
+            reg = self._read(name, key, st, name in socks)
+            if reg is None:
+                regs.pop(name, None)
+            else:
+                regs[name] = reg
+        for name, _, _ in stale[MAX_READS_PER_LOOK:]:
+            pending.setdefault(name, now)
+        if pending:
+            listed = set(names)
+            for name in [n for n in pending if n not in listed]:
+                del pending[name]
+        changed = bool(stale)
+        unsettled = len(stale) > MAX_READS_PER_LOOK
+        if sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            for name, reg in list(regs.items()):
+                if reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
+                    self._prune(name)
+                    del regs[name]
+        self._regs = regs
+        self._unsettled = unsettled
+        if changed or regs.keys() != old.keys():
+            self._rebuild(now)
+
+    def _read(
+        self, name: str, key: tuple[int, int, int, int], st: os.stat_result, listed: bool
+    ) -> _Reg | None:
+        """Read one registration (new or changed). None if it is gone, or was pruned: its process
+        died (this host), or it has no socket (a process makes its socket before its registration and
+        removes it after, so a registration alone is left by no one running)."""
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
+            return _Reg(key, None)
+        try:
+            body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError):
+            return _Reg(key, None)
+        if not well_formed(body):
+            return _Reg(key, None)
+        peer = Peer(name, body["pid"], body["host"], tuple(body["patterns"]))
+        if peer.host == _HOST and not alive(peer.pid):
+            self._prune(name)
+            return None
+        if not listed:
+            try:
+                os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:  # (checked again: the listing may have missed a new socket)
+                with contextlib.suppress(OSError):
+                    os.unlink(name + ".json", dir_fd=self._dir_fd)
+                _count("pruned")
+                return None
+            except OSError:
+                pass
+        return _Reg(key, peer)
+
+    def _rebuild(self, now: float) -> None:
+        """The peers from the registrations known; links to peers no longer there are retired."""
+        peers = tuple(r.peer for r in self._regs.values() if r.peer is not None and not r.dead)
         with self._lock:
+            self._peers = peers
             self._targets = {}
             names = {p.name for p in peers}
             for name in [n for n in self._links if n not in names]:
                 self._retire(self._links.pop(name), now)
+            gone = [n for n in self._dropped_to if n not in names]
+            if gone:
+                with _stats_lock:
+                    for n in gone:
+                        self._dropped_gone += self._dropped_to.pop(n, 0)
 
-    def _is_socket(self, name: str) -> bool:
-        """Whether ``<name>.sock`` is a socket itself (never followed: a link is refused)."""
-        try:
-            st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-        except OSError:
-            return False
-        return stat.S_ISSOCK(st.st_mode)
+    def _rebalance(self, now: float) -> None:
+        """Links go to the peers that read. Peers without one that read (their last send went
+        through) get one where there is room; where there is none, links whose peer has not read for
+        `EVICT_AFTER` seconds (a backlog waiting that long) are taken back (their backlog is dropped,
+        counted, and their peer is not tried for `STUCK_RETRY`). A socket taken back keeps its
+        descriptor until it is closed (`RETIRE_AFTER`): its room is given at a later look."""
+        with self._lock:
+            waiting = [
+                ln for ln in self._links.values() if ln.sock is None and ln.ok and now >= ln.skip_until
+            ]
+            if not waiting:
+                return
+            room = MAX_LINKS - self._linked - len(self._retired)
+            short = len(waiting) - max(room, 0)
+            if short > 0:
+                behind = sorted(
+                    (
+                        ln
+                        for ln in self._links.values()
+                        if ln.sock is not None and ln.backlog and now - ln.behind_since >= EVICT_AFTER
+                    ),
+                    key=lambda ln: ln.behind_since,
+                )
+                for stuck in behind[:short]:
+                    self._retire(self._links.pop(stuck.name), now)
+                    evicted = self._unlinked_link(stuck.peer)
+                    evicted.skip_until = now + STUCK_RETRY
+                    self._links[stuck.name] = evicted
+            for ln in waiting[: max(room, 0)]:  # made again, connected, by the next publish
+                self._links.pop(ln.name)
+                self._unlinked -= 1
+            self._targets = {}
 
     def _targets_of(self, topic: str) -> tuple[_Link, ...]:
         """The links to the peers that want ``topic`` (cached per topic until the next change of the
         registrations)."""
         with self._lock:
-            found = tuple(self._link(p) for p in self._peers if p.wants(topic))
+            found = []
+            for p in self._peers:
+                if p.wants(topic):
+                    link = self._link(p)
+                    if link is not None:
+                        found.append(link)
+            result = tuple(found)
             if len(self._targets) > 10_000:
                 self._targets = {}
-            self._targets[topic] = found
-        return found
+            self._targets[topic] = result
+        return result
 
     def peers_for(self, topic: str) -> list[str]:
         """The registration names of the processes an event on ``topic`` goes to, in sending order."""
         self._refresh()
         return [link.name for link in self._targets_of(topic)]
 
-    def _link(self, peer: _Peer) -> _Link:
+    def _link(self, peer: Peer) -> _Link | None:
+        """(Under the lock.) The link to ``peer``, made if new: connected while there is room
+        (`MAX_LINKS` sockets, counting those waiting to be closed), else unlinked. None if its socket
+        refused: the peer is taken as dead until its registration changes."""
         link = self._links.get(peer.name)
         if link is not None:
             return link
-        if sum(1 for ln in self._links.values() if ln.sock is not None) < MAX_LINKS:
-            sock = self._connect(peer.name)
-            link = _Link(peer, sock.send if sock else _refused, sock)
+        sock = None
+        if self._linked + len(self._retired) < MAX_LINKS:
+            try:
+                sock = self._connect(peer.name)
+            except _Refused:
+                self._refused(peer.name, peer.pid, peer.host == _HOST)
+                return None
+            except OSError:  # out of descriptors, say: sent to one datagram at a time
+                sock = None
+        if sock is None:
+            link = self._unlinked_link(peer)
         else:
-            sendto, addr = self._sock.sendto, self._addr(peer.name)
-            link = _Link(peer, lambda data, flags: sendto(data, flags, addr), None)
+            link = _Link(peer, sock.send, sock)
+            self._linked += 1
         self._links[peer.name] = link
         return link
 
-    def _connect(self, name: str) -> socket.socket | None:
-        """A socket connected to ``<name>.sock`` if that is a socket itself; None if it is gone, not a
-        socket, or a link. Connected through an ``O_PATH`` descriptor of the entry, checked first, so
-        that an entry swapped for a link (to a socket outside the root) after the check is not
-        followed either."""
+    def _unlinked_link(self, peer: Peer) -> _Link:
+        name = peer.name
+
+        def send_once(data: bytes, flags: int) -> int:
+            try:
+                sock = self._connect(name)
+            except _Refused:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "no socket of a peer there") from None
+            try:
+                return sock.send(data, flags)
+            finally:
+                sock.close()
+
+        self._unlinked += 1
+        return _Link(peer, send_once, None)
+
+    def _connect(self, name: str) -> socket.socket:
+        """A socket connected to ``<name>.sock``; `_Refused` if that is gone, refuses, is not a socket,
+        or is a link. Connected through an ``O_PATH`` descriptor of the entry, checked first, so that
+        an entry swapped for a link (to a socket outside the root) after the check is not followed
+        either. Other errors (out of descriptors) are raised as they are."""
         try:
             fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        except OSError:
-            return None
+        except FileNotFoundError:
+            raise _Refused from None
         sock = None
         try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                return None
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a link (opened as itself), a file
+                raise _Refused
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.connect(f"/proc/self/fd/{fd}")
             return sock
-        except OSError:  # gone, or out of descriptors
+        except OSError as exc:
             if sock is not None:
                 sock.close()
-            return None
+            if exc.errno in _GONE:
+                raise _Refused from None
+            raise
         finally:
             os.close(fd)
 
+    def _refused(self, name: str, pid: int, local: bool) -> None:
+        """A peer's socket refused: pruned if its process died, else taken as dead until its
+        registration changes (a stale socket costs one refused connect, not one per event)."""
+        if local and not alive(pid):
+            self._prune(name)
+        reg = self._regs.get(name)
+        if reg is not None:
+            reg.dead = True
+        self._peers = tuple(p for p in self._peers if p.name != name)
+
     def _retire(self, link: _Link, now: float) -> None:
-        """A link no longer used: its socket is closed a while later, not now, so that a publisher
-        still sending on it (another thread) never sends on a reused descriptor."""
+        """(Under the lock.) A link no longer used: its socket is closed a while later, not now, so that
+        a publisher still sending on it (another thread) never sends on a reused descriptor."""
         self._forget_backlog(link)
         if link.sock is not None:
+            self._linked -= 1
             self._retired.append((now, link.sock))
+        else:
+            self._unlinked -= 1
 
     def _close_retired(self, now: float) -> None:
         keep = []
@@ -404,18 +692,37 @@ class LocalFanout:
             targets = self._targets_of(event.topic)
         if not targets:
             return
-        data = encode_event(event, self.origin)
-        if data is None:
-            _count("unsendable")
-            return
+        data = None  # encoded at the first peer that can take it (a stopped one costs no encoding)
         sent = 0
+        now = 0.0
         for link in targets:
             if link.backlog:  # events wait for this peer already: after them, in order
+                if link.full:
+                    self._dropped(link)
+                    continue
+                if data is None:
+                    data = encode_event(event, self.origin)
+                    if data is None:
+                        _count("unsendable")
+                        return
                 self._defer(link, data)
                 continue
+            if link.skip_until:  # an unlinked peer found not reading: not tried again before then
+                now = now or time.monotonic()
+                if now < link.skip_until:
+                    self._dropped(link)
+                    continue
+            if data is None:
+                data = encode_event(event, self.origin)
+                if data is None:
+                    _count("unsendable")
+                    return
             try:
                 link.send(data, socket.MSG_DONTWAIT)
                 sent += 1
+                if link.sock is None:  # an unlinked peer that reads: it may get a socket of its own
+                    link.ok = True
+                    link.skip_until = 0.0
             except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
                 self._defer(link, data)
             except OSError as exc:
@@ -425,7 +732,7 @@ class LocalFanout:
                 if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
                     self._peer_gone(link)
                 else:
-                    self._dropped(link.name)
+                    self._dropped(link)
         if sent:
             FANOUT_STATS["sent"] += sent  # counters are approximate under threads: a lost increment
 
@@ -433,19 +740,25 @@ class LocalFanout:
 
     def _defer(self, link: _Link, data: bytes) -> None:
         """Keep ``data`` for ``link`` until its peer reads again; dropped, counted, past the bounds
-        (a stopped peer costs a bounded backlog, then one check per event)."""
-        if link.sock is None:  # sent by path: no readiness of its own to wait for
-            self._dropped(link.name)
+        (a stopped peer costs a bounded backlog, then one check per event), and then until half of
+        the backlog has gone out."""
+        if link.sock is None:  # unlinked: no readiness of its own to wait for
+            link.ok = False
+            link.skip_until = time.monotonic() + STUCK_RETRY
+            self._dropped(link)
             return
         with self._backlog_lock:
             full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
+            link.full = full  # (until half of it has gone out: the next events are dropped unencoded)
             if not full:
+                if not link.backlog:
+                    link.behind_since = time.monotonic()
                 link.backlog.append(data)
                 link.backlog_bytes += len(data)
                 ring = link not in self._backlogged
                 self._backlogged.add(link)
         if full:
-            self._dropped(link.name)
+            self._dropped(link)
             return
         if ring:
             if self._flusher is None:
@@ -462,14 +775,18 @@ class LocalFanout:
                 self._flusher.start()
 
     def _forget_backlog(self, link: _Link) -> None:
-        """Drop (and count) what waits for ``link``: it is gone, or its socket broke."""
+        """Drop (and count, for its peer too) what waits for ``link``: it is gone, taken back, or its
+        socket broke."""
         with self._backlog_lock:
             lost = len(link.backlog)
             link.backlog.clear()
             link.backlog_bytes = 0
+            link.full = False
             self._backlogged.discard(link)
         if lost:
-            _count("dropped_full", lost)
+            with _stats_lock:
+                FANOUT_STATS["dropped_full"] += lost
+                self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + lost
 
     def _drain(self, link: _Link) -> bool:
         """Send what waits for ``link``, oldest first, until it is empty (True) or the peer's buffer
@@ -493,6 +810,12 @@ class LocalFanout:
                 if link.backlog and link.backlog[0] is data:
                     link.backlog.popleft()
                     link.backlog_bytes -= len(data)
+                    if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
+                        # Once full, it takes events again when half of it has gone out: a peer that
+                        # falls behind loses runs of events, never one here and there.
+                        link.full = link.backlog_bytes > BACKLOG_BYTES // 2
+                    if link.backlog:
+                        link.behind_since = time.monotonic()  # it reads: behind since now only
             FANOUT_STATS["sent"] += 1
             FANOUT_STATS["deferred"] += 1
 
@@ -527,19 +850,35 @@ class LocalFanout:
                         self._next_look = 0.0
 
     def _peer_gone(self, link: _Link) -> None:
-        """A send found nobody at ``link``: pruned if its process died; the folder is looked at again."""
-        if not _alive(link.pid):
-            self._prune(link.name)
-        self._next_look = 0.0
+        """A send found nobody at ``link``: pruned if its process died, else not sent to until its
+        registration changes; its link is retired."""
+        if link.gone:
+            return
+        link.gone = True
+        with self._lock:
+            if self._links.get(link.name) is link:
+                self._retire(self._links.pop(link.name), time.monotonic())
+            self._refused(link.name, link.pid, link.local)
+            self._targets = {}
 
-    def _dropped(self, name: str) -> None:
-        # The hot path of a stopped reader: no lock (a lost increment under threads is a count).
-        FANOUT_STATS["dropped_full"] += 1
-        self._dropped_to[name] = self._dropped_to.get(name, 0) + 1
+    def _dropped(self, link: _Link) -> None:
+        with _stats_lock:
+            FANOUT_STATS["dropped_full"] += 1
+            self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + 1
         now = time.monotonic()
         if now - self._reported >= REPORT_EVERY:
             self._reported = now
             self._register()
+
+    def dropped_to(self) -> dict[str, int]:
+        """The events this process dropped for each peer still registered (by registration name)."""
+        with _stats_lock:
+            return dict(self._dropped_to)
+
+    def waiting(self) -> int:
+        """Events waiting in the backlogs of peers whose buffers were full."""
+        with self._backlog_lock:
+            return sum(len(link.backlog) for link in self._backlogged)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -573,8 +912,7 @@ class LocalFanout:
         self._closed = True
         self.bus.remove_outlet(self.send)
         self.bus.remove_watcher(self._register)
-        # Wake the receiver. Not with a datagram to itself: its buffer, or the send buffer of the
-        # socket, may be full (a stopped peer holds what was sent to it by path).
+        # Wake the receiver. Not with a datagram to itself: its buffer may be full.
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
@@ -587,6 +925,7 @@ class LocalFanout:
                 os.unlink(self.name + suffix, dir_fd=self._dir_fd)
         with self._lock:
             for link in self._links.values():
+                self._forget_backlog(link)  # what still waited is dropped now: counted
                 if link.sock is not None:
                     link.sock.close()
             self._links = {}
@@ -604,76 +943,12 @@ def _deliver(bus: AgentBus, event: Event) -> None:
     """Hand an event from another process to this process's subscribers (on a receiving thread)."""
     FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
     try:
-        bus.publish(event)  # handler failures are the bus's to isolate
+        result = bus.publish(event)  # handler failures are the bus's to isolate
     except Exception:
         log.exception("fanout: delivering %s failed", event.topic)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: alive
-    return True
-
-
-#: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
-_NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
-#: Linux pids are below 2**22; anything outside a C int would make os.kill raise.
-_PID_MAX = 1 << 30
-
-
-def _registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, body) of every well-formed registration in the folder; anything else is skipped. The
-    folder is shared: a FIFO, a link, a giant file or a body of the wrong shape is passed over."""
-    for entry in _fs.listdir_at(dir_fd):
-        if not entry.endswith(".json") or not _NAME.fullmatch(entry[: -len(".json")]):
-            continue
-        try:
-            body = orjson.loads(_fs.read_regular(entry, 64 * 1024, dir_fd=dir_fd))
-        except (OSError, orjson.JSONDecodeError):
-            continue
-        if (
-            type(body) is dict
-            and type(body.get("pid")) is int
-            and 0 < body["pid"] < _PID_MAX
-            and type(body.get("host")) is str
-            and len(body["host"]) <= 255
-            and type(body.get("patterns")) is list
-            and all(type(p) is str and 0 < len(p) <= 256 for p in body["patterns"])
-        ):
-            yield entry[: -len(".json")], body
-
-
-def bus_peers(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The processes registered under ``root`` (for ``hybridcomms stats``): pid, host, patterns,
-    whether alive, and the events dropped for each peer they reported."""
-    folder = Path(root) / BUS_FOLDER
-    try:
-        dir_fd = _fs.open_dir(str(folder))
-    except OSError:
-        return []
-    try:
-        out = []
-        for name, body in _registrations(dir_fd):
-            dropped = body.get("dropped_to")
-            out.append(
-                {
-                    "name": name,
-                    "pid": body["pid"],
-                    "host": body["host"],
-                    "patterns": body["patterns"],
-                    "alive": body["host"] != _HOST or _alive(body["pid"]),
-                    "dropped": sum(v for v in dropped.values() if type(v) is int and v > 0)
-                    if type(dropped) is dict
-                    else 0,
-                }
-            )
-        return out
-    finally:
-        os.close(dir_fd)
+        return
+    if result.dropped:  # async handlers of this bus had MAX_RECEIVED_RUNS runs unfinished
+        _count("dropped_busy")
 
 
 # -- across hosts: Redis pub/sub ------------------------------------------------------------------
@@ -815,11 +1090,17 @@ _shared_lock = threading.Lock()
 
 
 def share_bus(
-    bus: AgentBus, *, root: str | os.PathLike[str] | None = None, url: str | None = None
+    bus: AgentBus,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    allow_other_owner: bool | None = None,
 ) -> Callable[[], None]:
     """Carry ``bus``'s events to the processes that share ``root`` (this host) or ``url`` (a Redis).
     Idempotent per (bus, place): the fanout is made once and kept while anyone holds it. Returns the
-    release (call it once when done: the last release stops the fanout)."""
+    release (call it once when done: the last release stops the fanout). ``allow_other_owner``: a
+    bus folder (``<root>/.bus``) of another user is used (default: ``$HYBRIDCOMMS_ALLOW_OTHER_OWNER``),
+    as for mailbox folders; else it is refused with `UnsafePathError`."""
     redis_url = url if backend_of(url) == "redis" else None
     if redis_url is None and root is None:
         return lambda: None
@@ -828,7 +1109,11 @@ def share_bus(
     with _shared_lock:
         held = _shared.get(key)
         if held is None:
-            fanout = RedisFanout(bus, redis_url) if redis_url else LocalFanout(bus, place)
+            fanout = (
+                RedisFanout(bus, redis_url)
+                if redis_url
+                else LocalFanout(bus, place, allow_other_owner=allow_other_owner)
+            )
             held = (fanout, 0)
         _shared[key] = (held[0], held[1] + 1)
     released = threading.Event()

@@ -96,7 +96,7 @@ DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
 DEFAULT_BACKOFF = Backoff()
 #: Set to 1 to let mailboxes open folders that belong to another user (a shared-group setup).
-ALLOW_OTHER_OWNER_ENV = "HYBRIDCOMMS_ALLOW_OTHER_OWNER"
+ALLOW_OTHER_OWNER_ENV = _fs.ALLOW_OTHER_OWNER_ENV
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 #: The order a mailbox's folders are opened in: ``new/`` first, since it is what makes a mailbox.
 _OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
@@ -251,9 +251,7 @@ class FileMailbox:
         self.dir_mode = 0o700 if dir_mode is None else dir_mode
         self._follow_dir_mode = dir_mode is None
         self.tmp_max_age = float(tmp_max_age)
-        if allow_other_owner is None:
-            allow_other_owner = os.environ.get(ALLOW_OTHER_OWNER_ENV, "") not in ("", "0")
-        self.allow_other_owner = allow_other_owner
+        self.allow_other_owner = _fs.allow_other_owner(allow_other_owner)
         self.root = Path(root)
         self.path = self.root / agent_id
         self._chmod_files = False  # set once the folders (and so the modes) are known
@@ -371,14 +369,10 @@ class FileMailbox:
                 os.fchmod(fd, self.dir_mode)
                 if self.folders.sync:
                     os.fsync(parent_fd)  # the new folder's entry survives a power loss
-            elif not self.allow_other_owner:
-                owner = os.fstat(fd).st_uid
-                if owner != os.geteuid():
-                    raise UnsafePathError(
-                        f"{shown} belongs to another user (uid {owner}); a mailbox of another user is "
-                        "refused unless allowed (FileMailbox(..., allow_other_owner=True) or "
-                        f"{ALLOW_OTHER_OWNER_ENV}=1, for a Dream.OS group setup)"
-                    )
+            else:
+                _fs.check_owner(
+                    fd, shown, "a mailbox", "FileMailbox(..., allow_other_owner=True)", self.allow_other_owner
+                )
         except OSError as exc:
             os.close(fd)
             raise MailboxIOError(exc.errno, f"cannot set up {shown}: {exc.strerror}", shown) from exc

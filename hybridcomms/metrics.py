@@ -216,7 +216,9 @@ class BusCollector(Collector):
             "hybridcomms_bus_fanout_events",
             "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
             "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
-            "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog)",
+            "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog), "
+            "dropped_busy (async handlers had too many runs unfinished), refused_durable (an event on a "
+            "durable topic from another process, not handed to a Comms handler)",
             labels=["result"],
         )
         with fanout_lock:

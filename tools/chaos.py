@@ -8,6 +8,11 @@ and checked.
 With ``--kills K`` the chaos ends as soon as every message was produced and K kills happened
 (``--seconds`` is then only the longest it may last); without it, it lasts ``--seconds``.
 
+``--fanout`` adds a phase on the ephemeral path after it (``--messages 0``: that phase alone):
+publishers and subscribers sharing the root's bus, killed and stopped at random for
+``--fanout-seconds``, then every drop accounted for (``tools/chaos_fanout.py``); its result is the
+``fanout`` object of the output, and the run fails unless it is ``ok`` too.
+
 Prints one JSON object (``--json``) or a summary with
 ``produced, acked, dead, lost, duplicates, redeliveries, kills, stops, leftovers, ok``, and exits
 non-zero unless ``lost == 0 and duplicates == 0 and leftovers == 0``.
@@ -283,7 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--consumers", type=int, default=3)
     ap.add_argument("--recoverers", type=int, default=2)
+    ap.add_argument("--fanout", action="store_true", help="also run the fanout phase (see above)")
+    ap.add_argument("--fanout-seconds", type=float, default=8.0, help="how long the fanout chaos lasts")
+    ap.add_argument("--fanout-publishers", type=int, default=2)
+    ap.add_argument("--fanout-subscribers", type=int, default=3)
+    ap.add_argument("--fanout-rate", type=float, default=2000.0, help="events per second per publisher")
     args, rest = ap.parse_known_args(argv)
+    if args.role in ("fanout-publisher", "fanout-subscriber"):
+        import chaos_fanout
+
+        if args.role == "fanout-publisher":
+            chaos_fanout.role_publisher(*rest)
+        else:
+            chaos_fanout.role_subscriber(*rest)
+        return 0
     if args.role == "producer":
         role_producer(*rest)
         return 0
@@ -295,7 +313,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recoverers < 2:
         ap.error("--recoverers must be at least 2 (recoverers racing each other is the point)")
-    result = run(args)
+    result: dict[str, Any] = run(args) if args.messages > 0 else {"ok": True}
+    if args.fanout:
+        import chaos_fanout
+
+        base = Path(args.root or result.get("root") or tempfile.mkdtemp(prefix="hybridcomms-chaos-"))
+        fan = chaos_fanout.run_fanout(
+            base,
+            args.fanout_seconds,
+            args.fanout_publishers,
+            args.fanout_subscribers,
+            args.fanout_rate,
+            args.seed,
+        )
+        result["fanout"] = fan
+        result["ok"] = result.pop("ok") and fan["ok"]
     if args.json:
         import json
 

@@ -1,0 +1,230 @@
+"""The bus folder, ``<root>/.bus/``, where the processes that share a root's bus events register
+(`hybridcomms.fanout`): opening it (checked as a mailbox folder is), the shape of a registration, writing
+this process's own (bounded) and reading the others' (as hostile files), and `bus_peers` for
+``hybridcomms stats``. Every agent of the group can write this folder: whatever is found there is read
+with limits and never followed."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import socket
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import _fs
+from .bus import pattern_matches
+from .errors import UnsafePathError
+
+__all__ = [
+    "BUS_FOLDER",
+    "HOST",
+    "Peer",
+    "alive",
+    "bus_peers",
+    "open_bus_folder",
+    "registration_body",
+    "registrations",
+    "well_formed",
+    "write_registration",
+]
+
+BUS_FOLDER = ".bus"
+#: The longest topic that crosses (and so the longest pattern a registration may hold).
+MAX_TOPIC = 256
+#: A registration is read up to this size (a bigger one is not one); this process's own stays under.
+MAX_REGISTRATION = 64 * 1024
+#: Registrations considered at most (a folder holding more: the others, in listing order, are not).
+MAX_REGISTRATIONS = 4096
+#: This process's registration: patterns past this many bytes in all are registered as ``["*"]``,
+#: and ``dropped_to`` names this many peers at most (the others summed under ``"others"``).
+PATTERNS_BYTES = 32 * 1024
+DROPPED_TO_KEEP = 32
+#: This host's name, in registrations (sockets reach the processes of one host only).
+HOST = socket.gethostname()
+#: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
+NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
+#: Linux pids are below 2**22; anything outside a C int would make os.kill raise.
+PID_MAX = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    name: str
+    pid: int
+    host: str
+    patterns: tuple[str, ...]
+
+    def wants(self, topic: str) -> bool:
+        return any(pattern_matches(p, topic) for p in self.patterns)
+
+
+def open_bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
+    """(descriptor, folder mode, file mode) of ``<root>/.bus``, made if missing. A group root (0o770)
+    gets group modes (0o770/0o660), else 0o700/0o600, set exactly whatever the umask, a setgid bit
+    kept. An existing folder is checked as a mailbox folder is (`_fs.check_owner`): another user's is
+    refused unless allowed; one of ours gets the modes above; another user's (allowed) is refused if
+    its modes grant more than the root's do (others could then register and get every event)."""
+    root_fd = os.open(root, _fs.O_DIR)  # the root as given (a link a person chose is followed)
+    try:
+        group = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
+        dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
+        made = False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(BUS_FOLDER, dir_mode, dir_fd=root_fd)
+            made = True
+        shown = str(root / BUS_FOLDER)
+        try:
+            fd = _fs.open_dir(BUS_FOLDER, dir_fd=root_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(
+                    f"{shown} is a symlink or not a folder; the bus folder must be a real folder"
+                ) from None
+            raise
+    finally:
+        os.close(root_fd)
+    try:
+        if not made:
+            _fs.check_owner(fd, shown, "a bus folder", "share_bus(..., allow_other_owner=True)", allowed)
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid == os.geteuid():
+            want = dir_mode | (mode & stat.S_ISGID)
+            if mode != want:
+                os.fchmod(fd, want)
+        elif mode & 0o777 & ~dir_mode:
+            raise UnsafePathError(
+                f"{shown} (mode {mode:o}, of uid {st.st_uid}) grants more than its root's modes: others "
+                "could register there and receive every event"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, dir_mode, file_mode
+
+
+def write_registration(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Replace ``name`` with ``data`` (mode exactly ``mode``): written under a name no one can guess,
+    then renamed over it (a co-tenant who makes a temporary name first cannot block the update)."""
+    tmp = f".{name}.{os.urandom(8).hex()}.tmp"
+    fd = os.open(tmp, _fs.O_CREATE_MSG, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def registration_body(pid: int, patterns: list[str], drops: dict[str, int], others: int) -> bytes:
+    """A registration, bounded whatever it records: patterns longer than a topic can be are left out
+    (they match nothing that crosses), patterns past `PATTERNS_BYTES` in all become ``["*"]`` (the
+    process then gets every event, and its bus keeps what it subscribes to), and ``dropped_to`` names
+    the `DROPPED_TO_KEEP` peers with the most drops, ``others`` and the rest summed under
+    ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
+    kept: list[str] = []
+    for p in patterns:
+        if len(p) > MAX_TOPIC:
+            if p.endswith(".*") and len(p) - 2 <= MAX_TOPIC:
+                kept = ["*"]  # it matches topics as long as they can be: only "*" says so
+                break
+            continue
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # (a lone surrogate): no topic that crosses is one
+            continue
+        kept.append(p)
+    if kept != ["*"] and len(orjson.dumps(kept)) > PATTERNS_BYTES:
+        kept = ["*"]
+    ranked = sorted(drops.items(), key=lambda kv: -kv[1])
+    dropped_to = dict(ranked[:DROPPED_TO_KEEP])
+    others += sum(n for _, n in ranked[DROPPED_TO_KEEP:])
+    if others:
+        dropped_to["others"] = others
+    return orjson.dumps({"pid": pid, "host": HOST, "patterns": kept, "dropped_to": dropped_to})
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def well_formed(body: Any) -> bool:
+    """Whether a registration's body has the shape of one (a pid, a host, patterns)."""
+    return (
+        type(body) is dict
+        and type(body.get("pid")) is int
+        and 0 < body["pid"] < PID_MAX
+        and type(body.get("host")) is str
+        and len(body["host"]) <= 255
+        and type(body.get("patterns")) is list
+        and all(type(p) is str and 0 < len(p) <= MAX_TOPIC for p in body["patterns"])
+    )
+
+
+def registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, body) of every well-formed registration in the folder (at most `MAX_REGISTRATIONS`);
+    anything else is skipped. The folder is shared: a FIFO, a link, a giant file or a body of the
+    wrong shape is passed over."""
+    seen = 0
+    for entry in _fs.listdir_at(dir_fd):
+        if not entry.endswith(".json") or not NAME.fullmatch(entry[: -len(".json")]):
+            continue
+        seen += 1
+        if seen > MAX_REGISTRATIONS:
+            return
+        try:
+            body = orjson.loads(_fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd))
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if well_formed(body):
+            yield entry[: -len(".json")], body
+
+
+def bus_peers(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The processes registered under ``root`` (for ``hybridcomms stats``): pid, host, patterns,
+    whether alive, and the events dropped for each peer they reported."""
+    folder = Path(root) / BUS_FOLDER
+    try:
+        dir_fd = _fs.open_dir(str(folder))
+    except OSError:
+        return []
+    try:
+        out = []
+        for name, body in registrations(dir_fd):
+            dropped = body.get("dropped_to")
+            out.append(
+                {
+                    "name": name,
+                    "pid": body["pid"],
+                    "host": body["host"],
+                    "patterns": body["patterns"],
+                    "alive": body["host"] != HOST or alive(body["pid"]),
+                    "dropped": sum(v for v in dropped.values() if type(v) is int and v > 0)
+                    if type(dropped) is dict
+                    else 0,
+                }
+            )
+        return out
+    finally:
+        os.close(dir_fd)
