@@ -28,7 +28,6 @@ folder is made at the first nack that records an error (older mailboxes have non
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import stat
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _fs
+from . import _fs, _log
 from ._names import compact_time, parse_compact, parse_name
 from .errors import HybridCommsError
 from .message import _ID_RE, iso_utc
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ERRORS", "SWEEP_AFTER", "drop", "leftovers", "listed", "read", "record", "sweep", "text_of"]
 
-log = logging.getLogger("hybridcomms.mailbox")
+log = _log.get("hybridcomms.mailbox")
 
 #: The folder, beside ``new/`` and the others.
 ERRORS = "errors"

@@ -21,7 +21,6 @@ into the per-user limit (``fs.inotify.max_user_instances``, 128 by default).
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import select
 import struct
@@ -30,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _fs
+from . import _fs, _log
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 _FS_ENCODING, _FS_ERRORS = _fs._FS_ENCODING, _fs._FS_ERRORS
@@ -49,7 +48,7 @@ def _inotify_calls() -> tuple[Any, Any, Any] | None:
 
 __all__ = ["ArrivalWaiter"]
 
-log = logging.getLogger("hybridcomms.wakeup")
+log = _log.get("hybridcomms.wakeup")
 
 
 class _SharedObserver:

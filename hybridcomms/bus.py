@@ -29,7 +29,6 @@ import asyncio
 import concurrent.futures
 import inspect
 import itertools
-import logging
 import os
 import threading
 import time
@@ -39,9 +38,11 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from . import _log
+
 __all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "default_bus", "pattern_matches"]
 
-log = logging.getLogger("hybridcomms.bus")
+log = _log.get("hybridcomms.bus")
 
 DEFAULT_ERROR_TOPIC = "hybridcomms.bus.error"
 _CACHE_LIMIT = 10_000

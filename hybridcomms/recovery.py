@@ -30,14 +30,13 @@ Only a failing disk (`MailboxIOError`) stops a pass.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import _fs, _last_errors
+from . import _fs, _last_errors, _log
 from ._locking import drop, try_lock
 from ._names import compact_time, parse_name
 from .errors import MailboxIOError
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RecoveryReport", "recover"]
 
-log = logging.getLogger("hybridcomms.recovery")
+log = _log.get("hybridcomms.recovery")
 
 #: I/O errors that say the disk or the process is failing, not that one entry is odd: they stop a pass.
 _FATAL_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE})

@@ -11,7 +11,6 @@ of every agent with a matching pattern. Where the record lives follows the mailb
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import _fs
+from . import _fs, _log
 from ._locking import hold_lock_file
 from ._urls import backend_of
 from .bus import pattern_matches
@@ -35,7 +34,7 @@ __all__ = [
     "registry_for",
 ]
 
-log = logging.getLogger("hybridcomms.registry")
+log = _log.get("hybridcomms.registry")
 
 SUBSCRIPTIONS_FILE = "subscriptions.json"
 

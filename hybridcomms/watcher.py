@@ -21,7 +21,6 @@ mailbox moves files by.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from . import _fs
+from . import _fs, _log
 from . import intake as _intake
 from ._names import REASON_SUFFIX, parse_name
 from .bus import AgentBus
@@ -41,7 +40,7 @@ from .states import TRANSITIONS, State, Transition
 
 __all__ = ["EVENT_KINDS", "MailboxEvent", "MailboxWatcher"]
 
-log = logging.getLogger("hybridcomms.watcher")
+log = _log.get("hybridcomms.watcher")
 
 #: What a move between two folders is reported as.
 KIND_OF: dict[tuple[State, State], str] = {

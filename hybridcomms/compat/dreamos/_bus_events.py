@@ -12,13 +12,13 @@ here it takes ``SYSTEM_ERROR`` quietly and any other type with a warning.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ... import _log
 from ._bus_event_types import EventType
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
     "topic_of",
 ]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 
 class BusError(Exception):

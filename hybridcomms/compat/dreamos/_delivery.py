@@ -18,7 +18,6 @@ found once, as every part finds it (`hybridcomms.policy.find_policy`), and its s
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ... import _log
 from ...backend import Mailbox, open_mailbox
 from ...mailbox import FileMailbox, check_agent_id
 from ...message import Message, new_id
@@ -43,7 +43,7 @@ __all__ = [
     "set_policy",
 ]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 #: Folder and file modes for mailboxes the compat layer creates (Dream.OS shares them with a group).
 DREAMOS_MODES: dict[str, Any] = {"dir_mode": 0o770, "file_mode": 0o660}

@@ -11,19 +11,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ... import _log
 from ...mailbox import check_agent_id
 from . import _json
 from .file_locking import acquire_lock, replace_atomically
 
 __all__ = ["INBOX_JSON", "append_to_inbox_json", "write_inbox_file", "write_into_inbox"]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 INBOX_JSON = "inbox.json"
 

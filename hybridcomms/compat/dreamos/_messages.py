@@ -8,18 +8,18 @@ returns False; it never raises.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from ... import _log
 from ...message import Priority
 
 __all__ = ["create_mailbox_message", "validate_mailbox_message_schema"]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 _ALTERNATIVES = (
     ("message_id",),

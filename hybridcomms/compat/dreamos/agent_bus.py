@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import logging
 import os
 import threading
 import time
@@ -39,6 +38,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ... import _log
 from ...bus import AgentBus as _CoreBus
 from ...bus import Event
 from ...comms import Comms, Received
@@ -89,7 +89,7 @@ __all__ = [
     "get_agent_bus",
 ]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 ERROR_TOPIC = EventType.SYSTEM_ERROR.value
 SHUTDOWN_READY = "SHUTDOWN_READY"

@@ -31,19 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from ... import _log
 from ...bus import Event
 from . import agent_bus as _canonical
 
 __all__ = ["AgentBus", "BaseEvent", "EventType"]
 
-logger = logging.getLogger("hybridcomms.compat.dreamos.head")
+logger = _log.get("hybridcomms.compat.dreamos.head")
 
 
 class EventType(Enum):

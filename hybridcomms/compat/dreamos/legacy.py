@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import stat
 import time
@@ -40,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from ... import _fs
+from ... import _fs, _log
 from ..._locking import hold_lock_file
 from ..._names import REASON_SUFFIX, parse_name
 from ...errors import HybridCommsError, MessageError, MessageTooLargeError, UnsafePathError
@@ -64,7 +63,7 @@ __all__ = [
     "to_legacy_dict",
 ]
 
-log = logging.getLogger("hybridcomms.compat.dreamos.legacy")
+log = _log.get("hybridcomms.compat.dreamos.legacy")
 
 INBOX_JSON = "inbox.json"
 INBOX_DIR = "inbox"

@@ -18,12 +18,12 @@ write native files for it.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from ... import _log
 from ...delivery import Delivery
 from ...errors import HybridCommsError
 from ...mailbox import FileMailbox, check_agent_id
@@ -43,7 +43,7 @@ __all__ = [
     "send_message",
 ]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 INBOX_DIR_NAME = "inbox"
 ARCHIVE_DIR_NAME = "archive"

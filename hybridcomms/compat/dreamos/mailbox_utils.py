@@ -14,12 +14,12 @@ module is imported) or set ``MAILBOX_ROOT`` in the worker.
 from __future__ import annotations
 
 import fnmatch
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ... import _log
 from ..._fs import read_regular, replace_atomically
 from ...mailbox import DEFAULT_ROOT, check_agent_id
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -48,7 +48,7 @@ __all__ = [
     "write_mailbox_message",
 ]
 
-log = logging.getLogger("hybridcomms.compat.dreamos")
+log = _log.get("hybridcomms.compat.dreamos")
 
 #: The mailbox root. Read at every call (monkeypatch it freely).
 MAILBOX_ROOT: Path = Path(os.environ.get("HYBRIDCOMMS_ROOT") or DEFAULT_ROOT)
