@@ -1,6 +1,11 @@
 """Comms part: where a message goes. The policy decides the route; durable copies go into the
 recipients' mailboxes (on this agent's backend, or on the one a policy rule names), ephemeral ones
-onto the bus. Also the mailboxes it opens for that, and the durable subscriptions (`registry`)."""
+onto the bus. Also the mailboxes it opens for that, and the durable subscriptions (`registry`).
+
+A put that fails raises to the sender, as always. When it failed because a server cannot be reached,
+the router also tells that backend's `Outage` (shared with the consumer loop: one warning when the
+outage starts, one when a later call works), and an outbox whose put failed is opened again next time
+(a recipient's mailbox folder made anew)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._urls import backend_of
+from ._outage import Outage, unreachable
+from ._urls import backend_of, shown_url
 from .backend import Mailbox, open_mailbox
 from .bus import AgentBus, Event
 from .mailbox import FileMailbox
@@ -57,7 +63,18 @@ class Router:
         self.mailbox = self.open(url, agent_id)
         self.registry = registry_for(root, url, getattr(self.mailbox, "file_mode", 0o600))
         self._outboxes: OrderedDict[tuple[str | None, str], Mailbox] = OrderedDict()
+        self._outages: dict[str | None, Outage] = {}
         self._lock = threading.Lock()
+
+    def outage(self, where: str | None) -> Outage:
+        """The backend at ``where`` (None: files under the root) as this agent sees it."""
+        where = None if where == "local" else where
+        with self._lock:
+            found = self._outages.get(where)
+            if found is None:
+                shown = shown_url(where) if where else str(self.root / self.agent_id)
+                found = self._outages[where] = Outage(self.agent_id, backend_of(where), shown)
+            return found
 
     def open(self, url: str | None, agent: str) -> Mailbox:
         """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""
@@ -86,6 +103,30 @@ class Router:
                 self._outboxes.move_to_end(key)
             return mb
 
+    def _put(self, agent: str, backend: str | None, message: Message) -> None:
+        where = self.url if backend is None or backend == "local" else backend
+        try:
+            self.outbox(agent, backend).put(message)
+        except Exception as exc:
+            if unreachable(exc) is not None:
+                self.outage(where).failed(exc)
+            if isinstance(exc, OSError):
+                self._forget(where, agent)
+            raise
+        if backend_of(where) != "file":
+            # Files: only the consumer loop judges its own folder (a put into another agent's mailbox
+            # says nothing about it).
+            self.outage(where).ok()
+
+    def _forget(self, where: str | None, agent: str) -> None:
+        with self._lock:
+            mb = self._outboxes.pop((where, agent), None)
+        if mb is not None:
+            try:
+                mb.close()
+            except OSError:
+                pass
+
     def route(
         self,
         message: Message,
@@ -104,7 +145,7 @@ class Router:
             backend = decision.rule.backend if decision.rule is not None else None
             for agent in targets:
                 copy = message if message.recipient == agent else replace(message, recipient=agent)
-                self.outbox(agent, backend).put(copy)
+                self._put(agent, backend, copy)
             durable_to = tuple(targets)
         handlers = 0
         if route.ephemeral:
@@ -124,6 +165,9 @@ class Router:
             for mb in self._outboxes.values():
                 mb.close()
             self._outboxes.clear()
+            outages, self._outages = list(self._outages.values()), {}
+        for outage in outages:
+            outage.close()
         self.mailbox.close()
         self.registry.close()
 

@@ -18,6 +18,7 @@ from types import FrameType
 
 import orjson
 
+from ._cli_errors import LineWriter
 from .message import Message
 from .watcher import MailboxEvent, MailboxWatcher
 
@@ -134,7 +135,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         )
     root.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    out_lock = threading.Lock()
+    write = LineWriter(on_close=stop.set)  # `watch | head`: stops once the reader is gone
     runner = (
         ExecRunner(args.exec, args.exec_jobs, queue_size=args.exec_queue, grace=args.grace)
         if args.exec
@@ -159,21 +160,18 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     def on_event(ev: MailboxEvent) -> None:
         if counter is not None:
             counter(ev)
-        line = (
+        write(
             orjson.dumps(ev.to_dict()).decode()
             if args.json
             else f"{ev.kind:<9} {ev.agent} {ev.name}" + (" (rescan)" if ev.source == "rescan" else "")
         )
-        with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
         if runner is not None and ev.kind in ("delivered", "recovered"):
             runner.submit(ev)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    release_bus = watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
+    release_bus = watch_bus(root, args.bus, args.json, write) if args.bus else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     watcher = MailboxWatcher(
         root,
@@ -212,7 +210,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def watch_bus(root: Path, patterns: list[str], as_json: bool, out_lock: threading.Lock) -> Callable[[], None]:
+def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter) -> Callable[[], None]:
     """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
     from .bus import AgentBus, Event
     from .fanout import share_bus
@@ -239,9 +237,7 @@ def watch_bus(root: Path, patterns: list[str], as_json: bool, out_lock: threadin
         else:
             shown = orjson.dumps(payload, default=str).decode()
             line = f"{'bus':<9} {event.source or '-'} {event.topic} {shown}"
-        with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        write(line)
 
     for pattern in patterns:
         bus.subscribe(pattern, show)

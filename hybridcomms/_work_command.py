@@ -34,6 +34,9 @@ from typing import Any
 
 import orjson
 
+from ._cli_errors import LineWriter
+from ._outage import Outage
+from ._urls import backend_of, shown_url
 from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import EXPIRES_HEADER, REPLY_HEADER
 from .errors import HybridCommsError
@@ -53,7 +56,14 @@ class Worker:
         self.stop = threading.Event()
         self.killed = threading.Event()  # past the grace: running commands are killed
         self.lock = threading.Lock()
-        self.out_lock = threading.Lock()
+        # Its output closed (`work … | head`): stop as on SIGTERM, the running commands finish.
+        self.write = LineWriter(on_close=self._output_closed)
+        self.outage = Outage(
+            mailbox.agent_id,
+            backend_of(getattr(mailbox, "url", None)),
+            shown_url(getattr(mailbox, "url", "")) or str(getattr(mailbox, "path", mailbox.agent_id)),
+            say=lambda text: print(f"hybridcomms work: {text}", file=sys.stderr, flush=True),
+        )
         self.counts = {"acked": 0, "retried": 0, "dead": 0, "replied": 0}
         self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
         self.metrics: Any = None  # a WorkMetrics with --metrics-port
@@ -87,6 +97,10 @@ class Worker:
         )
         return 0
 
+    def _output_closed(self) -> None:
+        self.stop.set()
+        self.mb.wake()
+
     def _done(self) -> int:
         with self.lock:
             return self.counts["acked"] + self.counts["retried"] + self.counts["dead"]
@@ -96,9 +110,11 @@ class Worker:
             try:
                 d = self.mb.claim(timeout=1.0, cancel=self.stop)
             except (OSError, HybridCommsError) as exc:
-                print(f"hybridcomms work: claim failed: {exc}", file=sys.stderr, flush=True)
-                self.stop.wait(1.0)
+                # One line when the backend starts failing and one when it is back, whatever the
+                # number of tries and threads (`hybridcomms._outage`).
+                self.stop.wait(self.outage.failed(exc))
                 continue
+            self.outage.ok()
             if d is None:
                 continue
             try:
@@ -265,8 +281,7 @@ class Worker:
             ).decode()
         else:
             line = f"{outcome:<6} {m.id} {m.topic} attempt {d.attempt}" + (f": {error}" if error else "")
-        with self.out_lock:
-            print(line, flush=True)
+        self.write(line)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -303,9 +318,10 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from .metrics import WorkMetrics, registry_for
+        from .metrics import OutageCollector, WorkMetrics, registry_for
 
         registry = registry_for(root)
+        registry.register(OutageCollector())
         worker.metrics = WorkMetrics(registry)
         start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
 
@@ -325,4 +341,5 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        worker.outage.close()
         mailbox.close()

@@ -138,6 +138,7 @@ class Comms:
             dead_letter_topic=dead_letter_topic,
             recover_every=recover_every,
             intake_probe=probe,
+            outage=self._router.outage(self.url),
         )
         self._lock = threading.Lock()
         self._closed = False

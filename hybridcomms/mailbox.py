@@ -218,6 +218,15 @@ class FileMailbox:
         self.path = self.root / agent_id
         self._chmod_files = False  # set once the folders (and so the modes) are known
         self.folders = Folders(self.path, self.fsync, batch_interval)
+        self._batch_interval = batch_interval
+        self._create = create
+        # Absolute: the folders stay where they were opened, whatever the working directory becomes.
+        self._abs_root = os.path.abspath(self.root)
+        self._new_path = os.path.join(self._abs_root, self.agent_id, "new")
+        # Folders of a mailbox made anew (`_check_folders`): kept open until close(), as another
+        # thread may still be working with their descriptors.
+        self._retired: builtins.list[Folders] = []
+        self._reopen_lock = threading.Lock()
         self._index = ClaimIndex(rescan_interval)
         # Claims read without updating the access time (one inode write less per message), where
         # the kernel allows it: O_NOATIME needs the file's owner, else the first EPERM drops it.
@@ -225,7 +234,7 @@ class FileMailbox:
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
         self._closed = False
-        self._open_folders(create)
+        self._open_folders(create, self.folders)
         if (
             self._given_file_mode is None
             and stat.S_IMODE(os.fstat(self.folders.fds["new"]).st_mode) & 0o060 == 0o060
@@ -235,8 +244,8 @@ class FileMailbox:
 
     # -- folders ------------------------------------------------------------------------------
 
-    def _open_folders(self, create: bool) -> None:
-        root = os.fspath(self.root)
+    def _open_folders(self, create: bool, folders: Folders, root: str | None = None) -> None:
+        root = os.fspath(self.root) if root is None else root
         made_root = False
         if create and not os.path.isdir(root):
             parent = os.path.dirname(os.path.abspath(root))
@@ -263,7 +272,7 @@ class FileMailbox:
         try:
             if made_root:
                 os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
-                if self.folders.sync:  # the root's entry in its parent survives a power loss too
+                if folders.sync:  # the root's entry in its parent survives a power loss too
                     try:
                         _fs.fsync_dir(parent)
                     except OSError as exc:
@@ -273,13 +282,13 @@ class FileMailbox:
             agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), create)
             try:
                 for state in _STATES:
-                    self.folders.fds[state.folder] = self._open_folder(
+                    folders.fds[state.folder] = self._open_folder(
                         agent_fd, state.folder, str(self.path / state.folder), create
                     )
             finally:
                 os.close(agent_fd)
         except BaseException:
-            self.folders.close()
+            folders.close()
             raise
         finally:
             os.close(root_fd)
@@ -337,10 +346,13 @@ class FileMailbox:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.close()
-        try:
-            self.folders.flush()
-        finally:
-            self.folders.close()
+        with self._reopen_lock:
+            try:
+                self.folders.flush()
+            finally:
+                self.folders.close()
+                for old in self._retired:
+                    old.close()
 
     def flush(self) -> None:
         """Commit folder changes that fsync="batch" is still holding back."""
@@ -361,6 +373,8 @@ class FileMailbox:
                 except Exception:
                     pass
             self.folders.close()
+            for old in getattr(self, "_retired", ()):
+                old.close()
 
     def __repr__(self) -> str:
         return f"<FileMailbox {self.path} fsync={self.fsync.value}>"
@@ -524,9 +538,9 @@ class FileMailbox:
                 if delivery is not None:
                     return delivery
             return self._claim_once()
-        waiter = self._get_waiter()
         deadline = time.monotonic() + timeout
         while True:
+            waiter = self._get_waiter()  # (a new one once the mailbox folder was made anew)
             waiter.clear()
             if cancel is not None and cancel.is_set():
                 return None
@@ -560,6 +574,36 @@ class FileMailbox:
                 self._waiter = ArrivalWaiter(str(self.path), self._index.push, on_lost=self._index.mark_stale)
             return self._waiter
 
+    def _check_folders(self) -> None:
+        """Before each listing: ``new/`` at the mailbox's path is still the folder open here. A mailbox
+        folder deleted, moved away or unmounted raises `MailboxIOError` (a claimer would otherwise list
+        a folder nobody writes to any more, and wait forever); one made anew (by a sender, by hand) is
+        opened again, and claims go on there."""
+        try:
+            found = os.stat(self._new_path, follow_symlinks=False)
+        except OSError as exc:
+            raise MailboxIOError(
+                exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
+            ) from None
+        held = os.fstat(self.folders.fd(State.NEW))
+        if found.st_ino != held.st_ino or found.st_dev != held.st_dev:
+            self._reopen_folders()
+
+    def _reopen_folders(self) -> None:
+        with self._reopen_lock:
+            if self._closed:
+                raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+            fresh = Folders(self.path, self.fsync, self._batch_interval)
+            self._open_folders(self._create, fresh, self._abs_root)  # all open before anyone sees them
+            old, self.folders = self.folders, fresh
+            self._retired.append(old)
+        with self._waiter_lock:  # the next claim watches the new folder
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
+        self._index.mark_stale()
+        log.info("%s: mailbox folder %s was made anew; opened again", self.agent_id, self.path)
+
     def claim_file(self, name: str) -> Delivery | None:
         """Claim one particular file of ``new/`` by name (for the Dream.OS compatibility layer,
         whose callers name the file they read). None if it is gone or someone else holds it."""
@@ -589,6 +633,7 @@ class FileMailbox:
                     if name is None:
                         return None
                 else:
+                    self._check_folders()
                     index.rescan(self.folders.fd(State.NEW))
                     scanned = True
                     continue

@@ -53,7 +53,7 @@ import orjson
 from ._names import RANK_OF, RANKS, compact_time, make_name
 from ._urls import shown_url
 from .delivery import SettledByMailbox
-from .errors import DeliveryLostError, MailboxIOError
+from .errors import BackendUnavailableError, DeliveryLostError, MailboxIOError
 from .inspection import MailboxStats, MessageInfo, StateStats
 from .mailbox import DEFAULT_BACKOFF, check_agent_id, set_common_options
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -294,9 +294,22 @@ def _ms_of(entry_id: bytes | str) -> int:
     return int(_s(entry_id).split("-", 1)[0])
 
 
+def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
+    """A client error as the mailbox's error: `BackendUnavailableError` when the server cannot be
+    reached (refused, timed out, credentials refused, no such host), else `MailboxIOError`."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        from ._outage import reason
+
+        return BackendUnavailableError(shown_url(url), reason(exc), what)
+    return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
+
+
 def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
     """The agents that have a mailbox on the Redis at ``url``."""
-    client: Any = redis.Redis.from_url(url)
+    try:
+        client: Any = redis.Redis.from_url(url)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
     try:
         found = set()
         for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
@@ -305,6 +318,10 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
             if 0 <= start < end:
                 found.add(text[start + 1 : end])
         return sorted(found)
+    except redis.RedisError as exc:
+        raise _io_error(exc, url, f"listing the mailboxes on {shown_url(url)}") from exc
+    except TypeError as exc:  # an option in the URL's query that the client does not take
+        raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
     finally:
         client.close()
 
@@ -401,7 +418,7 @@ class RedisMailbox:
             raise
 
     def _error(self, exc: Exception, what: str) -> MailboxIOError:
-        return MailboxIOError(errno.EIO, f"{what} on {shown_url(self.url)} ({self.agent_id}) failed: {exc}")
+        return _io_error(exc, self.url, f"{what} on {shown_url(self.url)} ({self.agent_id})")
 
     def __repr__(self) -> str:
         return f"<RedisMailbox {shown_url(self.url)} {self.agent_id}>"
@@ -523,12 +540,21 @@ class RedisMailbox:
                 held = self._blockers[tid] = (client, int(client.client_id()))
             return held[0]
 
+    def _drop_blocker(self) -> None:
+        with self._blockers_lock:
+            held = self._blockers.pop(threading.get_ident(), None)
+        if held is not None:
+            held[0].close()
+
     def _block(self, seconds: float, cancel: threading.Event | None) -> RedisDelivery | None:
         """Wait for an entry on any stream (``XREADGROUP BLOCK``); the best one read is ours, any
         other one read with it goes back."""
         if cancel is not None and cancel.is_set():
             return None
-        client = self._blocker()
+        try:
+            client = self._blocker()
+        except redis.RedisError as exc:
+            raise self._error(exc, "claim") from exc
         block_ms = max(1, int(min(seconds, _MAX_BLOCK) * 1000))
         head: builtins.list[Any] = [
             "XREADGROUP",
@@ -549,6 +575,7 @@ class RedisMailbox:
             raise self._error(exc, "claim") from exc
         except (redis.RedisError, OSError) as exc:
             conn.disconnect()
+            self._drop_blocker()  # its client id is gone with the connection: `wake` needs the next one's
             if self._closed:
                 return None
             raise self._error(exc, "claim") from exc
@@ -788,7 +815,11 @@ class RedisMailbox:
 
     def read(self, info: MessageInfo) -> Message:
         self._check()
-        for found, data in self._entries(info.state):
+        try:
+            entries = self._entries(info.state)
+        except redis.RedisError as exc:
+            raise self._error(exc, "read") from exc
+        for found, data in entries:
             if found.name == info.name:
                 return Message.decode(data)
         raise KeyError(f"{info.name} is no longer in {info.state.value}")
