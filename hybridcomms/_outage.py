@@ -130,11 +130,12 @@ def outage_rows() -> list[tuple[str, str, int, float, bool]]:
 class Outage:
     """One backend as one user of it sees it: up, or down since when (see the module docstring).
 
-    ``Outage(agent, backend, where, *, say=None, retry=RETRY)``
+    ``Outage(agent, backend, where, *, say=None, retry=None)``
         agent     who sees it (a label of the metrics)
         backend   its kind: "file", "redis", "memory" (a label of the metrics)
         where     what the messages name: the URL without its password, or the mailbox's folder
         say       where the two lines go (default: a warning on the ``hybridcomms.comms`` logger)
+        retry     the waits between tries (default: `RETRY`, as it is when the `Outage` is made)
     """
 
     def __init__(
@@ -144,12 +145,12 @@ class Outage:
         where: str,
         *,
         say: Callable[[str], None] | None = None,
-        retry: Backoff = RETRY,
+        retry: Backoff | None = None,
     ) -> None:
         self.agent = agent
         self.backend = backend
         self.where = where
-        self.retry = retry
+        self.retry = RETRY if retry is None else retry
         self._say = say
         self._lock = threading.Lock()
         self._since: float | None = None  # monotonic time it went down; None while up

@@ -168,7 +168,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         print(
             f"hybridcomms send: {args.to} reads the legacy Dream.OS layout: written to "
             f"{where.relative_to(root)}; to move it to hybridcomms run 'hybridcomms migrate' "
-            "(or send with --adopt)",
+            "(or send with 'hybridcomms send --adopt')",
             file=sys.stderr,
         )
         return EXIT_OK
