@@ -181,7 +181,7 @@ class Outage:
         if started:
             text = (
                 f"{self.agent}: {self.where}: backend failing: {reason(exc)} (retrying at most "
-                f"{self.retry.maximum:g}s apart; one more line when it works again)"
+                f"{self.retry.maximum:g}s apart; one more line when it is back)"
             )
             if self._say is not None:
                 self._say(text)
