@@ -4,8 +4,8 @@ onto the bus. Also the mailboxes it opens for that, and the durable subscription
 
 A put that fails raises to the sender, as always. When it failed because a server cannot be reached,
 the router also tells that backend's `Outage` (shared with the consumer loop: one warning when the
-outage starts, one when a later call works), and an outbox whose put failed is opened again next time
-(a recipient's mailbox folder made anew)."""
+outage starts, one when a later call works). An outbox whose put failed is opened again (a file
+mailbox at once, and the put tried once more there: its folder may have been made anew)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,15 @@ class Router:
     def _put(self, agent: str, backend: str | None, message: Message) -> None:
         where = self.url if backend is None or backend == "local" else backend
         try:
-            self.outbox(agent, backend).put(message)
+            try:
+                self.outbox(agent, backend).put(message)
+            except OSError:
+                if backend_of(where) != "file" or not self._forget(where, agent):
+                    raise
+                # A recipient's folder made anew (or removed) since its outbox was opened: a failed
+                # put of a file mailbox left nothing behind, so it is tried once more, on the folder
+                # that is there now.
+                self.outbox(agent, backend).put(message)
         except Exception as exc:
             if unreachable(exc) is not None:
                 self.outage(where).failed(exc)
@@ -118,14 +126,18 @@ class Router:
             # says nothing about it).
             self.outage(where).ok()
 
-    def _forget(self, where: str | None, agent: str) -> None:
+    def _forget(self, where: str | None, agent: str) -> bool:
+        """Close the kept outbox of ``agent`` at ``where`` (the next put opens it again); False if
+        none was kept (this agent's own mailbox is never dropped)."""
         with self._lock:
             mb = self._outboxes.pop((where, agent), None)
-        if mb is not None:
-            try:
-                mb.close()
-            except OSError:
-                pass
+        if mb is None:
+            return False
+        try:
+            mb.close()
+        except OSError:
+            pass
+        return True
 
     def route(
         self,

@@ -221,3 +221,25 @@ def test_work_tells_a_redis_outage_in_two_lines(redis_server: RedisServer, tmp_p
     assert "Traceback" not in "".join(lines)
     failing = next(line for line in lines if "backend failing" in line)
     assert failing.startswith(f"hybridcomms work: Jobs: {url}: backend failing: ")
+
+
+def test_a_sender_keeps_reaching_a_mailbox_folder_made_anew(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def waiting() -> list[Any]:
+        with FileMailbox(root, "Receiver", fsync="never") as mb:
+            return [mb.read(info).payload for info in mb.list("new")]
+
+    comms = Comms("Sender", root=root, fsync="never", bus=AgentBus(), share_bus=False)
+    try:
+        comms.send("Receiver", TOPIC, 1, route="durable")  # its outbox is kept open
+        shutil.rmtree(root / "Receiver")
+        FileMailbox(root, "Receiver", fsync="never").close()  # the receiver's mailbox, made anew
+        comms.send("Receiver", TOPIC, 2, route="durable")
+        assert waiting() == [2]
+        shutil.rmtree(root / "Receiver")
+        comms.send("Receiver", TOPIC, 3, route="durable")  # made again by the send, as for a new agent
+        assert waiting() == [3]
+    finally:
+        comms.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
