@@ -86,6 +86,9 @@ __all__ = [
 
 log = logging.getLogger("hybridcomms.mailbox")
 
+#: Seconds the folders of a mailbox made anew stay open after their replacement (`_reopen_folders`).
+_RETIRED_FOR = 60.0
+
 #: The Dream.OS location, relative to the current directory.
 DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
@@ -223,9 +226,10 @@ class FileMailbox:
         # Absolute: the folders stay where they were opened, whatever the working directory becomes.
         self._abs_root = os.path.abspath(self.root)
         self._new_path = os.path.join(self._abs_root, self.agent_id, "new")
-        # Folders of a mailbox made anew (`_check_folders`): kept open until close(), as another
-        # thread may still be working with their descriptors.
-        self._retired: builtins.list[Folders] = []
+        # Folders of a mailbox made anew (`_check_folders`), with when: kept open for a while (another
+        # thread may still be working with their descriptors; a number reused too early would point
+        # its work at another folder), closed by a later reopening or by close().
+        self._retired: builtins.list[tuple[float, Folders]] = []
         self._reopen_lock = threading.Lock()
         self._index = ClaimIndex(rescan_interval)
         # Claims read without updating the access time (one inode write less per message), where
@@ -351,7 +355,7 @@ class FileMailbox:
                 self.folders.flush()
             finally:
                 self.folders.close()
-                for old in self._retired:
+                for _, old in self._retired:
                     old.close()
 
     def flush(self) -> None:
@@ -373,7 +377,7 @@ class FileMailbox:
                 except Exception:
                     pass
             self.folders.close()
-            for old in getattr(self, "_retired", ()):
+            for _, old in getattr(self, "_retired", ()):
                 old.close()
 
     def __repr__(self) -> str:
@@ -587,16 +591,26 @@ class FileMailbox:
             ) from None
         held = os.fstat(self.folders.fd(State.NEW))
         if found.st_ino != held.st_ino or found.st_dev != held.st_dev:
-            self._reopen_folders()
+            try:
+                self._reopen_folders(found)
+            except UnsafePathError as exc:  # a link or a stranger's folder there now: refused, as I/O
+                raise MailboxIOError(errno.EPERM, str(exc), self._new_path) from exc
 
-    def _reopen_folders(self) -> None:
+    def _reopen_folders(self, found: os.stat_result) -> None:
         with self._reopen_lock:
             if self._closed:
                 raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+            held = os.fstat(self.folders.fd(State.NEW))
+            if held.st_ino == found.st_ino and held.st_dev == found.st_dev:
+                return  # another claimer of this mailbox opened it again just now
             fresh = Folders(self.path, self.fsync, self._batch_interval)
             self._open_folders(self._create, fresh, self._abs_root)  # all open before anyone sees them
             old, self.folders = self.folders, fresh
-            self._retired.append(old)
+            now = time.monotonic()
+            for since, gone in self._retired:
+                if now - since >= _RETIRED_FOR:
+                    gone.close()
+            self._retired = [(t, f) for t, f in self._retired if now - t < _RETIRED_FOR] + [(now, old)]
         with self._waiter_lock:  # the next claim watches the new folder
             waiter, self._waiter = self._waiter, None
         if waiter is not None:

@@ -243,3 +243,28 @@ def test_a_sender_keeps_reaching_a_mailbox_folder_made_anew(
     finally:
         comms.close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_mailbox_folder_replaced_by_a_link_is_refused_as_an_io_error_never_followed(
+    root: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from hybridcomms import MailboxIOError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "2M.20200101T000000000000Z.planted.a0.json").write_bytes(b"{}")
+    with FileMailbox(root, "Agent-1", fsync="never", rescan_interval=0) as mb:
+        assert mb.claim() is None
+        os.rename(root / "Agent-1" / "new", root / "Agent-1" / "new.moved")
+        os.symlink(elsewhere, root / "Agent-1" / "new")
+        with pytest.raises(MailboxIOError, match="symlink"):
+            mb.claim(timeout=5)  # (the check comes with the next listing of new/)
+        os.unlink(root / "Agent-1" / "new")
+        os.rename(root / "Agent-1" / "new.moved", root / "Agent-1" / "new")  # the real one, back
+        mb.put(Message(TOPIC, 1))
+        d = mb.claim(timeout=5)
+        assert d is not None and d.message.payload == 1
+        d.ack()
+    assert (elsewhere / "2M.20200101T000000000000Z.planted.a0.json").exists()  # never touched
