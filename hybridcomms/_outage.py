@@ -48,13 +48,13 @@ def one_line(text: str) -> str:
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the errors it came from (``raise ... from``, or raised while handling)."""
+    """``exc`` and the errors it was raised from (``raise ... from``; not those it met on the way)."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         yield cur
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__
 
 
 def _redis_unreachable_types() -> tuple[type[BaseException], ...]:
