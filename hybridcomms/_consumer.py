@@ -1,6 +1,11 @@
 """Comms part: the consumer loop. Claim a durable message, hand it to the handlers of its topic (or to
 the request waiting for it), and settle it: ack, nack with backoff, or dead-letter with an event on the
-bus; take in legacy drops where an intake is on; run recovery now and then."""
+bus; take in legacy drops where an intake is on; run recovery now and then.
+
+When the mailbox's backend fails (Redis down, the mailbox folder gone, I/O errors), the loop says so
+once, when it starts and when it ends (`hybridcomms._outage.Outage`, counted for the metrics), and
+tries again meanwhile with a capped backoff (`hybridcomms._outage.RETRY`), not once per try with a
+traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._handlers import HandlerTable
+from ._outage import Outage, is_outage
 from ._requests import PendingRequests
 from .backend import Mailbox, MailboxDelivery
 from .bus import AgentBus
@@ -74,6 +80,7 @@ class ConsumerLoop:
         dead_letter_topic: str,
         recover_every: float,
         intake_probe: Callable[[bool], Any] | None,
+        outage: Outage,
     ) -> None:
         self.agent_id = agent_id
         self.mailbox = mailbox
@@ -83,6 +90,7 @@ class ConsumerLoop:
         self.dead_letter_topic = dead_letter_topic
         self.recover_every = recover_every
         self.intake_probe = intake_probe
+        self.outage = outage  # the mailbox's backend as this loop sees it (shared with the router)
         self.stopping = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
         self._thread: threading.Thread | None = None
@@ -107,9 +115,14 @@ class ConsumerLoop:
                 if time.monotonic() >= next_recovery:
                     self.mailbox.recover()
                     next_recovery = time.monotonic() + self.recover_every
-            except Exception:
-                log.exception("%s: consumer loop error; continuing", self.agent_id)
-                self.stopping.wait(0.5)
+            except Exception as exc:
+                if is_outage(exc):  # said once when it starts; the wait grows, capped
+                    self.stopping.wait(self.outage.failed(exc))
+                else:  # not the backend: a bug worth its traceback
+                    log.exception("%s: consumer loop error; continuing", self.agent_id)
+                    self.stopping.wait(0.5)
+                continue
+            self.outage.ok()
 
     def stop(self, timeout: float) -> None:
         self.stopping.set()

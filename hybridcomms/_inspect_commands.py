@@ -23,9 +23,11 @@ from typing import Any, NamedTuple
 import orjson
 
 from . import _fs, _last_errors, inspection
+from ._cli_errors import LineWriter
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
+from ._urls import shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError, UnsafePathError
 from .inspection import MessageInfo
@@ -33,7 +35,7 @@ from .mailbox import FileMailbox, check_agent_id, list_agents
 from .message import Message, iso_utc
 from .states import State
 
-EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)\Z")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
@@ -223,7 +225,8 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
                 print(f"expires: {_when(expires, now)}")
             _print_json(out["message"])
         return EXIT_OK
-    print(f"hybridcomms show: no message {args.id!r} under {url or root}", file=sys.stderr)
+    where = shown_url(url) if url else root
+    print(f"hybridcomms show: no message {args.id!r} under {where}", file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -590,25 +593,22 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
 
     wanted = set(args.agents or ())
     stop = threading.Event()
-    lock = threading.Lock()
+    write = LineWriter(on_close=stop.set)  # `tail | head -1`: stops once the reader is gone
 
     def on_event(ev: MailboxEvent) -> None:
         if wanted and ev.agent not in wanted:
             return
-        line = (
+        write(
             orjson.dumps(ev.to_dict()).decode()
             if args.json
             else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
         )
-        with lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda signum, frame: stop.set())
     from ._watch_command import watch_bus
 
-    release_bus = watch_bus(root, args.bus, args.json, lock) if getattr(args, "bus", None) else None
+    release_bus = watch_bus(root, args.bus, args.json, write) if getattr(args, "bus", None) else None
     try:
         waiting = "waiting" if args.waiting else "skip"
         with MailboxWatcher(  # it only looks: no recovery, no legacy intake
@@ -658,7 +658,15 @@ def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
 
 
 def cmd_top(args: argparse.Namespace, root: Path) -> int:
-    """A live view of every mailbox, refreshed in place every ``--interval`` seconds; ``q`` quits."""
+    """A live view of every mailbox, refreshed in place every ``--interval`` seconds; ``q`` quits.
+    Without a terminal (stdin and stdout), or on one curses cannot drive, one line and exit 2."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(
+            "hybridcomms top: needs a terminal on stdin and stdout; for a snapshot in a pipe or a script "
+            "use 'hybridcomms stats' (or 'hybridcomms stats --json')",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     import curses
 
     def run(screen: Any) -> None:
@@ -683,5 +691,10 @@ def cmd_top(args: argparse.Namespace, root: Path) -> int:
             before, t_before = now, t_now
             now, t_now = _snapshot(root), time.monotonic()
 
-    curses.wrapper(run)
+    try:
+        curses.wrapper(run)
+    except curses.error as exc:  # TERM unknown or unset, a terminal too small to draw on
+        term = os.environ.get("TERM") or "(unset)"
+        print(f"hybridcomms top: cannot draw on this terminal (TERM={term}): {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK

@@ -1,6 +1,11 @@
 """Comms part: where a message goes. The policy decides the route; durable copies go into the
 recipients' mailboxes (on this agent's backend, or on the one a policy rule names), ephemeral ones
-onto the bus. Also the mailboxes it opens for that, and the durable subscriptions (`registry`)."""
+onto the bus. Also the mailboxes it opens for that, and the durable subscriptions (`registry`).
+
+A put that fails raises to the sender, as always. When it failed because a server cannot be reached,
+the router also tells that backend's `Outage` (shared with the consumer loop: one warning when the
+outage starts, one when a later call works). An outbox whose put failed is opened again (a file
+mailbox at once, and the put tried once more there: its folder may have been made anew)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._urls import backend_of
+from ._outage import Outage, unreachable
+from ._urls import backend_of, shown_url
 from .backend import Mailbox, open_mailbox, put_once
 from .bus import AgentBus, Event
 from .mailbox import FileMailbox
@@ -57,7 +63,18 @@ class Router:
         self.mailbox = self.open(url, agent_id)
         self.registry = registry_for(root, url, getattr(self.mailbox, "file_mode", 0o600))
         self._outboxes: OrderedDict[tuple[str | None, str], Mailbox] = OrderedDict()
+        self._outages: dict[str | None, Outage] = {}
         self._lock = threading.Lock()
+
+    def outage(self, where: str | None) -> Outage:
+        """The backend at ``where`` (None: files under the root) as this agent sees it."""
+        where = None if where == "local" else where
+        with self._lock:
+            found = self._outages.get(where)
+            if found is None:
+                shown = shown_url(where) if where else str(self.root / self.agent_id)
+                found = self._outages[where] = Outage(self.agent_id, backend_of(where), shown)
+            return found
 
     def open(self, url: str | None, agent: str) -> Mailbox:
         """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""
@@ -86,6 +103,52 @@ class Router:
                 self._outboxes.move_to_end(key)
             return mb
 
+    def _put(
+        self, agent: str, backend: str | None, message: Message, *, delay: float | None, once: bool
+    ) -> None:
+        where = self.url if backend is None or backend == "local" else backend
+
+        def put() -> None:
+            box = self.outbox(agent, backend)
+            if once:
+                put_once(box, message, delay=delay)
+            else:
+                box.put(message, delay=delay)
+
+        try:
+            try:
+                put()
+            except OSError:
+                if backend_of(where) != "file" or not self._forget(where, agent):
+                    raise
+                # A recipient's folder made anew (or removed) since its outbox was opened: a failed
+                # put of a file mailbox left nothing behind, so it is tried once more, on the folder
+                # that is there now.
+                put()
+        except Exception as exc:
+            if unreachable(exc) is not None:
+                self.outage(where).failed(exc)
+            if isinstance(exc, OSError):
+                self._forget(where, agent)
+            raise
+        if backend_of(where) != "file":
+            # Files: only the consumer loop judges its own folder (a put into another agent's mailbox
+            # says nothing about it).
+            self.outage(where).ok()
+
+    def _forget(self, where: str | None, agent: str) -> bool:
+        """Close the kept outbox of ``agent`` at ``where`` (the next put opens it again); False if
+        none was kept (this agent's own mailbox is never dropped)."""
+        with self._lock:
+            mb = self._outboxes.pop((where, agent), None)
+        if mb is None:
+            return False
+        try:
+            mb.close()
+        except OSError:
+            pass
+        return True
+
     def route(
         self,
         message: Message,
@@ -113,11 +176,7 @@ class Router:
             targets = recipients if recipients is not None else self.registry.subscribers(message.topic)
             for agent in targets:
                 copy = message if message.recipient == agent else replace(message, recipient=agent)
-                box = self.outbox(agent, decision.backend)
-                if once:
-                    put_once(box, copy, delay=delay)
-                else:
-                    box.put(copy, delay=delay)
+                self._put(agent, decision.backend, copy, delay=delay, once=once)
             durable_to = tuple(targets)
         handlers = 0
         if route.ephemeral:
@@ -137,6 +196,9 @@ class Router:
             for mb in self._outboxes.values():
                 mb.close()
             self._outboxes.clear()
+            outages, self._outages = list(self._outages.values()), {}
+        for outage in outages:
+            outage.close()
         self.mailbox.close()
         self.registry.close()
 

@@ -18,6 +18,7 @@ from types import FrameType
 
 import orjson
 
+from ._cli_errors import LineWriter
 from ._fs import printable
 from .policy import child_env
 from .watcher import MailboxEvent, MailboxWatcher
@@ -153,7 +154,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     ingest = args.legacy if args.legacy is not None else (True if intake_enabled(policy) else None)
     root.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    out_lock = threading.Lock()
+    # `watch | head`: once the reader is gone it stops as on SIGTERM (`stop_now`, below).
+    write = LineWriter(on_close=lambda: stop_now())
     runner = (
         ExecRunner(
             args.exec,
@@ -184,15 +186,12 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     def on_event(ev: MailboxEvent) -> None:
         if counter is not None:
             counter(ev)
-        line = (
+        write(
             orjson.dumps(ev.to_dict()).decode()
             if args.json
             else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
             + (" (rescan)" if ev.source == "rescan" else "")
         )
-        with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
         if runner is not None and ev.kind in ("delivered", "recovered"):
             runner.submit(ev)
 
@@ -205,7 +204,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         ingest_legacy=ingest,
     )
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def stop_now() -> None:
         # Also during the start-up rescan of a large backlog (in `start`, on this thread), and while it
         # waits for room in a full --exec queue: both stop at once.
         stop.set()
@@ -213,7 +212,10 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         if runner is not None:
             runner.stopping.set()
 
-    release_bus = watch_bus(root, args.bus, args.json, out_lock) if args.bus else None
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop_now()
+
+    release_bus = watch_bus(root, args.bus, args.json, write) if args.bus else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         watcher.start()
@@ -245,7 +247,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def watch_bus(root: Path, patterns: list[str], as_json: bool, out_lock: threading.Lock) -> Callable[[], None]:
+def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter) -> Callable[[], None]:
     """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
     from .bus import AgentBus, Event
     from .fanout import share_bus
@@ -261,9 +263,7 @@ def watch_bus(root: Path, patterns: list[str], as_json: bool, out_lock: threadin
         else:
             shown = orjson.dumps(record["payload"], default=str).decode()
             line = printable(f"{'bus':<9} {record['sender'] or '-'} {record['topic']} {shown}")
-        with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        write(line)
 
     for pattern in patterns:
         bus.subscribe(pattern, show)

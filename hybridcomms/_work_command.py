@@ -42,7 +42,10 @@ from typing import Any
 
 import orjson
 
+from ._cli_errors import LineWriter
 from ._command_io import CommandPipes
+from ._outage import Outage
+from ._urls import backend_of, shown_url
 from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import REPLY_HEADER
 from .errors import HybridCommsError
@@ -67,7 +70,14 @@ class Worker:
         self.stop = threading.Event()
         self.killed = threading.Event()  # past the grace: running commands are killed
         self.lock = threading.Lock()
-        self.out_lock = threading.Lock()
+        # Its output closed (`work … | head`): stop as on SIGTERM, the running commands finish.
+        self.write = LineWriter(on_close=self._output_closed)
+        self.outage = Outage(
+            mailbox.agent_id,
+            backend_of(getattr(mailbox, "url", None)),
+            shown_url(getattr(mailbox, "url", "")) or str(getattr(mailbox, "path", mailbox.agent_id)),
+            say=lambda text: print(f"hybridcomms work: {text}", file=sys.stderr, flush=True),
+        )
         self.counts = {"acked": 0, "retried": 0, "dead": 0, "replied": 0}
         self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
         self.metrics: Any = None  # a WorkMetrics with --metrics-port
@@ -122,6 +132,10 @@ class Worker:
         except BaseException as exc:
             self._stop_with(EX_SOFTWARE, f"a consumer thread died: {type(exc).__name__}: {exc}")
 
+    def _output_closed(self) -> None:
+        self.stop.set()
+        self.mb.wake()
+
     def _done(self) -> int:
         with self.lock:
             return self.counts["acked"] + self.counts["retried"] + self.counts["dead"]
@@ -131,9 +145,11 @@ class Worker:
             try:
                 d = self.mb.claim(timeout=1.0, cancel=self.stop)
             except (OSError, HybridCommsError) as exc:
-                print(f"hybridcomms work: claim failed: {exc}", file=sys.stderr, flush=True)
-                self.stop.wait(1.0)
+                # One line when the backend starts failing and one when it is back, whatever the
+                # number of tries and threads (`hybridcomms._outage`).
+                self.stop.wait(self.outage.failed(exc))
                 continue
+            self.outage.ok()
             if d is None:
                 continue
             try:
@@ -305,8 +321,7 @@ class Worker:
             ).decode()
         else:
             line = f"{outcome:<6} {m.id} {m.topic} attempt {d.attempt}" + (f": {error}" if error else "")
-        with self.out_lock:
-            print(line, flush=True)
+        self.write(line)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -354,11 +369,13 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from .metrics import WorkMetrics, registry_for
+        from .metrics import OutageCollector, WorkMetrics, registry_for
 
-        # Only what this consumer did: the mailbox depths belong to the one exporter of the root
-        # (watch --metrics-port, or stats --prometheus), so a dashboard never counts them twice.
+        # Only what this consumer did, and the backend outages it went through: the mailbox depths
+        # belong to the one exporter of the root (watch --metrics-port, or stats --prometheus), so a
+        # dashboard never counts them twice.
         registry = registry_for(None)
+        registry.register(OutageCollector())
         worker.metrics = WorkMetrics(registry)
         start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
 
@@ -378,4 +395,5 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        worker.outage.close()
         mailbox.close()

@@ -22,7 +22,12 @@ The routing policy is found as every part finds it (`hybridcomms.policy.find_pol
 else ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``, else ``[tool.hybridcomms.policy]`` in
 ``./pyproject.toml``, else the shipped defaults. ``policy explain`` and ``policy show`` say which.
 
-Exit codes: 0 done; 1 an error (the message says what); 2 bad usage; 3 ``recv`` found no message.
+Exit codes: 0 done (also when the reader of the output stopped early: ``ls A | head -1``); 1 an
+error (one line on stderr says what; ``HYBRIDCOMMS_DEBUG=1`` adds the traceback); 2 bad usage (also
+``top`` without a terminal); 3 ``recv`` found no message; 69 the backend cannot be reached
+(``--url``'s Redis refused, timed out, refused the credentials, or its host does not resolve); 70
+``work``: a consumer thread died; 78 ``work``: its command cannot be started; 130 interrupted. See
+`hybridcomms._cli_errors`.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__, _fs
+from ._cli_errors import run_command, usage_error
 from ._fs import shown
+from ._outage import one_line, reason, unreachable
 from ._urls import backend_of, shown_url
-from .backend import Mailbox
+from .backend import URL_ENV, Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
@@ -183,7 +190,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
         print(
             f"hybridcomms send: {args.to} reads the legacy Dream.OS layout: written to "
             f"{where.relative_to(root)}; to move it to hybridcomms run 'hybridcomms migrate' "
-            "(or send with --adopt)",
+            "(or send with 'hybridcomms send --adopt')",
             file=sys.stderr,
         )
         return EXIT_OK
@@ -281,11 +288,12 @@ def _legacy_status(root: Path, agent: str) -> dict[str, Any] | None:
 
 
 def _legacy_refusal(command: str, status: dict[str, Any]) -> str:
+    agent = status["agent"]
     return (
-        f"hybridcomms {command}: {status['agent']} is on the legacy Dream.OS layout ({status['layout']}, "
+        f"hybridcomms {command}: {agent} is on the legacy Dream.OS layout ({status['layout']}, "
         f"{status['waiting']} message(s) waiting there) and has no hybridcomms mailbox yet; adopt it "
         "explicitly: 'hybridcomms migrate' (while its legacy reader is stopped), a policy 'adopt' entry, "
-        f"or '{command} --adopt'"
+        f"or 'hybridcomms recv {agent} --adopt'"
     )
 
 
@@ -294,7 +302,8 @@ def _need_root(root: Path, command: str, create: bool) -> None:
     if not create and not root.is_dir():
         raise SystemExit(
             f"hybridcomms {command}: no mailbox root at {root} (check --root or $HYBRIDCOMMS_ROOT; "
-            "--create makes it)"
+            "a first 'hybridcomms send', 'hybridcomms recv AGENT --create' or 'hybridcomms watch --create' "
+            "makes it)"
         )
 
 
@@ -308,11 +317,9 @@ def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str |
         return None
     kind = backend_of(url)
     if kind == "memory":
-        raise SystemExit(
-            "hybridcomms: a memory:// mailbox lives inside one process; a command cannot reach it"
-        )
+        usage_error("hybridcomms: --url memory://…: a memory mailbox lives in one process, out of reach")
     if kind not in ("redis", "file") or "://" not in url:
-        raise SystemExit(f"hybridcomms: --url {url!r}: use redis://, rediss:// or file://")
+        usage_error(f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix:// or file://")
     return url
 
 
@@ -336,7 +343,10 @@ def _need_mailbox(root: Path, agent: str, command: str) -> None:
     """An agent named to a command that reads must have a mailbox: its ``new/`` folder (all it takes,
     for one adopted by hand; the other folders are made by the first command that writes)."""
     if not (root / check_agent_id(agent) / "new").is_dir():
-        raise SystemExit(f"hybridcomms {command}: no mailbox for {agent} under {root} (--create makes it)")
+        raise SystemExit(
+            f"hybridcomms {command}: no mailbox for {agent} under {root} ('hybridcomms send --to {agent} …' "
+            f"or 'hybridcomms recv {agent} --create' makes it)"
+        )
 
 
 def _message_json(message: Message, **extra: Any) -> dict[str, Any]:
@@ -372,11 +382,15 @@ def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
                     continue
                 break
             out = _message_json(delivery.message, attempt=delivery.attempt)
-            if lines:
-                sys.stdout.write(orjson.dumps(out).decode() + "\n")
-                sys.stdout.flush()
-            else:
-                _print_json(out)
+            try:
+                if lines:
+                    sys.stdout.write(orjson.dumps(out).decode() + "\n")
+                else:
+                    _print_json(out)
+                sys.stdout.flush()  # written out before it is settled
+            except BrokenPipeError:  # the reader is gone: the message goes back, due now
+                delivery.nack(delay=0, error="recv: its output was closed before the message was written")
+                raise
             # Settled only once it is written out: acked, or with --no-ack given back for later.
             if args.no_ack:
                 delivery.nack(delay=args.lease, error="recv --no-ack: printed, not acknowledged")
@@ -595,8 +609,10 @@ def _cmd_recover(args: argparse.Namespace, root: Path) -> int:
             with _open_existing(root, agent, "recover", False, url) as mb:
                 rep = mb.recover()
         except Exception as exc:
+            if unreachable(exc) is not None:
+                raise  # the backend is down: no other mailbox will do better (one line, exit 69)
             failed += 1
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {reason(exc)}"
             print(f"hybridcomms recover: {agent}: {error}", file=sys.stderr)
             rows.append(_recovery_row(agent, RecoveryReport(), error))
             continue
@@ -859,7 +875,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (the full usage is in ``--help``), exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, one_line(f"{self.prog}: {message} (see '{self.prog} --help')") + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -869,8 +885,10 @@ def _parser() -> argparse.ArgumentParser:
         "the shell. The mailbox root is --root, else $HYBRIDCOMMS_ROOT, else "
         "./runtime/agent_comms/agent_mailboxes; --url redis://... works on a Redis instead.",
         epilog="'hybridcomms COMMAND --help' describes a command. Exit codes: 0 done, 1 an error (stderr "
-        "says what), 2 bad usage, 3 recv found no message. Shell completion: 'hybridcomms completion "
-        "bash|zsh|fish' prints the script (docs/cli.md says where to put it).",
+        "says what), 2 bad usage, 3 recv found no message, 69 the backend cannot be reached, 70 a "
+        "work consumer thread died, 78 work's command cannot be started, 130 interrupted. Shell "
+        "completion: 'hybridcomms completion bash|zsh|fish' prints the script (docs/cli.md says where "
+        "to put it).",
     )
     p.add_argument("--version", action="version", version=f"hybridcomms {__version__}")
     _add_common(p, None)
@@ -1346,30 +1364,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cmd = command
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
-    root = resolve_root(args.root)
-    if args.command == "policy":  # explained, not opened: any mailbox URL may be named
-        from .backend import URL_ENV
+    url = getattr(args, "url", None)
 
-        args.url_resolved = getattr(args, "url", None) or os.environ.get(URL_ENV) or None
-        if args.url_resolved and ("://" not in args.url_resolved or not backend_of(args.url_resolved)):
-            raise SystemExit(
-                f"hybridcomms: --url {shown_url(args.url_resolved)!r}: use redis://, rediss://, file:// "
-                "or memory://"
-            )
-    else:
-        args.url_resolved = resolve_url(getattr(args, "url", None))
-    if args.url_resolved and args.url_resolved.startswith("file://"):
-        root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
-    if args.url_resolved and args.command in ("watch", "migrate", "demo"):
-        raise SystemExit(f"hybridcomms {args.command}: works on mailbox files; not available with --url")
-    try:
+    def run() -> int:
+        root = resolve_root(args.root)
+        if args.command == "policy":  # explained, not opened: any mailbox URL may be named
+            args.url_resolved = url or os.environ.get(URL_ENV) or None
+            if args.url_resolved and ("://" not in args.url_resolved or not backend_of(args.url_resolved)):
+                usage_error(
+                    f"hybridcomms: --url {shown_url(args.url_resolved)}: use redis://, rediss://, unix://, "
+                    "file:// or memory://"
+                )
+        else:
+            args.url_resolved = resolve_url(url)
+        if args.url_resolved and args.url_resolved.startswith("file://"):
+            root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
+        if args.url_resolved and args.command in ("watch", "migrate", "demo"):
+            raise SystemExit(f"hybridcomms {args.command}: works on mailbox files; not available with --url")
         code: int = args.func(args, root)
         return code
-    except (HybridCommsError, OSError, ValueError, TypeError) as exc:
-        print(f"hybridcomms {args.command}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+
+    # Errors as one line (69: the backend cannot be reached), a closed output as no error: _cli_errors.
+    return run_command(args.command, url or os.environ.get(URL_ENV) or None, run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,11 @@ reach the handler at least once, are retried with backoff when it raises, and go
 the attempt limit, with a dead-letter event on the bus. Ephemeral ones are events on the in-memory
 bus: at most once, in this process, to whoever subscribes now.
 
+When the mailbox backend fails (Redis down, the mailbox folder gone, I/O errors), the consumer logs one
+warning when the outage starts and one when it ends, retries meanwhile (at most 5 s apart) and counts
+it in the metrics (`hybridcomms_backend_up`, ``_outages_total``, ``_outage_seconds_total``); a `send`
+meanwhile raises (`BackendUnavailableError` when a server cannot be reached).
+
 A handler takes one argument, a `Received` message: a `Message` with ``attempt`` (1 on the first
 delivery; None for an ephemeral one) and ``durable``. The ``id`` is the same on every redelivery.
 Sync and async handlers both work.
@@ -140,6 +145,7 @@ class Comms:
             dead_letter_topic=dead_letter_topic,
             recover_every=recover_every,
             intake_probe=probe,
+            outage=self._router.outage(self.url),
         )
         self._lock = threading.Lock()
         self._closed = False

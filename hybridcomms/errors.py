@@ -14,6 +14,8 @@ keeps working.
     ├── PolicyError              (also ValueError)  a policy file or rule that cannot be used
     └── MailboxError                                     mailbox-level failures
         ├── MailboxIOError           (also OSError)     an I/O step failed; nothing was half-done
+        │   └── BackendUnavailableError                  the backend cannot be reached (refused, timed
+        │                                                out, credentials refused, no such host)
         ├── UnsafePathError                              a mailbox folder is a symlink or not a folder
         └── DeliveryError            (also RuntimeError) a settle call on a delivery that can't be settled
             └── DeliveryLostError                       the delivery was taken away (lease expired)
@@ -30,6 +32,7 @@ from __future__ import annotations
 import errno as _errno
 
 __all__ = [
+    "BackendUnavailableError",
     "DeliveryError",
     "DeliveryLostError",
     "HybridCommsError",
@@ -91,6 +94,18 @@ class MailboxIOError(MailboxError, OSError):
 
     def __init__(self, errno: int | None, message: str, filename: str | None = None) -> None:
         OSError.__init__(self, errno, message, filename)
+
+
+class BackendUnavailableError(MailboxIOError):
+    """The backend cannot be reached: the connection was refused or timed out, the credentials were
+    refused, the host name does not resolve. The call did nothing; the same call may work once the
+    backend is back. ``url`` (never with its password) and ``reason`` say where and why."""
+
+    def __init__(self, url: str, reason: str, what: str = "") -> None:
+        where = f"{what} on {url}" if what else url
+        MailboxIOError.__init__(self, _errno.EIO, f"{where} failed: cannot reach it: {reason}")
+        self.url = url
+        self.reason = reason
 
 
 class UnsafePathError(MailboxError):

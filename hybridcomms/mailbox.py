@@ -91,6 +91,9 @@ __all__ = [
 
 log = logging.getLogger("hybridcomms.mailbox")
 
+#: Seconds the folders of a mailbox made anew stay open after their replacement (`_reopen_folders`).
+_RETIRED_FOR = 60.0
+
 #: The Dream.OS location, relative to the current directory.
 DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
@@ -256,6 +259,16 @@ class FileMailbox:
         self.path = self.root / agent_id
         self._chmod_files = False  # set once the folders (and so the modes) are known
         self.folders = Folders(self.path, self.fsync, batch_interval)
+        self._batch_interval = batch_interval
+        self._create = create and not read_only
+        # Absolute: the folders stay where they were opened, whatever the working directory becomes.
+        self._abs_root = os.path.abspath(self.root)
+        self._new_path = os.path.join(self._abs_root, self.agent_id, "new")
+        # Folders of a mailbox made anew (`_check_folders`), with when: kept open for a while (another
+        # thread may still be working with their descriptors; a number reused too early would point
+        # its work at another folder), closed by a later reopening or by close().
+        self._retired: builtins.list[tuple[float, Folders]] = []
+        self._reopen_lock = threading.Lock()
         self._index = ClaimIndex(rescan_interval)
         # Claims read without updating the access time (one inode write less per message), where
         # the kernel allows it: O_NOATIME needs the file's owner, else the first EPERM drops it.
@@ -265,7 +278,7 @@ class FileMailbox:
         self._errors_lock = threading.Lock()
         self._closed = False
         self.read_only = self.folders.read_only = read_only
-        self._open_folders(create and not read_only)
+        self._open_folders(self._create, self.folders)
         if (
             self._given_file_mode is None
             and stat.S_IMODE(os.fstat(self.folders.fds["new"]).st_mode) & 0o060 == 0o060
@@ -275,8 +288,8 @@ class FileMailbox:
 
     # -- folders ------------------------------------------------------------------------------
 
-    def _open_folders(self, create: bool) -> None:
-        root = os.fspath(self.root)
+    def _open_folders(self, create: bool, folders: Folders, root: str | None = None) -> None:
+        root = os.fspath(self.root) if root is None else root
         made_root = False
         if create and not os.path.isdir(root):
             parent = os.path.dirname(os.path.abspath(root))
@@ -303,7 +316,7 @@ class FileMailbox:
         try:
             if made_root:
                 os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
-                if self.folders.sync:  # the root's entry in its parent survives a power loss too
+                if folders.sync:  # the root's entry in its parent survives a power loss too
                     try:
                         _fs.fsync_dir(parent)
                     except OSError as exc:
@@ -327,12 +340,12 @@ class FileMailbox:
                     if fd is None:
                         absent.append(state.folder)
                     else:
-                        self.folders.fds[state.folder] = fd
-                self.folders.absent = frozenset(absent)
+                        folders.fds[state.folder] = fd
+                folders.absent = frozenset(absent)
             finally:
                 os.close(agent_fd)
         except BaseException:
-            self.folders.close()
+            folders.close()
             raise
         finally:
             os.close(root_fd)
@@ -429,10 +442,13 @@ class FileMailbox:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.close()
-        try:
-            self.folders.flush()
-        finally:
-            self.folders.close()
+        with self._reopen_lock:
+            try:
+                self.folders.flush()
+            finally:
+                self.folders.close()
+                for _, old in self._retired:
+                    old.close()
 
     def flush(self) -> None:
         """Commit folder changes that fsync="batch" is still holding back."""
@@ -453,6 +469,8 @@ class FileMailbox:
                 except Exception:
                     pass
             self.folders.close()
+            for _, old in getattr(self, "_retired", ()):
+                old.close()
 
     def __repr__(self) -> str:
         return f"<FileMailbox {self.path} fsync={self.fsync.value}>"
@@ -624,9 +642,9 @@ class FileMailbox:
                 if delivery is not None:
                     return delivery
             return self._claim_once()
-        waiter = self._get_waiter()
         deadline = time.monotonic() + timeout
         while True:
+            waiter = self._get_waiter()  # (a new one once the mailbox folder was made anew)
             waiter.clear()
             if cancel is not None and cancel.is_set():
                 return None
@@ -659,6 +677,47 @@ class FileMailbox:
                     raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
                 self._waiter = ArrivalWaiter(str(self.path), self._index.push, on_lost=self._index.mark_stale)
             return self._waiter
+
+    def _check_folders(self) -> None:
+        """Before each listing: ``new/`` at the mailbox's path is still the folder open here. A mailbox
+        folder deleted, moved away or unmounted raises `MailboxIOError` (a claimer would otherwise list
+        a folder nobody writes to any more, and wait forever); one made anew (by a sender, by hand) is
+        opened again, and claims go on there."""
+        try:
+            found = os.stat(self._new_path, follow_symlinks=False)
+        except OSError as exc:
+            raise MailboxIOError(
+                exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
+            ) from None
+        held = os.fstat(self.folders.fd(State.NEW))
+        if found.st_ino != held.st_ino or found.st_dev != held.st_dev:
+            try:
+                self._reopen_folders(found)
+            except UnsafePathError as exc:  # a link or a stranger's folder there now: refused, as I/O
+                raise MailboxIOError(errno.EPERM, str(exc), self._new_path) from exc
+
+    def _reopen_folders(self, found: os.stat_result) -> None:
+        with self._reopen_lock:
+            if self._closed:
+                raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+            held = os.fstat(self.folders.fd(State.NEW))
+            if held.st_ino == found.st_ino and held.st_dev == found.st_dev:
+                return  # another claimer of this mailbox opened it again just now
+            fresh = Folders(self.path, self.fsync, self._batch_interval)
+            fresh.read_only = self.read_only
+            self._open_folders(self._create, fresh, self._abs_root)  # all open before anyone sees them
+            old, self.folders = self.folders, fresh
+            now = time.monotonic()
+            for since, gone in self._retired:
+                if now - since >= _RETIRED_FOR:
+                    gone.close()
+            self._retired = [(t, f) for t, f in self._retired if now - t < _RETIRED_FOR] + [(now, old)]
+        with self._waiter_lock:  # the next claim watches the new folder
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
+        self._index.mark_stale()
+        log.info("%s: mailbox folder %s was made anew; opened again", self.agent_id, self.path)
 
     def claim_file(self, name: str) -> Delivery | None:
         """Claim one particular file of ``new/`` by name (for the Dream.OS compatibility layer,
@@ -693,6 +752,7 @@ class FileMailbox:
                     if name is None:
                         return None
                 else:
+                    self._check_folders()
                     index.rescan(self.folders.fd(State.NEW))
                     scanned = True
                     continue

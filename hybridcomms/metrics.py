@@ -4,10 +4,12 @@ Two kinds:
 
 - **State of the mailboxes**, read from the folders at scrape time (names and ``stat`` only, never a
   message body): `MailboxCollector`. One exporter per root owns it: ``hybridcomms watch
-  --metrics-port`` (or ``stats --prometheus`` where no watch service runs); ``hybridcomms work`` never
-  exports it, so the depth of a mailbox is never scraped twice.
+  --metrics-port`` (or ``hybridcomms stats --prometheus`` where no watch service runs); ``hybridcomms
+  work`` never exports it, so the depth of a mailbox is never scraped twice.
 - **What happened**, counted from the watcher's events (`EventCounter`, fed by ``hybridcomms watch``),
-  by ``hybridcomms work`` (`WorkMetrics`), and by the in-process bus (`BusCollector`).
+  by ``hybridcomms work`` (`WorkMetrics`), by the in-process bus and `Comms` (`BusCollector`), and the
+  backend outages this process went through (`OutageCollector`, part of `BusCollector`, and served
+  by ``hybridcomms work``).
 
 Every metric is listed in docs/operations.md, with a Grafana dashboard and alert rules.
 """
@@ -41,6 +43,7 @@ __all__ = [
     "BusCollector",
     "EventCounter",
     "MailboxCollector",
+    "OutageCollector",
     "WorkMetrics",
     "dead_reason_class",
     "registry_for",
@@ -53,8 +56,9 @@ class MailboxCollector(Collector):
     """Depth per agent and state, age of the oldest message per agent and state, and the delayed
     (backing off) messages, for every mailbox under ``root``: read at each scrape, read-only.
 
-    One exporter per root owns these: ``hybridcomms watch --metrics-port`` (or ``stats --prometheus``
-    where no watch service runs); ``hybridcomms work`` exports only its own `WorkMetrics`."""
+    One exporter per root owns these: ``hybridcomms watch --metrics-port`` (or ``hybridcomms stats
+    --prometheus`` where no watch service runs); ``hybridcomms work`` exports only its own `WorkMetrics`
+    and its backend's outages (`OutageCollector`)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -240,6 +244,36 @@ class BusCollector(Collector):
             spent.add_metric([agent], seconds)
         yield runs
         yield spent
+        yield from OutageCollector().collect()
+
+
+class OutageCollector(Collector):
+    """Backend outages this process went through (a `Comms`'s consumer loop and router, ``hybridcomms
+    work``), per agent and backend kind (``file``, ``redis``, ``memory``): how many, how long, and
+    whether the backend works now (`hybridcomms._outage`)."""
+
+    def collect(self) -> Iterator[Any]:
+        from ._outage import outage_rows
+
+        labels = ["agent", "backend"]
+        outages = CounterMetricFamily(
+            "hybridcomms_backend_outages",
+            "Times the mailbox backend started failing (unreachable, I/O errors, mailbox folder gone)",
+            labels=labels,
+        )
+        seconds = CounterMetricFamily(
+            "hybridcomms_backend_outage_seconds",
+            "Seconds the mailbox backend was failing, the current outage included",
+            labels=labels,
+        )
+        up = GaugeMetricFamily(
+            "hybridcomms_backend_up", "1 while the mailbox backend works, 0 during an outage", labels=labels
+        )
+        for agent, backend, count, lasted, ok in outage_rows():
+            outages.add_metric([agent, backend], count)
+            seconds.add_metric([agent, backend], lasted)
+            up.add_metric([agent, backend], 1 if ok else 0)
+        yield from (outages, seconds, up)
 
 
 def registry_for(root: str | os.PathLike[str] | None = None, *, bus: bool = False) -> CollectorRegistry:

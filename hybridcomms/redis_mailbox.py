@@ -60,7 +60,7 @@ from ._last_errors import text_of
 from ._names import RANK_OF, RANKS, compact_time, make_name
 from ._urls import shown_url
 from .delivery import SettledByMailbox
-from .errors import DeliveryLostError, MailboxIOError
+from .errors import BackendUnavailableError, DeliveryLostError, MailboxIOError
 from .inspection import LastError, MailboxStats, MessageInfo, StateStats
 from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -311,9 +311,22 @@ def _ms_of(entry_id: bytes | str) -> int:
     return int(_s(entry_id).split("-", 1)[0])
 
 
+def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
+    """A client error as the mailbox's error: `BackendUnavailableError` when the server cannot be
+    reached (refused, timed out, credentials refused, no such host), else `MailboxIOError`."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        from ._outage import reason
+
+        return BackendUnavailableError(shown_url(url), reason(exc), what)
+    return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
+
+
 def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
     """The agents that have a mailbox on the Redis at ``url``."""
-    client: Any = redis.Redis.from_url(url)
+    try:
+        client: Any = redis.Redis.from_url(url)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
     try:
         found = set()
         for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
@@ -322,6 +335,10 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
             if 0 <= start < end:
                 found.add(text[start + 1 : end])
         return sorted(found)
+    except redis.RedisError as exc:
+        raise _io_error(exc, url, f"listing the mailboxes on {shown_url(url)}") from exc
+    except TypeError as exc:  # an option in the URL's query that the client does not take
+        raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
     finally:
         client.close()
 
@@ -418,7 +435,7 @@ class RedisMailbox:
             raise
 
     def _error(self, exc: Exception, what: str) -> MailboxIOError:
-        return MailboxIOError(errno.EIO, f"{what} on {shown_url(self.url)} ({self.agent_id}) failed: {exc}")
+        return _io_error(exc, self.url, f"{what} on {shown_url(self.url)} ({self.agent_id})")
 
     def __repr__(self) -> str:
         return f"<RedisMailbox {shown_url(self.url)} {self.agent_id}>"
@@ -549,12 +566,21 @@ class RedisMailbox:
                 held = self._blockers[tid] = (client, int(client.client_id()))
             return held[0]
 
+    def _drop_blocker(self) -> None:
+        with self._blockers_lock:
+            held = self._blockers.pop(threading.get_ident(), None)
+        if held is not None:
+            held[0].close()
+
     def _block(self, seconds: float, cancel: threading.Event | None) -> RedisDelivery | None:
         """Wait for an entry on any stream (``XREADGROUP BLOCK``); the best one read is ours, any
         other one read with it goes back."""
         if cancel is not None and cancel.is_set():
             return None
-        client = self._blocker()
+        try:
+            client = self._blocker()
+        except redis.RedisError as exc:
+            raise self._error(exc, "claim") from exc
         block_ms = max(1, int(min(seconds, _MAX_BLOCK) * 1000))
         head: builtins.list[Any] = [
             "XREADGROUP",
@@ -575,6 +601,7 @@ class RedisMailbox:
             raise self._error(exc, "claim") from exc
         except (redis.RedisError, OSError) as exc:
             conn.disconnect()
+            self._drop_blocker()  # its client id is gone with the connection: `wake` needs the next one's
             if self._closed:
                 return None
             raise self._error(exc, "claim") from exc
@@ -588,8 +615,11 @@ class RedisMailbox:
         entries.sort(key=lambda e: e[0])
         if len(entries) > 1:
             self._found_nothing = False  # several priorities wait: the next claim scans, in order
-        for i, entry_id, _ in entries[1:]:
-            self._release_script(keys=[self._streams[i]], args=[GROUP, entry_id, self.consumer])
+        try:
+            for i, entry_id, _ in entries[1:]:
+                self._release_script(keys=[self._streams[i]], args=[GROUP, entry_id, self.consumer])
+        except redis.RedisError as exc:
+            raise self._error(exc, "claim") from exc
         i, entry_id, fields = entries[0]
         return self._delivery(i, entry_id, fields)
 
@@ -601,15 +631,11 @@ class RedisMailbox:
         try:
             message = Message.decode(f["m"])
         except Exception as exc:  # a poison entry: to the dead letters
-            self._dead_script(
-                keys=[self._streams[i], self._dead],
-                args=[
-                    GROUP,
-                    entry_id,
-                    self.consumer,
-                    orjson.dumps({"reason": f"cannot be decoded: {exc}", "attempts": attempt}),
-                    attempt,
-                ],
+            self._dead_on_read(
+                i,
+                entry_id,
+                orjson.dumps({"reason": f"cannot be decoded: {exc}", "attempts": attempt}),
+                attempt,
             )
             return None
         due = int(f.get("d", b"0") or 0) / 1000
@@ -619,12 +645,18 @@ class RedisMailbox:
             why = expiry_reason(message, attempt - 1, name)
             if kept is not None:
                 why.update(last_error=kept.error, last_error_attempt=kept.attempt)
-            self._dead_script(
-                keys=[self._streams[i], self._dead],
-                args=[GROUP, entry_id, self.consumer, orjson.dumps(why), attempt - 1],
-            )
+            self._dead_on_read(i, entry_id, orjson.dumps(why), attempt - 1)
             return None
         return RedisDelivery(self, i, _s(entry_id), name, message, attempt, f["m"], f.get("e"), kept)
+
+    def _dead_on_read(self, i: int, entry_id: bytes | str, why: bytes, attempts: int) -> None:
+        """An entry a claim read but cannot hand out (undecodable, expired), to the dead letters."""
+        try:
+            self._dead_script(
+                keys=[self._streams[i], self._dead], args=[GROUP, entry_id, self.consumer, why, attempts]
+            )
+        except redis.RedisError as exc:
+            raise self._error(exc, "claim") from exc
 
     def wake(self) -> None:
         """Make every blocked `claim` of this mailbox return now (``CLIENT UNBLOCK``)."""
@@ -841,7 +873,11 @@ class RedisMailbox:
 
     def read(self, info: MessageInfo) -> Message:
         self._check()
-        for found, data in self._entries(info.state):
+        try:
+            entries = self._entries(info.state)
+        except redis.RedisError as exc:
+            raise self._error(exc, "read") from exc
+        for found, data in entries:
             if found.name == info.name:
                 return Message.decode(data)
         raise KeyError(f"{info.name} is no longer in {info.state.value}")

@@ -139,7 +139,7 @@ def test_file_only_commands_and_bad_urls_say_so(url: str, tmp_path: Path) -> Non
     nobody = hc(url, tmp_path, "recv", "Nobody")
     assert nobody.returncode != 0 and "Nobody" in nobody.stderr
     down = hc("redis://127.0.0.1:1/0", tmp_path, "stats", "Somebody", real=True)
-    assert down.returncode != 0 and "failed" in down.stderr
+    assert down.returncode == 69 and "cannot reach redis://127.0.0.1:1/0" in down.stderr
     odd = hc(
         f"redis://:pw{uuid.uuid4().hex[:4]}@127.0.0.1:1/0?nonsense=1",
         tmp_path,

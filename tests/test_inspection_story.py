@@ -764,13 +764,15 @@ def test_watch_owns_the_depths_and_the_shipped_queries_never_double_them(tmp_pat
             p.send_signal(signal.SIGTERM)
         for p in procs:
             assert p.wait(30) == 0
-    # Which series each exporter emits: the root's gauges from watch only; work only its own.
+    # Which series each exporter emits: the root's gauges from watch only; work only its own (what it
+    # did, and the outages of its backend).
     assert {name for name, _ in exporters["watch"]} >= set(ROOT_GAUGES)
     work_names = {name for name, _ in exporters["work"]}
     assert not work_names & set(ROOT_GAUGES), work_names
     assert {n for n in work_names if n.startswith("hybridcomms_")} == {
-        n for n in work_names if n.startswith("hybridcomms_work_")
+        n for n in work_names if n.startswith(("hybridcomms_work_", "hybridcomms_backend_"))
     }
+    assert exporters["work"][("hybridcomms_backend_up", (("agent", "Worker"), ("backend", "file")))] == 1
     assert exporters["work"][acked] == 1
     # A second exporter of the same root (a textfile beside watch) must change nothing either.
     prom = tmp_path / "hybridcomms.prom"
