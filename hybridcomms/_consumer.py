@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _log
 from ._handlers import HandlerTable
 from ._outage import Outage, is_outage
 from ._requests import PendingRequests
@@ -35,7 +35,7 @@ __all__ = [
     "received",
 ]
 
-log = logging.getLogger("hybridcomms.comms")
+log = _log.get("hybridcomms.comms")
 
 REPLY_HEADER = "hybridcomms.reply"
 DEAD_LETTER_TOPIC = "hybridcomms.deadletter"

@@ -26,6 +26,8 @@ from enum import Enum
 from typing import Any
 
 from ._names import REASON_SUFFIX
+from ._text import printable as printable  # text for people is defined once, in _text
+from ._text import shown as shown
 from .errors import NotRegularFileError, TooLargeError, UnsafePathError
 
 __all__ = [
@@ -343,24 +345,6 @@ def fit_name(name: str, room: int = 0) -> str:
     while len(os.fsencode(head)) > keep:
         head = head[:-1]
     return os.fsdecode(os.fsencode(head)) + "~" + digest
-
-
-def shown(name: str) -> str:
-    """A name as printable, JSON-safe text (bytes that are not UTF-8 as ``\\xNN``)."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def printable(text: str) -> str:
-    """``text`` as one line a terminal shows as it is, for people: `shown`, with control and other
-    non-printing characters escaped as Python writes them (``\\n``, ``\\x1b``, ``\\u202e``)."""
-    text = shown(text)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def free_name(dir_fd: int, name: str, room: int = 0) -> str:

@@ -20,13 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
-
 from . import _fs, _last_errors, inspection
 from ._cli_errors import LineWriter
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
+from ._text import json_text, printable
 from ._urls import shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError, UnsafePathError
@@ -58,14 +57,10 @@ def human_age(seconds: float | None) -> str:
 
 
 #: Characters that would act on a terminal rather than show: C0/C1 controls, bidi and invisible marks.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
-
-
 def one_line(text: object, limit: int = 500) -> str:
-    """Text another agent wrote (an error, a reason) as one printable line: controls as ``\\xNN``,
-    at most ``limit`` characters."""
-    shown = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", _fs.shown(str(text)))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+    """Text another agent wrote (an error, a reason) as one printable line of at most ``limit``
+    characters (`hybridcomms._text.printable`)."""
+    return printable(str(text), limit)
 
 
 def _iso(ts: float) -> str:
@@ -83,7 +78,7 @@ def _when(ts: float, now: float) -> str:
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(json_text(value, indent=True) + "\n")
 
 
 def _topic_of(mb: Mailbox, info: MessageInfo) -> str | None:
@@ -599,7 +594,7 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
         if wanted and ev.agent not in wanted:
             return
         write(
-            orjson.dumps(ev.to_dict()).decode()
+            json_text(ev.to_dict())
             if args.json
             else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
         )

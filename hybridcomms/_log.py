@@ -32,12 +32,13 @@ def _inert(value: Any) -> Any:
 class Inert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple):
+        if not args:
+            if isinstance(record.msg, str) and not record.msg.isprintable():
+                record.msg = printable(record.msg)  # a message built beforehand (an f-string)
+        elif isinstance(args, tuple):
             record.args = tuple(_inert(a) for a in args)
         elif isinstance(args, Mapping):
             record.args = {k: _inert(v) for k, v in args.items()}
-        elif not args and isinstance(record.msg, str) and not record.msg.isprintable():
-            record.msg = printable(record.msg)  # a message built beforehand (an f-string)
         return True
 
 

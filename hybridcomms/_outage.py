@@ -25,26 +25,26 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from . import _log
+from ._text import printable
 from .errors import BackendUnavailableError, UnsafePathError
 from .retry import Backoff
 
 __all__ = ["OUTAGE_STATS", "RETRY", "Outage", "is_outage", "one_line", "reason", "unreachable"]
 
-log = logging.getLogger("hybridcomms.comms")
+log = _log.get("hybridcomms.comms")
 
 #: Waits between tries while a backend fails: 0.25 s, doubling, never more than 5 s apart (so a
 #: consumer is back within 5 s of its backend).
 RETRY = Backoff(initial=0.25, factor=2.0, maximum=5.0, jitter=0.1)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONNECTING = re.compile(r"Error -?\d+ connecting to .*?\. (.+)", re.DOTALL)
 
 
 def one_line(text: str) -> str:
-    """``text`` as one printable line: control characters (a newline in a hostile file name) and
-    undecodable bytes written as escapes."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """``text`` as one printable line (`hybridcomms._text.printable`): controls (a newline in a hostile
+    file name), invisible format characters and undecodable bytes written as escapes."""
+    return printable(text)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import queue
 import signal
@@ -18,12 +17,14 @@ from types import FrameType
 
 import orjson
 
+from . import _log
 from ._cli_errors import LineWriter
 from ._fs import printable
+from ._text import json_text
 from .policy import child_env
 from .watcher import MailboxEvent, MailboxWatcher
 
-log = logging.getLogger("hybridcomms.watch")
+log = _log.get("hybridcomms.watch")
 
 
 class ExecRunner:
@@ -187,7 +188,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         if counter is not None:
             counter(ev)
         write(
-            orjson.dumps(ev.to_dict()).decode()
+            json_text(ev.to_dict())
             if args.json
             else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
             + (" (rescan)" if ev.source == "rescan" else "")
@@ -259,7 +260,7 @@ def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter)
             return  # (this bus publishes nothing of its own)
         record = event.to_dict()  # a message's field names; "payload" is the payload, not the envelope
         if as_json:
-            line = orjson.dumps({"kind": "bus", **record}, default=str).decode()
+            line = json_text({"kind": "bus", **record}, default=str)
         else:
             shown = orjson.dumps(record["payload"], default=str).decode()
             line = printable(f"{'bus':<9} {record['sender'] or '-'} {record['topic']} {shown}")

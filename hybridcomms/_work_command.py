@@ -29,7 +29,6 @@ what CMD sends (``hybridcomms send``, a `Comms`) routes as this consumer's fleet
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import signal
@@ -42,9 +41,11 @@ from typing import Any
 
 import orjson
 
+from . import _log
 from ._cli_errors import LineWriter
 from ._command_io import CommandPipes
 from ._outage import Outage
+from ._text import json_text, printable
 from ._urls import backend_of, shown_url
 from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import REPLY_HEADER
@@ -53,7 +54,7 @@ from .mailbox import FileMailbox
 from .message import Message
 from .retry import Backoff, attempts_used_up
 
-log = logging.getLogger("hybridcomms.work")
+log = _log.get("hybridcomms.work")
 
 EX_TEMPFAIL = 75
 EX_SOFTWARE = 70  # the worker itself failed (a consumer thread died): exit so a supervisor restarts it
@@ -297,7 +298,7 @@ class Worker:
             with box:
                 box.put(reply)
         except (OSError, HybridCommsError) as exc:
-            print(f"hybridcomms work: reply to {to} failed: {exc}", file=sys.stderr, flush=True)
+            print(printable(f"hybridcomms work: reply to {to} failed: {exc}"), file=sys.stderr, flush=True)
             return False
         return True
 
@@ -308,7 +309,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.observe(self.mb.agent_id, outcome, seconds)
         if self.args.json:
-            line = orjson.dumps(
+            line = json_text(
                 {
                     "id": m.id,
                     "topic": m.topic,
@@ -318,9 +319,11 @@ class Worker:
                     "seconds": round(seconds, 6),
                     "error": error,
                 }
-            ).decode()
-        else:
-            line = f"{outcome:<6} {m.id} {m.topic} attempt {d.attempt}" + (f": {error}" if error else "")
+            )
+        else:  # the error quotes the command's stderr: one line, inert
+            line = printable(
+                f"{outcome:<6} {m.id} {m.topic} attempt {d.attempt}" + (f": {error}" if error else "")
+            )
         self.write(line)
 
 

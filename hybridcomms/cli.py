@@ -50,6 +50,7 @@ from . import __version__, _fs
 from ._cli_errors import run_command, usage_error
 from ._fs import shown
 from ._outage import one_line, reason, unreachable
+from ._text import json_text, printable
 from ._urls import backend_of, shown_url
 from .backend import URL_ENV, Mailbox
 from .errors import HybridCommsError
@@ -94,7 +95,7 @@ def durable_target(decision: Decision, url: str | None, root: Path) -> str | Non
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(json_text(obj, indent=True) + "\n")
 
 
 _PRIORITY_WORDS = {"LOW", "MEDIUM", "HIGH", "CRITICAL", "NORMAL", "INFO", "0", "1", "2", "3"}
@@ -384,7 +385,7 @@ def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
             out = _message_json(delivery.message, attempt=delivery.attempt)
             try:
                 if lines:
-                    sys.stdout.write(orjson.dumps(out).decode() + "\n")
+                    sys.stdout.write(json_text(out) + "\n")
                 else:
                     _print_json(out)
                 sys.stdout.flush()  # written out before it is settled
@@ -416,7 +417,7 @@ def _peek(mb: Mailbox, args: argparse.Namespace, lines: bool) -> int:
             continue  # claimed meanwhile, or undecodable (the next claim dead-letters it)
         out = _message_json(message, state="new", file=info.name)
         if lines:
-            sys.stdout.write(orjson.dumps(out).decode() + "\n")
+            sys.stdout.write(json_text(out) + "\n")
         else:
             _print_json(out)
         shown += 1
@@ -675,14 +676,14 @@ def _cmd_policy_explain(args: argparse.Namespace, root: Path) -> int:
         return EXIT_OK
     who = "a broadcast" if args.broadcast else "a message to one agent"
     print(f"{d.route.value}")
-    print(f"  {topic} as {who}, priority {priority.name}")
-    print(f"  chosen by: {d.reason}")
+    print(printable(f"  {topic} as {who}, priority {priority.name}"))
+    print(printable(f"  chosen by: {d.reason}"))
     if target is None:
         print("  durable copy: none (an event on the bus only)")
     else:
         also = "; and an event on the bus" if d.route is Route.BOTH else ""
         print(f"  durable copy to: {target} ({_backend_from(d, args)}){also}")
-    print(f"  policy from {policy.provenance}")
+    print(printable(f"  policy from {policy.provenance}"))
     return EXIT_OK
 
 
@@ -778,7 +779,7 @@ def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
     finally:
         progress.end()
     if args.json:
-        print(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        print(json_text(result.to_dict(), indent=True))
     else:
         print(result.describe())
     return EXIT_OK

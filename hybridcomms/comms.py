@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import os
 import threading
 import time
@@ -36,6 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import _log
 from . import intake as _intake
 from ._consumer import (
     DEAD_LETTER_TOPIC,
@@ -62,7 +62,7 @@ __all__ = ["Comms", "CommsSubscription", "Received", "RequestTimeoutError", "Sen
 # Re-exported for the modules that read them from here (metrics, work, the Dream.OS layer).
 __all__ += ["DEAD_LETTER_TOPIC", "HANDLER_STATS", "REPLY_HEADER"]
 
-log = logging.getLogger("hybridcomms.comms")
+log = _log.get("hybridcomms.comms")
 
 #: Set to 0 to keep a `Comms`'s ephemeral events in its own process.
 SHARE_BUS_ENV = "HYBRIDCOMMS_SHARE_BUS"

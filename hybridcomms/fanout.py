@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import logging
 import os
 import queue
 import select
@@ -47,7 +46,7 @@ from typing import Any, cast
 
 import orjson
 
-from . import _fs
+from . import _fs, _log
 from ._bus_folder import (
     BUS_FOLDER,
     HOST,
@@ -66,11 +65,11 @@ from ._bus_folder import (
 from ._urls import backend_of
 from .bus import AgentBus, Event
 from .errors import UnsafePathError
-from .message import Message, nulls_hide_non_finite
+from .message import Message, nulls_hide_non_finite, valid_topic
 
 __all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "count", "share_bus"]
 
-log = logging.getLogger("hybridcomms.fanout")
+log = _log.get("hybridcomms.fanout")
 _HOST = HOST
 
 #: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
@@ -192,6 +191,7 @@ def decode_event(data: bytes) -> Event | None:
     if not (
         type(topic) is str
         and 0 < len(topic) <= MAX_TOPIC
+        and valid_topic(topic)  # printable: it is printed by watch/tail --bus, matched by patterns
         and _opt_str(source)
         and _opt_str(correlation_id)
         and type(event_id) is str

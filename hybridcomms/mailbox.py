@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import logging
 import os
 import re
 import socket
@@ -35,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from . import _fs, _last_errors, inspection, recovery
+from . import _fs, _last_errors, _log, inspection, recovery
 from ._folders import Folders
 from ._fs import FsyncPolicy, write_new_file
 from ._index import ClaimIndex
@@ -89,7 +88,7 @@ __all__ = [
     "list_agents",
 ]
 
-log = logging.getLogger("hybridcomms.mailbox")
+log = _log.get("hybridcomms.mailbox")
 
 #: Seconds the folders of a mailbox made anew stay open after their replacement (`_reopen_folders`).
 _RETIRED_FOR = 60.0

@@ -736,6 +736,6 @@ def test_show_prints_another_agents_error_text_as_one_harmless_line(
     out = capsys.readouterr().out
     (line,) = [ln for ln in out.splitlines() if ln.startswith("last error")]
     assert "\x1b" not in out and "\u202e" not in out
-    assert line.endswith("bad\\x1b[2J\\x0arm -rf /\\x202e")
+    assert line.endswith("bad\\x1b[2J\\nrm -rf /\\u202e")  # as Python writes them (hybridcomms._text)
     assert main(["--root", str(root), "show", "m", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["last_error"] == "bad\x1b[2J\nrm -rf /\u202e"

@@ -96,3 +96,71 @@ def test_nothing_a_producer_writes_reaches_a_terminal_raw(
         out = run_cli(["--root", str(root), "--fsync", "never", *command], env=env)
         assert_inert(out.stdout, f"{command} stdout")
         assert_inert(out.stderr, f"{command} stderr")
+
+
+def test_every_logger_of_the_package_makes_its_records_inert() -> None:
+    """A logger's filter applies to its own records only: every module takes its logger from
+    `hybridcomms._log.get`, so the arguments of every record are made printable."""
+    import re
+
+    import hybridcomms
+
+    package = Path(hybridcomms.__file__).parent
+    direct = [
+        f"{p.relative_to(package)}:{n}"
+        for p in package.rglob("*.py")
+        if "_shim" not in p.parts and p.name != "_log.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"""logging\.getLogger\(["']hybridcomms[.\w]*["']\)(?!\.setLevel)""", line)
+    ]
+    assert direct == []
+
+
+def test_a_log_record_quoting_a_producer_is_one_inert_line(caplog: pytest.LogCaptureFixture) -> None:
+    from hybridcomms import _log
+
+    log = _log.get("hybridcomms.test")
+    with caplog.at_level("WARNING"):
+        log.warning("%s: %s (%d)", "A", "".join(ATTACKS), 3)
+        log.warning("pre-built: " + ATTACKS[0])
+    for record in caplog.records:
+        line = record.getMessage()
+        assert "\n" not in line
+        assert_inert(line, "log line")
+    assert caplog.records[0].getMessage().endswith("(3)")
+
+
+def test_work_prints_a_commands_hostile_stderr_inert(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    with FileMailbox(root, "A", fsync="never", max_attempts=1) as mb:
+        mb.put(Message("job", {}))
+    script = "import sys; sys.stderr.write(" + repr("".join(ATTACKS)) + "); sys.exit(3)"
+    got = subprocess.run(
+        [
+            *(sys.executable, "-m", "hybridcomms", "--root", str(root), "work", "A", "--max-messages", "1"),
+            *("--max-attempts", "1", "--", sys.executable, "-c", script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert got.returncode == 0, got.stderr
+    assert "dead" in got.stdout
+    assert_inert(got.stdout, "work stdout")
+    assert_inert(got.stderr, "work stderr")
+
+
+def test_a_forged_bus_event_with_a_hostile_topic_is_dropped(tmp_path: Path) -> None:
+    """A datagram any co-tenant can send: a topic that is not printable never reaches `watch --bus`."""
+    from hybridcomms import fanout
+
+    data = fanout._dumps([1, "a\x1b[2Jb", {"x": "".join(ATTACKS)}, None, None, "id1", 1.0, False, "h:1"])
+    assert fanout.decode_event(data) is None
+    ok = fanout.decode_event(
+        fanout._dumps([1, "a.b", {"x": "".join(ATTACKS)}, None, None, "i", 1.0, False, "h:1"])
+    )
+    assert ok is not None and ok.topic == "a.b"
