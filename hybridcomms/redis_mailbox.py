@@ -1048,6 +1048,8 @@ class RedisMailbox:
     def _infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """(info, where it is) of every message in ``state``, a page at a time."""
         r = self._r
+        if state not in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+            return  # no tmp/ on Redis
         if state in (State.DONE, State.DEAD):
             key = self._done if state is State.DONE else self._dead
             for entry_id, flat in self._pages(key):
@@ -1062,6 +1064,8 @@ class RedisMailbox:
             # Entries after the group's last delivered one were never delivered: they wait.
             for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
                 yield self._info(state, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
+        if state is State.PROCESSING:
+            return
         cursor = 0
         while True:
             cursor, page = r.hscan(self._delayed_data, cursor, count=_PAGE)
