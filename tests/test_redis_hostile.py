@@ -7,12 +7,14 @@ A password must never show. Each test here failed on the code before the fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -454,3 +456,112 @@ def test_changing_subscriptions_never_doubles_an_event(redis_url: str) -> None:
     finally:
         for f in fanouts:
             f.close()
+
+
+# -- leases run out without anyone running recover ----------------------------------------------------
+
+
+@pytest.fixture
+def aof_server(tmp_path: Path) -> Iterator[Any]:
+    """A private Redis with AOF and appendfsync always: what it acknowledged survives a kill."""
+    from redis_server import REQUIRE_ENV, RedisServer, available
+
+    if not available():
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    srv = RedisServer(tmp_path / "redis-data").start()
+    yield srv
+    srv.remove()
+
+
+class _Flag(logging.Handler):
+    """Sets an event when a record at ``level`` or above is logged (the handshake with a thread)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.set()
+
+
+def test_a_comms_whose_ack_failed_in_an_outage_gets_the_message_back_within_its_lease(
+    aof_server: Any,
+) -> None:
+    from hybridcomms import Comms
+
+    lease = 2.0
+    attempts: list[int | None] = []
+    first_in, release, again = threading.Event(), threading.Event(), threading.Event()
+
+    def handler(m: Any) -> None:
+        attempts.append(m.attempt)
+        if len(attempts) == 1:
+            first_in.set()
+            release.wait(30)
+        else:
+            again.set()
+
+    flag = _Flag(logging.ERROR)
+    logging.getLogger("hybridcomms.comms").addHandler(flag)
+    comms = Comms("A", url=aof_server.url, lease=lease, backoff=NOW, share_bus=False)
+    try:
+        comms.subscribe("job.run", handler)
+        comms.start()
+        with RedisMailbox(aof_server.url, "A") as mb:
+            mb.put(good_message(1))
+        assert first_in.wait(20)
+        aof_server.kill()  # Redis dies while the handler works: its ack will fail
+        release.set()
+        assert flag.seen.wait(20), "the failed ack was not logged"
+        aof_server.start()
+        # Nobody runs recover: the consumer's own claims take the message back once its lease is over
+        # (before the fix: at the Comms' next periodic recovery, 30 s later; `work`: never).
+        assert again.wait(lease * 4 + 5), "the message did not come back"
+        assert attempts == [1, 2]
+    finally:
+        release.set()
+        comms.close()
+        logging.getLogger("hybridcomms.comms").removeHandler(flag)
+
+
+def test_work_whose_ack_failed_in_an_outage_gets_the_message_back(aof_server: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    script = tmp_path / "handle.py"
+    script.write_text(
+        "import os, pathlib, sys, time\n"
+        f"runs, go = pathlib.Path({str(runs)!r}), pathlib.Path({str(go)!r})\n"
+        "with runs.open('a') as f:\n"
+        "    f.write(os.environ['HYBRIDCOMMS_ATTEMPT'] + '\\n')\n"
+        "while not go.exists():\n"
+        "    time.sleep(0.02)\n"
+    )
+    message = good_message(1)
+    with RedisMailbox(aof_server.url, "A") as mb:
+        mb.put(message)
+    out, err = tmp_path / "out", tmp_path / "err"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    with out.open("wb") as o, err.open("wb") as e:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "hybridcomms", "work", "A", "--url", aof_server.url, "--lease", "2",
+             "--retry-delay", "0", "--", sys.executable, str(script)],
+            stdout=o, stderr=e, env=env,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: runs.exists() and runs.read_text() == "1\n", "the first run")
+        aof_server.kill()
+        go.touch()  # the command ends (or its heartbeat fails first): either way, nothing is acked
+        lost = f"lost   {message.id}".encode()  # the heartbeat failed first: the command was stopped
+        failed = f"hybridcomms work: {message.id}:".encode()  # the ack failed
+        wait_for(
+            lambda: lost in out.read_bytes() or failed in err.read_bytes(), "the worker to meet the outage"
+        )
+        aof_server.start()
+        wait_for(lambda: runs.read_text().split() == ["1", "2"], "the second run, without a recover", 15)
+    finally:
+        worker.terminate()
+        worker.wait(30)
