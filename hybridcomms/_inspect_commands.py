@@ -26,6 +26,7 @@ from . import _fs, _last_errors, inspection
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
+from ._urls import shown_url
 from .backend import Mailbox
 from .errors import HybridCommsError, UnsafePathError
 from .inspection import MessageInfo
@@ -223,7 +224,8 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
                 print(f"expires: {_when(expires, now)}")
             _print_json(out["message"])
         return EXIT_OK
-    print(f"hybridcomms show: no message {args.id!r} under {url or root}", file=sys.stderr)
+    where = shown_url(url) if url else root
+    print(f"hybridcomms show: no message {args.id!r} under {where}", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -4,14 +4,13 @@ onto the bus. Also the mailboxes it opens for that, and the durable subscription
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._urls import backend_of
+from ._urls import backend_of, url_from_environ
 from .backend import Mailbox, open_mailbox, put_once
 from .bus import AgentBus, Event
 from .mailbox import FileMailbox
@@ -142,7 +141,6 @@ class Router:
 
 
 def resolve_url(url: str | None) -> str | None:
-    """``url``, else ``$HYBRIDCOMMS_URL``; None for files under the root."""
-    from .backend import URL_ENV
-
-    return (url if url is not None else os.environ.get(URL_ENV, "")) or None
+    """``url``, else ``$HYBRIDCOMMS_URL``, else the file ``$HYBRIDCOMMS_URL_FILE`` names; None for
+    files under the root."""
+    return (url if url is not None else url_from_environ()) or None

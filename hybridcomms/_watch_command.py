@@ -19,6 +19,7 @@ from types import FrameType
 import orjson
 
 from ._fs import printable
+from ._urls import child_environ
 from .policy import child_env
 from .watcher import MailboxEvent, MailboxWatcher
 
@@ -46,6 +47,7 @@ class ExecRunner:
     ) -> None:
         self.command = command
         self.env = dict(env or {})  # added to the environment of every command
+        self.base_env = child_environ()  # this one's, without a password in $HYBRIDCOMMS_URL
         self.grace = grace
         self.queue: queue.Queue[MailboxEvent | None] = queue.Queue(maxsize=max(queue_size, 1))
         self.stopping = threading.Event()
@@ -82,7 +84,7 @@ class ExecRunner:
             self._run(event)
 
     def _run(self, event: MailboxEvent) -> None:
-        env = dict(os.environ)
+        env = dict(self.base_env)
         env.update(self.env)
         env.update(
             HYBRIDCOMMS_AGENT=event.agent,

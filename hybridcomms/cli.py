@@ -43,7 +43,7 @@ import orjson
 
 from . import __version__, _fs
 from ._fs import shown
-from ._urls import backend_of, shown_url
+from ._urls import URL_ENV, backend_of, shown_url, url_from_environ
 from .backend import Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
@@ -299,11 +299,12 @@ def _need_root(root: Path, command: str, create: bool) -> None:
 
 
 def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """``--url``, else ``$HYBRIDCOMMS_URL``; None for files under the root."""
-    from .backend import URL_ENV
-
-    env = os.environ if environ is None else environ
-    url = arg or env.get(URL_ENV) or None
+    """``--url``, else ``$HYBRIDCOMMS_URL``, else the file ``$HYBRIDCOMMS_URL_FILE`` names; None for
+    files under the root."""
+    try:
+        url = arg or url_from_environ(environ)
+    except ValueError as exc:
+        raise SystemExit(f"hybridcomms: {exc}") from None
     if url is None:
         return None
     kind = backend_of(url)
@@ -312,7 +313,7 @@ def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str |
             "hybridcomms: a memory:// mailbox lives inside one process; a command cannot reach it"
         )
     if kind not in ("redis", "file") or "://" not in url:
-        raise SystemExit(f"hybridcomms: --url {url!r}: use redis://, rediss:// or file://")
+        raise SystemExit(f"hybridcomms: --url {shown_url(url)!r}: use redis://, rediss:// or file://")
     return url
 
 
@@ -675,7 +676,9 @@ def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
     if decision.backend is not None:
         return "the rule's backend"
     if args.url_resolved:
-        return "--url" if getattr(args, "url", None) else "$HYBRIDCOMMS_URL"
+        if getattr(args, "url", None):
+            return "--url"
+        return "$HYBRIDCOMMS_URL" if os.environ.get(URL_ENV) else "$HYBRIDCOMMS_URL_FILE"
     return "the mailbox root"
 
 
@@ -1348,9 +1351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
     root = resolve_root(args.root)
     if args.command == "policy":  # explained, not opened: any mailbox URL may be named
-        from .backend import URL_ENV
-
-        args.url_resolved = getattr(args, "url", None) or os.environ.get(URL_ENV) or None
+        try:
+            args.url_resolved = getattr(args, "url", None) or url_from_environ()
+        except ValueError as exc:
+            raise SystemExit(f"hybridcomms: {exc}") from None
         if args.url_resolved and ("://" not in args.url_resolved or not backend_of(args.url_resolved)):
             raise SystemExit(
                 f"hybridcomms: --url {shown_url(args.url_resolved)!r}: use redis://, rediss://, file:// "

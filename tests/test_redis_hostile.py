@@ -565,3 +565,217 @@ def test_work_whose_ack_failed_in_an_outage_gets_the_message_back(aof_server: An
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+# -- a password never shows -----------------------------------------------------------------------------
+
+SECRET = "Sek@r3tPW7"  # with an "@": unencoded, it is where a careless parser splits
+SECRET_TEXTS = ("r3tPW7", "Sek%40r3t")  # what no output may hold: the tail after the "@", the encoded form
+
+
+def url_forms(port: int) -> list[str]:
+    host = f"127.0.0.1:{port}"
+    return [
+        f"redis://:Sek%40r3tPW7@{host}/0",  # percent-encoded in the user information
+        f"redis://:{SECRET}@{host}/0",  # an unencoded "@"
+        f"redis://default:Sek%40r3tPW7@{host}/0",  # with a user
+        f"redis://{host}/0?password=Sek%40r3tPW7",  # as a query parameter
+        f"redsi://:Sek%40r3tPW7@{host}/0",  # a mistyped scheme
+        f"redis:/:{SECRET}@{host}/0",  # a slash missing: not a URL at all
+        f"rediss://:{SECRET}@{host}/0",  # TLS to a server that does not speak it
+    ]
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[Any]:
+    """A private Redis that wants ``SECRET``."""
+    from redis_server import REQUIRE_ENV, RedisServer, available
+
+    if not available():
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    srv = RedisServer(tmp_path / "locked", appendonly=False, extra=("--requirepass", SECRET)).start()
+    yield srv
+    srv.remove()
+
+
+def assert_no_secret(text: str | bytes, what: str) -> None:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    for secret in SECRET_TEXTS:
+        assert secret not in text, f"{what} shows the password: {text[-2000:]}"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
+    env.update(extra)
+    return env
+
+
+def test_no_cli_command_shows_the_password_whatever_the_url_looks_like(locked: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    good = f"redis://:Sek%40r3tPW7@127.0.0.1:{locked.port}/0"
+    forms = url_forms(locked.port)
+    with RedisMailbox(good, "W") as mb:  # for the one `work` run that gets through
+        mb.put(good_message(1))
+    commands = [
+        ["send", "--to", "A", "--topic", "job.x", "--payload", "{}"],
+        ["recv", "A", "--peek"],
+        ["stats"],
+        ["stats", "--json"],
+        ["ls", "A"],
+        ["ls", "A", "--json"],
+        ["show", "nope"],
+        ["show", "nope", "--agent", "A", "--json"],
+        ["requeue", "A", "--all-dead"],
+        ["purge", "A", "--state", "dead", "--older-than", "1d"],
+        ["recover"],
+        ["recover", "--json"],
+        ["policy", "explain", "job.x"],
+        ["watch"],
+        ["tail"],
+        ["doctor"],
+        ["top"],
+        ["migrate"],
+    ]
+    work = ["work", "W", "--max-messages", "1", "--timeout", "5", "--", "true"]
+    few = [["stats"], ["show", "nope"], ["ls", "A", "--json"], ["recover", "--json"]]
+    root = tmp_path / "root"
+    root.mkdir()
+    runs = []
+    # Every command with the forms the issue names (an unencoded "@", ?password=, a mistyped scheme;
+    # `work` with the first, which gets through); a few with the others.
+    plan = [(forms[1], [*commands, work]), (forms[3], commands), (forms[4], [*commands, work])]
+    plan += [(url, few) for url in (forms[0], forms[2], forms[5], forms[6])]
+    for url, chosen in plan:
+        for command in chosen:
+            argv = [sys.executable, "-m", "hybridcomms", "--root", str(root), *command]
+            if "--" in argv:  # work: its options before the command's "--"
+                cut = argv.index("--")
+                argv[cut:cut] = ["--url", url]
+            else:
+                argv += ["--url", url]
+            runs.append((argv, cli_env()))
+    for url in forms:  # the URL from the environment, and from a file
+        url_file = tmp_path / f"url-{len(runs)}"
+        url_file.write_text(url + "\n")
+        for env in (cli_env(HYBRIDCOMMS_URL=url), cli_env(HYBRIDCOMMS_URL_FILE=str(url_file))):
+            for command in (["stats"], ["show", "nope"]):
+                runs.append(([sys.executable, "-m", "hybridcomms", "--root", str(root), *command], env))
+    for start in range(0, len(runs), 8):  # a few at a time
+        batch = [
+            (argv, subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            for argv, env in runs[start : start + 8]
+        ]
+        for argv, proc in batch:
+            try:  # `work` waits for messages once the mailbox is empty: stopped as a supervisor would
+                out, err = proc.communicate(timeout=10 if "work" in argv else 120)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                out, err = proc.communicate(timeout=60)
+            what = " ".join(argv[3:])
+            assert_no_secret(out, f"stdout of {what}")
+            assert_no_secret(err, f"stderr of {what}")
+    with RedisMailbox(good, "A") as mb:  # the URLs that authenticate did reach the server
+        assert mb.stats().states[State.NEW].count >= 1
+
+
+def test_the_library_logs_and_raises_no_password(locked: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import generate_latest
+
+    from hybridcomms import Comms
+    from hybridcomms.backend import open_mailbox
+    from hybridcomms.metrics import registry_for
+
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    for url in url_forms(locked.port):
+        try:
+            mb = open_mailbox(url, "A")
+            texts.append(repr(mb))
+            mb.close()
+        except Exception as exc:
+            texts.append(f"{exc!r} {exc}")
+        try:
+            comms = Comms("A", url=url, lease=5)
+            comms.start()
+            comms.publish("job.x", {"n": 1})
+            texts.append(repr(comms))
+            comms.close()
+        except Exception as exc:
+            texts.append(f"{exc!r} {exc}")
+    for text in texts:
+        assert_no_secret(text, "an exception or a repr")
+    assert_no_secret(caplog.text, "the log")
+    assert_no_secret(generate_latest(registry_for(None, bus=True)), "the metrics")
+
+
+def test_work_children_get_no_password_in_their_environment_and_still_reach_the_fleet(
+    locked: Any, tmp_path: Path
+) -> None:
+    """`work` started with the URL in $HYBRIDCOMMS_URL: its command gets $HYBRIDCOMMS_URL_FILE instead
+    (a private file), with which `hybridcomms send` in the command reaches the same Redis. A worker
+    given $HYBRIDCOMMS_URL_FILE has the password in neither its command line nor its environment."""
+    import subprocess
+    import sys
+
+    good = f"redis://:Sek%40r3tPW7@127.0.0.1:{locked.port}/0"
+    dump = tmp_path / "env.json"
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import json, os, subprocess, sys\n"
+        f"open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+        "sys.exit(subprocess.call([sys.executable, '-m', 'hybridcomms', 'send', '--to', 'B', '--topic',\n"
+        "    'job.reply', '--payload', '{}', '--route', 'durable']))\n"
+    )
+    with RedisMailbox(good, "W") as mb:
+        mb.put(good_message(1))
+    work = [sys.executable, "-m", "hybridcomms", "work", "W", "--max-messages", "1", "--timeout", "60"]
+    done = subprocess.run(
+        [*work, "--", sys.executable, str(script)],
+        env=cli_env(HYBRIDCOMMS_URL=good),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    child_env = orjson.loads(dump.read_bytes())
+    assert "HYBRIDCOMMS_URL" not in child_env
+    assert_no_secret(dump.read_text(), "the child's environment")
+    assert not Path(child_env["HYBRIDCOMMS_URL_FILE"]).exists()  # removed when the worker exited
+    with RedisMailbox(good, "B") as b:
+        assert b.stats().states[State.NEW].count == 1  # the child's send reached the same Redis
+
+    # From a file: ps and /proc show neither the password nor the URL.
+    url_file = tmp_path / "url"
+    url_file.write_text(good + "\n")
+    url_file.chmod(0o600)
+    with RedisMailbox(good, "W") as mb:
+        mb.put(good_message(2))
+    go = tmp_path / "go"
+    waiter = tmp_path / "wait.py"
+    waiter.write_text(
+        f"import pathlib, time\nwhile not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.02)\n"
+    )
+    ran = tmp_path / "ran"
+    proc = subprocess.Popen(
+        [*work, "--", "sh", "-c", f'touch "{ran}"; exec "{sys.executable}" "{waiter}"'],
+        env=cli_env(HYBRIDCOMMS_URL_FILE=str(url_file)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(ran.exists, "the command to run")
+        assert_no_secret(Path(f"/proc/{proc.pid}/cmdline").read_bytes(), "the worker's command line")
+        assert_no_secret(Path(f"/proc/{proc.pid}/environ").read_bytes(), "the worker's environment")
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert_no_secret(out + err, "the worker's output")
