@@ -461,7 +461,10 @@ def _msg_id(raw: Any) -> str | None:
 
 def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
     """The agents that have a mailbox on the Redis at ``url``."""
-    client: Any = redis.Redis.from_url(url)
+    try:
+        client: Any = redis.Redis.from_url(url)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
     try:
         found = set()
         for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
@@ -470,6 +473,8 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
             if 0 <= start < end:
                 found.add(text[start + 1 : end])
         return sorted(found)
+    except redis.RedisError as exc:
+        raise MailboxIOError(errno.EIO, f"listing the mailboxes on {shown_url(url)} failed: {exc}") from exc
     finally:
         client.close()
 
