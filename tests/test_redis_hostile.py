@@ -781,3 +781,28 @@ def test_work_children_get_no_password_in_their_environment_and_still_reach_the_
             proc.wait()
     assert proc.returncode == 0, err
     assert_no_secret(out + err, "the worker's output")
+
+
+# -- chaos ----------------------------------------------------------------------------------------------
+
+
+def test_a_short_redis_chaos_run_loses_nothing(tmp_path: Path) -> None:
+    """tools/chaos.py --redis: producers, consumers and Redis itself killed at random, nobody runs
+    recover; everything whose put returned ends acked or dead, nothing is left waiting."""
+    import subprocess
+    import sys
+
+    from redis_server import available
+
+    if not available():
+        pytest.skip("redis-server is not installed")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "chaos.py"
+    done = subprocess.run(
+        [sys.executable, str(tool), "--messages", "0", "--redis", "--redis-seconds", "5", "--redis-kills", "1",
+         "--json", "--root", str(tmp_path), "--seed", "7"],
+        capture_output=True, timeout=300, env=cli_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = orjson.loads(done.stdout)["redis"]
+    assert result["ok"] and result["lost"] == 0 and result["leftovers"] == 0
+    assert result["produced"] > 0 and result["redis_kills"] == 1 and result["kills"] > 0

@@ -8,6 +8,12 @@ and checked.
 With ``--kills K`` the chaos ends as soon as every message was produced and K kills happened
 (``--seconds`` is then only the longest it may last); without it, it lasts ``--seconds``.
 
+``--redis`` adds a phase on Redis after it (``--messages 0``: that phase alone): producers and
+consumers of one `RedisMailbox` SIGKILLed at random, and Redis itself killed (-9) and restarted
+``--redis-kills`` times, for ``--redis-seconds``; nobody runs ``recover``; then nothing acknowledged
+may be lost (``tools/chaos_redis.py``). Its result is the ``redis`` object of the output, and the run
+fails unless it is ``ok`` too.
+
 Prints one JSON object (``--json``) or a summary with
 ``produced, acked, dead, lost, duplicates, redeliveries, kills, stops, leftovers, ok``, and exits
 non-zero unless ``lost == 0 and duplicates == 0 and leftovers == 0``.
@@ -283,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--consumers", type=int, default=3)
     ap.add_argument("--recoverers", type=int, default=2)
+    ap.add_argument("--redis", action="store_true", help="also run the Redis phase (see above)")
+    ap.add_argument("--redis-seconds", type=float, default=10.0, help="how long the Redis chaos lasts")
+    ap.add_argument("--redis-kills", type=int, default=2, help="times Redis itself is killed and restarted")
     args, rest = ap.parse_known_args(argv)
     if args.role == "producer":
         role_producer(*rest)
@@ -295,7 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recoverers < 2:
         ap.error("--recoverers must be at least 2 (recoverers racing each other is the point)")
-    result = run(args)
+    result: dict[str, Any] = run(args) if args.messages > 0 else {"ok": True}
+    if args.redis:
+        import chaos_redis
+
+        base = Path(args.root or result.get("root") or tempfile.mkdtemp(prefix="hybridcomms-chaos-"))
+        red = chaos_redis.run_redis(base, args.redis_seconds, 2, 3, args.redis_kills, args.seed)
+        result["redis"] = red
+        result["ok"] = result.pop("ok") and red["ok"]
     if args.json:
         import json
 
