@@ -798,8 +798,8 @@ def test_a_short_redis_chaos_run_loses_nothing(tmp_path: Path) -> None:
         pytest.skip("redis-server is not installed")
     tool = Path(__file__).resolve().parents[1] / "tools" / "chaos.py"
     done = subprocess.run(
-        [sys.executable, str(tool), "--messages", "0", "--redis", "--redis-seconds", "5", "--redis-kills", "1",
-         "--json", "--root", str(tmp_path), "--seed", "7"],
+        [sys.executable, str(tool), "--messages", "0", "--redis", "--redis-seconds", "5",
+         "--redis-kills", "1", "--json", "--root", str(tmp_path), "--seed", "7"],
         capture_output=True, timeout=300, env=cli_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
