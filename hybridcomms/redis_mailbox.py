@@ -33,7 +33,17 @@ How each call maps onto Redis (each settle is one Lua script, so it is atomic an
 - `heartbeat` = ``XCLAIM ... JUSTID`` by its owner (resets the idle time the lease is judged by).
 - `recover` = the pending entries idle past the lease (``XPENDING ... IDLE``), taken in one script:
   back to ``delayed`` (due after the backoff) or to ``dead`` past ``max_attempts``. Consumers that hold
-  nothing and have been idle for long are removed from the group.
+  nothing and have been idle for long are removed from the group. `claim` runs it every
+  ``reclaim_every`` seconds (a quarter of the lease): no operator is needed for a lease to run out.
+- `stats` = one read-only script (lengths, pending summaries, first ids): no message is read;
+  `list` pages through each stream once, and `read` fetches the one entry a listing saw.
+
+Any client of the server can write these keys: an entry that is not a deliverable message (no ``m``,
+an ``a`` that is not a count, over ``max_message_size``, not decodable; a ``delayed:data`` entry that
+is not ours) goes to ``dead`` with the reason ``cannot be read: …`` from the claim or the recovery
+that meets it, never only deleted. At ``maxmemory`` (``noeviction``) claims and settles go on: a
+script that moves an entry frees before it adds (Redis lets a script that has written finish), and
+opening a mailbox whose group exists only reads.
 
 Differences from the file backend (docs/guarantees.md): a killed consumer's messages come back when
 its lease runs out (Redis has no lock that dies with a process: keep leases short and heartbeat);
