@@ -9,7 +9,6 @@ mailbox at once, and the put tried once more there: its folder may have been mad
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._outage import Outage, unreachable
-from ._urls import backend_of, shown_url
+from ._urls import backend_of, shown_url, url_from_environ
 from .backend import Mailbox, open_mailbox, put_once
 from .bus import AgentBus, Event
 from .mailbox import FileMailbox
@@ -204,7 +203,6 @@ class Router:
 
 
 def resolve_url(url: str | None) -> str | None:
-    """``url``, else ``$HYBRIDCOMMS_URL``; None for files under the root."""
-    from .backend import URL_ENV
-
-    return (url if url is not None else os.environ.get(URL_ENV, "")) or None
+    """``url``, else ``$HYBRIDCOMMS_URL``, else the file ``$HYBRIDCOMMS_URL_FILE`` names; None for
+    files under the root."""
+    return (url if url is not None else url_from_environ()) or None

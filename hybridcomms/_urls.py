@@ -1,19 +1,52 @@
-"""Mailbox URLs, read in one place: which backend a URL names, and how to show one without its
-password. (No imports from the package: every layer may use it.)"""
+"""Mailbox URLs, read in one place: which backend a URL names, where it comes from (``--url``,
+``$HYBRIDCOMMS_URL``, or the file ``$HYBRIDCOMMS_URL_FILE`` names, which ``ps`` cannot read), how to
+show one without its password, and an environment for a child without it. (No imports from the
+package: every layer may use it.)"""
 
 from __future__ import annotations
 
-__all__ = ["REDIS_SCHEMES", "backend_of", "shown_url"]
+import atexit
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+
+__all__ = [
+    "REDIS_SCHEMES",
+    "URL_ENV",
+    "URL_FILE_ENV",
+    "backend_of",
+    "child_environ",
+    "has_secret",
+    "shown_url",
+    "url_from_environ",
+]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: Where the mailboxes are, for `Comms` and the CLI when no URL is given (else files under the root).
+URL_ENV = "HYBRIDCOMMS_URL"
+#: A file whose first line is that URL: what a password-bearing URL is given by, so that it is in
+#: neither a command line (``ps``) nor an environment a child inherits. Read when ``$HYBRIDCOMMS_URL``
+#: is not set.
+URL_FILE_ENV = "HYBRIDCOMMS_URL_FILE"
+#: Query parameters whose value is a secret (``?password=…``), compared in lower case.
+_SECRET_PARAMS = ("password", "pass", "passwd", "pwd", "secret", "token", "auth", "key")
+#: A URL with a slash missing (``redis:/host``) or a user in it (``redis::pw@host``), in what has no "://".
+_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(/|.*@)", re.DOTALL)
+#: A URL file is read up to this many bytes (it holds one line).
+_MAX_URL_FILE = 64 * 1024
 
 
 def backend_of(url: str | None) -> str:
     """``"file"`` (None, ``"local"``, a plain path or ``file://…``), ``"redis"`` (``redis://``,
     ``rediss://``, ``unix://``), ``"memory"`` (``memory://…``), or ``""`` for a scheme no backend
     serves."""
-    if url is None or url == "local" or "://" not in url:
+    if url is None or url == "local":
         return "file"
+    if "://" not in url:
+        # a URL mistyped, not a folder to make mailboxes in
+        return "" if _SCHEME_LIKE.match(url) and not url.startswith(("./", "/")) else "file"
     scheme = url.split("://", 1)[0].lower()
     if scheme in REDIS_SCHEMES:
         return "redis"
@@ -21,6 +54,80 @@ def backend_of(url: str | None) -> str:
 
 
 def shown_url(url: str) -> str:
-    """``url`` without its password (``redis://***@host:6379/0``)."""
-    head, sep, tail = url.partition("@")
-    return f"{head.partition('://')[0]}://***@{tail}" if sep else url
+    """``url`` without its secrets, whatever its scheme (a mistyped one too): the user information
+    (``redis://***@host:6379/0``; up to the last ``@``, so an unencoded ``@`` in a password hides it
+    all) and the values of ``password``-like query parameters (``?password=***``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    base, qsep, query = rest.partition("?")
+    _, at, host = base.rpartition("@")
+    shown = f"{scheme}{sep}***@{host}" if at else f"{scheme}{sep}{base}"
+    if qsep:
+        params = []
+        for param in query.split("&"):
+            name, eq, _value = param.partition("=")
+            secret = eq and any(word in name.lower() for word in _SECRET_PARAMS)
+            params.append(f"{name}=***" if secret else param)
+        shown += "?" + "&".join(params)
+    return shown
+
+
+def has_secret(url: str) -> bool:
+    """Whether `shown_url` hides anything of ``url`` (a password, a user, a secret parameter)."""
+    return shown_url(url) != url
+
+
+def url_from_environ(environ: Mapping[str, str] | None = None) -> str | None:
+    """``$HYBRIDCOMMS_URL``, else the first line of the file ``$HYBRIDCOMMS_URL_FILE`` names, else
+    None. Raises `ValueError` (naming the file, never its content) if that file cannot be read."""
+    env = os.environ if environ is None else environ
+    url = env.get(URL_ENV)
+    if url:
+        return url
+    path = env.get(URL_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_URL_FILE)
+    except OSError as exc:
+        raise ValueError(f"${URL_FILE_ENV} names {path!r}, which cannot be read: {exc.strerror}") from None
+    line = data.decode("utf-8", "replace").splitlines()[0].strip() if data.strip() else ""
+    if not line:
+        raise ValueError(f"${URL_FILE_ENV} names {path!r}, which holds no URL")
+    return line
+
+
+_private_files: list[str] = []
+
+
+def child_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment for a command this process starts (``work``, ``watch --exec``): this one's, but
+    a ``$HYBRIDCOMMS_URL`` with a secret in it is replaced by ``$HYBRIDCOMMS_URL_FILE``, naming a file
+    of this process (mode 0600 in a private folder, removed when it exits) that holds it. The child
+    still reaches the same mailboxes (``hybridcomms send``, a `Comms`), and the password is in no
+    environment that ``/proc/<pid>/environ``, a crash report or a logged ``env`` could show."""
+    env = dict(os.environ if environ is None else environ)
+    url = env.get(URL_ENV)
+    if url and has_secret(url):
+        del env[URL_ENV]
+        env[URL_FILE_ENV] = _private_url_file(url)
+    return env
+
+
+def _private_url_file(url: str) -> str:
+    folder = tempfile.mkdtemp(prefix="hybridcomms-url-")  # 0700: only this user reads it
+    path = os.path.join(folder, "url")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+    if not _private_files:
+        atexit.register(_remove_private_files)
+    _private_files.append(folder)
+    return path
+
+
+def _remove_private_files() -> None:
+    while _private_files:
+        shutil.rmtree(_private_files.pop(), ignore_errors=True)

@@ -21,6 +21,7 @@ from . import _log
 from ._cli_errors import LineWriter
 from ._fs import printable
 from ._text import json_text
+from ._urls import child_environ
 from .policy import child_env
 from .watcher import MailboxEvent, MailboxWatcher
 
@@ -48,6 +49,7 @@ class ExecRunner:
     ) -> None:
         self.command = command
         self.env = dict(env or {})  # added to the environment of every command
+        self.base_env = child_environ()  # this one's, without a password in $HYBRIDCOMMS_URL
         self.grace = grace
         self.queue: queue.Queue[MailboxEvent | None] = queue.Queue(maxsize=max(queue_size, 1))
         self.stopping = threading.Event()
@@ -84,7 +86,7 @@ class ExecRunner:
             self._run(event)
 
     def _run(self, event: MailboxEvent) -> None:
-        env = dict(os.environ)
+        env = dict(self.base_env)
         env.update(self.env)
         env.update(
             HYBRIDCOMMS_AGENT=event.agent,

@@ -46,7 +46,7 @@ from ._cli_errors import LineWriter
 from ._command_io import CommandPipes
 from ._outage import Outage
 from ._text import json_text, printable
-from ._urls import backend_of, shown_url
+from ._urls import backend_of, child_environ, shown_url
 from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import REPLY_HEADER
 from .errors import HybridCommsError
@@ -84,6 +84,8 @@ class Worker:
         self.metrics: Any = None  # a WorkMetrics with --metrics-port
         self.exit_code = 0  # EX_CONFIG or EX_SOFTWARE when the worker had to stop on its own
         self.env: dict[str, str] = {}  # added to CMD's environment (the policy file)
+        # CMD's environment: this one's, without a password in $HYBRIDCOMMS_URL (`child_environ`).
+        self.base_env = child_environ()
 
     def _stop_with(self, code: int, why: str) -> None:
         """Stop the worker, to exit with ``code`` (the first reason given wins)."""
@@ -167,7 +169,7 @@ class Worker:
 
     def _handle(self, d: MailboxDelivery) -> None:
         m = d.message  # never one past its expiry: the mailbox dead-letters those at claim
-        env = dict(os.environ)
+        env = dict(self.base_env)
         env.update(self.env)
         env.update(
             HYBRIDCOMMS_AGENT=self.mb.agent_id,

@@ -65,16 +65,13 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from ._urls import backend_of, shown_url
+from ._urls import URL_ENV, backend_of, shown_url
 from .inspection import MailboxStats, MessageInfo
 from .message import Message
 from .recovery import RecoveryReport
 from .states import State
 
 __all__ = ["URL_ENV", "Mailbox", "MailboxDelivery", "open_mailbox", "put_once"]
-
-#: Where the mailboxes are, for `Comms` and the CLI when no URL is given (else files under the root).
-URL_ENV = "HYBRIDCOMMS_URL"
 
 
 @runtime_checkable

@@ -51,8 +51,8 @@ from ._cli_errors import run_command, usage_error
 from ._fs import shown
 from ._outage import one_line, reason, unreachable
 from ._text import json_text, printable
-from ._urls import backend_of, shown_url
-from .backend import URL_ENV, Mailbox
+from ._urls import URL_ENV, backend_of, shown_url, url_from_environ
+from .backend import Mailbox
 from .errors import HybridCommsError
 from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
@@ -309,11 +309,12 @@ def _need_root(root: Path, command: str, create: bool) -> None:
 
 
 def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """``--url``, else ``$HYBRIDCOMMS_URL``; None for files under the root."""
-    from .backend import URL_ENV
-
-    env = os.environ if environ is None else environ
-    url = arg or env.get(URL_ENV) or None
+    """``--url``, else ``$HYBRIDCOMMS_URL``, else the file ``$HYBRIDCOMMS_URL_FILE`` names; None for
+    files under the root."""
+    try:
+        url = arg or url_from_environ(environ)
+    except ValueError as exc:
+        raise SystemExit(f"hybridcomms: {exc}") from None
     if url is None:
         return None
     kind = backend_of(url)
@@ -692,7 +693,9 @@ def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
     if decision.backend is not None:
         return "the rule's backend"
     if args.url_resolved:
-        return "--url" if getattr(args, "url", None) else "$HYBRIDCOMMS_URL"
+        if getattr(args, "url", None):
+            return "--url"
+        return "$HYBRIDCOMMS_URL" if os.environ.get(URL_ENV) else "$HYBRIDCOMMS_URL_FILE"
     return "the mailbox root"
 
 
@@ -1370,7 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> int:
         root = resolve_root(args.root)
         if args.command == "policy":  # explained, not opened: any mailbox URL may be named
-            args.url_resolved = url or os.environ.get(URL_ENV) or None
+            args.url_resolved = url or url_from_environ()
             if args.url_resolved and ("://" not in args.url_resolved or not backend_of(args.url_resolved)):
                 usage_error(
                     f"hybridcomms: --url {shown_url(args.url_resolved)}: use redis://, rediss://, unix://, "

@@ -11,8 +11,9 @@ matching pattern, and delivers theirs to its own subscribers:
   process only, counted. A process that died is pruned (its socket and registration removed) the first
   time a send finds nobody there.
 - **Across hosts** (`RedisFanout`, when a Redis URL is configured): Redis pub/sub, a channel per topic
-  (``hc:bus:<topic>``); the publishes go out from a sender thread through a bounded queue, so the
-  publisher never waits on the network either.
+  (``hc:<db>:bus:<topic>``: pub/sub is per server, so the database is in the name); the publishes go
+  out from a sender thread through a bounded queue, so the publisher never waits on the network
+  either.
 
 Still at most once, and never raised into the publisher: an event that cannot be encoded, is too big,
 or finds a full buffer is counted (`FANOUT_STATS`, the Prometheus metrics, ``hybridcomms stats``) and
@@ -62,7 +63,7 @@ from ._bus_folder import (
     well_formed,
     write_registration,
 )
-from ._urls import backend_of
+from ._urls import backend_of, shown_url
 from .bus import AgentBus, Event
 from .errors import UnsafePathError
 from .message import Message, nulls_hide_non_finite, valid_topic
@@ -954,19 +955,48 @@ def _deliver(bus: AgentBus, event: Event) -> None:
 # -- across hosts: Redis pub/sub ------------------------------------------------------------------
 
 
-def _channel_patterns(namespace: str, pattern: str) -> tuple[list[str], list[str]]:
-    """(channels, glob patterns) that carry the bus pattern ``pattern``."""
-    prefix = f"{namespace}:bus:"
+def _channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[str]]:
+    """(channels, glob patterns) that carry the bus patterns ``patterns``, none of them covered by
+    another: Redis sends a message once per matching subscription of a connection, so a topic that
+    several overlapping patterns match (``a.*``, ``*``, ``a.b``) still arrives once."""
 
     def escape(text: str) -> str:
         return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
-    if pattern == "*":
-        return [], [escape(prefix) + "*"]
-    if pattern.endswith(".*"):
-        base = pattern[:-2]
-        return [prefix + base], [escape(prefix + base) + ".*"]
-    return [prefix + pattern], []
+    wanted = set(patterns)
+    if "*" in wanted:
+        return set(), {escape(prefix) + "*"}
+    heads = {p[:-1] for p in wanted if p.endswith(".*")}  # "a." for "a.*": it takes every "a.<...>"
+
+    def covered(topic: str, own: str | None = None) -> bool:
+        return any(topic.startswith(h) for h in heads if h != own)
+
+    channels: set[str] = set()
+    globs: set[str] = set()
+    for p in wanted:
+        if p.endswith(".*"):
+            base = p[:-2]
+            if not covered(base):
+                channels.add(prefix + base)  # "a.*" matches "a" itself too
+            if not covered(p[:-1], own=p[:-1]):
+                globs.add(escape(prefix + base) + ".*")
+        elif not covered(p):
+            channels.add(prefix + p)
+    return channels, globs
+
+
+def redis_bus_prefix(url: str, namespace: str = "hc") -> str:
+    """The start of the pub/sub channel names of the bus events of the Redis database ``url`` names
+    (``hc:<db>:bus:``). Pub/sub is one per server, not per database: the database in the name keeps
+    the fleets of two databases of one server apart."""
+    import redis
+
+    client: Any = redis.Redis.from_url(url)  # no connection is made
+    try:
+        db = int(client.connection_pool.connection_kwargs.get("db") or 0)
+    finally:
+        client.close()
+    return f"{namespace}:{db}:bus:"
 
 
 class RedisFanout:
@@ -981,6 +1011,7 @@ class RedisFanout:
         self.url = url
         self.namespace = namespace
         self.origin = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.prefix = redis_bus_prefix(url, namespace)
         self._client: Any = redis.Redis.from_url(url)
         make_pubsub: Any = self._client.pubsub
         self._pubsub: Any = make_pubsub(ignore_subscribe_messages=True)
@@ -988,7 +1019,8 @@ class RedisFanout:
         self._subscribed: tuple[set[str], set[str]] = (set(), set())
         self._sub_lock = threading.Lock()
         self._closed = False
-        self._pubsub.subscribe(f"{namespace}:bus:control:{self.origin}")  # a channel to be woken on
+        self._control = f"{namespace}:control:{self.origin}"  # a channel to be woken on
+        self._pubsub.subscribe(self._control)
         self._register()
         bus.add_outlet(self.send)
         bus.add_watcher(self._register)
@@ -1001,27 +1033,20 @@ class RedisFanout:
         """Subscribe to the channels of the bus's patterns (and drop those no longer wanted)."""
         if self._closed:
             return
-        channels: set[str] = set()
-        globs: set[str] = set()
-        for p in self.bus.patterns():
-            c, g = _channel_patterns(self.namespace, p)
-            channels.update(c)
-            globs.update(g)
+        channels, globs = _channel_patterns(self.prefix, self.bus.patterns())
         with self._sub_lock:
             old_c, old_g = self._subscribed
-            try:
+            try:  # the new ones first: a change loses nothing, and `_receive` drops the copies
                 if channels - old_c:
                     self._pubsub.subscribe(*(channels - old_c))
-                if old_c - channels:
-                    self._pubsub.unsubscribe(*(old_c - channels))
                 if globs - old_g:
                     self._pubsub.psubscribe(*(globs - old_g))
+                if old_c - channels:
+                    self._pubsub.unsubscribe(*(old_c - channels))
                 if old_g - globs:
                     self._pubsub.punsubscribe(*(old_g - globs))
             except Exception as exc:
-                log.warning(
-                    "fanout: subscribing on %s failed: %s", self.url.partition("@")[2] or self.url, exc
-                )
+                log.warning("fanout: subscribing on %s failed: %s", shown_url(self.url), exc)
                 return
             self._subscribed = (channels, globs)
 
@@ -1031,7 +1056,7 @@ class RedisFanout:
             _count("unsendable")
             return
         try:
-            self._queue.put_nowait((f"{self.namespace}:bus:{event.topic}", data))
+            self._queue.put_nowait((self.prefix + event.topic, data))
         except queue.Full:
             _count("dropped_queue")
 
@@ -1047,6 +1072,9 @@ class RedisFanout:
                 _count("dropped_full")
 
     def _receive(self) -> None:
+        # Redis writes the copies of one publish (one per matching subscription: only while the
+        # subscriptions change) one after the other: a copy of the one just seen is dropped.
+        last: tuple[Any, Any] = (None, None)
         while not self._closed:
             try:
                 msg = self._pubsub.get_message(timeout=1.0)
@@ -1058,6 +1086,9 @@ class RedisFanout:
             if msg is None or msg.get("type") not in ("message", "pmessage"):
                 continue
             data = msg.get("data")
+            seen, last = last, (msg.get("channel"), data)
+            if seen == last:
+                continue
             event = decode_event(data) if isinstance(data, bytes) else None
             if event is None:
                 if not (isinstance(data, bytes) and data == b"wake"):
@@ -1076,7 +1107,7 @@ class RedisFanout:
         self._queue.put(None)
         self._sender.join(5)
         with contextlib.suppress(Exception):
-            self._client.publish(f"{self.namespace}:bus:control:{self.origin}", b"wake")
+            self._client.publish(self._control, b"wake")
         self._receiver.join(5)
         with contextlib.suppress(Exception):
             self._pubsub.close()

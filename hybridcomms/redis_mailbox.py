@@ -33,7 +33,17 @@ How each call maps onto Redis (each settle is one Lua script, so it is atomic an
 - `heartbeat` = ``XCLAIM ... JUSTID`` by its owner (resets the idle time the lease is judged by).
 - `recover` = the pending entries idle past the lease (``XPENDING ... IDLE``), taken in one script:
   back to ``delayed`` (due after the backoff) or to ``dead`` past ``max_attempts``. Consumers that hold
-  nothing and have been idle for long are removed from the group.
+  nothing and have been idle for long are removed from the group. `claim` runs it every
+  ``reclaim_every`` seconds (a quarter of the lease): no operator is needed for a lease to run out.
+- `stats` = one read-only script (lengths, pending summaries, first ids): no message is read;
+  `list` pages through each stream once, and `read` fetches the one entry a listing saw.
+
+Any client of the server can write these keys: an entry that is not a deliverable message (no ``m``,
+an ``a`` that is not a count, over ``max_message_size``, not decodable; a ``delayed:data`` entry that
+is not ours) goes to ``dead`` with the reason ``cannot be read: …`` from the claim or the recovery
+that meets it, never only deleted. At ``maxmemory`` (``noeviction``) claims and settles go on: a
+script that moves an entry frees before it adds (Redis lets a script that has written finish), and
+opening a mailbox whose group exists only reads.
 
 Differences from the file backend (docs/guarantees.md): a killed consumer's messages come back when
 its lease runs out (Redis has no lock that dies with a process: keep leases short and heartbeat);
@@ -51,7 +61,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -60,10 +70,16 @@ from ._last_errors import text_of
 from ._names import RANK_OF, RANKS, compact_time, make_name
 from ._urls import shown_url
 from .delivery import SettledByMailbox
-from .errors import BackendUnavailableError, DeliveryLostError, MailboxIOError
+from .errors import (
+    BackendUnavailableError,
+    DeliveryLostError,
+    HybridCommsError,
+    MailboxIOError,
+    MessageDecodeError,
+)
 from .inspection import LastError, MailboxStats, MessageInfo, StateStats
 from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
+from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, check_id
 from .recovery import RecoveryReport
 from .retry import Backoff, attempts_used_up
 from .states import State
@@ -82,25 +98,70 @@ _MAX_BLOCK = 2.0
 _RESCAN = 0.25
 #: Delays (seconds) handed to the recovery script, one per attempt count (the last one repeats).
 _RECOVER_DELAYS = 32
+#: Bytes an entry may hold beyond its message (our fields are small; the last error is at most 4 KiB).
+_MAX_OVERHEAD = 64 * 1024
+#: Entries read per round trip when listing.
+_PAGE = 100
 
-# KEYS: the four streams (priority order), delayed, delayed:data. ARGV: group, consumer.
+# Any client of the server can write to these keys: the scripts read what they find as untrusted.
+# `copy` appends an entry's fields to an XADD: each of ours once, and at most 32 others (an entry with
+# thousands of fields must not overflow `unpack`). A script that has written once is not stopped by
+# maxmemory (Redis does not stop a script half-way), so a move frees its source before it adds.
+_LUA_COPY = """
+local KNOWN = {m = true, a = true, id = true, t = true, k = true, d = true, e = true, r = true}
+local function copy(args, flat, skip)
+  local seen, others = {}, 0
+  for j = 1, #flat - 1, 2 do
+    local name = flat[j]
+    if not skip[name] then
+      if KNOWN[name] then
+        if not seen[name] then
+          seen[name] = true
+          args[#args + 1] = name; args[#args + 1] = flat[j + 1]
+        end
+      elseif others < 32 then
+        others = others + 1
+        args[#args + 1] = name; args[#args + 1] = flat[j + 1]
+      end
+    end
+  end
+  return args
+end
+local function failed(res) return type(res) == 'table' and res.err ~= nil end
+"""
+
+# KEYS: the four streams (priority order), delayed, delayed:data, dead. ARGV: group, consumer.
 # Returns {rank index, entry id, fields} or {0, next delayed due in ms or -1}.
-_CLAIM = """
+_CLAIM = (
+    _LUA_COPY
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local RANKS = {'0C', '1H', '2M', '3L'}
+local function whole(v)
+  return type(v) == 'number' and v == v and v >= 0 and v < 1e15 and math.floor(v) == v
+end
+local function str(v, default) if type(v) == 'string' then return v end return default end
 local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
 for _, tok in ipairs(due) do
   local packed = redis.call('HGET', KEYS[6], tok)
   if packed then
-    local e = cjson.decode(packed)
-    if type(e.e) == 'string' then
-      redis.call('XADD', KEYS[e.k], '*', 'm', e.m, 'a', tostring(e.a), 'id', e.id, 't', e.t, 'k', e.r,
-        'd', tostring(e.d), 'e', e.e)
-    else
-      redis.call('XADD', KEYS[e.k], '*', 'm', e.m, 'a', tostring(e.a), 'id', e.id, 't', e.t, 'k', e.r,
-        'd', tostring(e.d))
+    local ok, e = pcall(cjson.decode, packed)
+    local args
+    if ok and type(e) == 'table' and type(e.m) == 'string' and (e.k == 1 or e.k == 2 or e.k == 3 or e.k == 4)
+        and whole(e.a) and (e.d == nil or whole(e.d)) then
+      args = {'XADD', KEYS[e.k], '*', 'm', e.m, 'a', string.format('%d', e.a), 'id', str(e.id, ''),
+        't', str(e.t, ''), 'k', RANKS[e.k], 'd', string.format('%d', e.d or now)}
+      if type(e.e) == 'string' then args[#args + 1] = 'e'; args[#args + 1] = e.e end
+    else  -- not an entry this code wrote: to the dead letters, as it is
+      args = {'XADD', KEYS[7], '*', 'm', packed, 'a', '0', 'k', '2M',
+        'r', cjson.encode({reason = 'cannot be read: a delayed entry that is not a message', attempts = 0})}
     end
     redis.call('HDEL', KEYS[6], tok)
+    if failed(redis.pcall(unpack(args))) then
+      redis.call('HSET', KEYS[6], tok, packed)  -- kept: tried again by the next claim
+      break
+    end
   end
   redis.call('ZREM', KEYS[5], tok)
 end
@@ -115,6 +176,7 @@ local nxt = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
 if #nxt > 0 then return {0, nxt[2]} end
 return {0, '-1'}
 """
+)
 
 # The owner check every settle starts with: the XACK itself. An entry is pending only for the consumer
 # that read it (recovery takes entries by acking them, and nothing else moves an entry between
@@ -123,9 +185,11 @@ _OWNED = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 """
 
-# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen, attempts.
+# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen, attempts. The copy into ``done``
+# is for inspection: if it cannot be written, the ack still holds.
 _ACK = (
-    _OWNED
+    _LUA_COPY
+    + _OWNED
     + """
 if tonumber(ARGV[4]) == 0 then
   redis.call('XDEL', KEYS[1], ARGV[2])
@@ -134,16 +198,8 @@ end
 local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if #e > 0 then
-  local f = e[1][2]
-  local args = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*'}
-  for i = 1, #f, 2 do
-    if f[i] == 'a' then
-      table.insert(args, 'a'); table.insert(args, ARGV[5])
-    elseif f[i] ~= 'e' then
-      table.insert(args, f[i]); table.insert(args, f[i + 1])
-    end
-  end
-  redis.call(unpack(args))
+  redis.pcall(unpack(copy({'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'a', ARGV[5]}, e[1][2],
+    {a = true, e = true})))
 end
 return 1
 """
@@ -160,22 +216,17 @@ return 1
 """
 )
 
-# KEYS: stream, dead. ARGV: group, entry id, consumer, reason json, attempts.
+# KEYS: stream, dead. ARGV: group, entry id, consumer, reason json, attempts, rank.
 _DEAD = (
-    _OWNED
+    _LUA_COPY
+    + _OWNED
     + """
 local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
 if #e > 0 then
-  local f = e[1][2]
-  local args = {'XADD', KEYS[2], '*'}
-  for i = 1, #f, 2 do
-    if f[i] ~= 'a' and f[i] ~= 'e' then table.insert(args, f[i]); table.insert(args, f[i + 1]) end
-  end
-  table.insert(args, 'a'); table.insert(args, ARGV[5])
-  table.insert(args, 'r'); table.insert(args, ARGV[4])
-  redis.call(unpack(args))
+  redis.call(unpack(copy({'XADD', KEYS[2], '*', 'a', ARGV[5], 'r', ARGV[4], 'k', ARGV[6]}, e[1][2],
+    {a = true, e = true, r = true, k = true})))
 end
+redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 """
 )
@@ -184,23 +235,24 @@ return 1
 # Puts an entry of a blocking read that came with a better one back into its stream.
 # KEYS: stream. ARGV: group, entry id, consumer.
 _RELEASE = (
-    _OWNED
+    _LUA_COPY
+    + _OWNED
     + """
 local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if #e > 0 then
-  local args = {'XADD', KEYS[1], '*'}
-  for _, v in ipairs(e[1][2]) do table.insert(args, v) end
-  redis.call(unpack(args))
-end
+if #e > 0 then redis.call(unpack(copy({'XADD', KEYS[1], '*'}, e[1][2], {}))) end
 return 1
 """
 )
 
 # KEYS: the four streams, delayed, delayed:data, dead.
 # ARGV: group, min idle ms, max attempts, batch, now ms (for due times), reason prefix, delays (ms)...
-# Returns {returned ids..., '|', dead ids...}.
-_RECOVER = """
+# Returns {returned ids..., '|', dead ids...}. An entry that cannot be read (no message, an attempt
+# count that is not a count) goes to the dead letters with what it held: never only deleted.
+_RECOVER = (
+    _LUA_COPY
+    + """
+local RANKS = {'0C', '1H', '2M', '3L'}
 local returned, dead = {}, {}
 local maxa = tonumber(ARGV[3])
 local now = tonumber(ARGV[5])
@@ -210,38 +262,117 @@ for i = 1, 4 do
     local id, times = p[1], tonumber(p[4])
     local e = redis.call('XRANGE', KEYS[i], id, id)
     redis.call('XACK', KEYS[i], ARGV[1], id)
-    redis.call('XDEL', KEYS[i], id)
     if #e > 0 then
-      local f = {}
       local flat = e[1][2]
-      for j = 1, #flat, 2 do f[flat[j]] = flat[j + 1] end
-      local used = tonumber(f.a or '0') + times
-      if used >= maxa then
-        local last = cjson.null
-        if f.e then
-          local ok, kept = pcall(cjson.decode, f.e)
-          if ok and type(kept) == 'table' and type(kept.error) == 'string' then last = kept.error end
+      local f = {}
+      for j = 1, #flat - 1, 2 do if f[flat[j]] == nil then f[flat[j]] = flat[j + 1] end end
+      local bad = nil
+      local before = 0
+      if f.m == nil then
+        bad = 'it has no message (field m)'
+      elseif f.a ~= nil then
+        if #f.a <= 9 and string.match(f.a, '^%d+$') then before = tonumber(f.a)
+        else bad = 'its attempt count (field a) is not a count' end
+      end
+      local used = before + times
+      local msg_id = f.id or id
+      if bad ~= nil or used >= maxa then
+        local reason
+        if bad ~= nil then
+          reason = cjson.encode({reason = 'cannot be read: ' .. bad, id = f.id, attempts = used})
+        else
+          local last = cjson.null
+          if f.e then
+            local ok, kept = pcall(cjson.decode, f.e)
+            if ok and type(kept) == 'table' and type(kept.error) == 'string' then last = kept.error end
+          end
+          reason = cjson.encode({reason = ARGV[6] .. ' during attempt ' .. used .. ' of ' .. maxa,
+            last_error = last, id = f.id, topic = f.t, attempts = used})
         end
-        local reason = cjson.encode({reason = ARGV[6] .. ' during attempt ' .. used .. ' of ' .. maxa,
-          last_error = last, id = f.id, topic = f.t, attempts = used})
-        redis.call('XADD', KEYS[7], '*', 'm', f.m, 'a', tostring(used), 'id', f.id, 't', f.t, 'k', f.k,
-          'd', f.d, 'r', reason)
-        table.insert(dead, f.id)
+        redis.call(unpack(copy({'XADD', KEYS[7], '*', 'a', tostring(used), 'r', reason, 'k', RANKS[i]}, flat,
+          {a = true, e = true, r = true, k = true})))
+        table.insert(dead, msg_id)
       else
         local delay = tonumber(ARGV[6 + math.min(used, #ARGV - 6)])
         local due = now + delay
         local tok = id .. ':' .. used
-        redis.call('HSET', KEYS[6], tok, cjson.encode({k = i, m = f.m, a = used, id = f.id, t = f.t,
-          r = f.k, d = due, e = f.e}))
+        local entry = {k = i, m = f.m, a = used, id = f.id or '', t = f.t or '', r = RANKS[i], d = due}
+        if f.e then entry.e = f.e end
+        redis.call('HSET', KEYS[6], tok, cjson.encode(entry))
         redis.call('ZADD', KEYS[5], tostring(due), tok)
-        table.insert(returned, f.id)
+        table.insert(returned, msg_id)
       end
     end
+    redis.call('XDEL', KEYS[i], id)
   end
 end
 table.insert(returned, '|')
 for _, v in ipairs(dead) do table.insert(returned, v) end
 return returned
+"""
+)
+
+# Counts without reading a message: KEYS: the four streams, delayed, done, dead. ARGV: group, now ms.
+# Returns {new, oldest new (ms, -1: none), processing, oldest processing, not due yet, done, oldest
+# done, dead, oldest dead}. The waiting count is the group's ``lag`` (Redis 7), else the length less
+# the pending entries.
+_STATS = """
+local LIMIT = 253402300799999
+local function ms(id)
+  local v = tonumber(string.match(id, '^(%d+)'))
+  if v == nil then return -1 end
+  return math.min(v, LIMIT)
+end
+local function older(a, b) if b >= 0 and (a < 0 or b < a) then return b end return a end
+local function stream(k) return redis.call('TYPE', k)['ok'] == 'stream' end
+local function first(k, start)
+  local r = redis.call('XRANGE', k, start, '+', 'COUNT', 1)
+  if #r > 0 then return ms(r[1][1]) end
+  return -1
+end
+local new, old_new, proc, old_proc = 0, -1, 0, -1
+for i = 1, 4 do
+  if stream(KEYS[i]) then
+    local len = redis.call('XLEN', KEYS[i])
+    local group = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
+      local h = {}
+      for j = 1, #g - 1, 2 do h[g[j]] = g[j + 1] end
+      if h['name'] == ARGV[1] then group = h end
+    end
+    local last, pending = '0-0', 0
+    if group then
+      last = group['last-delivered-id']
+      local summary = redis.call('XPENDING', KEYS[i], ARGV[1])
+      pending = summary[1]
+      if pending > 0 then old_proc = older(old_proc, ms(summary[2])) end
+    end
+    proc = proc + pending
+    local waiting = math.max(len - pending, 0)
+    if group and type(group['lag']) == 'number' then waiting = group['lag'] end
+    new = new + waiting
+    if waiting > 0 then
+      local start = '-'
+      if last ~= '0-0' then start = '(' .. last end
+      old_new = older(old_new, first(KEYS[i], start))
+    end
+  end
+end
+local not_due = 0
+if redis.call('TYPE', KEYS[5])['ok'] == 'zset' then
+  new = new + redis.call('ZCARD', KEYS[5])
+  not_due = redis.call('ZCOUNT', KEYS[5], '(' .. ARGV[2], '+inf')
+  for _, tok in ipairs(redis.call('ZRANGE', KEYS[5], 0, 99999)) do old_new = older(old_new, ms(tok)) end
+end
+local out = {new, old_new, proc, old_proc, not_due}
+for i = 6, 7 do
+  if stream(KEYS[i]) then
+    out[#out + 1] = redis.call('XLEN', KEYS[i]); out[#out + 1] = first(KEYS[i], '-')
+  else
+    out[#out + 1] = 0; out[#out + 1] = -1
+  end
+end
+return out
 """
 
 
@@ -301,14 +432,47 @@ def _s(value: bytes | str) -> str:
 
 
 def _fields(flat: Any) -> dict[str, bytes]:
-    """A stream entry's fields, from a flat [k, v, k, v, …] list or a dict."""
+    """A stream entry's fields, from a flat [k, v, k, v, …] list (a name given twice: the first, as the
+    scripts read it) or a dict."""
     if isinstance(flat, dict):
         return {_s(k): v for k, v in flat.items()}
-    return {_s(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+    out: dict[str, bytes] = {}
+    for i in range(0, len(flat) - 1, 2):
+        out.setdefault(_s(flat[i]), flat[i + 1])
+    return out
+
+
+#: 9999-12-31T23:59:59.999Z in ms: the last time a name can say (an entry id can be any 64-bit number).
+_LAST_MS = 253_402_300_799_999
 
 
 def _ms_of(entry_id: bytes | str) -> int:
-    return int(_s(entry_id).split("-", 1)[0])
+    """The time (ms) of an entry id or a delayed token (``<ms>-…``), within what a name can say."""
+    head = _s(entry_id).split("-", 1)[0]
+    return min(int(head), _LAST_MS) if head.isdigit() and head.isascii() else 0
+
+
+def _digits(raw: Any, width: int) -> int | None:
+    """A count written by this code (``a``, ``d``): 1 to ``width`` ASCII digits; None for anything else."""
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+    if isinstance(text, str) and 0 < len(text) <= width and text.isdigit() and text.isascii():
+        return int(text)
+    return None
+
+
+def _due_ms(f: dict[str, bytes], entry_id: bytes | str) -> int:
+    """An entry's due time (``d``), else the time in its id."""
+    d = _digits(f.get("d"), 15)
+    return d if d is not None and 0 < d <= _LAST_MS else _ms_of(entry_id)
+
+
+def _msg_id(raw: Any) -> str | None:
+    """A message id field, if it is one (else None: an entry this code did not write)."""
+    text = _s(raw) if isinstance(raw, (bytes, str)) else None
+    try:
+        return check_id(text)
+    except HybridCommsError:
+        return None
 
 
 def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
@@ -359,6 +523,10 @@ class RedisMailbox:
         maxlen           cap each priority's stream at about this many entries (``XADD MAXLEN ~``);
                          None (the default) never trims: trimming drops messages not yet delivered
         consumer         this client's name in the consumer group (default: host, pid and a random part)
+        reclaim_every    `claim` takes back leases that ran out (`recover`) this often, in seconds
+                         (default: a quarter of the lease; 0 never does): a message whose consumer died,
+                         or whose ack failed while Redis was down, comes back within about its lease
+                         without anyone running ``recover``
     """
 
     lease: float
@@ -381,6 +549,7 @@ class RedisMailbox:
         maxlen: int | None = None,
         max_age: float | None = None,
         consumer: str | None = None,
+        reclaim_every: float | None = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
@@ -409,21 +578,23 @@ class RedisMailbox:
         self._found_nothing = False  # the last claim script found nothing, and nothing delayed
         self._scanned = 0.0  # when the claim script last ran (monotonic)
         self._pid = os.getpid()
+        if reclaim_every is not None and reclaim_every < 0:
+            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
+        self.reclaim_every = max(self.lease / 4, 0.05) if reclaim_every is None else float(reclaim_every)
+        self._next_reclaim = time.monotonic() + self.reclaim_every
+        self._reclaim_lock = threading.Lock()
+        #: Where the entries of the last listing are ({state: {name: (key, entry id or delayed token)}}),
+        #: so `read` fetches one entry instead of listing again.
+        self._where: dict[State, dict[str, tuple[str, str]]] = {}
         try:
-            if not create and not self._r.exists(*self._streams):
-                raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
-            for stream in self._streams:
-                try:
-                    self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-                except redis.ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+            self._open_groups(create)
             self._claim_script = _Script(self._r, _CLAIM)
             self._ack_script = _Script(self._r, _ACK)
             self._nack_script = _Script(self._r, _NACK)
             self._dead_script = _Script(self._r, _DEAD)
             self._release_script = _Script(self._r, _RELEASE)
             self._recover_script = _Script(self._r, _RECOVER)
+            self._stats_script = _Script(self._r, _STATS)
         except redis.RedisError as exc:
             self._r.close()
             raise self._error(exc, "open") from exc
@@ -433,6 +604,27 @@ class RedisMailbox:
         except BaseException:
             self._r.close()
             raise
+
+    def _open_groups(self, create: bool) -> None:
+        """Make the consumer group on each priority's stream where it is missing. Looks first (reads
+        only): a server at ``maxmemory`` refuses writes, and a mailbox that exists must still open."""
+        pipe = self._r.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xinfo_groups(stream)
+        found = pipe.execute(raise_on_error=False)
+        exists = [not isinstance(groups, Exception) for groups in found]
+        if not create and not any(exists):
+            raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
+        for stream, groups in zip(self._streams, found, strict=True):
+            if not isinstance(groups, Exception) and any(_s(g["name"]) == GROUP for g in groups):
+                continue
+            if isinstance(groups, redis.ResponseError) and "no such key" not in str(groups).lower():
+                raise groups  # not a stream (WRONGTYPE), or the server said no
+            try:
+                self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def _error(self, exc: Exception, what: str) -> MailboxIOError:
         return _io_error(exc, self.url, f"{what} on {shown_url(self.url)} ({self.agent_id})")
@@ -530,11 +722,13 @@ class RedisMailbox:
         while True:
             if cancel is not None and cancel.is_set():
                 return None
+            self._reclaim()
             remaining = deadline - time.monotonic()
             if scan:
                 try:
                     got = self._claim_script(
-                        keys=[*self._streams, self._delayed, self._delayed_data], args=[GROUP, self.consumer]
+                        keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
+                        args=[GROUP, self.consumer],
                     )
                 except redis.RedisError as exc:
                     raise self._error(exc, "claim") from exc
@@ -556,6 +750,19 @@ class RedisMailbox:
             delivery = self._block(remaining, cancel)
             if delivery is not None:
                 return delivery
+
+    def _reclaim(self) -> None:
+        """Every ``reclaim_every`` seconds, one claim of this client takes back the leases that ran out
+        (`recover`): Redis has no lock that dies with a consumer, so its consumers do it themselves."""
+        if not self.reclaim_every or time.monotonic() < self._next_reclaim:
+            return
+        if not self._reclaim_lock.acquire(blocking=False):
+            return  # another thread of this client is at it
+        try:
+            self._next_reclaim = time.monotonic() + self.reclaim_every
+            self.recover()
+        finally:
+            self._reclaim_lock.release()
 
     def _blocker(self) -> Any:
         tid = threading.get_ident()
@@ -618,44 +825,61 @@ class RedisMailbox:
         try:
             for i, entry_id, _ in entries[1:]:
                 self._release_script(keys=[self._streams[i]], args=[GROUP, entry_id, self.consumer])
-        except redis.RedisError as exc:
+        except redis.RedisError as exc:  # what was read stays pending: recovery takes it back
             raise self._error(exc, "claim") from exc
         i, entry_id, fields = entries[0]
         return self._delivery(i, entry_id, fields)
 
     def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery | None:
-        """The delivery of an entry just read; None if it does not decode or has expired (it is
-        dead-lettered)."""
+        """The delivery of an entry just read; None if it cannot be one (it is dead-lettered): an entry
+        another client wrote without a message, with a count that is not one, over the size limit or
+        that does not decode; or a message whose ``expires`` passed."""
         f = _fields(flat)
-        attempt = int(f.get("a", b"0")) + 1
-        try:
-            message = Message.decode(f["m"])
-        except Exception as exc:  # a poison entry: to the dead letters
-            self._dead_on_read(
-                i,
-                entry_id,
-                orjson.dumps({"reason": f"cannot be decoded: {exc}", "attempts": attempt}),
-                attempt,
+        eid = _s(entry_id)
+        before = _digits(f.get("a", b"0"), 9)
+        attempt = 1 if before is None else before + 1
+        raw = f.get("m")
+        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
+        problem = None
+        message = None
+        if not isinstance(raw, bytes):
+            raw = b""
+            problem = "it has no message (field m)"
+        elif before is None:
+            problem = "its attempt count (field a) is not a count"
+        elif len(raw) > self.max_message_size:
+            problem = f"its message is {len(raw)} bytes, over max_message_size ({self.max_message_size})"
+        elif size > self.max_message_size + _MAX_OVERHEAD:
+            problem = (
+                f"the entry is {size} bytes, over max_message_size ({self.max_message_size}) and its fields"
             )
+        else:
+            try:
+                message = Message.decode(raw)
+            except MessageDecodeError as exc:
+                problem = f"cannot be decoded: {exc.reason}"
+        if message is None:
+            why = {"reason": f"cannot be read: {problem}", "attempts": attempt, "id": _msg_id(f.get("id"))}
+            self._bury_entry(i, eid, why, attempt)
             return None
-        due = int(f.get("d", b"0") or 0) / 1000
-        name = make_name(RANKS[i], compact_time(due or _ms_of(entry_id) / 1000), message.id, attempt)
+        name = make_name(RANKS[i], compact_time(_due_ms(f, eid) / 1000), message.id, attempt)
         kept = _last_error_of(f.get("e"))
         if message.expires is not None and message.expired():  # never handed out: to the dead letters
             why = expiry_reason(message, attempt - 1, name)
             if kept is not None:
                 why.update(last_error=kept.error, last_error_attempt=kept.attempt)
-            self._dead_on_read(i, entry_id, orjson.dumps(why), attempt - 1)
+            self._bury_entry(i, eid, why, attempt - 1)
             return None
-        return RedisDelivery(self, i, _s(entry_id), name, message, attempt, f["m"], f.get("e"), kept)
+        return RedisDelivery(self, i, eid, name, message, attempt, raw, f.get("e"), kept)
 
-    def _dead_on_read(self, i: int, entry_id: bytes | str, why: bytes, attempts: int) -> None:
-        """An entry a claim read but cannot hand out (undecodable, expired), to the dead letters."""
+    def _bury_entry(self, i: int, entry_id: str, why: dict[str, Any], attempts: int) -> None:
+        """An entry this client holds, to the dead letters with ``why`` (claim: it is not deliverable)."""
         try:
             self._dead_script(
-                keys=[self._streams[i], self._dead], args=[GROUP, entry_id, self.consumer, why, attempts]
+                keys=[self._streams[i], self._dead],
+                args=[GROUP, entry_id, self.consumer, orjson.dumps(why), attempts, RANKS[i]],
             )
-        except redis.RedisError as exc:
+        except redis.RedisError as exc:  # it stays pending: recovery takes it, and buries it again
             raise self._error(exc, "claim") from exc
 
     def wake(self) -> None:
@@ -733,7 +957,8 @@ class RedisMailbox:
                 "attempts": d.attempt,
             }
         )
-        self._settle(d, self._dead_script, [self._streams[d._rank_index], self._dead], [why, d.attempt])
+        stream = self._streams[d._rank_index]
+        self._settle(d, self._dead_script, [stream, self._dead], [why, d.attempt, RANKS[d._rank_index]])
 
     def _heartbeat(self, d: RedisDelivery) -> None:
         """``XCLAIM`` by the owner, ``JUSTID``: resets the idle time without counting a delivery. An
@@ -789,98 +1014,194 @@ class RedisMailbox:
 
     # -- inspection and repair ----------------------------------------------------------------------
 
-    def _info(self, state: State, entry_id: Any, flat: Any, *, attempt: int | None = None) -> MessageInfo:
+    def _info(
+        self, state: State, entry_id: Any, flat: Any, *, rank: str | None = None, pending: int | None = None
+    ) -> MessageInfo:
+        """What a stream entry says about itself (any client may have written it: nothing here raises).
+        ``rank``: the stream's, for an entry of a priority's stream; ``pending``: its delivery count."""
         f = _fields(flat)
-        rank = _s(f.get("k", b"2M"))
-        due = int(f.get("d", b"0") or 0) / 1000 or _ms_of(entry_id) / 1000
-        msg_id = _s(f.get("id", b"?"))
-        tries = int(f.get("a", b"0")) if attempt is None else attempt
+        eid = _s(entry_id)
+        if rank is None:
+            rank = _s(f.get("k", b""))
+            rank = rank if rank in RANKS else "2M"
+        msg_id = _msg_id(f.get("id"))
+        tries = _digits(f.get("a", b"0"), 9) or 0
+        if pending is not None:
+            tries += pending
         reason = None
         if "r" in f:
             try:
                 value = orjson.loads(f["r"])
                 reason = value if isinstance(value, dict) else {"reason": str(value)}
-            except orjson.JSONDecodeError:
+            except (orjson.JSONDecodeError, TypeError):
                 reason = {"reason": "(unreadable reason)"}
+        due = compact_time(_due_ms(f, eid) / 1000)
+        m = f.get("m", b"")
         return MessageInfo(
             state=state,
-            name=make_name(rank, compact_time(due), msg_id, tries),
+            name=make_name(rank, due, msg_id or "?", tries),
             path=None,
             id=msg_id,
             attempt=tries,
-            due=compact_time(due),
-            size=len(f.get("m", b"")),
-            changed_at=_ms_of(entry_id) / 1000,
+            due=due,
+            size=len(m) if isinstance(m, bytes) else 0,
+            changed_at=_ms_of(eid) / 1000,
             reason=reason,
             last_error=_last_error_of(f.get("e")),
         )
 
-    def _entries(self, state: State) -> builtins.list[tuple[MessageInfo, bytes]]:
-        """(info, encoded message) of every message in ``state``."""
+    def _delayed_info(self, token: Any, packed: Any) -> MessageInfo:
+        """A message waiting in ``delayed`` (any client may have written it: nothing here raises)."""
+        tok = _s(token)
+        changed = _ms_of(tok) / 1000
+        try:
+            e = orjson.loads(packed)
+        except (orjson.JSONDecodeError, TypeError):
+            e = None
+        if not isinstance(e, dict):
+            e = {}
+        rank = e["r"] if e.get("r") in RANKS else "2M"
+        msg_id = _msg_id(e.get("id"))
+        a = e.get("a")
+        tries = a if type(a) is int and 0 <= a <= 999_999_999 else 0
+        d = e.get("d")
+        due = compact_time((d if type(d) is int and 0 < d <= _LAST_MS else _ms_of(tok)) / 1000)
+        m = e.get("m")
+        return MessageInfo(
+            state=State.NEW,
+            name=make_name(rank, due, msg_id or "?", tries),
+            path=None,
+            id=msg_id,
+            attempt=tries,
+            due=due,
+            size=len(m.encode("utf-8", "replace")) if isinstance(m, str) else len(packed or b""),
+            changed_at=changed,
+            last_error=_last_error_of(e.get("e")),
+        )
+
+    def _pages(self, key: str, start: str = "-") -> Iterator[tuple[Any, Any]]:
+        """The entries of stream ``key`` from ``start`` on, `_PAGE` per round trip: each read once."""
+        while True:
+            page = self._r.xrange(key, start, "+", count=_PAGE)
+            yield from page
+            if len(page) < _PAGE:
+                return
+            start = "(" + _s(page[-1][0])
+
+    def _infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """(info, where it is) of every message in ``state``, a page at a time."""
         r = self._r
-        out: builtins.list[tuple[MessageInfo, bytes]] = []
+        if state not in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+            return  # no tmp/ on Redis
         if state in (State.DONE, State.DEAD):
-            for entry_id, flat in r.xrange(self._done if state is State.DONE else self._dead):
-                out.append((self._info(state, entry_id, flat), _fields(flat).get("m", b"")))
-            return out
-        for stream in self._streams:
-            pending = {
-                _s(p["message_id"]): p["times_delivered"]
-                for p in r.xpending_range(stream, GROUP, "-", "+", 1 << 30)
-            }
+            key = self._done if state is State.DONE else self._dead
+            for entry_id, flat in self._pages(key):
+                yield self._info(state, entry_id, flat), (key, _s(entry_id))
+            return
+        for i, stream in enumerate(self._streams):
+            if state is State.PROCESSING:
+                yield from self._pending_infos(i, stream)
+                continue
             groups = {_s(g["name"]): g for g in r.xinfo_groups(stream)}
             last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
-            if state is State.PROCESSING:
-                for entry_id, times in pending.items():
-                    for eid, flat in r.xrange(stream, entry_id, entry_id):
-                        tries = int(_fields(flat).get("a", b"0")) + int(times)
-                        out.append((self._info(state, eid, flat, attempt=tries), _fields(flat).get("m", b"")))
-            else:
-                for entry_id, flat in r.xrange(stream, f"({last}" if last != "0-0" else "-", "+"):
-                    if _s(entry_id) not in pending:
-                        out.append((self._info(state, entry_id, flat), _fields(flat).get("m", b"")))
-        if state is State.NEW:
-            for tok, packed in r.hgetall(self._delayed_data).items():
-                e = orjson.loads(packed)
-                info = MessageInfo(
-                    state=State.NEW,
-                    name=make_name(e["r"], compact_time(e["d"] / 1000), e["id"], e["a"]),
-                    path=None,
-                    id=e["id"],
-                    attempt=e["a"],
-                    due=compact_time(e["d"] / 1000),
-                    size=len(e["m"].encode()),
-                    changed_at=_ms_of(_s(tok).split(":", 1)[0]) / 1000,
-                    last_error=_last_error_of(e.get("e")),
-                )
-                out.append((info, e["m"].encode()))
-        return out
+            # Entries after the group's last delivered one were never delivered: they wait.
+            for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
+                yield self._info(state, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
+        if state is State.PROCESSING:
+            return
+        cursor = 0
+        while True:
+            cursor, page = r.hscan(self._delayed_data, cursor, count=_PAGE)
+            for tok, packed in page.items():
+                yield self._delayed_info(tok, packed), (self._delayed_data, _s(tok))
+            if not cursor:
+                return
+
+    def _pending_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        start = "-"
+        while True:
+            pend = self._r.xpending_range(stream, GROUP, start, "+", _PAGE)
+            pipe = self._r.pipeline(transaction=False)
+            for p in pend:
+                pipe.xrange(stream, p["message_id"], p["message_id"])
+            for p, found in zip(pend, pipe.execute() if pend else [], strict=True):
+                for entry_id, flat in found:
+                    info = self._info(
+                        State.PROCESSING, entry_id, flat, rank=RANKS[i], pending=p["times_delivered"]
+                    )
+                    yield info, (stream, _s(entry_id))
+            if len(pend) < _PAGE:
+                return
+            start = "(" + _s(pend[-1]["message_id"])
 
     def list(self, state: State | str) -> builtins.list[MessageInfo]:
         self._check()
+        st = State(state)
         try:
-            return sorted((info for info, _ in self._entries(State(state))), key=lambda i: i.name)
+            found = builtins.list(self._infos(st))
         except redis.RedisError as exc:
             raise self._error(exc, "list") from exc
+        self._where[st] = {info.name: where for info, where in found}
+        return sorted((info for info, _ in found), key=lambda i: i.name)
 
     def get(self, message_id: str) -> MessageInfo | None:
+        """The message ``message_id`` (an id or a name), wherever it is: one pass, that stops there."""
         self._check()
-        for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-            for info in self.list(state):
-                if message_id in (info.id, info.name):
-                    return info
+        try:
+            for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
+                for info, where in self._infos(state):
+                    if message_id in (info.id, info.name):
+                        self._where.setdefault(state, {})[info.name] = where
+                        return info
+        except redis.RedisError as exc:
+            raise self._error(exc, "get") from exc
         return None
 
     def read(self, info: MessageInfo) -> Message:
+        """The message ``info`` (from `list` or `get`) names: one entry read, where the listing saw it."""
         self._check()
         try:
-            entries = self._entries(info.state)
+            where = self._where.get(info.state, {}).get(info.name)
+            if where is not None:
+                got = self._read_at(info.state, *where)
+                if got is not None and got[0].name == info.name:
+                    return Message.decode(got[1])
+            for found, (key, ident) in self._infos(info.state):  # moved since: look again, once
+                if found.name == info.name:
+                    got = self._read_at(info.state, key, ident)
+                    if got is not None:
+                        return Message.decode(got[1])
         except redis.RedisError as exc:
             raise self._error(exc, "read") from exc
-        for found, data in entries:
-            if found.name == info.name:
-                return Message.decode(data)
         raise KeyError(f"{info.name} is no longer in {info.state.value}")
+
+    def _read_at(self, state: State, key: str, ident: str) -> tuple[MessageInfo, bytes] | None:
+        """(info, encoded message) of the entry ``ident`` of ``key`` (a delayed token in delayed:data)."""
+        if key == self._delayed_data:
+            packed = self._r.hget(key, ident)
+            if packed is None:
+                return None
+            info = self._delayed_info(ident, packed)
+            try:
+                m = orjson.loads(packed).get("m")
+            except (orjson.JSONDecodeError, AttributeError):
+                m = None
+            return info, m.encode() if isinstance(m, str) else b""
+        got = self._r.xrange(key, ident, ident)
+        if not got:
+            return None
+        entry_id, flat = got[0]
+        if key in self._streams:
+            rank = RANKS[self._streams.index(key)]
+            pending = None
+            if state is State.PROCESSING:
+                p = self._r.xpending_range(key, GROUP, ident, ident, 1)
+                pending = p[0]["times_delivered"] if p else 0
+            info = self._info(state, entry_id, flat, rank=rank, pending=pending)
+        else:
+            info = self._info(state, entry_id, flat)
+        m = _fields(flat).get("m", b"")
+        return info, m if isinstance(m, bytes) else b""
 
     def requeue(
         self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
@@ -892,17 +1213,17 @@ class RedisMailbox:
         key = self._dead if src is State.DEAD else self._done
         out: builtins.list[str] = []
         try:
-            for entry_id, flat in self._r.xrange(key):
+            for entry_id, flat in self._pages(key):
                 info = self._info(src, entry_id, flat)
                 if message_id not in (info.id, info.name):
                     continue
                 f = _fields(flat)
                 f.pop("r", None)
-                rank = _s(f.get("k", b"2M"))
+                rank = info.name.split(".", 1)[0]  # the entry's rank, as `_info` read it
                 now_ms = int(time.time() * 1000)
                 f["d"] = str(now_ms).encode()
-                if reset_attempts:
-                    f["a"] = b"0"
+                f["k"] = rank.encode()
+                f["a"] = b"0" if reset_attempts else str(info.attempt).encode()
                 pipe = self._r.pipeline(transaction=True)
                 pipe.xadd(self._streams[RANKS.index(rank)], f)
                 pipe.xdel(key, entry_id)
@@ -924,20 +1245,29 @@ class RedisMailbox:
             raise self._error(exc, "purge") from exc
 
     def stats(self) -> MailboxStats:
+        """Counts and ages from the streams' lengths, the group's pending summary and the first entry
+        ids (one script, read only): no message is read or sent, whatever the backlog."""
         self._check()
         now = time.time()
         try:
-            lists = {st: self._entries(st) for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)}
+            got = self._stats_script(
+                keys=[*self._streams, self._delayed, self._done, self._dead], args=[GROUP, int(now * 1000)]
+            )
         except redis.RedisError as exc:
             raise self._error(exc, "stats") from exc
-        states = {}
-        for st, entries in lists.items():
-            oldest = min((info.changed_at for info, _ in entries), default=None)
-            states[st] = StateStats(len(entries), None if oldest is None else max(now - oldest, 0.0))
-        delayed = sum(
-            1 for info, _ in lists[State.NEW] if info.due is not None and info.due > compact_time(now)
-        )
-        return MailboxStats(self.agent_id, states, delayed)
+        new, new_at, busy, busy_at, not_due, done, done_at, dead, dead_at = (int(x) for x in got)
+
+        def row(count: int, oldest_ms: int) -> StateStats:
+            age = None if count == 0 or oldest_ms < 0 else max(now - oldest_ms / 1000, 0.0)
+            return StateStats(count, age)
+
+        states = {
+            State.NEW: row(new, new_at),
+            State.PROCESSING: row(busy, busy_at),
+            State.DONE: row(done, done_at),
+            State.DEAD: row(dead, dead_at),
+        }
+        return MailboxStats(self.agent_id, states, not_due)
 
 
 def _last_error_of(raw: Any) -> LastError | None:

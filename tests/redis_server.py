@@ -34,11 +34,19 @@ def available() -> bool:
 class RedisServer:
     """``redis-server`` in the foreground of a child process; `restart` keeps the port and the data."""
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        appendonly: bool = True,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        """``extra``: more ``redis-server`` arguments (``("--maxmemory", "2mb")``), after the defaults."""
         self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="hc-redis-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra = tuple(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,6 +64,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--maxmemory-policy", "noeviction",
             "--protected-mode", "no",
+            *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
@@ -71,7 +80,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up (with --requirepass: locked)
                         return
             except OSError:
                 pass

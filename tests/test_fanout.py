@@ -441,12 +441,13 @@ def test_three_subscriber_processes_across_hosts_through_redis(
     import redis
 
     client = redis.Redis.from_url(redis_url)
+    channel = fanout.redis_bus_prefix(redis_url) + "fleet.heartbeat"
     pub = AgentBus()
     release = share_bus(pub, url=redis_url)
     try:
         # handshake with the server: every subscription is in place before the first publish
         def subscribed() -> bool:
-            return client.pubsub_numpat() >= 2 and client.pubsub_numsub("hc:bus:fleet.heartbeat")[0][1] >= 1
+            return client.pubsub_numpat() >= 2 and client.pubsub_numsub(channel)[0][1] >= 1
 
         run_three_subscribers(redis_url, tmp_path, procs, pub, subscribed, in_order=False)
     finally:
@@ -564,7 +565,7 @@ def test_through_redis_a_killed_subscriber_is_replaced_and_a_stopped_one_blocks_
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    channel = "hc:bus:job"
+    channel = fanout.redis_bus_prefix(redis_url) + "job"
 
     def subscribers() -> int:
         return int(client.pubsub_numsub(channel)[0][1])

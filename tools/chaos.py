@@ -13,6 +13,12 @@ publishers and subscribers sharing the root's bus, killed and stopped at random 
 ``--fanout-seconds``, then every drop accounted for (``tools/chaos_fanout.py``); its result is the
 ``fanout`` object of the output, and the run fails unless it is ``ok`` too.
 
+``--redis`` adds a phase on Redis after it (``--messages 0``: that phase alone): producers and
+consumers of one `RedisMailbox` SIGKILLed at random, and Redis itself killed (-9) and restarted
+``--redis-kills`` times, for ``--redis-seconds``; nobody runs ``recover``; then nothing acknowledged
+may be lost (``tools/chaos_redis.py``). Its result is the ``redis`` object of the output, and the run
+fails unless it is ``ok`` too.
+
 Prints one JSON object (``--json``) or a summary with
 ``produced, acked, dead, lost, duplicates, redeliveries, kills, stops, leftovers, ok``, and exits
 non-zero unless ``lost == 0 and duplicates == 0 and leftovers == 0``.
@@ -293,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fanout-publishers", type=int, default=2)
     ap.add_argument("--fanout-subscribers", type=int, default=3)
     ap.add_argument("--fanout-rate", type=float, default=2000.0, help="events per second per publisher")
+    ap.add_argument("--redis", action="store_true", help="also run the Redis phase (see above)")
+    ap.add_argument("--redis-seconds", type=float, default=10.0, help="how long the Redis chaos lasts")
+    ap.add_argument("--redis-kills", type=int, default=2, help="times Redis itself is killed and restarted")
     args, rest = ap.parse_known_args(argv)
     if args.role in ("fanout-publisher", "fanout-subscriber"):
         import chaos_fanout
@@ -328,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["fanout"] = fan
         result["ok"] = result.pop("ok") and fan["ok"]
+    if args.redis:
+        import chaos_redis
+
+        base = Path(args.root or result.get("root") or tempfile.mkdtemp(prefix="hybridcomms-chaos-"))
+        red = chaos_redis.run_redis(base, args.redis_seconds, 2, 3, args.redis_kills, args.seed)
+        result["redis"] = red
+        result["ok"] = result.pop("ok") and red["ok"]
     if args.json:
         import json
 
