@@ -218,7 +218,10 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
                 print(f"due: {_when(due, now)}")
             if expires is not None:
                 print(f"expires: {_when(expires, now)}")
-            _print_json(out["message"])
+            if out["message"] is None:  # a poison file (claiming it would dead-letter it): why
+                print(f"unreadable: {one_line(out['unreadable'])}")
+            else:
+                _print_json(out["message"])
         return EXIT_OK
     where = shown_url(url) if url else root
     print(f"hybridcomms show: no message {args.id!r} under {where}", file=sys.stderr)

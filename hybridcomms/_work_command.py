@@ -211,11 +211,13 @@ class Worker:
                 self.counts["acked"] += 1
                 self.counts["replied"] += int(replied)
             self._report(d, "acked", code, seconds)
-        elif code == EX_TEMPFAIL:
+        elif code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts):
             d.nack(error=f"exit status {EX_TEMPFAIL} (try again later)")
             with self.lock:
                 self.counts["retried"] += 1
             self._report(d, "retry", code, seconds)
+        elif code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
+            self._fail(d, f"exit status {EX_TEMPFAIL} (try again later)", code, seconds, err)
         else:
             self._fail(d, f"exit status {code}", code, seconds, err)
 

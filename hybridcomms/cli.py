@@ -788,6 +788,32 @@ def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
+def _demo_files(root: Path) -> int:
+    """How many messages an earlier demo left in ``Demo-Agent``; SystemExit if any of them is not the
+    demo's own (a real message sent there is never deleted by running the demo)."""
+    try:
+        with FileMailbox(root, "Demo-Agent", read_only=True, fsync="never") as mb:
+            infos = [i for state in State for i in mb.list(state)]
+            foreign = 0
+            for info in infos:
+                try:
+                    sender = mb.read(info).sender
+                except (OSError, HybridCommsError):
+                    sender = None
+                foreign += sender != "Demo-Sender"
+    except (OSError, HybridCommsError) as exc:
+        raise SystemExit(
+            f"hybridcomms demo: cannot look at the Demo-Agent mailbox under {root}: {exc}"
+        ) from None
+    if foreign:
+        raise SystemExit(
+            f"hybridcomms demo: the Demo-Agent mailbox under {root} holds {foreign} message(s) the demo did "
+            "not write; the demo starts from an empty Demo-Agent mailbox and will not delete them: move "
+            "them (hybridcomms ls Demo-Agent) or run the demo under another --root"
+        )
+    return len(infos)
+
+
 def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     """A short tour: priorities, a retry, a dead letter, and what is left on disk.
 
@@ -799,9 +825,13 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
 
     logging.getLogger("hybridcomms").setLevel(logging.ERROR)  # the table says it all; no log lines
     demo = root / "Demo-Agent"
+    cleared = 0
     if demo.is_dir() and not demo.is_symlink():
+        cleared = _demo_files(root)  # refuses a mailbox that holds messages the demo did not write
         shutil.rmtree(demo)  # only the demo's own mailbox
     print(f"mailbox root: {root.resolve()}")
+    if cleared:
+        print(f"cleared the previous demo's Demo-Agent mailbox ({cleared} messages)")
     rows: list[tuple[str, str, str, int, str]] = []
     with FileMailbox(root, "Demo-Agent", max_attempts=2, backoff=Backoff(initial=0.05, jitter=0)) as mb:
         mb.put(

@@ -36,6 +36,20 @@ sys.exit(p.get("exit", 0))
 """
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_workers() -> Any:
+    """A worker a failed test left running is killed, never left behind for hours."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def work(
     root: Path, tmp_path: Path, *extra: str, cmd: list[str] | None = None, **kw: Any
 ) -> subprocess.Popen[str]:
@@ -43,7 +57,7 @@ def work(
     handler = tmp_path / "handler.py"
     handler.write_text(HANDLER)
     env = {**os.environ, "LOG": str(tmp_path / "log.jsonl")}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -65,6 +79,8 @@ def work(
         env=env,
         **kw,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def outcomes(out: str) -> list[dict[str, Any]]:
@@ -91,12 +107,14 @@ def test_exit_status_settles_each_message(root: Path, tmp_path: Path, mb: FileMa
     assert p.returncode == 0, err
     rows = outcomes(out)
     assert [r["outcome"] for r in rows if r["id"] == ok.id] == ["acked"]
-    assert [r["outcome"] for r in rows if r["id"] == temp.id] == ["retry", "retry"]
+    assert [r["outcome"] for r in rows if r["id"] == temp.id] == ["retry", "dead"]  # on its last attempt
     bad_rows = [r for r in rows if r["id"] == bad.id]
     assert [r["outcome"] for r in bad_rows] == ["retry", "dead"]
     assert bad_rows[-1]["exit"] == 3 and "boom: the disk is on fire" in bad_rows[-1]["error"]
     [dead] = [i for i in mb.list(State.DEAD) if i.id == bad.id]
     assert "exit status 3" in dead.reason["reason"] and "disk is on fire" in dead.reason["reason"]
+    [tempfailed] = [i for i in mb.list(State.DEAD) if i.id == temp.id]
+    assert "exit status 75" in tempfailed.reason["reason"]
     envs = {
         json.loads(line)["id"]: json.loads(line)["env"]
         for line in (tmp_path / "log.jsonl").read_text().splitlines()

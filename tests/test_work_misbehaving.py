@@ -23,8 +23,22 @@ from hybridcomms._work_command import EX_CONFIG, EX_SOFTWARE, Worker
 pytestmark = pytest.mark.slow
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_workers() -> Iterator[None]:
+    """A worker a failed test left running is killed, never left behind."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def work(root: Path, *extra: str, cmd: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -44,6 +58,8 @@ def work(root: Path, *extra: str, cmd: list[str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def outcomes(out: str) -> list[dict[str, Any]]:

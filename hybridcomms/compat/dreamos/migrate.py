@@ -77,7 +77,7 @@ __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
 PROCESSED_FOLDERS = ("archive", "processed")
 #: Sub-folders that hold no messages for the agent (left as they are).
 KEPT_FOLDERS = ("outbox", "state", "workspace", "failed")
-_OURS = {s.folder for s in State}
+_OURS = {s.folder for s in State} | {"errors"}  # errors/: the last errors kept for retries
 #: ``progress(phase, done, total)``: ``"backup"`` in bytes, ``"messages"`` in messages.
 MigrateProgress = Callable[[str, int, int], None]
 #: Why an invalid file is left for now (an unlocked legacy writer may still be writing it).
