@@ -340,14 +340,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def run_work(args: argparse.Namespace, root: Path) -> int:
     command = list(args.cmd)
+    usage = None
     if not command:
-        raise SystemExit(
-            "hybridcomms work: give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
-        )
-    if args.concurrency < 1:
-        raise SystemExit("hybridcomms work: --concurrency must be at least 1")
-    if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
-        raise SystemExit("hybridcomms work: --max-attempts must be >= 1, --retry-delay >= 0, --lease > 0")
+        usage = "give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
+    elif args.concurrency < 1:
+        usage = "--concurrency must be at least 1"
+    elif args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
+        usage = "--max-attempts must be >= 1, --retry-delay >= 0, --lease > 0"
+    if usage is not None:  # bad usage: exit 2, as argparse's own errors
+        print(f"hybridcomms work: {usage}", file=sys.stderr)
+        return 2
     if shutil.which(command[0]) is None:  # before anything is claimed: a configuration error
         print(
             f"hybridcomms work: cannot run {command[0]!r}: not found, or not an executable file "

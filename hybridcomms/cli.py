@@ -1098,23 +1098,36 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--exec", default=None, help="shell command run per delivered message (env: HYBRIDCOMMS_*)"
     )
-    w.add_argument("--exec-jobs", type=int, default=4, help="at most this many --exec commands at once")
+    w.add_argument(
+        "--exec-jobs",
+        type=int,
+        default=4,
+        help="at most this many --exec commands at once (default: %(default)s)",
+    )
     w.add_argument(
         "--exec-queue",
         type=int,
         default=1000,
-        help="at most this many files wait for --exec (then the watcher waits for room)",
+        help="at most this many files wait for --exec, then the watcher waits (default: %(default)s)",
     )
     w.add_argument(
         "--grace",
         type=float,
         default=5.0,
-        help="on SIGTERM, seconds running --exec commands get before they are killed",
+        help="on SIGTERM, seconds running --exec commands get before they are killed (default: %(default)s)",
     )
     w.add_argument(
-        "--recover-every", type=float, default=30.0, help="seconds between recovery passes (0: never)"
+        "--recover-every",
+        type=float,
+        default=30.0,
+        help="seconds between recovery passes, 0: never (default: %(default)s)",
     )
-    w.add_argument("--rescan-every", type=float, default=10.0, help="seconds between full listings of new/")
+    w.add_argument(
+        "--rescan-every",
+        type=float,
+        default=10.0,
+        help="seconds between full listings of new/ (default: %(default)s)",
+    )
     w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
     w.add_argument("--create", action="store_true", help="create the mailbox root if it does not exist")
     _add_bus_option(w)

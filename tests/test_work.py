@@ -152,7 +152,17 @@ def test_a_command_past_its_timeout_is_killed_with_its_children_and_retried(
     # pid within milliseconds of starting, long before the timeout, even on a loaded machine (a
     # Python handler could take longer than the timeout only to start).
     script = 'sleep 60 & echo $! > "$0.tmp" && mv "$0.tmp" "$0"; wait'
-    p = work(root, tmp_path, "--timeout", "1", "--max-messages", "1", cmd=["sh", "-c", script, str(child)])
+    p = work(
+        root,
+        tmp_path,
+        "--timeout",
+        "1",
+        "--retry-delay",
+        "60",
+        "--max-messages",
+        "1",
+        cmd=["sh", "-c", script, str(child)],
+    )  # the retry is due in a minute: still waiting when stats looks, however slow the exit
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     [row] = outcomes(out)
