@@ -376,8 +376,10 @@ def replace_atomically(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            # Exactly this mode, whatever the umask, set through the descriptor of the file made
+            # here: a name in a shared folder can be swapped for a link before a chmod by path.
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # exactly this mode, whatever the umask
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -39,7 +39,15 @@ class Inert(logging.Filter):
             record.args = tuple(_inert(a) for a in args)
         elif isinstance(args, Mapping):
             record.args = {k: _inert(v) for k, v in args.items()}
+        if record.exc_info and not record.exc_text:
+            # A traceback quotes the exception's text (a producer's file name, a handler's error),
+            # and that text may hold newlines that would start a forged line: the whole traceback is
+            # one inert line (its own line breaks written as \n).
+            record.exc_text = printable(_FORMATTER.formatException(record.exc_info))
         return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 _INERT = Inert()

@@ -9,22 +9,27 @@ mailbox at once, and the put tried once more there: its folder may have been mad
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import _log
 from ._outage import Outage, unreachable
 from ._urls import backend_of, shown_url, url_from_environ
 from .backend import Mailbox, open_mailbox, put_once
 from .bus import AgentBus, Event
+from .errors import MailboxIOError
 from .mailbox import FileMailbox
 from .message import Message
 from .policy import Policy, Route
 from .registry import registry_for
 
 __all__ = ["Router", "Sent"]
+
+log = _log.get("hybridcomms.comms")
 
 #: Mailboxes of other agents kept open at most (folders, connections); the least recent is closed.
 MAX_OUTBOXES = 64
@@ -39,6 +44,8 @@ class Sent:
     reason: str
     durable_to: tuple[str, ...]  # mailboxes it was put into
     bus_handlers: int  # bus handlers it reached (ephemeral part)
+    #: subscribers whose copy could not be put (a publish goes on past them): (agent, why)
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 class Router:
@@ -171,12 +178,29 @@ class Router:
                 "delayed; give route='durable' to deliver it to the mailbox later"
             )
         durable_to: tuple[str, ...] = ()
+        failed: list[tuple[str, str]] = []
         if route.durable:
             targets = recipients if recipients is not None else self.registry.subscribers(message.topic)
+            delivered: list[str] = []
             for agent in targets:
                 copy = message if message.recipient == agent else replace(message, recipient=agent)
-                self._put(agent, decision.backend, copy, delay=delay, once=once)
-            durable_to = tuple(targets)
+                if recipients is not None:  # a send: its one recipient's failure is the caller's
+                    self._put(agent, decision.backend, copy, delay=delay, once=once)
+                    delivered.append(agent)
+                    continue
+                try:  # a publish: one subscriber's broken mailbox never stops the others' copies
+                    self._put(agent, decision.backend, copy, delay=delay, once=once)
+                    delivered.append(agent)
+                except Exception as exc:
+                    failed.append((agent, f"{type(exc).__name__}: {exc}"))
+                    log.warning(
+                        "%s: durable copy of %s to %s failed: %s", self.agent_id, message.id, agent, exc
+                    )
+            if failed and not delivered:
+                raise MailboxIOError(
+                    errno.EIO, f"no subscriber of {message.topic} got {message.id}: {failed[0][1]}"
+                )
+            durable_to = tuple(delivered)
         handlers = 0
         if route.ephemeral:
             event = Event(
@@ -188,7 +212,7 @@ class Router:
                 durable=route.durable,
             )
             handlers = self.bus.publish(event).handlers
-        return Sent(message, route, decision.reason, durable_to, handlers)
+        return Sent(message, route, decision.reason, durable_to, handlers, tuple(failed))
 
     def close(self) -> None:
         with self._lock:

@@ -114,7 +114,7 @@ class ExecRunner:
                 self.failed += 1
         if code != 0:
             print(
-                f"hybridcomms watch: --exec exited {code} for {event.agent}/{event.name}",
+                printable(f"hybridcomms watch: --exec exited {code} for {event.agent}/{event.name}"),
                 file=sys.stderr,
                 flush=True,
             )

@@ -51,7 +51,7 @@ from .backend import Mailbox, MailboxDelivery, open_mailbox
 from .comms import REPLY_HEADER
 from .errors import HybridCommsError
 from .mailbox import FileMailbox
-from .message import Message
+from .message import Message, reply_topic
 from .retry import Backoff, attempts_used_up
 
 log = _log.get("hybridcomms.work")
@@ -286,22 +286,22 @@ class Worker:
             payload = text
         to = request.reply_to
         assert to is not None
-        reply = Message(
-            f"{request.topic}.reply",
-            payload,
-            sender=self.mb.agent_id,
-            recipient=to,
-            correlation_id=request.id,
-            headers={REPLY_HEADER: True},
-        )
-        try:
+        try:  # the command has done its work: a reply that cannot be made never runs it again
+            reply = Message(
+                reply_topic(request.topic),
+                payload,
+                sender=self.mb.agent_id,
+                recipient=to,
+                correlation_id=request.id,
+                headers={REPLY_HEADER: True},
+            )
             if isinstance(self.mb, FileMailbox):
                 box: Mailbox = FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False)
             else:
                 box = open_mailbox(getattr(self.mb, "url", ""), to, create=False)
             with box:
                 box.put(reply)
-        except (OSError, HybridCommsError) as exc:
+        except (OSError, HybridCommsError, TypeError, ValueError) as exc:
             print(printable(f"hybridcomms work: reply to {to} failed: {exc}"), file=sys.stderr, flush=True)
             return False
         return True

@@ -53,7 +53,7 @@ from .backend import Mailbox
 from .bus import AgentBus, Event, default_bus
 from .errors import HybridCommsError, RequestTimeoutError
 from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id
-from .message import Message, Priority
+from .message import Message, Priority, reply_topic
 from .policy import Policy, Route, find_policy
 from .retry import Backoff
 
@@ -369,7 +369,7 @@ class Comms:
         headers[REPLY_HEADER] = True
         return self.send(
             to,
-            f"{message.topic}.reply",
+            reply_topic(message.topic),  # always a valid topic, however long the request's
             payload,
             correlation_id=message.id,
             headers=headers,

@@ -198,6 +198,7 @@ def decode_event(data: bytes) -> Event | None:
         and type(event_id) is str
         and type(origin) is str
         and type(ts) in (int, float)
+        and 0 <= ts < 253402300800  # a time a date can show (before the year 10000); NaN fails too
         and type(durable) is bool
     ):
         return None

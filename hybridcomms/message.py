@@ -18,6 +18,7 @@ so legacy files stay readable; legacy fields with no envelope slot are kept in `
 
 from __future__ import annotations
 
+import hashlib
 import math
 import operator
 import re
@@ -385,6 +386,16 @@ def _native_priority(value: Any) -> Any:
     """A priority name of the native form as its member; anything else as it is, for
     `Priority.parse` to accept (0..3, other spellings) or to refuse with a clear error."""
     return _PRIORITY_ALIASES.get(value, value) if type(value) is str else value
+
+
+def reply_topic(topic: str) -> str:
+    """The topic of a reply to a message on ``topic``: ``<topic>.reply``, shortened (with a digest of
+    the whole) when that would pass the topic limit, so that a reply can always be made."""
+    out = f"{topic}.reply"
+    if len(out) <= _MAX_TOPIC:
+        return out
+    digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{topic[: _MAX_TOPIC - len(digest) - 8]}~{digest}.reply"
 
 
 def valid_topic(topic: object) -> bool:

@@ -114,7 +114,7 @@ class FileRegistry:
     @staticmethod
     def _read(path: Path) -> list[str]:
         try:
-            raw = _fs.read_regular(str(path), 1 << 20, follow=True)
+            raw = _fs.read_regular(str(path), 1 << 20, follow=False)  # a link there is not ours
         except FileNotFoundError:
             return []
         except OSError as exc:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import _fs
+from ..._text import printable
 from ...errors import MessageError
 from ...mailbox import FileMailbox, check_agent_id
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -165,7 +166,7 @@ class Migration:
             f"total: {t['new']} to new/, {t['done']} to done/, {t['dead']} to dead/, "
             f"{t['left']} left in place"
         )
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)  # each line inert: names come from producers
 
 
 # -- looking (no changes) -------------------------------------------------------------------------
