@@ -205,13 +205,28 @@ return 1
 """
 )
 
+# A token of the delayed set that no other entry holds: ``base``, else ``base:2``, ``base:3``... An
+# HSET on a token in use would overwrite a waiting entry, which is then lost without a dead letter.
+_LUA_FREE_TOKEN = """
+local function free_token(data, base)
+  local tok, n = base, 1
+  while redis.call('HEXISTS', data, tok) == 1 do
+    n = n + 1
+    tok = base .. ':' .. n
+  end
+  return tok
+end
+"""
+
 # KEYS: stream, delayed, delayed:data. ARGV: group, entry id, consumer, due ms, token, packed entry.
 _NACK = (
-    _OWNED
+    _LUA_FREE_TOKEN
+    + _OWNED
     + """
 redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+local tok = free_token(KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[3], tok, ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[4], tok)
 return 1
 """
 )
@@ -251,6 +266,7 @@ return 1
 # count that is not a count) goes to the dead letters with what it held: never only deleted.
 _RECOVER = (
     _LUA_COPY
+    + _LUA_FREE_TOKEN
     + """
 local RANKS = {'0C', '1H', '2M', '3L'}
 local returned, dead = {}, {}
@@ -295,7 +311,7 @@ for i = 1, 4 do
       else
         local delay = tonumber(ARGV[6 + math.min(used, #ARGV - 6)])
         local due = now + delay
-        local tok = id .. ':' .. used
+        local tok = free_token(KEYS[6], id .. ':' .. RANKS[i] .. ':' .. used)
         local entry = {k = i, m = f.m, a = used, id = f.id or '', t = f.t or '', r = RANKS[i], d = due}
         if f.e then entry.e = f.e end
         redis.call('HSET', KEYS[6], tok, cjson.encode(entry))
@@ -916,7 +932,8 @@ class RedisMailbox:
         wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
         now = time.time()
         due_ms = int((now + wait) * 1000)
-        token = f"{d.entry_id}:{d.attempt}"
+        # Entry ids are per stream (two priorities may hold the same one): the rank makes it one entry's.
+        token = f"{d.entry_id}:{RANKS[d._rank_index]}:{d.attempt}"
         kept = d._kept_raw
         if error is not None:
             kept = orjson.dumps({"error": text_of(error), "attempt": d.attempt, "failed_at": int(now * 1000)})
