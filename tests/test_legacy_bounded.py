@@ -513,7 +513,7 @@ def test_migrate_buries_them_and_goes_on_to_the_later_agents(
     orjson.dumps(result.to_dict())  # printable as JSON
     text = result.describe()
     for name in names:
-        assert f"dead: Agent-1/inbox/{_fs.shown(os.fsdecode(name))}: not valid JSON" in text
+        assert f"dead: Agent-1/inbox/{_fs.printable(os.fsdecode(name))}: not valid JSON" in text
     with FileMailbox(root, "Agent-2", create=False) as mb:
         assert [to_legacy_dict(mb.read(i))["body"] for i in mb.list(State.NEW)] == [7]
     with FileMailbox(root, "Agent-1", create=False) as mb:
