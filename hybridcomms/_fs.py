@@ -82,6 +82,34 @@ def open_dir(path: str, *, dir_fd: int | None = None) -> int:
     return os.open(path, O_DIR | O_NOFOLLOW, dir_fd=dir_fd)
 
 
+def read_beneath(root: str, parts: tuple[str, ...], limit: int) -> bytes:
+    """`read_regular` of ``root/parts[0]/…/parts[-1]``, every component below ``root`` opened without
+    following a link: a co-tenant who puts a link in place of an agent's folder or its ``new/`` never
+    makes the library read outside the root (a path would follow links at every step but the last)."""
+    fd = os.open(root, O_DIR)
+    try:
+        for part in parts[:-1]:
+            child = open_dir(part, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return read_regular(parts[-1], limit, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def listdir_beneath(root: str, parts: tuple[str, ...]) -> list[str]:
+    """The names in ``root/parts…``, each folder below ``root`` opened without following a link."""
+    fd = os.open(root, O_DIR)
+    try:
+        for part in parts:
+            child = open_dir(part, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return listdir_at(fd)
+    finally:
+        os.close(fd)
+
+
 _libc: ctypes.CDLL | None = None
 _libc_lock = threading.Lock()
 

@@ -142,13 +142,21 @@ def list_agents(root: str | os.PathLike[str]) -> list[str]:
         entries = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
-    return [
-        name
-        for name in entries
-        if _AGENT_RE.match(name)
-        and os.path.isdir(os.path.join(root, name, "new"))
-        and not os.path.islink(os.path.join(root, name))
-    ]
+    return [name for name in entries if _AGENT_RE.match(name) and _is_real_folder(root, name, "new")]
+
+
+def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
+    """Whether every component of ``root/parts…`` is a folder itself (a link there is not ours: a
+    co-tenant's link in place of an agent folder or its ``new/`` is never followed)."""
+    path = os.fspath(root)
+    for part in parts:
+        path = os.path.join(path, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def set_common_options(

@@ -93,11 +93,17 @@ class MailboxEvent:
         return asdict(self)
 
 
-def describe_file(path: str) -> tuple[str | None, str | None]:
+def describe_file(path: str, root: str | None = None) -> tuple[str | None, str | None]:
     """Topic and sender of the message file at ``path``, read as a hostile file (no link followed, no
-    blocking on a FIFO, at most 1 MiB); (None, None) if it is gone or is not a message."""
+    blocking on a FIFO, at most 1 MiB); (None, None) if it is gone or is not a message. With ``root``,
+    no component of ``path`` below it is followed if it is a link (`_fs.read_beneath`)."""
     try:
-        obj = orjson.loads(_fs.read_regular(path, 1 << 20))
+        if root is not None and path.startswith(root + os.sep):
+            parts = tuple(path[len(root) + 1 :].split(os.sep))
+            raw = _fs.read_beneath(root, parts, 1 << 20)
+        else:
+            raw = _fs.read_regular(path, 1 << 20)
+        obj = orjson.loads(raw)
     except (OSError, orjson.JSONDecodeError):
         return None, None
     if not isinstance(obj, dict):
@@ -111,8 +117,9 @@ class _Describer:
     """Topic and sender of a message, read once per id (bounded cache): events of the same message
     (delivered, claimed, acked) read its file once."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = 10_000, root: str | None = None) -> None:
         self.size = size
+        self._root = root  # paths below it are read without following a link at any step
         self._cache: dict[str, tuple[str | None, str | None]] = {}
         self._lock = threading.Lock()
 
@@ -122,7 +129,7 @@ class _Describer:
                 hit = self._cache.get(msg_id)
             if hit is not None:
                 return hit
-        found = describe_file(path)
+        found = describe_file(path, self._root)
         if msg_id is not None:
             with self._lock:
                 if len(self._cache) >= self.size:
@@ -177,8 +184,8 @@ class MailboxWatcher:
         self._intake = _intake.get(force=ingest_legacy)
         self.ingest_legacy = self._intake is not None
         self._ingest_pending: set[str] = set()
-        self._describe = _Describer()
         self._root_str = os.path.abspath(self.root)
+        self._describe = _Describer(root=self._root_str)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
         self._lock = threading.Lock()
         self._observer: Any = None
@@ -470,7 +477,7 @@ class MailboxWatcher:
             if self._intake is not None and self._intake.pending(self.root, agent):
                 self.ingest(agent)
             try:
-                names = set(os.listdir(os.path.join(self._root_str, agent, "new")))
+                names = set(_fs.listdir_beneath(self._root_str, (agent, "new")))  # no link followed
             except OSError:
                 continue
             with self._lock:

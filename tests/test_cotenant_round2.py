@@ -37,9 +37,9 @@ def test_one_subscribers_broken_mailbox_never_stops_the_others_copies(tmp_path: 
     try:
         for c in subscribers:
             c.subscribe("audit.event", lambda m: None)  # records a durable subscription
-        new = root / "M" / "new"
-        os.rename(new, root / "M" / "new.gone")
-        os.symlink(tmp_path, new)  # a co-tenant's link where M's new/ was
+        tmp = root / "M" / "tmp"
+        os.rename(tmp, root / "M" / "tmp.gone")
+        os.mkfifo(tmp)  # a co-tenant's FIFO where M's tmp/ was
         with Comms("P", root=root, bus=AgentBus(), fsync="never", share_bus=False) as pub:
             sent = pub.publish("audit.event", {"n": 1}, route="durable")
         assert set(sent.durable_to) == {"A", "Z"}
@@ -122,3 +122,29 @@ def test_a_link_for_subscriptions_json_is_not_followed(tmp_path: Path) -> None:
         assert "Evil" not in registry.subscribers("audit.event")
     finally:
         registry.close()
+
+
+@pytest.mark.parametrize("where", ["new", "agent"])
+def test_the_watcher_never_reads_through_a_link_for_a_mailbox_folder(tmp_path: Path, where: str) -> None:
+    from hybridcomms import MailboxWatcher
+    from hybridcomms.mailbox import list_agents
+    from hybridcomms.watcher import MailboxEvent
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (outside / "new").mkdir(parents=True)
+    secret = Message("secret.topic.from.outside", "s")
+    (outside / "new" / "1M.20260101T000000000000Z.x.a0.json").write_bytes(secret.encode())
+    with FileMailbox(root, "Good", fsync="never") as good:
+        good.put(Message("good.topic"))
+    if where == "new":
+        (root / "Evil").mkdir()
+        os.symlink(outside / "new", root / "Evil" / "new")
+    else:
+        os.symlink(outside, root / "Evil")
+    assert list_agents(root) == ["Good"]
+    seen: list[MailboxEvent] = []
+    watcher = MailboxWatcher(root, on_event=seen.append, recover_every=0, polling=True)
+    watcher.start()
+    watcher.stop()
+    assert {e.agent for e in seen} == {"Good"}
+    assert all(e.topic != "secret.topic.from.outside" for e in seen)
