@@ -148,3 +148,19 @@ def test_the_watcher_never_reads_through_a_link_for_a_mailbox_folder(tmp_path: P
     watcher.stop()
     assert {e.agent for e in seen} == {"Good"}
     assert all(e.topic != "secret.topic.from.outside" for e in seen)
+
+
+def test_the_legacy_probe_never_lists_through_a_link_for_inbox(tmp_path: Path) -> None:
+    from hybridcomms.compat.dreamos.legacy import has_legacy_drops
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.json").write_text("{}")  # what a followed link would reveal
+    with FileMailbox(root, "Evil", fsync="never") as mb:
+        os.symlink(outside, mb.path / "inbox")
+        os.symlink(outside / "private.json", mb.path / "inbox.json")
+    assert has_legacy_drops(root, "Evil") is False
+    (root / "Evil" / "inbox").unlink()
+    (root / "Evil" / "inbox").mkdir()
+    (root / "Evil" / "inbox" / "m.json").write_text("{}")
+    assert has_legacy_drops(root, "Evil") is True

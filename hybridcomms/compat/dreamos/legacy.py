@@ -340,13 +340,14 @@ def has_legacy_drops(root: str | os.PathLike[str], agent_id: str) -> bool:
     """A cheap look: is anything waiting in ``inbox.json`` or ``inbox/``?"""
     path = os.path.join(root, agent_id)
     try:
-        if os.stat(os.path.join(path, INBOX_JSON)).st_size > 2:  # more than "[]"
+        # lstat: a link in place of inbox.json is not a drop (ingestion refuses it), never followed
+        st = os.lstat(os.path.join(path, INBOX_JSON))
+        if stat.S_ISREG(st.st_mode) and st.st_size > 2:  # more than "[]"
             return True
     except OSError:
         pass
-    try:
-        with os.scandir(os.path.join(path, INBOX_DIR)) as it:
-            return any(_is_candidate(e.name) for e in it)
+    try:  # the agent folder and inbox/ opened without following a link: never a listing outside
+        return any(_is_candidate(n) for n in _fs.listdir_beneath(os.fspath(root), (agent_id, INBOX_DIR)))
     except OSError:
         return False
 
