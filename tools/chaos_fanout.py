@@ -178,6 +178,7 @@ def run_fanout(
     # The last incarnations: a calm half second (they see each other), one subscriber stopped until
     # a publisher has reported dropping events (its backlog for it filled: those drops are checked
     # below), calm again.
+    from hybridcomms import fanout
     from hybridcomms.fanout import bus_peers
 
     def reported() -> dict[str, int]:
@@ -189,9 +190,16 @@ def run_fanout(
     before = reported()
     held.proc.send_signal(signal.SIGSTOP)
     stops += 1
-    until = time.monotonic() + 30
+    held_at = time.monotonic()
+    until = held_at + 30
+    # Held long enough that each publisher's backlog for it (fanout.BACKLOG_EVENTS at the publishing
+    # rate) must have overflowed, and until a drop is reported: a count reported late for an earlier
+    # stop is no proof that this one dropped anything.
+    must_hold = 1.5 * fanout.BACKLOG_EVENTS / max(rate, 1.0) + 0.5
     while time.monotonic() < until:
         time.sleep(0.05)
+        if time.monotonic() - held_at < must_hold:
+            continue
         if any(n > before.get(name, 0) for name, n in reported().items()):
             break
     held.proc.send_signal(signal.SIGCONT)
