@@ -112,23 +112,10 @@ def open_bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
 
 
 def write_registration(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Replace ``name`` with ``data`` (mode exactly ``mode``): written under a name no one can guess,
-    then renamed over it (a co-tenant who makes a temporary name first cannot block the update)."""
-    tmp = f".{name}.{os.urandom(8).hex()}.tmp"
-    fd = os.open(tmp, _fs.O_CREATE_MSG, 0o600, dir_fd=dir_fd)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
+    """Replace ``name`` with ``data`` (mode exactly ``mode``), atomically and not committed (a
+    registration matters only while its writer runs): `_fs.replace_atomically_at`, whose temporary
+    name no one can guess (a co-tenant who makes one first cannot block the update)."""
+    _fs.replace_atomically_at(dir_fd, name, data, mode, sync=False)
 
 
 def registration_body(pid: int, patterns: list[str], drops: dict[str, int], others: int) -> bytes:

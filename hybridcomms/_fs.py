@@ -441,7 +441,9 @@ def replace_atomically_at(
             mode = stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
         except FileNotFoundError:
             mode = 0o600
-    tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    # A name no one can guess: in a shared folder a co-tenant who made a predictable temporary name
+    # first (O_EXCL) would block every update of the file.
+    tmp = f".{name}.{os.urandom(8).hex()}.tmp"
     fd = os.open(tmp, O_CREATE_MSG, 0o600, dir_fd=dir_fd)
     try:
         try:

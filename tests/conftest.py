@@ -56,6 +56,15 @@ def no_policy_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def reap_started_processes() -> Iterator[None]:
+    """A worker process a test started and left running (the test failed) is killed after it."""
+    yield
+    import workers
+
+    workers.reap_started()
+
+
+@pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
     """Fail a test that leaves a thread of its own running (watchdog observers included)."""
     before = set(threading.enumerate())

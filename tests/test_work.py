@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import workers
 
 from hybridcomms import Backoff, FileMailbox, Message, State
 
@@ -34,20 +35,6 @@ sys.stderr.write(p.get("stderr", ""))
 sys.stdout.write(p.get("stdout", ""))
 sys.exit(p.get("exit", 0))
 """
-
-
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_workers() -> Any:
-    """A worker a failed test left running is killed, never left behind for hours."""
-    yield
-    while _STARTED:
-        p = _STARTED.pop()
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
 
 
 def work(
@@ -79,7 +66,7 @@ def work(
         env=env,
         **kw,
     )
-    _STARTED.append(proc)
+    workers.STARTED.append(proc)  # killed after the test if it is still running
     return proc
 
 

@@ -16,25 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import workers
 
 from hybridcomms import FileMailbox, Message, State
 from hybridcomms._work_command import EX_CONFIG, EX_SOFTWARE, Worker
 
 pytestmark = pytest.mark.slow
-
-
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_workers() -> Iterator[None]:
-    """A worker a failed test left running is killed, never left behind."""
-    yield
-    while _STARTED:
-        p = _STARTED.pop()
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
 
 
 def work(root: Path, *extra: str, cmd: list[str]) -> subprocess.Popen[str]:
@@ -58,7 +45,7 @@ def work(root: Path, *extra: str, cmd: list[str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    _STARTED.append(proc)
+    workers.STARTED.append(proc)  # killed after the test if it is still running
     return proc
 
 

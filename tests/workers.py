@@ -5,10 +5,24 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 from hybridcomms import Backoff, FileMailbox, Message
+
+#: Processes a test started that must not outlive it (a failed test leaves them running otherwise):
+#: conftest kills what is still running after each test.
+STARTED: list[subprocess.Popen[str]] = []
+
+
+def reap_started() -> None:
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
 
 FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
 
