@@ -178,29 +178,43 @@ def run_fanout(
     # The last incarnations: a calm half second (they see each other), one subscriber stopped until
     # a publisher has reported dropping events (its backlog for it filled: those drops are checked
     # below), calm again.
-    from hybridcomms import fanout
     from hybridcomms.fanout import bus_peers
 
-    def reported() -> dict[str, int]:
-        return {p["name"]: p["dropped"] for p in bus_peers(root)}
+    def registration_of(pid: int) -> str | None:
+        return next((p["name"] for p in bus_peers(root) if p["pid"] == pid), None)
+
+    def dropped_for(name: str) -> int:
+        """What the publishers' registrations report as dropped for ``name`` (read as a person would,
+        from the files under ``.bus/``)."""
+        total = 0
+        for reg in (root / ".bus").glob("*.json"):
+            try:
+                body = json.loads(reg.read_text())
+            except (OSError, ValueError):
+                continue
+            n = body.get("dropped_to", {}).get(name, 0) if isinstance(body, dict) else 0
+            total += n if isinstance(n, int) else 0
+        return total
 
     time.sleep(0.5)
     held = next(p for p in procs if p.kind == "subscriber")
     assert held.proc is not None
-    before = reported()
+    held_name = None
+    until = time.monotonic() + 30
+    while held_name is None and time.monotonic() < until:  # registered by now, but under load...
+        held_name = registration_of(held.proc.pid)
+        if held_name is None:
+            time.sleep(0.05)
+    before = dropped_for(held_name) if held_name is not None else 0
     held.proc.send_signal(signal.SIGSTOP)
     stops += 1
-    held_at = time.monotonic()
-    until = held_at + 30
-    # Held long enough that each publisher's backlog for it (fanout.BACKLOG_EVENTS at the publishing
-    # rate) must have overflowed, and until a drop is reported: a count reported late for an earlier
-    # stop is no proof that this one dropped anything.
-    must_hold = 1.5 * fanout.BACKLOG_EVENTS / max(rate, 1.0) + 0.5
-    while time.monotonic() < until:
+    # Held until a publisher reports dropping events for this very subscriber (its backlog for it,
+    # fanout.BACKLOG_EVENTS, overflowed): a count for another peer, or one reported late for an
+    # earlier stop, is no proof that this hold dropped anything. Bounded: 60 s at most.
+    until = time.monotonic() + 60
+    while held_name is not None and time.monotonic() < until:
         time.sleep(0.05)
-        if time.monotonic() - held_at < must_hold:
-            continue
-        if any(n > before.get(name, 0) for name, n in reported().items()):
+        if dropped_for(held_name) > before:
             break
     held.proc.send_signal(signal.SIGCONT)
     time.sleep(0.5)
