@@ -64,7 +64,15 @@ def test_every_command_that_takes_url_is_here() -> None:
     assert takes_url - FILE_ONLY == {argv[0] for argv in URL_COMMANDS.values()}
 
 
+#: Run as real processes (what a process prints before and after ``main``, its exit status): `work`,
+#: which starts a consumer thread, and `stats --fail-if`, what a monitoring script runs. The others run
+#: in-process (`run_cli`), with the log lines a process would show.
+REAL_PROCESS = {"work", "stats --fail-if"}
+
+
 def test_every_command_against_a_closed_port_says_one_line_and_exits_69(tmp_path: Path) -> None:
+    from cli_runner import run_cli
+
     url = f"redis://:not-shown-{os.getpid()}@127.0.0.1:{free_port()}/0"  # nothing listens there
     procs = {
         name: subprocess.Popen(
@@ -77,19 +85,28 @@ def test_every_command_against_a_closed_port_says_one_line_and_exits_69(tmp_path
             text=True,
         )
         for name, argv in URL_COMMANDS.items()
+        if name in REAL_PROCESS
     }  # all at once: one wait for all of them
+    results = {
+        name: run_cli(["--url", url, *argv], cwd=tmp_path, env=_env())
+        for name, argv in URL_COMMANDS.items()
+        if name not in REAL_PROCESS
+    }
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=60)
-        lines = err.splitlines()
-        assert len(lines) == 1, f"{name}: {err}"
+        results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert set(results) == set(URL_COMMANDS)
+    for name, done in results.items():
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, f"{name}: {done.stderr}"
         command = URL_COMMANDS[name][0]
         assert re.fullmatch(
             rf"hybridcomms {command}: cannot reach redis://\*\*\*@127\.0\.0\.1:\d+/0: Connection refused",
             lines[0],
         ), f"{name}: {lines[0]}"
-        assert "not-shown" not in err and "Traceback" not in err
-        assert proc.returncode == EXIT_UNAVAILABLE, f"{name}: exit {proc.returncode}"
-        assert out == ""
+        assert "not-shown" not in done.stderr and "Traceback" not in done.stderr
+        assert done.returncode == EXIT_UNAVAILABLE, f"{name}: exit {done.returncode}"
+        assert done.stdout == ""
 
 
 def test_stats_prometheus_with_a_url_refuses_in_one_line_before_reaching_for_redis(tmp_path: Path) -> None:

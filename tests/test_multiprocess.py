@@ -28,7 +28,7 @@ def join_all(procs: list[mp.process.BaseProcess], timeout: float) -> None:
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
-@pytest.mark.parametrize(("producers", "per_producer", "fsync"), [(4, 5000, "never"), (4, 250, "always")])
+@pytest.mark.parametrize(("producers", "per_producer", "fsync"), [(4, 1500, "never"), (4, 250, "always")])
 def test_four_producers_and_four_consumers_ack_every_id_exactly_once(
     tmp_path: Path, producers: int, per_producer: int, fsync: str
 ) -> None:

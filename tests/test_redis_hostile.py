@@ -613,10 +613,19 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_no_cli_command_shows_the_password_whatever_the_url_looks_like(locked: Any, tmp_path: Path) -> None:
+def test_no_cli_command_shows_the_password_whatever_the_url_looks_like(
+    locked: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every command, with every form of URL, from the command line, the environment and a file:
+    no output, no log line (at any level) and no error shows the password. The commands run
+    in-process (`run_cli`: what a process prints and exits with) and their log records are all
+    kept, DEBUG included; `work`, which runs until stopped and starts children, as a real process."""
     import subprocess
     import sys
 
+    from cli_runner import run_cli
+
+    caplog.set_level(logging.DEBUG)
     good = f"redis://:Sek%40r3tPW7@127.0.0.1:{locked.port}/0"
     forms = url_forms(locked.port)
     with RedisMailbox(good, "W") as mb:  # for the one `work` run that gets through
@@ -645,42 +654,58 @@ def test_no_cli_command_shows_the_password_whatever_the_url_looks_like(locked: A
     few = [["stats"], ["show", "nope"], ["ls", "A", "--json"], ["recover", "--json"]]
     root = tmp_path / "root"
     root.mkdir()
-    runs = []
+    runs: list[tuple[list[str], dict[str, str]]] = []
     # Every command with the forms the issue names (an unencoded "@", ?password=, a mistyped scheme;
     # `work` with the first, which gets through); a few with the others.
     plan = [(forms[1], [*commands, work]), (forms[3], commands), (forms[4], [*commands, work])]
     plan += [(url, few) for url in (forms[0], forms[2], forms[5])]
-    plan.append((forms[6], [["stats"]]))  # TLS to a plain server: each run waits for its connect timeout
+    plan.append((forms[6], [["stats"]]))  # TLS to a plain server: the run waits for its connect timeout
     for url, chosen in plan:
         for command in chosen:
-            argv = [sys.executable, "-m", "hybridcomms", "--root", str(root), *command]
-            if "--" in argv:  # work: its options before the command's "--"
-                cut = argv.index("--")
-                argv[cut:cut] = ["--url", url]
+            args = ["--root", str(root), *command]
+            if "--" in args:  # work: its options before the command's "--"
+                cut = args.index("--")
+                args[cut:cut] = ["--url", url]
             else:
-                argv += ["--url", url]
-            runs.append((argv, cli_env()))
+                args += ["--url", url]
+            runs.append((args, cli_env()))
     for url in forms[:6]:  # the URL from the environment, and from a file
         url_file = tmp_path / f"url-{len(runs)}"
         url_file.write_text(url + "\n")
         for env in (cli_env(HYBRIDCOMMS_URL=url), cli_env(HYBRIDCOMMS_URL_FILE=str(url_file))):
             for command in (["stats"], ["show", "nope"]):
-                runs.append(([sys.executable, "-m", "hybridcomms", "--root", str(root), *command], env))
-    for start in range(0, len(runs), 8):  # a few at a time
-        batch = [
-            (argv, subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-            for argv, env in runs[start : start + 8]
-        ]
-        for argv, proc in batch:
-            try:  # `work` waits for messages once the mailbox is empty: stopped as a supervisor would
-                out, err = proc.communicate(timeout=10 if "work" in argv else 120)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                out, err = proc.communicate(timeout=60)
-            what = " ".join(argv[3:])
-            assert_no_secret(out, f"stdout of {what}")
-            assert_no_secret(err, f"stderr of {what}")
-            assert b"Traceback" not in err, f"{what}: {err.decode(errors='replace')[-1500:]}"
+                runs.append((["--root", str(root), *command], env))
+    workers = []
+
+    def in_a_process(args: list[str]) -> bool:  # `work`; TLS waits for its connect timeout meanwhile
+        return args[2] == "work" or any(a.startswith("rediss:") for a in args)
+
+    runs.sort(key=lambda run: not in_a_process(run[0]))
+    for args, env in runs:
+        what = " ".join(args[2:])
+        if in_a_process(args):
+            argv = [sys.executable, "-m", "hybridcomms", *args]
+            workers.append(
+                (what, subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            )
+            continue
+        done = run_cli(args, env=env)
+        assert_no_secret(done.stdout, f"stdout of {what}")
+        assert_no_secret(done.stderr, f"stderr of {what}")
+        assert "Traceback" not in done.stderr, f"{what}: {done.stderr[-1500:]}"
+    assert len(workers) == 3
+    for what, proc in workers:
+        try:  # `work` waits for messages once the mailbox is empty: stopped as a supervisor would
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            out, err = proc.communicate(timeout=60)
+        assert_no_secret(out, f"stdout of {what}")
+        assert_no_secret(err, f"stderr of {what}")
+        assert b"Traceback" not in err, f"{what}: {err.decode(errors='replace')[-1500:]}"
+    for record in caplog.records:  # every log line, at every level, with its traceback if any
+        assert_no_secret(caplog.handler.format(record), "a log record")
+        assert_no_secret(repr(record.args), "a log record's arguments")
     with RedisMailbox(good, "A") as mb:  # the URLs that authenticate did reach the server
         assert mb.stats().states[State.NEW].count >= 1
 
