@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import _fs, _last_errors, inspection
+from . import _fs, _last_errors, _log, inspection
 from ._cli_errors import LineWriter
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
@@ -331,7 +331,14 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     findings: list[dict[str, Any]] = []
     now = time.time()
 
-    def found(kind: str, where: str, detail: str, fixed: bool = False, target: _Target | None = None) -> None:
+    def found(
+        kind: str,
+        where: str,
+        detail: str,
+        fixed: bool = False,
+        target: _Target | None = None,
+        entry: tuple[str, str] | None = None,
+    ) -> None:
         finding: dict[str, Any] = {
             "agent": mb.agent_id,
             "kind": kind,
@@ -341,6 +348,8 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         }
         if target is not None:
             finding[_TARGET] = target  # what was scanned: a fix touches that inode or nothing
+        if entry is not None:
+            finding[_ENTRY] = entry  # (folder, name as listed): recovery's fix is checked by it
         findings.append(finding)
 
     # state folders a mailbox made by hand (mkdir -p <root>/<agent>/new) does not have yet
@@ -355,7 +364,8 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         except FileNotFoundError:
             continue
         if name.endswith(".stolen") or now - st.st_mtime >= mb.tmp_max_age:
-            found("stale-tmp", f"tmp/{_fs.shown(name)}", f"{human_age(now - st.st_mtime)} old", fix)
+            age = f"{human_age(now - st.st_mtime)} old"
+            found("stale-tmp", f"tmp/{_fs.shown(name)}", age, fix, entry=("tmp", name))
     # orphaned claims: in processing/ with nobody holding the lock
     proc_names = _fs.listdir_at(mb.folders.fd(State.PROCESSING)) if mb.folders.has(State.PROCESSING) else []
     for name in proc_names:
@@ -363,18 +373,21 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         try:
             fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
         except OSError:
-            found("orphaned-claim", f"processing/{_fs.shown(name)}", "cannot be opened", fix)
+            where = f"processing/{_fs.shown(name)}"
+            found("orphaned-claim", where, "cannot be opened", fix, entry=("processing", name))
             continue
         try:
             if try_lock(fd):
-                found("orphaned-claim", f"processing/{_fs.shown(name)}", "its consumer is gone", fix)
+                where = f"processing/{_fs.shown(name)}"
+                found("orphaned-claim", where, "its consumer is gone", fix, entry=("processing", name))
         finally:
             drop(fd)
     # last errors kept in errors/ for messages no longer waiting (a crash after an ack or a dead-letter)
     try:
         for name, folder in _last_errors.leftovers(mb, now):
             what = "a folder (never removed)" if folder else "its message is no longer waiting"
-            found("stale-error-record", f"{_last_errors.ERRORS}/{_fs.shown(name)}", what, fix and not folder)
+            where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
+            found("stale-error-record", where, what, fix and not folder, entry=(_last_errors.ERRORS, name))
     except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
         found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
     # One pass over each folder (one lstat per file): modes, names that do not parse, and files that
@@ -438,6 +451,7 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
 
 
 _TARGET = "_target"  # a finding's private key (never printed): what the scan saw, for its fix
+_ENTRY = "_entry"  # another: (folder, name as listed) of what recovery is to take away
 
 
 class _Target(NamedTuple):
@@ -487,35 +501,115 @@ def _fix_mode(mb: FileMailbox, target: _Target) -> bool:
 
 def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     """Repair the findings marked ``fixed`` with ``mb``, opened for writing (which made the state folders
-    it lacked, with the root's modes); a repair that fails is marked not fixed."""
+    it lacked, with the root's modes). A finding stays marked ``fixed`` only if its repair is seen done;
+    one that was refused, left in place or failed is marked not fixed, and its ``detail`` says why.
+    What this reports the library does not log too (`_log.reported_by_caller`): one line each."""
+    with _log.reported_by_caller():
+        _fix_all(mb, findings)
+
+
+def _not_fixed(finding: dict[str, Any], why: str) -> None:
+    finding["fixed"] = False
+    finding["detail"] = f"{finding['detail']}; --fix: {why}"
+
+
+def _fix_all(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     kinds = {f["kind"] for f in findings if f["fixed"]}
     for f in findings:
         if f["kind"] == "missing-folder" and f["fixed"]:
             f["fixed"] = mb.folders.has(State(f["where"].rstrip("/")))
-    if kinds & {"stale-tmp", "orphaned-claim", "stale-error-record"}:
+    if kinds & _RECOVERED_KINDS:
         # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
-        mb.recover()
+        _fix_by_recovery(mb, findings)
     if "mode" in kinds:
         for f in findings:
-            if f["kind"] == "mode" and f["fixed"]:
-                f["fixed"] = _fix_mode(mb, f[_TARGET])
+            if f["kind"] == "mode" and f["fixed"] and not _fix_mode(mb, f[_TARGET]):
+                _not_fixed(f, "left as it is (it changed since the scan, or cannot be changed)")
     if "undecodable" in kinds:
         for f in findings:
             if f["kind"] == "undecodable" and f["fixed"]:
                 name = f[_TARGET].name  # as listed (an escaped `where` may not name it)
                 try:
                     mb._reject(name, f"found by doctor: {f['detail']}")
-                except (OSError, HybridCommsError):
-                    f["fixed"] = False
+                except (OSError, HybridCommsError) as exc:
+                    _not_fixed(f, f"not moved to dead/: {exc}")
     if "legacy-drops" in kinds:
-        from .compat.dreamos.legacy import ingest
+        _fix_legacy_drops(mb, findings)
 
-        try:
-            ingest(mb)
-        except (OSError, HybridCommsError):
-            for f in findings:
-                if f["kind"] == "legacy-drops":
-                    f["fixed"] = False
+
+#: The findings `FileMailbox.recover` repairs.
+_RECOVERED_KINDS = {"stale-tmp", "orphaned-claim", "stale-error-record"}
+
+
+def _fix_by_recovery(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """One recovery pass; then each finding it was to repair is fixed only if its entry is gone."""
+    try:
+        report = mb.recover()
+    except (OSError, HybridCommsError) as exc:
+        for f in findings:
+            if f["kind"] in _RECOVERED_KINDS and f["fixed"]:
+                _not_fixed(f, f"recovery failed: {exc}")
+        return
+    errors = dict(report.errors)
+    for f in findings:
+        if f["kind"] not in _RECOVERED_KINDS or not f["fixed"]:
+            continue
+        folder, name = f[_ENTRY]
+        if not _still_there(mb, folder, name):
+            continue
+        if report.busy:
+            _not_fixed(f, "left in place: a recovery in another process holds the mailbox; try again")
+        else:
+            _not_fixed(f, f"left in place: {errors.get(f['where'], 'recovery did not take it')}")
+    said = {f["where"] for f in findings}
+    for where, why in report.errors:  # what the pass met that the scan had not (it changed since)
+        if where not in said:
+            finding = {"agent": mb.agent_id, "kind": "recovery-error", "where": where, "detail": why}
+            findings.append({**finding, "fixed": False})
+
+
+def _still_there(mb: FileMailbox, folder: str, name: str) -> bool:
+    """Whether ``folder/name`` of the mailbox is still there (looked at through the folder's descriptor,
+    no link followed)."""
+    try:
+        if folder == _last_errors.ERRORS:
+            fd = mb._errors_folder(create=False)
+            if fd is None:
+                return False
+        else:
+            fd = mb.folders.fd(State(folder))
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except (OSError, HybridCommsError):
+        return True  # cannot tell: not said to be fixed
+    return True
+
+
+def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """Take the legacy drops in; what ingestion refused (a link, a FIFO, a folder where a file belongs,
+    a file over the size limit) or left for later is reported, and the finding is not fixed."""
+    from .compat.dreamos.legacy import ingest
+
+    finding = next(f for f in findings if f["kind"] == "legacy-drops")
+    try:
+        report = ingest(mb)
+    except (OSError, HybridCommsError) as exc:
+        _not_fixed(finding, f"not ingested: {exc}")
+        return
+    if report.refused or report.waiting:
+        _not_fixed(finding, str(report))
+    prefix = f"{mb.agent_id}/"
+    for where, why in report.refused:
+        findings.append(
+            {
+                "agent": mb.agent_id,
+                "kind": "legacy-refused",
+                "where": where.removeprefix(prefix),
+                "detail": f"{why}; refused by --fix and left in place (move it away by hand)",
+                "fixed": False,
+            }
+        )
 
 
 def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
@@ -540,17 +634,19 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
                 root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
             ) as mb:
                 found = _doctor_one(mb, args.fix, args.deep)
-            findings += found
-            if any(f["fixed"] for f in found):
-                try:  # opened for writing: this makes the state folders it lacks
-                    with FileMailbox(
-                        root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
-                    ) as mb:
-                        _doctor_fix(mb, found)
-                except (OSError, HybridCommsError):
-                    for f in found:
-                        f["fixed"] = False
-                    raise
+            try:
+                if any(f["fixed"] for f in found):
+                    try:  # opened for writing: this makes the state folders it lacks
+                        with FileMailbox(
+                            root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
+                        ) as mb:
+                            _doctor_fix(mb, found)  # (it may add findings: what it refused)
+                    except (OSError, HybridCommsError):
+                        for f in found:
+                            f["fixed"] = False
+                        raise
+            finally:
+                findings += found
         except (OSError, HybridCommsError) as exc:
             findings.append(
                 {"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}
@@ -565,11 +661,12 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
         for f in findings:
             mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")
             print(_fs.printable(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}"))
-        print(
-            "healthy"
-            if not open_problems
-            else f"{len(open_problems)} problem(s); run 'hybridcomms doctor --fix'"
-        )
+        if not open_problems:
+            print("healthy")
+        elif args.fix:
+            print(f"{len(open_problems)} problem(s) left that --fix did not repair (see above)")
+        else:
+            print(f"{len(open_problems)} problem(s); run 'hybridcomms doctor --fix'")
     return EXIT_OK if not open_problems else EXIT_ERROR
 
 
@@ -597,17 +694,21 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
         if wanted and ev.agent not in wanted:
             return
         write(
-            json_text(ev.to_dict())
+            json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
             if args.json
             else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
         )
 
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda signum, frame: stop.set())
     from ._watch_command import watch_bus
 
-    release_bus = watch_bus(root, args.bus, args.json, write) if getattr(args, "bus", None) else None
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    release_bus = None
     try:
+        if getattr(args, "bus", None):
+            release_bus = watch_bus(root, args.bus, args.json, write)
         waiting = "waiting" if args.waiting else "skip"
         with MailboxWatcher(  # it only looks: no recovery, no legacy intake
             root, on_event=on_event, recover_every=0, rescan_every=10, waiting=waiting, ingest_legacy=False
@@ -618,6 +719,8 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     finally:
         if release_bus is not None:
             release_bus()
+        for s, handler in previous.items():  # as they were (a caller in this process has its own)
+            signal.signal(s, handler)
     return EXIT_OK
 
 

@@ -7,17 +7,24 @@ record is formatted; the message templates are the library's own and stay as the
 
 A filter on a logger applies to the records made through that logger only, not to its children: so
 every module takes its logger from `get`, never from `logging.getLogger` (a test checks).
+
+Some events are logged as warnings because nobody else would say them: a message dead-lettered, a file
+refused or left in place. A command that prints its own line for such an event (``work`` for the
+messages it dead-letters, ``doctor --fix`` for what it repairs or cannot) runs that step within
+`reported_by_caller`, and those records go to DEBUG (`event_level`): each event is shown once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
-from ._text import printable
+from ._text import printable, shows_as_itself
 
-__all__ = ["Inert", "get"]
+__all__ = ["Inert", "event_level", "get", "reported_by_caller"]
 
 
 def _inert(value: Any) -> Any:
@@ -33,7 +40,7 @@ class Inert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if not args:
-            if isinstance(record.msg, str) and not record.msg.isprintable():
+            if isinstance(record.msg, str) and not shows_as_itself(record.msg):
                 record.msg = printable(record.msg)  # a message built beforehand (an f-string)
         elif isinstance(args, tuple):
             record.args = tuple(_inert(a) for a in args)
@@ -59,3 +66,23 @@ def get(name: str) -> logging.Logger:
     if _INERT not in logger.filters:
         logger.addFilter(_INERT)
     return logger
+
+
+_REPORTED_BY_CALLER: ContextVar[bool] = ContextVar("hybridcomms_reported_by_caller", default=False)
+
+
+@contextlib.contextmanager
+def reported_by_caller() -> Iterator[None]:
+    """Within it (this thread, or this task), the caller says the events it causes itself: the library
+    logs them at DEBUG (`event_level`) rather than as warnings."""
+    token = _REPORTED_BY_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _REPORTED_BY_CALLER.reset(token)
+
+
+def event_level(level: int = logging.WARNING) -> int:
+    """The level to log an event that a caller may report itself at: ``level``, or DEBUG within
+    `reported_by_caller`."""
+    return logging.DEBUG if _REPORTED_BY_CALLER.get() else level

@@ -29,8 +29,9 @@ log = _log.get("hybridcomms.watch")
 
 
 class ExecRunner:
-    """Runs ``--exec CMD`` once per delivered message, at most ``jobs`` at a time, off the watching
-    threads. A failing command is reported and never stops anything.
+    """Runs ``--exec CMD`` once per delivered or recovered message, and per message already waiting
+    at the start, at most ``jobs`` at a time, off the watching threads. A failing command is reported
+    and never stops anything.
 
     The queue of waiting files is bounded (``queue_size``): when it is full, the watching thread
     waits for room (back-pressure; the kernel keeps the notifications, and a lost one is made up by
@@ -189,14 +190,16 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     def on_event(ev: MailboxEvent) -> None:
         if counter is not None:
             counter(ev)
-        write(
-            json_text(ev.to_dict())
-            if args.json
-            else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
-            + (" (rescan)" if ev.source == "rescan" else "")
-        )
-        if runner is not None and ev.kind in ("delivered", "recovered"):
-            runner.submit(ev)
+        try:
+            write(
+                json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
+                if args.json
+                else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
+                + (" (rescan)" if ev.source == "rescan" and ev.kind != "waiting" else "")
+            )
+        finally:  # whatever became of its line, the command runs (with the exact path and name)
+            if runner is not None and ev.kind in ("delivered", "recovered", "waiting"):
+                runner.submit(ev)
 
     watcher = MailboxWatcher(
         root,
@@ -205,6 +208,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         rescan_every=args.rescan_every,
         polling=args.polling,
         ingest_legacy=ingest,
+        waiting="waiting",  # the backlog at the start is said to wait (and gets its --exec), not "delivered"
     )
 
     def stop_now() -> None:

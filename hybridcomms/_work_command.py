@@ -268,7 +268,8 @@ class Worker:
             self._report(d, "lost", code, seconds, text)
             return
         if attempts_used_up(d.attempt, self.mb.max_attempts):
-            d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
+            with _log.reported_by_caller():  # its line is the one `_report` prints
+                d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
             with self.lock:
                 self.counts["dead"] += 1
             self._report(d, "dead", code, seconds, text)

@@ -893,7 +893,7 @@ class FileMailbox:
 
     def _reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
-        log.warning("%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
+        log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
         self._move_to_dead(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
 
     def _move_to_dead(
@@ -1016,7 +1016,7 @@ class FileMailbox:
             d._release()
         if moved is None:
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
-        log.warning("%s: message %s dead-lettered: %s", self.agent_id, d.message.id, reason)
+        log.log(_log.event_level(), "%s: message %s dead-lettered: %s", self.agent_id, d.message.id, reason)
 
     # -- recovery -----------------------------------------------------------------------------
 

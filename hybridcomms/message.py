@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from ._text import printable, shows_as_itself
 from .errors import MessageDecodeError, MessageError, MessageTooLargeError
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "FORMAT_VERSION", "Message", "Priority"]
@@ -46,11 +47,13 @@ _MAX_TOPIC = 256
 
 
 def _topic_ok(topic: str) -> bool:
-    """1-256 printable characters (`str.isprintable`): no C0 or C1 control, DEL, invisible format
-    character (bidi overrides and isolates, zero-width marks), line or paragraph separator, lone
-    surrogate, private-use or unassigned code point. A topic is printed for people (ls, show, tail,
-    watch --bus): nothing in it may act on a terminal."""
-    return 0 < len(topic) <= _MAX_TOPIC and topic.isprintable()
+    """1-256 characters that each show as themselves (`hybridcomms._text.shows_as_itself`): no C0 or
+    C1 control, DEL, invisible format character (bidi overrides and isolates, zero-width marks), line
+    or paragraph separator, lone surrogate, private-use or unassigned code point, and no
+    Default_Ignorable_Code_Point (combining grapheme joiner, variation selectors, Hangul fillers, tag
+    characters, soft hyphen…). A topic is printed for people (ls, show, tail, watch --bus) and routed
+    by the policy: nothing in it may act on a terminal, and two topics that look alike are equal."""
+    return 0 < len(topic) <= _MAX_TOPIC and shows_as_itself(topic)
 
 
 class Priority(IntEnum):
@@ -231,8 +234,8 @@ class Message:
         # Checked with cheap type tests and precompiled patterns: this runs on every claim.
         if type(topic) is not str or not _topic_ok(topic):
             raise MessageError(
-                f"topic must be a string of 1-{_MAX_TOPIC} characters, with no control or invisible "
-                f"formatting characters: {topic!r}"
+                f"topic must be a string of 1-{_MAX_TOPIC} characters, with no control, invisible or "
+                f"default-ignorable characters: {printable(repr(topic))}"
             )
         if id is None:
             id = new_id()

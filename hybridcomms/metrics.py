@@ -164,6 +164,8 @@ class EventCounter:
         )
 
     def __call__(self, ev: Any) -> None:
+        if ev.kind == "waiting":
+            return  # what already waited at the start: no event (the depth gauges count it)
         self.events.labels(ev.agent, ev.kind).inc()
         if ev.kind == "claimed" and ev.attempt > 1:
             self.redeliveries.labels(ev.agent).inc()

@@ -135,7 +135,7 @@ def _isolated(mb: FileMailbox, report: RecoveryReport, what: str, fn: object, *a
 
 def _record(mb: FileMailbox, report: RecoveryReport, what: str, exc: BaseException) -> None:
     text = f"{type(exc).__name__}: {exc}"
-    log.warning("%s: recovery left %s in place: %s", mb.agent_id, _fs.shown(what), text)
+    log.log(_log.event_level(), "%s: recovery left %s in place: %s", mb.agent_id, _fs.shown(what), text)
     report.errors.append((_fs.shown(what), text))
 
 

@@ -33,6 +33,7 @@ import orjson
 
 from . import _fs, _log
 from . import intake as _intake
+from ._broken import Broken
 from ._names import REASON_SUFFIX, parse_name
 from .bus import AgentBus
 from .mailbox import FileMailbox, list_agents
@@ -91,6 +92,14 @@ class MailboxEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_json(self) -> dict[str, Any]:
+        """`to_dict` for a JSON document (``tail --json``, ``watch --json``): ``name`` and ``path`` as
+        `hybridcomms._fs.shown` text, the bytes of a file name that is not UTF-8 written ``\\xNN``
+        (JSON strings cannot carry them); every other field, and every name that is UTF-8, exact."""
+        out = asdict(self)
+        out["name"], out["path"] = _fs.shown(self.name), _fs.shown(self.path)
+        return out
 
 
 def describe_file(path: str, root: str | None = None) -> tuple[str | None, str | None]:
@@ -151,9 +160,11 @@ class MailboxWatcher:
                        appends, ``inbox/`` files) into its ``new/``: None (default) when an intake is
                        configured (`hybridcomms.intake`), True or False to say so
         waiting        what is already waiting in ``new/`` when it starts: "delivered" (default: reported
-                       as delivered, source "rescan", so that a service acts on it, as ``watch --exec``
-                       does), "waiting" (reported as kind "waiting", at the time each file entered
-                       ``new/``), or "skip" (not reported: events from now on, as ``tail`` shows them)
+                       as delivered, source "rescan", so that a callback that acts on deliveries acts
+                       on it), "waiting" (reported as kind "waiting", at the time each file entered
+                       ``new/``, as ``watch`` and ``tail --waiting`` show it; what the first look takes
+                       in from legacy drops is delivered by it, and said so), or "skip" (not reported:
+                       events from now on, as ``tail`` shows them)
     """
 
     def __init__(
@@ -187,6 +198,10 @@ class MailboxWatcher:
         self._root_str = os.path.abspath(self.root)
         self._describe = _Describer(root=self._root_str)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
+        # What fails at every pass (a mailbox a co-tenant broke): said once, and once when it heals.
+        self._broken = Broken("recovery", log)
+        self._broken_intake = Broken("the legacy intake", log)
+        self._broken_upkeep = Broken("the watcher's upkeep (rescans, recovery)", log)
         self._lock = threading.Lock()
         self._observer: Any = None
         self._thread: threading.Thread | None = None
@@ -320,9 +335,11 @@ class MailboxWatcher:
                 if now >= next_recover:
                     self.recover_all()
                     next_recover = time.monotonic() + self.recover_every
-            except Exception:
-                log.exception("watcher maintenance failed; trying again")
+            except Exception as exc:  # tried again in a second; said once, not every second
+                self._broken_upkeep.failed(self._root_str, exc)
                 self._stop.wait(1.0)
+            else:
+                self._broken_upkeep.ok(self._root_str)
 
     def _new_agent(self) -> None:
         """A new agent folder: files can land in its new/ before its watches exist, so list it again
@@ -371,10 +388,12 @@ class MailboxWatcher:
             return 0  # still on the legacy layout: its own readers take what is dropped there
         try:
             with FileMailbox(self.root, agent, create=False) as mb:
-                return self._intake.take(mb)
+                taken = self._intake.take(mb)
         except Exception as exc:  # a lock held too long, an I/O error: the next look tries again
-            log.warning("legacy drops of %s not ingested this time: %s", agent, exc)
+            self._broken_intake.failed(agent, exc)  # said once, not at every look
             return 0
+        self._broken_intake.ok(agent)
+        return taken
 
     def _on_created(self, path: str) -> None:
         if self._legacy_drop(path):
@@ -471,14 +490,18 @@ class MailboxWatcher:
         ``first``: the look at the start, which reports what it finds as ``waiting`` says."""
         report = self._waiting if first and self.waiting != "delivered" else None
         found = 0
-        for agent in list_agents(self.root):
+        agents = list_agents(self.root)
+        self._broken_intake.keep(agents)
+        for agent in agents:
             if self._stop.is_set():
                 break  # stopping (a SIGTERM during a start-up rescan of a large backlog)
+            backlog: set[str] | None = None  # with `report`: what waited before this look ingested
             if self._intake is not None and self._intake.pending(self.root, agent):
+                if report is not None:
+                    backlog = self._listing(agent) or set()
                 self.ingest(agent)
-            try:
-                names = set(_fs.listdir_beneath(self._root_str, (agent, "new")))  # no link followed
-            except OSError:
+            names = self._listing(agent)
+            if names is None:
                 continue
             with self._lock:
                 seen = self._reported.setdefault(agent, set())
@@ -487,23 +510,34 @@ class MailboxWatcher:
             for name in fresh:
                 if self._stop.is_set():
                     break
-                if report is not None:
+                if report is not None and (backlog is None or name in backlog):
                     report(agent, name)
-                else:
+                else:  # found by a later look, or just taken in from legacy drops by this one
                     self._delivered(agent, name, "rescan")
                 found += 1
         return found
 
+    def _listing(self, agent: str) -> set[str] | None:
+        """The names in ``agent``'s ``new/`` (no link followed); None if it cannot be listed."""
+        try:
+            return set(_fs.listdir_beneath(self._root_str, (agent, "new")))
+        except OSError:
+            return None
+
     def recover_all(self) -> dict[str, int]:
-        """Run recovery on every mailbox; returns, per agent, how many messages it gave back."""
+        """Run recovery on every mailbox; returns, per agent, how many messages it gave back. A mailbox
+        recovery fails for is logged once, in one line, and once more when it works again."""
         out: dict[str, int] = {}
-        for agent in list_agents(self.root):
+        agents = list_agents(self.root)
+        self._broken.keep(agents)
+        for agent in agents:
             try:
                 with FileMailbox(self.root, agent, create=False) as mb:
                     report = mb.recover()
-            except Exception:
-                log.exception("recovery of %s failed", agent)
+            except Exception as exc:  # one line when it breaks, one when it heals (`_broken`)
+                self._broken.failed(agent, exc)
                 continue
+            self._broken.ok(agent)
             moved = len(report.returned) + len(report.expired) + len(report.dead)
             if moved:
                 out[agent] = moved

@@ -374,7 +374,7 @@ def max_entry_chars(max_message_size: int) -> int:
 
 
 def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
-    log.warning("%s: %s refused and left in place: %s", agent, _fs.shown(where), why)
+    log.log(_log.event_level(), "%s: %s refused and left in place: %s", agent, _fs.shown(where), why)
     report.refused.append((_fs.shown(where), why))
 
 
