@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,12 +58,19 @@ def pytest_configure(config: pytest.Config) -> None:
         runs = parent / f"hybridcomms-tests-{os.getuid()}"
         runs.mkdir(mode=0o700, parents=True, exist_ok=True)
         for old in runs.glob("run-*"):  # left by a run that was killed
-            pid = old.name.removeprefix("run-")
+            pid = old.name.split("-")[1]
             if pid.isdigit() and not _alive(int(pid)):
                 _remove(old)
         here = runs / f"run-{os.getpid()}"
         config.option.basetemp = str(here)
         made.append(here)
+        # What tests make with `tempfile` (generated tests cannot use tmp_path) goes there too, for
+        # them, the processes they start and the xdist workers.
+        tmp = runs / f"run-{os.getpid()}-tmp"
+        tmp.mkdir(mode=0o700)
+        os.environ["TMPDIR"] = str(tmp)
+        tempfile.tempdir = None  # (computed again from TMPDIR)
+        made.append(tmp)
     if sys.dont_write_bytecode and sys.pycache_prefix is None:
         made += _compiled_for_this_run()
     config.stash[_MADE] = made

@@ -582,7 +582,7 @@ def url_forms(port: int) -> list[str]:
         f"redis://{host}/0?password=Sek%40r3tPW7",  # as a query parameter
         f"redsi://:Sek%40r3tPW7@{host}/0",  # a mistyped scheme
         f"redis:/:{SECRET}@{host}/0",  # a slash missing: not a URL at all
-        f"rediss://:{SECRET}@{host}/0",  # TLS to a server that does not speak it
+        f"rediss://:{SECRET}@{host}/0?socket_connect_timeout=1",  # TLS to a server that does not speak it
     ]
 
 
