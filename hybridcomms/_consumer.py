@@ -147,11 +147,12 @@ class ConsumerLoop:
                 # One bounded step (a chunk; a legacy lock another process holds is skipped, never
                 # waited on): the mailbox is delivered between steps whatever legacy writers do.
                 step = self._legacy_step(False)
-                took = time.monotonic() - now
+                done = time.monotonic()
                 self._legacy_more = step.more
-                self._next_legacy_look = now + (
-                    min(took, LEGACY_LOOK_EVERY) if step.more else LEGACY_LOOK_EVERY
-                )
+                if step.more:  # the next chunk after deliveries for as long as this one took (capped)
+                    self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
+                else:
+                    self._next_legacy_look = now + LEGACY_LOOK_EVERY
             if self._legacy_more and timeout:  # wait for a delivery no longer than until the next step
                 timeout = min(timeout, max(self._next_legacy_look - time.monotonic(), 0.0))
         delivery = self.mailbox.claim(timeout=timeout, cancel=self.stopping)

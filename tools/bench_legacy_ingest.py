@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The legacy intake against a large ``inbox.json``: peak memory, and how long a consumer stalls.
 
-    python tools/bench_legacy_ingest.py [--mib 64] [--typical-mib 5] [--dir /dev/shm] [--json F]
+    python tools/bench_legacy_ingest.py [--mib 64] [--typical-mib 5] [--dir /dev/shm] [--fsync never]
+                                        [--only SHAPE...] [--json F]
 
 Each shape is written as ``<agent>/inbox.json`` of about ``--mib`` MiB (under the 64 MiB cap), and one
-child process per shape ingests it (fsync never, on ``--dir``: tmpfs where there is one):
+child process per shape ingests it (``--fsync``, never by default, on ``--dir``: tmpfs where there is one):
 
 - ``typical``: Dream.OS messages of ~200 bytes (indent=2, as ``json.dump`` wrote them), ``--typical-mib``
   MiB of them (5 MiB are ~20,000 messages);
@@ -40,8 +41,8 @@ def peak(reset=False):
     with open("/proc/self/status") as f:
         return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
 
-root, agent, mode = sys.argv[1:4]
-with FileMailbox(root, agent, fsync="never") as mb:
+root, agent, mode, fsync = sys.argv[1:5]
+with FileMailbox(root, agent, fsync=fsync) as mb:
     before = peak(reset=True)
     started = time.perf_counter()
     longest = 0.0
@@ -95,6 +96,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--typical-mib", type=float, default=5)
     parser.add_argument("--dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    parser.add_argument("--fsync", default="never", choices=["never", "batch", "always"])
+    parser.add_argument("--only", nargs="*", help="these shapes only")
     parser.add_argument("--json", help="write the results there too")
     args = parser.parse_args()
     from hybridcomms import FileMailbox
@@ -104,13 +107,15 @@ def main() -> None:
     try:
         size = min(args.mib << 20, (64 << 20) - 4096)
         for name, data in shapes(size, int(args.typical_mib * (1 << 20))).items():
+            if args.only and name not in args.only:
+                continue
             results[name] = {}
             for mode in ("whole", "steps"):
                 root = base / f"{name}-{mode}"
                 FileMailbox(root, "Agent-1", fsync="never").close()
                 (root / "Agent-1" / "inbox.json").write_bytes(data)
                 out = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(root), "Agent-1", mode],
+                    [sys.executable, "-c", CHILD, str(root), "Agent-1", mode, args.fsync],
                     capture_output=True,
                     text=True,
                     check=True,

@@ -43,6 +43,7 @@ __all__ = ["FileId", "Journal", "Resume", "file_id", "folder_journal_name", "is_
 ARRAY_JOURNAL = ".hybridcomms-ingest.json"
 _ANYWHERE = 1 << 62  # an index beyond any array
 _CLEARING = re.compile(r"\.inbox\.json\.hybridcomms-[0-9a-f]{12}\.tmp")
+_HEX = re.compile(r"(?:[0-9a-f]{64})?")
 
 
 #: A file's identity: it changes whenever the file does (a rename over it, a write, even a ``touch``:
@@ -134,6 +135,8 @@ class Journal:
         if isinstance(clearing, str) and is_clearing_name(clearing):
             self.clearing = clearing
         self.chained = data.get("v") == 2
+        if self.chained and _HEX.fullmatch(self.digest) is None:  # (a chain is hex: anything else, none)
+            self.digest, self.taken = "", 0
         self.resume = Resume.from_json(data.get("resume")) if self.chained else None
 
     def forget(self) -> None:

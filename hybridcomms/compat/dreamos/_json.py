@@ -18,7 +18,7 @@ from typing import Any
 
 from ._json_stream import TOO_LARGE, ArrayReader, NotAnArray
 
-__all__ = ["TOO_LARGE", "NotAnArray", "array_text", "dumps", "iter_array", "loads", "round_trip"]
+__all__ = ["TOO_LARGE", "NotAnArray", "dumps", "iter_array", "loads", "round_trip"]
 
 
 def dumps(value: Any, *, indent: int | None = None) -> bytes:
@@ -45,12 +45,6 @@ def round_trip(value: Any) -> Any:
 
 
 # -- one array, element by element ---------------------------------------------------------------
-
-
-def array_text(raw: bytes) -> str:
-    """The text ``json.loads(raw)`` reads: UTF-8, -16 or -32 as it detects them (a UTF-8 BOM is
-    skipped). Raises ``ValueError`` (``UnicodeDecodeError``) for bytes that are none of them."""
-    return raw.decode(json.detect_encoding(raw), "surrogatepass")
 
 
 def iter_array(

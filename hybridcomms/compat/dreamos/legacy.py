@@ -708,7 +708,7 @@ def _take_array(
     taking = _Chunks(mb, report, journal, start, on_taken, file_id(st), budget)
     if start.skip and on_taken is not None:
         on_taken(start.skip)  # taken before (by an earlier step, or an interrupted ingestion)
-    if start.skip < start.count:
+    if start.skip < start.count or resume is not None:  # (read on to the end whatever the journal says)
         try:
             stopped = _take_entries(taking, fd, source, max_item, start, budget)
         except ValueError as exc:
@@ -717,8 +717,7 @@ def _take_array(
             log.warning(
                 "%s: %s changed while it was read (%s): looked at again next time", mb.agent_id, source, exc
             )
-            taking.pause(None)
-            report.more = True
+            taking.pause(None)  # (not ``more``: a file rewritten in place in a loop makes no busy loop)
             return
         if stopped:
             taking.pause(file_id(st))
