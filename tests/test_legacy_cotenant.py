@@ -40,6 +40,18 @@ from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, _shared, encode_event
 from hybridcomms.watcher import MailboxEvent, MailboxWatcher
 
 ENV = {k: v for k, v in os.environ.items() if k != "HYBRIDCOMMS_ROOT"}
+#: tmpfs where there is one: the journal is fsynced at every chunk, which costs a disk's latency.
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+@pytest.fixture
+def fast_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder on tmpfs where there is one (megabytes are written, journals fsynced)."""
+    if SHM is None:
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=SHM, prefix="hc-cotenant-") as d:
+        yield Path(d)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
@@ -175,15 +187,15 @@ def test_watch_legacy_goes_on_watching_while_a_co_tenant_holds_a_legacy_lock(
 
 
 def test_a_large_inbox_json_is_taken_a_chunk_per_turn_between_deliveries(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    fast_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Today's failure: the consumer took the whole array (34 s for 5 MiB) before its next delivery."""
     monkeypatch.setattr(legacy_mod, "CHUNK_ENTRIES", 8)
     entries = 200
-    with FileMailbox(root, "Agent-1", fsync="never") as mb:
+    with FileMailbox(fast_dir, "Agent-1", fsync="never") as mb:
         mb.put_many([Message("work.item", {"n": i}) for i in range(5)])  # older: claimed first
         (mb.path / "inbox.json").write_bytes(orjson.dumps([legacy_entry(i) for i in range(entries)]))
-    folders = [root / "Agent-1" / s.folder for s in (State.NEW, State.PROCESSING, State.DONE)]
+    folders = [fast_dir / "Agent-1" / s.folder for s in (State.NEW, State.PROCESSING, State.DONE)]
     seen_at_first: list[int] = []
     legacy: list[int] = []
 
@@ -191,7 +203,7 @@ def test_a_large_inbox_json_is_taken_a_chunk_per_turn_between_deliveries(
         if not seen_at_first:  # every message that exists: the 5 durable ones and what was ingested
             seen_at_first.append(sum(len(os.listdir(f)) for f in folders) - 5)
 
-    comms = Comms("Agent-1", root=root, fsync="never", legacy_intake=True, share_bus=False)
+    comms = Comms("Agent-1", root=fast_dir, fsync="never", legacy_intake=True, share_bus=False)
     try:
         comms.subscribe("work.*", first_delivery)
         comms.subscribe("legacy.*", lambda m: legacy.append(m.payload["i"]))
@@ -201,7 +213,7 @@ def test_a_large_inbox_json_is_taken_a_chunk_per_turn_between_deliveries(
         comms.close()
     assert seen_at_first[0] <= 2 * 8, seen_at_first  # a chunk (or two), not the whole array
     assert sorted(legacy) == list(range(entries))
-    assert orjson.loads((root / "Agent-1" / "inbox.json").read_bytes()) == []
+    assert orjson.loads((fast_dir / "Agent-1" / "inbox.json").read_bytes()) == []
 
 
 class Interrupted(BaseException):
@@ -224,14 +236,14 @@ def bodies(mb: FileMailbox) -> Counter[str]:
 step_actions = st.lists(st.sampled_from(["step", "append", "kill-before", "kill-after"]), max_size=14)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(actions=step_actions)
 def test_an_ingestion_taken_in_steps_and_killed_between_them_loses_nothing_and_doubles_nothing(
     monkeypatch: pytest.MonkeyPatch, actions: list[str]
 ) -> None:
     monkeypatch.setattr(legacy_mod, "CHUNK_ENTRIES", 8)
     with (
-        tempfile.TemporaryDirectory(prefix="hc-steps-") as tmp,
+        tempfile.TemporaryDirectory(dir=SHM, prefix="hc-steps-") as tmp,
         FileMailbox(tmp, "Agent-1", fsync="never") as mb,
     ):
         first = [{"body": i} if i % 4 else legacy_entry(i) for i in range(40)]
@@ -345,17 +357,6 @@ for agent in sys.argv[2:]:
         out.append(f"{agent} {report.n_ingested} {len(report.buried)} {before} {peak()}")
 print("\\n".join(out))
 """
-
-
-@pytest.fixture
-def fast_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder on tmpfs where there is one (tens of megabytes are written)."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir=shm, prefix="hc-cotenant-") as d:
-        yield Path(d)
 
 
 def test_ingesting_a_large_inbox_json_costs_memory_bounded_by_the_chunk_not_the_file(fast_dir: Path) -> None:
@@ -614,7 +615,7 @@ class _Listing:
         pass
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(entries=hostile_entries)
 def test_links_swapped_in_while_the_backup_copies_are_never_followed(
     monkeypatch: pytest.MonkeyPatch, entries: dict[tuple[str, str], tuple[str, bool]]
@@ -622,7 +623,7 @@ def test_links_swapped_in_while_the_backup_copies_are_never_followed(
     """Today's failure: `shutil.copytree` listed a folder, then copied each file by its path: a file
     swapped for a link meanwhile was followed, and the secret it points at copied into the backup."""
     monkeypatch.setattr(backup_mod, "MAX_FILE", 4096)
-    with tempfile.TemporaryDirectory(prefix="hc-backup-") as tmp:
+    with tempfile.TemporaryDirectory(dir=SHM, prefix="hc-backup-") as tmp:
         base = Path(tmp)
         root = group_root(base)
         out = base / "outside"
