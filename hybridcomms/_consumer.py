@@ -23,6 +23,7 @@ from ._requests import PendingRequests
 from .backend import Mailbox, MailboxDelivery
 from .bus import AgentBus
 from .errors import HybridCommsError
+from .intake import Step
 from .message import Message
 from .retry import attempts_used_up
 
@@ -39,7 +40,8 @@ log = _log.get("hybridcomms.comms")
 
 REPLY_HEADER = "hybridcomms.reply"
 DEAD_LETTER_TOPIC = "hybridcomms.deadletter"
-#: How often the loop looks for legacy drops, at most (seconds).
+#: How often the loop looks for legacy drops, at most (seconds). While more is waiting there, it takes
+#: one chunk per turn and gives deliveries at least as long as that chunk took (up to this) in between.
 LEGACY_LOOK_EVERY = 0.25
 
 #: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
@@ -79,7 +81,7 @@ class ConsumerLoop:
         *,
         dead_letter_topic: str,
         recover_every: float,
-        intake_probe: Callable[[bool], Any] | None,
+        intake_probe: Callable[[bool], Step] | None,
         outage: Outage,
     ) -> None:
         self.agent_id = agent_id
@@ -95,6 +97,7 @@ class ConsumerLoop:
         self.loop: asyncio.AbstractEventLoop | None = None  # the agent's loop, for async handlers
         self._thread: threading.Thread | None = None
         self._next_legacy_look = 0.0
+        self._legacy_more = False  # the last intake step left more to take
 
     @property
     def running(self) -> bool:
@@ -141,23 +144,42 @@ class ConsumerLoop:
         if self.intake_probe is not None:
             now = time.monotonic()
             if now >= self._next_legacy_look:
-                self._next_legacy_look = now + LEGACY_LOOK_EVERY
-                self.ingest_legacy()
+                # One bounded step (a chunk; a legacy lock another process holds is skipped, never
+                # waited on): the mailbox is delivered between steps whatever legacy writers do.
+                step = self._legacy_step(False)
+                done = time.monotonic()
+                self._legacy_more = step.more
+                if step.more:  # the next chunk after deliveries for as long as this one took (capped)
+                    self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
+                else:
+                    self._next_legacy_look = now + LEGACY_LOOK_EVERY
+            if self._legacy_more and timeout:  # wait for a delivery no longer than until the next step
+                timeout = min(timeout, max(self._next_legacy_look - time.monotonic(), 0.0))
         delivery = self.mailbox.claim(timeout=timeout, cancel=self.stopping)
         if delivery is None:
             return False
         self.dispatch(delivery)
         return True
 
-    def ingest_legacy(self, force: bool = False) -> int:
+    def _legacy_step(self, force: bool) -> Step:
         if self.intake_probe is None:
-            return 0
+            return Step()
         try:
-            taken = self.intake_probe(force)
+            return self.intake_probe(force)
         except (OSError, HybridCommsError) as exc:
             log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
-            return 0
-        return int(taken or 0)
+            return Step()
+
+    def ingest_legacy(self, force: bool = False) -> int:
+        """Take every legacy drop waiting now (step after step); a lock another process holds is
+        skipped (its drops wait for a later call)."""
+        taken = 0
+        while True:
+            step = self._legacy_step(force)
+            taken += step.taken
+            if not step.more:
+                return taken
+            force = True
 
     def dispatch(self, d: MailboxDelivery) -> None:
         message = d.message

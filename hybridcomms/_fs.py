@@ -22,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -33,6 +35,7 @@ from .errors import NotRegularFileError, TooLargeError, UnsafePathError
 __all__ = [
     "ALLOW_OTHER_OWNER_ENV",
     "NAME_MAX",
+    "ByteRange",
     "FsyncPolicy",
     "NotRegularFileError",
     "TooLargeError",
@@ -43,6 +46,7 @@ __all__ = [
     "free_name",
     "fsync_dir",
     "open_dir",
+    "open_regular",
     "read_all",
     "read_regular",
     "rename_noreplace",
@@ -214,13 +218,37 @@ def syncfs(fd: int) -> bool:
     return True
 
 
-def write_new_file(dir_fd: int, name: str, data: bytes, mode: int, *, sync: bool) -> None:
-    """Create ``name`` under ``dir_fd`` exclusively and write all of ``data``.
+@dataclass(frozen=True)
+class ByteRange:
+    """Bytes of an open file, to be copied without holding them: ``length`` bytes from ``offset``."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def blocks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes, ``size`` at a time (a file that got shorter meanwhile is an ``OSError``)."""
+        done = 0
+        while done < self.length:
+            block = os.pread(self.fd, min(size, self.length - done), self.offset + done)
+            if not block:
+                raise OSError(errno.EIO, "the file got shorter while it was copied")
+            done += len(block)
+            yield block
+
+
+def write_new_file(dir_fd: int, name: str, data: bytes | ByteRange, mode: int, *, sync: bool) -> None:
+    """Create ``name`` under ``dir_fd`` exclusively and write all of ``data`` (bytes, or a range of
+    another file copied a block at a time).
 
     On any failure the partial file is removed and the error re-raised: nothing is left behind.
     """
     fd = os.open(name, O_CREATE_MSG, mode, dir_fd=dir_fd)
     try:
+        if isinstance(data, ByteRange):
+            for block in data.blocks():
+                _write_all(fd, block)
+            data = b""
         written = os.write(fd, data)
         if written < len(data):  # rare for a regular file: finish the rest
             view = memoryview(data)[written:]
@@ -236,6 +264,15 @@ def write_new_file(dir_fd: int, name: str, data: bytes, mode: int, *, sync: bool
         _unlink_quietly(dir_fd, name)
         raise
     os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - a regular file never does this
+            raise OSError(errno.EIO, "short write")
+        view = view[written:]
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:
@@ -332,14 +369,12 @@ def read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def read_regular(
+def open_regular(
     name: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None, follow: bool = False
-) -> bytes:
-    """The bytes of a file a producer may have placed, read as a hostile one: never following a
-    symlink (`OSError` ELOOP), never blocking on a FIFO or a device (`NotRegularFileError`), and never
-    more than ``limit`` bytes (`TooLargeError`). `FileNotFoundError` if it is gone.
-
-    ``follow``: for a path a person chose (a config file): a link is followed, the rest holds."""
+) -> tuple[int, os.stat_result]:
+    """A file a producer may have placed, opened as a hostile one (see `read_regular`): its
+    descriptor (the caller closes it) and its `fstat`, checked to be a regular file of at most
+    ``limit`` bytes."""
     fd = os.open(name, _O_READ_FOLLOW if follow else O_READ_MSG, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
@@ -349,6 +384,22 @@ def read_regular(
             )
         if st.st_size > limit:
             raise TooLargeError(st.st_size, limit, os.fspath(name))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_regular(
+    name: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None, follow: bool = False
+) -> bytes:
+    """The bytes of a file a producer may have placed, read as a hostile one: never following a
+    symlink (`OSError` ELOOP), never blocking on a FIFO or a device (`NotRegularFileError`), and never
+    more than ``limit`` bytes (`TooLargeError`). `FileNotFoundError` if it is gone.
+
+    ``follow``: for a path a person chose (a config file): a link is followed, the rest holds."""
+    fd, st = open_regular(name, limit, dir_fd=dir_fd, follow=follow)
+    try:
         data = read_all(fd, st.st_size, limit)
         if data is None:  # grew while we read it
             raise TooLargeError(limit + 1, limit, os.fspath(name))

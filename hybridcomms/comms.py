@@ -304,12 +304,14 @@ class Comms:
 
         Where a legacy intake is on (`hybridcomms.intake`), messages that legacy Dream.OS writers drop in
         this agent's ``inbox.json`` or ``inbox/`` are first taken into ``new/`` (looked at every quarter
-        second at most)."""
+        second at most), one chunk per call (512 entries), never waiting for a legacy lock another
+        process holds: the mailbox is delivered between the chunks of a large ``inbox.json``."""
         return self._consumer.process_one(timeout)
 
     def ingest_legacy(self, *, force: bool = False) -> int:
         """Take legacy drops (``inbox.json`` appends, ``inbox/`` files) into ``new/``; how many (0 when
-        no intake is on)."""
+        no intake is on). A legacy lock another process holds is not waited for: what it guards is
+        taken by a later call (or by the consumer loop, once it is free)."""
         return self._consumer.ingest_legacy(force)
 
     # -- request / reply --------------------------------------------------------------------------

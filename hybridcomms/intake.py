@@ -17,18 +17,26 @@ import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
     from .policy import Policy
 
-__all__ = ["ENV", "Intake", "enabled", "get"]
+__all__ = ["ENV", "Intake", "Step", "enabled", "get"]
 
 #: Set to 1 to turn the legacy intake on for every `Comms` and watch service of this environment.
 ENV = "HYBRIDCOMMS_LEGACY_INTAKE"
 _INSTALLED_ENV = "HYBRIDCOMMS_DREAMOS_COMPAT"  # set by hybridcomms.compat.dreamos.install()
 _PLUGIN = "hybridcomms.compat.dreamos.legacy"
+
+
+class Step(NamedTuple):
+    """What one bounded step of an intake did (`Intake.step`, and the prober's calls)."""
+
+    taken: int = 0  # messages taken into new/
+    more: bool = False  # more is waiting: take the next step soon (after some deliveries)
+    retry_in: float | None = None  # something was skipped (a lock another process holds): look again then
 
 
 class Intake(Protocol):
@@ -43,8 +51,13 @@ class Intake(Protocol):
     def take(self, mailbox: FileMailbox) -> int:
         """Take what is waiting into the mailbox's ``new/``; how many messages."""
 
-    def prober(self, mailbox: FileMailbox) -> Callable[[bool], Any]:
-        """For a consumer loop: a call (``force``) that takes drops in when something may have changed."""
+    def step(self, mailbox: FileMailbox) -> Step:
+        """Take a bounded part of what is waiting, never waiting on another process (for a service
+        that has other mailboxes to look after)."""
+
+    def prober(self, mailbox: FileMailbox) -> Callable[[bool], Step]:
+        """For a consumer loop: a call (``force``) that takes a bounded step of the drops in when
+        something may have changed, never waiting on another process."""
 
 
 def enabled(policy: Policy | None = None) -> bool:

@@ -522,7 +522,7 @@ class FileMailbox:
             _fs._unlink_quietly(tmp_fd, tmp_name)
             return self.folders.fd(State.NEW)
 
-    def _write_tmp(self, tmp_fd: int, name: str, data: bytes, *, sync: bool) -> str:
+    def _write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
         tmp_name = name
         try:
             try:
@@ -611,9 +611,10 @@ class FileMailbox:
             raise self.folders.io_error(exc, f"import of {len(msgs)} processed messages") from exc
         return [m.id for m in msgs]
 
-    def bury(self, data: bytes, name: str, reason: dict[str, Any]) -> str | None:
+    def bury(self, data: bytes | _fs.ByteRange, name: str, reason: dict[str, Any]) -> str | None:
         """Put bytes that can never become a message (a legacy file or ``inbox.json`` entry that does
-        not convert) into ``dead/`` as ``name``, unchanged, with ``reason`` beside it.
+        not convert) into ``dead/`` as ``name``, unchanged, with ``reason`` beside it. ``data`` may be
+        a range of an open file (`_fs.ByteRange`), copied a block at a time, never held whole.
 
         Idempotent by name: if ``dead/<name>`` exists already, nothing is written and None is returned
         (a crash between burying and removing the original must not bury it twice)."""

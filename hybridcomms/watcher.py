@@ -195,6 +195,8 @@ class MailboxWatcher:
         self._intake = _intake.get(force=ingest_legacy)
         self.ingest_legacy = self._intake is not None
         self._ingest_pending: set[str] = set()
+        self._held_pending: set[str] = set()  # agents whose legacy lock another process held…
+        self._held_retry = float("inf")  # …and when the first backoff of them ends
         self._root_str = os.path.abspath(self.root)
         self._describe = _Describer(root=self._root_str)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
@@ -308,6 +310,7 @@ class MailboxWatcher:
         while not self._stop.is_set():
             with self._lock:
                 soon = min(self._soon, default=float("inf"))
+                soon = min(soon, self._held_retry)
             wake_at = min(next_rescan, next_recover, soon)
             self._rescan_now.wait(max(0.01, wake_at - time.monotonic()))
             if self._stop.is_set():
@@ -327,7 +330,12 @@ class MailboxWatcher:
                 forced, self._force_rescan = self._force_rescan, False
                 with self._lock:
                     pending, self._ingest_pending = self._ingest_pending, set()
+                    if now >= self._held_retry:  # a held lock's backoff is over: look again
+                        pending |= self._held_pending
+                        self._held_pending, self._held_retry = set(), float("inf")
                 for agent in sorted(pending):
+                    if self._stop.is_set():
+                        break
                     self.ingest(agent)
                 if now >= next_rescan or due_soon or forced:
                     self.rescan()
@@ -380,7 +388,10 @@ class MailboxWatcher:
         return False
 
     def ingest(self, agent: str) -> int:
-        """Take the legacy drops of an adopted agent into its ``new/`` now; how many were taken."""
+        """Take a step of the legacy drops of an adopted agent into its ``new/`` now (a chunk; a lock
+        another process holds is skipped, never waited on); how many were taken. What is left is
+        taken by the next turns of the watching thread (at once while more waits, when its backoff
+        ends for a held lock), between its other work."""
         if self._intake is None:
             return 0
         agent_dir = os.path.join(self._root_str, agent)
@@ -388,12 +399,22 @@ class MailboxWatcher:
             return 0  # still on the legacy layout: its own readers take what is dropped there
         try:
             with FileMailbox(self.root, agent, create=False) as mb:
-                taken = self._intake.take(mb)
-        except Exception as exc:  # a lock held too long, an I/O error: the next look tries again
+                step = self._intake.step(mb)
+        except Exception as exc:  # an I/O error: the next look tries again
             self._broken_intake.failed(agent, exc)  # said once, not at every look
             return 0
         self._broken_intake.ok(agent)
-        return taken
+        if step.more or step.retry_in is not None:
+            with self._lock:
+                if step.more:
+                    self._ingest_pending.add(agent)
+                else:
+                    self._held_pending.add(agent)
+                    retry = time.monotonic() + (step.retry_in or 0.0)
+                    self._held_retry = min(self._held_retry, retry)
+            if step.more:
+                self._rescan_now.set()
+        return step.taken
 
     def _on_created(self, path: str) -> None:
         if self._legacy_drop(path):

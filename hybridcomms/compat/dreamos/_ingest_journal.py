@@ -11,12 +11,24 @@ published and removed once the legacy files are cleared, so the next ingestion k
   before that batch, with ``digest``, a digest of those entries (they are skipped only if the array
   still begins with them); ``upto``, the end of the entries ``ids`` came from; and ``clearing``, the
   file ``[]`` was written to before it replaced ``inbox.json`` (still there: the array was not emptied).
+- for ``inbox.json`` taken in steps (a consumer takes one chunk per turn, the lock released between
+  them): ``file``, the identity of the file the positions are about (device, inode, size, change
+  times; ``count`` entries, all of it checked to be JSON), ``offset``, the byte where entry ``taken - 1``
+  ends (the next step reads on from there without reading the file again, while ``file`` is still
+  what is there), and ``previous``, the ids of the last chunk (the same entry appended twice across a
+  step is delivered once). Any change to the file (a legacy writer's append replaces it) makes the
+  next step check it again, and the digest say whether it still begins with the entries taken.
+
+``digest`` is a chain (``v`` 2: each entry's digest taken over the one before, so a step can go on from
+the last one); a journal without ``v`` has the running digest of an earlier version, still honoured.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,12 +37,59 @@ import orjson
 
 from ... import _fs
 
-__all__ = ["Journal", "folder_journal_name", "is_clearing_name"]
+__all__ = ["FileId", "Journal", "Resume", "file_id", "folder_journal_name", "is_clearing_name"]
 
 #: The ``inbox.json`` journal (the name every version used).
 ARRAY_JOURNAL = ".hybridcomms-ingest.json"
 _ANYWHERE = 1 << 62  # an index beyond any array
 _CLEARING = re.compile(r"\.inbox\.json\.hybridcomms-[0-9a-f]{12}\.tmp")
+_HEX = re.compile(r"(?:[0-9a-f]{64})?")
+
+
+#: A file's identity: it changes whenever the file does (a rename over it, a write, even a ``touch``:
+#: the change time cannot be set by anyone).
+FileId = tuple[int, int, int, int, int]
+
+
+def file_id(st: os.stat_result) -> FileId:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass
+class Resume:
+    """Where a step of an ``inbox.json`` ingestion stopped, in the file it read (see the docstring)."""
+
+    file: FileId
+    count: int  # the entries of that file
+    offset: int | None  # where entry ``taken - 1`` ends (None: nothing taken)
+    previous: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": list(self.file),
+            "count": self.count,
+            "offset": self.offset,
+            "previous": self.previous,
+        }
+
+    @staticmethod
+    def from_json(data: Any) -> Resume | None:
+        if not isinstance(data, dict):
+            return None
+        ident, count, offset = data.get("file"), data.get("count"), data.get("offset")
+        previous = data.get("previous")
+        if not (
+            isinstance(ident, list)
+            and len(ident) == 5
+            and all(type(x) is int for x in ident)
+            and type(count) is int
+            and count >= 0
+            and (offset is None or (type(offset) is int and offset >= 0))
+            and isinstance(previous, list)
+        ):
+            return None
+        file = (ident[0], ident[1], ident[2], ident[3], ident[4])
+        return Resume(file, count, offset, [i for i in previous if isinstance(i, str)])
 
 
 def folder_journal_name(label: str) -> str:
@@ -53,6 +112,8 @@ class Journal:
         self.digest = ""
         self.upto = 0
         self.clearing: str | None = None
+        self.chained = False  # digest is a chain (v 2)
+        self.resume: Resume | None = None
         try:
             data: Any = orjson.loads(_fs.read_regular(path, 16 << 20))
         except (OSError, ValueError):
@@ -73,10 +134,24 @@ class Journal:
         clearing = data.get("clearing")
         if isinstance(clearing, str) and is_clearing_name(clearing):
             self.clearing = clearing
+        self.chained = data.get("v") == 2
+        if self.chained and _HEX.fullmatch(self.digest) is None:  # (a chain is hex: anything else, none)
+            self.digest, self.taken = "", 0
+        self.resume = Resume.from_json(data.get("resume")) if self.chained else None
 
     def forget(self) -> None:
         """Start over (the file stays until the next `write` or `end`)."""
         self.ids, self.taken, self.digest, self.upto, self.clearing = [], 0, "", 0, None
+        self.chained, self.resume = False, None
+
+    def resumes(self, st: os.stat_result) -> Resume | None:
+        """Where the last step stopped, if the file ``st`` is still the very one it read."""
+        resume = self.resume
+        if resume is None or not stat.S_ISREG(st.st_mode) or resume.file != file_id(st):
+            return None
+        if resume.offset is None and self.taken:
+            return None
+        return resume
 
     def write(
         self,
@@ -86,18 +161,23 @@ class Journal:
         digest: str | None = None,
         upto: int | None = None,
         clearing: str | None = None,
+        resume: Resume | None = None,
     ) -> None:
         """Record (durably) the ids about to be published, and for ``inbox.json`` where it is."""
         data: dict[str, Any] = {"ids": ids, "started_at": datetime.now(timezone.utc).isoformat()}
         if taken is not None:
-            data.update(taken=taken, digest=digest or "", upto=upto if upto is not None else taken)
+            data.update(v=2, taken=taken, digest=digest or "", upto=upto if upto is not None else taken)
         if clearing is not None:
             data["clearing"] = clearing
+        if resume is not None:
+            data["resume"] = resume.to_json()
         _fs.replace_atomically(self.path, orjson.dumps(data), 0o600)
         self.ids = ids
         self.taken, self.digest = taken or 0, digest or ""
         self.upto = upto if upto is not None else self.taken
         self.clearing = clearing
+        self.chained = taken is not None
+        self.resume = resume
 
     def end(self) -> None:
         """The ingestion finished: remove the file."""

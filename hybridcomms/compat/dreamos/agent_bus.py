@@ -167,17 +167,23 @@ def _agent_of_topic(topic: str) -> str | None:
 
 class _Adapter:
     """One per legacy handler: what the core bus calls. Shared by all of the handler's patterns, so
-    the core bus's "each handler at most once per event" holds for the legacy handler too."""
+    the core bus's "each handler at most once per event" holds for the legacy handler too.
 
-    __slots__ = ("__qualname__", "handler", "patterns", "two")
+    ``refuses(event)``: whether an event is not handed to the handler at all (the `AgentBus` refuses
+    events from other processes on topics its policy routes durably: `AgentBus._forged_durable`)."""
 
-    def __init__(self, handler: Handler) -> None:
+    __slots__ = ("__qualname__", "handler", "patterns", "refuses", "two")
+
+    def __init__(self, handler: Handler, refuses: Callable[[Event], bool] | None = None) -> None:
         self.handler = handler
         self.two = _wants_two(handler)
         self.patterns: set[str] = set()
+        self.refuses = refuses
         self.__qualname__ = getattr(handler, "__qualname__", repr(handler))
 
     def __call__(self, event: Event) -> Any:
+        if self.refuses is not None and self.refuses(event):
+            return None
         be = _as_base_event(event.payload, event.topic, event.source)
         if self.two:
             return self.handler(be.event_type, be.data)
@@ -281,7 +287,7 @@ class AgentBus:
                 else:
                     adapter = self._adapters.get(handler)
                     if adapter is None:
-                        adapter = self._adapters[handler] = _Adapter(handler)
+                        adapter = self._adapters[handler] = _Adapter(handler, self._forged_durable)
                     self._bus.subscribe(pattern, adapter)
                     adapter.patterns.add(pattern)
             except ValueError as exc:
@@ -321,6 +327,42 @@ class AgentBus:
                 if not adapter.patterns:
                     del self._adapters[handler]
             return Flag(True)
+
+    def _forged_durable(self, event: Event) -> bool:
+        """An event from another process (it came through the fanout: ``event.origin``) on a topic this
+        bus's policy routes durably, as it arrived (its recipient, priority and topics; for a `Message`
+        its own, as `Comms` decides). Nobody vouches for who sent it (the bus carries no
+        authentication, and every co-tenant can write ``.bus/``): such an event is never handed to a
+        legacy handler, whose durable events come through a mailbox or from this process (counted
+        ``refused_durable``, as `Comms` counts what it refuses)."""
+        if event.origin is None:
+            return False
+        payload = event.payload
+        if isinstance(payload, Message):
+            topics = {event.topic, payload.topic}
+            candidates = [(payload.recipient is not None, payload.priority)]
+        else:
+            topics = {event.topic}
+            candidates = []
+            views = [payload] if isinstance(payload, dict) else []
+            if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+                views.append(payload["data"])  # a BaseEvent of another process: its fields
+            for data in views or [{}]:
+                named = any(isinstance(data.get(k), str) for k in _RECIPIENT_KEYS)
+                try:
+                    prio = Priority.parse(data.get("priority", Priority.MEDIUM))
+                except ValueError:
+                    prio = Priority.MEDIUM
+                candidates.append((named, prio))
+        for topic in topics:
+            for named, prio in candidates:
+                addressed = named or _agent_of_topic(topic) is not None
+                if self.policy.decide(topic, priority=prio, addressed=addressed).route.durable:
+                    from ...fanout import count
+
+                    count("refused_durable")
+                    return True
+        return False
 
     def _is_durable_pattern(self, pattern: str) -> bool:
         agent = _agent_of_topic(pattern)

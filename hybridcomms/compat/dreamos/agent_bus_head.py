@@ -227,6 +227,8 @@ class AgentBus:
         def forward(event: Event) -> None:
             if getattr(_mirroring, "active", False):
                 return  # our own publication (or another instance's): not brought back
+            if _canonical.AgentBus()._forged_durable(event):
+                return  # from another process on a durable topic: not handed on (see agent_bus)
             payload = event.payload
             data = payload.data if isinstance(payload, _canonical.BaseEvent) else payload
             self._enqueue((topic, data))

@@ -42,12 +42,21 @@ import orjson
 from ... import _fs, _log
 from ..._locking import hold_lock_file
 from ..._names import REASON_SUFFIX, parse_name
-from ...errors import HybridCommsError, MessageError, MessageTooLargeError, UnsafePathError
+from ...errors import (
+    HybridCommsError,
+    LockTimeoutError,
+    MessageError,
+    MessageTooLargeError,
+    UnsafePathError,
+)
+from ...intake import Step
 from ...mailbox import FileMailbox, check_agent_id
 from ...message import Message, Priority, _parse_time, _valid_topic, check_id
 from ...states import State
 from . import _json
-from ._ingest_journal import ARRAY_JOURNAL, Journal, folder_journal_name
+from ._held_locks import HELD
+from ._ingest_journal import ARRAY_JOURNAL, FileId, Journal, Resume, file_id, folder_journal_name
+from ._json_stream import TOO_LARGE, NotAnArray, is_blank, open_array
 
 __all__ = [
     "INBOX_DIR",
@@ -102,11 +111,15 @@ def legacy_layout(root: str | os.PathLike[str], agent_id: str) -> LegacyLayout:
 # -- converting ---------------------------------------------------------------------------------
 
 
-def _derived_id(origin: str, raw: bytes) -> str:
+def _derived_id(origin: str, raw: bytes | _fs.ByteRange) -> str:
     """A stable id for a legacy message without a usable one: the same entry gets the same id on
-    every ingestion, so a repeated ingestion recognises what it already published."""
+    every ingestion, so a repeated ingestion recognises what it already published. (``raw`` may be a
+    range of the file, read a block at a time.)"""
     # os.fsencode: an origin is a file name as os.listdir gave it (undecodable bytes as surrogates)
-    return "legacy-" + hashlib.sha256(os.fsencode(origin) + b"\0" + raw).hexdigest()[:32]
+    digest = hashlib.sha256(os.fsencode(origin) + b"\0")
+    for block in raw.blocks() if isinstance(raw, _fs.ByteRange) else (raw,):
+        digest.update(block)
+    return "legacy-" + digest.hexdigest()[:32]
 
 
 #: The topic of a legacy message that names no type (``write_mailbox_message`` stores any object).
@@ -281,6 +294,9 @@ class IngestReport:
     duplicates: int = 0  # already published by an interrupted earlier ingestion
     waiting: list[str] = field(default_factory=list)  # inbox/ files left for later (maybe still written)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): links, FIFOs, too large
+    held: list[str] = field(default_factory=list)  # lock files another process held: skipped this time
+    retry_in: float | None = None  # with `held`: seconds until the first of them is tried again
+    more: bool = False  # stopped after ``max_chunks``: more is waiting (call again)
 
     @property
     def dead(self) -> list[str]:
@@ -304,6 +320,10 @@ class IngestReport:
             parts.append(f"{len(self.waiting)} left for later")
         if self.refused:
             parts.append(f"{len(self.refused)} refused and left in place")
+        if self.held:
+            parts.append(f"{len(self.held)} lock(s) held by another process")
+        if self.more:
+            parts.append("more to take")
         return ", ".join(parts)
 
 
@@ -322,9 +342,12 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     waiting = 0
     if has_json:
         try:
-            raw = _fs.read_regular(json_path, DEFAULT_MAX_INBOX_JSON)
-            if raw.strip():  # counted, not built (max_item=0: no entry is parsed whole)
-                waiting += sum(1 for _ in _json.iter_array(_json.array_text(raw), max_item=0))
+            fd, st = _fs.open_regular(json_path, DEFAULT_MAX_INBOX_JSON)
+            try:
+                if not is_blank(fd, st.st_size):  # counted, not built (max_item=0), a window at a time
+                    waiting += sum(1 for _ in open_array(fd, max_item=0))
+            finally:
+                os.close(fd)
         except (OSError, ValueError):
             pass
     if has_dir:
@@ -393,25 +416,37 @@ def ingest(
     settle: float = DEFAULT_SETTLE,
     max_inbox_json: int = DEFAULT_MAX_INBOX_JSON,
     on_taken: Taken | None = None,
+    max_chunks: int | None = None,
+    skip_held: bool = False,
 ) -> IngestReport:
     """Move everything legacy writers dropped for this agent into its ``new/`` (see the module
     docstring). Raises `LockTimeoutError` if a legacy writer holds a lock for ``lock_timeout``.
     ``on_taken`` is told as the legacy messages are taken, chunk by chunk (`Taken`; for progress).
 
+    For a loop that has other work (a consumer, the watch service):
+
+    - ``max_chunks``: take at most that many chunks (`CHUNK_ENTRIES`) and stop, the locks released
+      (``report.more`` says more is waiting; the next call goes on where this one stopped, without
+      reading again what was taken);
+    - ``skip_held``: a lock another process holds is tried once, without waiting; that legacy drop is
+      skipped (``report.held``) and not tried again before a backoff that grows while the lock stays
+      held (`_held_locks`; said once in the log, not at every try).
+
     Every legacy path is walked without following links: a symlink, a FIFO or a folder where a file
     is expected (and an ``inbox.json`` over ``max_inbox_json`` bytes) is left where it is and listed
     in ``refused``; it never blocks the ingestion or reads anything outside the mailbox. What it holds
-    in memory is bounded whatever the number of entries or files' names (`CHUNK_ENTRIES`)."""
+    in memory is bounded whatever the size of ``inbox.json``, the number of its entries or of files'
+    names (`CHUNK_ENTRIES`, `_json_stream.WINDOW`)."""
     report = IngestReport()
     agent = mailbox.agent_id
+    budget = _Budget(max_chunks)
+    locks = _LegacyLocks(mailbox, report, lock_timeout, skip_held)
     with _agent_dir(mailbox) as adir_fd:
         kind = _entry_kind(adir_fd, INBOX_JSON)
         if kind == "file":
-            try:
-                with hold_lock_file(INBOX_JSON + ".lock", lock_timeout, dir_fd=adir_fd):
-                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken)
-            except UnsafePathError as exc:
-                _refuse(report, agent, f"{agent}/{INBOX_JSON}.lock", str(exc))
+            with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
+                if locked:
+                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken, budget)
         elif kind is not None:
             _refuse(report, agent, f"{agent}/{INBOX_JSON}", kind)
         kind = _entry_kind(adir_fd, INBOX_DIR)
@@ -422,12 +457,22 @@ def ingest(
                 _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
             else:
                 try:
-                    if _has_candidates(inbox_fd):
-                        try:
-                            with hold_lock_file(INBOX_DIR_LOCK, lock_timeout, dir_fd=inbox_fd):
-                                ingest_folder(mailbox, inbox_fd, INBOX_DIR, report, settle, on_taken=on_taken)
-                        except UnsafePathError as exc:
-                            _refuse(report, agent, f"{agent}/{INBOX_DIR}/{INBOX_DIR_LOCK}", str(exc))
+                    if not _has_candidates(inbox_fd):
+                        pass
+                    elif budget.spent:
+                        report.more = True  # the next call takes them
+                    else:
+                        with locks.hold(inbox_fd, INBOX_DIR_LOCK, f"{INBOX_DIR}/{INBOX_DIR_LOCK}") as locked:
+                            if locked:
+                                ingest_folder(
+                                    mailbox,
+                                    inbox_fd,
+                                    INBOX_DIR,
+                                    report,
+                                    settle,
+                                    on_taken=on_taken,
+                                    budget=budget,
+                                )
                 finally:
                     os.close(inbox_fd)
         elif kind is not None and kind != "file":
@@ -435,6 +480,64 @@ def ingest(
     if report:
         log.info("%s: legacy drops: %s", agent, report)
     return report
+
+
+class _Budget:
+    """How many more chunks one `ingest` call may take (None: all of them)."""
+
+    def __init__(self, chunks: int | None) -> None:
+        self.left = chunks
+
+    def spend(self) -> None:
+        if self.left is not None:
+            self.left -= 1
+
+    @property
+    def spent(self) -> bool:
+        return self.left is not None and self.left <= 0
+
+
+class _LegacyLocks:
+    """Taking the legacy writers' locks for one `ingest` call (see ``skip_held`` there)."""
+
+    def __init__(self, mb: FileMailbox, report: IngestReport, timeout: float, skip_held: bool) -> None:
+        self.mb, self.report, self.timeout, self.skip_held = mb, report, timeout, skip_held
+
+    @contextlib.contextmanager
+    def hold(self, dir_fd: int, name: str, rel: str) -> Iterator[bool]:
+        """The lock file ``name`` of ``dir_fd`` (``rel``: its path under the agent's folder), held for
+        the block: True; False if it was refused (not a file) or, with ``skip_held``, held by another
+        process (then listed in ``report.held``)."""
+        agent = self.mb.agent_id
+        shown = f"{agent}/{rel}"
+        key = os.path.join(self.mb.path, rel)
+        if self.skip_held and not HELD.due(key):
+            self._held(key, shown)
+            yield False
+            return
+        with contextlib.ExitStack() as stack:
+            taken = False
+            try:
+                stack.enter_context(
+                    hold_lock_file(name, 0.0 if self.skip_held else self.timeout, dir_fd=dir_fd)
+                )
+                taken = True
+            except UnsafePathError as exc:
+                _refuse(self.report, agent, shown, str(exc))
+            except LockTimeoutError:
+                if not self.skip_held:
+                    raise
+                HELD.held(key, _fs.shown(shown))
+                self._held(key, shown)
+            if taken and self.skip_held:
+                HELD.free(key, _fs.shown(shown))
+            yield taken
+
+    def _held(self, key: str, shown: str) -> None:
+        self.report.held.append(_fs.shown(shown))
+        wait = HELD.retry_in(key)
+        if wait is not None:
+            self.report.retry_in = wait if self.report.retry_in is None else min(self.report.retry_in, wait)
 
 
 @contextlib.contextmanager
@@ -475,7 +578,9 @@ def _has_candidates(dir_fd: int) -> bool:
         return False
 
 
-def _bury(mb: FileMailbox, report: IngestReport, raw: bytes, name: str, why: str, source: str) -> None:
+def _bury(
+    mb: FileMailbox, report: IngestReport, raw: bytes | _fs.ByteRange, name: str, why: str, source: str
+) -> None:
     """``raw`` into ``dead/`` as ``name`` with a reason naming ``source`` (printable). A name too long
     for the filesystem is shortened as the mailbox shortens its own (`_fs.fit_name`: its first bytes
     and a digest of the whole, so still unique); burying is idempotent by that name."""
@@ -485,125 +590,196 @@ def _bury(mb: FileMailbox, report: IngestReport, raw: bytes, name: str, why: str
         report.buried.append(Buried(shown, _fs.shown(name), why))
 
 
-def _inbox_json_dead_name(origin: str, raw: bytes) -> str:
+def _inbox_json_dead_name(origin: str, raw: bytes | _fs.ByteRange) -> str:
     return f"legacy-{INBOX_JSON}-{_derived_id(origin, raw)[7:23]}.json"
 
 
 # -- inbox.json, in chunks ----------------------------------------------------------------------
 
 
+def _chain(digest: bytes, canonical: bytes | None) -> bytes:
+    """The digest of an array's first entries, one more entry on: its stdlib JSON (the same however a
+    legacy writer indented the array), length-prefixed; None for one too large to be read. A chain (each
+    digest over the one before), so a later step goes on from the digest the journal keeps."""
+    tail = b"\xff" * 8 if canonical is None else len(canonical).to_bytes(8, "big") + canonical
+    return hashlib.sha256(digest + tail).digest()
+
+
 def _digest_add(digest: Any, canonical: bytes | None) -> None:
-    """One entry into the digest of an array's first entries: its stdlib JSON (the same however a
-    legacy writer indented the array), length-prefixed; None for one too large to be read."""
+    """The running digest journals of earlier versions kept (``v`` absent), to honour them."""
     digest.update(b"\xff" * 8 if canonical is None else len(canonical).to_bytes(8, "big") + canonical)
 
 
 @dataclass
 class _Start:
-    """Where an ``inbox.json`` ingestion starts: after the ``skip`` entries an interrupted one took."""
+    """Where an ``inbox.json`` ingestion starts: after the ``skip`` entries taken before."""
 
     count: int  # entries in the array
     skip: int = 0
-    at: int | None = None  # the offset of entry ``skip`` in the text (None: from the beginning)
-    digest: Any = field(default_factory=hashlib.sha256)  # of the entries before it (`_digest_add`)
+    after: int | None = None  # the byte where entry ``skip - 1`` ends (None: from the beginning)
+    chain: bytes = b""  # the digest of the entries before it (`_chain`)
+    previous: list[str] = field(default_factory=list)  # the ids of the last chunk taken
+
+
+#: A chunk entry: (origin, its canonical JSON or where it is in the file, its value, where it ends).
+_Entry = tuple[str, bytes | _fs.ByteRange, Any, int]
 
 
 def _ingest_inbox_json(
-    mb: FileMailbox, adir_fd: int, report: IngestReport, limit: int, on_taken: Taken | None = None
+    mb: FileMailbox,
+    adir_fd: int,
+    report: IngestReport,
+    limit: int,
+    on_taken: Taken | None = None,
+    budget: _Budget | None = None,
 ) -> None:
     """Take ``inbox.json`` into ``new/`` chunk by chunk (`CHUNK_ENTRIES`). The caller holds its lock.
 
-    The array is read element by element (`_json.iter_array`), twice: once to check all of it is JSON
-    (a corrupt file goes to ``dead/`` whole, nothing published from it) and to find where an
-    interrupted ingestion stopped, then chunk by chunk: convert, journal, publish. The journal says how
-    many entries were taken before the chunk (with a digest of them) and the chunk's ids; killed
-    anywhere, the next ingestion skips the entries taken (legacy writers only append, under the lock)
-    and recognises what it had published of the chunk. Once all are taken the array is emptied: ``[]``
-    is written to a file the journal names, then replaces ``inbox.json``, so a kill between the two is
-    told apart from a new array that legacy writers started since. ``on_taken`` is told the entries an
-    interrupted ingestion took (skipped now), then each chunk's, once it is published."""
+    The array is read element by element through a window of the file (`_json_stream`), twice: once
+    to check all of it is JSON (a corrupt file goes to ``dead/`` whole, nothing published from it) and
+    to find where the last ingestion stopped, then chunk by chunk: convert, journal, publish. The
+    journal says how many entries were taken before the chunk (with a digest of them) and the chunk's
+    ids; killed anywhere, the next ingestion skips the entries taken (legacy writers only append, under
+    the lock) and recognises what it had published of the chunk. With a ``budget`` it stops after that
+    many chunks and journals where it stopped: the next call, if the file is still the very one it read
+    (`Journal.resumes`), reads on from there without the first pass. Once all are taken the array is
+    emptied: ``[]`` is written to a file the journal names, then replaces ``inbox.json``, so a kill
+    between the two is told apart from a new array that legacy writers started since. ``on_taken`` is
+    told the entries taken before (skipped now), then each chunk's, once it is published."""
     source = f"{mb.agent_id}/{INBOX_JSON}"
     try:
-        raw = _fs.read_regular(INBOX_JSON, limit, dir_fd=adir_fd)
+        fd, st = _fs.open_regular(INBOX_JSON, limit, dir_fd=adir_fd)
     except FileNotFoundError:
         return
     except OSError as exc:
         _refuse(report, mb.agent_id, source, _why_refused(exc))
         return
+    try:
+        _take_array(mb, adir_fd, fd, st, report, on_taken, budget or _Budget(None))
+    finally:
+        os.close(fd)
+
+
+def _take_array(
+    mb: FileMailbox,
+    adir_fd: int,
+    fd: int,
+    st: os.stat_result,
+    report: IngestReport,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    source = f"{mb.agent_id}/{INBOX_JSON}"
     journal = Journal(mb.path / ARRAY_JOURNAL)
     if journal.clearing is not None:
         if _entry_kind(adir_fd, journal.clearing) == "file":
             _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
         else:
             journal.forget()  # the array was emptied: what it holds now was appended since
-    if not raw.strip():
+    if is_blank(fd, st.st_size):
         journal.end()
         return
     max_item = max_entry_chars(mb.max_message_size)
-    problem: str | None = None
-    try:
-        text = _json.array_text(raw)
-        start = _find_start(text, max_item, journal)
-    except _json.NotAnArray as exc:
-        problem = str(exc)
-    except ValueError as exc:
-        problem = f"not valid JSON: {exc}"
-    if problem is not None:
-        # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
-        _bury(mb, report, raw, _inbox_json_dead_name(source, raw), problem, source)
-        _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
-        journal.end()
-        if on_taken is not None:
-            on_taken(1)
-        return
-    del raw  # only the text is read from now on
+    resume = journal.resumes(st)
+    if resume is not None:
+        start = _Start(
+            resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous
+        )
+    else:
+        problem: str | None = None
+        try:
+            start = _find_start(fd, max_item, journal)
+        except NotAnArray as exc:
+            problem = str(exc)
+        except ValueError as exc:
+            problem = f"not valid JSON: {exc}"
+        if problem is not None:
+            # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
+            whole = _fs.ByteRange(fd, 0, st.st_size)
+            _bury(mb, report, whole, _inbox_json_dead_name(source, whole), problem, source)
+            _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
+            journal.end()
+            if on_taken is not None:
+                on_taken(1)
+            return
     if start.count == 0:
         journal.end()
         return
-    taking = _Chunks(mb, report, journal, start, on_taken)
+    taking = _Chunks(mb, report, journal, start, on_taken, file_id(st), budget)
     if start.skip and on_taken is not None:
-        on_taken(start.skip)  # taken by an interrupted ingestion: published then, or buried
-    if start.skip < start.count:
-        chunk: list[tuple[str, bytes, Any]] = []
-        chars = 0
-        for first, end, value in _json.iter_array(text, at=start.at, max_item=max_item):
-            origin = f"{source}[{taking.taken + len(chunk)}]"
-            if value is _json.TOO_LARGE:
-                chunk.append((origin, text[first:end].encode("utf-8", "surrogatepass"), value))
-            else:
-                chunk.append((origin, _json.dumps(value), value))
-            chars += end - first
-            if len(chunk) >= CHUNK_ENTRIES or chars >= CHUNK_CHARS:
-                taking.take(chunk)
-                chunk, chars = [], 0
-        taking.take(chunk)
-    _empty_inbox_json(adir_fd, journal, taking.taken, start.digest.hexdigest())
+        on_taken(start.skip)  # taken before (by an earlier step, or an interrupted ingestion)
+    if start.skip < start.count or resume is not None:  # (read on to the end whatever the journal says)
+        try:
+            stopped = _take_entries(taking, fd, source, max_item, start, budget)
+        except ValueError as exc:
+            # Checked as JSON before, unreadable now: the file changed while it was read. The next
+            # call looks at it whole again (where it stands is journaled, the file's identity not).
+            log.warning(
+                "%s: %s changed while it was read (%s): looked at again next time", mb.agent_id, source, exc
+            )
+            taking.pause(None)  # (not ``more``: a file rewritten in place in a loop makes no busy loop)
+            return
+        if stopped:
+            taking.pause(file_id(st))
+            report.more = True
+            return
+    _empty_inbox_json(adir_fd, journal, taking.taken, taking.chain.hex())
     journal.end()
 
 
-def _find_start(text: str, max_item: int, journal: Journal) -> _Start:
+def _take_entries(
+    taking: _Chunks, fd: int, source: str, max_item: int, start: _Start, budget: _Budget
+) -> bool:
+    """Read the entries from ``start`` on and take them chunk by chunk; True if the budget stopped it
+    before the last one."""
+    chunk: list[_Entry] = []
+    size = 0
+    for element in open_array(fd, max_item=max_item, after=start.after if start.skip else None):
+        origin = f"{source}[{taking.taken + len(chunk)}]"
+        length = element.end - element.start
+        if element.value is TOO_LARGE:
+            chunk.append((origin, _fs.ByteRange(fd, element.start, length), TOO_LARGE, element.end))
+        else:
+            chunk.append((origin, _json.dumps(element.value), element.value, element.end))
+        size += length
+        if len(chunk) >= CHUNK_ENTRIES or size >= CHUNK_CHARS:
+            taking.take(chunk)
+            chunk, size = [], 0
+            if budget.spent and taking.taken < start.count:
+                return True
+    taking.take(chunk)
+    return False
+
+
+def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
     """The first pass: is all of the array JSON (else ``ValueError``), how many entries, and where this
-    ingestion starts: after the entries an interrupted one took, if the array still begins with
-    exactly those (legacy writers only append); from the beginning otherwise."""
+    ingestion starts: after the entries taken before, if the array still begins with exactly those
+    (legacy writers only append); from the beginning otherwise."""
     want = journal.taken
+    chain = b""
+    old = hashlib.sha256() if want and not journal.chained else None  # a journal of an earlier version
     start = _Start(0)
-    for first, _end, value in _json.iter_array(text, max_item=max_item):
+    for element in open_array(fd, max_item=max_item):
         if start.count < want:
-            _digest_add(start.digest, None if value is _json.TOO_LARGE else _json.dumps(value))
-        elif start.count == want:
-            start.at = first
+            canonical = None if element.value is TOO_LARGE else _json.dumps(element.value)
+            chain = _chain(chain, canonical)
+            if old is not None:
+                _digest_add(old, canonical)
+            if start.count == want - 1:
+                start.after = element.end
         start.count += 1
-    if want and start.count >= want and start.digest.hexdigest() == journal.digest:
-        start.skip = want
+    digest = old.hexdigest() if old is not None else chain.hex()
+    if want and start.count >= want and digest == journal.digest:
+        start.skip, start.chain = want, chain
     else:
         if want:
             log.warning(
-                "%s: %s no longer begins with the %d entries an interrupted ingestion took: taken whole",
+                "%s: %s no longer begins with the %d entries an earlier ingestion took: taken whole",
                 journal.path.parent.name,
                 INBOX_JSON,
                 want,
             )
-        start.at, start.digest = None, hashlib.sha256()
+        start.after = None
     return start
 
 
@@ -611,42 +787,69 @@ class _Chunks:
     """Publishing ``inbox.json`` chunk by chunk, from the entry ``start.skip`` on."""
 
     def __init__(
-        self, mb: FileMailbox, report: IngestReport, journal: Journal, start: _Start, on_taken: Taken | None
+        self,
+        mb: FileMailbox,
+        report: IngestReport,
+        journal: Journal,
+        start: _Start,
+        on_taken: Taken | None,
+        file: FileId,
+        budget: _Budget,
     ) -> None:
         self.mb, self.report, self.journal, self.on_taken = mb, report, journal, on_taken
+        self.file, self.count, self.budget = file, start.count, budget
         self.taken = start.skip  # entries taken so far
-        self.digest = start.digest  # of those entries
+        self.chain = start.chain  # the digest of those entries
+        self.after = start.after  # where the last of them ends
         self.carried = set(journal.ids)  # what an interrupted ingestion was publishing…
         self.carried_upto = journal.upto  # …from the entries before this index
-        self.previous: set[str] = set()  # the ids of the chunk before
+        self.previous: set[str] = set(start.previous)  # the ids of the chunk before
 
-    def take(self, chunk: list[tuple[str, bytes, Any]]) -> None:
+    def _resume(self, file: FileId | None = None) -> Resume | None:
+        file = file or self.file
+        return Resume(file, self.count, self.after, sorted(self.previous)) if file else None
+
+    def take(self, chunk: list[_Entry]) -> None:
         """Publish one chunk (its entries from index ``taken`` on; `TOO_LARGE` ones are buried), then
         tell ``on_taken`` how many entries it had (published, found there already, or buried)."""
         if not chunk:
             return
         mb = self.mb
-        items = []
-        for origin, raw, value in chunk:
-            if value is _json.TOO_LARGE:
+        items: list[tuple[str, bytes, Any]] = []
+        for origin, raw, value, _end in chunk:
+            if isinstance(raw, _fs.ByteRange):
                 limit = max_entry_chars(mb.max_message_size)
-                why = f"too large: {len(raw)} bytes as written, over the limit of {limit} read for an entry"
+                why = f"too large: {raw.length} bytes as written, over the limit of {limit} read for an entry"
                 _bury(mb, self.report, raw, _inbox_json_dead_name(origin, raw), why, origin)
             else:
                 items.append((origin, raw, value))
         carried = self.carried if self.taken < self.carried_upto else set()
-        taken, before = self.taken, self.digest.hexdigest()
+        taken, before, at = self.taken, self.chain.hex(), self._resume()
         upto = max(taken + len(chunk), self.carried_upto if carried else 0)
 
         def record(ids: list[str]) -> None:
-            self.journal.write(ids + sorted(carried.difference(ids)), taken=taken, digest=before, upto=upto)
+            self.journal.write(
+                ids + sorted(carried.difference(ids)), taken=taken, digest=before, upto=upto, resume=at
+            )
 
         self.previous = _publish(mb, items, self.report, record, carried, self.previous)
-        for _origin, raw, value in chunk:
-            _digest_add(self.digest, None if value is _json.TOO_LARGE else raw)
+        for _origin, raw, _value, _end in chunk:
+            self.chain = _chain(self.chain, None if isinstance(raw, _fs.ByteRange) else raw)
         self.taken += len(chunk)
+        self.after = chunk[-1][3]
+        self.budget.spend()
         if self.on_taken is not None:
             self.on_taken(len(chunk))
+
+    def pause(self, file: FileId | None) -> None:
+        """Journal where this call stopped (between chunks): the next goes on from there, reading on
+        from ``after`` while the file is still ``file`` (None: it looks at the file whole again)."""
+        carried = self.carried if self.taken < self.carried_upto else set()
+        upto = self.carried_upto if carried else self.taken
+        resume = self._resume(file) if file is not None else None
+        self.journal.write(
+            sorted(carried), taken=self.taken, digest=self.chain.hex(), upto=upto, resume=resume
+        )
 
 
 def _empty_inbox_json(adir_fd: int, journal: Journal, taken: int, digest: str) -> None:
@@ -692,6 +895,7 @@ def ingest_folder(
     *,
     exclude: frozenset[str] = frozenset(),
     on_taken: Taken | None = None,
+    budget: _Budget | None = None,
 ) -> None:
     """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
     folder, ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
@@ -700,12 +904,16 @@ def ingest_folder(
     The files are taken in chunks (`CHUNK_ENTRIES` files or `CHUNK_CHARS` bytes of them, `_FolderChunks`):
     each chunk is journaled, published and its files removed before the next is read, so what is in
     memory is one chunk whatever the number of files, and ``on_taken`` is told after each how many
-    files it took (published, found there already, or buried)."""
+    files it took (published, found there already, or buried). With a ``budget``, it stops once that
+    is spent (``report.more``): the files not taken are still there for the next call."""
     now = time.time()
     label = "" if rel == "." else rel.replace(os.sep, "-")
     journal = Journal(mb.path / folder_journal_name(label))
-    taking = _FolderChunks(mb, folder_fd, report, journal, label, on_taken)
+    taking = _FolderChunks(mb, folder_fd, report, journal, label, on_taken, budget)
     for name in sorted(_fs.listdir_at(folder_fd)):
+        if budget is not None and budget.spent:
+            report.more = True
+            break
         if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
         source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"
@@ -727,8 +935,9 @@ def ingest_folder(
             taking.add(name, len(raw))  # removed with its chunk (buried again is a no-op)
             continue
         taking.add(name, len(raw), (source, raw, obj))
-    taking.flush()
-    journal.end()
+    else:
+        taking.flush()
+    taking.finish()
 
 
 class _FolderChunks:
@@ -748,9 +957,10 @@ class _FolderChunks:
         journal: Journal,
         label: str,
         on_taken: Taken | None,
+        budget: _Budget | None = None,
     ) -> None:
         self.mb, self.folder_fd, self.report, self.journal = mb, folder_fd, report, journal
-        self.label, self.on_taken = label, on_taken
+        self.label, self.on_taken, self.budget = label, on_taken, budget
         self.carried = set(journal.ids)  # what an interrupted ingestion was publishing, not met yet
         self.seen: set[str] = set()  # the ids taken so far (only ids: the messages are not kept)
         self.names: list[str] = []  # the files of the chunk (removed once it is published)
@@ -779,9 +989,19 @@ class _FolderChunks:
         remove_taken(self.folder_fd, self.names)
         self.carried -= ids  # met: published now, or found published
         self.seen |= ids
+        if self.budget is not None:
+            self.budget.spend()
         if self.on_taken is not None:
             self.on_taken(len(self.names))
         self.names, self.items, self.size = [], [], 0
+
+    def finish(self) -> None:
+        """Every chunk published (or the budget spent between two): the journal keeps only what an
+        interrupted ingestion was publishing that was not met yet, if the folder was not all taken."""
+        if self.carried and self.report.more:
+            self.journal.write(sorted(self.carried))
+        else:
+            self.journal.end()
 
 
 def remove_taken(dir_fd: int, names: list[str]) -> None:
@@ -864,11 +1084,17 @@ def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] |
 
 class IngestProbe:
     """Decides cheaply when an agent's legacy files need another look: when ``inbox.json`` or the
-    ``inbox/`` folder changed since the last ingestion, and at least every ``every`` seconds anyway."""
+    ``inbox/`` folder changed since the last ingestion, at least every ``every`` seconds anyway, and
+    at once while more is waiting or a lock was held (its backoff decides when it is tried again).
 
-    def __init__(self, mailbox: FileMailbox, *, every: float = 30.0) -> None:
+    It never waits for a legacy lock another process holds (`ingest` with ``skip_held``), and takes
+    at most ``max_chunks`` chunks a call (None: everything), so a loop that calls it between
+    deliveries goes on delivering whatever legacy writers (or a co-tenant) do."""
+
+    def __init__(self, mailbox: FileMailbox, *, every: float = 30.0, max_chunks: int | None = None) -> None:
         self.mailbox = mailbox
         self.every = every
+        self.max_chunks = max_chunks
         self._seen: tuple[Any, Any] | None = None
         self._next_full = 0.0
 
@@ -876,7 +1102,7 @@ class IngestProbe:
         out: list[tuple[int, int, int] | None] = []
         for name in (INBOX_JSON, INBOX_DIR):
             try:
-                st = os.stat(self.mailbox.path / name)
+                st = os.stat(self.mailbox.path / name, follow_symlinks=False)
                 out.append((st.st_mtime_ns, st.st_size, st.st_ino))
             except OSError:
                 out.append(None)
@@ -891,10 +1117,10 @@ class IngestProbe:
         if sig == (None, None):
             self._seen, self._next_full = sig, now + self.every
             return None
-        report = ingest(self.mailbox)
+        report = ingest(self.mailbox, max_chunks=self.max_chunks, skip_held=True)
         # The signature from *before*: a drop that lands during or right after this ingestion changes
         # it, so the next call looks again (our own rewrite of inbox.json costs one extra look).
-        self._seen = sig if not report.waiting else None
+        self._seen = sig if not (report.waiting or report.held or report.more) else None
         self._next_full = now + self.every
         return report
 
@@ -913,12 +1139,18 @@ class LegacyIntake:
     def take(self, mailbox: FileMailbox) -> int:
         return ingest(mailbox).n_ingested
 
-    def prober(self, mailbox: FileMailbox) -> Callable[[bool], int]:
-        probe = IngestProbe(mailbox)
+    def step(self, mailbox: FileMailbox) -> Step:
+        report = ingest(mailbox, max_chunks=1, skip_held=True)
+        return Step(report.n_ingested, report.more, report.retry_in)
 
-        def run(force: bool = False) -> int:
+    def prober(self, mailbox: FileMailbox) -> Callable[[bool], Step]:
+        probe = IngestProbe(mailbox, max_chunks=1)
+
+        def run(force: bool = False) -> Step:
             report = probe.run(force=force)
-            return report.n_ingested if report is not None else 0
+            if report is None:
+                return Step()
+            return Step(report.n_ingested, report.more, report.retry_in)
 
         return run
 

@@ -18,7 +18,8 @@ anything else                                 left where it is, and listed (``.m
 ============================================  ===============================================
 
 The real run first copies the whole root to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it if
-that name is taken; unless told not to, and only if it changes something), takes each agent's legacy
+that name is taken; unless told not to, and only if it changes something; through descriptors only, a
+0700 folder, links, FIFOs and devices left out and reported: `_backup`), takes each agent's legacy
 files under the legacy locks (as ingestion does, chunk by chunk: ``CHUNK_ENTRIES`` entries of
 ``inbox.json`` or files of a folder at a time), and can be run again safely, even within one second:
 what was moved is gone from the old places, and a run interrupted half-way is finished by the next one
@@ -34,14 +35,10 @@ a terminal).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
-import shutil
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +49,8 @@ from ...mailbox import FileMailbox, check_agent_id
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
 from . import _json
+from ._backup import backup_root
+from ._json_stream import TOO_LARGE, NotAnArray, is_blank, open_array
 from .legacy import (
     CHUNK_CHARS,
     CHUNK_ENTRIES,
@@ -119,6 +118,7 @@ class Migration:
     agents: list[AgentMigration] = field(default_factory=list)
     left: list[tuple[str, str]] = field(default_factory=list)  # things under the root itself
     backup: Path | None = None
+    backup_skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) left out of it
 
     def totals(self) -> dict[str, int]:
         return {
@@ -133,6 +133,7 @@ class Migration:
             "root": str(self.root),
             "dry_run": self.dry_run,
             "backup": str(self.backup) if self.backup else None,
+            "backup_skipped": [{"path": p, "why": w} for p, w in self.backup_skipped],
             "totals": self.totals(),
             "agents": [
                 {
@@ -153,6 +154,7 @@ class Migration:
         lines = [f"{'dry run: ' if self.dry_run else ''}migrating {self.root}"]
         if self.backup:
             lines.append(f"backup: {self.backup}")
+            lines += [f"  not in the backup: {p}: {w}" for p, w in self.backup_skipped]
         for a in self.agents:
             lines.append(
                 f"  {a.agent}: {verb} {a.n_new} to new/, {len(a.to_done)} to done/, "
@@ -233,39 +235,44 @@ def _open_sub(dir_fd: int, name: str) -> Iterator[int | None]:
 
 
 def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigration) -> None:
-    """What becomes of each entry of ``inbox.json``, read element by element as ingestion reads it (a
-    huge array is never built; past `REPORT_LISTED` entries, they are counted, not listed)."""
+    """What becomes of each entry of ``inbox.json``, read element by element through a window of the
+    file as ingestion reads it (neither the array nor the text is ever held whole; past
+    `REPORT_LISTED` entries, they are counted, not listed)."""
     where = f"{agent}/{INBOX_JSON}"
     try:
-        raw = _fs.read_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
+        fd, st = _fs.open_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
     except OSError as exc:
         plan.left.append((where, _why_refused(exc)))
         return
-    if not raw.strip():
-        return
-    max_item = max_entry_chars(max_size)
     try:
-        text = _json.array_text(raw)
-        del raw
-        for _ in _json.iter_array(text, max_item=max_item):
-            pass  # all of it must be JSON first: a corrupt array goes to dead/ whole
-    except _json.NotAnArray as exc:
-        plan.to_dead.append((where, str(exc)))
-        return
-    except ValueError as exc:
-        plan.to_dead.append((where, f"not valid JSON: {exc}"))
-        return
-    for i, (first, end, entry) in enumerate(_json.iter_array(text, max_item=max_item)):
-        origin = f"{where}[{i}]"
-        if entry is _json.TOO_LARGE:
-            limit = max_entry_chars(max_size)
-            plan.to_dead.append((origin, f"too large: {end - first} characters, over the limit of {limit}"))
-            continue
+        if is_blank(fd, st.st_size):
+            return
+        max_item = max_entry_chars(max_size)
         try:
-            message_from_legacy(entry, agent_id=agent, origin=origin, max_size=max_size)
-            plan.add_new(origin)
-        except MessageError as exc:
-            plan.to_dead.append((origin, f"cannot be converted: {exc}"))
+            for _ in open_array(fd, max_item=max_item):
+                pass  # all of it must be JSON first: a corrupt array goes to dead/ whole
+        except NotAnArray as exc:
+            plan.to_dead.append((where, str(exc)))
+            return
+        except ValueError as exc:
+            plan.to_dead.append((where, f"not valid JSON: {exc}"))
+            return
+        for i, element in enumerate(open_array(fd, max_item=max_item)):
+            origin = f"{where}[{i}]"
+            if element.value is TOO_LARGE:
+                limit = max_entry_chars(max_size)
+                size = element.end - element.start
+                plan.to_dead.append(
+                    (origin, f"too large: {size} bytes as written, over the limit of {limit}")
+                )
+                continue
+            try:
+                message_from_legacy(element.value, agent_id=agent, origin=origin, max_size=max_size)
+                plan.add_new(origin)
+            except MessageError as exc:
+                plan.to_dead.append((origin, f"cannot be converted: {exc}"))
+    finally:
+        os.close(fd)
 
 
 def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> AgentMigration:
@@ -407,7 +414,9 @@ def migrate(
     base = Path(root)
     done = Migration(base, dry_run=False, left=list(plan.left))
     if backup and any(a.changes() for a in plan.agents):
-        done.backup = _backup(base, progress)
+        copied = None if progress is None else lambda n, total: progress("backup", n, total)
+        done.backup, skipped = backup_root(base, copied)
+        done.backup_skipped = [(x.path, x.why) for x in skipped]
     total = sum(a.changes() for a in plan.agents)
     converted = 0
 
@@ -446,71 +455,6 @@ def migrate(
     if progress is not None:  # the end (some may have been left for later, or arrived meanwhile)
         progress("messages", converted, max(total, converted))
     return done
-
-
-def _backup(base: Path, progress: MigrateProgress | None = None) -> Path:
-    """Copy the root to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it when that name is
-    taken: two runs in one second), never into an existing folder; links as links, FIFOs, sockets and
-    devices left out. ``progress`` is told how many bytes are copied."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for n in itertools.count(1):
-        target = base.parent / f"{base.name}.backup-{stamp}{f'-{n}' if n > 1 else ''}"
-        try:
-            os.mkdir(target, 0o700)  # taken atomically: a concurrent run picks the next name
-        except FileExistsError:
-            continue
-        _copy_tree(base, target, progress)
-        return target
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _copy_tree(base: Path, target: Path, progress: MigrateProgress | None) -> None:
-    """Copy ``base`` into the folder ``target`` (just made, empty), telling ``progress`` the bytes."""
-    if progress is None:
-        shutil.copytree(base, target, symlinks=True, ignore=_special_files, dirs_exist_ok=True)
-        return
-    total = _size_of(base)
-    copied = 0
-
-    def copy(src: str, dst: str) -> str:
-        nonlocal copied
-        shutil.copy2(src, dst)
-        with contextlib.suppress(OSError):
-            copied += os.lstat(dst).st_size
-        progress("backup", min(copied, total), total)
-        return dst
-
-    progress("backup", 0, total)
-    shutil.copytree(
-        base, target, symlinks=True, ignore=_special_files, copy_function=copy, dirs_exist_ok=True
-    )
-    progress("backup", copied, max(total, copied))
-
-
-def _size_of(base: Path) -> int:
-    """Bytes of the regular files under ``base``, links not followed (what the backup copies)."""
-    size = 0
-    for folder, _dirs, names in os.walk(base):
-        for n in names:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(folder, n))
-                if stat.S_ISREG(st.st_mode):
-                    size += st.st_size
-    return size
-
-
-def _special_files(folder: str, names: list[str]) -> set[str]:
-    """For the backup: FIFOs, sockets and devices are not copied (a FIFO would block the copy)."""
-    skip = set()
-    for n in names:
-        try:
-            mode = os.lstat(os.path.join(folder, n)).st_mode
-        except OSError:
-            skip.add(n)
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-            skip.add(n)
-    return skip
 
 
 def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Taken | None = None) -> list[str]:

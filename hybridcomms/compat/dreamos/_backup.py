@@ -1,0 +1,246 @@
+"""The copy `migrate` makes of a root before it changes anything, through descriptors only.
+
+The root is shared ground: every agent of the group can write in it, so any name in it can become a
+link, a FIFO or a folder between the moment it is listed and the moment it is read. A copy by path
+(``shutil.copytree``) follows a link swapped in over a file it has just listed, and would copy a secret
+from outside the root into the backup. Here every folder is opened relative to the folder descriptor
+it was listed from, without following a link (``O_NOFOLLOW | O_DIRECTORY``), and every file the same
+way (``O_NOFOLLOW | O_NONBLOCK``), then checked with ``fstat`` on what was opened: what is copied is
+always what is under the root, whatever was swapped meanwhile.
+
+- Links, FIFOs, sockets and devices are not copied: each is reported (`Skipped`), as are files over
+  `MAX_FILE` bytes (the cap the legacy intake reads ``inbox.json`` with) or that grow past it while
+  copied, and folders nested deeper than `MAX_DEPTH`.
+- The backup folder is made 0700 (by ``mkdir`` itself, never changed after): nobody else can read what
+  is in it. What is inside keeps its mode (without set-id bits) and times; files belong to whoever
+  runs ``migrate``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ... import _fs
+from ...errors import UnsafePathError
+from .legacy import DEFAULT_MAX_INBOX_JSON
+
+__all__ = ["MAX_DEPTH", "MAX_FILE", "Skipped", "backup_root"]
+
+#: The largest file the backup copies (bytes): the cap the legacy intake reads ``inbox.json`` with.
+MAX_FILE = DEFAULT_MAX_INBOX_JSON
+#: Folders nested deeper than this under the root are not copied (each level holds two descriptors).
+MAX_DEPTH = 32
+_BLOCK = 1 << 20
+_O_SOURCE = _fs.O_READ_MSG | getattr(os, "O_NOCTTY", 0)
+#: ``progress(done, total)`` in bytes.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something under the root the backup left out: its path under the root (printable), and why."""
+
+    path: str
+    why: str
+
+
+def backup_root(base: Path, progress: Progress | None = None) -> tuple[Path, list[Skipped]]:
+    """Copy the root ``base`` to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it when that name
+    is taken: two runs in one second), never into an existing folder. Returns the backup's path and
+    what was left out. ``progress`` is told how many bytes are copied."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    parent = os.open(base.parent, _fs.O_DIR)
+    try:
+        for n in itertools.count(1):
+            name = f"{base.name}.backup-{stamp}{f'-{n}' if n > 1 else ''}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent)  # taken atomically: a concurrent run picks the next
+            except FileExistsError:
+                continue
+            target = base.parent / name
+            # Opened where it was made, checked to be ours and closed to others: in a shared parent
+            # folder it could have been renamed away and something else put in its place.
+            dst = _fs.open_dir(name, dir_fd=parent)
+            try:
+                st = os.fstat(dst)
+                if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+                    raise UnsafePathError(f"the backup folder {target} was replaced while it was made")
+                if st.st_mode & 0o077:  # a default ACL of the parent let others in: not into a backup
+                    os.fchmod(dst, 0o700)
+                return target, _copy_root(base, dst, progress)
+            finally:
+                os.close(dst)
+    finally:
+        os.close(parent)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _copy_root(base: Path, dst: int, progress: Progress | None) -> list[Skipped]:
+    skipped: list[Skipped] = []
+    src = os.open(base, _fs.O_DIR)  # the root itself is the operator's choice: a link to it is followed
+    try:
+        copier = _Copier(skipped, progress)
+        if progress is not None:
+            copier.total = _size(src, 0)
+            progress(0, copier.total)
+        copier.folder(src, dst, "", 0)
+        if progress is not None:
+            progress(copier.done, max(copier.total, copier.done))
+    finally:
+        os.close(src)
+    return skipped
+
+
+def _names(dir_fd: int) -> list[str]:
+    """The names in an open folder, sorted (only names: what each is, is looked at when it is opened)."""
+    with os.scandir(dir_fd) as entries:
+        return sorted(e.name for e in entries)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink (never followed): not copied"
+    if exc.errno == errno.ENOTDIR:
+        return "no longer a folder (replaced while copied): not copied"
+    return f"cannot be read ({exc.strerror or exc}): not copied"
+
+
+def _what(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink (never followed): not copied"
+    return f"not a regular file ({stat.filemode(mode)}): not copied"
+
+
+class _Copier:
+    def __init__(self, skipped: list[Skipped], progress: Progress | None) -> None:
+        self.skipped = skipped
+        self.progress = progress
+        self.total = 0
+        self.done = 0
+
+    def skip(self, path: str, why: str) -> None:
+        self.skipped.append(Skipped(_fs.shown(path), why))
+
+    def folder(self, src: int, dst: int, rel: str, depth: int) -> None:
+        """Copy what is in the open folder ``src`` into the open (new, empty) folder ``dst``."""
+        for name in _names(src):
+            path = rel + name
+            try:
+                st = os.stat(name, dir_fd=src, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since it was listed
+            except OSError as exc:
+                self.skip(path, _why(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                self.subfolder(src, dst, name, path, depth + 1)
+            elif stat.S_ISREG(st.st_mode):
+                self.file(src, dst, name, path)
+            else:
+                self.skip(path, _what(st.st_mode))
+
+    def subfolder(self, src: int, dst: int, name: str, path: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            self.skip(path + "/", f"nested deeper than {MAX_DEPTH} folders: not copied")
+            return
+        try:
+            child = _fs.open_dir(name, dir_fd=src)  # a link swapped in since the stat: ELOOP
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.skip(path + "/", _why(exc))
+            return
+        try:
+            st = os.fstat(child)
+            os.mkdir(name, 0o700, dir_fd=dst)
+            copy = _fs.open_dir(name, dir_fd=dst)
+            try:
+                self.folder(child, copy, path + "/", depth)
+                os.fchmod(copy, stat.S_IMODE(st.st_mode) & 0o2777)  # (a setgid folder stays one)
+                os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(copy)
+        finally:
+            os.close(child)
+
+    def file(self, src: int, dst: int, name: str, path: str) -> None:
+        try:
+            fd, st = _fs.open_regular(name, MAX_FILE, dir_fd=src)
+        except FileNotFoundError:
+            return
+        except _fs.TooLargeError as exc:
+            self.skip(path, f"{exc.size} bytes, over the {MAX_FILE} a backup copies: not copied")
+            return
+        except OSError as exc:  # a link swapped in (ELOOP), a FIFO or a device (not a regular file)
+            why = f"{exc.strerror}: not copied" if isinstance(exc, _fs.NotRegularFileError) else _why(exc)
+            self.skip(path, why)
+            return
+        try:
+            out = os.open(name, _fs.O_CREATE_MSG, 0o600, dir_fd=dst)
+            try:
+                copied = self.blocks(fd, out)
+                if copied > MAX_FILE:
+                    os.close(out)
+                    out = -1
+                    _fs._unlink_quietly(dst, name)
+                    self.skip(
+                        path, f"grew past the {MAX_FILE} bytes a backup copies while copied: not copied"
+                    )
+                    return
+                os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)  # never a set-id bit
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                if out >= 0:
+                    os.close(out)
+        finally:
+            os.close(fd)
+
+    def blocks(self, fd: int, out: int) -> int:
+        """Copy ``fd`` into ``out`` a block at a time, at most `MAX_FILE` + 1 bytes; how many."""
+        copied = 0
+        for block in _read_blocks(fd, MAX_FILE + 1):
+            _fs._write_all(out, block)
+            copied += len(block)
+            if self.progress is not None:
+                self.done += len(block)
+                self.progress(min(self.done, self.total), max(self.total, self.done))
+        return copied
+
+
+def _read_blocks(fd: int, limit: int) -> Iterator[bytes]:
+    left = limit
+    while left > 0:
+        block = os.read(fd, min(_BLOCK, left))
+        if not block:
+            return
+        left -= len(block)
+        yield block
+
+
+def _size(src: int, depth: int) -> int:
+    """Bytes of the regular files the backup would copy (for progress), looked at as it copies."""
+    total = 0
+    for name in _names(src):
+        try:
+            st = os.stat(name, dir_fd=src, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE:
+            total += st.st_size
+        elif stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
+            try:
+                child = _fs.open_dir(name, dir_fd=src)
+            except OSError:
+                continue
+            try:
+                total += _size(child, depth + 1)
+            finally:
+                os.close(child)
+    return total
