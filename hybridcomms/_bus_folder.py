@@ -100,16 +100,18 @@ def normalized(patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def effective_patterns(patterns: Any) -> tuple[str, ...] | None:
-    """What a registration's ``patterns`` stand for, as every reader takes them: None if they are not
-    a list of patterns a topic can match (strings of 1-`MAX_TOPIC` characters); ``("*",)`` past
-    `MAX_PATTERNS` of them or `PATTERNS_BYTES` in all (what a writer registers then); else
-    `normalized`. Its cost is bounded by the registration's size (`MAX_REGISTRATION`)."""
+    """What a registration's ``patterns`` stand for, as every reader takes them: ``("*",)`` past
+    `MAX_PATTERNS` of them (whatever they are) or `PATTERNS_BYTES` in all (what a writer registers
+    then); else None if they are not a list of patterns a topic can match (strings of 1-`MAX_TOPIC`
+    characters), or `normalized`. It looks at `MAX_PATTERNS` of them at most."""
     if type(patterns) is not list:
         return None
+    if len(patterns) > MAX_PATTERNS:
+        return STAR  # (what is in them is not looked at: they stand for everything)
     for p in patterns:
         if type(p) is not str or not 0 < len(p) <= MAX_TOPIC:
             return None
-    if len(patterns) > MAX_PATTERNS or len(orjson.dumps(patterns)) > PATTERNS_BYTES:
+    if len(orjson.dumps(patterns)) > PATTERNS_BYTES:
         return STAR
     return normalized(patterns)
 

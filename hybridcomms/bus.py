@@ -489,28 +489,44 @@ class AgentBus:
                 self._failed(event, sub, exc)
         return result
 
+    def _room_for(self, size: int, sender: int) -> bool:
+        """(Under the runs lock.) Whether a received event (``size`` bytes, from ``sender``) may start
+        one more async run (`MAX_RECEIVED_RUNS`): never past the bounds, and once half of either is
+        in use, only if its sender holds less than a quarter of both."""
+        runs, held = self._received_runs, self._received_bytes
+        if runs >= MAX_RECEIVED_RUNS or held + size > MAX_RECEIVED_BYTES:
+            return False
+        mine = self._held_by.get(sender)
+        crowded = runs >= MAX_RECEIVED_RUNS // 2 or held + size > MAX_RECEIVED_BYTES // 2
+        greedy = mine is not None and (
+            mine[0] >= MAX_RECEIVED_RUNS // 4 or mine[1] + size > MAX_RECEIVED_BYTES // 4
+        )
+        return not (crowded and greedy)
+
     def _admit(self, size: int, sender: int) -> bool:
-        """Whether a received event (``size`` bytes, from ``sender``) may start one more async run
-        (`MAX_RECEIVED_RUNS`); if so, it is counted until `_run_ended`."""
+        """Whether a received event may start one more async run (`_room_for`); if so, it is counted
+        until `_run_ended`."""
         with self._runs_lock:
-            runs, held = self._received_runs, self._received_bytes
-            if runs >= MAX_RECEIVED_RUNS or held + size > MAX_RECEIVED_BYTES:
+            if not self._room_for(size, sender):
                 return False
             mine = self._held_by.get(sender)
-            # Half in use: only a sender that holds less than a quarter starts more.
-            crowded = runs >= MAX_RECEIVED_RUNS // 2 or held + size > MAX_RECEIVED_BYTES // 2
-            greedy = mine is not None and (
-                mine[0] >= MAX_RECEIVED_RUNS // 4 or mine[1] + size > MAX_RECEIVED_BYTES // 4
-            )
-            if crowded and greedy:
-                return False
             if mine is None:
                 mine = self._held_by[sender] = [0, 0]
             mine[0] += 1
             mine[1] += size
-            self._received_runs = runs + 1
-            self._received_bytes = held + size
+            self._received_runs += 1
+            self._received_bytes += size
             return True
+
+    def _refuses(self, topic: str, size: int, sender: int) -> bool:
+        """Whether an event from another process on ``topic`` (``size`` bytes, from ``sender``) would
+        reach nothing now: every handler of the topic is async, and none may start (`_room_for`). The
+        fanout then drops it before decoding it (a flood costs no decoding past the bounds)."""
+        subs = self._cache.get(topic) or self._resolve(topic)
+        if not subs or not all(sub.is_async for sub in subs):
+            return False
+        with self._runs_lock:
+            return not self._room_for(size, sender)
 
     def _schedule(
         self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult

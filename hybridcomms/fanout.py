@@ -22,9 +22,13 @@ bad datagram is dropped and counted, never raised into a subscriber. Events from
 ``event.origin`` (``host:pid``) and are never sent on again.
 
 The bus folder is shared with every agent of the group (``_bus_folder``): nothing there is changed
-through a name another process can swap, a look at it costs what changed, the sockets to peers are
-bounded and go to the peers that read, and nothing a co-tenant places slows a publisher to a crawl
-(docs/guarantees.md). The bus carries no authentication: any co-tenant can send any event.
+through a name another process can swap, a look at it costs what changed (and is spaced by its cost),
+patterns are capped and indexed (`_fanout_index`), the sockets to peers are bounded and go to the
+peers that read, one publish sends a bounded amount per user owning the peers' sockets, peers found
+not reading sleep (`_fanout_turns`), backlogs are bounded in all, what received events may hold is
+bounded per sending process (`AgentBus`), and a process whose registration is deleted registers
+again: nothing a co-tenant places slows a publisher to a crawl or exhausts it (docs/guarantees.md).
+The bus carries no authentication: any co-tenant can send any event.
 """
 
 from __future__ import annotations
@@ -290,7 +294,8 @@ class LocalFanout:
         self._seq = 0
         self._held = 0  # patterns held by the registrations known
         self._groups: dict[str, tuple[Turns, ...]] = {}  # by index entry
-        self._targets: dict[str, tuple[tuple[Turns, ...], bool]] = {}  # by topic: (turns, any awake)
+        # by topic: (its turns, whether any peer in them is awake, how many are asleep)
+        self._targets: dict[str, tuple[tuple[Turns, ...], bool, int]] = {}
         self._regroup = False  # links fell asleep or woke: the turns are made again at the next look
         self._debt = 0.0  # CPU time spent making turns since the last look (it spaces the next)
         self._links: dict[str, _Link] = {}
@@ -300,7 +305,8 @@ class LocalFanout:
         self._seen_mtime = -1
         self._unsettled = False  # registrations left unread by the last look: look again
         self._pending: dict[str, float] = {}  # those, by name: since when (the oldest are read first)
-        self._next_look = 0.0
+        self._next_look = 0.0  # the next look at the folder
+        self._next_tend = 0.0  # the next tending of the links (`_tend`)
         self._next_sweep = time.monotonic() + SWEEP_EVERY
         self._dropped_to: dict[str, int] = {}
         self._dropped_gone = 0  # drops counted for peers no longer registered
@@ -319,7 +325,7 @@ class LocalFanout:
         # A first look at the peers now, and another at the first publish (whoever registered in
         # between is seen by it).
         self._refresh()
-        self._next_look = 0.0
+        self._next_look = self._next_tend = 0.0
         bus.add_outlet(self.send)
         bus.add_watcher(self._register)
         self._thread = threading.Thread(target=self._receive, name="hybridcomms-fanout", daemon=True)
@@ -443,31 +449,37 @@ class LocalFanout:
     # -- looking at the peers -------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        """Look at the peers again if REFRESH_EVERY has passed. One thread looks at a time; the others
-        wait for its look rather than send to the peers of before it (none, at first). Looking costs
-        at most about 1/`LOOK_SPACING` of the time: a look that took t seconds of CPU, with the turns
-        made since the last one (`_targets_of`), is followed by the next no sooner than
+        """Tend the links every REFRESH_EVERY (`_tend`: cheap, bounded by the links), and look at the
+        folder again (`_look`) when its time has come. One thread does it at a time; the others wait
+        for it rather than send to the peers of before it (none, at first). Looking costs at most
+        about 1/`LOOK_SPACING` of the time: a look that took t seconds of CPU, with the tending and
+        the turns made since the last one (`_targets_of`), is followed by the next no sooner than
         ``LOOK_SPACING * t`` later."""
-        if time.monotonic() < self._next_look:
+        if time.monotonic() < self._next_tend:
             return
         with self._look_lock:
             now = time.monotonic()
-            if now < self._next_look:
-                return  # another thread has just looked
-            cpu = time.thread_time()  # (what the look costs this thread: a busy host's waits aside)
+            if now < self._next_tend:
+                return  # another thread has just done it
+            cpu = time.thread_time()  # (what it costs this thread: a busy host's waits aside)
+            look = now >= self._next_look
             try:
-                self._look(now)
+                self._tend(now)
+                if look:
+                    self._look(now)
             finally:
-                cost = time.thread_time() - cpu + self._debt
-                self._debt = 0.0
-                spacing = LOOK_SPACING * cost if cost > 0.001 else 0.0
-                self._next_look = time.monotonic() + max(REFRESH_EVERY, spacing)
+                self._debt += time.thread_time() - cpu
+                done = time.monotonic()
+                self._next_tend = done + REFRESH_EVERY
+                if look:
+                    spacing = LOOK_SPACING * self._debt if self._debt > 0.001 else 0.0
+                    self._debt = 0.0
+                    self._next_look = done + max(REFRESH_EVERY, spacing)
 
-    def _look(self, now: float) -> None:
-        """Look at the registrations again. It costs what changed: an unchanged folder costs one
-        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
-        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
-        looks), and indexed (`PeerIndex`: each costs its own patterns)."""
+    def _tend(self, now: float) -> None:
+        """Close the sockets retired long enough ago, give sockets to the peers that read
+        (`_rebalance`), look at the peers asleep (`_probe`), and make the turns again if peers fell
+        asleep or woke."""
         if self._retired:
             with self._lock:
                 self._close_retired(now)
@@ -479,6 +491,12 @@ class LocalFanout:
             with self._lock:
                 self._regroup = False
                 self._reset_targets()
+
+    def _look(self, now: float) -> None:
+        """Look at the registrations again. It costs what changed: an unchanged folder costs one
+        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
+        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
+        looks), and indexed (`PeerIndex`: each costs its own patterns)."""
         sweep = now >= self._next_sweep
         try:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
@@ -533,6 +551,11 @@ class LocalFanout:
             for name in gone:
                 self._forget_reg(name)
             for name, reg in read:
+                known = regs.get(name)
+                if known is not None and (reg is None or known.sock != reg.sock):
+                    link = self._links.pop(name, None)  # (a link to the socket of before)
+                    if link is not None:
+                        self._retire(link, now)
                 self._forget_reg(name)
                 if reg is not None:
                     self._add_reg(name, reg)
@@ -736,11 +759,12 @@ class LocalFanout:
         with sock:
             return bool(_poll_out(sock))
 
-    def _targets_of(self, topic: str) -> tuple[tuple[Turns, ...], bool]:
-        """The turns of the peers that want ``topic``, and whether any of them is awake (cached per
-        topic until the next change of the registrations or of who sleeps). Finding them costs the
-        topic's segments (`PeerIndex`); the turns of each index entry are made once and shared by
-        the topics it matches; the CPU time of making them is added to the spacing of the next look."""
+    def _targets_of(self, topic: str) -> tuple[tuple[Turns, ...], bool, int]:
+        """The turns of the peers that want ``topic``, whether any of them is awake, and how many
+        sleep (cached per topic until the next change of the registrations or of who sleeps).
+        Finding them costs the topic's segments (`PeerIndex`); the turns of each index entry are
+        made once and shared by the topics it matches; the CPU time of making them is added to the
+        spacing of the next look."""
         with self._lock:
             cached = self._targets.get(topic)
             if cached is not None:
@@ -752,7 +776,7 @@ class LocalFanout:
                 if group is None:
                     group = self._groups[key] = self._turns(list(names))
                 found.extend(group)
-            result = (tuple(found), any(t.ring for t in found))
+            result = (tuple(found), any(t.ring for t in found), sum(len(t.asleep) for t in found))
             if len(self._targets) >= 10_000:
                 self._reset_targets()
             self._targets[topic] = result
@@ -777,7 +801,7 @@ class LocalFanout:
         """The registration names of the processes an event on ``topic`` may go to (those asleep
         last), in turn order."""
         self._refresh()
-        turns, _ = self._targets_of(topic)
+        turns, _, _ = self._targets_of(topic)
         return [link.name for t in turns for link in (*t.ring, *t.asleep)]
 
     def _link(self, reg: _Reg, peer: Peer) -> _Link | None:
@@ -894,29 +918,31 @@ class LocalFanout:
         """Called by the bus after its own delivery: one datagram to each peer that wants the topic,
         `SENDS_PER_OWNER` sends' worth per owner at most (past it, its peers take turns); peers found
         not reading are not visited (what they miss is counted in one addition)."""
-        if time.monotonic() >= self._next_look:
+        now = time.monotonic()
+        if now >= self._next_tend:
             self._refresh()
         if not self._index.names:
             return
         targets = self._targets.get(event.topic)
         if targets is None:
             targets = self._targets_of(event.topic)
-        all_turns, awake = targets
-        if not all_turns:
+        all_turns, awake, asleep = targets
+        if not awake:  # (none, or all asleep: nothing is encoded, what they miss counted at once)
+            if asleep:
+                for turns in all_turns:
+                    turns.count += 1
+                FANOUT_STATS["dropped_full"] += asleep  # (approximate under threads, as "sent")
+                if now - self._reported >= REPORT_EVERY:
+                    self._report()
             return
-        data = b""
-        if awake:
-            encoded = encode_event(event, self.origin)
-            if encoded is None:
-                _count("unsendable")
-                return
-            data = encoded
-        sent = missed = skipped = 0
-        now = 0.0
+        encoded = encode_event(event, self.origin)
+        if encoded is None:
+            _count("unsendable")
+            return
+        data = encoded
+        sent = skipped = 0
         for turns in all_turns:
             turns.count += 1
-            if turns.asleep:
-                missed += len(turns.asleep)
             if turns.whole:
                 visit: tuple[_Link, ...] | list[_Link] = turns.ring
             else:
@@ -929,11 +955,9 @@ class LocalFanout:
                     else:
                         self._defer(link, data)
                     continue
-                if link.skip_until:  # found not reading: not tried again before then
-                    now = now or time.monotonic()
-                    if now < link.skip_until:
-                        self._dropped(link)
-                        continue
+                if link.skip_until and now < link.skip_until:  # found not reading: not tried before
+                    self._dropped(link)
+                    continue
                 try:
                     link.send(data, socket.MSG_DONTWAIT)
                     sent += 1
@@ -954,11 +978,11 @@ class LocalFanout:
                         self._dropped(link)
         if sent:
             FANOUT_STATS["sent"] += sent  # counters are approximate under threads: a lost increment
-        if missed or skipped:
-            with _stats_lock:
-                FANOUT_STATS["dropped_full"] += missed
-                FANOUT_STATS["dropped_budget"] += skipped
-            self._report()
+        if asleep or skipped:  # (those of each peer are exact: `Turns.missed`)
+            FANOUT_STATS["dropped_full"] += asleep
+            FANOUT_STATS["dropped_budget"] += skipped
+            if now - self._reported >= REPORT_EVERY:
+                self._report()
 
     # -- the backlog: what waits for a peer whose buffer is full ---------------------------------
 
@@ -1116,7 +1140,7 @@ class LocalFanout:
                     broken = watched.get(fd)
                     if broken is not None:  # a socket closed or broken under it: a refresh sorts it out
                         self._forget_backlog(broken)
-                        self._next_look = 0.0
+                        self._next_look = self._next_tend = 0.0
 
     def _peer_gone(self, link: _Link) -> None:
         """A send found nobody at ``link``: pruned if its process died, else not sent to until its
@@ -1211,14 +1235,18 @@ class LocalFanout:
                 continue
             if self._closed:
                 return
-            event = decode_event(data)
-            if event is None:
-                _count("dropped_bad")
-                continue
             sender = -1
             for level, kind, creds in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
                     sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+            topic = _topic_of(data)
+            if topic is not None and bus._refuses(topic, len(data), sender):
+                _count("dropped_busy")  # (not decoded: a flood past the bounds costs no decoding)
+                continue
+            event = decode_event(data)
+            if event is None:
+                _count("dropped_bad")
+                continue
             _deliver(bus, event, len(data), sender)
 
     def close(self) -> None:
@@ -1252,6 +1280,24 @@ class LocalFanout:
         os.close(self._dir_fd)
         os.close(self._bell_r)
         os.close(self._bell_w)
+
+
+def _topic_of(data: bytes) -> str | None:
+    """The topic of a datagram, read from its head (``[1,"<topic>",``) without decoding the rest;
+    None if it is not plainly there (then the whole datagram is decoded, and checked)."""
+    if not data.startswith(b'[1,"'):
+        return None
+    end = data.find(b'"', 4, 4 + 4 * MAX_TOPIC + 1)
+    if end < 0:
+        return None
+    raw = data[4:end]
+    if b"\\" in raw:
+        return None
+    try:
+        topic = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return topic if 0 < len(topic) <= MAX_TOPIC and valid_topic(topic) else None
 
 
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:

@@ -500,7 +500,7 @@ def test_peers_found_not_reading_cost_a_publish_next_to_nothing(
             return FANOUT_STATS["dropped_full"] - before == 200
 
         wait_for(all_dropped, what="their buffers and backlogs to fill")
-        fan._next_look = 0.0  # (the publisher looks at its next publish: it sees who sleeps then)
+        fan._next_look = fan._next_tend = 0.0  # (it looks at its next publish: who sleeps is seen)
         pub.publish("tick")
         missed = FANOUT_STATS["dropped_full"]
 
