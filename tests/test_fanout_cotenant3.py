@@ -306,6 +306,34 @@ def test_a_crowd_of_another_user_takes_its_own_turns_not_the_events_of_the_other
         drain.stop()
 
 
+def test_registrations_linked_to_one_socket_are_one_peer(tmp_path: Path) -> None:
+    """Today's failure: a co-tenant who linked another process's socket under 20 more names (each with
+    a registration) made every publisher send it each event 21 times. Now a socket is one peer, sent
+    to through the registration its owner wrote."""
+    root = group_root(tmp_path)
+    folder = root / BUS_FOLDER
+    pub, good = AgentBus(), AgentBus()
+    got: list[int] = []
+    good.subscribe("x.*", lambda e: got.append(e.payload))
+    releases = [share_bus(good, root=root)]
+    try:
+        name = fanout_of(good, root).name
+        for i in range(20):
+            copy = f"{os.getpid()}-11{i:06x}"
+            os.link(folder / f"{name}.sock", folder / f"{copy}.sock")
+            place(folder, copy, registration(["*"]))
+        releases.append(share_bus(pub, root=root))
+        wait_for(lambda: (pub.publish("x.warm", -1), got)[1], what="the first event")
+        for i in range(50):
+            pub.publish("x.n", i)
+        pub.publish("x.end", -2)
+        wait_for(lambda: got[-1] == -2, what="the last event")
+        assert [n for n in got if n >= 0] == list(range(50))  # each once
+    finally:
+        for release in releases:
+            release()
+
+
 # -- 3. a flood of expensive datagrams ----------------------------------------------------------------
 
 
