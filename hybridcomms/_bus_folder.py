@@ -28,7 +28,9 @@ __all__ = [
     "HOST",
     "Peer",
     "alive",
+    "bound",
     "bus_peers",
+    "effective_patterns",
     "open_bus_folder",
     "registration_body",
     "registrations",
@@ -43,10 +45,17 @@ MAX_TOPIC = 256
 MAX_REGISTRATION = 64 * 1024
 #: Registrations considered at most (a folder holding more: the others, in listing order, are not).
 MAX_REGISTRATIONS = 4096
-#: This process's registration: patterns past this many bytes in all are registered as ``["*"]``,
-#: and ``dropped_to`` names this many peers at most (the others summed under ``"others"``).
+#: A registration's patterns: past this many, or this many bytes in all (as JSON), they stand for
+#: ``["*"]``, for the process that writes them (it registers ``["*"]``) and for every reader (it takes
+#: ``["*"]``: the process gets every event, its bus keeps what it subscribes to). ``dropped_to``
+#: names `DROPPED_TO_KEEP` peers at most (the others summed under ``"others"``).
+MAX_PATTERNS = 256
 PATTERNS_BYTES = 32 * 1024
 DROPPED_TO_KEEP = 32
+STAR = ("*",)
+#: What `bus_peers` (``hybridcomms stats``) reads at most: registrations' bytes in all (64 at
+#: `MAX_REGISTRATION`, thousands of ordinary ones), the smallest first; the others are ``unread``.
+SURVEY_BYTES = 4 << 20
 #: This host's name, in registrations (sockets reach the processes of one host only).
 HOST = socket.gethostname()
 #: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
@@ -64,6 +73,47 @@ class Peer:
 
     def wants(self, topic: str) -> bool:
         return any(pattern_matches(p, topic) for p in self.patterns)
+
+
+def _heads(topic: str) -> Iterator[str]:
+    """The proper dotted prefixes of ``topic`` (``a``, ``a.b`` for ``a.b.c``)."""
+    end = topic.find(".")
+    while end != -1:
+        yield topic[:end]
+        end = topic.find(".", end + 1)
+
+
+def normalized(patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``patterns`` without repeats and without those another of them covers (``a.b`` and ``a.b.*``
+    under ``a.*``; everything under ``*``): each topic is then matched by at most one of them."""
+    if "*" in patterns:
+        return STAR
+    heads = {p[:-2] for p in patterns if p.endswith(".*")}
+    kept: dict[str, None] = {}
+    for p in patterns:
+        prefix = p.endswith(".*")
+        base = p[:-2] if prefix else p
+        if (not prefix and p in heads) or any(h in heads for h in _heads(base)):
+            continue
+        kept[p] = None
+    return tuple(kept)
+
+
+def effective_patterns(patterns: Any) -> tuple[str, ...] | None:
+    """What a registration's ``patterns`` stand for, as every reader takes them: ``("*",)`` past
+    `MAX_PATTERNS` of them (whatever they are) or `PATTERNS_BYTES` in all (what a writer registers
+    then); else None if they are not a list of patterns a topic can match (strings of 1-`MAX_TOPIC`
+    characters), or `normalized`. It looks at `MAX_PATTERNS` of them at most."""
+    if type(patterns) is not list:
+        return None
+    if len(patterns) > MAX_PATTERNS:
+        return STAR  # (what is in them is not looked at: they stand for everything)
+    for p in patterns:
+        if type(p) is not str or not 0 < len(p) <= MAX_TOPIC:
+            return None
+    if len(orjson.dumps(patterns)) > PATTERNS_BYTES:
+        return STAR
+    return normalized(patterns)
 
 
 def open_bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
@@ -120,8 +170,9 @@ def write_registration(dir_fd: int, name: str, data: bytes, mode: int) -> None:
 
 def registration_body(pid: int, patterns: list[str], drops: dict[str, int], others: int) -> bytes:
     """A registration, bounded whatever it records: patterns longer than a topic can be are left out
-    (they match nothing that crosses), patterns past `PATTERNS_BYTES` in all become ``["*"]`` (the
-    process then gets every event, and its bus keeps what it subscribes to), and ``dropped_to`` names
+    (they match nothing that crosses), those another covers too (`normalized`), patterns past
+    `MAX_PATTERNS` or `PATTERNS_BYTES` in all become ``["*"]`` (the process then gets every event,
+    and its bus keeps what it subscribes to), and ``dropped_to`` names
     the `DROPPED_TO_KEEP` peers with the most drops, ``others`` and the rest summed under
     ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
     kept: list[str] = []
@@ -136,7 +187,8 @@ def registration_body(pid: int, patterns: list[str], drops: dict[str, int], othe
         except UnicodeEncodeError:  # (a lone surrogate): no topic that crosses is one
             continue
         kept.append(p)
-    if kept != ["*"] and len(orjson.dumps(kept)) > PATTERNS_BYTES:
+    kept = list(normalized(kept))
+    if kept != ["*"] and (len(kept) > MAX_PATTERNS or len(orjson.dumps(kept)) > PATTERNS_BYTES):
         kept = ["*"]
     ranked = sorted(drops.items(), key=lambda kv: -kv[1])
     dropped_to = dict(ranked[:DROPPED_TO_KEEP])
@@ -164,54 +216,107 @@ def well_formed(body: Any) -> bool:
         and 0 < body["pid"] < PID_MAX
         and type(body.get("host")) is str
         and len(body["host"]) <= 255
-        and type(body.get("patterns")) is list
-        and all(type(p) is str and 0 < len(p) <= MAX_TOPIC for p in body["patterns"])
+        and effective_patterns(body.get("patterns")) is not None
     )
 
 
-def registrations(dir_fd: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, body) of every well-formed registration in the folder (at most `MAX_REGISTRATIONS`);
-    anything else is skipped. The folder is shared: a FIFO, a link, a giant file or a body of the
-    wrong shape is passed over."""
-    seen = 0
+def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, body) of every well-formed registration in the folder (at most `MAX_REGISTRATIONS`),
+    its ``patterns`` as readers take them (`effective_patterns`); anything else is skipped. The folder
+    is shared: a FIFO, a link, a giant file or a body of the wrong shape is passed over.
+    ``budget``: ``[bytes, unread]``: the smallest registrations are read first, while ``bytes``
+    (decreased by each size) lasts; those left are counted in ``unread``."""
+    names = []
     for entry in _fs.listdir_at(dir_fd):
-        if not entry.endswith(".json") or not NAME.fullmatch(entry[: -len(".json")]):
+        if entry.endswith(".json") and NAME.fullmatch(entry[: -len(".json")]):
+            names.append(entry)
+    del names[MAX_REGISTRATIONS:]
+    if budget is not None:
+        sized = []
+        for entry in names:
+            try:
+                st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
+                sized.append((st.st_size, entry))
+        sized.sort()
+        names = [entry for _, entry in sized]
+    for entry in names:
+        if budget is not None and budget[0] <= 0:
+            budget[1] += 1
             continue
-        seen += 1
-        if seen > MAX_REGISTRATIONS:
-            return
         try:
-            body = orjson.loads(_fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd))
+            data = _fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd)
+            if budget is not None:
+                budget[0] -= len(data)
+            body = orjson.loads(data)
         except (OSError, orjson.JSONDecodeError):
             continue
         if well_formed(body):
+            body["patterns"] = list(effective_patterns(body["patterns"]) or ())
             yield entry[: -len(".json")], body
 
 
-def bus_peers(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The processes registered under ``root`` (for ``hybridcomms stats``): pid, host, patterns,
-    whether alive, and the events dropped for each peer they reported."""
+def bound(dir_fd: int, name: str) -> bool:
+    """Whether ``<name>.sock`` is a socket someone has bound (a connect to it is taken), looked at
+    without following a link."""
+    try:
+        fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(f"/proc/self/fd/{fd}")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def bus_peers(root: str | os.PathLike[str], survey: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """The processes registered under ``root`` (for ``hybridcomms stats``): pid, host, patterns (as
+    readers take them), whether alive, and the events dropped for peers they reported. A registration
+    is anyone's to write: its drops are counted (``counted``, ``dropped``) only if it is one of a live
+    process of this host whose socket is bound; ``dropped`` is 0 for the others (``reported`` keeps
+    what they say). Bounded: at most `SURVEY_BYTES` of registrations are read, the smallest first (a
+    process's own is small; giant ones are a co-tenant's); ``survey``, if given, gets ``unread``: how
+    many were not."""
     folder = Path(root) / BUS_FOLDER
+    if survey is not None:
+        survey["unread"] = 0
     try:
         dir_fd = _fs.open_dir(str(folder))
     except OSError:
         return []
+    budget = [SURVEY_BYTES, 0]
     try:
         out = []
-        for name, body in registrations(dir_fd):
+        for name, body in registrations(dir_fd, budget):
             dropped = body.get("dropped_to")
+            reported = (
+                sum(v for v in dropped.values() if type(v) is int and v > 0) if type(dropped) is dict else 0
+            )
+            local = body["host"] == HOST
+            live = not local or alive(body["pid"])
+            counted = local and live and bound(dir_fd, name)
             out.append(
                 {
                     "name": name,
                     "pid": body["pid"],
                     "host": body["host"],
                     "patterns": body["patterns"],
-                    "alive": body["host"] != HOST or alive(body["pid"]),
-                    "dropped": sum(v for v in dropped.values() if type(v) is int and v > 0)
-                    if type(dropped) is dict
-                    else 0,
+                    "alive": live,
+                    "counted": counted,
+                    "dropped": reported if counted else 0,
+                    "reported": reported,
                 }
             )
+        if survey is not None:
+            survey["unread"] = budget[1]
         return out
     finally:
         os.close(dir_fd)

@@ -47,11 +47,19 @@ log = _log.get("hybridcomms.bus")
 DEFAULT_ERROR_TOPIC = "hybridcomms.bus.error"
 _CACHE_LIMIT = 10_000
 #: At most this many async handler runs started by events from other processes (``event.origin``
-#: set, `hybridcomms.fanout`) are unfinished at once, per bus. Past it, such an event starts no async
-#: handler (its sync handlers still run): counted in `PublishResult.dropped`, and by the fanout as
-#: ``dropped_busy``. A flood of events from other processes then costs a bounded number of tasks, not
-#: memory without end. Events published in this process are never dropped.
+#: set, `hybridcomms.fanout`) are unfinished at once, per bus, holding events of this many bytes in
+#: all (as they came, encoded: decoded, an event takes up to ~25 times its bytes). Past either, such an
+#: event starts no async handler (its sync handlers still run): counted in `PublishResult.dropped`,
+#: and by the fanout as ``dropped_busy``. Once half of either is in use, the events of a sending
+#: process (as the kernel names it) that holds a quarter of either start no more runs: one process
+#: flooding a bus takes half of the room at most, and it takes four to take it all, so the events of
+#: the others are not the ones dropped first. A flood from other processes then costs a bounded
+#: number of tasks and bytes, not memory without end. Events published in this process are never
+#: dropped.
 MAX_RECEIVED_RUNS = 1024
+MAX_RECEIVED_BYTES = 4 << 20
+#: The sender of events whose process is not known (Redis, or an `Event` given an origin here).
+UNKNOWN_SENDER = -1
 
 _ids = itertools.count(1)
 _id_prefix = ""
@@ -232,7 +240,8 @@ class PublishResult:
     another process while `MAX_RECEIVED_RUNS` such runs were unfinished).
     """
 
-    __slots__ = ("_pending", "dropped", "errors", "event", "handlers")
+    __slots__ = ("_cost", "_pending", "dropped", "errors", "event", "handlers")
+    _cost: tuple[int, int]  # (bytes, sending process) of an event from another process (set by it)
 
     def __init__(self, event: Event, handlers: int) -> None:
         self.event = event
@@ -289,7 +298,11 @@ class AgentBus:
         # subscribed patterns change. Empty unless the bus is shared: publish pays one truth test.
         self._outlets: tuple[Callable[[Event], None], ...] = ()
         self._watchers: tuple[Callable[[], None], ...] = ()
-        self._received_runs = 0  # unfinished async runs started by events from other processes
+        # Unfinished async runs started by events from other processes: how many, the bytes of their
+        # events, and both by sending process (MAX_RECEIVED_RUNS).
+        self._received_runs = 0
+        self._received_bytes = 0
+        self._held_by: dict[int, list[int]] = {}
         self._runs_lock = threading.Lock()
 
     # -- subscriptions ------------------------------------------------------------------------
@@ -454,16 +467,74 @@ class AgentBus:
             self._send_out(event)
         return result
 
+    def _publish_received(self, event: Event, size: int, sender: int) -> PublishResult:
+        """Deliver an event that came from another process (`hybridcomms.fanout`), as `publish` does
+        (it is never sent on): ``size`` (its encoded bytes) and ``sender`` (the process that sent it,
+        as the kernel said, or `UNKNOWN_SENDER`) bound the async handler runs it may start
+        (`MAX_RECEIVED_RUNS`, `MAX_RECEIVED_BYTES`)."""
+        subs = self._cache.get(event.topic) or self._resolve(event.topic)
+        _published[0] += 1
+        result = PublishResult(event, len(subs))
+        result._cost = (size, sender)
+        for sub in subs:
+            try:
+                if sub.is_async:
+                    self._schedule(sub.handler(event), event, sub, result)
+                else:
+                    ret = sub.handler(event)
+                    if ret is not None and inspect.isawaitable(ret):
+                        self._schedule(ret, event, sub, result)
+            except Exception as exc:
+                result.errors.append(exc)
+                self._failed(event, sub, exc)
+        return result
+
+    def _room_for(self, size: int, sender: int) -> bool:
+        """(Under the runs lock.) Whether a received event (``size`` bytes, from ``sender``) may start
+        one more async run (`MAX_RECEIVED_RUNS`): never past the bounds, and once half of either is
+        in use, only if its sender holds less than a quarter of both."""
+        runs, held = self._received_runs, self._received_bytes
+        if runs >= MAX_RECEIVED_RUNS or held + size > MAX_RECEIVED_BYTES:
+            return False
+        mine = self._held_by.get(sender)
+        crowded = runs >= MAX_RECEIVED_RUNS // 2 or held + size > MAX_RECEIVED_BYTES // 2
+        greedy = mine is not None and (
+            mine[0] >= MAX_RECEIVED_RUNS // 4 or mine[1] + size > MAX_RECEIVED_BYTES // 4
+        )
+        return not (crowded and greedy)
+
+    def _admit(self, size: int, sender: int) -> bool:
+        """Whether a received event may start one more async run (`_room_for`); if so, it is counted
+        until `_run_ended`."""
+        with self._runs_lock:
+            if not self._room_for(size, sender):
+                return False
+            mine = self._held_by.get(sender)
+            if mine is None:
+                mine = self._held_by[sender] = [0, 0]
+            mine[0] += 1
+            mine[1] += size
+            self._received_runs += 1
+            self._received_bytes += size
+            return True
+
+    def _refuses(self, topic: str, size: int, sender: int) -> bool:
+        """Whether an event from another process on ``topic`` (``size`` bytes, from ``sender``) would
+        reach nothing now: every handler of the topic is async, and none may start (`_room_for`). The
+        fanout then drops it before decoding it (a flood costs no decoding past the bounds)."""
+        subs = self._cache.get(topic) or self._resolve(topic)
+        if not subs or not all(sub.is_async for sub in subs):
+            return False
+        with self._runs_lock:
+            return not self._room_for(size, sender)
+
     def _schedule(
         self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
     ) -> None:
         received = event.origin is not None
         if received:
-            with self._runs_lock:
-                full = self._received_runs >= MAX_RECEIVED_RUNS
-                if not full:
-                    self._received_runs += 1
-            if full:  # a flood from other processes: this run is not started
+            cost: tuple[int, int] = getattr(result, "_cost", (0, UNKNOWN_SENDER))
+            if not self._admit(*cost):  # a flood from other processes: this run is not started
                 close = getattr(awaitable, "close", None)
                 if callable(close):
                     close()  # a coroutine never awaited, closed (no "never awaited" warning)
@@ -487,15 +558,23 @@ class AgentBus:
                 future = loop.create_task(guarded())
         except BaseException:
             if received:
-                self._run_ended()
+                self._run_ended(cost)
             raise
         if received:  # counted until it ends, however it ends (done, failed, cancelled)
-            future.add_done_callback(self._run_ended)
+            future.add_done_callback(lambda _future: self._run_ended(cost))
         result._pending.append(future)
 
-    def _run_ended(self, _future: object = None) -> None:
+    def _run_ended(self, cost: tuple[int, int]) -> None:
+        size, sender = cost
         with self._runs_lock:
             self._received_runs -= 1
+            self._received_bytes -= size
+            mine = self._held_by.get(sender)
+            if mine is not None:
+                mine[0] -= 1
+                mine[1] -= size
+                if mine[0] <= 0:
+                    del self._held_by[sender]
 
     def _failed(self, event: Event, sub: Subscription, exc: BaseException) -> None:
         name = getattr(sub.handler, "__qualname__", repr(sub.handler))

@@ -22,14 +22,17 @@ bad datagram is dropped and counted, never raised into a subscriber. Events from
 ``event.origin`` (``host:pid``) and are never sent on again.
 
 The bus folder is shared with every agent of the group (``_bus_folder``): nothing there is changed
-through a name another process can swap, a look at it costs what changed, the sockets to peers are
-bounded and go to the peers that read, and nothing a co-tenant places slows a publisher to a crawl
-(docs/guarantees.md). The bus carries no authentication: any co-tenant can send any event.
+through a name another process can swap, a look at it costs what changed (and is spaced by its cost),
+patterns are capped and indexed (`_fanout_index`), the sockets to peers are bounded and go to the
+peers that read, one publish sends a bounded amount per user owning the peers' sockets, peers found
+not reading sleep (`_fanout_turns`), backlogs are bounded in all, what received events may hold is
+bounded per sending process (`AgentBus`), and a process whose registration is deleted registers
+again: nothing a co-tenant places slows a publisher to a crawl or exhausts it (docs/guarantees.md).
+The bus carries no authentication: any co-tenant can send any event.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import os
@@ -37,6 +40,7 @@ import queue
 import select
 import socket
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -55,14 +59,19 @@ from ._bus_folder import (
     MAX_REGISTRATIONS,
     MAX_TOPIC,
     NAME,
+    STAR,
     Peer,
     alive,
     bus_peers,
+    effective_patterns,
     open_bus_folder,
     registration_body,
     well_formed,
     write_registration,
 )
+from ._fanout_index import PeerIndex
+from ._fanout_turns import Link as _Link
+from ._fanout_turns import Turns
 from ._urls import backend_of, shown_url
 from .bus import AgentBus, Event
 from .errors import UnsafePathError
@@ -93,6 +102,19 @@ RETIRE_AFTER = 1.0
 #: What waits for one peer whose buffer is full (events, bytes); past either, events are dropped.
 BACKLOG_EVENTS = 1024
 BACKLOG_BYTES = 1 << 20
+#: What waits in all backlogs together (bytes, each event counted with 64 more): past it, the peer
+#: behind the longest loses its backlog (if it has waited EVICT_AFTER), else the event is dropped.
+BACKLOG_TOTAL = 16 << 20
+#: One publish sends to the peers of one owner (the uid of their sockets) that want its topic this
+#: many sends' worth at most (a peer without a connected socket counts UNLINKED_COST); past it, they
+#: take turns, and an event not sent to a peer is dropped for it, counted (``dropped_budget``).
+SENDS_PER_OWNER = 32
+UNLINKED_COST = 4
+#: Patterns held for all the registrations known, at most; past it, a registration read stands for
+#: ``*`` (its process gets every event; its bus keeps what it subscribes to).
+MAX_PATTERNS_HELD = 16_384
+#: Peers asleep (found not reading) looked at per look at most, to see if they read again.
+PROBES_PER_LOOK = 16
 #: Where peers without a socket of their own wait for one and a linked peer has had a backlog waiting
 #: this long (seconds, it does not read), its socket is taken back for them.
 EVICT_AFTER = 0.5
@@ -107,9 +129,11 @@ REPORT_EVERY = 1.0
 #: were full, or it was found not reading), dropped_bad (a datagram that did not decode), unsendable
 #: (not JSON, or too big), pruned (registrations of dead processes, or without a socket),
 #: dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog), dropped_busy
-#: (an event from another process that started no async handler: `bus.MAX_RECEIVED_RUNS` were
-#: unfinished), refused_durable (an event from another process on a topic the policy routes durable,
-#: not handed to a `Comms` handler).
+#: (an event from another process that started no async handler: what the runs started by such
+#: events held was at `bus.MAX_RECEIVED_RUNS` or `bus.MAX_RECEIVED_BYTES`, or the sender's share of
+#: them), refused_durable (an event from another process on a topic the policy routes durable, not
+#: handed to a `Comms` handler), dropped_budget (an event not sent to a peer because more peers of
+#: its owner wanted it than one publish sends to: `SENDS_PER_OWNER`; they take turns).
 FANOUT_STATS: dict[str, int] = dict.fromkeys(
     (
         "sent",
@@ -122,6 +146,7 @@ FANOUT_STATS: dict[str, int] = dict.fromkeys(
         "deferred",
         "dropped_busy",
         "refused_durable",
+        "dropped_budget",
     ),
     0,
 )
@@ -216,57 +241,30 @@ def decode_event(data: bytes) -> Event | None:
 @dataclass(slots=True)
 class _Reg:
     """What the looks know of one registration: its identity on disk (inode, size, times), so that an
-    unchanged one is never read again; the peer it names (None: not a registration that can be used);
-    and whether its socket refused (then it is not sent to until the registration changes)."""
+    unchanged one is never read again; the peer it names (None: not a registration that can be used),
+    its patterns as held; its socket's identity and owner and the registration's writer (uids); the
+    order it was first read in; and whether its socket refused (then it is not sent to until the
+    registration changes)."""
 
     key: tuple[int, int, int, int]
     peer: Peer | None
+    sock: tuple[int, int] = (0, 0)
+    owner: int = -1
+    writer: int = -1
+    seq: int = 0
     dead: bool = False
 
 
 class _Refused(Exception):
-    """No socket of a peer at its name: gone, refused, or not a socket itself (a link, a file)."""
+    """No socket of a peer at its name: gone, refused, not a socket itself (a link, a file), or not the
+    socket its registration was read with."""
 
 
-class _Link:
-    """How this process sends to one peer: a datagram socket connected to the peer's (one path lookup,
-    at connect), while there is room (`MAX_LINKS`); else *unlinked*: each send connects a socket of
-    its own for that one datagram and closes it (no buffer shared with another peer).
-
-    A connected link has a backlog: what finds the peer's buffer full waits there (bounded), in order,
-    until the peer reads again; the flusher thread sends it then. An unlinked peer whose buffer is full
-    is not tried again for `STUCK_RETRY` seconds (its events are dropped, counted, for a check each)."""
-
-    __slots__ = (
-        "backlog",
-        "backlog_bytes",
-        "behind_since",
-        "full",
-        "gone",
-        "local",
-        "name",
-        "ok",
-        "peer",
-        "pid",
-        "send",
-        "skip_until",
-        "sock",
-    )
-
-    def __init__(self, peer: Peer, send: Callable[[bytes, int], int], sock: socket.socket | None) -> None:
-        self.peer = peer
-        self.name = peer.name
-        self.pid = peer.pid
-        self.local = peer.host == _HOST
-        self.sock = sock
-        self.send = send
-        self.backlog: collections.deque[bytes] = collections.deque()
-        self.backlog_bytes = 0
-        self.full = False  # its backlog is full: events are dropped for it until it drains some
-        self.behind_since = 0.0  # when its backlog began to wait (a connected link)
-        self.skip_until = 0.0  # an unlinked peer that did not read: not tried before then
-        self.ok = False  # an unlinked peer: its last send went through (it reads)
-        self.gone = False
+#: What one event waiting in a backlog costs beside its bytes (the bytes object and the deque's slot),
+#: counted against `BACKLOG_TOTAL`.
+_EVENT_OVERHEAD = 64
+#: The ancillary room of one datagram's sender credentials (``struct ucred``: pid, uid, gid).
+_CREDS = socket.CMSG_SPACE(12)
 
 
 class LocalFanout:
@@ -284,14 +282,22 @@ class LocalFanout:
         self.origin = f"{_HOST}:{os.getpid()}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self.name = self._bind()
+            self.name, self._sock_id = self._bind(self._sock)
         except BaseException:
             self._sock.close()
             os.close(self._dir_fd)
             raise
-        self._peers: tuple[Peer, ...] = ()
         self._regs: dict[str, _Reg] = {}
-        self._targets: dict[str, tuple[_Link, ...]] = {}
+        self._index = PeerIndex()
+        self._holders: dict[tuple[int, int], str] = {}  # a socket: the registration sent through
+        self._sharing: dict[tuple[int, int], set[str]] = {}  # a socket: the registrations naming it
+        self._seq = 0
+        self._held = 0  # patterns held by the registrations known
+        self._groups: dict[str, tuple[Turns, ...]] = {}  # by index entry
+        # by topic: (its turns, whether any peer in them is awake, how many are asleep)
+        self._targets: dict[str, tuple[tuple[Turns, ...], bool, int]] = {}
+        self._regroup = False  # links fell asleep or woke: the turns are made again at the next look
+        self._debt = 0.0  # CPU time spent making turns since the last look (it spaces the next)
         self._links: dict[str, _Link] = {}
         self._linked = 0  # links with a connected socket
         self._unlinked = 0
@@ -299,34 +305,39 @@ class LocalFanout:
         self._seen_mtime = -1
         self._unsettled = False  # registrations left unread by the last look: look again
         self._pending: dict[str, float] = {}  # those, by name: since when (the oldest are read first)
-        self._next_look = 0.0
+        self._next_look = 0.0  # the next look at the folder
+        self._next_tend = 0.0  # the next tending of the links (`_tend`)
         self._next_sweep = time.monotonic() + SWEEP_EVERY
         self._dropped_to: dict[str, int] = {}
         self._dropped_gone = 0  # drops counted for peers no longer registered
         self._reported = 0.0
+        self._written = b""  # this process's registration, as last written
         self._lock = threading.Lock()
         self._look_lock = threading.Lock()
         self._register_lock = threading.Lock()
         self._closed = False
         self._backlog_lock = threading.Lock()
         self._backlogged: set[_Link] = set()
+        self._backlog_total = 0  # bytes waiting in all backlogs (with `_EVENT_OVERHEAD` each)
         self._flusher: threading.Thread | None = None
         self._bell_r, self._bell_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._register()
         # A first look at the peers now, and another at the first publish (whoever registered in
         # between is seen by it).
         self._refresh()
-        self._next_look = 0.0
+        self._next_look = self._next_tend = 0.0
         bus.add_outlet(self.send)
         bus.add_watcher(self._register)
         self._thread = threading.Thread(target=self._receive, name="hybridcomms-fanout", daemon=True)
         self._thread.start()
 
-    def _bind(self) -> str:
-        """Bind this process's socket and give it its mode with no name lookup another process can
-        swap: it is bound in a folder of its own (made here, checked to be this user's, 0o700: no one
-        else can place anything there), given its mode there, and then renamed into the bus folder
-        under a new name (never replacing anything). Returns that name."""
+    def _bind(self, sock: socket.socket) -> tuple[str, tuple[int, int]]:
+        """Bind ``sock`` and give it its mode with no name lookup another process can swap: it is bound
+        in a folder of its own (made here, checked to be this user's, 0o700: no one else can place
+        anything there), given its mode there, and then renamed into the bus folder under a new name
+        (never replacing anything). Returns that name and the socket file's identity. The socket is
+        made to receive its senders' credentials (`_receive`)."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         for _ in range(100):
             private = f".{os.getpid()}-{uuid.uuid4().hex}.bind"
             try:
@@ -344,13 +355,14 @@ class LocalFanout:
             # through the descriptor, whatever the umask made it; a setgid bit kept (the socket then
             # gets the bus folder's group, as files made there do)
             os.fchmod(pfd, 0o700 | (st.st_mode & stat.S_ISGID))
-            self._sock.bind(f"/proc/self/fd/{pfd}/s")  # short, whatever the root's length
+            sock.bind(f"/proc/self/fd/{pfd}/s")  # short, whatever the root's length
             os.chmod("s", self.file_mode, dir_fd=pfd)  # in a folder no one else can write
+            made = os.stat("s", dir_fd=pfd, follow_symlinks=False)
             for _ in range(100):
                 name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 try:
                     _fs.rename_noreplace("s", name + ".sock", src_dir_fd=pfd, dst_dir_fd=self._dir_fd)
-                    return name
+                    return name, (made.st_dev, made.st_ino)
                 except FileExistsError:
                     continue
             raise FileExistsError(errno.EEXIST, "no free name for a socket", str(self.dir))
@@ -368,9 +380,7 @@ class LocalFanout:
 
     def _registration(self) -> bytes:
         """This process's registration (bounded: `registration_body`)."""
-        with _stats_lock:
-            drops = dict(self._dropped_to)
-            others = self._dropped_gone
+        drops, others = self._drops()
         return registration_body(os.getpid(), self.bus.patterns(), drops, others)
 
     def _register(self) -> None:
@@ -380,39 +390,113 @@ class LocalFanout:
         data = self._registration()
         with self._register_lock, contextlib.suppress(OSError):
             write_registration(self._dir_fd, self.name + ".json", data, self.file_mode)
+            self._written = data
+
+    def _check_own(self) -> None:
+        """(The receiving thread, every `SWEEP_EVERY`.) A co-tenant who removed or replaced this
+        process's socket or registration made it deaf: its socket is bound again (the same way as at
+        start, under a new name) if it is not there, and its registration written again if it is not
+        what was written."""
+        try:
+            st = os.stat(self.name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+            here = (st.st_dev, st.st_ino) == self._sock_id
+        except OSError:
+            here = False
+        if not here:
+            self._rebind()
+            return
+        try:
+            data = _fs.read_regular(self.name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd)
+        except OSError:
+            data = b""
+        if data != self._written:
+            log.warning(
+                "fanout: the registration of this process in %s was removed or changed; written again",
+                self.dir,
+            )
+            self._register()
+
+    def _rebind(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            name, sock_id = self._bind(sock)
+        except (OSError, UnsafePathError) as exc:
+            sock.close()
+            log.warning(
+                "fanout: the socket of this process in %s is gone and could not be bound again: %s",
+                self.dir,
+                exc,
+            )
+            return
+        with self._register_lock:
+            if self._closed:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(name + ".sock", dir_fd=self._dir_fd)
+                return
+            old_name, old_id, old = self.name, self._sock_id, self._sock
+            self.name, self._sock_id, self._sock = name, sock_id, sock
+        log.warning("fanout: the socket of this process in %s was removed or replaced; bound again", self.dir)
+        with contextlib.suppress(OSError):  # (a name in the bus folder: nothing is followed)
+            os.unlink(old_name + ".json", dir_fd=self._dir_fd)
+        with contextlib.suppress(OSError):
+            st = os.stat(old_name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == old_id:
+                os.unlink(old_name + ".sock", dir_fd=self._dir_fd)
+        old.close()
+        self._register()
 
     # -- looking at the peers -------------------------------------------------------------------
 
-    def _refresh(self) -> tuple[Peer, ...]:
-        """The peers, looked at again if REFRESH_EVERY has passed. One thread looks at a time; the
-        others wait for its look rather than send to the peers of before it (none, at first). A look
-        that lists the folder costs at most about 1/`LOOK_SPACING` of the time: one that took t
-        seconds is followed by the next no sooner than ``LOOK_SPACING * t`` later."""
-        if time.monotonic() < self._next_look:
-            return self._peers
+    def _refresh(self) -> None:
+        """Tend the links every REFRESH_EVERY (`_tend`: cheap, bounded by the links), and look at the
+        folder again (`_look`) when its time has come. One thread does it at a time; the others wait
+        for it rather than send to the peers of before it (none, at first). Looking costs at most
+        about 1/`LOOK_SPACING` of the time: a look that took t seconds of CPU, with the tending and
+        the turns made since the last one (`_targets_of`), is followed by the next no sooner than
+        ``LOOK_SPACING * t`` later."""
+        if time.monotonic() < self._next_tend:
+            return
         with self._look_lock:
             now = time.monotonic()
-            if now < self._next_look:
-                return self._peers  # another thread has just looked
-            cpu = time.thread_time()  # (what the look costs this thread: a busy host's waits aside)
+            if now < self._next_tend:
+                return  # another thread has just done it
+            cpu = time.thread_time()  # (what it costs this thread: a busy host's waits aside)
+            look = now >= self._next_look
             try:
-                self._look(now)
+                self._tend(now)
+                if look:
+                    self._look(now)
             finally:
-                cost = time.thread_time() - cpu
-                spacing = LOOK_SPACING * cost if cost > 0.001 else 0.0
-                self._next_look = time.monotonic() + max(REFRESH_EVERY, spacing)
-        return self._peers
+                self._debt += time.thread_time() - cpu
+                done = time.monotonic()
+                self._next_tend = done + REFRESH_EVERY
+                if look:
+                    spacing = LOOK_SPACING * self._debt if self._debt > 0.001 else 0.0
+                    self._debt = 0.0
+                    self._next_look = done + max(REFRESH_EVERY, spacing)
 
-    def _look(self, now: float) -> None:
-        """Look at the registrations again. It costs what changed: an unchanged folder costs one
-        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
-        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
-        looks)."""
+    def _tend(self, now: float) -> None:
+        """Close the sockets retired long enough ago, give sockets to the peers that read
+        (`_rebalance`), look at the peers asleep (`_probe`), and make the turns again if peers fell
+        asleep or woke."""
         if self._retired:
             with self._lock:
                 self._close_retired(now)
         if self._unlinked:
             self._rebalance(now)
+        if self._links:
+            self._probe(now)
+        if self._regroup:
+            with self._lock:
+                self._regroup = False
+                self._reset_targets()
+
+    def _look(self, now: float) -> None:
+        """Look at the registrations again. It costs what changed: an unchanged folder costs one
+        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
+        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
+        looks), and indexed (`PeerIndex`: each costs its own patterns)."""
         sweep = now >= self._next_sweep
         try:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
@@ -427,65 +511,71 @@ class LocalFanout:
             entries = _fs.listdir_at(self._dir_fd)
         except OSError:
             return
-        socks: set[str] = set()
         names: list[str] = []
         for entry in entries:
             stem, _, ext = entry.rpartition(".")
             if ext == "json" and NAME.fullmatch(stem) and stem != self.name:
                 names.append(stem)
-            elif ext == "sock":
-                socks.add(stem)
-        old = self._regs
-        regs: dict[str, _Reg] = {}
+        del names[MAX_REGISTRATIONS:]
+        regs = self._regs
+        listed = set(names)
+        gone = [name for name in regs if name not in listed]
         stale: list[tuple[str, tuple[int, int, int, int], os.stat_result]] = []
-        for name in names[:MAX_REGISTRATIONS]:
+        for name in names:
             try:
                 st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
             except OSError:
+                if name in regs:
+                    gone.append(name)
                 continue
             key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            known = old.get(name)
-            if known is not None:
-                regs[name] = known  # (replaced below if read again)
-                if known.key == key:
-                    continue
+            known = regs.get(name)
+            if known is not None and known.key == key:
+                continue
             stale.append((name, key, st))
         # The changes seen longest ago are read first: a co-tenant rewriting registrations in a loop
         # delays a new peer by one pass over them at most, and never starves it.
         pending = self._pending
         stale.sort(key=lambda item: pending.get(item[0], now))
+        read = []
         for name, key, st in stale[:MAX_READS_PER_LOOK]:
             pending.pop(name, None)
-            reg = self._read(name, key, st, name in socks)
-            if reg is None:
-                regs.pop(name, None)
-            else:
-                regs[name] = reg
+            read.append((name, self._read(name, key, st)))
         for name, _, _ in stale[MAX_READS_PER_LOOK:]:
             pending.setdefault(name, now)
         if pending:
-            listed = set(names)
             for name in [n for n in pending if n not in listed]:
                 del pending[name]
-        changed = bool(stale)
-        unsettled = len(stale) > MAX_READS_PER_LOOK
-        if sweep:
-            self._next_sweep = now + SWEEP_EVERY
-            for name, reg in list(regs.items()):
-                if reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
-                    self._prune(name)
-                    del regs[name]
-        self._regs = regs
-        self._unsettled = unsettled
-        if changed or regs.keys() != old.keys():
-            self._rebuild(now)
+        self._unsettled = len(stale) > MAX_READS_PER_LOOK
+        with self._lock:
+            for name in gone:
+                self._forget_reg(name)
+            for name, reg in read:
+                known = regs.get(name)
+                if known is not None and (reg is None or known.sock != reg.sock):
+                    link = self._links.pop(name, None)  # (a link to the socket of before)
+                    if link is not None:
+                        self._retire(link, now)
+                self._forget_reg(name)
+                if reg is not None:
+                    self._add_reg(name, reg)
+            changed = bool(gone or read)
+            if sweep:
+                self._next_sweep = now + SWEEP_EVERY
+                for name, reg in list(regs.items()):
+                    if reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
+                        self._prune(name)
+                        self._forget_reg(name)
+                        changed = True
+            if changed:
+                self._peers_changed(now)
 
-    def _read(
-        self, name: str, key: tuple[int, int, int, int], st: os.stat_result, listed: bool
-    ) -> _Reg | None:
+    def _read(self, name: str, key: tuple[int, int, int, int], st: os.stat_result) -> _Reg | None:
         """Read one registration (new or changed). None if it is gone, or was pruned: its process
         died (this host), or it has no socket (a process makes its socket before its registration and
-        removes it after, so a registration alone is left by no one running)."""
+        removes it after, so a registration alone is left by no one running). Its patterns are taken
+        as every reader takes them (`effective_patterns`: ``*`` past the caps); a registration whose
+        socket is not a socket (a file, a link) is never a peer."""
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
             return _Reg(key, None)
         try:
@@ -496,36 +586,105 @@ class LocalFanout:
             return _Reg(key, None)
         if not well_formed(body):
             return _Reg(key, None)
-        peer = Peer(name, body["pid"], body["host"], tuple(body["patterns"]))
+        patterns = effective_patterns(body["patterns"])
+        assert patterns is not None  # (well formed)
+        peer = Peer(name, body["pid"], body["host"], patterns)
         if peer.host == _HOST and not alive(peer.pid):
             self._prune(name)
             return None
-        if not listed:
-            try:
-                os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-            except FileNotFoundError:  # (checked again: the listing may have missed a new socket)
-                with contextlib.suppress(OSError):
-                    os.unlink(name + ".json", dir_fd=self._dir_fd)
-                _count("pruned")
-                return None
-            except OSError:
-                pass
-        return _Reg(key, peer)
+        try:
+            sst = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.unlink(name + ".json", dir_fd=self._dir_fd)
+            _count("pruned")
+            return None
+        except OSError:
+            return _Reg(key, None)
+        if not stat.S_ISSOCK(sst.st_mode):
+            return _Reg(key, None)
+        return _Reg(key, peer, (sst.st_dev, sst.st_ino), sst.st_uid, st.st_uid)
 
-    def _rebuild(self, now: float) -> None:
-        """The peers from the registrations known; links to peers no longer there are retired."""
-        peers = tuple(r.peer for r in self._regs.values() if r.peer is not None and not r.dead)
-        with self._lock:
-            self._peers = peers
-            self._targets = {}
-            names = {p.name for p in peers}
-            for name in [n for n in self._links if n not in names]:
-                self._retire(self._links.pop(name), now)
-            gone = [n for n in self._dropped_to if n not in names]
-            if gone:
-                with _stats_lock:
-                    for n in gone:
-                        self._dropped_gone += self._dropped_to.pop(n, 0)
+    def _add_reg(self, name: str, reg: _Reg) -> None:
+        """(Under the lock.) A registration read: known, and indexed if it can be sent to. Patterns
+        past `MAX_PATTERNS_HELD` in all are held as ``*`` (the peer gets every event: nothing lost)."""
+        self._seq += 1
+        reg.seq = self._seq
+        peer = reg.peer
+        if peer is not None and self._held + len(peer.patterns) > MAX_PATTERNS_HELD:
+            peer = reg.peer = Peer(peer.name, peer.pid, peer.host, STAR)
+        self._regs[name] = reg
+        if peer is not None:
+            self._held += len(peer.patterns)
+            self._index_reg(name, reg)
+
+    def _forget_reg(self, name: str) -> None:
+        """(Under the lock.)"""
+        reg = self._regs.pop(name, None)
+        if reg is not None and reg.peer is not None:
+            self._held -= len(reg.peer.patterns)
+            self._unindex_reg(name, reg)
+
+    def _rank(self, name: str) -> tuple[bool, int]:
+        reg = self._regs[name]
+        return reg.writer != reg.owner, reg.seq
+
+    def _index_reg(self, name: str, reg: _Reg) -> None:
+        """(Under the lock.) Index a registration that can be sent to. Several registrations naming one
+        socket (links made to it) are one peer: sent to once, through the registration written by
+        the socket's owner (else the first read)."""
+        assert reg.peer is not None
+        sharing = self._sharing.setdefault(reg.sock, set())
+        sharing.add(name)
+        holder = self._holders.get(reg.sock)
+        if holder is None or self._rank(name) < self._rank(holder):
+            if holder is not None:
+                self._index.remove(holder)
+            self._holders[reg.sock] = name
+            self._index.add(name, reg.peer.patterns)
+
+    def _unindex_reg(self, name: str, reg: _Reg) -> None:
+        """(Under the lock.)"""
+        sharing = self._sharing.get(reg.sock)
+        if sharing is None:
+            return
+        sharing.discard(name)
+        if self._holders.get(reg.sock) == name:
+            del self._holders[reg.sock]
+            self._index.remove(name)
+            live = [n for n in sharing if self._regs.get(n) is not None]
+            if live:
+                best = min(live, key=self._rank)
+                peer = self._regs[best].peer
+                assert peer is not None
+                self._holders[reg.sock] = best
+                self._index.add(best, peer.patterns)
+        if not sharing:
+            del self._sharing[reg.sock]
+
+    def _peers_changed(self, now: float) -> None:
+        """(Under the lock.) The turns are made again; links to peers no longer there are retired."""
+        self._reset_targets()
+        indexed = self._index
+        for name in [n for n in self._links if n not in indexed]:
+            self._retire(self._links.pop(name), now)
+        gone = [n for n in self._dropped_to if n not in indexed]
+        if gone:
+            with _stats_lock:
+                for n in gone:
+                    self._dropped_gone += self._dropped_to.pop(n, 0)
+
+    def _reset_targets(self) -> None:
+        """(Under the lock.) Forget the turns (made again at the next publish of each topic), their
+        counts of missed events added to the drops of each peer first."""
+        if self._groups:
+            with _stats_lock:
+                for group in self._groups.values():
+                    for turns in group:
+                        for link, n in turns.missed():
+                            self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + n
+        self._groups = {}
+        self._targets = {}
 
     def _rebalance(self, now: float) -> None:
         """Links go to the peers that read. Peers without one that read (their last send went
@@ -552,36 +711,100 @@ class LocalFanout:
                 )
                 for stuck in behind[:short]:
                     self._retire(self._links.pop(stuck.name), now)
-                    evicted = self._unlinked_link(stuck.peer)
+                    reg = self._regs.get(stuck.name)
+                    if reg is None:
+                        continue
+                    evicted = self._unlinked_link(reg, stuck.peer)
                     evicted.skip_until = now + STUCK_RETRY
                     self._links[stuck.name] = evicted
             for ln in waiting[: max(room, 0)]:  # made again, connected, by the next publish
                 self._links.pop(ln.name)
                 self._unlinked -= 1
-            self._targets = {}
+            self._reset_targets()
 
-    def _targets_of(self, topic: str) -> tuple[_Link, ...]:
-        """The links to the peers that want ``topic`` (cached per topic until the next change of the
-        registrations)."""
+    def _probe(self, now: float) -> None:
+        """Peers asleep because they did not read (`STUCK_RETRY` ago) are looked at, `PROBES_PER_LOOK`
+        at most per look, without sending them anything: one whose socket would take a datagram now
+        (its buffer has room: it reads again) is woken (publishes visit it again), the others sleep
+        another `STUCK_RETRY`."""
+        due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
+        woke = False
+        for link in due[:PROBES_PER_LOOK]:
+            if self._writable(link):
+                link.skip_until = 0.0
+                link.ok = True
+                woke = True
+            else:
+                link.skip_until = now + STUCK_RETRY
+        if woke:
+            self._regroup = True
+
+    def _writable(self, link: _Link) -> bool:
+        """Whether ``link``'s peer has room in its buffer (a datagram socket connected to another
+        polls writable only then)."""
+        if link.sock is not None:
+            sock = link.sock
+            try:
+                return bool(_poll_out(sock))
+            except (OSError, ValueError):
+                return False
+        reg = self._regs.get(link.name)
+        try:
+            sock = self._connect(link.name, reg.sock if reg is not None else None)
+        except _Refused:
+            self._peer_gone(link)
+            return False
+        except OSError:
+            return False
+        with sock:
+            return bool(_poll_out(sock))
+
+    def _targets_of(self, topic: str) -> tuple[tuple[Turns, ...], bool, int]:
+        """The turns of the peers that want ``topic``, whether any of them is awake, and how many
+        sleep (cached per topic until the next change of the registrations or of who sleeps).
+        Finding them costs the topic's segments (`PeerIndex`); the turns of each index entry are
+        made once and shared by the topics it matches; the CPU time of making them is added to the
+        spacing of the next look."""
         with self._lock:
-            found = []
-            for p in self._peers:
-                if p.wants(topic):
-                    link = self._link(p)
-                    if link is not None:
-                        found.append(link)
-            result = tuple(found)
-            if len(self._targets) > 10_000:
-                self._targets = {}
+            cached = self._targets.get(topic)
+            if cached is not None:
+                return cached
+            cpu = time.thread_time()
+            found: list[Turns] = []
+            for key, names in self._index.entries(topic):
+                group = self._groups.get(key)
+                if group is None:
+                    group = self._groups[key] = self._turns(list(names))
+                found.extend(group)
+            result = (tuple(found), any(t.ring for t in found), sum(len(t.asleep) for t in found))
+            if len(self._targets) >= 10_000:
+                self._reset_targets()
             self._targets[topic] = result
+            self._debt += time.thread_time() - cpu
         return result
 
-    def peers_for(self, topic: str) -> list[str]:
-        """The registration names of the processes an event on ``topic`` goes to, in sending order."""
-        self._refresh()
-        return [link.name for link in self._targets_of(topic)]
+    def _turns(self, names: list[str]) -> tuple[Turns, ...]:
+        """(Under the lock.) The turns of the peers ``names``: one per owner (their socket's uid)."""
+        by_owner: dict[int, list[_Link]] = {}
+        regs = self._regs
+        for name in names:
+            reg = regs.get(name)
+            if reg is None or reg.peer is None or reg.dead:
+                continue
+            link = self._link(reg, reg.peer)
+            if link is not None:
+                by_owner.setdefault(link.owner, []).append(link)
+        budget = SENDS_PER_OWNER
+        return tuple(Turns(links, budget) for links in by_owner.values())
 
-    def _link(self, peer: Peer) -> _Link | None:
+    def peers_for(self, topic: str) -> list[str]:
+        """The registration names of the processes an event on ``topic`` may go to (those asleep
+        last), in turn order."""
+        self._refresh()
+        turns, _, _ = self._targets_of(topic)
+        return [link.name for t in turns for link in (*t.ring, *t.asleep)]
+
+    def _link(self, reg: _Reg, peer: Peer) -> _Link | None:
         """(Under the lock.) The link to ``peer``, made if new: connected while there is room
         (`MAX_LINKS` sockets, counting those waiting to be closed), else unlinked. None if its socket
         refused: the peer is taken as dead until its registration changes."""
@@ -591,26 +814,26 @@ class LocalFanout:
         sock = None
         if self._linked + len(self._retired) < MAX_LINKS:
             try:
-                sock = self._connect(peer.name)
+                sock = self._connect(peer.name, reg.sock)
             except _Refused:
                 self._refused(peer.name, peer.pid, peer.host == _HOST)
                 return None
             except OSError:  # out of descriptors, say: sent to one datagram at a time
                 sock = None
         if sock is None:
-            link = self._unlinked_link(peer)
+            link = self._unlinked_link(reg, peer)
         else:
-            link = _Link(peer, sock.send, sock)
+            link = _Link(peer, sock.send, sock, reg.owner, 1)
             self._linked += 1
         self._links[peer.name] = link
         return link
 
-    def _unlinked_link(self, peer: Peer) -> _Link:
-        name = peer.name
+    def _unlinked_link(self, reg: _Reg, peer: Peer) -> _Link:
+        name, expect = peer.name, reg.sock
 
         def send_once(data: bytes, flags: int) -> int:
             try:
-                sock = self._connect(name)
+                sock = self._connect(name, expect)
             except _Refused:
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "no socket of a peer there") from None
             try:
@@ -619,20 +842,24 @@ class LocalFanout:
                 sock.close()
 
         self._unlinked += 1
-        return _Link(peer, send_once, None)
+        return _Link(peer, send_once, None, reg.owner, UNLINKED_COST)
 
-    def _connect(self, name: str) -> socket.socket:
+    def _connect(self, name: str, expect: tuple[int, int] | None) -> socket.socket:
         """A socket connected to ``<name>.sock``; `_Refused` if that is gone, refuses, is not a socket,
-        or is a link. Connected through an ``O_PATH`` descriptor of the entry, checked first, so that
-        an entry swapped for a link (to a socket outside the root) after the check is not followed
-        either. Other errors (out of descriptors) are raised as they are."""
+        is a link, or is not the socket ``expect`` names (the one its registration was read with).
+        Connected through an ``O_PATH`` descriptor of the entry, checked first, so that an entry
+        swapped for a link (to a socket outside the root) after the check is not followed either.
+        Other errors (out of descriptors) are raised as they are."""
         try:
             fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except FileNotFoundError:
             raise _Refused from None
         sock = None
         try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a link (opened as itself), a file
+            st = os.fstat(fd)
+            if not stat.S_ISSOCK(st.st_mode):  # a link (opened as itself), a file
+                raise _Refused
+            if expect is not None and (st.st_dev, st.st_ino) != expect:
                 raise _Refused
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.connect(f"/proc/self/fd/{fd}")
@@ -647,14 +874,18 @@ class LocalFanout:
             os.close(fd)
 
     def _refused(self, name: str, pid: int, local: bool) -> None:
-        """A peer's socket refused: pruned if its process died, else taken as dead until its
-        registration changes (a stale socket costs one refused connect, not one per event)."""
+        """(Under the lock.) A peer's socket refused: pruned if its process died, else taken as dead
+        until its registration changes (a stale socket costs one refused connect, not one per event).
+        The turns are made again at the next look (or at once by the caller)."""
         if local and not alive(pid):
             self._prune(name)
-        reg = self._regs.get(name)
-        if reg is not None:
-            reg.dead = True
-        self._peers = tuple(p for p in self._peers if p.name != name)
+            self._forget_reg(name)
+        else:
+            reg = self._regs.get(name)
+            if reg is not None and not reg.dead and reg.peer is not None:
+                reg.dead = True
+                self._unindex_reg(name, reg)
+        self._regroup = True
 
     def _retire(self, link: _Link, now: float) -> None:
         """(Under the lock.) A link no longer used: its socket is closed a while later, not now, so that
@@ -684,81 +915,119 @@ class LocalFanout:
     # -- sending --------------------------------------------------------------------------------
 
     def send(self, event: Event) -> None:
-        """Called by the bus after its own delivery: one datagram to each peer that wants the topic."""
-        if time.monotonic() >= self._next_look:
+        """Called by the bus after its own delivery: one datagram to each peer that wants the topic,
+        `SENDS_PER_OWNER` sends' worth per owner at most (past it, its peers take turns); peers found
+        not reading are not visited (what they miss is counted in one addition)."""
+        now = time.monotonic()
+        if now >= self._next_tend:
             self._refresh()
-        if not self._peers:
+        if not self._index.names:
             return
         targets = self._targets.get(event.topic)
         if targets is None:
             targets = self._targets_of(event.topic)
-        if not targets:
+        all_turns, awake, asleep = targets
+        if not awake:  # (none, or all asleep: nothing is encoded, what they miss counted at once)
+            if asleep:
+                for turns in all_turns:
+                    turns.count += 1
+                FANOUT_STATS["dropped_full"] += asleep  # (approximate under threads, as "sent")
+                if now - self._reported >= REPORT_EVERY:
+                    self._report()
             return
-        data = None  # encoded at the first peer that can take it (a stopped one costs no encoding)
-        sent = 0
-        now = 0.0
-        for link in targets:
-            if link.backlog:  # events wait for this peer already: after them, in order
-                if link.full:
+        encoded = encode_event(event, self.origin)
+        if encoded is None:
+            _count("unsendable")
+            return
+        data = encoded
+        sent = skipped = 0
+        for turns in all_turns:
+            turns.count += 1
+            if turns.whole:
+                visit: tuple[_Link, ...] | list[_Link] = turns.ring
+            else:
+                visit = turns.window()
+                skipped += len(turns.ring) - len(visit)
+            for link in visit:
+                if link.backlog:  # events wait for this peer already: after them, in order
+                    if link.full:
+                        self._dropped(link)
+                    else:
+                        self._defer(link, data)
+                    continue
+                if link.skip_until and now < link.skip_until:  # found not reading: not tried before
                     self._dropped(link)
                     continue
-                if data is None:
-                    data = encode_event(event, self.origin)
-                    if data is None:
+                try:
+                    link.send(data, socket.MSG_DONTWAIT)
+                    sent += 1
+                    if link.skip_until:
+                        link.skip_until = 0.0
+                        self._regroup = True
+                    if link.sock is None:  # an unlinked peer that reads: it may get a socket of its own
+                        link.ok = True
+                except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
+                    self._defer(link, data)
+                except OSError as exc:
+                    if exc.errno == errno.EMSGSIZE:
                         _count("unsendable")
                         return
-                self._defer(link, data)
-                continue
-            if link.skip_until:  # an unlinked peer found not reading: not tried again before then
-                now = now or time.monotonic()
-                if now < link.skip_until:
-                    self._dropped(link)
-                    continue
-            if data is None:
-                data = encode_event(event, self.origin)
-                if data is None:
-                    _count("unsendable")
-                    return
-            try:
-                link.send(data, socket.MSG_DONTWAIT)
-                sent += 1
-                if link.sock is None:  # an unlinked peer that reads: it may get a socket of its own
-                    link.ok = True
-                    link.skip_until = 0.0
-            except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
-                self._defer(link, data)
-            except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:
-                    _count("unsendable")
-                    return
-                if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
-                    self._peer_gone(link)
-                else:
-                    self._dropped(link)
+                    if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
+                        self._peer_gone(link)
+                    else:
+                        self._dropped(link)
         if sent:
             FANOUT_STATS["sent"] += sent  # counters are approximate under threads: a lost increment
+        if asleep or skipped:  # (those of each peer are exact: `Turns.missed`)
+            FANOUT_STATS["dropped_full"] += asleep
+            FANOUT_STATS["dropped_budget"] += skipped
+            if now - self._reported >= REPORT_EVERY:
+                self._report()
 
     # -- the backlog: what waits for a peer whose buffer is full ---------------------------------
 
     def _defer(self, link: _Link, data: bytes) -> None:
         """Keep ``data`` for ``link`` until its peer reads again; dropped, counted, past the bounds
-        (a stopped peer costs a bounded backlog, then one check per event), and then until half of
-        the backlog has gone out."""
+        (a stopped peer costs a bounded backlog, then nothing until it reads: it sleeps), and then until
+        half of the backlog has gone out. All backlogs together hold `BACKLOG_TOTAL` at most: past
+        it, the peer behind the longest (`EVICT_AFTER` at least) loses its backlog to make room; if
+        there is none, the event is dropped."""
         if link.sock is None:  # unlinked: no readiness of its own to wait for
             link.ok = False
             link.skip_until = time.monotonic() + STUCK_RETRY
+            self._regroup = True
             self._dropped(link)
             return
+        size = len(data) + _EVENT_OVERHEAD
+        ring = over = False
         with self._backlog_lock:
             full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
-            link.full = full  # (until half of it has gone out: the next events are dropped unencoded)
-            if not full:
+            if not full and self._backlog_total + size > BACKLOG_TOTAL:
+                over = True
+            elif full:
+                if not link.full:
+                    link.full = True  # (until half of it has gone out: not visited meanwhile)
+                    self._regroup = True
+            else:
                 if not link.backlog:
                     link.behind_since = time.monotonic()
                 link.backlog.append(data)
                 link.backlog_bytes += len(data)
+                self._backlog_total += size
                 ring = link not in self._backlogged
                 self._backlogged.add(link)
+        if over:
+            if self._make_room(link, size):
+                self._defer(link, data)
+                return
+            if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
+                link.skip_until = time.monotonic() + STUCK_RETRY
+                self._regroup = True
+            elif not link.full:
+                link.full = True
+                self._regroup = True
+            self._dropped(link)
+            return
         if full:
             self._dropped(link)
             return
@@ -767,6 +1036,22 @@ class LocalFanout:
                 self._start_flusher()
             with contextlib.suppress(OSError):  # BlockingIOError: rung already
                 os.write(self._bell_w, b"\0")
+
+    def _make_room(self, link: _Link, size: int) -> bool:
+        """The backlogs are full (`BACKLOG_TOTAL`): the one behind the longest, if that is another
+        peer's and has waited `EVICT_AFTER`, is dropped (counted) and its peer sleeps (`STUCK_RETRY`).
+        Whether there is room for ``size`` more now."""
+        now = time.monotonic()
+        with self._backlog_lock:
+            behind = [ln for ln in self._backlogged if ln.backlog and ln is not link]
+            oldest = min(behind, key=lambda ln: ln.behind_since, default=None)
+        if oldest is None or now - oldest.behind_since < EVICT_AFTER:
+            return False
+        self._forget_backlog(oldest)
+        oldest.skip_until = now + STUCK_RETRY
+        self._regroup = True
+        with self._backlog_lock:
+            return self._backlog_total + size <= BACKLOG_TOTAL
 
     def _start_flusher(self) -> None:
         with self._lock:
@@ -781,9 +1066,12 @@ class LocalFanout:
         socket broke."""
         with self._backlog_lock:
             lost = len(link.backlog)
+            self._backlog_total -= link.backlog_bytes + _EVENT_OVERHEAD * lost
             link.backlog.clear()
             link.backlog_bytes = 0
-            link.full = False
+            if link.full:
+                link.full = False
+                self._regroup = True
             self._backlogged.discard(link)
         if lost:
             with _stats_lock:
@@ -812,10 +1100,13 @@ class LocalFanout:
                 if link.backlog and link.backlog[0] is data:
                     link.backlog.popleft()
                     link.backlog_bytes -= len(data)
+                    self._backlog_total -= len(data) + _EVENT_OVERHEAD
                     if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
                         # Once full, it takes events again when half of it has gone out: a peer that
                         # falls behind loses runs of events, never one here and there.
                         link.full = link.backlog_bytes > BACKLOG_BYTES // 2
+                        if not link.full:
+                            self._regroup = True  # awake again at the next look
                     if link.backlog:
                         link.behind_since = time.monotonic()  # it reads: behind since now only
             FANOUT_STATS["sent"] += 1
@@ -849,11 +1140,11 @@ class LocalFanout:
                     broken = watched.get(fd)
                     if broken is not None:  # a socket closed or broken under it: a refresh sorts it out
                         self._forget_backlog(broken)
-                        self._next_look = 0.0
+                        self._next_look = self._next_tend = 0.0
 
     def _peer_gone(self, link: _Link) -> None:
         """A send found nobody at ``link``: pruned if its process died, else not sent to until its
-        registration changes; its link is retired."""
+        registration changes; its link is retired, and the turns made again."""
         if link.gone:
             return
         link.gone = True
@@ -861,52 +1152,102 @@ class LocalFanout:
             if self._links.get(link.name) is link:
                 self._retire(self._links.pop(link.name), time.monotonic())
             self._refused(link.name, link.pid, link.local)
-            self._targets = {}
+            self._reset_targets()
 
     def _dropped(self, link: _Link) -> None:
         with _stats_lock:
             FANOUT_STATS["dropped_full"] += 1
             self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + 1
+        self._report()
+
+    def _report(self) -> None:
+        """Drops are written into this process's registration at most every `REPORT_EVERY`."""
         now = time.monotonic()
         if now - self._reported >= REPORT_EVERY:
             self._reported = now
             self._register()
 
+    def _drops(self) -> tuple[dict[str, int], int]:
+        """(events dropped for each peer still registered, for those no longer registered), counting
+        what the peers missed in the turns of now."""
+        with self._lock:
+            missed: dict[str, int] = {}
+            for group in self._groups.values():
+                for turns in group:
+                    for link, n in turns.missed():
+                        missed[link.name] = missed.get(link.name, 0) + n
+        with _stats_lock:
+            drops = dict(self._dropped_to)
+            others = self._dropped_gone
+        for name, n in missed.items():
+            drops[name] = drops.get(name, 0) + n
+        return drops, others
+
     def dropped_to(self) -> dict[str, int]:
         """The events this process dropped for each peer still registered (by registration name)."""
-        with _stats_lock:
-            return dict(self._dropped_to)
+        return self._drops()[0]
 
     def waiting(self) -> int:
         """Events waiting in the backlogs of peers whose buffers were full."""
         with self._backlog_lock:
             return sum(len(link.backlog) for link in self._backlogged)
 
+    def backlog_bytes(self) -> int:
+        """Bytes waiting in all backlogs (each event counted with `_EVENT_OVERHEAD` more)."""
+        with self._backlog_lock:
+            return self._backlog_total
+
     # -- receiving ------------------------------------------------------------------------------
 
     def _receive(self) -> None:
         # Waiting in poll, then reading without blocking, wakes sooner than a blocking recv (measured:
         # a bare receiver's p50 went from 38-49 µs to 19 µs on the test host; docs/performance.md).
+        # Each datagram comes with its sender's credentials (SO_PASSCRED): the process that sent it,
+        # as the kernel says, bounds what its events may hold here (`AgentBus` MAX_RECEIVED_*).
+        # Every SWEEP_EVERY this thread checks that this process's registration is still there.
         poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
-        recv = self._sock.recv
+        sock = self._sock
+        fd = sock.fileno()
+        poller.register(fd, select.POLLIN)
+        check_at = time.monotonic() + SWEEP_EVERY
+        bus = self.bus
         while not self._closed:
             try:
-                poller.poll()
-                data = recv(MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                continue
+                ready = poller.poll(max(0, int((check_at - time.monotonic()) * 1000) + 1))
             except OSError:
-                if self._closed:
-                    return
+                ready = []
+            if self._closed:
+                return
+            if time.monotonic() >= check_at:
+                self._check_own()
+                check_at = time.monotonic() + SWEEP_EVERY
+                if self._sock is not sock:  # bound again: the old socket is closed
+                    poller.unregister(fd)
+                    sock = self._sock
+                    fd = sock.fileno()
+                    poller.register(fd, select.POLLIN)
+                    continue
+            if not ready:
+                continue
+            try:
+                data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM + 1, _CREDS, socket.MSG_DONTWAIT)
+            except OSError:  # (BlockingIOError; or shut down by close)
                 continue
             if self._closed:
                 return
+            sender = -1
+            for level, kind, creds in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
+                    sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+            topic = _topic_of(data)
+            if topic is not None and bus._refuses(topic, len(data), sender):
+                _count("dropped_busy")  # (not decoded: a flood past the bounds costs no decoding)
+                continue
             event = decode_event(data)
             if event is None:
                 _count("dropped_bad")
                 continue
-            _deliver(self.bus, event)
+            _deliver(bus, event, len(data), sender)
 
     def close(self) -> None:
         if self._closed:
@@ -915,7 +1256,7 @@ class LocalFanout:
         self.bus.remove_outlet(self.send)
         self.bus.remove_watcher(self._register)
         # Wake the receiver. Not with a datagram to itself: its buffer may be full.
-        with contextlib.suppress(OSError):
+        with self._register_lock, contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
             os.write(self._bell_w, b"\0")
@@ -931,7 +1272,7 @@ class LocalFanout:
                 if link.sock is not None:
                     link.sock.close()
             self._links = {}
-            self._targets = {}
+            self._reset_targets()  # (what the peers missed is counted first)
             for _, sock in self._retired:
                 sock.close()
             self._retired = []
@@ -941,15 +1282,41 @@ class LocalFanout:
         os.close(self._bell_w)
 
 
-def _deliver(bus: AgentBus, event: Event) -> None:
-    """Hand an event from another process to this process's subscribers (on a receiving thread)."""
+def _topic_of(data: bytes) -> str | None:
+    """The topic of a datagram, read from its head (``[1,"<topic>",``) without decoding the rest;
+    None if it is not plainly there (then the whole datagram is decoded, and checked)."""
+    if not data.startswith(b'[1,"'):
+        return None
+    end = data.find(b'"', 4, 4 + 4 * MAX_TOPIC + 1)
+    if end < 0:
+        return None
+    raw = data[4:end]
+    if b"\\" in raw:
+        return None
+    try:
+        topic = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return topic if 0 < len(topic) <= MAX_TOPIC and valid_topic(topic) else None
+
+
+def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return poller.poll(0)
+
+
+def _deliver(bus: AgentBus, event: Event, size: int, sender: int) -> None:
+    """Hand an event from another process to this process's subscribers (on a receiving thread).
+    ``size`` (its datagram's) and ``sender`` (the sending process, -1 if unknown) bound what it may
+    hold in async handler runs (`AgentBus` MAX_RECEIVED_RUNS, MAX_RECEIVED_BYTES)."""
     FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
     try:
-        result = bus.publish(event)  # handler failures are the bus's to isolate
+        result = bus._publish_received(event, size, sender)  # handler failures are the bus's to isolate
     except Exception:
         log.exception("fanout: delivering %s failed", event.topic)
         return
-    if result.dropped:  # async handlers of this bus had MAX_RECEIVED_RUNS runs unfinished
+    if result.dropped:  # async handlers of this bus had too much unfinished
         _count("dropped_busy")
 
 
@@ -1097,7 +1464,7 @@ class RedisFanout:
                 continue
             if event.origin == self.origin:
                 continue  # our own publish, back from Redis
-            _deliver(self.bus, event)
+            _deliver(self.bus, event, len(data), -1)
 
     def close(self) -> None:
         if self._closed:

@@ -119,7 +119,8 @@ class MailboxCollector(Collector):
         procs.add_metric(["false"], sum(1 for p in peers if not p["alive"]))
         dropped = GaugeMetricFamily(
             "hybridcomms_bus_dropped_events",
-            "Bus events the sharing processes dropped for a subscriber whose buffer was full (as reported)",
+            "Bus events the sharing processes dropped for a subscriber (as reported by live processes of "
+            "this host whose socket is bound)",
         )
         dropped.add_metric([], sum(p["dropped"] for p in peers))
         yield from (procs, dropped)
@@ -224,7 +225,8 @@ class BusCollector(Collector):
             "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
             "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog), "
             "dropped_busy (async handlers had too many runs unfinished), refused_durable (an event on a "
-            "durable topic from another process, not handed to a Comms handler)",
+            "durable topic from another process, not handed to a Comms handler), dropped_budget (not "
+            "sent: the subscribers of one user took turns)",
             labels=["result"],
         )
         with fanout_lock:
