@@ -87,7 +87,7 @@ def peak_rss_of_ingesting(root: Path, entries: int) -> tuple[int, int, int]:
 def test_memory_of_ingesting_tiny_entries_does_not_grow_with_their_count(fast_dir: Path) -> None:
     # Every entry used to cost ~5 KiB at once (131,072 took 724 MB; the 64 MiB cap allows ~22M):
     # ten times the entries must not take noticeably more memory.
-    small, large = 4_000, 40_000
+    small, large = 2_000, 20_000
     n_small, listed_small, peak_small = peak_rss_of_ingesting(fast_dir / "small", small)
     n_large, listed_large, peak_large = peak_rss_of_ingesting(fast_dir / "large", large)
     assert (n_small, n_large) == (small, large)
@@ -98,9 +98,9 @@ def test_memory_of_ingesting_tiny_entries_does_not_grow_with_their_count(fast_di
 def test_one_huge_entry_is_buried_as_written_without_being_built(
     make_mailbox: Callable[..., FileMailbox],
 ) -> None:
-    # One entry of 400,000 empty objects: parsed, it would take ~30 MB (gigabytes at the 64 MiB cap).
+    # One entry of 200,000 empty objects: parsed, it would take ~15 MB (gigabytes at the 64 MiB cap).
     mb = make_mailbox("Agent-2", max_message_size=64 << 10)
-    huge = "[" + ",".join(["{}"] * 400_000) + "]"
+    huge = "[" + ",".join(["{}"] * 200_000) + "]"
     text = f'[{{"type": "A", "body": 1}}, {huge}, {{"type": "B", "body": 2}}]'
     (mb.path / "inbox.json").write_text(text)
     tracemalloc.start()
