@@ -866,8 +866,10 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
     return EXIT_OK
 
 
-def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
-    """--root, --policy and --fsync, accepted before or after the command (``hybridcomms watch --root R``)."""
+def _add_common(parser: argparse.ArgumentParser, default: object, url: bool = True) -> None:
+    """--root, --url, --policy and --fsync, accepted before or after the command (``hybridcomms watch
+    --root R``). Without ``url`` (the commands that work on mailbox files only) --url is still accepted,
+    to be refused in one line that says why, but not offered in the help."""
     parser.add_argument(
         "--root",
         default=default,
@@ -877,7 +879,9 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
         "--url",
         default=default,
         help="mailboxes elsewhere: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… (Redis Streams); "
-        "default: $HYBRIDCOMMS_URL, else files under --root",
+        "default: $HYBRIDCOMMS_URL, else files under --root"
+        if url
+        else argparse.SUPPRESS,
     )
     parser.add_argument(
         "--policy",
@@ -928,6 +932,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p, None)
     common = _Parser(add_help=False)
     _add_common(common, argparse.SUPPRESS)  # after the command: only overrides what is given
+    files = _Parser(add_help=False)  # the commands that work on mailbox files only
+    _add_common(files, argparse.SUPPRESS, url=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser(
@@ -1075,7 +1081,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        parents=[common],
+        parents=[files],
         help="a short tour in a Demo-Agent mailbox under the root",
         description="A short tour in a Demo-Agent mailbox under the root (emptied first, so every run "
         "prints the same table): three messages claimed in priority order, one whose handler fails, is "
@@ -1085,18 +1091,21 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser(
         "watch",
-        parents=[common],
+        parents=[files],
         help="watch every mailbox: print events, run --exec, recover periodically",
         description="The watch service: watches every mailbox under the root (agents created later too) "
         "and prints one line per thing that happens to a message (delivered, claimed, acked, recovered, "
-        "dead-lettered...; --json: one object per line). It runs recovery every --recover-every seconds "
-        "and lists every new/ every --rescan-every seconds to catch what notifications missed. --exec "
-        "runs a shell command per delivered message: it notifies, it does not consume (use 'work' for "
+        "dead-lettered...; --json: one object per line), after one 'waiting' line per message already "
+        "in new/ when it starts. It runs recovery every --recover-every seconds and lists every new/ "
+        "every --rescan-every seconds to catch what notifications missed. --exec runs a shell command "
+        "per delivered, recovered or waiting message: it notifies, it does not consume (use 'work' for "
         "that). SIGTERM or Ctrl-C stop it cleanly.",
     )
     w.add_argument("--json", action="store_true", help="one JSON object per line")
     w.add_argument(
-        "--exec", default=None, help="shell command run per delivered message (env: HYBRIDCOMMS_*)"
+        "--exec",
+        default=None,
+        help="shell command run per delivered, recovered or waiting message (env: HYBRIDCOMMS_*)",
     )
     w.add_argument(
         "--exec-jobs",
@@ -1212,7 +1221,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tl = sub.add_parser(
         "tail",
-        parents=[common],
+        parents=[files],
         help="follow what happens in the mailboxes from now on (until Ctrl-C)",
         description="Prints what happens to the messages of every mailbox (or of the agents named) as it "
         "happens, one line per event, until SIGTERM or Ctrl-C: like 'watch' without its recovery or "
@@ -1231,7 +1240,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tp = sub.add_parser(
         "top",
-        parents=[common],
+        parents=[files],
         help="a live view of every mailbox (depth, in flight, delayed, dead, oldest, acks/s); q quits",
         description="A live view of every mailbox in the terminal, refreshed every --interval seconds: "
         "messages waiting, in flight, delayed, dead and done, the oldest waiting, and acks per second. "
@@ -1242,7 +1251,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser(
         "doctor",
-        parents=[common],
+        parents=[files],
         help="check the mailboxes (stale tmp/ files, orphaned claims, undecodable files, modes, "
         "legacy drops); exit 0 only when healthy",
         description="Checks every mailbox (or the agents named) for stale tmp/ files, orphaned claims, "
@@ -1324,7 +1333,7 @@ def _parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser(
         "migrate",
-        parents=[common],
+        parents=[files],
         help="convert a Dream.OS mailbox root (inbox.json, inbox/, archive/, flat files) to this layout",
         description="Converts a Dream.OS mailbox root to this layout, once: inbox.json entries, inbox/ "
         "and flat files go to new/, archive/ and processed/ to done/, what cannot be converted to dead/ "

@@ -69,25 +69,83 @@ def test_each_shell_block_runs(index: int, tmp_path: Path) -> None:
                 proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
             continue
+        if command.startswith("redis-server "):  # as written, on a free port and in this test's folder
+            run_redis_line(command, tmp_path)
+            continue
         out = subprocess.run(
             command, shell=True, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120
         )
         assert out.returncode == 0, f"{command}: {out.stderr}"
 
 
+def run_redis_line(command: str, folder: Path) -> None:
+    """The README's line that starts a Redis in the background, run as written but on a free port
+    and with its data in ``folder``; the server it started answers, and is then shut down."""
+    import redis
+    from redis_server import REQUIRE_ENV, available, free_port
+
+    if not available():
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    argv = shlex.split(command)
+    assert argv[argv.index("--port") + 1] == "6379" and "--daemonize" in argv
+    argv[argv.index("--port") + 1] = str(port)
+    argv[argv.index("--dir") + 1] = str(folder)
+    out = subprocess.run(argv, cwd=folder, env=env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):  # the daemon answers once it has loaded
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                threading_event_wait(0.05)
+        config = client.config_get("append*")
+        assert config["appendonly"] == "yes" and config["appendfsync"] == "always", config
+    finally:
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # (the connection closes as it shuts down)
+
+
+def threading_event_wait(seconds: float) -> None:
+    import threading
+
+    threading.Event().wait(seconds)
+
+
 REPO = README.parent
-BASE = "https://github.com/hybridcomms/hybridcomms/blob/main/"
 
 
-def test_readme_links_are_absolute_and_point_at_files_of_this_repository() -> None:
+def test_readme_links_point_at_files_of_this_repository() -> None:
+    """Relative links, each to a file of the repository (a reader of the clone never leaves it; the
+    package index shows them relative to the project's home)."""
     links = re.findall(r"\]\(([^)]+)\)", README.read_text())
     assert links
     for link in links:
-        assert link.startswith(("https://", "http://")), (
-            f"relative link in README (package index readers): {link}"
-        )
-        if link.startswith(BASE):
-            assert (REPO / link[len(BASE) :].split("#")[0]).exists(), link
+        if link.startswith(("https://", "http://")):
+            assert "hybridcomms/hybridcomms" not in link, f"a file of this repository by URL: {link}"
+            continue
+        target = (REPO / link.split("#")[0]).resolve()
+        assert target.is_relative_to(REPO) and target.exists(), link
+
+
+def test_no_file_holds_a_merge_conflict_marker() -> None:
+    marker = re.compile(r"^(<{7} |={7}$|>{7} )", re.MULTILINE)
+    checked = 0
+    for folder in ("hybridcomms", "tests", "tools", "docs", ".ci"):
+        for path in (REPO / folder).rglob("*"):
+            if path.is_file() and path.suffix in {".py", ".md", ".lua", ".toml", ".service", ""}:
+                checked += 1
+                assert not marker.search(path.read_text(errors="replace")), path
+    for path in REPO.glob("*.md"):
+        checked += 1
+        assert not marker.search(path.read_text()), path
+    assert checked > 50
 
 
 @pytest.mark.parametrize("doc", [*sorted((REPO / "docs").glob("*.md")), REPO / "runtime_layout.md"], ids=str)

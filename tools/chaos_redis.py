@@ -152,6 +152,10 @@ def _lines(paths: list[Path]) -> list[str]:
     return out
 
 
+#: What the producers must have put, in all, before the run ends (see `run_redis`).
+MIN_PRODUCED = 20
+
+
 def run_redis(
     base: Path, seconds: float, producers: int, consumers: int, redis_kills: int, seed: int | None
 ) -> dict[str, Any]:
@@ -202,6 +206,12 @@ def run_redis(
             procs[name].wait()
             kills += 1
             start(name)
+        # Bounded by progress too: on a loaded machine a producer may be killed before its first put
+        # returns, every time. The chaos is over; the producers run on, unharmed, until they have
+        # put MIN_PRODUCED messages in all (at most a minute more).
+        calm_until = time.monotonic() + 60
+        while len(set(_lines(prod_logs))) < MIN_PRODUCED and time.monotonic() < calm_until:
+            time.sleep(0.05)
         stop_file.touch()
         for name, p in procs.items():
             if name.startswith("p"):
