@@ -395,8 +395,16 @@ class Policy:
                 "'rules' must be an array of tables ([[rules]])", path=source, line=_key_line(text, "rules")
             )
         lines = _table_lines(text, header) if raw_rules else []
+        ends = [*lines[1:], None]
         rules = [
-            _rule_from(raw, i, source=source, line=lines[i] if i < len(lines) else None)
+            _rule_from(
+                raw,
+                i,
+                source=source,
+                line=lines[i] if i < len(lines) else None,
+                text=text,
+                end=ends[i] if i < len(ends) else None,
+            )
             for i, raw in enumerate(raw_rules)
         ]
         include = data.get("include_defaults", True)
@@ -538,9 +546,17 @@ def _check_backend(backend: object) -> None:
         )
 
 
-def _rule_from(raw: object, index: int, *, source: str, line: int | None) -> Rule:
-    def fail(reason: str) -> PolicyError:
-        return PolicyError(f"rule {index + 1}: {reason}", path=source, line=line)
+def _rule_from(
+    raw: object, index: int, *, source: str, line: int | None, text: str = "", end: int | None = None
+) -> Rule:
+    """A rule from its table; a mistake is reported at the line of the key it is about (found between
+    the rule's ``[[rules]]`` line and the next one), else at that ``[[rules]]`` line."""
+
+    def fail(reason: str, key: str | None = None) -> PolicyError:
+        at = line
+        if key is not None and line is not None:
+            at = _key_line_between(text, key, line, end) or line
+        return PolicyError(f"rule {index + 1}: {reason}", path=source, line=at)
 
     if not isinstance(raw, Mapping):
         raise fail("must be a table")
@@ -552,23 +568,28 @@ def _rule_from(raw: object, index: int, *, source: str, line: int | None) -> Rul
     match = raw["match"]
     patterns: Iterable[object] = [match] if isinstance(match, str) else match
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-        raise fail("'match' must be a pattern or a list of patterns")
+        raise fail("'match' must be a pattern or a list of patterns", "match")
     addressed = raw.get("addressed")
     if addressed is not None and not isinstance(addressed, bool):
-        raise fail("'addressed' must be true or false")
+        raise fail("'addressed' must be true or false", "addressed")
     name = raw.get("name", "")
     if not isinstance(name, str):
-        raise fail("'name' must be a string")
+        raise fail("'name' must be a string", "name")
+    key = "min_priority"
     try:
         min_priority = Priority.parse(raw["min_priority"]) if "min_priority" in raw else None
+        key = "backend"
         backend = raw.get("backend")
         if backend is not None:
             _check_backend(backend)
-        return Rule(tuple(patterns), Route.parse(raw["route"]), name, addressed, min_priority, backend)
+        key = "route"
+        route = Route.parse(raw["route"])
+        key = "match"
+        return Rule(tuple(patterns), route, name, addressed, min_priority, backend)
     except PolicyError as exc:
-        raise fail(exc.reason) from None
+        raise fail(exc.reason, key) from None
     except MessageError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), key) from None
 
 
 def _line_from_message(message: str) -> int | None:
@@ -589,6 +610,17 @@ def _table_lines(text: str, header: str) -> list[int]:
         pos = found.start()
         lines.append(line)
     return lines
+
+
+def _key_line_between(text: str, key: str, first: int, end: int | None) -> int | None:
+    """The line of ``key = `` between line ``first`` and line ``end`` (excluded; None: the end)."""
+    lines = text.split("\n")
+    stop = len(lines) if end is None else min(end - 1, len(lines))
+    pattern = re.compile(r"[ \t]*" + re.escape(key) + r"[ \t]*=")
+    for number in range(first, stop + 1):
+        if pattern.match(lines[number - 1]):
+            return number
+    return None
 
 
 def _key_line(text: str, key: str) -> int | None:

@@ -242,7 +242,7 @@ def test_a_bad_policy_file_is_refused_with_its_line(tmp_path: Path) -> None:
     bad.write_text('\n[[rules]]\nmatch = "x.*"\nroute = "sometimes"\n')
     got = run("--policy", str(bad), "policy", "show", cwd=tmp_path)
     assert got.returncode == 1
-    assert f"{bad}:2: rule 1: route must be durable, ephemeral or both" in got.stderr
+    assert f"{bad}:4: rule 1: route must be durable, ephemeral or both" in got.stderr
 
 
 def test_policy_show_lists_every_rule(tmp_path: Path) -> None:

@@ -145,22 +145,28 @@ def test_a_pyproject_without_a_policy_gives_the_defaults(tmp_path: Path) -> None
     [
         (
             '[[rules]]\nmatch = ["a.*"]\nroute = "fast"\n',
-            1,
+            3,
             "rule 1: route must be durable, ephemeral or both, not 'fast'",
         ),
         (
             '[[rules]]\nmatch = ["a.*"]\nroute = "durable"\n\n'
             '[[rules]]\nmatch = ["a*b"]\nroute = "durable"\n',
-            5,
+            6,
             "rule 2: bad pattern",
         ),
         ('[[rules]]\nroute = "durable"\n', 1, "needs both 'match' and 'route'"),
         ('[[rules]]\nmatch = ["a"]\nroute = "durable"\ncolour = "red"\n', 1, "unknown key(s) colour"),
-        ('[[rules]]\nmatch = [1, 2]\nroute = "durable"\n', 1, "'match' must be a pattern or a list"),
-        ('[[rules]]\nmatch = "a"\nroute = "durable"\nmin_priority = "SOON"\n', 1, "unknown priority"),
+        ('[[rules]]\nmatch = [1, 2]\nroute = "durable"\n', 2, "'match' must be a pattern or a list"),
+        ('[[rules]]\nmatch = "a"\nroute = "durable"\nmin_priority = "SOON"\n', 4, "unknown priority"),
+        ('[[rules]]\nmatch = "a"\nroute = "sometimes"\n', 3, "route must be durable, ephemeral or both"),
+        (
+            '[[rules]]\nmatch = "a"\nroute = "durable"\n[[rules]]\nmatch = "b"\n\nroute = "x"\n',
+            7,
+            "rule 2: route",
+        ),
         (
             '[[rules]]\nmatch = "a"\nroute = "durable"\naddressed = "yes"\n',
-            1,
+            4,
             "'addressed' must be true or false",
         ),
         ('\n\ndefault_broadcast = "loud"\n', 3, "default_broadcast: route must be"),

@@ -346,13 +346,13 @@ def test_the_repository_pyproject_without_a_policy_table_gives_the_defaults(clea
         (
             "hybridcomms.toml",
             '\n[[rules]]\nmatch = "x.*"\nroute = "sometimes"\n',
-            "hybridcomms.toml:2: rule 1",
+            "hybridcomms.toml:4: rule 1",
         ),
         ("hybridcomms.toml", None, "hybridcomms.toml: cannot read the policy file"),  # a folder
         (
             "pyproject.toml",
             '[tool.hybridcomms.policy]\n[[tool.hybridcomms.policy.rules]]\nmatch = "x"\nroute = 3\n',
-            "pyproject.toml:2: rule 1: route must be",
+            "pyproject.toml:4: rule 1: route must be",
         ),
         ("pyproject.toml", "[project\nname = 1\n", "pyproject.toml:1: not valid TOML"),
         ("$HYBRIDCOMMS_POLICY", None, "missing.toml: cannot read the policy file"),
@@ -405,7 +405,7 @@ def test_policy_explain_refuses_a_broken_policy_in_the_working_folder_as_comms_d
         check=False,
     )
     assert got.returncode == 1 and got.stdout == ""
-    assert f"{tmp_path / 'hybridcomms.toml'}:1: rule 1: route must be" in got.stderr
+    assert f"{tmp_path / 'hybridcomms.toml'}:3: rule 1: route must be" in got.stderr
 
 
 # -- what each part says at start ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def rules_text(n: int, bad_at: int | None = None) -> str:
 def test_a_bad_rule_among_thousands_is_named_with_its_line(bad_at: int) -> None:
     with pytest.raises(PolicyError) as err:
         Policy.from_toml(rules_text(3000, bad_at))
-    assert err.value.line == 6 * bad_at + 2  # each rule takes 6 lines; its [[rules]] is the 2nd
+    assert err.value.line == 6 * bad_at + 5  # each rule takes 6 lines; its bad route is the 5th
     assert f"rule {bad_at + 1}:" in str(err.value)
 
 
