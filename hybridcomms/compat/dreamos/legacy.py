@@ -466,6 +466,7 @@ def ingest(
                             if locked:
                                 ingest_folder(
                                     mailbox,
+                                    adir_fd,
                                     inbox_fd,
                                     INBOX_DIR,
                                     report,
@@ -542,13 +543,24 @@ class _LegacyLocks:
 
 @contextlib.contextmanager
 def _agent_dir(mb: FileMailbox) -> Iterator[int]:
-    """The agent's folder, opened without following links from the root (as the mailbox is)."""
+    """The agent's folder, opened without following links from the root (as the mailbox is), and
+    checked to be the folder of the ``new/`` the mailbox holds open: every legacy file, journal and
+    lock of an ingestion is reached through this descriptor only, never by path. A folder renamed
+    away (by a co-tenant of the group) with a link or another folder put in its place since the
+    mailbox was opened raises `UnsafePathError`: nothing is read, written or removed in it."""
     root_fd = os.open(mb.root, _fs.O_DIR)
     try:
         fd = _fs.open_dir(mb.agent_id, dir_fd=root_fd)
     finally:
         os.close(root_fd)
     try:
+        here = os.fstat(fd)
+        mine = os.stat("..", dir_fd=mb.folders.fd(State.NEW), follow_symlinks=False)
+        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            raise UnsafePathError(
+                f"{_fs.shown(str(mb.path))} is no longer the folder of this mailbox (replaced since it "
+                "was opened): its legacy drops are left alone"
+            )
         yield fd
     finally:
         os.close(fd)
@@ -670,7 +682,7 @@ def _take_array(
     budget: _Budget,
 ) -> None:
     source = f"{mb.agent_id}/{INBOX_JSON}"
-    journal = Journal(mb.path / ARRAY_JOURNAL)
+    journal = Journal(adir_fd, ARRAY_JOURNAL, agent=mb.agent_id)
     if journal.clearing is not None:
         if _entry_kind(adir_fd, journal.clearing) == "file":
             _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
@@ -775,7 +787,7 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
         if want:
             log.warning(
                 "%s: %s no longer begins with the %d entries an earlier ingestion took: taken whole",
-                journal.path.parent.name,
+                journal.agent,
                 INBOX_JSON,
                 want,
             )
@@ -888,6 +900,7 @@ NOT_MESSAGES = frozenset({INBOX_JSON, "subscriptions.json"})
 
 def ingest_folder(
     mb: FileMailbox,
+    adir_fd: int,
     folder_fd: int,
     rel: str,
     report: IngestReport,
@@ -898,7 +911,7 @@ def ingest_folder(
     budget: _Budget | None = None,
 ) -> None:
     """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
-    folder, ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
+    folder ``adir_fd``, which holds the journal; ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
     not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock.
 
     The files are taken in chunks (`CHUNK_ENTRIES` files or `CHUNK_CHARS` bytes of them, `_FolderChunks`):
@@ -908,7 +921,7 @@ def ingest_folder(
     is spent (``report.more``): the files not taken are still there for the next call."""
     now = time.time()
     label = "" if rel == "." else rel.replace(os.sep, "-")
-    journal = Journal(mb.path / folder_journal_name(label))
+    journal = Journal(adir_fd, folder_journal_name(label), agent=mb.agent_id)
     taking = _FolderChunks(mb, folder_fd, report, journal, label, on_taken, budget)
     for name in sorted(_fs.listdir_at(folder_fd)):
         if budget is not None and budget.spent:
@@ -1071,13 +1084,15 @@ def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] |
     if among is not None and not among:
         return found
     for state in states:
-        try:
-            with os.scandir(mb.path / state.folder) as entries:
+        try:  # through the folders the mailbox holds open: never a path walked again
+            if not mb.folders.has(state):
+                continue
+            with os.scandir(mb.folders.fd(state)) as entries:
                 for entry in entries:
                     info = parse_name(entry.name)
                     if info is not None and (among is None or info.id in among):
                         found.add(info.id)
-        except OSError:
+        except (OSError, HybridCommsError):
             continue
     return found
 

@@ -441,7 +441,7 @@ def migrate(
             report = ingest(mb, on_taken=taken)
             with _agent_dir(mb) as adir_fd:
                 ingest_folder(  # L4: no lock
-                    mb, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
+                    mb, adir_fd, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
                 )
                 for sub in PROCESSED_FOLDERS:
                     with _open_sub(adir_fd, sub) as fd:
