@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,152 @@ def test_ingestion_refuses_a_folder_put_in_place_of_the_mailbox(tmp_path: Path) 
     assert (impostor / "inbox.json").read_text() == text
     assert sorted(os.listdir(impostor)) == ["inbox.json"]
     assert os.listdir(root / "Victim.moved" / "new") == []
+
+
+# -- 2. one entry never blocks the others -----------------------------------------------------------
+
+NAN_ENTRY = '{"id": "p-nan", "sender": "x", "type": "text", "content": {"load": NaN}}'
+SURROGATE_ENTRY = '{"id": "p-sur", "sender": "Agent-2\\ud800", "type": "text", "content": "x"}'
+
+
+def _poisoned_inbox(folder: Path, good: int = 4) -> None:
+    """``inbox.json`` with good entries around a NaN one (what ``json.dump(float('nan'))`` writes)
+    and one whose sender holds a lone surrogate."""
+    entries = [json.dumps(e) for e in _entries(good)]
+    entries[1:1] = [NAN_ENTRY, SURROGATE_ENTRY]
+    (folder / "inbox.json").write_text("[" + ", ".join(entries) + "]")
+
+
+def test_nan_and_lone_surrogate_entries_are_taken_with_the_rest(tmp_path: Path) -> None:
+    with FileMailbox(tmp_path, "V") as mb:
+        _poisoned_inbox(tmp_path / "V")
+        report = ingest(mb)
+        assert report.n_ingested == 6 and not report.buried
+        got = {m.id: m for m in (mb.read(i) for i in mb.list(State.NEW))}
+    assert set(got) == {"p-nan", "p-sur", "m0000", "m0001", "m0002", "m0003"}
+    nan = legacy.to_legacy_dict(got["p-nan"])["content"]["load"]
+    assert nan != nan  # a legacy reader gets back exactly the NaN that was written
+    assert legacy.to_legacy_dict(got["p-sur"])["sender"] == "Agent-2\ud800"
+    assert json.loads((tmp_path / "V" / "inbox.json").read_text()) == []
+
+
+def test_an_entry_that_cannot_become_a_message_is_buried_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the conversion raises for one entry (here: a fault injected for it), that entry goes
+    to dead/ with the reason, and the entries around it are taken."""
+    real = legacy._lenient_from_legacy
+
+    def lenient(view: object, *args: object) -> Message:
+        if isinstance(view, dict) and view.get("id") == "p-nan":
+            raise TypeError("injected: cannot be carried")
+        return real(view, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(legacy, "_lenient_from_legacy", lenient)
+    with FileMailbox(tmp_path, "V") as mb:
+        _poisoned_inbox(tmp_path / "V")
+        report = ingest(mb)
+        assert report.n_ingested == 5
+        assert [b.source for b in report.buried] == ["V/inbox.json[1]"]
+        assert "injected: cannot be carried" in report.buried[0].reason
+        assert len(mb.list(State.DEAD)) == 1
+
+
+def test_an_entry_nested_thousands_deep_is_buried_alone(tmp_path: Path) -> None:
+    deep = '{"id": "deep", "content": ' + "[" * 3000 + "]" * 3000 + "}"
+    entries = [json.dumps(e) for e in _entries(2)]
+    with FileMailbox(tmp_path, "V") as mb:
+        (tmp_path / "V" / "inbox.json").write_text(f"[{entries[0]}, {deep}, {entries[1]}]")
+        report = ingest(mb)
+        assert report.n_ingested == 2
+        assert [(b.source, b.reason) for b in report.buried] == [
+            ("V/inbox.json[1]", "nested too deeply to be read as JSON")
+        ]
+        dead = [i for i in mb.list(State.DEAD)]
+        assert len(dead) == 1
+        assert (tmp_path / "V" / "dead" / dead[0].name).read_text() == deep  # its bytes, unchanged
+
+
+def test_consumer_delivers_durable_and_legacy_messages_past_a_poisoned_entry(tmp_path: Path) -> None:
+    from hybridcomms import Comms
+
+    _poisoned_inbox_dir = tmp_path / "Victim"
+    with FileMailbox(tmp_path, "Victim") as mb:
+        _poisoned_inbox(_poisoned_inbox_dir)
+        for i in range(3):
+            mb.put(Message("dreamos.agent.Victim.task", {"i": i}, sender="Agent-3", id=f"durable{i}"))
+    got: list[str] = []
+    all_in = threading.Event()
+
+    def handler(m: Message) -> None:
+        got.append(m.id)
+        if len(got) == 9:
+            all_in.set()
+
+    c = Comms("Victim", root=tmp_path, legacy_intake=True, share_bus=False)
+    c.subscribe("*", handler)
+    with c:
+        assert all_in.wait(10), got
+    assert sorted(got) == sorted(["durable0", "durable1", "durable2", "p-nan", "p-sur"] + [f"m{i:04d}" for i in range(4)])
+
+
+def test_a_failing_legacy_step_never_stops_durable_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever the intake raises, the consumer delivers the mailbox, says it once, and backs off."""
+    from hybridcomms import Comms
+
+    calls: list[float] = []
+
+    def prober(self: object, mailbox: FileMailbox) -> object:
+        def run(force: bool = False) -> object:
+            calls.append(time.monotonic())
+            raise RuntimeError("intake bug")
+
+        return run
+
+    monkeypatch.setattr(legacy.LegacyIntake, "prober", prober)
+    with FileMailbox(tmp_path, "Victim") as mb:
+        for i in range(3):
+            mb.put(Message("dreamos.agent.Victim.task", {"i": i}, sender="Agent-3", id=f"durable{i}"))
+    got: list[str] = []
+    all_in = threading.Event()
+
+    def handler(m: Message) -> None:
+        got.append(m.id)
+        if len(got) == 3:
+            all_in.set()
+
+    caplog.set_level(logging.WARNING)
+    c = Comms("Victim", root=tmp_path, legacy_intake=True, share_bus=False)
+    c.subscribe("*", handler)
+    with c:
+        assert all_in.wait(10), got
+        with FileMailbox(tmp_path, "Victim") as mb:  # one more, after the first failure
+            mb.put(Message("dreamos.agent.Victim.task", {}, sender="Agent-3", id="durable3"))
+        deadline = threading.Event()
+        for _ in range(100):
+            if "durable3" in got:
+                break
+            deadline.wait(0.05)
+    assert "durable3" in got
+    assert calls and all(b - a >= 0.9 for a, b in zip(calls, calls[1:]))  # backed off, not every turn
+    said = [r for r in caplog.records if "legacy intake" in r.getMessage()]
+    assert len(said) == 1 and "intake bug" in said[0].getMessage()
+    assert said[0].exc_info is None  # no traceback at every turn
+
+
+def test_migrate_dry_run_reports_a_poisoned_entry_and_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "V").mkdir()
+    _poisoned_inbox(tmp_path / "V")
+    (tmp_path / "W").mkdir()
+    (tmp_path / "W" / "inbox.json").write_text(json.dumps(_entries(2)))
+    p = subprocess.run(
+        [sys.executable, "-m", "hybridcomms", "--root", str(tmp_path), "migrate", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "V: would move 6 to new/" in p.stdout and "W: would move 2 to new/" in p.stdout
+    assert "total: 8 to new/" in p.stdout

@@ -51,7 +51,7 @@ from ...errors import (
 )
 from ...intake import Step
 from ...mailbox import FileMailbox, check_agent_id
-from ...message import Message, Priority, _parse_time, _valid_topic, check_id
+from ...message import Message, Priority, _parse_time, _valid_topic, check_id, has_non_finite
 from ...states import State
 from . import _json
 from ._held_locks import HELD
@@ -157,8 +157,14 @@ def message_from_legacy(
         except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError):
             message = None
     if message is None:
-        message = _lenient_from_legacy(view, exact, agent_id, origin, origin_raw)
-        message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+        try:
+            message = _lenient_from_legacy(view, exact, agent_id, origin, origin_raw)
+            message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+        except MessageError:
+            raise
+        except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+            # Whatever a legacy writer stored, one entry never stops the others: it goes to dead/.
+            raise MessageError(f"cannot be made a message: {type(exc).__name__}: {exc}") from None
     return message
 
 
@@ -189,7 +195,7 @@ def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, ra
     def text(*keys: str) -> str | None:
         for k in keys:
             v = fields.get(k)
-            if isinstance(v, str):
+            if isinstance(v, str) and _is_utf8(v):  # a lone surrogate ("\ud800"): only in the header
                 return v
         return None
 
@@ -216,7 +222,7 @@ def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, ra
     payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
     try:
         orjson.dumps(payload)
-        if isinstance(payload, float) and payload != payload:  # NaN: orjson would write null
+        if has_non_finite(payload):  # NaN or an infinity anywhere in it: orjson would write null
             payload = None
     except TypeError:
         payload = None  # not representable natively (e.g. an integer beyond 64 bits): see the header
@@ -232,6 +238,14 @@ def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, ra
         created_at=created,
         headers={EXACT_HEADER: exact.decode()},
     )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def to_legacy_dict(message: Message) -> Any:
@@ -394,6 +408,15 @@ def max_entry_chars(max_message_size: int) -> int:
     size limit, room for a legacy writer's indentation. A longer one goes to ``dead/`` as written,
     never parsed (its objects alone could take gigabytes)."""
     return 2 * max_message_size
+
+
+def unbuilt_reason(length: int, max_message_size: int) -> str:
+    """Why an ``inbox.json`` entry given unbuilt (`TOO_LARGE`) goes to ``dead/``: too long to be read,
+    or (no longer than the limit) nested deeper than the JSON parser goes."""
+    limit = max_entry_chars(max_message_size)
+    if length > limit:
+        return f"too large: {length} bytes as written, over the limit of {limit} read for an entry"
+    return "nested too deeply to be read as JSON"
 
 
 def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
@@ -830,8 +853,7 @@ class _Chunks:
         items: list[tuple[str, bytes, Any]] = []
         for origin, raw, value, _end in chunk:
             if isinstance(raw, _fs.ByteRange):
-                limit = max_entry_chars(mb.max_message_size)
-                why = f"too large: {raw.length} bytes as written, over the limit of {limit} read for an entry"
+                why = unbuilt_reason(raw.length, mb.max_message_size)
                 _bury(mb, self.report, raw, _inbox_json_dead_name(origin, raw), why, origin)
             else:
                 items.append((origin, raw, value))

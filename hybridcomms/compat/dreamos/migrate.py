@@ -70,6 +70,7 @@ from .legacy import (
     max_entry_chars,
     message_from_legacy,
     remove_taken,
+    unbuilt_reason,
 )
 
 __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
@@ -260,11 +261,7 @@ def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigra
         for i, element in enumerate(open_array(fd, max_item=max_item)):
             origin = f"{where}[{i}]"
             if element.value is TOO_LARGE:
-                limit = max_entry_chars(max_size)
-                size = element.end - element.start
-                plan.to_dead.append(
-                    (origin, f"too large: {size} bytes as written, over the limit of {limit}")
-                )
+                plan.to_dead.append((origin, unbuilt_reason(element.end - element.start, max_size)))
                 continue
             try:
                 message_from_legacy(element.value, agent_id=agent, origin=origin, max_size=max_size)
