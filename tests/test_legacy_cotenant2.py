@@ -268,3 +268,60 @@ def test_migrate_dry_run_reports_a_poisoned_entry_and_goes_on(tmp_path: Path) ->
     assert p.returncode == 0, p.stderr
     assert "V: would move 6 to new/" in p.stdout and "W: would move 2 to new/" in p.stdout
     assert "total: 8 to new/" in p.stdout
+
+
+# -- 4. doctor goes on past one agent's failure ------------------------------------------------------
+
+
+def _two_agents(root: Path) -> None:
+    for agent in ("Alpha", "Bravo"):
+        FileMailbox(root, agent).close()
+    (root / "Alpha" / "inbox.json").write_text(json.dumps(_entries(1, "a")))
+    (root / "Bravo" / "inbox.json").write_text(json.dumps(_entries(1, "b")))
+    stale = root / "Bravo" / "tmp" / "stale.tmp"
+    stale.write_text("junk")
+    os.utime(stale, (1, 1))
+
+
+def test_doctor_fix_goes_on_past_an_agent_whose_ingestion_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybridcomms.cli import main
+
+    _two_agents(tmp_path)
+    real = legacy.ingest
+
+    def ingest_fault(mb: FileMailbox, **kw: object) -> legacy.IngestReport:
+        if mb.agent_id == "Alpha":
+            raise TypeError("injected: a poisoned drop")
+        return real(mb, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(legacy, "ingest", ingest_fault)
+    assert main(["--root", str(tmp_path), "doctor", "--fix"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM  Alpha: legacy-drops" in out and "injected: a poisoned drop" in out
+    assert "fixed    Bravo: legacy-drops" in out and "fixed    Bravo: stale-tmp" in out
+    assert len(os.listdir(tmp_path / "Bravo" / "new")) == 1 and os.listdir(tmp_path / "Bravo" / "tmp") == []
+
+
+def test_doctor_goes_on_past_an_agent_whose_check_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hybridcomms import _inspect_commands
+    from hybridcomms.cli import main
+
+    _two_agents(tmp_path)
+    real = _inspect_commands._doctor_one
+
+    def doctor_fault(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str, object]]:
+        if mb.agent_id == "Alpha":
+            raise RuntimeError("injected: check failed")
+        return real(mb, fix, deep)
+
+    monkeypatch.setattr(_inspect_commands, "_doctor_one", doctor_fault)
+    assert main(["--root", str(tmp_path), "doctor", "--fix", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    kinds = {(f["agent"], f["kind"], f["fixed"]) for f in report["findings"]}
+    assert ("Alpha", "check-failed", False) in kinds
+    assert {("Bravo", "legacy-drops", True), ("Bravo", "stale-tmp", True)} <= kinds
+    assert not report["healthy"]
