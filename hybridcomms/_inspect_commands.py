@@ -658,7 +658,9 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
             )
         except Exception as exc:  # whatever one agent's files make go wrong: its finding; the rest go on
             detail = f"{type(exc).__name__}: {exc}"
-            findings.append({"agent": shown, "kind": "check-failed", "where": "", "detail": detail, "fixed": False})
+            findings.append(
+                {"agent": shown, "kind": "check-failed", "where": "", "detail": detail, "fixed": False}
+            )
         progress.step(n)
     progress.end()
     open_problems = [f for f in findings if not f["fixed"] and f["kind"] != "foreign-name"]

@@ -12,6 +12,7 @@ the operator may run ``doctor --fix`` / ``migrate`` as root:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -33,7 +34,9 @@ JOURNALS = (".hybridcomms-ingest.json", ".hybridcomms-ingest-inbox.json", ".hybr
 
 
 def _entries(n: int, prefix: str = "m") -> list[dict[str, object]]:
-    return [{"id": f"{prefix}{i:04d}", "sender": "x", "content": f"hello {i}", "type": "text"} for i in range(n)]
+    return [
+        {"id": f"{prefix}{i:04d}", "sender": "x", "content": f"hello {i}", "type": "text"} for i in range(n)
+    ]
 
 
 def _outside(tmp_path: Path) -> Path:
@@ -60,7 +63,9 @@ def _assert_untouched(out: Path) -> None:
 # -- 1. the journals, through the folder's descriptor only ----------------------------------------
 
 
-def test_inbox_json_journal_never_follows_a_swapped_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inbox_json_journal_never_follows_a_swapped_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(legacy, "CHUNK_ENTRIES", 3)
     root = tmp_path / "root"
     out = _outside(tmp_path)
@@ -82,7 +87,9 @@ def test_inbox_json_journal_never_follows_a_swapped_folder(tmp_path: Path, monke
     assert not any((moved / name).exists() for name in JOURNALS)  # ended where it was written
 
 
-def test_inbox_folder_journal_never_follows_a_swapped_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_inbox_folder_journal_never_follows_a_swapped_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(legacy, "CHUNK_ENTRIES", 2)
     root = tmp_path / "root"
     out = _outside(tmp_path)
@@ -205,7 +212,9 @@ def test_consumer_delivers_durable_and_legacy_messages_past_a_poisoned_entry(tmp
     c.subscribe("*", handler)
     with c:
         assert all_in.wait(10), got
-    assert sorted(got) == sorted(["durable0", "durable1", "durable2", "p-nan", "p-sur"] + [f"m{i:04d}" for i in range(4)])
+    assert sorted(got) == sorted(
+        ["durable0", "durable1", "durable2", "p-nan", "p-sur"] + [f"m{i:04d}" for i in range(4)]
+    )
 
 
 def test_a_failing_legacy_step_never_stops_durable_delivery(
@@ -248,7 +257,7 @@ def test_a_failing_legacy_step_never_stops_durable_delivery(
                 break
             deadline.wait(0.05)
     assert "durable3" in got
-    assert calls and all(b - a >= 0.9 for a, b in zip(calls, calls[1:]))  # backed off, not every turn
+    assert calls and all(b - a >= 0.9 for a, b in itertools.pairwise(calls))  # backed off, not every turn
     said = [r for r in caplog.records if "legacy intake" in r.getMessage()]
     assert len(said) == 1 and "intake bug" in said[0].getMessage()
     assert said[0].exc_info is None  # no traceback at every turn

@@ -57,7 +57,8 @@ def iter_array(
 
     An element longer than ``max_item`` characters is not built (a hostile entry of millions of tiny
     objects would cost gigabytes), nor one nested deeper than the parser goes: its value is
-    `TOO_LARGE`; its end is found by its brackets and strings alone. ``at``: resume at the ``start`` of an element given earlier.
+    `TOO_LARGE`; its end is found by its brackets and strings alone. ``at``: resume at the ``start``
+    of an element given earlier.
 
     Raises `NotAnArray` if the text is some other JSON value, and ``ValueError`` if it is no JSON at
     all or where the array stops being valid JSON (after the elements before that point)."""

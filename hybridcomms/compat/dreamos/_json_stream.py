@@ -8,8 +8,8 @@ the window and the element being parsed: never more than ``max_item`` characters
 handed to the parser, so an element of millions of tiny objects is never built (`TOO_LARGE`: its end
 is found by its brackets and strings alone); so is an element nested deeper than the parser goes
 (thousands of ``[``): given as `TOO_LARGE` too, however short, so the elements after it are still read
-(its inside is then checked for its brackets and strings only, not as JSON). Memory is bounded by `WINDOW` and ``max_item``, whatever
-the size of the file or the number of its entries.
+(its inside is then checked for its brackets and strings only, not as JSON). Memory is bounded by
+`WINDOW` and ``max_item``, whatever the size of the file or the number of its entries.
 
 A reader can start after any element it gave earlier (``after``: that element's end offset), which is
 how an ingestion taken in steps goes on where the last step stopped without reading the file again.

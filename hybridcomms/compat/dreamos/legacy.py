@@ -933,8 +933,9 @@ def ingest_folder(
     budget: _Budget | None = None,
 ) -> None:
     """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
-    folder ``adir_fd``, which holds the journal; ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
-    not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock.
+    folder ``adir_fd``, which holds the journal; ``"."`` for the folder itself) into ``new/`` and
+    remove it; bury what is not JSON or does not convert. Links, FIFOs and oversized files are
+    refused and left. The caller holds any lock.
 
     The files are taken in chunks (`CHUNK_ENTRIES` files or `CHUNK_CHARS` bytes of them, `_FolderChunks`):
     each chunk is journaled, published and its files removed before the next is read, so what is in
