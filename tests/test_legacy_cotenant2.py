@@ -334,3 +334,53 @@ def test_doctor_goes_on_past_an_agent_whose_check_fails(
     assert ("Alpha", "check-failed", False) in kinds
     assert {("Bravo", "legacy-drops", True), ("Bravo", "stale-tmp", True)} <= kinds
     assert not report["healthy"]
+
+
+# -- 3. the backup: no amplification ----------------------------------------------------------------
+
+
+def _legacy_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "Victim").mkdir()
+    (root / "Victim" / "inbox.json").write_text(json.dumps(_entries(2)))
+    return root
+
+
+def test_backup_skips_hard_links_and_sparse_files(tmp_path: Path) -> None:
+    from hybridcomms.compat.dreamos.migrate import migrate
+
+    root = _legacy_root(tmp_path)
+    junk = root / "Victim" / "junk"
+    junk.mkdir()
+    (junk / "f0").write_bytes(b"x" * 4096)
+    for i in (1, 2):
+        os.link(junk / "f0", junk / f"f{i}")
+    with open(junk / "sparse", "wb") as f:
+        f.truncate(8 << 20)  # 8 MiB of nothing on disk
+    result = migrate(root)
+    assert result.backup is not None
+    backup = result.backup
+    assert sorted(os.listdir(backup / "Victim" / "junk")) == []
+    skipped = dict(result.backup_skipped)
+    assert {f"Victim/junk/f{i}" for i in range(3)} | {"Victim/junk/sparse"} <= set(skipped)
+    assert "hard links" in skipped["Victim/junk/f0"] and "sparse" in skipped["Victim/junk/sparse"]
+    assert json.loads((backup / "Victim" / "inbox.json").read_text()) == _entries(2)  # the rest is there
+    assert len(os.listdir(root / "Victim" / "new")) == 2
+
+
+def test_backup_stops_at_its_limit_and_nothing_is_migrated(tmp_path: Path) -> None:
+    from hybridcomms.compat.dreamos._backup import BackupIncompleteError
+    from hybridcomms.compat.dreamos.migrate import migrate
+
+    root = _legacy_root(tmp_path)
+    (root / "Victim" / "big.bin").write_bytes(b"y" * 5000)
+    text = (root / "Victim" / "inbox.json").read_text()
+    with pytest.raises(BackupIncompleteError) as info:
+        migrate(root, backup_limit=4000)
+    assert "incomplete" in str(info.value) and "4000 bytes" in str(info.value)
+    assert "Victim/big.bin" in str(info.value)
+    assert (root / "Victim" / "inbox.json").read_text() == text  # nothing taken
+    assert not (root / "Victim" / "new").exists()
+    copied = sum(p.stat().st_size for p in info.value.path.rglob("*") if p.is_file())
+    assert copied <= 4000
