@@ -5,7 +5,10 @@ bus; take in legacy drops where an intake is on; run recovery now and then.
 When the mailbox's backend fails (Redis down, the mailbox folder gone, I/O errors), the loop says so
 once, when it starts and when it ends (`hybridcomms._outage.Outage`, counted for the metrics), and
 tries again meanwhile with a capped backoff (`hybridcomms._outage.RETRY`), not once per try with a
-traceback."""
+traceback. The legacy intake's step can never stop the durable deliveries: whatever it raises (a bug,
+a co-tenant's file no version foresaw) is said once when it starts failing for the agent and once when
+it works again (`hybridcomms._broken.Broken`), and it is tried again after a backoff that grows
+(`LEGACY_BACKOFF_FIRST` doubling up to `LEGACY_BACKOFF_MAX`), the mailbox delivered meanwhile."""
 
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _log
+from ._broken import Broken
 from ._handlers import HandlerTable
 from ._outage import Outage, is_outage
 from ._requests import PendingRequests
 from .backend import Mailbox, MailboxDelivery
 from .bus import AgentBus
-from .errors import HybridCommsError
 from .intake import Step
 from .message import Message
 from .retry import attempts_used_up
@@ -43,6 +46,10 @@ DEAD_LETTER_TOPIC = "hybridcomms.deadletter"
 #: How often the loop looks for legacy drops, at most (seconds). While more is waiting there, it takes
 #: one chunk per turn and gives deliveries at least as long as that chunk took (up to this) in between.
 LEGACY_LOOK_EVERY = 0.25
+#: After a legacy step failed, the next is tried this long after (seconds), doubling while it keeps
+#: failing, up to `LEGACY_BACKOFF_MAX`.
+LEGACY_BACKOFF_FIRST = 1.0
+LEGACY_BACKOFF_MAX = 60.0
 
 #: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
 HANDLER_STATS: dict[str, list[float]] = {}
@@ -98,6 +105,8 @@ class ConsumerLoop:
         self._thread: threading.Thread | None = None
         self._next_legacy_look = 0.0
         self._legacy_more = False  # the last intake step left more to take
+        self._legacy_failures = 0  # legacy steps failed in a row
+        self._legacy_broken = Broken("the legacy intake", log)
 
     @property
     def running(self) -> bool:
@@ -149,7 +158,9 @@ class ConsumerLoop:
                 step = self._legacy_step(False)
                 done = time.monotonic()
                 self._legacy_more = step.more
-                if step.more:  # the next chunk after deliveries for as long as this one took (capped)
+                if self._legacy_failures:
+                    pass  # the step failed: its backoff says when the next is tried
+                elif step.more:  # the next chunk after deliveries for as long as this one took (capped)
                     self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
                 else:
                     self._next_legacy_look = now + LEGACY_LOOK_EVERY
@@ -165,10 +176,17 @@ class ConsumerLoop:
         if self.intake_probe is None:
             return Step()
         try:
-            return self.intake_probe(force)
-        except (OSError, HybridCommsError) as exc:
-            log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
-            return Step()
+            step = self.intake_probe(force)
+        except Exception as exc:  # never the end of the deliveries: said once, tried again later
+            self._legacy_failures += 1
+            wait = min(LEGACY_BACKOFF_FIRST * 2 ** min(self._legacy_failures - 1, 16), LEGACY_BACKOFF_MAX)
+            self._next_legacy_look = time.monotonic() + wait
+            self._legacy_broken.failed(self.agent_id, exc)
+            return Step(retry_in=wait)
+        if self._legacy_failures:
+            self._legacy_failures = 0
+            self._legacy_broken.ok(self.agent_id)
+        return step
 
     def ingest_legacy(self, force: bool = False) -> int:
         """Take every legacy drop waiting now (step after step); a lock another process holds is

@@ -597,6 +597,9 @@ def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     except (OSError, HybridCommsError) as exc:
         _not_fixed(finding, f"not ingested: {exc}")
         return
+    except Exception as exc:  # a fault of this agent's drops is a finding for it, never the end of doctor
+        _not_fixed(finding, f"not ingested: {type(exc).__name__}: {exc}")
+        return
     if report.refused or report.waiting:
         _not_fixed(finding, str(report))
     prefix = f"{mb.agent_id}/"
@@ -615,7 +618,9 @@ def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
 def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     """Every mailbox under the root (or the ones named), each on its own: one that cannot be opened (a
     link, a file where a folder should be, a name that is not an agent id, no permission) is an
-    ``unopenable`` finding, and the others are still checked."""
+    ``unopenable`` finding, one whose check or fix fails in any other way a ``check-failed`` finding
+    (what was found before the failure is kept, marked not fixed), and the others are still checked
+    and fixed; the exit status is non-zero while any problem is left."""
     entries: list[tuple[str, str | None, str | None]]
     if args.agents:
         entries = [(a, a, None) for a in args.agents]
@@ -641,7 +646,7 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
                             root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
                         ) as mb:
                             _doctor_fix(mb, found)  # (it may add findings: what it refused)
-                    except (OSError, HybridCommsError):
+                    except Exception:
                         for f in found:
                             f["fixed"] = False
                         raise
@@ -650,6 +655,11 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
         except (OSError, HybridCommsError) as exc:
             findings.append(
                 {"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}
+            )
+        except Exception as exc:  # whatever one agent's files make go wrong: its finding; the rest go on
+            detail = f"{type(exc).__name__}: {exc}"
+            findings.append(
+                {"agent": shown, "kind": "check-failed", "where": "", "detail": detail, "fixed": False}
             )
         progress.step(n)
     progress.end()

@@ -11,6 +11,14 @@ always what is under the root, whatever was swapped meanwhile.
 - Links, FIFOs, sockets and devices are not copied: each is reported (`Skipped`), as are files over
   `MAX_FILE` bytes (the cap the legacy intake reads ``inbox.json`` with) or that grow past it while
   copied, and folders nested deeper than `MAX_DEPTH`.
+- A file with more than one name (``st_nlink`` > 1: a hard link) and a sparse file (its blocks on disk
+  far fewer than its size, a hole found by ``SEEK_HOLE``) are not copied either, and reported: a
+  co-tenant's file of no disk cost linked N times would otherwise become N full copies (legacy writers
+  make neither).
+- The whole copy is capped (`backup_limit`: half the free space of the backup's filesystem, and never
+  more than `MAX_TOTAL`): past it the copy stops and `BackupIncompleteError` is raised, naming the
+  partial backup left on disk; `migrate` then changes nothing (it never goes on without a complete
+  backup, except with ``--no-backup``).
 - The backup folder is made 0700 (by ``mkdir`` itself, never changed after): nobody else can read what
   is in it. What is inside keeps its mode (without set-id bits) and times; files belong to whoever
   runs ``migrate``.
@@ -28,13 +36,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ... import _fs
-from ...errors import UnsafePathError
+from ...errors import HybridCommsError, UnsafePathError
 from .legacy import DEFAULT_MAX_INBOX_JSON
 
-__all__ = ["MAX_DEPTH", "MAX_FILE", "Skipped", "backup_root"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_FILE",
+    "MAX_TOTAL",
+    "BackupIncompleteError",
+    "Skipped",
+    "backup_limit",
+    "backup_root",
+]
 
 #: The largest file the backup copies (bytes): the cap the legacy intake reads ``inbox.json`` with.
 MAX_FILE = DEFAULT_MAX_INBOX_JSON
+#: The most a backup copies in all (bytes), whatever the free space (`backup_limit`).
+MAX_TOTAL = 8 << 30
+#: A file of at least this size is looked at for holes (a smaller one is copied as it is).
+SPARSE_MIN = 64 << 10
 #: Folders nested deeper than this under the root are not copied (each level holds two descriptors).
 MAX_DEPTH = 32
 _BLOCK = 1 << 20
@@ -51,10 +71,37 @@ class Skipped:
     why: str
 
 
-def backup_root(base: Path, progress: Progress | None = None) -> tuple[Path, list[Skipped]]:
+class BackupIncompleteError(HybridCommsError):
+    """The backup stopped at its limit (`backup_limit`): ``path`` is the partial copy left on disk."""
+
+    def __init__(self, path: Path, limit: int, at: str) -> None:
+        super().__init__(
+            f"the backup {_fs.shown(str(path))} is incomplete: its limit of {limit} bytes was reached at "
+            f"{_fs.shown(at)}; nothing was migrated (free space, move away what does not belong under "
+            "the root, or make a backup of your own and run migrate --no-backup)"
+        )
+        self.path = path
+        self.limit = limit
+        self.at = at
+
+
+def backup_limit(dir_fd: int) -> int:
+    """The most a backup made in the folder ``dir_fd`` copies: half the space free there (for whoever
+    runs ``migrate``), and at most `MAX_TOTAL`."""
+    try:
+        st = os.fstatvfs(dir_fd)
+    except OSError:
+        return MAX_TOTAL
+    return min(MAX_TOTAL, st.f_bavail * st.f_frsize // 2)
+
+
+def backup_root(
+    base: Path, progress: Progress | None = None, *, limit: int | None = None
+) -> tuple[Path, list[Skipped]]:
     """Copy the root ``base`` to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it when that name
     is taken: two runs in one second), never into an existing folder. Returns the backup's path and
-    what was left out. ``progress`` is told how many bytes are copied."""
+    what was left out. ``progress`` is told how many bytes are copied. Past ``limit`` bytes in all
+    (None: `backup_limit`) the copy stops: `BackupIncompleteError`."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     parent = os.open(base.parent, _fs.O_DIR)
     try:
@@ -74,7 +121,12 @@ def backup_root(base: Path, progress: Progress | None = None) -> tuple[Path, lis
                     raise UnsafePathError(f"the backup folder {target} was replaced while it was made")
                 if st.st_mode & 0o077:  # a default ACL of the parent let others in: not into a backup
                     os.fchmod(dst, 0o700)
-                return target, _copy_root(base, dst, progress)
+                cap = backup_limit(dst) if limit is None else limit
+                copier = _Copier([], progress, cap)
+                _copy_root(base, dst, copier)
+                if copier.stopped_at is not None:
+                    raise BackupIncompleteError(target, cap, copier.stopped_at)
+                return target, copier.skipped
             finally:
                 os.close(dst)
     finally:
@@ -82,11 +134,10 @@ def backup_root(base: Path, progress: Progress | None = None) -> tuple[Path, lis
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _copy_root(base: Path, dst: int, progress: Progress | None) -> list[Skipped]:
-    skipped: list[Skipped] = []
+def _copy_root(base: Path, dst: int, copier: _Copier) -> None:
+    progress = copier.progress
     src = os.open(base, _fs.O_DIR)  # the root itself is the operator's choice: a link to it is followed
     try:
-        copier = _Copier(skipped, progress)
         if progress is not None:
             copier.total = _size(src, 0)
             progress(0, copier.total)
@@ -95,7 +146,6 @@ def _copy_root(base: Path, dst: int, progress: Progress | None) -> list[Skipped]
             progress(copier.done, max(copier.total, copier.done))
     finally:
         os.close(src)
-    return skipped
 
 
 def _names(dir_fd: int) -> list[str]:
@@ -118,12 +168,30 @@ def _what(mode: int) -> str:
     return f"not a regular file ({stat.filemode(mode)}): not copied"
 
 
+def _unshared(fd: int, st: os.stat_result) -> str | None:
+    """Why a regular file is not copied although it is readable (a hard link, a sparse file), or None."""
+    if st.st_nlink > 1:
+        return f"a file with {st.st_nlink} names (hard links): not copied"
+    if st.st_size >= SPARSE_MIN and st.st_blocks * 512 < st.st_size // 2:
+        try:
+            hole = os.lseek(fd, 0, os.SEEK_HOLE)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError:
+            hole = st.st_size
+        if hole < st.st_size:
+            return f"a sparse file ({st.st_size} bytes, {st.st_blocks * 512} on disk): not copied"
+    return None
+
+
 class _Copier:
-    def __init__(self, skipped: list[Skipped], progress: Progress | None) -> None:
+    def __init__(self, skipped: list[Skipped], progress: Progress | None, limit: int = MAX_TOTAL) -> None:
         self.skipped = skipped
         self.progress = progress
         self.total = 0
         self.done = 0
+        self.limit = limit
+        self.copied = 0  # bytes copied in all
+        self.stopped_at: str | None = None  # the path where the limit was reached
 
     def skip(self, path: str, why: str) -> None:
         self.skipped.append(Skipped(_fs.shown(path), why))
@@ -131,6 +199,8 @@ class _Copier:
     def folder(self, src: int, dst: int, rel: str, depth: int) -> None:
         """Copy what is in the open folder ``src`` into the open (new, empty) folder ``dst``."""
         for name in _names(src):
+            if self.stopped_at is not None:
+                return
             path = rel + name
             try:
                 st = os.stat(name, dir_fd=src, follow_symlinks=False)
@@ -183,9 +253,19 @@ class _Copier:
             self.skip(path, why)
             return
         try:
+            unshared = _unshared(fd, st)
+            if unshared is not None:
+                self.skip(path, unshared)
+                return
+            if self.copied + st.st_size > self.limit:
+                self.stopped_at = path
+                why = f"the backup's limit of {self.limit} bytes reached: not copied, nor anything after"
+                self.skip(path, why)
+                return
             out = os.open(name, _fs.O_CREATE_MSG, 0o600, dir_fd=dst)
             try:
                 copied = self.blocks(fd, out)
+                self.copied += copied
                 if copied > MAX_FILE:
                     os.close(out)
                     out = -1
@@ -232,7 +312,7 @@ def _size(src: int, depth: int) -> int:
             st = os.stat(name, dir_fd=src, follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE:
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE and st.st_nlink == 1:
             total += st.st_size
         elif stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
             try:

@@ -30,7 +30,6 @@ import re
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -105,8 +104,13 @@ def is_clearing_name(name: str) -> bool:
 class Journal:
     """One journal file, as loaded (missing or unreadable: empty)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, dir_fd: int, name: str, *, agent: str = "", sync: bool = True) -> None:
+        """The journal ``name`` in the open agent folder ``dir_fd`` (``agent``: its name, for logs;
+        ``sync``: writes are committed, unless the mailbox never syncs)."""
+        self.dir_fd = dir_fd
+        self.name = name
+        self.agent = agent
+        self.sync = sync
         self.ids: list[str] = []
         self.taken = 0
         self.digest = ""
@@ -115,7 +119,7 @@ class Journal:
         self.chained = False  # digest is a chain (v 2)
         self.resume: Resume | None = None
         try:
-            data: Any = orjson.loads(_fs.read_regular(path, 16 << 20))
+            data: Any = orjson.loads(_fs.read_regular(name, 16 << 20, dir_fd=dir_fd))
         except (OSError, ValueError):
             return
         if not isinstance(data, dict):
@@ -171,7 +175,7 @@ class Journal:
             data["clearing"] = clearing
         if resume is not None:
             data["resume"] = resume.to_json()
-        _fs.replace_atomically(self.path, orjson.dumps(data), 0o600)
+        _fs.replace_atomically_at(self.dir_fd, self.name, orjson.dumps(data), 0o600, sync=self.sync)
         self.ids = ids
         self.taken, self.digest = taken or 0, digest or ""
         self.upto = upto if upto is not None else self.taken
@@ -182,7 +186,7 @@ class Journal:
     def end(self) -> None:
         """The ingestion finished: remove the file."""
         try:
-            os.unlink(self.path)
+            os.unlink(self.name, dir_fd=self.dir_fd)
         except FileNotFoundError:
             pass
         self.forget()

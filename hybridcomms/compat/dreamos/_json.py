@@ -56,8 +56,9 @@ def iter_array(
     hand it over that many characters at a time, as a file comes in windows).
 
     An element longer than ``max_item`` characters is not built (a hostile entry of millions of tiny
-    objects would cost gigabytes): its value is `TOO_LARGE`; its end is found by its brackets and
-    strings alone. ``at``: resume at the ``start`` of an element given earlier.
+    objects would cost gigabytes), nor one nested deeper than the parser goes: its value is
+    `TOO_LARGE`; its end is found by its brackets and strings alone. ``at``: resume at the ``start``
+    of an element given earlier.
 
     Raises `NotAnArray` if the text is some other JSON value, and ``ValueError`` if it is no JSON at
     all or where the array stops being valid JSON (after the elements before that point)."""

@@ -6,8 +6,10 @@ text outside Latin-1. `ArrayReader` reads it from a descriptor (`open_array`) a 
 with where it is in the file (byte offsets), and forgets what it has passed. What it holds at once is
 the window and the element being parsed: never more than ``max_item`` characters of one element are
 handed to the parser, so an element of millions of tiny objects is never built (`TOO_LARGE`: its end
-is found by its brackets and strings alone). Memory is bounded by `WINDOW` and ``max_item``, whatever
-the size of the file or the number of its entries.
+is found by its brackets and strings alone); so is an element nested deeper than the parser goes
+(thousands of ``[``): given as `TOO_LARGE` too, however short, so the elements after it are still read
+(its inside is then checked for its brackets and strings only, not as JSON). Memory is bounded by
+`WINDOW` and ``max_item``, whatever the size of the file or the number of its entries.
 
 A reader can start after any element it gave earlier (``after``: that element's end offset), which is
 how an ingestion taken in steps goes on where the last step stopped without reading the file again.
@@ -41,7 +43,8 @@ class _TooLarge:
         return "TOO_LARGE"
 
 
-#: The value given for an element longer than ``max_item`` characters: not built at all.
+#: The value given for an element longer than ``max_item`` characters, or nested deeper than the parser
+#: goes (a shorter one: its length tells the two apart): not built at all.
 TOO_LARGE: Final = _TooLarge()
 
 
@@ -226,7 +229,9 @@ class ArrayReader:
                     value, end = _DECODER.raw_decode(self._text, i)
                     n = end - i
             except RecursionError:
-                raise self._error("nested too deeply", i) from None
+                # Deeper than the parser goes: like an element too long, its end is found by its
+                # brackets and strings alone and it is given unbuilt (one entry, not the whole array).
+                return self._skip(i)
             except ValueError as exc:
                 if not _maybe_cut(exc, size if cut else len(self._text)):
                     raise self._error(str(getattr(exc, "msg", exc)), i) from None

@@ -51,7 +51,7 @@ from ...errors import (
 )
 from ...intake import Step
 from ...mailbox import FileMailbox, check_agent_id
-from ...message import Message, Priority, _parse_time, _valid_topic, check_id
+from ...message import Message, Priority, _parse_time, _valid_topic, check_id, has_non_finite
 from ...states import State
 from . import _json
 from ._held_locks import HELD
@@ -157,8 +157,14 @@ def message_from_legacy(
         except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError):
             message = None
     if message is None:
-        message = _lenient_from_legacy(view, exact, agent_id, origin, origin_raw)
-        message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+        try:
+            message = _lenient_from_legacy(view, exact, agent_id, origin, origin_raw)
+            message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+        except MessageError:
+            raise
+        except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+            # Whatever a legacy writer stored, one entry never stops the others: it goes to dead/.
+            raise MessageError(f"cannot be made a message: {type(exc).__name__}: {exc}") from None
     return message
 
 
@@ -189,7 +195,7 @@ def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, ra
     def text(*keys: str) -> str | None:
         for k in keys:
             v = fields.get(k)
-            if isinstance(v, str):
+            if isinstance(v, str) and _is_utf8(v):  # a lone surrogate ("\ud800"): only in the header
                 return v
         return None
 
@@ -216,7 +222,7 @@ def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, ra
     payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
     try:
         orjson.dumps(payload)
-        if isinstance(payload, float) and payload != payload:  # NaN: orjson would write null
+        if has_non_finite(payload):  # NaN or an infinity anywhere in it: orjson would write null
             payload = None
     except TypeError:
         payload = None  # not representable natively (e.g. an integer beyond 64 bits): see the header
@@ -232,6 +238,14 @@ def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, ra
         created_at=created,
         headers={EXACT_HEADER: exact.decode()},
     )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def to_legacy_dict(message: Message) -> Any:
@@ -396,6 +410,15 @@ def max_entry_chars(max_message_size: int) -> int:
     return 2 * max_message_size
 
 
+def unbuilt_reason(length: int, max_message_size: int) -> str:
+    """Why an ``inbox.json`` entry given unbuilt (`TOO_LARGE`) goes to ``dead/``: too long to be read,
+    or (no longer than the limit) nested deeper than the JSON parser goes."""
+    limit = max_entry_chars(max_message_size)
+    if length > limit:
+        return f"too large: {length} bytes as written, over the limit of {limit} read for an entry"
+    return "nested too deeply to be read as JSON"
+
+
 def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
     log.log(_log.event_level(), "%s: %s refused and left in place: %s", agent, _fs.shown(where), why)
     report.refused.append((_fs.shown(where), why))
@@ -466,6 +489,7 @@ def ingest(
                             if locked:
                                 ingest_folder(
                                     mailbox,
+                                    adir_fd,
                                     inbox_fd,
                                     INBOX_DIR,
                                     report,
@@ -542,13 +566,24 @@ class _LegacyLocks:
 
 @contextlib.contextmanager
 def _agent_dir(mb: FileMailbox) -> Iterator[int]:
-    """The agent's folder, opened without following links from the root (as the mailbox is)."""
+    """The agent's folder, opened without following links from the root (as the mailbox is), and
+    checked to be the folder of the ``new/`` the mailbox holds open: every legacy file, journal and
+    lock of an ingestion is reached through this descriptor only, never by path. A folder renamed
+    away (by a co-tenant of the group) with a link or another folder put in its place since the
+    mailbox was opened raises `UnsafePathError`: nothing is read, written or removed in it."""
     root_fd = os.open(mb.root, _fs.O_DIR)
     try:
         fd = _fs.open_dir(mb.agent_id, dir_fd=root_fd)
     finally:
         os.close(root_fd)
     try:
+        here = os.fstat(fd)
+        mine = os.stat("..", dir_fd=mb.folders.fd(State.NEW), follow_symlinks=False)
+        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            raise UnsafePathError(
+                f"{_fs.shown(str(mb.path))} is no longer the folder of this mailbox (replaced since it "
+                "was opened): its legacy drops are left alone"
+            )
         yield fd
     finally:
         os.close(fd)
@@ -670,7 +705,7 @@ def _take_array(
     budget: _Budget,
 ) -> None:
     source = f"{mb.agent_id}/{INBOX_JSON}"
-    journal = Journal(mb.path / ARRAY_JOURNAL)
+    journal = Journal(adir_fd, ARRAY_JOURNAL, agent=mb.agent_id)
     if journal.clearing is not None:
         if _entry_kind(adir_fd, journal.clearing) == "file":
             _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
@@ -775,7 +810,7 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
         if want:
             log.warning(
                 "%s: %s no longer begins with the %d entries an earlier ingestion took: taken whole",
-                journal.path.parent.name,
+                journal.agent,
                 INBOX_JSON,
                 want,
             )
@@ -818,8 +853,7 @@ class _Chunks:
         items: list[tuple[str, bytes, Any]] = []
         for origin, raw, value, _end in chunk:
             if isinstance(raw, _fs.ByteRange):
-                limit = max_entry_chars(mb.max_message_size)
-                why = f"too large: {raw.length} bytes as written, over the limit of {limit} read for an entry"
+                why = unbuilt_reason(raw.length, mb.max_message_size)
                 _bury(mb, self.report, raw, _inbox_json_dead_name(origin, raw), why, origin)
             else:
                 items.append((origin, raw, value))
@@ -888,6 +922,7 @@ NOT_MESSAGES = frozenset({INBOX_JSON, "subscriptions.json"})
 
 def ingest_folder(
     mb: FileMailbox,
+    adir_fd: int,
     folder_fd: int,
     rel: str,
     report: IngestReport,
@@ -898,8 +933,9 @@ def ingest_folder(
     budget: _Budget | None = None,
 ) -> None:
     """Publish every ``*.json`` file of the folder ``folder_fd`` (``rel``: its path under the agent's
-    folder, ``"."`` for the folder itself) into ``new/`` and remove it; bury what is not JSON or does
-    not convert. Links, FIFOs and oversized files are refused and left. The caller holds any lock.
+    folder ``adir_fd``, which holds the journal; ``"."`` for the folder itself) into ``new/`` and
+    remove it; bury what is not JSON or does not convert. Links, FIFOs and oversized files are
+    refused and left. The caller holds any lock.
 
     The files are taken in chunks (`CHUNK_ENTRIES` files or `CHUNK_CHARS` bytes of them, `_FolderChunks`):
     each chunk is journaled, published and its files removed before the next is read, so what is in
@@ -908,7 +944,7 @@ def ingest_folder(
     is spent (``report.more``): the files not taken are still there for the next call."""
     now = time.time()
     label = "" if rel == "." else rel.replace(os.sep, "-")
-    journal = Journal(mb.path / folder_journal_name(label))
+    journal = Journal(adir_fd, folder_journal_name(label), agent=mb.agent_id)
     taking = _FolderChunks(mb, folder_fd, report, journal, label, on_taken, budget)
     for name in sorted(_fs.listdir_at(folder_fd)):
         if budget is not None and budget.spent:
@@ -1071,13 +1107,15 @@ def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] |
     if among is not None and not among:
         return found
     for state in states:
-        try:
-            with os.scandir(mb.path / state.folder) as entries:
+        try:  # through the folders the mailbox holds open: never a path walked again
+            if not mb.folders.has(state):
+                continue
+            with os.scandir(mb.folders.fd(state)) as entries:
                 for entry in entries:
                     info = parse_name(entry.name)
                     if info is not None and (among is None or info.id in among):
                         found.add(info.id)
-        except OSError:
+        except (OSError, HybridCommsError):
             continue
     return found
 

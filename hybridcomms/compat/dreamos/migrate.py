@@ -19,10 +19,11 @@ anything else                                 left where it is, and listed (``.m
 
 The real run first copies the whole root to ``<root>.backup-<UTC time>`` (``-2``, ``-3``… after it if
 that name is taken; unless told not to, and only if it changes something; through descriptors only, a
-0700 folder, links, FIFOs and devices left out and reported: `_backup`), takes each agent's legacy
-files under the legacy locks (as ingestion does, chunk by chunk: ``CHUNK_ENTRIES`` entries of
-``inbox.json`` or files of a folder at a time), and can be run again safely, even within one second:
-what was moved is gone from the old places, and a run interrupted half-way is finished by the next one
+0700 folder, links, FIFOs, devices, hard links and sparse files left out and reported: `_backup`; a
+copy that reaches its limit in bytes stops, and nothing is migrated: `BackupIncompleteError`), takes
+each agent's legacy files under the legacy locks (as ingestion does, chunk by chunk: ``CHUNK_ENTRIES``
+entries of ``inbox.json`` or files of a folder at a time), and can be run again safely, even within one
+second: what was moved is gone from the old places, and a run interrupted half-way is finished by the next one
 without publishing anything twice (the ingestion journal). Every legacy file it names is a path under
 the root, printable (`_fs.shown`).
 
@@ -70,6 +71,7 @@ from .legacy import (
     max_entry_chars,
     message_from_legacy,
     remove_taken,
+    unbuilt_reason,
 )
 
 __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
@@ -260,11 +262,7 @@ def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigra
         for i, element in enumerate(open_array(fd, max_item=max_item)):
             origin = f"{where}[{i}]"
             if element.value is TOO_LARGE:
-                limit = max_entry_chars(max_size)
-                size = element.end - element.start
-                plan.to_dead.append(
-                    (origin, f"too large: {size} bytes as written, over the limit of {limit}")
-                )
+                plan.to_dead.append((origin, unbuilt_reason(element.end - element.start, max_size)))
                 continue
             try:
                 message_from_legacy(element.value, agent_id=agent, origin=origin, max_size=max_size)
@@ -402,12 +400,15 @@ def migrate(
     dir_mode: int = 0o700,
     file_mode: int = 0o600,
     progress: MigrateProgress | None = None,
+    backup_limit: int | None = None,
 ) -> Migration:
     """Convert the root (see the module docstring). Returns what was done (or would be).
 
     The folders and files it creates get ``dir_mode`` / ``file_mode`` (the documented 0o700 / 0o600;
     0o770 / 0o660 for a Dream.OS group setup where agents run as different users). ``progress`` is told
-    how the backup copy and the conversion go (see the module docstring)."""
+    how the backup copy and the conversion go (see the module docstring). ``backup_limit``: the most
+    the backup copies in all (bytes; None: `_backup.backup_limit`); past it `BackupIncompleteError` is
+    raised and nothing is migrated."""
     plan = survey(root, max_message_size=max_message_size)
     if dry_run:
         return plan
@@ -415,7 +416,7 @@ def migrate(
     done = Migration(base, dry_run=False, left=list(plan.left))
     if backup and any(a.changes() for a in plan.agents):
         copied = None if progress is None else lambda n, total: progress("backup", n, total)
-        done.backup, skipped = backup_root(base, copied)
+        done.backup, skipped = backup_root(base, copied, limit=backup_limit)
         done.backup_skipped = [(x.path, x.why) for x in skipped]
     total = sum(a.changes() for a in plan.agents)
     converted = 0
@@ -441,7 +442,7 @@ def migrate(
             report = ingest(mb, on_taken=taken)
             with _agent_dir(mb) as adir_fd:
                 ingest_folder(  # L4: no lock
-                    mb, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
+                    mb, adir_fd, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
                 )
                 for sub in PROCESSED_FOLDERS:
                     with _open_sub(adir_fd, sub) as fd:
