@@ -585,8 +585,8 @@ class LocalFanout:
 
     def _evictable(self) -> list[str]:
         """(Under the lock.) The peers held that are not known to work (no link yet, asleep, or
-        refused), those refused last and then those read longest ago last (`list.pop` takes them
-        first). A peer whose link is awake is never among them."""
+        refused): those refused, then those read longest ago, last (`list.pop` takes them first). A
+        peer whose link is awake is never among them."""
         out = []
         for name, reg in self._regs.items():
             if reg.peer is None:
@@ -594,7 +594,7 @@ class LocalFanout:
             link = self._links.get(name)
             if link is not None and not link.gone and not link.asleep and (link.sock is not None or link.ok):
                 continue
-            out.append((not reg.dead, -reg.seq, name))
+            out.append((not reg.dead, reg.seq, name))
         out.sort()
         return [name for _, _, name in reversed(out)]
 
