@@ -118,7 +118,7 @@ def subscriber_past_the_cut(root: Path, junk: Callable[[], None], pub_name: str)
     for _ in range(20):
         sub = AgentBus()
         got: list[int] = []
-        sub.subscribe("fleet.*", lambda e: got.append(1))
+        sub.subscribe("fleet.*", lambda e, got=got: got.append(1))
         release = share_bus(sub, root=root)
         junk()
         before = position(folder, fanout_of(sub, root).name, {pub_name})
@@ -213,9 +213,10 @@ def test_a_new_peer_is_seen_at_the_next_look_past_stale_sockets_placed_once_and_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: None, held: list[socket.socket]
 ) -> None:
     """Today's failure: registrations read oldest first only, so 160 stale sockets with a live pid
-    (1) placed just before a peer kept it unseen for 152/8 looks (and were never removed). Now half of a look's reads go to
-    the newest: placed once, they delay it by one look; placed in a loop (newer than the peer at
-    every look), the other half still reaches it within one pass over those queued before it."""
+    (1) placed just before a peer kept it unseen for 152/8 looks (and were never removed). Now half
+    of a look's reads go to the newest: placed once, they delay it by one look; placed in a loop
+    (newer than the peer at every look), the other half still reaches it within one pass over those
+    queued before it."""
     monkeypatch.setattr(fanout, "MAX_READS_PER_LOOK", 8)
     root = group_root(tmp_path)
     folder = root / BUS_FOLDER
