@@ -34,6 +34,7 @@ __all__ = [
     "open_bus_folder",
     "registration_body",
     "registrations",
+    "scan",
     "well_formed",
     "write_registration",
 ]
@@ -43,7 +44,9 @@ BUS_FOLDER = ".bus"
 MAX_TOPIC = 256
 #: A registration is read up to this size (a bigger one is not one); this process's own stays under.
 MAX_REGISTRATION = 64 * 1024
-#: Registrations considered at most (a folder holding more: the others, in listing order, are not).
+#: Registrations held as peers at most by a publisher, and listed at most by `bus_peers`. Only names
+#: that can be registrations count (`scan`: a ``.json`` whose ``.sock`` is there and may be a socket):
+#: files placed without a socket never take a place.
 MAX_REGISTRATIONS = 4096
 #: A registration's patterns: past this many, or this many bytes in all (as JSON), they stand for
 #: ``["*"]``, for the process that writes them (it registers ``["*"]``) and for every reader (it takes
@@ -220,18 +223,56 @@ def well_formed(body: Any) -> bool:
     )
 
 
+def scan(dir_fd: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """One listing of the bus folder, by the types the listing gives (``d_type``: no call per entry):
+    (*candidates*: the names ``<pid>-<hex>`` whose ``.json`` is a regular file and whose ``.sock`` is
+    there and neither a regular file, a folder nor a link (a socket, or a FIFO: told apart when it is
+    read), with their ``.json``'s inode; *orphans*: those whose ``.json`` is a regular file and whose
+    ``.sock`` is missing or one of those, with the same). A process makes its socket before its
+    registration and removes it after: an orphan is nobody's registration. Listed through a
+    descriptor of its own (`_fs.listdir_at`). Where the filesystem gives no type, each is an ``lstat``."""
+    jsons: dict[str, int] = {}
+    socks: set[str] = set()
+    fd = os.open(".", _fs.O_DIR, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                name = entry.name
+                if name.endswith(".json"):
+                    if entry.is_file(follow_symlinks=False):
+                        jsons[name[:-5]] = entry.inode()
+                elif name.endswith(".sock") and not (
+                    entry.is_file(follow_symlinks=False)
+                    or entry.is_dir(follow_symlinks=False)
+                    or entry.is_symlink()
+                ):
+                    socks.add(name[:-5])
+    finally:
+        os.close(fd)
+    found: dict[str, int] = {}
+    orphans: list[tuple[str, int]] = []
+    match = NAME.fullmatch
+    for stem, ino in jsons.items():
+        if stem in socks:
+            if match(stem):
+                found[stem] = ino
+        elif match(stem):
+            orphans.append((stem, ino))
+    return found, orphans
+
+
 def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, body) of every well-formed registration in the folder (at most `MAX_REGISTRATIONS`),
-    its ``patterns`` as readers take them (`effective_patterns`); anything else is skipped. The folder
-    is shared: a FIFO, a link, a giant file or a body of the wrong shape is passed over.
-    ``budget``: ``[bytes, unread]``: the smallest registrations are read first, while ``bytes``
-    (decreased by each size) lasts; those left are counted in ``unread``."""
-    names = []
-    for entry in _fs.listdir_at(dir_fd):
-        if entry.endswith(".json") and NAME.fullmatch(entry[: -len(".json")]):
-            names.append(entry)
-    del names[MAX_REGISTRATIONS:]
-    if budget is not None:
+    """(name, body) of the well-formed registrations in the folder, its ``patterns`` as readers take
+    them (`effective_patterns`); anything else is skipped. Only the names that can be registrations
+    are looked at (`scan`: a ``.json`` beside something that may be a socket), as publishers do:
+    files placed without a socket take no place. Past `MAX_REGISTRATIONS` of them, the newest
+    (``mtime``) are kept. The folder is shared: a FIFO, a link, a giant file or a body of the wrong
+    shape is passed over. ``budget``: ``[bytes, unread]``: the smallest registrations are read
+    first, while ``bytes`` (decreased by each size) lasts; those left (and those past
+    `MAX_REGISTRATIONS`) are counted in ``unread``."""
+    found, _ = scan(dir_fd)
+    names = [stem + ".json" for stem in found]
+    if budget is not None or len(names) > MAX_REGISTRATIONS:
         sized = []
         for entry in names:
             try:
@@ -239,9 +280,15 @@ def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tupl
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
-                sized.append((st.st_size, entry))
-        sized.sort()
-        names = [entry for _, entry in sized]
+                sized.append((st.st_size, -st.st_mtime_ns, entry))
+        if len(sized) > MAX_REGISTRATIONS:
+            sized.sort(key=lambda item: item[1])  # the newest first
+            if budget is not None:
+                budget[1] += len(sized) - MAX_REGISTRATIONS
+            del sized[MAX_REGISTRATIONS:]
+        if budget is not None:
+            sized.sort()
+        names = [entry for _, _, entry in sized]
     for entry in names:
         if budget is not None and budget[0] <= 0:
             budget[1] += 1

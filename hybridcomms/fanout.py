@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import queue
 import select
@@ -58,7 +59,6 @@ from ._bus_folder import (
     MAX_REGISTRATION,
     MAX_REGISTRATIONS,
     MAX_TOPIC,
-    NAME,
     STAR,
     Peer,
     alive,
@@ -66,6 +66,7 @@ from ._bus_folder import (
     effective_patterns,
     open_bus_folder,
     registration_body,
+    scan,
     well_formed,
     write_registration,
 )
@@ -92,8 +93,12 @@ REFRESH_EVERY = 0.05
 LOOK_SPACING = 20
 #: The processes of the registrations known are checked alive this often (the dead ones pruned).
 SWEEP_EVERY = 10.0
-#: Registrations read (new or changed ones) per look at most; the others at the next looks.
+#: Registrations read (new or changed ones) per look at most; the others at the next looks. Half of
+#: them are those waiting longest, half the newest (in the order this process first saw them).
 MAX_READS_PER_LOOK = 64
+#: Files named like registrations that cannot be one (a ``.json`` without a socket beside it), removed
+#: per look at most (each an ``lstat`` and an ``unlink``); the others at the next looks, in turns.
+PRUNES_PER_LOOK = 1024
 #: Sockets to peers, at most, counting those retired and waiting to be closed (a descriptor each).
 #: Past it, a peer is sent to through a socket made for that one datagram.
 MAX_LINKS = 256
@@ -240,19 +245,21 @@ def decode_event(data: bytes) -> Event | None:
 
 @dataclass(slots=True)
 class _Reg:
-    """What the looks know of one registration: its identity on disk (inode, size, times), so that an
-    unchanged one is never read again; the peer it names (None: not a registration that can be used),
-    its patterns as held; its socket's identity and owner and the registration's writer (uids); the
-    order it was first read in; and whether its socket refused (then it is not sent to until the
-    registration changes)."""
+    """What the looks know of one registration: its identity in the listing (the inode: a registration
+    is always written anew and renamed into place), so that an unchanged one is never read again; the
+    peer it names (None: not a registration that can be used here, or one set aside past
+    `MAX_REGISTRATIONS`: ``evicted``), its patterns as held; its socket's identity and owner and the
+    registration's writer (uids); the order it was read in; and whether its socket refused (then it
+    is not sent to until the registration changes)."""
 
-    key: tuple[int, int, int, int]
+    key: int
     peer: Peer | None
     sock: tuple[int, int] = (0, 0)
     owner: int = -1
     writer: int = -1
     seq: int = 0
     dead: bool = False
+    evicted: bool = False
 
 
 class _Refused(Exception):
@@ -303,8 +310,10 @@ class LocalFanout:
         self._unlinked = 0
         self._retired: list[tuple[float, socket.socket]] = []
         self._seen_mtime = -1
-        self._unsettled = False  # registrations left unread by the last look: look again
-        self._pending: dict[str, float] = {}  # those, by name: since when (the oldest are read first)
+        self._unsettled = False  # registrations left unread (or orphans left) by the last look: look again
+        self._pending: dict[str, None] = {}  # those, by name, in the order first seen (read: oldest, newest)
+        self._peer_count = 0  # registrations held as peers (`MAX_REGISTRATIONS` at most)
+        self._orphan_turn = 0  # where the next look starts removing orphans
         self._next_look = 0.0  # the next look at the folder
         self._next_tend = 0.0  # the next tending of the links (`_tend`)
         self._next_sweep = time.monotonic() + SWEEP_EVERY
@@ -493,10 +502,16 @@ class LocalFanout:
                 self._reset_targets()
 
     def _look(self, now: float) -> None:
-        """Look at the registrations again. It costs what changed: an unchanged folder costs one
-        ``fstat``; a changed one a listing and an ``lstat`` per registration, and only the new or
-        changed registrations are read (at most `MAX_READS_PER_LOOK` per look, the others at the next
-        looks), and indexed (`PeerIndex`: each costs its own patterns)."""
+        """Look at the registrations again. It costs what changed and a bounded amount beside the
+        listing: an unchanged folder costs one ``fstat``; a changed one a listing (`scan`, by the types
+        it gives: no call per entry), a read of `MAX_READS_PER_LOOK` new or changed registrations at
+        most (half of them those waiting longest, half the newest: a co-tenant placing names once, or
+        in a loop, never keeps a new peer waiting past one pass over those queued before it), and the
+        removal of `PRUNES_PER_LOOK` orphans at most (`_prune_orphans`). Only names whose ``.sock`` is
+        there and may be a socket are read: files placed alone take no place. At most
+        `MAX_REGISTRATIONS` peers are held: past it, one not known to work (not linked, asleep or
+        refused) is set aside for a new one (tried again at the next sweep), never one that reads.
+        New ones are indexed (`PeerIndex`: each costs its own patterns)."""
         sweep = now >= self._next_sweep
         try:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
@@ -508,48 +523,36 @@ class LocalFanout:
         # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
         self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
         try:
-            entries = _fs.listdir_at(self._dir_fd)
+            found, orphans = scan(self._dir_fd)
         except OSError:
             return
-        names: list[str] = []
-        for entry in entries:
-            stem, _, ext = entry.rpartition(".")
-            if ext == "json" and NAME.fullmatch(stem) and stem != self.name:
-                names.append(stem)
-        del names[MAX_REGISTRATIONS:]
+        found.pop(self.name, None)
         regs = self._regs
-        listed = set(names)
-        gone = [name for name in regs if name not in listed]
-        stale: list[tuple[str, tuple[int, int, int, int], os.stat_result]] = []
-        for name in names:
-            try:
-                st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
-            except OSError:
-                if name in regs:
-                    gone.append(name)
-                continue
-            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            known = regs.get(name)
-            if known is not None and known.key == key:
-                continue
-            stale.append((name, key, st))
-        # The changes seen longest ago are read first: a co-tenant rewriting registrations in a loop
-        # delays a new peer by one pass over them at most, and never starves it.
         pending = self._pending
-        stale.sort(key=lambda item: pending.get(item[0], now))
-        read = []
-        for name, key, st in stale[:MAX_READS_PER_LOOK]:
-            pending.pop(name, None)
-            read.append((name, self._read(name, key, st)))
-        for name, _, _ in stale[MAX_READS_PER_LOOK:]:
-            pending.setdefault(name, now)
+        gone = [name for name in regs if name not in found]
+        for name, ino in found.items():
+            known = regs.get(name)
+            if known is None or known.key != ino:
+                pending.setdefault(name)  # (one rewritten again keeps its place)
         if pending:
-            for name in [n for n in pending if n not in listed]:
+            for name in [n for n in pending if n not in found]:
                 del pending[name]
-        self._unsettled = len(stale) > MAX_READS_PER_LOOK
+        if len(pending) <= MAX_READS_PER_LOOK:
+            chosen = list(pending)
+        else:
+            oldest = MAX_READS_PER_LOOK // 2
+            chosen = list(itertools.islice(pending, oldest))
+            chosen += itertools.islice(reversed(pending), MAX_READS_PER_LOOK - oldest)
+        read = []
+        for name in chosen:
+            del pending[name]
+            read.append((name, self._read(name, found[name])))
+        self._prune_orphans(orphans)
+        self._unsettled = bool(pending) or len(orphans) > PRUNES_PER_LOOK
         with self._lock:
             for name in gone:
                 self._forget_reg(name)
+            evictable: list[str] | None = None
             for name, reg in read:
                 known = regs.get(name)
                 if known is not None and (reg is None or known.sock != reg.sock):
@@ -557,53 +560,144 @@ class LocalFanout:
                     if link is not None:
                         self._retire(link, now)
                 self._forget_reg(name)
-                if reg is not None:
-                    self._add_reg(name, reg)
+                if reg is None:
+                    continue
+                if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
+                    if evictable is None:
+                        evictable = self._evictable()
+                    if not evictable:
+                        pending[name] = None  # every peer held reads: read again later
+                        continue
+                    self._evict(evictable.pop(), now)
+                self._add_reg(name, reg)
             changed = bool(gone or read)
             if sweep:
                 self._next_sweep = now + SWEEP_EVERY
                 for name, reg in list(regs.items()):
-                    if reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
+                    if reg.evicted:  # set aside: read again, in turn
+                        del regs[name]
+                    elif reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
                         self._prune(name)
                         self._forget_reg(name)
                         changed = True
             if changed:
                 self._peers_changed(now)
 
-    def _read(self, name: str, key: tuple[int, int, int, int], st: os.stat_result) -> _Reg | None:
-        """Read one registration (new or changed). None if it is gone, or was pruned: its process
-        died (this host), or it has no socket (a process makes its socket before its registration and
-        removes it after, so a registration alone is left by no one running). Its patterns are taken
-        as every reader takes them (`effective_patterns`: ``*`` past the caps); a registration whose
-        socket is not a socket (a file, a link) is never a peer."""
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
-            return _Reg(key, None)
+    def _evictable(self) -> list[str]:
+        """(Under the lock.) The peers held that are not known to work (no link yet, asleep, or
+        refused): those refused, then those read longest ago, last (`list.pop` takes them first). A
+        peer whose link is awake is never among them."""
+        out = []
+        for name, reg in self._regs.items():
+            if reg.peer is None:
+                continue
+            link = self._links.get(name)
+            if link is not None and not link.gone and not link.asleep and (link.sock is not None or link.ok):
+                continue
+            out.append((not reg.dead, reg.seq, name))
+        out.sort()
+        return [name for _, _, name in reversed(out)]
+
+    def _evict(self, name: str, now: float) -> None:
+        """(Under the lock.) Set a peer aside, past `MAX_REGISTRATIONS`: not sent to, not read again
+        until its registration changes or the next sweep."""
+        reg = self._regs[name]
+        link = self._links.pop(name, None)
+        if link is not None:
+            self._retire(link, now)
+        self._forget_reg(name)
+        self._regs[name] = _Reg(reg.key, None, evicted=True)
+
+    def _prune_orphans(self, orphans: list[tuple[str, int]]) -> None:
+        """Remove `PRUNES_PER_LOOK` of the ``.json`` files found without a socket beside them
+        (`scan`), taking turns through them (one that cannot be removed never holds the others up).
+        Each is checked again first (an ``lstat`` of its ``.sock``: a listing is not one instant), and
+        removed only if it is still the file listed; a ``.sock`` beside it that is a file or a link is
+        removed too."""
+        if not orphans:
+            return
+        n = len(orphans)
+        start = self._orphan_turn % n
+        batch = (orphans[start:] + orphans[:start])[:PRUNES_PER_LOOK]
+        self._orphan_turn = start + len(batch)
+        dir_fd = self._dir_fd
+        for stem, ino in batch:
+            if stem == self.name:
+                continue
+            try:
+                sst: os.stat_result | None = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                sst = None
+            except OSError:
+                continue
+            if sst is not None and not (stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode)):
+                continue  # (a socket now, or a folder)
+            try:
+                if os.stat(stem + ".json", dir_fd=dir_fd, follow_symlinks=False).st_ino != ino:
+                    continue
+                os.unlink(stem + ".json", dir_fd=dir_fd)
+            except OSError:
+                continue
+            if sst is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(stem + ".sock", dir_fd=dir_fd)
+            _count("pruned")
+
+    def _read(self, name: str, ino: int) -> _Reg | None:
+        """Read one registration (new or changed), listed with the inode ``ino``. None if it is gone,
+        or was pruned because it can never be one: too big or not a regular file, not a registration
+        (it does not decode, or is of the wrong shape), its process died (this host), its socket is
+        gone (a process makes its socket before its registration and removes it after), is not a
+        socket (a FIFO), or refuses a connect (nobody has it bound: it never will again) for a
+        registration of this host. A registration of another host whose socket refuses is kept as
+        one that cannot be used here (not read again until it changes). Its patterns are taken as
+        every reader takes them (`effective_patterns`: ``*`` past the caps)."""
+        dir_fd = self._dir_fd
         try:
-            body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
+            st = os.stat(name + ".json", dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
+            self._prune(name, sock=False)
+            return None
+        try:
+            body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=dir_fd))
         except FileNotFoundError:
             return None
         except (OSError, orjson.JSONDecodeError):
-            return _Reg(key, None)
+            self._prune(name, sock=False)
+            return None
         if not well_formed(body):
-            return _Reg(key, None)
+            self._prune(name, sock=False)
+            return None
         patterns = effective_patterns(body["patterns"])
         assert patterns is not None  # (well formed)
         peer = Peer(name, body["pid"], body["host"], patterns)
-        if peer.host == _HOST and not alive(peer.pid):
+        local = peer.host == _HOST
+        if local and not alive(peer.pid):
             self._prune(name)
             return None
         try:
-            sst = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+            sst = os.stat(name + ".sock", dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            with contextlib.suppress(OSError):
-                os.unlink(name + ".json", dir_fd=self._dir_fd)
-            _count("pruned")
+            self._prune(name, sock=False)
             return None
         except OSError:
-            return _Reg(key, None)
+            return _Reg(ino, None)
+        sock_id = (sst.st_dev, sst.st_ino)
         if not stat.S_ISSOCK(sst.st_mode):
-            return _Reg(key, None)
-        return _Reg(key, peer, (sst.st_dev, sst.st_ino), sst.st_uid, st.st_uid)
+            self._prune(name, sock=not stat.S_ISDIR(sst.st_mode))
+            return None
+        try:
+            self._connect(name, sock_id).close()
+        except _Refused:
+            if not local:
+                return _Reg(ino, None)
+            self._prune(name, sock=sock_id)
+            return None
+        except OSError:  # (out of descriptors, say: taken as it is)
+            pass
+        return _Reg(ino, peer, sock_id, sst.st_uid, st.st_uid)
 
     def _add_reg(self, name: str, reg: _Reg) -> None:
         """(Under the lock.) A registration read: known, and indexed if it can be sent to. Patterns
@@ -616,6 +710,7 @@ class LocalFanout:
         self._regs[name] = reg
         if peer is not None:
             self._held += len(peer.patterns)
+            self._peer_count += 1
             self._index_reg(name, reg)
 
     def _forget_reg(self, name: str) -> None:
@@ -623,6 +718,7 @@ class LocalFanout:
         reg = self._regs.pop(name, None)
         if reg is not None and reg.peer is not None:
             self._held -= len(reg.peer.patterns)
+            self._peer_count -= 1
             self._unindex_reg(name, reg)
 
     def _rank(self, name: str) -> tuple[bool, int]:
@@ -906,10 +1002,18 @@ class LocalFanout:
                 keep.append((since, sock))
         self._retired = keep
 
-    def _prune(self, name: str) -> None:
-        for suffix in (".sock", ".json"):
+    def _prune(self, name: str, sock: bool | tuple[int, int] = True) -> None:
+        """Remove a registration that can never be one, and its ``.sock`` if ``sock`` (if that is
+        the socket whose identity ``sock`` gives, if one is given)."""
+        if sock is not False:
             with contextlib.suppress(OSError):
-                os.unlink(name + suffix, dir_fd=self._dir_fd)
+                if sock is not True:
+                    st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) != sock:
+                        raise FileNotFoundError
+                os.unlink(name + ".sock", dir_fd=self._dir_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name + ".json", dir_fd=self._dir_fd)
         _count("pruned")
 
     # -- sending --------------------------------------------------------------------------------

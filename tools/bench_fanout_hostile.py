@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Publishing on a shared bus whose ``.bus/`` a co-tenant attacks, against an empty one, in one run.
 
-    python tools/bench_fanout_hostile.py [--scenarios hostile,bomb,readers,stopped,flood]
-        [--registrations 1000] [--bombs 400] [--readers 2000] [--stopped 256]
+    python tools/bench_fanout_hostile.py [--scenarios hostile,bomb,readers,stopped,flood,junk]
+        [--registrations 1000] [--bombs 400] [--readers 2000] [--stopped 256] [--junk 20000]
         [--rounds 7] [--round-seconds 0.5] [--settle 3] [--json F]
 
 Each scenario runs in a process of its own (its RSS peak is its own), publishing on buses shared on
@@ -24,6 +24,10 @@ first side (target: >= 0.5x, issue #21). Before the rounds, each side publishes 
 - **flood**: the publisher's own bus has an async handler that never finishes, and another process
   sends it, as fast as it reads, events of ~60 KiB that decode to ~1.6 MB each (``[[],[],...]``);
   rounds alternate with that process stopped (SIGSTOP) and running.
+- **junk**: ``--junk`` empty files named like registrations (``1-<hex>.json``, no socket beside
+  them) placed once before the publisher starts (**junk**), and the same re-made by another process
+  in a loop as fast as it can (**junk-loop**): what a publisher pays for removing them and for
+  listing a folder that big; ``left_in_bus_folder`` shows what is left at the end.
 
 RSS: the scenario process's peak (VmHWM) and its RSS at the end, minus its RSS before it began.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -207,6 +212,20 @@ def _readers(folders: list[tuple[str, int]], ready: Any) -> None:
                 pass
 
 
+def _junk(folder: Path, n: int) -> None:
+    for i in range(n):
+        (folder / f"1-{i:x}.json").touch()
+
+
+def _junk_loop(folder: str, n: int, ready: Any) -> None:
+    """A co-tenant re-making ``n`` empty registration-like files as fast as it can (those removed)."""
+    ready.set()
+    while True:
+        for i in range(n):
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(f"{folder}/1-{i:x}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o660))
+
+
 def _stopped(folder: str, n: int, ready: Any) -> None:
     """A live process with ``n`` registrations subscribing to ``*`` whose sockets it never reads."""
     _more_fds()
@@ -376,12 +395,21 @@ def _run(roots: dict[str, Path], args: argparse.Namespace, payload: Any = PAYLOA
     return result
 
 
+def scenario_junk(base: Path, args: argparse.Namespace, children: list[Any]) -> dict[str, Any]:
+    roots = {side: _group_root(base, side) for side in ("empty", "junk", "junk-loop")}
+    _junk(roots["junk"] / BUS_FOLDER, args.junk)
+    _junk(roots["junk-loop"] / BUS_FOLDER, args.junk)
+    children.append(_child(_junk_loop, str(roots["junk-loop"] / BUS_FOLDER), args.junk))
+    return _run(roots, args)
+
+
 SCENARIOS = {
     "hostile": scenario_hostile,
     "bomb": scenario_bomb,
     "readers": scenario_readers,
     "stopped": scenario_stopped,
     "flood": scenario_flood,
+    "junk": scenario_junk,
 }
 
 
@@ -414,6 +442,7 @@ def main() -> int:
     ap.add_argument("--bombs", type=int, default=400)
     ap.add_argument("--readers", type=int, default=2000)
     ap.add_argument("--stopped", type=int, default=256)
+    ap.add_argument("--junk", type=int, default=20_000)
     ap.add_argument("--round-seconds", type=float, default=0.5, help="publishing time per side per round")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--settle", type=float, default=3.0, help="seconds of publishing before the rounds")
