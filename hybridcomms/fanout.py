@@ -529,10 +529,11 @@ class LocalFanout:
         found.pop(self.name, None)
         regs = self._regs
         pending = self._pending
-        gone = [name for name in regs if name not in found]
+        with self._lock:  # (other threads forget a peer whose socket went away)
+            keys = {name: reg.key for name, reg in regs.items()}
+        gone = [name for name in keys if name not in found]
         for name, ino in found.items():
-            known = regs.get(name)
-            if known is None or known.key != ino:
+            if keys.get(name) != ino:
                 pending.setdefault(name)  # (one rewritten again keeps its place)
         if pending:
             for name in [n for n in pending if n not in found]:
