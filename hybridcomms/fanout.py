@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import os
 import queue
 import select
@@ -71,6 +70,7 @@ from ._bus_folder import (
     write_registration,
 )
 from ._fanout_index import PeerIndex
+from ._fanout_reads import ReadQueue, pid_of
 from ._fanout_turns import Link as _Link
 from ._fanout_turns import Turns
 from ._urls import backend_of, shown_url
@@ -93,8 +93,9 @@ REFRESH_EVERY = 0.05
 LOOK_SPACING = 20
 #: The processes of the registrations known are checked alive this often (the dead ones pruned).
 SWEEP_EVERY = 10.0
-#: Registrations read (new or changed ones) per look at most; the others at the next looks. Half of
-#: them are those waiting longest, half the newest (in the order this process first saw them).
+#: Registrations read (new or changed ones) per look at most; the others at the next looks. One per
+#: live pid named first, the pids taking turns (`_fanout_reads.ReadQueue`); what is left, half those
+#: waiting longest, half the newest (in the order this process first saw them).
 MAX_READS_PER_LOOK = 64
 #: Files named like registrations that cannot be one (a ``.json`` without a socket beside it), removed
 #: per look at most (each an ``lstat`` and an ``unlink``); the others at the next looks, in turns.
@@ -311,7 +312,7 @@ class LocalFanout:
         self._retired: list[tuple[float, socket.socket]] = []
         self._seen_mtime = -1
         self._unsettled = False  # registrations left unread (or orphans left) by the last look: look again
-        self._pending: dict[str, None] = {}  # those, by name, in the order first seen (read: oldest, newest)
+        self._pending = ReadQueue()  # those, by name, in the order first seen (read: per pid, in turns)
         self._peer_count = 0  # registrations held as peers (`MAX_REGISTRATIONS` at most)
         self._orphan_turn = 0  # where the next look starts removing orphans
         self._next_look = 0.0  # the next look at the folder
@@ -505,8 +506,9 @@ class LocalFanout:
         """Look at the registrations again. It costs what changed and a bounded amount beside the
         listing: an unchanged folder costs one ``fstat``; a changed one a listing (`scan`, by the types
         it gives: no call per entry), a read of `MAX_READS_PER_LOOK` new or changed registrations at
-        most (half of them those waiting longest, half the newest: a co-tenant placing names once, or
-        in a loop, never keeps a new peer waiting past one pass over those queued before it), and the
+        most (one per live pid named first, in turns, then half those waiting longest and half the
+        newest: a co-tenant placing names once, or in a loop, never keeps a new peer waiting past
+        one turn over the live pids named, `ReadQueue`), and the
         removal of `PRUNES_PER_LOOK` orphans at most (`_prune_orphans`). Only names whose ``.sock`` is
         there and may be a socket are read: files placed alone take no place. At most
         `MAX_REGISTRATIONS` peers are held: past it, one not known to work (not linked, asleep or
@@ -534,19 +536,11 @@ class LocalFanout:
         gone = [name for name in keys if name not in found]
         for name, ino in found.items():
             if keys.get(name) != ino:
-                pending.setdefault(name)  # (one rewritten again keeps its place)
+                pending.add(name)  # (one rewritten again keeps its place)
         if pending:
-            for name in [n for n in pending if n not in found]:
-                del pending[name]
-        if len(pending) <= MAX_READS_PER_LOOK:
-            chosen = list(pending)
-        else:
-            oldest = MAX_READS_PER_LOOK // 2
-            chosen = list(itertools.islice(pending, oldest))
-            chosen += itertools.islice(reversed(pending), MAX_READS_PER_LOOK - oldest)
+            pending.keep_only(found)
         read = []
-        for name in chosen:
-            del pending[name]
+        for name in pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive):
             read.append((name, self._read(name, found[name])))
         self._prune_orphans(orphans)
         self._unsettled = bool(pending) or len(orphans) > PRUNES_PER_LOOK
@@ -567,7 +561,7 @@ class LocalFanout:
                     if evictable is None:
                         evictable = self._evictable()
                     if not evictable:
-                        pending[name] = None  # every peer held reads: read again later
+                        pending.add(name)  # every peer held reads: read again later
                         continue
                     self._evict(evictable.pop(), now)
                 self._add_reg(name, reg)
@@ -583,6 +577,12 @@ class LocalFanout:
                         changed = True
             if changed:
                 self._peers_changed(now)
+
+    def _working_pids(self) -> set[int]:
+        """The pids named by the registrations known to work (read, and their socket took a connect):
+        their other names wait behind the pids never read (`ReadQueue.choose`)."""
+        with self._lock:
+            return {pid_of(name) for name, reg in self._regs.items() if reg.peer is not None and not reg.dead}
 
     def _evictable(self) -> list[str]:
         """(Under the lock.) The peers held that are not known to work (no link yet, asleep, or
