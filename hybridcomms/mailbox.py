@@ -6,9 +6,14 @@ Notes for anyone changing this (the backend contract):
 - Claim = open + flock the file in ``new/``, then rename it into ``processing/`` with its attempt
   count raised. The rename is the arbiter: exactly one claimer can move a name. The flock,
   taken *before* the rename and held until the file leaves ``processing/``, tells recovery that
-  the owner is alive; the kernel releases it when the owner dies.
-- Every move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder fsync
-  the `FsyncPolicy` asks for.
+  the owner is alive; the kernel releases it when the owner dies. A claim commits nothing, at any
+  fsync level: a claim undone by a power loss leaves the message in ``new/``, where recovery puts
+  the claim of an owner that died (only the attempt count may then under-count).
+- Every other move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder
+  fsync the `FsyncPolicy` asks for; threads share those fsyncs (`_fs.DirSyncer`: any fsync of the
+  folder that started after a move commits it).
+- Ack = the ACK move into ``done/``, which keeps about the last ``done_retention`` acked messages
+  (`hybridcomms._retention`); with ``done_retention=0`` the ack removes the file instead.
 - A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
   ``<name>.reason.json`` next to it. So does a message whose ``expires`` has passed (the EXPIRE move,
   reason ``expired``), found by the claim that would have handed it out.
@@ -49,6 +54,7 @@ from ._names import (
     parse_compact,
     parse_name,
 )
+from ._retention import DEFAULT_DONE_RETENTION, Retention, check_retention
 from ._wakeup import ArrivalWaiter
 from .delivery import Delivery
 from .errors import (
@@ -104,7 +110,7 @@ _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 _OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
 
 # The hot paths (claim, ack) use these module constants instead of attribute lookups.
-_CLAIM_SRC, _CLAIM_DST = CLAIM.src_folder, CLAIM.dst_folder
+_CLAIM_SRC = CLAIM.src_folder
 _O_READ_MSG = _fs.O_READ_MSG
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _flock, _LOCK_TRY = flock, LOCK_TRY
@@ -204,12 +210,16 @@ def expiry_reason(message: Message, attempts: int, name: str) -> dict[str, Any]:
 class FileMailbox:
     """One agent's durable mailbox under ``<root>/<agent_id>/``.
 
-    ``FileMailbox(root, agent_id, *, fsync="always", lease=300, max_attempts=5, backoff=Backoff())``
+    ``FileMailbox(root, agent_id, *, fsync="always", lease=300, max_attempts=5, backoff=Backoff(),
+    done_retention=10000)``
         fsync             `FsyncPolicy`: always | batch | never (see docs/guarantees.md)
         lease             seconds a claim stays ours without a heartbeat before recovery may take it back
         max_attempts      claims (deliveries) before a failing message goes to dead/
         backoff           delay before a nacked message is due again
         max_message_size  encoded bytes; bigger messages are refused before anything is written
+        done_retention    acked messages kept in done/: about the last 10,000 by default (the oldest
+                          beyond are removed as acks come); 0 keeps none (the ack removes the file);
+                          None keeps every one (until `purge`)
         file_mode         mode of message files; default: what the mailbox's folders say (0o660 when its
                           new/ is group-writable, a group setup such as Dream.OS's; else 0o600)
         dir_mode          mode of the folders it creates; default: 0o770 under a group-writable root
@@ -244,6 +254,7 @@ class FileMailbox:
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_BACKOFF,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        done_retention: int | None = DEFAULT_DONE_RETENTION,
         file_mode: int | None = None,
         dir_mode: int | None = None,
         batch_interval: float = 1.0,
@@ -256,6 +267,8 @@ class FileMailbox:
         self.agent_id = check_agent_id(agent_id)
         self.fsync = FsyncPolicy(fsync)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
+        self.done_retention = check_retention(done_retention)
+        self.retention = Retention(self.done_retention)
         self._given_file_mode = file_mode
         self.file_mode = 0o600 if file_mode is None else file_mode
         self.dir_mode = 0o700 if dir_mode is None else dir_mode
@@ -776,7 +789,6 @@ class FileMailbox:
         fds = self.folders.fds
         try:
             new_fd = fds[_CLAIM_SRC]
-            proc_fd = fds[_CLAIM_DST]
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
         try:
@@ -848,8 +860,7 @@ class FileMailbox:
             except FileExistsError:
                 self._reject(name, f"a file of the same name ({target}) is already in processing/")
                 return None
-            if self.folders.sync:
-                self.folders.commit(proc_fd)
+            # Not committed, at any fsync level (the module docstring says why).
             delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
         except OSError as exc:
             raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc

@@ -1,0 +1,129 @@
+"""How many acked messages a file mailbox keeps in ``done/`` (``done_retention``), and the trim.
+
+``done_retention=N`` keeps about the last N acked messages; ``0`` keeps none (the ack removes the
+file instead of moving it into ``done/``); ``None`` keeps every one (until `purge`).
+
+The trim, for N > 0, costs an amortised O(1) per ack:
+
+- every ``N // 4`` (at least 32) acks of this mailbox handle, its next ack looks at ``done/`` once: one
+  listing, and the files beyond N, oldest first, are removed. The count starts at a random point, so
+  short-lived processes that ack a few messages each (the CLI's ``recv``) look as often, together, as
+  one long-lived consumer does. Between looks ``done/`` may hold up to about N/4 more per consumer
+  process;
+- "oldest" is by the due time in the name (the time a message was sent, or became due after a delay
+  or a retry): the order messages are acked in when they are claimed in order, read from the listing
+  alone, without a ``stat`` per file;
+- only what is surely an acked message is removed: a name of ours (``<rank>.<due>.<id>.a<n>.json``,
+  or such a name with the ``.N`` a colliding ack gets), a regular file with one link. Anything else a
+  co-tenant put into ``done/`` (other names, links, folders, FIFOs, hard links) is never counted nor
+  touched; removals go through the folder's descriptor (``unlinkat``), which never follows a link;
+- one look at a time per mailbox, across threads and processes: a look holds an exclusive ``flock`` on
+  a descriptor of ``done/`` of its own, taken without waiting; a look that finds it held is skipped
+  (the one running does the work). A co-tenant who holds that lock for ever stops the trimming
+  (``done/`` then grows as with None), never anything else;
+- a trim is not committed: a power loss that undoes one brings back an acked file, which is harmless.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import stat
+
+from . import _log
+from ._fs import O_DIR
+from ._locking import LOCK_TRY, flock
+from ._names import RANKS
+
+__all__ = ["DEFAULT_DONE_RETENTION", "Retention", "check_retention"]
+
+log = _log.get("hybridcomms.mailbox")
+
+#: Acked messages kept by default, on every backend.
+DEFAULT_DONE_RETENTION = 10_000
+
+#: An acked message of ours: our name, or our name with the ``.N`` of `_fs.free_name`.
+_ACKED_RE = re.compile(
+    rf"(?:{'|'.join(RANKS)})\.\d{{8}}T\d{{12}}Z\.[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{{0,127}}\.a\d{{1,6}}\.json"
+    r"(?:\.\d{1,9})?\Z"
+)
+_acked = _ACKED_RE.match
+
+
+def _age_key(name: str) -> str:
+    """Due time first (the rank left out), then the rest of the name."""
+    return name[3:]
+
+
+def check_retention(done_retention: object) -> int | None:
+    """A ``done_retention`` option, checked the same way by every backend: None, or an int >= 0."""
+    if done_retention is None:
+        return None
+    if isinstance(done_retention, bool) or not isinstance(done_retention, int):
+        raise TypeError(f"done_retention must be an int or None, not {type(done_retention).__name__}")
+    if done_retention < 0:
+        raise ValueError("done_retention must be >= 0 (0 keeps none) or None (keeps all)")
+    return done_retention
+
+
+class Retention:
+    """The ``done/`` retention of one mailbox handle: `acked` after each ack into ``done/``."""
+
+    __slots__ = ("_left", "every", "keep")
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+        self.every = max(keep // 4, 32) if keep else 0
+        #: Acks until the next look (from a random start, see the module docstring).
+        self._left = random.randint(1, self.every) if self.every else 0
+
+    def acked(self, done_fd: int) -> None:
+        """One more ack into ``done/`` (whose descriptor is ``done_fd``); now and then, a trim."""
+        self._left -= 1
+        if self._left <= 0:
+            self._left = self.every
+            try:
+                self.trim(done_fd)
+            except OSError as exc:  # the ack itself is done: a trim that fails is tried again later
+                log.warning("cannot trim done/ to %s acked messages: %s", self.keep, exc)
+
+    def trim(self, done_fd: int) -> int:
+        """Remove the acked messages beyond `keep`, oldest first; how many were removed (0 when
+        another look holds the lock). Errors of single files are passed over (a file gone, a folder)."""
+        keep = self.keep
+        if keep is None:
+            return 0
+        fd = os.open(".", O_DIR, dir_fd=done_fd)  # its own: its own lock, and a listing offset of its own
+        try:
+            try:
+                flock(fd, LOCK_TRY)
+            except BlockingIOError:
+                return 0  # another thread or process is trimming right now
+            ours = [name for name in os.listdir(fd) if _acked(name)]
+            excess = len(ours) - keep
+            if excess <= 0:
+                return 0
+            ours.sort(key=_age_key)
+            removed = 0
+            for name in ours[:excess]:
+                if _remove_acked(fd, name):
+                    removed += 1
+            return removed
+        finally:
+            os.close(fd)  # drops the lock
+
+
+def _remove_acked(fd: int, name: str) -> bool:
+    """Unlink ``name`` in the folder ``fd`` if it is a regular file with one link (an acked message)."""
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        os.unlink(name, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EISDIR, errno.EPERM, errno.EACCES, errno.EBUSY):
+            return False
+        raise
+    return True
