@@ -46,8 +46,9 @@ handler may see a message twice, and must be idempotent or deduplicate on ``mess
 
 **What survives.** Per backend, documented in docs/guarantees.md:
 
-- `FileMailbox`: kill -9 at any point; a power loss too at ``fsync="always"`` (every put, claim and
-  settle is committed before it returns).
+- `FileMailbox`: kill -9 at any point; a power loss too at ``fsync="always"`` (every put and settle
+  is committed before it returns; a claim is not: one undone by a power loss leaves the message
+  waiting, as if its consumer had died, and only its attempt may go uncounted).
 - `RedisMailbox`: kill -9 of any client; a Redis restart loses nothing `put` acknowledged when the
   server runs with ``appendonly yes`` and ``appendfsync always``.
 - `MemoryMailbox`: nothing past the process (it is a model, and a test double).
@@ -172,7 +173,8 @@ def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
     - ``file:///path``, or a plain path: a `FileMailbox` under that root.
 
     ``options`` are the mailbox options every backend takes (``lease``, ``max_attempts``,
-    ``backoff``, ``max_message_size``, ``done_retention``, ``create``) and the backend's own (``fsync`` for files, …)."""
+    ``backoff``, ``max_message_size``, ``done_retention``, ``create``) and the backend's own (``fsync``
+    for files, …)."""
     kind = backend_of(where)
     if kind == "redis":
         from .redis_mailbox import RedisMailbox

@@ -186,8 +186,8 @@ _OWNED = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 """
 
-# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen (-1: no limit), attempts. The copy into ``done``
-# is for inspection: if it cannot be written, the ack still holds.
+# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen (-1: no limit), attempts. The copy
+# into ``done`` is for inspection: if it cannot be written, the ack still holds.
 _ACK = (
     _LUA_COPY
     + _OWNED

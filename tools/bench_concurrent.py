@@ -84,10 +84,14 @@ def bare_put(tmp: str, new: str, new_fd: int, name: str, data: bytes, fsync: boo
 
 
 def _mailbox(kind: str, root: str, fsync: bool) -> FileMailbox:
-    """The FileMailbox of a ``filemailbox*`` kind (its done/ retention)."""
+    """The FileMailbox of a ``filemailbox*`` kind (its done/ retention; ``@sN``: spread N)."""
+    kind, _, spread = kind.partition("@s")
     retention = _FM_RETENTION[kind]
     options: dict[str, Any] = {} if retention == "default" else {"done_retention": retention}
-    return FileMailbox(root, "A", fsync="always" if fsync else "never", **options)
+    mb = FileMailbox(root, "A", fsync="always" if fsync else "never", **options)
+    if spread:
+        mb._spread = int(spread)
+    return mb
 
 
 def _produce(kind: str, root: str, first: int, count: int, fsync: bool, go: Any) -> None:
@@ -250,7 +254,7 @@ def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str, prefill
     try:
         if kind.startswith("filemailbox"):
             _mailbox(kind, root, False).close()
-            if prefill and _FM_RETENTION[kind] != 0:
+            if prefill and _FM_RETENTION[kind.partition("@")[0]] != 0:
                 prefill_done(root, prefill)
         elif kind == "redis":
             import redis
@@ -343,7 +347,7 @@ def _latency_consumer(kind: str, root: str, fsync: bool, conn: Any, rounds: int)
                 while d is None:
                     d = mb.claim(timeout=5)
                 got = time.monotonic_ns()
-                d.ack()
+                d.ack()  # before the next put starts: its commit is not part of the next figure
                 conn.send(got)
         return
     if kind == "redis":
