@@ -118,7 +118,7 @@ _flock, _LOCK_TRY = flock, LOCK_TRY
 _loads = orjson.loads
 _randrange = random.randrange
 #: How far ahead (at most) a claimer that lost a race jumps: see `_claim_once`.
-SPREAD = 16
+SPREAD = 32
 #: The attempt count a name can hold (``a`` and at most six digits).
 _MAX_ATTEMPT_IN_NAME = 999_999
 #: The longest ``put(delay=...)``, in seconds (ten years): a due time must stay a date with four digits.
@@ -794,7 +794,7 @@ class FileMailbox:
                     self._jump_ahead()
 
     def _jump_ahead(self) -> None:
-        """After a lost race: skip a random 0 to `SPREAD` - 1 of the next due names.
+        """After a lost race: skip a random 0 to `SPREAD` - 1 (31) of the next due names.
 
         Claimers of one mailbox in several processes each hear of every arrival and would all try the
         same next name, one winning and the others failing, name after name (each failure a syscall
