@@ -13,11 +13,12 @@ Queues:
   unlinks it (the ack). Consumers walk the listing from a random start, so they spread.
 - ``dirq``: a dirq-style queue: a consumer locks each file with flock (non-blocking) and skips what
   others hold, reads it, unlinks it; consumers spread over the listing.
-- ``contract``: the bare system calls of FileMailbox's on-disk contract, in a plain loop: the same
-  producer; a consumer walks the listing like dirq, locks a file with flock, reads it, renames it into
-  ``processing/`` (+fsync) and then into ``done/`` (+fsync), where it stays (acked messages are kept).
-  FileMailbox cannot beat this in CPython: ``contract / floor`` is the cost of the design's promises,
-  ``filemailbox / contract`` the cost of the implementation.
+- ``contract``: the bare system calls of FileMailbox's on-disk contract with ``done_retention=0``, in
+  a plain loop: the same producer; a consumer walks the listing like dirq, locks a file with flock,
+  reads it, renames it into ``processing/`` (not committed: a claim commits nothing) and removes it
+  there (+fsync of ``processing/``: the ack). FileMailbox cannot beat this in CPython:
+  ``contract / floor`` is the cost of the design's promises, ``filemailbox-r0 / contract`` the cost
+  of the implementation. (Before issue #22 it committed the claim and kept every acked file.)
 - ``redis``: Redis Streams (a private ``redis-server``, when installed), driven by bare redis-py as
   ``tools/bench_redis.py`` drives it: one stream, one consumer group; producers ``XADD``, consumers
   ``XREADGROUP COUNT 1`` (``BLOCK`` when blocking) + ``XACK``. Durable (``appendonly yes``,
@@ -155,7 +156,6 @@ def _consume(
     else:
         new, cur = os.path.join(root, "new"), os.path.join(root, "cur")
         new_fd, cur_fd = os.open(new, os.O_RDONLY), os.open(cur, os.O_RDONLY)
-        done_fd = os.open(os.path.join(root, "done"), os.O_RDONLY)
         while not done.is_set():
             # One listing, walked whole from a random start (consumers spread over it), then the
             # next listing: what dirq's iterator does, and the cheapest way to share a folder.
@@ -179,7 +179,7 @@ def _consume(
                     os.read(fd, 65536)
                     os.close(fd)
                     os.unlink(name, dir_fd=cur_fd)
-                elif kind == "contract":  # lock, read, rename into processing/, then into done/
+                elif kind == "contract":  # lock, read, rename into processing/, remove there
                     try:
                         fd = os.open(name, os.O_RDONLY, dir_fd=new_fd)
                     except FileNotFoundError:
@@ -195,12 +195,8 @@ def _consume(
                     except FileNotFoundError:
                         os.close(fd)
                         continue
-                    if fsync:
-                        os.fsync(cur_fd)
-                    os.rename(name, name, src_dir_fd=cur_fd, dst_dir_fd=done_fd)
+                    os.unlink(name, dir_fd=cur_fd)
                     os.close(fd)
-                    if fsync:
-                        os.fsync(done_fd)
                 else:  # dirq: lock in place
                     try:
                         fd = os.open(name, os.O_RDONLY, dir_fd=new_fd)
@@ -218,7 +214,7 @@ def _consume(
                         os.close(fd)
                         continue
                     os.close(fd)
-                if fsync and kind != "contract":
+                if fsync:
                     os.fsync(new_fd if kind == "dirq" else cur_fd)
                 taken.append(name.rsplit(".", 1)[-1])
                 got = True
@@ -544,6 +540,22 @@ def _run(
                     row[f"{k}/best"] = med[k] / best if best else None
                     if "redis" in med:
                         row[f"{k}/redis"] = med[k] / med["redis"]
+                # The same ratios taken within each round (every queue ran back to back), then the
+                # median: steadier than a ratio of medians on a disk whose speed drifts for minutes.
+                rounds = [
+                    {r["queue"]: r["msg_per_s"] for r in results[i : i + len(kinds)]}
+                    for i in range(0, len(results), len(kinds))
+                    if (results[i]["fsync"], results[i]["style"], results[i]["p"], results[i]["c"])
+                    == (fsync, style, p, c)
+                ]
+                for k in fm:
+                    for ref in ("floor", "redis"):
+                        if ref in kinds:
+                            row[f"{k}/{ref} per round"] = statistics.median(x[k] / x[ref] for x in rounds)
+                    if "floor" in kinds and "dirq" in kinds:
+                        row[f"{k}/best per round"] = statistics.median(
+                            x[k] / max(x["floor"], x["dirq"]) for x in rounds
+                        )
                 rows.append(row)
     where = args.dir or tempfile.gettempdir()
     print(f"where: {where}   messages per run: {n}   repeats: {repeats} (medians)", end="")
@@ -555,15 +567,17 @@ def _run(
             f"{r['fsync']:<7}{r['style']:<6}{r['p']:>3}{r['c']:>3} "
             + " ".join(f"{r[k]:>15.0f}" for k in kinds)
         )
-    print("ratios (median msg/s over median msg/s; best = the better of floor and dirq):")
-    for r in rows:
-        parts = []
-        for k in fm:
-            for ref in ("floor", "best", "redis"):
-                v = r.get(f"{k}/{ref}")
-                if v is not None:
-                    parts.append(f"{k}/{ref} {v:.2f}x")
-        print(f"{r['fsync']:<7}{r['style']:<6}{r['p']:>3}{r['c']:>3} " + ", ".join(parts))
+    labels = (("median msg/s over median msg/s", ""), ("median of per-round ratios", " per round"))
+    for label, suffix in labels:
+        print(f"ratios ({label}; best = the better of floor and dirq):")
+        for r in rows:
+            parts = []
+            for k in fm:
+                for ref in ("floor", "best", "redis"):
+                    v = r.get(f"{k}/{ref}{suffix}")
+                    if v is not None:
+                        parts.append(f"{k}/{ref} {v:.2f}x")
+            print(f"{r['fsync']:<7}{r['style']:<6}{r['p']:>3}{r['c']:>3} " + ", ".join(parts))
     for r8 in rows:
         if r8["c"] == 8:
             for r4 in rows:
