@@ -14,9 +14,11 @@ The trim, for N > 0, costs an amortised O(1) per ack:
   or a retry): the order messages are acked in when they are claimed in order, read from the listing
   alone, without a ``stat`` per file;
 - only what is surely an acked message is removed: a name of ours (``<rank>.<due>.<id>.a<n>.json``,
-  or such a name with the ``.N`` a colliding ack gets), a regular file with one link. Anything else a
-  co-tenant put into ``done/`` (other names, links, folders, FIFOs, hard links) is never counted nor
-  touched; removals go through the folder's descriptor (``unlinkat``), which never follows a link;
+  or such a name with the ``.N`` a colliding ack gets) that is a regular file (the type the listing
+  gives). Anything else a co-tenant put into ``done/`` (other names, links, folders, FIFOs, sockets)
+  is never removed; removals go through the folder's descriptor (``unlinkat``), which never follows
+  a link, and a name's removal never touches what a link points to nor another name of the file (a
+  hard link elsewhere keeps it);
 - one look at a time per mailbox, across threads and processes: a look holds an exclusive ``flock`` on
   a descriptor of ``done/`` of its own, taken without waiting; a look that finds it held is skipped
   (the one running does the work). A co-tenant who holds that lock for ever stops the trimming
@@ -30,7 +32,6 @@ import errno
 import os
 import random
 import re
-import stat
 
 from . import _log
 from ._fs import O_DIR
@@ -52,9 +53,9 @@ _ACKED_RE = re.compile(
 _acked = _ACKED_RE.match
 
 
-def _age_key(name: str) -> str:
+def _age_key(entry: os.DirEntry[str]) -> str:
     """Due time first (the rank left out), then the rest of the name."""
-    return name[3:]
+    return entry.name[3:]
 
 
 def check_retention(done_retention: object) -> int | None:
@@ -101,27 +102,29 @@ class Retention:
                 flock(fd, LOCK_TRY)
             except BlockingIOError:
                 return 0  # another thread or process is trimming right now
-            ours = [name for name in os.listdir(fd) if _acked(name)]
+            with os.scandir(fd) as entries:  # the type of each entry comes with the listing
+                ours = [e for e in entries if _acked(e.name)]
             excess = len(ours) - keep
             if excess <= 0:
                 return 0
             ours.sort(key=_age_key)
             removed = 0
-            for name in ours[:excess]:
-                if _remove_acked(fd, name):
+            for entry in ours[:excess]:
+                if _remove_acked(fd, entry):
                     removed += 1
             return removed
         finally:
             os.close(fd)  # drops the lock
 
 
-def _remove_acked(fd: int, name: str) -> bool:
-    """Unlink ``name`` in the folder ``fd`` if it is a regular file with one link (an acked message)."""
+def _remove_acked(fd: int, entry: os.DirEntry[str]) -> bool:
+    """Unlink ``entry`` of the folder ``fd`` if it is a regular file (an acked message): never a link,
+    a folder, a FIFO or a socket someone put there under a name of ours. (Unlinking a name never
+    touches what a link points to, nor the other names of a hard-linked file.)"""
     try:
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        if not entry.is_file(follow_symlinks=False):  # d_type from the listing; lstat if unknown
             return False
-        os.unlink(name, dir_fd=fd)
+        os.unlink(entry.name, dir_fd=fd)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.EISDIR, errno.EPERM, errno.EACCES, errno.EBUSY):
             return False

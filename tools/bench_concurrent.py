@@ -233,15 +233,20 @@ def _took(counter: Any) -> int:
         return int(counter.value)
 
 
-def prefill_done(root: str, count: int) -> None:
-    """``count`` acked messages in ``done/`` (of earlier ids and times), as plain files."""
+def prefill_done(root: str, count: int, durable: bool) -> None:
+    """``count`` acked messages in ``done/`` (of earlier ids and times), as plain files: the ``done/``
+    of a mailbox that has run a while. ``durable``: then written out (``sync``), as puts at
+    fsync=always would have left them (and so that their writeback does not fall into the run);
+    else left to the kernel, as a busy mailbox at fsync=never leaves its young files."""
     done = os.path.join(root, "A", "done")
     data = Message("bench", PAYLOAD).encode()
     for i in range(count):
-        name = f"2C.20200101T000000.{i:06d}Z.old{i}.a1.json"
+        name = f"2M.20200101T000000{i:06d}Z.old{i}.a1.json"
         fd = os.open(os.path.join(done, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, data)
         os.close(fd)
+    if durable:
+        os.sync()
 
 
 def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str, prefill: int = 0) -> dict[str, Any]:
@@ -251,7 +256,7 @@ def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str, prefill
         if kind.startswith("filemailbox"):
             _mailbox(kind, root, False).close()
             if prefill and _FM_RETENTION[kind.partition("@")[0]] != 0:
-                prefill_done(root, prefill)
+                prefill_done(root, prefill, fsync)
         elif kind == "redis":
             import redis
 
