@@ -233,11 +233,11 @@ def _took(counter: Any) -> int:
         return int(counter.value)
 
 
-def prefill_done(root: str, count: int, durable: bool) -> None:
+def prefill_done(root: str, count: int) -> None:
     """``count`` acked messages in ``done/`` (of earlier ids and times), as plain files: the ``done/``
-    of a mailbox that has run a while. ``durable``: then written out (``sync``), as puts at
-    fsync=always would have left them (and so that their writeback does not fall into the run);
-    else left to the kernel, as a busy mailbox at fsync=never leaves its young files."""
+    of a mailbox that has run a while. Then written out (``sync``), as puts at fsync=always leave them
+    and as the kernel does after ~30 s at fsync=never, and so that their writeback does not fall into
+    the run (trimming such files frees their blocks: the costly case, on a disk)."""
     done = os.path.join(root, "A", "done")
     data = Message("bench", PAYLOAD).encode()
     for i in range(count):
@@ -245,8 +245,7 @@ def prefill_done(root: str, count: int, durable: bool) -> None:
         fd = os.open(os.path.join(done, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, data)
         os.close(fd)
-    if durable:
-        os.sync()
+    os.sync()
 
 
 def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str, prefill: int = 0) -> dict[str, Any]:
@@ -256,7 +255,7 @@ def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str, prefill
         if kind.startswith("filemailbox"):
             _mailbox(kind, root, False).close()
             if prefill and _FM_RETENTION[kind.partition("@")[0]] != 0:
-                prefill_done(root, prefill, fsync)
+                prefill_done(root, prefill)
         elif kind == "redis":
             import redis
 
