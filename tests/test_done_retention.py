@@ -218,3 +218,30 @@ def test_a_trimmer_killed_mid_trim_removes_only_acked_files(tmp_path: Path, afte
         assert mb.retention.trim(mb.folders.fd(State.DONE)) == 20 - after
         assert sorted(os.listdir(done)) == sorted(names)[20:]
         held.ack()
+
+
+def test_top_counts_acks_by_what_entered_done_not_by_its_size(tmp_path: Path) -> None:
+    """With done/ trimmed its size stays flat: top's acks/s counts the files that entered it."""
+    import time
+
+    from hybridcomms._inspect_commands import _snapshot, top_lines
+
+    root = tmp_path / "root"
+    with FileMailbox(root, "A", fsync="never", done_retention=None) as mb:
+        names = fill(mb.path / "done", 5)
+        before = _snapshot(root)
+        # After the filled files' change time (the kernel's clock for it is coarse): wait it out.
+        since = max(os.stat(mb.path / "done" / n).st_ctime for n in names) + 0.001
+        while time.time() < since + 0.02:
+            time.sleep(0.002)
+        mb.put_many([Message("t", {}, id=f"m{i}") for i in range(3)])
+        for _ in range(3):
+            d = mb.claim()
+            assert d is not None
+            d.ack()
+        for name in sorted(os.listdir(mb.path / "done"))[:3]:  # a trim of the same size meanwhile
+            os.unlink(mb.path / "done" / name)
+        now = _snapshot(root, since)
+    assert now["A"]["done"]["count"] == before["A"]["done"]["count"] == 5
+    assert now["A"]["acked_since"] == 3
+    assert top_lines(before, now, 1.5)[1].split()[-1] == "2.0"
