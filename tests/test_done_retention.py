@@ -245,3 +245,39 @@ def test_top_counts_acks_by_what_entered_done_not_by_its_size(tmp_path: Path) ->
     assert now["A"]["done"]["count"] == before["A"]["done"]["count"] == 5
     assert now["A"]["acked_since"] == 3
     assert top_lines(before, now, 1.5)[1].split()[-1] == "2.0"
+
+
+def test_the_watcher_reports_an_ack_that_removes_the_file(tmp_path: Path) -> None:
+    """With done_retention=0 the ack is a removal from processing/, not a move: still "acked"."""
+    import threading
+    import time
+
+    from hybridcomms.watcher import MailboxEvent, MailboxWatcher
+
+    root = tmp_path / "root"
+    seen: list[MailboxEvent] = []
+    lock = threading.Lock()
+
+    def record(event: MailboxEvent) -> None:
+        with lock:
+            seen.append(event)
+
+    def kinds() -> list[str]:
+        with lock:
+            return [e.kind for e in seen]
+
+    with (
+        FileMailbox(root, "A", fsync="never", done_retention=0) as mb,
+        MailboxWatcher(root, on_event=record, rescan_every=30, recover_every=0),
+    ):
+        m = Message("task.x", {})
+        mb.put(m)
+        d = mb.claim()
+        assert d is not None
+        d.ack()
+        deadline = time.monotonic() + 10
+        while kinds() != ["delivered", "claimed", "acked"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling the recorder for the watcher's events (a condition, not a guess)
+    assert kinds() == ["delivered", "claimed", "acked"]
+    acked = seen[-1]
+    assert (acked.id, acked.state) == (m.id, "done")
