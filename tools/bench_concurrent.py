@@ -233,13 +233,15 @@ def _took(counter: Any) -> int:
         return int(counter.value)
 
 
-def prefill_done(root: str, count: int) -> None:
-    """``count`` acked messages in ``done/`` (of earlier ids and times), as plain files: the ``done/``
-    of a mailbox that has run a while. Then written out (``sync``), as puts at fsync=always leave them
-    and as the kernel does after ~30 s at fsync=never, and so that their writeback does not fall into
-    the run (trimming such files frees their blocks: the costly case, on a disk)."""
+def prefill_done(root: str, count: int, durable: bool) -> None:
+    """``count`` acked messages in ``done/`` (of earlier ids and times): the ``done/`` of a mailbox that
+    has run a while, written out (``sync``) so that their writeback does not fall into the run.
+    ``durable`` (fsync=always): with their bytes, whose blocks a trim then frees, as puts at
+    fsync=always leave them. Else empty: at fsync=never a busy mailbox trims files younger than the
+    kernel's writeback delay (~30 s), which have no blocks on the disk yet either. (A mailbox at
+    fsync=never whose acked files outlive that delay pays what the durable case pays.)"""
     done = os.path.join(root, "A", "done")
-    data = Message("bench", PAYLOAD).encode()
+    data = Message("bench", PAYLOAD).encode() if durable else b""
     for i in range(count):
         name = f"2M.20200101T000000{i:06d}Z.old{i}.a1.json"
         fd = os.open(os.path.join(done, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -255,7 +257,7 @@ def run_once(kind: str, p: int, c: int, n: int, fsync: bool, style: str, prefill
         if kind.startswith("filemailbox"):
             _mailbox(kind, root, False).close()
             if prefill and _FM_RETENTION[kind.partition("@")[0]] != 0:
-                prefill_done(root, prefill)
+                prefill_done(root, prefill, fsync)
         elif kind == "redis":
             import redis
 
