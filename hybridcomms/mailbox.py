@@ -10,8 +10,7 @@ Notes for anyone changing this (the backend contract):
   fsync level: a claim undone by a power loss leaves the message in ``new/``, where recovery puts
   the claim of an owner that died (only the attempt count may then under-count).
 - Every other move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder
-  fsync the `FsyncPolicy` asks for; threads share those fsyncs (`_fs.DirSyncer`: any fsync of the
-  folder that started after a move commits it).
+  fsync the `FsyncPolicy` asks for (settles may share a commit: `_fs.DirSyncer`).
 - Ack = the ACK move into ``done/``, which keeps about the last ``done_retention`` acked messages
   (`hybridcomms._retention`); with ``done_retention=0`` the ack removes the file instead.
 - A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
