@@ -64,7 +64,8 @@ class FsyncPolicy(str, Enum):
     """How hard each state change is pushed to the disk.
 
     - ``always``: every call returns only after its change is on stable storage (file fsync
-      before a message becomes visible, directory fsync after every move).
+      before a message becomes visible, directory fsync after every move), except a claim, which
+      is never committed (undone by a power loss, it leaves the message waiting, as recovery would).
     - ``batch``: a message's bytes are fsynced before it becomes visible (no torn file after a
       power loss), but folder changes are committed in groups: by the first operation after
       ``batch_interval`` seconds, by ``flush()``/``close()``, and otherwise by the filesystem's own
