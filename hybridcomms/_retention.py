@@ -6,10 +6,13 @@ file instead of moving it into ``done/``); ``None`` keeps every one (until `purg
 The trim, for N > 0, costs an amortised O(1) per ack:
 
 - every ``N // 4`` (at least 32) acks of this mailbox handle, its next ack looks at ``done/`` once: one
-  listing, and the files beyond N, oldest first, are removed. The count starts at a random point, so
-  short-lived processes that ack a few messages each (the CLI's ``recv``) look as often, together, as
-  one long-lived consumer does. Between looks ``done/`` may hold up to about N/4 more per consumer
-  process;
+  listing; the files beyond N, oldest first, are removed, and the next N/4 oldest are picked: each
+  ack until the next look removes one of them (``done/`` stays at N, and the inode the next put needs
+  is one an ack just freed: on ext4 a fresh inode costs far more, see docs/performance.md). A
+  handle's first look comes within its first 64 acks, at a random one, so short-lived processes
+  that ack a few messages each (the CLI's ``recv``) look now and then, together, without each paying
+  a listing. Handles that have not looked yet, and handles whose picks ran out, let ``done/`` grow
+  by up to about N/4 per consumer process;
 - "oldest" is by the due time in the name (the time a message was sent, or became due after a delay
   or a retry): the order messages are acked in when they are claimed in order, read from the listing
   alone, without a ``stat`` per file;
@@ -32,6 +35,7 @@ import errno
 import os
 import random
 import re
+import stat
 
 from . import _log
 from ._fs import O_DIR
@@ -41,6 +45,9 @@ from ._names import RANKS
 __all__ = ["DEFAULT_DONE_RETENTION", "Retention", "check_retention"]
 
 log = _log.get("hybridcomms.mailbox")
+
+#: A handle's first look comes within this many of its acks (then every N/4).
+_FIRST_LOOK = 64
 
 #: Acked messages kept by default, on every backend.
 DEFAULT_DONE_RETENTION = 10_000
@@ -72,27 +79,36 @@ def check_retention(done_retention: object) -> int | None:
 class Retention:
     """The ``done/`` retention of one mailbox handle: `acked` after each ack into ``done/``."""
 
-    __slots__ = ("_left", "every", "keep")
+    __slots__ = ("_due", "_left", "every", "keep")
 
     def __init__(self, keep: int | None) -> None:
         self.keep = keep
         self.every = max(keep // 4, 32) if keep else 0
-        #: Acks until the next look (from a random start, see the module docstring).
-        self._left = random.randint(1, self.every) if self.every else 0
+        #: Acks until the next look: the first within 64 acks, from a random start (see the module
+        #: docstring), then every `every`.
+        self._left = random.randint(1, min(self.every, _FIRST_LOOK)) if self.every else 0
+        #: Names the last look found among the oldest kept: one goes with each ack until the next look.
+        self._due: list[str] = []
 
     def acked(self, done_fd: int) -> None:
-        """One more ack into ``done/`` (whose descriptor is ``done_fd``); now and then, a trim."""
+        """One more ack into ``done/`` (whose descriptor is ``done_fd``): the oldest acked file goes
+        (one the last look picked), and now and then a look."""
         self._left -= 1
-        if self._left <= 0:
-            self._left = self.every
-            try:
+        try:
+            if self._left <= 0:
+                self._left = self.every
                 self.trim(done_fd)
-            except OSError as exc:  # the ack itself is done: a trim that fails is tried again later
-                log.warning("cannot trim done/ to %s acked messages: %s", self.keep, exc)
+            else:
+                due = self._due
+                while due and not _remove_name(done_fd, due.pop()):
+                    pass  # taken by another handle's trim meanwhile: the next one
+        except OSError as exc:  # the ack itself is done: a trim that fails is tried again later
+            log.warning("cannot trim done/ to %s acked messages: %s", self.keep, exc)
 
     def trim(self, done_fd: int) -> int:
-        """Remove the acked messages beyond `keep`, oldest first; how many were removed (0 when
-        another look holds the lock). Errors of single files are passed over (a file gone, a folder)."""
+        """Remove the acked messages beyond `keep`, oldest first, and pick the next oldest, for the
+        acks until the next look to remove one each; how many were removed (0 when another look holds
+        the lock). Errors of single files are passed over (a file gone, a folder)."""
         keep = self.keep
         if keep is None:
             return 0
@@ -105,16 +121,37 @@ class Retention:
             with os.scandir(fd) as entries:  # the type of each entry comes with the listing
                 ours = [e for e in entries if _acked(e.name)]
             excess = len(ours) - keep
-            if excess <= 0:
+            if excess < 0:
+                self._due = []
                 return 0
             ours.sort(key=_age_key)
             removed = 0
             for entry in ours[:excess]:
                 if _remove_acked(fd, entry):
                     removed += 1
+            # Each ack until the next look adds one file and removes one of these: done/ stays at
+            # `keep`, and the inode a put needs is one an ack just freed. Shuffled: handles of
+            # other processes hold much the same names, and would otherwise race for each in turn.
+            nxt = [e.name for e in ours[excess : excess + self.every] if e.is_file(follow_symlinks=False)]
+            random.shuffle(nxt)
+            self._due = nxt
             return removed
         finally:
             os.close(fd)  # drops the lock
+
+
+def _remove_name(fd: int, name: str) -> bool:
+    """Unlink ``name`` in the folder ``fd`` if it is still a regular file (between a look and this,
+    someone may have put something else there under that name). False when it is gone or is not."""
+    try:
+        if not stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            return False
+        os.unlink(name, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EISDIR, errno.EPERM, errno.EACCES, errno.EBUSY):
+            return False
+        raise
+    return True
 
 
 def _remove_acked(fd: int, entry: os.DirEntry[str]) -> bool:

@@ -281,3 +281,40 @@ def test_the_watcher_reports_an_ack_that_removes_the_file(tmp_path: Path) -> Non
     assert kinds() == ["delivered", "claimed", "acked"]
     acked = seen[-1]
     assert (acked.id, acked.state) == (m.id, "done")
+
+
+def test_after_a_look_each_ack_removes_one_of_the_oldest(tmp_path: Path) -> None:
+    """done/ stays at N between looks: each ack frees the inode the next put needs."""
+    mb, done = done_dir(tmp_path, done_retention=None)
+    with mb:
+        names = fill(done, 60)
+        handle = Retention(20)  # every = 32
+        done_fd = mb.folders.fd(State.DONE)
+        assert handle.trim(done_fd) == 40 and sorted(os.listdir(done)) == names[40:]
+        handle._left = 1000  # no other look in this test
+        for i in range(10):
+            (done / acked_name(1000 + i)).write_bytes(b"{}")  # an ack of another handle or ours
+            handle.acked(done_fd)
+            assert len(os.listdir(done)) == 20
+        left = set(os.listdir(done))
+        assert {acked_name(1000 + i) for i in range(10)} <= left  # the newest stay
+        assert len(left & set(names[40:])) == 10  # ten of the twenty oldest went
+
+
+def test_an_entry_swapped_for_a_link_after_the_look_is_left_alone(tmp_path: Path) -> None:
+    mb, done = done_dir(tmp_path, done_retention=None)
+    target = tmp_path / "precious.json"
+    target.write_bytes(b"precious")
+    with mb:
+        names = fill(done, 40)
+        handle = Retention(8)
+        done_fd = mb.folders.fd(State.DONE)
+        handle.trim(done_fd)  # 32 removed, the remaining 8 picked for the next acks
+        handle._left = 1000
+        for name in names[32:]:
+            os.unlink(done / name)
+            os.symlink(target, done / name)  # a co-tenant's links where the picks were
+        for _ in range(8):
+            handle.acked(done_fd)
+        assert sorted(os.listdir(done)) == names[32:]  # every link still there
+        assert target.read_bytes() == b"precious"
