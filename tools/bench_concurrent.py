@@ -28,7 +28,12 @@ Queues:
   ``done_retention=0`` (the ack removes the file), ``filemailbox-all`` with ``done_retention=None``
   (every acked file kept). With ``--prefill-done N`` the ``done/`` of every FileMailbox that keeps
   acked files starts with N of them (the steady state of a mailbox that has run a while: with the
-  default retention, each ack then trims one).
+  default retention, each ack then trims one). A kind with ``@sN`` (``filemailbox-r0@s1``) sets how
+  far a claimer that lost a race jumps ahead (``FileMailbox.SPREAD``; 1: not at all), as measured in
+  docs/performance.md.
+
+Ratios are printed twice: of the medians, and as the median of per-round ratios (steadier on a disk
+whose speed drifts). Each run's folder is removed and the removal committed (``sync``) before the next.
 
 Consumer styles: ``poll`` (a non-blocking claim, 1 ms sleep when it finds nothing) and ``block``
 (`claim(timeout)`; the baselines poll every 1 ms). Every run checks that every message was taken exactly
