@@ -48,6 +48,7 @@ class ClaimIndex:
         self._last_scan = float("-inf")
         self._now = ""  # the last compact "now" seen; only ever moves forward
         self._active = False  # set by the first listing: only a claimer keeps an index
+        self.skipped = False  # names were skipped (`skip`) since the last listing
         self._lock = threading.Lock()
 
     def _pair_up(self) -> tuple[tuple[list[str], list[str]], ...]:
@@ -100,6 +101,7 @@ class ClaimIndex:
             self._last_scan = finished
             self._interval = max(self.rescan_interval, (finished - started) * _SCAN_SHARE)
             self._active = True
+            self.skipped = False
 
     def push(self, name: str) -> None:
         """A name this process just put into new/. Kept only once this index is in use (its owner
@@ -142,6 +144,20 @@ class ClaimIndex:
                     # write: it is tried now, and the claim gives it a proper name)
                     return listed.pop() if take_listed else _heappop(pushed)
         return None
+
+    def skip(self, count: int) -> int:
+        """Drop up to ``count`` due names from the head (a claimer that lost a race jumps ahead: see
+        `FileMailbox._claim_once`). Names dropped here stay in the folder: other claimers take them,
+        or the next listing brings them back. Returns how many were dropped."""
+        dropped = 0
+        while dropped < count:
+            name = self.pop_due()
+            if name is None:
+                break
+            dropped += 1
+        if dropped:
+            self.skipped = True
+        return dropped
 
     def _refresh_now(self) -> str:
         self._now = compact_time(time.time())

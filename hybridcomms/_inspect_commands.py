@@ -737,15 +737,31 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
 # -- top ----------------------------------------------------------------------------------------
 
 
-def _snapshot(root: Path) -> dict[str, dict[str, Any]]:
+def _snapshot(root: Path, since: float | None = None) -> dict[str, dict[str, Any]]:
+    """Every mailbox's `stats`; with ``since`` (a wall-clock time) also ``acked_since``: the files that
+    entered ``done/`` since then (a count that trimming, ``done_retention``, does not disturb)."""
     rows: dict[str, dict[str, Any]] = {}
     for agent in list_agents(root):
         try:
             with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
                 rows[agent] = mb.stats().to_dict()
+                if since is not None and mb.folders.has(State.DONE):
+                    rows[agent]["acked_since"] = _entered_since(mb.folders.fd(State.DONE), since)
         except (OSError, HybridCommsError):
             continue
     return rows
+
+
+def _entered_since(fd: int, since: float) -> int:
+    """How many entries of the folder ``fd`` entered it (their change time) at ``since`` or later."""
+    count = 0
+    for name in _fs.listdir_at(fd):
+        try:
+            if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime >= since:
+                count += 1
+        except FileNotFoundError:
+            continue
+    return count
 
 
 def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]], dt: float) -> list[str]:
@@ -757,7 +773,12 @@ def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
     lines = [head]
     for agent, r in sorted(now.items()):
         prev = before.get(agent)
-        rate = (r["done"]["count"] - prev["done"]["count"]) / dt if prev is not None and dt > 0 else 0.0
+        if prev is None or dt <= 0:
+            rate = 0.0
+        elif r.get("acked_since") is not None:  # what entered done/: right while done/ is trimmed too
+            rate = r["acked_since"] / dt
+        else:
+            rate = (r["done"]["count"] - prev["done"]["count"]) / dt
         lines.append(
             f"{agent[:24]:<24} {r['new']['count']:>7} {r['processing']['count']:>7} {r['delayed']:>7} "
             f"{r['dead']['count']:>6} {r['done']['count']:>8} {human_age(r['new']['oldest_age']):>7} "
@@ -783,6 +804,7 @@ def cmd_top(args: argparse.Namespace, root: Path) -> int:
     def run(screen: Any) -> None:
         curses.curs_set(0)
         screen.timeout(int(args.interval * 1000))
+        wall = time.time()
         before = _snapshot(root)
         t_before = time.monotonic()
         now, t_now = before, t_before
@@ -800,7 +822,8 @@ def cmd_top(args: argparse.Namespace, root: Path) -> int:
             if key in (ord("q"), ord("Q")):
                 return
             before, t_before = now, t_now
-            now, t_now = _snapshot(root), time.monotonic()
+            since, wall = wall, time.time()
+            now, t_now = _snapshot(root, since), time.monotonic()
 
     try:
         curses.wrapper(run)

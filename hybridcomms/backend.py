@@ -46,15 +46,21 @@ handler may see a message twice, and must be idempotent or deduplicate on ``mess
 
 **What survives.** Per backend, documented in docs/guarantees.md:
 
-- `FileMailbox`: kill -9 at any point; a power loss too at ``fsync="always"`` (every put, claim and
-  settle is committed before it returns).
+- `FileMailbox`: kill -9 at any point; a power loss too at ``fsync="always"`` (every put and settle
+  is committed before it returns; a claim is not: one undone by a power loss leaves the message
+  waiting, as if its consumer had died, and only its attempt may go uncounted).
 - `RedisMailbox`: kill -9 of any client; a Redis restart loses nothing `put` acknowledged when the
   server runs with ``appendonly yes`` and ``appendfsync always``.
 - `MemoryMailbox`: nothing past the process (it is a model, and a test double).
 
 **States.** A message is in one of ``new`` (waiting, due or delayed), ``processing`` (claimed),
-``done`` (acked; kept for inspection by the file backend, and by the others up to their retention)
-or ``dead`` (with a reason). `stats`, `list`, `get` look; `requeue` and `purge` repair.
+``done`` (acked) or ``dead`` (with a reason). `stats`, `list`, `get` look; `requeue` and `purge` repair.
+
+**Retention.** ``done_retention`` (every backend, 10,000 by default) is how many acked messages
+``done`` keeps for inspection: about the last N (the oldest beyond are dropped as acks come; exactly
+N in memory, Redis's ``MAXLEN ~`` and the file backend's trim every N/4 acks keep a little more);
+``0`` keeps none (the ack drops the message), ``None`` keeps every one until `purge`. Only acked
+messages are ever dropped by it.
 """
 
 from __future__ import annotations
@@ -115,6 +121,7 @@ class Mailbox(Protocol):
     lease: float
     max_attempts: int
     max_message_size: int
+    done_retention: int | None  # acked messages kept in ``done`` (None: every one)
 
     def put(self, message: Message, *, delay: float | None = None) -> str:
         """Store one message (not claimable for ``delay`` seconds, if given); its name in this backend."""
@@ -166,7 +173,8 @@ def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
     - ``file:///path``, or a plain path: a `FileMailbox` under that root.
 
     ``options`` are the mailbox options every backend takes (``lease``, ``max_attempts``,
-    ``backoff``, ``max_message_size``, ``create``) and the backend's own (``fsync`` for files, …)."""
+    ``backoff``, ``max_message_size``, ``done_retention``, ``create``) and the backend's own (``fsync``
+    for files, …)."""
     kind = backend_of(where)
     if kind == "redis":
         from .redis_mailbox import RedisMailbox

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import TracebackType
@@ -9,9 +10,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _last_errors
 from ._locking import unlock
-from .errors import DeliveryError, DeliveryLostError
+from .errors import DeliveryError, DeliveryLostError, MailboxIOError
 from .message import Message
 from .states import ACK, State
+
+_PROCESSING = State.PROCESSING.folder
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
@@ -123,12 +126,13 @@ class Delivery(Settling):
         return self._mailbox.path / State.PROCESSING.folder / self.name
 
     def ack(self) -> None:
-        """Done: the ACK move, ``processing/`` -> ``done/`` (committed per the fsync policy).
+        """Done: the ACK move, ``processing/`` -> ``done/`` (committed per the fsync policy); with
+        ``done_retention=0`` the file is removed instead (and the removal committed).
 
-        If it raises `MailboxIOError` (the commit of ``done/`` failed, the disk is failing), the message
-        may already be in ``done/``: it will not be delivered again, though after a power loss the
-        move may be undone and it is delivered once more. `DeliveryLostError`: recovery took it back
-        (lease expired); it will be delivered again.
+        If it raises `MailboxIOError` (the commit failed, the disk is failing), the message may already
+        be acked: it will not be delivered again, though after a power loss the ack may be undone and
+        it is delivered once more. `DeliveryLostError`: recovery took it back (lease expired); it will
+        be delivered again.
 
         Written out here rather than in the mailbox: it runs once per message (docs/performance.md)."""
         if self._settled:
@@ -137,19 +141,30 @@ class Delivery(Settling):
         name = self.name
         mb = self._mailbox
         folders = mb.folders
+        retention = mb.retention
         try:
-            try:
-                done_fd = folders.move(ACK, name, name)
-            except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
-                done_fd = folders.place(ACK, name, name)[0]
-            if folders.sync:
-                folders.commit(done_fd)
+            if retention.keep == 0:
+                proc_fd = folders.fds[_PROCESSING]
+                os.unlink(name, dir_fd=proc_fd)
+                if folders.sync:
+                    folders.commit(proc_fd)
+            else:
+                try:
+                    done_fd = folders.move(ACK, name, name)
+                except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
+                    done_fd = folders.place(ACK, name, name)[0]
+                if folders.sync:
+                    folders.commit(done_fd)
+                if retention.every:
+                    retention.acked(done_fd)
         except FileNotFoundError:
             raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
+        except KeyError:
+            raise MailboxIOError(errno.EBADF, f"mailbox {mb.path} is closed") from None
         except OSError as exc:
             raise mb.folders.io_error(exc, f"ack {name}") from exc
         finally:
-            os.close(self._fd)  # in done/ the lock no longer matters: closing drops it
+            os.close(self._fd)  # in done/ (or gone) the lock no longer matters: closing drops it
         if self.attempt > 1:  # only a redelivery can have a last error kept (errors/): done with it
             _last_errors.drop(mb, self.message.id)
 

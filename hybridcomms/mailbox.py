@@ -6,9 +6,13 @@ Notes for anyone changing this (the backend contract):
 - Claim = open + flock the file in ``new/``, then rename it into ``processing/`` with its attempt
   count raised. The rename is the arbiter: exactly one claimer can move a name. The flock,
   taken *before* the rename and held until the file leaves ``processing/``, tells recovery that
-  the owner is alive; the kernel releases it when the owner dies.
-- Every move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder fsync
-  the `FsyncPolicy` asks for.
+  the owner is alive; the kernel releases it when the owner dies. A claim commits nothing, at any
+  fsync level: a claim undone by a power loss leaves the message in ``new/``, where recovery puts
+  the claim of an owner that died (only the attempt count may then under-count).
+- Every other move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder
+  fsync the `FsyncPolicy` asks for (settles may share a commit: `_fs.DirSyncer`).
+- Ack = the ACK move into ``done/``, which keeps about the last ``done_retention`` acked messages
+  (`hybridcomms._retention`); with ``done_retention=0`` the ack removes the file instead.
 - A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
   ``<name>.reason.json`` next to it. So does a message whose ``expires`` has passed (the EXPIRE move,
   reason ``expired``), found by the claim that would have handed it out.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import random
 import re
 import socket
 import stat
@@ -49,6 +54,7 @@ from ._names import (
     parse_compact,
     parse_name,
 )
+from ._retention import DEFAULT_DONE_RETENTION, Retention, check_retention
 from ._wakeup import ArrivalWaiter
 from .delivery import Delivery
 from .errors import (
@@ -104,11 +110,14 @@ _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 _OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
 
 # The hot paths (claim, ack) use these module constants instead of attribute lookups.
-_CLAIM_SRC, _CLAIM_DST = CLAIM.src_folder, CLAIM.dst_folder
+_CLAIM_SRC = CLAIM.src_folder
 _O_READ_MSG = _fs.O_READ_MSG
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _flock, _LOCK_TRY = flock, LOCK_TRY
 _loads = orjson.loads
+_randrange = random.randrange
+#: How far ahead (at most) a claimer that lost a race jumps: see `_claim_once`.
+SPREAD = 32
 #: The attempt count a name can hold (``a`` and at most six digits).
 _MAX_ATTEMPT_IN_NAME = 999_999
 #: The longest ``put(delay=...)``, in seconds (ten years): a due time must stay a date with four digits.
@@ -204,12 +213,16 @@ def expiry_reason(message: Message, attempts: int, name: str) -> dict[str, Any]:
 class FileMailbox:
     """One agent's durable mailbox under ``<root>/<agent_id>/``.
 
-    ``FileMailbox(root, agent_id, *, fsync="always", lease=300, max_attempts=5, backoff=Backoff())``
+    ``FileMailbox(root, agent_id, *, fsync="always", lease=300, max_attempts=5, backoff=Backoff(),
+    done_retention=10000)``
         fsync             `FsyncPolicy`: always | batch | never (see docs/guarantees.md)
         lease             seconds a claim stays ours without a heartbeat before recovery may take it back
         max_attempts      claims (deliveries) before a failing message goes to dead/
         backoff           delay before a nacked message is due again
         max_message_size  encoded bytes; bigger messages are refused before anything is written
+        done_retention    acked messages kept in done/: about the last 10,000 by default (the oldest
+                          beyond are removed as acks come); 0 keeps none (the ack removes the file);
+                          None keeps every one (until `purge`)
         file_mode         mode of message files; default: what the mailbox's folders say (0o660 when its
                           new/ is group-writable, a group setup such as Dream.OS's; else 0o600)
         dir_mode          mode of the folders it creates; default: 0o770 under a group-writable root
@@ -244,6 +257,7 @@ class FileMailbox:
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_BACKOFF,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        done_retention: int | None = DEFAULT_DONE_RETENTION,
         file_mode: int | None = None,
         dir_mode: int | None = None,
         batch_interval: float = 1.0,
@@ -256,6 +270,8 @@ class FileMailbox:
         self.agent_id = check_agent_id(agent_id)
         self.fsync = FsyncPolicy(fsync)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
+        self.done_retention = check_retention(done_retention)
+        self.retention = Retention(self.done_retention)
         self._given_file_mode = file_mode
         self.file_mode = 0o600 if file_mode is None else file_mode
         self.dir_mode = 0o700 if dir_mode is None else dir_mode
@@ -277,6 +293,8 @@ class FileMailbox:
         self._retired: builtins.list[tuple[float, Folders]] = []
         self._reopen_lock = threading.Lock()
         self._index = ClaimIndex(rescan_interval)
+        self._spread = SPREAD
+        self._lost_race = False  # set by a claim that lost its race (a hint for `_jump_ahead`)
         # Claims read without updating the access time (one inode write less per message), where
         # the kernel allows it: O_NOATIME needs the file's owner, else the first EPERM drops it.
         self._claim_flags = _O_READ_MSG | _O_NOATIME
@@ -649,6 +667,8 @@ class FileMailbox:
                 delivery = self._try_claim(name)
                 if delivery is not None:
                     return delivery
+                if self._lost_race:
+                    self._jump_ahead()
             return self._claim_once()
         deadline = time.monotonic() + timeout
         while True:
@@ -752,7 +772,7 @@ class FileMailbox:
             if name is None:
                 if scanned:
                     return None
-                if waiter is not None and waiter.direct and not index.stale():
+                if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
                     # Running dry with notifications on: the kernel's queue says what arrived since
                     # the last look (one read that returns at once), no listing.
                     waiter.poll()
@@ -767,6 +787,24 @@ class FileMailbox:
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
+            if self._lost_race:
+                if scanned:  # just listed: go on in order (never return None with names skipped)
+                    self._lost_race = False
+                else:
+                    self._jump_ahead()
+
+    def _jump_ahead(self) -> None:
+        """After a lost race: skip a random 0 to `SPREAD` - 1 (31) of the next due names.
+
+        Claimers of one mailbox in several processes each hear of every arrival and would all try the
+        same next name, one winning and the others failing, name after name (each failure a syscall
+        and the Python around it: at 8 consumers, 7 failed tries per message). A claimer that lost
+        jumps ahead instead, so claimers spread over what is waiting; the names it skipped are taken
+        by the others, or by its own next listing (every ``rescan_interval``). A claimer that never
+        loses (the only one) never skips: its order stays exact. Measured in docs/performance.md."""
+        self._lost_race = False
+        if self._spread > 1:
+            self._index.skip(_randrange(self._spread))
 
     def _try_claim(self, name: str) -> Delivery | None:
         """Claim ``new/<name>``: open, lock, read, decode, rename into ``processing/``.
@@ -777,12 +815,12 @@ class FileMailbox:
         fds = self.folders.fds
         try:
             new_fd = fds[_CLAIM_SRC]
-            proc_fd = fds[_CLAIM_DST]
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
         try:
             fd = os.open(name, self._claim_flags, dir_fd=new_fd)
         except FileNotFoundError:
+            self._lost_race = True
             return None  # another claimer won
         except OSError as exc:
             if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
@@ -800,6 +838,7 @@ class FileMailbox:
             _flock(fd, _LOCK_TRY)
         except BlockingIOError:
             os.close(fd)
+            self._lost_race = True
             return None  # someone else is claiming it right now
         # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
         delivery: Delivery | None = None
@@ -849,8 +888,7 @@ class FileMailbox:
             except FileExistsError:
                 self._reject(name, f"a file of the same name ({target}) is already in processing/")
                 return None
-            if self.folders.sync:
-                self.folders.commit(proc_fd)
+            # Not committed, at any fsync level (the module docstring says why).
             delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
         except OSError as exc:
             raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from ._last_errors import text_of
 from ._names import RANK_OF, RANKS, compact_time, make_name
+from ._retention import DEFAULT_DONE_RETENTION, check_retention
 from .delivery import SettledByMailbox
 from .errors import DeliveryLostError, MailboxIOError
 from .inspection import LastError, MailboxStats, MessageInfo, StateStats
@@ -85,7 +86,8 @@ class MemoryMailbox:
     """One agent's mailbox in memory (see the module docstring).
 
     ``MemoryMailbox(agent_id, *, store="default", lease=300, max_attempts=5, backoff=Backoff(),
-    max_message_size=…, create=True)``: the options mean what they mean for `FileMailbox`.
+    max_message_size=…, done_retention=10000, create=True)``: the options mean what they mean for
+    `FileMailbox` (here ``done_retention`` keeps exactly the last N acked messages).
     """
 
     lease: float
@@ -105,10 +107,12 @@ class MemoryMailbox:
         max_attempts: int = 5,
         backoff: Backoff = DEFAULT_BACKOFF,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        done_retention: int | None = DEFAULT_DONE_RETENTION,
         create: bool = True,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
+        self.done_retention = check_retention(done_retention)
         self.store = store
         with self._stores_lock:
             boxes = self._stores.setdefault(store, {})
@@ -232,7 +236,12 @@ class MemoryMailbox:
             entry = self._held(d)
             del box.processing[entry.seq]
             entry.owner, entry.entered, entry.last_error = None, time.time(), None
-            box.done[entry.seq] = entry
+            keep = self.done_retention
+            if keep != 0:
+                box.done[entry.seq] = entry
+            if keep is not None:
+                while len(box.done) > keep:  # the oldest acked first (a dict keeps its order)
+                    del box.done[next(iter(box.done))]
 
     def _nack(self, d: MemoryDelivery, delay: float | None, error: str | None) -> None:
         if attempts_used_up(d.attempt, self.max_attempts):

@@ -68,6 +68,7 @@ import orjson
 
 from ._last_errors import text_of
 from ._names import RANK_OF, RANKS, compact_time, make_name
+from ._retention import DEFAULT_DONE_RETENTION, check_retention
 from ._urls import shown_url
 from .delivery import SettledByMailbox
 from .errors import (
@@ -185,8 +186,8 @@ _OWNED = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 """
 
-# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen, attempts. The copy into ``done``
-# is for inspection: if it cannot be written, the ack still holds.
+# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen (-1: no limit), attempts. The copy
+# into ``done`` is for inspection: if it cannot be written, the ack still holds.
 _ACK = (
     _LUA_COPY
     + _OWNED
@@ -198,8 +199,9 @@ end
 local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if #e > 0 then
-  redis.pcall(unpack(copy({'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'a', ARGV[5]}, e[1][2],
-    {a = true, e = true})))
+  local head = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'a', ARGV[5]}
+  if tonumber(ARGV[4]) < 0 then head = {'XADD', KEYS[2], '*', 'a', ARGV[5]} end
+  redis.pcall(unpack(copy(head, e[1][2], {a = true, e = true})))
 end
 return 1
 """
@@ -533,7 +535,8 @@ class RedisMailbox:
         lease, max_attempts, backoff, max_message_size: as for `FileMailbox`
         create           False: raise `MailboxIOError` if the agent has no mailbox there yet
         namespace        the first part of every key
-        done_retention   acked messages kept in ``done`` (about; 0 keeps none)
+        done_retention   acked messages kept in ``done``: about the last 10,000 by default (``XADD MAXLEN
+                         ~``); 0 keeps none, None keeps every one (until `purge`)
         max_age          drop entries older than this many seconds from each priority's stream as new
                          ones come (``XADD MINID ~``); None (the default) never does (same caveat)
         maxlen           cap each priority's stream at about this many entries (``XADD MAXLEN ~``);
@@ -561,7 +564,7 @@ class RedisMailbox:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         create: bool = True,
         namespace: str = "hc",
-        done_retention: int = 10_000,
+        done_retention: int | None = DEFAULT_DONE_RETENTION,
         maxlen: int | None = None,
         max_age: float | None = None,
         consumer: str | None = None,
@@ -569,15 +572,15 @@ class RedisMailbox:
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
-        if done_retention < 0 or (maxlen is not None and maxlen < 1):
-            raise ValueError("done_retention must be >= 0 and maxlen >= 1")
+        self.done_retention = check_retention(done_retention)
+        if maxlen is not None and maxlen < 1:
+            raise ValueError("maxlen must be >= 1")
         if maxlen is not None and max_age is not None:
             raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
         if max_age is not None and max_age <= 0:
             raise ValueError("max_age must be > 0 seconds")
         self.max_age = max_age
         self.url = url
-        self.done_retention = int(done_retention)
         self.maxlen = maxlen
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         base = f"{namespace}:{{{self.agent_id}}}"
@@ -923,7 +926,8 @@ class RedisMailbox:
 
     def _ack(self, d: RedisDelivery) -> None:
         stream = self._streams[d._rank_index]
-        self._settle(d, self._ack_script, [stream, self._done], [self.done_retention, d.attempt])
+        keep = -1 if self.done_retention is None else self.done_retention
+        self._settle(d, self._ack_script, [stream, self._done], [keep, d.attempt])
 
     def _nack(self, d: RedisDelivery, delay: float | None, error: str | None) -> None:
         if attempts_used_up(d.attempt, self.max_attempts):

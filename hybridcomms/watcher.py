@@ -82,7 +82,7 @@ class MailboxEvent:
     name: str  # the file name now (in ``state``)
     id: str | None  # the message id, from the name (None for a file hybridcomms did not name)
     attempt: int
-    state: str  # the folder it is in now
+    state: str  # the folder it is in now ("done" for an ack with done_retention=0: the file is gone)
     path: str
     time: float  # when it happened; for "waiting", when the file entered new/ (its ctime)
     source: str = "notify"  # "notify" (a file event) or "rescan" (found by listing)
@@ -251,6 +251,7 @@ class MailboxWatcher:
             DirCreatedEvent,
             DirMovedEvent,
             FileCreatedEvent,
+            FileDeletedEvent,
             FileMovedEvent,
             FileSystemEventHandler,
         )
@@ -258,7 +259,8 @@ class MailboxWatcher:
         # Only creations and moves: with watchdog's default mask every folder *open* is an event too,
         # and the rescans (which open every new/) would flood the inotify queue; watchdog then walks
         # the tree to reconcile, which opens every folder again: a loop at 100% CPU (seen with 1,000).
-        only = [FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent]
+        # Deletions: an ack with done_retention=0 removes the file from processing/ (no move to see).
+        only = [FileCreatedEvent, FileMovedEvent, FileDeletedEvent, DirCreatedEvent, DirMovedEvent]
 
         watcher = self
 
@@ -272,6 +274,10 @@ class MailboxWatcher:
             def on_moved(self, event: Any) -> None:
                 if not event.is_directory:
                     watcher._on_moved(os.fsdecode(event.src_path), os.fsdecode(event.dest_path))
+
+            def on_deleted(self, event: Any) -> None:
+                if not event.is_directory:
+                    watcher._on_deleted(os.fsdecode(event.src_path))
 
         observer: Any = None
         if not self.polling:
@@ -451,6 +457,14 @@ class MailboxWatcher:
             with self._lock:
                 self._reported.setdefault(agent, set()).add(name)
         self._emit(kind, agent, b[1], name, "notify")
+
+    def _on_deleted(self, path: str) -> None:
+        """A file removed from ``processing/`` was acked by a mailbox with ``done_retention=0`` (nothing
+        else in the library removes a file there: recovery moves it). Other removals (the trim of
+        ``done/``, a purge) are not events."""
+        where = self._split(path)
+        if where is not None and where[1] is State.PROCESSING:
+            self._emit("acked", where[0], State.DONE, where[2], "notify")
 
     def _delivered(self, agent: str, name: str, source: str) -> None:
         with self._lock:

@@ -4,6 +4,10 @@ and checked.
 
     python tools/chaos.py --messages 3000 --seconds 20 [--watch] [--json] [--root DIR] [--seed N]
     python tools/chaos.py --messages 1000 --rate 400 --kills 12 --seconds 60   # bounded by progress
+    python tools/chaos.py --fsync always --done-retention 0       # the ack removes the file
+
+``--fsync`` (never by default) and ``--done-retention`` (``all`` by default: every acked file kept, the
+strictest check; ``N``, or ``default``, the library's) are the mailbox's options in every role.
 
 With ``--kills K`` the chaos ends as soon as every message was produced and K kills happened
 (``--seconds`` is then only the longest it may last); without it, it lasts ``--seconds``.
@@ -24,7 +28,12 @@ Prints one JSON object (``--json``) or a summary with
 non-zero unless ``lost == 0 and duplicates == 0 and leftovers == 0``.
 
 - produced: puts that returned (each producer logs an id after its put returns);
-- lost: produced ids in no final state (``done/`` or ``dead/``) after the drain;
+- lost: produced ids in no final state (``done/`` or ``dead/``) after the drain, and not acked
+  either (with a retention, acked files leave ``done/``: a consumer logs an id when it is about to
+  ack and again once the ack returned);
+- trimmed: acked ids no longer in ``done/`` (the retention at work); ``unconfirmed``: ids whose ack
+  was started but not seen returning (a kill in between) and that are not in ``done/``: at most one
+  per kill of a consumer, else the run fails;
 - duplicates: ids with more than one file in the final folders, plus ids acked twice;
 - redeliveries: deliveries past the first (kills and steals cost attempts; that is allowed);
 - leftovers: files still in ``new/``, ``processing/`` or ``tmp/`` after the drain.
@@ -46,6 +55,15 @@ from typing import Any
 
 AGENT = "Chaos-1"
 LEASE = 1.0
+#: The mailbox options of every role, set by the conductor (``--fsync``, ``--done-retention``).
+FSYNC_ENV, RETENTION_ENV = "HC_CHAOS_FSYNC", "HC_CHAOS_DONE_RETENTION"
+
+
+def _retention() -> dict[str, Any]:
+    value = os.environ.get(RETENTION_ENV, "all")
+    if value == "default":
+        return {}
+    return {"done_retention": None if value == "all" else int(value)}
 
 
 def _mailbox(root: str) -> Any:
@@ -54,7 +72,8 @@ def _mailbox(root: str) -> Any:
     return FileMailbox(
         root,
         AGENT,
-        fsync="never",
+        fsync=os.environ.get(FSYNC_ENV, "never"),
+        **_retention(),
         lease=LEASE,
         max_attempts=1_000_000,
         backoff=Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0),
@@ -98,6 +117,7 @@ def role_consumer(root: str, log_path: str) -> None:
                 continue
             if rng.random() < 0.3:
                 time.sleep(rng.random() * 0.004)  # a handler at work: kills and freezes land here
+            log.write(f"+{d.message.id} {d.attempt}\n")  # about to ack (its file may be trimmed)
             try:
                 d.ack()
             except DeliveryLostError:
@@ -239,7 +259,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mb.close()
 
     produced = set(_read_lines(produced_logs()))
-    acks = [line.split() for line in _read_lines(sorted(work.glob("acked-*.log")))]
+    lines = _read_lines(sorted(work.glob("acked-*.log")))
+    started = {line[1:].split()[0] for line in lines if line.startswith("+")}
+    acks = [line.split() for line in lines if not line.startswith("+")]
     acked_count = collections.Counter(a[0] for a in acks)
     final = collections.Counter[str]()
     from hybridcomms._names import parse_name
@@ -257,12 +279,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     final.update(done_ids)
     final.update(dead_ids)
     leftovers = sum(len(os.listdir(root / AGENT / s)) for s in ("new", "processing", "tmp"))
-    lost = len(produced - set(final))
+    acked_ids = set(acked_count)
+    trimmed = len(acked_ids - set(final))
+    unconfirmed = len(started - acked_ids - set(final))
+    consumer_kills = kills  # an upper bound: every kill may have been a consumer's
+    lost = len(produced - set(final) - acked_ids - started)
     duplicates = len({i for i, n in final.items() if n > 1} | {i for i, n in acked_count.items() if n > 1})
     redeliveries = sum(int(a[1]) - 1 for a in acks if len(a) > 1 and a[1].isdigit())
     result = {
         "produced": len(produced),
-        "acked": len(done_ids),
+        "acked": len(set(done_ids) | acked_ids),
         "dead": len(dead_ids),
         "lost": lost,
         "duplicates": duplicates,
@@ -270,11 +296,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "kills": kills,
         "stops": stops,
         "leftovers": leftovers,
+        "trimmed": trimmed,
+        "unconfirmed": unconfirmed,
+        "done_kept": len(done_ids),
+        "fsync": os.environ.get(FSYNC_ENV, "never"),
+        "done_retention": os.environ.get(RETENTION_ENV, "all"),
         "seconds": args.seconds,
         "watch": bool(args.watch),
         "root": str(root),
     }
-    result["ok"] = lost == 0 and duplicates == 0 and leftovers == 0
+    result["ok"] = lost == 0 and duplicates == 0 and leftovers == 0 and unconfirmed <= consumer_kills
     return result
 
 
@@ -294,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--producers", type=int, default=2)
     ap.add_argument("--consumers", type=int, default=3)
     ap.add_argument("--recoverers", type=int, default=2)
+    ap.add_argument("--fsync", default=None, help="the mailbox's fsync setting (default: never)")
+    ap.add_argument(
+        "--done-retention", default=None, help="acked files kept: N, all (the default) or default"
+    )
     ap.add_argument("--fanout", action="store_true", help="also run the fanout phase (see above)")
     ap.add_argument("--fanout-seconds", type=float, default=8.0, help="how long the fanout chaos lasts")
     ap.add_argument("--fanout-publishers", type=int, default=2)
@@ -303,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis-seconds", type=float, default=10.0, help="how long the Redis chaos lasts")
     ap.add_argument("--redis-kills", type=int, default=2, help="times Redis itself is killed and restarted")
     args, rest = ap.parse_known_args(argv)
+    if args.fsync is not None:  # for every role this conductor starts
+        os.environ[FSYNC_ENV] = args.fsync
+    if args.done_retention is not None:
+        os.environ[RETENTION_ENV] = args.done_retention
     if args.role in ("fanout-publisher", "fanout-subscriber"):
         import chaos_fanout
 

@@ -713,3 +713,48 @@ def test_put_once_stores_an_id_once(make: Callable[..., Mailbox]) -> None:
     done = put_once(mb, msg(id="same"))
     assert done is not None and done.state is State.DONE
     assert mb.claim() is None and count(mb, State.NEW) == 0
+
+
+# -- done_retention: one option, one meaning, on every backend --------------------------------------
+
+
+def _ack_all(mb: Mailbox, n: int) -> list[str]:
+    """Put ``n`` messages, claim and ack each; their ids, in the order they were acked."""
+    ids = [f"r{i:03d}" for i in range(n)]
+    mb.put_many([msg(id=i) for i in ids])
+    for _ in range(n):
+        d = mb.claim()
+        assert d is not None
+        d.ack()
+    return ids
+
+
+def test_done_retention_defaults_to_ten_thousand_and_is_checked(make: Callable[..., Mailbox]) -> None:
+    assert make().done_retention == 10_000
+    for bad, error in ((-1, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error):
+            make(done_retention=bad)
+
+
+def test_done_retention_zero_keeps_no_acked_message(make: Callable[..., Mailbox]) -> None:
+    mb = make(done_retention=0)
+    ids = _ack_all(mb, 3)
+    assert count(mb, State.DONE) == 0 and mb.list(State.DONE) == []
+    assert all(mb.get(i) is None for i in ids)
+    assert mb.claim() is None  # acked all the same: never delivered again
+
+
+def test_done_retention_none_keeps_every_acked_message(make: Callable[..., Mailbox]) -> None:
+    mb = make(done_retention=None)
+    ids = _ack_all(mb, 5)
+    assert count(mb, State.DONE) == 5
+    assert all(info is not None and info.state is State.DONE for info in map(mb.get, ids))
+
+
+def test_done_retention_keeps_the_last_acked_within_its_bound(make: Callable[..., Mailbox]) -> None:
+    """About the last N: never fewer than N of the acked (when there were N), and at most N plus the
+    backend's slack (the file backend trims every N/4 acks, at least 32, of a handle)."""
+    mb = make(done_retention=3)
+    ids = _ack_all(mb, 80)
+    kept = {info.id for info in mb.list(State.DONE)}
+    assert 3 <= len(kept) <= 3 + 32 + 1 and set(ids[-3:]) <= kept

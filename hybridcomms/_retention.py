@@ -1,0 +1,169 @@
+"""How many acked messages a file mailbox keeps in ``done/`` (``done_retention``), and the trim.
+
+``done_retention=N`` keeps about the last N acked messages; ``0`` keeps none (the ack removes the
+file instead of moving it into ``done/``); ``None`` keeps every one (until `purge`).
+
+The trim, for N > 0, costs an amortised O(1) per ack:
+
+- every ``N // 4`` (at least 32) acks of this mailbox handle, its next ack looks at ``done/`` once: one
+  listing; the files beyond N, oldest first, are removed, and the next N/4 oldest are picked: each
+  ack until the next look removes one of them (``done/`` stays at N, and the inode the next put needs
+  is one an ack just freed: on ext4 a fresh inode costs far more, see docs/performance.md). A
+  handle's first look comes within its first 64 acks, at a random one, so short-lived processes
+  that ack a few messages each (the CLI's ``recv``) look now and then, together, without each paying
+  a listing. Handles that have not looked yet, and handles whose picks ran out, let ``done/`` grow
+  by up to about N/4 per consumer process;
+- "oldest" is by the due time in the name (the time a message was sent, or became due after a delay
+  or a retry): the order messages are acked in when they are claimed in order, read from the listing
+  alone, without a ``stat`` per file;
+- only what is surely an acked message is removed: a name of ours (``<rank>.<due>.<id>.a<n>.json``,
+  or such a name with the ``.N`` a colliding ack gets) that is a regular file (the type the listing
+  gives). Anything else a co-tenant put into ``done/`` (other names, links, folders, FIFOs, sockets)
+  is never removed; removals go through the folder's descriptor (``unlinkat``), which never follows
+  a link, and a name's removal never touches what a link points to nor another name of the file (a
+  hard link elsewhere keeps it);
+- one look at a time per mailbox, across threads and processes: a look holds an exclusive ``flock`` on
+  a descriptor of ``done/`` of its own, taken without waiting; a look that finds it held is skipped
+  (the one running does the work). A co-tenant who holds that lock for ever stops the trimming
+  (``done/`` then grows as with None), never anything else;
+- a trim is not committed: a power loss that undoes one brings back an acked file, which is harmless.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import stat
+
+from . import _log
+from ._fs import O_DIR
+from ._locking import LOCK_TRY, flock
+from ._names import RANKS
+
+__all__ = ["DEFAULT_DONE_RETENTION", "Retention", "check_retention"]
+
+log = _log.get("hybridcomms.mailbox")
+
+#: A handle's first look comes within this many of its acks (then every N/4).
+_FIRST_LOOK = 64
+
+#: Acked messages kept by default, on every backend.
+DEFAULT_DONE_RETENTION = 10_000
+
+#: An acked message of ours: our name, or our name with the ``.N`` of `_fs.free_name`.
+_ACKED_RE = re.compile(
+    rf"(?:{'|'.join(RANKS)})\.\d{{8}}T\d{{12}}Z\.[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{{0,127}}\.a\d{{1,6}}\.json"
+    r"(?:\.\d{1,9})?\Z"
+)
+_acked = _ACKED_RE.match
+
+
+def _age_key(entry: os.DirEntry[str]) -> str:
+    """Due time first (the rank left out), then the rest of the name."""
+    return entry.name[3:]
+
+
+def check_retention(done_retention: object) -> int | None:
+    """A ``done_retention`` option, checked the same way by every backend: None, or an int >= 0."""
+    if done_retention is None:
+        return None
+    if isinstance(done_retention, bool) or not isinstance(done_retention, int):
+        raise TypeError(f"done_retention must be an int or None, not {type(done_retention).__name__}")
+    if done_retention < 0:
+        raise ValueError("done_retention must be >= 0 (0 keeps none) or None (keeps all)")
+    return done_retention
+
+
+class Retention:
+    """The ``done/`` retention of one mailbox handle: `acked` after each ack into ``done/``."""
+
+    __slots__ = ("_due", "_left", "every", "keep")
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+        self.every = max(keep // 4, 32) if keep else 0
+        #: Acks until the next look: the first within 64 acks, from a random start (see the module
+        #: docstring), then every `every`.
+        self._left = random.randint(1, min(self.every, _FIRST_LOOK)) if self.every else 0
+        #: Names the last look found among the oldest kept: one goes with each ack until the next look.
+        self._due: list[str] = []
+
+    def acked(self, done_fd: int) -> None:
+        """One more ack into ``done/`` (whose descriptor is ``done_fd``): the oldest acked file goes
+        (one the last look picked), and now and then a look."""
+        self._left -= 1
+        try:
+            if self._left <= 0:
+                self._left = self.every
+                self.trim(done_fd)
+            else:
+                due = self._due
+                while due and not _remove_name(done_fd, due.pop()):
+                    pass  # taken by another handle's trim meanwhile: the next one
+        except OSError as exc:  # the ack itself is done: a trim that fails is tried again later
+            log.warning("cannot trim done/ to %s acked messages: %s", self.keep, exc)
+
+    def trim(self, done_fd: int) -> int:
+        """Remove the acked messages beyond `keep`, oldest first, and pick the next oldest, for the
+        acks until the next look to remove one each; how many were removed (0 when another look holds
+        the lock). Errors of single files are passed over (a file gone, a folder)."""
+        keep = self.keep
+        if keep is None:
+            return 0
+        fd = os.open(".", O_DIR, dir_fd=done_fd)  # its own: its own lock, and a listing offset of its own
+        try:
+            try:
+                flock(fd, LOCK_TRY)
+            except BlockingIOError:
+                return 0  # another thread or process is trimming right now
+            with os.scandir(fd) as entries:  # the type of each entry comes with the listing
+                ours = [e for e in entries if _acked(e.name)]
+            excess = len(ours) - keep
+            if excess < 0:
+                self._due = []
+                return 0
+            ours.sort(key=_age_key)
+            removed = 0
+            for entry in ours[:excess]:
+                if _remove_acked(fd, entry):
+                    removed += 1
+            # Each ack until the next look adds one file and removes one of these: done/ stays at
+            # `keep`, and the inode a put needs is one an ack just freed. Shuffled: handles of
+            # other processes hold much the same names, and would otherwise race for each in turn.
+            nxt = [e.name for e in ours[excess : excess + self.every] if e.is_file(follow_symlinks=False)]
+            random.shuffle(nxt)
+            self._due = nxt
+            return removed
+        finally:
+            os.close(fd)  # drops the lock
+
+
+def _remove_name(fd: int, name: str) -> bool:
+    """Unlink ``name`` in the folder ``fd`` if it is still a regular file (between a look and this,
+    someone may have put something else there under that name). False when it is gone or is not."""
+    try:
+        if not stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            return False
+        os.unlink(name, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EISDIR, errno.EPERM, errno.EACCES, errno.EBUSY):
+            return False
+        raise
+    return True
+
+
+def _remove_acked(fd: int, entry: os.DirEntry[str]) -> bool:
+    """Unlink ``entry`` of the folder ``fd`` if it is a regular file (an acked message): never a link,
+    a folder, a FIFO or a socket someone put there under a name of ours. (Unlinking a name never
+    touches what a link points to, nor the other names of a hard-linked file.)"""
+    try:
+        if not entry.is_file(follow_symlinks=False):  # d_type from the listing; lstat if unknown
+            return False
+        os.unlink(entry.name, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EISDIR, errno.EPERM, errno.EACCES, errno.EBUSY):
+            return False
+        raise
+    return True
