@@ -452,6 +452,7 @@ class AgentBus:
         subs = self._cache.get(event.topic) or self._resolve(event.topic)
         _published[0] += 1
         result = PublishResult(event, len(subs))
+        # (The loop of `_publish_received`, written out: as a shared method it cost publish 4%.)
         for sub in subs:
             try:
                 if sub.is_async:

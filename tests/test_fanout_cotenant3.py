@@ -15,59 +15,19 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from bus_helpers import bind, fanout_of, group_root, place, registration, wait_for
 
 from hybridcomms import _bus_folder, bus, fanout
 from hybridcomms.bus import AgentBus, Event
 from hybridcomms.cli import main as cli_main
-from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, _shared, bus_peers, encode_event, share_bus
+from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, encode_event, share_bus
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a socket to another user")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def fanout_of(b: AgentBus, root: Path) -> Any:
-    return _shared[(id(b), os.path.abspath(root))][0]
-
-
-def group_root(tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    (root / BUS_FOLDER).mkdir(parents=True)
-    os.chmod(root, 0o770)
-    return root
-
-
-def place(folder: Path, name: str, body: Any) -> None:
-    tmp = folder / f".{name}.placing"
-    tmp.write_bytes(body if isinstance(body, bytes) else orjson.dumps(body))
-    tmp.rename(folder / f"{name}.json")
-
-
-def bind(folder: Path, name: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        s.bind(f"/proc/self/fd/{fd}/{name}.sock")
-    finally:
-        os.close(fd)
-    return s
-
-
-def registration(patterns: list[str], **extra: Any) -> dict[str, Any]:
-    return {"pid": os.getpid(), "host": fanout._HOST, "patterns": patterns, **extra}
 
 
 def _base36(n: int) -> str:

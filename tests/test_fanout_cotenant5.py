@@ -23,31 +23,12 @@ from typing import Any
 
 import orjson
 import pytest
+from bus_helpers import fanout_of, group_root, wait_for
 
 from hybridcomms import fanout
 from hybridcomms._fanout_reads import ReadQueue, pid_of
 from hybridcomms.bus import AgentBus
-from hybridcomms.fanout import BUS_FOLDER, _shared, share_bus
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def fanout_of(b: AgentBus, root: Path) -> Any:
-    return _shared[(id(b), os.path.abspath(root))][0]
-
-
-def group_root(tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    (root / BUS_FOLDER).mkdir(parents=True)
-    os.chmod(root, 0o770)
-    return root
+from hybridcomms.fanout import BUS_FOLDER, share_bus
 
 
 def stale(folder: Path, name: str, pid: int) -> None:
