@@ -46,7 +46,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from . import __version__, _fs
+from . import __version__, _fs, _log
 from ._cli_errors import run_command, usage_error
 from ._fs import shown
 from ._outage import one_line, reason, unreachable
@@ -819,11 +819,20 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
 
     Each run starts from an empty ``Demo-Agent`` mailbox (the previous run's is cleared), so the table
     it prints is the same every time."""
+    logger = _log.get("hybridcomms")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the table says it all; no log lines
+    try:
+        return _demo(root)
+    finally:  # main() may run inside a program (or a test) that keeps on logging
+        logger.setLevel(level)
+
+
+def _demo(root: Path) -> int:
     import shutil
 
     from .retry import Backoff, attempts_used_up
 
-    logging.getLogger("hybridcomms").setLevel(logging.ERROR)  # the table says it all; no log lines
     demo = root / "Demo-Agent"
     cleared = 0
     if demo.is_dir() and not demo.is_symlink():

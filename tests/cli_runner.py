@@ -54,6 +54,7 @@ def run_cli(
             shown.setLevel(logging.WARNING)
             shown.setFormatter(logging.Formatter("hybridcomms: %(levelname)s: %(message)s"))
             logging.getLogger().addHandler(shown)
+            logs_before = _logging_state()
             try:
                 code = cli.main(list(args))
             except SystemExit as exc:
@@ -63,7 +64,17 @@ def run_cli(
                 else:
                     code = exc.code or 0
             finally:
+                logs_after = _logging_state()
                 logging.getLogger().removeHandler(shown)
+            # A command in a process that goes on (as here) leaves its logging as it found it: a level
+            # left at ERROR silenced the warnings later tests wait for.
+            fresh = (logging.NOTSET, False, True, 0)  # a logger made meanwhile, as getLogger makes it
+            changed = {
+                n: (logs_before.get(n, fresh), logs_after.get(n, fresh))
+                for n in logs_before.keys() | logs_after.keys()
+                if logs_before.get(n, fresh) != logs_after.get(n, fresh)
+            }
+            assert not changed, f"hybridcomms {' '.join(args)} changed logging: {changed}"
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
@@ -80,6 +91,16 @@ def run_cli(
     for wrapper in wrappers:
         wrapper.detach()
     return result
+
+
+def _logging_state() -> dict[str, tuple[int, bool, bool, int]]:
+    """Level, disabled, propagate and handler count of the root logger and of every logger."""
+    loggers: dict[str, object] = {"": logging.getLogger(), **logging.Logger.manager.loggerDict}
+    return {
+        name: (lg.level, lg.disabled, lg.propagate, len(lg.handlers))
+        for name, lg in loggers.items()
+        if isinstance(lg, logging.Logger)
+    }
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -429,8 +429,11 @@ def test_changing_subscriptions_never_doubles_an_event(redis_url: str) -> None:
     sub.subscribe("x.y", seen.append)
     fanouts = [RedisFanout(pub, redis_url), RedisFanout(sub, redis_url)]
 
+    going = threading.Event()  # the churn starts once events flow (a loaded machine may run it first)
+
     def churn() -> None:
         noop = lambda e: None  # noqa: E731
+        going.wait(30)
         for _ in range(40):
             s1 = sub.subscribe("x.*", noop)
             s2 = sub.subscribe("*", noop)
@@ -442,9 +445,12 @@ def test_changing_subscriptions_never_doubles_an_event(redis_url: str) -> None:
         t = threading.Thread(target=churn)
         t.start()
         sent = 0
-        while t.is_alive() and sent < 50_000:  # events all along the changes
+        # Events all along the changes, and 1,000 at least (before and after them too).
+        while (t.is_alive() or sent < 1_000) and sent < 50_000:
             pub.publish("x.y", sent)
             sent += 1
+            if sent == 50:
+                going.set()
             if sent % 50 == 0:
                 time.sleep(0.001)  # let the sender thread keep up (its queue drops past 10,000)
         t.join()
@@ -486,6 +492,18 @@ class _Flag(logging.Handler):
         self.seen.set()
 
 
+def _stacks() -> str:
+    """Where every thread of this process is (what a failed wait shows, to say why)."""
+    import sys
+    import traceback
+
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
+
+
 def test_a_comms_whose_ack_failed_in_an_outage_gets_the_message_back_within_its_lease(
     aof_server: Any,
 ) -> None:
@@ -514,7 +532,7 @@ def test_a_comms_whose_ack_failed_in_an_outage_gets_the_message_back_within_its_
         assert first_in.wait(20)
         aof_server.kill()  # Redis dies while the handler works: its ack will fail
         release.set()
-        assert flag.seen.wait(60), "the failed ack was not reported"
+        assert flag.seen.wait(60), f"the failed ack was not reported; the threads:\n{_stacks()}"
         aof_server.start()
         # Nobody runs recover: the consumer's own claims take the message back once its lease is over
         # (before the fix: at the Comms' next periodic recovery, 30 s later; `work`: never).
