@@ -129,11 +129,13 @@ class Retention:
             for entry in ours[:excess]:
                 if _remove_acked(fd, entry):
                     removed += 1
-            # Each ack until the next look adds one file and removes one of these: done/ stays at
-            # `keep`, and the inode a put needs is one an ack just freed. Shuffled: handles of
-            # other processes hold much the same names, and would otherwise race for each in turn.
+            # Each ack until the next look adds one file and removes the oldest of these: done/ stays
+            # at `keep` (the newest acked), and the inode a put needs is one an ack just freed. Oldest
+            # first, in order: handles of other processes hold much the same names and race for each
+            # (a lost race costs one lstat); shuffled, an ack removed any of them, so with `every`
+            # larger than `keep` a message acked just now could go before an older one.
             nxt = [e.name for e in ours[excess : excess + self.every] if e.is_file(follow_symlinks=False)]
-            random.shuffle(nxt)
+            nxt.reverse()  # popped from the end: the oldest first
             self._due = nxt
             return removed
         finally:

@@ -318,3 +318,26 @@ def test_an_entry_swapped_for_a_link_after_the_look_is_left_alone(tmp_path: Path
             handle.acked(done_fd)
         assert sorted(os.listdir(done)) == names[32:]  # every link still there
         assert target.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("keep", [1, 3, 7, 40])
+def test_the_newest_acked_always_stay_whatever_the_first_look(tmp_path: Path, keep: int) -> None:
+    """After every ack, the last ``keep`` acked are in done/ (never fewer, never an older one in their
+    place), for every first look a handle may draw (it starts at a random ack): each ack removes the
+    oldest (a shuffled pick once removed a message acked just before, keeping an older one)."""
+    every = max(keep // 4, 32)
+    for first in range(1, min(every, 64) + 1, 5):
+        mb, _done = done_dir(tmp_path / f"k{keep}-{first}", done_retention=keep)
+        with mb:
+            mb.retention._left = first
+            mb.put_many([Message("t.x", {"n": i}) for i in range(keep + 90)])
+            acked: list[str] = []
+            for _ in range(keep + 90):
+                d = mb.claim()
+                assert d is not None
+                d.ack()
+                acked.append(d.message.id)
+                kept = {info.id for info in mb.list(State.DONE)}
+                newest = set(acked[-keep:])
+                assert newest <= kept, (first, len(acked), sorted(newest - kept))
+                assert len(kept) <= keep + every + 1
