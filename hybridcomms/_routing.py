@@ -65,7 +65,7 @@ class Router:
         self.policy = policy
         self.bus = bus
         self.fsync = fsync
-        self.options = options  # what every backend takes: lease, max_attempts, backoff
+        self.options = options  # what every backend takes: lease, max_attempts, backoff, done_retention
         self.mailbox = self.open(url, agent_id)
         self.registry = registry_for(root, url, getattr(self.mailbox, "file_mode", 0o600))
         self._outboxes: OrderedDict[tuple[str | None, str], Mailbox] = OrderedDict()

@@ -83,7 +83,8 @@ class Comms:
     reply). The mailboxes are any backend of `hybridcomms.backend`.
 
     ``Comms(agent_id, *, root=DEFAULT_ROOT, policy=None, bus=None, fsync="always", max_attempts=5,
-    backoff=Backoff(), lease=300, dead_letter_topic="hybridcomms.deadletter", recover_every=30)``
+    backoff=Backoff(), lease=300, dead_letter_topic="hybridcomms.deadletter", recover_every=30,
+    legacy_intake=None, url=None, share_bus=None, done_retention=10_000)``
         policy          a `Policy`, or a path to a policy file; default (None): the one `find_policy`
                         finds, as every part does: ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``,
                         else ``[tool.hybridcomms.policy]`` in ``./pyproject.toml``, else the shipped
@@ -100,6 +101,9 @@ class Comms:
         share_bus       carry the bus's ephemeral events to the other processes of the same root (this
                         host) or the same Redis URL, and theirs to this one (`hybridcomms.fanout`);
                         default True, or ``$HYBRIDCOMMS_SHARE_BUS`` (0 turns it off)
+        done_retention  how many acked messages the agent's mailbox keeps (the same option and
+                        meaning on every backend: 10,000 by default, 0 keeps none, None keeps all;
+                        docs/guarantees.md)
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Comms:
         legacy_intake: bool | None = None,
         url: str | None = None,
         share_bus: bool | None = None,
+        done_retention: int | None = 10_000,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         self.root = Path(root)
@@ -126,7 +131,12 @@ class Comms:
         self.policy = policy
         log.info("%s: routing policy from %s", self.agent_id, policy.provenance)
         self.bus = bus if bus is not None else default_bus()
-        options = {"max_attempts": max_attempts, "backoff": backoff, "lease": lease}
+        options = {
+            "max_attempts": max_attempts,
+            "backoff": backoff,
+            "lease": lease,
+            "done_retention": done_retention,
+        }
         self._router = Router(self.agent_id, self.root, self.url, policy, self.bus, fsync, options)
         self.mailbox: Mailbox = self._router.mailbox
         self._handlers = HandlerTable(self.bus)

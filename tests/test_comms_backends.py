@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bus_helpers import wait_for
 
 from hybridcomms import Backoff, Comms, FileMailbox, Policy, PolicyError, Received, Rule, State
 from hybridcomms.memory import MemoryMailbox
@@ -123,3 +124,31 @@ def test_durable_subscribers_are_seen_across_hosts_on_redis(tmp_path: Path, redi
     with RedisMailbox(redis_url, "Listener") as mb:
         assert mb.stats().states[State.DONE].count == 1
     redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.mark.parametrize("retention", [0, 2, None])
+def test_comms_keeps_as_many_acked_messages_as_done_retention_says(
+    tmp_path: Path, url: str | None, retention: int | None
+) -> None:
+    """The one option, with one meaning, through `Comms` on every backend: 0 keeps no acked message,
+    2 keeps about the last 2 (never fewer), None keeps every one."""
+    handled = threading.Semaphore(0)
+    opts: dict[str, Any] = {"root": tmp_path / "root", "url": url, "fsync": "never", "backoff": FAST}
+    with Comms("Keeper", done_retention=retention, **opts) as keeper:
+        assert keeper.mailbox.done_retention == retention
+        keeper.subscribe("job.*", lambda m: handled.release())
+        for i in range(40):
+            keeper.send("Keeper", "job.run", {"n": i}, route="durable")
+        for _ in range(40):
+            assert handled.acquire(timeout=15)
+
+        def done() -> int:
+            return keeper.mailbox.stats().states[State.DONE].count
+
+        # The last ack settles just after its handler returned: wait for the count it leads to.
+        if retention is None:
+            wait_for(lambda: done() == 40, 10, "40 acked messages kept")
+        elif retention == 0:
+            wait_for(lambda: done() == 0, 10, "no acked message kept")
+        else:
+            wait_for(lambda: 2 <= done() <= 2 + 32 + 1, 10, "about the last 2 kept")
