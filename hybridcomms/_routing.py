@@ -18,14 +18,13 @@ from typing import Any
 
 from . import _log
 from ._outage import Outage, unreachable
-from ._urls import backend_of, shown_url, url_from_environ
-from .backend import Mailbox, open_mailbox, put_once
+from ._urls import shown_url, url_from_environ
+from .backends import Mailbox, backend_of, open_mailbox, put_once, registry_for
+from .backends.file import FileMailbox
 from .bus import AgentBus, Event
 from .errors import MailboxIOError
-from .mailbox import FileMailbox
 from .message import Message
 from .policy import Policy, Route
-from .registry import registry_for
 
 __all__ = ["Router", "Sent"]
 

@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _fs
-from ._urls import backend_of, shown_url
+from ._urls import shown_url
+from .backends import backend_of
 from .errors import MessageError, PolicyError
 from .message import Priority
 

@@ -1,4 +1,4 @@
-"""`RedisMailbox`: the mailbox contract (`hybridcomms.backend`) on Redis Streams, for fleets.
+"""`RedisMailbox`: the mailbox contract (`hybridcomms.backends.base`) on Redis Streams, for fleets.
 
 Needs the ``redis`` client (``pip install 'hybridcomms[redis]'``) and Redis >= 6.2.
 
@@ -66,24 +66,34 @@ from typing import Any
 
 import orjson
 
-from ._last_errors import text_of
-from ._names import RANK_OF, RANKS, compact_time, make_name
-from ._retention import DEFAULT_DONE_RETENTION, check_retention
-from ._urls import shown_url
-from .delivery import SettledByMailbox
-from .errors import (
+from ..._names import RANK_OF, RANKS, compact_time, make_name
+from ..._urls import shown_url
+from ...errors import (
     BackendUnavailableError,
     DeliveryLostError,
     HybridCommsError,
     MailboxIOError,
     MessageDecodeError,
 )
-from .inspection import LastError, MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, check_id
-from .recovery import RecoveryReport
-from .retry import Backoff, attempts_used_up
-from .states import State
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, check_id
+from ...retry import Backoff, attempts_used_up
+from ...states import State
+from ..base import (
+    DEFAULT_BACKOFF,
+    DEFAULT_DONE_RETENTION,
+    LastError,
+    MailboxStats,
+    MessageInfo,
+    RecoveryReport,
+    SettledByMailbox,
+    StateStats,
+    check_agent_id,
+    check_delay,
+    check_retention,
+    expiry_reason,
+    set_common_options,
+    text_of,
+)
 
 try:
     import redis
@@ -497,7 +507,7 @@ def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
     """A client error as the mailbox's error: `BackendUnavailableError` when the server cannot be
     reached (refused, timed out, credentials refused, no such host), else `MailboxIOError`."""
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        from ._outage import reason
+        from ..._outage import reason
 
         return BackendUnavailableError(shown_url(url), reason(exc), what)
     return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
@@ -924,15 +934,15 @@ class RedisMailbox:
         if not owned:
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
 
-    def _ack(self, d: RedisDelivery) -> None:
+    def settle_ack(self, d: RedisDelivery) -> None:
         stream = self._streams[d._rank_index]
         keep = -1 if self.done_retention is None else self.done_retention
         self._settle(d, self._ack_script, [stream, self._done], [keep, d.attempt])
 
-    def _nack(self, d: RedisDelivery, delay: float | None, error: str | None) -> None:
+    def settle_nack(self, d: RedisDelivery, delay: float | None, error: str | None) -> State:
         if attempts_used_up(d.attempt, self.max_attempts):
-            self._bury(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
-            return
+            self.settle_dead(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
+            return State.DEAD
         wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
         now = time.time()
         due_ms = int((now + wait) * 1000)
@@ -947,6 +957,7 @@ class RedisMailbox:
         self._settle(
             d, self._nack_script, [stream, self._delayed, self._delayed_data], [due_ms, token, packed]
         )
+        return State.NEW
 
     @staticmethod
     def _packed(i: int, raw: bytes, attempts: int, fields: dict[str, Any], kept: bytes | None) -> bytes:
@@ -964,7 +975,7 @@ class RedisMailbox:
             entry["e"] = kept.decode("utf-8", "replace")
         return orjson.dumps(entry)
 
-    def _bury(self, d: RedisDelivery, reason: str, error: str | None) -> None:
+    def settle_dead(self, d: RedisDelivery, reason: str, error: str | None) -> None:
         last: dict[str, Any] = {"last_error": error}
         if error is None and d._kept is not None:
             last = {"last_error": d._kept.error, "last_error_attempt": d._kept.attempt}
@@ -981,7 +992,7 @@ class RedisMailbox:
         stream = self._streams[d._rank_index]
         self._settle(d, self._dead_script, [stream, self._dead], [why, d.attempt, RANKS[d._rank_index]])
 
-    def _heartbeat(self, d: RedisDelivery) -> None:
+    def settle_heartbeat(self, d: RedisDelivery) -> None:
         """``XCLAIM`` by the owner, ``JUSTID``: resets the idle time without counting a delivery. An
         entry recovery took is no longer pending: nothing is claimed, and the lease is lost."""
         self._check()
@@ -1311,7 +1322,7 @@ def _last_error_of(raw: Any) -> LastError | None:
 
 
 class RedisDelivery(SettledByMailbox):
-    """A message claimed from a `RedisMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
+    """A message claimed from a `RedisMailbox` (see `hybridcomms.backends.base.MailboxDelivery`)."""
 
     __slots__ = ("_kept", "_kept_raw", "_rank_index", "_raw", "entry_id")
 
@@ -1327,7 +1338,7 @@ class RedisDelivery(SettledByMailbox):
         kept_raw: bytes | None = None,
         kept: LastError | None = None,
     ) -> None:
-        self._start(mailbox, name, message, attempt)
+        super().__init__(mailbox, name, message, attempt)
         self._rank_index = rank_index
         self.entry_id = entry_id
         self._raw = raw
