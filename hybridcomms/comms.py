@@ -48,7 +48,7 @@ from ._consumer import (
 from ._handlers import Handler, HandlerTable
 from ._requests import PendingRequests
 from ._routing import Router, Sent, resolve_url
-from .backends import Mailbox, backend_of
+from .backends import Mailbox
 from .backends.base import DEFAULT_BACKOFF, check_agent_id
 from .backends.file import DEFAULT_ROOT, FileMailbox
 from .bus import AgentBus, Event, default_bus
@@ -152,7 +152,7 @@ class Comms:
         if share_bus is None:
             share_bus = os.environ.get(SHARE_BUS_ENV, "1") not in ("0", "")
         self._unshare: Callable[[], None] = lambda: None
-        kind = backend_of(self.url)
+        kind = self.mailbox.kind
         if share_bus and kind in ("file", "redis"):  # memory:// lives in one process: nothing to share
             from .fanout import share_bus as _share
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .._urls import shown_url
@@ -22,6 +23,7 @@ from .subscriptions import SubscriptionRegistry
 
 __all__ = [
     "KINDS",
+    "SCHEMES",
     "Mailbox",
     "MailboxDelivery",
     "backend_of",
@@ -33,6 +35,8 @@ __all__ = [
 #: The backends, as `backend_of` and ``mailbox.kind`` name them.
 KINDS = ("file", "memory", "redis")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: The URL schemes some backend serves.
+SCHEMES = (*_REDIS_SCHEMES, "memory", "file")
 #: A URL with a slash missing (``redis:/host``) or a user in it (``redis::pw@host``), in what has no "://".
 _SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(/|.*@)", re.DOTALL)
 
@@ -52,17 +56,27 @@ def backend_of(url: str | None) -> str:
     return scheme if scheme in ("memory", "file") else ""
 
 
-def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
+def open_mailbox(
+    where: str | os.PathLike[str],
+    agent_id: str,
+    *,
+    file_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Mailbox:
     """The mailbox of ``agent_id`` at ``where``:
 
     - ``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS) or ``unix://…``: a
       `RedisMailbox` (needs the ``hybridcomms[redis]`` extra);
     - ``memory://<name>``: a `MemoryMailbox` shared by everything in this process that names it;
-    - ``file:///path``, or a plain path: a `FileMailbox` under that root.
+    - ``file:///path``, a plain path or a `os.PathLike`: a `FileMailbox` under that root.
 
     ``options`` are the mailbox options every backend takes (``lease``, ``max_attempts``,
     ``backoff``, ``max_message_size``, ``done_retention``, ``create``) and the backend's own (``fsync``
-    for files, …)."""
+    for files, ``namespace`` for Redis, …). ``file_options`` are options for a file mailbox only
+    (``fsync``, ``read_only``, …): given to a `FileMailbox`, left out for the other backends (a
+    caller that opens whatever a URL names passes them without asking which backend it is)."""
+    if not isinstance(where, str):
+        return _open_file(os.fspath(where), agent_id, {**options, **(file_options or {})})
     kind = backend_of(where)
     if kind == "redis":
         from .redis.mailbox import RedisMailbox
@@ -74,9 +88,13 @@ def open_mailbox(where: str, agent_id: str, **options: Any) -> Mailbox:
         return MemoryMailbox.named(where[len("memory://") :], agent_id, **options)
     if kind != "file":
         raise ValueError(f"unknown mailbox URL scheme in {shown_url(where)!r} (redis, rediss, memory, file)")
+    root = where[len("file://") :] if where.startswith("file://") else where
+    return _open_file(root, agent_id, {**options, **(file_options or {})})
+
+
+def _open_file(root: str, agent_id: str, options: dict[str, Any]) -> Mailbox:
     from .file.mailbox import FileMailbox
 
-    root = where[len("file://") :] if where.startswith("file://") else where
     return FileMailbox(root, agent_id, **options)
 
 

@@ -249,13 +249,15 @@ class Mailbox(Protocol):
     lease: float
     max_attempts: int
     max_message_size: int
-    done_retention: int | None  # acked messages kept in ``done`` (None: every one)
+    kind: str  # the backend: "file", "memory" or "redis" (as `backends.backend_of` names its URL)
+    done_retention: int | None  # acked messages kept in ``done`` (see "Retention"; None: every one)
 
     def put(self, message: Message, *, delay: float | None = None) -> str:
         """Store one message (not claimable for ``delay`` seconds, if given); returns its id."""
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
-        """Store all of ``messages`` or none of them; returns their ids, in order."""
+        """Store all of ``messages`` or none of them (a failed `put_many` takes back what it stored,
+        except a message a consumer claimed in the meantime); returns their ids, in order."""
 
     def claim(
         self, timeout: float | None = None, *, cancel: threading.Event | None = None

@@ -98,9 +98,14 @@ class MemoryMailbox:
 
     ``MemoryMailbox(agent_id, *, store="default", lease=300, max_attempts=5, backoff=Backoff(),
     max_message_size=…, done_retention=10000, create=True)``: the options mean what they mean for
-    `FileMailbox` (here ``done_retention`` keeps exactly the last N acked messages).
+    `FileMailbox`;
+
+        done_retention   acked messages kept in ``done`` (the contract's "Retention"): the last N,
+                         10,000 by default (exactly N here); 0 keeps none (the ack drops the message),
+                         None keeps every one (until `purge`)
     """
 
+    kind = "memory"
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -175,6 +180,7 @@ class MemoryMailbox:
         return self.put_many([message], delay=delay)[0]
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
+        """Store all of ``messages`` or none of them (under one lock); their ids, in order."""
         wait = check_delay(delay)
         box = self._check()
         now = time.time()
@@ -182,7 +188,7 @@ class MemoryMailbox:
         with box.cond:
             for e in entries:
                 box.push(e)
-        return [e.name for e in entries]
+        return [e.id for e in entries]
 
     # -- claim ----------------------------------------------------------------------------------
 

@@ -152,9 +152,9 @@ class FileMailbox:
         max_attempts      claims (deliveries) before a failing message goes to dead/
         backoff           delay before a nacked message is due again
         max_message_size  encoded bytes; bigger messages are refused before anything is written
-        done_retention    acked messages kept in done/: about the last 10,000 by default (the oldest
-                          beyond are removed as acks come); 0 keeps none (the ack removes the file);
-                          None keeps every one (until `purge`)
+        done_retention    acked messages kept in ``done`` (the contract's "Retention"): about the last
+                          N, 10,000 by default (a trim every N/4 acks keeps a little more); 0 keeps
+                          none (the ack drops the message), None keeps every one (until `purge`)
         file_mode         mode of message files; default: what the mailbox's folders say (0o660 when its
                           new/ is group-writable, a group setup such as Dream.OS's; else 0o600)
         dir_mode          mode of the folders it creates; default: 0o770 under a group-writable root
@@ -174,6 +174,7 @@ class FileMailbox:
     Safe to share between threads, and any number of processes may open the same mailbox.
     """
 
+    kind = "file"
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -500,11 +501,13 @@ class FileMailbox:
                 pass  # the put raises anyway; the disk is failing
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> list[str]:
-        """Deliver a burst with one durability barrier (one ``syncfs`` + one ``new/`` fsync).
+        """Store all of ``messages`` or none of them, with one durability barrier (one ``syncfs`` + one
+        ``new/`` fsync); their ids, in order. ``delay`` holds every one of them back, as in `put`.
 
-        Once it returns, every message has the same guarantee as after `put`. If it raises,
-        none is guaranteed, though some may already have been delivered: send them again
-        (same ids) and let handlers deduplicate. ``delay`` holds every one of them back, as in `put`.
+        Once it returns, every message has the same guarantee as after `put`. If it raises, every
+        file it had published is taken back (unlinked, and the removal committed) unless a consumer
+        claimed it already in between: so a failure may still deliver some of them (at least once),
+        and a resend of the same ids is for handlers to deduplicate.
         """
         self.folders.check_writable()
         wait = check_delay(delay)

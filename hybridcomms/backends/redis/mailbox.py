@@ -545,8 +545,9 @@ class RedisMailbox:
         lease, max_attempts, backoff, max_message_size: as for `FileMailbox`
         create           False: raise `MailboxIOError` if the agent has no mailbox there yet
         namespace        the first part of every key
-        done_retention   acked messages kept in ``done``: about the last 10,000 by default (``XADD MAXLEN
-                         ~``); 0 keeps none, None keeps every one (until `purge`)
+        done_retention   acked messages kept in ``done`` (the contract's "Retention"): about the last N,
+                         10,000 by default (``XADD MAXLEN ~`` keeps a little more); 0 keeps none (the
+                         ack drops the message), None keeps every one (until `purge`)
         max_age          drop entries older than this many seconds from each priority's stream as new
                          ones come (``XADD MINID ~``); None (the default) never does (same caveat)
         maxlen           cap each priority's stream at about this many entries (``XADD MAXLEN ~``);
@@ -558,6 +559,7 @@ class RedisMailbox:
                          without anyone running ``recover``
     """
 
+    kind = "redis"
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -704,6 +706,7 @@ class RedisMailbox:
         return []
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
+        """Store all of ``messages`` or none of them (one ``MULTI``/``EXEC``); their ids, in order."""
         wait = check_delay(delay)
         self._check()
         batch = [(m, *self._fields_of(m, wait)) for m in messages]  # all encoded before any is sent
@@ -731,7 +734,7 @@ class RedisMailbox:
                 pipe.execute()
         except redis.RedisError as exc:
             raise self._error(exc, "put") from exc
-        return [make_name(RANKS[i], compact_time(f["d"] / 1000), m.id, 0) for m, i, f in batch]
+        return [m.id for m, _, _ in batch]
 
     # -- claim ----------------------------------------------------------------------------------
 
