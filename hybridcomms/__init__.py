@@ -9,6 +9,8 @@ See docs/ for the guarantees.
 from __future__ import annotations
 
 from ._fs import FsyncPolicy
+from .backends.base import MailboxStats, MessageInfo, RecoveryReport, StateStats, check_agent_id
+from .backends.file import DEFAULT_ROOT, Delivery, FileMailbox, list_agents
 from .bus import AgentBus, Event, PublishResult, Subscription, default_bus
 from .comms import Comms, CommsSubscription, Received, RequestTimeoutError, Sent
 from .errors import (
@@ -22,17 +24,6 @@ from .errors import (
     MessageError,
     MessageTooLargeError,
     UnsafePathError,
-)
-from .mailbox import (
-    DEFAULT_ROOT,
-    Delivery,
-    FileMailbox,
-    MailboxStats,
-    MessageInfo,
-    RecoveryReport,
-    StateStats,
-    check_agent_id,
-    list_agents,
 )
 from .message import Message, Priority
 from .policy import Decision, Policy, PolicyError, Route, Rule, find_policy

@@ -24,7 +24,7 @@ from ._broken import Broken
 from ._handlers import HandlerTable
 from ._outage import Outage, is_outage
 from ._requests import PendingRequests
-from .backend import Mailbox, MailboxDelivery
+from .backends import Mailbox, MailboxDelivery
 from .bus import AgentBus
 from .intake import Step
 from .message import Message

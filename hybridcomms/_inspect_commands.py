@@ -20,17 +20,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import _fs, _last_errors, _log, inspection
+from . import _fs, _log
 from ._cli_errors import LineWriter
 from ._locking import drop, try_lock
 from ._names import REASON_SUFFIX, parse_name
 from ._progress import Progress
 from ._text import json_text, printable
 from ._urls import shown_url
-from .backend import Mailbox
+from .backends import Mailbox
+from .backends.base import MessageInfo, check_agent_id
+from .backends.file import FileMailbox, inspection, list_agents
+from .backends.file import last_errors as _last_errors
 from .errors import HybridCommsError, UnsafePathError
-from .inspection import MessageInfo
-from .mailbox import FileMailbox, check_agent_id, list_agents
 from .message import Message, iso_utc
 from .states import State
 
@@ -142,8 +143,8 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
 
 def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None) -> Iterator[Mailbox]:
     if url is not None:
-        from .backend import open_mailbox
-        from .redis_mailbox import redis_agents
+        from .backends import open_mailbox
+        from .backends.redis.mailbox import redis_agents
 
         for agent in agents or redis_agents(url):
             with open_mailbox(url, check_agent_id(agent), create=False) as remote:

@@ -18,14 +18,12 @@ from typing import Any
 
 from . import _log
 from ._outage import Outage, unreachable
-from ._urls import backend_of, shown_url, url_from_environ
-from .backend import Mailbox, open_mailbox, put_once
+from ._urls import shown_url, url_from_environ
+from .backends import Mailbox, backend_of, open_mailbox, put_once, registry_for
 from .bus import AgentBus, Event
 from .errors import MailboxIOError
-from .mailbox import FileMailbox
 from .message import Message
 from .policy import Policy, Route
-from .registry import registry_for
 
 __all__ = ["Router", "Sent"]
 
@@ -84,11 +82,8 @@ class Router:
 
     def open(self, url: str | None, agent: str) -> Mailbox:
         """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""
-        if url is None or url == "local":
-            return FileMailbox(self.root, agent, fsync=self.fsync, **self.options)
-        if backend_of(url) == "file":  # fsync is the file backend's own option
-            return open_mailbox(url, agent, fsync=self.fsync, **self.options)
-        return open_mailbox(url, agent, **self.options)
+        where = self.root if url is None or url == "local" else url
+        return open_mailbox(where, agent, file_options={"fsync": self.fsync}, **self.options)
 
     def outbox(self, agent: str, backend: str | None = None) -> Mailbox:
         """The mailbox a message to ``agent`` goes into: on this agent's backend, or on the one a
@@ -113,9 +108,11 @@ class Router:
         self, agent: str, backend: str | None, message: Message, *, delay: float | None, once: bool
     ) -> None:
         where = self.url if backend is None or backend == "local" else backend
+        opened: list[Mailbox] = []  # the outbox, once it is open
 
         def put() -> None:
             box = self.outbox(agent, backend)
+            opened[:] = [box]
             if once:
                 put_once(box, message, delay=delay)
             else:
@@ -125,7 +122,7 @@ class Router:
             try:
                 put()
             except OSError:
-                if backend_of(where) != "file" or not self._forget(where, agent):
+                if not opened or opened[0].kind != "file" or not self._forget(where, agent):
                     raise
                 # A recipient's folder made anew (or removed) since its outbox was opened: a failed
                 # put of a file mailbox left nothing behind, so it is tried once more, on the folder
@@ -137,7 +134,7 @@ class Router:
             if isinstance(exc, OSError):
                 self._forget(where, agent)
             raise
-        if backend_of(where) != "file":
+        if opened[0].kind != "file":
             # Files: only the consumer loop judges its own folder (a put into another agent's mailbox
             # says nothing about it).
             self.outage(where).ok()

@@ -1,4 +1,4 @@
-"""Mailbox URLs, read in one place: which backend a URL names, where it comes from (``--url``,
+"""Mailbox URLs, read in one place: where one comes from (``--url``,
 ``$HYBRIDCOMMS_URL``, or the file ``$HYBRIDCOMMS_URL_FILE`` names, which ``ps`` cannot read), how to
 show one without its password, and an environment for a child without it. (No imports from the
 package: every layer may use it.)"""
@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 
 __all__ = [
-    "REDIS_SCHEMES",
     "URL_ENV",
     "URL_FILE_ENV",
-    "backend_of",
     "child_environ",
     "has_secret",
     "shown_url",
     "url_from_environ",
 ]
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 #: Where the mailboxes are, for `Comms` and the CLI when no URL is given (else files under the root).
 URL_ENV = "HYBRIDCOMMS_URL"
 #: A file whose first line is that URL: what a password-bearing URL is given by, so that it is in
@@ -32,25 +28,8 @@ URL_ENV = "HYBRIDCOMMS_URL"
 URL_FILE_ENV = "HYBRIDCOMMS_URL_FILE"
 #: Query parameters whose value is a secret (``?password=…``), compared in lower case.
 _SECRET_PARAMS = ("password", "pass", "passwd", "pwd", "secret", "token", "auth", "key")
-#: A URL with a slash missing (``redis:/host``) or a user in it (``redis::pw@host``), in what has no "://".
-_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(/|.*@)", re.DOTALL)
 #: A URL file is read up to this many bytes (it holds one line).
 _MAX_URL_FILE = 64 * 1024
-
-
-def backend_of(url: str | None) -> str:
-    """``"file"`` (None, ``"local"``, a plain path or ``file://…``), ``"redis"`` (``redis://``,
-    ``rediss://``, ``unix://``), ``"memory"`` (``memory://…``), or ``""`` for a scheme no backend
-    serves."""
-    if url is None or url == "local":
-        return "file"
-    if "://" not in url:
-        # a URL mistyped, not a folder to make mailboxes in
-        return "" if _SCHEME_LIKE.match(url) and not url.startswith(("./", "/")) else "file"
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in REDIS_SCHEMES:
-        return "redis"
-    return scheme if scheme in ("memory", "file") else ""
 
 
 def shown_url(url: str) -> str:

@@ -46,11 +46,11 @@ from ._cli_errors import LineWriter
 from ._command_io import CommandPipes
 from ._outage import Outage
 from ._text import json_text, printable
-from ._urls import backend_of, child_environ, shown_url
-from .backend import Mailbox, MailboxDelivery, open_mailbox
+from ._urls import child_environ, shown_url
+from .backends import Mailbox, MailboxDelivery, backend_of, open_mailbox
+from .backends.file import FileMailbox
 from .comms import REPLY_HEADER
 from .errors import HybridCommsError
-from .mailbox import FileMailbox
 from .message import Message, reply_topic
 from .retry import Backoff, attempts_used_up
 

@@ -39,6 +39,7 @@ from enum import Enum
 from typing import Any
 
 from . import _log
+from .message import pattern_matches
 
 __all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "default_bus", "pattern_matches"]
 
@@ -219,16 +220,6 @@ def _check_pattern(pattern: str) -> str:
     if pattern.startswith(".") or ".." in pattern or (pattern.endswith(".") and pattern != "."):
         raise ValueError(f"bad pattern {pattern!r}: empty topic segment")
     return pattern
-
-
-def pattern_matches(pattern: str, topic: str) -> bool:
-    """The bus's matching rule, as a plain function (for tests, tools and the docs)."""
-    if pattern == "*" or pattern == topic:
-        return True
-    if pattern.endswith(".*"):
-        prefix = pattern[:-2]
-        return topic == prefix or topic.startswith(prefix + ".")
-    return False
 
 
 class PublishResult:

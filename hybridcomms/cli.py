@@ -51,13 +51,13 @@ from ._cli_errors import run_command, usage_error
 from ._fs import shown
 from ._outage import one_line, reason, unreachable
 from ._text import json_text, printable
-from ._urls import URL_ENV, backend_of, shown_url, url_from_environ
-from .backend import Mailbox
+from ._urls import URL_ENV, shown_url, url_from_environ
+from .backends import Mailbox, backend_of
+from .backends.base import RecoveryReport, check_agent_id
+from .backends.file import DEFAULT_ROOT, FileMailbox, list_agents
 from .errors import HybridCommsError
-from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
 from .message import Message, Priority
 from .policy import Decision, Policy, Route, find_policy
-from .recovery import RecoveryReport
 from .states import State
 
 __all__ = ["main", "resolve_policy", "resolve_root"]
@@ -195,7 +195,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    from .backend import put_once
+    from .backends import put_once
 
     with _open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
         written: Path | None = None
@@ -329,7 +329,7 @@ def _open_existing(
     root: Path, agent: str, command: str, create: bool, url: str | None = None, **options: Any
 ) -> Mailbox:
     if url is not None:
-        from .backend import open_mailbox
+        from .backends import open_mailbox
 
         file_only = ("fsync", "read_only")
         return open_mailbox(
@@ -444,7 +444,7 @@ def _agents(args: argparse.Namespace, root: Path) -> list[str]:
     if args.agents:
         return [check_agent_id(a) for a in args.agents]
     if args.url_resolved:
-        from .redis_mailbox import redis_agents
+        from .backends.redis.mailbox import redis_agents
 
         return redis_agents(args.url_resolved)
     return list_agents(root)
@@ -498,7 +498,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
     if args.agents:
         entries = [(a, a, "named", None) for a in _agents(args, root)]
     else:
-        from .inspection import survey_root
+        from .backends.file.inspection import survey_root
 
         entries = [(e.name, e.agent, e.kind, e.problem) for e in survey_root(root)]
     for name_shown, agent, kind, problem in entries:

@@ -48,11 +48,11 @@ from ._consumer import (
 from ._handlers import Handler, HandlerTable
 from ._requests import PendingRequests
 from ._routing import Router, Sent, resolve_url
-from ._urls import backend_of
-from .backend import Mailbox
+from .backends import Mailbox
+from .backends.base import DEFAULT_BACKOFF, check_agent_id
+from .backends.file import DEFAULT_ROOT, FileMailbox
 from .bus import AgentBus, Event, default_bus
 from .errors import HybridCommsError, RequestTimeoutError
-from .mailbox import DEFAULT_BACKOFF, DEFAULT_ROOT, FileMailbox, check_agent_id
 from .message import Message, Priority, reply_topic
 from .policy import Policy, Route, find_policy
 from .retry import Backoff
@@ -80,7 +80,7 @@ class Comms:
     A thin front over parts with one job each: `Router` (where a message goes: the policy, the
     mailboxes, the bus, durable subscriptions), `HandlerTable` (the handlers by pattern),
     `ConsumerLoop` (claim, handle, settle, recover) and `PendingRequests` (requests waiting for a
-    reply). The mailboxes are any backend of `hybridcomms.backend`.
+    reply). The mailboxes are any backend of `hybridcomms.backends`.
 
     ``Comms(agent_id, *, root=DEFAULT_ROOT, policy=None, bus=None, fsync="always", max_attempts=5,
     backoff=Backoff(), lease=300, dead_letter_topic="hybridcomms.deadletter", recover_every=30,
@@ -96,7 +96,7 @@ class Comms:
                         configured (`hybridcomms.intake`), True or False to say so
         url             where the mailboxes are: None (default: ``$HYBRIDCOMMS_URL``, else files under
                         ``root``), ``redis://…``/``rediss://…`` (Redis Streams, a fleet across hosts) or
-                        ``memory://<store>``; see `hybridcomms.backend.open_mailbox`. A policy rule may
+                        ``memory://<store>``; see `hybridcomms.backends.open_mailbox`. A policy rule may
                         name another backend for its route (``backend = "redis://…"``).
         share_bus       carry the bus's ephemeral events to the other processes of the same root (this
                         host) or the same Redis URL, and theirs to this one (`hybridcomms.fanout`);
@@ -162,7 +162,7 @@ class Comms:
         if share_bus is None:
             share_bus = os.environ.get(SHARE_BUS_ENV, "1") not in ("0", "")
         self._unshare: Callable[[], None] = lambda: None
-        kind = backend_of(self.url)
+        kind = self.mailbox.kind
         if share_bus and kind in ("file", "redis"):  # memory:// lives in one process: nothing to share
             from .fanout import share_bus as _share
 

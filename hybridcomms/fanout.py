@@ -73,7 +73,8 @@ from ._fanout_index import PeerIndex
 from ._fanout_reads import ReadQueue, pid_of
 from ._fanout_turns import Link as _Link
 from ._fanout_turns import Turns
-from ._urls import backend_of, shown_url
+from ._urls import shown_url
+from .backends import backend_of
 from .bus import AgentBus, Event
 from .errors import UnsafePathError
 from .message import Message, nulls_hide_non_finite, valid_topic

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from .mailbox import FileMailbox
+    from .backends.file import FileMailbox
     from .policy import Policy
 
 __all__ = ["ENV", "Intake", "Step", "enabled", "get"]

@@ -36,7 +36,7 @@ import orjson
 from ._text import printable, shows_as_itself
 from .errors import MessageDecodeError, MessageError, MessageTooLargeError
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "FORMAT_VERSION", "Message", "Priority"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "FORMAT_VERSION", "Message", "Priority", "pattern_matches"]
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, encoded
@@ -389,6 +389,18 @@ def _native_priority(value: Any) -> Any:
     """A priority name of the native form as its member; anything else as it is, for
     `Priority.parse` to accept (0..3, other spellings) or to refuse with a clear error."""
     return _PRIORITY_ALIASES.get(value, value) if type(value) is str else value
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """Whether a subscription ``pattern`` matches ``topic``: ``*`` (every topic), the topic itself,
+    or ``prefix.*`` (the topic ``prefix`` and every topic under ``prefix.``). The one rule of the bus
+    and of durable subscriptions."""
+    if pattern == "*" or pattern == topic:
+        return True
+    if pattern.endswith(".*"):
+        prefix = pattern[:-2]
+        return topic == prefix or topic.startswith(prefix + ".")
+    return False
 
 
 def reply_topic(topic: str) -> str:

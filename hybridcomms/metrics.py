@@ -34,9 +34,9 @@ import orjson
 
 from . import _fs
 from ._names import REASON_SUFFIX
+from .backends.file import FileMailbox
+from .backends.file.inspection import survey_root
 from .errors import HybridCommsError
-from .inspection import survey_root
-from .mailbox import FileMailbox
 from .states import State
 
 __all__ = [

@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _fs
-from ._urls import backend_of, shown_url
+from ._urls import shown_url
+from .backends import SCHEMES, backend_of
 from .errors import MessageError, PolicyError
 from .message import Priority
 
@@ -533,7 +534,6 @@ def _critical(decision: Decision, prio: Priority) -> Decision:
 
 
 _RULE_KEYS = {"name", "match", "route", "addressed", "min_priority", "backend"}
-_BACKEND_SCHEMES = ("redis", "rediss", "unix", "memory", "file")
 
 
 def _check_backend(backend: object) -> None:
@@ -542,7 +542,7 @@ def _check_backend(backend: object) -> None:
     ):
         raise PolicyError(
             "'backend' must be \"local\" or a mailbox URL "
-            f"({', '.join(s + '://' for s in _BACKEND_SCHEMES)}), not {backend!r}"
+            f"({', '.join(s + '://' for s in SCHEMES)}), not {backend!r}"
         )
 
 

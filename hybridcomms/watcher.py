@@ -35,8 +35,8 @@ from . import _fs, _log
 from . import intake as _intake
 from ._broken import Broken
 from ._names import REASON_SUFFIX, parse_name
+from .backends.file import FileMailbox, list_agents
 from .bus import AgentBus
-from .mailbox import FileMailbox, list_agents
 from .states import TRANSITIONS, State, Transition
 
 __all__ = ["EVENT_KINDS", "MailboxEvent", "MailboxWatcher"]

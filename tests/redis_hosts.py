@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hybridcomms import Backoff, MailboxIOError, Message
-from hybridcomms.redis_mailbox import RedisMailbox
+from hybridcomms.backends.redis.mailbox import RedisMailbox
 
 T = TypeVar("T")
 QUICK = Backoff(initial=0.05, factor=1.0, maximum=0.05, jitter=0.0)

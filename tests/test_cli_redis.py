@@ -15,7 +15,7 @@ import pytest
 from cli_runner import run_cli
 
 from hybridcomms import Message, State
-from hybridcomms.redis_mailbox import RedisMailbox
+from hybridcomms.backends.redis.mailbox import RedisMailbox
 
 pytestmark = pytest.mark.redis
 HC = [sys.executable, "-m", "hybridcomms"]

@@ -196,7 +196,7 @@ def test_send_json_to_an_agent_on_the_legacy_layout_says_so(root: Path) -> None:
 
 @pytest.mark.redis
 def test_send_json_on_redis_names_the_backend(redis_url: str, tmp_path: Path) -> None:
-    from hybridcomms.redis_mailbox import RedisMailbox
+    from hybridcomms.backends.redis.mailbox import RedisMailbox
 
     agent = f"Agent-{uuid.uuid4().hex[:8]}"
     out = hc("--url", redis_url, "send", "--to", agent, "--topic", "t.x", "--json", cwd=tmp_path)

@@ -12,8 +12,8 @@ import pytest
 from bus_helpers import wait_for
 
 from hybridcomms import Backoff, Comms, FileMailbox, Policy, PolicyError, Received, Rule, State
-from hybridcomms.memory import MemoryMailbox
-from hybridcomms.redis_mailbox import RedisMailbox
+from hybridcomms.backends.memory import MemoryMailbox
+from hybridcomms.backends.redis.mailbox import RedisMailbox
 
 FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
 

@@ -110,7 +110,8 @@ def test_a_bus_event_with_a_time_no_date_can_show_is_dropped(ts: float) -> None:
 
 
 def test_a_link_for_subscriptions_json_is_not_followed(tmp_path: Path) -> None:
-    from hybridcomms.registry import SUBSCRIPTIONS_FILE, registry_for
+    from hybridcomms.backends import registry_for
+    from hybridcomms.backends.file.subscriptions import SUBSCRIPTIONS_FILE
 
     root = tmp_path / "root"
     secret = tmp_path / "secret.json"
@@ -127,7 +128,7 @@ def test_a_link_for_subscriptions_json_is_not_followed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("where", ["new", "agent"])
 def test_the_watcher_never_reads_through_a_link_for_a_mailbox_folder(tmp_path: Path, where: str) -> None:
     from hybridcomms import MailboxWatcher
-    from hybridcomms.mailbox import list_agents
+    from hybridcomms.backends.file import list_agents
     from hybridcomms.watcher import MailboxEvent
 
     root, outside = tmp_path / "root", tmp_path / "outside"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from hybridcomms import FileMailbox, Message, State
-from hybridcomms import _retention as retention_mod
 from hybridcomms._locking import LOCK_TRY, flock
-from hybridcomms._retention import Retention
+from hybridcomms.backends.file import retention as retention_mod
+from hybridcomms.backends.file.retention import Retention
 
 
 def acked_name(i: int, msg_id: str | None = None) -> str:

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridcomms import Backoff, Comms, FileMailbox, Message, MessageError, Received, State
-from hybridcomms._last_errors import SWEEP_AFTER
 from hybridcomms._names import make_name, parse_compact, parse_name
+from hybridcomms.backends.file.last_errors import SWEEP_AFTER
+from hybridcomms.backends.memory import MemoryMailbox
 from hybridcomms.cli import main
-from hybridcomms.memory import MemoryMailbox
 
 FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
 HC = [sys.executable, "-m", "hybridcomms"]
@@ -277,7 +277,7 @@ def test_a_mailbox_without_an_errors_folder_is_read_as_one_with_no_errors(root: 
 # Children that die at a chosen step (SIGKILL, as a crash does): the step is replaced by a kill.
 _CHILD = r"""
 import os, signal, sys
-import hybridcomms._last_errors as le
+import hybridcomms.backends.file.last_errors as le
 from hybridcomms import Backoff, FileMailbox
 root, step = sys.argv[1], sys.argv[2]
 mb = FileMailbox(root, "A", fsync="always", backoff=Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0))

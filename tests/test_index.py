@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hybridcomms import FileMailbox, Message, Priority
-from hybridcomms._index import ClaimIndex
 from hybridcomms._names import compact_time, make_name
+from hybridcomms.backends.file.index import ClaimIndex
 
 
 def _name(rank: str, ts: float, msg_id: str, attempt: int = 0) -> str:
@@ -125,7 +125,7 @@ def test_a_stale_index_asks_for_a_listing(folder: tuple[Path, int]) -> None:
 def test_a_slow_listing_stretches_the_interval_between_listings(
     folder: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hybridcomms import _index
+    from hybridcomms.backends.file import index as _index
 
     _, fd = folder
     clock = iter([100.0, 100.5])  # a listing that takes half a second

@@ -230,7 +230,7 @@ def test_a_producer_only_mailbox_does_not_collect_the_names_it_writes(mailbox: F
 
 
 def test_many_waiting_mailboxes_share_one_observer(make_mailbox: Make) -> None:
-    from hybridcomms import _wakeup
+    from hybridcomms.backends.file import wakeup as _wakeup
 
     boxes = [make_mailbox(f"Agent-{i}") for i in range(150)]  # more than the default 128 inotify instances
     for mb in boxes:
@@ -245,7 +245,7 @@ def test_many_waiting_mailboxes_share_one_observer(make_mailbox: Make) -> None:
 def test_the_observer_path_also_wakes_a_waiting_claim(
     make_mailbox: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hybridcomms import _wakeup
+    from hybridcomms.backends.file import wakeup as _wakeup
 
     monkeypatch.setattr(_wakeup, "_DIRECT", False)  # as on a platform without watchdog's inotify reader
     consumer = make_mailbox(rescan_interval=30)
@@ -271,7 +271,7 @@ def test_without_inotify_a_waiting_claim_falls_back_to_polling_with_a_warning(
 ) -> None:
     import watchdog.observers.inotify as inotify
 
-    from hybridcomms import _wakeup
+    from hybridcomms.backends.file import wakeup as _wakeup
 
     def unavailable(*args: object, **kwargs: object) -> None:
         raise OSError(24, "inotify instance limit reached")
@@ -297,7 +297,7 @@ def test_waking_a_waiter_many_times_never_blocks(make_mailbox: Make) -> None:
 def test_a_mailbox_dropped_without_close_gives_its_watch_back(root: Path) -> None:
     import gc
 
-    from hybridcomms import _wakeup
+    from hybridcomms.backends.file import wakeup as _wakeup
 
     before = sum(len(w) for w in _wakeup._hub._waiters.values())
     mb = FileMailbox(root, "Agent-1", fsync="never")

@@ -185,7 +185,7 @@ def test_comms_tells_io_errors_of_its_mailbox_once_each_way_and_retries_with_a_c
 
 
 def test_work_tells_a_redis_outage_in_two_lines(redis_server: RedisServer, tmp_path: Path) -> None:
-    from hybridcomms.redis_mailbox import RedisMailbox
+    from hybridcomms.backends.redis.mailbox import RedisMailbox
 
     url = redis_server.url
     with RedisMailbox(url, "Jobs") as mb:

@@ -32,10 +32,9 @@ from hybridcomms import (
     State,
     find_policy,
 )
-from hybridcomms.backend import open_mailbox
+from hybridcomms.backends import open_mailbox, registry_for
 from hybridcomms.cli import main
 from hybridcomms.policy import DEFAULT_RULES, compile_pattern
-from hybridcomms.registry import registry_for
 
 SENDER = "Agent-S"
 FILL = "Agent-7"  # what a '*' segment of a shipped pattern becomes
@@ -472,7 +471,7 @@ def test_the_dreamos_agent_bus_uses_and_logs_the_found_policy_and_its_rule_backe
 def test_cli_send_puts_a_message_where_its_rules_backend_says(
     tmp_path: Path, redis_url: str, clean_env: None
 ) -> None:
-    from hybridcomms.redis_mailbox import RedisMailbox
+    from hybridcomms.backends.redis.mailbox import RedisMailbox
 
     agent = f"Rcpt-{uuid.uuid4().hex[:8]}"
     (tmp_path / "hybridcomms.toml").write_text(

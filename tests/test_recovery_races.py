@@ -17,7 +17,7 @@ import workers
 from hybridcomms import DeliveryLostError, FileMailbox, MailboxIOError, Message
 from hybridcomms._fs import O_DIR
 from hybridcomms._locking import drop, try_lock
-from hybridcomms.recovery import RecoveryReport
+from hybridcomms.backends.base import RecoveryReport
 
 Make = Callable[..., FileMailbox]
 STATES = ("tmp", "new", "processing", "done", "dead")

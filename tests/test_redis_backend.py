@@ -21,8 +21,8 @@ pytest.importorskip("redis")
 import redis
 
 from hybridcomms import MailboxIOError, Message, State
-from hybridcomms.backend import open_mailbox
-from hybridcomms.redis_mailbox import RedisMailbox, redis_agents
+from hybridcomms.backends import open_mailbox
+from hybridcomms.backends.redis.mailbox import RedisMailbox, redis_agents
 
 pytestmark = pytest.mark.redis
 HERE = Path(__file__).parent

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridcomms import Message, State
+from hybridcomms.backends.redis.mailbox import RedisMailbox
 from hybridcomms.bus import AgentBus
 from hybridcomms.errors import MailboxIOError
 from hybridcomms.fanout import RedisFanout
-from hybridcomms.redis_mailbox import RedisMailbox
 from hybridcomms.retry import Backoff
 
 pytestmark = pytest.mark.redis
@@ -732,7 +732,7 @@ def test_the_library_logs_and_raises_no_password(locked: Any, caplog: pytest.Log
     from prometheus_client import generate_latest
 
     from hybridcomms import Comms
-    from hybridcomms.backend import open_mailbox
+    from hybridcomms.backends import open_mailbox
     from hybridcomms.metrics import registry_for
 
     caplog.set_level(logging.DEBUG)

@@ -15,7 +15,7 @@ import orjson
 import redis
 
 from hybridcomms import Message
-from hybridcomms.redis_mailbox import RedisMailbox
+from hybridcomms.backends.redis.mailbox import RedisMailbox
 from hybridcomms.retry import Backoff
 
 pytestmark = pytest.mark.redis

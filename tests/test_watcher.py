@@ -175,7 +175,7 @@ def test_a_sigkilled_consumers_message_is_recovered_by_the_watcher(root: Path) -
 def test_an_arrival_is_notified_at_once_while_claims_move_other_files_out_of_new(root: Path) -> None:
     """watchdog holds an unpaired 'moved out of new/' for up to 0.5 s, and every event behind it waits;
     claims make such moves all the time. The waiter claims use must not suffer from it."""
-    from hybridcomms._wakeup import ArrivalWaiter
+    from hybridcomms.backends.file.wakeup import ArrivalWaiter
 
     FileMailbox(root, "Agent-1", fsync="never").close()
     new, proc, tmp = (root / "Agent-1" / d for d in ("new", "processing", "tmp"))

@@ -237,7 +237,7 @@ def handler_claims_and_dies(root: str, agent: str, ready: str) -> None:
 def recover_and_die_at(root: str, agent: str, point: str) -> None:
     """Run one recovery pass and SIGKILL this process at ``point`` of the steal of a hung owner's
     message (the crash windows of a recoverer)."""
-    import hybridcomms.recovery as rec
+    import hybridcomms.backends.file.recovery as rec
 
     def die(*_: object, **__: object) -> None:
         os.kill(os.getpid(), signal.SIGKILL)

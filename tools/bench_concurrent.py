@@ -375,7 +375,7 @@ def _latency_consumer(kind: str, root: str, fsync: bool, conn: Any, rounds: int)
             conn.send(got)
         r.close()
         return
-    from hybridcomms._wakeup import _inotify_calls  # libc's inotify_init / inotify_add_watch
+    from hybridcomms.backends.file.wakeup import _inotify_calls  # libc's inotify_init / inotify_add_watch
 
     calls = _inotify_calls()
     assert calls is not None

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import redis
 
 from hybridcomms import FileMailbox, Message
-from hybridcomms.redis_mailbox import RedisMailbox
+from hybridcomms.backends.redis.mailbox import RedisMailbox
 
 PAYLOAD = {"task": "build", "args": ["--fast"], "blob": "x" * 200}
 NS = "hcbench"

@@ -101,7 +101,7 @@ def racing(work: Path, design: str, n: int) -> list[float]:
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
-    from hybridcomms._wakeup import ArrivalWaiter
+    from hybridcomms.backends.file.wakeup import ArrivalWaiter
 
     root = work / ("race-" + design.replace("/", "").replace(" ", "-"))
     new, proc, tmp = root / "new", root / "processing", root / "tmp"

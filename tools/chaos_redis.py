@@ -37,7 +37,7 @@ KEEP_DONE = 10_000_000  # done_retention: every ack stays countable
 
 def _mailbox(url: str) -> Any:
     from hybridcomms import Backoff
-    from hybridcomms.redis_mailbox import RedisMailbox
+    from hybridcomms.backends.redis.mailbox import RedisMailbox
 
     return RedisMailbox(
         url,

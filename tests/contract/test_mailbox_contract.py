@@ -26,8 +26,8 @@ from hybridcomms import (
     Priority,
     State,
 )
-from hybridcomms.backend import Mailbox, MailboxDelivery
-from hybridcomms.memory import MemoryMailbox
+from hybridcomms.backends import Mailbox, MailboxDelivery
+from hybridcomms.backends.memory import MemoryMailbox
 
 FAST = Backoff(initial=0.0, factor=1.0, maximum=0.0, jitter=0.0)
 BACKENDS = ["file", "memory", pytest.param("redis", marks=pytest.mark.redis)]
@@ -60,7 +60,7 @@ def make(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[...
     else:
         import redis
 
-        from hybridcomms.redis_mailbox import RedisMailbox
+        from hybridcomms.backends.redis.mailbox import RedisMailbox
 
         url = request.getfixturevalue("redis_url")
         namespace = f"hct-{uuid.uuid4().hex[:12]}"
@@ -700,7 +700,7 @@ def test_a_message_that_expires_while_it_waits_for_its_retry_dies_with_its_last_
 
 
 def test_put_once_stores_an_id_once(make: Callable[..., Mailbox]) -> None:
-    from hybridcomms.backend import put_once
+    from hybridcomms.backends import put_once
 
     mb = make()
     first = msg(id="same")

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ... import _log
-from ...backend import Mailbox, open_mailbox
-from ...mailbox import FileMailbox, check_agent_id
+from ...backends import Mailbox, open_mailbox
+from ...backends.base import check_agent_id
+from ...backends.file import FileMailbox
 from ...message import Message, new_id
 from ...policy import Policy, find_policy
 from ._legacy_store import append_to_inbox_json, write_inbox_file

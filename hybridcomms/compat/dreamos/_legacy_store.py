@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import _log
-from ...mailbox import check_agent_id
+from ...backends.base import check_agent_id
 from . import _json
 from .file_locking import acquire_lock, replace_atomically
 

@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from ... import _log
+from ...backends.base import check_agent_id
+from ...backends.file.subscriptions import durable_subscribers
 from ...bus import AgentBus as _CoreBus
 from ...bus import Event
 from ...comms import Comms, Received
-from ...mailbox import check_agent_id
 from ...message import Message, Priority
 from ...policy import Policy, find_policy
-from ...registry import durable_subscribers
 from ._bus_event_types import EventType
 from ._bus_events import (
     AgentErrorEvent,

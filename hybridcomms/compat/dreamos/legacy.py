@@ -42,6 +42,8 @@ import orjson
 from ... import _fs, _log
 from ..._locking import hold_lock_file
 from ..._names import REASON_SUFFIX, parse_name
+from ...backends.base import check_agent_id
+from ...backends.file import FileMailbox
 from ...errors import (
     HybridCommsError,
     LockTimeoutError,
@@ -50,7 +52,6 @@ from ...errors import (
     UnsafePathError,
 )
 from ...intake import Step
-from ...mailbox import FileMailbox, check_agent_id
 from ...message import Message, Priority, _parse_time, _valid_topic, check_id, has_non_finite
 from ...states import State
 from . import _json

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ... import _log
-from ...delivery import Delivery
+from ...backends.base import check_agent_id
+from ...backends.file import Delivery, FileMailbox
 from ...errors import HybridCommsError
-from ...mailbox import FileMailbox, check_agent_id
 from ._delivery import DREAMOS_MODES, deliver
 from ._dual import AwaitableList, AwaitableStr, _Nothing, dual
 from ._messages import create_mailbox_message

@@ -21,7 +21,8 @@ from typing import Any
 
 from ... import _log
 from ..._fs import read_regular, replace_atomically
-from ...mailbox import DEFAULT_ROOT, check_agent_id
+from ...backends.base import check_agent_id
+from ...backends.file import DEFAULT_ROOT
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
 from . import _json

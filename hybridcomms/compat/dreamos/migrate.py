@@ -45,8 +45,9 @@ from typing import Any
 
 from ... import _fs
 from ..._text import printable
+from ...backends.base import check_agent_id
+from ...backends.file import FileMailbox
 from ...errors import MessageError
-from ...mailbox import FileMailbox, check_agent_id
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
 from . import _json

@@ -20,7 +20,7 @@ other too). A pass that finds it held returns at once with ``busy`` set: the oth
 
 ``tmp/`` files older than ``tmp_max_age`` are half-writes of producers that died; they were
 never visible in ``new/`` and are removed (a folder there is reported, never removed). Last-error
-records in ``errors/`` whose message is no longer waiting are removed too (`hybridcomms._last_errors`).
+records in ``errors/`` whose message is no longer waiting are removed too (`last_errors`).
 
 Whatever a producer placed in these folders (a FIFO, a symlink, a folder, a huge file) is handled
 as that entry's problem: it goes to ``dead/`` or is reported in ``errors``, and the pass goes on.
@@ -33,50 +33,26 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import _fs, _last_errors, _log
-from ._locking import drop, try_lock
-from ._names import compact_time, parse_name
-from .errors import MailboxIOError
-from .retry import attempts_used_up
-from .states import GIVE_UP, RECOVER_DETACH, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
+from ... import _fs, _log
+from ..._locking import drop, try_lock
+from ..._names import compact_time, parse_name
+from ...errors import MailboxIOError
+from ...retry import attempts_used_up
+from ...states import GIVE_UP, RECOVER_DETACH, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
+from ..base import RecoveryReport
+from . import last_errors
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
-__all__ = ["RecoveryReport", "recover"]
+__all__ = ["recover"]
 
 log = _log.get("hybridcomms.recovery")
 
 #: I/O errors that say the disk or the process is failing, not that one entry is odd: they stop a pass.
 _FATAL_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE})
-
-
-@dataclass
-class RecoveryReport:
-    """What one `FileMailbox.recover` pass did (message ids, or file names for foreign files)."""
-
-    returned: list[str] = field(default_factory=list)  # owner died: back to new/
-    expired: list[str] = field(default_factory=list)  # lease ran out on a live owner: back to new/
-    dead: list[str] = field(default_factory=list)  # attempts exhausted, or not a message file: to dead/
-    tmp_removed: list[str] = field(default_factory=list)  # stale half-writes removed from tmp/
-    #: last-error records (errors/) whose message was no longer waiting (a crash after its ack or
-    #: dead-lettering), removed
-    records_removed: list[str] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (entry, what was wrong): left in place
-    busy: bool = False  # another recovery pass held the mailbox: this one did nothing
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.returned
-            or self.expired
-            or self.dead
-            or self.tmp_removed
-            or self.records_removed
-            or self.errors
-        )
 
 
 def recover(mb: FileMailbox, now: float) -> RecoveryReport:
@@ -100,7 +76,7 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
         for name in names:
             _isolated(mb, report, f"processing/{name}", _recover_one, mb, name, now, report)
         _sweep_tmp(mb, now, report)
-        _isolated(mb, report, f"{_last_errors.ERRORS}/", _last_errors.sweep, mb, now, report)
+        _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb, now, report)
     finally:
         drop(lock_fd)
     if report:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _fs, _log
+from ... import _fs, _log
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 _FS_ENCODING, _FS_ERRORS = _fs._FS_ENCODING, _fs._FS_ERRORS

@@ -11,80 +11,21 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _fs, _last_errors
-from ._names import REASON_SUFFIX, compact_time, parse_compact, parse_name
-from .message import Message, iso_utc
-from .states import REQUEUE_DEAD, REQUEUE_DONE, State
+from ... import _fs
+from ..._names import REASON_SUFFIX, compact_time, parse_name
+from ...message import Message
+from ...states import REQUEUE_DEAD, REQUEUE_DONE, State
+from ..base import MailboxStats, MessageInfo, StateStats, check_agent_id
+from . import last_errors
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
-__all__ = ["LastError", "MailboxStats", "MessageInfo", "RootEntry", "StateStats", "survey_root"]
-
-
-@dataclass(frozen=True, slots=True)
-class LastError:
-    """Why the last failed attempt of a message failed (``nack(error=...)``, a handler's exception, a
-    command's exit status): kept with the message while it waits for its retry, on every backend.
-    When the message is acked it is dropped; when it is dead-lettered it is the reason's ``last_error``."""
-
-    error: str
-    attempt: int  # the attempt that failed (1 = the first delivery)
-    failed_at: float  # POSIX time of the nack
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "error": self.error,
-            "attempt": self.attempt,
-            "failed_at": iso_utc(datetime.fromtimestamp(self.failed_at, timezone.utc)),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
-    """What a file in a mailbox folder says about itself, without reading it."""
-
-    state: State
-    name: str
-    path: Path | None  # the file (None on backends without files)
-    id: str | None  # None for a file hybridcomms did not name
-    attempt: int
-    due: str | None  # compact UTC time, from the name
-    size: int
-    changed_at: float  # when it entered this folder (ctime)
-    reason: dict[str, Any] | None = None  # for dead/: the reason file's content
-    last_error: LastError | None = None  # waiting for a retry (new, processing): why it last failed
-
-    @property
-    def due_at(self) -> float | None:
-        """``due`` as a POSIX time: when the message may be claimed (None if the name has none)."""
-        return None if self.due is None else parse_compact(self.due)
-
-
-@dataclass(frozen=True, slots=True)
-class StateStats:
-    count: int
-    oldest_age: float | None  # seconds since the oldest file entered the folder
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxStats:
-    agent_id: str
-    states: dict[State, StateStats]
-    delayed: int = 0  # in new/ but not due yet (backing off after a nack)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent_id,
-            **{s.value: {"count": v.count, "oldest_age": v.oldest_age} for s, v in self.states.items()},
-            "delayed": self.delayed,
-        }
+__all__ = ["RootEntry", "survey_root"]
 
 
 def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[MessageInfo]:
@@ -114,9 +55,9 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
         last_error = None
         if waiting and info is not None:
             if errors is None:
-                errors = _last_errors.listed(mb)
+                errors = last_errors.listed(mb)
             if info.id in errors:
-                last_error = _last_errors.read(mb, info.id)
+                last_error = last_errors.read(mb, info.id)
         out.append(
             MessageInfo(
                 state=state,
@@ -322,7 +263,6 @@ def survey_root(root: str | os.PathLike[str]) -> list[RootEntry]:
       an agent's ``outbox/`` only) are not mailboxes and are left out.
 
     Raises `OSError` if the root itself cannot be listed."""
-    from .mailbox import check_agent_id
 
     out: list[RootEntry] = []
     for name in sorted(os.listdir(root)):

@@ -5,106 +5,21 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-from . import _last_errors
-from ._locking import unlock
-from .errors import DeliveryError, DeliveryLostError, MailboxIOError
-from .message import Message
-from .states import ACK, State
+from ..._locking import unlock
+from ...errors import DeliveryError, DeliveryLostError, MailboxIOError
+from ...message import Message
+from ...states import ACK, State
+from ..base import Settling
+from . import last_errors
 
 _PROCESSING = State.PROCESSING.folder
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
 
-__all__ = ["Delivery", "SettledByMailbox", "Settling"]
-
-_D = TypeVar("_D", bound="Settling")
-
-
-class Settling:
-    """What the delivery of every backend shares: one settle only, and the context manager (ack when
-    the block ends normally, nack with backoff and the error when it raises; the exception still
-    propagates). Subclasses set the slots below and define ``ack``, ``nack``, ``dead``, ``heartbeat``."""
-
-    __slots__ = ("_error", "_mailbox", "_settled", "attempt", "message", "name")
-
-    _error: str | None
-    _settled: bool
-    attempt: int
-    message: Message
-    name: str
-
-    def _start(self, mailbox: Any, name: str, message: Message, attempt: int) -> None:
-        self._mailbox = mailbox
-        self.name = name
-        self.message = message
-        self.attempt = attempt
-        self._settled = False
-        self._error = None
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    def ack(self) -> None:
-        raise NotImplementedError
-
-    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
-        raise NotImplementedError
-
-    def __enter__(self: _D) -> _D:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._settled:
-            return
-        if exc is None:
-            self.ack()
-        else:
-            self._error = f"{type(exc).__name__}: {exc}"
-            self.nack(error=self._error)
-
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} {self.message.id} topic={self.message.topic!r} attempt={self.attempt}>"
-        )
-
-
-class SettledByMailbox(Settling):
-    """A delivery whose settles are its mailbox's ``_ack``, ``_nack``, ``_bury`` and ``_heartbeat``
-    (the in-memory and Redis backends)."""
-
-    __slots__ = ()
-
-    def _check(self) -> None:
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
-
-    def ack(self) -> None:
-        self._check()
-        self._settled = True
-        self._mailbox._ack(self)
-
-    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
-        self._check()
-        self._settled = True
-        if error is not None:
-            self._error = str(error)
-        self._mailbox._nack(self, delay, self._error)
-
-    def dead(self, reason: str) -> None:
-        self._check()
-        self._settled = True
-        self._mailbox._bury(self, reason, self._error)
-
-    def heartbeat(self) -> None:
-        self._check()
-        self._mailbox._heartbeat(self)
+__all__ = ["Delivery"]
 
 
 class Delivery(Settling):
@@ -114,11 +29,11 @@ class Delivery(Settling):
     block raises; the exception still propagates. ``attempt`` is 1 on the first delivery.
     """
 
-    __slots__ = ("_fd",)
-    _mailbox: FileMailbox
+    __slots__ = ("_fd", "_mailbox")
 
     def __init__(self, mailbox: FileMailbox, fd: int, name: str, message: Message, attempt: int) -> None:
-        self._start(mailbox, name, message, attempt)
+        self._start(name, message, attempt)
+        self._mailbox = mailbox
         self._fd = fd
 
     @property
@@ -166,12 +81,12 @@ class Delivery(Settling):
         finally:
             os.close(self._fd)  # in done/ (or gone) the lock no longer matters: closing drops it
         if self.attempt > 1:  # only a redelivery can have a last error kept (errors/): done with it
-            _last_errors.drop(mb, self.message.id)
+            last_errors.drop(mb, self.message.id)
 
-    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> None:
+    def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> State:
         """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
         ``max_attempts`` to ``dead/`` instead, with ``error`` in the reason."""
-        self._mailbox._nack(self, delay, None if error is None else str(error))
+        return self._mailbox._nack(self, delay, None if error is None else str(error))
 
     def dead(self, reason: str) -> None:
         self._mailbox._give_up(self, reason, self._error)

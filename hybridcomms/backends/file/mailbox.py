@@ -12,11 +12,11 @@ Notes for anyone changing this (the backend contract):
 - Every other move is checked against `hybridcomms.states.TRANSITIONS` and followed by the folder
   fsync the `FsyncPolicy` asks for (settles may share a commit: `_fs.DirSyncer`).
 - Ack = the ACK move into ``done/``, which keeps about the last ``done_retention`` acked messages
-  (`hybridcomms._retention`); with ``done_retention=0`` the ack removes the file instead.
+  (`hybridcomms.backends.file.retention`); with ``done_retention=0`` the ack removes the file instead.
 - A bad file never stops a consumer: it goes to ``dead/`` with its bytes intact and a
   ``<name>.reason.json`` next to it. So does a message whose ``expires`` has passed (the EXPIRE move,
   reason ``expired``), found by the claim that would have handed it out.
-- A nack with an error keeps it in ``errors/<id>.json`` (`hybridcomms._last_errors`), written before
+- A nack with an error keeps it in ``errors/<id>.json`` (`last_errors`), written before
   the NACK move; the ack and the dead-lettering take it away.
 """
 
@@ -26,7 +26,6 @@ import builtins
 import errno
 import os
 import random
-import re
 import socket
 import stat
 import threading
@@ -39,12 +38,10 @@ from typing import Any
 
 import orjson
 
-from . import _fs, _last_errors, _log, inspection, recovery
-from ._folders import Folders
-from ._fs import FsyncPolicy, write_new_file
-from ._index import ClaimIndex
-from ._locking import LOCK_TRY, drop, flock
-from ._names import (
+from ... import _fs, _log
+from ..._fs import FsyncPolicy, write_new_file
+from ..._locking import LOCK_TRY, drop, flock
+from ..._names import (
     _NAME_RE,
     RANK_OF,
     REASON_SUFFIX,
@@ -54,21 +51,15 @@ from ._names import (
     parse_compact,
     parse_name,
 )
-from ._retention import DEFAULT_DONE_RETENTION, Retention, check_retention
-from ._wakeup import ArrivalWaiter
-from .delivery import Delivery
-from .errors import (
+from ...errors import (
     DeliveryLostError,
-    InvalidAgentIdError,
     MailboxIOError,
     MessageDecodeError,
     UnsafePathError,
 )
-from .inspection import MailboxStats, MessageInfo, StateStats
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
-from .recovery import RecoveryReport
-from .retry import Backoff, attempts_used_up
-from .states import (
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
+from ...retry import Backoff, attempts_used_up
+from ...states import (
     CLAIM,
     EXPIRE,
     GIVE_UP,
@@ -80,19 +71,27 @@ from .states import (
     Move,
     State,
 )
+from ..base import (
+    AGENT_ID_RE,
+    DEFAULT_BACKOFF,
+    DEFAULT_DONE_RETENTION,
+    MailboxStats,
+    MessageInfo,
+    RecoveryReport,
+    check_agent_id,
+    check_delay,
+    check_retention,
+    expiry_reason,
+    set_common_options,
+)
+from . import inspection, last_errors, recovery
+from .delivery import Delivery
+from .folders import Folders
+from .index import ClaimIndex
+from .retention import Retention
+from .wakeup import ArrivalWaiter
 
-__all__ = [
-    "DEFAULT_ROOT",
-    "MAX_DELAY",
-    "Delivery",
-    "FileMailbox",
-    "MailboxStats",
-    "MessageInfo",
-    "RecoveryReport",
-    "StateStats",
-    "check_agent_id",
-    "list_agents",
-]
+__all__ = ["DEFAULT_ROOT", "FileMailbox", "list_agents"]
 
 log = _log.get("hybridcomms.mailbox")
 
@@ -102,10 +101,8 @@ _RETIRED_FOR = 60.0
 #: The Dream.OS location, relative to the current directory.
 DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
-DEFAULT_BACKOFF = Backoff()
 #: Set to 1 to let mailboxes open folders that belong to another user (a shared-group setup).
 ALLOW_OTHER_OWNER_ENV = _fs.ALLOW_OTHER_OWNER_ENV
-_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 #: The order a mailbox's folders are opened in: ``new/`` first, since it is what makes a mailbox.
 _OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
 
@@ -120,29 +117,6 @@ _randrange = random.randrange
 SPREAD = 32
 #: The attempt count a name can hold (``a`` and at most six digits).
 _MAX_ATTEMPT_IN_NAME = 999_999
-#: The longest ``put(delay=...)``, in seconds (ten years): a due time must stay a date with four digits.
-MAX_DELAY = 10 * 365 * 86400.0
-
-
-def check_agent_id(agent_id: object) -> str:
-    """Return ``agent_id`` if it is a safe single path component, else raise `InvalidAgentIdError`."""
-    if not isinstance(agent_id, str):
-        raise InvalidAgentIdError(f"agent id must be a string, not {type(agent_id).__name__}")
-    if not _AGENT_RE.match(agent_id):
-        shown = agent_id if len(agent_id) <= 40 else agent_id[:40] + "…"
-        hint = ""
-        if " " in agent_id and _AGENT_RE.match(agent_id.replace(" ", "-")):
-            # Dream.OS created folders like "Agent 1": say how to move such an agent over.
-            hint = (
-                f"; to move a Dream.OS agent {shown!r} over, rename its folder to "
-                f"{agent_id.replace(' ', '-')!r} (and the id its senders use), then run "
-                "'hybridcomms migrate' (docs/compatibility.md, agent ids)"
-            )
-        raise InvalidAgentIdError(
-            f"unsafe agent id {shown!r}: use 1-128 of A-Z a-z 0-9 _ . @ + -, "
-            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)" + hint
-        )
-    return agent_id
 
 
 def list_agents(root: str | os.PathLike[str]) -> list[str]:
@@ -151,7 +125,7 @@ def list_agents(root: str | os.PathLike[str]) -> list[str]:
         entries = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
-    return [name for name in entries if _AGENT_RE.match(name) and _is_real_folder(root, name, "new")]
+    return [name for name in entries if AGENT_ID_RE.match(name) and _is_real_folder(root, name, "new")]
 
 
 def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
@@ -168,48 +142,6 @@ def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
     return True
 
 
-def set_common_options(
-    mailbox: Any, lease: float, max_attempts: int, backoff: Backoff, max_message_size: int
-) -> None:
-    """Check and set the options every backend takes (`hybridcomms.backend`), the same way."""
-    if lease <= 0:
-        raise ValueError("lease must be > 0 seconds")
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be >= 1")
-    if max_message_size < 1:
-        raise ValueError("max_message_size must be >= 1")
-    mailbox.lease = float(lease)
-    mailbox.max_attempts = int(max_attempts)
-    mailbox.backoff = backoff
-    mailbox.max_message_size = int(max_message_size)
-
-
-def check_delay(delay: float | None) -> float:
-    """A ``put(delay=...)``, checked the same way by every backend: seconds, 0 to `MAX_DELAY`."""
-    if delay is None:
-        return 0.0
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise TypeError(f"delay must be a number of seconds, not {type(delay).__name__}")
-    if not 0.0 <= delay <= MAX_DELAY:  # NaN fails this too
-        raise ValueError(f"delay must be 0 to {MAX_DELAY:.0f} seconds, not {delay!r}")
-    return float(delay)
-
-
-def expiry_reason(message: Message, attempts: int, name: str) -> dict[str, Any]:
-    """The dead-letter reason of a message whose ``expires`` passed before it was claimed (the same on
-    every backend)."""
-    assert message.expires is not None
-    return {
-        "reason": "expired",
-        "expires": message.to_dict()["expires"],
-        "last_error": None,
-        "message_file": _fs.shown(name),
-        "id": message.id,
-        "topic": message.topic,
-        "attempts": attempts,
-    }
-
-
 class FileMailbox:
     """One agent's durable mailbox under ``<root>/<agent_id>/``.
 
@@ -220,9 +152,9 @@ class FileMailbox:
         max_attempts      claims (deliveries) before a failing message goes to dead/
         backoff           delay before a nacked message is due again
         max_message_size  encoded bytes; bigger messages are refused before anything is written
-        done_retention    acked messages kept in done/: about the last 10,000 by default (the oldest
-                          beyond are removed as acks come); 0 keeps none (the ack removes the file);
-                          None keeps every one (until `purge`)
+        done_retention    acked messages kept in ``done`` (the contract's "Retention"): about the last
+                          N, 10,000 by default (a trim every N/4 acks keeps a little more); 0 keeps
+                          none (the ack drops the message), None keeps every one (until `purge`)
         file_mode         mode of message files; default: what the mailbox's folders say (0o660 when its
                           new/ is group-writable, a group setup such as Dream.OS's; else 0o600)
         dir_mode          mode of the folders it creates; default: 0o770 under a group-writable root
@@ -242,6 +174,7 @@ class FileMailbox:
     Safe to share between threads, and any number of processes may open the same mailbox.
     """
 
+    kind = "file"
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -421,13 +354,13 @@ class FileMailbox:
 
     def _errors_folder(self, *, create: bool) -> int | None:
         """The descriptor of ``errors/`` (the last errors of messages waiting for a retry,
-        `hybridcomms._last_errors`), opened at its first use; None if it does not exist and
+        `hybridcomms.backends.file.last_errors`), opened at its first use; None if it does not exist and
         ``create`` is False."""
-        fd = self.folders.fds.get(_last_errors.ERRORS)
+        fd = self.folders.fds.get(last_errors.ERRORS)
         if fd is not None:
             return fd
         with self._errors_lock:
-            fd = self.folders.fds.get(_last_errors.ERRORS)
+            fd = self.folders.fds.get(last_errors.ERRORS)
             if fd is not None:
                 return fd
             if self._closed:
@@ -445,8 +378,8 @@ class FileMailbox:
                 try:
                     fd = self._open_folder(
                         agent_fd,
-                        _last_errors.ERRORS,
-                        str(self.path / _last_errors.ERRORS),
+                        last_errors.ERRORS,
+                        str(self.path / last_errors.ERRORS),
                         "make" if create else "skip",
                     )
                 finally:
@@ -455,7 +388,7 @@ class FileMailbox:
                 os.close(root_fd)
             if fd is None:
                 return None
-            self.folders.fds[_last_errors.ERRORS] = fd
+            self.folders.fds[last_errors.ERRORS] = fd
             return fd
 
     def close(self) -> None:
@@ -568,11 +501,13 @@ class FileMailbox:
                 pass  # the put raises anyway; the disk is failing
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> list[str]:
-        """Deliver a burst with one durability barrier (one ``syncfs`` + one ``new/`` fsync).
+        """Store all of ``messages`` or none of them, with one durability barrier (one ``syncfs`` + one
+        ``new/`` fsync); their ids, in order. ``delay`` holds every one of them back, as in `put`.
 
-        Once it returns, every message has the same guarantee as after `put`. If it raises,
-        none is guaranteed, though some may already have been delivered: send them again
-        (same ids) and let handlers deduplicate. ``delay`` holds every one of them back, as in `put`.
+        Once it returns, every message has the same guarantee as after `put`. If it raises, every
+        file it had published is taken back (unlinked, and the removal committed) unless a consumer
+        claimed it already in between: so a failure may still deliver some of them (at least once),
+        and a resend of the same ids is for handlers to deduplicate.
         """
         self.folders.check_writable()
         wait = check_delay(delay)
@@ -949,7 +884,7 @@ class FileMailbox:
         # that dead-letters it gives none itself; the record goes once the message is in dead/.
         msg_id = reason.get("id") if "last_error" in reason else None
         if msg_id is not None and reason["last_error"] is None:
-            kept = _last_errors.read(self, msg_id)
+            kept = last_errors.read(self, msg_id)
             if kept is not None:
                 reason = {**reason, "last_error": kept.error, "last_error_attempt": kept.attempt}
         reason = {
@@ -992,7 +927,7 @@ class FileMailbox:
                     exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed"
                 ) from exc
             if msg_id is not None:
-                _last_errors.drop(self, msg_id)
+                last_errors.drop(self, msg_id)
             return dead_name
         raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
 
@@ -1005,13 +940,13 @@ class FileMailbox:
 
     # -- settle -------------------------------------------------------------------------------
 
-    def _nack(self, d: Delivery, delay: float | None, error: str | None) -> None:
+    def _nack(self, d: Delivery, delay: float | None, error: str | None) -> State:
         d._check_open()
         if error is not None:
             d._error = error
         if attempts_used_up(d.attempt, self.max_attempts):
             self._give_up(d, f"failed {d.attempt} of {self.max_attempts} attempts", d._error)
-            return
+            return State.DEAD
         if delay is None:
             delay = self.backoff.delay(d.attempt)
         info = parse_name(d.name)
@@ -1019,7 +954,7 @@ class FileMailbox:
         due = time.time() + max(delay, 0.0)
         target = info.with_(due=compact_time(due))
         if d._error is not None:  # kept before the move: a crash in between leaves a true record
-            _last_errors.record(self, d.message.id, d.name, d.attempt, d._error, due)
+            last_errors.record(self, d.message.id, d.name, d.attempt, d._error, due)
         try:
             new_fd, target = self.folders.place(NACK, d.name, target)
         except FileNotFoundError:
@@ -1035,6 +970,7 @@ class FileMailbox:
         finally:
             d._release()
         self._index.push(target)
+        return State.NEW
 
     def _give_up(self, d: Delivery, reason: str, error: str | None) -> None:
         d._check_open()
@@ -1069,7 +1005,7 @@ class FileMailbox:
         self.folders.check_writable()
         return recovery.recover(self, time.time() if now is None else now)
 
-    # -- inspection and repair (hybridcomms.inspection) -----------------------------------------
+    # -- inspection and repair (`inspection`) -----------------------------------------------------
 
     def list(self, state: State | str) -> builtins.list[MessageInfo]:
         """Files in one state's folder (reason files of dead/ are folded into their message)."""

@@ -37,37 +37,28 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _fs, _log
-from ._names import compact_time, parse_compact, parse_name
-from .errors import HybridCommsError
-from .message import _ID_RE, iso_utc
-from .states import State
+from ... import _fs, _log
+from ..._names import compact_time, parse_compact, parse_name
+from ...errors import HybridCommsError
+from ...message import _ID_RE, iso_utc
+from ...states import State
+from ..base import LastError, RecoveryReport, text_of
 
 if TYPE_CHECKING:
-    from .inspection import LastError
     from .mailbox import FileMailbox
-    from .recovery import RecoveryReport
 
-__all__ = ["ERRORS", "SWEEP_AFTER", "drop", "leftovers", "listed", "read", "record", "sweep", "text_of"]
+__all__ = ["ERRORS", "SWEEP_AFTER", "drop", "leftovers", "listed", "read", "record", "sweep"]
 
 log = _log.get("hybridcomms.mailbox")
 
 #: The folder, beside ``new/`` and the others.
 ERRORS = "errors"
 _SUFFIX = ".json"
-#: An error text longer than this is cut (a handler's exception can say a lot).
-MAX_ERROR_TEXT = 4096
 #: A record is read up to this size (records are written by us, but a co-tenant can place anything).
 MAX_RECORD = 64 * 1024
 #: A record is removed by `sweep` only once it is this old, so a message that moves between folders
 #: while recovery lists them never loses its record.
 SWEEP_AFTER = 60.0
-
-
-def text_of(error: str | BaseException) -> str:
-    """An error as the one line of text that is kept (at most `MAX_ERROR_TEXT` characters)."""
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
 
 
 def _valid(msg_id: str | None) -> bool:
@@ -139,7 +130,6 @@ def listed(mb: FileMailbox) -> frozenset[str]:
 def read(mb: FileMailbox, msg_id: str | None) -> LastError | None:
     """The last error kept for ``msg_id``, read as a file anyone may have placed (no link followed,
     no blocking, capped); None if there is none. A record that does not read says so as its error."""
-    from .inspection import LastError
 
     if not _valid(msg_id):
         return None

@@ -1,4 +1,4 @@
-"""`RedisMailbox`: the mailbox contract (`hybridcomms.backend`) on Redis Streams, for fleets.
+"""`RedisMailbox`: the mailbox contract (`hybridcomms.backends.base`) on Redis Streams, for fleets.
 
 Needs the ``redis`` client (``pip install 'hybridcomms[redis]'``) and Redis >= 6.2.
 
@@ -66,24 +66,34 @@ from typing import Any
 
 import orjson
 
-from ._last_errors import text_of
-from ._names import RANK_OF, RANKS, compact_time, make_name
-from ._retention import DEFAULT_DONE_RETENTION, check_retention
-from ._urls import shown_url
-from .delivery import SettledByMailbox
-from .errors import (
+from ..._names import RANK_OF, RANKS, compact_time, make_name
+from ..._urls import shown_url
+from ...errors import (
     BackendUnavailableError,
     DeliveryLostError,
     HybridCommsError,
     MailboxIOError,
     MessageDecodeError,
 )
-from .inspection import LastError, MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, check_id
-from .recovery import RecoveryReport
-from .retry import Backoff, attempts_used_up
-from .states import State
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, check_id
+from ...retry import Backoff, attempts_used_up
+from ...states import State
+from ..base import (
+    DEFAULT_BACKOFF,
+    DEFAULT_DONE_RETENTION,
+    LastError,
+    MailboxStats,
+    MessageInfo,
+    RecoveryReport,
+    SettledByMailbox,
+    StateStats,
+    check_agent_id,
+    check_delay,
+    check_retention,
+    expiry_reason,
+    set_common_options,
+    text_of,
+)
 
 try:
     import redis
@@ -497,7 +507,7 @@ def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
     """A client error as the mailbox's error: `BackendUnavailableError` when the server cannot be
     reached (refused, timed out, credentials refused, no such host), else `MailboxIOError`."""
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        from ._outage import reason
+        from ..._outage import reason
 
         return BackendUnavailableError(shown_url(url), reason(exc), what)
     return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
@@ -535,8 +545,9 @@ class RedisMailbox:
         lease, max_attempts, backoff, max_message_size: as for `FileMailbox`
         create           False: raise `MailboxIOError` if the agent has no mailbox there yet
         namespace        the first part of every key
-        done_retention   acked messages kept in ``done``: about the last 10,000 by default (``XADD MAXLEN
-                         ~``); 0 keeps none, None keeps every one (until `purge`)
+        done_retention   acked messages kept in ``done`` (the contract's "Retention"): about the last N,
+                         10,000 by default (``XADD MAXLEN ~`` keeps a little more); 0 keeps none (the
+                         ack drops the message), None keeps every one (until `purge`)
         max_age          drop entries older than this many seconds from each priority's stream as new
                          ones come (``XADD MINID ~``); None (the default) never does (same caveat)
         maxlen           cap each priority's stream at about this many entries (``XADD MAXLEN ~``);
@@ -548,6 +559,7 @@ class RedisMailbox:
                          without anyone running ``recover``
     """
 
+    kind = "redis"
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -694,6 +706,7 @@ class RedisMailbox:
         return []
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
+        """Store all of ``messages`` or none of them (one ``MULTI``/``EXEC``); their ids, in order."""
         wait = check_delay(delay)
         self._check()
         batch = [(m, *self._fields_of(m, wait)) for m in messages]  # all encoded before any is sent
@@ -721,7 +734,7 @@ class RedisMailbox:
                 pipe.execute()
         except redis.RedisError as exc:
             raise self._error(exc, "put") from exc
-        return [make_name(RANKS[i], compact_time(f["d"] / 1000), m.id, 0) for m, i, f in batch]
+        return [m.id for m, _, _ in batch]
 
     # -- claim ----------------------------------------------------------------------------------
 
@@ -924,15 +937,15 @@ class RedisMailbox:
         if not owned:
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
 
-    def _ack(self, d: RedisDelivery) -> None:
+    def settle_ack(self, d: RedisDelivery) -> None:
         stream = self._streams[d._rank_index]
         keep = -1 if self.done_retention is None else self.done_retention
         self._settle(d, self._ack_script, [stream, self._done], [keep, d.attempt])
 
-    def _nack(self, d: RedisDelivery, delay: float | None, error: str | None) -> None:
+    def settle_nack(self, d: RedisDelivery, delay: float | None, error: str | None) -> State:
         if attempts_used_up(d.attempt, self.max_attempts):
-            self._bury(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
-            return
+            self.settle_dead(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
+            return State.DEAD
         wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
         now = time.time()
         due_ms = int((now + wait) * 1000)
@@ -947,6 +960,7 @@ class RedisMailbox:
         self._settle(
             d, self._nack_script, [stream, self._delayed, self._delayed_data], [due_ms, token, packed]
         )
+        return State.NEW
 
     @staticmethod
     def _packed(i: int, raw: bytes, attempts: int, fields: dict[str, Any], kept: bytes | None) -> bytes:
@@ -964,7 +978,7 @@ class RedisMailbox:
             entry["e"] = kept.decode("utf-8", "replace")
         return orjson.dumps(entry)
 
-    def _bury(self, d: RedisDelivery, reason: str, error: str | None) -> None:
+    def settle_dead(self, d: RedisDelivery, reason: str, error: str | None) -> None:
         last: dict[str, Any] = {"last_error": error}
         if error is None and d._kept is not None:
             last = {"last_error": d._kept.error, "last_error_attempt": d._kept.attempt}
@@ -981,7 +995,7 @@ class RedisMailbox:
         stream = self._streams[d._rank_index]
         self._settle(d, self._dead_script, [stream, self._dead], [why, d.attempt, RANKS[d._rank_index]])
 
-    def _heartbeat(self, d: RedisDelivery) -> None:
+    def settle_heartbeat(self, d: RedisDelivery) -> None:
         """``XCLAIM`` by the owner, ``JUSTID``: resets the idle time without counting a delivery. An
         entry recovery took is no longer pending: nothing is claimed, and the lease is lost."""
         self._check()
@@ -1311,7 +1325,7 @@ def _last_error_of(raw: Any) -> LastError | None:
 
 
 class RedisDelivery(SettledByMailbox):
-    """A message claimed from a `RedisMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
+    """A message claimed from a `RedisMailbox` (see `hybridcomms.backends.base.MailboxDelivery`)."""
 
     __slots__ = ("_kept", "_kept_raw", "_rank_index", "_raw", "entry_id")
 
@@ -1327,7 +1341,7 @@ class RedisDelivery(SettledByMailbox):
         kept_raw: bytes | None = None,
         kept: LastError | None = None,
     ) -> None:
-        self._start(mailbox, name, message, attempt)
+        super().__init__(mailbox, name, message, attempt)
         self._rank_index = rank_index
         self.entry_id = entry_id
         self._raw = raw

@@ -24,10 +24,10 @@ import heapq
 import threading
 import time
 
-from ._fs import listdir_at
-from ._names import DUE_RE as _DUE_RE
-from ._names import RANKS as _RANKS
-from ._names import compact_time
+from ..._fs import listdir_at
+from ..._names import DUE_RE as _DUE_RE
+from ..._names import RANKS as _RANKS
+from ..._names import compact_time
 
 __all__ = ["ClaimIndex"]
 

@@ -21,11 +21,11 @@ import errno
 import os
 from pathlib import Path
 
-from . import _fs
-from ._fs import DirSyncer, FsyncPolicy
-from ._names import compact_time, parse_compact, parse_name
-from .errors import MailboxIOError
-from .states import Move, State
+from ... import _fs
+from ..._fs import DirSyncer, FsyncPolicy
+from ..._names import compact_time, parse_compact, parse_name
+from ...errors import MailboxIOError
+from ...states import Move, State
 
 __all__ = ["Folders"]
 

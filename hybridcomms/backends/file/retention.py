@@ -37,20 +37,17 @@ import random
 import re
 import stat
 
-from . import _log
-from ._fs import O_DIR
-from ._locking import LOCK_TRY, flock
-from ._names import RANKS
+from ... import _log
+from ..._fs import O_DIR
+from ..._locking import LOCK_TRY, flock
+from ..._names import RANKS
 
-__all__ = ["DEFAULT_DONE_RETENTION", "Retention", "check_retention"]
+__all__ = ["Retention"]
 
 log = _log.get("hybridcomms.mailbox")
 
 #: A handle's first look comes within this many of its acks (then every N/4).
 _FIRST_LOOK = 64
-
-#: Acked messages kept by default, on every backend.
-DEFAULT_DONE_RETENTION = 10_000
 
 #: An acked message of ours: our name, or our name with the ``.N`` of `_fs.free_name`.
 _ACKED_RE = re.compile(
@@ -63,17 +60,6 @@ _acked = _ACKED_RE.match
 def _age_key(entry: os.DirEntry[str]) -> str:
     """Due time first (the rank left out), then the rest of the name."""
     return entry.name[3:]
-
-
-def check_retention(done_retention: object) -> int | None:
-    """A ``done_retention`` option, checked the same way by every backend: None, or an int >= 0."""
-    if done_retention is None:
-        return None
-    if isinstance(done_retention, bool) or not isinstance(done_retention, int):
-        raise TypeError(f"done_retention must be an int or None, not {type(done_retention).__name__}")
-    if done_retention < 0:
-        raise ValueError("done_retention must be >= 0 (0 keeps none) or None (keeps all)")
-    return done_retention
 
 
 class Retention:

@@ -1,4 +1,4 @@
-"""`MemoryMailbox`: the mailbox contract (`hybridcomms.backend`) in memory, for the threads of one
+"""`MemoryMailbox`: the mailbox contract (`hybridcomms.backends.base`) in memory, for the threads of one
 process.
 
 It keeps nothing past the process, so it is not a durable mailbox: it is the contract's model (the
@@ -23,19 +23,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ._last_errors import text_of
-from ._names import RANK_OF, RANKS, compact_time, make_name
-from ._retention import DEFAULT_DONE_RETENTION, check_retention
-from .delivery import SettledByMailbox
-from .errors import DeliveryLostError, MailboxIOError
-from .inspection import LastError, MailboxStats, MessageInfo, StateStats
-from .mailbox import DEFAULT_BACKOFF, check_agent_id, check_delay, expiry_reason, set_common_options
-from .message import DEFAULT_MAX_MESSAGE_SIZE, Message
-from .recovery import RecoveryReport
-from .retry import Backoff, attempts_used_up
-from .states import State
+from .._names import RANK_OF, RANKS, compact_time, make_name
+from ..errors import DeliveryLostError, MailboxIOError
+from ..message import DEFAULT_MAX_MESSAGE_SIZE, Message, pattern_matches
+from ..retry import Backoff, attempts_used_up
+from ..states import State
+from .base import (
+    DEFAULT_BACKOFF,
+    DEFAULT_DONE_RETENTION,
+    LastError,
+    MailboxStats,
+    MessageInfo,
+    RecoveryReport,
+    SettledByMailbox,
+    StateStats,
+    check_agent_id,
+    check_delay,
+    check_retention,
+    expiry_reason,
+    set_common_options,
+    text_of,
+)
+from .subscriptions import changed
 
-__all__ = ["MemoryDelivery", "MemoryMailbox"]
+__all__ = ["MemoryDelivery", "MemoryMailbox", "MemorySubscriptions"]
 
 _seq = itertools.count()
 
@@ -87,9 +98,14 @@ class MemoryMailbox:
 
     ``MemoryMailbox(agent_id, *, store="default", lease=300, max_attempts=5, backoff=Backoff(),
     max_message_size=…, done_retention=10000, create=True)``: the options mean what they mean for
-    `FileMailbox` (here ``done_retention`` keeps exactly the last N acked messages).
+    `FileMailbox`;
+
+        done_retention   acked messages kept in ``done`` (the contract's "Retention"): the last N,
+                         10,000 by default (exactly N here); 0 keeps none (the ack drops the message),
+                         None keeps every one (until `purge`)
     """
 
+    kind = "memory"
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -131,11 +147,9 @@ class MemoryMailbox:
     @classmethod
     def forget_store(cls, store: str) -> None:
         """Drop every mailbox of a store, and its durable subscriptions (tests)."""
-        from .registry import MemoryRegistry
-
         with cls._stores_lock:
             cls._stores.pop(store, None)
-        MemoryRegistry.forget_store(store)
+        MemorySubscriptions.forget_store(store)
 
     def __repr__(self) -> str:
         return f"<MemoryMailbox memory://{self.store} {self.agent_id}>"
@@ -166,6 +180,7 @@ class MemoryMailbox:
         return self.put_many([message], delay=delay)[0]
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> builtins.list[str]:
+        """Store all of ``messages`` or none of them (under one lock); their ids, in order."""
         wait = check_delay(delay)
         box = self._check()
         now = time.time()
@@ -173,7 +188,7 @@ class MemoryMailbox:
         with box.cond:
             for e in entries:
                 box.push(e)
-        return [e.name for e in entries]
+        return [e.id for e in entries]
 
     # -- claim ----------------------------------------------------------------------------------
 
@@ -225,12 +240,12 @@ class MemoryMailbox:
 
     def _held(self, d: MemoryDelivery) -> _Entry:
         """Under the lock: the entry ``d`` holds, or DeliveryLostError (recovery took it)."""
-        entry = self._box.processing.get(d._entry.seq)
+        entry = self._box.processing.get(d.entry.seq)
         if entry is None or entry.owner is None or entry.owner() is not d:
             raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
         return entry
 
-    def _ack(self, d: MemoryDelivery) -> None:
+    def settle_ack(self, d: MemoryDelivery) -> None:
         box = self._check()
         with box.cond:
             entry = self._held(d)
@@ -243,10 +258,10 @@ class MemoryMailbox:
                 while len(box.done) > keep:  # the oldest acked first (a dict keeps its order)
                     del box.done[next(iter(box.done))]
 
-    def _nack(self, d: MemoryDelivery, delay: float | None, error: str | None) -> None:
+    def settle_nack(self, d: MemoryDelivery, delay: float | None, error: str | None) -> State:
         if attempts_used_up(d.attempt, self.max_attempts):
-            self._bury(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
-            return
+            self.settle_dead(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
+            return State.DEAD
         box = self._check()
         with box.cond:
             entry = self._held(d)
@@ -257,8 +272,9 @@ class MemoryMailbox:
             if error is not None:
                 entry.last_error = LastError(text_of(error), d.attempt, now)
             box.push(entry)
+        return State.NEW
 
-    def _bury(self, d: MemoryDelivery, reason: str, error: str | None) -> None:
+    def settle_dead(self, d: MemoryDelivery, reason: str, error: str | None) -> None:
         box = self._check()
         with box.cond:
             entry = self._held(d)
@@ -285,7 +301,7 @@ class MemoryMailbox:
         entry.owner, entry.entered, entry.reason, entry.last_error = None, time.time(), reason, None
         self._box.dead[entry.seq] = entry
 
-    def _heartbeat(self, d: MemoryDelivery) -> None:
+    def settle_heartbeat(self, d: MemoryDelivery) -> None:
         box = self._check()
         with box.cond:
             entry = self._held(d)
@@ -417,10 +433,39 @@ class MemoryMailbox:
 
 
 class MemoryDelivery(SettledByMailbox):
-    """A message claimed from a `MemoryMailbox` (see `hybridcomms.backend.MailboxDelivery`)."""
+    """A message claimed from a `MemoryMailbox` (see `hybridcomms.backends.base.MailboxDelivery`)."""
 
-    __slots__ = ("__weakref__", "_entry")
+    __slots__ = ("__weakref__", "entry")
 
     def __init__(self, mailbox: MemoryMailbox, entry: _Entry, message: Message) -> None:
-        self._start(mailbox, entry.name, message, entry.attempt)
-        self._entry = entry
+        super().__init__(mailbox, entry.name, message, entry.attempt)
+        self.entry = entry
+
+
+class MemorySubscriptions:
+    """Subscriptions of the agents of one in-memory store (`MemoryMailbox`), in this process."""
+
+    _stores: dict[str, dict[str, list[str]]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, store: str) -> None:
+        self.store = store or "default"
+
+    def record(self, agent: str, pattern: str, add: bool) -> None:
+        with self._lock:
+            changed(
+                self._stores.setdefault(self.store, {}).setdefault(check_agent_id(agent), []), pattern, add
+            )
+
+    def subscribers(self, topic: str) -> list[str]:
+        with self._lock:
+            agents = self._stores.get(self.store, {})
+            return sorted(a for a, ps in agents.items() if any(pattern_matches(p, topic) for p in ps))
+
+    @classmethod
+    def forget_store(cls, store: str) -> None:
+        with cls._lock:
+            cls._stores.pop(store, None)
+
+    def close(self) -> None:
+        pass

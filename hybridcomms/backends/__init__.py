@@ -1,0 +1,116 @@
+"""The mailbox backends, and the one place a URL (or a root) becomes one.
+
+``base`` holds the contract every backend implements (the `Mailbox` and `MailboxDelivery` Protocols,
+the values they return, the options and checks they share); beside it, one module or package per
+backend: ``file`` (`FileMailbox`: files under a root on one host), ``memory`` (`MemoryMailbox`:
+threads of one process) and ``redis`` (`RedisMailbox`: Redis Streams, a fleet across hosts), each with
+its durable subscriptions (``subscriptions``).
+
+Code outside this package never asks which backend it has: it calls `open_mailbox` (or
+`registry_for`), and asks the mailbox itself (``mailbox.kind``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .._urls import shown_url
+from .base import Mailbox, MailboxDelivery, put_once
+from .subscriptions import SubscriptionRegistry
+
+__all__ = [
+    "KINDS",
+    "SCHEMES",
+    "Mailbox",
+    "MailboxDelivery",
+    "backend_of",
+    "open_mailbox",
+    "put_once",
+    "registry_for",
+]
+
+#: The backends, as `backend_of` and ``mailbox.kind`` name them.
+KINDS = ("file", "memory", "redis")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: The URL schemes some backend serves.
+SCHEMES = (*_REDIS_SCHEMES, "memory", "file")
+#: A URL with a slash missing (``redis:/host``) or a user in it (``redis::pw@host``), in what has no "://".
+_SCHEME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(/|.*@)", re.DOTALL)
+
+
+def backend_of(url: str | None) -> str:
+    """``"file"`` (None, ``"local"``, a plain path or ``file://…``), ``"redis"`` (``redis://``,
+    ``rediss://``, ``unix://``), ``"memory"`` (``memory://…``), or ``""`` for a scheme no backend
+    serves."""
+    if url is None or url == "local":
+        return "file"
+    if "://" not in url:
+        # a URL mistyped, not a folder to make mailboxes in
+        return "" if _SCHEME_LIKE.match(url) and not url.startswith(("./", "/")) else "file"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in _REDIS_SCHEMES:
+        return "redis"
+    return scheme if scheme in ("memory", "file") else ""
+
+
+def open_mailbox(
+    where: str | os.PathLike[str],
+    agent_id: str,
+    *,
+    file_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Mailbox:
+    """The mailbox of ``agent_id`` at ``where``:
+
+    - ``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS) or ``unix://…``: a
+      `RedisMailbox` (needs the ``hybridcomms[redis]`` extra);
+    - ``memory://<name>``: a `MemoryMailbox` shared by everything in this process that names it;
+    - ``file:///path``, a plain path or a `os.PathLike`: a `FileMailbox` under that root.
+
+    ``options`` are the mailbox options every backend takes (``lease``, ``max_attempts``,
+    ``backoff``, ``max_message_size``, ``done_retention``, ``create``) and the backend's own (``fsync``
+    for files, ``namespace`` for Redis, …). ``file_options`` are options for a file mailbox only
+    (``fsync``, ``read_only``, …): given to a `FileMailbox`, left out for the other backends (a
+    caller that opens whatever a URL names passes them without asking which backend it is)."""
+    if not isinstance(where, str):
+        return _open_file(os.fspath(where), agent_id, {**options, **(file_options or {})})
+    kind = backend_of(where)
+    if kind == "redis":
+        from .redis.mailbox import RedisMailbox
+
+        return RedisMailbox(where, agent_id, **options)
+    if kind == "memory":
+        from .memory import MemoryMailbox
+
+        return MemoryMailbox.named(where[len("memory://") :], agent_id, **options)
+    if kind != "file":
+        raise ValueError(f"unknown mailbox URL scheme in {shown_url(where)!r} (redis, rediss, memory, file)")
+    root = where[len("file://") :] if where.startswith("file://") else where
+    return _open_file(root, agent_id, {**options, **(file_options or {})})
+
+
+def _open_file(root: str, agent_id: str, options: dict[str, Any]) -> Mailbox:
+    from .file.mailbox import FileMailbox
+
+    return FileMailbox(root, agent_id, **options)
+
+
+def registry_for(
+    root: str | os.PathLike[str], url: str | None, file_mode: int = 0o600
+) -> SubscriptionRegistry:
+    """The durable subscriptions that go with the mailboxes at ``url`` (None: files under ``root``)."""
+    kind = backend_of(url)
+    if url is not None and kind == "redis":
+        from .redis.subscriptions import RedisSubscriptions
+
+        return RedisSubscriptions(url)
+    if url is not None and kind == "memory":
+        from .memory import MemorySubscriptions
+
+        return MemorySubscriptions(url[len("memory://") :])
+    from .file.subscriptions import FileSubscriptions
+
+    return FileSubscriptions(root, file_mode)
