@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from hybridcomms import Comms, Message, fanout
+from hybridcomms import Comms, Message
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, decode_event, encode_event, share_bus
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, decode_event, encode_event, share_bus
+from hybridcomms.bus.fanout import local as fanout
 
 HERE = Path(__file__).parent
 

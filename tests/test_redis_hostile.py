@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from hybridcomms import Message, State
 from hybridcomms.bus import AgentBus
+from hybridcomms.bus.fanout import RedisFanout
 from hybridcomms.errors import MailboxIOError
-from hybridcomms.fanout import RedisFanout
 from hybridcomms.redis_mailbox import RedisMailbox
 from hybridcomms.retry import Backoff
 

@@ -15,7 +15,7 @@ import collections
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._bus_folder import HOST
+from .folder import HOST
 
 __all__ = ["Link", "Turns"]
 

@@ -51,8 +51,12 @@ from typing import Any, cast
 
 import orjson
 
-from . import _fs, _log
-from ._bus_folder import (
+from ... import _fs, _log
+from ..._urls import backend_of, shown_url
+from ...errors import UnsafePathError
+from ...message import Message, nulls_hide_non_finite, valid_topic
+from ..core import AgentBus, Event
+from .folder import (
     BUS_FOLDER,
     HOST,
     MAX_REGISTRATION,
@@ -69,16 +73,24 @@ from ._bus_folder import (
     well_formed,
     write_registration,
 )
-from ._fanout_index import PeerIndex
-from ._fanout_reads import ReadQueue, pid_of
-from ._fanout_turns import Link as _Link
-from ._fanout_turns import Turns
-from ._urls import backend_of, shown_url
-from .bus import AgentBus, Event
-from .errors import UnsafePathError
-from .message import Message, nulls_hide_non_finite, valid_topic
+from .index import PeerIndex
+from .reads import ReadQueue, pid_of
+from .turns import Link as _Link
+from .turns import Turns
 
-__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "count", "share_bus"]
+__all__ = [
+    "BUS_FOLDER",
+    "FANOUT_STATS",
+    "STATS_LOCK",
+    "LocalFanout",
+    "RedisFanout",
+    "bus_peers",
+    "count",
+    "decode_event",
+    "encode_event",
+    "redis_bus_prefix",
+    "share_bus",
+]
 
 log = _log.get("hybridcomms.fanout")
 _HOST = HOST
@@ -156,11 +168,11 @@ FANOUT_STATS: dict[str, int] = dict.fromkeys(
     ),
     0,
 )
-_stats_lock = threading.Lock()
+STATS_LOCK = threading.Lock()
 
 
 def _count(key: str, n: int = 1) -> None:
-    with _stats_lock:
+    with STATS_LOCK:
         FANOUT_STATS[key] += n
 
 
@@ -767,7 +779,7 @@ class LocalFanout:
             self._retire(self._links.pop(name), now)
         gone = [n for n in self._dropped_to if n not in indexed]
         if gone:
-            with _stats_lock:
+            with STATS_LOCK:
                 for n in gone:
                     self._dropped_gone += self._dropped_to.pop(n, 0)
 
@@ -775,7 +787,7 @@ class LocalFanout:
         """(Under the lock.) Forget the turns (made again at the next publish of each topic), their
         counts of missed events added to the drops of each peer first."""
         if self._groups:
-            with _stats_lock:
+            with STATS_LOCK:
                 for group in self._groups.values():
                     for turns in group:
                         for link, n in turns.missed():
@@ -1179,7 +1191,7 @@ class LocalFanout:
                 self._regroup = True
             self._backlogged.discard(link)
         if lost:
-            with _stats_lock:
+            with STATS_LOCK:
                 FANOUT_STATS["dropped_full"] += lost
                 self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + lost
 
@@ -1260,7 +1272,7 @@ class LocalFanout:
             self._reset_targets()
 
     def _dropped(self, link: _Link) -> None:
-        with _stats_lock:
+        with STATS_LOCK:
             FANOUT_STATS["dropped_full"] += 1
             self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + 1
         self._report()
@@ -1281,7 +1293,7 @@ class LocalFanout:
                 for turns in group:
                     for link, n in turns.missed():
                         missed[link.name] = missed.get(link.name, 0) + n
-        with _stats_lock:
+        with STATS_LOCK:
             drops = dict(self._dropped_to)
             others = self._dropped_gone
         for name, n in missed.items():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Collection
 
-from ._bus_folder import PID_MAX
+from .folder import PID_MAX
 
 __all__ = ["ReadQueue", "pid_of"]
 

@@ -38,9 +38,17 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import _log
+from .. import _log
 
-__all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "default_bus", "pattern_matches"]
+__all__ = [
+    "AgentBus",
+    "Event",
+    "PublishResult",
+    "Subscription",
+    "default_bus",
+    "pattern_matches",
+    "published_count",
+]
 
 log = _log.get("hybridcomms.bus")
 
@@ -126,7 +134,7 @@ class Event:
         ``priority`` and ``reply_to`` are null and ``headers`` is empty."""
         from datetime import datetime, timezone
 
-        from .message import FIELDS, Message
+        from ..message import FIELDS, Message
 
         payload = self.payload
         if isinstance(payload, Message):

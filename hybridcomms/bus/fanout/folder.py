@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from . import _fs
-from .bus import pattern_matches
-from .errors import UnsafePathError
+from ... import _fs
+from ...errors import UnsafePathError
+from ..core import pattern_matches
 
 __all__ = [
     "BUS_FOLDER",
