@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from hybridcomms.bus import AgentBus
+from hybridcomms.bus.fanout import BUS_FOLDER, _shared
 from hybridcomms.bus.fanout import local as fanout
-from hybridcomms.bus.fanout.local import BUS_FOLDER, _shared
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:

@@ -19,7 +19,15 @@ import pytest
 
 from hybridcomms import Comms, Message
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, decode_event, encode_event, share_bus
+from hybridcomms.bus.fanout import (
+    BUS_FOLDER,
+    FANOUT_STATS,
+    bus_peers,
+    decode_event,
+    encode_event,
+    redis_bus_prefix,
+    share_bus,
+)
 from hybridcomms.bus.fanout import local as fanout
 
 HERE = Path(__file__).parent
@@ -442,7 +450,7 @@ def test_three_subscriber_processes_across_hosts_through_redis(
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    channel = fanout.redis_bus_prefix(redis_url) + "fleet.heartbeat"
+    channel = redis_bus_prefix(redis_url) + "fleet.heartbeat"
     pub = AgentBus()
     release = share_bus(pub, url=redis_url)
     try:
@@ -566,7 +574,7 @@ def test_through_redis_a_killed_subscriber_is_replaced_and_a_stopped_one_blocks_
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    channel = fanout.redis_bus_prefix(redis_url) + "job"
+    channel = redis_bus_prefix(redis_url) + "job"
 
     def subscribers() -> int:
         return int(client.pubsub_numsub(channel)[0][1])

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from hybridcomms import Comms, Message, UnsafePathError
 from hybridcomms.bus import AgentBus, Event
 from hybridcomms.bus import core as bus
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, _shared, bus_peers, encode_event, share_bus
 from hybridcomms.bus.fanout import local as fanout
-from hybridcomms.bus.fanout.local import BUS_FOLDER, FANOUT_STATS, _shared, bus_peers, encode_event, share_bus
 from hybridcomms.message import Priority
 from hybridcomms.policy import Policy
 

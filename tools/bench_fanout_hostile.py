@@ -59,7 +59,8 @@ import orjson
 
 from hybridcomms.bus import AgentBus, Event
 from hybridcomms.bus import core as bus_module
-from hybridcomms.bus.fanout.local import _HOST, BUS_FOLDER, FANOUT_STATS, _shared, encode_event, share_bus
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, _shared, encode_event, share_bus
+from hybridcomms.bus.fanout.transport import HOST as _HOST
 
 PAYLOAD = {"agent": "Agent-1", "status": "busy", "task": "build-42"}
 SIZE = 64 * 1024 - 512  # just under what a publisher reads of a registration

@@ -38,7 +38,7 @@ TOPIC = "chaos.tick"
 
 
 def _fanout_of(bus: Any, root: str) -> Any:
-    from hybridcomms.bus.fanout.local import _shared
+    from hybridcomms.bus.fanout import _shared
 
     return _shared[(id(bus), os.path.abspath(root))][0]
 

@@ -460,7 +460,7 @@ class AgentBus:
         subs = self._cache.get(event.topic) or self._resolve(event.topic)
         _published[0] += 1
         result = PublishResult(event, len(subs))
-        # (The loop of `_publish_received`, written out: as a shared method it cost publish 4%.)
+        # (The loop of `publish_received`, written out: as a shared method it cost publish 4%.)
         for sub in subs:
             try:
                 if sub.is_async:
@@ -476,7 +476,7 @@ class AgentBus:
             self._send_out(event)
         return result
 
-    def _publish_received(self, event: Event, size: int, sender: int) -> PublishResult:
+    def publish_received(self, event: Event, size: int, sender: int) -> PublishResult:
         """Deliver an event that came from another process (`hybridcomms.fanout`), as `publish` does
         (it is never sent on): ``size`` (its encoded bytes) and ``sender`` (the process that sent it,
         as the kernel said, or `UNKNOWN_SENDER`) bound the async handler runs it may start
@@ -527,7 +527,7 @@ class AgentBus:
             self._received_bytes += size
             return True
 
-    def _refuses(self, topic: str, size: int, sender: int) -> bool:
+    def refuses(self, topic: str, size: int, sender: int) -> bool:
         """Whether an event from another process on ``topic`` (``size`` bytes, from ``sender``) would
         reach nothing now: every handler of the topic is async, and none may start (`_room_for`). The
         fanout then drops it before decoding it (a flood costs no decoding past the bounds)."""

@@ -22,6 +22,8 @@ import orjson
 from ... import _fs
 from ...errors import UnsafePathError
 from ..core import pattern_matches
+from .transport import HOST
+from .wire import MAX_TOPIC
 
 __all__ = [
     "BUS_FOLDER",
@@ -40,8 +42,6 @@ __all__ = [
 ]
 
 BUS_FOLDER = ".bus"
-#: The longest topic that crosses (and so the longest pattern a registration may hold).
-MAX_TOPIC = 256
 #: A registration is read up to this size (a bigger one is not one); this process's own stays under.
 MAX_REGISTRATION = 64 * 1024
 #: Registrations held as peers at most by a publisher, and listed at most by `bus_peers`. Only names
@@ -59,8 +59,6 @@ STAR = ("*",)
 #: What `bus_peers` (``hybridcomms stats``) reads at most: registrations' bytes in all (64 at
 #: `MAX_REGISTRATION`, thousands of ordinary ones), the smallest first; the others are ``unread``.
 SURVEY_BYTES = 4 << 20
-#: This host's name, in registrations (sockets reach the processes of one host only).
-HOST = socket.gethostname()
 #: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
 NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
 #: Linux pids are below 2**22; anything outside a C int would make os.kill raise.

@@ -1,34 +1,19 @@
-"""Ephemeral events that reach the other processes of the fleet.
+"""The fanout on one host, no daemon (`LocalFanout`): every process sharing a root binds a Unix
+datagram socket in ``<root>/.bus/`` and registers the patterns its bus subscribes to in
+``<root>/.bus/<name>.json``. A publisher sends one datagram to each process with a matching pattern,
+without ever waiting: what finds a full socket buffer waits in a bounded backlog for that process,
+then is dropped for that process only, counted. A process that died is pruned (its socket and
+registration removed) the first time a send finds nobody there.
 
-An `AgentBus` delivers in its own process, synchronously, as always. A bus that is *shared*
-(`share_bus`) also carries each event it publishes to the other processes whose buses subscribe to a
-matching pattern, and delivers theirs to its own subscribers:
-
-- **On one host, no daemon** (`LocalFanout`): every sharing process binds a Unix datagram socket in
-  ``<root>/.bus/`` and registers the patterns its bus subscribes to in ``<root>/.bus/<name>.json``.
-  A publisher sends one datagram to each process with a matching pattern, without ever waiting: what
-  finds a full socket buffer waits in a bounded backlog for that process, then is dropped for that
-  process only, counted. A process that died is pruned (its socket and registration removed) the first
-  time a send finds nobody there.
-- **Across hosts** (`RedisFanout`, when a Redis URL is configured): Redis pub/sub, a channel per topic
-  (``hc:<db>:bus:<topic>``: pub/sub is per server, so the database is in the name); the publishes go
-  out from a sender thread through a bounded queue, so the publisher never waits on the network
-  either.
-
-Still at most once, and never raised into the publisher: an event that cannot be encoded, is too big,
-or finds a full buffer is counted (`FANOUT_STATS`, the Prometheus metrics, ``hybridcomms stats``) and
-dropped. What arrives is decoded with the limits of a message file (size, JSON depth, field types); a
-bad datagram is dropped and counted, never raised into a subscriber. Events from other processes carry
-``event.origin`` (``host:pid``) and are never sent on again.
-
-The bus folder is shared with every agent of the group (``_bus_folder``): nothing there is changed
+The bus folder is shared with every agent of the group (`folder`): nothing there is changed
 through a name another process can swap, a look at it costs what changed (and is spaced by its cost),
-patterns are capped and indexed (`_fanout_index`), the sockets to peers are bounded and go to the
-peers that read, one publish sends a bounded amount per user owning the peers' sockets, peers found
-not reading sleep (`_fanout_turns`), backlogs are bounded in all, what received events may hold is
-bounded per sending process (`AgentBus`), and a process whose registration is deleted registers
-again: nothing a co-tenant places slows a publisher to a crawl or exhausts it (docs/guarantees.md).
-The bus carries no authentication: any co-tenant can send any event.
+patterns are capped and indexed (`index`), the registrations a look reads are shared fairly per
+process (`reads`), the sockets to peers are bounded and go to the peers that read, one publish sends
+a bounded amount per user owning the peers' sockets, peers found not reading sleep (`turns`),
+backlogs are bounded in all, what received events may hold is bounded per sending process
+(`AgentBus.publish_received`), and a process whose registration is deleted registers again: nothing
+a co-tenant places slows a publisher to a crawl or exhausts it (docs/guarantees.md). The bus carries
+no authentication: any co-tenant can send any event.
 """
 
 from __future__ import annotations
@@ -36,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import queue
 import select
 import socket
 import stat
@@ -44,28 +28,22 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 import orjson
 
 from ... import _fs, _log
-from ..._urls import backend_of, shown_url
 from ...errors import UnsafePathError
-from ...message import Message, nulls_hide_non_finite, valid_topic
 from ..core import AgentBus, Event
 from .folder import (
     BUS_FOLDER,
     HOST,
     MAX_REGISTRATION,
     MAX_REGISTRATIONS,
-    MAX_TOPIC,
     STAR,
     Peer,
     alive,
-    bus_peers,
     effective_patterns,
     open_bus_folder,
     registration_body,
@@ -75,28 +53,16 @@ from .folder import (
 )
 from .index import PeerIndex
 from .reads import ReadQueue, pid_of
+from .transport import FANOUT_STATS, STATS_LOCK, count, deliver
 from .turns import Link as _Link
 from .turns import Turns
+from .wire import MAX_DATAGRAM, decode_event, encode_event, topic_of
 
-__all__ = [
-    "BUS_FOLDER",
-    "FANOUT_STATS",
-    "STATS_LOCK",
-    "LocalFanout",
-    "RedisFanout",
-    "bus_peers",
-    "count",
-    "decode_event",
-    "encode_event",
-    "redis_bus_prefix",
-    "share_bus",
-]
+__all__ = ["BUS_FOLDER", "LocalFanout"]
 
 log = _log.get("hybridcomms.fanout")
 _HOST = HOST
 
-#: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
-MAX_DATAGRAM = 64 * 1024
 #: A publisher looks at the registrations again at most this often (seconds).
 REFRESH_EVERY = 0.05
 #: A look that lists the folder is followed by the next no sooner than this many times its own cost
@@ -142,116 +108,6 @@ STUCK_RETRY = 1.0
 _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.EDESTADDRREQ))
 #: A process writes its counters into its registration at most this often (seconds).
 REPORT_EVERY = 1.0
-
-#: Counters of this process: sent, received, dropped_full (a subscriber's buffer and its backlog here
-#: were full, or it was found not reading), dropped_bad (a datagram that did not decode), unsendable
-#: (not JSON, or too big), pruned (registrations of dead processes, or without a socket),
-#: dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog), dropped_busy
-#: (an event from another process that started no async handler: what the runs started by such
-#: events held was at `bus.MAX_RECEIVED_RUNS` or `bus.MAX_RECEIVED_BYTES`, or the sender's share of
-#: them), refused_durable (an event from another process on a topic the policy routes durable, not
-#: handed to a `Comms` handler), dropped_budget (an event not sent to a peer because more peers of
-#: its owner wanted it than one publish sends to: `SENDS_PER_OWNER`; they take turns).
-FANOUT_STATS: dict[str, int] = dict.fromkeys(
-    (
-        "sent",
-        "received",
-        "dropped_full",
-        "dropped_bad",
-        "unsendable",
-        "pruned",
-        "dropped_queue",
-        "deferred",
-        "dropped_busy",
-        "refused_durable",
-        "dropped_budget",
-    ),
-    0,
-)
-STATS_LOCK = threading.Lock()
-
-
-def _count(key: str, n: int = 1) -> None:
-    with STATS_LOCK:
-        FANOUT_STATS[key] += n
-
-
-def count(key: str, n: int = 1) -> None:
-    """Add ``n`` to the counter ``key`` of `FANOUT_STATS` (for the parts that refuse what arrives)."""
-    _count(key, n)
-
-
-# -- the wire form -------------------------------------------------------------------------------
-
-
-_dumps, _loads = orjson.dumps, orjson.loads
-_PLAIN = (dict, list, str, int, float, bool)
-
-
-def _plain(payload: Any) -> Any:
-    """A payload as JSON can hold it: a `Message` as its native form, an object with ``model_dump``
-    (pydantic) or a dataclass as its fields."""
-    if isinstance(payload, Message):
-        return {"__message__": payload.to_dict()}
-    dump = getattr(payload, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    fields = getattr(payload, "__dataclass_fields__", None)
-    if fields is not None:
-        return {name: getattr(payload, name) for name in fields}
-    return payload
-
-
-def encode_event(event: Event, origin: str) -> bytes | None:
-    """The datagram of ``event``; None if it cannot be sent (not JSON, or bigger than MAX_DATAGRAM)."""
-    payload = event.payload
-    if not (payload is None or type(payload) in _PLAIN):
-        payload = _plain(payload)
-    try:  # an array, not an object: no keys to write or read (this runs once per event)
-        fields = (event.source, event.correlation_id, event.id, event.timestamp, event.durable, origin)
-        data = _dumps([1, event.topic, payload, *fields])
-    except (TypeError, ValueError):
-        return None
-    if nulls_hide_non_finite(data, (event.source is None) + (event.correlation_id is None), payload):
-        return None  # refused, never sent changed
-    return data if len(data) <= MAX_DATAGRAM else None
-
-
-def _opt_str(value: Any) -> bool:
-    return value is None or (type(value) is str and len(value) <= 1024)
-
-
-def decode_event(data: bytes) -> Event | None:
-    """The event in a datagram, or None if it is not one (checked as a message file is)."""
-    if len(data) > MAX_DATAGRAM:
-        return None
-    try:
-        obj = _loads(data)  # orjson refuses nesting deeper than 1024
-    except orjson.JSONDecodeError:
-        return None
-    if type(obj) is not list or len(obj) != 9 or obj[0] != 1:
-        return None
-    _, topic, payload, source, correlation_id, event_id, ts, durable, origin = obj
-    if not (
-        type(topic) is str
-        and 0 < len(topic) <= MAX_TOPIC
-        and valid_topic(topic)  # printable: it is printed by watch/tail --bus, matched by patterns
-        and _opt_str(source)
-        and _opt_str(correlation_id)
-        and type(event_id) is str
-        and type(origin) is str
-        and type(ts) in (int, float)
-        and 0 <= ts < 253402300800  # a time a date can show (before the year 10000); NaN fails too
-        and type(durable) is bool
-    ):
-        return None
-    if type(payload) is dict and len(payload) == 1 and "__message__" in payload:
-        try:
-            payload = Message.from_dict(payload["__message__"])
-        except Exception:
-            return None
-    return Event(topic, payload, source, correlation_id, event_id, float(cast(float, ts)), durable, origin)
-
 
 # -- one host: Unix datagram sockets under the root ------------------------------------------------
 
@@ -654,7 +510,7 @@ class LocalFanout:
             if sst is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(stem + ".sock", dir_fd=dir_fd)
-            _count("pruned")
+            count("pruned")
 
     def _read(self, name: str, ino: int) -> _Reg | None:
         """Read one registration (new or changed), listed with the inode ``ino``. None if it is gone,
@@ -1027,7 +883,7 @@ class LocalFanout:
                 os.unlink(name + ".sock", dir_fd=self._dir_fd)
         with contextlib.suppress(OSError):
             os.unlink(name + ".json", dir_fd=self._dir_fd)
-        _count("pruned")
+        count("pruned")
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -1054,7 +910,7 @@ class LocalFanout:
             return
         encoded = encode_event(event, self.origin)
         if encoded is None:
-            _count("unsendable")
+            count("unsendable")
             return
         data = encoded
         sent = skipped = 0
@@ -1087,7 +943,7 @@ class LocalFanout:
                     self._defer(link, data)
                 except OSError as exc:
                     if exc.errno == errno.EMSGSIZE:
-                        _count("unsendable")
+                        count("unsendable")
                         return
                     if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
                         self._peer_gone(link)
@@ -1356,15 +1212,15 @@ class LocalFanout:
             for level, kind, creds in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
                     sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
-            topic = _topic_of(data)
-            if topic is not None and bus._refuses(topic, len(data), sender):
-                _count("dropped_busy")  # (not decoded: a flood past the bounds costs no decoding)
+            topic = topic_of(data)
+            if topic is not None and bus.refuses(topic, len(data), sender):
+                count("dropped_busy")  # (not decoded: a flood past the bounds costs no decoding)
                 continue
             event = decode_event(data)
             if event is None:
-                _count("dropped_bad")
+                count("dropped_bad")
                 continue
-            _deliver(bus, event, len(data), sender)
+            deliver(bus, event, len(data), sender)
 
     def close(self) -> None:
         if self._closed:
@@ -1399,251 +1255,7 @@ class LocalFanout:
         os.close(self._bell_w)
 
 
-def _topic_of(data: bytes) -> str | None:
-    """The topic of a datagram, read from its head (``[1,"<topic>",``) without decoding the rest;
-    None if it is not plainly there (then the whole datagram is decoded, and checked)."""
-    if not data.startswith(b'[1,"'):
-        return None
-    end = data.find(b'"', 4, 4 + 4 * MAX_TOPIC + 1)
-    if end < 0:
-        return None
-    raw = data[4:end]
-    if b"\\" in raw:
-        return None
-    try:
-        topic = raw.decode()
-    except UnicodeDecodeError:
-        return None
-    return topic if 0 < len(topic) <= MAX_TOPIC and valid_topic(topic) else None
-
-
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
     return poller.poll(0)
-
-
-def _deliver(bus: AgentBus, event: Event, size: int, sender: int) -> None:
-    """Hand an event from another process to this process's subscribers (on a receiving thread).
-    ``size`` (its datagram's) and ``sender`` (the sending process, -1 if unknown) bound what it may
-    hold in async handler runs (`AgentBus` MAX_RECEIVED_RUNS, MAX_RECEIVED_BYTES)."""
-    FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
-    try:
-        result = bus._publish_received(event, size, sender)  # handler failures are the bus's to isolate
-    except Exception:
-        log.exception("fanout: delivering %s failed", event.topic)
-        return
-    if result.dropped:  # async handlers of this bus had too much unfinished
-        _count("dropped_busy")
-
-
-# -- across hosts: Redis pub/sub ------------------------------------------------------------------
-
-
-def _channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[str]]:
-    """(channels, glob patterns) that carry the bus patterns ``patterns``, none of them covered by
-    another: Redis sends a message once per matching subscription of a connection, so a topic that
-    several overlapping patterns match (``a.*``, ``*``, ``a.b``) still arrives once."""
-
-    def escape(text: str) -> str:
-        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
-
-    wanted = set(patterns)
-    if "*" in wanted:
-        return set(), {escape(prefix) + "*"}
-    heads = {p[:-1] for p in wanted if p.endswith(".*")}  # "a." for "a.*": it takes every "a.<...>"
-
-    def covered(topic: str, own: str | None = None) -> bool:
-        return any(topic.startswith(h) for h in heads if h != own)
-
-    channels: set[str] = set()
-    globs: set[str] = set()
-    for p in wanted:
-        if p.endswith(".*"):
-            base = p[:-2]
-            if not covered(base):
-                channels.add(prefix + base)  # "a.*" matches "a" itself too
-            if not covered(p[:-1], own=p[:-1]):
-                globs.add(escape(prefix + base) + ".*")
-        elif not covered(p):
-            channels.add(prefix + p)
-    return channels, globs
-
-
-def redis_bus_prefix(url: str, namespace: str = "hc") -> str:
-    """The start of the pub/sub channel names of the bus events of the Redis database ``url`` names
-    (``hc:<db>:bus:``). Pub/sub is one per server, not per database: the database in the name keeps
-    the fleets of two databases of one server apart."""
-    import redis
-
-    client: Any = redis.Redis.from_url(url)  # no connection is made
-    try:
-        db = int(client.connection_pool.connection_kwargs.get("db") or 0)
-    finally:
-        client.close()
-    return f"{namespace}:{db}:bus:"
-
-
-class RedisFanout:
-    """The processes that share a Redis, on any host (see the module docstring)."""
-
-    QUEUE = 10_000
-
-    def __init__(self, bus: AgentBus, url: str, namespace: str = "hc") -> None:
-        import redis
-
-        self.bus = bus
-        self.url = url
-        self.namespace = namespace
-        self.origin = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.prefix = redis_bus_prefix(url, namespace)
-        self._client: Any = redis.Redis.from_url(url)
-        make_pubsub: Any = self._client.pubsub
-        self._pubsub: Any = make_pubsub(ignore_subscribe_messages=True)
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(self.QUEUE)
-        self._subscribed: tuple[set[str], set[str]] = (set(), set())
-        self._sub_lock = threading.Lock()
-        self._closed = False
-        self._control = f"{namespace}:control:{self.origin}"  # a channel to be woken on
-        self._pubsub.subscribe(self._control)
-        self._register()
-        bus.add_outlet(self.send)
-        bus.add_watcher(self._register)
-        self._sender = threading.Thread(target=self._send_loop, name="hybridcomms-fanout-out", daemon=True)
-        self._receiver = threading.Thread(target=self._receive, name="hybridcomms-fanout-in", daemon=True)
-        self._sender.start()
-        self._receiver.start()
-
-    def _register(self) -> None:
-        """Subscribe to the channels of the bus's patterns (and drop those no longer wanted)."""
-        if self._closed:
-            return
-        channels, globs = _channel_patterns(self.prefix, self.bus.patterns())
-        with self._sub_lock:
-            old_c, old_g = self._subscribed
-            try:  # the new ones first: a change loses nothing, and `_receive` drops the copies
-                if channels - old_c:
-                    self._pubsub.subscribe(*(channels - old_c))
-                if globs - old_g:
-                    self._pubsub.psubscribe(*(globs - old_g))
-                if old_c - channels:
-                    self._pubsub.unsubscribe(*(old_c - channels))
-                if old_g - globs:
-                    self._pubsub.punsubscribe(*(old_g - globs))
-            except Exception as exc:
-                log.warning("fanout: subscribing on %s failed: %s", shown_url(self.url), exc)
-                return
-            self._subscribed = (channels, globs)
-
-    def send(self, event: Event) -> None:
-        data = encode_event(event, self.origin)
-        if data is None:
-            _count("unsendable")
-            return
-        try:
-            self._queue.put_nowait((self.prefix + event.topic, data))
-        except queue.Full:
-            _count("dropped_queue")
-
-    def _send_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._client.publish(*item)
-                _count("sent")
-            except Exception:
-                _count("dropped_full")
-
-    def _receive(self) -> None:
-        # Redis writes the copies of one publish (one per matching subscription: only while the
-        # subscriptions change) one after the other: a copy of the one just seen is dropped.
-        last: tuple[Any, Any] = (None, None)
-        while not self._closed:
-            try:
-                msg = self._pubsub.get_message(timeout=1.0)
-            except Exception:
-                if self._closed:
-                    return
-                time.sleep(0.1)
-                continue
-            if msg is None or msg.get("type") not in ("message", "pmessage"):
-                continue
-            data = msg.get("data")
-            seen, last = last, (msg.get("channel"), data)
-            if seen == last:
-                continue
-            event = decode_event(data) if isinstance(data, bytes) else None
-            if event is None:
-                if not (isinstance(data, bytes) and data == b"wake"):
-                    _count("dropped_bad")
-                continue
-            if event.origin == self.origin:
-                continue  # our own publish, back from Redis
-            _deliver(self.bus, event, len(data), -1)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.bus.remove_outlet(self.send)
-        self.bus.remove_watcher(self._register)
-        self._queue.put(None)
-        self._sender.join(5)
-        with contextlib.suppress(Exception):
-            self._client.publish(self._control, b"wake")
-        self._receiver.join(5)
-        with contextlib.suppress(Exception):
-            self._pubsub.close()
-        self._client.close()
-
-
-# -- sharing a bus ------------------------------------------------------------------------------
-
-_shared: dict[tuple[int, str], tuple[Any, int]] = {}
-_shared_lock = threading.Lock()
-
-
-def share_bus(
-    bus: AgentBus,
-    *,
-    root: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    allow_other_owner: bool | None = None,
-) -> Callable[[], None]:
-    """Carry ``bus``'s events to the processes that share ``root`` (this host) or ``url`` (a Redis).
-    Idempotent per (bus, place): the fanout is made once and kept while anyone holds it. Returns the
-    release (call it once when done: the last release stops the fanout). ``allow_other_owner``: a
-    bus folder (``<root>/.bus``) of another user is used (default: ``$HYBRIDCOMMS_ALLOW_OTHER_OWNER``),
-    as for mailbox folders; else it is refused with `UnsafePathError`."""
-    redis_url = url if backend_of(url) == "redis" else None
-    if redis_url is None and root is None:
-        return lambda: None
-    place = redis_url or os.path.abspath(os.fspath(root))  # type: ignore[arg-type]
-    key = (id(bus), place)
-    with _shared_lock:
-        held = _shared.get(key)
-        if held is None:
-            fanout = (
-                RedisFanout(bus, redis_url)
-                if redis_url
-                else LocalFanout(bus, place, allow_other_owner=allow_other_owner)
-            )
-            held = (fanout, 0)
-        _shared[key] = (held[0], held[1] + 1)
-    released = threading.Event()
-
-    def release() -> None:
-        if released.is_set():
-            return
-        released.set()
-        with _shared_lock:
-            fanout, count = _shared[key]
-            if count > 1:
-                _shared[key] = (fanout, count - 1)
-                return
-            del _shared[key]
-        fanout.close()
-
-    return release
