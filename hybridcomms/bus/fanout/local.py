@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -383,68 +384,93 @@ class LocalFanout:
         refused) is set aside for a new one (tried again at the next sweep), never one that reads.
         New ones are indexed (`PeerIndex`: each costs its own patterns)."""
         sweep = now >= self._next_sweep
-        try:
-            mtime = os.fstat(self._dir_fd).st_mtime_ns
-        except OSError:
+        if not self._folder_changed(sweep):
             return
-        if mtime == self._seen_mtime and not self._unsettled and not sweep:
-            return
-        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
-        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
-        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
         try:
             found, orphans = scan(self._dir_fd)
         except OSError:
             return
         found.pop(self.name, None)
-        regs = self._regs
-        pending = self._pending
+        gone = self._queue_changes(found)
+        chosen = self._pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive)
+        read = [(name, self._read(name, found[name])) for name in chosen]
+        self._prune_orphans(orphans)
+        self._unsettled = bool(self._pending) or len(orphans) > PRUNES_PER_LOOK
+        with self._lock:
+            for name in gone:
+                self._forget_reg(name)
+            self._take_reads(read, now)
+            pruned = self._sweep(now) if sweep else False
+            if gone or read or pruned:
+                self._peers_changed(now)
+
+    def _folder_changed(self, sweep: bool) -> bool:
+        """Whether the folder is to be listed again: its mtime changed, registrations (or orphans)
+        were left by the last look, or a sweep is due."""
+        try:
+            mtime = os.fstat(self._dir_fd).st_mtime_ns
+        except OSError:
+            return False
+        if mtime == self._seen_mtime and not self._unsettled and not sweep:
+            return False
+        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
+        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
+        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
+        return True
+
+    def _queue_changes(self, found: dict[str, int]) -> list[str]:
+        """Queue the registrations listed (``found``: name, inode) that are new or changed to be
+        read; return the names known that are no longer listed."""
         with self._lock:  # (other threads forget a peer whose socket went away)
-            keys = {name: reg.key for name, reg in regs.items()}
-        gone = [name for name in keys if name not in found]
+            keys = {name: reg.key for name, reg in self._regs.items()}
+        pending = self._pending
         for name, ino in found.items():
             if keys.get(name) != ino:
                 pending.add(name)  # (one rewritten again keeps its place)
         if pending:
             pending.keep_only(found)
-        read = []
-        for name in pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive):
-            read.append((name, self._read(name, found[name])))
-        self._prune_orphans(orphans)
-        self._unsettled = bool(pending) or len(orphans) > PRUNES_PER_LOOK
-        with self._lock:
-            for name in gone:
-                self._forget_reg(name)
-            evictable: list[str] | None = None
-            for name, reg in read:
-                known = regs.get(name)
-                if known is not None and (reg is None or known.sock != reg.sock):
-                    link = self._links.pop(name, None)  # (a link to the socket of before)
-                    if link is not None:
-                        self._retire(link, now)
-                self._forget_reg(name)
-                if reg is None:
+        return [name for name in keys if name not in found]
+
+    def _take_reads(self, read: list[tuple[str, _Reg | None]], now: float) -> None:
+        """(Under the lock.) The registrations just read replace what was known of them. Past
+        `MAX_REGISTRATIONS` peers, one not known to work is set aside for each new one (`_evictable`);
+        if every peer held reads, the new one waits to be read again."""
+        evictable: list[str] | None = None
+        for name, reg in read:
+            self._forget_read(name, reg, now)
+            if reg is None:
+                continue
+            if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
+                evictable = self._evictable() if evictable is None else evictable
+                if not evictable:
+                    self._pending.add(name)  # every peer held reads: read again later
                     continue
-                if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
-                    if evictable is None:
-                        evictable = self._evictable()
-                    if not evictable:
-                        pending.add(name)  # every peer held reads: read again later
-                        continue
-                    self._evict(evictable.pop(), now)
-                self._add_reg(name, reg)
-            changed = bool(gone or read)
-            if sweep:
-                self._next_sweep = now + SWEEP_EVERY
-                for name, reg in list(regs.items()):
-                    if reg.evicted:  # set aside: read again, in turn
-                        del regs[name]
-                    elif reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
-                        self._prune(name)
-                        self._forget_reg(name)
-                        changed = True
-            if changed:
-                self._peers_changed(now)
+                self._evict(evictable.pop(), now)
+            self._add_reg(name, reg)
+
+    def _forget_read(self, name: str, reg: _Reg | None, now: float) -> None:
+        """(Under the lock.) Forget what was known of a registration read again (``reg``), and retire
+        its link if that went to a socket it no longer names."""
+        known = self._regs.get(name)
+        if known is not None and (reg is None or known.sock != reg.sock):
+            link = self._links.pop(name, None)  # (a link to the socket of before)
+            if link is not None:
+                self._retire(link, now)
+        self._forget_reg(name)
+
+    def _sweep(self, now: float) -> bool:
+        """(Under the lock, every `SWEEP_EVERY`.) The registrations set aside are forgotten (read
+        again, in turn), those of dead processes of this host pruned. Whether any was pruned."""
+        self._next_sweep = now + SWEEP_EVERY
+        pruned = False
+        for name, reg in list(self._regs.items()):
+            if reg.evicted:
+                del self._regs[name]
+            elif _of_dead_process(reg):
+                self._prune(name)
+                self._forget_reg(name)
+                pruned = True
+        return pruned
 
     def _working_pids(self) -> set[int]:
         """The pids named by the registrations known to work (read, and their socket took a connect):
@@ -521,33 +547,44 @@ class LocalFanout:
         registration of this host. A registration of another host whose socket refuses is kept as
         one that cannot be used here (not read again until it changes). Its patterns are taken as
         every reader takes them (`effective_patterns`: ``*`` past the caps)."""
-        dir_fd = self._dir_fd
-        try:
-            st = os.stat(name + ".json", dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
+        found = self._read_body(name)
+        if found is None:
             return None
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
-            self._prune(name, sock=False)
-            return None
-        try:
-            body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=dir_fd))
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError):
-            self._prune(name, sock=False)
-            return None
-        if not well_formed(body):
-            self._prune(name, sock=False)
-            return None
+        body, writer = found
         patterns = effective_patterns(body["patterns"])
         assert patterns is not None  # (well formed)
         peer = Peer(name, body["pid"], body["host"], patterns)
-        local = peer.host == _HOST
-        if local and not alive(peer.pid):
+        if peer.host == _HOST and not alive(peer.pid):
             self._prune(name)
             return None
+        return self._reg_of(peer, ino, writer)
+
+    def _read_body(self, name: str) -> tuple[dict[str, Any], int] | None:
+        """The body of the registration ``name`` (well formed) and its writer (uid); None if it is
+        gone, or pruned: too big, not a regular file, does not decode, or of the wrong shape."""
         try:
-            sst = os.stat(name + ".sock", dir_fd=dir_fd, follow_symlinks=False)
+            st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        body: Any = None
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
+            try:
+                body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
+            except FileNotFoundError:
+                return None
+            except (OSError, orjson.JSONDecodeError):
+                body = None
+        if not well_formed(body):
+            self._prune(name, sock=False)
+            return None
+        return body, st.st_uid
+
+    def _reg_of(self, peer: Peer, ino: int, writer: int) -> _Reg | None:
+        """What is known of ``peer``'s registration once its socket is looked at (`_read`): None if
+        the socket is gone, not one, or refuses for a peer of this host (pruned)."""
+        name = peer.name
+        try:
+            sst = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             self._prune(name, sock=False)
             return None
@@ -557,16 +594,22 @@ class LocalFanout:
         if not stat.S_ISSOCK(sst.st_mode):
             self._prune(name, sock=not stat.S_ISDIR(sst.st_mode))
             return None
+        if not self._takes_connect(peer, sock_id):
+            return None if peer.host == _HOST else _Reg(ino, None)
+        return _Reg(ino, peer, sock_id, sst.st_uid, writer)
+
+    def _takes_connect(self, peer: Peer, sock_id: tuple[int, int]) -> bool:
+        """Whether ``peer``'s socket (``sock_id``) takes a connect; one of this host that refuses is
+        pruned. Other errors (out of descriptors) are taken as a yes."""
         try:
-            self._connect(name, sock_id).close()
+            self._connect(peer.name, sock_id).close()
         except _Refused:
-            if not local:
-                return _Reg(ino, None)
-            self._prune(name, sock=sock_id)
-            return None
+            if peer.host == _HOST:
+                self._prune(peer.name, sock=sock_id)
+            return False
         except OSError:  # (out of descriptors, say: taken as it is)
             pass
-        return _Reg(ino, peer, sock_id, sst.st_uid, st.st_uid)
+        return True
 
     def _add_reg(self, name: str, reg: _Reg) -> None:
         """(Under the lock.) A registration read: known, and indexed if it can be sent to. Patterns
@@ -1259,3 +1302,8 @@ def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
     return poller.poll(0)
+
+
+def _of_dead_process(reg: _Reg) -> bool:
+    """Whether ``reg`` is a peer of this host whose process is gone."""
+    return reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid)
