@@ -132,6 +132,10 @@ class _Reg:
     evicted: bool = False
 
 
+class _TooBig(Exception):
+    """An event bigger than a datagram may be here (``EMSGSIZE``): sent to no peer, counted."""
+
+
 class _Refused(Exception):
     """No socket of a peer at its name: gone, refused, not a socket itself (a link, a file), or not the
     socket its registration was read with."""
@@ -933,65 +937,94 @@ class LocalFanout:
     def send(self, event: Event) -> None:
         """Called by the bus after its own delivery: one datagram to each peer that wants the topic,
         `SENDS_PER_OWNER` sends' worth per owner at most (past it, its peers take turns); peers found
-        not reading are not visited (what they miss is counted in one addition)."""
+        not reading are not visited (what they miss is counted in one addition). The common case (a
+        peer that reads) is written out here; the others are `_send_behind` and `_send_failed`."""
         now = time.monotonic()
         if now >= self._next_tend:
             self._refresh()
         if not self._index.names:
             return
-        targets = self._targets.get(event.topic)
-        if targets is None:
-            targets = self._targets_of(event.topic)
+        targets = self._targets.get(event.topic) or self._targets_of(event.topic)
         all_turns, awake, asleep = targets
         if not awake:  # (none, or all asleep: nothing is encoded, what they miss counted at once)
-            if asleep:
-                for turns in all_turns:
-                    turns.count += 1
-                FANOUT_STATS["dropped_full"] += asleep  # (approximate under threads, as "sent")
-                if now - self._reported >= REPORT_EVERY:
-                    self._report()
+            self._missed_by_all(all_turns, asleep, now)
             return
-        encoded = encode_event(event, self.origin)
-        if encoded is None:
+        data = encode_event(event, self.origin)
+        if data is None:
             count("unsendable")
             return
-        data = encoded
         sent = skipped = 0
-        for turns in all_turns:
-            turns.count += 1
-            if turns.whole:
-                visit: tuple[_Link, ...] | list[_Link] = turns.ring
-            else:
-                visit = turns.window()
+        try:
+            for turns in all_turns:
+                turns.count += 1
+                visit = turns.ring if turns.whole else turns.window()
                 skipped += len(turns.ring) - len(visit)
-            for link in visit:
-                if link.backlog:  # events wait for this peer already: after them, in order
-                    if link.full:
-                        self._dropped(link)
-                    else:
-                        self._defer(link, data)
-                    continue
-                if link.skip_until and now < link.skip_until:  # found not reading: not tried before
-                    self._dropped(link)
-                    continue
-                try:
-                    link.send(data, socket.MSG_DONTWAIT)
+                for link in visit:
+                    if link.backlog or link.skip_until:  # events wait for it, or it was found not reading
+                        sent += self._send_behind(link, data, now)
+                        continue
+                    try:
+                        link.send(data, socket.MSG_DONTWAIT)
+                    except OSError as exc:
+                        self._send_failed(link, data, exc)
+                        continue
                     sent += 1
-                    if link.skip_until:
-                        link.skip_until = 0.0
-                        self._regroup = True
                     if link.sock is None:  # an unlinked peer that reads: it may get a socket of its own
                         link.ok = True
-                except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
-                    self._defer(link, data)
-                except OSError as exc:
-                    if exc.errno == errno.EMSGSIZE:
-                        count("unsendable")
-                        return
-                    if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
-                        self._peer_gone(link)
-                    else:
-                        self._dropped(link)
+        except _TooBig:
+            count("unsendable")
+            return
+        self._count_sent(sent, skipped, asleep, now)
+
+    def _missed_by_all(self, all_turns: tuple[Turns, ...], asleep: int, now: float) -> None:
+        """An event no peer is awake for: what the ``asleep`` ones miss is counted at once."""
+        if not asleep:
+            return
+        for turns in all_turns:
+            turns.count += 1
+        FANOUT_STATS["dropped_full"] += asleep  # (approximate under threads, as "sent")
+        if now - self._reported >= REPORT_EVERY:
+            self._report()
+
+    def _send_behind(self, link: _Link, data: bytes, now: float) -> int:
+        """Send to a peer that events wait for already (they go first: ``data`` waits after them,
+        in order) or that was found not reading (not tried before its `STUCK_RETRY` is up). How
+        many were sent (0 or 1)."""
+        if link.backlog:
+            if link.full:
+                self._dropped(link)
+            else:
+                self._defer(link, data)
+            return 0
+        if now < link.skip_until:
+            self._dropped(link)
+            return 0
+        try:
+            link.send(data, socket.MSG_DONTWAIT)
+        except OSError as exc:
+            self._send_failed(link, data, exc)
+            return 0
+        link.skip_until = 0.0  # it reads again
+        self._regroup = True
+        if link.sock is None:
+            link.ok = True
+        return 1
+
+    def _send_failed(self, link: _Link, data: bytes, exc: OSError) -> None:
+        """A send to ``link`` raised ``exc``: a full buffer (the event waits, `_defer`), nobody there
+        any more (`_peer_gone`), an event too big for a datagram (`_TooBig`: sent to nobody), or
+        another error (dropped for this peer)."""
+        if isinstance(exc, BlockingIOError):  # its buffer is full: it is slow, busy, or stopped reading
+            self._defer(link, data)
+        elif exc.errno == errno.EMSGSIZE:
+            raise _TooBig from None
+        elif exc.errno in _GONE:  # nobody there any more (or it closed its bus)
+            self._peer_gone(link)
+        else:
+            self._dropped(link)
+
+    def _count_sent(self, sent: int, skipped: int, asleep: int, now: float) -> None:
+        """Count what one publish sent, skipped (`SENDS_PER_OWNER`) and missed (peers asleep)."""
         if sent:
             FANOUT_STATS["sent"] += sent  # counters are approximate under threads: a lost increment
         if asleep or skipped:  # (those of each peer are exact: `Turns.missed`)
@@ -1226,44 +1259,48 @@ class LocalFanout:
         fd = sock.fileno()
         poller.register(fd, select.POLLIN)
         check_at = time.monotonic() + SWEEP_EVERY
-        bus = self.bus
         while not self._closed:
-            try:
-                ready = poller.poll(max(0, int((check_at - time.monotonic()) * 1000) + 1))
-            except OSError:
-                ready = []
+            ready = _wait_until(poller, check_at)
             if self._closed:
                 return
             if time.monotonic() >= check_at:
                 self._check_own()
                 check_at = time.monotonic() + SWEEP_EVERY
                 if self._sock is not sock:  # bound again: the old socket is closed
-                    poller.unregister(fd)
-                    sock = self._sock
-                    fd = sock.fileno()
-                    poller.register(fd, select.POLLIN)
+                    sock, fd = self._listen_to_new_socket(poller, fd)
                     continue
-            if not ready:
-                continue
-            try:
-                data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM + 1, _CREDS, socket.MSG_DONTWAIT)
-            except OSError:  # (BlockingIOError; or shut down by close)
-                continue
-            if self._closed:
-                return
-            sender = -1
-            for level, kind, creds in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
-                    sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
-            topic = topic_of(data)
-            if topic is not None and bus.refuses(topic, len(data), sender):
-                count("dropped_busy")  # (not decoded: a flood past the bounds costs no decoding)
-                continue
-            event = decode_event(data)
-            if event is None:
-                count("dropped_bad")
-                continue
-            deliver(bus, event, len(data), sender)
+            if ready:
+                self._take_one(sock)
+
+    def _listen_to_new_socket(self, poller: select.poll, old_fd: int) -> tuple[socket.socket, int]:
+        """(The receiving thread.) Wait on the socket bound again (`_rebind`) instead of the old one
+        (``old_fd``, its descriptor number: it is closed already). The new socket and its descriptor."""
+        poller.unregister(old_fd)
+        sock = self._sock
+        fd = sock.fileno()
+        poller.register(fd, select.POLLIN)
+        return sock, fd
+
+    def _take_one(self, sock: socket.socket) -> None:
+        """(The receiving thread.) Read one datagram and deliver its event: not decoded if the bus
+        would refuse it (`AgentBus.refuses`: a flood past the bounds costs no decoding), dropped
+        and counted if it does not decode."""
+        try:
+            data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM + 1, _CREDS, socket.MSG_DONTWAIT)
+        except OSError:  # (BlockingIOError; or shut down by close)
+            return
+        if self._closed:
+            return
+        sender = _sender_of(ancillary)
+        topic = topic_of(data)
+        if topic is not None and self.bus.refuses(topic, len(data), sender):
+            count("dropped_busy")
+            return
+        event = decode_event(data)
+        if event is None:
+            count("dropped_bad")
+            return
+        deliver(self.bus, event, len(data), sender)
 
     def close(self) -> None:
         if self._closed:
@@ -1307,3 +1344,20 @@ def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
 def _of_dead_process(reg: _Reg) -> bool:
     """Whether ``reg`` is a peer of this host whose process is gone."""
     return reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid)
+
+
+def _wait_until(poller: select.poll, deadline: float) -> list[tuple[int, int]]:
+    """What ``poller`` has ready, waiting until ``deadline`` (monotonic) at most."""
+    try:
+        return poller.poll(max(0, int((deadline - time.monotonic()) * 1000) + 1))
+    except OSError:
+        return []
+
+
+def _sender_of(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The pid in a datagram's sender credentials (``SCM_CREDENTIALS``), -1 if none came."""
+    sender = -1
+    for level, kind, creds in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
+            sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+    return sender
