@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -515,32 +515,31 @@ class LocalFanout:
         removed too."""
         if not orphans:
             return
-        n = len(orphans)
-        start = self._orphan_turn % n
+        start = self._orphan_turn % len(orphans)
         batch = (orphans[start:] + orphans[:start])[:PRUNES_PER_LOOK]
         self._orphan_turn = start + len(batch)
-        dir_fd = self._dir_fd
         for stem, ino in batch:
-            if stem == self.name:
-                continue
-            try:
-                sst: os.stat_result | None = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                sst = None
-            except OSError:
-                continue
-            if sst is not None and not (stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode)):
-                continue  # (a socket now, or a folder)
-            try:
-                if os.stat(stem + ".json", dir_fd=dir_fd, follow_symlinks=False).st_ino != ino:
-                    continue
-                os.unlink(stem + ".json", dir_fd=dir_fd)
-            except OSError:
-                continue
-            if sst is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(stem + ".sock", dir_fd=dir_fd)
-            count("pruned")
+            if stem != self.name:
+                self._prune_orphan(stem, ino)
+
+    def _prune_orphan(self, stem: str, ino: int) -> None:
+        """Remove ``<stem>.json`` if it is still the orphan listed (inode ``ino``) and its ``.sock``
+        is still missing, a file or a link (then removed too); counted."""
+        dir_fd = self._dir_fd
+        try:
+            sst: os.stat_result | None = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            sst = None
+        except OSError:
+            return
+        if sst is not None and not (stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode)):
+            return  # (a socket now, or a folder)
+        if not _unlink_if_same(dir_fd, stem + ".json", ino):
+            return
+        if sst is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(stem + ".sock", dir_fd=dir_fd)
+        count("pruned")
 
     def _read(self, name: str, ino: int) -> _Reg | None:
         """Read one registration (new or changed), listed with the inode ``ino``. None if it is gone,
@@ -705,34 +704,30 @@ class LocalFanout:
         counted, and their peer is not tried for `STUCK_RETRY`). A socket taken back keeps its
         descriptor until it is closed (`RETIRE_AFTER`): its room is given at a later look."""
         with self._lock:
-            waiting = [
-                ln for ln in self._links.values() if ln.sock is None and ln.ok and now >= ln.skip_until
-            ]
+            waiting = [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
             if not waiting:
                 return
-            room = MAX_LINKS - self._linked - len(self._retired)
-            short = len(waiting) - max(room, 0)
-            if short > 0:
-                behind = sorted(
-                    (
-                        ln
-                        for ln in self._links.values()
-                        if ln.sock is not None and ln.backlog and now - ln.behind_since >= EVICT_AFTER
-                    ),
-                    key=lambda ln: ln.behind_since,
-                )
-                for stuck in behind[:short]:
-                    self._retire(self._links.pop(stuck.name), now)
-                    reg = self._regs.get(stuck.name)
-                    if reg is None:
-                        continue
-                    evicted = self._unlinked_link(reg, stuck.peer)
-                    evicted.skip_until = now + STUCK_RETRY
-                    self._links[stuck.name] = evicted
-            for ln in waiting[: max(room, 0)]:  # made again, connected, by the next publish
+            room = max(MAX_LINKS - self._linked - len(self._retired), 0)
+            if len(waiting) > room:
+                self._take_back(len(waiting) - room, now)
+            for ln in waiting[:room]:  # made again, connected, by the next publish
                 self._links.pop(ln.name)
                 self._unlinked -= 1
             self._reset_targets()
+
+    def _take_back(self, wanted: int, now: float) -> None:
+        """(Under the lock.) Take back the sockets of ``wanted`` links at most whose peers have not
+        read for `EVICT_AFTER` (those behind the longest first): each peer is sent to unlinked,
+        not before `STUCK_RETRY`."""
+        behind = [ln for ln in self._links.values() if _stuck(ln, now)]
+        behind.sort(key=lambda ln: ln.behind_since)
+        for stuck in behind[:wanted]:
+            self._retire(self._links.pop(stuck.name), now)
+            reg = self._regs.get(stuck.name)
+            if reg is not None:
+                evicted = self._unlinked_link(reg, stuck.peer)
+                evicted.skip_until = now + STUCK_RETRY
+                self._links[stuck.name] = evicted
 
     def _probe(self, now: float) -> None:
         """Peers asleep because they did not read (`STUCK_RETRY` ago) are looked at, `PROBES_PER_LOOK`
@@ -1048,43 +1043,55 @@ class LocalFanout:
             self._dropped(link)
             return
         size = len(data) + _EVENT_OVERHEAD
-        ring = over = False
         with self._backlog_lock:
-            full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
-            if not full and self._backlog_total + size > BACKLOG_TOTAL:
-                over = True
-            elif full:
-                if not link.full:
-                    link.full = True  # (until half of it has gone out: not visited meanwhile)
-                    self._regroup = True
-            else:
-                if not link.backlog:
-                    link.behind_since = time.monotonic()
-                link.backlog.append(data)
-                link.backlog_bytes += len(data)
-                self._backlog_total += size
-                ring = link not in self._backlogged
-                self._backlogged.add(link)
-        if over:
-            if self._make_room(link, size):
-                self._defer(link, data)
-                return
-            if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
-                link.skip_until = time.monotonic() + STUCK_RETRY
-                self._regroup = True
-            elif not link.full:
-                link.full = True
-                self._regroup = True
+            kept = self._keep(link, data, size)
+        if kept == "over":
+            self._over_total(link, data, size)
+        elif kept == "full":
             self._dropped(link)
+        elif kept == "first":
+            self._ring()
+
+    def _keep(self, link: _Link, data: bytes, size: int) -> Literal["first", "kept", "full", "over"]:
+        """(Under the backlog lock.) Put ``data`` (``size`` counted) at the end of ``link``'s backlog:
+        ``"first"`` if the flusher is to be told of the link, ``"kept"``; or not: ``"full"`` (its own
+        backlog is full: it is not visited until half has gone out), ``"over"`` (all backlogs are)."""
+        if len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES:
+            if not link.full:
+                link.full = True  # (until half of it has gone out: not visited meanwhile)
+                self._regroup = True
+            return "full"
+        if self._backlog_total + size > BACKLOG_TOTAL:
+            return "over"
+        if not link.backlog:
+            link.behind_since = time.monotonic()
+        link.backlog.append(data)
+        link.backlog_bytes += len(data)
+        self._backlog_total += size
+        first = link not in self._backlogged
+        self._backlogged.add(link)
+        return "first" if first else "kept"
+
+    def _over_total(self, link: _Link, data: bytes, size: int) -> None:
+        """All backlogs are full: room is made (`_make_room`) and ``data`` kept, or it is dropped and
+        ``link``'s peer is not visited for a while."""
+        if self._make_room(link, size):
+            self._defer(link, data)
             return
-        if full:
-            self._dropped(link)
-            return
-        if ring:
-            if self._flusher is None:
-                self._start_flusher()
-            with contextlib.suppress(OSError):  # BlockingIOError: rung already
-                os.write(self._bell_w, b"\0")
+        if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
+            link.skip_until = time.monotonic() + STUCK_RETRY
+            self._regroup = True
+        elif not link.full:
+            link.full = True
+            self._regroup = True
+        self._dropped(link)
+
+    def _ring(self) -> None:
+        """Tell the flusher thread (started if none) that a backlog begins."""
+        if self._flusher is None:
+            self._start_flusher()
+        with contextlib.suppress(OSError):  # BlockingIOError: rung already
+            os.write(self._bell_w, b"\0")
 
     def _make_room(self, link: _Link, size: int) -> bool:
         """The backlogs are full (`BACKLOG_TOTAL`): the one behind the longest, if that is another
@@ -1146,20 +1153,25 @@ class LocalFanout:
                     self._peer_gone(link)
                 return True
             with self._backlog_lock:
-                if link.backlog and link.backlog[0] is data:
-                    link.backlog.popleft()
-                    link.backlog_bytes -= len(data)
-                    self._backlog_total -= len(data) + _EVENT_OVERHEAD
-                    if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
-                        # Once full, it takes events again when half of it has gone out: a peer that
-                        # falls behind loses runs of events, never one here and there.
-                        link.full = link.backlog_bytes > BACKLOG_BYTES // 2
-                        if not link.full:
-                            self._regroup = True  # awake again at the next look
-                    if link.backlog:
-                        link.behind_since = time.monotonic()  # it reads: behind since now only
+                self._sent_from_backlog(link, data)
             FANOUT_STATS["sent"] += 1
             FANOUT_STATS["deferred"] += 1
+
+    def _sent_from_backlog(self, link: _Link, data: bytes) -> None:
+        """(Under the backlog lock.) ``data``, the oldest of ``link``'s backlog, went out: taken off
+        (unless the backlog was dropped meanwhile). Once full, a backlog takes events again when half
+        of it has gone out: a peer that falls behind loses runs of events, never one here and there."""
+        if not (link.backlog and link.backlog[0] is data):
+            return
+        link.backlog.popleft()
+        link.backlog_bytes -= len(data)
+        self._backlog_total -= len(data) + _EVENT_OVERHEAD
+        if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
+            link.full = link.backlog_bytes > BACKLOG_BYTES // 2
+            if not link.full:
+                self._regroup = True  # awake again at the next look
+        if link.backlog:
+            link.behind_since = time.monotonic()  # it reads: behind since now only
 
     def _flush(self) -> None:
         """The flusher thread: waits until a backlogged peer can take more (POLLOUT on its connected
@@ -1168,28 +1180,39 @@ class LocalFanout:
         poller.register(self._bell_r, select.POLLIN)
         watched: dict[int, _Link] = {}
         while not self._closed:
-            waiting = {}
-            for link in list(self._backlogged):
-                if not self._drain(link) and link.sock is not None:  # (only connected links wait)
-                    fd = link.sock.fileno()
-                    if fd >= 0:
-                        waiting[fd] = link
-                    else:
-                        self._forget_backlog(link)
+            waiting = self._drain_all()
             for fd in watched.keys() - waiting.keys():
                 poller.unregister(fd)
             for fd in waiting.keys() - watched.keys():
                 poller.register(fd, select.POLLOUT)
             watched = waiting
             for fd, events in poller.poll():
-                if fd == self._bell_r:
-                    with contextlib.suppress(OSError):
-                        os.read(self._bell_r, 4096)
-                elif events & (select.POLLNVAL | select.POLLERR | select.POLLHUP):
-                    broken = watched.get(fd)
-                    if broken is not None:  # a socket closed or broken under it: a refresh sorts it out
-                        self._forget_backlog(broken)
-                        self._next_look = self._next_tend = 0.0
+                self._flush_event(fd, events, watched)
+
+    def _drain_all(self) -> dict[int, _Link]:
+        """(The flusher thread.) Send what waits for every backlogged link (`_drain`): the links whose
+        peers' buffers are full again, by their socket's descriptor (to wait for)."""
+        waiting = {}
+        for link in list(self._backlogged):
+            if not self._drain(link) and link.sock is not None:  # (only connected links wait)
+                fd = link.sock.fileno()
+                if fd >= 0:
+                    waiting[fd] = link
+                else:
+                    self._forget_backlog(link)
+        return waiting
+
+    def _flush_event(self, fd: int, events: int, watched: dict[int, _Link]) -> None:
+        """(The flusher thread.) What the poll said of ``fd``: the bell (emptied), or a socket
+        closed or broken under a backlog (dropped; a refresh sorts it out)."""
+        if fd == self._bell_r:
+            with contextlib.suppress(OSError):
+                os.read(self._bell_r, 4096)
+        elif events & (select.POLLNVAL | select.POLLERR | select.POLLHUP):
+            broken = watched.get(fd)
+            if broken is not None:
+                self._forget_backlog(broken)
+                self._next_look = self._next_tend = 0.0
 
     def _peer_gone(self, link: _Link) -> None:
         """A send found nobody at ``link``: pruned if its process died, else not sent to until its
@@ -1361,3 +1384,24 @@ def _sender_of(ancillary: list[tuple[int, int, bytes]]) -> int:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
             sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
     return sender
+
+
+def _waits_for_socket(link: _Link, now: float) -> bool:
+    """Whether ``link`` is unlinked, and its peer reads (its last send went through, not asleep)."""
+    return link.sock is None and link.ok and now >= link.skip_until
+
+
+def _stuck(link: _Link, now: float) -> bool:
+    """Whether ``link`` has a socket and a backlog that has waited `EVICT_AFTER` at least."""
+    return link.sock is not None and bool(link.backlog) and now - link.behind_since >= EVICT_AFTER
+
+
+def _unlink_if_same(dir_fd: int, name: str, ino: int) -> bool:
+    """Remove ``name`` if it is still the file of inode ``ino``; whether it was removed."""
+    try:
+        if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino != ino:
+            return False
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return True
