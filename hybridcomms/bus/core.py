@@ -343,32 +343,37 @@ class AgentBus:
         """Remove a subscription: the `Subscription`, its id, or ``(pattern, handler)``.
         Returns False (no error) if there was no such subscription."""
         with self._lock:
-            if isinstance(subscription, Subscription):
-                sub: Subscription | None = self._by_id.get(subscription.id)
-            elif handler is not None:
-                sub = self._by_key.get((_topic_of(subscription), handler))
-            else:
-                sub = self._by_id.get(_topic_of(subscription))
+            sub = self._find(subscription, handler)
             if sub is None:
                 return False
             del self._by_key[(sub.pattern, sub.handler)]
             del self._by_id[sub.id]
-            if sub.pattern == "*":
-                self._all = tuple(s for s in self._all if s is not sub)
-            else:
-                table, key = (
-                    (self._prefix, sub.pattern[:-2])
-                    if sub.pattern.endswith(".*")
-                    else (self._exact, sub.pattern)
-                )
-                rest = tuple(s for s in table[key] if s is not sub)
-                if rest:
-                    table[key] = rest
-                else:
-                    del table[key]
+            self._unindex(sub)
             self._cache = {}
         self._changed()
         return True
+
+    def _find(self, subscription: Subscription | str | Enum, handler: Handler | None) -> Subscription | None:
+        """(Under the lock.) The subscription `unsubscribe` names, if there is one."""
+        if isinstance(subscription, Subscription):
+            return self._by_id.get(subscription.id)
+        if handler is not None:
+            return self._by_key.get((_topic_of(subscription), handler))
+        return self._by_id.get(_topic_of(subscription))
+
+    def _unindex(self, sub: Subscription) -> None:
+        """(Under the lock.) Take ``sub`` out of the table of its pattern's kind."""
+        if sub.pattern == "*":
+            self._all = tuple(s for s in self._all if s is not sub)
+            return
+        table, key = (
+            (self._prefix, sub.pattern[:-2]) if sub.pattern.endswith(".*") else (self._exact, sub.pattern)
+        )
+        rest = tuple(s for s in table[key] if s is not sub)
+        if rest:
+            table[key] = rest
+        else:
+            del table[key]
 
     def subscriptions(self) -> list[Subscription]:
         with self._lock:
