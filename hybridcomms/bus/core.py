@@ -55,7 +55,7 @@ log = _log.get("hybridcomms.bus")
 DEFAULT_ERROR_TOPIC = "hybridcomms.bus.error"
 _CACHE_LIMIT = 10_000
 #: At most this many async handler runs started by events from other processes (``event.origin``
-#: set, `hybridcomms.fanout`) are unfinished at once, per bus, holding events of this many bytes in
+#: set, `hybridcomms.bus.fanout`) are unfinished at once, per bus, holding events of this many bytes in
 #: all (as they came, encoded: decoded, an event takes up to ~25 times its bytes). Past either, such an
 #: event starts no async handler (its sync handlers still run): counted in `PublishResult.dropped`,
 #: and by the fanout as ``dropped_busy``. Once half of either is in use, the events of a sending
@@ -119,7 +119,7 @@ class Event:
     #: True when this event only notifies of a message that is also delivered durably (route
     #: "both"): observers see it here, the recipient handles the durable copy.
     durable: bool = False
-    #: Where it was published when it came from another process (``host:pid``, `hybridcomms.fanout`);
+    #: Where it was published when it came from another process (``host:pid``, `hybridcomms.bus.fanout`);
     #: None for an event published in this process. Events from elsewhere are never sent on again.
     origin: str | None = None
 
@@ -302,7 +302,7 @@ class AgentBus:
         self._cache: dict[str, tuple[Subscription, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        # Where this process's events also go (`hybridcomms.fanout`), and who wants to know when the
+        # Where this process's events also go (`hybridcomms.bus.fanout`), and who wants to know when the
         # subscribed patterns change. Empty unless the bus is shared: publish pays one truth test.
         self._outlets: tuple[Callable[[Event], None], ...] = ()
         self._watchers: tuple[Callable[[], None], ...] = ()
@@ -384,7 +384,7 @@ class AgentBus:
         with self._lock:
             return list(dict.fromkeys(s.pattern for s in sorted(self._by_id.values(), key=lambda s: s.seq)))
 
-    # -- sharing with other processes (hybridcomms.fanout) ----------------------------------------
+    # -- sharing with other processes (hybridcomms.bus.fanout) ----------------------------------------
 
     def add_outlet(self, outlet: Callable[[Event], None]) -> None:
         """Also hand every event published here (not those from other processes) to ``outlet``,
@@ -482,7 +482,7 @@ class AgentBus:
         return result
 
     def publish_received(self, event: Event, size: int, sender: int) -> PublishResult:
-        """Deliver an event that came from another process (`hybridcomms.fanout`), as `publish` does
+        """Deliver an event that came from another process (`hybridcomms.bus.fanout`), as `publish` does
         (it is never sent on): ``size`` (its encoded bytes) and ``sender`` (the process that sent it,
         as the kernel said, or `UNKNOWN_SENDER`) bound the async handler runs it may start
         (`MAX_RECEIVED_RUNS`, `MAX_RECEIVED_BYTES`)."""

@@ -1,5 +1,5 @@
 """The bus folder, ``<root>/.bus/``, where the processes that share a root's bus events register
-(`hybridcomms.fanout`): opening it (checked as a mailbox folder is), the shape of a registration, writing
+(`hybridcomms.bus.fanout`): opening it (checked as a mailbox folder is), the shape of a registration, writing
 this process's own (bounded) and reading the others' (as hostile files), and `bus_peers` for
 ``hybridcomms stats``. Every agent of the group can write this folder: whatever is found there is read
 with limits and never followed."""

@@ -1,9 +1,9 @@
-"""Which waiting registrations a publisher's look reads (`hybridcomms.fanout`), fairly per process.
+"""Which waiting registrations a publisher's look reads (`hybridcomms.bus.fanout`), fairly per process.
 
 A look reads a bounded number of new or changed registrations (``MAX_READS_PER_LOOK``); the others
 wait. Names are anyone's to make, processes are not: a co-tenant can place registrations faster than
 any number of reads per look drains them, but every name says the pid of its process
-(``<pid>-<hex>``, `_bus_folder.NAME`), and a real process has one registration. So the reads are
+(``<pid>-<hex>``, `folder.NAME`), and a real process has one registration. So the reads are
 shared per pid named, not per name: each pid gets one read per look at most, the pids taking turns
 (those never given one first, those already holding a working registration after the others), and
 the pids with no process on this host get none: their names are read (and pruned, if they are of
