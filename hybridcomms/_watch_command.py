@@ -257,7 +257,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
 def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter) -> Callable[[], None]:
     """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
     from .bus import AgentBus, Event
-    from .fanout import share_bus
+    from .bus.fanout import share_bus
 
     bus = AgentBus()
 

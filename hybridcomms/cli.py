@@ -518,7 +518,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
                 rows.append(mb.stats().to_dict())
         except (OSError, HybridCommsError) as exc:
             rows.append({"agent": name_shown, "error": str(exc)})
-    from .fanout import bus_peers
+    from .bus.fanout import bus_peers
 
     peers = bus_peers(root)
     bus = {

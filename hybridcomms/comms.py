@@ -164,7 +164,7 @@ class Comms:
         self._unshare: Callable[[], None] = lambda: None
         kind = self.mailbox.kind
         if share_bus and kind in ("file", "redis"):  # memory:// lives in one process: nothing to share
-            from .fanout import share_bus as _share
+            from .bus.fanout import share_bus as _share
 
             remote = kind == "redis"
             try:
@@ -279,7 +279,7 @@ class Comms:
                 # From another process, on a topic this policy sends through mailboxes: no Comms sends
                 # that on the bus alone (the bus carries no sender authentication), so it is not
                 # handed to the handler as a message; bus observers still see it.
-                from .fanout import count
+                from .bus.fanout import count
 
                 count("refused_durable")
                 return None

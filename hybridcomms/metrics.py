@@ -107,7 +107,7 @@ class MailboxCollector(Collector):
         up.add_metric([], read)
         unreadable.add_metric([], bad)
         yield from (depth, oldest, delayed, up, unreadable)
-        from .fanout import bus_peers
+        from .bus.fanout import bus_peers
 
         peers = bus_peers(self.root)
         procs = GaugeMetricFamily(
@@ -216,8 +216,8 @@ class BusCollector(Collector):
         c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
         c.add_metric([], published_count())
         yield c
-        from .fanout import FANOUT_STATS
-        from .fanout import _stats_lock as fanout_lock
+        from .bus.fanout import FANOUT_STATS
+        from .bus.fanout import STATS_LOCK as fanout_lock
 
         fan = CounterMetricFamily(
             "hybridcomms_bus_fanout_events",

@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from hybridcomms import fanout
 from hybridcomms.bus import AgentBus
-from hybridcomms.fanout import BUS_FOLDER, _shared
+from hybridcomms.bus.fanout import BUS_FOLDER, _shared
+from hybridcomms.bus.fanout import local as fanout
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import share_bus
+from hybridcomms.bus.fanout import share_bus
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from hybridcomms import AgentBus, Comms, FileMailbox, Message, State, _fs, fanout
+from hybridcomms import AgentBus, Comms, FileMailbox, Message, State, _fs
+from hybridcomms.bus.fanout import wire as fanout
 from hybridcomms.message import reply_topic, valid_topic
 
 

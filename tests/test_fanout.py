@@ -17,9 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from hybridcomms import Comms, Message, fanout
+from hybridcomms import Comms, Message
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, decode_event, encode_event, share_bus
+from hybridcomms.bus.fanout import (
+    BUS_FOLDER,
+    FANOUT_STATS,
+    bus_peers,
+    decode_event,
+    encode_event,
+    redis_bus_prefix,
+    share_bus,
+)
+from hybridcomms.bus.fanout import local as fanout
 
 HERE = Path(__file__).parent
 
@@ -441,7 +450,7 @@ def test_three_subscriber_processes_across_hosts_through_redis(
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    channel = fanout.redis_bus_prefix(redis_url) + "fleet.heartbeat"
+    channel = redis_bus_prefix(redis_url) + "fleet.heartbeat"
     pub = AgentBus()
     release = share_bus(pub, url=redis_url)
     try:
@@ -565,7 +574,7 @@ def test_through_redis_a_killed_subscriber_is_replaced_and_a_stopped_one_blocks_
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    channel = fanout.redis_bus_prefix(redis_url) + "job"
+    channel = redis_bus_prefix(redis_url) + "job"
 
     def subscribers() -> int:
         return int(client.pubsub_numsub(channel)[0][1])

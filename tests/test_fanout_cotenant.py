@@ -25,9 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybridcomms import Comms, Message, UnsafePathError, bus, fanout
+from hybridcomms import Comms, Message, UnsafePathError
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, _shared, bus_peers, encode_event, share_bus
+from hybridcomms.bus import core as bus
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, _shared, bus_peers, encode_event, share_bus
+from hybridcomms.bus.fanout import local as fanout
 from hybridcomms.message import Priority
 from hybridcomms.policy import Policy
 

@@ -22,10 +22,12 @@ import orjson
 import pytest
 from bus_helpers import bind, fanout_of, group_root, place, registration, wait_for
 
-from hybridcomms import _bus_folder, bus, fanout
 from hybridcomms.bus import AgentBus, Event
+from hybridcomms.bus import core as bus
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, encode_event, share_bus
+from hybridcomms.bus.fanout import folder as _bus_folder
+from hybridcomms.bus.fanout import local as fanout
 from hybridcomms.cli import main as cli_main
-from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, bus_peers, encode_event, share_bus
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a socket to another user")
 

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from bus_helpers import bind, fanout_of, group_root, place, registration, wait_for
 
-from hybridcomms import _bus_folder, fanout
 from hybridcomms.bus import AgentBus
-from hybridcomms.fanout import BUS_FOLDER, bus_peers, share_bus
+from hybridcomms.bus.fanout import BUS_FOLDER, bus_peers, share_bus
+from hybridcomms.bus.fanout import folder as _bus_folder
+from hybridcomms.bus.fanout import local as fanout
 
 
 def stale(folder: Path, name: str, pid: int = 1, host: str | None = None) -> None:

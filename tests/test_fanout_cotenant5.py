@@ -25,10 +25,10 @@ import orjson
 import pytest
 from bus_helpers import fanout_of, group_root, wait_for
 
-from hybridcomms import fanout
-from hybridcomms._fanout_reads import ReadQueue, pid_of
 from hybridcomms.bus import AgentBus
-from hybridcomms.fanout import BUS_FOLDER, share_bus
+from hybridcomms.bus.fanout import BUS_FOLDER, share_bus
+from hybridcomms.bus.fanout import local as fanout
+from hybridcomms.bus.fanout.reads import ReadQueue, pid_of
 
 
 def stale(folder: Path, name: str, pid: int) -> None:

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybridcomms import fanout
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import BUS_FOLDER, bus_peers, share_bus
+from hybridcomms.bus.fanout import BUS_FOLDER, bus_peers, share_bus
+from hybridcomms.bus.fanout import local as fanout
 from hybridcomms.message import has_non_finite
 
 # Names as a folder listing gives them: any bytes but '/' and NUL, decoded as os.listdir decodes

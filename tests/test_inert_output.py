@@ -162,7 +162,7 @@ def test_work_prints_a_commands_hostile_stderr_inert(tmp_path: Path) -> None:
 
 def test_a_forged_bus_event_with_a_hostile_topic_is_dropped(tmp_path: Path) -> None:
     """A datagram any co-tenant can send: a topic that is not printable never reaches `watch --bus`."""
-    from hybridcomms import fanout
+    from hybridcomms.bus.fanout import wire as fanout
 
     data = fanout._dumps([1, "a\x1b[2Jb", {"x": "".join(ATTACKS)}, None, None, "id1", 1.0, False, "h:1"])
     assert fanout.decode_event(data) is None

@@ -600,7 +600,7 @@ PUBLISHER = """
 import json, sys
 from hybridcomms import Comms
 from hybridcomms.bus import AgentBus
-from hybridcomms.fanout import share_bus
+from hybridcomms.bus.fanout import share_bus
 root = sys.argv[1]
 with Comms("Publisher", root=root, fsync="never") as comms:
     sent = comms.publish("fleet.status", {"state": "busy"}, route="ephemeral", priority="HIGH",

@@ -33,10 +33,10 @@ import hybridcomms.compat.dreamos._json_stream as stream_mod
 import hybridcomms.compat.dreamos.legacy as legacy_mod
 from hybridcomms import Comms, FileMailbox, Message, State
 from hybridcomms.bus import Event
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, _shared, encode_event
 from hybridcomms.compat.dreamos._legacy_store import append_to_inbox_json
 from hybridcomms.compat.dreamos.legacy import ingest, to_legacy_dict
 from hybridcomms.compat.dreamos.migrate import migrate
-from hybridcomms.fanout import BUS_FOLDER, FANOUT_STATS, _shared, encode_event
 from hybridcomms.watcher import MailboxEvent, MailboxWatcher
 
 ENV = {k: v for k, v in os.environ.items() if k != "HYBRIDCOMMS_ROOT"}

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from hybridcomms import Message, State
 from hybridcomms.backends.redis.mailbox import RedisMailbox
 from hybridcomms.bus import AgentBus
+from hybridcomms.bus.fanout import RedisFanout
 from hybridcomms.errors import MailboxIOError
-from hybridcomms.fanout import RedisFanout
 from hybridcomms.retry import Backoff
 
 pytestmark = pytest.mark.redis

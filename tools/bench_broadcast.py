@@ -50,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import (
+from hybridcomms.bus.fanout import (
     BUS_FOLDER,
     FANOUT_STATS,
     _shared,  # the bench reads the fanout's sending order

@@ -57,9 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 
-from hybridcomms import bus as bus_module
 from hybridcomms.bus import AgentBus, Event
-from hybridcomms.fanout import _HOST, BUS_FOLDER, FANOUT_STATS, _shared, encode_event, share_bus
+from hybridcomms.bus import core as bus_module
+from hybridcomms.bus.fanout import BUS_FOLDER, FANOUT_STATS, _shared, encode_event, share_bus
+from hybridcomms.bus.fanout.transport import HOST as _HOST
 
 PAYLOAD = {"agent": "Agent-1", "status": "busy", "task": "build-42"}
 SIZE = 64 * 1024 - 512  # just under what a publisher reads of a registration

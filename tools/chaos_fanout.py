@@ -38,7 +38,7 @@ TOPIC = "chaos.tick"
 
 
 def _fanout_of(bus: Any, root: str) -> Any:
-    from hybridcomms.fanout import _shared
+    from hybridcomms.bus.fanout import _shared
 
     return _shared[(id(bus), os.path.abspath(root))][0]
 
@@ -47,7 +47,7 @@ def role_subscriber(root: str, out: str) -> None:
     """Record every event (publisher, number) until SIGTERM; then read what is still arriving until it
     stops arriving, and write the record (its registration name first) to ``out``."""
     from hybridcomms.bus import AgentBus, Event
-    from hybridcomms.fanout import share_bus
+    from hybridcomms.bus.fanout import share_bus
 
     got: list[str] = []
     last = [time.monotonic()]
@@ -77,7 +77,7 @@ def role_publisher(root: str, out: str, ident: str, rate: str) -> None:
     """Publish numbered events at about ``rate`` per second until SIGTERM; then let the backlogs
     drain (bounded), stop sharing, and write what it published and dropped for whom to ``out``."""
     from hybridcomms.bus import AgentBus
-    from hybridcomms.fanout import share_bus
+    from hybridcomms.bus.fanout import share_bus
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -178,7 +178,7 @@ def run_fanout(
     # The last incarnations: a calm half second (they see each other), one subscriber stopped until
     # a publisher has reported dropping events (its backlog for it filled: those drops are checked
     # below), calm again.
-    from hybridcomms.fanout import bus_peers
+    from hybridcomms.bus.fanout import bus_peers
 
     def registration_of(pid: int) -> str | None:
         return next((p["name"] for p in bus_peers(root) if p["pid"] == pid), None)
@@ -258,7 +258,7 @@ def run_fanout(
 
     # Nothing of the dead is left: a fresh process's first look prunes them.
     from hybridcomms.bus import AgentBus
-    from hybridcomms.fanout import share_bus
+    from hybridcomms.bus.fanout import share_bus
 
     bus = AgentBus()
     release = share_bus(bus, root=root)

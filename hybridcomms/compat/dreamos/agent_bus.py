@@ -237,8 +237,8 @@ class AgentBus:
         """Carry this bus's events to the other processes of the same mailbox root, and theirs here
         (`hybridcomms.fanout`), so a status published by one agent process reaches the monitor in
         another. Only for a root that exists, and unless ``$HYBRIDCOMMS_SHARE_BUS`` is 0."""
+        from ...bus.fanout import share_bus
         from ...comms import SHARE_BUS_ENV
-        from ...fanout import share_bus
 
         if self._unshare is not None:
             self._unshare()
@@ -358,7 +358,7 @@ class AgentBus:
             for named, prio in candidates:
                 addressed = named or _agent_of_topic(topic) is not None
                 if self.policy.decide(topic, priority=prio, addressed=addressed).route.durable:
-                    from ...fanout import count
+                    from ...bus.fanout import count
 
                     count("refused_durable")
                     return True

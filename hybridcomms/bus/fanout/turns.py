@@ -1,4 +1,4 @@
-"""How one publish of a shared bus visits the peers that want its topic (`hybridcomms.fanout`), with a
+"""How one publish of a shared bus visits the peers that want its topic (`hybridcomms.bus.fanout`), with a
 bounded amount of work whatever a co-tenant registers.
 
 The peers an index entry names (`_fanout_index`) are grouped by owner (the uid of their socket): one
@@ -15,7 +15,7 @@ import collections
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._bus_folder import HOST
+from .folder import HOST
 
 __all__ = ["Link", "Turns"]
 

@@ -1,9 +1,9 @@
-"""Which waiting registrations a publisher's look reads (`hybridcomms.fanout`), fairly per process.
+"""Which waiting registrations a publisher's look reads (`hybridcomms.bus.fanout`), fairly per process.
 
 A look reads a bounded number of new or changed registrations (``MAX_READS_PER_LOOK``); the others
 wait. Names are anyone's to make, processes are not: a co-tenant can place registrations faster than
 any number of reads per look drains them, but every name says the pid of its process
-(``<pid>-<hex>``, `_bus_folder.NAME`), and a real process has one registration. So the reads are
+(``<pid>-<hex>``, `folder.NAME`), and a real process has one registration. So the reads are
 shared per pid named, not per name: each pid gets one read per look at most, the pids taking turns
 (those never given one first, those already holding a working registration after the others), and
 the pids with no process on this host get none: their names are read (and pruned, if they are of
@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Collection
 
-from ._bus_folder import PID_MAX
+from .folder import PID_MAX
 
 __all__ = ["ReadQueue", "pid_of"]
 
@@ -77,16 +77,21 @@ class ReadQueue:
             names.clear()
             self._served.clear()
             return every
+        chosen = self._turns(budget, working, live)
+        for name in chosen:
+            del names[name]
+        more = self._oldest_and_newest(budget - len(chosen))
+        for name in more:
+            del names[name]
+        return chosen + more
+
+    def _turns(
+        self, budget: int, working: Callable[[], Collection[int]], live: Callable[[int], bool]
+    ) -> list[str]:
+        """One name per live pid, ``budget`` at most, the pids in turns (`choose`)."""
         look = self._looks
-        first: dict[int, str] = {}
-        last: dict[int, str] = {}
-        for name, pid in names.items():
-            if pid not in first:
-                first[pid] = name
-            last[pid] = name
-        first.pop(0, None)  # (names that say no pid: read only with what the turns leave)
-        served = self._served
-        self._served = served = {pid: at for pid, at in served.items() if pid in first}
+        first, last = self._ends_by_pid()
+        served = self._served = {pid: at for pid, at in self._served.items() if pid in first}
         known = working()
         order = sorted(first, key=lambda pid: (served.get(pid, -1), pid in known))  # (stable: first seen)
         chosen: list[str] = []
@@ -96,17 +101,24 @@ class ReadQueue:
             served[pid] = look  # (a pid found dead too: the turns go on past it)
             if live(pid):
                 chosen.append(first[pid] if look % 2 else last[pid])
-        for name in chosen:
-            del names[name]
-        left = budget - len(chosen)
-        if left > 0 and names:
-            if len(names) <= left:
-                more = list(names)
-            else:
-                oldest = left // 2
-                more = list(itertools.islice(names, oldest))
-                more += itertools.islice(reversed(names), left - oldest)
-            for name in more:
-                del names[name]
-            chosen += more
         return chosen
+
+    def _ends_by_pid(self) -> tuple[dict[int, str], dict[int, str]]:
+        """(the oldest name, the newest name) waiting of each pid named (not of names that say none)."""
+        first: dict[int, str] = {}
+        last: dict[int, str] = {}
+        for name, pid in self.names.items():
+            first.setdefault(pid, name)
+            last[pid] = name
+        first.pop(0, None)  # (names that say no pid: read only with what the turns leave)
+        return first, last
+
+    def _oldest_and_newest(self, left: int) -> list[str]:
+        """``left`` names at most: half those waiting longest, half the newest."""
+        names = self.names
+        if left <= 0 or not names:
+            return []
+        if len(names) <= left:
+            return list(names)
+        oldest = left // 2
+        return list(itertools.islice(names, oldest)) + list(itertools.islice(reversed(names), left - oldest))

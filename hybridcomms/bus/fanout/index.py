@@ -1,4 +1,4 @@
-"""Who wants a topic, among the peers of a shared bus (`hybridcomms.fanout`): their patterns indexed by
+"""Who wants a topic, among the peers of a shared bus (`hybridcomms.bus.fanout`): their patterns indexed by
 what they match (``*``, an exact topic, a dotted prefix), so that finding the peers of a topic costs
 the topic's segments and the peers found, never patterns x peers. Peers are added and removed one at a
 time (a registration that changed costs its own patterns). Each peer's patterns are `normalized`: a

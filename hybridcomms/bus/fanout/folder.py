@@ -1,5 +1,5 @@
 """The bus folder, ``<root>/.bus/``, where the processes that share a root's bus events register
-(`hybridcomms.fanout`): opening it (checked as a mailbox folder is), the shape of a registration, writing
+(`hybridcomms.bus.fanout`): opening it (checked as a mailbox folder is), the shape of a registration, writing
 this process's own (bounded) and reading the others' (as hostile files), and `bus_peers` for
 ``hybridcomms stats``. Every agent of the group can write this folder: whatever is found there is read
 with limits and never followed."""
@@ -19,9 +19,11 @@ from typing import Any
 
 import orjson
 
-from . import _fs
-from .bus import pattern_matches
-from .errors import UnsafePathError
+from ... import _fs
+from ...errors import UnsafePathError
+from ..core import pattern_matches
+from .transport import HOST
+from .wire import MAX_TOPIC
 
 __all__ = [
     "BUS_FOLDER",
@@ -40,8 +42,6 @@ __all__ = [
 ]
 
 BUS_FOLDER = ".bus"
-#: The longest topic that crosses (and so the longest pattern a registration may hold).
-MAX_TOPIC = 256
 #: A registration is read up to this size (a bigger one is not one); this process's own stays under.
 MAX_REGISTRATION = 64 * 1024
 #: Registrations held as peers at most by a publisher, and listed at most by `bus_peers`. Only names
@@ -59,8 +59,6 @@ STAR = ("*",)
 #: What `bus_peers` (``hybridcomms stats``) reads at most: registrations' bytes in all (64 at
 #: `MAX_REGISTRATION`, thousands of ordinary ones), the smallest first; the others are ``unread``.
 SURVEY_BYTES = 4 << 20
-#: This host's name, in registrations (sockets reach the processes of one host only).
-HOST = socket.gethostname()
 #: What a registration's name looks like: ``<pid>-<random hex>`` (anything else is not ours).
 NAME = re.compile(r"[0-9]{1,10}-[0-9a-f]{1,32}")
 #: Linux pids are below 2**22; anything outside a C int would make os.kill raise.
@@ -178,27 +176,43 @@ def registration_body(pid: int, patterns: list[str], drops: dict[str, int], othe
     and its bus keeps what it subscribes to), and ``dropped_to`` names
     the `DROPPED_TO_KEEP` peers with the most drops, ``others`` and the rest summed under
     ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
+    kept = list(normalized(_crossing(patterns)))
+    if kept != ["*"] and (len(kept) > MAX_PATTERNS or len(orjson.dumps(kept)) > PATTERNS_BYTES):
+        kept = ["*"]
+    body = {"pid": pid, "host": HOST, "patterns": kept, "dropped_to": _dropped_to(drops, others)}
+    return orjson.dumps(body)
+
+
+def _crossing(patterns: list[str]) -> list[str]:
+    """The patterns that can match a topic that crosses: those longer than a topic can be left out,
+    and ``["*"]`` if one of them is a prefix (``.*``) that matches topics as long as they can be."""
     kept: list[str] = []
     for p in patterns:
         if len(p) > MAX_TOPIC:
             if p.endswith(".*") and len(p) - 2 <= MAX_TOPIC:
-                kept = ["*"]  # it matches topics as long as they can be: only "*" says so
-                break
+                return ["*"]  # it matches topics as long as they can be: only "*" says so
             continue
-        try:
-            p.encode("utf-8")
-        except UnicodeEncodeError:  # (a lone surrogate): no topic that crosses is one
-            continue
-        kept.append(p)
-    kept = list(normalized(kept))
-    if kept != ["*"] and (len(kept) > MAX_PATTERNS or len(orjson.dumps(kept)) > PATTERNS_BYTES):
-        kept = ["*"]
+        if _encodable(p):  # (not a lone surrogate: no topic that crosses is one)
+            kept.append(p)
+    return kept
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _dropped_to(drops: dict[str, int], others: int) -> dict[str, int]:
+    """The `DROPPED_TO_KEEP` peers with the most drops, ``others`` and the rest summed as ``others``."""
     ranked = sorted(drops.items(), key=lambda kv: -kv[1])
     dropped_to = dict(ranked[:DROPPED_TO_KEEP])
     others += sum(n for _, n in ranked[DROPPED_TO_KEEP:])
     if others:
         dropped_to["others"] = others
-    return orjson.dumps({"pid": pid, "host": HOST, "patterns": kept, "dropped_to": dropped_to})
+    return dropped_to
 
 
 def alive(pid: int) -> bool:
@@ -231,6 +245,23 @@ def scan(dir_fd: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
     ``.sock`` is missing or one of those, with the same). A process makes its socket before its
     registration and removes it after: an orphan is nobody's registration. Listed through a
     descriptor of its own (`_fs.listdir_at`). Where the filesystem gives no type, each is an ``lstat``."""
+    jsons, socks = _listing(dir_fd)
+    found: dict[str, int] = {}
+    orphans: list[tuple[str, int]] = []
+    match = NAME.fullmatch
+    for stem, ino in jsons.items():
+        if not match(stem):
+            continue
+        if stem in socks:
+            found[stem] = ino
+        else:
+            orphans.append((stem, ino))
+    return found, orphans
+
+
+def _listing(dir_fd: int) -> tuple[dict[str, int], set[str]]:
+    """(the stems of the ``.json`` regular files with their inodes, the stems of the ``.sock``
+    entries that may be sockets) in the folder ``dir_fd``."""
     jsons: dict[str, int] = {}
     socks: set[str] = set()
     fd = os.open(".", _fs.O_DIR, dir_fd=dir_fd)
@@ -241,24 +272,18 @@ def scan(dir_fd: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
                 if name.endswith(".json"):
                     if entry.is_file(follow_symlinks=False):
                         jsons[name[:-5]] = entry.inode()
-                elif name.endswith(".sock") and not (
-                    entry.is_file(follow_symlinks=False)
-                    or entry.is_dir(follow_symlinks=False)
-                    or entry.is_symlink()
-                ):
+                elif name.endswith(".sock") and _may_be_socket(entry):
                     socks.add(name[:-5])
     finally:
         os.close(fd)
-    found: dict[str, int] = {}
-    orphans: list[tuple[str, int]] = []
-    match = NAME.fullmatch
-    for stem, ino in jsons.items():
-        if stem in socks:
-            if match(stem):
-                found[stem] = ino
-        elif match(stem):
-            orphans.append((stem, ino))
-    return found, orphans
+    return jsons, socks
+
+
+def _may_be_socket(entry: os.DirEntry[str]) -> bool:
+    """Neither a regular file, a folder nor a link (a socket, or a FIFO)."""
+    return not (
+        entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False) or entry.is_symlink()
+    )
 
 
 def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -273,36 +298,49 @@ def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tupl
     found, _ = scan(dir_fd)
     names = [stem + ".json" for stem in found]
     if budget is not None or len(names) > MAX_REGISTRATIONS:
-        sized = []
-        for entry in names:
-            try:
-                st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
-                sized.append((st.st_size, -st.st_mtime_ns, entry))
-        if len(sized) > MAX_REGISTRATIONS:
-            sized.sort(key=lambda item: item[1])  # the newest first
-            if budget is not None:
-                budget[1] += len(sized) - MAX_REGISTRATIONS
-            del sized[MAX_REGISTRATIONS:]
-        if budget is not None:
-            sized.sort()
-        names = [entry for _, _, entry in sized]
+        names = _in_reading_order(dir_fd, names, budget)
     for entry in names:
         if budget is not None and budget[0] <= 0:
             budget[1] += 1
             continue
-        try:
-            data = _fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd)
-            if budget is not None:
-                budget[0] -= len(data)
-            body = orjson.loads(data)
-        except (OSError, orjson.JSONDecodeError):
-            continue
+        body = _read_registration(dir_fd, entry, budget)
         if well_formed(body):
             body["patterns"] = list(effective_patterns(body["patterns"]) or ())
             yield entry[: -len(".json")], body
+
+
+def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -> list[str]:
+    """The registrations ``names`` that are regular files of `MAX_REGISTRATION` at most, the newest
+    `MAX_REGISTRATIONS` of them (those left out counted in ``budget[1]``), the smallest first if
+    there is a ``budget``."""
+    sized = []
+    for entry in names:
+        try:
+            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
+            sized.append((st.st_size, -st.st_mtime_ns, entry))
+    if len(sized) > MAX_REGISTRATIONS:
+        sized.sort(key=lambda item: item[1])  # the newest first
+        if budget is not None:
+            budget[1] += len(sized) - MAX_REGISTRATIONS
+        del sized[MAX_REGISTRATIONS:]
+    if budget is not None:
+        sized.sort()
+    return [entry for _, _, entry in sized]
+
+
+def _read_registration(dir_fd: int, entry: str, budget: list[int] | None) -> Any:
+    """The decoded body of the registration file ``entry`` (None if unreadable or not JSON); its
+    bytes taken from ``budget[0]``."""
+    try:
+        data = _fs.read_regular(entry, MAX_REGISTRATION, dir_fd=dir_fd)
+        if budget is not None:
+            budget[0] -= len(data)
+        return orjson.loads(data)
+    except (OSError, orjson.JSONDecodeError):
+        return None
 
 
 def bound(dir_fd: int, name: str) -> bool:
@@ -341,29 +379,36 @@ def bus_peers(root: str | os.PathLike[str], survey: dict[str, int] | None = None
         return []
     budget = [SURVEY_BYTES, 0]
     try:
-        out = []
-        for name, body in registrations(dir_fd, budget):
-            dropped = body.get("dropped_to")
-            reported = (
-                sum(v for v in dropped.values() if type(v) is int and v > 0) if type(dropped) is dict else 0
-            )
-            local = body["host"] == HOST
-            live = not local or alive(body["pid"])
-            counted = local and live and bound(dir_fd, name)
-            out.append(
-                {
-                    "name": name,
-                    "pid": body["pid"],
-                    "host": body["host"],
-                    "patterns": body["patterns"],
-                    "alive": live,
-                    "counted": counted,
-                    "dropped": reported if counted else 0,
-                    "reported": reported,
-                }
-            )
+        out = [_peer_row(dir_fd, name, body) for name, body in registrations(dir_fd, budget)]
         if survey is not None:
             survey["unread"] = budget[1]
         return out
     finally:
         os.close(dir_fd)
+
+
+def _reported_drops(body: dict[str, Any]) -> int:
+    """The drops a registration says its process counted (whatever it says: positive ints summed)."""
+    dropped = body.get("dropped_to")
+    if type(dropped) is not dict:
+        return 0
+    return sum(v for v in dropped.values() if type(v) is int and v > 0)
+
+
+def _peer_row(dir_fd: int, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One row of `bus_peers`: its drops counted only for a live process of this host whose socket
+    is bound."""
+    reported = _reported_drops(body)
+    local = body["host"] == HOST
+    live = not local or alive(body["pid"])
+    counted = local and live and bound(dir_fd, name)
+    return {
+        "name": name,
+        "pid": body["pid"],
+        "host": body["host"],
+        "patterns": body["patterns"],
+        "alive": live,
+        "counted": counted,
+        "dropped": reported if counted else 0,
+        "reported": reported,
+    }

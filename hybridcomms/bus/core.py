@@ -38,17 +38,25 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from . import _log
-from .message import pattern_matches
+from .. import _log
+from ..message import pattern_matches
 
-__all__ = ["AgentBus", "Event", "PublishResult", "Subscription", "default_bus", "pattern_matches"]
+__all__ = [
+    "AgentBus",
+    "Event",
+    "PublishResult",
+    "Subscription",
+    "default_bus",
+    "pattern_matches",
+    "published_count",
+]
 
 log = _log.get("hybridcomms.bus")
 
 DEFAULT_ERROR_TOPIC = "hybridcomms.bus.error"
 _CACHE_LIMIT = 10_000
 #: At most this many async handler runs started by events from other processes (``event.origin``
-#: set, `hybridcomms.fanout`) are unfinished at once, per bus, holding events of this many bytes in
+#: set, `hybridcomms.bus.fanout`) are unfinished at once, per bus, holding events of this many bytes in
 #: all (as they came, encoded: decoded, an event takes up to ~25 times its bytes). Past either, such an
 #: event starts no async handler (its sync handlers still run): counted in `PublishResult.dropped`,
 #: and by the fanout as ``dropped_busy``. Once half of either is in use, the events of a sending
@@ -112,7 +120,7 @@ class Event:
     #: True when this event only notifies of a message that is also delivered durably (route
     #: "both"): observers see it here, the recipient handles the durable copy.
     durable: bool = False
-    #: Where it was published when it came from another process (``host:pid``, `hybridcomms.fanout`);
+    #: Where it was published when it came from another process (``host:pid``, `hybridcomms.bus.fanout`);
     #: None for an event published in this process. Events from elsewhere are never sent on again.
     origin: str | None = None
 
@@ -127,7 +135,7 @@ class Event:
         ``priority`` and ``reply_to`` are null and ``headers`` is empty."""
         from datetime import datetime, timezone
 
-        from .message import FIELDS, Message
+        from ..message import FIELDS, Message
 
         payload = self.payload
         if isinstance(payload, Message):
@@ -285,7 +293,7 @@ class AgentBus:
         self._cache: dict[str, tuple[Subscription, ...]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        # Where this process's events also go (`hybridcomms.fanout`), and who wants to know when the
+        # Where this process's events also go (`hybridcomms.bus.fanout`), and who wants to know when the
         # subscribed patterns change. Empty unless the bus is shared: publish pays one truth test.
         self._outlets: tuple[Callable[[Event], None], ...] = ()
         self._watchers: tuple[Callable[[], None], ...] = ()
@@ -326,32 +334,37 @@ class AgentBus:
         """Remove a subscription: the `Subscription`, its id, or ``(pattern, handler)``.
         Returns False (no error) if there was no such subscription."""
         with self._lock:
-            if isinstance(subscription, Subscription):
-                sub: Subscription | None = self._by_id.get(subscription.id)
-            elif handler is not None:
-                sub = self._by_key.get((_topic_of(subscription), handler))
-            else:
-                sub = self._by_id.get(_topic_of(subscription))
+            sub = self._find(subscription, handler)
             if sub is None:
                 return False
             del self._by_key[(sub.pattern, sub.handler)]
             del self._by_id[sub.id]
-            if sub.pattern == "*":
-                self._all = tuple(s for s in self._all if s is not sub)
-            else:
-                table, key = (
-                    (self._prefix, sub.pattern[:-2])
-                    if sub.pattern.endswith(".*")
-                    else (self._exact, sub.pattern)
-                )
-                rest = tuple(s for s in table[key] if s is not sub)
-                if rest:
-                    table[key] = rest
-                else:
-                    del table[key]
+            self._unindex(sub)
             self._cache = {}
         self._changed()
         return True
+
+    def _find(self, subscription: Subscription | str | Enum, handler: Handler | None) -> Subscription | None:
+        """(Under the lock.) The subscription `unsubscribe` names, if there is one."""
+        if isinstance(subscription, Subscription):
+            return self._by_id.get(subscription.id)
+        if handler is not None:
+            return self._by_key.get((_topic_of(subscription), handler))
+        return self._by_id.get(_topic_of(subscription))
+
+    def _unindex(self, sub: Subscription) -> None:
+        """(Under the lock.) Take ``sub`` out of the table of its pattern's kind."""
+        if sub.pattern == "*":
+            self._all = tuple(s for s in self._all if s is not sub)
+            return
+        table, key = (
+            (self._prefix, sub.pattern[:-2]) if sub.pattern.endswith(".*") else (self._exact, sub.pattern)
+        )
+        rest = tuple(s for s in table[key] if s is not sub)
+        if rest:
+            table[key] = rest
+        else:
+            del table[key]
 
     def subscriptions(self) -> list[Subscription]:
         with self._lock:
@@ -362,7 +375,7 @@ class AgentBus:
         with self._lock:
             return list(dict.fromkeys(s.pattern for s in sorted(self._by_id.values(), key=lambda s: s.seq)))
 
-    # -- sharing with other processes (hybridcomms.fanout) ----------------------------------------
+    # -- sharing with other processes (hybridcomms.bus.fanout) ----------------------------------------
 
     def add_outlet(self, outlet: Callable[[Event], None]) -> None:
         """Also hand every event published here (not those from other processes) to ``outlet``,
@@ -443,7 +456,7 @@ class AgentBus:
         subs = self._cache.get(event.topic) or self._resolve(event.topic)
         _published[0] += 1
         result = PublishResult(event, len(subs))
-        # (The loop of `_publish_received`, written out: as a shared method it cost publish 4%.)
+        # (The loop of `publish_received`, written out: as a shared method it cost publish 4%.)
         for sub in subs:
             try:
                 if sub.is_async:
@@ -459,8 +472,8 @@ class AgentBus:
             self._send_out(event)
         return result
 
-    def _publish_received(self, event: Event, size: int, sender: int) -> PublishResult:
-        """Deliver an event that came from another process (`hybridcomms.fanout`), as `publish` does
+    def publish_received(self, event: Event, size: int, sender: int) -> PublishResult:
+        """Deliver an event that came from another process (`hybridcomms.bus.fanout`), as `publish` does
         (it is never sent on): ``size`` (its encoded bytes) and ``sender`` (the process that sent it,
         as the kernel said, or `UNKNOWN_SENDER`) bound the async handler runs it may start
         (`MAX_RECEIVED_RUNS`, `MAX_RECEIVED_BYTES`)."""
@@ -510,7 +523,7 @@ class AgentBus:
             self._received_bytes += size
             return True
 
-    def _refuses(self, topic: str, size: int, sender: int) -> bool:
+    def refuses(self, topic: str, size: int, sender: int) -> bool:
         """Whether an event from another process on ``topic`` (``size`` bytes, from ``sender``) would
         reach nothing now: every handler of the topic is async, and none may start (`_room_for`). The
         fanout then drops it before decoding it (a flood costs no decoding past the bounds)."""

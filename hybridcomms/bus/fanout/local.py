@@ -1,34 +1,19 @@
-"""Ephemeral events that reach the other processes of the fleet.
+"""The fanout on one host, no daemon (`LocalFanout`): every process sharing a root binds a Unix
+datagram socket in ``<root>/.bus/`` and registers the patterns its bus subscribes to in
+``<root>/.bus/<name>.json``. A publisher sends one datagram to each process with a matching pattern,
+without ever waiting: what finds a full socket buffer waits in a bounded backlog for that process,
+then is dropped for that process only, counted. A process that died is pruned (its socket and
+registration removed) the first time a send finds nobody there.
 
-An `AgentBus` delivers in its own process, synchronously, as always. A bus that is *shared*
-(`share_bus`) also carries each event it publishes to the other processes whose buses subscribe to a
-matching pattern, and delivers theirs to its own subscribers:
-
-- **On one host, no daemon** (`LocalFanout`): every sharing process binds a Unix datagram socket in
-  ``<root>/.bus/`` and registers the patterns its bus subscribes to in ``<root>/.bus/<name>.json``.
-  A publisher sends one datagram to each process with a matching pattern, without ever waiting: what
-  finds a full socket buffer waits in a bounded backlog for that process, then is dropped for that
-  process only, counted. A process that died is pruned (its socket and registration removed) the first
-  time a send finds nobody there.
-- **Across hosts** (`RedisFanout`, when a Redis URL is configured): Redis pub/sub, a channel per topic
-  (``hc:<db>:bus:<topic>``: pub/sub is per server, so the database is in the name); the publishes go
-  out from a sender thread through a bounded queue, so the publisher never waits on the network
-  either.
-
-Still at most once, and never raised into the publisher: an event that cannot be encoded, is too big,
-or finds a full buffer is counted (`FANOUT_STATS`, the Prometheus metrics, ``hybridcomms stats``) and
-dropped. What arrives is decoded with the limits of a message file (size, JSON depth, field types); a
-bad datagram is dropped and counted, never raised into a subscriber. Events from other processes carry
-``event.origin`` (``host:pid``) and are never sent on again.
-
-The bus folder is shared with every agent of the group (``_bus_folder``): nothing there is changed
+The bus folder is shared with every agent of the group (`folder`): nothing there is changed
 through a name another process can swap, a look at it costs what changed (and is spaced by its cost),
-patterns are capped and indexed (`_fanout_index`), the sockets to peers are bounded and go to the
-peers that read, one publish sends a bounded amount per user owning the peers' sockets, peers found
-not reading sleep (`_fanout_turns`), backlogs are bounded in all, what received events may hold is
-bounded per sending process (`AgentBus`), and a process whose registration is deleted registers
-again: nothing a co-tenant places slows a publisher to a crawl or exhausts it (docs/guarantees.md).
-The bus carries no authentication: any co-tenant can send any event.
+patterns are capped and indexed (`index`), the registrations a look reads are shared fairly per
+process (`reads`), the sockets to peers are bounded and go to the peers that read, one publish sends
+a bounded amount per user owning the peers' sockets, peers found not reading sleep (`turns`),
+backlogs are bounded in all, what received events may hold is bounded per sending process
+(`AgentBus.publish_received`), and a process whose registration is deleted registers again: nothing
+a co-tenant places slows a publisher to a crawl or exhausts it (docs/guarantees.md). The bus carries
+no authentication: any co-tenant can send any event.
 """
 
 from __future__ import annotations
@@ -36,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import queue
 import select
 import socket
 import stat
@@ -44,24 +28,23 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 
 import orjson
 
-from . import _fs, _log
-from ._bus_folder import (
+from ... import _fs, _log
+from ...errors import UnsafePathError
+from ..core import AgentBus, Event
+from .folder import (
     BUS_FOLDER,
     HOST,
     MAX_REGISTRATION,
     MAX_REGISTRATIONS,
-    MAX_TOPIC,
     STAR,
     Peer,
     alive,
-    bus_peers,
     effective_patterns,
     open_bus_folder,
     registration_body,
@@ -69,23 +52,18 @@ from ._bus_folder import (
     well_formed,
     write_registration,
 )
-from ._fanout_index import PeerIndex
-from ._fanout_reads import ReadQueue, pid_of
-from ._fanout_turns import Link as _Link
-from ._fanout_turns import Turns
-from ._urls import shown_url
-from .backends import backend_of
-from .bus import AgentBus, Event
-from .errors import UnsafePathError
-from .message import Message, nulls_hide_non_finite, valid_topic
+from .index import PeerIndex
+from .reads import ReadQueue, pid_of
+from .transport import FANOUT_STATS, STATS_LOCK, count, deliver
+from .turns import Link as _Link
+from .turns import Turns
+from .wire import MAX_DATAGRAM, decode_event, encode_event, topic_of
 
-__all__ = ["BUS_FOLDER", "FANOUT_STATS", "LocalFanout", "RedisFanout", "bus_peers", "count", "share_bus"]
+__all__ = ["BUS_FOLDER", "LocalFanout"]
 
 log = _log.get("hybridcomms.fanout")
 _HOST = HOST
 
-#: The largest event that is sent to other processes (encoded); bigger ones stay in-process, counted.
-MAX_DATAGRAM = 64 * 1024
 #: A publisher looks at the registrations again at most this often (seconds).
 REFRESH_EVERY = 0.05
 #: A look that lists the folder is followed by the next no sooner than this many times its own cost
@@ -132,116 +110,6 @@ _GONE = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.EDEST
 #: A process writes its counters into its registration at most this often (seconds).
 REPORT_EVERY = 1.0
 
-#: Counters of this process: sent, received, dropped_full (a subscriber's buffer and its backlog here
-#: were full, or it was found not reading), dropped_bad (a datagram that did not decode), unsendable
-#: (not JSON, or too big), pruned (registrations of dead processes, or without a socket),
-#: dropped_queue (Redis: the send queue was full), deferred (sent late, from a backlog), dropped_busy
-#: (an event from another process that started no async handler: what the runs started by such
-#: events held was at `bus.MAX_RECEIVED_RUNS` or `bus.MAX_RECEIVED_BYTES`, or the sender's share of
-#: them), refused_durable (an event from another process on a topic the policy routes durable, not
-#: handed to a `Comms` handler), dropped_budget (an event not sent to a peer because more peers of
-#: its owner wanted it than one publish sends to: `SENDS_PER_OWNER`; they take turns).
-FANOUT_STATS: dict[str, int] = dict.fromkeys(
-    (
-        "sent",
-        "received",
-        "dropped_full",
-        "dropped_bad",
-        "unsendable",
-        "pruned",
-        "dropped_queue",
-        "deferred",
-        "dropped_busy",
-        "refused_durable",
-        "dropped_budget",
-    ),
-    0,
-)
-_stats_lock = threading.Lock()
-
-
-def _count(key: str, n: int = 1) -> None:
-    with _stats_lock:
-        FANOUT_STATS[key] += n
-
-
-def count(key: str, n: int = 1) -> None:
-    """Add ``n`` to the counter ``key`` of `FANOUT_STATS` (for the parts that refuse what arrives)."""
-    _count(key, n)
-
-
-# -- the wire form -------------------------------------------------------------------------------
-
-
-_dumps, _loads = orjson.dumps, orjson.loads
-_PLAIN = (dict, list, str, int, float, bool)
-
-
-def _plain(payload: Any) -> Any:
-    """A payload as JSON can hold it: a `Message` as its native form, an object with ``model_dump``
-    (pydantic) or a dataclass as its fields."""
-    if isinstance(payload, Message):
-        return {"__message__": payload.to_dict()}
-    dump = getattr(payload, "model_dump", None)
-    if callable(dump):
-        return dump(mode="json")
-    fields = getattr(payload, "__dataclass_fields__", None)
-    if fields is not None:
-        return {name: getattr(payload, name) for name in fields}
-    return payload
-
-
-def encode_event(event: Event, origin: str) -> bytes | None:
-    """The datagram of ``event``; None if it cannot be sent (not JSON, or bigger than MAX_DATAGRAM)."""
-    payload = event.payload
-    if not (payload is None or type(payload) in _PLAIN):
-        payload = _plain(payload)
-    try:  # an array, not an object: no keys to write or read (this runs once per event)
-        fields = (event.source, event.correlation_id, event.id, event.timestamp, event.durable, origin)
-        data = _dumps([1, event.topic, payload, *fields])
-    except (TypeError, ValueError):
-        return None
-    if nulls_hide_non_finite(data, (event.source is None) + (event.correlation_id is None), payload):
-        return None  # refused, never sent changed
-    return data if len(data) <= MAX_DATAGRAM else None
-
-
-def _opt_str(value: Any) -> bool:
-    return value is None or (type(value) is str and len(value) <= 1024)
-
-
-def decode_event(data: bytes) -> Event | None:
-    """The event in a datagram, or None if it is not one (checked as a message file is)."""
-    if len(data) > MAX_DATAGRAM:
-        return None
-    try:
-        obj = _loads(data)  # orjson refuses nesting deeper than 1024
-    except orjson.JSONDecodeError:
-        return None
-    if type(obj) is not list or len(obj) != 9 or obj[0] != 1:
-        return None
-    _, topic, payload, source, correlation_id, event_id, ts, durable, origin = obj
-    if not (
-        type(topic) is str
-        and 0 < len(topic) <= MAX_TOPIC
-        and valid_topic(topic)  # printable: it is printed by watch/tail --bus, matched by patterns
-        and _opt_str(source)
-        and _opt_str(correlation_id)
-        and type(event_id) is str
-        and type(origin) is str
-        and type(ts) in (int, float)
-        and 0 <= ts < 253402300800  # a time a date can show (before the year 10000); NaN fails too
-        and type(durable) is bool
-    ):
-        return None
-    if type(payload) is dict and len(payload) == 1 and "__message__" in payload:
-        try:
-            payload = Message.from_dict(payload["__message__"])
-        except Exception:
-            return None
-    return Event(topic, payload, source, correlation_id, event_id, float(cast(float, ts)), durable, origin)
-
-
 # -- one host: Unix datagram sockets under the root ------------------------------------------------
 
 
@@ -262,6 +130,10 @@ class _Reg:
     seq: int = 0
     dead: bool = False
     evicted: bool = False
+
+
+class _TooBig(Exception):
+    """An event bigger than a datagram may be here (``EMSGSIZE``): sent to no peer, counted."""
 
 
 class _Refused(Exception):
@@ -516,68 +388,93 @@ class LocalFanout:
         refused) is set aside for a new one (tried again at the next sweep), never one that reads.
         New ones are indexed (`PeerIndex`: each costs its own patterns)."""
         sweep = now >= self._next_sweep
-        try:
-            mtime = os.fstat(self._dir_fd).st_mtime_ns
-        except OSError:
+        if not self._folder_changed(sweep):
             return
-        if mtime == self._seen_mtime and not self._unsettled and not sweep:
-            return
-        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
-        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
-        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
         try:
             found, orphans = scan(self._dir_fd)
         except OSError:
             return
         found.pop(self.name, None)
-        regs = self._regs
-        pending = self._pending
+        gone = self._queue_changes(found)
+        chosen = self._pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive)
+        read = [(name, self._read(name, found[name])) for name in chosen]
+        self._prune_orphans(orphans)
+        self._unsettled = bool(self._pending) or len(orphans) > PRUNES_PER_LOOK
+        with self._lock:
+            for name in gone:
+                self._forget_reg(name)
+            self._take_reads(read, now)
+            pruned = self._sweep(now) if sweep else False
+            if gone or read or pruned:
+                self._peers_changed(now)
+
+    def _folder_changed(self, sweep: bool) -> bool:
+        """Whether the folder is to be listed again: its mtime changed, registrations (or orphans)
+        were left by the last look, or a sweep is due."""
+        try:
+            mtime = os.fstat(self._dir_fd).st_mtime_ns
+        except OSError:
+            return False
+        if mtime == self._seen_mtime and not self._unsettled and not sweep:
+            return False
+        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
+        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
+        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
+        return True
+
+    def _queue_changes(self, found: dict[str, int]) -> list[str]:
+        """Queue the registrations listed (``found``: name, inode) that are new or changed to be
+        read; return the names known that are no longer listed."""
         with self._lock:  # (other threads forget a peer whose socket went away)
-            keys = {name: reg.key for name, reg in regs.items()}
-        gone = [name for name in keys if name not in found]
+            keys = {name: reg.key for name, reg in self._regs.items()}
+        pending = self._pending
         for name, ino in found.items():
             if keys.get(name) != ino:
                 pending.add(name)  # (one rewritten again keeps its place)
         if pending:
             pending.keep_only(found)
-        read = []
-        for name in pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive):
-            read.append((name, self._read(name, found[name])))
-        self._prune_orphans(orphans)
-        self._unsettled = bool(pending) or len(orphans) > PRUNES_PER_LOOK
-        with self._lock:
-            for name in gone:
-                self._forget_reg(name)
-            evictable: list[str] | None = None
-            for name, reg in read:
-                known = regs.get(name)
-                if known is not None and (reg is None or known.sock != reg.sock):
-                    link = self._links.pop(name, None)  # (a link to the socket of before)
-                    if link is not None:
-                        self._retire(link, now)
-                self._forget_reg(name)
-                if reg is None:
+        return [name for name in keys if name not in found]
+
+    def _take_reads(self, read: list[tuple[str, _Reg | None]], now: float) -> None:
+        """(Under the lock.) The registrations just read replace what was known of them. Past
+        `MAX_REGISTRATIONS` peers, one not known to work is set aside for each new one (`_evictable`);
+        if every peer held reads, the new one waits to be read again."""
+        evictable: list[str] | None = None
+        for name, reg in read:
+            self._forget_read(name, reg, now)
+            if reg is None:
+                continue
+            if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
+                evictable = self._evictable() if evictable is None else evictable
+                if not evictable:
+                    self._pending.add(name)  # every peer held reads: read again later
                     continue
-                if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
-                    if evictable is None:
-                        evictable = self._evictable()
-                    if not evictable:
-                        pending.add(name)  # every peer held reads: read again later
-                        continue
-                    self._evict(evictable.pop(), now)
-                self._add_reg(name, reg)
-            changed = bool(gone or read)
-            if sweep:
-                self._next_sweep = now + SWEEP_EVERY
-                for name, reg in list(regs.items()):
-                    if reg.evicted:  # set aside: read again, in turn
-                        del regs[name]
-                    elif reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid):
-                        self._prune(name)
-                        self._forget_reg(name)
-                        changed = True
-            if changed:
-                self._peers_changed(now)
+                self._evict(evictable.pop(), now)
+            self._add_reg(name, reg)
+
+    def _forget_read(self, name: str, reg: _Reg | None, now: float) -> None:
+        """(Under the lock.) Forget what was known of a registration read again (``reg``), and retire
+        its link if that went to a socket it no longer names."""
+        known = self._regs.get(name)
+        if known is not None and (reg is None or known.sock != reg.sock):
+            link = self._links.pop(name, None)  # (a link to the socket of before)
+            if link is not None:
+                self._retire(link, now)
+        self._forget_reg(name)
+
+    def _sweep(self, now: float) -> bool:
+        """(Under the lock, every `SWEEP_EVERY`.) The registrations set aside are forgotten (read
+        again, in turn), those of dead processes of this host pruned. Whether any was pruned."""
+        self._next_sweep = now + SWEEP_EVERY
+        pruned = False
+        for name, reg in list(self._regs.items()):
+            if reg.evicted:
+                del self._regs[name]
+            elif _of_dead_process(reg):
+                self._prune(name)
+                self._forget_reg(name)
+                pruned = True
+        return pruned
 
     def _working_pids(self) -> set[int]:
         """The pids named by the registrations known to work (read, and their socket took a connect):
@@ -618,32 +515,31 @@ class LocalFanout:
         removed too."""
         if not orphans:
             return
-        n = len(orphans)
-        start = self._orphan_turn % n
+        start = self._orphan_turn % len(orphans)
         batch = (orphans[start:] + orphans[:start])[:PRUNES_PER_LOOK]
         self._orphan_turn = start + len(batch)
-        dir_fd = self._dir_fd
         for stem, ino in batch:
-            if stem == self.name:
-                continue
-            try:
-                sst: os.stat_result | None = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                sst = None
-            except OSError:
-                continue
-            if sst is not None and not (stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode)):
-                continue  # (a socket now, or a folder)
-            try:
-                if os.stat(stem + ".json", dir_fd=dir_fd, follow_symlinks=False).st_ino != ino:
-                    continue
-                os.unlink(stem + ".json", dir_fd=dir_fd)
-            except OSError:
-                continue
-            if sst is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(stem + ".sock", dir_fd=dir_fd)
-            _count("pruned")
+            if stem != self.name:
+                self._prune_orphan(stem, ino)
+
+    def _prune_orphan(self, stem: str, ino: int) -> None:
+        """Remove ``<stem>.json`` if it is still the orphan listed (inode ``ino``) and its ``.sock``
+        is still missing, a file or a link (then removed too); counted."""
+        dir_fd = self._dir_fd
+        try:
+            sst: os.stat_result | None = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            sst = None
+        except OSError:
+            return
+        if sst is not None and not (stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode)):
+            return  # (a socket now, or a folder)
+        if not _unlink_if_same(dir_fd, stem + ".json", ino):
+            return
+        if sst is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(stem + ".sock", dir_fd=dir_fd)
+        count("pruned")
 
     def _read(self, name: str, ino: int) -> _Reg | None:
         """Read one registration (new or changed), listed with the inode ``ino``. None if it is gone,
@@ -654,33 +550,44 @@ class LocalFanout:
         registration of this host. A registration of another host whose socket refuses is kept as
         one that cannot be used here (not read again until it changes). Its patterns are taken as
         every reader takes them (`effective_patterns`: ``*`` past the caps)."""
-        dir_fd = self._dir_fd
-        try:
-            st = os.stat(name + ".json", dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
+        found = self._read_body(name)
+        if found is None:
             return None
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGISTRATION:
-            self._prune(name, sock=False)
-            return None
-        try:
-            body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=dir_fd))
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError):
-            self._prune(name, sock=False)
-            return None
-        if not well_formed(body):
-            self._prune(name, sock=False)
-            return None
+        body, writer = found
         patterns = effective_patterns(body["patterns"])
         assert patterns is not None  # (well formed)
         peer = Peer(name, body["pid"], body["host"], patterns)
-        local = peer.host == _HOST
-        if local and not alive(peer.pid):
+        if peer.host == _HOST and not alive(peer.pid):
             self._prune(name)
             return None
+        return self._reg_of(peer, ino, writer)
+
+    def _read_body(self, name: str) -> tuple[dict[str, Any], int] | None:
+        """The body of the registration ``name`` (well formed) and its writer (uid); None if it is
+        gone, or pruned: too big, not a regular file, does not decode, or of the wrong shape."""
         try:
-            sst = os.stat(name + ".sock", dir_fd=dir_fd, follow_symlinks=False)
+            st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        body: Any = None
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
+            try:
+                body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
+            except FileNotFoundError:
+                return None
+            except (OSError, orjson.JSONDecodeError):
+                body = None
+        if not well_formed(body):
+            self._prune(name, sock=False)
+            return None
+        return body, st.st_uid
+
+    def _reg_of(self, peer: Peer, ino: int, writer: int) -> _Reg | None:
+        """What is known of ``peer``'s registration once its socket is looked at (`_read`): None if
+        the socket is gone, not one, or refuses for a peer of this host (pruned)."""
+        name = peer.name
+        try:
+            sst = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             self._prune(name, sock=False)
             return None
@@ -690,16 +597,22 @@ class LocalFanout:
         if not stat.S_ISSOCK(sst.st_mode):
             self._prune(name, sock=not stat.S_ISDIR(sst.st_mode))
             return None
+        if not self._takes_connect(peer, sock_id):
+            return None if peer.host == _HOST else _Reg(ino, None)
+        return _Reg(ino, peer, sock_id, sst.st_uid, writer)
+
+    def _takes_connect(self, peer: Peer, sock_id: tuple[int, int]) -> bool:
+        """Whether ``peer``'s socket (``sock_id``) takes a connect; one of this host that refuses is
+        pruned. Other errors (out of descriptors) are taken as a yes."""
         try:
-            self._connect(name, sock_id).close()
+            self._connect(peer.name, sock_id).close()
         except _Refused:
-            if not local:
-                return _Reg(ino, None)
-            self._prune(name, sock=sock_id)
-            return None
+            if peer.host == _HOST:
+                self._prune(peer.name, sock=sock_id)
+            return False
         except OSError:  # (out of descriptors, say: taken as it is)
             pass
-        return _Reg(ino, peer, sock_id, sst.st_uid, st.st_uid)
+        return True
 
     def _add_reg(self, name: str, reg: _Reg) -> None:
         """(Under the lock.) A registration read: known, and indexed if it can be sent to. Patterns
@@ -768,7 +681,7 @@ class LocalFanout:
             self._retire(self._links.pop(name), now)
         gone = [n for n in self._dropped_to if n not in indexed]
         if gone:
-            with _stats_lock:
+            with STATS_LOCK:
                 for n in gone:
                     self._dropped_gone += self._dropped_to.pop(n, 0)
 
@@ -776,7 +689,7 @@ class LocalFanout:
         """(Under the lock.) Forget the turns (made again at the next publish of each topic), their
         counts of missed events added to the drops of each peer first."""
         if self._groups:
-            with _stats_lock:
+            with STATS_LOCK:
                 for group in self._groups.values():
                     for turns in group:
                         for link, n in turns.missed():
@@ -791,34 +704,30 @@ class LocalFanout:
         counted, and their peer is not tried for `STUCK_RETRY`). A socket taken back keeps its
         descriptor until it is closed (`RETIRE_AFTER`): its room is given at a later look."""
         with self._lock:
-            waiting = [
-                ln for ln in self._links.values() if ln.sock is None and ln.ok and now >= ln.skip_until
-            ]
+            waiting = [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
             if not waiting:
                 return
-            room = MAX_LINKS - self._linked - len(self._retired)
-            short = len(waiting) - max(room, 0)
-            if short > 0:
-                behind = sorted(
-                    (
-                        ln
-                        for ln in self._links.values()
-                        if ln.sock is not None and ln.backlog and now - ln.behind_since >= EVICT_AFTER
-                    ),
-                    key=lambda ln: ln.behind_since,
-                )
-                for stuck in behind[:short]:
-                    self._retire(self._links.pop(stuck.name), now)
-                    reg = self._regs.get(stuck.name)
-                    if reg is None:
-                        continue
-                    evicted = self._unlinked_link(reg, stuck.peer)
-                    evicted.skip_until = now + STUCK_RETRY
-                    self._links[stuck.name] = evicted
-            for ln in waiting[: max(room, 0)]:  # made again, connected, by the next publish
+            room = max(MAX_LINKS - self._linked - len(self._retired), 0)
+            if len(waiting) > room:
+                self._take_back(len(waiting) - room, now)
+            for ln in waiting[:room]:  # made again, connected, by the next publish
                 self._links.pop(ln.name)
                 self._unlinked -= 1
             self._reset_targets()
+
+    def _take_back(self, wanted: int, now: float) -> None:
+        """(Under the lock.) Take back the sockets of ``wanted`` links at most whose peers have not
+        read for `EVICT_AFTER` (those behind the longest first): each peer is sent to unlinked,
+        not before `STUCK_RETRY`."""
+        behind = [ln for ln in self._links.values() if _stuck(ln, now)]
+        behind.sort(key=lambda ln: ln.behind_since)
+        for stuck in behind[:wanted]:
+            self._retire(self._links.pop(stuck.name), now)
+            reg = self._regs.get(stuck.name)
+            if reg is not None:
+                evicted = self._unlinked_link(reg, stuck.peer)
+                evicted.skip_until = now + STUCK_RETRY
+                self._links[stuck.name] = evicted
 
     def _probe(self, now: float) -> None:
         """Peers asleep because they did not read (`STUCK_RETRY` ago) are looked at, `PROBES_PER_LOOK`
@@ -1016,72 +925,101 @@ class LocalFanout:
                 os.unlink(name + ".sock", dir_fd=self._dir_fd)
         with contextlib.suppress(OSError):
             os.unlink(name + ".json", dir_fd=self._dir_fd)
-        _count("pruned")
+        count("pruned")
 
     # -- sending --------------------------------------------------------------------------------
 
     def send(self, event: Event) -> None:
         """Called by the bus after its own delivery: one datagram to each peer that wants the topic,
         `SENDS_PER_OWNER` sends' worth per owner at most (past it, its peers take turns); peers found
-        not reading are not visited (what they miss is counted in one addition)."""
+        not reading are not visited (what they miss is counted in one addition). The common case (a
+        peer that reads) is written out here; the others are `_send_behind` and `_send_failed`."""
         now = time.monotonic()
         if now >= self._next_tend:
             self._refresh()
         if not self._index.names:
             return
-        targets = self._targets.get(event.topic)
-        if targets is None:
-            targets = self._targets_of(event.topic)
+        targets = self._targets.get(event.topic) or self._targets_of(event.topic)
         all_turns, awake, asleep = targets
         if not awake:  # (none, or all asleep: nothing is encoded, what they miss counted at once)
-            if asleep:
-                for turns in all_turns:
-                    turns.count += 1
-                FANOUT_STATS["dropped_full"] += asleep  # (approximate under threads, as "sent")
-                if now - self._reported >= REPORT_EVERY:
-                    self._report()
+            self._missed_by_all(all_turns, asleep, now)
             return
-        encoded = encode_event(event, self.origin)
-        if encoded is None:
-            _count("unsendable")
+        data = encode_event(event, self.origin)
+        if data is None:
+            count("unsendable")
             return
-        data = encoded
         sent = skipped = 0
-        for turns in all_turns:
-            turns.count += 1
-            if turns.whole:
-                visit: tuple[_Link, ...] | list[_Link] = turns.ring
-            else:
-                visit = turns.window()
+        try:
+            for turns in all_turns:
+                turns.count += 1
+                visit = turns.ring if turns.whole else turns.window()
                 skipped += len(turns.ring) - len(visit)
-            for link in visit:
-                if link.backlog:  # events wait for this peer already: after them, in order
-                    if link.full:
-                        self._dropped(link)
-                    else:
-                        self._defer(link, data)
-                    continue
-                if link.skip_until and now < link.skip_until:  # found not reading: not tried before
-                    self._dropped(link)
-                    continue
-                try:
-                    link.send(data, socket.MSG_DONTWAIT)
+                for link in visit:
+                    if link.backlog or link.skip_until:  # events wait for it, or it was found not reading
+                        sent += self._send_behind(link, data, now)
+                        continue
+                    try:
+                        link.send(data, socket.MSG_DONTWAIT)
+                    except OSError as exc:
+                        self._send_failed(link, data, exc)
+                        continue
                     sent += 1
-                    if link.skip_until:
-                        link.skip_until = 0.0
-                        self._regroup = True
                     if link.sock is None:  # an unlinked peer that reads: it may get a socket of its own
                         link.ok = True
-                except BlockingIOError:  # its buffer is full: it is slow, busy, or stopped reading
-                    self._defer(link, data)
-                except OSError as exc:
-                    if exc.errno == errno.EMSGSIZE:
-                        _count("unsendable")
-                        return
-                    if exc.errno in _GONE:  # nobody there any more (or it closed its bus)
-                        self._peer_gone(link)
-                    else:
-                        self._dropped(link)
+        except _TooBig:
+            count("unsendable")
+            return
+        self._count_sent(sent, skipped, asleep, now)
+
+    def _missed_by_all(self, all_turns: tuple[Turns, ...], asleep: int, now: float) -> None:
+        """An event no peer is awake for: what the ``asleep`` ones miss is counted at once."""
+        if not asleep:
+            return
+        for turns in all_turns:
+            turns.count += 1
+        FANOUT_STATS["dropped_full"] += asleep  # (approximate under threads, as "sent")
+        if now - self._reported >= REPORT_EVERY:
+            self._report()
+
+    def _send_behind(self, link: _Link, data: bytes, now: float) -> int:
+        """Send to a peer that events wait for already (they go first: ``data`` waits after them,
+        in order) or that was found not reading (not tried before its `STUCK_RETRY` is up). How
+        many were sent (0 or 1)."""
+        if link.backlog:
+            if link.full:
+                self._dropped(link)
+            else:
+                self._defer(link, data)
+            return 0
+        if now < link.skip_until:
+            self._dropped(link)
+            return 0
+        try:
+            link.send(data, socket.MSG_DONTWAIT)
+        except OSError as exc:
+            self._send_failed(link, data, exc)
+            return 0
+        link.skip_until = 0.0  # it reads again
+        self._regroup = True
+        if link.sock is None:
+            link.ok = True
+        return 1
+
+    def _send_failed(self, link: _Link, data: bytes, exc: OSError) -> None:
+        """A send to ``link`` raised ``exc``: a full buffer (the event waits, `_defer`), nobody there
+        any more (`_peer_gone`), an event too big for a datagram (`_TooBig`: sent to nobody), or
+        another error (dropped for this peer)."""
+        if isinstance(exc, BlockingIOError):  # its buffer is full: it is slow, busy, or stopped reading
+            self._defer(link, data)
+        elif exc.errno == errno.EMSGSIZE:
+            raise _TooBig from None
+        elif exc.errno in _GONE:  # nobody there any more (or it closed its bus)
+            self._peer_gone(link)
+        else:
+            self._dropped(link)
+
+    def _count_sent(self, sent: int, skipped: int, asleep: int, now: float) -> None:
+        """Count what one publish sent, skipped (`SENDS_PER_OWNER`) and missed (peers asleep)."""
         if sent:
             FANOUT_STATS["sent"] += sent  # counters are approximate under threads: a lost increment
         if asleep or skipped:  # (those of each peer are exact: `Turns.missed`)
@@ -1105,43 +1043,55 @@ class LocalFanout:
             self._dropped(link)
             return
         size = len(data) + _EVENT_OVERHEAD
-        ring = over = False
         with self._backlog_lock:
-            full = len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
-            if not full and self._backlog_total + size > BACKLOG_TOTAL:
-                over = True
-            elif full:
-                if not link.full:
-                    link.full = True  # (until half of it has gone out: not visited meanwhile)
-                    self._regroup = True
-            else:
-                if not link.backlog:
-                    link.behind_since = time.monotonic()
-                link.backlog.append(data)
-                link.backlog_bytes += len(data)
-                self._backlog_total += size
-                ring = link not in self._backlogged
-                self._backlogged.add(link)
-        if over:
-            if self._make_room(link, size):
-                self._defer(link, data)
-                return
-            if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
-                link.skip_until = time.monotonic() + STUCK_RETRY
-                self._regroup = True
-            elif not link.full:
-                link.full = True
-                self._regroup = True
+            kept = self._keep(link, data, size)
+        if kept == "over":
+            self._over_total(link, data, size)
+        elif kept == "full":
             self._dropped(link)
+        elif kept == "first":
+            self._ring()
+
+    def _keep(self, link: _Link, data: bytes, size: int) -> Literal["first", "kept", "full", "over"]:
+        """(Under the backlog lock.) Put ``data`` (``size`` counted) at the end of ``link``'s backlog:
+        ``"first"`` if the flusher is to be told of the link, ``"kept"``; or not: ``"full"`` (its own
+        backlog is full: it is not visited until half has gone out), ``"over"`` (all backlogs are)."""
+        if len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES:
+            if not link.full:
+                link.full = True  # (until half of it has gone out: not visited meanwhile)
+                self._regroup = True
+            return "full"
+        if self._backlog_total + size > BACKLOG_TOTAL:
+            return "over"
+        if not link.backlog:
+            link.behind_since = time.monotonic()
+        link.backlog.append(data)
+        link.backlog_bytes += len(data)
+        self._backlog_total += size
+        first = link not in self._backlogged
+        self._backlogged.add(link)
+        return "first" if first else "kept"
+
+    def _over_total(self, link: _Link, data: bytes, size: int) -> None:
+        """All backlogs are full: room is made (`_make_room`) and ``data`` kept, or it is dropped and
+        ``link``'s peer is not visited for a while."""
+        if self._make_room(link, size):
+            self._defer(link, data)
             return
-        if full:
-            self._dropped(link)
-            return
-        if ring:
-            if self._flusher is None:
-                self._start_flusher()
-            with contextlib.suppress(OSError):  # BlockingIOError: rung already
-                os.write(self._bell_w, b"\0")
+        if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
+            link.skip_until = time.monotonic() + STUCK_RETRY
+            self._regroup = True
+        elif not link.full:
+            link.full = True
+            self._regroup = True
+        self._dropped(link)
+
+    def _ring(self) -> None:
+        """Tell the flusher thread (started if none) that a backlog begins."""
+        if self._flusher is None:
+            self._start_flusher()
+        with contextlib.suppress(OSError):  # BlockingIOError: rung already
+            os.write(self._bell_w, b"\0")
 
     def _make_room(self, link: _Link, size: int) -> bool:
         """The backlogs are full (`BACKLOG_TOTAL`): the one behind the longest, if that is another
@@ -1180,7 +1130,7 @@ class LocalFanout:
                 self._regroup = True
             self._backlogged.discard(link)
         if lost:
-            with _stats_lock:
+            with STATS_LOCK:
                 FANOUT_STATS["dropped_full"] += lost
                 self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + lost
 
@@ -1203,20 +1153,25 @@ class LocalFanout:
                     self._peer_gone(link)
                 return True
             with self._backlog_lock:
-                if link.backlog and link.backlog[0] is data:
-                    link.backlog.popleft()
-                    link.backlog_bytes -= len(data)
-                    self._backlog_total -= len(data) + _EVENT_OVERHEAD
-                    if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
-                        # Once full, it takes events again when half of it has gone out: a peer that
-                        # falls behind loses runs of events, never one here and there.
-                        link.full = link.backlog_bytes > BACKLOG_BYTES // 2
-                        if not link.full:
-                            self._regroup = True  # awake again at the next look
-                    if link.backlog:
-                        link.behind_since = time.monotonic()  # it reads: behind since now only
+                self._sent_from_backlog(link, data)
             FANOUT_STATS["sent"] += 1
             FANOUT_STATS["deferred"] += 1
+
+    def _sent_from_backlog(self, link: _Link, data: bytes) -> None:
+        """(Under the backlog lock.) ``data``, the oldest of ``link``'s backlog, went out: taken off
+        (unless the backlog was dropped meanwhile). Once full, a backlog takes events again when half
+        of it has gone out: a peer that falls behind loses runs of events, never one here and there."""
+        if not (link.backlog and link.backlog[0] is data):
+            return
+        link.backlog.popleft()
+        link.backlog_bytes -= len(data)
+        self._backlog_total -= len(data) + _EVENT_OVERHEAD
+        if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
+            link.full = link.backlog_bytes > BACKLOG_BYTES // 2
+            if not link.full:
+                self._regroup = True  # awake again at the next look
+        if link.backlog:
+            link.behind_since = time.monotonic()  # it reads: behind since now only
 
     def _flush(self) -> None:
         """The flusher thread: waits until a backlogged peer can take more (POLLOUT on its connected
@@ -1225,28 +1180,39 @@ class LocalFanout:
         poller.register(self._bell_r, select.POLLIN)
         watched: dict[int, _Link] = {}
         while not self._closed:
-            waiting = {}
-            for link in list(self._backlogged):
-                if not self._drain(link) and link.sock is not None:  # (only connected links wait)
-                    fd = link.sock.fileno()
-                    if fd >= 0:
-                        waiting[fd] = link
-                    else:
-                        self._forget_backlog(link)
+            waiting = self._drain_all()
             for fd in watched.keys() - waiting.keys():
                 poller.unregister(fd)
             for fd in waiting.keys() - watched.keys():
                 poller.register(fd, select.POLLOUT)
             watched = waiting
             for fd, events in poller.poll():
-                if fd == self._bell_r:
-                    with contextlib.suppress(OSError):
-                        os.read(self._bell_r, 4096)
-                elif events & (select.POLLNVAL | select.POLLERR | select.POLLHUP):
-                    broken = watched.get(fd)
-                    if broken is not None:  # a socket closed or broken under it: a refresh sorts it out
-                        self._forget_backlog(broken)
-                        self._next_look = self._next_tend = 0.0
+                self._flush_event(fd, events, watched)
+
+    def _drain_all(self) -> dict[int, _Link]:
+        """(The flusher thread.) Send what waits for every backlogged link (`_drain`): the links whose
+        peers' buffers are full again, by their socket's descriptor (to wait for)."""
+        waiting = {}
+        for link in list(self._backlogged):
+            if not self._drain(link) and link.sock is not None:  # (only connected links wait)
+                fd = link.sock.fileno()
+                if fd >= 0:
+                    waiting[fd] = link
+                else:
+                    self._forget_backlog(link)
+        return waiting
+
+    def _flush_event(self, fd: int, events: int, watched: dict[int, _Link]) -> None:
+        """(The flusher thread.) What the poll said of ``fd``: the bell (emptied), or a socket
+        closed or broken under a backlog (dropped; a refresh sorts it out)."""
+        if fd == self._bell_r:
+            with contextlib.suppress(OSError):
+                os.read(self._bell_r, 4096)
+        elif events & (select.POLLNVAL | select.POLLERR | select.POLLHUP):
+            broken = watched.get(fd)
+            if broken is not None:
+                self._forget_backlog(broken)
+                self._next_look = self._next_tend = 0.0
 
     def _peer_gone(self, link: _Link) -> None:
         """A send found nobody at ``link``: pruned if its process died, else not sent to until its
@@ -1261,7 +1227,7 @@ class LocalFanout:
             self._reset_targets()
 
     def _dropped(self, link: _Link) -> None:
-        with _stats_lock:
+        with STATS_LOCK:
             FANOUT_STATS["dropped_full"] += 1
             self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + 1
         self._report()
@@ -1282,7 +1248,7 @@ class LocalFanout:
                 for turns in group:
                     for link, n in turns.missed():
                         missed[link.name] = missed.get(link.name, 0) + n
-        with _stats_lock:
+        with STATS_LOCK:
             drops = dict(self._dropped_to)
             others = self._dropped_gone
         for name, n in missed.items():
@@ -1316,44 +1282,48 @@ class LocalFanout:
         fd = sock.fileno()
         poller.register(fd, select.POLLIN)
         check_at = time.monotonic() + SWEEP_EVERY
-        bus = self.bus
         while not self._closed:
-            try:
-                ready = poller.poll(max(0, int((check_at - time.monotonic()) * 1000) + 1))
-            except OSError:
-                ready = []
+            ready = _wait_until(poller, check_at)
             if self._closed:
                 return
             if time.monotonic() >= check_at:
                 self._check_own()
                 check_at = time.monotonic() + SWEEP_EVERY
                 if self._sock is not sock:  # bound again: the old socket is closed
-                    poller.unregister(fd)
-                    sock = self._sock
-                    fd = sock.fileno()
-                    poller.register(fd, select.POLLIN)
+                    sock, fd = self._listen_to_new_socket(poller, fd)
                     continue
-            if not ready:
-                continue
-            try:
-                data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM + 1, _CREDS, socket.MSG_DONTWAIT)
-            except OSError:  # (BlockingIOError; or shut down by close)
-                continue
-            if self._closed:
-                return
-            sender = -1
-            for level, kind, creds in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
-                    sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
-            topic = _topic_of(data)
-            if topic is not None and bus._refuses(topic, len(data), sender):
-                _count("dropped_busy")  # (not decoded: a flood past the bounds costs no decoding)
-                continue
-            event = decode_event(data)
-            if event is None:
-                _count("dropped_bad")
-                continue
-            _deliver(bus, event, len(data), sender)
+            if ready:
+                self._take_one(sock)
+
+    def _listen_to_new_socket(self, poller: select.poll, old_fd: int) -> tuple[socket.socket, int]:
+        """(The receiving thread.) Wait on the socket bound again (`_rebind`) instead of the old one
+        (``old_fd``, its descriptor number: it is closed already). The new socket and its descriptor."""
+        poller.unregister(old_fd)
+        sock = self._sock
+        fd = sock.fileno()
+        poller.register(fd, select.POLLIN)
+        return sock, fd
+
+    def _take_one(self, sock: socket.socket) -> None:
+        """(The receiving thread.) Read one datagram and deliver its event: not decoded if the bus
+        would refuse it (`AgentBus.refuses`: a flood past the bounds costs no decoding), dropped
+        and counted if it does not decode."""
+        try:
+            data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM + 1, _CREDS, socket.MSG_DONTWAIT)
+        except OSError:  # (BlockingIOError; or shut down by close)
+            return
+        if self._closed:
+            return
+        sender = _sender_of(ancillary)
+        topic = topic_of(data)
+        if topic is not None and self.bus.refuses(topic, len(data), sender):
+            count("dropped_busy")
+            return
+        event = decode_event(data)
+        if event is None:
+            count("dropped_bad")
+            return
+        deliver(self.bus, event, len(data), sender)
 
     def close(self) -> None:
         if self._closed:
@@ -1388,251 +1358,50 @@ class LocalFanout:
         os.close(self._bell_w)
 
 
-def _topic_of(data: bytes) -> str | None:
-    """The topic of a datagram, read from its head (``[1,"<topic>",``) without decoding the rest;
-    None if it is not plainly there (then the whole datagram is decoded, and checked)."""
-    if not data.startswith(b'[1,"'):
-        return None
-    end = data.find(b'"', 4, 4 + 4 * MAX_TOPIC + 1)
-    if end < 0:
-        return None
-    raw = data[4:end]
-    if b"\\" in raw:
-        return None
-    try:
-        topic = raw.decode()
-    except UnicodeDecodeError:
-        return None
-    return topic if 0 < len(topic) <= MAX_TOPIC and valid_topic(topic) else None
-
-
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
     return poller.poll(0)
 
 
-def _deliver(bus: AgentBus, event: Event, size: int, sender: int) -> None:
-    """Hand an event from another process to this process's subscribers (on a receiving thread).
-    ``size`` (its datagram's) and ``sender`` (the sending process, -1 if unknown) bound what it may
-    hold in async handler runs (`AgentBus` MAX_RECEIVED_RUNS, MAX_RECEIVED_BYTES)."""
-    FANOUT_STATS["received"] += 1  # one receiving thread per fanout: no lock on this path
+def _of_dead_process(reg: _Reg) -> bool:
+    """Whether ``reg`` is a peer of this host whose process is gone."""
+    return reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid)
+
+
+def _wait_until(poller: select.poll, deadline: float) -> list[tuple[int, int]]:
+    """What ``poller`` has ready, waiting until ``deadline`` (monotonic) at most."""
     try:
-        result = bus._publish_received(event, size, sender)  # handler failures are the bus's to isolate
-    except Exception:
-        log.exception("fanout: delivering %s failed", event.topic)
-        return
-    if result.dropped:  # async handlers of this bus had too much unfinished
-        _count("dropped_busy")
+        return poller.poll(max(0, int((deadline - time.monotonic()) * 1000) + 1))
+    except OSError:
+        return []
 
 
-# -- across hosts: Redis pub/sub ------------------------------------------------------------------
+def _sender_of(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The pid in a datagram's sender credentials (``SCM_CREDENTIALS``), -1 if none came."""
+    sender = -1
+    for level, kind, creds in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(creds) >= 4:
+            sender = int.from_bytes(creds[:4], sys.byteorder, signed=True)
+    return sender
 
 
-def _channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[str]]:
-    """(channels, glob patterns) that carry the bus patterns ``patterns``, none of them covered by
-    another: Redis sends a message once per matching subscription of a connection, so a topic that
-    several overlapping patterns match (``a.*``, ``*``, ``a.b``) still arrives once."""
-
-    def escape(text: str) -> str:
-        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
-
-    wanted = set(patterns)
-    if "*" in wanted:
-        return set(), {escape(prefix) + "*"}
-    heads = {p[:-1] for p in wanted if p.endswith(".*")}  # "a." for "a.*": it takes every "a.<...>"
-
-    def covered(topic: str, own: str | None = None) -> bool:
-        return any(topic.startswith(h) for h in heads if h != own)
-
-    channels: set[str] = set()
-    globs: set[str] = set()
-    for p in wanted:
-        if p.endswith(".*"):
-            base = p[:-2]
-            if not covered(base):
-                channels.add(prefix + base)  # "a.*" matches "a" itself too
-            if not covered(p[:-1], own=p[:-1]):
-                globs.add(escape(prefix + base) + ".*")
-        elif not covered(p):
-            channels.add(prefix + p)
-    return channels, globs
+def _waits_for_socket(link: _Link, now: float) -> bool:
+    """Whether ``link`` is unlinked, and its peer reads (its last send went through, not asleep)."""
+    return link.sock is None and link.ok and now >= link.skip_until
 
 
-def redis_bus_prefix(url: str, namespace: str = "hc") -> str:
-    """The start of the pub/sub channel names of the bus events of the Redis database ``url`` names
-    (``hc:<db>:bus:``). Pub/sub is one per server, not per database: the database in the name keeps
-    the fleets of two databases of one server apart."""
-    import redis
+def _stuck(link: _Link, now: float) -> bool:
+    """Whether ``link`` has a socket and a backlog that has waited `EVICT_AFTER` at least."""
+    return link.sock is not None and bool(link.backlog) and now - link.behind_since >= EVICT_AFTER
 
-    client: Any = redis.Redis.from_url(url)  # no connection is made
+
+def _unlink_if_same(dir_fd: int, name: str, ino: int) -> bool:
+    """Remove ``name`` if it is still the file of inode ``ino``; whether it was removed."""
     try:
-        db = int(client.connection_pool.connection_kwargs.get("db") or 0)
-    finally:
-        client.close()
-    return f"{namespace}:{db}:bus:"
-
-
-class RedisFanout:
-    """The processes that share a Redis, on any host (see the module docstring)."""
-
-    QUEUE = 10_000
-
-    def __init__(self, bus: AgentBus, url: str, namespace: str = "hc") -> None:
-        import redis
-
-        self.bus = bus
-        self.url = url
-        self.namespace = namespace
-        self.origin = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.prefix = redis_bus_prefix(url, namespace)
-        self._client: Any = redis.Redis.from_url(url)
-        make_pubsub: Any = self._client.pubsub
-        self._pubsub: Any = make_pubsub(ignore_subscribe_messages=True)
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(self.QUEUE)
-        self._subscribed: tuple[set[str], set[str]] = (set(), set())
-        self._sub_lock = threading.Lock()
-        self._closed = False
-        self._control = f"{namespace}:control:{self.origin}"  # a channel to be woken on
-        self._pubsub.subscribe(self._control)
-        self._register()
-        bus.add_outlet(self.send)
-        bus.add_watcher(self._register)
-        self._sender = threading.Thread(target=self._send_loop, name="hybridcomms-fanout-out", daemon=True)
-        self._receiver = threading.Thread(target=self._receive, name="hybridcomms-fanout-in", daemon=True)
-        self._sender.start()
-        self._receiver.start()
-
-    def _register(self) -> None:
-        """Subscribe to the channels of the bus's patterns (and drop those no longer wanted)."""
-        if self._closed:
-            return
-        channels, globs = _channel_patterns(self.prefix, self.bus.patterns())
-        with self._sub_lock:
-            old_c, old_g = self._subscribed
-            try:  # the new ones first: a change loses nothing, and `_receive` drops the copies
-                if channels - old_c:
-                    self._pubsub.subscribe(*(channels - old_c))
-                if globs - old_g:
-                    self._pubsub.psubscribe(*(globs - old_g))
-                if old_c - channels:
-                    self._pubsub.unsubscribe(*(old_c - channels))
-                if old_g - globs:
-                    self._pubsub.punsubscribe(*(old_g - globs))
-            except Exception as exc:
-                log.warning("fanout: subscribing on %s failed: %s", shown_url(self.url), exc)
-                return
-            self._subscribed = (channels, globs)
-
-    def send(self, event: Event) -> None:
-        data = encode_event(event, self.origin)
-        if data is None:
-            _count("unsendable")
-            return
-        try:
-            self._queue.put_nowait((self.prefix + event.topic, data))
-        except queue.Full:
-            _count("dropped_queue")
-
-    def _send_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._client.publish(*item)
-                _count("sent")
-            except Exception:
-                _count("dropped_full")
-
-    def _receive(self) -> None:
-        # Redis writes the copies of one publish (one per matching subscription: only while the
-        # subscriptions change) one after the other: a copy of the one just seen is dropped.
-        last: tuple[Any, Any] = (None, None)
-        while not self._closed:
-            try:
-                msg = self._pubsub.get_message(timeout=1.0)
-            except Exception:
-                if self._closed:
-                    return
-                time.sleep(0.1)
-                continue
-            if msg is None or msg.get("type") not in ("message", "pmessage"):
-                continue
-            data = msg.get("data")
-            seen, last = last, (msg.get("channel"), data)
-            if seen == last:
-                continue
-            event = decode_event(data) if isinstance(data, bytes) else None
-            if event is None:
-                if not (isinstance(data, bytes) and data == b"wake"):
-                    _count("dropped_bad")
-                continue
-            if event.origin == self.origin:
-                continue  # our own publish, back from Redis
-            _deliver(self.bus, event, len(data), -1)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.bus.remove_outlet(self.send)
-        self.bus.remove_watcher(self._register)
-        self._queue.put(None)
-        self._sender.join(5)
-        with contextlib.suppress(Exception):
-            self._client.publish(self._control, b"wake")
-        self._receiver.join(5)
-        with contextlib.suppress(Exception):
-            self._pubsub.close()
-        self._client.close()
-
-
-# -- sharing a bus ------------------------------------------------------------------------------
-
-_shared: dict[tuple[int, str], tuple[Any, int]] = {}
-_shared_lock = threading.Lock()
-
-
-def share_bus(
-    bus: AgentBus,
-    *,
-    root: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    allow_other_owner: bool | None = None,
-) -> Callable[[], None]:
-    """Carry ``bus``'s events to the processes that share ``root`` (this host) or ``url`` (a Redis).
-    Idempotent per (bus, place): the fanout is made once and kept while anyone holds it. Returns the
-    release (call it once when done: the last release stops the fanout). ``allow_other_owner``: a
-    bus folder (``<root>/.bus``) of another user is used (default: ``$HYBRIDCOMMS_ALLOW_OTHER_OWNER``),
-    as for mailbox folders; else it is refused with `UnsafePathError`."""
-    redis_url = url if backend_of(url) == "redis" else None
-    if redis_url is None and root is None:
-        return lambda: None
-    place = redis_url or os.path.abspath(os.fspath(root))  # type: ignore[arg-type]
-    key = (id(bus), place)
-    with _shared_lock:
-        held = _shared.get(key)
-        if held is None:
-            fanout = (
-                RedisFanout(bus, redis_url)
-                if redis_url
-                else LocalFanout(bus, place, allow_other_owner=allow_other_owner)
-            )
-            held = (fanout, 0)
-        _shared[key] = (held[0], held[1] + 1)
-    released = threading.Event()
-
-    def release() -> None:
-        if released.is_set():
-            return
-        released.set()
-        with _shared_lock:
-            fanout, count = _shared[key]
-            if count > 1:
-                _shared[key] = (fanout, count - 1)
-                return
-            del _shared[key]
-        fanout.close()
-
-    return release
+        if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino != ino:
+            return False
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return True
