@@ -20,19 +20,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import _fs, _last_errors, _log, inspection
-from ._cli_errors import LineWriter
-from ._locking import drop, try_lock
-from ._names import REASON_SUFFIX, parse_name
-from ._progress import Progress
-from ._text import json_text, printable
-from ._urls import shown_url
-from .backend import Mailbox
-from .errors import HybridCommsError, UnsafePathError
-from .inspection import MessageInfo
-from .mailbox import FileMailbox, check_agent_id, list_agents
-from .message import Message, iso_utc
-from .states import State
+from .. import _fs, _last_errors, _log, inspection
+from .._locking import drop, try_lock
+from .._names import REASON_SUFFIX, parse_name
+from .._text import json_text, printable
+from .._urls import shown_url
+from ..backend import Mailbox
+from ..errors import HybridCommsError, UnsafePathError
+from ..inspection import MessageInfo
+from ..mailbox import FileMailbox, check_agent_id, list_agents
+from ..message import Message, iso_utc
+from ..states import State
+from .common import LineWriter
+from .progress import Progress
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 _AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)\Z")
@@ -142,8 +142,8 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
 
 def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None) -> Iterator[Mailbox]:
     if url is not None:
-        from .backend import open_mailbox
-        from .redis_mailbox import redis_agents
+        from ..backend import open_mailbox
+        from ..redis_mailbox import redis_agents
 
         for agent in agents or redis_agents(url):
             with open_mailbox(url, check_agent_id(agent), create=False) as remote:
@@ -441,7 +441,7 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
                     found("undecodable", where, str(exc)[:200], fix and state is State.NEW, target)
     # legacy drops not taken in yet
     try:
-        from .compat.dreamos.legacy import has_legacy_drops
+        from ..compat.dreamos.legacy import has_legacy_drops
 
         if has_legacy_drops(mb.root, mb.agent_id):
             found("legacy-drops", "inbox.json / inbox/", "Dream.OS messages waiting to be ingested", fix)
@@ -589,7 +589,7 @@ def _still_there(mb: FileMailbox, folder: str, name: str) -> bool:
 def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     """Take the legacy drops in; what ingestion refused (a link, a FIFO, a folder where a file belongs,
     a file over the size limit) or left for later is reported, and the finding is not fixed."""
-    from .compat.dreamos.legacy import ingest
+    from ..compat.dreamos.legacy import ingest
 
     finding = next(f for f in findings if f["kind"] == "legacy-drops")
     try:
@@ -694,7 +694,7 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     import signal
     import threading
 
-    from .watcher import MailboxEvent, MailboxWatcher
+    from ..watcher import MailboxEvent, MailboxWatcher
 
     wanted = set(args.agents or ())
     stop = threading.Event()
@@ -709,7 +709,7 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
             else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
         )
 
-    from ._watch_command import watch_bus
+    from .watch import watch_bus
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()

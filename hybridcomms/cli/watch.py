@@ -17,13 +17,13 @@ from types import FrameType
 
 import orjson
 
-from . import _log
-from ._cli_errors import LineWriter
-from ._fs import printable
-from ._text import json_text
-from ._urls import child_environ
-from .policy import child_env
-from .watcher import MailboxEvent, MailboxWatcher
+from .. import _log
+from .._fs import printable
+from .._text import json_text
+from .._urls import child_environ
+from ..policy import child_env
+from ..watcher import MailboxEvent, MailboxWatcher
+from .common import LineWriter
 
 log = _log.get("hybridcomms.watch")
 
@@ -148,8 +148,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
             f"hybridcomms watch: no mailbox root at {root} "
             "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
         )
-    from .cli import resolve_policy
-    from .intake import enabled as intake_enabled
+    from ..intake import enabled as intake_enabled
+    from . import resolve_policy
 
     # The watcher routes nothing itself; the policy's `adopt` list turns the legacy intake on, and its
     # file is handed to the --exec commands, so a `hybridcomms send` there routes as this service does.
@@ -176,7 +176,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from .metrics import EventCounter, registry_for
+        from ..metrics import EventCounter, registry_for
 
         registry = registry_for(root)
         counter = EventCounter(registry)
@@ -256,8 +256,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
 
 def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter) -> Callable[[], None]:
     """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
-    from .bus import AgentBus, Event
-    from .fanout import share_bus
+    from ..bus import AgentBus, Event
+    from ..fanout import share_bus
 
     bus = AgentBus()
 

@@ -41,18 +41,18 @@ from typing import Any
 
 import orjson
 
-from . import _log
-from ._cli_errors import LineWriter
-from ._command_io import CommandPipes
-from ._outage import Outage
-from ._text import json_text, printable
-from ._urls import backend_of, child_environ, shown_url
-from .backend import Mailbox, MailboxDelivery, open_mailbox
-from .comms import REPLY_HEADER
-from .errors import HybridCommsError
-from .mailbox import FileMailbox
-from .message import Message, reply_topic
-from .retry import Backoff, attempts_used_up
+from .. import _log
+from .._outage import Outage
+from .._text import json_text, printable
+from .._urls import backend_of, child_environ, shown_url
+from ..backend import Mailbox, MailboxDelivery, open_mailbox
+from ..comms import REPLY_HEADER
+from ..errors import HybridCommsError
+from ..mailbox import FileMailbox
+from ..message import Message, reply_topic
+from ..retry import Backoff, attempts_used_up
+from .command_io import CommandPipes
+from .common import LineWriter
 
 log = _log.get("hybridcomms.work")
 
@@ -358,8 +358,8 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EX_CONFIG
-    from .cli import _open_existing, resolve_policy
-    from .policy import child_env
+    from ..policy import child_env
+    from . import _open_existing, resolve_policy
 
     policy = resolve_policy(getattr(args, "policy", None))
     log.info("%s: routing policy from %s", args.agent, policy.provenance)
@@ -379,7 +379,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from .metrics import OutageCollector, WorkMetrics, registry_for
+        from ..metrics import OutageCollector, WorkMetrics, registry_for
 
         # Only what this consumer did, and the backend outages it went through: the mailbox depths
         # belong to the one exporter of the root (watch --metrics-port, or stats --prometheus), so a

@@ -20,9 +20,9 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from ._outage import one_line, reason, unreachable
-from ._urls import shown_url
-from .errors import BackendUnavailableError, HybridCommsError
+from .._outage import one_line, reason, unreachable
+from .._urls import shown_url
+from ..errors import BackendUnavailableError, HybridCommsError
 
 __all__ = [
     "DEBUG_ENV",

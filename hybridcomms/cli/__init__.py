@@ -27,7 +27,7 @@ error (one line on stderr says what; ``HYBRIDCOMMS_DEBUG=1`` adds the traceback)
 ``top`` without a terminal); 3 ``recv`` found no message; 69 the backend cannot be reached
 (``--url``'s Redis refused, timed out, refused the credentials, or its host does not resolve); 70
 ``work``: a consumer thread died; 78 ``work``: its command cannot be started; 130 interrupted. See
-`hybridcomms._cli_errors`.
+`hybridcomms.cli.common`.
 """
 
 from __future__ import annotations
@@ -46,19 +46,19 @@ from typing import Any, NoReturn
 
 import orjson
 
-from . import __version__, _fs, _log
-from ._cli_errors import run_command, usage_error
-from ._fs import shown
-from ._outage import one_line, reason, unreachable
-from ._text import json_text, printable
-from ._urls import URL_ENV, backend_of, shown_url, url_from_environ
-from .backend import Mailbox
-from .errors import HybridCommsError
-from .mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
-from .message import Message, Priority
-from .policy import Decision, Policy, Route, find_policy
-from .recovery import RecoveryReport
-from .states import State
+from .. import __version__, _fs, _log
+from .._fs import shown
+from .._outage import one_line, reason, unreachable
+from .._text import json_text, printable
+from .._urls import URL_ENV, backend_of, shown_url, url_from_environ
+from ..backend import Mailbox
+from ..errors import HybridCommsError
+from ..mailbox import DEFAULT_ROOT, FileMailbox, check_agent_id, list_agents
+from ..message import Message, Priority
+from ..policy import Decision, Policy, Route, find_policy
+from ..recovery import RecoveryReport
+from ..states import State
+from .common import run_command, usage_error
 
 __all__ = ["main", "resolve_policy", "resolve_root"]
 
@@ -143,7 +143,7 @@ def _headers(pairs: list[str]) -> dict[str, str]:
 
 
 def _cmd_send(args: argparse.Namespace, root: Path) -> int:
-    from .message import DEFAULT_MAX_MESSAGE_SIZE
+    from ..message import DEFAULT_MAX_MESSAGE_SIZE
 
     payload = _read_payload(args.payload, DEFAULT_MAX_MESSAGE_SIZE)
     policy = resolve_policy(getattr(args, "policy", None))
@@ -183,8 +183,8 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
     if legacy is not None:
         # Delivery follows the recipient: a Dream.OS agent still reading its legacy files gets the
         # message there, in the form it reads; its mailbox is not created behind its back.
-        from .compat.dreamos._delivery import deliver
-        from .compat.dreamos.legacy import to_legacy_dict
+        from ..compat.dreamos._delivery import deliver
+        from ..compat.dreamos.legacy import to_legacy_dict
 
         where = deliver(root, args.to, to_legacy_dict(message))
         _report_sent(args, message, decision, backend="file", path=where, legacy=True)
@@ -195,7 +195,7 @@ def _cmd_send(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    from .backend import put_once
+    from ..backend import put_once
 
     with _open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
         written: Path | None = None
@@ -283,7 +283,7 @@ def _legacy_status(root: Path, agent: str) -> dict[str, Any] | None:
     agent_dir = root / agent
     if not (agent_dir / "inbox.json").exists() and not (agent_dir / "inbox").exists():
         return None  # the common case: no Dream.OS files, no compat import
-    from .compat.dreamos.legacy import legacy_status
+    from ..compat.dreamos.legacy import legacy_status
 
     return legacy_status(root, agent)
 
@@ -329,7 +329,7 @@ def _open_existing(
     root: Path, agent: str, command: str, create: bool, url: str | None = None, **options: Any
 ) -> Mailbox:
     if url is not None:
-        from .backend import open_mailbox
+        from ..backend import open_mailbox
 
         file_only = ("fsync", "read_only")
         return open_mailbox(
@@ -368,7 +368,7 @@ def _cmd_recv(args: argparse.Namespace, root: Path) -> int:
     create = args.create or legacy is not None
     with _open_existing(root, args.agent, "recv", create, url, fsync=args.fsync) as mb:
         if legacy is not None:  # adopted now, explicitly: take what its legacy writers dropped
-            from .compat.dreamos.legacy import ingest
+            from ..compat.dreamos.legacy import ingest
 
             ingest(mb)
         lines = args.count > 1 or args.follow
@@ -444,7 +444,7 @@ def _agents(args: argparse.Namespace, root: Path) -> list[str]:
     if args.agents:
         return [check_agent_id(a) for a in args.agents]
     if args.url_resolved:
-        from .redis_mailbox import redis_agents
+        from ..redis_mailbox import redis_agents
 
         return redis_agents(args.url_resolved)
     return list_agents(root)
@@ -455,7 +455,7 @@ _COND_RE = re.compile(r"\s*(new|processing|done|dead|delayed|oldest)\s*(>=|<=|>|
 
 def _failing(conditions: list[str], rows: list[dict[str, Any]]) -> list[str]:
     """The conditions (``dead>0``, ``oldest>10m``) that hold for some mailbox, said as text."""
-    from ._inspect_commands import parse_age
+    from .inspection import parse_age
 
     out: list[str] = []
     for cond in conditions:
@@ -489,7 +489,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
         return _stats_rows(args, shown_url(url), [], _remote_rows(args, url))
     _need_root(root, "stats", False)
     if args.prometheus:
-        from .metrics import registry_for, write_textfile
+        from ..metrics import registry_for, write_textfile
 
         write_textfile(args.prometheus, registry_for(root))
     rows: list[dict[str, Any]] = []
@@ -498,7 +498,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
     if args.agents:
         entries = [(a, a, "named", None) for a in _agents(args, root)]
     else:
-        from .inspection import survey_root
+        from ..inspection import survey_root
 
         entries = [(e.name, e.agent, e.kind, e.problem) for e in survey_root(root)]
     for name_shown, agent, kind, problem in entries:
@@ -518,7 +518,7 @@ def _cmd_stats(args: argparse.Namespace, root: Path) -> int:
                 rows.append(mb.stats().to_dict())
         except (OSError, HybridCommsError) as exc:
             rows.append({"agent": name_shown, "error": str(exc)})
-    from .fanout import bus_peers
+    from ..fanout import bus_peers
 
     peers = bus_peers(root)
     bus = {
@@ -575,7 +575,7 @@ def _stats_rows(
         if not legacy_rows:
             print(f"no mailboxes under {where}")
         return code
-    from ._inspect_commands import human_age
+    from .inspection import human_age
 
     cols = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)]
     names = {id(r): _fs.printable(r["agent"]) for r in rows}
@@ -705,7 +705,7 @@ def _cmd_policy_show(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace, root: Path) -> int:
-    from . import _inspect_commands as ic
+    from . import inspection as ic
 
     url = args.url_resolved
     if url:
@@ -735,7 +735,7 @@ def _cmd_inspect(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_work(args: argparse.Namespace, root: Path) -> int:
-    from ._work_command import run_work
+    from .work import run_work
 
     return run_work(args, root)
 
@@ -748,21 +748,21 @@ def _cmd_systemd_unit(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_completion(args: argparse.Namespace, root: Path) -> int:
-    from ._completion import script
+    from .completion import script
 
     sys.stdout.write(script(args.shell))
     return EXIT_OK
 
 
 def _cmd_watch(args: argparse.Namespace, root: Path) -> int:
-    from ._watch_command import run_watch
+    from .watch import run_watch
 
     return run_watch(args, root)
 
 
 def _cmd_migrate(args: argparse.Namespace, root: Path) -> int:
-    from ._progress import Phases, Progress
-    from .compat.dreamos.migrate import migrate
+    from ..compat.dreamos.migrate import migrate
+    from .progress import Phases, Progress
 
     dir_mode, file_mode = (0o770, 0o660) if args.group else (0o700, 0o600)
     # On a terminal: the backup copy's size, then the messages converted, redrawn on stderr.
@@ -831,7 +831,7 @@ def _cmd_demo(args: argparse.Namespace, root: Path) -> int:
 def _demo(root: Path) -> int:
     import shutil
 
-    from .retry import Backoff, attempts_used_up
+    from ..retry import Backoff, attempts_used_up
 
     demo = root / "Demo-Agent"
     cleared = 0
@@ -970,7 +970,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--id", default=None, help="message id (send again with the same id: one message, not two)"
     )
-    from ._inspect_commands import parse_age
+    from .inspection import parse_age
 
     s.add_argument(
         "--delay",
@@ -1164,7 +1164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.set_defaults(func=_cmd_watch)
 
-    from ._inspect_commands import parse_age
+    from .inspection import parse_age
 
     ls = sub.add_parser(
         "ls",
@@ -1398,7 +1398,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sh.set_defaults(func=_cmd_policy_show)
 
-    from ._completion import SHELLS
+    from .completion import SHELLS
 
     cp = sub.add_parser(
         "completion",
@@ -1421,7 +1421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = words.index("--", words.index("work"))
         words, command = words[:cut], words[cut + 1 :]
     parser = _parser()
-    from ._completion import complete_if_asked
+    from .completion import complete_if_asked
 
     complete_if_asked(parser)  # when the shell asks for TAB completions: print them and exit
     args = parser.parse_args(words)
@@ -1449,7 +1449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args, root)
         return code
 
-    # Errors as one line (69: the backend cannot be reached), a closed output as no error: _cli_errors.
+    # Errors as one line (69: the backend cannot be reached), a closed output as no error: common.
     return run_command(args.command, url or os.environ.get(URL_ENV) or None, run)
 
 
