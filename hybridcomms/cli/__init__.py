@@ -79,10 +79,10 @@ from .common import (
     Parents,
     Parser,
     add_common,
+    mailbox_url,
     parents,
     resolve_policy,
     resolve_root,
-    resolve_url,
     run_command,
 )
 from .systemd_unit import SYSTEMD_UNITS
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, url: str | None) -> int:
     """One command, parsed: where it works (root, URL), then its body."""
     root = resolve_root(args.root)
-    args.url_resolved = getattr(args, "resolve_url", resolve_url)(url)
+    args.url_resolved = getattr(args, "mailbox_url", mailbox_url)(url)
     if args.url_resolved and args.url_resolved.startswith("file://"):
         root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
     files_only = getattr(args, "files_only", None)  # "works on mailbox files", "reads mailbox files"

@@ -51,6 +51,7 @@ __all__ = [
     "add_common",
     "agents_of",
     "human_age",
+    "mailbox_url",
     "message_json",
     "need_mailbox",
     "need_root",
@@ -61,7 +62,6 @@ __all__ = [
     "print_json",
     "resolve_policy",
     "resolve_root",
-    "resolve_url",
     "run_command",
     "usage_error",
 ]
@@ -281,7 +281,7 @@ def resolve_policy(arg: str | None, environ: dict[str, str] | None = None, cwd: 
     return replace(policy, found_by="--policy") if arg else policy
 
 
-def resolve_url(arg: str | None, environ: dict[str, str] | None = None) -> str | None:
+def mailbox_url(arg: str | None, environ: dict[str, str] | None = None) -> str | None:
     """The mailboxes a command opens: ``--url``, else ``$HYBRIDCOMMS_URL``, else the file
     ``$HYBRIDCOMMS_URL_FILE`` names; None for files under the root. A URL no command can open (a
     memory mailbox, an unknown scheme) is bad usage."""

@@ -321,63 +321,92 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     ``unopenable`` finding, one whose check or fix fails in any other way a ``check-failed`` finding
     (what was found before the failure is kept, marked not fixed), and the others are still checked
     and fixed; the exit status is non-zero while any problem is left."""
-    entries: list[tuple[str, str | None, str | None]]
-    if args.agents:
-        entries = [(a, a, None) for a in args.agents]
-    else:
-        entries = [(e.name, e.agent, e.problem) for e in inspection.survey_root(root) if e.kind != "legacy"]
+    entries = _entries(args, root)
     progress = Progress("doctor", len(entries))
     findings: list[dict[str, Any]] = []
-    # The modes every mailbox should have: a group setup when the root is group-writable.
-    group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
-    dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
+    modes = _modes(root)
     for n, (shown, agent, problem) in enumerate(entries, 1):
-        try:
-            if agent is None or problem is not None:
-                raise UnsafePathError(problem or "not a safe agent id")
-            with FileMailbox(
-                root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
-            ) as mb:
-                found = _doctor_one(mb, args.fix, args.deep)
-            try:
-                if any(f["fixed"] for f in found):
-                    try:  # opened for writing: this makes the state folders it lacks
-                        with FileMailbox(
-                            root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
-                        ) as mb:
-                            _doctor_fix(mb, found)  # (it may add findings: what it refused)
-                    except Exception:
-                        for f in found:
-                            f["fixed"] = False
-                        raise
-            finally:
-                findings += found
-        except (OSError, HybridCommsError) as exc:
-            findings.append(
-                {"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False}
-            )
-        except Exception as exc:  # whatever one agent's files make go wrong: its finding; the rest go on
-            detail = f"{type(exc).__name__}: {exc}"
-            findings.append(
-                {"agent": shown, "kind": "check-failed", "where": "", "detail": detail, "fixed": False}
-            )
+        findings += _check_agent(args, root, shown, agent, problem, modes)
         progress.step(n)
     progress.end()
     open_problems = [f for f in findings if not f["fixed"] and f["kind"] != "foreign-name"]
-    public = [{k: v for k, v in f.items() if not k.startswith("_")} for f in findings]
     if args.json:
+        public = [{k: v for k, v in f.items() if not k.startswith("_")} for f in findings]
         print_json({"root": str(root), "healthy": not open_problems, "findings": public})
     else:
-        for f in findings:
-            mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")
-            print(_fs.printable(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}"))
-        if not open_problems:
-            print("healthy")
-        elif args.fix:
-            print(f"{len(open_problems)} problem(s) left that --fix did not repair (see above)")
-        else:
-            print(f"{len(open_problems)} problem(s); run 'hybridcomms doctor --fix'")
+        _print_findings(args, findings, len(open_problems))
     return EXIT_OK if not open_problems else EXIT_ERROR
+
+
+def _entries(args: argparse.Namespace, root: Path) -> list[tuple[str, str | None, str | None]]:
+    """(name shown, agent id or None, problem) of the agents named, else of every mailbox entry."""
+    if args.agents:
+        return [(a, a, None) for a in args.agents]
+    return [(e.name, e.agent, e.problem) for e in inspection.survey_root(root) if e.kind != "legacy"]
+
+
+def _modes(root: Path) -> tuple[int, int]:
+    """The modes every mailbox should have: a group setup when the root is group-writable."""
+    group = stat.S_IMODE(os.stat(root).st_mode) & 0o070 == 0o070
+    dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
+    return dir_mode, file_mode
+
+
+def _check_agent(
+    args: argparse.Namespace,
+    root: Path,
+    shown: str,
+    agent: str | None,
+    problem: str | None,
+    modes: tuple[int, int],
+) -> list[dict[str, Any]]:
+    """One agent's findings; whatever its files make go wrong is its finding, and the rest go on."""
+    found: list[dict[str, Any]] = []
+    try:
+        if agent is None or problem is not None:
+            raise UnsafePathError(problem or "not a safe agent id")
+        _check_and_fix(args, root, agent, modes, found)
+    except (OSError, HybridCommsError) as exc:
+        found.append({"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False})
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        found.append({"agent": shown, "kind": "check-failed", "where": "", "detail": detail, "fixed": False})
+    return found
+
+
+def _check_and_fix(
+    args: argparse.Namespace, root: Path, agent: str, modes: tuple[int, int], found: list[dict[str, Any]]
+) -> None:
+    """Scan the mailbox read-only into ``found``; with --fix, repair through it opened for writing
+    (which makes the state folders it lacks). A fix that fails leaves every finding not fixed."""
+    dir_mode, file_mode = modes
+    with FileMailbox(
+        root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
+    ) as mb:
+        found += _doctor_one(mb, args.fix, args.deep)
+    if not any(f["fixed"] for f in found):
+        return
+    try:
+        with FileMailbox(
+            root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
+        ) as mb:
+            _doctor_fix(mb, found)  # (it may add findings: what it refused)
+    except Exception:
+        for f in found:
+            f["fixed"] = False
+        raise
+
+
+def _print_findings(args: argparse.Namespace, findings: list[dict[str, Any]], open_problems: int) -> None:
+    for f in findings:
+        mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")
+        print(_fs.printable(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}"))
+    if not open_problems:
+        print("healthy")
+    elif args.fix:
+        print(f"{open_problems} problem(s) left that --fix did not repair (see above)")
+    else:
+        print(f"{open_problems} problem(s); run 'hybridcomms doctor --fix'")
 
 
 def run_doctor(args: argparse.Namespace, root: Path) -> int:

@@ -107,7 +107,7 @@ def register(sub: Subparsers, parents: Parents) -> None:
         "in-memory bus) or both. It is --policy FILE, else $HYBRIDCOMMS_POLICY, else ./hybridcomms.toml, "
         "else [tool.hybridcomms.policy] in ./pyproject.toml, else the built-in rules.",
     )
-    pol.set_defaults(resolve_url=explained_url)  # explained, not opened: any mailbox URL may be named
+    pol.set_defaults(mailbox_url=explained_url)  # explained, not opened: any mailbox URL may be named
     pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="explain|show")
     ex = pol_sub.add_parser(
         "explain",
