@@ -9,6 +9,13 @@ moved to hybridcomms), in `hybridcomms.compat.dreamos.legacy`. It is off unless 
 - the operator turns it on: ``HYBRIDCOMMS_LEGACY_INTAKE=1``, or ``hybridcomms watch --legacy``.
 
 When it is off, a `Comms` consumer and the watch service never look at anything but the mailbox.
+
+The command line reaches the same plug-in for what it offers on top (`adoption`): whether an agent
+still reads a legacy layout and how many messages wait there (``stats``, ``send``, ``recv``), a
+delivery in the form such an agent reads (``send``), taking its drops in at adoption
+(``hybridcomms recv --adopt``, ``hybridcomms doctor --fix``) and the one-time conversion of a whole
+root (``migrate``). The plug-in registers them as ``ADOPTION`` beside ``INTAKE``; nothing outside the
+plug-in imports ``hybridcomms.compat``.
 """
 
 from __future__ import annotations
@@ -17,18 +24,20 @@ import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .backends.file import FileMailbox
+    from .message import Message
     from .policy import Policy
 
-__all__ = ["ENV", "Intake", "Step", "enabled", "get"]
+__all__ = ["ENV", "Adoption", "Intake", "Step", "adoption", "enabled", "get"]
 
 #: Set to 1 to turn the legacy intake on for every `Comms` and watch service of this environment.
 ENV = "HYBRIDCOMMS_LEGACY_INTAKE"
 _INSTALLED_ENV = "HYBRIDCOMMS_DREAMOS_COMPAT"  # set by hybridcomms.compat.dreamos.install()
 _PLUGIN = "hybridcomms.compat.dreamos.legacy"
+_ADOPTION_PLUGIN = "hybridcomms.compat.dreamos.adoption"
 
 
 class Step(NamedTuple):
@@ -58,6 +67,48 @@ class Intake(Protocol):
     def prober(self, mailbox: FileMailbox) -> Callable[[bool], Step]:
         """For a consumer loop: a call (``force``) that takes a bounded step of the drops in when
         something may have changed, never waiting on another process."""
+
+
+class Taken(Protocol):
+    """What taking an agent's drops in did (`Adoption.ingest`); said in one line by ``str()``."""
+
+    refused: list[tuple[str, str]]  # (path under the root, why): left in place
+    waiting: list[str]  # left for later (maybe still being written)
+
+
+class Converted(Protocol):
+    """What a conversion of a root did, or would do (`Adoption.migrate`)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+
+class Adoption(Protocol):
+    """What the command line asks of the plug-in about agents whose readers may not be on hybridcomms."""
+
+    def status(self, root: str | os.PathLike[str], agent: str) -> dict[str, Any] | None:
+        """For an agent still on a legacy layout: ``{"agent", "layout", "waiting"}``; else None."""
+
+    def deliver(self, root: str | os.PathLike[str], agent: str, message: Message) -> Path:
+        """Write ``message`` where such an agent's reader reads, in its form; the file written."""
+
+    def has_drops(self, root: str | os.PathLike[str], agent: str) -> bool:
+        """A cheap look: is anything dropped beside the mailbox, waiting to be taken in?"""
+
+    def ingest(self, mailbox: FileMailbox) -> Taken:
+        """Take what was dropped beside the mailbox into its ``new/``."""
+
+    def migrate(self, root: str | os.PathLike[str], **options: Any) -> Converted:
+        """Convert a whole root to the hybridcomms layout (options: dry_run, backup, fsync, dir_mode,
+        file_mode, progress)."""
+
+
+def adoption() -> Adoption:
+    """The plug-in's operations for the command line (imported on first use)."""
+    module = importlib.import_module(_ADOPTION_PLUGIN)
+    found: Adoption = module.ADOPTION
+    return found
 
 
 def enabled(policy: Policy | None = None) -> bool:

@@ -345,7 +345,18 @@ def test_work_stops_cleanly_once_its_reader_is_gone(root: Path) -> None:
 # -- hints name options that exist -----------------------------------------------------------------
 
 #: The functions that define the parser: the options they name are the parser's own.
-PARSER_BUILDERS = {"_parser", "_add_common", "_add_bus_option"}
+PARSER_BUILDERS = {
+    "_parser",
+    "add_common",
+    "add_bus_option",
+    "register",
+    "register_ls",
+    "register_show",
+    "register_tail",
+    "register_recover",
+    "register_requeue",
+    "register_purge",
+}
 _WORD = re.compile(r"--[a-z][a-z0-9-]*|\{\}:?|[A-Za-z][\w.-]*:?")
 
 

@@ -27,9 +27,9 @@ import orjson
 import pytest
 
 from hybridcomms import Backoff, FileMailbox, Message, State
-from hybridcomms._progress import human_size
 from hybridcomms._urls import shown_url
 from hybridcomms.cli import SYSTEMD_UNITS, _parser, main
+from hybridcomms.cli.progress import human_size
 from hybridcomms.compat.dreamos.migrate import migrate, survey
 from hybridcomms.watcher import EVENT_KINDS, MailboxEvent
 

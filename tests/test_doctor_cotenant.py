@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridcomms import FileMailbox, Message, State
-from hybridcomms import _inspect_commands as commands
+from hybridcomms.cli import doctor as commands
 
 
 def mode(p: Path) -> int:

@@ -224,7 +224,7 @@ def test_top_counts_acks_by_what_entered_done_not_by_its_size(tmp_path: Path) ->
     """With done/ trimmed its size stays flat: top's acks/s counts the files that entered it."""
     import time
 
-    from hybridcomms._inspect_commands import _snapshot, top_lines
+    from hybridcomms.cli.top import _snapshot, top_lines
 
     root = tmp_path / "root"
     with FileMailbox(root, "A", fsync="never", done_retention=None) as mb:

@@ -158,7 +158,7 @@ def test_the_exec_peek_never_blocks(tmp_path: Path, outside: Path, kind: str) ->
 
 
 def test_the_exec_queue_is_bounded_and_close_stops_within_the_grace(tmp_path: Path) -> None:
-    from hybridcomms._watch_command import ExecRunner
+    from hybridcomms.cli.watch import ExecRunner
     from hybridcomms.watcher import MailboxEvent
 
     started = tmp_path / "started"

@@ -518,7 +518,7 @@ def test_permission_denied_is_one_row_under_real_permission_checks() -> None:
 
 
 def test_show_and_top_pass_over_a_broken_agent(tmp_path: Path) -> None:
-    from hybridcomms._inspect_commands import _snapshot
+    from hybridcomms.cli.top import _snapshot
 
     root = tmp_path / "root"
     with FileMailbox(root, "Agent-1", fsync="never") as mb:

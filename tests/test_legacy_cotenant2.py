@@ -316,7 +316,7 @@ def test_doctor_fix_goes_on_past_an_agent_whose_ingestion_fails(
 def test_doctor_goes_on_past_an_agent_whose_check_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hybridcomms import _inspect_commands
+    from hybridcomms.cli import doctor as _inspect_commands
     from hybridcomms.cli import main
 
     _two_agents(tmp_path)

@@ -19,7 +19,7 @@ import pytest
 import workers
 
 from hybridcomms import FileMailbox, Message, State
-from hybridcomms._work_command import EX_CONFIG, EX_SOFTWARE, Worker
+from hybridcomms.cli.work import EX_CONFIG, EX_SOFTWARE, Worker
 
 pytestmark = pytest.mark.slow
 

@@ -87,7 +87,7 @@ def main() -> int:
             "doctor_seconds": round(timed("--root", r, "doctor", "--json"), 2),
             "doctor_deep_seconds": round(timed("--root", r, "doctor", "--deep", "--json"), 2),
         }
-        from hybridcomms._inspect_commands import _snapshot
+        from hybridcomms.cli.top import _snapshot
 
         t0 = time.perf_counter()
         _snapshot(root)

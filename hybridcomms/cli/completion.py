@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["SHELLS", "complete_if_asked", "script"]
+from .common import EXIT_OK, Parents
+
+if TYPE_CHECKING:
+    from .common import Subparsers
+
+__all__ = ["SHELLS", "complete_if_asked", "register", "script"]
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -33,3 +41,21 @@ def complete_if_asked(parser: argparse.ArgumentParser) -> None:
     import argcomplete
 
     argcomplete.autocomplete(parser)
+
+
+def cmd_completion(args: argparse.Namespace, root: Path) -> int:
+    sys.stdout.write(script(args.shell))
+    return EXIT_OK
+
+
+def register(sub: Subparsers, parents: Parents) -> None:
+    cp = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Prints the script that makes TAB complete hybridcomms commands and options in bash, "
+        "zsh or fish, generated from this parser by the argcomplete library. Install it once, e.g. "
+        "'hybridcomms completion bash > ~/.local/share/bash-completion/completions/hybridcomms' "
+        "(docs/cli.md gives the line for each shell), then open a new shell.",
+    )
+    cp.add_argument("shell", choices=SHELLS, help="the shell to print the script for")
+    cp.set_defaults(func=cmd_completion)

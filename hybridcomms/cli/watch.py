@@ -14,16 +14,20 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import orjson
 
-from . import _log
-from ._cli_errors import LineWriter
-from ._fs import printable
-from ._text import json_text
-from ._urls import child_environ
-from .policy import child_env
-from .watcher import MailboxEvent, MailboxWatcher
+from .. import _log
+from .._fs import printable
+from .._text import json_text
+from .._urls import child_environ
+from ..policy import child_env
+from ..watcher import MailboxEvent, MailboxWatcher
+from .common import LineWriter, Parents, add_bus_option, resolve_policy
+
+if TYPE_CHECKING:
+    from .common import Subparsers
 
 log = _log.get("hybridcomms.watch")
 
@@ -148,8 +152,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
             f"hybridcomms watch: no mailbox root at {root} "
             "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
         )
-    from .cli import resolve_policy
-    from .intake import enabled as intake_enabled
+    from ..intake import enabled as intake_enabled
 
     # The watcher routes nothing itself; the policy's `adopt` list turns the legacy intake on, and its
     # file is handed to the --exec commands, so a `hybridcomms send` there routes as this service does.
@@ -176,7 +179,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from .metrics import EventCounter, registry_for
+        from ..metrics import EventCounter, registry_for
 
         registry = registry_for(root)
         counter = EventCounter(registry)
@@ -256,8 +259,8 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
 
 def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter) -> Callable[[], None]:
     """Print the ephemeral events of the processes that share ``root`` (`hybridcomms.fanout`)."""
-    from .bus import AgentBus, Event
-    from .bus.fanout import share_bus
+    from ..bus import AgentBus, Event
+    from ..bus.fanout import share_bus
 
     bus = AgentBus()
 
@@ -281,3 +284,71 @@ def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter)
         bus.close()
 
     return stop
+
+
+def register(sub: Subparsers, parents: Parents) -> None:
+    w = sub.add_parser(
+        "watch",
+        parents=[parents.files],
+        help="watch every mailbox: print events, run --exec, recover periodically",
+        description="The watch service: watches every mailbox under the root (agents created later too) "
+        "and prints one line per thing that happens to a message (delivered, claimed, acked, recovered, "
+        "dead-lettered...; --json: one object per line), after one 'waiting' line per message already "
+        "in new/ when it starts. It runs recovery every --recover-every seconds and lists every new/ "
+        "every --rescan-every seconds to catch what notifications missed. --exec runs a shell command "
+        "per delivered, recovered or waiting message: it notifies, it does not consume (use 'work' for "
+        "that). SIGTERM or Ctrl-C stop it cleanly.",
+    )
+    w.add_argument("--json", action="store_true", help="one JSON object per line")
+    w.add_argument(
+        "--exec",
+        default=None,
+        help="shell command run per delivered, recovered or waiting message (env: HYBRIDCOMMS_*)",
+    )
+    w.add_argument(
+        "--exec-jobs",
+        type=int,
+        default=4,
+        help="at most this many --exec commands at once (default: %(default)s)",
+    )
+    w.add_argument(
+        "--exec-queue",
+        type=int,
+        default=1000,
+        help="at most this many files wait for --exec, then the watcher waits (default: %(default)s)",
+    )
+    w.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, seconds running --exec commands get before they are killed (default: %(default)s)",
+    )
+    w.add_argument(
+        "--recover-every",
+        type=float,
+        default=30.0,
+        help="seconds between recovery passes, 0: never (default: %(default)s)",
+    )
+    w.add_argument(
+        "--rescan-every",
+        type=float,
+        default=10.0,
+        help="seconds between full listings of new/ (default: %(default)s)",
+    )
+    w.add_argument("--polling", action="store_true", help="poll instead of using inotify")
+    w.add_argument("--create", action="store_true", help="create the mailbox root if it does not exist")
+    add_bus_option(w)
+    w.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)"
+    )
+    w.add_argument(
+        "--metrics-addr", default="127.0.0.1", help="address to serve the metrics on (default 127.0.0.1)"
+    )
+    w.add_argument(
+        "--legacy",
+        action="store_true",
+        default=None,
+        help="take Dream.OS legacy drops (inbox.json, inbox/) of adopted agents into new/ "
+        "(also on with HYBRIDCOMMS_LEGACY_INTAKE=1 or a policy adopt entry)",
+    )
+    w.set_defaults(func=run_watch, files_only="works on mailbox files")

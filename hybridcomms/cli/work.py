@@ -37,22 +37,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _log
-from ._cli_errors import LineWriter
-from ._command_io import CommandPipes
-from ._outage import Outage
-from ._text import json_text, printable
-from ._urls import child_environ, shown_url
-from .backends import Mailbox, MailboxDelivery, backend_of, open_mailbox
-from .backends.file import FileMailbox
-from .comms import REPLY_HEADER
-from .errors import HybridCommsError
-from .message import Message, reply_topic
-from .retry import Backoff, attempts_used_up
+from .. import _log
+from .._outage import Outage
+from .._text import json_text, printable
+from .._urls import child_environ, shown_url
+from ..backends import Mailbox, MailboxDelivery, backend_of, open_mailbox
+from ..backends.file import FileMailbox
+from ..comms import REPLY_HEADER
+from ..errors import HybridCommsError
+from ..message import Message, reply_topic
+from ..retry import Backoff, attempts_used_up
+from .command_io import CommandPipes
+from .common import LineWriter, Parents, open_existing, resolve_policy
+
+if TYPE_CHECKING:
+    from .common import Subparsers
 
 log = _log.get("hybridcomms.work")
 
@@ -358,12 +361,11 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
             file=sys.stderr,
         )
         return EX_CONFIG
-    from .cli import _open_existing, resolve_policy
-    from .policy import child_env
+    from ..policy import child_env
 
     policy = resolve_policy(getattr(args, "policy", None))
     log.info("%s: routing policy from %s", args.agent, policy.provenance)
-    mailbox = _open_existing(
+    mailbox = open_existing(
         root,
         args.agent,
         "work",
@@ -379,7 +381,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from .metrics import OutageCollector, WorkMetrics, registry_for
+        from ..metrics import OutageCollector, WorkMetrics, registry_for
 
         # Only what this consumer did, and the backend outages it went through: the mailbox depths
         # belong to the one exporter of the root (watch --metrics-port, or stats --prometheus), so a
@@ -407,3 +409,64 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
             signal.signal(s, handler)
         worker.outage.close()
         mailbox.close()
+
+
+def split_argv(words: list[str]) -> tuple[list[str], list[str]]:
+    """``work AGENT [OPTIONS] -- CMD [ARGS...]``: everything after "--" is the command, as it is (not
+    parsed); (the words to parse, the command)."""
+    if "work" in words and "--" in words[words.index("work") :]:
+        cut = words.index("--", words.index("work"))
+        return words[:cut], words[cut + 1 :]
+    return words, []
+
+
+def register(sub: Subparsers, parents: Parents) -> None:
+    wk = sub.add_parser(
+        "work",
+        parents=[parents.mailboxes],
+        help="run a command for each message of AGENT's mailbox: exit 0 acks, 75 retries, other fails",
+        usage="%(prog)s AGENT [options] -- CMD [ARGS...]",
+        epilog="CMD [ARGS...] (after '--') is run as it is, never through a shell: "
+        "hybridcomms work Agent-1 --concurrency 2 -- ./handle-message --verbose",
+        description="Claims AGENT's messages and runs CMD (not through a shell) for each: the message's JSON "
+        "on stdin, HYBRIDCOMMS_ID, _TOPIC, _SENDER, _ATTEMPT, _MAX_ATTEMPTS, _PRIORITY, _CORRELATION_ID, "
+        "_REPLY_TO, _AGENT in the environment. Exit 0 acks (stdout is the reply to a request); exit 75 "
+        "(EX_TEMPFAIL) retries after the backoff; any other exit retries, and dead-letters on the last "
+        "attempt with the exit status and the end of stderr. SIGTERM stops it cleanly.",
+    )
+    wk.add_argument("agent", help="the agent whose mailbox to consume")
+    wk.add_argument("--concurrency", type=int, default=1, help="messages handled at once (default 1)")
+    wk.add_argument(
+        "--timeout", type=float, default=None, help="seconds a command may run; then it is killed and retried"
+    )
+    wk.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds running commands get to finish before they are killed (default 30)",
+    )
+    wk.add_argument(
+        "--max-messages", type=int, default=0, help="stop after handling this many messages (0: never)"
+    )
+    wk.add_argument("--json", action="store_true", help="one JSON line per handled message on stdout")
+    wk.add_argument("--create", action="store_true", help="create the mailbox if it does not exist")
+    wk.add_argument(
+        "--max-attempts", type=int, default=5, help="deliveries before a failing message is dead-lettered (5)"
+    )
+    wk.add_argument(
+        "--retry-delay",
+        type=float,
+        default=1.0,
+        help="seconds before the first retry; each further retry waits twice as long, at most 300 (1)",
+    )
+    wk.add_argument(
+        "--lease",
+        type=float,
+        default=300.0,
+        help="seconds a claim stays ours without a heartbeat; renewed every third of it while CMD runs (300)",
+    )
+    wk.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (/metrics)"
+    )
+    wk.add_argument("--metrics-addr", default="127.0.0.1", help="address for the metrics (127.0.0.1)")
+    wk.set_defaults(func=run_work, cmd=[])

@@ -1,0 +1,140 @@
+"""``hybridcomms policy explain|show``: the routing policy in use, a topic's route and the rule that
+chose it. Nothing is opened: any mailbox URL may be named (``memory://`` too)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import _fs
+from .._text import printable
+from .._urls import URL_ENV, shown_url, url_from_environ
+from ..backends import backend_of
+from ..message import Priority
+from ..policy import Decision, Route
+from .common import EXIT_OK, Parents, print_json, resolve_policy, usage_error
+
+if TYPE_CHECKING:
+    from .common import Subparsers
+
+__all__ = ["durable_target", "register"]
+
+
+def durable_target(decision: Decision, url: str | None, root: Path) -> str | None:
+    """Where the durable copy of a message goes, as a URL: the rule's backend, else the agent's own
+    (``url``, else files under ``root``: ``file://<root>``); None when the route has no durable copy.
+    Shown without a password."""
+    if not decision.route.durable:
+        return None
+    where = decision.backend or url
+    if where is None:
+        return f"file://{root.absolute()}"
+    if backend_of(where) == "file":
+        return f"file://{Path(where.removeprefix('file://')).absolute()}"
+    return shown_url(where)
+
+
+def explained_url(arg: str | None) -> str | None:
+    """``--url`` (else the environment's) as a URL to explain, not to open: any scheme a mailbox has."""
+    url = arg or url_from_environ()
+    if url and ("://" not in url or not backend_of(url)):
+        usage_error(
+            f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix://, file:// or memory://"
+        )
+    return url
+
+
+def cmd_explain(args: argparse.Namespace, root: Path) -> int:
+    policy = resolve_policy(args.policy)
+    priority = Priority.parse(args.priority)
+    d = policy.decide(args.topic, priority=priority, addressed=not args.broadcast, override=args.route)
+    target = durable_target(d, args.url_resolved, root)
+    target = None if target is None else _fs.shown(target)
+    topic = _fs.shown(args.topic)
+    if args.json:
+        print_json(
+            {
+                "topic": topic,
+                "addressed": not args.broadcast,
+                "priority": priority.name,
+                "route": d.route.value,
+                "reason": d.reason,
+                "rule": d.rule.name if d.rule is not None else None,
+                "pattern": d.pattern,
+                "backend": target,
+                "backend_from": _backend_from(d, args) if target is not None else None,
+                "source": _fs.shown(policy.source),
+                "found_by": _fs.shown(policy.found_by),
+            }
+        )
+        return EXIT_OK
+    who = "a broadcast" if args.broadcast else "a message to one agent"
+    print(f"{d.route.value}")
+    print(printable(f"  {topic} as {who}, priority {priority.name}"))
+    print(printable(f"  chosen by: {d.reason}"))
+    if target is None:
+        print("  durable copy: none (an event on the bus only)")
+    else:
+        also = "; and an event on the bus" if d.route is Route.BOTH else ""
+        print(f"  durable copy to: {target} ({_backend_from(d, args)}){also}")
+    print(printable(f"  policy from {policy.provenance}"))
+    return EXIT_OK
+
+
+def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
+    """Why the durable copy goes where `durable_target` says."""
+    if decision.backend is not None:
+        return "the rule's backend"
+    if args.url_resolved:
+        if getattr(args, "url", None):
+            return "--url"
+        return "$HYBRIDCOMMS_URL" if os.environ.get(URL_ENV) else "$HYBRIDCOMMS_URL_FILE"
+    return "the mailbox root"
+
+
+def cmd_show(args: argparse.Namespace, root: Path) -> int:
+    print(resolve_policy(args.policy).describe())
+    return EXIT_OK
+
+
+def register(sub: Subparsers, parents: Parents) -> None:
+    pol = sub.add_parser(
+        "policy",
+        parents=[parents.mailboxes],
+        help="the routing policy: explain a topic, or show every rule",
+        description="The routing policy decides whether a topic goes durable (the mailbox), ephemeral (the "
+        "in-memory bus) or both. It is --policy FILE, else $HYBRIDCOMMS_POLICY, else ./hybridcomms.toml, "
+        "else [tool.hybridcomms.policy] in ./pyproject.toml, else the built-in rules.",
+    )
+    pol.set_defaults(mailbox_url=explained_url)  # explained, not opened: any mailbox URL may be named
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="explain|show")
+    ex = pol_sub.add_parser(
+        "explain",
+        parents=[parents.mailboxes],
+        help="which route a topic takes, and the rule that chose it",
+        description="Prints the route TOPIC takes under the policy in use (durable, ephemeral or both), "
+        "the rule that chose it, and the file the policy came from. --broadcast asks for a publish to "
+        "subscribers instead of a send to one agent; --route tries a per-message override.",
+    )
+    ex.add_argument("topic")
+    ex.add_argument("--priority", default="MEDIUM", help="LOW, MEDIUM, HIGH or CRITICAL")
+    ex.add_argument(
+        "--broadcast", action="store_true", help="a publish to subscribers, not a send to one agent"
+    )
+    ex.add_argument("--route", default=None, help="an explicit per-message override to try")
+    ex.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: route, reason, rule, pattern, backend (where the durable copy goes), source",
+    )
+    ex.set_defaults(func=cmd_explain)
+    sh = pol_sub.add_parser(
+        "show",
+        parents=[parents.mailboxes],
+        help="every rule, in order",
+        description="Prints every rule of the policy in use, in the order they are tried, and the "
+        "defaults that apply when none matches.",
+    )
+    sh.set_defaults(func=cmd_show)

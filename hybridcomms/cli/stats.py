@@ -1,0 +1,259 @@
+"""``hybridcomms stats``: counts per state for every mailbox (or the ones named), the agents still on a
+legacy Dream.OS layout, the shared bus; ``--fail-if`` for health checks, ``--prometheus`` for
+node_exporter."""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import _fs
+from .._urls import shown_url
+from ..backends.file import FileMailbox
+from ..errors import HybridCommsError
+from ..states import State
+from . import dreamos
+from .common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Parents,
+    agents_of,
+    human_age,
+    need_mailbox,
+    need_root,
+    open_existing,
+    parse_age,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from .common import Subparsers
+
+__all__ = ["register"]
+
+Row = dict[str, Any]
+
+_COND_RE = re.compile(r"\s*(new|processing|done|dead|delayed|oldest)\s*(>=|<=|>|<|==)\s*(\S+)\s*\Z")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    "<": operator.lt,
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+}
+
+
+def _condition(cond: str) -> tuple[str, str, float]:
+    """``dead>0`` -> (what, operator, limit); a condition it cannot read ends the command."""
+    m = _COND_RE.match(cond)
+    if m is None:
+        raise SystemExit(f"hybridcomms stats: --fail-if {cond!r}: use e.g. dead>0, new>1000, oldest>10m")
+    what, op, raw = m.groups()
+    return what, op, parse_age(raw) if what == "oldest" else float(raw)
+
+
+def _value(row: Row, what: str) -> float:
+    if what == "oldest":
+        return float(row["new"]["oldest_age"] or 0.0)
+    if what == "delayed":
+        return float(row["delayed"])
+    return float(row[what]["count"])
+
+
+def _failing(conditions: list[str], rows: list[Row]) -> list[str]:
+    """The conditions (``dead>0``, ``oldest>10m``) that hold for some mailbox, said as text."""
+    out: list[str] = []
+    for cond in conditions:
+        what, op, limit = _condition(cond)
+        for r in rows:
+            value = _value(r, what)
+            if _OPS[op](value, limit):
+                out.append(f"{r['agent']}: {cond} ({what} is {value:g})")
+    return out
+
+
+def cmd_stats(args: argparse.Namespace, root: Path) -> int:
+    url = args.url_resolved
+    if url:
+        return _report(args, shown_url(url), [], _remote_rows(args, url))
+    need_root(root, "stats", False)
+    if args.prometheus:
+        from ..metrics import registry_for, write_textfile
+
+        write_textfile(args.prometheus, registry_for(root))
+    rows, legacy_rows = _file_rows(args, root)
+    return _report(args, str(root), legacy_rows, rows, _bus(root))
+
+
+def _entries(args: argparse.Namespace, root: Path) -> list[tuple[str, str | None, str, str | None]]:
+    """(name shown, agent id or None, kind, problem) of the agents named, else of every entry of the root."""
+    if args.agents:
+        return [(a, a, "named", None) for a in agents_of(args, root)]
+    from ..backends.file.inspection import survey_root
+
+    return [(e.name, e.agent, e.kind, e.problem) for e in survey_root(root)]
+
+
+def _file_rows(args: argparse.Namespace, root: Path) -> tuple[list[Row], list[Row]]:
+    """The rows of the mailboxes under ``root``, and those of the agents on a legacy layout."""
+    rows: list[Row] = []
+    legacy_rows: list[Row] = []
+    for name_shown, agent, kind, problem in _entries(args, root):
+        status = dreamos.legacy_status(root, agent) if agent is not None and kind != "broken" else None
+        if status is not None:
+            legacy_rows.append(status)
+            continue
+        row = _row(root, name_shown, agent, kind, problem)
+        if row is not None:
+            rows.append(row)
+    return rows, legacy_rows
+
+
+def _row(root: Path, name_shown: str, agent: str | None, kind: str, problem: str | None) -> Row | None:
+    """One entry's row: its counts, an error (one broken agent is its own row; the others are still
+    counted), or None for what is not a mailbox."""
+    if kind == "named":
+        need_mailbox(root, name_shown, "stats")  # an agent named that has no mailbox: a typo, an error
+    elif kind == "broken":
+        return {"agent": name_shown, "error": problem}
+    elif agent is None or kind != "mailbox":
+        return None
+    assert agent is not None
+    try:
+        with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
+            return mb.stats().to_dict()
+    except (OSError, HybridCommsError) as exc:
+        return {"agent": name_shown, "error": str(exc)}
+
+
+def _bus(root: Path) -> dict[str, int]:
+    """The processes sharing ephemeral events under the root (`hybridcomms.fanout`)."""
+    from ..bus.fanout import bus_peers
+
+    peers = bus_peers(root)
+    return {
+        "processes": sum(1 for p in peers if p["alive"]),
+        "dead": sum(1 for p in peers if not p["alive"]),
+        "dropped": sum(p["dropped"] for p in peers),
+    }
+
+
+def _remote_rows(args: argparse.Namespace, url: str) -> list[Row]:
+    if args.prometheus:
+        raise SystemExit(
+            "hybridcomms stats: --prometheus reads mailbox files; with --url use the Redis exporter"
+        )
+    rows = []
+    for agent in agents_of(args, Path()):
+        with open_existing(Path(), agent, "stats", False, url) as mb:
+            rows.append(mb.stats().to_dict())
+    return rows
+
+
+def _report(
+    args: argparse.Namespace,
+    where: str,
+    legacy_rows: list[Row],
+    rows: list[Row],
+    bus: dict[str, int] | None = None,
+) -> int:
+    """Print the rows (a table, or with --json one document); exit 1 if a --fail-if condition holds or
+    a mailbox could not be read."""
+    broken = [r for r in rows if "error" in r]
+    failing = _failing(args.fail_if, [r for r in rows if "error" not in r])
+    _say_problems(failing, broken)
+    code = EXIT_ERROR if failing or broken else EXIT_OK
+    if args.json:
+        extra = {"bus": bus} if bus is not None else {}
+        print_json({"root": where, "agents": rows, "legacy": legacy_rows, **extra})
+        return code
+    _print_legacy(legacy_rows)
+    if not rows:
+        if not legacy_rows:
+            print(f"no mailboxes under {where}")
+        return code
+    _print_table(rows)
+    _print_bus(bus)
+    return code
+
+
+def _say_problems(failing: list[str], broken: list[Row]) -> None:
+    for line in failing:
+        print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
+    if broken:
+        print(
+            f"hybridcomms stats: {len(broken)} mailbox(es) could not be read: "
+            + ", ".join(_fs.printable(r["agent"]) for r in broken[:5])
+            + (", …" if len(broken) > 5 else "")
+            + " (see their rows)",
+            file=sys.stderr,
+        )
+
+
+def _print_legacy(legacy_rows: list[Row]) -> None:
+    for status in legacy_rows:
+        print(
+            f"{status['agent']}: legacy Dream.OS layout ({status['layout']}), {status['waiting']} waiting; "
+            "not adopted (adopt with 'hybridcomms migrate')"
+        )
+
+
+_COLUMNS = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)]
+
+
+def _print_table(rows: list[Row]) -> None:
+    names = {id(r): _fs.printable(r["agent"]) for r in rows}
+    width = max(len("agent"), *(len(n) for n in names.values()))
+    print(f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in _COLUMNS) + f"  {'delayed':>8}  oldest new")
+    for r in rows:
+        if "error" in r:
+            print(f"{names[id(r)]:<{width}}  error: {_fs.printable(str(r['error']))}")
+            continue
+        print(
+            f"{names[id(r)]:<{width}}  "
+            + "  ".join(f"{r[c]['count']:>10}" for c in _COLUMNS)
+            + f"  {r['delayed']:>8}  {human_age(r['new']['oldest_age'])}"
+        )
+
+
+def _print_bus(bus: dict[str, int] | None) -> None:
+    if bus and (bus["processes"] or bus["dead"]):
+        print(
+            f"bus: {bus['processes']} process(es) share ephemeral events"
+            + (f", {bus['dead']} dead not yet pruned" if bus["dead"] else "")
+            + f"; {bus['dropped']} event(s) dropped for subscribers that did not keep up"
+        )
+
+
+def register(sub: Subparsers, parents: Parents) -> None:
+    st = sub.add_parser(
+        "stats",
+        parents=[parents.mailboxes],
+        help="counts per state for every mailbox (or the ones named)",
+        description="Counts the messages of every mailbox under the root (or of the agents named) in each "
+        "state (new, processing, done, dead), the delayed ones (backing off in new/) and the age of the "
+        "oldest waiting. Agents still on a legacy Dream.OS layout are listed with how many messages wait "
+        "there. --fail-if exits 1 when a condition holds for some mailbox (cron, health checks); "
+        "--prometheus writes the metrics for node_exporter's textfile collector.",
+    )
+    st.add_argument("agents", nargs="*", help="only these agents (default: every mailbox)")
+    st.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="write the metrics to FILE in the Prometheus text format (node_exporter's textfile collector)",
+    )
+    st.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="exit 1 if a condition holds for any mailbox, e.g. 'dead>0', 'new>1000', 'oldest>10m' "
+        "(states: new, processing, done, dead, delayed; oldest: age of the oldest waiting)",
+    )
+    st.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
+    st.set_defaults(func=cmd_stats)
