@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from . import _env
 from ._names import REASON_SUFFIX
 from ._text import printable as printable  # text for people is defined once, in _text
 from ._text import shown as shown
@@ -284,13 +285,13 @@ def _unlink_quietly(dir_fd: int, name: str) -> None:
 
 
 #: Set to 1 to let hybridcomms open folders that belong to another user (a shared-group setup).
-ALLOW_OTHER_OWNER_ENV = "HYBRIDCOMMS_ALLOW_OTHER_OWNER"
+ALLOW_OTHER_OWNER_ENV = _env.ALLOW_OTHER_OWNER
 
 
 def allow_other_owner(value: bool | None) -> bool:
     """``value``, or (None) whether ``$HYBRIDCOMMS_ALLOW_OTHER_OWNER`` allows folders of other users."""
     if value is None:
-        return os.environ.get(ALLOW_OTHER_OWNER_ENV, "") not in ("", "0")
+        return _env.flag(ALLOW_OTHER_OWNER_ENV)
     return value
 
 

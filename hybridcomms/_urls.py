@@ -1,7 +1,7 @@
 """Mailbox URLs, read in one place: where one comes from (``--url``,
 ``$HYBRIDCOMMS_URL``, or the file ``$HYBRIDCOMMS_URL_FILE`` names, which ``ps`` cannot read), how to
-show one without its password, and an environment for a child without it. (No imports from the
-package: every layer may use it.)"""
+show one without its password, and an environment for a child without it. (It imports only `_env`
+from the package: every layer may use it.)"""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+
+from . import _env
 
 __all__ = [
     "URL_ENV",
@@ -21,11 +23,11 @@ __all__ = [
 ]
 
 #: Where the mailboxes are, for `Comms` and the CLI when no URL is given (else files under the root).
-URL_ENV = "HYBRIDCOMMS_URL"
+URL_ENV = _env.URL
 #: A file whose first line is that URL: what a password-bearing URL is given by, so that it is in
 #: neither a command line (``ps``) nor an environment a child inherits. Read when ``$HYBRIDCOMMS_URL``
 #: is not set.
-URL_FILE_ENV = "HYBRIDCOMMS_URL_FILE"
+URL_FILE_ENV = _env.URL_FILE
 #: Query parameters whose value is a secret (``?password=…``), compared in lower case.
 _SECRET_PARAMS = ("password", "pass", "passwd", "pwd", "secret", "token", "auth", "key")
 #: A URL file is read up to this many bytes (it holds one line).
@@ -60,11 +62,10 @@ def has_secret(url: str) -> bool:
 def url_from_environ(environ: Mapping[str, str] | None = None) -> str | None:
     """``$HYBRIDCOMMS_URL``, else the first line of the file ``$HYBRIDCOMMS_URL_FILE`` names, else
     None. Raises `ValueError` (naming the file, never its content) if that file cannot be read."""
-    env = os.environ if environ is None else environ
-    url = env.get(URL_ENV)
+    url = _env.value(URL_ENV, environ)
     if url:
         return url
-    path = env.get(URL_FILE_ENV)
+    path = _env.value(URL_FILE_ENV, environ)
     if not path:
         return None
     try:

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from . import _log
+from . import _env, _log
 from . import intake as _intake
 from ._consumer import (
     DEAD_LETTER_TOPIC,
@@ -65,7 +65,7 @@ __all__ += ["DEAD_LETTER_TOPIC", "HANDLER_STATS", "REPLY_HEADER"]
 log = _log.get("hybridcomms.comms")
 
 #: Set to 0 to keep a `Comms`'s ephemeral events in its own process.
-SHARE_BUS_ENV = "HYBRIDCOMMS_SHARE_BUS"
+SHARE_BUS_ENV = _env.SHARE_BUS
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -160,7 +160,7 @@ class Comms:
         self._lock = threading.Lock()
         self._closed = False
         if share_bus is None:
-            share_bus = os.environ.get(SHARE_BUS_ENV, "1") not in ("0", "")
+            share_bus = _env.flag(SHARE_BUS_ENV, default=True)
         self._unshare: Callable[[], None] = lambda: None
         kind = self.mailbox.kind
         if share_bus and kind in ("file", "redis"):  # memory:// lives in one process: nothing to share

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from . import _env
+
 if TYPE_CHECKING:
     from .backends.file import FileMailbox
     from .message import Message
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ENV", "Adoption", "Intake", "Step", "adoption", "enabled", "get"]
 
 #: Set to 1 to turn the legacy intake on for every `Comms` and watch service of this environment.
-ENV = "HYBRIDCOMMS_LEGACY_INTAKE"
-_INSTALLED_ENV = "HYBRIDCOMMS_DREAMOS_COMPAT"  # set by hybridcomms.compat.dreamos.install()
+ENV = _env.LEGACY_INTAKE
+_INSTALLED_ENV = _env.DREAMOS_COMPAT  # set by hybridcomms.compat.dreamos.install()
 _PLUGIN = "hybridcomms.compat.dreamos.legacy"
 _ADOPTION_PLUGIN = "hybridcomms.compat.dreamos.adoption"
 
@@ -113,7 +115,7 @@ def adoption() -> Adoption:
 
 def enabled(policy: Policy | None = None) -> bool:
     """Is an intake asked for (see the module docstring)?"""
-    if os.environ.get(ENV, "") not in ("", "0") or os.environ.get(_INSTALLED_ENV, "") not in ("", "0"):
+    if _env.flag(ENV) or _env.flag(_INSTALLED_ENV):
         return True
     return bool(policy is not None and getattr(policy, "adopt", ()))
 

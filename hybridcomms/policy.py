@@ -59,7 +59,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import _fs
+from . import _env, _fs
 from ._urls import shown_url
 from .backends import SCHEMES, backend_of
 from .errors import MessageError, PolicyError
@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 #: The environment variable that names a policy file (step 2 of `find_policy`).
-POLICY_ENV = "HYBRIDCOMMS_POLICY"
+POLICY_ENV = _env.POLICY
 #: The policy file looked for in the working folder (step 3 of `find_policy`).
 POLICY_FILE = "hybridcomms.toml"
 _PYPROJECT_TABLE = ("tool", "hybridcomms", "policy")
@@ -458,10 +458,9 @@ def find_policy(
     cannot be read or is not valid: never a silent fall back to the next step."""
     if isinstance(arg, Policy):
         return arg
-    env = os.environ if environ is None else environ
     if arg is not None and os.fspath(arg) != "":
         return _load_found(Path(arg), _GIVEN)
-    named = env.get(POLICY_ENV, "")
+    named = _env.value(POLICY_ENV, environ)
     if named:
         return _load_found(Path(named), _FROM_ENV)
     try:

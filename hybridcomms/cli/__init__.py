@@ -51,14 +51,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import __version__
-from .._urls import URL_ENV
+from .. import __version__, _env
 from . import (
     completion,
     demo,
@@ -162,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
     url = getattr(args, "url", None)
     # Errors as one line (69: the backend cannot be reached), a closed output as no error: common.
-    return run_command(args.command, url or os.environ.get(URL_ENV) or None, lambda: _run(args, url))
+    return run_command(args.command, url or _env.value(_env.URL) or None, lambda: _run(args, url))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
+from .. import _env
 from .._outage import one_line, reason, unreachable
 from .._text import json_text
 from .._urls import shown_url, url_from_environ
@@ -73,7 +74,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
 EXIT_UNAVAILABLE = 69
 EXIT_INTERRUPTED = 130
 #: Set to 1 for the traceback after the one-line error.
-DEBUG_ENV = "HYBRIDCOMMS_DEBUG"
+DEBUG_ENV = _env.DEBUG
 
 
 def _errors_said_in_one_line() -> tuple[type[BaseException], ...]:
@@ -145,7 +146,7 @@ def run_command(command: str, url: str | None, run: Callable[[], int]) -> int:
     except _errors_said_in_one_line() as exc:
         _flush_quietly()
         print(describe(command, url, exc), file=sys.stderr)
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if _env.flag(DEBUG_ENV):
             traceback.print_exception(exc)
         return EXIT_UNAVAILABLE if unreachable(exc) is not None else EXIT_ERROR
 
@@ -271,8 +272,7 @@ def human_age(seconds: float | None) -> str:
 
 def resolve_root(arg: str | None, environ: dict[str, str] | None = None) -> Path:
     """``--root``, else ``$HYBRIDCOMMS_ROOT``, else the Dream.OS default under the current directory."""
-    env = os.environ if environ is None else environ
-    return Path(arg or env.get("HYBRIDCOMMS_ROOT") or DEFAULT_ROOT)
+    return Path(arg or _env.value(_env.ROOT, environ) or DEFAULT_ROOT)
 
 
 def resolve_policy(arg: str | None, environ: dict[str, str] | None = None, cwd: Path | None = None) -> Policy:

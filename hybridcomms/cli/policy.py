@@ -4,13 +4,12 @@ chose it. Nothing is opened: any mailbox URL may be named (``memory://`` too).""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import _fs
+from .. import _env, _fs
 from .._text import printable
-from .._urls import URL_ENV, shown_url, url_from_environ
+from .._urls import shown_url, url_from_environ
 from ..backends import backend_of
 from ..message import Priority
 from ..policy import Decision, Route
@@ -90,7 +89,7 @@ def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
     if args.url_resolved:
         if getattr(args, "url", None):
             return "--url"
-        return "$HYBRIDCOMMS_URL" if os.environ.get(URL_ENV) else "$HYBRIDCOMMS_URL_FILE"
+        return "$HYBRIDCOMMS_URL" if _env.value(_env.URL) else "$HYBRIDCOMMS_URL_FILE"
     return "the mailbox root"
 
 

@@ -28,6 +28,8 @@ import os
 import sys
 from pathlib import Path
 
+from ... import _env
+
 __all__ = ["DEFAULT_ERA", "ERAS", "LEGACY_MODULES", "era_of", "install", "installed", "uninstall"]
 
 #: The module served at ``dreamos.core.coordination.agent_bus`` for each era of Dream.OS that had one
@@ -41,7 +43,7 @@ ERA_ALIASES: dict[str, str] = {
 }
 DEFAULT_ERA = "e563f46"
 #: Chooses the era in this process and in the processes started from it (set by `install`).
-ERA_ENV = "HYBRIDCOMMS_DREAMOS_ERA"
+ERA_ENV = _env.DREAMOS_ERA
 _CORE_BUS = "dreamos.core.coordination.agent_bus"
 
 #: Legacy module path -> the module of this package it resolves to after `install` (the core bus path
@@ -59,7 +61,7 @@ LEGACY_MODULES: dict[str, str] = {
 def era_of(name: str | None) -> str:
     """The era (a commit) for a name: a commit of `ERAS` or an alias; None or "" gives the environment's
     choice (`ERA_ENV`), else the default. ``ValueError`` for an unknown one."""
-    chosen = (name or os.environ.get(ERA_ENV) or DEFAULT_ERA).strip().lower()
+    chosen = (name or _env.value(ERA_ENV) or DEFAULT_ERA).strip().lower()
     chosen = ERA_ALIASES.get(chosen, chosen)
     if chosen not in ERAS:
         known = ", ".join([*ERAS, *ERA_ALIASES])
@@ -69,7 +71,7 @@ def era_of(name: str | None) -> str:
 
 #: A folder holding a small ``dreamos`` package whose legacy modules *are* these ones.
 SHIM_PATH = str(Path(__file__).resolve().parent / "_shim")
-ENV_FLAG = "HYBRIDCOMMS_DREAMOS_COMPAT"
+ENV_FLAG = _env.DREAMOS_COMPAT
 
 
 def install(era: str | None = None) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ... import _log
+from ... import _env, _log
 from ...backends.base import check_agent_id
 from ...backends.file.subscriptions import durable_subscribers
 from ...bus import AgentBus as _CoreBus
@@ -238,12 +237,11 @@ class AgentBus:
         (`hybridcomms.fanout`), so a status published by one agent process reaches the monitor in
         another. Only for a root that exists, and unless ``$HYBRIDCOMMS_SHARE_BUS`` is 0."""
         from ...bus.fanout import share_bus
-        from ...comms import SHARE_BUS_ENV
 
         if self._unshare is not None:
             self._unshare()
             self._unshare = None
-        if os.environ.get(SHARE_BUS_ENV, "1") in ("0", "") or not self.root.is_dir():
+        if not _env.flag(_env.SHARE_BUS, default=True) or not self.root.is_dir():
             return
         try:
             self._unshare = share_bus(self._bus, root=self.root)

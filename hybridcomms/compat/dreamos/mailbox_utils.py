@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ... import _log
+from ... import _env, _log
 from ..._fs import read_regular, replace_atomically
 from ...backends.base import check_agent_id
 from ...backends.file import DEFAULT_ROOT
@@ -52,7 +52,7 @@ __all__ = [
 log = _log.get("hybridcomms.compat.dreamos")
 
 #: The mailbox root. Read at every call (monkeypatch it freely).
-MAILBOX_ROOT: Path = Path(os.environ.get("HYBRIDCOMMS_ROOT") or DEFAULT_ROOT)
+MAILBOX_ROOT: Path = Path(_env.value(_env.ROOT) or DEFAULT_ROOT)
 
 
 def get_mailbox_root() -> Path:

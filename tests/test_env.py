@@ -1,0 +1,49 @@
+"""The environment is read in one place (`hybridcomms._env`) and every variable is documented."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import hybridcomms
+from hybridcomms import _env
+
+PACKAGE = Path(hybridcomms.__file__).parent
+NAMES = {getattr(_env, n) for n in _env.__all__ if n.isupper()}
+
+
+def test_no_other_module_names_a_variable() -> None:
+    """A ``"HYBRIDCOMMS_…"`` string (a variable's name) appears in `_env` only: every other module
+    takes the name from there (docstrings may mention ``$HYBRIDCOMMS_URL`` in their text)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "_env.py" or "_shim" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if re.fullmatch(r"HYBRIDCOMMS_[A-Z_]+", node.value):
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value}")
+    assert found == []
+
+
+def test_every_variable_is_in_the_operations_guide() -> None:
+    text = (PACKAGE.parent / "docs" / "operations.md").read_text()
+    section = text.split("## Environment", 1)[1]
+    assert NAMES == set(re.findall(r"^\| `(HYBRIDCOMMS_[A-Z_]+)` \|", section, re.M))
+
+
+@pytest.mark.parametrize(
+    ("raw", "default", "on"),
+    [(None, False, False), (None, True, True), ("", True, False), ("0", True, False), ("1", False, True)],
+)
+def test_a_flag_is_on_unless_empty_or_zero(raw: str | None, default: bool, on: bool) -> None:
+    environ = {} if raw is None else {_env.SHARE_BUS: raw}
+    assert _env.flag(_env.SHARE_BUS, default=default, environ=environ) is on
+
+
+def test_an_empty_value_is_no_value() -> None:
+    assert _env.value(_env.URL, {_env.URL: ""}) is None
+    assert _env.value(_env.URL, {_env.URL: "redis://h/0"}) == "redis://h/0"
