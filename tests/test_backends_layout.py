@@ -139,3 +139,28 @@ def test_open_mailbox_gives_file_options_to_files_only(tmp_path: Path) -> None:
             assert mb.kind == "memory"
     finally:
         MemoryMailbox.forget_store("layout-test")
+
+
+def test_the_redis_scripts_are_lua_files_of_the_package() -> None:
+    """Read at import from the ``.lua`` files beside the module, which a wheel installs too."""
+    from hybridcomms.backends.redis import scripts
+
+    folder = BACKENDS / "redis"
+    lua = {p.stem: p.read_text(encoding="utf-8") for p in folder.glob("*.lua")}
+    assert set(lua) == {
+        "copy",
+        "owned",
+        "free_token",
+        "claim",
+        "ack",
+        "nack",
+        "dead",
+        "release",
+        "recover",
+        "stats",
+    }
+    assert lua["copy"] + lua["owned"] + lua["ack"] == scripts.ACK
+    assert lua["copy"] + lua["free_token"] + lua["recover"] == scripts.RECOVER
+    pyproject = PACKAGE.parent / "pyproject.toml"
+    if pyproject.exists():  # a source tree (not an installed wheel)
+        assert '"backends/redis/*.lua"' in pyproject.read_text(encoding="utf-8")

@@ -1,20 +1,28 @@
-"""A claimed message, and the calls that settle it."""
+"""A claimed message of a file mailbox, and every call that settles it (ack, nack, dead-letter,
+heartbeat): the mailbox only claims; what a settle needs of it is its public API (``folders``,
+``retention``, ``index``, ``dead_letter``, the options)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ... import _log
 from ..._locking import unlock
+from ..._names import compact_time, parse_name
 from ...errors import DeliveryError, DeliveryLostError, MailboxIOError
 from ...message import Message
-from ...states import ACK, State
+from ...retry import attempts_used_up
+from ...states import ACK, GIVE_UP, NACK, State
 from ..base import Settling
 from . import last_errors
 
 _PROCESSING = State.PROCESSING.folder
+
+log = _log.get("hybridcomms.mailbox")
 
 if TYPE_CHECKING:
     from .mailbox import FileMailbox
@@ -85,11 +93,64 @@ class Delivery(Settling):
 
     def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> State:
         """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
-        ``max_attempts`` to ``dead/`` instead, with ``error`` in the reason."""
-        return self._mailbox._nack(self, delay, None if error is None else str(error))
+        ``max_attempts`` to ``dead/`` instead, with ``error`` in the reason. Returns the state reached."""
+        self._check_open()
+        if error is not None:
+            self._error = str(error)
+        mb = self._mailbox
+        if attempts_used_up(self.attempt, mb.max_attempts):
+            self._give_up(f"failed {self.attempt} of {mb.max_attempts} attempts", self._error)
+            return State.DEAD
+        wait = mb.backoff.delay(self.attempt) if delay is None else delay
+        due = time.time() + max(wait, 0.0)
+        if self._error is not None:  # kept before the move: a crash in between leaves a true record
+            last_errors.record(mb, self.message.id, self.name, self.attempt, self._error, due)
+        mb.index.push(self._move_back(due))
+        return State.NEW
+
+    def _move_back(self, due: float) -> str:
+        """The NACK move (committed), due at ``due``; the name the file got in ``new/``."""
+        info = parse_name(self.name)
+        assert info is not None  # processing/ names are always ours
+        folders = self._mailbox.folders
+        try:
+            new_fd, target = folders.place(NACK, self.name, info.with_(due=compact_time(due)))
+        except FileNotFoundError:
+            self._release()
+            raise DeliveryLostError(f"{self.name}: lease expired and the message was recovered") from None
+        except OSError as exc:
+            self._release()
+            raise folders.io_error(exc, f"nack {self.name}") from exc
+        try:
+            folders.commit(new_fd)
+        except OSError as exc:
+            raise folders.io_error(exc, f"nack {self.name}: commit of new/ failed") from exc
+        finally:
+            self._release()
+        return target
 
     def dead(self, reason: str) -> None:
-        self._mailbox._give_up(self, reason, self._error)
+        """To ``dead/`` now, with ``reason``."""
+        self._give_up(reason, self._error)
+
+    def _give_up(self, reason: str, error: str | None) -> None:
+        self._check_open()
+        mb = self._mailbox
+        why = {
+            "reason": reason,
+            "last_error": error,
+            "message_file": self.name,
+            "id": self.message.id,
+            "topic": self.message.topic,
+            "attempts": self.attempt,
+        }
+        try:
+            moved = mb.dead_letter(GIVE_UP, self.name, why)
+        finally:
+            self._release()
+        if moved is None:
+            raise DeliveryLostError(f"{self.name}: lease expired and the message was recovered")
+        log.log(_log.event_level(), "%s: message %s dead-lettered: %s", mb.agent_id, self.message.id, reason)
 
     def heartbeat(self) -> None:
         """Extend the lease. Raises `DeliveryLostError` if recovery already took the message back."""

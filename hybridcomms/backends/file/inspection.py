@@ -152,7 +152,7 @@ def requeue_infos(
         if src is State.DEAD:
             _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
         moved.append(target)
-        mb._index.push(target)
+        mb.index.push(target)
     if moved:
         mb.folders.commit(new_fd)
         mb.folders.commit(src_fd)

@@ -86,11 +86,11 @@ def record(mb: FileMailbox, msg_id: str, name: str, attempt: int, error: str, du
         option=orjson.OPT_INDENT_2,
     )
     try:
-        err_fd = mb._errors_folder(create=True)
+        err_fd = mb.errors_folder(create=True)
         if err_fd is None:
             return
         tmp_fd = mb.folders.fd(State.TMP)
-        tmp_name = mb._write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=mb.folders.sync)
+        tmp_name = mb.write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=mb.folders.sync)
         try:
             # A deliberate replace: the record of one id is one file, the newest error.
             os.replace(tmp_name, msg_id + _SUFFIX, src_dir_fd=tmp_fd, dst_dir_fd=err_fd)
@@ -108,7 +108,7 @@ def drop(mb: FileMailbox, msg_id: str | None) -> None:
     if not _valid(msg_id):
         return
     try:
-        err_fd = mb._errors_folder(create=False)
+        err_fd = mb.errors_folder(create=False)
     except (OSError, HybridCommsError):
         return
     if err_fd is not None:
@@ -118,7 +118,7 @@ def drop(mb: FileMailbox, msg_id: str | None) -> None:
 def listed(mb: FileMailbox) -> frozenset[str]:
     """The ids that have a record (one listing of ``errors/``; empty if there is no such folder)."""
     try:
-        err_fd = mb._errors_folder(create=False)
+        err_fd = mb.errors_folder(create=False)
         if err_fd is None:
             return frozenset()
         names = _fs.listdir_at(err_fd)
@@ -134,7 +134,7 @@ def read(mb: FileMailbox, msg_id: str | None) -> LastError | None:
     if not _valid(msg_id):
         return None
     try:
-        err_fd = mb._errors_folder(create=False)
+        err_fd = mb.errors_folder(create=False)
         if err_fd is None:
             return None
         raw = _fs.read_regular(f"{msg_id}{_SUFFIX}", MAX_RECORD, dir_fd=err_fd)
@@ -193,7 +193,7 @@ def _waiting_ids(mb: FileMailbox) -> set[str]:
 def leftovers(mb: FileMailbox, now: float) -> list[tuple[str, bool]]:
     """The names in ``errors/`` that `sweep` would take away (older than `SWEEP_AFTER`, and not the
     record of a waiting message), each with whether it is a folder (reported, never removed)."""
-    err_fd = mb._errors_folder(create=False)
+    err_fd = mb.errors_folder(create=False)
     if err_fd is None:
         return []
     names = _fs.listdir_at(err_fd)
@@ -220,7 +220,7 @@ def sweep(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
     found = leftovers(mb, now)
     if not found:
         return
-    err_fd = mb._errors_folder(create=False)
+    err_fd = mb.errors_folder(create=False)
     assert err_fd is not None
     for name, folder in found:
         where = f"{ERRORS}/{_fs.shown(name)}"

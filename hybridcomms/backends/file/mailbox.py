@@ -49,23 +49,19 @@ from ..._names import (
     compact_time_of,
     make_name,
     parse_compact,
-    parse_name,
 )
 from ...errors import (
-    DeliveryLostError,
     MailboxIOError,
     MessageDecodeError,
     UnsafePathError,
 )
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
-from ...retry import Backoff, attempts_used_up
+from ...retry import Backoff
 from ...states import (
     CLAIM,
     EXPIRE,
-    GIVE_UP,
     IMPORT_DEAD,
     IMPORT_DONE,
-    NACK,
     PUBLISH,
     REJECT,
     Move,
@@ -352,7 +348,7 @@ class FileMailbox:
             raise
         return fd
 
-    def _errors_folder(self, *, create: bool) -> int | None:
+    def errors_folder(self, *, create: bool) -> int | None:
         """The descriptor of ``errors/`` (the last errors of messages waiting for a retry,
         `hybridcomms.backends.file.last_errors`), opened at its first use; None if it does not exist and
         ``create`` is False."""
@@ -473,6 +469,15 @@ class FileMailbox:
             _fs._unlink_quietly(tmp_fd, tmp_name)
             return self.folders.fd(State.NEW)
 
+    @property
+    def index(self) -> ClaimIndex:
+        """The claim order of this handle (`index`): what a move into ``new/`` tells."""
+        return self._index
+
+    def write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
+        """Write ``data`` as a new file in ``tmp/`` (``name``, or a free variant of it); its name."""
+        return self._write_tmp(tmp_fd, name, data, sync=sync)
+
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
         tmp_name = name
         try:
@@ -581,7 +586,7 @@ class FileMailbox:
         except FileNotFoundError:
             pass
         tmp_name = self._write_tmp(self.folders.fd(State.TMP), name, data, sync=self.folders.sync)
-        if self._move_to_dead(IMPORT_DEAD, tmp_name, reason) is None:
+        if self.dead_letter(IMPORT_DEAD, tmp_name, reason) is None:
             return None
         return name
 
@@ -763,9 +768,9 @@ class FileMailbox:
                 self._claim_flags = _O_READ_MSG
                 return self._try_claim(name)
             if exc.errno == errno.ELOOP:
-                self._reject(name, "a symlink, not a regular file")
+                self.reject(name, "a symlink, not a regular file")
             elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
-                self._reject(name, f"cannot be opened: {exc.strerror}")
+                self.reject(name, f"cannot be opened: {exc.strerror}")
             else:
                 raise self.folders.io_error(exc, f"claim {name}") from exc
             return None
@@ -795,7 +800,7 @@ class FileMailbox:
                 message, problem = self._read_message(fd, raw)
             if message is not None and message.expires is not None and message.expired():
                 # Past its expiry: dead-lettered here, never handed out (the claim goes on).
-                self._move_to_dead(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
+                self.dead_letter(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
                 log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
                 return None
             try:
@@ -814,14 +819,14 @@ class FileMailbox:
             except Exception as exc:  # a message that cannot be named is that file's problem
                 target, problem = "", f"cannot be delivered: {type(exc).__name__}: {exc}"
             if not target:
-                self._reject(name, problem)
+                self.reject(name, problem)
                 return None
             try:  # the CLAIM move; never over a file already in processing/ (a copy of the same id)
                 self.folders.move(CLAIM, name, target)
             except FileNotFoundError:
                 return None  # moved by hand under our feet
             except FileExistsError:
-                self._reject(name, f"a file of the same name ({target}) is already in processing/")
+                self.reject(name, f"a file of the same name ({target}) is already in processing/")
                 return None
             # Not committed, at any fsync level (the module docstring says why).
             delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
@@ -865,12 +870,16 @@ class FileMailbox:
             return None, f"too large: {st.st_size} bytes, over the limit of {limit}"
         return None, problem
 
-    def _reject(self, name: str, reason: str) -> None:
+    def reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
         log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
-        self._move_to_dead(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
+        self.dead_letter(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
 
-    def _move_to_dead(
+    # The CLI's doctor calls these by their former names.
+    _reject = reject
+    _errors_folder = errors_folder
+
+    def dead_letter(
         self, m: Move, name: str, reason: dict[str, Any], target: str | None = None
     ) -> str | None:
         """``m.src``/name -> dead/ (as ``target``, default ``name``, or the next free name), with its
@@ -937,61 +946,6 @@ class FileMailbox:
             _fs._unlink_quietly(dead_fd, reason_name)
         else:
             _fs._unlink_quietly(tmp_fd, tmp_name)
-
-    # -- settle -------------------------------------------------------------------------------
-
-    def _nack(self, d: Delivery, delay: float | None, error: str | None) -> State:
-        d._check_open()
-        if error is not None:
-            d._error = error
-        if attempts_used_up(d.attempt, self.max_attempts):
-            self._give_up(d, f"failed {d.attempt} of {self.max_attempts} attempts", d._error)
-            return State.DEAD
-        if delay is None:
-            delay = self.backoff.delay(d.attempt)
-        info = parse_name(d.name)
-        assert info is not None  # processing/ names are always ours
-        due = time.time() + max(delay, 0.0)
-        target = info.with_(due=compact_time(due))
-        if d._error is not None:  # kept before the move: a crash in between leaves a true record
-            last_errors.record(self, d.message.id, d.name, d.attempt, d._error, due)
-        try:
-            new_fd, target = self.folders.place(NACK, d.name, target)
-        except FileNotFoundError:
-            d._release()
-            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered") from None
-        except OSError as exc:
-            d._release()
-            raise self.folders.io_error(exc, f"nack {d.name}") from exc
-        try:
-            self.folders.commit(new_fd)
-        except OSError as exc:
-            raise self.folders.io_error(exc, f"nack {d.name}: commit of new/ failed") from exc
-        finally:
-            d._release()
-        self._index.push(target)
-        return State.NEW
-
-    def _give_up(self, d: Delivery, reason: str, error: str | None) -> None:
-        d._check_open()
-        try:
-            moved = self._move_to_dead(
-                GIVE_UP,
-                d.name,
-                {
-                    "reason": reason,
-                    "last_error": error,
-                    "message_file": d.name,
-                    "id": d.message.id,
-                    "topic": d.message.topic,
-                    "attempts": d.attempt,
-                },
-            )
-        finally:
-            d._release()
-        if moved is None:
-            raise DeliveryLostError(f"{d.name}: lease expired and the message was recovered")
-        log.log(_log.event_level(), "%s: message %s dead-lettered: %s", self.agent_id, d.message.id, reason)
 
     # -- recovery -----------------------------------------------------------------------------
 

@@ -200,7 +200,7 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
             raise
         _give_up_entry(mb, STEAL_BURY, stolen, "a symlink in tmp/", report)
         return
-    copy_name = mb._write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
+    copy_name = mb.write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
     try:
         # The one deliberate replace in the library: the copy takes the place of the very file it
         # was copied from (the same message), so the message stays one file throughout.
@@ -228,7 +228,7 @@ def _return_or_bury(
     key = info.id if info else _fs.shown(name)
     why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
     if attempts_used_up(attempt, mb.max_attempts):
-        moved = mb._move_to_dead(
+        moved = mb.dead_letter(
             GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
             src_name,
             {
@@ -251,12 +251,12 @@ def _return_or_bury(
     except FileNotFoundError:
         return
     mb.folders.commit(new_fd)
-    mb._index.push(target)
+    mb.index.push(target)
     kind.append(key)
 
 
 def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: RecoveryReport) -> None:
-    if mb._move_to_dead(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
+    if mb.dead_letter(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
         report.dead.append(_fs.shown(name))
 
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import hashlib
 import os
 import socket
 import threading
@@ -94,6 +93,7 @@ from ..base import (
     set_common_options,
     text_of,
 )
+from . import scripts
 
 try:
     import redis
@@ -113,342 +113,6 @@ _RECOVER_DELAYS = 32
 _MAX_OVERHEAD = 64 * 1024
 #: Entries read per round trip when listing.
 _PAGE = 100
-
-# Any client of the server can write to these keys: the scripts read what they find as untrusted.
-# `copy` appends an entry's fields to an XADD: each of ours once, and at most 32 others (an entry with
-# thousands of fields must not overflow `unpack`). A script that has written once is not stopped by
-# maxmemory (Redis does not stop a script half-way), so a move frees its source before it adds.
-_LUA_COPY = """
-local KNOWN = {m = true, a = true, id = true, t = true, k = true, d = true, e = true, r = true}
-local function copy(args, flat, skip)
-  local seen, others = {}, 0
-  for j = 1, #flat - 1, 2 do
-    local name = flat[j]
-    if not skip[name] then
-      if KNOWN[name] then
-        if not seen[name] then
-          seen[name] = true
-          args[#args + 1] = name; args[#args + 1] = flat[j + 1]
-        end
-      elseif others < 32 then
-        others = others + 1
-        args[#args + 1] = name; args[#args + 1] = flat[j + 1]
-      end
-    end
-  end
-  return args
-end
-local function failed(res) return type(res) == 'table' and res.err ~= nil end
-"""
-
-# KEYS: the four streams (priority order), delayed, delayed:data, dead. ARGV: group, consumer.
-# Returns {rank index, entry id, fields} or {0, next delayed due in ms or -1}.
-_CLAIM = (
-    _LUA_COPY
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local RANKS = {'0C', '1H', '2M', '3L'}
-local function whole(v)
-  return type(v) == 'number' and v == v and v >= 0 and v < 1e15 and math.floor(v) == v
-end
-local function str(v, default) if type(v) == 'string' then return v end return default end
-local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
-for _, tok in ipairs(due) do
-  local packed = redis.call('HGET', KEYS[6], tok)
-  if packed then
-    local ok, e = pcall(cjson.decode, packed)
-    local args
-    if ok and type(e) == 'table' and type(e.m) == 'string' and (e.k == 1 or e.k == 2 or e.k == 3 or e.k == 4)
-        and whole(e.a) and (e.d == nil or whole(e.d)) then
-      args = {'XADD', KEYS[e.k], '*', 'm', e.m, 'a', string.format('%d', e.a), 'id', str(e.id, ''),
-        't', str(e.t, ''), 'k', RANKS[e.k], 'd', string.format('%d', e.d or now)}
-      if type(e.e) == 'string' then args[#args + 1] = 'e'; args[#args + 1] = e.e end
-    else  -- not an entry this code wrote: to the dead letters, as it is
-      args = {'XADD', KEYS[7], '*', 'm', packed, 'a', '0', 'k', '2M',
-        'r', cjson.encode({reason = 'cannot be read: a delayed entry that is not a message', attempts = 0})}
-    end
-    redis.call('HDEL', KEYS[6], tok)
-    if failed(redis.pcall(unpack(args))) then
-      redis.call('HSET', KEYS[6], tok, packed)  -- kept: tried again by the next claim
-      break
-    end
-  end
-  redis.call('ZREM', KEYS[5], tok)
-end
-for i = 1, 4 do
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[i], '>')
-  if r then
-    local entry = r[1][2][1]
-    return {i, entry[1], entry[2]}
-  end
-end
-local nxt = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-if #nxt > 0 then return {0, nxt[2]} end
-return {0, '-1'}
-"""
-)
-
-# The owner check every settle starts with: the XACK itself. An entry is pending only for the consumer
-# that read it (recovery takes entries by acking them, and nothing else moves an entry between
-# consumers), so "still pending" is "still ours". KEYS[1]: the stream; ARGV[1..2]: group, entry id.
-_OWNED = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-"""
-
-# KEYS: stream, done. ARGV: group, entry id, consumer, done maxlen (-1: no limit), attempts. The copy
-# into ``done`` is for inspection: if it cannot be written, the ack still holds.
-_ACK = (
-    _LUA_COPY
-    + _OWNED
-    + """
-if tonumber(ARGV[4]) == 0 then
-  redis.call('XDEL', KEYS[1], ARGV[2])
-  return 1
-end
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if #e > 0 then
-  local head = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'a', ARGV[5]}
-  if tonumber(ARGV[4]) < 0 then head = {'XADD', KEYS[2], '*', 'a', ARGV[5]} end
-  redis.pcall(unpack(copy(head, e[1][2], {a = true, e = true})))
-end
-return 1
-"""
-)
-
-# A token of the delayed set that no other entry holds: ``base``, else ``base:2``, ``base:3``... An
-# HSET on a token in use would overwrite a waiting entry, which is then lost without a dead letter.
-_LUA_FREE_TOKEN = """
-local function free_token(data, base)
-  local tok, n = base, 1
-  while redis.call('HEXISTS', data, tok) == 1 do
-    n = n + 1
-    tok = base .. ':' .. n
-  end
-  return tok
-end
-"""
-
-# KEYS: stream, delayed, delayed:data. ARGV: group, entry id, consumer, due ms, token, packed entry.
-_NACK = (
-    _LUA_FREE_TOKEN
-    + _OWNED
-    + """
-redis.call('XDEL', KEYS[1], ARGV[2])
-local tok = free_token(KEYS[3], ARGV[5])
-redis.call('HSET', KEYS[3], tok, ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], tok)
-return 1
-"""
-)
-
-# KEYS: stream, dead. ARGV: group, entry id, consumer, reason json, attempts, rank.
-_DEAD = (
-    _LUA_COPY
-    + _OWNED
-    + """
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if #e > 0 then
-  redis.call(unpack(copy({'XADD', KEYS[2], '*', 'a', ARGV[5], 'r', ARGV[4], 'k', ARGV[6]}, e[1][2],
-    {a = true, e = true, r = true, k = true})))
-end
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"""
-)
-
-
-# Puts an entry of a blocking read that came with a better one back into its stream.
-# KEYS: stream. ARGV: group, entry id, consumer.
-_RELEASE = (
-    _LUA_COPY
-    + _OWNED
-    + """
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if #e > 0 then redis.call(unpack(copy({'XADD', KEYS[1], '*'}, e[1][2], {}))) end
-return 1
-"""
-)
-
-# KEYS: the four streams, delayed, delayed:data, dead.
-# ARGV: group, min idle ms, max attempts, batch, now ms (for due times), reason prefix, delays (ms)...
-# Returns {returned ids..., '|', dead ids...}. An entry that cannot be read (no message, an attempt
-# count that is not a count) goes to the dead letters with what it held: never only deleted.
-_RECOVER = (
-    _LUA_COPY
-    + _LUA_FREE_TOKEN
-    + """
-local RANKS = {'0C', '1H', '2M', '3L'}
-local returned, dead = {}, {}
-local maxa = tonumber(ARGV[3])
-local now = tonumber(ARGV[5])
-for i = 1, 4 do
-  local pend = redis.call('XPENDING', KEYS[i], ARGV[1], 'IDLE', ARGV[2], '-', '+', ARGV[4])
-  for _, p in ipairs(pend) do
-    local id, times = p[1], tonumber(p[4])
-    local e = redis.call('XRANGE', KEYS[i], id, id)
-    redis.call('XACK', KEYS[i], ARGV[1], id)
-    if #e > 0 then
-      local flat = e[1][2]
-      local f = {}
-      for j = 1, #flat - 1, 2 do if f[flat[j]] == nil then f[flat[j]] = flat[j + 1] end end
-      local bad = nil
-      local before = 0
-      if f.m == nil then
-        bad = 'it has no message (field m)'
-      elseif f.a ~= nil then
-        if #f.a <= 9 and string.match(f.a, '^%d+$') then before = tonumber(f.a)
-        else bad = 'its attempt count (field a) is not a count' end
-      end
-      local used = before + times
-      local msg_id = f.id or id
-      if bad ~= nil or used >= maxa then
-        local reason
-        if bad ~= nil then
-          reason = cjson.encode({reason = 'cannot be read: ' .. bad, id = f.id, attempts = used})
-        else
-          local last = cjson.null
-          if f.e then
-            local ok, kept = pcall(cjson.decode, f.e)
-            if ok and type(kept) == 'table' and type(kept.error) == 'string' then last = kept.error end
-          end
-          reason = cjson.encode({reason = ARGV[6] .. ' during attempt ' .. used .. ' of ' .. maxa,
-            last_error = last, id = f.id, topic = f.t, attempts = used})
-        end
-        redis.call(unpack(copy({'XADD', KEYS[7], '*', 'a', tostring(used), 'r', reason, 'k', RANKS[i]}, flat,
-          {a = true, e = true, r = true, k = true})))
-        table.insert(dead, msg_id)
-      else
-        local delay = tonumber(ARGV[6 + math.min(used, #ARGV - 6)])
-        local due = now + delay
-        local tok = free_token(KEYS[6], id .. ':' .. RANKS[i] .. ':' .. used)
-        local entry = {k = i, m = f.m, a = used, id = f.id or '', t = f.t or '', r = RANKS[i], d = due}
-        if f.e then entry.e = f.e end
-        redis.call('HSET', KEYS[6], tok, cjson.encode(entry))
-        redis.call('ZADD', KEYS[5], tostring(due), tok)
-        table.insert(returned, msg_id)
-      end
-    end
-    redis.call('XDEL', KEYS[i], id)
-  end
-end
-table.insert(returned, '|')
-for _, v in ipairs(dead) do table.insert(returned, v) end
-return returned
-"""
-)
-
-# Counts without reading a message: KEYS: the four streams, delayed, done, dead. ARGV: group, now ms.
-# Returns {new, oldest new (ms, -1: none), processing, oldest processing, not due yet, done, oldest
-# done, dead, oldest dead}. The waiting count is the group's ``lag`` (Redis 7), else the length less
-# the pending entries.
-_STATS = """
-local LIMIT = 253402300799999
-local function ms(id)
-  local v = tonumber(string.match(id, '^(%d+)'))
-  if v == nil then return -1 end
-  return math.min(v, LIMIT)
-end
-local function older(a, b) if b >= 0 and (a < 0 or b < a) then return b end return a end
-local function stream(k) return redis.call('TYPE', k)['ok'] == 'stream' end
-local function first(k, start)
-  local r = redis.call('XRANGE', k, start, '+', 'COUNT', 1)
-  if #r > 0 then return ms(r[1][1]) end
-  return -1
-end
-local new, old_new, proc, old_proc = 0, -1, 0, -1
-for i = 1, 4 do
-  if stream(KEYS[i]) then
-    local len = redis.call('XLEN', KEYS[i])
-    local group = nil
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
-      local h = {}
-      for j = 1, #g - 1, 2 do h[g[j]] = g[j + 1] end
-      if h['name'] == ARGV[1] then group = h end
-    end
-    local last, pending = '0-0', 0
-    if group then
-      last = group['last-delivered-id']
-      local summary = redis.call('XPENDING', KEYS[i], ARGV[1])
-      pending = summary[1]
-      if pending > 0 then old_proc = older(old_proc, ms(summary[2])) end
-    end
-    proc = proc + pending
-    local waiting = math.max(len - pending, 0)
-    if group and type(group['lag']) == 'number' then waiting = group['lag'] end
-    new = new + waiting
-    if waiting > 0 then
-      local start = '-'
-      if last ~= '0-0' then start = '(' .. last end
-      old_new = older(old_new, first(KEYS[i], start))
-    end
-  end
-end
-local not_due = 0
-if redis.call('TYPE', KEYS[5])['ok'] == 'zset' then
-  new = new + redis.call('ZCARD', KEYS[5])
-  not_due = redis.call('ZCOUNT', KEYS[5], '(' .. ARGV[2], '+inf')
-  for _, tok in ipairs(redis.call('ZRANGE', KEYS[5], 0, 99999)) do old_new = older(old_new, ms(tok)) end
-end
-local out = {new, old_new, proc, old_proc, not_due}
-for i = 6, 7 do
-  if stream(KEYS[i]) then
-    out[#out + 1] = redis.call('XLEN', KEYS[i]); out[#out + 1] = first(KEYS[i], '-')
-  else
-    out[#out + 1] = 0; out[#out + 1] = -1
-  end
-end
-return out
-"""
-
-
-def _resp(parts: Iterable[bytes | str | int]) -> bytes:
-    """One command in the Redis protocol (RESP): what redis-py's packer makes, for the scripts run
-    once per message, with a fraction of its cost (docs/performance.md)."""
-    out = []
-    n = 0
-    for p in parts:
-        raw = p if isinstance(p, bytes) else str(p).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-        n += 1
-    return b"*%d\r\n" % n + b"".join(out)
-
-
-def _roundtrip(client: Any, packed: bytes) -> Any:
-    """Send one packed command on a connection of ``client``'s pool and read its reply."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([packed])
-        return conn.read_response()
-    except redis.ResponseError:
-        raise  # an error reply: the connection is fine
-    except BaseException:
-        conn.disconnect()  # the connection's state is unknown: do not reuse it
-        raise
-    finally:
-        pool.release(conn)
-
-
-class _Script:
-    """A Lua script run by ``EVALSHA`` on a connection of the client's pool (loaded on ``NOSCRIPT``,
-    after a Redis restart for one)."""
-
-    def __init__(self, client: Any, text: str) -> None:
-        self._client = client
-        self.text = text
-        self.sha = hashlib.sha1(text.encode()).hexdigest()
-
-    def __call__(self, *, keys: builtins.list[str], args: builtins.list[Any]) -> Any:
-        packed = _resp(["EVALSHA", self.sha, len(keys), *keys, *args])
-        for _ in range(2):
-            try:
-                return _roundtrip(self._client, packed)
-            except redis.exceptions.NoScriptError:
-                self._client.script_load(self.text)
-        raise redis.ResponseError(f"script {self.sha} could not be loaded")
 
 
 def _flat(fields: dict[str, Any]) -> builtins.list[Any]:
@@ -619,13 +283,13 @@ class RedisMailbox:
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
         try:
             self._open_groups(create)
-            self._claim_script = _Script(self._r, _CLAIM)
-            self._ack_script = _Script(self._r, _ACK)
-            self._nack_script = _Script(self._r, _NACK)
-            self._dead_script = _Script(self._r, _DEAD)
-            self._release_script = _Script(self._r, _RELEASE)
-            self._recover_script = _Script(self._r, _RECOVER)
-            self._stats_script = _Script(self._r, _STATS)
+            self._claim_script = self._r.register_script(scripts.CLAIM)
+            self._ack_script = self._r.register_script(scripts.ACK)
+            self._nack_script = self._r.register_script(scripts.NACK)
+            self._dead_script = self._r.register_script(scripts.DEAD)
+            self._release_script = self._r.register_script(scripts.RELEASE)
+            self._recover_script = self._r.register_script(scripts.RECOVER)
+            self._stats_script = self._r.register_script(scripts.STATS)
         except redis.RedisError as exc:
             self._r.close()
             raise self._error(exc, "open") from exc
@@ -723,7 +387,7 @@ class RedisMailbox:
             elif len(batch) == 1:
                 _, i, fields = batch[0]
                 trim = self._trim()
-                _roundtrip(self._r, _resp(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
+                self._r.execute_command("XADD", self._streams[i], *trim, "*", *_flat(fields))
             else:
                 pipe = self._r.pipeline(transaction=True)
                 for _, i, fields in batch:
@@ -831,10 +495,10 @@ class RedisMailbox:
             "BLOCK",
             block_ms,
         ]
-        packed = _resp([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
+        command = [*head, "STREAMS", *self._streams, *(">" for _ in self._streams)]
         conn = client.connection  # its own connection: the one `wake` unblocks by its client id
         try:
-            conn.send_packed_command([packed])
+            conn.send_command(*command)
             got = conn.read_response()
         except redis.ResponseError as exc:
             raise self._error(exc, "claim") from exc
