@@ -23,16 +23,19 @@ def test_no_other_module_names_a_variable() -> None:
         if path.name == "_env.py" or "_shim" in path.parts:
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if re.fullmatch(r"HYBRIDCOMMS_[A-Z_]+", node.value):
-                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value}")
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.fullmatch(r"HYBRIDCOMMS_[A-Z_]+", node.value)
+            ):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value}")
     assert found == []
 
 
 def test_every_variable_is_in_the_operations_guide() -> None:
     text = (PACKAGE.parent / "docs" / "operations.md").read_text()
     section = text.split("## Environment", 1)[1]
-    assert NAMES == set(re.findall(r"^\| `(HYBRIDCOMMS_[A-Z_]+)` \|", section, re.M))
+    assert set(re.findall(r"^\| `(HYBRIDCOMMS_[A-Z_]+)` \|", section, re.M)) == NAMES
 
 
 @pytest.mark.parametrize(

@@ -233,7 +233,7 @@ def _fix_all(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
             if f["kind"] == "undecodable" and f["fixed"]:
                 name = f[_TARGET].name  # as listed (an escaped `where` may not name it)
                 try:
-                    mb._reject(name, f"found by doctor: {f['detail']}")
+                    mb.reject(name, f"found by doctor: {f['detail']}")
                 except (OSError, HybridCommsError) as exc:
                     _not_fixed(f, f"not moved to dead/: {exc}")
     if "legacy-drops" in kinds:
@@ -276,7 +276,7 @@ def _still_there(mb: FileMailbox, folder: str, name: str) -> bool:
     no link followed)."""
     try:
         if folder == _last_errors.ERRORS:
-            fd = mb._errors_folder(create=False)
+            fd = mb.errors_folder(create=False)
             if fd is None:
                 return False
         else:

@@ -875,10 +875,6 @@ class FileMailbox:
         log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
         self.dead_letter(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
 
-    # The CLI's doctor calls these by their former names.
-    _reject = reject
-    _errors_folder = errors_folder
-
     def dead_letter(
         self, m: Move, name: str, reason: dict[str, Any], target: str | None = None
     ) -> str | None:
