@@ -94,6 +94,7 @@ from ..base import (
     text_of,
 )
 from . import scripts
+from .fastpath import Script, pack, roundtrip
 
 try:
     import redis
@@ -283,13 +284,13 @@ class RedisMailbox:
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
         try:
             self._open_groups(create)
-            self._claim_script = self._r.register_script(scripts.CLAIM)
-            self._ack_script = self._r.register_script(scripts.ACK)
-            self._nack_script = self._r.register_script(scripts.NACK)
-            self._dead_script = self._r.register_script(scripts.DEAD)
-            self._release_script = self._r.register_script(scripts.RELEASE)
-            self._recover_script = self._r.register_script(scripts.RECOVER)
-            self._stats_script = self._r.register_script(scripts.STATS)
+            self._claim_script = Script(self._r, scripts.CLAIM)
+            self._ack_script = Script(self._r, scripts.ACK)
+            self._nack_script = Script(self._r, scripts.NACK)
+            self._dead_script = Script(self._r, scripts.DEAD)
+            self._release_script = Script(self._r, scripts.RELEASE)
+            self._recover_script = Script(self._r, scripts.RECOVER)
+            self._stats_script = Script(self._r, scripts.STATS)
         except redis.RedisError as exc:
             self._r.close()
             raise self._error(exc, "open") from exc
@@ -387,7 +388,7 @@ class RedisMailbox:
             elif len(batch) == 1:
                 _, i, fields = batch[0]
                 trim = self._trim()
-                self._r.execute_command("XADD", self._streams[i], *trim, "*", *_flat(fields))
+                roundtrip(self._r, pack(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
             else:
                 pipe = self._r.pipeline(transaction=True)
                 for _, i, fields in batch:
@@ -495,10 +496,10 @@ class RedisMailbox:
             "BLOCK",
             block_ms,
         ]
-        command = [*head, "STREAMS", *self._streams, *(">" for _ in self._streams)]
+        packed = pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
         conn = client.connection  # its own connection: the one `wake` unblocks by its client id
         try:
-            conn.send_command(*command)
+            conn.send_packed_command([packed])
             got = conn.read_response()
         except redis.ResponseError as exc:
             raise self._error(exc, "claim") from exc
