@@ -1410,6 +1410,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("shell", choices=SHELLS, help="the shell to print the script for")
     cp.set_defaults(func=_cmd_completion)
+
+    from .ui import register as register_ui  # the dashboard (its web stack is imported when it runs)
+
+    register_ui(sub, [common])
     return p
 
 
