@@ -169,7 +169,8 @@ class Fleet:
 
     def refresh(self, budget: float | None = None) -> list[str]:
         """Count again what changed (or was never counted, or is older than ``max_age``), for at most
-        ``budget`` seconds; the agents counted."""
+        ``budget`` seconds (what is left is counted next time: a page never waits for a whole cold
+        fleet; the live view's refresher counts the rest); the agents counted."""
         start = time.monotonic()
         agents = [e.agent for e in self.entries() if e.kind == "mailbox" and e.agent is not None]
         with self._lock:
@@ -177,7 +178,7 @@ class Fleet:
             self._dirty.difference_update(stale)
         done = []
         for agent in stale:
-            if budget is not None and time.monotonic() - start > budget and agent in self._counted:
+            if budget is not None and time.monotonic() - start > budget:
                 with self._lock:
                     self._dirty.add(agent)  # next time
                 continue
@@ -199,7 +200,7 @@ class Fleet:
             for e in self._entries:
                 got = self._counted.get(e.agent) if e.kind == "mailbox" and e.agent else None
                 if got is None:
-                    out.append(Row(e, None, e.problem, None))
+                    out.append(Row(e, None, e.problem if e.kind != "mailbox" else None, None))
                 else:
                     out.append(Row(e, got[0], got[1], got[2]))
         return sorted(out, key=lambda r: (r.attention(), r.key))

@@ -80,7 +80,8 @@ class Live:
 
     def _run(self) -> None:
         polled = self.fleet.source.kind != "file"
-        self.flows.replace(look(self.fleet.source, self.heads))
+        self.fleet.refresh()  # the counts first: the fleet page is what a person opens
+        self._look()
         last_poll = last_look = time.monotonic()
         version = -1
         before: dict[str, dict[str, int]] = {}
@@ -90,7 +91,7 @@ class Live:
                 self.fleet.mark_all()
                 last_poll = now
             if polled and now - last_look >= 60.0:
-                self.flows.replace(look(self.fleet.source, self.heads))
+                self._look()
                 last_look = now
             self.fleet.refresh(budget=2.0)
             if self.fleet.version != version:
@@ -101,6 +102,14 @@ class Live:
                 self.publish(update)
             self.fleet.wait_changed(version, timeout=1.0 if not polled else min(self.poll, 1.0))
             self._closing.wait(MIN_INTERVAL)
+
+    def _look(self) -> None:
+        """The graph's look at the durable messages, in a thread of its own (it reads many folders)."""
+
+        def run() -> None:
+            self.flows.replace(look(self.fleet.source, self.heads))
+
+        threading.Thread(target=run, name="hybridcomms-ui-look", daemon=True).start()
 
     def _rates_from_counts(self, update: dict[str, Any], before: dict[str, dict[str, int]]) -> None:
         """Rates on a backend without notifications: what the counts grew by since the last poll."""

@@ -86,6 +86,10 @@
     return node;
   }
 
+  function short(text) {
+    return text.length > 28 ? text.slice(0, 27) + "\u2026" : text;
+  }
+
   function drawGraph(box, data) {
     box.textContent = "";
     if (!data.nodes.length) {
@@ -105,7 +109,7 @@
     });
     var svg = el("svg", { viewBox: "0 0 " + size + " " + size, role: "img", "aria-label": "who talks to whom" });
     var defs = el("defs", {});
-    var marker = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 18, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" });
+    var marker = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 22, refY: 5, markerWidth: 8, markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" });
     marker.appendChild(el("path", { d: "M 0 0 L 10 5 L 0 10 z" }));
     defs.appendChild(marker);
     svg.appendChild(defs);
@@ -123,7 +127,8 @@
       var g = el("g", { "class": "node" });
       g.appendChild(el("circle", { cx: p.x, cy: p.y, r: 9 }));
       var right = Math.cos(p.a) >= 0;
-      g.appendChild(el("text", { x: p.x + (right ? 13 : -13), y: p.y + 4, "text-anchor": right ? "start" : "end" }, node.id));
+      g.appendChild(el("text", { x: p.x + (right ? 13 : -13), y: p.y + 4, "text-anchor": right ? "start" : "end" }, short(node.id)));
+      g.lastChild.appendChild(el("title", {}, node.id));
       svg.appendChild(g);
     });
     box.appendChild(svg);
