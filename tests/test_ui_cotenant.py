@@ -64,7 +64,7 @@ def hostile_root(tmp_path: Path) -> Path:
         "not json",
         "",
     ]
-    for n, shape in zip(dead_names, shapes):
+    for n, shape in zip(dead_names, shapes, strict=False):
         (box / "dead" / (n + ".reason.json")).write_text(shape)
     # a last-error record that is a FIFO, and one with hostile text
     (box / "errors").mkdir(exist_ok=True)
