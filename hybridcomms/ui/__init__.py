@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
         )
         return 1
     source = Source(url or str(root))
+    source.entries()  # a backend out of reach is one line and exit 69 (the CLI's), before any port is bound
     token = new_token()
     hosts = {"127.0.0.1", "localhost", "::1", args.host}
     app, _ = create_app(source, Guard(token, hosts, args.allow_actions), poll=args.poll, bus=not args.no_bus)

@@ -126,12 +126,18 @@ class App:
     # -- views --------------------------------------------------------------------------------------
 
     async def fleet_page(self, request: Request) -> Response:
-        rows = await _in_thread(self.fleet.rows)
+        try:
+            rows = await _in_thread(self.fleet.rows)
+        except (OSError, HybridCommsError, ValueError) as exc:
+            return self.error(request, 502, f"cannot list the mailboxes: {type(exc).__name__}: {exc}")
         charts = {r.key: self.fleet.rates(r.key) for r in rows}
         return self.page(request, "fleet.html", title="fleet", rows=rows, charts=charts, State=State)
 
     async def fleet_json(self, request: Request) -> Response:
-        return _json(await _in_thread(self.live.snapshot))
+        try:
+            return _json(await _in_thread(self.live.snapshot))
+        except (OSError, HybridCommsError, ValueError) as exc:
+            return _json({"error": f"{type(exc).__name__}: {exc}"}, 502)
 
     async def graph_page(self, request: Request) -> Response:
         return self.page(request, "graph.html", title="who talks to whom")
@@ -361,8 +367,8 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
     return await run_in_threadpool(fn)
 
 
-def _json(value: Any) -> Response:
-    return Response(json_text(value), media_type="application/json")
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json_text(value), status, media_type="application/json")
 
 
 class Guarded:

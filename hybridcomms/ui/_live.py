@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from typing import Any
 from ._fleet import Fleet, row_json
 from ._graph import EVERYONE, Flow, Flows, look
 from ._listing import HeadCache
-from ._source import MailboxEvent, State
+from ._source import MailboxEvent, State, printable
+
+log = logging.getLogger("hybridcomms.ui")
 
 #: Watcher event kinds counted as each rate.
 _RATE_OF = {"delivered": "in", "requeued": "in", "imported": "in", "acked": "acked", "dead": "dead"}
@@ -80,7 +83,8 @@ class Live:
 
     def _run(self) -> None:
         polled = self.fleet.source.kind != "file"
-        self.fleet.refresh()  # the counts first: the fleet page is what a person opens
+        with contextlib.suppress(Exception):  # an outage is reported by the loop below
+            self.fleet.refresh()  # the counts first: the fleet page is what a person opens
         self._look()
         last_poll = last_look = time.monotonic()
         version = -1
@@ -93,7 +97,12 @@ class Live:
             if polled and now - last_look >= 60.0:
                 self._look()
                 last_look = now
-            self.fleet.refresh(budget=2.0)
+            try:
+                self.fleet.refresh(budget=2.0)
+            except Exception as exc:  # the backend went away (Redis down, the root removed): try again
+                log.warning("cannot count the mailboxes: %s", printable(str(exc), 500))
+                self._closing.wait(self.poll)
+                continue
             if self.fleet.version != version:
                 version = self.fleet.version
                 update = self.snapshot()
@@ -107,7 +116,10 @@ class Live:
         """The graph's look at the durable messages, in a thread of its own (it reads many folders)."""
 
         def run() -> None:
-            self.flows.replace(look(self.fleet.source, self.heads))
+            try:
+                self.flows.replace(look(self.fleet.source, self.heads))
+            except Exception as exc:  # the backend went away: the graph keeps what it had
+                log.warning("cannot look at the messages for the graph: %s", printable(str(exc), 500))
 
         threading.Thread(target=run, name="hybridcomms-ui-look", daemon=True).start()
 
