@@ -53,6 +53,7 @@ URL_COMMANDS: dict[str, list[str]] = {
     "recover": ["recover"],
     "recover AGENTS": ["recover", "Agent-1", "Agent-2"],
     "work": ["work", "Agent-1", "--", sys.executable, "-c", "pass"],
+    "ui": ["ui", "--port", "0"],
 }
 #: Commands that read mailbox files: they refuse --url before reaching for anything.
 FILE_ONLY = {"doctor", "tail", "top", "watch", "migrate", "demo"}

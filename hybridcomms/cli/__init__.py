@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import __version__, _env
+from .. import __version__, _env, ui
 from . import (
     completion,
     demo,
@@ -112,6 +112,7 @@ COMMANDS: tuple[Register, ...] = (
     dreamos.register,  # migrate
     policy.register,  # policy explain|show
     completion.register,  # completion
+    ui.register,  # ui (the dashboard: its web stack is imported when it runs)
 )
 
 

@@ -1,0 +1,191 @@
+"""One mailbox's messages, a page at a time, without reading bodies to list them.
+
+The listing is the mailbox's own (`Mailbox.list`: names, sizes, times, reasons); only the messages of
+the page shown are read, for their topic and sender, and only when they are small (`HEAD_LIMIT`):
+a giant file costs a stat, never a read. What was read is remembered by name (a message file is
+written once and never changed). A topic filter reads topics until the page is full, at most
+`SCAN_LIMIT` of them per request, and says so when it stopped there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ._source import HybridCommsError, Mailbox, MessageInfo, State
+
+PAGE_SIZE = 50
+#: A message larger than this is not read for the listing (its topic shows as unknown).
+HEAD_LIMIT = 256 * 1024
+#: A topic filter looks at most this many messages per page asked.
+SCAN_LIMIT = 5000
+#: What a message key in a URL may be: a message id (`hybridcomms.message`'s rule), or "~" and the
+#: file name as URL-safe base64 (a file hybridcomms did not name).
+_ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
+_NAME_KEY_RE = re.compile(r"~[A-Za-z0-9_-]{1,700}={0,2}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What the listing shows of a message's content."""
+
+    topic: str | None
+    sender: str | None
+    recipient: str | None
+    priority: str | None
+
+
+_UNKNOWN = Head(None, None, None, None)
+
+
+class HeadCache:
+    """Heads read, by (agent, state, name): bounded, least recently used out first."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str, str], Head] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def head(self, mb: Mailbox, info: MessageInfo) -> Head:
+        key = (mb.agent_id, info.state.value, info.name)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        got = read_head(mb, info)
+        with self._lock:
+            self._items[key] = got
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return got
+
+
+def read_head(mb: Mailbox, info: MessageInfo) -> Head:
+    if info.size > HEAD_LIMIT:
+        return _UNKNOWN
+    try:
+        m = mb.read(info)
+    except (OSError, HybridCommsError, KeyError, ValueError):
+        return _UNKNOWN
+    return Head(m.topic, m.sender, m.recipient, m.priority.name)
+
+
+def message_key(info: MessageInfo) -> str:
+    """The key of a message in a URL: its id, or "~" + its file name in URL-safe base64."""
+    if info.id is not None and _ID_RE.match(info.id):
+        return info.id
+    return "~" + base64.urlsafe_b64encode(os.fsencode(info.name)).decode()
+
+
+def lookup_key(key: str) -> str | None:
+    """What `Mailbox.get` is asked for a key from a URL (an id, or a file name compared with the
+    folder's listing: never a path); None for a key that cannot be one."""
+    if _ID_RE.match(key):
+        return key
+    if not _NAME_KEY_RE.match(key):
+        return None
+    try:
+        name = os.fsdecode(base64.urlsafe_b64decode(key[1:]))
+    except (binascii.Error, ValueError):
+        return None
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        return None
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    info: MessageInfo
+    head: Head
+    key: str
+    age: float
+
+    @property
+    def error(self) -> str | None:
+        if self.info.reason is not None:
+            value = self.info.reason.get("last_error")
+            return None if value is None else str(value)
+        return None if self.info.last_error is None else self.info.last_error.error
+
+    @property
+    def reason(self) -> str | None:
+        if self.info.reason is None:
+            return None
+        value = self.info.reason.get("reason")
+        return None if value is None else str(value)
+
+    @property
+    def priority(self) -> str | None:
+        if self.head.priority is not None:
+            return self.head.priority
+        rank = self.info.name[:2]
+        return {"0C": "CRITICAL", "1H": "HIGH", "2M": "MEDIUM", "3L": "LOW"}.get(rank)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Item]
+    total: int  # messages in the state
+    page: int  # 1-based
+    pages: int | None  # None with a topic filter (unknown without reading every message)
+    has_next: bool
+    scanned: int  # with a topic filter: how many topics were looked at
+    capped: bool  # the filter stopped at SCAN_LIMIT
+
+
+def ordered(infos: list[MessageInfo], state: State) -> list[MessageInfo]:
+    """Waiting and in-flight messages in claim order (their names sort so); done and dead ones newest
+    first (what a person looks for)."""
+    if state in (State.DONE, State.DEAD):
+        return sorted(infos, key=lambda i: i.changed_at, reverse=True)
+    return infos
+
+
+def page_of(
+    mb: Mailbox,
+    state: State,
+    heads: HeadCache,
+    *,
+    page: int = 1,
+    topic: str | None = None,
+    size: int = PAGE_SIZE,
+    now: float | None = None,
+) -> Page:
+    now = time.time() if now is None else now
+    infos = ordered(mb.list(state), state)
+    page = max(page, 1)
+    start = (page - 1) * size
+
+    def item(info: MessageInfo, head: Any) -> Item:
+        return Item(info, head, message_key(info), max(now - info.changed_at, 0.0))
+
+    if not topic:
+        chosen = infos[start : start + size]
+        items = [item(i, heads.head(mb, i)) for i in chosen]
+        pages = max((len(infos) + size - 1) // size, 1)
+        return Page(items, len(infos), page, pages, start + size < len(infos), 0, False)
+    matched: list[Item] = []
+    scanned = 0
+    capped = False
+    for info in infos:
+        if len(matched) > start + size:
+            break
+        if scanned >= SCAN_LIMIT:
+            capped = True
+            break
+        scanned += 1
+        head = heads.head(mb, info)
+        if head.topic is not None and fnmatch.fnmatchcase(head.topic, topic):
+            matched.append(item(info, head))
+    return Page(
+        matched[start : start + size], len(infos), page, None, len(matched) > start + size, scanned, capped
+    )

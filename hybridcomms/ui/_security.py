@@ -1,0 +1,80 @@
+"""How the dashboard defends itself: a token, the Host header, cross-site requests, what the browser
+may run.
+
+Everything the dashboard shows was written by producers, and a producer may be hostile; the dashboard
+also listens on a port that every local user (and every web page the user visits) can reach. So:
+
+- **a token** (random, printed at start, as Jupyter does) is needed for every page: the printed URL
+  carries it once, and the dashboard answers with a cookie (HttpOnly, SameSite=Strict) and a redirect to
+  the same page without it;
+- **the Host header** must name this machine's loopback (or the address it was told to bind), so a
+  page of another site that resolves its own name to 127.0.0.1 (DNS rebinding) is refused;
+- **state changes** (only with ``--allow-actions``) are POSTs of a form carrying a CSRF token derived
+  from the session token, from this origin (``Origin``, ``Sec-Fetch-Site``), never GETs;
+- **the Content-Security-Policy** allows scripts and styles from the dashboard itself only (no inline
+  script, no ``eval``, no other origin), so a ``<script>`` that got past the escaping would not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+
+COOKIE = "hybridcomms_ui"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",  # not no-referrer: a form POST would carry "Origin: null"
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "cache-control": "no-store",
+}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Guard:
+    """The checks of one running dashboard."""
+
+    def __init__(self, token: str, hosts: Iterable[str] = LOOPBACK, allow_actions: bool = False) -> None:
+        self.token = token
+        self.hosts = frozenset(h.lower().strip("[]") for h in hosts)
+        self.allow_actions = allow_actions
+        self.csrf = hmac.new(token.encode(), b"hybridcomms-ui-csrf", hashlib.sha256).hexdigest()
+
+    def host_ok(self, host_header: str | None) -> bool:
+        """Whether the Host header names an address this dashboard answers for (any port)."""
+        if not host_header:
+            return False
+        host = host_header.strip().lower()
+        if host.startswith("["):  # [::1]:8765
+            end = host.find("]")
+            name = host[1:end] if end > 0 else ""
+        else:
+            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        return name in self.hosts
+
+    def token_ok(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def csrf_ok(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
+
+    def same_origin(self, origin: str | None, fetch_site: str | None, host_header: str | None) -> bool:
+        """Whether a POST comes from a page of this dashboard: ``Sec-Fetch-Site`` (when the browser
+        sends it) is ``same-origin``, and ``Origin`` (when sent) is this very host."""
+        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+            return False
+        if origin is None:
+            return True
+        return origin.lower() in {f"http://{(host_header or '').lower()}"}
