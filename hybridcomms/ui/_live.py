@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +19,9 @@ from typing import Any
 from ._fleet import Fleet, row_json
 from ._graph import EVERYONE, Flow, Flows, look
 from ._listing import HeadCache
-from ._source import MailboxEvent, State, printable
+from ._source import MailboxEvent, State, get_logger, printable
 
-log = logging.getLogger("hybridcomms.ui")
+log = get_logger("hybridcomms.ui")  # its records made inert, as every logger of the package
 
 #: Watcher event kinds counted as each rate.
 _RATE_OF = {"delivered": "in", "requeued": "in", "imported": "in", "acked": "acked", "dead": "dead"}

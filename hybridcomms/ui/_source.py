@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._log import get as get_logger
 from .._text import json_text, printable, shown
 from .._urls import shown_url
 from ..backends import Mailbox, backend_of, open_mailbox
@@ -40,6 +41,7 @@ __all__ = [
     "State",
     "StateStats",
     "check_agent_id",
+    "get_logger",
     "json_text",
     "printable",
     "shown",
