@@ -9,8 +9,11 @@ See docs/ for the guarantees.
 from __future__ import annotations
 
 from ._fs import FsyncPolicy
+from ._version import __version__
+from .backends import Mailbox, MailboxDelivery, open_mailbox
 from .backends.base import MailboxStats, MessageInfo, RecoveryReport, StateStats, check_agent_id
 from .backends.file import DEFAULT_ROOT, Delivery, FileMailbox, list_agents
+from .backends.memory import MemoryMailbox
 from .bus import AgentBus, Event, PublishResult, Subscription, default_bus
 from .comms import Comms, CommsSubscription, Received, RequestTimeoutError, Sent
 from .errors import (
@@ -18,6 +21,7 @@ from .errors import (
     DeliveryLostError,
     HybridCommsError,
     InvalidAgentIdError,
+    LockTimeoutError,
     MailboxError,
     MailboxIOError,
     MessageDecodeError,
@@ -30,8 +34,6 @@ from .policy import Decision, Policy, PolicyError, Route, Rule, find_policy
 from .retry import Backoff
 from .states import TRANSITIONS, State, Transition
 from .watcher import MailboxEvent, MailboxWatcher
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -49,11 +51,15 @@ __all__ = [
     "FsyncPolicy",
     "HybridCommsError",
     "InvalidAgentIdError",
+    "LockTimeoutError",
+    "Mailbox",
+    "MailboxDelivery",
     "MailboxError",
     "MailboxEvent",
     "MailboxIOError",
     "MailboxStats",
     "MailboxWatcher",
+    "MemoryMailbox",
     "Message",
     "MessageDecodeError",
     "MessageError",
@@ -79,4 +85,5 @@ __all__ = [
     "default_bus",
     "find_policy",
     "list_agents",
+    "open_mailbox",
 ]

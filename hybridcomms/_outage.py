@@ -1,10 +1,8 @@
 """A backend that fails: said in one line, and an outage told twice (when it starts, when it ends)
 however often the caller retries meanwhile, and counted for the metrics.
 
-- `unreachable(exc)`: the error behind ``exc`` that says the backend cannot be reached at all (a
-  `BackendUnavailableError`, or the Redis client's connection, timeout or authentication error), or
-  None. The CLI says it as ``cannot reach URL: REASON``.
-- `reason(exc)`: why ``exc`` happened, in one line, without a traceback (what people read).
+- `unreachable(exc)`, `reason(exc)`, `one_line(text)`: from `hybridcomms._reasons` (a lower layer),
+  re-exported here.
 - `is_outage(exc)`: an error that says the mailbox's backend is failing (an I/O error, a server that
   cannot be reached, a mailbox folder gone), not a mistake in what was asked: wait and try again.
 - `Outage`: one user's view of one backend (a `Comms`'s consumer loop and router; ``hybridcomms work``).
@@ -18,16 +16,14 @@ however often the caller retries meanwhile, and counted for the metrics.
 from __future__ import annotations
 
 import logging
-import re
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _log
-from ._text import printable
-from .errors import BackendUnavailableError, UnsafePathError
+from ._reasons import one_line, reason, unreachable
+from .errors import UnsafePathError
 from .retry import Backoff
 
 __all__ = ["OUTAGE_STATS", "RETRY", "Outage", "is_outage", "one_line", "reason", "unreachable"]
@@ -37,66 +33,6 @@ log = _log.get("hybridcomms.comms")
 #: Waits between tries while a backend fails: 0.25 s, doubling, never more than 5 s apart (so a
 #: consumer is back within 5 s of its backend).
 RETRY = Backoff(initial=0.25, factor=2.0, maximum=5.0, jitter=0.1)
-
-_CONNECTING = re.compile(r"Error -?\d+ connecting to .*?\. (.+)", re.DOTALL)
-
-
-def one_line(text: str) -> str:
-    """``text`` as one printable line (`hybridcomms._text.printable`): controls (a newline in a hostile
-    file name), invisible format characters and undecodable bytes written as escapes."""
-    return printable(text)
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the errors it was raised from (``raise ... from``; not those it met on the way)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__
-
-
-def _redis_unreachable_types() -> tuple[type[BaseException], ...]:
-    mod = sys.modules.get("redis.exceptions")  # not imported: no Redis error can have happened
-    if mod is None:
-        return ()
-    return (mod.ConnectionError, mod.TimeoutError)
-
-
-def unreachable(exc: BaseException) -> BaseException | None:
-    """The error in ``exc``'s chain that says its backend cannot be reached, or None."""
-    kinds: tuple[type[BaseException], ...] = (BackendUnavailableError, *_redis_unreachable_types())
-    for e in _chain(exc):
-        if isinstance(e, kinds):
-            return e
-    return None
-
-
-def reason(exc: BaseException) -> str:
-    """Why ``exc`` happened, in one line: for a backend that cannot be reached the cause only
-    ("Connection refused", "Name or service not known"), else the error's own text."""
-    found = unreachable(exc)
-    if isinstance(found, BackendUnavailableError):
-        return one_line(found.reason)
-    if found is not None:
-        text = str(found).strip()
-        name = type(found).__name__
-        m = _CONNECTING.match(text)
-        if m is not None:
-            text = m.group(1).strip().rstrip(".")
-        elif name == "AuthenticationError" and ("HELLO" in text or "NOAUTH" in text or "required" in text):
-            text = "the server wants a password (the URL has none)"
-        elif name == "AuthenticationError":
-            text = f"credentials refused: {text.rstrip('.')}"
-        elif name == "TimeoutError":
-            text = f"timed out ({text.rstrip('.')})" if text else "timed out"
-        return one_line(text.rstrip(".") or name)
-    if isinstance(exc, OSError) and exc.strerror:  # "[Errno 2] text: 'file'" reads as "text: file"
-        name = exc.filename
-        shown = "" if name is None or str(name) in exc.strerror else f": {name!s}"
-        return one_line(exc.strerror + shown)
-    return one_line(str(exc) or type(exc).__name__)
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -56,7 +56,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import __version__, _env, ui
+from .. import _env, ui
+from .._version import __version__
 from . import (
     completion,
     demo,

@@ -172,7 +172,7 @@ def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
     """A client error as the mailbox's error: `BackendUnavailableError` when the server cannot be
     reached (refused, timed out, credentials refused, no such host), else `MailboxIOError`."""
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        from ..._outage import reason
+        from ..._reasons import reason
 
         return BackendUnavailableError(shown_url(url), reason(exc), what)
     return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
