@@ -192,53 +192,75 @@ def _strict_from_legacy(entry: dict[str, Any], agent_id: str, origin: str, raw: 
 def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes) -> Message:
     """The envelope from what fits, and the whole value kept exactly in `EXACT_HEADER`."""
     fields = view if isinstance(view, dict) else {}
+    payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
+    sender = _first_text(fields, "sender", "sender_agent_id", "from_agent", "from")
+    recipient = _first_text(fields, "recipient", "recipient_agent_id", "to_agent", "to") or agent_id
+    return Message(  # (the fields in the order they were always read: the first failure is the reason)
+        topic=_lenient_topic(fields),
+        id=_lenient_id(fields, origin, raw),
+        priority=_lenient_priority(fields),
+        created_at=_lenient_created(fields),
+        payload=_native_payload(payload),
+        sender=sender if sender and len(sender) <= 256 else None,
+        recipient=recipient if len(recipient) <= 256 else agent_id,
+        headers={EXACT_HEADER: exact.decode()},
+    )
 
-    def text(*keys: str) -> str | None:
-        for k in keys:
-            v = fields.get(k)
-            if isinstance(v, str) and _is_utf8(v):  # a lone surrogate ("\ud800"): only in the header
-                return v
-        return None
 
-    topic = text("topic", "type", "message_type")
+def _first_text(fields: dict[str, Any], *keys: str) -> str | None:
+    """The first of these fields that is a string fit for the envelope (else None)."""
+    for k in keys:
+        v = fields.get(k)
+        if isinstance(v, str) and _is_utf8(v):  # a lone surrogate ("\ud800"): only in the header
+            return v
+    return None
+
+
+def _lenient_topic(fields: dict[str, Any]) -> str:
+    """The legacy type as the topic if it is a valid one, else `LEGACY_TOPIC`."""
+    topic = _first_text(fields, "topic", "type", "message_type")
     if topic is None or not _valid_topic(topic):
-        topic = LEGACY_TOPIC
+        return LEGACY_TOPIC
+    return topic
+
+
+def _lenient_id(fields: dict[str, Any], origin: str, raw: bytes) -> str:
+    """The legacy id if it is a valid message id, else one derived from where the entry was."""
     raw_id = fields.get("id", fields.get("message_id"))
     try:
-        msg_id = check_id(str(raw_id)) if raw_id is not None else _derived_id(origin, raw)
+        return check_id(str(raw_id)) if raw_id is not None else _derived_id(origin, raw)
     except HybridCommsError:
-        msg_id = _derived_id(origin, raw)
+        return _derived_id(origin, raw)
+
+
+def _lenient_priority(fields: dict[str, Any]) -> Priority:
+    """The legacy priority if it parses, else MEDIUM."""
     try:
-        priority = Priority.parse(fields.get("priority", "MEDIUM"))
+        return Priority.parse(fields.get("priority", "MEDIUM"))
     except HybridCommsError:
-        priority = Priority.MEDIUM
-    created = datetime.now(timezone.utc)
+        return Priority.MEDIUM
+
+
+def _lenient_created(fields: dict[str, Any]) -> datetime:
+    """The first legacy timestamp field that parses, else now."""
     for key in ("created_at", "timestamp_utc", "timestamp"):
         if key in fields:
             try:
-                created = _parse_time(fields[key])
-                break
+                return _parse_time(fields[key])
             except HybridCommsError:
                 continue
-    payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
+    return datetime.now(timezone.utc)
+
+
+def _native_payload(payload: Any) -> Any:
+    """The payload if JSON holds it as it is, else None (what it was is in the header)."""
     try:
         orjson.dumps(payload)
         if has_non_finite(payload):  # NaN or an infinity anywhere in it: orjson would write null
-            payload = None
+            return None
     except TypeError:
-        payload = None  # not representable natively (e.g. an integer beyond 64 bits): see the header
-    sender = text("sender", "sender_agent_id", "from_agent", "from")
-    recipient = text("recipient", "recipient_agent_id", "to_agent", "to") or agent_id
-    return Message(
-        topic=topic,
-        payload=payload,
-        sender=sender if sender and len(sender) <= 256 else None,
-        recipient=recipient if len(recipient) <= 256 else agent_id,
-        priority=priority,
-        id=msg_id,
-        created_at=created,
-        headers={EXACT_HEADER: exact.decode()},
-    )
+        return None  # not representable natively (e.g. an integer beyond 64 bits): see the header
+    return payload
 
 
 def _is_utf8(text: str) -> bool:
@@ -354,24 +376,33 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     has_dir = os.path.isdir(dir_path) and not os.path.islink(dir_path)
     if not has_json and not has_dir:
         return None
-    waiting = 0
-    if has_json:
-        try:
-            fd, st = _fs.open_regular(json_path, DEFAULT_MAX_INBOX_JSON)
-            try:
-                if not is_blank(fd, st.st_size):  # counted, not built (max_item=0), a window at a time
-                    waiting += sum(1 for _ in open_array(fd, max_item=0))
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):
-            pass
-    if has_dir:
-        try:
-            waiting += sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
-        except OSError:
-            pass
+    waiting = (_count_inbox_json(json_path) if has_json else 0) + (
+        _count_inbox_dir(dir_path) if has_dir else 0
+    )
     layout = legacy_layout(root, agent_id)
     return {"agent": agent_id, "layout": layout.value, "waiting": waiting}
+
+
+def _count_inbox_json(json_path: str) -> int:
+    """The entries of ``inbox.json`` (0 if it cannot be read as an array)."""
+    try:
+        fd, st = _fs.open_regular(json_path, DEFAULT_MAX_INBOX_JSON)
+        try:
+            if not is_blank(fd, st.st_size):  # counted, not built (max_item=0), a window at a time
+                return sum(1 for _ in open_array(fd, max_item=0))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _count_inbox_dir(dir_path: str) -> int:
+    """The message files waiting in ``inbox/`` (0 if it cannot be listed)."""
+    try:
+        return sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
+    except OSError:
+        return 0
 
 
 def has_legacy_drops(root: str | os.PathLike[str], agent_id: str) -> bool:
@@ -466,45 +497,80 @@ def ingest(
     budget = _Budget(max_chunks)
     locks = _LegacyLocks(mailbox, report, lock_timeout, skip_held)
     with _agent_dir(mailbox) as adir_fd:
-        kind = _entry_kind(adir_fd, INBOX_JSON)
-        if kind == "file":
-            with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
-                if locked:
-                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken, budget)
-        elif kind is not None:
-            _refuse(report, agent, f"{agent}/{INBOX_JSON}", kind)
-        kind = _entry_kind(adir_fd, INBOX_DIR)
-        if kind == "dir":
-            try:
-                inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
-            except OSError as exc:
-                _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
-            else:
-                try:
-                    if not _has_candidates(inbox_fd):
-                        pass
-                    elif budget.spent:
-                        report.more = True  # the next call takes them
-                    else:
-                        with locks.hold(inbox_fd, INBOX_DIR_LOCK, f"{INBOX_DIR}/{INBOX_DIR_LOCK}") as locked:
-                            if locked:
-                                ingest_folder(
-                                    mailbox,
-                                    adir_fd,
-                                    inbox_fd,
-                                    INBOX_DIR,
-                                    report,
-                                    settle,
-                                    on_taken=on_taken,
-                                    budget=budget,
-                                )
-                finally:
-                    os.close(inbox_fd)
-        elif kind is not None and kind != "file":
-            _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
+        _ingest_json_drop(mailbox, adir_fd, report, locks, max_inbox_json, on_taken, budget)
+        _ingest_dir_drop(mailbox, adir_fd, report, locks, settle, on_taken, budget)
     if report:
         log.info("%s: legacy drops: %s", agent, report)
     return report
+
+
+def _ingest_json_drop(
+    mailbox: FileMailbox,
+    adir_fd: int,
+    report: IngestReport,
+    locks: _LegacyLocks,
+    max_inbox_json: int,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    """``inbox.json`` under its lock, if it is a file; anything else in its place is refused."""
+    kind = _entry_kind(adir_fd, INBOX_JSON)
+    if kind == "file":
+        with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
+            if locked:
+                _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken, budget)
+    elif kind is not None:
+        _refuse(report, mailbox.agent_id, f"{mailbox.agent_id}/{INBOX_JSON}", kind)
+
+
+def _ingest_dir_drop(
+    mailbox: FileMailbox,
+    adir_fd: int,
+    report: IngestReport,
+    locks: _LegacyLocks,
+    settle: float,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    """The ``inbox/`` folder, if it is one; a link or a FIFO in its place is refused (a file is not)."""
+    agent = mailbox.agent_id
+    kind = _entry_kind(adir_fd, INBOX_DIR)
+    if kind != "dir":
+        if kind is not None and kind != "file":
+            _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
+        return
+    try:
+        inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
+    except OSError as exc:
+        _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
+        return
+    try:
+        _ingest_inbox_dir(mailbox, adir_fd, inbox_fd, report, locks, settle, on_taken, budget)
+    finally:
+        os.close(inbox_fd)
+
+
+def _ingest_inbox_dir(
+    mailbox: FileMailbox,
+    adir_fd: int,
+    inbox_fd: int,
+    report: IngestReport,
+    locks: _LegacyLocks,
+    settle: float,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    """The files of the open ``inbox/`` under its lock, unless there are none or the budget is spent."""
+    if not _has_candidates(inbox_fd):
+        return
+    if budget.spent:
+        report.more = True  # the next call takes them
+        return
+    with locks.hold(inbox_fd, INBOX_DIR_LOCK, f"{INBOX_DIR}/{INBOX_DIR_LOCK}") as locked:
+        if locked:
+            ingest_folder(
+                mailbox, adir_fd, inbox_fd, INBOX_DIR, report, settle, on_taken=on_taken, budget=budget
+            )
 
 
 class _Budget:
