@@ -773,60 +773,103 @@ def _take_array(
 ) -> None:
     source = f"{mb.agent_id}/{INBOX_JSON}"
     journal = Journal(adir_fd, ARRAY_JOURNAL, agent=mb.agent_id)
-    if journal.clearing is not None:
-        if _entry_kind(adir_fd, journal.clearing) == "file":
-            _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
-        else:
-            journal.forget()  # the array was emptied: what it holds now was appended since
+    _settle_clearing(adir_fd, journal)
     if is_blank(fd, st.st_size):
         journal.end()
         return
     max_item = max_entry_chars(mb.max_message_size)
     resume = journal.resumes(st)
     if resume is not None:
-        start = _Start(
+        start: _Start | None = _Start(
             resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous
         )
     else:
-        problem: str | None = None
-        try:
-            start = _find_start(fd, max_item, journal)
-        except NotAnArray as exc:
-            problem = str(exc)
-        except ValueError as exc:
-            problem = f"not valid JSON: {exc}"
-        if problem is not None:
-            # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
-            whole = _fs.ByteRange(fd, 0, st.st_size)
-            _bury(mb, report, whole, _inbox_json_dead_name(source, whole), problem, source)
-            _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
-            journal.end()
-            if on_taken is not None:
-                on_taken(1)
-            return
+        start = _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
+    if start is None:
+        return
     if start.count == 0:
         journal.end()
         return
     taking = _Chunks(mb, report, journal, start, on_taken, file_id(st), budget)
     if start.skip and on_taken is not None:
         on_taken(start.skip)  # taken before (by an earlier step, or an interrupted ingestion)
-    if start.skip < start.count or resume is not None:  # (read on to the end whatever the journal says)
-        try:
-            stopped = _take_entries(taking, fd, source, max_item, start, budget)
-        except ValueError as exc:
-            # Checked as JSON before, unreadable now: the file changed while it was read. The next
-            # call looks at it whole again (where it stands is journaled, the file's identity not).
-            log.warning(
-                "%s: %s changed while it was read (%s): looked at again next time", mb.agent_id, source, exc
-            )
-            taking.pause(None)  # (not ``more``: a file rewritten in place in a loop makes no busy loop)
-            return
-        if stopped:
-            taking.pause(file_id(st))
-            report.more = True
-            return
+    # (read on to the end whatever the journal says, if resumed)
+    reading = start.skip < start.count or resume is not None
+    if reading and not _read_on(taking, fd, st, source, max_item, start, budget, report):
+        return  # paused: the next call goes on
     _empty_inbox_json(adir_fd, journal, taking.taken, taking.chain.hex())
     journal.end()
+
+
+def _settle_clearing(adir_fd: int, journal: Journal) -> None:
+    """After a kill while ``inbox.json`` was being emptied: was it emptied? If not, the ``[]`` file
+    is removed; if so, the journal is forgotten (what the array holds now was appended since)."""
+    if journal.clearing is None:
+        return
+    if _entry_kind(adir_fd, journal.clearing) == "file":
+        _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
+    else:
+        journal.forget()  # the array was emptied: what it holds now was appended since
+
+
+def _checked_start(
+    mb: FileMailbox,
+    adir_fd: int,
+    fd: int,
+    st: os.stat_result,
+    report: IngestReport,
+    journal: Journal,
+    max_item: int,
+    on_taken: Taken | None,
+) -> _Start | None:
+    """The first pass (`_find_start`); None if the array is not JSON, then buried whole and emptied."""
+    source = f"{mb.agent_id}/{INBOX_JSON}"
+    try:
+        return _find_start(fd, max_item, journal)
+    except NotAnArray as exc:
+        problem = str(exc)
+    except ValueError as exc:
+        problem = f"not valid JSON: {exc}"
+    # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
+    whole = _fs.ByteRange(fd, 0, st.st_size)
+    _bury(mb, report, whole, _inbox_json_dead_name(source, whole), problem, source)
+    _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
+    journal.end()
+    if on_taken is not None:
+        on_taken(1)
+    return None
+
+
+def _read_on(
+    taking: _Chunks,
+    fd: int,
+    st: os.stat_result,
+    source: str,
+    max_item: int,
+    start: _Start,
+    budget: _Budget,
+    report: IngestReport,
+) -> bool:
+    """Take the entries from ``start`` on; True if all were taken, False if it paused (the budget
+    spent, or the file changed while it was read), where it stopped journaled."""
+    try:
+        stopped = _take_entries(taking, fd, source, max_item, start, budget)
+    except ValueError as exc:
+        # Checked as JSON before, unreadable now: the file changed while it was read. The next
+        # call looks at it whole again (where it stands is journaled, the file's identity not).
+        log.warning(
+            "%s: %s changed while it was read (%s): looked at again next time",
+            taking.mb.agent_id,
+            source,
+            exc,
+        )
+        taking.pause(None)  # (not ``more``: a file rewritten in place in a loop makes no busy loop)
+        return False
+    if stopped:
+        taking.pause(file_id(st))
+        report.more = True
+        return False
+    return True
 
 
 def _take_entries(
@@ -858,21 +901,16 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
     ingestion starts: after the entries taken before, if the array still begins with exactly those
     (legacy writers only append); from the beginning otherwise."""
     want = journal.taken
-    chain = b""
-    old = hashlib.sha256() if want and not journal.chained else None  # a journal of an earlier version
+    prefix = _PrefixDigest(legacy=bool(want) and not journal.chained)
     start = _Start(0)
     for element in open_array(fd, max_item=max_item):
         if start.count < want:
-            canonical = None if element.value is TOO_LARGE else _json.dumps(element.value)
-            chain = _chain(chain, canonical)
-            if old is not None:
-                _digest_add(old, canonical)
+            prefix.add(element.value)
             if start.count == want - 1:
                 start.after = element.end
         start.count += 1
-    digest = old.hexdigest() if old is not None else chain.hex()
-    if want and start.count >= want and digest == journal.digest:
-        start.skip, start.chain = want, chain
+    if want and start.count >= want and prefix.hexdigest() == journal.digest:
+        start.skip, start.chain = want, prefix.chain
     else:
         if want:
             log.warning(
@@ -883,6 +921,26 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
             )
         start.after = None
     return start
+
+
+class _PrefixDigest:
+    """The digest of an array's first entries, as the journal keeps it: a chain (`_chain`), or for a
+    journal of an earlier version (``legacy``) the running digest it kept (`_digest_add`)."""
+
+    def __init__(self, *, legacy: bool) -> None:
+        self.chain = b""
+        self.old = hashlib.sha256() if legacy else None
+
+    def add(self, value: Any) -> None:
+        """One more entry (its value, or `TOO_LARGE`)."""
+        canonical = None if value is TOO_LARGE else _json.dumps(value)
+        self.chain = _chain(self.chain, canonical)
+        if self.old is not None:
+            _digest_add(self.old, canonical)
+
+    def hexdigest(self) -> str:
+        """The digest to compare with the journal's."""
+        return self.old.hexdigest() if self.old is not None else self.chain.hex()
 
 
 class _Chunks:
@@ -1020,24 +1078,7 @@ def ingest_folder(
         if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
         source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"
-        try:
-            st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
-            raw = _fs.read_regular(name, mb.max_message_size, dir_fd=folder_fd)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            _refuse(report, mb.agent_id, source, _why_refused(exc))
-            continue
-        try:
-            obj = _json.loads(raw)
-        except ValueError as exc:
-            if now - st.st_mtime < settle:
-                report.waiting.append(_fs.shown(source))  # perhaps still being written by an unlocked writer
-                continue
-            _bury(mb, report, raw, _bury_name(label, name), f"not valid JSON: {exc}", source)
-            taking.add(name, len(raw))  # removed with its chunk (buried again is a no-op)
-            continue
-        taking.add(name, len(raw), (source, raw, obj))
+        taking.take_file(name, source, now, settle)
     else:
         taking.flush()
     taking.finish()
@@ -1069,6 +1110,29 @@ class _FolderChunks:
         self.names: list[str] = []  # the files of the chunk (removed once it is published)
         self.items: list[tuple[str, bytes, Any]] = []  # what of them is to publish
         self.size = 0
+
+    def take_file(self, name: str, source: str, now: float, settle: float) -> None:
+        """One legacy file into the chunk, or buried if it is not JSON; refused if it is not a regular
+        file, left for later if it is not JSON yet (changed less than ``settle`` seconds ago)."""
+        mb, report = self.mb, self.report
+        try:
+            st = os.stat(name, dir_fd=self.folder_fd, follow_symlinks=False)
+            raw = _fs.read_regular(name, mb.max_message_size, dir_fd=self.folder_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            _refuse(report, mb.agent_id, source, _why_refused(exc))
+            return
+        try:
+            obj = _json.loads(raw)
+        except ValueError as exc:
+            if now - st.st_mtime < settle:
+                report.waiting.append(_fs.shown(source))  # perhaps still being written by an unlocked writer
+                return
+            _bury(mb, report, raw, _bury_name(self.label, name), f"not valid JSON: {exc}", source)
+            self.add(name, len(raw))  # removed with its chunk (buried again is a no-op)
+            return
+        self.add(name, len(raw), (source, raw, obj))
 
     def add(self, name: str, size: int, item: tuple[str, bytes, Any] | None = None) -> None:
         """One file of the chunk (``item``: to publish; None: already buried); a full chunk goes."""
@@ -1136,24 +1200,7 @@ def _publish(
     the batch's ids. ``carried``: ids an interrupted ingestion was publishing (those found in the
     mailbox are not published again); ``previous``: ids just published (an entry appended twice in a
     row is delivered once)."""
-    messages: dict[str, Message] = {}
-    for source, raw, obj in items:
-        try:
-            message = message_from_legacy(
-                obj, agent_id=mb.agent_id, origin=source, raw=raw, max_size=mb.max_message_size
-            )
-        except MessageError as exc:
-            name = (
-                _bury_name(label, source.rsplit("/", 1)[1])
-                if label is not None
-                else _inbox_json_dead_name(source, raw)
-            )
-            _bury(mb, report, raw, name, f"cannot be converted: {exc}", source)
-            continue
-        if message.id in messages or message.id in previous:
-            report.duplicates += 1  # the same message appended twice: delivered once
-            continue
-        messages[message.id] = message
+    messages = _converted(mb, items, report, previous, label)
     if not messages:
         return set()
     pending = carried.intersection(messages)
@@ -1165,6 +1212,41 @@ def _publish(
         mb.put_many(fresh)
         report.add_ingested([m.id for m in fresh])
     return set(messages)
+
+
+def _converted(
+    mb: FileMailbox,
+    items: list[tuple[str, bytes, Any]],
+    report: IngestReport,
+    previous: Container[str],
+    label: str | None,
+) -> dict[str, Message]:
+    """The batch's messages by id: what does not convert is buried, a message met twice (in the
+    batch, or in ``previous``) is counted a duplicate and kept once."""
+    messages: dict[str, Message] = {}
+    for source, raw, obj in items:
+        try:
+            message = message_from_legacy(
+                obj, agent_id=mb.agent_id, origin=source, raw=raw, max_size=mb.max_message_size
+            )
+        except MessageError as exc:
+            _bury(
+                mb, report, raw, _unconverted_name(source, raw, label), f"cannot be converted: {exc}", source
+            )
+            continue
+        if message.id in messages or message.id in previous:
+            report.duplicates += 1  # the same message appended twice: delivered once
+            continue
+        messages[message.id] = message
+    return messages
+
+
+def _unconverted_name(source: str, raw: bytes, label: str | None) -> str:
+    """The name in ``dead/`` of an entry that does not convert: a folder's file by its name (``label``:
+    the folder's), an ``inbox.json`` entry by its digest."""
+    if label is not None:
+        return _bury_name(label, source.rsplit("/", 1)[1])
+    return _inbox_json_dead_name(source, raw)
 
 
 def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] | None = None) -> set[str]:
