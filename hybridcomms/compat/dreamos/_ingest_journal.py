@@ -30,7 +30,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -78,17 +78,50 @@ class Resume:
         ident, count, offset = data.get("file"), data.get("count"), data.get("offset")
         previous = data.get("previous")
         if not (
-            isinstance(ident, list)
-            and len(ident) == 5
-            and all(type(x) is int for x in ident)
-            and type(count) is int
-            and count >= 0
-            and (offset is None or (type(offset) is int and offset >= 0))
-            and isinstance(previous, list)
+            _is_file_id(ident) and _is_count(count) and _is_offset(offset) and isinstance(previous, list)
         ):
             return None
         file = (ident[0], ident[1], ident[2], ident[3], ident[4])
         return Resume(file, count, offset, [i for i in previous if isinstance(i, str)])
+
+
+def _is_file_id(value: Any) -> TypeGuard[list[int]]:
+    """Is ``value`` a `FileId` as JSON holds it (a list of five integers)?"""
+    return isinstance(value, list) and len(value) == 5 and all(type(x) is int for x in value)
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    """Is ``value`` a count (an integer, not a bool, at least 0)?"""
+    return type(value) is int and value >= 0
+
+
+def _is_offset(value: Any) -> TypeGuard[int | None]:
+    """Is ``value`` an offset in the file, or None (nothing taken)?"""
+    return value is None or _is_count(value)
+
+
+def _count_or_default(value: Any, default: int) -> int:
+    """``value`` if it is an integer at least 0 (a bool passes, as it always did), else ``default``."""
+    return value if isinstance(value, int) and value >= 0 else default
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings of a JSON list (none for anything else)."""
+    return [i for i in value if isinstance(i, str)] if isinstance(value, list) else []
+
+
+def _clearing_name(value: Any) -> str | None:
+    """``value`` if it is a name `is_clearing_name` accepts (never another file to remove), else None."""
+    return value if isinstance(value, str) and is_clearing_name(value) else None
+
+
+def _read_journal(dir_fd: int, name: str) -> dict[str, Any] | None:
+    """The journal's object as written; None if it is missing, unreadable or not an object."""
+    try:
+        data: Any = orjson.loads(_fs.read_regular(name, 16 << 20, dir_fd=dir_fd))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def folder_journal_name(label: str) -> str:
@@ -118,26 +151,19 @@ class Journal:
         self.clearing: str | None = None
         self.chained = False  # digest is a chain (v 2)
         self.resume: Resume | None = None
-        try:
-            data: Any = orjson.loads(_fs.read_regular(name, 16 << 20, dir_fd=dir_fd))
-        except (OSError, ValueError):
-            return
-        if not isinstance(data, dict):
-            return
-        ids = data.get("ids")
-        if isinstance(ids, list):
-            self.ids = [i for i in ids if isinstance(i, str)]
-        for key in ("taken", "upto"):
-            value = data.get(key)
-            if isinstance(value, int) and value >= 0:
-                setattr(self, key, value)
-        if "upto" not in data:  # written by a version that took inbox.json whole: its ids may be anywhere
-            self.upto = _ANYWHERE
-        if isinstance(data.get("digest"), str):
-            self.digest = data["digest"]
-        clearing = data.get("clearing")
-        if isinstance(clearing, str) and is_clearing_name(clearing):
-            self.clearing = clearing
+        data = _read_journal(dir_fd, name)
+        if data is not None:
+            self._load(data)
+
+    def _load(self, data: dict[str, Any]) -> None:
+        """Each field as written, if it is valid (else it keeps its empty value)."""
+        self.ids = _strings(data.get("ids"))
+        self.taken = _count_or_default(data.get("taken"), 0)
+        # written by a version that took inbox.json whole (no "upto"): its ids may be anywhere
+        self.upto = _count_or_default(data.get("upto"), 0) if "upto" in data else _ANYWHERE
+        digest = data.get("digest")
+        self.digest = digest if isinstance(digest, str) else ""
+        self.clearing = _clearing_name(data.get("clearing"))
         self.chained = data.get("v") == 2
         if self.chained and _HEX.fullmatch(self.digest) is None:  # (a chain is hex: anything else, none)
             self.digest, self.taken = "", 0

@@ -189,6 +189,28 @@ class _Adapter:
         return self.handler(be)
 
 
+def _routing_claims(event: Event) -> tuple[set[str], list[tuple[bool, Priority]]]:
+    """What an event says the policy should route it by: its topics, and for each of its views
+    (a `Message`; a dict and its ``data``) whether it names a recipient and its priority."""
+    payload = event.payload
+    if isinstance(payload, Message):
+        return {event.topic, payload.topic}, [(payload.recipient is not None, payload.priority)]
+    views = [payload] if isinstance(payload, dict) else []
+    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+        views.append(payload["data"])  # a BaseEvent of another process: its fields
+    return {event.topic}, [_view_claim(data) for data in views or [{}]]
+
+
+def _view_claim(data: dict[str, Any]) -> tuple[bool, Priority]:
+    """Whether one view of an event names a recipient, and its priority (MEDIUM if none parses)."""
+    named = any(isinstance(data.get(k), str) for k in _RECIPIENT_KEYS)
+    try:
+        prio = Priority.parse(data.get("priority", Priority.MEDIUM))
+    except ValueError:
+        prio = Priority.MEDIUM
+    return named, prio
+
+
 class AgentBus:
     """The Dream.OS AgentBus singleton, on hybridcomms. See the module docstring."""
 
@@ -313,18 +335,23 @@ class AgentBus:
                 return Flag(False)
             for sub_id in found:
                 del self._ids[sub_id]
-            durable = self._durable.pop((pattern, handler), None)
-            if durable is not None:
-                comms, sub = durable
-                comms.unsubscribe(sub)
-                return Flag(True)
-            adapter = self._adapters.get(handler)
-            if adapter is not None:
-                self._bus.unsubscribe(pattern, adapter)
-                adapter.patterns.discard(pattern)
-                if not adapter.patterns:
-                    del self._adapters[handler]
+            self._detach(pattern, handler)
             return Flag(True)
+
+    def _detach(self, pattern: str, handler: Handler) -> None:
+        """Stop delivering ``pattern`` to ``handler``: its durable consumer's subscription, or its
+        adapter's on the bus (the adapter dropped with its last pattern). The caller holds the lock."""
+        durable = self._durable.pop((pattern, handler), None)
+        if durable is not None:
+            comms, sub = durable
+            comms.unsubscribe(sub)
+            return
+        adapter = self._adapters.get(handler)
+        if adapter is not None:
+            self._bus.unsubscribe(pattern, adapter)
+            adapter.patterns.discard(pattern)
+            if not adapter.patterns:
+                del self._adapters[handler]
 
     def _forged_durable(self, event: Event) -> bool:
         """An event from another process (it came through the fanout: ``event.origin``) on a topic this
@@ -335,23 +362,7 @@ class AgentBus:
         ``refused_durable``, as `Comms` counts what it refuses)."""
         if event.origin is None:
             return False
-        payload = event.payload
-        if isinstance(payload, Message):
-            topics = {event.topic, payload.topic}
-            candidates = [(payload.recipient is not None, payload.priority)]
-        else:
-            topics = {event.topic}
-            candidates = []
-            views = [payload] if isinstance(payload, dict) else []
-            if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
-                views.append(payload["data"])  # a BaseEvent of another process: its fields
-            for data in views or [{}]:
-                named = any(isinstance(data.get(k), str) for k in _RECIPIENT_KEYS)
-                try:
-                    prio = Priority.parse(data.get("priority", Priority.MEDIUM))
-                except ValueError:
-                    prio = Priority.MEDIUM
-                candidates.append((named, prio))
+        topics, candidates = _routing_claims(event)
         for topic in topics:
             for named, prio in candidates:
                 addressed = named or _agent_of_topic(topic) is not None

@@ -192,53 +192,75 @@ def _strict_from_legacy(entry: dict[str, Any], agent_id: str, origin: str, raw: 
 def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes) -> Message:
     """The envelope from what fits, and the whole value kept exactly in `EXACT_HEADER`."""
     fields = view if isinstance(view, dict) else {}
+    payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
+    sender = _first_text(fields, "sender", "sender_agent_id", "from_agent", "from")
+    recipient = _first_text(fields, "recipient", "recipient_agent_id", "to_agent", "to") or agent_id
+    return Message(  # (the fields in the order they were always read: the first failure is the reason)
+        topic=_lenient_topic(fields),
+        id=_lenient_id(fields, origin, raw),
+        priority=_lenient_priority(fields),
+        created_at=_lenient_created(fields),
+        payload=_native_payload(payload),
+        sender=sender if sender and len(sender) <= 256 else None,
+        recipient=recipient if len(recipient) <= 256 else agent_id,
+        headers={EXACT_HEADER: exact.decode()},
+    )
 
-    def text(*keys: str) -> str | None:
-        for k in keys:
-            v = fields.get(k)
-            if isinstance(v, str) and _is_utf8(v):  # a lone surrogate ("\ud800"): only in the header
-                return v
-        return None
 
-    topic = text("topic", "type", "message_type")
+def _first_text(fields: dict[str, Any], *keys: str) -> str | None:
+    """The first of these fields that is a string fit for the envelope (else None)."""
+    for k in keys:
+        v = fields.get(k)
+        if isinstance(v, str) and _is_utf8(v):  # a lone surrogate ("\ud800"): only in the header
+            return v
+    return None
+
+
+def _lenient_topic(fields: dict[str, Any]) -> str:
+    """The legacy type as the topic if it is a valid one, else `LEGACY_TOPIC`."""
+    topic = _first_text(fields, "topic", "type", "message_type")
     if topic is None or not _valid_topic(topic):
-        topic = LEGACY_TOPIC
+        return LEGACY_TOPIC
+    return topic
+
+
+def _lenient_id(fields: dict[str, Any], origin: str, raw: bytes) -> str:
+    """The legacy id if it is a valid message id, else one derived from where the entry was."""
     raw_id = fields.get("id", fields.get("message_id"))
     try:
-        msg_id = check_id(str(raw_id)) if raw_id is not None else _derived_id(origin, raw)
+        return check_id(str(raw_id)) if raw_id is not None else _derived_id(origin, raw)
     except HybridCommsError:
-        msg_id = _derived_id(origin, raw)
+        return _derived_id(origin, raw)
+
+
+def _lenient_priority(fields: dict[str, Any]) -> Priority:
+    """The legacy priority if it parses, else MEDIUM."""
     try:
-        priority = Priority.parse(fields.get("priority", "MEDIUM"))
+        return Priority.parse(fields.get("priority", "MEDIUM"))
     except HybridCommsError:
-        priority = Priority.MEDIUM
-    created = datetime.now(timezone.utc)
+        return Priority.MEDIUM
+
+
+def _lenient_created(fields: dict[str, Any]) -> datetime:
+    """The first legacy timestamp field that parses, else now."""
     for key in ("created_at", "timestamp_utc", "timestamp"):
         if key in fields:
             try:
-                created = _parse_time(fields[key])
-                break
+                return _parse_time(fields[key])
             except HybridCommsError:
                 continue
-    payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
+    return datetime.now(timezone.utc)
+
+
+def _native_payload(payload: Any) -> Any:
+    """The payload if JSON holds it as it is, else None (what it was is in the header)."""
     try:
         orjson.dumps(payload)
         if has_non_finite(payload):  # NaN or an infinity anywhere in it: orjson would write null
-            payload = None
+            return None
     except TypeError:
-        payload = None  # not representable natively (e.g. an integer beyond 64 bits): see the header
-    sender = text("sender", "sender_agent_id", "from_agent", "from")
-    recipient = text("recipient", "recipient_agent_id", "to_agent", "to") or agent_id
-    return Message(
-        topic=topic,
-        payload=payload,
-        sender=sender if sender and len(sender) <= 256 else None,
-        recipient=recipient if len(recipient) <= 256 else agent_id,
-        priority=priority,
-        id=msg_id,
-        created_at=created,
-        headers={EXACT_HEADER: exact.decode()},
-    )
+        return None  # not representable natively (e.g. an integer beyond 64 bits): see the header
+    return payload
 
 
 def _is_utf8(text: str) -> bool:
@@ -354,24 +376,33 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     has_dir = os.path.isdir(dir_path) and not os.path.islink(dir_path)
     if not has_json and not has_dir:
         return None
-    waiting = 0
-    if has_json:
-        try:
-            fd, st = _fs.open_regular(json_path, DEFAULT_MAX_INBOX_JSON)
-            try:
-                if not is_blank(fd, st.st_size):  # counted, not built (max_item=0), a window at a time
-                    waiting += sum(1 for _ in open_array(fd, max_item=0))
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):
-            pass
-    if has_dir:
-        try:
-            waiting += sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
-        except OSError:
-            pass
+    waiting = (_count_inbox_json(json_path) if has_json else 0) + (
+        _count_inbox_dir(dir_path) if has_dir else 0
+    )
     layout = legacy_layout(root, agent_id)
     return {"agent": agent_id, "layout": layout.value, "waiting": waiting}
+
+
+def _count_inbox_json(json_path: str) -> int:
+    """The entries of ``inbox.json`` (0 if it cannot be read as an array)."""
+    try:
+        fd, st = _fs.open_regular(json_path, DEFAULT_MAX_INBOX_JSON)
+        try:
+            if not is_blank(fd, st.st_size):  # counted, not built (max_item=0), a window at a time
+                return sum(1 for _ in open_array(fd, max_item=0))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _count_inbox_dir(dir_path: str) -> int:
+    """The message files waiting in ``inbox/`` (0 if it cannot be listed)."""
+    try:
+        return sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
+    except OSError:
+        return 0
 
 
 def has_legacy_drops(root: str | os.PathLike[str], agent_id: str) -> bool:
@@ -466,45 +497,80 @@ def ingest(
     budget = _Budget(max_chunks)
     locks = _LegacyLocks(mailbox, report, lock_timeout, skip_held)
     with _agent_dir(mailbox) as adir_fd:
-        kind = _entry_kind(adir_fd, INBOX_JSON)
-        if kind == "file":
-            with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
-                if locked:
-                    _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken, budget)
-        elif kind is not None:
-            _refuse(report, agent, f"{agent}/{INBOX_JSON}", kind)
-        kind = _entry_kind(adir_fd, INBOX_DIR)
-        if kind == "dir":
-            try:
-                inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
-            except OSError as exc:
-                _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
-            else:
-                try:
-                    if not _has_candidates(inbox_fd):
-                        pass
-                    elif budget.spent:
-                        report.more = True  # the next call takes them
-                    else:
-                        with locks.hold(inbox_fd, INBOX_DIR_LOCK, f"{INBOX_DIR}/{INBOX_DIR_LOCK}") as locked:
-                            if locked:
-                                ingest_folder(
-                                    mailbox,
-                                    adir_fd,
-                                    inbox_fd,
-                                    INBOX_DIR,
-                                    report,
-                                    settle,
-                                    on_taken=on_taken,
-                                    budget=budget,
-                                )
-                finally:
-                    os.close(inbox_fd)
-        elif kind is not None and kind != "file":
-            _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
+        _ingest_json_drop(mailbox, adir_fd, report, locks, max_inbox_json, on_taken, budget)
+        _ingest_dir_drop(mailbox, adir_fd, report, locks, settle, on_taken, budget)
     if report:
         log.info("%s: legacy drops: %s", agent, report)
     return report
+
+
+def _ingest_json_drop(
+    mailbox: FileMailbox,
+    adir_fd: int,
+    report: IngestReport,
+    locks: _LegacyLocks,
+    max_inbox_json: int,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    """``inbox.json`` under its lock, if it is a file; anything else in its place is refused."""
+    kind = _entry_kind(adir_fd, INBOX_JSON)
+    if kind == "file":
+        with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
+            if locked:
+                _ingest_inbox_json(mailbox, adir_fd, report, max_inbox_json, on_taken, budget)
+    elif kind is not None:
+        _refuse(report, mailbox.agent_id, f"{mailbox.agent_id}/{INBOX_JSON}", kind)
+
+
+def _ingest_dir_drop(
+    mailbox: FileMailbox,
+    adir_fd: int,
+    report: IngestReport,
+    locks: _LegacyLocks,
+    settle: float,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    """The ``inbox/`` folder, if it is one; a link or a FIFO in its place is refused (a file is not)."""
+    agent = mailbox.agent_id
+    kind = _entry_kind(adir_fd, INBOX_DIR)
+    if kind != "dir":
+        if kind is not None and kind != "file":
+            _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
+        return
+    try:
+        inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
+    except OSError as exc:
+        _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
+        return
+    try:
+        _ingest_inbox_dir(mailbox, adir_fd, inbox_fd, report, locks, settle, on_taken, budget)
+    finally:
+        os.close(inbox_fd)
+
+
+def _ingest_inbox_dir(
+    mailbox: FileMailbox,
+    adir_fd: int,
+    inbox_fd: int,
+    report: IngestReport,
+    locks: _LegacyLocks,
+    settle: float,
+    on_taken: Taken | None,
+    budget: _Budget,
+) -> None:
+    """The files of the open ``inbox/`` under its lock, unless there are none or the budget is spent."""
+    if not _has_candidates(inbox_fd):
+        return
+    if budget.spent:
+        report.more = True  # the next call takes them
+        return
+    with locks.hold(inbox_fd, INBOX_DIR_LOCK, f"{INBOX_DIR}/{INBOX_DIR_LOCK}") as locked:
+        if locked:
+            ingest_folder(
+                mailbox, adir_fd, inbox_fd, INBOX_DIR, report, settle, on_taken=on_taken, budget=budget
+            )
 
 
 class _Budget:
@@ -707,60 +773,103 @@ def _take_array(
 ) -> None:
     source = f"{mb.agent_id}/{INBOX_JSON}"
     journal = Journal(adir_fd, ARRAY_JOURNAL, agent=mb.agent_id)
-    if journal.clearing is not None:
-        if _entry_kind(adir_fd, journal.clearing) == "file":
-            _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
-        else:
-            journal.forget()  # the array was emptied: what it holds now was appended since
+    _settle_clearing(adir_fd, journal)
     if is_blank(fd, st.st_size):
         journal.end()
         return
     max_item = max_entry_chars(mb.max_message_size)
     resume = journal.resumes(st)
     if resume is not None:
-        start = _Start(
+        start: _Start | None = _Start(
             resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous
         )
     else:
-        problem: str | None = None
-        try:
-            start = _find_start(fd, max_item, journal)
-        except NotAnArray as exc:
-            problem = str(exc)
-        except ValueError as exc:
-            problem = f"not valid JSON: {exc}"
-        if problem is not None:
-            # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
-            whole = _fs.ByteRange(fd, 0, st.st_size)
-            _bury(mb, report, whole, _inbox_json_dead_name(source, whole), problem, source)
-            _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
-            journal.end()
-            if on_taken is not None:
-                on_taken(1)
-            return
+        start = _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
+    if start is None:
+        return
     if start.count == 0:
         journal.end()
         return
     taking = _Chunks(mb, report, journal, start, on_taken, file_id(st), budget)
     if start.skip and on_taken is not None:
         on_taken(start.skip)  # taken before (by an earlier step, or an interrupted ingestion)
-    if start.skip < start.count or resume is not None:  # (read on to the end whatever the journal says)
-        try:
-            stopped = _take_entries(taking, fd, source, max_item, start, budget)
-        except ValueError as exc:
-            # Checked as JSON before, unreadable now: the file changed while it was read. The next
-            # call looks at it whole again (where it stands is journaled, the file's identity not).
-            log.warning(
-                "%s: %s changed while it was read (%s): looked at again next time", mb.agent_id, source, exc
-            )
-            taking.pause(None)  # (not ``more``: a file rewritten in place in a loop makes no busy loop)
-            return
-        if stopped:
-            taking.pause(file_id(st))
-            report.more = True
-            return
+    # (read on to the end whatever the journal says, if resumed)
+    reading = start.skip < start.count or resume is not None
+    if reading and not _read_on(taking, fd, st, source, max_item, start, budget, report):
+        return  # paused: the next call goes on
     _empty_inbox_json(adir_fd, journal, taking.taken, taking.chain.hex())
     journal.end()
+
+
+def _settle_clearing(adir_fd: int, journal: Journal) -> None:
+    """After a kill while ``inbox.json`` was being emptied: was it emptied? If not, the ``[]`` file
+    is removed; if so, the journal is forgotten (what the array holds now was appended since)."""
+    if journal.clearing is None:
+        return
+    if _entry_kind(adir_fd, journal.clearing) == "file":
+        _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
+    else:
+        journal.forget()  # the array was emptied: what it holds now was appended since
+
+
+def _checked_start(
+    mb: FileMailbox,
+    adir_fd: int,
+    fd: int,
+    st: os.stat_result,
+    report: IngestReport,
+    journal: Journal,
+    max_item: int,
+    on_taken: Taken | None,
+) -> _Start | None:
+    """The first pass (`_find_start`); None if the array is not JSON, then buried whole and emptied."""
+    source = f"{mb.agent_id}/{INBOX_JSON}"
+    try:
+        return _find_start(fd, max_item, journal)
+    except NotAnArray as exc:
+        problem = str(exc)
+    except ValueError as exc:
+        problem = f"not valid JSON: {exc}"
+    # The legacy readers replaced a corrupt inbox.json with [] and lost it; here it is kept.
+    whole = _fs.ByteRange(fd, 0, st.st_size)
+    _bury(mb, report, whole, _inbox_json_dead_name(source, whole), problem, source)
+    _fs.replace_atomically_at(adir_fd, INBOX_JSON, b"[]")
+    journal.end()
+    if on_taken is not None:
+        on_taken(1)
+    return None
+
+
+def _read_on(
+    taking: _Chunks,
+    fd: int,
+    st: os.stat_result,
+    source: str,
+    max_item: int,
+    start: _Start,
+    budget: _Budget,
+    report: IngestReport,
+) -> bool:
+    """Take the entries from ``start`` on; True if all were taken, False if it paused (the budget
+    spent, or the file changed while it was read), where it stopped journaled."""
+    try:
+        stopped = _take_entries(taking, fd, source, max_item, start, budget)
+    except ValueError as exc:
+        # Checked as JSON before, unreadable now: the file changed while it was read. The next
+        # call looks at it whole again (where it stands is journaled, the file's identity not).
+        log.warning(
+            "%s: %s changed while it was read (%s): looked at again next time",
+            taking.mb.agent_id,
+            source,
+            exc,
+        )
+        taking.pause(None)  # (not ``more``: a file rewritten in place in a loop makes no busy loop)
+        return False
+    if stopped:
+        taking.pause(file_id(st))
+        report.more = True
+        return False
+    return True
 
 
 def _take_entries(
@@ -792,21 +901,16 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
     ingestion starts: after the entries taken before, if the array still begins with exactly those
     (legacy writers only append); from the beginning otherwise."""
     want = journal.taken
-    chain = b""
-    old = hashlib.sha256() if want and not journal.chained else None  # a journal of an earlier version
+    prefix = _PrefixDigest(legacy=bool(want) and not journal.chained)
     start = _Start(0)
     for element in open_array(fd, max_item=max_item):
         if start.count < want:
-            canonical = None if element.value is TOO_LARGE else _json.dumps(element.value)
-            chain = _chain(chain, canonical)
-            if old is not None:
-                _digest_add(old, canonical)
+            prefix.add(element.value)
             if start.count == want - 1:
                 start.after = element.end
         start.count += 1
-    digest = old.hexdigest() if old is not None else chain.hex()
-    if want and start.count >= want and digest == journal.digest:
-        start.skip, start.chain = want, chain
+    if want and start.count >= want and prefix.hexdigest() == journal.digest:
+        start.skip, start.chain = want, prefix.chain
     else:
         if want:
             log.warning(
@@ -817,6 +921,26 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
             )
         start.after = None
     return start
+
+
+class _PrefixDigest:
+    """The digest of an array's first entries, as the journal keeps it: a chain (`_chain`), or for a
+    journal of an earlier version (``legacy``) the running digest it kept (`_digest_add`)."""
+
+    def __init__(self, *, legacy: bool) -> None:
+        self.chain = b""
+        self.old = hashlib.sha256() if legacy else None
+
+    def add(self, value: Any) -> None:
+        """One more entry (its value, or `TOO_LARGE`)."""
+        canonical = None if value is TOO_LARGE else _json.dumps(value)
+        self.chain = _chain(self.chain, canonical)
+        if self.old is not None:
+            _digest_add(self.old, canonical)
+
+    def hexdigest(self) -> str:
+        """The digest to compare with the journal's."""
+        return self.old.hexdigest() if self.old is not None else self.chain.hex()
 
 
 class _Chunks:
@@ -954,24 +1078,7 @@ def ingest_folder(
         if not _is_candidate(name) or name in exclude:
             continue  # lock and temp files, and what is not JSON (.md notes): left where they are
         source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"
-        try:
-            st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
-            raw = _fs.read_regular(name, mb.max_message_size, dir_fd=folder_fd)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            _refuse(report, mb.agent_id, source, _why_refused(exc))
-            continue
-        try:
-            obj = _json.loads(raw)
-        except ValueError as exc:
-            if now - st.st_mtime < settle:
-                report.waiting.append(_fs.shown(source))  # perhaps still being written by an unlocked writer
-                continue
-            _bury(mb, report, raw, _bury_name(label, name), f"not valid JSON: {exc}", source)
-            taking.add(name, len(raw))  # removed with its chunk (buried again is a no-op)
-            continue
-        taking.add(name, len(raw), (source, raw, obj))
+        taking.take_file(name, source, now, settle)
     else:
         taking.flush()
     taking.finish()
@@ -1003,6 +1110,29 @@ class _FolderChunks:
         self.names: list[str] = []  # the files of the chunk (removed once it is published)
         self.items: list[tuple[str, bytes, Any]] = []  # what of them is to publish
         self.size = 0
+
+    def take_file(self, name: str, source: str, now: float, settle: float) -> None:
+        """One legacy file into the chunk, or buried if it is not JSON; refused if it is not a regular
+        file, left for later if it is not JSON yet (changed less than ``settle`` seconds ago)."""
+        mb, report = self.mb, self.report
+        try:
+            st = os.stat(name, dir_fd=self.folder_fd, follow_symlinks=False)
+            raw = _fs.read_regular(name, mb.max_message_size, dir_fd=self.folder_fd)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            _refuse(report, mb.agent_id, source, _why_refused(exc))
+            return
+        try:
+            obj = _json.loads(raw)
+        except ValueError as exc:
+            if now - st.st_mtime < settle:
+                report.waiting.append(_fs.shown(source))  # perhaps still being written by an unlocked writer
+                return
+            _bury(mb, report, raw, _bury_name(self.label, name), f"not valid JSON: {exc}", source)
+            self.add(name, len(raw))  # removed with its chunk (buried again is a no-op)
+            return
+        self.add(name, len(raw), (source, raw, obj))
 
     def add(self, name: str, size: int, item: tuple[str, bytes, Any] | None = None) -> None:
         """One file of the chunk (``item``: to publish; None: already buried); a full chunk goes."""
@@ -1070,24 +1200,7 @@ def _publish(
     the batch's ids. ``carried``: ids an interrupted ingestion was publishing (those found in the
     mailbox are not published again); ``previous``: ids just published (an entry appended twice in a
     row is delivered once)."""
-    messages: dict[str, Message] = {}
-    for source, raw, obj in items:
-        try:
-            message = message_from_legacy(
-                obj, agent_id=mb.agent_id, origin=source, raw=raw, max_size=mb.max_message_size
-            )
-        except MessageError as exc:
-            name = (
-                _bury_name(label, source.rsplit("/", 1)[1])
-                if label is not None
-                else _inbox_json_dead_name(source, raw)
-            )
-            _bury(mb, report, raw, name, f"cannot be converted: {exc}", source)
-            continue
-        if message.id in messages or message.id in previous:
-            report.duplicates += 1  # the same message appended twice: delivered once
-            continue
-        messages[message.id] = message
+    messages = _converted(mb, items, report, previous, label)
     if not messages:
         return set()
     pending = carried.intersection(messages)
@@ -1099,6 +1212,41 @@ def _publish(
         mb.put_many(fresh)
         report.add_ingested([m.id for m in fresh])
     return set(messages)
+
+
+def _converted(
+    mb: FileMailbox,
+    items: list[tuple[str, bytes, Any]],
+    report: IngestReport,
+    previous: Container[str],
+    label: str | None,
+) -> dict[str, Message]:
+    """The batch's messages by id: what does not convert is buried, a message met twice (in the
+    batch, or in ``previous``) is counted a duplicate and kept once."""
+    messages: dict[str, Message] = {}
+    for source, raw, obj in items:
+        try:
+            message = message_from_legacy(
+                obj, agent_id=mb.agent_id, origin=source, raw=raw, max_size=mb.max_message_size
+            )
+        except MessageError as exc:
+            _bury(
+                mb, report, raw, _unconverted_name(source, raw, label), f"cannot be converted: {exc}", source
+            )
+            continue
+        if message.id in messages or message.id in previous:
+            report.duplicates += 1  # the same message appended twice: delivered once
+            continue
+        messages[message.id] = message
+    return messages
+
+
+def _unconverted_name(source: str, raw: bytes, label: str | None) -> str:
+    """The name in ``dead/`` of an entry that does not convert: a folder's file by its name (``label``:
+    the folder's), an ``inbox.json`` entry by its digest."""
+    if label is not None:
+        return _bury_name(label, source.rsplit("/", 1)[1])
+    return _inbox_json_dead_name(source, raw)
 
 
 def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] | None = None) -> set[str]:

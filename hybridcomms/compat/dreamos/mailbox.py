@@ -127,6 +127,16 @@ class MailboxHandler:
             self._legacy.run()
         except (OSError, HybridCommsError) as exc:
             log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
+        out: list[tuple[Path, Any]] = [(d.path, self._as_legacy(d)) for d in self._still_held()]
+        if max_count is not None:
+            out = out[:max_count]
+        self._claim_more(out, max_count)
+        out.sort(key=lambda pair: pair[0].name)  # rank and due time: priority, then oldest
+        return AwaitableList(out)
+
+    def _still_held(self) -> list[Delivery]:
+        """The deliveries this handler holds, their leases renewed (those taken back by recovery
+        meanwhile are forgotten)."""
         held: list[Delivery] = []
         with self._lock:
             claimed = sorted(self._claimed.items(), key=lambda kv: Path(kv[0]).name)
@@ -138,9 +148,10 @@ class MailboxHandler:
                     self._claimed.pop(key, None)  # taken back by recovery meanwhile
                 continue
             held.append(d)
-        out: list[tuple[Path, Any]] = [(d.path, self._as_legacy(d)) for d in held]
-        if max_count is not None:
-            out = out[:max_count]
+        return held
+
+    def _claim_more(self, out: list[tuple[Path, Any]], max_count: int | None) -> None:
+        """Claim messages into ``out`` until it has ``max_count`` (None: all that are due)."""
         while max_count is None or len(out) < max_count:
             try:
                 fresh = self._mailbox.claim()
@@ -152,8 +163,6 @@ class MailboxHandler:
             with self._lock:
                 self._claimed[str(fresh.path)] = fresh
             out.append((fresh.path, self._as_legacy(fresh)))
-        out.sort(key=lambda pair: pair[0].name)  # rank and due time: priority, then oldest
-        return AwaitableList(out)
 
     @staticmethod
     def _as_legacy(d: Delivery) -> Any:

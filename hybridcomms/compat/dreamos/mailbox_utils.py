@@ -158,14 +158,22 @@ _SHAPES = {
 
 
 def _shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    shape = _shape_of(args, kwargs)
+    return shape, _bind(_SHAPES[shape], args, kwargs)
+
+
+def _shape_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The call shape (``"inbox"``, ``"file"`` or ``"agent"``), from its names or its first value."""
     first = args[0] if args else next(iter(kwargs.values()), None)
     if "message_data" in kwargs or "recipient_inbox_path" in kwargs or isinstance(first, Mapping):
-        shape = "inbox"
-    elif "file_path" in kwargs or "content" in kwargs or isinstance(first, os.PathLike):
-        shape = "file"
-    else:  # a str first: an agent id (checked: "../x" is refused, never taken for a path)
-        shape = "agent"
-    names = _SHAPES[shape]
+        return "inbox"
+    if "file_path" in kwargs or "content" in kwargs or isinstance(first, os.PathLike):
+        return "file"
+    return "agent"  # a str first: an agent id (checked: "../x" is refused, never taken for a path)
+
+
+def _bind(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments by name, as Python binds them to a function of these parameters (its errors too)."""
     if len(args) > len(names):
         raise TypeError(f"write_mailbox_message() takes at most {len(names)} arguments for this call shape")
     values = dict(zip(names[: len(args)], args, strict=True))
@@ -178,7 +186,7 @@ def _shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, dict[str
     missing = [n for n in names[:2] if n not in values]
     if missing:
         raise TypeError(f"write_mailbox_message() missing argument(s): {', '.join(missing)}")
-    return shape, values
+    return values
 
 
 def _need_mapping(value: Any, what: str) -> None:
@@ -269,30 +277,43 @@ def list_mailbox_messages(inbox_path: str | os.PathLike[str], pattern: str = "ms
     path = Path(inbox_path)
     owner = owner_of(path) if path.name == INBOX_DIR else None
     if owner is not None and is_adopted(*owner):
-        try:
-            mb = mailbox_for(owner[0], owner[1], create=False)
-            ingest(mb)
-            infos = sorted(mb.list(State.NEW), key=lambda i: i.name)
-            return AwaitableList([i.path for i in infos])
-        except Exception as exc:
-            log.error("could not list %s: %s", path, exc)
-            return AwaitableList()
+        return _list_adopted(path, *owner)
+    return _list_legacy(path, pattern)
+
+
+def _list_adopted(path: Path, root: Path, agent: str) -> AwaitableList:
+    """The files waiting in an adopted agent's ``new/``, its legacy drops taken in first."""
+    try:
+        mb = mailbox_for(root, agent, create=False)
+        ingest(mb)
+        infos = sorted(mb.list(State.NEW), key=lambda i: i.name)
+        return AwaitableList([i.path for i in infos])
+    except Exception as exc:
+        log.error("could not list %s: %s", path, exc)
+        return AwaitableList()
+
+
+def _list_legacy(path: Path, pattern: str) -> AwaitableList:
+    """The message files of a legacy inbox folder that match ``pattern``, oldest (by name) first."""
     if not path.is_dir():
         log.warning("inbox folder not found: %s", path)
         return AwaitableList()
     try:
-        found = [
-            p
-            for p in sorted(path.iterdir())
-            if fnmatch.fnmatchcase(p.name, pattern)
-            and not p.name.endswith((".tmp", ".lock"))
-            and p.is_file()
-            and not p.is_symlink()
-        ]
+        found = [p for p in sorted(path.iterdir()) if _is_message_file(p, pattern)]
     except OSError as exc:
         log.error("could not list %s: %s", path, exc)
         return AwaitableList()
     return AwaitableList(found)
+
+
+def _is_message_file(p: Path, pattern: str) -> bool:
+    """A regular file (not a link) named by ``pattern``, neither a temp nor a lock file."""
+    return (
+        fnmatch.fnmatchcase(p.name, pattern)
+        and not p.name.endswith((".tmp", ".lock"))
+        and p.is_file()
+        and not p.is_symlink()
+    )
 
 
 def delete_message(filepath: str | os.PathLike[str], lock_timeout: float = 5) -> Flag:

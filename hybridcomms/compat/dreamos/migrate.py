@@ -286,62 +286,100 @@ def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> Age
         elif kind is not None:
             plan.left.append((f"{agent}/{INBOX_JSON}", f"{kind}: refused"))
         for sub, exclude in ((INBOX_DIR, frozenset[str]()), (".", NOT_MESSAGES)):
-            with _open_sub(adir_fd, sub) as fd:
-                if fd is None:
-                    continue
-                files, refused = _json_files(fd, exclude)
-                prefix = f"{agent}/" if sub == "." else f"{agent}/{sub}/"
-                plan.left += [(_fs.shown(prefix + n), f"{why}: refused") for n, why in refused]
-                for n in files:
-                    path = _fs.shown(prefix + n)
-                    fate, why = _classify(fd, n, prefix + n, agent, max_size, settle)
-                    if fate == "new":
-                        plan.add_new(path)
-                    else:
-                        (plan.to_dead if fate == "dead" else plan.left).append((path, why or ""))
+            _survey_drops(adir_fd, sub, exclude, agent, max_size, settle, plan)
         for sub in PROCESSED_FOLDERS:
-            with _open_sub(adir_fd, sub) as fd:
-                if fd is None:
-                    continue
-                files, refused = _json_files(fd)
-                prefix = f"{agent}/{sub}/"
-                plan.left += [(_fs.shown(prefix + n), f"{why}: refused") for n, why in refused]
-                for n in files:
-                    fate, why = _classify(fd, n, prefix + n, agent, max_size, None)
-                    if fate == "new":
-                        plan.to_done.append(_fs.shown(prefix + n))
-                    else:
-                        plan.left.append((_fs.shown(prefix + n), f"processed, and {why}"))
+            _survey_processed(adir_fd, sub, agent, max_size, plan)
         _survey_leftovers(adir_fd, agent, plan)
     return plan
 
 
+def _listed(fd: int, prefix: str, plan: AgentMigration, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """The ``*.json`` files of an open folder to look at; the entries refused are listed as left."""
+    files, refused = _json_files(fd, exclude)
+    plan.left += [(_fs.shown(prefix + n), f"{why}: refused") for n, why in refused]
+    return files
+
+
+def _survey_drops(
+    adir_fd: int,
+    sub: str,
+    exclude: frozenset[str],
+    agent: str,
+    max_size: int,
+    settle: float,
+    plan: AgentMigration,
+) -> None:
+    """What becomes of each legacy file of ``inbox/`` or (``"."``) of the agent's folder itself."""
+    with _open_sub(adir_fd, sub) as fd:
+        if fd is None:
+            return
+        prefix = f"{agent}/" if sub == "." else f"{agent}/{sub}/"
+        for n in _listed(fd, prefix, plan, exclude):
+            path = _fs.shown(prefix + n)
+            fate, why = _classify(fd, n, prefix + n, agent, max_size, settle)
+            if fate == "new":
+                plan.add_new(path)
+            else:
+                (plan.to_dead if fate == "dead" else plan.left).append((path, why or ""))
+
+
+def _survey_processed(adir_fd: int, sub: str, agent: str, max_size: int, plan: AgentMigration) -> None:
+    """What becomes of each file of a folder of processed messages (``archive/``, ``processed/``)."""
+    with _open_sub(adir_fd, sub) as fd:
+        if fd is None:
+            return
+        prefix = f"{agent}/{sub}/"
+        for n in _listed(fd, prefix, plan):
+            fate, why = _classify(fd, n, prefix + n, agent, max_size, None)
+            if fate == "new":
+                plan.to_done.append(_fs.shown(prefix + n))
+            else:
+                plan.left.append((_fs.shown(prefix + n), f"processed, and {why}"))
+
+
 def _survey_leftovers(adir_fd: int, agent: str, plan: AgentMigration) -> None:
+    """What else is in the agent's folder, and stays there (listed as left, with why)."""
     try:
         entries = sorted(_fs.listdir_at(adir_fd))
     except OSError:
         return
     for name in entries:
-        rel = _fs.shown(f"{agent}/{name}")
-        if name.startswith(".") or name in _OURS or name in {INBOX_JSON, "subscriptions.json"}:
-            continue
-        if name.endswith(".lock"):
-            continue
-        kind = _entry_kind(adir_fd, name)
-        if kind == "dir" and name in (INBOX_DIR, *PROCESSED_FOLDERS):
-            with _open_sub(adir_fd, name) as fd:
-                inner_names = sorted(_fs.listdir_at(fd)) if fd is not None else []
-            for inner in inner_names:
-                if not inner.startswith(".") and not inner.endswith((".json", ".lock", ".tmp")):
-                    plan.left.append((f"{rel}/{_fs.shown(inner)}", "not a JSON message file"))
-            continue
-        if kind == "dir":
-            why = "not a message folder" if name in KEPT_FOLDERS else "unknown folder"
-            plan.left.append((rel + "/", why))
-        elif kind != "file" and not name.endswith(".json"):
-            plan.left.append((rel, f"{kind}: refused"))
-        elif not name.endswith(".json"):
-            plan.left.append((rel, "not a JSON message file"))
+        if not _surveyed_elsewhere(name):
+            _survey_leftover(adir_fd, agent, name, plan)
+
+
+def _surveyed_elsewhere(name: str) -> bool:
+    """Is this entry of an agent's folder none of the leftovers' business (hidden, ours, a drop, a lock)?"""
+    return (
+        name.startswith(".")
+        or name in _OURS
+        or name in {INBOX_JSON, "subscriptions.json"}
+        or name.endswith(".lock")
+    )
+
+
+def _survey_leftover(adir_fd: int, agent: str, name: str, plan: AgentMigration) -> None:
+    """One entry of the agent's folder that migration leaves, if it does (a ``*.json`` file is a drop)."""
+    rel = _fs.shown(f"{agent}/{name}")
+    kind = _entry_kind(adir_fd, name)
+    if kind == "dir" and name in (INBOX_DIR, *PROCESSED_FOLDERS):
+        _survey_stray_files(adir_fd, name, rel, plan)
+    elif kind == "dir":
+        why = "not a message folder" if name in KEPT_FOLDERS else "unknown folder"
+        plan.left.append((rel + "/", why))
+    elif kind != "file" and not name.endswith(".json"):
+        plan.left.append((rel, f"{kind}: refused"))
+    elif not name.endswith(".json"):
+        plan.left.append((rel, "not a JSON message file"))
+
+
+def _survey_stray_files(adir_fd: int, name: str, rel: str, plan: AgentMigration) -> None:
+    """The files of a message folder that are not messages (nor locks or temp files): left."""
+    with _open_sub(adir_fd, name) as fd:
+        inner_names = sorted(_fs.listdir_at(fd)) if fd is not None else []
+    for inner in inner_names:
+        if not inner.startswith(".") and not inner.endswith((".json", ".lock", ".tmp")):
+            plan.left.append((f"{rel}/{_fs.shown(inner)}", "not a JSON message file"))
 
 
 def survey(
@@ -361,31 +399,41 @@ def survey(
         for name in sorted(os.listdir(root_fd)):
             if name.startswith(".") or name.startswith(f"{base.name}.backup-"):
                 continue
-            kind = _entry_kind(root_fd, name)
-            shown = _fs.shown(name)
-            if name == "broadcast" and kind == "dir":
-                with _open_sub(root_fd, name) as fd:
-                    count = len(_json_files(fd)[0]) if fd is not None else 0
-                result.left.append((f"{name}/", f"broadcasts ({count} files) have no single recipient"))
-                continue
-            if kind != "dir":
-                result.left.append((shown, "not an agent folder" if kind == "file" else f"{kind}: refused"))
-                continue
-            try:
-                check_agent_id(name)
-            except ValueError:
-                result.left.append((f"{shown}/", "not a safe agent id (e.g. an unrendered template)"))
-                continue
-            plan = _survey_agent(root_fd, name, max_message_size, settle)
-            with _open_sub(root_fd, name) as fd:
-                legacy = fd is not None and (
-                    _entry_kind(fd, INBOX_JSON) is not None or _entry_kind(fd, INBOX_DIR) is not None
-                )
-            if plan.changes() or plan.left or legacy:
-                result.agents.append(plan)
+            _survey_entry(root_fd, name, result, max_message_size, settle)
     finally:
         os.close(root_fd)
     return result
+
+
+def _survey_entry(root_fd: int, name: str, result: Migration, max_size: int, settle: float) -> None:
+    """One entry of the root: an agent's folder is surveyed (and listed if it has anything to say);
+    anything else is left."""
+    kind = _entry_kind(root_fd, name)
+    shown = _fs.shown(name)
+    if name == "broadcast" and kind == "dir":
+        with _open_sub(root_fd, name) as fd:
+            count = len(_json_files(fd)[0]) if fd is not None else 0
+        result.left.append((f"{name}/", f"broadcasts ({count} files) have no single recipient"))
+        return
+    if kind != "dir":
+        result.left.append((shown, "not an agent folder" if kind == "file" else f"{kind}: refused"))
+        return
+    try:
+        check_agent_id(name)
+    except ValueError:
+        result.left.append((f"{shown}/", "not a safe agent id (e.g. an unrendered template)"))
+        return
+    plan = _survey_agent(root_fd, name, max_size, settle)
+    if plan.changes() or plan.left or _has_legacy_drops(root_fd, name):
+        result.agents.append(plan)
+
+
+def _has_legacy_drops(root_fd: int, agent: str) -> bool:
+    """Is there an ``inbox.json`` or an ``inbox/`` (of any kind) in the agent's folder?"""
+    with _open_sub(root_fd, agent) as fd:
+        return fd is not None and (
+            _entry_kind(fd, INBOX_JSON) is not None or _entry_kind(fd, INBOX_DIR) is not None
+        )
 
 
 # -- doing ----------------------------------------------------------------------------------------
@@ -416,19 +464,9 @@ def migrate(
     base = Path(root)
     done = Migration(base, dry_run=False, left=list(plan.left))
     if backup and any(a.changes() for a in plan.agents):
-        copied = None if progress is None else lambda n, total: progress("backup", n, total)
-        done.backup, skipped = backup_root(base, copied, limit=backup_limit)
-        done.backup_skipped = [(x.path, x.why) for x in skipped]
-    total = sum(a.changes() for a in plan.agents)
-    converted = 0
-
-    def taken(n: int) -> None:
-        nonlocal converted
-        converted += n
-        if progress is not None:
-            progress("messages", min(converted, total), total)
-
-    taken(0)
+        _back_up(done, progress, backup_limit)
+    counter = _Converted(sum(a.changes() for a in plan.agents), progress)
+    counter.taken(0)
     for a in plan.agents:
         with FileMailbox(
             base,
@@ -438,25 +476,53 @@ def migrate(
             dir_mode=dir_mode,
             file_mode=file_mode,
         ) as mb:
-            # What is waiting is what this run left, not what the survey saw a moment before.
-            result = AgentMigration(a.agent, left=[x for x in a.left if x[1] != WAITING])
-            report = ingest(mb, on_taken=taken)
-            with _agent_dir(mb) as adir_fd:
-                ingest_folder(  # L4: no lock
-                    mb, adir_fd, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
-                )
-                for sub in PROCESSED_FOLDERS:
-                    with _open_sub(adir_fd, sub) as fd:
-                        if fd is not None:
-                            result.to_done += _import_processed(mb, fd, f"{a.agent}/{sub}", taken)
-            result.left += [(path, WAITING) for path in report.waiting]
-            result.to_new = list(report.ingested)
-            result.more_new = report.n_ingested - len(report.ingested)
-            result.to_dead = [(b.source, b.reason) for b in report.buried]
-            done.agents.append(result)
+            done.agents.append(_migrate_agent(mb, a, counter.taken))
     if progress is not None:  # the end (some may have been left for later, or arrived meanwhile)
-        progress("messages", converted, max(total, converted))
+        progress("messages", counter.converted, max(counter.total, counter.converted))
     return done
+
+
+def _back_up(done: Migration, progress: MigrateProgress | None, limit: int | None) -> None:
+    """Copy the root aside first (`_backup.backup_root`), noting in ``done`` where and what was left out."""
+    copied = None if progress is None else lambda n, total: progress("backup", n, total)
+    done.backup, skipped = backup_root(done.root, copied, limit=limit)
+    done.backup_skipped = [(x.path, x.why) for x in skipped]
+
+
+class _Converted:
+    """How many messages were converted so far, out of the ``total`` the survey counted (told to
+    ``progress`` as they are)."""
+
+    def __init__(self, total: int, progress: MigrateProgress | None) -> None:
+        self.total, self.progress, self.converted = total, progress, 0
+
+    def taken(self, n: int) -> None:
+        """``n`` more were taken (a `Taken` callback)."""
+        self.converted += n
+        if self.progress is not None:
+            self.progress("messages", min(self.converted, self.total), self.total)
+
+
+def _migrate_agent(mb: FileMailbox, planned: AgentMigration, taken: Taken) -> AgentMigration:
+    """Convert one agent's legacy files (its drops into ``new/``, what it processed into ``done/``);
+    what was done."""
+    agent = planned.agent
+    # What is waiting is what this run left, not what the survey saw a moment before.
+    result = AgentMigration(agent, left=[x for x in planned.left if x[1] != WAITING])
+    report = ingest(mb, on_taken=taken)
+    with _agent_dir(mb) as adir_fd:
+        ingest_folder(  # L4: no lock
+            mb, adir_fd, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
+        )
+        for sub in PROCESSED_FOLDERS:
+            with _open_sub(adir_fd, sub) as fd:
+                if fd is not None:
+                    result.to_done += _import_processed(mb, fd, f"{agent}/{sub}", taken)
+    result.left += [(path, WAITING) for path in report.waiting]
+    result.to_new = list(report.ingested)
+    result.more_new = report.n_ingested - len(report.ingested)
+    result.to_dead = [(b.source, b.reason) for b in report.buried]
+    return result
 
 
 def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Taken | None = None) -> list[str]:
