@@ -417,13 +417,23 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
         findings += _check_agent(args, root, shown, agent, problem, modes)
         progress.step(n)
     progress.end()
-    open_problems = [f for f in findings if not f["fixed"] and f["kind"] != "foreign-name"]
+    open_problems = [f for f in findings if _is_open(f)]
     if args.json:
-        public = [{k: v for k, v in f.items() if not k.startswith("_")} for f in findings]
+        public = [_public(f) for f in findings]
         print_json({"root": str(root), "healthy": not open_problems, "findings": public})
     else:
         _print_findings(args, findings, len(open_problems))
     return EXIT_OK if not open_problems else EXIT_ERROR
+
+
+def _is_open(finding: dict[str, Any]) -> bool:
+    """Whether a finding is a problem left (not fixed, and not a mere note)."""
+    return not finding["fixed"] and finding["kind"] != "foreign-name"
+
+
+def _public(finding: dict[str, Any]) -> dict[str, Any]:
+    """A finding as ``--json`` prints it: without its private keys."""
+    return {k: v for k, v in finding.items() if not k.startswith("_")}
 
 
 def _entries(args: argparse.Namespace, root: Path) -> list[tuple[str, str | None, str | None]]:
