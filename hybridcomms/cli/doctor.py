@@ -390,8 +390,13 @@ def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
         return
     if report.refused or report.waiting:
         _not_fixed(finding, str(report))
+    _add_refused(mb, findings, report.refused)
+
+
+def _add_refused(mb: FileMailbox, findings: list[dict[str, Any]], refused: list[tuple[str, str]]) -> None:
+    """What ingestion refused: a ``legacy-refused`` finding each, left for a person."""
     prefix = f"{mb.agent_id}/"
-    for where, why in report.refused:
+    for where, why in refused:
         findings.append(
             {
                 "agent": mb.agent_id,
