@@ -122,12 +122,20 @@ class CommandPipes:
             self._sel.unregister(pipe)
             return
         if pipe is self.proc.stdout:
-            room = self.stdout_limit - len(self.stdout)
-            if len(chunk) > room:
-                self.stdout_over = True
-            if room > 0:
-                self.stdout += chunk[:room]
+            self._keep_stdout(chunk)
         else:
-            self.stderr += chunk
-            if len(self.stderr) > 2 * self.stderr_tail:
-                del self.stderr[: len(self.stderr) - self.stderr_tail]
+            self._keep_stderr(chunk)
+
+    def _keep_stdout(self, chunk: bytes) -> None:
+        """Keep what fits under ``stdout_limit``; past it, drop the rest and say so (`stdout_over`)."""
+        room = self.stdout_limit - len(self.stdout)
+        if len(chunk) > room:
+            self.stdout_over = True
+        if room > 0:
+            self.stdout += chunk[:room]
+
+    def _keep_stderr(self, chunk: bytes) -> None:
+        """Keep the last ``stderr_tail`` bytes (trimmed once twice that has gathered)."""
+        self.stderr += chunk
+        if len(self.stderr) > 2 * self.stderr_tail:
+            del self.stderr[: len(self.stderr) - self.stderr_tail]

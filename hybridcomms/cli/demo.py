@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import _log
+from ..backends import MailboxDelivery
 from ..backends.file import FileMailbox
 from ..errors import HybridCommsError
 from ..message import Message
+from ..retry import Backoff, attempts_used_up
 from ..states import State
 from .common import EXIT_OK, Parents
 
@@ -62,19 +64,10 @@ def cmd_demo(args: argparse.Namespace, root: Path) -> int:
 
 
 def _demo(root: Path) -> int:
-    import shutil
-
-    from ..retry import Backoff, attempts_used_up
-
-    demo = root / "Demo-Agent"
-    cleared = 0
-    if demo.is_dir() and not demo.is_symlink():
-        cleared = _demo_files(root)  # refuses a mailbox that holds messages the demo did not write
-        shutil.rmtree(demo)  # only the demo's own mailbox
+    cleared = _clear_previous(root)
     print(f"mailbox root: {root.resolve()}")
     if cleared:
         print(f"cleared the previous demo's Demo-Agent mailbox ({cleared} messages)")
-    rows: list[tuple[str, str, str, int, str]] = []
     with FileMailbox(root, "Demo-Agent", max_attempts=2, backoff=Backoff(initial=0.05, jitter=0)) as mb:
         mb.put(
             Message("status.note", {"text": "low priority, sent first"}, sender="Demo-Sender", priority="LOW")
@@ -82,30 +75,58 @@ def _demo(root: Path) -> int:
         mb.put(Message("task.command", {"do": "build"}, sender="Demo-Sender", priority="HIGH"))
         mb.put(Message("task.command", {"do": "explode"}, sender="Demo-Sender", priority="MEDIUM"))
         print("put 3 messages (LOW first, then HIGH, then MEDIUM); claimed in priority order:\n")
+        rows: list[tuple[str, str, str, int, str]] = []
         while (d := mb.claim(timeout=0.5)) is not None:
-            payload = d.message.payload
-            name, topic, attempt = d.message.priority.name, d.message.topic, d.attempt
-            try:
-                with d:
-                    if payload.get("do") == "explode":
-                        raise RuntimeError("the handler failed (on purpose)")
-                rows.append(("acked", name, topic, attempt, "done/"))
-            except RuntimeError:
-                last = attempts_used_up(attempt, mb.max_attempts)
-                rows.append(
-                    ("failed", name, topic, attempt, "dead/ (no attempts left)" if last else "new/ (retry)")
-                )
-        print(f"  {'outcome':<8} {'priority':<9} {'topic':<13} {'attempt':>7}  now in")
-        for outcome, name, topic, attempt, where in rows:
-            print(f"  {outcome:<8} {name:<9} {topic:<13} {attempt:>7}  {where}")
-        st = mb.stats().to_dict()
-        print("\n  " + "   ".join(f"{k}/: {st[k]['count']}" for k in ("new", "processing", "done", "dead")))
-        for info in mb.list(State.DEAD):
-            reason = info.reason or {}
-            print(f"\n  dead/{info.name}\n    reason:     {reason.get('reason')}")
-            print(f"    last error: {reason.get('last_error')}")
+            rows.append(_handle(mb, d))
+        _print_outcomes(rows)
+        _print_left(mb)
     print(f"\ninspect it yourself: ls -R {root / 'Demo-Agent'}")
     return EXIT_OK
+
+
+def _clear_previous(root: Path) -> int:
+    """Remove the previous demo's mailbox (only if all it holds is the demo's own); how many messages
+    it held."""
+    import shutil
+
+    demo = root / "Demo-Agent"
+    if not demo.is_dir() or demo.is_symlink():
+        return 0
+    cleared = _demo_files(root)  # refuses a mailbox that holds messages the demo did not write
+    shutil.rmtree(demo)  # only the demo's own mailbox
+    return cleared
+
+
+def _handle(mb: FileMailbox, d: MailboxDelivery) -> tuple[str, str, str, int, str]:
+    """One message handled, the "explode" one failing: its row (outcome, priority, topic, attempt,
+    where it is now)."""
+    payload = d.message.payload
+    name, topic, attempt = d.message.priority.name, d.message.topic, d.attempt
+    try:
+        with d:
+            if payload.get("do") == "explode":
+                raise RuntimeError("the handler failed (on purpose)")
+        return ("acked", name, topic, attempt, "done/")
+    except RuntimeError:
+        last = attempts_used_up(attempt, mb.max_attempts)
+        return ("failed", name, topic, attempt, "dead/ (no attempts left)" if last else "new/ (retry)")
+
+
+def _print_outcomes(rows: list[tuple[str, str, str, int, str]]) -> None:
+    """The table of what became of each claim."""
+    print(f"  {'outcome':<8} {'priority':<9} {'topic':<13} {'attempt':>7}  now in")
+    for outcome, name, topic, attempt, where in rows:
+        print(f"  {outcome:<8} {name:<9} {topic:<13} {attempt:>7}  {where}")
+
+
+def _print_left(mb: FileMailbox) -> None:
+    """What is left on disk: the counts per state, and each dead letter with its reason."""
+    st = mb.stats().to_dict()
+    print("\n  " + "   ".join(f"{k}/: {st[k]['count']}" for k in ("new", "processing", "done", "dead")))
+    for info in mb.list(State.DEAD):
+        reason = info.reason or {}
+        print(f"\n  dead/{info.name}\n    reason:     {reason.get('reason')}")
+        print(f"    last error: {reason.get('last_error')}")
 
 
 def register(sub: Subparsers, parents: Parents) -> None:

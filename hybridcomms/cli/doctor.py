@@ -11,6 +11,7 @@ import argparse
 import os
 import stat
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,6 +28,7 @@ from .common import EXIT_ERROR, EXIT_OK, Parents, human_age, need_mailbox, need_
 from .progress import Progress
 
 if TYPE_CHECKING:
+    from ..backends.base import RecoveryReport
     from .common import Subparsers
 
 __all__ = ["register"]
@@ -36,10 +38,28 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
     """What is wrong with one mailbox, opened read-only (looking never changes anything); with ``fix``,
     the findings it can repair say ``fixed``, and `_doctor_fix` repairs them through a mailbox opened
     for writing."""
-    findings: list[dict[str, Any]] = []
-    now = time.time()
+    scan = _Scan(mb, fix, deep)
+    scan.missing_folders()
+    scan.stale_tmp()
+    scan.orphaned_claims()
+    scan.stale_error_records()
+    scan.folders()
+    scan.legacy_drops()
+    return scan.findings
+
+
+class _Scan:
+    """One read-only look at a mailbox: each check adds its findings, in the order they are printed."""
+
+    def __init__(self, mb: FileMailbox, fix: bool, deep: bool) -> None:
+        self.mb = mb
+        self.fix = fix
+        self.deep = deep
+        self.now = time.time()
+        self.findings: list[dict[str, Any]] = []
 
     def found(
+        self,
         kind: str,
         where: str,
         detail: str,
@@ -47,8 +67,9 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
         target: _Target | None = None,
         entry: tuple[str, str] | None = None,
     ) -> None:
+        """Add a finding (``fixed``: the repair `_doctor_fix` is to make)."""
         finding: dict[str, Any] = {
-            "agent": mb.agent_id,
+            "agent": self.mb.agent_id,
             "kind": kind,
             "where": where,
             "detail": detail,
@@ -58,99 +79,139 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
             finding[_TARGET] = target  # what was scanned: a fix touches that inode or nothing
         if entry is not None:
             finding[_ENTRY] = entry  # (folder, name as listed): recovery's fix is checked by it
-        findings.append(finding)
+        self.findings.append(finding)
 
-    # state folders a mailbox made by hand (mkdir -p <root>/<agent>/new) does not have yet
-    for state in State:
-        if not mb.folders.has(state):
-            detail = f"missing (a mailbox adopted by hand); --fix makes it, mode {mb.dir_mode:o}"
-            found("missing-folder", f"{state.value}/", detail, fix)
-    # stale tmp/ files (a writer died) and interrupted steals
-    for name in _fs.listdir_at(mb.folders.fd(State.TMP)) if mb.folders.has(State.TMP) else []:
-        try:
-            st = os.stat(name, dir_fd=mb.folders.fd(State.TMP), follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if name.endswith(".stolen") or now - st.st_mtime >= mb.tmp_max_age:
-            age = f"{human_age(now - st.st_mtime)} old"
-            found("stale-tmp", f"tmp/{_fs.shown(name)}", age, fix, entry=("tmp", name))
-    # orphaned claims: in processing/ with nobody holding the lock
-    proc_names = _fs.listdir_at(mb.folders.fd(State.PROCESSING)) if mb.folders.has(State.PROCESSING) else []
-    for name in proc_names:
-        proc_fd = mb.folders.fd(State.PROCESSING)
+    def _names(self, state: State) -> list[str]:
+        """The names in a state folder (none if the mailbox lacks it)."""
+        return _fs.listdir_at(self.mb.folders.fd(state)) if self.mb.folders.has(state) else []
+
+    def missing_folders(self) -> None:
+        """State folders a mailbox made by hand (mkdir -p <root>/<agent>/new) does not have yet."""
+        for state in State:
+            if not self.mb.folders.has(state):
+                detail = f"missing (a mailbox adopted by hand); --fix makes it, mode {self.mb.dir_mode:o}"
+                self.found("missing-folder", f"{state.value}/", detail, self.fix)
+
+    def stale_tmp(self) -> None:
+        """Stale tmp/ files (a writer died) and interrupted steals."""
+        for name in self._names(State.TMP):
+            try:
+                st = os.stat(name, dir_fd=self.mb.folders.fd(State.TMP), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if name.endswith(".stolen") or self.now - st.st_mtime >= self.mb.tmp_max_age:
+                age = f"{human_age(self.now - st.st_mtime)} old"
+                self.found("stale-tmp", f"tmp/{_fs.shown(name)}", age, self.fix, entry=("tmp", name))
+
+    def orphaned_claims(self) -> None:
+        """Orphaned claims: in processing/ with nobody holding the lock."""
+        for name in self._names(State.PROCESSING):
+            why = self._orphaned(name)
+            if why is not None:
+                where = f"processing/{_fs.shown(name)}"
+                self.found("orphaned-claim", where, why, self.fix, entry=("processing", name))
+
+    def _orphaned(self, name: str) -> str | None:
+        """Why a claim in processing/ is orphaned, or None while its consumer holds its lock."""
+        proc_fd = self.mb.folders.fd(State.PROCESSING)
         try:
             fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
         except OSError:
-            where = f"processing/{_fs.shown(name)}"
-            found("orphaned-claim", where, "cannot be opened", fix, entry=("processing", name))
-            continue
+            return "cannot be opened"
         try:
-            if try_lock(fd):
-                where = f"processing/{_fs.shown(name)}"
-                found("orphaned-claim", where, "its consumer is gone", fix, entry=("processing", name))
+            return "its consumer is gone" if try_lock(fd) else None
         finally:
             drop(fd)
-    # last errors kept in errors/ for messages no longer waiting (a crash after an ack or a dead-letter)
-    try:
-        for name, folder in _last_errors.leftovers(mb, now):
-            what = "a folder (never removed)" if folder else "its message is no longer waiting"
-            where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
-            found("stale-error-record", where, what, fix and not folder, entry=(_last_errors.ERRORS, name))
-    except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
-        found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
-    # One pass over each folder (one lstat per file): modes, names that do not parse, and files that
-    # will never decode (those with such names, those in processing/, and with --deep every file
-    # waiting in new/, which reads them all).
-    for state in State:
-        if not mb.folders.has(state):
-            continue
-        folder_st = os.fstat(mb.folders.fd(state))
+
+    def stale_error_records(self) -> None:
+        """Last errors kept in errors/ for messages no longer waiting (a crash after an ack or a
+        dead-letter)."""
+        try:
+            for name, folder in _last_errors.leftovers(self.mb, self.now):
+                what = "a folder (never removed)" if folder else "its message is no longer waiting"
+                where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
+                entry = (_last_errors.ERRORS, name)
+                self.found("stale-error-record", where, what, self.fix and not folder, entry=entry)
+        except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
+            self.found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
+
+    def folders(self) -> None:
+        """One pass over each folder (one lstat per file): modes, names that do not parse, and files
+        that will never decode (those with such names, those in processing/, and with --deep every file
+        waiting in new/, which reads them all)."""
+        for state in State:
+            if not self.mb.folders.has(state):
+                continue
+            self._folder_mode(state)
+            if state is State.TMP:
+                continue
+            with os.scandir(self.mb.folders.fd(state)) as entries:
+                for entry in entries:
+                    self._entry(state, entry)
+
+    def _folder_mode(self, state: State) -> None:
+        """A state folder open to more than the mailbox's mode allows."""
+        folder_st = os.fstat(self.mb.folders.fd(state))
         folder_mode = stat.S_IMODE(folder_st.st_mode)
-        if folder_mode & ~mb.dir_mode & 0o077:
+        if folder_mode & ~self.mb.dir_mode & 0o077:
             target = _Target(state, None, folder_st.st_dev, folder_st.st_ino)
-            detail = f"folder mode {folder_mode:o}, expected {mb.dir_mode:o}"
-            found("mode", f"{state.value}/", detail, fix, target)
-        if state is State.TMP:
-            continue
-        with os.scandir(mb.folders.fd(state)) as entries:
-            for entry in entries:
-                name = entry.name
-                if state is State.DEAD and name.endswith(REASON_SUFFIX):
-                    continue
-                where = f"{state.value}/{_fs.shown(name)}"
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    # A folder, link, FIFO or socket someone placed: reported, never given a file's
-                    # mode (nor followed), left for a person.
-                    found("not-a-file", where, f"{_kind_of(st.st_mode)}, not a message file; left as it is")
-                    continue
-                mode = stat.S_IMODE(st.st_mode)
-                if mode & ~mb.file_mode & 0o077:
-                    target = _Target(state, name, st.st_dev, st.st_ino)
-                    found("mode", where, f"mode {mode:o}, expected {mb.file_mode:o}", fix, target)
-                if state not in (State.NEW, State.PROCESSING, State.DONE):
-                    continue
-                if state is State.DONE and not deep:
-                    continue
-                foreign = parse_name(name) is None
-                if foreign and state is not State.DONE:
-                    found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
-                if not (deep or foreign or state is State.PROCESSING):
-                    continue
-                try:
-                    Message.decode(_fs.read_regular(name, mb.max_message_size, dir_fd=mb.folders.fd(state)))
-                except FileNotFoundError:
-                    continue
-                except (OSError, HybridCommsError) as exc:
-                    target = _Target(state, name, st.st_dev, st.st_ino)
-                    found("undecodable", where, str(exc)[:200], fix and state is State.NEW, target)
-    # legacy drops not taken in yet
-    if dreamos.has_drops(mb):
-        found("legacy-drops", "inbox.json / inbox/", "Dream.OS messages waiting to be ingested", fix)
-    return findings
+            detail = f"folder mode {folder_mode:o}, expected {self.mb.dir_mode:o}"
+            self.found("mode", f"{state.value}/", detail, self.fix, target)
+
+    def _entry(self, state: State, entry: os.DirEntry[str]) -> None:
+        """One entry of a state folder: what it is, its mode, and for a message its name and content."""
+        name = entry.name
+        if state is State.DEAD and name.endswith(REASON_SUFFIX):
+            return
+        where = f"{state.value}/{_fs.shown(name)}"
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            # A folder, link, FIFO or socket someone placed: reported, never given a file's
+            # mode (nor followed), left for a person.
+            self.found("not-a-file", where, f"{_kind_of(st.st_mode)}, not a message file; left as it is")
+            return
+        self._file_mode(state, name, st, where)
+        if self._is_checked(state):
+            self._message(state, name, st, where)
+
+    def _file_mode(self, state: State, name: str, st: os.stat_result, where: str) -> None:
+        """A file open to more than the mailbox's mode allows."""
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & ~self.mb.file_mode & 0o077:
+            target = _Target(state, name, st.st_dev, st.st_ino)
+            self.found("mode", where, f"mode {mode:o}, expected {self.mb.file_mode:o}", self.fix, target)
+
+    def _is_checked(self, state: State) -> bool:
+        """Whether the messages of a state are checked: waiting and claimed ones, done ones with --deep."""
+        return state in (State.NEW, State.PROCESSING) or (state is State.DONE and self.deep)
+
+    def _message(self, state: State, name: str, st: os.stat_result, where: str) -> None:
+        """A message's name (a foreign one is noted) and, when it may never decode, its content."""
+        foreign = parse_name(name) is None
+        if foreign and state is not State.DONE:
+            self.found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
+        if self.deep or foreign or state is State.PROCESSING:
+            self._decode(state, name, st, where)
+
+    def _decode(self, state: State, name: str, st: os.stat_result, where: str) -> None:
+        """A file that will never decode (--fix dead-letters it from new/)."""
+        try:
+            Message.decode(_fs.read_regular(name, self.mb.max_message_size, dir_fd=self.mb.folders.fd(state)))
+        except FileNotFoundError:
+            return
+        except (OSError, HybridCommsError) as exc:
+            target = _Target(state, name, st.st_dev, st.st_ino)
+            self.found("undecodable", where, str(exc)[:200], self.fix and state is State.NEW, target)
+
+    def legacy_drops(self) -> None:
+        """Legacy drops not taken in yet."""
+        if dreamos.has_drops(self.mb):
+            self.found(
+                "legacy-drops", "inbox.json / inbox/", "Dream.OS messages waiting to be ingested", self.fix
+            )
 
 
 _TARGET = "_target"  # a finding's private key (never printed): what the scan saw, for its fix
@@ -217,27 +278,46 @@ def _not_fixed(finding: dict[str, Any], why: str) -> None:
 
 
 def _fix_all(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """Each kind of repair once, for the findings of its kinds marked ``fixed``."""
     kinds = {f["kind"] for f in findings if f["fixed"]}
-    for f in findings:
-        if f["kind"] == "missing-folder" and f["fixed"]:
-            f["fixed"] = mb.folders.has(State(f["where"].rstrip("/")))
+    _check_folders_made(mb, findings)
     if kinds & _RECOVERED_KINDS:
         # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
         _fix_by_recovery(mb, findings)
     if "mode" in kinds:
-        for f in findings:
-            if f["kind"] == "mode" and f["fixed"] and not _fix_mode(mb, f[_TARGET]):
-                _not_fixed(f, "left as it is (it changed since the scan, or cannot be changed)")
+        _fix_modes(mb, findings)
     if "undecodable" in kinds:
-        for f in findings:
-            if f["kind"] == "undecodable" and f["fixed"]:
-                name = f[_TARGET].name  # as listed (an escaped `where` may not name it)
-                try:
-                    mb.reject(name, f"found by doctor: {f['detail']}")
-                except (OSError, HybridCommsError) as exc:
-                    _not_fixed(f, f"not moved to dead/: {exc}")
+        _fix_undecodable(mb, findings)
     if "legacy-drops" in kinds:
         _fix_legacy_drops(mb, findings)
+
+
+def _to_fix(findings: list[dict[str, Any]], kinds: Collection[str]) -> list[dict[str, Any]]:
+    """The findings of these kinds marked ``fixed`` (still to be repaired, or seen repaired)."""
+    return [f for f in findings if f["kind"] in kinds and f["fixed"]]
+
+
+def _check_folders_made(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """A missing folder is fixed if opening the mailbox for writing made it."""
+    for f in _to_fix(findings, ("missing-folder",)):
+        f["fixed"] = mb.folders.has(State(f["where"].rstrip("/")))
+
+
+def _fix_modes(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """Give each file and folder found too open the mailbox's mode (`_fix_mode`)."""
+    for f in _to_fix(findings, ("mode",)):
+        if not _fix_mode(mb, f[_TARGET]):
+            _not_fixed(f, "left as it is (it changed since the scan, or cannot be changed)")
+
+
+def _fix_undecodable(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
+    """Dead-letter the files in new/ that will never decode, with what doctor found as the reason."""
+    for f in _to_fix(findings, ("undecodable",)):
+        name = f[_TARGET].name  # as listed (an escaped `where` may not name it)
+        try:
+            mb.reject(name, f"found by doctor: {f['detail']}")
+        except (OSError, HybridCommsError) as exc:
+            _not_fixed(f, f"not moved to dead/: {exc}")
 
 
 #: The findings `FileMailbox.recover` repairs.
@@ -249,14 +329,17 @@ def _fix_by_recovery(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     try:
         report = mb.recover()
     except (OSError, HybridCommsError) as exc:
-        for f in findings:
-            if f["kind"] in _RECOVERED_KINDS and f["fixed"]:
-                _not_fixed(f, f"recovery failed: {exc}")
+        for f in _to_fix(findings, _RECOVERED_KINDS):
+            _not_fixed(f, f"recovery failed: {exc}")
         return
+    _check_recovered(mb, findings, report)
+    _add_recovery_errors(mb, findings, report)
+
+
+def _check_recovered(mb: FileMailbox, findings: list[dict[str, Any]], report: RecoveryReport) -> None:
+    """Each finding recovery was to repair whose entry is still there is not fixed, and says why."""
     errors = dict(report.errors)
-    for f in findings:
-        if f["kind"] not in _RECOVERED_KINDS or not f["fixed"]:
-            continue
+    for f in _to_fix(findings, _RECOVERED_KINDS):
         folder, name = f[_ENTRY]
         if not _still_there(mb, folder, name):
             continue
@@ -264,8 +347,12 @@ def _fix_by_recovery(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
             _not_fixed(f, "left in place: a recovery in another process holds the mailbox; try again")
         else:
             _not_fixed(f, f"left in place: {errors.get(f['where'], 'recovery did not take it')}")
+
+
+def _add_recovery_errors(mb: FileMailbox, findings: list[dict[str, Any]], report: RecoveryReport) -> None:
+    """What the pass met that the scan had not (it changed since): a ``recovery-error`` finding each."""
     said = {f["where"] for f in findings}
-    for where, why in report.errors:  # what the pass met that the scan had not (it changed since)
+    for where, why in report.errors:
         if where not in said:
             finding = {"agent": mb.agent_id, "kind": "recovery-error", "where": where, "detail": why}
             findings.append({**finding, "fixed": False})
@@ -303,8 +390,13 @@ def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
         return
     if report.refused or report.waiting:
         _not_fixed(finding, str(report))
+    _add_refused(mb, findings, report.refused)
+
+
+def _add_refused(mb: FileMailbox, findings: list[dict[str, Any]], refused: list[tuple[str, str]]) -> None:
+    """What ingestion refused: a ``legacy-refused`` finding each, left for a person."""
     prefix = f"{mb.agent_id}/"
-    for where, why in report.refused:
+    for where, why in refused:
         findings.append(
             {
                 "agent": mb.agent_id,
@@ -330,13 +422,23 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
         findings += _check_agent(args, root, shown, agent, problem, modes)
         progress.step(n)
     progress.end()
-    open_problems = [f for f in findings if not f["fixed"] and f["kind"] != "foreign-name"]
+    open_problems = [f for f in findings if _is_open(f)]
     if args.json:
-        public = [{k: v for k, v in f.items() if not k.startswith("_")} for f in findings]
+        public = [_public(f) for f in findings]
         print_json({"root": str(root), "healthy": not open_problems, "findings": public})
     else:
         _print_findings(args, findings, len(open_problems))
     return EXIT_OK if not open_problems else EXIT_ERROR
+
+
+def _is_open(finding: dict[str, Any]) -> bool:
+    """Whether a finding is a problem left (not fixed, and not a mere note)."""
+    return not finding["fixed"] and finding["kind"] != "foreign-name"
+
+
+def _public(finding: dict[str, Any]) -> dict[str, Any]:
+    """A finding as ``--json`` prints it: without its private keys."""
+    return {k: v for k, v in finding.items() if not k.startswith("_")}
 
 
 def _entries(args: argparse.Namespace, root: Path) -> list[tuple[str, str | None, str | None]]:

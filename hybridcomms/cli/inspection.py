@@ -95,17 +95,7 @@ def _row(mb: Mailbox, info: MessageInfo, now: float, topic: str | None) -> dict[
 
 
 def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
-    states = [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
-    now = time.time()
-    rows = []
-    for state in states:
-        for info in mb.list(state):
-            if args.older_than is not None and now - info.changed_at < args.older_than:
-                continue
-            topic = _topic_of(mb, info)
-            if args.topic and not (topic is not None and fnmatch.fnmatchcase(topic, args.topic)):
-                continue
-            rows.append(_row(mb, info, now, topic))
+    rows = _ls_rows(args, mb)
     if args.json:
         print_json(rows)
         return EXIT_OK
@@ -114,34 +104,82 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
         return EXIT_OK
     print(f"{'state':<10} {'age':>5} {'try':>3}  {'id':<36} topic")
     for r in rows:
-        if r.get("reason"):
-            extra = f"  ({one_line(r['reason'], 200)})"
-        elif r.get("last_error"):
-            extra = f"  (last error: {one_line(r['last_error'], 200)})"
-        else:
-            extra = ""
-        print(
-            f"{r['state']:<10} {human_age(r['age']):>5} {r['attempt']:>3}  "
-            f"{r['id'] or _fs.printable(r['file'])!s:<36} {r['topic'] or '?'}{extra}"
-        )
+        print(_ls_line(r))
     return EXIT_OK
 
 
-def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None) -> Iterator[Mailbox]:
-    if url is not None:
-        from ..backends import open_mailbox
-        from ..backends.redis.mailbox import redis_agents
+def _ls_rows(args: argparse.Namespace, mb: Mailbox) -> list[dict[str, Any]]:
+    """The rows of the messages ``ls`` shows: the states asked for, narrowed by --older-than and --topic."""
+    states = [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
+    now = time.time()
+    rows = []
+    for state in states:
+        for info in mb.list(state):
+            if not _old_enough(args, info, now):
+                continue  # (before its topic is read: that reads the file)
+            topic = _topic_of(mb, info)
+            if _topic_matches(args.topic, topic):
+                rows.append(_row(mb, info, now, topic))
+    return rows
 
-        for agent in agents or redis_agents(url):
-            with open_mailbox(url, check_agent_id(agent), create=False) as remote:
-                yield remote
-        return
-    if agents:
-        for agent in agents:
-            with FileMailbox(root, check_agent_id(agent), read_only=True, fsync="never") as mb:
-                yield mb
-        return
-    for agent in list_agents(root):  # every mailbox: one that cannot be opened is passed over
+
+def _old_enough(args: argparse.Namespace, info: MessageInfo, now: float) -> bool:
+    """Whether a message entered its state at least --older-than ago (without it: every one did)."""
+    return args.older_than is None or now - info.changed_at >= args.older_than
+
+
+def _topic_matches(pattern: str | None, topic: str | None) -> bool:
+    """Whether a topic matches --topic (without it: every one does; an unreadable one matches none)."""
+    return not pattern or (topic is not None and fnmatch.fnmatchcase(topic, pattern))
+
+
+def _ls_line(r: dict[str, Any]) -> str:
+    """One row of the ``ls`` table."""
+    return (
+        f"{r['state']:<10} {human_age(r['age']):>5} {r['attempt']:>3}  "
+        f"{r['id'] or _fs.printable(r['file'])!s:<36} {r['topic'] or '?'}{_ls_why(r)}"
+    )
+
+
+def _ls_why(r: dict[str, Any]) -> str:
+    """What follows a row that failed: why it died, or its last error (empty for the others)."""
+    if r.get("reason"):
+        return f"  ({one_line(r['reason'], 200)})"
+    if r.get("last_error"):
+        return f"  (last error: {one_line(r['last_error'], 200)})"
+    return ""
+
+
+def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None) -> Iterator[Mailbox]:
+    """The mailboxes ``show`` looks in, each opened in turn: at the URL, the agents named, or every one."""
+    if url is not None:
+        yield from _remote_mailboxes(url, agents)
+    elif agents:
+        yield from _named_mailboxes(root, agents)
+    else:
+        yield from _every_mailbox(root)
+
+
+def _remote_mailboxes(url: str, agents: Iterable[str] | None) -> Iterator[Mailbox]:
+    """The agents named at the URL, else every one there."""
+    from ..backends import open_mailbox
+    from ..backends.redis.mailbox import redis_agents
+
+    for agent in agents or redis_agents(url):
+        with open_mailbox(url, check_agent_id(agent), create=False) as remote:
+            yield remote
+
+
+def _named_mailboxes(root: Path, agents: Iterable[str]) -> Iterator[Mailbox]:
+    """The mailboxes of the agents named, under the root, read-only."""
+    for agent in agents:
+        with FileMailbox(root, check_agent_id(agent), read_only=True, fsync="never") as mb:
+            yield mb
+
+
+def _every_mailbox(root: Path) -> Iterator[Mailbox]:
+    """Every mailbox under the root, read-only: one that cannot be opened is passed over."""
+    for agent in list_agents(root):
         try:
             mb = FileMailbox(root, agent, read_only=True, fsync="never")
         except (OSError, HybridCommsError):
@@ -153,66 +191,89 @@ def _mailboxes(root: Path, agents: Iterable[str] | None, url: str | None = None)
 def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> int:
     for mb in _mailboxes(root, [args.agent] if args.agent else None, url):
         info = mb.get(args.id)
-        if info is None:
-            continue
-        now = time.time()
-        out: dict[str, Any] = {
-            "agent": mb.agent_id,
-            "state": info.state.value,
-            "file": _fs.shown(info.name),
-            "attempt": info.attempt,
-            "age": round(now - info.changed_at, 3),
-        }
-        expires: float | None = None
-        try:
-            message = mb.read(info)
-            out["message"] = message.to_dict()
-            expires = None if message.expires is None else message.expires.timestamp()
-        except (OSError, HybridCommsError, KeyError) as exc:
-            out["message"] = None
-            out["unreadable"] = str(exc)
-        due = info.due_at if info.state is State.NEW else None
-        if due is not None:  # when it may be claimed (after a failure: when it is retried)
-            out["due"] = _iso(due)
-            out["due_in"] = round(max(due - now, 0.0), 3)
-        if expires is not None:
-            out["expires_in"] = round(expires - now, 3)
-        if info.reason is not None:
-            out["dead_reason"] = info.reason.get("reason")
-            out["last_error"] = info.reason.get("last_error")
-            out["dead_at"] = info.reason.get("dead_at")
-        elif info.last_error is not None:  # waiting for a retry: why the last attempt failed
-            out["last_error"] = info.last_error.error
-            out["failed_attempt"] = info.last_error.attempt
-            out["failed_at"] = _iso(info.last_error.failed_at)
-        if args.json:
-            print_json(out)
-        else:
-            print(
-                f"{out['agent']}: {out['state']}/{out['file']} "
-                f"(attempt {out['attempt']}, {human_age(out['age'])})"
-            )
-            if "dead_reason" in out:
-                print(
-                    f"dead: {one_line(out['dead_reason'])}"
-                    + (f"; last error: {one_line(out['last_error'])}" if out["last_error"] else "")
-                )
-            elif info.last_error is not None:
-                failed = info.last_error
-                ago = human_age(max(now - failed.failed_at, 0.0))
-                print(f"last error: attempt {failed.attempt} failed {ago} ago: {one_line(failed.error)}")
-            if due is not None and (due > now or info.last_error is not None):
-                print(f"due: {_when(due, now)}")
-            if expires is not None:
-                print(f"expires: {_when(expires, now)}")
-            if out["message"] is None:  # a poison file (claiming it would dead-letter it): why
-                print(f"unreadable: {one_line(out['unreadable'])}")
-            else:
-                print_json(out["message"])
-        return EXIT_OK
+        if info is not None:
+            _show(args, mb, info)
+            return EXIT_OK
     where = shown_url(url) if url else root
     print(f"hybridcomms show: no message {args.id!r} under {where}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _show(args: argparse.Namespace, mb: Mailbox, info: MessageInfo) -> None:
+    """One message found: where it is, its content, when it is due or expires, why it failed."""
+    now = time.time()
+    out: dict[str, Any] = {
+        "agent": mb.agent_id,
+        "state": info.state.value,
+        "file": _fs.shown(info.name),
+        "attempt": info.attempt,
+        "age": round(now - info.changed_at, 3),
+    }
+    expires = _add_content(out, mb, info)
+    due = info.due_at if info.state is State.NEW else None
+    if due is not None:  # when it may be claimed (after a failure: when it is retried)
+        out["due"] = _iso(due)
+        out["due_in"] = round(max(due - now, 0.0), 3)
+    if expires is not None:
+        out["expires_in"] = round(expires - now, 3)
+    _add_failure(out, info)
+    if args.json:
+        print_json(out)
+    else:
+        _print_show(out, info, now, due, expires)
+
+
+def _add_content(out: dict[str, Any], mb: Mailbox, info: MessageInfo) -> float | None:
+    """The message (or why it cannot be read) into ``out``; returns when it expires, if it does."""
+    try:
+        message = mb.read(info)
+        out["message"] = message.to_dict()
+        return None if message.expires is None else message.expires.timestamp()
+    except (OSError, HybridCommsError, KeyError) as exc:
+        out["message"] = None
+        out["unreadable"] = str(exc)
+        return None
+
+
+def _add_failure(out: dict[str, Any], info: MessageInfo) -> None:
+    """Why it failed into ``out``: a dead letter's reason, or the last error of one waiting for a retry."""
+    if info.reason is not None:
+        out["dead_reason"] = info.reason.get("reason")
+        out["last_error"] = info.reason.get("last_error")
+        out["dead_at"] = info.reason.get("dead_at")
+    elif info.last_error is not None:  # waiting for a retry: why the last attempt failed
+        out["last_error"] = info.last_error.error
+        out["failed_attempt"] = info.last_error.attempt
+        out["failed_at"] = _iso(info.last_error.failed_at)
+
+
+def _print_show(
+    out: dict[str, Any], info: MessageInfo, now: float, due: float | None, expires: float | None
+) -> None:
+    """``show`` for people: where it is, why it failed, when it is due and expires, then the message."""
+    print(f"{out['agent']}: {out['state']}/{out['file']} (attempt {out['attempt']}, {human_age(out['age'])})")
+    _print_failure(out, info, now)
+    if due is not None and (due > now or info.last_error is not None):
+        print(f"due: {_when(due, now)}")
+    if expires is not None:
+        print(f"expires: {_when(expires, now)}")
+    if out["message"] is None:  # a poison file (claiming it would dead-letter it): why
+        print(f"unreadable: {one_line(out['unreadable'])}")
+    else:
+        print_json(out["message"])
+
+
+def _print_failure(out: dict[str, Any], info: MessageInfo, now: float) -> None:
+    """Why it died, or how its last attempt failed (nothing for a message that never failed)."""
+    if "dead_reason" in out:
+        print(
+            f"dead: {one_line(out['dead_reason'])}"
+            + (f"; last error: {one_line(out['last_error'])}" if out["last_error"] else "")
+        )
+    elif info.last_error is not None:
+        failed = info.last_error
+        ago = human_age(max(now - failed.failed_at, 0.0))
+        print(f"last error: attempt {failed.attempt} failed {ago} ago: {one_line(failed.error)}")
 
 
 def _clock(at: float) -> str:

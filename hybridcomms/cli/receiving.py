@@ -36,7 +36,7 @@ __all__ = ["register"]
 def cmd_recv(args: argparse.Namespace, root: Path) -> int:
     url = args.url_resolved
     legacy = None if url else dreamos.legacy_status(root, check_agent_id(args.agent))
-    if legacy is not None and not args.adopt and not resolve_policy(args.policy).adopts(args.agent):
+    if legacy is not None and not _adopted(args):
         print(dreamos.legacy_refusal("recv", legacy), file=sys.stderr)
         return EXIT_ERROR
     if args.count < 1:
@@ -51,15 +51,19 @@ def cmd_recv(args: argparse.Namespace, root: Path) -> int:
         return _receive(mb, args, lines)
 
 
+def _adopted(args: argparse.Namespace) -> bool:
+    """Whether an agent on a legacy layout is adopted: by --adopt, or by the policy's adopt list."""
+    return bool(args.adopt) or resolve_policy(args.policy).adopts(args.agent)
+
+
 def _receive(mb: Mailbox, args: argparse.Namespace, lines: bool) -> int:
     """Claim, print and settle up to ``--count`` messages (with ``--follow``: until a signal)."""
     stop = _stop_on_signals(mb) if args.follow else None
     got = 0
     while args.follow or got < args.count:
-        timeout = 1.0 if args.follow else (args.timeout if got == 0 else 0)
-        delivery = mb.claim(timeout=timeout, cancel=stop)
+        delivery = mb.claim(timeout=_claim_timeout(args, got), cancel=stop)
         if delivery is None:
-            if args.follow and not (stop is not None and stop.is_set()):
+            if _following(args, stop):
                 continue
             break
         _write_out(delivery, lines)
@@ -69,6 +73,20 @@ def _receive(mb: Mailbox, args: argparse.Namespace, lines: bool) -> int:
         print(f"hybridcomms recv: no message for {args.agent}", file=sys.stderr)
         return EXIT_EMPTY
     return EXIT_OK
+
+
+def _claim_timeout(args: argparse.Namespace, got: int) -> float | None:
+    """How long one claim waits: a second at a time with --follow, else --timeout for the first message
+    (None: not at all) and nothing for the next ones."""
+    if args.follow:
+        return 1.0
+    timeout: float | None = args.timeout if got == 0 else 0
+    return timeout
+
+
+def _following(args: argparse.Namespace, stop: threading.Event | None) -> bool:
+    """Whether ``--follow`` goes on waiting (no signal came)."""
+    return bool(args.follow) and not (stop is not None and stop.is_set())
 
 
 def _write(out: dict[str, Any], lines: bool) -> None:

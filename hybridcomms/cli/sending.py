@@ -115,9 +115,7 @@ def cmd_send(args: argparse.Namespace, root: Path) -> int:
     url = args.url_resolved
     if decision.backend is not None:  # the rule sends its durable copies elsewhere, as Comms does
         root, url = _rule_backend(decision.backend, args.topic, root)
-    adopt = args.adopt or policy.adopts(args.to)
-    legacy = None if adopt or url else dreamos.legacy_status(root, check_agent_id(args.to))
-    if legacy is not None:
+    if _reads_legacy(args, policy, root, url):
         return _send_legacy(args, root, message, decision)
     with open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
         existing, written = _put(args, mb, message)
@@ -125,10 +123,23 @@ def cmd_send(args: argparse.Namespace, root: Path) -> int:
         if existing is not None:  # an idempotent resend: the message is there already
             return _already_there(args, message, decision, existing, backend, url)
         if written is None and isinstance(mb, FileMailbox) and args.json:
-            info = mb.get(message.id)  # put_once stored it: where?
-            written = info.path if info is not None else None
+            written = _stored_at(mb, message.id)
         _report_sent(args, message, decision, backend=backend, path=written, url=url, state=State.NEW)
     return EXIT_OK
+
+
+def _reads_legacy(args: argparse.Namespace, policy: Policy, root: Path, url: str | None) -> bool:
+    """Whether the recipient, not adopted (--adopt, the policy), still reads a legacy Dream.OS layout
+    under the root."""
+    if args.adopt or policy.adopts(args.to) or url:
+        return False
+    return dreamos.legacy_status(root, check_agent_id(args.to)) is not None
+
+
+def _stored_at(mb: FileMailbox, message_id: str) -> Path | None:
+    """The file a message put by id (`put_once`) was stored in (None if it is gone already)."""
+    info = mb.get(message_id)
+    return info.path if info is not None else None
 
 
 def _put(args: argparse.Namespace, mb: Mailbox, message: Message) -> tuple[MessageInfo | None, Path | None]:

@@ -171,15 +171,20 @@ def _report(
     if args.json:
         extra = {"bus": bus} if bus is not None else {}
         print_json({"root": where, "agents": rows, "legacy": legacy_rows, **extra})
-        return code
+    else:
+        _print_report(where, legacy_rows, rows, bus)
+    return code
+
+
+def _print_report(where: str, legacy_rows: list[Row], rows: list[Row], bus: dict[str, int] | None) -> None:
+    """The report for people: the agents on a legacy layout, the table, the shared bus."""
     _print_legacy(legacy_rows)
     if not rows:
         if not legacy_rows:
             print(f"no mailboxes under {where}")
-        return code
+        return
     _print_table(rows)
     _print_bus(bus)
-    return code
 
 
 def _say_problems(failing: list[str], broken: list[Row]) -> None:

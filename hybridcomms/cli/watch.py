@@ -22,7 +22,7 @@ from .. import _log
 from .._fs import printable
 from .._text import json_text
 from .._urls import child_environ
-from ..policy import child_env
+from ..policy import Policy, child_env
 from ..watcher import MailboxEvent, MailboxWatcher
 from .common import LineWriter, Parents, add_bus_option, resolve_policy
 
@@ -91,28 +91,7 @@ class ExecRunner:
             self._run(event)
 
     def _run(self, event: MailboxEvent) -> None:
-        env = dict(self.base_env)
-        env.update(self.env)
-        env.update(
-            HYBRIDCOMMS_AGENT=event.agent,
-            HYBRIDCOMMS_ID=event.id or "",
-            HYBRIDCOMMS_PATH=event.path,
-            HYBRIDCOMMS_NAME=event.name,
-            HYBRIDCOMMS_TOPIC=event.topic or "",  # read once, by the watcher
-        )
-        try:
-            proc = subprocess.Popen(
-                self.command, shell=True, env=env, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        except OSError as exc:
-            code = -1
-            log.error("--exec could not start for %s: %s", event.name, exc)
-        else:
-            with self._lock:
-                self._running.add(proc)
-            code = proc.wait()
-            with self._lock:
-                self._running.discard(proc)
+        code = self._exit_status(event)
         with self._lock:
             self.ran += 1
             if code != 0:
@@ -124,6 +103,39 @@ class ExecRunner:
                 flush=True,
             )
 
+    def _exit_status(self, event: MailboxEvent) -> int:
+        """Run the command for one event and wait for it: its exit status (-1: it could not start)."""
+        try:
+            proc = subprocess.Popen(
+                self.command,
+                shell=True,
+                env=self._env(event),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("--exec could not start for %s: %s", event.name, exc)
+            return -1
+        with self._lock:
+            self._running.add(proc)
+        code = proc.wait()
+        with self._lock:
+            self._running.discard(proc)
+        return code
+
+    def _env(self, event: MailboxEvent) -> dict[str, str]:
+        """The command's environment: this one's, the runner's additions, and the event's HYBRIDCOMMS_*."""
+        env = dict(self.base_env)
+        env.update(self.env)
+        env.update(
+            HYBRIDCOMMS_AGENT=event.agent,
+            HYBRIDCOMMS_ID=event.id or "",
+            HYBRIDCOMMS_PATH=event.path,
+            HYBRIDCOMMS_NAME=event.name,
+            HYBRIDCOMMS_TOPIC=event.topic or "",  # read once, by the watcher
+        )
+        return env
+
     def close(self, wait: bool = True) -> None:
         self.stopping.set()
         with self._lock:
@@ -131,77 +143,48 @@ class ExecRunner:
         deadline = time.monotonic() + (self.grace if wait else 0.0)
         for t in self._threads:
             t.join(max(deadline - time.monotonic(), 0.0))
+        self._kill_running()
+        for t in self._threads:
+            t.join(1.0)
+
+    def _kill_running(self) -> None:
+        """Past the grace: the whole process group of every command still running goes."""
         with self._lock:
             running = list(self._running)
-        for proc in running:  # past the grace: the command's whole process group goes
+        for proc in running:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 pass
-        for t in self._threads:
-            t.join(1.0)
+
+
+#: The events an --exec command runs for (the others are only printed).
+_EXEC_KINDS = ("delivered", "recovered", "waiting")
 
 
 def run_watch(args: argparse.Namespace, root: Path) -> int:
     # watchdog warns when a recursive watch races the creation of new folders; it re-adds the watch.
     warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
-    if args.exec_jobs < 1 or args.exec_queue < 1:
-        raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
-    if not args.create and not root.is_dir():
-        raise SystemExit(
-            f"hybridcomms watch: no mailbox root at {root} "
-            "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
-        )
-    from ..intake import enabled as intake_enabled
-
+    _check_usage(args, root)
     # The watcher routes nothing itself; the policy's `adopt` list turns the legacy intake on, and its
     # file is handed to the --exec commands, so a `hybridcomms send` there routes as this service does.
     policy = resolve_policy(getattr(args, "policy", None))
     log.info("routing policy from %s", policy.provenance)
-    ingest = args.legacy if args.legacy is not None else (True if intake_enabled(policy) else None)
+    ingest = _legacy_intake(args, policy)
     root.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     # `watch | head`: once the reader is gone it stops as on SIGTERM (`stop_now`, below).
     write = LineWriter(on_close=lambda: stop_now())
-    runner = (
-        ExecRunner(
-            args.exec,
-            args.exec_jobs,
-            queue_size=args.exec_queue,
-            grace=args.grace,
-            env=child_env(policy),
-        )
-        if args.exec
-        else None
-    )
-
-    counter = None
-    if args.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        from ..metrics import EventCounter, registry_for
-
-        registry = registry_for(root)
-        counter = EventCounter(registry)
-        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
-        print(
-            f"hybridcomms watch: metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics",
-            file=sys.stderr,
-            flush=True,
-        )
+    runner = _exec_runner(args, policy)
+    counter = _serve_metrics(args, root)
 
     def on_event(ev: MailboxEvent) -> None:
         if counter is not None:
             counter(ev)
         try:
-            write(
-                json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
-                if args.json
-                else f"{ev.kind:<9} {ev.agent} {printable(ev.name)}"
-                + (" (rescan)" if ev.source == "rescan" and ev.kind != "waiting" else "")
-            )
+            write(_event_line(ev, args.json))
         finally:  # whatever became of its line, the command runs (with the exact path and name)
-            if runner is not None and ev.kind in ("delivered", "recovered", "waiting"):
+            if runner is not None and ev.kind in _EXEC_KINDS:
                 runner.submit(ev)
 
     watcher = MailboxWatcher(
@@ -228,33 +211,105 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
     release_bus = watch_bus(root, args.bus, args.json, write) if args.bus else None
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        watcher.start()
-        mode = "inotify" if watcher.notifying else "polling"
-        print(
-            f"hybridcomms watch: watching {root.resolve()} ({mode}; routing policy from "
-            f"{policy.provenance}); stop with SIGTERM or Ctrl-C",
-            file=sys.stderr,
-            flush=True,
-        )
-        while not stop.wait(0.5):
-            pass
+        _watch_until(stop, watcher, root, policy.provenance)
     finally:
-        if runner is not None:
-            runner.stopping.set()  # the watching threads stop waiting for room in the queue
-        watcher.stop()
-        if release_bus is not None:
-            release_bus()
-        if runner is not None:
-            runner.close(wait=True)
+        _shut_down(watcher, runner, release_bus)
         for s, handler in previous.items():
             signal.signal(s, handler)
-    done = (
-        f"; --exec ran {runner.ran}, {runner.failed} failed, {runner.not_run} left for the next start"
-        if runner is not None
-        else ""
-    )
-    print(f"hybridcomms watch: stopped{done}", file=sys.stderr, flush=True)
+    print(f"hybridcomms watch: stopped{_exec_summary(runner)}", file=sys.stderr, flush=True)
     return 0
+
+
+def _check_usage(args: argparse.Namespace, root: Path) -> None:
+    """Bad --exec sizes, or a root that is not there without --create: one line, and the end."""
+    if args.exec_jobs < 1 or args.exec_queue < 1:
+        raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
+    if not args.create and not root.is_dir():
+        raise SystemExit(
+            f"hybridcomms watch: no mailbox root at {root} "
+            "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
+        )
+
+
+def _legacy_intake(args: argparse.Namespace, policy: Policy) -> bool | None:
+    """Whether the legacy drops are taken in: --legacy, else on if the policy adopts agents, else the
+    watcher's default (None: $HYBRIDCOMMS_LEGACY_INTAKE)."""
+    from ..intake import enabled as intake_enabled
+
+    legacy: bool | None = args.legacy
+    if legacy is not None:
+        return legacy
+    return True if intake_enabled(policy) else None
+
+
+def _exec_runner(args: argparse.Namespace, policy: Policy) -> ExecRunner | None:
+    """The runner of --exec (None without it); the commands get the policy's file."""
+    if not args.exec:
+        return None
+    return ExecRunner(
+        args.exec, args.exec_jobs, queue_size=args.exec_queue, grace=args.grace, env=child_env(policy)
+    )
+
+
+def _serve_metrics(args: argparse.Namespace, root: Path) -> Callable[[MailboxEvent], None] | None:
+    """With --metrics-port: serve the root's metrics, and return the counter the events feed."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from ..metrics import EventCounter, registry_for
+
+    registry = registry_for(root)
+    counter = EventCounter(registry)
+    start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+    print(
+        f"hybridcomms watch: metrics on http://{args.metrics_addr}:{args.metrics_port}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )
+    return counter
+
+
+def _event_line(ev: MailboxEvent, as_json: bool) -> str:
+    """The line an event is printed as (a name that is not UTF-8 as \\xNN text)."""
+    if as_json:
+        return json_text(ev.for_json())
+    rescan = " (rescan)" if ev.source == "rescan" and ev.kind != "waiting" else ""
+    return f"{ev.kind:<9} {ev.agent} {printable(ev.name)}" + rescan
+
+
+def _watch_until(stop: threading.Event, watcher: MailboxWatcher, root: Path, provenance: str) -> None:
+    """Start watching, say so, and wait for the stop (a signal, or the output closed)."""
+    watcher.start()
+    mode = "inotify" if watcher.notifying else "polling"
+    print(
+        f"hybridcomms watch: watching {root.resolve()} ({mode}; routing policy from "
+        f"{provenance}); stop with SIGTERM or Ctrl-C",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop.wait(0.5):
+        pass
+
+
+def _shut_down(
+    watcher: MailboxWatcher, runner: ExecRunner | None, release_bus: Callable[[], None] | None
+) -> None:
+    """Stop the watcher, the bus and the --exec commands (those running get their grace)."""
+    if runner is not None:
+        runner.stopping.set()  # the watching threads stop waiting for room in the queue
+    watcher.stop()
+    if release_bus is not None:
+        release_bus()
+    if runner is not None:
+        runner.close(wait=True)
+
+
+def _exec_summary(runner: ExecRunner | None) -> str:
+    """What --exec did, for the last line (empty without --exec)."""
+    if runner is None:
+        return ""
+    return f"; --exec ran {runner.ran}, {runner.failed} failed, {runner.not_run} left for the next start"
 
 
 def watch_bus(root: Path, patterns: list[str], as_json: bool, write: LineWriter) -> Callable[[], None]:

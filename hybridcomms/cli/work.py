@@ -55,6 +55,7 @@ from .command_io import CommandPipes
 from .common import LineWriter, Parents, open_existing, resolve_policy
 
 if TYPE_CHECKING:
+    from ..metrics import WorkMetrics
     from .common import Subparsers
 
 log = _log.get("hybridcomms.work")
@@ -110,17 +111,9 @@ class Worker:
         ]
         for t in threads:
             t.start()
-        while not self.stop.wait(0.2):
-            if self.args.max_messages and self._done() >= self.args.max_messages:
-                self.stop.set()
+        self._wait_for_stop()
         self.mb.wake()
-        deadline = time.monotonic() + self.args.grace
-        for t in threads:
-            t.join(max(deadline - time.monotonic(), 0.0))
-        if any(t.is_alive() for t in threads):
-            self.killed.set()  # the grace is over: kill what still runs, nack its message
-            for t in threads:
-                t.join(10)
+        self._join(threads)
         c = self.counts
         print(
             f"hybridcomms work: stopped; {c['acked']} acked, {c['retried']} to retry, "
@@ -129,6 +122,22 @@ class Worker:
             flush=True,
         )
         return self.exit_code
+
+    def _wait_for_stop(self) -> None:
+        """Until a signal, a closed output, a failure, or --max-messages handled."""
+        while not self.stop.wait(0.2):
+            if self.args.max_messages and self._done() >= self.args.max_messages:
+                self.stop.set()
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        """Wait for the consumer threads: the running commands get the grace, then are killed."""
+        deadline = time.monotonic() + self.args.grace
+        for t in threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        if any(t.is_alive() for t in threads):
+            self.killed.set()  # the grace is over: kill what still runs, nack its message
+            for t in threads:
+                t.join(10)
 
     def _guarded_loop(self) -> None:
         """`_loop`; if it dies of something unexpected, the whole worker stops and exits non-zero
@@ -148,30 +157,59 @@ class Worker:
 
     def _loop(self) -> None:
         while not self.stop.is_set():
-            try:
-                d = self.mb.claim(timeout=1.0, cancel=self.stop)
-            except (OSError, HybridCommsError) as exc:
-                # One line when the backend starts failing and one when it is back, whatever the
-                # number of tries and threads (`hybridcomms._outage`).
-                self.stop.wait(self.outage.failed(exc))
-                continue
-            self.outage.ok()
-            if d is None:
-                continue
-            try:
-                self._handle(d)
-            except Exception as exc:  # settle it whatever happened, and go on
-                if not d.settled:
-                    try:
-                        d.nack(error=f"{type(exc).__name__}: {exc}")
-                    except (OSError, HybridCommsError):
-                        pass
-                print(f"hybridcomms work: {d.message.id}: {exc}", file=sys.stderr, flush=True)
+            d = self._claim()
+            if d is not None:
+                self._handle_settled(d)
+
+    def _claim(self) -> MailboxDelivery | None:
+        """The next message (None: none came within a second, or the backend failed and was waited for)."""
+        try:
+            d = self.mb.claim(timeout=1.0, cancel=self.stop)
+        except (OSError, HybridCommsError) as exc:
+            # One line when the backend starts failing and one when it is back, whatever the
+            # number of tries and threads (`hybridcomms._outage`).
+            self.stop.wait(self.outage.failed(exc))
+            return None
+        self.outage.ok()
+        return d
+
+    def _handle_settled(self, d: MailboxDelivery) -> None:
+        """`_handle`; if it fails, the message is settled (nacked) whatever happened, and the loop goes on."""
+        try:
+            self._handle(d)
+        except Exception as exc:
+            if not d.settled:
+                try:
+                    d.nack(error=f"{type(exc).__name__}: {exc}")
+                except (OSError, HybridCommsError):
+                    pass
+            print(f"hybridcomms work: {d.message.id}: {exc}", file=sys.stderr, flush=True)
 
     # -- one message --------------------------------------------------------------------------
 
     def _handle(self, d: MailboxDelivery) -> None:
         m = d.message  # never one past its expiry: the mailbox dead-letters those at claim
+        env = self._env(d)
+        started = time.monotonic()
+        proc = self._start(d, env)
+        if proc is None:
+            return
+        out, err, code, why = self._wait(proc, d, m.encode(None), started)
+        seconds = time.monotonic() - started
+        if why is not None:
+            self._fail(d, why, code, seconds, err)
+        elif code == 0:
+            self._ack(d, out, seconds)
+        elif code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts):
+            self._retry(d, code, seconds)
+        elif code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
+            self._fail(d, f"exit status {EX_TEMPFAIL} (try again later)", code, seconds, err)
+        else:
+            self._fail(d, f"exit status {code}", code, seconds, err)
+
+    def _env(self, d: MailboxDelivery) -> dict[str, str]:
+        """CMD's environment: this one's, the worker's additions, and the message's HYBRIDCOMMS_*."""
+        m = d.message
         env = dict(self.base_env)
         env.update(self.env)
         env.update(
@@ -185,9 +223,12 @@ class Worker:
             HYBRIDCOMMS_CORRELATION_ID=m.correlation_id or "",
             HYBRIDCOMMS_REPLY_TO=m.reply_to or "",
         )
-        started = time.monotonic()
+        return env
+
+    def _start(self, d: MailboxDelivery, env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+        """CMD started for the message; None if it cannot be (the message is given back, the worker stops)."""
         try:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 self.command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -202,27 +243,24 @@ class Worker:
             d.nack(delay=0.0, error=f"cannot start {self.command[0]}: {exc.strerror or exc}")
             self._report(d, "retry", None, 0.0, f"cannot start {self.command[0]}")
             self._stop_with(EX_CONFIG, f"cannot start {self.command[0]}: {exc.strerror or exc}")
-            return
-        out, err, code, why = self._wait(proc, d, m.encode(None), started)
-        seconds = time.monotonic() - started
-        if why is not None:
-            self._fail(d, why, code, seconds, err)
-        elif code == 0:
-            replied = self._reply(m, out) if m.reply_to else False
-            d.ack()
-            with self.lock:
-                self.counts["acked"] += 1
-                self.counts["replied"] += int(replied)
-            self._report(d, "acked", code, seconds)
-        elif code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts):
-            d.nack(error=f"exit status {EX_TEMPFAIL} (try again later)")
-            with self.lock:
-                self.counts["retried"] += 1
-            self._report(d, "retry", code, seconds)
-        elif code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
-            self._fail(d, f"exit status {EX_TEMPFAIL} (try again later)", code, seconds, err)
-        else:
-            self._fail(d, f"exit status {code}", code, seconds, err)
+            return None
+
+    def _ack(self, d: MailboxDelivery, out: bytes, seconds: float) -> None:
+        """CMD exited 0: its output is the reply to a request, and the message is acked."""
+        m = d.message
+        replied = self._reply(m, out) if m.reply_to else False
+        d.ack()
+        with self.lock:
+            self.counts["acked"] += 1
+            self.counts["replied"] += int(replied)
+        self._report(d, "acked", 0, seconds)
+
+    def _retry(self, d: MailboxDelivery, code: int, seconds: float) -> None:
+        """CMD asked for a retry (EX_TEMPFAIL), attempts are left: nacked, delivered after the backoff."""
+        d.nack(error=f"exit status {EX_TEMPFAIL} (try again later)")
+        with self.lock:
+            self.counts["retried"] += 1
+        self._report(d, "retry", code, seconds)
 
     def _wait(
         self, proc: subprocess.Popen[bytes], d: MailboxDelivery, data: bytes, started: float
@@ -232,37 +270,51 @@ class Worker:
         pipes = CommandPipes(
             proc, data, stdout_limit=self.mb.max_message_size, stderr_tail=STDERR_TAIL, drain=DRAIN
         )
-        limit = self.args.timeout
-        beat_at = started + self.heartbeat_every
-        why: str | None = None
         try:
-            while True:
-                step = 0.2  # short waits: a SIGTERM, a timeout or a heartbeat is never late by more
-                if limit and why is None:
-                    step = min(step, max(limit - (time.monotonic() - started), 0.01))
-                code = pipes.step(step)
-                if code is not None:
-                    break
-                if why is not None:
-                    continue  # killed: waiting (a bounded while) for the exit and the last output
-                now = time.monotonic()
-                if limit and now - started >= limit:
-                    why = f"timed out after {limit:g}s"
-                elif self.killed.is_set():
-                    why = f"stopped: still running {self.args.grace:g}s after SIGTERM"
-                elif now >= beat_at:
-                    beat_at = now + self.heartbeat_every
-                    try:
-                        d.heartbeat()
-                    except HybridCommsError:
-                        why = "lease lost"  # recovery took it (lease): another consumer has it now
-                if why is not None:
-                    _kill_group(proc)
+            code, why = self._run_to_exit(proc, pipes, _Heartbeat(d, self.heartbeat_every, started), started)
         finally:
             pipes.close()
         if why is None and pipes.stdout_over and code == 0 and d.message.reply_to:
             why = f"its output is over the reply limit of {self.mb.max_message_size} bytes"
         return bytes(pipes.stdout), bytes(pipes.stderr), code, why
+
+    def _run_to_exit(
+        self, proc: subprocess.Popen[bytes], pipes: CommandPipes, beat: _Heartbeat, started: float
+    ) -> tuple[int, str | None]:
+        """Move the pipes' data until CMD has exited, killing it when it must stop: (exit status, why
+        it was stopped or None)."""
+        why: str | None = None
+        while True:
+            code = pipes.step(self._step(started, why))
+            if code is not None:
+                return code, why
+            if why is not None:
+                continue  # killed: waiting (a bounded while) for the exit and the last output
+            why = self._why_stop(beat, started)
+            if why is not None:
+                _kill_group(proc)
+
+    def _step(self, started: float, why: str | None) -> float:
+        """How long one wait on the pipes lasts: short (a SIGTERM, a timeout or a heartbeat is never late
+        by more), and not past the timeout."""
+        step = 0.2
+        limit = self.args.timeout
+        if limit and why is None:
+            step = min(step, max(limit - (time.monotonic() - started), 0.01))
+        return step
+
+    def _why_stop(self, beat: _Heartbeat, started: float) -> str | None:
+        """Why a running CMD must be killed now: its timeout, the grace after SIGTERM over, or its lease
+        lost (renewed here when due); None while it runs on."""
+        now = time.monotonic()
+        limit = self.args.timeout
+        if limit and now - started >= limit:
+            return f"timed out after {limit:g}s"
+        if self.killed.is_set():
+            return f"stopped: still running {self.args.grace:g}s after SIGTERM"
+        if not beat.renew_if_due(now):
+            return "lease lost"  # recovery took it (lease): another consumer has it now
+        return None
 
     def _fail(self, d: MailboxDelivery, why: str, code: int | None, seconds: float, err: bytes = b"") -> None:
         tail = err[-STDERR_TAIL:].decode("utf-8", "replace").strip()
@@ -283,32 +335,31 @@ class Worker:
             self._report(d, "retry", code, seconds, text)
 
     def _reply(self, request: Message, out: bytes) -> bool:
-        text = out.decode("utf-8", "replace")
-        try:
-            payload: Any = orjson.loads(out) if out.strip() else None
-        except orjson.JSONDecodeError:
-            payload = text
+        """Send CMD's output as the reply to a request; False (said on stderr) if it cannot be sent."""
         to = request.reply_to
         assert to is not None
         try:  # the command has done its work: a reply that cannot be made never runs it again
             reply = Message(
                 reply_topic(request.topic),
-                payload,
+                _reply_payload(out),
                 sender=self.mb.agent_id,
                 recipient=to,
                 correlation_id=request.id,
                 headers={REPLY_HEADER: True},
             )
-            if isinstance(self.mb, FileMailbox):
-                box: Mailbox = FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False)
-            else:
-                box = open_mailbox(getattr(self.mb, "url", ""), to, create=False)
+            box = self._reply_box(to)
             with box:
                 box.put(reply)
         except (OSError, HybridCommsError, TypeError, ValueError) as exc:
             print(printable(f"hybridcomms work: reply to {to} failed: {exc}"), file=sys.stderr, flush=True)
             return False
         return True
+
+    def _reply_box(self, to: str) -> Mailbox:
+        """The requester's mailbox, on this mailbox's backend (it must exist)."""
+        if isinstance(self.mb, FileMailbox):
+            return FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False)
+        return open_mailbox(getattr(self.mb, "url", ""), to, create=False)
 
     def _report(
         self, d: MailboxDelivery, outcome: str, code: int | None, seconds: float, error: str | None = None
@@ -335,6 +386,35 @@ class Worker:
         self.write(line)
 
 
+def _reply_payload(out: bytes) -> Any:
+    """A reply's payload from CMD's stdout: JSON if it parses, else the text (None for nothing)."""
+    text = out.decode("utf-8", "replace")
+    try:
+        return orjson.loads(out) if out.strip() else None
+    except orjson.JSONDecodeError:
+        return text
+
+
+class _Heartbeat:
+    """The lease renewals of one claim while its command runs: one every ``every`` seconds."""
+
+    def __init__(self, d: MailboxDelivery, every: float, started: float) -> None:
+        self.d = d
+        self.every = every
+        self.at = started + every
+
+    def renew_if_due(self, now: float) -> bool:
+        """Renew the lease if it is time; False if it was lost."""
+        if now < self.at:
+            return True
+        self.at = now + self.every
+        try:
+            self.d.heartbeat()
+        except HybridCommsError:
+            return False
+        return True
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -344,52 +424,18 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def run_work(args: argparse.Namespace, root: Path) -> int:
     command = list(args.cmd)
-    usage = None
-    if not command:
-        usage = "give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
-    elif args.concurrency < 1:
-        usage = "--concurrency must be at least 1"
-    elif args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
-        usage = "--max-attempts must be >= 1, --retry-delay >= 0, --lease > 0"
-    if usage is not None:  # bad usage: exit 2, as argparse's own errors
-        print(f"hybridcomms work: {usage}", file=sys.stderr)
-        return 2
-    if shutil.which(command[0]) is None:  # before anything is claimed: a configuration error
-        print(
-            f"hybridcomms work: cannot run {command[0]!r}: not found, or not an executable file "
-            "(the command is run without a shell: give a path or a name on $PATH)",
-            file=sys.stderr,
-        )
-        return EX_CONFIG
+    refused = _refusal(args, command)
+    if refused is not None:
+        return refused
     from ..policy import child_env
 
     policy = resolve_policy(getattr(args, "policy", None))
     log.info("%s: routing policy from %s", args.agent, policy.provenance)
-    mailbox = open_existing(
-        root,
-        args.agent,
-        "work",
-        args.create,
-        url=getattr(args, "url_resolved", None),
-        fsync=args.fsync or "always",
-        max_attempts=args.max_attempts,
-        lease=args.lease,
-        backoff=Backoff(initial=args.retry_delay, factor=2.0, maximum=max(300.0, args.retry_delay)),
-    )
+    mailbox = _open_mailbox(args, root)
     worker = Worker(args, mailbox, command)
     worker.env = child_env(policy)
     if args.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        from ..metrics import OutageCollector, WorkMetrics, registry_for
-
-        # Only what this consumer did, and the backend outages it went through: the mailbox depths
-        # belong to the one exporter of the root (watch --metrics-port, or stats --prometheus), so a
-        # dashboard never counts them twice.
-        registry = registry_for(None)
-        registry.register(OutageCollector())
-        worker.metrics = WorkMetrics(registry)
-        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+        worker.metrics = _serve_metrics(args)
 
     def on_signal(signum: int, frame: Any) -> None:
         worker.stop.set()
@@ -409,6 +455,65 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
             signal.signal(s, handler)
         worker.outage.close()
         mailbox.close()
+
+
+def _refusal(args: argparse.Namespace, command: list[str]) -> int | None:
+    """The exit status of a worker that must not start (bad usage: 2; a command that cannot be run:
+    `EX_CONFIG`), said in one line; None if it may start."""
+    usage = _usage_problem(args, command)
+    if usage is not None:  # bad usage: exit 2, as argparse's own errors
+        print(f"hybridcomms work: {usage}", file=sys.stderr)
+        return 2
+    if shutil.which(command[0]) is None:  # before anything is claimed: a configuration error
+        print(
+            f"hybridcomms work: cannot run {command[0]!r}: not found, or not an executable file "
+            "(the command is run without a shell: give a path or a name on $PATH)",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    return None
+
+
+def _usage_problem(args: argparse.Namespace, command: list[str]) -> str | None:
+    """What is wrong with the options and the command given (None: nothing)."""
+    if not command:
+        return "give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
+    if args.concurrency < 1:
+        return "--concurrency must be at least 1"
+    if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
+        return "--max-attempts must be >= 1, --retry-delay >= 0, --lease > 0"
+    return None
+
+
+def _open_mailbox(args: argparse.Namespace, root: Path) -> Mailbox:
+    """The mailbox to consume, with the options given (fsync always unless --fsync says otherwise)."""
+    return open_existing(
+        root,
+        args.agent,
+        "work",
+        args.create,
+        url=getattr(args, "url_resolved", None),
+        fsync=args.fsync or "always",
+        max_attempts=args.max_attempts,
+        lease=args.lease,
+        backoff=Backoff(initial=args.retry_delay, factor=2.0, maximum=max(300.0, args.retry_delay)),
+    )
+
+
+def _serve_metrics(args: argparse.Namespace) -> WorkMetrics:
+    """Serve this worker's metrics on --metrics-port; returns the `WorkMetrics` it feeds."""
+    from prometheus_client import start_http_server
+
+    from ..metrics import OutageCollector, WorkMetrics, registry_for
+
+    # Only what this consumer did, and the backend outages it went through: the mailbox depths
+    # belong to the one exporter of the root (watch --metrics-port, or stats --prometheus), so a
+    # dashboard never counts them twice.
+    registry = registry_for(None)
+    registry.register(OutageCollector())
+    metrics = WorkMetrics(registry)
+    start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+    return metrics
 
 
 def split_argv(words: list[str]) -> tuple[list[str], list[str]]:
