@@ -80,23 +80,38 @@ def reason(exc: BaseException) -> str:
     if isinstance(found, BackendUnavailableError):
         return one_line(found.reason)
     if found is not None:
-        text = str(found).strip()
-        name = type(found).__name__
-        m = _CONNECTING.match(text)
-        if m is not None:
-            text = m.group(1).strip().rstrip(".")
-        elif name == "AuthenticationError" and ("HELLO" in text or "NOAUTH" in text or "required" in text):
-            text = "the server wants a password (the URL has none)"
-        elif name == "AuthenticationError":
-            text = f"credentials refused: {text.rstrip('.')}"
-        elif name == "TimeoutError":
-            text = f"timed out ({text.rstrip('.')})" if text else "timed out"
-        return one_line(text.rstrip(".") or name)
+        return one_line(_client_cause(found))
     if isinstance(exc, OSError) and exc.strerror:  # "[Errno 2] text: 'file'" reads as "text: file"
-        name = exc.filename
-        shown = "" if name is None or str(name) in exc.strerror else f": {name!s}"
-        return one_line(exc.strerror + shown)
+        return one_line(_os_error_text(exc, exc.strerror))
     return one_line(str(exc) or type(exc).__name__)
+
+
+def _client_cause(found: BaseException) -> str:
+    """What a client library's "cannot reach" error says, without the words around the cause."""
+    text = str(found).strip()
+    name = type(found).__name__
+    m = _CONNECTING.match(text)
+    if m is not None:
+        text = m.group(1).strip().rstrip(".")
+    elif name == "AuthenticationError":
+        text = _auth_refusal(text)
+    elif name == "TimeoutError":
+        text = f"timed out ({text.rstrip('.')})" if text else "timed out"
+    return text.rstrip(".") or name
+
+
+def _auth_refusal(text: str) -> str:
+    """An authentication error: a password is missing, or the credentials given were refused."""
+    if "HELLO" in text or "NOAUTH" in text or "required" in text:
+        return "the server wants a password (the URL has none)"
+    return f"credentials refused: {text.rstrip('.')}"
+
+
+def _os_error_text(exc: OSError, strerror: str) -> str:
+    """An `OSError` as its text and the file it names (once): "text: file"."""
+    name = exc.filename
+    shown = "" if name is None or str(name) in strerror else f": {name!s}"
+    return strerror + shown
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -183,11 +198,16 @@ class Outage:
                 f"{self.agent}: {self.where}: backend failing: {reason(exc)} (retrying at most "
                 f"{self.retry.maximum:g}s apart; one more line when it is back)"
             )
-            if self._say is not None:
-                self._say(text)
-            else:  # the traceback only for who asked for debug output
-                log.warning("%s", text, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+            self._tell(text, exc)
         return delay
+
+    def _tell(self, text: str, exc: BaseException | None = None) -> None:
+        """Say ``text`` where this outage's lines go: ``say``, else a warning on the log (with the
+        traceback of ``exc`` only for who asked for debug output)."""
+        if self._say is not None:
+            self._say(text)
+        else:
+            log.warning("%s", text, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
 
     def ok(self) -> None:
         """A call on the backend worked: if it was down, say once that it is back."""
@@ -200,10 +220,7 @@ class Outage:
             self._since, self._tries = None, 0
             lasted = self._end(since)
         text = f"{self.agent}: {self.where}: backend works again after {lasted:.1f}s ({tries} failed tries)"
-        if self._say is not None:
-            self._say(text)
-        else:
-            log.warning("%s", text)
+        self._tell(text)
 
     def _end(self, since: float) -> float:
         now = time.monotonic()
