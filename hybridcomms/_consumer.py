@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _log
 from ._broken import Broken
-from ._handlers import HandlerTable
+from ._handlers import Handler, HandlerTable
 from ._outage import Outage, is_outage
 from ._requests import PendingRequests
 from .backends import Mailbox, MailboxDelivery
@@ -151,26 +151,35 @@ class ConsumerLoop:
 
     def process_one(self, timeout: float | None = None) -> bool:
         if self.intake_probe is not None:
-            now = time.monotonic()
-            if now >= self._next_legacy_look:
-                # One bounded step (a chunk; a legacy lock another process holds is skipped, never
-                # waited on): the mailbox is delivered between steps whatever legacy writers do.
-                step = self._legacy_step(False)
-                done = time.monotonic()
-                self._legacy_more = step.more
-                if self._legacy_failures:
-                    pass  # the step failed: its backoff says when the next is tried
-                elif step.more:  # the next chunk after deliveries for as long as this one took (capped)
-                    self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
-                else:
-                    self._next_legacy_look = now + LEGACY_LOOK_EVERY
-            if self._legacy_more and timeout:  # wait for a delivery no longer than until the next step
-                timeout = min(timeout, max(self._next_legacy_look - time.monotonic(), 0.0))
+            timeout = self._between_legacy_steps(timeout)
         delivery = self.mailbox.claim(timeout=timeout, cancel=self.stopping)
         if delivery is None:
             return False
         self.dispatch(delivery)
         return True
+
+    def _between_legacy_steps(self, timeout: float | None) -> float | None:
+        """Take a step of the legacy drops when one is due; how long the claim may then wait (no
+        longer than until the next step, while more drops wait)."""
+        now = time.monotonic()
+        if now >= self._next_legacy_look:
+            self._legacy_turn(now)
+        if self._legacy_more and timeout:  # wait for a delivery no longer than until the next step
+            timeout = min(timeout, max(self._next_legacy_look - time.monotonic(), 0.0))
+        return timeout
+
+    def _legacy_turn(self, now: float) -> None:
+        """One bounded step (a chunk; a legacy lock another process holds is skipped, never waited
+        on): the mailbox is delivered between steps whatever legacy writers do. Sets when the next is."""
+        step = self._legacy_step(False)
+        done = time.monotonic()
+        self._legacy_more = step.more
+        if self._legacy_failures:
+            pass  # the step failed: its backoff says when the next is tried
+        elif step.more:  # the next chunk after deliveries for as long as this one took (capped)
+            self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
+        else:
+            self._next_legacy_look = now + LEGACY_LOOK_EVERY
 
     def _legacy_step(self, force: bool) -> Step:
         if self.intake_probe is None:
@@ -210,6 +219,11 @@ class ConsumerLoop:
         if not handlers:
             self._fail(d, f"no handler subscribed for topic {message.topic!r} in {self.agent_id}")
             return
+        self._handle(d, handlers)
+
+    def _handle(self, d: MailboxDelivery, handlers: tuple[Handler, ...]) -> None:
+        """Run every handler on the delivery: acked when they all return, else nacked with why."""
+        message = d.message
         r = received(message, d.attempt, True)
         started = time.perf_counter()
         try:
