@@ -95,14 +95,19 @@ class Router:
         with self._lock:
             mb = self._outboxes.get(key)
             if mb is None:
-                mb = self.open(where, agent)
-                self._outboxes[key] = mb
-                if len(self._outboxes) > MAX_OUTBOXES:
-                    _, oldest = self._outboxes.popitem(last=False)
-                    oldest.close()
-            else:
-                self._outboxes.move_to_end(key)
+                return self._open_outbox(key)
+            self._outboxes.move_to_end(key)
             return mb
+
+    def _open_outbox(self, key: tuple[str | None, str]) -> Mailbox:
+        """Open the outbox ``key`` (where, agent) and keep it; the one used longest ago is closed
+        when more than `MAX_OUTBOXES` are kept. Called with the lock held."""
+        mb = self.open(*key)
+        self._outboxes[key] = mb
+        if len(self._outboxes) > MAX_OUTBOXES:
+            _, oldest = self._outboxes.popitem(last=False)
+            oldest.close()
+        return mb
 
     def _put(
         self, agent: str, backend: str | None, message: Message, *, delay: float | None, once: bool

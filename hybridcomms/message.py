@@ -341,18 +341,8 @@ class Message:
             raise MessageDecodeError(f"expected a JSON object, got {type(obj).__name__}", raw=raw, path=path)
         try:
             return cls.from_dict(obj)
-        except MessageDecodeError as exc:
-            raise MessageDecodeError(exc.reason, raw=raw, path=path) from None
-        except KeyError as exc:
-            raise MessageDecodeError(f"missing field {exc.args[0]!r}", raw=raw, path=path) from None
-        except (MessageError, TypeError, ValueError) as exc:
-            raise MessageDecodeError(str(exc), raw=raw, path=path) from None
-        except (ArithmeticError, LookupError, RecursionError, AttributeError) as exc:
-            # Values at the edge of their type (a date whose UTC form overflows, …): the file's
-            # problem, said as a decode error, never an exception that stops the consumer.
-            raise MessageDecodeError(
-                f"cannot be read as a message: {type(exc).__name__}: {exc}", raw=raw, path=path
-            ) from None
+        except _UNREADABLE as exc:
+            raise MessageDecodeError(_unreadable_reason(exc), raw=raw, path=path) from None
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Message:
@@ -364,6 +354,31 @@ class Message:
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
         return _from_legacy(obj)
+
+
+#: What reading a decoded JSON object as a message may raise: the file's problem, never the caller's.
+_UNREADABLE = (
+    MessageError,
+    TypeError,
+    ValueError,
+    ArithmeticError,
+    LookupError,
+    RecursionError,
+    AttributeError,
+)
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    """Why a JSON object is not a message, said from what reading it raised."""
+    if isinstance(exc, MessageDecodeError):
+        return exc.reason
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    if isinstance(exc, (MessageError, TypeError, ValueError)):
+        return str(exc)
+    # Values at the edge of their type (a date whose UTC form overflows, …): the file's problem,
+    # said as a decode error, never an exception that stops the consumer.
+    return f"cannot be read as a message: {type(exc).__name__}: {exc}"
 
 
 #: The fields every native file has (``expires`` came later: a file without it never expires).
@@ -559,11 +574,7 @@ def _from_legacy(obj: Mapping[str, Any]) -> Message:
         raise MessageDecodeError("no topic: none of 'topic', 'type', 'message_type' is set")
     raw_id = _first(obj, _ID_KEYS)
     created = _first(obj, _TIME_KEYS)
-    headers: dict[str, Any] = dict(obj.get("headers") or {})
-    # Legacy fields with no envelope slot (subject, metadata, read_status, in_reply_to, …) are kept.
-    for key, value in obj.items():
-        if key not in _CONSUMED:
-            headers.setdefault(key, value)
+    headers = _legacy_headers(obj)
     priority = obj.get("priority")
     return Message(
         topic=str(topic),
@@ -577,6 +588,16 @@ def _from_legacy(obj: Mapping[str, Any]) -> Message:
         reply_to=_opt_str(obj.get("reply_to")),
         headers=headers,
     )
+
+
+def _legacy_headers(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers of a legacy message: its own, and every legacy field with no envelope slot
+    (subject, metadata, read_status, in_reply_to, …), so that nothing of it is lost."""
+    headers: dict[str, Any] = dict(obj.get("headers") or {})
+    for key, value in obj.items():
+        if key not in _CONSUMED:
+            headers.setdefault(key, value)
+    return headers
 
 
 def _opt_str(value: Any) -> str | None:
