@@ -36,6 +36,7 @@ __all__ = [
     "REPLY_HEADER",
     "ConsumerLoop",
     "Received",
+    "handler_rows",
     "received",
 ]
 
@@ -54,6 +55,12 @@ LEGACY_BACKOFF_MAX = 60.0
 #: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
 HANDLER_STATS: dict[str, list[float]] = {}
 _stats_lock = threading.Lock()
+
+
+def handler_rows() -> dict[str, tuple[float, float, float]]:
+    """A copy of `HANDLER_STATS`, taken under its lock: per agent (succeeded, failed, seconds)."""
+    with _stats_lock:
+        return {agent: (ok, failed, seconds) for agent, (ok, failed, seconds) in HANDLER_STATS.items()}
 
 
 def _record_handler(agent: str, ok: bool, seconds: float) -> None:
@@ -128,13 +135,18 @@ class ConsumerLoop:
                     self.mailbox.recover()
                     next_recovery = time.monotonic() + self.recover_every
             except Exception as exc:
-                if is_outage(exc):  # said once when it starts; the wait grows, capped
-                    self.stopping.wait(self.outage.failed(exc))
-                else:  # not the backend: a bug worth its traceback
-                    log.exception("%s: consumer loop error; continuing", self.agent_id)
-                    self.stopping.wait(0.5)
+                self._after_error(exc)
                 continue
             self.outage.ok()
+
+    def _after_error(self, exc: Exception) -> None:
+        """Wait before the loop's next turn after ``exc``: the outage's backoff when the backend
+        fails, half a second (and the traceback logged) for anything else."""
+        if is_outage(exc):  # said once when it starts; the wait grows, capped
+            self.stopping.wait(self.outage.failed(exc))
+        else:  # not the backend: a bug worth its traceback
+            log.exception("%s: consumer loop error; continuing", self.agent_id)
+            self.stopping.wait(0.5)
 
     def stop(self, timeout: float) -> None:
         self.stopping.set()

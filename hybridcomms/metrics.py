@@ -237,45 +237,58 @@ class BusCollector(Collector):
     in-memory bus, and the runs of `Comms` durable handlers (failures and time spent)."""
 
     def collect(self) -> Iterator[Any]:
-        from ._consumer import HANDLER_STATS, _stats_lock
-        from .bus import published_count
-
-        c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
-        c.add_metric([], published_count())
-        yield c
-        from .bus.fanout import FANOUT_STATS
-        from .bus.fanout import STATS_LOCK as fanout_lock
-
-        fan = CounterMetricFamily(
-            "hybridcomms_bus_fanout_events",
-            "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
-            "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
-            "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog), "
-            "dropped_busy (async handlers had too many runs unfinished), refused_durable (an event on a "
-            "durable topic from another process, not handed to a Comms handler), dropped_budget (not "
-            "sent: the subscribers of one user took turns)",
-            labels=["result"],
-        )
-        with fanout_lock:
-            counts = dict(FANOUT_STATS)
-        for result, n in counts.items():
-            fan.add_metric([result], n)
-        yield fan
-        runs = CounterMetricFamily(
-            "hybridcomms_handler_runs", "Comms durable handler runs, by result", labels=["agent", "result"]
-        )
-        spent = CounterMetricFamily(
-            "hybridcomms_handler_seconds", "Seconds spent in Comms durable handlers", labels=["agent"]
-        )
-        with _stats_lock:
-            rows = {agent: list(row) for agent, row in HANDLER_STATS.items()}
-        for agent, (ok, failed, seconds) in rows.items():
-            runs.add_metric([agent, "ok"], ok)
-            runs.add_metric([agent, "failed"], failed)
-            spent.add_metric([agent], seconds)
-        yield runs
-        yield spent
+        yield _bus_publishes()
+        yield _fanout_events()
+        yield from _handler_runs()
         yield from OutageCollector().collect()
+
+
+def _bus_publishes() -> CounterMetricFamily:
+    """Events published on this process's in-memory bus."""
+    from .bus import published_count
+
+    c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
+    c.add_metric([], published_count())
+    return c
+
+
+def _fanout_events() -> CounterMetricFamily:
+    """Bus events to and from other processes, by what became of them."""
+    from .bus.fanout import FANOUT_STATS
+    from .bus.fanout import STATS_LOCK as fanout_lock
+
+    fan = CounterMetricFamily(
+        "hybridcomms_bus_fanout_events",
+        "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
+        "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
+        "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog), "
+        "dropped_busy (async handlers had too many runs unfinished), refused_durable (an event on a "
+        "durable topic from another process, not handed to a Comms handler), dropped_budget (not "
+        "sent: the subscribers of one user took turns)",
+        labels=["result"],
+    )
+    with fanout_lock:
+        counts = dict(FANOUT_STATS)
+    for result, n in counts.items():
+        fan.add_metric([result], n)
+    return fan
+
+
+def _handler_runs() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    """The runs of `Comms` durable handlers per agent, by result, and the seconds they took."""
+    from ._consumer import handler_rows
+
+    runs = CounterMetricFamily(
+        "hybridcomms_handler_runs", "Comms durable handler runs, by result", labels=["agent", "result"]
+    )
+    spent = CounterMetricFamily(
+        "hybridcomms_handler_seconds", "Seconds spent in Comms durable handlers", labels=["agent"]
+    )
+    for agent, (ok, failed, seconds) in handler_rows().items():
+        runs.add_metric([agent, "ok"], ok)
+        runs.add_metric([agent, "failed"], failed)
+        spent.add_metric([agent], seconds)
+    return runs, spent
 
 
 class OutageCollector(Collector):

@@ -119,6 +119,11 @@ def describe_file(path: str, root: str | None = None) -> tuple[str | None, str |
         return None, None
     if not isinstance(obj, dict):
         return None, None
+    return _topic_and_sender(obj)
+
+
+def _topic_and_sender(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The topic and sender of a message object, native or in a Dream.OS spelling (None: not a string)."""
     topic = obj.get("topic") or obj.get("type") or obj.get("message_type")
     sender = obj.get("sender") or obj.get("sender_agent_id")
     return (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
