@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _log
 from ._broken import Broken
-from ._handlers import HandlerTable
+from ._handlers import Handler, HandlerTable
 from ._outage import Outage, is_outage
 from ._requests import PendingRequests
 from .backends import Mailbox, MailboxDelivery
@@ -36,6 +36,7 @@ __all__ = [
     "REPLY_HEADER",
     "ConsumerLoop",
     "Received",
+    "handler_rows",
     "received",
 ]
 
@@ -54,6 +55,12 @@ LEGACY_BACKOFF_MAX = 60.0
 #: Durable handler runs of this process, per agent: [succeeded, failed, seconds in all] (for the metrics).
 HANDLER_STATS: dict[str, list[float]] = {}
 _stats_lock = threading.Lock()
+
+
+def handler_rows() -> dict[str, tuple[float, float, float]]:
+    """A copy of `HANDLER_STATS`, taken under its lock: per agent (succeeded, failed, seconds)."""
+    with _stats_lock:
+        return {agent: (ok, failed, seconds) for agent, (ok, failed, seconds) in HANDLER_STATS.items()}
 
 
 def _record_handler(agent: str, ok: bool, seconds: float) -> None:
@@ -128,13 +135,18 @@ class ConsumerLoop:
                     self.mailbox.recover()
                     next_recovery = time.monotonic() + self.recover_every
             except Exception as exc:
-                if is_outage(exc):  # said once when it starts; the wait grows, capped
-                    self.stopping.wait(self.outage.failed(exc))
-                else:  # not the backend: a bug worth its traceback
-                    log.exception("%s: consumer loop error; continuing", self.agent_id)
-                    self.stopping.wait(0.5)
+                self._after_error(exc)
                 continue
             self.outage.ok()
+
+    def _after_error(self, exc: Exception) -> None:
+        """Wait before the loop's next turn after ``exc``: the outage's backoff when the backend
+        fails, half a second (and the traceback logged) for anything else."""
+        if is_outage(exc):  # said once when it starts; the wait grows, capped
+            self.stopping.wait(self.outage.failed(exc))
+        else:  # not the backend: a bug worth its traceback
+            log.exception("%s: consumer loop error; continuing", self.agent_id)
+            self.stopping.wait(0.5)
 
     def stop(self, timeout: float) -> None:
         self.stopping.set()
@@ -151,26 +163,35 @@ class ConsumerLoop:
 
     def process_one(self, timeout: float | None = None) -> bool:
         if self.intake_probe is not None:
-            now = time.monotonic()
-            if now >= self._next_legacy_look:
-                # One bounded step (a chunk; a legacy lock another process holds is skipped, never
-                # waited on): the mailbox is delivered between steps whatever legacy writers do.
-                step = self._legacy_step(False)
-                done = time.monotonic()
-                self._legacy_more = step.more
-                if self._legacy_failures:
-                    pass  # the step failed: its backoff says when the next is tried
-                elif step.more:  # the next chunk after deliveries for as long as this one took (capped)
-                    self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
-                else:
-                    self._next_legacy_look = now + LEGACY_LOOK_EVERY
-            if self._legacy_more and timeout:  # wait for a delivery no longer than until the next step
-                timeout = min(timeout, max(self._next_legacy_look - time.monotonic(), 0.0))
+            timeout = self._between_legacy_steps(timeout)
         delivery = self.mailbox.claim(timeout=timeout, cancel=self.stopping)
         if delivery is None:
             return False
         self.dispatch(delivery)
         return True
+
+    def _between_legacy_steps(self, timeout: float | None) -> float | None:
+        """Take a step of the legacy drops when one is due; how long the claim may then wait (no
+        longer than until the next step, while more drops wait)."""
+        now = time.monotonic()
+        if now >= self._next_legacy_look:
+            self._legacy_turn(now)
+        if self._legacy_more and timeout:  # wait for a delivery no longer than until the next step
+            timeout = min(timeout, max(self._next_legacy_look - time.monotonic(), 0.0))
+        return timeout
+
+    def _legacy_turn(self, now: float) -> None:
+        """One bounded step (a chunk; a legacy lock another process holds is skipped, never waited
+        on): the mailbox is delivered between steps whatever legacy writers do. Sets when the next is."""
+        step = self._legacy_step(False)
+        done = time.monotonic()
+        self._legacy_more = step.more
+        if self._legacy_failures:
+            pass  # the step failed: its backoff says when the next is tried
+        elif step.more:  # the next chunk after deliveries for as long as this one took (capped)
+            self._next_legacy_look = done + min(done - now, LEGACY_LOOK_EVERY)
+        else:
+            self._next_legacy_look = now + LEGACY_LOOK_EVERY
 
     def _legacy_step(self, force: bool) -> Step:
         if self.intake_probe is None:
@@ -210,6 +231,11 @@ class ConsumerLoop:
         if not handlers:
             self._fail(d, f"no handler subscribed for topic {message.topic!r} in {self.agent_id}")
             return
+        self._handle(d, handlers)
+
+    def _handle(self, d: MailboxDelivery, handlers: tuple[Handler, ...]) -> None:
+        """Run every handler on the delivery: acked when they all return, else nacked with why."""
+        message = d.message
         r = received(message, d.attempt, True)
         started = time.perf_counter()
         try:

@@ -177,6 +177,12 @@ def rename_noreplace(
             raise OSError(err, os.strerror(err), src, None, dst)
         if err == errno.ENOSYS:
             _renameat2 = None
+    _rename_by_link(src, dst, src_dir_fd, dst_dir_fd)
+
+
+def _rename_by_link(src: str, dst: str, src_dir_fd: int | None, dst_dir_fd: int | None) -> None:
+    """`rename_noreplace` where renameat2 cannot: link(2) then unlink(2) for a regular file, a
+    checked rename for other file types."""
     try:
         os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except (PermissionError, IsADirectoryError, NotImplementedError):
@@ -253,12 +259,7 @@ def write_new_file(dir_fd: int, name: str, data: bytes | ByteRange, mode: int, *
             data = b""
         written = os.write(fd, data)
         if written < len(data):  # rare for a regular file: finish the rest
-            view = memoryview(data)[written:]
-            while view:
-                written = os.write(fd, view)
-                if written <= 0:  # pragma: no cover - a regular file never does this
-                    raise OSError(errno.EIO, "short write")
-                view = view[written:]
+            _write_all(fd, memoryview(data)[written:])
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -268,7 +269,8 @@ def write_new_file(dir_fd: int, name: str, data: bytes | ByteRange, mode: int, *
     os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data``, however many calls it takes."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -496,27 +498,38 @@ def replace_atomically_at(
     its group bits. ``sync=False``: atomic but not committed (for files that matter only while
     their writer runs)."""
     if mode is None:
-        try:
-            mode = stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-        except FileNotFoundError:
-            mode = 0o600
+        mode = _mode_at(dir_fd, name)
     # A name no one can guess: in a shared folder a co-tenant who made a predictable temporary name
     # first (O_EXCL) would block every update of the file.
     tmp = f".{name}.{os.urandom(8).hex()}.tmp"
     fd = os.open(tmp, O_CREATE_MSG, 0o600, dir_fd=dir_fd)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fill_and_close(fd, data, mode, sync)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         _unlink_quietly(dir_fd, tmp)
         raise
     if sync:
         os.fsync(dir_fd)
+
+
+def _mode_at(dir_fd: int, name: str) -> int:
+    """The permission bits of ``name`` in ``dir_fd`` (no link followed); 0o600 if there is none."""
+    try:
+        return stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return 0o600
+
+
+def _fill_and_close(fd: int, data: bytes, mode: int, sync: bool) -> None:
+    """Write all of ``data`` into the new file ``fd``, give it exactly ``mode``, commit it if
+    ``sync``; ``fd`` is closed whatever happens."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -93,11 +93,28 @@ def hold_lock_file(
     for ``timeout`` seconds.
     """
     import stat
-    import time
 
     from .errors import UnsafePathError
 
     shown = os.fspath(path)
+    fd = _open_lock_file(path, dir_fd, mode, shown)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"lock file {shown} is not a regular file")
+        _lock_within(fd, timeout, shown)
+        try:
+            yield
+        finally:
+            unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(path: str | os.PathLike[str], dir_fd: int | None, mode: int, shown: str) -> int:
+    """The lock file opened (created with exactly ``mode`` if missing), never through a symlink and
+    never blocking on what is not a regular file (`UnsafePathError`)."""
+    from .errors import UnsafePathError
+
     try:
         try:  # a lock file we create gets exactly ``mode``, whatever the umask
             fd = os.open(path, _O_LOCKFILE | os.O_EXCL, mode, dir_fd=dir_fd)
@@ -108,25 +125,24 @@ def hold_lock_file(
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
             raise UnsafePathError(f"lock file {shown} is a symlink or not a regular file") from None
         raise
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePathError(f"lock file {shown} is not a regular file")
-        deadline = time.monotonic() + max(timeout, 0.0)
-        delay = 0.001
-        while True:
-            try:
-                flock(fd, LOCK_TRY)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"could not lock {shown} within {timeout:g}s (held by another process)"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
+    return fd
+
+
+def _lock_within(fd: int, timeout: float, shown: str) -> None:
+    """Take the exclusive lock on ``fd``, trying again (a growing wait) for up to ``timeout`` seconds;
+    `LockTimeoutError` if it stays taken."""
+    import time
+
+    deadline = time.monotonic() + max(timeout, 0.0)
+    delay = 0.001
+    while True:
         try:
-            yield
-        finally:
-            unlock(fd)
-    finally:
-        os.close(fd)
+            flock(fd, LOCK_TRY)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"could not lock {shown} within {timeout:g}s (held by another process)"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)

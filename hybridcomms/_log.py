@@ -36,16 +36,23 @@ def _inert(value: Any) -> Any:
         return value
 
 
+def _inert_message(record: logging.LogRecord) -> None:
+    """Make the record's arguments printable, or its message when it was built beforehand."""
+    args = record.args
+    if not args:
+        if isinstance(record.msg, str) and not shows_as_itself(record.msg):
+            record.msg = printable(record.msg)  # a message built beforehand (an f-string)
+    elif isinstance(args, tuple):
+        record.args = tuple(_inert(a) for a in args)
+    elif isinstance(args, Mapping):
+        record.args = {k: _inert(v) for k, v in args.items()}
+
+
 class Inert(logging.Filter):
+    """Makes what a record carries inert before it is formatted (see the module docstring)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if not args:
-            if isinstance(record.msg, str) and not shows_as_itself(record.msg):
-                record.msg = printable(record.msg)  # a message built beforehand (an f-string)
-        elif isinstance(args, tuple):
-            record.args = tuple(_inert(a) for a in args)
-        elif isinstance(args, Mapping):
-            record.args = {k: _inert(v) for k, v in args.items()}
+        _inert_message(record)
         if record.exc_info and not record.exc_text:
             # A traceback quotes the exception's text (a producer's file name, a handler's error),
             # and that text may hold newlines that would start a forged line: the whole traceback is

@@ -119,11 +119,16 @@ class Outage:
                 f"{self.agent}: {self.where}: backend failing: {reason(exc)} (retrying at most "
                 f"{self.retry.maximum:g}s apart; one more line when it is back)"
             )
-            if self._say is not None:
-                self._say(text)
-            else:  # the traceback only for who asked for debug output
-                log.warning("%s", text, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+            self._tell(text, exc)
         return delay
+
+    def _tell(self, text: str, exc: BaseException | None = None) -> None:
+        """Say ``text`` where this outage's lines go: ``say``, else a warning on the log (with the
+        traceback of ``exc`` only for who asked for debug output)."""
+        if self._say is not None:
+            self._say(text)
+        else:
+            log.warning("%s", text, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
 
     def ok(self) -> None:
         """A call on the backend worked: if it was down, say once that it is back."""
@@ -136,10 +141,7 @@ class Outage:
             self._since, self._tries = None, 0
             lasted = self._end(since)
         text = f"{self.agent}: {self.where}: backend works again after {lasted:.1f}s ({tries} failed tries)"
-        if self._say is not None:
-            self._say(text)
-        else:
-            log.warning("%s", text)
+        self._tell(text)
 
     def _end(self, since: float) -> float:
         now = time.monotonic()

@@ -63,20 +63,35 @@ def reason(exc: BaseException) -> str:
     if isinstance(found, BackendUnavailableError):
         return one_line(found.reason)
     if found is not None:
-        text = str(found).strip()
-        name = type(found).__name__
-        m = _CONNECTING.match(text)
-        if m is not None:
-            text = m.group(1).strip().rstrip(".")
-        elif name == "AuthenticationError" and ("HELLO" in text or "NOAUTH" in text or "required" in text):
-            text = "the server wants a password (the URL has none)"
-        elif name == "AuthenticationError":
-            text = f"credentials refused: {text.rstrip('.')}"
-        elif name == "TimeoutError":
-            text = f"timed out ({text.rstrip('.')})" if text else "timed out"
-        return one_line(text.rstrip(".") or name)
+        return one_line(_client_cause(found))
     if isinstance(exc, OSError) and exc.strerror:  # "[Errno 2] text: 'file'" reads as "text: file"
-        name = exc.filename
-        shown = "" if name is None or str(name) in exc.strerror else f": {name!s}"
-        return one_line(exc.strerror + shown)
+        return one_line(_os_error_text(exc, exc.strerror))
     return one_line(str(exc) or type(exc).__name__)
+
+
+def _client_cause(found: BaseException) -> str:
+    """What a client library's "cannot reach" error says, without the words around the cause."""
+    text = str(found).strip()
+    name = type(found).__name__
+    m = _CONNECTING.match(text)
+    if m is not None:
+        text = m.group(1).strip().rstrip(".")
+    elif name == "AuthenticationError":
+        text = _auth_refusal(text)
+    elif name == "TimeoutError":
+        text = f"timed out ({text.rstrip('.')})" if text else "timed out"
+    return text.rstrip(".") or name
+
+
+def _auth_refusal(text: str) -> str:
+    """An authentication error: a password is missing, or the credentials given were refused."""
+    if "HELLO" in text or "NOAUTH" in text or "required" in text:
+        return "the server wants a password (the URL has none)"
+    return f"credentials refused: {text.rstrip('.')}"
+
+
+def _os_error_text(exc: OSError, strerror: str) -> str:
+    """An `OSError` as its text and the file it names (once): "text: file"."""
+    name = exc.filename
+    shown = "" if name is None or str(name) in strerror else f": {name!s}"
+    return strerror + shown

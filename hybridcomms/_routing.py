@@ -95,49 +95,65 @@ class Router:
         with self._lock:
             mb = self._outboxes.get(key)
             if mb is None:
-                mb = self.open(where, agent)
-                self._outboxes[key] = mb
-                if len(self._outboxes) > MAX_OUTBOXES:
-                    _, oldest = self._outboxes.popitem(last=False)
-                    oldest.close()
-            else:
-                self._outboxes.move_to_end(key)
+                return self._open_outbox(key)
+            self._outboxes.move_to_end(key)
             return mb
+
+    def _open_outbox(self, key: tuple[str | None, str]) -> Mailbox:
+        """Open the outbox ``key`` (where, agent) and keep it; the one used longest ago is closed
+        when more than `MAX_OUTBOXES` are kept. Called with the lock held."""
+        mb = self.open(*key)
+        self._outboxes[key] = mb
+        if len(self._outboxes) > MAX_OUTBOXES:
+            _, oldest = self._outboxes.popitem(last=False)
+            oldest.close()
+        return mb
 
     def _put(
         self, agent: str, backend: str | None, message: Message, *, delay: float | None, once: bool
     ) -> None:
         where = self.url if backend is None or backend == "local" else backend
-        opened: list[Mailbox] = []  # the outbox, once it is open
-
-        def put() -> None:
-            box = self.outbox(agent, backend)
-            opened[:] = [box]
-            if once:
-                put_once(box, message, delay=delay)
-            else:
-                box.put(message, delay=delay)
-
         try:
-            try:
-                put()
-            except OSError:
-                if not opened or opened[0].kind != "file" or not self._forget(where, agent):
-                    raise
-                # A recipient's folder made anew (or removed) since its outbox was opened: a failed
-                # put of a file mailbox left nothing behind, so it is tried once more, on the folder
-                # that is there now.
-                put()
+            box = self._put_into_outbox(agent, backend, where, message, delay, once)
         except Exception as exc:
-            if unreachable(exc) is not None:
-                self.outage(where).failed(exc)
-            if isinstance(exc, OSError):
-                self._forget(where, agent)
+            self._put_failed(where, agent, exc)
             raise
-        if opened[0].kind != "file":
+        if box.kind != "file":
             # Files: only the consumer loop judges its own folder (a put into another agent's mailbox
             # says nothing about it).
             self.outage(where).ok()
+
+    def _put_into_outbox(
+        self,
+        agent: str,
+        backend: str | None,
+        where: str | None,
+        message: Message,
+        delay: float | None,
+        once: bool,
+    ) -> Mailbox:
+        """Put ``message`` into ``agent``'s outbox (opened again and tried once more if its folder
+        was made anew); the outbox it went into."""
+        box = self.outbox(agent, backend)
+        try:
+            _put_into(box, message, delay, once)
+        except OSError:
+            if box.kind != "file" or not self._forget(where, agent):
+                raise
+            # A recipient's folder made anew (or removed) since its outbox was opened: a failed
+            # put of a file mailbox left nothing behind, so it is tried once more, on the folder
+            # that is there now.
+            box = self.outbox(agent, backend)
+            _put_into(box, message, delay, once)
+        return box
+
+    def _put_failed(self, where: str | None, agent: str, exc: Exception) -> None:
+        """What a failed put says: an unreachable backend starts an outage; after an I/O error the
+        outbox is opened anew by the next put."""
+        if unreachable(exc) is not None:
+            self.outage(where).failed(exc)
+        if isinstance(exc, OSError):
+            self._forget(where, agent)
 
     def _forget(self, where: str | None, agent: str) -> bool:
         """Close the kept outbox of ``agent`` at ``where`` (the next put opens it again); False if
@@ -175,41 +191,58 @@ class Router:
                 "delayed; give route='durable' to deliver it to the mailbox later"
             )
         durable_to: tuple[str, ...] = ()
+        failed: tuple[tuple[str, str], ...] = ()
+        if route.durable and recipients is not None:
+            self._send_copies(message, recipients, decision.backend, delay, once)
+            durable_to = tuple(recipients)
+        elif route.durable:
+            durable_to, failed = self._publish_copies(message, decision.backend, delay, once)
+        handlers = self._notify(message, route) if route.ephemeral else 0
+        return Sent(message, route, decision.reason, durable_to, handlers, failed)
+
+    def _send_copies(
+        self,
+        message: Message,
+        recipients: tuple[str, ...],
+        backend: str | None,
+        delay: float | None,
+        once: bool,
+    ) -> None:
+        """A send's durable copies: a recipient's failure is the caller's (raised)."""
+        for agent in recipients:
+            self._put(agent, backend, _addressed(message, agent), delay=delay, once=once)
+
+    def _publish_copies(
+        self, message: Message, backend: str | None, delay: float | None, once: bool
+    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """A publish's durable copies, one per subscriber of its topic: who got one, and who did not
+        and why. One subscriber's broken mailbox never stops the others' copies; none at all raises."""
+        delivered: list[str] = []
         failed: list[tuple[str, str]] = []
-        if route.durable:
-            targets = recipients if recipients is not None else self.registry.subscribers(message.topic)
-            delivered: list[str] = []
-            for agent in targets:
-                copy = message if message.recipient == agent else replace(message, recipient=agent)
-                if recipients is not None:  # a send: its one recipient's failure is the caller's
-                    self._put(agent, decision.backend, copy, delay=delay, once=once)
-                    delivered.append(agent)
-                    continue
-                try:  # a publish: one subscriber's broken mailbox never stops the others' copies
-                    self._put(agent, decision.backend, copy, delay=delay, once=once)
-                    delivered.append(agent)
-                except Exception as exc:
-                    failed.append((agent, f"{type(exc).__name__}: {exc}"))
-                    log.warning(
-                        "%s: durable copy of %s to %s failed: %s", self.agent_id, message.id, agent, exc
-                    )
-            if failed and not delivered:
-                raise MailboxIOError(
-                    errno.EIO, f"no subscriber of {message.topic} got {message.id}: {failed[0][1]}"
-                )
-            durable_to = tuple(delivered)
-        handlers = 0
-        if route.ephemeral:
-            event = Event(
-                message.topic,
-                message,
-                source=self.agent_id,
-                correlation_id=message.correlation_id,
-                id=message.id,
-                durable=route.durable,
+        for agent in self.registry.subscribers(message.topic):
+            try:
+                self._put(agent, backend, _addressed(message, agent), delay=delay, once=once)
+                delivered.append(agent)
+            except Exception as exc:
+                failed.append((agent, f"{type(exc).__name__}: {exc}"))
+                log.warning("%s: durable copy of %s to %s failed: %s", self.agent_id, message.id, agent, exc)
+        if failed and not delivered:
+            raise MailboxIOError(
+                errno.EIO, f"no subscriber of {message.topic} got {message.id}: {failed[0][1]}"
             )
-            handlers = self.bus.publish(event).handlers
-        return Sent(message, route, decision.reason, durable_to, handlers, tuple(failed))
+        return tuple(delivered), tuple(failed)
+
+    def _notify(self, message: Message, route: Route) -> int:
+        """Publish ``message`` on the bus (its ephemeral part); how many handlers it reached."""
+        event = Event(
+            message.topic,
+            message,
+            source=self.agent_id,
+            correlation_id=message.correlation_id,
+            id=message.id,
+            durable=route.durable,
+        )
+        return self.bus.publish(event).handlers
 
     def close(self) -> None:
         with self._lock:
@@ -221,6 +254,19 @@ class Router:
             outage.close()
         self.mailbox.close()
         self.registry.close()
+
+
+def _addressed(message: Message, agent: str) -> Message:
+    """``message`` as the copy for ``agent`` (itself if it is addressed to ``agent`` already)."""
+    return message if message.recipient == agent else replace(message, recipient=agent)
+
+
+def _put_into(box: Mailbox, message: Message, delay: float | None, once: bool) -> None:
+    """One put: ``once``, a message whose id the mailbox has already is not put again."""
+    if once:
+        put_once(box, message, delay=delay)
+    else:
+        box.put(message, delay=delay)
 
 
 def resolve_url(url: str | None) -> str | None:

@@ -45,13 +45,15 @@ def shown_url(url: str) -> str:
     _, at, host = base.rpartition("@")
     shown = f"{scheme}{sep}***@{host}" if at else f"{scheme}{sep}{base}"
     if qsep:
-        params = []
-        for param in query.split("&"):
-            name, eq, _value = param.partition("=")
-            secret = eq and any(word in name.lower() for word in _SECRET_PARAMS)
-            params.append(f"{name}=***" if secret else param)
-        shown += "?" + "&".join(params)
+        shown += "?" + "&".join(_shown_param(param) for param in query.split("&"))
     return shown
+
+
+def _shown_param(param: str) -> str:
+    """A query parameter, its value hidden if its name says it is a secret (``password=***``)."""
+    name, eq, _value = param.partition("=")
+    secret = eq and any(word in name.lower() for word in _SECRET_PARAMS)
+    return f"{name}=***" if secret else param
 
 
 def has_secret(url: str) -> bool:

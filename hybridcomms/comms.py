@@ -141,11 +141,7 @@ class Comms:
         self.mailbox: Mailbox = self._router.mailbox
         self._handlers = HandlerTable(self.bus)
         self._requests = PendingRequests()
-        # Legacy drops beside the mailbox are looked at only when an intake is configured (intake.py),
-        # and only beside a file mailbox.
-        plugin = _intake.get(policy, force=legacy_intake)
-        mb = self.mailbox
-        probe = plugin.prober(mb) if plugin is not None and isinstance(mb, FileMailbox) else None
+        probe = self._intake_probe(policy, legacy_intake)
         self._consumer = ConsumerLoop(
             self.agent_id,
             self.mailbox,
@@ -162,17 +158,33 @@ class Comms:
         if share_bus is None:
             share_bus = _env.flag(SHARE_BUS_ENV, default=True)
         self._unshare: Callable[[], None] = lambda: None
-        kind = self.mailbox.kind
-        if share_bus and kind in ("file", "redis"):  # memory:// lives in one process: nothing to share
-            from .bus.fanout import share_bus as _share
+        if share_bus:
+            self._share_bus()
 
-            remote = kind == "redis"
-            try:
-                self._unshare = _share(
-                    self.bus, root=None if remote else self.root, url=self.url if remote else None
-                )
-            except Exception as exc:  # no /proc, no socket allowed there, Redis down: stay in-process
-                log.warning("%s: ephemeral events stay in this process (%s)", self.agent_id, exc)
+    def _intake_probe(
+        self, policy: Policy, legacy_intake: bool | None
+    ) -> Callable[[bool], _intake.Step] | None:
+        """The consumer loop's step of taking legacy drops beside the mailbox in: only when an intake
+        is configured (intake.py), and only beside a file mailbox."""
+        plugin = _intake.get(policy, force=legacy_intake)
+        mb = self.mailbox
+        return plugin.prober(mb) if plugin is not None and isinstance(mb, FileMailbox) else None
+
+    def _share_bus(self) -> None:
+        """Carry the bus's events to the other processes of the same root (or Redis URL) and theirs
+        here; they stay in this process if that cannot be done."""
+        kind = self.mailbox.kind
+        if kind not in ("file", "redis"):  # memory:// lives in one process: nothing to share
+            return
+        from .bus.fanout import share_bus as _share
+
+        remote = kind == "redis"
+        try:
+            self._unshare = _share(
+                self.bus, root=None if remote else self.root, url=self.url if remote else None
+            )
+        except Exception as exc:  # no /proc, no socket allowed there, Redis down: stay in-process
+            log.warning("%s: ephemeral events stay in this process (%s)", self.agent_id, exc)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -353,17 +365,7 @@ class Comms:
         future = self._requests.open(message.id)
         try:
             self._router.route(message, addressed=True, recipients=(to,), override=Route.DURABLE)
-            deadline = time.monotonic() + timeout
-            while not future.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if self.running:
-                    try:
-                        return future.result(remaining)  # type: ignore[no-any-return]
-                    except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
-                        break
-                self.process_one(timeout=min(remaining, 0.5))
+            self._await_reply(future, timeout)
             if future.done():
                 return future.result()  # type: ignore[no-any-return]
             raise RequestTimeoutError(
@@ -371,6 +373,22 @@ class Comms:
             )
         finally:
             self._requests.close(message.id)
+
+    def _await_reply(self, future: concurrent.futures.Future[Any], timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for ``future`` to be answered (raising what it failed
+        with); while the consumer loop is not running, handle incoming messages meanwhile."""
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.running:
+                try:
+                    future.result(remaining)
+                except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
+                    pass
+                return
+            self.process_one(timeout=min(remaining, 0.5))
 
     def reply(self, message: Message, payload: Any = None, **opts: Any) -> Sent:
         """Answer a request: a durable message to its sender, correlated by the request's id."""

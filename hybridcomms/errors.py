@@ -128,11 +128,17 @@ class PolicyError(HybridCommsError, ValueError):
     """A policy file or rule that cannot be used. ``path`` and ``line`` say where, when known."""
 
     def __init__(self, reason: str, *, path: str | None = None, line: int | None = None) -> None:
-        where = f"{path or '<policy>'}{f':{line}' if line else ''}: " if path or line else ""
-        super().__init__(f"{where}{reason}")
+        super().__init__(f"{_policy_place(path, line)}{reason}")
         self.reason = reason
         self.path = path
         self.line = line
+
+
+def _policy_place(path: str | None, line: int | None) -> str:
+    """Where a policy error is, as the ``file:line: `` prefix of its message ("" when not known)."""
+    if not (path or line):
+        return ""
+    return f"{path or '<policy>'}{f':{line}' if line else ''}: "
 
 
 class NotRegularFileError(OSError):

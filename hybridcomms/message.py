@@ -113,6 +113,14 @@ def _expiry(created_at: datetime, expires: object, ttl: object) -> datetime | No
         return None if expires is None else _as_utc(expires, "expires")
     if expires is not None:
         raise MessageError("give expires or ttl, not both")
+    try:
+        return created_at + timedelta(seconds=_ttl_seconds(ttl))
+    except OverflowError:
+        raise MessageError(f"ttl {ttl!r} puts the expiry past the year 9999") from None
+
+
+def _ttl_seconds(ttl: object) -> float:
+    """A lifetime given as seconds or a `timedelta`, as finite seconds >= 0."""
     if isinstance(ttl, timedelta):
         seconds = ttl.total_seconds()
     elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
@@ -121,16 +129,18 @@ def _expiry(created_at: datetime, expires: object, ttl: object) -> datetime | No
         raise MessageError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise MessageError(f"ttl must be a finite number of seconds >= 0, not {ttl!r}")
-    try:
-        return created_at + timedelta(seconds=seconds)
-    except OverflowError:
-        raise MessageError(f"ttl {ttl!r} puts the expiry past the year 9999") from None
+    return seconds
 
 
 def _check_optional_strings(**values: object) -> None:
     for name, value in values.items():
         if value is not None and not isinstance(value, str):
             raise MessageError(f"{name} must be a string or None, not {type(value).__name__}")
+
+
+def _check_headers(headers: object) -> None:
+    if not isinstance(headers, Mapping) or not all(type(k) is str for k in headers):
+        raise MessageError("headers must be a mapping with string keys")
 
 
 def new_id() -> str:
@@ -258,10 +268,8 @@ class Message:
             )
         if headers is None:
             headers = {}
-        elif not (type(headers) is dict and not headers) and (
-            not isinstance(headers, Mapping) or not all(type(k) is str for k in headers)
-        ):
-            raise MessageError("headers must be a mapping with string keys")
+        elif type(headers) is not dict or headers:  # an empty dict needs no look
+            _check_headers(headers)
         if type(priority) is not Priority:
             priority = Priority.parse(priority)
         # Frozen: the whole attribute dict is set in one step (also the fast path of decoding), in
@@ -333,41 +341,44 @@ class Message:
             raise MessageDecodeError(f"expected a JSON object, got {type(obj).__name__}", raw=raw, path=path)
         try:
             return cls.from_dict(obj)
-        except MessageDecodeError as exc:
-            raise MessageDecodeError(exc.reason, raw=raw, path=path) from None
-        except KeyError as exc:
-            raise MessageDecodeError(f"missing field {exc.args[0]!r}", raw=raw, path=path) from None
-        except (MessageError, TypeError, ValueError) as exc:
-            raise MessageDecodeError(str(exc), raw=raw, path=path) from None
-        except (ArithmeticError, LookupError, RecursionError, AttributeError) as exc:
-            # Values at the edge of their type (a date whose UTC form overflows, …): the file's
-            # problem, said as a decode error, never an exception that stops the consumer.
-            raise MessageDecodeError(
-                f"cannot be read as a message: {type(exc).__name__}: {exc}", raw=raw, path=path
-            ) from None
+        except _UNREADABLE as exc:
+            raise MessageDecodeError(_unreadable_reason(exc), raw=raw, path=path) from None
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Message:
         """Build from the native object, or from any Dream.OS spelling of it."""
         if obj.get("version") == FORMAT_VERSION:
             fast = _from_native(obj) if type(obj) is dict else None
-            if fast is not None:
-                return fast
-            fields: dict[str, Any] = {k: obj.get(k) for k in FIELDS}
-            expires = obj.get("expires")
-            fields.update(
-                topic=obj["topic"],
-                id=obj["id"],
-                priority=_native_priority(obj.get("priority", "MEDIUM")),
-                created_at=_parse_time(obj["created_at"]),
-                expires=None if expires is None else _parse_time(expires, "expires"),
-                headers=obj.get("headers") or {},
-            )
-            return cls(**fields)
+            return fast if fast is not None else _from_native_checked(obj)
         version = obj.get("version")
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
         return _from_legacy(obj)
+
+
+#: What reading a decoded JSON object as a message may raise: the file's problem, never the caller's.
+_UNREADABLE = (
+    MessageError,
+    TypeError,
+    ValueError,
+    ArithmeticError,
+    LookupError,
+    RecursionError,
+    AttributeError,
+)
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    """Why a JSON object is not a message, said from what reading it raised."""
+    if isinstance(exc, MessageDecodeError):
+        return exc.reason
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    if isinstance(exc, (MessageError, TypeError, ValueError)):
+        return str(exc)
+    # Values at the edge of their type (a date whose UTC form overflows, …): the file's problem,
+    # said as a decode error, never an exception that stops the consumer.
+    return f"cannot be read as a message: {type(exc).__name__}: {exc}"
 
 
 #: The fields every native file has (``expires`` came later: a file without it never expires).
@@ -427,6 +438,21 @@ def _valid_topic(topic: str) -> bool:
     return True
 
 
+def _from_native_checked(obj: Mapping[str, Any]) -> Message:
+    """The native form through the general constructor, which says what is wrong with it."""
+    fields: dict[str, Any] = {k: obj.get(k) for k in FIELDS}
+    expires = obj.get("expires")
+    fields.update(
+        topic=obj["topic"],
+        id=obj["id"],
+        priority=_native_priority(obj.get("priority", "MEDIUM")),
+        created_at=_parse_time(obj["created_at"]),
+        expires=None if expires is None else _parse_time(expires, "expires"),
+        headers=obj.get("headers") or {},
+    )
+    return Message(**fields)
+
+
 def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None = None) -> Message | None:
     """The native form, checked field by field and built without the general constructor (this
     runs on every claim). ``None`` if anything is unusual: the general path then says what.
@@ -461,16 +487,10 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
     if ts.tzinfo is not timezone.utc:
         return None
     expires = obj.get("expires")
-    if expires is not None:
-        if type(expires) is not str:
+    if expires is not None:  # most messages never expire: no call for them
+        expires = _native_time(expires)
+        if expires is None:
             return None
-        try:
-            expires = _fromisoformat(expires)
-        except ValueError:
-            return None
-        if expires.tzinfo is not timezone.utc:
-            return None
-    m = object.__new__(Message)
     if (
         owned
         and len(obj) == len(FIELDS) + 1
@@ -482,6 +502,7 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
         obj["priority"] = priority
         obj["created_at"] = ts
         obj["expires"] = expires
+        m = object.__new__(Message)  # inline (not `_checked_message`): this is every claim
         object.__setattr__(m, "__dict__", obj)
         return m
     values = (
@@ -497,8 +518,25 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
         headers,
         payload,
     )
-    object.__setattr__(m, "__dict__", dict(zip(FIELDS, values, strict=True)))
+    return _checked_message(dict(zip(FIELDS, values, strict=True)))
+
+
+def _checked_message(fields: dict[str, Any]) -> Message:
+    """A message made of ``fields`` (exactly `FIELDS`, each already checked): no constructor."""
+    m = object.__new__(Message)
+    object.__setattr__(m, "__dict__", fields)
     return m
+
+
+def _native_time(text: object) -> datetime | None:
+    """A time written in the native form, as aware UTC; None for anything else."""
+    if type(text) is not str:
+        return None
+    try:
+        ts = _fromisoformat(text)
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is timezone.utc else None
 
 
 if sys.version_info >= (3, 11):
@@ -536,11 +574,7 @@ def _from_legacy(obj: Mapping[str, Any]) -> Message:
         raise MessageDecodeError("no topic: none of 'topic', 'type', 'message_type' is set")
     raw_id = _first(obj, _ID_KEYS)
     created = _first(obj, _TIME_KEYS)
-    headers: dict[str, Any] = dict(obj.get("headers") or {})
-    # Legacy fields with no envelope slot (subject, metadata, read_status, in_reply_to, …) are kept.
-    for key, value in obj.items():
-        if key not in _CONSUMED:
-            headers.setdefault(key, value)
+    headers = _legacy_headers(obj)
     priority = obj.get("priority")
     return Message(
         topic=str(topic),
@@ -556,6 +590,16 @@ def _from_legacy(obj: Mapping[str, Any]) -> Message:
     )
 
 
+def _legacy_headers(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers of a legacy message: its own, and every legacy field with no envelope slot
+    (subject, metadata, read_status, in_reply_to, …), so that nothing of it is lost."""
+    headers: dict[str, Any] = dict(obj.get("headers") or {})
+    for key, value in obj.items():
+        if key not in _CONSUMED:
+            headers.setdefault(key, value)
+    return headers
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -565,27 +609,36 @@ def _parse_time(value: Any, what: str = "timestamp") -> datetime:
     (the file is then a poison file) for anything else, or out of the range of a UTC datetime."""
     label = what if what == "timestamp" else f"{what} timestamp"
     if type(value) is str:
-        try:
-            ts = datetime.fromisoformat(value)  # Python >= 3.11 reads a trailing "Z" too
-        except ValueError:
-            text = value.strip()
-            if text.endswith(("Z", "z")):
-                text = text[:-1] + "+00:00"
-            try:
-                ts = datetime.fromisoformat(text)
-            except ValueError:
-                raise MessageDecodeError(f"unreadable {label} {value!r}") from None
-        if ts.tzinfo is None:
-            return ts.replace(tzinfo=timezone.utc)
-        if ts.tzinfo is timezone.utc:
-            return ts
-        try:
-            return ts.astimezone(timezone.utc)
-        except (OverflowError, ValueError):
-            raise MessageDecodeError(f"{label} {value!r} is out of range in UTC") from None
+        return _in_utc(_parse_iso(value, label), value, label)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value, timezone.utc)
         except (OverflowError, OSError, ValueError):
             raise MessageDecodeError(f"{label} {value!r} is out of range") from None
     raise MessageDecodeError(f"{label} must be an ISO-8601 string or a number, not {value!r}")
+
+
+def _parse_iso(value: str, label: str) -> datetime:
+    """An ISO-8601 time, as written by Python or with a ``Z``/``z`` for UTC (naive stays naive)."""
+    try:
+        return datetime.fromisoformat(value)  # Python >= 3.11 reads a trailing "Z" too
+    except ValueError:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            raise MessageDecodeError(f"unreadable {label} {value!r}") from None
+
+
+def _in_utc(ts: datetime, value: str, label: str) -> datetime:
+    """``ts`` (read from ``value``) as aware UTC: a naive time is UTC already."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    if ts.tzinfo is timezone.utc:
+        return ts
+    try:
+        return ts.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise MessageDecodeError(f"{label} {value!r} is out of range in UTC") from None

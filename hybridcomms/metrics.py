@@ -34,6 +34,7 @@ import orjson
 
 from . import _fs
 from ._names import REASON_SUFFIX
+from .backends.base import MailboxStats
 from .backends.file import FileMailbox
 from .backends.file.inspection import survey_root
 from .errors import HybridCommsError
@@ -64,6 +65,11 @@ class MailboxCollector(Collector):
         self.root = Path(root)
 
     def collect(self) -> Iterator[Any]:
+        yield from self._mailbox_metrics()
+        yield from self._bus_metrics()
+
+    def _mailbox_metrics(self) -> Iterator[Any]:
+        """Depth, oldest age and delayed messages per mailbox; how many mailboxes were read or not."""
         depth = GaugeMetricFamily(
             "hybridcomms_messages", "Messages in each state's folder", labels=["agent", "state"]
         )
@@ -81,32 +87,47 @@ class MailboxCollector(Collector):
             "Entries under the root that are or claim to be mailboxes but cannot be read "
             "(hybridcomms stats names them)",
         )
+        read, bad = self._read_stats()
+        for agent, st in read:
+            for state in _STATES:
+                s = st.states[state]
+                depth.add_metric([agent, state.value], s.count)
+                oldest.add_metric([agent, state.value], s.oldest_age or 0.0)
+            delayed.add_metric([agent], st.delayed)
+        up.add_metric([], len(read))
+        unreadable.add_metric([], bad)
+        yield from (depth, oldest, delayed, up, unreadable)
+
+    def _read_stats(self) -> tuple[list[tuple[str, MailboxStats]], int]:
+        """The stats of every mailbox under the root that can be read, and how many entries that
+        are or claim to be mailboxes cannot (legacy Dream.OS folders are neither)."""
         try:
             entries = survey_root(self.root)
         except FileNotFoundError:
             entries = []
-        read = bad = 0
+        read: list[tuple[str, MailboxStats]] = []
+        bad = 0
         for entry in entries:
             if entry.kind == "legacy":
                 continue
-            if entry.kind == "broken" or entry.agent is None:
+            agent = None if entry.kind == "broken" else entry.agent
+            st = None if agent is None else self._stats_of(agent)
+            if agent is None or st is None:
                 bad += 1
-                continue
-            try:
-                with FileMailbox(self.root, entry.agent, read_only=True, fsync="never") as mb:
-                    st = mb.stats()
-            except (OSError, HybridCommsError):
-                bad += 1
-                continue
-            read += 1
-            for state in _STATES:
-                s = st.states[state]
-                depth.add_metric([entry.agent, state.value], s.count)
-                oldest.add_metric([entry.agent, state.value], s.oldest_age or 0.0)
-            delayed.add_metric([entry.agent], st.delayed)
-        up.add_metric([], read)
-        unreadable.add_metric([], bad)
-        yield from (depth, oldest, delayed, up, unreadable)
+            else:
+                read.append((agent, st))
+        return read, bad
+
+    def _stats_of(self, agent: str) -> MailboxStats | None:
+        """``agent``'s mailbox stats, read-only; None if the mailbox cannot be read."""
+        try:
+            with FileMailbox(self.root, agent, read_only=True, fsync="never") as mb:
+                return mb.stats()
+        except (OSError, HybridCommsError):
+            return None
+
+    def _bus_metrics(self) -> Iterator[Any]:
+        """The processes sharing the root's bus events, and the events they dropped."""
         from .bus.fanout import bus_peers
 
         peers = bus_peers(self.root)
@@ -129,19 +150,25 @@ class MailboxCollector(Collector):
 def dead_reason_class(reason: str | None) -> str:
     """A small, fixed set of classes for dead-letter reasons (a label must not be free text)."""
     text = (reason or "").lower()
-    if ("failed" in text and "attempts" in text) or "during attempt" in text or "exit status" in text:
+    if _gave_up(text):
         return "attempts"
-    if "expired" in text:
-        return "expired"
-    if any(
-        w in text for w in ("json", "decode", "too large", "not a regular", "symlink", "timestamp", "field")
-    ):
-        return "undecodable"
-    if "cannot be" in text or "out of range" in text or "already in processing" in text:
-        return "rejected"
-    if text:
-        return "handler"
-    return "unknown"
+    for name, words in _REASON_WORDS:
+        if any(w in text for w in words):
+            return name
+    return "handler" if text else "unknown"
+
+
+#: The classes of dead-letter reasons after "attempts", first match wins: the words that mark each.
+_REASON_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("expired", ("expired",)),
+    ("undecodable", ("json", "decode", "too large", "not a regular", "symlink", "timestamp", "field")),
+    ("rejected", ("cannot be", "out of range", "already in processing")),
+)
+
+
+def _gave_up(text: str) -> bool:
+    """Whether a (lower-case) reason says every attempt failed, or a worker's process exited."""
+    return ("failed" in text and "attempts" in text) or "during attempt" in text or "exit status" in text
 
 
 class EventCounter:
@@ -210,45 +237,58 @@ class BusCollector(Collector):
     in-memory bus, and the runs of `Comms` durable handlers (failures and time spent)."""
 
     def collect(self) -> Iterator[Any]:
-        from ._consumer import HANDLER_STATS, _stats_lock
-        from .bus import published_count
-
-        c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
-        c.add_metric([], published_count())
-        yield c
-        from .bus.fanout import FANOUT_STATS
-        from .bus.fanout import STATS_LOCK as fanout_lock
-
-        fan = CounterMetricFamily(
-            "hybridcomms_bus_fanout_events",
-            "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
-            "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
-            "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog), "
-            "dropped_busy (async handlers had too many runs unfinished), refused_durable (an event on a "
-            "durable topic from another process, not handed to a Comms handler), dropped_budget (not "
-            "sent: the subscribers of one user took turns)",
-            labels=["result"],
-        )
-        with fanout_lock:
-            counts = dict(FANOUT_STATS)
-        for result, n in counts.items():
-            fan.add_metric([result], n)
-        yield fan
-        runs = CounterMetricFamily(
-            "hybridcomms_handler_runs", "Comms durable handler runs, by result", labels=["agent", "result"]
-        )
-        spent = CounterMetricFamily(
-            "hybridcomms_handler_seconds", "Seconds spent in Comms durable handlers", labels=["agent"]
-        )
-        with _stats_lock:
-            rows = {agent: list(row) for agent, row in HANDLER_STATS.items()}
-        for agent, (ok, failed, seconds) in rows.items():
-            runs.add_metric([agent, "ok"], ok)
-            runs.add_metric([agent, "failed"], failed)
-            spent.add_metric([agent], seconds)
-        yield runs
-        yield spent
+        yield _bus_publishes()
+        yield _fanout_events()
+        yield from _handler_runs()
         yield from OutageCollector().collect()
+
+
+def _bus_publishes() -> CounterMetricFamily:
+    """Events published on this process's in-memory bus."""
+    from .bus import published_count
+
+    c = CounterMetricFamily("hybridcomms_bus_publishes", "Events published on the in-memory bus")
+    c.add_metric([], published_count())
+    return c
+
+
+def _fanout_events() -> CounterMetricFamily:
+    """Bus events to and from other processes, by what became of them."""
+    from .bus.fanout import FANOUT_STATS
+    from .bus.fanout import STATS_LOCK as fanout_lock
+
+    fan = CounterMetricFamily(
+        "hybridcomms_bus_fanout_events",
+        "Bus events to and from other processes: sent, received, dropped_full (a subscriber's buffer "
+        "and its backlog were full), dropped_bad (did not decode), unsendable, pruned (dead "
+        "subscribers), dropped_queue (Redis send queue full), deferred (sent late from a backlog), "
+        "dropped_busy (async handlers had too many runs unfinished), refused_durable (an event on a "
+        "durable topic from another process, not handed to a Comms handler), dropped_budget (not "
+        "sent: the subscribers of one user took turns)",
+        labels=["result"],
+    )
+    with fanout_lock:
+        counts = dict(FANOUT_STATS)
+    for result, n in counts.items():
+        fan.add_metric([result], n)
+    return fan
+
+
+def _handler_runs() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    """The runs of `Comms` durable handlers per agent, by result, and the seconds they took."""
+    from ._consumer import handler_rows
+
+    runs = CounterMetricFamily(
+        "hybridcomms_handler_runs", "Comms durable handler runs, by result", labels=["agent", "result"]
+    )
+    spent = CounterMetricFamily(
+        "hybridcomms_handler_seconds", "Seconds spent in Comms durable handlers", labels=["agent"]
+    )
+    for agent, (ok, failed, seconds) in handler_rows().items():
+        runs.add_metric([agent, "ok"], ok)
+        runs.add_metric([agent, "failed"], failed)
+        spent.add_metric([agent], seconds)
+    return runs, spent
 
 
 class OutageCollector(Collector):

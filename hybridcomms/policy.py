@@ -122,18 +122,23 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     if pattern == "*":
         return re.compile(r".+\Z", re.S)
     segments = pattern.split(".")
-    parts: list[str] = []
-    for i, seg in enumerate(segments):
-        last = i == len(segments) - 1
-        if seg == "*":
-            parts.append(r"(?:\..+)?" if last and i > 0 else (r"\.[^.]+" if i else r"[^.]+"))
-            continue
-        if not seg or "*" in seg:
-            raise PolicyError(
-                f"bad pattern {pattern!r}: '*' must be a whole segment, and no segment may be empty"
-            )
-        parts.append(("\\." if i else "") + re.escape(seg))
+    last = len(segments) - 1
+    parts = [_segment_regex(pattern, seg, i, i == last) for i, seg in enumerate(segments)]
     return re.compile("".join(parts) + r"\Z", re.S)
+
+
+def _segment_regex(pattern: str, seg: str, i: int, last: bool) -> str:
+    """The regular expression of segment ``i`` of ``pattern``: a ``*`` (one segment; as the last of
+    several, the prefix itself or anything below it), or a literal."""
+    if seg == "*":
+        if last and i > 0:
+            return r"(?:\..+)?"
+        return r"\.[^.]+" if i else r"[^.]+"
+    if not seg or "*" in seg:
+        raise PolicyError(
+            f"bad pattern {pattern!r}: '*' must be a whole segment, and no segment may be empty"
+        )
+    return ("\\." if i else "") + re.escape(seg)
 
 
 @dataclass(frozen=True)
@@ -382,55 +387,77 @@ class Policy:
     def from_mapping(
         cls, data: Mapping[str, Any], *, source: str = "<policy>", text: str = "", header: str = "rules"
     ) -> Policy:
-        known = {"rules", "default_addressed", "default_broadcast", "include_defaults", "adopt"}
-        for key in data:
-            if key not in known:
-                raise PolicyError(
-                    f"unknown setting {key!r} (known: {', '.join(sorted(known))})",
-                    path=source,
-                    line=_key_line(text, key),
-                )
-        raw_rules = data.get("rules", [])
-        if not isinstance(raw_rules, list):
-            raise PolicyError(
-                "'rules' must be an array of tables ([[rules]])", path=source, line=_key_line(text, "rules")
-            )
-        lines = _table_lines(text, header) if raw_rules else []
-        ends = [*lines[1:], None]
-        rules = [
-            _rule_from(
-                raw,
-                i,
-                source=source,
-                line=lines[i] if i < len(lines) else None,
-                text=text,
-                end=ends[i] if i < len(ends) else None,
-            )
-            for i, raw in enumerate(raw_rules)
-        ]
+        where = _SettingsText(source, text)
+        _check_known_settings(data, where)
+        rules = _rules_of(data.get("rules", []), where, header)
         include = data.get("include_defaults", True)
         if not isinstance(include, bool):
-            raise PolicyError(
-                "include_defaults must be true or false",
-                path=source,
-                line=_key_line(text, "include_defaults"),
-            )
-        kwargs: dict[str, Any] = {}
-        for key in ("default_addressed", "default_broadcast"):
-            if key in data:
-                try:
-                    kwargs[key] = Route.parse(data[key])
-                except PolicyError as exc:
-                    raise PolicyError(
-                        f"{key}: {exc.reason}", path=source, line=_key_line(text, key)
-                    ) from None
-        adopt = data.get("adopt", [])
-        if not isinstance(adopt, list) or not all(isinstance(a, str) and a for a in adopt):
-            raise PolicyError(
-                "adopt must be an array of agent ids or patterns", path=source, line=_key_line(text, "adopt")
-            )
-        kwargs["adopt"] = tuple(adopt)
+            raise where.error("include_defaults must be true or false", "include_defaults")
+        kwargs: dict[str, Any] = _default_routes(data, where)
+        kwargs["adopt"] = _adopt_patterns(data.get("adopt", []), where)
         return cls(rules=(*rules, *(DEFAULT_RULES if include else ())), source=source, **kwargs)
+
+
+# -- reading the settings of a policy file ----------------------------------------------------------
+
+_SETTINGS = {"rules", "default_addressed", "default_broadcast", "include_defaults", "adopt"}
+
+
+@dataclass(frozen=True)
+class _SettingsText:
+    """The file a policy's settings came from, to report a mistake at the line of its key."""
+
+    source: str
+    text: str
+
+    def error(self, reason: str, key: str) -> PolicyError:
+        """A `PolicyError` at the line where ``key`` is set (if it is found in the text)."""
+        return PolicyError(reason, path=self.source, line=_key_line(self.text, key))
+
+
+def _check_known_settings(data: Mapping[str, Any], where: _SettingsText) -> None:
+    """Refuse a setting this version does not know (a typo would otherwise be ignored)."""
+    for key in data:
+        if key not in _SETTINGS:
+            raise where.error(f"unknown setting {key!r} (known: {', '.join(sorted(_SETTINGS))})", key)
+
+
+def _rules_of(raw_rules: object, where: _SettingsText, header: str) -> list[Rule]:
+    """The ``[[rules]]`` tables as rules, each mistake reported at its rule's lines."""
+    if not isinstance(raw_rules, list):
+        raise where.error("'rules' must be an array of tables ([[rules]])", "rules")
+    lines = _table_lines(where.text, header) if raw_rules else []
+    ends = [*lines[1:], None]
+    return [
+        _rule_from(
+            raw,
+            i,
+            source=where.source,
+            line=lines[i] if i < len(lines) else None,
+            text=where.text,
+            end=ends[i] if i < len(ends) else None,
+        )
+        for i, raw in enumerate(raw_rules)
+    ]
+
+
+def _default_routes(data: Mapping[str, Any], where: _SettingsText) -> dict[str, Any]:
+    """``default_addressed`` and ``default_broadcast`` as routes, for those that are set."""
+    routes: dict[str, Any] = {}
+    for key in ("default_addressed", "default_broadcast"):
+        if key in data:
+            try:
+                routes[key] = Route.parse(data[key])
+            except PolicyError as exc:
+                raise where.error(f"{key}: {exc.reason}", key) from None
+    return routes
+
+
+def _adopt_patterns(adopt: object, where: _SettingsText) -> tuple[str, ...]:
+    """The ``adopt`` setting: agent ids or patterns, each a non-empty string."""
+    if not isinstance(adopt, list) or not all(isinstance(a, str) and a for a in adopt):
+        raise where.error("adopt must be an array of agent ids or patterns", "adopt")
+    return tuple(adopt)
 
 
 # -- finding the policy (the one order every part uses) ---------------------------------------------
@@ -467,19 +494,32 @@ def find_policy(
         here = Path.cwd() if cwd is None else Path(cwd).absolute()
     except OSError:  # the working folder was removed under us: nothing to find there
         return Policy(found_by=f"no ${POLICY_ENV}, and the working folder is gone")
+    return _found_in(here)
+
+
+def _found_in(here: Path) -> Policy:
+    """The policy of the folder ``here``: its hybridcomms.toml, else the policy table of its
+    pyproject.toml, else the shipped defaults."""
     local = here / POLICY_FILE
     if os.path.lexists(local):  # a broken link or a folder by that name is an error, not "no file"
         return _load_found(local, _IN_CWD)
     pyproject = here / "pyproject.toml"
-    if os.path.lexists(pyproject):
-        text = _read_policy_file(pyproject)
-        data: Any = _parse_toml(text, str(pyproject))
-        for key in _PYPROJECT_TABLE:
-            data = data.get(key) if isinstance(data, Mapping) else None
-        if data is not None:
-            policy = Policy.from_toml(text, source=str(pyproject), table=_PYPROJECT_TABLE)
-            return replace(policy, found_by=_IN_PYPROJECT)
+    policy = _from_pyproject(pyproject) if os.path.lexists(pyproject) else None
+    if policy is not None:
+        return policy
     return Policy(found_by=f"no ${POLICY_ENV}, no {POLICY_FILE} or [tool.hybridcomms.policy] in {here}")
+
+
+def _from_pyproject(pyproject: Path) -> Policy | None:
+    """The policy in ``[tool.hybridcomms.policy]`` of ``pyproject``; None if it has no such table."""
+    text = _read_policy_file(pyproject)
+    data: Any = _parse_toml(text, str(pyproject))
+    for key in _PYPROJECT_TABLE:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    if data is None:
+        return None
+    policy = Policy.from_toml(text, source=str(pyproject), table=_PYPROJECT_TABLE)
+    return replace(policy, found_by=_IN_PYPROJECT)
 
 
 def child_env(policy: Policy) -> dict[str, str]:
@@ -550,45 +590,77 @@ def _rule_from(
 ) -> Rule:
     """A rule from its table; a mistake is reported at the line of the key it is about (found between
     the rule's ``[[rules]]`` line and the next one), else at that ``[[rules]]`` line."""
+    site = _RuleText(index, source, line, text, end)
+    table = _rule_table(raw, site)
+    patterns = _rule_patterns(table["match"], site)
+    addressed = table.get("addressed")
+    if addressed is not None and not isinstance(addressed, bool):
+        raise site.error("'addressed' must be true or false", "addressed")
+    name = table.get("name", "")
+    if not isinstance(name, str):
+        raise site.error("'name' must be a string", "name")
+    return _rule_parsed(table, patterns, addressed, name, site)
 
-    def fail(reason: str, key: str | None = None) -> PolicyError:
-        at = line
-        if key is not None and line is not None:
-            at = _key_line_between(text, key, line, end) or line
-        return PolicyError(f"rule {index + 1}: {reason}", path=source, line=at)
 
+@dataclass(frozen=True)
+class _RuleText:
+    """Where rule ``index`` sits in its file: from its ``[[rules]]`` line to the next one (``end``)."""
+
+    index: int
+    source: str
+    line: int | None
+    text: str
+    end: int | None
+
+    def error(self, reason: str, key: str | None = None) -> PolicyError:
+        """A `PolicyError` at the line of ``key`` in this rule, else at its ``[[rules]]`` line."""
+        at = self.line
+        if key is not None and self.line is not None:
+            at = _key_line_between(self.text, key, self.line, self.end) or self.line
+        return PolicyError(f"rule {self.index + 1}: {reason}", path=self.source, line=at)
+
+
+def _rule_table(raw: object, site: _RuleText) -> Mapping[str, Any]:
+    """``raw`` if it is a table of known keys with both ``match`` and ``route``."""
     if not isinstance(raw, Mapping):
-        raise fail("must be a table")
+        raise site.error("must be a table")
     unknown = set(raw) - _RULE_KEYS
     if unknown:
-        raise fail(f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_RULE_KEYS))})")
+        raise site.error(
+            f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_RULE_KEYS))})"
+        )
     if "match" not in raw or "route" not in raw:
-        raise fail("needs both 'match' and 'route'")
-    match = raw["match"]
+        raise site.error("needs both 'match' and 'route'")
+    return raw
+
+
+def _rule_patterns(match: Any, site: _RuleText) -> tuple[str, ...]:
+    """A rule's ``match``: one pattern or a list of them."""
     patterns: Iterable[object] = [match] if isinstance(match, str) else match
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-        raise fail("'match' must be a pattern or a list of patterns", "match")
-    addressed = raw.get("addressed")
-    if addressed is not None and not isinstance(addressed, bool):
-        raise fail("'addressed' must be true or false", "addressed")
-    name = raw.get("name", "")
-    if not isinstance(name, str):
-        raise fail("'name' must be a string", "name")
+        raise site.error("'match' must be a pattern or a list of patterns", "match")
+    return tuple(patterns)
+
+
+def _rule_parsed(
+    table: Mapping[str, Any], patterns: tuple[str, ...], addressed: bool | None, name: str, site: _RuleText
+) -> Rule:
+    """The rule, its priority, backend, route and patterns parsed (a mistake said at its key)."""
     key = "min_priority"
     try:
-        min_priority = Priority.parse(raw["min_priority"]) if "min_priority" in raw else None
+        min_priority = Priority.parse(table["min_priority"]) if "min_priority" in table else None
         key = "backend"
-        backend = raw.get("backend")
+        backend = table.get("backend")
         if backend is not None:
             _check_backend(backend)
         key = "route"
-        route = Route.parse(raw["route"])
+        route = Route.parse(table["route"])
         key = "match"
-        return Rule(tuple(patterns), route, name, addressed, min_priority, backend)
+        return Rule(patterns, route, name, addressed, min_priority, backend)
     except PolicyError as exc:
-        raise fail(exc.reason, key) from None
+        raise site.error(exc.reason, key) from None
     except MessageError as exc:
-        raise fail(str(exc), key) from None
+        raise site.error(str(exc), key) from None
 
 
 def _line_from_message(message: str) -> int | None:

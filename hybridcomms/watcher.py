@@ -73,6 +73,13 @@ assert all(pair in KIND_OF or TRANSITIONS[pair] <= _QUIET for pair in TRANSITION
 _STATES = {s.folder: s for s in State}
 
 
+def _move_kind(src: State, dest: State, src_name: str) -> str | None:
+    """What a move between two folders of one mailbox is reported as (None: a quiet step)."""
+    if src is State.TMP and dest is State.NEW and src_name.endswith(_RECOVERED_SUFFIX):
+        return RECOVERED  # a dead or hung consumer's message, back in new/
+    return KIND_OF.get((src, dest))
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxEvent:
     """One thing that happened to one message file."""
@@ -107,19 +114,27 @@ def describe_file(path: str, root: str | None = None) -> tuple[str | None, str |
     blocking on a FIFO, at most 1 MiB); (None, None) if it is gone or is not a message. With ``root``,
     no component of ``path`` below it is followed if it is a link (`_fs.read_beneath`)."""
     try:
-        if root is not None and path.startswith(root + os.sep):
-            parts = tuple(path[len(root) + 1 :].split(os.sep))
-            raw = _fs.read_beneath(root, parts, 1 << 20)
-        else:
-            raw = _fs.read_regular(path, 1 << 20)
-        obj = orjson.loads(raw)
+        obj = orjson.loads(_read_hostile(path, root))
     except (OSError, orjson.JSONDecodeError):
         return None, None
     if not isinstance(obj, dict):
         return None, None
+    return _topic_and_sender(obj)
+
+
+def _topic_and_sender(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The topic and sender of a message object, native or in a Dream.OS spelling (None: not a string)."""
     topic = obj.get("topic") or obj.get("type") or obj.get("message_type")
     sender = obj.get("sender") or obj.get("sender_agent_id")
     return (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
+
+
+def _read_hostile(path: str, root: str | None) -> bytes:
+    """At most 1 MiB of the regular file at ``path``; below ``root``, no link followed at any step."""
+    if root is not None and path.startswith(root + os.sep):
+        parts = tuple(path[len(root) + 1 :].split(os.sep))
+        return _fs.read_beneath(root, parts, 1 << 20)
+    return _fs.read_regular(path, 1 << 20)
 
 
 class _Describer:
@@ -211,6 +226,8 @@ class MailboxWatcher:
         self._rescan_now = threading.Event()
         self._soon: list[float] = []  # extra rescans (monotonic times) after a new agent appeared
         self._force_rescan = False
+        self._next_rescan = float("inf")  # monotonic times of the periodic upkeep (`_maintain`)
+        self._next_recover = float("inf")
         self.notifying = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -311,49 +328,71 @@ class MailboxWatcher:
     def _maintain(self) -> None:
         """Rescans, recovery, and a new observer if the old one died."""
         now = time.monotonic()
-        next_rescan = now + self.rescan_every
-        next_recover = now + self.recover_every if self.recover_every else float("inf")
+        self._next_rescan = now + self.rescan_every
+        self._next_recover = now + self.recover_every if self.recover_every else float("inf")
         while not self._stop.is_set():
-            with self._lock:
-                soon = min(self._soon, default=float("inf"))
-                soon = min(soon, self._held_retry)
-            wake_at = min(next_rescan, next_recover, soon)
-            self._rescan_now.wait(max(0.01, wake_at - time.monotonic()))
+            self._rescan_now.wait(max(0.01, self._next_wake() - time.monotonic()))
             if self._stop.is_set():
                 return
             try:
-                observer = self._observer
-                if observer is not None and not observer.is_alive():
-                    log.warning("the file watcher stopped; starting a new one and rescanning")
-                    self._stop_observer()
-                    self._start_observer()
-                    self._force_rescan = True
-                now = time.monotonic()
-                with self._lock:
-                    due_soon = any(t <= now for t in self._soon)
-                    self._soon = [t for t in self._soon if t > now]
-                self._rescan_now.clear()
-                forced, self._force_rescan = self._force_rescan, False
-                with self._lock:
-                    pending, self._ingest_pending = self._ingest_pending, set()
-                    if now >= self._held_retry:  # a held lock's backoff is over: look again
-                        pending |= self._held_pending
-                        self._held_pending, self._held_retry = set(), float("inf")
-                for agent in sorted(pending):
-                    if self._stop.is_set():
-                        break
-                    self.ingest(agent)
-                if now >= next_rescan or due_soon or forced:
-                    self.rescan()
-                    next_rescan = time.monotonic() + self.rescan_every
-                if now >= next_recover:
-                    self.recover_all()
-                    next_recover = time.monotonic() + self.recover_every
+                self._upkeep()
             except Exception as exc:  # tried again in a second; said once, not every second
                 self._broken_upkeep.failed(self._root_str, exc)
                 self._stop.wait(1.0)
             else:
                 self._broken_upkeep.ok(self._root_str)
+
+    def _next_wake(self) -> float:
+        """When the watching thread has work next: the periodic rescan or recovery, an extra rescan
+        after a new agent, or the end of a held legacy lock's backoff."""
+        with self._lock:
+            soon = min(self._soon, default=float("inf"))
+            soon = min(soon, self._held_retry)
+        return min(self._next_rescan, self._next_recover, soon)
+
+    def _upkeep(self) -> None:
+        """One turn of the watching thread: a new observer if the old one died, the legacy drops
+        that wait, then a rescan and a recovery when they are due."""
+        self._revive_observer()
+        now = time.monotonic()
+        due_soon = self._take_due_soon(now)
+        self._rescan_now.clear()
+        forced, self._force_rescan = self._force_rescan, False
+        self._ingest_pending_agents(now)
+        if now >= self._next_rescan or due_soon or forced:
+            self.rescan()
+            self._next_rescan = time.monotonic() + self.rescan_every
+        if now >= self._next_recover:
+            self.recover_all()
+            self._next_recover = time.monotonic() + self.recover_every
+
+    def _revive_observer(self) -> None:
+        """If the file watcher's thread died: start a new one, and rescan everything."""
+        observer = self._observer
+        if observer is not None and not observer.is_alive():
+            log.warning("the file watcher stopped; starting a new one and rescanning")
+            self._stop_observer()
+            self._start_observer()
+            self._force_rescan = True
+
+    def _take_due_soon(self, now: float) -> bool:
+        """Whether an extra rescan (after a new agent) is due at ``now``; those due are dropped."""
+        with self._lock:
+            due_soon = any(t <= now for t in self._soon)
+            self._soon = [t for t in self._soon if t > now]
+        return due_soon
+
+    def _ingest_pending_agents(self, now: float) -> None:
+        """Ingest the agents whose legacy drops wait, and those whose held lock's backoff is over."""
+        with self._lock:
+            pending, self._ingest_pending = self._ingest_pending, set()
+            if now >= self._held_retry:  # a held lock's backoff is over: look again
+                pending |= self._held_pending
+                self._held_pending, self._held_retry = set(), float("inf")
+        for agent in sorted(pending):
+            if self._stop.is_set():
+                break
+            self.ingest(agent)
 
     def _new_agent(self) -> None:
         """A new agent folder: files can land in its new/ before its watches exist, so list it again
@@ -410,25 +449,32 @@ class MailboxWatcher:
             self._broken_intake.failed(agent, exc)  # said once, not at every look
             return 0
         self._broken_intake.ok(agent)
-        if step.more or step.retry_in is not None:
-            with self._lock:
-                if step.more:
-                    self._ingest_pending.add(agent)
-                else:
-                    self._held_pending.add(agent)
-                    retry = time.monotonic() + (step.retry_in or 0.0)
-                    self._held_retry = min(self._held_retry, retry)
-            if step.more:
-                self._rescan_now.set()
+        self._schedule_rest(agent, step.more, step.retry_in)
         return step.taken
+
+    def _schedule_rest(self, agent: str, more: bool, retry_in: float | None) -> None:
+        """When the rest of ``agent``'s legacy drops is taken: at the next turn while ``more`` waits,
+        after ``retry_in`` seconds when another process held the lock, else not at all."""
+        if not more and retry_in is None:
+            return
+        with self._lock:
+            if more:
+                self._ingest_pending.add(agent)
+            else:
+                self._held_pending.add(agent)
+                retry = time.monotonic() + (retry_in or 0.0)
+                self._held_retry = min(self._held_retry, retry)
+        if more:
+            self._rescan_now.set()
 
     def _on_created(self, path: str) -> None:
         if self._legacy_drop(path):
             return
-        where = self._split(path)
-        if (
-            where is not None and where[1] is State.NEW
-        ):  # written straight into new/ (by hand, by an old writer)
+        self._arrived(self._split(path))  # written straight into new/ (by hand, by an old writer)
+
+    def _arrived(self, where: tuple[str, State, str] | None) -> None:
+        """A file that came into a mailbox from outside it: delivered if it is in ``new/``."""
+        if where is not None and where[1] is State.NEW:
             self._delivered(where[0], where[2], "notify")
 
     def _on_moved(self, src: str, dest: str) -> None:
@@ -438,25 +484,26 @@ class MailboxWatcher:
         if b is None:
             return
         if a is None or a[0] != b[0]:  # moved in from elsewhere
-            if b[1] is State.NEW:
-                self._delivered(b[0], b[2], "notify")
+            self._arrived(b)
             return
-        kind = KIND_OF.get((a[1], b[1]))
-        if a[1] is State.TMP and b[1] is State.NEW and a[2].endswith(_RECOVERED_SUFFIX):
-            kind = RECOVERED  # a dead or hung consumer's message, back in new/
+        kind = _move_kind(a[1], b[1], a[2])
         if kind is None:
             return
-        agent, name = b[0], b[2]
         if a[1] is State.NEW:
             with self._lock:
-                self._reported.get(agent, set()).discard(a[2])
-        if kind in ("delivered", RECOVERED) or b[1] is State.NEW:
-            if kind == "delivered":
-                self._delivered(agent, name, "notify")
-                return
+                self._reported.get(b[0], set()).discard(a[2])
+        self._report_move(kind, b[0], b[1], b[2])
+
+    def _report_move(self, kind: str, agent: str, state: State, name: str) -> None:
+        """Report a move of ``kind`` that brought ``name`` into ``state``; what lands in ``new/`` is
+        remembered as reported, so that a rescan does not report it again."""
+        if kind == "delivered":
+            self._delivered(agent, name, "notify")
+            return
+        if kind == RECOVERED or state is State.NEW:
             with self._lock:
                 self._reported.setdefault(agent, set()).add(name)
-        self._emit(kind, agent, b[1], name, "notify")
+        self._emit(kind, agent, state, name, "notify")
 
     def _on_deleted(self, path: str) -> None:
         """A file removed from ``processing/`` was acked by a mailbox with ``done_retention=0`` (nothing
@@ -509,6 +556,10 @@ class MailboxWatcher:
             sender=sender,
             priority=info.priority.name if info else None,
         )
+        self._publish(kind, event)
+
+    def _publish(self, kind: str, event: MailboxEvent) -> None:
+        """Hand ``event`` to the callback (a failure of it is logged, never raised) and the bus."""
         if self.on_event is not None:
             try:
                 self.on_event(event)
@@ -530,27 +581,43 @@ class MailboxWatcher:
         for agent in agents:
             if self._stop.is_set():
                 break  # stopping (a SIGTERM during a start-up rescan of a large backlog)
-            backlog: set[str] | None = None  # with `report`: what waited before this look ingested
-            if self._intake is not None and self._intake.pending(self.root, agent):
-                if report is not None:
-                    backlog = self._listing(agent) or set()
-                self.ingest(agent)
-            names = self._listing(agent)
-            if names is None:
-                continue
-            with self._lock:
-                seen = self._reported.setdefault(agent, set())
-                seen &= names  # forget what left new/ without us seeing it
-                fresh = sorted(n for n in names - seen if not n.startswith("."))
-            for name in fresh:
-                if self._stop.is_set():
-                    break
-                if report is not None and (backlog is None or name in backlog):
-                    report(agent, name)
-                else:  # found by a later look, or just taken in from legacy drops by this one
-                    self._delivered(agent, name, "rescan")
-                found += 1
+            found += self._rescan_agent(agent, report)
         return found
+
+    def _rescan_agent(self, agent: str, report: Callable[[str, str], None] | None) -> int:
+        """List one agent's ``new/`` (after taking in its legacy drops) and report what was not
+        reported yet: through ``report`` if it waited before this look, else as delivered."""
+        backlog = self._ingest_before_look(agent, report is not None)
+        names = self._listing(agent)
+        if names is None:
+            return 0
+        found = 0
+        for name in self._unreported(agent, names):
+            if self._stop.is_set():
+                break
+            if report is not None and (backlog is None or name in backlog):
+                report(agent, name)
+            else:  # found by a later look, or just taken in from legacy drops by this one
+                self._delivered(agent, name, "rescan")
+            found += 1
+        return found
+
+    def _ingest_before_look(self, agent: str, want_backlog: bool) -> set[str] | None:
+        """Take in ``agent``'s pending legacy drops; with ``want_backlog``, what waited in ``new/``
+        before (None when nothing was pending: everything there waited)."""
+        backlog: set[str] | None = None
+        if self._intake is not None and self._intake.pending(self.root, agent):
+            if want_backlog:
+                backlog = self._listing(agent) or set()
+            self.ingest(agent)
+        return backlog
+
+    def _unreported(self, agent: str, names: set[str]) -> list[str]:
+        """The names of ``names`` (``agent``'s ``new/``) not reported yet, sorted."""
+        with self._lock:
+            seen = self._reported.setdefault(agent, set())
+            seen &= names  # forget what left new/ without us seeing it
+            return sorted(n for n in names - seen if not n.startswith("."))
 
     def _listing(self, agent: str) -> set[str] | None:
         """The names in ``agent``'s ``new/`` (no link followed); None if it cannot be listed."""
