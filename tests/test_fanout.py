@@ -1,4 +1,4 @@
-"""Ephemeral events across processes (hybridcomms.fanout): Unix datagram sockets under the root on one
+"""Ephemeral events across processes (hybridcomms.bus.fanout): Unix datagram sockets under the root on one
 host, Redis pub/sub across hosts. Subscribers are real processes (tests/fanout_agents.py)."""
 
 from __future__ import annotations

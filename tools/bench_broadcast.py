@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ephemeral events to other processes (hybridcomms.fanout, one host) against bare ``sendto``, in one run.
+"""Ephemeral events to other processes (hybridcomms.bus.fanout, one host) against bare ``sendto``, in one run.
 
     python tools/bench_broadcast.py            # 1, 3 and 10 subscriber processes
     python tools/bench_broadcast.py --quick [--subs 1,3]

@@ -6,7 +6,7 @@
         [--rounds 7] [--round-seconds 0.5] [--settle 3] [--json F]
 
 Each scenario runs in a process of its own (its RSS peak is its own), publishing on buses shared on
-roots of their own (`hybridcomms.fanout`), in alternating rounds of ``--round-seconds`` (each side
+roots of their own (`hybridcomms.bus.fanout`), in alternating rounds of ``--round-seconds`` (each side
 takes each place in turn); rates are medians, a ratio is the median of per-round ratios against the
 first side (target: >= 0.5x, issue #21). Before the rounds, each side publishes for ``--settle`` s.
 

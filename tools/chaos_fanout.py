@@ -1,5 +1,5 @@
 """The fanout phase of ``tools/chaos.py --fanout``: publishers and subscribers sharing one root's bus
-(`hybridcomms.fanout`), SIGKILLed, stopped (SIGSTOP) and restarted at random; then an accounting of
+(`hybridcomms.bus.fanout`), SIGKILLed, stopped (SIGSTOP) and restarted at random; then an accounting of
 every event on the ephemeral path.
 
 What is checked, for every pair of a publisher and a subscriber that both ran to the end (the last

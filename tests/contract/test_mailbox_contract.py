@@ -1,4 +1,4 @@
-"""The mailbox contract (hybridcomms.backend), run against every backend: files, memory, Redis.
+"""The mailbox contract (hybridcomms.backends.base), run against every backend: files, memory, Redis.
 
 This is the one place the contract is tested; each backend's own tests cover only what is its own.
 """
