@@ -18,6 +18,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import eventually
 
 from hybridcomms import fanout
 from hybridcomms.bus import AgentBus, Event
@@ -171,9 +172,7 @@ def test_nothing_placed_in_the_bus_folder_stops_a_publisher_or_a_good_peer(
         for _ in range(3):
             shared["pub"].publish("good.n", n)  # never raises, never waits on anything placed
         assert time.monotonic() - t0 < 10  # a FIFO opened for reading would hang here for ever
-        deadline = time.monotonic() + 5
-        while len(got) < 3 and time.monotonic() < deadline:  # the good peer's thread delivers them
-            time.sleep(0.001)
+        eventually(lambda: len(got), "the good peer's thread to deliver 3 events", 5, until=lambda n: n >= 3)
         assert [e.payload for e in got] == [n, n, n]
         assert shared["errors"] == []  # nothing was raised into the bus (an outlet's error is logged)
         peers = bus_peers(shared["root"])  # what `hybridcomms stats` reads: never raises

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
-from waiting import eventually
+from waiting import eventually, while_running
 
 
 def test_it_returns_the_value_that_satisfied_the_condition_as_soon_as_it_holds() -> None:
@@ -56,3 +58,10 @@ def test_any_other_exception_fails_at_once() -> None:
 def test_a_long_value_is_shortened_in_the_message() -> None:
     with pytest.raises(AssertionError, match=r"\.\.\. \(100002 characters\)$"):
         eventually(lambda: "x" * 100_000, "a short text", timeout=0.01, until=lambda t: len(t) < 10)
+
+
+def test_a_wait_on_what_a_process_does_ends_at_once_when_it_exited() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait(30)
+    with pytest.raises(AssertionError, match="the process exited with 3 first"):
+        eventually(while_running(proc, lambda: False), "a ready file", timeout=30)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -30,6 +30,7 @@ def eventually(
     *,
     until: Callable[[T], object] = bool,
     ignoring: tuple[type[Exception], ...] = (),
+    max_interval: float = MAX_INTERVAL,
 ) -> T:
     """Poll ``condition()`` until ``until(value)`` is true (by default: the value is truthy) and
     return that value; fail with an ``AssertionError`` naming ``what`` after ``timeout`` seconds.
@@ -37,9 +38,10 @@ def eventually(
     An exception of a type in ``ignoring`` counts as "not yet" (a file half written, a server not up
     yet); any other exception, an ``AssertionError`` included, propagates at once: a condition can
     fail fast (``assert proc.poll() is None``) when what it waits for can no longer happen.
+    ``max_interval`` caps the interval, for a condition that does work each time it is polled.
     """
     deadline = time.monotonic() + timeout
-    interval = FIRST_INTERVAL
+    interval = min(FIRST_INTERVAL, max_interval)
     last: object = "(never polled)"
     while True:
         try:
@@ -57,7 +59,23 @@ def eventually(
                 f"timed out after {timeout:g} s waiting for {what}; last seen: {_shown(last)}"
             ) from cause
         time.sleep(min(interval, remaining))
-        interval = min(interval * 2, MAX_INTERVAL)
+        interval = min(interval * 2, max_interval)
+
+
+class _Process(Protocol):
+    def poll(self) -> int | None: ...
+
+
+def while_running(process: _Process, condition: Callable[[], T]) -> Callable[[], T]:
+    """``condition`` as a condition that fails at once when ``process`` (a ``Popen``) has exited:
+    what a wait on it is for (a ready file it writes) can no longer happen."""
+
+    def checked() -> T:
+        code = process.poll()
+        assert code is None, f"the process exited with {code} first"
+        return condition()
+
+    return checked
 
 
 def _shown(last: object) -> str:
