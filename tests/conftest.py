@@ -50,6 +50,9 @@ def _test_tmp_parent() -> Path | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clock: a contract test about time (delays, expiry): run at one fsync level only"
+    )
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller chose its folders
     made = []
