@@ -134,6 +134,10 @@ def shared() -> Iterator[dict[str, Any]]:
     catch.emit = errors.append  # type: ignore[method-assign]
     logging.getLogger("hybridcomms").addHandler(catch)
     releases = [share_bus(pub, root=root), share_bus(peer, root=root)]
+    # The publisher's connection to the good peer is made here (for the module), not by the first test.
+    pub.publish("good.warm", -1)
+    eventually(lambda: got, "the good peer's first event")
+    got.clear()
     ours = set(os.listdir(root / BUS_FOLDER))
     try:
         yield {

@@ -95,7 +95,10 @@ def hold_lock() -> Iterator[Callable[[Path], Callable[[], None]]]:
     for child in holders:
         if child.poll() is None:
             child.kill()
-            child.wait()
+        child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture
