@@ -1,7 +1,7 @@
 """The one way a test waits for a condition: :func:`eventually`.
 
 A condition is polled, first at once and then at a short interval that grows (1 ms doubling up to
-50 ms: a condition that holds soon is seen soon, one that takes seconds costs few polls), until it
+20 ms: a condition that holds soon is seen soon, one that takes seconds costs few polls), until it
 holds or its time bound runs out; the failure says what was awaited and what was seen last (the last
 value, or the last exception of a kind the caller said to ignore).
 
@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 T = TypeVar("T")
 
 FIRST_INTERVAL = 0.001
-MAX_INTERVAL = 0.05
+MAX_INTERVAL = 0.02
 _SHOWN = 2000  # characters of the last value a failure shows at most
 
 
