@@ -1,12 +1,10 @@
 """What the fanout's co-tenant tests share: a group root with its bus folder, registrations and
-sockets placed by hand as a co-tenant would, and a wait on a condition."""
+sockets placed by hand as a co-tenant would."""
 
 from __future__ import annotations
 
 import os
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +13,6 @@ import orjson
 from hybridcomms.bus import AgentBus
 from hybridcomms.bus.fanout import BUS_FOLDER, _shared
 from hybridcomms.bus.fanout import local as fanout
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def fanout_of(b: AgentBus, root: Path) -> Any:

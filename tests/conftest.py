@@ -3,13 +3,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
+from leaks import GRACE, Snapshot, empty_process_wide_caches, left_since, start_process_wide_helpers
+from waiting import eventually
 
 from hybridcomms import Backoff, FileMailbox
 
@@ -50,6 +51,9 @@ def _test_tmp_parent() -> Path | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clock: a contract test about time (delays, expiry): run at one fsync level only"
+    )
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller chose its folders
     made = []
@@ -167,17 +171,27 @@ def reap_started_processes() -> Iterator[None]:
     workers.reap_started()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def process_wide_helpers() -> None:
+    start_process_wide_helpers()
+
+
 @pytest.fixture(autouse=True)
-def no_thread_leaks() -> Iterator[None]:
-    """Fail a test that leaves a thread of its own running (watchdog observers included)."""
-    before = set(threading.enumerate())
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread, an inotify instance or another descriptor behind (watchdog
+    observers included), after a short grace; what the library keeps per process by design is named
+    in `leaks.PROCESS_WIDE_THREADS` (see tests/leaks.py)."""
+    before = Snapshot.now()
     yield
-    for _ in range(50):
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked:
-            return
-        threading.Event().wait(0.05)
-    pytest.fail(f"threads left running: {leaked}")
+    empty_process_wide_caches()
+    try:
+        eventually(lambda: left_since(before), "nothing left behind", GRACE, until=_nothing)
+    except AssertionError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _nothing(left: list[str]) -> bool:
+    return not left
 
 
 # -- Redis -------------------------------------------------------------------------------------------

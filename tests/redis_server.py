@@ -14,8 +14,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from waiting import eventually
 
 REQUIRE_ENV = "HYBRIDCOMMS_REQUIRE_REDIS"
 URL_ENV = "HYBRIDCOMMS_TEST_REDIS_URL"
@@ -25,6 +26,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def answers_ping(port: int) -> bool:
+    """Whether a server on ``port`` is up: it answers PING (with ``--requirepass``: NOAUTH)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
 
 
 def available() -> bool:
@@ -72,20 +83,15 @@ class RedisServer:
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         """Until the server answers PING (a handshake on its socket, not a sleep of a guessed length)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # up (with --requirepass: locked)
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not answer in time")
+        proc = self.proc
+        assert proc is not None
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            return answers_ping(self.port)
+
+        eventually(up, f"redis-server on port {self.port} to answer PING", timeout)
 
     def kill(self) -> None:
         """SIGKILL: what is not in the AOF is gone."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from cli_runner import run_cli
+from waiting import eventually
 
 
 def run(
@@ -97,8 +98,6 @@ def test_recv_with_a_timeout_receives_a_message_sent_while_it_waits(tmp_path: Pa
         text=True,
     )
     try:
-        import time
-
         # Handshake: recv is waiting once it holds an inotify descriptor (its wait for new/).
         def watching() -> bool:
             try:
@@ -107,10 +106,7 @@ def test_recv_with_a_timeout_receives_a_message_sent_while_it_waits(tmp_path: Pa
             except OSError:
                 return False
 
-        deadline = time.monotonic() + 30
-        while not watching() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert watching()
+        eventually(watching, "recv to hold an inotify descriptor", 30)
         assert (
             run(
                 "--root", str(tmp_path), "send", "--to", "Agent-1", "--topic", "late", cwd=tmp_path

@@ -24,6 +24,7 @@ import pytest
 from cli_runner import clean_env, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Message, MessageError, cli
 from hybridcomms._log import get as get_logger
@@ -239,12 +240,12 @@ def test_watch_json_prints_it_and_still_runs_exec_with_the_exact_name(
         def both_ran() -> bool:
             return marker.exists() and len(marker.read_bytes().splitlines()) >= 2
 
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not both_ran():  # polling the commands' output
-            time.sleep(0.02)
-        stop.set()
-        with FileMailbox(root, "A", fsync="never") as mb:  # a third event: its line closes the output
-            mb.put(Message("t.stop", {}))
+        try:
+            eventually(both_ran, "both commands to run", 20)  # polling the commands' output
+        finally:
+            stop.set()
+            with FileMailbox(root, "A", fsync="never") as mb:  # a third event: its line closes the output
+                mb.put(Message("t.stop", {}))
 
     started = threading.Thread(target=lambda: err.wait_for(lambda t: "watching" in t, 30) and then_stop())
     started.start()

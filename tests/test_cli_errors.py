@@ -9,16 +9,15 @@ from __future__ import annotations
 import ast
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from redis_server import available, free_port
+from redis_server import answers_ping, available, free_port
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Message
 from hybridcomms.cli import _parser, main
@@ -138,16 +137,12 @@ def password_redis(tmp_path: Path) -> Iterator[int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while True:  # until it answers (NOAUTH is an answer)
-        assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith((b"-NOAUTH", b"+PONG")):
-                    break
-        except OSError:
-            time.sleep(0.02)
+
+    def up() -> bool:  # (NOAUTH is an answer)
+        assert proc.poll() is None, "redis-server exited"
+        return answers_ping(port)
+
+    eventually(up, "redis-server to answer PING", 10)
     try:
         yield port
     finally:

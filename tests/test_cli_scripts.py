@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Message, State
 
@@ -137,10 +137,7 @@ def test_recv_follow_prints_json_lines_as_messages_arrive_until_sigterm(root: Pa
                 assert p.stdout is not None
                 line = p.stdout.readline()  # handshake: each arrives, is printed, then acked
                 assert json.loads(line)["payload"] == i
-            deadline = time.monotonic() + 10
-            while mb.stats().states[State.DONE].count < 3 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert mb.stats().states[State.DONE].count == 3
+            eventually(lambda: mb.stats().states[State.DONE].count, "3 acked", until=lambda n: n == 3)
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0
     finally:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Message
 
@@ -20,14 +20,8 @@ def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True, timeout=30).stdout
 
 
-def screen_until(session: str, predicate: object, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = tmux("capture-pane", "-p", "-t", session)
-        if predicate(text):  # type: ignore[operator]
-            return text
-        assert time.monotonic() < deadline, f"the screen never showed it:\n{text}"
-        time.sleep(0.05)
+def screen(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
 
 
 def test_top_draws_the_mailboxes_refreshes_in_place_and_quits_on_q(root: Path, tmp_path: Path) -> None:
@@ -40,21 +34,23 @@ def test_top_draws_the_mailboxes_refreshes_in_place_and_quits_on_q(root: Path, t
     cmd = f"{sys.executable} -m hybridcomms --root {root} top --interval 0.2; echo $? > {done}"
     tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "20", cmd)
     try:
-        first = screen_until(session, lambda t: "Agent-2" in t)
+        first = eventually(
+            lambda: screen(session), "Agent-2 on the screen", 30, until=lambda t: "Agent-2" in t
+        )
         assert "hybridcomms top" in first and "depth" in first
         row = next(line for line in first.splitlines() if line.startswith("Agent-1"))
         assert row.split()[1] == "3"  # three waiting
         with FileMailbox(root, "Agent-1", fsync="never") as mb:
             mb.put(Message("t", 3))
-        later = screen_until(
-            session, lambda t: any(ln.startswith("Agent-1") and ln.split()[1] == "4" for ln in t.splitlines())
+        later = eventually(
+            lambda: screen(session),
+            "Agent-1 with a depth of 4 on the screen",
+            30,
+            until=lambda t: any(ln.startswith("Agent-1") and ln.split()[1] == "4" for ln in t.splitlines()),
         )
         assert later.count("Agent-1") == 1  # redrawn in place, not scrolled
         tmux("send-keys", "-t", session, "q")
-        deadline = time.monotonic() + 30
-        while not done.exists():
-            assert time.monotonic() < deadline, "top did not quit on q"
-            time.sleep(0.05)
+        eventually(done.exists, "top to quit on q", 30)
         assert done.read_text().strip() == "0"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

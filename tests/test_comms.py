@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms import AgentBus, Backoff, Comms, Event, Received, RequestTimeoutError, Route, State
 
@@ -42,15 +43,6 @@ def make(root: Path, bus: AgentBus) -> Iterator[Callable[..., Comms]]:
     yield factory
     for c in made:
         c.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def files(root: Path, agent: str, state: str) -> list[str]:
@@ -201,7 +193,7 @@ def test_a_failed_attempt_waits_for_the_backoff(make: Callable[..., Comms]) -> N
     b.subscribe("dreamos.task.command", fail_once)
     a.send("Agent-2", "dreamos.task.command")
     with b:
-        assert wait_for(lambda: len(calls) == 2)
+        eventually(lambda: len(calls) == 2, "the handler's second run, after the retry")
     assert calls[1] - calls[0] >= 0.25
 
 
@@ -221,7 +213,7 @@ def test_the_consumer_loop_handles_messages_as_they_arrive(make: Callable[..., C
     with b:
         for i in range(20):
             a.send("Agent-2", "dreamos.task.command", i)
-        assert wait_for(lambda: len(got) == 20)
+        eventually(lambda: len(got) == 20, "the 20 messages handled")
     assert sorted(got) == list(range(20))
     assert not b.running
 
@@ -240,10 +232,7 @@ def test_stopping_finishes_the_message_in_hand(make: Callable[..., Comms], root:
     assert started.wait(5)
     stopper = threading.Thread(target=b.stop)
     stopper.start()
-    deadline = time.monotonic() + 10
-    while not b._consumer.stopping.is_set():  # handshake: the stop has begun, with the message in hand
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    assert b._consumer.stopping.wait(10)  # handshake: the stop has begun, with the message in hand
     release.set()
     stopper.join(30)
     assert len(files(root, "Agent-2", "done")) == 1
@@ -265,7 +254,7 @@ def test_request_and_reply_across_two_processes(
     p = spawn.Process(target=workers.reply_server, args=(str(root), "Server", str(ready), 3))
     p.start()
     try:
-        assert wait_for(ready.exists, 60)
+        eventually(ready.exists, "the reply server ready", 60)
         client = make("Client")
         with client:
             replies = [client.request("Server", "dreamos.query.echo", {"n": i}, timeout=30) for i in range(3)]

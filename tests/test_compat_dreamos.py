@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Policy, State
 from hybridcomms.compat import dreamos
@@ -432,9 +432,9 @@ def test_a_durable_topic_is_delivered_through_the_mailbox_with_retries(bus: Agen
     event = BaseEvent("dreamos.agent.Agent-1.task.command", "Agent-0", {"task": "build"})
     bus.dispatch_event(event)
     mb = FileMailbox(mroot, "Agent-1", fsync="never")
-    deadline = time.monotonic() + 20
-    while mb.stats().states[State.DONE].count < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(
+        lambda: mb.stats().states[State.DONE].count, "the event handled once", 20, until=lambda n: n >= 1
+    )
     assert [e.event_id for e in got] == [event.event_id, event.event_id]
     assert got[1].data == {"task": "build"} and got[1].source_id == "Agent-0"
     assert "dreamos.agent.Agent-1.task.command" in observed  # observers still see it on the bus

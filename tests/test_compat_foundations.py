@@ -12,6 +12,7 @@ import filelock
 import orjson
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms.compat.dreamos import _bus_event_types, event_types
 from hybridcomms.compat.dreamos.file_locking import (
@@ -71,19 +72,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
     assert sorted(os.listdir(tmp_path)) == ["data.json", "data.json.lock"]
 
 
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, "the other process never got ready"
-        time.sleep(0.01)
-
-
 def test_a_lock_held_with_the_filelock_library_excludes_acquire_lock(tmp_path: Path) -> None:
     target, ready = tmp_path / "inbox.json", tmp_path / "ready"
     p = spawn.Process(target=workers.hold_filelock, args=(str(target), str(ready), 1.5))
     p.start()
     try:
-        wait_for(ready)
+        eventually(ready.exists, "the other process ready", 60)
         with (
             pytest.raises(LockAcquisitionError, match=r"inbox\.json\.lock"),
             acquire_lock(target, timeout=0.2),
@@ -244,10 +238,10 @@ def test_five_processes_appending_to_a_legacy_inbox_json_leave_exactly_five_entr
     ]
     for p in procs:
         p.start()
-    deadline = time.monotonic() + 60  # every writer at the starting line (each says so with a file)
-    while len(list(tmp_path.glob("go.ready-*"))) < 5 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert len(list(tmp_path.glob("go.ready-*"))) == 5
+    # Every writer at the starting line (each says so with a file).
+    eventually(
+        lambda: sorted(tmp_path.glob("go.ready-*")), "the 5 writers ready", 60, until=lambda r: len(r) == 5
+    )
     start.touch()
     for p in procs:
         p.join(120)
@@ -266,7 +260,7 @@ def test_an_append_waits_for_a_legacy_writer_holding_the_filelock(tmp_path: Path
     p = spawn.Process(target=workers.hold_filelock, args=(str(target), str(ready), 0.5))
     p.start()
     try:
-        wait_for(ready)
+        eventually(ready.exists, "the other process ready", 60)
         started = time.monotonic()
         append_to_inbox_json(tmp_path, "Agent-1", {"message_id": "m1", "type": "t"})
         assert time.monotonic() - started > 0.2  # it waited for the legacy writer's lock

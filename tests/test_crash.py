@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms import Backoff, FileMailbox, Message
 from hybridcomms._names import parse_name
@@ -28,16 +29,6 @@ def count_lines(path: Path, prefix: bytes) -> int:
         return sum(1 for line in path.read_bytes().splitlines() if line.startswith(prefix))
     except FileNotFoundError:
         return 0
-
-
-def wait_until(predicate: object, timeout: float) -> bool:
-    """Wait for a condition the children make true (their logs, the mailbox), polling finely."""
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 pytestmark = pytest.mark.slow
@@ -82,6 +73,10 @@ def test_sigkilled_consumers_lose_nothing_and_every_kill_counts_as_an_attempt(tm
             done_seen["value"] = len(os.listdir(mb.path / "done")) >= total
         return done_seen["value"]
 
+    def drained() -> bool:  # nothing left in new/ (its first name read, not all 10,000)
+        with os.scandir(mb.path / "new") as names:
+            return next(names, None) is None
+
     try:
         # Bounded by progress, not by the clock: KILLS kills spread over the run (each after the victim
         # has claimed a random number of messages; four consumers take about 4x that between kills),
@@ -92,7 +87,12 @@ def test_sigkilled_consumers_lose_nothing_and_every_kill_counts_as_an_attempt(tm
             victim = rng.randrange(len(procs))
             log = proc_logs[victim]
             want = rng.randint(1, 100)
-            wait_until(lambda log=log, want=want: count_lines(log, b"claim") >= want or all_done(), 30)
+            # (Or nothing is left in new/ for it to claim: the others took the rest; it is killed idle.)
+            eventually(
+                lambda log=log, want=want: count_lines(log, b"claim") >= want or all_done() or drained(),
+                f"consumer {victim} to claim {want} messages",
+                30,
+            )
             if all_done():
                 break
             procs[victim].kill()  # SIGKILL
@@ -103,7 +103,7 @@ def test_sigkilled_consumers_lose_nothing_and_every_kill_counts_as_an_attempt(tm
             if kills % 5 == 0:
                 recovered += len(mb.recover().returned)
         # The survivors take what is left in new/ (what the killed ones held is recovered below).
-        wait_until(lambda: all_done() or not os.listdir(mb.path / "new"), 120)
+        eventually(lambda: all_done() or drained(), "the survivors to take what is left in new/", 120)
     finally:
         for p in procs:
             p.kill()
@@ -161,8 +161,13 @@ def test_a_producer_killed_mid_put_never_leaves_a_partial_file_in_new(tmp_path: 
         # Handshake: the producer is writing once a file of its own is in tmp/; then a random few puts.
         before = len(os.listdir(mb.path / "new"))
         wants = before + rng.randint(0, 3)
-        assert wait_until(lambda: bool(os.listdir(mb.path / "tmp")), 30)
-        wait_until(lambda wants=wants: len(os.listdir(mb.path / "new")) >= wants, 30)
+        eventually(lambda: os.listdir(mb.path / "tmp"), "the producer writing a file in tmp/", 30)
+        eventually(
+            lambda: len(os.listdir(mb.path / "new")),
+            f"{wants} messages in new/",
+            30,
+            until=lambda n, wants=wants: n >= wants,
+        )
         p.kill()
         p.join()
     seen = 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Message, State
 from hybridcomms._locking import LOCK_TRY, flock
@@ -250,7 +251,6 @@ def test_top_counts_acks_by_what_entered_done_not_by_its_size(tmp_path: Path) ->
 def test_the_watcher_reports_an_ack_that_removes_the_file(tmp_path: Path) -> None:
     """With done_retention=0 the ack is a removal from processing/, not a move: still "acked"."""
     import threading
-    import time
 
     from hybridcomms.watcher import MailboxEvent, MailboxWatcher
 
@@ -275,9 +275,9 @@ def test_the_watcher_reports_an_ack_that_removes_the_file(tmp_path: Path) -> Non
         d = mb.claim()
         assert d is not None
         d.ack()
-        deadline = time.monotonic() + 10
-        while kinds() != ["delivered", "claimed", "acked"] and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling the recorder for the watcher's events (a condition, not a guess)
+        eventually(
+            kinds, "the watcher's three events", until=lambda k: k == ["delivered", "claimed", "acked"]
+        )
     assert kinds() == ["delivered", "claimed", "acked"]
     acked = seen[-1]
     assert (acked.id, acked.state) == (m.id, "done")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import eventually
 
 from hybridcomms import Comms, Message
 from hybridcomms.bus import AgentBus, Event
@@ -37,7 +38,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGSTOP, and wait until the kernel says it is stopped: a signal takes effect when the process is
     next scheduled, and on a loaded machine it can read a few more events before that."""
     proc.send_signal(signal.SIGSTOP)
-    wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T")
+    eventually(
+        lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
+        "the kernel to say it is stopped",
+        30,
+    )
 
 
 def spawn(where: str, logdir: Path, name: str, *patterns: str) -> subprocess.Popen[bytes]:
@@ -45,15 +50,6 @@ def spawn(where: str, logdir: Path, name: str, *patterns: str) -> subprocess.Pop
     return subprocess.Popen(
         [sys.executable, str(HERE / "fanout_agents.py"), where, str(logdir), name, *patterns], env=env
     )
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lines(path: Path) -> list[str]:
@@ -91,13 +87,13 @@ def run_three_subscribers(
     procs.append(spawn(where, logdir, "prefix", "agent.status.*"))
     procs.append(spawn(where, logdir, "exact", "fleet.heartbeat"))
     procs.append(spawn(where, logdir, "all", "*"))
-    wait_for(lambda: all((logdir / f"{n}.ready").exists() for n in EXPECT), what="subscribers ready")
-    wait_for(subscribed, what="the subscriptions in place")
+    eventually(lambda: all((logdir / f"{n}.ready").exists() for n in EXPECT), "subscribers ready", 30)
+    eventually(subscribed, "the subscriptions in place", 30)
     for topic in TOPICS:
         pub.publish(topic, {"n": topic})
     for name, expected in EXPECT.items():
-        wait_for(
-            lambda n=name, e=expected: len(lines(logdir / f"{n}.log")) >= len(e), what=f"{name}'s events"
+        eventually(
+            lambda n=name, e=expected: len(lines(logdir / f"{n}.log")) >= len(e), f"{name}'s events", 30
         )
     pub.publish("ctl.stop")
     for p in procs:
@@ -119,7 +115,6 @@ def test_three_subscriber_processes_get_what_their_patterns_match(
     pub.subscribe("agent.*", lambda e: local.append(e.topic))  # in-process: synchronous, as always
     release = share_bus(pub, root=root)
     try:
-        wait_for(lambda: True)
         run_three_subscribers(str(root), tmp_path, procs, pub)
         assert local == ["agent.status.busy", "agent.status", "agent.statusx"]
     finally:
@@ -159,9 +154,9 @@ def test_a_killed_subscriber_is_pruned_and_its_replacement_gets_events(
     try:
         first = spawn(str(root), tmp_path, "first", "job.*")
         procs.append(first)
-        wait_for(lambda: (tmp_path / "first.ready").exists())
+        eventually(lambda: (tmp_path / "first.ready").exists(), "the first subscriber ready", 30)
         pub.publish("job.one", 1)
-        wait_for(lambda: len(lines(tmp_path / "first.log")) == 1)
+        eventually(lambda: len(lines(tmp_path / "first.log")) == 1, "the first subscriber's event", 30)
         first.send_signal(signal.SIGKILL)
         first.wait()
         pruned = FANOUT_STATS["pruned"]
@@ -171,8 +166,12 @@ def test_a_killed_subscriber_is_pruned_and_its_replacement_gets_events(
         assert [p["pid"] for p in bus_peers(root)] == [os.getpid()]
         second = spawn(str(root), tmp_path, "second", "job.*")
         procs.append(second)
-        wait_for(lambda: (tmp_path / "second.ready").exists())
-        wait_for(lambda: (pub.publish("job.three", 3), len(lines(tmp_path / "second.log")) >= 1)[1])
+        eventually(lambda: (tmp_path / "second.ready").exists(), "the second subscriber ready", 30)
+        eventually(
+            lambda: (pub.publish("job.three", 3), len(lines(tmp_path / "second.log")) >= 1)[1],
+            "the second subscriber's first event",
+            30,
+        )
         pub.publish("ctl.stop")
         assert second.wait(30) == 0
         assert lines(tmp_path / "second.log")[0] == "job.three 3"
@@ -201,7 +200,7 @@ def test_a_peer_that_closes_its_bus_costs_the_publisher_nothing_and_its_socket_i
     sub.subscribe("x.*", lambda e: got.append(e.topic))
     release_sub = share_bus(sub, root=root)  # another bus of this process: a peer like any other
     try:
-        wait_for(lambda: (pub.publish("x.one"), got)[1] != [], what="the first event")
+        eventually(lambda: (pub.publish("x.one"), got)[1] != [], "the first event", 30)
         assert _open_fds() > fds  # the peer's socket, its thread's folder, and the link to it
         release_sub()
         pub.publish("x.two")  # never raises: the peer is gone; its link is retired
@@ -223,7 +222,7 @@ def test_a_subscriber_that_stops_reading_never_blocks_the_publisher(
     try:
         stuck = spawn(str(root), tmp_path, "stuck", "load.*")
         procs.append(stuck)
-        wait_for(lambda: (tmp_path / "stuck.ready").exists())
+        eventually(lambda: (tmp_path / "stuck.ready").exists(), "the stuck subscriber ready", 30)
         stop(stuck)  # alive, registered, reading nothing
         dropped = FANOUT_STATS["dropped_full"]
         for i in range(20_000):  # far more than a socket buffer holds: a blocking send would hang here
@@ -233,7 +232,7 @@ def test_a_subscriber_that_stops_reading_never_blocks_the_publisher(
         assert report[os.getpid()] > 0  # what this publisher dropped is visible to `hybridcomms stats`
         stuck.send_signal(signal.SIGCONT)
         # at most once: a stop sent while its buffer is still full is dropped too; send until it goes
-        wait_for(lambda: (pub.publish("ctl.stop"), stuck.poll() is not None)[1], what="the stop")
+        eventually(lambda: (pub.publish("ctl.stop"), stuck.poll() is not None)[1], "the stop", 30)
         assert stuck.wait(30) == 0
         assert 0 < len(lines(tmp_path / "stuck.log")) < 20_000  # what fitted in its buffer, then drops
     finally:
@@ -253,15 +252,23 @@ def test_a_stopped_subscriber_never_costs_the_others_their_events(
     try:
         procs.append(spawn(str(root), tmp_path, "stuck", "big.*"))
         procs.append(spawn(str(root), tmp_path, "live", "big.*"))
-        wait_for(lambda: all((tmp_path / f"{n}.ready").exists() for n in ("stuck", "live")))
+        eventually(
+            lambda: all((tmp_path / f"{n}.ready").exists() for n in ("stuck", "live")),
+            "both subscribers ready",
+            30,
+        )
         stop(procs[0])
         big = "x" * 50_000  # near the largest datagram: the stopped peer's buffer holds a few
         got = tmp_path / "live.log"
         for i in range(40):
             pub.publish(f"big.{i}", big)
-            wait_for(lambda n=i + 1: len(lines(got)) >= n, 10, f"event {i} at the live peer")
+            eventually(lambda n=i + 1: len(lines(got)) >= n, f"event {i} at the live peer")
         procs[0].send_signal(signal.SIGCONT)
-        wait_for(lambda: (pub.publish("ctl.stop"), all(p.poll() is not None for p in procs))[1])
+        eventually(
+            lambda: (pub.publish("ctl.stop"), all(p.poll() is not None for p in procs))[1],
+            "both subscribers stopped",
+            30,
+        )
     finally:
         release()
 
@@ -281,11 +288,11 @@ def test_a_burst_reaches_a_busy_subscriber_whole_and_in_order(
     release = share_bus(pub, root=root)
     try:
         procs.append(spawn(str(root), tmp_path, "busy", "burst.*"))
-        wait_for(lambda: (tmp_path / "busy.ready").exists())
+        eventually(lambda: (tmp_path / "busy.ready").exists(), "the busy subscriber ready", 30)
         dropped, deferred = FANOUT_STATS["dropped_full"], FANOUT_STATS["deferred"]
         for i in range(500):
             pub.publish("burst.n", i)  # far faster than a Python subscriber reads
-        wait_for(lambda: len(lines(tmp_path / "busy.log")) >= 500, what="the whole burst")
+        eventually(lambda: len(lines(tmp_path / "busy.log")) >= 500, "the whole burst", 30)
         assert numbers(tmp_path / "busy.log", "burst.n") == list(range(500))
         assert FANOUT_STATS["dropped_full"] == dropped
         assert FANOUT_STATS["deferred"] > deferred  # it did go through the backlog
@@ -304,7 +311,7 @@ def test_threads_publishing_at_once_each_reach_a_busy_subscriber_whole_and_in_or
     release = share_bus(pub, root=root)
     try:
         procs.append(spawn(str(root), tmp_path, "busy", "burst.*"))
-        wait_for(lambda: (tmp_path / "busy.ready").exists())
+        eventually(lambda: (tmp_path / "busy.ready").exists(), "the busy subscriber ready", 30)
         go = threading.Barrier(4)
 
         def publish(k: int) -> None:
@@ -317,7 +324,7 @@ def test_threads_publishing_at_once_each_reach_a_busy_subscriber_whole_and_in_or
             t.start()
         for t in threads:
             t.join()
-        wait_for(lambda: len(lines(tmp_path / "busy.log")) >= 800, what="every thread's events")
+        eventually(lambda: len(lines(tmp_path / "busy.log")) >= 800, "every thread's events", 30)
         for k in range(4):
             assert numbers(tmp_path / "busy.log", f"burst.t{k}") == list(range(200)), k
         pub.publish("ctl.stop")
@@ -336,14 +343,14 @@ def test_a_stopped_subscribers_backlog_is_bounded_and_drops_only_the_newest(
     release = share_bus(pub, root=root)
     try:
         procs.append(spawn(str(root), tmp_path, "stuck", "n.*"))
-        wait_for(lambda: (tmp_path / "stuck.ready").exists())
+        eventually(lambda: (tmp_path / "stuck.ready").exists(), "the stuck subscriber ready", 30)
         stop(procs[0])
         dropped = FANOUT_STATS["dropped_full"]
         for i in range(2000):
             pub.publish("n.i", i)
         assert FANOUT_STATS["dropped_full"] - dropped >= 2000 - 200 - 600  # 600: more than a socket holds
         procs[0].send_signal(signal.SIGCONT)
-        wait_for(lambda: (pub.publish("ctl.stop"), procs[0].poll() is not None)[1], what="the stop")
+        eventually(lambda: (pub.publish("ctl.stop"), procs[0].poll() is not None)[1], "the stop", 30)
         got = numbers(tmp_path / "stuck.log", "n.i")
         assert got == list(range(len(got)))  # in order, with no gap: only the newest were dropped
         assert 200 <= len(got) <= 200 + 600
@@ -382,7 +389,7 @@ def test_bad_datagrams_are_dropped_and_counted_never_raised(tmp_path: Path) -> N
                 s.sendto(good, sock_path.name)
             finally:
                 os.chdir(HERE)
-        wait_for(lambda: any(e.topic == "ok.topic" for e in got))
+        eventually(lambda: any(e.topic == "ok.topic" for e in got), "the event of the good topic", 30)
         assert FANOUT_STATS["dropped_bad"] - bad == len(samples)
         (event,) = got
         assert event.origin == "elsewhere:1" and event.payload == {"fine": True}
@@ -406,11 +413,11 @@ def test_comms_in_two_processes_share_ephemeral_events(
     """Comms shares its bus by default: a status published by one agent reaches another process."""
     root = tmp_path / "root"
     procs.append(spawn(str(root), tmp_path, "monitor", "dreamos.agent.status.*"))
-    wait_for(lambda: (tmp_path / "monitor.ready").exists())
+    eventually(lambda: (tmp_path / "monitor.ready").exists(), "the monitor ready", 30)
     with Comms("Agent-1", root=root, fsync="never", bus=AgentBus()) as agent:
         sent = agent.publish("dreamos.agent.status.updated", {"status": "busy"})
         assert sent.route.ephemeral
-        wait_for(lambda: len(lines(tmp_path / "monitor.log")) >= 1)
+        eventually(lambda: len(lines(tmp_path / "monitor.log")) >= 1, "the monitor's first event", 30)
         agent.bus.publish("ctl.stop")
     assert procs[-1].wait(30) == 0
     (line,) = lines(tmp_path / "monitor.log")
@@ -431,7 +438,7 @@ def test_the_observer_copy_of_a_both_route_crosses_to_other_buses_and_is_handled
         b.subscribe("orders.*", lambda m: handled.append((m.payload, m.durable)))
         sent = a.send("Agent-2", "orders.new", {"n": 1}, route="both")
         assert sent.durable_to == ("Agent-2",)
-        wait_for(lambda: observed != [], what="the observer copy in the other bus")
+        eventually(lambda: observed != [], "the observer copy in the other bus", 30)
         (event,) = observed
         assert event.durable and event.origin is not None and event.payload.payload == {"n": 1}
         assert handled == []  # the bus copy is for observers only
@@ -526,7 +533,11 @@ bus.stop()
     pub = AgentBus()
     release = share_bus(pub, root=root)
     try:
-        wait_for(lambda: ready.exists() and any(p["pid"] != os.getpid() for p in bus_peers(root)))
+        eventually(
+            lambda: ready.exists() and any(p["pid"] != os.getpid() for p in bus_peers(root)),
+            "the other process registered on the bus",
+            30,
+        )
         pub.publish("dreamos.agent.status.updated", {"agent_id": "Agent-1", "status": "busy"})
         assert procs[-1].wait(60) == 0
     finally:
@@ -540,7 +551,7 @@ def test_stats_and_metrics_show_the_shared_bus(tmp_path: Path, procs: list[subpr
     root = tmp_path / "root"
     root.mkdir()
     procs.append(spawn(str(root), tmp_path, "listener", "x.*"))
-    wait_for(lambda: (tmp_path / "listener.ready").exists())
+    eventually(lambda: (tmp_path / "listener.ready").exists(), "the listener ready", 30)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDCOMMS_")}
     out = subprocess.run(
         [sys.executable, "-m", "hybridcomms", "--root", str(root), "stats", "--json"],
@@ -585,19 +596,27 @@ def test_through_redis_a_killed_subscriber_is_replaced_and_a_stopped_one_blocks_
         first = spawn(redis_url, tmp_path, "first", "job.*")
         stuck = spawn(redis_url, tmp_path, "stuck", "job.*")
         procs += [first, stuck]
-        wait_for(lambda: subscribers() >= 2, what="two subscriptions on the server")
+        eventually(lambda: subscribers() >= 2, "two subscriptions on the server", 30)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        wait_for(lambda: subscribers() == 1, what="the killed one gone from the server")
+        eventually(lambda: subscribers() == 1, "the killed one gone from the server", 30)
         stop(stuck)
         for i in range(20_000):  # the publisher hands them to a sender thread: it never waits on a reader
             pub.publish("job.tick", i)
         second = spawn(redis_url, tmp_path, "second", "job.*")
         procs.append(second)
-        wait_for(lambda: subscribers() >= 2, what="the replacement subscribed")
-        wait_for(lambda: (pub.publish("job.after", 1), "job.after 1" in lines(tmp_path / "second.log"))[1])
+        eventually(lambda: subscribers() >= 2, "the replacement subscribed", 30)
+        eventually(
+            lambda: (pub.publish("job.after", 1), "job.after 1" in lines(tmp_path / "second.log"))[1],
+            "the second subscriber to get job.after",
+            30,
+        )
         stuck.send_signal(signal.SIGCONT)
-        wait_for(lambda: (pub.publish("ctl.stop"), stuck.poll() is not None and second.poll() is not None)[1])
+        eventually(
+            lambda: (pub.publish("ctl.stop"), stuck.poll() is not None and second.poll() is not None)[1],
+            "both subscribers stopped",
+            30,
+        )
         assert second.wait(30) == 0 and stuck.wait(30) == 0
     finally:
         release()
@@ -617,9 +636,9 @@ def test_through_redis_a_subscriber_whose_connection_is_killed_subscribes_again(
     release_pub = share_bus(pub, url=redis_url)
     release_sub = share_bus(sub, url=redis_url)  # another bus of this process: a subscriber like any other
     try:
-        wait_for(lambda: (pub.publish("conn.n", 1), 1 in got)[1], what="the first event")
+        eventually(lambda: (pub.publish("conn.n", 1), 1 in got)[1], "the first event", 30)
         assert client.client_kill_filter(_type="pubsub") >= 1
-        wait_for(lambda: (pub.publish("conn.n", 2), 2 in got)[1], what="an event after the kill")
+        eventually(lambda: (pub.publish("conn.n", 2), 2 in got)[1], "an event after the kill", 30)
     finally:
         release_sub()
         release_pub()

@@ -24,6 +24,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import eventually
 
 from hybridcomms import Comms, Message, UnsafePathError
 from hybridcomms.bus import AgentBus, Event
@@ -36,15 +37,6 @@ from hybridcomms.policy import Policy
 #: What a publisher reads of a registration at most (`fanout.MAX_REGISTRATION`, docs/operations.md).
 READ_CAP = 64 * 1024
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a folder to another user")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def fanout_of(b: AgentBus, root: Path) -> Any:
@@ -329,12 +321,12 @@ def test_peers_that_never_read_past_max_links_do_not_starve_a_peer_that_reads(
     try:
         for i in range(50):  # paced: long enough for the publisher to see who reads
             pub.publish("load.warm", {"n": -1, "pad": pad})
-            wait_for(lambda i=i: len(got) > i, 10, f"warm-up event {i}")
+            eventually(lambda i=i: len(got) > i, f"warm-up event {i}")
         got.clear()
         for batch in range(30):
             for i in range(batch * 100, batch * 100 + 100):
                 pub.publish("load.n", {"n": i, "pad": pad})
-            wait_for(lambda b=batch: len(got) >= b * 100 + 100, 10, f"batch {batch}")
+            eventually(lambda b=batch: len(got) >= b * 100 + 100, f"batch {batch}")
         assert got == list(range(3000))
     finally:
         for release in releases:
@@ -388,13 +380,13 @@ def test_a_process_that_subscribes_to_many_or_long_patterns_still_receives(tmp_p
     long_.subscribe("x.*", lambda e: got["long"].append(e.topic))
     releases = [share_bus(b, root=root) for b in (pub, many, long_)]
     try:
-        wait_for(lambda: (pub.publish("x.1"), got["many"] and got["long"])[1], 10, "both receivers")
+        eventually(lambda: (pub.publish("x.1"), got["many"] and got["long"])[1], "both receivers")
         for path in (root / BUS_FOLDER).glob("*.json"):
             assert path.stat().st_size <= READ_CAP
         assert set(got["many"]) == set(got["long"]) == {"x.1"}  # their buses keep what they subscribe
         pub.publish("p1.other")
         pub.publish("x.2")
-        wait_for(lambda: "x.2" in got["many"] and "x.2" in got["long"], 10, "x.2")
+        eventually(lambda: "x.2" in got["many"] and "x.2" in got["long"], "x.2")
         assert "p1.other" not in got["many"]
     finally:
         for release in releases:
@@ -430,7 +422,7 @@ def test_a_registration_stays_readable_whatever_it_records_as_dropped(
     releases = [share_bus(pub, root=root)]
     try:
         fan = fanout_of(pub, root)
-        wait_for(lambda: len(fan.peers_for("drop.n")) >= 1400, 60, "the publisher to see them all")
+        eventually(lambda: len(fan.peers_for("drop.n")) >= 1400, "the publisher to see them all", 60)
         dropped = FANOUT_STATS["dropped_full"]
         for i in range(40):  # every peer's buffer fills, then each event is dropped for each
             pub.publish("drop.n", i)
@@ -442,7 +434,7 @@ def test_a_registration_stays_readable_whatever_it_records_as_dropped(
         body = orjson.loads(own.read_bytes())
         assert sum(body["dropped_to"].values()) >= 1400 * 29  # every drop still counted
         releases.append(share_bus(other, root=root))
-        wait_for(lambda: (other.publish("back.1"), back)[1], 10, "the publisher still receiving")
+        eventually(lambda: (other.publish("back.1"), back)[1], "the publisher still receiving")
     finally:
         for release in releases:
             release()
@@ -485,7 +477,7 @@ def test_a_flood_at_async_handlers_is_bounded_dropped_and_counted(
         os.close(fd)
         assert done.wait(30)
         time.sleep(0)  # (the runs already started are on the bus's loop)
-        wait_for(lambda: started[0] >= 25, 10, "the first runs")
+        eventually(lambda: started[0] >= 25, "the first runs")
         assert started[0] <= 26  # (flood.end starts one too, if there is room: there is none)
         assert FANOUT_STATS.get("dropped_busy", 0) - busy >= 2000 - 25
     finally:
@@ -531,7 +523,7 @@ def forge(ctx: dict[str, Any], event: Event) -> None:
     data = encode_event(event, "evil:1")
     assert data is not None
     ctx["forger"].send(data)
-    wait_for(lambda: any(e.id == event.id for e in ctx["observed"]), 10, "the observer's copy")
+    eventually(lambda: any(e.id == event.id for e in ctx["observed"]), "the observer's copy")
 
 
 def test_a_forged_task_command_is_not_handed_to_the_handler_as_if_it_came_through_a_mailbox(

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from bus_helpers import bind, fanout_of, group_root, place, registration, wait_for
+from bus_helpers import bind, fanout_of, group_root, place, registration
+from waiting import eventually
 
 from hybridcomms.bus import AgentBus, Event
 from hybridcomms.bus import core as bus
@@ -137,7 +138,7 @@ def test_a_pattern_bomb_rewritten_in_a_loop_costs_a_publisher_a_bounded_share_of
     try:
         before = tracemalloc.get_traced_memory()[0]
         releases = [share_bus(good, root=root), share_bus(pub, root=root)]  # (its first look reads all)
-        wait_for(lambda: (pub.publish("good.warm"), got)[1], what="the good peer's first event")
+        eventually(lambda: (pub.publish("good.warm"), got)[1], "the good peer's first event", 20)
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -216,15 +217,16 @@ def test_one_publish_sends_to_a_crowd_of_readers_a_bounded_amount_and_they_take_
     release = share_bus(pub, root=root)
     try:
         fan = fanout_of(pub, root)
-        wait_for(lambda: len(fan.peers_for("crowd.n")) == 60, what="the publisher to see them all")
+        eventually(lambda: len(fan.peers_for("crowd.n")) == 60, "the publisher to see them all", 20)
         sent = FANOUT_STATS["sent"]
         for i in range(300):
             pub.publish("crowd.n", i)
         # 16 linked (1 each) and 44 unlinked (4 each) take 16 + 176 = 192 sends' worth: 8 per publish
         assert FANOUT_STATS["sent"] - sent <= 300 * 8
-        wait_for(
+        eventually(
             lambda: all(drain.got[n] + fan.dropped_to().get(n, 0) == 300 for n in names),
-            what="every event received or counted as dropped, for each peer",
+            "every event received or counted as dropped, for each peer",
+            20,
         )
         assert all(drain.got[n] > 0 for n in names)  # nobody starved: they took turns
     finally:
@@ -256,11 +258,11 @@ def test_a_crowd_of_another_user_takes_its_own_turns_not_the_events_of_the_other
     releases = [share_bus(good, root=root), share_bus(pub, root=root)]
     try:
         fan = fanout_of(pub, root)
-        wait_for(lambda: len(fan.peers_for("crowd.n")) == 41, what="the publisher to see them all")
+        eventually(lambda: len(fan.peers_for("crowd.n")) == 41, "the publisher to see them all", 20)
         sent = FANOUT_STATS["sent"]
         for i in range(200):
             pub.publish("crowd.n", i)
-        wait_for(lambda: len(got) == 200, what="the good peer's events")
+        eventually(lambda: len(got) == 200, "the good peer's events", 20)
         assert got == list(range(200))
         assert FANOUT_STATS["sent"] - sent <= 200 * (4 + 1)
     finally:
@@ -286,11 +288,11 @@ def test_registrations_linked_to_one_socket_are_one_peer(tmp_path: Path) -> None
             os.link(folder / f"{name}.sock", folder / f"{copy}.sock")
             place(folder, copy, registration(["*"]))
         releases.append(share_bus(pub, root=root))
-        wait_for(lambda: (pub.publish("x.warm", -1), got)[1], what="the first event")
+        eventually(lambda: (pub.publish("x.warm", -1), got)[1], "the first event", 20)
         for i in range(50):
             pub.publish("x.n", i)
         pub.publish("x.end", -2)
-        wait_for(lambda: got[-1] == -2, what="the last event")
+        eventually(lambda: got[-1] == -2, "the last event", 20)
         assert [n for n in got if n >= 0] == list(range(50))  # each once
     finally:
         for release in releases:
@@ -346,7 +348,7 @@ def test_a_flood_of_big_events_is_bounded_by_bytes_and_another_senders_events_st
             assert end is not None
             s.send(end)
         assert done.wait(30)
-        wait_for(lambda: started["good"] == 20, what="the good sender's runs")
+        eventually(lambda: started["good"] == 20, "the good sender's runs", 20)
         assert 0 < started["big"] <= (1 << 20) // 2 // len(big) + 1  # half of the bytes, one sender
         assert b._received_bytes <= 1 << 20
     finally:
@@ -381,7 +383,7 @@ def test_a_process_whose_registration_was_deleted_registers_again(
             os.unlink(root / BUS_FOLDER / f"{name}{suffix}")
         releases.append(share_bus(pub, root=root))  # a publisher that looks at the folder from now on
         counter = iter(range(1_000_000))
-        wait_for(lambda: (pub.publish("x.n", next(counter)), got)[1], 10, what="an event")
+        eventually(lambda: (pub.publish("x.n", next(counter)), got)[1], "an event")
         entries = sorted(p.suffix for p in (root / BUS_FOLDER).iterdir())
         assert entries == [".json", ".json", ".sock", ".sock"]  # two processes, no leftover
     finally:
@@ -440,7 +442,7 @@ def test_the_backlogs_of_many_stopped_peers_are_bounded_in_all_and_every_drop_is
     pub = AgentBus()
     release = share_bus(pub, root=root)
     fan = fanout_of(pub, root)
-    wait_for(lambda: len(fan.peers_for("stopped.n")) == 10, what="the publisher to see them all")
+    eventually(lambda: len(fan.peers_for("stopped.n")) == 10, "the publisher to see them all", 20)
     pad = "x" * 1000
     size = len(encode_event(Event("stopped.n", {"i": 0, "pad": pad}), fan.origin) or b"")
     most = 0
@@ -481,14 +483,14 @@ def test_peers_found_not_reading_cost_a_publish_next_to_nothing(
     releases = [share_bus(pub, root=root), share_bus(alone, root=empty_root)]
     try:
         fan = fanout_of(pub, root)
-        wait_for(lambda: len(fan.peers_for("tick")) == 200, what="the publisher to see them all")
+        eventually(lambda: len(fan.peers_for("tick")) == 200, "the publisher to see them all", 20)
 
         def all_dropped() -> bool:  # their buffers and backlogs are full: each publish drops for each
             before = FANOUT_STATS["dropped_full"]
             pub.publish("tick")
             return FANOUT_STATS["dropped_full"] - before == 200
 
-        wait_for(all_dropped, what="their buffers and backlogs to fill")
+        eventually(all_dropped, "their buffers and backlogs to fill", 20)
         fan._next_look = fan._next_tend = 0.0  # (it looks at its next publish: who sleeps is seen)
         pub.publish("tick")
         missed = FANOUT_STATS["dropped_full"]
@@ -537,7 +539,7 @@ def test_a_peer_that_slept_without_a_socket_of_its_own_is_woken_when_it_reads_ag
         def dropped() -> int:
             return fan.dropped_to().get(name, 0)
 
-        wait_for(lambda: (publish(), dropped() > 0)[1], what="its buffer to fill")
+        eventually(lambda: (publish(), dropped() > 0)[1], "its buffer to fill", 20)
         s.setblocking(False)
         received = 0
         with contextlib.suppress(BlockingIOError):
@@ -556,7 +558,7 @@ def test_a_peer_that_slept_without_a_socket_of_its_own_is_woken_when_it_reads_ag
                 return True
             return False
 
-        wait_for(got_one, what="an event after it read again")
+        eventually(got_one, "an event after it read again", 20)
         with contextlib.suppress(TimeoutError):
             while True:
                 s.recv(70_000)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bus_helpers import bind, fanout_of, group_root, place, registration, wait_for
+from bus_helpers import bind, fanout_of, group_root, place, registration
+from waiting import eventually
 
 from hybridcomms.bus import AgentBus
 from hybridcomms.bus.fanout import BUS_FOLDER, bus_peers, share_bus
@@ -112,10 +113,11 @@ def test_empty_files_named_like_registrations_never_hide_a_peer(
     try:
         sub_name = fanout_of(sub, root).name
         assert sub_name in {p["name"] for p in bus_peers(root)}  # stats lists it
-        wait_for(lambda: [pub.publish("fleet.status")] and got, what="the peer to get an event")
-        wait_for(
+        eventually(lambda: [pub.publish("fleet.status")] and got, "the peer to get an event", 20)
+        eventually(
             lambda: [pub.publish("fleet.status")] and not list(folder.glob("1-*.json")),
-            what="the junk to be removed",
+            "the junk to be removed",
+            20,
         )
         assert {p["name"] for p in bus_peers(root)} == {pub_name, sub_name}
     finally:
@@ -161,7 +163,7 @@ def test_junk_is_removed_in_bounded_batches_and_what_may_be_anothers_is_left(
         first = start - count()
         # the 40 first orphans, and the others read (64 at most): ten FIFOs, ten refused, one bad body
         assert 40 <= first <= 40 + 10 + 2 * 10 + 2 * 10 + 1
-        wait_for(lambda: look(fan) or count() == 8, what="the junk to be removed")
+        eventually(lambda: look(fan) or count() == 8, "the junk to be removed", 20)
         names = set(os.listdir(folder))
         assert {"1-f0.json", "1-f0.sock", "1-90.sock", "1-e0.sock", f"{os.getpid()}-0d.json"} <= names
         assert not any(n.startswith(("1-a", "1-b", "1-c", "1-d")) for n in names)
@@ -241,7 +243,7 @@ def test_past_the_cap_peers_that_work_keep_their_place_and_a_new_one_takes_an_id
     monkeypatch.setattr(fanout, "MAX_REGISTRATIONS", before)
     try:
         sub_name = fanout_of(sub, root).name
-        wait_for(lambda: [pub.publish("fleet.status")] and got, what="the peer to get an event")
+        eventually(lambda: [pub.publish("fleet.status")] and got, "the peer to get an event", 20)
         # Its link works (it reads): newcomers take the places of idle ones, never its own.
         for i in range(6):
             name = f"{os.getpid()}-2e{i:x}"
@@ -257,9 +259,9 @@ def test_past_the_cap_peers_that_work_keep_their_place_and_a_new_one_takes_an_id
             assert fan._peer_count <= before
             return bool(newcomers & fan._index.names.keys())
 
-        wait_for(replaced, what="a newcomer to take the place of an idle peer")
+        eventually(replaced, "a newcomer to take the place of an idle peer", 20)
         n = len(got)
-        wait_for(lambda: [pub.publish("fleet.status")] and len(got) > n, what="more events")
+        eventually(lambda: [pub.publish("fleet.status")] and len(got) > n, "more events", 20)
     finally:
         release_sub()
         release_pub()

@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 import pytest
-from bus_helpers import fanout_of, group_root, wait_for
+from bus_helpers import fanout_of, group_root
+from waiting import eventually
 
 from hybridcomms.bus import AgentBus
 from hybridcomms.bus.fanout import BUS_FOLDER, share_bus
@@ -113,7 +114,7 @@ def test_a_new_subscriber_is_read_within_a_pass_over_the_pids_while_stale_names_
         assert looks <= bound, f"the subscriber was not read in {looks} looks ({len(fan._pending)} waiting)"
     assert len(fan._pending) > 3000 - 8 * looks  # the flood still outpaces the reads
     pub.publish("fleet.status", {"i": 1})
-    wait_for(lambda: got == [1], what="the subscriber to get the event")
+    eventually(lambda: got == [1], "the subscriber to get the event", 20)
 
 
 def test_reads_are_shared_per_live_pid_in_turns_working_pids_after_new_ones_dead_ones_with_what_is_left() -> (

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import eventually
 
 from hybridcomms.bus import AgentBus, Event
 from hybridcomms.bus.fanout import BUS_FOLDER, bus_peers, share_bus
@@ -133,6 +134,10 @@ def shared() -> Iterator[dict[str, Any]]:
     catch.emit = errors.append  # type: ignore[method-assign]
     logging.getLogger("hybridcomms").addHandler(catch)
     releases = [share_bus(pub, root=root), share_bus(peer, root=root)]
+    # The publisher's connection to the good peer is made here (for the module), not by the first test.
+    pub.publish("good.warm", -1)
+    eventually(lambda: got, "the good peer's first event")
+    got.clear()
     ours = set(os.listdir(root / BUS_FOLDER))
     try:
         yield {
@@ -171,9 +176,7 @@ def test_nothing_placed_in_the_bus_folder_stops_a_publisher_or_a_good_peer(
         for _ in range(3):
             shared["pub"].publish("good.n", n)  # never raises, never waits on anything placed
         assert time.monotonic() - t0 < 10  # a FIFO opened for reading would hang here for ever
-        deadline = time.monotonic() + 5
-        while len(got) < 3 and time.monotonic() < deadline:  # the good peer's thread delivers them
-            time.sleep(0.001)
+        eventually(lambda: len(got), "the good peer's thread to deliver 3 events", 5, until=lambda n: n >= 3)
         assert [e.payload for e in got] == [n, n, n]
         assert shared["errors"] == []  # nothing was raised into the bus (an outlet's error is logged)
         peers = bus_peers(shared["root"])  # what `hybridcomms stats` reads: never raises

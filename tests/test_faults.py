@@ -66,6 +66,7 @@ def test_a_failing_put_raises_and_leaves_nothing_in_new_or_tmp(
     assert listing(mb) == before
     d = mb.claim()  # still usable
     assert d is not None and d.message.topic == "before"
+    d.ack()
 
 
 def test_a_failing_commit_of_new_takes_the_message_back(

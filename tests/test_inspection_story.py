@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import eventually
 
 from hybridcomms import FileMailbox, Message, State
 from hybridcomms._fs import printable
@@ -754,11 +755,9 @@ def test_watch_owns_the_depths_and_the_shipped_queries_never_double_them(tmp_pat
                 line = p.stderr.readline()
         exporters = {"watch": scrape(watch_port), "work": scrape(work_port)}
         acked = ("hybridcomms_work_messages_total", (("agent", "Worker"), ("outcome", "acked")))
-        deadline = time.monotonic() + 30
-        while acked not in exporters["work"]:  # poll until work has handled its message
-            assert time.monotonic() < deadline, exporters["work"]
-            time.sleep(0.05)
-            exporters["work"] = scrape(work_port)
+        exporters["work"] = eventually(  # work has handled its message
+            lambda: scrape(work_port), "work's exporter to count an ack", 30, until=lambda got: acked in got
+        )
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

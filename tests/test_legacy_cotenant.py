@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import eventually
 
 import hybridcomms.compat.dreamos._backup as backup_mod
 import hybridcomms.compat.dreamos._held_locks as held_mod
@@ -52,14 +52,6 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(dir=SHM, prefix="hc-cotenant-") as d:
         yield Path(d)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def legacy_entry(i: int, topic: str = "legacy.work") -> dict[str, Any]:
@@ -103,7 +95,10 @@ def hold_lock() -> Iterator[Callable[[Path], Callable[[], None]]]:
     for child in holders:
         if child.poll() is None:
             child.kill()
-            child.wait()
+        child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture
@@ -137,12 +132,16 @@ def test_a_consumer_delivers_at_full_speed_while_a_co_tenant_holds_the_inbox_jso
         comms.subscribe("work.*", lambda m: durable.append(m.payload["n"]))
         comms.subscribe("legacy.*", lambda m: legacy.append(m.payload))
         comms.start()
-        wait_for(lambda: len(durable) == n, 8, f"{n} deliveries with the lock held")  # not 300 s
+        eventually(lambda: len(durable) == n, f"{n} deliveries with the lock held", 8)  # not 300 s
         assert sorted(durable) == list(range(n)) and legacy == []  # nothing taken without the lock
         assert len(orjson.loads((root / "Agent-1" / "inbox.json").read_bytes())) == 3
-        wait_for(lambda: quick_backoff.retry_in(str(root / "Agent-1" / "inbox.json.lock")) is not None, 5, "")
+        eventually(
+            lambda: quick_backoff.retry_in(str(root / "Agent-1" / "inbox.json.lock")) is not None,
+            "the intake to back off from the held lock",
+            5,
+        )
         release()
-        wait_for(lambda: len(legacy) == 3, 10, "the legacy entries once the lock is free")
+        eventually(lambda: len(legacy) == 3, "the legacy entries once the lock is free")
     finally:
         comms.close()
     assert sorted(p["i"] for p in legacy) == [0, 1, 2]
@@ -170,13 +169,13 @@ def test_watch_legacy_goes_on_watching_while_a_co_tenant_holds_a_legacy_lock(
     starting = threading.Thread(target=watcher.start)
     starting.start()
     try:
-        wait_for(lambda: sum(e.agent == "Agent-2" for e in events) == 10, 8, "Agent-2's messages reported")
+        eventually(lambda: sum(e.agent == "Agent-2" for e in events) == 10, "Agent-2's messages reported", 8)
         starting.join(8)
         assert not starting.is_alive()
         assert [e for e in events if e.agent == "Agent-1"] == []
         for release in releases:
             release()
-        wait_for(lambda: sum(e.agent == "Agent-1" for e in events) == 2, 10, "Agent-1's legacy drops, taken")
+        eventually(lambda: sum(e.agent == "Agent-1" for e in events) == 2, "Agent-1's legacy drops, taken")
     finally:
         starting.join(10)
         watcher.stop()
@@ -208,7 +207,7 @@ def test_a_large_inbox_json_is_taken_a_chunk_per_turn_between_deliveries(
         comms.subscribe("work.*", first_delivery)
         comms.subscribe("legacy.*", lambda m: legacy.append(m.payload["i"]))
         comms.start()
-        wait_for(lambda: len(legacy) == entries, 30, "every legacy entry")
+        eventually(lambda: len(legacy) == entries, "every legacy entry", 30)
     finally:
         comms.close()
     assert seen_at_first[0] <= 2 * 8, seen_at_first  # a chunk (or two), not the whole array
@@ -483,7 +482,7 @@ def test_a_forged_durable_event_is_not_handed_to_a_legacy_handler(legacy_bus: An
             data = encode_event(event, "evil:1")
             assert data is not None
             forger.send(data)
-            wait_for(lambda: any(e.id == event.id for e in observed), 10, "the observer's copy")
+            eventually(lambda: any(e.id == event.id for e in observed), "the observer's copy")
 
         refused = FANOUT_STATS.get("refused_durable", 0)
         command = {"command": "rm -rf /", "recipient_agent_id": "Agent-2"}

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms import Comms, FileMailbox, MailboxWatcher, State
 from hybridcomms.compat.dreamos.legacy import (
@@ -194,14 +195,14 @@ def test_ingestion_racing_a_legacy_filelock_writer_takes_every_message_once(
     p = spawn.Process(target=target, args=(str(root), "Agent-1", count, "race"))
     p.start()
     seen: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def all_taken() -> bool:  # taking what is there while the writer writes (polled finely: a race)
         alive = p.is_alive()
         ingest(mailbox, settle=0.0)
-        seen += [m.id for m in drain(mailbox)]
-        if not alive and len(seen) >= count:
-            break
-        time.sleep(0.002)
+        seen.extend(m.id for m in drain(mailbox))
+        return not alive and len(seen) >= count
+
+    eventually(all_taken, f"the {count} legacy drops taken", 120, max_interval=0.002)
     p.join(10)
     assert p.exitcode == 0
     assert len(seen) == count and sorted(seen) == [f"race-{i:05d}" for i in range(count)]
@@ -222,9 +223,12 @@ def test_the_comms_consumer_ingests_legacy_drops(root: Path, monkeypatch: pytest
     with Comms("Agent-1", root=root, fsync="never") as comms:
         comms.subscribe("TASK_COMMAND", got.append)
         workers.legacy_inbox_json_writer(str(root), "Agent-1", 3, "c")
-        deadline = time.monotonic() + 10
-        while len(got) < 3 and time.monotonic() < deadline:
+
+        def handled() -> int:
             comms.process_one(timeout=0.1)
+            return len(got)
+
+        eventually(handled, "the 3 legacy drops handled", until=lambda n: n >= 3)
     assert sorted(m.id for m in got) == ["c-00000", "c-00001", "c-00002"]
     assert all(m.durable and m.attempt == 1 for m in got)
 
@@ -240,9 +244,9 @@ def test_the_watcher_ingests_legacy_drops_of_adopted_agents_only(
         workers.legacy_inbox_dir_writer(str(root), "Agent-1", 2, "w")
         workers.legacy_inbox_json_writer(str(root), "Agent-1", 2, "j")
         workers.legacy_inbox_json_writer(str(root), "Agent-2", 2, "k")
-        deadline = time.monotonic() + 10
-        while mb.stats().states[State.NEW].count < 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(
+            lambda: mb.stats().states[State.NEW].count, "Agent-1's 4 drops taken", until=lambda n: n >= 4
+        )
     assert mb.stats().states[State.NEW].count == 4
     assert len(orjson.loads((root / "Agent-2" / "inbox.json").read_bytes())) == 2
     assert not (root / "Agent-2" / "new").exists()

@@ -6,11 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import eventually
 
 from hybridcomms import AgentBus, FileMailbox, Message
 from hybridcomms.metrics import EventCounter, dead_reason_class, registry_for
@@ -93,14 +93,14 @@ def test_watch_serves_metrics_with_event_counts(root: Path) -> None:
             assert d is not None
             d.ack()
         key = ("hybridcomms_events_total", (("agent", "Agent-1"), ("kind", "acked")))
-        deadline = time.monotonic() + 20
-        while True:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            got = samples(text)
-            if got.get(key) == 1 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert got.get(key) == 1, text
+        got = eventually(
+            lambda: samples(
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            ),
+            "the exporter to count the ack",
+            20,
+            until=lambda got: got.get(key) == 1,
+        )
         assert got[("hybridcomms_messages", (("agent", "Agent-1"), ("state", "done")))] == 1
     finally:
         p.terminate()
@@ -115,11 +115,10 @@ def test_dead_letters_are_counted_by_reason_class_and_bus_publishes(root: Path) 
     FileMailbox(root, "Agent-1", fsync="never").close()  # watched from the start
     with MailboxWatcher(root, on_event=counter, recover_every=0):
         fill(root)
-        deadline = time.monotonic() + 20
         key = ("hybridcomms_dead_letters_total", (("agent", "Agent-1"), ("reason", "attempts")))
-        while samples(_text(registry)).get(key) != 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert samples(_text(registry)).get(key) == 1
+        eventually(
+            lambda: samples(_text(registry)), "the dead letter counted", 20, until=lambda s: s.get(key) == 1
+        )
     before = samples(_text(registry))[("hybridcomms_bus_publishes_total", ())]
     AgentBus().publish("x.y", {})
     assert samples(_text(registry))[("hybridcomms_bus_publishes_total", ())] == before + 1
@@ -149,9 +148,7 @@ def test_comms_handler_runs_failures_and_time_are_exported(root: Path) -> None:
 
         comms.subscribe("dreamos.agent.Metric-Agent.task.command", handler)
         comms.send("Metric-Agent", "dreamos.agent.Metric-Agent.task.command", {})
-        deadline = time.monotonic() + 20
-        while len(calls) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: len(calls), "the handler's second run", 20, until=lambda n: n >= 2)
     got = samples(_text(registry))
     assert got[("hybridcomms_handler_runs_total", (("agent", "Metric-Agent"), ("result", "failed")))] == 1
     assert got[("hybridcomms_handler_runs_total", (("agent", "Metric-Agent"), ("result", "ok")))] == 1

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer, available
+from waiting import eventually
 
 from hybridcomms import AgentBus, Backoff, Comms, FileMailbox, Message, _outage
 from hybridcomms.errors import BackendUnavailableError
@@ -60,13 +61,6 @@ def metric(name: str, agent: str, backend: str) -> float | None:
     return None
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
-
-
 def told(caplog: pytest.LogCaptureFixture) -> tuple[list[logging.LogRecord], list[logging.LogRecord]]:
     """The package's warnings: exactly the start and the end of one outage, each once, no traceback."""
     warnings = [
@@ -97,22 +91,22 @@ def test_comms_tells_a_redis_outage_once_when_it_starts_and_once_when_it_ends(
     with Comms(agent, url=url, root=tmp_path / "root", bus=AgentBus()) as comms:
         comms.subscribe(TOPIC, lambda m: got.append(m.payload))
         comms.send(agent, TOPIC, 1, route="durable")
-        wait_for(lambda: got == [1], "the first message handled")
+        eventually(lambda: got == [1], "the first message handled", 30)
         assert metric("hybridcomms_backend_up", agent, "redis") == 1
 
         redis_server.kill()
-        wait_for(lambda: metric("hybridcomms_backend_up", agent, "redis") == 0, "the outage seen")
+        eventually(lambda: metric("hybridcomms_backend_up", agent, "redis") == 0, "the outage seen", 30)
         with pytest.raises(BackendUnavailableError) as sent:  # a sender hears of it at once, each time
             comms.send(agent, TOPIC, 2, route="durable")
         assert sent.value.url == url and "Connection refused" in sent.value.reason
         # The consumer keeps trying (every 50 ms here) for half a second at least.
         seconds = "hybridcomms_backend_outage_seconds_total"
-        wait_for(lambda: (metric(seconds, agent, "redis") or 0) >= 0.5, "half a second of outage")
+        eventually(lambda: (metric(seconds, agent, "redis") or 0) >= 0.5, "half a second of outage", 30)
 
         redis_server.start()  # the same port and data
-        wait_for(lambda: metric("hybridcomms_backend_up", agent, "redis") == 1, "the end of the outage")
+        eventually(lambda: metric("hybridcomms_backend_up", agent, "redis") == 1, "the end of the outage", 30)
         comms.send(agent, TOPIC, 3, route="durable")
-        wait_for(lambda: got == [1, 3], "a message sent after the outage handled")
+        eventually(lambda: got == [1, 3], "a message sent after the outage handled", 30)
 
     started, ended = told(caplog)
     assert f"{agent}: {url}: backend failing: " in started[0].getMessage()
@@ -130,16 +124,16 @@ def test_comms_tells_a_mailbox_folder_that_vanished_once_and_once_when_it_is_mad
     with Comms(agent, root=root, fsync="never", bus=AgentBus(), share_bus=False) as comms:
         comms.subscribe(TOPIC, lambda m: got.append(m.payload))
         comms.send(agent, TOPIC, 1, route="durable")
-        wait_for(lambda: got == [1], "the first message handled")
+        eventually(lambda: got == [1], "the first message handled", 30)
 
         shutil.rmtree(root / agent)  # deleted under a running consumer
-        wait_for(lambda: metric("hybridcomms_backend_up", agent, "file") == 0, "the outage seen")
+        eventually(lambda: metric("hybridcomms_backend_up", agent, "file") == 0, "the outage seen", 30)
         seconds = "hybridcomms_backend_outage_seconds_total"
-        wait_for(lambda: (metric(seconds, agent, "file") or 0) >= 0.3, "a third of a second of outage")
+        eventually(lambda: (metric(seconds, agent, "file") or 0) >= 0.3, "a third of a second of outage", 30)
 
         with FileMailbox(root, agent, fsync="never") as mb:  # a sender makes the mailbox again
             mb.put(Message(TOPIC, 2))
-        wait_for(lambda: got == [1, 2], "the message in the folder made anew handled")
+        eventually(lambda: got == [1, 2], "the message in the folder made anew handled", 30)
 
     started, ended = told(caplog)
     assert "is gone" in started[0].getMessage() and str(root / agent) in started[0].getMessage()
@@ -172,9 +166,9 @@ def test_comms_tells_io_errors_of_its_mailbox_once_each_way_and_retries_with_a_c
     with comms:
         comms.subscribe(TOPIC, lambda m: got.append(m.payload))
         comms.send(agent, TOPIC, 1, route="durable")  # waits in new/ while claims fail
-        wait_for(lambda: len(tries) >= 10, "ten tries")
+        eventually(lambda: len(tries) >= 10, "ten tries", 30)
         failing.clear()
-        wait_for(lambda: got == [1], "the message handled once claims work again")
+        eventually(lambda: got == [1], "the message handled once claims work again", 30)
 
     started, ended = told(caplog)
     assert "backend failing: Input/output error" in started[0].getMessage()

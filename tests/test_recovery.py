@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms import DeliveryLostError, FileMailbox, Message, State
 
@@ -126,10 +127,7 @@ def test_a_hung_process_loses_its_message_to_recovery_and_another_consumer_gets_
     p = spawn.Process(target=workers.claim_and_hold, args=(str(root), "Agent-1", str(ready)))
     p.start()
     try:
-        for _ in range(600):
-            if ready.exists():
-                break
-            time.sleep(0.05)
+        eventually(ready.exists, "the other process to claim the message", 30)
         assert ready.read_text() == m.id
         assert not mb.recover()  # within the lease (10 s: however slow the handshake was)
         assert mb.recover(now=time.time() + 11).expired == [m.id]

@@ -13,11 +13,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 pytest.importorskip("redis")
 
@@ -52,15 +53,6 @@ def private() -> Iterator[Any]:
     srv = RedisServer(appendonly=False).start()
     yield srv
     srv.remove()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def keys_of(agent: str) -> dict[str, Any]:
@@ -391,10 +383,10 @@ def test_fleets_on_two_databases_of_one_server_do_not_hear_each_other(redis_url:
         RedisFanout(sub_b, db_b),
     ]
     try:
-        wait_for(lambda: (pub_a.publish("fleet.status", "a"), "a" in got_a)[1], "db 0's event in db 0")
+        eventually(lambda: (pub_a.publish("fleet.status", "a"), "a" in got_a)[1], "db 0's event in db 0", 20)
         # Redis hands a connection its messages in the order it ran the publishes: once db 1's own
         # event has arrived in db 1, any of db 0's published before it would have arrived first.
-        wait_for(lambda: (pub_b.publish("fleet.status", "b"), "b" in got_b)[1], "db 1's event in db 1")
+        eventually(lambda: (pub_b.publish("fleet.status", "b"), "b" in got_b)[1], "db 1's event in db 1", 20)
         assert "a" not in got_b and "b" not in got_a
     finally:
         for f in fanouts:
@@ -408,13 +400,13 @@ def test_overlapping_patterns_in_one_process_deliver_an_event_once_per_subscribe
         sub.subscribe(pattern, seen.append)
     fanouts = [RedisFanout(pub, redis_url), RedisFanout(sub, redis_url)]
     try:
-        wait_for(lambda: (pub.publish("warmup.x", 0), len(counts["*"]) > 0)[1], "the subscriptions")
+        eventually(lambda: (pub.publish("warmup.x", 0), len(counts["*"]) > 0)[1], "the subscriptions", 20)
         for pattern in counts:
             counts[pattern].clear()
         for n in range(20):
             pub.publish("a.b", n)
         pub.publish("z.end", "end")  # after every a.b on the same connection: the handshake
-        wait_for(lambda: any(e.payload == "end" for e in counts["*"]), "the last event")
+        eventually(lambda: any(e.payload == "end" for e in counts["*"]), "the last event", 20)
         for pattern, seen in counts.items():
             assert [e.payload for e in seen if e.topic == "a.b"] == list(range(20)), pattern
     finally:
@@ -441,7 +433,7 @@ def test_changing_subscriptions_never_doubles_an_event(redis_url: str) -> None:
             sub.unsubscribe(s1)
 
     try:
-        wait_for(lambda: (pub.publish("x.y", -1), len(seen) > 0)[1], "the subscription")
+        eventually(lambda: (pub.publish("x.y", -1), len(seen) > 0)[1], "the subscription", 20)
         t = threading.Thread(target=churn)
         t.start()
         sent = 0
@@ -455,7 +447,7 @@ def test_changing_subscriptions_never_doubles_an_event(redis_url: str) -> None:
                 time.sleep(0.001)  # let the sender thread keep up (its queue drops past 10,000)
         t.join()
         pub.publish("x.y", "end")
-        wait_for(lambda: any(e.payload == "end" for e in seen), "the last event")
+        eventually(lambda: any(e.payload == "end" for e in seen), "the last event", 20)
         payloads = [e.payload for e in seen if isinstance(e.payload, int) and e.payload >= 0]
         assert len(payloads) == len(set(payloads))
         assert len(payloads) > 0
@@ -570,16 +562,18 @@ def test_work_whose_ack_failed_in_an_outage_gets_the_message_back(aof_server: An
             stdout=o, stderr=e, env=env,
         )  # fmt: skip
     try:
-        wait_for(lambda: runs.exists() and runs.read_text() == "1\n", "the first run")
+        eventually(lambda: runs.exists() and runs.read_text() == "1\n", "the first run", 20)
         aof_server.kill()
         go.touch()  # the command ends (or its heartbeat fails first): either way, nothing is acked
         lost = f"lost   {message.id}".encode()  # the heartbeat failed first: the command was stopped
         failed = f"hybridcomms work: {message.id}:".encode()  # the ack failed
-        wait_for(
-            lambda: lost in out.read_bytes() or failed in err.read_bytes(), "the worker to meet the outage"
+        eventually(
+            lambda: lost in out.read_bytes() or failed in err.read_bytes(),
+            "the worker to meet the outage",
+            20,
         )
         aof_server.start()
-        wait_for(lambda: runs.read_text().split() == ["1", "2"], "the second run, without a recover", 15)
+        eventually(lambda: runs.read_text().split() == ["1", "2"], "the second run, without a recover", 15)
     finally:
         worker.terminate()
         worker.wait(30)
@@ -812,7 +806,7 @@ def test_work_children_get_no_password_in_their_environment_and_still_reach_the_
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for(ran.exists, "the command to run")
+        eventually(ran.exists, "the command to run", 20)
         assert_no_secret(Path(f"/proc/{proc.pid}/cmdline").read_bytes(), "the worker's command line")
         assert_no_secret(Path(f"/proc/{proc.pid}/environ").read_bytes(), "the worker's environment")
         go.touch()

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import workers
+from waiting import eventually
 
 from hybridcomms import AgentBus, Backoff, Event, FileMailbox, Message
 from hybridcomms.watcher import MailboxEvent, MailboxWatcher
@@ -35,14 +36,6 @@ class Recorder:
     def kinds(self, agent: str | None = None) -> list[str]:
         with self.lock:
             return [e.kind for e in self.events if agent is None or e.agent == agent]
-
-    def wait(self, predicate: Callable[[Recorder], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.01)
-        return predicate(self)
 
 
 @pytest.fixture(params=["inotify", "polling"])
@@ -67,7 +60,7 @@ def test_every_state_change_is_reported_once_with_inotify(root: Path) -> None:
         assert w.notifying
         m = Message("t")
         mb.put(m)
-        assert rec.wait(lambda r: r.kinds() == ["delivered"])
+        eventually(rec.kinds, "the events [delivered]", until=lambda k: k == ["delivered"])
         d = mb.claim()
         assert d is not None
         d.nack()
@@ -79,7 +72,7 @@ def test_every_state_change_is_reported_once_with_inotify(root: Path) -> None:
         assert d is not None
         d.ack()
         expected = ["delivered", "claimed", "nacked", "claimed", "dead", "requeued", "claimed", "acked"]
-        assert rec.wait(lambda r: r.kinds() == expected), rec.kinds()
+        eventually(rec.kinds, "every change reported once", until=lambda k: k == expected)
     assert {e.id for e in rec.events} == {m.id}
     assert [e.attempt for e in rec.events] == [0, 1, 1, 2, 2, 0, 1, 1]
 
@@ -92,12 +85,18 @@ def test_with_polling_every_change_that_lasts_a_poll_is_reported(root: Path) -> 
     ):
         assert not w.notifying
         mb.put(Message("t"))
-        assert rec.wait(lambda r: r.kinds() == ["delivered"])
+        eventually(rec.kinds, "the events [delivered]", until=lambda k: k == ["delivered"])
         d = mb.claim()
         assert d is not None
-        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed"])
+        eventually(
+            rec.kinds, "the events [delivered, claimed]", until=lambda k: k == ["delivered", "claimed"]
+        )
         d.ack()
-        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed", "acked"])
+        eventually(
+            rec.kinds,
+            "the events [delivered, claimed, acked]",
+            until=lambda k: k == ["delivered", "claimed", "acked"],
+        )
 
 
 def test_an_agent_created_while_watching_is_watched(
@@ -106,7 +105,11 @@ def test_an_agent_created_while_watching_is_watched(
     _, rec = watched  # started: its watches on the root exist once start() returned
     with FileMailbox(root, "Late-Agent", fsync="never") as mb:
         mb.put(Message("t"))
-        assert rec.wait(lambda r: r.kinds("Late-Agent") == ["delivered"])
+        eventually(
+            lambda: rec.kinds("Late-Agent"),
+            "the events of Late-Agent [delivered]",
+            until=lambda k: k == ["delivered"],
+        )
 
 
 def test_a_file_written_straight_into_new_is_reported(
@@ -115,7 +118,11 @@ def test_a_file_written_straight_into_new_is_reported(
     _, rec = watched
     FileMailbox(root, "Agent-1", fsync="never").close()
     (root / "Agent-1" / "new" / "by-hand.json").write_bytes(b'{"type": "t"}')
-    assert rec.wait(lambda r: [(e.kind, e.name) for e in r.events] == [("delivered", "by-hand.json")])
+    eventually(
+        lambda: [(e.kind, e.name) for e in rec.events],
+        "by-hand.json reported as delivered",
+        until=lambda got: got == [("delivered", "by-hand.json")],
+    )
 
 
 def test_events_are_published_on_a_bus_when_embedded(root: Path) -> None:
@@ -124,9 +131,7 @@ def test_events_are_published_on_a_bus_when_embedded(root: Path) -> None:
     bus.subscribe("hybridcomms.mailbox.*", got.append)
     with MailboxWatcher(root, bus=bus), FileMailbox(root, "Agent-1", fsync="never") as mb:
         mb.put(Message("t"))
-        deadline = time.monotonic() + 10
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: got, "the event on the bus")
     assert [(e.topic, e.payload["agent"]) for e in got] == [("hybridcomms.mailbox.delivered", "Agent-1")]
     bus.close()
 
@@ -147,7 +152,7 @@ def test_lost_notifications_are_made_up_by_the_rescan(root: Path, monkeypatch: p
                     msgs = [Message("burst", i) for i in range(10)]
                     mb.put_many(msgs)
                     expected |= {(f"Agent-{a}", m.id) for m in msgs}
-        assert rec.wait(lambda r: len(r.events) >= len(expected), timeout=60)
+        eventually(lambda: len(rec.events), "every message reported", 60, until=lambda n: n >= len(expected))
     finally:
         w.stop()
     seen = {(e.agent, e.id) for e in rec.events}
@@ -166,7 +171,7 @@ def test_a_sigkilled_consumers_message_is_recovered_by_the_watcher(root: Path) -
         p.join(60)
         assert os.listdir(mb.path / "processing")
         with MailboxWatcher(root, on_event=rec, recover_every=0.2):
-            assert rec.wait(lambda r: "recovered" in r.kinds(), timeout=20)  # not "nacked"
+            eventually(rec.kinds, "a recovered event", 20, until=lambda k: "recovered" in k)  # not "nacked"
         d = mb.claim(timeout=5)
         assert d is not None and d.message == m and d.attempt == 2
         d.ack()
@@ -247,9 +252,7 @@ def test_arrivals_reach_a_waiting_claimer_or_its_racing_rival_exactly_once(root:
         t.start()
     try:
         sent = [producer.put(Message("wanted", priority="CRITICAL")) for _ in range(20)]
-        deadline = time.monotonic() + 30
-        while len(taken) < len(sent) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: len(taken), "every wanted message taken", 30, until=lambda n: n >= len(sent))
     finally:
         stop.set()
         for t in threads:
@@ -308,9 +311,13 @@ def test_exec_runs_per_delivered_message_and_a_failing_command_does_not_stop_the
         wait_started(proc)
         with FileMailbox(root, "Agent-1", fsync="never") as mb:
             ids = [mb.put(Message(topic)) for topic in ("fail", "ok.one", "ok.two")]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
-            time.sleep(0.05)
+        eventually(
+            lambda: log.read_text().splitlines(),
+            "3 commands run",
+            20,
+            until=lambda ran: len(ran) >= 3,
+            ignoring=(FileNotFoundError,),
+        )
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -328,18 +335,28 @@ def test_messages_that_land_before_a_new_agents_watches_exist_are_reported_promp
     with MailboxWatcher(root, on_event=rec, rescan_every=300):
         with FileMailbox(root, "Fresh-Agent", fsync="never") as mb:
             ids = {mb.put(Message("first", i)) for i in range(20)}  # at once, racing the new watches
-        assert rec.wait(lambda r: {e.id for e in r.events if e.agent == "Fresh-Agent"} >= ids, timeout=10)
+        eventually(
+            lambda: {e.id for e in rec.events if e.agent == "Fresh-Agent"},
+            "the 20 first messages reported",
+            until=lambda got: got >= ids,
+        )
 
 
 def test_events_carry_topic_sender_and_priority(watched: tuple[MailboxWatcher, Recorder], root: Path) -> None:
     _, rec = watched
     with FileMailbox(root, "Agent-1", fsync="never") as mb:
         mb.put(Message("dreamos.task.build", {"n": 1}, sender="Agent-2", priority="HIGH"))
-        assert rec.wait(lambda r: r.kinds() == ["delivered"])
+        eventually(rec.kinds, "the events [delivered]", until=lambda k: k == ["delivered"])
         d = mb.claim()
         assert d is not None
-        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed"])
+        eventually(
+            rec.kinds, "the events [delivered, claimed]", until=lambda k: k == ["delivered", "claimed"]
+        )
         d.ack()
-        assert rec.wait(lambda r: r.kinds() == ["delivered", "claimed", "acked"])
+        eventually(
+            rec.kinds,
+            "the events [delivered, claimed, acked]",
+            until=lambda k: k == ["delivered", "claimed", "acked"],
+        )
     for ev in rec.events:  # claimed and acked events too (the file was read once)
         assert (ev.topic, ev.sender, ev.priority) == ("dreamos.task.build", "Agent-2", "HIGH"), ev

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import workers
+from waiting import eventually, while_running
 
 from hybridcomms import Backoff, FileMailbox, Message, State
 
@@ -157,17 +158,14 @@ def test_a_command_past_its_timeout_is_killed_with_its_children_and_retried(
     st = mb.stats()
     assert st.states[State.NEW].count == 1 and st.delayed == 1  # waiting for its retry
     pid = int(child.read_text())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # the grandchild went with its process group
+
+    def gone() -> bool:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
         except FileNotFoundError:
-            break
-        if state == "Z":
-            break
-        time.sleep(0.01)
-    else:
-        raise AssertionError("the command's child outlived the timeout")
+            return True
+
+    eventually(gone, "the command's child to go with its process group", 10)
 
 
 def test_sigterm_lets_running_commands_finish_within_the_grace(
@@ -177,10 +175,7 @@ def test_sigterm_lets_running_commands_finish_within_the_grace(
     m = Message("job", {"sleep": 1.0, "ready": str(ready)})
     mb.put(m)
     p = work(root, tmp_path, "--grace", "20")
-    deadline = time.monotonic() + 60
-    while not ready.exists():  # handshake: the command is running
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.01)
+    eventually(while_running(p, ready.exists), "the command to run", 60)  # the handshake
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
@@ -195,10 +190,7 @@ def test_sigterm_past_the_grace_kills_and_keeps_the_message(
     m = Message("job", {"sleep": 60, "ready": str(ready)})
     mb.put(m)
     p = work(root, tmp_path, "--grace", "0.3")
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.01)
+    eventually(while_running(p, ready.exists), "the command to run", 60)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
@@ -216,10 +208,7 @@ def test_heartbeats_keep_a_long_job_from_being_taken_away(root: Path, tmp_path: 
     m = Message("job", {"sleep": 2.5, "ready": str(ready)})
     mb.put(m)
     p = work(root, tmp_path, "--lease", "1.5", "--max-messages", "1")
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.01)
+    eventually(while_running(p, ready.exists), "the command to run", 60)
     taken = []
     while p.poll() is None:  # a recoverer running all along never finds the lease expired
         taken += mb.recover().expired

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import workers
+from waiting import eventually, while_running
 
 from hybridcomms import FileMailbox, Message, State
 from hybridcomms.cli.work import EX_CONFIG, EX_SOFTWARE, Worker
@@ -109,10 +110,7 @@ def test_sigterm_is_prompt_while_a_grandchild_holds_the_pipes(mb: FileMailbox, m
     mb.put(Message("job", {}))
     script = f"setsid sleep {marker} & touch {ready}; sleep {marker}"
     p = work(mb.root, "--grace", "1", cmd=["sh", "-c", script])
-    deadline = time.monotonic() + 60
-    while not ready.exists():  # handshake: the command runs
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.01)
+    eventually(while_running(p, ready.exists), "the command to run", 60)  # the handshake
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
@@ -210,10 +208,8 @@ def test_watch_exec_stops_on_sigterm_during_its_start_up_rescan_of_a_backlog(tmp
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while not started.exists():  # handshake: the first --exec runs; the rescan waits for room
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.01)
+    # Handshake: the first --exec runs; the rescan waits for room.
+    eventually(while_running(p, started.exists), "the first --exec to run", 60)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)  # before: it waited for the whole backlog to run

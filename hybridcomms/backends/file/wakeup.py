@@ -114,7 +114,8 @@ _shared = _SharedObserver()
 
 
 class _InotifyHub:
-    """One inotify descriptor per process, read by the claiming threads themselves (Linux).
+    """One inotify descriptor per process (while it has a mailbox open), read by the claiming threads
+    themselves (Linux).
 
     A waiting claim does not wait for a reader thread to wake it: one waiting thread at a time is
     the reader (it blocks in poll() on the descriptor), the others wait on a condition; the reader
@@ -168,6 +169,8 @@ class _InotifyHub:
             wd = calls[1](self._fd, os.fsencode(waiter._new_dir), ctypes.c_uint32(self.MASK))
             if wd < 0:
                 err = ctypes.get_errno()
+                if not self._waiters and not self._reading:
+                    self._release()
                 raise OSError(err, f"inotify_add_watch({waiter._new_dir}): {os.strerror(err)}")
             self._waiters.setdefault(wd, []).append(waiter)
             return int(wd)
@@ -184,10 +187,27 @@ class _InotifyHub:
             if not waiters and wd in self._waiters:
                 del self._waiters[wd]
                 calls[2](self._fd, wd)
+            if self._waiters:
+                return
+            if not self._reading:
+                self._release()
+                return
+        self.poke()  # the reader (a claim on a mailbox closed meanwhile) returns, and releases them
+
+    def _release(self) -> None:
+        """Under ``cond``, with no waiter left and no reader: close the descriptor and the wake-up
+        pipe (the next `add` makes new ones). A process that closed its mailboxes keeps no inotify
+        instance (the per-user limit is 128)."""
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            os.close(fd)
+        self._fd = self._wake_r = self._wake_w = -1
+        self._pid = 0
 
     def poke(self) -> None:
         """Make the current reader look up (a waiter was woken by hand)."""
-        if self._pid == os.getpid():
+        with self.cond:  # (the pipe is not closed meanwhile)
+            if self._pid != os.getpid():
+                return
             try:
                 os.write(self._wake_w, b"!")
             except OSError:  # BlockingIOError: the pipe is full, the reader will look up anyway
@@ -220,6 +240,8 @@ class _InotifyHub:
             self._reading = False
             if data:
                 self._dispatch(data)
+            if not self._waiters and self._pid == os.getpid():  # the last one left while it read
+                self._release()
             self.cond.notify_all()
 
     def owned_here(self) -> bool:

@@ -36,6 +36,7 @@ from .legacy import LegacyLayout, is_adopted, legacy_layout, message_from_legacy
 
 __all__ = [
     "DREAMOS_MODES",
+    "close_kept",
     "complete",
     "current_policy",
     "deliver",
@@ -89,6 +90,17 @@ def mailbox_for(root: str | os.PathLike[str], agent_id: str, *, create: bool = T
             _, old = _open.popitem(last=False)
             old.close()
     return mb
+
+
+def close_kept() -> None:
+    """Close the mailboxes this process keeps open for the Dream.OS send paths (`mailbox_for`,
+    `deliver_to`); the next send opens them again. For a process done with them (and the tests)."""
+    with _open_lock:
+        kept: list[Mailbox] = [*_open.values(), *_remote.values()]
+        _open.clear()
+        _remote.clear()
+    for mb in kept:
+        mb.close()
 
 
 def adopted(root: str | os.PathLike[str], agent_id: str) -> bool:
