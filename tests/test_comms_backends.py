@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bus_helpers import wait_for
+from waiting import eventually
 
 from hybridcomms import Backoff, Comms, FileMailbox, Policy, PolicyError, Received, Rule, State
 from hybridcomms.backends.memory import MemoryMailbox
@@ -147,8 +147,8 @@ def test_comms_keeps_as_many_acked_messages_as_done_retention_says(
 
         # The last ack settles just after its handler returned: wait for the count it leads to.
         if retention is None:
-            wait_for(lambda: done() == 40, 10, "40 acked messages kept")
+            eventually(lambda: done() == 40, "40 acked messages kept")
         elif retention == 0:
-            wait_for(lambda: done() == 0, 10, "no acked message kept")
+            eventually(lambda: done() == 0, "no acked message kept")
         else:
-            wait_for(lambda: 2 <= done() <= 2 + 32 + 1, 10, "about the last 2 kept")
+            eventually(lambda: 2 <= done() <= 2 + 32 + 1, "about the last 2 kept")

@@ -1,18 +1,16 @@
 """What the contract's calls return, the same on every backend: ``put``/``put_many`` the message ids,
 ``nack`` the state it reached, ``kind`` the backend `open_mailbox` names (run over every backend by
-the ``make`` fixture of the contract suite)."""
+the ``make`` fixture of the contract suite, tests/contract/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from test_mailbox_contract import make  # noqa: F401  (the fixture: files, memory, Redis)
-
 from hybridcomms import Message, State
 from hybridcomms.backends import KINDS, Mailbox
 
 
-def test_put_and_put_many_return_the_ids_in_order(make: Callable[..., Mailbox]) -> None:  # noqa: F811
+def test_put_and_put_many_return_the_ids_in_order(make: Callable[..., Mailbox]) -> None:
     mb = make()
     assert mb.put(Message("t", 0, id="one")) == "one"
     msgs = [Message("t", i, id=f"m{i}") for i in range(3)]
@@ -21,7 +19,7 @@ def test_put_and_put_many_return_the_ids_in_order(make: Callable[..., Mailbox]) 
     assert mb.put_many([]) == []
 
 
-def test_nack_returns_the_state_it_reached(make: Callable[..., Mailbox]) -> None:  # noqa: F811
+def test_nack_returns_the_state_it_reached(make: Callable[..., Mailbox]) -> None:
     mb = make(max_attempts=2)
     mb.put(Message("t", 1, id="x"))
     first = mb.claim()
@@ -34,7 +32,7 @@ def test_nack_returns_the_state_it_reached(make: Callable[..., Mailbox]) -> None
     assert info is not None and info.state is State.DEAD
 
 
-def test_every_mailbox_says_its_kind(make: Callable[..., Mailbox]) -> None:  # noqa: F811
+def test_every_mailbox_says_its_kind(make: Callable[..., Mailbox]) -> None:
     mb = make()
     assert mb.kind in KINDS
     assert isinstance(mb, Mailbox)
