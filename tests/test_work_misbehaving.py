@@ -140,8 +140,9 @@ def test_a_flood_on_stdout_is_capped_at_the_reply_limit(mb: FileMailbox) -> None
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     rows = sorted(outcomes(out), key=lambda r: r["outcome"])
-    assert [r["outcome"] for r in rows] == ["acked", "retry"]
-    assert "over the reply limit" in rows[1]["error"]
+    said = f"stdout: {out[-2000:]!r}\nstderr: {err[-2000:]!r}"  # what a failure under load shows
+    assert [r["outcome"] for r in rows] == ["acked", "retry"], said
+    assert "over the reply limit" in rows[1]["error"], said
     assert peak < 150 * 1024, f"the worker peaked at {peak} KiB for 200 MiB of output"
 
 
