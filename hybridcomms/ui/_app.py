@@ -116,6 +116,7 @@ class App:
             backend=self.source.kind,
             actions=self.guard.allow_actions,
             csrf=self.guard.csrf,
+            base=self.guard.prefix,
             rate_kinds=RATE_KINDS,
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -178,7 +179,7 @@ class App:
 
         def link(**change: Any) -> str:
             params = {"state": state.value, "topic": topic, "page": str(number), **change}
-            return f"/a/{quote(agent)}?" + urlencode({k: v for k, v in params.items() if v})
+            return f"{self.guard.prefix}/a/{quote(agent)}?" + urlencode({k: v for k, v in params.items() if v})
 
         return self.page(
             request,
@@ -388,28 +389,36 @@ class Guarded:
         if response is not None:
             await response(scope, receive, send_guarded)
             return
-        await self.app(scope, receive, send_guarded)
+        await self.app({**scope, "root_path": self.guard.prefix}, receive, send_guarded)
 
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
-        if not self.guard.host_ok(headers.get("host")):
+        guard = self.guard
+        if not guard.host_ok(headers.get("host")):
             return PlainTextResponse(
                 "unknown Host header (this dashboard answers for this machine only)", 421
             )
         path: str = scope["path"]
-        if path.startswith("/static/"):
-            return None
+        if not guard.in_prefix(path):  # the secret prefix is part of the credential: nothing outside it
+            return PlainTextResponse(
+                "hybridcomms ui: open the address it printed when it started (with ?token=...)", 404
+            )
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = next((v for k, v in query if k == "token"), None)
-        if given is not None and self.guard.token_ok(given):
+        if given is not None and guard.token_ok(given):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            target = quote(path) + (f"?{rest}" if rest else "")
-            redirect = RedirectResponse(target, 303)
-            redirect.set_cookie(COOKIE, self.guard.token, httponly=True, samesite="strict", path="/")
+            redirect = RedirectResponse(guard.local_target(path, rest), 303)
+            redirect.set_cookie(
+                COOKIE, guard.session, httponly=True, samesite="strict", path=guard.prefix + "/"
+            )
             return redirect
-        cookies = _cookies(headers.get("cookie", ""))
-        if self.guard.token_ok(cookies.get(COOKIE)):
+        if path == guard.prefix:
+            return RedirectResponse(guard.prefix + "/", 307)
+        if path.startswith(guard.prefix + "/static/"):
             return None
-        if path.startswith(("/api/", "/events")):
+        cookies = _cookies(headers.get("cookie", ""))
+        if guard.session_ok(cookies.get(COOKIE)):
+            return None
+        if path.startswith((guard.prefix + "/api/", guard.prefix + "/events")):
             return PlainTextResponse("the dashboard's token is needed", 403)
         return PlainTextResponse(
             "hybridcomms ui: open the address it printed when it started (with ?token=...)", 403
