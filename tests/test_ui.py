@@ -20,6 +20,8 @@ from starlette.testclient import TestClient
 
 from hybridcomms import FileMailbox, Message, State
 from hybridcomms.ui._app import create_app
+from hybridcomms.backends.base import MessageInfo
+from hybridcomms.ui import _listing
 from hybridcomms.ui._listing import lookup_key
 from hybridcomms.ui._security import Guard
 from hybridcomms.ui._source import Source
@@ -121,13 +123,13 @@ def test_listing_reads_no_body_beyond_the_page(root: Path, monkeypatch: pytest.M
     with FileMailbox(root, "Many", fsync="never") as mb:
         mb.put_many([Message(topic=f"bulk.{i}", payload=i) for i in range(300)])
     reads: list[str] = []
-    real = FileMailbox.read
+    real = _listing.read_small
 
-    def counting(self: FileMailbox, info: object) -> Message:
-        reads.append(getattr(info, "name", ""))
-        return real(self, info)  # type: ignore[arg-type]
+    def counting(mb: FileMailbox, info: MessageInfo, limit: int) -> Message:
+        reads.append(info.name)
+        return real(mb, info, limit)
 
-    monkeypatch.setattr(FileMailbox, "read", counting)
+    monkeypatch.setattr(_listing, "read_small", counting)
     client_for(Source(str(root))).get("/a/Many?state=new&page=2")
     assert len(reads) == 50
 

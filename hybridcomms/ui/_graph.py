@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._listing import HeadCache
-from ._source import STATES, HybridCommsError, Source, State, printable
+from ._source import STATES, HybridCommsError, Source, State, listing, printable
 
 WINDOW = 15 * 60.0
 PER_AGENT = 200
@@ -97,7 +97,7 @@ def look(source: Source, heads: HeadCache, window: float = WINDOW, now: float | 
             continue
         try:
             with source.reading(entry.agent) as mb:
-                recent = [info for state in STATES for info in mb.list(state) if info.changed_at >= cutoff]
+                recent = [info for state in STATES for info in listing(mb, state) if info.changed_at >= cutoff]
                 recent.sort(key=lambda i: i.changed_at, reverse=True)
                 for info in recent[:PER_AGENT]:
                     sender = heads.head(mb, info).sender or "?"
