@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from hybridcomms import FileMailbox, Message, State
-from hybridcomms.ui._app import create_app
 from hybridcomms.backends.base import MessageInfo
 from hybridcomms.ui import _listing
+from hybridcomms.ui._app import create_app
 from hybridcomms.ui._listing import lookup_key
 from hybridcomms.ui._security import Guard
 from hybridcomms.ui._source import Source

@@ -99,7 +99,8 @@ def test_every_page_answers_and_shows_text(hostile_root: Path) -> None:
             path
         )  # 404: a folder or link the mailbox does not list as a message
         assert "SECRET-CONTENT" not in r.text
-        assert "\x1b" not in r.text and "<script>" not in r.text.replace(f'<script src="{Guard(TOKEN).prefix}/static/ui.js"', "")
+        script = f'<script src="{Guard(TOKEN).prefix}/static/ui.js"'
+        assert "\x1b" not in r.text and "<script>" not in r.text.replace(script, "")
     r = c.get("/a/Target?state=new&topic=*")
     assert r.status_code == 200
     assert time.monotonic() - start < 20  # no FIFO waited on, no giant file read

@@ -76,7 +76,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
     source = Source(url or str(root))
     source.entries()  # a backend out of reach is one line and exit 69 (the CLI's), before any port is bound
     if args.max_connections < 8 or not 0 < args.request_timeout <= 3600:
-        print("hybridcomms ui: --max-connections is 8 or more, --request-timeout 0 to 3600 s", file=sys.stderr)
+        print(
+            "hybridcomms ui: --max-connections is 8 or more, --request-timeout 0 to 3600 s", file=sys.stderr
+        )
         return 2
     hosts = {"127.0.0.1", "localhost", "::1", args.host}
     guard = Guard(new_token(), hosts, args.allow_actions)

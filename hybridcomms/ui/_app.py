@@ -30,6 +30,7 @@ from ._fleet import RATE_KINDS, Fleet, Row
 from ._graph import Flows
 from ._listing import HeadCache, Item, lookup_key, page_of
 from ._live import Live
+from ._payload import clipped, payload_text
 from ._security import COOKIE, HEADERS, Guard
 from ._source import STATES, HybridCommsError, Source, State, check_agent_id, json_text, printable, shown
 
@@ -56,9 +57,15 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+#: Ages beyond this (about 1,000 years) are shown as such, not as a 300-digit number.
+AGE_CAP = 1000 * 365.25 * 86400.0
+
+
 def human_age(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds > AGE_CAP:
+        return "over 1000 years"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
@@ -144,7 +151,9 @@ class App:
         return self.page(request, "graph.html", title="who talks to whom")
 
     async def graph_json(self, request: Request) -> Response:
-        return _json(self.flows.graph())
+        entries = await _in_thread(self.fleet.entries)
+        agents = frozenset(e.agent for e in entries if e.agent is not None and e.kind != "broken")
+        return _json(self.flows.graph(agents=agents))
 
     def _agent(self, request: Request) -> str | None:
         try:
@@ -179,7 +188,9 @@ class App:
 
         def link(**change: Any) -> str:
             params = {"state": state.value, "topic": topic, "page": str(number), **change}
-            return f"{self.guard.prefix}/a/{quote(agent)}?" + urlencode({k: v for k, v in params.items() if v})
+            return f"{self.guard.prefix}/a/{quote(agent)}?" + urlencode(
+                {k: v for k, v in params.items() if v}
+            )
 
         return self.page(
             request,
@@ -224,10 +235,13 @@ class App:
         payload = envelope = None
         if message is not None:
             body = message.to_dict()
-            text = json_text(body.pop("payload"), indent=True, default=str)
+            text = payload_text(body.pop("payload"))
             if len(text) > PAYLOAD_LIMIT:
                 text = text[:PAYLOAD_LIMIT] + f"\n… ({len(text) - PAYLOAD_LIMIT} more characters)"
-            payload, envelope = Block(text), body
+            payload, envelope = (
+                Block(text),
+                {k: clipped(v, 8)[0] if isinstance(v, (list, dict)) else v for k, v in body.items()},
+            )
         return self.page(
             request,
             "message.html",
@@ -356,9 +370,11 @@ def _purge_args(form: dict[str, str]) -> tuple[State, float]:
         state = State(form.get("state", ""))
         older = float(form.get("older_than", ""))
     except ValueError:
-        raise ValueError("purge takes a state (done or dead) and an age in seconds") from None
-    if state not in (State.DONE, State.DEAD) or not (math.isfinite(older) and older >= 0):
-        raise ValueError("purge takes a state (done or dead) and an age in seconds")
+        raise ValueError(
+            "purge takes a state (done or dead) and an age in seconds (at most 1000 years)"
+        ) from None
+    if state not in (State.DONE, State.DEAD) or not (math.isfinite(older) and 0 <= older <= AGE_CAP):
+        raise ValueError("purge takes a state (done or dead) and an age in seconds (at most 1000 years)")
     return state, older
 
 

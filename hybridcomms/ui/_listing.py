@@ -220,5 +220,11 @@ def page_of(
         if head.topic is not None and fnmatch.fnmatchcase(head.topic, topic):
             matched.append(item(info, head))
     return Page(
-        shown(matched[start : start + size]), len(infos), page, None, len(matched) > start + size, scanned, capped
+        shown(matched[start : start + size]),
+        len(infos),
+        page,
+        None,
+        len(matched) > start + size,
+        scanned,
+        capped,
     )

@@ -38,7 +38,9 @@ MAX_HEAD = 16 * 1024
 _waiting: weakref.WeakKeyDictionary[Any, OrderedDict[int, GuardedH11]] = weakref.WeakKeyDictionary()
 
 
-def protocol(header_timeout: float = HEADER_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> type[H11Protocol]:
+def protocol(
+    header_timeout: float = HEADER_TIMEOUT, max_connections: int = MAX_CONNECTIONS
+) -> type[H11Protocol]:
     """A `GuardedH11` class with these bounds (what ``uvicorn.Config(http=...)`` takes)."""
     return type(
         "GuardedH11",

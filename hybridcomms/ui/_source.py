@@ -52,11 +52,11 @@ __all__ = [
     "get_logger",
     "json_text",
     "listing",
-    "read_small",
-    "with_reason",
     "printable",
+    "read_small",
     "shown",
     "shown_url",
+    "with_reason",
 ]
 
 #: The states a person looks at, in the order a message meets them.
@@ -304,7 +304,9 @@ def with_reason(mb: Mailbox, info: MessageInfo) -> MessageInfo:
     except FileNotFoundError:
         return info
     except _fs.TooLargeError:
-        return dataclasses.replace(info, reason={"reason": f"(reason file over {REASON_LIMIT} bytes: not read)"})
+        return dataclasses.replace(
+            info, reason={"reason": f"(reason file over {REASON_LIMIT} bytes: not read)"}
+        )
     except OSError:
         return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
     try:

@@ -143,11 +143,13 @@
     });
     data.nodes.forEach(function (node) {
       var p = pos.get(node.id);
-      var g = el("g", { "class": "node" });
+      var kind = node.others ? " others" : node.verified === false ? " unverified" : "";
+      var g = el("g", { "class": "node" + kind });
       g.appendChild(el("circle", { cx: p.x, cy: p.y, r: 9 }));
       var right = Math.cos(p.a) >= 0;
       g.appendChild(el("text", { x: p.x + (right ? 13 : -13), y: p.y + 4, "text-anchor": right ? "start" : "end" }, short(node.id)));
-      g.lastChild.appendChild(el("title", {}, node.id));
+      var note = node.others ? node.others + " less busy senders and recipients" : node.verified === false ? node.id + " (unverified: no mailbox of this name here; a sender is what its producer claims)" : node.id;
+      g.lastChild.appendChild(el("title", {}, note));
       svg.appendChild(g);
     });
     box.appendChild(svg);
