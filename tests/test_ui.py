@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from hybridcomms import FileMailbox, Message, State
+from hybridcomms.backends.base import MessageInfo
+from hybridcomms.ui import _listing
 from hybridcomms.ui._app import create_app
 from hybridcomms.ui._listing import lookup_key
 from hybridcomms.ui._security import Guard
@@ -26,6 +28,8 @@ from hybridcomms.ui._source import Source
 
 TOKEN = "test-token-0123456789"
 BASE = "http://127.0.0.1:8765"
+#: The secret path prefix every page lives under (derived from the token).
+P = Guard(TOKEN).prefix
 HOSTILE = [
     "<script>alert(1)</script>",
     '"><img src=x onerror=alert(1)>',
@@ -38,10 +42,10 @@ HOSTILE = [
 
 def client_for(source: Source, *, actions: bool = False, login: bool = True) -> TestClient:
     app, _ = create_app(source, Guard(TOKEN, allow_actions=actions), live=False)
-    client = TestClient(app, base_url=BASE)
+    client = TestClient(app, base_url=BASE + P)
     if login:
         r = client.get(f"/?token={TOKEN}", follow_redirects=False)
-        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert r.status_code == 303 and r.headers["location"] == P + "/"
     return client
 
 
@@ -75,7 +79,7 @@ def test_fleet_page_counts_and_sorts_by_attention(root: Path) -> None:
     assert rows == ["Agent-1", "Agent-2"]  # Agent-1 has a dead letter: first
     agent1 = r.text.split('data-agent="Agent-1"')[1].split("</tr>")[0]
     assert '<td data-f="waiting">6</td>' in agent1
-    assert '<a href="/a/Agent-1?state=dead">1</a>' in agent1
+    assert f'<a href="{P}/a/Agent-1?state=dead">1</a>' in agent1
 
 
 def test_fleet_shows_legacy_and_broken_agents(root: Path) -> None:
@@ -105,7 +109,7 @@ def test_paging(root: Path) -> None:
     seen: list[str] = []
     for page in (1, 2, 3):
         r = c.get(f"/a/Many?state=new&page={page}")
-        ids = re.findall(r'class="id"><a href="/a/Many/m/([^"]+)"', r.text)
+        ids = re.findall(rf'class="id"><a href="{P}/a/Many/m/([^"]+)"', r.text)
         seen += ids
         assert f"page {page} of 3" in r.text
     assert len(seen) == 120 and len(set(seen)) == 120
@@ -119,13 +123,13 @@ def test_listing_reads_no_body_beyond_the_page(root: Path, monkeypatch: pytest.M
     with FileMailbox(root, "Many", fsync="never") as mb:
         mb.put_many([Message(topic=f"bulk.{i}", payload=i) for i in range(300)])
     reads: list[str] = []
-    real = FileMailbox.read
+    real = _listing.read_small
 
-    def counting(self: FileMailbox, info: object) -> Message:
-        reads.append(getattr(info, "name", ""))
-        return real(self, info)  # type: ignore[arg-type]
+    def counting(mb: FileMailbox, info: MessageInfo, limit: int) -> Message:
+        reads.append(info.name)
+        return real(mb, info, limit)
 
-    monkeypatch.setattr(FileMailbox, "read", counting)
+    monkeypatch.setattr(_listing, "read_small", counting)
     client_for(Source(str(root))).get("/a/Many?state=new&page=2")
     assert len(reads) == 50
 
@@ -148,7 +152,7 @@ def test_a_file_not_named_by_hybridcomms_is_reachable_by_its_key(root: Path) -> 
     r = c.get("/a/Agent-2?state=new")
     assert r.status_code == 200
     assert "\\xff" in r.text and "\\x1b[2J" in r.text and "\x1b" not in r.text
-    (key,) = [k for k in re.findall(r'href="/a/Agent-2/m/([^"]+)"', r.text) if k.startswith("~")]
+    (key,) = [k for k in re.findall(rf'href="{P}/a/Agent-2/m/([^"]+)"', r.text) if k.startswith("~")]
     r = c.get(f"/a/Agent-2/m/{key}")
     assert r.status_code == 200 and "&lt;b&gt;t&lt;/b&gt;" in r.text
 
@@ -163,9 +167,10 @@ def test_every_page_needs_the_token(root: Path) -> None:
     assert c.get("/?token=wrong").status_code == 403
     assert c.get("/static/ui.css").status_code == 200
     r = c.get(f"/a/Agent-1?state=dead&token={TOKEN}", follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"] == "/a/Agent-1?state=dead"
+    assert r.status_code == 303 and r.headers["location"] == f"{P}/a/Agent-1?state=dead"
     cookie = r.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert "httponly" in cookie and "samesite=strict" in cookie and f"path={P}/".lower() in cookie
+    assert TOKEN.lower() not in cookie  # the cookie holds a derived value, not the token
 
 
 def test_host_header_is_checked(root: Path) -> None:
@@ -181,7 +186,7 @@ def test_security_headers(root: Path) -> None:
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
     assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
-    assert "<script>" not in r.text.replace('<script src="/static/ui.js" defer></script>', "")
+    assert "<script>" not in r.text.replace(f'<script src="{P}/static/ui.js" defer></script>', "")
     assert not re.search(r"<[^>]+\son[a-z]+=", r.text)  # no inline event handler anywhere
 
 
@@ -310,7 +315,7 @@ def test_generated_hostile_text_renders_as_text(tmp_path_factory: pytest.TempPat
         assert r.status_code == 200
         assert_inert(r.text, text)
         assert not re.search(
-            r"<(script|img|svg|iframe)[\s>]", r.text.replace('<script src="/static/ui.js"', "")
+            r"<(script|img|svg|iframe)[\s>]", r.text.replace(f'<script src="{P}/static/ui.js"', "")
         )
 
 
@@ -330,7 +335,7 @@ def test_generated_file_names_render(tmp_path_factory: pytest.TempPathFactory, r
     r = c.get("/a/Victim?state=dead")
     assert r.status_code == 200
     assert_inert(r.text, name)
-    for key in re.findall(r'href="/a/Victim/m/([^"]+)"', r.text):
+    for key in re.findall(rf'href="{P}/a/Victim/m/([^"]+)"', r.text):
         assert c.get(f"/a/Victim/m/{key}").status_code == 200
 
 

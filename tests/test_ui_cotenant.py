@@ -80,7 +80,7 @@ def hostile_root(tmp_path: Path) -> Path:
 @pytest.mark.timeout(60)
 def test_every_page_answers_and_shows_text(hostile_root: Path) -> None:
     app, _ = create_app(Source(str(hostile_root)), Guard(TOKEN), live=False)
-    c = TestClient(app, base_url="http://127.0.0.1:8765")
+    c = TestClient(app, base_url="http://127.0.0.1:8765" + Guard(TOKEN).prefix)
     c.get(f"/?token={TOKEN}")
     start = time.monotonic()
     fleet = c.get("/")
@@ -91,7 +91,7 @@ def test_every_page_answers_and_shows_text(hostile_root: Path) -> None:
         r = c.get(f"/a/Target?state={state}")
         assert r.status_code == 200
         assert "SECRET-CONTENT" not in r.text and "\x1b" not in r.text and "\u202e" not in r.text
-        pages += re.findall(r'href="(/a/Target/m/[^"]+)"', r.text)
+        pages += re.findall(rf'href="{Guard(TOKEN).prefix}(/a/Target/m/[^"]+)"', r.text)
     assert len(pages) >= 10
     for path in pages:
         r = c.get(path)
@@ -99,7 +99,8 @@ def test_every_page_answers_and_shows_text(hostile_root: Path) -> None:
             path
         )  # 404: a folder or link the mailbox does not list as a message
         assert "SECRET-CONTENT" not in r.text
-        assert "\x1b" not in r.text and "<script>" not in r.text.replace('<script src="/static/ui.js"', "")
+        script = f'<script src="{Guard(TOKEN).prefix}/static/ui.js"'
+        assert "\x1b" not in r.text and "<script>" not in r.text.replace(script, "")
     r = c.get("/a/Target?state=new&topic=*")
     assert r.status_code == 200
     assert time.monotonic() - start < 20  # no FIFO waited on, no giant file read

@@ -34,14 +34,15 @@ def test_pages_and_requeue_on_redis(redis_url: str) -> None:
         d.dead('"onerror=alert(1)')
         dead_id = d.message.id
     app, _ = create_app(Source(redis_url), Guard(TOKEN, allow_actions=True), live=False)
-    c = TestClient(app, base_url="http://127.0.0.1:8765")
+    P = Guard(TOKEN).prefix
+    c = TestClient(app, base_url="http://127.0.0.1:8765" + P)
     c.get(f"/?token={TOKEN}")
     fleet = c.get("/").text
     row = fleet.split(f'data-agent="{agent}"')[1].split("</tr>")[0]
-    assert '<td data-f="waiting">2</td>' in row and f'<a href="/a/{agent}?state=dead">1</a>' in row
+    assert '<td data-f="waiting">2</td>' in row and f'<a href="{P}/a/{agent}?state=dead">1</a>' in row
     page = c.get(f"/a/{agent}?state=dead").text
     assert "&lt;script&gt;t.0" in page and "&#34;onerror=alert(1)" in page and "<script>t" not in page
-    (key,) = re.findall(rf'href="/a/{agent}/m/([^"]+)"', page)
+    (key,) = re.findall(rf'href="{P}/a/{agent}/m/([^"]+)"', page)
     msg = c.get(f"/a/{agent}/m/{key}").text
     assert "entry" in msg and "Sender-1" in msg
     assert c.get(f"/a/{agent}/m/..%2f..%2fx").status_code == 404

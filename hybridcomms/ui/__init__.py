@@ -36,6 +36,19 @@ def register(sub: Any, parents: Any) -> None:
     )
     ui.add_argument("--poll", type=float, default=5.0, help="on Redis: seconds between counts (default 5)")
     ui.add_argument("--no-bus", action="store_true", help="do not follow the bus events of the root")
+    ui.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        help="open connections at most (default 512; past it the oldest one still waiting for its request "
+        "is closed)",
+    )
+    ui.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a connection has to send a complete request before it is closed (default 5)",
+    )
     ui.set_defaults(func=run)
 
 
@@ -46,6 +59,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
 
         from ._app import create_app
         from ._security import Guard, new_token
+        from ._server import MAX_HEAD, protocol
         from ._source import Source
     except ImportError as exc:
         print(
@@ -61,16 +75,32 @@ def run(args: argparse.Namespace, root: Path) -> int:
         return 1
     source = Source(url or str(root))
     source.entries()  # a backend out of reach is one line and exit 69 (the CLI's), before any port is bound
-    token = new_token()
+    if args.max_connections < 8 or not 0 < args.request_timeout <= 3600:
+        print(
+            "hybridcomms ui: --max-connections is 8 or more, --request-timeout 0 to 3600 s", file=sys.stderr
+        )
+        return 2
     hosts = {"127.0.0.1", "localhost", "::1", args.host}
-    app, _ = create_app(source, Guard(token, hosts, args.allow_actions), poll=args.poll, bus=not args.no_bus)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    guard = Guard(new_token(), hosts, args.allow_actions)
+    app, _ = create_app(source, guard, poll=args.poll, bus=not args.no_bus)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        http=protocol(args.request_timeout, args.max_connections),
+        h11_max_incomplete_event_size=MAX_HEAD,
+        timeout_keep_alive=5,
+        backlog=128,
+    )
     server = uvicorn.Server(config)
-    return serve(server, args.host, token, source.shown_where, args.allow_actions)
+    return serve(server, args.host, guard, source.shown_where, args.allow_actions)
 
 
-def serve(server: Any, host: str, token: str, where: str, actions: bool) -> int:
-    """Run ``server`` (uvicorn), printing the address with its token once it listens."""
+def serve(server: Any, host: str, guard: Any, where: str, actions: bool) -> int:
+    """Run ``server`` (uvicorn), printing the address (the secret prefix, the token: `Guard.start_url`)
+    once it listens."""
     import asyncio
 
     async def main() -> None:
@@ -84,7 +114,7 @@ def serve(server: Any, host: str, token: str, where: str, actions: bool) -> int:
         shown_host = f"[{host}]" if ":" in host else host
         mode = "actions allowed" if actions else "read-only"
         print(f"hybridcomms ui: {where} ({mode})", file=sys.stderr)
-        print(f"  http://{shown_host}:{port}/?token={token}", flush=True)
+        print(f"  {guard.start_url(f'http://{shown_host}:{port}')}", flush=True)
         await task
 
     try:

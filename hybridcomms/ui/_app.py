@@ -30,6 +30,7 @@ from ._fleet import RATE_KINDS, Fleet, Row
 from ._graph import Flows
 from ._listing import HeadCache, Item, lookup_key, page_of
 from ._live import Live
+from ._payload import clipped, payload_text
 from ._security import COOKIE, HEADERS, Guard
 from ._source import STATES, HybridCommsError, Source, State, check_agent_id, json_text, printable, shown
 
@@ -56,9 +57,15 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+#: Ages beyond this (about 1,000 years) are shown as such, not as a 300-digit number.
+AGE_CAP = 1000 * 365.25 * 86400.0
+
+
 def human_age(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds > AGE_CAP:
+        return "over 1000 years"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
@@ -116,6 +123,7 @@ class App:
             backend=self.source.kind,
             actions=self.guard.allow_actions,
             csrf=self.guard.csrf,
+            base=self.guard.prefix,
             rate_kinds=RATE_KINDS,
         )
         return self.templates.TemplateResponse(request, name, context, status_code=status)
@@ -143,7 +151,9 @@ class App:
         return self.page(request, "graph.html", title="who talks to whom")
 
     async def graph_json(self, request: Request) -> Response:
-        return _json(self.flows.graph())
+        entries = await _in_thread(self.fleet.entries)
+        agents = frozenset(e.agent for e in entries if e.agent is not None and e.kind != "broken")
+        return _json(self.flows.graph(agents=agents))
 
     def _agent(self, request: Request) -> str | None:
         try:
@@ -178,7 +188,9 @@ class App:
 
         def link(**change: Any) -> str:
             params = {"state": state.value, "topic": topic, "page": str(number), **change}
-            return f"/a/{quote(agent)}?" + urlencode({k: v for k, v in params.items() if v})
+            return f"{self.guard.prefix}/a/{quote(agent)}?" + urlencode(
+                {k: v for k, v in params.items() if v}
+            )
 
         return self.page(
             request,
@@ -223,10 +235,13 @@ class App:
         payload = envelope = None
         if message is not None:
             body = message.to_dict()
-            text = json_text(body.pop("payload"), indent=True, default=str)
+            text = payload_text(body.pop("payload"))
             if len(text) > PAYLOAD_LIMIT:
                 text = text[:PAYLOAD_LIMIT] + f"\n… ({len(text) - PAYLOAD_LIMIT} more characters)"
-            payload, envelope = Block(text), body
+            payload, envelope = (
+                Block(text),
+                {k: clipped(v, 8)[0] if isinstance(v, (list, dict)) else v for k, v in body.items()},
+            )
         return self.page(
             request,
             "message.html",
@@ -355,9 +370,11 @@ def _purge_args(form: dict[str, str]) -> tuple[State, float]:
         state = State(form.get("state", ""))
         older = float(form.get("older_than", ""))
     except ValueError:
-        raise ValueError("purge takes a state (done or dead) and an age in seconds") from None
-    if state not in (State.DONE, State.DEAD) or not (math.isfinite(older) and older >= 0):
-        raise ValueError("purge takes a state (done or dead) and an age in seconds")
+        raise ValueError(
+            "purge takes a state (done or dead) and an age in seconds (at most 1000 years)"
+        ) from None
+    if state not in (State.DONE, State.DEAD) or not (math.isfinite(older) and 0 <= older <= AGE_CAP):
+        raise ValueError("purge takes a state (done or dead) and an age in seconds (at most 1000 years)")
     return state, older
 
 
@@ -388,28 +405,36 @@ class Guarded:
         if response is not None:
             await response(scope, receive, send_guarded)
             return
-        await self.app(scope, receive, send_guarded)
+        await self.app({**scope, "root_path": self.guard.prefix}, receive, send_guarded)
 
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
-        if not self.guard.host_ok(headers.get("host")):
+        guard = self.guard
+        if not guard.host_ok(headers.get("host")):
             return PlainTextResponse(
                 "unknown Host header (this dashboard answers for this machine only)", 421
             )
         path: str = scope["path"]
-        if path.startswith("/static/"):
-            return None
+        if not guard.in_prefix(path):  # the secret prefix is part of the credential: nothing outside it
+            return PlainTextResponse(
+                "hybridcomms ui: open the address it printed when it started (with ?token=...)", 404
+            )
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = next((v for k, v in query if k == "token"), None)
-        if given is not None and self.guard.token_ok(given):
+        if given is not None and guard.token_ok(given):
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            target = quote(path) + (f"?{rest}" if rest else "")
-            redirect = RedirectResponse(target, 303)
-            redirect.set_cookie(COOKIE, self.guard.token, httponly=True, samesite="strict", path="/")
+            redirect = RedirectResponse(guard.local_target(path, rest), 303)
+            redirect.set_cookie(
+                COOKIE, guard.session, httponly=True, samesite="strict", path=guard.prefix + "/"
+            )
             return redirect
-        cookies = _cookies(headers.get("cookie", ""))
-        if self.guard.token_ok(cookies.get(COOKIE)):
+        if path == guard.prefix:
+            return RedirectResponse(guard.prefix + "/", 307)
+        if path.startswith(guard.prefix + "/static/"):
             return None
-        if path.startswith(("/api/", "/events")):
+        cookies = _cookies(headers.get("cookie", ""))
+        if guard.session_ok(cookies.get(COOKIE)):
+            return None
+        if path.startswith((guard.prefix + "/api/", guard.prefix + "/events")):
             return PlainTextResponse("the dashboard's token is needed", 403)
         return PlainTextResponse(
             "hybridcomms ui: open the address it printed when it started (with ?token=...)", 403

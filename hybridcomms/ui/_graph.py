@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._listing import HeadCache
-from ._source import STATES, HybridCommsError, Source, State, printable
+from ._source import STATES, HybridCommsError, Source, State, listing, printable
 
 WINDOW = 15 * 60.0
 PER_AGENT = 200
 MAX_FLOWS = 200_000
 #: Where a bus event without a recipient goes (a broadcast).
 EVERYONE = "*"
+#: The most nodes drawn: the busiest; the rest are one node (`OTHERS`). A producer can claim any
+#: sender it likes: 3,000 made-up senders must not make 3,000 nodes.
+MAX_NODES = 40
+OTHERS = "(others)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,26 +56,45 @@ class Flows:
             kept = [f for f in self._flows if f.kind == "bus"]
             self._flows = deque(sorted([*flows, *kept], key=lambda f: f.at), maxlen=MAX_FLOWS)
 
-    def graph(self, now: float | None = None) -> dict[str, Any]:
+    def graph(self, now: float | None = None, agents: frozenset[str] | None = None) -> dict[str, Any]:
         """Nodes and edges for the page: per (sender, recipient, kind) the messages in the window, their
-        rate per minute and how many of them are dead."""
+        rate per minute and how many of them are dead. At most `MAX_NODES` nodes: the busiest, the rest
+        merged into `OTHERS`. ``agents``: the agents of the root (a mailbox of that name); a node that
+        is none of them (nor a broadcast) is marked unverified (a sender is what its producer claims)."""
         now = time.time() if now is None else now
         cutoff = now - self.window
-        edges: dict[tuple[str, str, str], list[int]] = {}
         with self._lock:
             while self._flows and self._flows[0].at < cutoff:
                 self._flows.popleft()
             flows = list(self._flows)
+        busy: dict[str, int] = {}
         for f in flows:
-            pair = (printable(f.sender, 200), printable(f.recipient, 200), f.kind)
-            counts = edges.setdefault(pair, [0, 0])
+            for n in (f.sender, f.recipient):
+                busy[n] = busy.get(n, 0) + 1
+        kept = set(
+            sorted(busy, key=lambda n: (-busy[n], n))[: MAX_NODES - 1 if len(busy) > MAX_NODES else None]
+        )
+        merged = len(busy) - len(kept)
+
+        def node(name: str) -> str:
+            return printable(name, 200) if name in kept else OTHERS
+
+        edges: dict[tuple[str, str, str], list[int]] = {}
+        for f in flows:
+            counts = edges.setdefault((node(f.sender), node(f.recipient), f.kind), [0, 0])
             counts[0] += 1
             counts[1] += f.dead
-        nodes = sorted({n for s, r, _ in edges for n in (s, r)})
+        shown = {printable(n, 200): n for n in kept}
+        nodes = [
+            {"id": n, "verified": agents is None or shown[n] in agents or shown[n] == EVERYONE}
+            for n in sorted(shown)
+        ]
+        if merged:
+            nodes.append({"id": OTHERS, "verified": False, "others": merged})
         minutes = self.window / 60.0
         return {
             "window": self.window,
-            "nodes": [{"id": n} for n in nodes],
+            "nodes": nodes,
             "edges": [
                 {
                     "source": s,
@@ -97,7 +120,9 @@ def look(source: Source, heads: HeadCache, window: float = WINDOW, now: float | 
             continue
         try:
             with source.reading(entry.agent) as mb:
-                recent = [info for state in STATES for info in mb.list(state) if info.changed_at >= cutoff]
+                recent = [
+                    info for state in STATES for info in listing(mb, state) if info.changed_at >= cutoff
+                ]
                 recent.sort(key=lambda i: i.changed_at, reverse=True)
                 for info in recent[:PER_AGENT]:
                     sender = heads.head(mb, info).sender or "?"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import fnmatch
 import os
 import re
@@ -20,13 +21,20 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ._source import HybridCommsError, Mailbox, MessageInfo, State
+from ._source import HybridCommsError, Mailbox, MessageInfo, State, Withheld, listing, read_small, with_reason
 
 PAGE_SIZE = 50
 #: A message larger than this is not read for the listing (its topic shows as unknown).
 HEAD_LIMIT = 256 * 1024
 #: A topic filter looks at most this many messages per page asked.
 SCAN_LIMIT = 5000
+#: The most of a topic, sender, recipient kept for the listing (characters; the message page shows all).
+FIELD_LIMIT = 200
+#: What the cache of heads may hold, in (estimated) bytes: not a count of entries, which a producer
+#: could make as large as it likes.
+CACHE_BYTES = 16 << 20
+#: The estimated cost of one cached head beyond its strings (the key, the object, the dict slot).
+ENTRY_OVERHEAD = 400
 #: What a message key in a URL may be: a message id (`hybridcomms.message`'s rule), or "~" and the
 #: file name as URL-safe base64 (a file hybridcomms did not name).
 _ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
@@ -41,18 +49,34 @@ class Head:
     sender: str | None
     recipient: str | None
     priority: str | None
+    withheld: str | None = None  # why the file was not read (hard-linked, too large)
+
+    def cost(self) -> int:
+        """Its estimated size in bytes (what `HeadCache` counts)."""
+        texts = (self.topic, self.sender, self.recipient, self.priority, self.withheld)
+        return ENTRY_OVERHEAD + sum(len(t) * 4 for t in texts if t)  # 4: the widest str storage
 
 
 _UNKNOWN = Head(None, None, None, None)
 
 
-class HeadCache:
-    """Heads read, by (agent, state, name): bounded, least recently used out first."""
+def _clip(value: str | None) -> str | None:
+    return value if value is None or len(value) <= FIELD_LIMIT else value[: FIELD_LIMIT - 1] + "…"
 
-    def __init__(self, size: int = 50_000) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, str, str], Head] = OrderedDict()
+
+class HeadCache:
+    """Heads read, by (agent, state, name): bounded by their bytes (`CACHE_BYTES`), least recently
+    used out first; every field is cut to `FIELD_LIMIT`, so one head costs a few hundred bytes at most
+    whatever its file holds."""
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget = budget
+        self.bytes = 0  # the estimated bytes held (keys and heads)
+        self._items: OrderedDict[tuple[str, str, str], tuple[Head, int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def head(self, mb: Mailbox, info: MessageInfo) -> Head:
         key = (mb.agent_id, info.state.value, info.name)
@@ -60,23 +84,29 @@ class HeadCache:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
-                return hit
+                return hit[0]
         got = read_head(mb, info)
+        cost = got.cost() + sum(len(k) * 4 for k in key)
         with self._lock:
-            self._items[key] = got
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._items[key] = (got, cost)
+            self.bytes += cost
+            while self.bytes > self.budget and self._items:
+                self.bytes -= self._items.popitem(last=False)[1][1]
         return got
 
 
 def read_head(mb: Mailbox, info: MessageInfo) -> Head:
-    if info.size > HEAD_LIMIT:
-        return _UNKNOWN
+    """What a listing shows of a message: read only when its file is small and has one name."""
     try:
-        m = mb.read(info)
+        m = read_small(mb, info, HEAD_LIMIT)
+    except Withheld as exc:
+        return Head(None, None, None, None, _clip(str(exc)))
     except (OSError, HybridCommsError, KeyError, ValueError):
         return _UNKNOWN
-    return Head(m.topic, m.sender, m.recipient, m.priority.name)
+    return Head(_clip(m.topic), _clip(m.sender), _clip(m.recipient), m.priority.name)
 
 
 def message_key(info: MessageInfo) -> str:
@@ -161,16 +191,19 @@ def page_of(
     now: float | None = None,
 ) -> Page:
     now = time.time() if now is None else now
-    infos = ordered(mb.list(state), state)
+    infos = ordered(listing(mb, state), state)  # dead reasons are read for the page's rows only
     page = max(page, 1)
     start = (page - 1) * size
 
     def item(info: MessageInfo, head: Any) -> Item:
         return Item(info, head, message_key(info), max(now - info.changed_at, 0.0))
 
+    def shown(items: list[Item]) -> list[Item]:
+        return [dataclasses.replace(i, info=with_reason(mb, i.info)) for i in items]
+
     if not topic:
         chosen = infos[start : start + size]
-        items = [item(i, heads.head(mb, i)) for i in chosen]
+        items = shown([item(i, heads.head(mb, i)) for i in chosen])
         pages = max((len(infos) + size - 1) // size, 1)
         return Page(items, len(infos), page, pages, start + size < len(infos), 0, False)
     matched: list[Item] = []
@@ -187,5 +220,11 @@ def page_of(
         if head.topic is not None and fnmatch.fnmatchcase(head.topic, topic):
             matched.append(item(info, head))
     return Page(
-        matched[start : start + size], len(infos), page, None, len(matched) > start + size, scanned, capped
+        shown(matched[start : start + size]),
+        len(infos),
+        page,
+        None,
+        len(matched) > start + size,
+        scanned,
+        capped,
     )

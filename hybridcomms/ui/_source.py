@@ -10,13 +10,20 @@ watcher's notifications.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from .. import _fs
 from .._log import get as get_logger
+from .._names import REASON_SUFFIX, parse_name
 from .._text import json_text, printable, shown
 from .._urls import shown_url
 from ..backends import Mailbox, backend_of, open_mailbox
@@ -40,12 +47,16 @@ __all__ = [
     "Source",
     "State",
     "StateStats",
+    "Withheld",
     "check_agent_id",
     "get_logger",
     "json_text",
+    "listing",
     "printable",
+    "read_small",
     "shown",
     "shown_url",
+    "with_reason",
 ]
 
 #: The states a person looks at, in the order a message meets them.
@@ -207,3 +218,106 @@ def _legacy_status(root: str, agent: str) -> dict[str, Any] | None:
     from ..intake import adoption
 
     return adoption().status(root, agent)
+
+
+# -- reading for a listing, bounded (docs/ui.md, "How it is secured") ------------------------------
+#
+# A co-tenant can hard-link one big file under thousands of valid names: every name read costs the
+# whole file again. So what a listing reads is read once per file it is (a file with more than one link
+# is not read: it says so), up to a size. Better in the library (backends/file/inspection.py): a
+# `list_state(..., reasons=False)` and a reader that refuses ``st_nlink > 1`` after its ``fstat``.
+
+#: A dead reason larger than this is not read for a listing (the message page reads it whole).
+REASON_LIMIT = 64 * 1024
+
+
+class Withheld(Exception):
+    """A file a listing does not read: hard-linked, too large, or not a regular file."""
+
+
+def _check_single(st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise Withheld("not a regular file")
+    if st.st_nlink > 1:
+        raise Withheld(f"hard-linked ({st.st_nlink} names): not read")
+    if st.st_size > limit:
+        raise Withheld(f"{st.st_size} bytes: not read for the list")
+
+
+def read_small(mb: Mailbox, info: MessageInfo, limit: int) -> Message:
+    """The message of ``info`` for a listing: `Withheld` if its file has more than one link or is over
+    ``limit`` bytes (checked on the descriptor it is read from: no race with a new link)."""
+    if info.size > limit:
+        raise Withheld(f"{info.size} bytes: not read for the list")
+    if not isinstance(mb, FileMailbox):
+        return mb.read(info)
+    fd, st = _fs.open_regular(info.name, limit, dir_fd=mb.folders.fd(info.state))
+    try:
+        _check_single(st, limit)
+        raw = _fs.read_all(fd, st.st_size, limit)
+    finally:
+        os.close(fd)
+    if raw is None:
+        raise Withheld("grew while it was read")
+    return Message.decode(raw, path=str(mb.path / info.state.folder / info.name))
+
+
+def listing(mb: Mailbox, state: State) -> list[MessageInfo]:
+    """``mb.list(state)``, except that on files the dead letters' reason files are not read (a page
+    reads the reasons of the rows it shows: `with_reason`): names, sizes and times only."""
+    if not isinstance(mb, FileMailbox) or state is not State.DEAD:
+        return mb.list(state)
+    if not mb.folders.has(state):
+        return []
+    fd = mb.folders.fd(state)
+    out = []
+    for name in sorted(_fs.listdir_at(fd)):
+        if name.endswith(REASON_SUFFIX):
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        parsed = parse_name(name)
+        out.append(
+            MessageInfo(
+                state=state,
+                name=name,
+                path=mb.path / state.folder / name,
+                id=parsed.id if parsed else None,
+                attempt=parsed.attempt if parsed else 0,
+                due=parsed.due if parsed else None,
+                size=st.st_size,
+                changed_at=st.st_ctime,
+            )
+        )
+    return out
+
+
+def with_reason(mb: Mailbox, info: MessageInfo) -> MessageInfo:
+    """``info`` with its dead reason read (files: a reason file with more than one link or over
+    `REASON_LIMIT` is not read, and says so)."""
+    if not isinstance(mb, FileMailbox) or info.state is not State.DEAD or info.reason is not None:
+        return info
+    try:
+        fd, st = _fs.open_regular(info.name + REASON_SUFFIX, REASON_LIMIT, dir_fd=mb.folders.fd(State.DEAD))
+    except FileNotFoundError:
+        return info
+    except _fs.TooLargeError:
+        return dataclasses.replace(
+            info, reason={"reason": f"(reason file over {REASON_LIMIT} bytes: not read)"}
+        )
+    except OSError:
+        return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
+    try:
+        _check_single(st, REASON_LIMIT)
+        raw = _fs.read_all(fd, st.st_size, REASON_LIMIT)
+    except Withheld as exc:
+        return dataclasses.replace(info, reason={"reason": f"(reason file {exc})"})
+    finally:
+        os.close(fd)
+    try:
+        value = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
+    return dataclasses.replace(info, reason=value if isinstance(value, dict) else None)

@@ -23,24 +23,32 @@
     }).join(" ");
   }
 
+  // Agent names come from folder names a co-tenant chooses ("constructor", "__proto__", ...): every
+  // object indexed by a name is a Map, never a plain {} (whose prototype answers for such names).
   function targets() {
-    var out = {};
+    var out = new Map();
     document.querySelectorAll("[data-agent]").forEach(function (el) {
-      (out[el.getAttribute("data-agent")] = out[el.getAttribute("data-agent")] || []).push(el);
+      var name = el.getAttribute("data-agent");
+      if (!out.has(name)) out.set(name, []);
+      out.get(name).push(el);
     });
     return out;
   }
 
+  function own(row, f) {
+    return Object.prototype.hasOwnProperty.call(row, f);
+  }
+
   function apply(update) {
     var byAgent = targets();
-    var seen = {};
+    var seen = new Set();
     var changed = false;
     update.rows.forEach(function (row) {
-      seen[row.agent] = true;
-      (byAgent[row.agent] || []).forEach(function (el) {
+      seen.add(row.agent);
+      (byAgent.get(row.agent) || []).forEach(function (el) {
         el.querySelectorAll("[data-f]").forEach(function (cell) {
           var f = cell.getAttribute("data-f");
-          if (!(f in row)) return;
+          if (!own(row, f)) return;
           var text = f === "oldest" ? age(row[f]) : String(row[f]);
           var link = cell.querySelector("a");
           var holder = link || cell;
@@ -52,30 +60,41 @@
         });
         el.querySelectorAll("polyline[data-k]").forEach(function (line) {
           var k = line.getAttribute("data-k");
-          if (row.rates && row.rates[k]) line.setAttribute("points", spark(row.rates[k]));
+          if (row.rates && own(row.rates, k) && Array.isArray(row.rates[k])) line.setAttribute("points", spark(row.rates[k]));
         });
       });
     });
     var table = document.getElementById("fleet");
     if (table) {
       var rows = table.querySelectorAll("tr[data-agent]");
-      var gone = Array.prototype.some.call(rows, function (tr) { return !seen[tr.getAttribute("data-agent")]; });
-      var known = Object.keys(byAgent);
-      var added = update.rows.some(function (row) { return known.indexOf(row.agent) < 0; });
+      var gone = Array.prototype.some.call(rows, function (tr) { return !seen.has(tr.getAttribute("data-agent")); });
+      var added = update.rows.some(function (row) { return !byAgent.has(row.agent); });
       document.getElementById("stale").hidden = !(gone || added);
     }
     var notice = document.getElementById("changed");
     if (notice && changed) notice.hidden = false;
   }
 
+  function base() {
+    return document.body.getAttribute("data-base") || "";
+  }
+
   function live() {
     var badge = document.getElementById("live");
     if (!window.EventSource || !badge || !document.querySelector("[data-agent]")) return;
-    var source = new EventSource("/events");
+    var source = new EventSource(base() + "/events");
     source.addEventListener("open", function () { badge.setAttribute("data-state", "on"); badge.textContent = "live"; });
     source.addEventListener("error", function () { badge.setAttribute("data-state", "off"); badge.textContent = "live: reconnecting"; });
     source.addEventListener("fleet", function (e) {
-      try { apply(JSON.parse(e.data)); } catch (err) { /* a bad update is skipped */ }
+      try {
+        apply(JSON.parse(e.data));
+        if (badge.getAttribute("data-state") === "failed") { badge.setAttribute("data-state", "on"); badge.textContent = "live"; }
+      } catch (err) {
+        // never swallowed: the page says its numbers stopped following (and why, in the tooltip)
+        badge.setAttribute("data-state", "failed");
+        badge.textContent = "live: update failed (reload)";
+        badge.title = String(err && err.message ? err.message : err);
+      }
     });
   }
 
@@ -102,10 +121,10 @@
     var n = data.nodes.length;
     var size = Math.max(420, Math.min(1100, 140 + n * 38));
     var r = size / 2 - 90;
-    var pos = {};
+    var pos = new Map();
     data.nodes.forEach(function (node, i) {
       var a = (2 * Math.PI * i) / n - Math.PI / 2;
-      pos[node.id] = { x: size / 2 + r * Math.cos(a), y: size / 2 + r * Math.sin(a), a: a };
+      pos.set(node.id, { x: size / 2 + r * Math.cos(a), y: size / 2 + r * Math.sin(a), a: a });
     });
     var svg = el("svg", { viewBox: "0 0 " + size + " " + size, role: "img", "aria-label": "who talks to whom" });
     var defs = el("defs", {});
@@ -115,7 +134,7 @@
     svg.appendChild(defs);
     var top = Math.max.apply(null, data.edges.map(function (e) { return e.per_minute; }).concat([0.001]));
     data.edges.forEach(function (e) {
-      var s = pos[e.source], t = pos[e.target];
+      var s = pos.get(e.source), t = pos.get(e.target);
       if (!s || !t) return;
       var cls = e.kind + (e.dead ? " dead" : "");
       var line = el("line", { x1: s.x, y1: s.y, x2: t.x, y2: t.y, "class": cls, "stroke-width": (1 + 7 * e.per_minute / top).toFixed(2), "marker-end": "url(#arrow)" });
@@ -123,12 +142,14 @@
       svg.appendChild(line);
     });
     data.nodes.forEach(function (node) {
-      var p = pos[node.id];
-      var g = el("g", { "class": "node" });
+      var p = pos.get(node.id);
+      var kind = node.others ? " others" : node.verified === false ? " unverified" : "";
+      var g = el("g", { "class": "node" + kind });
       g.appendChild(el("circle", { cx: p.x, cy: p.y, r: 9 }));
       var right = Math.cos(p.a) >= 0;
       g.appendChild(el("text", { x: p.x + (right ? 13 : -13), y: p.y + 4, "text-anchor": right ? "start" : "end" }, short(node.id)));
-      g.lastChild.appendChild(el("title", {}, node.id));
+      var note = node.others ? node.others + " less busy senders and recipients" : node.verified === false ? node.id + " (unverified: no mailbox of this name here; a sender is what its producer claims)" : node.id;
+      g.lastChild.appendChild(el("title", {}, note));
       svg.appendChild(g);
     });
     box.appendChild(svg);

@@ -1,0 +1,57 @@
+"""A payload as text for the message page, whatever its shape.
+
+A producer's JSON may nest as deep as the reader accepts (1,024 levels), deeper than the JSON writer
+goes (254): the page never fails on it. Up to `DEPTH` levels it is pretty-printed; what is deeper is
+replaced by a note saying how it was cut (a string, so it stays inert JSON text).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._source import json_text
+
+#: Levels shown; a list or object deeper than this shows as a note.
+DEPTH = 64
+#: The note a cut value shows as.
+CUT = "… (nested deeper than {depth} levels: not shown)"
+
+
+def clipped(value: Any, depth: int = DEPTH) -> tuple[Any, bool]:
+    """``value`` with every list or object below ``depth`` levels replaced by a note (iterative: no
+    recursion however deep the value is); and whether anything was cut."""
+    cut = False
+    note = CUT.format(depth=depth)
+
+    def shallow(v: Any) -> Any:
+        return [] if isinstance(v, list) else {} if isinstance(v, dict) else v
+
+    root = shallow(value)
+    stack: list[tuple[Any, Any, int]] = [(value, root, 1)]  # (source, copy being filled, its level)
+    while stack:
+        src, dst, level = stack.pop()
+        items = enumerate(src) if isinstance(src, list) else src.items()
+        for k, v in items:
+            if isinstance(v, (list, dict)):
+                if level >= depth:
+                    child: Any = note
+                    cut = True
+                else:
+                    child = shallow(v)
+                    stack.append((v, child, level + 1))
+            else:
+                child = v
+            if isinstance(dst, list):
+                dst.append(child)
+            else:
+                dst[str(k)] = child
+    return root, cut
+
+
+def payload_text(value: Any) -> str:
+    """``value`` as pretty-printed, inert JSON, cut at `DEPTH` levels (with a note above it)."""
+    shown, cut = clipped(value) if isinstance(value, (list, dict)) else (value, False)
+    text = json_text(shown, indent=True, default=str)
+    if cut:
+        return f"(the payload nests deeper than {DEPTH} levels: what is deeper is not shown)\n{text}"
+    return text
