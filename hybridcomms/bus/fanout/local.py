@@ -764,14 +764,19 @@ class LocalFanout:
         due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
         woke = False
         for link in due[:PROBES_PER_LOOK]:
-            if self._writable(link):
-                link.skip_until = 0.0
-                link.ok = True
-                woke = True
-            else:
-                link.skip_until = now + STUCK_RETRY
+            woke = self._wake_if_writable(link, now) or woke
         if woke:
             self._regroup = True
+
+    def _wake_if_writable(self, link: _Link, now: float) -> bool:
+        """Wake a peer asleep whose buffer has room again (True), else let it sleep another
+        `STUCK_RETRY`."""
+        if self._writable(link):
+            link.skip_until = 0.0
+            link.ok = True
+            return True
+        link.skip_until = now + STUCK_RETRY
+        return False
 
     def _writable(self, link: _Link) -> bool:
         """Whether ``link``'s peer has room in its buffer (a datagram socket connected to another
@@ -820,16 +825,20 @@ class LocalFanout:
     def _turns(self, names: list[str]) -> tuple[Turns, ...]:
         """(Under the lock.) The turns of the peers ``names``: one per owner (their socket's uid)."""
         by_owner: dict[int, list[_Link]] = {}
-        regs = self._regs
         for name in names:
-            reg = regs.get(name)
-            if reg is None or reg.peer is None or reg.dead:
-                continue
-            link = self._link(reg, reg.peer)
+            link = self._link_of(name)
             if link is not None:
                 by_owner.setdefault(link.owner, []).append(link)
         budget = SENDS_PER_OWNER
         return tuple(Turns(links, budget) for links in by_owner.values())
+
+    def _link_of(self, name: str) -> _Link | None:
+        """(Under the lock.) The link to the peer of registration ``name`` (`_link`); None if that is
+        not a peer that can be sent to (unknown, set aside, or its socket refused)."""
+        reg = self._regs.get(name)
+        if reg is None or reg.peer is None or reg.dead:
+            return None
+        return self._link(reg, reg.peer)
 
     def peers_for(self, topic: str) -> list[str]:
         """The registration names of the processes an event on ``topic`` may go to (those asleep
@@ -890,11 +899,7 @@ class LocalFanout:
             raise _Refused from None
         sock = None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISSOCK(st.st_mode):  # a link (opened as itself), a file
-                raise _Refused
-            if expect is not None and (st.st_dev, st.st_ino) != expect:
-                raise _Refused
+            _check_socket(fd, expect)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.connect(f"/proc/self/fd/{fd}")
             return sock
@@ -1352,6 +1357,19 @@ class LocalFanout:
             return
         deliver(self.bus, event, len(data), sender)
 
+    def _close_links(self) -> None:
+        """(Under the lock, at close.) Every link's backlog dropped (counted) and socket closed, what
+        the peers missed counted, the retired sockets closed."""
+        for link in self._links.values():
+            self._forget_backlog(link)  # what still waited is dropped now: counted
+            if link.sock is not None:
+                link.sock.close()
+        self._links = {}
+        self._reset_targets()  # (what the peers missed is counted first)
+        for _, sock in self._retired:
+            sock.close()
+        self._retired = []
+
     def close(self) -> None:
         if self._closed:
             return
@@ -1370,19 +1388,21 @@ class LocalFanout:
             with contextlib.suppress(OSError):
                 os.unlink(self.name + suffix, dir_fd=self._dir_fd)
         with self._lock:
-            for link in self._links.values():
-                self._forget_backlog(link)  # what still waited is dropped now: counted
-                if link.sock is not None:
-                    link.sock.close()
-            self._links = {}
-            self._reset_targets()  # (what the peers missed is counted first)
-            for _, sock in self._retired:
-                sock.close()
-            self._retired = []
+            self._close_links()
         self._sock.close()
         os.close(self._dir_fd)
         os.close(self._bell_r)
         os.close(self._bell_w)
+
+
+def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
+    """Raise `_Refused` unless ``fd`` (an ``O_PATH`` descriptor) is a socket, the one ``expect``
+    names if given (a link is opened as itself: refused, as a file is)."""
+    st = os.fstat(fd)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise _Refused
+    if expect is not None and (st.st_dev, st.st_ino) != expect:
+        raise _Refused
 
 
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
