@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -219,13 +219,25 @@ def _topic_of(value: object) -> str:
     return value
 
 
-def _check_pattern(pattern: str) -> str:
+def _star_misplaced(pattern: str) -> bool:
+    """Whether a '*' stands elsewhere than as the whole pattern or as a last '.*'."""
     star = pattern.find("*")
-    if star != -1 and not (pattern == "*" or (pattern.endswith(".*") and star == len(pattern) - 1)):
+    if star == -1 or pattern == "*":
+        return False
+    return not (pattern.endswith(".*") and star == len(pattern) - 1)
+
+
+def _segment_empty(pattern: str) -> bool:
+    """Whether the pattern has an empty topic segment (a leading, doubled or trailing dot)."""
+    return pattern.startswith(".") or ".." in pattern or (pattern.endswith(".") and pattern != ".")
+
+
+def _check_pattern(pattern: str) -> str:
+    if _star_misplaced(pattern):
         raise ValueError(
             f"bad pattern {pattern!r}: '*' is allowed only as the whole pattern or as a last '.*'"
         )
-    if pattern.startswith(".") or ".." in pattern or (pattern.endswith(".") and pattern != "."):
+    if _segment_empty(pattern):
         raise ValueError(f"bad pattern {pattern!r}: empty topic segment")
     return pattern
 
@@ -263,12 +275,15 @@ class PublishResult:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every async handler finished; False on timeout. Not for use inside the event
         loop that runs them (``await`` the result there)."""
-        loop_futures = [f for f in self._pending if isinstance(f, asyncio.Future) and not f.done()]
-        if loop_futures:
+        if self._loop_pending():
             raise RuntimeError("handlers run on this thread's event loop: await the publish result instead")
         threaded = [f for f in self._pending if isinstance(f, concurrent.futures.Future)]
         _, not_done = concurrent.futures.wait(threaded, timeout=timeout)
         return not not_done
+
+    def _loop_pending(self) -> bool:
+        """Whether a handler still runs on an event loop (a task, which `wait` cannot block on)."""
+        return any(isinstance(f, asyncio.Future) and not f.done() for f in self._pending)
 
     @property
     def done(self) -> bool:
@@ -321,11 +336,9 @@ class AgentBus:
             self._by_id[sub.id] = sub
             if pattern == "*":
                 self._all = (*self._all, sub)
-            elif pattern.endswith(".*"):
-                key = pattern[:-2]
-                self._prefix[key] = (*self._prefix.get(key, ()), sub)
             else:
-                self._exact[pattern] = (*self._exact.get(pattern, ()), sub)
+                table, key = self._table_of(pattern)
+                table[key] = (*table.get(key, ()), sub)
             self._cache = {}
         self._changed()
         return sub
@@ -355,16 +368,20 @@ class AgentBus:
     def _unindex(self, sub: Subscription) -> None:
         """(Under the lock.) Take ``sub`` out of the table of its pattern's kind."""
         if sub.pattern == "*":
-            self._all = tuple(s for s in self._all if s is not sub)
+            self._all = _without(self._all, sub)
             return
-        table, key = (
-            (self._prefix, sub.pattern[:-2]) if sub.pattern.endswith(".*") else (self._exact, sub.pattern)
-        )
-        rest = tuple(s for s in table[key] if s is not sub)
+        table, key = self._table_of(sub.pattern)
+        rest = _without(table[key], sub)
         if rest:
             table[key] = rest
         else:
             del table[key]
+
+    def _table_of(self, pattern: str) -> tuple[dict[str, tuple[Subscription, ...]], str]:
+        """The table (prefix or exact) holding a pattern other than "*", and its key there."""
+        if pattern.endswith(".*"):
+            return self._prefix, pattern[:-2]
+        return self._exact, pattern
 
     def subscriptions(self) -> list[Subscription]:
         with self._lock:
@@ -404,6 +421,9 @@ class AgentBus:
                 log.exception("bus: a subscription watcher failed")
 
     def _send_out(self, event: Event) -> None:
+        """Hand an event published here to the outlets (one from another process is never sent on)."""
+        if event.origin is not None:
+            return
         for outlet in self._outlets:
             try:
                 outlet(event)
@@ -417,24 +437,26 @@ class AgentBus:
         with self._lock:
             found: list[Subscription] = list(self._all)
             found.extend(self._exact.get(topic, ()))
-            prefix = self._prefix
-            if prefix:
-                end = topic.find(".")
-                while end != -1:
-                    found.extend(prefix.get(topic[:end], ()))
-                    end = topic.find(".", end + 1)
-                found.extend(prefix.get(topic, ()))
+            found.extend(self._prefix_matches(topic))
             found.sort(key=lambda s: s.seq)
-            unique: list[Subscription] = []
-            for sub in found:  # each handler at most once per event, handlers told apart by equality:
-                # ``obj.method`` is a new bound-method object at every access, equal to the others
-                if not any(_same(sub.handler, u.handler) for u in unique):
-                    unique.append(sub)
-            result = tuple(unique)
+            result = _one_per_handler(found)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache = {}
             self._cache[topic] = result
         return result
+
+    def _prefix_matches(self, topic: str) -> list[Subscription]:
+        """(Under the lock.) The subscriptions of every "p.*" whose p is the topic or a dot-bounded
+        start of it."""
+        prefix = self._prefix
+        found: list[Subscription] = []
+        if prefix:
+            end = topic.find(".")
+            while end != -1:
+                found.extend(prefix.get(topic[:end], ()))
+                end = topic.find(".", end + 1)
+            found.extend(prefix.get(topic, ()))
+        return found
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -468,7 +490,7 @@ class AgentBus:
             except Exception as exc:
                 result.errors.append(exc)
                 self._failed(event, sub, exc)
-        if self._outlets and event.origin is None:
+        if self._outlets:
             self._send_out(event)
         return result
 
@@ -499,14 +521,11 @@ class AgentBus:
         one more async run (`MAX_RECEIVED_RUNS`): never past the bounds, and once half of either is
         in use, only if its sender holds less than a quarter of both."""
         runs, held = self._received_runs, self._received_bytes
-        if runs >= MAX_RECEIVED_RUNS or held + size > MAX_RECEIVED_BYTES:
+        if _past(runs, held + size, 1):
             return False
         mine = self._held_by.get(sender)
-        crowded = runs >= MAX_RECEIVED_RUNS // 2 or held + size > MAX_RECEIVED_BYTES // 2
-        greedy = mine is not None and (
-            mine[0] >= MAX_RECEIVED_RUNS // 4 or mine[1] + size > MAX_RECEIVED_BYTES // 4
-        )
-        return not (crowded and greedy)
+        greedy = mine is not None and _past(mine[0], mine[1] + size, 4)
+        return not (greedy and _past(runs, held + size, 2))
 
     def _admit(self, size: int, sender: int) -> bool:
         """Whether a received event may start one more async run (`_room_for`); if so, it is counted
@@ -540,27 +559,10 @@ class AgentBus:
         if received:
             cost: tuple[int, int] = getattr(result, "_cost", (0, UNKNOWN_SENDER))
             if not self._admit(*cost):  # a flood from other processes: this run is not started
-                close = getattr(awaitable, "close", None)
-                if callable(close):
-                    close()  # a coroutine never awaited, closed (no "never awaited" warning)
-                result.dropped += 1
+                _not_started(awaitable, result)
                 return
-
-        async def guarded() -> None:
-            try:
-                await awaitable
-            except Exception as exc:
-                result.errors.append(exc)
-                self._failed(event, sub, exc)
-
-        future: asyncio.Future[None] | concurrent.futures.Future[None]
         try:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                future = asyncio.run_coroutine_threadsafe(guarded(), self._background_loop())
-            else:
-                future = loop.create_task(guarded())
+            future = self._start(self._guarded(awaitable, event, sub, result))
         except BaseException:
             if received:
                 self._run_ended(cost)
@@ -568,6 +570,26 @@ class AgentBus:
         if received:  # counted until it ends, however it ends (done, failed, cancelled)
             future.add_done_callback(lambda _future: self._run_ended(cost))
         result._pending.append(future)
+
+    async def _guarded(
+        self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
+    ) -> None:
+        """Await a handler's run; what it raises is recorded and published, never raised."""
+        try:
+            await awaitable
+        except Exception as exc:
+            result.errors.append(exc)
+            self._failed(event, sub, exc)
+
+    def _start(
+        self, run: Coroutine[Any, Any, None]
+    ) -> asyncio.Future[None] | concurrent.futures.Future[None]:
+        """Start a run on the publisher's event loop if it has one, else on the background loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run_coroutine_threadsafe(run, self._background_loop())
+        return loop.create_task(run)
 
     def _run_ended(self, cost: tuple[int, int]) -> None:
         size, sender = cost
@@ -650,6 +672,35 @@ class AgentBus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _without(subs: tuple[Subscription, ...], sub: Subscription) -> tuple[Subscription, ...]:
+    """The subscriptions but ``sub``."""
+    return tuple(s for s in subs if s is not sub)
+
+
+def _not_started(awaitable: Awaitable[Any], result: PublishResult) -> None:
+    """Count an async run the bounds refused, closing its coroutine (no "never awaited" warning)."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
+    result.dropped += 1
+
+
+def _past(runs: int, size: int, share: int) -> bool:
+    """Whether ``runs`` runs holding ``size`` bytes reach 1/share of either bound of received runs
+    (`MAX_RECEIVED_RUNS`, `MAX_RECEIVED_BYTES`)."""
+    return runs >= MAX_RECEIVED_RUNS // share or size > MAX_RECEIVED_BYTES // share
+
+
+def _one_per_handler(found: list[Subscription]) -> tuple[Subscription, ...]:
+    """The first subscription of each handler: each handler runs at most once per event."""
+    unique: list[Subscription] = []
+    for sub in found:  # handlers told apart by equality: ``obj.method`` is a new bound-method
+        # object at every access, equal to the others
+        if not any(_same(sub.handler, u.handler) for u in unique):
+            unique.append(sub)
+    return tuple(unique)
 
 
 def _is_async(handler: Handler) -> bool:

@@ -90,14 +90,15 @@ def normalized(patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if "*" in patterns:
         return STAR
     heads = {p[:-2] for p in patterns if p.endswith(".*")}
-    kept: dict[str, None] = {}
-    for p in patterns:
-        prefix = p.endswith(".*")
-        base = p[:-2] if prefix else p
-        if (not prefix and p in heads) or any(h in heads for h in _heads(base)):
-            continue
-        kept[p] = None
-    return tuple(kept)
+    return tuple(p for p in dict.fromkeys(patterns) if not _covered(p, heads))
+
+
+def _covered(pattern: str, heads: set[str]) -> bool:
+    """Whether a prefix pattern (its head in ``heads``) covers ``pattern``: ``a.b`` under ``a.b.*``,
+    ``a.b`` and ``a.b.*`` under ``a.*``."""
+    prefix = pattern.endswith(".*")
+    base = pattern[:-2] if prefix else pattern
+    return (not prefix and pattern in heads) or any(h in heads for h in _heads(base))
 
 
 def effective_patterns(patterns: Any) -> tuple[str, ...] | None:
@@ -109,12 +110,16 @@ def effective_patterns(patterns: Any) -> tuple[str, ...] | None:
         return None
     if len(patterns) > MAX_PATTERNS:
         return STAR  # (what is in them is not looked at: they stand for everything)
-    for p in patterns:
-        if type(p) is not str or not 0 < len(p) <= MAX_TOPIC:
-            return None
+    if not _matchable(patterns):
+        return None
     if len(orjson.dumps(patterns)) > PATTERNS_BYTES:
         return STAR
     return normalized(patterns)
+
+
+def _matchable(patterns: list[Any]) -> bool:
+    """Whether every pattern is one a topic can match (a string of 1-`MAX_TOPIC` characters)."""
+    return all(type(p) is str and 0 < len(p) <= MAX_TOPIC for p in patterns)
 
 
 def open_bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
@@ -123,43 +128,66 @@ def open_bus_folder(root: Path, allowed: bool) -> tuple[int, int, int]:
     kept. An existing folder is checked as a mailbox folder is (`_fs.check_owner`): another user's is
     refused unless allowed; one of ours gets the modes above; another user's (allowed) is refused if
     its modes grant more than the root's do (others could then register and get every event)."""
-    root_fd = os.open(root, _fs.O_DIR)  # the root as given (a link a person chose is followed)
-    try:
-        group = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
-        dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
-        made = False
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(BUS_FOLDER, dir_mode, dir_fd=root_fd)
-            made = True
-        shown = str(root / BUS_FOLDER)
-        try:
-            fd = _fs.open_dir(BUS_FOLDER, dir_fd=root_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(
-                    f"{shown} is a symlink or not a folder; the bus folder must be a real folder"
-                ) from None
-            raise
-    finally:
-        os.close(root_fd)
+    shown = str(root / BUS_FOLDER)
+    fd, made, dir_mode, file_mode = _open_or_make(root, shown)
     try:
         if not made:
             _fs.check_owner(fd, shown, "a bus folder", "share_bus(..., allow_other_owner=True)", allowed)
-        st = os.fstat(fd)
-        mode = stat.S_IMODE(st.st_mode)
-        if st.st_uid == os.geteuid():
-            want = dir_mode | (mode & stat.S_ISGID)
-            if mode != want:
-                os.fchmod(fd, want)
-        elif mode & 0o777 & ~dir_mode:
-            raise UnsafePathError(
-                f"{shown} (mode {mode:o}, of uid {st.st_uid}) grants more than its root's modes: others "
-                "could register there and receive every event"
-            )
+        _settle_modes(fd, shown, dir_mode)
     except BaseException:
         os.close(fd)
         raise
     return fd, dir_mode, file_mode
+
+
+def _open_or_make(root: Path, shown: str) -> tuple[int, bool, int, int]:
+    """(descriptor, whether made now, folder mode, file mode) of ``<root>/.bus``, made with the modes
+    the root calls for (`_modes_of`) if missing."""
+    root_fd = os.open(root, _fs.O_DIR)  # the root as given (a link a person chose is followed)
+    try:
+        dir_mode, file_mode = _modes_of(root_fd)
+        made = False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(BUS_FOLDER, dir_mode, dir_fd=root_fd)
+            made = True
+        return _open_real_folder(root_fd, shown), made, dir_mode, file_mode
+    finally:
+        os.close(root_fd)
+
+
+def _modes_of(root_fd: int) -> tuple[int, int]:
+    """(folder mode, file mode): group modes under a group root (0o770), else private ones."""
+    group = stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
+    return (0o770, 0o660) if group else (0o700, 0o600)
+
+
+def _open_real_folder(root_fd: int, shown: str) -> int:
+    """A descriptor of the bus folder under ``root_fd``, refused (`UnsafePathError`) if it is a link
+    or not a folder."""
+    try:
+        return _fs.open_dir(BUS_FOLDER, dir_fd=root_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePathError(
+                f"{shown} is a symlink or not a folder; the bus folder must be a real folder"
+            ) from None
+        raise
+
+
+def _settle_modes(fd: int, shown: str, dir_mode: int) -> None:
+    """Our own bus folder gets ``dir_mode`` (a setgid bit kept); another user's is refused if its
+    modes grant more than ``dir_mode`` does."""
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.geteuid():
+        want = dir_mode | (mode & stat.S_ISGID)
+        if mode != want:
+            os.fchmod(fd, want)
+    elif mode & 0o777 & ~dir_mode:
+        raise UnsafePathError(
+            f"{shown} (mode {mode:o}, of uid {st.st_uid}) grants more than its root's modes: others "
+            "could register there and receive every event"
+        )
 
 
 def write_registration(dir_fd: int, name: str, data: bytes, mode: int) -> None:
@@ -295,13 +323,8 @@ def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tupl
     shape is passed over. ``budget``: ``[bytes, unread]``: the smallest registrations are read
     first, while ``bytes`` (decreased by each size) lasts; those left (and those past
     `MAX_REGISTRATIONS`) are counted in ``unread``."""
-    found, _ = scan(dir_fd)
-    names = [stem + ".json" for stem in found]
-    if budget is not None or len(names) > MAX_REGISTRATIONS:
-        names = _in_reading_order(dir_fd, names, budget)
-    for entry in names:
-        if budget is not None and budget[0] <= 0:
-            budget[1] += 1
+    for entry in _names_to_read(dir_fd, budget):
+        if _spent(budget):
             continue
         body = _read_registration(dir_fd, entry, budget)
         if well_formed(body):
@@ -309,10 +332,27 @@ def registrations(dir_fd: int, budget: list[int] | None = None) -> Iterator[tupl
             yield entry[: -len(".json")], body
 
 
-def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -> list[str]:
-    """The registrations ``names`` that are regular files of `MAX_REGISTRATION` at most, the newest
-    `MAX_REGISTRATIONS` of them (those left out counted in ``budget[1]``), the smallest first if
-    there is a ``budget``."""
+def _names_to_read(dir_fd: int, budget: list[int] | None) -> list[str]:
+    """The file names of the registrations to read (`scan`), in reading order if there is a budget
+    or more of them than `MAX_REGISTRATIONS` (`_in_reading_order`)."""
+    found, _ = scan(dir_fd)
+    names = [stem + ".json" for stem in found]
+    if budget is not None or len(names) > MAX_REGISTRATIONS:
+        names = _in_reading_order(dir_fd, names, budget)
+    return names
+
+
+def _spent(budget: list[int] | None) -> bool:
+    """Whether the budget's bytes are used up; if so, the registration not read is counted."""
+    if budget is None or budget[0] > 0:
+        return False
+    budget[1] += 1
+    return True
+
+
+def _sized(dir_fd: int, names: list[str]) -> list[tuple[int, int, str]]:
+    """(size, -mtime, name) of the registrations ``names`` that are regular files of
+    `MAX_REGISTRATION` at most (the others, and those gone, left out)."""
     sized = []
     for entry in names:
         try:
@@ -321,6 +361,14 @@ def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
             sized.append((st.st_size, -st.st_mtime_ns, entry))
+    return sized
+
+
+def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -> list[str]:
+    """The registrations ``names`` that are regular files of `MAX_REGISTRATION` at most, the newest
+    `MAX_REGISTRATIONS` of them (those left out counted in ``budget[1]``), the smallest first if
+    there is a ``budget``."""
+    sized = _sized(dir_fd, names)
     if len(sized) > MAX_REGISTRATIONS:
         sized.sort(key=lambda item: item[1])  # the newest first
         if budget is not None:

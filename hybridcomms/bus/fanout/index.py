@@ -53,11 +53,16 @@ class PeerIndex:
                 self._star.pop(name, None)
                 continue
             table, key = (self._prefix, p[:-2]) if p.endswith(".*") else (self._exact, p)
-            names = table.get(key)
-            if names is not None:
-                names.pop(name, None)
-                if not names:
-                    del table[key]
+            self._drop(table, key, name)
+
+    @staticmethod
+    def _drop(table: dict[str, dict[str, None]], key: str, name: str) -> None:
+        """Take ``name`` out of the peers of ``key`` in ``table`` (the key too once none are left)."""
+        names = table.get(key)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del table[key]
 
     def entries(self, topic: str) -> list[Entry]:
         """The entries whose peers want ``topic`` (none of them found in two)."""

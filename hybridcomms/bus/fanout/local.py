@@ -221,43 +221,60 @@ class LocalFanout:
         (never replacing anything). Returns that name and the socket file's identity. The socket is
         made to receive its senders' credentials (`_receive`)."""
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        private = self._make_private_folder()
+        pfd = _fs.open_dir(private, dir_fd=self._dir_fd)
+        try:
+            self._make_ours(pfd, private)
+            sock.bind(f"/proc/self/fd/{pfd}/s")  # short, whatever the root's length
+            os.chmod("s", self.file_mode, dir_fd=pfd)  # in a folder no one else can write
+            made = os.stat("s", dir_fd=pfd, follow_symlinks=False)
+            return self._move_in(pfd), (made.st_dev, made.st_ino)
+        finally:
+            self._remove_private_folder(private, pfd)
+            os.close(pfd)
+
+    def _make_private_folder(self) -> str:
+        """The name of a new folder (0o700) made in the bus folder under a name no one uses."""
         for _ in range(100):
             private = f".{os.getpid()}-{uuid.uuid4().hex}.bind"
             try:
                 os.mkdir(private, 0o700, dir_fd=self._dir_fd)
-                break
+                return private
             except FileExistsError:
                 continue
-        else:
-            raise FileExistsError(errno.EEXIST, "no free name for a private folder", str(self.dir))
-        pfd = _fs.open_dir(private, dir_fd=self._dir_fd)
+        raise FileExistsError(errno.EEXIST, "no free name for a private folder", str(self.dir))
+
+    def _make_ours(self, pfd: int, private: str) -> None:
+        """Refuse the private folder if it is not this user's (swapped between the mkdir and the
+        open), else give it mode 0o700."""
+        st = os.fstat(pfd)
+        if st.st_uid != os.geteuid():  # swapped between the mkdir and the open
+            raise UnsafePathError(f"{self.dir / private} was replaced by another user's folder")
+        # through the descriptor, whatever the umask made it; a setgid bit kept (the socket then
+        # gets the bus folder's group, as files made there do)
+        os.fchmod(pfd, 0o700 | (st.st_mode & stat.S_ISGID))
+
+    def _move_in(self, pfd: int) -> str:
+        """Rename the socket ``s`` of the private folder into the bus folder under a new name (never
+        replacing anything); that name."""
+        for _ in range(100):
+            name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                _fs.rename_noreplace("s", name + ".sock", src_dir_fd=pfd, dst_dir_fd=self._dir_fd)
+                return name
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no free name for a socket", str(self.dir))
+
+    def _remove_private_folder(self, private: str, pfd: int) -> None:
+        """Remove the private folder, only if the entry is still the folder made (``pfd``)."""
         try:
-            st = os.fstat(pfd)
-            if st.st_uid != os.geteuid():  # swapped between the mkdir and the open
-                raise UnsafePathError(f"{self.dir / private} was replaced by another user's folder")
-            # through the descriptor, whatever the umask made it; a setgid bit kept (the socket then
-            # gets the bus folder's group, as files made there do)
-            os.fchmod(pfd, 0o700 | (st.st_mode & stat.S_ISGID))
-            sock.bind(f"/proc/self/fd/{pfd}/s")  # short, whatever the root's length
-            os.chmod("s", self.file_mode, dir_fd=pfd)  # in a folder no one else can write
-            made = os.stat("s", dir_fd=pfd, follow_symlinks=False)
-            for _ in range(100):
-                name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                try:
-                    _fs.rename_noreplace("s", name + ".sock", src_dir_fd=pfd, dst_dir_fd=self._dir_fd)
-                    return name, (made.st_dev, made.st_ino)
-                except FileExistsError:
-                    continue
-            raise FileExistsError(errno.EEXIST, "no free name for a socket", str(self.dir))
-        finally:
-            try:  # removed only if the entry is still the folder made above
-                here = os.stat(private, dir_fd=self._dir_fd, follow_symlinks=False)
-                mine = os.fstat(pfd)
-                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-                    os.rmdir(private, dir_fd=self._dir_fd)
-            except OSError:
-                pass
-            os.close(pfd)
+            here = os.stat(private, dir_fd=self._dir_fd, follow_symlinks=False)
+            mine = os.fstat(pfd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                os.rmdir(private, dir_fd=self._dir_fd)
+        except OSError:
+            pass
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -401,12 +418,19 @@ class LocalFanout:
         self._prune_orphans(orphans)
         self._unsettled = bool(self._pending) or len(orphans) > PRUNES_PER_LOOK
         with self._lock:
-            for name in gone:
-                self._forget_reg(name)
-            self._take_reads(read, now)
-            pruned = self._sweep(now) if sweep else False
-            if gone or read or pruned:
-                self._peers_changed(now)
+            self._take_look(gone, read, sweep, now)
+
+    def _take_look(
+        self, gone: list[str], read: list[tuple[str, _Reg | None]], sweep: bool, now: float
+    ) -> None:
+        """(Under the lock.) What a look found replaces what was known: the registrations ``gone``
+        forgotten, those ``read`` taken, a sweep made if due; the turns made again if any changed."""
+        for name in gone:
+            self._forget_reg(name)
+        self._take_reads(read, now)
+        pruned = self._sweep(now) if sweep else False
+        if gone or read or pruned:
+            self._peers_changed(now)
 
     def _folder_changed(self, sweep: bool) -> bool:
         """Whether the folder is to be listed again: its mtime changed, registrations (or orphans)
@@ -490,8 +514,7 @@ class LocalFanout:
         for name, reg in self._regs.items():
             if reg.peer is None:
                 continue
-            link = self._links.get(name)
-            if link is not None and not link.gone and not link.asleep and (link.sock is not None or link.ok):
+            if _works(self._links.get(name)):
                 continue
             out.append((not reg.dead, reg.seq, name))
         out.sort()
@@ -526,14 +549,9 @@ class LocalFanout:
         """Remove ``<stem>.json`` if it is still the orphan listed (inode ``ino``) and its ``.sock``
         is still missing, a file or a link (then removed too); counted."""
         dir_fd = self._dir_fd
-        try:
-            sst: os.stat_result | None = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            sst = None
-        except OSError:
+        removable, sst = _orphan_sock(dir_fd, stem)
+        if not removable:
             return
-        if sst is not None and not (stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode)):
-            return  # (a socket now, or a folder)
         if not _unlink_if_same(dir_fd, stem + ".json", ino):
             return
         if sst is not None:
@@ -663,15 +681,20 @@ class LocalFanout:
         if self._holders.get(reg.sock) == name:
             del self._holders[reg.sock]
             self._index.remove(name)
-            live = [n for n in sharing if self._regs.get(n) is not None]
-            if live:
-                best = min(live, key=self._rank)
-                peer = self._regs[best].peer
-                assert peer is not None
-                self._holders[reg.sock] = best
-                self._index.add(best, peer.patterns)
+            self._hand_over(reg.sock, sharing)
         if not sharing:
             del self._sharing[reg.sock]
+
+    def _hand_over(self, sock: tuple[int, int], sharing: set[str]) -> None:
+        """(Under the lock.) The socket ``sock`` lost the registration it was sent through: the best
+        ranked of the others naming it (`_rank`), if any is known, is indexed in its place."""
+        live = [n for n in sharing if self._regs.get(n) is not None]
+        if live:
+            best = min(live, key=self._rank)
+            peer = self._regs[best].peer
+            assert peer is not None
+            self._holders[sock] = best
+            self._index.add(best, peer.patterns)
 
     def _peers_changed(self, now: float) -> None:
         """(Under the lock.) The turns are made again; links to peers no longer there are retired."""
@@ -679,7 +702,11 @@ class LocalFanout:
         indexed = self._index
         for name in [n for n in self._links if n not in indexed]:
             self._retire(self._links.pop(name), now)
-        gone = [n for n in self._dropped_to if n not in indexed]
+        self._sum_drops_of_gone()
+
+    def _sum_drops_of_gone(self) -> None:
+        """(Under the lock.) The drops counted for peers no longer indexed move to ``_dropped_gone``."""
+        gone = [n for n in self._dropped_to if n not in self._index]
         if gone:
             with STATS_LOCK:
                 for n in gone:
@@ -737,14 +764,19 @@ class LocalFanout:
         due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
         woke = False
         for link in due[:PROBES_PER_LOOK]:
-            if self._writable(link):
-                link.skip_until = 0.0
-                link.ok = True
-                woke = True
-            else:
-                link.skip_until = now + STUCK_RETRY
+            woke = self._wake_if_writable(link, now) or woke
         if woke:
             self._regroup = True
+
+    def _wake_if_writable(self, link: _Link, now: float) -> bool:
+        """Wake a peer asleep whose buffer has room again (True), else let it sleep another
+        `STUCK_RETRY`."""
+        if self._writable(link):
+            link.skip_until = 0.0
+            link.ok = True
+            return True
+        link.skip_until = now + STUCK_RETRY
+        return False
 
     def _writable(self, link: _Link) -> bool:
         """Whether ``link``'s peer has room in its buffer (a datagram socket connected to another
@@ -793,16 +825,20 @@ class LocalFanout:
     def _turns(self, names: list[str]) -> tuple[Turns, ...]:
         """(Under the lock.) The turns of the peers ``names``: one per owner (their socket's uid)."""
         by_owner: dict[int, list[_Link]] = {}
-        regs = self._regs
         for name in names:
-            reg = regs.get(name)
-            if reg is None or reg.peer is None or reg.dead:
-                continue
-            link = self._link(reg, reg.peer)
+            link = self._link_of(name)
             if link is not None:
                 by_owner.setdefault(link.owner, []).append(link)
         budget = SENDS_PER_OWNER
         return tuple(Turns(links, budget) for links in by_owner.values())
+
+    def _link_of(self, name: str) -> _Link | None:
+        """(Under the lock.) The link to the peer of registration ``name`` (`_link`); None if that is
+        not a peer that can be sent to (unknown, set aside, or its socket refused)."""
+        reg = self._regs.get(name)
+        if reg is None or reg.peer is None or reg.dead:
+            return None
+        return self._link(reg, reg.peer)
 
     def peers_for(self, topic: str) -> list[str]:
         """The registration names of the processes an event on ``topic`` may go to (those asleep
@@ -863,11 +899,7 @@ class LocalFanout:
             raise _Refused from None
         sock = None
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISSOCK(st.st_mode):  # a link (opened as itself), a file
-                raise _Refused
-            if expect is not None and (st.st_dev, st.st_ino) != expect:
-                raise _Refused
+            _check_socket(fd, expect)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.connect(f"/proc/self/fd/{fd}")
             return sock
@@ -1325,6 +1357,19 @@ class LocalFanout:
             return
         deliver(self.bus, event, len(data), sender)
 
+    def _close_links(self) -> None:
+        """(Under the lock, at close.) Every link's backlog dropped (counted) and socket closed, what
+        the peers missed counted, the retired sockets closed."""
+        for link in self._links.values():
+            self._forget_backlog(link)  # what still waited is dropped now: counted
+            if link.sock is not None:
+                link.sock.close()
+        self._links = {}
+        self._reset_targets()  # (what the peers missed is counted first)
+        for _, sock in self._retired:
+            sock.close()
+        self._retired = []
+
     def close(self) -> None:
         if self._closed:
             return
@@ -1343,19 +1388,21 @@ class LocalFanout:
             with contextlib.suppress(OSError):
                 os.unlink(self.name + suffix, dir_fd=self._dir_fd)
         with self._lock:
-            for link in self._links.values():
-                self._forget_backlog(link)  # what still waited is dropped now: counted
-                if link.sock is not None:
-                    link.sock.close()
-            self._links = {}
-            self._reset_targets()  # (what the peers missed is counted first)
-            for _, sock in self._retired:
-                sock.close()
-            self._retired = []
+            self._close_links()
         self._sock.close()
         os.close(self._dir_fd)
         os.close(self._bell_r)
         os.close(self._bell_w)
+
+
+def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
+    """Raise `_Refused` unless ``fd`` (an ``O_PATH`` descriptor) is a socket, the one ``expect``
+    names if given (a link is opened as itself: refused, as a file is)."""
+    st = os.fstat(fd)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise _Refused
+    if expect is not None and (st.st_dev, st.st_ino) != expect:
+        raise _Refused
 
 
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
@@ -1391,9 +1438,26 @@ def _waits_for_socket(link: _Link, now: float) -> bool:
     return link.sock is None and link.ok and now >= link.skip_until
 
 
+def _works(link: _Link | None) -> bool:
+    """Whether a peer's link is known to work: there, awake, and connected or its last send through."""
+    return link is not None and not link.gone and not link.asleep and (link.sock is not None or link.ok)
+
+
 def _stuck(link: _Link, now: float) -> bool:
     """Whether ``link`` has a socket and a backlog that has waited `EVICT_AFTER` at least."""
     return link.sock is not None and bool(link.backlog) and now - link.behind_since >= EVICT_AFTER
+
+
+def _orphan_sock(dir_fd: int, stem: str) -> tuple[bool, os.stat_result | None]:
+    """(whether the orphan ``<stem>.json`` may be removed, its ``.sock``'s ``lstat`` if there is one):
+    it may if that is missing, a file or a link; not if it is a socket now, a folder, or unseen."""
+    try:
+        sst = os.stat(stem + ".sock", dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True, None
+    except OSError:
+        return False, None
+    return stat.S_ISREG(sst.st_mode) or stat.S_ISLNK(sst.st_mode), sst
 
 
 def _unlink_if_same(dir_fd: int, name: str, ino: int) -> bool:
