@@ -65,12 +65,15 @@ __all__ = [
     "IngestProbe",
     "IngestReport",
     "LegacyLayout",
+    "agent_dir",
+    "entry_kind",
     "has_legacy_drops",
     "ingest",
     "is_adopted",
     "legacy_layout",
     "message_from_legacy",
     "to_legacy_dict",
+    "why_refused",
 ]
 
 log = _log.get("hybridcomms.compat.dreamos.legacy")
@@ -456,7 +459,8 @@ def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
     report.refused.append((_fs.shown(where), why))
 
 
-def _why_refused(exc: OSError) -> str:
+def why_refused(exc: OSError) -> str:
+    """Why a legacy path that could not be opened is refused and left in place, in words."""
     if exc.errno == errno.ELOOP:
         return "a symlink (never followed)"
     if isinstance(exc, (_fs.NotRegularFileError, _fs.TooLargeError)):
@@ -496,7 +500,7 @@ def ingest(
     agent = mailbox.agent_id
     budget = _Budget(max_chunks)
     locks = _LegacyLocks(mailbox, report, lock_timeout, skip_held)
-    with _agent_dir(mailbox) as adir_fd:
+    with agent_dir(mailbox) as adir_fd:
         _ingest_json_drop(mailbox, adir_fd, report, locks, max_inbox_json, on_taken, budget)
         _ingest_dir_drop(mailbox, adir_fd, report, locks, settle, on_taken, budget)
     if report:
@@ -514,7 +518,7 @@ def _ingest_json_drop(
     budget: _Budget,
 ) -> None:
     """``inbox.json`` under its lock, if it is a file; anything else in its place is refused."""
-    kind = _entry_kind(adir_fd, INBOX_JSON)
+    kind = entry_kind(adir_fd, INBOX_JSON)
     if kind == "file":
         with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
             if locked:
@@ -534,7 +538,7 @@ def _ingest_dir_drop(
 ) -> None:
     """The ``inbox/`` folder, if it is one; a link or a FIFO in its place is refused (a file is not)."""
     agent = mailbox.agent_id
-    kind = _entry_kind(adir_fd, INBOX_DIR)
+    kind = entry_kind(adir_fd, INBOX_DIR)
     if kind != "dir":
         if kind is not None and kind != "file":
             _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
@@ -542,7 +546,7 @@ def _ingest_dir_drop(
     try:
         inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
     except OSError as exc:
-        _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
+        _refuse(report, agent, f"{agent}/{INBOX_DIR}", why_refused(exc))
         return
     try:
         _ingest_inbox_dir(mailbox, adir_fd, inbox_fd, report, locks, settle, on_taken, budget)
@@ -632,7 +636,7 @@ class _LegacyLocks:
 
 
 @contextlib.contextmanager
-def _agent_dir(mb: FileMailbox) -> Iterator[int]:
+def agent_dir(mb: FileMailbox) -> Iterator[int]:
     """The agent's folder, opened without following links from the root (as the mailbox is), and
     checked to be the folder of the ``new/`` the mailbox holds open: every legacy file, journal and
     lock of an ingestion is reached through this descriptor only, never by path. A folder renamed
@@ -656,7 +660,7 @@ def _agent_dir(mb: FileMailbox) -> Iterator[int]:
         os.close(fd)
 
 
-def _entry_kind(dir_fd: int, name: str) -> str | None:
+def entry_kind(dir_fd: int, name: str) -> str | None:
     """``"file"``, ``"dir"``, None if absent, or what else it is (a symlink, a FIFO, …), unfollowed."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -754,7 +758,7 @@ def _ingest_inbox_json(
     except FileNotFoundError:
         return
     except OSError as exc:
-        _refuse(report, mb.agent_id, source, _why_refused(exc))
+        _refuse(report, mb.agent_id, source, why_refused(exc))
         return
     try:
         _take_array(mb, adir_fd, fd, st, report, on_taken, budget or _Budget(None))
@@ -806,7 +810,7 @@ def _settle_clearing(adir_fd: int, journal: Journal) -> None:
     is removed; if so, the journal is forgotten (what the array holds now was appended since)."""
     if journal.clearing is None:
         return
-    if _entry_kind(adir_fd, journal.clearing) == "file":
+    if entry_kind(adir_fd, journal.clearing) == "file":
         _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
     else:
         journal.forget()  # the array was emptied: what it holds now was appended since
@@ -1121,7 +1125,7 @@ class _FolderChunks:
         except FileNotFoundError:
             return
         except OSError as exc:
-            _refuse(report, mb.agent_id, source, _why_refused(exc))
+            _refuse(report, mb.agent_id, source, why_refused(exc))
             return
         try:
             obj = _json.loads(raw)

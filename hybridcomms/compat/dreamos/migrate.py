@@ -63,9 +63,8 @@ from .legacy import (
     NOT_MESSAGES,
     REPORT_LISTED,
     Taken,
-    _agent_dir,
-    _entry_kind,
-    _why_refused,
+    agent_dir,
+    entry_kind,
     ids_present,
     ingest,
     ingest_folder,
@@ -73,6 +72,7 @@ from .legacy import (
     message_from_legacy,
     remove_taken,
     unbuilt_reason,
+    why_refused,
 )
 
 __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
@@ -187,7 +187,7 @@ def _classify(
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         raw = _fs.read_regular(name, max_size, dir_fd=dir_fd)
     except OSError as exc:
-        return "left", _why_refused(exc)
+        return "left", why_refused(exc)
     try:
         obj = _json.loads(raw)  # as ingestion reads it (NaN, big integers: the stdlib's JSON)
     except ValueError as exc:
@@ -215,7 +215,7 @@ def _json_files(
     for n in names:
         if not n.endswith(".json") or n.startswith(".") or n in exclude:
             continue
-        kind = _entry_kind(dir_fd, n)
+        kind = entry_kind(dir_fd, n)
         if kind == "file":
             files.append(n)
         elif kind is not None:
@@ -245,7 +245,7 @@ def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigra
     try:
         fd, st = _fs.open_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
     except OSError as exc:
-        plan.left.append((where, _why_refused(exc)))
+        plan.left.append((where, why_refused(exc)))
         return
     try:
         if is_blank(fd, st.st_size):
@@ -280,7 +280,7 @@ def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> Age
         if adir_fd is None:
             plan.left.append((f"{agent}/", "not a folder (or a link): refused"))
             return plan
-        kind = _entry_kind(adir_fd, INBOX_JSON)
+        kind = entry_kind(adir_fd, INBOX_JSON)
         if kind == "file":
             _survey_inbox_json(adir_fd, agent, max_size, plan)
         elif kind is not None:
@@ -361,7 +361,7 @@ def _surveyed_elsewhere(name: str) -> bool:
 def _survey_leftover(adir_fd: int, agent: str, name: str, plan: AgentMigration) -> None:
     """One entry of the agent's folder that migration leaves, if it does (a ``*.json`` file is a drop)."""
     rel = _fs.shown(f"{agent}/{name}")
-    kind = _entry_kind(adir_fd, name)
+    kind = entry_kind(adir_fd, name)
     if kind == "dir" and name in (INBOX_DIR, *PROCESSED_FOLDERS):
         _survey_stray_files(adir_fd, name, rel, plan)
     elif kind == "dir":
@@ -408,7 +408,7 @@ def survey(
 def _survey_entry(root_fd: int, name: str, result: Migration, max_size: int, settle: float) -> None:
     """One entry of the root: an agent's folder is surveyed (and listed if it has anything to say);
     anything else is left."""
-    kind = _entry_kind(root_fd, name)
+    kind = entry_kind(root_fd, name)
     shown = _fs.shown(name)
     if name == "broadcast" and kind == "dir":
         with _open_sub(root_fd, name) as fd:
@@ -432,7 +432,7 @@ def _has_legacy_drops(root_fd: int, agent: str) -> bool:
     """Is there an ``inbox.json`` or an ``inbox/`` (of any kind) in the agent's folder?"""
     with _open_sub(root_fd, agent) as fd:
         return fd is not None and (
-            _entry_kind(fd, INBOX_JSON) is not None or _entry_kind(fd, INBOX_DIR) is not None
+            entry_kind(fd, INBOX_JSON) is not None or entry_kind(fd, INBOX_DIR) is not None
         )
 
 
@@ -510,7 +510,7 @@ def _migrate_agent(mb: FileMailbox, planned: AgentMigration, taken: Taken) -> Ag
     # What is waiting is what this run left, not what the survey saw a moment before.
     result = AgentMigration(agent, left=[x for x in planned.left if x[1] != WAITING])
     report = ingest(mb, on_taken=taken)
-    with _agent_dir(mb) as adir_fd:
+    with agent_dir(mb) as adir_fd:
         ingest_folder(  # L4: no lock
             mb, adir_fd, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
         )
