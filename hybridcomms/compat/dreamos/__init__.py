@@ -90,18 +90,26 @@ def install(era: str | None = None) -> None:
     A real Dream.OS installation stays importable for every other module (the shim extends
     ``dreamos.__path__`` over it). Calling it again does nothing more."""
     chosen = era_of(era)  # an unknown era changes nothing
-    if SHIM_PATH not in sys.path:
-        sys.path.insert(0, SHIM_PATH)
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if SHIM_PATH not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([SHIM_PATH, *parts])
+    _put_shim_first()
     os.environ[ENV_FLAG] = "1"
     os.environ[ERA_ENV] = chosen
     for legacy, ours in LEGACY_MODULES.items():
-        if legacy == _CORE_BUS:
-            ours = ERAS[chosen]
-        module = importlib.import_module(f"{__name__}.{ours}")
+        module = importlib.import_module(f"{__name__}.{ERAS[chosen] if legacy == _CORE_BUS else ours}")
         _alias(legacy, module)
+
+
+def _put_shim_first() -> None:
+    """The shim package first on ``sys.path`` and on ``PYTHONPATH`` (once)."""
+    if SHIM_PATH not in sys.path:
+        sys.path.insert(0, SHIM_PATH)
+    parts = _pythonpath()
+    if SHIM_PATH not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([SHIM_PATH, *parts])
+
+
+def _pythonpath() -> list[str]:
+    """The entries of ``PYTHONPATH`` (none if it is unset or empty)."""
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
 def _alias(legacy: str, module: object) -> None:
@@ -123,12 +131,17 @@ def uninstall() -> None:
     """Undo `install` in this process (for tests): the legacy names are forgotten."""
     while SHIM_PATH in sys.path:
         sys.path.remove(SHIM_PATH)
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SHIM_PATH]
-    if parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join(parts)
-    else:
-        os.environ.pop("PYTHONPATH", None)
+    _drop_shim_from_pythonpath()
     os.environ.pop(ENV_FLAG, None)
     os.environ.pop(ERA_ENV, None)
     for name in [n for n in sys.modules if n == "dreamos" or n.startswith("dreamos.")]:
         del sys.modules[name]
+
+
+def _drop_shim_from_pythonpath() -> None:
+    """``PYTHONPATH`` without the shim (unset if nothing else is left in it)."""
+    parts = [p for p in _pythonpath() if p != SHIM_PATH]
+    if parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    else:
+        os.environ.pop("PYTHONPATH", None)

@@ -105,33 +105,44 @@ def backup_root(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     parent = os.open(base.parent, _fs.O_DIR)
     try:
-        for n in itertools.count(1):
-            name = f"{base.name}.backup-{stamp}{f'-{n}' if n > 1 else ''}"
-            try:
-                os.mkdir(name, 0o700, dir_fd=parent)  # taken atomically: a concurrent run picks the next
-            except FileExistsError:
-                continue
-            target = base.parent / name
-            # Opened where it was made, checked to be ours and closed to others: in a shared parent
-            # folder it could have been renamed away and something else put in its place.
-            dst = _fs.open_dir(name, dir_fd=parent)
-            try:
-                st = os.fstat(dst)
-                if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
-                    raise UnsafePathError(f"the backup folder {target} was replaced while it was made")
-                if st.st_mode & 0o077:  # a default ACL of the parent let others in: not into a backup
-                    os.fchmod(dst, 0o700)
-                cap = backup_limit(dst) if limit is None else limit
-                copier = _Copier([], progress, cap)
-                _copy_root(base, dst, copier)
-                if copier.stopped_at is not None:
-                    raise BackupIncompleteError(target, cap, copier.stopped_at)
-                return target, copier.skipped
-            finally:
-                os.close(dst)
+        name = _new_backup_folder(parent, base.name, stamp)
+        target = base.parent / name
+        # Opened where it was made, checked to be ours and closed to others: in a shared parent
+        # folder it could have been renamed away and something else put in its place.
+        dst = _fs.open_dir(name, dir_fd=parent)
+        try:
+            _check_private(dst, target)
+            cap = backup_limit(dst) if limit is None else limit
+            copier = _Copier([], progress, cap)
+            _copy_root(base, dst, copier)
+            if copier.stopped_at is not None:
+                raise BackupIncompleteError(target, cap, copier.stopped_at)
+            return target, copier.skipped
+        finally:
+            os.close(dst)
     finally:
         os.close(parent)
+
+
+def _new_backup_folder(parent: int, root_name: str, stamp: str) -> str:
+    """Make the backup folder (0700) in ``parent`` under the first name not taken; that name."""
+    for n in itertools.count(1):
+        name = f"{root_name}.backup-{stamp}{f'-{n}' if n > 1 else ''}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)  # taken atomically: a concurrent run picks the next
+        except FileExistsError:
+            continue
+        return name
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_private(dst: int, target: Path) -> None:
+    """The open backup folder must be ours and a folder (`UnsafePathError`); it is closed to others."""
+    st = os.fstat(dst)
+    if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"the backup folder {target} was replaced while it was made")
+    if st.st_mode & 0o077:  # a default ACL of the parent let others in: not into a backup
+        os.fchmod(dst, 0o700)
 
 
 def _copy_root(base: Path, dst: int, copier: _Copier) -> None:
@@ -241,46 +252,63 @@ class _Copier:
             os.close(child)
 
     def file(self, src: int, dst: int, name: str, path: str) -> None:
-        try:
-            fd, st = _fs.open_regular(name, MAX_FILE, dir_fd=src)
-        except FileNotFoundError:
+        """Copy the regular file ``name`` of ``src`` into ``dst``, unless it is skipped."""
+        opened = self._open(src, name, path)
+        if opened is None:
             return
+        fd, st = opened
+        try:
+            if self._may_copy(fd, st, path):
+                self._write(fd, st, dst, name, path)
+        finally:
+            os.close(fd)
+
+    def _open(self, src: int, name: str, path: str) -> tuple[int, os.stat_result] | None:
+        """The file opened for reading; None if it is gone, or skipped (too large, not a regular file)."""
+        try:
+            return _fs.open_regular(name, MAX_FILE, dir_fd=src)
+        except FileNotFoundError:
+            return None
         except _fs.TooLargeError as exc:
             self.skip(path, f"{exc.size} bytes, over the {MAX_FILE} a backup copies: not copied")
-            return
+            return None
         except OSError as exc:  # a link swapped in (ELOOP), a FIFO or a device (not a regular file)
             why = f"{exc.strerror}: not copied" if isinstance(exc, _fs.NotRegularFileError) else _why(exc)
             self.skip(path, why)
-            return
+            return None
+
+    def _may_copy(self, fd: int, st: os.stat_result, path: str) -> bool:
+        """Is the open file copied? Not a hard link nor a sparse file, and only within the limit (the
+        first file past it stops the copy)."""
+        unshared = _unshared(fd, st)
+        if unshared is not None:
+            self.skip(path, unshared)
+            return False
+        if self.copied + st.st_size > self.limit:
+            self.stopped_at = path
+            why = f"the backup's limit of {self.limit} bytes reached: not copied, nor anything after"
+            self.skip(path, why)
+            return False
+        return True
+
+    def _write(self, fd: int, st: os.stat_result, dst: int, name: str, path: str) -> None:
+        """The copy of the open file as ``name`` in ``dst``, its mode (no set-id bit) and times kept;
+        removed again if the file grew past `MAX_FILE` while it was copied."""
+        out = os.open(name, _fs.O_CREATE_MSG, 0o600, dir_fd=dst)
         try:
-            unshared = _unshared(fd, st)
-            if unshared is not None:
-                self.skip(path, unshared)
+            copied = self.blocks(fd, out)
+            self.copied += copied
+            if copied > MAX_FILE:
+                os.close(out)
+                out = -1
+                _fs._unlink_quietly(dst, name)
+                self.skip(path, f"grew past the {MAX_FILE} bytes a backup copies while copied: not copied")
                 return
-            if self.copied + st.st_size > self.limit:
-                self.stopped_at = path
-                why = f"the backup's limit of {self.limit} bytes reached: not copied, nor anything after"
-                self.skip(path, why)
-                return
-            out = os.open(name, _fs.O_CREATE_MSG, 0o600, dir_fd=dst)
-            try:
-                copied = self.blocks(fd, out)
-                self.copied += copied
-                if copied > MAX_FILE:
-                    os.close(out)
-                    out = -1
-                    _fs._unlink_quietly(dst, name)
-                    self.skip(
-                        path, f"grew past the {MAX_FILE} bytes a backup copies while copied: not copied"
-                    )
-                    return
-                os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)  # never a set-id bit
-                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-            finally:
-                if out >= 0:
-                    os.close(out)
+            os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)  # never a set-id bit
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
-            os.close(fd)
+            if out >= 0:
+                os.close(out)
 
     def blocks(self, fd: int, out: int) -> int:
         """Copy ``fd`` into ``out`` a block at a time, at most `MAX_FILE` + 1 bytes; how many."""
@@ -312,15 +340,26 @@ def _size(src: int, depth: int) -> int:
             st = os.stat(name, dir_fd=src, follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE and st.st_nlink == 1:
+        if _would_copy(st):
             total += st.st_size
         elif stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
-            try:
-                child = _fs.open_dir(name, dir_fd=src)
-            except OSError:
-                continue
-            try:
-                total += _size(child, depth + 1)
-            finally:
-                os.close(child)
+            total += _subfolder_size(src, name, depth + 1)
     return total
+
+
+def _would_copy(st: os.stat_result) -> bool:
+    """Is it a file the backup would copy (regular, within `MAX_FILE`, of one name)? (Sparse files
+    are not told apart here: the estimate only drives progress.)"""
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE and st.st_nlink == 1
+
+
+def _subfolder_size(src: int, name: str, depth: int) -> int:
+    """`_size` of the sub-folder ``name`` (0 if it cannot be opened)."""
+    try:
+        child = _fs.open_dir(name, dir_fd=src)
+    except OSError:
+        return 0
+    try:
+        return _size(child, depth)
+    finally:
+        os.close(child)

@@ -140,6 +140,18 @@ def complete(message: dict[str, Any], recipient: str | None = None) -> dict[str,
     return out
 
 
+def _put_adopted(root: str | os.PathLike[str], agent_id: str, message: dict[str, Any], exact: bool) -> Path:
+    """The legacy message into the adopted agent's ``new/`` (`deliver`); the file written."""
+    mb = mailbox_for(root, agent_id)
+    msg = message_from_legacy(
+        message if exact else complete(message, agent_id),
+        agent_id=agent_id,
+        origin=f"send-{new_id()}" if exact else "send",
+        max_size=mb.max_message_size,
+    )
+    return mb.path / "new" / mb.put_file(msg)
+
+
 def deliver(
     root: str | os.PathLike[str],
     agent_id: str,
@@ -161,14 +173,7 @@ def deliver(
     time, recipient, both type spellings) are filled in first, as the older writers did."""
     check_agent_id(agent_id)
     if adopted(root, agent_id):
-        mb = mailbox_for(root, agent_id)
-        msg = message_from_legacy(
-            message if exact else complete(message, agent_id),
-            agent_id=agent_id,
-            origin=f"send-{new_id()}" if exact else "send",
-            max_size=mb.max_message_size,
-        )
-        return mb.path / "new" / mb.put_file(msg)
+        return _put_adopted(root, agent_id, message, exact)
     full = message if exact else complete(message, agent_id)
     if (layout or legacy_layout(root, agent_id)) is LegacyLayout.INBOX_DIR:
         return write_inbox_file(root, agent_id, full, filename_prefix=filename_prefix, timeout=lock_timeout)

@@ -13,7 +13,7 @@ also awaitable: ``await`` gives the plain value; a plain call gives a value that
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -108,14 +108,17 @@ def dual(value: Any) -> Any:
     """``value`` in a form that also works with ``await`` (see the module docstring)."""
     if value is None:
         return NOTHING
-    if isinstance(value, bool):
-        return Flag(value)
-    if isinstance(value, Path):
-        return AwaitablePath(value)
-    if isinstance(value, str):
-        return AwaitableStr(value)
-    if isinstance(value, list):
-        return AwaitableList(value)
-    if isinstance(value, dict):
-        return AwaitableDict(value)
+    for kind, form in _FORMS:
+        if isinstance(value, kind):
+            return form(value)
     raise TypeError(f"no awaitable form for {type(value).__name__}")
+
+
+#: The awaitable form of each kind of value, in the order they are tried (a bool before anything else).
+_FORMS: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (bool, Flag),
+    (Path, AwaitablePath),
+    (str, AwaitableStr),
+    (list, AwaitableList),
+    (dict, AwaitableDict),
+)

@@ -73,16 +73,23 @@ class Resume:
 
     @staticmethod
     def from_json(data: Any) -> Resume | None:
-        if not isinstance(data, dict):
+        """The `Resume` a journal holds, if each of its fields is valid; else None."""
+        if not _is_resume_json(data):
             return None
-        ident, count, offset = data.get("file"), data.get("count"), data.get("offset")
-        previous = data.get("previous")
-        if not (
-            _is_file_id(ident) and _is_count(count) and _is_offset(offset) and isinstance(previous, list)
-        ):
-            return None
+        ident = data["file"]
         file = (ident[0], ident[1], ident[2], ident[3], ident[4])
-        return Resume(file, count, offset, [i for i in previous if isinstance(i, str)])
+        return Resume(file, data["count"], data["offset"], _strings(data["previous"]))
+
+
+def _is_resume_json(data: Any) -> TypeGuard[dict[str, Any]]:
+    """Is ``data`` a `Resume` as JSON holds it (a file's identity, a count, an offset, a list)?"""
+    return (
+        isinstance(data, dict)
+        and _is_file_id(data.get("file"))
+        and _is_count(data.get("count"))
+        and _is_offset(data.get("offset"))
+        and isinstance(data.get("previous"), list)
+    )
 
 
 def _is_file_id(value: Any) -> TypeGuard[list[int]]:
@@ -113,6 +120,26 @@ def _strings(value: Any) -> list[str]:
 def _clearing_name(value: Any) -> str | None:
     """``value`` if it is a name `is_clearing_name` accepts (never another file to remove), else None."""
     return value if isinstance(value, str) and is_clearing_name(value) else None
+
+
+def _journal_json(
+    ids: list[str],
+    taken: int | None,
+    digest: str | None,
+    upto: int | None,
+    clearing: str | None,
+    resume: Resume | None,
+) -> dict[str, Any]:
+    """The journal's object: the ids, and what is given of the rest (``upto`` is ``taken`` if not
+    given; with ``taken``, ``v`` 2: the digest is a chain)."""
+    data: dict[str, Any] = {"ids": ids, "started_at": datetime.now(timezone.utc).isoformat()}
+    if taken is not None:
+        data.update(v=2, taken=taken, digest=digest or "", upto=upto if upto is not None else taken)
+    if clearing is not None:
+        data["clearing"] = clearing
+    if resume is not None:
+        data["resume"] = resume.to_json()
+    return data
 
 
 def _read_journal(dir_fd: int, name: str) -> dict[str, Any] | None:
@@ -194,14 +221,20 @@ class Journal:
         resume: Resume | None = None,
     ) -> None:
         """Record (durably) the ids about to be published, and for ``inbox.json`` where it is."""
-        data: dict[str, Any] = {"ids": ids, "started_at": datetime.now(timezone.utc).isoformat()}
-        if taken is not None:
-            data.update(v=2, taken=taken, digest=digest or "", upto=upto if upto is not None else taken)
-        if clearing is not None:
-            data["clearing"] = clearing
-        if resume is not None:
-            data["resume"] = resume.to_json()
+        data = _journal_json(ids, taken, digest, upto, clearing, resume)
         _fs.replace_atomically_at(self.dir_fd, self.name, orjson.dumps(data), 0o600, sync=self.sync)
+        self._hold(ids, taken, digest, upto, clearing, resume)
+
+    def _hold(
+        self,
+        ids: list[str],
+        taken: int | None,
+        digest: str | None,
+        upto: int | None,
+        clearing: str | None,
+        resume: Resume | None,
+    ) -> None:
+        """What was just written, as `_load` would read it back."""
         self.ids = ids
         self.taken, self.digest = taken or 0, digest or ""
         self.upto = upto if upto is not None else self.taken

@@ -166,26 +166,32 @@ class ArrayReader:
     # -- the array ----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Element]:
-        i = 0
-        if self._state == "start":
-            i, c = self._char(self._ws(0))
-            if c != "[":
-                raise NotAnArray(self._what_instead(i))
-            i, c = self._char(self._ws(i + 1))
-            if c == "]":
-                self._check_end(i + 1)
-                return
-        elif self._state == "after":
-            i, done = self._separator(0)
-            if done:
-                return
-        while True:
+        i, done = self._first()
+        while not done:
             start = self._at(i)
             i, end, value = self._element(i)
             yield Element(start, self._at(end), value)
             i, done = self._separator(end)
-            if done:
-                return
+
+    def _first(self) -> tuple[int, bool]:
+        """Where the first element starts: ``(i, False)``; ``(_, True)`` if there is none (an empty
+        array, or none after the element the text begins after)."""
+        if self._state == "start":
+            return self._opening()
+        if self._state == "after":
+            return self._separator(0)
+        return 0, False
+
+    def _opening(self) -> tuple[int, bool]:
+        """Past the array's ``[`` (`NotAnArray` if the text holds another value), as `_first` says."""
+        i, c = self._char(self._ws(0))
+        if c != "[":
+            raise NotAnArray(self._what_instead(i))
+        i, c = self._char(self._ws(i + 1))
+        if c == "]":
+            self._check_end(i + 1)
+            return i, True
+        return i, False
 
     def _separator(self, i: int) -> tuple[int, bool]:
         """After an element: ``(where the next one starts, False)``, or ``(_, True)`` at the end."""
@@ -322,13 +328,17 @@ class ArrayReader:
                 raise self._error(f"Unterminated {what}", j)
             j -= self._fill(j)  # (a backslash cut from what it escapes stays in the window)
 
+    def _rest(self, i: int, limit: int | None) -> str:
+        """The text from ``i`` on: all of it, or (with a ``limit``) at least ``limit + 1`` characters."""
+        while not self._eof and (limit is None or len(self._text) - i <= limit):
+            i -= self._fill(i)
+        return self._text[i:]
+
     def _what_instead(self, i: int) -> str:
         """What a text that is not an array holds, as ``type(json.loads(text)).__name__`` says; a large
         one is not parsed (its first character tells). ``ValueError`` if it is no JSON at all."""
         limit = self._max_item
-        while not self._eof and (limit is None or len(self._text) - i <= limit):
-            i -= self._fill(i)
-        rest = self._text[i:]
+        rest = self._rest(i, limit)
         if limit is not None and len(rest) > limit:
             first = rest[:1]
             return "an object" if first == "{" else f"a value starting with {first!r}"

@@ -88,11 +88,18 @@ def write_into_inbox(
         raise ValueError(f"unsafe filename prefix {filename_prefix!r}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S_%f")
     msg_id = str(message.get("message_id") or message.get("id") or "")
-    final = inbox / f"{filename_prefix}_{stamp}_{msg_id[:8]}.json"
     with acquire_lock(inbox / ".inbox", timeout):  # the legacy writer's inbox/.inbox.lock
-        n = 1
-        while final.exists():  # two messages in the same microsecond with the same id prefix
-            final = inbox / f"{filename_prefix}_{stamp}_{msg_id[:8]}_{n}.json"
-            n += 1
+        final = _free_name(inbox, f"{filename_prefix}_{stamp}_{msg_id[:8]}")
         replace_atomically(final, _json.dumps(message, indent=2))
+    return final
+
+
+def _free_name(inbox: Path, stem: str) -> Path:
+    """``<stem>.json`` in ``inbox``, or ``<stem>_<n>.json`` with the first ``n`` not taken (two messages
+    in the same microsecond with the same id prefix). The caller holds the inbox's lock."""
+    final = inbox / f"{stem}.json"
+    n = 1
+    while final.exists():
+        final = inbox / f"{stem}_{n}.json"
+        n += 1
     return final

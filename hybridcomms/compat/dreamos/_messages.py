@@ -9,7 +9,7 @@ returns False; it never raises.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -33,38 +33,75 @@ _ALTERNATIVES = (
 )
 
 
+#: The fields that must be strings (``type`` / ``message_type``: `_type_problem`).
+_STRING_FIELDS = (
+    "message_id",
+    "sender_agent_id",
+    "recipient_agent_id",
+    "timestamp_utc",
+    "subject",
+    "priority",
+)
+
+#: A problem as it is logged: the format and its arguments.
+_Problem = tuple[Any, ...]
+
+
 def validate_mailbox_message_schema(message_data: Any) -> bool:
     """True if ``message_data`` is a mailbox message with every documented field, of the right type."""
-    if not isinstance(message_data, Mapping):
-        log.error("mailbox message must be a JSON object, not %s", type(message_data).__name__)
-        return False
-    missing = [" or ".join(keys) for keys in _ALTERNATIVES if not any(k in message_data for k in keys)]
-    if missing:
-        log.error("mailbox message is missing: %s", ", ".join(missing))
-        return False
-    for key in (
-        "message_id",
-        "sender_agent_id",
-        "recipient_agent_id",
-        "timestamp_utc",
-        "subject",
-        "priority",
-    ):
-        if not isinstance(message_data[key], str):
-            log.error(
-                "mailbox message field %r must be a string, not %s", key, type(message_data[key]).__name__
-            )
+    for check in _CHECKS:  # in order: each check may rely on the ones before (a mapping, the fields)
+        problem = check(message_data)
+        if problem is not None:
+            log.error(*problem)
             return False
-    kind = message_data.get("type", message_data.get("message_type"))
-    if not isinstance(kind, str):
-        log.error("mailbox message type must be a string, not %s", type(kind).__name__)
-        return False
-    try:
-        datetime.fromisoformat(message_data["timestamp_utc"].replace("Z", "+00:00"))
-    except ValueError:
-        log.error("mailbox message timestamp_utc %r is not ISO 8601", message_data["timestamp_utc"])
-        return False
     return True
+
+
+def _object_problem(data: Any) -> _Problem | None:
+    """Not a JSON object."""
+    if not isinstance(data, Mapping):
+        return ("mailbox message must be a JSON object, not %s", type(data).__name__)
+    return None
+
+
+def _missing_problem(data: Mapping[str, Any]) -> _Problem | None:
+    """A documented field missing (in none of its spellings)."""
+    missing = [" or ".join(keys) for keys in _ALTERNATIVES if not any(k in data for k in keys)]
+    return ("mailbox message is missing: %s", ", ".join(missing)) if missing else None
+
+
+def _string_problem(data: Mapping[str, Any]) -> _Problem | None:
+    """The first of `_STRING_FIELDS` that is not a string."""
+    for key in _STRING_FIELDS:
+        if not isinstance(data[key], str):
+            return ("mailbox message field %r must be a string, not %s", key, type(data[key]).__name__)
+    return None
+
+
+def _type_problem(data: Mapping[str, Any]) -> _Problem | None:
+    """The message type (``type``, else ``message_type``) not a string."""
+    kind = data.get("type", data.get("message_type"))
+    if not isinstance(kind, str):
+        return ("mailbox message type must be a string, not %s", type(kind).__name__)
+    return None
+
+
+def _timestamp_problem(data: Mapping[str, Any]) -> _Problem | None:
+    """``timestamp_utc`` not ISO 8601."""
+    try:
+        datetime.fromisoformat(data["timestamp_utc"].replace("Z", "+00:00"))
+    except ValueError:
+        return ("mailbox message timestamp_utc %r is not ISO 8601", data["timestamp_utc"])
+    return None
+
+
+_CHECKS: tuple[Callable[[Any], _Problem | None], ...] = (
+    _object_problem,
+    _missing_problem,
+    _string_problem,
+    _type_problem,
+    _timestamp_problem,
+)
 
 
 def create_mailbox_message(

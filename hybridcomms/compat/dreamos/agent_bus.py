@@ -203,12 +203,35 @@ def _routing_claims(event: Event) -> tuple[set[str], list[tuple[bool, Priority]]
 
 def _view_claim(data: dict[str, Any]) -> tuple[bool, Priority]:
     """Whether one view of an event names a recipient, and its priority (MEDIUM if none parses)."""
-    named = any(isinstance(data.get(k), str) for k in _RECIPIENT_KEYS)
+    return any(isinstance(data.get(k), str) for k in _RECIPIENT_KEYS), _priority_of(data)
+
+
+def _priority_of(data: dict[str, Any]) -> Priority:
+    """The priority an event's fields give (MEDIUM if none parses)."""
     try:
-        prio = Priority.parse(data.get("priority", Priority.MEDIUM))
+        return Priority.parse(data.get("priority", Priority.MEDIUM))
     except ValueError:
-        prio = Priority.MEDIUM
-    return named, prio
+        return Priority.MEDIUM
+
+
+def _recipient_of(topic: str, data: dict[str, Any]) -> str | None:
+    """The agent an event is addressed to: the one its per-agent command topic names, else the first
+    recipient field that is a string (None: to nobody in particular)."""
+    agent = _agent_of_topic(topic)
+    if agent is not None:
+        return agent
+    return next((data[k] for k in _RECIPIENT_KEYS if isinstance(data.get(k), str)), None)
+
+
+def _same_handler(h: Handler, handler: Handler) -> bool:
+    """The very handler, or one equal to it (a bound method taken again)."""
+    return h is handler or h == handler
+
+
+def _event_data(payload: Any) -> dict[str, Any]:
+    """The data of a published payload: a dict as it is (a copy), nothing as ``{}``, anything else
+    under ``"payload"``."""
+    return dict(payload or {}) if isinstance(payload, dict) or payload is None else {"payload": payload}
 
 
 class AgentBus:
@@ -298,23 +321,32 @@ class AgentBus:
             raise SubscriptionError(f"handler must be callable, not {type(handler).__name__}")
         pattern = topic_of(event_type_pattern)
         with self._lock:
-            for sub_id, (p, h) in self._ids.items():
-                if p == pattern and (h is handler or h == handler):
-                    return dual(sub_id)
+            existing = self._ids_of(pattern, handler)
+            if existing:
+                return dual(existing[0])
             try:
-                if self._is_durable_pattern(pattern):
-                    self._subscribe_durable(pattern, handler)
-                else:
-                    adapter = self._adapters.get(handler)
-                    if adapter is None:
-                        adapter = self._adapters[handler] = _Adapter(handler, self._forged_durable)
-                    self._bus.subscribe(pattern, adapter)
-                    adapter.patterns.add(pattern)
+                self._attach(pattern, handler)
             except ValueError as exc:
                 raise SubscriptionError(str(exc)) from exc
             sub_id = f"sub-{next(self._sub_seq)}"
             self._ids[sub_id] = (pattern, handler)
             return dual(sub_id)
+
+    def _ids_of(self, pattern: str, handler: Handler) -> list[str]:
+        """The subscription ids of ``(pattern, handler)``, oldest first. The caller holds the lock."""
+        return [i for i, (p, h) in self._ids.items() if p == pattern and _same_handler(h, handler)]
+
+    def _attach(self, pattern: str, handler: Handler) -> None:
+        """Start delivering ``pattern`` to ``handler``: through its agent's mailbox if the pattern is
+        routed durably, else through its adapter on the bus. The caller holds the lock."""
+        if self._is_durable_pattern(pattern):
+            self._subscribe_durable(pattern, handler)
+            return
+        adapter = self._adapters.get(handler)
+        if adapter is None:
+            adapter = self._adapters[handler] = _Adapter(handler, self._forged_durable)
+        self._bus.subscribe(pattern, adapter)
+        adapter.patterns.add(pattern)
 
     def register_handler(self, event_type: Any, handler: Handler) -> AwaitableStr:
         """`subscribe`, under its other legacy name."""
@@ -323,20 +355,21 @@ class AgentBus:
     def unsubscribe(self, pattern_or_id: Any, handler: Handler | None = None) -> Flag:
         """Remove ``(pattern, handler)`` or a subscription id. Unknown: no error (False)."""
         with self._lock:
-            if handler is None:
-                entry = self._ids.get(str(pattern_or_id))
-                if entry is None:
-                    return Flag(False)
-                pattern, handler = entry
-            else:
-                pattern = topic_of(pattern_or_id)
-            found = [i for i, (p, h) in self._ids.items() if p == pattern and (h is handler or h == handler)]
-            if not found:
+            entry = self._subscription(pattern_or_id, handler)
+            found = self._ids_of(*entry) if entry is not None else []
+            if entry is None or not found:
                 return Flag(False)
             for sub_id in found:
                 del self._ids[sub_id]
-            self._detach(pattern, handler)
+            self._detach(*entry)
             return Flag(True)
+
+    def _subscription(self, pattern_or_id: Any, handler: Handler | None) -> tuple[str, Handler] | None:
+        """``(pattern, handler)`` as given, or (no handler) the one a subscription id names (None if
+        unknown). The caller holds the lock."""
+        if handler is not None:
+            return topic_of(pattern_or_id), handler
+        return self._ids.get(str(pattern_or_id))
 
     def _detach(self, pattern: str, handler: Handler) -> None:
         """Stop delivering ``pattern`` to ``handler``: its durable consumer's subscription, or its
@@ -414,27 +447,22 @@ class AgentBus:
         if not topic:
             raise DispatchError("a topic must be a non-empty string or an EventType member")
         source = kwargs.get("source_id") or kwargs.get("source") or "AgentBus"
-        data = dict(payload or {}) if isinstance(payload, dict) or payload is None else {"payload": payload}
-        event = BaseEvent(_event_type(topic), str(source), data, correlation_id=kwargs.get("correlation_id"))
+        event = BaseEvent(
+            _event_type(topic), str(source), _event_data(payload), correlation_id=kwargs.get("correlation_id")
+        )
         return self._route(event)
 
     def _route(self, event: BaseEvent) -> Any:
+        """Deliver an event as the policy routes it: durably to its recipient (or the durable
+        subscribers of its topic), and in memory to this process's handlers."""
         topic = event.topic
         data = event.data if isinstance(event.data, dict) else {}
-        recipient = _agent_of_topic(topic)
-        if recipient is None:
-            named = next((data[k] for k in _RECIPIENT_KEYS if isinstance(data.get(k), str)), None)
-            recipient = named
-        priority = data.get("priority", Priority.MEDIUM)
-        try:
-            prio = Priority.parse(priority)
-        except ValueError:
-            prio = Priority.MEDIUM
+        recipient = _recipient_of(topic, data)
+        prio = _priority_of(data)
         decision = self.policy.decide(topic, priority=prio, addressed=recipient is not None)
         route = decision.route
         if route.durable:
-            targets = [recipient] if recipient is not None else durable_subscribers(self.root, topic)
-            for agent in targets:
+            for agent in self._durable_targets(topic, recipient):
                 self._deliver(event, agent, prio, decision.backend)
         # In memory too: for an addressed durable event this copy is marked durable, so observers
         # (monitors, "*" subscribers) see it while its recipient's handlers take the mailbox copy.
@@ -449,6 +477,10 @@ class AgentBus:
             )
         )
         return result
+
+    def _durable_targets(self, topic: str, recipient: str | None) -> list[str]:
+        """Whose mailboxes a durable event goes to: its recipient's, else its topic's durable subscribers'."""
+        return [recipient] if recipient is not None else durable_subscribers(self.root, topic)
 
     def _deliver(self, event: BaseEvent, agent: str, prio: Priority, backend: str | None = None) -> None:
         message = Message(

@@ -107,6 +107,16 @@ def _topic(event_type: Any) -> str:
 _mirroring = threading.local()
 
 
+async def _call_handler(callback: Callable[..., Any], event_type: Any, data: Any) -> None:
+    """One handler of an event, awaited if it is async; its error logged (it never stops the loop)."""
+    try:
+        result = callback(event_type, data)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as e:
+        logger.error(f"Error in event handler: {e}")
+
+
 class AgentBus:
     """Message bus for agent communication (one instance, one bus). See the module docstring."""
 
@@ -244,12 +254,7 @@ class AgentBus:
             try:
                 event_type, data = await queue.get()
                 for callback in list(self._subscribers.get(_topic(event_type), ())):
-                    try:
-                        result = callback(event_type, data)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception as e:
-                        logger.error(f"Error in event handler: {e}")
+                    await _call_handler(callback, event_type, data)
             except asyncio.CancelledError:
                 break
             except Exception as e:  # pragma: no cover - defensive, as the legacy loop

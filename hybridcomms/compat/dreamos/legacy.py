@@ -57,7 +57,7 @@ from ...states import State
 from . import _json
 from ._held_locks import HELD
 from ._ingest_journal import ARRAY_JOURNAL, FileId, Journal, Resume, file_id, folder_journal_name
-from ._json_stream import TOO_LARGE, NotAnArray, is_blank, open_array
+from ._json_stream import TOO_LARGE, Element, NotAnArray, is_blank, open_array
 
 __all__ = [
     "INBOX_DIR",
@@ -65,12 +65,15 @@ __all__ = [
     "IngestProbe",
     "IngestReport",
     "LegacyLayout",
+    "agent_dir",
+    "entry_kind",
     "has_legacy_drops",
     "ingest",
     "is_adopted",
     "legacy_layout",
     "message_from_legacy",
     "to_legacy_dict",
+    "why_refused",
 ]
 
 log = _log.get("hybridcomms.compat.dreamos.legacy")
@@ -140,53 +143,88 @@ def message_from_legacy(
     number beyond 64 bits, ``NaN``) is kept as it is. A legacy reader always gets back exactly the value
     that was written (`to_legacy_dict`). Raises `MessageError` only for a value that is not JSON at
     all, or that is too large (`MessageTooLargeError`)."""
-    try:
-        exact = _json.dumps(obj)
-    except ValueError as exc:
-        raise MessageError(str(exc)) from None
+    exact = _exact_json(obj)
     view = _json.loads(exact)  # what a legacy reader sees (non-string keys are strings now)
     origin_raw = raw if raw is not None else exact
-    message: Message | None = None
-    if isinstance(view, dict):
-        try:
-            message = _strict_from_legacy(view, agent_id, origin, origin_raw)
-            if to_legacy_dict(message) != view:
-                message = replace(message, headers={**message.headers, EXACT_HEADER: exact.decode()})
-            message.encode(max_size)
-        except MessageTooLargeError:
-            raise
-        except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError):
-            message = None
+    message = _fitted_message(view, exact, agent_id, origin, origin_raw, max_size)
     if message is None:
-        try:
-            message = _lenient_from_legacy(view, exact, agent_id, origin, origin_raw)
-            message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
-        except MessageError:
-            raise
-        except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
-            # Whatever a legacy writer stored, one entry never stops the others: it goes to dead/.
-            raise MessageError(f"cannot be made a message: {type(exc).__name__}: {exc}") from None
+        message = _kept_message(view, exact, agent_id, origin, origin_raw, max_size)
+    return message
+
+
+def _exact_json(obj: Any) -> bytes:
+    """The stdlib JSON text of a legacy value; `MessageError` if it is not JSON at all."""
+    try:
+        return _json.dumps(obj)
+    except ValueError as exc:
+        raise MessageError(str(exc)) from None
+
+
+def _fitted_message(
+    view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes, max_size: int | None
+) -> Message | None:
+    """The message whose envelope holds the object's fields (its exact text in `EXACT_HEADER` if the
+    envelope alone would not give it back); None if it is no object or its fields do not fit."""
+    if not isinstance(view, dict):
+        return None
+    try:
+        message = _strict_from_legacy(view, agent_id, origin, raw)
+        if to_legacy_dict(message) != view:
+            message = replace(message, headers={**message.headers, EXACT_HEADER: exact.decode()})
+        message.encode(max_size)
+    except MessageTooLargeError:
+        raise
+    except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError):
+        return None
+    return message
+
+
+def _kept_message(
+    view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes, max_size: int | None
+) -> Message:
+    """The message built leniently (`_lenient_from_legacy`), the value kept whole in its header;
+    `MessageError` if even that cannot be made, or is too large."""
+    try:
+        message = _lenient_from_legacy(view, exact, agent_id, origin, raw)
+        message.encode(max_size)  # MessageTooLargeError now, not in the middle of a batch
+    except MessageError:
+        raise
+    except (HybridCommsError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+        # Whatever a legacy writer stored, one entry never stops the others: it goes to dead/.
+        raise MessageError(f"cannot be made a message: {type(exc).__name__}: {exc}") from None
     return message
 
 
 def _strict_from_legacy(entry: dict[str, Any], agent_id: str, origin: str, raw: bytes) -> Message:
+    """The message read field by field from a legacy object (raises if a field does not fit)."""
     entry = dict(entry)
-    raw_id = entry.get("id", entry.get("message_id"))
-    try:
-        usable = raw_id is not None and check_id(str(raw_id)) is not None
-    except HybridCommsError:
-        usable = False
-    if not usable:
-        if raw_id is not None:
-            entry["legacy_message_id"] = raw_id
-        entry.pop("id", None)
-        entry["message_id"] = _derived_id(origin, raw)
+    _settle_id(entry, origin, raw)
     if all(entry.get(k) is None for k in ("topic", "type", "message_type")):
         entry["type"] = LEGACY_TOPIC
     message = Message.from_dict(entry)
     if message.recipient is None:
         message = replace(message, recipient=agent_id)
     return message
+
+
+def _settle_id(entry: dict[str, Any], origin: str, raw: bytes) -> None:
+    """Give ``entry`` a derived id in place of one that is missing or not a valid message id (the
+    legacy one kept as ``legacy_message_id``)."""
+    raw_id = entry.get("id", entry.get("message_id"))
+    if _is_usable_id(raw_id):
+        return
+    if raw_id is not None:
+        entry["legacy_message_id"] = raw_id
+    entry.pop("id", None)
+    entry["message_id"] = _derived_id(origin, raw)
+
+
+def _is_usable_id(raw_id: Any) -> bool:
+    """Is a legacy id present and, as text, a valid message id?"""
+    try:
+        return raw_id is not None and check_id(str(raw_id)) is not None
+    except HybridCommsError:
+        return False
 
 
 def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes) -> Message:
@@ -281,6 +319,12 @@ def to_legacy_dict(message: Message) -> Any:
             return _json.loads(exact)
         except ValueError:
             pass
+    return _documented_dict(message)
+
+
+def _documented_dict(message: Message) -> dict[str, Any]:
+    """The Dream.OS object of a message that was not a legacy writer's: the documented fields, then
+    the headers (legacy fields), then the hybridcomms id if the legacy one differs."""
     headers = dict(message.headers)
     out: dict[str, Any] = {
         "message_id": str(headers.pop("legacy_message_id", message.id)),
@@ -351,17 +395,14 @@ class IngestReport:
 
     def __str__(self) -> str:
         parts = [f"{self.n_ingested} ingested", f"{len(self.buried)} to dead/"]
-        if self.duplicates:
-            parts.append(f"{self.duplicates} already there")
-        if self.waiting:
-            parts.append(f"{len(self.waiting)} left for later")
-        if self.refused:
-            parts.append(f"{len(self.refused)} refused and left in place")
-        if self.held:
-            parts.append(f"{len(self.held)} lock(s) held by another process")
-        if self.more:
-            parts.append("more to take")
-        return ", ".join(parts)
+        said_if_any = {  # each part said only if there is any
+            f"{self.duplicates} already there": self.duplicates,
+            f"{len(self.waiting)} left for later": self.waiting,
+            f"{len(self.refused)} refused and left in place": self.refused,
+            f"{len(self.held)} lock(s) held by another process": self.held,
+            "more to take": self.more,
+        }
+        return ", ".join(parts + [part for part, there in said_if_any.items() if there])
 
 
 def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any] | None:
@@ -371,20 +412,27 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     path = os.path.join(root, check_agent_id(agent_id))
     if os.path.islink(path) or not os.path.isdir(path) or is_adopted(root, agent_id):
         return None
-    json_path, dir_path = os.path.join(path, INBOX_JSON), os.path.join(path, INBOX_DIR)
-    has_json = os.path.isfile(json_path) and not os.path.islink(json_path)
-    has_dir = os.path.isdir(dir_path) and not os.path.islink(dir_path)
-    if not has_json and not has_dir:
-        return None
-    waiting = (_count_inbox_json(json_path) if has_json else 0) + (
-        _count_inbox_dir(dir_path) if has_dir else 0
+    json_path, dir_path = (
+        _unlinked(path, INBOX_JSON, os.path.isfile),
+        _unlinked(path, INBOX_DIR, os.path.isdir),
     )
+    if json_path is None and dir_path is None:
+        return None
+    waiting = _count_inbox_json(json_path) + _count_inbox_dir(dir_path)
     layout = legacy_layout(root, agent_id)
     return {"agent": agent_id, "layout": layout.value, "waiting": waiting}
 
 
-def _count_inbox_json(json_path: str) -> int:
-    """The entries of ``inbox.json`` (0 if it cannot be read as an array)."""
+def _unlinked(path: str, name: str, is_kind: Callable[[str], bool]) -> str | None:
+    """``path/name`` if it is of that kind (``os.path.isfile``, ``isdir``) and not a link; else None."""
+    full = os.path.join(path, name)
+    return full if is_kind(full) and not os.path.islink(full) else None
+
+
+def _count_inbox_json(json_path: str | None) -> int:
+    """The entries of ``inbox.json`` (0 if there is none, or it cannot be read as an array)."""
+    if json_path is None:
+        return 0
     try:
         fd, st = _fs.open_regular(json_path, DEFAULT_MAX_INBOX_JSON)
         try:
@@ -397,8 +445,10 @@ def _count_inbox_json(json_path: str) -> int:
     return 0
 
 
-def _count_inbox_dir(dir_path: str) -> int:
-    """The message files waiting in ``inbox/`` (0 if it cannot be listed)."""
+def _count_inbox_dir(dir_path: str | None) -> int:
+    """The message files waiting in ``inbox/`` (0 if there is none, or it cannot be listed)."""
+    if dir_path is None:
+        return 0
     try:
         return sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
     except OSError:
@@ -456,7 +506,8 @@ def _refuse(report: IngestReport, agent: str, where: str, why: str) -> None:
     report.refused.append((_fs.shown(where), why))
 
 
-def _why_refused(exc: OSError) -> str:
+def why_refused(exc: OSError) -> str:
+    """Why a legacy path that could not be opened is refused and left in place, in words."""
     if exc.errno == errno.ELOOP:
         return "a symlink (never followed)"
     if isinstance(exc, (_fs.NotRegularFileError, _fs.TooLargeError)):
@@ -496,7 +547,7 @@ def ingest(
     agent = mailbox.agent_id
     budget = _Budget(max_chunks)
     locks = _LegacyLocks(mailbox, report, lock_timeout, skip_held)
-    with _agent_dir(mailbox) as adir_fd:
+    with agent_dir(mailbox) as adir_fd:
         _ingest_json_drop(mailbox, adir_fd, report, locks, max_inbox_json, on_taken, budget)
         _ingest_dir_drop(mailbox, adir_fd, report, locks, settle, on_taken, budget)
     if report:
@@ -514,7 +565,7 @@ def _ingest_json_drop(
     budget: _Budget,
 ) -> None:
     """``inbox.json`` under its lock, if it is a file; anything else in its place is refused."""
-    kind = _entry_kind(adir_fd, INBOX_JSON)
+    kind = entry_kind(adir_fd, INBOX_JSON)
     if kind == "file":
         with locks.hold(adir_fd, INBOX_JSON + ".lock", INBOX_JSON + ".lock") as locked:
             if locked:
@@ -534,7 +585,7 @@ def _ingest_dir_drop(
 ) -> None:
     """The ``inbox/`` folder, if it is one; a link or a FIFO in its place is refused (a file is not)."""
     agent = mailbox.agent_id
-    kind = _entry_kind(adir_fd, INBOX_DIR)
+    kind = entry_kind(adir_fd, INBOX_DIR)
     if kind != "dir":
         if kind is not None and kind != "file":
             _refuse(report, agent, f"{agent}/{INBOX_DIR}", kind)
@@ -542,7 +593,7 @@ def _ingest_dir_drop(
     try:
         inbox_fd = _fs.open_dir(INBOX_DIR, dir_fd=adir_fd)
     except OSError as exc:
-        _refuse(report, agent, f"{agent}/{INBOX_DIR}", _why_refused(exc))
+        _refuse(report, agent, f"{agent}/{INBOX_DIR}", why_refused(exc))
         return
     try:
         _ingest_inbox_dir(mailbox, adir_fd, inbox_fd, report, locks, settle, on_taken, budget)
@@ -599,30 +650,32 @@ class _LegacyLocks:
         """The lock file ``name`` of ``dir_fd`` (``rel``: its path under the agent's folder), held for
         the block: True; False if it was refused (not a file) or, with ``skip_held``, held by another
         process (then listed in ``report.held``)."""
-        agent = self.mb.agent_id
-        shown = f"{agent}/{rel}"
+        shown = f"{self.mb.agent_id}/{rel}"
         key = os.path.join(self.mb.path, rel)
         if self.skip_held and not HELD.due(key):
             self._held(key, shown)
             yield False
             return
         with contextlib.ExitStack() as stack:
-            taken = False
-            try:
-                stack.enter_context(
-                    hold_lock_file(name, 0.0 if self.skip_held else self.timeout, dir_fd=dir_fd)
-                )
-                taken = True
-            except UnsafePathError as exc:
-                _refuse(self.report, agent, shown, str(exc))
-            except LockTimeoutError:
-                if not self.skip_held:
-                    raise
-                HELD.held(key, _fs.shown(shown))
-                self._held(key, shown)
-            if taken and self.skip_held:
-                HELD.free(key, _fs.shown(shown))
-            yield taken
+            yield self._take(stack, dir_fd, name, key, shown)
+
+    def _take(self, stack: contextlib.ExitStack[Any], dir_fd: int, name: str, key: str, shown: str) -> bool:
+        """Take the lock into ``stack``: True; False if it was refused or, with ``skip_held``, held by
+        another process (which the backoff of `_held_locks` is told, as it is told a lock freed)."""
+        try:
+            stack.enter_context(hold_lock_file(name, 0.0 if self.skip_held else self.timeout, dir_fd=dir_fd))
+        except UnsafePathError as exc:
+            _refuse(self.report, self.mb.agent_id, shown, str(exc))
+            return False
+        except LockTimeoutError:
+            if not self.skip_held:
+                raise
+            HELD.held(key, _fs.shown(shown))
+            self._held(key, shown)
+            return False
+        if self.skip_held:
+            HELD.free(key, _fs.shown(shown))
+        return True
 
     def _held(self, key: str, shown: str) -> None:
         self.report.held.append(_fs.shown(shown))
@@ -632,7 +685,7 @@ class _LegacyLocks:
 
 
 @contextlib.contextmanager
-def _agent_dir(mb: FileMailbox) -> Iterator[int]:
+def agent_dir(mb: FileMailbox) -> Iterator[int]:
     """The agent's folder, opened without following links from the root (as the mailbox is), and
     checked to be the folder of the ``new/`` the mailbox holds open: every legacy file, journal and
     lock of an ingestion is reached through this descriptor only, never by path. A folder renamed
@@ -656,7 +709,7 @@ def _agent_dir(mb: FileMailbox) -> Iterator[int]:
         os.close(fd)
 
 
-def _entry_kind(dir_fd: int, name: str) -> str | None:
+def entry_kind(dir_fd: int, name: str) -> str | None:
     """``"file"``, ``"dir"``, None if absent, or what else it is (a symlink, a FIFO, …), unfollowed."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -721,6 +774,20 @@ class _Start:
     after: int | None = None  # the byte where entry ``skip - 1`` ends (None: from the beginning)
     chain: bytes = b""  # the digest of the entries before it (`_chain`)
     previous: list[str] = field(default_factory=list)  # the ids of the last chunk taken
+    resumed: bool = False  # from where the last step stopped in this very file (`Journal.resumes`)
+
+    @classmethod
+    def resumed_at(cls, journal: Journal, resume: Resume) -> _Start:
+        """Where the last step stopped, as its journal says (no first pass)."""
+        return cls(
+            resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous, True
+        )
+
+    @property
+    def to_read(self) -> bool:
+        """Is there anything to read on? Entries not taken yet; or, if resumed, read on to the end
+        whatever the journal says."""
+        return self.skip < self.count or self.resumed
 
 
 #: A chunk entry: (origin, its canonical JSON or where it is in the file, its value, where it ends).
@@ -754,7 +821,7 @@ def _ingest_inbox_json(
     except FileNotFoundError:
         return
     except OSError as exc:
-        _refuse(report, mb.agent_id, source, _why_refused(exc))
+        _refuse(report, mb.agent_id, source, why_refused(exc))
         return
     try:
         _take_array(mb, adir_fd, fd, st, report, on_taken, budget or _Budget(None))
@@ -771,34 +838,48 @@ def _take_array(
     on_taken: Taken | None,
     budget: _Budget,
 ) -> None:
+    """Take the open ``inbox.json`` (``fd``, ``st``) on from where the last ingestion stopped; once
+    all of it is taken, empty it."""
     source = f"{mb.agent_id}/{INBOX_JSON}"
     journal = Journal(adir_fd, ARRAY_JOURNAL, agent=mb.agent_id)
     _settle_clearing(adir_fd, journal)
-    if is_blank(fd, st.st_size):
-        journal.end()
-        return
     max_item = max_entry_chars(mb.max_message_size)
-    resume = journal.resumes(st)
-    if resume is not None:
-        start: _Start | None = _Start(
-            resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous
-        )
-    else:
-        start = _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
+    start = _array_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
     if start is None:
         return
-    if start.count == 0:
-        journal.end()
-        return
     taking = _Chunks(mb, report, journal, start, on_taken, file_id(st), budget)
-    if start.skip and on_taken is not None:
-        on_taken(start.skip)  # taken before (by an earlier step, or an interrupted ingestion)
-    # (read on to the end whatever the journal says, if resumed)
-    reading = start.skip < start.count or resume is not None
-    if reading and not _read_on(taking, fd, st, source, max_item, start, budget, report):
+    taking.tell_taken_before()
+    if start.to_read and not _read_on(taking, fd, st, source, max_item, start, budget, report):
         return  # paused: the next call goes on
     _empty_inbox_json(adir_fd, journal, taking.taken, taking.chain.hex())
     journal.end()
+
+
+def _array_start(
+    mb: FileMailbox,
+    adir_fd: int,
+    fd: int,
+    st: os.stat_result,
+    report: IngestReport,
+    journal: Journal,
+    max_item: int,
+    on_taken: Taken | None,
+) -> _Start | None:
+    """Where this ingestion starts: where the last step stopped if it stopped in this very file, else
+    after the first pass (`_checked_start`). None if there is nothing to take (a blank or empty
+    array: the journal ended; not JSON: buried whole)."""
+    if is_blank(fd, st.st_size):
+        journal.end()
+        return None
+    resume = journal.resumes(st)
+    if resume is not None:
+        start: _Start | None = _Start.resumed_at(journal, resume)
+    else:
+        start = _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
+    if start is not None and start.count == 0:
+        journal.end()
+        return None
+    return start
 
 
 def _settle_clearing(adir_fd: int, journal: Journal) -> None:
@@ -806,7 +887,7 @@ def _settle_clearing(adir_fd: int, journal: Journal) -> None:
     is removed; if so, the journal is forgotten (what the array holds now was appended since)."""
     if journal.clearing is None:
         return
-    if _entry_kind(adir_fd, journal.clearing) == "file":
+    if entry_kind(adir_fd, journal.clearing) == "file":
         _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
     else:
         journal.forget()  # the array was emptied: what it holds now was appended since
@@ -880,13 +961,8 @@ def _take_entries(
     chunk: list[_Entry] = []
     size = 0
     for element in open_array(fd, max_item=max_item, after=start.after if start.skip else None):
-        origin = f"{source}[{taking.taken + len(chunk)}]"
-        length = element.end - element.start
-        if element.value is TOO_LARGE:
-            chunk.append((origin, _fs.ByteRange(fd, element.start, length), TOO_LARGE, element.end))
-        else:
-            chunk.append((origin, _json.dumps(element.value), element.value, element.end))
-        size += length
+        chunk.append(_entry(fd, f"{source}[{taking.taken + len(chunk)}]", element))
+        size += element.end - element.start
         if len(chunk) >= CHUNK_ENTRIES or size >= CHUNK_CHARS:
             taking.take(chunk)
             chunk, size = [], 0
@@ -896,20 +972,22 @@ def _take_entries(
     return False
 
 
+def _entry(fd: int, origin: str, element: Element) -> _Entry:
+    """The chunk entry of one array element: its canonical JSON, or (too large to be built) where it
+    is in the file."""
+    if element.value is TOO_LARGE:
+        return (origin, _fs.ByteRange(fd, element.start, element.end - element.start), TOO_LARGE, element.end)
+    return (origin, _json.dumps(element.value), element.value, element.end)
+
+
 def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
     """The first pass: is all of the array JSON (else ``ValueError``), how many entries, and where this
     ingestion starts: after the entries taken before, if the array still begins with exactly those
     (legacy writers only append); from the beginning otherwise."""
     want = journal.taken
     prefix = _PrefixDigest(legacy=bool(want) and not journal.chained)
-    start = _Start(0)
-    for element in open_array(fd, max_item=max_item):
-        if start.count < want:
-            prefix.add(element.value)
-            if start.count == want - 1:
-                start.after = element.end
-        start.count += 1
-    if want and start.count >= want and prefix.hexdigest() == journal.digest:
+    start = _scan_array(fd, max_item, want, prefix)
+    if _begins_with_taken(start, want, prefix, journal):
         start.skip, start.chain = want, prefix.chain
     else:
         if want:
@@ -921,6 +999,24 @@ def _find_start(fd: int, max_item: int, journal: Journal) -> _Start:
             )
         start.after = None
     return start
+
+
+def _scan_array(fd: int, max_item: int, want: int, prefix: _PrefixDigest) -> _Start:
+    """The array read through once: its entries counted, the first ``want`` of them added to
+    ``prefix``, and where the last of those ends (``after``)."""
+    start = _Start(0)
+    for element in open_array(fd, max_item=max_item):
+        if start.count < want:
+            prefix.add(element.value)
+            if start.count == want - 1:
+                start.after = element.end
+        start.count += 1
+    return start
+
+
+def _begins_with_taken(start: _Start, want: int, prefix: _PrefixDigest, journal: Journal) -> bool:
+    """Does the array still begin with exactly the ``want`` entries the journal says were taken?"""
+    return bool(want) and start.count >= want and prefix.hexdigest() == journal.digest
 
 
 class _PrefixDigest:
@@ -974,14 +1070,7 @@ class _Chunks:
         tell ``on_taken`` how many entries it had (published, found there already, or buried)."""
         if not chunk:
             return
-        mb = self.mb
-        items: list[tuple[str, bytes, Any]] = []
-        for origin, raw, value, _end in chunk:
-            if isinstance(raw, _fs.ByteRange):
-                why = unbuilt_reason(raw.length, mb.max_message_size)
-                _bury(mb, self.report, raw, _inbox_json_dead_name(origin, raw), why, origin)
-            else:
-                items.append((origin, raw, value))
+        items = self._built(chunk)
         carried = self.carried if self.taken < self.carried_upto else set()
         taken, before, at = self.taken, self.chain.hex(), self._resume()
         upto = max(taken + len(chunk), self.carried_upto if carried else 0)
@@ -991,14 +1080,39 @@ class _Chunks:
                 ids + sorted(carried.difference(ids)), taken=taken, digest=before, upto=upto, resume=at
             )
 
-        self.previous = _publish(mb, items, self.report, record, carried, self.previous)
+        self.previous = _publish(self.mb, items, self.report, record, carried, self.previous)
+        self._passed(chunk)
+
+    def _built(self, chunk: list[_Entry]) -> list[tuple[str, bytes, Any]]:
+        """The chunk's entries to publish; those too large to be built (`TOO_LARGE`) are buried."""
+        items: list[tuple[str, bytes, Any]] = []
+        for origin, raw, value, _end in chunk:
+            if isinstance(raw, _fs.ByteRange):
+                why = unbuilt_reason(raw.length, self.mb.max_message_size)
+                _bury(self.mb, self.report, raw, _inbox_json_dead_name(origin, raw), why, origin)
+            else:
+                items.append((origin, raw, value))
+        return items
+
+    def _passed(self, chunk: list[_Entry]) -> None:
+        """A published chunk counted as taken (the digest, the count, where it ends), the budget
+        spent, ``on_taken`` told."""
         for _origin, raw, _value, _end in chunk:
             self.chain = _chain(self.chain, None if isinstance(raw, _fs.ByteRange) else raw)
         self.taken += len(chunk)
         self.after = chunk[-1][3]
         self.budget.spend()
+        self._tell(len(chunk))
+
+    def tell_taken_before(self) -> None:
+        """Tell ``on_taken`` the entries taken before this call (by an earlier step, or an
+        interrupted ingestion), skipped now."""
+        if self.taken:
+            self._tell(self.taken)
+
+    def _tell(self, n: int) -> None:
         if self.on_taken is not None:
-            self.on_taken(len(chunk))
+            self.on_taken(n)
 
     def pause(self, file: FileId | None) -> None:
         """Journal where this call stopped (between chunks): the next goes on from there, reading on
@@ -1071,16 +1185,8 @@ def ingest_folder(
     label = "" if rel == "." else rel.replace(os.sep, "-")
     journal = Journal(adir_fd, folder_journal_name(label), agent=mb.agent_id)
     taking = _FolderChunks(mb, folder_fd, report, journal, label, on_taken, budget)
-    for name in sorted(_fs.listdir_at(folder_fd)):
-        if budget is not None and budget.spent:
-            report.more = True
-            break
-        if not _is_candidate(name) or name in exclude:
-            continue  # lock and temp files, and what is not JSON (.md notes): left where they are
-        source = f"{mb.agent_id}/{name}" if not label else f"{mb.agent_id}/{rel}/{name}"
-        taking.take_file(name, source, now, settle)
-    else:
-        taking.flush()
+    prefix = f"{mb.agent_id}/" if not label else f"{mb.agent_id}/{rel}/"
+    taking.take_all(sorted(_fs.listdir_at(folder_fd)), prefix, exclude, now, settle)
     taking.finish()
 
 
@@ -1111,6 +1217,19 @@ class _FolderChunks:
         self.items: list[tuple[str, bytes, Any]] = []  # what of them is to publish
         self.size = 0
 
+    def take_all(
+        self, names: list[str], prefix: str, exclude: frozenset[str], now: float, settle: float
+    ) -> None:
+        """Take the folder's legacy files (``prefix``: its path under the root) in order, until the
+        budget is spent (then more is waiting: ``report.more``)."""
+        for name in names:
+            if self.budget is not None and self.budget.spent:
+                self.report.more = True
+                return
+            if _is_candidate(name) and name not in exclude:  # else lock and temp files, and what is
+                self.take_file(name, prefix + name, now, settle)  # not JSON (.md notes): left there
+        self.flush()
+
     def take_file(self, name: str, source: str, now: float, settle: float) -> None:
         """One legacy file into the chunk, or buried if it is not JSON; refused if it is not a regular
         file, left for later if it is not JSON yet (changed less than ``settle`` seconds ago)."""
@@ -1121,7 +1240,7 @@ class _FolderChunks:
         except FileNotFoundError:
             return
         except OSError as exc:
-            _refuse(report, mb.agent_id, source, _why_refused(exc))
+            _refuse(report, mb.agent_id, source, why_refused(exc))
             return
         try:
             obj = _json.loads(raw)
@@ -1256,17 +1375,29 @@ def ids_present(mb: FileMailbox, states: tuple[State, ...], *, among: set[str] |
     if among is not None and not among:
         return found
     for state in states:
-        try:  # through the folders the mailbox holds open: never a path walked again
-            if not mb.folders.has(state):
-                continue
-            with os.scandir(mb.folders.fd(state)) as entries:
-                for entry in entries:
-                    info = parse_name(entry.name)
-                    if info is not None and (among is None or info.id in among):
-                        found.add(info.id)
-        except (OSError, HybridCommsError):
-            continue
+        found |= _ids_in(mb, state, among)
     return found
+
+
+def _ids_in(mb: FileMailbox, state: State, among: set[str] | None) -> set[str]:
+    """The message ids of the files in one folder of ``mb`` (with ``among``: only those); those read
+    before an error, if it cannot be read to the end."""
+    found: set[str] = set()
+    try:  # through the folders the mailbox holds open: never a path walked again
+        if mb.folders.has(state):
+            with os.scandir(mb.folders.fd(state)) as entries:
+                found.update(_named_ids(entries, among))
+    except (OSError, HybridCommsError):
+        pass
+    return found
+
+
+def _named_ids(entries: Iterator[os.DirEntry[str]], among: set[str] | None) -> Iterator[str]:
+    """The message ids these folder entries' names give (with ``among``: only those of these ids)."""
+    for entry in entries:
+        info = parse_name(entry.name)
+        if info is not None and (among is None or info.id in among):
+            yield info.id
 
 
 class IngestProbe:
@@ -1299,17 +1430,26 @@ class IngestProbe:
         """Ingest if something may have changed; None if it was not worth looking."""
         now = time.monotonic()
         sig = self._signature()
-        if not force and sig == self._seen and now < self._next_full:
+        if not force and self._unchanged(sig, now):
             return None
         if sig == (None, None):
             self._seen, self._next_full = sig, now + self.every
             return None
         report = ingest(self.mailbox, max_chunks=self.max_chunks, skip_held=True)
+        self._remember(sig, now, report)
+        return report
+
+    def _unchanged(self, sig: tuple[Any, Any], now: float) -> bool:
+        """Is it the signature of the last look, and a look anyway not due yet?"""
+        return sig == self._seen and now < self._next_full
+
+    def _remember(self, sig: tuple[Any, Any], now: float, report: IngestReport) -> None:
+        """What the next call compares with: this look's signature, unless something was left (then
+        the next call looks again), and when a look is due anyway."""
         # The signature from *before*: a drop that lands during or right after this ingestion changes
         # it, so the next call looks again (our own rewrite of inbox.json costs one extra look).
         self._seen = sig if not (report.waiting or report.held or report.more) else None
         self._next_full = now + self.every
-        return report
 
 
 class LegacyIntake:

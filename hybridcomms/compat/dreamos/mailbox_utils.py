@@ -13,9 +13,10 @@ module is imported) or set ``MAILBOX_ROOT`` in the worker.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,24 +117,36 @@ def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
     one in its ``new/`` folder, and that is the path returned.
     """
     shape, values = _shape(args, kwargs)
-    if shape == "agent":
-        agent_id, message = values["agent_id"], values["message"]
-        _need_mapping(message, "message")
-        # The newest Dream.OS writer stores any object as it is: so does this, and readers get it back.
-        deliver(get_mailbox_root(), agent_id, dict(message), exact=True)
-        return None
-    if shape == "inbox":
-        data = values["message_data"]
-        _need_mapping(data, "message_data")
-        if not validate_mailbox_message_schema(data):
-            raise ValueError("message data failed mailbox schema validation (see the log)")
-        inbox = Path(values["recipient_inbox_path"])
-        prefix = values.get("filename_prefix", "msg")
-        timeout = float(values.get("lock_timeout", 10))
-        owner = owner_of(inbox)
-        if owner is not None and adopted(*owner):
-            return dual(deliver(owner[0], owner[1], dict(data), lock_timeout=timeout))
-        return dual(write_into_inbox(inbox, dict(data), filename_prefix=prefix, timeout=timeout))
+    return _WRITERS[shape](values)
+
+
+def _write_to_agent(values: dict[str, Any]) -> None:
+    """``(agent_id, message)``: deliver to that agent under ``MAILBOX_ROOT``."""
+    agent_id, message = values["agent_id"], values["message"]
+    _need_mapping(message, "message")
+    # The newest Dream.OS writer stores any object as it is: so does this, and readers get it back.
+    deliver(get_mailbox_root(), agent_id, dict(message), exact=True)
+
+
+def _write_to_inbox(values: dict[str, Any]) -> Any:
+    """``(message_data, recipient_inbox_path, …)``: a valid mailbox message to the agent whose inbox
+    folder that is (into ``new/`` once adopted, else a file of its ``inbox/``)."""
+    data = values["message_data"]
+    _need_mapping(data, "message_data")
+    if not validate_mailbox_message_schema(data):
+        raise ValueError("message data failed mailbox schema validation (see the log)")
+    inbox = Path(values["recipient_inbox_path"])
+    prefix = values.get("filename_prefix", "msg")
+    timeout = float(values.get("lock_timeout", 10))
+    owner = owner_of(inbox)
+    if owner is not None and adopted(*owner):
+        return dual(deliver(owner[0], owner[1], dict(data), lock_timeout=timeout))
+    return dual(write_into_inbox(inbox, dict(data), filename_prefix=prefix, timeout=timeout))
+
+
+def _write_at_path(values: dict[str, Any]) -> Any:
+    """``(file_path, content)``: to the agent owning that folder (at that very path while the agent is
+    on a legacy layout)."""
     path = Path(values["file_path"])
     content = values["content"]
     _need_mapping(content, "content")
@@ -148,6 +161,14 @@ def write_mailbox_message(*args: Any, **kwargs: Any) -> Any:
         data = _json.dumps(complete(dict(content), agent), indent=2)
         replace_atomically(path, data, 0o660)
     return dual(path)
+
+
+#: The writer of each call shape (`_shape_of`).
+_WRITERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "agent": _write_to_agent,
+    "inbox": _write_to_inbox,
+    "file": _write_at_path,
+}
 
 
 _SHAPES = {
@@ -223,17 +244,23 @@ def read_mailbox_messages(agent_id: str) -> list[Any]:
 def _legacy_entries(agent_dir: Path) -> list[Any]:
     """What a legacy reader reads: every value of ``inbox.json`` (stdlib JSON, exactly as written),
     then the ``inbox/`` files."""
-    out: list[Any] = []
+    return _inbox_json_values(agent_dir) + _inbox_dir_values(agent_dir)
+
+
+def _inbox_json_values(agent_dir: Path) -> list[Any]:
+    """Every value of ``inbox.json`` (``[]`` if it cannot be read, or is no array)."""
     try:
         entries = _json.loads(read_regular((agent_dir / INBOX_JSON), DEFAULT_MAX_INBOX_JSON))
-        out += entries if isinstance(entries, list) else []
     except (OSError, ValueError):
-        pass
-    try:
-        names = sorted(n for n in os.listdir(agent_dir / INBOX_DIR) if n.endswith(".json") and n[0] != ".")
-    except OSError:
-        names = []
-    for name in names:
+        return []
+    return entries if isinstance(entries, list) else []
+
+
+def _inbox_dir_values(agent_dir: Path) -> list[Any]:
+    """The objects of the ``inbox/`` files, by name (a file that cannot be read, or holds no object,
+    skipped)."""
+    out: list[Any] = []
+    for name in _inbox_dir_names(agent_dir):
         try:
             value = _json.loads(read_regular(agent_dir / INBOX_DIR / name, DEFAULT_MAX_MESSAGE_SIZE))
         except (OSError, ValueError):
@@ -241,6 +268,14 @@ def _legacy_entries(agent_dir: Path) -> list[Any]:
         if isinstance(value, dict):
             out.append(value)
     return out
+
+
+def _inbox_dir_names(agent_dir: Path) -> list[str]:
+    """The names a legacy reader reads in ``inbox/`` (``*.json``, not hidden), sorted; none if unlistable."""
+    try:
+        return sorted(n for n in os.listdir(agent_dir / INBOX_DIR) if n.endswith(".json") and n[0] != ".")
+    except OSError:
+        return []
 
 
 def read_mailbox_message(filepath: str | os.PathLike[str], lock_timeout: float = 10) -> Any:
@@ -323,31 +358,43 @@ def delete_message(filepath: str | os.PathLike[str], lock_timeout: float = 5) ->
     ``done/`` (kept for audit). One already claimed by someone else is theirs: False."""
     path = Path(filepath)
     try:
-        if path.parent.name == State.NEW.folder:
-            owner = owner_of(path)
-            if owner is not None and is_adopted(*owner):
-                if not path.exists():
-                    return Flag(True)
-                mb = mailbox_for(owner[0], owner[1], create=False)
-                d = mb.claim_file(path.name)
-                if d is None:
-                    return Flag(not path.exists() and not _claimed_elsewhere(mb, path.name))
-                d.ack()
-                return Flag(True)
-        with acquire_lock(path, lock_timeout):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        lock_file = Path(f"{path}.lock")
-        try:
-            lock_file.unlink()
-        except FileNotFoundError:
-            pass
+        owner = _adopted_owner_of_new(path)
+        if owner is not None:
+            return Flag(_acknowledge(path, *owner))
+        _remove_under_lock(path, lock_timeout)
         return Flag(True)
     except Exception as exc:
         log.error("could not delete mailbox message %s: %s", path, exc)
         return Flag(False)
+
+
+def _adopted_owner_of_new(path: Path) -> tuple[Path, str] | None:
+    """``(root, agent)`` if ``path`` is in the ``new/`` of an adopted agent; None for any other file."""
+    if path.parent.name != State.NEW.folder:
+        return None
+    owner = owner_of(path)
+    return owner if owner is not None and is_adopted(*owner) else None
+
+
+def _acknowledge(path: Path, root: Path, agent: str) -> bool:
+    """Claim and ack a file of the agent's ``new/``: True, or if it is already gone; False if someone
+    else claimed it."""
+    if not path.exists():
+        return True
+    mb = mailbox_for(root, agent, create=False)
+    d = mb.claim_file(path.name)
+    if d is None:
+        return not path.exists() and not _claimed_elsewhere(mb, path.name)
+    d.ack()
+    return True
+
+
+def _remove_under_lock(path: Path, lock_timeout: float) -> None:
+    """Remove a legacy message file under its lock, then the lock file (either gone already is fine)."""
+    with acquire_lock(path, lock_timeout), contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        Path(f"{path}.lock").unlink()
 
 
 def _claimed_elsewhere(mb: Any, name: str) -> bool:

@@ -52,7 +52,7 @@ from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...states import State
 from . import _json
 from ._backup import backup_root
-from ._json_stream import TOO_LARGE, NotAnArray, is_blank, open_array
+from ._json_stream import TOO_LARGE, Element, NotAnArray, is_blank, open_array
 from .legacy import (
     CHUNK_CHARS,
     CHUNK_ENTRIES,
@@ -62,10 +62,10 @@ from .legacy import (
     INBOX_JSON,
     NOT_MESSAGES,
     REPORT_LISTED,
+    IngestReport,
     Taken,
-    _agent_dir,
-    _entry_kind,
-    _why_refused,
+    agent_dir,
+    entry_kind,
     ids_present,
     ingest,
     ingest_folder,
@@ -73,6 +73,7 @@ from .legacy import (
     message_from_legacy,
     remove_taken,
     unbuilt_reason,
+    why_refused,
 )
 
 __all__ = ["AgentMigration", "Migration", "migrate", "survey"]
@@ -131,40 +132,26 @@ class Migration:
             "left": len(self.left) + sum(len(a.left) for a in self.agents),
         }
 
+    def changes(self) -> int:
+        """How many messages the agents' parts move."""
+        return sum(a.changes() for a in self.agents)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": str(self.root),
             "dry_run": self.dry_run,
             "backup": str(self.backup) if self.backup else None,
-            "backup_skipped": [{"path": p, "why": w} for p, w in self.backup_skipped],
+            "backup_skipped": _path_why(self.backup_skipped),
             "totals": self.totals(),
-            "agents": [
-                {
-                    "agent": a.agent,
-                    "new": a.to_new,
-                    "new_not_listed": a.more_new,
-                    "done": a.to_done,
-                    "dead": [{"source": s, "reason": r} for s, r in a.to_dead],
-                    "left": [{"path": p, "why": w} for p, w in a.left],
-                }
-                for a in self.agents
-            ],
-            "left": [{"path": p, "why": w} for p, w in self.left],
+            "agents": [_agent_dict(a) for a in self.agents],
+            "left": _path_why(self.left),
         }
 
     def describe(self) -> str:
+        lines = [f"{'dry run: ' if self.dry_run else ''}migrating {self.root}", *self._backup_lines()]
         verb = "would move" if self.dry_run else "moved"
-        lines = [f"{'dry run: ' if self.dry_run else ''}migrating {self.root}"]
-        if self.backup:
-            lines.append(f"backup: {self.backup}")
-            lines += [f"  not in the backup: {p}: {w}" for p, w in self.backup_skipped]
         for a in self.agents:
-            lines.append(
-                f"  {a.agent}: {verb} {a.n_new} to new/, {len(a.to_done)} to done/, "
-                f"{len(a.to_dead)} to dead/; {len(a.left)} left in place"
-            )
-            lines += [f"    dead: {s}: {r}" for s, r in a.to_dead]
-            lines += [f"    left: {p}: {w}" for p, w in a.left]
+            lines += _agent_lines(a, verb)
         lines += [f"  left: {p}: {w}" for p, w in self.left]
         t = self.totals()
         lines.append(
@@ -172,6 +159,39 @@ class Migration:
             f"{t['left']} left in place"
         )
         return "\n".join(printable(line) for line in lines)  # each line inert: names come from producers
+
+    def _backup_lines(self) -> list[str]:
+        """Where the backup is and what was left out of it (nothing without a backup)."""
+        if not self.backup:
+            return []
+        return [f"backup: {self.backup}", *(f"  not in the backup: {p}: {w}" for p, w in self.backup_skipped)]
+
+
+def _path_why(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """``(path, why)`` pairs as JSON objects."""
+    return [{"path": p, "why": w} for p, w in pairs]
+
+
+def _agent_dict(a: AgentMigration) -> dict[str, Any]:
+    """One agent's part as JSON (`Migration.to_dict`)."""
+    return {
+        "agent": a.agent,
+        "new": a.to_new,
+        "new_not_listed": a.more_new,
+        "done": a.to_done,
+        "dead": [{"source": s, "reason": r} for s, r in a.to_dead],
+        "left": _path_why(a.left),
+    }
+
+
+def _agent_lines(a: AgentMigration, verb: str) -> list[str]:
+    """One agent's part in words (`Migration.describe`): its counts, then what goes to dead/ and stays."""
+    return [
+        f"  {a.agent}: {verb} {a.n_new} to new/, {len(a.to_done)} to done/, "
+        f"{len(a.to_dead)} to dead/; {len(a.left)} left in place",
+        *(f"    dead: {s}: {r}" for s, r in a.to_dead),
+        *(f"    left: {p}: {w}" for p, w in a.left),
+    ]
 
 
 # -- looking (no changes) -------------------------------------------------------------------------
@@ -187,7 +207,7 @@ def _classify(
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         raw = _fs.read_regular(name, max_size, dir_fd=dir_fd)
     except OSError as exc:
-        return "left", _why_refused(exc)
+        return "left", why_refused(exc)
     try:
         obj = _json.loads(raw)  # as ingestion reads it (NaN, big integers: the stdlib's JSON)
     except ValueError as exc:
@@ -206,21 +226,25 @@ def _json_files(
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The ``*.json`` regular files of an open folder, and the ``*.json`` entries refused (links,
     FIFOs, folders: never followed or read)."""
-    try:
-        names = sorted(_fs.listdir_at(dir_fd))
-    except OSError:
-        return [], []
     files: list[str] = []
     refused: list[tuple[str, str]] = []
-    for n in names:
-        if not n.endswith(".json") or n.startswith(".") or n in exclude:
-            continue
-        kind = _entry_kind(dir_fd, n)
+    for n in _json_names(dir_fd, exclude):
+        kind = entry_kind(dir_fd, n)
         if kind == "file":
             files.append(n)
         elif kind is not None:
             refused.append((n, kind))
     return files, refused
+
+
+def _json_names(dir_fd: int, exclude: frozenset[str]) -> list[str]:
+    """The ``*.json`` names of an open folder, sorted, neither hidden nor excluded; none if it cannot
+    be listed."""
+    try:
+        names = sorted(_fs.listdir_at(dir_fd))
+    except OSError:
+        return []
+    return [n for n in names if n.endswith(".json") and not n.startswith(".") and n not in exclude]
 
 
 @contextlib.contextmanager
@@ -245,33 +269,44 @@ def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigra
     try:
         fd, st = _fs.open_regular(INBOX_JSON, DEFAULT_MAX_INBOX_JSON, dir_fd=adir_fd)
     except OSError as exc:
-        plan.left.append((where, _why_refused(exc)))
+        plan.left.append((where, why_refused(exc)))
         return
     try:
         if is_blank(fd, st.st_size):
             return
         max_item = max_entry_chars(max_size)
-        try:
-            for _ in open_array(fd, max_item=max_item):
-                pass  # all of it must be JSON first: a corrupt array goes to dead/ whole
-        except NotAnArray as exc:
-            plan.to_dead.append((where, str(exc)))
-            return
-        except ValueError as exc:
-            plan.to_dead.append((where, f"not valid JSON: {exc}"))
-            return
+        problem = _array_problem(fd, max_item)
+        if problem is not None:
+            plan.to_dead.append((where, problem))  # all of it must be JSON first: a corrupt array
+            return  # goes to dead/ whole
         for i, element in enumerate(open_array(fd, max_item=max_item)):
-            origin = f"{where}[{i}]"
-            if element.value is TOO_LARGE:
-                plan.to_dead.append((origin, unbuilt_reason(element.end - element.start, max_size)))
-                continue
-            try:
-                message_from_legacy(element.value, agent_id=agent, origin=origin, max_size=max_size)
-                plan.add_new(origin)
-            except MessageError as exc:
-                plan.to_dead.append((origin, f"cannot be converted: {exc}"))
+            _survey_element(element, f"{where}[{i}]", agent, max_size, plan)
     finally:
         os.close(fd)
+
+
+def _array_problem(fd: int, max_item: int) -> str | None:
+    """Why the open ``inbox.json`` is not a JSON array, read through once; None if it is one."""
+    try:
+        for _ in open_array(fd, max_item=max_item):
+            pass
+    except NotAnArray as exc:
+        return str(exc)
+    except ValueError as exc:
+        return f"not valid JSON: {exc}"
+    return None
+
+
+def _survey_element(element: Element, origin: str, agent: str, max_size: int, plan: AgentMigration) -> None:
+    """What becomes of one entry of ``inbox.json``: ``new/`` if it converts, else ``dead/``."""
+    if element.value is TOO_LARGE:
+        plan.to_dead.append((origin, unbuilt_reason(element.end - element.start, max_size)))
+        return
+    try:
+        message_from_legacy(element.value, agent_id=agent, origin=origin, max_size=max_size)
+        plan.add_new(origin)
+    except MessageError as exc:
+        plan.to_dead.append((origin, f"cannot be converted: {exc}"))
 
 
 def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> AgentMigration:
@@ -280,7 +315,7 @@ def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> Age
         if adir_fd is None:
             plan.left.append((f"{agent}/", "not a folder (or a link): refused"))
             return plan
-        kind = _entry_kind(adir_fd, INBOX_JSON)
+        kind = entry_kind(adir_fd, INBOX_JSON)
         if kind == "file":
             _survey_inbox_json(adir_fd, agent, max_size, plan)
         elif kind is not None:
@@ -361,16 +396,19 @@ def _surveyed_elsewhere(name: str) -> bool:
 def _survey_leftover(adir_fd: int, agent: str, name: str, plan: AgentMigration) -> None:
     """One entry of the agent's folder that migration leaves, if it does (a ``*.json`` file is a drop)."""
     rel = _fs.shown(f"{agent}/{name}")
-    kind = _entry_kind(adir_fd, name)
-    if kind == "dir" and name in (INBOX_DIR, *PROCESSED_FOLDERS):
-        _survey_stray_files(adir_fd, name, rel, plan)
-    elif kind == "dir":
-        why = "not a message folder" if name in KEPT_FOLDERS else "unknown folder"
-        plan.left.append((rel + "/", why))
-    elif kind != "file" and not name.endswith(".json"):
-        plan.left.append((rel, f"{kind}: refused"))
+    kind = entry_kind(adir_fd, name)
+    if kind == "dir":
+        _survey_sub_folder(adir_fd, name, rel, plan)
     elif not name.endswith(".json"):
-        plan.left.append((rel, "not a JSON message file"))
+        plan.left.append((rel, "not a JSON message file" if kind == "file" else f"{kind}: refused"))
+
+
+def _survey_sub_folder(adir_fd: int, name: str, rel: str, plan: AgentMigration) -> None:
+    """A folder of the agent's: the stray files of a message folder are left, any other folder whole."""
+    if name in (INBOX_DIR, *PROCESSED_FOLDERS):
+        _survey_stray_files(adir_fd, name, rel, plan)
+    else:
+        plan.left.append((rel + "/", "not a message folder" if name in KEPT_FOLDERS else "unknown folder"))
 
 
 def _survey_stray_files(adir_fd: int, name: str, rel: str, plan: AgentMigration) -> None:
@@ -408,31 +446,42 @@ def survey(
 def _survey_entry(root_fd: int, name: str, result: Migration, max_size: int, settle: float) -> None:
     """One entry of the root: an agent's folder is surveyed (and listed if it has anything to say);
     anything else is left."""
-    kind = _entry_kind(root_fd, name)
-    shown = _fs.shown(name)
-    if name == "broadcast" and kind == "dir":
-        with _open_sub(root_fd, name) as fd:
-            count = len(_json_files(fd)[0]) if fd is not None else 0
-        result.left.append((f"{name}/", f"broadcasts ({count} files) have no single recipient"))
-        return
-    if kind != "dir":
-        result.left.append((shown, "not an agent folder" if kind == "file" else f"{kind}: refused"))
-        return
-    try:
-        check_agent_id(name)
-    except ValueError:
-        result.left.append((f"{shown}/", "not a safe agent id (e.g. an unrendered template)"))
+    left = _not_an_agent(root_fd, name)
+    if left is not None:
+        result.left.append(left)
         return
     plan = _survey_agent(root_fd, name, max_size, settle)
     if plan.changes() or plan.left or _has_legacy_drops(root_fd, name):
         result.agents.append(plan)
 
 
+def _not_an_agent(root_fd: int, name: str) -> tuple[str, str] | None:
+    """``(path, why)`` for an entry of the root that is left (broadcasts, not a folder, not a safe agent
+    id); None for an agent's folder."""
+    kind = entry_kind(root_fd, name)
+    shown = _fs.shown(name)
+    if name == "broadcast" and kind == "dir":
+        return f"{name}/", f"broadcasts ({_count_json_files(root_fd, name)} files) have no single recipient"
+    if kind != "dir":
+        return shown, "not an agent folder" if kind == "file" else f"{kind}: refused"
+    try:
+        check_agent_id(name)
+    except ValueError:
+        return f"{shown}/", "not a safe agent id (e.g. an unrendered template)"
+    return None
+
+
+def _count_json_files(dir_fd: int, name: str) -> int:
+    """How many ``*.json`` regular files the sub-folder ``name`` holds (0 if it cannot be opened)."""
+    with _open_sub(dir_fd, name) as fd:
+        return len(_json_files(fd)[0]) if fd is not None else 0
+
+
 def _has_legacy_drops(root_fd: int, agent: str) -> bool:
     """Is there an ``inbox.json`` or an ``inbox/`` (of any kind) in the agent's folder?"""
     with _open_sub(root_fd, agent) as fd:
         return fd is not None and (
-            _entry_kind(fd, INBOX_JSON) is not None or _entry_kind(fd, INBOX_DIR) is not None
+            entry_kind(fd, INBOX_JSON) is not None or entry_kind(fd, INBOX_DIR) is not None
         )
 
 
@@ -463,9 +512,9 @@ def migrate(
         return plan
     base = Path(root)
     done = Migration(base, dry_run=False, left=list(plan.left))
-    if backup and any(a.changes() for a in plan.agents):
+    if backup and plan.changes():
         _back_up(done, progress, backup_limit)
-    counter = _Converted(sum(a.changes() for a in plan.agents), progress)
+    counter = _Converted(plan.changes(), progress)
     counter.taken(0)
     for a in plan.agents:
         with FileMailbox(
@@ -477,8 +526,7 @@ def migrate(
             file_mode=file_mode,
         ) as mb:
             done.agents.append(_migrate_agent(mb, a, counter.taken))
-    if progress is not None:  # the end (some may have been left for later, or arrived meanwhile)
-        progress("messages", counter.converted, max(counter.total, counter.converted))
+    counter.end()
     return done
 
 
@@ -502,6 +550,12 @@ class _Converted:
         if self.progress is not None:
             self.progress("messages", min(self.converted, self.total), self.total)
 
+    def end(self) -> None:
+        """Tell ``progress`` the end: all converted, which may be more or less than the survey counted
+        (some may have been left for later, or arrived meanwhile)."""
+        if self.progress is not None:
+            self.progress("messages", self.converted, max(self.total, self.converted))
+
 
 def _migrate_agent(mb: FileMailbox, planned: AgentMigration, taken: Taken) -> AgentMigration:
     """Convert one agent's legacy files (its drops into ``new/``, what it processed into ``done/``);
@@ -510,19 +564,31 @@ def _migrate_agent(mb: FileMailbox, planned: AgentMigration, taken: Taken) -> Ag
     # What is waiting is what this run left, not what the survey saw a moment before.
     result = AgentMigration(agent, left=[x for x in planned.left if x[1] != WAITING])
     report = ingest(mb, on_taken=taken)
-    with _agent_dir(mb) as adir_fd:
+    with agent_dir(mb) as adir_fd:
         ingest_folder(  # L4: no lock
             mb, adir_fd, adir_fd, ".", report, DEFAULT_SETTLE, exclude=NOT_MESSAGES, on_taken=taken
         )
-        for sub in PROCESSED_FOLDERS:
-            with _open_sub(adir_fd, sub) as fd:
-                if fd is not None:
-                    result.to_done += _import_processed(mb, fd, f"{agent}/{sub}", taken)
+        result.to_done += _import_processed_folders(mb, adir_fd, taken)
+    _note_ingested(result, report)
+    return result
+
+
+def _import_processed_folders(mb: FileMailbox, adir_fd: int, taken: Taken) -> list[str]:
+    """Every folder of processed messages of the agent's (open) folder into ``done/``; what was moved."""
+    moved: list[str] = []
+    for sub in PROCESSED_FOLDERS:
+        with _open_sub(adir_fd, sub) as fd:
+            if fd is not None:
+                moved += _import_processed(mb, fd, f"{mb.agent_id}/{sub}", taken)
+    return moved
+
+
+def _note_ingested(result: AgentMigration, report: IngestReport) -> None:
+    """What the ingestion did, in the agent's part: left for later, to ``new/``, to ``dead/``."""
     result.left += [(path, WAITING) for path in report.waiting]
     result.to_new = list(report.ingested)
     result.more_new = report.n_ingested - len(report.ingested)
     result.to_dead = [(b.source, b.reason) for b in report.buried]
-    return result
 
 
 def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Taken | None = None) -> list[str]:
@@ -535,41 +601,57 @@ def _import_processed(mb: FileMailbox, dir_fd: int, prefix: str, on_taken: Taken
     files, _refused = _json_files(dir_fd)
     if not files:
         return []
-    in_done = ids_present(mb, (State.DONE,))
-    moved: list[str] = []
-    batch: list[Message] = []
-    taken: list[str] = []
-    size = 0
+    chunks = _DoneChunks(mb, dir_fd, on_taken)
     for n in files:
-        origin = f"{prefix}/{n}"
-        try:
-            raw = _fs.read_regular(n, mb.max_message_size, dir_fd=dir_fd)
-            message = message_from_legacy(
-                _json.loads(raw), agent_id=mb.agent_id, origin=origin, raw=raw, max_size=mb.max_message_size
-            )
-        except (OSError, ValueError):
-            continue  # reported as left in place by the survey
-        if message.id not in in_done:
-            batch.append(message)
-            in_done.add(message.id)
-        taken.append(n)
-        size += len(raw)
-        if len(taken) >= CHUNK_ENTRIES or size >= CHUNK_CHARS:
-            moved += _import_chunk(mb, dir_fd, batch, taken, on_taken)
-            batch, taken, size = [], [], 0
-    moved += _import_chunk(mb, dir_fd, batch, taken, on_taken)
-    return [f"{prefix}/{n}" for n in moved]
+        read = _processed_message(mb, dir_fd, n, f"{prefix}/{n}")
+        if read is not None:  # else reported as left in place by the survey
+            chunks.add(n, *read)
+    chunks.flush()
+    return [f"{prefix}/{n}" for n in chunks.moved]
 
 
-def _import_chunk(
-    mb: FileMailbox, dir_fd: int, batch: list[Message], taken: list[str], on_taken: Taken | None
-) -> list[str]:
-    """Put one chunk into ``done/`` (durably), then remove its legacy files: killed in between, the
-    next run finds their ids in ``done/`` and only removes them. Returns the names taken."""
-    if not taken:
-        return []
-    mb.import_done(batch)
-    remove_taken(dir_fd, taken)
-    if on_taken is not None:
-        on_taken(len(taken))
-    return taken
+def _processed_message(mb: FileMailbox, dir_fd: int, name: str, origin: str) -> tuple[Message, bytes] | None:
+    """The message of one processed file, with its bytes; None if it cannot be read or converted."""
+    try:
+        raw = _fs.read_regular(name, mb.max_message_size, dir_fd=dir_fd)
+        message = message_from_legacy(
+            _json.loads(raw), agent_id=mb.agent_id, origin=origin, raw=raw, max_size=mb.max_message_size
+        )
+    except (OSError, ValueError):
+        return None
+    return message, raw
+
+
+class _DoneChunks:
+    """Processed files imported into ``done/`` chunk by chunk (`_import_processed`), skipping the ids
+    already there."""
+
+    def __init__(self, mb: FileMailbox, dir_fd: int, on_taken: Taken | None) -> None:
+        self.mb, self.dir_fd, self.on_taken = mb, dir_fd, on_taken
+        self.in_done = ids_present(mb, (State.DONE,))
+        self.moved: list[str] = []  # the names of the files taken so far
+        self.batch: list[Message] = []  # the chunk's messages to import
+        self.taken: list[str] = []  # the chunk's files
+        self.size = 0
+
+    def add(self, name: str, message: Message, raw: bytes) -> None:
+        """One file into the chunk (its message imported unless ``done/`` has it); a full chunk goes."""
+        if message.id not in self.in_done:
+            self.batch.append(message)
+            self.in_done.add(message.id)
+        self.taken.append(name)
+        self.size += len(raw)
+        if len(self.taken) >= CHUNK_ENTRIES or self.size >= CHUNK_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Put the chunk into ``done/`` (durably), then remove its legacy files: killed in between, the
+        next run finds their ids in ``done/`` and only removes them."""
+        if not self.taken:
+            return
+        self.mb.import_done(self.batch)
+        remove_taken(self.dir_fd, self.taken)
+        if self.on_taken is not None:
+            self.on_taken(len(self.taken))
+        self.moved += self.taken
+        self.batch, self.taken, self.size = [], [], 0
