@@ -3,8 +3,8 @@
 ========================================  =========================================================
 variable                                  meaning (who reads it)
 ========================================  =========================================================
-``HYBRIDCOMMS_ROOT``                      the mailbox root when none is given (the CLI's ``--root``,
-                                          the Dream.OS ``mailbox_utils`` module)
+``HYBRIDCOMMS_ROOT``                      the mailbox root when none is given (`Comms`, the CLI's
+                                          ``--root``, the Dream.OS ``mailbox_utils`` module)
 ``HYBRIDCOMMS_URL``                       where the mailboxes are: ``redis://…``, ``memory://…`` or
                                           files (`Comms`, the CLI's ``--url``)
 ``HYBRIDCOMMS_URL_FILE``                  a file whose first line is that URL (``ps`` cannot read a

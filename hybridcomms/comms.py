@@ -82,9 +82,12 @@ class Comms:
     `ConsumerLoop` (claim, handle, settle, recover) and `PendingRequests` (requests waiting for a
     reply). The mailboxes are any backend of `hybridcomms.backends`.
 
-    ``Comms(agent_id, *, root=DEFAULT_ROOT, policy=None, bus=None, fsync="always", max_attempts=5,
+    ``Comms(agent_id, *, root=None, policy=None, bus=None, fsync="always", max_attempts=5,
     backoff=Backoff(), lease=300, dead_letter_topic="hybridcomms.deadletter", recover_every=30,
     legacy_intake=None, url=None, share_bus=None, done_retention=10_000)``
+        root            the mailbox root of the file backend; default (None): ``$HYBRIDCOMMS_ROOT``,
+                        else ``runtime/agent_comms/agent_mailboxes`` under the working folder (as the
+                        CLI finds it)
         policy          a `Policy`, or a path to a policy file; default (None): the one `find_policy`
                         finds, as every part does: ``$HYBRIDCOMMS_POLICY``, else ``./hybridcomms.toml``,
                         else ``[tool.hybridcomms.policy]`` in ``./pyproject.toml``, else the shipped
@@ -110,7 +113,7 @@ class Comms:
         self,
         agent_id: str,
         *,
-        root: str | os.PathLike[str] = DEFAULT_ROOT,
+        root: str | os.PathLike[str] | None = None,
         policy: Policy | str | os.PathLike[str] | None = None,
         bus: AgentBus | None = None,
         fsync: str = "always",
@@ -125,7 +128,8 @@ class Comms:
         done_retention: int | None = 10_000,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
-        self.root = Path(root)
+        # The same root the CLI uses: the argument, else $HYBRIDCOMMS_ROOT, else the Dream.OS default.
+        self.root = Path(root if root is not None else _env.value(_env.ROOT) or DEFAULT_ROOT)
         self.url = resolve_url(url)
         policy = find_policy(policy)
         self.policy = policy

@@ -102,10 +102,14 @@ class BackendUnavailableError(MailboxIOError):
     backend is back. ``url`` (never with its password) and ``reason`` say where and why."""
 
     def __init__(self, url: str, reason: str, what: str = "") -> None:
-        where = f"{what} on {url}" if what else url
+        where = what if url in what else f"{what} on {url}" if what else url  # the URL said once
         MailboxIOError.__init__(self, _errno.EIO, f"{where} failed: cannot reach it: {reason}")
         self.url = url
         self.reason = reason
+
+    def __str__(self) -> str:
+        """The sentence alone: not ``[Errno 5]`` (EIO), which says nothing of a server out of reach."""
+        return str(self.strerror)
 
 
 class UnsafePathError(MailboxError):

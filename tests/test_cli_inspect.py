@@ -87,7 +87,7 @@ def test_show_finds_a_message_anywhere_and_says_why_it_died(root: Path, filled: 
 
 
 def test_requeue_and_purge(root: Path, filled: dict[str, str]) -> None:
-    out = js(hc(root, "requeue", "Agent-1", "--all-dead", "--json"))
+    out = js(hc(root, "requeue", "Agent-1", "--all-dead", "--keep-attempts", "--json"))
     assert len(out["requeued"]) == 1 and out["not_found"] == []
     with FileMailbox(root, "Agent-1", create=False) as mb:
         info = mb.get(filled["dead"])
@@ -102,6 +102,26 @@ def test_requeue_and_purge(root: Path, filled: dict[str, str]) -> None:
     assert kept["deleted"] == 0
     gone = js(hc(root, "purge", "Agent-1", "--state", "done", "--older-than", "0", "--json"))
     assert gone["deleted"] == 1 and os.listdir(root / "Agent-1" / "done") == []
+
+
+def test_requeue_gives_a_fresh_attempt_count_by_default(tmp_path: Path) -> None:
+    """As `FileMailbox.requeue` and the dashboard do: a message that used its attempts gets them all
+    again (keeping the count gave one more try, then "failed 4 of 3 attempts")."""
+    root = tmp_path / "root"
+    with FileMailbox(root, "W", max_attempts=3) as mb:
+        mb.put(Message("job", {}, id="j1"))
+        for _ in range(3):
+            d = mb.claim()
+            assert d is not None
+            d.nack(delay=0, error="boom")
+        assert mb.get("j1").state is State.DEAD  # type: ignore[union-attr]
+    out = js(hc(root, "requeue", "W", "j1", "--json"))
+    assert out["not_found"] == [] and len(out["requeued"]) == 1
+    with FileMailbox(root, "W", create=False) as mb:
+        info = mb.get("j1")
+        assert info is not None and info.state is State.NEW and info.attempt == 0
+    both = hc(root, "requeue", "W", "j1", "--keep-attempts", "--reset-attempts")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
 def test_doctor_finds_problems_fixes_them_and_exits_0_only_when_healthy(

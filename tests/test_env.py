@@ -50,3 +50,19 @@ def test_a_flag_is_on_unless_empty_or_zero(raw: str | None, default: bool, on: b
 def test_an_empty_value_is_no_value() -> None:
     assert _env.value(_env.URL, {_env.URL: ""}) is None
     assert _env.value(_env.URL, {_env.URL: "redis://h/0"}) == "redis://h/0"
+
+
+def test_comms_and_the_cli_find_the_same_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$HYBRIDCOMMS_ROOT`` is the root of `Comms` as of the CLI (a newcomer found `Comms` ignoring it)."""
+    from hybridcomms import Comms
+    from hybridcomms.cli.common import resolve_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(_env.ROOT, str(tmp_path / "envroot"))
+    monkeypatch.delenv(_env.URL, raising=False)
+    with Comms("EnvAgent", fsync="never", share_bus=False) as comms:
+        assert comms.root == tmp_path / "envroot" == resolve_root(None)
+        comms.send("EnvAgent", "job.x", {}, route="durable")
+    assert (tmp_path / "envroot" / "EnvAgent" / "new").is_dir()
+    with Comms("Other", root=tmp_path / "given", fsync="never", share_bus=False) as comms:
+        assert comms.root == tmp_path / "given"  # an argument still wins

@@ -105,6 +105,7 @@ def run_redis_line(command: str, folder: Path) -> None:
                 threading_event_wait(0.05)
         config = client.config_get("append*")
         assert config["appendonly"] == "yes" and config["appendfsync"] == "always", config
+        assert client.config_get("bind")["bind"] == "127.0.0.1"  # this machine only
     finally:
         try:
             client.shutdown(nosave=True)

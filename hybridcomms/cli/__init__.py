@@ -13,7 +13,7 @@
                                  [--metrics-port P] [--metrics-addr A] [--legacy]
     hybridcomms [--root R] ls AGENT [--state S] [--topic PATTERN] [--older-than AGE] [--json]
     hybridcomms [--root R] show ID [--agent AGENT] [--json]
-    hybridcomms [--root R] requeue AGENT (ID ... | --all-dead) [--reset-attempts] [--json]
+    hybridcomms [--root R] requeue AGENT (ID ... | --all-dead) [--keep-attempts] [--json]
     hybridcomms [--root R] purge AGENT --state done|dead --older-than AGE [--dry-run] [--json]
     hybridcomms [--root R] tail [AGENT ...] [--waiting] [--bus PATTERN] [--json]
     hybridcomms [--root R] top [--interval S]

@@ -232,15 +232,24 @@ def register_requeue(sub: Subparsers, parents: Parents) -> None:
         parents=[parents.mailboxes],
         help="move dead-lettered messages back to new/",
         description="Moves dead-lettered messages (the ids given, or --all-dead) from dead/ back to new/, "
-        "due now, keeping their attempt count unless --reset-attempts. Exit 1 if an id given was not in "
-        "dead/.",
+        "due now, with a fresh attempt count (as FileMailbox.requeue and the dashboard do; "
+        "--keep-attempts keeps the count they had: one more try for a message that used them all). "
+        "Exit 1 if an id given was not in dead/.",
     )
     rq.add_argument("agent")
     rq.add_argument("ids", nargs="*", help="message ids to requeue")
     rq.add_argument("--all-dead", action="store_true", help="every message in dead/")
-    rq.add_argument(
-        "--reset-attempts", action="store_true", help="start their attempt count again (default: keep it)"
+    counts = rq.add_mutually_exclusive_group()
+    counts.add_argument(
+        "--keep-attempts",
+        dest="reset_attempts",
+        action="store_false",
+        help="keep the attempt count they had (default: start it again)",
     )
+    counts.add_argument(
+        "--reset-attempts", dest="reset_attempts", action="store_true", help="start it again (the default)"
+    )
+    rq.set_defaults(reset_attempts=True)
     rq.add_argument("--json", action="store_true", help="print JSON (ages in seconds)")
     rq.set_defaults(func=on_mailbox(cmd_requeue, read_only=lambda args: False))
 
