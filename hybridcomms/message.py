@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, encoded
 
 # Message ids become part of file names: keep them to one safe path component.
-_ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
+ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
 _MAX_TOPIC = 256
 
 
@@ -139,7 +139,7 @@ def new_id() -> str:
 
 
 def check_id(value: object, what: str = "message id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not ID_RE.match(value):
         raise MessageError(
             f"{what} {value!r} is not safe: use 1-128 of A-Z a-z 0-9 . _ : @ + -, not starting with a dot"
         )
@@ -239,7 +239,7 @@ class Message:
             )
         if id is None:
             id = new_id()
-        elif type(id) is not str or not _ID_RE.match(id):
+        elif type(id) is not str or not ID_RE.match(id):
             check_id(id)
         if created_at is None:
             created_at = _utcnow()
@@ -350,7 +350,7 @@ class Message:
     def from_dict(cls, obj: Mapping[str, Any]) -> Message:
         """Build from the native object, or from any Dream.OS spelling of it."""
         if obj.get("version") == FORMAT_VERSION:
-            fast = _from_native(obj) if type(obj) is dict else None
+            fast = from_native(obj) if type(obj) is dict else None
             if fast is not None:
                 return fast
             fields: dict[str, Any] = {k: obj.get(k) for k in FIELDS}
@@ -427,7 +427,7 @@ def _valid_topic(topic: str) -> bool:
     return True
 
 
-def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None = None) -> Message | None:
+def from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None = None) -> Message | None:
     """The native form, checked field by field and built without the general constructor (this
     runs on every claim). ``None`` if anything is unusual: the general path then says what.
 
@@ -445,7 +445,7 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
         type(topic) is str
         and (topic in _KNOWN_TOPICS or _valid_topic(topic))
         and type(mid) is str
-        and (mid == known_id or _ID_RE.match(mid))
+        and (mid == known_id or ID_RE.match(mid))
         and type(created) is str
         and type(headers) is dict  # orjson makes every key a str
         and (sender is None or type(sender) is str)

@@ -558,7 +558,7 @@ class AgentBus:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                future = asyncio.run_coroutine_threadsafe(guarded(), self._background_loop())
+                future = asyncio.run_coroutine_threadsafe(guarded(), self.background_loop())
             else:
                 future = loop.create_task(guarded())
         except BaseException:
@@ -610,7 +610,9 @@ class AgentBus:
 
     # -- the background loop for async handlers published from plain threads -----------------
 
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
+    def background_loop(self) -> asyncio.AbstractEventLoop:
+        """The bus's own event loop (a daemon thread, started at its first use) that runs async
+        handlers called from a thread without a running loop; the consumer loop uses it too."""
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()

@@ -150,7 +150,7 @@ def requeue_infos(
         except OSError as exc:
             raise mb.folders.io_error(exc, f"requeue {info.name}") from exc
         if src is State.DEAD:
-            _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
+            _fs.unlink_quietly(src_fd, info.name + REASON_SUFFIX)
         moved.append(target)
         mb.index.push(target)
     if moved:
@@ -198,7 +198,7 @@ def remove(
                 skipped.append(info.name)
             continue
         if state is State.DEAD:
-            _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
+            _fs.unlink_quietly(fd, info.name + REASON_SUFFIX)
         removed += 1
     if removed:
         mb.folders.commit(fd)

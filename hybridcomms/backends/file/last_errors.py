@@ -40,7 +40,7 @@ import orjson
 from ... import _fs, _log
 from ..._names import compact_time, parse_compact, parse_name
 from ...errors import HybridCommsError
-from ...message import _ID_RE, iso_utc
+from ...message import ID_RE, iso_utc
 from ...states import State
 from ..base import LastError, RecoveryReport, text_of
 
@@ -62,7 +62,7 @@ SWEEP_AFTER = 60.0
 
 
 def _valid(msg_id: str | None) -> bool:
-    return msg_id is not None and _ID_RE.match(msg_id) is not None
+    return msg_id is not None and ID_RE.match(msg_id) is not None
 
 
 def record(mb: FileMailbox, msg_id: str, name: str, attempt: int, error: str, due: float) -> None:
@@ -95,7 +95,7 @@ def record(mb: FileMailbox, msg_id: str, name: str, attempt: int, error: str, du
             # A deliberate replace: the record of one id is one file, the newest error.
             os.replace(tmp_name, msg_id + _SUFFIX, src_dir_fd=tmp_fd, dst_dir_fd=err_fd)
         except OSError:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
             raise
         mb.folders.commit(err_fd)
     except (OSError, HybridCommsError) as exc:
@@ -112,7 +112,7 @@ def drop(mb: FileMailbox, msg_id: str | None) -> None:
     except (OSError, HybridCommsError):
         return
     if err_fd is not None:
-        _fs._unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
+        _fs.unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
 
 
 def listed(mb: FileMailbox) -> frozenset[str]:

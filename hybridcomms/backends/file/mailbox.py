@@ -42,7 +42,7 @@ from ... import _fs, _log
 from ..._fs import FsyncPolicy, write_new_file
 from ..._locking import LOCK_TRY, drop, flock
 from ..._names import (
-    _NAME_RE,
+    NAME_RE,
     RANK_OF,
     REASON_SUFFIX,
     compact_time,
@@ -55,7 +55,7 @@ from ...errors import (
     MessageDecodeError,
     UnsafePathError,
 )
-from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, from_native
 from ...retry import Backoff
 from ...states import (
     CLAIM,
@@ -449,7 +449,7 @@ class FileMailbox:
         try:
             new_fd = self._publish(tmp_fd, tmp_name, name)
         except OSError as exc:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put {name}") from exc
         if self.folders.sync:
             try:
@@ -466,7 +466,7 @@ class FileMailbox:
         try:
             return self.folders.move(PUBLISH, tmp_name, name)
         except FileExistsError:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
             return self.folders.fd(State.NEW)
 
     @property
@@ -489,7 +489,7 @@ class FileMailbox:
             if self._chmod_files:
                 os.chmod(tmp_name, self.file_mode, dir_fd=tmp_fd)
         except OSError as exc:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put {name}") from exc
         return tmp_name
 
@@ -498,7 +498,7 @@ class FileMailbox:
         the removal where fsync is on (else a power loss could bring back a put that raised)."""
         new_fd = self.folders.fd(State.NEW)
         for name in names:
-            _fs._unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
+            _fs.unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
         if self.folders.sync:
             try:
                 os.fsync(new_fd)
@@ -542,7 +542,7 @@ class FileMailbox:
         except OSError as exc:
             self._withdraw(moved)
             for tmp_name, _ in written:
-                _fs._unlink_quietly(tmp_fd, tmp_name)
+                _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put_many of {len(batch)} messages") from exc
         for name in moved:
             self._index.push(name)
@@ -783,7 +783,7 @@ class FileMailbox:
         # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
         delivery: Delivery | None = None
         try:
-            m = _NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
+            m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
             message: Message | None = None
             try:
                 raw: bytes | None = os.read(fd, 65536)
@@ -795,7 +795,7 @@ class FileMailbox:
                 except orjson.JSONDecodeError:
                     obj = None
                 if type(obj) is dict and len(raw) <= self.max_message_size:
-                    message = _from_native(obj, True, None if m is None else m[3])
+                    message = from_native(obj, True, None if m is None else m[3])
             if message is None:
                 message, problem = self._read_message(fd, raw)
             if message is not None and message.expires is not None and message.expired():
@@ -939,9 +939,9 @@ class FileMailbox:
     @staticmethod
     def _undo_reason(placed: bool, dead_fd: int, reason_name: str, tmp_fd: int, tmp_name: str) -> None:
         if placed:
-            _fs._unlink_quietly(dead_fd, reason_name)
+            _fs.unlink_quietly(dead_fd, reason_name)
         else:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
 
     # -- recovery -----------------------------------------------------------------------------
 

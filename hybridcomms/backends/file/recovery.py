@@ -206,7 +206,7 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
         # was copied from (the same message), so the message stays one file throughout.
         os.replace(copy_name, stolen, src_dir_fd=tmp_fd, dst_dir_fd=tmp_fd)
     except OSError:
-        _fs._unlink_quietly(tmp_fd, copy_name)
+        _fs.unlink_quietly(tmp_fd, copy_name)
         raise
     mb.folders.commit(tmp_fd)
     _return_or_bury(mb, STEAL_RETURN, stolen, name, now, report, report.expired, False)

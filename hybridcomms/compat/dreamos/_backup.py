@@ -269,7 +269,7 @@ class _Copier:
                 if copied > MAX_FILE:
                     os.close(out)
                     out = -1
-                    _fs._unlink_quietly(dst, name)
+                    _fs.unlink_quietly(dst, name)
                     self.skip(
                         path, f"grew past the {MAX_FILE} bytes a backup copies while copied: not copied"
                     )

@@ -807,7 +807,7 @@ def _settle_clearing(adir_fd: int, journal: Journal) -> None:
     if journal.clearing is None:
         return
     if _entry_kind(adir_fd, journal.clearing) == "file":
-        _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
+        _fs.unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
     else:
         journal.forget()  # the array was emptied: what it holds now was appended since
 
@@ -1030,7 +1030,7 @@ def _empty_inbox_json(adir_fd: int, journal: Journal, taken: int, digest: str) -
         finally:
             os.close(fd)
     except BaseException:
-        _fs._unlink_quietly(adir_fd, tmp)  # not named by the journal: nobody would look for it
+        _fs.unlink_quietly(adir_fd, tmp)  # not named by the journal: nobody would look for it
         raise
     # From here on the file stays until the rename (or the next ingestion) takes it: once the journal
     # names it, its being there is what says the array was not emptied.
