@@ -92,7 +92,7 @@ def _doctor_one(mb: FileMailbox, fix: bool, deep: bool = False) -> list[dict[str
             drop(fd)
     # last errors kept in errors/ for messages no longer waiting (a crash after an ack or a dead-letter)
     try:
-        for name, folder in _last_errors.leftovers(mb, now):
+        for name, folder in _last_errors.leftovers(mb.folders, now):
             what = "a folder (never removed)" if folder else "its message is no longer waiting"
             where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
             found("stale-error-record", where, what, fix and not folder, entry=(_last_errors.ERRORS, name))

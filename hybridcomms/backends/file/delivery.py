@@ -1,6 +1,6 @@
 """A claimed message of a file mailbox, and every call that settles it (ack, nack, dead-letter,
-heartbeat): the mailbox only claims; what a settle needs of it is its public API (``folders``,
-``retention``, ``index``, ``dead_letter``, the options)."""
+heartbeat): the mailbox only claims; what a settle needs of it is its public API (``folders``: the
+moves, dead-lettering, the claim index; ``retention``; the options)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Delivery(Settling):
         finally:
             os.close(self._fd)  # in done/ (or gone) the lock no longer matters: closing drops it
         if self.attempt > 1:  # only a redelivery can have a last error kept (errors/): done with it
-            last_errors.drop(mb, self.message.id)
+            last_errors.drop(mb.folders, self.message.id)
 
     def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> State:
         """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
@@ -104,8 +104,8 @@ class Delivery(Settling):
         wait = mb.backoff.delay(self.attempt) if delay is None else delay
         due = time.time() + max(wait, 0.0)
         if self._error is not None:  # kept before the move: a crash in between leaves a true record
-            last_errors.record(mb, self.message.id, self.name, self.attempt, self._error, due)
-        mb.index.push(self._move_back(due))
+            last_errors.record(mb.folders, self.message.id, self.name, self.attempt, self._error, due)
+        mb.folders.arrived(self._move_back(due))
         return State.NEW
 
     def _move_back(self, due: float) -> str:
@@ -145,7 +145,7 @@ class Delivery(Settling):
             "attempts": self.attempt,
         }
         try:
-            moved = mb.dead_letter(GIVE_UP, self.name, why)
+            moved = mb.folders.dead_letter(GIVE_UP, self.name, why)
         finally:
             self._release()
         if moved is None:

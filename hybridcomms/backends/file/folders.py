@@ -1,9 +1,11 @@
-"""The open folders of one file mailbox, and the one way a file moves between them.
+"""The open folders of one file mailbox, and everything done to files between them.
 
 `FileMailbox` holds one `Folders` (``mailbox.folders``); the modules that work on its files
-(`delivery`, `recovery`, `inspection`, the CLI's `doctor`, legacy ingestion) go through this API and
-never through the mailbox's private members:
+(`delivery`, `recovery`, `inspection`, `last_errors`, the CLI's `doctor`, legacy ingestion) go
+through this API and never through the mailbox's private members:
 
+- `open(setup, …)`: the agent's folders, found or made (`opening`); `errors_folder(create=…)`:
+  ``errors/``, opened at its first use;
 - `fd(state)`: the folder's descriptor (`MailboxIOError` once the mailbox is closed, or for a folder
   a read-only mailbox found missing);
 - `check_writable()`: raise `MailboxIOError` (EROFS) if the mailbox was opened read-only;
@@ -12,6 +14,11 @@ never through the mailbox's private members:
 - `place(m, name, target)`: the same, taking the next free name when ``target`` is taken;
 - `commit(fd)`: make a folder change durable, per the fsync policy (`DirSyncer`);
 - `move_and_commit(...)`: both, the common case;
+- `write_tmp(...)`: a new file in ``tmp/``; `publish(...)`: the PUBLISH move; `withdraw(names)`:
+  take back files just published;
+- `dead_letter(m, name, reason)`: a file to ``dead/`` with its reason file (`dead_letters`);
+  `reject(name, reason)`: a file of ``new/`` that can never be delivered;
+- `arrived(name)`: tell this mailbox handle's claim index of a file moved into ``new/``;
 - `io_error(exc, what)`: an `OSError` said as the mailbox's `MailboxIOError`.
 """
 
@@ -19,26 +26,71 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
 
-from ... import _fs
-from ..._fs import DirSyncer, FsyncPolicy
+from ... import _fs, _log
+from ..._fs import DirSyncer, FsyncPolicy, write_new_file
 from ..._names import compact_time, parse_compact, parse_name
 from ...errors import MailboxIOError
-from ...states import Move, State
+from ...states import PUBLISH, REJECT, Move, State
+from . import dead_letters
+from .index import ClaimIndex
+from .last_errors import ERRORS
+from .opening import FolderSetup, open_errors_folder, open_state_folders
 
 __all__ = ["Folders"]
 
+log = _log.get("hybridcomms.mailbox")
+
 
 class Folders:
-    def __init__(self, path: Path, policy: FsyncPolicy, batch_interval: float) -> None:
-        self.path = path
+    """One opening of a mailbox's folders (a mailbox folder made anew is opened again as another)."""
+
+    def __init__(
+        self, setup: FolderSetup, policy: FsyncPolicy, batch_interval: float, index: ClaimIndex
+    ) -> None:
+        self.setup = setup
+        self.path = setup.path
+        self.agent_id = setup.agent_id
         self.fds: dict[str, int] = {}  # folder name -> open fd (empty once closed)
         #: Folders a read-only mailbox found missing (a mailbox made by hand with only ``new/``).
         self.absent: frozenset[str] = frozenset()
-        self.read_only = False  # opened for inspection: every write refuses (`check_writable`)
+        self.read_only = setup.read_only  # opened for inspection: every write refuses (`check_writable`)
         self.syncer = DirSyncer(policy, batch_interval)
         self.sync = policy is not FsyncPolicy.NEVER  # folder changes are committed at all
+        #: The claim order of the mailbox handle: told of every file moved into ``new/`` (`arrived`).
+        self.index = index
+        self.closed = False
+        self._errors_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, setup: FolderSetup, policy: FsyncPolicy, batch_interval: float, index: ClaimIndex, root: str
+    ) -> Folders:
+        """The mailbox's folders under ``root``, all open (made as `setup` says) before anyone sees them."""
+        folders = cls(setup, policy, batch_interval, index)
+        folders.fds, folders.absent = open_state_folders(setup, folders.sync, root)
+        return folders
+
+    def errors_folder(self, *, create: bool) -> int | None:
+        """The descriptor of ``errors/`` (the last errors of messages waiting for a retry,
+        `hybridcomms.backends.file.last_errors`), opened at its first use; None if it does not exist and
+        ``create`` is False."""
+        fd = self.fds.get(ERRORS)
+        if fd is not None:
+            return fd
+        with self._errors_lock:
+            fd = self.fds.get(ERRORS)
+            if fd is None:
+                if self.closed:
+                    raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+                fd = open_errors_folder(self.setup, ERRORS, create, self.sync)
+                if fd is not None:
+                    self.fds[ERRORS] = fd
+            return fd
 
     def fd(self, state: State) -> int:
         try:
@@ -102,6 +154,61 @@ class Folders:
         self.commit(fd)
         return target
 
+    def arrived(self, name: str) -> None:
+        """A file was moved into ``new/`` as ``name``: the claim index of this handle hears of it."""
+        self.index.push(name)
+
+    def write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
+        """Write ``data`` as a new file in ``tmp/`` (``name``, or a free variant of it); its name.
+        On failure nothing is left in ``tmp/``."""
+        setup = self.setup
+        tmp_name = name
+        try:
+            try:
+                write_new_file(tmp_fd, tmp_name, data, setup.file_mode, sync=sync)
+            except FileExistsError:
+                tmp_name = f"{name}.{uuid.uuid4().hex[:12]}"
+                write_new_file(tmp_fd, tmp_name, data, setup.file_mode, sync=sync)
+            if setup.chmod_files:
+                os.chmod(tmp_name, setup.file_mode, dir_fd=tmp_fd)
+        except OSError as exc:
+            _fs.unlink_quietly(tmp_fd, tmp_name)
+            raise self.io_error(exc, f"put {name}") from exc
+        return tmp_name
+
+    def publish(self, tmp_fd: int, tmp_name: str, name: str) -> int:
+        """The PUBLISH move; ``new/``'s fd. A file of the same name in ``new/`` is this very message
+        (same id, same due time: a put repeated after an error) and stays the one copy: ours is dropped."""
+        try:
+            return self.move(PUBLISH, tmp_name, name)
+        except FileExistsError:
+            _fs.unlink_quietly(tmp_fd, tmp_name)
+            return self.fd(State.NEW)
+
+    def withdraw(self, names: Iterable[str]) -> None:
+        """Take back files just published whose commit failed (unless already claimed), and commit
+        the removal where fsync is on (else a power loss could bring back a put that raised)."""
+        new_fd = self.fd(State.NEW)
+        for name in names:
+            _fs.unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
+        if self.sync:
+            try:
+                os.fsync(new_fd)
+            except OSError:
+                pass  # the put raises anyway; the disk is failing
+
+    def dead_letter(
+        self, m: Move, name: str, reason: dict[str, Any], target: str | None = None
+    ) -> str | None:
+        """``m.src``/name -> dead/ (as ``target``, default ``name``, or the next free name), with its
+        reason file written first; the name it got, None if the file was gone (`dead_letters`)."""
+        return dead_letters.dead_letter(self, m, name, reason, target)
+
+    def reject(self, name: str, reason: str) -> None:
+        """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
+        log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
+        self.dead_letter(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
+
     def io_error(self, exc: OSError, what: str) -> MailboxIOError:
         if isinstance(exc, MailboxIOError):
             return exc
@@ -111,6 +218,7 @@ class Folders:
         self.syncer.flush()
 
     def close(self) -> None:
+        self.closed = True
         fds, self.fds = self.fds, {}
         for fd in fds.values():
             try:

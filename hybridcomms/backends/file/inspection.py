@@ -55,9 +55,9 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
         last_error = None
         if waiting and info is not None:
             if errors is None:
-                errors = last_errors.listed(mb)
+                errors = last_errors.listed(mb.folders)
             if info.id in errors:
-                last_error = last_errors.read(mb, info.id)
+                last_error = last_errors.read(mb.folders, info.id)
         out.append(
             MessageInfo(
                 state=state,
@@ -152,7 +152,7 @@ def requeue_infos(
         if src is State.DEAD:
             _fs.unlink_quietly(src_fd, info.name + REASON_SUFFIX)
         moved.append(target)
-        mb.index.push(target)
+        mb.folders.arrived(target)
     if moved:
         mb.folders.commit(new_fd)
         mb.folders.commit(src_fd)

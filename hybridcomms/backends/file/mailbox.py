@@ -26,20 +26,17 @@ import builtins
 import errno
 import os
 import random
-import socket
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ... import _fs, _log
-from ..._fs import FsyncPolicy, write_new_file
+from ..._fs import FsyncPolicy
 from ..._locking import LOCK_TRY, drop, flock
 from ..._names import (
     NAME_RE,
@@ -62,13 +59,9 @@ from ...states import (
     EXPIRE,
     IMPORT_DEAD,
     IMPORT_DONE,
-    PUBLISH,
-    REJECT,
-    Move,
     State,
 )
 from ..base import (
-    AGENT_ID_RE,
     DEFAULT_BACKOFF,
     DEFAULT_DONE_RETENTION,
     MailboxStats,
@@ -80,10 +73,11 @@ from ..base import (
     expiry_reason,
     set_common_options,
 )
-from . import inspection, last_errors, recovery
+from . import inspection, recovery
 from .delivery import Delivery
 from .folders import Folders
 from .index import ClaimIndex
+from .opening import FolderSetup, list_agents
 from .retention import Retention
 from .wakeup import ArrivalWaiter
 
@@ -99,8 +93,6 @@ DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
 #: Set to 1 to let mailboxes open folders that belong to another user (a shared-group setup).
 ALLOW_OTHER_OWNER_ENV = _fs.ALLOW_OTHER_OWNER_ENV
-#: The order a mailbox's folders are opened in: ``new/`` first, since it is what makes a mailbox.
-_OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
 
 # The hot paths (claim, ack) use these module constants instead of attribute lookups.
 _CLAIM_SRC = CLAIM.src_folder
@@ -113,29 +105,6 @@ _randrange = random.randrange
 SPREAD = 32
 #: The attempt count a name can hold (``a`` and at most six digits).
 _MAX_ATTEMPT_IN_NAME = 999_999
-
-
-def list_agents(root: str | os.PathLike[str]) -> list[str]:
-    """Agent ids that have a hybridcomms mailbox (a ``new/`` folder) under ``root``."""
-    try:
-        entries = sorted(os.listdir(root))
-    except FileNotFoundError:
-        return []
-    return [name for name in entries if AGENT_ID_RE.match(name) and _is_real_folder(root, name, "new")]
-
-
-def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
-    """Whether every component of ``root/parts…`` is a folder itself (a link there is not ours: a
-    co-tenant's link in place of an agent folder or its ``new/`` is never followed)."""
-    path = os.fspath(root)
-    for part in parts:
-        path = os.path.join(path, part)
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return False
-        except OSError:
-            return False
-    return True
 
 
 class FileMailbox:
@@ -201,21 +170,24 @@ class FileMailbox:
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
         self.retention = Retention(self.done_retention)
-        self._given_file_mode = file_mode
-        self.file_mode = 0o600 if file_mode is None else file_mode
-        self.dir_mode = 0o700 if dir_mode is None else dir_mode
-        self._follow_dir_mode = dir_mode is None
         self.tmp_max_age = float(tmp_max_age)
         self.allow_other_owner = _fs.allow_other_owner(allow_other_owner)
         self.root = Path(root)
         self.path = self.root / agent_id
-        self._chmod_files = False  # set once the folders (and so the modes) are known
-        self.folders = Folders(self.path, self.fsync, batch_interval)
-        self._batch_interval = batch_interval
-        self._create = create and not read_only
+        self.read_only = read_only
         # Absolute: the folders stay where they were opened, whatever the working directory becomes.
-        self._abs_root = os.path.abspath(self.root)
-        self._new_path = os.path.join(self._abs_root, self.agent_id, "new")
+        self._setup = FolderSetup(
+            root=os.path.abspath(self.root),
+            agent_id=self.agent_id,
+            path=self.path,
+            dir_mode=0o700 if dir_mode is None else dir_mode,
+            follow_dir_mode=dir_mode is None,
+            allow_other_owner=self.allow_other_owner,
+            create=create and not read_only,
+            read_only=read_only,
+        )
+        self._batch_interval = batch_interval
+        self._new_path = os.path.join(self._setup.root, self.agent_id, "new")
         # Folders of a mailbox made anew (`_check_folders`), with when: kept open for a while (another
         # thread may still be working with their descriptors; a number reused too early would point
         # its work at another folder), closed by a later reopening or by close().
@@ -229,163 +201,26 @@ class FileMailbox:
         self._claim_flags = _O_READ_MSG | _O_NOATIME
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
-        self._errors_lock = threading.Lock()
-        self._closed = False
-        self.read_only = self.folders.read_only = read_only
-        self._open_folders(self._create, self.folders)
-        if (
-            self._given_file_mode is None
-            and stat.S_IMODE(os.fstat(self.folders.fds["new"]).st_mode) & 0o060 == 0o060
-        ):
-            self.file_mode = 0o660  # a group mailbox: every writer makes files the group can read
-        self._chmod_files = bool(self.file_mode & _fs.current_umask())
+        self.folders = Folders.open(
+            self._setup, self.fsync, batch_interval, self._index, os.fspath(self.root)
+        )
+        self._setup.file_mode = _file_mode(file_mode, self.folders.fd(State.NEW))
+        self._setup.chmod_files = bool(self._setup.file_mode & _fs.current_umask())
+        self._closed = False  # (set once open: a mailbox that failed to open has nothing to close)
 
-    # -- folders ------------------------------------------------------------------------------
+    @property
+    def file_mode(self) -> int:
+        """Mode of the message files it writes (see the class docstring)."""
+        return self._setup.file_mode
 
-    def _open_folders(self, create: bool, folders: Folders, root: str | None = None) -> None:
-        root = os.fspath(self.root) if root is None else root
-        made_root = False
-        if create and not os.path.isdir(root):
-            parent = os.path.dirname(os.path.abspath(root))
-            try:
-                os.makedirs(root, mode=self.dir_mode)
-                made_root = True
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise MailboxIOError(
-                    exc.errno, f"cannot create mailbox root {root}: {exc.strerror}", root
-                ) from exc
-        try:
-            root_fd = os.open(root, _fs.O_DIR)
-        except OSError as exc:
-            raise MailboxIOError(exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root) from exc
-        # Folders made under a group-writable root are group folders too.
-        if (
-            self._follow_dir_mode
-            and not made_root
-            and stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
-        ):
-            self.dir_mode = 0o770
-        try:
-            if made_root:
-                os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
-                if folders.sync:  # the root's entry in its parent survives a power loss too
-                    try:
-                        _fs.fsync_dir(parent)
-                    except OSError as exc:
-                        raise MailboxIOError(
-                            exc.errno, f"cannot commit {root}: {exc.strerror}", root
-                        ) from exc
-            agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), "make" if create else "fail")
-            assert agent_fd is not None
-            try:
-                # new/ first: it is what makes a mailbox (nothing is made in a folder that lacks it);
-                # the other state folders are made when missing, unless read-only.
-                absent = []
-                for state in _OPEN_ORDER:
-                    if create:
-                        missing = "make"
-                    elif state is State.NEW:
-                        missing = "fail"
-                    else:
-                        missing = "skip" if self.read_only else "make"
-                    fd = self._open_folder(agent_fd, state.folder, str(self.path / state.folder), missing)
-                    if fd is None:
-                        absent.append(state.folder)
-                    else:
-                        folders.fds[state.folder] = fd
-                folders.absent = frozenset(absent)
-            finally:
-                os.close(agent_fd)
-        except BaseException:
-            folders.close()
-            raise
-        finally:
-            os.close(root_fd)
-
-    def _open_folder(self, parent_fd: int, name: str, shown: str, missing: str) -> int | None:
-        """The folder ``name`` under ``parent_fd``, opened; when it is missing, ``missing`` says what to
-        do: "make" it (with `dir_mode`), "fail" (`MailboxIOError` ENOENT), or "skip" (None)."""
-        made = False
-        while True:
-            try:
-                fd = _fs.open_dir(name, dir_fd=parent_fd)
-                break
-            except FileNotFoundError:
-                if missing == "skip":
-                    return None
-                if missing == "fail":
-                    raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", shown) from None
-                try:
-                    os.mkdir(name, self.dir_mode, dir_fd=parent_fd)
-                    made = True
-                except FileExistsError:
-                    pass
-                except OSError as exc:
-                    raise MailboxIOError(exc.errno, f"cannot create {shown}: {exc.strerror}", shown) from exc
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    kind = "a symlink" if os.path.islink(shown) else "not a folder"
-                    raise UnsafePathError(
-                        f"{shown} is {kind}; a mailbox folder must be a real folder"
-                    ) from None
-                raise MailboxIOError(exc.errno, f"cannot open {shown}: {exc.strerror}", shown) from exc
-        try:
-            if made:
-                os.fchmod(fd, self.dir_mode)
-                if self.folders.sync:
-                    os.fsync(parent_fd)  # the new folder's entry survives a power loss
-            else:
-                _fs.check_owner(
-                    fd, shown, "a mailbox", "FileMailbox(..., allow_other_owner=True)", self.allow_other_owner
-                )
-        except OSError as exc:
-            os.close(fd)
-            raise MailboxIOError(exc.errno, f"cannot set up {shown}: {exc.strerror}", shown) from exc
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+    @property
+    def dir_mode(self) -> int:
+        """Mode of the folders it makes (see the class docstring)."""
+        return self._setup.dir_mode
 
     def errors_folder(self, *, create: bool) -> int | None:
-        """The descriptor of ``errors/`` (the last errors of messages waiting for a retry,
-        `hybridcomms.backends.file.last_errors`), opened at its first use; None if it does not exist and
-        ``create`` is False."""
-        fd = self.folders.fds.get(last_errors.ERRORS)
-        if fd is not None:
-            return fd
-        with self._errors_lock:
-            fd = self.folders.fds.get(last_errors.ERRORS)
-            if fd is not None:
-                return fd
-            if self._closed:
-                raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
-            root = os.fspath(self.root)
-            try:
-                root_fd = os.open(root, _fs.O_DIR)
-            except OSError as exc:
-                raise MailboxIOError(
-                    exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root
-                ) from exc
-            try:
-                agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), "fail")
-                assert agent_fd is not None  # "fail" raises instead
-                try:
-                    fd = self._open_folder(
-                        agent_fd,
-                        last_errors.ERRORS,
-                        str(self.path / last_errors.ERRORS),
-                        "make" if create else "skip",
-                    )
-                finally:
-                    os.close(agent_fd)
-            finally:
-                os.close(root_fd)
-            if fd is None:
-                return None
-            self.folders.fds[last_errors.ERRORS] = fd
-            return fd
+        """`Folders.errors_folder` (for the CLI's doctor)."""
+        return self.folders.errors_folder(create=create)
 
     def close(self) -> None:
         """Commit pending folder changes (fsync="batch"), stop the watcher, release the folders."""
@@ -455,55 +290,18 @@ class FileMailbox:
             try:
                 self.folders.commit(new_fd)
             except OSError as exc:
-                self._withdraw([name])
+                self.folders.withdraw([name])
                 raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
-        self._index.push(name)
+        self.folders.arrived(name)
         return name
 
     def _publish(self, tmp_fd: int, tmp_name: str, name: str) -> int:
-        """The PUBLISH move. A file of the same name in ``new/`` is this very message (same id, same
-        due time: a put repeated after an error) and stays the one copy: ours is dropped."""
-        try:
-            return self.folders.move(PUBLISH, tmp_name, name)
-        except FileExistsError:
-            _fs.unlink_quietly(tmp_fd, tmp_name)
-            return self.folders.fd(State.NEW)
-
-    @property
-    def index(self) -> ClaimIndex:
-        """The claim order of this handle (`index`): what a move into ``new/`` tells."""
-        return self._index
-
-    def write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
-        """Write ``data`` as a new file in ``tmp/`` (``name``, or a free variant of it); its name."""
-        return self._write_tmp(tmp_fd, name, data, sync=sync)
+        """`Folders.publish` (a name the tests hook into)."""
+        return self.folders.publish(tmp_fd, tmp_name, name)
 
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
-        tmp_name = name
-        try:
-            try:
-                write_new_file(tmp_fd, tmp_name, data, self.file_mode, sync=sync)
-            except FileExistsError:
-                tmp_name = f"{name}.{uuid.uuid4().hex[:12]}"
-                write_new_file(tmp_fd, tmp_name, data, self.file_mode, sync=sync)
-            if self._chmod_files:
-                os.chmod(tmp_name, self.file_mode, dir_fd=tmp_fd)
-        except OSError as exc:
-            _fs.unlink_quietly(tmp_fd, tmp_name)
-            raise self.folders.io_error(exc, f"put {name}") from exc
-        return tmp_name
-
-    def _withdraw(self, names: Iterable[str]) -> None:
-        """Take back files just published whose commit failed (unless already claimed), and commit
-        the removal where fsync is on (else a power loss could bring back a put that raised)."""
-        new_fd = self.folders.fd(State.NEW)
-        for name in names:
-            _fs.unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
-        if self.folders.sync:
-            try:
-                os.fsync(new_fd)
-            except OSError:
-                pass  # the put raises anyway; the disk is failing
+        """`Folders.write_tmp` (a name the tests hook into)."""
+        return self.folders.write_tmp(tmp_fd, name, data, sync=sync)
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> list[str]:
         """Store all of ``messages`` or none of them, with one durability barrier (one ``syncfs`` + one
@@ -540,12 +338,12 @@ class FileMailbox:
                 moved.append(name)
             self.folders.commit(new_fd)
         except OSError as exc:
-            self._withdraw(moved)
+            self.folders.withdraw(moved)
             for tmp_name, _ in written:
                 _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put_many of {len(batch)} messages") from exc
         for name in moved:
-            self._index.push(name)
+            self.folders.arrived(name)
         return [m.id for m in msgs]
 
     # -- taking over legacy messages (ingestion, migrate) ---------------------------------------
@@ -586,7 +384,7 @@ class FileMailbox:
         except FileNotFoundError:
             pass
         tmp_name = self._write_tmp(self.folders.fd(State.TMP), name, data, sync=self.folders.sync)
-        if self.dead_letter(IMPORT_DEAD, tmp_name, reason) is None:
+        if self.folders.dead_letter(IMPORT_DEAD, tmp_name, reason) is None:
             return None
         return name
 
@@ -671,9 +469,7 @@ class FileMailbox:
             held = os.fstat(self.folders.fd(State.NEW))
             if held.st_ino == found.st_ino and held.st_dev == found.st_dev:
                 return  # another claimer of this mailbox opened it again just now
-            fresh = Folders(self.path, self.fsync, self._batch_interval)
-            fresh.read_only = self.read_only
-            self._open_folders(self._create, fresh, self._abs_root)  # all open before anyone sees them
+            fresh = Folders.open(self._setup, self.fsync, self._batch_interval, self._index, self._setup.root)
             old, self.folders = self.folders, fresh
             now = time.monotonic()
             for since, gone in self._retired:
@@ -768,9 +564,9 @@ class FileMailbox:
                 self._claim_flags = _O_READ_MSG
                 return self._try_claim(name)
             if exc.errno == errno.ELOOP:
-                self.reject(name, "a symlink, not a regular file")
+                self.folders.reject(name, "a symlink, not a regular file")
             elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
-                self.reject(name, f"cannot be opened: {exc.strerror}")
+                self.folders.reject(name, f"cannot be opened: {exc.strerror}")
             else:
                 raise self.folders.io_error(exc, f"claim {name}") from exc
             return None
@@ -800,7 +596,9 @@ class FileMailbox:
                 message, problem = self._read_message(fd, raw)
             if message is not None and message.expires is not None and message.expired():
                 # Past its expiry: dead-lettered here, never handed out (the claim goes on).
-                self.dead_letter(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
+                self.folders.dead_letter(
+                    EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name)
+                )
                 log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
                 return None
             try:
@@ -819,14 +617,14 @@ class FileMailbox:
             except Exception as exc:  # a message that cannot be named is that file's problem
                 target, problem = "", f"cannot be delivered: {type(exc).__name__}: {exc}"
             if not target:
-                self.reject(name, problem)
+                self.folders.reject(name, problem)
                 return None
             try:  # the CLAIM move; never over a file already in processing/ (a copy of the same id)
                 self.folders.move(CLAIM, name, target)
             except FileNotFoundError:
                 return None  # moved by hand under our feet
             except FileExistsError:
-                self.reject(name, f"a file of the same name ({target}) is already in processing/")
+                self.folders.reject(name, f"a file of the same name ({target}) is already in processing/")
                 return None
             # Not committed, at any fsync level (the module docstring says why).
             delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
@@ -871,77 +669,8 @@ class FileMailbox:
         return None, problem
 
     def reject(self, name: str, reason: str) -> None:
-        """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
-        log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
-        self.dead_letter(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
-
-    def dead_letter(
-        self, m: Move, name: str, reason: dict[str, Any], target: str | None = None
-    ) -> str | None:
-        """``m.src``/name -> dead/ (as ``target``, default ``name``, or the next free name), with its
-        reason file written first. None if the file was gone.
-
-        On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
-        was, and `MailboxIOError` raised."""
-        self.folders.check_writable()
-        dead_fd, tmp_fd = self.folders.fd(State.DEAD), self.folders.fd(State.TMP)
-        # A message that failed before keeps its last error (errors/) in the reason, when the settle
-        # that dead-letters it gives none itself; the record goes once the message is in dead/.
-        msg_id = reason.get("id") if "last_error" in reason else None
-        if msg_id is not None and reason["last_error"] is None:
-            kept = last_errors.read(self, msg_id)
-            if kept is not None:
-                reason = {**reason, "last_error": kept.error, "last_error_attempt": kept.attempt}
-        reason = {
-            **reason,
-            "agent": self.agent_id,
-            "from_state": m.src_folder,
-            "dead_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z",
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        try:
-            data = orjson.dumps(reason, option=orjson.OPT_INDENT_2)
-        except TypeError:  # a value that is not JSON (a name with bytes that are not UTF-8, …)
-            data = orjson.dumps({k: _fs.shown(str(v)) for k, v in reason.items()}, option=orjson.OPT_INDENT_2)
-        for _ in range(100):  # a name taken meanwhile by another dead-lettering: pick the next one
-            dead_name = _fs.free_name(dead_fd, target or name, len(REASON_SUFFIX))
-            reason_name = dead_name + REASON_SUFFIX
-            tmp_name = self._write_tmp(tmp_fd, reason_name, data, sync=self.folders.sync)
-            placed = False
-            try:
-                _fs.rename_noreplace(tmp_name, reason_name, src_dir_fd=tmp_fd, dst_dir_fd=dead_fd)
-                placed = True
-                self.folders.move(m, name, dead_name)
-            except FileExistsError:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                continue
-            except FileNotFoundError:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                return None
-            except OSError as exc:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                raise self.folders.io_error(exc, f"dead-letter {_fs.shown(name)}") from exc
-            except BaseException:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                raise
-            try:
-                self.folders.commit(dead_fd)
-            except OSError as exc:
-                raise self.folders.io_error(
-                    exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed"
-                ) from exc
-            if msg_id is not None:
-                last_errors.drop(self, msg_id)
-            return dead_name
-        raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
-
-    @staticmethod
-    def _undo_reason(placed: bool, dead_fd: int, reason_name: str, tmp_fd: int, tmp_name: str) -> None:
-        if placed:
-            _fs.unlink_quietly(dead_fd, reason_name)
-        else:
-            _fs.unlink_quietly(tmp_fd, tmp_name)
+        """new/ -> dead/ for a file that can never be delivered (`Folders.reject`; for the CLI's doctor)."""
+        self.folders.reject(name, reason)
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -984,6 +713,14 @@ class FileMailbox:
     def stats(self) -> MailboxStats:
         """How many files each state holds, and how long the oldest has been there."""
         return inspection.stats(self)
+
+
+def _file_mode(given: int | None, new_fd: int) -> int:
+    """The mode of message files: as given; else 0o660 in a group mailbox (its new/ group-writable,
+    so every writer makes files the group can read), 0o600 otherwise."""
+    if given is not None:
+        return given
+    return 0o660 if stat.S_IMODE(os.fstat(new_fd).st_mode) & 0o060 == 0o060 else 0o600
 
 
 def _publish_name(message: Message, now: float, delay: float = 0.0) -> str:

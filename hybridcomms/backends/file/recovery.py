@@ -76,7 +76,7 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
         for name in names:
             _isolated(mb, report, f"processing/{name}", _recover_one, mb, name, now, report)
         _sweep_tmp(mb, now, report)
-        _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb, now, report)
+        _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb.folders, now, report)
     finally:
         drop(lock_fd)
     if report:
@@ -200,7 +200,7 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
             raise
         _give_up_entry(mb, STEAL_BURY, stolen, "a symlink in tmp/", report)
         return
-    copy_name = mb.write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
+    copy_name = mb.folders.write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
     try:
         # The one deliberate replace in the library: the copy takes the place of the very file it
         # was copied from (the same message), so the message stays one file throughout.
@@ -228,7 +228,7 @@ def _return_or_bury(
     key = info.id if info else _fs.shown(name)
     why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
     if attempts_used_up(attempt, mb.max_attempts):
-        moved = mb.dead_letter(
+        moved = mb.folders.dead_letter(
             GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
             src_name,
             {
@@ -251,12 +251,12 @@ def _return_or_bury(
     except FileNotFoundError:
         return
     mb.folders.commit(new_fd)
-    mb.index.push(target)
+    mb.folders.arrived(target)
     kind.append(key)
 
 
 def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: RecoveryReport) -> None:
-    if mb.dead_letter(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
+    if mb.folders.dead_letter(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
         report.dead.append(_fs.shown(name))
 
 
