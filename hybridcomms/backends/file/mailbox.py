@@ -26,14 +26,13 @@ import builtins
 import errno
 import os
 import random
+import re
 import stat
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from ... import _fs, _log
 from ..._fs import FsyncPolicy
@@ -49,10 +48,9 @@ from ..._names import (
 )
 from ...errors import (
     MailboxIOError,
-    MessageDecodeError,
     UnsafePathError,
 )
-from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, from_native
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...retry import Backoff
 from ...states import (
     CLAIM,
@@ -78,6 +76,7 @@ from .delivery import Delivery
 from .folders import Folders
 from .index import ClaimIndex
 from .opening import FolderSetup, list_agents
+from .reading import claim_target, read_claimed
 from .retention import Retention
 from .wakeup import ArrivalWaiter
 
@@ -99,12 +98,9 @@ _CLAIM_SRC = CLAIM.src_folder
 _O_READ_MSG = _fs.O_READ_MSG
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _flock, _LOCK_TRY = flock, LOCK_TRY
-_loads = orjson.loads
 _randrange = random.randrange
 #: How far ahead (at most) a claimer that lost a race jumps: see `_claim_once`.
 SPREAD = 32
-#: The attempt count a name can hold (``a`` and at most six digits).
-_MAX_ATTEMPT_IN_NAME = 999_999
 
 
 class FileMailbox:
@@ -543,14 +539,37 @@ class FileMailbox:
             self._index.skip(_randrange(self._spread))
 
     def _try_claim(self, name: str) -> Delivery | None:
-        """Claim ``new/<name>``: open, lock, read, decode, rename into ``processing/``.
+        """Claim ``new/<name>``: open and lock it, read it, rename it into ``processing/``.
 
-        This is the hot path of every consumer, written as one function on purpose (each call
-        saved is measurable at fsync="never", see docs/performance.md). The common case is
-        a native file: one read and the fast decoder; anything else takes `_read_message`."""
-        fds = self.folders.fds
+        The hot path of every consumer (docs/performance.md): its steps are split only where the
+        claim+ack benchmark shows no cost."""
+        fd = self._open_to_claim(name)
+        if fd is None:
+            return None
+        # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
+        delivery: Delivery | None = None
         try:
-            new_fd = fds[_CLAIM_SRC]
+            m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
+            message, problem = read_claimed(fd, m, self.max_message_size)
+            if message is not None and message.expires is not None and message.expired():
+                self._expire(name, message, m)
+            else:
+                target, attempt, problem = claim_target(m, message, problem)
+                if self._move_claimed(name, target, problem):
+                    # Not committed, at any fsync level (the module docstring says why).
+                    delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
+        finally:
+            if delivery is None:
+                drop(fd)
+        return delivery
+
+    def _open_to_claim(self, name: str) -> int | None:
+        """``new/<name>`` opened and locked (the lock says its claimer is alive); None if another
+        claimer has it (a lost race) or it can never be opened (then rejected to ``dead/``)."""
+        try:
+            new_fd = self.folders.fds[_CLAIM_SRC]
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
         try:
@@ -562,13 +581,8 @@ class FileMailbox:
             if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
                 # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
                 self._claim_flags = _O_READ_MSG
-                return self._try_claim(name)
-            if exc.errno == errno.ELOOP:
-                self.folders.reject(name, "a symlink, not a regular file")
-            elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
-                self.folders.reject(name, f"cannot be opened: {exc.strerror}")
-            else:
-                raise self.folders.io_error(exc, f"claim {name}") from exc
+                return self._open_to_claim(name)
+            self._unopenable(name, exc)
             return None
         try:
             _flock(fd, _LOCK_TRY)
@@ -576,97 +590,38 @@ class FileMailbox:
             os.close(fd)
             self._lost_race = True
             return None  # someone else is claiming it right now
-        # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
-        delivery: Delivery | None = None
-        try:
-            m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
-            message: Message | None = None
-            try:
-                raw: bytes | None = os.read(fd, 65536)
-            except OSError:
-                raw = None  # EISDIR, EAGAIN on a FIFO, …: _read_message says what it is
-            if raw is not None and raw[:13] == b'{"version":1,' and len(raw) < 65536:
-                try:
-                    obj = _loads(raw)
-                except orjson.JSONDecodeError:
-                    obj = None
-                if type(obj) is dict and len(raw) <= self.max_message_size:
-                    message = from_native(obj, True, None if m is None else m[3])
-            if message is None:
-                message, problem = self._read_message(fd, raw)
-            if message is not None and message.expires is not None and message.expired():
-                # Past its expiry: dead-lettered here, never handed out (the claim goes on).
-                self.folders.dead_letter(
-                    EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name)
-                )
-                log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
-                return None
-            try:
-                if message is None:
-                    target = ""
-                elif m is not None:
-                    rank, due, msg_id, seen = m.groups()
-                    attempt = int(seen) + 1
-                    target = make_name(rank, due, msg_id, attempt)
-                    if attempt > _MAX_ATTEMPT_IN_NAME:
-                        target, problem = "", f"attempt count {seen} is out of range"
-                else:  # give it a proper name
-                    attempt = 1
-                    due = compact_time_of(message.created_at)
-                    target = make_name(RANK_OF[message.priority], due, message.id, 1)
-            except Exception as exc:  # a message that cannot be named is that file's problem
-                target, problem = "", f"cannot be delivered: {type(exc).__name__}: {exc}"
-            if not target:
-                self.folders.reject(name, problem)
-                return None
-            try:  # the CLAIM move; never over a file already in processing/ (a copy of the same id)
-                self.folders.move(CLAIM, name, target)
-            except FileNotFoundError:
-                return None  # moved by hand under our feet
-            except FileExistsError:
-                self.folders.reject(name, f"a file of the same name ({target}) is already in processing/")
-                return None
-            # Not committed, at any fsync level (the module docstring says why).
-            delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
-        finally:
-            if delivery is None:
-                drop(fd)
-        return delivery
+        return fd
 
-    def _read_message(self, fd: int, first: bytes | None) -> tuple[Message | None, str]:
-        """The message in an open file whose first ``read(65536)`` gave ``first`` (None if that
-        read failed), or None and why it can never be delivered.
-
-        fstat is only asked when the file does not decode, to say precisely what it is."""
-        limit = self.max_message_size
-        problem = ""
-        raw = first
-        unreadable = raw is None
-        if raw is not None and len(raw) == 65536:  # a big one: read the rest, up to the limit
-            try:
-                rest = _fs.read_all(fd, 0, limit - 65536)
-            except OSError:
-                rest, unreadable = None, True
-            raw = None if rest is None else raw + rest
-        if raw is not None and len(raw) <= limit:
-            try:
-                return Message.decode(raw), ""
-            except MessageDecodeError as exc:
-                problem = exc.reason
-            except Exception as exc:  # anything else about this file is its problem too
-                problem = f"cannot be read as a message: {type(exc).__name__}: {exc}"
+    def _unopenable(self, name: str, exc: OSError) -> None:
+        """A file of ``new/`` that did not open: rejected when it never will (a link, a FIFO, a file
+        we may not read), else the error raised."""
+        if exc.errno == errno.ELOOP:
+            self.folders.reject(name, "a symlink, not a regular file")
+        elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
+            self.folders.reject(name, f"cannot be opened: {exc.strerror}")
         else:
-            raw = None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, f"not a regular file (mode {stat.filemode(st.st_mode)})"
-        if unreadable:
-            return None, "cannot be read (I/O error)"
-        if raw is None or st.st_size > limit:
-            return None, f"too large: {st.st_size} bytes, over the limit of {limit}"
-        return None, problem
+            raise self.folders.io_error(exc, f"claim {name}") from exc
+
+    def _expire(self, name: str, message: Message, m: re.Match[str] | None) -> None:
+        """Past its expiry: dead-lettered here, never handed out (the claim goes on)."""
+        self.folders.dead_letter(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
+        log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
+
+    def _move_claimed(self, name: str, target: str, problem: str) -> bool:
+        """The CLAIM move, ``new/<name>`` -> ``processing/<target>``; never over a file already in
+        processing/ (a copy of the same id). False if it did not happen: no ``target`` (rejected
+        for ``problem``), or the file is gone (moved by hand under our feet)."""
+        if not target:
+            self.folders.reject(name, problem)
+            return False
+        try:
+            self.folders.move(CLAIM, name, target)
+        except FileNotFoundError:
+            return False
+        except FileExistsError:
+            self.folders.reject(name, f"a file of the same name ({target}) is already in processing/")
+            return False
+        return True
 
     def reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered (`Folders.reject`; for the CLI's doctor)."""
