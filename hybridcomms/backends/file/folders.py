@@ -33,9 +33,11 @@ from typing import Any
 
 from ... import _fs, _log
 from ..._fs import DirSyncer, FsyncPolicy, write_new_file
-from ..._names import compact_time, parse_compact, parse_name
+from ..._names import REASON_SUFFIX, compact_time, parse_compact, parse_name
 from ...errors import MailboxIOError
-from ...states import PUBLISH, REJECT, Move, State
+from ...message import Message
+from ...states import CLAIM, EXPIRE, IMPORT_DEAD, IMPORT_DONE, PUBLISH, REJECT, Move, State
+from ..base import expiry_reason
 from . import dead_letters
 from .index import ClaimIndex
 from .last_errors import ERRORS
@@ -208,6 +210,63 @@ class Folders:
         """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
         log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
         self.dead_letter(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
+
+    def claim_move(self, name: str, target: str, problem: str) -> bool:
+        """The CLAIM move, ``new/<name>`` -> ``processing/<target>``, never over a file already in
+        processing/ (a copy of the same id: rejected). False if it did not happen: no ``target``
+        (rejected for ``problem``), or the file is gone (moved by hand under our feet)."""
+        if not target:
+            self.reject(name, problem)
+            return False
+        try:
+            self.move(CLAIM, name, target)
+        except FileNotFoundError:
+            return False
+        except FileExistsError:
+            self.reject(name, f"a file of the same name ({target}) is already in processing/")
+            return False
+        return True
+
+    def reject_unopenable(self, name: str, exc: OSError) -> None:
+        """A file of ``new/`` that did not open: rejected when it never will (a link, a FIFO, a file
+        we may not read), else the error raised."""
+        if exc.errno == errno.ELOOP:
+            self.reject(name, "a symlink, not a regular file")
+        elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
+            self.reject(name, f"cannot be opened: {exc.strerror}")
+        else:
+            raise self.io_error(exc, f"claim {name}") from exc
+
+    def expire(self, name: str, message: Message, seen: int) -> None:
+        """``new/<name>`` is past its expiry (found by a claim, after ``seen`` deliveries): dead-lettered,
+        never handed out."""
+        self.dead_letter(EXPIRE, name, expiry_reason(message, seen, name))
+        log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
+
+    def bury(self, data: bytes | _fs.ByteRange, name: str, reason: dict[str, Any]) -> str | None:
+        """`FileMailbox.bury`: bytes into ``dead/`` as ``name`` with ``reason``; None if there already."""
+        if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
+            raise ValueError(f"unusable file name for dead/: {name!r}")
+        self.check_writable()
+        try:
+            os.stat(name, dir_fd=self.fd(State.DEAD), follow_symlinks=False)
+            return None
+        except FileNotFoundError:
+            pass
+        tmp_name = self.write_tmp(self.fd(State.TMP), name, data, sync=self.sync)
+        return None if self.dead_letter(IMPORT_DEAD, tmp_name, reason) is None else name
+
+    def import_done(self, files: list[tuple[str, bytes]]) -> None:
+        """`FileMailbox.import_done`: each (name, encoded message) of ``files`` into ``done/``."""
+        tmp_fd, done_fd = self.fd(State.TMP), self.fd(State.DONE)
+        try:
+            for name, data in files:
+                self.place(IMPORT_DONE, self.write_tmp(tmp_fd, name, data, sync=False), name)
+            if files and self.sync:
+                _fs.syncfs(done_fd)
+                self.commit(done_fd)
+        except OSError as exc:
+            raise self.io_error(exc, f"import of {len(files)} processed messages") from exc
 
     def io_error(self, exc: OSError, what: str) -> MailboxIOError:
         if isinstance(exc, MailboxIOError):

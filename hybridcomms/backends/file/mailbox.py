@@ -26,7 +26,6 @@ import builtins
 import errno
 import os
 import random
-import re
 import stat
 import threading
 import time
@@ -40,7 +39,6 @@ from ..._locking import LOCK_TRY, drop, flock
 from ..._names import (
     NAME_RE,
     RANK_OF,
-    REASON_SUFFIX,
     compact_time,
     compact_time_of,
     make_name,
@@ -54,9 +52,6 @@ from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...retry import Backoff
 from ...states import (
     CLAIM,
-    EXPIRE,
-    IMPORT_DEAD,
-    IMPORT_DONE,
     State,
 )
 from ..base import (
@@ -68,7 +63,6 @@ from ..base import (
     check_agent_id,
     check_delay,
     check_retention,
-    expiry_reason,
     set_common_options,
 )
 from . import inspection, recovery
@@ -316,19 +310,13 @@ class FileMailbox:
         if not batch:
             return []
         tmp_fd, new_fd = self.folders.fd(State.TMP), self.folders.fd(State.NEW)
-        durable = self.fsync is not FsyncPolicy.NEVER
         written: list[tuple[str, str]] = []
         moved: list[str] = []
         try:
             for name, data in batch:
                 written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
-            if durable and not _fs.syncfs(tmp_fd):
-                for tmp_name, _ in written:
-                    fd = os.open(tmp_name, os.O_RDONLY, dir_fd=tmp_fd)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+            if self.folders.sync:
+                _sync_files(tmp_fd, [tmp_name for tmp_name, _ in written])
             for tmp_name, name in written:
                 self._publish(tmp_fd, tmp_name, name)
                 moved.append(name)
@@ -349,18 +337,8 @@ class FileMailbox:
         (for `hybridcomms migrate`: kept for audit, never delivered). Returns their ids."""
         self.folders.check_writable()
         msgs = list(messages)
-        tmp_fd, done_fd = self.folders.fd(State.TMP), self.folders.fd(State.DONE)
         now = time.time()
-        try:
-            for m in msgs:
-                name = _publish_name(m, now)
-                tmp_name = self._write_tmp(tmp_fd, name, m.encode(self.max_message_size), sync=False)
-                self.folders.place(IMPORT_DONE, tmp_name, name)
-            if msgs and self.folders.sync:
-                _fs.syncfs(done_fd)
-                self.folders.commit(done_fd)
-        except OSError as exc:
-            raise self.folders.io_error(exc, f"import of {len(msgs)} processed messages") from exc
+        self.folders.import_done([(_publish_name(m, now), m.encode(self.max_message_size)) for m in msgs])
         return [m.id for m in msgs]
 
     def bury(self, data: bytes | _fs.ByteRange, name: str, reason: dict[str, Any]) -> str | None:
@@ -370,19 +348,7 @@ class FileMailbox:
 
         Idempotent by name: if ``dead/<name>`` exists already, nothing is written and None is returned
         (a crash between burying and removing the original must not bury it twice)."""
-        if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
-            raise ValueError(f"unusable file name for dead/: {name!r}")
-        self.folders.check_writable()
-        dead_fd = self.folders.fd(State.DEAD)
-        try:
-            os.stat(name, dir_fd=dead_fd, follow_symlinks=False)
-            return None
-        except FileNotFoundError:
-            pass
-        tmp_name = self._write_tmp(self.folders.fd(State.TMP), name, data, sync=self.folders.sync)
-        if self.folders.dead_letter(IMPORT_DEAD, tmp_name, reason) is None:
-            return None
-        return name
+        return self.folders.bury(data, name, reason)
 
     # -- claim --------------------------------------------------------------------------------
 
@@ -394,16 +360,20 @@ class FileMailbox:
         With ``timeout`` (seconds), wait that long for one to arrive, woken by file
         notifications (no busy polling). Setting ``cancel`` (then calling `wake`) ends the wait early.
         """
-        if not timeout or timeout <= 0:
-            # The common case first, without the loop of _claim_once: the next name is claimable.
-            name = self._index.pop_due()
-            if name is not None:
-                delivery = self._try_claim(name)
-                if delivery is not None:
-                    return delivery
-                if self._lost_race:
-                    self._jump_ahead()
-            return self._claim_once()
+        if timeout and timeout > 0:
+            return self._claim_waiting(timeout, cancel)
+        # The common case first, without the loop of _claim_once: the next name is claimable.
+        name = self._index.pop_due()
+        if name is not None:
+            delivery = self._try_claim(name)
+            if delivery is not None:
+                return delivery
+            if self._lost_race:
+                self._jump_ahead()
+        return self._claim_once()
+
+    def _claim_waiting(self, timeout: float, cancel: threading.Event | None) -> Delivery | None:
+        """`claim` with a timeout: look, then wait for an arrival (or the next due time) and look again."""
         deadline = time.monotonic() + timeout
         while True:
             waiter = self._get_waiter()  # (a new one once the mailbox folder was made anew)
@@ -488,34 +458,17 @@ class FileMailbox:
         return self._try_claim(name)
 
     def _claim_once(self) -> Delivery | None:
+        """One look at ``new/``: the first due name that can be claimed, claimed; None once there is
+        none (after at most one listing)."""
         # (A read-only mailbox never gets past here: its index stays empty, so `claim` always comes here.)
         if self.read_only:
             self.folders.check_writable()
-        index = self._index
-        waiter = self._waiter
-        if waiter is None and not self._closed:
-            # The first look: watch new/ first, then list it (what arrived before the watch existed
-            # is in the listing); from then on inotify tells what arrives.
-            waiter = self._get_waiter()
-            index.mark_stale()
+        waiter = self._watching()
         scanned = False
         while True:
-            name = index.pop_due(scanned)  # None also when the index is due for a relisting
+            name, scanned = self._next_name(waiter, scanned)
             if name is None:
-                if scanned:
-                    return None
-                if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
-                    # Running dry with notifications on: the kernel's queue says what arrived since
-                    # the last look (one read that returns at once), no listing.
-                    waiter.poll()
-                    name = index.pop_due()
-                    if name is None:
-                        return None
-                else:
-                    self._check_folders()
-                    index.rescan(self.folders.fd(State.NEW))
-                    scanned = True
-                    continue
+                return None
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
@@ -524,6 +477,31 @@ class FileMailbox:
                     self._lost_race = False
                 else:
                     self._jump_ahead()
+
+    def _watching(self) -> ArrivalWaiter | None:
+        """The waiter that hears of arrivals. At the first look: watch new/ first, then list it (what
+        arrived before the watch existed is in the listing); from then on inotify tells what arrives."""
+        waiter = self._waiter
+        if waiter is None and not self._closed:
+            waiter = self._get_waiter()
+            self._index.mark_stale()
+        return waiter
+
+    def _next_name(self, waiter: ArrivalWaiter | None, scanned: bool) -> tuple[str | None, bool]:
+        """The next due name to try (None once there is none), and whether ``new/`` was listed in
+        this look: the index first, then what the kernel's queue says, else a listing."""
+        index = self._index
+        name = index.pop_due(scanned)  # None also when the index is due for a relisting
+        if name is not None or scanned:
+            return name, scanned
+        if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
+            # Running dry with notifications on: the kernel's queue says what arrived since the last
+            # look (one read that returns at once), no listing.
+            waiter.poll()
+            return index.pop_due(), False
+        self._check_folders()
+        index.rescan(self.folders.fd(State.NEW))
+        return index.pop_due(True), True
 
     def _jump_ahead(self) -> None:
         """After a lost race: skip a random 0 to `SPREAD` - 1 (31) of the next due names.
@@ -552,10 +530,10 @@ class FileMailbox:
             m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
             message, problem = read_claimed(fd, m, self.max_message_size)
             if message is not None and message.expires is not None and message.expired():
-                self._expire(name, message, m)
+                self.folders.expire(name, message, 0 if m is None else int(m[4]))
             else:
                 target, attempt, problem = claim_target(m, message, problem)
-                if self._move_claimed(name, target, problem):
+                if self.folders.claim_move(name, target, problem):
                     # Not committed, at any fsync level (the module docstring says why).
                     delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
         except OSError as exc:
@@ -582,7 +560,7 @@ class FileMailbox:
                 # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
                 self._claim_flags = _O_READ_MSG
                 return self._open_to_claim(name)
-            self._unopenable(name, exc)
+            self.folders.reject_unopenable(name, exc)
             return None
         try:
             _flock(fd, _LOCK_TRY)
@@ -591,37 +569,6 @@ class FileMailbox:
             self._lost_race = True
             return None  # someone else is claiming it right now
         return fd
-
-    def _unopenable(self, name: str, exc: OSError) -> None:
-        """A file of ``new/`` that did not open: rejected when it never will (a link, a FIFO, a file
-        we may not read), else the error raised."""
-        if exc.errno == errno.ELOOP:
-            self.folders.reject(name, "a symlink, not a regular file")
-        elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
-            self.folders.reject(name, f"cannot be opened: {exc.strerror}")
-        else:
-            raise self.folders.io_error(exc, f"claim {name}") from exc
-
-    def _expire(self, name: str, message: Message, m: re.Match[str] | None) -> None:
-        """Past its expiry: dead-lettered here, never handed out (the claim goes on)."""
-        self.folders.dead_letter(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
-        log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
-
-    def _move_claimed(self, name: str, target: str, problem: str) -> bool:
-        """The CLAIM move, ``new/<name>`` -> ``processing/<target>``; never over a file already in
-        processing/ (a copy of the same id). False if it did not happen: no ``target`` (rejected
-        for ``problem``), or the file is gone (moved by hand under our feet)."""
-        if not target:
-            self.folders.reject(name, problem)
-            return False
-        try:
-            self.folders.move(CLAIM, name, target)
-        except FileNotFoundError:
-            return False
-        except FileExistsError:
-            self.folders.reject(name, f"a file of the same name ({target}) is already in processing/")
-            return False
-        return True
 
     def reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered (`Folders.reject`; for the CLI's doctor)."""
@@ -668,6 +615,19 @@ class FileMailbox:
     def stats(self) -> MailboxStats:
         """How many files each state holds, and how long the oldest has been there."""
         return inspection.stats(self)
+
+
+def _sync_files(dir_fd: int, names: Iterable[str]) -> None:
+    """The files ``names`` in the folder ``dir_fd`` on disk: one ``syncfs``, or an fsync each where
+    syncfs(2) is missing."""
+    if _fs.syncfs(dir_fd):
+        return
+    for name in names:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _file_mode(given: int | None, new_fd: int) -> int:
