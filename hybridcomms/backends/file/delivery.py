@@ -25,7 +25,9 @@ _PROCESSING = State.PROCESSING.folder
 log = _log.get("hybridcomms.mailbox")
 
 if TYPE_CHECKING:
+    from .folders import Folders
     from .mailbox import FileMailbox
+    from .retention import Retention
 
 __all__ = ["Delivery"]
 
@@ -67,19 +69,9 @@ class Delivery(Settling):
         retention = mb.retention
         try:
             if retention.keep == 0:
-                proc_fd = folders.fds[_PROCESSING]
-                os.unlink(name, dir_fd=proc_fd)
-                if folders.sync:
-                    folders.commit(proc_fd)
+                _remove(folders, name)
             else:
-                try:
-                    done_fd = folders.move(ACK, name, name)
-                except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
-                    done_fd = folders.place(ACK, name, name)[0]
-                if folders.sync:
-                    folders.commit(done_fd)
-                if retention.every:
-                    retention.acked(done_fd)
+                _move_to_done(folders, name, retention)
         except FileNotFoundError:
             raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
         except KeyError:
@@ -181,3 +173,23 @@ class Delivery(Settling):
                 os.close(self._fd)
             except OSError:
                 pass
+
+
+def _remove(folders: Folders, name: str) -> None:
+    """The ack with ``done_retention=0``: the file removed from ``processing/`` (committed)."""
+    proc_fd = folders.fds[_PROCESSING]
+    os.unlink(name, dir_fd=proc_fd)
+    if folders.sync:
+        folders.commit(proc_fd)
+
+
+def _move_to_done(folders: Folders, name: str, retention: Retention) -> None:
+    """The ACK move into ``done/`` (committed), then ``done/`` trimmed to its retention."""
+    try:
+        done_fd = folders.move(ACK, name, name)
+    except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
+        done_fd = folders.place(ACK, name, name)[0]
+    if folders.sync:
+        folders.commit(done_fd)
+    if retention.every:
+        retention.acked(done_fd)
