@@ -322,13 +322,17 @@ class FileMailbox:
                 moved.append(name)
             self.folders.commit(new_fd)
         except OSError as exc:
-            self.folders.withdraw(moved)
-            for tmp_name, _ in written:
-                _fs.unlink_quietly(tmp_fd, tmp_name)
+            self._take_back(tmp_fd, written, moved)
             raise self.folders.io_error(exc, f"put_many of {len(batch)} messages") from exc
         for name in moved:
             self.folders.arrived(name)
         return [m.id for m in msgs]
+
+    def _take_back(self, tmp_fd: int, written: list[tuple[str, str]], moved: list[str]) -> None:
+        """A failed `put_many`: the files it published withdrawn, those still in ``tmp/`` removed."""
+        self.folders.withdraw(moved)
+        for tmp_name, _ in written:
+            _fs.unlink_quietly(tmp_fd, tmp_name)
 
     # -- taking over legacy messages (ingestion, migrate) ---------------------------------------
 

@@ -200,6 +200,16 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
         client.close()
 
 
+def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
+    """``maxlen`` and ``max_age`` are usable (at most one of them: Redis trims one way at a time)."""
+    if maxlen is not None and maxlen < 1:
+        raise ValueError("maxlen must be >= 1")
+    if maxlen is not None and max_age is not None:
+        raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
+    if max_age is not None and max_age <= 0:
+        raise ValueError("max_age must be > 0 seconds")
+
+
 class RedisMailbox:
     """One agent's mailbox on Redis Streams (see the module docstring).
 
@@ -250,12 +260,9 @@ class RedisMailbox:
         self.agent_id = check_agent_id(agent_id)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
-        if maxlen is not None and maxlen < 1:
-            raise ValueError("maxlen must be >= 1")
-        if maxlen is not None and max_age is not None:
-            raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
-        if max_age is not None and max_age <= 0:
-            raise ValueError("max_age must be > 0 seconds")
+        _check_trimming(maxlen, max_age)
+        if reclaim_every is not None and reclaim_every < 0:
+            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
         self.max_age = max_age
         self.url = url
         self.maxlen = maxlen
@@ -274,8 +281,6 @@ class RedisMailbox:
         self._found_nothing = False  # the last claim script found nothing, and nothing delayed
         self._scanned = 0.0  # when the claim script last ran (monotonic)
         self._pid = os.getpid()
-        if reclaim_every is not None and reclaim_every < 0:
-            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
         self.reclaim_every = max(self.lease / 4, 0.05) if reclaim_every is None else float(reclaim_every)
         self._next_reclaim = time.monotonic() + self.reclaim_every
         self._reclaim_lock = threading.Lock()
@@ -284,13 +289,7 @@ class RedisMailbox:
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
         try:
             self._open_groups(create)
-            self._claim_script = Script(self._r, scripts.CLAIM)
-            self._ack_script = Script(self._r, scripts.ACK)
-            self._nack_script = Script(self._r, scripts.NACK)
-            self._dead_script = Script(self._r, scripts.DEAD)
-            self._release_script = Script(self._r, scripts.RELEASE)
-            self._recover_script = Script(self._r, scripts.RECOVER)
-            self._stats_script = Script(self._r, scripts.STATS)
+            self._load_scripts()
         except redis.RedisError as exc:
             self._r.close()
             raise self._error(exc, "open") from exc
@@ -300,6 +299,16 @@ class RedisMailbox:
         except BaseException:
             self._r.close()
             raise
+
+    def _load_scripts(self) -> None:
+        """The Lua scripts (`scripts`), as redis-py `Script` objects of this client."""
+        self._claim_script = Script(self._r, scripts.CLAIM)
+        self._ack_script = Script(self._r, scripts.ACK)
+        self._nack_script = Script(self._r, scripts.NACK)
+        self._dead_script = Script(self._r, scripts.DEAD)
+        self._release_script = Script(self._r, scripts.RELEASE)
+        self._recover_script = Script(self._r, scripts.RECOVER)
+        self._stats_script = Script(self._r, scripts.STATS)
 
     def _open_groups(self, create: bool) -> None:
         """Make the consumer group on each priority's stream where it is missing. Looks first (reads
@@ -312,15 +321,19 @@ class RedisMailbox:
         if not create and not any(exists):
             raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
         for stream, groups in zip(self._streams, found, strict=True):
-            if not isinstance(groups, Exception) and any(_s(g["name"]) == GROUP for g in groups):
-                continue
-            if isinstance(groups, redis.ResponseError) and "no such key" not in str(groups).lower():
-                raise groups  # not a stream (WRONGTYPE), or the server said no
-            try:
-                self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            if isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups):
+                self._make_group(stream, groups)
+
+    def _make_group(self, stream: str, found: Any) -> None:
+        """Make the consumer group of ``stream``, whose XINFO GROUPS gave ``found`` (an error if there
+        is no stream yet); one made meanwhile by another process is fine."""
+        if isinstance(found, redis.ResponseError) and "no such key" not in str(found).lower():
+            raise found  # not a stream (WRONGTYPE), or the server said no
+        try:
+            self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     def _error(self, exc: Exception, what: str) -> MailboxIOError:
         return _io_error(exc, self.url, f"{what} on {shown_url(self.url)} ({self.agent_id})")
