@@ -419,47 +419,66 @@ class RedisMailbox:
     def claim(
         self, timeout: float | None = None, *, cancel: threading.Event | None = None
     ) -> RedisDelivery | None:
+        """The due message with the highest priority, oldest first; None if there is none (after
+        waiting up to ``timeout`` seconds; setting ``cancel``, then `wake`, ends the wait)."""
         self._check()
         deadline = time.monotonic() + (timeout or 0.0)
-        # A waiting consumer that keeps up (its last look found at most one waiting message, nothing
-        # delayed) goes straight to the blocking read, which returns at once when something arrived
-        # meanwhile: one round trip per message instead of two. The claim script (priority order,
-        # delayed messages made due) still runs first when the last read met a backlog of several
-        # priorities, and at least every _RESCAN seconds.
-        scan = not (
-            timeout and timeout > 0 and self._found_nothing and time.monotonic() - self._scanned < _RESCAN
-        )
-        while True:
-            if cancel is not None and cancel.is_set():
-                return None
+        scan = not self._keeping_up(timeout)
+        while cancel is None or not cancel.is_set():
             self._reclaim()
             remaining = deadline - time.monotonic()
             if scan:
-                try:
-                    got = self._claim_script(
-                        keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
-                        args=[GROUP, self.consumer],
-                    )
-                except redis.RedisError as exc:
-                    raise self._error(exc, "claim") from exc
-                self._scanned = time.monotonic()
+                got = self._run_claim()
                 if got[0] != 0:
-                    self._found_nothing = False
                     delivery = self._delivery(int(got[0]) - 1, got[1], got[2])
                     if delivery is not None:
                         return delivery
                     continue  # a poison entry, dead-lettered: look again, within the same timeout
-                next_due_ms = int(got[1])
-                self._found_nothing = next_due_ms < 0
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                wait = self._wait_time(deadline, int(got[1]))
+                if wait is None:
                     return None
-                if next_due_ms >= 0:
-                    remaining = min(remaining, max(next_due_ms / 1000 - time.time(), 0.001))
+                remaining = wait
             scan = True
             delivery = self._block(remaining, cancel)
             if delivery is not None:
                 return delivery
+        return None
+
+    def _keeping_up(self, timeout: float | None) -> bool:
+        """Whether a waiting claim may go straight to the blocking read.
+
+        A waiting consumer that keeps up (its last look found at most one waiting message, nothing
+        delayed) goes straight to the blocking read, which returns at once when something arrived
+        meanwhile: one round trip per message instead of two. The claim script (priority order,
+        delayed messages made due) still runs first when the last read met a backlog of several
+        priorities, and at least every _RESCAN seconds."""
+        return bool(
+            timeout and timeout > 0 and self._found_nothing and time.monotonic() - self._scanned < _RESCAN
+        )
+
+    def _run_claim(self) -> Any:
+        """One run of the claim script: ``[rank + 1, entry id, fields]`` for an entry claimed, else
+        ``[0, ms of the next delayed message or -1]``."""
+        try:
+            got = self._claim_script(
+                keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
+                args=[GROUP, self.consumer],
+            )
+        except redis.RedisError as exc:
+            raise self._error(exc, "claim") from exc
+        self._scanned = time.monotonic()
+        self._found_nothing = got[0] == 0 and int(got[1]) < 0
+        return got
+
+    def _wait_time(self, deadline: float, next_due_ms: int) -> float | None:
+        """How long to block for an arrival: until the deadline or the next delayed message is due;
+        None once the deadline passed (or the mailbox closed)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self._closed:
+            return None
+        if next_due_ms >= 0:
+            remaining = min(remaining, max(next_due_ms / 1000 - time.time(), 0.001))
+        return remaining
 
     def _reclaim(self) -> None:
         """Every ``reclaim_every`` seconds, one claim of this client takes back the leases that ran out
@@ -510,10 +529,23 @@ class RedisMailbox:
             block_ms,
         ]
         packed = pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
-        conn = client.connection  # its own connection: the one `wake` unblocks by its client id
+        got = self._read_blocking(client, packed)
+        if not got:
+            return None
+        entries = self._entries_read(got)
+        if len(entries) > 1:
+            self._found_nothing = False  # several priorities wait: the next claim scans, in order
+            self._release(entries[1:])
+        i, entry_id, fields = entries[0]
+        return self._delivery(i, entry_id, fields)
+
+    def _read_blocking(self, client: Any, packed: Any) -> Any:
+        """Send the packed XREADGROUP on the blocking client's own connection (the one `wake`
+        unblocks by its client id) and read its reply; None if the mailbox closed meanwhile."""
+        conn = client.connection
         try:
             conn.send_packed_command([packed])
-            got = conn.read_response()
+            return conn.read_response()
         except redis.ResponseError as exc:
             raise self._error(exc, "claim") from exc
         except (redis.RedisError, OSError) as exc:
@@ -522,23 +554,24 @@ class RedisMailbox:
             if self._closed:
                 return None
             raise self._error(exc, "claim") from exc
-        if not got:
-            return None
+
+    def _entries_read(self, got: Any) -> builtins.list[tuple[int, Any, Any]]:
+        """(priority index, entry id, fields) of each entry an XREADGROUP gave, highest priority first."""
         entries = []
         for stream, items in got.items() if isinstance(got, dict) else got:  # RESP3 map or RESP2 array
             i = self._streams.index(_s(stream))
             for entry_id, fields in items:
                 entries.append((i, entry_id, fields))
         entries.sort(key=lambda e: e[0])
-        if len(entries) > 1:
-            self._found_nothing = False  # several priorities wait: the next claim scans, in order
+        return entries
+
+    def _release(self, entries: builtins.list[tuple[int, Any, Any]]) -> None:
+        """Give back entries read but not ours to keep (another one was better)."""
         try:
-            for i, entry_id, _ in entries[1:]:
+            for i, entry_id, _ in entries:
                 self._release_script(keys=[self._streams[i]], args=[GROUP, entry_id, self.consumer])
         except redis.RedisError as exc:  # what was read stays pending: recovery takes it back
             raise self._error(exc, "claim") from exc
-        i, entry_id, fields = entries[0]
-        return self._delivery(i, entry_id, fields)
 
     def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery | None:
         """The delivery of an entry just read; None if it cannot be one (it is dead-lettered): an entry
@@ -548,26 +581,7 @@ class RedisMailbox:
         eid = _s(entry_id)
         before = _digits(f.get("a", b"0"), 9)
         attempt = 1 if before is None else before + 1
-        raw = f.get("m")
-        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
-        problem = None
-        message = None
-        if not isinstance(raw, bytes):
-            raw = b""
-            problem = "it has no message (field m)"
-        elif before is None:
-            problem = "its attempt count (field a) is not a count"
-        elif len(raw) > self.max_message_size:
-            problem = f"its message is {len(raw)} bytes, over max_message_size ({self.max_message_size})"
-        elif size > self.max_message_size + _MAX_OVERHEAD:
-            problem = (
-                f"the entry is {size} bytes, over max_message_size ({self.max_message_size}) and its fields"
-            )
-        else:
-            try:
-                message = Message.decode(raw)
-            except MessageDecodeError as exc:
-                problem = f"cannot be decoded: {exc.reason}"
+        message, problem = self._decoded(f, before)
         if message is None:
             why = {"reason": f"cannot be read: {problem}", "attempts": attempt, "id": _msg_id(f.get("id"))}
             self._bury_entry(i, eid, why, attempt)
@@ -580,7 +594,26 @@ class RedisMailbox:
                 why.update(last_error=kept.error, last_error_attempt=kept.attempt)
             self._bury_entry(i, eid, why, attempt - 1)
             return None
-        return RedisDelivery(self, i, eid, name, message, attempt, raw, f.get("e"), kept)
+        return RedisDelivery(self, i, eid, name, message, attempt, f["m"], f.get("e"), kept)
+
+    def _decoded(self, f: dict[str, bytes], before: int | None) -> tuple[Message | None, str]:
+        """The message of an entry's fields ``f`` (``before``: its attempt count, None if not a count),
+        or None and why it cannot be one."""
+        raw = f.get("m")
+        limit = self.max_message_size
+        if not isinstance(raw, bytes):
+            return None, "it has no message (field m)"
+        if before is None:
+            return None, "its attempt count (field a) is not a count"
+        if len(raw) > limit:
+            return None, f"its message is {len(raw)} bytes, over max_message_size ({limit})"
+        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
+        if size > limit + _MAX_OVERHEAD:
+            return None, f"the entry is {size} bytes, over max_message_size ({limit}) and its fields"
+        try:
+            return Message.decode(raw), ""
+        except MessageDecodeError as exc:
+            return None, f"cannot be decoded: {exc.reason}"
 
     def _bury_entry(self, i: int, entry_id: str, why: dict[str, Any], attempts: int) -> None:
         """An entry this client holds, to the dead letters with ``why`` (claim: it is not deliverable)."""
