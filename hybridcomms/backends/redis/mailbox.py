@@ -210,6 +210,20 @@ def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
         raise ValueError("max_age must be > 0 seconds")
 
 
+def _json_object(packed: Any) -> dict[str, Any]:
+    """``packed`` read as a JSON object; empty if it is not one (anyone may have written it)."""
+    try:
+        e = orjson.loads(packed)
+    except (orjson.JSONDecodeError, TypeError):
+        return {}
+    return e if isinstance(e, dict) else {}
+
+
+def _int_in(value: Any, low: int, high: int, otherwise: int) -> int:
+    """``value`` if it is an int from ``low`` to ``high``, else ``otherwise``."""
+    return value if type(value) is int and low <= value <= high else otherwise
+
+
 class RedisMailbox:
     """One agent's mailbox on Redis Streams (see the module docstring).
 
@@ -800,18 +814,11 @@ class RedisMailbox:
         """A message waiting in ``delayed`` (any client may have written it: nothing here raises)."""
         tok = _s(token)
         changed = _ms_of(tok) / 1000
-        try:
-            e = orjson.loads(packed)
-        except (orjson.JSONDecodeError, TypeError):
-            e = None
-        if not isinstance(e, dict):
-            e = {}
+        e = _json_object(packed)
         rank = e["r"] if e.get("r") in RANKS else "2M"
         msg_id = _msg_id(e.get("id"))
-        a = e.get("a")
-        tries = a if type(a) is int and 0 <= a <= 999_999_999 else 0
-        d = e.get("d")
-        due = compact_time((d if type(d) is int and 0 < d <= _LAST_MS else _ms_of(tok)) / 1000)
+        tries = _int_in(e.get("a"), 0, 999_999_999, 0)
+        due = compact_time(_int_in(e.get("d"), 1, _LAST_MS, _ms_of(tok)) / 1000)
         m = e.get("m")
         return MessageInfo(
             state=State.NEW,
@@ -836,28 +843,32 @@ class RedisMailbox:
 
     def _infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """(info, where it is) of every message in ``state``, a page at a time."""
-        r = self._r
-        if state not in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-            return  # no tmp/ on Redis
         if state in (State.DONE, State.DEAD):
             key = self._done if state is State.DONE else self._dead
             for entry_id, flat in self._pages(key):
                 yield self._info(state, entry_id, flat), (key, _s(entry_id))
-            return
-        for i, stream in enumerate(self._streams):
-            if state is State.PROCESSING:
+        elif state is State.PROCESSING:
+            for i, stream in enumerate(self._streams):
                 yield from self._pending_infos(i, stream)
-                continue
-            groups = {_s(g["name"]): g for g in r.xinfo_groups(stream)}
-            last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
-            # Entries after the group's last delivered one were never delivered: they wait.
-            for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
-                yield self._info(state, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
-        if state is State.PROCESSING:
-            return
+        elif state is State.NEW:
+            for i, stream in enumerate(self._streams):
+                yield from self._waiting_infos(i, stream)
+            yield from self._delayed_infos()
+        # (no tmp/ on Redis)
+
+    def _waiting_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of one priority's stream never delivered: those after the group's last
+        delivered one."""
+        groups = {_s(g["name"]): g for g in self._r.xinfo_groups(stream)}
+        last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
+        for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
+            yield self._info(State.NEW, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
+
+    def _delayed_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The messages waiting in ``delayed``, a page at a time."""
         cursor = 0
         while True:
-            cursor, page = r.hscan(self._delayed_data, cursor, count=_PAGE)
+            cursor, page = self._r.hscan(self._delayed_data, cursor, count=_PAGE)
             for tok, packed in page.items():
                 yield self._delayed_info(tok, packed), (self._delayed_data, _s(tok))
             if not cursor:
