@@ -16,8 +16,11 @@ through this API and never through the mailbox's private members:
 - `move_and_commit(...)`: both, the common case;
 - `write_tmp(...)`: a new file in ``tmp/``; `publish(...)`: the PUBLISH move; `withdraw(names)`:
   take back files just published;
+- `claim_move(name, target, problem)`: the CLAIM move (or the file rejected); `reject_unopenable`,
+  `expire`: what a claim does with a file it cannot hand out;
 - `dead_letter(m, name, reason)`: a file to ``dead/`` with its reason file (`dead_letters`);
-  `reject(name, reason)`: a file of ``new/`` that can never be delivered;
+  `reject(name, reason)`: a file of ``new/`` that can never be delivered; `bury`, `import_done`:
+  legacy messages taken over (`FileMailbox.bury`, `FileMailbox.import_done`);
 - `arrived(name)`: tell this mailbox handle's claim index of a file moved into ``new/``;
 - `io_error(exc, what)`: an `OSError` said as the mailbox's `MailboxIOError`.
 """
