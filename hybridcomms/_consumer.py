@@ -264,7 +264,7 @@ class ConsumerLoop:
 
         loop = self.loop
         if loop is None or loop.is_closed():
-            loop = self.bus._background_loop()
+            loop = self.bus.background_loop()
         asyncio.run_coroutine_threadsafe(run(), loop).result()
 
     def _fail(self, d: MailboxDelivery, error: str) -> None:

@@ -35,6 +35,8 @@ from .errors import NotRegularFileError, TooLargeError, UnsafePathError
 
 __all__ = [
     "ALLOW_OTHER_OWNER_ENV",
+    "FS_ENCODING",
+    "FS_ERRORS",
     "NAME_MAX",
     "ByteRange",
     "FsyncPolicy",
@@ -46,6 +48,7 @@ __all__ = [
     "fit_name",
     "free_name",
     "fsync_dir",
+    "get_libc",
     "open_dir",
     "open_regular",
     "read_all",
@@ -55,6 +58,7 @@ __all__ = [
     "replace_atomically_at",
     "shown",
     "syncfs",
+    "unlink_quietly",
     "write_new_file",
 ]
 
@@ -120,7 +124,8 @@ _libc: ctypes.CDLL | None = None
 _libc_lock = threading.Lock()
 
 
-def _get_libc() -> ctypes.CDLL | None:
+def get_libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (None where it cannot be: the callers fall back)."""
     global _libc
     with _libc_lock:
         if _libc is None:
@@ -134,11 +139,12 @@ def _get_libc() -> ctypes.CDLL | None:
 
 RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+#: How file names are turned into bytes and back (the raw syscalls, the inotify events).
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def _find_renameat2() -> Any:
-    libc = _get_libc()
+    libc = get_libc()
     return getattr(libc, "renameat2", None) if libc is not None else None
 
 
@@ -164,9 +170,9 @@ def rename_noreplace(
         if (
             fn(
                 _AT_FDCWD if src_dir_fd is None else src_dir_fd,
-                src.encode(_FS_ENCODING, _FS_ERRORS),
+                src.encode(FS_ENCODING, FS_ERRORS),
                 _AT_FDCWD if dst_dir_fd is None else dst_dir_fd,
-                dst.encode(_FS_ENCODING, _FS_ERRORS),
+                dst.encode(FS_ENCODING, FS_ERRORS),
                 RENAME_NOREPLACE,
             )
             == 0
@@ -216,7 +222,7 @@ def _exists_at(dir_fd: int, name: str) -> bool:
 
 def syncfs(fd: int) -> bool:
     """Commit the whole filesystem holding ``fd``. False where syncfs(2) is not available."""
-    libc = _get_libc()
+    libc = get_libc()
     fn = getattr(libc, "syncfs", None) if libc is not None else None
     if fn is None:
         return False
@@ -255,21 +261,21 @@ def write_new_file(dir_fd: int, name: str, data: bytes | ByteRange, mode: int, *
     try:
         if isinstance(data, ByteRange):
             for block in data.blocks():
-                _write_all(fd, block)
+                write_all(fd, block)
             data = b""
         written = os.write(fd, data)
         if written < len(data):  # rare for a regular file: finish the rest
-            _write_all(fd, memoryview(data)[written:])
+            write_all(fd, memoryview(data)[written:])
         if sync:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(dir_fd, name)
+        unlink_quietly(dir_fd, name)
         raise
     os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of ``data``, however many calls it takes."""
     view = memoryview(data)
     while view:
@@ -279,7 +285,8 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _unlink_quietly(dir_fd: int, name: str) -> None:
+def unlink_quietly(dir_fd: int, name: str) -> None:
+    """Remove ``name`` under ``dir_fd`` if it is there; an error is ignored (cleanup after a failure)."""
     try:
         os.unlink(name, dir_fd=dir_fd)
     except OSError:
@@ -507,7 +514,7 @@ def replace_atomically_at(
         _fill_and_close(fd, data, mode, sync)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        _unlink_quietly(dir_fd, tmp)
+        unlink_quietly(dir_fd, tmp)
         raise
     if sync:
         os.fsync(dir_fd)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from .message import Priority
 
 __all__ = [
+    "NAME_RE",
     "RANK_OF",
     "REASON_SUFFIX",
     "NameInfo",
@@ -45,9 +46,9 @@ _DUE = r"\d{8}T\d{12}Z"
 #: A compact due time (``20261126T112403123456Z``), the part of a name at [3:25].
 DUE_RE = re.compile(_DUE + r"\Z")
 
-# The id part allows exactly what a message id allows (message._ID_RE), so a name that matches
+# The id part allows exactly what a message id allows (message.ID_RE), so a name that matches
 # carries a valid id: the claim path compares it with the file's id instead of checking that again.
-_NAME_RE = re.compile(
+NAME_RE = re.compile(
     rf"({'|'.join(RANKS)})\.({_DUE})\.([A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{{0,127}})\.a(\d{{1,6}})\.json\Z"
 )
 
@@ -72,7 +73,7 @@ def make_name(rank: str, due: str, msg_id: str, attempt: int) -> str:
 
 def parse_name(name: str) -> NameInfo | None:
     """Read a message file name; ``None`` for a name hybridcomms did not write."""
-    m = _NAME_RE.match(name)
+    m = NAME_RE.match(name)
     if m is None:
         return None
     rank, due, msg_id, attempt = m.groups()

@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, encoded
 
 # Message ids become part of file names: keep them to one safe path component.
-_ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
+ID_RE = re.compile(r"[A-Za-z0-9_:@+-][A-Za-z0-9._:@+-]{0,127}\Z")
 _MAX_TOPIC = 256
 
 
@@ -149,7 +149,7 @@ def new_id() -> str:
 
 
 def check_id(value: object, what: str = "message id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not ID_RE.match(value):
         raise MessageError(
             f"{what} {value!r} is not safe: use 1-128 of A-Z a-z 0-9 . _ : @ + -, not starting with a dot"
         )
@@ -249,7 +249,7 @@ class Message:
             )
         if id is None:
             id = new_id()
-        elif type(id) is not str or not _ID_RE.match(id):
+        elif type(id) is not str or not ID_RE.match(id):
             check_id(id)
         if created_at is None:
             created_at = _utcnow()
@@ -348,7 +348,7 @@ class Message:
     def from_dict(cls, obj: Mapping[str, Any]) -> Message:
         """Build from the native object, or from any Dream.OS spelling of it."""
         if obj.get("version") == FORMAT_VERSION:
-            fast = _from_native(obj) if type(obj) is dict else None
+            fast = from_native(obj) if type(obj) is dict else None
             return fast if fast is not None else _from_native_checked(obj)
         version = obj.get("version")
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
@@ -446,14 +446,14 @@ def _from_native_checked(obj: Mapping[str, Any]) -> Message:
         topic=obj["topic"],
         id=obj["id"],
         priority=_native_priority(obj.get("priority", "MEDIUM")),
-        created_at=_parse_time(obj["created_at"]),
-        expires=None if expires is None else _parse_time(expires, "expires"),
+        created_at=parse_time(obj["created_at"]),
+        expires=None if expires is None else parse_time(expires, "expires"),
         headers=obj.get("headers") or {},
     )
     return Message(**fields)
 
 
-def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None = None) -> Message | None:
+def from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None = None) -> Message | None:
     """The native form, checked field by field and built without the general constructor (this
     runs on every claim). ``None`` if anything is unusual: the general path then says what.
 
@@ -471,7 +471,7 @@ def _from_native(obj: dict[str, Any], owned: bool = False, known_id: str | None 
         type(topic) is str
         and (topic in _KNOWN_TOPICS or _valid_topic(topic))
         and type(mid) is str
-        and (mid == known_id or _ID_RE.match(mid))
+        and (mid == known_id or ID_RE.match(mid))
         and type(created) is str
         and type(headers) is dict  # orjson makes every key a str
         and (sender is None or type(sender) is str)
@@ -583,7 +583,7 @@ def _from_legacy(obj: Mapping[str, Any]) -> Message:
         recipient=_opt_str(_first(obj, _RECIPIENT_KEYS)),
         priority=Priority.parse(priority) if priority is not None else Priority.MEDIUM,
         id=str(raw_id) if raw_id is not None else new_id(),
-        created_at=_parse_time(created) if created is not None else _utcnow(),
+        created_at=parse_time(created) if created is not None else _utcnow(),
         correlation_id=_opt_str(obj.get("correlation_id")),
         reply_to=_opt_str(obj.get("reply_to")),
         headers=headers,
@@ -604,7 +604,7 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _parse_time(value: Any, what: str = "timestamp") -> datetime:
+def parse_time(value: Any, what: str = "timestamp") -> datetime:
     """A time of a message file: ISO-8601 (naive is UTC) or POSIX seconds. `MessageDecodeError`
     (the file is then a poison file) for anything else, or out of the range of a UTC datetime."""
     label = what if what == "timestamp" else f"{what} timestamp"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 #: outlive the test that started it.
 PROCESS_WIDE_THREADS: dict[str, str] = {
     # An AgentBus called from outside any event loop runs its async handlers on one shared loop, in a
-    # daemon thread started on first use (bus.py: `_background_loop`); it lives as long as the process.
+    # daemon thread started on first use (bus/core.py: `background_loop`); it lives as long as the process.
     "hybridcomms-bus-loop": "the bus's shared event loop for async handlers outside any loop",
 }
 

@@ -188,21 +188,21 @@ def test_a_creation_time_on_a_whole_second_round_trips() -> None:
 
 
 def test_our_own_encoding_takes_the_fast_decoder_on_every_supported_python() -> None:
-    """The claim path relies on `_from_native` accepting what `encode` writes (a regression here
+    """The claim path relies on `from_native` accepting what `encode` writes (a regression here
     would not fail anything else: claims would silently take the slow general path)."""
-    from hybridcomms.message import _from_native
+    from hybridcomms.message import from_native
 
     for priority in Priority:
         sent = Message("t", {"n": [1, None]}, sender="a", priority=priority, headers={"h": "v"})
-        fast = _from_native(orjson.loads(sent.encode()), True)
+        fast = from_native(orjson.loads(sent.encode()), True)
         assert fast is not None and fast == sent
         assert fast.created_at.tzinfo is timezone.utc
 
 
 def test_the_fast_decoder_leaves_a_dict_it_does_not_own_untouched() -> None:
-    from hybridcomms.message import _from_native
+    from hybridcomms.message import from_native
 
     obj = orjson.loads(Message("t", 1).encode())
     before = dict(obj)
-    assert _from_native(obj) is not None
+    assert from_native(obj) is not None
     assert obj == before

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 
 from hybridcomms import FileMailbox, Message
-from hybridcomms._names import _NAME_RE
-from hybridcomms.message import _from_native
+from hybridcomms._names import NAME_RE
+from hybridcomms.message import from_native
 
 PAYLOAD = {"task": "build", "args": ["--fast", "--target", "x86_64"], "n": 42}
 FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -91,7 +91,7 @@ def _ladder(d: str, level: int) -> Step:
             if level >= 1:
                 obj = orjson.loads(raw)
                 if level >= 2:
-                    _from_native(obj, True)
+                    from_native(obj, True)
             target = x[:-6] + "1.json"
             os.rename(x, target, src_dir_fd=new, dst_dir_fd=proc)
             os.rename(target, target, src_dir_fd=proc, dst_dir_fd=done)
@@ -115,9 +115,9 @@ def ceiling(d: str) -> Step:
             x = names.pop()
             fd = os.open(x, FLAGS, dir_fd=new)
             fcntl.flock(fd, EXCLUSIVE)
-            m = _NAME_RE.match(x)
+            m = NAME_RE.match(x)
             assert m is not None
-            message = _from_native(orjson.loads(os.read(fd, 65536)), True, m[3])
+            message = from_native(orjson.loads(os.read(fd, 65536)), True, m[3])
             assert message is not None
             rank, due, msg_id, seen = m.groups()
             attempt = int(seen) + 1

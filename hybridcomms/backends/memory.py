@@ -195,40 +195,66 @@ class MemoryMailbox:
     def claim(
         self, timeout: float | None = None, *, cancel: threading.Event | None = None
     ) -> MemoryDelivery | None:
+        """The due message with the highest priority, oldest first; None if there is none (after
+        waiting up to ``timeout`` seconds for one; setting ``cancel``, then `wake`, ends the wait)."""
         box = self._check()
         deadline = time.monotonic() + (timeout or 0.0)
         with box.cond:
-            while True:
-                if cancel is not None and cancel.is_set():
-                    return None
+            while cancel is None or not cancel.is_set():
                 now = time.time()
-                next_due = None
-                for rank in RANKS:
-                    heap = box.new[rank]
-                    while heap and heap[0][0] <= now:
-                        _, _, entry = heapq.heappop(heap)
-                        message = Message.decode(entry.data)
-                        if message.expires is not None and message.expired(now):
-                            # Past its expiry: dead-lettered, never handed out; look at the next one.
-                            self._to_dead(entry, expiry_reason(message, entry.attempt, entry.name))
-                            continue
-                        entry.attempt += 1
-                        entry.lease_until = now + self.lease
-                        entry.entered = now
-                        box.processing[entry.seq] = entry
-                        delivery = MemoryDelivery(self, entry, message)
-                        entry.owner = weakref.ref(delivery)
-                        return delivery
-                    if heap:
-                        next_due = heap[0][0] if next_due is None else min(next_due, heap[0][0])
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
-                    return None
-                wait = remaining if next_due is None else min(remaining, max(next_due - now, 0.001))
-                seen = box.wakeups
-                box.cond.wait(wait)
-                if box.wakeups != seen and cancel is not None and cancel.is_set():
-                    return None
+                delivery, next_due = self._take_due(box, now)
+                if delivery is not None:
+                    return delivery
+                if not self._wait(box, deadline, next_due, now, cancel):
+                    break
+        return None
+
+    def _take_due(self, box: _Box, now: float) -> tuple[MemoryDelivery | None, float | None]:
+        """Under the lock: the first due message, handed out; else None and when the next one is due."""
+        next_due = None
+        for rank in RANKS:
+            heap = box.new[rank]
+            due = self._pop_due(heap, now)
+            if due is not None:
+                return self._hand_out(box, *due, now), None
+            if heap:
+                next_due = heap[0][0] if next_due is None else min(next_due, heap[0][0])
+        return None, next_due
+
+    def _pop_due(
+        self, heap: builtins.list[tuple[float, int, _Entry]], now: float
+    ) -> tuple[_Entry, Message] | None:
+        """Under the lock: the first due entry of one priority and its message. Those past their
+        expiry on the way are dead-lettered, never handed out."""
+        while heap and heap[0][0] <= now:
+            _, _, entry = heapq.heappop(heap)
+            message = Message.decode(entry.data)
+            if message.expires is None or not message.expired(now):
+                return entry, message
+            self._to_dead(entry, expiry_reason(message, entry.attempt, entry.name))
+        return None
+
+    def _hand_out(self, box: _Box, entry: _Entry, message: Message, now: float) -> MemoryDelivery:
+        """Under the lock: ``entry`` claimed (in processing, its lease running) as a new delivery."""
+        entry.attempt += 1
+        entry.lease_until = now + self.lease
+        entry.entered = now
+        box.processing[entry.seq] = entry
+        delivery = MemoryDelivery(self, entry, message)
+        entry.owner = weakref.ref(delivery)
+        return delivery
+
+    def _wait(
+        self, box: _Box, deadline: float, next_due: float | None, now: float, cancel: threading.Event | None
+    ) -> bool:
+        """Under the lock: wait for an arrival, the next due time or the deadline; False once the
+        claim is to give up (the deadline passed, the mailbox closed, or woken with ``cancel`` set)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self._closed:
+            return False
+        seen = box.wakeups
+        box.cond.wait(remaining if next_due is None else min(remaining, max(next_due - now, 0.001)))
+        return box.wakeups == seen or cancel is None or not cancel.is_set()
 
     def wake(self) -> None:
         box = self._box

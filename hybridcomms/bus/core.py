@@ -588,7 +588,7 @@ class AgentBus:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run_coroutine_threadsafe(run, self._background_loop())
+            return asyncio.run_coroutine_threadsafe(run, self.background_loop())
         return loop.create_task(run)
 
     def _run_ended(self, cost: tuple[int, int]) -> None:
@@ -632,7 +632,9 @@ class AgentBus:
 
     # -- the background loop for async handlers published from plain threads -----------------
 
-    def _background_loop(self) -> asyncio.AbstractEventLoop:
+    def background_loop(self) -> asyncio.AbstractEventLoop:
+        """The bus's own event loop (a daemon thread, started at its first use) that runs async
+        handlers called from a thread without a running loop; the consumer loop uses it too."""
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()

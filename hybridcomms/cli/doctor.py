@@ -127,7 +127,7 @@ class _Scan:
         """Last errors kept in errors/ for messages no longer waiting (a crash after an ack or a
         dead-letter)."""
         try:
-            for name, folder in _last_errors.leftovers(self.mb, self.now):
+            for name, folder in _last_errors.leftovers(self.mb.folders, self.now):
                 what = "a folder (never removed)" if folder else "its message is no longer waiting"
                 where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
                 entry = (_last_errors.ERRORS, name)

@@ -2,7 +2,9 @@
 root on one host (`FileMailbox`; the layout is in ``runtime_layout.md``).
 
 ``mailbox`` (`FileMailbox`: opening, put, claim), ``delivery`` (`Delivery`: every settle),
-``folders`` (the open folders and the one way a file moves), ``index`` (the claim order),
+``folders`` (the open folders and everything done to files between them: moves, ``tmp/`` writes,
+dead-lettering), ``opening`` (finding or making the folders), ``dead_letters``, ``reading`` (what a
+claimed file holds), ``index`` (the claim order),
 ``wakeup`` (inotify), ``retention`` (``done/``), ``last_errors`` (``errors/``), ``recovery`` and
 ``inspection``; ``subscriptions`` (durable subscriptions beside each mailbox).
 """

@@ -1,6 +1,6 @@
 """A claimed message of a file mailbox, and every call that settles it (ack, nack, dead-letter,
-heartbeat): the mailbox only claims; what a settle needs of it is its public API (``folders``,
-``retention``, ``index``, ``dead_letter``, the options)."""
+heartbeat): the mailbox only claims; what a settle needs of it is its public API (``folders``: the
+moves, dead-lettering, the claim index; ``retention``; the options)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ _PROCESSING = State.PROCESSING.folder
 log = _log.get("hybridcomms.mailbox")
 
 if TYPE_CHECKING:
+    from .folders import Folders
     from .mailbox import FileMailbox
+    from .retention import Retention
 
 __all__ = ["Delivery"]
 
@@ -67,19 +69,9 @@ class Delivery(Settling):
         retention = mb.retention
         try:
             if retention.keep == 0:
-                proc_fd = folders.fds[_PROCESSING]
-                os.unlink(name, dir_fd=proc_fd)
-                if folders.sync:
-                    folders.commit(proc_fd)
+                _remove(folders, name)
             else:
-                try:
-                    done_fd = folders.move(ACK, name, name)
-                except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
-                    done_fd = folders.place(ACK, name, name)[0]
-                if folders.sync:
-                    folders.commit(done_fd)
-                if retention.every:
-                    retention.acked(done_fd)
+                _move_to_done(folders, name, retention)
         except FileNotFoundError:
             raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
         except KeyError:
@@ -89,7 +81,7 @@ class Delivery(Settling):
         finally:
             os.close(self._fd)  # in done/ (or gone) the lock no longer matters: closing drops it
         if self.attempt > 1:  # only a redelivery can have a last error kept (errors/): done with it
-            last_errors.drop(mb, self.message.id)
+            last_errors.drop(mb.folders, self.message.id)
 
     def nack(self, delay: float | None = None, error: str | BaseException | None = None) -> State:
         """Back to ``new/``, due after ``delay`` seconds (default: the mailbox's backoff); past
@@ -104,8 +96,8 @@ class Delivery(Settling):
         wait = mb.backoff.delay(self.attempt) if delay is None else delay
         due = time.time() + max(wait, 0.0)
         if self._error is not None:  # kept before the move: a crash in between leaves a true record
-            last_errors.record(mb, self.message.id, self.name, self.attempt, self._error, due)
-        mb.index.push(self._move_back(due))
+            last_errors.record(mb.folders, self.message.id, self.name, self.attempt, self._error, due)
+        mb.folders.arrived(self._move_back(due))
         return State.NEW
 
     def _move_back(self, due: float) -> str:
@@ -145,7 +137,7 @@ class Delivery(Settling):
             "attempts": self.attempt,
         }
         try:
-            moved = mb.dead_letter(GIVE_UP, self.name, why)
+            moved = mb.folders.dead_letter(GIVE_UP, self.name, why)
         finally:
             self._release()
         if moved is None:
@@ -181,3 +173,23 @@ class Delivery(Settling):
                 os.close(self._fd)
             except OSError:
                 pass
+
+
+def _remove(folders: Folders, name: str) -> None:
+    """The ack with ``done_retention=0``: the file removed from ``processing/`` (committed)."""
+    proc_fd = folders.fds[_PROCESSING]
+    os.unlink(name, dir_fd=proc_fd)
+    if folders.sync:
+        folders.commit(proc_fd)
+
+
+def _move_to_done(folders: Folders, name: str, retention: Retention) -> None:
+    """The ACK move into ``done/`` (committed), then ``done/`` trimmed to its retention."""
+    try:
+        done_fd = folders.move(ACK, name, name)
+    except FileExistsError:  # a file of that name in done/ already (a hand-made copy)
+        done_fd = folders.place(ACK, name, name)[0]
+    if folders.sync:
+        folders.commit(done_fd)
+    if retention.every:
+        retention.acked(done_fd)

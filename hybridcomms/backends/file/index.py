@@ -128,22 +128,19 @@ class ClaimIndex:
             if self._foreign:
                 return self._foreign.pop()
             for listed, pushed in self._pairs:
-                if listed and not (pushed and pushed[0] < listed[-1]):
-                    head = listed[-1]
-                    take_listed = True
-                elif pushed:
-                    head = pushed[0]
-                    take_listed = False
-                else:
-                    continue
-                due = head[3:25]
-                # Time only moves forward: a head due before the last "now" is due. Only a head
-                # that looks due later asks the clock again (most claims skip formatting it).
-                if due <= self._now or due <= self._refresh_now() or not _DUE_RE.match(due):
-                    # (a head not due yet whose due time is not a time at all is a name we did not
-                    # write: it is tried now, and the claim gives it a proper name)
-                    return listed.pop() if take_listed else _heappop(pushed)
+                head = _head_of(listed, pushed)
+                if head is not None and self._is_due(head[0][3:25]):
+                    return listed.pop() if head[1] else _heappop(pushed)
         return None
+
+    def _is_due(self, due: str) -> bool:
+        """Whether a head due at ``due`` (a name's due part) is to be tried now.
+
+        Time only moves forward: a head due before the last "now" is due. Only a head that looks due
+        later asks the clock again (most claims skip formatting it). A head not due yet whose due time
+        is not a time at all is a name we did not write: it is tried now, and the claim gives it a
+        proper name."""
+        return due <= self._now or due <= self._refresh_now() or not _DUE_RE.match(due)
 
     def skip(self, count: int) -> int:
         """Drop up to ``count`` due names from the head (a claimer that lost a race jumps ahead: see
@@ -178,3 +175,13 @@ class ClaimIndex:
                 + sum(len(h) for h in self._listed.values())
                 + sum(len(h) for h in self._pushed.values())
             )
+
+
+def _head_of(listed: list[str], pushed: list[str]) -> tuple[str, bool] | None:
+    """The first name of one priority, and whether it is the listing's (else the pushed heap's);
+    None if both are empty. (``listed`` is sorted last-first, ``pushed`` a heap.)"""
+    if listed and not (pushed and pushed[0] < listed[-1]):
+        return listed[-1], True
+    if pushed:
+        return pushed[0], False
+    return None

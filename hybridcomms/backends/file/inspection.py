@@ -9,20 +9,21 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ... import _fs
-from ..._names import REASON_SUFFIX, compact_time, parse_name
+from ..._names import REASON_SUFFIX, NameInfo, compact_time, parse_name
 from ...message import Message
 from ...states import REQUEUE_DEAD, REQUEUE_DONE, State
-from ..base import MailboxStats, MessageInfo, StateStats, check_agent_id
+from ..base import LastError, MailboxStats, MessageInfo, StateStats, check_agent_id
 from . import last_errors
 
 if TYPE_CHECKING:
+    from .folders import Folders
     from .mailbox import FileMailbox
 
 __all__ = ["RootEntry", "survey_root"]
@@ -35,29 +36,13 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
     if not mb.folders.has(state):
         return []
     fd = mb.folders.fd(state)
-    names = sorted(_fs.listdir_at(fd))
+    errors = _ErrorLookup(mb.folders) if state in (State.NEW, State.PROCESSING) else None
     out: list[MessageInfo] = []
-    # Messages waiting for a retry carry their last error: one listing of errors/ (at the first
-    # message that could have one), a read per match.
-    waiting = state in (State.NEW, State.PROCESSING)
-    errors: frozenset[str] | None = None
-    for name in names:
-        if state is State.DEAD and name.endswith(REASON_SUFFIX):
-            continue
-        info = parse_name(name)
-        if key is not None and name != key and (info is None or info.id != key):
-            continue
+    for name, info in _chosen(sorted(_fs.listdir_at(fd)), state, key):
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue
-        reason = read_reason(mb, name) if state is State.DEAD else None
-        last_error = None
-        if waiting and info is not None:
-            if errors is None:
-                errors = last_errors.listed(mb)
-            if info.id in errors:
-                last_error = last_errors.read(mb, info.id)
         out.append(
             MessageInfo(
                 state=state,
@@ -68,11 +53,39 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
                 due=info.due if info else None,
                 size=st.st_size,
                 changed_at=st.st_ctime,
-                reason=reason,
-                last_error=last_error,
+                reason=read_reason(mb, name) if state is State.DEAD else None,
+                last_error=None if errors is None else errors.of(info),
             )
         )
     return out
+
+
+def _chosen(names: Iterable[str], state: State, key: str | None) -> Iterator[tuple[str, NameInfo | None]]:
+    """The files to list, with what their names say: the reason files of ``dead/`` folded into their
+    message; with ``key``, only the files of that id or that name."""
+    for name in names:
+        if state is State.DEAD and name.endswith(REASON_SUFFIX):
+            continue
+        info = parse_name(name)
+        if key is None or name == key or (info is not None and info.id == key):
+            yield name, info
+
+
+class _ErrorLookup:
+    """The last errors of messages waiting for a retry: one listing of ``errors/`` (at the first
+    message that could have one), a read per match."""
+
+    def __init__(self, folders: Folders) -> None:
+        self.folders = folders
+        self.ids: frozenset[str] | None = None
+
+    def of(self, info: NameInfo | None) -> LastError | None:
+        """The last error kept for the message ``info`` names (None for a name not ours)."""
+        if info is None:
+            return None
+        if self.ids is None:
+            self.ids = last_errors.listed(self.folders)
+        return last_errors.read(self.folders, info.id) if info.id in self.ids else None
 
 
 def read_reason(mb: FileMailbox, name: str) -> dict[str, Any] | None:
@@ -150,9 +163,9 @@ def requeue_infos(
         except OSError as exc:
             raise mb.folders.io_error(exc, f"requeue {info.name}") from exc
         if src is State.DEAD:
-            _fs._unlink_quietly(src_fd, info.name + REASON_SUFFIX)
+            _fs.unlink_quietly(src_fd, info.name + REASON_SUFFIX)
         moved.append(target)
-        mb.index.push(target)
+        mb.folders.arrived(target)
     if moved:
         mb.folders.commit(new_fd)
         mb.folders.commit(src_fd)
@@ -198,7 +211,7 @@ def remove(
                 skipped.append(info.name)
             continue
         if state is State.DEAD:
-            _fs._unlink_quietly(fd, info.name + REASON_SUFFIX)
+            _fs.unlink_quietly(fd, info.name + REASON_SUFFIX)
         removed += 1
     if removed:
         mb.folders.commit(fd)
@@ -208,7 +221,6 @@ def remove(
 def stats(mb: FileMailbox) -> MailboxStats:
     """How many files each state holds, and how long the oldest has been there."""
     now = time.time()
-    now_s = compact_time(now)
     out: dict[State, StateStats] = {}
     delayed = 0
     for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD, State.TMP):
@@ -216,21 +228,28 @@ def stats(mb: FileMailbox) -> MailboxStats:
             out[state] = StateStats(0, None)
             continue
         fd = mb.folders.fd(state)
-        count = 0
-        oldest: float | None = None
-        for name in _fs.listdir_at(fd):
-            if state is State.DEAD and name.endswith(REASON_SUFFIX):
-                continue
-            try:
-                ctime = os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime
-            except FileNotFoundError:
-                continue
-            count += 1
-            oldest = ctime if oldest is None else min(oldest, ctime)
-            if state is State.NEW and len(name) > 26 and name[2] == "." and name[3:25] > now_s:
-                delayed += 1
-        out[state] = StateStats(count, None if oldest is None else max(now - oldest, 0.0))
+        present = _ctimes(fd, (name for name, _ in _chosen(_fs.listdir_at(fd), state, None)))
+        oldest = min(present.values(), default=None)
+        out[state] = StateStats(len(present), None if oldest is None else max(now - oldest, 0.0))
+        if state is State.NEW:
+            delayed = _delayed(present, compact_time(now))
     return MailboxStats(mb.agent_id, out, delayed)
+
+
+def _ctimes(fd: int, names: Iterable[str]) -> dict[str, float]:
+    """When each of the files ``names`` in the folder ``fd`` last changed (those still there)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _delayed(names: Iterable[str], now_s: str) -> int:
+    """How many of the names of ``new/`` are due later than ``now_s`` (a compact time)."""
+    return sum(1 for name in names if len(name) > 26 and name[2] == "." and name[3:25] > now_s)
 
 
 # -- what a root holds ---------------------------------------------------------------------------
@@ -266,58 +285,61 @@ def survey_root(root: str | os.PathLike[str]) -> list[RootEntry]:
 
     out: list[RootEntry] = []
     for name in sorted(os.listdir(root)):
-        if name.startswith("."):
-            continue
-        shown = _fs.printable(name)
-        try:
-            agent: str | None = check_agent_id(name)
-        except ValueError:
-            agent = None
-        path = os.path.join(root, name)
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            out.append(RootEntry(shown, agent, "broken", f"cannot be looked at: {exc.strerror}"))
-            continue
-        if stat.S_ISLNK(mode):
-            out.append(RootEntry(shown, agent, "broken", "a symlink; a mailbox folder must be a real folder"))
-            continue
-        if not stat.S_ISDIR(mode):
-            continue  # a file, a FIFO, a socket: not an agent folder
-        try:
-            inner = set(os.listdir(path))
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            out.append(RootEntry(shown, agent, "broken", f"cannot be listed: {exc.strerror}"))
-            continue
-        if not inner & _STATE_FOLDERS:
-            if agent is not None and inner & _LEGACY_ENTRIES:
-                out.append(RootEntry(shown, agent, "legacy"))
-            continue  # a folder of something else
-        if agent is None:
-            out.append(
-                RootEntry(
-                    shown,
-                    None,
-                    "broken",
-                    "not a safe agent id (1-128 of A-Z a-z 0-9 _ . @ + -, starting with a letter or digit)",
-                )
-            )
-        elif "new" in inner:
-            out.append(RootEntry(shown, agent, "mailbox"))
-        elif inner & _LEGACY_ENTRIES:
-            out.append(RootEntry(shown, agent, "legacy"))
-        else:
-            out.append(
-                RootEntry(
-                    shown,
-                    agent,
-                    "broken",
-                    f"mailbox folders ({', '.join(sorted(inner & _STATE_FOLDERS))}) but no new/; "
-                    f"'mkdir {os.path.join(root, name, 'new')}' makes it a mailbox",
-                )
-            )
+        if not name.startswith("."):
+            entry = _survey_entry(root, name)
+            if entry is not None:
+                out.append(entry)
     return out
+
+
+def _survey_entry(root: str | os.PathLike[str], name: str) -> RootEntry | None:
+    """What the entry ``name`` of ``root`` is (`survey_root`); None if it is not a mailbox at all."""
+    shown = _fs.printable(name)
+    try:
+        agent: str | None = check_agent_id(name)
+    except ValueError:
+        agent = None
+    inner = _listing(os.path.join(root, name))
+    if isinstance(inner, str):
+        return RootEntry(shown, agent, "broken", inner)
+    if inner is None:
+        return None
+    if not inner & _STATE_FOLDERS:  # a folder of something else, or a legacy one
+        return RootEntry(shown, agent, "legacy") if agent is not None and inner & _LEGACY_ENTRIES else None
+    if agent is None:
+        return RootEntry(shown, None, "broken", _NOT_AN_AGENT_ID)
+    if "new" in inner:
+        return RootEntry(shown, agent, "mailbox")
+    if inner & _LEGACY_ENTRIES:
+        return RootEntry(shown, agent, "legacy")
+    return RootEntry(
+        shown,
+        agent,
+        "broken",
+        f"mailbox folders ({', '.join(sorted(inner & _STATE_FOLDERS))}) but no new/; "
+        f"'mkdir {os.path.join(root, name, 'new')}' makes it a mailbox",
+    )
+
+
+_NOT_AN_AGENT_ID = "not a safe agent id (1-128 of A-Z a-z 0-9 _ . @ + -, starting with a letter or digit)"
+
+
+def _listing(path: str) -> set[str] | str | None:
+    """The names in the folder ``path``; a string saying why it is broken (a link, not listable); None
+    if it is gone or not a folder (a file, a FIFO, a socket: not an agent folder)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be looked at: {exc.strerror}"
+    if stat.S_ISLNK(mode):
+        return "a symlink; a mailbox folder must be a real folder"
+    if not stat.S_ISDIR(mode):
+        return None
+    try:
+        return set(os.listdir(path))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be listed: {exc.strerror}"

@@ -40,12 +40,12 @@ import orjson
 from ... import _fs, _log
 from ..._names import compact_time, parse_compact, parse_name
 from ...errors import HybridCommsError
-from ...message import _ID_RE, iso_utc
+from ...message import ID_RE, iso_utc
 from ...states import State
 from ..base import LastError, RecoveryReport, text_of
 
 if TYPE_CHECKING:
-    from .mailbox import FileMailbox
+    from .folders import Folders
 
 __all__ = ["ERRORS", "SWEEP_AFTER", "drop", "leftovers", "listed", "read", "record", "sweep"]
 
@@ -62,10 +62,10 @@ SWEEP_AFTER = 60.0
 
 
 def _valid(msg_id: str | None) -> bool:
-    return msg_id is not None and _ID_RE.match(msg_id) is not None
+    return msg_id is not None and ID_RE.match(msg_id) is not None
 
 
-def record(mb: FileMailbox, msg_id: str, name: str, attempt: int, error: str, due: float) -> None:
+def record(folders: Folders, msg_id: str, name: str, attempt: int, error: str, due: float) -> None:
     """Keep ``error`` as the last error of ``msg_id`` (claimed as ``processing/<name>``), durably per
     the fsync policy, before the nack moves it. Never raises: a failure is logged."""
     if not _valid(msg_id):
@@ -79,46 +79,46 @@ def record(mb: FileMailbox, msg_id: str, name: str, attempt: int, error: str, du
             "failed_at": iso_utc(datetime.fromtimestamp(now, timezone.utc)),
             "due": iso_utc(datetime.fromtimestamp(parse_compact(compact_time(due)), timezone.utc)),
             "message_file": _fs.shown(name),
-            "agent": mb.agent_id,
+            "agent": folders.agent_id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
         },
         option=orjson.OPT_INDENT_2,
     )
     try:
-        err_fd = mb.errors_folder(create=True)
+        err_fd = folders.errors_folder(create=True)
         if err_fd is None:
             return
-        tmp_fd = mb.folders.fd(State.TMP)
-        tmp_name = mb.write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=mb.folders.sync)
+        tmp_fd = folders.fd(State.TMP)
+        tmp_name = folders.write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=folders.sync)
         try:
             # A deliberate replace: the record of one id is one file, the newest error.
             os.replace(tmp_name, msg_id + _SUFFIX, src_dir_fd=tmp_fd, dst_dir_fd=err_fd)
         except OSError:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
             raise
-        mb.folders.commit(err_fd)
+        folders.commit(err_fd)
     except (OSError, HybridCommsError) as exc:
-        log.warning("%s: the last error of %s is not kept: %s", mb.agent_id, msg_id, exc)
+        log.warning("%s: the last error of %s is not kept: %s", folders.agent_id, msg_id, exc)
 
 
-def drop(mb: FileMailbox, msg_id: str | None) -> None:
+def drop(folders: Folders, msg_id: str | None) -> None:
     """Remove the record of ``msg_id`` (its message was acked or dead-lettered). Never raises; the
     removal is not committed: a power loss that brings a record back leaves it to `sweep`."""
     if not _valid(msg_id):
         return
     try:
-        err_fd = mb.errors_folder(create=False)
+        err_fd = folders.errors_folder(create=False)
     except (OSError, HybridCommsError):
         return
     if err_fd is not None:
-        _fs._unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
+        _fs.unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
 
 
-def listed(mb: FileMailbox) -> frozenset[str]:
+def listed(folders: Folders) -> frozenset[str]:
     """The ids that have a record (one listing of ``errors/``; empty if there is no such folder)."""
     try:
-        err_fd = mb.errors_folder(create=False)
+        err_fd = folders.errors_folder(create=False)
         if err_fd is None:
             return frozenset()
         names = _fs.listdir_at(err_fd)
@@ -127,14 +127,14 @@ def listed(mb: FileMailbox) -> frozenset[str]:
     return frozenset(n[: -len(_SUFFIX)] for n in names if n.endswith(_SUFFIX))
 
 
-def read(mb: FileMailbox, msg_id: str | None) -> LastError | None:
+def read(folders: Folders, msg_id: str | None) -> LastError | None:
     """The last error kept for ``msg_id``, read as a file anyone may have placed (no link followed,
     no blocking, capped); None if there is none. A record that does not read says so as its error."""
 
     if not _valid(msg_id):
         return None
     try:
-        err_fd = mb.errors_folder(create=False)
+        err_fd = folders.errors_folder(create=False)
         if err_fd is None:
             return None
         raw = _fs.read_regular(f"{msg_id}{_SUFFIX}", MAX_RECORD, dir_fd=err_fd)
@@ -169,7 +169,7 @@ def _time_of(value: Any, fallback: float) -> float:
         return fallback
 
 
-def _waiting_ids(mb: FileMailbox) -> set[str]:
+def _waiting_ids(folders: Folders) -> set[str]:
     """Ids with a file in ``processing/``, ``new/`` or ``tmp/*.stolen``: listed in an order that a
     message moving between them (claim, nack) cannot slip through, and ``processing/`` again last."""
     ids: set[str] = set()
@@ -179,7 +179,7 @@ def _waiting_ids(mb: FileMailbox) -> set[str]:
         (State.TMP, ".stolen"),
         (State.PROCESSING, ""),
     ):
-        for name in _fs.listdir_at(mb.folders.fd(state)):
+        for name in _fs.listdir_at(folders.fd(state)):
             if strip:
                 if not name.endswith(strip):
                     continue
@@ -190,16 +190,16 @@ def _waiting_ids(mb: FileMailbox) -> set[str]:
     return ids
 
 
-def leftovers(mb: FileMailbox, now: float) -> list[tuple[str, bool]]:
+def leftovers(folders: Folders, now: float) -> list[tuple[str, bool]]:
     """The names in ``errors/`` that `sweep` would take away (older than `SWEEP_AFTER`, and not the
     record of a waiting message), each with whether it is a folder (reported, never removed)."""
-    err_fd = mb.errors_folder(create=False)
+    err_fd = folders.errors_folder(create=False)
     if err_fd is None:
         return []
     names = _fs.listdir_at(err_fd)
     if not names:
         return []
-    waiting = _waiting_ids(mb)
+    waiting = _waiting_ids(folders)
     out: list[tuple[str, bool]] = []
     for name in names:
         if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] in waiting:
@@ -213,14 +213,14 @@ def leftovers(mb: FileMailbox, now: float) -> list[tuple[str, bool]]:
     return out
 
 
-def sweep(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
+def sweep(folders: Folders, now: float, report: RecoveryReport) -> None:
     """Remove the records (and whatever else was placed in ``errors/``) whose message is no longer
     waiting, once older than `SWEEP_AFTER`. Run by recovery, under its lock: recovery itself is then
     not moving messages. A folder found there is reported, never removed."""
-    found = leftovers(mb, now)
+    found = leftovers(folders, now)
     if not found:
         return
-    err_fd = mb.errors_folder(create=False)
+    err_fd = folders.errors_folder(create=False)
     assert err_fd is not None
     for name, folder in found:
         where = f"{ERRORS}/{_fs.shown(name)}"

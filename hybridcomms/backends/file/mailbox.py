@@ -26,25 +26,19 @@ import builtins
 import errno
 import os
 import random
-import socket
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ... import _fs, _log
-from ..._fs import FsyncPolicy, write_new_file
+from ..._fs import FsyncPolicy
 from ..._locking import LOCK_TRY, drop, flock
 from ..._names import (
-    _NAME_RE,
+    NAME_RE,
     RANK_OF,
-    REASON_SUFFIX,
     compact_time,
     compact_time_of,
     make_name,
@@ -52,23 +46,15 @@ from ..._names import (
 )
 from ...errors import (
     MailboxIOError,
-    MessageDecodeError,
     UnsafePathError,
 )
-from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message, _from_native
+from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
 from ...retry import Backoff
 from ...states import (
     CLAIM,
-    EXPIRE,
-    IMPORT_DEAD,
-    IMPORT_DONE,
-    PUBLISH,
-    REJECT,
-    Move,
     State,
 )
 from ..base import (
-    AGENT_ID_RE,
     DEFAULT_BACKOFF,
     DEFAULT_DONE_RETENTION,
     MailboxStats,
@@ -77,13 +63,14 @@ from ..base import (
     check_agent_id,
     check_delay,
     check_retention,
-    expiry_reason,
     set_common_options,
 )
-from . import inspection, last_errors, recovery
+from . import inspection, recovery
 from .delivery import Delivery
 from .folders import Folders
 from .index import ClaimIndex
+from .opening import FolderSetup, list_agents
+from .reading import claim_target, read_claimed
 from .retention import Retention
 from .wakeup import ArrivalWaiter
 
@@ -99,43 +86,15 @@ DEFAULT_ROOT = Path("runtime/agent_comms/agent_mailboxes")
 
 #: Set to 1 to let mailboxes open folders that belong to another user (a shared-group setup).
 ALLOW_OTHER_OWNER_ENV = _fs.ALLOW_OTHER_OWNER_ENV
-#: The order a mailbox's folders are opened in: ``new/`` first, since it is what makes a mailbox.
-_OPEN_ORDER = (State.NEW, State.TMP, State.PROCESSING, State.DONE, State.DEAD)
 
 # The hot paths (claim, ack) use these module constants instead of attribute lookups.
 _CLAIM_SRC = CLAIM.src_folder
 _O_READ_MSG = _fs.O_READ_MSG
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _flock, _LOCK_TRY = flock, LOCK_TRY
-_loads = orjson.loads
 _randrange = random.randrange
 #: How far ahead (at most) a claimer that lost a race jumps: see `_claim_once`.
 SPREAD = 32
-#: The attempt count a name can hold (``a`` and at most six digits).
-_MAX_ATTEMPT_IN_NAME = 999_999
-
-
-def list_agents(root: str | os.PathLike[str]) -> list[str]:
-    """Agent ids that have a hybridcomms mailbox (a ``new/`` folder) under ``root``."""
-    try:
-        entries = sorted(os.listdir(root))
-    except FileNotFoundError:
-        return []
-    return [name for name in entries if AGENT_ID_RE.match(name) and _is_real_folder(root, name, "new")]
-
-
-def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
-    """Whether every component of ``root/parts…`` is a folder itself (a link there is not ours: a
-    co-tenant's link in place of an agent folder or its ``new/`` is never followed)."""
-    path = os.fspath(root)
-    for part in parts:
-        path = os.path.join(path, part)
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return False
-        except OSError:
-            return False
-    return True
 
 
 class FileMailbox:
@@ -201,21 +160,24 @@ class FileMailbox:
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
         self.retention = Retention(self.done_retention)
-        self._given_file_mode = file_mode
-        self.file_mode = 0o600 if file_mode is None else file_mode
-        self.dir_mode = 0o700 if dir_mode is None else dir_mode
-        self._follow_dir_mode = dir_mode is None
         self.tmp_max_age = float(tmp_max_age)
         self.allow_other_owner = _fs.allow_other_owner(allow_other_owner)
         self.root = Path(root)
         self.path = self.root / agent_id
-        self._chmod_files = False  # set once the folders (and so the modes) are known
-        self.folders = Folders(self.path, self.fsync, batch_interval)
-        self._batch_interval = batch_interval
-        self._create = create and not read_only
+        self.read_only = read_only
         # Absolute: the folders stay where they were opened, whatever the working directory becomes.
-        self._abs_root = os.path.abspath(self.root)
-        self._new_path = os.path.join(self._abs_root, self.agent_id, "new")
+        self._setup = FolderSetup(
+            root=os.path.abspath(self.root),
+            agent_id=self.agent_id,
+            path=self.path,
+            dir_mode=0o700 if dir_mode is None else dir_mode,
+            follow_dir_mode=dir_mode is None,
+            allow_other_owner=self.allow_other_owner,
+            create=create and not read_only,
+            read_only=read_only,
+        )
+        self._batch_interval = batch_interval
+        self._new_path = os.path.join(self._setup.root, self.agent_id, "new")
         # Folders of a mailbox made anew (`_check_folders`), with when: kept open for a while (another
         # thread may still be working with their descriptors; a number reused too early would point
         # its work at another folder), closed by a later reopening or by close().
@@ -229,163 +191,26 @@ class FileMailbox:
         self._claim_flags = _O_READ_MSG | _O_NOATIME
         self._waiter: ArrivalWaiter | None = None
         self._waiter_lock = threading.Lock()
-        self._errors_lock = threading.Lock()
-        self._closed = False
-        self.read_only = self.folders.read_only = read_only
-        self._open_folders(self._create, self.folders)
-        if (
-            self._given_file_mode is None
-            and stat.S_IMODE(os.fstat(self.folders.fds["new"]).st_mode) & 0o060 == 0o060
-        ):
-            self.file_mode = 0o660  # a group mailbox: every writer makes files the group can read
-        self._chmod_files = bool(self.file_mode & _fs.current_umask())
+        self.folders = Folders.open(
+            self._setup, self.fsync, batch_interval, self._index, os.fspath(self.root)
+        )
+        self._setup.file_mode = _file_mode(file_mode, self.folders.fd(State.NEW))
+        self._setup.chmod_files = bool(self._setup.file_mode & _fs.current_umask())
+        self._closed = False  # (set once open: a mailbox that failed to open has nothing to close)
 
-    # -- folders ------------------------------------------------------------------------------
+    @property
+    def file_mode(self) -> int:
+        """Mode of the message files it writes (see the class docstring)."""
+        return self._setup.file_mode
 
-    def _open_folders(self, create: bool, folders: Folders, root: str | None = None) -> None:
-        root = os.fspath(self.root) if root is None else root
-        made_root = False
-        if create and not os.path.isdir(root):
-            parent = os.path.dirname(os.path.abspath(root))
-            try:
-                os.makedirs(root, mode=self.dir_mode)
-                made_root = True
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise MailboxIOError(
-                    exc.errno, f"cannot create mailbox root {root}: {exc.strerror}", root
-                ) from exc
-        try:
-            root_fd = os.open(root, _fs.O_DIR)
-        except OSError as exc:
-            raise MailboxIOError(exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root) from exc
-        # Folders made under a group-writable root are group folders too.
-        if (
-            self._follow_dir_mode
-            and not made_root
-            and stat.S_IMODE(os.fstat(root_fd).st_mode) & 0o070 == 0o070
-        ):
-            self.dir_mode = 0o770
-        try:
-            if made_root:
-                os.fchmod(root_fd, self.dir_mode)  # exactly dir_mode, whatever the umask
-                if folders.sync:  # the root's entry in its parent survives a power loss too
-                    try:
-                        _fs.fsync_dir(parent)
-                    except OSError as exc:
-                        raise MailboxIOError(
-                            exc.errno, f"cannot commit {root}: {exc.strerror}", root
-                        ) from exc
-            agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), "make" if create else "fail")
-            assert agent_fd is not None
-            try:
-                # new/ first: it is what makes a mailbox (nothing is made in a folder that lacks it);
-                # the other state folders are made when missing, unless read-only.
-                absent = []
-                for state in _OPEN_ORDER:
-                    if create:
-                        missing = "make"
-                    elif state is State.NEW:
-                        missing = "fail"
-                    else:
-                        missing = "skip" if self.read_only else "make"
-                    fd = self._open_folder(agent_fd, state.folder, str(self.path / state.folder), missing)
-                    if fd is None:
-                        absent.append(state.folder)
-                    else:
-                        folders.fds[state.folder] = fd
-                folders.absent = frozenset(absent)
-            finally:
-                os.close(agent_fd)
-        except BaseException:
-            folders.close()
-            raise
-        finally:
-            os.close(root_fd)
-
-    def _open_folder(self, parent_fd: int, name: str, shown: str, missing: str) -> int | None:
-        """The folder ``name`` under ``parent_fd``, opened; when it is missing, ``missing`` says what to
-        do: "make" it (with `dir_mode`), "fail" (`MailboxIOError` ENOENT), or "skip" (None)."""
-        made = False
-        while True:
-            try:
-                fd = _fs.open_dir(name, dir_fd=parent_fd)
-                break
-            except FileNotFoundError:
-                if missing == "skip":
-                    return None
-                if missing == "fail":
-                    raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", shown) from None
-                try:
-                    os.mkdir(name, self.dir_mode, dir_fd=parent_fd)
-                    made = True
-                except FileExistsError:
-                    pass
-                except OSError as exc:
-                    raise MailboxIOError(exc.errno, f"cannot create {shown}: {exc.strerror}", shown) from exc
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    kind = "a symlink" if os.path.islink(shown) else "not a folder"
-                    raise UnsafePathError(
-                        f"{shown} is {kind}; a mailbox folder must be a real folder"
-                    ) from None
-                raise MailboxIOError(exc.errno, f"cannot open {shown}: {exc.strerror}", shown) from exc
-        try:
-            if made:
-                os.fchmod(fd, self.dir_mode)
-                if self.folders.sync:
-                    os.fsync(parent_fd)  # the new folder's entry survives a power loss
-            else:
-                _fs.check_owner(
-                    fd, shown, "a mailbox", "FileMailbox(..., allow_other_owner=True)", self.allow_other_owner
-                )
-        except OSError as exc:
-            os.close(fd)
-            raise MailboxIOError(exc.errno, f"cannot set up {shown}: {exc.strerror}", shown) from exc
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+    @property
+    def dir_mode(self) -> int:
+        """Mode of the folders it makes (see the class docstring)."""
+        return self._setup.dir_mode
 
     def errors_folder(self, *, create: bool) -> int | None:
-        """The descriptor of ``errors/`` (the last errors of messages waiting for a retry,
-        `hybridcomms.backends.file.last_errors`), opened at its first use; None if it does not exist and
-        ``create`` is False."""
-        fd = self.folders.fds.get(last_errors.ERRORS)
-        if fd is not None:
-            return fd
-        with self._errors_lock:
-            fd = self.folders.fds.get(last_errors.ERRORS)
-            if fd is not None:
-                return fd
-            if self._closed:
-                raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
-            root = os.fspath(self.root)
-            try:
-                root_fd = os.open(root, _fs.O_DIR)
-            except OSError as exc:
-                raise MailboxIOError(
-                    exc.errno, f"cannot open mailbox root {root}: {exc.strerror}", root
-                ) from exc
-            try:
-                agent_fd = self._open_folder(root_fd, self.agent_id, str(self.path), "fail")
-                assert agent_fd is not None  # "fail" raises instead
-                try:
-                    fd = self._open_folder(
-                        agent_fd,
-                        last_errors.ERRORS,
-                        str(self.path / last_errors.ERRORS),
-                        "make" if create else "skip",
-                    )
-                finally:
-                    os.close(agent_fd)
-            finally:
-                os.close(root_fd)
-            if fd is None:
-                return None
-            self.folders.fds[last_errors.ERRORS] = fd
-            return fd
+        """`Folders.errors_folder` (for the CLI's doctor)."""
+        return self.folders.errors_folder(create=create)
 
     def close(self) -> None:
         """Commit pending folder changes (fsync="batch"), stop the watcher, release the folders."""
@@ -449,61 +274,24 @@ class FileMailbox:
         try:
             new_fd = self._publish(tmp_fd, tmp_name, name)
         except OSError as exc:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+            _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put {name}") from exc
         if self.folders.sync:
             try:
                 self.folders.commit(new_fd)
             except OSError as exc:
-                self._withdraw([name])
+                self.folders.withdraw([name])
                 raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
-        self._index.push(name)
+        self.folders.arrived(name)
         return name
 
     def _publish(self, tmp_fd: int, tmp_name: str, name: str) -> int:
-        """The PUBLISH move. A file of the same name in ``new/`` is this very message (same id, same
-        due time: a put repeated after an error) and stays the one copy: ours is dropped."""
-        try:
-            return self.folders.move(PUBLISH, tmp_name, name)
-        except FileExistsError:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
-            return self.folders.fd(State.NEW)
-
-    @property
-    def index(self) -> ClaimIndex:
-        """The claim order of this handle (`index`): what a move into ``new/`` tells."""
-        return self._index
-
-    def write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
-        """Write ``data`` as a new file in ``tmp/`` (``name``, or a free variant of it); its name."""
-        return self._write_tmp(tmp_fd, name, data, sync=sync)
+        """`Folders.publish` (a name the tests hook into)."""
+        return self.folders.publish(tmp_fd, tmp_name, name)
 
     def _write_tmp(self, tmp_fd: int, name: str, data: bytes | _fs.ByteRange, *, sync: bool) -> str:
-        tmp_name = name
-        try:
-            try:
-                write_new_file(tmp_fd, tmp_name, data, self.file_mode, sync=sync)
-            except FileExistsError:
-                tmp_name = f"{name}.{uuid.uuid4().hex[:12]}"
-                write_new_file(tmp_fd, tmp_name, data, self.file_mode, sync=sync)
-            if self._chmod_files:
-                os.chmod(tmp_name, self.file_mode, dir_fd=tmp_fd)
-        except OSError as exc:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
-            raise self.folders.io_error(exc, f"put {name}") from exc
-        return tmp_name
-
-    def _withdraw(self, names: Iterable[str]) -> None:
-        """Take back files just published whose commit failed (unless already claimed), and commit
-        the removal where fsync is on (else a power loss could bring back a put that raised)."""
-        new_fd = self.folders.fd(State.NEW)
-        for name in names:
-            _fs._unlink_quietly(new_fd, name)  # ENOENT: already claimed, it will be delivered
-        if self.folders.sync:
-            try:
-                os.fsync(new_fd)
-            except OSError:
-                pass  # the put raises anyway; the disk is failing
+        """`Folders.write_tmp` (a name the tests hook into)."""
+        return self.folders.write_tmp(tmp_fd, name, data, sync=sync)
 
     def put_many(self, messages: Iterable[Message], *, delay: float | None = None) -> list[str]:
         """Store all of ``messages`` or none of them, with one durability barrier (one ``syncfs`` + one
@@ -522,31 +310,29 @@ class FileMailbox:
         if not batch:
             return []
         tmp_fd, new_fd = self.folders.fd(State.TMP), self.folders.fd(State.NEW)
-        durable = self.fsync is not FsyncPolicy.NEVER
         written: list[tuple[str, str]] = []
         moved: list[str] = []
         try:
             for name, data in batch:
                 written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
-            if durable and not _fs.syncfs(tmp_fd):
-                for tmp_name, _ in written:
-                    fd = os.open(tmp_name, os.O_RDONLY, dir_fd=tmp_fd)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+            if self.folders.sync:
+                _sync_files(tmp_fd, [tmp_name for tmp_name, _ in written])
             for tmp_name, name in written:
                 self._publish(tmp_fd, tmp_name, name)
                 moved.append(name)
             self.folders.commit(new_fd)
         except OSError as exc:
-            self._withdraw(moved)
-            for tmp_name, _ in written:
-                _fs._unlink_quietly(tmp_fd, tmp_name)
+            self._take_back(tmp_fd, written, moved)
             raise self.folders.io_error(exc, f"put_many of {len(batch)} messages") from exc
         for name in moved:
-            self._index.push(name)
+            self.folders.arrived(name)
         return [m.id for m in msgs]
+
+    def _take_back(self, tmp_fd: int, written: list[tuple[str, str]], moved: list[str]) -> None:
+        """A failed `put_many`: the files it published withdrawn, those still in ``tmp/`` removed."""
+        self.folders.withdraw(moved)
+        for tmp_name, _ in written:
+            _fs.unlink_quietly(tmp_fd, tmp_name)
 
     # -- taking over legacy messages (ingestion, migrate) ---------------------------------------
 
@@ -555,18 +341,8 @@ class FileMailbox:
         (for `hybridcomms migrate`: kept for audit, never delivered). Returns their ids."""
         self.folders.check_writable()
         msgs = list(messages)
-        tmp_fd, done_fd = self.folders.fd(State.TMP), self.folders.fd(State.DONE)
         now = time.time()
-        try:
-            for m in msgs:
-                name = _publish_name(m, now)
-                tmp_name = self._write_tmp(tmp_fd, name, m.encode(self.max_message_size), sync=False)
-                self.folders.place(IMPORT_DONE, tmp_name, name)
-            if msgs and self.folders.sync:
-                _fs.syncfs(done_fd)
-                self.folders.commit(done_fd)
-        except OSError as exc:
-            raise self.folders.io_error(exc, f"import of {len(msgs)} processed messages") from exc
+        self.folders.import_done([(_publish_name(m, now), m.encode(self.max_message_size)) for m in msgs])
         return [m.id for m in msgs]
 
     def bury(self, data: bytes | _fs.ByteRange, name: str, reason: dict[str, Any]) -> str | None:
@@ -576,19 +352,7 @@ class FileMailbox:
 
         Idempotent by name: if ``dead/<name>`` exists already, nothing is written and None is returned
         (a crash between burying and removing the original must not bury it twice)."""
-        if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
-            raise ValueError(f"unusable file name for dead/: {name!r}")
-        self.folders.check_writable()
-        dead_fd = self.folders.fd(State.DEAD)
-        try:
-            os.stat(name, dir_fd=dead_fd, follow_symlinks=False)
-            return None
-        except FileNotFoundError:
-            pass
-        tmp_name = self._write_tmp(self.folders.fd(State.TMP), name, data, sync=self.folders.sync)
-        if self.dead_letter(IMPORT_DEAD, tmp_name, reason) is None:
-            return None
-        return name
+        return self.folders.bury(data, name, reason)
 
     # -- claim --------------------------------------------------------------------------------
 
@@ -600,16 +364,20 @@ class FileMailbox:
         With ``timeout`` (seconds), wait that long for one to arrive, woken by file
         notifications (no busy polling). Setting ``cancel`` (then calling `wake`) ends the wait early.
         """
-        if not timeout or timeout <= 0:
-            # The common case first, without the loop of _claim_once: the next name is claimable.
-            name = self._index.pop_due()
-            if name is not None:
-                delivery = self._try_claim(name)
-                if delivery is not None:
-                    return delivery
-                if self._lost_race:
-                    self._jump_ahead()
-            return self._claim_once()
+        if timeout and timeout > 0:
+            return self._claim_waiting(timeout, cancel)
+        # The common case first, without the loop of _claim_once: the next name is claimable.
+        name = self._index.pop_due()
+        if name is not None:
+            delivery = self._try_claim(name)
+            if delivery is not None:
+                return delivery
+            if self._lost_race:
+                self._jump_ahead()
+        return self._claim_once()
+
+    def _claim_waiting(self, timeout: float, cancel: threading.Event | None) -> Delivery | None:
+        """`claim` with a timeout: look, then wait for an arrival (or the next due time) and look again."""
         deadline = time.monotonic() + timeout
         while True:
             waiter = self._get_waiter()  # (a new one once the mailbox folder was made anew)
@@ -671,9 +439,7 @@ class FileMailbox:
             held = os.fstat(self.folders.fd(State.NEW))
             if held.st_ino == found.st_ino and held.st_dev == found.st_dev:
                 return  # another claimer of this mailbox opened it again just now
-            fresh = Folders(self.path, self.fsync, self._batch_interval)
-            fresh.read_only = self.read_only
-            self._open_folders(self._create, fresh, self._abs_root)  # all open before anyone sees them
+            fresh = Folders.open(self._setup, self.fsync, self._batch_interval, self._index, self._setup.root)
             old, self.folders = self.folders, fresh
             now = time.monotonic()
             for since, gone in self._retired:
@@ -696,34 +462,17 @@ class FileMailbox:
         return self._try_claim(name)
 
     def _claim_once(self) -> Delivery | None:
+        """One look at ``new/``: the first due name that can be claimed, claimed; None once there is
+        none (after at most one listing)."""
         # (A read-only mailbox never gets past here: its index stays empty, so `claim` always comes here.)
         if self.read_only:
             self.folders.check_writable()
-        index = self._index
-        waiter = self._waiter
-        if waiter is None and not self._closed:
-            # The first look: watch new/ first, then list it (what arrived before the watch existed
-            # is in the listing); from then on inotify tells what arrives.
-            waiter = self._get_waiter()
-            index.mark_stale()
+        waiter = self._watching()
         scanned = False
         while True:
-            name = index.pop_due(scanned)  # None also when the index is due for a relisting
+            name, scanned = self._next_name(waiter, scanned)
             if name is None:
-                if scanned:
-                    return None
-                if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
-                    # Running dry with notifications on: the kernel's queue says what arrived since
-                    # the last look (one read that returns at once), no listing.
-                    waiter.poll()
-                    name = index.pop_due()
-                    if name is None:
-                        return None
-                else:
-                    self._check_folders()
-                    index.rescan(self.folders.fd(State.NEW))
-                    scanned = True
-                    continue
+                return None
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
@@ -732,6 +481,31 @@ class FileMailbox:
                     self._lost_race = False
                 else:
                     self._jump_ahead()
+
+    def _watching(self) -> ArrivalWaiter | None:
+        """The waiter that hears of arrivals. At the first look: watch new/ first, then list it (what
+        arrived before the watch existed is in the listing); from then on inotify tells what arrives."""
+        waiter = self._waiter
+        if waiter is None and not self._closed:
+            waiter = self._get_waiter()
+            self._index.mark_stale()
+        return waiter
+
+    def _next_name(self, waiter: ArrivalWaiter | None, scanned: bool) -> tuple[str | None, bool]:
+        """The next due name to try (None once there is none), and whether ``new/`` was listed in
+        this look: the index first, then what the kernel's queue says, else a listing."""
+        index = self._index
+        name = index.pop_due(scanned)  # None also when the index is due for a relisting
+        if name is not None or scanned:
+            return name, scanned
+        if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
+            # Running dry with notifications on: the kernel's queue says what arrived since the last
+            # look (one read that returns at once), no listing.
+            waiter.poll()
+            return index.pop_due(), False
+        self._check_folders()
+        index.rescan(self.folders.fd(State.NEW))
+        return index.pop_due(True), True
 
     def _jump_ahead(self) -> None:
         """After a lost race: skip a random 0 to `SPREAD` - 1 (31) of the next due names.
@@ -747,14 +521,37 @@ class FileMailbox:
             self._index.skip(_randrange(self._spread))
 
     def _try_claim(self, name: str) -> Delivery | None:
-        """Claim ``new/<name>``: open, lock, read, decode, rename into ``processing/``.
+        """Claim ``new/<name>``: open and lock it, read it, rename it into ``processing/``.
 
-        This is the hot path of every consumer, written as one function on purpose (each call
-        saved is measurable at fsync="never", see docs/performance.md). The common case is
-        a native file: one read and the fast decoder; anything else takes `_read_message`."""
-        fds = self.folders.fds
+        The hot path of every consumer (docs/performance.md): its steps are split only where the
+        claim+ack benchmark shows no cost."""
+        fd = self._open_to_claim(name)
+        if fd is None:
+            return None
+        # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
+        delivery: Delivery | None = None
         try:
-            new_fd = fds[_CLAIM_SRC]
+            m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
+            message, problem = read_claimed(fd, m, self.max_message_size)
+            if message is not None and message.expires is not None and message.expired():
+                self.folders.expire(name, message, 0 if m is None else int(m[4]))
+            else:
+                target, attempt, problem = claim_target(m, message, problem)
+                if self.folders.claim_move(name, target, problem):
+                    # Not committed, at any fsync level (the module docstring says why).
+                    delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
+        finally:
+            if delivery is None:
+                drop(fd)
+        return delivery
+
+    def _open_to_claim(self, name: str) -> int | None:
+        """``new/<name>`` opened and locked (the lock says its claimer is alive); None if another
+        claimer has it (a lost race) or it can never be opened (then rejected to ``dead/``)."""
+        try:
+            new_fd = self.folders.fds[_CLAIM_SRC]
         except KeyError:
             raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed") from None
         try:
@@ -766,13 +563,8 @@ class FileMailbox:
             if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
                 # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
                 self._claim_flags = _O_READ_MSG
-                return self._try_claim(name)
-            if exc.errno == errno.ELOOP:
-                self.reject(name, "a symlink, not a regular file")
-            elif exc.errno in (errno.ENXIO, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
-                self.reject(name, f"cannot be opened: {exc.strerror}")
-            else:
-                raise self.folders.io_error(exc, f"claim {name}") from exc
+                return self._open_to_claim(name)
+            self.folders.reject_unopenable(name, exc)
             return None
         try:
             _flock(fd, _LOCK_TRY)
@@ -780,168 +572,11 @@ class FileMailbox:
             os.close(fd)
             self._lost_race = True
             return None  # someone else is claiming it right now
-        # From here the descriptor is ours: it becomes the Delivery's, or the finally drops it, once.
-        delivery: Delivery | None = None
-        try:
-            m = _NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
-            message: Message | None = None
-            try:
-                raw: bytes | None = os.read(fd, 65536)
-            except OSError:
-                raw = None  # EISDIR, EAGAIN on a FIFO, …: _read_message says what it is
-            if raw is not None and raw[:13] == b'{"version":1,' and len(raw) < 65536:
-                try:
-                    obj = _loads(raw)
-                except orjson.JSONDecodeError:
-                    obj = None
-                if type(obj) is dict and len(raw) <= self.max_message_size:
-                    message = _from_native(obj, True, None if m is None else m[3])
-            if message is None:
-                message, problem = self._read_message(fd, raw)
-            if message is not None and message.expires is not None and message.expired():
-                # Past its expiry: dead-lettered here, never handed out (the claim goes on).
-                self.dead_letter(EXPIRE, name, expiry_reason(message, 0 if m is None else int(m[4]), name))
-                log.info("%s: message %s expired before it was claimed", self.agent_id, message.id)
-                return None
-            try:
-                if message is None:
-                    target = ""
-                elif m is not None:
-                    rank, due, msg_id, seen = m.groups()
-                    attempt = int(seen) + 1
-                    target = make_name(rank, due, msg_id, attempt)
-                    if attempt > _MAX_ATTEMPT_IN_NAME:
-                        target, problem = "", f"attempt count {seen} is out of range"
-                else:  # give it a proper name
-                    attempt = 1
-                    due = compact_time_of(message.created_at)
-                    target = make_name(RANK_OF[message.priority], due, message.id, 1)
-            except Exception as exc:  # a message that cannot be named is that file's problem
-                target, problem = "", f"cannot be delivered: {type(exc).__name__}: {exc}"
-            if not target:
-                self.reject(name, problem)
-                return None
-            try:  # the CLAIM move; never over a file already in processing/ (a copy of the same id)
-                self.folders.move(CLAIM, name, target)
-            except FileNotFoundError:
-                return None  # moved by hand under our feet
-            except FileExistsError:
-                self.reject(name, f"a file of the same name ({target}) is already in processing/")
-                return None
-            # Not committed, at any fsync level (the module docstring says why).
-            delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
-        finally:
-            if delivery is None:
-                drop(fd)
-        return delivery
-
-    def _read_message(self, fd: int, first: bytes | None) -> tuple[Message | None, str]:
-        """The message in an open file whose first ``read(65536)`` gave ``first`` (None if that
-        read failed), or None and why it can never be delivered.
-
-        fstat is only asked when the file does not decode, to say precisely what it is."""
-        limit = self.max_message_size
-        problem = ""
-        raw = first
-        unreadable = raw is None
-        if raw is not None and len(raw) == 65536:  # a big one: read the rest, up to the limit
-            try:
-                rest = _fs.read_all(fd, 0, limit - 65536)
-            except OSError:
-                rest, unreadable = None, True
-            raw = None if rest is None else raw + rest
-        if raw is not None and len(raw) <= limit:
-            try:
-                return Message.decode(raw), ""
-            except MessageDecodeError as exc:
-                problem = exc.reason
-            except Exception as exc:  # anything else about this file is its problem too
-                problem = f"cannot be read as a message: {type(exc).__name__}: {exc}"
-        else:
-            raw = None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, f"not a regular file (mode {stat.filemode(st.st_mode)})"
-        if unreadable:
-            return None, "cannot be read (I/O error)"
-        if raw is None or st.st_size > limit:
-            return None, f"too large: {st.st_size} bytes, over the limit of {limit}"
-        return None, problem
+        return fd
 
     def reject(self, name: str, reason: str) -> None:
-        """new/ -> dead/ for a file that can never be delivered; its bytes stay as they are."""
-        log.log(_log.event_level(), "%s: new/%s goes to dead/: %s", self.agent_id, _fs.shown(name), reason)
-        self.dead_letter(REJECT, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0})
-
-    def dead_letter(
-        self, m: Move, name: str, reason: dict[str, Any], target: str | None = None
-    ) -> str | None:
-        """``m.src``/name -> dead/ (as ``target``, default ``name``, or the next free name), with its
-        reason file written first. None if the file was gone.
-
-        On failure nothing is left behind: no reason file in ``tmp/`` or ``dead/``, the file where it
-        was, and `MailboxIOError` raised."""
-        self.folders.check_writable()
-        dead_fd, tmp_fd = self.folders.fd(State.DEAD), self.folders.fd(State.TMP)
-        # A message that failed before keeps its last error (errors/) in the reason, when the settle
-        # that dead-letters it gives none itself; the record goes once the message is in dead/.
-        msg_id = reason.get("id") if "last_error" in reason else None
-        if msg_id is not None and reason["last_error"] is None:
-            kept = last_errors.read(self, msg_id)
-            if kept is not None:
-                reason = {**reason, "last_error": kept.error, "last_error_attempt": kept.attempt}
-        reason = {
-            **reason,
-            "agent": self.agent_id,
-            "from_state": m.src_folder,
-            "dead_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z",
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        try:
-            data = orjson.dumps(reason, option=orjson.OPT_INDENT_2)
-        except TypeError:  # a value that is not JSON (a name with bytes that are not UTF-8, …)
-            data = orjson.dumps({k: _fs.shown(str(v)) for k, v in reason.items()}, option=orjson.OPT_INDENT_2)
-        for _ in range(100):  # a name taken meanwhile by another dead-lettering: pick the next one
-            dead_name = _fs.free_name(dead_fd, target or name, len(REASON_SUFFIX))
-            reason_name = dead_name + REASON_SUFFIX
-            tmp_name = self._write_tmp(tmp_fd, reason_name, data, sync=self.folders.sync)
-            placed = False
-            try:
-                _fs.rename_noreplace(tmp_name, reason_name, src_dir_fd=tmp_fd, dst_dir_fd=dead_fd)
-                placed = True
-                self.folders.move(m, name, dead_name)
-            except FileExistsError:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                continue
-            except FileNotFoundError:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                return None
-            except OSError as exc:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                raise self.folders.io_error(exc, f"dead-letter {_fs.shown(name)}") from exc
-            except BaseException:
-                self._undo_reason(placed, dead_fd, reason_name, tmp_fd, tmp_name)
-                raise
-            try:
-                self.folders.commit(dead_fd)
-            except OSError as exc:
-                raise self.folders.io_error(
-                    exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed"
-                ) from exc
-            if msg_id is not None:
-                last_errors.drop(self, msg_id)
-            return dead_name
-        raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
-
-    @staticmethod
-    def _undo_reason(placed: bool, dead_fd: int, reason_name: str, tmp_fd: int, tmp_name: str) -> None:
-        if placed:
-            _fs._unlink_quietly(dead_fd, reason_name)
-        else:
-            _fs._unlink_quietly(tmp_fd, tmp_name)
+        """new/ -> dead/ for a file that can never be delivered (`Folders.reject`; for the CLI's doctor)."""
+        self.folders.reject(name, reason)
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -984,6 +619,27 @@ class FileMailbox:
     def stats(self) -> MailboxStats:
         """How many files each state holds, and how long the oldest has been there."""
         return inspection.stats(self)
+
+
+def _sync_files(dir_fd: int, names: Iterable[str]) -> None:
+    """The files ``names`` in the folder ``dir_fd`` on disk: one ``syncfs``, or an fsync each where
+    syncfs(2) is missing."""
+    if _fs.syncfs(dir_fd):
+        return
+    for name in names:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _file_mode(given: int | None, new_fd: int) -> int:
+    """The mode of message files: as given; else 0o660 in a group mailbox (its new/ group-writable,
+    so every writer makes files the group can read), 0o600 otherwise."""
+    if given is not None:
+        return given
+    return 0o660 if stat.S_IMODE(os.fstat(new_fd).st_mode) & 0o060 == 0o060 else 0o600
 
 
 def _publish_name(message: Message, now: float, delay: float = 0.0) -> str:

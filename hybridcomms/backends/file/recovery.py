@@ -76,7 +76,7 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
         for name in names:
             _isolated(mb, report, f"processing/{name}", _recover_one, mb, name, now, report)
         _sweep_tmp(mb, now, report)
-        _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb, now, report)
+        _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb.folders, now, report)
     finally:
         drop(lock_fd)
     if report:
@@ -116,41 +116,59 @@ def _record(mb: FileMailbox, report: RecoveryReport, what: str, exc: BaseExcepti
 
 
 def _recover_one(mb: FileMailbox, name: str, now: float, report: RecoveryReport) -> None:
+    """``processing/<name>``: back to ``new/`` (or ``dead/``) if its owner died or its lease expired;
+    given up if it is not a message file at all."""
     proc_fd = mb.folders.fd(State.PROCESSING)
+    fd = _open_claimed(mb, proc_fd, name, now, report)
+    if fd is None:
+        return
     try:
-        fd = os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
+        detached = _detach(mb, fd, name, now, report)
+    finally:
+        drop(fd)
+    if detached is None:
+        return
+    if detached:  # its owner died: nobody holds the old inode, it goes back as it is
+        _return_or_bury(mb, RECOVER_RETURN, name + _STOLEN, name, now, report, report.returned, True)
+    else:
+        _finish_steal(mb, name + _STOLEN, now, report)
+
+
+def _open_claimed(mb: FileMailbox, proc_fd: int, name: str, now: float, report: RecoveryReport) -> int | None:
+    """``processing/<name>`` opened; None if it is gone, someone else's to judge, or given up (a link,
+    a file that cannot be opened)."""
+    try:
+        return os.open(name, _fs.O_READ_MSG, dir_fd=proc_fd)
     except FileNotFoundError:
-        return  # settled meanwhile
+        return None  # settled meanwhile
     except OSError as exc:
         if exc.errno in _FATAL_ERRNOS:
             raise
         if exc.errno in (errno.EACCES, errno.EPERM) and _maybe_someone_elses(mb, proc_fd, name, now, report):
-            return
+            return None
         why = "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
         _give_up_entry(mb, GIVE_UP, name, f"{why} in processing/", report)
-        return
+        return None
+
+
+def _detach(mb: FileMailbox, fd: int, name: str, now: float, report: RecoveryReport) -> bool | None:
+    """Detach the claimed file open as ``fd`` to ``tmp/<name>.stolen`` if its owner died or its lease
+    expired: whether its owner died; None if it stays (alive and within its lease, settled meanwhile,
+    or given up as not a regular file). From tmp/ it goes back to new/ as one file, and a watcher sees
+    it come from tmp/<name>.stolen: a recovered message."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        why = f"not a regular file in processing/ ({stat.filemode(st.st_mode)})"
+        _give_up_entry(mb, GIVE_UP, name, why, report)
+        return None
+    owner_dead = try_lock(fd)
+    if not owner_dead and now - st.st_ctime < mb.lease:
+        return None  # alive and within its lease
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            _give_up_entry(
-                mb, GIVE_UP, name, f"not a regular file in processing/ ({stat.filemode(st.st_mode)})", report
-            )
-            return
-        owner_dead = try_lock(fd)
-        if not owner_dead and now - st.st_ctime < mb.lease:
-            return  # alive and within its lease
-        # Detach it to tmp/ (a dead owner's, or a hung one's); from there it goes back to new/ as one
-        # file, and a watcher sees it come from tmp/<name>.stolen: a recovered message.
-        try:
-            mb.folders.move_and_commit(RECOVER_DETACH, name, name + _STOLEN)
-        except FileNotFoundError:
-            return  # acked (or taken) meanwhile
-    finally:
-        drop(fd)
-    if owner_dead:  # nobody holds the old inode: it goes back as it is
-        _return_or_bury(mb, RECOVER_RETURN, name + _STOLEN, name, now, report, report.returned, True)
-    else:
-        _finish_steal(mb, name + _STOLEN, now, report)
+        mb.folders.move_and_commit(RECOVER_DETACH, name, name + _STOLEN)
+    except FileNotFoundError:
+        return None  # acked (or taken) meanwhile
+    return owner_dead
 
 
 def _maybe_someone_elses(
@@ -200,13 +218,13 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
             raise
         _give_up_entry(mb, STEAL_BURY, stolen, "a symlink in tmp/", report)
         return
-    copy_name = mb.write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
+    copy_name = mb.folders.write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
     try:
         # The one deliberate replace in the library: the copy takes the place of the very file it
         # was copied from (the same message), so the message stays one file throughout.
         os.replace(copy_name, stolen, src_dir_fd=tmp_fd, dst_dir_fd=tmp_fd)
     except OSError:
-        _fs._unlink_quietly(tmp_fd, copy_name)
+        _fs.unlink_quietly(tmp_fd, copy_name)
         raise
     mb.folders.commit(tmp_fd)
     _return_or_bury(mb, STEAL_RETURN, stolen, name, now, report, report.expired, False)
@@ -228,7 +246,7 @@ def _return_or_bury(
     key = info.id if info else _fs.shown(name)
     why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
     if attempts_used_up(attempt, mb.max_attempts):
-        moved = mb.dead_letter(
+        moved = mb.folders.dead_letter(
             GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
             src_name,
             {
@@ -251,12 +269,12 @@ def _return_or_bury(
     except FileNotFoundError:
         return
     mb.folders.commit(new_fd)
-    mb.index.push(target)
+    mb.folders.arrived(target)
     kind.append(key)
 
 
 def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: RecoveryReport) -> None:
-    if mb.dead_letter(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
+    if mb.folders.dead_letter(m, name, {"reason": reason, "message_file": _fs.shown(name), "attempts": 0}):
         report.dead.append(_fs.shown(name))
 
 

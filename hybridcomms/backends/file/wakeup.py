@@ -32,12 +32,12 @@ from typing import Any
 from ... import _fs, _log
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
-_FS_ENCODING, _FS_ERRORS = _fs._FS_ENCODING, _fs._FS_ERRORS
+_FS_ENCODING, _FS_ERRORS = _fs.FS_ENCODING, _fs.FS_ERRORS
 
 
 def _inotify_calls() -> tuple[Any, Any, Any] | None:
     """libc's ``inotify_init``, ``inotify_add_watch`` and ``inotify_rm_watch`` (None where missing)."""
-    libc = _fs._get_libc()
+    libc = _fs.get_libc()
     if libc is None:
         return None
     try:

@@ -200,6 +200,30 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
         client.close()
 
 
+def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
+    """``maxlen`` and ``max_age`` are usable (at most one of them: Redis trims one way at a time)."""
+    if maxlen is not None and maxlen < 1:
+        raise ValueError("maxlen must be >= 1")
+    if maxlen is not None and max_age is not None:
+        raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
+    if max_age is not None and max_age <= 0:
+        raise ValueError("max_age must be > 0 seconds")
+
+
+def _json_object(packed: Any) -> dict[str, Any]:
+    """``packed`` read as a JSON object; empty if it is not one (anyone may have written it)."""
+    try:
+        e = orjson.loads(packed)
+    except (orjson.JSONDecodeError, TypeError):
+        return {}
+    return e if isinstance(e, dict) else {}
+
+
+def _int_in(value: Any, low: int, high: int, otherwise: int) -> int:
+    """``value`` if it is an int from ``low`` to ``high``, else ``otherwise``."""
+    return value if type(value) is int and low <= value <= high else otherwise
+
+
 class RedisMailbox:
     """One agent's mailbox on Redis Streams (see the module docstring).
 
@@ -250,12 +274,9 @@ class RedisMailbox:
         self.agent_id = check_agent_id(agent_id)
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
-        if maxlen is not None and maxlen < 1:
-            raise ValueError("maxlen must be >= 1")
-        if maxlen is not None and max_age is not None:
-            raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
-        if max_age is not None and max_age <= 0:
-            raise ValueError("max_age must be > 0 seconds")
+        _check_trimming(maxlen, max_age)
+        if reclaim_every is not None and reclaim_every < 0:
+            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
         self.max_age = max_age
         self.url = url
         self.maxlen = maxlen
@@ -274,8 +295,6 @@ class RedisMailbox:
         self._found_nothing = False  # the last claim script found nothing, and nothing delayed
         self._scanned = 0.0  # when the claim script last ran (monotonic)
         self._pid = os.getpid()
-        if reclaim_every is not None and reclaim_every < 0:
-            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
         self.reclaim_every = max(self.lease / 4, 0.05) if reclaim_every is None else float(reclaim_every)
         self._next_reclaim = time.monotonic() + self.reclaim_every
         self._reclaim_lock = threading.Lock()
@@ -284,13 +303,7 @@ class RedisMailbox:
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
         try:
             self._open_groups(create)
-            self._claim_script = Script(self._r, scripts.CLAIM)
-            self._ack_script = Script(self._r, scripts.ACK)
-            self._nack_script = Script(self._r, scripts.NACK)
-            self._dead_script = Script(self._r, scripts.DEAD)
-            self._release_script = Script(self._r, scripts.RELEASE)
-            self._recover_script = Script(self._r, scripts.RECOVER)
-            self._stats_script = Script(self._r, scripts.STATS)
+            self._load_scripts()
         except redis.RedisError as exc:
             self._r.close()
             raise self._error(exc, "open") from exc
@@ -300,6 +313,16 @@ class RedisMailbox:
         except BaseException:
             self._r.close()
             raise
+
+    def _load_scripts(self) -> None:
+        """The Lua scripts (`scripts`), as redis-py `Script` objects of this client."""
+        self._claim_script = Script(self._r, scripts.CLAIM)
+        self._ack_script = Script(self._r, scripts.ACK)
+        self._nack_script = Script(self._r, scripts.NACK)
+        self._dead_script = Script(self._r, scripts.DEAD)
+        self._release_script = Script(self._r, scripts.RELEASE)
+        self._recover_script = Script(self._r, scripts.RECOVER)
+        self._stats_script = Script(self._r, scripts.STATS)
 
     def _open_groups(self, create: bool) -> None:
         """Make the consumer group on each priority's stream where it is missing. Looks first (reads
@@ -312,15 +335,19 @@ class RedisMailbox:
         if not create and not any(exists):
             raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
         for stream, groups in zip(self._streams, found, strict=True):
-            if not isinstance(groups, Exception) and any(_s(g["name"]) == GROUP for g in groups):
-                continue
-            if isinstance(groups, redis.ResponseError) and "no such key" not in str(groups).lower():
-                raise groups  # not a stream (WRONGTYPE), or the server said no
-            try:
-                self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            if isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups):
+                self._make_group(stream, groups)
+
+    def _make_group(self, stream: str, found: Any) -> None:
+        """Make the consumer group of ``stream``, whose XINFO GROUPS gave ``found`` (an error if there
+        is no stream yet); one made meanwhile by another process is fine."""
+        if isinstance(found, redis.ResponseError) and "no such key" not in str(found).lower():
+            raise found  # not a stream (WRONGTYPE), or the server said no
+        try:
+            self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     def _error(self, exc: Exception, what: str) -> MailboxIOError:
         return _io_error(exc, self.url, f"{what} on {shown_url(self.url)} ({self.agent_id})")
@@ -406,47 +433,66 @@ class RedisMailbox:
     def claim(
         self, timeout: float | None = None, *, cancel: threading.Event | None = None
     ) -> RedisDelivery | None:
+        """The due message with the highest priority, oldest first; None if there is none (after
+        waiting up to ``timeout`` seconds; setting ``cancel``, then `wake`, ends the wait)."""
         self._check()
         deadline = time.monotonic() + (timeout or 0.0)
-        # A waiting consumer that keeps up (its last look found at most one waiting message, nothing
-        # delayed) goes straight to the blocking read, which returns at once when something arrived
-        # meanwhile: one round trip per message instead of two. The claim script (priority order,
-        # delayed messages made due) still runs first when the last read met a backlog of several
-        # priorities, and at least every _RESCAN seconds.
-        scan = not (
-            timeout and timeout > 0 and self._found_nothing and time.monotonic() - self._scanned < _RESCAN
-        )
-        while True:
-            if cancel is not None and cancel.is_set():
-                return None
+        scan = not self._keeping_up(timeout)
+        while cancel is None or not cancel.is_set():
             self._reclaim()
             remaining = deadline - time.monotonic()
             if scan:
-                try:
-                    got = self._claim_script(
-                        keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
-                        args=[GROUP, self.consumer],
-                    )
-                except redis.RedisError as exc:
-                    raise self._error(exc, "claim") from exc
-                self._scanned = time.monotonic()
+                got = self._run_claim()
                 if got[0] != 0:
-                    self._found_nothing = False
                     delivery = self._delivery(int(got[0]) - 1, got[1], got[2])
                     if delivery is not None:
                         return delivery
                     continue  # a poison entry, dead-lettered: look again, within the same timeout
-                next_due_ms = int(got[1])
-                self._found_nothing = next_due_ms < 0
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                wait = self._wait_time(deadline, int(got[1]))
+                if wait is None:
                     return None
-                if next_due_ms >= 0:
-                    remaining = min(remaining, max(next_due_ms / 1000 - time.time(), 0.001))
+                remaining = wait
             scan = True
             delivery = self._block(remaining, cancel)
             if delivery is not None:
                 return delivery
+        return None
+
+    def _keeping_up(self, timeout: float | None) -> bool:
+        """Whether a waiting claim may go straight to the blocking read.
+
+        A waiting consumer that keeps up (its last look found at most one waiting message, nothing
+        delayed) goes straight to the blocking read, which returns at once when something arrived
+        meanwhile: one round trip per message instead of two. The claim script (priority order,
+        delayed messages made due) still runs first when the last read met a backlog of several
+        priorities, and at least every _RESCAN seconds."""
+        return bool(
+            timeout and timeout > 0 and self._found_nothing and time.monotonic() - self._scanned < _RESCAN
+        )
+
+    def _run_claim(self) -> Any:
+        """One run of the claim script: ``[rank + 1, entry id, fields]`` for an entry claimed, else
+        ``[0, ms of the next delayed message or -1]``."""
+        try:
+            got = self._claim_script(
+                keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
+                args=[GROUP, self.consumer],
+            )
+        except redis.RedisError as exc:
+            raise self._error(exc, "claim") from exc
+        self._scanned = time.monotonic()
+        self._found_nothing = got[0] == 0 and int(got[1]) < 0
+        return got
+
+    def _wait_time(self, deadline: float, next_due_ms: int) -> float | None:
+        """How long to block for an arrival: until the deadline or the next delayed message is due;
+        None once the deadline passed (or the mailbox closed)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self._closed:
+            return None
+        if next_due_ms >= 0:
+            remaining = min(remaining, max(next_due_ms / 1000 - time.time(), 0.001))
+        return remaining
 
     def _reclaim(self) -> None:
         """Every ``reclaim_every`` seconds, one claim of this client takes back the leases that ran out
@@ -497,10 +543,23 @@ class RedisMailbox:
             block_ms,
         ]
         packed = pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
-        conn = client.connection  # its own connection: the one `wake` unblocks by its client id
+        got = self._read_blocking(client, packed)
+        if not got:
+            return None
+        entries = self._entries_read(got)
+        if len(entries) > 1:
+            self._found_nothing = False  # several priorities wait: the next claim scans, in order
+            self._release(entries[1:])
+        i, entry_id, fields = entries[0]
+        return self._delivery(i, entry_id, fields)
+
+    def _read_blocking(self, client: Any, packed: Any) -> Any:
+        """Send the packed XREADGROUP on the blocking client's own connection (the one `wake`
+        unblocks by its client id) and read its reply; None if the mailbox closed meanwhile."""
+        conn = client.connection
         try:
             conn.send_packed_command([packed])
-            got = conn.read_response()
+            return conn.read_response()
         except redis.ResponseError as exc:
             raise self._error(exc, "claim") from exc
         except (redis.RedisError, OSError) as exc:
@@ -509,23 +568,24 @@ class RedisMailbox:
             if self._closed:
                 return None
             raise self._error(exc, "claim") from exc
-        if not got:
-            return None
+
+    def _entries_read(self, got: Any) -> builtins.list[tuple[int, Any, Any]]:
+        """(priority index, entry id, fields) of each entry an XREADGROUP gave, highest priority first."""
         entries = []
         for stream, items in got.items() if isinstance(got, dict) else got:  # RESP3 map or RESP2 array
             i = self._streams.index(_s(stream))
             for entry_id, fields in items:
                 entries.append((i, entry_id, fields))
         entries.sort(key=lambda e: e[0])
-        if len(entries) > 1:
-            self._found_nothing = False  # several priorities wait: the next claim scans, in order
+        return entries
+
+    def _release(self, entries: builtins.list[tuple[int, Any, Any]]) -> None:
+        """Give back entries read but not ours to keep (another one was better)."""
         try:
-            for i, entry_id, _ in entries[1:]:
+            for i, entry_id, _ in entries:
                 self._release_script(keys=[self._streams[i]], args=[GROUP, entry_id, self.consumer])
         except redis.RedisError as exc:  # what was read stays pending: recovery takes it back
             raise self._error(exc, "claim") from exc
-        i, entry_id, fields = entries[0]
-        return self._delivery(i, entry_id, fields)
 
     def _delivery(self, i: int, entry_id: bytes | str, flat: Any) -> RedisDelivery | None:
         """The delivery of an entry just read; None if it cannot be one (it is dead-lettered): an entry
@@ -535,26 +595,7 @@ class RedisMailbox:
         eid = _s(entry_id)
         before = _digits(f.get("a", b"0"), 9)
         attempt = 1 if before is None else before + 1
-        raw = f.get("m")
-        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
-        problem = None
-        message = None
-        if not isinstance(raw, bytes):
-            raw = b""
-            problem = "it has no message (field m)"
-        elif before is None:
-            problem = "its attempt count (field a) is not a count"
-        elif len(raw) > self.max_message_size:
-            problem = f"its message is {len(raw)} bytes, over max_message_size ({self.max_message_size})"
-        elif size > self.max_message_size + _MAX_OVERHEAD:
-            problem = (
-                f"the entry is {size} bytes, over max_message_size ({self.max_message_size}) and its fields"
-            )
-        else:
-            try:
-                message = Message.decode(raw)
-            except MessageDecodeError as exc:
-                problem = f"cannot be decoded: {exc.reason}"
+        message, problem = self._decoded(f, before)
         if message is None:
             why = {"reason": f"cannot be read: {problem}", "attempts": attempt, "id": _msg_id(f.get("id"))}
             self._bury_entry(i, eid, why, attempt)
@@ -567,7 +608,26 @@ class RedisMailbox:
                 why.update(last_error=kept.error, last_error_attempt=kept.attempt)
             self._bury_entry(i, eid, why, attempt - 1)
             return None
-        return RedisDelivery(self, i, eid, name, message, attempt, raw, f.get("e"), kept)
+        return RedisDelivery(self, i, eid, name, message, attempt, f["m"], f.get("e"), kept)
+
+    def _decoded(self, f: dict[str, bytes], before: int | None) -> tuple[Message | None, str]:
+        """The message of an entry's fields ``f`` (``before``: its attempt count, None if not a count),
+        or None and why it cannot be one."""
+        raw = f.get("m")
+        limit = self.max_message_size
+        if not isinstance(raw, bytes):
+            return None, "it has no message (field m)"
+        if before is None:
+            return None, "its attempt count (field a) is not a count"
+        if len(raw) > limit:
+            return None, f"its message is {len(raw)} bytes, over max_message_size ({limit})"
+        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
+        if size > limit + _MAX_OVERHEAD:
+            return None, f"the entry is {size} bytes, over max_message_size ({limit}) and its fields"
+        try:
+            return Message.decode(raw), ""
+        except MessageDecodeError as exc:
+            return None, f"cannot be decoded: {exc.reason}"
 
     def _bury_entry(self, i: int, entry_id: str, why: dict[str, Any], attempts: int) -> None:
         """An entry this client holds, to the dead letters with ``why`` (claim: it is not deliverable)."""
@@ -754,18 +814,11 @@ class RedisMailbox:
         """A message waiting in ``delayed`` (any client may have written it: nothing here raises)."""
         tok = _s(token)
         changed = _ms_of(tok) / 1000
-        try:
-            e = orjson.loads(packed)
-        except (orjson.JSONDecodeError, TypeError):
-            e = None
-        if not isinstance(e, dict):
-            e = {}
+        e = _json_object(packed)
         rank = e["r"] if e.get("r") in RANKS else "2M"
         msg_id = _msg_id(e.get("id"))
-        a = e.get("a")
-        tries = a if type(a) is int and 0 <= a <= 999_999_999 else 0
-        d = e.get("d")
-        due = compact_time((d if type(d) is int and 0 < d <= _LAST_MS else _ms_of(tok)) / 1000)
+        tries = _int_in(e.get("a"), 0, 999_999_999, 0)
+        due = compact_time(_int_in(e.get("d"), 1, _LAST_MS, _ms_of(tok)) / 1000)
         m = e.get("m")
         return MessageInfo(
             state=State.NEW,
@@ -790,28 +843,32 @@ class RedisMailbox:
 
     def _infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """(info, where it is) of every message in ``state``, a page at a time."""
-        r = self._r
-        if state not in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-            return  # no tmp/ on Redis
         if state in (State.DONE, State.DEAD):
             key = self._done if state is State.DONE else self._dead
             for entry_id, flat in self._pages(key):
                 yield self._info(state, entry_id, flat), (key, _s(entry_id))
-            return
-        for i, stream in enumerate(self._streams):
-            if state is State.PROCESSING:
+        elif state is State.PROCESSING:
+            for i, stream in enumerate(self._streams):
                 yield from self._pending_infos(i, stream)
-                continue
-            groups = {_s(g["name"]): g for g in r.xinfo_groups(stream)}
-            last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
-            # Entries after the group's last delivered one were never delivered: they wait.
-            for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
-                yield self._info(state, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
-        if state is State.PROCESSING:
-            return
+        elif state is State.NEW:
+            for i, stream in enumerate(self._streams):
+                yield from self._waiting_infos(i, stream)
+            yield from self._delayed_infos()
+        # (no tmp/ on Redis)
+
+    def _waiting_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of one priority's stream never delivered: those after the group's last
+        delivered one."""
+        groups = {_s(g["name"]): g for g in self._r.xinfo_groups(stream)}
+        last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
+        for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
+            yield self._info(State.NEW, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
+
+    def _delayed_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The messages waiting in ``delayed``, a page at a time."""
         cursor = 0
         while True:
-            cursor, page = r.hscan(self._delayed_data, cursor, count=_PAGE)
+            cursor, page = self._r.hscan(self._delayed_data, cursor, count=_PAGE)
             for tok, packed in page.items():
                 yield self._delayed_info(tok, packed), (self._delayed_data, _s(tok))
             if not cursor:

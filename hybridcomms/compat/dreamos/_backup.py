@@ -301,7 +301,7 @@ class _Copier:
             if copied > MAX_FILE:
                 os.close(out)
                 out = -1
-                _fs._unlink_quietly(dst, name)
+                _fs.unlink_quietly(dst, name)
                 self.skip(path, f"grew past the {MAX_FILE} bytes a backup copies while copied: not copied")
                 return
             os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)  # never a set-id bit
@@ -314,7 +314,7 @@ class _Copier:
         """Copy ``fd`` into ``out`` a block at a time, at most `MAX_FILE` + 1 bytes; how many."""
         copied = 0
         for block in _read_blocks(fd, MAX_FILE + 1):
-            _fs._write_all(out, block)
+            _fs.write_all(out, block)
             copied += len(block)
             if self.progress is not None:
                 self.done += len(block)

@@ -51,7 +51,7 @@ class AwaitableStr(str):
         return _give(str(self))
 
 
-class _Nothing:
+class NothingType:
     """``None`` for a call that may or may not be awaited: falsy, and ``await`` gives ``None``."""
 
     __slots__ = ()
@@ -72,7 +72,7 @@ class _Nothing:
         return "None"
 
 
-NOTHING = _Nothing()
+NOTHING = NothingType()
 
 
 class Flag(int):
@@ -93,7 +93,7 @@ class Flag(int):
 
 
 @overload
-def dual(value: None) -> _Nothing: ...
+def dual(value: None) -> NothingType: ...
 @overload
 def dual(value: bool) -> Flag: ...
 @overload

@@ -63,7 +63,7 @@ from ._bus_events import (
     topic_of,
 )
 from ._delivery import deliver, deliver_to, set_policy
-from ._dual import NOTHING, AwaitableStr, Flag, _Nothing, dual
+from ._dual import NOTHING, AwaitableStr, Flag, NothingType, dual
 from .legacy import to_legacy_dict
 from .mailbox_utils import get_mailbox_root
 
@@ -97,7 +97,7 @@ _RECIPIENT_KEYS = ("recipient_agent_id", "target_agent_id", "recipient", "to_age
 Handler = Callable[..., Any]
 
 
-def _event_type(topic: str) -> Any:
+def event_type(topic: str) -> Any:
     """The `EventType` member for a topic string, or the string itself."""
     try:
         return EventType(topic)
@@ -131,13 +131,13 @@ def _as_base_event(value: Any, topic: str, source: str | None) -> BaseEvent:
     if isinstance(value, BaseEvent):
         return value
     data = value if isinstance(value, dict) else ({} if value is None else {"payload": value})
-    return BaseEvent(_event_type(topic), source or "AgentBus", data)
+    return BaseEvent(event_type(topic), source or "AgentBus", data)
 
 
 def _event_from_message(m: Message) -> BaseEvent:
     data = m.payload if isinstance(m.payload, dict) else {"payload": m.payload}
     event = BaseEvent(
-        _event_type(m.topic),
+        event_type(m.topic),
         m.sender or "unknown",
         data,
         m.created_at.timestamp(),
@@ -169,7 +169,7 @@ class _Adapter:
     the core bus's "each handler at most once per event" holds for the legacy handler too.
 
     ``refuses(event)``: whether an event is not handed to the handler at all (the `AgentBus` refuses
-    events from other processes on topics its policy routes durably: `AgentBus._forged_durable`)."""
+    events from other processes on topics its policy routes durably: `AgentBus.forged_durable`)."""
 
     __slots__ = ("__qualname__", "handler", "patterns", "refuses", "two")
 
@@ -344,7 +344,7 @@ class AgentBus:
             return
         adapter = self._adapters.get(handler)
         if adapter is None:
-            adapter = self._adapters[handler] = _Adapter(handler, self._forged_durable)
+            adapter = self._adapters[handler] = _Adapter(handler, self.forged_durable)
         self._bus.subscribe(pattern, adapter)
         adapter.patterns.add(pattern)
 
@@ -386,7 +386,12 @@ class AgentBus:
             if not adapter.patterns:
                 del self._adapters[handler]
 
-    def _forged_durable(self, event: Event) -> bool:
+    @property
+    def core_bus(self) -> _CoreBus:
+        """The hybridcomms `AgentBus` underneath (the head era's module subscribes its forwarders there)."""
+        return self._bus
+
+    def forged_durable(self, event: Event) -> bool:
         """An event from another process (it came through the fanout: ``event.origin``) on a topic this
         bus's policy routes durably, as it arrived (its recipient, priority and topics; for a `Message`
         its own, as `Comms` decides). Nobody vouches for who sent it (the bus carries no
@@ -437,22 +442,22 @@ class AgentBus:
         """Dispatch a `BaseEvent` (routed by the policy: see the module docstring)."""
         if not isinstance(event, BaseEvent):
             raise DispatchError(f"dispatch_event needs a BaseEvent, not {type(event).__name__}")
-        return self._route(event)
+        return self.route(event)
 
     def publish(self, topic_or_event: Any, payload: Any = None, **kwargs: Any) -> Any:
         """Publish ``(topic, payload)`` or a `BaseEvent`; ``await`` waits for async handlers."""
         if isinstance(topic_or_event, BaseEvent):
-            return self._route(topic_or_event)
+            return self.route(topic_or_event)
         topic = topic_of(topic_or_event)
         if not topic:
             raise DispatchError("a topic must be a non-empty string or an EventType member")
         source = kwargs.get("source_id") or kwargs.get("source") or "AgentBus"
         event = BaseEvent(
-            _event_type(topic), str(source), _event_data(payload), correlation_id=kwargs.get("correlation_id")
+            event_type(topic), str(source), _event_data(payload), correlation_id=kwargs.get("correlation_id")
         )
-        return self._route(event)
+        return self.route(event)
 
-    def _route(self, event: BaseEvent) -> Any:
+    def route(self, event: BaseEvent) -> Any:
         """Deliver an event as the policy routes it: durably to its recipient (or the durable
         subscribers of its topic), and in memory to this process's handlers."""
         topic = event.topic
@@ -500,7 +505,7 @@ class AgentBus:
 
     # -- the agent registry -------------------------------------------------------------------------
 
-    def register_agent(self, agent_id: str, capabilities: list[str] | None = None) -> _Nothing:
+    def register_agent(self, agent_id: str, capabilities: list[str] | None = None) -> NothingType:
         with self._lock:
             if agent_id in self.active_agents:
                 log.warning("agent %s is already registered", agent_id)
@@ -518,7 +523,7 @@ class AgentBus:
         )
         return NOTHING
 
-    def unregister_agent(self, agent_id: str) -> _Nothing:
+    def unregister_agent(self, agent_id: str) -> NothingType:
         with self._lock:
             if self.active_agents.pop(agent_id, None) is None:
                 log.warning("cannot unregister unknown agent %s", agent_id)
@@ -535,7 +540,7 @@ class AgentBus:
 
     def update_agent_status(
         self, agent_id: str, status: str, task_id: str | None = None, error: str | None = None
-    ) -> _Nothing:
+    ) -> NothingType:
         with self._lock:
             info = self.active_agents.get(agent_id)
             if info is None:
@@ -555,11 +560,11 @@ class AgentBus:
         return NOTHING
 
     def _system_event(self, kind: EventType, data: dict[str, Any], source: str = "AgentBus") -> None:
-        self._route(BaseEvent(kind, source, data))
+        self.route(BaseEvent(kind, source, data))
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> _Nothing:
+    def start(self) -> NothingType:
         self._running = True
         return NOTHING
 
@@ -609,7 +614,7 @@ class AgentBus:
         )
         self.stop()
 
-    def stop(self) -> _Nothing:
+    def stop(self) -> NothingType:
         """Stop the mailbox consumers and the bus's background loop. Safe to repeat."""
         with self._lock:
             consumers = list(self._consumers.values())
@@ -652,7 +657,7 @@ class SimpleEventBus:
         self._adapters: dict[Any, _Adapter] = {}
         self._lock = threading.Lock()
 
-    def subscribe(self, event_type_pattern: Any, handler: Handler) -> _Nothing:
+    def subscribe(self, event_type_pattern: Any, handler: Handler) -> NothingType:
         pattern = topic_of(event_type_pattern)
         with self._lock:
             adapter = self._adapters.get(handler)
@@ -665,7 +670,7 @@ class SimpleEventBus:
             adapter.patterns.add(pattern)
         return NOTHING
 
-    def unsubscribe(self, event_type_pattern: Any, handler: Handler) -> _Nothing:
+    def unsubscribe(self, event_type_pattern: Any, handler: Handler) -> NothingType:
         pattern = topic_of(event_type_pattern)
         with self._lock:
             adapter = self._adapters.get(handler)

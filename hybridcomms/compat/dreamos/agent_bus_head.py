@@ -180,10 +180,10 @@ class AgentBus:
         topic = _topic(event_type)
         payload = data if isinstance(data, dict) else {"payload": data}
         bus = _canonical.AgentBus()
-        event = _canonical.BaseEvent(_canonical._event_type(topic), "AgentBus", payload)
+        event = _canonical.BaseEvent(_canonical.event_type(topic), "AgentBus", payload)
         _mirroring.active = True
         try:
-            bus._route(event)
+            bus.route(event)
         except Exception as exc:  # the local delivery is the legacy contract; the crossing is extra
             logger.error("Error routing %s beyond this bus: %s", topic, exc)
         finally:
@@ -216,7 +216,7 @@ class AgentBus:
             if first:
                 self._forwarders[topic] = self._forwarder(topic)
         if first:
-            _canonical.AgentBus()._bus.subscribe(topic, self._forwarders[topic])
+            _canonical.AgentBus().core_bus.subscribe(topic, self._forwarders[topic])
         logger.debug("Subscribed to %s", topic)
 
     async def unsubscribe(self, event_type: Any, callback: Callable[..., Any]) -> None:
@@ -230,14 +230,14 @@ class AgentBus:
                 del self._subscribers[topic]
                 forwarder = self._forwarders.pop(topic, None)
         if forwarder is not None:
-            _canonical.AgentBus()._bus.unsubscribe(topic, forwarder)
+            _canonical.AgentBus().core_bus.unsubscribe(topic, forwarder)
         logger.debug("Unsubscribed from %s", topic)
 
     def _forwarder(self, topic: str) -> Callable[[Event], None]:
         def forward(event: Event) -> None:
             if getattr(_mirroring, "active", False):
                 return  # our own publication (or another instance's): not brought back
-            if _canonical.AgentBus()._forged_durable(event):
+            if _canonical.AgentBus().forged_durable(event):
                 return  # from another process on a durable topic: not handed on (see agent_bus)
             payload = event.payload
             data = payload.data if isinstance(payload, _canonical.BaseEvent) else payload

@@ -52,7 +52,7 @@ from ...errors import (
     UnsafePathError,
 )
 from ...intake import Step
-from ...message import Message, Priority, _parse_time, _valid_topic, check_id, has_non_finite
+from ...message import Message, Priority, check_id, has_non_finite, parse_time, valid_topic
 from ...states import State
 from . import _json
 from ._held_locks import HELD
@@ -257,7 +257,7 @@ def _first_text(fields: dict[str, Any], *keys: str) -> str | None:
 def _lenient_topic(fields: dict[str, Any]) -> str:
     """The legacy type as the topic if it is a valid one, else `LEGACY_TOPIC`."""
     topic = _first_text(fields, "topic", "type", "message_type")
-    if topic is None or not _valid_topic(topic):
+    if topic is None or not valid_topic(topic):
         return LEGACY_TOPIC
     return topic
 
@@ -284,7 +284,7 @@ def _lenient_created(fields: dict[str, Any]) -> datetime:
     for key in ("created_at", "timestamp_utc", "timestamp"):
         if key in fields:
             try:
-                return _parse_time(fields[key])
+                return parse_time(fields[key])
             except HybridCommsError:
                 continue
     return datetime.now(timezone.utc)
@@ -888,7 +888,7 @@ def _settle_clearing(adir_fd: int, journal: Journal) -> None:
     if journal.clearing is None:
         return
     if entry_kind(adir_fd, journal.clearing) == "file":
-        _fs._unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
+        _fs.unlink_quietly(adir_fd, journal.clearing)  # killed before it replaced the array
     else:
         journal.forget()  # the array was emptied: what it holds now was appended since
 
@@ -1144,7 +1144,7 @@ def _empty_inbox_json(adir_fd: int, journal: Journal, taken: int, digest: str) -
         finally:
             os.close(fd)
     except BaseException:
-        _fs._unlink_quietly(adir_fd, tmp)  # not named by the journal: nobody would look for it
+        _fs.unlink_quietly(adir_fd, tmp)  # not named by the journal: nobody would look for it
         raise
     # From here on the file stays until the rename (or the next ingestion) takes it: once the journal
     # names it, its being there is what says the array was not emptied.

@@ -28,7 +28,7 @@ from ...backends.base import check_agent_id
 from ...backends.file import Delivery, FileMailbox
 from ...errors import HybridCommsError
 from ._delivery import DREAMOS_MODES, deliver
-from ._dual import AwaitableList, AwaitableStr, _Nothing, dual
+from ._dual import AwaitableList, AwaitableStr, NothingType, dual
 from ._messages import create_mailbox_message
 from .legacy import IngestProbe, to_legacy_dict
 from .mailbox_utils import get_mailbox_root
@@ -94,7 +94,7 @@ class MailboxHandler:
         payload: dict[str, Any],
         filename_prefix: str = "msg",
         priority: str = "MEDIUM",
-    ) -> AwaitableStr | _Nothing:
+    ) -> AwaitableStr | NothingType:
         """Send a message to another agent (where its reader reads: see `deliver`); returns the
         message id, or None (logged) if it could not be sent. Works awaited and plain."""
         try:
