@@ -68,7 +68,7 @@ from __future__ import annotations
 import builtins
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,8 +101,10 @@ __all__ = [
     "check_agent_id",
     "check_delay",
     "check_retention",
+    "common_options",
     "expiry_reason",
     "put_once",
+    "requeue_each",
     "set_common_options",
     "text_of",
 ]
@@ -284,6 +286,21 @@ class Mailbox(Protocol):
     ) -> builtins.list[str]:
         """Back to ``new``, due now, from ``dead`` (or ``done``: a replay)."""
 
+    def requeue_all(
+        self,
+        from_state: State | str = State.DEAD,
+        *,
+        reset_attempts: bool = True,
+        step: Callable[[int], None] | None = None,
+    ) -> builtins.list[str]:
+        """Every message of ``dead`` (or ``done``) back to ``new``, as `requeue` moves one (the file
+        backend with one listing for all); ``step(n)`` is told how many were handled so far. Returns
+        the names given to the requeued messages."""
+
+    def sibling(self, agent_id: str, *, create: bool = False) -> Mailbox:
+        """The mailbox of ``agent_id`` on the same backend (root, store or server and namespace) with
+        this one's options: where a reply goes back, without asking which backend this is."""
+
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
         """Delete messages in ``done`` or ``dead`` that entered it ``older_than`` seconds ago or more."""
 
@@ -424,6 +441,34 @@ def check_agent_id(agent_id: object) -> str:
             "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)" + hint
         )
     return agent_id
+
+
+def common_options(mailbox: Any) -> dict[str, Any]:
+    """The options every backend takes, as ``mailbox`` has them (to open another mailbox alike)."""
+    return {
+        "lease": mailbox.lease,
+        "max_attempts": mailbox.max_attempts,
+        "backoff": mailbox.backoff,
+        "max_message_size": mailbox.max_message_size,
+        "done_retention": mailbox.done_retention,
+    }
+
+
+def requeue_each(
+    mailbox: Mailbox,
+    from_state: State | str = State.DEAD,
+    reset_attempts: bool = True,
+    step: Callable[[int], None] | None = None,
+) -> builtins.list[str]:
+    """`Mailbox.requeue_all` through `Mailbox.requeue`: each message listed in ``from_state``, once
+    per id (the backends whose `requeue` finds a message by id in one call)."""
+    src = State(from_state)
+    moved: builtins.list[str] = []
+    for n, key in enumerate(dict.fromkeys(i.id or i.name for i in mailbox.list(src)), 1):
+        moved += mailbox.requeue(key, from_state=src, reset_attempts=reset_attempts)
+        if step is not None:
+            step(n)
+    return moved
 
 
 def set_common_options(

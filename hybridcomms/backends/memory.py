@@ -19,7 +19,7 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,7 +40,9 @@ from .base import (
     check_agent_id,
     check_delay,
     check_retention,
+    common_options,
     expiry_reason,
+    requeue_each,
     set_common_options,
     text_of,
 )
@@ -409,6 +411,18 @@ class MemoryMailbox:
                 if e.name == info.name:
                     return Message.decode(e.data)
         raise KeyError(f"{info.name} is no longer in {info.state.value}")
+
+    def requeue_all(
+        self,
+        from_state: State | str = State.DEAD,
+        *,
+        reset_attempts: bool = True,
+        step: Callable[[int], None] | None = None,
+    ) -> builtins.list[str]:
+        return requeue_each(self, from_state, reset_attempts, step)
+
+    def sibling(self, agent_id: str, *, create: bool = False) -> MemoryMailbox:
+        return MemoryMailbox(agent_id, store=self.store, create=create, **common_options(self))
 
     def requeue(
         self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True

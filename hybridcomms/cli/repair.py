@@ -121,15 +121,9 @@ def cmd_requeue(args: argparse.Namespace, mb: Mailbox) -> int:
 
 
 def _requeue_all_dead(args: argparse.Namespace, mb: Mailbox) -> list[str]:
-    if isinstance(mb, FileMailbox):
-        dead = mb.list(State.DEAD)  # one listing for all of them
-        progress = Progress("requeue", len(dead))
-        moved = inspection.requeue_infos(mb, dead, State.DEAD, args.reset_attempts, progress.step)
-        progress.end()
-        return moved
-    moved = []
-    for key in dict.fromkeys(i.id or i.name for i in mb.list(State.DEAD)):
-        moved += mb.requeue(key, reset_attempts=args.reset_attempts)
+    progress = Progress("requeue", mb.stats().states[State.DEAD].count)
+    moved = mb.requeue_all(State.DEAD, reset_attempts=args.reset_attempts, step=progress.step)
+    progress.end()
     return moved
 
 

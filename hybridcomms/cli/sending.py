@@ -119,7 +119,7 @@ def cmd_send(args: argparse.Namespace, root: Path) -> int:
         return _send_legacy(args, root, message, decision)
     with open_existing(root, args.to, "send", True, url, fsync=args.fsync) as mb:
         existing, written = _put(args, mb, message)
-        backend = "file" if isinstance(mb, FileMailbox) else "redis"
+        backend = mb.kind
         if existing is not None:  # an idempotent resend: the message is there already
             return _already_there(args, message, decision, existing, backend, url)
         if written is None and isinstance(mb, FileMailbox) and args.json:

@@ -45,8 +45,7 @@ from .. import _log
 from .._outage import Outage
 from .._text import json_text, printable
 from .._urls import child_environ, shown_url
-from ..backends import Mailbox, MailboxDelivery, backend_of, open_mailbox
-from ..backends.file import FileMailbox
+from ..backends import Mailbox, MailboxDelivery, backend_of
 from ..comms import REPLY_HEADER
 from ..errors import HybridCommsError
 from ..message import Message, reply_topic
@@ -357,9 +356,7 @@ class Worker:
 
     def _reply_box(self, to: str) -> Mailbox:
         """The requester's mailbox, on this mailbox's backend (it must exist)."""
-        if isinstance(self.mb, FileMailbox):
-            return FileMailbox(self.mb.root, to, fsync=self.mb.fsync, create=False)
-        return open_mailbox(getattr(self.mb, "url", ""), to, create=False)
+        return self.mb.sibling(to, create=False)
 
     def _report(
         self, d: MailboxDelivery, outcome: str, code: int | None, seconds: float, error: str | None = None

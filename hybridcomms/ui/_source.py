@@ -28,7 +28,7 @@ from .._text import json_text, printable, shown
 from .._urls import shown_url
 from ..backends import Mailbox, backend_of, open_mailbox
 from ..backends.base import MailboxStats, MessageInfo, StateStats, check_agent_id
-from ..backends.file import FileMailbox, inspection
+from ..backends.file import FileMailbox
 from ..backends.file.inspection import survey_root
 from ..errors import HybridCommsError
 from ..message import Message
@@ -145,12 +145,7 @@ class Source:
     def requeue_all_dead(self, agent: str) -> int:
         """``hybridcomms requeue AGENT --all-dead``: every dead message of the mailbox back to ``new``."""
         with self.writing(agent) as mb:
-            if isinstance(mb, FileMailbox):
-                return len(inspection.requeue_infos(mb, mb.list(State.DEAD), State.DEAD, True))
-            moved = 0
-            for key in dict.fromkeys(i.id or i.name for i in mb.list(State.DEAD)):
-                moved += len(mb.requeue(key))
-            return moved
+            return len(mb.requeue_all(State.DEAD))
 
     def purge(self, agent: str, state: State, older_than: float) -> int:
         """``hybridcomms purge AGENT --state done|dead --older-than AGE``."""

@@ -36,3 +36,31 @@ def test_every_mailbox_says_its_kind(make: Callable[..., Mailbox]) -> None:
     mb = make()
     assert mb.kind in KINDS
     assert isinstance(mb, Mailbox)
+
+
+def test_requeue_all_moves_every_dead_message_back_and_counts_its_steps(make: Callable[..., Mailbox]) -> None:
+    mb = make(max_attempts=1)
+    mb.put_many([Message("t", i, id=f"d{i}") for i in range(5)])
+    for _ in range(5):
+        d = mb.claim()
+        assert d is not None
+        assert d.nack(delay=0, error="boom") is State.DEAD
+    steps: list[int] = []
+    moved = mb.requeue_all(State.DEAD, step=steps.append)
+    assert len(moved) == 5 and steps and steps[-1] == 5
+    assert mb.stats().states[State.DEAD].count == 0
+    infos = [mb.get(f"d{i}") for i in range(5)]
+    assert all(i is not None and i.state is State.NEW and i.attempt == 0 for i in infos)
+    assert mb.requeue_all(State.DEAD) == []  # nothing left: nothing moved
+
+
+def test_a_sibling_is_another_agent_on_the_same_backend(make: Callable[..., Mailbox]) -> None:
+    """Where a reply goes back: the same root, store or server and namespace, the same options."""
+    mb = make("Worker", max_attempts=3)
+    reply_to = make("Client")
+    with mb.sibling("Client") as back:
+        assert back.kind == mb.kind and back.agent_id == "Client" and back.max_attempts == 3
+        back.put(Message("reply", {"ok": True}, id="r1"))
+    d = reply_to.claim()
+    assert d is not None and d.message.id == "r1"
+    d.ack()

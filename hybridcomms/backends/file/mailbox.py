@@ -29,7 +29,7 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from ..base import (
     check_agent_id,
     check_delay,
     check_retention,
+    common_options,
     set_common_options,
 )
 from . import inspection, recovery
@@ -611,6 +612,21 @@ class FileMailbox:
         fresh attempt count (``reset_attempts=False``: the count it had); return the new file names.
         Its reason file is removed."""
         return inspection.requeue(self, message_id, State(from_state), reset_attempts)
+
+    def requeue_all(
+        self,
+        from_state: State | str = State.DEAD,
+        *,
+        reset_attempts: bool = True,
+        step: Callable[[int], None] | None = None,
+    ) -> builtins.list[str]:
+        """Every message of ``dead/`` (or ``done/``) back to ``new/``, from one listing of the folder."""
+        src = State(from_state)
+        return inspection.requeue_infos(self, self.list(src), src, reset_attempts, step)
+
+    def sibling(self, agent_id: str, *, create: bool = False) -> FileMailbox:
+        """The mailbox of ``agent_id`` under the same root, with this one's options."""
+        return FileMailbox(self.root, agent_id, fsync=self.fsync, create=create, **common_options(self))
 
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
         """Delete files in ``done/`` or ``dead/`` that entered it ``older_than`` seconds ago or more."""

@@ -60,7 +60,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -89,7 +89,9 @@ from ..base import (
     check_agent_id,
     check_delay,
     check_retention,
+    common_options,
     expiry_reason,
+    requeue_each,
     set_common_options,
     text_of,
 )
@@ -279,6 +281,7 @@ class RedisMailbox:
             raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
         self.max_age = max_age
         self.url = url
+        self.namespace = namespace
         self.maxlen = maxlen
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         base = f"{namespace}:{{{self.agent_id}}}"
@@ -959,6 +962,20 @@ class RedisMailbox:
             info = self._info(state, entry_id, flat)
         m = _fields(flat).get("m", b"")
         return info, m if isinstance(m, bytes) else b""
+
+    def requeue_all(
+        self,
+        from_state: State | str = State.DEAD,
+        *,
+        reset_attempts: bool = True,
+        step: Callable[[int], None] | None = None,
+    ) -> builtins.list[str]:
+        return requeue_each(self, from_state, reset_attempts, step)
+
+    def sibling(self, agent_id: str, *, create: bool = False) -> RedisMailbox:
+        return RedisMailbox(
+            self.url, agent_id, namespace=self.namespace, create=create, **common_options(self)
+        )
 
     def requeue(
         self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
