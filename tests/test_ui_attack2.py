@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 
 import orjson
+import pytest
 from waiting import eventually
 
 from hybridcomms import FileMailbox, Message
@@ -117,3 +120,128 @@ def test_the_watcher_reads_no_big_linked_file_and_keeps_little(root: Path) -> No
     topic, sender = describe(f"{2:032x}", str(small))
     assert topic is not None and sender is not None
     assert len(topic) == len(sender) == FIELD_LIMIT and sender.endswith("…")
+
+
+# -- 2. the graph under huge names ------------------------------------------------------------------
+
+pytest.importorskip("starlette")
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from hybridcomms.ui import _graph  # noqa: E402
+from hybridcomms.ui._app import App, create_app  # noqa: E402
+from hybridcomms.ui._security import Guard  # noqa: E402
+from hybridcomms.ui._source import Source  # noqa: E402
+
+TOKEN = "attack2-test-token-0123456789"
+ORIGIN = "http://127.0.0.1:8765"
+P = Guard(TOKEN).prefix
+
+
+def client(root: Path, *, live: bool = False) -> tuple[TestClient, App]:
+    app, state = create_app(Source(str(root)), Guard(TOKEN), live=live, bus=False)
+    c = TestClient(app, base_url=ORIGIN + P)
+    return c, state
+
+
+def _login(c: TestClient) -> None:
+    assert c.get(f"/?token={TOKEN}", follow_redirects=False).status_code == 303
+
+
+def _held_chars(flows: _graph.Flows) -> int:
+    """The characters of names the flows hold (what their memory grows with)."""
+    return sum(len(f.sender) + len(f.recipient) for f in list(flows._flows))
+
+
+def test_huge_names_cost_the_graph_little(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FileMailbox(root, "Agent-1", fsync="never").close()
+    c, state = client(root, live=True)
+    links = 200
+    with c:  # the live side runs: the watcher's notifications note flows
+        _login(c)
+        new = root / "Agent-1" / "new"
+        first = _raw_message(root.parent, 0, "t.big", "s" * ((1 << 20) - 500))  # written outside, linked in
+        for i in range(1, links + 1):
+            os.link(first, new / f"2M.20261204T100000000000Z.{i:032x}.a0.json")
+        eventually(lambda: len(state.flows._flows), "a flow per link", until=lambda n: n >= links)
+        for i in range(5000):  # bus events with sources of 1,020 characters (share_bus's limit is 1,024)
+            state.live.on_bus(f"{i:06d}" + "x" * 1014, None, "t")
+        for i in range(links):  # a flow recorded by hand with a 1 MB sender is cut too
+            state.flows.note(_graph.Flow(time.time(), f"{i:04d}" + "y" * (1 << 20), "Agent-1", "durable"))
+        seen: list[int] = []
+        on_loop: list[bool] = []
+        real = _graph.printable
+
+        def counting(text: str, limit: int | None = None) -> str:
+            seen.append(len(text))
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:
+                on_loop.append(False)
+            return real(text, limit)
+
+        monkeypatch.setattr(_graph, "printable", counting)
+        r = c.get("/api/graph")
+        assert r.status_code == 200
+    graph = r.json()
+    assert len(graph["nodes"]) <= _graph.MAX_NODES
+    assert sum(seen) <= 100 * (_graph.NAME_LIMIT + 2), f"{sum(seen)} characters processed"
+    assert not any(on_loop), "the graph was built on the event loop"
+    held = _held_chars(state.flows)
+    assert held <= len(state.flows._flows) * 2 * (_graph.NAME_LIMIT + 2)
+    assert held < 4_000_000
+    assert state.flows.bytes <= state.flows.budget
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    head=st.text(min_size=0, max_size=300),
+    a=st.text(min_size=1, max_size=5),
+    b=st.text(min_size=1, max_size=5),
+)
+def test_node_keys_are_short_and_distinct_names_stay_distinct(head: str, a: str, b: str) -> None:
+    x, y = head * 4 + "z" * 200 + a, head * 4 + "z" * 200 + b
+    kx, ky = _graph.node_key(x), _graph.node_key(y)
+    assert len(kx) <= _graph.NAME_LIMIT and len(ky) <= _graph.NAME_LIMIT
+    assert (kx == ky) == (x == y)
+
+
+def test_flows_are_bounded_by_bytes() -> None:
+    flows = _graph.Flows(budget=200_000)
+    now = time.time()
+    for i in range(5000):
+        flows.note(_graph.flow(now, f"{i}" + "q" * 5000, "Agent-1", "bus"))
+    assert 0 < flows.bytes <= 200_000
+    assert flows.bytes == sum(f.cost() for f in flows._flows)
+    assert len(flows) < 5000  # the oldest went
+
+
+# -- 5. senders named like the graph's own nodes ----------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.text(alphabet="*()?~others unkwnvy", min_size=1, max_size=12), max_size=6))
+@example(names=["*", "(others)", "?", "~everyone", "~others", "~unknown", "~~others"])
+def test_senders_cannot_fake_the_graphs_own_nodes(tmp_path: Path, names: list[str]) -> None:
+    FileMailbox(tmp_path, "Agent-1", fsync="never").close()
+    c, state = client(tmp_path)
+    _login(c)
+    now = time.time()
+    state.live.on_bus("Agent-1", None, "t")  # a broadcast: the "*" node
+    state.flows.note(_graph.flow(now, None, "Agent-1", "durable"))  # no sender: the "?" node
+    for n in names:
+        state.flows.note(_graph.flow(now, n, "Agent-1", "durable"))
+    graph = c.get("/api/graph").json()
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    assert len(nodes) == len(graph["nodes"])
+    assert nodes[_graph.EVERYONE]["label"] == "*" and nodes[_graph.EVERYONE]["verified"]
+    assert nodes[_graph.UNKNOWN]["label"] == "?"
+    assert {e["target"] for e in graph["edges"] if e["kind"] == "bus"} == {_graph.EVERYONE}
+    into_unknown = [e for e in graph["edges"] if e["source"] == _graph.UNKNOWN]
+    assert [e["count"] for e in into_unknown] == [1]  # only the message without a sender
+    own = (_graph.EVERYONE, _graph.UNKNOWN, "Agent-1")
+    forged = {i: n for i, n in nodes.items() if i not in own}
+    assert {n["label"] for n in forged.values()} == set(names)  # each an ordinary node of its own
+    assert not any(n["verified"] for n in forged.values())

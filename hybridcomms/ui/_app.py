@@ -153,7 +153,8 @@ class App:
     async def graph_json(self, request: Request) -> Response:
         entries = await _in_thread(self.fleet.entries)
         agents = frozenset(e.agent for e in entries if e.agent is not None and e.kind != "broken")
-        return _json(self.flows.graph(agents=agents))
+        graph = await _in_thread(lambda: self.flows.graph(agents=agents))  # never on the event loop
+        return _json(graph)
 
     def _agent(self, request: Request) -> str | None:
         try:
