@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ import orjson
 import pytest
 from waiting import eventually
 
-from hybridcomms import FileMailbox, Message
+from hybridcomms import FileMailbox, Message, State
 from hybridcomms.watcher import FIELD_LIMIT, MailboxEvent, MailboxWatcher, _Describer
 
 # -- 1. the watcher's reads -------------------------------------------------------------------------
@@ -245,3 +248,92 @@ def test_senders_cannot_fake_the_graphs_own_nodes(tmp_path: Path, names: list[st
     forged = {i: n for i, n in nodes.items() if i not in own}
     assert {n["label"] for n in forged.values()} == set(names)  # each an ordinary node of its own
     assert not any(n["verified"] for n in forged.values())
+
+
+# -- 4. deep dead reasons ---------------------------------------------------------------------------
+
+
+def _deep(depth: int, kind: str) -> bytes:
+    inner = b"[" * depth + b"]" * depth
+    return inner if kind == "top" else b'{"reason": ' + inner + b', "last_error": ' + inner + b"}"
+
+
+#: Generated depths, and the edges: just under the reader's limit (1,024 levels in all), over it. Not
+#: hypothesis: it raises the recursion limit while a test runs, which hides what a deep reason does.
+_rng = random.Random(20261204)
+DEPTHS = sorted({*_rng.sample(range(1, 1101), 4), 900, 998, 1021, 1100})
+CASES = [(d, k) for d in DEPTHS for k in ("top", "field")]
+
+
+@pytest.mark.parametrize(("depth", "kind"), CASES)
+def test_a_deep_dead_reason_shows_on_files(tmp_path: Path, depth: int, kind: str) -> None:
+    root = tmp_path
+    with FileMailbox(root, "Agent-1", fsync="never") as mb:
+        m = Message("t", payload=1)
+        mb.put(m)
+        d = mb.claim()
+        assert d is not None
+        d.dead("gave up")
+    (reason,) = (root / "Agent-1" / "dead").glob("*.reason.json")
+    reason.write_bytes(_deep(depth, kind))
+    c, _ = client(root)
+    _login(c)
+    assert c.get("/a/Agent-1?state=dead").status_code == 200, depth
+    assert c.get(f"/a/Agent-1/m/{m.id}").status_code == 200, depth
+
+
+@pytest.fixture
+def deep_dead(redis_url: str) -> tuple[str, str, Message]:
+    from hybridcomms.backends import open_mailbox
+
+    agent = f"Deep-{os.getpid()}-{time.monotonic_ns()}"
+    with open_mailbox(redis_url, agent) as mb:
+        m = Message("t", payload=1)
+        mb.put(m)
+        d = mb.claim()
+        assert d is not None
+        d.dead("gave up")
+    return redis_url, agent, m
+
+
+def _set_reason(url: str, agent: str, raw: bytes) -> None:
+    import redis
+
+    r = redis.Redis.from_url(url)
+    key = f"hc:{{{agent}}}:dead"
+    ((entry_id, fields),) = r.xrange(key)
+    r.xdel(key, entry_id)
+    r.xadd(key, {**fields, b"r": raw})
+    r.close()
+
+
+@pytest.mark.parametrize(("depth", "kind"), [*CASES[::3], (998, "top"), (998, "field")])
+def test_a_deep_dead_reason_shows_on_redis(
+    deep_dead: tuple[str, str, Message], depth: int, kind: str
+) -> None:
+    from hybridcomms.backends import open_mailbox
+
+    url, agent, m = deep_dead
+    _set_reason(url, agent, _deep(depth, kind))
+    with open_mailbox(url, agent, create=False) as mb:
+        (info,) = mb.list(State.DEAD)  # never raises
+        assert info.reason is not None
+        str(info.reason)  # and prints
+    app, _ = create_app(Source(url), Guard(TOKEN), live=False)
+    c = TestClient(app, base_url=ORIGIN + P)
+    _login(c)
+    assert c.get(f"/a/{agent}?state=dead").status_code == 200
+    assert c.get(f"/a/{agent}/m/{m.id}").status_code == 200
+
+
+def test_ls_dead_on_redis_with_a_deep_reason_is_no_traceback(deep_dead: tuple[str, str, Message]) -> None:
+    url, agent, m = deep_dead
+    _set_reason(url, agent, _deep(998, "top"))
+    out = subprocess.run(
+        [sys.executable, "-m", "hybridcomms", "--url", url, "ls", agent, "--state", "dead"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and m.id in out.stdout

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +31,7 @@ from ._fleet import RATE_KINDS, Fleet, Row
 from ._graph import Flows
 from ._listing import HeadCache, Item, lookup_key, page_of
 from ._live import Live
-from ._payload import clipped, payload_text
+from ._payload import clipped, payload_text, reason_shown
 from ._security import COOKIE, HEADERS, Guard
 from ._source import STATES, HybridCommsError, Source, State, check_agent_id, json_text, printable, shown
 
@@ -233,6 +234,7 @@ class App:
         if got is None:
             return self.error(request, 404, "no such message (it may have moved on)")
         info, message, unreadable = got
+        info = dataclasses.replace(info, reason=reason_shown(info.reason))  # cut by depth: never a 500
         payload = envelope = None
         if message is not None:
             body = message.to_dict()
