@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -337,3 +338,24 @@ def test_ls_dead_on_redis_with_a_deep_reason_is_no_traceback(deep_dead: tuple[st
     )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr and m.id in out.stdout
+
+
+# -- 6. redirects -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(host=st.sampled_from(["127.0.0.1", "localhost", "[::1]"]), port=st.integers(1, 65535))
+@example(host="127.0.0.1", port=1)
+def test_every_redirect_is_a_path(tmp_path: Path, host: str, port: int) -> None:
+    FileMailbox(tmp_path, "Agent-1", fsync="never").close()
+    c, _ = client(tmp_path)
+    _login(c)
+    headers = {"host": f"{host}:{port}"}
+    for path in ("/a/Agent-1/", "/graph/", "/api/graph/", ""):
+        r = c.get(path, headers=headers, follow_redirects=False)
+        location = r.headers.get("location")
+        if location is not None:
+            parts = urlsplit(location)
+            assert not parts.scheme and not parts.netloc and location.startswith(P), location
+    r = c.get("/a/Agent-1/", headers=headers, follow_redirects=False)
+    assert r.status_code in (307, 308) and r.headers["location"] == f"{P}/a/Agent-1"

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import jinja2
 import orjson
@@ -453,10 +453,22 @@ def _cookies(header: str) -> dict[str, str]:
     return out
 
 
+def _relative(location: bytes) -> bytes:
+    """A redirect's target as a path only (Starlette's trailing-slash redirect names the scheme, the
+    host and the port of the request's Host header: a path cannot send the browser elsewhere)."""
+    parts = urlsplit(location.decode("latin-1"))
+    path = "/" + parts.path.lstrip("/\\")
+    return (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
+
+
 def _with_headers(send: Send) -> Callable[[Message], Awaitable[None]]:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            raw = [(k, v) for k, v in message.get("headers", []) if k.decode().lower() not in HEADERS]
+            raw = [
+                (k, _relative(v) if k.lower() == b"location" else v)
+                for k, v in message.get("headers", [])
+                if k.decode().lower() not in HEADERS
+            ]
             raw += [(k.encode(), v.encode()) for k, v in HEADERS.items()]
             message = {**message, "headers": raw}
         await send(message)
