@@ -34,7 +34,7 @@ import orjson
 from . import _fs, _log
 from . import intake as _intake
 from ._broken import Broken
-from ._names import REASON_SUFFIX, parse_name
+from ._names import REASON_SUFFIX, make_name, parse_name
 from .backends.file import FileMailbox, list_agents
 from .bus import AgentBus
 from .states import TRANSITIONS, State, Transition
@@ -109,17 +109,54 @@ class MailboxEvent:
         return out
 
 
+#: The most of a message file read for its topic and sender (a file with more than one name is read
+#: only up to `LINKED_LIMIT`: a co-tenant who hard-links one big file under thousands of names must not
+#: make the watcher read it thousands of times).
+READ_LIMIT = 1 << 20
+LINKED_LIMIT = 64 * 1024
+#: The most of a topic or sender kept (characters): what is longer is cut, with "…" at the end.
+FIELD_LIMIT = 200
+#: Where a message that moved on may be now (a claim adds one to the attempt in its name).
+_LATER = (State.PROCESSING, State.DONE, State.DEAD, State.NEW)
+
+
+class _Gone(Exception):
+    """The file is not where it was looked for (a consumer moved it on)."""
+
+
 def describe_file(path: str, root: str | None = None) -> tuple[str | None, str | None]:
     """Topic and sender of the message file at ``path``, read as a hostile file (no link followed, no
-    blocking on a FIFO, at most 1 MiB); (None, None) if it is gone or is not a message. With ``root``,
-    no component of ``path`` below it is followed if it is a link (`_fs.read_beneath`)."""
+    blocking on a FIFO, at most 1 MiB, at most 64 KiB when it has more than one name), each cut to
+    `FIELD_LIMIT` characters; (None, None) if it is gone or is not a message. With ``root``, no
+    component of ``path`` below it is followed if it is a link (`_fs.read_beneath`)."""
     try:
-        obj = orjson.loads(_read_hostile(path, root))
-    except (OSError, orjson.JSONDecodeError):
+        return _describe(path, root)
+    except _Gone:
+        return None, None
+
+
+def _describe(path: str, root: str | None) -> tuple[str | None, str | None]:
+    """`describe_file`, raising `_Gone` when there is no file at ``path``."""
+    try:
+        raw = _read_hostile(path, root)
+    except FileNotFoundError:
+        raise _Gone from None
+    except OSError:
+        return None, None
+    if raw is None:
+        return None, None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None, None
     if not isinstance(obj, dict):
         return None, None
-    return _topic_and_sender(obj)
+    topic, sender = _topic_and_sender(obj)
+    return _cut(topic), _cut(sender)
+
+
+def _cut(value: str | None) -> str | None:
+    return value if value is None or len(value) <= FIELD_LIMIT else value[: FIELD_LIMIT - 1] + "…"
 
 
 def _topic_and_sender(obj: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -129,17 +166,60 @@ def _topic_and_sender(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     return (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
 
 
-def _read_hostile(path: str, root: str | None) -> bytes:
-    """At most 1 MiB of the regular file at ``path``; below ``root``, no link followed at any step."""
+def _read_hostile(path: str, root: str | None) -> bytes | None:
+    """The regular file at ``path`` (below ``root``, no link followed at any step): at most
+    `READ_LIMIT` bytes, or `LINKED_LIMIT` when it has more than one name; None when it is larger.
+    `FileNotFoundError` when it is not there."""
     if root is not None and path.startswith(root + os.sep):
         parts = tuple(path[len(root) + 1 :].split(os.sep))
-        return _fs.read_beneath(root, parts, 1 << 20)
-    return _fs.read_regular(path, 1 << 20)
+        fd = os.open(root, _fs.O_DIR)
+        try:
+            for part in parts[:-1]:
+                child = _fs.open_dir(part, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            return _read_bounded(parts[-1], fd)
+        finally:
+            os.close(fd)
+    return _read_bounded(path, None)
+
+
+def _read_bounded(name: str, dir_fd: int | None) -> bytes | None:
+    try:
+        fd, st = _fs.open_regular(name, READ_LIMIT, dir_fd=dir_fd)
+    except _fs.TooLargeError:
+        return None
+    try:
+        limit = LINKED_LIMIT if st.st_nlink > 1 else READ_LIMIT
+        if st.st_size > limit:
+            return None  # checked on the descriptor it would be read from: no race with a new link
+        return _fs.read_all(fd, st.st_size, limit)
+    finally:
+        os.close(fd)
+
+
+def _where_now(path: str, root: str) -> list[str]:
+    """Where the message file at ``path`` (``root/agent/state/name``) may be after a consumer moved
+    it: the same name, the next attempts or attempt 0 (requeued), in processing/, done/, dead/, new/."""
+    parts = os.path.relpath(path, root).split(os.sep)
+    info = parse_name(parts[-1]) if len(parts) == 3 else None
+    if info is None:
+        return []
+    attempts = dict.fromkeys((info.attempt, info.attempt + 1, info.attempt + 2, 0))  # 0: requeued
+    names = [make_name(info.rank, info.due, info.id, a) for a in attempts]
+    return [
+        os.path.join(root, parts[0], state.folder, name)
+        for state in _LATER
+        for name in names
+        if os.path.join(root, parts[0], state.folder, name) != path
+    ]
 
 
 class _Describer:
-    """Topic and sender of a message, read once per id (bounded cache): events of the same message
-    (delivered, claimed, acked) read its file once."""
+    """Topic and sender of a message, read once per id (bounded cache; each field cut to
+    `FIELD_LIMIT`): events of the same message (delivered, claimed, acked) read its file once. A read
+    that found no file (a consumer moved it first) looks where it went; what was not found is never
+    cached (the next event of the message reads it where it is then)."""
 
     def __init__(self, size: int = 10_000, root: str | None = None) -> None:
         self.size = size
@@ -153,13 +233,27 @@ class _Describer:
                 hit = self._cache.get(msg_id)
             if hit is not None:
                 return hit
-        found = describe_file(path, self._root)
-        if msg_id is not None:
+        found = self._read(path)
+        if found is None:
+            return None, None
+        if msg_id is not None and found != (None, None):  # a file that is not (yet) a message: read again
             with self._lock:
                 if len(self._cache) >= self.size:
                     self._cache.clear()
                 self._cache[msg_id] = found
         return found
+
+    def _read(self, path: str) -> tuple[str | None, str | None] | None:
+        """What the file says, where it is now; None if it was found nowhere."""
+        candidates = [path]
+        if self._root is not None:
+            candidates += _where_now(path, self._root)
+        for candidate in candidates:
+            try:
+                return _describe(candidate, self._root)
+            except _Gone:
+                continue
+        return None
 
 
 class MailboxWatcher:

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import jinja2
 import orjson
@@ -30,7 +31,7 @@ from ._fleet import RATE_KINDS, Fleet, Row
 from ._graph import Flows
 from ._listing import HeadCache, Item, lookup_key, page_of
 from ._live import Live
-from ._payload import clipped, payload_text
+from ._payload import clipped, payload_text, reason_shown
 from ._security import COOKIE, HEADERS, Guard
 from ._source import STATES, HybridCommsError, Source, State, check_agent_id, json_text, printable, shown
 
@@ -153,7 +154,8 @@ class App:
     async def graph_json(self, request: Request) -> Response:
         entries = await _in_thread(self.fleet.entries)
         agents = frozenset(e.agent for e in entries if e.agent is not None and e.kind != "broken")
-        return _json(self.flows.graph(agents=agents))
+        graph = await _in_thread(lambda: self.flows.graph(agents=agents))  # never on the event loop
+        return _json(graph)
 
     def _agent(self, request: Request) -> str | None:
         try:
@@ -232,6 +234,7 @@ class App:
         if got is None:
             return self.error(request, 404, "no such message (it may have moved on)")
         info, message, unreadable = got
+        info = dataclasses.replace(info, reason=reason_shown(info.reason))  # cut by depth: never a 500
         payload = envelope = None
         if message is not None:
             body = message.to_dict()
@@ -450,10 +453,22 @@ def _cookies(header: str) -> dict[str, str]:
     return out
 
 
+def _relative(location: bytes) -> bytes:
+    """A redirect's target as a path only (Starlette's trailing-slash redirect names the scheme, the
+    host and the port of the request's Host header: a path cannot send the browser elsewhere)."""
+    parts = urlsplit(location.decode("latin-1"))
+    path = "/" + parts.path.lstrip("/\\")
+    return (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
+
+
 def _with_headers(send: Send) -> Callable[[Message], Awaitable[None]]:
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            raw = [(k, v) for k, v in message.get("headers", []) if k.decode().lower() not in HEADERS]
+            raw = [
+                (k, _relative(v) if k.lower() == b"location" else v)
+                for k, v in message.get("headers", [])
+                if k.decode().lower() not in HEADERS
+            ]
             raw += [(k.encode(), v.encode()) for k, v in HEADERS.items()]
             message = {**message, "headers": raw}
         await send(message)

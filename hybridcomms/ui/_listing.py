@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ._payload import reason_shown
 from ._source import HybridCommsError, Mailbox, MessageInfo, State, Withheld, listing, read_small, with_reason
 
 PAGE_SIZE = 50
@@ -172,6 +173,13 @@ class Page:
     capped: bool  # the filter stopped at SCAN_LIMIT
 
 
+def _reason_cut(info: MessageInfo) -> MessageInfo:
+    """``info`` with its dead reason cut by depth (`reason_shown`): a row never fails to print it."""
+    if info.reason is None:
+        return info
+    return dataclasses.replace(info, reason=reason_shown(info.reason))
+
+
 def ordered(infos: list[MessageInfo], state: State) -> list[MessageInfo]:
     """Waiting and in-flight messages in claim order (their names sort so); done and dead ones newest
     first (what a person looks for)."""
@@ -199,7 +207,7 @@ def page_of(
         return Item(info, head, message_key(info), max(now - info.changed_at, 0.0))
 
     def shown(items: list[Item]) -> list[Item]:
-        return [dataclasses.replace(i, info=with_reason(mb, i.info)) for i in items]
+        return [dataclasses.replace(i, info=_reason_cut(with_reason(mb, i.info))) for i in items]
 
     if not topic:
         chosen = infos[start : start + size]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._fleet import Fleet, row_json
-from ._graph import EVERYONE, Flow, Flows, look
+from ._graph import Flows, flow, look
 from ._listing import HeadCache
 from ._source import MailboxEvent, State, get_logger, printable
 
@@ -50,12 +50,12 @@ class Live:
         if kind is not None:
             self.fleet.rate(ev.agent, kind, 1, ev.time)
         if ev.kind == "delivered":
-            self.flows.note(Flow(ev.time, ev.sender or "?", ev.agent, "durable"))
+            self.flows.note(flow(ev.time, ev.sender, ev.agent, "durable"))
         elif ev.kind == "dead":
-            self.flows.note(Flow(ev.time, ev.sender or "?", ev.agent, "durable", dead=True))
+            self.flows.note(flow(ev.time, ev.sender, ev.agent, "durable", dead=True))
 
     def on_bus(self, sender: str | None, recipient: str | None, topic: str) -> None:
-        self.flows.note(Flow(time.time(), sender or "?", recipient or EVERYONE, "bus"))
+        self.flows.note(flow(time.time(), sender, recipient, "bus"))
 
     def start(self, *, bus: bool = True) -> None:
         source = self.fleet.source

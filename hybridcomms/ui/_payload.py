@@ -55,3 +55,17 @@ def payload_text(value: Any) -> str:
     if cut:
         return f"(the payload nests deeper than {DEPTH} levels: what is deeper is not shown)\n{text}"
     return text
+
+
+#: Levels of a dead reason's values shown (a reason is a few fields: deeper is a producer's game).
+REASON_DEPTH = 8
+
+
+def reason_shown(reason: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A dead reason as the pages show it: each value cut at `REASON_DEPTH` levels (`clipped`), so
+    that printing it never recurses deeper than that, however deep the reason file or entry nests."""
+    if reason is None:
+        return None
+    return {
+        str(k): clipped(v, REASON_DEPTH)[0] if isinstance(v, (list, dict)) else v for k, v in reason.items()
+    }

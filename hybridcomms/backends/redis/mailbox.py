@@ -793,11 +793,28 @@ class RedisMailbox:
             tries += pending
         reason = None
         if "r" in f:
+
+            def too_deep(v: Any, limit: int = 64) -> bool:  # iterative: a hostile reason nests 1,000 deep
+                stack = [(v, 1)]
+                while stack:
+                    item, level = stack.pop()
+                    if isinstance(item, (list, dict)):
+                        if level > limit:
+                            return True
+                        stack += [(c, level + 1) for c in (item.values() if isinstance(item, dict) else item)]
+                return False
+
             try:
                 value = orjson.loads(f["r"])
-                reason = value if isinstance(value, dict) else {"reason": str(value)}
+                if not isinstance(value, dict):
+                    value = {"reason": "(unreadable reason: too deep)" if too_deep(value) else str(value)}
+                reason = {
+                    str(k): "(unreadable: nested too deep)" if too_deep(v) else v for k, v in value.items()
+                }
             except (orjson.JSONDecodeError, TypeError):
                 reason = {"reason": "(unreadable reason)"}
+            except (RecursionError, ValueError):  # never raised on a hostile reason
+                reason = {"reason": "(unreadable reason: too deep)"}
         due = compact_time(_due_ms(f, eid) / 1000)
         m = f.get("m", b"")
         return MessageInfo(

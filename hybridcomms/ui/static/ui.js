@@ -122,6 +122,9 @@
     var size = Math.max(420, Math.min(1100, 140 + n * 38));
     var r = size / 2 - 90;
     var pos = new Map();
+    var label = new Map();  // edges name nodes by id; what is shown is the label ("*", "?", "(others)")
+    data.nodes.forEach(function (node) { label.set(node.id, node.label); });
+    function shownName(id) { return label.has(id) ? label.get(id) : id; }
     data.nodes.forEach(function (node, i) {
       var a = (2 * Math.PI * i) / n - Math.PI / 2;
       pos.set(node.id, { x: size / 2 + r * Math.cos(a), y: size / 2 + r * Math.sin(a), a: a });
@@ -138,7 +141,7 @@
       if (!s || !t) return;
       var cls = e.kind + (e.dead ? " dead" : "");
       var line = el("line", { x1: s.x, y1: s.y, x2: t.x, y2: t.y, "class": cls, "stroke-width": (1 + 7 * e.per_minute / top).toFixed(2), "marker-end": "url(#arrow)" });
-      line.appendChild(el("title", {}, e.source + " → " + e.target + ": " + e.count + " (" + e.per_minute + "/min" + (e.dead ? ", " + e.dead + " dead" : "") + ")"));
+      line.appendChild(el("title", {}, shownName(e.source) + " → " + shownName(e.target) + ": " + e.count + " (" + e.per_minute + "/min" + (e.dead ? ", " + e.dead + " dead" : "") + ")"));
       svg.appendChild(line);
     });
     data.nodes.forEach(function (node) {
@@ -147,8 +150,8 @@
       var g = el("g", { "class": "node" + kind });
       g.appendChild(el("circle", { cx: p.x, cy: p.y, r: 9 }));
       var right = Math.cos(p.a) >= 0;
-      g.appendChild(el("text", { x: p.x + (right ? 13 : -13), y: p.y + 4, "text-anchor": right ? "start" : "end" }, short(node.id)));
-      var note = node.others ? node.others + " less busy senders and recipients" : node.verified === false ? node.id + " (unverified: no mailbox of this name here; a sender is what its producer claims)" : node.id;
+      g.appendChild(el("text", { x: p.x + (right ? 13 : -13), y: p.y + 4, "text-anchor": right ? "start" : "end" }, short(node.label)));
+      var note = node.others ? node.others + " less busy senders and recipients" : node.verified === false ? node.label + " (unverified: no mailbox of this name here; a sender is what its producer claims)" : node.label;
       g.lastChild.appendChild(el("title", {}, note));
       svg.appendChild(g);
     });
@@ -158,7 +161,7 @@
       body.textContent = "";
       data.edges.forEach(function (e) {
         var tr = document.createElement("tr");
-        [e.source, e.target, e.kind, e.count, e.per_minute, e.dead].forEach(function (v) {
+        [shownName(e.source), shownName(e.target), e.kind, e.count, e.per_minute, e.dead].forEach(function (v) {
           var td = document.createElement("td");
           td.textContent = String(v);
           tr.appendChild(td);
