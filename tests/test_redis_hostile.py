@@ -224,6 +224,38 @@ def test_generated_entries_recovery_never_deletes_without_a_dead_letter(
     client.close()
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"id": b"\x80"},  # not UTF-8 (found by the generated test above)
+        {b"id": b"\xed\xa0\x80", b"a": b"x"},  # a lone surrogate, UTF-8 encoded
+        {b"m": b"{}", b"a": b"9", b"t": b"\xff\xfe", b"id": b"ok-id"},  # used up, its topic not UTF-8
+        {b"m": b"{}", b"a": b"9", b"e": b'{"error": "\xc3\x28"}'},  # a kept error that is not UTF-8
+    ],
+)
+def test_a_recovered_entry_with_bytes_that_are_not_utf8_gets_a_readable_reason(
+    redis_url: str, fields: dict[bytes, bytes]
+) -> None:
+    """A dead reason is JSON a reader can load, whatever bytes the entry's fields held (cjson copies
+    them as they are: such a field is left out of the reason, the entry itself keeps it)."""
+    agent = f"U-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with RedisMailbox(redis_url, agent, backoff=NOW, lease=5, max_attempts=3) as mb:
+            [tag] = add_hostile(client, agent, [(2, fields)])
+            client.xreadgroup("hc", "ghost", {keys_of(agent)["streams"][2]: ">"}, count=10)
+            report = mb.recover(now=time.time() + 60)
+            assert len(report.dead) == 1
+            dead = tags_in(client, keys_of(agent)["dead"])[tag]
+            reason = orjson.loads(dead[b"r"])
+            assert reason["reason"]
+            kept = {k: v for k, v in fields.items() if k not in (b"a", b"e", b"r", b"k")}
+            assert all(dead.get(k) == v for k, v in kept.items())  # the entry's own fields as they were
+            assert mb.list(State.DEAD)  # and listing it works
+    finally:
+        client.close()
+
+
 def test_garbage_in_the_delayed_set_is_dead_lettered_and_claims_go_on(redis_url: str) -> None:
     agent = f"D-{uuid.uuid4().hex[:10]}"
     client = redis.Redis.from_url(redis_url)

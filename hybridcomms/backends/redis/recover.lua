@@ -4,6 +4,30 @@
 -- count that is not a count) goes to the dead letters with what it held: never only deleted.
 local RANKS = {'0C', '1H', '2M', '3L'}
 local returned, dead = {}, {}
+-- A producer's field as text of a reason, or nil: a JSON reader (Python's) refuses a reason holding
+-- bytes that are not UTF-8 (cjson copies them as they are), so such a field is left out.
+local function text(s)
+  if type(s) ~= 'string' then return nil end
+  local i, n = 1, #s
+  while i <= n do
+    local c, len, lo, hi = string.byte(s, i), 1, 0x80, 0xBF
+    if c >= 0x80 then
+      if c >= 0xC2 and c <= 0xDF then len = 2
+      elseif c >= 0xE0 and c <= 0xEF then len = 3
+        if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+      elseif c >= 0xF0 and c <= 0xF4 then len = 4
+        if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+      else return nil end
+      for j = i + 1, i + len - 1 do
+        local d = string.byte(s, j)
+        if d == nil or d < lo or d > hi then return nil end
+        lo, hi = 0x80, 0xBF
+      end
+    end
+    i = i + len
+  end
+  return s
+end
 local maxa = tonumber(ARGV[3])
 local now = tonumber(ARGV[5])
 for i = 1, 4 do
@@ -29,15 +53,15 @@ for i = 1, 4 do
       if bad ~= nil or used >= maxa then
         local reason
         if bad ~= nil then
-          reason = cjson.encode({reason = 'cannot be read: ' .. bad, id = f.id, attempts = used})
+          reason = cjson.encode({reason = 'cannot be read: ' .. bad, id = text(f.id), attempts = used})
         else
           local last = cjson.null
           if f.e then
             local ok, kept = pcall(cjson.decode, f.e)
-            if ok and type(kept) == 'table' and type(kept.error) == 'string' then last = kept.error end
+            if ok and type(kept) == 'table' and text(kept.error) then last = kept.error end
           end
           reason = cjson.encode({reason = ARGV[6] .. ' during attempt ' .. used .. ' of ' .. maxa,
-            last_error = last, id = f.id, topic = f.t, attempts = used})
+            last_error = last, id = text(f.id), topic = text(f.t), attempts = used})
         end
         redis.call(unpack(copy({'XADD', KEYS[7], '*', 'a', tostring(used), 'r', reason, 'k', RANKS[i]}, flat,
           {a = true, e = true, r = true, k = true})))
