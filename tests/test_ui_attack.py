@@ -274,6 +274,48 @@ def test_slow_connections_are_closed_and_the_operator_is_served(served: str) -> 
     assert time.monotonic() - start < 8
 
 
+@pytest.mark.timeout(60)
+def test_connections_that_never_read_their_replies_are_closed_and_the_operator_is_served(served: str) -> None:
+    """Complete requests, pipelined, whose answers are never read (the second co-tenant round: the
+    server's writes pause, the connection was never timed out nor evicted and the cap filled up)."""
+    parts = urlsplit(served)
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    stalled = []
+    for _ in range(130):  # past the cap of 120
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 88)  # small segments: little is buffered
+        s.settimeout(5)
+        try:
+            s.connect((parts.hostname, parts.port))
+            s.setblocking(False)
+            try:
+                for _ in range(2_000):
+                    s.send(request)
+            except (BlockingIOError, OSError):
+                pass  # its own buffers are full: enough asked
+        except OSError:
+            pass  # refused or reset at once: the cap at work
+        stalled.append(s)
+    start = time.monotonic()
+    assert _operator_gets(served) == 200  # served while they stall
+    assert time.monotonic() - start < 4
+    deadline = time.monotonic() + 10
+    for s in stalled:  # the server closes each (evicted, or its replies not taken in time)
+        s.setblocking(True)
+        closed = False
+        while not closed and time.monotonic() < deadline:
+            s.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                closed = s.recv(65536) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+            except OSError:
+                break
+        assert closed, "a connection that never read its replies is still open"
+        s.close()
+
+
 # -- 1 and 4, in a real browser ---------------------------------------------------------------------
 
 try:

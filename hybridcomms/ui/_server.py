@@ -9,9 +9,12 @@ out. `GuardedH11` is uvicorn's h11 protocol with two bounds added:
 - **a deadline for each request** (`HEADER_TIMEOUT`): a connection that has not sent a complete request
   (headers and body) within it, from its opening or from the end of its previous response, is closed;
   a request being answered (a page, the live stream) is never cut;
+- **a deadline for taking a reply** (the same `HEADER_TIMEOUT`): a connection whose client stops reading
+  its replies (it pipelines complete requests and never reads: the server's writes pause) is closed if
+  its writes stay paused that long;
 - **a cap on the connections** (`MAX_CONNECTIONS`): past it, the oldest connection that is still
-  waiting for its request is closed to make room (a browser sends its request at once; a slow client
-  is the one waiting), or the new one if none waits.
+  waiting for its request, or not taking its replies, is closed to make room (a browser sends its
+  request at once and reads what comes; a slow client is the one waiting), or the new one if none is.
 
 Used with ``h11_max_incomplete_event_size`` (a bounded header size), ``backlog`` and the loop's own
 accept (an ``EMFILE`` pauses accepting, it does not crash).
@@ -53,6 +56,7 @@ class GuardedH11(H11Protocol):
     header_timeout = HEADER_TIMEOUT
     max_connections = MAX_CONNECTIONS
     _deadline: asyncio.TimerHandle | None = None
+    _write_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -66,6 +70,9 @@ class GuardedH11(H11Protocol):
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
         self._disarm()
         super().connection_lost(exc)
 
@@ -73,6 +80,22 @@ class GuardedH11(H11Protocol):
         super().data_received(data)
         if not self._waiting_for_request():
             self._disarm()
+
+    def pause_writing(self) -> None:
+        """The client does not take its replies (the transport's buffer is full): it has until the
+        deadline to read, and is one to close first when the connections are too many."""
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.header_timeout, self._close)
+        self._queue()[id(self)] = self
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        if self._deadline is None:
+            self._queue().pop(id(self), None)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -96,7 +119,8 @@ class GuardedH11(H11Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self._queue().pop(id(self), None)
+        if self._write_deadline is None:  # still evictable while it does not take its replies
+            self._queue().pop(id(self), None)
 
     def _expired(self) -> None:
         self._deadline = None
@@ -106,6 +130,9 @@ class GuardedH11(H11Protocol):
             self._queue().pop(id(self), None)
 
     def _close(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
         self._disarm()
         self.connections.discard(self)
         if not self.transport.is_closing():
