@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
+from waiting import eventually
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -274,6 +275,13 @@ def test_slow_connections_are_closed_and_the_operator_is_served(served: str) -> 
     assert time.monotonic() - start < 8
 
 
+def _operator_gets_or_none(url: str) -> int | None:
+    try:
+        return _operator_gets(url)
+    except (ConnectionError, http.client.HTTPException, TimeoutError):
+        return None
+
+
 @pytest.mark.timeout(60)
 def test_connections_that_never_read_their_replies_are_closed_and_the_operator_is_served(served: str) -> None:
     """Complete requests, pipelined, whose answers are never read (the second co-tenant round: the
@@ -297,9 +305,10 @@ def test_connections_that_never_read_their_replies_are_closed_and_the_operator_i
         except OSError:
             pass  # refused or reset at once: the cap at work
         stalled.append(s)
-    start = time.monotonic()
-    assert _operator_gets(served) == 200  # served while they stall
-    assert time.monotonic() - start < 4
+    # Served while they stall: a connection the cap refuses (while every other is still being
+    # answered, none is yet to close first) costs the operator a retry, as docs/ui.md says.
+    status = eventually(lambda: _operator_gets_or_none(served), "the operator's page", 6)
+    assert status == 200
     deadline = time.monotonic() + 10
     for s in stalled:  # the server closes each (evicted, or its replies not taken in time)
         s.setblocking(True)
