@@ -75,7 +75,7 @@ def test_every_event_of_a_mailbox_with_a_fast_consumer_has_its_topic_and_sender(
         def consume() -> None:
             acked = 0
             while acked < count:
-                d = mb.claim()
+                d = mb.claim(timeout=1)  # waits without spinning (a spin starved the watcher's thread)
                 if d is not None:
                     d.ack()
                     acked += 1
