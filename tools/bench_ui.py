@@ -90,8 +90,10 @@ def main() -> None:
         start = time.perf_counter()
         build(root, args.agents, args.messages)
         print(f"built {args.agents} agents x {args.messages} messages in {time.perf_counter() - start:.1f} s")
-        app, state = create_app(Source(root), Guard(TOKEN), live=False)
-        client = TestClient(app, base_url="http://127.0.0.1:8765")
+        guard = Guard(TOKEN)
+        app, state = create_app(Source(root), guard, live=False)
+        # Every page lives under the secret path prefix (docs/ui.md): the client's base URL holds it.
+        client = TestClient(app, base_url="http://127.0.0.1:8765" + guard.prefix)
         client.get(f"/?token={TOKEN}", follow_redirects=False)
         cold, _ = timed(client, "/", runs=0)
         counting = client.get("/").text.count('class="counting"')
@@ -104,11 +106,16 @@ def main() -> None:
         state.fleet.mark("Agent-000")
         one, _ = timed(client, "/", runs=1)
         print(f"fleet page after one agent changed: {one * 1000:.0f} ms")
+
+        def agent(i: int) -> str:
+            return f"Agent-{i % args.agents:03d}"
+
+        far = max(1, min(100, (args.messages * 6 // 10) // 50))  # a far page of new/ (50 rows a page)
         for label, path in (
-            ("mailbox page, new/ page 1", "/a/Agent-000?state=new"),
-            ("mailbox page, new/ page 100", "/a/Agent-001?state=new&page=100"),
-            ("mailbox page, dead/ page 1", "/a/Agent-002?state=dead"),
-            ("mailbox page, topic filter", "/a/Agent-003?state=new&topic=task.16"),
+            ("mailbox page, new/ page 1", f"/a/{agent(0)}?state=new"),
+            (f"mailbox page, new/ page {far}", f"/a/{agent(1)}?state=new&page={far}"),
+            ("mailbox page, dead/ page 1", f"/a/{agent(2)}?state=dead"),
+            ("mailbox page, topic filter", f"/a/{agent(3)}?state=new&topic=task.16"),
         ):
             first, again = timed(client, path)
             print(f"{label}: first {first * 1000:.0f} ms, then {again * 1000:.0f} ms")
