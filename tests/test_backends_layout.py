@@ -4,6 +4,7 @@ nothing outside ``hybridcomms/backends/`` names a backend's classes or reads a U
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,11 +36,17 @@ FOUNDATION = {
 BACKEND_CLASSES = {"RedisMailbox", "RedisDelivery", "MemoryMailbox", "MemoryDelivery", "MemorySubscriptions"}
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """Each file parsed once per test process (several tests walk the whole package)."""
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
 def _modules(under: Path) -> Iterator[tuple[Path, ast.Module]]:
     for path in sorted(under.rglob("*.py")):
         if "_shim" in path.parts:  # Dream.OS's own code, shipped for its users
             continue
-        yield path, ast.parse(path.read_text(encoding="utf-8"), str(path))
+        yield path, _parsed(path)
 
 
 def _imported(path: Path, tree: ast.Module) -> Iterator[str]:

@@ -8,6 +8,7 @@ fails here, with the offending line."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def imports(
                 yield node.lineno, name
 
 
+@functools.cache  # parsed once per test process (the tests below read the same graph)
 def graph(runtime_only: bool = False) -> dict[str, list[tuple[int, str]]]:
     found = modules()
     known = set(found)
