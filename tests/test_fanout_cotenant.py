@@ -577,7 +577,9 @@ def test_the_chaos_fanout_phase_accounts_for_every_drop(tmp_path: Path) -> None:
         text=True,
         timeout=240,
     )  # fmt: skip
-    result = json.loads(out.stdout.strip().splitlines()[-1])["fanout"]
+    lines = out.stdout.strip().splitlines()
+    assert lines, f"chaos.py printed no result (exit {out.returncode}); stderr:\n{out.stderr[-4000:]}"
+    result = json.loads(lines[-1])["fanout"]
     assert result["kills"] >= 1 and result["stops"] >= 1, result
     assert result["pairs"] == 2 * 3 and result["dropped"] > 0, result  # drops happened, and were counted
     assert result["mismatches"] == [] and result["duplicates"] == 0 and result["leftovers"] == 0, result
