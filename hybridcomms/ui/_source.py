@@ -23,12 +23,12 @@ import orjson
 
 from .. import _fs
 from .._log import get as get_logger
-from .._names import REASON_SUFFIX, parse_name
+from .._names import REASON_SUFFIX
 from .._text import json_text, printable, shown
 from .._urls import shown_url
 from ..backends import Mailbox, backend_of, open_mailbox
 from ..backends.base import MailboxStats, MessageInfo, StateStats, check_agent_id
-from ..backends.file import FileMailbox
+from ..backends.file import FileMailbox, inspection
 from ..backends.file.inspection import survey_root
 from ..errors import HybridCommsError
 from ..message import Message
@@ -103,23 +103,16 @@ class Source:
                 out.append(AgentEntry(e.name, e.agent, e.kind, e.problem))
         return out
 
-    @contextlib.contextmanager
-    def reading(self, agent: str) -> Iterator[Mailbox]:
+    def reading(self, agent: str) -> contextlib.AbstractContextManager[Mailbox]:
         """The mailbox of ``agent``, opened to look (never created, never changed)."""
-        agent = check_agent_id(agent)
-        mb: Mailbox
-        if self.kind == "redis":
-            mb = open_mailbox(self.where, agent, create=False)
-        else:
-            if not (Path(self.where) / agent / "new").is_dir():
-                raise KeyError(agent)
-            mb = FileMailbox(self.where, agent, read_only=True, fsync="never", create=False)
-        with mb:
-            yield mb
+        return self._opened(agent, read_only=True)
+
+    def writing(self, agent: str) -> contextlib.AbstractContextManager[Mailbox]:
+        """The mailbox of ``agent`` opened to repair it, as the CLI's ``requeue`` and ``purge`` open it."""
+        return self._opened(agent, read_only=False)
 
     @contextlib.contextmanager
-    def writing(self, agent: str) -> Iterator[Mailbox]:
-        """The mailbox of ``agent`` opened to repair it, as the CLI's ``requeue`` and ``purge`` open it."""
+    def _opened(self, agent: str, read_only: bool) -> Iterator[Mailbox]:
         agent = check_agent_id(agent)
         mb: Mailbox
         if self.kind == "redis":
@@ -127,7 +120,8 @@ class Source:
         else:
             if not (Path(self.where) / agent / "new").is_dir():
                 raise KeyError(agent)
-            mb = FileMailbox(self.where, agent, create=False)
+            options: dict[str, Any] = {"read_only": True, "fsync": "never"} if read_only else {}
+            mb = FileMailbox(self.where, agent, create=False, **options)
         with mb:
             yield mb
 
@@ -262,31 +256,7 @@ def listing(mb: Mailbox, state: State) -> list[MessageInfo]:
     reads the reasons of the rows it shows: `with_reason`): names, sizes and times only."""
     if not isinstance(mb, FileMailbox) or state is not State.DEAD:
         return mb.list(state)
-    if not mb.folders.has(state):
-        return []
-    fd = mb.folders.fd(state)
-    out = []
-    for name in sorted(_fs.listdir_at(fd)):
-        if name.endswith(REASON_SUFFIX):
-            continue
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        parsed = parse_name(name)
-        out.append(
-            MessageInfo(
-                state=state,
-                name=name,
-                path=mb.path / state.folder / name,
-                id=parsed.id if parsed else None,
-                attempt=parsed.attempt if parsed else 0,
-                due=parsed.due if parsed else None,
-                size=st.st_size,
-                changed_at=st.st_ctime,
-            )
-        )
-    return out
+    return inspection.list_state(mb, state, reasons=False)
 
 
 def with_reason(mb: Mailbox, info: MessageInfo) -> MessageInfo:

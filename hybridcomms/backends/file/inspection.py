@@ -29,10 +29,13 @@ if TYPE_CHECKING:
 __all__ = ["RootEntry", "survey_root"]
 
 
-def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[MessageInfo]:
+def list_state(
+    mb: FileMailbox, state: State, key: str | None = None, *, reasons: bool = True
+) -> list[MessageInfo]:
     """Files in one state's folder (reason files of dead/ are folded into their message); with
     ``key``, only the files of that id or that name (chosen by name, before any file is looked at).
-    A folder a read-only mailbox lacks (one made by hand with only ``new/``) is empty."""
+    A folder a read-only mailbox lacks (one made by hand with only ``new/``) is empty. With
+    ``reasons=False`` the dead letters' reason files are not read (a page reads those of its rows)."""
     if not mb.folders.has(state):
         return []
     fd = mb.folders.fd(state)
@@ -53,7 +56,7 @@ def list_state(mb: FileMailbox, state: State, key: str | None = None) -> list[Me
                 due=info.due if info else None,
                 size=st.st_size,
                 changed_at=st.st_ctime,
-                reason=read_reason(mb, name) if state is State.DEAD else None,
+                reason=read_reason(mb, name) if reasons and state is State.DEAD else None,
                 last_error=None if errors is None else errors.of(info),
             )
         )
