@@ -309,6 +309,8 @@ class MailboxWatcher:
         self._root_str = os.path.abspath(self.root)
         self._describe = _Describer(root=self._root_str)
         self._reported: dict[str, set[str]] = {}  # agent -> names in new/ already reported delivered
+        # agent -> one set per listing of its new/ under way: the names that left new/ meanwhile
+        self._leaving: dict[str, list[set[str]]] = {}
         # What fails at every pass (a mailbox a co-tenant broke): said once, and once when it heals.
         self._broken = Broken("recovery", log)
         self._broken_intake = Broken("the legacy intake", log)
@@ -584,9 +586,16 @@ class MailboxWatcher:
         if kind is None:
             return
         if a[1] is State.NEW:
-            with self._lock:
-                self._reported.get(b[0], set()).discard(a[2])
+            self._left_new(a[0], a[2])
         self._report_move(kind, b[0], b[1], b[2])
+
+    def _left_new(self, agent: str, name: str) -> None:
+        """``name`` left ``agent``'s new/: no longer reported there, and not to be reported by a
+        listing that began before it left (that listing saw a file gone since)."""
+        with self._lock:
+            self._reported.get(agent, set()).discard(name)
+            for left in self._leaving.get(agent, ()):
+                left.add(name)
 
     def _report_move(self, kind: str, agent: str, state: State, name: str) -> None:
         """Report a move of ``kind`` that brought ``name`` into ``state``; what lands in ``new/`` is
@@ -606,6 +615,8 @@ class MailboxWatcher:
         where = self._split(path)
         if where is not None and where[1] is State.PROCESSING:
             self._emit("acked", where[0], State.DONE, where[2], "notify")
+        elif where is not None and where[1] is State.NEW:
+            self._left_new(where[0], where[2])  # a purge, or a legacy reader taking it
 
     def _delivered(self, agent: str, name: str, source: str) -> None:
         with self._lock:
@@ -682,11 +693,11 @@ class MailboxWatcher:
         """List one agent's ``new/`` (after taking in its legacy drops) and report what was not
         reported yet: through ``report`` if it waited before this look, else as delivered."""
         backlog = self._ingest_before_look(agent, report is not None)
-        names = self._listing(agent)
-        if names is None:
+        unreported = self._unreported(agent)
+        if unreported is None:
             return 0
         found = 0
-        for name in self._unreported(agent, names):
+        for name in unreported:
             if self._stop.is_set():
                 break
             if report is not None and (backlog is None or name in backlog):
@@ -706,12 +717,31 @@ class MailboxWatcher:
             self.ingest(agent)
         return backlog
 
-    def _unreported(self, agent: str, names: set[str]) -> list[str]:
-        """The names of ``names`` (``agent``'s ``new/``) not reported yet, sorted."""
+    def _unreported(self, agent: str) -> list[str] | None:
+        """The names in ``agent``'s ``new/`` not reported yet, sorted (None if it cannot be listed).
+
+        File events go on while the folder is listed, and the listing must not undo them: a name
+        reported meanwhile stays reported, and a name that left ``new/`` meanwhile (claimed, maybe
+        back already under its next name) is not reported from the stale listing."""
+        left: set[str] = set()
+        with self._lock:
+            before = set(self._reported.setdefault(agent, set()))
+            self._leaving.setdefault(agent, []).append(left)
+        try:
+            names = self._listing(agent)
+        finally:
+            with self._lock:
+                listings = [other for other in self._leaving[agent] if other is not left]
+                if listings:
+                    self._leaving[agent] = listings
+                else:
+                    del self._leaving[agent]
+        if names is None:
+            return None
         with self._lock:
             seen = self._reported.setdefault(agent, set())
-            seen &= names  # forget what left new/ without us seeing it
-            return sorted(n for n in names - seen if not n.startswith("."))
+            seen -= before - names  # forget what left new/ before the listing without us seeing it
+            return sorted(n for n in names - seen - left if not n.startswith("."))
 
     def _listing(self, agent: str) -> set[str] | None:
         """The names in ``agent``'s ``new/`` (no link followed); None if it cannot be listed."""

@@ -77,6 +77,49 @@ def test_every_state_change_is_reported_once_with_inotify(root: Path) -> None:
     assert [e.attempt for e in rec.events] == [0, 1, 1, 2, 2, 0, 1, 1]
 
 
+@pytest.mark.parametrize("delivered_first", [True, False], ids=["listed-after", "listed-before"])
+def test_a_rescan_listing_that_goes_stale_reports_nothing_twice(
+    root: Path, monkeypatch: pytest.MonkeyPatch, delivered_first: bool
+) -> None:
+    """A rescan lists new/ while file events go on: when the message it listed is claimed and nacked
+    (back in new/ under its next name) before the rescan looks at what it listed, the rescan reports
+    neither name again (it did, under load, from a listing 0.1 s after a new agent appeared)."""
+    rec = Recorder()
+    with FileMailbox(root, "Agent-1", fsync="never", backoff=FAST, max_attempts=3) as mb:
+        w = MailboxWatcher(root, on_event=rec, rescan_every=30)
+        listed, go_on = threading.Event(), threading.Event()
+        real_listing = w._listing
+
+        def listing_then_wait(agent: str) -> set[str] | None:
+            names = real_listing(agent)
+            listed.set()
+            assert go_on.wait(10)
+            return names
+
+        with w:
+            assert w.notifying
+            m = Message("t")
+            mb.put(m)
+            if delivered_first:
+                eventually(rec.kinds, "the events [delivered]", until=lambda k: k == ["delivered"])
+            monkeypatch.setattr(w, "_listing", listing_then_wait)
+            rescan = threading.Thread(target=w.rescan)
+            rescan.start()
+            assert listed.wait(10)  # the rescan has listed [m, attempt 0] and waits
+            d = mb.claim()
+            assert d is not None
+            d.nack()
+            expected = ["delivered", "claimed", "nacked"]
+            eventually(rec.kinds, "the claim and the nack", until=lambda k: k == expected)
+            go_on.set()
+            rescan.join(10)
+            assert not rescan.is_alive()
+            monkeypatch.undo()
+            w.rescan()  # a fresh listing: [m, attempt 1] was reported (nacked)
+            assert rec.kinds() == expected
+    assert {e.id for e in rec.events} == {m.id}
+
+
 def test_with_polling_every_change_that_lasts_a_poll_is_reported(root: Path) -> None:
     rec = Recorder()
     with (
