@@ -9,7 +9,11 @@ File notifications (watchdog; inotify on Linux) are hints, never the truth:
 
 - the whole root is watched recursively, so a move from ``new/`` to ``processing/`` arrives as one
   paired event (watchdog holds an unpaired "moved out" for up to 0.5 s, and the events behind it wait);
-  agents created later are watched as soon as their folder appears;
+  every folder that exists is watched once `MailboxWatcher.start` returns; an agent created later is
+  watched moments after its folder appears (inotify is not recursive: watchdog adds its watches when it
+  reads of the new folder), and its ``new/`` is listed again 0.1 s and 1 s later: what lands there
+  meanwhile is reported as delivered, but a move between its other folders before its watches exist is
+  not seen (open a mailbox before starting the watcher to see every step of its first messages);
 - every ``rescan_every`` seconds, and at once after the observer fails, every ``new/`` is listed and any
   message not yet reported is reported, so events lost to an inotify queue overflow cost latency, never
   a message;

@@ -40,6 +40,10 @@ class Recorder:
 
 @pytest.fixture(params=["inotify", "polling"])
 def watched(request: pytest.FixtureRequest, root: Path) -> Iterator[tuple[MailboxWatcher, Recorder]]:
+    """A started watcher on a root where Agent-1's folders exist: start() returns once every folder
+    there is watched, so each move of Agent-1's messages is seen (an agent created later is watched
+    moments after its folder appears: see test_an_agent_created_while_watching_is_watched)."""
+    FileMailbox(root, "Agent-1", fsync="never").close()
     rec = Recorder()
     w = MailboxWatcher(
         root, on_event=rec, polling=request.param == "polling", poll_interval=0.1, rescan_every=30
@@ -53,9 +57,9 @@ def watched(request: pytest.FixtureRequest, root: Path) -> Iterator[tuple[Mailbo
 def test_every_state_change_is_reported_once_with_inotify(root: Path) -> None:
     # (A polling observer sees only the net change per poll: see the polling test below.)
     rec = Recorder()
-    with (
-        MailboxWatcher(root, on_event=rec, rescan_every=30) as w,
+    with (  # the mailbox first: every folder of it is watched once start() returned
         FileMailbox(root, "Agent-1", fsync="never", backoff=FAST, max_attempts=2) as mb,
+        MailboxWatcher(root, on_event=rec, rescan_every=30) as w,
     ):
         assert w.notifying
         m = Message("t")
@@ -123,8 +127,8 @@ def test_a_rescan_listing_that_goes_stale_reports_nothing_twice(
 def test_with_polling_every_change_that_lasts_a_poll_is_reported(root: Path) -> None:
     rec = Recorder()
     with (
-        MailboxWatcher(root, on_event=rec, polling=True, poll_interval=0.1, rescan_every=30) as w,
         FileMailbox(root, "Agent-1", fsync="never", backoff=FAST) as mb,
+        MailboxWatcher(root, on_event=rec, polling=True, poll_interval=0.1, rescan_every=30) as w,
     ):
         assert not w.notifying
         mb.put(Message("t"))
