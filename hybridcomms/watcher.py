@@ -77,6 +77,27 @@ assert all(pair in KIND_OF or TRANSITIONS[pair] <= _QUIET for pair in TRANSITION
 _STATES = {s.folder: s for s in State}
 
 
+def _release_unread_inotify(observer: Any) -> None:
+    """Close what a stopped watchdog inotify observer left open when it was stopped before its reader
+    thread first read (watchdog 7.1: the reader is then taken to close the descriptor and its wake-up
+    pipe, but it never runs again): a watcher started and stopped at once (``watch | head`` with a
+    backlog) kept an inotify instance, of the 128 a user may have, for the life of the process.
+
+    Only when the observer's reader has ended with the descriptor still marked as being read; nothing
+    happens with another watchdog (other attribute names) or when the reader closed it itself."""
+    reader = getattr(observer, "_inotify_fd", None)
+    lock = getattr(reader, "_lock", None)
+    close = getattr(reader, "_close_resources", None)
+    if reader is None or lock is None or close is None or not isinstance(reader, threading.Thread):
+        return
+    if reader.is_alive():
+        return
+    with lock:
+        if getattr(reader, "_closed", False) and getattr(reader, "_is_reading", False):
+            reader._is_reading = False
+            close()
+
+
 def _move_kind(src: State, dest: State, src_name: str) -> str | None:
     """What a move between two folders of one mailbox is reported as (None: a quiet step)."""
     if src is State.TMP and dest is State.NEW and src_name.endswith(_RECOVERED_SUFFIX):
@@ -424,6 +445,7 @@ class MailboxWatcher:
         if observer is not None:
             observer.stop()
             observer.join(10)
+            _release_unread_inotify(observer)
 
     def _maintain(self) -> None:
         """Rescans, recovery, and a new observer if the old one died."""
