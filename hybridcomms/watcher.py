@@ -85,16 +85,15 @@ def _release_unread_inotify(observer: Any) -> None:
 
     Only when the observer's reader has ended with the descriptor still marked as being read; nothing
     happens with another watchdog (other attribute names) or when the reader closed it itself."""
-    reader = getattr(observer, "_inotify_fd", None)
+    reader: Any = getattr(observer, "_inotify_fd", None)
     lock = getattr(reader, "_lock", None)
     close = getattr(reader, "_close_resources", None)
-    if reader is None or lock is None or close is None or not isinstance(reader, threading.Thread):
-        return
-    if reader.is_alive():
+    alive = getattr(reader, "is_alive", None)
+    if lock is None or close is None or alive is None or alive():
         return
     with lock:
         if getattr(reader, "_closed", False) and getattr(reader, "_is_reading", False):
-            reader._is_reading = False
+            reader._is_reading = False  # (closed once: the check above fails next time)
             close()
 
 

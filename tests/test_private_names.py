@@ -36,6 +36,15 @@ PACKAGE = Path(hybridcomms.__file__).parent
 #: Each goes once its module no longer reaches in (`test_the_allow_list_holds_only_live_findings`).
 ALLOWED: frozenset[str] = frozenset()
 
+#: Accesses to another library's private names that happen to share a name with one of ours (the
+#: heuristic cannot tell whose object it is), with why each is needed. Not package reach-ins.
+THIRD_PARTY: dict[str, str] = {
+    "hybridcomms.watcher: getattr(reader, '_closed')": (
+        "watchdog 7.1's InotifyFD (`_release_unread_inotify`): closes the descriptor watchdog leaves "
+        "open when its reader is stopped before its first read"
+    ),
+}
+
 
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
@@ -143,7 +152,7 @@ def all_findings() -> dict[str, list[str]]:
 
 def test_no_module_reaches_into_another_modules_private_names() -> None:
     found = all_findings()
-    new = {key: lines for key, lines in found.items() if key not in ALLOWED}
+    new = {key: lines for key, lines in found.items() if key not in ALLOWED and key not in THIRD_PARTY}
     assert not new, "private names used across modules (make the shared thing public):\n" + "\n".join(
         f"  {key}  ({', '.join(lines)})" for key, lines in sorted(new.items())
     )
@@ -152,6 +161,7 @@ def test_no_module_reaches_into_another_modules_private_names() -> None:
 def test_the_allow_list_holds_only_live_findings() -> None:
     """An entry fixed at its source goes from the list too (the list only shrinks)."""
     assert not ALLOWED - all_findings().keys()
+    assert not THIRD_PARTY.keys() - all_findings().keys()
 
 
 def test_the_check_sees_each_kind_of_reach_in() -> None:
