@@ -217,3 +217,21 @@ def test_watch_exec_stops_on_sigterm_during_its_start_up_rescan_of_a_backlog(tmp
     assert p.returncode == 0, err
     assert time.monotonic() - t0 < 20
     assert "left for the next start" in err
+
+
+@pytest.mark.parametrize("concurrency", ["1", "3"])
+def test_max_messages_is_never_exceeded_by_a_message_due_again_at_once(
+    mb: FileMailbox, concurrency: str
+) -> None:
+    """`--max-messages 2` checked the count every 0.2 s while the threads went on claiming: a message
+    retried with no delay was run again and again in between (the flood test saw 3 outcomes for 2)."""
+    mb.put(Message("job", {}))
+    p = work(
+        mb.root,
+        "--max-messages", "2", "--max-attempts", "50", "--retry-delay", "0", "--concurrency", concurrency,
+        cmd=[sys.executable, "-c", "raise SystemExit(75)"],
+    )  # fmt: skip
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert [(r["outcome"], r["attempt"]) for r in outcomes(out)] == [("retry", 1), ("retry", 2)], err
+    assert "1 acked" not in err and "0 acked, 2 to retry, 0 dead-lettered" in err

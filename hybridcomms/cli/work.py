@@ -83,6 +83,7 @@ class Worker:
             say=lambda text: print(f"hybridcomms work: {text}", file=sys.stderr, flush=True),
         )
         self.counts = {"acked": 0, "retried": 0, "dead": 0, "replied": 0}
+        self.claims = 0  # claims begun (with --max-messages, never more than it)
         self.heartbeat_every = max(min(mailbox.lease / 3.0, 30.0), 0.05)
         self.metrics: Any = None  # a WorkMetrics with --metrics-port
         self.exit_code = 0  # EX_CONFIG or EX_SOFTWARE when the worker had to stop on its own
@@ -110,7 +111,7 @@ class Worker:
         ]
         for t in threads:
             t.start()
-        self._wait_for_stop()
+        self._wait_for_stop(threads)
         self.mb.wake()
         self._join(threads)
         c = self.counts
@@ -122,10 +123,11 @@ class Worker:
         )
         return self.exit_code
 
-    def _wait_for_stop(self) -> None:
-        """Until a signal, a closed output, a failure, or --max-messages handled."""
+    def _wait_for_stop(self, threads: list[threading.Thread]) -> None:
+        """Until a signal, a closed output, a failure, or --max-messages handled (every consumer
+        thread ended: each ends when the claims the limit allows are taken and its own is handled)."""
         while not self.stop.wait(0.2):
-            if self.args.max_messages and self._done() >= self.args.max_messages:
+            if not any(t.is_alive() for t in threads):
                 self.stop.set()
 
     def _join(self, threads: list[threading.Thread]) -> None:
@@ -150,15 +152,27 @@ class Worker:
         self.stop.set()
         self.mb.wake()
 
-    def _done(self) -> int:
-        with self.lock:
-            return self.counts["acked"] + self.counts["retried"] + self.counts["dead"]
-
     def _loop(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self._may_claim():
             d = self._claim()
-            if d is not None:
+            if d is None:
+                self._unclaimed()
+            else:
                 self._handle_settled(d)
+
+    def _may_claim(self) -> bool:
+        """Whether a claim may begin: always, or with --max-messages while fewer claims than that
+        have begun (counted before claiming: the threads together never handle one more)."""
+        with self.lock:
+            if self.args.max_messages and self.claims >= self.args.max_messages:
+                return False
+            self.claims += 1
+            return True
+
+    def _unclaimed(self) -> None:
+        """A claim that got nothing does not count against --max-messages."""
+        with self.lock:
+            self.claims -= 1
 
     def _claim(self) -> MailboxDelivery | None:
         """The next message (None: none came within a second, or the backend failed and was waited for)."""
