@@ -571,7 +571,7 @@ def test_the_chaos_fanout_phase_accounts_for_every_drop(tmp_path: Path) -> None:
 
     tool = Path(__file__).resolve().parents[1] / "tools" / "chaos.py"
     out = subprocess.run(
-        [sys.executable, str(tool), "--messages", "0", "--fanout", "--fanout-seconds", "2.5", "--json",
+        [sys.executable, str(tool), "--messages", "0", "--fanout", "--fanout-seconds", "1.2", "--json",
          "--root", str(tmp_path / "root"), "--seed", "5"],
         capture_output=True,
         text=True,

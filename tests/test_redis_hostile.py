@@ -867,7 +867,7 @@ def test_a_short_redis_chaos_run_loses_nothing(tmp_path: Path) -> None:
         pytest.skip("redis-server is not installed")
     tool = Path(__file__).resolve().parents[1] / "tools" / "chaos.py"
     done = subprocess.run(
-        [sys.executable, str(tool), "--messages", "0", "--redis", "--redis-seconds", "3",
+        [sys.executable, str(tool), "--messages", "0", "--redis", "--redis-seconds", "2",
          "--redis-kills", "1", "--json", "--root", str(tmp_path), "--seed", "7"],
         capture_output=True, timeout=300, env=cli_env(),
     )  # fmt: skip
