@@ -64,6 +64,7 @@ from ._bus_events import (
 )
 from ._delivery import deliver, deliver_to, set_policy
 from ._dual import NOTHING, AwaitableStr, Flag, NothingType, dual
+from ._loops import running_loop
 from .legacy import to_legacy_dict
 from .mailbox_utils import get_mailbox_root
 
@@ -151,17 +152,22 @@ def _agent_of_topic(topic: str) -> str | None:
     """``<id>`` of the per-agent command topic ``dreamos.agent.<id>.task.command[.…]`` (or of such a
     pattern), if it is a concrete, safe agent id."""
     parts = topic.split(".")
-    if (
-        len(parts) >= 5
-        and parts[:2] == ["dreamos", "agent"]
-        and parts[3:5] == ["task", "command"]
-        and parts[2] != "*"
-    ):
+    if _is_agent_command(parts):
         try:
             return check_agent_id(parts[2])
         except ValueError:
             return None
     return None
+
+
+def _is_agent_command(parts: list[str]) -> bool:
+    """Are these the parts of a per-agent command topic (or pattern) naming one agent (not ``*``)?"""
+    return (
+        len(parts) >= 5
+        and parts[:2] == ["dreamos", "agent"]
+        and parts[3:5] == ["task", "command"]
+        and parts[2] != "*"
+    )
 
 
 class _Adapter:
@@ -195,10 +201,17 @@ def _routing_claims(event: Event) -> tuple[set[str], list[tuple[bool, Priority]]
     payload = event.payload
     if isinstance(payload, Message):
         return {event.topic, payload.topic}, [(payload.recipient is not None, payload.priority)]
-    views = [payload] if isinstance(payload, dict) else []
-    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+    return {event.topic}, [_view_claim(data) for data in _dict_views(payload) or [{}]]
+
+
+def _dict_views(payload: Any) -> list[dict[str, Any]]:
+    """The dicts of an event's payload that may name a recipient: the payload, and its ``data``."""
+    if not isinstance(payload, dict):
+        return []
+    views = [payload]
+    if isinstance(payload.get("data"), dict):
         views.append(payload["data"])  # a BaseEvent of another process: its fields
-    return {event.topic}, [_view_claim(data) for data in views or [{}]]
+    return views
 
 
 def _view_claim(data: dict[str, Any]) -> tuple[bool, Priority]:
@@ -221,6 +234,21 @@ def _recipient_of(topic: str, data: dict[str, Any]) -> str | None:
     if agent is not None:
         return agent
     return next((data[k] for k in _RECIPIENT_KEYS if isinstance(data.get(k), str)), None)
+
+
+def _status_text(status: Any) -> str:
+    """A legacy status as text: an ``AgentStatus`` member's value, anything else as ``str``."""
+    return status.value if isinstance(status, Enum) else str(status)
+
+
+def _status_change(agent_id: str, status: str, task_id: str | None, error: str | None) -> dict[str, Any]:
+    """The data of ``SYSTEM_AGENT_STATUS_CHANGE``: the agent, its status, and a task or error if given."""
+    data: dict[str, Any] = {"agent_id": agent_id, "status": status}
+    if task_id:
+        data["task_id"] = task_id
+    if error:
+        data["error"] = error
+    return data
 
 
 def _same_handler(h: Handler, handler: Handler) -> bool:
@@ -398,18 +426,23 @@ class AgentBus:
         authentication, and every co-tenant can write ``.bus/``): such an event is never handed to a
         legacy handler, whose durable events come through a mailbox or from this process (counted
         ``refused_durable``, as `Comms` counts what it refuses)."""
-        if event.origin is None:
+        if event.origin is None or not self._claims_durable(event):
             return False
-        topics, candidates = _routing_claims(event)
-        for topic in topics:
-            for named, prio in candidates:
-                addressed = named or _agent_of_topic(topic) is not None
-                if self.policy.decide(topic, priority=prio, addressed=addressed).route.durable:
-                    from ...bus.fanout import count
+        from ...bus.fanout import count
 
-                    count("refused_durable")
-                    return True
-        return False
+        count("refused_durable")
+        return True
+
+    def _claims_durable(self, event: Event) -> bool:
+        """Would the policy route the event durably by any of its topics and any of its views?"""
+        topics, candidates = _routing_claims(event)
+        return any(self._routes_durably(topic, named, prio) for topic in topics for named, prio in candidates)
+
+    def _routes_durably(self, topic: str, named: bool, prio: Priority) -> bool:
+        """Does the policy route an event on ``topic`` durably (addressed if it names a recipient or
+        the topic is a per-agent command)?"""
+        addressed = named or _agent_of_topic(topic) is not None
+        return self.policy.decide(topic, priority=prio, addressed=addressed).route.durable
 
     def _is_durable_pattern(self, pattern: str) -> bool:
         agent = _agent_of_topic(pattern)
@@ -546,16 +579,12 @@ class AgentBus:
             if info is None:
                 log.warning("cannot update the status of unknown agent %s", agent_id)
                 return NOTHING
-            status = status.value if isinstance(status, Enum) else str(status)
+            status = _status_text(status)
             info.update(status=status, current_task=task_id, error_message=error)
             if status.upper() == SHUTDOWN_READY:
                 self.shutdown_ready.add(agent_id)
                 self._ready_cond.notify_all()
-        data: dict[str, Any] = {"agent_id": agent_id, "status": status}
-        if task_id:
-            data["task_id"] = task_id
-        if error:
-            data["error"] = error
+        data = _status_change(agent_id, status, task_id, error)
         self._system_event(EventType.SYSTEM_AGENT_STATUS_CHANGE, data, source=agent_id)
         return NOTHING
 
@@ -576,33 +605,40 @@ class AgentBus:
         (``update_agent_status``) or ``timeout`` passes → ``dreamos.system.shutdown.completed`` →
         consumers stopped. Blocks when called plainly outside an event loop; inside one, returns at
         once and ``await`` waits for the end."""
+        if not self._begin_shutdown(timeout):
+            return NOTHING
+        deadline = time.monotonic() + timeout
+        loop = running_loop()
+        if loop is None:
+            self._wait_ready(deadline)
+            self._complete()
+            return NOTHING
+        return loop.create_task(self._finish_when_ready(deadline))
+
+    def _begin_shutdown(self, timeout: float) -> bool:
+        """Mark the shutdown begun and say so to the agents; False if one was already under way."""
         with self._lock:
             if self.shutdown_in_progress:
-                return NOTHING
+                return False
             self.shutdown_in_progress = True
             agents = sorted(self.active_agents)
         self._system_event(EventType.SYSTEM_SHUTDOWN_INITIATED, {"agents": agents, "timeout": timeout})
-        deadline = time.monotonic() + timeout
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            with self._lock:
-                while not self._all_ready():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._ready_cond.wait(remaining)
-            self._complete()
-            return NOTHING
+        return True
 
-        async def finish() -> None:
-            while not self._all_ready() and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            self._complete()
+    def _wait_ready(self, deadline: float) -> None:
+        """Block until every registered agent is ready, or until ``deadline`` (monotonic)."""
+        with self._lock:
+            while not self._all_ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready_cond.wait(remaining)
 
-        return loop.create_task(finish())
+    async def _finish_when_ready(self, deadline: float) -> None:
+        """Inside an event loop: poll until every agent is ready or ``deadline``, then complete."""
+        while not self._all_ready() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self._complete()
 
     def _complete(self) -> None:
         with self._lock:
