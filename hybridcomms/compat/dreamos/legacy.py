@@ -101,6 +101,15 @@ def is_adopted(root: str | os.PathLike[str], agent_id: str) -> bool:
     return not os.path.islink(path) and os.path.isdir(os.path.join(path, State.NEW.folder))
 
 
+def is_safe_agent_id(name: str) -> bool:
+    """Is ``name`` a safe agent id (`check_agent_id` accepts it)?"""
+    try:
+        check_agent_id(name)
+    except ValueError:
+        return False
+    return True
+
+
 def legacy_layout(root: str | os.PathLike[str], agent_id: str) -> LegacyLayout:
     """The legacy layout a not-yet-adopted agent reads: ``inbox.json`` if that file exists (or if
     there is nothing yet: L1 is the newest and most used), ``inbox/`` if only that folder does."""
@@ -481,7 +490,7 @@ def _count_inbox_dir(dir_path: str | None) -> int:
     if dir_path is None:
         return 0
     try:
-        return sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
+        return sum(1 for n in os.listdir(dir_path) if is_drop_name(n))
     except OSError:
         return 0
 
@@ -506,12 +515,13 @@ def _has_inbox_json_drop(path: str) -> bool:
 def _has_inbox_dir_drop(root: str | os.PathLike[str], agent_id: str) -> bool:
     """Does the agent's ``inbox/`` hold a legacy message file?"""
     try:  # the agent folder and inbox/ opened without following a link: never a listing outside
-        return any(_is_candidate(n) for n in _fs.listdir_beneath(os.fspath(root), (agent_id, INBOX_DIR)))
+        return any(is_drop_name(n) for n in _fs.listdir_beneath(os.fspath(root), (agent_id, INBOX_DIR)))
     except OSError:
         return False
 
 
-def _is_candidate(name: str) -> bool:
+def is_drop_name(name: str) -> bool:
+    """Is this the name of a legacy message file a reader takes (``*.json``, not hidden)?"""
     return name.endswith(".json") and not name.startswith(".")
 
 
@@ -773,7 +783,7 @@ def _kind_of(mode: int) -> str:
 
 def _has_candidates(dir_fd: int) -> bool:
     try:
-        return any(_is_candidate(n) for n in _fs.listdir_at(dir_fd))
+        return any(is_drop_name(n) for n in _fs.listdir_at(dir_fd))
     except OSError:
         return False
 
@@ -1277,7 +1287,7 @@ class _FolderChunks:
             if self.budget.spent:
                 self.report.more = True
                 return
-            if _is_candidate(name) and name not in exclude:  # else lock and temp files, and what is
+            if is_drop_name(name) and name not in exclude:  # else lock and temp files, and what is
                 self.take_file(name, prefix + name, now, settle)  # not JSON (.md notes): left there
         self.flush()
 
@@ -1514,7 +1524,7 @@ class LegacyIntake:
 
     def is_drop(self, parts: tuple[str, ...]) -> bool:
         return (len(parts) == 2 and parts[1] == INBOX_JSON) or (
-            len(parts) == 3 and parts[1] == INBOX_DIR and _is_candidate(parts[2])
+            len(parts) == 3 and parts[1] == INBOX_DIR and is_drop_name(parts[2])
         )
 
     def pending(self, root: str | os.PathLike[str], agent: str) -> bool:
