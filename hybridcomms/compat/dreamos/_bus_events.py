@@ -96,11 +96,16 @@ def _payload_dict(data: Any) -> dict[str, Any]:
         return {}
     if isinstance(data, dict):
         return dict(data)
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+    if _is_dataclass_instance(data):
         return dict(vars(data))
     if hasattr(data, "__dict__"):
         return dict(vars(data))
     raise TypeError(f"event data must be a dict or a payload object, not {type(data).__name__}")
+
+
+def _is_dataclass_instance(data: Any) -> bool:
+    """Is ``data`` an instance of a dataclass (not a dataclass itself)?"""
+    return dataclasses.is_dataclass(data) and not isinstance(data, type)
 
 
 class _SpecificEvent(BaseEvent):

@@ -713,19 +713,27 @@ class _LegacyLocks:
         """Take the lock into ``stack``: True; False if it was refused or, with ``skip_held``, held by
         another process (which the backoff of `_held_locks` is told, as it is told a lock freed)."""
         try:
-            stack.enter_context(hold_lock_file(name, 0.0 if self.skip_held else self.timeout, dir_fd=dir_fd))
+            stack.enter_context(hold_lock_file(name, self._wait(), dir_fd=dir_fd))
         except UnsafePathError as exc:
             _refuse(self.report, self.mb.agent_id, shown, str(exc))
             return False
         except LockTimeoutError:
             if not self.skip_held:
                 raise
-            HELD.held(key, _fs.shown(shown))
-            self._held(key, shown)
+            self._found_held(key, shown)
             return False
         if self.skip_held:
             HELD.free(key, _fs.shown(shown))
         return True
+
+    def _wait(self) -> float:
+        """How long to wait for a lock: not at all with ``skip_held``, else the timeout."""
+        return 0.0 if self.skip_held else self.timeout
+
+    def _found_held(self, key: str, shown: str) -> None:
+        """A lock found held by another process: its backoff is told, and it is listed as held."""
+        HELD.held(key, _fs.shown(shown))
+        self._held(key, shown)
 
     def _held(self, key: str, shown: str) -> None:
         self.report.held.append(_fs.shown(shown))
@@ -837,6 +845,11 @@ class _Start:
         return cls(
             resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous, True
         )
+
+    @property
+    def read_after(self) -> int | None:
+        """The byte the reading starts after: the end of the entries skipped (None: from the start)."""
+        return self.after if self.skip else None
 
     @property
     def to_read(self) -> bool:
@@ -1015,7 +1028,7 @@ def _take_entries(
     before the last one."""
     chunk: list[_Entry] = []
     size = 0
-    for element in open_array(fd, max_item=max_item, after=start.after if start.skip else None):
+    for element in open_array(fd, max_item=max_item, after=start.read_after):
         chunk.append(_entry(fd, f"{source}[{taking.taken + len(chunk)}]", element))
         size += element.end - element.start
         if len(chunk) >= CHUNK_ENTRIES or size >= CHUNK_CHARS:

@@ -528,13 +528,18 @@ def _not_an_agent(root_fd: int, name: str) -> tuple[str, str] | None:
     id); None for an agent's folder."""
     kind = entry_kind(root_fd, name)
     shown = _fs.shown(name)
-    if name == "broadcast" and kind == "dir":
-        return f"{name}/", f"broadcasts ({_count_json_files(root_fd, name)} files) have no single recipient"
     if kind != "dir":
-        return shown, "not an agent folder" if kind == "file" else f"{kind}: refused"
+        return shown, _not_a_folder(kind)
+    if name == "broadcast":
+        return f"{name}/", f"broadcasts ({_count_json_files(root_fd, name)} files) have no single recipient"
     if not is_safe_agent_id(name):
         return f"{shown}/", "not a safe agent id (e.g. an unrendered template)"
     return None
+
+
+def _not_a_folder(kind: str | None) -> str:
+    """Why an entry of the root that is not a folder is left (`entry_kind` says what it is)."""
+    return "not an agent folder" if kind == "file" else f"{kind}: refused"
 
 
 def _count_json_files(dir_fd: int, name: str) -> int:
