@@ -112,12 +112,16 @@ class _SpecificEvent(BaseEvent):
     allowed: frozenset[EventType] = frozenset()  # empty: any type
 
     def __init__(self, event_type: Any, source_id: str, data: Any = None, **kwargs: Any) -> None:
+        self._check_type(event_type)
+        super().__init__(event_type, source_id, _payload_dict(data), **kwargs)
+
+    def _check_type(self, event_type: Any) -> None:
+        """``ValueError`` unless the event type is one this class allows (any, if it names none)."""
         if self.allowed and _as_member(event_type) not in self.allowed:
             names = ", ".join(sorted(m.name for m in self.allowed))
             raise ValueError(
                 f"Invalid event_type {event_type!r} for {type(self).__name__} (expected {names})."
             )
-        super().__init__(event_type, source_id, _payload_dict(data), **kwargs)
 
 
 def _as_member(event_type: Any) -> EventType | None:

@@ -185,9 +185,24 @@ def deliver(
     if adopted(root, agent_id):
         return _put_adopted(root, agent_id, message, exact)
     full = message if exact else complete(message, agent_id)
+    return _write_legacy(root, agent_id, full, layout, filename_prefix, lock_timeout)
+
+
+def _write_legacy(
+    root: str | os.PathLike[str],
+    agent_id: str,
+    message: dict[str, Any],
+    layout: LegacyLayout | None,
+    filename_prefix: str,
+    lock_timeout: float,
+) -> Path:
+    """The message written in the layout the agent's legacy reader reads (``layout``, else the one
+    its folder shows): an ``inbox/`` file, or appended to ``inbox.json``."""
     if (layout or legacy_layout(root, agent_id)) is LegacyLayout.INBOX_DIR:
-        return write_inbox_file(root, agent_id, full, filename_prefix=filename_prefix, timeout=lock_timeout)
-    return append_to_inbox_json(root, agent_id, full, timeout=lock_timeout)
+        return write_inbox_file(
+            root, agent_id, message, filename_prefix=filename_prefix, timeout=lock_timeout
+        )
+    return append_to_inbox_json(root, agent_id, message, timeout=lock_timeout)
 
 
 def owner_of(path: str | os.PathLike[str]) -> tuple[Path, str] | None:

@@ -122,10 +122,12 @@ def _wants_two(handler: Handler) -> bool:
         params = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):
         return False
-    required = [
-        p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(required) == 2
+    return len([p for p in params if _is_required_positional(p)]) == 2
+
+
+def _is_required_positional(p: inspect.Parameter) -> bool:
+    """Is the parameter positional and without a default (one a caller must pass)?"""
+    return p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
 def _as_base_event(value: Any, topic: str, source: str | None) -> BaseEvent:
@@ -311,15 +313,23 @@ class AgentBus:
         another. Only for a root that exists, and unless ``$HYBRIDCOMMS_SHARE_BUS`` is 0."""
         from ...bus.fanout import share_bus
 
-        if self._unshare is not None:
-            self._unshare()
-            self._unshare = None
-        if not _env.flag(_env.SHARE_BUS, default=True) or not self.root.is_dir():
+        self._stop_sharing()
+        if not self._may_share():
             return
         try:
             self._unshare = share_bus(self._bus, root=self.root)
         except Exception as exc:  # no /proc, or no socket allowed there: stay in-process
             log.warning("AgentBus: events stay in this process (%s: %s)", self.root, exc)
+
+    def _stop_sharing(self) -> None:
+        """Stop carrying events to and from the other processes (of the root shared before), if it did."""
+        if self._unshare is not None:
+            self._unshare()
+            self._unshare = None
+
+    def _may_share(self) -> bool:
+        """Is sharing on (``$HYBRIDCOMMS_SHARE_BUS``, on by default) and is the root there?"""
+        return _env.flag(_env.SHARE_BUS, default=True) and self.root.is_dir()
 
     @classmethod
     def get_instance(cls) -> AgentBus:
@@ -352,13 +362,18 @@ class AgentBus:
             existing = self._ids_of(pattern, handler)
             if existing:
                 return dual(existing[0])
-            try:
-                self._attach(pattern, handler)
-            except ValueError as exc:
-                raise SubscriptionError(str(exc)) from exc
-            sub_id = f"sub-{next(self._sub_seq)}"
-            self._ids[sub_id] = (pattern, handler)
-            return dual(sub_id)
+            return dual(self._new_subscription(pattern, handler))
+
+    def _new_subscription(self, pattern: str, handler: Handler) -> str:
+        """Attach ``handler`` to ``pattern`` (`SubscriptionError` if it cannot be) and name the
+        subscription; its id. The caller holds the lock."""
+        try:
+            self._attach(pattern, handler)
+        except ValueError as exc:
+            raise SubscriptionError(str(exc)) from exc
+        sub_id = f"sub-{next(self._sub_seq)}"
+        self._ids[sub_id] = (pattern, handler)
+        return sub_id
 
     def _ids_of(self, pattern: str, handler: Handler) -> list[str]:
         """The subscription ids of ``(pattern, handler)``, oldest first. The caller holds the lock."""
