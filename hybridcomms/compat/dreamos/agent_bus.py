@@ -451,13 +451,12 @@ class AgentBus:
     def _claims_durable(self, event: Event) -> bool:
         """Would the policy route the event durably by any of its topics and any of its views?"""
         topics, candidates = _routing_claims(event)
-        return any(self._routes_durably(topic, named, prio) for topic in topics for named, prio in candidates)
-
-    def _routes_durably(self, topic: str, named: bool, prio: Priority) -> bool:
-        """Does the policy route an event on ``topic`` durably (addressed if it names a recipient or
-        the topic is a per-agent command)?"""
-        addressed = named or _agent_of_topic(topic) is not None
-        return self.policy.decide(topic, priority=prio, addressed=addressed).route.durable
+        for topic in topics:
+            for named, prio in candidates:
+                addressed = named or _agent_of_topic(topic) is not None
+                if self.policy.decide(topic, priority=prio, addressed=addressed).route.durable:
+                    return True
+        return False
 
     def _is_durable_pattern(self, pattern: str) -> bool:
         agent = _agent_of_topic(pattern)

@@ -505,11 +505,9 @@ def _has_inbox_json_drop(path: str) -> bool:
     try:
         # lstat: a link in place of inbox.json is not a drop (ingestion refuses it), never followed
         st = os.lstat(os.path.join(path, INBOX_JSON))
-        if stat.S_ISREG(st.st_mode) and st.st_size > 2:  # more than "[]"
-            return True
     except OSError:
-        pass
-    return False
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 2  # more than "[]"
 
 
 def _has_inbox_dir_drop(root: str | os.PathLike[str], agent_id: str) -> bool:
@@ -939,15 +937,29 @@ def _array_start(
     if is_blank(fd, st.st_size):
         journal.end()
         return None
-    resume = journal.resumes(st)
-    if resume is not None:
-        start: _Start | None = _Start.resumed_at(journal, resume)
-    else:
-        start = _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
+    start = _resumed_or_checked(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
     if start is not None and start.count == 0:
         journal.end()
         return None
     return start
+
+
+def _resumed_or_checked(
+    mb: FileMailbox,
+    adir_fd: int,
+    fd: int,
+    st: os.stat_result,
+    report: IngestReport,
+    journal: Journal,
+    max_item: int,
+    on_taken: Taken | None,
+) -> _Start | None:
+    """Where the last step stopped, if its journal says it stopped in this very file; else where the
+    first pass finds the ingestion starts (None: not JSON, buried whole)."""
+    resume = journal.resumes(st)
+    if resume is not None:
+        return _Start.resumed_at(journal, resume)
+    return _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
 
 
 def _settle_clearing(adir_fd: int, journal: Journal) -> None:
