@@ -129,13 +129,28 @@ def installed() -> bool:
 
 def uninstall() -> None:
     """Undo `install` in this process (for tests): the legacy names are forgotten."""
-    while SHIM_PATH in sys.path:
-        sys.path.remove(SHIM_PATH)
+    _drop_shim_from_sys_path()
     _drop_shim_from_pythonpath()
     os.environ.pop(ENV_FLAG, None)
     os.environ.pop(ERA_ENV, None)
-    for name in [n for n in sys.modules if n == "dreamos" or n.startswith("dreamos.")]:
+    _forget_legacy_modules()
+
+
+def _drop_shim_from_sys_path() -> None:
+    """``sys.path`` without the shim, however many times it was put there."""
+    while SHIM_PATH in sys.path:
+        sys.path.remove(SHIM_PATH)
+
+
+def _forget_legacy_modules() -> None:
+    """Every ``dreamos`` module imported so far dropped from ``sys.modules``."""
+    for name in [n for n in sys.modules if _is_legacy_module(n)]:
         del sys.modules[name]
+
+
+def _is_legacy_module(name: str) -> bool:
+    """Is this module name the legacy ``dreamos`` package or one of its modules?"""
+    return name == "dreamos" or name.startswith("dreamos.")
 
 
 def _drop_shim_from_pythonpath() -> None:

@@ -183,15 +183,32 @@ def _unshared(fd: int, st: os.stat_result) -> str | None:
     """Why a regular file is not copied although it is readable (a hard link, a sparse file), or None."""
     if st.st_nlink > 1:
         return f"a file with {st.st_nlink} names (hard links): not copied"
-    if st.st_size >= SPARSE_MIN and st.st_blocks * 512 < st.st_size // 2:
-        try:
-            hole = os.lseek(fd, 0, os.SEEK_HOLE)
-            os.lseek(fd, 0, os.SEEK_SET)
-        except OSError:
-            hole = st.st_size
-        if hole < st.st_size:
-            return f"a sparse file ({st.st_size} bytes, {st.st_blocks * 512} on disk): not copied"
+    if _is_sparse(fd, st):
+        return f"a sparse file ({st.st_size} bytes, {st.st_blocks * 512} on disk): not copied"
     return None
+
+
+def _is_sparse(fd: int, st: os.stat_result) -> bool:
+    """Is the open file sparse: large, less than half of it on disk, and a hole before its end?"""
+    if not _looks_sparse(st):
+        return False
+    return _first_hole(fd, st.st_size) < st.st_size
+
+
+def _looks_sparse(st: os.stat_result) -> bool:
+    """Is the file large enough to matter and under half of it on disk (maybe holes, maybe not)?"""
+    return st.st_size >= SPARSE_MIN and st.st_blocks * 512 < st.st_size // 2
+
+
+def _first_hole(fd: int, size: int) -> int:
+    """Where the open file's first hole starts (``size`` if that cannot be asked); the offset is put
+    back at 0."""
+    try:
+        hole = os.lseek(fd, 0, os.SEEK_HOLE)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        hole = size
+    return hole
 
 
 class _Copier:
@@ -212,20 +229,28 @@ class _Copier:
         for name in _names(src):
             if self.stopped_at is not None:
                 return
-            path = rel + name
-            try:
-                st = os.stat(name, dir_fd=src, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone since it was listed
-            except OSError as exc:
-                self.skip(path, _why(exc))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                self.subfolder(src, dst, name, path, depth + 1)
-            elif stat.S_ISREG(st.st_mode):
-                self.file(src, dst, name, path)
-            else:
-                self.skip(path, _what(st.st_mode))
+            st = self._lstat(src, name, rel + name)
+            if st is not None:
+                self.entry(src, dst, name, rel + name, st, depth)
+
+    def _lstat(self, src: int, name: str, path: str) -> os.stat_result | None:
+        """The entry ``name`` of ``src`` looked at, unfollowed; None if it is gone or skipped."""
+        try:
+            return os.stat(name, dir_fd=src, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # gone since it was listed
+        except OSError as exc:
+            self.skip(path, _why(exc))
+            return None
+
+    def entry(self, src: int, dst: int, name: str, path: str, st: os.stat_result, depth: int) -> None:
+        """Copy one entry of ``src`` by its kind: a folder, a regular file; anything else is skipped."""
+        if stat.S_ISDIR(st.st_mode):
+            self.subfolder(src, dst, name, path, depth + 1)
+        elif stat.S_ISREG(st.st_mode):
+            self.file(src, dst, name, path)
+        else:
+            self.skip(path, _what(st.st_mode))
 
     def subfolder(self, src: int, dst: int, name: str, path: str, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -334,17 +359,20 @@ def _read_blocks(fd: int, limit: int) -> Iterator[bytes]:
 
 def _size(src: int, depth: int) -> int:
     """Bytes of the regular files the backup would copy (for progress), looked at as it copies."""
-    total = 0
-    for name in _names(src):
-        try:
-            st = os.stat(name, dir_fd=src, follow_symlinks=False)
-        except OSError:
-            continue
-        if _would_copy(st):
-            total += st.st_size
-        elif stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
-            total += _subfolder_size(src, name, depth + 1)
-    return total
+    return sum(_entry_size(src, name, depth) for name in _names(src))
+
+
+def _entry_size(src: int, name: str, depth: int) -> int:
+    """`_size` of one entry of ``src``: a file's size if copied, a sub-folder's sum, else 0."""
+    try:
+        st = os.stat(name, dir_fd=src, follow_symlinks=False)
+    except OSError:
+        return 0
+    if _would_copy(st):
+        return st.st_size
+    if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
+        return _subfolder_size(src, name, depth + 1)
+    return 0
 
 
 def _would_copy(st: os.stat_result) -> bool:

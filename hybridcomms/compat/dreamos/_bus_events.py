@@ -96,23 +96,32 @@ def _payload_dict(data: Any) -> dict[str, Any]:
         return {}
     if isinstance(data, dict):
         return dict(data)
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+    if _is_dataclass_instance(data):
         return dict(vars(data))
     if hasattr(data, "__dict__"):
         return dict(vars(data))
     raise TypeError(f"event data must be a dict or a payload object, not {type(data).__name__}")
 
 
+def _is_dataclass_instance(data: Any) -> bool:
+    """Is ``data`` an instance of a dataclass (not a dataclass itself)?"""
+    return dataclasses.is_dataclass(data) and not isinstance(data, type)
+
+
 class _SpecificEvent(BaseEvent):
     allowed: frozenset[EventType] = frozenset()  # empty: any type
 
     def __init__(self, event_type: Any, source_id: str, data: Any = None, **kwargs: Any) -> None:
+        self._check_type(event_type)
+        super().__init__(event_type, source_id, _payload_dict(data), **kwargs)
+
+    def _check_type(self, event_type: Any) -> None:
+        """``ValueError`` unless the event type is one this class allows (any, if it names none)."""
         if self.allowed and _as_member(event_type) not in self.allowed:
             names = ", ".join(sorted(m.name for m in self.allowed))
             raise ValueError(
                 f"Invalid event_type {event_type!r} for {type(self).__name__} (expected {names})."
             )
-        super().__init__(event_type, source_id, _payload_dict(data), **kwargs)
 
 
 def _as_member(event_type: Any) -> EventType | None:

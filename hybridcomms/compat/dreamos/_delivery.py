@@ -129,15 +129,25 @@ def complete(message: dict[str, Any], recipient: str | None = None) -> dict[str,
     """A copy with what every legacy reader needs filled in: id, time, recipient, both type spellings."""
     out = dict(message)
     out.setdefault("message_id", out.get("id") or new_id())
-    if "timestamp_utc" not in out:
-        out["timestamp_utc"] = out.get("timestamp") or datetime.now(timezone.utc).isoformat()
+    _fill_timestamp(out)
     if recipient is not None:
         out.setdefault("recipient_agent_id", recipient)
+    _fill_type_spellings(out)
+    return out
+
+
+def _fill_timestamp(out: dict[str, Any]) -> None:
+    """``timestamp_utc`` filled in if missing: the legacy ``timestamp``, else now."""
+    if "timestamp_utc" not in out:
+        out["timestamp_utc"] = out.get("timestamp") or datetime.now(timezone.utc).isoformat()
+
+
+def _fill_type_spellings(out: dict[str, Any]) -> None:
+    """Both ``type`` and ``message_type`` set if either is (``type`` first)."""
     kind = out.get("type", out.get("message_type"))
     if kind is not None:
         out.setdefault("type", kind)
         out.setdefault("message_type", kind)
-    return out
 
 
 def _put_adopted(root: str | os.PathLike[str], agent_id: str, message: dict[str, Any], exact: bool) -> Path:
@@ -175,22 +185,53 @@ def deliver(
     if adopted(root, agent_id):
         return _put_adopted(root, agent_id, message, exact)
     full = message if exact else complete(message, agent_id)
+    return _write_legacy(root, agent_id, full, layout, filename_prefix, lock_timeout)
+
+
+def _write_legacy(
+    root: str | os.PathLike[str],
+    agent_id: str,
+    message: dict[str, Any],
+    layout: LegacyLayout | None,
+    filename_prefix: str,
+    lock_timeout: float,
+) -> Path:
+    """The message written in the layout the agent's legacy reader reads (``layout``, else the one
+    its folder shows): an ``inbox/`` file, or appended to ``inbox.json``."""
     if (layout or legacy_layout(root, agent_id)) is LegacyLayout.INBOX_DIR:
-        return write_inbox_file(root, agent_id, full, filename_prefix=filename_prefix, timeout=lock_timeout)
-    return append_to_inbox_json(root, agent_id, full, timeout=lock_timeout)
+        return write_inbox_file(
+            root, agent_id, message, filename_prefix=filename_prefix, timeout=lock_timeout
+        )
+    return append_to_inbox_json(root, agent_id, message, timeout=lock_timeout)
 
 
 def owner_of(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     """``(root, agent)`` for a path inside an agent's folder: ``<root>/<agent>/inbox[/x]``,
     ``<root>/<agent>/inbox.json``, ``<root>/<agent>/<state>/x`` or ``<root>/<agent>/x.json``."""
-    p = Path(os.path.abspath(path))
-    folders = {"inbox", "new", "processing", "done", "dead", "tmp", "archive", "processed", "outbox"}
-    if p.suffix == ".json" or p.name == "inbox.json":
-        parent = p.parent
-        agent_dir = parent.parent if parent.name in folders else parent
-    else:
-        agent_dir = p.parent if p.name in folders else p
+    agent_dir = _agent_dir_of(Path(os.path.abspath(path)))
     try:
         return agent_dir.parent, check_agent_id(agent_dir.name)
     except ValueError:
         return None
+
+
+#: The folders an agent's folder holds (legacy and hybridcomms ones).
+_AGENT_FOLDERS = {"inbox", "new", "processing", "done", "dead", "tmp", "archive", "processed", "outbox"}
+
+
+def _agent_dir_of(p: Path) -> Path:
+    """The agent's folder of an absolute path: a message file's folder, or the path itself, with
+    one of the agent's folders (``inbox/``, ``new/``, ...) stepped out of."""
+    if _is_message_file(p):
+        return _out_of_agent_folder(p.parent)
+    return _out_of_agent_folder(p)
+
+
+def _is_message_file(p: Path) -> bool:
+    """Does the path name a message file (``*.json``, ``inbox.json``) rather than a folder?"""
+    return p.suffix == ".json" or p.name == "inbox.json"
+
+
+def _out_of_agent_folder(p: Path) -> Path:
+    """The folder holding ``p`` if ``p`` is one of an agent's folders, else ``p``."""
+    return p.parent if p.name in _AGENT_FOLDERS else p

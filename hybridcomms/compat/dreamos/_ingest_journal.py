@@ -134,12 +134,29 @@ def _journal_json(
     given; with ``taken``, ``v`` 2: the digest is a chain)."""
     data: dict[str, Any] = {"ids": ids, "started_at": datetime.now(timezone.utc).isoformat()}
     if taken is not None:
-        data.update(v=2, taken=taken, digest=digest or "", upto=upto if upto is not None else taken)
+        data.update(_array_position(taken, digest, upto))
     if clearing is not None:
         data["clearing"] = clearing
     if resume is not None:
         data["resume"] = resume.to_json()
     return data
+
+
+def _array_position(taken: int, digest: str | None, upto: int | None) -> dict[str, Any]:
+    """Where ``inbox.json`` stands, as the journal holds it: ``v`` 2 (a chained digest), the entries
+    taken, their digest, and ``upto`` (``taken`` if not given)."""
+    return {"v": 2, "taken": taken, "digest": digest or "", "upto": upto if upto is not None else taken}
+
+
+def _upto(data: dict[str, Any]) -> int:
+    """``upto`` as written; a journal of a version that took ``inbox.json`` whole has none: its ids
+    may be anywhere."""
+    return _count_or_default(data.get("upto"), 0) if "upto" in data else _ANYWHERE
+
+
+def _text_or_empty(value: Any) -> str:
+    """``value`` if it is a string, else the empty one."""
+    return value if isinstance(value, str) else ""
 
 
 def _read_journal(dir_fd: int, name: str) -> dict[str, Any] | None:
@@ -159,6 +176,11 @@ def folder_journal_name(label: str) -> str:
 def is_clearing_name(name: str) -> bool:
     """Is ``name`` one this module gives the file that empties ``inbox.json``?"""
     return _CLEARING.fullmatch(name) is not None
+
+
+def _is_file_of(resume: Resume, st: os.stat_result) -> bool:
+    """Is ``st`` the regular file ``resume`` was read from (same identity)?"""
+    return stat.S_ISREG(st.st_mode) and resume.file == file_id(st)
 
 
 class Journal:
@@ -186,15 +208,20 @@ class Journal:
         """Each field as written, if it is valid (else it keeps its empty value)."""
         self.ids = _strings(data.get("ids"))
         self.taken = _count_or_default(data.get("taken"), 0)
-        # written by a version that took inbox.json whole (no "upto"): its ids may be anywhere
-        self.upto = _count_or_default(data.get("upto"), 0) if "upto" in data else _ANYWHERE
-        digest = data.get("digest")
-        self.digest = digest if isinstance(digest, str) else ""
+        self.upto = _upto(data)
+        self.digest = _text_or_empty(data.get("digest"))
         self.clearing = _clearing_name(data.get("clearing"))
         self.chained = data.get("v") == 2
-        if self.chained and _HEX.fullmatch(self.digest) is None:  # (a chain is hex: anything else, none)
+        self.resume = None
+        if self.chained:
+            self._load_chain(data)
+
+    def _load_chain(self, data: dict[str, Any]) -> None:
+        """The fields of a chained (v 2) journal: its digest must be hex (anything else: none, nothing
+        taken), and where the last step stopped."""
+        if _HEX.fullmatch(self.digest) is None:
             self.digest, self.taken = "", 0
-        self.resume = Resume.from_json(data.get("resume")) if self.chained else None
+        self.resume = Resume.from_json(data.get("resume"))
 
     def forget(self) -> None:
         """Start over (the file stays until the next `write` or `end`)."""
@@ -204,11 +231,13 @@ class Journal:
     def resumes(self, st: os.stat_result) -> Resume | None:
         """Where the last step stopped, if the file ``st`` is still the very one it read."""
         resume = self.resume
-        if resume is None or not stat.S_ISREG(st.st_mode) or resume.file != file_id(st):
-            return None
-        if resume.offset is None and self.taken:
-            return None
-        return resume
+        if resume is not None and _is_file_of(resume, st) and self._knows_offset(resume):
+            return resume
+        return None
+
+    def _knows_offset(self, resume: Resume) -> bool:
+        """Does ``resume`` say where the entries taken end (or were none taken)?"""
+        return resume.offset is not None or not self.taken
 
     def write(
         self,

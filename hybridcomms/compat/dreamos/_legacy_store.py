@@ -84,14 +84,24 @@ def write_into_inbox(
     """The same, in the inbox folder a legacy caller named (whatever it is called)."""
     inbox = Path(inbox)
     inbox.mkdir(parents=True, exist_ok=True)
-    if not filename_prefix or "/" in filename_prefix or filename_prefix.startswith("."):
-        raise ValueError(f"unsafe filename prefix {filename_prefix!r}")
+    _check_prefix(filename_prefix)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S_%f")
-    msg_id = str(message.get("message_id") or message.get("id") or "")
+    msg_id = _legacy_id(message)
     with acquire_lock(inbox / ".inbox", timeout):  # the legacy writer's inbox/.inbox.lock
         final = _free_name(inbox, f"{filename_prefix}_{stamp}_{msg_id[:8]}")
         replace_atomically(final, _json.dumps(message, indent=2))
     return final
+
+
+def _check_prefix(filename_prefix: str) -> None:
+    """``ValueError`` unless the prefix keeps the file a plain, visible name in the inbox."""
+    if not filename_prefix or "/" in filename_prefix or filename_prefix.startswith("."):
+        raise ValueError(f"unsafe filename prefix {filename_prefix!r}")
+
+
+def _legacy_id(message: dict[str, Any]) -> str:
+    """The message's legacy id as text (``message_id``, else ``id``; empty if neither)."""
+    return str(message.get("message_id") or message.get("id") or "")
 
 
 def _free_name(inbox: Path, stem: str) -> Path:

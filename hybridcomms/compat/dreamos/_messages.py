@@ -104,6 +104,16 @@ _CHECKS: tuple[Callable[[Any], _Problem | None], ...] = (
 )
 
 
+def _enum_value(value: Any) -> Any:
+    """An enum member's value (a legacy ``MessageType``), or the value as given."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _priority_name(priority: Any) -> Any:
+    """A `Priority` member's name, or the priority as given."""
+    return priority.name if isinstance(priority, Priority) else priority
+
+
 def create_mailbox_message(
     sender_agent_id: str,
     recipient_agent_id: str,
@@ -116,8 +126,8 @@ def create_mailbox_message(
     base_event: Any = None,
 ) -> dict[str, Any]:
     """A standard mailbox message dict. ``ValueError`` if the result would not validate."""
-    kind = message_type.value if isinstance(message_type, Enum) else message_type
-    prio = priority.name if isinstance(priority, Priority) else priority
+    kind = _enum_value(message_type)
+    prio = _priority_name(priority)
     message: dict[str, Any] = {
         "message_id": message_id or uuid.uuid4().hex,
         "timestamp_utc": timestamp_utc or datetime.now(timezone.utc).isoformat(),

@@ -64,6 +64,7 @@ from ._bus_events import (
 )
 from ._delivery import deliver, deliver_to, set_policy
 from ._dual import NOTHING, AwaitableStr, Flag, NothingType, dual
+from ._loops import running_loop
 from .legacy import to_legacy_dict
 from .mailbox_utils import get_mailbox_root
 
@@ -121,10 +122,12 @@ def _wants_two(handler: Handler) -> bool:
         params = inspect.signature(handler).parameters.values()
     except (TypeError, ValueError):
         return False
-    required = [
-        p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(required) == 2
+    return len([p for p in params if _is_required_positional(p)]) == 2
+
+
+def _is_required_positional(p: inspect.Parameter) -> bool:
+    """Is the parameter positional and without a default (one a caller must pass)?"""
+    return p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
 def _as_base_event(value: Any, topic: str, source: str | None) -> BaseEvent:
@@ -151,17 +154,22 @@ def _agent_of_topic(topic: str) -> str | None:
     """``<id>`` of the per-agent command topic ``dreamos.agent.<id>.task.command[.…]`` (or of such a
     pattern), if it is a concrete, safe agent id."""
     parts = topic.split(".")
-    if (
-        len(parts) >= 5
-        and parts[:2] == ["dreamos", "agent"]
-        and parts[3:5] == ["task", "command"]
-        and parts[2] != "*"
-    ):
+    if _is_agent_command(parts):
         try:
             return check_agent_id(parts[2])
         except ValueError:
             return None
     return None
+
+
+def _is_agent_command(parts: list[str]) -> bool:
+    """Are these the parts of a per-agent command topic (or pattern) naming one agent (not ``*``)?"""
+    return (
+        len(parts) >= 5
+        and parts[:2] == ["dreamos", "agent"]
+        and parts[3:5] == ["task", "command"]
+        and parts[2] != "*"
+    )
 
 
 class _Adapter:
@@ -195,10 +203,17 @@ def _routing_claims(event: Event) -> tuple[set[str], list[tuple[bool, Priority]]
     payload = event.payload
     if isinstance(payload, Message):
         return {event.topic, payload.topic}, [(payload.recipient is not None, payload.priority)]
-    views = [payload] if isinstance(payload, dict) else []
-    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+    return {event.topic}, [_view_claim(data) for data in _dict_views(payload) or [{}]]
+
+
+def _dict_views(payload: Any) -> list[dict[str, Any]]:
+    """The dicts of an event's payload that may name a recipient: the payload, and its ``data``."""
+    if not isinstance(payload, dict):
+        return []
+    views = [payload]
+    if isinstance(payload.get("data"), dict):
         views.append(payload["data"])  # a BaseEvent of another process: its fields
-    return {event.topic}, [_view_claim(data) for data in views or [{}]]
+    return views
 
 
 def _view_claim(data: dict[str, Any]) -> tuple[bool, Priority]:
@@ -221,6 +236,21 @@ def _recipient_of(topic: str, data: dict[str, Any]) -> str | None:
     if agent is not None:
         return agent
     return next((data[k] for k in _RECIPIENT_KEYS if isinstance(data.get(k), str)), None)
+
+
+def _status_text(status: Any) -> str:
+    """A legacy status as text: an ``AgentStatus`` member's value, anything else as ``str``."""
+    return status.value if isinstance(status, Enum) else str(status)
+
+
+def _status_change(agent_id: str, status: str, task_id: str | None, error: str | None) -> dict[str, Any]:
+    """The data of ``SYSTEM_AGENT_STATUS_CHANGE``: the agent, its status, and a task or error if given."""
+    data: dict[str, Any] = {"agent_id": agent_id, "status": status}
+    if task_id:
+        data["task_id"] = task_id
+    if error:
+        data["error"] = error
+    return data
 
 
 def _same_handler(h: Handler, handler: Handler) -> bool:
@@ -283,15 +313,23 @@ class AgentBus:
         another. Only for a root that exists, and unless ``$HYBRIDCOMMS_SHARE_BUS`` is 0."""
         from ...bus.fanout import share_bus
 
-        if self._unshare is not None:
-            self._unshare()
-            self._unshare = None
-        if not _env.flag(_env.SHARE_BUS, default=True) or not self.root.is_dir():
+        self._stop_sharing()
+        if not self._may_share():
             return
         try:
             self._unshare = share_bus(self._bus, root=self.root)
         except Exception as exc:  # no /proc, or no socket allowed there: stay in-process
             log.warning("AgentBus: events stay in this process (%s: %s)", self.root, exc)
+
+    def _stop_sharing(self) -> None:
+        """Stop carrying events to and from the other processes (of the root shared before), if it did."""
+        if self._unshare is not None:
+            self._unshare()
+            self._unshare = None
+
+    def _may_share(self) -> bool:
+        """Is sharing on (``$HYBRIDCOMMS_SHARE_BUS``, on by default) and is the root there?"""
+        return _env.flag(_env.SHARE_BUS, default=True) and self.root.is_dir()
 
     @classmethod
     def get_instance(cls) -> AgentBus:
@@ -324,13 +362,18 @@ class AgentBus:
             existing = self._ids_of(pattern, handler)
             if existing:
                 return dual(existing[0])
-            try:
-                self._attach(pattern, handler)
-            except ValueError as exc:
-                raise SubscriptionError(str(exc)) from exc
-            sub_id = f"sub-{next(self._sub_seq)}"
-            self._ids[sub_id] = (pattern, handler)
-            return dual(sub_id)
+            return dual(self._new_subscription(pattern, handler))
+
+    def _new_subscription(self, pattern: str, handler: Handler) -> str:
+        """Attach ``handler`` to ``pattern`` (`SubscriptionError` if it cannot be) and name the
+        subscription; its id. The caller holds the lock."""
+        try:
+            self._attach(pattern, handler)
+        except ValueError as exc:
+            raise SubscriptionError(str(exc)) from exc
+        sub_id = f"sub-{next(self._sub_seq)}"
+        self._ids[sub_id] = (pattern, handler)
+        return sub_id
 
     def _ids_of(self, pattern: str, handler: Handler) -> list[str]:
         """The subscription ids of ``(pattern, handler)``, oldest first. The caller holds the lock."""
@@ -398,16 +441,20 @@ class AgentBus:
         authentication, and every co-tenant can write ``.bus/``): such an event is never handed to a
         legacy handler, whose durable events come through a mailbox or from this process (counted
         ``refused_durable``, as `Comms` counts what it refuses)."""
-        if event.origin is None:
+        if event.origin is None or not self._claims_durable(event):
             return False
+        from ...bus.fanout import count
+
+        count("refused_durable")
+        return True
+
+    def _claims_durable(self, event: Event) -> bool:
+        """Would the policy route the event durably by any of its topics and any of its views?"""
         topics, candidates = _routing_claims(event)
         for topic in topics:
             for named, prio in candidates:
                 addressed = named or _agent_of_topic(topic) is not None
                 if self.policy.decide(topic, priority=prio, addressed=addressed).route.durable:
-                    from ...bus.fanout import count
-
-                    count("refused_durable")
                     return True
         return False
 
@@ -546,16 +593,12 @@ class AgentBus:
             if info is None:
                 log.warning("cannot update the status of unknown agent %s", agent_id)
                 return NOTHING
-            status = status.value if isinstance(status, Enum) else str(status)
+            status = _status_text(status)
             info.update(status=status, current_task=task_id, error_message=error)
             if status.upper() == SHUTDOWN_READY:
                 self.shutdown_ready.add(agent_id)
                 self._ready_cond.notify_all()
-        data: dict[str, Any] = {"agent_id": agent_id, "status": status}
-        if task_id:
-            data["task_id"] = task_id
-        if error:
-            data["error"] = error
+        data = _status_change(agent_id, status, task_id, error)
         self._system_event(EventType.SYSTEM_AGENT_STATUS_CHANGE, data, source=agent_id)
         return NOTHING
 
@@ -576,33 +619,40 @@ class AgentBus:
         (``update_agent_status``) or ``timeout`` passes → ``dreamos.system.shutdown.completed`` →
         consumers stopped. Blocks when called plainly outside an event loop; inside one, returns at
         once and ``await`` waits for the end."""
+        if not self._begin_shutdown(timeout):
+            return NOTHING
+        deadline = time.monotonic() + timeout
+        loop = running_loop()
+        if loop is None:
+            self._wait_ready(deadline)
+            self._complete()
+            return NOTHING
+        return loop.create_task(self._finish_when_ready(deadline))
+
+    def _begin_shutdown(self, timeout: float) -> bool:
+        """Mark the shutdown begun and say so to the agents; False if one was already under way."""
         with self._lock:
             if self.shutdown_in_progress:
-                return NOTHING
+                return False
             self.shutdown_in_progress = True
             agents = sorted(self.active_agents)
         self._system_event(EventType.SYSTEM_SHUTDOWN_INITIATED, {"agents": agents, "timeout": timeout})
-        deadline = time.monotonic() + timeout
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
-            with self._lock:
-                while not self._all_ready():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._ready_cond.wait(remaining)
-            self._complete()
-            return NOTHING
+        return True
 
-        async def finish() -> None:
-            while not self._all_ready() and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            self._complete()
+    def _wait_ready(self, deadline: float) -> None:
+        """Block until every registered agent is ready, or until ``deadline`` (monotonic)."""
+        with self._lock:
+            while not self._all_ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._ready_cond.wait(remaining)
 
-        return loop.create_task(finish())
+    async def _finish_when_ready(self, deadline: float) -> None:
+        """Inside an event loop: poll until every agent is ready or ``deadline``, then complete."""
+        while not self._all_ready() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self._complete()
 
     def _complete(self) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ from typing import Any
 from ... import _log
 from ...bus import Event
 from . import agent_bus as _canonical
+from ._loops import running_loop
 
 __all__ = ["AgentBus", "BaseEvent", "EventType"]
 
@@ -150,18 +151,26 @@ class AgentBus:
         if not self._running:
             return
         self._running = False
+        await self._cancel_processing()
+        self._keep_unprocessed()
+        logger.info("AgentBus stopped")
+
+    async def _cancel_processing(self) -> None:
+        """Cancel the processing task, if there is one, and wait for it to end."""
         if self._process_task is not None:
             self._process_task.cancel()
             try:
                 await self._process_task
             except asyncio.CancelledError:
                 pass
-        with self._lock:  # what was queued but not processed waits for the next start()
+
+    def _keep_unprocessed(self) -> None:
+        """What was queued but not processed waits in the backlog for the next start()."""
+        with self._lock:
             queue = self._queue
             while queue is not None and not queue.empty():
                 self._backlog.append(queue.get_nowait())
             self._queue, self._loop = None, None
-        logger.info("AgentBus stopped")
 
     async def reconnect(self) -> None:
         """Stop and start again (the era's agent loop calls this after a recovery)."""
@@ -195,11 +204,7 @@ class AgentBus:
             if queue is None or loop is None:
                 self._backlog.append(item)
                 return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if running_loop() is loop:
             queue.put_nowait(item)
         else:
             loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -253,10 +258,14 @@ class AgentBus:
         while self._running:
             try:
                 event_type, data = await queue.get()
-                for callback in list(self._subscribers.get(_topic(event_type), ())):
-                    await _call_handler(callback, event_type, data)
+                await self._dispatch(event_type, data)
             except asyncio.CancelledError:
                 break
             except Exception as e:  # pragma: no cover - defensive, as the legacy loop
                 logger.error(f"Error processing event: {e}")
         logger.info("Event processing stopped")
+
+    async def _dispatch(self, event_type: Any, data: Any) -> None:
+        """Hand one event to each callback subscribed to its topic, in turn."""
+        for callback in list(self._subscribers.get(_topic(event_type), ())):
+            await _call_handler(callback, event_type, data)

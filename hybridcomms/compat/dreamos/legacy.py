@@ -101,6 +101,15 @@ def is_adopted(root: str | os.PathLike[str], agent_id: str) -> bool:
     return not os.path.islink(path) and os.path.isdir(os.path.join(path, State.NEW.folder))
 
 
+def is_safe_agent_id(name: str) -> bool:
+    """Is ``name`` a safe agent id (`check_agent_id` accepts it)?"""
+    try:
+        check_agent_id(name)
+    except ValueError:
+        return False
+    return True
+
+
 def legacy_layout(root: str | os.PathLike[str], agent_id: str) -> LegacyLayout:
     """The legacy layout a not-yet-adopted agent reads: ``inbox.json`` if that file exists (or if
     there is nothing yet: L1 is the newest and most used), ``inbox/`` if only that folder does."""
@@ -230,19 +239,35 @@ def _is_usable_id(raw_id: Any) -> bool:
 def _lenient_from_legacy(view: Any, exact: bytes, agent_id: str, origin: str, raw: bytes) -> Message:
     """The envelope from what fits, and the whole value kept exactly in `EXACT_HEADER`."""
     fields = view if isinstance(view, dict) else {}
-    payload = fields.get("body", fields.get("content")) if isinstance(view, dict) else view
-    sender = _first_text(fields, "sender", "sender_agent_id", "from_agent", "from")
-    recipient = _first_text(fields, "recipient", "recipient_agent_id", "to_agent", "to") or agent_id
+    sender = _lenient_sender(fields)
+    recipient = _lenient_recipient(fields, agent_id)
     return Message(  # (the fields in the order they were always read: the first failure is the reason)
         topic=_lenient_topic(fields),
         id=_lenient_id(fields, origin, raw),
         priority=_lenient_priority(fields),
         created_at=_lenient_created(fields),
-        payload=_native_payload(payload),
-        sender=sender if sender and len(sender) <= 256 else None,
-        recipient=recipient if len(recipient) <= 256 else agent_id,
+        payload=_native_payload(_lenient_body(view)),
+        sender=sender,
+        recipient=recipient,
         headers={EXACT_HEADER: exact.decode()},
     )
+
+
+def _lenient_body(view: Any) -> Any:
+    """What the message carries: an object's ``body`` (or ``content``), any other value itself."""
+    return view.get("body", view.get("content")) if isinstance(view, dict) else view
+
+
+def _lenient_sender(fields: dict[str, Any]) -> str | None:
+    """The first legacy sender field that fits the envelope (at most 256 characters), else None."""
+    sender = _first_text(fields, "sender", "sender_agent_id", "from_agent", "from")
+    return sender if sender and len(sender) <= 256 else None
+
+
+def _lenient_recipient(fields: dict[str, Any], agent_id: str) -> str:
+    """The first legacy recipient field if it fits the envelope, else the agent it was dropped for."""
+    recipient = _first_text(fields, "recipient", "recipient_agent_id", "to_agent", "to") or agent_id
+    return recipient if len(recipient) <= 256 else agent_id
 
 
 def _first_text(fields: dict[str, Any], *keys: str) -> str | None:
@@ -337,15 +362,25 @@ def _documented_dict(message: Message) -> dict[str, Any]:
         "body": message.payload,
         "priority": Priority(message.priority).name,
     }
+    _add_links(out, message)
+    _add_headers(out, headers)
+    if out["message_id"] != message.id:
+        out["hybridcomms_id"] = message.id
+    return out
+
+
+def _add_links(out: dict[str, Any], message: Message) -> None:
+    """The message's ``correlation_id`` and ``reply_to``, those it has."""
     if message.correlation_id is not None:
         out["correlation_id"] = message.correlation_id
     if message.reply_to is not None:
         out["reply_to"] = message.reply_to
+
+
+def _add_headers(out: dict[str, Any], headers: dict[str, Any]) -> None:
+    """The headers (legacy fields) as fields, never over a documented one."""
     for key, value in headers.items():
         out.setdefault(key, value)
-    if out["message_id"] != message.id:
-        out["hybridcomms_id"] = message.id
-    return out
 
 
 # -- ingestion ----------------------------------------------------------------------------------
@@ -410,7 +445,7 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     reader uses and how many messages wait there (what a legacy reader would read). None for an
     adopted agent or a folder with no legacy files."""
     path = os.path.join(root, check_agent_id(agent_id))
-    if os.path.islink(path) or not os.path.isdir(path) or is_adopted(root, agent_id):
+    if not _is_unadopted_folder(root, agent_id, path):
         return None
     json_path, dir_path = (
         _unlinked(path, INBOX_JSON, os.path.isfile),
@@ -421,6 +456,11 @@ def legacy_status(root: str | os.PathLike[str], agent_id: str) -> dict[str, Any]
     waiting = _count_inbox_json(json_path) + _count_inbox_dir(dir_path)
     layout = legacy_layout(root, agent_id)
     return {"agent": agent_id, "layout": layout.value, "waiting": waiting}
+
+
+def _is_unadopted_folder(root: str | os.PathLike[str], agent_id: str, path: str) -> bool:
+    """Is the agent's ``path`` a folder (not a link) of an agent not adopted yet?"""
+    return not os.path.islink(path) and os.path.isdir(path) and not is_adopted(root, agent_id)
 
 
 def _unlinked(path: str, name: str, is_kind: Callable[[str], bool]) -> str | None:
@@ -450,28 +490,36 @@ def _count_inbox_dir(dir_path: str | None) -> int:
     if dir_path is None:
         return 0
     try:
-        return sum(1 for n in os.listdir(dir_path) if _is_candidate(n))
+        return sum(1 for n in os.listdir(dir_path) if is_drop_name(n))
     except OSError:
         return 0
 
 
 def has_legacy_drops(root: str | os.PathLike[str], agent_id: str) -> bool:
     """A cheap look: is anything waiting in ``inbox.json`` or ``inbox/``?"""
-    path = os.path.join(root, agent_id)
+    return _has_inbox_json_drop(os.path.join(root, agent_id)) or _has_inbox_dir_drop(root, agent_id)
+
+
+def _has_inbox_json_drop(path: str) -> bool:
+    """Does the agent folder ``path`` hold an ``inbox.json`` with more than ``[]`` in it?"""
     try:
         # lstat: a link in place of inbox.json is not a drop (ingestion refuses it), never followed
         st = os.lstat(os.path.join(path, INBOX_JSON))
-        if stat.S_ISREG(st.st_mode) and st.st_size > 2:  # more than "[]"
-            return True
     except OSError:
-        pass
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 2  # more than "[]"
+
+
+def _has_inbox_dir_drop(root: str | os.PathLike[str], agent_id: str) -> bool:
+    """Does the agent's ``inbox/`` hold a legacy message file?"""
     try:  # the agent folder and inbox/ opened without following a link: never a listing outside
-        return any(_is_candidate(n) for n in _fs.listdir_beneath(os.fspath(root), (agent_id, INBOX_DIR)))
+        return any(is_drop_name(n) for n in _fs.listdir_beneath(os.fspath(root), (agent_id, INBOX_DIR)))
     except OSError:
         return False
 
 
-def _is_candidate(name: str) -> bool:
+def is_drop_name(name: str) -> bool:
+    """Is this the name of a legacy message file a reader takes (``*.json``, not hidden)?"""
     return name.endswith(".json") and not name.startswith(".")
 
 
@@ -663,19 +711,27 @@ class _LegacyLocks:
         """Take the lock into ``stack``: True; False if it was refused or, with ``skip_held``, held by
         another process (which the backoff of `_held_locks` is told, as it is told a lock freed)."""
         try:
-            stack.enter_context(hold_lock_file(name, 0.0 if self.skip_held else self.timeout, dir_fd=dir_fd))
+            stack.enter_context(hold_lock_file(name, self._wait(), dir_fd=dir_fd))
         except UnsafePathError as exc:
             _refuse(self.report, self.mb.agent_id, shown, str(exc))
             return False
         except LockTimeoutError:
             if not self.skip_held:
                 raise
-            HELD.held(key, _fs.shown(shown))
-            self._held(key, shown)
+            self._found_held(key, shown)
             return False
         if self.skip_held:
             HELD.free(key, _fs.shown(shown))
         return True
+
+    def _wait(self) -> float:
+        """How long to wait for a lock: not at all with ``skip_held``, else the timeout."""
+        return 0.0 if self.skip_held else self.timeout
+
+    def _found_held(self, key: str, shown: str) -> None:
+        """A lock found held by another process: its backoff is told, and it is listed as held."""
+        HELD.held(key, _fs.shown(shown))
+        self._held(key, shown)
 
     def _held(self, key: str, shown: str) -> None:
         self.report.held.append(_fs.shown(shown))
@@ -717,18 +773,23 @@ def entry_kind(dir_fd: int, name: str) -> str | None:
         return None
     except OSError as exc:
         return f"cannot be looked at: {exc.strerror}"
-    if stat.S_ISREG(st.st_mode):
+    return _kind_of(st.st_mode)
+
+
+def _kind_of(mode: int) -> str:
+    """`entry_kind` of an entry that is there, by its mode."""
+    if stat.S_ISREG(mode):
         return "file"
-    if stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(mode):
         return "dir"
-    if stat.S_ISLNK(st.st_mode):
+    if stat.S_ISLNK(mode):
         return "a symlink (never followed)"
-    return f"not a regular file ({stat.filemode(st.st_mode)})"
+    return f"not a regular file ({stat.filemode(mode)})"
 
 
 def _has_candidates(dir_fd: int) -> bool:
     try:
-        return any(_is_candidate(n) for n in _fs.listdir_at(dir_fd))
+        return any(is_drop_name(n) for n in _fs.listdir_at(dir_fd))
     except OSError:
         return False
 
@@ -782,6 +843,11 @@ class _Start:
         return cls(
             resume.count, journal.taken, resume.offset, bytes.fromhex(journal.digest), resume.previous, True
         )
+
+    @property
+    def read_after(self) -> int | None:
+        """The byte the reading starts after: the end of the entries skipped (None: from the start)."""
+        return self.after if self.skip else None
 
     @property
     def to_read(self) -> bool:
@@ -871,15 +937,29 @@ def _array_start(
     if is_blank(fd, st.st_size):
         journal.end()
         return None
-    resume = journal.resumes(st)
-    if resume is not None:
-        start: _Start | None = _Start.resumed_at(journal, resume)
-    else:
-        start = _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
+    start = _resumed_or_checked(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
     if start is not None and start.count == 0:
         journal.end()
         return None
     return start
+
+
+def _resumed_or_checked(
+    mb: FileMailbox,
+    adir_fd: int,
+    fd: int,
+    st: os.stat_result,
+    report: IngestReport,
+    journal: Journal,
+    max_item: int,
+    on_taken: Taken | None,
+) -> _Start | None:
+    """Where the last step stopped, if its journal says it stopped in this very file; else where the
+    first pass finds the ingestion starts (None: not JSON, buried whole)."""
+    resume = journal.resumes(st)
+    if resume is not None:
+        return _Start.resumed_at(journal, resume)
+    return _checked_start(mb, adir_fd, fd, st, report, journal, max_item, on_taken)
 
 
 def _settle_clearing(adir_fd: int, journal: Journal) -> None:
@@ -960,16 +1040,21 @@ def _take_entries(
     before the last one."""
     chunk: list[_Entry] = []
     size = 0
-    for element in open_array(fd, max_item=max_item, after=start.after if start.skip else None):
+    for element in open_array(fd, max_item=max_item, after=start.read_after):
         chunk.append(_entry(fd, f"{source}[{taking.taken + len(chunk)}]", element))
         size += element.end - element.start
         if len(chunk) >= CHUNK_ENTRIES or size >= CHUNK_CHARS:
-            taking.take(chunk)
-            chunk, size = [], 0
-            if budget.spent and taking.taken < start.count:
+            if _take_full_chunk(taking, chunk, start, budget):
                 return True
+            chunk, size = [], 0
     taking.take(chunk)
     return False
+
+
+def _take_full_chunk(taking: _Chunks, chunk: list[_Entry], start: _Start, budget: _Budget) -> bool:
+    """Take a full chunk; True if that spent the budget with entries of the array left."""
+    taking.take(chunk)
+    return budget.spent and taking.taken < start.count
 
 
 def _entry(fd: int, origin: str, element: Element) -> _Entry:
@@ -1210,7 +1295,8 @@ class _FolderChunks:
         budget: _Budget | None = None,
     ) -> None:
         self.mb, self.folder_fd, self.report, self.journal = mb, folder_fd, report, journal
-        self.label, self.on_taken, self.budget = label, on_taken, budget
+        self.label, self.on_taken = label, on_taken
+        self.budget = budget if budget is not None else _Budget(None)  # (None: no limit)
         self.carried = set(journal.ids)  # what an interrupted ingestion was publishing, not met yet
         self.seen: set[str] = set()  # the ids taken so far (only ids: the messages are not kept)
         self.names: list[str] = []  # the files of the chunk (removed once it is published)
@@ -1223,10 +1309,10 @@ class _FolderChunks:
         """Take the folder's legacy files (``prefix``: its path under the root) in order, until the
         budget is spent (then more is waiting: ``report.more``)."""
         for name in names:
-            if self.budget is not None and self.budget.spent:
+            if self.budget.spent:
                 self.report.more = True
                 return
-            if _is_candidate(name) and name not in exclude:  # else lock and temp files, and what is
+            if is_drop_name(name) and name not in exclude:  # else lock and temp files, and what is
                 self.take_file(name, prefix + name, now, settle)  # not JSON (.md notes): left there
         self.flush()
 
@@ -1275,8 +1361,7 @@ class _FolderChunks:
         remove_taken(self.folder_fd, self.names)
         self.carried -= ids  # met: published now, or found published
         self.seen |= ids
-        if self.budget is not None:
-            self.budget.spend()
+        self.budget.spend()
         if self.on_taken is not None:
             self.on_taken(len(self.names))
         self.names, self.items, self.size = [], [], 0
@@ -1326,11 +1411,18 @@ def _publish(
     already = ids_present(mb, (State.NEW, State.PROCESSING, State.DONE, State.DEAD), among=pending)
     report.duplicates += len(already)
     record(list(messages))  # all of them: killed again, those published already are known too
+    _put_fresh(mb, report, messages, already)
+    return set(messages)
+
+
+def _put_fresh(
+    mb: FileMailbox, report: IngestReport, messages: dict[str, Message], already: set[str]
+) -> None:
+    """Publish the messages not ``already`` in the mailbox, and report them ingested."""
     fresh = [m for i, m in messages.items() if i not in already]
     if fresh:
         mb.put_many(fresh)
         report.add_ingested([m.id for m in fresh])
-    return set(messages)
 
 
 def _converted(
@@ -1457,7 +1549,7 @@ class LegacyIntake:
 
     def is_drop(self, parts: tuple[str, ...]) -> bool:
         return (len(parts) == 2 and parts[1] == INBOX_JSON) or (
-            len(parts) == 3 and parts[1] == INBOX_DIR and _is_candidate(parts[2])
+            len(parts) == 3 and parts[1] == INBOX_DIR and is_drop_name(parts[2])
         )
 
     def pending(self, root: str | os.PathLike[str], agent: str) -> bool:

@@ -123,16 +123,25 @@ class MailboxHandler:
         messages back, through recovery."""
         if max_count is not None and max_count <= 0:
             return AwaitableList()
+        self._ingest_legacy_drops()
+        out = self._held_as_legacy(max_count)
+        self._claim_more(out, max_count)
+        out.sort(key=lambda pair: pair[0].name)  # rank and due time: priority, then oldest
+        return AwaitableList(out)
+
+    def _ingest_legacy_drops(self) -> None:
+        """Take in what legacy writers dropped, if it is time to look; a failure is only logged."""
         try:
             self._legacy.run()
         except (OSError, HybridCommsError) as exc:
             log.warning("%s: legacy drops not ingested this time: %s", self.agent_id, exc)
+
+    def _held_as_legacy(self, max_count: int | None) -> list[tuple[Path, Any]]:
+        """The messages this handler still holds, as ``(path, message_dict)``, at most ``max_count``."""
         out: list[tuple[Path, Any]] = [(d.path, self._as_legacy(d)) for d in self._still_held()]
         if max_count is not None:
             out = out[:max_count]
-        self._claim_more(out, max_count)
-        out.sort(key=lambda pair: pair[0].name)  # rank and due time: priority, then oldest
-        return AwaitableList(out)
+        return out
 
     def _still_held(self) -> list[Delivery]:
         """The deliveries this handler holds, their leases renewed (those taken back by recovery
@@ -153,16 +162,20 @@ class MailboxHandler:
     def _claim_more(self, out: list[tuple[Path, Any]], max_count: int | None) -> None:
         """Claim messages into ``out`` until it has ``max_count`` (None: all that are due)."""
         while max_count is None or len(out) < max_count:
-            try:
-                fresh = self._mailbox.claim()
-            except (OSError, HybridCommsError) as exc:
-                log.error("%s: claim failed: %s", self.agent_id, exc)
-                break
+            fresh = self._claim_one()
             if fresh is None:
                 break
             with self._lock:
                 self._claimed[str(fresh.path)] = fresh
             out.append((fresh.path, self._as_legacy(fresh)))
+
+    def _claim_one(self) -> Delivery | None:
+        """The next due message claimed; None if there is none, or the claim failed (logged)."""
+        try:
+            return self._mailbox.claim()
+        except (OSError, HybridCommsError) as exc:
+            log.error("%s: claim failed: %s", self.agent_id, exc)
+            return None
 
     @staticmethod
     def _as_legacy(d: Delivery) -> Any:
@@ -182,23 +195,36 @@ class MailboxHandler:
         path (``inbox/...``) is moved to ``archive/`` as before. False if there is no such message."""
         d = self._take(message_path)
         if d is not None:
-            try:
-                d.ack()
-                return True
-            except (OSError, HybridCommsError) as exc:
-                log.error("%s: could not archive %s: %s", self.agent_id, message_path, exc)
-                return False
+            return self._ack(d, message_path)
         path = Path(message_path)
-        if path.parent == self.inbox_path and path.is_file():
-            try:
-                self.archive_path.mkdir(mode=0o770, exist_ok=True)
-                os.replace(path, self.archive_path / path.name)
-                return True
-            except OSError as exc:
-                log.error("%s: could not archive %s: %s", self.agent_id, path, exc)
-                return False
+        if self._is_inbox_file(path):
+            return self._archive_inbox_file(path)
         log.warning("%s: %s is not a message this handler holds", self.agent_id, message_path)
         return False
+
+    def _ack(self, d: Delivery, message_path: str | os.PathLike[str]) -> bool:
+        """Acknowledge a held message; False (logged) if that failed."""
+        try:
+            d.ack()
+            return True
+        except (OSError, HybridCommsError) as exc:
+            log.error("%s: could not archive %s: %s", self.agent_id, message_path, exc)
+            return False
+
+    def _is_inbox_file(self, path: Path) -> bool:
+        """Is ``path`` a legacy file in this agent's ``inbox/``?"""
+        return path.parent == self.inbox_path and path.is_file()
+
+    def _archive_inbox_file(self, path: Path) -> bool:
+        """Move a legacy ``inbox/`` file to ``archive/`` as the legacy handler did; False (logged) if
+        that failed."""
+        try:
+            self.archive_path.mkdir(mode=0o770, exist_ok=True)
+            os.replace(path, self.archive_path / path.name)
+            return True
+        except OSError as exc:
+            log.error("%s: could not archive %s: %s", self.agent_id, path, exc)
+            return False
 
     def fail_message(self, message_path: str | os.PathLike[str], error: str | None = None) -> bool:
         """Give a message from `get_messages` back for a retry after a backoff (to ``dead/``, with
@@ -234,8 +260,14 @@ def send_message(
 ) -> Any:
     """Deliver a message dict to ``recipient_agent_id`` (default: its ``recipient_agent_id``
     field) under ``MAILBOX_ROOT``; returns the file written. Works awaited and plain."""
-    recipient = recipient_agent_id or message.get("recipient_agent_id") or message.get("recipient")
+    recipient = _recipient(message, recipient_agent_id)
     if not isinstance(recipient, str):
         raise ValueError("send_message needs recipient_agent_id (or a recipient_agent_id field)")
     root = Path(mailboxes_base_dir) if mailboxes_base_dir is not None else get_mailbox_root()
     return dual(deliver(root, recipient, dict(message), filename_prefix=filename_prefix))
+
+
+def _recipient(message: dict[str, Any], recipient_agent_id: str | None) -> Any:
+    """Whom `send_message` delivers to: as given, else the message's ``recipient_agent_id`` (or
+    ``recipient``) field."""
+    return recipient_agent_id or message.get("recipient_agent_id") or message.get("recipient")

@@ -32,7 +32,16 @@ from ._dual import AwaitableList, Flag, dual
 from ._legacy_store import write_into_inbox
 from ._messages import create_mailbox_message, validate_mailbox_message_schema
 from .file_locking import acquire_lock
-from .legacy import DEFAULT_MAX_INBOX_JSON, INBOX_DIR, INBOX_JSON, ingest, is_adopted, to_legacy_dict
+from .legacy import (
+    DEFAULT_MAX_INBOX_JSON,
+    INBOX_DIR,
+    INBOX_JSON,
+    ingest,
+    is_adopted,
+    is_drop_name,
+    is_safe_agent_id,
+    to_legacy_dict,
+)
 
 __all__ = [
     "MAILBOX_ROOT",
@@ -79,13 +88,7 @@ def validate_agent_mailbox_path(path: str | os.PathLike[str], config: Any = None
         parts = target.relative_to(base).parts
     except ValueError:
         return False
-    if len(parts) != 2 or parts[1] != INBOX_DIR:
-        return False
-    try:
-        check_agent_id(parts[0])
-    except ValueError:
-        return False
-    return True
+    return len(parts) == 2 and parts[1] == INBOX_DIR and is_safe_agent_id(parts[0])
 
 
 def _root_from(config: Any) -> Path:
@@ -157,10 +160,15 @@ def _write_at_path(values: dict[str, Any]) -> Any:
     if adopted(root, agent) or path.name == INBOX_JSON:
         return dual(deliver(root, agent, dict(content)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with acquire_lock(path.parent / ".inbox" if path.parent.name == INBOX_DIR else path):
+    with acquire_lock(_legacy_lock_of(path)):
         data = _json.dumps(complete(dict(content), agent), indent=2)
         replace_atomically(path, data, 0o660)
     return dual(path)
+
+
+def _legacy_lock_of(path: Path) -> Path:
+    """What a legacy writer locks to write ``path``: ``inbox/.inbox`` in an inbox folder, else the file."""
+    return path.parent / ".inbox" if path.parent.name == INBOX_DIR else path
 
 
 #: The writer of each call shape (`_shape_of`).
@@ -186,28 +194,50 @@ def _shape(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, dict[str
 def _shape_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """The call shape (``"inbox"``, ``"file"`` or ``"agent"``), from its names or its first value."""
     first = args[0] if args else next(iter(kwargs.values()), None)
-    if "message_data" in kwargs or "recipient_inbox_path" in kwargs or isinstance(first, Mapping):
-        return "inbox"
-    if "file_path" in kwargs or "content" in kwargs or isinstance(first, os.PathLike):
-        return "file"
+    for shape, names, first_type in _SHAPE_HINTS:
+        if not names.isdisjoint(kwargs) or isinstance(first, first_type):
+            return shape
     return "agent"  # a str first: an agent id (checked: "../x" is refused, never taken for a path)
+
+
+#: What tells a call shape (other than ``"agent"``) apart, in the order asked: one of its keyword
+#: names, or the type of its first value.
+_SHAPE_HINTS: tuple[tuple[str, frozenset[str], type], ...] = (
+    ("inbox", frozenset({"message_data", "recipient_inbox_path"}), Mapping),
+    ("file", frozenset({"file_path", "content"}), os.PathLike),
+)
 
 
 def _bind(names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The arguments by name, as Python binds them to a function of these parameters (its errors too)."""
+    _check_positional(names, args)
+    values = dict(zip(names[: len(args)], args, strict=True))
+    _bind_keywords(names, values, kwargs)
+    _check_required(names, values)
+    return values
+
+
+def _check_positional(names: tuple[str, ...], args: tuple[Any, ...]) -> None:
+    """``TypeError`` if there are more positional arguments than parameters."""
     if len(args) > len(names):
         raise TypeError(f"write_mailbox_message() takes at most {len(names)} arguments for this call shape")
-    values = dict(zip(names[: len(args)], args, strict=True))
+
+
+def _bind_keywords(names: tuple[str, ...], values: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    """The keyword arguments into ``values``; ``TypeError`` for an unknown one or one given twice."""
     for key, value in kwargs.items():
         if key not in names:
             raise TypeError(f"write_mailbox_message() got an unexpected keyword argument {key!r}")
         if key in values:
             raise TypeError(f"write_mailbox_message() got multiple values for argument {key!r}")
         values[key] = value
+
+
+def _check_required(names: tuple[str, ...], values: dict[str, Any]) -> None:
+    """``TypeError`` naming the first two parameters (the required ones) that are not bound."""
     missing = [n for n in names[:2] if n not in values]
     if missing:
         raise TypeError(f"write_mailbox_message() missing argument(s): {', '.join(missing)}")
-    return values
 
 
 def _need_mapping(value: Any, what: str) -> None:
@@ -228,17 +258,24 @@ def read_mailbox_messages(agent_id: str) -> list[Any]:
         agent_dir = root / check_agent_id(agent_id)
         out: list[Any] = []
         if is_adopted(root, agent_id):
-            mb = mailbox_for(root, agent_id, create=False)
-            for info in sorted(mb.list(State.NEW), key=lambda i: i.name):
-                try:
-                    out.append(to_legacy_dict(mb.read(info)))
-                except (OSError, ValueError):
-                    continue  # claimed meanwhile, or undecodable (the next claim sends it to dead/)
+            out = _new_values(root, agent_id)
         out += _legacy_entries(agent_dir)
         return out
     except Exception as exc:
         log.error("could not read the mailbox of %r: %s", agent_id, exc)
         return []
+
+
+def _new_values(root: Path, agent_id: str) -> list[Any]:
+    """The legacy dicts of what waits in an adopted agent's ``new/``, by name."""
+    out: list[Any] = []
+    mb = mailbox_for(root, agent_id, create=False)
+    for info in sorted(mb.list(State.NEW), key=lambda i: i.name):
+        try:
+            out.append(to_legacy_dict(mb.read(info)))
+        except (OSError, ValueError):
+            continue  # claimed meanwhile, or undecodable (the next claim sends it to dead/)
+    return out
 
 
 def _legacy_entries(agent_dir: Path) -> list[Any]:
@@ -273,7 +310,7 @@ def _inbox_dir_values(agent_dir: Path) -> list[Any]:
 def _inbox_dir_names(agent_dir: Path) -> list[str]:
     """The names a legacy reader reads in ``inbox/`` (``*.json``, not hidden), sorted; none if unlistable."""
     try:
-        return sorted(n for n in os.listdir(agent_dir / INBOX_DIR) if n.endswith(".json") and n[0] != ".")
+        return sorted(n for n in os.listdir(agent_dir / INBOX_DIR) if is_drop_name(n))
     except OSError:
         return []
 
@@ -285,18 +322,32 @@ def read_mailbox_message(filepath: str | os.PathLike[str], lock_timeout: float =
     ever renamed, never rewritten); another file is read under its ``<file>.lock``, as before."""
     path = Path(filepath)
     try:
-        if path.parent.name in {s.folder for s in State}:
-            message = Message.decode(path.read_bytes(), path=str(path))
-            return dual(to_legacy_dict(message))
-        with acquire_lock(path, lock_timeout):
-            raw = read_regular(path, DEFAULT_MAX_MESSAGE_SIZE)
-        value = _json.loads(raw)
-        return dual(value) if isinstance(value, (dict, list)) else dual(None)
+        if _in_state_folder(path):
+            return dual(_read_state_file(path))
+        return dual(_read_locked_json(path, lock_timeout))
     except FileNotFoundError:
         log.warning("mailbox message file not found: %s", path)
     except Exception as exc:
         log.error("could not read mailbox message %s: %s", path, exc)
     return dual(None)
+
+
+def _in_state_folder(path: Path) -> bool:
+    """Is the file in one of the hybridcomms folders (``new/``, ``processing/``, ...)?"""
+    return path.parent.name in {s.folder for s in State}
+
+
+def _read_state_file(path: Path) -> Any:
+    """The legacy dict of a message file of a hybridcomms folder (read as it is, never rewritten)."""
+    return to_legacy_dict(Message.decode(path.read_bytes(), path=str(path)))
+
+
+def _read_locked_json(path: Path, lock_timeout: float) -> Any:
+    """A legacy file read under its ``<file>.lock``: its object or array (None for any other JSON)."""
+    with acquire_lock(path, lock_timeout):
+        raw = read_regular(path, DEFAULT_MAX_MESSAGE_SIZE)
+    value = _json.loads(raw)
+    return value if isinstance(value, (dict, list)) else None
 
 
 #: ``read_message``: imported by the May-2025 ``base_agent`` (``from dreamos.core.comms.mailbox_utils

@@ -45,7 +45,6 @@ from typing import Any
 
 from ... import _fs
 from ..._text import printable
-from ...backends.base import check_agent_id
 from ...backends.file import FileMailbox
 from ...errors import MessageError
 from ...message import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -69,6 +68,8 @@ from .legacy import (
     ids_present,
     ingest,
     ingest_folder,
+    is_drop_name,
+    is_safe_agent_id,
     max_entry_chars,
     message_from_legacy,
     remove_taken,
@@ -148,17 +149,34 @@ class Migration:
         }
 
     def describe(self) -> str:
-        lines = [f"{'dry run: ' if self.dry_run else ''}migrating {self.root}", *self._backup_lines()]
+        lines = [
+            self._heading(),
+            *self._backup_lines(),
+            *self._agents_lines(),
+            *(f"  left: {p}: {w}" for p, w in self.left),
+            self._total_line(),
+        ]
+        return "\n".join(printable(line) for line in lines)  # each line inert: names come from producers
+
+    def _heading(self) -> str:
+        """The first line: the root, and whether this is a dry run."""
+        return f"{'dry run: ' if self.dry_run else ''}migrating {self.root}"
+
+    def _agents_lines(self) -> list[str]:
+        """Each agent's part in words, in turn (what moves, or would)."""
         verb = "would move" if self.dry_run else "moved"
+        lines: list[str] = []
         for a in self.agents:
             lines += _agent_lines(a, verb)
-        lines += [f"  left: {p}: {w}" for p, w in self.left]
+        return lines
+
+    def _total_line(self) -> str:
+        """The last line: the totals."""
         t = self.totals()
-        lines.append(
+        return (
             f"total: {t['new']} to new/, {t['done']} to done/, {t['dead']} to dead/, "
             f"{t['left']} left in place"
         )
-        return "\n".join(printable(line) for line in lines)  # each line inert: names come from producers
 
     def _backup_lines(self) -> list[str]:
         """Where the backup is and what was left out of it (nothing without a backup)."""
@@ -211,9 +229,19 @@ def _classify(
     try:
         obj = _json.loads(raw)  # as ingestion reads it (NaN, big integers: the stdlib's JSON)
     except ValueError as exc:
-        if settle is not None and time.time() - st.st_mtime < settle:
+        if _may_be_written(st, settle):
             return "left", WAITING
         return "dead", f"not valid JSON: {exc}"
+    return _conversion_fate(obj, origin, agent, raw, max_size)
+
+
+def _may_be_written(st: os.stat_result, settle: float | None) -> bool:
+    """With ``settle``: did the file change less than ``settle`` seconds ago (maybe still written)?"""
+    return settle is not None and time.time() - st.st_mtime < settle
+
+
+def _conversion_fate(obj: Any, origin: str, agent: str, raw: bytes, max_size: int) -> tuple[str, str | None]:
+    """``("new", None)`` if the legacy value converts into a message, else ``("dead", why)``."""
     try:
         message_from_legacy(obj, agent_id=agent, origin=origin, raw=raw, max_size=max_size)
     except MessageError as exc:
@@ -244,7 +272,7 @@ def _json_names(dir_fd: int, exclude: frozenset[str]) -> list[str]:
         names = sorted(_fs.listdir_at(dir_fd))
     except OSError:
         return []
-    return [n for n in names if n.endswith(".json") and not n.startswith(".") and n not in exclude]
+    return [n for n in names if is_drop_name(n) and n not in exclude]
 
 
 @contextlib.contextmanager
@@ -272,17 +300,25 @@ def _survey_inbox_json(adir_fd: int, agent: str, max_size: int, plan: AgentMigra
         plan.left.append((where, why_refused(exc)))
         return
     try:
-        if is_blank(fd, st.st_size):
-            return
-        max_item = max_entry_chars(max_size)
-        problem = _array_problem(fd, max_item)
-        if problem is not None:
-            plan.to_dead.append((where, problem))  # all of it must be JSON first: a corrupt array
-            return  # goes to dead/ whole
-        for i, element in enumerate(open_array(fd, max_item=max_item)):
-            _survey_element(element, f"{where}[{i}]", agent, max_size, plan)
+        _survey_array(fd, st, where, agent, max_size, plan)
     finally:
         os.close(fd)
+
+
+def _survey_array(
+    fd: int, st: os.stat_result, where: str, agent: str, max_size: int, plan: AgentMigration
+) -> None:
+    """What becomes of the open ``inbox.json``: nothing if blank, ``dead/`` whole if it is not a
+    JSON array, else each entry's fate."""
+    if is_blank(fd, st.st_size):
+        return
+    max_item = max_entry_chars(max_size)
+    problem = _array_problem(fd, max_item)
+    if problem is not None:
+        plan.to_dead.append((where, problem))  # all of it must be JSON first: a corrupt array
+        return  # goes to dead/ whole
+    for i, element in enumerate(open_array(fd, max_item=max_item)):
+        _survey_element(element, f"{where}[{i}]", agent, max_size, plan)
 
 
 def _array_problem(fd: int, max_item: int) -> str | None:
@@ -315,17 +351,30 @@ def _survey_agent(root_fd: int, agent: str, max_size: int, settle: float) -> Age
         if adir_fd is None:
             plan.left.append((f"{agent}/", "not a folder (or a link): refused"))
             return plan
-        kind = entry_kind(adir_fd, INBOX_JSON)
-        if kind == "file":
-            _survey_inbox_json(adir_fd, agent, max_size, plan)
-        elif kind is not None:
-            plan.left.append((f"{agent}/{INBOX_JSON}", f"{kind}: refused"))
-        for sub, exclude in ((INBOX_DIR, frozenset[str]()), (".", NOT_MESSAGES)):
-            _survey_drops(adir_fd, sub, exclude, agent, max_size, settle, plan)
-        for sub in PROCESSED_FOLDERS:
-            _survey_processed(adir_fd, sub, agent, max_size, plan)
-        _survey_leftovers(adir_fd, agent, plan)
+        _survey_agent_folder(adir_fd, agent, max_size, settle, plan)
     return plan
+
+
+def _survey_agent_folder(
+    adir_fd: int, agent: str, max_size: int, settle: float, plan: AgentMigration
+) -> None:
+    """The open agent folder: ``inbox.json``, the drops of ``inbox/`` and of the folder itself, the
+    processed folders, then what else is there."""
+    _survey_inbox_json_entry(adir_fd, agent, max_size, plan)
+    for sub, exclude in ((INBOX_DIR, frozenset[str]()), (".", NOT_MESSAGES)):
+        _survey_drops(adir_fd, sub, exclude, agent, max_size, settle, plan)
+    for sub in PROCESSED_FOLDERS:
+        _survey_processed(adir_fd, sub, agent, max_size, plan)
+    _survey_leftovers(adir_fd, agent, plan)
+
+
+def _survey_inbox_json_entry(adir_fd: int, agent: str, max_size: int, plan: AgentMigration) -> None:
+    """``inbox.json`` surveyed if it is a file; anything else in its place is left, refused."""
+    kind = entry_kind(adir_fd, INBOX_JSON)
+    if kind == "file":
+        _survey_inbox_json(adir_fd, agent, max_size, plan)
+    elif kind is not None:
+        plan.left.append((f"{agent}/{INBOX_JSON}", f"{kind}: refused"))
 
 
 def _listed(fd: int, prefix: str, plan: AgentMigration, exclude: frozenset[str] = frozenset()) -> list[str]:
@@ -350,12 +399,16 @@ def _survey_drops(
             return
         prefix = f"{agent}/" if sub == "." else f"{agent}/{sub}/"
         for n in _listed(fd, prefix, plan, exclude):
-            path = _fs.shown(prefix + n)
             fate, why = _classify(fd, n, prefix + n, agent, max_size, settle)
-            if fate == "new":
-                plan.add_new(path)
-            else:
-                (plan.to_dead if fate == "dead" else plan.left).append((path, why or ""))
+            _plan_drop(plan, _fs.shown(prefix + n), fate, why)
+
+
+def _plan_drop(plan: AgentMigration, path: str, fate: str, why: str | None) -> None:
+    """A drop into the plan by its fate (`_classify`): ``new/``, ``dead/``, or left in place."""
+    if fate == "new":
+        plan.add_new(path)
+    else:
+        (plan.to_dead if fate == "dead" else plan.left).append((path, why or ""))
 
 
 def _survey_processed(adir_fd: int, sub: str, agent: str, max_size: int, plan: AgentMigration) -> None:
@@ -416,8 +469,13 @@ def _survey_stray_files(adir_fd: int, name: str, rel: str, plan: AgentMigration)
     with _open_sub(adir_fd, name) as fd:
         inner_names = sorted(_fs.listdir_at(fd)) if fd is not None else []
     for inner in inner_names:
-        if not inner.startswith(".") and not inner.endswith((".json", ".lock", ".tmp")):
+        if _is_stray(inner):
             plan.left.append((f"{rel}/{_fs.shown(inner)}", "not a JSON message file"))
+
+
+def _is_stray(name: str) -> bool:
+    """Is a message folder's entry neither hidden, a message, a lock nor a temp file?"""
+    return not name.startswith(".") and not name.endswith((".json", ".lock", ".tmp"))
 
 
 def survey(
@@ -435,12 +493,17 @@ def survey(
     root_fd = os.open(base, _fs.O_DIR)
     try:
         for name in sorted(os.listdir(root_fd)):
-            if name.startswith(".") or name.startswith(f"{base.name}.backup-"):
+            if _is_not_surveyed(name, base):
                 continue
             _survey_entry(root_fd, name, result, max_message_size, settle)
     finally:
         os.close(root_fd)
     return result
+
+
+def _is_not_surveyed(name: str, base: Path) -> bool:
+    """Is this entry of the root hidden, or a backup of it (never surveyed)?"""
+    return name.startswith(".") or name.startswith(f"{base.name}.backup-")
 
 
 def _survey_entry(root_fd: int, name: str, result: Migration, max_size: int, settle: float) -> None:
@@ -451,8 +514,13 @@ def _survey_entry(root_fd: int, name: str, result: Migration, max_size: int, set
         result.left.append(left)
         return
     plan = _survey_agent(root_fd, name, max_size, settle)
-    if plan.changes() or plan.left or _has_legacy_drops(root_fd, name):
+    if _has_anything_to_say(plan, root_fd, name):
         result.agents.append(plan)
+
+
+def _has_anything_to_say(plan: AgentMigration, root_fd: int, agent: str) -> bool:
+    """Is the agent's part worth listing: something moves or stays, or it has legacy drops at all?"""
+    return bool(plan.changes() or plan.left or _has_legacy_drops(root_fd, agent))
 
 
 def _not_an_agent(root_fd: int, name: str) -> tuple[str, str] | None:
@@ -460,15 +528,18 @@ def _not_an_agent(root_fd: int, name: str) -> tuple[str, str] | None:
     id); None for an agent's folder."""
     kind = entry_kind(root_fd, name)
     shown = _fs.shown(name)
-    if name == "broadcast" and kind == "dir":
-        return f"{name}/", f"broadcasts ({_count_json_files(root_fd, name)} files) have no single recipient"
     if kind != "dir":
-        return shown, "not an agent folder" if kind == "file" else f"{kind}: refused"
-    try:
-        check_agent_id(name)
-    except ValueError:
+        return shown, _not_a_folder(kind)
+    if name == "broadcast":
+        return f"{name}/", f"broadcasts ({_count_json_files(root_fd, name)} files) have no single recipient"
+    if not is_safe_agent_id(name):
         return f"{shown}/", "not a safe agent id (e.g. an unrendered template)"
     return None
+
+
+def _not_a_folder(kind: str | None) -> str:
+    """Why an entry of the root that is not a folder is left (`entry_kind` says what it is)."""
+    return "not an agent folder" if kind == "file" else f"{kind}: refused"
 
 
 def _count_json_files(dir_fd: int, name: str) -> int:
