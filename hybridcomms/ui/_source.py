@@ -52,6 +52,7 @@ __all__ = [
     "get_logger",
     "json_text",
     "listing",
+    "mailbox_agents",
     "printable",
     "read_small",
     "shown",
@@ -72,6 +73,11 @@ class AgentEntry:
     kind: str  # "mailbox", "legacy" (a Dream.OS layout, not adopted) or "broken"
     problem: str | None = None  # why a broken one cannot be read
     legacy: dict[str, Any] | None = None  # for "legacy": its layout and how many wait there
+
+
+def mailbox_agents(entries: list[AgentEntry]) -> list[str]:
+    """The agents of ``entries`` that have a mailbox (not legacy, not broken)."""
+    return [e.agent for e in entries if e.kind == "mailbox" and e.agent is not None]
 
 
 class Source:
