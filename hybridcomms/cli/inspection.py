@@ -14,10 +14,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import _fs
 from .._text import json_text, printable
@@ -43,6 +43,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..watcher import MailboxEvent
     from .common import Subparsers
 
 __all__ = ["register_ls", "register_show", "register_tail"]
@@ -110,10 +111,9 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
 
 def _ls_rows(args: argparse.Namespace, mb: Mailbox) -> list[dict[str, Any]]:
     """The rows of the messages ``ls`` shows: the states asked for, narrowed by --older-than and --topic."""
-    states = [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
     now = time.time()
     rows = []
-    for state in states:
+    for state in _states_asked(args):
         for info in mb.list(state):
             if not _old_enough(args, info, now):
                 continue  # (before its topic is read: that reads the file)
@@ -121,6 +121,11 @@ def _ls_rows(args: argparse.Namespace, mb: Mailbox) -> list[dict[str, Any]]:
             if _topic_matches(args.topic, topic):
                 rows.append(_row(mb, info, now, topic))
     return rows
+
+
+def _states_asked(args: argparse.Namespace) -> list[State]:
+    """The states ``ls`` lists: --state, else every one a message can be in."""
+    return [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
 
 
 def _old_enough(args: argparse.Namespace, info: MessageInfo, now: float) -> bool:
@@ -253,7 +258,7 @@ def _print_show(
     """``show`` for people: where it is, why it failed, when it is due and expires, then the message."""
     print(f"{out['agent']}: {out['state']}/{out['file']} (attempt {out['attempt']}, {human_age(out['age'])})")
     _print_failure(out, info, now)
-    if due is not None and (due > now or info.last_error is not None):
+    if _due_worth_saying(due, info, now):
         print(f"due: {_when(due, now)}")
     if expires is not None:
         print(f"expires: {_when(expires, now)}")
@@ -261,6 +266,11 @@ def _print_show(
         print(f"unreadable: {one_line(out['unreadable'])}")
     else:
         print_json(out["message"])
+
+
+def _due_worth_saying(due: float | None, info: MessageInfo, now: float) -> TypeGuard[float]:
+    """Whether ``show`` says when a message is due: when it is not yet, or it is waiting for a retry."""
+    return due is not None and (due > now or info.last_error is not None)
 
 
 def _print_failure(out: dict[str, Any], info: MessageInfo, now: float) -> None:
@@ -287,31 +297,15 @@ def _clock(at: float) -> str:
 def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     """Events of every mailbox (or the ones named) from now on, until SIGTERM or Ctrl-C; with
     ``--waiting``, what is already waiting in ``new/`` first (kind ``waiting``, at the time it arrived)."""
-    from ..watcher import MailboxEvent, MailboxWatcher
+    from ..watcher import MailboxWatcher
 
-    wanted = set(args.agents or ())
     stop = threading.Event()
     write = LineWriter(on_close=stop.set)  # `tail | head -1`: stops once the reader is gone
-
-    def on_event(ev: MailboxEvent) -> None:
-        if wanted and ev.agent not in wanted:
-            return
-        write(
-            json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
-            if args.json
-            else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
-        )
-
-    from .watch import watch_bus
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    on_event = _event_printer(args, write)
+    previous = _stop_on_signals(stop)
     release_bus = None
     try:
-        if getattr(args, "bus", None):
-            release_bus = watch_bus(root, args.bus, args.json, write)
+        release_bus = _bus_watch(args, root, write)
         waiting = "waiting" if args.waiting else "skip"
         with MailboxWatcher(  # it only looks: no recovery, no legacy intake
             root, on_event=on_event, recover_every=0, rescan_every=10, waiting=waiting, ingest_legacy=False
@@ -322,9 +316,51 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     finally:
         if release_bus is not None:
             release_bus()
-        for s, handler in previous.items():  # as they were (a caller in this process has its own)
-            signal.signal(s, handler)
+        _restore_signals(previous)
     return EXIT_OK
+
+
+def _event_printer(args: argparse.Namespace, write: LineWriter) -> Callable[[MailboxEvent], None]:
+    """What ``tail`` does with an event: one line (JSON with --json) for an agent it follows."""
+    wanted = set(args.agents or ())
+
+    def on_event(ev: MailboxEvent) -> None:
+        if wanted and ev.agent not in wanted:
+            return
+        write(
+            json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
+            if args.json
+            else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
+        )
+
+    return on_event
+
+
+def _bus_watch(args: argparse.Namespace, root: Path, write: LineWriter) -> Callable[[], None] | None:
+    """With --bus, the bus events followed too (`watch_bus`); what stops following them."""
+    from .watch import watch_bus
+
+    if getattr(args, "bus", None):
+        return watch_bus(root, args.bus, args.json, write)
+    return None
+
+
+_Handlers = dict[int, Any]
+
+
+def _stop_on_signals(stop: threading.Event) -> _Handlers:
+    """SIGTERM and Ctrl-C set ``stop``; the handlers they had."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: _Handlers) -> None:
+    """The signal handlers as they were (a caller in this process has its own)."""
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def run_show(args: argparse.Namespace, root: Path) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _env, _fs
 from .._text import printable
 from .._urls import shown_url, url_from_environ
 from ..backends import backend_of
 from ..message import Priority
-from ..policy import Decision, Route
+from ..policy import Decision, Policy, Route
 from .common import EXIT_OK, Parents, print_json, resolve_policy, usage_error
 
 if TYPE_CHECKING:
@@ -49,37 +49,56 @@ def cmd_explain(args: argparse.Namespace, root: Path) -> int:
     policy = resolve_policy(args.policy)
     priority = Priority.parse(args.priority)
     d = policy.decide(args.topic, priority=priority, addressed=not args.broadcast, override=args.route)
-    target = durable_target(d, args.url_resolved, root)
-    target = None if target is None else _fs.shown(target)
-    topic = _fs.shown(args.topic)
+    target = _shown_target(durable_target(d, args.url_resolved, root))
     if args.json:
-        print_json(
-            {
-                "topic": topic,
-                "addressed": not args.broadcast,
-                "priority": priority.name,
-                "route": d.route.value,
-                "reason": d.reason,
-                "rule": d.rule.name if d.rule is not None else None,
-                "pattern": d.pattern,
-                "backend": target,
-                "backend_from": _backend_from(d, args) if target is not None else None,
-                "source": _fs.shown(policy.source),
-                "found_by": _fs.shown(policy.found_by),
-            }
-        )
-        return EXIT_OK
+        print_json(_explained(args, policy, priority, d, target))
+    else:
+        _print_explained(args, policy, priority, d, target)
+    return EXIT_OK
+
+
+def _shown_target(target: str | None) -> str | None:
+    """Where the durable copy goes, as printable text (None: nowhere)."""
+    return None if target is None else _fs.shown(target)
+
+
+def _explained(
+    args: argparse.Namespace, policy: Policy, priority: Priority, d: Decision, target: str | None
+) -> dict[str, Any]:
+    """``policy explain --json``: the decision, the rule that made it, where the copy goes, the policy."""
+    return {
+        "topic": _fs.shown(args.topic),
+        "addressed": not args.broadcast,
+        "priority": priority.name,
+        "route": d.route.value,
+        "reason": d.reason,
+        "rule": d.rule.name if d.rule is not None else None,
+        "pattern": d.pattern,
+        "backend": target,
+        "backend_from": _backend_from(d, args) if target is not None else None,
+        "source": _fs.shown(policy.source),
+        "found_by": _fs.shown(policy.found_by),
+    }
+
+
+def _print_explained(
+    args: argparse.Namespace, policy: Policy, priority: Priority, d: Decision, target: str | None
+) -> None:
+    """``policy explain`` for people: the route, what it was asked, why, where the copy goes."""
     who = "a broadcast" if args.broadcast else "a message to one agent"
     print(f"{d.route.value}")
-    print(printable(f"  {topic} as {who}, priority {priority.name}"))
+    print(printable(f"  {_fs.shown(args.topic)} as {who}, priority {priority.name}"))
     print(printable(f"  chosen by: {d.reason}"))
-    if target is None:
-        print("  durable copy: none (an event on the bus only)")
-    else:
-        also = "; and an event on the bus" if d.route is Route.BOTH else ""
-        print(f"  durable copy to: {target} ({_backend_from(d, args)}){also}")
+    print(_durable_line(args, d, target))
     print(printable(f"  policy from {policy.provenance}"))
-    return EXIT_OK
+
+
+def _durable_line(args: argparse.Namespace, d: Decision, target: str | None) -> str:
+    """Where the durable copy goes and why (and whether an event goes on the bus too)."""
+    if target is None:
+        return "  durable copy: none (an event on the bus only)"
+    also = "; and an event on the bus" if d.route is Route.BOTH else ""
+    return f"  durable copy to: {target} ({_backend_from(d, args)}){also}"
 
 
 def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
