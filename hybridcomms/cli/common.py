@@ -139,16 +139,27 @@ def run_command(command: str, url: str | None, run: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except SystemExit as exc:
-        if isinstance(exc.code, str):
-            _flush_quietly()
-            raise SystemExit(one_line(exc.code)) from None
+        _exit_in_one_line(exc)
         raise
     except _errors_said_in_one_line() as exc:
+        return _said_in_one_line(command, url, exc)
+
+
+def _exit_in_one_line(exc: SystemExit) -> None:
+    """A command that ends with a message: the message as one line (the exit code stays 2 or 1)."""
+    if isinstance(exc.code, str):
         _flush_quietly()
-        print(describe(command, url, exc), file=sys.stderr)
-        if _env.flag(DEBUG_ENV):
-            traceback.print_exception(exc)
-        return EXIT_UNAVAILABLE if unreachable(exc) is not None else EXIT_ERROR
+        raise SystemExit(one_line(exc.code)) from None
+
+
+def _said_in_one_line(command: str, url: str | None, exc: BaseException) -> int:
+    """An error a person can act on: one line on stderr (the traceback too with the debug variable);
+    exit 69 for a backend out of reach, else 1."""
+    _flush_quietly()
+    print(describe(command, url, exc), file=sys.stderr)
+    if _env.flag(DEBUG_ENV):
+        traceback.print_exception(exc)
+    return EXIT_UNAVAILABLE if unreachable(exc) is not None else EXIT_ERROR
 
 
 def describe(command: str, url: str | None, exc: BaseException) -> str:
@@ -286,18 +297,28 @@ def mailbox_url(arg: str | None, environ: dict[str, str] | None = None) -> str |
     """The mailboxes a command opens: ``--url``, else ``$HYBRIDCOMMS_URL``, else the file
     ``$HYBRIDCOMMS_URL_FILE`` names; None for files under the root. A URL no command can open (a
     memory mailbox, an unknown scheme) is bad usage."""
+    url = _url_asked(arg, environ)
+    if url is not None:
+        _check_openable(url)
+    return url
+
+
+def _url_asked(arg: str | None, environ: dict[str, str] | None) -> str | None:
+    """``--url``, else the environment's (`url_from_environ`: a URL file that cannot be read ends the
+    command)."""
     try:
-        url = arg or url_from_environ(environ)
+        return arg or url_from_environ(environ)
     except ValueError as exc:
         raise SystemExit(f"hybridcomms: {exc}") from None
-    if url is None:
-        return None
+
+
+def _check_openable(url: str) -> None:
+    """A URL a command cannot open (a memory mailbox, an unknown scheme) is bad usage."""
     kind = backend_of(url)
     if kind == "memory":
         usage_error("hybridcomms: --url memory://…: a memory mailbox lives in one process, out of reach")
     if kind not in ("redis", "file") or "://" not in url:
         usage_error(f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix:// or file://")
-    return url
 
 
 def need_root(root: Path, command: str, create: bool) -> None:
