@@ -158,11 +158,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if command:
         args.cmd = command
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
+    _log_to_stderr()
     url = getattr(args, "url", None)
     # Errors as one line (69: the backend cannot be reached), a closed output as no error: common.
-    return run_command(args.command, url or _env.value(_env.URL) or None, lambda: _run(args, url))
+    return run_command(args.command, _url_said(url), lambda: _run(args, url))
+
+
+def _log_to_stderr() -> None:
+    """Warnings as ``hybridcomms: LEVEL: text`` lines on stderr, unless logging is set up already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
+
+
+def _url_said(url: str | None) -> str | None:
+    """The URL an error names: --url, else $HYBRIDCOMMS_URL (None: none given)."""
+    return url or _env.value(_env.URL) or None
 
 
 if __name__ == "__main__":  # pragma: no cover

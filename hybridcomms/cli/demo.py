@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .. import _log
 from ..backends import MailboxDelivery
+from ..backends.base import MessageInfo
 from ..backends.file import FileMailbox
 from ..errors import HybridCommsError
 from ..message import Message
@@ -29,13 +30,7 @@ def _demo_files(root: Path) -> int:
     try:
         with FileMailbox(root, "Demo-Agent", read_only=True, fsync="never") as mb:
             infos = [i for state in State for i in mb.list(state)]
-            foreign = 0
-            for info in infos:
-                try:
-                    sender = mb.read(info).sender
-                except (OSError, HybridCommsError):
-                    sender = None
-                foreign += sender != "Demo-Sender"
+            foreign = sum(_sender(mb, info) != "Demo-Sender" for info in infos)
     except (OSError, HybridCommsError) as exc:
         raise SystemExit(
             f"hybridcomms demo: cannot look at the Demo-Agent mailbox under {root}: {exc}"
@@ -47,6 +42,14 @@ def _demo_files(root: Path) -> int:
             "them (hybridcomms ls Demo-Agent) or run the demo under another --root"
         )
     return len(infos)
+
+
+def _sender(mb: FileMailbox, info: MessageInfo) -> str | None:
+    """The sender a message names (None: none, or it cannot be read)."""
+    try:
+        return mb.read(info).sender
+    except (OSError, HybridCommsError):
+        return None
 
 
 def cmd_demo(args: argparse.Namespace, root: Path) -> int:

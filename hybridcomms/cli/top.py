@@ -56,13 +56,7 @@ def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
     )
     lines = [head]
     for agent, r in sorted(now.items()):
-        prev = before.get(agent)
-        if prev is None or dt <= 0:
-            rate = 0.0
-        elif r.get("acked_since") is not None:  # what entered done/: right while done/ is trimmed too
-            rate = r["acked_since"] / dt
-        else:
-            rate = (r["done"]["count"] - prev["done"]["count"]) / dt
+        rate = _ack_rate(before.get(agent), r, dt)
         lines.append(
             f"{agent[:24]:<24} {r['new']['count']:>7} {r['processing']['count']:>7} {r['delayed']:>7} "
             f"{r['dead']['count']:>6} {r['done']['count']:>8} {human_age(r['new']['oldest_age']):>7} "
@@ -71,6 +65,15 @@ def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
     if not now:
         lines.append("(no mailboxes yet)")
     return lines
+
+
+def _ack_rate(prev: dict[str, Any] | None, r: dict[str, Any], dt: float) -> float:
+    """Acks per second of a mailbox over the last ``dt`` seconds (0 at its first look)."""
+    if prev is None or dt <= 0:
+        return 0.0
+    if r.get("acked_since") is not None:  # what entered done/: right while done/ is trimmed too
+        return float(r["acked_since"] / dt)
+    return float((r["done"]["count"] - prev["done"]["count"]) / dt)
 
 
 def cmd_top(args: argparse.Namespace, root: Path) -> int:

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
 
@@ -194,17 +194,25 @@ class Worker:
         if proc is None:
             return
         out, err, code, why = self._wait(proc, d, m.encode(None), started)
-        seconds = time.monotonic() - started
+        self._settle(d, out, err, code, why, time.monotonic() - started)
+
+    def _settle(
+        self, d: MailboxDelivery, out: bytes, err: bytes, code: int | None, why: str | None, seconds: float
+    ) -> None:
+        """The message settled by how its command ended: acked on 0, retried on `EX_TEMPFAIL` while it
+        has attempts left, else failed (``why``: it was stopped, timed out or could not be read)."""
         if why is not None:
             self._fail(d, why, code, seconds, err)
         elif code == 0:
             self._ack(d, out, seconds)
-        elif code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts):
+        elif self._retries(code, d):
             self._retry(d, code, seconds)
-        elif code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
-            self._fail(d, f"exit status {EX_TEMPFAIL} (try again later)", code, seconds, err)
         else:
-            self._fail(d, f"exit status {code}", code, seconds, err)
+            self._fail(d, _exit_reason(code), code, seconds, err)
+
+    def _retries(self, code: int | None, d: MailboxDelivery) -> TypeGuard[int]:
+        """Whether the command asked for a retry (`EX_TEMPFAIL`) and the message has attempts left."""
+        return code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts)
 
     def _env(self, d: MailboxDelivery) -> dict[str, str]:
         """CMD's environment: this one's, the worker's additions, and the message's HYBRIDCOMMS_*."""
@@ -412,6 +420,13 @@ class _Heartbeat:
         return True
 
 
+def _exit_reason(code: int | None) -> str:
+    """Why a command's exit status failed its message."""
+    if code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
+        return f"exit status {EX_TEMPFAIL} (try again later)"
+    return f"exit status {code}"
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -477,9 +492,14 @@ def _usage_problem(args: argparse.Namespace, command: list[str]) -> str | None:
         return "give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
     if args.concurrency < 1:
         return "--concurrency must be at least 1"
-    if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
+    if _bad_retry_options(args):
         return "--max-attempts must be >= 1, --retry-delay >= 0, --lease > 0"
     return None
+
+
+def _bad_retry_options(args: argparse.Namespace) -> bool:
+    """Whether --max-attempts, --retry-delay or --lease is out of its range."""
+    return bool(args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0)
 
 
 def _open_mailbox(args: argparse.Namespace, root: Path) -> Mailbox:
