@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .. import _env
@@ -58,12 +60,14 @@ __all__ = [
     "need_mailbox",
     "need_root",
     "on_mailbox",
+    "on_stop_signals",
     "open_existing",
     "output_closed",
     "parse_age",
     "print_json",
     "resolve_policy",
     "resolve_root",
+    "restore_signals",
     "run_command",
     "usage_error",
 ]
@@ -350,14 +354,34 @@ def open_existing(
     """The mailbox a command works on: at ``url`` (the file-only options dropped), else under ``root``,
     which must hold it unless ``create``."""
     if url is not None:
-        from ..backends import open_mailbox
-
-        remote = {k: v for k, v in options.items() if k not in _FILE_ONLY_OPTIONS}
-        return open_mailbox(url, agent, create=create, **remote)
+        return _open_remote(url, agent, create, options)
     need_root(root, command, create)
     if not create:
         need_mailbox(root, agent, command)
     return FileMailbox(root, agent, create=create, **options)
+
+
+def _open_remote(url: str, agent: str, create: bool, options: dict[str, Any]) -> Mailbox:
+    """The mailbox at ``url``, opened with the options that are not about files."""
+    from ..backends import open_mailbox
+
+    remote = {k: v for k, v in options.items() if k not in _FILE_ONLY_OPTIONS}
+    return open_mailbox(url, agent, create=create, **remote)
+
+
+#: The handlers of the signals that stop a command (what `on_stop_signals` returns).
+SignalHandlers = dict[int, Any]
+
+
+def on_stop_signals(handler: Callable[[int, FrameType | None], Any]) -> SignalHandlers:
+    """SIGTERM and Ctrl-C (SIGINT) call ``handler``; the handlers they had (for `restore_signals`)."""
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signals(previous: SignalHandlers) -> None:
+    """The signal handlers as they were (a caller in this process has its own)."""
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def on_mailbox(

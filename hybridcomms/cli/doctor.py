@@ -133,12 +133,16 @@ class _Scan:
         dead-letter)."""
         try:
             for name, folder in _last_errors.leftovers(self.mb.folders, self.now):
-                what = "a folder (never removed)" if folder else "its message is no longer waiting"
-                where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
-                entry = (_last_errors.ERRORS, name)
-                self.found("stale-error-record", where, what, self.fix and not folder, entry=entry)
+                self._stale_record(name, folder)
         except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
             self.found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
+
+    def _stale_record(self, name: str, folder: bool) -> None:
+        """One stale record of errors/ (a folder there is reported, never removed)."""
+        what = "a folder (never removed)" if folder else "its message is no longer waiting"
+        where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
+        entry = (_last_errors.ERRORS, name)
+        self.found("stale-error-record", where, what, self.fix and not folder, entry=entry)
 
     def folders(self) -> None:
         """One pass over each folder (one lstat per file): modes, names that do not parse, and files
@@ -399,18 +403,22 @@ def _still_there(mb: FileMailbox, folder: str, name: str) -> bool:
     """Whether ``folder/name`` of the mailbox is still there (looked at through the folder's descriptor,
     no link followed)."""
     try:
-        if folder == _last_errors.ERRORS:
-            fd = mb.errors_folder(create=False)
-            if fd is None:
-                return False
-        else:
-            fd = mb.folders.fd(State(folder))
+        fd = _folder_fd(mb, folder)
+        if fd is None:
+            return False
         os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     except (OSError, HybridCommsError):
         return True  # cannot tell: not said to be fixed
     return True
+
+
+def _folder_fd(mb: FileMailbox, folder: str) -> int | None:
+    """The descriptor of a folder of the mailbox: a state folder, or errors/ (None when it is not there)."""
+    if folder == _last_errors.ERRORS:
+        return mb.errors_folder(create=False)
+    return mb.folders.fd(State(folder))
 
 
 def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
@@ -563,8 +571,13 @@ def _check_and_fix(
         root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
     ) as mb:
         found += _doctor_one(mb, args.fix, args.deep)
-    if not any(f["fixed"] for f in found):
-        return
+    if any(f["fixed"] for f in found):
+        _fix_through_writer(root, agent, modes, found)
+
+
+def _fix_through_writer(root: Path, agent: str, modes: tuple[int, int], found: list[dict[str, Any]]) -> None:
+    """The repairs, through the mailbox opened for writing; if that fails, nothing is said fixed."""
+    dir_mode, file_mode = modes
     try:
         with FileMailbox(
             root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import signal
 import sys
 import threading
 import time
@@ -37,9 +36,11 @@ from .common import (
     human_age,
     need_root,
     on_mailbox,
+    on_stop_signals,
     open_existing,
     parse_age,
     print_json,
+    restore_signals,
 )
 
 if TYPE_CHECKING:
@@ -215,17 +216,23 @@ def _show(args: argparse.Namespace, mb: Mailbox, info: MessageInfo) -> None:
         "age": round(now - info.changed_at, 3),
     }
     expires = _add_content(out, mb, info)
+    due = _add_times(out, info, now, expires)
+    _add_failure(out, info)
+    if args.json:
+        print_json(out)
+    else:
+        _print_show(out, info, now, due, expires)
+
+
+def _add_times(out: dict[str, Any], info: MessageInfo, now: float, expires: float | None) -> float | None:
+    """When a waiting message is due and when it expires, into ``out``; returns when it is due."""
     due = info.due_at if info.state is State.NEW else None
     if due is not None:  # when it may be claimed (after a failure: when it is retried)
         out["due"] = _iso(due)
         out["due_in"] = round(max(due - now, 0.0), 3)
     if expires is not None:
         out["expires_in"] = round(expires - now, 3)
-    _add_failure(out, info)
-    if args.json:
-        print_json(out)
-    else:
-        _print_show(out, info, now, due, expires)
+    return due
 
 
 def _add_content(out: dict[str, Any], mb: Mailbox, info: MessageInfo) -> float | None:
@@ -302,7 +309,11 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     stop = threading.Event()
     write = LineWriter(on_close=stop.set)  # `tail | head -1`: stops once the reader is gone
     on_event = _event_printer(args, write)
-    previous = _stop_on_signals(stop)
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = on_stop_signals(on_signal)
     release_bus = None
     try:
         release_bus = _bus_watch(args, root, write)
@@ -316,7 +327,7 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     finally:
         if release_bus is not None:
             release_bus()
-        _restore_signals(previous)
+        restore_signals(previous)
     return EXIT_OK
 
 
@@ -343,24 +354,6 @@ def _bus_watch(args: argparse.Namespace, root: Path, write: LineWriter) -> Calla
     if getattr(args, "bus", None):
         return watch_bus(root, args.bus, args.json, write)
     return None
-
-
-_Handlers = dict[int, Any]
-
-
-def _stop_on_signals(stop: threading.Event) -> _Handlers:
-    """SIGTERM and Ctrl-C set ``stop``; the handlers they had."""
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore_signals(previous: _Handlers) -> None:
-    """The signal handlers as they were (a caller in this process has its own)."""
-    for s, handler in previous.items():
-        signal.signal(s, handler)
 
 
 def run_show(args: argparse.Namespace, root: Path) -> int:

@@ -27,7 +27,12 @@ def durable_target(decision: Decision, url: str | None, root: Path) -> str | Non
     Shown without a password."""
     if not decision.route.durable:
         return None
-    where = decision.backend or url
+    return _target_url(decision.backend or url, root)
+
+
+def _target_url(where: str | None, root: Path) -> str:
+    """A backend as the URL ``explain`` shows: files (``where``, else the root) as an absolute
+    ``file://`` URL, another without its password."""
     if where is None:
         return f"file://{root.absolute()}"
     if backend_of(where) == "file":
@@ -38,11 +43,16 @@ def durable_target(decision: Decision, url: str | None, root: Path) -> str | Non
 def explained_url(arg: str | None) -> str | None:
     """``--url`` (else the environment's) as a URL to explain, not to open: any scheme a mailbox has."""
     url = arg or url_from_environ()
-    if url and ("://" not in url or not backend_of(url)):
+    if url and _unknown_scheme(url):
         usage_error(
             f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix://, file:// or memory://"
         )
     return url
+
+
+def _unknown_scheme(url: str) -> bool:
+    """Whether ``url`` names no backend a mailbox can have."""
+    return "://" not in url or not backend_of(url)
 
 
 def cmd_explain(args: argparse.Namespace, root: Path) -> int:

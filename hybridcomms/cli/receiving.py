@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from .common import (
     EXIT_OK,
     Parents,
     message_json,
+    on_stop_signals,
     open_existing,
     print_json,
     resolve_policy,
@@ -167,8 +167,7 @@ def _stop_on_signals(mb: Mailbox) -> threading.Event:
         stop.set()
         mb.wake()
 
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, on_signal)
+    on_stop_signals(on_signal)
     return stop
 
 

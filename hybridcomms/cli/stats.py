@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import _fs
 from .._urls import shown_url
@@ -213,13 +213,17 @@ def _say_problems(failing: list[str], broken: list[Row]) -> None:
     for line in failing:
         print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
     if broken:
-        print(
-            f"hybridcomms stats: {len(broken)} mailbox(es) could not be read: "
-            + ", ".join(_fs.printable(r["agent"]) for r in broken[:5])
-            + (", …" if len(broken) > 5 else "")
-            + " (see their rows)",
-            file=sys.stderr,
-        )
+        print(_broken_line(broken), file=sys.stderr)
+
+
+def _broken_line(broken: list[Row]) -> str:
+    """The mailboxes that could not be read, in one line: how many, the first five."""
+    return (
+        f"hybridcomms stats: {len(broken)} mailbox(es) could not be read: "
+        + ", ".join(_fs.printable(r["agent"]) for r in broken[:5])
+        + (", …" if len(broken) > 5 else "")
+        + " (see their rows)"
+    )
 
 
 def _print_legacy(legacy_rows: list[Row]) -> None:
@@ -258,12 +262,17 @@ def _table_line(r: Row, name: str, width: int) -> str:
 
 
 def _print_bus(bus: dict[str, int] | None) -> None:
-    if bus and (bus["processes"] or bus["dead"]):
+    if _bus_in_use(bus):
         print(
             f"bus: {bus['processes']} process(es) share ephemeral events"
             + (f", {bus['dead']} dead not yet pruned" if bus["dead"] else "")
             + f"; {bus['dropped']} event(s) dropped for subscribers that did not keep up"
         )
+
+
+def _bus_in_use(bus: dict[str, int] | None) -> TypeGuard[dict[str, int]]:
+    """Whether the bus has processes to report (alive, or dead and not yet pruned)."""
+    return bool(bus and (bus["processes"] or bus["dead"]))
 
 
 def register(sub: Subparsers, parents: Parents) -> None:

@@ -24,7 +24,7 @@ from .._text import json_text
 from .._urls import child_environ
 from ..policy import Policy, child_env
 from ..watcher import MailboxEvent, MailboxWatcher
-from .common import LineWriter, Parents, add_bus_option, resolve_policy
+from .common import LineWriter, Parents, add_bus_option, on_stop_signals, resolve_policy, restore_signals
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -209,13 +209,12 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         stop_now()
 
     release_bus = watch_bus(root, args.bus, args.json, write) if args.bus else None
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(on_signal)
     try:
         _watch_until(stop, watcher, root, policy.provenance)
     finally:
         _shut_down(watcher, runner, release_bus)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals(previous)
     print(f"hybridcomms watch: stopped{_exec_summary(runner)}", file=sys.stderr, flush=True)
     return 0
 

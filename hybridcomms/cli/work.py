@@ -51,7 +51,7 @@ from ..errors import HybridCommsError
 from ..message import Message, reply_topic
 from ..retry import Backoff, attempts_used_up
 from .command_io import CommandPipes
-from .common import LineWriter, Parents, open_existing, resolve_policy
+from .common import LineWriter, Parents, on_stop_signals, open_existing, resolve_policy, restore_signals
 
 if TYPE_CHECKING:
     from ..metrics import WorkMetrics
@@ -281,7 +281,7 @@ class Worker:
             code, why = self._run_to_exit(proc, pipes, _Heartbeat(d, self.heartbeat_every, started), started)
         finally:
             pipes.close()
-        if why is None and pipes.stdout_over and code == 0 and d.message.reply_to:
+        if why is None and _reply_too_large(pipes, code, d):
             why = f"its output is over the reply limit of {self.mb.max_message_size} bytes"
         return bytes(pipes.stdout), bytes(pipes.stderr), code, why
 
@@ -328,18 +328,25 @@ class Worker:
         text = f"{why}: {tail}" if tail else why
         if why == "lease lost":
             self._report(d, "lost", code, seconds, text)
-            return
-        if attempts_used_up(d.attempt, self.mb.max_attempts):
-            with _log.reported_by_caller():  # its line is the one `_report` prints
-                d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
-            with self.lock:
-                self.counts["dead"] += 1
-            self._report(d, "dead", code, seconds, text)
+        elif attempts_used_up(d.attempt, self.mb.max_attempts):
+            self._dead_letter(d, text, code, seconds)
         else:
-            d.nack(error=text)
-            with self.lock:
-                self.counts["retried"] += 1
-            self._report(d, "retry", code, seconds, text)
+            self._give_back(d, text, code, seconds)
+
+    def _dead_letter(self, d: MailboxDelivery, text: str, code: int | None, seconds: float) -> None:
+        """Its last attempt failed: to dead/, with why and which attempt it was."""
+        with _log.reported_by_caller():  # its line is the one `_report` prints
+            d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
+        with self.lock:
+            self.counts["dead"] += 1
+        self._report(d, "dead", code, seconds, text)
+
+    def _give_back(self, d: MailboxDelivery, text: str, code: int | None, seconds: float) -> None:
+        """An attempt failed with attempts left: nacked, delivered again after the backoff."""
+        d.nack(error=text)
+        with self.lock:
+            self.counts["retried"] += 1
+        self._report(d, "retry", code, seconds, text)
 
     def _reply(self, request: Message, out: bytes) -> bool:
         """Send CMD's output as the reply to a request; False (said on stderr) if it cannot be sent."""
@@ -420,6 +427,11 @@ class _Heartbeat:
         return True
 
 
+def _reply_too_large(pipes: CommandPipes, code: int | None, d: MailboxDelivery) -> bool:
+    """Whether a command that answered a request (exit 0) wrote more than a reply may hold."""
+    return bool(pipes.stdout_over and code == 0 and d.message.reply_to)
+
+
 def _exit_reason(code: int | None) -> str:
     """Why a command's exit status failed its message."""
     if code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
@@ -453,7 +465,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         worker.stop.set()
         mailbox.wake()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(on_signal)
     print(
         f"hybridcomms work: {args.agent}: running {' '.join(command)} for each message "
         f"({args.concurrency} at a time; routing policy from {policy.provenance}); stop with SIGTERM",
@@ -463,8 +475,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     try:
         return worker.run()
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals(previous)
         worker.outage.close()
         mailbox.close()
 

@@ -495,9 +495,14 @@ def _purge_args(form: dict[str, str]) -> tuple[State, float]:
         raise ValueError(
             "purge takes a state (done or dead) and an age in seconds (at most 1000 years)"
         ) from None
-    if state not in (State.DONE, State.DEAD) or not (math.isfinite(older) and 0 <= older <= AGE_CAP):
+    if not _purgeable(state, older):
         raise ValueError("purge takes a state (done or dead) and an age in seconds (at most 1000 years)")
     return state, older
+
+
+def _purgeable(state: State, older: float) -> bool:
+    """Whether a purge may take these: done or dead messages, older than a real age (at most `AGE_CAP`)."""
+    return state in (State.DONE, State.DEAD) and math.isfinite(older) and 0 <= older <= AGE_CAP
 
 
 async def _in_thread(fn: Callable[[], Any]) -> Any:

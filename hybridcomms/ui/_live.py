@@ -146,14 +146,17 @@ class Live:
         """Rates on a backend without notifications: what the counts grew by since the last poll."""
         at = time.time()
         for row in update["rows"]:
-            now = {"in": row["waiting"] + row["delayed"] + row["processing"] + row["done"] + row["dead"]}
-            now.update(acked=row["done"], dead=row["dead"])
+            now = _rate_counts(row)
             prev = before.get(row["agent"])
             if prev is not None:
-                for kind, value in now.items():
-                    if value > prev[kind]:
-                        self.fleet.rate(row["agent"], kind, value - prev[kind], at)
+                self._rate_growth(row["agent"], prev, now, at)
             before[row["agent"]] = now
+
+    def _rate_growth(self, agent: str, prev: dict[str, int], now: dict[str, int], at: float) -> None:
+        """What each count grew by since the last poll, counted as that rate (a count that fell: none)."""
+        for kind, value in now.items():
+            if value > prev[kind]:
+                self.fleet.rate(agent, kind, value - prev[kind], at)
 
     def snapshot(self) -> dict[str, Any]:
         rows = self.fleet.rows(budget=0.0)
@@ -185,6 +188,12 @@ class Live:
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         with self._lock:
             self._queues = {(lp, q) for lp, q in self._queues if q is not queue}
+
+
+def _rate_counts(row: dict[str, Any]) -> dict[str, int]:
+    """The counts of a row that the rates follow: every message that came in, the acked, the dead."""
+    total = row["waiting"] + row["delayed"] + row["processing"] + row["done"] + row["dead"]
+    return {"in": total, "acked": row["done"], "dead": row["dead"]}
 
 
 def _offer(queue: asyncio.Queue[dict[str, Any]], update: dict[str, Any]) -> None:
