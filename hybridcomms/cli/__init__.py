@@ -140,15 +140,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, url: str | None) -> int:
     """One command, parsed: where it works (root, URL), then its body."""
-    root = resolve_root(args.root)
-    args.url_resolved = getattr(args, "mailbox_url", mailbox_url)(url)
-    if args.url_resolved and args.url_resolved.startswith("file://"):
-        root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
+    root, args.url_resolved = _where(resolve_root(args.root), getattr(args, "mailbox_url", mailbox_url)(url))
     files_only = getattr(args, "files_only", None)  # "works on mailbox files", "reads mailbox files"
     if args.url_resolved and files_only:
         raise SystemExit(f"hybridcomms {args.command}: {files_only}; not available with --url")
     code: int = args.func(args, root)
     return code
+
+
+def _where(root: Path, url: str | None) -> tuple[Path, str | None]:
+    """(root, URL) a command works on: a ``file://`` URL is a root of mailbox files."""
+    if url and url.startswith("file://"):
+        return Path(url[len("file://") :]), None
+    return root, url
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,7 @@ __all__ = [
     "resolve_root",
     "restore_signals",
     "run_command",
+    "shown_where",
     "usage_error",
 ]
 
@@ -323,6 +324,11 @@ def _check_openable(url: str) -> None:
         usage_error("hybridcomms: --url memory://…: a memory mailbox lives in one process, out of reach")
     if kind not in ("redis", "file") or "://" not in url:
         usage_error(f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix:// or file://")
+
+
+def shown_where(url: str | None, root: Path) -> str:
+    """Where a command works, as it is printed: the URL without its password, else the root."""
+    return shown_url(url) if url else str(root)
 
 
 def need_root(root: Path, command: str, create: bool) -> None:

@@ -29,7 +29,7 @@ def _demo_files(root: Path) -> int:
     demo's own (a real message sent there is never deleted by running the demo)."""
     try:
         with FileMailbox(root, "Demo-Agent", read_only=True, fsync="never") as mb:
-            infos = [i for state in State for i in mb.list(state)]
+            infos = _all_messages(mb)
             foreign = sum(_sender(mb, info) != "Demo-Sender" for info in infos)
     except (OSError, HybridCommsError) as exc:
         raise SystemExit(
@@ -42,6 +42,11 @@ def _demo_files(root: Path) -> int:
             "them (hybridcomms ls Demo-Agent) or run the demo under another --root"
         )
     return len(infos)
+
+
+def _all_messages(mb: FileMailbox) -> list[MessageInfo]:
+    """Every message of the mailbox, whatever its state."""
+    return [i for state in State for i in mb.list(state)]
 
 
 def _sender(mb: FileMailbox, info: MessageInfo) -> str | None:

@@ -184,6 +184,10 @@ class _Scan:
             # mode (nor followed), left for a person.
             self.found("not-a-file", where, f"{_kind_of(st.st_mode)}, not a message file; left as it is")
             return
+        self._file(state, name, st, where)
+
+    def _file(self, state: State, name: str, st: os.stat_result, where: str) -> None:
+        """A regular file of a state folder: its mode, and in a state that is checked, the message."""
         self._file_mode(state, name, st, where)
         if self._is_checked(state):
             self._message(state, name, st, where)
@@ -481,7 +485,7 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     (what was found before the failure is kept, marked not fixed), and the others are still checked
     and fixed; the exit status is non-zero while any problem is left."""
     findings = _check_all(args, root)
-    open_problems = [f for f in findings if _is_open(f)]
+    open_problems = _open_problems(findings)
     if args.json:
         _print_json_report(root, findings, open_problems)
     else:
@@ -508,6 +512,11 @@ def _print_json_report(
     """The ``--json`` report: the root, whether it is healthy, the findings without their private keys."""
     public = [_public(f) for f in findings]
     print_json({"root": str(root), "healthy": not open_problems, "findings": public})
+
+
+def _open_problems(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The findings that are problems left (`_is_open`)."""
+    return [f for f in findings if _is_open(f)]
 
 
 def _is_open(finding: dict[str, Any]) -> bool:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import _fs
 from .._text import json_text, printable
-from .._urls import shown_url
 from ..backends import Mailbox
 from ..backends.base import MessageInfo, check_agent_id
 from ..backends.file import FileMailbox, list_agents
@@ -41,6 +40,7 @@ from .common import (
     parse_age,
     print_json,
     restore_signals,
+    shown_where,
 )
 
 if TYPE_CHECKING:
@@ -104,10 +104,15 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
     if not rows:
         print(f"no messages for {mb.agent_id}" + (f" in {args.state}/" if args.state else ""))
         return EXIT_OK
+    _print_ls_table(rows)
+    return EXIT_OK
+
+
+def _print_ls_table(rows: list[dict[str, Any]]) -> None:
+    """``ls`` for people: a header, then a line per message."""
     print(f"{'state':<10} {'age':>5} {'try':>3}  {'id':<36} topic")
     for r in rows:
         print(_ls_line(r))
-    return EXIT_OK
 
 
 def _ls_rows(args: argparse.Namespace, mb: Mailbox) -> list[dict[str, Any]]:
@@ -116,12 +121,20 @@ def _ls_rows(args: argparse.Namespace, mb: Mailbox) -> list[dict[str, Any]]:
     rows = []
     for state in _states_asked(args):
         for info in mb.list(state):
-            if not _old_enough(args, info, now):
-                continue  # (before its topic is read: that reads the file)
-            topic = _topic_of(mb, info)
-            if _topic_matches(args.topic, topic):
-                rows.append(_row(mb, info, now, topic))
+            row = _listed(args, mb, info, now)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def _listed(args: argparse.Namespace, mb: Mailbox, info: MessageInfo, now: float) -> dict[str, Any] | None:
+    """The row of a message ``ls`` shows; None for one --older-than or --topic leaves out."""
+    if not _old_enough(args, info, now):
+        return None  # (before its topic is read: that reads the file)
+    topic = _topic_of(mb, info)
+    if not _topic_matches(args.topic, topic):
+        return None
+    return _row(mb, info, now, topic)
 
 
 def _states_asked(args: argparse.Namespace) -> list[State]:
@@ -200,8 +213,7 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
         if info is not None:
             _show(args, mb, info)
             return EXIT_OK
-    where = shown_url(url) if url else root
-    print(f"hybridcomms show: no message {args.id!r} under {where}", file=sys.stderr)
+    print(f"hybridcomms show: no message {args.id!r} under {shown_where(url, root)}", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -116,10 +116,15 @@ def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
     if decision.backend is not None:
         return "the rule's backend"
     if args.url_resolved:
-        if getattr(args, "url", None):
-            return "--url"
-        return "$HYBRIDCOMMS_URL" if _env.value(_env.URL) else "$HYBRIDCOMMS_URL_FILE"
+        return _url_from(args)
     return "the mailbox root"
+
+
+def _url_from(args: argparse.Namespace) -> str:
+    """Where the URL came from: --url, else $HYBRIDCOMMS_URL, else the file $HYBRIDCOMMS_URL_FILE names."""
+    if getattr(args, "url", None):
+        return "--url"
+    return "$HYBRIDCOMMS_URL" if _env.value(_env.URL) else "$HYBRIDCOMMS_URL_FILE"
 
 
 def cmd_show(args: argparse.Namespace, root: Path) -> int:

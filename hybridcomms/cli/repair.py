@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from .. import _fs
 from .._fs import shown
 from .._outage import reason, unreachable
-from .._urls import shown_url
 from ..backends import Mailbox
 from ..backends.base import RecoveryReport
 from ..backends.file import FileMailbox, inspection
@@ -30,6 +29,7 @@ from .common import (
     open_existing,
     parse_age,
     print_json,
+    shown_where,
 )
 from .progress import Progress
 
@@ -49,7 +49,7 @@ def cmd_recover(args: argparse.Namespace, root: Path) -> int:
         need_root(root, "recover", False)
     rows, failed = _recover_all(args, root)
     if args.json:
-        print_json({"root": shown_url(url) if url else str(root), "agents": rows, "failed": failed})
+        print_json({"root": shown_where(url, root), "agents": rows, "failed": failed})
     return EXIT_ERROR if failed else EXIT_OK
 
 
@@ -169,7 +169,7 @@ def cmd_purge(args: argparse.Namespace, mb: Mailbox) -> int:
     skipped: list[str] = []
     removed = inspection.remove(mb, state, victims, progress.step, skipped)
     progress.end()
-    _deleted(args, mb, state, removed, {"skipped": [_fs.shown(n) for n in skipped]})
+    _deleted(args, mb, state, removed, {"skipped": _shown_all(skipped)})
     _say_skipped(mb, state, skipped)
     return EXIT_OK
 
@@ -212,10 +212,15 @@ def _purge_elsewhere(args: argparse.Namespace, mb: Mailbox, state: State) -> int
     if state not in (State.DONE, State.DEAD):
         raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
     if args.dry_run:
-        cutoff = time.time() - args.older_than
-        return _would_delete(args, mb, state, [i.name for i in mb.list(state) if i.changed_at <= cutoff])
+        return _would_delete(args, mb, state, _older_names(mb, state, args.older_than))
     _deleted(args, mb, state, mb.purge(state, args.older_than))
     return EXIT_OK
+
+
+def _older_names(mb: Mailbox, state: State, older_than: float) -> list[str]:
+    """The names of the messages that entered ``state`` at least ``older_than`` seconds ago."""
+    cutoff = time.time() - older_than
+    return [i.name for i in mb.list(state) if i.changed_at <= cutoff]
 
 
 # -- their options ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import signal
@@ -152,10 +153,8 @@ class ExecRunner:
         with self._lock:
             running = list(self._running)
         for proc in running:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 #: The events an --exec command runs for (the others are only printed).
@@ -221,13 +220,18 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
 
 def _check_usage(args: argparse.Namespace, root: Path) -> None:
     """Bad --exec sizes, or a root that is not there without --create: one line, and the end."""
-    if args.exec_jobs < 1 or args.exec_queue < 1:
+    if _bad_exec_sizes(args):
         raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
     if not args.create and not root.is_dir():
         raise SystemExit(
             f"hybridcomms watch: no mailbox root at {root} "
             "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
         )
+
+
+def _bad_exec_sizes(args: argparse.Namespace) -> bool:
+    """Whether --exec-jobs or --exec-queue is below 1."""
+    return bool(args.exec_jobs < 1 or args.exec_queue < 1)
 
 
 def _legacy_intake(args: argparse.Namespace, policy: Policy) -> bool | None:

@@ -29,6 +29,7 @@ what CMD sends (``hybridcomms send``, a `Comms`) routes as this consumer's fleet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -133,6 +134,10 @@ class Worker:
         deadline = time.monotonic() + self.args.grace
         for t in threads:
             t.join(max(deadline - time.monotonic(), 0.0))
+        self._kill_stragglers(threads)
+
+    def _kill_stragglers(self, threads: list[threading.Thread]) -> None:
+        """Past the grace: what still runs is killed, and its thread waited for (it nacks the message)."""
         if any(t.is_alive() for t in threads):
             self.killed.set()  # the grace is over: kill what still runs, nack its message
             for t in threads:
@@ -440,10 +445,9 @@ def _exit_reason(code: int | None) -> str:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    """The command's whole process group killed (one that is gone already is no error)."""
+    with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def run_work(args: argparse.Namespace, root: Path) -> int:
