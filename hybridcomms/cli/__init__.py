@@ -140,15 +140,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, url: str | None) -> int:
     """One command, parsed: where it works (root, URL), then its body."""
-    root = resolve_root(args.root)
-    args.url_resolved = getattr(args, "mailbox_url", mailbox_url)(url)
-    if args.url_resolved and args.url_resolved.startswith("file://"):
-        root, args.url_resolved = Path(args.url_resolved[len("file://") :]), None
+    root, args.url_resolved = _where(resolve_root(args.root), getattr(args, "mailbox_url", mailbox_url)(url))
     files_only = getattr(args, "files_only", None)  # "works on mailbox files", "reads mailbox files"
     if args.url_resolved and files_only:
         raise SystemExit(f"hybridcomms {args.command}: {files_only}; not available with --url")
     code: int = args.func(args, root)
     return code
+
+
+def _where(root: Path, url: str | None) -> tuple[Path, str | None]:
+    """(root, URL) a command works on: a ``file://`` URL is a root of mailbox files."""
+    if url and url.startswith("file://"):
+        return Path(url[len("file://") :]), None
+    return root, url
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,11 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if command:
         args.cmd = command
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
+    _log_to_stderr()
     url = getattr(args, "url", None)
     # Errors as one line (69: the backend cannot be reached), a closed output as no error: common.
-    return run_command(args.command, url or _env.value(_env.URL) or None, lambda: _run(args, url))
+    return run_command(args.command, _url_said(url), lambda: _run(args, url))
+
+
+def _log_to_stderr() -> None:
+    """Warnings as ``hybridcomms: LEVEL: text`` lines on stderr, unless logging is set up already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="hybridcomms: %(levelname)s: %(message)s")
+
+
+def _url_said(url: str | None) -> str | None:
+    """The URL an error names: --url, else $HYBRIDCOMMS_URL (None: none given)."""
+    return url or _env.value(_env.URL) or None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ prints 300 MB makes the worker hold 300 MB. `CommandPipes` reads with limits ins
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -53,15 +54,30 @@ class CommandPipes:
                 os.set_blocking(pipe.fileno(), False)
                 self._sel.register(pipe, selectors.EVENT_READ)
         if proc.stdin is not None:
-            if data:
-                os.set_blocking(proc.stdin.fileno(), False)
-                self._sel.register(proc.stdin, selectors.EVENT_WRITE)
-            else:
-                proc.stdin.close()
+            self._feed(proc.stdin, data)
+
+    def _feed(self, stdin: IO[bytes], data: bytes) -> None:
+        """The message is written to the command as it reads it; with no message, its stdin is closed."""
+        if data:
+            os.set_blocking(stdin.fileno(), False)
+            self._sel.register(stdin, selectors.EVENT_WRITE)
+        else:
+            stdin.close()
 
     def step(self, timeout: float) -> int | None:
         """Move data for up to ``timeout`` seconds; the exit status once the command has exited and its
         pipes are closed (at EOF, or ``drain`` seconds after the exit), else None."""
+        self._move(timeout)
+        code = self.proc.poll()
+        if code is None:
+            return None
+        if self._draining():
+            return None  # exited: what it wrote is still being read (for a bounded while)
+        self.close()
+        return code
+
+    def _move(self, timeout: float) -> None:
+        """Write and read what the pipes are ready for, waiting up to ``timeout`` seconds for them."""
         if self._sel.get_map():
             for key, _ in self._sel.select(timeout):
                 pipe: IO[bytes] = key.fileobj  # type: ignore[assignment]  # registered below: pipes
@@ -71,16 +87,14 @@ class CommandPipes:
                     self._read(pipe)
         elif self._exited_at is None:
             time.sleep(min(timeout, 0.05))  # nothing left to read: only the exit to wait for
-        code = self.proc.poll()
-        if code is None:
-            return None
+
+    def _draining(self) -> bool:
+        """Whether the command, which has exited (noted the first time it is seen), still has pipes
+        open for less than ``drain`` seconds since."""
         now = time.monotonic()
         if self._exited_at is None:
             self._exited_at = now
-        if self._sel.get_map() and now - self._exited_at < self.drain:
-            return None  # exited: what it wrote is still being read (for a bounded while)
-        self.close()
-        return code
+        return bool(self._sel.get_map()) and now - self._exited_at < self.drain
 
     def close(self) -> None:
         """Stop reading and writing: close our ends of the pipes (once; again is a no-op)."""
@@ -90,12 +104,14 @@ class CommandPipes:
         for key in list(self._sel.get_map().values()):
             self._sel.unregister(key.fileobj)
         self._sel.close()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """Our ends of the command's pipes closed (one that fails to close is closed as far as we go)."""
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass
 
     def _write(self, pipe: IO[bytes]) -> None:
         fd = pipe.fileno()

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .. import _env
@@ -58,13 +60,16 @@ __all__ = [
     "need_mailbox",
     "need_root",
     "on_mailbox",
+    "on_stop_signals",
     "open_existing",
     "output_closed",
     "parse_age",
     "print_json",
     "resolve_policy",
     "resolve_root",
+    "restore_signals",
     "run_command",
+    "shown_where",
     "usage_error",
 ]
 
@@ -139,16 +144,27 @@ def run_command(command: str, url: str | None, run: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except SystemExit as exc:
-        if isinstance(exc.code, str):
-            _flush_quietly()
-            raise SystemExit(one_line(exc.code)) from None
+        _exit_in_one_line(exc)
         raise
     except _errors_said_in_one_line() as exc:
+        return _said_in_one_line(command, url, exc)
+
+
+def _exit_in_one_line(exc: SystemExit) -> None:
+    """A command that ends with a message: the message as one line (the exit code stays 2 or 1)."""
+    if isinstance(exc.code, str):
         _flush_quietly()
-        print(describe(command, url, exc), file=sys.stderr)
-        if _env.flag(DEBUG_ENV):
-            traceback.print_exception(exc)
-        return EXIT_UNAVAILABLE if unreachable(exc) is not None else EXIT_ERROR
+        raise SystemExit(one_line(exc.code)) from None
+
+
+def _said_in_one_line(command: str, url: str | None, exc: BaseException) -> int:
+    """An error a person can act on: one line on stderr (the traceback too with the debug variable);
+    exit 69 for a backend out of reach, else 1."""
+    _flush_quietly()
+    print(describe(command, url, exc), file=sys.stderr)
+    if _env.flag(DEBUG_ENV):
+        traceback.print_exception(exc)
+    return EXIT_UNAVAILABLE if unreachable(exc) is not None else EXIT_ERROR
 
 
 def describe(command: str, url: str | None, exc: BaseException) -> str:
@@ -286,18 +302,33 @@ def mailbox_url(arg: str | None, environ: dict[str, str] | None = None) -> str |
     """The mailboxes a command opens: ``--url``, else ``$HYBRIDCOMMS_URL``, else the file
     ``$HYBRIDCOMMS_URL_FILE`` names; None for files under the root. A URL no command can open (a
     memory mailbox, an unknown scheme) is bad usage."""
+    url = _url_asked(arg, environ)
+    if url is not None:
+        _check_openable(url)
+    return url
+
+
+def _url_asked(arg: str | None, environ: dict[str, str] | None) -> str | None:
+    """``--url``, else the environment's (`url_from_environ`: a URL file that cannot be read ends the
+    command)."""
     try:
-        url = arg or url_from_environ(environ)
+        return arg or url_from_environ(environ)
     except ValueError as exc:
         raise SystemExit(f"hybridcomms: {exc}") from None
-    if url is None:
-        return None
+
+
+def _check_openable(url: str) -> None:
+    """A URL a command cannot open (a memory mailbox, an unknown scheme) is bad usage."""
     kind = backend_of(url)
     if kind == "memory":
         usage_error("hybridcomms: --url memory://…: a memory mailbox lives in one process, out of reach")
     if kind not in ("redis", "file") or "://" not in url:
         usage_error(f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix:// or file://")
-    return url
+
+
+def shown_where(url: str | None, root: Path) -> str:
+    """Where a command works, as it is printed: the URL without its password, else the root."""
+    return shown_url(url) if url else str(root)
 
 
 def need_root(root: Path, command: str, create: bool) -> None:
@@ -329,14 +360,34 @@ def open_existing(
     """The mailbox a command works on: at ``url`` (the file-only options dropped), else under ``root``,
     which must hold it unless ``create``."""
     if url is not None:
-        from ..backends import open_mailbox
-
-        remote = {k: v for k, v in options.items() if k not in _FILE_ONLY_OPTIONS}
-        return open_mailbox(url, agent, create=create, **remote)
+        return _open_remote(url, agent, create, options)
     need_root(root, command, create)
     if not create:
         need_mailbox(root, agent, command)
     return FileMailbox(root, agent, create=create, **options)
+
+
+def _open_remote(url: str, agent: str, create: bool, options: dict[str, Any]) -> Mailbox:
+    """The mailbox at ``url``, opened with the options that are not about files."""
+    from ..backends import open_mailbox
+
+    remote = {k: v for k, v in options.items() if k not in _FILE_ONLY_OPTIONS}
+    return open_mailbox(url, agent, create=create, **remote)
+
+
+#: The handlers of the signals that stop a command (what `on_stop_signals` returns).
+SignalHandlers = dict[int, Any]
+
+
+def on_stop_signals(handler: Callable[[int, FrameType | None], Any]) -> SignalHandlers:
+    """SIGTERM and Ctrl-C (SIGINT) call ``handler``; the handlers they had (for `restore_signals`)."""
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signals(previous: SignalHandlers) -> None:
+    """The signal handlers as they were (a caller in this process has its own)."""
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def on_mailbox(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .. import _log
 from ..backends import MailboxDelivery
+from ..backends.base import MessageInfo
 from ..backends.file import FileMailbox
 from ..errors import HybridCommsError
 from ..message import Message
@@ -28,14 +29,8 @@ def _demo_files(root: Path) -> int:
     demo's own (a real message sent there is never deleted by running the demo)."""
     try:
         with FileMailbox(root, "Demo-Agent", read_only=True, fsync="never") as mb:
-            infos = [i for state in State for i in mb.list(state)]
-            foreign = 0
-            for info in infos:
-                try:
-                    sender = mb.read(info).sender
-                except (OSError, HybridCommsError):
-                    sender = None
-                foreign += sender != "Demo-Sender"
+            infos = _all_messages(mb)
+            foreign = sum(_sender(mb, info) != "Demo-Sender" for info in infos)
     except (OSError, HybridCommsError) as exc:
         raise SystemExit(
             f"hybridcomms demo: cannot look at the Demo-Agent mailbox under {root}: {exc}"
@@ -47,6 +42,19 @@ def _demo_files(root: Path) -> int:
             "them (hybridcomms ls Demo-Agent) or run the demo under another --root"
         )
     return len(infos)
+
+
+def _all_messages(mb: FileMailbox) -> list[MessageInfo]:
+    """Every message of the mailbox, whatever its state."""
+    return [i for state in State for i in mb.list(state)]
+
+
+def _sender(mb: FileMailbox, info: MessageInfo) -> str | None:
+    """The sender a message names (None: none, or it cannot be read)."""
+    try:
+        return mb.read(info).sender
+    except (OSError, HybridCommsError):
+        return None
 
 
 def cmd_demo(args: argparse.Namespace, root: Path) -> int:

@@ -11,7 +11,7 @@ import argparse
 import os
 import stat
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,6 +29,7 @@ from .progress import Progress
 
 if TYPE_CHECKING:
     from ..backends.base import RecoveryReport
+    from ..intake import Taken
     from .common import Subparsers
 
 __all__ = ["register"]
@@ -99,9 +100,13 @@ class _Scan:
                 st = os.stat(name, dir_fd=self.mb.folders.fd(State.TMP), follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if name.endswith(".stolen") or self.now - st.st_mtime >= self.mb.tmp_max_age:
+            if self._is_stale_tmp(name, st):
                 age = f"{human_age(self.now - st.st_mtime)} old"
                 self.found("stale-tmp", f"tmp/{_fs.shown(name)}", age, self.fix, entry=("tmp", name))
+
+    def _is_stale_tmp(self, name: str, st: os.stat_result) -> bool:
+        """Whether a tmp/ file is left over: an interrupted steal, or older than ``tmp_max_age``."""
+        return name.endswith(".stolen") or self.now - st.st_mtime >= self.mb.tmp_max_age
 
     def orphaned_claims(self) -> None:
         """Orphaned claims: in processing/ with nobody holding the lock."""
@@ -128,12 +133,16 @@ class _Scan:
         dead-letter)."""
         try:
             for name, folder in _last_errors.leftovers(self.mb.folders, self.now):
-                what = "a folder (never removed)" if folder else "its message is no longer waiting"
-                where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
-                entry = (_last_errors.ERRORS, name)
-                self.found("stale-error-record", where, what, self.fix and not folder, entry=entry)
+                self._stale_record(name, folder)
         except (OSError, HybridCommsError) as exc:  # errors/ is a link, or not a folder
             self.found("errors-folder", f"{_last_errors.ERRORS}/", str(exc), False)
+
+    def _stale_record(self, name: str, folder: bool) -> None:
+        """One stale record of errors/ (a folder there is reported, never removed)."""
+        what = "a folder (never removed)" if folder else "its message is no longer waiting"
+        where = f"{_last_errors.ERRORS}/{_fs.shown(name)}"
+        entry = (_last_errors.ERRORS, name)
+        self.found("stale-error-record", where, what, self.fix and not folder, entry=entry)
 
     def folders(self) -> None:
         """One pass over each folder (one lstat per file): modes, names that do not parse, and files
@@ -143,11 +152,14 @@ class _Scan:
             if not self.mb.folders.has(state):
                 continue
             self._folder_mode(state)
-            if state is State.TMP:
-                continue
-            with os.scandir(self.mb.folders.fd(state)) as entries:
-                for entry in entries:
-                    self._entry(state, entry)
+            if state is not State.TMP:
+                self._scan_folder(state)
+
+    def _scan_folder(self, state: State) -> None:
+        """Each entry of a state folder, checked (`_entry`)."""
+        with os.scandir(self.mb.folders.fd(state)) as entries:
+            for entry in entries:
+                self._entry(state, entry)
 
     def _folder_mode(self, state: State) -> None:
         """A state folder open to more than the mailbox's mode allows."""
@@ -161,18 +173,21 @@ class _Scan:
     def _entry(self, state: State, entry: os.DirEntry[str]) -> None:
         """One entry of a state folder: what it is, its mode, and for a message its name and content."""
         name = entry.name
-        if state is State.DEAD and name.endswith(REASON_SUFFIX):
+        if _is_reason_file(state, name):
             return
         where = f"{state.value}/{_fs.shown(name)}"
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
+        st = _lstat(entry)
+        if st is None:
             return
         if not stat.S_ISREG(st.st_mode):
             # A folder, link, FIFO or socket someone placed: reported, never given a file's
             # mode (nor followed), left for a person.
             self.found("not-a-file", where, f"{_kind_of(st.st_mode)}, not a message file; left as it is")
             return
+        self._file(state, name, st, where)
+
+    def _file(self, state: State, name: str, st: os.stat_result, where: str) -> None:
+        """A regular file of a state folder: its mode, and in a state that is checked, the message."""
         self._file_mode(state, name, st, where)
         if self._is_checked(state):
             self._message(state, name, st, where)
@@ -193,8 +208,13 @@ class _Scan:
         foreign = parse_name(name) is None
         if foreign and state is not State.DONE:
             self.found("foreign-name", where, "not a hybridcomms name (renamed on its first claim)", False)
-        if self.deep or foreign or state is State.PROCESSING:
+        if self._may_not_decode(state, foreign):
             self._decode(state, name, st, where)
+
+    def _may_not_decode(self, state: State, foreign: bool) -> bool:
+        """Whether a message's content is read: every one with --deep, else those with foreign names
+        and those claimed."""
+        return self.deep or foreign or state is State.PROCESSING
 
     def _decode(self, state: State, name: str, st: os.stat_result, where: str) -> None:
         """A file that will never decode (--fix dead-letters it from new/)."""
@@ -224,6 +244,23 @@ class _Target(NamedTuple):
     dev: int
     ino: int
 
+    def same(self, st: os.stat_result) -> bool:
+        """Whether ``st`` is of the inode the scan saw."""
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
+
+def _is_reason_file(state: State, name: str) -> bool:
+    """Whether an entry is a dead letter's reason file (checked with its message, not as one)."""
+    return state is State.DEAD and name.endswith(REASON_SUFFIX)
+
+
+def _lstat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    """An entry's own status (a link not followed); None when it is gone since the listing."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
 
 def _kind_of(mode: int) -> str:
     for test, kind in (
@@ -245,22 +282,31 @@ def _fix_mode(mb: FileMailbox, target: _Target) -> bool:
     try:
         folder_fd = mb.folders.fd(target.state)
         if target.name is None:
-            st = os.fstat(folder_fd)
-            if (st.st_dev, st.st_ino) != (target.dev, target.ino):
-                return False
-            os.fchmod(folder_fd, mb.dir_mode)
-            return True
-        fd = os.open(target.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (target.dev, target.ino):
-                return False
-            os.chmod(f"/proc/self/fd/{fd}", mb.file_mode)  # that inode (fchmod refuses an O_PATH fd)
-            return True
-        finally:
-            os.close(fd)
+            return _fix_folder_mode(mb, folder_fd, target)
+        return _fix_file_mode(mb, folder_fd, target.name, target)
     except (OSError, HybridCommsError):
         return False
+
+
+def _fix_folder_mode(mb: FileMailbox, folder_fd: int, target: _Target) -> bool:
+    """The state folder held open given the mailbox's folder mode, if it is the one the scan saw."""
+    if not target.same(os.fstat(folder_fd)):
+        return False
+    os.fchmod(folder_fd, mb.dir_mode)
+    return True
+
+
+def _fix_file_mode(mb: FileMailbox, folder_fd: int, name: str, target: _Target) -> bool:
+    """The entry ``name`` given the mailbox's file mode, if it is still the regular file the scan saw."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not target.same(st):
+            return False
+        os.chmod(f"/proc/self/fd/{fd}", mb.file_mode)  # that inode (fchmod refuses an O_PATH fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _doctor_fix(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
@@ -279,17 +325,16 @@ def _not_fixed(finding: dict[str, Any], why: str) -> None:
 
 def _fix_all(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     """Each kind of repair once, for the findings of its kinds marked ``fixed``."""
-    kinds = {f["kind"] for f in findings if f["fixed"]}
+    kinds = _kinds_to_fix(findings)
     _check_folders_made(mb, findings)
-    if kinds & _RECOVERED_KINDS:
-        # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
-        _fix_by_recovery(mb, findings)
-    if "mode" in kinds:
-        _fix_modes(mb, findings)
-    if "undecodable" in kinds:
-        _fix_undecodable(mb, findings)
-    if "legacy-drops" in kinds:
-        _fix_legacy_drops(mb, findings)
+    for repaired, repair in _REPAIRS:
+        if kinds & repaired:
+            repair(mb, findings)
+
+
+def _kinds_to_fix(findings: list[dict[str, Any]]) -> set[str]:
+    """The kinds of the findings marked ``fixed`` (each kind's repair runs once)."""
+    return {f["kind"] for f in findings if f["fixed"]}
 
 
 def _to_fix(findings: list[dict[str, Any]], kinds: Collection[str]) -> list[dict[str, Any]]:
@@ -362,12 +407,9 @@ def _still_there(mb: FileMailbox, folder: str, name: str) -> bool:
     """Whether ``folder/name`` of the mailbox is still there (looked at through the folder's descriptor,
     no link followed)."""
     try:
-        if folder == _last_errors.ERRORS:
-            fd = mb.errors_folder(create=False)
-            if fd is None:
-                return False
-        else:
-            fd = mb.folders.fd(State(folder))
+        fd = _folder_fd(mb, folder)
+        if fd is None:
+            return False
         os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
@@ -376,21 +418,39 @@ def _still_there(mb: FileMailbox, folder: str, name: str) -> bool:
     return True
 
 
+def _folder_fd(mb: FileMailbox, folder: str) -> int | None:
+    """The descriptor of a folder of the mailbox: a state folder, or errors/ (None when it is not there)."""
+    if folder == _last_errors.ERRORS:
+        return mb.errors_folder(create=False)
+    return mb.folders.fd(State(folder))
+
+
 def _fix_legacy_drops(mb: FileMailbox, findings: list[dict[str, Any]]) -> None:
     """Take the legacy drops in; what ingestion refused (a link, a FIFO, a folder where a file belongs,
     a file over the size limit) or left for later is reported, and the finding is not fixed."""
-    finding = next(f for f in findings if f["kind"] == "legacy-drops")
-    try:
-        report = dreamos.ingest(mb)
-    except (OSError, HybridCommsError) as exc:
-        _not_fixed(finding, f"not ingested: {exc}")
-        return
-    except Exception as exc:  # a fault of this agent's drops is a finding for it, never the end of doctor
-        _not_fixed(finding, f"not ingested: {type(exc).__name__}: {exc}")
+    finding = _first(findings, "legacy-drops")
+    report = _ingested(mb, finding)
+    if report is None:
         return
     if report.refused or report.waiting:
         _not_fixed(finding, str(report))
     _add_refused(mb, findings, report.refused)
+
+
+def _first(findings: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The first finding of ``kind`` (there is one)."""
+    return next(f for f in findings if f["kind"] == kind)
+
+
+def _ingested(mb: FileMailbox, finding: dict[str, Any]) -> Taken | None:
+    """The report of taking the legacy drops in; None when ingestion failed (``finding`` says why)."""
+    try:
+        return dreamos.ingest(mb)
+    except (OSError, HybridCommsError) as exc:
+        _not_fixed(finding, f"not ingested: {exc}")
+    except Exception as exc:  # a fault of this agent's drops is a finding for it, never the end of doctor
+        _not_fixed(finding, f"not ingested: {type(exc).__name__}: {exc}")
+    return None
 
 
 def _add_refused(mb: FileMailbox, findings: list[dict[str, Any]], refused: list[tuple[str, str]]) -> None:
@@ -408,12 +468,33 @@ def _add_refused(mb: FileMailbox, findings: list[dict[str, Any]], refused: list[
         )
 
 
+#: The repairs `_fix_all` makes, in this order: the kinds of findings each repairs, and how.
+_REPAIRS: tuple[tuple[set[str], Callable[[FileMailbox, list[dict[str, Any]]], None]], ...] = (
+    # returns orphaned claims, finishes steals, removes tmp/ files past tmp_max_age and stale records
+    (_RECOVERED_KINDS, _fix_by_recovery),
+    ({"mode"}, _fix_modes),
+    ({"undecodable"}, _fix_undecodable),
+    ({"legacy-drops"}, _fix_legacy_drops),
+)
+
+
 def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
     """Every mailbox under the root (or the ones named), each on its own: one that cannot be opened (a
     link, a file where a folder should be, a name that is not an agent id, no permission) is an
     ``unopenable`` finding, one whose check or fix fails in any other way a ``check-failed`` finding
     (what was found before the failure is kept, marked not fixed), and the others are still checked
     and fixed; the exit status is non-zero while any problem is left."""
+    findings = _check_all(args, root)
+    open_problems = _open_problems(findings)
+    if args.json:
+        _print_json_report(root, findings, open_problems)
+    else:
+        _print_findings(args, findings, len(open_problems))
+    return EXIT_OK if not open_problems else EXIT_ERROR
+
+
+def _check_all(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    """The findings of every agent checked (and fixed, with --fix), in order, with a progress line."""
     entries = _entries(args, root)
     progress = Progress("doctor", len(entries))
     findings: list[dict[str, Any]] = []
@@ -422,13 +503,20 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
         findings += _check_agent(args, root, shown, agent, problem, modes)
         progress.step(n)
     progress.end()
-    open_problems = [f for f in findings if _is_open(f)]
-    if args.json:
-        public = [_public(f) for f in findings]
-        print_json({"root": str(root), "healthy": not open_problems, "findings": public})
-    else:
-        _print_findings(args, findings, len(open_problems))
-    return EXIT_OK if not open_problems else EXIT_ERROR
+    return findings
+
+
+def _print_json_report(
+    root: Path, findings: list[dict[str, Any]], open_problems: list[dict[str, Any]]
+) -> None:
+    """The ``--json`` report: the root, whether it is healthy, the findings without their private keys."""
+    public = [_public(f) for f in findings]
+    print_json({"root": str(root), "healthy": not open_problems, "findings": public})
+
+
+def _open_problems(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The findings that are problems left (`_is_open`)."""
+    return [f for f in findings if _is_open(f)]
 
 
 def _is_open(finding: dict[str, Any]) -> bool:
@@ -466,15 +554,20 @@ def _check_agent(
     """One agent's findings; whatever its files make go wrong is its finding, and the rest go on."""
     found: list[dict[str, Any]] = []
     try:
-        if agent is None or problem is not None:
-            raise UnsafePathError(problem or "not a safe agent id")
-        _check_and_fix(args, root, agent, modes, found)
+        _check_and_fix(args, root, _checkable(agent, problem), modes, found)
     except (OSError, HybridCommsError) as exc:
         found.append({"agent": shown, "kind": "unopenable", "where": "", "detail": str(exc), "fixed": False})
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}"
         found.append({"agent": shown, "kind": "check-failed", "where": "", "detail": detail, "fixed": False})
     return found
+
+
+def _checkable(agent: str | None, problem: str | None) -> str:
+    """The agent id of an entry to check; `UnsafePathError` for one that cannot be opened as a mailbox."""
+    if agent is None or problem is not None:
+        raise UnsafePathError(problem or "not a safe agent id")
+    return agent
 
 
 def _check_and_fix(
@@ -487,8 +580,13 @@ def _check_and_fix(
         root, agent, read_only=True, fsync="never", dir_mode=dir_mode, file_mode=file_mode
     ) as mb:
         found += _doctor_one(mb, args.fix, args.deep)
-    if not any(f["fixed"] for f in found):
-        return
+    if any(f["fixed"] for f in found):
+        _fix_through_writer(root, agent, modes, found)
+
+
+def _fix_through_writer(root: Path, agent: str, modes: tuple[int, int], found: list[dict[str, Any]]) -> None:
+    """The repairs, through the mailbox opened for writing; if that fails, nothing is said fixed."""
+    dir_mode, file_mode = modes
     try:
         with FileMailbox(
             root, agent, create=False, fsync="never", dir_mode=dir_mode, file_mode=file_mode
@@ -502,14 +600,22 @@ def _check_and_fix(
 
 def _print_findings(args: argparse.Namespace, findings: list[dict[str, Any]], open_problems: int) -> None:
     for f in findings:
-        mark = "fixed" if f["fixed"] else ("note" if f["kind"] == "foreign-name" else "PROBLEM")
-        print(_fs.printable(f"{mark:<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}"))
+        print(_fs.printable(f"{_mark(f):<8} {f['agent']}: {f['kind']}: {f['where']}: {f['detail']}"))
+    print(_verdict(args, open_problems))
+
+
+def _mark(finding: dict[str, Any]) -> str:
+    """How a finding's line starts: fixed, a note (a foreign name), or a problem."""
+    return "fixed" if finding["fixed"] else ("note" if finding["kind"] == "foreign-name" else "PROBLEM")
+
+
+def _verdict(args: argparse.Namespace, open_problems: int) -> str:
+    """The last line: healthy, or how many problems are left and what to do."""
     if not open_problems:
-        print("healthy")
-    elif args.fix:
-        print(f"{open_problems} problem(s) left that --fix did not repair (see above)")
-    else:
-        print(f"{open_problems} problem(s); run 'hybridcomms doctor --fix'")
+        return "healthy"
+    if args.fix:
+        return f"{open_problems} problem(s) left that --fix did not repair (see above)"
+    return f"{open_problems} problem(s); run 'hybridcomms doctor --fix'"
 
 
 def run_doctor(args: argparse.Namespace, root: Path) -> int:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import _fs
 from .._text import json_text, printable
-from .._urls import shown_url
 from ..backends import Mailbox
 from ..backends.base import MessageInfo, check_agent_id
 from ..backends.file import FileMailbox, list_agents
@@ -37,12 +35,16 @@ from .common import (
     human_age,
     need_root,
     on_mailbox,
+    on_stop_signals,
     open_existing,
     parse_age,
     print_json,
+    restore_signals,
+    shown_where,
 )
 
 if TYPE_CHECKING:
+    from ..watcher import MailboxEvent
     from .common import Subparsers
 
 __all__ = ["register_ls", "register_show", "register_tail"]
@@ -102,25 +104,42 @@ def cmd_ls(args: argparse.Namespace, mb: Mailbox) -> int:
     if not rows:
         print(f"no messages for {mb.agent_id}" + (f" in {args.state}/" if args.state else ""))
         return EXIT_OK
+    _print_ls_table(rows)
+    return EXIT_OK
+
+
+def _print_ls_table(rows: list[dict[str, Any]]) -> None:
+    """``ls`` for people: a header, then a line per message."""
     print(f"{'state':<10} {'age':>5} {'try':>3}  {'id':<36} topic")
     for r in rows:
         print(_ls_line(r))
-    return EXIT_OK
 
 
 def _ls_rows(args: argparse.Namespace, mb: Mailbox) -> list[dict[str, Any]]:
     """The rows of the messages ``ls`` shows: the states asked for, narrowed by --older-than and --topic."""
-    states = [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
     now = time.time()
     rows = []
-    for state in states:
+    for state in _states_asked(args):
         for info in mb.list(state):
-            if not _old_enough(args, info, now):
-                continue  # (before its topic is read: that reads the file)
-            topic = _topic_of(mb, info)
-            if _topic_matches(args.topic, topic):
-                rows.append(_row(mb, info, now, topic))
+            row = _listed(args, mb, info, now)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def _listed(args: argparse.Namespace, mb: Mailbox, info: MessageInfo, now: float) -> dict[str, Any] | None:
+    """The row of a message ``ls`` shows; None for one --older-than or --topic leaves out."""
+    if not _old_enough(args, info, now):
+        return None  # (before its topic is read: that reads the file)
+    topic = _topic_of(mb, info)
+    if not _topic_matches(args.topic, topic):
+        return None
+    return _row(mb, info, now, topic)
+
+
+def _states_asked(args: argparse.Namespace) -> list[State]:
+    """The states ``ls`` lists: --state, else every one a message can be in."""
+    return [State(args.state)] if args.state else [State.NEW, State.PROCESSING, State.DONE, State.DEAD]
 
 
 def _old_enough(args: argparse.Namespace, info: MessageInfo, now: float) -> bool:
@@ -194,8 +213,7 @@ def cmd_show(args: argparse.Namespace, root: Path, url: str | None = None) -> in
         if info is not None:
             _show(args, mb, info)
             return EXIT_OK
-    where = shown_url(url) if url else root
-    print(f"hybridcomms show: no message {args.id!r} under {where}", file=sys.stderr)
+    print(f"hybridcomms show: no message {args.id!r} under {shown_where(url, root)}", file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -210,17 +228,23 @@ def _show(args: argparse.Namespace, mb: Mailbox, info: MessageInfo) -> None:
         "age": round(now - info.changed_at, 3),
     }
     expires = _add_content(out, mb, info)
+    due = _add_times(out, info, now, expires)
+    _add_failure(out, info)
+    if args.json:
+        print_json(out)
+    else:
+        _print_show(out, info, now, due, expires)
+
+
+def _add_times(out: dict[str, Any], info: MessageInfo, now: float, expires: float | None) -> float | None:
+    """When a waiting message is due and when it expires, into ``out``; returns when it is due."""
     due = info.due_at if info.state is State.NEW else None
     if due is not None:  # when it may be claimed (after a failure: when it is retried)
         out["due"] = _iso(due)
         out["due_in"] = round(max(due - now, 0.0), 3)
     if expires is not None:
         out["expires_in"] = round(expires - now, 3)
-    _add_failure(out, info)
-    if args.json:
-        print_json(out)
-    else:
-        _print_show(out, info, now, due, expires)
+    return due
 
 
 def _add_content(out: dict[str, Any], mb: Mailbox, info: MessageInfo) -> float | None:
@@ -253,7 +277,7 @@ def _print_show(
     """``show`` for people: where it is, why it failed, when it is due and expires, then the message."""
     print(f"{out['agent']}: {out['state']}/{out['file']} (attempt {out['attempt']}, {human_age(out['age'])})")
     _print_failure(out, info, now)
-    if due is not None and (due > now or info.last_error is not None):
+    if _due_worth_saying(due, info, now):
         print(f"due: {_when(due, now)}")
     if expires is not None:
         print(f"expires: {_when(expires, now)}")
@@ -261,6 +285,11 @@ def _print_show(
         print(f"unreadable: {one_line(out['unreadable'])}")
     else:
         print_json(out["message"])
+
+
+def _due_worth_saying(due: float | None, info: MessageInfo, now: float) -> TypeGuard[float]:
+    """Whether ``show`` says when a message is due: when it is not yet, or it is waiting for a retry."""
+    return due is not None and (due > now or info.last_error is not None)
 
 
 def _print_failure(out: dict[str, Any], info: MessageInfo, now: float) -> None:
@@ -287,31 +316,19 @@ def _clock(at: float) -> str:
 def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     """Events of every mailbox (or the ones named) from now on, until SIGTERM or Ctrl-C; with
     ``--waiting``, what is already waiting in ``new/`` first (kind ``waiting``, at the time it arrived)."""
-    from ..watcher import MailboxEvent, MailboxWatcher
+    from ..watcher import MailboxWatcher
 
-    wanted = set(args.agents or ())
     stop = threading.Event()
     write = LineWriter(on_close=stop.set)  # `tail | head -1`: stops once the reader is gone
-
-    def on_event(ev: MailboxEvent) -> None:
-        if wanted and ev.agent not in wanted:
-            return
-        write(
-            json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
-            if args.json
-            else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
-        )
-
-    from .watch import watch_bus
+    on_event = _event_printer(args, write)
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(on_signal)
     release_bus = None
     try:
-        if getattr(args, "bus", None):
-            release_bus = watch_bus(root, args.bus, args.json, write)
+        release_bus = _bus_watch(args, root, write)
         waiting = "waiting" if args.waiting else "skip"
         with MailboxWatcher(  # it only looks: no recovery, no legacy intake
             root, on_event=on_event, recover_every=0, rescan_every=10, waiting=waiting, ingest_legacy=False
@@ -322,9 +339,33 @@ def cmd_tail(args: argparse.Namespace, root: Path) -> int:
     finally:
         if release_bus is not None:
             release_bus()
-        for s, handler in previous.items():  # as they were (a caller in this process has its own)
-            signal.signal(s, handler)
+        restore_signals(previous)
     return EXIT_OK
+
+
+def _event_printer(args: argparse.Namespace, write: LineWriter) -> Callable[[MailboxEvent], None]:
+    """What ``tail`` does with an event: one line (JSON with --json) for an agent it follows."""
+    wanted = set(args.agents or ())
+
+    def on_event(ev: MailboxEvent) -> None:
+        if wanted and ev.agent not in wanted:
+            return
+        write(
+            json_text(ev.for_json())  # a name that is not UTF-8 as \xNN text
+            if args.json
+            else f"{_clock(ev.time)} {ev.kind:<9} {ev.agent} {ev.id or _fs.printable(ev.name)}"
+        )
+
+    return on_event
+
+
+def _bus_watch(args: argparse.Namespace, root: Path, write: LineWriter) -> Callable[[], None] | None:
+    """With --bus, the bus events followed too (`watch_bus`); what stops following them."""
+    from .watch import watch_bus
+
+    if getattr(args, "bus", None):
+        return watch_bus(root, args.bus, args.json, write)
+    return None
 
 
 def run_show(args: argparse.Namespace, root: Path) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _env, _fs
 from .._text import printable
 from .._urls import shown_url, url_from_environ
 from ..backends import backend_of
 from ..message import Priority
-from ..policy import Decision, Route
+from ..policy import Decision, Policy, Route
 from .common import EXIT_OK, Parents, print_json, resolve_policy, usage_error
 
 if TYPE_CHECKING:
@@ -27,7 +27,12 @@ def durable_target(decision: Decision, url: str | None, root: Path) -> str | Non
     Shown without a password."""
     if not decision.route.durable:
         return None
-    where = decision.backend or url
+    return _target_url(decision.backend or url, root)
+
+
+def _target_url(where: str | None, root: Path) -> str:
+    """A backend as the URL ``explain`` shows: files (``where``, else the root) as an absolute
+    ``file://`` URL, another without its password."""
     if where is None:
         return f"file://{root.absolute()}"
     if backend_of(where) == "file":
@@ -38,48 +43,72 @@ def durable_target(decision: Decision, url: str | None, root: Path) -> str | Non
 def explained_url(arg: str | None) -> str | None:
     """``--url`` (else the environment's) as a URL to explain, not to open: any scheme a mailbox has."""
     url = arg or url_from_environ()
-    if url and ("://" not in url or not backend_of(url)):
+    if url and _unknown_scheme(url):
         usage_error(
             f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix://, file:// or memory://"
         )
     return url
 
 
+def _unknown_scheme(url: str) -> bool:
+    """Whether ``url`` names no backend a mailbox can have."""
+    return "://" not in url or not backend_of(url)
+
+
 def cmd_explain(args: argparse.Namespace, root: Path) -> int:
     policy = resolve_policy(args.policy)
     priority = Priority.parse(args.priority)
     d = policy.decide(args.topic, priority=priority, addressed=not args.broadcast, override=args.route)
-    target = durable_target(d, args.url_resolved, root)
-    target = None if target is None else _fs.shown(target)
-    topic = _fs.shown(args.topic)
+    target = _shown_target(durable_target(d, args.url_resolved, root))
     if args.json:
-        print_json(
-            {
-                "topic": topic,
-                "addressed": not args.broadcast,
-                "priority": priority.name,
-                "route": d.route.value,
-                "reason": d.reason,
-                "rule": d.rule.name if d.rule is not None else None,
-                "pattern": d.pattern,
-                "backend": target,
-                "backend_from": _backend_from(d, args) if target is not None else None,
-                "source": _fs.shown(policy.source),
-                "found_by": _fs.shown(policy.found_by),
-            }
-        )
-        return EXIT_OK
+        print_json(_explained(args, policy, priority, d, target))
+    else:
+        _print_explained(args, policy, priority, d, target)
+    return EXIT_OK
+
+
+def _shown_target(target: str | None) -> str | None:
+    """Where the durable copy goes, as printable text (None: nowhere)."""
+    return None if target is None else _fs.shown(target)
+
+
+def _explained(
+    args: argparse.Namespace, policy: Policy, priority: Priority, d: Decision, target: str | None
+) -> dict[str, Any]:
+    """``policy explain --json``: the decision, the rule that made it, where the copy goes, the policy."""
+    return {
+        "topic": _fs.shown(args.topic),
+        "addressed": not args.broadcast,
+        "priority": priority.name,
+        "route": d.route.value,
+        "reason": d.reason,
+        "rule": d.rule.name if d.rule is not None else None,
+        "pattern": d.pattern,
+        "backend": target,
+        "backend_from": _backend_from(d, args) if target is not None else None,
+        "source": _fs.shown(policy.source),
+        "found_by": _fs.shown(policy.found_by),
+    }
+
+
+def _print_explained(
+    args: argparse.Namespace, policy: Policy, priority: Priority, d: Decision, target: str | None
+) -> None:
+    """``policy explain`` for people: the route, what it was asked, why, where the copy goes."""
     who = "a broadcast" if args.broadcast else "a message to one agent"
     print(f"{d.route.value}")
-    print(printable(f"  {topic} as {who}, priority {priority.name}"))
+    print(printable(f"  {_fs.shown(args.topic)} as {who}, priority {priority.name}"))
     print(printable(f"  chosen by: {d.reason}"))
-    if target is None:
-        print("  durable copy: none (an event on the bus only)")
-    else:
-        also = "; and an event on the bus" if d.route is Route.BOTH else ""
-        print(f"  durable copy to: {target} ({_backend_from(d, args)}){also}")
+    print(_durable_line(args, d, target))
     print(printable(f"  policy from {policy.provenance}"))
-    return EXIT_OK
+
+
+def _durable_line(args: argparse.Namespace, d: Decision, target: str | None) -> str:
+    """Where the durable copy goes and why (and whether an event goes on the bus too)."""
+    if target is None:
+        return "  durable copy: none (an event on the bus only)"
+    also = "; and an event on the bus" if d.route is Route.BOTH else ""
+    return f"  durable copy to: {target} ({_backend_from(d, args)}){also}"
 
 
 def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
@@ -87,10 +116,15 @@ def _backend_from(decision: Decision, args: argparse.Namespace) -> str:
     if decision.backend is not None:
         return "the rule's backend"
     if args.url_resolved:
-        if getattr(args, "url", None):
-            return "--url"
-        return "$HYBRIDCOMMS_URL" if _env.value(_env.URL) else "$HYBRIDCOMMS_URL_FILE"
+        return _url_from(args)
     return "the mailbox root"
+
+
+def _url_from(args: argparse.Namespace) -> str:
+    """Where the URL came from: --url, else $HYBRIDCOMMS_URL, else the file $HYBRIDCOMMS_URL_FILE names."""
+    if getattr(args, "url", None):
+        return "--url"
+    return "$HYBRIDCOMMS_URL" if _env.value(_env.URL) else "$HYBRIDCOMMS_URL_FILE"
 
 
 def cmd_show(args: argparse.Namespace, root: Path) -> int:

@@ -51,7 +51,7 @@ class Progress:
         if total is not None:
             self.total = total
         now = time.monotonic()
-        if not self.on or self.total <= 0 or (now - self.last < 0.1 and done < self.total):
+        if not self._due(done, now):
             return
         self.last = now
         text = f"{self.what}: {self._amount(done)}"
@@ -59,6 +59,11 @@ class Progress:
             return
         self._write("\r" + text.ljust(len(self.shown)))
         self.shown, self.drawn = text, True
+
+    def _due(self, done: int, now: float) -> bool:
+        """Whether the line is drawn now: on a terminal, with a total, at most every 0.1 s (and always
+        once all is done)."""
+        return self.on and self.total > 0 and (now - self.last >= 0.1 or done >= self.total)
 
     def _amount(self, done: int) -> str:
         if self.sizes:

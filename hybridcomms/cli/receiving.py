@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from .common import (
     EXIT_OK,
     Parents,
     message_json,
+    on_stop_signals,
     open_existing,
     print_json,
     resolve_policy,
@@ -35,7 +35,7 @@ __all__ = ["register"]
 
 def cmd_recv(args: argparse.Namespace, root: Path) -> int:
     url = args.url_resolved
-    legacy = None if url else dreamos.legacy_status(root, check_agent_id(args.agent))
+    legacy = _legacy_layout(args, root)
     if legacy is not None and not _adopted(args):
         print(dreamos.legacy_refusal("recv", legacy), file=sys.stderr)
         return EXIT_ERROR
@@ -43,12 +43,28 @@ def cmd_recv(args: argparse.Namespace, root: Path) -> int:
         raise SystemExit("hybridcomms recv: --count must be at least 1")
     create = args.create or legacy is not None
     with open_existing(root, args.agent, "recv", create, url, fsync=args.fsync) as mb:
-        if legacy is not None and isinstance(mb, FileMailbox):
-            dreamos.ingest(mb)  # adopted now, explicitly: take what its legacy writers dropped
-        lines = args.count > 1 or args.follow
-        if args.peek:
-            return _peek(mb, args, lines)
-        return _receive(mb, args, lines)
+        _take_in(mb, legacy)
+        return _read_out(mb, args)
+
+
+def _legacy_layout(args: argparse.Namespace, root: Path) -> dict[str, Any] | None:
+    """The legacy Dream.OS layout the agent still reads (None: none, or a mailbox on a URL)."""
+    return None if args.url_resolved else dreamos.legacy_status(root, check_agent_id(args.agent))
+
+
+def _take_in(mb: Mailbox, legacy: dict[str, Any] | None) -> None:
+    """An agent on a legacy layout (``legacy``: its status) adopted now, explicitly: what its legacy
+    writers dropped is taken in."""
+    if legacy is not None and isinstance(mb, FileMailbox):
+        dreamos.ingest(mb)
+
+
+def _read_out(mb: Mailbox, args: argparse.Namespace) -> int:
+    """The messages printed: peeked at, or claimed and settled (JSON lines for more than one)."""
+    lines = args.count > 1 or args.follow
+    if args.peek:
+        return _peek(mb, args, lines)
+    return _receive(mb, args, lines)
 
 
 def _adopted(args: argparse.Namespace) -> bool:
@@ -59,8 +75,17 @@ def _adopted(args: argparse.Namespace) -> bool:
 def _receive(mb: Mailbox, args: argparse.Namespace, lines: bool) -> int:
     """Claim, print and settle up to ``--count`` messages (with ``--follow``: until a signal)."""
     stop = _stop_on_signals(mb) if args.follow else None
+    got = _received(mb, args, lines, stop)
+    if got == 0 and not args.follow:
+        print(f"hybridcomms recv: no message for {args.agent}", file=sys.stderr)
+        return EXIT_EMPTY
+    return EXIT_OK
+
+
+def _received(mb: Mailbox, args: argparse.Namespace, lines: bool, stop: threading.Event | None) -> int:
+    """How many messages were claimed, written out and settled, one at a time."""
     got = 0
-    while args.follow or got < args.count:
+    while _wants_more(args, got):
         delivery = mb.claim(timeout=_claim_timeout(args, got), cancel=stop)
         if delivery is None:
             if _following(args, stop):
@@ -69,10 +94,12 @@ def _receive(mb: Mailbox, args: argparse.Namespace, lines: bool) -> int:
         _write_out(delivery, lines)
         _settle(delivery, args)
         got += 1
-    if got == 0 and not args.follow:
-        print(f"hybridcomms recv: no message for {args.agent}", file=sys.stderr)
-        return EXIT_EMPTY
-    return EXIT_OK
+    return got
+
+
+def _wants_more(args: argparse.Namespace, got: int) -> bool:
+    """Whether to claim another message: always with --follow, else up to --count."""
+    return bool(args.follow) or got < args.count
 
 
 def _claim_timeout(args: argparse.Namespace, got: int) -> float | None:
@@ -140,8 +167,7 @@ def _stop_on_signals(mb: Mailbox) -> threading.Event:
         stop.set()
         mb.wake()
 
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, on_signal)
+    on_stop_signals(on_signal)
     return stop
 
 

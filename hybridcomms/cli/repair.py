@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _fs
 from .._fs import shown
 from .._outage import reason, unreachable
-from .._urls import shown_url
 from ..backends import Mailbox
 from ..backends.base import RecoveryReport
 from ..backends.file import FileMailbox, inspection
@@ -29,6 +29,7 @@ from .common import (
     open_existing,
     parse_age,
     print_json,
+    shown_where,
 )
 from .progress import Progress
 
@@ -46,15 +47,21 @@ def cmd_recover(args: argparse.Namespace, root: Path) -> int:
     url = args.url_resolved
     if not url:
         need_root(root, "recover", False)
+    rows, failed = _recover_all(args, root)
+    if args.json:
+        print_json({"root": shown_where(url, root), "agents": rows, "failed": failed})
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _recover_all(args: argparse.Namespace, root: Path) -> tuple[list[dict[str, Any]], int]:
+    """Each mailbox's recovery row, in order, and how many mailboxes failed."""
     failed = 0
     rows: list[dict[str, Any]] = []
     for agent in agents_of(args, root):
         row = _recover_one(args, root, agent)
         failed += row["error"] is not None
         rows.append(row)
-    if args.json:
-        print_json({"root": shown_url(url) if url else str(root), "agents": rows, "failed": failed})
-    return EXIT_ERROR if failed else EXIT_OK
+    return rows, failed
 
 
 def _recover_one(args: argparse.Namespace, root: Path, agent: str) -> dict[str, Any]:
@@ -93,13 +100,18 @@ def _recovery_row(agent: str, rep: RecoveryReport, error: str | None = None) -> 
     return {
         "agent": agent,
         "busy": rep.busy,  # another pass was running on it: this one did nothing
-        "returned": [shown(i) for i in rep.returned],  # its consumer died: back to new/
-        "expired": [shown(i) for i in rep.expired],  # its lease ran out: back to new/
-        "dead": [shown(i) for i in rep.dead],  # out of attempts, or not a message: to dead/
-        "tmp_removed": [shown(n) for n in rep.tmp_removed],
+        "returned": _shown_all(rep.returned),  # its consumer died: back to new/
+        "expired": _shown_all(rep.expired),  # its lease ran out: back to new/
+        "dead": _shown_all(rep.dead),  # out of attempts, or not a message: to dead/
+        "tmp_removed": _shown_all(rep.tmp_removed),
         "left": [{"entry": shown(e), "why": shown(w)} for e, w in rep.errors],
         "error": shown(error) if error is not None else None,
     }
+
+
+def _shown_all(names: Iterable[str]) -> list[str]:
+    """Message ids or file names, each as printable text."""
+    return [shown(n) for n in names]
 
 
 # -- requeue ------------------------------------------------------------------------------------------
@@ -110,6 +122,12 @@ def cmd_requeue(args: argparse.Namespace, mb: Mailbox) -> int:
         raise SystemExit("hybridcomms requeue: give message ids or --all-dead (not both)")
     missing: list[str] = []
     moved = _requeue_all_dead(args, mb) if args.all_dead else _requeue_ids(args, mb, missing)
+    _say_requeued(args, mb, moved, missing)
+    return EXIT_ERROR if missing else EXIT_OK
+
+
+def _say_requeued(args: argparse.Namespace, mb: Mailbox, moved: list[str], missing: list[str]) -> None:
+    """What was requeued, and the ids given that were not in dead/."""
     if args.json:
         print_json({"agent": mb.agent_id, "requeued": moved, "not_found": missing})
     else:
@@ -117,7 +135,6 @@ def cmd_requeue(args: argparse.Namespace, mb: Mailbox) -> int:
             f"{mb.agent_id}: {len(moved)} requeued to new/"
             + (f"; not in dead/: {', '.join(missing)}" if missing else "")
         )
-    return EXIT_ERROR if missing else EXIT_OK
 
 
 def _requeue_all_dead(args: argparse.Namespace, mb: Mailbox) -> list[str]:
@@ -152,7 +169,13 @@ def cmd_purge(args: argparse.Namespace, mb: Mailbox) -> int:
     skipped: list[str] = []
     removed = inspection.remove(mb, state, victims, progress.step, skipped)
     progress.end()
-    _deleted(args, mb, state, removed, {"skipped": [_fs.shown(n) for n in skipped]})
+    _deleted(args, mb, state, removed, {"skipped": _shown_all(skipped)})
+    _say_skipped(mb, state, skipped)
+    return EXIT_OK
+
+
+def _say_skipped(mb: Mailbox, state: State, skipped: list[str]) -> None:
+    """One line on stderr for each entry purge left (not a file it can remove)."""
     for name in skipped:
         print(
             _fs.printable(
@@ -161,7 +184,6 @@ def cmd_purge(args: argparse.Namespace, mb: Mailbox) -> int:
             ),
             file=sys.stderr,
         )
-    return EXIT_OK
 
 
 def _would_delete(args: argparse.Namespace, mb: Mailbox, state: State, names: list[str]) -> int:
@@ -190,10 +212,15 @@ def _purge_elsewhere(args: argparse.Namespace, mb: Mailbox, state: State) -> int
     if state not in (State.DONE, State.DEAD):
         raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
     if args.dry_run:
-        cutoff = time.time() - args.older_than
-        return _would_delete(args, mb, state, [i.name for i in mb.list(state) if i.changed_at <= cutoff])
+        return _would_delete(args, mb, state, _older_names(mb, state, args.older_than))
     _deleted(args, mb, state, mb.purge(state, args.older_than))
     return EXIT_OK
+
+
+def _older_names(mb: Mailbox, state: State, older_than: float) -> list[str]:
+    """The names of the messages that entered ``state`` at least ``older_than`` seconds ago."""
+    cutoff = time.time() - older_than
+    return [i.name for i in mb.list(state) if i.changed_at <= cutoff]
 
 
 # -- their options ------------------------------------------------------------------------------------

@@ -122,10 +122,18 @@ def cmd_send(args: argparse.Namespace, root: Path) -> int:
         backend = mb.kind
         if existing is not None:  # an idempotent resend: the message is there already
             return _already_there(args, message, decision, existing, backend, url)
-        if written is None and isinstance(mb, FileMailbox) and args.json:
-            written = _stored_at(mb, message.id)
-        _report_sent(args, message, decision, backend=backend, path=written, url=url, state=State.NEW)
+        path = _path_reported(args, mb, message, written)
+        _report_sent(args, message, decision, backend=backend, path=path, url=url, state=State.NEW)
     return EXIT_OK
+
+
+def _path_reported(
+    args: argparse.Namespace, mb: Mailbox, message: Message, written: Path | None
+) -> Path | None:
+    """The file ``send`` reports: the one written; for ``--json`` of a put by id, the one it is stored in."""
+    if written is None and isinstance(mb, FileMailbox) and args.json:
+        return _stored_at(mb, message.id)
+    return written
 
 
 def _reads_legacy(args: argparse.Namespace, policy: Policy, root: Path, url: str | None) -> bool:

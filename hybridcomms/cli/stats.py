@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import _fs
 from .._urls import shown_url
@@ -104,7 +104,7 @@ def _file_rows(args: argparse.Namespace, root: Path) -> tuple[list[Row], list[Ro
     rows: list[Row] = []
     legacy_rows: list[Row] = []
     for name_shown, agent, kind, problem in _entries(args, root):
-        status = dreamos.legacy_status(root, agent) if agent is not None and kind != "broken" else None
+        status = _legacy_of(root, agent, kind)
         if status is not None:
             legacy_rows.append(status)
             continue
@@ -114,16 +114,26 @@ def _file_rows(args: argparse.Namespace, root: Path) -> tuple[list[Row], list[Ro
     return rows, legacy_rows
 
 
+def _legacy_of(root: Path, agent: str | None, kind: str) -> Row | None:
+    """The legacy Dream.OS layout an entry's agent still reads (None: none, or not an agent)."""
+    return dreamos.legacy_status(root, agent) if agent is not None and kind != "broken" else None
+
+
 def _row(root: Path, name_shown: str, agent: str | None, kind: str, problem: str | None) -> Row | None:
     """One entry's row: its counts, an error (one broken agent is its own row; the others are still
     counted), or None for what is not a mailbox."""
+    if kind == "broken":
+        return {"agent": name_shown, "error": problem}
     if kind == "named":
         need_mailbox(root, name_shown, "stats")  # an agent named that has no mailbox: a typo, an error
-    elif kind == "broken":
-        return {"agent": name_shown, "error": problem}
-    elif agent is None or kind != "mailbox":
+    counted = agent if kind in ("named", "mailbox") else None
+    if counted is None:
         return None
-    assert agent is not None
+    return _counts(root, name_shown, counted)
+
+
+def _counts(root: Path, name_shown: str, agent: str) -> Row:
+    """A mailbox's counts, opened read-only; its error as a row when it cannot be read."""
     try:
         with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
             return mb.stats().to_dict()
@@ -136,11 +146,8 @@ def _bus(root: Path) -> dict[str, int]:
     from ..bus.fanout import bus_peers
 
     peers = bus_peers(root)
-    return {
-        "processes": sum(1 for p in peers if p["alive"]),
-        "dead": sum(1 for p in peers if not p["alive"]),
-        "dropped": sum(p["dropped"] for p in peers),
-    }
+    alive = sum(1 for p in peers if p["alive"])
+    return {"processes": alive, "dead": len(peers) - alive, "dropped": sum(p["dropped"] for p in peers)}
 
 
 def _remote_rows(args: argparse.Namespace, url: str) -> list[Row]:
@@ -164,16 +171,31 @@ def _report(
 ) -> int:
     """Print the rows (a table, or with --json one document); exit 1 if a --fail-if condition holds or
     a mailbox could not be read."""
-    broken = [r for r in rows if "error" in r]
-    failing = _failing(args.fail_if, [r for r in rows if "error" not in r])
+    counted, broken = _split_broken(rows)
+    failing = _failing(args.fail_if, counted)
     _say_problems(failing, broken)
-    code = EXIT_ERROR if failing or broken else EXIT_OK
     if args.json:
-        extra = {"bus": bus} if bus is not None else {}
-        print_json({"root": where, "agents": rows, "legacy": legacy_rows, **extra})
+        _print_json_report(where, legacy_rows, rows, bus)
     else:
         _print_report(where, legacy_rows, rows, bus)
-    return code
+    return EXIT_ERROR if failing or broken else EXIT_OK
+
+
+def _split_broken(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """The rows with counts, and those of mailboxes that could not be read."""
+    counted: list[Row] = []
+    broken: list[Row] = []
+    for r in rows:
+        (broken if "error" in r else counted).append(r)
+    return counted, broken
+
+
+def _print_json_report(
+    where: str, legacy_rows: list[Row], rows: list[Row], bus: dict[str, int] | None
+) -> None:
+    """The ``--json`` document (the bus only under a root)."""
+    extra = {"bus": bus} if bus is not None else {}
+    print_json({"root": where, "agents": rows, "legacy": legacy_rows, **extra})
 
 
 def _print_report(where: str, legacy_rows: list[Row], rows: list[Row], bus: dict[str, int] | None) -> None:
@@ -191,13 +213,17 @@ def _say_problems(failing: list[str], broken: list[Row]) -> None:
     for line in failing:
         print(f"hybridcomms stats: failing: {line}", file=sys.stderr)
     if broken:
-        print(
-            f"hybridcomms stats: {len(broken)} mailbox(es) could not be read: "
-            + ", ".join(_fs.printable(r["agent"]) for r in broken[:5])
-            + (", …" if len(broken) > 5 else "")
-            + " (see their rows)",
-            file=sys.stderr,
-        )
+        print(_broken_line(broken), file=sys.stderr)
+
+
+def _broken_line(broken: list[Row]) -> str:
+    """The mailboxes that could not be read, in one line: how many, the first five."""
+    return (
+        f"hybridcomms stats: {len(broken)} mailbox(es) could not be read: "
+        + ", ".join(_fs.printable(r["agent"]) for r in broken[:5])
+        + (", …" if len(broken) > 5 else "")
+        + " (see their rows)"
+    )
 
 
 def _print_legacy(legacy_rows: list[Row]) -> None:
@@ -214,25 +240,39 @@ _COLUMNS = [s.value for s in (State.NEW, State.PROCESSING, State.DONE, State.DEA
 def _print_table(rows: list[Row]) -> None:
     names = {id(r): _fs.printable(r["agent"]) for r in rows}
     width = max(len("agent"), *(len(n) for n in names.values()))
-    print(f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in _COLUMNS) + f"  {'delayed':>8}  oldest new")
+    print(_header(width))
     for r in rows:
-        if "error" in r:
-            print(f"{names[id(r)]:<{width}}  error: {_fs.printable(str(r['error']))}")
-            continue
-        print(
-            f"{names[id(r)]:<{width}}  "
-            + "  ".join(f"{r[c]['count']:>10}" for c in _COLUMNS)
-            + f"  {r['delayed']:>8}  {human_age(r['new']['oldest_age'])}"
-        )
+        print(_table_line(r, names[id(r)], width))
+
+
+def _header(width: int) -> str:
+    """The table's first line: the agent column ``width`` wide, then the counts."""
+    return f"{'agent':<{width}}  " + "  ".join(f"{c:>10}" for c in _COLUMNS) + f"  {'delayed':>8}  oldest new"
+
+
+def _table_line(r: Row, name: str, width: int) -> str:
+    """One mailbox's line: its counts, or why it could not be read."""
+    if "error" in r:
+        return f"{name:<{width}}  error: {_fs.printable(str(r['error']))}"
+    return (
+        f"{name:<{width}}  "
+        + "  ".join(f"{r[c]['count']:>10}" for c in _COLUMNS)
+        + f"  {r['delayed']:>8}  {human_age(r['new']['oldest_age'])}"
+    )
 
 
 def _print_bus(bus: dict[str, int] | None) -> None:
-    if bus and (bus["processes"] or bus["dead"]):
+    if _bus_in_use(bus):
         print(
             f"bus: {bus['processes']} process(es) share ephemeral events"
             + (f", {bus['dead']} dead not yet pruned" if bus["dead"] else "")
             + f"; {bus['dropped']} event(s) dropped for subscribers that did not keep up"
         )
+
+
+def _bus_in_use(bus: dict[str, int] | None) -> TypeGuard[dict[str, int]]:
+    """Whether the bus has processes to report (alive, or dead and not yet pruned)."""
+    return bool(bus and (bus["processes"] or bus["dead"]))
 
 
 def register(sub: Subparsers, parents: Parents) -> None:

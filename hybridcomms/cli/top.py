@@ -27,13 +27,19 @@ def _snapshot(root: Path, since: float | None = None) -> dict[str, dict[str, Any
     rows: dict[str, dict[str, Any]] = {}
     for agent in list_agents(root):
         try:
-            with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
-                rows[agent] = mb.stats().to_dict()
-                if since is not None and mb.folders.has(State.DONE):
-                    rows[agent]["acked_since"] = _entered_since(mb.folders.fd(State.DONE), since)
+            rows[agent] = _mailbox_row(root, agent, since)
         except (OSError, HybridCommsError):
             continue
     return rows
+
+
+def _mailbox_row(root: Path, agent: str, since: float | None) -> dict[str, Any]:
+    """One mailbox's `stats`, opened read-only; with ``since``, what entered ``done/`` since then."""
+    with FileMailbox(root, agent, read_only=True, fsync="never") as mb:
+        row = mb.stats().to_dict()
+        if since is not None and mb.folders.has(State.DONE):
+            row["acked_since"] = _entered_since(mb.folders.fd(State.DONE), since)
+        return row
 
 
 def _entered_since(fd: int, since: float) -> int:
@@ -56,13 +62,7 @@ def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
     )
     lines = [head]
     for agent, r in sorted(now.items()):
-        prev = before.get(agent)
-        if prev is None or dt <= 0:
-            rate = 0.0
-        elif r.get("acked_since") is not None:  # what entered done/: right while done/ is trimmed too
-            rate = r["acked_since"] / dt
-        else:
-            rate = (r["done"]["count"] - prev["done"]["count"]) / dt
+        rate = _ack_rate(before.get(agent), r, dt)
         lines.append(
             f"{agent[:24]:<24} {r['new']['count']:>7} {r['processing']['count']:>7} {r['delayed']:>7} "
             f"{r['dead']['count']:>6} {r['done']['count']:>8} {human_age(r['new']['oldest_age']):>7} "
@@ -73,10 +73,24 @@ def top_lines(before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]],
     return lines
 
 
+def _ack_rate(prev: dict[str, Any] | None, r: dict[str, Any], dt: float) -> float:
+    """Acks per second of a mailbox over the last ``dt`` seconds (0 at its first look)."""
+    if prev is None or dt <= 0:
+        return 0.0
+    if r.get("acked_since") is not None:  # what entered done/: right while done/ is trimmed too
+        return float(r["acked_since"] / dt)
+    return float((r["done"]["count"] - prev["done"]["count"]) / dt)
+
+
+def _on_a_terminal() -> bool:
+    """Whether stdin and stdout are both a terminal (what ``top`` draws on and reads its keys from)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def cmd_top(args: argparse.Namespace, root: Path) -> int:
     """A live view of every mailbox, refreshed in place every ``--interval`` seconds; ``q`` quits.
     Without a terminal (stdin and stdout), or on one curses cannot drive, one line and exit 2."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not _on_a_terminal():
         print(
             "hybridcomms top: needs a terminal on stdin and stdout; for a snapshot in a pipe or a script "
             "use 'hybridcomms stats' (or 'hybridcomms stats --json')",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import signal
@@ -24,7 +25,7 @@ from .._text import json_text
 from .._urls import child_environ
 from ..policy import Policy, child_env
 from ..watcher import MailboxEvent, MailboxWatcher
-from .common import LineWriter, Parents, add_bus_option, resolve_policy
+from .common import LineWriter, Parents, add_bus_option, on_stop_signals, resolve_policy, restore_signals
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -152,10 +153,8 @@ class ExecRunner:
         with self._lock:
             running = list(self._running)
         for proc in running:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 #: The events an --exec command runs for (the others are only printed).
@@ -209,26 +208,30 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
         stop_now()
 
     release_bus = watch_bus(root, args.bus, args.json, write) if args.bus else None
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(on_signal)
     try:
         _watch_until(stop, watcher, root, policy.provenance)
     finally:
         _shut_down(watcher, runner, release_bus)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals(previous)
     print(f"hybridcomms watch: stopped{_exec_summary(runner)}", file=sys.stderr, flush=True)
     return 0
 
 
 def _check_usage(args: argparse.Namespace, root: Path) -> None:
     """Bad --exec sizes, or a root that is not there without --create: one line, and the end."""
-    if args.exec_jobs < 1 or args.exec_queue < 1:
+    if _bad_exec_sizes(args):
         raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
     if not args.create and not root.is_dir():
         raise SystemExit(
             f"hybridcomms watch: no mailbox root at {root} "
             "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
         )
+
+
+def _bad_exec_sizes(args: argparse.Namespace) -> bool:
+    """Whether --exec-jobs or --exec-queue is below 1."""
+    return bool(args.exec_jobs < 1 or args.exec_queue < 1)
 
 
 def _legacy_intake(args: argparse.Namespace, policy: Policy) -> bool | None:

@@ -29,6 +29,7 @@ what CMD sends (``hybridcomms send``, a `Comms`) routes as this consumer's fleet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
 
@@ -51,7 +52,7 @@ from ..errors import HybridCommsError
 from ..message import Message, reply_topic
 from ..retry import Backoff, attempts_used_up
 from .command_io import CommandPipes
-from .common import LineWriter, Parents, open_existing, resolve_policy
+from .common import LineWriter, Parents, on_stop_signals, open_existing, resolve_policy, restore_signals
 
 if TYPE_CHECKING:
     from ..metrics import WorkMetrics
@@ -135,6 +136,10 @@ class Worker:
         deadline = time.monotonic() + self.args.grace
         for t in threads:
             t.join(max(deadline - time.monotonic(), 0.0))
+        self._kill_stragglers(threads)
+
+    def _kill_stragglers(self, threads: list[threading.Thread]) -> None:
+        """Past the grace: what still runs is killed, and its thread waited for (it nacks the message)."""
         if any(t.is_alive() for t in threads):
             self.killed.set()  # the grace is over: kill what still runs, nack its message
             for t in threads:
@@ -208,17 +213,25 @@ class Worker:
         if proc is None:
             return
         out, err, code, why = self._wait(proc, d, m.encode(None), started)
-        seconds = time.monotonic() - started
+        self._settle(d, out, err, code, why, time.monotonic() - started)
+
+    def _settle(
+        self, d: MailboxDelivery, out: bytes, err: bytes, code: int | None, why: str | None, seconds: float
+    ) -> None:
+        """The message settled by how its command ended: acked on 0, retried on `EX_TEMPFAIL` while it
+        has attempts left, else failed (``why``: it was stopped, timed out or could not be read)."""
         if why is not None:
             self._fail(d, why, code, seconds, err)
         elif code == 0:
             self._ack(d, out, seconds)
-        elif code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts):
+        elif self._retries(code, d):
             self._retry(d, code, seconds)
-        elif code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
-            self._fail(d, f"exit status {EX_TEMPFAIL} (try again later)", code, seconds, err)
         else:
-            self._fail(d, f"exit status {code}", code, seconds, err)
+            self._fail(d, _exit_reason(code), code, seconds, err)
+
+    def _retries(self, code: int | None, d: MailboxDelivery) -> TypeGuard[int]:
+        """Whether the command asked for a retry (`EX_TEMPFAIL`) and the message has attempts left."""
+        return code == EX_TEMPFAIL and not attempts_used_up(d.attempt, self.mb.max_attempts)
 
     def _env(self, d: MailboxDelivery) -> dict[str, str]:
         """CMD's environment: this one's, the worker's additions, and the message's HYBRIDCOMMS_*."""
@@ -287,7 +300,7 @@ class Worker:
             code, why = self._run_to_exit(proc, pipes, _Heartbeat(d, self.heartbeat_every, started), started)
         finally:
             pipes.close()
-        if why is None and pipes.stdout_over and code == 0 and d.message.reply_to:
+        if why is None and _reply_too_large(pipes, code, d):
             why = f"its output is over the reply limit of {self.mb.max_message_size} bytes"
         return bytes(pipes.stdout), bytes(pipes.stderr), code, why
 
@@ -334,18 +347,25 @@ class Worker:
         text = f"{why}: {tail}" if tail else why
         if why == "lease lost":
             self._report(d, "lost", code, seconds, text)
-            return
-        if attempts_used_up(d.attempt, self.mb.max_attempts):
-            with _log.reported_by_caller():  # its line is the one `_report` prints
-                d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
-            with self.lock:
-                self.counts["dead"] += 1
-            self._report(d, "dead", code, seconds, text)
+        elif attempts_used_up(d.attempt, self.mb.max_attempts):
+            self._dead_letter(d, text, code, seconds)
         else:
-            d.nack(error=text)
-            with self.lock:
-                self.counts["retried"] += 1
-            self._report(d, "retry", code, seconds, text)
+            self._give_back(d, text, code, seconds)
+
+    def _dead_letter(self, d: MailboxDelivery, text: str, code: int | None, seconds: float) -> None:
+        """Its last attempt failed: to dead/, with why and which attempt it was."""
+        with _log.reported_by_caller():  # its line is the one `_report` prints
+            d.dead(f"{text} (attempt {d.attempt} of {self.mb.max_attempts})")
+        with self.lock:
+            self.counts["dead"] += 1
+        self._report(d, "dead", code, seconds, text)
+
+    def _give_back(self, d: MailboxDelivery, text: str, code: int | None, seconds: float) -> None:
+        """An attempt failed with attempts left: nacked, delivered again after the backoff."""
+        d.nack(error=text)
+        with self.lock:
+            self.counts["retried"] += 1
+        self._report(d, "retry", code, seconds, text)
 
     def _reply(self, request: Message, out: bytes) -> bool:
         """Send CMD's output as the reply to a request; False (said on stderr) if it cannot be sent."""
@@ -426,11 +446,22 @@ class _Heartbeat:
         return True
 
 
+def _reply_too_large(pipes: CommandPipes, code: int | None, d: MailboxDelivery) -> bool:
+    """Whether a command that answered a request (exit 0) wrote more than a reply may hold."""
+    return bool(pipes.stdout_over and code == 0 and d.message.reply_to)
+
+
+def _exit_reason(code: int | None) -> str:
+    """Why a command's exit status failed its message."""
+    if code == EX_TEMPFAIL:  # its last attempt: dead, and reported so (not "retry")
+        return f"exit status {EX_TEMPFAIL} (try again later)"
+    return f"exit status {code}"
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    """The command's whole process group killed (one that is gone already is no error)."""
+    with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def run_work(args: argparse.Namespace, root: Path) -> int:
@@ -452,7 +483,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         worker.stop.set()
         mailbox.wake()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_stop_signals(on_signal)
     print(
         f"hybridcomms work: {args.agent}: running {' '.join(command)} for each message "
         f"({args.concurrency} at a time; routing policy from {policy.provenance}); stop with SIGTERM",
@@ -462,8 +493,7 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
     try:
         return worker.run()
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals(previous)
         worker.outage.close()
         mailbox.close()
 
@@ -491,9 +521,14 @@ def _usage_problem(args: argparse.Namespace, command: list[str]) -> str | None:
         return "give the command after '--': hybridcomms work AGENT -- CMD [ARGS...]"
     if args.concurrency < 1:
         return "--concurrency must be at least 1"
-    if args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0:
+    if _bad_retry_options(args):
         return "--max-attempts must be >= 1, --retry-delay >= 0, --lease > 0"
     return None
+
+
+def _bad_retry_options(args: argparse.Namespace) -> bool:
+    """Whether --max-attempts, --retry-delay or --lease is out of its range."""
+    return bool(args.max_attempts < 1 or args.retry_delay < 0 or args.lease <= 0)
 
 
 def _open_mailbox(args: argparse.Namespace, root: Path) -> Mailbox:

@@ -68,14 +68,14 @@ def run(args: argparse.Namespace, root: Path) -> int:
         )
         return 1
     url = getattr(args, "url_resolved", None)
-    if url is None and not root.is_dir():
+    if _no_root(url, root):
         print(
             f"hybridcomms ui: no mailbox root at {root} (check --root or $HYBRIDCOMMS_ROOT)", file=sys.stderr
         )
         return 1
     source = Source(url or str(root))
     source.entries()  # a backend out of reach is one line and exit 69 (the CLI's), before any port is bound
-    if args.max_connections < 8 or not 0 < args.request_timeout <= 3600:
+    if not _limits_ok(args):
         print(
             "hybridcomms ui: --max-connections is 8 or more, --request-timeout 0 to 3600 s", file=sys.stderr
         )
@@ -96,6 +96,18 @@ def run(args: argparse.Namespace, root: Path) -> int:
     )
     server = uvicorn.Server(config)
     return serve(server, args.host, guard, source.shown_where, args.allow_actions)
+
+
+def _no_root(url: str | None, root: Path) -> bool:
+    """Whether the dashboard has nothing to read: no URL given and no mailbox root folder."""
+    return url is None and not root.is_dir()
+
+
+def _limits_ok(args: argparse.Namespace) -> bool:
+    """Whether the connection limits asked for are ones the server can keep."""
+    connections: int = args.max_connections
+    timeout: float = args.request_timeout
+    return connections >= 8 and 0 < timeout <= 3600
 
 
 def serve(server: Any, host: str, guard: Any, where: str, actions: bool) -> int:

@@ -9,10 +9,10 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import jinja2
@@ -25,17 +25,31 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as ASGIMessage
 
 from ._fleet import RATE_KINDS, Fleet, Row
 from ._graph import Flows
-from ._listing import HeadCache, Item, lookup_key, page_of
+from ._listing import HeadCache, Item, Page, lookup_key, page_of
 from ._live import Live
 from ._payload import clipped, payload_text, reason_shown
 from ._security import COOKIE, HEADERS, Guard
-from ._source import STATES, HybridCommsError, Source, State, check_agent_id, json_text, printable, shown
+from ._source import (
+    STATES,
+    HybridCommsError,
+    MailboxStats,
+    Message,
+    MessageInfo,
+    Source,
+    State,
+    check_agent_id,
+    json_text,
+    printable,
+    shown,
+)
 
 _HERE = Path(__file__).parent
+_T = TypeVar("_T")
 #: The most of a payload the message page shows (characters of pretty-printed JSON).
 PAYLOAD_LIMIT = 256 * 1024
 #: The longest line of producer text shown in a cell or a field.
@@ -65,6 +79,11 @@ AGE_CAP = 1000 * 365.25 * 86400.0
 def human_age(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    return _age_in_units(seconds)
+
+
+def _age_in_units(seconds: float) -> str:
+    """A known age in its largest whole unit (days, hours, minutes, seconds), or its cap."""
     if seconds > AGE_CAP:
         return "over 1000 years"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -164,87 +183,67 @@ class App:
             return None
 
     async def mailbox_page(self, request: Request) -> Response:
-        agent = self._agent(request)
-        if agent is None:
-            return self.error(request, 404, "not an agent id")
-        q = request.query_params
         try:
-            state = State(q.get("state") or "new")
-            number = int(q.get("page") or 1)
-        except ValueError:
-            return self.error(request, 400, "state is one of new, processing, done, dead; page a number")
-        if state not in STATES or not 1 <= number <= 10**9:
-            return self.error(request, 400, "state is one of new, processing, done, dead")
-        topic = (q.get("topic") or "").strip()[:500]
-
-        def build() -> Any:
-            with self.source.reading(agent) as mb:
-                return mb.stats(), page_of(mb, state, self.heads, page=number, topic=topic or None)
-
-        try:
-            stats, page = await _in_thread(build)
-        except KeyError:
-            return self.error(request, 404, f"no mailbox for {agent}")
-        except (OSError, HybridCommsError, ValueError) as exc:
-            return self.error(request, 502, f"{type(exc).__name__}: {exc}")
-
-        def link(**change: Any) -> str:
-            params = {"state": state.value, "topic": topic, "page": str(number), **change}
-            return f"{self.guard.prefix}/a/{quote(agent)}?" + urlencode(
-                {k: v for k, v in params.items() if v}
-            )
-
+            agent = self._agent_or_404(request)
+            wanted = _listing_query(request.query_params)
+            stats, page = await _on_mailbox(agent, lambda: self._listing(agent, wanted))
+        except _Refused as refused:
+            return self.error(request, refused.status, refused.text)
         return self.page(
             request,
             "mailbox.html",
             title=agent,
             agent=agent,
             stats=stats,
-            state=state,
+            state=wanted.state,
             states=STATES,
-            topic=topic,
+            topic=wanted.topic,
             page=page,
-            link=link,
+            link=self._linker(agent, wanted),
             now=time.time(),
         )
+
+    def _agent_or_404(self, request: Request) -> str:
+        """The agent a route names; a 404 for a path segment that is not an agent id."""
+        agent = self._agent(request)
+        if agent is None:
+            raise _Refused(404, "not an agent id")
+        return agent
+
+    def _listing(self, agent: str, wanted: _Listing) -> tuple[MailboxStats, Page]:
+        """The counts of ``agent``'s mailbox and the page of it asked for (in a worker thread)."""
+        with self.source.reading(agent) as mb:
+            topic = wanted.topic or None
+            return mb.stats(), page_of(mb, wanted.state, self.heads, page=wanted.number, topic=topic)
+
+    def _linker(self, agent: str, wanted: _Listing) -> Callable[..., str]:
+        """The template's ``link``: the address of this listing with some of its parameters changed."""
+
+        def link(**change: Any) -> str:
+            params = {
+                "state": wanted.state.value,
+                "topic": wanted.topic,
+                "page": str(wanted.number),
+                **change,
+            }
+            return f"{self.guard.prefix}/a/{quote(agent)}?" + urlencode(_given(params))
+
+        return link
 
     async def message_page(self, request: Request) -> Response:
         agent = self._agent(request)
         key = lookup_key(request.path_params["key"])
         if agent is None or key is None:
             return self.error(request, 404, "no such message")
-
-        def build() -> Any:
-            with self.source.reading(agent) as mb:
-                info = mb.get(key)
-                if info is None:
-                    return None
-                try:
-                    message = mb.read(info)
-                    return info, message, None
-                except (OSError, HybridCommsError, KeyError, ValueError) as exc:
-                    return info, None, f"{type(exc).__name__}: {exc}"
-
         try:
-            got = await _in_thread(build)
-        except KeyError:
-            return self.error(request, 404, f"no mailbox for {agent}")
-        except (OSError, HybridCommsError, ValueError) as exc:
-            return self.error(request, 502, f"{type(exc).__name__}: {exc}")
+            got = await _on_mailbox(agent, lambda: self._message(agent, key))
+        except _Refused as refused:
+            return self.error(request, refused.status, refused.text)
         if got is None:
             return self.error(request, 404, "no such message (it may have moved on)")
         info, message, unreadable = got
         info = dataclasses.replace(info, reason=reason_shown(info.reason))  # cut by depth: never a 500
-        payload = envelope = None
-        if message is not None:
-            body = message.to_dict()
-            text = payload_text(body.pop("payload"))
-            if len(text) > PAYLOAD_LIMIT:
-                text = text[:PAYLOAD_LIMIT] + f"\n… ({len(text) - PAYLOAD_LIMIT} more characters)"
-            payload, envelope = (
-                Block(text),
-                {k: clipped(v, 8)[0] if isinstance(v, (list, dict)) else v for k, v in body.items()},
-            )
+        payload, envelope = _message_shown(message)
         return self.page(
             request,
             "message.html",
@@ -256,8 +255,21 @@ class App:
             payload=payload,
             unreadable=unreadable,
             reason=info.reason,
-            location=str(info.path) if info.path is not None else f"{info.state.value} entry {info.name}",
+            location=_location(info),
         )
+
+    def _message(self, agent: str, key: str) -> tuple[MessageInfo, Message | None, str | None] | None:
+        """The message ``key`` of ``agent``'s mailbox (in a worker thread): its info, its content (or
+        why it cannot be read); None when it is not there."""
+        with self.source.reading(agent) as mb:
+            info = mb.get(key)
+            if info is None:
+                return None
+            try:
+                message = mb.read(info)
+                return info, message, None
+            except (OSError, HybridCommsError, KeyError, ValueError) as exc:
+                return info, None, f"{type(exc).__name__}: {exc}"
 
     # -- live ---------------------------------------------------------------------------------------
 
@@ -279,62 +291,64 @@ class App:
     # -- actions ------------------------------------------------------------------------------------
 
     async def action(self, request: Request) -> Response:
-        agent = self._agent(request)
+        try:
+            agent = self._action_allowed(request)
+            form = await self._action_form(request)
+            act = _action_asked(request.path_params["what"], form)
+            if form.get("confirm") != "yes":
+                return self._confirm_page(request, agent, act, form)
+            said = await _on_mailbox(agent, lambda: self._perform(agent, act))
+        except _Refused as refused:
+            return self.error(request, refused.status, refused.text)
+        self.fleet.mark(agent)
+        return self.page(request, "done.html", title="done", agent=agent, said=said)
+
+    def _action_allowed(self, request: Request) -> str:
+        """The agent an action is asked for, once the dashboard allows actions and the request comes
+        from one of its own pages."""
         if not self.guard.allow_actions:
-            return self.error(request, 403, "read-only: start the dashboard with --allow-actions to repair")
-        if agent is None:
-            return self.error(request, 404, "not an agent id")
+            raise _Refused(403, "read-only: start the dashboard with --allow-actions to repair")
+        agent = self._agent_or_404(request)
         headers = request.headers
         if not self.guard.same_origin(
             headers.get("origin"), headers.get("sec-fetch-site"), headers.get("host")
         ):
-            return self.error(request, 403, "a cross-site request: refused")
-        if not headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            return self.error(request, 415, "a form is expected")
+            raise _Refused(403, "a cross-site request: refused")
+        return agent
+
+    async def _action_form(self, request: Request) -> dict[str, str]:
+        """The action's form: a small url-encoded body that carries the page's CSRF token."""
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            raise _Refused(415, "a form is expected")
         body = await request.body()
         if len(body) > 16 * 1024:
-            return self.error(request, 413, "too large")
+            raise _Refused(413, "too large")
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
         if not self.guard.csrf_ok(form.get("csrf")):
-            return self.error(request, 403, "the form's token is missing or wrong: reload the page")
-        what = request.path_params["what"]
-        if what not in ("requeue", "requeue-dead", "purge"):
-            return self.error(request, 404, "no such action")
-        try:
-            state, older = _purge_args(form) if what == "purge" else (State.DEAD, 0.0)
-        except ValueError as exc:
-            return self.error(request, 400, str(exc))
-        key = lookup_key(form.get("key", "")) if what == "requeue" else ""
-        if key is None:
-            return self.error(request, 400, "not a message key")
-        if form.get("confirm") != "yes":
-            return self.page(
-                request,
-                "confirm.html",
-                title="confirm",
-                agent=agent,
-                what=what,
-                form={k: v for k, v in form.items() if k in ("key", "state", "older_than")},
-                state=state,
-                older=older,
-            )
+            raise _Refused(403, "the form's token is missing or wrong: reload the page")
+        return form
 
-        def run() -> str:
-            if what == "requeue":
-                moved = self.source.requeue(agent, key)
-                return f"{len(moved)} message(s) requeued to new" if moved else "not in dead (any more)"
-            if what == "requeue-dead":
-                return f"{self.source.requeue_all_dead(agent)} dead message(s) requeued to new"
-            return f"{self.source.purge(agent, state, older)} message(s) deleted from {state.value}"
+    def _confirm_page(self, request: Request, agent: str, act: _Action, form: dict[str, str]) -> Response:
+        """The page that asks a person to confirm ``act`` (the form posted again, with confirm=yes)."""
+        return self.page(
+            request,
+            "confirm.html",
+            title="confirm",
+            agent=agent,
+            what=act.what,
+            form={k: v for k, v in form.items() if k in ("key", "state", "older_than")},
+            state=act.state,
+            older=act.older,
+        )
 
-        try:
-            said = await _in_thread(run)
-        except KeyError:
-            return self.error(request, 404, f"no mailbox for {agent}")
-        except (OSError, HybridCommsError, ValueError) as exc:
-            return self.error(request, 502, f"{type(exc).__name__}: {exc}")
-        self.fleet.mark(agent)
-        return self.page(request, "done.html", title="done", agent=agent, said=said)
+    def _perform(self, agent: str, act: _Action) -> str:
+        """Does ``act`` on ``agent``'s mailbox (in a worker thread); what it did, in a sentence."""
+        if act.what == "requeue":
+            moved = self.source.requeue(agent, act.key)
+            return f"{len(moved)} message(s) requeued to new" if moved else "not in dead (any more)"
+        if act.what == "requeue-dead":
+            return f"{self.source.requeue_all_dead(agent)} dead message(s) requeued to new"
+        return f"{self.source.purge(agent, act.state, act.older)} message(s) deleted from {act.state.value}"
 
     # -- the application ----------------------------------------------------------------------------
 
@@ -362,6 +376,111 @@ class App:
                 await _in_thread(self.live.close)
 
 
+class _Refused(Exception):
+    """A request a route answers with an error page: its status and its text."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+async def _on_mailbox(agent: str, fn: Callable[[], _T]) -> _T:
+    """``fn`` (which opens ``agent``'s mailbox) run in a worker thread: no such mailbox is a 404, a
+    backend that fails a 502."""
+    try:
+        result: _T = await _in_thread(fn)
+    except KeyError:
+        raise _Refused(404, f"no mailbox for {agent}") from None
+    except (OSError, HybridCommsError, ValueError) as exc:
+        raise _Refused(502, f"{type(exc).__name__}: {exc}") from None
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Listing:
+    """What a mailbox page lists: a state, a page number, a topic pattern ("" for every topic)."""
+
+    state: State
+    number: int
+    topic: str
+
+
+def _listing_query(query: Mapping[str, str]) -> _Listing:
+    """The listing a mailbox page's query asks for; a 400 for a state or a page that cannot be."""
+    try:
+        state = State(_param(query, "state", "new"))
+        number = int(_param(query, "page", "1"))
+    except ValueError:
+        raise _Refused(400, "state is one of new, processing, done, dead; page a number") from None
+    if state not in STATES or not 1 <= number <= 10**9:
+        raise _Refused(400, "state is one of new, processing, done, dead")
+    return _Listing(state, number, _param(query, "topic", "").strip()[:500])
+
+
+def _param(query: Mapping[str, str], name: str, default: str) -> str:
+    """A query parameter; ``default`` when it is missing or empty."""
+    return query.get(name) or default
+
+
+def _given(params: dict[str, str]) -> dict[str, str]:
+    """The parameters that have a value (a link leaves the empty ones out)."""
+    return {k: v for k, v in params.items() if v}
+
+
+def _message_shown(message: Message | None) -> tuple[Block | None, dict[str, Any] | None]:
+    """What the message page shows of a message read: its payload as a block of JSON (cut at
+    `PAYLOAD_LIMIT`) and its other fields (cut by depth); nothing for a message not read."""
+    if message is None:
+        return None, None
+    body = message.to_dict()
+    text = _payload_cut(payload_text(body.pop("payload")))
+    return Block(text), {k: clipped(v, 8)[0] if isinstance(v, (list, dict)) else v for k, v in body.items()}
+
+
+def _payload_cut(text: str) -> str:
+    """``text`` cut at `PAYLOAD_LIMIT` characters, saying how many more there were."""
+    if len(text) > PAYLOAD_LIMIT:
+        return text[:PAYLOAD_LIMIT] + f"\n… ({len(text) - PAYLOAD_LIMIT} more characters)"
+    return text
+
+
+def _location(info: MessageInfo) -> str:
+    """Where a message lies: its file, or (a backend without files) its state and entry name."""
+    return str(info.path) if info.path is not None else f"{info.state.value} entry {info.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Action:
+    """A repair asked from a page: requeue one dead message (``key``), requeue every dead one, or
+    purge the messages of ``state`` older than ``older`` seconds."""
+
+    what: str
+    state: State
+    older: float
+    key: str
+
+
+def _action_asked(what: str, form: dict[str, str]) -> _Action:
+    """The repair a posted form asks for; a 404 for an unknown action, a 400 for bad arguments."""
+    if what not in ("requeue", "requeue-dead", "purge"):
+        raise _Refused(404, "no such action")
+    state, older = _action_scope(what, form)
+    key = lookup_key(form.get("key", "")) if what == "requeue" else ""
+    if key is None:
+        raise _Refused(400, "not a message key")
+    return _Action(what, state, older, key)
+
+
+def _action_scope(what: str, form: dict[str, str]) -> tuple[State, float]:
+    """The state and the age an action covers: a purge's from its form (a 400 when they cannot be),
+    the dead letters for a requeue."""
+    try:
+        return _purge_args(form) if what == "purge" else (State.DEAD, 0.0)
+    except ValueError as exc:
+        raise _Refused(400, str(exc)) from None
+
+
 def _no_head() -> Any:
     from ._listing import Head
 
@@ -376,9 +495,14 @@ def _purge_args(form: dict[str, str]) -> tuple[State, float]:
         raise ValueError(
             "purge takes a state (done or dead) and an age in seconds (at most 1000 years)"
         ) from None
-    if state not in (State.DONE, State.DEAD) or not (math.isfinite(older) and 0 <= older <= AGE_CAP):
+    if not _purgeable(state, older):
         raise ValueError("purge takes a state (done or dead) and an age in seconds (at most 1000 years)")
     return state, older
+
+
+def _purgeable(state: State, older: float) -> bool:
+    """Whether a purge may take these: done or dead messages, older than a real age (at most `AGE_CAP`)."""
+    return state in (State.DONE, State.DEAD) and math.isfinite(older) and 0 <= older <= AGE_CAP
 
 
 async def _in_thread(fn: Callable[[], Any]) -> Any:
@@ -411,37 +535,59 @@ class Guarded:
         await self.app({**scope, "root_path": self.guard.prefix}, receive, send_guarded)
 
     def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
-        guard = self.guard
-        if not guard.host_ok(headers.get("host")):
+        """The answer to a request the guard stops, in the order of its checks; None: let it through."""
+        path: str = scope["path"]
+        answer = self._foreign(path, headers)
+        if answer is None:
+            answer = self._token_login(path, scope)
+        if answer is None:
+            answer = self._unauthenticated(path, headers)
+        return answer
+
+    def _foreign(self, path: str, headers: Headers) -> Response | None:
+        """A request for another host, or outside the secret prefix."""
+        if not self.guard.host_ok(headers.get("host")):
             return PlainTextResponse(
                 "unknown Host header (this dashboard answers for this machine only)", 421
             )
-        path: str = scope["path"]
-        if not guard.in_prefix(path):  # the secret prefix is part of the credential: nothing outside it
+        if not self.guard.in_prefix(path):  # the secret prefix is part of the credential: nothing outside it
             return PlainTextResponse(
                 "hybridcomms ui: open the address it printed when it started (with ?token=...)", 404
             )
+        return None
+
+    def _token_login(self, path: str, scope: Scope) -> Response | None:
+        """A request that gives the right token: redirected to the same page without it, with the
+        session cookie set."""
+        guard = self.guard
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        given = next((v for k, v in query if k == "token"), None)
-        if given is not None and guard.token_ok(given):
-            rest = urlencode([(k, v) for k, v in query if k != "token"])
-            redirect = RedirectResponse(guard.local_target(path, rest), 303)
-            redirect.set_cookie(
-                COOKIE, guard.session, httponly=True, samesite="strict", path=guard.prefix + "/"
-            )
-            return redirect
+        if not guard.token_ok(_given_token(query)):
+            return None
+        rest = urlencode([(k, v) for k, v in query if k != "token"])
+        redirect = RedirectResponse(guard.local_target(path, rest), 303)
+        redirect.set_cookie(COOKIE, guard.session, httponly=True, samesite="strict", path=guard.prefix + "/")
+        return redirect
+
+    def _unauthenticated(self, path: str, headers: Headers) -> Response | None:
+        """A request without the session cookie, except for the static files (the prefix alone is
+        sent to its folder)."""
+        guard = self.guard
         if path == guard.prefix:
             return RedirectResponse(guard.prefix + "/", 307)
         if path.startswith(guard.prefix + "/static/"):
             return None
-        cookies = _cookies(headers.get("cookie", ""))
-        if guard.session_ok(cookies.get(COOKIE)):
+        if guard.session_ok(_cookies(headers.get("cookie", "")).get(COOKIE)):
             return None
         if path.startswith((guard.prefix + "/api/", guard.prefix + "/events")):
             return PlainTextResponse("the dashboard's token is needed", 403)
         return PlainTextResponse(
             "hybridcomms ui: open the address it printed when it started (with ?token=...)", 403
         )
+
+
+def _given_token(query: list[tuple[str, str]]) -> str | None:
+    """The first ``token`` of a query (None when there is none)."""
+    return next((v for k, v in query if k == "token"), None)
 
 
 def _cookies(header: str) -> dict[str, str]:
@@ -461,8 +607,8 @@ def _relative(location: bytes) -> bytes:
     return (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
 
 
-def _with_headers(send: Send) -> Callable[[Message], Awaitable[None]]:
-    async def wrapped(message: Message) -> None:
+def _with_headers(send: Send) -> Callable[[ASGIMessage], Awaitable[None]]:
+    async def wrapped(message: ASGIMessage) -> None:
         if message["type"] == "http.response.start":
             raw = [
                 (k, _relative(v) if k.lower() == b"location" else v)

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._source import AgentEntry, HybridCommsError, MailboxStats, Source, State
+from ._source import AgentEntry, HybridCommsError, MailboxStats, Source, State, mailbox_agents
 
 #: Rates are counted in buckets of this many seconds, over this many buckets (10 minutes).
 BUCKET = 20.0
@@ -33,16 +33,26 @@ class Rates:
 
     def add(self, kind: str, n: int, at: float) -> None:
         index = int(at // BUCKET)
+        self._open(index)
+        counts = self._bucket(index)
+        if counts is not None:
+            counts[kind] = counts.get(kind, 0) + n
+
+    def _open(self, index: int) -> None:
+        """Starts bucket ``index`` when it is newer than the newest (the oldest beyond `BUCKETS` go)."""
         if not self.buckets or self.buckets[-1][0] < index:
             self.buckets.append((index, dict.fromkeys(RATE_KINDS, 0)))
             while len(self.buckets) > BUCKETS:
                 self.buckets.popleft()
+
+    def _bucket(self, index: int) -> dict[str, int] | None:
+        """The counts of bucket ``index``; None when it is gone (older than the window) or was skipped."""
         for i, counts in reversed(self.buckets):
             if i == index:
-                counts[kind] = counts.get(kind, 0) + n
-                return
+                return counts
             if i < index:
-                return
+                return None
+        return None
 
     def series(self, kind: str, now: float) -> list[float]:
         """Per minute, oldest first, one value per bucket of the window ending now."""
@@ -172,38 +182,46 @@ class Fleet:
         ``budget`` seconds (what is left is counted next time: a page never waits for a whole cold
         fleet; the live view's refresher counts the rest); the agents counted."""
         start = time.monotonic()
-        agents = [e.agent for e in self.entries() if e.kind == "mailbox" and e.agent is not None]
-        with self._lock:
-            stale = [a for a in agents if self._stale(a, start)]
-            self._dirty.difference_update(stale)
+        stale = self._take_stale(mailbox_agents(self.entries()), start)
         done = []
         for agent in stale:
-            if budget is not None and time.monotonic() - start > budget:
+            if _over_budget(budget, start):
                 with self._lock:
                     self._dirty.add(agent)  # next time
                 continue
-            got = self._count(agent)
-            with self._lock:
-                before = self._counted.get(agent)
-                self._counted[agent] = got
-                if before is None or before[0] != got[0] or before[1] != got[1]:
-                    self._version += 1
-                    self.changed.notify_all()
+            self._store(agent, self._count(agent))
             done.append(agent)
         return done
+
+    def _take_stale(self, agents: list[str], now: float) -> list[str]:
+        """The ``agents`` to count again, no longer marked (counting them is now the caller's job)."""
+        with self._lock:
+            stale = [a for a in agents if self._stale(a, now)]
+            self._dirty.difference_update(stale)
+        return stale
+
+    def _store(self, agent: str, got: tuple[MailboxStats | None, str | None, float]) -> None:
+        """Keeps ``agent``'s new count; a count that changed wakes the live view."""
+        with self._lock:
+            before = self._counted.get(agent)
+            self._counted[agent] = got
+            if before is None or before[:2] != got[:2]:
+                self._version += 1
+                self.changed.notify_all()
 
     def rows(self, budget: float | None = 0.5) -> list[Row]:
         """Every entry with its counts, most in need of attention first."""
         self.refresh(budget)
-        out = []
         with self._lock:
-            for e in self._entries:
-                got = self._counted.get(e.agent) if e.kind == "mailbox" and e.agent else None
-                if got is None:
-                    out.append(Row(e, None, e.problem if e.kind != "mailbox" else None, None))
-                else:
-                    out.append(Row(e, got[0], got[1], got[2]))
+            out = [self._row(e) for e in self._entries]
         return sorted(out, key=lambda r: (r.attention(), r.key))
+
+    def _row(self, e: AgentEntry) -> Row:
+        """The row of one entry, with its last count (the caller holds the lock)."""
+        got = self._counted.get(e.agent) if e.kind == "mailbox" and e.agent else None
+        if got is None:
+            return Row(e, None, e.problem if e.kind != "mailbox" else None, None)
+        return Row(e, got[0], got[1], got[2])
 
     def row(self, agent: str) -> Row | None:
         for r in self.rows():
@@ -217,6 +235,11 @@ class Fleet:
             if self._version == version and not self._dirty:
                 self.changed.wait(timeout)
             return self._version
+
+
+def _over_budget(budget: float | None, start: float) -> bool:
+    """Whether a refresh that began at ``start`` has used up its ``budget`` (None: no limit)."""
+    return budget is not None and time.monotonic() - start > budget
 
 
 def row_json(row: Row, rates: dict[str, list[float]]) -> dict[str, Any]:

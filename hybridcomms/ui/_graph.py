@@ -13,11 +13,22 @@ import hashlib
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ._listing import HeadCache
-from ._source import STATES, HybridCommsError, Source, State, listing, printable
+from ._source import (
+    STATES,
+    HybridCommsError,
+    Mailbox,
+    MessageInfo,
+    Source,
+    State,
+    listing,
+    mailbox_agents,
+    printable,
+)
 
 WINDOW = 15 * 60.0
 PER_AGENT = 200
@@ -124,53 +135,83 @@ class Flows:
         is none of them (nor a broadcast) is marked unverified (a sender is what its producer claims).
         Each node has an ``id`` (what edges name) and a ``label`` (what is shown)."""
         now = time.time() if now is None else now
+        flows = self._in_window(now)
+        kept, merged = _busiest(flows)
+        ids = {n: printable(n) for n in kept}  # keys are short (`node_key`): this is cheap
+        return {
+            "window": self.window,
+            "nodes": _nodes(kept, ids, agents, merged),
+            "edges": _edges(flows, ids, self.window / 60.0),
+        }
+
+    def _in_window(self, now: float) -> list[Flow]:
+        """The flows of the window ending ``now`` (the older ones are dropped)."""
         cutoff = now - self.window
         with self._lock:
             while self._flows and self._flows[0].at < cutoff:
                 self.bytes -= self._flows.popleft().cost()
-            flows = list(self._flows)
-        busy: dict[str, int] = {}
-        for f in flows:
-            for n in (f.sender, f.recipient):
-                busy[n] = busy.get(n, 0) + 1
-        kept = set(
-            sorted(busy, key=lambda n: (-busy[n], n))[: MAX_NODES - 1 if len(busy) > MAX_NODES else None]
-        )
-        merged = len(busy) - len(kept)
-        ids = {n: printable(n) for n in kept}  # keys are short (`node_key`): this is cheap
+            return list(self._flows)
 
-        edges: dict[tuple[str, str, str], list[int]] = {}
-        for f in flows:
-            key = (ids.get(f.sender, OTHERS), ids.get(f.recipient, OTHERS), f.kind)
-            counts = edges.setdefault(key, [0, 0])
-            counts[0] += 1
-            counts[1] += f.dead
-        nodes = [
-            {
-                "id": ids[n],
-                "label": printable(_label(n)),
-                "verified": agents is None or n in agents or n == EVERYONE,
-            }
-            for n in sorted(kept, key=lambda n: ids[n])
-        ]
-        if merged:
-            nodes.append({"id": OTHERS, "label": LABELS[OTHERS], "verified": False, "others": merged})
-        minutes = self.window / 60.0
-        return {
-            "window": self.window,
-            "nodes": nodes,
-            "edges": [
-                {
-                    "source": s,
-                    "target": r,
-                    "kind": k,
-                    "count": c[0],
-                    "dead": c[1],
-                    "per_minute": round(c[0] / minutes, 3),
-                }
-                for (s, r, k), c in sorted(edges.items())
-            ],
+
+def _busiest(flows: list[Flow]) -> tuple[set[str], int]:
+    """The nodes drawn (the busiest, at most `MAX_NODES` with the merged one) and how many others are
+    merged into `OTHERS`."""
+    busy = _busy(flows)
+    kept = set(sorted(busy, key=lambda n: (-busy[n], n))[: MAX_NODES - 1 if len(busy) > MAX_NODES else None])
+    return kept, len(busy) - len(kept)
+
+
+def _busy(flows: list[Flow]) -> dict[str, int]:
+    """How many flows each node takes part in."""
+    busy: dict[str, int] = {}
+    for f in flows:
+        for n in (f.sender, f.recipient):
+            busy[n] = busy.get(n, 0) + 1
+    return busy
+
+
+def _nodes(
+    kept: set[str], ids: dict[str, str], agents: frozenset[str] | None, merged: int
+) -> list[dict[str, Any]]:
+    """The graph's nodes, by id, and the node of the ``merged`` others when there are any."""
+    nodes: list[dict[str, Any]] = [
+        {"id": ids[n], "label": printable(_label(n)), "verified": _verified(n, agents)}
+        for n in sorted(kept, key=lambda n: ids[n])
+    ]
+    if merged:
+        nodes.append({"id": OTHERS, "label": LABELS[OTHERS], "verified": False, "others": merged})
+    return nodes
+
+
+def _verified(node: str, agents: frozenset[str] | None) -> bool:
+    """Whether a node is an agent of the root (or a broadcast): not only what a producer claims."""
+    return agents is None or node in agents or node == EVERYONE
+
+
+def _edges(flows: list[Flow], ids: dict[str, str], minutes: float) -> list[dict[str, Any]]:
+    """The graph's edges, sorted: per (sender, recipient, kind) the messages, the dead ones, the rate."""
+    return [
+        {
+            "source": s,
+            "target": r,
+            "kind": k,
+            "count": c[0],
+            "dead": c[1],
+            "per_minute": round(c[0] / minutes, 3),
         }
+        for (s, r, k), c in sorted(_edge_counts(flows, ids).items())
+    ]
+
+
+def _edge_counts(flows: list[Flow], ids: dict[str, str]) -> dict[tuple[str, str, str], list[int]]:
+    """Per (sender id, recipient id, kind): [messages, dead ones] (a node not drawn counts as `OTHERS`)."""
+    edges: dict[tuple[str, str, str], list[int]] = {}
+    for f in flows:
+        key = (ids.get(f.sender, OTHERS), ids.get(f.recipient, OTHERS), f.kind)
+        counts = edges.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += f.dead
+    return edges
 
 
 def _keyed(f: Flow) -> Flow:
@@ -188,19 +229,24 @@ def look(source: Source, heads: HeadCache, window: float = WINDOW, now: float | 
     now = time.time() if now is None else now
     cutoff = now - window
     out: list[Flow] = []
-    for entry in source.entries():
-        if entry.kind != "mailbox" or entry.agent is None:
-            continue
+    for agent in mailbox_agents(source.entries()):
         try:
-            with source.reading(entry.agent) as mb:
-                recent = [
-                    info for state in STATES for info in listing(mb, state) if info.changed_at >= cutoff
-                ]
-                recent.sort(key=lambda i: i.changed_at, reverse=True)
-                for info in recent[:PER_AGENT]:
-                    sender = heads.head(mb, info).sender
-                    dead = info.state is State.DEAD
-                    out.append(flow(info.changed_at, sender, entry.agent, "durable", dead))
+            with source.reading(agent) as mb:
+                out.extend(_recent_flows(mb, agent, heads, cutoff))
         except (KeyError, OSError, HybridCommsError, ValueError):
             continue
     return out
+
+
+def _recent_flows(mb: Mailbox, agent: str, heads: HeadCache, cutoff: float) -> Iterator[Flow]:
+    """The flows into ``agent`` of its newest `PER_AGENT` messages that entered a state since ``cutoff``."""
+    for info in _recent(mb, cutoff)[:PER_AGENT]:
+        sender = heads.head(mb, info).sender
+        yield flow(info.changed_at, sender, agent, "durable", info.state is State.DEAD)
+
+
+def _recent(mb: Mailbox, cutoff: float) -> list[MessageInfo]:
+    """The messages of every state of ``mb`` that entered it since ``cutoff``, newest first."""
+    recent = [info for state in STATES for info in listing(mb, state) if info.changed_at >= cutoff]
+    recent.sort(key=lambda i: i.changed_at, reverse=True)
+    return recent

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from ._payload import reason_shown
 from ._source import HybridCommsError, Mailbox, MessageInfo, State, Withheld, listing, read_small, with_reason
@@ -81,22 +80,32 @@ class HeadCache:
 
     def head(self, mb: Mailbox, info: MessageInfo) -> Head:
         key = (mb.agent_id, info.state.value, info.name)
+        hit = self._hit(key)
+        if hit is not None:
+            return hit
+        got = read_head(mb, info)
+        self._keep(key, got, got.cost() + sum(len(k) * 4 for k in key))
+        return got
+
+    def _hit(self, key: tuple[str, str, str]) -> Head | None:
+        """The head cached under ``key`` (now the most recently used), or None."""
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-                return hit[0]
-        got = read_head(mb, info)
-        cost = got.cost() + sum(len(k) * 4 for k in key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return hit[0]
+
+    def _keep(self, key: tuple[str, str, str], head: Head, cost: int) -> None:
+        """Caches ``head`` under ``key``; the least recently used go while the cache is over budget."""
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self.bytes -= old[1]
-            self._items[key] = (got, cost)
+            self._items[key] = (head, cost)
             self.bytes += cost
             while self.bytes > self.budget and self._items:
                 self.bytes -= self._items.popitem(last=False)[1][1]
-        return got
 
 
 def read_head(mb: Mailbox, info: MessageInfo) -> Head:
@@ -124,13 +133,21 @@ def lookup_key(key: str) -> str | None:
         return key
     if not _NAME_KEY_RE.match(key):
         return None
+    return _file_name(key[1:])
+
+
+def _file_name(encoded: str) -> str | None:
+    """The file name a "~" key carries (URL-safe base64); None when it is not a plain name in a folder."""
     try:
-        name = os.fsdecode(base64.urlsafe_b64decode(key[1:]))
+        name = os.fsdecode(base64.urlsafe_b64decode(encoded))
     except (binascii.Error, ValueError):
         return None
-    if not name or "/" in name or "\0" in name or name in (".", ".."):
-        return None
-    return name
+    return name if _plain_name(name) else None
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` names an entry of a folder: not empty, no slash, no NUL, not "." or ".."."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,38 +218,62 @@ def page_of(
     now = time.time() if now is None else now
     infos = ordered(listing(mb, state), state)  # dead reasons are read for the page's rows only
     page = max(page, 1)
-    start = (page - 1) * size
-
-    def item(info: MessageInfo, head: Any) -> Item:
-        return Item(info, head, message_key(info), max(now - info.changed_at, 0.0))
-
-    def shown(items: list[Item]) -> list[Item]:
-        return [dataclasses.replace(i, info=_reason_cut(with_reason(mb, i.info))) for i in items]
-
+    pager = _Pager(mb, heads, now, (page - 1) * size, size)
     if not topic:
-        chosen = infos[start : start + size]
-        items = shown([item(i, heads.head(mb, i)) for i in chosen])
-        pages = max((len(infos) + size - 1) // size, 1)
-        return Page(items, len(infos), page, pages, start + size < len(infos), 0, False)
-    matched: list[Item] = []
-    scanned = 0
-    capped = False
-    for info in infos:
-        if len(matched) > start + size:
-            break
-        if scanned >= SCAN_LIMIT:
-            capped = True
-            break
-        scanned += 1
-        head = heads.head(mb, info)
-        if head.topic is not None and fnmatch.fnmatchcase(head.topic, topic):
-            matched.append(item(info, head))
-    return Page(
-        shown(matched[start : start + size]),
-        len(infos),
-        page,
-        None,
-        len(matched) > start + size,
-        scanned,
-        capped,
-    )
+        return pager.plain(infos, page)
+    return pager.filtered(infos, page, topic)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pager:
+    """What one page is made with: the mailbox, the heads read, the time, where the page starts (an
+    index among the messages listed, or among those that match the filter) and its size."""
+
+    mb: Mailbox
+    heads: HeadCache
+    now: float
+    start: int
+    size: int
+
+    def item(self, info: MessageInfo, head: Head) -> Item:
+        return Item(info, head, message_key(info), max(self.now - info.changed_at, 0.0))
+
+    def shown(self, items: list[Item]) -> list[Item]:
+        """The page's items with their dead reasons read and cut (for these rows only)."""
+        return [dataclasses.replace(i, info=_reason_cut(with_reason(self.mb, i.info))) for i in items]
+
+    def plain(self, infos: list[MessageInfo], page: int) -> Page:
+        """The page of the whole listing: only its own messages are read."""
+        end = self.start + self.size
+        items = self.shown([self.item(i, self.heads.head(self.mb, i)) for i in infos[self.start : end]])
+        pages = max((len(infos) + self.size - 1) // self.size, 1)
+        return Page(items, len(infos), page, pages, end < len(infos), 0, False)
+
+    def filtered(self, infos: list[MessageInfo], page: int, topic: str) -> Page:
+        """The page of the messages whose topic matches ``topic`` (a glob)."""
+        matched, scanned, capped = self.matching(infos, topic)
+        end = self.start + self.size
+        return Page(
+            self.shown(matched[self.start : end]), len(infos), page, None, len(matched) > end, scanned, capped
+        )
+
+    def matching(self, infos: list[MessageInfo], topic: str) -> tuple[list[Item], int, bool]:
+        """The messages whose topic matches, up to one past the page, reading at most `SCAN_LIMIT`
+        topics; how many topics were read; whether that limit stopped the scan."""
+        matched: list[Item] = []
+        scanned = 0
+        for info in infos:
+            if len(matched) > self.start + self.size:
+                break
+            if scanned >= SCAN_LIMIT:
+                return matched, scanned, True
+            scanned += 1
+            head = self.heads.head(self.mb, info)
+            if _topic_matches(head, topic):
+                matched.append(self.item(info, head))
+        return matched, scanned, False
+
+
+def _topic_matches(head: Head, topic: str) -> bool:
+    """Whether a message's topic (when known) matches the glob ``topic``."""
+    return head.topic is not None and fnmatch.fnmatchcase(head.topic, topic)

@@ -41,6 +41,7 @@ class Live:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: dict[str, Any] | None = None
+        self._polled_at = self._looked_at = 0.0  # when the refresher last marked all, took a look
 
     # -- in -----------------------------------------------------------------------------------------
 
@@ -85,31 +86,50 @@ class Live:
         with contextlib.suppress(Exception):  # an outage is reported by the loop below
             self.fleet.refresh()  # the counts first: the fleet page is what a person opens
         self._look()
-        last_poll = last_look = time.monotonic()
+        self._polled_at = self._looked_at = time.monotonic()
+        timeout = min(self.poll, 1.0) if polled else 1.0
         version = -1
         before: dict[str, dict[str, int]] = {}
         while not self._closing.is_set():
-            now = time.monotonic()
-            if polled and now - last_poll >= self.poll:
-                self.fleet.mark_all()
-                last_poll = now
-            if polled and now - last_look >= 60.0:
-                self._look()
-                last_look = now
-            try:
-                self.fleet.refresh(budget=2.0)
-            except Exception as exc:  # the backend went away (Redis down, the root removed): try again
-                log.warning("cannot count the mailboxes: %s", printable(str(exc), 500))
-                self._closing.wait(self.poll)
+            self._poll(polled)
+            if not self._counted():
                 continue
             if self.fleet.version != version:
                 version = self.fleet.version
-                update = self.snapshot()
-                if polled:
-                    self._rates_from_counts(update, before)
-                self.publish(update)
-            self.fleet.wait_changed(version, timeout=1.0 if not polled else min(self.poll, 1.0))
+                self._send(polled, before)
+            self.fleet.wait_changed(version, timeout=timeout)
             self._closing.wait(MIN_INTERVAL)
+
+    def _poll(self, polled: bool) -> None:
+        """On a backend without notifications: every mailbox marked each ``poll`` seconds, the
+        graph's look taken again each minute."""
+        if not polled:
+            return
+        now = time.monotonic()
+        if now - self._polled_at >= self.poll:
+            self.fleet.mark_all()
+            self._polled_at = now
+        if now - self._looked_at >= 60.0:
+            self._look()
+            self._looked_at = now
+
+    def _counted(self) -> bool:
+        """Counts what was marked (for two seconds at most); False when the backend failed (after a
+        pause: the loop tries again)."""
+        try:
+            self.fleet.refresh(budget=2.0)
+        except Exception as exc:  # the backend went away (Redis down, the root removed): try again
+            log.warning("cannot count the mailboxes: %s", printable(str(exc), 500))
+            self._closing.wait(self.poll)
+            return False
+        return True
+
+    def _send(self, polled: bool, before: dict[str, dict[str, int]]) -> None:
+        """Hands every open page the new numbers (with the rates the counts show, when polled)."""
+        update = self.snapshot()
+        if polled:
+            self._rates_from_counts(update, before)
+        self.publish(update)
 
     def _look(self) -> None:
         """The graph's look at the durable messages, in a thread of its own (it reads many folders)."""
@@ -126,14 +146,17 @@ class Live:
         """Rates on a backend without notifications: what the counts grew by since the last poll."""
         at = time.time()
         for row in update["rows"]:
-            now = {"in": row["waiting"] + row["delayed"] + row["processing"] + row["done"] + row["dead"]}
-            now.update(acked=row["done"], dead=row["dead"])
+            now = _rate_counts(row)
             prev = before.get(row["agent"])
             if prev is not None:
-                for kind, value in now.items():
-                    if value > prev[kind]:
-                        self.fleet.rate(row["agent"], kind, value - prev[kind], at)
+                self._rate_growth(row["agent"], prev, now, at)
             before[row["agent"]] = now
+
+    def _rate_growth(self, agent: str, prev: dict[str, int], now: dict[str, int], at: float) -> None:
+        """What each count grew by since the last poll, counted as that rate (a count that fell: none)."""
+        for kind, value in now.items():
+            if value > prev[kind]:
+                self.fleet.rate(agent, kind, value - prev[kind], at)
 
     def snapshot(self) -> dict[str, Any]:
         rows = self.fleet.rows(budget=0.0)
@@ -165,6 +188,12 @@ class Live:
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         with self._lock:
             self._queues = {(lp, q) for lp, q in self._queues if q is not queue}
+
+
+def _rate_counts(row: dict[str, Any]) -> dict[str, int]:
+    """The counts of a row that the rates follow: every message that came in, the acked, the dead."""
+    total = row["waiting"] + row["delayed"] + row["processing"] + row["done"] + row["dead"]
+    return {"in": total, "acked": row["done"], "dead": row["dead"]}
 
 
 def _offer(queue: asyncio.Queue[dict[str, Any]], update: dict[str, Any]) -> None:

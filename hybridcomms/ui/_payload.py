@@ -22,30 +22,39 @@ def clipped(value: Any, depth: int = DEPTH) -> tuple[Any, bool]:
     recursion however deep the value is); and whether anything was cut."""
     cut = False
     note = CUT.format(depth=depth)
-
-    def shallow(v: Any) -> Any:
-        return [] if isinstance(v, list) else {} if isinstance(v, dict) else v
-
-    root = shallow(value)
+    root = _shallow(value)
     stack: list[tuple[Any, Any, int]] = [(value, root, 1)]  # (source, copy being filled, its level)
     while stack:
         src, dst, level = stack.pop()
-        items = enumerate(src) if isinstance(src, list) else src.items()
-        for k, v in items:
+        for k, v in _members(src):
+            child: Any = v
             if isinstance(v, (list, dict)):
                 if level >= depth:
-                    child: Any = note
+                    child = note
                     cut = True
                 else:
-                    child = shallow(v)
+                    child = _shallow(v)
                     stack.append((v, child, level + 1))
-            else:
-                child = v
-            if isinstance(dst, list):
-                dst.append(child)
-            else:
-                dst[str(k)] = child
+            _put(dst, k, child)
     return root, cut
+
+
+def _shallow(v: Any) -> Any:
+    """An empty list or object of the same kind as ``v`` (to be filled), or ``v`` itself."""
+    return [] if isinstance(v, list) else {} if isinstance(v, dict) else v
+
+
+def _members(v: list[Any] | dict[Any, Any]) -> Any:
+    """A list's (index, item) or an object's (key, value) pairs."""
+    return enumerate(v) if isinstance(v, list) else v.items()
+
+
+def _put(dst: list[Any] | dict[str, Any], k: Any, child: Any) -> None:
+    """Adds ``child`` to the copy being filled: appended to a list, under its key (as text) in an object."""
+    if isinstance(dst, list):
+        dst.append(child)
+    else:
+        dst[str(k)] = child
 
 
 def payload_text(value: Any) -> str:

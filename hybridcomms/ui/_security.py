@@ -88,13 +88,7 @@ class Guard:
         """Whether the Host header names an address this dashboard answers for (any port)."""
         if not host_header:
             return False
-        host = host_header.strip().lower()
-        if host.startswith("["):  # [::1]:8765
-            end = host.find("]")
-            name = host[1:end] if end > 0 else ""
-        else:
-            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        return name in self.hosts
+        return _host_name(host_header.strip().lower()) in self.hosts
 
     def token_ok(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
@@ -110,6 +104,14 @@ class Guard:
         if origin is None:
             return True
         return origin.lower() in {f"http://{(host_header or '').lower()}"}
+
+
+def _host_name(host: str) -> str:
+    """The name or address of a Host header without its port (an IPv6 address without its brackets)."""
+    if host.startswith("["):  # [::1]:8765
+        end = host.find("]")
+        return host[1:end] if end > 0 else ""
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _derive(token: str, purpose: bytes) -> str:

@@ -29,7 +29,7 @@ from .._urls import shown_url
 from ..backends import Mailbox, backend_of, open_mailbox
 from ..backends.base import MailboxStats, MessageInfo, StateStats, check_agent_id
 from ..backends.file import FileMailbox, inspection
-from ..backends.file.inspection import survey_root
+from ..backends.file.inspection import RootEntry, survey_root
 from ..errors import HybridCommsError
 from ..message import Message
 from ..states import State
@@ -52,6 +52,7 @@ __all__ = [
     "get_logger",
     "json_text",
     "listing",
+    "mailbox_agents",
     "printable",
     "read_small",
     "shown",
@@ -74,6 +75,11 @@ class AgentEntry:
     legacy: dict[str, Any] | None = None  # for "legacy": its layout and how many wait there
 
 
+def mailbox_agents(entries: list[AgentEntry]) -> list[str]:
+    """The agents of ``entries`` that have a mailbox (not legacy, not broken)."""
+    return [e.agent for e in entries if e.kind == "mailbox" and e.agent is not None]
+
+
 class Source:
     """The mailboxes under one root, or on one Redis URL."""
 
@@ -94,14 +100,15 @@ class Source:
             from ..backends.redis.mailbox import redis_agents
 
             return [AgentEntry(a, a, "mailbox") for a in redis_agents(self.where)]
-        out = []
-        for e in survey_root(self.where):
-            status = _legacy_status(self.where, e.agent) if e.agent and e.kind != "broken" else None
-            if status is not None:
-                out.append(AgentEntry(e.name, e.agent, "legacy", None, status))
-            else:
-                out.append(AgentEntry(e.name, e.agent, e.kind, e.problem))
-        return out
+        return [self._entry(e) for e in survey_root(self.where)]
+
+    def _entry(self, e: RootEntry) -> AgentEntry:
+        """One folder of the root as the fleet shows it: a legacy agent when it still reads a legacy
+        Dream.OS layout, else what the survey found."""
+        status = _legacy_status(self.where, e.agent) if e.agent and e.kind != "broken" else None
+        if status is not None:
+            return AgentEntry(e.name, e.agent, "legacy", None, status)
+        return AgentEntry(e.name, e.agent, e.kind, e.problem)
 
     def reading(self, agent: str) -> contextlib.AbstractContextManager[Mailbox]:
         """The mailbox of ``agent``, opened to look (never created, never changed)."""
@@ -233,6 +240,16 @@ def _check_single(st: os.stat_result, limit: int) -> None:
         raise Withheld(f"{st.st_size} bytes: not read for the list")
 
 
+def _read_single(fd: int, st: os.stat_result, limit: int) -> bytes | None:
+    """The bytes of an opened file that has one name and at most ``limit`` bytes (else `Withheld`);
+    None when it grew while it was read. The descriptor is closed."""
+    try:
+        _check_single(st, limit)
+        return _fs.read_all(fd, st.st_size, limit)
+    finally:
+        os.close(fd)
+
+
 def read_small(mb: Mailbox, info: MessageInfo, limit: int) -> Message:
     """The message of ``info`` for a listing: `Withheld` if its file has more than one link or is over
     ``limit`` bytes (checked on the descriptor it is read from: no race with a new link)."""
@@ -241,11 +258,7 @@ def read_small(mb: Mailbox, info: MessageInfo, limit: int) -> Message:
     if not isinstance(mb, FileMailbox):
         return mb.read(info)
     fd, st = _fs.open_regular(info.name, limit, dir_fd=mb.folders.fd(info.state))
-    try:
-        _check_single(st, limit)
-        raw = _fs.read_all(fd, st.st_size, limit)
-    finally:
-        os.close(fd)
+    raw = _read_single(fd, st, limit)
     if raw is None:
         raise Withheld("grew while it was read")
     return Message.decode(raw, path=str(mb.path / info.state.folder / info.name))
@@ -264,25 +277,31 @@ def with_reason(mb: Mailbox, info: MessageInfo) -> MessageInfo:
     `REASON_LIMIT` is not read, and says so)."""
     if not isinstance(mb, FileMailbox) or info.state is not State.DEAD or info.reason is not None:
         return info
+    return dataclasses.replace(info, reason=_dead_reason(mb.folders.fd(State.DEAD), info.name))
+
+
+def _dead_reason(dead_fd: int, name: str) -> dict[str, Any] | None:
+    """The reason file of the dead letter ``name`` (None when there is none), or a reason that says
+    why it was not read."""
     try:
-        fd, st = _fs.open_regular(info.name + REASON_SUFFIX, REASON_LIMIT, dir_fd=mb.folders.fd(State.DEAD))
+        fd, st = _fs.open_regular(name + REASON_SUFFIX, REASON_LIMIT, dir_fd=dead_fd)
     except FileNotFoundError:
-        return info
+        return None
     except _fs.TooLargeError:
-        return dataclasses.replace(
-            info, reason={"reason": f"(reason file over {REASON_LIMIT} bytes: not read)"}
-        )
+        return {"reason": f"(reason file over {REASON_LIMIT} bytes: not read)"}
     except OSError:
-        return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
+        return {"reason": "(unreadable reason file)"}
     try:
-        _check_single(st, REASON_LIMIT)
-        raw = _fs.read_all(fd, st.st_size, REASON_LIMIT)
+        raw = _read_single(fd, st, REASON_LIMIT)
     except Withheld as exc:
-        return dataclasses.replace(info, reason={"reason": f"(reason file {exc})"})
-    finally:
-        os.close(fd)
+        return {"reason": f"(reason file {exc})"}
+    return _reason_value(raw)
+
+
+def _reason_value(raw: bytes | None) -> dict[str, Any] | None:
+    """A reason file's content: its JSON object (None for other JSON), or a note when it is not JSON."""
     try:
         value = orjson.loads(raw or b"")
     except orjson.JSONDecodeError:
-        return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
-    return dataclasses.replace(info, reason=value if isinstance(value, dict) else None)
+        return {"reason": "(unreadable reason file)"}
+    return value if isinstance(value, dict) else None
