@@ -40,6 +40,7 @@ class Live:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._looking: threading.Thread | None = None  # the graph's last look (`_look`)
         self._last: dict[str, Any] | None = None
         self._polled_at = self._looked_at = 0.0  # when the refresher last marked all, took a look
 
@@ -74,8 +75,9 @@ class Live:
     def close(self) -> None:
         self._closing.set()
         self.fleet.mark_all()  # wakes the refresher
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in (self._thread, self._looking):  # the refresher first: it may start a look
+            if thread is not None:
+                thread.join(5)
         while self._stops:
             self._stops.pop()()
 
@@ -140,7 +142,8 @@ class Live:
             except Exception as exc:  # the backend went away: the graph keeps what it had
                 log.warning("cannot look at the messages for the graph: %s", printable(str(exc), 500))
 
-        threading.Thread(target=run, name="hybridcomms-ui-look", daemon=True).start()
+        self._looking = threading.Thread(target=run, name="hybridcomms-ui-look", daemon=True)
+        self._looking.start()
 
     def _rates_from_counts(self, update: dict[str, Any], before: dict[str, dict[str, int]]) -> None:
         """Rates on a backend without notifications: what the counts grew by since the last poll."""
