@@ -68,7 +68,7 @@ from ..base import (
 )
 from . import inspection, recovery
 from .delivery import Delivery
-from .folders import Folders
+from .folders import Folders, is_plain_name
 from .index import ClaimIndex
 from .opening import FolderSetup, list_agents
 from .reading import claim_target, read_claimed
@@ -457,7 +457,7 @@ class FileMailbox:
     def claim_file(self, name: str) -> Delivery | None:
         """Claim one particular file of ``new/`` by name (for the Dream.OS compatibility layer,
         whose callers name the file they read). None if it is gone or someone else holds it."""
-        if not name or "/" in name or name.startswith("."):
+        if not is_plain_name(name):
             raise ValueError(f"not a file name in new/: {name!r}")
         self.folders.check_writable()
         return self._try_claim(name)
