@@ -218,17 +218,25 @@ class FileMailbox:
         if self._closed:
             return
         self._closed = True
-        with self._waiter_lock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.close()
+        self._drop_waiter()
         with self._reopen_lock:
             try:
                 self.folders.flush()
             finally:
-                self.folders.close()
-                for _, old in self._retired:
-                    old.close()
+                self._close_folders()
+
+    def _drop_waiter(self) -> None:
+        """Stop the arrival waiter, if there is one (the next claim that waits makes another)."""
+        with self._waiter_lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
+
+    def _close_folders(self) -> None:
+        """Release the folders, and those of a mailbox folder made anew that are still kept open."""
+        self.folders.close()
+        for _, old in getattr(self, "_retired", ()):
+            old.close()
 
     def flush(self) -> None:
         """Commit folder changes that fsync="batch" is still holding back."""
@@ -248,9 +256,7 @@ class FileMailbox:
                     waiter.close()
                 except Exception:
                     pass
-            self.folders.close()
-            for _, old in getattr(self, "_retired", ()):
-                old.close()
+            self._close_folders()
 
     def __repr__(self) -> str:
         return f"<FileMailbox {self.path} fsync={self.fsync.value}>"
@@ -306,21 +312,16 @@ class FileMailbox:
         self.folders.check_writable()
         wait = check_delay(delay)
         msgs = list(messages)
-        now = time.time()
-        batch = [(_publish_name(m, now, wait), m.encode(self.max_message_size)) for m in msgs]
+        batch = self._encoded(msgs, wait)
         if not batch:
             return []
         tmp_fd, new_fd = self.folders.fd(State.TMP), self.folders.fd(State.NEW)
         written: list[tuple[str, str]] = []
         moved: list[str] = []
         try:
-            for name, data in batch:
-                written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
-            if self.folders.sync:
-                _sync_files(tmp_fd, [tmp_name for tmp_name, _ in written])
-            for tmp_name, name in written:
-                self._publish(tmp_fd, tmp_name, name)
-                moved.append(name)
+            self._write_all(tmp_fd, batch, written)
+            self._sync_written(tmp_fd, written)
+            self._publish_all(tmp_fd, written, moved)
             self.folders.commit(new_fd)
         except OSError as exc:
             self._take_back(tmp_fd, written, moved)
@@ -328,6 +329,27 @@ class FileMailbox:
         for name in moved:
             self.folders.arrived(name)
         return [m.id for m in msgs]
+
+    def _encoded(self, msgs: list[Message], wait: float) -> list[tuple[str, bytes]]:
+        """Each message's name in ``new/`` and its bytes (all encoded before anything is written)."""
+        now = time.time()
+        return [(_publish_name(m, now, wait), m.encode(self.max_message_size)) for m in msgs]
+
+    def _write_all(self, tmp_fd: int, batch: list[tuple[str, bytes]], written: list[tuple[str, str]]) -> None:
+        """Write each of ``batch`` in ``tmp/`` (not synced); (its name there, its name) go to ``written``."""
+        for name, data in batch:
+            written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
+
+    def _sync_written(self, tmp_fd: int, written: list[tuple[str, str]]) -> None:
+        """The files ``written`` in ``tmp/`` on disk, at once (where the fsync policy syncs at all)."""
+        if self.folders.sync:
+            _sync_files(tmp_fd, [tmp_name for tmp_name, _ in written])
+
+    def _publish_all(self, tmp_fd: int, written: list[tuple[str, str]], moved: list[str]) -> None:
+        """The PUBLISH move of each file ``written``, adding its name to ``moved`` (not committed)."""
+        for tmp_name, name in written:
+            self._publish(tmp_fd, tmp_name, name)
+            moved.append(name)
 
     def _take_back(self, tmp_fd: int, written: list[tuple[str, str]], moved: list[str]) -> None:
         """A failed `put_many`: the files it published withdrawn, those still in ``tmp/`` removed."""
@@ -383,7 +405,7 @@ class FileMailbox:
         while True:
             waiter = self._get_waiter()  # (a new one once the mailbox folder was made anew)
             waiter.clear()
-            if cancel is not None and cancel.is_set():
+            if _cancelled(cancel):
                 return None
             delivery = self._claim_once()
             if delivery is not None:
@@ -426,8 +448,7 @@ class FileMailbox:
             raise MailboxIOError(
                 exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
             ) from None
-        held = os.fstat(self.folders.fd(State.NEW))
-        if found.st_ino != held.st_ino or found.st_dev != held.st_dev:
+        if not _same_file(found, os.fstat(self.folders.fd(State.NEW))):
             try:
                 self._reopen_folders(found)
             except UnsafePathError as exc:  # a link or a stranger's folder there now: refused, as I/O
@@ -437,22 +458,26 @@ class FileMailbox:
         with self._reopen_lock:
             if self._closed:
                 raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
-            held = os.fstat(self.folders.fd(State.NEW))
-            if held.st_ino == found.st_ino and held.st_dev == found.st_dev:
+            if _same_file(os.fstat(self.folders.fd(State.NEW)), found):
                 return  # another claimer of this mailbox opened it again just now
             fresh = Folders.open(self._setup, self.fsync, self._batch_interval, self._index, self._setup.root)
             old, self.folders = self.folders, fresh
-            now = time.monotonic()
-            for since, gone in self._retired:
-                if now - since >= _RETIRED_FOR:
-                    gone.close()
-            self._retired = [(t, f) for t, f in self._retired if now - t < _RETIRED_FOR] + [(now, old)]
-        with self._waiter_lock:  # the next claim watches the new folder
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.close()
+            self._retire(old)
+        self._drop_waiter()  # the next claim watches the new folder
         self._index.mark_stale()
         log.info("%s: mailbox folder %s was made anew; opened again", self.agent_id, self.path)
+
+    def _retire(self, old: Folders) -> None:
+        """Keep the replaced folders ``old`` open for `_RETIRED_FOR` seconds; close those retired
+        longer ago than that."""
+        now = time.monotonic()
+        kept = []
+        for since, gone in self._retired:
+            if now - since >= _RETIRED_FOR:
+                gone.close()
+            else:
+                kept.append((since, gone))
+        self._retired = [*kept, (now, old)]
 
     def claim_file(self, name: str) -> Delivery | None:
         """Claim one particular file of ``new/`` by name (for the Dream.OS compatibility layer,
@@ -648,6 +673,16 @@ def _sync_files(dir_fd: int, names: Iterable[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _cancelled(cancel: threading.Event | None) -> bool:
+    """Whether a waiting claim was told to stop (its ``cancel`` set)."""
+    return cancel is not None and cancel.is_set()
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two stats are of the same file (or folder): same inode on the same device."""
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
 
 
 def _file_mode(given: int | None, new_fd: int) -> int:
