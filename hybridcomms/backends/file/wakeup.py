@@ -98,16 +98,21 @@ class _SharedObserver:
             observer = self._observer
             if observer is None or self._pid != os.getpid():
                 return
-            try:
-                observer.unschedule(watch)
-            except KeyError:
-                pass
+            _unschedule(observer, watch)
             self._count -= 1
             if self._count > 0:
                 return
             self._observer = None
         observer.stop()
         observer.join(timeout=5)
+
+
+def _unschedule(observer: Any, watch: Any) -> None:
+    """Take ``watch`` off ``observer`` (one it no longer knows is fine)."""
+    try:
+        observer.unschedule(watch)
+    except KeyError:
+        pass
 
 
 _shared = _SharedObserver()
@@ -181,18 +186,23 @@ class _InotifyHub:
         with self.cond:
             if self._pid != os.getpid():
                 return
-            waiters = self._waiters.get(wd, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters and wd in self._waiters:
-                del self._waiters[wd]
-                calls[2](self._fd, wd)
+            self._unwatch(waiter, wd, calls[2])
             if self._waiters:
                 return
             if not self._reading:
                 self._release()
                 return
         self.poke()  # the reader (a claim on a mailbox closed meanwhile) returns, and releases them
+
+    def _unwatch(self, waiter: ArrivalWaiter, wd: int, rm_watch: Any) -> None:
+        """Under ``cond``: ``waiter`` no longer hears of its folder (watch ``wd``); the kernel's watch
+        goes with the folder's last waiter."""
+        waiters = self._waiters.get(wd, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters and wd in self._waiters:
+            del self._waiters[wd]
+            rm_watch(self._fd, wd)
 
     def _release(self) -> None:
         """Under ``cond``, with no waiter left and no reader: close the descriptor and the wake-up
@@ -258,11 +268,16 @@ class _InotifyHub:
             self._reading = True
         data = b""
         try:
-            data = os.read(self._fd, 65536)
-        except BlockingIOError:
-            pass
+            data = self._read_events()
         finally:
             self._done_reading(data)
+
+    def _read_events(self) -> bytes:
+        """What the kernel has queued for our watches (one read that never waits); b"" if nothing."""
+        try:
+            return os.read(self._fd, 65536)
+        except BlockingIOError:
+            return b""
 
     def _read(self, timeout: float) -> bytes:
         poller = select.poll()
@@ -270,16 +285,17 @@ class _InotifyHub:
         poller.register(self._wake_r, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(max(1, int(timeout * 1000)))}
         if self._wake_r in ready:
-            try:
-                os.read(self._wake_r, 4096)
-            except BlockingIOError:
-                pass
+            self._empty_wake_pipe()
         if self._fd not in ready:
             return b""
+        return self._read_events()
+
+    def _empty_wake_pipe(self) -> None:
+        """Take the pokes out of the wake-up pipe (they only woke the reader)."""
         try:
-            return os.read(self._fd, 65536)
+            os.read(self._wake_r, 4096)
         except BlockingIOError:
-            return b""
+            pass
 
     def _dispatch(self, data: bytes) -> None:
         """Under ``cond``: hand each event to the waiters of its folder (a few microseconds per
@@ -306,14 +322,23 @@ class _InotifyHub:
                     w._event.set()
 
     def _odd(self, wd: int, mask: int) -> None:
+        """Under ``cond``: an event that is not an arrival (events lost, or a watch gone)."""
         if mask & self.IN_Q_OVERFLOW:
-            for waiters in self._waiters.values():
-                for w in waiters:
-                    w._lost()
+            self._overflowed()
         elif mask & self.IN_IGNORED:  # the folder went away
-            for w in self._waiters.pop(wd, []):
-                w.notifying = False
+            self._folder_gone(wd)
+
+    def _overflowed(self) -> None:
+        """The kernel's queue overflowed: every waiter lost events (its claimer lists its folder again)."""
+        for waiters in self._waiters.values():
+            for w in waiters:
                 w._lost()
+
+    def _folder_gone(self, wd: int) -> None:
+        """The folder of watch ``wd`` went away: its waiters hear nothing more from the kernel."""
+        for w in self._waiters.pop(wd, []):
+            w.notifying = False
+            w._lost()
 
 
 _hub = _InotifyHub()
