@@ -60,18 +60,12 @@ class Delivery(Settling):
         be delivered again.
 
         Written out here rather than in the mailbox: it runs once per message (docs/performance.md)."""
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
+        self._check_open()
         self._settled = True
         name = self.name
         mb = self._mailbox
-        folders = mb.folders
-        retention = mb.retention
         try:
-            if retention.keep == 0:
-                _remove(folders, name)
-            else:
-                _move_to_done(folders, name, retention)
+            _ack_file(mb.folders, name, mb.retention)
         except FileNotFoundError:
             raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
         except KeyError:
@@ -173,6 +167,14 @@ class Delivery(Settling):
                 os.close(self._fd)
             except OSError:
                 pass
+
+
+def _ack_file(folders: Folders, name: str, retention: Retention) -> None:
+    """The acked file into ``done/``, or removed where ``done/`` keeps none (``done_retention=0``)."""
+    if retention.keep == 0:
+        _remove(folders, name)
+    else:
+        _move_to_done(folders, name, retention)
 
 
 def _remove(folders: Folders, name: str) -> None:

@@ -26,12 +26,13 @@ import builtins
 import errno
 import os
 import random
+import re
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ... import _fs, _log
 from ..._fs import FsyncPolicy
@@ -284,13 +285,17 @@ class FileMailbox:
             _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put {name}") from exc
         if self.folders.sync:
-            try:
-                self.folders.commit(new_fd)
-            except OSError as exc:
-                self.folders.withdraw([name])
-                raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
+            self._commit_published(new_fd, name)
         self.folders.arrived(name)
         return name
+
+    def _commit_published(self, new_fd: int, name: str) -> None:
+        """Commit ``new/`` after a put; if that fails, the file is taken back and the put raises."""
+        try:
+            self.folders.commit(new_fd)
+        except OSError as exc:
+            self.folders.withdraw([name])
+            raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
 
     def _publish(self, tmp_fd: int, tmp_name: str, name: str) -> int:
         """`Folders.publish` (a name the tests hook into)."""
@@ -395,8 +400,7 @@ class FileMailbox:
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
-            if self._lost_race:
-                self._jump_ahead()
+            self._after_miss(False)
         return self._claim_once()
 
     def _claim_waiting(self, timeout: float, cancel: threading.Event | None) -> Delivery | None:
@@ -502,11 +506,16 @@ class FileMailbox:
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
-            if self._lost_race:
-                if scanned:  # just listed: go on in order (never return None with names skipped)
-                    self._lost_race = False
-                else:
-                    self._jump_ahead()
+            self._after_miss(scanned)
+
+    def _after_miss(self, scanned: bool) -> None:
+        """After a name that did not claim: a claimer that lost the race for it jumps ahead
+        (`_jump_ahead`), unless ``new/`` was ``scanned`` (listed) in this look."""
+        if self._lost_race:
+            if scanned:  # just listed: go on in order (never return None with names skipped)
+                self._lost_race = False
+            else:
+                self._jump_ahead()
 
     def _watching(self) -> ArrivalWaiter | None:
         """The waiter that hears of arrivals. At the first look: watch new/ first, then list it (what
@@ -524,7 +533,7 @@ class FileMailbox:
         name = index.pop_due(scanned)  # None also when the index is due for a relisting
         if name is not None or scanned:
             return name, scanned
-        if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
+        if _kernel_knows(waiter, index):
             # Running dry with notifications on: the kernel's queue says what arrived since the last
             # look (one read that returns at once), no listing.
             waiter.poll()
@@ -559,19 +568,32 @@ class FileMailbox:
         try:
             m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
             message, problem = read_claimed(fd, m, self.max_message_size)
-            if message is not None and message.expires is not None and message.expired():
-                self.folders.expire(name, message, 0 if m is None else int(m[4]))
-            else:
-                target, attempt, problem = claim_target(m, message, problem)
-                if self.folders.claim_move(name, target, problem):
-                    # Not committed, at any fsync level (the module docstring says why).
-                    delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
+            delivery = self._hand_out(fd, name, m, message, problem)
         except OSError as exc:
             raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
         finally:
             if delivery is None:
                 drop(fd)
         return delivery
+
+    def _hand_out(
+        self, fd: int, name: str, m: re.Match[str] | None, message: Message | None, problem: str
+    ) -> Delivery | None:
+        """What ``new/<name>``, open and locked as ``fd``, read as (``message``, else ``problem``)
+        becomes: a `Delivery` in ``processing/``; or None: expired (dead-lettered), never deliverable
+        (rejected) or gone."""
+        if message is not None and message.expires is not None and message.expired():
+            self._expire(name, message, m)
+            return None
+        target, attempt, problem = claim_target(m, message, problem)
+        if self.folders.claim_move(name, target, problem):
+            # Not committed, at any fsync level (the module docstring says why).
+            return Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
+        return None
+
+    def _expire(self, name: str, message: Message, m: re.Match[str] | None) -> None:
+        """``new/<name>`` (``m``: its name's match) is past its expiry: dead-lettered, never handed out."""
+        self.folders.expire(name, message, 0 if m is None else int(m[4]))
 
     def _open_to_claim(self, name: str) -> int | None:
         """``new/<name>`` opened and locked (the lock says its claimer is alive); None if another
@@ -586,12 +608,7 @@ class FileMailbox:
             self._lost_race = True
             return None  # another claimer won
         except OSError as exc:
-            if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
-                # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
-                self._claim_flags = _O_READ_MSG
-                return self._open_to_claim(name)
-            self.folders.reject_unopenable(name, exc)
-            return None
+            return self._unopenable(name, exc)
         try:
             _flock(fd, _LOCK_TRY)
         except BlockingIOError:
@@ -599,6 +616,16 @@ class FileMailbox:
             self._lost_race = True
             return None  # someone else is claiming it right now
         return fd
+
+    def _unopenable(self, name: str, exc: OSError) -> int | None:
+        """``new/<name>`` did not open (``exc``): opened again without O_NOATIME if that was why;
+        else rejected to ``dead/`` when it never will open (None), or the error raised."""
+        if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
+            # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
+            self._claim_flags = _O_READ_MSG
+            return self._open_to_claim(name)
+        self.folders.reject_unopenable(name, exc)
+        return None
 
     def reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered (`Folders.reject`; for the CLI's doctor)."""
@@ -673,6 +700,12 @@ def _sync_files(dir_fd: int, names: Iterable[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _kernel_knows(waiter: ArrivalWaiter | None, index: ClaimIndex) -> TypeGuard[ArrivalWaiter]:
+    """Whether the kernel's queue of notifications (read by ``waiter``) says all that arrived since
+    the index was listed: notifications on, the listing not due, no name skipped."""
+    return waiter is not None and waiter.direct and not index.stale() and not index.skipped
 
 
 def _cancelled(cancel: threading.Event | None) -> bool:

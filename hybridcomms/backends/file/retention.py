@@ -85,11 +85,15 @@ class Retention:
                 self._left = self.every
                 self.trim(done_fd)
             else:
-                due = self._due
-                while due and not _remove_name(done_fd, due.pop()):
-                    pass  # taken by another handle's trim meanwhile: the next one
+                self._remove_next_pick(done_fd)
         except OSError as exc:  # the ack itself is done: a trim that fails is tried again later
             log.warning("cannot trim done/ to %s acked messages: %s", self.keep, exc)
+
+    def _remove_next_pick(self, done_fd: int) -> None:
+        """Remove the oldest of the names the last look picked that is still an acked file."""
+        due = self._due
+        while due and not _remove_name(done_fd, due.pop()):
+            pass  # taken by another handle's trim meanwhile: the next one
 
     def trim(self, done_fd: int) -> int:
         """Remove the acked messages beyond `keep`, oldest first, and pick the next oldest, for the

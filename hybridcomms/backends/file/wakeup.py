@@ -232,7 +232,7 @@ class _InotifyHub:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                if not self._reading and self._pid == os.getpid():
+                if self._may_read():
                     self._reading = True
                     break
                 self.cond.wait(remaining)
@@ -243,6 +243,11 @@ class _InotifyHub:
             self._done_reading(data)
         with self.cond:
             return waiter._flag
+
+    def _may_read(self) -> bool:
+        """Under ``cond``: a thread may become the reader (nobody reads, the descriptor is this
+        process's)."""
+        return not self._reading and self._pid == os.getpid()
 
     def _done_reading(self, data: bytes) -> None:
         """The reader hands out what it read and gives the reading up (to the next waiter)."""
@@ -263,7 +268,7 @@ class _InotifyHub:
         a claim that does not wait learns of arrivals this way. Nothing to do while another thread
         is the reader: it hands them out."""
         with self.cond:
-            if self._reading or self._pid != os.getpid():
+            if not self._may_read():
                 return
             self._reading = True
         data = b""
@@ -314,12 +319,7 @@ class _InotifyHub:
             waiters = waiters_of(wd)
             if not waiters or not length:
                 continue
-            name = data[start:i].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS)
-            for w in waiters:
-                w._on_arrival(name)
-                w._flag = True  # what wait() looks at; the event is for the fallback path only
-                if not w.notifying:
-                    w._event.set()
+            _tell_arrival(waiters, data[start:i].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS))
 
     def _odd(self, wd: int, mask: int) -> None:
         """Under ``cond``: an event that is not an arrival (events lost, or a watch gone)."""
@@ -339,6 +339,15 @@ class _InotifyHub:
         for w in self._waiters.pop(wd, []):
             w.notifying = False
             w._lost()
+
+
+def _tell_arrival(waiters: list[ArrivalWaiter], name: str) -> None:
+    """Under the hub's ``cond``: tell each of ``waiters`` that ``name`` arrived, and wake it."""
+    for w in waiters:
+        w._on_arrival(name)
+        w._flag = True  # what wait() looks at; the event is for the fallback path only
+        if not w.notifying:
+            w._event.set()
 
 
 _hub = _InotifyHub()
