@@ -87,12 +87,16 @@ class Delivery(Settling):
         if attempts_used_up(self.attempt, mb.max_attempts):
             self._give_up(f"failed {self.attempt} of {mb.max_attempts} attempts", self._error)
             return State.DEAD
-        wait = mb.backoff.delay(self.attempt) if delay is None else delay
-        due = time.time() + max(wait, 0.0)
+        due = self._due(delay)
         if self._error is not None:  # kept before the move: a crash in between leaves a true record
             last_errors.record(mb.folders, self.message.id, self.name, self.attempt, self._error, due)
         mb.folders.arrived(self._move_back(due))
         return State.NEW
+
+    def _due(self, delay: float | None) -> float:
+        """When a nacked message is due again: after ``delay`` seconds, else after the backoff."""
+        wait = self._mailbox.backoff.delay(self.attempt) if delay is None else delay
+        return time.time() + max(wait, 0.0)
 
     def _move_back(self, due: float) -> str:
         """The NACK move (committed), due at ``due``; the name the file got in ``new/``."""

@@ -57,6 +57,12 @@ def is_plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and not name.startswith(".")
 
 
+def _check_dead_name(name: str) -> None:
+    """Raise `ValueError` unless ``name`` can be a dead letter's name (a plain name, not a reason file's)."""
+    if not is_plain_name(name) or name.endswith(REASON_SUFFIX):
+        raise ValueError(f"unusable file name for dead/: {name!r}")
+
+
 class Folders:
     """One opening of a mailbox's folders (a mailbox folder made anew is opened again as another)."""
 
@@ -263,8 +269,7 @@ class Folders:
 
     def bury(self, data: bytes | _fs.ByteRange, name: str, reason: dict[str, Any]) -> str | None:
         """`FileMailbox.bury`: bytes into ``dead/`` as ``name`` with ``reason``; None if there already."""
-        if not is_plain_name(name) or name.endswith(REASON_SUFFIX):
-            raise ValueError(f"unusable file name for dead/: {name!r}")
+        _check_dead_name(name)
         self.check_writable()
         if self._in_dead(name):
             return None
@@ -285,11 +290,16 @@ class Folders:
         try:
             for name, data in files:
                 self.place(IMPORT_DONE, self.write_tmp(tmp_fd, name, data, sync=False), name)
-            if files and self.sync:
-                _fs.syncfs(done_fd)
-                self.commit(done_fd)
+            self._sync_imported(done_fd, files)
         except OSError as exc:
             raise self.io_error(exc, f"import of {len(files)} processed messages") from exc
+
+    def _sync_imported(self, done_fd: int, files: list[tuple[str, bytes]]) -> None:
+        """The ``files`` imported into ``done/`` on disk, with their names (one syncfs, one commit),
+        where the fsync policy syncs at all."""
+        if files and self.sync:
+            _fs.syncfs(done_fd)
+            self.commit(done_fd)
 
     def io_error(self, exc: OSError, what: str) -> MailboxIOError:
         if isinstance(exc, MailboxIOError):

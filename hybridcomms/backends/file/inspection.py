@@ -130,9 +130,13 @@ class _ErrorLookup:
         """The last error kept for the message ``info`` names (None for a name not ours)."""
         if info is None:
             return None
+        return last_errors.read(self.folders, info.id) if info.id in self._listed_ids() else None
+
+    def _listed_ids(self) -> frozenset[str]:
+        """The ids with a record in ``errors/``, listed at the first need."""
         if self.ids is None:
             self.ids = last_errors.listed(self.folders)
-        return last_errors.read(self.folders, info.id) if info.id in self.ids else None
+        return self.ids
 
 
 def read_reason(mb: FileMailbox, name: str) -> dict[str, Any] | None:
@@ -343,7 +347,12 @@ def _ctimes(fd: int, names: Iterable[str]) -> dict[str, float]:
 
 def _delayed(names: Iterable[str], now_s: str) -> int:
     """How many of the names of ``new/`` are due later than ``now_s`` (a compact time)."""
-    return sum(1 for name in names if len(name) > 26 and name[2] == "." and name[3:25] > now_s)
+    return sum(1 for name in names if _due_later(name, now_s))
+
+
+def _due_later(name: str, now_s: str) -> bool:
+    """Whether ``name`` is shaped as a message name of ours (``<rank>.<due>…``) due after ``now_s``."""
+    return len(name) > 26 and name[2] == "." and name[3:25] > now_s
 
 
 # -- what a root holds ---------------------------------------------------------------------------

@@ -119,12 +119,17 @@ def drop(folders: Folders, msg_id: str | None) -> None:
     removal is not committed: a power loss that brings a record back leaves it to `sweep`."""
     if not _valid(msg_id):
         return
-    try:
-        err_fd = folders.errors_folder(create=False)
-    except (OSError, HybridCommsError):
-        return
+    err_fd = _existing_folder(folders)
     if err_fd is not None:
         _fs.unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
+
+
+def _existing_folder(folders: Folders) -> int | None:
+    """``errors/`` if there is one; None if not, or if it cannot be opened."""
+    try:
+        return folders.errors_folder(create=False)
+    except (OSError, HybridCommsError):
+        return None
 
 
 def listed(folders: Folders) -> frozenset[str]:

@@ -231,15 +231,20 @@ def _set_up_folder(setup: FolderSetup, parent_fd: int, fd: int, shown: str, made
     its owner."""
     try:
         if made:
-            os.fchmod(fd, setup.dir_mode)
-            if sync:
-                os.fsync(parent_fd)  # the new folder's entry survives a power loss
+            _settle_made(setup, parent_fd, fd, sync)
         else:
             _fs.check_owner(
                 fd, shown, "a mailbox", "FileMailbox(..., allow_other_owner=True)", setup.allow_other_owner
             )
     except OSError as exc:
         raise MailboxIOError(exc.errno, f"cannot set up {shown}: {exc.strerror}", shown) from exc
+
+
+def _settle_made(setup: FolderSetup, parent_fd: int, fd: int, sync: bool) -> None:
+    """A folder made here: exactly `dir_mode` (whatever the umask), its entry committed if ``sync``."""
+    os.fchmod(fd, setup.dir_mode)
+    if sync:
+        os.fsync(parent_fd)  # the new folder's entry survives a power loss
 
 
 def list_agents(root: str | os.PathLike[str]) -> list[str]:
@@ -262,9 +267,14 @@ def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
     path = os.fspath(root)
     for part in parts:
         path = os.path.join(path, part)
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return False
-        except OSError:
+        if not _is_folder_itself(path):
             return False
     return True
+
+
+def _is_folder_itself(path: str) -> bool:
+    """Whether ``path`` is a folder, not a link to one (False if it cannot be looked at)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -219,14 +219,19 @@ def _maybe_someone_elses(
     if not stat.S_ISREG(st.st_mode):
         return False
     if now - st.st_ctime >= mb.lease:
-        report.errors.append(
-            (
-                f"processing/{_fs.shown(name)}",
-                f"past its lease of {mb.lease:g}s, but this user may not open it (owner uid {st.st_uid}); "
-                "left in place for a recovery run as its owner",
-            )
-        )
+        _report_not_ours(mb, name, st, report)
     return True
+
+
+def _report_not_ours(mb: FileMailbox, name: str, st: os.stat_result, report: RecoveryReport) -> None:
+    """Report a claimed file past its lease that this user may not open (left for its owner)."""
+    report.errors.append(
+        (
+            f"processing/{_fs.shown(name)}",
+            f"past its lease of {mb.lease:g}s, but this user may not open it (owner uid {st.st_uid}); "
+            "left in place for a recovery run as its owner",
+        )
+    )
 
 
 _STOLEN = ".stolen"
@@ -355,14 +360,18 @@ def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: Rec
 
 def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
     tmp_fd = mb.folders.fd(State.TMP)
-    try:
-        names = _fs.listdir_at(tmp_fd)
-    except OSError as exc:
-        raise mb.folders.io_error(exc, "recover: listing tmp/") from exc
-    for name in names:
+    for name in _tmp_names(mb, tmp_fd):
         if name.endswith(_STOLEN):
             continue  # finished at the start of the pass (or left in errors)
         _isolated(mb, report, f"tmp/{name}", _sweep_one, mb, tmp_fd, name, now, report)
+
+
+def _tmp_names(mb: FileMailbox, tmp_fd: int) -> list[str]:
+    """The names in ``tmp/`` (a listing that fails stops the pass)."""
+    try:
+        return _fs.listdir_at(tmp_fd)
+    except OSError as exc:
+        raise mb.folders.io_error(exc, "recover: listing tmp/") from exc
 
 
 def _sweep_one(mb: FileMailbox, tmp_fd: int, name: str, now: float, report: RecoveryReport) -> None:

@@ -35,9 +35,11 @@ class FileSubscriptions:
                 _fs.replace_atomically(path, encode(agent, patterns), self.file_mode)
 
     def subscribers(self, topic: str) -> list[str]:
-        return [
-            a for a in list_agents(self.root) if any(pattern_matches(p, topic) for p in self._patterns(a))
-        ]
+        return [a for a in list_agents(self.root) if self._subscribed(a, topic)]
+
+    def _subscribed(self, agent: str, topic: str) -> bool:
+        """Whether one of the patterns ``agent`` recorded matches ``topic``."""
+        return any(pattern_matches(p, topic) for p in self._patterns(agent))
 
     def _patterns(self, agent: str) -> tuple[str, ...]:
         path = self.root / agent / SUBSCRIPTIONS_FILE

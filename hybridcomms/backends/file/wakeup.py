@@ -65,7 +65,7 @@ class _SharedObserver:
         from watchdog.events import FileCreatedEvent, FileMovedEvent
 
         with self._lock:
-            if self._observer is None or self._pid != os.getpid():  # none yet, or inherited by a fork
+            if not self._runs_here():
                 self._observer, self._count = self._start(poll_interval), 0
                 self._pid = os.getpid()
             watch = self._observer.schedule(
@@ -73,6 +73,10 @@ class _SharedObserver:
             )
             self._count += 1
             return watch
+
+    def _runs_here(self) -> bool:
+        """Under the lock: an observer of this process runs (not none yet, not inherited by a fork)."""
+        return self._observer is not None and self._pid == os.getpid()
 
     def _start(self, poll_interval: float) -> Any:
         try:
@@ -96,7 +100,7 @@ class _SharedObserver:
     def remove(self, watch: Any) -> None:
         with self._lock:
             observer = self._observer
-            if observer is None or self._pid != os.getpid():
+            if not self._runs_here():
                 return
             _unschedule(observer, watch)
             self._count -= 1
@@ -116,6 +120,19 @@ def _unschedule(observer: Any, watch: Any) -> None:
 
 
 _shared = _SharedObserver()
+
+
+def _new_inotify_fd() -> int:
+    """A new inotify descriptor, non-blocking and not inherited by child processes."""
+    calls = _inotify_calls()
+    assert calls is not None
+    fd = calls[0]()
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.set_blocking(fd, False)
+    os.set_inheritable(fd, False)
+    return int(fd)
 
 
 class _InotifyHub:
@@ -153,14 +170,7 @@ class _InotifyHub:
         """Under ``cond``: a descriptor for this process (a forked child gets its own)."""
         if self._pid == os.getpid():
             return
-        calls = _inotify_calls()
-        assert calls is not None
-        fd = calls[0]()
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        os.set_blocking(fd, False)
-        os.set_inheritable(fd, False)
+        fd = _new_inotify_fd()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # a full pipe already says "look up": never block on it
@@ -173,12 +183,17 @@ class _InotifyHub:
             self._ensure()
             wd = calls[1](self._fd, os.fsencode(waiter._new_dir), ctypes.c_uint32(self.MASK))
             if wd < 0:
-                err = ctypes.get_errno()
-                if not self._waiters and not self._reading:
-                    self._release()
-                raise OSError(err, f"inotify_add_watch({waiter._new_dir}): {os.strerror(err)}")
+                raise self._watch_error(waiter._new_dir)
             self._waiters.setdefault(wd, []).append(waiter)
             return int(wd)
+
+    def _watch_error(self, path: str) -> OSError:
+        """Under ``cond``, after inotify_add_watch failed for ``path``: the error it gave; the
+        descriptor released if nothing else uses it."""
+        err = ctypes.get_errno()
+        if not self._waiters and not self._reading:
+            self._release()
+        return OSError(err, f"inotify_add_watch({path}): {os.strerror(err)}")
 
     def remove(self, waiter: ArrivalWaiter, wd: int) -> None:
         calls = _inotify_calls()
@@ -375,13 +390,24 @@ class ArrivalWaiter:
         self._wd: int | None = None
         self._flag = False  # set (under the hub's lock) when an arrival is handed to us
         self.notifying = False
-        if _DIRECT:
-            try:
-                self._wd = _hub.add(self)
-                self.notifying = True
-                return
-            except Exception as exc:  # out of instances or watches: try the observer
-                log.debug("direct inotify not usable for %s: %s", agent_dir, exc)
+        if not self._watch_directly(agent_dir):
+            self._watch_by_observer(agent_dir, poll_interval)
+
+    def _watch_directly(self, agent_dir: str) -> bool:
+        """Hear of arrivals through the process's inotify hub; False where that is not usable."""
+        if not _DIRECT:
+            return False
+        try:
+            self._wd = _hub.add(self)
+        except Exception as exc:  # out of instances or watches: try the observer
+            log.debug("direct inotify not usable for %s: %s", agent_dir, exc)
+            return False
+        self.notifying = True
+        return True
+
+    def _watch_by_observer(self, agent_dir: str, poll_interval: float) -> None:
+        """Hear of arrivals through watchdog's shared observer (polling where it must); failing that,
+        claims rescan every ``poll_interval``."""
         try:
             self._watch = _shared.add(self._handler(), agent_dir, poll_interval)
             self.notifying = not _shared.polling
