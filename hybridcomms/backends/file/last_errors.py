@@ -206,15 +206,19 @@ def _attempt_of(value: Any) -> int:
 
 
 def _time_of(value: Any, fallback: float) -> float:
+    """The time an ISO 8601 text ``value`` says (UTC when it names no zone); ``fallback`` if it is no
+    such text."""
     if type(value) is not str:
         return fallback
     try:
-        ts = datetime.fromisoformat(value)
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        return ts.timestamp()
+        return _as_utc(datetime.fromisoformat(value)).timestamp()
     except (ValueError, OverflowError):
         return fallback
+
+
+def _as_utc(ts: datetime) -> datetime:
+    """``ts``, read as UTC if it has no time zone."""
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
 
 def _waiting_ids(folders: Folders) -> set[str]:

@@ -114,10 +114,16 @@ def claim_target(m: re.Match[str] | None, message: Message | None, problem: str)
                 1,
                 "",
             )
-        rank, due, msg_id, seen = m.groups()
-        attempt = int(seen) + 1
-        if attempt > _MAX_ATTEMPT_IN_NAME:
-            return "", 0, f"attempt count {seen} is out of range"
-        return make_name(rank, due, msg_id, attempt), attempt, ""
+        return _next_attempt(m)
     except Exception as exc:  # a message that cannot be named is that file's problem
         return "", 0, f"cannot be delivered: {type(exc).__name__}: {exc}"
+
+
+def _next_attempt(m: re.Match[str]) -> tuple[str, int, str]:
+    """Our name ``m`` with its attempt count raised, and that attempt; or ``""`` and why the count
+    cannot go higher."""
+    rank, due, msg_id, seen = m.groups()
+    attempt = int(seen) + 1
+    if attempt > _MAX_ATTEMPT_IN_NAME:
+        return "", 0, f"attempt count {seen} is out of range"
+    return make_name(rank, due, msg_id, attempt), attempt, ""

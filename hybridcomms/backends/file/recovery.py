@@ -175,8 +175,12 @@ def _give_up_unopenable(
     """A claimed file that did not open (``exc``): given up, unless it may be another user's."""
     if exc.errno in (errno.EACCES, errno.EPERM) and _maybe_someone_elses(mb, proc_fd, name, now, report):
         return
-    why = "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-    _give_up_entry(mb, GIVE_UP, name, f"{why} in processing/", report)
+    _give_up_entry(mb, GIVE_UP, name, f"{_unopenable_why(exc)} in processing/", report)
+
+
+def _unopenable_why(exc: OSError) -> str:
+    """How the reason of an entry that did not open (``exc``) says why."""
+    return "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
 
 
 def _detach(mb: FileMailbox, fd: int, name: str, now: float, report: RecoveryReport) -> bool | None:

@@ -72,7 +72,7 @@ class Retention:
         self.every = max(keep // 4, 32) if keep else 0
         #: Acks until the next look: the first within 64 acks, from a random start (see the module
         #: docstring), then every `every`.
-        self._left = random.randint(1, min(self.every, _FIRST_LOOK)) if self.every else 0
+        self._left = _first_look(self.every)
         #: Names the last look found among the oldest kept: one goes with each ack until the next look.
         self._due: list[str] = []
 
@@ -145,6 +145,12 @@ def _picks(entries: list[os.DirEntry[str]]) -> list[str]:
     nxt = [e.name for e in entries if e.is_file(follow_symlinks=False)]
     nxt.reverse()  # popped from the end: the oldest first
     return nxt
+
+
+def _first_look(every: int) -> int:
+    """How many acks a new handle makes before its first look: a random number within the first
+    `_FIRST_LOOK` (and within ``every``); 0 when it never trims."""
+    return random.randint(1, min(every, _FIRST_LOOK)) if every else 0
 
 
 def _remove_name(fd: int, name: str) -> bool:
