@@ -198,7 +198,7 @@ def requeue_infos(
     src_fd, new_fd = mb.folders.fd(src), mb.folders.fd(State.NEW)
     moved: list[str] = []
     for info in _stepped(infos, step):
-        target = _requeue_one(mb, src, info, _requeue_target(new_fd, info.name, reset_attempts))
+        target = _requeue_one(mb, src, src_fd, info, _requeue_target(new_fd, info.name, reset_attempts))
         if target is not None:
             moved.append(target)
     if moved:
@@ -224,7 +224,7 @@ def _requeue_target(new_fd: int, name: str, reset_attempts: bool) -> str:
     return parsed.with_(due=compact_time(time.time()), attempt=0 if reset_attempts else parsed.attempt)
 
 
-def _requeue_one(mb: FileMailbox, src: State, info: MessageInfo, target: str) -> str | None:
+def _requeue_one(mb: FileMailbox, src: State, src_fd: int, info: MessageInfo, target: str) -> str | None:
     """Move one listed file of ``src`` back to ``new/`` as ``target`` (uncommitted), its reason file
     removed; the name it got, None if it was gone."""
     try:
@@ -233,7 +233,7 @@ def _requeue_one(mb: FileMailbox, src: State, info: MessageInfo, target: str) ->
         return None
     except OSError as exc:
         raise mb.folders.io_error(exc, f"requeue {info.name}") from exc
-    _drop_reason_file(src, mb.folders.fd(src), info.name)
+    _drop_reason_file(src, src_fd, info.name)
     mb.folders.arrived(target)
     return target
 

@@ -446,19 +446,25 @@ class FileMailbox:
         folder deleted, moved away or unmounted raises `MailboxIOError` (a claimer would otherwise list
         a folder nobody writes to any more, and wait forever); one made anew (by a sender, by hand) is
         opened again, and claims go on there."""
-        try:
-            found = os.stat(self._new_path, follow_symlinks=False)
-        except OSError as exc:
-            raise MailboxIOError(
-                exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
-            ) from None
+        found = self._new_folder_now()
         if not _same_file(found, os.fstat(self.folders.fd(State.NEW))):
             try:
                 self._reopen_folders(found)
             except UnsafePathError as exc:  # a link or a stranger's folder there now: refused, as I/O
                 raise MailboxIOError(errno.EPERM, str(exc), self._new_path) from exc
 
+    def _new_folder_now(self) -> os.stat_result:
+        """What is at the mailbox's ``new/`` path now (a link is not followed); `MailboxIOError` if
+        nothing is."""
+        try:
+            return os.stat(self._new_path, follow_symlinks=False)
+        except OSError as exc:
+            raise MailboxIOError(
+                exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
+            ) from None
+
     def _reopen_folders(self, found: os.stat_result) -> None:
+        """Open the mailbox's folders again: ``new/`` at its path is now ``found``, another folder."""
         with self._reopen_lock:
             if self._closed:
                 raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
