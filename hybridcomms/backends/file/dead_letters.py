@@ -38,7 +38,7 @@ def dead_letter(
     """``m.src``/name -> dead/ (as ``target``, default ``name``, or the next free name), with its
     reason file written first. None if the file was gone."""
     folders.check_writable()
-    msg_id = reason.get("id") if "last_error" in reason else None
+    msg_id = _message_id(reason)
     dead_fd = folders.fd(State.DEAD)
     data = _reason_bytes(folders, m, _with_kept_error(folders, reason, msg_id))
     for _ in range(_TRIES):
@@ -47,16 +47,25 @@ def dead_letter(
             placed = _place(folders, m, name, dead_name, data)
         except FileNotFoundError:
             return None
-        if not placed:
-            continue
-        try:
-            folders.commit(dead_fd)
-        except OSError as exc:
-            raise folders.io_error(exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed") from exc
-        if msg_id is not None:
-            last_errors.drop(folders, msg_id)
-        return dead_name
+        if placed:
+            _commit(folders, dead_fd, name)
+            last_errors.drop(folders, msg_id)  # (nothing for None: only a message id has a record)
+            return dead_name
     raise MailboxIOError(errno.EEXIST, f"dead-letter {_fs.shown(name)}: no free name in dead/")
+
+
+def _message_id(reason: dict[str, Any]) -> Any:
+    """The id of a message that may have a kept last error: one whose settle says ``last_error``
+    (its own, or None); None for files that are no message of ours."""
+    return reason.get("id") if "last_error" in reason else None
+
+
+def _commit(folders: Folders, dead_fd: int, name: str) -> None:
+    """The dead-lettering of ``name`` committed (``dead/``), per the fsync policy."""
+    try:
+        folders.commit(dead_fd)
+    except OSError as exc:
+        raise folders.io_error(exc, f"dead-letter {_fs.shown(name)}: commit of dead/ failed") from exc
 
 
 def _with_kept_error(folders: Folders, reason: dict[str, Any], msg_id: Any) -> dict[str, Any]:

@@ -60,18 +60,12 @@ class Delivery(Settling):
         be delivered again.
 
         Written out here rather than in the mailbox: it runs once per message (docs/performance.md)."""
-        if self._settled:
-            raise DeliveryError(f"{self.name} is already settled")
+        self._check_open()
         self._settled = True
         name = self.name
         mb = self._mailbox
-        folders = mb.folders
-        retention = mb.retention
         try:
-            if retention.keep == 0:
-                _remove(folders, name)
-            else:
-                _move_to_done(folders, name, retention)
+            _ack_file(mb.folders, name, mb.retention)
         except FileNotFoundError:
             raise DeliveryLostError(f"{name}: lease expired and the message was recovered") from None
         except KeyError:
@@ -93,12 +87,16 @@ class Delivery(Settling):
         if attempts_used_up(self.attempt, mb.max_attempts):
             self._give_up(f"failed {self.attempt} of {mb.max_attempts} attempts", self._error)
             return State.DEAD
-        wait = mb.backoff.delay(self.attempt) if delay is None else delay
-        due = time.time() + max(wait, 0.0)
+        due = self._due(delay)
         if self._error is not None:  # kept before the move: a crash in between leaves a true record
             last_errors.record(mb.folders, self.message.id, self.name, self.attempt, self._error, due)
         mb.folders.arrived(self._move_back(due))
         return State.NEW
+
+    def _due(self, delay: float | None) -> float:
+        """When a nacked message is due again: after ``delay`` seconds, else after the backoff."""
+        wait = self._mailbox.backoff.delay(self.attempt) if delay is None else delay
+        return time.time() + max(wait, 0.0)
 
     def _move_back(self, due: float) -> str:
         """The NACK move (committed), due at ``due``; the name the file got in ``new/``."""
@@ -173,6 +171,14 @@ class Delivery(Settling):
                 os.close(self._fd)
             except OSError:
                 pass
+
+
+def _ack_file(folders: Folders, name: str, retention: Retention) -> None:
+    """The acked file into ``done/``, or removed where ``done/`` keeps none (``done_retention=0``)."""
+    if retention.keep == 0:
+        _remove(folders, name)
+    else:
+        _move_to_done(folders, name, retention)
 
 
 def _remove(folders: Folders, name: str) -> None:

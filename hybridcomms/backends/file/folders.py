@@ -46,9 +46,21 @@ from .index import ClaimIndex
 from .last_errors import ERRORS
 from .opening import FolderSetup, open_errors_folder, open_state_folders
 
-__all__ = ["Folders"]
+__all__ = ["Folders", "is_plain_name"]
 
 log = _log.get("hybridcomms.mailbox")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` can only be a file right inside a folder: not empty, no ``/``, no leading dot
+    (``.``, ``..`` and hidden names are never messages)."""
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
+def _check_dead_name(name: str) -> None:
+    """Raise `ValueError` unless ``name`` can be a dead letter's name (a plain name, not a reason file's)."""
+    if not is_plain_name(name) or name.endswith(REASON_SUFFIX):
+        raise ValueError(f"unusable file name for dead/: {name!r}")
 
 
 class Folders:
@@ -88,14 +100,19 @@ class Folders:
         if fd is not None:
             return fd
         with self._errors_lock:
-            fd = self.fds.get(ERRORS)
-            if fd is None:
-                if self.closed:
-                    raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
-                fd = open_errors_folder(self.setup, ERRORS, create, self.sync)
-                if fd is not None:
-                    self.fds[ERRORS] = fd
+            return self._open_errors_folder(create)
+
+    def _open_errors_folder(self, create: bool) -> int | None:
+        """Under the lock: ``errors/`` opened (unless another thread just did) and kept open."""
+        fd = self.fds.get(ERRORS)
+        if fd is not None:
             return fd
+        if self.closed:
+            raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
+        fd = open_errors_folder(self.setup, ERRORS, create, self.sync)
+        if fd is not None:
+            self.fds[ERRORS] = fd
+        return fd
 
     def fd(self, state: State) -> int:
         try:
@@ -138,12 +155,16 @@ class Folders:
             try:
                 return self.move(m, name, target), target
             except FileExistsError:
-                info = parse_name(target)
-                if m.dst is State.NEW and info is not None:
-                    target = info.with_(due=compact_time(parse_compact(info.due) + 1e-6))
-                else:
-                    target = _fs.free_name(self.fd(m.dst), target)
+                target = self._next_free(m.dst, target)
         raise MailboxIOError(errno.EEXIST, f"no free name for {target} in {m.dst_folder}/")
+
+    def _next_free(self, state: State, target: str) -> str:
+        """The name to try after ``target`` was taken in ``state``'s folder: 1 µs later in ``new/``
+        (still the same id, a message name of ours), the next ``.N`` elsewhere."""
+        info = parse_name(target)
+        if state is State.NEW and info is not None:
+            return info.with_(due=compact_time(parse_compact(info.due) + 1e-6))
+        return _fs.free_name(self.fd(state), target)
 
     def commit(self, fd: int) -> None:
         """A change in the folder ``fd`` survives a power loss (now, at the next batch, or never,
@@ -248,16 +269,20 @@ class Folders:
 
     def bury(self, data: bytes | _fs.ByteRange, name: str, reason: dict[str, Any]) -> str | None:
         """`FileMailbox.bury`: bytes into ``dead/`` as ``name`` with ``reason``; None if there already."""
-        if not name or "/" in name or name.startswith(".") or name.endswith(REASON_SUFFIX):
-            raise ValueError(f"unusable file name for dead/: {name!r}")
+        _check_dead_name(name)
         self.check_writable()
-        try:
-            os.stat(name, dir_fd=self.fd(State.DEAD), follow_symlinks=False)
+        if self._in_dead(name):
             return None
-        except FileNotFoundError:
-            pass
         tmp_name = self.write_tmp(self.fd(State.TMP), name, data, sync=self.sync)
         return None if self.dead_letter(IMPORT_DEAD, tmp_name, reason) is None else name
+
+    def _in_dead(self, name: str) -> bool:
+        """Whether ``dead/`` holds an entry named ``name`` (a link is not followed)."""
+        try:
+            os.stat(name, dir_fd=self.fd(State.DEAD), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
     def import_done(self, files: list[tuple[str, bytes]]) -> None:
         """`FileMailbox.import_done`: each (name, encoded message) of ``files`` into ``done/``."""
@@ -265,11 +290,16 @@ class Folders:
         try:
             for name, data in files:
                 self.place(IMPORT_DONE, self.write_tmp(tmp_fd, name, data, sync=False), name)
-            if files and self.sync:
-                _fs.syncfs(done_fd)
-                self.commit(done_fd)
+            self._sync_imported(done_fd, files)
         except OSError as exc:
             raise self.io_error(exc, f"import of {len(files)} processed messages") from exc
+
+    def _sync_imported(self, done_fd: int, files: list[tuple[str, bytes]]) -> None:
+        """The ``files`` imported into ``done/`` on disk, with their names (one syncfs, one commit),
+        where the fsync policy syncs at all."""
+        if files and self.sync:
+            _fs.syncfs(done_fd)
+            self.commit(done_fd)
 
     def io_error(self, exc: OSError, what: str) -> MailboxIOError:
         if isinstance(exc, MailboxIOError):

@@ -108,16 +108,20 @@ class ClaimIndex:
         claims): a producer-only mailbox must not collect every name it ever wrote."""
         if not self._active:
             return
-        rank = name[:2] if name[2:3] == "." and "0" <= name[3:4] <= "9" else ""
+        rank = _rank_of(name)
         with self._lock:
             heap = self._pushed.get(rank)
             if heap is None:
                 self._foreign.append(name)
             else:
-                was_empty = not heap and not self._listed[rank]
-                heapq.heappush(heap, name)
-                if was_empty:  # the rank may be missing from the pairs a claim walks
-                    self._pairs = self._pair_up()
+                self._push_ranked(rank, heap, name)
+
+    def _push_ranked(self, rank: str, heap: list[str], name: str) -> None:
+        """Under the lock: ``name`` into the heap of its priority ``rank``."""
+        was_empty = not heap and not self._listed[rank]
+        heapq.heappush(heap, name)
+        if was_empty:  # the rank may be missing from the pairs a claim walks
+            self._pairs = self._pair_up()
 
     def pop_due(self, just_scanned: bool = False) -> str | None:
         """The next name to try. None when no name is due, and also when the folder is due for a
@@ -127,10 +131,14 @@ class ClaimIndex:
         with self._lock:
             if self._foreign:
                 return self._foreign.pop()
-            for listed, pushed in self._pairs:
-                head = _head_of(listed, pushed)
-                if head is not None and self._is_due(head[0][3:25]):
-                    return listed.pop() if head[1] else _heappop(pushed)
+            return self._pop_first_due()
+
+    def _pop_first_due(self) -> str | None:
+        """Under the lock: the earliest head of the first priority whose head is due, taken out."""
+        for listed, pushed in self._pairs:
+            head = _head_of(listed, pushed)
+            if head is not None and self._is_due(head[0][3:25]):
+                return listed.pop() if head[1] else _heappop(pushed)
         return None
 
     def _is_due(self, due: str) -> bool:
@@ -163,10 +171,12 @@ class ClaimIndex:
     def next_due(self) -> str | None:
         """The earliest due time among names not yet due (compact form), if any."""
         with self._lock:
-            heads = [h[-1][3:25] for h in self._listed.values() if h]
-            heads += [h[0][3:25] for h in self._pushed.values() if h]
-        heads = [h for h in heads if _DUE_RE.match(h)]
-        return min(heads) if heads else None
+            heads = self._head_names()
+        return min((h[3:25] for h in heads if _DUE_RE.match(h[3:25])), default=None)
+
+    def _head_names(self) -> list[str]:
+        """Under the lock: the first name of each priority's listing and of each one's heap."""
+        return [h[-1] for h in self._listed.values() if h] + [h[0] for h in self._pushed.values() if h]
 
     def __len__(self) -> int:
         with self._lock:
@@ -175,6 +185,11 @@ class ClaimIndex:
                 + sum(len(h) for h in self._listed.values())
                 + sum(len(h) for h in self._pushed.values())
             )
+
+
+def _rank_of(name: str) -> str:
+    """The priority rank a name of ours starts with ("<rank>.<digit>…"); "" for any other name."""
+    return name[:2] if name[2:3] == "." and "0" <= name[3:4] <= "9" else ""
 
 
 def _head_of(listed: list[str], pushed: list[str]) -> tuple[str, bool] | None:

@@ -33,12 +33,12 @@ import socket
 import stat
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
 
 from ... import _fs, _log
-from ..._names import compact_time, parse_compact, parse_name
+from ..._names import NameInfo, compact_time, parse_compact, parse_name
 from ...errors import HybridCommsError
 from ...message import ID_RE, iso_utc
 from ...states import State
@@ -61,7 +61,8 @@ MAX_RECORD = 64 * 1024
 SWEEP_AFTER = 60.0
 
 
-def _valid(msg_id: str | None) -> bool:
+def _valid(msg_id: str | None) -> TypeGuard[str]:
+    """Whether ``msg_id`` is a message id (only those have a record: its file name is the id)."""
     return msg_id is not None and ID_RE.match(msg_id) is not None
 
 
@@ -70,8 +71,17 @@ def record(folders: Folders, msg_id: str, name: str, attempt: int, error: str, d
     the fsync policy, before the nack moves it. Never raises: a failure is logged."""
     if not _valid(msg_id):
         return
+    data = _record_bytes(folders, msg_id, name, attempt, error, due)
+    try:
+        _store(folders, msg_id, data)
+    except (OSError, HybridCommsError) as exc:
+        log.warning("%s: the last error of %s is not kept: %s", folders.agent_id, msg_id, exc)
+
+
+def _record_bytes(folders: Folders, msg_id: str, name: str, attempt: int, error: str, due: float) -> bytes:
+    """The record of one failed attempt, as JSON (the module docstring shows one)."""
     now = time.time()
-    data = orjson.dumps(
+    return orjson.dumps(
         {
             "id": msg_id,
             "error": text_of(error),
@@ -85,21 +95,23 @@ def record(folders: Folders, msg_id: str, name: str, attempt: int, error: str, d
         },
         option=orjson.OPT_INDENT_2,
     )
+
+
+def _store(folders: Folders, msg_id: str, data: bytes) -> None:
+    """Write ``data`` in ``tmp/`` and rename it over the record of ``msg_id`` in ``errors/`` (made if
+    missing), committed per the fsync policy."""
+    err_fd = folders.errors_folder(create=True)
+    if err_fd is None:
+        return
+    tmp_fd = folders.fd(State.TMP)
+    tmp_name = folders.write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=folders.sync)
     try:
-        err_fd = folders.errors_folder(create=True)
-        if err_fd is None:
-            return
-        tmp_fd = folders.fd(State.TMP)
-        tmp_name = folders.write_tmp(tmp_fd, f"{msg_id}.error{_SUFFIX}", data, sync=folders.sync)
-        try:
-            # A deliberate replace: the record of one id is one file, the newest error.
-            os.replace(tmp_name, msg_id + _SUFFIX, src_dir_fd=tmp_fd, dst_dir_fd=err_fd)
-        except OSError:
-            _fs.unlink_quietly(tmp_fd, tmp_name)
-            raise
-        folders.commit(err_fd)
-    except (OSError, HybridCommsError) as exc:
-        log.warning("%s: the last error of %s is not kept: %s", folders.agent_id, msg_id, exc)
+        # A deliberate replace: the record of one id is one file, the newest error.
+        os.replace(tmp_name, msg_id + _SUFFIX, src_dir_fd=tmp_fd, dst_dir_fd=err_fd)
+    except OSError:
+        _fs.unlink_quietly(tmp_fd, tmp_name)
+        raise
+    folders.commit(err_fd)
 
 
 def drop(folders: Folders, msg_id: str | None) -> None:
@@ -107,12 +119,17 @@ def drop(folders: Folders, msg_id: str | None) -> None:
     removal is not committed: a power loss that brings a record back leaves it to `sweep`."""
     if not _valid(msg_id):
         return
-    try:
-        err_fd = folders.errors_folder(create=False)
-    except (OSError, HybridCommsError):
-        return
+    err_fd = _existing_folder(folders)
     if err_fd is not None:
         _fs.unlink_quietly(err_fd, f"{msg_id}{_SUFFIX}")
+
+
+def _existing_folder(folders: Folders) -> int | None:
+    """``errors/`` if there is one; None if not, or if it cannot be opened."""
+    try:
+        return folders.errors_folder(create=False)
+    except (OSError, HybridCommsError):
+        return None
 
 
 def listed(folders: Folders) -> frozenset[str]:
@@ -124,6 +141,11 @@ def listed(folders: Folders) -> frozenset[str]:
         names = _fs.listdir_at(err_fd)
     except (OSError, HybridCommsError):
         return frozenset()
+    return _record_ids(names)
+
+
+def _record_ids(names: list[str]) -> frozenset[str]:
+    """The ids whose records are among the names of ``errors/`` (anything else placed there left out)."""
     return frozenset(n[: -len(_SUFFIX)] for n in names if n.endswith(_SUFFIX))
 
 
@@ -134,39 +156,69 @@ def read(folders: Folders, msg_id: str | None) -> LastError | None:
     if not _valid(msg_id):
         return None
     try:
-        err_fd = folders.errors_folder(create=False)
-        if err_fd is None:
-            return None
-        raw = _fs.read_regular(f"{msg_id}{_SUFFIX}", MAX_RECORD, dir_fd=err_fd)
-        changed = os.stat(f"{msg_id}{_SUFFIX}", dir_fd=err_fd, follow_symlinks=False).st_mtime
+        found = _raw_record(folders, msg_id)
     except FileNotFoundError:
         return None
     except (OSError, HybridCommsError) as exc:
         return LastError(f"(unreadable error record: {exc})", 0, time.time())
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        obj = None
-    if not isinstance(obj, dict) or not isinstance(obj.get("error"), str):
+    return None if found is None else _parsed(*found)
+
+
+def _raw_record(folders: Folders, msg_id: str) -> tuple[bytes, float] | None:
+    """The bytes of the record of ``msg_id`` (capped, no link followed) and when it was written; None
+    if there is no ``errors/`` folder."""
+    err_fd = folders.errors_folder(create=False)
+    if err_fd is None:
+        return None
+    raw = _fs.read_regular(f"{msg_id}{_SUFFIX}", MAX_RECORD, dir_fd=err_fd)
+    changed = os.stat(f"{msg_id}{_SUFFIX}", dir_fd=err_fd, follow_symlinks=False).st_mtime
+    return raw, changed
+
+
+def _parsed(raw: bytes, changed: float) -> LastError:
+    """The `LastError` a record's bytes say (written at ``changed``); one that does not read says so."""
+    obj = _json_or_none(raw)
+    if not _is_record(obj):
         return LastError("(unreadable error record)", 0, changed)
-    attempt = obj.get("attempt")
     return LastError(
         text_of(obj["error"]),
-        attempt if type(attempt) is int and 0 <= attempt <= 999_999 else 0,
+        _attempt_of(obj.get("attempt")),
         _time_of(obj.get("failed_at"), changed),
     )
 
 
+def _json_or_none(raw: bytes) -> Any:
+    """``raw`` decoded as JSON; None if it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _is_record(obj: Any) -> TypeGuard[dict[str, Any]]:
+    """Whether a decoded record has what every record has: an error text."""
+    return isinstance(obj, dict) and isinstance(obj.get("error"), str)
+
+
+def _attempt_of(value: Any) -> int:
+    """A record's attempt count, if it is a plausible one; else 0."""
+    return value if type(value) is int and 0 <= value <= 999_999 else 0
+
+
 def _time_of(value: Any, fallback: float) -> float:
+    """The time an ISO 8601 text ``value`` says (UTC when it names no zone); ``fallback`` if it is no
+    such text."""
     if type(value) is not str:
         return fallback
     try:
-        ts = datetime.fromisoformat(value)
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        return ts.timestamp()
+        return _as_utc(datetime.fromisoformat(value)).timestamp()
     except (ValueError, OverflowError):
         return fallback
+
+
+def _as_utc(ts: datetime) -> datetime:
+    """``ts``, read as UTC if it has no time zone."""
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
 
 def _waiting_ids(folders: Folders) -> set[str]:
@@ -179,15 +231,29 @@ def _waiting_ids(folders: Folders) -> set[str]:
         (State.TMP, ".stolen"),
         (State.PROCESSING, ""),
     ):
-        for name in _fs.listdir_at(folders.fd(state)):
-            if strip:
-                if not name.endswith(strip):
-                    continue
-                name = name[: -len(strip)]
-            info = parse_name(name)
-            if info is not None:
-                ids.add(info.id)
+        ids |= _ids_listed(folders, state, strip)
     return ids
+
+
+def _ids_listed(folders: Folders, state: State, strip: str) -> set[str]:
+    """The ids of the messages in one state's folder (one listing); with ``strip``, only the names
+    ending so, read without it."""
+    ids: set[str] = set()
+    for name in _fs.listdir_at(folders.fd(state)):
+        info = _info_of(name, strip)
+        if info is not None:
+            ids.add(info.id)
+    return ids
+
+
+def _info_of(name: str, strip: str) -> NameInfo | None:
+    """What ``name`` says as a message name once ``strip`` is taken off its end (None if it does not
+    end so, or is not ours)."""
+    if strip:
+        if not name.endswith(strip):
+            return None
+        name = name[: -len(strip)]
+    return parse_name(name)
 
 
 def leftovers(folders: Folders, now: float) -> list[tuple[str, bool]]:
@@ -202,15 +268,27 @@ def leftovers(folders: Folders, now: float) -> list[tuple[str, bool]]:
     waiting = _waiting_ids(folders)
     out: list[tuple[str, bool]] = []
     for name in names:
-        if name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] in waiting:
-            continue
-        try:
-            st = os.stat(name, dir_fd=err_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if now - st.st_mtime >= SWEEP_AFTER:
-            out.append((name, stat.S_ISDIR(st.st_mode)))
+        found = _leftover(err_fd, name, now, waiting)
+        if found is not None:
+            out.append(found)
     return out
+
+
+def _leftover(err_fd: int, name: str, now: float, waiting: set[str]) -> tuple[str, bool] | None:
+    """``(name, is a folder)`` if the entry ``name`` of ``errors/`` is a leftover for `sweep`: not the
+    record of a waiting message, and older than `SWEEP_AFTER`; else None."""
+    if _is_waiting_record(name, waiting):
+        return None
+    try:
+        st = os.stat(name, dir_fd=err_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return (name, stat.S_ISDIR(st.st_mode)) if now - st.st_mtime >= SWEEP_AFTER else None
+
+
+def _is_waiting_record(name: str, waiting: set[str]) -> bool:
+    """Whether ``name`` is the record of one of the ``waiting`` message ids."""
+    return name.endswith(_SUFFIX) and name[: -len(_SUFFIX)] in waiting
 
 
 def sweep(folders: Folders, now: float, report: RecoveryReport) -> None:
@@ -223,15 +301,20 @@ def sweep(folders: Folders, now: float, report: RecoveryReport) -> None:
     err_fd = folders.errors_folder(create=False)
     assert err_fd is not None
     for name, folder in found:
-        where = f"{ERRORS}/{_fs.shown(name)}"
-        if folder:
-            report.errors.append((where, "a folder in errors/ (never removed by recovery)"))
-            continue
-        try:
-            os.unlink(name, dir_fd=err_fd)  # a link is removed as a link
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            report.errors.append((where, f"{type(exc).__name__}: {exc}"))
-            continue
-        report.records_removed.append(where)
+        _sweep_one(err_fd, name, folder, report)
+
+
+def _sweep_one(err_fd: int, name: str, folder: bool, report: RecoveryReport) -> None:
+    """Remove one leftover of ``errors/`` (a folder is only reported), saying so in ``report``."""
+    where = f"{ERRORS}/{_fs.shown(name)}"
+    if folder:
+        report.errors.append((where, "a folder in errors/ (never removed by recovery)"))
+        return
+    try:
+        os.unlink(name, dir_fd=err_fd)  # a link is removed as a link
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        report.errors.append((where, f"{type(exc).__name__}: {exc}"))
+        return
+    report.records_removed.append(where)

@@ -26,12 +26,13 @@ import builtins
 import errno
 import os
 import random
+import re
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ... import _fs, _log
 from ..._fs import FsyncPolicy
@@ -68,7 +69,7 @@ from ..base import (
 )
 from . import inspection, recovery
 from .delivery import Delivery
-from .folders import Folders
+from .folders import Folders, is_plain_name
 from .index import ClaimIndex
 from .opening import FolderSetup, list_agents
 from .reading import claim_target, read_claimed
@@ -218,17 +219,25 @@ class FileMailbox:
         if self._closed:
             return
         self._closed = True
-        with self._waiter_lock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.close()
+        self._drop_waiter()
         with self._reopen_lock:
             try:
                 self.folders.flush()
             finally:
-                self.folders.close()
-                for _, old in self._retired:
-                    old.close()
+                self._close_folders()
+
+    def _drop_waiter(self) -> None:
+        """Stop the arrival waiter, if there is one (the next claim that waits makes another)."""
+        with self._waiter_lock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
+
+    def _close_folders(self) -> None:
+        """Release the folders, and those of a mailbox folder made anew that are still kept open."""
+        self.folders.close()
+        for _, old in getattr(self, "_retired", ()):
+            old.close()
 
     def flush(self) -> None:
         """Commit folder changes that fsync="batch" is still holding back."""
@@ -248,9 +257,7 @@ class FileMailbox:
                     waiter.close()
                 except Exception:
                     pass
-            self.folders.close()
-            for _, old in getattr(self, "_retired", ()):
-                old.close()
+            self._close_folders()
 
     def __repr__(self) -> str:
         return f"<FileMailbox {self.path} fsync={self.fsync.value}>"
@@ -278,13 +285,17 @@ class FileMailbox:
             _fs.unlink_quietly(tmp_fd, tmp_name)
             raise self.folders.io_error(exc, f"put {name}") from exc
         if self.folders.sync:
-            try:
-                self.folders.commit(new_fd)
-            except OSError as exc:
-                self.folders.withdraw([name])
-                raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
+            self._commit_published(new_fd, name)
         self.folders.arrived(name)
         return name
+
+    def _commit_published(self, new_fd: int, name: str) -> None:
+        """Commit ``new/`` after a put; if that fails, the file is taken back and the put raises."""
+        try:
+            self.folders.commit(new_fd)
+        except OSError as exc:
+            self.folders.withdraw([name])
+            raise self.folders.io_error(exc, f"put {name}: commit of new/ failed") from exc
 
     def _publish(self, tmp_fd: int, tmp_name: str, name: str) -> int:
         """`Folders.publish` (a name the tests hook into)."""
@@ -306,21 +317,16 @@ class FileMailbox:
         self.folders.check_writable()
         wait = check_delay(delay)
         msgs = list(messages)
-        now = time.time()
-        batch = [(_publish_name(m, now, wait), m.encode(self.max_message_size)) for m in msgs]
+        batch = self._encoded(msgs, wait)
         if not batch:
             return []
         tmp_fd, new_fd = self.folders.fd(State.TMP), self.folders.fd(State.NEW)
         written: list[tuple[str, str]] = []
         moved: list[str] = []
         try:
-            for name, data in batch:
-                written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
-            if self.folders.sync:
-                _sync_files(tmp_fd, [tmp_name for tmp_name, _ in written])
-            for tmp_name, name in written:
-                self._publish(tmp_fd, tmp_name, name)
-                moved.append(name)
+            self._write_all(tmp_fd, batch, written)
+            self._sync_written(tmp_fd, written)
+            self._publish_all(tmp_fd, written, moved)
             self.folders.commit(new_fd)
         except OSError as exc:
             self._take_back(tmp_fd, written, moved)
@@ -328,6 +334,27 @@ class FileMailbox:
         for name in moved:
             self.folders.arrived(name)
         return [m.id for m in msgs]
+
+    def _encoded(self, msgs: list[Message], wait: float) -> list[tuple[str, bytes]]:
+        """Each message's name in ``new/`` and its bytes (all encoded before anything is written)."""
+        now = time.time()
+        return [(_publish_name(m, now, wait), m.encode(self.max_message_size)) for m in msgs]
+
+    def _write_all(self, tmp_fd: int, batch: list[tuple[str, bytes]], written: list[tuple[str, str]]) -> None:
+        """Write each of ``batch`` in ``tmp/`` (not synced); (its name there, its name) go to ``written``."""
+        for name, data in batch:
+            written.append((self._write_tmp(tmp_fd, name, data, sync=False), name))
+
+    def _sync_written(self, tmp_fd: int, written: list[tuple[str, str]]) -> None:
+        """The files ``written`` in ``tmp/`` on disk, at once (where the fsync policy syncs at all)."""
+        if self.folders.sync:
+            _sync_files(tmp_fd, [tmp_name for tmp_name, _ in written])
+
+    def _publish_all(self, tmp_fd: int, written: list[tuple[str, str]], moved: list[str]) -> None:
+        """The PUBLISH move of each file ``written``, adding its name to ``moved`` (not committed)."""
+        for tmp_name, name in written:
+            self._publish(tmp_fd, tmp_name, name)
+            moved.append(name)
 
     def _take_back(self, tmp_fd: int, written: list[tuple[str, str]], moved: list[str]) -> None:
         """A failed `put_many`: the files it published withdrawn, those still in ``tmp/`` removed."""
@@ -373,8 +400,7 @@ class FileMailbox:
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
-            if self._lost_race:
-                self._jump_ahead()
+            self._after_miss(False)
         return self._claim_once()
 
     def _claim_waiting(self, timeout: float, cancel: threading.Event | None) -> Delivery | None:
@@ -383,7 +409,7 @@ class FileMailbox:
         while True:
             waiter = self._get_waiter()  # (a new one once the mailbox folder was made anew)
             waiter.clear()
-            if cancel is not None and cancel.is_set():
+            if _cancelled(cancel):
                 return None
             delivery = self._claim_once()
             if delivery is not None:
@@ -420,44 +446,53 @@ class FileMailbox:
         folder deleted, moved away or unmounted raises `MailboxIOError` (a claimer would otherwise list
         a folder nobody writes to any more, and wait forever); one made anew (by a sender, by hand) is
         opened again, and claims go on there."""
-        try:
-            found = os.stat(self._new_path, follow_symlinks=False)
-        except OSError as exc:
-            raise MailboxIOError(
-                exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
-            ) from None
-        held = os.fstat(self.folders.fd(State.NEW))
-        if found.st_ino != held.st_ino or found.st_dev != held.st_dev:
+        found = self._new_folder_now()
+        if not _same_file(found, os.fstat(self.folders.fd(State.NEW))):
             try:
                 self._reopen_folders(found)
             except UnsafePathError as exc:  # a link or a stranger's folder there now: refused, as I/O
                 raise MailboxIOError(errno.EPERM, str(exc), self._new_path) from exc
 
+    def _new_folder_now(self) -> os.stat_result:
+        """What is at the mailbox's ``new/`` path now (a link is not followed); `MailboxIOError` if
+        nothing is."""
+        try:
+            return os.stat(self._new_path, follow_symlinks=False)
+        except OSError as exc:
+            raise MailboxIOError(
+                exc.errno, f"mailbox folder {self._new_path} is gone ({exc.strerror})", self._new_path
+            ) from None
+
     def _reopen_folders(self, found: os.stat_result) -> None:
+        """Open the mailbox's folders again: ``new/`` at its path is now ``found``, another folder."""
         with self._reopen_lock:
             if self._closed:
                 raise MailboxIOError(errno.EBADF, f"mailbox {self.path} is closed")
-            held = os.fstat(self.folders.fd(State.NEW))
-            if held.st_ino == found.st_ino and held.st_dev == found.st_dev:
+            if _same_file(os.fstat(self.folders.fd(State.NEW)), found):
                 return  # another claimer of this mailbox opened it again just now
             fresh = Folders.open(self._setup, self.fsync, self._batch_interval, self._index, self._setup.root)
             old, self.folders = self.folders, fresh
-            now = time.monotonic()
-            for since, gone in self._retired:
-                if now - since >= _RETIRED_FOR:
-                    gone.close()
-            self._retired = [(t, f) for t, f in self._retired if now - t < _RETIRED_FOR] + [(now, old)]
-        with self._waiter_lock:  # the next claim watches the new folder
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.close()
+            self._retire(old)
+        self._drop_waiter()  # the next claim watches the new folder
         self._index.mark_stale()
         log.info("%s: mailbox folder %s was made anew; opened again", self.agent_id, self.path)
+
+    def _retire(self, old: Folders) -> None:
+        """Keep the replaced folders ``old`` open for `_RETIRED_FOR` seconds; close those retired
+        longer ago than that."""
+        now = time.monotonic()
+        kept = []
+        for since, gone in self._retired:
+            if now - since >= _RETIRED_FOR:
+                gone.close()
+            else:
+                kept.append((since, gone))
+        self._retired = [*kept, (now, old)]
 
     def claim_file(self, name: str) -> Delivery | None:
         """Claim one particular file of ``new/`` by name (for the Dream.OS compatibility layer,
         whose callers name the file they read). None if it is gone or someone else holds it."""
-        if not name or "/" in name or name.startswith("."):
+        if not is_plain_name(name):
             raise ValueError(f"not a file name in new/: {name!r}")
         self.folders.check_writable()
         return self._try_claim(name)
@@ -477,11 +512,16 @@ class FileMailbox:
             delivery = self._try_claim(name)
             if delivery is not None:
                 return delivery
-            if self._lost_race:
-                if scanned:  # just listed: go on in order (never return None with names skipped)
-                    self._lost_race = False
-                else:
-                    self._jump_ahead()
+            self._after_miss(scanned)
+
+    def _after_miss(self, scanned: bool) -> None:
+        """After a name that did not claim: a claimer that lost the race for it jumps ahead
+        (`_jump_ahead`), unless ``new/`` was ``scanned`` (listed) in this look."""
+        if self._lost_race:
+            if scanned:  # just listed: go on in order (never return None with names skipped)
+                self._lost_race = False
+            else:
+                self._jump_ahead()
 
     def _watching(self) -> ArrivalWaiter | None:
         """The waiter that hears of arrivals. At the first look: watch new/ first, then list it (what
@@ -499,7 +539,7 @@ class FileMailbox:
         name = index.pop_due(scanned)  # None also when the index is due for a relisting
         if name is not None or scanned:
             return name, scanned
-        if waiter is not None and waiter.direct and not index.stale() and not index.skipped:
+        if _kernel_knows(waiter, index):
             # Running dry with notifications on: the kernel's queue says what arrived since the last
             # look (one read that returns at once), no listing.
             waiter.poll()
@@ -534,19 +574,32 @@ class FileMailbox:
         try:
             m = NAME_RE.match(name)  # our own name (else one dropped by hand or by an old writer)
             message, problem = read_claimed(fd, m, self.max_message_size)
-            if message is not None and message.expires is not None and message.expired():
-                self.folders.expire(name, message, 0 if m is None else int(m[4]))
-            else:
-                target, attempt, problem = claim_target(m, message, problem)
-                if self.folders.claim_move(name, target, problem):
-                    # Not committed, at any fsync level (the module docstring says why).
-                    delivery = Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
+            delivery = self._hand_out(fd, name, m, message, problem)
         except OSError as exc:
             raise self.folders.io_error(exc, f"claim {_fs.shown(name)}") from exc
         finally:
             if delivery is None:
                 drop(fd)
         return delivery
+
+    def _hand_out(
+        self, fd: int, name: str, m: re.Match[str] | None, message: Message | None, problem: str
+    ) -> Delivery | None:
+        """What ``new/<name>``, open and locked as ``fd``, read as (``message``, else ``problem``)
+        becomes: a `Delivery` in ``processing/``; or None: expired (dead-lettered), never deliverable
+        (rejected) or gone."""
+        if message is not None and message.expires is not None and message.expired():
+            self._expire(name, message, m)
+            return None
+        target, attempt, problem = claim_target(m, message, problem)
+        if self.folders.claim_move(name, target, problem):
+            # Not committed, at any fsync level (the module docstring says why).
+            return Delivery(self, fd, target, message, attempt)  # type: ignore[arg-type]
+        return None
+
+    def _expire(self, name: str, message: Message, m: re.Match[str] | None) -> None:
+        """``new/<name>`` (``m``: its name's match) is past its expiry: dead-lettered, never handed out."""
+        self.folders.expire(name, message, 0 if m is None else int(m[4]))
 
     def _open_to_claim(self, name: str) -> int | None:
         """``new/<name>`` opened and locked (the lock says its claimer is alive); None if another
@@ -561,12 +614,7 @@ class FileMailbox:
             self._lost_race = True
             return None  # another claimer won
         except OSError as exc:
-            if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
-                # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
-                self._claim_flags = _O_READ_MSG
-                return self._open_to_claim(name)
-            self.folders.reject_unopenable(name, exc)
-            return None
+            return self._unopenable(name, exc)
         try:
             _flock(fd, _LOCK_TRY)
         except BlockingIOError:
@@ -574,6 +622,16 @@ class FileMailbox:
             self._lost_race = True
             return None  # someone else is claiming it right now
         return fd
+
+    def _unopenable(self, name: str, exc: OSError) -> int | None:
+        """``new/<name>`` did not open (``exc``): opened again without O_NOATIME if that was why;
+        else rejected to ``dead/`` when it never will open (None), or the error raised."""
+        if exc.errno == errno.EPERM and self._claim_flags != _O_READ_MSG:
+            # O_NOATIME is only for the file's owner: in a shared-group setup, read as others do.
+            self._claim_flags = _O_READ_MSG
+            return self._open_to_claim(name)
+        self.folders.reject_unopenable(name, exc)
+        return None
 
     def reject(self, name: str, reason: str) -> None:
         """new/ -> dead/ for a file that can never be delivered (`Folders.reject`; for the CLI's doctor)."""
@@ -648,6 +706,22 @@ def _sync_files(dir_fd: int, names: Iterable[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _kernel_knows(waiter: ArrivalWaiter | None, index: ClaimIndex) -> TypeGuard[ArrivalWaiter]:
+    """Whether the kernel's queue of notifications (read by ``waiter``) says all that arrived since
+    the index was listed: notifications on, the listing not due, no name skipped."""
+    return waiter is not None and waiter.direct and not index.stale() and not index.skipped
+
+
+def _cancelled(cancel: threading.Event | None) -> bool:
+    """Whether a waiting claim was told to stop (its ``cancel`` set)."""
+    return cancel is not None and cancel.is_set()
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two stats are of the same file (or folder): same inode on the same device."""
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
 
 
 def _file_mode(given: int | None, new_fd: int) -> int:

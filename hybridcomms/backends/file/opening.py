@@ -63,28 +63,45 @@ def open_state_folders(setup: FolderSetup, sync: bool, root: str) -> tuple[dict[
         _settle_dir_mode(setup, root_fd, made_root)
         if made_root:
             _commit_root(setup, root_fd, root, sync)
-        agent_fd = open_folder(
-            setup, root_fd, setup.agent_id, str(setup.path), MAKE if setup.create else FAIL, sync
-        )
-        assert agent_fd is not None  # MAKE and FAIL never give None
+        agent_fd = _open_agent_folder(setup, root_fd, sync)
         try:
-            absent = []
-            for state in OPEN_ORDER:
-                shown = str(setup.path / state.folder)
-                fd = open_folder(setup, agent_fd, state.folder, shown, setup.missing_rule(state), sync)
-                if fd is None:
-                    absent.append(state.folder)
-                else:
-                    fds[state.folder] = fd
+            absent = _open_states(setup, agent_fd, sync, fds)
         finally:
             os.close(agent_fd)
     except BaseException:
-        for fd in fds.values():
-            os.close(fd)
+        _close_all(fds)
         raise
     finally:
         os.close(root_fd)
     return fds, frozenset(absent)
+
+
+def _open_agent_folder(setup: FolderSetup, root_fd: int, sync: bool) -> int:
+    """``<root>/<agent>/``, opened (made only if the setup creates what is missing)."""
+    agent_fd = open_folder(
+        setup, root_fd, setup.agent_id, str(setup.path), MAKE if setup.create else FAIL, sync
+    )
+    assert agent_fd is not None  # MAKE and FAIL never give None
+    return agent_fd
+
+
+def _open_states(setup: FolderSetup, agent_fd: int, sync: bool, fds: dict[str, int]) -> list[str]:
+    """Open the state folders under ``agent_fd`` into ``fds`` (by folder name, in `OPEN_ORDER`); the
+    folders missing and skipped."""
+    absent = []
+    for state in OPEN_ORDER:
+        shown = str(setup.path / state.folder)
+        fd = open_folder(setup, agent_fd, state.folder, shown, setup.missing_rule(state), sync)
+        if fd is None:
+            absent.append(state.folder)
+        else:
+            fds[state.folder] = fd
+    return absent
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
 
 
 def open_errors_folder(setup: FolderSetup, name: str, create: bool, sync: bool) -> int | None:
@@ -145,25 +162,49 @@ def open_folder(
 ) -> int | None:
     """The folder ``name`` under ``parent_fd``, opened; when it is missing, ``missing`` says what to
     do: `MAKE` it (with `dir_mode`), `FAIL` (`MailboxIOError` ENOENT), or `SKIP` (None)."""
-    made = False
-    while True:
-        try:
-            fd = _fs.open_dir(name, dir_fd=parent_fd)
-            break
-        except FileNotFoundError:
-            if missing == SKIP:
-                return None
-            if missing == FAIL:
-                raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", shown) from None
-            made = _make_folder(setup, parent_fd, name, shown) or made
-        except OSError as exc:
-            raise _refusal(exc, shown) from (None if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc)
+    opened = _open_or_make(setup, parent_fd, name, shown, missing)
+    if opened is None:
+        return None
+    fd, made = opened
     try:
         _set_up_folder(setup, parent_fd, fd, shown, made, sync)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_or_make(
+    setup: FolderSetup, parent_fd: int, name: str, shown: str, missing: str
+) -> tuple[int, bool] | None:
+    """The folder ``name`` opened, and whether it was made here (`open_folder`); None if it is
+    missing and skipped."""
+    made = False
+    while True:
+        fd = _open_existing(parent_fd, name, shown)
+        if fd is not None:
+            return fd, made
+        if missing == SKIP:
+            return None
+        made |= _make_missing(setup, parent_fd, name, shown, missing)
+
+
+def _make_missing(setup: FolderSetup, parent_fd: int, name: str, shown: str, missing: str) -> bool:
+    """A missing folder that `FAIL`s raises `MailboxIOError` (ENOENT); one to `MAKE` is made: whether
+    here (False if someone else made it meanwhile)."""
+    if missing == FAIL:
+        raise MailboxIOError(errno.ENOENT, f"no mailbox folder {shown}", shown)
+    return _make_folder(setup, parent_fd, name, shown)
+
+
+def _open_existing(parent_fd: int, name: str, shown: str) -> int | None:
+    """The folder ``name`` under ``parent_fd`` opened (never through a link); None if it is missing."""
+    try:
+        return _fs.open_dir(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _refusal(exc, shown) from (None if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc)
 
 
 def _make_folder(setup: FolderSetup, parent_fd: int, name: str, shown: str) -> bool:
@@ -190,9 +231,7 @@ def _set_up_folder(setup: FolderSetup, parent_fd: int, fd: int, shown: str, made
     its owner."""
     try:
         if made:
-            os.fchmod(fd, setup.dir_mode)
-            if sync:
-                os.fsync(parent_fd)  # the new folder's entry survives a power loss
+            _settle_made(setup, parent_fd, fd, sync)
         else:
             _fs.check_owner(
                 fd, shown, "a mailbox", "FileMailbox(..., allow_other_owner=True)", setup.allow_other_owner
@@ -201,13 +240,25 @@ def _set_up_folder(setup: FolderSetup, parent_fd: int, fd: int, shown: str, made
         raise MailboxIOError(exc.errno, f"cannot set up {shown}: {exc.strerror}", shown) from exc
 
 
+def _settle_made(setup: FolderSetup, parent_fd: int, fd: int, sync: bool) -> None:
+    """A folder made here: exactly `dir_mode` (whatever the umask), its entry committed if ``sync``."""
+    os.fchmod(fd, setup.dir_mode)
+    if sync:
+        os.fsync(parent_fd)  # the new folder's entry survives a power loss
+
+
 def list_agents(root: str | os.PathLike[str]) -> list[str]:
     """Agent ids that have a hybridcomms mailbox (a ``new/`` folder) under ``root``."""
     try:
         entries = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
-    return [name for name in entries if AGENT_ID_RE.match(name) and _is_real_folder(root, name, "new")]
+    return [name for name in entries if _is_mailbox(root, name)]
+
+
+def _is_mailbox(root: str | os.PathLike[str], name: str) -> bool:
+    """Whether the entry ``name`` of ``root`` is an agent's mailbox: a safe agent id, with ``new/``."""
+    return AGENT_ID_RE.match(name) is not None and _is_real_folder(root, name, "new")
 
 
 def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
@@ -216,9 +267,14 @@ def _is_real_folder(root: str | os.PathLike[str], *parts: str) -> bool:
     path = os.fspath(root)
     for part in parts:
         path = os.path.join(path, part)
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return False
-        except OSError:
+        if not _is_folder_itself(path):
             return False
     return True
+
+
+def _is_folder_itself(path: str) -> bool:
+    """Whether ``path`` is a folder, not a link to one (False if it cannot be looked at)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -32,43 +32,62 @@ def read_claimed(fd: int, m: re.Match[str] | None, limit: int) -> tuple[Message 
     """The message in the open file ``fd`` (``m``: its name's match of `_names.NAME_RE`, None for a
     name not ours), or None and why it can never be delivered."""
     try:
-        raw: bytes | None = os.read(fd, _FIRST)
+        raw = os.read(fd, _FIRST)
     except OSError:
-        raw = None  # EISDIR, EAGAIN on a FIFO, …: read_message says what it is
-    if raw is not None and raw[:13] == b'{"version":1,' and len(raw) < _FIRST:
-        try:
-            obj = _loads(raw)
-        except _JSONDecodeError:
-            obj = None
-        if type(obj) is dict and len(raw) <= limit:
-            message = from_native(obj, True, None if m is None else m[3])
-            if message is not None:
-                return message, ""
+        return read_message(fd, None, limit)  # EISDIR, EAGAIN on a FIFO, …: read_message says what it is
+    if raw[:13] == b'{"version":1,' and len(raw) < _FIRST:
+        message = _native(raw, m, limit)
+        if message is not None:
+            return message, ""
     return read_message(fd, raw, limit)
+
+
+def _native(raw: bytes, m: re.Match[str] | None, limit: int) -> Message | None:
+    """The message in ``raw``, a whole native file, by the fast decoder; None if it does not decode
+    so (`read_message` then reads it the long way, and says why not)."""
+    try:
+        obj = _loads(raw)
+    except _JSONDecodeError:
+        return None
+    if type(obj) is not dict or len(raw) > limit:
+        return None
+    return from_native(obj, True, None if m is None else m[3])
 
 
 def read_message(fd: int, first: bytes | None, limit: int) -> tuple[Message | None, str]:
     """The message in an open file whose first ``read(65536)`` gave ``first`` (None if that
     read failed), or None and why it can never be delivered."""
-    raw = first
-    unreadable = raw is None
-    if raw is not None and len(raw) == _FIRST:  # a big one: read the rest, up to the limit
-        try:
-            rest = _fs.read_all(fd, 0, limit - _FIRST)
-        except OSError:
-            rest, unreadable = None, True
-        raw = None if rest is None else raw + rest
+    raw, unreadable = _whole(fd, first, limit)
     problem = ""
     if raw is not None and len(raw) <= limit:
-        try:
-            return Message.decode(raw), ""
-        except MessageDecodeError as exc:
-            problem = exc.reason
-        except Exception as exc:  # anything else about this file is its problem too
-            problem = f"cannot be read as a message: {type(exc).__name__}: {exc}"
+        message, problem = _decoded(raw)
+        if message is not None:
+            return message, ""
     else:
         raw = None
     return None, _why_not(fd, unreadable, raw is None, limit) or problem
+
+
+def _whole(fd: int, first: bytes | None, limit: int) -> tuple[bytes | None, bool]:
+    """The file's bytes, given its first read ``first``: the rest read too for a big one, up to the
+    limit (None beyond it); and whether a read failed (then None)."""
+    if first is None or len(first) < _FIRST:
+        return first, first is None
+    try:  # a big one: read the rest, up to the limit
+        rest = _fs.read_all(fd, 0, limit - _FIRST)
+    except OSError:
+        return None, True
+    return (None if rest is None else first + rest), False
+
+
+def _decoded(raw: bytes) -> tuple[Message | None, str]:
+    """The message the bytes ``raw`` hold, or None and why they are none."""
+    try:
+        return Message.decode(raw), ""
+    except MessageDecodeError as exc:
+        return None, exc.reason
+    except Exception as exc:  # anything else about this file is its problem too
+        return None, f"cannot be read as a message: {type(exc).__name__}: {exc}"
 
 
 def _why_not(fd: int, unreadable: bool, too_large: bool, limit: int) -> str:
@@ -95,10 +114,16 @@ def claim_target(m: re.Match[str] | None, message: Message | None, problem: str)
                 1,
                 "",
             )
-        rank, due, msg_id, seen = m.groups()
-        attempt = int(seen) + 1
-        if attempt > _MAX_ATTEMPT_IN_NAME:
-            return "", 0, f"attempt count {seen} is out of range"
-        return make_name(rank, due, msg_id, attempt), attempt, ""
+        return _next_attempt(m)
     except Exception as exc:  # a message that cannot be named is that file's problem
         return "", 0, f"cannot be delivered: {type(exc).__name__}: {exc}"
+
+
+def _next_attempt(m: re.Match[str]) -> tuple[str, int, str]:
+    """Our name ``m`` with its attempt count raised, and that attempt; or ``""`` and why the count
+    cannot go higher."""
+    rank, due, msg_id, seen = m.groups()
+    attempt = int(seen) + 1
+    if attempt > _MAX_ATTEMPT_IN_NAME:
+        return "", 0, f"attempt count {seen} is out of range"
+    return make_name(rank, due, msg_id, attempt), attempt, ""

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from ... import _fs, _log
 from ..._locking import drop, try_lock
-from ..._names import compact_time, parse_name
+from ..._names import NameInfo, compact_time, parse_name
 from ...errors import MailboxIOError
 from ...retry import attempts_used_up
 from ...states import GIVE_UP, RECOVER_DETACH, RECOVER_RETURN, STEAL_BURY, STEAL_RETURN, Move, State
@@ -57,28 +57,50 @@ _FATAL_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS, e
 
 def recover(mb: FileMailbox, now: float) -> RecoveryReport:
     report = RecoveryReport()
-    try:
-        lock_fd = os.open(".", _fs.O_DIR, dir_fd=mb.folders.fd(State.PROCESSING))
-    except OSError as exc:
-        raise mb.folders.io_error(exc, "recover") from exc
+    lock_fd = _open_pass_lock(mb)
     try:
         if not try_lock(lock_fd):
             report.busy = True
             return report
-        tmp_fd, proc_fd = mb.folders.fd(State.TMP), mb.folders.fd(State.PROCESSING)
-        try:
-            stolen = [n for n in _fs.listdir_at(tmp_fd) if n.endswith(_STOLEN)]
-            names = sorted(_fs.listdir_at(proc_fd))
-        except OSError as exc:
-            raise mb.folders.io_error(exc, "recover: listing") from exc
-        for name in stolen:  # steals a killed pass left half-done: finish them first
-            _isolated(mb, report, f"tmp/{name}", _finish_steal, mb, name, now, report)
-        for name in names:
-            _isolated(mb, report, f"processing/{name}", _recover_one, mb, name, now, report)
-        _sweep_tmp(mb, now, report)
-        _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb.folders, now, report)
+        _run_pass(mb, now, report)
     finally:
         drop(lock_fd)
+    _log_report(mb, report)
+    return report
+
+
+def _open_pass_lock(mb: FileMailbox) -> int:
+    """A fresh descriptor of ``processing/``, whose flock says a pass is running (see the docstring)."""
+    try:
+        return os.open(".", _fs.O_DIR, dir_fd=mb.folders.fd(State.PROCESSING))
+    except OSError as exc:
+        raise mb.folders.io_error(exc, "recover") from exc
+
+
+def _run_pass(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
+    """One pass, under the pass lock: half-done steals, ``processing/``, ``tmp/``, ``errors/``."""
+    stolen, names = _listings(mb)
+    for name in stolen:  # steals a killed pass left half-done: finish them first
+        _isolated(mb, report, f"tmp/{name}", _finish_steal, mb, name, now, report)
+    for name in names:
+        _isolated(mb, report, f"processing/{name}", _recover_one, mb, name, now, report)
+    _sweep_tmp(mb, now, report)
+    _isolated(mb, report, f"{last_errors.ERRORS}/", last_errors.sweep, mb.folders, now, report)
+
+
+def _listings(mb: FileMailbox) -> tuple[list[str], list[str]]:
+    """The steals left in ``tmp/`` (``*.stolen``) and the names of ``processing/``, sorted."""
+    tmp_fd, proc_fd = mb.folders.fd(State.TMP), mb.folders.fd(State.PROCESSING)
+    try:
+        stolen = [n for n in _fs.listdir_at(tmp_fd) if n.endswith(_STOLEN)]
+        names = sorted(_fs.listdir_at(proc_fd))
+    except OSError as exc:
+        raise mb.folders.io_error(exc, "recover: listing") from exc
+    return stolen, names
+
+
+def _log_report(mb: FileMailbox, report: RecoveryReport) -> None:
+    """One log line for a pass that did anything."""
     if report:
         log.info(
             "%s: recovery returned %d, expired %d, dead %d, tmp removed %d, errors %d",
@@ -89,7 +111,6 @@ def recover(mb: FileMailbox, now: float) -> RecoveryReport:
             len(report.tmp_removed),
             len(report.errors),
         )
-    return report
 
 
 def _isolated(mb: FileMailbox, report: RecoveryReport, what: str, fn: object, *args: object) -> None:
@@ -144,11 +165,22 @@ def _open_claimed(mb: FileMailbox, proc_fd: int, name: str, now: float, report: 
     except OSError as exc:
         if exc.errno in _FATAL_ERRNOS:
             raise
-        if exc.errno in (errno.EACCES, errno.EPERM) and _maybe_someone_elses(mb, proc_fd, name, now, report):
-            return None
-        why = "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-        _give_up_entry(mb, GIVE_UP, name, f"{why} in processing/", report)
+        _give_up_unopenable(mb, proc_fd, name, now, report, exc)
         return None
+
+
+def _give_up_unopenable(
+    mb: FileMailbox, proc_fd: int, name: str, now: float, report: RecoveryReport, exc: OSError
+) -> None:
+    """A claimed file that did not open (``exc``): given up, unless it may be another user's."""
+    if exc.errno in (errno.EACCES, errno.EPERM) and _maybe_someone_elses(mb, proc_fd, name, now, report):
+        return
+    _give_up_entry(mb, GIVE_UP, name, f"{_unopenable_why(exc)} in processing/", report)
+
+
+def _unopenable_why(exc: OSError) -> str:
+    """How the reason of an entry that did not open (``exc``) says why."""
+    return "a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
 
 
 def _detach(mb: FileMailbox, fd: int, name: str, now: float, report: RecoveryReport) -> bool | None:
@@ -162,13 +194,18 @@ def _detach(mb: FileMailbox, fd: int, name: str, now: float, report: RecoveryRep
         _give_up_entry(mb, GIVE_UP, name, why, report)
         return None
     owner_dead = try_lock(fd)
-    if not owner_dead and now - st.st_ctime < mb.lease:
-        return None  # alive and within its lease
+    if _stays(mb, st, now, owner_dead):
+        return None
     try:
         mb.folders.move_and_commit(RECOVER_DETACH, name, name + _STOLEN)
     except FileNotFoundError:
         return None  # acked (or taken) meanwhile
     return owner_dead
+
+
+def _stays(mb: FileMailbox, st: os.stat_result, now: float, owner_dead: bool) -> bool:
+    """Whether a claimed file stays where it is: its owner alive and within its lease."""
+    return not owner_dead and now - st.st_ctime < mb.lease
 
 
 def _maybe_someone_elses(
@@ -186,14 +223,19 @@ def _maybe_someone_elses(
     if not stat.S_ISREG(st.st_mode):
         return False
     if now - st.st_ctime >= mb.lease:
-        report.errors.append(
-            (
-                f"processing/{_fs.shown(name)}",
-                f"past its lease of {mb.lease:g}s, but this user may not open it (owner uid {st.st_uid}); "
-                "left in place for a recovery run as its owner",
-            )
-        )
+        _report_not_ours(mb, name, st, report)
     return True
+
+
+def _report_not_ours(mb: FileMailbox, name: str, st: os.stat_result, report: RecoveryReport) -> None:
+    """Report a claimed file past its lease that this user may not open (left for its owner)."""
+    report.errors.append(
+        (
+            f"processing/{_fs.shown(name)}",
+            f"past its lease of {mb.lease:g}s, but this user may not open it (owner uid {st.st_uid}); "
+            "left in place for a recovery run as its owner",
+        )
+    )
 
 
 _STOLEN = ".stolen"
@@ -206,19 +248,34 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
     Each step leaves the message as exactly one file, so this is safe to repeat after a crash."""
     tmp_fd = mb.folders.fd(State.TMP)
     name = stolen[: -len(_STOLEN)]
-    try:
-        raw = _fs.read_regular(stolen, mb.max_message_size, dir_fd=tmp_fd)
-    except FileNotFoundError:
+    raw = _read_stolen(mb, tmp_fd, stolen, report)
+    if raw is None:
         return
+    _replace_by_copy(mb, tmp_fd, stolen, name + ".copy", raw)
+    _return_or_bury(mb, STEAL_RETURN, stolen, name, now, report, report.expired, False)
+
+
+def _read_stolen(mb: FileMailbox, tmp_fd: int, stolen: str, report: RecoveryReport) -> bytes | None:
+    """The bytes of ``tmp/<stolen>``; None if it is gone, or given up (not a regular file, too large,
+    a link)."""
+    try:
+        return _fs.read_regular(stolen, mb.max_message_size, dir_fd=tmp_fd)
+    except FileNotFoundError:
+        return None
     except (_fs.NotRegularFileError, _fs.TooLargeError) as exc:
         _give_up_entry(mb, STEAL_BURY, stolen, f"taken from a hung consumer, and {exc.strerror}", report)
-        return
+        return None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
         _give_up_entry(mb, STEAL_BURY, stolen, "a symlink in tmp/", report)
-        return
-    copy_name = mb.folders.write_tmp(tmp_fd, name + ".copy", raw, sync=mb.folders.sync)
+        return None
+
+
+def _replace_by_copy(mb: FileMailbox, tmp_fd: int, stolen: str, copy: str, raw: bytes) -> None:
+    """``tmp/<stolen>`` replaced by a fresh copy of its bytes ``raw`` (a new inode, which no hung
+    owner holds a lock on), committed."""
+    copy_name = mb.folders.write_tmp(tmp_fd, copy, raw, sync=mb.folders.sync)
     try:
         # The one deliberate replace in the library: the copy takes the place of the very file it
         # was copied from (the same message), so the message stays one file throughout.
@@ -227,7 +284,6 @@ def _finish_steal(mb: FileMailbox, stolen: str, now: float, report: RecoveryRepo
         _fs.unlink_quietly(tmp_fd, copy_name)
         raise
     mb.folders.commit(tmp_fd)
-    _return_or_bury(mb, STEAL_RETURN, stolen, name, now, report, report.expired, False)
 
 
 def _return_or_bury(
@@ -242,35 +298,63 @@ def _return_or_bury(
 ) -> None:
     """``m.src/src_name`` (the message ``name``) back to ``new/``, or to ``dead/`` past its attempts."""
     info = parse_name(name)
-    attempt = info.attempt if info else 0
-    key = info.id if info else _fs.shown(name)
-    why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
+    attempt, key = _attempt_and_key(info, name)
     if attempts_used_up(attempt, mb.max_attempts):
-        moved = mb.folders.dead_letter(
-            GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
-            src_name,
-            {
-                "reason": f"{why} during attempt {attempt} of {mb.max_attempts}",
-                "last_error": None,
-                "message_file": _fs.shown(name),
-                "id": key,
-                "attempts": attempt,
-            },
-            target=name,  # its message name, not the name it had in tmp/ while being taken back
-        )
-        if moved is not None:
-            report.dead.append(key)
+        why = "its consumer died" if owner_dead else f"its lease of {mb.lease:g}s expired"
+        reason = f"{why} during attempt {attempt} of {mb.max_attempts}"
+        _bury_used_up(mb, m, src_name, name, (attempt, key), reason, report)
         return
     # Due after the backoff from the real clock (``now`` only says when leases and ages are judged).
     due = time.time() + mb.backoff.delay(max(attempt, 1))
-    target = info.with_(due=compact_time(due)) if info else name
+    if _return(mb, m, src_name, info.with_(due=compact_time(due)) if info else name):
+        kind.append(key)
+
+
+def _attempt_and_key(info: NameInfo | None, name: str) -> tuple[int, str]:
+    """The attempt count a claimed name says (0 if not ours), and how the report names it (its id, or
+    its name shown)."""
+    if info is None:
+        return 0, _fs.shown(name)
+    return info.attempt, info.id
+
+
+def _bury_used_up(
+    mb: FileMailbox,
+    m: Move,
+    src_name: str,
+    name: str,
+    attempt_and_key: tuple[int, str],
+    reason: str,
+    report: RecoveryReport,
+) -> None:
+    """A taken-back message past its attempts to ``dead/`` under its message name, with ``reason``."""
+    attempt, key = attempt_and_key
+    moved = mb.folders.dead_letter(
+        GIVE_UP if m.src is State.PROCESSING else STEAL_BURY,
+        src_name,
+        {
+            "reason": reason,
+            "last_error": None,
+            "message_file": _fs.shown(name),
+            "id": key,
+            "attempts": attempt,
+        },
+        target=name,  # its message name, not the name it had in tmp/ while being taken back
+    )
+    if moved is not None:
+        report.dead.append(key)
+
+
+def _return(mb: FileMailbox, m: Move, src_name: str, target: str) -> bool:
+    """``m.src/src_name`` back to ``new/`` as ``target`` (or the next free name), committed; False if
+    it was gone."""
     try:
         new_fd, target = mb.folders.place(m, src_name, target)
     except FileNotFoundError:
-        return
+        return False
     mb.folders.commit(new_fd)
     mb.folders.arrived(target)
-    kind.append(key)
+    return True
 
 
 def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: RecoveryReport) -> None:
@@ -280,22 +364,24 @@ def _give_up_entry(mb: FileMailbox, m: Move, name: str, reason: str, report: Rec
 
 def _sweep_tmp(mb: FileMailbox, now: float, report: RecoveryReport) -> None:
     tmp_fd = mb.folders.fd(State.TMP)
-    try:
-        names = _fs.listdir_at(tmp_fd)
-    except OSError as exc:
-        raise mb.folders.io_error(exc, "recover: listing tmp/") from exc
-    for name in names:
+    for name in _tmp_names(mb, tmp_fd):
         if name.endswith(_STOLEN):
             continue  # finished at the start of the pass (or left in errors)
         _isolated(mb, report, f"tmp/{name}", _sweep_one, mb, tmp_fd, name, now, report)
 
 
-def _sweep_one(mb: FileMailbox, tmp_fd: int, name: str, now: float, report: RecoveryReport) -> None:
+def _tmp_names(mb: FileMailbox, tmp_fd: int) -> list[str]:
+    """The names in ``tmp/`` (a listing that fails stops the pass)."""
     try:
-        st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if now - st.st_mtime < mb.tmp_max_age:
+        return _fs.listdir_at(tmp_fd)
+    except OSError as exc:
+        raise mb.folders.io_error(exc, "recover: listing tmp/") from exc
+
+
+def _sweep_one(mb: FileMailbox, tmp_fd: int, name: str, now: float, report: RecoveryReport) -> None:
+    """Remove ``tmp/<name>`` if it is an abandoned half-write (older than ``tmp_max_age``)."""
+    st = _abandoned(tmp_fd, name, now, mb.tmp_max_age)
+    if st is None:
         return
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, "a folder in tmp/ (never removed by recovery)")
@@ -304,3 +390,13 @@ def _sweep_one(mb: FileMailbox, tmp_fd: int, name: str, now: float, report: Reco
     except FileNotFoundError:
         return
     report.tmp_removed.append(_fs.shown(name))
+
+
+def _abandoned(tmp_fd: int, name: str, now: float, max_age: float) -> os.stat_result | None:
+    """The lstat of ``tmp/<name>`` if it was last written ``max_age`` seconds ago or more; else None
+    (also once it is gone)."""
+    try:
+        st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return None if now - st.st_mtime < max_age else st

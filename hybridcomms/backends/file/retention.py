@@ -39,7 +39,7 @@ import stat
 
 from ... import _log
 from ..._fs import O_DIR
-from ..._locking import LOCK_TRY, flock
+from ..._locking import try_lock
 from ..._names import RANKS
 
 __all__ = ["Retention"]
@@ -72,7 +72,7 @@ class Retention:
         self.every = max(keep // 4, 32) if keep else 0
         #: Acks until the next look: the first within 64 acks, from a random start (see the module
         #: docstring), then every `every`.
-        self._left = random.randint(1, min(self.every, _FIRST_LOOK)) if self.every else 0
+        self._left = _first_look(self.every)
         #: Names the last look found among the oldest kept: one goes with each ack until the next look.
         self._due: list[str] = []
 
@@ -85,11 +85,15 @@ class Retention:
                 self._left = self.every
                 self.trim(done_fd)
             else:
-                due = self._due
-                while due and not _remove_name(done_fd, due.pop()):
-                    pass  # taken by another handle's trim meanwhile: the next one
+                self._remove_next_pick(done_fd)
         except OSError as exc:  # the ack itself is done: a trim that fails is tried again later
             log.warning("cannot trim done/ to %s acked messages: %s", self.keep, exc)
+
+    def _remove_next_pick(self, done_fd: int) -> None:
+        """Remove the oldest of the names the last look picked that is still an acked file."""
+        due = self._due
+        while due and not _remove_name(done_fd, due.pop()):
+            pass  # taken by another handle's trim meanwhile: the next one
 
     def trim(self, done_fd: int) -> int:
         """Remove the acked messages beyond `keep`, oldest first, and pick the next oldest, for the
@@ -100,32 +104,53 @@ class Retention:
             return 0
         fd = os.open(".", O_DIR, dir_fd=done_fd)  # its own: its own lock, and a listing offset of its own
         try:
-            try:
-                flock(fd, LOCK_TRY)
-            except BlockingIOError:
+            if not try_lock(fd):
                 return 0  # another thread or process is trimming right now
-            with os.scandir(fd) as entries:  # the type of each entry comes with the listing
-                ours = [e for e in entries if _acked(e.name)]
+            ours = _acked_entries(fd)
             excess = len(ours) - keep
             if excess < 0:
                 self._due = []
                 return 0
             ours.sort(key=_age_key)
-            removed = 0
-            for entry in ours[:excess]:
-                if _remove_acked(fd, entry):
-                    removed += 1
-            # Each ack until the next look adds one file and removes the oldest of these: done/ stays
-            # at `keep` (the newest acked), and the inode a put needs is one an ack just freed. Oldest
-            # first, in order: handles of other processes hold much the same names and race for each
-            # (a lost race costs one lstat); shuffled, an ack removed any of them, so with `every`
-            # larger than `keep` a message acked just now could go before an older one.
-            nxt = [e.name for e in ours[excess : excess + self.every] if e.is_file(follow_symlinks=False)]
-            nxt.reverse()  # popped from the end: the oldest first
-            self._due = nxt
+            removed = _remove_all(fd, ours[:excess])
+            self._due = _picks(ours[excess : excess + self.every])
             return removed
         finally:
             os.close(fd)  # drops the lock
+
+
+def _acked_entries(fd: int) -> list[os.DirEntry[str]]:
+    """The entries of the folder ``fd`` named as acked messages of ours (one listing)."""
+    with os.scandir(fd) as entries:  # the type of each entry comes with the listing
+        return [e for e in entries if _acked(e.name)]
+
+
+def _remove_all(fd: int, entries: list[os.DirEntry[str]]) -> int:
+    """`_remove_acked` each of ``entries``; how many were removed."""
+    removed = 0
+    for entry in entries:
+        if _remove_acked(fd, entry):
+            removed += 1
+    return removed
+
+
+def _picks(entries: list[os.DirEntry[str]]) -> list[str]:
+    """The names the acks until the next look remove, one each: the regular files of ``entries``
+    (the next oldest), the oldest last (popped first)."""
+    # Each ack until the next look adds one file and removes the oldest of these: done/ stays
+    # at `keep` (the newest acked), and the inode a put needs is one an ack just freed. Oldest
+    # first, in order: handles of other processes hold much the same names and race for each
+    # (a lost race costs one lstat); shuffled, an ack removed any of them, so with `every`
+    # larger than `keep` a message acked just now could go before an older one.
+    nxt = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+    nxt.reverse()  # popped from the end: the oldest first
+    return nxt
+
+
+def _first_look(every: int) -> int:
+    """How many acks a new handle makes before its first look: a random number within the first
+    `_FIRST_LOOK` (and within ``every``); 0 when it never trims."""
+    return random.randint(1, min(every, _FIRST_LOOK)) if every else 0
 
 
 def _remove_name(fd: int, name: str) -> bool:

@@ -35,9 +35,11 @@ class FileSubscriptions:
                 _fs.replace_atomically(path, encode(agent, patterns), self.file_mode)
 
     def subscribers(self, topic: str) -> list[str]:
-        return [
-            a for a in list_agents(self.root) if any(pattern_matches(p, topic) for p in self._patterns(a))
-        ]
+        return [a for a in list_agents(self.root) if self._subscribed(a, topic)]
+
+    def _subscribed(self, agent: str, topic: str) -> bool:
+        """Whether one of the patterns ``agent`` recorded matches ``topic``."""
+        return any(pattern_matches(p, topic) for p in self._patterns(agent))
 
     def _patterns(self, agent: str) -> tuple[str, ...]:
         path = self.root / agent / SUBSCRIPTIONS_FILE
@@ -45,14 +47,25 @@ class FileSubscriptions:
             st = os.stat(path)
         except FileNotFoundError:
             return ()
+        cached = self._cached(path, st)
+        if cached is not None:
+            return cached
+        patterns = tuple(self._read(path))
+        self._remember(path, st, patterns)
+        return patterns
+
+    def _cached(self, path: Path, st: os.stat_result) -> tuple[str, ...] | None:
+        """The patterns last read from ``path``, if the file (``st``) has not changed since."""
         cached = self._cache.get(path)
         if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
             return cached[2]
-        patterns = tuple(self._read(path))
+        return None
+
+    def _remember(self, path: Path, st: os.stat_result, patterns: tuple[str, ...]) -> None:
+        """Keep what ``path`` (as ``st``) holds, for the next lookups (at most about 10,000 files)."""
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[path] = (st.st_mtime_ns, st.st_size, patterns)
-        return patterns
 
     @staticmethod
     def _read(path: Path) -> list[str]:

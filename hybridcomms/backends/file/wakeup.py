@@ -65,7 +65,7 @@ class _SharedObserver:
         from watchdog.events import FileCreatedEvent, FileMovedEvent
 
         with self._lock:
-            if self._observer is None or self._pid != os.getpid():  # none yet, or inherited by a fork
+            if not self._runs_here():
                 self._observer, self._count = self._start(poll_interval), 0
                 self._pid = os.getpid()
             watch = self._observer.schedule(
@@ -73,6 +73,10 @@ class _SharedObserver:
             )
             self._count += 1
             return watch
+
+    def _runs_here(self) -> bool:
+        """Under the lock: an observer of this process runs (not none yet, not inherited by a fork)."""
+        return self._observer is not None and self._pid == os.getpid()
 
     def _start(self, poll_interval: float) -> Any:
         try:
@@ -96,12 +100,9 @@ class _SharedObserver:
     def remove(self, watch: Any) -> None:
         with self._lock:
             observer = self._observer
-            if observer is None or self._pid != os.getpid():
+            if not self._runs_here():
                 return
-            try:
-                observer.unschedule(watch)
-            except KeyError:
-                pass
+            _unschedule(observer, watch)
             self._count -= 1
             if self._count > 0:
                 return
@@ -110,7 +111,28 @@ class _SharedObserver:
         observer.join(timeout=5)
 
 
+def _unschedule(observer: Any, watch: Any) -> None:
+    """Take ``watch`` off ``observer`` (one it no longer knows is fine)."""
+    try:
+        observer.unschedule(watch)
+    except KeyError:
+        pass
+
+
 _shared = _SharedObserver()
+
+
+def _new_inotify_fd() -> int:
+    """A new inotify descriptor, non-blocking and not inherited by child processes."""
+    calls = _inotify_calls()
+    assert calls is not None
+    fd = calls[0]()
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.set_blocking(fd, False)
+    os.set_inheritable(fd, False)
+    return int(fd)
 
 
 class _InotifyHub:
@@ -148,14 +170,7 @@ class _InotifyHub:
         """Under ``cond``: a descriptor for this process (a forked child gets its own)."""
         if self._pid == os.getpid():
             return
-        calls = _inotify_calls()
-        assert calls is not None
-        fd = calls[0]()
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        os.set_blocking(fd, False)
-        os.set_inheritable(fd, False)
+        fd = _new_inotify_fd()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)  # a full pipe already says "look up": never block on it
@@ -168,12 +183,17 @@ class _InotifyHub:
             self._ensure()
             wd = calls[1](self._fd, os.fsencode(waiter._new_dir), ctypes.c_uint32(self.MASK))
             if wd < 0:
-                err = ctypes.get_errno()
-                if not self._waiters and not self._reading:
-                    self._release()
-                raise OSError(err, f"inotify_add_watch({waiter._new_dir}): {os.strerror(err)}")
+                raise self._watch_error(waiter._new_dir)
             self._waiters.setdefault(wd, []).append(waiter)
             return int(wd)
+
+    def _watch_error(self, path: str) -> OSError:
+        """Under ``cond``, after inotify_add_watch failed for ``path``: the error it gave; the
+        descriptor released if nothing else uses it."""
+        err = ctypes.get_errno()
+        if not self._waiters and not self._reading:
+            self._release()
+        return OSError(err, f"inotify_add_watch({path}): {os.strerror(err)}")
 
     def remove(self, waiter: ArrivalWaiter, wd: int) -> None:
         calls = _inotify_calls()
@@ -181,18 +201,23 @@ class _InotifyHub:
         with self.cond:
             if self._pid != os.getpid():
                 return
-            waiters = self._waiters.get(wd, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters and wd in self._waiters:
-                del self._waiters[wd]
-                calls[2](self._fd, wd)
+            self._unwatch(waiter, wd, calls[2])
             if self._waiters:
                 return
             if not self._reading:
                 self._release()
                 return
         self.poke()  # the reader (a claim on a mailbox closed meanwhile) returns, and releases them
+
+    def _unwatch(self, waiter: ArrivalWaiter, wd: int, rm_watch: Any) -> None:
+        """Under ``cond``: ``waiter`` no longer hears of its folder (watch ``wd``); the kernel's watch
+        goes with the folder's last waiter."""
+        waiters = self._waiters.get(wd, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters and wd in self._waiters:
+            del self._waiters[wd]
+            rm_watch(self._fd, wd)
 
     def _release(self) -> None:
         """Under ``cond``, with no waiter left and no reader: close the descriptor and the wake-up
@@ -222,7 +247,7 @@ class _InotifyHub:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                if not self._reading and self._pid == os.getpid():
+                if self._may_read():
                     self._reading = True
                     break
                 self.cond.wait(remaining)
@@ -233,6 +258,11 @@ class _InotifyHub:
             self._done_reading(data)
         with self.cond:
             return waiter._flag
+
+    def _may_read(self) -> bool:
+        """Under ``cond``: a thread may become the reader (nobody reads, the descriptor is this
+        process's)."""
+        return not self._reading and self._pid == os.getpid()
 
     def _done_reading(self, data: bytes) -> None:
         """The reader hands out what it read and gives the reading up (to the next waiter)."""
@@ -253,16 +283,21 @@ class _InotifyHub:
         a claim that does not wait learns of arrivals this way. Nothing to do while another thread
         is the reader: it hands them out."""
         with self.cond:
-            if self._reading or self._pid != os.getpid():
+            if not self._may_read():
                 return
             self._reading = True
         data = b""
         try:
-            data = os.read(self._fd, 65536)
-        except BlockingIOError:
-            pass
+            data = self._read_events()
         finally:
             self._done_reading(data)
+
+    def _read_events(self) -> bytes:
+        """What the kernel has queued for our watches (one read that never waits); b"" if nothing."""
+        try:
+            return os.read(self._fd, 65536)
+        except BlockingIOError:
+            return b""
 
     def _read(self, timeout: float) -> bytes:
         poller = select.poll()
@@ -270,16 +305,17 @@ class _InotifyHub:
         poller.register(self._wake_r, select.POLLIN)
         ready = {fd for fd, _ in poller.poll(max(1, int(timeout * 1000)))}
         if self._wake_r in ready:
-            try:
-                os.read(self._wake_r, 4096)
-            except BlockingIOError:
-                pass
+            self._empty_wake_pipe()
         if self._fd not in ready:
             return b""
+        return self._read_events()
+
+    def _empty_wake_pipe(self) -> None:
+        """Take the pokes out of the wake-up pipe (they only woke the reader)."""
         try:
-            return os.read(self._fd, 65536)
+            os.read(self._wake_r, 4096)
         except BlockingIOError:
-            return b""
+            pass
 
     def _dispatch(self, data: bytes) -> None:
         """Under ``cond``: hand each event to the waiters of its folder (a few microseconds per
@@ -298,22 +334,35 @@ class _InotifyHub:
             waiters = waiters_of(wd)
             if not waiters or not length:
                 continue
-            name = data[start:i].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS)
-            for w in waiters:
-                w._on_arrival(name)
-                w._flag = True  # what wait() looks at; the event is for the fallback path only
-                if not w.notifying:
-                    w._event.set()
+            _tell_arrival(waiters, data[start:i].rstrip(b"\0").decode(_FS_ENCODING, _FS_ERRORS))
 
     def _odd(self, wd: int, mask: int) -> None:
+        """Under ``cond``: an event that is not an arrival (events lost, or a watch gone)."""
         if mask & self.IN_Q_OVERFLOW:
-            for waiters in self._waiters.values():
-                for w in waiters:
-                    w._lost()
+            self._overflowed()
         elif mask & self.IN_IGNORED:  # the folder went away
-            for w in self._waiters.pop(wd, []):
-                w.notifying = False
+            self._folder_gone(wd)
+
+    def _overflowed(self) -> None:
+        """The kernel's queue overflowed: every waiter lost events (its claimer lists its folder again)."""
+        for waiters in self._waiters.values():
+            for w in waiters:
                 w._lost()
+
+    def _folder_gone(self, wd: int) -> None:
+        """The folder of watch ``wd`` went away: its waiters hear nothing more from the kernel."""
+        for w in self._waiters.pop(wd, []):
+            w.notifying = False
+            w._lost()
+
+
+def _tell_arrival(waiters: list[ArrivalWaiter], name: str) -> None:
+    """Under the hub's ``cond``: tell each of ``waiters`` that ``name`` arrived, and wake it."""
+    for w in waiters:
+        w._on_arrival(name)
+        w._flag = True  # what wait() looks at; the event is for the fallback path only
+        if not w.notifying:
+            w._event.set()
 
 
 _hub = _InotifyHub()
@@ -341,13 +390,24 @@ class ArrivalWaiter:
         self._wd: int | None = None
         self._flag = False  # set (under the hub's lock) when an arrival is handed to us
         self.notifying = False
-        if _DIRECT:
-            try:
-                self._wd = _hub.add(self)
-                self.notifying = True
-                return
-            except Exception as exc:  # out of instances or watches: try the observer
-                log.debug("direct inotify not usable for %s: %s", agent_dir, exc)
+        if not self._watch_directly(agent_dir):
+            self._watch_by_observer(agent_dir, poll_interval)
+
+    def _watch_directly(self, agent_dir: str) -> bool:
+        """Hear of arrivals through the process's inotify hub; False where that is not usable."""
+        if not _DIRECT:
+            return False
+        try:
+            self._wd = _hub.add(self)
+        except Exception as exc:  # out of instances or watches: try the observer
+            log.debug("direct inotify not usable for %s: %s", agent_dir, exc)
+            return False
+        self.notifying = True
+        return True
+
+    def _watch_by_observer(self, agent_dir: str, poll_interval: float) -> None:
+        """Hear of arrivals through watchdog's shared observer (polling where it must); failing that,
+        claims rescan every ``poll_interval``."""
         try:
             self._watch = _shared.add(self._handler(), agent_dir, poll_interval)
             self.notifying = not _shared.polling
