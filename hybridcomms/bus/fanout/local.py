@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -368,13 +369,18 @@ class LocalFanout:
                 if look:
                     self._look(now)
             finally:
-                self._debt += time.thread_time() - cpu
-                done = time.monotonic()
-                self._next_tend = done + REFRESH_EVERY
-                if look:
-                    spacing = LOOK_SPACING * self._debt if self._debt > 0.001 else 0.0
-                    self._debt = 0.0
-                    self._next_look = done + max(REFRESH_EVERY, spacing)
+                self._schedule_next(look, time.thread_time() - cpu)
+
+    def _schedule_next(self, looked: bool, cpu: float) -> None:
+        """(Under the look lock.) Add ``cpu`` (what this refresh cost) to the debt and set when the
+        next tend comes, and after a look when the next look does (`LOOK_SPACING` times the debt)."""
+        self._debt += cpu
+        done = time.monotonic()
+        self._next_tend = done + REFRESH_EVERY
+        if looked:
+            spacing = LOOK_SPACING * self._debt if self._debt > 0.001 else 0.0
+            self._debt = 0.0
+            self._next_look = done + max(REFRESH_EVERY, spacing)
 
     def _tend(self, now: float) -> None:
         """Close the sockets retired long enough ago, give sockets to the peers that read
@@ -425,12 +431,16 @@ class LocalFanout:
     ) -> None:
         """(Under the lock.) What a look found replaces what was known: the registrations ``gone``
         forgotten, those ``read`` taken, a sweep made if due; the turns made again if any changed."""
-        for name in gone:
-            self._forget_reg(name)
+        self._forget_regs(gone)
         self._take_reads(read, now)
         pruned = self._sweep(now) if sweep else False
         if gone or read or pruned:
             self._peers_changed(now)
+
+    def _forget_regs(self, names: list[str]) -> None:
+        """(Under the lock.) Forget the registrations ``names`` (no longer listed)."""
+        for name in names:
+            self._forget_reg(name)
 
     def _folder_changed(self, sweep: bool) -> bool:
         """Whether the folder is to be listed again: its mtime changed, registrations (or orphans)
@@ -439,25 +449,36 @@ class LocalFanout:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
         except OSError:
             return False
-        if mtime == self._seen_mtime and not self._unsettled and not sweep:
+        if self._settled_at(mtime) and not sweep:
             return False
-        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
-        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
-        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
+        self._seen_mtime = _seen_mtime(mtime)
         return True
+
+    def _settled_at(self, mtime: int) -> bool:
+        """Whether the folder's mtime is the one seen last and the last look left nothing to do."""
+        return mtime == self._seen_mtime and not self._unsettled
 
     def _queue_changes(self, found: dict[str, int]) -> list[str]:
         """Queue the registrations listed (``found``: name, inode) that are new or changed to be
         read; return the names known that are no longer listed."""
+        keys = self._known_keys()
+        self._queue_reads(found, keys)
+        return [name for name in keys if name not in found]
+
+    def _known_keys(self) -> dict[str, int]:
+        """The registrations known, by name: the inode each was read from."""
         with self._lock:  # (other threads forget a peer whose socket went away)
-            keys = {name: reg.key for name, reg in self._regs.items()}
+            return {name: reg.key for name, reg in self._regs.items()}
+
+    def _queue_reads(self, found: dict[str, int], keys: dict[str, int]) -> None:
+        """Queue to be read the registrations of ``found`` whose inode is not the one known
+        (``keys``); forget those queued that are no longer listed."""
         pending = self._pending
         for name, ino in found.items():
             if keys.get(name) != ino:
                 pending.add(name)  # (one rewritten again keeps its place)
         if pending:
             pending.keep_only(found)
-        return [name for name in keys if name not in found]
 
     def _take_reads(self, read: list[tuple[str, _Reg | None]], now: float) -> None:
         """(Under the lock.) The registrations just read replace what was known of them. Past
@@ -468,13 +489,24 @@ class LocalFanout:
             self._forget_read(name, reg, now)
             if reg is None:
                 continue
-            if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
+            if self._no_room_for(reg):
                 evictable = self._evictable() if evictable is None else evictable
-                if not evictable:
-                    self._pending.add(name)  # every peer held reads: read again later
+                if not self._set_aside_for(name, evictable, now):
                     continue
-                self._evict(evictable.pop(), now)
             self._add_reg(name, reg)
+
+    def _no_room_for(self, reg: _Reg) -> bool:
+        """(Under the lock.) Whether ``reg`` names a peer and `MAX_REGISTRATIONS` peers are held."""
+        return reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS
+
+    def _set_aside_for(self, name: str, evictable: list[str], now: float) -> bool:
+        """(Under the lock.) Set aside the next of the peers ``evictable`` to make room for ``name``;
+        False if none is left (every peer held reads: ``name`` is read again later)."""
+        if not evictable:
+            self._pending.add(name)
+            return False
+        self._evict(evictable.pop(), now)
+        return True
 
     def _forget_read(self, name: str, reg: _Reg | None, now: float) -> None:
         """(Under the lock.) Forget what was known of a registration read again (``reg``), and retire
@@ -585,16 +617,9 @@ class LocalFanout:
         gone, or pruned: too big, not a regular file, does not decode, or of the wrong shape."""
         try:
             st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
-        except OSError:
+            body = _registration_body(self._dir_fd, name + ".json", st)
+        except OSError:  # (gone: FileNotFoundError from the read too)
             return None
-        body: Any = None
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
-            try:
-                body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
-            except FileNotFoundError:
-                return None
-            except (OSError, orjson.JSONDecodeError):
-                body = None
         if not well_formed(body):
             self._prune(name, sock=False)
             return None
@@ -611,9 +636,15 @@ class LocalFanout:
             return None
         except OSError:
             return _Reg(ino, None)
+        return self._reg_at(peer, ino, writer, sst)
+
+    def _reg_at(self, peer: Peer, ino: int, writer: int, sst: os.stat_result) -> _Reg | None:
+        """What is known of ``peer``'s registration whose ``.sock`` is ``sst``: None if that is not a
+        socket or refuses for a peer of this host (pruned); one that cannot be used here if it
+        refuses for a peer of another host."""
         sock_id = (sst.st_dev, sst.st_ino)
         if not stat.S_ISSOCK(sst.st_mode):
-            self._prune(name, sock=not stat.S_ISDIR(sst.st_mode))
+            self._prune(peer.name, sock=not stat.S_ISDIR(sst.st_mode))
             return None
         if not self._takes_connect(peer, sock_id):
             return None if peer.host == _HOST else _Reg(ino, None)
@@ -717,12 +748,16 @@ class LocalFanout:
         counts of missed events added to the drops of each peer first."""
         if self._groups:
             with STATS_LOCK:
-                for group in self._groups.values():
-                    for turns in group:
-                        for link, n in turns.missed():
-                            self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + n
+                self._add_missed(self._dropped_to)
         self._groups = {}
         self._targets = {}
+
+    def _add_missed(self, into: dict[str, int]) -> None:
+        """(Under the lock.) Add what the peers missed in the turns of now to ``into`` (by name)."""
+        for group in self._groups.values():
+            for turns in group:
+                for link, n in turns.missed():
+                    into[link.name] = into.get(link.name, 0) + n
 
     def _rebalance(self, now: float) -> None:
         """Links go to the peers that read. Peers without one that read (their last send went
@@ -734,13 +769,21 @@ class LocalFanout:
             waiting = [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
             if not waiting:
                 return
-            room = max(MAX_LINKS - self._linked - len(self._retired), 0)
+            room = self._room_for_links()
             if len(waiting) > room:
                 self._take_back(len(waiting) - room, now)
-            for ln in waiting[:room]:  # made again, connected, by the next publish
-                self._links.pop(ln.name)
-                self._unlinked -= 1
+            self._relink(waiting[:room])
             self._reset_targets()
+
+    def _room_for_links(self) -> int:
+        """(Under the lock.) How many more sockets to peers there is room for (`MAX_LINKS`)."""
+        return max(MAX_LINKS - self._linked - len(self._retired), 0)
+
+    def _relink(self, links: list[_Link]) -> None:
+        """(Under the lock.) Forget the unlinked ``links``: made again, connected, by the next publish."""
+        for ln in links:
+            self._links.pop(ln.name)
+            self._unlinked -= 1
 
     def _take_back(self, wanted: int, now: float) -> None:
         """(Under the lock.) Take back the sockets of ``wanted`` links at most whose peers have not
@@ -761,12 +804,16 @@ class LocalFanout:
         at most per look, without sending them anything: one whose socket would take a datagram now
         (its buffer has room: it reads again) is woken (publishes visit it again), the others sleep
         another `STUCK_RETRY`."""
-        due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
         woke = False
-        for link in due[:PROBES_PER_LOOK]:
+        for link in self._due_probes(now):
             woke = self._wake_if_writable(link, now) or woke
         if woke:
             self._regroup = True
+
+    def _due_probes(self, now: float) -> list[_Link]:
+        """The links of peers asleep whose `STUCK_RETRY` is up, `PROBES_PER_LOOK` at most."""
+        due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
+        return due[:PROBES_PER_LOOK]
 
     def _wake_if_writable(self, link: _Link, now: float) -> bool:
         """Wake a peer asleep whose buffer has room again (True), else let it sleep another
@@ -782,11 +829,12 @@ class LocalFanout:
         """Whether ``link``'s peer has room in its buffer (a datagram socket connected to another
         polls writable only then)."""
         if link.sock is not None:
-            sock = link.sock
-            try:
-                return bool(_poll_out(sock))
-            except (OSError, ValueError):
-                return False
+            return _has_room(link.sock)
+        return self._unlinked_writable(link)
+
+    def _unlinked_writable(self, link: _Link) -> bool:
+        """Whether the peer of the unlinked ``link`` has room, through a socket made to ask it; a
+        peer whose socket refuses is gone (`_peer_gone`)."""
         reg = self._regs.get(link.name)
         try:
             sock = self._connect(link.name, reg.sock if reg is not None else None)
@@ -809,18 +857,26 @@ class LocalFanout:
             if cached is not None:
                 return cached
             cpu = time.thread_time()
-            found: list[Turns] = []
-            for key, names in self._index.entries(topic):
-                group = self._groups.get(key)
-                if group is None:
-                    group = self._groups[key] = self._turns(list(names))
-                found.extend(group)
-            result = (tuple(found), any(t.ring for t in found), sum(len(t.asleep) for t in found))
+            result = self._find_targets(topic)
             if len(self._targets) >= 10_000:
                 self._reset_targets()
             self._targets[topic] = result
             self._debt += time.thread_time() - cpu
         return result
+
+    def _find_targets(self, topic: str) -> tuple[tuple[Turns, ...], bool, int]:
+        """(Under the lock.) The turns of the peers that want ``topic`` (`_targets_of`), made."""
+        found: list[Turns] = []
+        for key, names in self._index.entries(topic):
+            found.extend(self._group(key, names))
+        return tuple(found), any(t.ring for t in found), sum(len(t.asleep) for t in found)
+
+    def _group(self, key: str, names: Collection[str]) -> tuple[Turns, ...]:
+        """(Under the lock.) The turns of one index entry: made once, shared by the topics it matches."""
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = self._turns(list(names))
+        return group
 
     def _turns(self, names: list[str]) -> tuple[Turns, ...]:
         """(Under the lock.) The turns of the peers ``names``: one per owner (their socket's uid)."""
@@ -854,22 +910,29 @@ class LocalFanout:
         link = self._links.get(peer.name)
         if link is not None:
             return link
-        sock = None
-        if self._linked + len(self._retired) < MAX_LINKS:
-            try:
-                sock = self._connect(peer.name, reg.sock)
-            except _Refused:
-                self._refused(peer.name, peer.pid, peer.host == _HOST)
-                return None
-            except OSError:  # out of descriptors, say: sent to one datagram at a time
-                sock = None
-        if sock is None:
-            link = self._unlinked_link(reg, peer)
-        else:
-            link = _Link(peer, sock.send, sock, reg.owner, 1)
-            self._linked += 1
+        try:
+            sock = self._socket_for(reg, peer)
+        except _Refused:
+            self._refused(peer.name, peer.pid, peer.host == _HOST)
+            return None
+        link = self._unlinked_link(reg, peer) if sock is None else self._linked_link(reg, peer, sock)
         self._links[peer.name] = link
         return link
+
+    def _socket_for(self, reg: _Reg, peer: Peer) -> socket.socket | None:
+        """(Under the lock.) A socket connected to ``peer`` if there is room (`MAX_LINKS`) and
+        descriptors left, else None; `_Refused` if its socket refuses."""
+        if self._linked + len(self._retired) >= MAX_LINKS:
+            return None
+        try:
+            return self._connect(peer.name, reg.sock)
+        except OSError:  # out of descriptors, say: sent to one datagram at a time
+            return None
+
+    def _linked_link(self, reg: _Reg, peer: Peer, sock: socket.socket) -> _Link:
+        """(Under the lock.) The link to ``peer`` through its own connected ``sock`` (counted)."""
+        self._linked += 1
+        return _Link(peer, sock.send, sock, reg.owner, 1)
 
     def _unlinked_link(self, reg: _Reg, peer: Peer) -> _Link:
         name, expect = peer.name, reg.sock
@@ -920,11 +983,16 @@ class LocalFanout:
             self._prune(name)
             self._forget_reg(name)
         else:
-            reg = self._regs.get(name)
-            if reg is not None and not reg.dead and reg.peer is not None:
-                reg.dead = True
-                self._unindex_reg(name, reg)
+            self._take_as_dead(name)
         self._regroup = True
+
+    def _take_as_dead(self, name: str) -> None:
+        """(Under the lock.) The peer of registration ``name`` is not sent to (unindexed) until its
+        registration changes."""
+        reg = self._regs.get(name)
+        if reg is not None and not reg.dead and reg.peer is not None:
+            reg.dead = True
+            self._unindex_reg(name, reg)
 
     def _retire(self, link: _Link, now: float) -> None:
         """(Under the lock.) A link no longer used: its socket is closed a while later, not now, so that
@@ -1018,10 +1086,7 @@ class LocalFanout:
         in order) or that was found not reading (not tried before its `STUCK_RETRY` is up). How
         many were sent (0 or 1)."""
         if link.backlog:
-            if link.full:
-                self._dropped(link)
-            else:
-                self._defer(link, data)
+            self._wait_behind(link, data)
             return 0
         if now < link.skip_until:
             self._dropped(link)
@@ -1031,11 +1096,22 @@ class LocalFanout:
         except OSError as exc:
             self._send_failed(link, data, exc)
             return 0
-        link.skip_until = 0.0  # it reads again
+        self._reads_again(link)
+        return 1
+
+    def _wait_behind(self, link: _Link, data: bytes) -> None:
+        """``data`` waits after what waits for ``link`` already, or is dropped if its backlog is full."""
+        if link.full:
+            self._dropped(link)
+        else:
+            self._defer(link, data)
+
+    def _reads_again(self, link: _Link) -> None:
+        """A peer found not reading took a send: awake again (the turns made again)."""
+        link.skip_until = 0.0
         self._regroup = True
         if link.sock is None:
             link.ok = True
-        return 1
 
     def _send_failed(self, link: _Link, data: bytes, exc: OSError) -> None:
         """A send to ``link`` raised ``exc``: a full buffer (the event waits, `_defer`), nobody there
@@ -1088,13 +1164,16 @@ class LocalFanout:
         """(Under the backlog lock.) Put ``data`` (``size`` counted) at the end of ``link``'s backlog:
         ``"first"`` if the flusher is to be told of the link, ``"kept"``; or not: ``"full"`` (its own
         backlog is full: it is not visited until half has gone out), ``"over"`` (all backlogs are)."""
-        if len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES:
-            if not link.full:
-                link.full = True  # (until half of it has gone out: not visited meanwhile)
-                self._regroup = True
+        if _backlog_full(link, data):
+            self._set_full(link)
             return "full"
         if self._backlog_total + size > BACKLOG_TOTAL:
             return "over"
+        return "first" if self._append(link, data, size) else "kept"
+
+    def _append(self, link: _Link, data: bytes, size: int) -> bool:
+        """(Under the backlog lock.) Put ``data`` at the end of ``link``'s backlog (``size`` counted
+        in all); whether the link was not backlogged before."""
         if not link.backlog:
             link.behind_since = time.monotonic()
         link.backlog.append(data)
@@ -1102,7 +1181,13 @@ class LocalFanout:
         self._backlog_total += size
         first = link not in self._backlogged
         self._backlogged.add(link)
-        return "first" if first else "kept"
+        return first
+
+    def _set_full(self, link: _Link) -> None:
+        """``link``'s backlog is full: its peer is not visited until half of it has gone out."""
+        if not link.full:
+            link.full = True
+            self._regroup = True
 
     def _over_total(self, link: _Link, data: bytes, size: int) -> None:
         """All backlogs are full: room is made (`_make_room`) and ``data`` kept, or it is dropped and
@@ -1113,9 +1198,8 @@ class LocalFanout:
         if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
             link.skip_until = time.monotonic() + STUCK_RETRY
             self._regroup = True
-        elif not link.full:
-            link.full = True
-            self._regroup = True
+        else:
+            self._set_full(link)
         self._dropped(link)
 
     def _ring(self) -> None:
@@ -1130,9 +1214,7 @@ class LocalFanout:
         peer's and has waited `EVICT_AFTER`, is dropped (counted) and its peer sleeps (`STUCK_RETRY`).
         Whether there is room for ``size`` more now."""
         now = time.monotonic()
-        with self._backlog_lock:
-            behind = [ln for ln in self._backlogged if ln.backlog and ln is not link]
-            oldest = min(behind, key=lambda ln: ln.behind_since, default=None)
+        oldest = self._behind_longest(link)
         if oldest is None or now - oldest.behind_since < EVICT_AFTER:
             return False
         self._forget_backlog(oldest)
@@ -1140,6 +1222,12 @@ class LocalFanout:
         self._regroup = True
         with self._backlog_lock:
             return self._backlog_total + size <= BACKLOG_TOTAL
+
+    def _behind_longest(self, link: _Link) -> _Link | None:
+        """The link other than ``link`` whose backlog has waited the longest, if any."""
+        with self._backlog_lock:
+            behind = [ln for ln in self._backlogged if ln.backlog and ln is not link]
+            return min(behind, key=lambda ln: ln.behind_since, default=None)
 
     def _start_flusher(self) -> None:
         with self._lock:
@@ -1170,24 +1258,36 @@ class LocalFanout:
         """Send what waits for ``link``, oldest first, until it is empty (True) or the peer's buffer
         is full again (False)."""
         while True:
-            with self._backlog_lock:
-                if not link.backlog:
-                    self._backlogged.discard(link)
-                    return True
-                data = link.backlog[0]  # taken off only once sent: a publisher seeing it waits behind
+            data = self._oldest_waiting(link)
+            if data is None:
+                return True
             try:
                 link.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return False
             except OSError as exc:
-                self._forget_backlog(link)
-                if exc.errno in _GONE:  # (EBADF: retired and closed, already forgotten by a look)
-                    self._peer_gone(link)
+                self._broke_under_backlog(link, exc)
                 return True
             with self._backlog_lock:
                 self._sent_from_backlog(link, data)
             FANOUT_STATS["sent"] += 1
             FANOUT_STATS["deferred"] += 1
+
+    def _oldest_waiting(self, link: _Link) -> bytes | None:
+        """The oldest event waiting for ``link`` (taken off only once sent: a publisher seeing it
+        waits behind); None once none waits (the link no longer backlogged)."""
+        with self._backlog_lock:
+            if not link.backlog:
+                self._backlogged.discard(link)
+                return None
+            return link.backlog[0]
+
+    def _broke_under_backlog(self, link: _Link, exc: OSError) -> None:
+        """A send from ``link``'s backlog raised ``exc``: the backlog is dropped, and the peer taken as
+        gone if nobody is there any more."""
+        self._forget_backlog(link)
+        if exc.errno in _GONE:  # (EBADF: retired and closed, already forgotten by a look)
+            self._peer_gone(link)
 
     def _sent_from_backlog(self, link: _Link, data: bytes) -> None:
         """(Under the backlog lock.) ``data``, the oldest of ``link``'s backlog, went out: taken off
@@ -1198,12 +1298,17 @@ class LocalFanout:
         link.backlog.popleft()
         link.backlog_bytes -= len(data)
         self._backlog_total -= len(data) + _EVENT_OVERHEAD
+        self._unset_full_at_half(link)
+        if link.backlog:
+            link.behind_since = time.monotonic()  # it reads: behind since now only
+
+    def _unset_full_at_half(self, link: _Link) -> None:
+        """(Under the backlog lock.) A full backlog down to half its events takes events again once
+        it is down to half its bytes too (the peer awake again at the next look)."""
         if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
             link.full = link.backlog_bytes > BACKLOG_BYTES // 2
             if not link.full:
-                self._regroup = True  # awake again at the next look
-        if link.backlog:
-            link.behind_since = time.monotonic()  # it reads: behind since now only
+                self._regroup = True
 
     def _flush(self) -> None:
         """The flusher thread: waits until a backlogged peer can take more (POLLOUT on its connected
@@ -1274,12 +1379,9 @@ class LocalFanout:
     def _drops(self) -> tuple[dict[str, int], int]:
         """(events dropped for each peer still registered, for those no longer registered), counting
         what the peers missed in the turns of now."""
+        missed: dict[str, int] = {}
         with self._lock:
-            missed: dict[str, int] = {}
-            for group in self._groups.values():
-                for turns in group:
-                    for link, n in turns.missed():
-                        missed[link.name] = missed.get(link.name, 0) + n
+            self._add_missed(missed)
         with STATS_LOCK:
             drops = dict(self._dropped_to)
             others = self._dropped_gone
@@ -1403,6 +1505,39 @@ def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
         raise _Refused
     if expect is not None and (st.st_dev, st.st_ino) != expect:
         raise _Refused
+
+
+def _registration_body(dir_fd: int, name: str, st: os.stat_result) -> Any:
+    """The decoded content of the registration file ``name`` (its ``lstat`` ``st``): None if it is
+    not a regular file, is too big, cannot be read or does not decode; FileNotFoundError if gone."""
+    if not (stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION):
+        return None
+    try:
+        return orjson.loads(_fs.read_regular(name, MAX_REGISTRATION, dir_fd=dir_fd))
+    except FileNotFoundError:
+        raise
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _seen_mtime(mtime: int) -> int:
+    """The folder mtime to take as seen: ``mtime``, or -1 if it is younger than a second."""
+    # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
+    # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
+    return mtime if time.time_ns() - mtime > 1_000_000_000 else -1
+
+
+def _backlog_full(link: _Link, data: bytes) -> bool:
+    """Whether ``link``'s backlog has no room for ``data`` (`BACKLOG_EVENTS`, `BACKLOG_BYTES`)."""
+    return len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
+
+
+def _has_room(sock: socket.socket) -> bool:
+    """Whether the connected ``sock`` polls writable (its peer's buffer has room); False if broken."""
+    try:
+        return bool(_poll_out(sock))
+    except (OSError, ValueError):
+        return False
 
 
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
