@@ -555,20 +555,28 @@ class AgentBus:
     def _schedule(
         self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
     ) -> None:
-        received = event.origin is not None
-        if received:
-            cost: tuple[int, int] = getattr(result, "_cost", (0, UNKNOWN_SENDER))
-            if not self._admit(*cost):  # a flood from other processes: this run is not started
-                _not_started(awaitable, result)
-                return
+        """Start the run of an async handler (`_guarded`); one for an event from another process
+        within the bounds only (`_schedule_received`)."""
+        if event.origin is not None:
+            self._schedule_received(awaitable, event, sub, result)
+            return
+        result._pending.append(self._start(self._guarded(awaitable, event, sub, result)))
+
+    def _schedule_received(
+        self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
+    ) -> None:
+        """Start the run of an async handler of a received event if it may start (`_admit`), counted
+        until it ends, however it ends (done, failed, cancelled); else it is not started."""
+        cost: tuple[int, int] = getattr(result, "_cost", (0, UNKNOWN_SENDER))
+        if not self._admit(*cost):  # a flood from other processes: this run is not started
+            _not_started(awaitable, result)
+            return
         try:
             future = self._start(self._guarded(awaitable, event, sub, result))
         except BaseException:
-            if received:
-                self._run_ended(cost)
+            self._run_ended(cost)
             raise
-        if received:  # counted until it ends, however it ends (done, failed, cancelled)
-            future.add_done_callback(lambda _future: self._run_ended(cost))
+        future.add_done_callback(lambda _future: self._run_ended(cost))
         result._pending.append(future)
 
     async def _guarded(

@@ -89,8 +89,13 @@ def normalized(patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     under ``a.*``; everything under ``*``): each topic is then matched by at most one of them."""
     if "*" in patterns:
         return STAR
-    heads = {p[:-2] for p in patterns if p.endswith(".*")}
+    heads = _prefix_heads(patterns)
     return tuple(p for p in dict.fromkeys(patterns) if not _covered(p, heads))
+
+
+def _prefix_heads(patterns: list[str] | tuple[str, ...]) -> set[str]:
+    """The heads of the prefix patterns among ``patterns`` (``a.b`` for ``a.b.*``)."""
+    return {p[:-2] for p in patterns if p.endswith(".*")}
 
 
 def _covered(pattern: str, heads: set[str]) -> bool:
@@ -217,12 +222,17 @@ def _crossing(patterns: list[str]) -> list[str]:
     kept: list[str] = []
     for p in patterns:
         if len(p) > MAX_TOPIC:
-            if p.endswith(".*") and len(p) - 2 <= MAX_TOPIC:
+            if _matches_longest(p):
                 return ["*"]  # it matches topics as long as they can be: only "*" says so
             continue
         if _encodable(p):  # (not a lone surrogate: no topic that crosses is one)
             kept.append(p)
     return kept
+
+
+def _matches_longest(pattern: str) -> bool:
+    """Whether ``pattern`` (longer than a topic) is a prefix (``.*``) that matches the longest topics."""
+    return pattern.endswith(".*") and len(pattern) - 2 <= MAX_TOPIC
 
 
 def _encodable(text: str) -> bool:
@@ -257,12 +267,20 @@ def well_formed(body: Any) -> bool:
     """Whether a registration's body has the shape of one (a pid, a host, patterns)."""
     return (
         type(body) is dict
-        and type(body.get("pid")) is int
-        and 0 < body["pid"] < PID_MAX
-        and type(body.get("host")) is str
-        and len(body["host"]) <= 255
+        and _is_pid(body.get("pid"))
+        and _is_host(body.get("host"))
         and effective_patterns(body.get("patterns")) is not None
     )
+
+
+def _is_pid(pid: Any) -> bool:
+    """Whether a registration's ``pid`` is one a process can have."""
+    return type(pid) is int and 0 < pid < PID_MAX
+
+
+def _is_host(host: Any) -> bool:
+    """Whether a registration's ``host`` is a host name (a string of 255 characters at most)."""
+    return type(host) is str and len(host) <= 255
 
 
 def scan(dir_fd: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
@@ -296,15 +314,21 @@ def _listing(dir_fd: int) -> tuple[dict[str, int], set[str]]:
     try:
         with os.scandir(fd) as it:
             for entry in it:
-                name = entry.name
-                if name.endswith(".json"):
-                    if entry.is_file(follow_symlinks=False):
-                        jsons[name[:-5]] = entry.inode()
-                elif name.endswith(".sock") and _may_be_socket(entry):
-                    socks.add(name[:-5])
+                _note_entry(entry, jsons, socks)
     finally:
         os.close(fd)
     return jsons, socks
+
+
+def _note_entry(entry: os.DirEntry[str], jsons: dict[str, int], socks: set[str]) -> None:
+    """Add ``entry`` to ``jsons`` (a ``.json`` regular file: its stem and inode) or to ``socks``
+    (a ``.sock`` that may be a socket: its stem); anything else is left out."""
+    name = entry.name
+    if name.endswith(".json"):
+        if entry.is_file(follow_symlinks=False):
+            jsons[name[:-5]] = entry.inode()
+    elif name.endswith(".sock") and _may_be_socket(entry):
+        socks.add(name[:-5])
 
 
 def _may_be_socket(entry: os.DirEntry[str]) -> bool:

@@ -72,16 +72,21 @@ class PeerIndex:
         names = self._exact.get(topic)
         if names:
             found.append(("=" + topic, names))
-        prefix = self._prefix
-        if prefix:
-            names = prefix.get(topic)  # "a.*" matches "a" itself
-            if names:
-                found.append((">" + topic, names))
-            end = topic.find(".")
-            while end != -1:
-                head = topic[:end]
-                names = prefix.get(head)
-                if names:
-                    found.append((">" + head, names))
-                end = topic.find(".", end + 1)
+        if self._prefix:
+            self._add_prefix_entries(topic, found)
         return found
+
+    def _add_prefix_entries(self, topic: str, found: list[Entry]) -> None:
+        """Add to ``found`` the entries of the prefix patterns ``p.*`` that match ``topic``: ``p`` is
+        the topic itself (``a.*`` matches ``a``) or a dot-bounded start of it."""
+        prefix = self._prefix
+        names = prefix.get(topic)  # "a.*" matches "a" itself
+        if names:
+            found.append((">" + topic, names))
+        end = topic.find(".")
+        while end != -1:
+            head = topic[:end]
+            names = prefix.get(head)
+            if names:
+                found.append((">" + head, names))
+            end = topic.find(".", end + 1)

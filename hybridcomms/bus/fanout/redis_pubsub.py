@@ -39,7 +39,7 @@ def channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[st
     wanted = set(patterns)
     if "*" in wanted:
         return set(), {_escape(prefix) + "*"}
-    heads = {p[:-1] for p in wanted if p.endswith(".*")}  # "a." for "a.*": it takes every "a.<...>"
+    heads = _heads(wanted)
     channels: set[str] = set()
     globs: set[str] = set()
     for p in wanted:
@@ -48,6 +48,11 @@ def channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[st
         elif not _covered(p, heads):
             channels.add(prefix + p)
     return channels, globs
+
+
+def _heads(patterns: set[str]) -> set[str]:
+    """The heads of the prefix patterns, with their dot (``a.`` for ``a.*``: it takes every ``a.<...>``)."""
+    return {p[:-1] for p in patterns if p.endswith(".*")}
 
 
 def _covered(topic: str, heads: set[str], own: str | None = None) -> bool:
