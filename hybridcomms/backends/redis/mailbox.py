@@ -180,19 +180,31 @@ def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
     return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
 
 
-def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
-    """The agents that have a mailbox on the Redis at ``url``."""
+def _client(url: str) -> Any:
+    """A client of the Redis at ``url`` (typed loosely: the stubs do not know RESP replies);
+    ValueError if it is not a usable Redis URL."""
     try:
-        client: Any = redis.Redis.from_url(url)
+        return redis.Redis.from_url(url)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
+
+
+def _agent_of_key(key: bytes | str) -> str | None:
+    """The agent a stream key names between its braces (``hc:{<agent>}:s:…``), if it names one."""
+    text = _s(key)
+    start, end = text.find("{"), text.find("}")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
+    """The agents that have a mailbox on the Redis at ``url``."""
+    client = _client(url)
     try:
-        found = set()
+        found: set[str] = set()
         for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
-            text = _s(key)
-            start, end = text.find("{"), text.find("}")
-            if 0 <= start < end:
-                found.add(text[start + 1 : end])
+            agent = _agent_of_key(key)
+            if agent is not None:
+                found.add(agent)
         return sorted(found)
     except redis.RedisError as exc:
         raise _io_error(exc, url, f"listing the mailboxes on {shown_url(url)}") from exc
@@ -210,6 +222,17 @@ def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
         raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
     if max_age is not None and max_age <= 0:
         raise ValueError("max_age must be > 0 seconds")
+
+
+def _check_reclaim_every(reclaim_every: float | None) -> None:
+    """``reclaim_every`` is usable: None (the default) or a number of seconds, 0 for never."""
+    if reclaim_every is not None and reclaim_every < 0:
+        raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
+
+
+def _without_group(groups: Any) -> bool:
+    """Whether a stream's XINFO GROUPS reply (an error if there is no stream) lacks the group."""
+    return isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups)
 
 
 def _json_object(packed: Any) -> dict[str, Any]:
@@ -277,8 +300,7 @@ class RedisMailbox:
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
         _check_trimming(maxlen, max_age)
-        if reclaim_every is not None and reclaim_every < 0:
-            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
+        _check_reclaim_every(reclaim_every)
         self.max_age = max_age
         self.url = url
         self.namespace = namespace
@@ -288,10 +310,7 @@ class RedisMailbox:
         self._streams = [f"{base}:s:{rank}" for rank in RANKS]
         self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
         self._done, self._dead = f"{base}:done", f"{base}:dead"
-        try:  # typed loosely: the stubs do not know RESP replies
-            self._r: Any = redis.Redis.from_url(url)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"not a usable Redis URL {shown_url(self.url)}: {exc}") from None
+        self._r: Any = _client(url)
         self._closed = False
         self._blockers: dict[int, tuple[Any, int]] = {}  # thread id -> (its blocking client, client id)
         self._blockers_lock = threading.Lock()
@@ -304,6 +323,11 @@ class RedisMailbox:
         #: Where the entries of the last listing are ({state: {name: (key, entry id or delayed token)}}),
         #: so `read` fetches one entry instead of listing again.
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
+        self._open(create)
+
+    def _open(self, create: bool) -> None:
+        """Open the mailbox on the server (`_open_groups`, `_load_scripts`); the client is closed if
+        that fails."""
         try:
             self._open_groups(create)
             self._load_scripts()
@@ -334,11 +358,10 @@ class RedisMailbox:
         for stream in self._streams:
             pipe.xinfo_groups(stream)
         found = pipe.execute(raise_on_error=False)
-        exists = [not isinstance(groups, Exception) for groups in found]
-        if not create and not any(exists):
+        if not create and all(isinstance(groups, Exception) for groups in found):
             raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
         for stream, groups in zip(self._streams, found, strict=True):
-            if isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups):
+            if _without_group(groups):
                 self._make_group(stream, groups)
 
     def _make_group(self, stream: str, found: Any) -> None:
@@ -785,36 +808,10 @@ class RedisMailbox:
         f = _fields(flat)
         eid = _s(entry_id)
         if rank is None:
-            rank = _s(f.get("k", b""))
-            rank = rank if rank in RANKS else "2M"
+            rank = _rank_field(f)
         msg_id = _msg_id(f.get("id"))
-        tries = _digits(f.get("a", b"0"), 9) or 0
-        if pending is not None:
-            tries += pending
-        reason = None
-        if "r" in f:
-
-            def too_deep(v: Any, limit: int = 64) -> bool:  # iterative: a hostile reason nests 1,000 deep
-                stack = [(v, 1)]
-                while stack:
-                    item, level = stack.pop()
-                    if isinstance(item, (list, dict)):
-                        if level > limit:
-                            return True
-                        stack += [(c, level + 1) for c in (item.values() if isinstance(item, dict) else item)]
-                return False
-
-            try:
-                value = orjson.loads(f["r"])
-                if not isinstance(value, dict):
-                    value = {"reason": "(unreadable reason: too deep)" if too_deep(value) else str(value)}
-                reason = {
-                    str(k): "(unreadable: nested too deep)" if too_deep(v) else v for k, v in value.items()
-                }
-            except (orjson.JSONDecodeError, TypeError):
-                reason = {"reason": "(unreadable reason)"}
-            except (RecursionError, ValueError):  # never raised on a hostile reason
-                reason = {"reason": "(unreadable reason: too deep)"}
+        tries = _tries_of(f, pending)
+        reason = _reason_of(f["r"]) if "r" in f else None
         due = compact_time(_due_ms(f, eid) / 1000)
         m = f.get("m", b"")
         return MessageInfo(
@@ -864,17 +861,29 @@ class RedisMailbox:
     def _infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """(info, where it is) of every message in ``state``, a page at a time."""
         if state in (State.DONE, State.DEAD):
-            key = self._done if state is State.DONE else self._dead
-            for entry_id, flat in self._pages(key):
-                yield self._info(state, entry_id, flat), (key, _s(entry_id))
+            yield from self._settled_infos(state)
         elif state is State.PROCESSING:
             for i, stream in enumerate(self._streams):
                 yield from self._pending_infos(i, stream)
         elif state is State.NEW:
-            for i, stream in enumerate(self._streams):
-                yield from self._waiting_infos(i, stream)
-            yield from self._delayed_infos()
+            yield from self._new_infos()
         # (no tmp/ on Redis)
+
+    def _settled_key(self, state: State) -> str:
+        """The stream of the messages in ``state``, done or dead."""
+        return self._done if state is State.DONE else self._dead
+
+    def _settled_infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of the done or dead stream, a page at a time."""
+        key = self._settled_key(state)
+        for entry_id, flat in self._pages(key):
+            yield self._info(state, entry_id, flat), (key, _s(entry_id))
+
+    def _new_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The messages in ``new``: those waiting in each priority's stream, then those delayed."""
+        for i, stream in enumerate(self._streams):
+            yield from self._waiting_infos(i, stream)
+        yield from self._delayed_infos()
 
     def _waiting_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The entries of one priority's stream never delivered: those after the group's last
@@ -895,21 +904,28 @@ class RedisMailbox:
                 return
 
     def _pending_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of one priority's stream delivered and not settled, a page at a time."""
         start = "-"
         while True:
             pend = self._r.xpending_range(stream, GROUP, start, "+", _PAGE)
-            pipe = self._r.pipeline(transaction=False)
-            for p in pend:
-                pipe.xrange(stream, p["message_id"], p["message_id"])
-            for p, found in zip(pend, pipe.execute() if pend else [], strict=True):
-                for entry_id, flat in found:
-                    info = self._info(
-                        State.PROCESSING, entry_id, flat, rank=RANKS[i], pending=p["times_delivered"]
-                    )
-                    yield info, (stream, _s(entry_id))
+            yield from self._pending_page(i, stream, pend)
             if len(pend) < _PAGE:
                 return
             start = "(" + _s(pend[-1]["message_id"])
+
+    def _pending_page(
+        self, i: int, stream: str, pend: builtins.list[Any]
+    ) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of one page of XPENDING (``pend``), read in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for p in pend:
+            pipe.xrange(stream, p["message_id"], p["message_id"])
+        for p, found in zip(pend, pipe.execute() if pend else [], strict=True):
+            for entry_id, flat in found:
+                info = self._info(
+                    State.PROCESSING, entry_id, flat, rank=RANKS[i], pending=p["times_delivered"]
+                )
+                yield info, (stream, _s(entry_id))
 
     def list(self, state: State | str) -> builtins.list[MessageInfo]:
         self._check()
@@ -938,47 +954,68 @@ class RedisMailbox:
         """The message ``info`` (from `list` or `get`) names: one entry read, where the listing saw it."""
         self._check()
         try:
-            where = self._where.get(info.state, {}).get(info.name)
-            if where is not None:
-                got = self._read_at(info.state, *where)
-                if got is not None and got[0].name == info.name:
-                    return Message.decode(got[1])
-            for found, (key, ident) in self._infos(info.state):  # moved since: look again, once
-                if found.name == info.name:
-                    got = self._read_at(info.state, key, ident)
-                    if got is not None:
-                        return Message.decode(got[1])
+            raw = self._read_where_listed(info)
+            if raw is None:
+                raw = self._read_found_again(info)  # moved since: look again, once
         except redis.RedisError as exc:
             raise self._error(exc, "read") from exc
-        raise KeyError(f"{info.name} is no longer in {info.state.value}")
+        if raw is None:
+            raise KeyError(f"{info.name} is no longer in {info.state.value}")
+        return Message.decode(raw)
+
+    def _read_where_listed(self, info: MessageInfo) -> bytes | None:
+        """The encoded message ``info`` names, read where the last listing saw it; None if it is not
+        there any more (or was not listed)."""
+        where = self._where.get(info.state, {}).get(info.name)
+        if where is None:
+            return None
+        got = self._read_at(info.state, *where)
+        return got[1] if got is not None and got[0].name == info.name else None
+
+    def _read_found_again(self, info: MessageInfo) -> bytes | None:
+        """The encoded message ``info`` names, found by listing its state again; None if not there."""
+        for found, (key, ident) in self._infos(info.state):
+            if found.name == info.name:
+                got = self._read_at(info.state, key, ident)
+                if got is not None:
+                    return got[1]
+        return None
 
     def _read_at(self, state: State, key: str, ident: str) -> tuple[MessageInfo, bytes] | None:
         """(info, encoded message) of the entry ``ident`` of ``key`` (a delayed token in delayed:data)."""
         if key == self._delayed_data:
-            packed = self._r.hget(key, ident)
-            if packed is None:
-                return None
-            info = self._delayed_info(ident, packed)
-            try:
-                m = orjson.loads(packed).get("m")
-            except (orjson.JSONDecodeError, AttributeError):
-                m = None
-            return info, m.encode() if isinstance(m, str) else b""
+            return self._read_delayed(ident)
         got = self._r.xrange(key, ident, ident)
         if not got:
             return None
         entry_id, flat = got[0]
         if key in self._streams:
-            rank = RANKS[self._streams.index(key)]
-            pending = None
-            if state is State.PROCESSING:
-                p = self._r.xpending_range(key, GROUP, ident, ident, 1)
-                pending = p[0]["times_delivered"] if p else 0
-            info = self._info(state, entry_id, flat, rank=rank, pending=pending)
+            info = self._stream_info(state, key, ident, entry_id, flat)
         else:
             info = self._info(state, entry_id, flat)
         m = _fields(flat).get("m", b"")
         return info, m if isinstance(m, bytes) else b""
+
+    def _read_delayed(self, token: str) -> tuple[MessageInfo, bytes] | None:
+        """(info, encoded message) of the delayed message ``token``; None if it is gone."""
+        packed = self._r.hget(self._delayed_data, token)
+        if packed is None:
+            return None
+        info = self._delayed_info(token, packed)
+        try:
+            m = orjson.loads(packed).get("m")
+        except (orjson.JSONDecodeError, AttributeError):
+            m = None
+        return info, m.encode() if isinstance(m, str) else b""
+
+    def _stream_info(self, state: State, stream: str, ident: str, entry_id: Any, flat: Any) -> MessageInfo:
+        """The info of the entry ``ident`` of a priority's stream (read: ``entry_id``, ``flat``); one
+        in ``processing`` counts its deliveries."""
+        pending = None
+        if state is State.PROCESSING:
+            p = self._r.xpending_range(stream, GROUP, ident, ident, 1)
+            pending = p[0]["times_delivered"] if p else 0
+        return self._info(state, entry_id, flat, rank=RANKS[self._streams.index(stream)], pending=pending)
 
     def requeue_all(
         self,
@@ -1066,18 +1103,65 @@ def _last_error_of(raw: Any) -> LastError | None:
     can write entries: one that does not read says so as its error."""
     if raw is None:
         return None
-    try:
-        obj = orjson.loads(raw)
-    except (orjson.JSONDecodeError, TypeError):
-        obj = None
-    if not isinstance(obj, dict) or not isinstance(obj.get("error"), str):
+    obj = _json_object(raw)
+    if not isinstance(obj.get("error"), str):
         return LastError("(unreadable error record)", 0, 0.0)
-    attempt, at = obj.get("attempt"), obj.get("failed_at")
     return LastError(
         text_of(obj["error"]),
-        attempt if type(attempt) is int and 0 <= attempt <= 999_999 else 0,
-        at / 1000 if type(at) is int and 0 <= at < 253_402_300_800_000 else 0.0,
+        _int_in(obj.get("attempt"), 0, 999_999, 0),
+        _int_in(obj.get("failed_at"), 0, _LAST_MS, 0) / 1000,
     )
+
+
+def _rank_field(f: dict[str, bytes]) -> str:
+    """The rank an entry's ``k`` field names; ``2M`` if it names none."""
+    rank = _s(f.get("k", b""))
+    return rank if rank in RANKS else "2M"
+
+
+def _tries_of(f: dict[str, bytes], pending: int | None) -> int:
+    """The attempts an entry has used: its count (``a``, 0 if not one) and its deliveries pending."""
+    tries = _digits(f.get("a", b"0"), 9) or 0
+    if pending is not None:
+        tries += pending
+    return tries
+
+
+def _reason_of(raw: Any) -> dict[str, Any]:
+    """An entry's ``r`` field (why it is in dead or done, JSON) as an object whatever it holds: one
+    that does not read, or nests too deep to show, says so."""
+    try:
+        value = _reason_object(orjson.loads(raw))
+        return {str(k): "(unreadable: nested too deep)" if _too_deep(v) else v for k, v in value.items()}
+    except (orjson.JSONDecodeError, TypeError):
+        return {"reason": "(unreadable reason)"}
+    except (RecursionError, ValueError):  # never raised on a hostile reason
+        return {"reason": "(unreadable reason: too deep)"}
+
+
+def _reason_object(value: Any) -> dict[Any, Any]:
+    """A decoded reason as an object: one that is not stands as its text (unless it nests too deep)."""
+    if isinstance(value, dict):
+        return value
+    return {"reason": "(unreadable reason: too deep)" if _too_deep(value) else str(value)}
+
+
+def _too_deep(value: Any, limit: int = 64) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (iterative: a hostile
+    reason nests 1,000 deep)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            if level > limit:
+                return True
+            stack += [(c, level + 1) for c in _children(item)]
+    return False
+
+
+def _children(container: list[Any] | dict[Any, Any]) -> Iterable[Any]:
+    """The items of a list, the values of an object."""
+    return container.values() if isinstance(container, dict) else container
 
 
 class RedisDelivery(SettledByMailbox):
