@@ -224,6 +224,17 @@ def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
         raise ValueError("max_age must be > 0 seconds")
 
 
+def _oversize(f: dict[str, bytes], raw: bytes, limit: int) -> str:
+    """Why an entry's message ``raw`` or the entry's fields ``f`` are over ``limit`` (the mailbox's
+    max_message_size, and `_MAX_OVERHEAD` for the fields); empty if they are not."""
+    if len(raw) > limit:
+        return f"its message is {len(raw)} bytes, over max_message_size ({limit})"
+    size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
+    if size > limit + _MAX_OVERHEAD:
+        return f"the entry is {size} bytes, over max_message_size ({limit}) and its fields"
+    return ""
+
+
 def _check_reclaim_every(reclaim_every: float | None) -> None:
     """``reclaim_every`` is usable: None (the default) or a number of seconds, 0 for never."""
     if reclaim_every is not None and reclaim_every < 0:
@@ -358,11 +369,17 @@ class RedisMailbox:
         for stream in self._streams:
             pipe.xinfo_groups(stream)
         found = pipe.execute(raise_on_error=False)
-        if not create and all(isinstance(groups, Exception) for groups in found):
-            raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
+        if not create:
+            self._check_exists(found)
         for stream, groups in zip(self._streams, found, strict=True):
             if _without_group(groups):
                 self._make_group(stream, groups)
+
+    def _check_exists(self, found: builtins.list[Any]) -> None:
+        """Raise `MailboxIOError` (ENOENT) if no priority's stream exists (``found``: their XINFO
+        GROUPS replies, an error where there is no stream)."""
+        if all(isinstance(groups, Exception) for groups in found):
+            raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
 
     def _make_group(self, stream: str, found: Any) -> None:
         """Make the consumer group of ``stream``, whose XINFO GROUPS gave ``found`` (an error if there
@@ -431,28 +448,41 @@ class RedisMailbox:
         if not batch:
             return []
         try:
-            if wait:  # not due yet: into the delayed set, as a nacked message waits (one MULTI/EXEC)
-                pipe = self._r.pipeline(transaction=True)
-                for _, i, fields in batch:
-                    token = f"{int(time.time() * 1000)}-p{uuid.uuid4().hex}:0"
-                    pipe.hset(self._delayed_data, token, self._packed(i, fields["m"], 0, fields, None))
-                    pipe.zadd(self._delayed, {token: fields["d"]})
-                pipe.execute()
-            elif len(batch) == 1:
-                _, i, fields = batch[0]
-                trim = self._trim()
-                roundtrip(self._r, pack(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
-            else:
-                pipe = self._r.pipeline(transaction=True)
-                for _, i, fields in batch:
-                    if self.max_age is not None:
-                        pipe.xadd(self._streams[i], fields, minid=self._trim()[2], approximate=True)
-                    else:
-                        pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
-                pipe.execute()
+            self._store(batch, wait)
         except redis.RedisError as exc:
             raise self._error(exc, "put") from exc
         return [m.id for m, _, _ in batch]
+
+    def _store(self, batch: builtins.list[tuple[Message, int, dict[str, Any]]], wait: float) -> None:
+        """Store the encoded ``batch`` (message, priority index, fields) all at once: delayed if it
+        waits (`_store_delayed`), else one ``XADD`` for one message, one ``MULTI``/``EXEC`` for several."""
+        if wait:
+            self._store_delayed(batch)
+        elif len(batch) == 1:
+            _, i, fields = batch[0]
+            trim = self._trim()
+            roundtrip(self._r, pack(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
+        else:
+            self._store_in_streams(batch)
+
+    def _store_delayed(self, batch: builtins.list[tuple[Message, int, dict[str, Any]]]) -> None:
+        """Not due yet: into the delayed set, as a nacked message waits (one MULTI/EXEC)."""
+        pipe = self._r.pipeline(transaction=True)
+        for _, i, fields in batch:
+            token = f"{int(time.time() * 1000)}-p{uuid.uuid4().hex}:0"
+            pipe.hset(self._delayed_data, token, self._packed(i, fields["m"], 0, fields, None))
+            pipe.zadd(self._delayed, {token: fields["d"]})
+        pipe.execute()
+
+    def _store_in_streams(self, batch: builtins.list[tuple[Message, int, dict[str, Any]]]) -> None:
+        """Several messages due now: each into its priority's stream, trimmed (one MULTI/EXEC)."""
+        pipe = self._r.pipeline(transaction=True)
+        for _, i, fields in batch:
+            if self.max_age is not None:
+                pipe.xadd(self._streams[i], fields, minid=self._trim()[2], approximate=True)
+            else:
+                pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
+        pipe.execute()
 
     # -- claim ----------------------------------------------------------------------------------
 
@@ -629,10 +659,7 @@ class RedisMailbox:
         name = make_name(RANKS[i], compact_time(_due_ms(f, eid) / 1000), message.id, attempt)
         kept = _last_error_of(f.get("e"))
         if message.expires is not None and message.expired():  # never handed out: to the dead letters
-            why = expiry_reason(message, attempt - 1, name)
-            if kept is not None:
-                why.update(last_error=kept.error, last_error_attempt=kept.attempt)
-            self._bury_entry(i, eid, why, attempt - 1)
+            self._bury_expired(i, eid, message, name, attempt - 1, kept)
             return None
         return RedisDelivery(self, i, eid, name, message, attempt, f["m"], f.get("e"), kept)
 
@@ -645,15 +672,22 @@ class RedisMailbox:
             return None, "it has no message (field m)"
         if before is None:
             return None, "its attempt count (field a) is not a count"
-        if len(raw) > limit:
-            return None, f"its message is {len(raw)} bytes, over max_message_size ({limit})"
-        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
-        if size > limit + _MAX_OVERHEAD:
-            return None, f"the entry is {size} bytes, over max_message_size ({limit}) and its fields"
+        oversize = _oversize(f, raw, limit)
+        if oversize:
+            return None, oversize
         try:
             return Message.decode(raw), ""
         except MessageDecodeError as exc:
             return None, f"cannot be decoded: {exc.reason}"
+
+    def _bury_expired(
+        self, i: int, entry_id: str, message: Message, name: str, attempts: int, kept: LastError | None
+    ) -> None:
+        """An entry whose message expired, to the dead letters, with the last error it kept."""
+        why = expiry_reason(message, attempts, name)
+        if kept is not None:
+            why.update(last_error=kept.error, last_error_attempt=kept.attempt)
+        self._bury_entry(i, entry_id, why, attempts)
 
     def _bury_entry(self, i: int, entry_id: str, why: dict[str, Any], attempts: int) -> None:
         """An entry this client holds, to the dead letters with ``why`` (claim: it is not deliverable)."""
@@ -772,31 +806,43 @@ class RedisMailbox:
         delays = [int(self.backoff.delay(n) * 1000) for n in range(1, _RECOVER_DELAYS + 1)]
         report = RecoveryReport()
         why = f"its lease of {self.lease:g}s expired"
+        args = [GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays]
         try:
-            while True:
-                got = self._recover_script(
-                    keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
-                    args=[GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays],
-                )
-                ids = [_s(x) for x in got]
-                cut = ids.index("|")
-                report.expired += ids[:cut]
-                report.dead += ids[cut + 1 :]
-                if len(ids) - 1 < 100:
-                    break
+            while self._recover_batch(args, report) >= 100:
+                pass
             self._forget_idle_consumers()
         except redis.RedisError as exc:
             raise self._error(exc, "recover") from exc
         return report
+
+    def _recover_batch(self, args: builtins.list[Any], report: RecoveryReport) -> int:
+        """One run of the recovery script (100 entries at most), what it took back added to
+        ``report``; how many it took back (fewer than 100: none are left)."""
+        got = self._recover_script(
+            keys=[*self._streams, self._delayed, self._delayed_data, self._dead], args=args
+        )
+        ids = [_s(x) for x in got]
+        cut = ids.index("|")
+        report.expired += ids[:cut]
+        report.dead += ids[cut + 1 :]
+        return len(ids) - 1
 
     def _forget_idle_consumers(self) -> None:
         """Remove from the group the consumers that hold nothing and were idle for 10 leases."""
         limit = int(self.lease * 10 * 1000)
         for stream in self._streams:
             for c in self._r.xinfo_consumers(stream, GROUP):
-                name = _s(c["name"])
-                if c["pending"] == 0 and c["idle"] > limit and name != self.consumer:
-                    self._r.xgroup_delconsumer(stream, GROUP, name)
+                if self._forgettable(c, limit):
+                    self._r.xgroup_delconsumer(stream, GROUP, _s(c["name"]))
+
+    def _forgettable(self, consumer: dict[str, Any], idle_limit: int) -> bool:
+        """Whether a consumer of the group (its XINFO CONSUMERS row) is another client's that holds
+        nothing and was idle past ``idle_limit`` ms."""
+        return (
+            consumer["pending"] == 0
+            and consumer["idle"] > idle_limit
+            and _s(consumer["name"]) != self.consumer
+        )
 
     # -- inspection and repair ----------------------------------------------------------------------
 
@@ -1038,28 +1084,34 @@ class RedisMailbox:
         if src not in (State.DEAD, State.DONE):
             raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
         self._check()
-        key = self._dead if src is State.DEAD else self._done
+        key = self._settled_key(src)
         out: builtins.list[str] = []
         try:
             for entry_id, flat in self._pages(key):
                 info = self._info(src, entry_id, flat)
-                if message_id not in (info.id, info.name):
-                    continue
-                f = _fields(flat)
-                f.pop("r", None)
-                rank = info.name.split(".", 1)[0]  # the entry's rank, as `_info` read it
-                now_ms = int(time.time() * 1000)
-                f["d"] = str(now_ms).encode()
-                f["k"] = rank.encode()
-                f["a"] = b"0" if reset_attempts else str(info.attempt).encode()
-                pipe = self._r.pipeline(transaction=True)
-                pipe.xadd(self._streams[RANKS.index(rank)], f)
-                pipe.xdel(key, entry_id)
-                pipe.execute()
-                out.append(make_name(rank, compact_time(now_ms / 1000), info.id or "?", int(f["a"])))
+                if message_id in (info.id, info.name):
+                    out.append(self._requeue_entry(key, entry_id, flat, info, reset_attempts))
         except redis.RedisError as exc:
             raise self._error(exc, "requeue") from exc
         return out
+
+    def _requeue_entry(
+        self, key: str, entry_id: Any, flat: Any, info: MessageInfo, reset_attempts: bool
+    ) -> str:
+        """Move the entry ``entry_id`` of ``key`` (done or dead) back to its priority's stream, due
+        now, in one transaction; its new name."""
+        f = _fields(flat)
+        f.pop("r", None)
+        rank = info.name.split(".", 1)[0]  # the entry's rank, as `_info` read it
+        now_ms = int(time.time() * 1000)
+        f["d"] = str(now_ms).encode()
+        f["k"] = rank.encode()
+        f["a"] = b"0" if reset_attempts else str(info.attempt).encode()
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xadd(self._streams[RANKS.index(rank)], f)
+        pipe.xdel(key, entry_id)
+        pipe.execute()
+        return make_name(rank, compact_time(now_ms / 1000), info.id or "?", int(f["a"]))
 
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
         st = State(state)
@@ -1068,7 +1120,7 @@ class RedisMailbox:
         self._check()
         cutoff_ms = int((time.time() - older_than) * 1000) + 1  # MINID keeps ids >= it
         try:
-            return int(self._r.xtrim(self._done if st is State.DONE else self._dead, minid=cutoff_ms))
+            return int(self._r.xtrim(self._settled_key(st), minid=cutoff_ms))
         except redis.RedisError as exc:
             raise self._error(exc, "purge") from exc
 
