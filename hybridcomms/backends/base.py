@@ -103,8 +103,10 @@ __all__ = [
     "check_retention",
     "common_options",
     "expiry_reason",
+    "purged_state",
     "put_once",
     "requeue_each",
+    "requeue_source",
     "set_common_options",
     "text_of",
 ]
@@ -197,13 +199,9 @@ class RecoveryReport:
     busy: bool = False  # another recovery pass held the mailbox: this one did nothing
 
     def __bool__(self) -> bool:
-        return bool(
-            self.returned
-            or self.expired
-            or self.dead
-            or self.tmp_removed
-            or self.records_removed
-            or self.errors
+        """Whether the pass did anything (or found something wrong)."""
+        return any(
+            (self.returned, self.expired, self.dead, self.tmp_removed, self.records_removed, self.errors)
         )
 
 
@@ -428,19 +426,40 @@ def check_agent_id(agent_id: object) -> str:
         raise InvalidAgentIdError(f"agent id must be a string, not {type(agent_id).__name__}")
     if not AGENT_ID_RE.match(agent_id):
         shown = agent_id if len(agent_id) <= 40 else agent_id[:40] + "…"
-        hint = ""
-        if " " in agent_id and AGENT_ID_RE.match(agent_id.replace(" ", "-")):
-            # Dream.OS created folders like "Agent 1": say how to move such an agent over.
-            hint = (
-                f"; to move a Dream.OS agent {shown!r} over, rename its folder to "
-                f"{agent_id.replace(' ', '-')!r} (and the id its senders use), then run "
-                "'hybridcomms migrate' (docs/compatibility.md, agent ids)"
-            )
         raise InvalidAgentIdError(
             f"unsafe agent id {shown!r}: use 1-128 of A-Z a-z 0-9 _ . @ + -, "
-            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)" + hint
+            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)"
+            + _migration_hint(agent_id, shown)
         )
     return agent_id
+
+
+def _migration_hint(agent_id: str, shown: str) -> str:
+    """How to move over a Dream.OS agent whose unsafe id is safe once its spaces are dashes (Dream.OS
+    created folders like "Agent 1"); empty for any other id."""
+    if " " in agent_id and AGENT_ID_RE.match(agent_id.replace(" ", "-")):
+        return (
+            f"; to move a Dream.OS agent {shown!r} over, rename its folder to "
+            f"{agent_id.replace(' ', '-')!r} (and the id its senders use), then run "
+            "'hybridcomms migrate' (docs/compatibility.md, agent ids)"
+        )
+    return ""
+
+
+def requeue_source(from_state: State | str) -> State:
+    """The state ``requeue`` takes messages from: dead or done (ValueError for any other)."""
+    src = State(from_state)
+    if src not in (State.DEAD, State.DONE):
+        raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+    return src
+
+
+def purged_state(state: State | str) -> State:
+    """The state ``purge`` empties: done or dead (ValueError for any other)."""
+    st = State(state)
+    if st not in (State.DONE, State.DEAD):
+        raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+    return st
 
 
 def common_options(mailbox: Any) -> dict[str, Any]:

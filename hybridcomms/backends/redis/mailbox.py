@@ -91,7 +91,9 @@ from ..base import (
     check_retention,
     common_options,
     expiry_reason,
+    purged_state,
     requeue_each,
+    requeue_source,
     set_common_options,
     text_of,
 )
@@ -1080,9 +1082,7 @@ class RedisMailbox:
     def requeue(
         self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
     ) -> builtins.list[str]:
-        src = State(from_state)
-        if src not in (State.DEAD, State.DONE):
-            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+        src = requeue_source(from_state)
         self._check()
         key = self._settled_key(src)
         out: builtins.list[str] = []
@@ -1114,9 +1114,7 @@ class RedisMailbox:
         return make_name(rank, compact_time(now_ms / 1000), info.id or "?", int(f["a"]))
 
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
-        st = State(state)
-        if st not in (State.DONE, State.DEAD):
-            raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+        st = purged_state(state)
         self._check()
         cutoff_ms = int((time.time() - older_than) * 1000) + 1  # MINID keeps ids >= it
         try:
