@@ -96,6 +96,10 @@ class _Box:
     def new_entries(self) -> list[_Entry]:
         return [e for heap in self.new.values() for _, _, e in heap]
 
+    def held(self, state: State) -> dict[int, _Entry] | None:
+        """The entries in processing, done or dead (``state``) by seq; None for another state."""
+        return {State.PROCESSING: self.processing, State.DONE: self.done, State.DEAD: self.dead}.get(state)
+
     def settled(self, state: State) -> dict[int, _Entry]:
         """The entries done or dead (``state``), by seq."""
         return self.done if state is State.DONE else self.dead
@@ -372,16 +376,12 @@ class MemoryMailbox:
     # -- inspection and repair ----------------------------------------------------------------------
 
     def _entries(self, state: State) -> builtins.list[_Entry]:
+        """(Under the lock.) The entries in ``state`` (none in tmp)."""
         box = self._box
         if state is State.NEW:
             return box.new_entries()
-        if state is State.PROCESSING:
-            return builtins.list(box.processing.values())
-        if state is State.DONE:
-            return builtins.list(box.done.values())
-        if state is State.DEAD:
-            return builtins.list(box.dead.values())
-        return []
+        held = box.held(state)
+        return [] if held is None else builtins.list(held.values())
 
     @staticmethod
     def _info(state: State, e: _Entry) -> MessageInfo:

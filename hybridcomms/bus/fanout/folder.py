@@ -33,6 +33,7 @@ __all__ = [
     "bound",
     "bus_peers",
     "effective_patterns",
+    "fits_registration",
     "open_bus_folder",
     "registration_body",
     "registrations",
@@ -383,9 +384,14 @@ def _sized(dir_fd: int, names: list[str]) -> list[tuple[int, int, str]]:
             st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
+        if fits_registration(st):
             sized.append((st.st_size, -st.st_mtime_ns, entry))
     return sized
+
+
+def fits_registration(st: os.stat_result) -> bool:
+    """Whether a file (its ``lstat``) may be a registration: a regular file of `MAX_REGISTRATION` at most."""
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION
 
 
 def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -> list[str]:
@@ -394,13 +400,19 @@ def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -
     there is a ``budget``."""
     sized = _sized(dir_fd, names)
     if len(sized) > MAX_REGISTRATIONS:
-        sized.sort(key=lambda item: item[1])  # the newest first
-        if budget is not None:
-            budget[1] += len(sized) - MAX_REGISTRATIONS
-        del sized[MAX_REGISTRATIONS:]
+        _keep_newest(sized, budget)
     if budget is not None:
         sized.sort()
     return [entry for _, _, entry in sized]
+
+
+def _keep_newest(sized: list[tuple[int, int, str]], budget: list[int] | None) -> None:
+    """Keep the newest `MAX_REGISTRATIONS` of ``sized`` (size, -mtime, name); those left out are
+    counted in ``budget[1]``."""
+    sized.sort(key=lambda item: item[1])  # the newest first
+    if budget is not None:
+        budget[1] += len(sized) - MAX_REGISTRATIONS
+    del sized[MAX_REGISTRATIONS:]
 
 
 def _read_registration(dir_fd: int, entry: str, budget: list[int] | None) -> Any:

@@ -47,6 +47,7 @@ from .folder import (
     Peer,
     alive,
     effective_patterns,
+    fits_registration,
     open_bus_folder,
     registration_body,
     scan,
@@ -298,24 +299,30 @@ class LocalFanout:
         process's socket or registration made it deaf: its socket is bound again (the same way as at
         start, under a new name) if it is not there, and its registration written again if it is not
         what was written."""
-        try:
-            st = os.stat(self.name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-            here = (st.st_dev, st.st_ino) == self._sock_id
-        except OSError:
-            here = False
-        if not here:
+        if not self._own_socket_there():
             self._rebind()
             return
-        try:
-            data = _fs.read_regular(self.name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd)
-        except OSError:
-            data = b""
-        if data != self._written:
+        if self._own_registration() != self._written:
             log.warning(
                 "fanout: the registration of this process in %s was removed or changed; written again",
                 self.dir,
             )
             self._register()
+
+    def _own_socket_there(self) -> bool:
+        """Whether this process's socket is still in the bus folder under its name."""
+        try:
+            st = os.stat(self.name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._sock_id
+
+    def _own_registration(self) -> bytes:
+        """What the bus folder holds as this process's registration (empty if it cannot be read)."""
+        try:
+            return _fs.read_regular(self.name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd)
+        except OSError:
+            return b""
 
     def _rebind(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -542,15 +549,17 @@ class LocalFanout:
         """(Under the lock.) The peers held that are not known to work (no link yet, asleep, or
         refused): those refused, then those read longest ago, last (`list.pop` takes them first). A
         peer whose link is awake is never among them."""
-        out = []
-        for name, reg in self._regs.items():
-            if reg.peer is None:
-                continue
-            if _works(self._links.get(name)):
-                continue
-            out.append((not reg.dead, reg.seq, name))
+        out = [
+            (not reg.dead, reg.seq, name)
+            for name, reg in self._regs.items()
+            if self._may_set_aside(name, reg)
+        ]
         out.sort()
         return [name for _, _, name in reversed(out)]
+
+    def _may_set_aside(self, name: str, reg: _Reg) -> bool:
+        """(Under the lock.) Whether the registration ``name`` is of a peer not known to work."""
+        return reg.peer is not None and not _works(self._links.get(name))
 
     def _evict(self, name: str, now: float) -> None:
         """(Under the lock.) Set a peer aside, past `MAX_REGISTRATIONS`: not sent to, not read again
@@ -792,12 +801,17 @@ class LocalFanout:
         behind = [ln for ln in self._links.values() if _stuck(ln, now)]
         behind.sort(key=lambda ln: ln.behind_since)
         for stuck in behind[:wanted]:
-            self._retire(self._links.pop(stuck.name), now)
-            reg = self._regs.get(stuck.name)
-            if reg is not None:
-                evicted = self._unlinked_link(reg, stuck.peer)
-                evicted.skip_until = now + STUCK_RETRY
-                self._links[stuck.name] = evicted
+            self._unlink(stuck, now)
+
+    def _unlink(self, stuck: _Link, now: float) -> None:
+        """(Under the lock.) Retire the socket of ``stuck``: its peer is sent to unlinked, not before
+        `STUCK_RETRY`."""
+        self._retire(self._links.pop(stuck.name), now)
+        reg = self._regs.get(stuck.name)
+        if reg is not None:
+            evicted = self._unlinked_link(reg, stuck.peer)
+            evicted.skip_until = now + STUCK_RETRY
+            self._links[stuck.name] = evicted
 
     def _probe(self, now: float) -> None:
         """Peers asleep because they did not read (`STUCK_RETRY` ago) are looked at, `PROBES_PER_LOOK`
@@ -1145,10 +1159,7 @@ class LocalFanout:
         it, the peer behind the longest (`EVICT_AFTER` at least) loses its backlog to make room; if
         there is none, the event is dropped."""
         if link.sock is None:  # unlinked: no readiness of its own to wait for
-            link.ok = False
-            link.skip_until = time.monotonic() + STUCK_RETRY
-            self._regroup = True
-            self._dropped(link)
+            self._unlinked_full(link)
             return
         size = len(data) + _EVENT_OVERHEAD
         with self._backlog_lock:
@@ -1159,6 +1170,14 @@ class LocalFanout:
             self._dropped(link)
         elif kept == "first":
             self._ring()
+
+    def _unlinked_full(self, link: _Link) -> None:
+        """The buffer of an unlinked peer is full: the event is dropped, and the peer sleeps for
+        `STUCK_RETRY`."""
+        link.ok = False
+        link.skip_until = time.monotonic() + STUCK_RETRY
+        self._regroup = True
+        self._dropped(link)
 
     def _keep(self, link: _Link, data: bytes, size: int) -> Literal["first", "kept", "full", "over"]:
         """(Under the backlog lock.) Put ``data`` (``size`` counted) at the end of ``link``'s backlog:
@@ -1510,7 +1529,7 @@ def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
 def _registration_body(dir_fd: int, name: str, st: os.stat_result) -> Any:
     """The decoded content of the registration file ``name`` (its ``lstat`` ``st``): None if it is
     not a regular file, is too big, cannot be read or does not decode; FileNotFoundError if gone."""
-    if not (stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION):
+    if not fits_registration(st):
         return None
     try:
         return orjson.loads(_fs.read_regular(name, MAX_REGISTRATION, dir_fd=dir_fd))
