@@ -132,15 +132,28 @@ def registry_for(
     root: str | os.PathLike[str], url: str | None, file_mode: int = 0o600
 ) -> SubscriptionRegistry:
     """The durable subscriptions that go with the mailboxes at ``url`` (None: files under ``root``)."""
-    kind = backend_of(url)
-    if url is not None and kind == "redis":
-        from .redis.subscriptions import RedisSubscriptions
-
-        return RedisSubscriptions(url)
-    if url is not None and kind == "memory":
-        from .memory import MemorySubscriptions
-
-        return MemorySubscriptions(url[len("memory://") :])
+    opener = _REGISTRIES.get(backend_of(url))
+    if url is not None and opener is not None:
+        return opener(url)
     from .file.subscriptions import FileSubscriptions
 
     return FileSubscriptions(root, file_mode)
+
+
+def _redis_registry(url: str) -> SubscriptionRegistry:
+    from .redis.subscriptions import RedisSubscriptions
+
+    return RedisSubscriptions(url)
+
+
+def _memory_registry(url: str) -> SubscriptionRegistry:
+    from .memory import MemorySubscriptions
+
+    return MemorySubscriptions(url[len("memory://") :])
+
+
+#: How `registry_for` opens the subscriptions of the backends that are not files (`backend_of`).
+_REGISTRIES: dict[str, Callable[[str], SubscriptionRegistry]] = {
+    "redis": _redis_registry,
+    "memory": _memory_registry,
+}

@@ -483,11 +483,16 @@ def requeue_each(
     per id (the backends whose `requeue` finds a message by id in one call)."""
     src = State(from_state)
     moved: builtins.list[str] = []
-    for n, key in enumerate(dict.fromkeys(i.id or i.name for i in mailbox.list(src)), 1):
+    for n, key in enumerate(_keys_listed(mailbox, src), 1):
         moved += mailbox.requeue(key, from_state=src, reset_attempts=reset_attempts)
         if step is not None:
             step(n)
     return moved
+
+
+def _keys_listed(mailbox: Mailbox, state: State) -> builtins.list[str]:
+    """The messages listed in ``state``, once per id (by name, those without one), in listing order."""
+    return builtins.list(dict.fromkeys(i.id or i.name for i in mailbox.list(state)))
 
 
 def set_common_options(

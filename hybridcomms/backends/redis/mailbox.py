@@ -880,7 +880,7 @@ class RedisMailbox:
         tok = _s(token)
         changed = _ms_of(tok) / 1000
         e = _json_object(packed)
-        rank = e["r"] if e.get("r") in RANKS else "2M"
+        rank = _rank_or_default(e.get("r"))
         msg_id = _msg_id(e.get("id"))
         tries = _int_in(e.get("a"), 0, 999_999_999, 0)
         due = compact_time(_int_in(e.get("d"), 1, _LAST_MS, _ms_of(tok)) / 1000)
@@ -936,10 +936,14 @@ class RedisMailbox:
     def _waiting_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The entries of one priority's stream never delivered: those after the group's last
         delivered one."""
-        groups = {_s(g["name"]): g for g in self._r.xinfo_groups(stream)}
-        last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
+        last = self._last_delivered(stream)
         for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
             yield self._info(State.NEW, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
+
+    def _last_delivered(self, stream: str) -> str:
+        """The id of the last entry of ``stream`` delivered to the group (``0-0``: none yet)."""
+        groups = {_s(g["name"]): g for g in self._r.xinfo_groups(stream)}
+        return _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
 
     def _delayed_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The messages waiting in ``delayed``, a page at a time."""
@@ -990,12 +994,20 @@ class RedisMailbox:
         self._check()
         try:
             for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-                for info, where in self._infos(state):
-                    if message_id in (info.id, info.name):
-                        self._where.setdefault(state, {})[info.name] = where
-                        return info
+                info = self._find_in(state, message_id)
+                if info is not None:
+                    return info
         except redis.RedisError as exc:
             raise self._error(exc, "get") from exc
+        return None
+
+    def _find_in(self, state: State, message_id: str) -> MessageInfo | None:
+        """The message ``message_id`` (an id or a name) in ``state``, where it is noted for `read`;
+        None if it is not there."""
+        for info, where in self._infos(state):
+            if message_id in (info.id, info.name):
+                self._where.setdefault(state, {})[info.name] = where
+                return info
         return None
 
     def read(self, info: MessageInfo) -> Message:
@@ -1165,7 +1177,11 @@ def _last_error_of(raw: Any) -> LastError | None:
 
 def _rank_field(f: dict[str, bytes]) -> str:
     """The rank an entry's ``k`` field names; ``2M`` if it names none."""
-    rank = _s(f.get("k", b""))
+    return _rank_or_default(_s(f.get("k", b"")))
+
+
+def _rank_or_default(rank: Any) -> str:
+    """``rank`` if it is one of the ranks, else ``2M`` (what anyone may have written)."""
     return rank if rank in RANKS else "2M"
 
 
