@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _log
 from ..message import pattern_matches
@@ -219,6 +219,14 @@ def _topic_of(value: object) -> str:
     return value
 
 
+_C = TypeVar("_C", bound=Callable[..., Any])
+
+
+def _without_callable(callables: tuple[_C, ...], gone: _C) -> tuple[_C, ...]:
+    """``callables`` without ``gone`` (the same object, or one equal to it: a bound method)."""
+    return tuple(c for c in callables if c is not gone and c != gone)
+
+
 def _star_misplaced(pattern: str) -> bool:
     """Whether a '*' stands elsewhere than as the whole pattern or as a last '.*'."""
     star = pattern.find("*")
@@ -334,11 +342,7 @@ class AgentBus:
             sub = Subscription(pattern, handler, f"sub-{seq}", seq, _is_async(handler))
             self._by_key[(pattern, handler)] = sub
             self._by_id[sub.id] = sub
-            if pattern == "*":
-                self._all = (*self._all, sub)
-            else:
-                table, key = self._table_of(pattern)
-                table[key] = (*table.get(key, ()), sub)
+            self._index(sub)
             self._cache = {}
         self._changed()
         return sub
@@ -364,6 +368,14 @@ class AgentBus:
         if handler is not None:
             return self._by_key.get((_topic_of(subscription), handler))
         return self._by_id.get(_topic_of(subscription))
+
+    def _index(self, sub: Subscription) -> None:
+        """(Under the lock.) Put ``sub`` in the table of its pattern's kind, after those there."""
+        if sub.pattern == "*":
+            self._all = (*self._all, sub)
+            return
+        table, key = self._table_of(sub.pattern)
+        table[key] = (*table.get(key, ()), sub)
 
     def _unindex(self, sub: Subscription) -> None:
         """(Under the lock.) Take ``sub`` out of the table of its pattern's kind."""
@@ -402,7 +414,7 @@ class AgentBus:
 
     def remove_outlet(self, outlet: Callable[[Event], None]) -> None:
         with self._lock:
-            self._outlets = tuple(o for o in self._outlets if o is not outlet and o != outlet)
+            self._outlets = _without_callable(self._outlets, outlet)
 
     def add_watcher(self, watcher: Callable[[], None]) -> None:
         """Call ``watcher()`` after every subscribe and unsubscribe."""
@@ -411,7 +423,7 @@ class AgentBus:
 
     def remove_watcher(self, watcher: Callable[[], None]) -> None:
         with self._lock:
-            self._watchers = tuple(w for w in self._watchers if w is not watcher and w != watcher)
+            self._watchers = _without_callable(self._watchers, watcher)
 
     def _changed(self) -> None:
         for watcher in self._watchers:

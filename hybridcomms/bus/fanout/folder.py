@@ -380,13 +380,19 @@ def _sized(dir_fd: int, names: list[str]) -> list[tuple[int, int, str]]:
     `MAX_REGISTRATION` at most (the others, and those gone, left out)."""
     sized = []
     for entry in names:
-        try:
-            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        if fits_registration(st):
-            sized.append((st.st_size, -st.st_mtime_ns, entry))
+        item = _sized_entry(dir_fd, entry)
+        if item is not None:
+            sized.append(item)
     return sized
+
+
+def _sized_entry(dir_fd: int, entry: str) -> tuple[int, int, str] | None:
+    """(size, -mtime, name) of the registration file ``entry`` if it may be one (`fits_registration`)."""
+    try:
+        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_size, -st.st_mtime_ns, entry) if fits_registration(st) else None
 
 
 def fits_registration(st: os.stat_result) -> bool:
@@ -461,14 +467,20 @@ def bus_peers(root: str | os.PathLike[str], survey: dict[str, int] | None = None
         dir_fd = _fs.open_dir(str(folder))
     except OSError:
         return []
-    budget = [SURVEY_BYTES, 0]
     try:
-        out = [_peer_row(dir_fd, name, body) for name, body in registrations(dir_fd, budget)]
-        if survey is not None:
-            survey["unread"] = budget[1]
-        return out
+        return _surveyed(dir_fd, survey)
     finally:
         os.close(dir_fd)
+
+
+def _surveyed(dir_fd: int, survey: dict[str, int] | None) -> list[dict[str, Any]]:
+    """The rows of `bus_peers` for the folder ``dir_fd``, `SURVEY_BYTES` of registrations read at
+    most; how many were not put in ``survey`` (``unread``)."""
+    budget = [SURVEY_BYTES, 0]
+    out = [_peer_row(dir_fd, name, body) for name, body in registrations(dir_fd, budget)]
+    if survey is not None:
+        survey["unread"] = budget[1]
+    return out
 
 
 def _reported_drops(body: dict[str, Any]) -> int:
@@ -479,13 +491,19 @@ def _reported_drops(body: dict[str, Any]) -> int:
     return sum(v for v in dropped.values() if type(v) is int and v > 0)
 
 
+def _liveness(dir_fd: int, name: str, body: dict[str, Any]) -> tuple[bool, bool]:
+    """(whether the process of registration ``name`` may be alive: one of another host is taken
+    as alive; whether its drops count: a live process of this host whose socket is bound)."""
+    local = body["host"] == HOST
+    live = not local or alive(body["pid"])
+    return live, local and live and bound(dir_fd, name)
+
+
 def _peer_row(dir_fd: int, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """One row of `bus_peers`: its drops counted only for a live process of this host whose socket
     is bound."""
     reported = _reported_drops(body)
-    local = body["host"] == HOST
-    live = not local or alive(body["pid"])
-    counted = local and live and bound(dir_fd, name)
+    live, counted = _liveness(dir_fd, name, body)
     return {
         "name": name,
         "pid": body["pid"],

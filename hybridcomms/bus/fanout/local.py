@@ -1337,10 +1337,7 @@ class LocalFanout:
         watched: dict[int, _Link] = {}
         while not self._closed:
             waiting = self._drain_all()
-            for fd in watched.keys() - waiting.keys():
-                poller.unregister(fd)
-            for fd in waiting.keys() - watched.keys():
-                poller.register(fd, select.POLLOUT)
+            _rewatch(poller, watched, waiting)
             watched = waiting
             for fd, events in poller.poll():
                 self._flush_event(fd, events, watched)
@@ -1348,15 +1345,20 @@ class LocalFanout:
     def _drain_all(self) -> dict[int, _Link]:
         """(The flusher thread.) Send what waits for every backlogged link (`_drain`): the links whose
         peers' buffers are full again, by their socket's descriptor (to wait for)."""
-        waiting = {}
+        waiting: dict[int, _Link] = {}
         for link in list(self._backlogged):
             if not self._drain(link) and link.sock is not None:  # (only connected links wait)
-                fd = link.sock.fileno()
-                if fd >= 0:
-                    waiting[fd] = link
-                else:
-                    self._forget_backlog(link)
+                self._wait_for_room(link, link.sock, waiting)
         return waiting
+
+    def _wait_for_room(self, link: _Link, sock: socket.socket, waiting: dict[int, _Link]) -> None:
+        """(The flusher thread.) ``link``, whose peer's buffer is full again, waits for room on its
+        socket ``sock`` (put in ``waiting`` by descriptor); if that is closed, its backlog is dropped."""
+        fd = sock.fileno()
+        if fd >= 0:
+            waiting[fd] = link
+        else:
+            self._forget_backlog(link)
 
     def _flush_event(self, fd: int, events: int, watched: dict[int, _Link]) -> None:
         """(The flusher thread.) What the poll said of ``fd``: the bell (emptied), or a socket
@@ -1549,6 +1551,14 @@ def _seen_mtime(mtime: int) -> int:
 def _backlog_full(link: _Link, data: bytes) -> bool:
     """Whether ``link``'s backlog has no room for ``data`` (`BACKLOG_EVENTS`, `BACKLOG_BYTES`)."""
     return len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES
+
+
+def _rewatch(poller: select.poll, watched: dict[int, _Link], waiting: dict[int, _Link]) -> None:
+    """Make ``poller`` wait for room on the descriptors of ``waiting`` instead of ``watched``."""
+    for fd in watched.keys() - waiting.keys():
+        poller.unregister(fd)
+    for fd in waiting.keys() - watched.keys():
+        poller.register(fd, select.POLLOUT)
 
 
 def _has_room(sock: socket.socket) -> bool:
