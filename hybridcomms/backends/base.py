@@ -103,6 +103,7 @@ __all__ = [
     "check_retention",
     "common_options",
     "expiry_reason",
+    "nack_wait",
     "purged_state",
     "put_once",
     "requeue_each",
@@ -520,6 +521,12 @@ def check_delay(delay: float | None) -> float:
     if not 0.0 <= delay <= MAX_DELAY:  # NaN fails this too
         raise ValueError(f"delay must be 0 to {MAX_DELAY:.0f} seconds, not {delay!r}")
     return float(delay)
+
+
+def nack_wait(backoff: Backoff, attempt: int, delay: float | None) -> float:
+    """How long a message nacked after ``attempt`` waits (seconds): ``delay`` if one is given (0 at
+    least), else the backoff's (the same on every backend)."""
+    return max(backoff.delay(attempt) if delay is None else delay, 0.0)
 
 
 def expiry_reason(message: Message, attempts: int, name: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from .base import (
     check_retention,
     common_options,
     expiry_reason,
+    nack_wait,
     purged_state,
     requeue_each,
     requeue_source,
@@ -306,7 +307,7 @@ class MemoryMailbox:
             del box.processing[entry.seq]
             now = time.time()
             entry.owner, entry.entered = None, now
-            entry.due = now + max(self.backoff.delay(d.attempt) if delay is None else delay, 0.0)
+            entry.due = now + nack_wait(self.backoff, d.attempt, delay)
             if error is not None:
                 entry.last_error = LastError(text_of(error), d.attempt, now)
             box.push(entry)

@@ -91,6 +91,7 @@ from ..base import (
     check_retention,
     common_options,
     expiry_reason,
+    nack_wait,
     purged_state,
     requeue_each,
     requeue_source,
@@ -218,12 +219,18 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
 
 def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
     """``maxlen`` and ``max_age`` are usable (at most one of them: Redis trims one way at a time)."""
-    if maxlen is not None and maxlen < 1:
-        raise ValueError("maxlen must be >= 1")
-    if maxlen is not None and max_age is not None:
-        raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
+    if maxlen is not None:
+        _check_maxlen(maxlen, max_age)
     if max_age is not None and max_age <= 0:
         raise ValueError("max_age must be > 0 seconds")
+
+
+def _check_maxlen(maxlen: int, max_age: float | None) -> None:
+    """A ``maxlen`` given is usable: 1 at least, and not beside a ``max_age``."""
+    if maxlen < 1:
+        raise ValueError("maxlen must be >= 1")
+    if max_age is not None:
+        raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
 
 
 def _oversize(f: dict[str, bytes], raw: bytes, limit: int) -> str:
@@ -246,6 +253,13 @@ def _check_reclaim_every(reclaim_every: float | None) -> None:
 def _without_group(groups: Any) -> bool:
     """Whether a stream's XINFO GROUPS reply (an error if there is no stream) lacks the group."""
     return isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups)
+
+
+def _raise_unless_no_stream(found: Any) -> None:
+    """Raise the error of a stream's XINFO GROUPS (``found``) unless it says there is no stream yet:
+    not a stream (WRONGTYPE), or the server said no."""
+    if isinstance(found, redis.ResponseError) and "no such key" not in str(found).lower():
+        raise found
 
 
 def _json_object(packed: Any) -> dict[str, Any]:
@@ -386,8 +400,7 @@ class RedisMailbox:
     def _make_group(self, stream: str, found: Any) -> None:
         """Make the consumer group of ``stream``, whose XINFO GROUPS gave ``found`` (an error if there
         is no stream yet); one made meanwhile by another process is fine."""
-        if isinstance(found, redis.ResponseError) and "no such key" not in str(found).lower():
-            raise found  # not a stream (WRONGTYPE), or the server said no
+        _raise_unless_no_stream(found)
         try:
             self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -733,14 +746,11 @@ class RedisMailbox:
         if attempts_used_up(d.attempt, self.max_attempts):
             self.settle_dead(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
             return State.DEAD
-        wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
         now = time.time()
-        due_ms = int((now + wait) * 1000)
+        due_ms = int((now + nack_wait(self.backoff, d.attempt, delay)) * 1000)
         # Entry ids are per stream (two priorities may hold the same one): the rank makes it one entry's.
         token = f"{d.entry_id}:{RANKS[d._rank_index]}:{d.attempt}"
-        kept = d._kept_raw
-        if error is not None:
-            kept = orjson.dumps({"error": text_of(error), "attempt": d.attempt, "failed_at": int(now * 1000)})
+        kept = d._kept_raw if error is None else _error_record(error, d.attempt, now)
         fields = {"id": d.message.id, "t": d.message.topic, "d": due_ms}
         packed = self._packed(d._rank_index, d._raw, d.attempt, fields, kept)
         stream = self._streams[d._rank_index]
@@ -802,13 +812,8 @@ class RedisMailbox:
         after the backoff, or to the dead letters past ``max_attempts``. Atomic per batch, so two
         recoverers never take the same entry."""
         self._check()
-        real = time.time()
-        ahead = 0.0 if now is None else now - real
-        min_idle = max(int((self.lease - ahead) * 1000), 0)
-        delays = [int(self.backoff.delay(n) * 1000) for n in range(1, _RECOVER_DELAYS + 1)]
+        args = self._recover_args(now)
         report = RecoveryReport()
-        why = f"its lease of {self.lease:g}s expired"
-        args = [GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays]
         try:
             while self._recover_batch(args, report) >= 100:
                 pass
@@ -816,6 +821,16 @@ class RedisMailbox:
         except redis.RedisError as exc:
             raise self._error(exc, "recover") from exc
         return report
+
+    def _recover_args(self, now: float | None) -> builtins.list[Any]:
+        """The arguments of the recovery script, leases judged at ``now`` (None: now): the idle
+        time past which an entry is taken back, the backoff's delays after each attempt, why."""
+        real = time.time()
+        ahead = 0.0 if now is None else now - real
+        min_idle = max(int((self.lease - ahead) * 1000), 0)
+        delays = [int(self.backoff.delay(n) * 1000) for n in range(1, _RECOVER_DELAYS + 1)]
+        why = f"its lease of {self.lease:g}s expired"
+        return [GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays]
 
     def _recover_batch(self, args: builtins.list[Any], report: RecoveryReport) -> int:
         """One run of the recovery script (100 entries at most), what it took back added to
@@ -969,15 +984,21 @@ class RedisMailbox:
         self, i: int, stream: str, pend: builtins.list[Any]
     ) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The entries of one page of XPENDING (``pend``), read in one round trip."""
-        pipe = self._r.pipeline(transaction=False)
-        for p in pend:
-            pipe.xrange(stream, p["message_id"], p["message_id"])
-        for p, found in zip(pend, pipe.execute() if pend else [], strict=True):
+        for p, found in zip(pend, self._entries_of(stream, pend), strict=True):
             for entry_id, flat in found:
                 info = self._info(
                     State.PROCESSING, entry_id, flat, rank=RANKS[i], pending=p["times_delivered"]
                 )
                 yield info, (stream, _s(entry_id))
+
+    def _entries_of(self, stream: str, pend: builtins.list[Any]) -> builtins.list[Any]:
+        """The entries (an XRANGE reply each) that the XPENDING rows ``pend`` name, in one round trip."""
+        if not pend:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for p in pend:
+            pipe.xrange(stream, p["message_id"], p["message_id"])
+        return pipe.execute()  # type: ignore[no-any-return]
 
     def list(self, state: State | str) -> builtins.list[MessageInfo]:
         self._check()
@@ -1173,6 +1194,11 @@ def _last_error_of(raw: Any) -> LastError | None:
         _int_in(obj.get("attempt"), 0, 999_999, 0),
         _int_in(obj.get("failed_at"), 0, _LAST_MS, 0) / 1000,
     )
+
+
+def _error_record(error: str, attempt: int, now: float) -> bytes:
+    """The ``e`` field (JSON) of an entry whose ``attempt`` failed with ``error`` at ``now``."""
+    return orjson.dumps({"error": text_of(error), "attempt": attempt, "failed_at": int(now * 1000)})
 
 
 def _rank_field(f: dict[str, bytes]) -> str:
