@@ -518,8 +518,7 @@ class LocalFanout:
     def _forget_read(self, name: str, reg: _Reg | None, now: float) -> None:
         """(Under the lock.) Forget what was known of a registration read again (``reg``), and retire
         its link if that went to a socket it no longer names."""
-        known = self._regs.get(name)
-        if known is not None and (reg is None or known.sock != reg.sock):
+        if _socket_changed(self._regs.get(name), reg):
             link = self._links.pop(name, None)  # (a link to the socket of before)
             if link is not None:
                 self._retire(link, now)
@@ -616,7 +615,7 @@ class LocalFanout:
         patterns = effective_patterns(body["patterns"])
         assert patterns is not None  # (well formed)
         peer = Peer(name, body["pid"], body["host"], patterns)
-        if peer.host == _HOST and not alive(peer.pid):
+        if _dead_here(peer):
             self._prune(name)
             return None
         return self._reg_of(peer, ino, writer)
@@ -709,8 +708,7 @@ class LocalFanout:
         if holder is None or self._rank(name) < self._rank(holder):
             if holder is not None:
                 self._index.remove(holder)
-            self._holders[reg.sock] = name
-            self._index.add(name, reg.peer.patterns)
+            self._send_through(reg.sock, name, reg.peer.patterns)
 
     def _unindex_reg(self, name: str, reg: _Reg) -> None:
         """(Under the lock.)"""
@@ -733,8 +731,13 @@ class LocalFanout:
             best = min(live, key=self._rank)
             peer = self._regs[best].peer
             assert peer is not None
-            self._holders[sock] = best
-            self._index.add(best, peer.patterns)
+            self._send_through(sock, best, peer.patterns)
+
+    def _send_through(self, sock: tuple[int, int], name: str, patterns: tuple[str, ...]) -> None:
+        """(Under the lock.) The socket ``sock`` is sent to through the registration ``name``
+        (indexed under its ``patterns``)."""
+        self._holders[sock] = name
+        self._index.add(name, patterns)
 
     def _peers_changed(self, now: float) -> None:
         """(Under the lock.) The turns are made again; links to peers no longer there are retired."""
@@ -1031,15 +1034,19 @@ class LocalFanout:
         """Remove a registration that can never be one, and its ``.sock`` if ``sock`` (if that is
         the socket whose identity ``sock`` gives, if one is given)."""
         if sock is not False:
-            with contextlib.suppress(OSError):
-                if sock is not True:
-                    st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-                    if (st.st_dev, st.st_ino) != sock:
-                        raise FileNotFoundError
-                os.unlink(name + ".sock", dir_fd=self._dir_fd)
+            self._remove_sock(name, None if sock is True else sock)
         with contextlib.suppress(OSError):
             os.unlink(name + ".json", dir_fd=self._dir_fd)
         count("pruned")
+
+    def _remove_sock(self, name: str, ident: tuple[int, int] | None) -> None:
+        """Remove ``<name>.sock``, only if it is the socket ``ident`` names when one is given."""
+        with contextlib.suppress(OSError):
+            if ident is not None:
+                st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) != ident:
+                    return
+            os.unlink(name + ".sock", dir_fd=self._dir_fd)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -1480,6 +1487,12 @@ class LocalFanout:
             return
         deliver(self.bus, event, len(data), sender)
 
+    def _remove_own_files(self) -> None:
+        """(At close.) Remove this process's registration and socket from the bus folder."""
+        for suffix in (".json", ".sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.name + suffix, dir_fd=self._dir_fd)
+
     def _close_links(self) -> None:
         """(Under the lock, at close.) Every link's backlog dropped (counted) and socket closed, what
         the peers missed counted, the retired sockets closed."""
@@ -1507,9 +1520,7 @@ class LocalFanout:
         self._thread.join(5)
         if self._flusher is not None:
             self._flusher.join(5)
-        for suffix in (".json", ".sock"):
-            with contextlib.suppress(OSError):
-                os.unlink(self.name + suffix, dir_fd=self._dir_fd)
+        self._remove_own_files()
         with self._lock:
             self._close_links()
         self._sock.close()
@@ -1577,7 +1588,17 @@ def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
 
 def _of_dead_process(reg: _Reg) -> bool:
     """Whether ``reg`` is a peer of this host whose process is gone."""
-    return reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid)
+    return reg.peer is not None and _dead_here(reg.peer)
+
+
+def _socket_changed(known: _Reg | None, read: _Reg | None) -> bool:
+    """Whether a registration ``known`` is no longer one, or names another socket, once ``read`` again."""
+    return known is not None and (read is None or known.sock != read.sock)
+
+
+def _dead_here(peer: Peer) -> bool:
+    """Whether ``peer`` is of this host and its process is gone."""
+    return peer.host == _HOST and not alive(peer.pid)
 
 
 def _wait_until(poller: select.poll, deadline: float) -> list[tuple[int, int]]:

@@ -78,12 +78,15 @@ class ReadQueue:
             self._served.clear()
             return every
         chosen = self._turns(budget, working, live)
-        for name in chosen:
-            del names[name]
+        self._take(chosen)
         more = self._oldest_and_newest(budget - len(chosen))
-        for name in more:
-            del names[name]
+        self._take(more)
         return chosen + more
+
+    def _take(self, chosen: list[str]) -> None:
+        """Take the names ``chosen`` off the queue."""
+        for name in chosen:
+            del self.names[name]
 
     def _turns(
         self, budget: int, working: Callable[[], Collection[int]], live: Callable[[int], bool]
