@@ -409,9 +409,17 @@ class MemoryMailbox:
         box = self._check()
         with box.cond:
             for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-                for e in sorted(self._entries(st), key=_Entry.key):
-                    if message_id in (e.id, e.name):
-                        return self._info(st, e)
+                found = self._find_in(st, message_id)
+                if found is not None:
+                    return found
+        return None
+
+    def _find_in(self, state: State, message_id: str) -> MessageInfo | None:
+        """(Under the lock.) The message ``message_id`` (an id or a name) in ``state``, the first in
+        due order; None if it is not there."""
+        for e in sorted(self._entries(state), key=_Entry.key):
+            if message_id in (e.id, e.name):
+                return self._info(state, e)
         return None
 
     def read(self, info: MessageInfo) -> Message:

@@ -199,16 +199,21 @@ def _agent_of_key(key: bytes | str) -> str | None:
     return text[start + 1 : end] if 0 <= start < end else None
 
 
+def _agents_of(client: Any, namespace: str) -> builtins.list[str]:
+    """The agents with a stream of ``namespace`` on the server of ``client``, sorted."""
+    found: set[str] = set()
+    for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
+        agent = _agent_of_key(key)
+        if agent is not None:
+            found.add(agent)
+    return sorted(found)
+
+
 def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
     """The agents that have a mailbox on the Redis at ``url``."""
     client = _client(url)
     try:
-        found: set[str] = set()
-        for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
-            agent = _agent_of_key(key)
-            if agent is not None:
-                found.add(agent)
-        return sorted(found)
+        return _agents_of(client, namespace)
     except redis.RedisError as exc:
         raise _io_error(exc, url, f"listing the mailboxes on {shown_url(url)}") from exc
     except TypeError as exc:  # an option in the URL's query that the client does not take
@@ -381,15 +386,20 @@ class RedisMailbox:
     def _open_groups(self, create: bool) -> None:
         """Make the consumer group on each priority's stream where it is missing. Looks first (reads
         only): a server at ``maxmemory`` refuses writes, and a mailbox that exists must still open."""
-        pipe = self._r.pipeline(transaction=False)
-        for stream in self._streams:
-            pipe.xinfo_groups(stream)
-        found = pipe.execute(raise_on_error=False)
+        found = self._groups_of_streams()
         if not create:
             self._check_exists(found)
         for stream, groups in zip(self._streams, found, strict=True):
             if _without_group(groups):
                 self._make_group(stream, groups)
+
+    def _groups_of_streams(self) -> builtins.list[Any]:
+        """The XINFO GROUPS reply of each priority's stream (an error where there is no stream), in
+        one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for stream in self._streams:
+            pipe.xinfo_groups(stream)
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
     def _check_exists(self, found: builtins.list[Any]) -> None:
         """Raise `MailboxIOError` (ENOENT) if no priority's stream exists (``found``: their XINFO

@@ -72,6 +72,11 @@ def _add_prefix_pattern(
         globs.add(_escape(prefix + base) + ".*")
 
 
+def _carries_data(msg: dict[str, Any] | None) -> bool:
+    """Whether a pub/sub reply is a message of a channel or a pattern (not a subscription's reply)."""
+    return msg is not None and msg.get("type") in ("message", "pmessage")
+
+
 def redis_bus_prefix(url: str, namespace: str = "hc") -> str:
     """The start of the pub/sub channel names of the bus events of the Redis database ``url`` names
     (``hc:<db>:bus:``). Pub/sub is one per server, not per database: the database in the name keeps
@@ -172,9 +177,7 @@ class RedisFanout:
             if not self._closed:
                 time.sleep(0.1)  # (the connection broke: redis-py reconnects at the next call)
             return None
-        if msg is None or msg.get("type") not in ("message", "pmessage"):
-            return None
-        return msg
+        return msg if _carries_data(msg) else None
 
     def _receive(self) -> None:
         # Redis writes the copies of one publish (one per matching subscription: only while the
