@@ -143,15 +143,20 @@ class MemoryMailbox:
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
         self.store = store
-        with self._stores_lock:
-            boxes = self._stores.setdefault(store, {})
-            box = boxes.get(self.agent_id)
+        self._box = self._box_of(store, self.agent_id, create)
+        self._closed = False
+
+    @classmethod
+    def _box_of(cls, store: str, agent_id: str, create: bool) -> _Box:
+        """The messages of ``agent_id`` in ``store``, made if missing (MailboxIOError unless ``create``)."""
+        with cls._stores_lock:
+            boxes = cls._stores.setdefault(store, {})
+            box = boxes.get(agent_id)
             if box is None:
                 if not create:
-                    raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} in memory://{store}")
-                box = boxes[self.agent_id] = _Box()
-        self._box = box
-        self._closed = False
+                    raise MailboxIOError(errno.ENOENT, f"no mailbox {agent_id!r} in memory://{store}")
+                box = boxes[agent_id] = _Box()
+            return box
 
     @classmethod
     def named(cls, store: str, agent_id: str, **options: Any) -> MemoryMailbox:

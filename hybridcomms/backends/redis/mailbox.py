@@ -338,10 +338,7 @@ class RedisMailbox:
         self.namespace = namespace
         self.maxlen = maxlen
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        base = f"{namespace}:{{{self.agent_id}}}"
-        self._streams = [f"{base}:s:{rank}" for rank in RANKS]
-        self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
-        self._done, self._dead = f"{base}:done", f"{base}:dead"
+        self._name_keys()
         self._r: Any = _client(url)
         self._closed = False
         self._blockers: dict[int, tuple[Any, int]] = {}  # thread id -> (its blocking client, client id)
@@ -356,6 +353,14 @@ class RedisMailbox:
         #: so `read` fetches one entry instead of listing again.
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
         self._open(create)
+
+    def _name_keys(self) -> None:
+        """The keys of the mailbox, all in one hash slot (``{agent}``): a stream per priority, the
+        delayed set and its data, done and dead."""
+        base = f"{self.namespace}:{{{self.agent_id}}}"
+        self._streams = [f"{base}:s:{rank}" for rank in RANKS]
+        self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
+        self._done, self._dead = f"{base}:done", f"{base}:dead"
 
     def _open(self, create: bool) -> None:
         """Open the mailbox on the server (`_open_groups`, `_load_scripts`); the client is closed if

@@ -494,13 +494,19 @@ class LocalFanout:
         evictable: list[str] | None = None
         for name, reg in read:
             self._forget_read(name, reg, now)
-            if reg is None:
-                continue
-            if self._no_room_for(reg):
-                evictable = self._evictable() if evictable is None else evictable
-                if not self._set_aside_for(name, evictable, now):
-                    continue
-            self._add_reg(name, reg)
+            if reg is not None:
+                evictable = self._take_read(name, reg, evictable, now)
+
+    def _take_read(self, name: str, reg: _Reg, evictable: list[str] | None, now: float) -> list[str] | None:
+        """(Under the lock.) Take the registration ``name`` just read, a peer set aside for it past
+        `MAX_REGISTRATIONS`; the peers that may still be set aside (listed at the first that makes
+        room: `_evictable`)."""
+        if self._no_room_for(reg):
+            evictable = self._evictable() if evictable is None else evictable
+            if not self._set_aside_for(name, evictable, now):
+                return evictable
+        self._add_reg(name, reg)
+        return evictable
 
     def _no_room_for(self, reg: _Reg) -> bool:
         """(Under the lock.) Whether ``reg`` names a peer and `MAX_REGISTRATIONS` peers are held."""
@@ -977,15 +983,9 @@ class LocalFanout:
             fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except FileNotFoundError:
             raise _Refused from None
-        sock = None
         try:
-            _check_socket(fd, expect)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.connect(f"/proc/self/fd/{fd}")
-            return sock
+            return _connect_through(fd, expect)
         except OSError as exc:
-            if sock is not None:
-                sock.close()
             if exc.errno in _GONE:
                 raise _Refused from None
             raise
@@ -1527,6 +1527,19 @@ class LocalFanout:
         os.close(self._dir_fd)
         os.close(self._bell_r)
         os.close(self._bell_w)
+
+
+def _connect_through(fd: int, expect: tuple[int, int] | None) -> socket.socket:
+    """A datagram socket connected to the socket of the ``O_PATH`` descriptor ``fd``, checked first
+    (`_check_socket`); closed again if the connect fails."""
+    _check_socket(fd, expect)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}")
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
