@@ -211,10 +211,15 @@ def registration_body(pid: int, patterns: list[str], drops: dict[str, int], othe
     the `DROPPED_TO_KEEP` peers with the most drops, ``others`` and the rest summed under
     ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
     kept = list(normalized(_crossing(patterns)))
-    if kept != ["*"] and (len(kept) > MAX_PATTERNS or len(orjson.dumps(kept)) > PATTERNS_BYTES):
+    if kept != ["*"] and _past_caps(kept):
         kept = ["*"]
     body = {"pid": pid, "host": HOST, "patterns": kept, "dropped_to": _dropped_to(drops, others)}
     return orjson.dumps(body)
+
+
+def _past_caps(patterns: list[str]) -> bool:
+    """Whether ``patterns`` are more than `MAX_PATTERNS`, or more than `PATTERNS_BYTES` as JSON."""
+    return len(patterns) > MAX_PATTERNS or len(orjson.dumps(patterns)) > PATTERNS_BYTES
 
 
 def _crossing(patterns: list[str]) -> list[str]:

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -748,14 +748,18 @@ class LocalFanout:
     def _peers_changed(self, now: float) -> None:
         """(Under the lock.) The turns are made again; links to peers no longer there are retired."""
         self._reset_targets()
-        indexed = self._index
-        for name in [n for n in self._links if n not in indexed]:
+        for name in self._unindexed(self._links):
             self._retire(self._links.pop(name), now)
         self._sum_drops_of_gone()
 
+    def _unindexed(self, names: Iterable[str]) -> list[str]:
+        """(Under the lock.) Those of ``names`` that are no longer indexed (peers gone)."""
+        indexed = self._index
+        return [n for n in names if n not in indexed]
+
     def _sum_drops_of_gone(self) -> None:
         """(Under the lock.) The drops counted for peers no longer indexed move to ``_dropped_gone``."""
-        gone = [n for n in self._dropped_to if n not in self._index]
+        gone = self._unindexed(self._dropped_to)
         if gone:
             with STATS_LOCK:
                 for n in gone:
@@ -784,7 +788,7 @@ class LocalFanout:
         counted, and their peer is not tried for `STUCK_RETRY`). A socket taken back keeps its
         descriptor until it is closed (`RETIRE_AFTER`): its room is given at a later look."""
         with self._lock:
-            waiting = [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
+            waiting = self._waiting_for_socket(now)
             if not waiting:
                 return
             room = self._room_for_links()
@@ -792,6 +796,10 @@ class LocalFanout:
                 self._take_back(len(waiting) - room, now)
             self._relink(waiting[:room])
             self._reset_targets()
+
+    def _waiting_for_socket(self, now: float) -> list[_Link]:
+        """(Under the lock.) The unlinked links whose peers read (`_waits_for_socket`)."""
+        return [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
 
     def _room_for_links(self) -> int:
         """(Under the lock.) How many more sockets to peers there is room for (`MAX_LINKS`)."""

@@ -77,6 +77,12 @@ def _carries_data(msg: dict[str, Any] | None) -> bool:
     return msg is not None and msg.get("type") in ("message", "pmessage")
 
 
+def _count_bad(data: Any) -> None:
+    """Count a message that is not an event (the wake of `RedisFanout.close` aside)."""
+    if data != _WAKE:
+        count("dropped_bad")
+
+
 def redis_bus_prefix(url: str, namespace: str = "hc") -> str:
     """The start of the pub/sub channel names of the bus events of the Redis database ``url`` names
     (``hc:<db>:bus:``). Pub/sub is one per server, not per database: the database in the name keeps
@@ -195,8 +201,7 @@ class RedisFanout:
         """Deliver one message's data: an event from another process (not this one's own, back)."""
         event = decode_event(data) if isinstance(data, bytes) else None
         if event is None:
-            if data != _WAKE:
-                count("dropped_bad")
+            _count_bad(data)
             return
         if event.origin != self.origin:  # (our own publish, back from Redis: not delivered)
             deliver(self.bus, event, len(data), -1)
