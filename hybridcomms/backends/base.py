@@ -500,16 +500,21 @@ def set_common_options(
     mailbox: Any, lease: float, max_attempts: int, backoff: Backoff, max_message_size: int
 ) -> None:
     """Check and set the options every backend takes (`hybridcomms.backends`), the same way."""
+    _check_common_options(lease, max_attempts, max_message_size)
+    mailbox.lease = float(lease)
+    mailbox.max_attempts = int(max_attempts)
+    mailbox.backoff = backoff
+    mailbox.max_message_size = int(max_message_size)
+
+
+def _check_common_options(lease: float, max_attempts: int, max_message_size: int) -> None:
+    """Raise ValueError for a lease, attempts or size that no mailbox can work with."""
     if lease <= 0:
         raise ValueError("lease must be > 0 seconds")
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     if max_message_size < 1:
         raise ValueError("max_message_size must be >= 1")
-    mailbox.lease = float(lease)
-    mailbox.max_attempts = int(max_attempts)
-    mailbox.backoff = backoff
-    mailbox.max_message_size = int(max_message_size)
 
 
 def check_delay(delay: float | None) -> float:

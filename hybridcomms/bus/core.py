@@ -227,6 +227,13 @@ def _without_callable(callables: tuple[_C, ...], gone: _C) -> tuple[_C, ...]:
     return tuple(c for c in callables if c is not gone and c != gone)
 
 
+def _awaitable(
+    future: asyncio.Future[None] | concurrent.futures.Future[None],
+) -> asyncio.Future[None]:
+    """A handler's run as this loop awaits it (one on another thread's loop wrapped)."""
+    return future if isinstance(future, asyncio.Future) else asyncio.wrap_future(future)
+
+
 def _star_misplaced(pattern: str) -> bool:
     """Whether a '*' stands elsewhere than as the whole pattern or as a last '.*'."""
     star = pattern.find("*")
@@ -274,10 +281,7 @@ class PublishResult:
 
     async def _wait_async(self) -> PublishResult:
         if self._pending:
-            await asyncio.gather(
-                *(f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f) for f in self._pending),
-                return_exceptions=True,
-            )
+            await asyncio.gather(*(_awaitable(f) for f in self._pending), return_exceptions=True)
         return self
 
     def wait(self, timeout: float | None = None) -> bool:

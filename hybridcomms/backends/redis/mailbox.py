@@ -941,8 +941,7 @@ class RedisMailbox:
         if state in (State.DONE, State.DEAD):
             yield from self._settled_infos(state)
         elif state is State.PROCESSING:
-            for i, stream in enumerate(self._streams):
-                yield from self._pending_infos(i, stream)
+            yield from self._processing_infos()
         elif state is State.NEW:
             yield from self._new_infos()
         # (no tmp/ on Redis)
@@ -956,6 +955,11 @@ class RedisMailbox:
         key = self._settled_key(state)
         for entry_id, flat in self._pages(key):
             yield self._info(state, entry_id, flat), (key, _s(entry_id))
+
+    def _processing_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The messages in ``processing``: those delivered and not settled, of each priority's stream."""
+        for i, stream in enumerate(self._streams):
+            yield from self._pending_infos(i, stream)
 
     def _new_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The messages in ``new``: those waiting in each priority's stream, then those delayed."""
@@ -1089,8 +1093,7 @@ class RedisMailbox:
             info = self._stream_info(state, key, ident, entry_id, flat)
         else:
             info = self._info(state, entry_id, flat)
-        m = _fields(flat).get("m", b"")
-        return info, m if isinstance(m, bytes) else b""
+        return info, _message_field(flat)
 
     def _read_delayed(self, token: str) -> tuple[MessageInfo, bytes] | None:
         """(info, encoded message) of the delayed message ``token``; None if it is gone."""
@@ -1214,6 +1217,12 @@ def _last_error_of(raw: Any) -> LastError | None:
 def _error_record(error: str, attempt: int, now: float) -> bytes:
     """The ``e`` field (JSON) of an entry whose ``attempt`` failed with ``error`` at ``now``."""
     return orjson.dumps({"error": text_of(error), "attempt": attempt, "failed_at": int(now * 1000)})
+
+
+def _message_field(flat: Any) -> bytes:
+    """An entry's encoded message (``m``); empty if it has none."""
+    m = _fields(flat).get("m", b"")
+    return m if isinstance(m, bytes) else b""
 
 
 def _rank_field(f: dict[str, bytes]) -> str:

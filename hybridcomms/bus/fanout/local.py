@@ -584,12 +584,16 @@ class LocalFanout:
         removed too."""
         if not orphans:
             return
+        for stem, ino in self._orphans_in_turn(orphans):
+            if stem != self.name:
+                self._prune_orphan(stem, ino)
+
+    def _orphans_in_turn(self, orphans: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """`PRUNES_PER_LOOK` of ``orphans`` at most, from where the last look stopped."""
         start = self._orphan_turn % len(orphans)
         batch = (orphans[start:] + orphans[:start])[:PRUNES_PER_LOOK]
         self._orphan_turn = start + len(batch)
-        for stem, ino in batch:
-            if stem != self.name:
-                self._prune_orphan(stem, ino)
+        return batch
 
     def _prune_orphan(self, stem: str, ino: int) -> None:
         """Remove ``<stem>.json`` if it is still the orphan listed (inode ``ino``) and its ``.sock``
@@ -1495,6 +1499,17 @@ class LocalFanout:
             return
         deliver(self.bus, event, len(data), sender)
 
+    def _stop_threads(self) -> None:
+        """(At close.) Wake the receiving and the flushing threads, and wait for them to end."""
+        # Wake the receiver. Not with a datagram to itself: its buffer may be full.
+        with self._register_lock, contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            os.write(self._bell_w, b"\0")
+        self._thread.join(5)
+        if self._flusher is not None:
+            self._flusher.join(5)
+
     def _remove_own_files(self) -> None:
         """(At close.) Remove this process's registration and socket from the bus folder."""
         for suffix in (".json", ".sock"):
@@ -1520,14 +1535,7 @@ class LocalFanout:
         self._closed = True
         self.bus.remove_outlet(self.send)
         self.bus.remove_watcher(self._register)
-        # Wake the receiver. Not with a datagram to itself: its buffer may be full.
-        with self._register_lock, contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RD)
-        with contextlib.suppress(OSError):
-            os.write(self._bell_w, b"\0")
-        self._thread.join(5)
-        if self._flusher is not None:
-            self._flusher.join(5)
+        self._stop_threads()
         self._remove_own_files()
         with self._lock:
             self._close_links()
