@@ -310,13 +310,19 @@ class MemoryMailbox:
         with box.cond:
             entry = self._held(d)
             del box.processing[entry.seq]
-            now = time.time()
-            entry.owner, entry.entered = None, now
-            entry.due = now + nack_wait(self.backoff, d.attempt, delay)
-            if error is not None:
-                entry.last_error = LastError(text_of(error), d.attempt, now)
-            box.push(entry)
+            self._wait_again(box, entry, nack_wait(self.backoff, d.attempt, delay), error, d.attempt)
         return State.NEW
+
+    @staticmethod
+    def _wait_again(box: _Box, entry: _Entry, wait: float, error: str | None, attempt: int) -> None:
+        """(Under the lock.) A nacked entry back to new, due in ``wait`` seconds, with the ``error``
+        of its ``attempt`` (if one is given) as its last error."""
+        now = time.time()
+        entry.owner, entry.entered = None, now
+        entry.due = now + wait
+        if error is not None:
+            entry.last_error = LastError(text_of(error), attempt, now)
+        box.push(entry)
 
     def settle_dead(self, d: MemoryDelivery, reason: str, error: str | None) -> None:
         box = self._check()

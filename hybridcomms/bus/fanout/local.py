@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import orjson
 
@@ -548,7 +548,7 @@ class LocalFanout:
         """The pids named by the registrations known to work (read, and their socket took a connect):
         their other names wait behind the pids never read (`ReadQueue.choose`)."""
         with self._lock:
-            return {pid_of(name) for name, reg in self._regs.items() if reg.peer is not None and not reg.dead}
+            return {pid_of(name) for name, reg in self._regs.items() if _sendable(reg)}
 
     def _evictable(self) -> list[str]:
         """(Under the lock.) The peers held that are not known to work (no link yet, asleep, or
@@ -1019,7 +1019,7 @@ class LocalFanout:
         """(Under the lock.) The peer of registration ``name`` is not sent to (unindexed) until its
         registration changes."""
         reg = self._regs.get(name)
-        if reg is not None and not reg.dead and reg.peer is not None:
+        if _sendable(reg):
             reg.dead = True
             self._unindex_reg(name, reg)
 
@@ -1618,6 +1618,12 @@ def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
 def _of_dead_process(reg: _Reg) -> bool:
     """Whether ``reg`` is a peer of this host whose process is gone."""
     return reg.peer is not None and _dead_here(reg.peer)
+
+
+def _sendable(reg: _Reg | None) -> TypeGuard[_Reg]:
+    """Whether ``reg`` is a registration of a peer that can be sent to: not set aside nor one that
+    cannot be used here, and its socket did not refuse."""
+    return reg is not None and reg.peer is not None and not reg.dead
 
 
 def _socket_changed(known: _Reg | None, read: _Reg | None) -> bool:
