@@ -613,10 +613,21 @@ class RedisMailbox:
         other one read with it goes back."""
         if cancel is not None and cancel.is_set():
             return None
+        got = self._read_blocking(self._blocking_client(), self._xreadgroup(seconds))
+        if not got:
+            return None
+        return self._keep_best(self._entries_read(got))
+
+    def _blocking_client(self) -> Any:
+        """This thread's client for blocking reads (`_blocker`); its errors as the mailbox's."""
         try:
-            client = self._blocker()
+            return self._blocker()
         except redis.RedisError as exc:
             raise self._error(exc, "claim") from exc
+
+    def _xreadgroup(self, seconds: float) -> Any:
+        """The packed ``XREADGROUP`` of one new entry of any stream, blocking ``seconds`` at most
+        (`_MAX_BLOCK` at most, 1 ms at least)."""
         block_ms = max(1, int(min(seconds, _MAX_BLOCK) * 1000))
         head: builtins.list[Any] = [
             "XREADGROUP",
@@ -628,11 +639,10 @@ class RedisMailbox:
             "BLOCK",
             block_ms,
         ]
-        packed = pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
-        got = self._read_blocking(client, packed)
-        if not got:
-            return None
-        entries = self._entries_read(got)
+        return pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
+
+    def _keep_best(self, entries: builtins.list[tuple[int, Any, Any]]) -> RedisDelivery | None:
+        """The delivery of the best of the ``entries`` read (highest priority first); the others go back."""
         if len(entries) > 1:
             self._found_nothing = False  # several priorities wait: the next claim scans, in order
             self._release(entries[1:])
@@ -889,9 +899,7 @@ class RedisMailbox:
             rank = _rank_field(f)
         msg_id = _msg_id(f.get("id"))
         tries = _tries_of(f, pending)
-        reason = _reason_of(f["r"]) if "r" in f else None
         due = compact_time(_due_ms(f, eid) / 1000)
-        m = f.get("m", b"")
         return MessageInfo(
             state=state,
             name=make_name(rank, due, msg_id or "?", tries),
@@ -899,9 +907,9 @@ class RedisMailbox:
             id=msg_id,
             attempt=tries,
             due=due,
-            size=len(m) if isinstance(m, bytes) else 0,
+            size=len(_message_of(f)),
             changed_at=_ms_of(eid) / 1000,
-            reason=reason,
+            reason=_reason_field(f),
             last_error=_last_error_of(f.get("e")),
         )
 
@@ -1220,9 +1228,19 @@ def _error_record(error: str, attempt: int, now: float) -> bytes:
 
 
 def _message_field(flat: Any) -> bytes:
+    """An entry's encoded message (``m``) in its flat fields; empty if it has none."""
+    return _message_of(_fields(flat))
+
+
+def _message_of(f: dict[str, bytes]) -> bytes:
     """An entry's encoded message (``m``); empty if it has none."""
-    m = _fields(flat).get("m", b"")
+    m = f.get("m", b"")
     return m if isinstance(m, bytes) else b""
+
+
+def _reason_field(f: dict[str, bytes]) -> dict[str, Any] | None:
+    """An entry's reason (``r``, dead or done) as an object (`_reason_of`); None if it has none."""
+    return _reason_of(f["r"]) if "r" in f else None
 
 
 def _rank_field(f: dict[str, bytes]) -> str:
