@@ -521,6 +521,11 @@ def _cancelled(cancel: threading.Event | None) -> bool:
     return cancel is not None and cancel.is_set()
 
 
+def _matches_any(patterns: list[str], topic: str) -> bool:
+    """Whether one of ``patterns`` matches ``topic``."""
+    return any(pattern_matches(p, topic) for p in patterns)
+
+
 class MemoryDelivery(SettledByMailbox):
     """A message claimed from a `MemoryMailbox` (see `hybridcomms.backends.base.MailboxDelivery`)."""
 
@@ -549,7 +554,7 @@ class MemorySubscriptions:
     def subscribers(self, topic: str) -> list[str]:
         with self._lock:
             agents = self._stores.get(self.store, {})
-            return sorted(a for a, ps in agents.items() if any(pattern_matches(p, topic) for p in ps))
+            return sorted(a for a, ps in agents.items() if _matches_any(ps, topic))
 
     @classmethod
     def forget_store(cls, store: str) -> None:

@@ -426,12 +426,17 @@ class LocalFanout:
             return
         found.pop(self.name, None)
         gone = self._queue_changes(found)
-        chosen = self._pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive)
-        read = [(name, self._read(name, found[name])) for name in chosen]
+        read = self._read_in_turn(found)
         self._prune_orphans(orphans)
         self._unsettled = bool(self._pending) or len(orphans) > PRUNES_PER_LOOK
         with self._lock:
             self._take_look(gone, read, sweep, now)
+
+    def _read_in_turn(self, found: dict[str, int]) -> list[tuple[str, _Reg | None]]:
+        """Read `MAX_READS_PER_LOOK` of the registrations queued (`ReadQueue.choose`), listed in
+        ``found`` (name: inode): (name, what was read) each."""
+        chosen = self._pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive)
+        return [(name, self._read(name, found[name])) for name in chosen]
 
     def _take_look(
         self, gone: list[str], read: list[tuple[str, _Reg | None]], sweep: bool, now: float
@@ -715,10 +720,15 @@ class LocalFanout:
         sharing = self._sharing.setdefault(reg.sock, set())
         sharing.add(name)
         holder = self._holders.get(reg.sock)
-        if holder is None or self._rank(name) < self._rank(holder):
+        if self._outranks(name, holder):
             if holder is not None:
                 self._index.remove(holder)
             self._send_through(reg.sock, name, reg.peer.patterns)
+
+    def _outranks(self, name: str, holder: str | None) -> bool:
+        """(Under the lock.) Whether a socket is to be sent to through the registration ``name``
+        rather than through ``holder``, the one it is sent through now (None: none)."""
+        return holder is None or self._rank(name) < self._rank(holder)
 
     def _unindex_reg(self, name: str, reg: _Reg) -> None:
         """(Under the lock.)"""
