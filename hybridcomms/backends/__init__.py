@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._urls import shown_url
@@ -48,9 +48,18 @@ def backend_of(url: str | None) -> str:
     if url is None or url == "local":
         return "file"
     if "://" not in url:
-        # a URL mistyped, not a folder to make mailboxes in
-        return "" if _SCHEME_LIKE.match(url) and not url.startswith(("./", "/")) else "file"
-    scheme = url.split("://", 1)[0].lower()
+        return _backend_of_path(url)
+    return _backend_of_scheme(url.split("://", 1)[0].lower())
+
+
+def _backend_of_path(path: str) -> str:
+    """``"file"`` for a path; ``""`` for what looks like a URL mistyped, not a folder to make
+    mailboxes in (``redis:/host``, ``redis::pw@host``)."""
+    return "" if _SCHEME_LIKE.match(path) and not path.startswith(("./", "/")) else "file"
+
+
+def _backend_of_scheme(scheme: str) -> str:
+    """The backend that serves the URL scheme ``scheme`` (lower case); ``""`` if none does."""
     if scheme in _REDIS_SCHEMES:
         return "redis"
     return scheme if scheme in ("memory", "file") else ""
@@ -76,41 +85,75 @@ def open_mailbox(
     (``fsync``, ``read_only``, …): given to a `FileMailbox`, left out for the other backends (a
     caller that opens whatever a URL names passes them without asking which backend it is)."""
     if not isinstance(where, str):
-        return _open_file(os.fspath(where), agent_id, {**options, **(file_options or {})})
-    kind = backend_of(where)
-    if kind == "redis":
-        from .redis.mailbox import RedisMailbox
-
-        return RedisMailbox(where, agent_id, **options)
-    if kind == "memory":
-        from .memory import MemoryMailbox
-
-        return MemoryMailbox.named(where[len("memory://") :], agent_id, **options)
-    if kind != "file":
+        return _open_file(os.fspath(where), agent_id, options, file_options)
+    opener = _OPENERS.get(backend_of(where))
+    if opener is None:
         raise ValueError(f"unknown mailbox URL scheme in {shown_url(where)!r} (redis, rediss, memory, file)")
+    return opener(where, agent_id, options, file_options)
+
+
+_FileOptions = Mapping[str, Any] | None
+
+
+def _open_redis(url: str, agent_id: str, options: dict[str, Any], _file_options: _FileOptions) -> Mailbox:
+    from .redis.mailbox import RedisMailbox
+
+    return RedisMailbox(url, agent_id, **options)
+
+
+def _open_memory(url: str, agent_id: str, options: dict[str, Any], _file_options: _FileOptions) -> Mailbox:
+    from .memory import MemoryMailbox
+
+    return MemoryMailbox.named(url[len("memory://") :], agent_id, **options)
+
+
+def _open_file_url(where: str, agent_id: str, options: dict[str, Any], file_options: _FileOptions) -> Mailbox:
+    """The file mailbox under ``file:///path`` or a plain path."""
     root = where[len("file://") :] if where.startswith("file://") else where
-    return _open_file(root, agent_id, {**options, **(file_options or {})})
+    return _open_file(root, agent_id, options, file_options)
 
 
-def _open_file(root: str, agent_id: str, options: dict[str, Any]) -> Mailbox:
+def _open_file(root: str, agent_id: str, options: dict[str, Any], file_options: _FileOptions) -> Mailbox:
+    """The file mailbox of ``agent_id`` under ``root``, with the options for files only too."""
     from .file.mailbox import FileMailbox
 
-    return FileMailbox(root, agent_id, **options)
+    return FileMailbox(root, agent_id, **{**options, **(file_options or {})})
+
+
+#: How `open_mailbox` opens each backend (`backend_of`).
+_OPENERS: dict[str, Callable[[str, str, dict[str, Any], _FileOptions], Mailbox]] = {
+    "redis": _open_redis,
+    "memory": _open_memory,
+    "file": _open_file_url,
+}
 
 
 def registry_for(
     root: str | os.PathLike[str], url: str | None, file_mode: int = 0o600
 ) -> SubscriptionRegistry:
     """The durable subscriptions that go with the mailboxes at ``url`` (None: files under ``root``)."""
-    kind = backend_of(url)
-    if url is not None and kind == "redis":
-        from .redis.subscriptions import RedisSubscriptions
-
-        return RedisSubscriptions(url)
-    if url is not None and kind == "memory":
-        from .memory import MemorySubscriptions
-
-        return MemorySubscriptions(url[len("memory://") :])
+    opener = _REGISTRIES.get(backend_of(url))
+    if url is not None and opener is not None:
+        return opener(url)
     from .file.subscriptions import FileSubscriptions
 
     return FileSubscriptions(root, file_mode)
+
+
+def _redis_registry(url: str) -> SubscriptionRegistry:
+    from .redis.subscriptions import RedisSubscriptions
+
+    return RedisSubscriptions(url)
+
+
+def _memory_registry(url: str) -> SubscriptionRegistry:
+    from .memory import MemorySubscriptions
+
+    return MemorySubscriptions(url[len("memory://") :])
+
+
+#: How `registry_for` opens the subscriptions of the backends that are not files (`backend_of`).
+_REGISTRIES: dict[str, Callable[[str], SubscriptionRegistry]] = {
+    "redis": _redis_registry,
+    "memory": _memory_registry,
+}

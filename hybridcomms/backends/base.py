@@ -103,8 +103,11 @@ __all__ = [
     "check_retention",
     "common_options",
     "expiry_reason",
+    "nack_wait",
+    "purged_state",
     "put_once",
     "requeue_each",
+    "requeue_source",
     "set_common_options",
     "text_of",
 ]
@@ -197,13 +200,9 @@ class RecoveryReport:
     busy: bool = False  # another recovery pass held the mailbox: this one did nothing
 
     def __bool__(self) -> bool:
-        return bool(
-            self.returned
-            or self.expired
-            or self.dead
-            or self.tmp_removed
-            or self.records_removed
-            or self.errors
+        """Whether the pass did anything (or found something wrong)."""
+        return any(
+            (self.returned, self.expired, self.dead, self.tmp_removed, self.records_removed, self.errors)
         )
 
 
@@ -428,19 +427,40 @@ def check_agent_id(agent_id: object) -> str:
         raise InvalidAgentIdError(f"agent id must be a string, not {type(agent_id).__name__}")
     if not AGENT_ID_RE.match(agent_id):
         shown = agent_id if len(agent_id) <= 40 else agent_id[:40] + "…"
-        hint = ""
-        if " " in agent_id and AGENT_ID_RE.match(agent_id.replace(" ", "-")):
-            # Dream.OS created folders like "Agent 1": say how to move such an agent over.
-            hint = (
-                f"; to move a Dream.OS agent {shown!r} over, rename its folder to "
-                f"{agent_id.replace(' ', '-')!r} (and the id its senders use), then run "
-                "'hybridcomms migrate' (docs/compatibility.md, agent ids)"
-            )
         raise InvalidAgentIdError(
             f"unsafe agent id {shown!r}: use 1-128 of A-Z a-z 0-9 _ . @ + -, "
-            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)" + hint
+            "starting with a letter or digit (no '/', '..', leading dot, spaces or control characters)"
+            + _migration_hint(agent_id, shown)
         )
     return agent_id
+
+
+def _migration_hint(agent_id: str, shown: str) -> str:
+    """How to move over a Dream.OS agent whose unsafe id is safe once its spaces are dashes (Dream.OS
+    created folders like "Agent 1"); empty for any other id."""
+    if " " in agent_id and AGENT_ID_RE.match(agent_id.replace(" ", "-")):
+        return (
+            f"; to move a Dream.OS agent {shown!r} over, rename its folder to "
+            f"{agent_id.replace(' ', '-')!r} (and the id its senders use), then run "
+            "'hybridcomms migrate' (docs/compatibility.md, agent ids)"
+        )
+    return ""
+
+
+def requeue_source(from_state: State | str) -> State:
+    """The state ``requeue`` takes messages from: dead or done (ValueError for any other)."""
+    src = State(from_state)
+    if src not in (State.DEAD, State.DONE):
+        raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+    return src
+
+
+def purged_state(state: State | str) -> State:
+    """The state ``purge`` empties: done or dead (ValueError for any other)."""
+    st = State(state)
+    if st not in (State.DONE, State.DEAD):
+        raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+    return st
 
 
 def common_options(mailbox: Any) -> dict[str, Any]:
@@ -464,27 +484,37 @@ def requeue_each(
     per id (the backends whose `requeue` finds a message by id in one call)."""
     src = State(from_state)
     moved: builtins.list[str] = []
-    for n, key in enumerate(dict.fromkeys(i.id or i.name for i in mailbox.list(src)), 1):
+    for n, key in enumerate(_keys_listed(mailbox, src), 1):
         moved += mailbox.requeue(key, from_state=src, reset_attempts=reset_attempts)
         if step is not None:
             step(n)
     return moved
 
 
+def _keys_listed(mailbox: Mailbox, state: State) -> builtins.list[str]:
+    """The messages listed in ``state``, once per id (by name, those without one), in listing order."""
+    return builtins.list(dict.fromkeys(i.id or i.name for i in mailbox.list(state)))
+
+
 def set_common_options(
     mailbox: Any, lease: float, max_attempts: int, backoff: Backoff, max_message_size: int
 ) -> None:
     """Check and set the options every backend takes (`hybridcomms.backends`), the same way."""
+    _check_common_options(lease, max_attempts, max_message_size)
+    mailbox.lease = float(lease)
+    mailbox.max_attempts = int(max_attempts)
+    mailbox.backoff = backoff
+    mailbox.max_message_size = int(max_message_size)
+
+
+def _check_common_options(lease: float, max_attempts: int, max_message_size: int) -> None:
+    """Raise ValueError for a lease, attempts or size that no mailbox can work with."""
     if lease <= 0:
         raise ValueError("lease must be > 0 seconds")
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     if max_message_size < 1:
         raise ValueError("max_message_size must be >= 1")
-    mailbox.lease = float(lease)
-    mailbox.max_attempts = int(max_attempts)
-    mailbox.backoff = backoff
-    mailbox.max_message_size = int(max_message_size)
 
 
 def check_delay(delay: float | None) -> float:
@@ -496,6 +526,12 @@ def check_delay(delay: float | None) -> float:
     if not 0.0 <= delay <= MAX_DELAY:  # NaN fails this too
         raise ValueError(f"delay must be 0 to {MAX_DELAY:.0f} seconds, not {delay!r}")
     return float(delay)
+
+
+def nack_wait(backoff: Backoff, attempt: int, delay: float | None) -> float:
+    """How long a message nacked after ``attempt`` waits (seconds): ``delay`` if one is given (0 at
+    least), else the backoff's (the same on every backend)."""
+    return max(backoff.delay(attempt) if delay is None else delay, 0.0)
 
 
 def expiry_reason(message: Message, attempts: int, name: str) -> dict[str, Any]:

@@ -42,7 +42,10 @@ from .base import (
     check_retention,
     common_options,
     expiry_reason,
+    nack_wait,
+    purged_state,
     requeue_each,
+    requeue_source,
     set_common_options,
     text_of,
 )
@@ -94,6 +97,14 @@ class _Box:
     def new_entries(self) -> list[_Entry]:
         return [e for heap in self.new.values() for _, _, e in heap]
 
+    def held(self, state: State) -> dict[int, _Entry] | None:
+        """The entries in processing, done or dead (``state``) by seq; None for another state."""
+        return {State.PROCESSING: self.processing, State.DONE: self.done, State.DEAD: self.dead}.get(state)
+
+    def settled(self, state: State) -> dict[int, _Entry]:
+        """The entries done or dead (``state``), by seq."""
+        return self.done if state is State.DONE else self.dead
+
 
 class MemoryMailbox:
     """One agent's mailbox in memory (see the module docstring).
@@ -132,15 +143,20 @@ class MemoryMailbox:
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
         self.store = store
-        with self._stores_lock:
-            boxes = self._stores.setdefault(store, {})
-            box = boxes.get(self.agent_id)
+        self._box = self._box_of(store, self.agent_id, create)
+        self._closed = False
+
+    @classmethod
+    def _box_of(cls, store: str, agent_id: str, create: bool) -> _Box:
+        """The messages of ``agent_id`` in ``store``, made if missing (MailboxIOError unless ``create``)."""
+        with cls._stores_lock:
+            boxes = cls._stores.setdefault(store, {})
+            box = boxes.get(agent_id)
             if box is None:
                 if not create:
-                    raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} in memory://{store}")
-                box = boxes[self.agent_id] = _Box()
-        self._box = box
-        self._closed = False
+                    raise MailboxIOError(errno.ENOENT, f"no mailbox {agent_id!r} in memory://{store}")
+                box = boxes[agent_id] = _Box()
+            return box
 
     @classmethod
     def named(cls, store: str, agent_id: str, **options: Any) -> MemoryMailbox:
@@ -255,8 +271,8 @@ class MemoryMailbox:
         if remaining <= 0 or self._closed:
             return False
         seen = box.wakeups
-        box.cond.wait(remaining if next_due is None else min(remaining, max(next_due - now, 0.001)))
-        return box.wakeups == seen or cancel is None or not cancel.is_set()
+        box.cond.wait(_wait_time(remaining, next_due, now))
+        return box.wakeups == seen or not _cancelled(cancel)
 
     def wake(self) -> None:
         box = self._box
@@ -294,13 +310,19 @@ class MemoryMailbox:
         with box.cond:
             entry = self._held(d)
             del box.processing[entry.seq]
-            now = time.time()
-            entry.owner, entry.entered = None, now
-            entry.due = now + max(self.backoff.delay(d.attempt) if delay is None else delay, 0.0)
-            if error is not None:
-                entry.last_error = LastError(text_of(error), d.attempt, now)
-            box.push(entry)
+            self._wait_again(box, entry, nack_wait(self.backoff, d.attempt, delay), error, d.attempt)
         return State.NEW
+
+    @staticmethod
+    def _wait_again(box: _Box, entry: _Entry, wait: float, error: str | None, attempt: int) -> None:
+        """(Under the lock.) A nacked entry back to new, due in ``wait`` seconds, with the ``error``
+        of its ``attempt`` (if one is given) as its last error."""
+        now = time.time()
+        entry.owner, entry.entered = None, now
+        entry.due = now + wait
+        if error is not None:
+            entry.last_error = LastError(text_of(error), attempt, now)
+        box.push(entry)
 
     def settle_dead(self, d: MemoryDelivery, reason: str, error: str | None) -> None:
         box = self._check()
@@ -343,36 +365,35 @@ class MemoryMailbox:
         report = RecoveryReport()
         with box.cond:
             for entry in builtins.list(box.processing.values()):
-                owner = entry.owner() if entry.owner is not None else None
-                died = owner is None  # dropped unsettled: its consumer is gone
-                if not died and entry.lease_until > judged:
-                    continue
-                del box.processing[entry.seq]
-                why = "its consumer died" if died else f"its lease of {self.lease:g}s expired"
-                if attempts_used_up(entry.attempt, self.max_attempts):
-                    why = f"{why} during attempt {entry.attempt} of {self.max_attempts}"
-                    self._to_dead(entry, self._reason(entry, why, None))
-                    report.dead.append(entry.id)
-                    continue
-                entry.owner, entry.entered = None, time.time()
-                entry.due = time.time() + self.backoff.delay(max(entry.attempt, 1))
-                box.push(entry)
-                (report.returned if died else report.expired).append(entry.id)
+                died = _holder_died(entry)
+                if died or entry.lease_until <= judged:
+                    self._take_back(box, entry, died, report)
         return report
+
+    def _take_back(self, box: _Box, entry: _Entry, died: bool, report: RecoveryReport) -> None:
+        """(Under the lock.) ``entry``, whose consumer ``died`` or whose lease expired, back to new
+        after the backoff, or to the dead letters past ``max_attempts``; said in ``report``."""
+        del box.processing[entry.seq]
+        why = "its consumer died" if died else f"its lease of {self.lease:g}s expired"
+        if attempts_used_up(entry.attempt, self.max_attempts):
+            why = f"{why} during attempt {entry.attempt} of {self.max_attempts}"
+            self._to_dead(entry, self._reason(entry, why, None))
+            report.dead.append(entry.id)
+            return
+        entry.owner, entry.entered = None, time.time()
+        entry.due = time.time() + self.backoff.delay(max(entry.attempt, 1))
+        box.push(entry)
+        (report.returned if died else report.expired).append(entry.id)
 
     # -- inspection and repair ----------------------------------------------------------------------
 
     def _entries(self, state: State) -> builtins.list[_Entry]:
+        """(Under the lock.) The entries in ``state`` (none in tmp)."""
         box = self._box
         if state is State.NEW:
             return box.new_entries()
-        if state is State.PROCESSING:
-            return builtins.list(box.processing.values())
-        if state is State.DONE:
-            return builtins.list(box.done.values())
-        if state is State.DEAD:
-            return builtins.list(box.dead.values())
-        return []
+        held = box.held(state)
+        return [] if held is None else builtins.list(held.values())
 
     @staticmethod
     def _info(state: State, e: _Entry) -> MessageInfo:
@@ -399,9 +420,17 @@ class MemoryMailbox:
         box = self._check()
         with box.cond:
             for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-                for e in sorted(self._entries(st), key=_Entry.key):
-                    if message_id in (e.id, e.name):
-                        return self._info(st, e)
+                found = self._find_in(st, message_id)
+                if found is not None:
+                    return found
+        return None
+
+    def _find_in(self, state: State, message_id: str) -> MessageInfo | None:
+        """(Under the lock.) The message ``message_id`` (an id or a name) in ``state``, the first in
+        due order; None if it is not there."""
+        for e in sorted(self._entries(state), key=_Entry.key):
+            if message_id in (e.id, e.name):
+                return self._info(state, e)
         return None
 
     def read(self, info: MessageInfo) -> Message:
@@ -427,33 +456,24 @@ class MemoryMailbox:
     def requeue(
         self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
     ) -> builtins.list[str]:
-        src = State(from_state)
-        if src not in (State.DEAD, State.DONE):
-            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+        src = requeue_source(from_state)
         box = self._check()
         out: builtins.list[str] = []
         with box.cond:
-            held = box.dead if src is State.DEAD else box.done
+            held = box.settled(src)
             for seq, e in builtins.list(held.items()):
-                if message_id not in (e.id, e.name):
-                    continue
-                del held[seq]
-                now = time.time()
-                e.due, e.entered, e.reason = now, now, None
-                if reset_attempts:
-                    e.attempt = 0
-                box.push(e)
-                out.append(e.name)
+                if message_id in (e.id, e.name):
+                    del held[seq]
+                    _back_to_new(box, e, reset_attempts)
+                    out.append(e.name)
         return out
 
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
-        st = State(state)
-        if st not in (State.DONE, State.DEAD):
-            raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+        st = purged_state(state)
         box = self._check()
         cutoff = time.time() - older_than
         with box.cond:
-            held = box.done if st is State.DONE else box.dead
+            held = box.settled(st)
             gone = [seq for seq, e in held.items() if e.entered <= cutoff]
             for seq in gone:
                 del held[seq]
@@ -463,13 +483,47 @@ class MemoryMailbox:
         box = self._check()
         now = time.time()
         with box.cond:
-            states = {}
-            for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-                entries = self._entries(st)
-                oldest = min((e.entered for e in entries), default=None)
-                states[st] = StateStats(len(entries), None if oldest is None else max(now - oldest, 0.0))
+            states = {
+                st: _state_stats(self._entries(st), now)
+                for st in (State.NEW, State.PROCESSING, State.DONE, State.DEAD)
+            }
             delayed = sum(1 for e in box.new_entries() if e.due > now)
         return MailboxStats(self.agent_id, states, delayed)
+
+
+def _state_stats(entries: builtins.list[_Entry], now: float) -> StateStats:
+    """The count of ``entries`` and the age of the oldest (None if there is none)."""
+    oldest = min((e.entered for e in entries), default=None)
+    return StateStats(len(entries), None if oldest is None else max(now - oldest, 0.0))
+
+
+def _back_to_new(box: _Box, entry: _Entry, reset_attempts: bool) -> None:
+    """(Under the lock.) A requeued entry back to new, due now, its reason forgotten."""
+    now = time.time()
+    entry.due, entry.entered, entry.reason = now, now, None
+    if reset_attempts:
+        entry.attempt = 0
+    box.push(entry)
+
+
+def _holder_died(entry: _Entry) -> bool:
+    """Whether the delivery holding ``entry`` was dropped unsettled (its consumer is gone)."""
+    return entry.owner is None or entry.owner() is None
+
+
+def _wait_time(remaining: float, next_due: float | None, now: float) -> float:
+    """How long a claim waits: ``remaining`` at most, until the next message is due if one is."""
+    return remaining if next_due is None else min(remaining, max(next_due - now, 0.001))
+
+
+def _cancelled(cancel: threading.Event | None) -> bool:
+    """Whether a claim's ``cancel`` is given and set."""
+    return cancel is not None and cancel.is_set()
+
+
+def _matches_any(patterns: list[str], topic: str) -> bool:
+    """Whether one of ``patterns`` matches ``topic``."""
+    return any(pattern_matches(p, topic) for p in patterns)
 
 
 class MemoryDelivery(SettledByMailbox):
@@ -500,7 +554,7 @@ class MemorySubscriptions:
     def subscribers(self, topic: str) -> list[str]:
         with self._lock:
             agents = self._stores.get(self.store, {})
-            return sorted(a for a, ps in agents.items() if any(pattern_matches(p, topic) for p in ps))
+            return sorted(a for a, ps in agents.items() if _matches_any(ps, topic))
 
     @classmethod
     def forget_store(cls, store: str) -> None:

@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _log
 from ..message import pattern_matches
@@ -219,6 +219,21 @@ def _topic_of(value: object) -> str:
     return value
 
 
+_C = TypeVar("_C", bound=Callable[..., Any])
+
+
+def _without_callable(callables: tuple[_C, ...], gone: _C) -> tuple[_C, ...]:
+    """``callables`` without ``gone`` (the same object, or one equal to it: a bound method)."""
+    return tuple(c for c in callables if c is not gone and c != gone)
+
+
+def _awaitable(
+    future: asyncio.Future[None] | concurrent.futures.Future[None],
+) -> asyncio.Future[None]:
+    """A handler's run as this loop awaits it (one on another thread's loop wrapped)."""
+    return future if isinstance(future, asyncio.Future) else asyncio.wrap_future(future)
+
+
 def _star_misplaced(pattern: str) -> bool:
     """Whether a '*' stands elsewhere than as the whole pattern or as a last '.*'."""
     star = pattern.find("*")
@@ -266,10 +281,7 @@ class PublishResult:
 
     async def _wait_async(self) -> PublishResult:
         if self._pending:
-            await asyncio.gather(
-                *(f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f) for f in self._pending),
-                return_exceptions=True,
-            )
+            await asyncio.gather(*(_awaitable(f) for f in self._pending), return_exceptions=True)
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -334,11 +346,7 @@ class AgentBus:
             sub = Subscription(pattern, handler, f"sub-{seq}", seq, _is_async(handler))
             self._by_key[(pattern, handler)] = sub
             self._by_id[sub.id] = sub
-            if pattern == "*":
-                self._all = (*self._all, sub)
-            else:
-                table, key = self._table_of(pattern)
-                table[key] = (*table.get(key, ()), sub)
+            self._index(sub)
             self._cache = {}
         self._changed()
         return sub
@@ -364,6 +372,14 @@ class AgentBus:
         if handler is not None:
             return self._by_key.get((_topic_of(subscription), handler))
         return self._by_id.get(_topic_of(subscription))
+
+    def _index(self, sub: Subscription) -> None:
+        """(Under the lock.) Put ``sub`` in the table of its pattern's kind, after those there."""
+        if sub.pattern == "*":
+            self._all = (*self._all, sub)
+            return
+        table, key = self._table_of(sub.pattern)
+        table[key] = (*table.get(key, ()), sub)
 
     def _unindex(self, sub: Subscription) -> None:
         """(Under the lock.) Take ``sub`` out of the table of its pattern's kind."""
@@ -402,7 +418,7 @@ class AgentBus:
 
     def remove_outlet(self, outlet: Callable[[Event], None]) -> None:
         with self._lock:
-            self._outlets = tuple(o for o in self._outlets if o is not outlet and o != outlet)
+            self._outlets = _without_callable(self._outlets, outlet)
 
     def add_watcher(self, watcher: Callable[[], None]) -> None:
         """Call ``watcher()`` after every subscribe and unsubscribe."""
@@ -411,7 +427,7 @@ class AgentBus:
 
     def remove_watcher(self, watcher: Callable[[], None]) -> None:
         with self._lock:
-            self._watchers = tuple(w for w in self._watchers if w is not watcher and w != watcher)
+            self._watchers = _without_callable(self._watchers, watcher)
 
     def _changed(self) -> None:
         for watcher in self._watchers:
@@ -555,20 +571,28 @@ class AgentBus:
     def _schedule(
         self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
     ) -> None:
-        received = event.origin is not None
-        if received:
-            cost: tuple[int, int] = getattr(result, "_cost", (0, UNKNOWN_SENDER))
-            if not self._admit(*cost):  # a flood from other processes: this run is not started
-                _not_started(awaitable, result)
-                return
+        """Start the run of an async handler (`_guarded`); one for an event from another process
+        within the bounds only (`_schedule_received`)."""
+        if event.origin is not None:
+            self._schedule_received(awaitable, event, sub, result)
+            return
+        result._pending.append(self._start(self._guarded(awaitable, event, sub, result)))
+
+    def _schedule_received(
+        self, awaitable: Awaitable[Any], event: Event, sub: Subscription, result: PublishResult
+    ) -> None:
+        """Start the run of an async handler of a received event if it may start (`_admit`), counted
+        until it ends, however it ends (done, failed, cancelled); else it is not started."""
+        cost: tuple[int, int] = getattr(result, "_cost", (0, UNKNOWN_SENDER))
+        if not self._admit(*cost):  # a flood from other processes: this run is not started
+            _not_started(awaitable, result)
+            return
         try:
             future = self._start(self._guarded(awaitable, event, sub, result))
         except BaseException:
-            if received:
-                self._run_ended(cost)
+            self._run_ended(cost)
             raise
-        if received:  # counted until it ends, however it ends (done, failed, cancelled)
-            future.add_done_callback(lambda _future: self._run_ended(cost))
+        future.add_done_callback(lambda _future: self._run_ended(cost))
         result._pending.append(future)
 
     async def _guarded(

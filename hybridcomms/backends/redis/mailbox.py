@@ -91,7 +91,10 @@ from ..base import (
     check_retention,
     common_options,
     expiry_reason,
+    nack_wait,
+    purged_state,
     requeue_each,
+    requeue_source,
     set_common_options,
     text_of,
 )
@@ -180,20 +183,37 @@ def _io_error(exc: Exception, url: str, what: str) -> MailboxIOError:
     return MailboxIOError(errno.EIO, f"{what} failed: {exc}")
 
 
-def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
-    """The agents that have a mailbox on the Redis at ``url``."""
+def _client(url: str) -> Any:
+    """A client of the Redis at ``url`` (typed loosely: the stubs do not know RESP replies);
+    ValueError if it is not a usable Redis URL."""
     try:
-        client: Any = redis.Redis.from_url(url)
+        return redis.Redis.from_url(url)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not a usable Redis URL {shown_url(url)}: {exc}") from None
+
+
+def _agent_of_key(key: bytes | str) -> str | None:
+    """The agent a stream key names between its braces (``hc:{<agent>}:s:…``), if it names one."""
+    text = _s(key)
+    start, end = text.find("{"), text.find("}")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
+def _agents_of(client: Any, namespace: str) -> builtins.list[str]:
+    """The agents with a stream of ``namespace`` on the server of ``client``, sorted."""
+    found: set[str] = set()
+    for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
+        agent = _agent_of_key(key)
+        if agent is not None:
+            found.add(agent)
+    return sorted(found)
+
+
+def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
+    """The agents that have a mailbox on the Redis at ``url``."""
+    client = _client(url)
     try:
-        found = set()
-        for key in client.scan_iter(match=f"{namespace}:{{*}}:s:*", count=1000):
-            text = _s(key)
-            start, end = text.find("{"), text.find("}")
-            if 0 <= start < end:
-                found.add(text[start + 1 : end])
-        return sorted(found)
+        return _agents_of(client, namespace)
     except redis.RedisError as exc:
         raise _io_error(exc, url, f"listing the mailboxes on {shown_url(url)}") from exc
     except TypeError as exc:  # an option in the URL's query that the client does not take
@@ -204,12 +224,47 @@ def redis_agents(url: str, namespace: str = "hc") -> builtins.list[str]:
 
 def _check_trimming(maxlen: int | None, max_age: float | None) -> None:
     """``maxlen`` and ``max_age`` are usable (at most one of them: Redis trims one way at a time)."""
-    if maxlen is not None and maxlen < 1:
-        raise ValueError("maxlen must be >= 1")
-    if maxlen is not None and max_age is not None:
-        raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
+    if maxlen is not None:
+        _check_maxlen(maxlen, max_age)
     if max_age is not None and max_age <= 0:
         raise ValueError("max_age must be > 0 seconds")
+
+
+def _check_maxlen(maxlen: int, max_age: float | None) -> None:
+    """A ``maxlen`` given is usable: 1 at least, and not beside a ``max_age``."""
+    if maxlen < 1:
+        raise ValueError("maxlen must be >= 1")
+    if max_age is not None:
+        raise ValueError("give maxlen or max_age, not both (Redis trims a stream one way at a time)")
+
+
+def _oversize(f: dict[str, bytes], raw: bytes, limit: int) -> str:
+    """Why an entry's message ``raw`` or the entry's fields ``f`` are over ``limit`` (the mailbox's
+    max_message_size, and `_MAX_OVERHEAD` for the fields); empty if they are not."""
+    if len(raw) > limit:
+        return f"its message is {len(raw)} bytes, over max_message_size ({limit})"
+    size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
+    if size > limit + _MAX_OVERHEAD:
+        return f"the entry is {size} bytes, over max_message_size ({limit}) and its fields"
+    return ""
+
+
+def _check_reclaim_every(reclaim_every: float | None) -> None:
+    """``reclaim_every`` is usable: None (the default) or a number of seconds, 0 for never."""
+    if reclaim_every is not None and reclaim_every < 0:
+        raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
+
+
+def _without_group(groups: Any) -> bool:
+    """Whether a stream's XINFO GROUPS reply (an error if there is no stream) lacks the group."""
+    return isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups)
+
+
+def _raise_unless_no_stream(found: Any) -> None:
+    """Raise the error of a stream's XINFO GROUPS (``found``) unless it says there is no stream yet:
+    not a stream (WRONGTYPE), or the server said no."""
+    if isinstance(found, redis.ResponseError) and "no such key" not in str(found).lower():
+        raise found
 
 
 def _json_object(packed: Any) -> dict[str, Any]:
@@ -277,21 +332,14 @@ class RedisMailbox:
         set_common_options(self, lease, max_attempts, backoff, max_message_size)
         self.done_retention = check_retention(done_retention)
         _check_trimming(maxlen, max_age)
-        if reclaim_every is not None and reclaim_every < 0:
-            raise ValueError("reclaim_every must be >= 0 seconds (0: never)")
+        _check_reclaim_every(reclaim_every)
         self.max_age = max_age
         self.url = url
         self.namespace = namespace
         self.maxlen = maxlen
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        base = f"{namespace}:{{{self.agent_id}}}"
-        self._streams = [f"{base}:s:{rank}" for rank in RANKS]
-        self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
-        self._done, self._dead = f"{base}:done", f"{base}:dead"
-        try:  # typed loosely: the stubs do not know RESP replies
-            self._r: Any = redis.Redis.from_url(url)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"not a usable Redis URL {shown_url(self.url)}: {exc}") from None
+        self._name_keys()
+        self._r: Any = _client(url)
         self._closed = False
         self._blockers: dict[int, tuple[Any, int]] = {}  # thread id -> (its blocking client, client id)
         self._blockers_lock = threading.Lock()
@@ -304,6 +352,19 @@ class RedisMailbox:
         #: Where the entries of the last listing are ({state: {name: (key, entry id or delayed token)}}),
         #: so `read` fetches one entry instead of listing again.
         self._where: dict[State, dict[str, tuple[str, str]]] = {}
+        self._open(create)
+
+    def _name_keys(self) -> None:
+        """The keys of the mailbox, all in one hash slot (``{agent}``): a stream per priority, the
+        delayed set and its data, done and dead."""
+        base = f"{self.namespace}:{{{self.agent_id}}}"
+        self._streams = [f"{base}:s:{rank}" for rank in RANKS]
+        self._delayed, self._delayed_data = f"{base}:delayed", f"{base}:delayed:data"
+        self._done, self._dead = f"{base}:done", f"{base}:dead"
+
+    def _open(self, create: bool) -> None:
+        """Open the mailbox on the server (`_open_groups`, `_load_scripts`); the client is closed if
+        that fails."""
         try:
             self._open_groups(create)
             self._load_scripts()
@@ -330,22 +391,31 @@ class RedisMailbox:
     def _open_groups(self, create: bool) -> None:
         """Make the consumer group on each priority's stream where it is missing. Looks first (reads
         only): a server at ``maxmemory`` refuses writes, and a mailbox that exists must still open."""
+        found = self._groups_of_streams()
+        if not create:
+            self._check_exists(found)
+        for stream, groups in zip(self._streams, found, strict=True):
+            if _without_group(groups):
+                self._make_group(stream, groups)
+
+    def _groups_of_streams(self) -> builtins.list[Any]:
+        """The XINFO GROUPS reply of each priority's stream (an error where there is no stream), in
+        one round trip."""
         pipe = self._r.pipeline(transaction=False)
         for stream in self._streams:
             pipe.xinfo_groups(stream)
-        found = pipe.execute(raise_on_error=False)
-        exists = [not isinstance(groups, Exception) for groups in found]
-        if not create and not any(exists):
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    def _check_exists(self, found: builtins.list[Any]) -> None:
+        """Raise `MailboxIOError` (ENOENT) if no priority's stream exists (``found``: their XINFO
+        GROUPS replies, an error where there is no stream)."""
+        if all(isinstance(groups, Exception) for groups in found):
             raise MailboxIOError(errno.ENOENT, f"no mailbox {self.agent_id!r} at {shown_url(self.url)}")
-        for stream, groups in zip(self._streams, found, strict=True):
-            if isinstance(groups, Exception) or not any(_s(g["name"]) == GROUP for g in groups):
-                self._make_group(stream, groups)
 
     def _make_group(self, stream: str, found: Any) -> None:
         """Make the consumer group of ``stream``, whose XINFO GROUPS gave ``found`` (an error if there
         is no stream yet); one made meanwhile by another process is fine."""
-        if isinstance(found, redis.ResponseError) and "no such key" not in str(found).lower():
-            raise found  # not a stream (WRONGTYPE), or the server said no
+        _raise_unless_no_stream(found)
         try:
             self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -408,28 +478,41 @@ class RedisMailbox:
         if not batch:
             return []
         try:
-            if wait:  # not due yet: into the delayed set, as a nacked message waits (one MULTI/EXEC)
-                pipe = self._r.pipeline(transaction=True)
-                for _, i, fields in batch:
-                    token = f"{int(time.time() * 1000)}-p{uuid.uuid4().hex}:0"
-                    pipe.hset(self._delayed_data, token, self._packed(i, fields["m"], 0, fields, None))
-                    pipe.zadd(self._delayed, {token: fields["d"]})
-                pipe.execute()
-            elif len(batch) == 1:
-                _, i, fields = batch[0]
-                trim = self._trim()
-                roundtrip(self._r, pack(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
-            else:
-                pipe = self._r.pipeline(transaction=True)
-                for _, i, fields in batch:
-                    if self.max_age is not None:
-                        pipe.xadd(self._streams[i], fields, minid=self._trim()[2], approximate=True)
-                    else:
-                        pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
-                pipe.execute()
+            self._store(batch, wait)
         except redis.RedisError as exc:
             raise self._error(exc, "put") from exc
         return [m.id for m, _, _ in batch]
+
+    def _store(self, batch: builtins.list[tuple[Message, int, dict[str, Any]]], wait: float) -> None:
+        """Store the encoded ``batch`` (message, priority index, fields) all at once: delayed if it
+        waits (`_store_delayed`), else one ``XADD`` for one message, one ``MULTI``/``EXEC`` for several."""
+        if wait:
+            self._store_delayed(batch)
+        elif len(batch) == 1:
+            _, i, fields = batch[0]
+            trim = self._trim()
+            roundtrip(self._r, pack(["XADD", self._streams[i], *trim, "*", *_flat(fields)]))
+        else:
+            self._store_in_streams(batch)
+
+    def _store_delayed(self, batch: builtins.list[tuple[Message, int, dict[str, Any]]]) -> None:
+        """Not due yet: into the delayed set, as a nacked message waits (one MULTI/EXEC)."""
+        pipe = self._r.pipeline(transaction=True)
+        for _, i, fields in batch:
+            token = f"{int(time.time() * 1000)}-p{uuid.uuid4().hex}:0"
+            pipe.hset(self._delayed_data, token, self._packed(i, fields["m"], 0, fields, None))
+            pipe.zadd(self._delayed, {token: fields["d"]})
+        pipe.execute()
+
+    def _store_in_streams(self, batch: builtins.list[tuple[Message, int, dict[str, Any]]]) -> None:
+        """Several messages due now: each into its priority's stream, trimmed (one MULTI/EXEC)."""
+        pipe = self._r.pipeline(transaction=True)
+        for _, i, fields in batch:
+            if self.max_age is not None:
+                pipe.xadd(self._streams[i], fields, minid=self._trim()[2], approximate=True)
+            else:
+                pipe.xadd(self._streams[i], fields, maxlen=self.maxlen, approximate=True)
+        pipe.execute()
 
     # -- claim ----------------------------------------------------------------------------------
 
@@ -530,10 +613,21 @@ class RedisMailbox:
         other one read with it goes back."""
         if cancel is not None and cancel.is_set():
             return None
+        got = self._read_blocking(self._blocking_client(), self._xreadgroup(seconds))
+        if not got:
+            return None
+        return self._keep_best(self._entries_read(got))
+
+    def _blocking_client(self) -> Any:
+        """This thread's client for blocking reads (`_blocker`); its errors as the mailbox's."""
         try:
-            client = self._blocker()
+            return self._blocker()
         except redis.RedisError as exc:
             raise self._error(exc, "claim") from exc
+
+    def _xreadgroup(self, seconds: float) -> Any:
+        """The packed ``XREADGROUP`` of one new entry of any stream, blocking ``seconds`` at most
+        (`_MAX_BLOCK` at most, 1 ms at least)."""
         block_ms = max(1, int(min(seconds, _MAX_BLOCK) * 1000))
         head: builtins.list[Any] = [
             "XREADGROUP",
@@ -545,11 +639,10 @@ class RedisMailbox:
             "BLOCK",
             block_ms,
         ]
-        packed = pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
-        got = self._read_blocking(client, packed)
-        if not got:
-            return None
-        entries = self._entries_read(got)
+        return pack([*head, "STREAMS", *self._streams, *(">" for _ in self._streams)])
+
+    def _keep_best(self, entries: builtins.list[tuple[int, Any, Any]]) -> RedisDelivery | None:
+        """The delivery of the best of the ``entries`` read (highest priority first); the others go back."""
         if len(entries) > 1:
             self._found_nothing = False  # several priorities wait: the next claim scans, in order
             self._release(entries[1:])
@@ -606,10 +699,7 @@ class RedisMailbox:
         name = make_name(RANKS[i], compact_time(_due_ms(f, eid) / 1000), message.id, attempt)
         kept = _last_error_of(f.get("e"))
         if message.expires is not None and message.expired():  # never handed out: to the dead letters
-            why = expiry_reason(message, attempt - 1, name)
-            if kept is not None:
-                why.update(last_error=kept.error, last_error_attempt=kept.attempt)
-            self._bury_entry(i, eid, why, attempt - 1)
+            self._bury_expired(i, eid, message, name, attempt - 1, kept)
             return None
         return RedisDelivery(self, i, eid, name, message, attempt, f["m"], f.get("e"), kept)
 
@@ -622,15 +712,22 @@ class RedisMailbox:
             return None, "it has no message (field m)"
         if before is None:
             return None, "its attempt count (field a) is not a count"
-        if len(raw) > limit:
-            return None, f"its message is {len(raw)} bytes, over max_message_size ({limit})"
-        size = sum(len(k) + len(v) for k, v in f.items() if isinstance(v, bytes))
-        if size > limit + _MAX_OVERHEAD:
-            return None, f"the entry is {size} bytes, over max_message_size ({limit}) and its fields"
+        oversize = _oversize(f, raw, limit)
+        if oversize:
+            return None, oversize
         try:
             return Message.decode(raw), ""
         except MessageDecodeError as exc:
             return None, f"cannot be decoded: {exc.reason}"
+
+    def _bury_expired(
+        self, i: int, entry_id: str, message: Message, name: str, attempts: int, kept: LastError | None
+    ) -> None:
+        """An entry whose message expired, to the dead letters, with the last error it kept."""
+        why = expiry_reason(message, attempts, name)
+        if kept is not None:
+            why.update(last_error=kept.error, last_error_attempt=kept.attempt)
+        self._bury_entry(i, entry_id, why, attempts)
 
     def _bury_entry(self, i: int, entry_id: str, why: dict[str, Any], attempts: int) -> None:
         """An entry this client holds, to the dead letters with ``why`` (claim: it is not deliverable)."""
@@ -674,14 +771,11 @@ class RedisMailbox:
         if attempts_used_up(d.attempt, self.max_attempts):
             self.settle_dead(d, f"failed {d.attempt} of {self.max_attempts} attempts", error)
             return State.DEAD
-        wait = self.backoff.delay(d.attempt) if delay is None else max(delay, 0.0)
         now = time.time()
-        due_ms = int((now + wait) * 1000)
+        due_ms = int((now + nack_wait(self.backoff, d.attempt, delay)) * 1000)
         # Entry ids are per stream (two priorities may hold the same one): the rank makes it one entry's.
         token = f"{d.entry_id}:{RANKS[d._rank_index]}:{d.attempt}"
-        kept = d._kept_raw
-        if error is not None:
-            kept = orjson.dumps({"error": text_of(error), "attempt": d.attempt, "failed_at": int(now * 1000)})
+        kept = d._kept_raw if error is None else _error_record(error, d.attempt, now)
         fields = {"id": d.message.id, "t": d.message.topic, "d": due_ms}
         packed = self._packed(d._rank_index, d._raw, d.attempt, fields, kept)
         stream = self._streams[d._rank_index]
@@ -743,37 +837,54 @@ class RedisMailbox:
         after the backoff, or to the dead letters past ``max_attempts``. Atomic per batch, so two
         recoverers never take the same entry."""
         self._check()
-        real = time.time()
-        ahead = 0.0 if now is None else now - real
-        min_idle = max(int((self.lease - ahead) * 1000), 0)
-        delays = [int(self.backoff.delay(n) * 1000) for n in range(1, _RECOVER_DELAYS + 1)]
+        args = self._recover_args(now)
         report = RecoveryReport()
-        why = f"its lease of {self.lease:g}s expired"
         try:
-            while True:
-                got = self._recover_script(
-                    keys=[*self._streams, self._delayed, self._delayed_data, self._dead],
-                    args=[GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays],
-                )
-                ids = [_s(x) for x in got]
-                cut = ids.index("|")
-                report.expired += ids[:cut]
-                report.dead += ids[cut + 1 :]
-                if len(ids) - 1 < 100:
-                    break
+            while self._recover_batch(args, report) >= 100:
+                pass
             self._forget_idle_consumers()
         except redis.RedisError as exc:
             raise self._error(exc, "recover") from exc
         return report
+
+    def _recover_args(self, now: float | None) -> builtins.list[Any]:
+        """The arguments of the recovery script, leases judged at ``now`` (None: now): the idle
+        time past which an entry is taken back, the backoff's delays after each attempt, why."""
+        real = time.time()
+        ahead = 0.0 if now is None else now - real
+        min_idle = max(int((self.lease - ahead) * 1000), 0)
+        delays = [int(self.backoff.delay(n) * 1000) for n in range(1, _RECOVER_DELAYS + 1)]
+        why = f"its lease of {self.lease:g}s expired"
+        return [GROUP, min_idle, self.max_attempts, 100, int(real * 1000), why, *delays]
+
+    def _recover_batch(self, args: builtins.list[Any], report: RecoveryReport) -> int:
+        """One run of the recovery script (100 entries at most), what it took back added to
+        ``report``; how many it took back (fewer than 100: none are left)."""
+        got = self._recover_script(
+            keys=[*self._streams, self._delayed, self._delayed_data, self._dead], args=args
+        )
+        ids = [_s(x) for x in got]
+        cut = ids.index("|")
+        report.expired += ids[:cut]
+        report.dead += ids[cut + 1 :]
+        return len(ids) - 1
 
     def _forget_idle_consumers(self) -> None:
         """Remove from the group the consumers that hold nothing and were idle for 10 leases."""
         limit = int(self.lease * 10 * 1000)
         for stream in self._streams:
             for c in self._r.xinfo_consumers(stream, GROUP):
-                name = _s(c["name"])
-                if c["pending"] == 0 and c["idle"] > limit and name != self.consumer:
-                    self._r.xgroup_delconsumer(stream, GROUP, name)
+                if self._forgettable(c, limit):
+                    self._r.xgroup_delconsumer(stream, GROUP, _s(c["name"]))
+
+    def _forgettable(self, consumer: dict[str, Any], idle_limit: int) -> bool:
+        """Whether a consumer of the group (its XINFO CONSUMERS row) is another client's that holds
+        nothing and was idle past ``idle_limit`` ms."""
+        return (
+            consumer["pending"] == 0
+            and consumer["idle"] > idle_limit
+            and _s(consumer["name"]) != self.consumer
+        )
 
     # -- inspection and repair ----------------------------------------------------------------------
 
@@ -785,38 +896,10 @@ class RedisMailbox:
         f = _fields(flat)
         eid = _s(entry_id)
         if rank is None:
-            rank = _s(f.get("k", b""))
-            rank = rank if rank in RANKS else "2M"
+            rank = _rank_field(f)
         msg_id = _msg_id(f.get("id"))
-        tries = _digits(f.get("a", b"0"), 9) or 0
-        if pending is not None:
-            tries += pending
-        reason = None
-        if "r" in f:
-
-            def too_deep(v: Any, limit: int = 64) -> bool:  # iterative: a hostile reason nests 1,000 deep
-                stack = [(v, 1)]
-                while stack:
-                    item, level = stack.pop()
-                    if isinstance(item, (list, dict)):
-                        if level > limit:
-                            return True
-                        stack += [(c, level + 1) for c in (item.values() if isinstance(item, dict) else item)]
-                return False
-
-            try:
-                value = orjson.loads(f["r"])
-                if not isinstance(value, dict):
-                    value = {"reason": "(unreadable reason: too deep)" if too_deep(value) else str(value)}
-                reason = {
-                    str(k): "(unreadable: nested too deep)" if too_deep(v) else v for k, v in value.items()
-                }
-            except (orjson.JSONDecodeError, TypeError):
-                reason = {"reason": "(unreadable reason)"}
-            except (RecursionError, ValueError):  # never raised on a hostile reason
-                reason = {"reason": "(unreadable reason: too deep)"}
+        tries = _tries_of(f, pending)
         due = compact_time(_due_ms(f, eid) / 1000)
-        m = f.get("m", b"")
         return MessageInfo(
             state=state,
             name=make_name(rank, due, msg_id or "?", tries),
@@ -824,9 +907,9 @@ class RedisMailbox:
             id=msg_id,
             attempt=tries,
             due=due,
-            size=len(m) if isinstance(m, bytes) else 0,
+            size=len(_message_of(f)),
             changed_at=_ms_of(eid) / 1000,
-            reason=reason,
+            reason=_reason_field(f),
             last_error=_last_error_of(f.get("e")),
         )
 
@@ -835,7 +918,7 @@ class RedisMailbox:
         tok = _s(token)
         changed = _ms_of(tok) / 1000
         e = _json_object(packed)
-        rank = e["r"] if e.get("r") in RANKS else "2M"
+        rank = _rank_or_default(e.get("r"))
         msg_id = _msg_id(e.get("id"))
         tries = _int_in(e.get("a"), 0, 999_999_999, 0)
         due = compact_time(_int_in(e.get("d"), 1, _LAST_MS, _ms_of(tok)) / 1000)
@@ -864,25 +947,45 @@ class RedisMailbox:
     def _infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """(info, where it is) of every message in ``state``, a page at a time."""
         if state in (State.DONE, State.DEAD):
-            key = self._done if state is State.DONE else self._dead
-            for entry_id, flat in self._pages(key):
-                yield self._info(state, entry_id, flat), (key, _s(entry_id))
+            yield from self._settled_infos(state)
         elif state is State.PROCESSING:
-            for i, stream in enumerate(self._streams):
-                yield from self._pending_infos(i, stream)
+            yield from self._processing_infos()
         elif state is State.NEW:
-            for i, stream in enumerate(self._streams):
-                yield from self._waiting_infos(i, stream)
-            yield from self._delayed_infos()
+            yield from self._new_infos()
         # (no tmp/ on Redis)
+
+    def _settled_key(self, state: State) -> str:
+        """The stream of the messages in ``state``, done or dead."""
+        return self._done if state is State.DONE else self._dead
+
+    def _settled_infos(self, state: State) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of the done or dead stream, a page at a time."""
+        key = self._settled_key(state)
+        for entry_id, flat in self._pages(key):
+            yield self._info(state, entry_id, flat), (key, _s(entry_id))
+
+    def _processing_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The messages in ``processing``: those delivered and not settled, of each priority's stream."""
+        for i, stream in enumerate(self._streams):
+            yield from self._pending_infos(i, stream)
+
+    def _new_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The messages in ``new``: those waiting in each priority's stream, then those delayed."""
+        for i, stream in enumerate(self._streams):
+            yield from self._waiting_infos(i, stream)
+        yield from self._delayed_infos()
 
     def _waiting_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The entries of one priority's stream never delivered: those after the group's last
         delivered one."""
-        groups = {_s(g["name"]): g for g in self._r.xinfo_groups(stream)}
-        last = _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
+        last = self._last_delivered(stream)
         for entry_id, flat in self._pages(stream, "-" if last == "0-0" else f"({last}"):
             yield self._info(State.NEW, entry_id, flat, rank=RANKS[i]), (stream, _s(entry_id))
+
+    def _last_delivered(self, stream: str) -> str:
+        """The id of the last entry of ``stream`` delivered to the group (``0-0``: none yet)."""
+        groups = {_s(g["name"]): g for g in self._r.xinfo_groups(stream)}
+        return _s(groups[GROUP]["last-delivered-id"]) if GROUP in groups else "0-0"
 
     def _delayed_infos(self) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
         """The messages waiting in ``delayed``, a page at a time."""
@@ -895,21 +998,34 @@ class RedisMailbox:
                 return
 
     def _pending_infos(self, i: int, stream: str) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of one priority's stream delivered and not settled, a page at a time."""
         start = "-"
         while True:
             pend = self._r.xpending_range(stream, GROUP, start, "+", _PAGE)
-            pipe = self._r.pipeline(transaction=False)
-            for p in pend:
-                pipe.xrange(stream, p["message_id"], p["message_id"])
-            for p, found in zip(pend, pipe.execute() if pend else [], strict=True):
-                for entry_id, flat in found:
-                    info = self._info(
-                        State.PROCESSING, entry_id, flat, rank=RANKS[i], pending=p["times_delivered"]
-                    )
-                    yield info, (stream, _s(entry_id))
+            yield from self._pending_page(i, stream, pend)
             if len(pend) < _PAGE:
                 return
             start = "(" + _s(pend[-1]["message_id"])
+
+    def _pending_page(
+        self, i: int, stream: str, pend: builtins.list[Any]
+    ) -> Iterator[tuple[MessageInfo, tuple[str, str]]]:
+        """The entries of one page of XPENDING (``pend``), read in one round trip."""
+        for p, found in zip(pend, self._entries_of(stream, pend), strict=True):
+            for entry_id, flat in found:
+                info = self._info(
+                    State.PROCESSING, entry_id, flat, rank=RANKS[i], pending=p["times_delivered"]
+                )
+                yield info, (stream, _s(entry_id))
+
+    def _entries_of(self, stream: str, pend: builtins.list[Any]) -> builtins.list[Any]:
+        """The entries (an XRANGE reply each) that the XPENDING rows ``pend`` name, in one round trip."""
+        if not pend:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for p in pend:
+            pipe.xrange(stream, p["message_id"], p["message_id"])
+        return pipe.execute()  # type: ignore[no-any-return]
 
     def list(self, state: State | str) -> builtins.list[MessageInfo]:
         self._check()
@@ -926,59 +1042,87 @@ class RedisMailbox:
         self._check()
         try:
             for state in (State.NEW, State.PROCESSING, State.DONE, State.DEAD):
-                for info, where in self._infos(state):
-                    if message_id in (info.id, info.name):
-                        self._where.setdefault(state, {})[info.name] = where
-                        return info
+                info = self._find_in(state, message_id)
+                if info is not None:
+                    return info
         except redis.RedisError as exc:
             raise self._error(exc, "get") from exc
+        return None
+
+    def _find_in(self, state: State, message_id: str) -> MessageInfo | None:
+        """The message ``message_id`` (an id or a name) in ``state``, where it is noted for `read`;
+        None if it is not there."""
+        for info, where in self._infos(state):
+            if message_id in (info.id, info.name):
+                self._where.setdefault(state, {})[info.name] = where
+                return info
         return None
 
     def read(self, info: MessageInfo) -> Message:
         """The message ``info`` (from `list` or `get`) names: one entry read, where the listing saw it."""
         self._check()
         try:
-            where = self._where.get(info.state, {}).get(info.name)
-            if where is not None:
-                got = self._read_at(info.state, *where)
-                if got is not None and got[0].name == info.name:
-                    return Message.decode(got[1])
-            for found, (key, ident) in self._infos(info.state):  # moved since: look again, once
-                if found.name == info.name:
-                    got = self._read_at(info.state, key, ident)
-                    if got is not None:
-                        return Message.decode(got[1])
+            raw = self._read_where_listed(info)
+            if raw is None:
+                raw = self._read_found_again(info)  # moved since: look again, once
         except redis.RedisError as exc:
             raise self._error(exc, "read") from exc
-        raise KeyError(f"{info.name} is no longer in {info.state.value}")
+        if raw is None:
+            raise KeyError(f"{info.name} is no longer in {info.state.value}")
+        return Message.decode(raw)
+
+    def _read_where_listed(self, info: MessageInfo) -> bytes | None:
+        """The encoded message ``info`` names, read where the last listing saw it; None if it is not
+        there any more (or was not listed)."""
+        where = self._where.get(info.state, {}).get(info.name)
+        if where is None:
+            return None
+        got = self._read_at(info.state, *where)
+        return got[1] if got is not None and got[0].name == info.name else None
+
+    def _read_found_again(self, info: MessageInfo) -> bytes | None:
+        """The encoded message ``info`` names, found by listing its state again; None if not there."""
+        for found, (key, ident) in self._infos(info.state):
+            if found.name == info.name:
+                got = self._read_at(info.state, key, ident)
+                if got is not None:
+                    return got[1]
+        return None
 
     def _read_at(self, state: State, key: str, ident: str) -> tuple[MessageInfo, bytes] | None:
         """(info, encoded message) of the entry ``ident`` of ``key`` (a delayed token in delayed:data)."""
         if key == self._delayed_data:
-            packed = self._r.hget(key, ident)
-            if packed is None:
-                return None
-            info = self._delayed_info(ident, packed)
-            try:
-                m = orjson.loads(packed).get("m")
-            except (orjson.JSONDecodeError, AttributeError):
-                m = None
-            return info, m.encode() if isinstance(m, str) else b""
+            return self._read_delayed(ident)
         got = self._r.xrange(key, ident, ident)
         if not got:
             return None
         entry_id, flat = got[0]
         if key in self._streams:
-            rank = RANKS[self._streams.index(key)]
-            pending = None
-            if state is State.PROCESSING:
-                p = self._r.xpending_range(key, GROUP, ident, ident, 1)
-                pending = p[0]["times_delivered"] if p else 0
-            info = self._info(state, entry_id, flat, rank=rank, pending=pending)
+            info = self._stream_info(state, key, ident, entry_id, flat)
         else:
             info = self._info(state, entry_id, flat)
-        m = _fields(flat).get("m", b"")
-        return info, m if isinstance(m, bytes) else b""
+        return info, _message_field(flat)
+
+    def _read_delayed(self, token: str) -> tuple[MessageInfo, bytes] | None:
+        """(info, encoded message) of the delayed message ``token``; None if it is gone."""
+        packed = self._r.hget(self._delayed_data, token)
+        if packed is None:
+            return None
+        info = self._delayed_info(token, packed)
+        try:
+            m = orjson.loads(packed).get("m")
+        except (orjson.JSONDecodeError, AttributeError):
+            m = None
+        return info, m.encode() if isinstance(m, str) else b""
+
+    def _stream_info(self, state: State, stream: str, ident: str, entry_id: Any, flat: Any) -> MessageInfo:
+        """The info of the entry ``ident`` of a priority's stream (read: ``entry_id``, ``flat``); one
+        in ``processing`` counts its deliveries."""
+        pending = None
+        if state is State.PROCESSING:
+            p = self._r.xpending_range(stream, GROUP, ident, ident, 1)
+            pending = p[0]["times_delivered"] if p else 0
+        return self._info(state, entry_id, flat, rank=RANKS[self._streams.index(stream)], pending=pending)
 
     def requeue_all(
         self,
@@ -997,41 +1141,43 @@ class RedisMailbox:
     def requeue(
         self, message_id: str, *, from_state: State | str = State.DEAD, reset_attempts: bool = True
     ) -> builtins.list[str]:
-        src = State(from_state)
-        if src not in (State.DEAD, State.DONE):
-            raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
+        src = requeue_source(from_state)
         self._check()
-        key = self._dead if src is State.DEAD else self._done
+        key = self._settled_key(src)
         out: builtins.list[str] = []
         try:
             for entry_id, flat in self._pages(key):
                 info = self._info(src, entry_id, flat)
-                if message_id not in (info.id, info.name):
-                    continue
-                f = _fields(flat)
-                f.pop("r", None)
-                rank = info.name.split(".", 1)[0]  # the entry's rank, as `_info` read it
-                now_ms = int(time.time() * 1000)
-                f["d"] = str(now_ms).encode()
-                f["k"] = rank.encode()
-                f["a"] = b"0" if reset_attempts else str(info.attempt).encode()
-                pipe = self._r.pipeline(transaction=True)
-                pipe.xadd(self._streams[RANKS.index(rank)], f)
-                pipe.xdel(key, entry_id)
-                pipe.execute()
-                out.append(make_name(rank, compact_time(now_ms / 1000), info.id or "?", int(f["a"])))
+                if message_id in (info.id, info.name):
+                    out.append(self._requeue_entry(key, entry_id, flat, info, reset_attempts))
         except redis.RedisError as exc:
             raise self._error(exc, "requeue") from exc
         return out
 
+    def _requeue_entry(
+        self, key: str, entry_id: Any, flat: Any, info: MessageInfo, reset_attempts: bool
+    ) -> str:
+        """Move the entry ``entry_id`` of ``key`` (done or dead) back to its priority's stream, due
+        now, in one transaction; its new name."""
+        f = _fields(flat)
+        f.pop("r", None)
+        rank = info.name.split(".", 1)[0]  # the entry's rank, as `_info` read it
+        now_ms = int(time.time() * 1000)
+        f["d"] = str(now_ms).encode()
+        f["k"] = rank.encode()
+        f["a"] = b"0" if reset_attempts else str(info.attempt).encode()
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xadd(self._streams[RANKS.index(rank)], f)
+        pipe.xdel(key, entry_id)
+        pipe.execute()
+        return make_name(rank, compact_time(now_ms / 1000), info.id or "?", int(f["a"]))
+
     def purge(self, state: State | str, older_than: float = 0.0) -> int:
-        st = State(state)
-        if st not in (State.DONE, State.DEAD):
-            raise ValueError(f"purge only empties done/ or dead/, not {st.value}/")
+        st = purged_state(state)
         self._check()
         cutoff_ms = int((time.time() - older_than) * 1000) + 1  # MINID keeps ids >= it
         try:
-            return int(self._r.xtrim(self._done if st is State.DONE else self._dead, minid=cutoff_ms))
+            return int(self._r.xtrim(self._settled_key(st), minid=cutoff_ms))
         except redis.RedisError as exc:
             raise self._error(exc, "purge") from exc
 
@@ -1066,18 +1212,90 @@ def _last_error_of(raw: Any) -> LastError | None:
     can write entries: one that does not read says so as its error."""
     if raw is None:
         return None
-    try:
-        obj = orjson.loads(raw)
-    except (orjson.JSONDecodeError, TypeError):
-        obj = None
-    if not isinstance(obj, dict) or not isinstance(obj.get("error"), str):
+    obj = _json_object(raw)
+    if not isinstance(obj.get("error"), str):
         return LastError("(unreadable error record)", 0, 0.0)
-    attempt, at = obj.get("attempt"), obj.get("failed_at")
     return LastError(
         text_of(obj["error"]),
-        attempt if type(attempt) is int and 0 <= attempt <= 999_999 else 0,
-        at / 1000 if type(at) is int and 0 <= at < 253_402_300_800_000 else 0.0,
+        _int_in(obj.get("attempt"), 0, 999_999, 0),
+        _int_in(obj.get("failed_at"), 0, _LAST_MS, 0) / 1000,
     )
+
+
+def _error_record(error: str, attempt: int, now: float) -> bytes:
+    """The ``e`` field (JSON) of an entry whose ``attempt`` failed with ``error`` at ``now``."""
+    return orjson.dumps({"error": text_of(error), "attempt": attempt, "failed_at": int(now * 1000)})
+
+
+def _message_field(flat: Any) -> bytes:
+    """An entry's encoded message (``m``) in its flat fields; empty if it has none."""
+    return _message_of(_fields(flat))
+
+
+def _message_of(f: dict[str, bytes]) -> bytes:
+    """An entry's encoded message (``m``); empty if it has none."""
+    m = f.get("m", b"")
+    return m if isinstance(m, bytes) else b""
+
+
+def _reason_field(f: dict[str, bytes]) -> dict[str, Any] | None:
+    """An entry's reason (``r``, dead or done) as an object (`_reason_of`); None if it has none."""
+    return _reason_of(f["r"]) if "r" in f else None
+
+
+def _rank_field(f: dict[str, bytes]) -> str:
+    """The rank an entry's ``k`` field names; ``2M`` if it names none."""
+    return _rank_or_default(_s(f.get("k", b"")))
+
+
+def _rank_or_default(rank: Any) -> str:
+    """``rank`` if it is one of the ranks, else ``2M`` (what anyone may have written)."""
+    return rank if rank in RANKS else "2M"
+
+
+def _tries_of(f: dict[str, bytes], pending: int | None) -> int:
+    """The attempts an entry has used: its count (``a``, 0 if not one) and its deliveries pending."""
+    tries = _digits(f.get("a", b"0"), 9) or 0
+    if pending is not None:
+        tries += pending
+    return tries
+
+
+def _reason_of(raw: Any) -> dict[str, Any]:
+    """An entry's ``r`` field (why it is in dead or done, JSON) as an object whatever it holds: one
+    that does not read, or nests too deep to show, says so."""
+    try:
+        value = _reason_object(orjson.loads(raw))
+        return {str(k): "(unreadable: nested too deep)" if _too_deep(v) else v for k, v in value.items()}
+    except (orjson.JSONDecodeError, TypeError):
+        return {"reason": "(unreadable reason)"}
+    except (RecursionError, ValueError):  # never raised on a hostile reason
+        return {"reason": "(unreadable reason: too deep)"}
+
+
+def _reason_object(value: Any) -> dict[Any, Any]:
+    """A decoded reason as an object: one that is not stands as its text (unless it nests too deep)."""
+    if isinstance(value, dict):
+        return value
+    return {"reason": "(unreadable reason: too deep)" if _too_deep(value) else str(value)}
+
+
+def _too_deep(value: Any, limit: int = 64) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (iterative: a hostile
+    reason nests 1,000 deep)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            if level > limit:
+                return True
+            stack += [(c, level + 1) for c in _children(item)]
+    return False
+
+
+def _children(container: list[Any] | dict[Any, Any]) -> Iterable[Any]:
+    """The items of a list, the values of an object."""
+    return container.values() if isinstance(container, dict) else container
 
 
 class RedisDelivery(SettledByMailbox):

@@ -28,26 +28,35 @@ class RedisSubscriptions:
         with self._r.pipeline() as pipe:
             while True:  # optimistic: retried if another writer changed the hash meanwhile
                 try:
-                    pipe.watch(self.key)
-                    raw = pipe.hget(self.key, agent)
-                    patterns = decode(raw, f"{self.key}[{agent}]") if raw else []
-                    if not changed(patterns, pattern, add):
-                        pipe.unwatch()
-                        return
-                    pipe.multi()
-                    pipe.hset(self.key, agent, encode(agent, patterns))
-                    pipe.execute()
+                    self._record_once(pipe, agent, pattern, add)
                     return
                 except redis.WatchError:
                     continue
+
+    def _record_once(self, pipe: Any, agent: str, pattern: str, add: bool) -> None:
+        """One try: ``agent``'s patterns read under ``WATCH`` and, if ``pattern`` changes them,
+        written back in one transaction (`redis.WatchError` if another writer came first)."""
+        pipe.watch(self.key)
+        raw = pipe.hget(self.key, agent)
+        patterns = decode(raw, f"{self.key}[{agent}]") if raw else []
+        if not changed(patterns, pattern, add):
+            pipe.unwatch()
+            return
+        pipe.multi()
+        pipe.hset(self.key, agent, encode(agent, patterns))
+        pipe.execute()
 
     def subscribers(self, topic: str) -> list[str]:
         found = []
         for agent, raw in self._r.hgetall(self.key).items():
             name = agent.decode() if isinstance(agent, bytes) else agent
-            if any(pattern_matches(p, topic) for p in decode(raw, f"{self.key}[{name}]")):
+            if self._wants(name, raw, topic):
                 found.append(name)
         return sorted(found)
+
+    def _wants(self, agent: str, raw: bytes, topic: str) -> bool:
+        """Whether one of the patterns recorded for ``agent`` (``raw``) matches ``topic``."""
+        return any(pattern_matches(p, topic) for p in decode(raw, f"{self.key}[{agent}]"))
 
     def close(self) -> None:
         self._r.close()

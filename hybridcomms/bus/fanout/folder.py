@@ -33,6 +33,7 @@ __all__ = [
     "bound",
     "bus_peers",
     "effective_patterns",
+    "fits_registration",
     "open_bus_folder",
     "registration_body",
     "registrations",
@@ -89,8 +90,13 @@ def normalized(patterns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     under ``a.*``; everything under ``*``): each topic is then matched by at most one of them."""
     if "*" in patterns:
         return STAR
-    heads = {p[:-2] for p in patterns if p.endswith(".*")}
+    heads = _prefix_heads(patterns)
     return tuple(p for p in dict.fromkeys(patterns) if not _covered(p, heads))
+
+
+def _prefix_heads(patterns: list[str] | tuple[str, ...]) -> set[str]:
+    """The heads of the prefix patterns among ``patterns`` (``a.b`` for ``a.b.*``)."""
+    return {p[:-2] for p in patterns if p.endswith(".*")}
 
 
 def _covered(pattern: str, heads: set[str]) -> bool:
@@ -205,10 +211,15 @@ def registration_body(pid: int, patterns: list[str], drops: dict[str, int], othe
     the `DROPPED_TO_KEEP` peers with the most drops, ``others`` and the rest summed under
     ``"others"``. So it always fits under `MAX_REGISTRATION`, which others read."""
     kept = list(normalized(_crossing(patterns)))
-    if kept != ["*"] and (len(kept) > MAX_PATTERNS or len(orjson.dumps(kept)) > PATTERNS_BYTES):
+    if kept != ["*"] and _past_caps(kept):
         kept = ["*"]
     body = {"pid": pid, "host": HOST, "patterns": kept, "dropped_to": _dropped_to(drops, others)}
     return orjson.dumps(body)
+
+
+def _past_caps(patterns: list[str]) -> bool:
+    """Whether ``patterns`` are more than `MAX_PATTERNS`, or more than `PATTERNS_BYTES` as JSON."""
+    return len(patterns) > MAX_PATTERNS or len(orjson.dumps(patterns)) > PATTERNS_BYTES
 
 
 def _crossing(patterns: list[str]) -> list[str]:
@@ -217,12 +228,17 @@ def _crossing(patterns: list[str]) -> list[str]:
     kept: list[str] = []
     for p in patterns:
         if len(p) > MAX_TOPIC:
-            if p.endswith(".*") and len(p) - 2 <= MAX_TOPIC:
+            if _matches_longest(p):
                 return ["*"]  # it matches topics as long as they can be: only "*" says so
             continue
         if _encodable(p):  # (not a lone surrogate: no topic that crosses is one)
             kept.append(p)
     return kept
+
+
+def _matches_longest(pattern: str) -> bool:
+    """Whether ``pattern`` (longer than a topic) is a prefix (``.*``) that matches the longest topics."""
+    return pattern.endswith(".*") and len(pattern) - 2 <= MAX_TOPIC
 
 
 def _encodable(text: str) -> bool:
@@ -257,12 +273,20 @@ def well_formed(body: Any) -> bool:
     """Whether a registration's body has the shape of one (a pid, a host, patterns)."""
     return (
         type(body) is dict
-        and type(body.get("pid")) is int
-        and 0 < body["pid"] < PID_MAX
-        and type(body.get("host")) is str
-        and len(body["host"]) <= 255
+        and _is_pid(body.get("pid"))
+        and _is_host(body.get("host"))
         and effective_patterns(body.get("patterns")) is not None
     )
+
+
+def _is_pid(pid: Any) -> bool:
+    """Whether a registration's ``pid`` is one a process can have."""
+    return type(pid) is int and 0 < pid < PID_MAX
+
+
+def _is_host(host: Any) -> bool:
+    """Whether a registration's ``host`` is a host name (a string of 255 characters at most)."""
+    return type(host) is str and len(host) <= 255
 
 
 def scan(dir_fd: int) -> tuple[dict[str, int], list[tuple[str, int]]]:
@@ -296,15 +320,21 @@ def _listing(dir_fd: int) -> tuple[dict[str, int], set[str]]:
     try:
         with os.scandir(fd) as it:
             for entry in it:
-                name = entry.name
-                if name.endswith(".json"):
-                    if entry.is_file(follow_symlinks=False):
-                        jsons[name[:-5]] = entry.inode()
-                elif name.endswith(".sock") and _may_be_socket(entry):
-                    socks.add(name[:-5])
+                _note_entry(entry, jsons, socks)
     finally:
         os.close(fd)
     return jsons, socks
+
+
+def _note_entry(entry: os.DirEntry[str], jsons: dict[str, int], socks: set[str]) -> None:
+    """Add ``entry`` to ``jsons`` (a ``.json`` regular file: its stem and inode) or to ``socks``
+    (a ``.sock`` that may be a socket: its stem); anything else is left out."""
+    name = entry.name
+    if name.endswith(".json"):
+        if entry.is_file(follow_symlinks=False):
+            jsons[name[:-5]] = entry.inode()
+    elif name.endswith(".sock") and _may_be_socket(entry):
+        socks.add(name[:-5])
 
 
 def _may_be_socket(entry: os.DirEntry[str]) -> bool:
@@ -355,13 +385,24 @@ def _sized(dir_fd: int, names: list[str]) -> list[tuple[int, int, str]]:
     `MAX_REGISTRATION` at most (the others, and those gone, left out)."""
     sized = []
     for entry in names:
-        try:
-            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
-            sized.append((st.st_size, -st.st_mtime_ns, entry))
+        item = _sized_entry(dir_fd, entry)
+        if item is not None:
+            sized.append(item)
     return sized
+
+
+def _sized_entry(dir_fd: int, entry: str) -> tuple[int, int, str] | None:
+    """(size, -mtime, name) of the registration file ``entry`` if it may be one (`fits_registration`)."""
+    try:
+        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_size, -st.st_mtime_ns, entry) if fits_registration(st) else None
+
+
+def fits_registration(st: os.stat_result) -> bool:
+    """Whether a file (its ``lstat``) may be a registration: a regular file of `MAX_REGISTRATION` at most."""
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION
 
 
 def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -> list[str]:
@@ -370,13 +411,19 @@ def _in_reading_order(dir_fd: int, names: list[str], budget: list[int] | None) -
     there is a ``budget``."""
     sized = _sized(dir_fd, names)
     if len(sized) > MAX_REGISTRATIONS:
-        sized.sort(key=lambda item: item[1])  # the newest first
-        if budget is not None:
-            budget[1] += len(sized) - MAX_REGISTRATIONS
-        del sized[MAX_REGISTRATIONS:]
+        _keep_newest(sized, budget)
     if budget is not None:
         sized.sort()
     return [entry for _, _, entry in sized]
+
+
+def _keep_newest(sized: list[tuple[int, int, str]], budget: list[int] | None) -> None:
+    """Keep the newest `MAX_REGISTRATIONS` of ``sized`` (size, -mtime, name); those left out are
+    counted in ``budget[1]``."""
+    sized.sort(key=lambda item: item[1])  # the newest first
+    if budget is not None:
+        budget[1] += len(sized) - MAX_REGISTRATIONS
+    del sized[MAX_REGISTRATIONS:]
 
 
 def _read_registration(dir_fd: int, entry: str, budget: list[int] | None) -> Any:
@@ -425,14 +472,20 @@ def bus_peers(root: str | os.PathLike[str], survey: dict[str, int] | None = None
         dir_fd = _fs.open_dir(str(folder))
     except OSError:
         return []
-    budget = [SURVEY_BYTES, 0]
     try:
-        out = [_peer_row(dir_fd, name, body) for name, body in registrations(dir_fd, budget)]
-        if survey is not None:
-            survey["unread"] = budget[1]
-        return out
+        return _surveyed(dir_fd, survey)
     finally:
         os.close(dir_fd)
+
+
+def _surveyed(dir_fd: int, survey: dict[str, int] | None) -> list[dict[str, Any]]:
+    """The rows of `bus_peers` for the folder ``dir_fd``, `SURVEY_BYTES` of registrations read at
+    most; how many were not put in ``survey`` (``unread``)."""
+    budget = [SURVEY_BYTES, 0]
+    out = [_peer_row(dir_fd, name, body) for name, body in registrations(dir_fd, budget)]
+    if survey is not None:
+        survey["unread"] = budget[1]
+    return out
 
 
 def _reported_drops(body: dict[str, Any]) -> int:
@@ -443,13 +496,19 @@ def _reported_drops(body: dict[str, Any]) -> int:
     return sum(v for v in dropped.values() if type(v) is int and v > 0)
 
 
+def _liveness(dir_fd: int, name: str, body: dict[str, Any]) -> tuple[bool, bool]:
+    """(whether the process of registration ``name`` may be alive: one of another host is taken
+    as alive; whether its drops count: a live process of this host whose socket is bound)."""
+    local = body["host"] == HOST
+    live = not local or alive(body["pid"])
+    return live, local and live and bound(dir_fd, name)
+
+
 def _peer_row(dir_fd: int, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """One row of `bus_peers`: its drops counted only for a live process of this host whose socket
     is bound."""
     reported = _reported_drops(body)
-    local = body["host"] == HOST
-    live = not local or alive(body["pid"])
-    counted = local and live and bound(dir_fd, name)
+    live, counted = _liveness(dir_fd, name, body)
     return {
         "name": name,
         "pid": body["pid"],

@@ -36,12 +36,11 @@ class PeerIndex:
         self.names[name] = patterns
         self.held += len(patterns)
         for p in patterns:
-            if p == "*":
+            place = self._place(p)
+            if place is None:
                 self._star[name] = None
-            elif p.endswith(".*"):
-                self._prefix.setdefault(p[:-2], {})[name] = None
             else:
-                self._exact.setdefault(p, {})[name] = None
+                place[0].setdefault(place[1], {})[name] = None
 
     def remove(self, name: str) -> None:
         patterns = self.names.pop(name, None)
@@ -49,11 +48,17 @@ class PeerIndex:
             return
         self.held -= len(patterns)
         for p in patterns:
-            if p == "*":
+            place = self._place(p)
+            if place is None:
                 self._star.pop(name, None)
-                continue
-            table, key = (self._prefix, p[:-2]) if p.endswith(".*") else (self._exact, p)
-            self._drop(table, key, name)
+            else:
+                self._drop(*place, name)
+
+    def _place(self, pattern: str) -> tuple[dict[str, dict[str, None]], str] | None:
+        """The table (prefix or exact) of ``pattern`` and its key there; None for ``*``."""
+        if pattern == "*":
+            return None
+        return (self._prefix, pattern[:-2]) if pattern.endswith(".*") else (self._exact, pattern)
 
     @staticmethod
     def _drop(table: dict[str, dict[str, None]], key: str, name: str) -> None:
@@ -72,16 +77,21 @@ class PeerIndex:
         names = self._exact.get(topic)
         if names:
             found.append(("=" + topic, names))
-        prefix = self._prefix
-        if prefix:
-            names = prefix.get(topic)  # "a.*" matches "a" itself
-            if names:
-                found.append((">" + topic, names))
-            end = topic.find(".")
-            while end != -1:
-                head = topic[:end]
-                names = prefix.get(head)
-                if names:
-                    found.append((">" + head, names))
-                end = topic.find(".", end + 1)
+        if self._prefix:
+            self._add_prefix_entries(topic, found)
         return found
+
+    def _add_prefix_entries(self, topic: str, found: list[Entry]) -> None:
+        """Add to ``found`` the entries of the prefix patterns ``p.*`` that match ``topic``: ``p`` is
+        the topic itself (``a.*`` matches ``a``) or a dot-bounded start of it."""
+        prefix = self._prefix
+        names = prefix.get(topic)  # "a.*" matches "a" itself
+        if names:
+            found.append((">" + topic, names))
+        end = topic.find(".")
+        while end != -1:
+            head = topic[:end]
+            names = prefix.get(head)
+            if names:
+                found.append((">" + head, names))
+            end = topic.find(".", end + 1)

@@ -28,9 +28,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import orjson
 
@@ -46,6 +47,7 @@ from .folder import (
     Peer,
     alive,
     effective_patterns,
+    fits_registration,
     open_bus_folder,
     registration_body,
     scan,
@@ -297,24 +299,30 @@ class LocalFanout:
         process's socket or registration made it deaf: its socket is bound again (the same way as at
         start, under a new name) if it is not there, and its registration written again if it is not
         what was written."""
-        try:
-            st = os.stat(self.name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-            here = (st.st_dev, st.st_ino) == self._sock_id
-        except OSError:
-            here = False
-        if not here:
+        if not self._own_socket_there():
             self._rebind()
             return
-        try:
-            data = _fs.read_regular(self.name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd)
-        except OSError:
-            data = b""
-        if data != self._written:
+        if self._own_registration() != self._written:
             log.warning(
                 "fanout: the registration of this process in %s was removed or changed; written again",
                 self.dir,
             )
             self._register()
+
+    def _own_socket_there(self) -> bool:
+        """Whether this process's socket is still in the bus folder under its name."""
+        try:
+            st = os.stat(self.name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._sock_id
+
+    def _own_registration(self) -> bytes:
+        """What the bus folder holds as this process's registration (empty if it cannot be read)."""
+        try:
+            return _fs.read_regular(self.name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd)
+        except OSError:
+            return b""
 
     def _rebind(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -368,13 +376,18 @@ class LocalFanout:
                 if look:
                     self._look(now)
             finally:
-                self._debt += time.thread_time() - cpu
-                done = time.monotonic()
-                self._next_tend = done + REFRESH_EVERY
-                if look:
-                    spacing = LOOK_SPACING * self._debt if self._debt > 0.001 else 0.0
-                    self._debt = 0.0
-                    self._next_look = done + max(REFRESH_EVERY, spacing)
+                self._schedule_next(look, time.thread_time() - cpu)
+
+    def _schedule_next(self, looked: bool, cpu: float) -> None:
+        """(Under the look lock.) Add ``cpu`` (what this refresh cost) to the debt and set when the
+        next tend comes, and after a look when the next look does (`LOOK_SPACING` times the debt)."""
+        self._debt += cpu
+        done = time.monotonic()
+        self._next_tend = done + REFRESH_EVERY
+        if looked:
+            spacing = LOOK_SPACING * self._debt if self._debt > 0.001 else 0.0
+            self._debt = 0.0
+            self._next_look = done + max(REFRESH_EVERY, spacing)
 
     def _tend(self, now: float) -> None:
         """Close the sockets retired long enough ago, give sockets to the peers that read
@@ -413,24 +426,33 @@ class LocalFanout:
             return
         found.pop(self.name, None)
         gone = self._queue_changes(found)
-        chosen = self._pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive)
-        read = [(name, self._read(name, found[name])) for name in chosen]
+        read = self._read_in_turn(found)
         self._prune_orphans(orphans)
         self._unsettled = bool(self._pending) or len(orphans) > PRUNES_PER_LOOK
         with self._lock:
             self._take_look(gone, read, sweep, now)
+
+    def _read_in_turn(self, found: dict[str, int]) -> list[tuple[str, _Reg | None]]:
+        """Read `MAX_READS_PER_LOOK` of the registrations queued (`ReadQueue.choose`), listed in
+        ``found`` (name: inode): (name, what was read) each."""
+        chosen = self._pending.choose(MAX_READS_PER_LOOK, self._working_pids, alive)
+        return [(name, self._read(name, found[name])) for name in chosen]
 
     def _take_look(
         self, gone: list[str], read: list[tuple[str, _Reg | None]], sweep: bool, now: float
     ) -> None:
         """(Under the lock.) What a look found replaces what was known: the registrations ``gone``
         forgotten, those ``read`` taken, a sweep made if due; the turns made again if any changed."""
-        for name in gone:
-            self._forget_reg(name)
+        self._forget_regs(gone)
         self._take_reads(read, now)
         pruned = self._sweep(now) if sweep else False
         if gone or read or pruned:
             self._peers_changed(now)
+
+    def _forget_regs(self, names: list[str]) -> None:
+        """(Under the lock.) Forget the registrations ``names`` (no longer listed)."""
+        for name in names:
+            self._forget_reg(name)
 
     def _folder_changed(self, sweep: bool) -> bool:
         """Whether the folder is to be listed again: its mtime changed, registrations (or orphans)
@@ -439,25 +461,36 @@ class LocalFanout:
             mtime = os.fstat(self._dir_fd).st_mtime_ns
         except OSError:
             return False
-        if mtime == self._seen_mtime and not self._unsettled and not sweep:
+        if self._settled_at(mtime) and not sweep:
             return False
-        # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
-        # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
-        self._seen_mtime = mtime if time.time_ns() - mtime > 1_000_000_000 else -1
+        self._seen_mtime = _seen_mtime(mtime)
         return True
+
+    def _settled_at(self, mtime: int) -> bool:
+        """Whether the folder's mtime is the one seen last and the last look left nothing to do."""
+        return mtime == self._seen_mtime and not self._unsettled
 
     def _queue_changes(self, found: dict[str, int]) -> list[str]:
         """Queue the registrations listed (``found``: name, inode) that are new or changed to be
         read; return the names known that are no longer listed."""
+        keys = self._known_keys()
+        self._queue_reads(found, keys)
+        return [name for name in keys if name not in found]
+
+    def _known_keys(self) -> dict[str, int]:
+        """The registrations known, by name: the inode each was read from."""
         with self._lock:  # (other threads forget a peer whose socket went away)
-            keys = {name: reg.key for name, reg in self._regs.items()}
+            return {name: reg.key for name, reg in self._regs.items()}
+
+    def _queue_reads(self, found: dict[str, int], keys: dict[str, int]) -> None:
+        """Queue to be read the registrations of ``found`` whose inode is not the one known
+        (``keys``); forget those queued that are no longer listed."""
         pending = self._pending
         for name, ino in found.items():
             if keys.get(name) != ino:
                 pending.add(name)  # (one rewritten again keeps its place)
         if pending:
             pending.keep_only(found)
-        return [name for name in keys if name not in found]
 
     def _take_reads(self, read: list[tuple[str, _Reg | None]], now: float) -> None:
         """(Under the lock.) The registrations just read replace what was known of them. Past
@@ -466,21 +499,37 @@ class LocalFanout:
         evictable: list[str] | None = None
         for name, reg in read:
             self._forget_read(name, reg, now)
-            if reg is None:
-                continue
-            if reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS:
-                evictable = self._evictable() if evictable is None else evictable
-                if not evictable:
-                    self._pending.add(name)  # every peer held reads: read again later
-                    continue
-                self._evict(evictable.pop(), now)
-            self._add_reg(name, reg)
+            if reg is not None:
+                evictable = self._take_read(name, reg, evictable, now)
+
+    def _take_read(self, name: str, reg: _Reg, evictable: list[str] | None, now: float) -> list[str] | None:
+        """(Under the lock.) Take the registration ``name`` just read, a peer set aside for it past
+        `MAX_REGISTRATIONS`; the peers that may still be set aside (listed at the first that makes
+        room: `_evictable`)."""
+        if self._no_room_for(reg):
+            evictable = self._evictable() if evictable is None else evictable
+            if not self._set_aside_for(name, evictable, now):
+                return evictable
+        self._add_reg(name, reg)
+        return evictable
+
+    def _no_room_for(self, reg: _Reg) -> bool:
+        """(Under the lock.) Whether ``reg`` names a peer and `MAX_REGISTRATIONS` peers are held."""
+        return reg.peer is not None and self._peer_count >= MAX_REGISTRATIONS
+
+    def _set_aside_for(self, name: str, evictable: list[str], now: float) -> bool:
+        """(Under the lock.) Set aside the next of the peers ``evictable`` to make room for ``name``;
+        False if none is left (every peer held reads: ``name`` is read again later)."""
+        if not evictable:
+            self._pending.add(name)
+            return False
+        self._evict(evictable.pop(), now)
+        return True
 
     def _forget_read(self, name: str, reg: _Reg | None, now: float) -> None:
         """(Under the lock.) Forget what was known of a registration read again (``reg``), and retire
         its link if that went to a socket it no longer names."""
-        known = self._regs.get(name)
-        if known is not None and (reg is None or known.sock != reg.sock):
+        if _socket_changed(self._regs.get(name), reg):
             link = self._links.pop(name, None)  # (a link to the socket of before)
             if link is not None:
                 self._retire(link, now)
@@ -504,21 +553,23 @@ class LocalFanout:
         """The pids named by the registrations known to work (read, and their socket took a connect):
         their other names wait behind the pids never read (`ReadQueue.choose`)."""
         with self._lock:
-            return {pid_of(name) for name, reg in self._regs.items() if reg.peer is not None and not reg.dead}
+            return {pid_of(name) for name, reg in self._regs.items() if _sendable(reg)}
 
     def _evictable(self) -> list[str]:
         """(Under the lock.) The peers held that are not known to work (no link yet, asleep, or
         refused): those refused, then those read longest ago, last (`list.pop` takes them first). A
         peer whose link is awake is never among them."""
-        out = []
-        for name, reg in self._regs.items():
-            if reg.peer is None:
-                continue
-            if _works(self._links.get(name)):
-                continue
-            out.append((not reg.dead, reg.seq, name))
+        out = [
+            (not reg.dead, reg.seq, name)
+            for name, reg in self._regs.items()
+            if self._may_set_aside(name, reg)
+        ]
         out.sort()
         return [name for _, _, name in reversed(out)]
+
+    def _may_set_aside(self, name: str, reg: _Reg) -> bool:
+        """(Under the lock.) Whether the registration ``name`` is of a peer not known to work."""
+        return reg.peer is not None and not _works(self._links.get(name))
 
     def _evict(self, name: str, now: float) -> None:
         """(Under the lock.) Set a peer aside, past `MAX_REGISTRATIONS`: not sent to, not read again
@@ -538,12 +589,16 @@ class LocalFanout:
         removed too."""
         if not orphans:
             return
+        for stem, ino in self._orphans_in_turn(orphans):
+            if stem != self.name:
+                self._prune_orphan(stem, ino)
+
+    def _orphans_in_turn(self, orphans: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """`PRUNES_PER_LOOK` of ``orphans`` at most, from where the last look stopped."""
         start = self._orphan_turn % len(orphans)
         batch = (orphans[start:] + orphans[:start])[:PRUNES_PER_LOOK]
         self._orphan_turn = start + len(batch)
-        for stem, ino in batch:
-            if stem != self.name:
-                self._prune_orphan(stem, ino)
+        return batch
 
     def _prune_orphan(self, stem: str, ino: int) -> None:
         """Remove ``<stem>.json`` if it is still the orphan listed (inode ``ino``) and its ``.sock``
@@ -575,7 +630,7 @@ class LocalFanout:
         patterns = effective_patterns(body["patterns"])
         assert patterns is not None  # (well formed)
         peer = Peer(name, body["pid"], body["host"], patterns)
-        if peer.host == _HOST and not alive(peer.pid):
+        if _dead_here(peer):
             self._prune(name)
             return None
         return self._reg_of(peer, ino, writer)
@@ -585,16 +640,9 @@ class LocalFanout:
         gone, or pruned: too big, not a regular file, does not decode, or of the wrong shape."""
         try:
             st = os.stat(name + ".json", dir_fd=self._dir_fd, follow_symlinks=False)
-        except OSError:
+            body = _registration_body(self._dir_fd, name + ".json", st)
+        except OSError:  # (gone: FileNotFoundError from the read too)
             return None
-        body: Any = None
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_REGISTRATION:
-            try:
-                body = orjson.loads(_fs.read_regular(name + ".json", MAX_REGISTRATION, dir_fd=self._dir_fd))
-            except FileNotFoundError:
-                return None
-            except (OSError, orjson.JSONDecodeError):
-                body = None
         if not well_formed(body):
             self._prune(name, sock=False)
             return None
@@ -611,9 +659,15 @@ class LocalFanout:
             return None
         except OSError:
             return _Reg(ino, None)
+        return self._reg_at(peer, ino, writer, sst)
+
+    def _reg_at(self, peer: Peer, ino: int, writer: int, sst: os.stat_result) -> _Reg | None:
+        """What is known of ``peer``'s registration whose ``.sock`` is ``sst``: None if that is not a
+        socket or refuses for a peer of this host (pruned); one that cannot be used here if it
+        refuses for a peer of another host."""
         sock_id = (sst.st_dev, sst.st_ino)
         if not stat.S_ISSOCK(sst.st_mode):
-            self._prune(name, sock=not stat.S_ISDIR(sst.st_mode))
+            self._prune(peer.name, sock=not stat.S_ISDIR(sst.st_mode))
             return None
         if not self._takes_connect(peer, sock_id):
             return None if peer.host == _HOST else _Reg(ino, None)
@@ -666,11 +720,15 @@ class LocalFanout:
         sharing = self._sharing.setdefault(reg.sock, set())
         sharing.add(name)
         holder = self._holders.get(reg.sock)
-        if holder is None or self._rank(name) < self._rank(holder):
+        if self._outranks(name, holder):
             if holder is not None:
                 self._index.remove(holder)
-            self._holders[reg.sock] = name
-            self._index.add(name, reg.peer.patterns)
+            self._send_through(reg.sock, name, reg.peer.patterns)
+
+    def _outranks(self, name: str, holder: str | None) -> bool:
+        """(Under the lock.) Whether a socket is to be sent to through the registration ``name``
+        rather than through ``holder``, the one it is sent through now (None: none)."""
+        return holder is None or self._rank(name) < self._rank(holder)
 
     def _unindex_reg(self, name: str, reg: _Reg) -> None:
         """(Under the lock.)"""
@@ -693,20 +751,29 @@ class LocalFanout:
             best = min(live, key=self._rank)
             peer = self._regs[best].peer
             assert peer is not None
-            self._holders[sock] = best
-            self._index.add(best, peer.patterns)
+            self._send_through(sock, best, peer.patterns)
+
+    def _send_through(self, sock: tuple[int, int], name: str, patterns: tuple[str, ...]) -> None:
+        """(Under the lock.) The socket ``sock`` is sent to through the registration ``name``
+        (indexed under its ``patterns``)."""
+        self._holders[sock] = name
+        self._index.add(name, patterns)
 
     def _peers_changed(self, now: float) -> None:
         """(Under the lock.) The turns are made again; links to peers no longer there are retired."""
         self._reset_targets()
-        indexed = self._index
-        for name in [n for n in self._links if n not in indexed]:
+        for name in self._unindexed(self._links):
             self._retire(self._links.pop(name), now)
         self._sum_drops_of_gone()
 
+    def _unindexed(self, names: Iterable[str]) -> list[str]:
+        """(Under the lock.) Those of ``names`` that are no longer indexed (peers gone)."""
+        indexed = self._index
+        return [n for n in names if n not in indexed]
+
     def _sum_drops_of_gone(self) -> None:
         """(Under the lock.) The drops counted for peers no longer indexed move to ``_dropped_gone``."""
-        gone = [n for n in self._dropped_to if n not in self._index]
+        gone = self._unindexed(self._dropped_to)
         if gone:
             with STATS_LOCK:
                 for n in gone:
@@ -717,12 +784,16 @@ class LocalFanout:
         counts of missed events added to the drops of each peer first."""
         if self._groups:
             with STATS_LOCK:
-                for group in self._groups.values():
-                    for turns in group:
-                        for link, n in turns.missed():
-                            self._dropped_to[link.name] = self._dropped_to.get(link.name, 0) + n
+                self._add_missed(self._dropped_to)
         self._groups = {}
         self._targets = {}
+
+    def _add_missed(self, into: dict[str, int]) -> None:
+        """(Under the lock.) Add what the peers missed in the turns of now to ``into`` (by name)."""
+        for group in self._groups.values():
+            for turns in group:
+                for link, n in turns.missed():
+                    into[link.name] = into.get(link.name, 0) + n
 
     def _rebalance(self, now: float) -> None:
         """Links go to the peers that read. Peers without one that read (their last send went
@@ -731,16 +802,28 @@ class LocalFanout:
         counted, and their peer is not tried for `STUCK_RETRY`). A socket taken back keeps its
         descriptor until it is closed (`RETIRE_AFTER`): its room is given at a later look."""
         with self._lock:
-            waiting = [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
+            waiting = self._waiting_for_socket(now)
             if not waiting:
                 return
-            room = max(MAX_LINKS - self._linked - len(self._retired), 0)
+            room = self._room_for_links()
             if len(waiting) > room:
                 self._take_back(len(waiting) - room, now)
-            for ln in waiting[:room]:  # made again, connected, by the next publish
-                self._links.pop(ln.name)
-                self._unlinked -= 1
+            self._relink(waiting[:room])
             self._reset_targets()
+
+    def _waiting_for_socket(self, now: float) -> list[_Link]:
+        """(Under the lock.) The unlinked links whose peers read (`_waits_for_socket`)."""
+        return [ln for ln in self._links.values() if _waits_for_socket(ln, now)]
+
+    def _room_for_links(self) -> int:
+        """(Under the lock.) How many more sockets to peers there is room for (`MAX_LINKS`)."""
+        return max(MAX_LINKS - self._linked - len(self._retired), 0)
+
+    def _relink(self, links: list[_Link]) -> None:
+        """(Under the lock.) Forget the unlinked ``links``: made again, connected, by the next publish."""
+        for ln in links:
+            self._links.pop(ln.name)
+            self._unlinked -= 1
 
     def _take_back(self, wanted: int, now: float) -> None:
         """(Under the lock.) Take back the sockets of ``wanted`` links at most whose peers have not
@@ -749,24 +832,33 @@ class LocalFanout:
         behind = [ln for ln in self._links.values() if _stuck(ln, now)]
         behind.sort(key=lambda ln: ln.behind_since)
         for stuck in behind[:wanted]:
-            self._retire(self._links.pop(stuck.name), now)
-            reg = self._regs.get(stuck.name)
-            if reg is not None:
-                evicted = self._unlinked_link(reg, stuck.peer)
-                evicted.skip_until = now + STUCK_RETRY
-                self._links[stuck.name] = evicted
+            self._unlink(stuck, now)
+
+    def _unlink(self, stuck: _Link, now: float) -> None:
+        """(Under the lock.) Retire the socket of ``stuck``: its peer is sent to unlinked, not before
+        `STUCK_RETRY`."""
+        self._retire(self._links.pop(stuck.name), now)
+        reg = self._regs.get(stuck.name)
+        if reg is not None:
+            evicted = self._unlinked_link(reg, stuck.peer)
+            evicted.skip_until = now + STUCK_RETRY
+            self._links[stuck.name] = evicted
 
     def _probe(self, now: float) -> None:
         """Peers asleep because they did not read (`STUCK_RETRY` ago) are looked at, `PROBES_PER_LOOK`
         at most per look, without sending them anything: one whose socket would take a datagram now
         (its buffer has room: it reads again) is woken (publishes visit it again), the others sleep
         another `STUCK_RETRY`."""
-        due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
         woke = False
-        for link in due[:PROBES_PER_LOOK]:
+        for link in self._due_probes(now):
             woke = self._wake_if_writable(link, now) or woke
         if woke:
             self._regroup = True
+
+    def _due_probes(self, now: float) -> list[_Link]:
+        """The links of peers asleep whose `STUCK_RETRY` is up, `PROBES_PER_LOOK` at most."""
+        due = [ln for ln in list(self._links.values()) if ln.skip_until and now >= ln.skip_until]
+        return due[:PROBES_PER_LOOK]
 
     def _wake_if_writable(self, link: _Link, now: float) -> bool:
         """Wake a peer asleep whose buffer has room again (True), else let it sleep another
@@ -782,11 +874,12 @@ class LocalFanout:
         """Whether ``link``'s peer has room in its buffer (a datagram socket connected to another
         polls writable only then)."""
         if link.sock is not None:
-            sock = link.sock
-            try:
-                return bool(_poll_out(sock))
-            except (OSError, ValueError):
-                return False
+            return _has_room(link.sock)
+        return self._unlinked_writable(link)
+
+    def _unlinked_writable(self, link: _Link) -> bool:
+        """Whether the peer of the unlinked ``link`` has room, through a socket made to ask it; a
+        peer whose socket refuses is gone (`_peer_gone`)."""
         reg = self._regs.get(link.name)
         try:
             sock = self._connect(link.name, reg.sock if reg is not None else None)
@@ -809,18 +902,26 @@ class LocalFanout:
             if cached is not None:
                 return cached
             cpu = time.thread_time()
-            found: list[Turns] = []
-            for key, names in self._index.entries(topic):
-                group = self._groups.get(key)
-                if group is None:
-                    group = self._groups[key] = self._turns(list(names))
-                found.extend(group)
-            result = (tuple(found), any(t.ring for t in found), sum(len(t.asleep) for t in found))
+            result = self._find_targets(topic)
             if len(self._targets) >= 10_000:
                 self._reset_targets()
             self._targets[topic] = result
             self._debt += time.thread_time() - cpu
         return result
+
+    def _find_targets(self, topic: str) -> tuple[tuple[Turns, ...], bool, int]:
+        """(Under the lock.) The turns of the peers that want ``topic`` (`_targets_of`), made."""
+        found: list[Turns] = []
+        for key, names in self._index.entries(topic):
+            found.extend(self._group(key, names))
+        return tuple(found), any(t.ring for t in found), sum(len(t.asleep) for t in found)
+
+    def _group(self, key: str, names: Collection[str]) -> tuple[Turns, ...]:
+        """(Under the lock.) The turns of one index entry: made once, shared by the topics it matches."""
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = self._turns(list(names))
+        return group
 
     def _turns(self, names: list[str]) -> tuple[Turns, ...]:
         """(Under the lock.) The turns of the peers ``names``: one per owner (their socket's uid)."""
@@ -854,22 +955,29 @@ class LocalFanout:
         link = self._links.get(peer.name)
         if link is not None:
             return link
-        sock = None
-        if self._linked + len(self._retired) < MAX_LINKS:
-            try:
-                sock = self._connect(peer.name, reg.sock)
-            except _Refused:
-                self._refused(peer.name, peer.pid, peer.host == _HOST)
-                return None
-            except OSError:  # out of descriptors, say: sent to one datagram at a time
-                sock = None
-        if sock is None:
-            link = self._unlinked_link(reg, peer)
-        else:
-            link = _Link(peer, sock.send, sock, reg.owner, 1)
-            self._linked += 1
+        try:
+            sock = self._socket_for(reg, peer)
+        except _Refused:
+            self._refused(peer.name, peer.pid, peer.host == _HOST)
+            return None
+        link = self._unlinked_link(reg, peer) if sock is None else self._linked_link(reg, peer, sock)
         self._links[peer.name] = link
         return link
+
+    def _socket_for(self, reg: _Reg, peer: Peer) -> socket.socket | None:
+        """(Under the lock.) A socket connected to ``peer`` if there is room (`MAX_LINKS`) and
+        descriptors left, else None; `_Refused` if its socket refuses."""
+        if self._linked + len(self._retired) >= MAX_LINKS:
+            return None
+        try:
+            return self._connect(peer.name, reg.sock)
+        except OSError:  # out of descriptors, say: sent to one datagram at a time
+            return None
+
+    def _linked_link(self, reg: _Reg, peer: Peer, sock: socket.socket) -> _Link:
+        """(Under the lock.) The link to ``peer`` through its own connected ``sock`` (counted)."""
+        self._linked += 1
+        return _Link(peer, sock.send, sock, reg.owner, 1)
 
     def _unlinked_link(self, reg: _Reg, peer: Peer) -> _Link:
         name, expect = peer.name, reg.sock
@@ -897,15 +1005,9 @@ class LocalFanout:
             fd = os.open(name + ".sock", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
         except FileNotFoundError:
             raise _Refused from None
-        sock = None
         try:
-            _check_socket(fd, expect)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.connect(f"/proc/self/fd/{fd}")
-            return sock
+            return _connect_through(fd, expect)
         except OSError as exc:
-            if sock is not None:
-                sock.close()
             if exc.errno in _GONE:
                 raise _Refused from None
             raise
@@ -920,11 +1022,16 @@ class LocalFanout:
             self._prune(name)
             self._forget_reg(name)
         else:
-            reg = self._regs.get(name)
-            if reg is not None and not reg.dead and reg.peer is not None:
-                reg.dead = True
-                self._unindex_reg(name, reg)
+            self._take_as_dead(name)
         self._regroup = True
+
+    def _take_as_dead(self, name: str) -> None:
+        """(Under the lock.) The peer of registration ``name`` is not sent to (unindexed) until its
+        registration changes."""
+        reg = self._regs.get(name)
+        if _sendable(reg):
+            reg.dead = True
+            self._unindex_reg(name, reg)
 
     def _retire(self, link: _Link, now: float) -> None:
         """(Under the lock.) A link no longer used: its socket is closed a while later, not now, so that
@@ -949,15 +1056,19 @@ class LocalFanout:
         """Remove a registration that can never be one, and its ``.sock`` if ``sock`` (if that is
         the socket whose identity ``sock`` gives, if one is given)."""
         if sock is not False:
-            with contextlib.suppress(OSError):
-                if sock is not True:
-                    st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
-                    if (st.st_dev, st.st_ino) != sock:
-                        raise FileNotFoundError
-                os.unlink(name + ".sock", dir_fd=self._dir_fd)
+            self._remove_sock(name, None if sock is True else sock)
         with contextlib.suppress(OSError):
             os.unlink(name + ".json", dir_fd=self._dir_fd)
         count("pruned")
+
+    def _remove_sock(self, name: str, ident: tuple[int, int] | None) -> None:
+        """Remove ``<name>.sock``, only if it is the socket ``ident`` names when one is given."""
+        with contextlib.suppress(OSError):
+            if ident is not None:
+                st = os.stat(name + ".sock", dir_fd=self._dir_fd, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) != ident:
+                    return
+            os.unlink(name + ".sock", dir_fd=self._dir_fd)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -1017,7 +1128,7 @@ class LocalFanout:
         """Send to a peer that events wait for already (they go first: ``data`` waits after them,
         in order) or that was found not reading (not tried before its `STUCK_RETRY` is up). How
         many were sent (0 or 1)."""
-        if link.backlog:
+        if link.backlog:  # (written out: this runs for each event while a backlog fills)
             if link.full:
                 self._dropped(link)
             else:
@@ -1031,11 +1142,15 @@ class LocalFanout:
         except OSError as exc:
             self._send_failed(link, data, exc)
             return 0
-        link.skip_until = 0.0  # it reads again
+        self._reads_again(link)
+        return 1
+
+    def _reads_again(self, link: _Link) -> None:
+        """A peer found not reading took a send: awake again (the turns made again)."""
+        link.skip_until = 0.0
         self._regroup = True
         if link.sock is None:
             link.ok = True
-        return 1
 
     def _send_failed(self, link: _Link, data: bytes, exc: OSError) -> None:
         """A send to ``link`` raised ``exc``: a full buffer (the event waits, `_defer`), nobody there
@@ -1069,10 +1184,7 @@ class LocalFanout:
         it, the peer behind the longest (`EVICT_AFTER` at least) loses its backlog to make room; if
         there is none, the event is dropped."""
         if link.sock is None:  # unlinked: no readiness of its own to wait for
-            link.ok = False
-            link.skip_until = time.monotonic() + STUCK_RETRY
-            self._regroup = True
-            self._dropped(link)
+            self._unlinked_full(link)
             return
         size = len(data) + _EVENT_OVERHEAD
         with self._backlog_lock:
@@ -1084,14 +1196,22 @@ class LocalFanout:
         elif kept == "first":
             self._ring()
 
+    def _unlinked_full(self, link: _Link) -> None:
+        """The buffer of an unlinked peer is full: the event is dropped, and the peer sleeps for
+        `STUCK_RETRY`."""
+        link.ok = False
+        link.skip_until = time.monotonic() + STUCK_RETRY
+        self._regroup = True
+        self._dropped(link)
+
     def _keep(self, link: _Link, data: bytes, size: int) -> Literal["first", "kept", "full", "over"]:
         """(Under the backlog lock.) Put ``data`` (``size`` counted) at the end of ``link``'s backlog:
         ``"first"`` if the flusher is to be told of the link, ``"kept"``; or not: ``"full"`` (its own
-        backlog is full: it is not visited until half has gone out), ``"over"`` (all backlogs are)."""
+        backlog is full: it is not visited until half has gone out), ``"over"`` (all backlogs are).
+        Written out: it runs for each event while a peer's backlog fills (split into named steps, that
+        path measured 13% slower)."""
         if len(link.backlog) >= BACKLOG_EVENTS or link.backlog_bytes + len(data) > BACKLOG_BYTES:
-            if not link.full:
-                link.full = True  # (until half of it has gone out: not visited meanwhile)
-                self._regroup = True
+            self._set_full(link)
             return "full"
         if self._backlog_total + size > BACKLOG_TOTAL:
             return "over"
@@ -1104,6 +1224,12 @@ class LocalFanout:
         self._backlogged.add(link)
         return "first" if first else "kept"
 
+    def _set_full(self, link: _Link) -> None:
+        """``link``'s backlog is full: its peer is not visited until half of it has gone out."""
+        if not link.full:
+            link.full = True
+            self._regroup = True
+
     def _over_total(self, link: _Link, data: bytes, size: int) -> None:
         """All backlogs are full: room is made (`_make_room`) and ``data`` kept, or it is dropped and
         ``link``'s peer is not visited for a while."""
@@ -1113,9 +1239,8 @@ class LocalFanout:
         if not link.backlog:  # nothing of its own waits to show when it reads: it sleeps
             link.skip_until = time.monotonic() + STUCK_RETRY
             self._regroup = True
-        elif not link.full:
-            link.full = True
-            self._regroup = True
+        else:
+            self._set_full(link)
         self._dropped(link)
 
     def _ring(self) -> None:
@@ -1130,9 +1255,7 @@ class LocalFanout:
         peer's and has waited `EVICT_AFTER`, is dropped (counted) and its peer sleeps (`STUCK_RETRY`).
         Whether there is room for ``size`` more now."""
         now = time.monotonic()
-        with self._backlog_lock:
-            behind = [ln for ln in self._backlogged if ln.backlog and ln is not link]
-            oldest = min(behind, key=lambda ln: ln.behind_since, default=None)
+        oldest = self._behind_longest(link)
         if oldest is None or now - oldest.behind_since < EVICT_AFTER:
             return False
         self._forget_backlog(oldest)
@@ -1140,6 +1263,12 @@ class LocalFanout:
         self._regroup = True
         with self._backlog_lock:
             return self._backlog_total + size <= BACKLOG_TOTAL
+
+    def _behind_longest(self, link: _Link) -> _Link | None:
+        """The link other than ``link`` whose backlog has waited the longest, if any."""
+        with self._backlog_lock:
+            behind = [ln for ln in self._backlogged if ln.backlog and ln is not link]
+            return min(behind, key=lambda ln: ln.behind_since, default=None)
 
     def _start_flusher(self) -> None:
         with self._lock:
@@ -1169,7 +1298,7 @@ class LocalFanout:
     def _drain(self, link: _Link) -> bool:
         """Send what waits for ``link``, oldest first, until it is empty (True) or the peer's buffer
         is full again (False)."""
-        while True:
+        while True:  # (written out: it runs for each event sent from a backlog)
             with self._backlog_lock:
                 if not link.backlog:
                     self._backlogged.discard(link)
@@ -1180,14 +1309,19 @@ class LocalFanout:
             except BlockingIOError:
                 return False
             except OSError as exc:
-                self._forget_backlog(link)
-                if exc.errno in _GONE:  # (EBADF: retired and closed, already forgotten by a look)
-                    self._peer_gone(link)
+                self._broke_under_backlog(link, exc)
                 return True
             with self._backlog_lock:
                 self._sent_from_backlog(link, data)
             FANOUT_STATS["sent"] += 1
             FANOUT_STATS["deferred"] += 1
+
+    def _broke_under_backlog(self, link: _Link, exc: OSError) -> None:
+        """A send from ``link``'s backlog raised ``exc``: the backlog is dropped, and the peer taken as
+        gone if nobody is there any more."""
+        self._forget_backlog(link)
+        if exc.errno in _GONE:  # (EBADF: retired and closed, already forgotten by a look)
+            self._peer_gone(link)
 
     def _sent_from_backlog(self, link: _Link, data: bytes) -> None:
         """(Under the backlog lock.) ``data``, the oldest of ``link``'s backlog, went out: taken off
@@ -1198,12 +1332,18 @@ class LocalFanout:
         link.backlog.popleft()
         link.backlog_bytes -= len(data)
         self._backlog_total -= len(data) + _EVENT_OVERHEAD
-        if link.full and len(link.backlog) <= BACKLOG_EVENTS // 2:
-            link.full = link.backlog_bytes > BACKLOG_BYTES // 2
-            if not link.full:
-                self._regroup = True  # awake again at the next look
+        if link.full:
+            self._unset_full_at_half(link)
         if link.backlog:
             link.behind_since = time.monotonic()  # it reads: behind since now only
+
+    def _unset_full_at_half(self, link: _Link) -> None:
+        """(Under the backlog lock.) A full backlog down to half its events takes events again once
+        it is down to half its bytes too (the peer awake again at the next look)."""
+        if len(link.backlog) <= BACKLOG_EVENTS // 2:
+            link.full = link.backlog_bytes > BACKLOG_BYTES // 2
+            if not link.full:
+                self._regroup = True
 
     def _flush(self) -> None:
         """The flusher thread: waits until a backlogged peer can take more (POLLOUT on its connected
@@ -1213,10 +1353,7 @@ class LocalFanout:
         watched: dict[int, _Link] = {}
         while not self._closed:
             waiting = self._drain_all()
-            for fd in watched.keys() - waiting.keys():
-                poller.unregister(fd)
-            for fd in waiting.keys() - watched.keys():
-                poller.register(fd, select.POLLOUT)
+            _rewatch(poller, watched, waiting)
             watched = waiting
             for fd, events in poller.poll():
                 self._flush_event(fd, events, watched)
@@ -1224,15 +1361,20 @@ class LocalFanout:
     def _drain_all(self) -> dict[int, _Link]:
         """(The flusher thread.) Send what waits for every backlogged link (`_drain`): the links whose
         peers' buffers are full again, by their socket's descriptor (to wait for)."""
-        waiting = {}
+        waiting: dict[int, _Link] = {}
         for link in list(self._backlogged):
             if not self._drain(link) and link.sock is not None:  # (only connected links wait)
-                fd = link.sock.fileno()
-                if fd >= 0:
-                    waiting[fd] = link
-                else:
-                    self._forget_backlog(link)
+                self._wait_for_room(link, link.sock, waiting)
         return waiting
+
+    def _wait_for_room(self, link: _Link, sock: socket.socket, waiting: dict[int, _Link]) -> None:
+        """(The flusher thread.) ``link``, whose peer's buffer is full again, waits for room on its
+        socket ``sock`` (put in ``waiting`` by descriptor); if that is closed, its backlog is dropped."""
+        fd = sock.fileno()
+        if fd >= 0:
+            waiting[fd] = link
+        else:
+            self._forget_backlog(link)
 
     def _flush_event(self, fd: int, events: int, watched: dict[int, _Link]) -> None:
         """(The flusher thread.) What the poll said of ``fd``: the bell (emptied), or a socket
@@ -1274,12 +1416,9 @@ class LocalFanout:
     def _drops(self) -> tuple[dict[str, int], int]:
         """(events dropped for each peer still registered, for those no longer registered), counting
         what the peers missed in the turns of now."""
+        missed: dict[str, int] = {}
         with self._lock:
-            missed: dict[str, int] = {}
-            for group in self._groups.values():
-                for turns in group:
-                    for link, n in turns.missed():
-                        missed[link.name] = missed.get(link.name, 0) + n
+            self._add_missed(missed)
         with STATS_LOCK:
             drops = dict(self._dropped_to)
             others = self._dropped_gone
@@ -1357,6 +1496,23 @@ class LocalFanout:
             return
         deliver(self.bus, event, len(data), sender)
 
+    def _stop_threads(self) -> None:
+        """(At close.) Wake the receiving and the flushing threads, and wait for them to end."""
+        # Wake the receiver. Not with a datagram to itself: its buffer may be full.
+        with self._register_lock, contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            os.write(self._bell_w, b"\0")
+        self._thread.join(5)
+        if self._flusher is not None:
+            self._flusher.join(5)
+
+    def _remove_own_files(self) -> None:
+        """(At close.) Remove this process's registration and socket from the bus folder."""
+        for suffix in (".json", ".sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.name + suffix, dir_fd=self._dir_fd)
+
     def _close_links(self) -> None:
         """(Under the lock, at close.) Every link's backlog dropped (counted) and socket closed, what
         the peers missed counted, the retired sockets closed."""
@@ -1376,23 +1532,27 @@ class LocalFanout:
         self._closed = True
         self.bus.remove_outlet(self.send)
         self.bus.remove_watcher(self._register)
-        # Wake the receiver. Not with a datagram to itself: its buffer may be full.
-        with self._register_lock, contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RD)
-        with contextlib.suppress(OSError):
-            os.write(self._bell_w, b"\0")
-        self._thread.join(5)
-        if self._flusher is not None:
-            self._flusher.join(5)
-        for suffix in (".json", ".sock"):
-            with contextlib.suppress(OSError):
-                os.unlink(self.name + suffix, dir_fd=self._dir_fd)
+        self._stop_threads()
+        self._remove_own_files()
         with self._lock:
             self._close_links()
         self._sock.close()
         os.close(self._dir_fd)
         os.close(self._bell_r)
         os.close(self._bell_w)
+
+
+def _connect_through(fd: int, expect: tuple[int, int] | None) -> socket.socket:
+    """A datagram socket connected to the socket of the ``O_PATH`` descriptor ``fd``, checked first
+    (`_check_socket`); closed again if the connect fails."""
+    _check_socket(fd, expect)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}")
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
@@ -1405,6 +1565,42 @@ def _check_socket(fd: int, expect: tuple[int, int] | None) -> None:
         raise _Refused
 
 
+def _registration_body(dir_fd: int, name: str, st: os.stat_result) -> Any:
+    """The decoded content of the registration file ``name`` (its ``lstat`` ``st``): None if it is
+    not a regular file, is too big, cannot be read or does not decode; FileNotFoundError if gone."""
+    if not fits_registration(st):
+        return None
+    try:
+        return orjson.loads(_fs.read_regular(name, MAX_REGISTRATION, dir_fd=dir_fd))
+    except FileNotFoundError:
+        raise
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _seen_mtime(mtime: int) -> int:
+    """The folder mtime to take as seen: ``mtime``, or -1 if it is younger than a second."""
+    # A folder's mtime has the kernel's coarse clock (a tick, 1-4 ms): two registrations in one
+    # tick leave one mtime. A change younger than a second is not taken as seen: looked at again.
+    return mtime if time.time_ns() - mtime > 1_000_000_000 else -1
+
+
+def _rewatch(poller: select.poll, watched: dict[int, _Link], waiting: dict[int, _Link]) -> None:
+    """Make ``poller`` wait for room on the descriptors of ``waiting`` instead of ``watched``."""
+    for fd in watched.keys() - waiting.keys():
+        poller.unregister(fd)
+    for fd in waiting.keys() - watched.keys():
+        poller.register(fd, select.POLLOUT)
+
+
+def _has_room(sock: socket.socket) -> bool:
+    """Whether the connected ``sock`` polls writable (its peer's buffer has room); False if broken."""
+    try:
+        return bool(_poll_out(sock))
+    except (OSError, ValueError):
+        return False
+
+
 def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
@@ -1413,7 +1609,23 @@ def _poll_out(sock: socket.socket) -> list[tuple[int, int]]:
 
 def _of_dead_process(reg: _Reg) -> bool:
     """Whether ``reg`` is a peer of this host whose process is gone."""
-    return reg.peer is not None and reg.peer.host == _HOST and not alive(reg.peer.pid)
+    return reg.peer is not None and _dead_here(reg.peer)
+
+
+def _sendable(reg: _Reg | None) -> TypeGuard[_Reg]:
+    """Whether ``reg`` is a registration of a peer that can be sent to: not set aside nor one that
+    cannot be used here, and its socket did not refuse."""
+    return reg is not None and reg.peer is not None and not reg.dead
+
+
+def _socket_changed(known: _Reg | None, read: _Reg | None) -> bool:
+    """Whether a registration ``known`` is no longer one, or names another socket, once ``read`` again."""
+    return known is not None and (read is None or known.sock != read.sock)
+
+
+def _dead_here(peer: Peer) -> bool:
+    """Whether ``peer`` is of this host and its process is gone."""
+    return peer.host == _HOST and not alive(peer.pid)
 
 
 def _wait_until(poller: select.poll, deadline: float) -> list[tuple[int, int]]:

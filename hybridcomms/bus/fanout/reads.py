@@ -78,12 +78,15 @@ class ReadQueue:
             self._served.clear()
             return every
         chosen = self._turns(budget, working, live)
-        for name in chosen:
-            del names[name]
+        self._take(chosen)
         more = self._oldest_and_newest(budget - len(chosen))
-        for name in more:
-            del names[name]
+        self._take(more)
         return chosen + more
+
+    def _take(self, chosen: list[str]) -> None:
+        """Take the names ``chosen`` off the queue."""
+        for name in chosen:
+            del self.names[name]
 
     def _turns(
         self, budget: int, working: Callable[[], Collection[int]], live: Callable[[int], bool]
@@ -91,7 +94,7 @@ class ReadQueue:
         """One name per live pid, ``budget`` at most, the pids in turns (`choose`)."""
         look = self._looks
         first, last = self._ends_by_pid()
-        served = self._served = {pid: at for pid, at in self._served.items() if pid in first}
+        served = self._served_of(first)
         known = working()
         order = sorted(first, key=lambda pid: (served.get(pid, -1), pid in known))  # (stable: first seen)
         chosen: list[str] = []
@@ -102,6 +105,11 @@ class ReadQueue:
             if live(pid):
                 chosen.append(first[pid] if look % 2 else last[pid])
         return chosen
+
+    def _served_of(self, named: dict[int, str]) -> dict[int, int]:
+        """The look at which each pid still ``named`` was last served (the others forgotten)."""
+        self._served = {pid: at for pid, at in self._served.items() if pid in named}
+        return self._served
 
     def _ends_by_pid(self) -> tuple[dict[int, str], dict[int, str]]:
         """(the oldest name, the newest name) waiting of each pid named (not of names that say none)."""

@@ -39,7 +39,7 @@ def channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[st
     wanted = set(patterns)
     if "*" in wanted:
         return set(), {_escape(prefix) + "*"}
-    heads = {p[:-1] for p in wanted if p.endswith(".*")}  # "a." for "a.*": it takes every "a.<...>"
+    heads = _heads(wanted)
     channels: set[str] = set()
     globs: set[str] = set()
     for p in wanted:
@@ -48,6 +48,11 @@ def channel_patterns(prefix: str, patterns: list[str]) -> tuple[set[str], set[st
         elif not _covered(p, heads):
             channels.add(prefix + p)
     return channels, globs
+
+
+def _heads(patterns: set[str]) -> set[str]:
+    """The heads of the prefix patterns, with their dot (``a.`` for ``a.*``: it takes every ``a.<...>``)."""
+    return {p[:-1] for p in patterns if p.endswith(".*")}
 
 
 def _covered(topic: str, heads: set[str], own: str | None = None) -> bool:
@@ -65,6 +70,17 @@ def _add_prefix_pattern(
         channels.add(prefix + base)  # "a.*" matches "a" itself too
     if not _covered(pattern[:-1], heads, own=pattern[:-1]):
         globs.add(_escape(prefix + base) + ".*")
+
+
+def _carries_data(msg: dict[str, Any] | None) -> bool:
+    """Whether a pub/sub reply is a message of a channel or a pattern (not a subscription's reply)."""
+    return msg is not None and msg.get("type") in ("message", "pmessage")
+
+
+def _count_bad(data: Any) -> None:
+    """Count a message that is not an event (the wake of `RedisFanout.close` aside)."""
+    if data != _WAKE:
+        count("dropped_bad")
 
 
 def redis_bus_prefix(url: str, namespace: str = "hc") -> str:
@@ -167,9 +183,7 @@ class RedisFanout:
             if not self._closed:
                 time.sleep(0.1)  # (the connection broke: redis-py reconnects at the next call)
             return None
-        if msg is None or msg.get("type") not in ("message", "pmessage"):
-            return None
-        return msg
+        return msg if _carries_data(msg) else None
 
     def _receive(self) -> None:
         # Redis writes the copies of one publish (one per matching subscription: only while the
@@ -187,8 +201,7 @@ class RedisFanout:
         """Deliver one message's data: an event from another process (not this one's own, back)."""
         event = decode_event(data) if isinstance(data, bytes) else None
         if event is None:
-            if data != _WAKE:
-                count("dropped_bad")
+            _count_bad(data)
             return
         if event.origin != self.origin:  # (our own publish, back from Redis: not delivered)
             deliver(self.bus, event, len(data), -1)

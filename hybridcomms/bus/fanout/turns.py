@@ -79,8 +79,7 @@ class Turns:
     __slots__ = ("asleep", "budget", "costs", "count", "cursor", "ring", "visits", "whole")
 
     def __init__(self, links: list[Link], budget: int) -> None:
-        self.ring = tuple(link for link in links if not link.asleep)
-        self.asleep = tuple(link for link in links if link.asleep)
+        self.ring, self.asleep = _awake_and_asleep(links)
         self.costs = tuple(link.cost for link in self.ring)
         self.budget = budget
         self.whole = sum(self.costs) <= budget  # all of them at every publish
@@ -112,8 +111,22 @@ class Turns:
         if not count:
             return
         if not self.whole:
-            for link, seen in zip(self.ring, self.visits, strict=True):
-                if count > seen:
-                    yield link, count - seen
+            yield from self._not_visited(count)
         for link in self.asleep:
             yield link, count
+
+    def _not_visited(self, count: int) -> Iterator[tuple[Link, int]]:
+        """(link, events it missed) of the links awake that took turns and were not visited by all
+        ``count`` publishes."""
+        for link, seen in zip(self.ring, self.visits, strict=True):
+            if count > seen:
+                yield link, count - seen
+
+
+def _awake_and_asleep(links: list[Link]) -> tuple[tuple[Link, ...], tuple[Link, ...]]:
+    """(the links awake, the links asleep) among ``links``, each in its order."""
+    awake: list[Link] = []
+    asleep: list[Link] = []
+    for link in links:
+        (asleep if link.asleep else awake).append(link)
+    return tuple(awake), tuple(asleep)
