@@ -169,3 +169,16 @@ def test_the_redis_scripts_are_lua_files_of_the_package() -> None:
     pyproject = PACKAGE.parent / "pyproject.toml"
     if pyproject.exists():  # a source tree (not an installed wheel)
         assert '"backends/redis/*.lua"' in pyproject.read_text(encoding="utf-8")
+
+
+def test_where_the_bus_is_shared_is_decided_by_the_backends_package() -> None:
+    """The fanout asks `fanout_url` (a Redis URL: its pub/sub; else the root's `.bus/` folder)
+    instead of asking which backend a URL is."""
+    from hybridcomms.backends import fanout_url
+
+    for url in ("redis://127.0.0.1:6379/0", "rediss://h:6380", "unix:///tmp/redis.sock"):
+        assert fanout_url(url) == url
+    for url in (None, "local", "/tmp/root", "file:///tmp/root", "memory://x", "ftp://h"):
+        assert fanout_url(url) is None
+    source = Path(hybridcomms.__file__).parent.joinpath("bus", "fanout", "__init__.py").read_text()
+    assert "backend_of" not in source

@@ -27,6 +27,7 @@ __all__ = [
     "Mailbox",
     "MailboxDelivery",
     "backend_of",
+    "fanout_url",
     "open_mailbox",
     "put_once",
     "registry_for",
@@ -50,6 +51,13 @@ def backend_of(url: str | None) -> str:
     if "://" not in url:
         return _backend_of_path(url)
     return _backend_of_scheme(url.split("://", 1)[0].lower())
+
+
+def fanout_url(url: str | None) -> str | None:
+    """Where the bus that goes with the mailboxes at ``url`` is shared across hosts: the URL itself
+    for a backend with a pub/sub of its own (Redis), None when the bus is shared on this host through
+    the root's ``.bus/`` folder (files; a memory URL has no other process to reach)."""
+    return url if url is not None and backend_of(url) == "redis" else None
 
 
 def _backend_of_path(path: str) -> str:

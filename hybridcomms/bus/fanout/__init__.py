@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from ...backends import backend_of
+from ...backends import fanout_url
 from ..core import AgentBus
 from .folder import BUS_FOLDER, bus_peers
 from .local import LocalFanout
@@ -63,8 +63,9 @@ _shared_lock = threading.Lock()
 
 def _place_of(root: str | os.PathLike[str] | None, url: str | None) -> tuple[str, bool] | None:
     """(where the bus is shared, whether that is a Redis URL); None if nowhere."""
-    if url is not None and backend_of(url) == "redis":
-        return url, True
+    shared = fanout_url(url)
+    if shared is not None:
+        return shared, True
     if root is None:
         return None
     return os.path.abspath(os.fspath(root)), False
