@@ -15,7 +15,7 @@ from .. import _fs
 from .._fs import shown
 from .._outage import reason, unreachable
 from ..backends import Mailbox
-from ..backends.base import RecoveryReport
+from ..backends.base import RecoveryReport, purged_state
 from ..backends.file import FileMailbox, inspection
 from ..states import State
 from .common import (
@@ -209,8 +209,7 @@ def _deleted(
 
 def _purge_elsewhere(args: argparse.Namespace, mb: Mailbox, state: State) -> int:
     """``purge`` on a backend without files: its own `purge` (or a count, with --dry-run)."""
-    if state not in (State.DONE, State.DEAD):
-        raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
+    purged_state(state)
     if args.dry_run:
         return _would_delete(args, mb, state, _older_names(mb, state, args.older_than))
     _deleted(args, mb, state, mb.purge(state, args.older_than))

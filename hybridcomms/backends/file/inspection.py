@@ -19,7 +19,15 @@ from ... import _fs
 from ..._names import REASON_SUFFIX, NameInfo, compact_time, parse_name
 from ...message import Message
 from ...states import REQUEUE_DEAD, REQUEUE_DONE, State
-from ..base import LastError, MailboxStats, MessageInfo, StateStats, check_agent_id
+from ..base import (
+    LastError,
+    MailboxStats,
+    MessageInfo,
+    StateStats,
+    check_agent_id,
+    purged_state,
+    requeue_source,
+)
 from . import last_errors
 
 if TYPE_CHECKING:
@@ -175,13 +183,8 @@ def requeue(mb: FileMailbox, message_id: str, src: State, reset_attempts: bool =
     """Move a message from ``dead/`` (or ``done/``, a replay) back to ``new/``, due now, with a
     fresh attempt count (or the one it had, without ``reset_attempts``); return the new file names.
     Its reason file is removed."""
-    _check_requeue_source(src)
+    requeue_source(src)
     return requeue_infos(mb, find(mb, src, message_id), src, reset_attempts)
-
-
-def _check_requeue_source(src: State) -> None:
-    if src not in (State.DEAD, State.DONE):
-        raise ValueError(f"requeue takes messages from dead/ or done/, not {src.value}/")
 
 
 def requeue_infos(
@@ -193,7 +196,7 @@ def requeue_infos(
 ) -> list[str]:
     """`requeue` of files already listed (one listing for many: ``requeue --all-dead``); ``step(n)``
     is told how many were handled so far."""
-    _check_requeue_source(src)
+    requeue_source(src)
     mb.folders.check_writable()
     src_fd, new_fd = mb.folders.fd(src), mb.folders.fd(State.NEW)
     moved: list[str] = []
@@ -270,7 +273,7 @@ def remove(
 
     The folders are shared: a folder someone made inside ``done/`` is passed over (never removed with
     what it holds), and its name added to ``skipped``; so is an entry that cannot be removed."""
-    _check_purge_state(state)
+    purged_state(state)
     mb.folders.check_writable()
     fd = mb.folders.fd(state)
     removed = 0
@@ -280,11 +283,6 @@ def remove(
     if removed:
         mb.folders.commit(fd)
     return removed
-
-
-def _check_purge_state(state: State) -> None:
-    if state not in (State.DONE, State.DEAD):
-        raise ValueError(f"purge only empties done/ or dead/, not {state.value}/")
 
 
 def _remove_one(fd: int, state: State, name: str, skipped: list[str] | None) -> bool:
