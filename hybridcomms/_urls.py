@@ -68,8 +68,12 @@ def url_from_environ(environ: Mapping[str, str] | None = None) -> str | None:
     if url:
         return url
     path = _env.value(URL_FILE_ENV, environ)
-    if not path:
-        return None
+    return _url_in_file(path) if path else None
+
+
+def _url_in_file(path: str) -> str:
+    """The first line of the URL file at ``path``; `ValueError` (naming the file, never its content)
+    if it cannot be read or holds no URL."""
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_URL_FILE)
