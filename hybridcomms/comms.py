@@ -74,6 +74,11 @@ class CommsSubscription:
     handler: Handler
 
 
+def _root_of(root: str | os.PathLike[str] | None) -> Path:
+    """The same root the CLI uses: the argument, else $HYBRIDCOMMS_ROOT, else the Dream.OS default."""
+    return Path(root if root is not None else _env.value(_env.ROOT) or DEFAULT_ROOT)
+
+
 class Comms:
     """One agent's connection to the others. See the module docstring.
 
@@ -128,8 +133,7 @@ class Comms:
         done_retention: int | None = 10_000,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
-        # The same root the CLI uses: the argument, else $HYBRIDCOMMS_ROOT, else the Dream.OS default.
-        self.root = Path(root if root is not None else _env.value(_env.ROOT) or DEFAULT_ROOT)
+        self.root = _root_of(root)
         self.url = resolve_url(url)
         policy = find_policy(policy)
         self.policy = policy
