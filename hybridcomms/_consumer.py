@@ -131,13 +131,18 @@ class ConsumerLoop:
         while not self.stopping.is_set():
             try:
                 self.process_one(timeout=0.5)
-                if time.monotonic() >= next_recovery:
-                    self.mailbox.recover()
-                    next_recovery = time.monotonic() + self.recover_every
+                next_recovery = self._recover_if_due(next_recovery)
             except Exception as exc:
                 self._after_error(exc)
                 continue
             self.outage.ok()
+
+    def _recover_if_due(self, due: float) -> float:
+        """Run the mailbox's recovery if it is ``due`` (a monotonic time); when it is due next."""
+        if time.monotonic() < due:
+            return due
+        self.mailbox.recover()
+        return time.monotonic() + self.recover_every
 
     def _after_error(self, exc: Exception) -> None:
         """Wait before the loop's next turn after ``exc``: the outage's backoff when the backend

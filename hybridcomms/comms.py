@@ -79,6 +79,15 @@ def _root_of(root: str | os.PathLike[str] | None) -> Path:
     return Path(root if root is not None else _env.value(_env.ROOT) or DEFAULT_ROOT)
 
 
+def _wait_answered(future: concurrent.futures.Future[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the consumer loop to answer ``future`` (raising what it
+    failed with); no answer by then is no error."""
+    try:
+        future.result(timeout)
+    except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
+        pass
+
+
 class Comms:
     """One agent's connection to the others. See the module docstring.
 
@@ -391,10 +400,7 @@ class Comms:
             if remaining <= 0:
                 return
             if self.running:
-                try:
-                    future.result(remaining)
-                except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
-                    pass
+                _wait_answered(future, remaining)
                 return
             self.process_one(timeout=min(remaining, 0.5))
 

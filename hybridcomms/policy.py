@@ -57,7 +57,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import _env, _fs
 from ._urls import shown_url
@@ -121,10 +121,14 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise PolicyError(f"a pattern must be a non-empty string, not {pattern!r}")
     if pattern == "*":
         return re.compile(r".+\Z", re.S)
+    return re.compile(_dotted_regex(pattern) + r"\Z", re.S)
+
+
+def _dotted_regex(pattern: str) -> str:
+    """The regular expression of a pattern of dot-separated segments, one segment after another."""
     segments = pattern.split(".")
     last = len(segments) - 1
-    parts = [_segment_regex(pattern, seg, i, i == last) for i, seg in enumerate(segments)]
-    return re.compile("".join(parts) + r"\Z", re.S)
+    return "".join(_segment_regex(pattern, seg, i, i == last) for i, seg in enumerate(segments))
 
 
 def _segment_regex(pattern: str, seg: str, i: int, last: bool) -> str:
@@ -379,11 +383,15 @@ class Policy:
         for number, rule in enumerate(self.rules, 1):
             pattern = rule.matching_pattern(topic, prio, addressed)
             if pattern is not None:
-                label = f"rule {number} ({rule.name})" if rule.name else f"rule {number}"
+                label = _rule_label(number, rule)
                 return _critical(Decision(rule.route, f"{label}: pattern {pattern!r}", rule, pattern), prio)
+        return _critical(self._default(addressed), prio)
+
+    def _default(self, addressed: bool) -> Decision:
+        """The decision for a message no rule matches: the default for its addressing."""
         if addressed:
-            return _critical(Decision(self.default_addressed, "default for a message to one agent"), prio)
-        return _critical(Decision(self.default_broadcast, "default for a broadcast"), prio)
+            return Decision(self.default_addressed, "default for a message to one agent")
+        return Decision(self.default_broadcast, "default for a broadcast")
 
     def describe(self) -> str:
         lines = [f"policy from {self.provenance}"]
@@ -488,7 +496,7 @@ def _default_routes(data: Mapping[str, Any], where: _SettingsText) -> dict[str, 
 
 def _adopt_patterns(adopt: object, where: _SettingsText) -> tuple[str, ...]:
     """The ``adopt`` setting: agent ids or patterns, each a non-empty string."""
-    if not isinstance(adopt, list) or not all(isinstance(a, str) and a for a in adopt):
+    if not _strings(adopt) or not all(adopt):
         raise where.error("adopt must be an array of agent ids or patterns", "adopt")
     return tuple(adopt)
 
@@ -606,6 +614,11 @@ def _parse_toml(text: str, source: str) -> Mapping[str, Any]:
         ) from None
 
 
+def _rule_label(number: int, rule: Rule) -> str:
+    """How a decision names the rule that made it: its number, and its name if it has one."""
+    return f"rule {number} ({rule.name})" if rule.name else f"rule {number}"
+
+
 def _critical(decision: Decision, prio: Priority) -> Decision:
     if prio is Priority.CRITICAL and decision.route is Route.EPHEMERAL:
         return Decision(
@@ -687,9 +700,14 @@ def _rule_table(raw: object, site: _RuleText) -> Mapping[str, Any]:
 def _rule_patterns(match: Any, site: _RuleText) -> tuple[str, ...]:
     """A rule's ``match``: one pattern or a list of them."""
     patterns: Iterable[object] = [match] if isinstance(match, str) else match
-    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+    if not _strings(patterns):
         raise site.error("'match' must be a pattern or a list of patterns", "match")
     return tuple(patterns)
+
+
+def _strings(value: object) -> TypeGuard[list[str]]:
+    """Whether a setting read from TOML is an array of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _rule_parsed(

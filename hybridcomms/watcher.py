@@ -674,9 +674,11 @@ class MailboxWatcher:
         else in the library removes a file there: recovery moves it). Other removals (the trim of
         ``done/``, a purge) are not events."""
         where = self._split(path)
-        if where is not None and where[1] is State.PROCESSING:
+        if where is None:
+            return
+        if where[1] is State.PROCESSING:
             self._emit("acked", where[0], State.DONE, where[2], "notify")
-        elif where is not None and where[1] is State.NEW:
+        elif where[1] is State.NEW:
             self._left_new(where[0], where[2])  # a purge, or a legacy reader taking it
 
     def _delivered(self, agent: str, name: str, source: str) -> None:
