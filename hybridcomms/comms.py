@@ -195,13 +195,16 @@ class Comms:
             return
         from .bus.fanout import share_bus as _share
 
-        remote = kind == "redis"
+        root, url = self._shared_through(kind)
         try:
-            self._unshare = _share(
-                self.bus, root=None if remote else self.root, url=self.url if remote else None
-            )
+            self._unshare = _share(self.bus, root=root, url=url)
         except Exception as exc:  # no /proc, no socket allowed there, Redis down: stay in-process
             log.warning("%s: ephemeral events stay in this process (%s)", self.agent_id, exc)
+
+    def _shared_through(self, kind: str) -> tuple[Path | None, str | None]:
+        """Where the bus's events meet other processes': (None, the URL) on Redis, (the root, None)
+        for files."""
+        return (None, self.url) if kind == "redis" else (self.root, None)
 
     @property
     def dead_letter_topic(self) -> str:

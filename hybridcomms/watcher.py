@@ -240,6 +240,11 @@ def _later_paths(root: str, agent: str, names: list[str], path: str) -> list[str
     ]
 
 
+def _not_a_message(name: str) -> bool:
+    """Whether a name in a state folder is no message file: a dead letter's reason, or hidden."""
+    return name.endswith(REASON_SUFFIX) or name.startswith(".")
+
+
 def _waited(name: str, backlog: set[str] | None) -> bool:
     """Whether ``name`` waited in ``new/`` before a look (``backlog`` None: everything there did)."""
     return backlog is None or name in backlog
@@ -507,9 +512,17 @@ class MailboxWatcher:
         self._rescan_now.clear()
         forced, self._force_rescan = self._force_rescan, False
         self._ingest_pending_agents(now)
-        if now >= self._next_rescan or due_soon or forced:
+        self._rescan_if_due(now, due_soon or forced)
+        self._recover_if_due(now)
+
+    def _rescan_if_due(self, now: float, asked: bool) -> None:
+        """Rescan when the period is over at ``now`` or a rescan was ``asked`` for; set the next one."""
+        if now >= self._next_rescan or asked:
             self.rescan()
             self._next_rescan = time.monotonic() + self.rescan_every
+
+    def _recover_if_due(self, now: float) -> None:
+        """Run recovery on every mailbox when its period is over at ``now``; set the next one."""
         if now >= self._next_recover:
             self.recover_all()
             self._next_recover = time.monotonic() + self.recover_every
@@ -564,7 +577,7 @@ class MailboxWatcher:
             return None
         agent, folder, name = parts
         state = _STATES.get(folder)
-        if state is None or name.endswith(REASON_SUFFIX) or name.startswith("."):
+        if state is None or _not_a_message(name):
             return None
         return agent, state, name
 
@@ -585,8 +598,7 @@ class MailboxWatcher:
         ends for a held lock), between its other work."""
         if self._intake is None:
             return 0
-        agent_dir = os.path.join(self._root_str, agent)
-        if os.path.islink(agent_dir) or not os.path.isdir(os.path.join(agent_dir, State.NEW.folder)):
+        if not self._has_new_folder(agent):
             return 0  # still on the legacy layout: its own readers take what is dropped there
         try:
             with FileMailbox(self.root, agent, create=False) as mb:
@@ -597,6 +609,11 @@ class MailboxWatcher:
         self._broken_intake.ok(agent)
         self._schedule_rest(agent, step.more, step.retry_in)
         return step.taken
+
+    def _has_new_folder(self, agent: str) -> bool:
+        """Whether ``agent``'s folder (not a link) holds a ``new/`` folder: a hybridcomms mailbox."""
+        agent_dir = os.path.join(self._root_str, agent)
+        return not os.path.islink(agent_dir) and os.path.isdir(os.path.join(agent_dir, State.NEW.folder))
 
     def _schedule_rest(self, agent: str, more: bool, retry_in: float | None) -> None:
         """When the rest of ``agent``'s legacy drops is taken: at the next turn while ``more`` waits,
@@ -742,7 +759,7 @@ class MailboxWatcher:
         """List every ``new/`` and report what was not reported yet. Returns how many were new.
 
         ``first``: the look at the start, which reports what it finds as ``waiting`` says."""
-        report = self._waiting if first and self.waiting != "delivered" else None
+        report = self._first_report() if first else None
         found = 0
         agents = list_agents(self.root)
         self._broken_intake.keep(agents)
@@ -751,6 +768,11 @@ class MailboxWatcher:
                 break  # stopping (a SIGTERM during a start-up rescan of a large backlog)
             found += self._rescan_agent(agent, report)
         return found
+
+    def _first_report(self) -> Callable[[str, str], None] | None:
+        """How the first look reports what already waits: as waiting (or not at all, `_waiting`
+        says), unless ``waiting`` is "delivered" (None: reported as delivered)."""
+        return self._waiting if self.waiting != "delivered" else None
 
     def _rescan_agent(self, agent: str, report: Callable[[str, str], None] | None) -> int:
         """List one agent's ``new/`` (after taking in its legacy drops) and report what was not
