@@ -76,9 +76,14 @@ class Router:
         with self._lock:
             found = self._outages.get(where)
             if found is None:
-                shown = shown_url(where) if where else str(self.root / self.agent_id)
-                found = self._outages[where] = Outage(self.agent_id, backend_of(where), shown)
+                found = self._outages[where] = self._new_outage(where)
             return found
+
+    def _new_outage(self, where: str | None) -> Outage:
+        """The `Outage` of the backend at ``where``, said by its URL (secrets hidden) or by this
+        agent's folder."""
+        shown = shown_url(where) if where else str(self.root / self.agent_id)
+        return Outage(self.agent_id, backend_of(where), shown)
 
     def open(self, url: str | None, agent: str) -> Mailbox:
         """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -42,6 +42,9 @@ from ._names import REASON_SUFFIX, NameInfo, make_name, parse_name
 from .backends.file import FileMailbox, list_agents
 from .bus import AgentBus
 from .states import TRANSITIONS, State, Transition
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEvent
 
 __all__ = ["EVENT_KINDS", "MailboxEvent", "MailboxWatcher"]
 
@@ -445,28 +448,36 @@ class MailboxWatcher:
                 if not event.is_directory:
                     watcher._on_deleted(os.fsdecode(event.src_path))
 
-        observer: Any = None
-        if not self.polling:
-            try:
-                from watchdog.observers.inotify import InotifyObserver
-
-                observer = InotifyObserver()
-                observer.schedule(Handler(), self._root_str, recursive=True, event_filter=only)
-                observer.daemon = True
-                observer.start()
-                self.notifying = True
-            except Exception as exc:
-                log.warning("inotify is not usable for %s (%s); falling back to polling", self.root, exc)
-                observer = None
+        observer = None if self.polling else self._inotify_observer(Handler(), only)
         if observer is None:
-            from watchdog.observers.polling import PollingObserver
+            observer = self._polling_observer(Handler(), only)
+        self._observer = observer
 
-            observer = PollingObserver(timeout=self.poll_interval)
-            observer.schedule(Handler(), self._root_str, recursive=True, event_filter=only)
+    def _inotify_observer(self, handler: Any, only: list[type[FileSystemEvent]]) -> Any:
+        """An inotify observer of the root, started; None (said in a warning) where inotify is not usable."""
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            observer = InotifyObserver()
+            observer.schedule(handler, self._root_str, recursive=True, event_filter=only)
             observer.daemon = True
             observer.start()
-            self.notifying = False
-        self._observer = observer
+            self.notifying = True
+            return observer
+        except Exception as exc:
+            log.warning("inotify is not usable for %s (%s); falling back to polling", self.root, exc)
+            return None
+
+    def _polling_observer(self, handler: Any, only: list[type[FileSystemEvent]]) -> Any:
+        """A polling observer of the root (a listing every ``poll_interval`` seconds), started."""
+        from watchdog.observers.polling import PollingObserver
+
+        observer = PollingObserver(timeout=self.poll_interval)
+        observer.schedule(handler, self._root_str, recursive=True, event_filter=only)
+        observer.daemon = True
+        observer.start()
+        self.notifying = False
+        return observer
 
     def _stop_observer(self) -> None:
         observer, self._observer = self._observer, None
