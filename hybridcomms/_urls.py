@@ -45,8 +45,13 @@ def shown_url(url: str) -> str:
     _, at, host = base.rpartition("@")
     shown = f"{scheme}{sep}***@{host}" if at else f"{scheme}{sep}{base}"
     if qsep:
-        shown += "?" + "&".join(_shown_param(param) for param in query.split("&"))
+        shown += "?" + _shown_query(query)
     return shown
+
+
+def _shown_query(query: str) -> str:
+    """A URL's query (after the ``?``) with the values of its secret parameters hidden."""
+    return "&".join(_shown_param(param) for param in query.split("&"))
 
 
 def _shown_param(param: str) -> str:

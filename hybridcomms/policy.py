@@ -687,14 +687,19 @@ def _rule_table(raw: object, site: _RuleText) -> Mapping[str, Any]:
     """``raw`` if it is a table of known keys with both ``match`` and ``route``."""
     if not isinstance(raw, Mapping):
         raise site.error("must be a table")
+    _check_rule_keys(raw, site)
+    if "match" not in raw or "route" not in raw:
+        raise site.error("needs both 'match' and 'route'")
+    return raw
+
+
+def _check_rule_keys(raw: Mapping[str, Any], site: _RuleText) -> None:
+    """Refuse a key a rule does not have (a typo would otherwise be ignored)."""
     unknown = set(raw) - _RULE_KEYS
     if unknown:
         raise site.error(
             f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_RULE_KEYS))})"
         )
-    if "match" not in raw or "route" not in raw:
-        raise site.error("needs both 'match' and 'route'")
-    return raw
 
 
 def _rule_patterns(match: Any, site: _RuleText) -> tuple[str, ...]:
@@ -718,9 +723,7 @@ def _rule_parsed(
     try:
         min_priority = Priority.parse(table["min_priority"]) if "min_priority" in table else None
         key = "backend"
-        backend = table.get("backend")
-        if backend is not None:
-            _check_backend(backend)
+        backend = _rule_backend(table)
         key = "route"
         route = Route.parse(table["route"])
         key = "match"
@@ -729,6 +732,14 @@ def _rule_parsed(
         raise site.error(exc.reason, key) from None
     except MessageError as exc:
         raise site.error(str(exc), key) from None
+
+
+def _rule_backend(table: Mapping[str, Any]) -> Any:
+    """A rule's ``backend``, checked; None when it names none."""
+    backend = table.get("backend")
+    if backend is not None:
+        _check_backend(backend)
+    return backend
 
 
 def _line_from_message(message: str) -> int | None:
