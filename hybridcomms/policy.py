@@ -198,15 +198,12 @@ class Rule:
         """The rule's optional settings in words: addressing, minimum priority, backend."""
         bits = []
         if self.addressed is not None:
-            bits.append(_ADDRESSED_WORDS[self.addressed])
+            bits.append("addressed only" if self.addressed else "broadcasts only")
         if self.min_priority is not None:
             bits.append(f"priority >= {self.min_priority.name}")
         if self.backend is not None:
             bits.append(f"backend={shown_url(self.backend)}")
         return bits
-
-
-_ADDRESSED_WORDS = {True: "addressed only", False: "broadcasts only"}
 
 
 def _rule_patterns_given(patterns: tuple[str, ...] | str) -> tuple[str, ...]:
