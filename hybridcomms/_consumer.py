@@ -131,13 +131,18 @@ class ConsumerLoop:
         while not self.stopping.is_set():
             try:
                 self.process_one(timeout=0.5)
-                if time.monotonic() >= next_recovery:
-                    self.mailbox.recover()
-                    next_recovery = time.monotonic() + self.recover_every
+                next_recovery = self._recover_if_due(next_recovery)
             except Exception as exc:
                 self._after_error(exc)
                 continue
             self.outage.ok()
+
+    def _recover_if_due(self, due: float) -> float:
+        """Run the mailbox's recovery if it is ``due`` (a monotonic time); when it is due next."""
+        if time.monotonic() < due:
+            return due
+        self.mailbox.recover()
+        return time.monotonic() + self.recover_every
 
     def _after_error(self, exc: Exception) -> None:
         """Wait before the loop's next turn after ``exc``: the outage's backoff when the backend
@@ -199,15 +204,20 @@ class ConsumerLoop:
         try:
             step = self.intake_probe(force)
         except Exception as exc:  # never the end of the deliveries: said once, tried again later
-            self._legacy_failures += 1
-            wait = min(LEGACY_BACKOFF_FIRST * 2 ** min(self._legacy_failures - 1, 16), LEGACY_BACKOFF_MAX)
-            self._next_legacy_look = time.monotonic() + wait
-            self._legacy_broken.failed(self.agent_id, exc)
-            return Step(retry_in=wait)
+            return self._legacy_failed(exc)
         if self._legacy_failures:
             self._legacy_failures = 0
             self._legacy_broken.ok(self.agent_id)
         return step
+
+    def _legacy_failed(self, exc: Exception) -> Step:
+        """A legacy step failed with ``exc``: said once, and tried again after a backoff that doubles
+        with each failure in a row (capped)."""
+        self._legacy_failures += 1
+        wait = min(LEGACY_BACKOFF_FIRST * 2 ** min(self._legacy_failures - 1, 16), LEGACY_BACKOFF_MAX)
+        self._next_legacy_look = time.monotonic() + wait
+        self._legacy_broken.failed(self.agent_id, exc)
+        return Step(retry_in=wait)
 
     def ingest_legacy(self, force: bool = False) -> int:
         """Take every legacy drop waiting now (step after step); a lock another process holds is

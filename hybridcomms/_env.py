@@ -59,14 +59,19 @@ DEBUG = "HYBRIDCOMMS_DEBUG"
 ALLOW_OTHER_OWNER = "HYBRIDCOMMS_ALLOW_OTHER_OWNER"
 
 
+def _read(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The environment to read: ``environ``, else this process's."""
+    return os.environ if environ is None else environ
+
+
 def value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The variable's value; None when it is unset or empty."""
-    return (os.environ if environ is None else environ).get(name) or None
+    return _read(environ).get(name) or None
 
 
 def flag(name: str, default: bool = False, environ: Mapping[str, str] | None = None) -> bool:
     """Whether the flag is on: ``default`` when unset, off when ``""`` or ``"0"``, else on."""
-    raw = (os.environ if environ is None else environ).get(name)
+    raw = _read(environ).get(name)
     if raw is None:
         return default
     return raw not in ("", "0")

@@ -164,7 +164,6 @@ def rename_noreplace(
     never replacing, but a crash between the two leaves the file under both names (see
     docs/guarantees.md). Other file types are then renamed after a check, which a concurrent creator
     can race. This runs twice per message (claim, ack): it is kept to one C call in the common case."""
-    global _renameat2
     fn = _renameat2
     if fn is not None:
         if (
@@ -178,12 +177,18 @@ def rename_noreplace(
             == 0
         ):
             return
-        err = _get_errno()
-        if err not in (errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err), src, None, dst)
-        if err == errno.ENOSYS:
-            _renameat2 = None
+        _renameat2_unsupported(_get_errno(), src, dst)
     _rename_by_link(src, dst, src_dir_fd, dst_dir_fd)
+
+
+def _renameat2_unsupported(err: int, src: str, dst: str) -> None:
+    """Raise the error renameat2 failed with, unless it says that the call (ENOSYS: then it is not
+    tried again) or the flag on this filesystem (EINVAL) is not supported."""
+    global _renameat2
+    if err not in (errno.ENOSYS, errno.EINVAL):
+        raise OSError(err, os.strerror(err), src, None, dst)
+    if err == errno.ENOSYS:
+        _renameat2 = None
 
 
 def _rename_by_link(src: str, dst: str, src_dir_fd: int | None, dst_dir_fd: int | None) -> None:
@@ -260,8 +265,7 @@ def write_new_file(dir_fd: int, name: str, data: bytes | ByteRange, mode: int, *
     fd = os.open(name, O_CREATE_MSG, mode, dir_fd=dir_fd)
     try:
         if isinstance(data, ByteRange):
-            for block in data.blocks():
-                write_all(fd, block)
+            _copy_range(fd, data)
             data = b""
         written = os.write(fd, data)
         if written < len(data):  # rare for a regular file: finish the rest
@@ -273,6 +277,12 @@ def write_new_file(dir_fd: int, name: str, data: bytes | ByteRange, mode: int, *
         unlink_quietly(dir_fd, name)
         raise
     os.close(fd)
+
+
+def _copy_range(fd: int, data: ByteRange) -> None:
+    """Write the bytes of ``data`` (a range of another file) to ``fd``, a block at a time."""
+    for block in data.blocks():
+        write_all(fd, block)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -373,17 +383,23 @@ class DirSyncer:
 
 def read_all(fd: int, size_hint: int, limit: int) -> bytes | None:
     """Read a whole file; None if it turns out bigger than ``limit``."""
-    chunks = [os.read(fd, size_hint + 1)]
-    total = len(chunks[0])
-    while chunks[-1] and total <= limit and total > size_hint:
+    first = os.read(fd, size_hint + 1)
+    if len(first) > size_hint:  # it grew since its size was taken: read on to its end
+        return _read_on(fd, first, limit)
+    return first if len(first) <= limit else None
+
+
+def _read_on(fd: int, first: bytes, limit: int) -> bytes | None:
+    """``first`` and the rest of the file, to its end; None as soon as that is more than ``limit``."""
+    chunks = [first]
+    total = len(first)
+    while total <= limit:
         chunk = os.read(fd, 65536)
         if not chunk:
-            break
+            return b"".join(chunks)
         chunks.append(chunk)
         total += len(chunk)
-    if total > limit:
-        return None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return None
 
 
 def open_regular(

@@ -56,13 +56,16 @@ class HandlerTable:
         if cached is not None:
             return cached
         with self._lock:
-            found: list[Handler] = []
-            for pattern, handlers in self._handlers.items():
-                if pattern_matches(pattern, topic):
-                    found.extend(h for h in handlers if h not in found)
-            result = tuple(found)
-            self._cache[topic] = result
+            result = self._cache[topic] = self._matching(topic)
         return result
+
+    def _matching(self, topic: str) -> tuple[Handler, ...]:
+        """The handlers for ``topic``, found pattern by pattern (called with the lock held)."""
+        found: list[Handler] = []
+        for pattern, handlers in self._handlers.items():
+            if pattern_matches(pattern, topic):
+                found.extend(h for h in handlers if h not in found)
+        return tuple(found)
 
     def close(self) -> None:
         """Take every adapter off the bus (durable subscriptions stay recorded)."""

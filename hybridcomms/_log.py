@@ -38,14 +38,19 @@ def _inert(value: Any) -> Any:
 
 def _inert_message(record: logging.LogRecord) -> None:
     """Make the record's arguments printable, or its message when it was built beforehand."""
-    args = record.args
-    if not args:
-        if isinstance(record.msg, str) and not shows_as_itself(record.msg):
-            record.msg = printable(record.msg)  # a message built beforehand (an f-string)
-    elif isinstance(args, tuple):
-        record.args = tuple(_inert(a) for a in args)
-    elif isinstance(args, Mapping):
-        record.args = {k: _inert(v) for k, v in args.items()}
+    if record.args:
+        record.args = _inert_args(record.args)
+    elif isinstance(record.msg, str) and not shows_as_itself(record.msg):
+        record.msg = printable(record.msg)  # a message built beforehand (an f-string)
+
+
+def _inert_args(args: tuple[object, ...] | Mapping[str, object]) -> tuple[object, ...] | Mapping[str, object]:
+    """A record's arguments (a tuple, or a mapping for ``%(name)s``), each made inert."""
+    if isinstance(args, tuple):
+        return tuple(_inert(a) for a in args)
+    if isinstance(args, Mapping):
+        return {k: _inert(v) for k, v in args.items()}
+    return args
 
 
 class Inert(logging.Filter):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ._text import printable
 from .errors import BackendUnavailableError
@@ -60,13 +60,18 @@ def reason(exc: BaseException) -> str:
     """Why ``exc`` happened, in one line: for a backend that cannot be reached the cause only
     ("Connection refused", "Name or service not known"), else the error's own text."""
     found = unreachable(exc)
-    if isinstance(found, BackendUnavailableError):
-        return one_line(found.reason)
     if found is not None:
-        return one_line(_client_cause(found))
+        return one_line(_unreachable_reason(found))
     if isinstance(exc, OSError) and exc.strerror:  # "[Errno 2] text: 'file'" reads as "text: file"
         return one_line(_os_error_text(exc, exc.strerror))
     return one_line(str(exc) or type(exc).__name__)
+
+
+def _unreachable_reason(found: BaseException) -> str:
+    """Why a backend cannot be reached: our own error's reason, or a client library's cause."""
+    if isinstance(found, BackendUnavailableError):
+        return found.reason
+    return _client_cause(found)
 
 
 def _client_cause(found: BaseException) -> str:
@@ -74,13 +79,17 @@ def _client_cause(found: BaseException) -> str:
     text = str(found).strip()
     name = type(found).__name__
     m = _CONNECTING.match(text)
+    said_by_kind = _CAUSE_BY_ERROR.get(name)
     if m is not None:
         text = m.group(1).strip().rstrip(".")
-    elif name == "AuthenticationError":
-        text = _auth_refusal(text)
-    elif name == "TimeoutError":
-        text = f"timed out ({text.rstrip('.')})" if text else "timed out"
+    elif said_by_kind is not None:
+        text = said_by_kind(text)
     return text.rstrip(".") or name
+
+
+def _timed_out(text: str) -> str:
+    """A timeout, with what the client said about it."""
+    return f"timed out ({text.rstrip('.')})" if text else "timed out"
 
 
 def _auth_refusal(text: str) -> str:
@@ -88,6 +97,13 @@ def _auth_refusal(text: str) -> str:
     if "HELLO" in text or "NOAUTH" in text or "required" in text:
         return "the server wants a password (the URL has none)"
     return f"credentials refused: {text.rstrip('.')}"
+
+
+#: How the text of a client library's error is said, by the error's class name (Redis's, ...).
+_CAUSE_BY_ERROR: dict[str, Callable[[str], str]] = {
+    "AuthenticationError": _auth_refusal,
+    "TimeoutError": _timed_out,
+}
 
 
 def _os_error_text(exc: OSError, strerror: str) -> str:

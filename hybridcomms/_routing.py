@@ -23,7 +23,7 @@ from .backends import Mailbox, backend_of, open_mailbox, put_once, registry_for
 from .bus import AgentBus, Event
 from .errors import MailboxIOError
 from .message import Message
-from .policy import Policy, Route
+from .policy import Decision, Policy, Route
 
 __all__ = ["Router", "Sent"]
 
@@ -76,9 +76,14 @@ class Router:
         with self._lock:
             found = self._outages.get(where)
             if found is None:
-                shown = shown_url(where) if where else str(self.root / self.agent_id)
-                found = self._outages[where] = Outage(self.agent_id, backend_of(where), shown)
+                found = self._outages[where] = self._new_outage(where)
             return found
+
+    def _new_outage(self, where: str | None) -> Outage:
+        """The `Outage` of the backend at ``where``, said by its URL (secrets hidden) or by this
+        agent's folder."""
+        shown = shown_url(where) if where else str(self.root / self.agent_id)
+        return Outage(self.agent_id, backend_of(where), shown)
 
     def open(self, url: str | None, agent: str) -> Mailbox:
         """The mailbox of ``agent`` at ``url`` (None or "local": files under the root)."""
@@ -88,10 +93,18 @@ class Router:
     def outbox(self, agent: str, backend: str | None = None) -> Mailbox:
         """The mailbox a message to ``agent`` goes into: on this agent's backend, or on the one a
         policy rule names."""
-        where = self.url if backend is None or backend == "local" else backend
+        where = self._where(backend)
         if agent == self.agent_id and where == self.url:
             return self.mailbox
-        key = (where, agent)
+        return self._kept_outbox((where, agent))
+
+    def _where(self, backend: str | None) -> str | None:
+        """The mailbox URL a copy goes to: the backend a policy rule names, else (None or "local")
+        this agent's own."""
+        return self.url if backend is None or backend == "local" else backend
+
+    def _kept_outbox(self, key: tuple[str | None, str]) -> Mailbox:
+        """The outbox ``key`` (where, agent) kept open, opened now if it is not; the most recent used."""
         with self._lock:
             mb = self._outboxes.get(key)
             if mb is None:
@@ -112,7 +125,7 @@ class Router:
     def _put(
         self, agent: str, backend: str | None, message: Message, *, delay: float | None, once: bool
     ) -> None:
-        where = self.url if backend is None or backend == "local" else backend
+        where = self._where(backend)
         try:
             box = self._put_into_outbox(agent, backend, where, message, delay, once)
         except Exception as exc:
@@ -190,15 +203,26 @@ class Router:
                 f"{message.topic} is routed {route.value} ({decision.reason}): a bus event cannot be "
                 "delayed; give route='durable' to deliver it to the mailbox later"
             )
-        durable_to: tuple[str, ...] = ()
-        failed: tuple[tuple[str, str], ...] = ()
-        if route.durable and recipients is not None:
-            self._send_copies(message, recipients, decision.backend, delay, once)
-            durable_to = tuple(recipients)
-        elif route.durable:
-            durable_to, failed = self._publish_copies(message, decision.backend, delay, once)
+        durable_to, failed = self._durable_copies(message, decision, recipients, delay, once)
         handlers = self._notify(message, route) if route.ephemeral else 0
         return Sent(message, route, decision.reason, durable_to, handlers, failed)
+
+    def _durable_copies(
+        self,
+        message: Message,
+        decision: Decision,
+        recipients: tuple[str, ...] | None,
+        delay: float | None,
+        once: bool,
+    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """The durable part of a route, if it has one: a copy per recipient of a send, or per
+        subscriber of a publish; who got one, and who did not and why."""
+        if not decision.route.durable:
+            return (), ()
+        if recipients is not None:
+            self._send_copies(message, recipients, decision.backend, delay, once)
+            return tuple(recipients), ()
+        return self._publish_copies(message, decision.backend, delay, once)
 
     def _send_copies(
         self,

@@ -97,10 +97,15 @@ def printable(text: str, limit: int | None = None) -> str:
     characters (cut with "…")."""
     text = shown(text)
     if not shows_as_itself(text):
-        text = "".join(ch if _shows(ch) else ascii(ch)[1:-1] for ch in text)
+        text = _escaped(text)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def _escaped(text: str) -> str:
+    """``text`` with every character that does not show as itself written as its Python escape."""
+    return "".join(ch if _shows(ch) else ascii(ch)[1:-1] for ch in text)
 
 
 #: Candidates: all but the JSON syntax's own newline and printable ASCII. Of those, what does not show

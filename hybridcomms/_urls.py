@@ -45,8 +45,13 @@ def shown_url(url: str) -> str:
     _, at, host = base.rpartition("@")
     shown = f"{scheme}{sep}***@{host}" if at else f"{scheme}{sep}{base}"
     if qsep:
-        shown += "?" + "&".join(_shown_param(param) for param in query.split("&"))
+        shown += "?" + _shown_query(query)
     return shown
+
+
+def _shown_query(query: str) -> str:
+    """A URL's query (after the ``?``) with the values of its secret parameters hidden."""
+    return "&".join(_shown_param(param) for param in query.split("&"))
 
 
 def _shown_param(param: str) -> str:
@@ -68,8 +73,12 @@ def url_from_environ(environ: Mapping[str, str] | None = None) -> str | None:
     if url:
         return url
     path = _env.value(URL_FILE_ENV, environ)
-    if not path:
-        return None
+    return _url_in_file(path) if path else None
+
+
+def _url_in_file(path: str) -> str:
+    """The first line of the URL file at ``path``; `ValueError` (naming the file, never its content)
+    if it cannot be read or holds no URL."""
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_URL_FILE)

@@ -74,6 +74,20 @@ class CommsSubscription:
     handler: Handler
 
 
+def _root_of(root: str | os.PathLike[str] | None) -> Path:
+    """The same root the CLI uses: the argument, else $HYBRIDCOMMS_ROOT, else the Dream.OS default."""
+    return Path(root if root is not None else _env.value(_env.ROOT) or DEFAULT_ROOT)
+
+
+def _wait_answered(future: concurrent.futures.Future[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the consumer loop to answer ``future`` (raising what it
+    failed with); no answer by then is no error."""
+    try:
+        future.result(timeout)
+    except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
+        pass
+
+
 class Comms:
     """One agent's connection to the others. See the module docstring.
 
@@ -128,8 +142,7 @@ class Comms:
         done_retention: int | None = 10_000,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
-        # The same root the CLI uses: the argument, else $HYBRIDCOMMS_ROOT, else the Dream.OS default.
-        self.root = Path(root if root is not None else _env.value(_env.ROOT) or DEFAULT_ROOT)
+        self.root = _root_of(root)
         self.url = resolve_url(url)
         policy = find_policy(policy)
         self.policy = policy
@@ -182,13 +195,16 @@ class Comms:
             return
         from .bus.fanout import share_bus as _share
 
-        remote = kind == "redis"
+        root, url = self._shared_through(kind)
         try:
-            self._unshare = _share(
-                self.bus, root=None if remote else self.root, url=self.url if remote else None
-            )
+            self._unshare = _share(self.bus, root=root, url=url)
         except Exception as exc:  # no /proc, no socket allowed there, Redis down: stay in-process
             log.warning("%s: ephemeral events stay in this process (%s)", self.agent_id, exc)
+
+    def _shared_through(self, kind: str) -> tuple[Path | None, str | None]:
+        """Where the bus's events meet other processes': (None, the URL) on Redis, (the root, None)
+        for files."""
+        return (None, self.url) if kind == "redis" else (self.root, None)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -387,10 +403,7 @@ class Comms:
             if remaining <= 0:
                 return
             if self.running:
-                try:
-                    future.result(remaining)
-                except concurrent.futures.TimeoutError:  # not the builtin one on Python 3.10
-                    pass
+                _wait_answered(future, remaining)
                 return
             self.process_one(timeout=min(remaining, 0.5))
 

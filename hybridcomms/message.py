@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -74,13 +74,24 @@ class Priority(IntEnum):
         if isinstance(value, int):
             return cls(min(max(value, 0), 3))
         if isinstance(value, str):
-            name = value.strip().upper()
-            alias = _PRIORITY_ALIASES.get(name)
-            if alias is not None:
-                return alias
-            if name.isdigit():
-                return cls.parse(int(name))
-        raise MessageError(f"unknown priority {value!r}; use LOW, MEDIUM, HIGH or CRITICAL")
+            return cls._from_text(value)
+        raise _unknown_priority(value)
+
+    @classmethod
+    def _from_text(cls, value: str) -> Priority:
+        """A priority written as a name or alias (any case, spaces around) or as the digits of 0..3."""
+        name = value.strip().upper()
+        alias = _PRIORITY_ALIASES.get(name)
+        if alias is not None:
+            return alias
+        if name.isdigit():
+            return cls.parse(int(name))
+        raise _unknown_priority(value)
+
+
+def _unknown_priority(value: object) -> MessageError:
+    """The error for a value that names no priority."""
+    return MessageError(f"unknown priority {value!r}; use LOW, MEDIUM, HIGH or CRITICAL")
 
 
 _PRIORITY_NAMES = {p: p.name for p in Priority}
@@ -121,15 +132,24 @@ def _expiry(created_at: datetime, expires: object, ttl: object) -> datetime | No
 
 def _ttl_seconds(ttl: object) -> float:
     """A lifetime given as seconds or a `timedelta`, as finite seconds >= 0."""
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise MessageError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
+    seconds = _seconds_of(ttl)
     if not math.isfinite(seconds) or seconds < 0:
         raise MessageError(f"ttl must be a finite number of seconds >= 0, not {ttl!r}")
     return seconds
+
+
+def _seconds_of(ttl: object) -> float:
+    """A lifetime given as a number of seconds or a `timedelta`, as seconds (any float)."""
+    if isinstance(ttl, timedelta):
+        return ttl.total_seconds()
+    if _is_number(ttl):
+        return float(ttl)
+    raise MessageError(f"ttl must be seconds or a timedelta, not {type(ttl).__name__}")
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or a float (a bool, although an int, is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_optional_strings(**values: object) -> None:
@@ -350,10 +370,7 @@ class Message:
         if obj.get("version") == FORMAT_VERSION:
             fast = from_native(obj) if type(obj) is dict else None
             return fast if fast is not None else _from_native_checked(obj)
-        version = obj.get("version")
-        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-            raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
-        return _from_legacy(obj)
+        return _from_unversioned(obj)
 
 
 #: What reading a decoded JSON object as a message may raise: the file's problem, never the caller's.
@@ -436,6 +453,14 @@ def _valid_topic(topic: str) -> bool:
         _KNOWN_TOPICS.clear()
     _KNOWN_TOPICS.add(topic)
     return True
+
+
+def _from_unversioned(obj: Mapping[str, Any]) -> Message:
+    """A message not in the native form: a Dream.OS spelling, refused if it claims a newer format."""
+    version = obj.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise MessageDecodeError(f"message format version {version} is newer than this hybridcomms")
+    return _from_legacy(obj)
 
 
 def _from_native_checked(obj: Mapping[str, Any]) -> Message:
@@ -610,12 +635,17 @@ def parse_time(value: Any, what: str = "timestamp") -> datetime:
     label = what if what == "timestamp" else f"{what} timestamp"
     if type(value) is str:
         return _in_utc(_parse_iso(value, label), value, label)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            raise MessageDecodeError(f"{label} {value!r} is out of range") from None
+    if _is_number(value):
+        return _from_posix(value, label)
     raise MessageDecodeError(f"{label} must be an ISO-8601 string or a number, not {value!r}")
+
+
+def _from_posix(value: float, label: str) -> datetime:
+    """POSIX seconds as aware UTC; `MessageDecodeError` when out of the range of a datetime."""
+    try:
+        return datetime.fromtimestamp(value, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise MessageDecodeError(f"{label} {value!r} is out of range") from None
 
 
 def _parse_iso(value: str, label: str) -> datetime:

@@ -36,7 +36,7 @@ from . import _fs
 from ._names import REASON_SUFFIX
 from .backends.base import MailboxStats
 from .backends.file import FileMailbox
-from .backends.file.inspection import survey_root
+from .backends.file.inspection import RootEntry, survey_root
 from .errors import HybridCommsError
 from .states import State
 
@@ -101,22 +101,31 @@ class MailboxCollector(Collector):
     def _read_stats(self) -> tuple[list[tuple[str, MailboxStats]], int]:
         """The stats of every mailbox under the root that can be read, and how many entries that
         are or claim to be mailboxes cannot (legacy Dream.OS folders are neither)."""
-        try:
-            entries = survey_root(self.root)
-        except FileNotFoundError:
-            entries = []
         read: list[tuple[str, MailboxStats]] = []
         bad = 0
-        for entry in entries:
+        for entry in self._entries():
             if entry.kind == "legacy":
                 continue
-            agent = None if entry.kind == "broken" else entry.agent
-            st = None if agent is None else self._stats_of(agent)
-            if agent is None or st is None:
+            stats = self._readable(entry)
+            if stats is None:
                 bad += 1
             else:
-                read.append((agent, st))
+                read.append(stats)
         return read, bad
+
+    def _entries(self) -> list[RootEntry]:
+        """The entries of the root that are or claim to be mailboxes; none if the root is not there."""
+        try:
+            return survey_root(self.root)
+        except FileNotFoundError:
+            return []
+
+    def _readable(self, entry: RootEntry) -> tuple[str, MailboxStats] | None:
+        """The agent and stats of a mailbox entry; None if it is broken or cannot be read."""
+        if entry.kind == "broken" or entry.agent is None:
+            return None
+        st = self._stats_of(entry.agent)
+        return None if st is None else (entry.agent, st)
 
     def _stats_of(self, agent: str) -> MailboxStats | None:
         """``agent``'s mailbox stats, read-only; None if the mailbox cannot be read."""
@@ -131,31 +140,50 @@ class MailboxCollector(Collector):
         from .bus.fanout import bus_peers
 
         peers = bus_peers(self.root)
-        procs = GaugeMetricFamily(
-            "hybridcomms_bus_processes",
-            "Processes sharing the root's bus events, alive or not",
-            labels=["alive"],
-        )
-        procs.add_metric(["true"], sum(1 for p in peers if p["alive"]))
-        procs.add_metric(["false"], sum(1 for p in peers if not p["alive"]))
-        dropped = GaugeMetricFamily(
-            "hybridcomms_bus_dropped_events",
-            "Bus events the sharing processes dropped for a subscriber (as reported by live processes of "
-            "this host whose socket is bound)",
-        )
-        dropped.add_metric([], sum(p["dropped"] for p in peers))
-        yield from (procs, dropped)
+        yield _bus_processes(peers)
+        yield _bus_dropped(peers)
+
+
+def _bus_processes(peers: list[dict[str, Any]]) -> GaugeMetricFamily:
+    """The processes sharing the root's bus events, counted as alive or not."""
+    procs = GaugeMetricFamily(
+        "hybridcomms_bus_processes",
+        "Processes sharing the root's bus events, alive or not",
+        labels=["alive"],
+    )
+    alive = sum(1 for p in peers if p["alive"])
+    procs.add_metric(["true"], alive)
+    procs.add_metric(["false"], len(peers) - alive)
+    return procs
+
+
+def _bus_dropped(peers: list[dict[str, Any]]) -> GaugeMetricFamily:
+    """The bus events the sharing processes dropped for a subscriber."""
+    dropped = GaugeMetricFamily(
+        "hybridcomms_bus_dropped_events",
+        "Bus events the sharing processes dropped for a subscriber (as reported by live processes of "
+        "this host whose socket is bound)",
+    )
+    dropped.add_metric([], sum(p["dropped"] for p in peers))
+    return dropped
 
 
 def dead_reason_class(reason: str | None) -> str:
     """A small, fixed set of classes for dead-letter reasons (a label must not be free text)."""
     text = (reason or "").lower()
+    if not text:
+        return "unknown"
     if _gave_up(text):
         return "attempts"
+    return _class_by_words(text)
+
+
+def _class_by_words(text: str) -> str:
+    """The first class whose marking words the (lower-case) reason holds; "handler" for none."""
     for name, words in _REASON_WORDS:
         if any(w in text for w in words):
             return name
-    return "handler" if text else "unknown"
+    return "handler"
 
 
 #: The classes of dead-letter reasons after "attempts", first match wins: the words that mark each.

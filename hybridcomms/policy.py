@@ -53,11 +53,11 @@ import fnmatch
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import _env, _fs
 from ._urls import shown_url
@@ -121,19 +121,33 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise PolicyError(f"a pattern must be a non-empty string, not {pattern!r}")
     if pattern == "*":
         return re.compile(r".+\Z", re.S)
+    return re.compile(_dotted_regex(pattern) + r"\Z", re.S)
+
+
+def _dotted_regex(pattern: str) -> str:
+    """The regular expression of a pattern of dot-separated segments, one segment after another."""
     segments = pattern.split(".")
     last = len(segments) - 1
-    parts = [_segment_regex(pattern, seg, i, i == last) for i, seg in enumerate(segments)]
-    return re.compile("".join(parts) + r"\Z", re.S)
+    return "".join(_segment_regex(pattern, seg, i, i == last) for i, seg in enumerate(segments))
 
 
 def _segment_regex(pattern: str, seg: str, i: int, last: bool) -> str:
     """The regular expression of segment ``i`` of ``pattern``: a ``*`` (one segment; as the last of
     several, the prefix itself or anything below it), or a literal."""
     if seg == "*":
-        if last and i > 0:
-            return r"(?:\..+)?"
-        return r"\.[^.]+" if i else r"[^.]+"
+        return _star_regex(i, last)
+    return _literal_regex(pattern, seg, i)
+
+
+def _star_regex(i: int, last: bool) -> str:
+    """A ``*`` segment: one segment, or (the last of several) the prefix itself or anything below it."""
+    if last and i > 0:
+        return r"(?:\..+)?"
+    return r"\.[^.]+" if i else r"[^.]+"
+
+
+def _literal_regex(pattern: str, seg: str, i: int) -> str:
+    """A literal segment, which matches itself: refused if it is empty or holds a ``*``."""
     if not seg or "*" in seg:
         raise PolicyError(
             f"bad pattern {pattern!r}: '*' must be a whole segment, and no segment may be empty"
@@ -154,36 +168,58 @@ class Rule:
     _compiled: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.patterns, str):
-            object.__setattr__(self, "patterns", (self.patterns,))
-        if not self.patterns:
-            raise PolicyError("a rule needs at least one pattern in 'match'")
+        object.__setattr__(self, "patterns", _rule_patterns_given(self.patterns))
         object.__setattr__(self, "route", Route.parse(self.route))
-        if self.min_priority is not None and not isinstance(self.min_priority, Priority):
-            object.__setattr__(self, "min_priority", Priority.parse(self.min_priority))
+        object.__setattr__(self, "min_priority", _optional_priority(self.min_priority))
         if self.backend is not None:
             _check_backend(self.backend)
         object.__setattr__(self, "_compiled", tuple(compile_pattern(p) for p in self.patterns))
 
     def matching_pattern(self, topic: str, priority: Priority, addressed: bool) -> str | None:
-        if self.addressed is not None and self.addressed != addressed:
-            return None
-        if self.min_priority is not None and priority < self.min_priority:
+        if not self._admits(priority, addressed):
             return None
         for pattern, regex in zip(self.patterns, self._compiled, strict=True):
             if regex.match(topic):
                 return pattern
         return None
 
+    def _admits(self, priority: Priority, addressed: bool) -> bool:
+        """Whether a message of this priority and addressing meets the rule's ``addressed`` and
+        ``min_priority`` conditions (its patterns aside)."""
+        if self.addressed is not None and self.addressed != addressed:
+            return False
+        return self.min_priority is None or priority >= self.min_priority
+
     def describe(self) -> str:
-        bits = [f"route={self.route.value}", "match=" + ", ".join(self.patterns)]
+        bits = [f"route={self.route.value}", "match=" + ", ".join(self.patterns), *self._conditions()]
+        return f"{self.name or '(unnamed)'}: " + "; ".join(bits)
+
+    def _conditions(self) -> list[str]:
+        """The rule's optional settings in words: addressing, minimum priority, backend."""
+        bits = []
         if self.addressed is not None:
             bits.append("addressed only" if self.addressed else "broadcasts only")
         if self.min_priority is not None:
             bits.append(f"priority >= {self.min_priority.name}")
         if self.backend is not None:
             bits.append(f"backend={shown_url(self.backend)}")
-        return f"{self.name or '(unnamed)'}: " + "; ".join(bits)
+        return bits
+
+
+def _rule_patterns_given(patterns: tuple[str, ...] | str) -> tuple[str, ...]:
+    """A rule's patterns as a tuple (one pattern may be given alone); refused if there is none."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    if not patterns:
+        raise PolicyError("a rule needs at least one pattern in 'match'")
+    return patterns
+
+
+def _optional_priority(value: object) -> Priority | None:
+    """A rule's ``min_priority`` as a `Priority` (any spelling `Priority.parse` reads), or None."""
+    if value is None or isinstance(value, Priority):
+        return value
+    return Priority.parse(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,11 +380,15 @@ class Policy:
         for number, rule in enumerate(self.rules, 1):
             pattern = rule.matching_pattern(topic, prio, addressed)
             if pattern is not None:
-                label = f"rule {number} ({rule.name})" if rule.name else f"rule {number}"
+                label = _rule_label(number, rule)
                 return _critical(Decision(rule.route, f"{label}: pattern {pattern!r}", rule, pattern), prio)
+        return _critical(self._default(addressed), prio)
+
+    def _default(self, addressed: bool) -> Decision:
+        """The decision for a message no rule matches: the default for its addressing."""
         if addressed:
-            return _critical(Decision(self.default_addressed, "default for a message to one agent"), prio)
-        return _critical(Decision(self.default_broadcast, "default for a broadcast"), prio)
+            return Decision(self.default_addressed, "default for a message to one agent")
+        return Decision(self.default_broadcast, "default for a broadcast")
 
     def describe(self) -> str:
         lines = [f"policy from {self.provenance}"]
@@ -429,16 +469,14 @@ def _rules_of(raw_rules: object, where: _SettingsText, header: str) -> list[Rule
     lines = _table_lines(where.text, header) if raw_rules else []
     ends = [*lines[1:], None]
     return [
-        _rule_from(
-            raw,
-            i,
-            source=where.source,
-            line=lines[i] if i < len(lines) else None,
-            text=where.text,
-            end=ends[i] if i < len(ends) else None,
-        )
+        _rule_from(raw, i, source=where.source, line=_nth(lines, i), text=where.text, end=_nth(ends, i))
         for i, raw in enumerate(raw_rules)
     ]
+
+
+def _nth(items: Sequence[int | None], i: int) -> int | None:
+    """Item ``i`` of ``items``, or None past their end."""
+    return items[i] if i < len(items) else None
 
 
 def _default_routes(data: Mapping[str, Any], where: _SettingsText) -> dict[str, Any]:
@@ -455,7 +493,7 @@ def _default_routes(data: Mapping[str, Any], where: _SettingsText) -> dict[str, 
 
 def _adopt_patterns(adopt: object, where: _SettingsText) -> tuple[str, ...]:
     """The ``adopt`` setting: agent ids or patterns, each a non-empty string."""
-    if not isinstance(adopt, list) or not all(isinstance(a, str) and a for a in adopt):
+    if not _strings(adopt) or not all(adopt):
         raise where.error("adopt must be an array of agent ids or patterns", "adopt")
     return tuple(adopt)
 
@@ -487,14 +525,26 @@ def find_policy(
         return arg
     if arg is not None and os.fspath(arg) != "":
         return _load_found(Path(arg), _GIVEN)
+    return _found_unnamed(environ, cwd)
+
+
+def _found_unnamed(environ: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None) -> Policy:
+    """The policy when no argument names one: ``$HYBRIDCOMMS_POLICY``, else the working folder's."""
     named = _env.value(POLICY_ENV, environ)
     if named:
         return _load_found(Path(named), _FROM_ENV)
-    try:
-        here = Path.cwd() if cwd is None else Path(cwd).absolute()
-    except OSError:  # the working folder was removed under us: nothing to find there
+    here = _working_folder(cwd)
+    if here is None:  # the working folder was removed under us: nothing to find there
         return Policy(found_by=f"no ${POLICY_ENV}, and the working folder is gone")
     return _found_in(here)
+
+
+def _working_folder(cwd: str | os.PathLike[str] | None) -> Path | None:
+    """``cwd`` as an absolute path (default: this process's working folder); None if it is gone."""
+    try:
+        return Path.cwd() if cwd is None else Path(cwd).absolute()
+    except OSError:
+        return None
 
 
 def _found_in(here: Path) -> Policy:
@@ -561,6 +611,11 @@ def _parse_toml(text: str, source: str) -> Mapping[str, Any]:
         ) from None
 
 
+def _rule_label(number: int, rule: Rule) -> str:
+    """How a decision names the rule that made it: its number, and its name if it has one."""
+    return f"rule {number} ({rule.name})" if rule.name else f"rule {number}"
+
+
 def _critical(decision: Decision, prio: Priority) -> Decision:
     if prio is Priority.CRITICAL and decision.route is Route.EPHEMERAL:
         return Decision(
@@ -576,13 +631,18 @@ _RULE_KEYS = {"name", "match", "route", "addressed", "min_priority", "backend"}
 
 
 def _check_backend(backend: object) -> None:
-    if not isinstance(backend, str) or not (
-        backend == "local" or ("://" in backend and backend_of(backend) != "")
-    ):
+    if not _valid_backend(backend):
         raise PolicyError(
             "'backend' must be \"local\" or a mailbox URL "
             f"({', '.join(s + '://' for s in SCHEMES)}), not {backend!r}"
         )
+
+
+def _valid_backend(backend: object) -> bool:
+    """Whether a rule's ``backend`` is ``"local"`` or a mailbox URL of a known scheme."""
+    return isinstance(backend, str) and (
+        backend == "local" or ("://" in backend and backend_of(backend) != "")
+    )
 
 
 def _rule_from(
@@ -624,22 +684,32 @@ def _rule_table(raw: object, site: _RuleText) -> Mapping[str, Any]:
     """``raw`` if it is a table of known keys with both ``match`` and ``route``."""
     if not isinstance(raw, Mapping):
         raise site.error("must be a table")
-    unknown = set(raw) - _RULE_KEYS
-    if unknown:
-        raise site.error(
-            f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_RULE_KEYS))})"
-        )
+    _check_rule_keys(raw, site)
     if "match" not in raw or "route" not in raw:
         raise site.error("needs both 'match' and 'route'")
     return raw
 
 
+def _check_rule_keys(raw: Mapping[str, Any], site: _RuleText) -> None:
+    """Refuse a key a rule does not have (a typo would otherwise be ignored)."""
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        raise site.error(
+            f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(_RULE_KEYS))})"
+        )
+
+
 def _rule_patterns(match: Any, site: _RuleText) -> tuple[str, ...]:
     """A rule's ``match``: one pattern or a list of them."""
     patterns: Iterable[object] = [match] if isinstance(match, str) else match
-    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+    if not _strings(patterns):
         raise site.error("'match' must be a pattern or a list of patterns", "match")
     return tuple(patterns)
+
+
+def _strings(value: object) -> TypeGuard[list[str]]:
+    """Whether a setting read from TOML is an array of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _rule_parsed(
@@ -650,9 +720,7 @@ def _rule_parsed(
     try:
         min_priority = Priority.parse(table["min_priority"]) if "min_priority" in table else None
         key = "backend"
-        backend = table.get("backend")
-        if backend is not None:
-            _check_backend(backend)
+        backend = _rule_backend(table)
         key = "route"
         route = Route.parse(table["route"])
         key = "match"
@@ -661,6 +729,14 @@ def _rule_parsed(
         raise site.error(exc.reason, key) from None
     except MessageError as exc:
         raise site.error(str(exc), key) from None
+
+
+def _rule_backend(table: Mapping[str, Any]) -> Any:
+    """A rule's ``backend``, checked; None when it names none."""
+    backend = table.get("backend")
+    if backend is not None:
+        _check_backend(backend)
+    return backend
 
 
 def _line_from_message(message: str) -> int | None:
@@ -701,15 +777,23 @@ def _key_line(text: str, key: str) -> int | None:
 
 def _deepest_line(text: str) -> int:
     """The line where brackets and braces first nest deepest (where a too-deep file goes wrong)."""
-    depth = best = 0
-    line = best_line = 1
+    best = 0
+    best_line = 1
+    for line, depth in _opening_depths(text):
+        if depth > best:
+            best, best_line = depth, line
+    return best_line
+
+
+def _opening_depths(text: str) -> Iterator[tuple[int, int]]:
+    """The line of every opening bracket or brace in ``text``, and the depth it opens."""
+    depth = 0
+    line = 1
     for ch in text:
         if ch == "\n":
             line += 1
         elif ch in "[{":
             depth += 1
-            if depth > best:
-                best, best_line = depth, line
+            yield line, depth
         elif ch in "]}":
             depth -= 1
-    return best_line

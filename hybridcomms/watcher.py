@@ -31,17 +31,20 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from . import _fs, _log
 from . import intake as _intake
 from ._broken import Broken
-from ._names import REASON_SUFFIX, make_name, parse_name
+from ._names import REASON_SUFFIX, NameInfo, make_name, parse_name
 from .backends.file import FileMailbox, list_agents
 from .bus import AgentBus
 from .states import TRANSITIONS, State, Transition
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEvent
 
 __all__ = ["EVENT_KINDS", "MailboxEvent", "MailboxWatcher"]
 
@@ -167,16 +170,22 @@ def _describe(path: str, root: str | None) -> tuple[str | None, str | None]:
         raise _Gone from None
     except OSError:
         return None, None
-    if raw is None:
-        return None, None
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(obj, dict):
+    obj = _json_object(raw)
+    if obj is None:
         return None, None
     topic, sender = _topic_and_sender(obj)
     return _cut(topic), _cut(sender)
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+    """The JSON object ``raw`` holds; None for no bytes, bytes that are not JSON, or another value."""
+    if raw is None:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _cut(value: str | None) -> str | None:
@@ -187,7 +196,12 @@ def _topic_and_sender(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     """The topic and sender of a message object, native or in a Dream.OS spelling (None: not a string)."""
     topic = obj.get("topic") or obj.get("type") or obj.get("message_type")
     sender = obj.get("sender") or obj.get("sender_agent_id")
-    return (topic if isinstance(topic, str) else None, sender if isinstance(sender, str) else None)
+    return _text_or_none(topic), _text_or_none(sender)
+
+
+def _text_or_none(value: object) -> str | None:
+    """``value`` if it is a string, else None."""
+    return value if isinstance(value, str) else None
 
 
 def _read_hostile(path: str, root: str | None) -> bytes | None:
@@ -229,14 +243,41 @@ def _where_now(path: str, root: str) -> list[str]:
     info = parse_name(parts[-1]) if len(parts) == 3 else None
     if info is None:
         return []
+    return _later_paths(root, parts[0], _names_after(info), path)
+
+
+def _names_after(info: NameInfo) -> list[str]:
+    """The names a message file may have after a consumer moved it: the same, the next attempts, or
+    attempt 0 (requeued)."""
     attempts = dict.fromkeys((info.attempt, info.attempt + 1, info.attempt + 2, 0))  # 0: requeued
-    names = [make_name(info.rank, info.due, info.id, a) for a in attempts]
+    return [make_name(info.rank, info.due, info.id, a) for a in attempts]
+
+
+def _later_paths(root: str, agent: str, names: list[str], path: str) -> list[str]:
+    """Every path under ``agent``'s later state folders with one of ``names``, ``path`` itself aside."""
     return [
-        os.path.join(root, parts[0], state.folder, name)
+        os.path.join(root, agent, state.folder, name)
         for state in _LATER
         for name in names
-        if os.path.join(root, parts[0], state.folder, name) != path
+        if os.path.join(root, agent, state.folder, name) != path
     ]
+
+
+def _not_a_message(name: str) -> bool:
+    """Whether a name in a state folder is no message file: a dead letter's reason, or hidden."""
+    return name.endswith(REASON_SUFFIX) or name.startswith(".")
+
+
+def _waited(name: str, backlog: set[str] | None) -> bool:
+    """Whether ``name`` waited in ``new/`` before a look (``backlog`` None: everything there did)."""
+    return backlog is None or name in backlog
+
+
+def _name_facts(info: NameInfo | None) -> tuple[str | None, int, str | None]:
+    """What a file name says of its message: id, attempt and priority (None, 0, None: not a message name)."""
+    if info is None:
+        return None, 0, None
+    return info.id, info.attempt, info.priority.name
 
 
 class _Describer:
@@ -252,20 +293,31 @@ class _Describer:
         self._lock = threading.Lock()
 
     def __call__(self, msg_id: str | None, path: str) -> tuple[str | None, str | None]:
-        if msg_id is not None:
-            with self._lock:
-                hit = self._cache.get(msg_id)
-            if hit is not None:
-                return hit
+        hit = self._cached(msg_id)
+        if hit is not None:
+            return hit
         found = self._read(path)
         if found is None:
             return None, None
-        if msg_id is not None and found != (None, None):  # a file that is not (yet) a message: read again
-            with self._lock:
-                if len(self._cache) >= self.size:
-                    self._cache.clear()
-                self._cache[msg_id] = found
+        if found != (None, None):  # a file that is not (yet) a message: read again
+            self._remember(msg_id, found)
         return found
+
+    def _cached(self, msg_id: str | None) -> tuple[str | None, str | None] | None:
+        """What was read for ``msg_id`` before; None if nothing (or there is no id)."""
+        if msg_id is None:
+            return None
+        with self._lock:
+            return self._cache.get(msg_id)
+
+    def _remember(self, msg_id: str | None, found: tuple[str | None, str | None]) -> None:
+        """Keep what was read for ``msg_id`` (nothing without an id), clearing a full cache first."""
+        if msg_id is None:
+            return
+        with self._lock:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            self._cache[msg_id] = found
 
     def _read(self, path: str) -> tuple[str | None, str | None] | None:
         """What the file says, where it is now; None if it was found nowhere."""
@@ -416,28 +468,36 @@ class MailboxWatcher:
                 if not event.is_directory:
                     watcher._on_deleted(os.fsdecode(event.src_path))
 
-        observer: Any = None
-        if not self.polling:
-            try:
-                from watchdog.observers.inotify import InotifyObserver
-
-                observer = InotifyObserver()
-                observer.schedule(Handler(), self._root_str, recursive=True, event_filter=only)
-                observer.daemon = True
-                observer.start()
-                self.notifying = True
-            except Exception as exc:
-                log.warning("inotify is not usable for %s (%s); falling back to polling", self.root, exc)
-                observer = None
+        observer = None if self.polling else self._inotify_observer(Handler(), only)
         if observer is None:
-            from watchdog.observers.polling import PollingObserver
+            observer = self._polling_observer(Handler(), only)
+        self._observer = observer
 
-            observer = PollingObserver(timeout=self.poll_interval)
-            observer.schedule(Handler(), self._root_str, recursive=True, event_filter=only)
+    def _inotify_observer(self, handler: Any, only: list[type[FileSystemEvent]]) -> Any:
+        """An inotify observer of the root, started; None (said in a warning) where inotify is not usable."""
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            observer = InotifyObserver()
+            observer.schedule(handler, self._root_str, recursive=True, event_filter=only)
             observer.daemon = True
             observer.start()
-            self.notifying = False
-        self._observer = observer
+            self.notifying = True
+            return observer
+        except Exception as exc:
+            log.warning("inotify is not usable for %s (%s); falling back to polling", self.root, exc)
+            return None
+
+    def _polling_observer(self, handler: Any, only: list[type[FileSystemEvent]]) -> Any:
+        """A polling observer of the root (a listing every ``poll_interval`` seconds), started."""
+        from watchdog.observers.polling import PollingObserver
+
+        observer = PollingObserver(timeout=self.poll_interval)
+        observer.schedule(handler, self._root_str, recursive=True, event_filter=only)
+        observer.daemon = True
+        observer.start()
+        self.notifying = False
+        return observer
 
     def _stop_observer(self) -> None:
         observer, self._observer = self._observer, None
@@ -455,13 +515,17 @@ class MailboxWatcher:
             self._rescan_now.wait(max(0.01, self._next_wake() - time.monotonic()))
             if self._stop.is_set():
                 return
-            try:
-                self._upkeep()
-            except Exception as exc:  # tried again in a second; said once, not every second
-                self._broken_upkeep.failed(self._root_str, exc)
-                self._stop.wait(1.0)
-            else:
-                self._broken_upkeep.ok(self._root_str)
+            self._upkeep_said_once()
+
+    def _upkeep_said_once(self) -> None:
+        """`_upkeep`, whose failure is said once (and once when it works again) and waited out a second."""
+        try:
+            self._upkeep()
+        except Exception as exc:  # tried again in a second; said once, not every second
+            self._broken_upkeep.failed(self._root_str, exc)
+            self._stop.wait(1.0)
+        else:
+            self._broken_upkeep.ok(self._root_str)
 
     def _next_wake(self) -> float:
         """When the watching thread has work next: the periodic rescan or recovery, an extra rescan
@@ -480,9 +544,17 @@ class MailboxWatcher:
         self._rescan_now.clear()
         forced, self._force_rescan = self._force_rescan, False
         self._ingest_pending_agents(now)
-        if now >= self._next_rescan or due_soon or forced:
+        self._rescan_if_due(now, due_soon or forced)
+        self._recover_if_due(now)
+
+    def _rescan_if_due(self, now: float, asked: bool) -> None:
+        """Rescan when the period is over at ``now`` or a rescan was ``asked`` for; set the next one."""
+        if now >= self._next_rescan or asked:
             self.rescan()
             self._next_rescan = time.monotonic() + self.rescan_every
+
+    def _recover_if_due(self, now: float) -> None:
+        """Run recovery on every mailbox when its period is over at ``now``; set the next one."""
         if now >= self._next_recover:
             self.recover_all()
             self._next_recover = time.monotonic() + self.recover_every
@@ -537,7 +609,7 @@ class MailboxWatcher:
             return None
         agent, folder, name = parts
         state = _STATES.get(folder)
-        if state is None or name.endswith(REASON_SUFFIX) or name.startswith("."):
+        if state is None or _not_a_message(name):
             return None
         return agent, state, name
 
@@ -547,9 +619,7 @@ class MailboxWatcher:
             return False
         parts = tuple(os.path.relpath(path, self._root_str).split(os.sep))
         if self._intake.is_drop(parts):
-            with self._lock:
-                self._ingest_pending.add(parts[0])
-            self._rescan_now.set()
+            self._ingest_next_turn(parts[0])
             return True
         return False
 
@@ -560,8 +630,7 @@ class MailboxWatcher:
         ends for a held lock), between its other work."""
         if self._intake is None:
             return 0
-        agent_dir = os.path.join(self._root_str, agent)
-        if os.path.islink(agent_dir) or not os.path.isdir(os.path.join(agent_dir, State.NEW.folder)):
+        if not self._has_new_folder(agent):
             return 0  # still on the legacy layout: its own readers take what is dropped there
         try:
             with FileMailbox(self.root, agent, create=False) as mb:
@@ -573,20 +642,32 @@ class MailboxWatcher:
         self._schedule_rest(agent, step.more, step.retry_in)
         return step.taken
 
+    def _has_new_folder(self, agent: str) -> bool:
+        """Whether ``agent``'s folder (not a link) holds a ``new/`` folder: a hybridcomms mailbox."""
+        agent_dir = os.path.join(self._root_str, agent)
+        return not os.path.islink(agent_dir) and os.path.isdir(os.path.join(agent_dir, State.NEW.folder))
+
     def _schedule_rest(self, agent: str, more: bool, retry_in: float | None) -> None:
         """When the rest of ``agent``'s legacy drops is taken: at the next turn while ``more`` waits,
         after ``retry_in`` seconds when another process held the lock, else not at all."""
-        if not more and retry_in is None:
-            return
-        with self._lock:
-            if more:
-                self._ingest_pending.add(agent)
-            else:
-                self._held_pending.add(agent)
-                retry = time.monotonic() + (retry_in or 0.0)
-                self._held_retry = min(self._held_retry, retry)
         if more:
-            self._rescan_now.set()
+            self._ingest_next_turn(agent)
+        elif retry_in is not None:
+            self._ingest_after(agent, retry_in)
+
+    def _ingest_next_turn(self, agent: str) -> None:
+        """Have the watching thread take ``agent``'s legacy drops at its next turn, at once."""
+        with self._lock:
+            self._ingest_pending.add(agent)
+        self._rescan_now.set()
+
+    def _ingest_after(self, agent: str, retry_in: float) -> None:
+        """Have the watching thread look at ``agent``'s legacy drops again in ``retry_in`` seconds (the
+        backoff of a lock another process holds)."""
+        with self._lock:
+            self._held_pending.add(agent)
+            retry = time.monotonic() + retry_in
+            self._held_retry = min(self._held_retry, retry)
 
     def _on_created(self, path: str) -> None:
         if self._legacy_drop(path):
@@ -607,6 +688,10 @@ class MailboxWatcher:
         if a is None or a[0] != b[0]:  # moved in from elsewhere
             self._arrived(b)
             return
+        self._moved_within(a, b)
+
+    def _moved_within(self, a: tuple[str, State, str], b: tuple[str, State, str]) -> None:
+        """A move from ``a`` to ``b`` inside one agent's mailbox, reported as the step it is (if any)."""
         kind = _move_kind(a[1], b[1], a[2])
         if kind is None:
             return
@@ -638,9 +723,11 @@ class MailboxWatcher:
         else in the library removes a file there: recovery moves it). Other removals (the trim of
         ``done/``, a purge) are not events."""
         where = self._split(path)
-        if where is not None and where[1] is State.PROCESSING:
+        if where is None:
+            return
+        if where[1] is State.PROCESSING:
             self._emit("acked", where[0], State.DONE, where[2], "notify")
-        elif where is not None and where[1] is State.NEW:
+        elif where[1] is State.NEW:
             self._left_new(where[0], where[2])  # a purge, or a legacy reader taking it
 
     def _delivered(self, agent: str, name: str, source: str) -> None:
@@ -669,22 +756,22 @@ class MailboxWatcher:
     def _emit(
         self, kind: str, agent: str, state: State, name: str, source: str, at: float | None = None
     ) -> None:
-        info = parse_name(name)
+        msg_id, attempt, priority = _name_facts(parse_name(name))
         path = os.path.join(self._root_str, agent, state.folder, name)
-        topic, sender = self._describe(info.id if info else None, path)
+        topic, sender = self._describe(msg_id, path)
         event = MailboxEvent(
             kind=kind,
             agent=agent,
             name=name,
-            id=info.id if info else None,
-            attempt=info.attempt if info else 0,
+            id=msg_id,
+            attempt=attempt,
             state=state.folder,
             path=path,
             time=time.time() if at is None else at,
             source=source,
             topic=topic,
             sender=sender,
-            priority=info.priority.name if info else None,
+            priority=priority,
         )
         self._publish(kind, event)
 
@@ -704,7 +791,7 @@ class MailboxWatcher:
         """List every ``new/`` and report what was not reported yet. Returns how many were new.
 
         ``first``: the look at the start, which reports what it finds as ``waiting`` says."""
-        report = self._waiting if first and self.waiting != "delivered" else None
+        report = self._first_report() if first else None
         found = 0
         agents = list_agents(self.root)
         self._broken_intake.keep(agents)
@@ -714,6 +801,11 @@ class MailboxWatcher:
             found += self._rescan_agent(agent, report)
         return found
 
+    def _first_report(self) -> Callable[[str, str], None] | None:
+        """How the first look reports what already waits: as waiting (or not at all, `_waiting`
+        says), unless ``waiting`` is "delivered" (None: reported as delivered)."""
+        return self._waiting if self.waiting != "delivered" else None
+
     def _rescan_agent(self, agent: str, report: Callable[[str, str], None] | None) -> int:
         """List one agent's ``new/`` (after taking in its legacy drops) and report what was not
         reported yet: through ``report`` if it waited before this look, else as delivered."""
@@ -721,11 +813,22 @@ class MailboxWatcher:
         unreported = self._unreported(agent)
         if unreported is None:
             return 0
+        return self._report_found(agent, unreported, report, backlog)
+
+    def _report_found(
+        self,
+        agent: str,
+        names: list[str],
+        report: Callable[[str, str], None] | None,
+        backlog: set[str] | None,
+    ) -> int:
+        """Report ``names``, found in ``agent``'s ``new/`` by a look: through ``report`` those that
+        waited before it, the others as delivered; how many were reported before a stop."""
         found = 0
-        for name in unreported:
+        for name in names:
             if self._stop.is_set():
                 break
-            if report is not None and (backlog is None or name in backlog):
+            if report is not None and _waited(name, backlog):
                 report(agent, name)
             else:  # found by a later look, or just taken in from legacy drops by this one
                 self._delivered(agent, name, "rescan")
@@ -748,21 +851,36 @@ class MailboxWatcher:
         File events go on while the folder is listed, and the listing must not undo them: a name
         reported meanwhile stays reported, and a name that left ``new/`` meanwhile (claimed, maybe
         back already under its next name) is not reported from the stale listing."""
+        before, left = self._listing_begins(agent)
+        try:
+            names = self._listing(agent)
+        finally:
+            self._listing_ends(agent, left)
+        if names is None:
+            return None
+        return self._not_reported(agent, names, before, left)
+
+    def _listing_begins(self, agent: str) -> tuple[set[str], set[str]]:
+        """What was reported in ``agent``'s ``new/`` as a listing begins, and the set that collects
+        the names leaving ``new/`` while it runs."""
         left: set[str] = set()
         with self._lock:
             before = set(self._reported.setdefault(agent, set()))
             self._leaving.setdefault(agent, []).append(left)
-        try:
-            names = self._listing(agent)
-        finally:
-            with self._lock:
-                listings = [other for other in self._leaving[agent] if other is not left]
-                if listings:
-                    self._leaving[agent] = listings
-                else:
-                    del self._leaving[agent]
-        if names is None:
-            return None
+        return before, left
+
+    def _listing_ends(self, agent: str, left: set[str]) -> None:
+        """A listing of ``agent``'s ``new/`` is over: its set of leaving names is no longer filled."""
+        with self._lock:
+            listings = [other for other in self._leaving[agent] if other is not left]
+            if listings:
+                self._leaving[agent] = listings
+            else:
+                del self._leaving[agent]
+
+    def _not_reported(self, agent: str, names: set[str], before: set[str], left: set[str]) -> list[str]:
+        """The ``names`` a listing found that are still to report, sorted; the reported names that
+        left ``new/`` before it (unseen) are forgotten."""
         with self._lock:
             seen = self._reported.setdefault(agent, set())
             seen -= before - names  # forget what left new/ before the listing without us seeing it
