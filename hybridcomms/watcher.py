@@ -89,15 +89,20 @@ def _release_unread_inotify(observer: Any) -> None:
     Only when the observer's reader has ended with the descriptor still marked as being read; nothing
     happens with another watchdog (other attribute names) or when the reader closed it itself."""
     reader: Any = getattr(observer, "_inotify_fd", None)
-    lock = getattr(reader, "_lock", None)
-    close = getattr(reader, "_close_resources", None)
-    alive = getattr(reader, "is_alive", None)
-    if lock is None or close is None or alive is None or alive():
+    if not _ended_reader(reader):
         return
-    with lock:
+    with reader._lock:
         if getattr(reader, "_closed", False) and getattr(reader, "_is_reading", False):
             reader._is_reading = False  # (closed once: the check above fails next time)
-            close()
+            reader._close_resources()
+
+
+def _ended_reader(reader: Any) -> bool:
+    """``reader`` is a watchdog 7.1 inotify reader (the attributes `_release_unread_inotify` uses)
+    whose thread has ended."""
+    if not all(hasattr(reader, name) for name in ("_lock", "_close_resources", "is_alive")):
+        return False
+    return not reader.is_alive()
 
 
 def _move_kind(src: State, dest: State, src_name: str) -> str | None:
