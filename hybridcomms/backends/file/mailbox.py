@@ -543,7 +543,9 @@ class FileMailbox:
             # Running dry with notifications on: the kernel's queue says what arrived since the last
             # look (one read that returns at once), no listing.
             waiter.poll()
-            return index.pop_due(), False
+            # (`True`: the index is complete now, even if its relisting fell due meanwhile: asked
+            # "is it due?" again, it said "relist" and the claim said "none" with a message there.)
+            return index.pop_due(True), False
         self._check_folders()
         index.rescan(self.folders.fd(State.NEW))
         return index.pop_due(True), True

@@ -135,6 +135,16 @@ def _new_inotify_fd() -> int:
     return int(fd)
 
 
+#: How long a claim that does not wait waits for another thread's read of the kernel's queue (it
+#: takes microseconds; the bound is for a reader descheduled on a loaded machine).
+READER_TURN = 0.05
+#: Reads of 64 KiB a claim that does not wait makes at most to empty the kernel's queue (4 MiB: more
+#: than the queue holds at the default limit of 16,384 events).
+DRAIN_READS = 64
+_READ_SIZE = 65536
+_EVENT_MAX = 16 + 256  # an inotify event: its header and a name of at most NAME_MAX + 1 bytes
+
+
 class _InotifyHub:
     """One inotify descriptor per process (while it has a mailbox open), read by the claiming threads
     themselves (Linux).
@@ -279,10 +289,14 @@ class _InotifyHub:
         return self._pid == os.getpid()
 
     def drain(self) -> None:
-        """Hand out what the kernel has queued, without waiting (one read(2) that returns at once):
-        a claim that does not wait learns of arrivals this way. Nothing to do while another thread
-        is the reader: it hands them out."""
+        """Hand out what the kernel has queued, without waiting for arrivals (one read(2) that
+        returns at once): a claim that does not wait learns of arrivals this way. While another
+        thread is the reader (asleep in poll() until an arrival for anyone), it is woken and its
+        turn awaited, a moment at most: an arrival queued before this call is handed out before it
+        returns (else a claim of a message put just before, in this process, could say "none")."""
         with self.cond:
+            if self._reading and self._pid == os.getpid():
+                self._await_reader()
             if not self._may_read():
                 return
             self._reading = True
@@ -292,12 +306,42 @@ class _InotifyHub:
         finally:
             self._done_reading(data)
 
+    def _await_reader(self) -> None:
+        """Under ``cond``: wake the reader (it reads what is queued, hands it out and gives the
+        reading up) and wait for that, `READER_TURN` seconds at most."""
+        self.poke()
+        deadline = time.monotonic() + READER_TURN
+        while self._reading:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.cond.wait(remaining)
+
     def _read_events(self) -> bytes:
-        """What the kernel has queued for our watches (one read that never waits); b"" if nothing."""
+        """Everything the kernel has queued for our watches (reads that never wait, until it says
+        there is no more, `DRAIN_READS` at most); b"" if nothing. One read is not enough: what other
+        mailboxes of this process left unread (a claimer that lists instead of reading) can fill it,
+        and the arrivals this claim is after come behind."""
         try:
-            return os.read(self._fd, 65536)
+            data = os.read(self._fd, _READ_SIZE)
         except BlockingIOError:
             return b""
+        if len(data) <= _READ_SIZE - _EVENT_MAX:  # the next event would have fitted: none was left
+            return data
+        return self._read_rest(data)
+
+    def _read_rest(self, first: bytes) -> bytes:
+        """After a full read: the rest of the kernel's queue (`DRAIN_READS` reads at most)."""
+        chunks = [first]
+        for _ in range(DRAIN_READS - 1):
+            try:
+                chunk = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            chunks.append(chunk)
+            if len(chunk) <= _READ_SIZE - _EVENT_MAX:
+                break
+        return b"".join(chunks)
 
     def _read(self, timeout: float) -> bytes:
         poller = select.poll()
