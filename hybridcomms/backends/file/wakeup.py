@@ -169,6 +169,7 @@ class _InotifyHub:
         self._fd = -1
         self._wake_r = self._wake_w = -1
         self._reading = False
+        self._turns = 0  # reading turns ended so far (`_await_reader` counts them)
         self._waiters: dict[int, list[ArrivalWaiter]] = {}  # watch descriptor -> waiters
 
     @staticmethod
@@ -278,6 +279,7 @@ class _InotifyHub:
         """The reader hands out what it read and gives the reading up (to the next waiter)."""
         with self.cond:
             self._reading = False
+            self._turns += 1
             if data:
                 self._dispatch(data)
             if not self._waiters and self._pid == os.getpid():  # the last one left while it read
@@ -308,10 +310,14 @@ class _InotifyHub:
 
     def _await_reader(self) -> None:
         """Under ``cond``: wake the reader (it reads what is queued, hands it out and gives the
-        reading up) and wait for that, `READER_TURN` seconds at most."""
-        self.poke()
+        reading up) and wait until the reading is free, or a turn that began after this call has
+        ended (the turn under way may have read before the arrival this claim is after; the next
+        one cannot have); `READER_TURN` seconds at most. (Waiting for the reading to be free alone
+        is not enough: the reader's thread, still waiting for its own mailbox, takes it again at once.)"""
         deadline = time.monotonic() + READER_TURN
-        while self._reading:
+        enough = self._turns + 2
+        while self._reading and self._turns < enough:
+            self.poke()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
