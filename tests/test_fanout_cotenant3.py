@@ -464,6 +464,7 @@ def test_the_backlogs_of_many_stopped_peers_are_bounded_in_all_and_every_drop_is
         assert received + drops.get(name, 0) == 600, name
 
 
+@pytest.mark.slow
 def test_peers_found_not_reading_cost_a_publish_next_to_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: list[socket.socket]
 ) -> None:

@@ -11,6 +11,7 @@ import tempfile
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,6 +101,7 @@ contents = st.one_of(
 bad_files = st.lists(st.tuples(file_names, contents), min_size=1, max_size=12, unique_by=lambda t: t[0])
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bad=bad_files, goods=st.integers(min_value=1, max_value=4))
 def test_poison_files_never_stop_the_good_messages(bad: list[tuple[str, bytes]], goods: int) -> None:

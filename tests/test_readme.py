@@ -44,7 +44,12 @@ def test_each_python_block_runs(index: int, tmp_path: Path, request: pytest.Fixt
 
 
 @pytest.mark.parametrize(
-    "index", [i for i, (k, b) in enumerate(BLOCKS) if k == "sh" and not b.strip().startswith(SETUP)]
+    "index",
+    [
+        pytest.param(i, marks=pytest.mark.slow) if "redis-server" in b else i  # (a server's start and stop)
+        for i, (k, b) in enumerate(BLOCKS)
+        if k == "sh" and not b.strip().startswith(SETUP)
+    ],
 )
 def test_each_shell_block_runs(index: int, tmp_path: Path) -> None:
     if (BIN / "hybridcomms").exists():  # the folder of a clone where the quickstart made .venv

@@ -93,6 +93,7 @@ def test_two_hosts_lose_nothing_through_a_killed_worker_and_a_redis_restart(serv
         assert b.stats().states[State.DEAD].count == 0
 
 
+@pytest.mark.slow
 def test_what_put_acknowledged_survives_a_redis_kill(server) -> None:  # type: ignore[no-untyped-def]
     with RedisMailbox(server.url, "A") as mb:
         mb.put_many([Message("t", {"i": i}, id=f"m{i}") for i in range(50)])

@@ -568,6 +568,7 @@ def test_a_comms_whose_ack_failed_in_an_outage_gets_the_message_back_within_its_
         logging.getLogger("hybridcomms").removeHandler(flag)
 
 
+@pytest.mark.slow
 def test_work_whose_ack_failed_in_an_outage_gets_the_message_back(aof_server: Any, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -855,6 +856,7 @@ def test_work_children_get_no_password_in_their_environment_and_still_reach_the_
 # -- chaos ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_short_redis_chaos_run_loses_nothing(tmp_path: Path) -> None:
     """tools/chaos.py --redis: producers, consumers and Redis itself killed at random, nobody runs
     recover; everything whose put returned ends acked or dead, nothing is left waiting."""

@@ -282,6 +282,7 @@ def _operator_gets_or_none(url: str) -> int | None:
         return None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_connections_that_never_read_their_replies_are_closed_and_the_operator_is_served(served: str) -> None:
     """Complete requests, pipelined, whose answers are never read (the second co-tenant round: the

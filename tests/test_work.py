@@ -200,6 +200,7 @@ def test_sigterm_past_the_grace_kills_and_keeps_the_message(
     assert mb.get(m.id) is not None and mb.get(m.id).state is not State.DONE  # not lost, not done
 
 
+@pytest.mark.slow
 def test_heartbeats_keep_a_long_job_from_being_taken_away(root: Path, tmp_path: Path) -> None:
     # The job outlasts the lease; the renewals (a third of the lease apart) keep it. The lease is long
     # enough that only a stall of over a second (a loaded machine) could miss two renewals.
