@@ -357,3 +357,24 @@ def test_graph_json_escapes_and_counts(graph_root: Path) -> None:
     assert edges[("Captain-THEA", "Agent-1")]["dead"] == 1
     assert edges[("Agent-1", "Agent-2")]["count"] == 1
     assert any("\\x1b" in s and "\x1b" not in s for s, _ in edges)
+
+
+def test_a_dead_reason_that_cannot_be_reached_reads_as_unreadable_not_as_a_failed_page(
+    tmp_path: Path,
+) -> None:
+    """`with_reason` on a mailbox whose dead/ cannot be opened (made by hand with only new/, or
+    closed meanwhile) says the reason is unreadable, as it did before the dead/ lookup moved out of
+    its try (found by a review of the complexity round)."""
+    from hybridcomms.backends.base import MessageInfo
+    from hybridcomms.ui._source import with_reason
+
+    root = tmp_path / "root"
+    (root / "Agent-1" / "new").mkdir(parents=True)
+    info = MessageInfo(
+        state=State.DEAD, name="x.json", path=None, id=None, attempt=0, due=None, size=0,
+        changed_at=0.0, reason=None, last_error=None,
+    )  # fmt: skip
+    mb = FileMailbox(root, "Agent-1", read_only=True, fsync="never")
+    assert with_reason(mb, info).reason == {"reason": "(unreadable reason file)"}
+    mb.close()
+    assert with_reason(mb, info).reason == {"reason": "(unreadable reason file)"}

@@ -277,7 +277,11 @@ def with_reason(mb: Mailbox, info: MessageInfo) -> MessageInfo:
     `REASON_LIMIT` is not read, and says so)."""
     if not isinstance(mb, FileMailbox) or info.state is not State.DEAD or info.reason is not None:
         return info
-    return dataclasses.replace(info, reason=_dead_reason(mb.folders.fd(State.DEAD), info.name))
+    try:
+        dead_fd = mb.folders.fd(State.DEAD)
+    except OSError:  # the folder gone, the mailbox closed: as an unreadable reason, not a failed page
+        return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
+    return dataclasses.replace(info, reason=_dead_reason(dead_fd, info.name))
 
 
 def _dead_reason(dead_fd: int, name: str) -> dict[str, Any] | None:

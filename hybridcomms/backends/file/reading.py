@@ -32,9 +32,11 @@ def read_claimed(fd: int, m: re.Match[str] | None, limit: int) -> tuple[Message 
     """The message in the open file ``fd`` (``m``: its name's match of `_names.NAME_RE`, None for a
     name not ours), or None and why it can never be delivered."""
     try:
-        raw = os.read(fd, _FIRST)
+        raw: bytes | None = os.read(fd, _FIRST)
     except OSError:
-        return read_message(fd, None, limit)  # EISDIR, EAGAIN on a FIFO, …: read_message says what it is
+        raw = None  # EISDIR, EAGAIN on a FIFO, …: read_message says what it is
+    if raw is None:
+        return read_message(fd, None, limit)
     if raw[:13] == b'{"version":1,' and len(raw) < _FIRST:
         message = _native(raw, m, limit)
         if message is not None:
