@@ -67,7 +67,7 @@ def test_stats_writes_the_textfile_and_fail_if_gives_cron_an_exit_code(root: Pat
         env=env,
         timeout=60,
     )
-    assert wrong.returncode != 0 and len(wrong.stderr.strip().splitlines()) == 1
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1  # bad usage, not "it held"
 
 
 def test_watch_serves_metrics_with_event_counts(root: Path) -> None:

@@ -241,3 +241,27 @@ def test_bad_arguments_are_one_line_and_a_non_zero_exit(
     assert out.returncode != 0 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, (
         out.stderr
     )
+
+
+def test_ctrl_c_says_what_becomes_of_running_commands_and_a_second_one_ends_it_now(
+    root: Path, tmp_path: Path, mb: FileMailbox
+) -> None:
+    """A newcomer's Ctrl-C got no answer for the whole --grace (30 s), a second one neither, and the
+    retry's reason said SIGTERM."""
+    ready = tmp_path / "ready"
+    m = Message("job", {"sleep": 60, "ready": str(ready)})
+    mb.put(m)
+    p = work(root, tmp_path, "--grace", "60")
+    eventually(while_running(p, ready.exists), "the command to run", 60)  # the handshake
+    assert p.stderr is not None and "stop with SIGTERM or Ctrl-C" in p.stderr.readline()
+    p.send_signal(signal.SIGINT)
+    said = p.stderr.readline()
+    assert "SIGINT: no new messages; 1 running command get --grace 60s" in said, said
+    assert "(SIGINT again: now)" in said
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and time.monotonic() - t0 < 20, err
+    [row] = outcomes(out)
+    assert row["outcome"] == "retry" and row["error"].startswith("stopped by a second SIGINT"), row
+    assert mb.get(m.id) is not None and mb.get(m.id).state is State.NEW  # retried later, not lost

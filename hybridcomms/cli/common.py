@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .. import _env
 from .._outage import one_line, reason, unreachable
-from .._text import json_text
+from .._text import json_text, printable
 from .._urls import shown_url, url_from_environ
 from ..backends import Mailbox, backend_of
 from ..backends.base import check_agent_id
@@ -331,13 +331,21 @@ def shown_where(url: str | None, root: Path) -> str:
     return shown_url(url) if url else str(root)
 
 
+def root_shown(root: Path) -> str:
+    """A root as an error names it: a relative one with the folder it is relative to (run from
+    another folder, the default root is another, empty one)."""
+    if root.is_absolute():
+        return printable(str(root))
+    return f"{printable(str(root))} under the current folder {printable(os.getcwd())}"
+
+
 def need_root(root: Path, command: str, create: bool) -> None:
     """A command that reads: a missing root is an error (a typo must not "succeed"), unless --create."""
     if not create and not root.is_dir():
         raise SystemExit(
-            f"hybridcomms {command}: no mailbox root at {root} (check --root or $HYBRIDCOMMS_ROOT; "
-            "a first 'hybridcomms send', 'hybridcomms recv AGENT --create' or 'hybridcomms watch --create' "
-            "makes it)"
+            f"hybridcomms {command}: no mailbox root at {root_shown(root)} "
+            "(check --root or $HYBRIDCOMMS_ROOT; a first 'hybridcomms send', "
+            "'hybridcomms recv AGENT --create' or 'hybridcomms watch --create' makes it)"
         )
 
 

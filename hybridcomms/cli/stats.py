@@ -29,6 +29,7 @@ from .common import (
     open_existing,
     parse_age,
     print_json,
+    usage_error,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +52,13 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 def _condition(cond: str) -> tuple[str, str, float]:
     """``dead>0`` -> (what, operator, limit); a condition it cannot read ends the command."""
     m = _COND_RE.match(cond)
-    if m is None:
-        raise SystemExit(f"hybridcomms stats: --fail-if {cond!r}: use e.g. dead>0, new>1000, oldest>10m")
-    what, op, raw = m.groups()
-    return what, op, parse_age(raw) if what == "oldest" else float(raw)
+    try:
+        if m is None:
+            raise ValueError(cond)
+        what, op, raw = m.groups()
+        return what, op, parse_age(raw) if what == "oldest" else float(raw)
+    except (ValueError, argparse.ArgumentTypeError):  # a typo is bad usage (2), never "it held" (1)
+        usage_error(f"hybridcomms stats: --fail-if {cond!r}: use e.g. dead>0, new>1000, oldest>10m")
 
 
 def _value(row: Row, what: str) -> float:

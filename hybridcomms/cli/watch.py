@@ -25,7 +25,15 @@ from .._text import json_text
 from .._urls import child_environ
 from ..policy import Policy, child_env
 from ..watcher import MailboxEvent, MailboxWatcher
-from .common import LineWriter, Parents, add_bus_option, on_stop_signals, resolve_policy, restore_signals
+from .common import (
+    LineWriter,
+    Parents,
+    add_bus_option,
+    on_stop_signals,
+    resolve_policy,
+    restore_signals,
+    root_shown,
+)
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -224,7 +232,7 @@ def _check_usage(args: argparse.Namespace, root: Path) -> None:
         raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
     if not args.create and not root.is_dir():
         raise SystemExit(
-            f"hybridcomms watch: no mailbox root at {root} "
+            f"hybridcomms watch: no mailbox root at {root_shown(root)} "
             "(check --root or $HYBRIDCOMMS_ROOT; --create makes it)"
         )
 

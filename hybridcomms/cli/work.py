@@ -74,6 +74,9 @@ class Worker:
         self.command = command
         self.stop = threading.Event()
         self.killed = threading.Event()  # past the grace: running commands are killed
+        self.kill_reason = ""  # why they were (the error their messages are retried with)
+        self.stop_signal: str | None = None  # the signal that stopped the worker (SIGTERM, SIGINT)
+        self.running = 0  # commands running now
         self.lock = threading.Lock()
         # Its output closed (`work … | head`): stop as on SIGTERM, the running commands finish.
         self.write = LineWriter(on_close=self._output_closed)
@@ -114,6 +117,7 @@ class Worker:
             t.start()
         self._wait_for_stop(threads)
         self.mb.wake()
+        self._say_grace()
         self._join(threads)
         c = self.counts
         print(
@@ -141,9 +145,41 @@ class Worker:
     def _kill_stragglers(self, threads: list[threading.Thread]) -> None:
         """Past the grace: what still runs is killed, and its thread waited for (it nacks the message)."""
         if any(t.is_alive() for t in threads):
-            self.killed.set()  # the grace is over: kill what still runs, nack its message
+            signal_name = self.stop_signal or "SIGTERM"
+            self.kill_now(f"stopped: still running {self.args.grace:g}s after {signal_name}")
             for t in threads:
                 t.join(10)
+
+    def kill_now(self, why: str) -> None:
+        """Kill the running commands (their messages are retried with ``why``)."""
+        if not self.killed.is_set():
+            self.kill_reason = why
+            self.killed.set()
+
+    def on_stop_signal(self, name: str) -> None:
+        """SIGTERM or Ctrl-C: no new claims, the running commands get the grace; the same signal
+        again kills them now."""
+        if self.stop_signal is not None:
+            self.kill_now(f"stopped by a second {name}")
+        else:
+            self.stop_signal = name
+        self.stop.set()
+        self.mb.wake()
+
+    def _say_grace(self) -> None:
+        """Stopped by a signal with commands running: say what becomes of them, and how to end it now
+        (else the terminal says nothing for the whole grace)."""
+        with self.lock:
+            running = self.running
+        if self.stop_signal is None or not running:
+            return
+        print(
+            f"hybridcomms work: {self.stop_signal}: no new messages; {running} running "
+            f"command{'s' if running > 1 else ''} get --grace {self.args.grace:g}s to finish, then are "
+            f"killed and retried ({self.stop_signal} again: now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _guarded_loop(self) -> None:
         """`_loop`; if it dies of something unexpected, the whole worker stops and exits non-zero
@@ -193,6 +229,8 @@ class Worker:
 
     def _handle_settled(self, d: MailboxDelivery) -> None:
         """`_handle`; if it fails, the message is settled (nacked) whatever happened, and the loop goes on."""
+        with self.lock:
+            self.running += 1
         try:
             self._handle(d)
         except Exception as exc:
@@ -202,6 +240,9 @@ class Worker:
                 except (OSError, HybridCommsError):
                     pass
             print(f"hybridcomms work: {d.message.id}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            with self.lock:
+                self.running -= 1
 
     # -- one message --------------------------------------------------------------------------
 
@@ -337,7 +378,7 @@ class Worker:
         if limit and now - started >= limit:
             return f"timed out after {limit:g}s"
         if self.killed.is_set():
-            return f"stopped: still running {self.args.grace:g}s after SIGTERM"
+            return self.kill_reason
         if not beat.renew_if_due(now):
             return "lease lost"  # recovery took it (lease): another consumer has it now
         return None
@@ -480,13 +521,13 @@ def run_work(args: argparse.Namespace, root: Path) -> int:
         worker.metrics = _serve_metrics(args)
 
     def on_signal(signum: int, frame: Any) -> None:
-        worker.stop.set()
-        mailbox.wake()
+        worker.on_stop_signal(signal.Signals(signum).name)
 
     previous = on_stop_signals(on_signal)
     print(
         f"hybridcomms work: {args.agent}: running {' '.join(command)} for each message "
-        f"({args.concurrency} at a time; routing policy from {policy.provenance}); stop with SIGTERM",
+        f"({args.concurrency} at a time; routing policy from {policy.provenance}); "
+        "stop with SIGTERM or Ctrl-C",
         file=sys.stderr,
         flush=True,
     )
