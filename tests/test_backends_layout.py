@@ -271,3 +271,55 @@ def test_the_which_backend_check_sees_each_form() -> None:
         ]
     )
     assert _asking(PACKAGE, set()) != []  # without the allow-list the named uses are found
+
+
+@pytest.mark.parametrize(
+    ("where", "root", "served_", "one_process"),
+    [
+        ("file:///tmp/x", "/tmp/x", True, False),
+        ("./here", "./here", True, False),
+        ("local", "local", True, False),  # a root named so (``--root local``), as backend_of reads it
+        ("redis://localhost:6379/0", None, True, False),
+        ("unix:///run/redis.sock", None, True, False),
+        ("memory://m", None, True, True),
+        ("ftp://nope", None, False, False),
+        ("redis:/host", None, False, False),
+    ],
+)
+def test_what_a_url_can_do_is_answered_by_the_backends_package(
+    where: str, root: str | None, served_: bool, one_process: bool
+) -> None:
+    from hybridcomms.backends import file_root, in_one_process, served
+
+    assert file_root(where) == root
+    assert served(where) is served_
+    assert in_one_process(where) is one_process
+    assert file_root(None) is None
+
+
+def test_file_only_features_are_handed_out_for_any_mailbox(tmp_path: Path) -> None:
+    """`files_of`, `put_reporting_file`, `list_without_reasons`: the file backend's face where there is
+    one, the contract's calls elsewhere (a caller never narrows the type itself)."""
+    from hybridcomms import Message, State
+    from hybridcomms.backends import files_of, list_without_reasons, put_reporting_file
+
+    with open_mailbox(tmp_path, "A", max_attempts=1) as files:
+        assert files_of(files) is files
+        written = put_reporting_file(files, Message("t", 1, id="w1"))
+        assert written is not None and written.is_file() and written.parent == files.folder / "new"
+        d = files.claim()
+        assert d is not None
+        d.dead("no")
+        (dead,) = list_without_reasons(files, State.DEAD)
+        assert dead.reason is None  # the reason file is there, not read
+        (read,) = files.list(State.DEAD)
+        assert read.reason is not None
+    try:
+        with open_mailbox("memory://layout-files", "A") as mem:
+            assert files_of(mem) is None
+            assert put_reporting_file(mem, Message("t", 1, id="m1")) is None
+            assert [i.name for i in list_without_reasons(mem, State.NEW)] == [
+                i.name for i in mem.list(State.NEW)
+            ]
+    finally:
+        MemoryMailbox.forget_store("layout-files")

@@ -88,9 +88,9 @@ def in_one_process(url: str) -> bool:
 
 
 def file_root(where: str | None) -> str | None:
-    """The root of the file mailboxes ``where`` names (``file:///path`` or a plain path; None and
-    ``"local"`` are left to the caller's own root: None), else None (another backend)."""
-    if where is None or where == "local" or backend_of(where) != "file":
+    """The root of the file mailboxes ``where`` names (``file:///path`` or a plain path, as
+    `backend_of` reads it), else None (another backend, or None: the caller's own root)."""
+    if where is None or backend_of(where) != "file":
         return None
     return where.removeprefix("file://")
 
