@@ -131,9 +131,9 @@ class Router:
         except Exception as exc:
             self._put_failed(where, agent, exc)
             raise
-        if box.kind != "file":
-            # Files: only the consumer loop judges its own folder (a put into another agent's mailbox
-            # says nothing about it).
+        if box.folder is None:
+            # A mailbox in a folder: only the consumer loop judges its own folder (a put into another
+            # agent's folder says nothing about the backend).
             self.outage(where).ok()
 
     def _put_into_outbox(
@@ -151,10 +151,10 @@ class Router:
         try:
             _put_into(box, message, delay, once)
         except OSError:
-            if box.kind != "file" or not self._forget(where, agent):
+            if box.folder is None or not self._forget(where, agent):
                 raise
             # A recipient's folder made anew (or removed) since its outbox was opened: a failed
-            # put of a file mailbox left nothing behind, so it is tried once more, on the folder
+            # put into a folder left nothing behind, so it is tried once more, on the folder
             # that is there now.
             box = self.outbox(agent, backend)
             _put_into(box, message, delay, once)

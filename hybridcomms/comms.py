@@ -48,9 +48,9 @@ from ._consumer import (
 from ._handlers import Handler, HandlerTable
 from ._requests import PendingRequests
 from ._routing import Router, Sent, resolve_url
-from .backends import Mailbox
+from .backends import Mailbox, fanout_url, files_of
 from .backends.base import DEFAULT_BACKOFF, check_agent_id
-from .backends.file import DEFAULT_ROOT, FileMailbox
+from .backends.file import DEFAULT_ROOT
 from .bus import AgentBus, Event, default_bus
 from .errors import HybridCommsError, RequestTimeoutError
 from .message import Message, Priority, reply_topic
@@ -182,29 +182,29 @@ class Comms:
         self, policy: Policy, legacy_intake: bool | None
     ) -> Callable[[bool], _intake.Step] | None:
         """The consumer loop's step of taking legacy drops beside the mailbox in: only when an intake
-        is configured (intake.py), and only beside a file mailbox."""
+        is configured (intake.py), and only beside a mailbox that lives in a folder of files."""
         plugin = _intake.get(policy, force=legacy_intake)
-        mb = self.mailbox
-        return plugin.prober(mb) if plugin is not None and isinstance(mb, FileMailbox) else None
+        files = files_of(self.mailbox) if plugin is not None else None
+        return plugin.prober(files) if plugin is not None and files is not None else None
 
     def _share_bus(self) -> None:
         """Carry the bus's events to the other processes of the same root (or Redis URL) and theirs
         here; they stay in this process if that cannot be done."""
-        kind = self.mailbox.kind
-        if kind not in ("file", "redis"):  # memory:// lives in one process: nothing to share
+        if not self.mailbox.shared:  # memory:// lives in one process: nothing to share
             return
         from .bus.fanout import share_bus as _share
 
-        root, url = self._shared_through(kind)
+        root, url = self._shared_through()
         try:
             self._unshare = _share(self.bus, root=root, url=url)
         except Exception as exc:  # no /proc, no socket allowed there, Redis down: stay in-process
             log.warning("%s: ephemeral events stay in this process (%s)", self.agent_id, exc)
 
-    def _shared_through(self, kind: str) -> tuple[Path | None, str | None]:
-        """Where the bus's events meet other processes': (None, the URL) on Redis, (the root, None)
-        for files."""
-        return (None, self.url) if kind == "redis" else (self.root, None)
+    def _shared_through(self) -> tuple[Path | None, str | None]:
+        """Where the bus's events meet other processes': (None, the URL) on a backend with a pub/sub
+        of its own (`fanout_url`: Redis), else (the root, None): the root's ``.bus/`` folder."""
+        url = fanout_url(self.url)
+        return (None, url) if url is not None else (self.root, None)
 
     @property
     def dead_letter_topic(self) -> str:

@@ -61,7 +61,7 @@ from typing import Any, TypeGuard
 
 from . import _env, _fs
 from ._urls import shown_url
-from .backends import SCHEMES, backend_of
+from .backends import SCHEMES, served
 from .errors import MessageError, PolicyError
 from .message import Priority
 
@@ -640,9 +640,7 @@ def _check_backend(backend: object) -> None:
 
 def _valid_backend(backend: object) -> bool:
     """Whether a rule's ``backend`` is ``"local"`` or a mailbox URL of a known scheme."""
-    return isinstance(backend, str) and (
-        backend == "local" or ("://" in backend and backend_of(backend) != "")
-    )
+    return isinstance(backend, str) and (backend == "local" or ("://" in backend and served(backend)))
 
 
 def _rule_from(

@@ -182,3 +182,144 @@ def test_where_the_bus_is_shared_is_decided_by_the_backends_package() -> None:
         assert fanout_url(url) is None
     source = Path(hybridcomms.__file__).parent.joinpath("bus", "fanout", "__init__.py").read_text()
     assert "backend_of" not in source
+
+
+#: The modules outside ``backends/`` that may call `backend_of`, and why: each one only *names* a
+#: backend (a label, a line for people), never decides what to do by it.
+BACKEND_OF_ALLOWED = {
+    "_routing.py",  # the Outage of a backend is labelled by its name (metrics, the outage's message)
+    "ui/_source.py",  # the dashboard's pages show which backend they read (``Source.kind``)
+}
+
+
+def _names(node: ast.expr) -> set[str]:
+    """The names ``node`` spells: ``x``, ``a.x`` (its last part) or a tuple of such."""
+    if isinstance(node, ast.Tuple):
+        return set().union(*(_names(e) for e in node.elts))
+    if isinstance(node, ast.Name):
+        return {node.id}
+    return {node.attr} if isinstance(node, ast.Attribute) else set()
+
+
+def _backend_names(node: ast.expr) -> set[str]:
+    """The backend names (`KINDS`) among the constants ``node`` is or holds."""
+    elts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return {e.value for e in elts if isinstance(e, ast.Constant) and e.value in KINDS}
+
+
+def _narrows_to_file_mailbox(node: ast.AST) -> bool:
+    """Whether ``node`` is ``isinstance(x, FileMailbox)`` (or a tuple of classes holding it)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"):
+        return False
+    return len(node.args) == 2 and "FileMailbox" in _names(node.args[1])
+
+
+def _which_backend_questions(node: ast.AST) -> Iterator[str]:
+    """What in ``node`` asks which backend something is."""
+    if _narrows_to_file_mailbox(node):
+        yield "isinstance(..., FileMailbox)"
+    if isinstance(node, ast.Call) and "backend_of" in _names(node.func):
+        yield "backend_of(...)"
+    if isinstance(node, ast.Compare):
+        sides = [node.left, *node.comparators]
+        kinds = any(isinstance(s, ast.Attribute) and s.attr == "kind" for s in sides)
+        if kinds and any(_backend_names(s) for s in sides):
+            yield ".kind compared to a backend's name"
+
+
+def _asking(under: Path, allowed: set[str]) -> list[str]:
+    """Each place outside ``backends/`` under ``under`` that asks which backend it has."""
+    found = []
+    for path, tree in _modules(under):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if BACKENDS in path.parents:
+            continue
+        for node in ast.walk(tree):
+            for question in _which_backend_questions(node):
+                if question == "backend_of(...)" and rel in allowed:
+                    continue
+                found.append(f"{rel}:{node.lineno}: {question}")  # type: ignore[attr-defined]
+    return found
+
+
+def test_nothing_outside_backends_asks_which_backend_it_has() -> None:
+    """Outside ``backends/`` code asks what a mailbox or URL can do (``folder``, ``shared``,
+    `served`, `file_root`, `files_of`, …), not which backend it is."""
+    assert _asking(PACKAGE, BACKEND_OF_ALLOWED) == []
+
+
+def test_the_which_backend_check_sees_each_form() -> None:
+    """The check above is not blind: each form of the question is found, and the allow-list is needed."""
+    sample = (
+        "def f(mb, url, kinds):\n"
+        "    a = isinstance(mb, FileMailbox)\n"
+        "    b = isinstance(mb, (int, backends.FileMailbox))\n"
+        "    c = mb.kind != 'file'\n"
+        "    d = self.source.kind in ('redis', 'x')\n"
+        "    e = backend_of(url)\n"
+        "    f = entry.kind == 'broken'\n"  # not a backend's name
+        "    g = kind == 'file'\n"  # a file type, not a mailbox's kind
+    )
+    found = [q for node in ast.walk(ast.parse(sample)) for q in _which_backend_questions(node)]
+    assert sorted(found) == sorted(
+        [
+            "isinstance(..., FileMailbox)",
+            "isinstance(..., FileMailbox)",
+            ".kind compared to a backend's name",
+            ".kind compared to a backend's name",
+            "backend_of(...)",
+        ]
+    )
+    assert _asking(PACKAGE, set()) != []  # without the allow-list the named uses are found
+
+
+@pytest.mark.parametrize(
+    ("where", "root", "served_", "one_process"),
+    [
+        ("file:///tmp/x", "/tmp/x", True, False),
+        ("./here", "./here", True, False),
+        ("local", "local", True, False),  # a root named so (``--root local``), as backend_of reads it
+        ("redis://localhost:6379/0", None, True, False),
+        ("unix:///run/redis.sock", None, True, False),
+        ("memory://m", None, True, True),
+        ("ftp://nope", None, False, False),
+        ("redis:/host", None, False, False),
+    ],
+)
+def test_what_a_url_can_do_is_answered_by_the_backends_package(
+    where: str, root: str | None, served_: bool, one_process: bool
+) -> None:
+    from hybridcomms.backends import file_root, in_one_process, served
+
+    assert file_root(where) == root
+    assert served(where) is served_
+    assert in_one_process(where) is one_process
+    assert file_root(None) is None
+
+
+def test_file_only_features_are_handed_out_for_any_mailbox(tmp_path: Path) -> None:
+    """`files_of`, `put_reporting_file`, `list_without_reasons`: the file backend's face where there is
+    one, the contract's calls elsewhere (a caller never narrows the type itself)."""
+    from hybridcomms import Message, State
+    from hybridcomms.backends import files_of, list_without_reasons, put_reporting_file
+
+    with open_mailbox(tmp_path, "A", max_attempts=1) as files:
+        assert files_of(files) is files
+        written = put_reporting_file(files, Message("t", 1, id="w1"))
+        assert written is not None and written.is_file() and written.parent == files.folder / "new"
+        d = files.claim()
+        assert d is not None
+        d.dead("no")
+        (dead,) = list_without_reasons(files, State.DEAD)
+        assert dead.reason is None  # the reason file is there, not read
+        (read,) = files.list(State.DEAD)
+        assert read.reason is not None
+    try:
+        with open_mailbox("memory://layout-files", "A") as mem:
+            assert files_of(mem) is None
+            assert put_reporting_file(mem, Message("t", 1, id="m1")) is None
+            assert [i.name for i in list_without_reasons(mem, State.NEW)] == [
+                i.name for i in mem.list(State.NEW)
+            ]
+    finally:
+        MemoryMailbox.forget_store("layout-files")

@@ -7,7 +7,10 @@ threads of one process) and ``redis`` (`RedisMailbox`: Redis Streams, a fleet ac
 its durable subscriptions (``subscriptions``).
 
 Code outside this package never asks which backend it has: it calls `open_mailbox` (or
-`registry_for`), and asks the mailbox itself (``mailbox.kind``).
+`registry_for`), asks the mailbox what it can do (the contract's ``folder`` and ``shared``), asks a
+URL the same (`served`, `in_one_process`, `file_root`, `fanout_url`), and gets a feature only the file
+backend has through a function here that answers for any mailbox (`files_of`, `put_reporting_file`).
+``mailbox.kind`` and `backend_of` only *name* a backend, for messages and metrics labels.
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .._urls import shown_url
-from .base import Mailbox, MailboxDelivery, put_once
+from ..message import Message
+from ..states import State
+from .base import Mailbox, MailboxDelivery, MessageInfo, put_once
 from .subscriptions import SubscriptionRegistry
+
+if TYPE_CHECKING:
+    from .file.mailbox import FileMailbox
 
 __all__ = [
     "KINDS",
@@ -28,9 +37,16 @@ __all__ = [
     "MailboxDelivery",
     "backend_of",
     "fanout_url",
+    "file_root",
+    "files_of",
+    "in_one_process",
+    "list_without_reasons",
     "open_mailbox",
     "put_once",
+    "put_reporting_file",
     "registry_for",
+    "served",
+    "url_agents",
 ]
 
 #: The backends, as `backend_of` and ``mailbox.kind`` name them.
@@ -58,6 +74,65 @@ def fanout_url(url: str | None) -> str | None:
     for a backend with a pub/sub of its own (Redis), None when the bus is shared on this host through
     the root's ``.bus/`` folder (files; a memory URL has no other process to reach)."""
     return url if url is not None and backend_of(url) == "redis" else None
+
+
+def served(url: str) -> bool:
+    """Whether some backend serves ``url`` (a plain path counts: files under it)."""
+    return backend_of(url) != ""
+
+
+def in_one_process(url: str) -> bool:
+    """Whether the mailboxes at ``url`` live inside one process (``memory://``): no other process,
+    no command, can reach them."""
+    return backend_of(url) == "memory"
+
+
+def file_root(where: str | None) -> str | None:
+    """The root of the file mailboxes ``where`` names (``file:///path`` or a plain path, as
+    `backend_of` reads it), else None (another backend, or None: the caller's own root)."""
+    if where is None or backend_of(where) != "file":
+        return None
+    return where.removeprefix("file://")
+
+
+def files_of(mailbox: Mailbox) -> FileMailbox | None:
+    """``mailbox`` as the file backend's `FileMailbox`, for a feature only files have (the legacy
+    intake beside its folder, listings that read no reason file, purge file by file); None for a
+    mailbox of another backend."""
+    from .file.mailbox import FileMailbox
+
+    return mailbox if isinstance(mailbox, FileMailbox) else None
+
+
+def url_agents(url: str) -> list[str]:
+    """The agents that have a mailbox at ``url``, a URL of a backend that is not files (a root's
+    agents are its folders: `file.inspection.survey_root`)."""
+    if backend_of(url) != "redis":
+        raise ValueError(f"no listing of the agents at {shown_url(url)!r}")
+    from .redis.mailbox import redis_agents
+
+    return redis_agents(url)
+
+
+def list_without_reasons(mailbox: Mailbox, state: State) -> list[MessageInfo]:
+    """``mailbox.list(state)``, except that on files the dead letters' reason files are not read
+    (names, sizes and times only: a page reads the reasons of the rows it shows)."""
+    files = files_of(mailbox)
+    if files is None or state is not State.DEAD:
+        return mailbox.list(state)
+    from .file import inspection
+
+    return inspection.list_state(files, state, reasons=False)
+
+
+def put_reporting_file(mailbox: Mailbox, message: Message, *, delay: float | None = None) -> Path | None:
+    """Put ``message``; the file it was written to when the mailbox keeps messages as files, else
+    None."""
+    files = files_of(mailbox)
+    if files is None:
+        mailbox.put(message, delay=delay)
+        return None
+    return files.path / State.NEW.folder / files.put_file(message, delay=delay)
 
 
 def _backend_of_path(path: str) -> str:

@@ -252,6 +252,13 @@ class Mailbox(Protocol):
     max_message_size: int
     kind: str  # the backend: "file", "memory" or "redis" (as `backends.backend_of` names its URL)
     done_retention: int | None  # acked messages kept in ``done`` (see "Retention"; None: every one)
+    #: Whether other processes can reach this mailbox (False: it lives inside this process).
+    shared: bool
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder the mailbox lives in (its messages are files there), else None. A put that
+        fails on such a mailbox says nothing about the backend beyond that folder."""
 
     def put(self, message: Message, *, delay: float | None = None) -> str:
         """Store one message (not claimable for ``delay`` seconds, if given); returns its id."""

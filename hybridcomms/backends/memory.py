@@ -21,6 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .._names import RANK_OF, RANKS, compact_time, make_name
@@ -119,6 +120,8 @@ class MemoryMailbox:
     """
 
     kind = "memory"
+    shared = False  # the threads of this process only
+    folder: Path | None = None
     lease: float
     max_attempts: int
     backoff: Backoff

@@ -33,7 +33,7 @@ from .. import _env
 from .._outage import one_line, reason, unreachable
 from .._text import json_text, printable
 from .._urls import shown_url, url_from_environ
-from ..backends import Mailbox, backend_of
+from ..backends import Mailbox, in_one_process, served
 from ..backends.base import check_agent_id
 from ..backends.file import DEFAULT_ROOT, FileMailbox, list_agents
 from ..errors import BackendUnavailableError, HybridCommsError
@@ -319,10 +319,9 @@ def _url_asked(arg: str | None, environ: dict[str, str] | None) -> str | None:
 
 def _check_openable(url: str) -> None:
     """A URL a command cannot open (a memory mailbox, an unknown scheme) is bad usage."""
-    kind = backend_of(url)
-    if kind == "memory":
+    if in_one_process(url):
         usage_error("hybridcomms: --url memory://…: a memory mailbox lives in one process, out of reach")
-    if kind not in ("redis", "file") or "://" not in url:
+    if not served(url) or "://" not in url:
         usage_error(f"hybridcomms: --url {shown_url(url)}: use redis://, rediss://, unix:// or file://")
 
 

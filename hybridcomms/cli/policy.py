@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _env, _fs
 from .._text import printable
 from .._urls import shown_url, url_from_environ
-from ..backends import backend_of
+from ..backends import file_root, served
 from ..message import Priority
 from ..policy import Decision, Policy, Route
 from .common import EXIT_OK, Parents, print_json, resolve_policy, usage_error
@@ -35,9 +35,8 @@ def _target_url(where: str | None, root: Path) -> str:
     ``file://`` URL, another without its password."""
     if where is None:
         return f"file://{root.absolute()}"
-    if backend_of(where) == "file":
-        return f"file://{Path(where.removeprefix('file://')).absolute()}"
-    return shown_url(where)
+    files = file_root(where)
+    return f"file://{Path(files).absolute()}" if files is not None else shown_url(where)
 
 
 def explained_url(arg: str | None) -> str | None:
@@ -52,7 +51,7 @@ def explained_url(arg: str | None) -> str | None:
 
 def _unknown_scheme(url: str) -> bool:
     """Whether ``url`` names no backend a mailbox can have."""
-    return "://" not in url or not backend_of(url)
+    return "://" not in url or not served(url)
 
 
 def cmd_explain(args: argparse.Namespace, root: Path) -> int:

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._text import json_text
-from ..backends import Mailbox, MailboxDelivery
+from ..backends import Mailbox, MailboxDelivery, files_of
 from ..backends.base import check_agent_id
-from ..backends.file import FileMailbox
 from ..errors import HybridCommsError
 from ..states import State
 from . import dreamos
@@ -55,8 +54,9 @@ def _legacy_layout(args: argparse.Namespace, root: Path) -> dict[str, Any] | Non
 def _take_in(mb: Mailbox, legacy: dict[str, Any] | None) -> None:
     """An agent on a legacy layout (``legacy``: its status) adopted now, explicitly: what its legacy
     writers dropped is taken in."""
-    if legacy is not None and isinstance(mb, FileMailbox):
-        dreamos.ingest(mb)
+    files = files_of(mb) if legacy is not None else None
+    if files is not None:
+        dreamos.ingest(files)
 
 
 def _read_out(mb: Mailbox, args: argparse.Namespace) -> int:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from .. import _fs
 from .._fs import shown
 from .._outage import reason, unreachable
-from ..backends import Mailbox
+from ..backends import Mailbox, files_of
 from ..backends.base import RecoveryReport, purged_state
-from ..backends.file import FileMailbox, inspection
+from ..backends.file import inspection
 from ..states import State
 from .common import (
     EXIT_ERROR,
@@ -160,14 +160,15 @@ def _requeue_ids(args: argparse.Namespace, mb: Mailbox, missing: list[str]) -> l
 
 def cmd_purge(args: argparse.Namespace, mb: Mailbox) -> int:
     state = State(args.state)
-    if not isinstance(mb, FileMailbox):
+    files = files_of(mb)
+    if files is None:
         return _purge_elsewhere(args, mb, state)
-    victims = inspection.older(mb, state, args.older_than)
+    victims = inspection.older(files, state, args.older_than)
     if args.dry_run:
         return _would_delete(args, mb, state, [_fs.shown(i.name) for i in victims])
     progress = Progress("purge", len(victims))
     skipped: list[str] = []
-    removed = inspection.remove(mb, state, victims, progress.step, skipped)
+    removed = inspection.remove(files, state, victims, progress.step, skipped)
     progress.end()
     _deleted(args, mb, state, removed, {"skipped": _shown_all(skipped)})
     _say_skipped(mb, state, skipped)

@@ -17,9 +17,8 @@ import orjson
 
 from .._fs import shown
 from .._urls import shown_url
-from ..backends import Mailbox, backend_of, put_once
+from ..backends import Mailbox, file_root, in_one_process, put_once, put_reporting_file
 from ..backends.base import MessageInfo, check_agent_id
-from ..backends.file import FileMailbox
 from ..message import DEFAULT_MAX_MESSAGE_SIZE, Message, Priority
 from ..policy import Decision, Policy
 from ..states import State
@@ -131,7 +130,7 @@ def _path_reported(
     args: argparse.Namespace, mb: Mailbox, message: Message, written: Path | None
 ) -> Path | None:
     """The file ``send`` reports: the one written; for ``--json`` of a put by id, the one it is stored in."""
-    if written is None and isinstance(mb, FileMailbox) and args.json:
+    if written is None and mb.folder is not None and args.json:
         return _stored_at(mb, message.id)
     return written
 
@@ -144,7 +143,7 @@ def _reads_legacy(args: argparse.Namespace, policy: Policy, root: Path, url: str
     return dreamos.legacy_status(root, check_agent_id(args.to)) is not None
 
 
-def _stored_at(mb: FileMailbox, message_id: str) -> Path | None:
+def _stored_at(mb: Mailbox, message_id: str) -> Path | None:
     """The file a message put by id (`put_once`) was stored in (None if it is gone already)."""
     info = mb.get(message_id)
     return info.path if info is not None else None
@@ -154,10 +153,7 @@ def _put(args: argparse.Namespace, mb: Mailbox, message: Message) -> tuple[Messa
     """Put the message: (where it already was, for a resend of an id; the file it was written to)."""
     if args.id:
         return put_once(mb, message, delay=args.delay), None
-    if isinstance(mb, FileMailbox):
-        return None, mb.path / State.NEW.folder / mb.put_file(message, delay=args.delay)
-    mb.put(message, delay=args.delay)
-    return None, None
+    return None, put_reporting_file(mb, message, delay=args.delay)
 
 
 def _send_legacy(args: argparse.Namespace, root: Path, message: Message, decision: Decision) -> int:
@@ -208,15 +204,13 @@ def _already_there(
 
 def _rule_backend(backend: str, topic: str, root: Path) -> tuple[Path, str | None]:
     """(root, url) of the backend a policy rule names for ``topic``'s durable copies."""
-    kind = backend_of(backend)
-    if kind == "memory":
+    if in_one_process(backend):
         raise SystemExit(
             f"hybridcomms send: the routing policy sends {topic} to {shown_url(backend)}, a mailbox that "
             "lives inside one process; a command cannot reach it"
         )
-    if kind == "file":
-        return Path(backend.removeprefix("file://")), None
-    return root, backend
+    files = file_root(backend)
+    return (Path(files), None) if files is not None else (root, backend)
 
 
 def _report_sent(

@@ -46,7 +46,7 @@ from .. import _log
 from .._outage import Outage
 from .._text import json_text, printable
 from .._urls import child_environ, shown_url
-from ..backends import Mailbox, MailboxDelivery, backend_of
+from ..backends import Mailbox, MailboxDelivery
 from ..comms import REPLY_HEADER
 from ..errors import HybridCommsError
 from ..message import Message, reply_topic
@@ -82,7 +82,7 @@ class Worker:
         self.write = LineWriter(on_close=self._output_closed)
         self.outage = Outage(
             mailbox.agent_id,
-            backend_of(getattr(mailbox, "url", None)),
+            mailbox.kind,
             shown_url(getattr(mailbox, "url", "")) or str(getattr(mailbox, "path", mailbox.agent_id)),
             say=lambda text: print(f"hybridcomms work: {text}", file=sys.stderr, flush=True),
         )

@@ -84,7 +84,7 @@ class Live:
     # -- the refresher ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        polled = self.fleet.source.kind != "file"
+        polled = not self.fleet.source.files
         with contextlib.suppress(Exception):  # an outage is reported by the loop below
             self.fleet.refresh()  # the counts first: the fleet page is what a person opens
         self._look()

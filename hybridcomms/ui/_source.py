@@ -26,9 +26,18 @@ from .._log import get as get_logger
 from .._names import REASON_SUFFIX
 from .._text import json_text, printable, shown
 from .._urls import shown_url
-from ..backends import Mailbox, backend_of, open_mailbox
+from ..backends import (
+    Mailbox,
+    backend_of,
+    file_root,
+    files_of,
+    in_one_process,
+    list_without_reasons,
+    open_mailbox,
+    served,
+    url_agents,
+)
 from ..backends.base import MailboxStats, MessageInfo, StateStats, check_agent_id
-from ..backends.file import FileMailbox, inspection
 from ..backends.file.inspection import RootEntry, survey_root
 from ..errors import HybridCommsError
 from ..message import Message
@@ -84,22 +93,23 @@ class Source:
     """The mailboxes under one root, or on one Redis URL."""
 
     def __init__(self, where: str) -> None:
-        kind = backend_of(where)
-        if kind not in ("file", "redis"):
+        if not served(where) or in_one_process(where):
             raise ValueError(f"the dashboard reads files or Redis, not {shown_url(where)!r}")
-        self.kind = kind
-        self.where = where[len("file://") :] if where.startswith("file://") else where
-        self.shown_where = shown_url(self.where) if kind == "redis" else printable(self.where)
+        root = file_root(where)
+        #: The backend's name, as the pages show it (never asked what the backend can do).
+        self.kind = backend_of(where)
+        #: Whether the mailboxes are files under a root (then `watch` notifies; else the caller polls).
+        self.files = root is not None
+        self.where = root if root is not None else where
+        self.shown_where = printable(self.where) if self.files else shown_url(self.where)
 
     # -- what there is ------------------------------------------------------------------------------
 
     def entries(self) -> list[AgentEntry]:
         """Every mailbox (and, under a root, every legacy Dream.OS agent and broken folder), as the
         CLI's ``stats`` finds them. Raises `OSError` if the root cannot be listed."""
-        if self.kind == "redis":
-            from ..backends.redis.mailbox import redis_agents
-
-            return [AgentEntry(a, a, "mailbox") for a in redis_agents(self.where)]
+        if not self.files:
+            return [AgentEntry(a, a, "mailbox") for a in url_agents(self.where)]
         return [self._entry(e) for e in survey_root(self.where)]
 
     def _entry(self, e: RootEntry) -> AgentEntry:
@@ -121,15 +131,10 @@ class Source:
     @contextlib.contextmanager
     def _opened(self, agent: str, read_only: bool) -> Iterator[Mailbox]:
         agent = check_agent_id(agent)
-        mb: Mailbox
-        if self.kind == "redis":
-            mb = open_mailbox(self.where, agent, create=False)
-        else:
-            if not (Path(self.where) / agent / "new").is_dir():
-                raise KeyError(agent)
-            options: dict[str, Any] = {"read_only": True, "fsync": "never"} if read_only else {}
-            mb = FileMailbox(self.where, agent, create=False, **options)
-        with mb:
+        if self.files and not (Path(self.where) / agent / "new").is_dir():
+            raise KeyError(agent)
+        options: dict[str, Any] = {"read_only": True, "fsync": "never"} if read_only else {}
+        with open_mailbox(self.where, agent, create=False, file_options=options) as mb:
             yield mb
 
     def stats(self, agent: str) -> MailboxStats:
@@ -159,7 +164,7 @@ class Source:
         """Follow the mailboxes as ``hybridcomms tail`` does (the watcher's notifications, looking only:
         no recovery, no legacy intake); the function that stops it. None on Redis, which has no such
         notifications (the caller polls `stats` instead)."""
-        if self.kind != "file":
+        if not self.files:
             return None
         watcher = MailboxWatcher(
             self.where,
@@ -175,7 +180,7 @@ class Source:
     def watch_bus(self, on_event: Callable[[str | None, str | None, str], None]) -> Callable[[], None] | None:
         """Follow the ephemeral bus events of the processes sharing the root (``tail --bus '*'``):
         ``on_event(sender, recipient, topic)`` for each one from another process. None on Redis."""
-        if self.kind != "file":
+        if not self.files:
             return None
         from ..bus import AgentBus, Event
         from ..bus.fanout import share_bus
@@ -255,30 +260,30 @@ def read_small(mb: Mailbox, info: MessageInfo, limit: int) -> Message:
     ``limit`` bytes (checked on the descriptor it is read from: no race with a new link)."""
     if info.size > limit:
         raise Withheld(f"{info.size} bytes: not read for the list")
-    if not isinstance(mb, FileMailbox):
+    files = files_of(mb)
+    if files is None:
         return mb.read(info)
-    fd, st = _fs.open_regular(info.name, limit, dir_fd=mb.folders.fd(info.state))
+    fd, st = _fs.open_regular(info.name, limit, dir_fd=files.folders.fd(info.state))
     raw = _read_single(fd, st, limit)
     if raw is None:
         raise Withheld("grew while it was read")
-    return Message.decode(raw, path=str(mb.path / info.state.folder / info.name))
+    return Message.decode(raw, path=str(files.path / info.state.folder / info.name))
 
 
 def listing(mb: Mailbox, state: State) -> list[MessageInfo]:
     """``mb.list(state)``, except that on files the dead letters' reason files are not read (a page
     reads the reasons of the rows it shows: `with_reason`): names, sizes and times only."""
-    if not isinstance(mb, FileMailbox) or state is not State.DEAD:
-        return mb.list(state)
-    return inspection.list_state(mb, state, reasons=False)
+    return list_without_reasons(mb, state)
 
 
 def with_reason(mb: Mailbox, info: MessageInfo) -> MessageInfo:
     """``info`` with its dead reason read (files: a reason file with more than one link or over
     `REASON_LIMIT` is not read, and says so)."""
-    if not isinstance(mb, FileMailbox) or info.state is not State.DEAD or info.reason is not None:
+    files = files_of(mb) if info.state is State.DEAD and info.reason is None else None
+    if files is None:
         return info
     try:
-        dead_fd = mb.folders.fd(State.DEAD)
+        dead_fd = files.folders.fd(State.DEAD)
     except OSError:  # the folder gone, the mailbox closed: as an unreadable reason, not a failed page
         return dataclasses.replace(info, reason={"reason": "(unreadable reason file)"})
     return dataclasses.replace(info, reason=_dead_reason(dead_fd, info.name))

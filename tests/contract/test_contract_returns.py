@@ -4,6 +4,7 @@ the ``make`` fixture of the contract suite, tests/contract/conftest.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from hybridcomms import Message, State
@@ -64,3 +65,35 @@ def test_a_sibling_is_another_agent_on_the_same_backend(make: Callable[..., Mail
     d = reply_to.claim()
     assert d is not None and d.message.id == "r1"
     d.ack()
+
+
+def test_folder_is_where_the_messages_are_files_or_none(make: Callable[..., Mailbox]) -> None:
+    """``folder``: the folder a mailbox lives in, its messages files under it; None where messages are
+    not files (and then no message says it has a path)."""
+    mb = make()
+    mb.put(Message("t", 1, id="f1"))
+    info = mb.get("f1")
+    assert info is not None
+    if mb.folder is None:
+        assert info.path is None
+    else:
+        assert mb.folder.is_dir()
+        assert info.path is not None and info.path.is_file() and info.path.is_relative_to(mb.folder)
+
+
+def test_shared_says_whether_another_process_reaches_the_mailbox(make: Callable[..., Mailbox]) -> None:
+    """``shared``: a message put by another process (a forked child, through its own opening of the
+    same mailbox) reaches this one exactly when the mailbox says it is shared."""
+    mb = make()
+    pid = os.fork()
+    if pid == 0:  # the child: its own opening of the mailbox, one put, out without cleanup
+        code = 1
+        try:
+            with mb.sibling(mb.agent_id) as other:
+                other.put(Message("t", "from the child", id="child"))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (mb.get("child") is not None) is mb.shared

@@ -132,6 +132,7 @@ class FileMailbox:
     """
 
     kind = "file"
+    shared = True  # any process of the host that can open the root
     lease: float
     max_attempts: int
     backoff: Backoff
@@ -258,6 +259,11 @@ class FileMailbox:
                 except Exception:
                     pass
             self._close_folders()
+
+    @property
+    def folder(self) -> Path:
+        """The agent's folder under the root (the contract's ``folder``)."""
+        return self.path
 
     def __repr__(self) -> str:
         return f"<FileMailbox {self.path} fsync={self.fsync.value}>"

@@ -61,6 +61,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -306,6 +307,8 @@ class RedisMailbox:
     """
 
     kind = "redis"
+    shared = True
+    folder: Path | None = None
     lease: float
     max_attempts: int
     backoff: Backoff
