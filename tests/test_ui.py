@@ -378,3 +378,18 @@ def test_a_dead_reason_that_cannot_be_reached_reads_as_unreadable_not_as_a_faile
     assert with_reason(mb, info).reason == {"reason": "(unreadable reason file)"}
     mb.close()
     assert with_reason(mb, info).reason == {"reason": "(unreadable reason file)"}
+
+
+def test_a_file_url_whose_path_looks_like_a_url_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Source("file://host:/x")` listed the agents of the folder `host:/x` but opened each mailbox
+    by reading `host:/x` again as a URL (an unknown scheme): every row failed (found by a review)."""
+    from hybridcomms.ui._source import Source
+
+    monkeypatch.chdir(tmp_path)
+    with FileMailbox(Path("host:/x"), "Agent-1", fsync="never") as mb:
+        mb.put(Message("t", {}))
+    for where in ("file://host:/x", "FILE://host:/x"):
+        source = Source(where)
+        assert source.files and source.stats("Agent-1").states[State.NEW].count == 1

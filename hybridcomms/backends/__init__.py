@@ -92,7 +92,7 @@ def file_root(where: str | None) -> str | None:
     `backend_of` reads it), else None (another backend, or None: the caller's own root)."""
     if where is None or backend_of(where) != "file":
         return None
-    return where.removeprefix("file://")
+    return where[len("file://") :] if where[:7].lower() == "file://" else where  # (FILE:// too)
 
 
 def files_of(mailbox: Mailbox) -> FileMailbox | None:

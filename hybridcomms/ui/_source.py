@@ -134,7 +134,9 @@ class Source:
         if self.files and not (Path(self.where) / agent / "new").is_dir():
             raise KeyError(agent)
         options: dict[str, Any] = {"read_only": True, "fsync": "never"} if read_only else {}
-        with open_mailbox(self.where, agent, create=False, file_options=options) as mb:
+        # A root as a Path: its string (a file:// URL's rest) is never read as a URL a second time.
+        where: str | Path = Path(self.where) if self.files else self.where
+        with open_mailbox(where, agent, create=False, file_options=options) as mb:
             yield mb
 
     def stats(self, agent: str) -> MailboxStats:
