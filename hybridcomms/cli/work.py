@@ -136,10 +136,17 @@ class Worker:
                 self.stop.set()
 
     def _join(self, threads: list[threading.Thread]) -> None:
-        """Wait for the consumer threads: the running commands get the grace, then are killed."""
+        """Wait for the consumer threads: the running commands get the grace, then are killed.
+        Waited for in short turns: a signal the kernel handed to another thread runs its Python
+        handler only when this (the main) thread wakes up (a second Ctrl-C waited out the grace)."""
         deadline = time.monotonic() + self.args.grace
-        for t in threads:
-            t.join(max(deadline - time.monotonic(), 0.0))
+        remaining = self.args.grace
+        while remaining > 0 and not self.killed.is_set():
+            alive = [t for t in threads if t.is_alive()]
+            if not alive:
+                break
+            alive[0].join(min(remaining, 0.2))
+            remaining = deadline - time.monotonic()
         self._kill_stragglers(threads)
 
     def _kill_stragglers(self, threads: list[threading.Thread]) -> None:
