@@ -488,3 +488,25 @@ def test_the_missing_mailbox_hints_of_the_reading_commands_can_be_followed(
         named = list(mentions(hint, set(commands)))
         assert named and all(o in top or o in commands.get(c, set()) for c, o in named), hint
         assert any(o == "--create" for _, o in named), hint
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["recv", "A", "--count", "0"], "--count must be at least 1"),
+        (["requeue", "A"], "give message ids or --all-dead"),
+        (["send", "--to", "A", "--topic", "t", "--header", "novalue"], "--header wants KEY=VALUE"),
+        (["watch", "--exec", "true", "--exec-jobs", "0"], "--exec-jobs and --exec-queue must be at least 1"),
+        (["--url", "redis://127.0.0.1:1/0", "doctor"], "not available with --url"),
+    ],
+)
+def test_a_bad_option_value_or_combination_is_bad_usage(tmp_path: Path, args: list[str], needle: str) -> None:
+    """Exit 2 and one line, as the exit-code table says for bad usage (a newcomer saw exit 1, the
+    code of an error or of a condition that held)."""
+    from cli_runner import clean_env, run_cli
+
+    root = tmp_path / "root"
+    FileMailbox(root, "A", fsync="never").close()
+    out = run_cli(["--root", str(root), *args], cwd=tmp_path, env=clean_env())
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

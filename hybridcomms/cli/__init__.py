@@ -83,6 +83,7 @@ from .common import (
     resolve_policy,
     resolve_root,
     run_command,
+    usage_error,
 )
 from .systemd_unit import SYSTEMD_UNITS
 
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace, url: str | None) -> int:
     root, args.url_resolved = _where(resolve_root(args.root), getattr(args, "mailbox_url", mailbox_url)(url))
     files_only = getattr(args, "files_only", None)  # "works on mailbox files", "reads mailbox files"
     if args.url_resolved and files_only:
-        raise SystemExit(f"hybridcomms {args.command}: {files_only}; not available with --url")
+        usage_error(f"hybridcomms {args.command}: {files_only}; not available with --url")
     code: int = args.func(args, root)
     return code
 

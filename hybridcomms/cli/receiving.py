@@ -24,6 +24,7 @@ from .common import (
     open_existing,
     print_json,
     resolve_policy,
+    usage_error,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def cmd_recv(args: argparse.Namespace, root: Path) -> int:
         print(dreamos.legacy_refusal("recv", legacy), file=sys.stderr)
         return EXIT_ERROR
     if args.count < 1:
-        raise SystemExit("hybridcomms recv: --count must be at least 1")
+        usage_error("hybridcomms recv: --count must be at least 1")
     create = args.create or legacy is not None
     with open_existing(root, args.agent, "recv", create, url, fsync=args.fsync) as mb:
         _take_in(mb, legacy)

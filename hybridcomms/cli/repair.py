@@ -30,6 +30,7 @@ from .common import (
     parse_age,
     print_json,
     shown_where,
+    usage_error,
 )
 from .progress import Progress
 
@@ -119,7 +120,7 @@ def _shown_all(names: Iterable[str]) -> list[str]:
 
 def cmd_requeue(args: argparse.Namespace, mb: Mailbox) -> int:
     if bool(args.ids) == bool(args.all_dead):
-        raise SystemExit("hybridcomms requeue: give message ids or --all-dead (not both)")
+        usage_error("hybridcomms requeue: give message ids or --all-dead (not both)")
     missing: list[str] = []
     moved = _requeue_all_dead(args, mb) if args.all_dead else _requeue_ids(args, mb, missing)
     _say_requeued(args, mb, moved, missing)

@@ -23,7 +23,7 @@ from ..message import DEFAULT_MAX_MESSAGE_SIZE, Message, Priority
 from ..policy import Decision, Policy
 from ..states import State
 from . import dreamos
-from .common import EXIT_OK, Parents, open_existing, parse_age, print_json, resolve_policy
+from .common import EXIT_OK, Parents, open_existing, parse_age, print_json, resolve_policy, usage_error
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -71,7 +71,7 @@ def _headers(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"hybridcomms send: --header wants KEY=VALUE, not {pair!r}")
+            usage_error(f"hybridcomms send: --header wants KEY=VALUE, not {pair!r}")
         out[key] = value
     return out
 

@@ -33,6 +33,7 @@ from .common import (
     resolve_policy,
     restore_signals,
     root_shown,
+    usage_error,
 )
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ def run_watch(args: argparse.Namespace, root: Path) -> int:
 def _check_usage(args: argparse.Namespace, root: Path) -> None:
     """Bad --exec sizes, or a root that is not there without --create: one line, and the end."""
     if _bad_exec_sizes(args):
-        raise SystemExit("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
+        usage_error("hybridcomms watch: --exec-jobs and --exec-queue must be at least 1")
     if not args.create and not root.is_dir():
         raise SystemExit(
             f"hybridcomms watch: no mailbox root at {root_shown(root)} "
