@@ -37,7 +37,8 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         timeout=240,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["produced"] >= 600, result
-    assert result["kills"] >= 8, result
-    assert result["lost"] == 0 and result["duplicates"] == 0 and result["leftovers"] == 0, result
+    said = json.dumps(result)  # the whole result (with its `trail` when it failed), not a cut dict
+    assert result["produced"] >= 600, said
+    assert result["kills"] >= 8, said
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["leftovers"] == 0, said
     assert result["ok"] and out.returncode == 0

@@ -283,7 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trimmed = len(acked_ids - set(final))
     unconfirmed = len(started - acked_ids - set(final))
     consumer_kills = kills  # an upper bound: every kill may have been a consumer's
-    lost = len(produced - set(final) - acked_ids - started)
+    lost_ids = sorted(produced - set(final) - acked_ids - started)
+    lost = len(lost_ids)
     duplicates = len({i for i, n in final.items() if n > 1} | {i for i, n in acked_count.items() if n > 1})
     redeliveries = sum(int(a[1]) - 1 for a in acks if len(a) > 1 and a[1].isdigit())
     result = {
@@ -306,7 +307,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "root": str(root),
     }
     result["ok"] = lost == 0 and duplicates == 0 and leftovers == 0 and unconfirmed <= consumer_kills
+    if not result["ok"]:  # what a failed run left, to tell a loss from a straggler next time
+        result["trail"] = _trail(root, work, lost_ids[:5])
     return result
+
+
+def _trail(root: Path, work: Path, ids: list[str]) -> dict[str, Any]:
+    """For a failed run: the files left in ``new/``, ``processing/`` and ``tmp/``, and for each lost
+    id the log lines and the files (in any folder) that name it."""
+    left = {s: sorted(os.listdir(root / AGENT / s))[:20] for s in ("new", "processing", "tmp")}
+    names = {s: os.listdir(root / AGENT / s) for s in ("new", "processing", "done", "dead", "tmp")}
+    per_id = {}
+    for msg_id in ids:
+        lines = [
+            f"{log.name}: {line}"
+            for log in sorted(work.glob("*.log"))
+            for line in _read_lines([log])
+            if msg_id in line
+        ]
+        files = [f"{s}/{n}" for s, found in names.items() for n in found if msg_id in n]
+        per_id[msg_id] = {"logs": lines[:20], "files": files}
+    return {"left": left, "lost": per_id}
 
 
 def main(argv: list[str] | None = None) -> int:
