@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 import workers
+from leaks import open_fds
 from waiting import eventually
 
 from hybridcomms import AgentBus, Backoff, Event, FileMailbox, Message
@@ -410,12 +411,7 @@ def test_events_carry_topic_sender_and_priority(watched: tuple[MailboxWatcher, R
 
 
 def _inotify_instances() -> int:
-    return sum(
-        1
-        for fd in os.listdir("/proc/self/fd")
-        if os.path.exists(f"/proc/self/fd/{fd}")
-        and os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
-    )
+    return sum(1 for what in open_fds().values() if what == "anon_inode:inotify")
 
 
 def test_a_watcher_stopped_at_once_keeps_no_inotify_instance(root: Path) -> None:
